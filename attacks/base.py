@@ -1,0 +1,77 @@
+"""Attack interfaces. Pure tensor math; never imports ``fedsim``.
+
+* **Update forger** — what Byzantine peers send instead of their honest vectors::
+
+      forged = forger.forge(honest, own, ctx)     # Tensor[m, P], Tensor[k, P] -> Tensor[k, P]
+
+  ``honest`` are the honest vectors of the round when the forger is omniscient
+  (``forger.omniscient``) and the scenario allows it; otherwise the engine passes the Byzantine
+  peers' own benign-trained vectors (their best estimate of the honest ones). ``own`` are the
+  ``k`` Byzantine peers' benign-trained vectors. A forger may return rows with NaN/Inf or a
+  tensor whose last dimension is not ``P`` (malformed messages); the engine drops those.
+  A forger returning ``None`` means the Byzantine peers stay silent this round.
+
+* **Data poisoner** — transforms a Byzantine peer's training data before local training::
+
+      x, y = poisoner.poison(x, y, ctx)           # Tensor[n, d], Tensor[n] (int64)
+
+Flattened vectors follow ``strategies.base``: weight ``[C, d]`` row-major, then bias ``[C]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class AttackContext:
+    """What an attack may need.
+
+    Attributes:
+        n: number of vectors the victim aggregates (honest + Byzantine), as in the papers' ``n``.
+        f: number of Byzantine peers (``k`` rows to forge).
+        round: current round, 0-based.
+        layer_shape: ``(C, d)`` of the output layer; ``bias`` whether a bias follows.
+        num_classes: ``C`` (data poisoners).
+        generator: seeded randomness (noise attacks, random sampling).
+        receiver_own: for receiver-specific attacks (dissensus), the receiving peer's vector.
+        receiver_neighbors: for those, the vectors the receiver hears from honest neighbours.
+        previous: the vectors the Byzantine peers sent last round (stale-model attack), or None.
+    """
+
+    n: int
+    f: int
+    round: int = 0
+    layer_shape: tuple[int, int] = (0, 0)
+    bias: bool = True
+    num_classes: int = 0
+    generator: torch.Generator | None = None
+    receiver_own: Tensor | None = None
+    receiver_neighbors: Tensor | None = None
+    previous: Tensor | None = None
+
+
+class UpdateForger:
+    """Base class of Byzantine update forgers (registered with ``@register``)."""
+
+    name: ClassVar[str] = ""
+    omniscient: ClassVar[bool] = False   # needs the honest vectors of the round
+    per_receiver: ClassVar[bool] = False  # forges a different message for each receiver
+    kind: ClassVar[str] = "forger"
+
+    def forge(self, honest: Tensor, own: Tensor, ctx: AttackContext) -> Tensor | None:
+        raise NotImplementedError
+
+
+class DataPoisoner:
+    """Base class of data poisoning attacks (registered with ``@register``)."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "poisoner"
+
+    def poison(self, x: Tensor, y: Tensor, ctx: AttackContext) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError

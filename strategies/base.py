@@ -1,0 +1,140 @@
+"""The strategy interface: what a peer (or a server) does with the output layers it heard.
+
+A strategy is a small dataclass whose fields are its parameters (validated in
+``__post_init__`` with messages that name the parameter) and whose call is pure tensor math::
+
+    new_params = strategy(own, received, ctx)      # Tensor[P], Tensor[n, P], AggregationContext
+
+Parameter vectors are flattened output layers: the weight ``W`` of shape ``ctx.layer_shape``
+``(C, d)`` in row-major order, followed by the bias ``b`` of shape ``(C,)`` when ``ctx.bias``.
+``unflatten``/``flatten`` convert. Strategies import torch only, never ``fedsim``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class AggregationContext:
+    """What an aggregation rule may need besides the vectors (DESIGN.md, "Interfaces").
+
+    Attributes:
+        layer_shape: ``(C, d)``, the output layer's weight shape (classes × features).
+        bias: whether the flattened vector ends with a ``C``-long bias.
+        f: number of Byzantine senders the rule must tolerate among ``received``.
+        round: current round, 0-based.
+        total_rounds: number of rounds in the run (BALANCE's shrinking threshold).
+        val_x, val_y: the peer's local validation split (features ``[m, d]``, labels ``[m]``),
+            for rules that score candidates (Bristle's integrator, MOZI/UBAR).
+        local_classes: bool ``[C]``, classes present in the peer's local data (Bristle's
+            "familiar" classes). Derived from ``val_y`` when omitted.
+        root_update: ``Tensor[P]``, the model obtained by training ``own`` on a small trusted
+            root set (FLTrust); its update is ``root_update - own``.
+        generator: source of randomness for rules that sample (Bristle's prioritizer).
+    """
+
+    layer_shape: tuple[int, int]
+    bias: bool = True
+    f: int = 0
+    round: int = 0
+    total_rounds: int = 1
+    val_x: Tensor | None = None
+    val_y: Tensor | None = None
+    local_classes: Tensor | None = None
+    root_update: Tensor | None = None
+    generator: torch.Generator | None = None
+
+    @property
+    def num_params(self) -> int:
+        c, d = self.layer_shape
+        return c * d + (c if self.bias else 0)
+
+
+def unflatten(params: Tensor, layer_shape: tuple[int, int], bias: bool) -> tuple[Tensor, Tensor | None]:
+    """Split ``[..., P]`` vectors into weights ``[..., C, d]`` and biases ``[..., C]`` (or None)."""
+    c, d = layer_shape
+    w = params[..., : c * d].reshape(*params.shape[:-1], c, d)
+    b = params[..., c * d : c * d + c] if bias else None
+    return w, b
+
+
+def flatten(w: Tensor, b: Tensor | None) -> Tensor:
+    """Inverse of :func:`unflatten`."""
+    flat = w.reshape(*w.shape[:-2], -1)
+    return flat if b is None else torch.cat([flat, b], dim=-1)
+
+
+def head_logits(params: Tensor, x: Tensor, layer_shape: tuple[int, int], bias: bool) -> Tensor:
+    """Logits of linear heads ``params [k, P]`` on features ``x [m, d]`` → ``[k, m, C]``."""
+    w, b = unflatten(params, layer_shape, bias)
+    out = torch.einsum("md,kcd->kmc", x, w)
+    return out if b is None else out + b[:, None, :]
+
+
+class Strategy:
+    """Base class of aggregation rules.
+
+    Subclasses are dataclasses registered with :func:`strategies.registry.register`. Class
+    attributes:
+
+    * ``needs``: context fields the rule reads (``"validation"``, ``"root_update"``,
+      ``"generator"``); the engine supplies them.
+    * ``exchanges``: ``"output_layer"`` (Bristle) or ``"full_model"`` (the usual baseline
+      setting), used only for byte accounting.
+    """
+
+    name: ClassVar[str] = ""
+    needs: ClassVar[frozenset[str]] = frozenset()
+    exchanges: ClassVar[str] = "full_model"
+
+    def check(self, n: int, f: int) -> None:
+        """Raise ``ValueError`` if the rule cannot work with ``n`` received vectors of which ``f``
+        may be Byzantine (e.g. Krum needs ``n > 2f + 2``). Called at scenario validation time."""
+
+    def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
+        raise NotImplementedError
+
+
+@dataclass
+class Sanitized:
+    """Received vectors after dropping the unusable ones."""
+
+    received: Tensor
+    dropped: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+
+def sanitize(received: Tensor | list[Tensor], num_params: int) -> Sanitized:
+    """Drop received vectors of the wrong shape or with NaN/Inf entries.
+
+    Accepts a stacked ``[n, P]`` tensor or a list of 1-D tensors (which may differ in length).
+    """
+    rows = list(received) if isinstance(received, list) else list(received.unbind(0)) if received.numel() else []
+    keep, reasons = [], []
+    for i, r in enumerate(rows):
+        if r.dim() != 1 or r.shape[0] != num_params:
+            reasons.append(f"sender {i}: shape {tuple(r.shape)} != ({num_params},)")
+        elif not bool(torch.isfinite(r).all()):
+            reasons.append(f"sender {i}: non-finite values")
+        else:
+            keep.append(r)
+    stacked = torch.stack(keep) if keep else torch.empty(0, num_params)
+    return Sanitized(stacked, len(rows) - len(keep), reasons)
+
+
+def aggregate(strategy: Strategy, own: Tensor, received: Tensor | list[Tensor], ctx: AggregationContext) -> tuple[Tensor, int]:
+    """Sanitize ``received``, run ``strategy``, and fall back to ``own`` if nothing usable is left
+    or the rule produced non-finite values. Returns ``(new_params, n_dropped)``."""
+    s = sanitize(received, ctx.num_params)
+    if s.received.shape[0] == 0:
+        return own.clone(), s.dropped
+    out = strategy(own, s.received.to(own.dtype), ctx)
+    if out.shape != own.shape or not bool(torch.isfinite(out).all()):
+        return own.clone(), s.dropped
+    return out, s.dropped

@@ -1,0 +1,36 @@
+"""Plain averaging and the local-only reference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from strategies.base import AggregationContext, Strategy
+from strategies.registry import register
+
+
+@register("fedavg")
+@dataclass
+class FedAvg(Strategy):
+    """FedAvg / plain mean: ``x = (own + Σ_j x_j) / (n + 1)`` (McMahan et al., AISTATS 2017).
+
+    With ``include_own=False`` (the federated server's setting) the own vector is left out:
+    ``x = mean_j x_j``.
+    """
+
+    include_own: bool = True
+
+    def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
+        stack = torch.cat([own[None], received]) if self.include_own else received
+        return stack.mean(dim=0)
+
+
+@register("local")
+@dataclass
+class LocalOnly(Strategy):
+    """No aggregation: keep the own model (the "local training only" reference)."""
+
+    def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
+        return own.clone()
