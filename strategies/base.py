@@ -12,7 +12,6 @@ Parameter vectors are flattened output layers: the weight ``W`` of shape ``ctx.l
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -115,7 +114,10 @@ def sanitize(received: Tensor | list[Tensor], num_params: int) -> Sanitized:
 
     Accepts a stacked ``[n, P]`` tensor or a list of 1-D tensors (which may differ in length).
     """
-    rows = list(received) if isinstance(received, list) else list(received.unbind(0)) if received.numel() else []
+    if isinstance(received, list):
+        rows = list(received)
+    else:
+        rows = list(received.unbind(0)) if received.numel() else []
     keep, reasons = [], []
     for i, r in enumerate(rows):
         if r.dim() != 1 or r.shape[0] != num_params:
@@ -128,7 +130,9 @@ def sanitize(received: Tensor | list[Tensor], num_params: int) -> Sanitized:
     return Sanitized(stacked, len(rows) - len(keep), reasons)
 
 
-def aggregate(strategy: Strategy, own: Tensor, received: Tensor | list[Tensor], ctx: AggregationContext) -> tuple[Tensor, int]:
+def aggregate(
+    strategy: Strategy, own: Tensor, received: Tensor | list[Tensor], ctx: AggregationContext
+) -> tuple[Tensor, int]:
     """Sanitize ``received``, run ``strategy``, and fall back to ``own`` if nothing usable is left
     or the rule produced non-finite values. Returns ``(new_params, n_dropped)``."""
     s = sanitize(received, ctx.num_params)

@@ -28,7 +28,9 @@ def register(name: str) -> Callable[[T], T]:
 
 def available() -> dict[str, str]:
     """Names of all registered strategies → first docstring line."""
-    return {n: (c.__doc__ or "").strip().splitlines()[0] if c.__doc__ else "" for n, c in sorted(REGISTRY.items())}
+    return {
+        n: (c.__doc__ or "").strip().splitlines()[0] if c.__doc__ else "" for n, c in sorted(REGISTRY.items())
+    }
 
 
 def build(name: str, params: dict[str, Any] | None = None) -> Strategy:

@@ -1,0 +1,42 @@
+"""A Little Is Enough (ALIE): a small, coordinate-wise shift hidden inside the honest spread."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from attacks._math import alie_z, check_finite, mean_std, repeat_rows, require_rows
+from attacks.base import AttackContext, UpdateForger
+from attacks.registry import register
+
+
+@register("alie")
+@dataclass
+class ALIE(UpdateForger):
+    """ALIE: every Byzantine peer sends ``p_j = μ_j − z · σ_j`` for each coordinate ``j``.
+
+    Baruch, Baruch, Goldberg, "A Little Is Enough: Circumventing Defenses For Distributed
+    Learning", NeurIPS 2019 (Algorithm 3). ``μ`` and ``σ`` are the coordinate-wise mean and
+    (unbiased) standard deviation of ``honest``; ``z`` defaults to the paper's
+    ``z_max = Φ⁻¹((n − s)/n)`` with ``s = ⌊n/2 + 1⌋ − f`` (``n = ctx.n``, ``f = ctx.f``), e.g.
+    ``z ≈ 0.2533`` for ``n = 10, f = 2``; set ``z`` to override.
+
+    Not omniscient (``omniscient = False``): in the paper the attackers estimate ``μ, σ`` from
+    their own benign data, so ``honest`` is whatever the engine passes — the honest vectors of
+    the round when the scenario grants omniscience, otherwise the Byzantine peers' own
+    benign-trained vectors. The paper perturbs gradients; with model exchange ``μ`` and ``σ``
+    are those of the models, as in He et al.'s decentralized ALIE. All ``k`` rows are equal.
+    """
+
+    z: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.z is not None:
+            check_finite("z", self.z)
+
+    def forge(self, honest: Tensor, own: Tensor, ctx: AttackContext) -> Tensor:
+        require_rows(honest, self.name)
+        z = self.z if self.z is not None else alie_z(ctx.n, ctx.f)
+        mu, sigma = mean_std(honest)
+        return repeat_rows(mu - z * sigma, own.shape[0])

@@ -1,0 +1,82 @@
+"""Faulty behaviours rather than optimised attacks: silence, stale, non-finite or malformed messages.
+
+None of them is omniscient. The engine must cope with what they send: ``None`` (no message),
+rows with NaN/Inf and tensors of the wrong width are dropped (``strategies.base.sanitize``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from attacks._math import check_choice, check_int
+from attacks.base import AttackContext, UpdateForger
+from attacks.registry import register
+
+
+@register("crash")
+@dataclass
+class Crash(UpdateForger):
+    """Crash failure: the Byzantine peers stay silent (``forge`` returns ``None``)."""
+
+    def forge(self, honest: Tensor, own: Tensor, ctx: AttackContext) -> None:
+        return None
+
+
+@register("stale")
+@dataclass
+class Stale(UpdateForger):
+    """Stale model: send the vectors of an earlier round, ``ctx.previous``, else ``own``.
+
+    Keeping the history is the engine's job: it passes as ``ctx.previous`` the ``[k, P]`` vectors
+    the Byzantine peers held ``delay`` rounds ago (``delay`` is only recorded here). Until such
+    a history exists (the first rounds) the peers send their current ``own`` vectors.
+    """
+
+    delay: int = 1
+
+    def __post_init__(self) -> None:
+        check_int("delay", self.delay, minimum=1)
+
+    def forge(self, honest: Tensor, own: Tensor, ctx: AttackContext) -> Tensor:
+        if ctx.previous is None:
+            return own.clone()
+        if ctx.previous.shape != own.shape:
+            raise ValueError(f"{self.name}: ctx.previous must have the shape of own {tuple(own.shape)}, "
+                             f"got {tuple(ctx.previous.shape)}")
+        return ctx.previous.clone()
+
+
+@register("nan")
+@dataclass
+class NonFinite(UpdateForger):
+    """Non-finite messages: every row is full of ``value`` (``"nan"``, ``"inf"`` or ``"-inf"``)."""
+
+    value: str = "nan"
+
+    def __post_init__(self) -> None:
+        check_choice("value", self.value, ("nan", "inf", "-inf"))
+
+    def forge(self, honest: Tensor, own: Tensor, ctx: AttackContext) -> Tensor:
+        return torch.full_like(own, float(self.value))
+
+
+@register("wrong_shape")
+@dataclass
+class WrongShape(UpdateForger):
+    """Malformed messages: the last dimension is ``P + delta`` instead of ``P``.
+
+    ``delta = +1`` appends a zero to each row of ``own``, ``delta = −1`` drops its last entry.
+    """
+
+    delta: int = 1
+
+    def __post_init__(self) -> None:
+        check_choice("delta", self.delta, (1, -1))
+
+    def forge(self, honest: Tensor, own: Tensor, ctx: AttackContext) -> Tensor:
+        if self.delta > 0:
+            return torch.cat([own, own.new_zeros(own.shape[0], 1)], dim=1)
+        return own[:, :-1].clone()

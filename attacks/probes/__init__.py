@@ -1,0 +1,75 @@
+"""Probes run against a trained federation and return result records (DESIGN.md, "Interfaces").
+
+* Unlearning (:mod:`attacks.probes.unlearning`): calibrated first-epoch gradient ascent on the
+  output layer, and its evaluation (accuracies + membership-inference advantage before/after,
+  vs. a model retrained without the peer).
+* Membership inference (:mod:`attacks.probes.mia`): loss-threshold (Yeom et al. 2018) and
+  offline LiRA (Carlini et al. 2022) with shadow linear heads.
+* Cloning (:mod:`attacks.probes.cloning`, :mod:`attacks.probes.oracles`): hidden size, layer
+  recovery, logit-bias top-k recovery, distillation, output defences, cloning curves.
+
+Pure torch; never imports ``fedsim`` or ``strategies``. Records have ``.to_dict()``.
+"""
+
+from attacks.probes._head import flatten, head_logits, train_heads, unflatten
+from attacks.probes.cloning import (
+    CloningReport,
+    DistillInfo,
+    HiddenSizeEstimate,
+    LayerRecovery,
+    SubspaceRecovery,
+    TopKRecovery,
+    clone_from_oracle,
+    cloning_curve,
+    distill_from_outputs,
+    distill_student,
+    hidden_size_from_logits,
+    recover_full_logits_topk,
+    recover_layer_known_features,
+    recover_layer_unknown_features,
+)
+from attacks.probes.mia import (
+    MIAResult,
+    ShadowSet,
+    best_advantage,
+    lira_offline_mia,
+    lira_offline_scores,
+    loss_threshold_mia,
+    loss_threshold_result,
+    roc_auc,
+    tpr_at_fpr,
+    train_shadow_heads,
+)
+from attacks.probes.oracles import (
+    CountingOracle,
+    HeadOracle,
+    LabelOnlyOracle,
+    NoisyOracle,
+    Oracle,
+    RoundedOracle,
+    dense_from_topk,
+    with_gaussian_noise,
+    with_rounding,
+    with_top1,
+)
+from attacks.probes.unlearning import (
+    ModelEvaluation,
+    UnlearningReport,
+    UnlearningTrace,
+    evaluate_model,
+    evaluate_unlearning,
+    unlearn_gradient_ascent,
+)
+
+__all__ = [
+    "CloningReport", "CountingOracle", "DistillInfo", "HeadOracle", "HiddenSizeEstimate",
+    "LabelOnlyOracle", "LayerRecovery", "MIAResult", "ModelEvaluation", "NoisyOracle", "Oracle",
+    "RoundedOracle", "ShadowSet", "SubspaceRecovery", "TopKRecovery", "UnlearningReport",
+    "UnlearningTrace", "best_advantage", "clone_from_oracle", "cloning_curve", "dense_from_topk",
+    "distill_from_outputs", "distill_student", "evaluate_model", "evaluate_unlearning", "flatten",
+    "head_logits", "hidden_size_from_logits", "lira_offline_mia", "lira_offline_scores",
+    "loss_threshold_mia", "loss_threshold_result", "recover_full_logits_topk",
+    "recover_layer_known_features", "recover_layer_unknown_features", "roc_auc", "tpr_at_fpr",
+    "train_heads", "train_shadow_heads", "unflatten", "unlearn_gradient_ascent", "with_gaussian_noise",
+    "with_rounding", "with_top1",
+]

@@ -1,0 +1,73 @@
+"""Frozen-backbone features, computed once per (dataset, backbone) and cached on disk.
+
+The cache key hashes the dataset's contents, the backbone's weights, its preprocessing and a
+format version, so a changed backbone or dataset never reuses stale features. Files are written
+atomically (temp file + rename) so concurrent runs never read a half-written cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedsim.data.datasets import Dataset, load
+from fedsim.models.backbones import extract_features, get_spec, load_backbone
+
+FORMAT_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class Features:
+    """Features of a dataset under a frozen backbone."""
+
+    x_train: np.ndarray  # float32 [N, d]
+    y_train: np.ndarray  # int64 [N]
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    key: str
+
+    @property
+    def dim(self) -> int:
+        return int(self.x_train.shape[1])
+
+
+def cache_dir(explicit: str | None = None) -> Path:
+    return Path(explicit or os.environ.get("FEDSIM_CACHE") or Path.home() / ".cache" / "fedsim" / "features")
+
+
+def cache_key(ds: Dataset, backbone: str, weights_fp: str) -> str:
+    spec = get_spec(backbone)
+    h = hashlib.sha256("|".join([FORMAT_VERSION, ds.fingerprint(), backbone, weights_fp, str(spec.input_shape),
+                                 repr(spec.mean), repr(spec.std)]).encode())
+    return f"{ds.name.replace(':', '_').replace('/', '_')}-{backbone}-{h.hexdigest()[:16]}"
+
+
+def features_for(ds: Dataset, backbone: str, directory: str | None = None, log=None) -> Features:
+    """Features of ``ds`` under ``backbone``, from the cache or computed (and cached) now."""
+    net, wfp = load_backbone(backbone)
+    key = cache_key(ds, backbone, wfp)
+    path = cache_dir(directory) / f"{key}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            return Features(z["x_train"], ds.y_train, z["x_test"], ds.y_test, ds.num_classes, key)
+    if log:
+        log(f"computing {backbone} features of {ds.name} (once; cached at {path})")
+    spec = get_spec(backbone)
+    xtr, xte = extract_features(net, ds.x_train, spec), extract_features(net, ds.x_test, spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    with os.fdopen(fd, "wb") as fh:
+        np.savez(fh, x_train=xtr, x_test=xte)
+    os.replace(tmp, path)
+    return Features(xtr, ds.y_train, xte, ds.y_test, ds.num_classes, key)
+
+
+def load_features(dataset: str, backbone: str, data_dir: str | None = None, directory: str | None = None,
+                  log=None) -> Features:
+    return features_for(load(dataset, data_dir), backbone, directory, log)

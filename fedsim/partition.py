@@ -1,0 +1,130 @@
+"""Partitioners: which training-sample indices each peer holds, plus its local validation split.
+
+All are deterministic given the seed. Kinds: ``iid``; ``dirichlet`` (label skew, Hsu et al. 2019:
+per class, shares over peers ~ Dir(α)); ``classes`` (k classes per peer); ``windows`` (Bristle:
+peer i holds classes i..i+w−1 mod C); ``quantity`` (iid labels, sizes ~ Dir(β)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Partition:
+    train: list[np.ndarray]  # per peer, indices into the dataset's training arrays
+    val: list[np.ndarray]    # per peer, its local validation indices (disjoint from train)
+
+    @property
+    def num_peers(self) -> int:
+        return len(self.train)
+
+
+def _split_among(idx: np.ndarray, holders: np.ndarray, rng: np.random.Generator, out: list[list[np.ndarray]]) -> None:
+    """Shuffle ``idx`` and split it as evenly as possible among ``holders``."""
+    if len(holders) == 0:
+        return
+    idx = idx.copy()
+    rng.shuffle(idx)
+    for h, part in zip(holders, np.array_split(idx, len(holders)), strict=True):
+        out[h].append(part)
+
+
+def iid(y: np.ndarray, n: int, rng: np.random.Generator) -> list[np.ndarray]:
+    idx = rng.permutation(len(y))
+    return list(np.array_split(idx, n))
+
+
+def dirichlet(y: np.ndarray, n: int, rng: np.random.Generator, alpha: float, min_size: int = 2,
+              max_tries: int = 1000) -> list[np.ndarray]:
+    """Label skew: for each class c, proportions p_c ~ Dir(α·1_n) over peers; redrawn until every
+    peer holds at least ``min_size`` samples."""
+    classes = np.unique(y)
+    for _ in range(max_tries):
+        parts: list[list[np.ndarray]] = [[] for _ in range(n)]
+        for c in classes:
+            idx = rng.permutation(np.flatnonzero(y == c))
+            cuts = (np.cumsum(rng.dirichlet(np.full(n, alpha))) * len(idx)).astype(int)[:-1]
+            for i, part in enumerate(np.split(idx, cuts)):
+                parts[i].append(part)
+        out = [np.concatenate(p) for p in parts]
+        if min(len(p) for p in out) >= min_size:
+            return out
+    raise ValueError(f"partition.alpha={alpha}: could not give each of {n} peers ≥ {min_size} samples in "
+                     f"{max_tries} draws; raise alpha or lower partition.min_size or peers.count")
+
+
+def _by_class_sets(y: np.ndarray, holdings: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """Given the classes each peer holds, split each class's samples evenly among its holders."""
+    n = len(holdings)
+    parts: list[list[np.ndarray]] = [[] for _ in range(n)]
+    for c in np.unique(y):
+        holders = np.asarray([i for i, h in enumerate(holdings) if c in h], dtype=np.int64)
+        _split_among(np.flatnonzero(y == c), holders, rng, parts)
+    return [np.concatenate(p) if p else np.empty(0, np.int64) for p in parts]
+
+
+def classes_per_peer(y: np.ndarray, n: int, rng: np.random.Generator, k: int) -> list[np.ndarray]:
+    """Each peer holds k distinct classes: peer i gets π(ik), …, π(ik+k−1) (mod C) for a seeded
+    permutation π of the classes, so every class is held when n·k ≥ C and holders are balanced."""
+    classes = rng.permutation(np.unique(y))
+    C = len(classes)
+    holdings = [classes[(i * k + np.arange(k)) % C] for i in range(n)]
+    return _by_class_sets(y, holdings, rng)
+
+
+def windows(y: np.ndarray, n: int, rng: np.random.Generator, w: int) -> list[np.ndarray]:
+    """Bristle's sliding class windows: peer i holds classes i, i+1, …, i+w−1 (mod C)."""
+    C = int(y.max()) + 1
+    holdings = [(i + np.arange(w)) % C for i in range(n)]
+    return _by_class_sets(y, holdings, rng)
+
+
+def quantity(y: np.ndarray, n: int, rng: np.random.Generator, beta: float, min_size: int = 2) -> list[np.ndarray]:
+    """Quantity skew: iid labels, peer sizes ∝ Dir(β) with at least ``min_size`` each."""
+    N = len(y)
+    if N < n * min_size:
+        raise ValueError(f"partition.min_size={min_size}: {n} peers need ≥ {n * min_size} samples, dataset has {N}")
+    extra = N - n * min_size
+    sizes = min_size + np.floor(rng.dirichlet(np.full(n, beta)) * extra).astype(int)
+    sizes[: N - sizes.sum()] += 1
+    idx = rng.permutation(N)
+    return list(np.split(idx, np.cumsum(sizes)[:-1]))
+
+
+def make_partition(kind: str, y: np.ndarray, n: int, seed: int, *, alpha: float = 0.5, k: int = 2, window: int = 3,
+                   beta: float = 0.5, min_size: int = 2, val_fraction: float = 0.1) -> Partition:
+    """Partition labels ``y`` among ``n`` peers and carve each peer's local validation split
+    (``val_fraction`` of its samples, at least 1 when it holds ≥ 2)."""
+    rng = np.random.default_rng(seed)
+    if kind == "iid":
+        parts = iid(y, n, rng)
+    elif kind == "dirichlet":
+        parts = dirichlet(y, n, rng, alpha, min_size)
+    elif kind == "classes":
+        parts = classes_per_peer(y, n, rng, k)
+    elif kind == "windows":
+        parts = windows(y, n, rng, window)
+    elif kind == "quantity":
+        parts = quantity(y, n, rng, beta, min_size)
+    else:
+        raise ValueError(f"unknown partition kind {kind!r}")
+    train, val = [], []
+    for p in parts:
+        p = rng.permutation(p)
+        nv = int(round(len(p) * val_fraction)) if val_fraction > 0 else 0
+        nv = max(nv, 1) if (val_fraction > 0 and len(p) >= 2) else nv
+        val.append(np.sort(p[:nv]))
+        train.append(np.sort(p[nv:]))
+    return Partition(train, val)
+
+
+KINDS = {
+    "iid": "uniformly random, equal sizes",
+    "dirichlet": "label skew, class shares over peers ~ Dir(alpha)",
+    "classes": "k classes per peer (partition.k)",
+    "windows": "Bristle's sliding windows: peer i holds classes i..i+window-1 mod C",
+    "quantity": "iid labels, peer sizes ~ Dir(beta)",
+}

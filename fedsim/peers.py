@@ -1,0 +1,305 @@
+"""A group of peers hosted by one Ray actor (or in-process with ``engine.backend: local``).
+
+One actor hosts many peers (a contiguous block of peer ids) and trains all their output layers
+at once (:mod:`fedsim.heads`). Randomness comes from :mod:`fedsim.rng` keyed by global peer id,
+so how peers are spread over actors never changes the numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import attacks
+import strategies
+from fedsim import heads
+from fedsim import rng as crng
+from fedsim.topology import Topology
+
+
+@dataclass
+class GroupSetup:
+    """Everything a group needs; plain data so it can travel to a Ray actor."""
+
+    first: int                     # global id of the first hosted peer
+    train_idx: list[np.ndarray]    # per hosted peer, indices into the training features
+    val_idx: list[np.ndarray]
+    byzantine: np.ndarray          # bool [N] over all peers
+    num_peers: int
+    num_classes: int
+    dim: int
+    seed: int
+    rounds: int
+    mode: str                      # decentralized | federated
+    training: dict[str, Any]
+    strategy: dict[str, Any]       # name, params
+    f: int
+    attack: dict[str, Any]         # name, params, omniscient, collude
+    topology: dict[str, Any]       # kind, degree, p, fanout
+
+
+def forge_messages(attack: Any, s: GroupSetup, round_: int, params: Tensor, previous: Tensor | None,
+                   receiver: int | None = None, nbr_honest: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The messages every peer sends this round ``[N, P]``, a validity mask ``[N]``, and the
+    Byzantine rows sent (kept for the stale-model attack's ``ctx.previous``).
+
+    Byzantine rows are replaced by the forger's output. Forgers see the honest vectors of the
+    round when ``peers.attack.omniscient`` (default), otherwise the Byzantine peers' own
+    benign-trained vectors. A silent (None), non-finite or wrong-shape forgery is marked
+    invalid: receivers drop it and count it. Randomness is keyed by (round, peer, receiver), so
+    every actor computes the same forgeries."""
+    msgs, valid = params.clone(), torch.ones(params.shape[0], dtype=torch.bool)
+    byz = torch.from_numpy(np.flatnonzero(s.byzantine))
+    if not isinstance(attack, attacks.UpdateForger) or len(byz) == 0:
+        return msgs, valid, previous
+    own = params[byz]
+    view = params[torch.from_numpy(~s.byzantine)] if s.attack.get("omniscient", True) else own
+    layer_shape = (s.num_classes, s.dim)
+    ctx_kw: dict[str, Any] = dict(n=s.num_peers, f=len(byz), round=round_, layer_shape=layer_shape,
+                                  bias=bool(s.training["bias"]), num_classes=s.num_classes, previous=previous)
+    if receiver is not None:
+        ctx_kw |= dict(receiver_own=params[receiver], receiver_neighbors=nbr_honest)
+    groups = [np.arange(len(byz))] if s.attack.get("collude", True) else [np.asarray([j]) for j in range(len(byz))]
+    for g in groups:
+        gen = crng.torch_generator(s.seed, "attack", round_, int(byz[g[0]]), -1 if receiver is None else receiver)
+        out = attack.forge(view, own[g], attacks.AttackContext(generator=gen, **ctx_kw))
+        rows = byz[g]
+        if out is None or not isinstance(out, Tensor) or out.dim() != 2 or out.shape != (len(rows), params.shape[1]):
+            valid[rows] = False
+        else:
+            msgs[rows] = out.to(params.dtype)
+            valid[rows] = torch.isfinite(out).all(dim=1)
+    return msgs, valid, (msgs[byz].clone() if receiver is None else previous)
+
+
+class PeerGroup:
+    """Hosts peers ``first .. first+len(train_idx)-1``; see the module docstring."""
+
+    def __init__(self, setup: GroupSetup, features: dict[str, np.ndarray]) -> None:
+        torch.set_num_threads(max(1, int(torch.get_num_threads())))
+        s = self.s = setup
+        self.ids = np.arange(s.first, s.first + len(s.train_idx))
+        self.p = len(self.ids)
+        self.bias = bool(s.training["bias"])
+        self.layer_shape = (s.num_classes, s.dim)
+        xtr, ytr = torch.from_numpy(features["x_train"]), torch.from_numpy(features["y_train"])
+        self.x_test, self.y_test = torch.from_numpy(features["x_test"]), torch.from_numpy(features["y_test"])
+        self.sizes = np.asarray([len(t) for t in s.train_idx], dtype=np.int64)
+        if (self.sizes == 0).any():
+            raise ValueError("a peer has no training samples; use fewer peers or another partition")
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
+        flat = torch.from_numpy(np.concatenate(s.train_idx))
+        self.x_local, self.y_local = xtr[flat].clone(), ytr[flat].clone()
+        self.val = [(xtr[torch.from_numpy(v)], ytr[torch.from_numpy(v)]) for v in s.val_idx]
+        self.local_classes = [torch.bincount(torch.cat([self.y_local[o : o + n], vy]), minlength=s.num_classes) > 0
+                              for o, n, (_, vy) in zip(self.offsets, self.sizes, self.val, strict=True)]
+        self.is_byz = s.byzantine[self.ids]
+        self.attack = attacks.build(s.attack["name"], s.attack.get("params")) if s.attack["name"] != "none" else None
+        if isinstance(self.attack, attacks.DataPoisoner):
+            self._poison()
+        self.rule = strategies.build(s.strategy["name"], s.strategy.get("params"))
+        self.topology = Topology(s.topology["kind"], s.num_peers, s.seed, degree=s.topology["degree"],
+                                 p=s.topology["p"], fanout=s.topology["fanout"]).build()
+        c, d = self.layer_shape
+        self.w = torch.zeros(self.p, c, d)
+        self.b = torch.zeros(self.p, c)
+        self.opt = heads.OptimizerState.zeros(self.w, self.b, s.training["optimizer"] == "adam")
+        self.previous_forged: Tensor | None = None
+        self.last_dropped = 0
+
+    # ------------------------------------------------------------------ state
+    def _poison(self) -> None:
+        assert isinstance(self.attack, attacks.DataPoisoner)
+        for j in np.flatnonzero(self.is_byz):
+            o, n = self.offsets[j], self.sizes[j]
+            ctx = attacks.AttackContext(n=self.s.num_peers, f=int(self.s.byzantine.sum()), num_classes=self.s.num_classes,
+                                        layer_shape=self.layer_shape, bias=self.bias,
+                                        generator=crng.torch_generator(self.s.seed, "poison", int(self.ids[j])))
+            x, y = self.attack.poison(self.x_local[o : o + n], self.y_local[o : o + n], ctx)
+            self.x_local[o : o + n], self.y_local[o : o + n] = x, y
+
+    def params(self) -> np.ndarray:
+        """Flattened heads ``[p, P]`` (weight row-major, then bias)."""
+        return strategies.flatten(self.w, self.b if self.bias else None).numpy()
+
+    def set_params(self, flat: np.ndarray) -> None:
+        t = torch.from_numpy(np.asarray(flat, dtype=np.float32)).reshape(-1, self._num_params())
+        if t.shape[0] == 1:
+            t = t.expand(self.p, -1)
+        w, b = strategies.unflatten(t, self.layer_shape, self.bias)
+        self.w.copy_(w)
+        if b is not None:
+            self.b.copy_(b)
+
+    def _num_params(self) -> int:
+        c, d = self.layer_shape
+        return c * d + (c if self.bias else 0)
+
+    def get_state(self) -> dict[str, Any]:
+        st = {"w": self.w.clone(), "b": self.b.clone(), "m_w": self.opt.m_w.clone(), "m_b": self.opt.m_b.clone(),
+              "t": self.opt.t, "previous_forged": self.previous_forged}
+        if self.opt.v_w is not None:
+            st |= {"v_w": self.opt.v_w.clone(), "v_b": self.opt.v_b.clone()}
+        return st
+
+    def set_state(self, st: dict[str, Any]) -> None:
+        self.w.copy_(st["w"])
+        self.b.copy_(st["b"])
+        self.opt.m_w.copy_(st["m_w"])
+        self.opt.m_b.copy_(st["m_b"])
+        self.opt.t = st["t"]
+        if "v_w" in st and self.opt.v_w is not None:
+            self.opt.v_w.copy_(st["v_w"])
+            self.opt.v_b.copy_(st["v_b"])
+        self.previous_forged = st["previous_forged"]
+
+    # ------------------------------------------------------------------ training
+    def _batch(self, round_: int, step: int, stream: str = "batch") -> tuple[Tensor, Tensor]:
+        B = int(self.s.training["batch_size"])
+        r = crng.integers(self.sizes[:, None], self.s.seed, stream, round_, step, self.ids[:, None], np.arange(B)[None, :])
+        idx = torch.from_numpy(self.offsets[:, None] + r)
+        return self.x_local[idx], self.y_local[idx]
+
+    def _local_steps(self, w: Tensor, b: Tensor, opt: heads.OptimizerState, batches) -> Tensor:
+        t = self.s.training
+        loss = torch.zeros(w.shape[0])
+        for x, y in batches:
+            loss, gw, gb = heads.ce_grad(w, b if self.bias else None, x, y)
+            heads.step(w, b, gw, gb, opt, optimizer=t["optimizer"], lr=t["lr"], momentum=t["momentum"],
+                       weight_decay=t["weight_decay"], bias=self.bias)
+        return loss
+
+    def train(self, round_: int, global_params: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+        """Local steps for every hosted peer; returns their flattened heads and mean train loss."""
+        if global_params is not None:
+            self.set_params(global_params)
+        steps = int(self.s.training["local_steps"])
+        loss = self._local_steps(self.w, self.b, self.opt, (self._batch(round_, k) for k in range(steps)))
+        honest = ~self.is_byz
+        return self.params(), float(loss[torch.from_numpy(honest)].sum()) if honest.any() else 0.0
+
+    # ------------------------------------------------------------------ messages
+    def _ctx(self, j: int, round_: int, f: int, root: Tensor | None) -> strategies.AggregationContext:
+        vx, vy = self.val[j]
+        pid = int(self.ids[j])
+        return strategies.AggregationContext(
+            layer_shape=self.layer_shape, bias=self.bias, f=f, round=round_, total_rounds=self.s.rounds,
+            val_x=vx, val_y=vy, local_classes=self.local_classes[j], root_update=root,
+            generator=crng.torch_generator(self.s.seed, "strategy", round_, pid))
+
+    def _root_updates(self, round_: int) -> Tensor:
+        """FLTrust's trusted update for each hosted peer: its own head trained on its validation split."""
+        w, b = self.w.clone(), self.b.clone()
+        opt = heads.OptimizerState.zeros(w, b, self.s.training["optimizer"] == "adam")
+        B = int(self.s.training["batch_size"])
+        sizes = np.asarray([max(len(v[1]), 1) for v in self.val])
+        for k in range(int(self.s.training["local_steps"])):
+            r = crng.integers(sizes[:, None], self.s.seed, "root", round_, k, self.ids[:, None], np.arange(B)[None, :])
+            x = torch.stack([self.val[j][0][torch.from_numpy(r[j])] if len(self.val[j][1]) else torch.zeros(B, self.s.dim)
+                             for j in range(self.p)])
+            y = torch.stack([self.val[j][1][torch.from_numpy(r[j])] if len(self.val[j][1]) else torch.zeros(B, dtype=torch.long)
+                             for j in range(self.p)])
+            self._local_steps(w, b, opt, [(x, y)])
+        return strategies.flatten(w, b if self.bias else None)
+
+    def aggregate(self, round_: int, *all_params: np.ndarray) -> dict[str, int]:
+        """Decentralized aggregation: every honest hosted peer aggregates its in-neighbours' messages."""
+        params = torch.from_numpy(np.concatenate(all_params))
+        msgs, valid, self.previous_forged = forge_messages(self.attack, self.s, round_, params, self.previous_forged)
+        indptr, indices = self.topology.in_neighbors(round_)
+        new = torch.from_numpy(self.params()).clone()
+        root = self._root_updates(round_) if "root_update" in self.rule.needs else None
+        dropped = skipped = 0
+        per_receiver = isinstance(self.attack, attacks.UpdateForger) and self.attack.per_receiver
+        for j, pid in enumerate(self.ids):
+            if self.is_byz[j]:
+                continue
+            nbrs = torch.from_numpy(indices[indptr[pid] : indptr[pid + 1]])
+            m, v = msgs, valid
+            if per_receiver:
+                honest_n = nbrs[~torch.from_numpy(self.s.byzantine[nbrs.numpy()])]
+                m, v, _ = forge_messages(self.attack, self.s, round_, params, self.previous_forged,
+                                         receiver=int(pid), nbr_honest=params[honest_n])
+            ok = v[nbrs]
+            dropped += int((~ok).sum())
+            own = params[pid]
+            ctx = self._ctx(j, round_, self.s.f, None if root is None else root[j])
+            try:
+                new[j], _ = strategies.aggregate(self.rule, own, m[nbrs[ok]], ctx)
+            except ValueError:  # e.g. too few received vectors this round for the rule's n > 2f
+                new[j], skipped = own, skipped + 1
+        self.set_params(new.numpy())
+        return {"dropped": dropped, "skipped": skipped}
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, sample: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Test accuracy/loss of hosted honest peers (those in ``sample`` if given, global ids)."""
+        sel = ~self.is_byz
+        if sample is not None:
+            sel &= np.isin(self.ids, sample)
+        idx = torch.from_numpy(np.flatnonzero(sel))
+        acc, loss = heads.accuracy_and_loss(self.w[idx], self.b[idx] if self.bias else None, self.x_test, self.y_test)
+        return {"ids": self.ids[sel], "accuracy": acc.numpy(), "loss": loss.numpy()}
+
+    def ping(self) -> int:
+        return self.p
+
+
+class Server:
+    """Federated mode's server: holds the global model, forges the Byzantine clients' messages
+    (the simulation's stand-in for them) and aggregates with the rule, ``own`` = current global.
+
+    FLTrust's root update is the global model trained on the server's small trusted root set."""
+
+    def __init__(self, setup: GroupSetup, root_x: np.ndarray | None = None, root_y: np.ndarray | None = None) -> None:
+        self.s = setup
+        self.bias = bool(setup.training["bias"])
+        self.layer_shape = (setup.num_classes, setup.dim)
+        c, d = self.layer_shape
+        self.global_params = np.zeros(c * d + (c if self.bias else 0), dtype=np.float32)
+        self.attack = attacks.build(setup.attack["name"], setup.attack.get("params")) if setup.attack["name"] != "none" else None
+        self.rule = strategies.build(setup.strategy["name"], setup.strategy.get("params"))
+        self.previous_forged: Tensor | None = None
+        self.root = None if root_x is None else (torch.from_numpy(root_x), torch.from_numpy(root_y))
+
+    def get_global(self) -> np.ndarray:
+        return self.global_params
+
+    def get_state(self) -> dict[str, Any]:
+        return {"global": self.global_params.copy(), "previous_forged": self.previous_forged}
+
+    def set_state(self, st: dict[str, Any]) -> None:
+        self.global_params, self.previous_forged = st["global"].copy(), st["previous_forged"]
+
+    def _root_update(self, round_: int, g: Tensor) -> Tensor | None:
+        if "root_update" not in self.rule.needs or self.root is None:
+            return None
+        t = self.s.training
+        w, b = strategies.unflatten(g[None].clone(), self.layer_shape, self.bias)
+        w, b = w.contiguous(), (b.contiguous() if b is not None else torch.zeros(1, self.layer_shape[0]))
+        opt = heads.OptimizerState.zeros(w, b, t["optimizer"] == "adam")
+        x, y = self.root
+        for k in range(int(t["local_steps"])):
+            r = torch.from_numpy(crng.integers(len(y), self.s.seed, "root", round_, k, -1, np.arange(int(t["batch_size"]))))
+            loss, gw, gb = heads.ce_grad(w, b if self.bias else None, x[r][None], y[r][None])
+            heads.step(w, b, gw, gb, opt, optimizer=t["optimizer"], lr=t["lr"], momentum=t["momentum"],
+                       weight_decay=t["weight_decay"], bias=self.bias)
+        return strategies.flatten(w, b if self.bias else None)[0]
+
+    def aggregate(self, round_: int, *client_params: np.ndarray) -> dict[str, int]:
+        params = torch.from_numpy(np.concatenate(client_params))
+        msgs, valid, self.previous_forged = forge_messages(self.attack, self.s, round_, params, self.previous_forged)
+        g = torch.from_numpy(self.global_params)
+        ctx = strategies.AggregationContext(layer_shape=self.layer_shape, bias=self.bias, f=self.s.f, round=round_,
+                                            total_rounds=self.s.rounds, root_update=self._root_update(round_, g),
+                                            generator=crng.torch_generator(self.s.seed, "strategy", round_, -1))
+        try:
+            new, dropped = strategies.aggregate(self.rule, g, msgs[valid], ctx)
+        except ValueError:
+            return {"dropped": int((~valid).sum()), "skipped": 1}
+        self.global_params = new.numpy().astype(np.float32)
+        return {"dropped": int((~valid).sum()) + dropped, "skipped": 0}

@@ -1,0 +1,184 @@
+"""Shared tensor helpers of the aggregation rules (private: not a rule module).
+
+Numerics: the rules receive finite float32 vectors (``sanitize`` drops NaN/Inf senders) whose
+entries may still be huge (up to ~3.4e38). Squared distances of such vectors overflow float32,
+and ``torch.cdist``'s default matmul formula turns ``inf - inf`` into NaN, so every rule does its
+arithmetic in float64 (:func:`f64`) and casts the result back to the caller's dtype. Output
+layers are small (``C·d`` parameters), so this costs little.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn.functional import one_hot
+
+from strategies.base import AggregationContext, head_logits
+
+WORK = torch.float64
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def require_int(name: str, value: Any, minimum: int, allowed: str | None = None) -> None:
+    """Raise ``ValueError("name: must be ...")`` unless ``value`` is an int ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}: must be {allowed or f'an integer >= {minimum}'}, got {value!r}")
+
+
+def require_float(name: str, value: Any, lo: float | None = None, hi: float | None = None, *,
+                  lo_open: bool = False, hi_open: bool = False) -> None:
+    """Raise ``ValueError("name: must be ...")`` unless ``value`` is a finite real in the range."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and lo is not None:
+        ok = value > lo if lo_open else value >= lo
+    if ok and hi is not None:
+        ok = value < hi if hi_open else value <= hi
+    if not ok:
+        lo_s = "" if lo is None else f"{lo} {'<' if lo_open else '<='} "
+        hi_s = "" if hi is None else f" {'<' if hi_open else '<='} {hi}"
+        rng = f" with {lo_s}{name}{hi_s}" if (lo is not None or hi is not None) else ""
+        raise ValueError(f"{name}: must be a finite number{rng}, got {value!r}")
+
+
+def require_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}: must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+
+
+def require_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}: must be true or false, got {value!r}")
+
+
+def check_f(f: int) -> None:
+    if isinstance(f, bool) or not isinstance(f, int) or f < 0:
+        raise ValueError(f"f: must be an integer >= 0, got {f!r}")
+
+
+# --------------------------------------------------------------------------- populations
+
+
+def f64(t: Tensor) -> Tensor:
+    return t.to(WORK)
+
+
+def population(own: Tensor, received: Tensor, include_own: bool) -> Tensor:
+    """The vectors a robust statistic runs over: ``[own; received]`` or ``received`` (float64)."""
+    x = f64(received)
+    return torch.cat([f64(own)[None], x]) if include_own else x
+
+
+def population_size(n: int, include_own: bool) -> int:
+    return n + (1 if include_own else 0)
+
+
+def runtime_f(ctx: AggregationContext, size: int) -> int:
+    """``ctx.f`` clamped to ``[0, size - 1]``.
+
+    ``check(n, f)`` is validated once per scenario against the nominal ``n``; at run time fewer
+    vectors can arrive (``sanitize`` drops non-finite senders), so the rules degrade by clamping
+    their counts instead of raising mid-run.
+    """
+    return max(0, min(int(ctx.f), max(size - 1, 0)))
+
+
+# --------------------------------------------------------------------------- distances
+
+
+def pairwise_sq_dists(x: Tensor) -> Tensor:
+    """``D[i, j] = ||x_i - x_j||²`` for ``x [N, P]`` (float64, difference form: no cancellation)."""
+    x = f64(x)
+    d = torch.cdist(x[None], x[None], compute_mode="donot_use_mm_for_euclid_dist")[0]
+    return d * d
+
+
+def dists_to(x: Tensor, v: Tensor) -> Tensor:
+    """``||x_i - v||`` for ``x [N, P]``, ``v [P]`` (float64)."""
+    return torch.linalg.vector_norm(f64(x) - f64(v), dim=-1)
+
+
+def nearest(dist: Tensor, k: int) -> Tensor:
+    """Indices of the ``k`` smallest entries of ``dist [N]`` (stable: ties keep index order)."""
+    return torch.sort(dist, stable=True).indices[:k]
+
+
+def clip_rows(v: Tensor, tau: float | Tensor) -> Tensor:
+    """``clip_τ(v_i) = v_i · min(1, τ / ||v_i||)`` row-wise (``0`` stays ``0``)."""
+    norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+    scale = torch.where(norm > tau, tau / norm.clamp_min(torch.finfo(v.dtype).tiny), torch.ones_like(norm))
+    return v * scale
+
+
+# --------------------------------------------------------------------------- Krum family
+
+
+def krum_scores(sq: Tensor, f: int) -> Tensor:
+    """Krum scores (Blanchard et al. 2017): ``s(i) = Σ_{j ∈ N(i)} ||x_i - x_j||²`` over the
+    ``N - f - 2`` nearest others ``N(i)``; the count is clamped to ``[1, N - 1]`` (runtime degrade)."""
+    size = sq.shape[0]
+    if size <= 1:
+        return torch.zeros(size, dtype=sq.dtype, device=sq.device)
+    k = min(max(size - f - 2, 1), size - 1)
+    off = sq + torch.diag(torch.full((size,), math.inf, dtype=sq.dtype, device=sq.device))
+    return torch.sort(off, dim=1).values[:, :k].sum(dim=1)
+
+
+def krum_order(sq: Tensor, f: int) -> Tensor:
+    """Indices sorted by Krum score (``sq``: pairwise squared distances), best first; ties go to
+    the lower index."""
+    return torch.sort(krum_scores(sq, f), stable=True).indices
+
+
+# --------------------------------------------------------------------------- coordinate-wise
+
+
+def coordinate_median(x: Tensor) -> Tensor:
+    """Coordinate-wise median of ``x [N, P]``; the mean of the two middle values when N is even."""
+    s = torch.sort(x, dim=0).values
+    n = x.shape[0]
+    return 0.5 * (s[(n - 1) // 2] + s[n // 2])
+
+
+def coordinate_trimmed_mean(x: Tensor, b: int) -> Tensor:
+    """Coordinate-wise mean after removing the ``b`` largest and ``b`` smallest values."""
+    n = x.shape[0]
+    b = max(0, min(b, (n - 1) // 2))
+    return torch.sort(x, dim=0).values[b : n - b].mean(dim=0)
+
+
+# --------------------------------------------------------------------------- validation scores
+
+
+def validation_logits(params: Tensor, ctx: AggregationContext, rule: str) -> tuple[Tensor, Tensor]:
+    """Logits ``[k, m, C]`` (float64) of heads ``params [k, P]`` on ``ctx.val_x`` and the labels."""
+    if ctx.val_x is None or ctx.val_y is None:
+        raise ValueError(f"{rule}: needs the local validation set (ctx.val_x, ctx.val_y)")
+    x = f64(ctx.val_x.to(params.device))
+    return head_logits(f64(params), x, ctx.layer_shape, ctx.bias), ctx.val_y.to(params.device).long()
+
+
+def per_class_f1(logits: Tensor, y: Tensor) -> Tensor:
+    """Per-class F1 ``2TP / (2TP + FP + FN)`` of argmax predictions; ``[k, m, C]`` → ``[k, C]``.
+
+    A class never predicted and absent from ``y`` (0/0) scores 0.
+    """
+    c = logits.shape[-1]
+    pred = one_hot(logits.argmax(dim=-1), c).to(WORK)  # [k, m, C]
+    true = one_hot(y, c).to(WORK)  # [m, C]
+    tp = (pred * true).sum(dim=1)
+    denom = pred.sum(dim=1) + true.sum(dim=0)
+    return torch.where(denom > 0, 2 * tp / denom.clamp_min(1), torch.zeros_like(tp))
+
+
+def mean_cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
+    """Mean cross-entropy of each head: ``[k, m, C]`` → ``[k]`` (0 on an empty validation set)."""
+    k, m, c = logits.shape
+    if m == 0:
+        return torch.zeros(k, dtype=logits.dtype, device=logits.device)
+    logp = torch.log_softmax(logits, dim=-1)
+    return -logp.gather(-1, y[None, :, None].expand(k, m, 1)).squeeze(-1).mean(dim=1)

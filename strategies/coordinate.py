@@ -1,0 +1,92 @@
+"""Coordinate-wise statistics: median and trimmed mean (Yin, Chen, Ramchandran, Bartlett,
+"Byzantine-Robust Distributed Learning: Towards Optimal Statistical Rates", ICML 2018).
+
+Both run over ``[own; received]`` (``N = n + 1``) when ``include_own`` (default, as the
+decentralized variants DeCM/DeTM of He et al. 2022), else over ``received`` (``N = n``, the
+federated server). The papers aggregate gradients; a coordinate-wise median/trimmed mean commutes
+with translation by ``own``, so applying it to the models equals ``own + rule(received − own)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from strategies._math import (
+    check_f,
+    coordinate_median,
+    coordinate_trimmed_mean,
+    population,
+    population_size,
+    require_bool,
+    require_float,
+    runtime_f,
+)
+from strategies.base import AggregationContext, Strategy
+from strategies.registry import register
+
+
+def _who(include_own: bool) -> str:
+    return "n + 1 (received + own)" if include_own else "n (received)"
+
+
+@register("median")
+@dataclass
+class Median(Strategy):
+    """Coordinate-wise median (Yin et al., ICML 2018): ``x_k = median_i x_{i,k}``; for an even
+    ``N`` the mean of the two middle values. Requires an honest majority, ``N >= 2f + 1``.
+    ``include_own`` (default True): the median runs over ``N = n + 1`` vectors including own."""
+
+    include_own: bool = True
+
+    def __post_init__(self) -> None:
+        require_bool("include_own", self.include_own)
+
+    def check(self, n: int, f: int) -> None:
+        check_f(f)
+        size = population_size(n, self.include_own)
+        if size < 2 * f + 1:
+            raise ValueError(f"median needs {_who(self.include_own)} >= 2f + 1, got {size} < {2 * f + 1}")
+
+    def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
+        return coordinate_median(population(own, received, self.include_own)).to(own.dtype)
+
+
+@register("trimmed_mean")
+@dataclass
+class TrimmedMean(Strategy):
+    """Coordinate-wise trimmed mean (Yin et al., ICML 2018, Def. 2): per coordinate, drop the ``b``
+    largest and ``b`` smallest of the ``N`` values and average the other ``N − 2b``.
+
+    ``b = floor(beta · N)`` when ``beta`` is given (``0 <= beta < 0.5``; the paper's β-trimmed
+    mean), else ``b = f``. Requires ``N > 2b`` and, for robustness, ``b >= f`` (the paper needs
+    ``β >= f/N``). ``include_own`` (default True): ``N = n + 1`` including the own vector. At run
+    time ``b`` is clamped to ``(N − 1) // 2``.
+    """
+
+    beta: float | None = None
+    include_own: bool = True
+
+    def __post_init__(self) -> None:
+        require_bool("include_own", self.include_own)
+        if self.beta is not None:
+            require_float("beta", self.beta, 0.0, 0.5, hi_open=True)
+
+    def _b(self, size: int, f: int) -> int:
+        return f if self.beta is None else int(math.floor(self.beta * size))
+
+    def check(self, n: int, f: int) -> None:
+        check_f(f)
+        size = population_size(n, self.include_own)
+        b = self._b(size, f)
+        if size <= 2 * b:
+            raise ValueError(f"trimmed_mean needs {_who(self.include_own)} > 2f, got {size} <= {2 * b}")
+        if b < f:
+            raise ValueError(f"beta: trims b = floor(beta * {size}) = {b} per side, fewer than f = {f}; "
+                             f"need beta >= {f / size:.3g}")
+
+    def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
+        x = population(own, received, self.include_own)
+        return coordinate_trimmed_mean(x, self._b(x.shape[0], runtime_f(ctx, x.shape[0]))).to(own.dtype)

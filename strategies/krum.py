@@ -1,0 +1,147 @@
+"""Distance-based selection: Krum, Multi-Krum and Bulyan.
+
+All three run over a *population* of ``N`` vectors: ``[own; received]`` (``N = n + 1``) when
+``include_own`` (the default, as in the decentralized variants, e.g. He et al. 2022's DeKrum),
+or ``received`` only (``N = n``, the federated server's setting). The own vector is honest, so
+the Byzantine count stays ``f`` and ``check`` applies the papers' conditions to ``N``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from strategies._math import (
+    check_f,
+    coordinate_median,
+    krum_order,
+    pairwise_sq_dists,
+    population,
+    population_size,
+    require_bool,
+    require_int,
+    runtime_f,
+)
+from strategies.base import AggregationContext, Strategy
+from strategies.registry import register
+
+
+@register("krum")
+@dataclass
+class Krum(Strategy):
+    """Krum (Blanchard, El Mhamdi, Guerraoui, Stainer, "Machine Learning with Adversaries: Byzantine
+    Tolerant Gradient Descent", NeurIPS 2017).
+
+    ``s(i) = Σ_{j ∈ N_i} ||x_i − x_j||²`` where ``N_i`` are the ``N − f − 2`` vectors closest to
+    ``x_i``; the result is ``x_{i*}`` with ``i* = argmin_i s(i)`` (ties: own first, then sender
+    order). Requires ``N > 2f + 2``.
+
+    The paper aggregates gradients; selecting one of the received *models* is the same rule on
+    parameters (the selected vector is returned as is, no ``own + update`` needed because
+    selection commutes with translation by ``own``).
+
+    ``include_own`` (default True): the own vector is a candidate and a neighbour, ``N = n + 1``.
+    """
+
+    include_own: bool = True
+
+    def __post_init__(self) -> None:
+        require_bool("include_own", self.include_own)
+
+    def _size(self, n: int) -> int:
+        return population_size(n, self.include_own)
+
+    def check(self, n: int, f: int) -> None:
+        check_f(f)
+        size = self._size(n)
+        if size <= 2 * f + 2:
+            who = "n + 1 (received + own)" if self.include_own else "n (received)"
+            raise ValueError(f"{self.name} needs {who} > 2f + 2, got {size} <= {2 * f + 2}")
+
+    def _selected(self, x: Tensor, f: int) -> Tensor:
+        return krum_order(pairwise_sq_dists(x), f)[:1]
+
+    def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
+        x = population(own, received, self.include_own)
+        f = runtime_f(ctx, x.shape[0])
+        return x[self._selected(x, f)].mean(dim=0).to(own.dtype)
+
+
+@register("multikrum")
+@dataclass
+class MultiKrum(Krum):
+    """Multi-Krum (Blanchard et al., NeurIPS 2017, Sec. 5): the mean of the ``m`` vectors with the
+    lowest Krum scores ``s(i)`` (see ``krum``); ``m = N − f`` by default (``m=None``).
+
+    ``include_own`` (default True): the own vector is a candidate and a neighbour, ``N = n + 1``.
+    Requires ``N > 2f + 2`` and, when ``m`` is given, ``m <= N``. At run time ``m`` is clamped to
+    the vectors that arrived.
+    """
+
+    m: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.m is not None:
+            require_int("m", self.m, 1, "an integer >= 1 or null (N - f)")
+
+    def check(self, n: int, f: int) -> None:
+        super().check(n, f)
+        if self.m is not None and self.m > self._size(n):
+            raise ValueError(f"m: must be <= the number of candidates {self._size(n)}, got {self.m}")
+
+    def _selected(self, x: Tensor, f: int) -> Tensor:
+        size = x.shape[0]
+        m = size - f if self.m is None else self.m
+        return krum_order(pairwise_sq_dists(x), f)[: max(1, min(m, size))]
+
+
+@register("bulyan")
+@dataclass
+class Bulyan(Strategy):
+    """Bulyan (El Mhamdi, Guerraoui, Rouault, "The Hidden Vulnerability of Distributed Learning in
+    Byzantium", ICML 2018).
+
+    1. Selection: ``θ = N − 2f`` times, pick the Krum winner of the remaining vectors (Krum with
+       the same ``f`` over the shrinking set) and move it to ``S``.
+    2. Aggregation, coordinate-wise: with ``β = θ − 2f``, average the ``β`` values of ``S`` closest
+       to the coordinate-wise median of ``S``.
+
+    Requires ``N >= 4f + 3``. ``include_own`` (default True): ``N = n + 1`` including the own
+    vector. At run time (fewer arrivals) ``θ`` and ``β`` are clamped to at least 1.
+    """
+
+    include_own: bool = True
+
+    def __post_init__(self) -> None:
+        require_bool("include_own", self.include_own)
+
+    def check(self, n: int, f: int) -> None:
+        check_f(f)
+        size = population_size(n, self.include_own)
+        if size < 4 * f + 3:
+            who = "n + 1 (received + own)" if self.include_own else "n (received)"
+            raise ValueError(f"bulyan needs {who} >= 4f + 3, got {size} < {4 * f + 3}")
+
+    def select(self, x: Tensor, f: int) -> list[int]:
+        """Step 1: the ``θ = N − 2f`` rows of ``x`` picked by repeated Krum, in picking order
+        (Krum ties go to the lower index of the remaining rows, i.e. own, then sender order)."""
+        sq = pairwise_sq_dists(x)
+        remaining = list(range(x.shape[0]))
+        chosen = []
+        for _ in range(max(1, x.shape[0] - 2 * f)):
+            idx = torch.tensor(remaining, device=sq.device)
+            best = int(krum_order(sq[idx][:, idx], f)[0])
+            chosen.append(remaining.pop(best))
+        return chosen
+
+    def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
+        x = population(own, received, self.include_own)
+        f = runtime_f(ctx, x.shape[0])
+        s = x[self.select(x, f)]
+        beta = max(1, s.shape[0] - 2 * f)
+        med = coordinate_median(s)
+        closest = torch.topk((s - med).abs(), beta, dim=0, largest=False).indices
+        return s.gather(0, closest).mean(dim=0).to(own.dtype)

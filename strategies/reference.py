@@ -1,0 +1,157 @@
+"""Rules that judge each received vector against a trusted reference: a root-set update
+(FLTrust), the own model's validation loss (MOZI/UBAR), or the own model's norm (BALANCE).
+
+None of them mixes the own vector into a robust statistic; the own vector is the reference and
+enters the result with the weight each paper gives it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from strategies._math import (
+    check_f,
+    dists_to,
+    f64,
+    mean_cross_entropy,
+    nearest,
+    require_float,
+    runtime_f,
+    validation_logits,
+)
+from strategies.base import AggregationContext, Strategy
+from strategies.registry import register
+
+
+@register("fltrust")
+@dataclass
+class FLTrust(Strategy):
+    """FLTrust (Cao, Fang, Liu, Gong, "FLTrust: Byzantine-robust Federated Learning via Trust
+    Bootstrapping", NDSS 2021, Alg. 1 with server learning rate 1).
+
+    With ``g0 = ctx.root_update − own`` (the update of ``own`` trained on the trusted root set)
+    and ``Δ_i = x_i − own``:
+
+    ``TS_i = ReLU(cos(Δ_i, g0))``, ``Δ'_i = Δ_i · ||g0|| / ||Δ_i||``,
+    ``result = own + Σ_i TS_i Δ'_i / Σ_i TS_i``.
+
+    The paper exchanges gradients/updates; the received vectors here are models, so ``Δ_i`` is
+    the translation of the paper's local model update. A zero ``Δ_i``, a zero ``g0`` or
+    ``Σ TS_i = 0`` contribute no trust (the result is ``own``). The own vector is the reference
+    (the server's global model) and is not a candidate.
+    """
+
+    needs: ClassVar[frozenset[str]] = frozenset({"root_update"})
+
+    def check(self, n: int, f: int) -> None:
+        check_f(f)
+
+    def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
+        if ctx.root_update is None:
+            raise ValueError("fltrust: needs ctx.root_update (own trained on the root data set)")
+        o = f64(own)
+        g0 = f64(ctx.root_update.to(own.device)) - o
+        if g0.shape != o.shape or not bool(torch.isfinite(g0).all()):
+            return own.clone()
+        delta = f64(received) - o
+        g0_norm = torch.linalg.vector_norm(g0)
+        d_norm = torch.linalg.vector_norm(delta, dim=1)
+        ok = (d_norm > 0) & (g0_norm > 0)
+        safe = d_norm.clamp_min(torch.finfo(torch.float64).tiny)
+        cos = (delta @ g0) / (safe * g0_norm.clamp_min(torch.finfo(torch.float64).tiny))
+        ts = torch.where(ok, torch.relu(cos), torch.zeros_like(cos))
+        if float(ts.sum()) <= 0:
+            return own.clone()
+        rescaled = delta * (g0_norm / safe)[:, None]
+        return (o + (ts[:, None] * rescaled).sum(dim=0) / ts.sum()).to(own.dtype)
+
+
+@register("mozi")
+@dataclass
+class Mozi(Strategy):
+    """MOZI / UBAR (Guo et al., "Towards Byzantine-resilient Learning in Decentralized Systems",
+    arXiv 2002.08569, 2020; journal version "Byzantine-resilient decentralized stochastic gradient
+    descent", IEEE TCSVT).
+
+    1. Distance stage: ``N_s`` = the ``⌈ρ·n⌉`` received vectors nearest to ``own`` (Euclidean);
+       ``rho=None`` (default) keeps ``n − f``, i.e. ρ = the expected fraction of benign neighbours
+       the paper sets ρ to.
+    2. Performance stage: ``N_r = {j ∈ N_s : ℓ(x_j) <= ℓ(own)}`` with ``ℓ`` the mean
+       cross-entropy on the peer's local validation set; if empty, ``N_r`` = the single
+       lowest-loss member of ``N_s``.
+    3. ``result = α·own + (1 − α)·mean_{j ∈ N_r} x_j``.
+
+    Deviations: the paper evaluates ℓ on a training mini-batch and adds the local gradient step
+    to the same update; fedsim trains separately and scores on the validation split. The epfml
+    reimplementation falls back to the *nearest* neighbour when ``N_r`` is empty; we follow the
+    paper (lowest loss). The own vector is the reference, weighted by ``alpha``.
+    """
+
+    rho: float | None = None
+    alpha: float = 0.5
+
+    needs: ClassVar[frozenset[str]] = frozenset({"validation"})
+
+    def __post_init__(self) -> None:
+        if self.rho is not None:
+            require_float("rho", self.rho, 0.0, 1.0, lo_open=True)
+        require_float("alpha", self.alpha, 0.0, 1.0)
+
+    def check(self, n: int, f: int) -> None:
+        check_f(f)
+
+    def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
+        n = received.shape[0]
+        k = n - runtime_f(ctx, n) if self.rho is None else math.ceil(self.rho * n)
+        ns = nearest(dists_to(received, own), max(1, min(k, n)))
+        cand = f64(received[ns])
+        logits, y = validation_logits(torch.cat([f64(own)[None], cand]), ctx, "mozi")
+        loss = mean_cross_entropy(logits, y)
+        keep = loss[1:] <= loss[0]
+        if not bool(keep.any()):
+            keep = torch.zeros_like(keep)
+            keep[int(torch.argmin(loss[1:]))] = True
+        out = self.alpha * f64(own) + (1 - self.alpha) * cand[keep].mean(dim=0)
+        return out.to(own.dtype)
+
+
+@register("balance")
+@dataclass
+class Balance(Strategy):
+    """BALANCE (Fang et al., "BALANCE: Byzantine-robust Averaging through Local Similarity in
+    Decentralization", published as "Byzantine-Robust Decentralized Federated Learning", ACM CCS
+    2024).
+
+    Accept ``x_j`` iff ``||x_j − own|| <= γ · exp(−κ · t/T) · ||own||`` with ``t = ctx.round`` and
+    ``T = ctx.total_rounds``; ``result = α·own + (1 − α)·mean(accepted)``, or ``own`` when none is
+    accepted. The own vector is the reference, weighted by ``alpha``. Defaults γ=0.3, κ=1, α=0.5
+    (the paper's default setting).
+    """
+
+    gamma: float = 0.3
+    kappa: float = 1.0
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        require_float("gamma", self.gamma, 0.0, lo_open=True)
+        require_float("kappa", self.kappa, 0.0)
+        require_float("alpha", self.alpha, 0.0, 1.0)
+
+    def check(self, n: int, f: int) -> None:
+        check_f(f)
+
+    def threshold(self, own: Tensor, ctx: AggregationContext) -> float:
+        lam = ctx.round / max(ctx.total_rounds, 1)
+        return self.gamma * math.exp(-self.kappa * lam) * float(torch.linalg.vector_norm(f64(own)))
+
+    def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
+        accepted = dists_to(received, own) <= self.threshold(own, ctx)
+        if not bool(accepted.any()):
+            return own.clone()
+        out = self.alpha * f64(own) + (1 - self.alpha) * f64(received[accepted]).mean(dim=0)
+        return out.to(own.dtype)
