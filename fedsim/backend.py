@@ -53,8 +53,12 @@ class RayBackend:
         self.ray = ray
         self._started = not ray.is_initialized()
         if self._started:
-            kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "logging_level": "ERROR",
-                                  "configure_logging": True}
+            kw: dict[str, Any] = {
+                "include_dashboard": False,
+                "log_to_driver": True,
+                "logging_level": "ERROR",
+                "configure_logging": True,
+            }
             if address:
                 kw["address"] = address
             else:

@@ -43,8 +43,19 @@ def cache_dir(explicit: str | None = None) -> Path:
 
 def cache_key(ds: Dataset, backbone: str, weights_fp: str) -> str:
     spec = get_spec(backbone)
-    h = hashlib.sha256("|".join([FORMAT_VERSION, ds.fingerprint(), backbone, weights_fp, str(spec.input_shape),
-                                 repr(spec.mean), repr(spec.std)]).encode())
+    h = hashlib.sha256(
+        "|".join(
+            [
+                FORMAT_VERSION,
+                ds.fingerprint(),
+                backbone,
+                weights_fp,
+                str(spec.input_shape),
+                repr(spec.mean),
+                repr(spec.std),
+            ]
+        ).encode()
+    )
     return f"{ds.name.replace(':', '_').replace('/', '_')}-{backbone}-{h.hexdigest()[:16]}"
 
 
@@ -68,6 +79,7 @@ def features_for(ds: Dataset, backbone: str, directory: str | None = None, log=N
     return Features(xtr, ds.y_train, xte, ds.y_test, ds.num_classes, key)
 
 
-def load_features(dataset: str, backbone: str, data_dir: str | None = None, directory: str | None = None,
-                  log=None) -> Features:
+def load_features(
+    dataset: str, backbone: str, data_dir: str | None = None, directory: str | None = None, log=None
+) -> Features:
     return features_for(load(dataset, data_dir), backbone, directory, log)

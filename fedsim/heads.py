@@ -49,9 +49,21 @@ def ce_grad(w: Tensor, b: Tensor | None, x: Tensor, y: Tensor) -> tuple[Tensor, 
     return loss, torch.bmm(g.transpose(1, 2), x), g.sum(dim=1)
 
 
-def step(w: Tensor, b: Tensor, gw: Tensor, gb: Tensor, state: OptimizerState, *, optimizer: str, lr: float,
-         momentum: float, weight_decay: float, bias: bool, betas: tuple[float, float] = (0.9, 0.999),
-         eps: float = 1e-8) -> None:
+def step(
+    w: Tensor,
+    b: Tensor,
+    gw: Tensor,
+    gb: Tensor,
+    state: OptimizerState,
+    *,
+    optimizer: str,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    bias: bool,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> None:
     """In-place SGD (with momentum and weight decay, PyTorch's convention) or Adam step."""
     if weight_decay:
         gw = gw + weight_decay * w
@@ -86,5 +98,7 @@ def accuracy_and_loss(w: Tensor, b: Tensor | None, x: Tensor, y: Tensor, chunk: 
         if b is not None:
             z = z + b[i : i + chunk, None, :]
         accs.append((z.argmax(-1) == y).float().mean(1))
-        losses.append(torch.nn.functional.cross_entropy(z.transpose(1, 2), y.expand(len(wi), -1), reduction="none").mean(1))
+        losses.append(
+            torch.nn.functional.cross_entropy(z.transpose(1, 2), y.expand(len(wi), -1), reduction="none").mean(1)
+        )
     return torch.cat(accs), torch.cat(losses)

@@ -15,7 +15,7 @@ import numpy as np
 @dataclass(frozen=True)
 class Partition:
     train: list[np.ndarray]  # per peer, indices into the dataset's training arrays
-    val: list[np.ndarray]    # per peer, its local validation indices (disjoint from train)
+    val: list[np.ndarray]  # per peer, its local validation indices (disjoint from train)
 
     @property
     def num_peers(self) -> int:
@@ -37,8 +37,9 @@ def iid(y: np.ndarray, n: int, rng: np.random.Generator) -> list[np.ndarray]:
     return list(np.array_split(idx, n))
 
 
-def dirichlet(y: np.ndarray, n: int, rng: np.random.Generator, alpha: float, min_size: int = 2,
-              max_tries: int = 1000) -> list[np.ndarray]:
+def dirichlet(
+    y: np.ndarray, n: int, rng: np.random.Generator, alpha: float, min_size: int = 2, max_tries: int = 1000
+) -> list[np.ndarray]:
     """Label skew: for each class c, proportions p_c ~ Dir(α·1_n) over peers; redrawn until every
     peer holds at least ``min_size`` samples."""
     classes = np.unique(y)
@@ -52,8 +53,10 @@ def dirichlet(y: np.ndarray, n: int, rng: np.random.Generator, alpha: float, min
         out = [np.concatenate(p) for p in parts]
         if min(len(p) for p in out) >= min_size:
             return out
-    raise ValueError(f"partition.alpha={alpha}: could not give each of {n} peers ≥ {min_size} samples in "
-                     f"{max_tries} draws; raise alpha or lower partition.min_size or peers.count")
+    raise ValueError(
+        f"partition.alpha={alpha}: could not give each of {n} peers ≥ {min_size} samples in "
+        f"{max_tries} draws; raise alpha or lower partition.min_size or peers.count"
+    )
 
 
 def _by_class_sets(y: np.ndarray, holdings: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
@@ -94,8 +97,19 @@ def quantity(y: np.ndarray, n: int, rng: np.random.Generator, beta: float, min_s
     return list(np.split(idx, np.cumsum(sizes)[:-1]))
 
 
-def make_partition(kind: str, y: np.ndarray, n: int, seed: int, *, alpha: float = 0.5, k: int = 2, window: int = 3,
-                   beta: float = 0.5, min_size: int = 2, val_fraction: float = 0.1) -> Partition:
+def make_partition(
+    kind: str,
+    y: np.ndarray,
+    n: int,
+    seed: int,
+    *,
+    alpha: float = 0.5,
+    k: int = 2,
+    window: int = 3,
+    beta: float = 0.5,
+    min_size: int = 2,
+    val_fraction: float = 0.1,
+) -> Partition:
     """Partition labels ``y`` among ``n`` peers and carve each peer's local validation split
     (``val_fraction`` of its samples, at least 1 when it holds ≥ 2)."""
     rng = np.random.default_rng(seed)

@@ -25,25 +25,32 @@ from fedsim.topology import Topology
 class GroupSetup:
     """Everything a group needs; plain data so it can travel to a Ray actor."""
 
-    first: int                     # global id of the first hosted peer
-    train_idx: list[np.ndarray]    # per hosted peer, indices into the training features
+    first: int  # global id of the first hosted peer
+    train_idx: list[np.ndarray]  # per hosted peer, indices into the training features
     val_idx: list[np.ndarray]
-    byzantine: np.ndarray          # bool [N] over all peers
+    byzantine: np.ndarray  # bool [N] over all peers
     num_peers: int
     num_classes: int
     dim: int
     seed: int
     rounds: int
-    mode: str                      # decentralized | federated
+    mode: str  # decentralized | federated
     training: dict[str, Any]
-    strategy: dict[str, Any]       # name, params
+    strategy: dict[str, Any]  # name, params
     f: int
-    attack: dict[str, Any]         # name, params, omniscient, collude
-    topology: dict[str, Any]       # kind, degree, p, fanout
+    attack: dict[str, Any]  # name, params, omniscient, collude
+    topology: dict[str, Any]  # kind, degree, p, fanout
 
 
-def forge_messages(attack: Any, s: GroupSetup, round_: int, params: Tensor, previous: Tensor | None,
-                   receiver: int | None = None, nbr_honest: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+def forge_messages(
+    attack: Any,
+    s: GroupSetup,
+    round_: int,
+    params: Tensor,
+    previous: Tensor | None,
+    receiver: int | None = None,
+    nbr_honest: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """The messages every peer sends this round ``[N, P]``, a validity mask ``[N]``, and the
     Byzantine rows sent (kept for the stale-model attack's ``ctx.previous``).
 
@@ -59,8 +66,15 @@ def forge_messages(attack: Any, s: GroupSetup, round_: int, params: Tensor, prev
     own = params[byz]
     view = params[torch.from_numpy(~s.byzantine)] if s.attack.get("omniscient", True) else own
     layer_shape = (s.num_classes, s.dim)
-    ctx_kw: dict[str, Any] = dict(n=s.num_peers, f=len(byz), round=round_, layer_shape=layer_shape,
-                                  bias=bool(s.training["bias"]), num_classes=s.num_classes, previous=previous)
+    ctx_kw: dict[str, Any] = dict(
+        n=s.num_peers,
+        f=len(byz),
+        round=round_,
+        layer_shape=layer_shape,
+        bias=bool(s.training["bias"]),
+        num_classes=s.num_classes,
+        previous=previous,
+    )
     if receiver is not None:
         ctx_kw |= dict(receiver_own=params[receiver], receiver_neighbors=nbr_honest)
     groups = [np.arange(len(byz))] if s.attack.get("collude", True) else [np.asarray([j]) for j in range(len(byz))]
@@ -86,8 +100,11 @@ class PeerGroup:
         self.p = len(self.ids)
         self.bias = bool(s.training["bias"])
         self.layer_shape = (s.num_classes, s.dim)
-        xtr, ytr = torch.from_numpy(features["x_train"]), torch.from_numpy(features["y_train"])
-        self.x_test, self.y_test = torch.from_numpy(features["x_test"]), torch.from_numpy(features["y_test"])
+        xtr, ytr = torch.as_tensor(np.array(features["x_train"])), torch.as_tensor(np.array(features["y_train"]))
+        self.x_test, self.y_test = (
+            torch.as_tensor(np.array(features["x_test"])),
+            torch.as_tensor(np.array(features["y_test"])),
+        )
         self.sizes = np.asarray([len(t) for t in s.train_idx], dtype=np.int64)
         if (self.sizes == 0).any():
             raise ValueError("a peer has no training samples; use fewer peers or another partition")
@@ -95,15 +112,23 @@ class PeerGroup:
         flat = torch.from_numpy(np.concatenate(s.train_idx))
         self.x_local, self.y_local = xtr[flat].clone(), ytr[flat].clone()
         self.val = [(xtr[torch.from_numpy(v)], ytr[torch.from_numpy(v)]) for v in s.val_idx]
-        self.local_classes = [torch.bincount(torch.cat([self.y_local[o : o + n], vy]), minlength=s.num_classes) > 0
-                              for o, n, (_, vy) in zip(self.offsets, self.sizes, self.val, strict=True)]
+        self.local_classes = [
+            torch.bincount(torch.cat([self.y_local[o : o + n], vy]), minlength=s.num_classes) > 0
+            for o, n, (_, vy) in zip(self.offsets, self.sizes, self.val, strict=True)
+        ]
         self.is_byz = s.byzantine[self.ids]
         self.attack = attacks.build(s.attack["name"], s.attack.get("params")) if s.attack["name"] != "none" else None
         if isinstance(self.attack, attacks.DataPoisoner):
             self._poison()
         self.rule = strategies.build(s.strategy["name"], s.strategy.get("params"))
-        self.topology = Topology(s.topology["kind"], s.num_peers, s.seed, degree=s.topology["degree"],
-                                 p=s.topology["p"], fanout=s.topology["fanout"]).build()
+        self.topology = Topology(
+            s.topology["kind"],
+            s.num_peers,
+            s.seed,
+            degree=s.topology["degree"],
+            p=s.topology["p"],
+            fanout=s.topology["fanout"],
+        ).build()
         c, d = self.layer_shape
         self.w = torch.zeros(self.p, c, d)
         self.b = torch.zeros(self.p, c)
@@ -116,9 +141,14 @@ class PeerGroup:
         assert isinstance(self.attack, attacks.DataPoisoner)
         for j in np.flatnonzero(self.is_byz):
             o, n = self.offsets[j], self.sizes[j]
-            ctx = attacks.AttackContext(n=self.s.num_peers, f=int(self.s.byzantine.sum()), num_classes=self.s.num_classes,
-                                        layer_shape=self.layer_shape, bias=self.bias,
-                                        generator=crng.torch_generator(self.s.seed, "poison", int(self.ids[j])))
+            ctx = attacks.AttackContext(
+                n=self.s.num_peers,
+                f=int(self.s.byzantine.sum()),
+                num_classes=self.s.num_classes,
+                layer_shape=self.layer_shape,
+                bias=self.bias,
+                generator=crng.torch_generator(self.s.seed, "poison", int(self.ids[j])),
+            )
             x, y = self.attack.poison(self.x_local[o : o + n], self.y_local[o : o + n], ctx)
             self.x_local[o : o + n], self.y_local[o : o + n] = x, y
 
@@ -140,8 +170,14 @@ class PeerGroup:
         return c * d + (c if self.bias else 0)
 
     def get_state(self) -> dict[str, Any]:
-        st = {"w": self.w.clone(), "b": self.b.clone(), "m_w": self.opt.m_w.clone(), "m_b": self.opt.m_b.clone(),
-              "t": self.opt.t, "previous_forged": self.previous_forged}
+        st = {
+            "w": self.w.clone(),
+            "b": self.b.clone(),
+            "m_w": self.opt.m_w.clone(),
+            "m_b": self.opt.m_b.clone(),
+            "t": self.opt.t,
+            "previous_forged": self.previous_forged,
+        }
         if self.opt.v_w is not None:
             st |= {"v_w": self.opt.v_w.clone(), "v_b": self.opt.v_b.clone()}
         return st
@@ -160,7 +196,9 @@ class PeerGroup:
     # ------------------------------------------------------------------ training
     def _batch(self, round_: int, step: int, stream: str = "batch") -> tuple[Tensor, Tensor]:
         B = int(self.s.training["batch_size"])
-        r = crng.integers(self.sizes[:, None], self.s.seed, stream, round_, step, self.ids[:, None], np.arange(B)[None, :])
+        r = crng.integers(
+            self.sizes[:, None], self.s.seed, stream, round_, step, self.ids[:, None], np.arange(B)[None, :]
+        )
         idx = torch.from_numpy(self.offsets[:, None] + r)
         return self.x_local[idx], self.y_local[idx]
 
@@ -169,8 +207,18 @@ class PeerGroup:
         loss = torch.zeros(w.shape[0])
         for x, y in batches:
             loss, gw, gb = heads.ce_grad(w, b if self.bias else None, x, y)
-            heads.step(w, b, gw, gb, opt, optimizer=t["optimizer"], lr=t["lr"], momentum=t["momentum"],
-                       weight_decay=t["weight_decay"], bias=self.bias)
+            heads.step(
+                w,
+                b,
+                gw,
+                gb,
+                opt,
+                optimizer=t["optimizer"],
+                lr=t["lr"],
+                momentum=t["momentum"],
+                weight_decay=t["weight_decay"],
+                bias=self.bias,
+            )
         return loss
 
     def train(self, round_: int, global_params: np.ndarray | None = None) -> tuple[np.ndarray, float]:
@@ -187,9 +235,17 @@ class PeerGroup:
         vx, vy = self.val[j]
         pid = int(self.ids[j])
         return strategies.AggregationContext(
-            layer_shape=self.layer_shape, bias=self.bias, f=f, round=round_, total_rounds=self.s.rounds,
-            val_x=vx, val_y=vy, local_classes=self.local_classes[j], root_update=root,
-            generator=crng.torch_generator(self.s.seed, "strategy", round_, pid))
+            layer_shape=self.layer_shape,
+            bias=self.bias,
+            f=f,
+            round=round_,
+            total_rounds=self.s.rounds,
+            val_x=vx,
+            val_y=vy,
+            local_classes=self.local_classes[j],
+            root_update=root,
+            generator=crng.torch_generator(self.s.seed, "strategy", round_, pid),
+        )
 
     def _root_updates(self, round_: int) -> Tensor:
         """FLTrust's trusted update for each hosted peer: its own head trained on its validation split."""
@@ -199,10 +255,18 @@ class PeerGroup:
         sizes = np.asarray([max(len(v[1]), 1) for v in self.val])
         for k in range(int(self.s.training["local_steps"])):
             r = crng.integers(sizes[:, None], self.s.seed, "root", round_, k, self.ids[:, None], np.arange(B)[None, :])
-            x = torch.stack([self.val[j][0][torch.from_numpy(r[j])] if len(self.val[j][1]) else torch.zeros(B, self.s.dim)
-                             for j in range(self.p)])
-            y = torch.stack([self.val[j][1][torch.from_numpy(r[j])] if len(self.val[j][1]) else torch.zeros(B, dtype=torch.long)
-                             for j in range(self.p)])
+            x = torch.stack(
+                [
+                    self.val[j][0][torch.from_numpy(r[j])] if len(self.val[j][1]) else torch.zeros(B, self.s.dim)
+                    for j in range(self.p)
+                ]
+            )
+            y = torch.stack(
+                [
+                    self.val[j][1][torch.from_numpy(r[j])] if len(self.val[j][1]) else torch.zeros(B, dtype=torch.long)
+                    for j in range(self.p)
+                ]
+            )
             self._local_steps(w, b, opt, [(x, y)])
         return strategies.flatten(w, b if self.bias else None)
 
@@ -222,8 +286,15 @@ class PeerGroup:
             m, v = msgs, valid
             if per_receiver:
                 honest_n = nbrs[~torch.from_numpy(self.s.byzantine[nbrs.numpy()])]
-                m, v, _ = forge_messages(self.attack, self.s, round_, params, self.previous_forged,
-                                         receiver=int(pid), nbr_honest=params[honest_n])
+                m, v, _ = forge_messages(
+                    self.attack,
+                    self.s,
+                    round_,
+                    params,
+                    self.previous_forged,
+                    receiver=int(pid),
+                    nbr_honest=params[honest_n],
+                )
             ok = v[nbrs]
             dropped += int((~ok).sum())
             own = params[pid]
@@ -261,7 +332,9 @@ class Server:
         self.layer_shape = (setup.num_classes, setup.dim)
         c, d = self.layer_shape
         self.global_params = np.zeros(c * d + (c if self.bias else 0), dtype=np.float32)
-        self.attack = attacks.build(setup.attack["name"], setup.attack.get("params")) if setup.attack["name"] != "none" else None
+        self.attack = (
+            attacks.build(setup.attack["name"], setup.attack.get("params")) if setup.attack["name"] != "none" else None
+        )
         self.rule = strategies.build(setup.strategy["name"], setup.strategy.get("params"))
         self.previous_forged: Tensor | None = None
         self.root = None if root_x is None else (torch.from_numpy(root_x), torch.from_numpy(root_y))
@@ -284,19 +357,37 @@ class Server:
         opt = heads.OptimizerState.zeros(w, b, t["optimizer"] == "adam")
         x, y = self.root
         for k in range(int(t["local_steps"])):
-            r = torch.from_numpy(crng.integers(len(y), self.s.seed, "root", round_, k, -1, np.arange(int(t["batch_size"]))))
+            r = torch.from_numpy(
+                crng.integers(len(y), self.s.seed, "root", round_, k, -1, np.arange(int(t["batch_size"])))
+            )
             loss, gw, gb = heads.ce_grad(w, b if self.bias else None, x[r][None], y[r][None])
-            heads.step(w, b, gw, gb, opt, optimizer=t["optimizer"], lr=t["lr"], momentum=t["momentum"],
-                       weight_decay=t["weight_decay"], bias=self.bias)
+            heads.step(
+                w,
+                b,
+                gw,
+                gb,
+                opt,
+                optimizer=t["optimizer"],
+                lr=t["lr"],
+                momentum=t["momentum"],
+                weight_decay=t["weight_decay"],
+                bias=self.bias,
+            )
         return strategies.flatten(w, b if self.bias else None)[0]
 
     def aggregate(self, round_: int, *client_params: np.ndarray) -> dict[str, int]:
         params = torch.from_numpy(np.concatenate(client_params))
         msgs, valid, self.previous_forged = forge_messages(self.attack, self.s, round_, params, self.previous_forged)
         g = torch.from_numpy(self.global_params)
-        ctx = strategies.AggregationContext(layer_shape=self.layer_shape, bias=self.bias, f=self.s.f, round=round_,
-                                            total_rounds=self.s.rounds, root_update=self._root_update(round_, g),
-                                            generator=crng.torch_generator(self.s.seed, "strategy", round_, -1))
+        ctx = strategies.AggregationContext(
+            layer_shape=self.layer_shape,
+            bias=self.bias,
+            f=self.s.f,
+            round=round_,
+            total_rounds=self.s.rounds,
+            root_update=self._root_update(round_, g),
+            generator=crng.torch_generator(self.s.seed, "strategy", round_, -1),
+        )
         try:
             new, dropped = strategies.aggregate(self.rule, g, msgs[valid], ctx)
         except ValueError:

@@ -34,7 +34,7 @@ from fedsim.topology import Topology
 FLOAT_BYTES = 4
 
 
-class RunDirExists(FileExistsError):
+class RunDirExistsError(FileExistsError):
     pass
 
 
@@ -62,37 +62,74 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None) -> Prepared:
     feats = load_features(sc.dataset.name, sc.backbone.name, sc.dataset.data_dir, sc.backbone.cache_dir, log)
     n = sc.peers.count
     pt = sc.partition
-    part = make_partition(pt.kind, feats.y_train, n, sc.seed, alpha=pt.alpha, k=pt.k, window=pt.window, beta=pt.beta,
-                          min_size=pt.min_size, val_fraction=pt.val_fraction)
+    part = make_partition(
+        pt.kind,
+        feats.y_train,
+        n,
+        sc.seed,
+        alpha=pt.alpha,
+        k=pt.k,
+        window=pt.window,
+        beta=pt.beta,
+        min_size=pt.min_size,
+        val_fraction=pt.val_fraction,
+    )
     byz = np.zeros(n, dtype=bool)
     byz[crng.numpy_generator(sc.seed, "byzantine").permutation(n)[: sc.peers.num_byzantine]] = True
-    topo = Topology(sc.topology.kind, n, sc.seed, degree=sc.topology.degree, p=sc.topology.p,
-                    fanout=sc.topology.fanout).build()
-    in_degree = float(n - 1) if sc.mode == "federated" else float(np.mean(topo.degrees(0))) if sc.topology.kind != "star" else n
+    topo = Topology(
+        sc.topology.kind, n, sc.seed, degree=sc.topology.degree, p=sc.topology.p, fanout=sc.topology.fanout
+    ).build()
+    in_degree = (
+        float(n - 1) if sc.mode == "federated" else float(np.mean(topo.degrees(0))) if sc.topology.kind != "star" else n
+    )
     f = default_f(sc, in_degree if sc.mode == "decentralized" else n)
     params = dict(sc.strategy.params)
-    if sc.mode == "federated" and "include_own" in getattr(strategies.REGISTRY[sc.strategy.name], "__dataclass_fields__", {}):
+    if sc.mode == "federated" and "include_own" in getattr(
+        strategies.REGISTRY[sc.strategy.name], "__dataclass_fields__", {}
+    ):
         params.setdefault("include_own", False)  # a server averages its clients, not the old global model
     c, d = feats.num_classes, feats.dim
     num_params = c * d + (c if sc.training.bias else 0)
     rule_cls = strategies.REGISTRY[sc.strategy.name]
     extra = _backbone_param_count(sc.backbone.name) if rule_cls.exchanges == "full_model" else 0
-    common = dict(byzantine=byz, num_peers=n, num_classes=c, dim=d, seed=sc.seed, rounds=sc.rounds, mode=sc.mode,
-                  training=sc.training.model_dump(), strategy={"name": sc.strategy.name, "params": params}, f=f,
-                  attack=sc.peers.attack.model_dump(), topology=sc.topology.model_dump())
+    common = dict(
+        byzantine=byz,
+        num_peers=n,
+        num_classes=c,
+        dim=d,
+        seed=sc.seed,
+        rounds=sc.rounds,
+        mode=sc.mode,
+        training=sc.training.model_dump(),
+        strategy={"name": sc.strategy.name, "params": params},
+        f=f,
+        attack=sc.peers.attack.model_dump(),
+        topology=sc.topology.model_dump(),
+    )
     actors = min(sc.engine.num_actors, n)
     blocks = np.array_split(np.arange(n), actors)
-    setups = [GroupSetup(first=int(b[0]), train_idx=[part.train[i] for i in b], val_idx=[part.val[i] for i in b], **common)
-              for b in blocks]
+    setups = [
+        GroupSetup(first=int(b[0]), train_idx=[part.train[i] for i in b], val_idx=[part.val[i] for i in b], **common)
+        for b in blocks
+    ]
     server = GroupSetup(first=0, train_idx=[], val_idx=[], **common) if sc.mode == "federated" else None
     root = None
     if sc.mode == "federated":
-        ridx = crng.numpy_generator(sc.seed, "root_set").choice(len(feats.y_train), size=min(100, len(feats.y_train)),
-                                                                replace=False)
+        ridx = crng.numpy_generator(sc.seed, "root_set").choice(
+            len(feats.y_train), size=min(100, len(feats.y_train)), replace=False
+        )
         root = (feats.x_train[ridx], feats.y_train[ridx])
-    info = {"peers": n, "byzantine_ids": np.flatnonzero(byz).tolist(), "f": f, "num_params": num_params,
-            "feature_dim": d, "classes": c, "mean_in_degree": in_degree, "actors": actors,
-            "train_samples_per_peer": [int(len(t)) for t in part.train]}
+    info = {
+        "peers": n,
+        "byzantine_ids": np.flatnonzero(byz).tolist(),
+        "f": f,
+        "num_params": num_params,
+        "feature_dim": d,
+        "classes": c,
+        "mean_in_degree": in_degree,
+        "actors": actors,
+        "train_samples_per_peer": [int(len(t)) for t in part.train],
+    }
     return Prepared(sc, feats, setups, server, byz, f, num_params, FLOAT_BYTES * (num_params + extra), root, info)
 
 
@@ -102,8 +139,12 @@ def versions() -> dict[str, str]:
     import numpy
     import pydantic
 
-    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
-           "pydantic": pydantic.__version__}
+    out = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "pydantic": pydantic.__version__,
+    }
     try:
         import ray
 
@@ -136,7 +177,9 @@ class Run:
     def create_dir(self, overwrite: bool = False) -> None:
         if self.dir.exists() and any(self.dir.iterdir()):
             if not overwrite:
-                raise RunDirExists(f"{self.dir} exists; pass --overwrite, choose another name, or --resume {self.dir}")
+                raise RunDirExistsError(
+                    f"{self.dir} exists; pass --overwrite, choose another name, or --resume {self.dir}"
+                )
             shutil.rmtree(self.dir)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -152,14 +195,24 @@ class Run:
         (self.dir / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n")
 
     # ------------------------------------------------------------------ main loop
-    def execute(self, progress: Callable[[int, dict], None] | None = None, log: Callable[[str], None] | None = None,
-                resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:
+    def execute(
+        self,
+        progress: Callable[[int, dict], None] | None = None,
+        log: Callable[[str], None] | None = None,
+        resume: bool = False,
+        stop_after: int | None = None,
+    ) -> dict[str, Any]:
         """Run (or resume) all rounds; returns the summary. ``stop_after`` ends early after that
         round (tests use it to simulate a kill)."""
         sc = self.sc
         prep = prepare(sc, log)
-        backend = make_backend(sc.engine.backend, sc.engine.address,
-                               None if sc.engine.address else max(os.cpu_count() or 1, math.ceil(sc.engine.num_actors * sc.engine.cpus_per_actor)))
+        backend = make_backend(
+            sc.engine.backend,
+            sc.engine.address,
+            None
+            if sc.engine.address
+            else max(os.cpu_count() or 1, math.ceil(sc.engine.num_actors * sc.engine.cpus_per_actor)),
+        )
         try:
             return self._loop(prep, backend, progress, resume, stop_after)
         finally:
@@ -168,11 +221,15 @@ class Run:
     def _loop(self, prep: Prepared, backend, progress, resume: bool, stop_after: int | None) -> dict[str, Any]:
         sc = self.sc
         feats = prep.features
-        fref = backend.put({"x_train": feats.x_train, "y_train": feats.y_train, "x_test": feats.x_test,
-                            "y_test": feats.y_test})
+        fref = backend.put(
+            {"x_train": feats.x_train, "y_train": feats.y_train, "x_test": feats.x_test, "y_test": feats.y_test}
+        )
         groups = [backend.actor(PeerGroup, s, fref, num_cpus=sc.engine.cpus_per_actor) for s in prep.setups]
-        server = (backend.actor(Server, prep.server_setup, *prep.root, num_cpus=sc.engine.cpus_per_actor)
-                  if prep.server_setup else None)
+        server = (
+            backend.actor(Server, prep.server_setup, *prep.root, num_cpus=sc.engine.cpus_per_actor)
+            if prep.server_setup
+            else None
+        )
         backend.get([g.ping.remote() for g in groups])
         start, metrics_path = 0, self.dir / "metrics.jsonl"
         ckpt = self.dir / "checkpoint.pt"
@@ -201,15 +258,22 @@ class Run:
                     stats = backend.get([g.aggregate.remote(r, *params_refs) for g in groups])
                 t_round = time.perf_counter() - t0
                 train_loss = sum(backend.get([t[1] for t in trained])) / max(len(honest_ids), 1)
-                rec: dict[str, Any] = {"round": r, "group": "honest", "train_loss": round(float(train_loss), 6),
-                                       "dropped": sum(s["dropped"] for s in stats),
-                                       "skipped": sum(s["skipped"] for s in stats),
-                                       "bytes_sent_per_peer": int(out_degree * prep.bytes_per_message),
-                                       "bytes_sent_total": int(out_degree * prep.bytes_per_message * sc.peers.count)}
+                rec: dict[str, Any] = {
+                    "round": r,
+                    "group": "honest",
+                    "train_loss": round(float(train_loss), 6),
+                    "dropped": sum(s["dropped"] for s in stats),
+                    "skipped": sum(s["skipped"] for s in stats),
+                    "bytes_sent_per_peer": int(out_degree * prep.bytes_per_message),
+                    "bytes_sent_total": int(out_degree * prep.bytes_per_message * sc.peers.count),
+                }
                 if (r + 1) % sc.evaluation.every == 0 or r == sc.rounds - 1:
                     rec |= self._evaluate(prep, backend, groups, server, honest_ids, r)
-                rec["seconds"] = round(t_round, 4)
                 mf.write((json.dumps(rec, sort_keys=True) + "\n").encode())
+                with open(
+                    self.dir / "timings.jsonl", "a"
+                ) as tf:  # kept apart: metrics.jsonl is reproducible to the byte
+                    tf.write(json.dumps({"round": r, "seconds": round(t_round, 4)}) + "\n")
                 mf.flush()
                 history.append(rec)
                 if progress:
@@ -238,8 +302,9 @@ class Run:
 
             g = torch.from_numpy(backend.get(server.get_global.remote()))[None]
             w, b = strategies.unflatten(g, (prep.features.num_classes, prep.features.dim), sc.training.bias)
-            acc, loss = heads.accuracy_and_loss(w.contiguous(), b, torch.from_numpy(prep.features.x_test),
-                                                torch.from_numpy(prep.features.y_test))
+            acc, loss = heads.accuracy_and_loss(
+                w.contiguous(), b, torch.from_numpy(prep.features.x_test), torch.from_numpy(prep.features.y_test)
+            )
             a, lo, ids = acc.numpy(), loss.numpy(), np.asarray([-1])
         else:
             sample = None
@@ -250,31 +315,52 @@ class Run:
             a = np.concatenate([x["accuracy"] for x in res])
             lo = np.concatenate([x["loss"] for x in res])
             ids = np.concatenate([x["ids"] for x in res])
-        out = {"accuracy_mean": round(float(a.mean()), 6), "accuracy_min": round(float(a.min()), 6),
-               "accuracy_max": round(float(a.max()), 6), "accuracy_std": round(float(a.std()), 6),
-               "test_loss": round(float(lo.mean()), 6), "evaluated_peers": int(len(a))}
+        out = {
+            "accuracy_mean": round(float(a.mean()), 6),
+            "accuracy_min": round(float(a.min()), 6),
+            "accuracy_max": round(float(a.max()), 6),
+            "accuracy_std": round(float(a.std()), 6),
+            "test_loss": round(float(lo.mean()), 6),
+            "evaluated_peers": int(len(a)),
+        }
         if sc.evaluation.per_peer:
             out["per_peer"] = {str(int(i)): round(float(x), 6) for i, x in zip(ids, a, strict=True)}
         return out
 
     def _checkpoint(self, backend, groups, server, r: int) -> None:
         lines = len((self.dir / "metrics.jsonl").read_bytes().splitlines())
-        state = {"round": r, "metrics_lines": lines, "groups": backend.get([g.get_state.remote() for g in groups]),
-                 "server": backend.get(server.get_state.remote()) if server is not None else None}
+        state = {
+            "round": r,
+            "metrics_lines": lines,
+            "groups": backend.get([g.get_state.remote() for g in groups]),
+            "server": backend.get(server.get_state.remote()) if server is not None else None,
+        }
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".checkpoint.", suffix=".tmp")
         os.close(fd)
         torch.save(state, tmp)
         os.replace(tmp, self.dir / "checkpoint.pt")
 
+    def _timings(self) -> list[dict[str, Any]]:
+        p = self.dir / "timings.jsonl"
+        return [json.loads(x) for x in p.read_text().splitlines() if x.strip()] if p.exists() else []
+
     def _summary(self, prep: Prepared) -> dict[str, Any]:
         recs = [json.loads(x) for x in (self.dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
         evals = [x for x in recs if "accuracy_mean" in x]
         last = evals[-1] if evals else {}
-        return {"name": self.sc.name, "rounds": self.sc.rounds, "mode": self.sc.mode, "strategy": self.sc.strategy.name,
-                "attack": self.sc.peers.attack.name, "peers": self.sc.peers.count,
-                "byzantine": int(prep.byzantine.sum()),
-                "final_accuracy_mean": last.get("accuracy_mean"), "final_accuracy_min": last.get("accuracy_min"),
-                "final_accuracy_max": last.get("accuracy_max"),
-                "bytes_sent_total": int(sum(x["bytes_sent_total"] for x in recs)),
-                "wall_seconds_rounds": round(sum(x["seconds"] for x in recs), 3), "f": prep.f,
-                "num_params": prep.num_params}
+        return {
+            "name": self.sc.name,
+            "rounds": self.sc.rounds,
+            "mode": self.sc.mode,
+            "strategy": self.sc.strategy.name,
+            "attack": self.sc.peers.attack.name,
+            "peers": self.sc.peers.count,
+            "byzantine": int(prep.byzantine.sum()),
+            "final_accuracy_mean": last.get("accuracy_mean"),
+            "final_accuracy_min": last.get("accuracy_min"),
+            "final_accuracy_max": last.get("accuracy_max"),
+            "bytes_sent_total": int(sum(x["bytes_sent_total"] for x in recs)),
+            "wall_seconds_rounds": round(sum(x["seconds"] for x in self._timings()), 3),
+            "f": prep.f,
+            "num_params": prep.num_params,
+        }

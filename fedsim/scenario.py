@@ -62,7 +62,9 @@ class PeersCfg(_Section):
         if self.byzantine is not None and self.byzantine_fraction:
             raise ValueError("give peers.byzantine or peers.byzantine_fraction, not both")
         if self.num_byzantine >= self.count:
-            raise ValueError(f"peers.byzantine: {self.num_byzantine} Byzantine of {self.count} peers leaves no honest peer")
+            raise ValueError(
+                f"peers.byzantine: {self.num_byzantine} Byzantine of {self.count} peers leaves no honest peer"
+            )
         return self
 
     @property
@@ -80,8 +82,12 @@ class TopologyCfg(_Section):
 class StrategyCfg(_Section):
     name: str = Field("fedavg", description="see `fedsim list strategies`")
     params: dict[str, Any] = Field(default_factory=dict)
-    f: int | None = Field(None, ge=0, description="Byzantine senders a rule tolerates; default: expected Byzantine "
-                          "neighbours (decentralized) or Byzantine clients (federated)")
+    f: int | None = Field(
+        None,
+        ge=0,
+        description="Byzantine senders a rule tolerates; default: expected Byzantine "
+        "neighbours (decentralized) or Byzantine clients (federated)",
+    )
 
 
 class TrainingCfg(_Section):
@@ -108,7 +114,9 @@ class EvaluationCfg(_Section):
 
 class EngineCfg(_Section):
     backend: Literal["ray", "local"] = Field("ray", description="'local' runs the same actors in-process (debugging)")
-    address: str | None = Field(None, description="Ray cluster address ('auto', 'ray://host:10001'); none: start locally")
+    address: str | None = Field(
+        None, description="Ray cluster address ('auto', 'ray://host:10001'); none: start locally"
+    )
     num_actors: int = Field(2, ge=1, le=10_000)
     cpus_per_actor: float = Field(1.0, gt=0)
 
@@ -247,7 +255,9 @@ def check_semantics(sc: Scenario, source: str = "scenario") -> None:
         except ValueError as e:
             fail("peers.attack.params" if sc.peers.attack.name in attacks.REGISTRY else "peers.attack.name", str(e))
     if sc.peers.num_byzantine and sc.peers.attack.name == "none":
-        fail("peers.attack.name", f"{sc.peers.num_byzantine} Byzantine peers but no attack; name one or set byzantine: 0")
+        fail(
+            "peers.attack.name", f"{sc.peers.num_byzantine} Byzantine peers but no attack; name one or set byzantine: 0"
+        )
     n_peers = sc.peers.count
     if sc.mode == "federated":
         n = n_peers
@@ -272,8 +282,11 @@ def check_semantics(sc: Scenario, source: str = "scenario") -> None:
         rule.check(n, f)
     except ValueError as e:
         where = "strategy.f" if sc.strategy.f is not None else "strategy.name"
-        fail(where, f"{e} (with {n} received vectors per aggregation and f={f}; set strategy.f, "
-                    "raise the topology degree, or lower the Byzantine count)")
+        fail(
+            where,
+            f"{e} (with {n} received vectors per aggregation and f={f}; set strategy.f, "
+            "raise the topology degree, or lower the Byzantine count)",
+        )
     for i, p in enumerate(sc.probes):
         if not isinstance(p, dict) or "kind" not in p:
             fail(f"probes.{i}", "each probe is a mapping with a 'kind' (unlearning | cloning)")

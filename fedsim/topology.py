@@ -51,7 +51,7 @@ class Topology:
     def build(self) -> Topology:
         """Construct the static graph (no work in ``__init__``); raises ``ValueError`` naming the
         ``topology.*`` field when the parameters cannot give a connected graph."""
-        n, s = self.n, self.seed
+        n = self.n
         if self.kind == "complete":
             self._static = _csr([np.delete(np.arange(n), i) for i in range(n)])
         elif self.kind == "ring":
@@ -67,7 +67,9 @@ class Topology:
         elif self.kind == "watts_strogatz":
             if not 2 <= self.degree < n:
                 raise ValueError(f"topology.degree={self.degree}: need 2 <= degree < peers ({n})")
-            self._static = _from_graph(self._connected(lambda r: nx.watts_strogatz_graph(n, self.degree, self.p, seed=r)), n)
+            self._static = _from_graph(
+                self._connected(lambda r: nx.watts_strogatz_graph(n, self.degree, self.p, seed=r)), n
+            )
         elif self.kind == "push_gossip":
             if not 0 < self.fanout < n:
                 raise ValueError(f"topology.fanout={self.fanout}: need 0 < fanout < peers ({n})")
@@ -82,7 +84,9 @@ class Topology:
             g = make(crng.derive_seed(self.seed, "topology", t) % (2**32))
             if nx.is_connected(g):
                 return g
-        raise ValueError(f"topology.{self.kind}: no connected graph in {tries} draws; raise topology.p or topology.degree")
+        raise ValueError(
+            f"topology.{self.kind}: no connected graph in {tries} draws; raise topology.p or topology.degree"
+        )
 
     @property
     def static(self) -> bool:

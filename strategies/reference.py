@@ -67,7 +67,8 @@ class FLTrust(Strategy):
         ts = torch.where(ok, torch.relu(cos), torch.zeros_like(cos))
         if float(ts.sum()) <= 0:
             return own.clone()
-        rescaled = delta * (g0_norm / safe)[:, None]
+        # rows without trust are zeroed before the product: ||g0|| / tiny may overflow to inf
+        rescaled = delta * torch.where(ok, g0_norm / safe, torch.zeros_like(safe))[:, None]
         return (o + (ts[:, None] * rescaled).sum(dim=0) / ts.sum()).to(own.dtype)
 
 

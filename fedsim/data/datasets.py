@@ -98,14 +98,21 @@ def _find(root: Path, *names: str) -> Path:
         for cand in (root / n, root / (n + ".gz")):
             if cand.exists():
                 return cand
-    raise FileNotFoundError(f"none of {', '.join(names)} (or .gz) in {root}; fedsim never downloads data: "
-                            "put the original files there")
+    raise FileNotFoundError(
+        f"none of {', '.join(names)} (or .gz) in {root}; fedsim never downloads data: put the original files there"
+    )
 
 
 def _idx_dataset(name: str, root: Path, prefix: str = "", transpose: bool = False, label_offset: int = 0) -> Dataset:
-    xs = [read_idx(_find(root, f"{prefix}{s}-images-idx3-ubyte", f"{prefix}{s}-images.idx3-ubyte")) for s in ("train", "t10k" if not prefix else "test")]
-    ys = [read_idx(_find(root, f"{prefix}{s}-labels-idx1-ubyte", f"{prefix}{s}-labels.idx1-ubyte")).astype(np.int64) - label_offset
-          for s in ("train", "t10k" if not prefix else "test")]
+    xs = [
+        read_idx(_find(root, f"{prefix}{s}-images-idx3-ubyte", f"{prefix}{s}-images.idx3-ubyte"))
+        for s in ("train", "t10k" if not prefix else "test")
+    ]
+    ys = [
+        read_idx(_find(root, f"{prefix}{s}-labels-idx1-ubyte", f"{prefix}{s}-labels.idx1-ubyte")).astype(np.int64)
+        - label_offset
+        for s in ("train", "t10k" if not prefix else "test")
+    ]
     if transpose:  # EMNIST images are stored transposed
         xs = [x.transpose(0, 2, 1).copy() for x in xs]
     return Dataset(name, xs[0], ys[0], xs[1], ys[1], num_classes=int(max(ys[0].max(), ys[1].max())) + 1)

@@ -32,9 +32,15 @@ def _cnn(in_ch: int, side: int, pool: int = 3) -> nn.Sequential:
     pooled conv features vs 92.3% with a 128-unit fc layer, measured when choosing this design).
     """
     return nn.Sequential(
-        nn.Conv2d(in_ch, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.AdaptiveAvgPool2d(pool), nn.Flatten(), FeatureScale(64 * pool * pool),
+        nn.Conv2d(in_ch, 32, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.AdaptiveAvgPool2d(pool),
+        nn.Flatten(),
+        FeatureScale(64 * pool * pool),
     )
 
 
@@ -63,7 +69,7 @@ class BackboneSpec:
     name: str
     description: str
     build: Callable[[], nn.Module] | None  # None: identity (no network)
-    input_shape: tuple[int, ...]           # (C, H, W) the network expects; () for identity
+    input_shape: tuple[int, ...]  # (C, H, W) the network expects; () for identity
     mean: float = 0.0
     std: float = 1.0
     pretrain_dataset: str = ""
@@ -74,16 +80,31 @@ class BackboneSpec:
         shipped = WEIGHTS_DIR / f"{self.name}.pt"
         if shipped.exists():
             return shipped
-        return Path(os.environ.get("FEDSIM_WEIGHTS_DIR", Path.home() / ".cache" / "fedsim" / "weights")) / f"{self.name}.pt"
+        return (
+            Path(os.environ.get("FEDSIM_WEIGHTS_DIR", Path.home() / ".cache" / "fedsim" / "weights"))
+            / f"{self.name}.pt"
+        )
 
 
 BACKBONES: dict[str, BackboneSpec] = {
     "fmnist_cnn": BackboneSpec(
-        "fmnist_cnn", "2-conv CNN → 576 pooled conv features, pretrained on Fashion-MNIST (for 28×28 grey digits: MNIST, EMNIST)",
-        lambda: _cnn(1, 28), (1, 28, 28), mean=0.2860, std=0.3530, pretrain_dataset="fashion_mnist_embedded"),
+        "fmnist_cnn",
+        "2-conv CNN → 576 pooled conv features, pretrained on Fashion-MNIST (for 28×28 grey digits: MNIST, EMNIST)",
+        lambda: _cnn(1, 28),
+        (1, 28, 28),
+        mean=0.2860,
+        std=0.3530,
+        pretrain_dataset="fashion_mnist_embedded",
+    ),
     "cifar_cnn": BackboneSpec(
-        "cifar_cnn", "2-conv CNN → 576 pooled conv features for 32×32 RGB, pretrain on CIFAR-100 for a CIFAR-10 task",
-        lambda: _cnn(3, 32), (3, 32, 32), mean=0.4782, std=0.2682, pretrain_dataset="cifar100"),
+        "cifar_cnn",
+        "2-conv CNN → 576 pooled conv features for 32×32 RGB, pretrain on CIFAR-100 for a CIFAR-10 task",
+        lambda: _cnn(3, 32),
+        (3, 32, 32),
+        mean=0.4782,
+        std=0.2682,
+        pretrain_dataset="cifar100",
+    ),
     "identity": BackboneSpec("identity", "raw inputs flattened and scaled to [0, 1] (no network)", None, ()),
 }
 
@@ -117,8 +138,9 @@ def load_backbone(name: str) -> tuple[nn.Module | None, str]:
         return None, "identity"
     path = spec.weights_path()
     if not path.exists():
-        raise FileNotFoundError(f"no weights for backbone {name!r} at {path}; create them with "
-                                f"`fedsim pretrain --backbone {name}`")
+        raise FileNotFoundError(
+            f"no weights for backbone {name!r} at {path}; create them with `fedsim pretrain --backbone {name}`"
+        )
     raw = path.read_bytes()
     net = spec.build()
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

@@ -19,9 +19,17 @@ from fedsim.data.datasets import load
 from fedsim.models.backbones import get_spec, to_input
 
 
-def pretrain(backbone: str, dataset: str | None = None, data_dir: str | None = None, epochs: int = 3,
-             lr: float = 1e-3, batch_size: int = 128, seed: int = 0, out: Path | None = None,
-             log=print) -> dict:
+def pretrain(
+    backbone: str,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    epochs: int = 3,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+    seed: int = 0,
+    out: Path | None = None,
+    log=print,
+) -> dict:
     """Train ``backbone`` on ``dataset`` and save its weights; returns a summary dict."""
     spec = get_spec(backbone)
     if spec.build is None:
@@ -58,9 +66,18 @@ def pretrain(backbone: str, dataset: str | None = None, data_dir: str | None = N
     out = Path(out) if out else spec.weights_path()
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), out)
-    summary = {"backbone": backbone, "dataset": ds.name, "epochs": epochs, "lr": lr, "batch_size": batch_size,
-               "seed": seed, "source_test_accuracy": round(acc, 4), "seconds": round(time.time() - t0, 1),
-               "torch": torch.__version__, "numpy": np.__version__}
+    summary = {
+        "backbone": backbone,
+        "dataset": ds.name,
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "seed": seed,
+        "source_test_accuracy": round(acc, 4),
+        "seconds": round(time.time() - t0, 1),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+    }
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     log(f"saved {out} (source-task test accuracy {acc:.4f})")
     return summary

@@ -1,0 +1,46 @@
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for the whole test session (starting Ray costs seconds)."""
+    ray = pytest.importorskip("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture()
+def small_scenario(tmp_path):
+    """A fast scenario dict: sklearn digits, identity backbone, 8 peers, 4 rounds."""
+
+    def make(**over):
+        d = {
+            "name": "t",
+            "seed": 3,
+            "rounds": 4,
+            "dataset": {"name": "sklearn_digits"},
+            "backbone": {"name": "identity", "cache_dir": str(tmp_path / "cache")},
+            "partition": {"kind": "dirichlet", "alpha": 1.0},
+            "peers": {"count": 8},
+            "topology": {"kind": "k_regular", "degree": 4},
+            "training": {"lr": 0.05, "momentum": 0.5, "batch_size": 16, "local_steps": 3},
+            "engine": {"backend": "local", "num_actors": 2},
+            "output": {"dir": str(tmp_path / "runs")},
+        }
+        for k, v in over.items():
+            node = d
+            parts = k.split(".")
+            for p in parts[:-1]:
+                node = node.setdefault(p, {})
+            node[parts[-1]] = v
+        return d
+
+    return make

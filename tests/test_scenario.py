@@ -1,0 +1,96 @@
+"""Scenario schema: defaults, errors that name the YAML path, cross-field checks, CLI validate."""
+
+import pytest
+from click.testing import CliRunner
+
+from fedsim.cli import main
+from fedsim.scenario import ScenarioError, load, parse
+
+
+def test_empty_scenario_has_defaults():
+    sc = parse({})
+    assert sc.peers.count == 20 and sc.dataset.name == "mnist10k" and sc.strategy.name == "fedavg"
+    assert sc.rounds >= 1 and sc.training.lr > 0
+
+
+@pytest.mark.parametrize(
+    ("data", "path", "hint"),
+    [
+        ({"rounds": -1}, "rounds", "greater than or equal to 1"),
+        ({"rounds": "many"}, "rounds", "integer"),
+        ({"strategy": {"nam": "x"}}, "strategy.nam", "unknown key"),
+        ({"topology": {"kind": "grid"}}, "topology.kind", "'k_regular'"),
+        ({"peers": {"count": 0}}, "peers.count", "greater than or equal to 1"),
+        ({"peers": {"count": 10, "byzantine": 10, "attack": {"name": "sign_flip"}}}, "peers.byzantine", "no honest"),
+        ({"strategy": {"name": "nope"}}, "strategy.name", "available"),
+        ({"dataset": {"name": "imagenet"}}, "dataset.name", "available"),
+        ({"dataset": {"name": "cifar10"}}, "dataset.data_dir", "local files"),
+        ({"peers": {"byzantine": 3}}, "peers.attack.name", "no attack"),
+        ({"peers": {"byzantine": 2, "attack": {"name": "no_such"}}}, "peers.attack.name", "available"),
+        ({"training": {"optimizer": "lbfgs"}}, "training.optimizer", "'sgd'"),
+        ({"evaluation": {"peers": 0}}, "evaluation", "'all' or >= 1"),
+        ({"topology": {"kind": "k_regular", "degree": 25}}, "topology.degree", "must be < peers.count"),
+        ({"mode": "decentralized", "topology": {"kind": "star"}}, "topology.kind", "federated"),
+        ({"partition": {"val_fraction": 1.5}}, "partition.val_fraction", "less than 1"),
+        ({"probes": [{"kind": "x"}]}, "probes.0.kind", "unlearning"),
+    ],
+)
+def test_errors_name_the_field(data, path, hint):
+    with pytest.raises(ScenarioError) as e:
+        parse(data)
+    msg = str(e.value)
+    assert f" {path}" in msg or msg.startswith(path), msg
+    assert hint in msg, msg
+    assert "\n" not in msg
+
+
+def test_rule_limits_checked_at_validation_time():
+    # Krum needs n > 2f + 2 received vectors; a 4-regular graph with f = 2 cannot satisfy it.
+    pytest.importorskip("strategies.krum")
+    with pytest.raises(ScenarioError, match="strategy.f"):
+        parse({"strategy": {"name": "krum", "f": 2}, "topology": {"kind": "k_regular", "degree": 4}})
+    parse({"strategy": {"name": "krum", "f": 1}, "topology": {"kind": "k_regular", "degree": 6}})
+
+
+def test_top_level_must_be_mapping(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("- 1\n- 2\n")
+    with pytest.raises(ScenarioError, match="mapping"):
+        load(p)
+    p.write_text("rounds: [1,\n")
+    with pytest.raises(ScenarioError, match="not valid YAML"):
+        load(p)
+
+
+def test_overrides_are_dotted(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("rounds: 3\n")
+    sc = load(p, {"strategy.name": "local", "peers.count": 7})
+    assert sc.strategy.name == "local" and sc.peers.count == 7 and sc.rounds == 3
+
+
+def test_cli_validate_ok_and_broken(tmp_path):
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text("rounds: 2\n")
+    bad.write_text("rounds: 2\ntraining: {lr: -1}\n")
+    r = CliRunner().invoke(main, ["validate", str(good)])
+    assert r.exit_code == 0 and "ok" in r.output
+    r = CliRunner().invoke(main, ["validate", str(bad)])
+    assert r.exit_code == 1
+    lines = [x for x in r.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and "training.lr" in lines[0]
+
+
+def test_cli_run_broken_file_is_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("topology: {kind: hypercube}\n")
+    r = CliRunner().invoke(main, ["run", str(bad)])
+    assert r.exit_code != 0
+    assert "topology.kind" in r.output and "Traceback" not in r.output
+
+
+def test_shipped_scenarios_validate():
+    from pathlib import Path
+
+    for f in sorted(Path(__file__).parent.parent.joinpath("scenarios").rglob("*.yaml")):
+        load(f)
