@@ -34,6 +34,9 @@ class LocalBackend:
     def put(self, obj: Any) -> Any:
         return obj
 
+    def kill(self, handles: list[Any]) -> None:
+        pass
+
     def get(self, refs: Any) -> Any:
         return refs
 
@@ -61,8 +64,8 @@ class RayBackend:
             }
             if address:
                 kw["address"] = address
-            else:
-                kw["num_cpus"] = num_cpus
+            else:  # "local": never attach silently to a cluster some `ray start` left on this machine
+                kw |= {"address": "local", "num_cpus": num_cpus}
             ray.init(**kw)
 
     def actor(self, cls: type, *args: Any, num_cpus: float = 1.0) -> Any:
@@ -70,6 +73,14 @@ class RayBackend:
 
     def put(self, obj: Any) -> Any:
         return self.ray.put(obj)
+
+    def kill(self, handles: list[Any]) -> None:
+        """Free the actors' CPUs now (a shared Ray session may run more scenarios after this one)."""
+        for h in handles:
+            try:
+                self.ray.kill(h)
+            except Exception:  # already dead
+                pass
 
     def get(self, refs: Any) -> Any:
         return self.ray.get(refs)

@@ -149,6 +149,7 @@ def _execute(r, console, quiet: bool, resume: bool) -> dict | None:
 
 
 def _guarded(r, console, progress, resume: bool, log=None) -> dict | None:
+
     try:
         return r.execute(progress=progress, log=log or (lambda m: None), resume=resume)
     except KeyboardInterrupt:
@@ -285,6 +286,19 @@ def pretrain(
     except (ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
 
+
+def _register_commands() -> None:
+    """Commands that live in their own modules (each imports its heavy dependencies lazily)."""
+    from fedsim.flower.cli import flower
+    from fedsim.plot import plot
+    from fedsim.report import report
+    from fedsim.sweep import sweep
+
+    for cmd in (sweep, plot, report, flower):
+        main.add_command(cmd)
+
+
+_register_commands()
 
 if __name__ == "__main__":
     main()

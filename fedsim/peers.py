@@ -319,6 +319,12 @@ class PeerGroup:
     def ping(self) -> int:
         return self.p
 
+    def pid(self) -> int:
+        """The hosting process (diagnostics; tests kill it)."""
+        import os
+
+        return os.getpid()
+
 
 class Server:
     """Federated mode's server: holds the global model, forges the Byzantine clients' messages

@@ -35,7 +35,11 @@ FLOAT_BYTES = 4
 
 
 class RunDirExistsError(FileExistsError):
-    pass
+    """The run directory exists and neither --overwrite nor --resume was given."""
+
+
+class RunInterruptedError(RuntimeError):
+    """The run stopped early (Ctrl-C, or a peer actor died); it can be resumed from its checkpoint."""
 
 
 @dataclass
@@ -213,10 +217,36 @@ class Run:
             if sc.engine.address
             else max(os.cpu_count() or 1, math.ceil(sc.engine.num_actors * sc.engine.cpus_per_actor)),
         )
+        import signal
+        import threading
+
+        self._stop_requested = False
+        self.groups, self.server = [], None
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, lambda *_: setattr(self, "_stop_requested", True))
         try:
             return self._loop(prep, backend, progress, resume, stop_after)
+        except Exception as e:
+            if type(e).__name__ in ("RayActorError", "ActorDiedError", "ActorUnavailableError", "WorkerCrashedError"):
+                raise RunInterruptedError(
+                    f"a peer actor died ({type(e).__name__}); the run stopped. "
+                    f"{self._resume_hint()}"
+                ) from None
+            raise
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+            backend.kill([*self.groups, *([self.server] if self.server is not None else [])])
+            self.groups, self.server = [], None
             backend.shutdown()
+
+    def _resume_hint(self) -> str:
+        ckpt = self.dir / "checkpoint.pt"
+        if ckpt.exists():
+            r = torch.load(ckpt, weights_only=False)["round"]
+            return f"Continue from its checkpoint (after round {r}) with: fedsim run --resume {self.dir}"
+        return f"No checkpoint was written yet (set checkpoint.every); fedsim run --resume {self.dir} restarts it"
 
     def _loop(self, prep: Prepared, backend, progress, resume: bool, stop_after: int | None) -> dict[str, Any]:
         sc = self.sc
@@ -225,11 +255,13 @@ class Run:
             {"x_train": feats.x_train, "y_train": feats.y_train, "x_test": feats.x_test, "y_test": feats.y_test}
         )
         groups = [backend.actor(PeerGroup, s, fref, num_cpus=sc.engine.cpus_per_actor) for s in prep.setups]
+        self.groups = groups
         server = (
             backend.actor(Server, prep.server_setup, *prep.root, num_cpus=sc.engine.cpus_per_actor)
             if prep.server_setup
             else None
         )
+        self.server = server
         backend.get([g.ping.remote() for g in groups])
         start, metrics_path = 0, self.dir / "metrics.jsonl"
         ckpt = self.dir / "checkpoint.pt"
@@ -241,8 +273,13 @@ class Run:
             start = state["round"] + 1
             lines = metrics_path.read_bytes().splitlines(keepends=True)[: state["metrics_lines"]]
             _atomic_write(metrics_path, b"".join(lines))
-        elif resume:
+        elif resume:  # nothing saved yet: start over
             metrics_path.write_bytes(b"")
+        if resume:
+            tp = self.dir / "timings.jsonl"
+            if tp.exists():
+                kept = [x for x in tp.read_text().splitlines() if x.strip() and json.loads(x)["round"] < start]
+                tp.write_text("".join(k + "\n" for k in kept))
         honest_ids = np.flatnonzero(~prep.byzantine)
         out_degree = self._out_degree(prep)
         history: list[dict[str, Any]] = []
@@ -283,6 +320,9 @@ class Run:
                     self._checkpoint(backend, groups, server, r)
                 if stop_after is not None and r >= stop_after:
                     return {"stopped_after": r}
+                if self._stop_requested:  # Ctrl-C: finish the round, save, stop
+                    self._checkpoint(backend, groups, server, r)
+                    raise RunInterruptedError(f"interrupted after round {r}; checkpoint saved. {self._resume_hint()}")
         summary = self._summary(prep)
         _atomic_write(self.dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
         return summary

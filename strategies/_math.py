@@ -67,6 +67,20 @@ def f64(t: Tensor) -> Tensor:
     return t.to(WORK)
 
 
+def to_like(x: Tensor, like: Tensor) -> Tensor:
+    """Cast a float64 result back to ``like``'s dtype, saturating at that dtype's finite range.
+
+    Only rules whose result can leave the inputs' hull (Bristle's zero-mean step, FLTrust's
+    rescaling, clipping steps) can exceed it, and only for inputs near the float32 limit; a
+    saturated value is still a valid (if extreme) parameter, whereas ``inf`` would make
+    ``aggregate`` discard the whole aggregation.
+    """
+    if like.dtype.is_floating_point:
+        big = torch.finfo(like.dtype).max
+        x = x.clamp(-big, big)
+    return x.to(like.dtype)
+
+
 def population(own: Tensor, received: Tensor, include_own: bool) -> Tensor:
     """The vectors a robust statistic runs over: ``[own; received]`` or ``received`` (float64)."""
     x = f64(received)

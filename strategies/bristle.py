@@ -17,6 +17,7 @@ from strategies._math import (
     require_choice,
     require_float,
     require_int,
+    to_like,
     validation_logits,
 )
 from strategies.base import AggregationContext, Strategy, flatten, unflatten
@@ -52,6 +53,12 @@ class Bristle(Strategy):
     ``S_j = Σ_{c∈F} s_jc`` of the *unbounded* scores (``unfamiliar_score="sum"``, the authors'
     code: ``getWeightPerSelectedPeer``) or their mean (``"mean"``).
 
+    The transform is 0 only for scores ``<= score_temperature·ln(weight_offset / (weight_scale −
+    weight_offset))`` (≈ −40.5 with the defaults): a clearly worse candidate (e.g. F1 lower by
+    0.3 or more) gets weight 0, a slightly worse one keeps a small positive weight, an equal one
+    gets ``1·certainty``, and a candidate with ``certainty = 0`` (e.g. F1 0 on every familiar
+    class) gets 0 everywhere.
+
     Each class column (row ``c`` of ``W`` and ``b_c``) is integrated separately:
     ``new_c = (own_c + Σ_j w_jc · x_jc) / (1 + Σ_j w_jc)``; own always has weight 1.
 
@@ -60,7 +67,10 @@ class Bristle(Strategy):
     predictions and softmax outputs are unchanged; it only removes the common drift that mixing
     familiar and unfamiliar columns with different weights introduces.
 
-    Defaults: ``N=10, α=0.4`` and the constants 10, 3, 4, −100, 10, 4, 100 of the paper.
+    Defaults: ``N=10, α=0.4`` and the constants 10, 3, 4, −100, 10, 4, 100 of the paper
+    (``diff_scale, better_exponent, worse_exponent, score_floor, weight_scale, weight_offset,
+    score_temperature``); ``k=8, e=2`` for ``selection="nearest_random"`` (our choice: the
+    authors' code used 20+5 and 50+5 for larger neighbourhoods).
 
     Where the paper and the authors' code (jverbraeken/trustchain-superapp,
     ``fedml/.../gar/Bristle.kt``, DL4J, ``W`` stored as [features, classes] so a "column" is a
@@ -209,4 +219,4 @@ class Bristle(Strategy):
         if self.zero_mean:
             w_new = w_new - w_new.mean(dim=0, keepdim=True)
             b_new = None if b_new is None else b_new - b_new.mean()
-        return flatten(w_new, b_new).to(own.dtype)
+        return to_like(flatten(w_new, b_new), own)

@@ -19,6 +19,7 @@ from strategies._math import (
     require_bool,
     require_float,
     require_int,
+    to_like,
 )
 from strategies.base import AggregationContext, Strategy
 from strategies.registry import register
@@ -60,7 +61,7 @@ class CenteredClipping(Strategy):
         v = f64(own)
         for _ in range(self.iterations):
             v = v + clip_rows(x - v, self.tau).mean(dim=0)
-        return v.to(own.dtype)
+        return to_like(v, own)
 
 
 @register("clipped_gossip")
@@ -105,5 +106,5 @@ class ClippedGossip(Strategy):
         tau = self.radius(own, received, f)
         o = f64(own)
         out = o + clip_rows(f64(received) - o, tau).sum(dim=0) / (n + 1)
-        return out.to(own.dtype)
+        return to_like(out, own)
 

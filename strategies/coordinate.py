@@ -23,6 +23,7 @@ from strategies._math import (
     require_bool,
     require_float,
     runtime_f,
+    to_like,
 )
 from strategies.base import AggregationContext, Strategy
 from strategies.registry import register
@@ -51,7 +52,7 @@ class Median(Strategy):
             raise ValueError(f"median needs {_who(self.include_own)} >= 2f + 1, got {size} < {2 * f + 1}")
 
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
-        return coordinate_median(population(own, received, self.include_own)).to(own.dtype)
+        return to_like(coordinate_median(population(own, received, self.include_own)), own)
 
 
 @register("trimmed_mean")
@@ -89,4 +90,4 @@ class TrimmedMean(Strategy):
 
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
         x = population(own, received, self.include_own)
-        return coordinate_trimmed_mean(x, self._b(x.shape[0], runtime_f(ctx, x.shape[0]))).to(own.dtype)
+        return to_like(coordinate_trimmed_mean(x, self._b(x.shape[0], runtime_f(ctx, x.shape[0]))), own)

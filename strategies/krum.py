@@ -23,6 +23,7 @@ from strategies._math import (
     require_bool,
     require_int,
     runtime_f,
+    to_like,
 )
 from strategies.base import AggregationContext, Strategy
 from strategies.registry import register
@@ -66,7 +67,7 @@ class Krum(Strategy):
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
         x = population(own, received, self.include_own)
         f = runtime_f(ctx, x.shape[0])
-        return x[self._selected(x, f)].mean(dim=0).to(own.dtype)
+        return to_like(x[self._selected(x, f)].mean(dim=0), own)
 
 
 @register("multikrum")
@@ -144,4 +145,4 @@ class Bulyan(Strategy):
         beta = max(1, s.shape[0] - 2 * f)
         med = coordinate_median(s)
         closest = torch.topk((s - med).abs(), beta, dim=0, largest=False).indices
-        return s.gather(0, closest).mean(dim=0).to(own.dtype)
+        return to_like(s.gather(0, closest).mean(dim=0), own)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
+from strategies._math import population, to_like
 from strategies.base import AggregationContext, Strategy
 from strategies.registry import register
 
@@ -23,8 +23,8 @@ class FedAvg(Strategy):
     include_own: bool = True
 
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
-        stack = torch.cat([own[None], received]) if self.include_own else received
-        return stack.mean(dim=0)
+        # float64: a float32 sum of values near the float32 limit overflows although the mean does not
+        return to_like(population(own, received, self.include_own).mean(dim=0), own)
 
 
 @register("local")

@@ -15,6 +15,7 @@ from strategies._math import (
     population_size,
     require_bool,
     runtime_f,
+    to_like,
 )
 from strategies.base import AggregationContext, Strategy
 from strategies.registry import build, register
@@ -71,7 +72,7 @@ class NearestNeighborMixing(Strategy):
 
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
         x = population(own, received, self.include_own)
-        mixed = self.mix(x, runtime_f(ctx, x.shape[0])).to(own.dtype)
+        mixed = to_like(self.mix(x, runtime_f(ctx, x.shape[0])), own)
         if self.include_own:
             return self._inner(mixed[0], mixed[1:], ctx)
         return self._inner(own, mixed, ctx)

@@ -22,6 +22,7 @@ from strategies._math import (
     nearest,
     require_float,
     runtime_f,
+    to_like,
     validation_logits,
 )
 from strategies.base import AggregationContext, Strategy
@@ -69,7 +70,7 @@ class FLTrust(Strategy):
             return own.clone()
         # rows without trust are zeroed before the product: ||g0|| / tiny may overflow to inf
         rescaled = delta * torch.where(ok, g0_norm / safe, torch.zeros_like(safe))[:, None]
-        return (o + (ts[:, None] * rescaled).sum(dim=0) / ts.sum()).to(own.dtype)
+        return to_like(o + (ts[:, None] * rescaled).sum(dim=0) / ts.sum(), own)
 
 
 @register("mozi")
@@ -118,7 +119,7 @@ class Mozi(Strategy):
             keep = torch.zeros_like(keep)
             keep[int(torch.argmin(loss[1:]))] = True
         out = self.alpha * f64(own) + (1 - self.alpha) * cand[keep].mean(dim=0)
-        return out.to(own.dtype)
+        return to_like(out, own)
 
 
 @register("balance")
@@ -155,4 +156,4 @@ class Balance(Strategy):
         if not bool(accepted.any()):
             return own.clone()
         out = self.alpha * f64(own) + (1 - self.alpha) * f64(received[accepted]).mean(dim=0)
-        return out.to(own.dtype)
+        return to_like(out, own)

@@ -113,3 +113,25 @@ def test_kill_and_resume_is_byte_identical(small_scenario, tmp_path):
     Run(part_sc, r.dir).execute(resume=True)
     assert _metrics(r) == _metrics(full)
     assert Path(r.dir / "summary.json").exists()
+
+
+def test_actor_death_stops_clearly_and_resume_matches(small_scenario, ray_session):
+    from fedsim.runner import RunInterruptedError
+
+    d = dict(rounds=7, **{"engine.backend": "ray", "engine.num_actors": 2, "checkpoint.every": 2})
+    full, _ = _run(small_scenario(name="ref", **d))
+    sc = parse(small_scenario(name="killed", **d))
+    r = Run(sc)
+    r.create_dir()
+
+    def kill_an_actor(i, rec):
+        if i == 4:  # kill one actor's process after round 4 (last checkpoint: after round 3)
+            import os
+            import signal
+
+            os.kill(ray_session.get(r.groups[0].pid.remote()), signal.SIGKILL)
+
+    with pytest.raises(RunInterruptedError, match="--resume"):
+        r.execute(progress=kill_an_actor)
+    Run(sc, r.dir).execute(resume=True)
+    assert _metrics(r) == _metrics(full)

@@ -127,3 +127,17 @@ def test_unknown_parameters_are_rejected_with_the_rule_name() -> None:
     for name in REGISTRY:
         with pytest.raises(ValueError, match=name):
             build(name, {"no_such_parameter": 1})
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_rules_stay_finite_near_the_float32_limit(name: str) -> None:
+    # regressions from a longer run with entries of ±3e38 and up to 25 senders: Bristle's zero-mean
+    # step and fedavg's float32 sum overflowed to inf (now float64 + saturation in ``to_like``)
+    g = torch.Generator().manual_seed(5)
+    own = torch.where(torch.rand(P, generator=g) < 0.5, 3e38, -3e38)
+    received = torch.cat([torch.randn(1, P, generator=g), -own[None], own[None].clone(), own[None] * 0.5])
+    for f in (0, 1):
+        if _largest_valid_f(RULES[name], received.shape[0], f) != f:
+            continue
+        out = RULES[name](own, received, context(f))
+        assert bool(torch.isfinite(out).all())

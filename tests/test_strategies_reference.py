@@ -41,6 +41,16 @@ def test_fltrust_no_trust_keeps_own_and_needs_root():
         build("fltrust")(own, received, ctx())
 
 
+def test_fltrust_sender_equal_to_own_is_ignored_not_nan():
+    # regression (found by the property test): Δ = 0 gave ||g0||/tiny = inf and 0·inf = NaN, so
+    # one sender repeating own's vector made the rule return NaN (and aggregate fall back to own)
+    own = torch.tensor([1.0, 1.0])
+    received = torch.stack([own, torch.tensor([3.0, 1.0])])
+    # ||g0|| = 5: 5 / tiny overflows float64; the trusted sender's Δ = (2,0) is rescaled to (5,0)
+    out = build("fltrust")(own, received, ctx(root_update=torch.tensor([6.0, 1.0])))
+    assert out.tolist() == pytest.approx([6.0, 1.0])
+
+
 # ------------------------------------------------------------------------------------ MOZI
 
 # Head with C=2 classes, d=1 feature, no bias: logits(x) = (w0·x, w1·x).

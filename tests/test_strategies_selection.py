@@ -151,3 +151,19 @@ def test_far_byzantine_vectors_stay_outside_the_result(name, params, include_own
     pool = honest if include_own else honest[1:]
     assert dropped == 0
     assert bool((out >= pool.min(dim=0).values - 1e-6).all() and (out <= pool.max(dim=0).values + 1e-6).all())
+
+
+@pytest.mark.parametrize(
+    "name, params, field",
+    [
+        ("krum", {"include_own": "yes"}, "include_own"),
+        ("multikrum", {"m": 0}, "m"),
+        ("multikrum", {"m": True}, "m"),
+        ("multikrum", {"m": 2.5}, "m"),
+        ("bulyan", {"include_own": None}, "include_own"),
+        ("nnm", {"include_own": 1}, "include_own"),
+    ],
+)
+def test_parameter_errors_name_the_parameter(name, params, field):
+    with pytest.raises(ValueError, match=f"^{field}:"):
+        build(name, params)

@@ -1,0 +1,107 @@
+"""The vs_flower workload written for Flower 1.42's own simulation engine (Message API).
+
+Each Flower client (one virtual SuperNode per fedsim peer) trains the same linear softmax head
+that a fedsim peer trains, on the same frozen-backbone features, with the same minibatches: the
+batch indices come from :func:`fedsim.rng.integers` keyed by (seed, "batch", round, step, peer,
+slot), exactly as :meth:`fedsim.peers.PeerGroup._batch` draws them, and the step is
+:func:`fedsim.heads.ce_grad` + :func:`fedsim.heads.step` (plain SGD). The server runs Flower's
+own ``FedAvg`` with equal client weights (fedsim's federated FedAvg is the unweighted mean of the
+clients' heads), so both engines compute the same thing.
+
+The features and the partition are written once by the driver to an ``.npz`` (path in the train
+config) and each Ray actor loads it once, the usual Flower pattern of a per-process data cache.
+This module is imported by reference in Flower's Ray actors (Flower puts the driver's
+``sys.path`` into the actors' ``PYTHONPATH``), so keep it importable as ``flower_app``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+
+from fedsim import heads
+from fedsim import rng as crng
+
+_DATA: dict[str, Any] = {}
+
+
+def _local(path: str, pid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if _DATA.get("path") != path:
+        with np.load(path) as z:
+            _DATA.clear()
+            _DATA.update(path=path, x=torch.from_numpy(z["x"]), y=torch.from_numpy(z["y"]), offsets=z["offsets"])
+    o = _DATA["offsets"]
+    return _DATA["x"][o[pid] : o[pid + 1]], _DATA["y"][o[pid] : o[pid + 1]]
+
+
+client_app = ClientApp()
+
+
+@client_app.train()
+def train(msg: Message, context: Context) -> Message:
+    torch.set_num_threads(1)
+    cfg = msg.content["config"]
+    pid = int(context.node_config["partition-id"])
+    x, y = _local(str(cfg["data"]), pid)
+    w_np, b_np = msg.content["arrays"].to_numpy_ndarrays()
+    w, b = torch.from_numpy(w_np.copy())[None], torch.from_numpy(b_np.copy())[None]
+    opt = heads.OptimizerState.zeros(w, b, False)
+    r, B, seed = int(cfg["server-round"]) - 1, int(cfg["batch_size"]), int(cfg["seed"])
+    loss = torch.zeros(1)
+    for k in range(int(cfg["local_steps"])):
+        idx = torch.from_numpy(crng.integers(len(y), seed, "batch", r, k, pid, np.arange(B)))
+        loss, gw, gb = heads.ce_grad(w, b, x[idx][None], y[idx][None])
+        heads.step(w, b, gw, gb, opt, optimizer="sgd", lr=float(cfg["lr"]), momentum=0.0, weight_decay=0.0, bias=True)
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord([w[0].numpy(), b[0].numpy()]),
+            "metrics": MetricRecord({"weight": 1.0, "train_loss": float(loss[0])}),
+        }
+    )
+    return Message(content, reply_to=msg)
+
+
+def make_server_app(cfg: dict[str, Any], x_test: np.ndarray, y_test: np.ndarray, out: dict[str, Any]) -> ServerApp:
+    """A ServerApp running Flower's FedAvg for ``cfg['rounds']`` rounds over all ``cfg['n']``
+    clients; ``out`` receives the final head, per-round timestamps and the evaluations."""
+    server_app = ServerApp()
+    xt, yt = torch.from_numpy(x_test), torch.from_numpy(y_test)
+    n, rounds = int(cfg["n"]), int(cfg["rounds"])
+    out.update(stamps=[], eval_seconds=0.0, accuracy={})
+
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        # called before round 1 and after every round: the stamps give the per-round time
+        out["stamps"].append(time.perf_counter())
+        t0 = time.perf_counter()
+        w, b = (torch.from_numpy(a) for a in arrays.to_numpy_ndarrays())
+        acc, loss = heads.accuracy_and_loss(w[None].contiguous(), b[None], xt, yt)
+        out["accuracy"][server_round] = float(acc[0])
+        out["eval_seconds"] += time.perf_counter() - t0 if server_round < rounds else 0.0
+        return MetricRecord({"accuracy": float(acc[0]), "loss": float(loss[0])})
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        strategy = FedAvg(
+            fraction_train=1.0,
+            fraction_evaluate=0.0,
+            min_train_nodes=n,
+            min_available_nodes=n,
+            weighted_by_key="weight",
+        )
+        c, d = int(cfg["classes"]), int(cfg["dim"])
+        init = ArrayRecord([np.zeros((c, d), np.float32), np.zeros(c, np.float32)])
+        train_cfg = ConfigRecord({k: cfg[k] for k in ("data", "seed", "lr", "batch_size", "local_steps")})
+        result = strategy.start(
+            grid=grid, initial_arrays=init, num_rounds=rounds, train_config=train_cfg, evaluate_fn=evaluate
+        )
+        w, b = result.arrays.to_numpy_ndarrays()
+        out["final"] = np.concatenate([w.reshape(-1), b]).astype(np.float32)
+
+    return server_app

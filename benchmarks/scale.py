@@ -1,0 +1,308 @@
+"""How fedsim's decentralized engine scales with the number of peers.
+
+Workload: decentralized Bristle (``strategy.name: bristle``; falls back to ``fedavg`` with a
+notice if that rule is not registered) on Fashion-MNIST shipped with fedsim
+(``fashion_mnist_embedded``: 60,000 train / 10,000 test), frozen ``fmnist_cnn`` features, iid
+partition (10,000 peers hold ~6 samples each: 5 train + 1 local validation), push gossip with
+fanout 5 (a fresh random directed graph every round), SGD lr 1.0 momentum 0.9, batch 32, 5 local
+steps, evaluation of 100 sampled honest peers every 10 rounds, ``engine: {backend: ray,
+num_actors: 2}``.
+
+Per size, two measurements in this one process:
+
+1. **End to end** (the real engine): ``fedsim.runner.Run(...).execute()`` on Ray. Wall time of the
+   whole call (Ray start, features, actors, all rounds), the round loop (sum of
+   ``timings.jsonl``; evaluation excluded) and the peak memory of the driver and every process
+   it started (Ray actors/workers and Ray's own daemons), sampled every 0.2 s with psutil: the sum
+   of RSS over driver + workers (what the brief asks: shared pages are counted once per process
+   that maps them, so this over-counts Ray's shared-memory object store) and the sum of PSS over
+   all of them including daemons (proportional set size: shared pages split among their users,
+   the honest total).
+2. **Breakdown** (the engine has no per-phase timers): the same set-ups from
+   ``fedsim.runner.prepare`` hosted in-process as ``PeerGroup`` objects (one torch thread, as in
+   a 1-CPU Ray actor), the same round protocol as ``Run._loop`` for ``--breakdown-rounds``
+   rounds, each phase timed from outside: *local training* = ``PeerGroup.train``; *aggregation*
+   = time inside ``strategies.aggregate`` (the rule, with sanitising) + building each peer's
+   ``AggregationContext`` (``PeerGroup._ctx``: validation split, generator); *message routing* =
+   the rest of ``PeerGroup.aggregate`` (concatenating every group's messages, the round's gossip
+   graph, forging, selecting each peer's in-neighbours, writing back); *evaluation* =
+   ``PeerGroup.evaluate`` on the same sampled peers, amortised over ``evaluation.every``. The
+   in-process numbers are CPU seconds of both groups run one after the other; the Ray run runs
+   the two groups in parallel, plus object-store transfer.
+
+    python benchmarks/scale.py                                  # 100, 1,000, 10,000 peers × 100 rounds
+    python benchmarks/scale.py --sizes 100,1000 --rounds 20 --breakdown-rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+
+import strategies
+from fedsim import peers as fpeers
+from fedsim import rng as crng
+from fedsim.runner import Run, prepare
+from fedsim.scenario import parse
+
+
+def load() -> str:
+    return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+
+
+def scenario(n: int, rounds: int, a: argparse.Namespace, strategy: str, out: Path) -> dict:
+    return {
+        "name": f"scale_{n}",
+        "seed": 0,
+        "mode": "decentralized",
+        "rounds": rounds,
+        "dataset": {"name": "fashion_mnist_embedded"},
+        "backbone": {"name": "fmnist_cnn"},
+        "partition": {"kind": a.partition, "alpha": a.alpha, "min_size": 2},
+        "peers": {"count": n},
+        "topology": {"kind": "push_gossip", "fanout": a.fanout},
+        "strategy": {"name": strategy},
+        "training": {"optimizer": "sgd", "lr": 1.0, "momentum": 0.9, "batch_size": 32, "local_steps": 5},
+        "evaluation": {"every": a.eval_every, "peers": a.eval_peers},
+        "engine": {"backend": "ray", "num_actors": a.num_actors},
+        "checkpoint": {"every": 0},
+        "output": {"dir": str(out)},
+    }
+
+
+# ---------------------------------------------------------------------------------- memory
+class MemorySampler:
+    """Peak memory of this process and all its descendants (Ray daemons, actors, workers)."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.peak_rss_workers = 0  # driver + ray:: worker processes, RSS summed
+        self.peak_pss_all = 0  # every process, PSS summed
+        self.peak_pss_workers = 0
+        self.peak_by_kind: dict[str, int] = {}  # PSS peak per kind: driver, each ray:: worker name, daemons
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        me = psutil.Process()
+        rss_w = pss_all = pss_w = 0
+        kinds: dict[str, int] = {}
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                info = p.memory_full_info()
+                cmd = p.cmdline()
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            worker = p.pid == me.pid or (bool(cmd) and cmd[0].startswith("ray::"))
+            kind = "driver" if p.pid == me.pid else (cmd[0].split()[0].split(".")[0] if worker else "ray daemons")
+            kinds[kind] = kinds.get(kind, 0) + info.pss
+            pss_all += info.pss
+            if worker:
+                rss_w += info.rss
+                pss_w += info.pss
+        for k, v in kinds.items():
+            self.peak_by_kind[k] = max(self.peak_by_kind.get(k, 0), v)
+        self.peak_rss_workers = max(self.peak_rss_workers, rss_w)
+        self.peak_pss_all = max(self.peak_pss_all, pss_all)
+        self.peak_pss_workers = max(self.peak_pss_workers, pss_w)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> MemorySampler:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def end_to_end(sc_dict: dict, run_dir: Path) -> dict:
+    sc = parse(sc_dict)
+    r = Run(sc, run_dir)
+    r.create_dir(overwrite=True)
+    t0 = time.perf_counter()
+    with MemorySampler() as mem:
+        summary = r.execute()
+    wall = time.perf_counter() - t0
+    per_round = [json.loads(x)["seconds"] for x in (r.dir / "timings.jsonl").read_text().splitlines()]
+    return {
+        "wall_s": wall,
+        "loop_s": float(sum(per_round)),
+        "round_ms_median": 1e3 * float(np.median(per_round)),
+        "peak_rss_driver_workers_gb": mem.peak_rss_workers / 2**30,
+        "peak_pss_all_gb": mem.peak_pss_all / 2**30,
+        "peak_pss_driver_workers_gb": mem.peak_pss_workers / 2**30,
+        "peak_pss_by_kind_gb": {k: round(v / 2**30, 3) for k, v in mem.peak_by_kind.items()},
+        "accuracy_mean": summary.get("final_accuracy_mean"),
+    }
+
+
+# ---------------------------------------------------------------------------------- breakdown
+class Timers(dict):
+    @contextmanager
+    def add(self, key: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[key] = self.get(key, 0.0) + time.perf_counter() - t0
+
+
+@contextmanager
+def timed_aggregation(t: Timers, groups: list):
+    """Count time spent in the rule (``strategies.aggregate``; a rule's vectorised
+    ``aggregate_batch`` where the engine has one) and in building its contexts
+    (``PeerGroup._ctx``, ``PeerGroup._batch_ctx``) as aggregation."""
+    originals = [(strategies, "aggregate", strategies.aggregate)]
+    for name in ("_ctx", "_batch_ctx"):
+        if hasattr(fpeers.PeerGroup, name):
+            originals.append((fpeers.PeerGroup, name, getattr(fpeers.PeerGroup, name)))
+    for g in groups:
+        if hasattr(g.rule, "aggregate_batch"):
+            originals.append((g.rule, "aggregate_batch", None))  # instance attribute: deleted afterwards
+
+    def timed(fn):
+        def wrapper(*a, **k):
+            with t.add("rule"):
+                return fn(*a, **k)
+
+        return wrapper
+
+    for obj, name, _ in originals:
+        setattr(obj, name, timed(getattr(obj, name)))
+    try:
+        yield
+    finally:
+        for obj, name, orig in reversed(originals):
+            if orig is None:
+                delattr(obj, name)
+            else:
+                setattr(obj, name, orig)
+
+
+def breakdown(sc_dict: dict, rounds: int) -> dict:
+    sc = parse(sc_dict)
+    prep = prepare(sc)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a Ray actor with num_cpus=1
+    try:
+        f = prep.features
+        feats = {"x_train": f.x_train, "y_train": f.y_train, "x_test": f.x_test, "y_test": f.y_test}
+        groups = [fpeers.PeerGroup(s, feats) for s in prep.setups]
+        honest = np.flatnonzero(~prep.byzantine)
+        t = Timers()
+        for r in range(rounds):
+            with t.add("train"):
+                params = [g.train(r)[0] for g in groups]
+            with t.add("aggregate_total"), timed_aggregation(t, groups):
+                for g in groups:
+                    g.aggregate(r, *params)
+        # evaluation as Run._evaluate does it (sampled peers), timed over a few calls
+        ev = sc.evaluation
+        k_eval = max(1, min(3, rounds))
+        for r in range(k_eval):
+            sample = None
+            if ev.peers != "all" and ev.peers < len(honest):
+                keys = crng.uniform(sc.seed, "eval", r, honest)
+                sample = np.sort(honest[np.argsort(keys, kind="stable")[: ev.peers]])
+            with t.add("evaluate"):
+                for g in groups:
+                    g.evaluate(sample)
+    finally:
+        torch.set_num_threads(threads)
+    ms = {
+        "train": 1e3 * t["train"] / rounds,
+        "routing": 1e3 * (t["aggregate_total"] - t.get("rule", 0.0)) / rounds,
+        "aggregation": 1e3 * t.get("rule", 0.0) / rounds,
+        "evaluation": 1e3 * t["evaluate"] / k_eval / ev.every,  # amortised per round
+    }
+    ms["total"] = sum(ms.values())
+    return ms
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="100,1000,10000")
+    ap.add_argument("--rounds", type=int, default=100)
+    ap.add_argument("--breakdown-rounds", type=int, default=5, help="rounds of the in-process breakdown")
+    ap.add_argument("--strategy", default="bristle")
+    ap.add_argument("--partition", default="iid", choices=["iid", "dirichlet"])
+    ap.add_argument("--alpha", type=float, default=0.5, help="Dirichlet alpha (--partition dirichlet)")
+    ap.add_argument("--fanout", type=int, default=5)
+    ap.add_argument("--eval-every", type=int, default=10)
+    ap.add_argument("--eval-peers", type=int, default=100)
+    ap.add_argument("--num-actors", type=int, default=2)
+    ap.add_argument("--skip-end-to-end", action="store_true")
+    ap.add_argument("--skip-breakdown", action="store_true")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    a = ap.parse_args()
+    strategy = a.strategy
+    if strategy not in strategies.REGISTRY:
+        print(f"# strategy {strategy!r} is not registered; falling back to 'fedavg'")
+        strategy = "fedavg"
+    sizes = [int(s) for s in a.sizes.split(",")]
+    print(
+        f"# fedsim scale: decentralized {strategy}, fashion_mnist_embedded/fmnist_cnn, {a.partition}, "
+        f"push_gossip fanout {a.fanout}, {a.rounds} rounds, eval {a.eval_peers} peers every {a.eval_every}, "
+        f"{a.num_actors} Ray actors; {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.1f} GiB; {load()}",
+        flush=True,
+    )
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="fedsim_scale_") as td:
+        for n in sizes:
+            row: dict = {"peers": n, "load_before": load()}
+            if not a.skip_end_to_end:
+                row |= end_to_end(scenario(n, a.rounds, a, strategy, Path(td)), Path(td) / f"scale_{n}")
+            if not a.skip_breakdown:
+                row["breakdown_ms"] = breakdown(scenario(n, a.rounds, a, strategy, Path(td)), a.breakdown_rounds)
+            row["load_after"] = load()
+            rows.append(row)
+            print(f"# {n} peers done ({row['load_before']} -> {row['load_after']})", flush=True)
+    if not a.skip_end_to_end:
+        print(
+            f"{'peers':>6} {'rounds':>6} {'wall s':>7} {'loop s':>7} {'ms/round':>8} {'µs/peer/rnd':>11} "
+            f"{'RSS GB':>6} {'PSS GB':>6} {'acc':>6}"
+        )
+        for r in rows:
+            print(
+                f"{r['peers']:>6} {a.rounds:>6} {r['wall_s']:>7.1f} {r['loop_s']:>7.1f} "
+                f"{1e3 * r['loop_s'] / a.rounds:>8.1f} {1e6 * r['loop_s'] / a.rounds / r['peers']:>11.1f} "
+                f"{r['peak_rss_driver_workers_gb']:>6.2f} {r['peak_pss_all_gb']:>6.2f} {r['accuracy_mean'] or 0:>6.3f}"
+            )
+    if not a.skip_breakdown:
+        print(
+            f"# per-round breakdown, in-process, 1 thread, both groups serially ({a.breakdown_rounds} rounds; "
+            "evaluation amortised over evaluation.every)"
+        )
+        print(
+            f"{'peers':>6} {'train ms':>9} {'routing ms':>10} {'aggreg. ms':>10} {'eval ms':>8} {'total ms':>9} "
+            f"{'µs/peer':>8}"
+        )
+        for r in rows:
+            b = r["breakdown_ms"]
+            print(
+                f"{r['peers']:>6} {b['train']:>9.1f} {b['routing']:>10.1f} {b['aggregation']:>10.1f} "
+                f"{b['evaluation']:>8.1f} {b['total']:>9.1f} {1e3 * b['total'] / r['peers']:>8.1f}"
+            )
+    print(f"# {load()}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""fedsim vs Flower's own simulation engine on the same federated workload.
+
+Workload (identical in both engines): MNIST digits shipped with fedsim (``mnist10k``, 8,000
+train / 2,000 test), features of the frozen ``fmnist_cnn`` backbone (576-d) from
+``fedsim.features.load_features``, the iid partition of ``fedsim.partition.make_partition``
+(seed 0), a linear softmax head (10×576 + 10 parameters), N clients all selected every round,
+5 local SGD steps of batch 32 at lr 1.0 (no momentum, so clients are stateless in both
+engines), server FedAvg = unweighted mean of the clients' heads. Minibatches are drawn by the
+same counter-based RNG, so both engines compute the same model up to float rounding.
+
+* fedsim: ``mode: federated``, ``strategy: fedavg``, ``engine: {backend: ray, num_actors: 2}``.
+* Flower 1.42: ``flwr.simulation.run_simulation`` with the Ray backend (2 CPUs, 1 CPU per
+  client → 2 concurrent ClientApp actors), the Message API (``ServerApp`` running
+  ``flwr.serverapp.strategy.FedAvg``, ``ClientApp`` with a ``@train`` function; see
+  ``benchmarks/flower_app.py``).
+
+Throughput = rounds / time of the round loop (fedsim: sum of ``timings.jsonl``; Flower: time
+between the strategy's per-round ``evaluate_fn`` calls, minus the evaluation itself). Wall =
+the whole call, including starting Ray and loading data. Flower may run fewer rounds than fedsim
+at large N (``--flower-rounds``); the accuracy check compares both engines after the same number
+of rounds (fedsim evaluates every round; the exact fedsim head after Flower's rounds comes from
+an extra untimed fedsim run with ``engine.backend: local``, which gives identical numbers).
+
+    python benchmarks/vs_flower.py                       # N = 10, 100, 1000
+    python benchmarks/vs_flower.py --sizes 10,100 --rounds 30 --flower-rounds 30,10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+os.environ.setdefault("FLWR_LOG_LEVEL", "WARNING")  # Flower's own knob: no per-round INFO lines
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fedsim.features import load_features  # noqa: E402
+from fedsim.partition import make_partition  # noqa: E402
+from fedsim.runner import Run  # noqa: E402
+from fedsim.scenario import parse  # noqa: E402
+
+DATASET, BACKBONE, SEED = "mnist10k", "fmnist_cnn", 0
+TRAIN = {"optimizer": "sgd", "lr": 1.0, "momentum": 0.0, "batch_size": 32, "local_steps": 5}
+ACC_TOL = 0.005  # absolute; see docs/performance.md ("same computation")
+
+
+def load() -> str:
+    return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+
+
+def fedsim_scenario(n: int, rounds: int, backend: str, out: Path, ckpt: int = 0) -> dict:
+    return {
+        "name": f"vs_flower_n{n}",
+        "seed": SEED,
+        "mode": "federated",
+        "rounds": rounds,
+        "dataset": {"name": DATASET},
+        "backbone": {"name": BACKBONE},
+        "partition": {"kind": "iid"},
+        "peers": {"count": n},
+        "strategy": {"name": "fedavg"},
+        "training": TRAIN,
+        "evaluation": {"every": 1},
+        "engine": {"backend": backend, "num_actors": 2},
+        "checkpoint": {"every": ckpt},
+        "output": {"dir": str(out)},
+    }
+
+
+def run_fedsim(n: int, rounds: int, tmp: Path) -> dict:
+    import ray
+
+    sc = parse(fedsim_scenario(n, rounds, "ray", tmp))
+    r = Run(sc, tmp / f"fedsim_ray_n{n}")
+    t0 = time.perf_counter()
+    # Work-around (docs/performance.md, "engine findings"): Run.execute starts Ray with
+    # max(cpu_count, num_actors) CPUs, but federated mode adds a Server actor that also asks for
+    # one CPU, so on a 2-core machine the server is never scheduled and round 0 hangs. Start Ray
+    # here with one CPU more for that server (it only aggregates while the groups are idle);
+    # Run then reuses this Ray instance.
+    ray.init(
+        num_cpus=max(os.cpu_count() or 1, sc.engine.num_actors) + 1,
+        include_dashboard=False,
+        logging_level="ERROR",
+        log_to_driver=False,
+    )
+    try:
+        r.create_dir(overwrite=True)
+        r.execute()
+    finally:
+        ray.shutdown()
+    wall = time.perf_counter() - t0
+    loop = sum(json.loads(x)["seconds"] for x in (r.dir / "timings.jsonl").read_text().splitlines())
+    acc = {
+        rec["round"] + 1: rec["accuracy_mean"]
+        for rec in map(json.loads, (r.dir / "metrics.jsonl").read_text().splitlines())
+        if "accuracy_mean" in rec
+    }
+    return {"rounds": rounds, "wall": wall, "loop": loop, "accuracy": acc}
+
+
+def fedsim_global(n: int, rounds: int, tmp: Path) -> np.ndarray:
+    """The exact global head after ``rounds`` (untimed, in-process backend)."""
+    sc = parse(fedsim_scenario(n, rounds, "local", tmp, ckpt=rounds))
+    r = Run(sc, tmp / f"fedsim_local_n{n}")
+    r.create_dir(overwrite=True)
+    r.execute()
+    return torch.load(r.dir / "checkpoint.pt", weights_only=False)["server"]["global"]
+
+
+def run_flower(n: int, rounds: int, tmp: Path, cpus_per_client: float) -> dict:
+    import flower_app
+    from flwr.simulation import run_simulation
+
+    feats = load_features(DATASET, BACKBONE)
+    part = make_partition("iid", feats.y_train, n, SEED)
+    idx = np.concatenate(part.train)
+    data = tmp / f"flower_data_n{n}.npz"
+    np.savez(
+        data,
+        x=feats.x_train[idx],
+        y=feats.y_train[idx],
+        offsets=np.concatenate([[0], np.cumsum([len(t) for t in part.train])]),
+    )
+    cfg = {"n": n, "rounds": rounds, "data": str(data), "seed": SEED, "classes": feats.num_classes, "dim": feats.dim}
+    cfg |= {k: TRAIN[k] for k in ("lr", "batch_size", "local_steps")}
+    out: dict = {}
+    server = flower_app.make_server_app(cfg, feats.x_test, feats.y_test, out)
+    t0 = time.perf_counter()
+    run_simulation(
+        server_app=server,
+        client_app=flower_app.client_app,
+        num_supernodes=n,
+        backend_name="ray",
+        backend_config={
+            "init_args": {"num_cpus": os.cpu_count() or 2, "logging_level": "ERROR", "log_to_driver": False},
+            "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
+        },
+    )
+    wall = time.perf_counter() - t0
+    st = out["stamps"]
+    loop = st[-1] - st[0] - out["eval_seconds"]
+    return {"rounds": rounds, "wall": wall, "loop": loop, "accuracy": out["accuracy"], "final": out["final"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="10,100,1000", help="client counts N (comma-separated)")
+    ap.add_argument("--rounds", type=int, default=50, help="fedsim rounds (every N)")
+    ap.add_argument(
+        "--flower-rounds", default="20,10,3", help="Flower rounds: one per size, or one for all (Flower is slow)"
+    )
+    ap.add_argument("--flower-cpus-per-client", type=float, default=1.0, help="Flower client_resources.num_cpus")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    a = ap.parse_args()
+    sizes = [int(s) for s in a.sizes.split(",")]
+    fr = [int(s) for s in a.flower_rounds.split(",")]
+    fr = fr * len(sizes) if len(fr) == 1 else fr
+    if len(fr) != len(sizes):
+        ap.error("--flower-rounds: give one value or one per size")
+    print(
+        f"# fedsim vs Flower {__import__('flwr').__version__} (ray {__import__('ray').__version__}), "
+        f"{os.cpu_count()} CPUs, {load()}",
+        flush=True,
+    )
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="vs_flower_") as td:
+        tmp = Path(td)
+        for n, rf in zip(sizes, fr, strict=True):
+            if rf > a.rounds:
+                ap.error("--flower-rounds must not exceed --rounds (accuracy is compared at Flower's rounds)")
+            l0 = load()
+            fs = run_fedsim(n, a.rounds, tmp)
+            fl = run_flower(n, rf, tmp, a.flower_cpus_per_client)
+            g = fedsim_global(n, rf, tmp)
+            row = {
+                "N": n,
+                "fedsim_rounds": a.rounds,
+                "fedsim_wall_s": fs["wall"],
+                "fedsim_rounds_per_s": a.rounds / fs["loop"],
+                "flower_rounds": rf,
+                "flower_wall_s": fl["wall"],
+                "flower_rounds_per_s": rf / fl["loop"],
+                "acc_fedsim": fs["accuracy"][rf],
+                "acc_flower": fl["accuracy"][rf],
+                "acc_fedsim_final": fs["accuracy"][a.rounds],
+                "max_abs_param_diff": float(np.abs(g - fl["final"]).max()),
+                "max_abs_param": float(np.abs(g).max()),
+                "load_before": l0,
+                "load_after": load(),
+            }
+            row["ratio"] = row["fedsim_rounds_per_s"] / row["flower_rounds_per_s"]
+            rows.append(row)
+            print(f"# N={n} done ({row['load_before']} -> {row['load_after']})", flush=True)
+    hdr = (
+        f"{'N':>5} {'fs rnds':>7} {'fs wall s':>9} {'fs rnd/s':>9} {'fl rnds':>7} {'fl wall s':>9} "
+        f"{'fl rnd/s':>9} {'ratio':>7} {'acc fs@fl':>9} {'acc fl':>7} {'|dθ|max':>8} {'acc fs end':>10}"
+    )
+    print(hdr)
+    for r in rows:
+        print(
+            f"{r['N']:>5} {r['fedsim_rounds']:>7} {r['fedsim_wall_s']:>9.1f} {r['fedsim_rounds_per_s']:>9.2f} "
+            f"{r['flower_rounds']:>7} {r['flower_wall_s']:>9.1f} {r['flower_rounds_per_s']:>9.3f} "
+            f"{r['ratio']:>6.0f}x {r['acc_fedsim']:>9.4f} {r['acc_flower']:>7.4f} {r['max_abs_param_diff']:>8.1e} "
+            f"{r['acc_fedsim_final']:>10.4f}"
+        )
+    ok = all(abs(r["acc_fedsim"] - r["acc_flower"]) <= ACC_TOL for r in rows)
+    print(
+        f"# same accuracy after the same rounds (|Δacc| <= {ACC_TOL}): {'yes' if ok else 'NO'}; "
+        f"target fedsim >= 50x Flower at N>=100: "
+        f"{'met' if all(r['ratio'] >= 50 for r in rows if r['N'] >= 100) else 'NOT met'}"
+    )
+    print(f"# {load()}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=2) + "\n")
+    if not ok:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

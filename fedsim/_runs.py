@@ -1,0 +1,339 @@
+"""Reading run directories (shared by ``fedsim plot`` and ``fedsim report``).
+
+A *run directory* holds ``scenario.yaml`` (the resolved scenario), ``metrics.jsonl`` (one JSON
+object per round), ``summary.json`` once complete, and optionally ``probes.json``. A *sweep
+directory* holds many run directories (at any depth) and, when made by ``fedsim sweep``, a
+``sweep.json`` index whose grid gives the order of keys and values.
+
+Nothing here imports matplotlib, torch or ray.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Scenario keys that never distinguish runs in a table or a figure (they do not change results
+# or are bookkeeping): the run's name, where it ran, where it wrote.
+IGNORED_PREFIXES = ("name", "output.", "engine.", "checkpoint.", "backbone.cache_dir", "dataset.data_dir", "probes")
+
+# Readable names for the keys a sweep usually varies.
+LABELS = {
+    "strategy.name": "strategy",
+    "peers.attack.name": "attack",
+    "peers.byzantine_fraction": "Byzantine fraction",
+    "peers.byzantine": "Byzantine peers",
+    "partition.alpha": "Dirichlet α",
+    "partition.kind": "partition",
+    "topology.kind": "topology",
+    "topology.degree": "topology degree",
+    "peers.count": "peers",
+    "dataset.name": "dataset",
+    "backbone.name": "backbone",
+    "seed": "seed",
+}
+STRATEGY = "strategy.name"
+ATTACK = "peers.attack.name"
+FRACTIONS = ("peers.byzantine_fraction", "peers.byzantine")
+
+
+def label(key: str) -> str:
+    """Human name of a dotted scenario key (``peers.attack.name`` → ``attack``)."""
+    return LABELS.get(key, key)
+
+
+def fmt_value(value: Any) -> str:
+    """A value as it reads in a table cell, legend or file name (``0.3``, ``krum``, ``{f: 1}``)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return f"{value:g}" if abs(value) < 1e6 else str(int(value))
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return str(value)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (lists stay values)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def get_dotted(d: dict[str, Any], key: str, default: Any = None) -> Any:
+    """``get_dotted(d, "peers.attack.name")``; ``default`` when a part is missing."""
+    node: Any = d
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _hashable(v: Any) -> Any:
+    return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """JSON objects of a ``.jsonl`` file; a torn last line (a killed writer) is ignored."""
+    out = []
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return out
+
+
+@dataclass
+class RunData:
+    """One run directory, read."""
+
+    path: Path
+    scenario: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    summary: dict[str, Any] | None
+    flat: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return self.summary is not None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A resolved scenario value by dotted key."""
+        return self.flat.get(key, get_dotted(self.scenario, key, default))
+
+    @property
+    def evaluations(self) -> list[dict[str, Any]]:
+        """The metric records of evaluation rounds (those with ``accuracy_mean``), honest group."""
+        return [m for m in self.metrics if "accuracy_mean" in m and m.get("group", "honest") == "honest"]
+
+    @property
+    def final_accuracy(self) -> float | None:
+        ev = self.evaluations
+        return ev[-1]["accuracy_mean"] if ev else None
+
+    def rounds_to(self, target: float) -> int | None:
+        """Rounds run until mean honest accuracy first reached ``target`` (round index + 1)."""
+        for m in self.evaluations:
+            if m["accuracy_mean"] >= target:
+                return int(m["round"]) + 1
+        return None
+
+    def bytes_total(self) -> int:
+        """Bytes sent by all peers over all rounds recorded."""
+        return int(sum(m.get("bytes_sent_total", 0) for m in self.metrics))
+
+    def bytes_per_peer(self) -> int:
+        """Bytes sent by one peer over all rounds recorded."""
+        return int(sum(m.get("bytes_sent_per_peer", 0) for m in self.metrics))
+
+    def probes(self) -> Any:
+        """The parsed ``probes.json``, or ``None`` when absent or unreadable."""
+        p = self.path / "probes.json"
+        if not p.exists():
+            return None
+        try:
+            return json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+
+def load_run(path: Path) -> RunData:
+    """Read one run directory (``scenario.yaml`` may be missing: then the scenario is ``{}``)."""
+    path = Path(path)
+    sc_path = path / "scenario.yaml"
+    scenario = (yaml.safe_load(sc_path.read_text()) or {}) if sc_path.exists() else {}
+    summary = None
+    if (path / "summary.json").exists():
+        try:
+            summary = json.loads((path / "summary.json").read_text())
+        except json.JSONDecodeError:
+            summary = None
+    return RunData(path, scenario, read_jsonl(path / "metrics.jsonl"), summary, flatten(scenario))
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "metrics.jsonl").exists() or (path / "summary.json").exists()
+
+
+@dataclass
+class RunSet:
+    """The runs under a directory, plus the sweep index when there is one."""
+
+    root: Path
+    runs: list[RunData]
+    index: dict[str, Any] | None = None
+
+    @property
+    def title(self) -> str:
+        if self.index and self.index.get("name"):
+            return str(self.index["name"])
+        if len(self.runs) == 1:
+            return str(self.runs[0].scenario.get("name") or self.runs[0].name)
+        return self.root.resolve().name
+
+    def grid_order(self, key: str) -> list[Any] | None:
+        grid = (self.index or {}).get("grid") or {}
+        return grid.get(key)
+
+    def varying_keys(self, include_seed: bool = False) -> list[str]:
+        """Scenario keys whose value differs between runs, in the sweep grid's order first."""
+        values: dict[str, set] = {}
+        all_keys: list[str] = []
+        for r in self.runs:
+            for k in r.flat:
+                if k not in values:
+                    values[k] = set()
+                    all_keys.append(k)
+        for r in self.runs:
+            for k in all_keys:
+                values[k].add(_hashable(r.flat.get(k)))
+        varying = [
+            k
+            for k in all_keys
+            if len(values[k]) > 1 and not k.startswith(IGNORED_PREFIXES) and (include_seed or k != "seed")
+        ]
+        grid_keys = list(((self.index or {}).get("grid") or {}).keys())
+
+        def rank(k: str) -> tuple[int, str]:
+            for i, g in enumerate(grid_keys):
+                if k == g or k.startswith(g + "."):
+                    return (i, k)
+            return (len(grid_keys), k)
+
+        return sorted(varying, key=rank)
+
+    def values(self, key: str, runs: Iterable[RunData] | None = None) -> list[Any]:
+        """Distinct values of ``key`` among ``runs``: in grid order if swept, else sorted."""
+        seen: dict[Any, Any] = {}
+        for r in self.runs if runs is None else runs:
+            v = r.get(key)
+            seen.setdefault(_hashable(v), v)
+        order = self.grid_order(key)
+        if order is not None:
+            pos = {_hashable(v): i for i, v in enumerate(order)}
+            return sorted(seen.values(), key=lambda v: (pos.get(_hashable(v), len(pos)), fmt_value(v)))
+        return sorted(seen.values(), key=_sort_key)
+
+
+def _sort_key(v: Any) -> tuple[int, float, str]:
+    if isinstance(v, bool) or v is None:
+        return (2, 0.0, str(v))
+    if isinstance(v, (int, float)):
+        return (0, float(v), "")
+    return (1, 0.0, fmt_value(v))
+
+
+def load_runs(root: Path) -> RunSet:
+    """All run directories at or under ``root`` (a run directory or a sweep directory; with a
+    ``sweep.json``, the runs it lists).
+
+    Raises ``FileNotFoundError`` when ``root`` does not exist or holds no run."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such directory")
+    index = None
+    if (root / "sweep.json").exists():
+        try:
+            index = json.loads((root / "sweep.json").read_text())
+        except json.JSONDecodeError:
+            index = None
+    if is_run_dir(root):
+        dirs = [root]
+    elif index and index.get("runs"):  # the sweep's own runs, in grid order; older leftovers are not part of it
+        dirs = [root / r["dir"] for r in index["runs"] if is_run_dir(root / r["dir"])]
+    else:
+        dirs = sorted({p.parent for p in root.rglob("metrics.jsonl")} | {p.parent for p in root.rglob("summary.json")})
+    runs = [load_run(d) for d in dirs]
+    if not runs:
+        raise FileNotFoundError(f"{root}: no run directories (folders with metrics.jsonl) found")
+    return RunSet(root, runs, index)
+
+
+def group_runs(rs: RunSet, keys: list[str], runs: Iterable[RunData] | None = None) -> list[tuple[tuple, list[RunData]]]:
+    """Runs grouped by their values of ``keys``, groups ordered by each key's value order."""
+    runs = list(rs.runs if runs is None else runs)
+    groups: dict[tuple, list[RunData]] = {}
+    for r in runs:
+        groups.setdefault(tuple(_hashable(r.get(k)) for k in keys), []).append(r)
+    orders = [[_hashable(v) for v in rs.values(k, runs)] for k in keys]
+    keyed = sorted(groups.items(), key=lambda kv: tuple(o.index(x) for o, x in zip(orders, kv[0], strict=True)))
+    return [(tuple(g[0].get(k) for k in keys), g) for _, g in keyed]
+
+
+def shared_settings(rs: RunSet, skip: Iterable[str] = (), rounds: bool = False) -> list[str]:
+    """The settings all runs share, as short phrases: ``sklearn_digits``, ``identity backbone``,
+    ``6 peers``, ``k_regular (degree 2)``, ``Dirichlet α=0.5``, ... (keys in ``skip`` left out)."""
+    skip = set(skip)
+
+    def one(key: str) -> str | None:
+        vals = {fmt_value(r.get(key)) for r in rs.runs}
+        return vals.pop() if len(vals) == 1 and key not in skip else None
+
+    parts = []
+    for key, fmt in [
+        ("dataset.name", "{}"),
+        ("backbone.name", "{} backbone"),
+        ("mode", "{}"),
+        ("peers.count", "{} peers"),
+    ]:
+        v = one(key)
+        if v is not None:
+            parts.append(fmt.format(v))
+    topo = one("topology.kind")
+    if topo is not None:
+        deg = one("topology.degree") if topo in ("k_regular", "watts_strogatz") else None
+        parts.append(f"{topo} (degree {deg})" if deg else topo)
+    part = one("partition.kind")
+    if part is not None:
+        alpha = one("partition.alpha") if part == "dirichlet" else None
+        parts.append(f"Dirichlet α={alpha}" if alpha else f"{part} partition")
+    for key, fmt in [(STRATEGY, "{}"), (ATTACK, "attack {}")]:
+        v = one(key)
+        if v is not None and v != "none":
+            parts.append(fmt.format(v))
+    for key in FRACTIONS:
+        v = one(key)
+        if v not in (None, "0", "None"):
+            parts.append(f"{label(key)} {v}")
+    if rounds and (v := one("rounds")) is not None:
+        parts.append(f"{v} rounds")
+    return parts
+
+
+def mean_std(xs: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (n − 1; ``None`` for a single value)."""
+    n = len(xs)
+    m = sum(xs) / n
+    if n < 2:
+        return m, None
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1))
+
+
+def human_bytes(n: float) -> str:
+    """``1536`` → ``1.50 KiB`` (binary units, about three significant digits)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            if unit == "B":
+                return f"{n:.0f} B"
+            return f"{n:.{2 if abs(n) < 10 else 1 if abs(n) < 100 else 0}f} {unit}"
+        n /= 1024
+    return ""

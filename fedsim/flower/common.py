@@ -1,0 +1,105 @@
+"""What the ServerApp and the ClientApp share: the run-config keys, the scenario they both
+derive from it, and how a head travels in a Flower message.
+
+Light on purpose: yaml, numpy and :mod:`fedsim.scenario` only, so the device side stays small.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import yaml
+
+from fedsim.scenario import Scenario, ScenarioError, parse, set_dotted
+
+LOG = logging.getLogger("flwr.fedsim")  # a child of Flower's logger: shows in `flwr log` and the node's output
+
+# Keys of the message contents (the ones Flower's own strategies use).
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+HEAD = "head"
+
+# Run-config keys ([tool.flwr.app.config] of the exported app; `flwr run --run-config` overrides).
+RUN_CONFIG_DEFAULTS: dict[str, Any] = {
+    "scenario": "",  # the resolved scenario as YAML text
+    "set": "",  # extra dotted overrides "strategy.name=krum rounds=5", as `fedsim run --set`
+    "attack-side": "client",  # client: Byzantine devices forge; server: the server simulates them
+    "client-eval": True,  # devices also score the global head on their local validation split
+    "round-timeout": 600.0,  # seconds the server waits for the replies of one round
+    "node-wait": 300.0,  # seconds the server waits for all peers.count devices before a round
+    "output-dir": "",  # where the server writes metrics.jsonl & co.; "" = <output.dir>/<name>-flower
+}
+ATTACK_SIDES = ("client", "server")
+
+
+class BridgeError(ValueError):
+    """A configuration the bridge cannot run; the message names the key and the fix."""
+
+
+def run_config_value(run_config: Mapping[str, Any], key: str) -> Any:
+    return run_config.get(key, RUN_CONFIG_DEFAULTS[key])
+
+
+def parse_sets(text: str) -> dict[str, Any]:
+    """``"strategy.name=krum rounds=5"`` → ``{"strategy.name": "krum", "rounds": 5}`` (YAML values)."""
+    out: dict[str, Any] = {}
+    for item in str(text or "").split():
+        if "=" not in item:
+            raise BridgeError(f"run config 'set': {item!r} is not KEY=VALUE (e.g. strategy.name=krum)")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def scenario_data(sc_or_yaml: Scenario | str | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(sc_or_yaml, Scenario):
+        return sc_or_yaml.model_dump(mode="json")
+    if isinstance(sc_or_yaml, str):
+        data = yaml.safe_load(sc_or_yaml) if sc_or_yaml.strip() else {}
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise BridgeError("run config 'scenario': the YAML must be a mapping of sections")
+        return data
+    return dict(sc_or_yaml)
+
+
+def bridge_scenario(data: Mapping[str, Any] | str | Scenario, sets: Mapping[str, Any] | None = None) -> Scenario:
+    """The scenario as the bridge runs it: overrides applied and ``mode: federated`` (Flower is a
+    star: one ServerApp, many ClientApps). A decentralized scenario keeps everything else."""
+    d = scenario_data(data)
+    for k, v in (sets or {}).items():
+        set_dotted(d, k, v)
+    if d.get("mode", "decentralized") != "federated":
+        d["mode"] = "federated"  # the scenario model then sets topology.kind: star
+    try:
+        return parse(d, "flower scenario")
+    except ScenarioError as e:
+        raise BridgeError(str(e)) from None
+
+
+def scenario_from_run_config(run_config: Mapping[str, Any]) -> Scenario:
+    text = run_config_value(run_config, "scenario")
+    if not isinstance(text, str) or not text.strip():
+        raise BridgeError(
+            "run config 'scenario' is empty: create the app with `fedsim flower export SCENARIO OUT_DIR`"
+        )
+    return bridge_scenario(text, parse_sets(run_config_value(run_config, "set")))
+
+
+def scenario_yaml(sc: Scenario) -> str:
+    """The resolved scenario (every default explicit) as YAML text for the run config."""
+    return yaml.safe_dump(sc.model_dump(mode="json"), sort_keys=False)
+
+
+def num_params(num_classes: int, dim: int, bias: bool) -> int:
+    return num_classes * dim + (num_classes if bias else 0)
+
+
+def as_head(arr: np.ndarray) -> np.ndarray:
+    """A flattened head as it travels: float32, 1-D (weight [C, d] row-major, then bias [C])."""
+    return np.ascontiguousarray(np.asarray(arr, dtype=np.float32).reshape(-1))

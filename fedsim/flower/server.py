@@ -1,0 +1,364 @@
+"""A Flower ServerApp whose strategy is any fedsim aggregation rule.
+
+:class:`FedsimStrategy` is a Flower (message API) ``Strategy`` around fedsim's own federated
+server, :class:`fedsim.peers.Server`: the same zero initial head, the same rule built by
+``strategies.build`` and applied through ``strategies.aggregate`` (which drops non-finite rows),
+the same FLTrust root set, and — with ``attack-side = "server"`` — the same simulated Byzantine
+clients (``forge_messages``). Every connected device trains every round, as in fedsim's
+federated mode; replies are put back in partition-id order before the rule sees them.
+
+A reply whose head is missing, of the wrong shape or dtype, or holds NaN/Inf is rejected and
+logged (node id, partition id, reason); the round completes with the others. Metrics stream to
+``<output-dir>/metrics.jsonl`` in the format of ``fedsim run`` (plus ``received``/``rejected``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
+
+import strategies
+from fedsim.flower import common
+from fedsim.flower.common import LOG
+from fedsim.scenario import Scenario
+
+
+class FedsimStrategy(Strategy):
+    """Runs fedsim's federated server over Flower messages (see the module docstring)."""
+
+    def __init__(
+        self,
+        sc: Scenario,
+        prep: Any,
+        *,
+        attack_side: str = "client",
+        client_eval: bool = True,
+        node_wait: float = 300.0,
+        out_dir: str | Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        from fedsim.peers import Server
+
+        if attack_side not in common.ATTACK_SIDES:
+            raise common.BridgeError(f"run config 'attack-side': got {attack_side!r}; allowed: client, server")
+        self.sc, self.prep = sc, prep
+        self.n = sc.peers.count
+        self.layer = (prep.features.num_classes, prep.features.dim)
+        self.bias = bool(sc.training.bias)
+        self.num_params = common.num_params(*self.layer, self.bias)
+        setup = prep.server_setup
+        if attack_side == "client":  # the devices forge; the server must not forge for them again
+            setup = replace(setup, attack={**setup.attack, "name": "none"})
+        self.server = Server(setup, *(prep.root or (None, None)))
+        self.attack_side = attack_side
+        self.client_eval = client_eval
+        self.node_wait = node_wait
+        self.clock = clock
+        self.honest = ~np.asarray(prep.byzantine, dtype=bool)
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.history: list[dict[str, Any]] = []
+        self._rec: dict[str, Any] = {}
+        self._t0 = self._t_round = clock()
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "metrics.jsonl").write_text("")
+            (self.out_dir / "timings.jsonl").write_text("")
+            (self.out_dir / "scenario.yaml").write_text(common.scenario_yaml(sc))
+
+    # ------------------------------------------------------------------ Flower's Strategy API
+    def summary(self) -> None:
+        LOG.info(
+            "fedsim strategy %r (%s) over %d clients, f=%d, attack %r on the %s side, head %d×%d",
+            self.sc.strategy.name,
+            type(self.server.rule).__name__,
+            self.n,
+            self.server.s.f,
+            self.sc.peers.attack.name,
+            self.attack_side,
+            *self.layer,
+        )
+
+    def initial_arrays(self) -> ArrayRecord:
+        return ArrayRecord({common.HEAD: Array(self.server.get_global().copy())})
+
+    def _nodes(self, grid: Grid) -> list[int]:
+        """Wait (bounded) until ``peers.count`` devices are connected; then take them all."""
+        deadline = self.clock() + self.node_wait
+        while True:
+            nodes = sorted(int(x) for x in grid.get_node_ids())
+            if len(nodes) >= self.n or self.clock() >= deadline:
+                break
+            LOG.info("waiting for devices: %d of %d connected", len(nodes), self.n)
+            time.sleep(1.0)
+        if len(nodes) > self.n:
+            LOG.warning("%d devices connected for %d partitions; a second update for a partition is rejected",
+                        len(nodes), self.n)
+        if len(nodes) < self.n:
+            LOG.warning("only %d of %d devices connected after %.0f s; running the round with them",
+                        len(nodes), self.n, self.node_wait)
+        return nodes
+
+    def _messages(self, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                  kind: str) -> list[Message]:
+        config["server-round"] = server_round
+        config["num-classes"], config["dim"] = self.layer
+        record = RecordDict({common.ARRAYS: arrays, common.CONFIG: config})
+        return [Message(content=record, dst_node_id=nid, message_type=kind) for nid in self._nodes(grid)]
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self._t_round = self.clock()
+        return self._messages(grid, server_round, arrays, config, MessageType.TRAIN)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None,
+                                                                                      MetricRecord | None]:
+        round_ = server_round - 1
+        rows, losses, received, rejected = self.collect(replies)
+        stats = self.server.aggregate(round_, rows)
+        honest_loss = sum(v for pid, v in losses.items() if self.honest[pid]) / max(int(self.honest.sum()), 1)
+        self._rec = {
+            "round": round_,
+            "group": "honest",
+            "train_loss": round(float(honest_loss), 6),
+            "dropped": int(stats["dropped"]),
+            "skipped": int(stats["skipped"]),
+            "bytes_sent_per_peer": int(self.prep.bytes_per_message),
+            "bytes_sent_total": int(self.prep.bytes_per_message * self.n),
+            "received": received,
+            "rejected": rejected,
+        }
+        metrics = MetricRecord({
+            "train-loss": float(honest_loss),
+            "received": received,
+            "rejected": len(rejected),
+            "dropped": int(stats["dropped"]),
+            "skipped": int(stats["skipped"]),
+        })
+        return ArrayRecord({common.HEAD: Array(self.server.get_global().copy())}), metrics
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        if not self.client_eval or not self._eval_round(server_round - 1):
+            return []
+        return self._messages(grid, server_round, arrays, config, MessageType.EVALUATE)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Example-weighted mean of the devices' validation accuracy/loss (malformed replies skipped)."""
+        tot = acc = loss = 0.0
+        count = 0
+        for msg in replies:
+            try:
+                if msg.has_error():
+                    LOG.warning("evaluate: node %s failed: %s", msg.metadata.src_node_id, msg.error.reason)
+                    continue
+                m = msg.content[common.METRICS]
+                w, a, lo = float(m["num-examples"]), float(m["val-accuracy"]), float(m["val-loss"])
+            except Exception as e:  # noqa: BLE001 - a device's reply must never stop the server
+                LOG.warning("evaluate: malformed reply from node %s: %s", msg.metadata.src_node_id, e)
+                continue
+            if not (np.isfinite(w) and np.isfinite(a) and np.isfinite(lo)) or w < 0:
+                continue
+            tot, acc, loss, count = tot + w, acc + w * a, loss + w * lo, count + 1
+        if not count:
+            return None
+        out = {"val-accuracy": acc / tot if tot else 0.0, "val-loss": loss / tot if tot else 0.0, "devices": count}
+        self._rec |= {
+            "client_val_accuracy": round(out["val-accuracy"], 6),
+            "client_val_loss": round(out["val-loss"], 6),
+        }
+        return MetricRecord(out)
+
+    # ------------------------------------------------------------------ fedsim's side
+    def collect(self, replies: Iterable[Message]) -> tuple[np.ndarray, dict[int, float], int, list[dict[str, Any]]]:
+        """Replies → ``[N, P]`` rows in partition order. A missing or rejected client's row is NaN,
+        which ``strategies.aggregate`` drops (and counts), exactly as a malformed simulated message."""
+        rows = np.full((self.n, self.num_params), np.nan, dtype=np.float32)
+        seen: set[int] = set()
+        losses: dict[int, float] = {}
+        rejected: list[dict[str, Any]] = []
+        received = 0
+
+        def reject(node: Any, pid: int | None, reason: str) -> None:
+            rejected.append({"node": int(node) if node is not None else None, "partition": pid, "reason": reason})
+            LOG.warning("rejected the update of node %s (partition %s): %s", node, pid, reason)
+
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            if msg.has_error():
+                reject(node, None, f"client error: {msg.error.reason}")
+                continue
+            received += 1
+            pid: int | None = None
+            try:
+                m = msg.content[common.METRICS]
+                raw = m["partition-id"]
+                if isinstance(raw, bool) or not isinstance(raw, int | float) or int(raw) != raw:
+                    raise ValueError(f"partition-id {raw!r} is not an integer")
+                pid = int(raw)
+                if not 0 <= pid < self.n:
+                    raise ValueError(f"partition-id {pid} is not in 0..{self.n - 1}")
+            except Exception as e:  # noqa: BLE001
+                reject(node, None, f"no valid partition-id ({e})")
+                continue
+            if pid in seen:
+                reject(node, pid, "a second update for this partition in the same round")
+                continue
+            seen.add(pid)
+            try:
+                loss = float(m["train-loss"]) if "train-loss" in m else 0.0
+                losses[pid] = loss if np.isfinite(loss) else 0.0
+            except Exception:  # noqa: BLE001
+                losses[pid] = 0.0
+            if common.ARRAYS not in msg.content:
+                reject(node, pid, "no update (silent)")
+                continue
+            try:
+                arr = msg.content[common.ARRAYS][common.HEAD].numpy()
+            except Exception as e:  # noqa: BLE001
+                reject(node, pid, f"unreadable head ({type(e).__name__}: {e})")
+                continue
+            if arr.dtype.kind not in "fiu":
+                reject(node, pid, f"dtype {arr.dtype} is not numeric")
+                continue
+            vec = torch.from_numpy(np.asarray(arr, dtype=np.float32))
+            s = strategies.sanitize([vec], self.num_params)
+            if s.dropped:
+                reject(node, pid, s.reasons[0].replace("sender 0: ", ""))
+                continue
+            rows[pid] = vec.numpy()
+        return rows, losses, received, rejected
+
+    def _eval_round(self, round_: int) -> bool:
+        return (round_ + 1) % self.sc.evaluation.every == 0 or round_ == self.sc.rounds - 1
+
+    def evaluate_global(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Centralized evaluation, as fedsim's federated mode does it (the global head on the test
+        set), on the same rounds; also writes the round's metrics record."""
+        if server_round == 0:
+            return None
+        round_ = server_round - 1
+        rec = dict(self._rec) if self._rec.get("round") == round_ else {"round": round_, "group": "honest"}
+        out = None
+        if self._eval_round(round_):
+            from fedsim import heads
+
+            f = self.prep.features
+            g = torch.from_numpy(common.as_head(arrays[common.HEAD].numpy()))[None]
+            w, b = strategies.unflatten(g, self.layer, self.bias)
+            x, y = torch.from_numpy(f.x_test), torch.from_numpy(f.y_test)
+            acc, loss = heads.accuracy_and_loss(w.contiguous(), b, x, y)
+            a, lo = float(acc[0]), float(loss[0])
+            rec |= {
+                "accuracy_mean": round(a, 6),
+                "accuracy_min": round(a, 6),
+                "accuracy_max": round(a, 6),
+                "accuracy_std": 0.0,
+                "test_loss": round(lo, 6),
+                "evaluated_peers": 1,
+            }
+            out = MetricRecord({"accuracy": a, "test-loss": lo})
+            LOG.info("round %d: global accuracy %.4f, test loss %.4f", round_, a, lo)
+        self.history.append(rec)
+        if self.out_dir is not None:
+            with open(self.out_dir / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(rec, sort_keys=True) + "\n")
+            with open(self.out_dir / "timings.jsonl", "a") as fh:  # apart, as fedsim run keeps it
+                fh.write(json.dumps({"round": round_, "seconds": round(self.clock() - self._t_round, 4)}) + "\n")
+        return out
+
+    def summary_record(self) -> dict[str, Any]:
+        evals = [x for x in self.history if "accuracy_mean" in x]
+        last = evals[-1] if evals else {}
+        return {
+            "name": self.sc.name,
+            "engine": "flower",
+            "rounds": self.sc.rounds,
+            "rounds_completed": len(self.history),
+            "mode": self.sc.mode,
+            "strategy": self.sc.strategy.name,
+            "attack": self.sc.peers.attack.name,
+            "attack_side": self.attack_side,
+            "peers": self.n,
+            "byzantine": int((~self.honest).sum()),
+            "final_accuracy_mean": last.get("accuracy_mean"),
+            "final_accuracy_min": last.get("accuracy_min"),
+            "final_accuracy_max": last.get("accuracy_max"),
+            "rejected_total": sum(len(x.get("rejected", [])) for x in self.history),
+            "bytes_sent_total": int(sum(x.get("bytes_sent_total", 0) for x in self.history)),
+            "wall_seconds": round(self.clock() - self._t0, 3),
+            "f": int(self.server.s.f),
+            "num_params": self.num_params,
+        }
+
+
+def output_dir(sc: Scenario, run_config: dict[str, Any]) -> Path:
+    d = str(common.run_config_value(run_config, "output-dir") or "")
+    return Path(d).expanduser() if d else Path(sc.output.dir) / f"{sc.name}-flower"
+
+
+def run_server(grid: Grid, context: Context) -> dict[str, Any]:
+    """The ServerApp's main: the scenario from the run config, fedsim's set-up, the rounds."""
+    from fedsim.runner import prepare
+
+    rc = dict(context.run_config)
+    sc = common.scenario_from_run_config(rc)
+    prep = prepare(sc, log=lambda m: LOG.info("%s", m))
+    out = output_dir(sc, rc)
+    strategy = FedsimStrategy(
+        sc,
+        prep,
+        attack_side=str(common.run_config_value(rc, "attack-side")),
+        client_eval=bool(common.run_config_value(rc, "client-eval")),
+        node_wait=float(common.run_config_value(rc, "node-wait")),
+        out_dir=out,
+    )
+    strategy.start(
+        grid=grid,
+        initial_arrays=strategy.initial_arrays(),
+        num_rounds=sc.rounds,
+        timeout=float(common.run_config_value(rc, "round-timeout")),
+        train_config=ConfigRecord(),
+        evaluate_config=ConfigRecord(),
+        evaluate_fn=strategy.evaluate_global,
+    )
+    summary = strategy.summary_record()
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "versions.json").write_text(json.dumps(_versions(), indent=2) + "\n")
+    LOG.info("fedsim run %r finished: final accuracy %s; metrics in %s", sc.name, summary["final_accuracy_mean"], out)
+    return summary
+
+
+def _versions() -> dict[str, str]:
+    import platform
+
+    import flwr
+
+    from fedsim import __version__
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "flwr": flwr.__version__,
+        "fedsim": __version__,
+    }
+
+
+def make_server_app() -> ServerApp:
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_server(grid, context)
+
+    return app

@@ -1,0 +1,231 @@
+"""A real two-node Ray cluster on this machine: `fedsim run --address` gives the same bytes.
+
+Marked ``cluster`` (run with ``pytest -m cluster``). Starts a head node and a worker node with
+``ray start ... --block`` (1 CPU each, own temp dirs and free ports, so it never touches another
+Ray instance on the machine), runs a small decentralized scenario with ``engine.num_actors: 2``
+through the CLI with ``--address 127.0.0.1:PORT``, checks from the GCS that the two ``PeerGroup``
+actors ran on the two different nodes, and checks ``metrics.jsonl`` is byte-identical to the same
+scenario run with ``engine.backend: local``.
+
+Teardown stops exactly what the test started: SIGTERM to the process groups of the two
+``ray start --block`` commands (which stop their GCS, raylet, agents and workers), then SIGKILL
+to any of their recorded descendants still alive. It deliberately does not call ``ray stop``,
+which kills every Ray process of the user on the machine (other test sessions included).
+
+Ray rewrites ``127.0.0.1`` to the host's own address (``services.resolve_ip_for_localhost``),
+so the nodes advertise that address; every connection stays on this host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.cluster
+
+BIN = Path(sys.executable).parent
+NODE_TIMEOUT = 120  # seconds for both nodes to come up
+RUN_TIMEOUT = 300  # seconds for one `fedsim run`
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _node_ports() -> list[str]:
+    """Every port a node opens, chosen free, so two nodes (and other Ray instances) never clash."""
+    out = []
+    for flag in (
+        "--node-manager-port",
+        "--object-manager-port",
+        "--dashboard-agent-listen-port",
+        "--dashboard-agent-grpc-port",
+        "--runtime-env-agent-port",
+        "--metrics-export-port",
+    ):
+        out += [flag, str(_free_port())]
+    return out
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(RAY_DEDUP_LOGS="0", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _descendants(pid: int) -> list[int]:
+    """All descendants of ``pid`` (from /proc; no psutil needed)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+            children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM the ``ray start --block`` process groups, then SIGKILL their leftover descendants."""
+    descendants = [d for p in procs for d in _descendants(p.pid)]
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=10)
+    deadline = time.monotonic() + 15
+    while descendants and time.monotonic() < deadline:
+        descendants = [d for d in descendants if Path(f"/proc/{d}").exists() and not _zombie(d)]
+        time.sleep(0.2)
+    for d in descendants:
+        try:
+            os.kill(d, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2] == "Z"
+
+
+@pytest.fixture()
+def two_node_cluster():
+    """``127.0.0.1:PORT`` of a running head + worker node (1 CPU each); stopped afterwards."""
+    if not Path("/proc").is_dir():
+        pytest.skip("needs /proc (Linux) to stop exactly the processes it started")
+    tmp = Path(tempfile.mkdtemp(prefix="fsrc", dir="/tmp"))  # short: Ray's socket paths have a length limit
+    port = _free_port()
+    common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--block", "--disable-usage-stats"]
+    head = [
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        f"--port={port}",
+        "--include-dashboard=false",
+        f"--ray-client-server-port={_free_port()}",
+        f"--temp-dir={tmp / 'head'}",
+        *common,
+        *_node_ports(),
+    ]
+    worker = [
+        str(BIN / "ray"),
+        "start",
+        f"--address=127.0.0.1:{port}",
+        f"--temp-dir={tmp / 'worker'}",
+        *common,
+        *_node_ports(),
+    ]
+    procs: list[subprocess.Popen] = []
+    try:
+        with open(tmp / "head.log", "w") as log:
+            procs.append(
+                subprocess.Popen(head, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=_env())
+            )
+        deadline = time.monotonic() + NODE_TIMEOUT
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if procs[0].poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"Ray head did not start:\n{(tmp / 'head.log').read_text()[-3000:]}")
+                time.sleep(0.5)
+        with open(tmp / "worker.log", "w") as log:
+            procs.append(
+                subprocess.Popen(worker, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=_env())
+            )
+        address = f"127.0.0.1:{port}"
+        nodes = _query(address, "nodes", timeout=max(10.0, deadline - time.monotonic()))
+        alive = [n for n in nodes if n["alive"]]
+        assert len(alive) == 2, f"expected 2 alive nodes, got {nodes}\n{(tmp / 'worker.log').read_text()[-3000:]}"
+        assert all(n["cpus"] == 1.0 for n in alive), nodes
+        yield address
+    finally:
+        _stop(procs)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+_QUERY = r"""
+import json, sys, time
+import ray
+ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+if sys.argv[2] == "nodes":  # wait until both nodes have registered
+    deadline = time.monotonic() + float(sys.argv[3])
+    while sum(n["Alive"] for n in ray.nodes()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    out = [{"id": n["NodeID"], "alive": n["Alive"], "cpus": n["Resources"].get("CPU")} for n in ray.nodes()]
+else:  # the actors this cluster ever hosted, from the GCS actor table (no dashboard needed)
+    from ray._private import state
+    out = [{"cls": a["ActorClassName"], "node": a["Address"]["NodeID"]} for a in state.actors().values()]
+print("RESULT " + json.dumps(out))
+ray.shutdown()
+"""
+
+
+def _query(address: str, what: str, timeout: float = 60.0) -> list[dict]:
+    r = subprocess.run(
+        [sys.executable, "-c", _QUERY, address, what, str(timeout)],
+        capture_output=True,
+        text=True,
+        timeout=timeout + 60,
+        env=_env(),
+    )
+    lines = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
+    assert r.returncode == 0 and lines, f"ray query {what} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def _fedsim_run(scenario: Path, out: Path, *extra: str) -> None:
+    cmd = [str(BIN / "fedsim"), "run", str(scenario), "--out", str(out), "-q", *extra]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT, env=_env())
+    assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+
+
+def test_two_node_cluster_matches_local(two_node_cluster, small_scenario, tmp_path):
+    sc = small_scenario(**{"rounds": 5, "engine.num_actors": 2, "evaluation.every": 1})
+    path = tmp_path / "scenario.yaml"
+    path.write_text(yaml.safe_dump(sc))
+
+    _fedsim_run(path, tmp_path / "local", "--set", "engine.backend=local")
+    _fedsim_run(path, tmp_path / "cluster", "--set", "engine.backend=ray", "--address", two_node_cluster)
+
+    nodes = {n["id"] for n in _query(two_node_cluster, "nodes") if n["alive"]}
+    groups = [a for a in _query(two_node_cluster, "actors") if a["cls"] == "PeerGroup"]
+    assert len(groups) == 2, groups
+    assert {a["node"] for a in groups} == nodes, f"PeerGroup actors {groups} not spread over nodes {nodes}"
+
+    local = (tmp_path / "local" / "metrics.jsonl").read_bytes()
+    cluster = (tmp_path / "cluster" / "metrics.jsonl").read_bytes()
+    assert len(local.splitlines()) == 5
+    assert cluster == local

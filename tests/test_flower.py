@@ -1,0 +1,291 @@
+"""The Flower bridge without processes: the client's imports, parity of the bridge's computation
+with fedsim's federated mode (ServerApp and ClientApps run in-process on Flower's own Message and
+Context objects), rejection of malformed updates, the exported app, and the CLI's command lines.
+
+The loopback tests with real SuperLink/SuperNode processes are in test_flower_loopback.py."""
+
+import json
+import logging
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr")
+
+from click.testing import CliRunner  # noqa: E402
+from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
+from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+
+from fedsim.flower import common  # noqa: E402
+from fedsim.flower.client import FedsimPeer  # noqa: E402
+from fedsim.flower.inprocess import run_in_process  # noqa: E402
+from fedsim.runner import Run, prepare  # noqa: E402
+from fedsim.scenario import parse  # noqa: E402
+
+
+@pytest.fixture()
+def fed_scenario(small_scenario):
+    """A small federated scenario (sklearn digits, identity backbone), as a dict."""
+
+    def make(**over):
+        return small_scenario(**{"mode": "federated", "rounds": 3, "topology.kind": "star", "peers.count": 5} | over)
+
+    return make
+
+
+def _metrics(path):
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def _both(d, tmp_path, side="client", node_overrides=None):
+    """fedsim's federated mode and the bridge (in-process) on the same scenario; their metrics."""
+    sc = parse(d)
+    r = Run(sc)
+    r.create_dir(overwrite=True)
+    r.execute()
+    n = sc.peers.count
+    nodes = [{"partition-id": i, "num-partitions": n} | (node_overrides or {}).get(i, {}) for i in range(n)]
+    out = tmp_path / "bridge"
+    summary = run_in_process({"scenario": common.scenario_yaml(sc), "output-dir": str(out), "attack-side": side}, nodes)
+    return _metrics(r.dir / "metrics.jsonl"), _metrics(out / "metrics.jsonl"), summary
+
+
+def test_client_import_pulls_in_neither_ray_nor_matplotlib(tmp_path):
+    """What a device imports — the ClientApp module, then a whole local training round — never
+    loads ray or matplotlib (checked in a fresh interpreter)."""
+    code = textwrap.dedent(f"""
+        import sys
+        import fedsim.flower.client, fedsim.flower.client_app
+        heavy = ("ray", "matplotlib")
+        assert not [m for m in heavy if m in sys.modules], [m for m in heavy if m in sys.modules]
+        import numpy as np
+        from fedsim.flower import common
+        from fedsim.flower.client import FedsimPeer
+        sc = common.bridge_scenario({{"dataset": {{"name": "mnist10k"}}, "peers": {{"count": 3}},
+                                     "backbone": {{"name": "identity", "cache_dir": {str(tmp_path)!r}}}}})
+        peer = FedsimPeer.from_config(sc, {{"partition-id": 1, "num-partitions": 3}})
+        vec, loss = peer.train(0, np.zeros(10 * 784 + 10, np.float32))
+        assert vec.shape == (7850,) and np.isfinite(loss)
+        print(sorted(m for m in sys.modules if m.split(".")[0] in heavy))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize(
+    "over,side",
+    [
+        ({"strategy.name": "median", "training.optimizer": "adam"}, "client"),
+        ({"strategy.name": "krum", "peers.count": 7, "peers.byzantine": 1, "peers.attack.name": "alie"}, "server"),
+        ({"strategy.name": "fltrust", "peers.byzantine": 1, "peers.attack.name": "ipm"}, "server"),
+        (
+            {"strategy.name": "trimmed_mean", "peers.byzantine": 1, "peers.attack.name": "sign_flip",
+             "peers.attack.omniscient": False},
+            "client",
+        ),
+    ],
+)
+def test_bridge_equals_fedsim_federated_mode(fed_scenario, tmp_path, over, side):
+    """Same zero initial head, every client every round, the same minibatches (keyed by partition
+    id), momentum/Adam state kept in context.state: the bridge reproduces fedsim's federated mode
+    exactly (accuracy bit for bit; the train loss up to float summation order)."""
+    sim, br, summary = _both(fed_scenario(**over), tmp_path, side)
+    assert [x["round"] for x in br] == [0, 1, 2]
+    for a, b in zip(sim, br, strict=True):
+        assert b["accuracy_mean"] == a["accuracy_mean"]
+        assert b["test_loss"] == pytest.approx(a["test_loss"], abs=1e-6)
+        assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-5)
+        assert b["dropped"] == a["dropped"] and b["rejected"] == []
+        assert b["received"] == parse(fed_scenario(**over)).peers.count
+    assert summary["final_accuracy_mean"] == sim[-1]["accuracy_mean"]
+    assert 0 < summary["final_accuracy_mean"] <= 1
+    assert "client_val_accuracy" in br[-1]  # the devices scored the global head on their validation splits
+
+
+@pytest.mark.parametrize("attack,reason", [("nan", "non-finite"), ("wrong_shape", "shape (651,) != (650,)"),
+                                           ("crash", "no update")])
+def test_malformed_client_update_is_rejected_and_logged(fed_scenario, tmp_path, caplog, attack, reason):
+    """A device sending NaN/Inf, a head of the wrong shape, or nothing: the server rejects that
+    update with a log line naming node, partition and reason; the round completes with the others
+    (and equals the simulation, whose server drops the same malformed message)."""
+    d = fed_scenario(**{"strategy.name": "median", "peers.byzantine": 1, "peers.attack.name": attack})
+    byz = int(prepare(parse(d)).info["byzantine_ids"][0])
+    with caplog.at_level(logging.WARNING, logger="flwr.fedsim"):
+        sim, br, summary = _both(d, tmp_path, "client")
+    assert summary["rounds_completed"] == 3 and summary["rejected_total"] == 3
+    for a, b in zip(sim, br, strict=True):
+        assert [r["partition"] for r in b["rejected"]] == [byz]
+        assert reason in b["rejected"][0]["reason"]
+        assert b["accuracy_mean"] == a["accuracy_mean"] and b["dropped"] == a["dropped"] == 1
+    logged = [r.getMessage() for r in caplog.records if "rejected the update" in r.getMessage()]
+    assert len(logged) == 3 and f"(partition {byz})" in logged[0] and reason in logged[0]
+
+
+def test_strategy_collect_rejects_every_kind_of_bad_reply(fed_scenario):
+    """Replies crafted by hand: wrong shape, NaN, Inf, non-numeric dtype, 2-D, missing or duplicate
+    partition id, an error reply — each rejected with its reason; the good ones land in their rows."""
+    from fedsim.flower.server import FedsimStrategy
+
+    sc = parse(fed_scenario(**{"peers.count": 7}))
+    strat = FedsimStrategy(sc, prepare(sc))
+    P = strat.num_params
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    try:
+        def reply(node, pid, arr=None, extra=None):
+            ins = Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
+            content = RecordDict({common.METRICS: MetricRecord(({} if pid is None else {"partition-id": pid})
+                                                              | {"train-loss": 1.0} | (extra or {}))})
+            if arr is not None:
+                content[common.ARRAYS] = ArrayRecord({common.HEAD: Array(arr)})
+            return Message(content=content, reply_to=ins)
+
+        good = np.ones(P, np.float32)
+        nan, inf = good.copy(), good.copy()
+        nan[3], inf[-1] = np.nan, np.inf
+        err = Message(Error(code=1, reason="boom"),
+                      reply_to=Message(content=RecordDict(), dst_node_id=19, message_type=MessageType.TRAIN))
+        replies = [
+            reply(10, 0, good), reply(11, 1, np.ones(P + 1, np.float32)), reply(12, 2, nan), reply(13, 3, inf),
+            reply(14, 4, np.array(["x"] * P)), reply(15, None, good), reply(16, 0, good * 2),
+            reply(17, 9, good), reply(18, 5, good.reshape(1, P)), err, reply(20, 6, good * 3),
+        ]
+        rows, losses, received, rejected = strat.collect(replies)
+    finally:
+        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+    reasons = {r["node"]: r["reason"] for r in rejected}
+    assert received == 10 and len(rejected) == 9
+    assert "shape" in reasons[11] and "non-finite" in reasons[12] and "non-finite" in reasons[13]
+    assert "dtype" in reasons[14] and "partition-id" in reasons[15] and "second update" in reasons[16]
+    assert "not in 0..6" in reasons[17] and "shape (1, 650)" in reasons[18] and "boom" in reasons[19]
+    np.testing.assert_array_equal(rows[0], good)
+    np.testing.assert_array_equal(rows[6], good * 3)
+    assert np.isnan(rows[1:6]).all()  # dropped by strategies.aggregate, as malformed simulated messages
+    stats = strat.server.aggregate(0, rows)
+    assert stats == {"dropped": 5, "skipped": 0}
+    np.testing.assert_allclose(strat.server.get_global(), good * 2)  # the mean of the two good heads
+
+
+def test_client_node_config(fed_scenario, tmp_path):
+    sc = common.bridge_scenario(fed_scenario())
+    with pytest.raises(common.BridgeError, match="num-partitions"):
+        FedsimPeer.from_config(sc, {"partition-id": 0, "num-partitions": 4})
+    with pytest.raises(common.BridgeError, match="partition-id.*0..4"):
+        FedsimPeer.from_config(sc, {"partition-id": 5, "num-partitions": 5})
+    with pytest.raises(common.BridgeError, match="partition-id' is missing"):
+        FedsimPeer.from_config(sc, {})
+    with pytest.raises(common.BridgeError, match="head is 10×64, the server's 10×65"):
+        FedsimPeer.from_config(sc, {"partition-id": 0}, layer=(10, 65))
+    # `attack` in the node config makes this device Byzantine: a sign flip sends -own
+    honest = FedsimPeer.from_config(sc, {"partition-id": 2})
+    flip = FedsimPeer.from_config(sc, {"partition-id": 2, "attack": "sign_flip"})
+    g = np.zeros(650, np.float32)
+    (v1, _), (v2, _) = honest.train(0, g), flip.train(0, g)
+    assert flip.byzantine and not honest.byzantine
+    np.testing.assert_allclose(v2, -v1)
+    with pytest.raises(common.BridgeError, match="attack-side=server"):
+        FedsimPeer.from_config(sc, {"partition-id": 2, "attack": "sign_flip"}, attack_side="server")
+
+
+def test_client_with_its_own_local_data(fed_scenario, tmp_path):
+    """`local-data`: a device trains on its own .npz instead of a partition of the scenario dataset."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, size=(60, 8, 8), dtype=np.uint8)
+    y = np.arange(60) % 10
+    np.savez(tmp_path / "mine.npz", x=x, y=y)
+    sc = common.bridge_scenario(fed_scenario())
+    peer = FedsimPeer.from_config(sc, {"partition-id": 1, "local-data": str(tmp_path)}, layer=(10, 64))
+    assert peer.num_train + len(peer.group.val[0][1]) == 50  # the training split of the 60 samples (5 per class)
+    vec, loss = peer.train(0, np.zeros(650, np.float32))
+    assert vec.shape == (650,) and np.isfinite(vec).all() and loss > 0
+    assert 0 <= peer.evaluate(vec)["val-accuracy"] <= 1
+    with pytest.raises(common.BridgeError, match="features"):
+        FedsimPeer.from_config(sc, {"partition-id": 1, "local-data": str(tmp_path)}, layer=(10, 65))
+
+
+def test_export_writes_a_valid_flower_app(tmp_path):
+    from flwr.cli.config_utils import load_and_validate
+
+    from fedsim.flower.cli import flower
+
+    res = CliRunner().invoke(flower, ["export", "scenarios/quickstart.yaml", str(tmp_path / "app"),
+                                      "--set", "rounds=3", "--run-config", "attack-side=server"])
+    assert res.exit_code == 0, res.output
+    assert "federated mode" in res.output  # quickstart is decentralized
+    config, _ = load_and_validate(tmp_path / "app" / "pyproject.toml", check_module=True)
+    app = config["tool"]["flwr"]["app"]
+    assert app["components"] == {"serverapp": "fedsim.flower.server_app:app",
+                                 "clientapp": "fedsim.flower.client_app:app"}
+    assert app["config"]["attack-side"] == "server"
+    sc = common.scenario_from_run_config(app["config"])
+    assert sc.mode == "federated" and sc.topology.kind == "star" and sc.rounds == 3 and sc.peers.count == 24
+    assert (tmp_path / "app" / "scenario.yaml").exists()
+    res = CliRunner().invoke(flower, ["export", "scenarios/quickstart.yaml", str(tmp_path / "app")])
+    assert res.exit_code != 0 and "--overwrite" in res.output
+    res = CliRunner().invoke(flower, ["export", "scenarios/quickstart.yaml", str(tmp_path / "b"),
+                                      "--run-config", "colour=red"])
+    assert res.exit_code != 0 and "unknown run config keys" in res.output
+
+
+def test_cli_command_lines(tmp_path):
+    from fedsim.flower.cli import flower
+
+    (tmp_path / "ca.crt").write_text("x")
+    (tmp_path / "k").write_text("x")
+    r = CliRunner().invoke(flower, ["client", "--superlink", "10.0.0.5:8000", "--partition-id", "3",
+                                    "--num-partitions", "24", "--root-certificates", str(tmp_path / "ca.crt"),
+                                    "--auth-key", str(tmp_path / "k"), "--data-dir", str(tmp_path), "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert "flower-supernode --superlink 10.0.0.5:8000 --node-config" in r.output
+    assert "partition-id=3 num-partitions=24 data-dir=" in r.output
+    assert f"--root-certificates {tmp_path / 'ca.crt'} --auth-supernode-private-key {tmp_path / 'k'}" in r.output
+    assert "--insecure" not in r.output
+    r = CliRunner().invoke(flower, ["client", "--superlink", "h:8000", "--partition-id", "0", "--num-partitions", "2"])
+    assert r.exit_code != 0 and "TLS is on by default" in r.output
+    r = CliRunner().invoke(flower, ["client", "--superlink", "h:8000", "--partition-id", "2", "--num-partitions", "2",
+                                    "--insecure", "--dry-run"])
+    assert r.exit_code != 0 and "0..1" in r.output
+    (tmp_path / "certs").mkdir()
+    for f in ("ca.crt", "server.pem", "server.key"):
+        (tmp_path / "certs" / f).write_text("x")
+    r = CliRunner().invoke(flower, ["superlink", "--certs-dir", str(tmp_path / "certs"), "--auth", "--dry-run"])
+    assert r.exit_code == 0, r.output
+    for part in ("--disable-runtime-dependency-installation", "--ssl-ca-certfile", "--enable-supernode-auth"):
+        assert part in r.output
+    r = CliRunner().invoke(flower, ["superlink", "--insecure", "--auth", "--dry-run"])
+    assert r.exit_code != 0 and "needs TLS" in r.output
+
+
+def test_certificates_and_node_keys_load(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from fedsim.flower.certs import make_certificates, make_node_keys
+
+    paths = make_certificates(tmp_path, ("127.0.0.1", "pi-server.local"))
+    cert = x509.load_pem_x509_certificate(paths["cert"].read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(i) for i in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert san.get_values_for_type(x509.DNSName) == ["pi-server.local"]
+    priv, pub = make_node_keys(tmp_path, "node0")
+    serialization.load_ssh_private_key(priv.read_bytes(), None)
+    serialization.load_ssh_public_key(pub.read_bytes())
+    assert oct(priv.stat().st_mode & 0o777) == "0o600"
+
+
+def test_demo_in_process_matches_fedsim(fed_scenario, tmp_path):
+    """`fedsim flower demo --in-process --compare` prints the bridge's and fedsim's accuracy per round."""
+    import yaml
+
+    from fedsim.flower.cli import flower
+
+    src = tmp_path / "s.yaml"
+    src.write_text(yaml.safe_dump(fed_scenario(rounds=2)))
+    r = CliRunner().invoke(flower, ["demo", str(src), "--in-process", "--compare", "--workdir", str(tmp_path / "w")])
+    assert r.exit_code == 0, r.output
+    rows = [x.split() for x in r.output.splitlines() if x.strip()[:1].isdigit()]
+    assert len(rows) == 2 and all(float(x[1]) == float(x[2]) and float(x[3]) == 0 for x in rows)

@@ -1,0 +1,151 @@
+"""`fedsim report`: the Markdown table's numbers equal those recomputed from metrics.jsonl."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from fedsim.report import report
+from fedsim.sweep import execute_sweep, plan_sweep
+
+UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("report")
+    sc = {
+        "name": "tiny",
+        "dataset": {"name": "sklearn_digits"},
+        "backbone": {"name": "identity", "cache_dir": str(tmp / "cache")},
+        "peers": {"count": 6},
+        "topology": {"kind": "k_regular", "degree": 2},
+        "rounds": 4,
+        "training": {"lr": 0.05, "momentum": 0.5, "batch_size": 16, "local_steps": 2},
+        "engine": {"backend": "local", "num_actors": 1},
+    }
+    path = tmp / "s.yaml"
+    path.write_text(yaml.safe_dump(sc))
+    plan = plan_sweep(path, {"strategy.name": ["fedavg", "local"], "seed": [0, 1, 2]}, out=tmp / "sw")
+    res = execute_sweep(plan, local=True)
+    assert not res.failed
+    return plan.out
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+
+
+def _expected(sweep_dir: Path, strategy: str, target: float) -> dict:
+    runs = sorted(p for p in sweep_dir.iterdir() if p.name.startswith(f"strategy.name={strategy}__"))
+    finals, reached, per_peer, total = [], [], [], []
+    for r in runs:
+        ms = _metrics(r)
+        ev = [m for m in ms if "accuracy_mean" in m]
+        finals.append(ev[-1]["accuracy_mean"])
+        hit = [m["round"] + 1 for m in ev if m["accuracy_mean"] >= target]
+        if hit:
+            reached.append(hit[0])
+        per_peer.append(sum(m["bytes_sent_per_peer"] for m in ms))
+        total.append(sum(m["bytes_sent_total"] for m in ms))
+    return {
+        "runs": len(runs),
+        "mean": statistics.mean(finals),
+        "std": statistics.stdev(finals),
+        "reached": reached,
+        "per_peer": statistics.mean(per_peer),
+        "total": statistics.mean(total),
+    }
+
+
+def _table(md: str) -> list[dict[str, str]]:
+    lines = [x for x in md.splitlines() if x.startswith("|")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert set(lines[1].replace("|", "").replace("-", "").replace(":", "")) <= {""}
+    return [dict(zip(head, (c.strip() for c in x.strip("|").split("|")), strict=True)) for x in lines[2:]]
+
+
+def _bytes(cell: str) -> float:
+    num, unit = cell.split()
+    return float(num) * UNITS[unit]
+
+
+def test_markdown_numbers_equal_metrics(sweep_dir) -> None:
+    all_acc = sorted(
+        m["accuracy_mean"]
+        for p in sweep_dir.glob("*/metrics.jsonl")
+        for m in _metrics(p.parent)
+        if "accuracy_mean" in m
+    )
+    target = all_acc[len(all_acc) // 2]  # some runs reach it, some may not
+    res = CliRunner().invoke(report, [str(sweep_dir), "--target", str(target)])
+    assert res.exit_code == 0, res.output
+    rows = _table(res.output)
+    assert [r["strategy"] for r in rows] == ["fedavg", "local"]
+    assert f"rounds to {100 * target:g}%" in rows[0]
+    for row in rows:
+        exp = _expected(sweep_dir, row["strategy"], target)
+        assert int(row["runs"]) == exp["runs"] == 3
+        m, s = (float(x) for x in row["final accuracy (%)"].split("±"))
+        assert m == pytest.approx(100 * exp["mean"], abs=0.005 + 1e-9)
+        assert s == pytest.approx(100 * exp["std"], abs=0.005 + 1e-9)
+        cell = row[f"rounds to {100 * target:g}%"]
+        if not exp["reached"]:
+            assert cell == "not reached"
+        else:
+            nums = [float(x) for x in re.findall(r"\d+(?:\.\d+)?", cell)]
+            assert nums[0] == pytest.approx(statistics.mean(exp["reached"]), abs=0.05)
+            if len(exp["reached"]) < 3:
+                assert f"({len(exp['reached'])}/3)" in cell
+        assert _bytes(row["bytes sent / peer"]) == pytest.approx(exp["per_peer"], rel=0.01)
+        assert _bytes(row["bytes sent (all peers)"]) == pytest.approx(exp["total"], rel=0.01)
+
+
+def test_csv_is_exact(sweep_dir) -> None:
+    res = CliRunner().invoke(report, [str(sweep_dir), "--format", "csv", "--target", "90"])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(io.StringIO(res.output)))
+    for row in rows:
+        exp = _expected(sweep_dir, row["strategy.name"], 0.9)
+        assert float(row["final_accuracy_mean"]) == pytest.approx(exp["mean"], rel=1e-12)
+        assert float(row["final_accuracy_std"]) == pytest.approx(exp["std"], rel=1e-12)
+        assert float(row["bytes_sent_total"]) == exp["total"] and float(row["target"]) == 0.9
+        assert int(row["runs_reaching_target"]) == len(exp["reached"])
+
+
+def test_single_run_grouping_and_incomplete(sweep_dir, tmp_path) -> None:
+    run = next(sweep_dir.glob("strategy.name=local__seed=0"))
+    res = CliRunner().invoke(report, [str(run)])
+    assert res.exit_code == 0, res.output
+    (row,) = _table(res.output)
+    final = [m for m in _metrics(run) if "accuracy_mean" in m][-1]["accuracy_mean"]
+    assert row["strategy"] == "local" and row["runs"] == "1"
+    assert float(row["final accuracy (%)"]) == pytest.approx(100 * final, abs=0.005 + 1e-9)
+    # --by pools everything with one key; an incomplete run is left out and said so
+    res = CliRunner().invoke(report, [str(sweep_dir), "--by", "seed"])
+    assert [r["seed"] for r in _table(res.output)] == ["0", "1", "2"]
+    summary = run / "summary.json"
+    saved = summary.read_bytes()
+    summary.unlink()
+    try:
+        out = tmp_path / "r.md"
+        res = CliRunner().invoke(report, [str(sweep_dir), "--out", str(out)])
+        text = out.read_text()
+        assert "1 incomplete run(s) left out" in text and _table(text)[1]["runs"] == "2"
+    finally:
+        summary.write_bytes(saved)
+    assert not math.isnan(final)
+
+
+def test_errors(tmp_path) -> None:
+    res = CliRunner().invoke(report, [str(tmp_path)])
+    assert res.exit_code != 0 and "no run directories" in res.output

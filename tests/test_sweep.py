@@ -1,0 +1,183 @@
+"""`fedsim sweep`: grid parsing and expansion, folder names, the YAML `sweep:` section, resuming a
+killed sweep (only the missing runs run again; a checkpointed run resumes to the same bytes),
+and the Ray path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from fedsim.runner import Run
+from fedsim.scenario import ScenarioError, parse
+from fedsim.sweep import (
+    execute_sweep,
+    expand,
+    parse_grid,
+    plan_sweep,
+    read_scenario_with_sweep,
+    run_name,
+    split_values,
+    sweep,
+)
+
+
+def tiny(tmp: Path, **extra) -> dict:
+    d = {
+        "name": "tiny",
+        "dataset": {"name": "sklearn_digits"},
+        "backbone": {"name": "identity", "cache_dir": str(tmp / "cache")},
+        "peers": {"count": 6},
+        "topology": {"kind": "k_regular", "degree": 2},
+        "rounds": 3,
+        "training": {"lr": 0.05, "momentum": 0.5, "batch_size": 16, "local_steps": 2},
+        "engine": {"backend": "local", "num_actors": 1},
+    }
+    d.update(extra)
+    return d
+
+
+def write(tmp: Path, data: dict, name: str = "s.yaml") -> Path:
+    p = tmp / name
+    p.write_text(yaml.safe_dump(data, sort_keys=False))
+    return p
+
+
+def test_parse_grid_values_and_brackets() -> None:
+    g = parse_grid(["strategy.name=fedavg,krum", "peers.byzantine_fraction=0.1, 0.3", "training.lr=1e-3,2"])
+    assert g == {"strategy.name": ["fedavg", "krum"], "peers.byzantine_fraction": [0.1, 0.3], "training.lr": [1e-3, 2]}
+    assert split_values("a,[1,2],{x: 1, y: 2}") == ["a", "[1,2]", "{x: 1, y: 2}"]
+    assert parse_grid(["strategy.params={f: 1},{f: 2}"]) == {"strategy.params": [{"f": 1}, {"f": 2}]}
+    with pytest.raises(ValueError):
+        parse_grid(["strategy.name"])
+
+
+def test_expand_is_cartesian_in_grid_order() -> None:
+    runs = expand({"strategy.name": ["fedavg", "krum"], "seed": [0, 1, 2]})
+    assert len(runs) == 6
+    assert runs[0] == {"strategy.name": "fedavg", "seed": 0} and runs[-1] == {"strategy.name": "krum", "seed": 2}
+    assert run_name({"strategy.name": "krum", "peers.byzantine_fraction": 0.3, "seed": 1}) == (
+        "strategy.name=krum__peers.byzantine_fraction=0.3__seed=1"
+    )
+    assert run_name({"strategy.params": {"f": 1, "m": 2}}) == "strategy.params=f-1,m-2"
+    assert run_name({}) == "base"
+    long = run_name({"k" * 150: "v" * 100})
+    assert len(long) <= 200 and long == run_name({"k" * 150: "v" * 100})
+
+
+def test_yaml_sweep_section_is_removed_and_merged_with_cli(tmp_path) -> None:
+    data = tiny(tmp_path, sweep={"strategy.name": ["fedavg", "local"], "peers": {"count": [6, 8]}})
+    path = write(tmp_path, data)
+    base, grid = read_scenario_with_sweep(path)
+    assert "sweep" not in base and grid == {"strategy.name": ["fedavg", "local"], "peers.count": [6, 8]}
+    parse(base)  # the rest is a valid scenario
+    plan = plan_sweep(path, {"peers.count": [6], "seed": [0, 1]}, {"rounds": 2}, tmp_path / "out")
+    assert [r.name for r in plan.runs][:2] == [
+        "strategy.name=fedavg__peers.count=6__seed=0",
+        "strategy.name=fedavg__peers.count=6__seed=1",
+    ]
+    assert len(plan.runs) == 4 and all(r.data["rounds"] == 2 for r in plan.runs)
+    assert all(r.data["engine"]["backend"] == "local" for r in plan.runs)
+
+
+def test_invalid_combinations_fail_or_are_skipped(tmp_path) -> None:
+    path = write(tmp_path, tiny(tmp_path))
+    grid = {"peers.attack.name": ["none", "sign_flip"], "peers.byzantine_fraction": [0.0, 0.2]}
+    with pytest.raises(ScenarioError, match="skip-invalid"):
+        plan_sweep(path, grid, out=tmp_path / "o")
+    plan = plan_sweep(path, grid, out=tmp_path / "o", skip_invalid=True)
+    assert len(plan.runs) == 3 and [n for n, _, _ in plan.invalid] == [
+        "peers.attack.name=none__peers.byzantine_fraction=0.2"
+    ]
+
+
+def _mtimes(out: Path) -> dict[str, int]:
+    return {p.parent.name: p.stat().st_mtime_ns for p in out.glob("*/metrics.jsonl")}
+
+
+def test_resume_runs_only_what_is_missing(tmp_path) -> None:
+    path = write(tmp_path, tiny(tmp_path, checkpoint={"every": 1}))
+    grid = {"strategy.name": ["fedavg", "local"], "seed": [0, 1]}
+    out = tmp_path / "sw"
+    plan = plan_sweep(path, grid, out=out)
+    first = execute_sweep(plan, local=True)
+    assert sorted(first.ran) == sorted(r.name for r in plan.runs) and not first.failed
+    index = json.loads((out / "sweep.json").read_text())
+    assert index["grid"] == grid and [r["dir"] for r in index["runs"]] == [r.name for r in plan.runs]
+    for r in plan.runs:
+        assert (r.dir / "summary.json").exists() and (r.dir / "scenario.yaml").exists()
+    # a kill: one run lost its summary; another stopped after round 1 (checkpoint saved)
+    lost, stopped = plan.runs[0], plan.runs[3]
+    (lost.dir / "summary.json").unlink()
+    reference = (stopped.dir / "metrics.jsonl").read_bytes()
+    r = Run(parse(stopped.data), stopped.dir)
+    r.create_dir(overwrite=True)
+    assert r.execute(stop_after=1) == {"stopped_after": 1}
+    assert (stopped.dir / "checkpoint.pt").exists() and not (stopped.dir / "summary.json").exists()
+    before = _mtimes(out)
+    second = execute_sweep(plan_sweep(path, grid, out=out), local=True)
+    assert sorted(second.ran) == sorted([lost.name, stopped.name])
+    assert len(second.already_complete) == 2
+    after = _mtimes(out)
+    for name in set(before) - {lost.name, stopped.name}:
+        assert after[name] == before[name]  # complete runs untouched
+    assert (stopped.dir / "metrics.jsonl").read_bytes() == reference  # resumed = uninterrupted
+    third = execute_sweep(plan_sweep(path, grid, out=out), local=True)
+    assert third.ran == [] and len(third.already_complete) == 4
+
+
+def test_cli_dry_run_resume_and_changed_scenario(tmp_path) -> None:
+    path = write(tmp_path, tiny(tmp_path))
+    out = tmp_path / "sw"
+    args = [str(path), "-g", "strategy.name=fedavg,local", "--out", str(out), "--local", "-q"]
+    res = CliRunner().invoke(sweep, args + ["--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "2 runs (0 complete, 2 to run)" in res.output
+    res = CliRunner().invoke(sweep, args)
+    assert res.exit_code == 0, res.output
+    assert "0 already complete, 2 ran" in res.output
+    res = CliRunner().invoke(sweep, args)
+    assert "2 already complete, 0 ran" in res.output
+    # the same folders with another scenario would mix results: refuse, unless --overwrite
+    res = CliRunner().invoke(sweep, args + ["--set", "rounds=2"])
+    assert res.exit_code != 0 and "rounds was 3, now 2" in res.output
+    res = CliRunner().invoke(sweep, [a for a in args if a != "-q"] + ["--set", "rounds=2", "--overwrite"])
+    assert res.exit_code == 0 and "0 already complete, 2 ran" in res.output  # with the progress bar
+    res = CliRunner().invoke(sweep, [str(path), "-g", "strategy.name=nope", "--out", str(out), "--local"])
+    assert res.exit_code != 0 and "strategy.name" in res.output
+
+
+def test_failed_run_is_reported_and_others_finish(tmp_path, monkeypatch) -> None:
+    path = write(tmp_path, tiny(tmp_path))
+    plan = plan_sweep(path, {"seed": [0, 1]}, out=tmp_path / "sw")
+    import fedsim.runner
+
+    real = fedsim.runner.Run.execute
+
+    def flaky(self, *a, **kw):
+        if self.sc.seed == 1:
+            raise RuntimeError("boom")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(fedsim.runner.Run, "execute", flaky)
+    res = execute_sweep(plan, local=True)
+    assert res.ran == ["seed=0"] and "boom" in res.failed["seed=1"]
+    assert "RuntimeError: boom" in (plan.runs[1].dir / "error.txt").read_text()
+    monkeypatch.setattr(fedsim.runner.Run, "execute", real)
+    res = execute_sweep(plan, local=True)
+    assert res.ran == ["seed=1"] and not (plan.runs[1].dir / "error.txt").exists()
+
+
+def test_sweep_on_ray(tmp_path, ray_session) -> None:
+    path = write(tmp_path, tiny(tmp_path))
+    plan = plan_sweep(path, {"strategy.name": ["fedavg", "local"]}, out=tmp_path / "sw")
+    res = execute_sweep(plan, jobs=2)
+    assert sorted(res.ran) == ["strategy.name=fedavg", "strategy.name=local"] and not res.failed
+    # the same numbers as a run in this process
+    local = plan_sweep(path, {"strategy.name": ["fedavg", "local"]}, out=tmp_path / "lo")
+    execute_sweep(local, local=True)
+    for a, b in zip(plan.runs, local.runs, strict=True):
+        assert (a.dir / "metrics.jsonl").read_bytes() == (b.dir / "metrics.jsonl").read_bytes()
