@@ -51,6 +51,9 @@ class RayBackend:
     name = "ray"
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None) -> None:
+        import os
+
+        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # CPU simulation: silence Ray's GPU tip
         import ray
 
         self.ray = ray

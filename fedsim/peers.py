@@ -40,6 +40,7 @@ class GroupSetup:
     f: int
     attack: dict[str, Any]  # name, params, omniscient, collude
     topology: dict[str, Any]  # kind, degree, p, fanout
+    absent: np.ndarray | None = None  # bool [N]: peers that take no part (their messages never arrive)
 
 
 def forge_messages(
@@ -60,6 +61,8 @@ def forge_messages(
     invalid: receivers drop it and count it. Randomness is keyed by (round, peer, receiver), so
     every actor computes the same forgeries."""
     msgs, valid = params.clone(), torch.ones(params.shape[0], dtype=torch.bool)
+    if s.absent is not None:
+        valid[torch.from_numpy(s.absent)] = False
     byz = torch.from_numpy(np.flatnonzero(s.byzantine))
     if not isinstance(attack, attacks.UpdateForger) or len(byz) == 0:
         return msgs, valid, previous
@@ -279,8 +282,9 @@ class PeerGroup:
         root = self._root_updates(round_) if "root_update" in self.rule.needs else None
         dropped = skipped = 0
         per_receiver = isinstance(self.attack, attacks.UpdateForger) and self.attack.per_receiver
+        absent_t = torch.from_numpy(self.s.absent) if self.s.absent is not None else None
         for j, pid in enumerate(self.ids):
-            if self.is_byz[j]:
+            if self.is_byz[j] or (self.s.absent is not None and self.s.absent[pid]):
                 continue
             nbrs = torch.from_numpy(indices[indptr[pid] : indptr[pid + 1]])
             m, v = msgs, valid
@@ -296,7 +300,7 @@ class PeerGroup:
                     nbr_honest=params[honest_n],
                 )
             ok = v[nbrs]
-            dropped += int((~ok).sum())
+            dropped += int((~ok).sum()) if self.s.absent is None else int((~ok & ~absent_t[nbrs]).sum())
             own = params[pid]
             ctx = self._ctx(j, round_, self.s.f, None if root is None else root[j])
             try:

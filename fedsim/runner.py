@@ -61,8 +61,11 @@ def _backbone_param_count(name: str) -> int:
     return 0 if spec.build is None else sum(p.numel() for p in spec.build().parameters())
 
 
-def prepare(sc: Scenario, log: Callable[[str], None] | None = None) -> Prepared:
-    """Features, partition, Byzantine placement and the per-actor set-ups (no actor started)."""
+def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list[int] | None = None) -> Prepared:
+    """Features, partition, Byzantine placement and the per-actor set-ups (no actor started).
+
+    ``absent`` peers take no part (their messages never arrive; the unlearning probe's
+    "retrained without that peer" gold standard)."""
     feats = load_features(sc.dataset.name, sc.backbone.name, sc.dataset.data_dir, sc.backbone.cache_dir, log)
     n = sc.peers.count
     pt = sc.partition
@@ -98,6 +101,7 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None) -> Prepared:
     extra = _backbone_param_count(sc.backbone.name) if rule_cls.exchanges == "full_model" else 0
     common = dict(
         byzantine=byz,
+        absent=None if not absent else np.isin(np.arange(n), absent),
         num_peers=n,
         num_classes=c,
         dim=d,
@@ -173,9 +177,12 @@ def _atomic_write(path: Path, data: bytes) -> None:
 class Run:
     """One scenario run writing to ``<output.dir>/<name>/``."""
 
-    def __init__(self, sc: Scenario, run_dir: Path | None = None) -> None:
+    def __init__(self, sc: Scenario, run_dir: Path | None = None, absent: list[int] | None = None,
+                 run_probes: bool = True) -> None:
         self.sc = sc
         self.dir = Path(run_dir) if run_dir else Path(sc.output.dir) / sc.name
+        self.absent = absent
+        self.run_probes = run_probes
 
     # ------------------------------------------------------------------ output dir
     def create_dir(self, overwrite: bool = False) -> None:
@@ -209,7 +216,7 @@ class Run:
         """Run (or resume) all rounds; returns the summary. ``stop_after`` ends early after that
         round (tests use it to simulate a kill)."""
         sc = self.sc
-        prep = prepare(sc, log)
+        prep = prepare(sc, log, self.absent)
         backend = make_backend(
             sc.engine.backend,
             sc.engine.address,
@@ -324,6 +331,14 @@ class Run:
                     self._checkpoint(backend, groups, server, r)
                     raise RunInterruptedError(f"interrupted after round {r}; checkpoint saved. {self._resume_hint()}")
         summary = self._summary(prep)
+        self.final_params = np.concatenate(backend.get([g.params.remote() for g in groups]))
+        if server is not None:
+            self.final_params = np.broadcast_to(backend.get(server.get_global.remote()), self.final_params.shape).copy()
+        self.prepared = prep
+        if sc.probes and self.run_probes:
+            from fedsim.probes import run_probes
+
+            summary["probes"] = run_probes(self, prep, self.final_params)
         _atomic_write(self.dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
         return summary
 

@@ -19,6 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 class ScenarioError(ValueError):
     """A scenario that cannot run; ``str()`` is one line naming the field and the fix."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))  # always one line, whatever the parser said
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
@@ -195,6 +198,8 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Scenario:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ScenarioError(f"{path}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise ScenarioError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -203,6 +208,7 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Scenario:
         data = {}
     if not isinstance(data, dict):
         raise ScenarioError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    data.pop("sweep", None)  # a grid for `fedsim sweep`; one run of a sweep file uses its base values
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
     return parse(data, str(path))
