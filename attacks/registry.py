@@ -26,10 +26,8 @@ def register(name: str) -> Callable[[T], T]:
 
 
 def available() -> dict[str, str]:
-    """Names of all registered attacks → first docstring line."""
-    return {
-        n: (c.__doc__ or "").strip().splitlines()[0] if c.__doc__ else "" for n, c in sorted(REGISTRY.items())
-    }
+    """Names of all registered attacks → the first paragraph of their docstring, on one line."""
+    return {n: " ".join((c.__doc__ or "").strip().split("\n\n")[0].split()) for n, c in sorted(REGISTRY.items())}
 
 
 def build(name: str, params: dict[str, Any] | None = None) -> UpdateForger | DataPoisoner:

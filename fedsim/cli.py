@@ -235,7 +235,7 @@ def list_(what: str | None) -> None:
         "datasets": {
             k: ("embedded, offline" if emb else "from dataset.data_dir")
             + " — "
-            + ((fn.__doc__ or "").strip().splitlines()[0])
+            + " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())
             for k, (fn, emb) in DATASETS.items()
         },
         "backbones": {k: v.description for k, v in BACKBONES.items()},
@@ -247,7 +247,8 @@ def list_(what: str | None) -> None:
     for kind in [what] if what else LIST_WHAT:
         click.secho(f"{kind}:", bold=True)
         for k, v in tables[kind].items():
-            click.echo(f"  {k:<24} {v}")
+            v = " ".join(v.split())
+            click.echo(f"  {k:<24} {v if len(v) <= 110 else v[:109] + '…'}")
 
 
 @main.command()
