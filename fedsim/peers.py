@@ -396,6 +396,10 @@ class Server:
             round=round_,
             total_rounds=self.s.rounds,
             root_update=self._root_update(round_, g),
+            # the server's only local data is its trusted root set: rules that score candidates
+            # (Bristle's integrator, MOZI) score them there
+            val_x=None if self.root is None else self.root[0],
+            val_y=None if self.root is None else self.root[1],
             generator=crng.torch_generator(self.s.seed, "strategy", round_, -1),
         )
         try:

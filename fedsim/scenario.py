@@ -252,7 +252,11 @@ def check_semantics(sc: Scenario, source: str = "scenario") -> None:
     if sc.backbone.name not in BACKBONES:
         fail("backbone.name", f"unknown backbone {sc.backbone.name!r}; available: {', '.join(BACKBONES)}")
     try:
-        rule = strategies.build(sc.strategy.name, sc.strategy.params)
+        params = dict(sc.strategy.params)
+        fields = getattr(strategies.REGISTRY.get(sc.strategy.name), "__dataclass_fields__", {})
+        if sc.mode == "federated" and "include_own" in fields:
+            params.setdefault("include_own", False)  # as the runner does: a server averages its clients only
+        rule = strategies.build(sc.strategy.name, params)
     except ValueError as e:
         fail("strategy.params" if sc.strategy.name in strategies.REGISTRY else "strategy.name", str(e))
     if sc.peers.attack.name != "none":

@@ -1,0 +1,749 @@
+"""The probes' harness: run the unlearning and cloning probes (:mod:`attacks.probes`) against a
+trained federation, write ``<run>/probes.json`` and return a compact summary for ``summary.json``.
+
+The runner calls :func:`run_probes` after the last round (``scenario.probes`` is a list of
+mappings, each with ``kind: unlearning | cloning``); :func:`validate_probe` checks one mapping
+(errors name ``probes.<i>.<key>``); :func:`format_probes` renders ``probes.json`` as Markdown.
+
+Unlearning (``kind: unlearning``) — a peer leaves and asks that its data be forgotten:
+
+* forget set = the leaving peer's training samples; retained set = the other honest peers'
+  training samples; the test set is split once (deterministically from the seed) into a
+  held-out part (``heldout_fraction``) and the rest (test accuracy). The held-out part is halved
+  again: a *calibration* half (the gradient ascent's stopping reference, and the shadow pool of
+  offline LiRA) and an *MIA* half (the non-members of every membership-inference number), so the
+  attack is never scored on the data the calibration or the shadows used.
+* the target's head (the leaver's first honest in-neighbour by default; the global model in
+  federated mode) is unlearned by calibrated first-epoch gradient ascent
+  (:func:`attacks.probes.unlearn_gradient_ascent`; heads start at zero in fedsim, so the first
+  epoch's gradient is replayed at ``θ = 0``);
+* gold standard: the same scenario retrained with the peer absent, in
+  ``<run>/probes/retrain-without-<peer>/`` (``retrain: false`` skips it);
+* influence spread: loss-threshold MIA advantage and forget-set accuracy of every honest peer,
+  grouped by hop distance from the leaver (breadth-first search along "who hears whom" in round
+  0's graph), before unlearning and in the retrained federation.
+
+Cloning (``kind: cloning``) — a peer's deployed head answers queries; the attacker knows the
+public frozen backbone, so it holds the features of its own images (the training features of the
+*other* peers, or half of the test set with ``query_pool: heldout``), queries the target's
+prediction API (full logits or top-``k``, optionally behind a defence) and clones the head
+(:func:`attacks.probes.cloning_curve`). One record per (defence, k, query budget); agreement and
+clone accuracy are measured on test inputs the attacker never queried.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from attacks import probes as ap
+from fedsim import rng as crng
+from fedsim.topology import Topology
+
+if TYPE_CHECKING:
+    from fedsim.runner import Prepared, Run
+
+KINDS = ("unlearning", "cloning")
+
+UNLEARNING_DEFAULTS: dict[str, Any] = {
+    "peer": None,  # default: the honest peer with the most training samples
+    "target": None,  # default: the leaver's first honest in-neighbour; federated: the global model
+    "lr": 0.5,  # ascent step length in parameter space (normalised steps; the last one is bisected)
+    "max_steps": 1000,
+    "heldout_fraction": 0.5,
+    "lira_shadows": 0,
+    "retrain": True,
+    "mode": "first_epoch",  # or "iterative"
+    "tol": 1e-3,
+}
+CLONING_DEFAULTS: dict[str, Any] = {
+    "target": None,  # default: the first honest peer; federated: the global model
+    "queries": [8, 32, 128, 512, 2048],
+    "topk": [None, 5, 2, 1],
+    "defences": [{"kind": "rounding", "decimals": 1}, {"kind": "noise", "sigma": 0.1}, {"kind": "top1"}],
+    "query_pool": "peers",  # or "heldout"
+}
+DEFENCE_KEYS: dict[str, dict[str, Any]] = {"rounding": {"decimals": 1}, "noise": {"sigma": 0.1}, "top1": {}}
+AGREEMENT_GOAL = 0.99  # "cost to the attacker": oracle queries until the clone agrees this often
+
+
+# ----------------------------------------------------------------------------- validation
+def _err(i: int, key: str, msg: str) -> ValueError:
+    return ValueError(f"probes.{i}.{key}: {msg}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_int(i: int, key: str, v: Any, lo: int, hi: int | None = None) -> int:
+    if not _is_int(v) or v < lo or (hi is not None and v > hi):
+        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise _err(i, key, f"must be an integer {rng}, got {v!r}")
+    return int(v)
+
+
+def _check_num(i: int, key: str, v: Any, lo: float, hi: float | None = None, lo_open: bool = True,
+               hi_open: bool = True) -> float:
+    ok = _is_num(v) and (v > lo if lo_open else v >= lo) and (hi is None or (v < hi if hi_open else v <= hi))
+    if not ok:
+        lb = "(" if lo_open else "["
+        ub = ")" if hi_open else "]"
+        raise _err(i, key, f"must be a number in {lb}{lo}, {'inf' if hi is None else hi}{ub}, got {v!r}")
+    return float(v)
+
+
+def _check_peer(i: int, key: str, v: Any, num_peers: int | None, allow_global: bool) -> int | str | None:
+    if v is None or (allow_global and v == "global"):
+        return v
+    hi = None if num_peers is None else num_peers - 1
+    what = "a peer id" + (" or 'global'" if allow_global else "")
+    if not _is_int(v) or v < 0 or (hi is not None and v > hi):
+        bound = "" if hi is None else f" in [0, {hi}]"
+        raise _err(i, key, f"must be {what}{bound}, got {v!r}")
+    return int(v)
+
+
+def _check_keys(i: int, probe: dict[str, Any], allowed: dict[str, Any]) -> None:
+    for k in probe:
+        if k != "kind" and k not in allowed:
+            raise _err(i, str(k), f"unknown key for a {probe['kind']} probe; allowed: kind, {', '.join(allowed)}")
+
+
+def _validate_unlearning(i: int, p: dict[str, Any], num_peers: int | None) -> dict[str, Any]:
+    _check_keys(i, p, UNLEARNING_DEFAULTS)
+    cfg = {**UNLEARNING_DEFAULTS, **p}
+    cfg["peer"] = _check_peer(i, "peer", cfg["peer"], num_peers, allow_global=False)
+    cfg["target"] = _check_peer(i, "target", cfg["target"], num_peers, allow_global=True)
+    if cfg["peer"] is not None and cfg["peer"] == cfg["target"]:
+        raise _err(i, "target", f"must differ from probes.{i}.peer (the leaver's own model is not audited)")
+    cfg["lr"] = _check_num(i, "lr", cfg["lr"], 0.0)
+    cfg["max_steps"] = _check_int(i, "max_steps", cfg["max_steps"], 1)
+    cfg["heldout_fraction"] = _check_num(i, "heldout_fraction", cfg["heldout_fraction"], 0.0, 1.0)
+    shadows = cfg["lira_shadows"]
+    if not _is_int(shadows) or shadows < 0 or shadows == 1:
+        raise _err(i, "lira_shadows", f"must be 0 (off) or an integer >= 2, got {shadows!r}")
+    if not isinstance(cfg["retrain"], bool):
+        raise _err(i, "retrain", f"must be true or false, got {cfg['retrain']!r}")
+    if cfg["mode"] not in ("first_epoch", "iterative"):
+        raise _err(i, "mode", f"got {cfg['mode']!r}; allowed: first_epoch, iterative")
+    cfg["tol"] = _check_num(i, "tol", cfg["tol"], 0.0)
+    return cfg
+
+
+def _validate_defence(i: int, j: int, d: Any) -> dict[str, Any]:
+    key = f"defences.{j}"
+    if not isinstance(d, dict) or d.get("kind") not in DEFENCE_KEYS:
+        raise _err(i, key, f"each defence is a mapping with kind: {' | '.join(DEFENCE_KEYS)}, got {d!r}")
+    allowed = DEFENCE_KEYS[d["kind"]]
+    for k in d:
+        if k != "kind" and k not in allowed:
+            extra = ", ".join(["kind", *allowed])
+            raise _err(i, f"{key}.{k}", f"unknown key for a {d['kind']} defence; allowed: {extra}")
+    out = {**allowed, **d}
+    if out["kind"] == "rounding":
+        out["decimals"] = _check_int(i, f"{key}.decimals", out["decimals"], 0, 12)
+    elif out["kind"] == "noise":
+        out["sigma"] = _check_num(i, f"{key}.sigma", out["sigma"], 0.0, lo_open=False)
+    return out
+
+
+def _validate_cloning(i: int, p: dict[str, Any], num_peers: int | None) -> dict[str, Any]:
+    _check_keys(i, p, CLONING_DEFAULTS)
+    cfg = {**CLONING_DEFAULTS, **p}
+    cfg["target"] = _check_peer(i, "target", cfg["target"], num_peers, allow_global=True)
+    qs = cfg["queries"]
+    if not isinstance(qs, list) or not qs or not all(_is_int(q) and q >= 1 for q in qs):
+        raise _err(i, "queries", f"must be a non-empty list of integers >= 1, got {qs!r}")
+    cfg["queries"] = sorted({int(q) for q in qs})
+    ks = cfg["topk"]
+    if not isinstance(ks, list) or not ks or not all(k is None or (_is_int(k) and k >= 1) for k in ks):
+        raise _err(i, "topk", f"must be a non-empty list of null (full logits) or integers >= 1, got {ks!r}")
+    cfg["topk"] = list(dict.fromkeys(None if k is None else int(k) for k in ks))
+    ds = cfg["defences"]
+    if not isinstance(ds, list):
+        raise _err(i, "defences", f"must be a list of mappings, got {ds!r}")
+    cfg["defences"] = [_validate_defence(i, j, d) for j, d in enumerate(ds)]
+    if cfg["query_pool"] not in ("peers", "heldout"):
+        raise _err(i, "query_pool", f"got {cfg['query_pool']!r}; allowed: peers, heldout")
+    return cfg
+
+
+def validate_probe(i: int, probe: Any, num_peers: int | None = None) -> dict[str, Any]:
+    """Check ``scenario.probes[i]`` and return it with every default filled in.
+
+    Raises ``ValueError("probes.<i>.<key>: ...")`` for an unknown key or a bad value. Checks
+    that need the prepared run (Byzantine placement, number of classes) happen in
+    :func:`run_probes`, with messages of the same form. ``num_peers`` (``peers.count``) also
+    range-checks peer ids.
+    """
+    if not isinstance(probe, dict) or "kind" not in probe:
+        raise ValueError(f"probes.{i}: each probe is a mapping with a 'kind' ({' | '.join(KINDS)})")
+    if probe["kind"] == "unlearning":
+        return _validate_unlearning(i, probe, num_peers)
+    if probe["kind"] == "cloning":
+        return _validate_cloning(i, probe, num_peers)
+    raise _err(i, "kind", f"got {probe['kind']!r}; allowed: {', '.join(KINDS)}")
+
+
+# ----------------------------------------------------------------------------- shared context
+@dataclass
+class _Ctx:
+    """What every probe needs from the trained run, as float64 torch tensors."""
+
+    run: Run
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    train_idx: list[np.ndarray]  # per peer id
+    honest: np.ndarray  # bool [N]
+    final_params: Tensor  # [N, P] float64
+    layer_shape: tuple[int, int]
+    bias: bool
+    seed: int
+    federated: bool
+    retrained: dict[int, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.train_idx)
+
+    @property
+    def num_classes(self) -> int:
+        return self.layer_shape[0]
+
+    def data(self, idx: np.ndarray, split: str = "train") -> tuple[Tensor, Tensor]:
+        t = torch.from_numpy(np.asarray(idx, dtype=np.int64))
+        return (self.x_train[t], self.y_train[t]) if split == "train" else (self.x_test[t], self.y_test[t])
+
+    def peer_data(self, peers: list[int]) -> tuple[Tensor, Tensor]:
+        idx = np.concatenate([self.train_idx[p] for p in peers]) if peers else np.empty(0, np.int64)
+        return self.data(idx)
+
+    def row(self, target: int | str) -> int:
+        """Row of ``final_params`` holding ``target``'s model (any row is the global model in federated mode)."""
+        return 0 if target == "global" else int(target)
+
+
+def _context(run: Run, prep: Prepared, final_params: np.ndarray) -> _Ctx:
+    f = prep.features
+    train_idx: list[np.ndarray] = []
+    for s in sorted(prep.setups, key=lambda s: s.first):
+        train_idx += [np.asarray(t, dtype=np.int64) for t in s.train_idx]
+    return _Ctx(
+        run=run,
+        x_train=torch.from_numpy(np.asarray(f.x_train)).to(torch.float64),
+        y_train=torch.from_numpy(np.asarray(f.y_train)).long(),
+        x_test=torch.from_numpy(np.asarray(f.x_test)).to(torch.float64),
+        y_test=torch.from_numpy(np.asarray(f.y_test)).long(),
+        train_idx=train_idx,
+        honest=~np.asarray(prep.byzantine, dtype=bool),
+        final_params=torch.from_numpy(np.asarray(final_params)).to(torch.float64),
+        layer_shape=(int(f.num_classes), int(f.dim)),
+        bias=bool(run.sc.training.bias),
+        seed=int(run.sc.seed),
+        federated=run.sc.mode == "federated",
+    )
+
+
+def _check_honest(i: int, key: str, peer: int, ctx: _Ctx) -> None:
+    if not ctx.honest[peer]:
+        raise _err(i, key, f"peer {peer} is Byzantine in this run (Byzantine ids: "
+                   f"{np.flatnonzero(~ctx.honest).tolist()}); choose an honest peer")
+
+
+def in_neighbors(sc: Any, round_: int = 0) -> list[np.ndarray]:
+    """Every peer's in-neighbours (who it hears) in round ``round_`` of the scenario's topology."""
+    t = sc.topology
+    indptr, indices = Topology(t.kind, sc.peers.count, sc.seed, degree=t.degree, p=t.p, fanout=t.fanout).build() \
+        .in_neighbors(round_)
+    return [indices[indptr[j] : indptr[j + 1]] for j in range(sc.peers.count)]
+
+
+def hop_distances(neighbors: list[np.ndarray], source: int) -> np.ndarray:
+    """Hops from ``source`` along "j hears i" edges (i → j), by breadth-first search; -1 if unreachable."""
+    n = len(neighbors)
+    out_edges: list[list[int]] = [[] for _ in range(n)]
+    for j, senders in enumerate(neighbors):
+        for s in senders:
+            out_edges[int(s)].append(j)
+    dist = np.full(n, -1, dtype=np.int64)
+    dist[source] = 0
+    todo = deque([source])
+    while todo:
+        u = todo.popleft()
+        for v in out_edges[u]:
+            if dist[v] < 0:
+                dist[v] = dist[u] + 1
+                todo.append(v)
+    return dist
+
+
+def heldout_split(n_test: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split test indices (deterministic from ``seed``) into ``(calibration, mia, test)``.
+
+    A ``fraction`` of the test set is held out and halved into a calibration part (unlearning's
+    stopping reference, LiRA's shadow pool) and an MIA part (non-members); the rest measures test
+    accuracy. Each part keeps at least one example.
+    """
+    if n_test < 3:
+        raise ValueError(f"the test set has {n_test} examples; the probes need at least 3")
+    perm = crng.numpy_generator(seed, "probes_heldout").permutation(n_test)
+    h = min(max(int(round(fraction * n_test)), 2), n_test - 1)
+    cal = h // 2
+    return np.sort(perm[:cal]), np.sort(perm[cal:h]), np.sort(perm[h:])
+
+
+# ----------------------------------------------------------------------------- unlearning
+def _retrain_without(ctx: _Ctx, peer: int) -> np.ndarray:
+    """Final heads ``[N, P]`` of the scenario retrained with ``peer`` absent (cached per peer)."""
+    if peer not in ctx.retrained:
+        from fedsim.runner import Run
+
+        _release_actors(ctx.run)
+        sub = Run(ctx.run.sc, ctx.run.dir / "probes" / f"retrain-without-{peer}", absent=[peer], run_probes=False)
+        sub.create_dir(overwrite=True)
+        sub.execute()
+        ctx.retrained[peer] = np.asarray(sub.final_params)
+    return ctx.retrained[peer]
+
+
+def _release_actors(run: Run) -> None:
+    """Free the trained run's Ray actors (their heads are already in ``final_params``) so the retrain's
+    actors can be scheduled on the same CPUs. A no-op with the local backend or once released."""
+    handles = [*(getattr(run, "groups", None) or []), *([run.server] if getattr(run, "server", None) else [])]
+    if not handles or run.sc.engine.backend != "ray":
+        return
+    import ray
+
+    for h in handles:
+        try:
+            ray.kill(h)
+        except Exception:  # already gone
+            pass
+    run.groups, run.server = [], None
+
+
+def _default_leaver(ctx: _Ctx) -> int:
+    sizes = np.asarray([len(t) if h else -1 for t, h in zip(ctx.train_idx, ctx.honest, strict=True)])
+    return int(np.argmax(sizes))
+
+
+def _default_unlearn_target(i: int, ctx: _Ctx, peer: int) -> int | str:
+    if ctx.federated:
+        return "global"
+    for j in in_neighbors(ctx.run.sc)[peer]:
+        if ctx.honest[j] and j != peer:
+            return int(j)
+    raise _err(i, "target", f"peer {peer} has no honest in-neighbour; name a target")
+
+
+def _per_peer_mia(ctx: _Ctx, params: Tensor, forget: tuple[Tensor, Tensor],
+                  heldout: tuple[Tensor, Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    """Loss-threshold MIA advantage and forget-set accuracy of every head in ``params [N, P]``."""
+    zf = ap.head_logits(params, forget[0], ctx.layer_shape, ctx.bias)  # [N, nf, C]
+    zh = ap.head_logits(params, heldout[0], ctx.layer_shape, ctx.bias)
+    lf = torch.logsumexp(zf, -1) - zf.gather(-1, forget[1].expand(zf.shape[0], -1).unsqueeze(-1)).squeeze(-1)
+    lh = torch.logsumexp(zh, -1) - zh.gather(-1, heldout[1].expand(zh.shape[0], -1).unsqueeze(-1)).squeeze(-1)
+    adv = np.asarray([ap.loss_threshold_mia(lf[j], lh[j]) for j in range(params.shape[0])])
+    acc = (zf.argmax(-1) == forget[1]).to(torch.float64).mean(-1).numpy()
+    return adv, acc
+
+
+def _influence(ctx: _Ctx, model: str, params: Tensor, hops: np.ndarray, peers: np.ndarray,
+               forget: tuple[Tensor, Tensor], heldout: tuple[Tensor, Tensor]) -> list[dict[str, Any]]:
+    """Influence records of ``peers`` grouped by hop distance from the leaver."""
+    adv, acc = _per_peer_mia(ctx, params, forget, heldout)
+    out = []
+    for h in sorted({int(x) for x in hops[peers]}):
+        sel = peers[hops[peers] == h]
+        out.append({
+            "model": model, "hop": h, "peers": len(sel), "peer_ids": sel.tolist(),
+            "mia_advantage_mean": float(adv[sel].mean()), "mia_advantage_max": float(adv[sel].max()),
+            "forget_accuracy_mean": float(acc[sel].mean()),
+        })
+    return out
+
+
+def run_unlearning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
+    """One unlearning probe → its ``probes.json`` entry (see the module docstring)."""
+    peer = _default_leaver(ctx) if cfg["peer"] is None else cfg["peer"]
+    _check_honest(i, "peer", peer, ctx)
+    target = cfg["target"]
+    if target is None or (ctx.federated and target != "global"):
+        target = _default_unlearn_target(i, ctx, peer) if target is None else "global"
+    if target == "global" and not ctx.federated:
+        raise _err(i, "target", "'global' exists in federated mode only; name a peer id")
+    if target != "global":
+        _check_honest(i, "target", int(target), ctx)
+        if int(target) == peer:
+            raise _err(i, "target", f"must differ from the leaving peer ({peer})")
+    shape, bias = ctx.layer_shape, ctx.bias
+    forget = ctx.peer_data([peer])
+    retain = ctx.peer_data([j for j in range(ctx.n) if ctx.honest[j] and j != peer])
+    cal_i, mia_i, test_i = heldout_split(len(ctx.y_test), cfg["heldout_fraction"], ctx.seed)
+    cal, mia, test = ctx.data(cal_i, "test"), ctx.data(mia_i, "test"), ctx.data(test_i, "test")
+    shadows = None
+    if cfg["lira_shadows"]:
+        shadows = ap.train_shadow_heads(cal[0], cal[1], shape, bias, cfg["lira_shadows"],
+                                        generator=crng.torch_generator(ctx.seed, "probes_lira", i))
+    before = ctx.final_params[ctx.row(target)]
+    after, trace = ap.unlearn_gradient_ascent(
+        before, shape, bias, forget[0], forget[1], cal[0], cal[1], cfg["lr"], cfg["max_steps"],
+        mode=cfg["mode"], initial_params=torch.zeros_like(before), tol=cfg["tol"],
+    )
+    retrained_all = torch.from_numpy(_retrain_without(ctx, peer)).to(torch.float64) if cfg["retrain"] else None
+    retrained = None if retrained_all is None else retrained_all[ctx.row(target)]
+    report = ap.evaluate_unlearning(before, after, retrained, forget, retain, test, mia, layer_shape=shape,
+                                    bias=bias, shadows=shadows, trace=trace)
+    influence: list[dict[str, Any]] = []
+    if not ctx.federated:
+        hops = hop_distances(in_neighbors(ctx.run.sc), peer)
+        honest = np.flatnonzero(ctx.honest)
+        influence = _influence(ctx, "before", ctx.final_params, hops, honest, forget, mia)
+        if retrained_all is not None:
+            others = honest[honest != peer]  # the absent peer only trained locally: not part of the federation
+            influence += _influence(ctx, "retrained", retrained_all, hops, others, forget, mia)
+    return {
+        "kind": "unlearning",
+        "peer": peer,
+        "target": target,
+        "forget_samples": len(forget[1]),
+        "retain_samples": len(retain[1]),
+        "split": {"calibration": len(cal_i), "mia_nonmembers": len(mia_i), "test": len(test_i)},
+        "lira_shadows": cfg["lira_shadows"],
+        "retrained_dir": (str(ctx.run.dir / "probes" / f"retrain-without-{peer}") if cfg["retrain"] else None),
+        "records": [report.to_dict()],
+        "influence": influence,
+    }
+
+
+# ----------------------------------------------------------------------------- cloning
+def _defence_label(d: dict[str, Any] | None) -> str:
+    if d is None:
+        return "none"
+    if d["kind"] == "rounding":
+        return f"rounding({d['decimals']})"
+    if d["kind"] == "noise":
+        return f"noise({d['sigma']:g})"
+    return "top1"
+
+
+def _oracle(params: Tensor, ctx: _Ctx, k: int | None, defence: dict[str, Any] | None, gen: torch.Generator) -> Any:
+    o: Any = ap.HeadOracle(params, ctx.layer_shape, ctx.bias, k=k)
+    if defence is None:
+        return o
+    if defence["kind"] == "rounding":
+        return ap.with_rounding(o, defence["decimals"])
+    if defence["kind"] == "noise":
+        return ap.with_gaussian_noise(o, defence["sigma"], generator=gen)
+    return ap.with_top1(o)
+
+
+def _query_pool(i: int, cfg: dict[str, Any], ctx: _Ctx, target: int | str) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """The attacker's query features (shuffled) and the evaluation split ``(x, y)`` it never queries."""
+    gen = crng.numpy_generator(ctx.seed, "probes_cloning_pool", i)
+    if cfg["query_pool"] == "heldout":
+        perm = gen.permutation(len(ctx.y_test))
+        half = len(perm) // 2
+        return ctx.x_test[torch.from_numpy(perm[:half])], ctx.data(np.sort(perm[half:]), "test")
+    others = [j for j in range(ctx.n) if j != target]  # federated ('global'): every client's images
+    qx, _ = ctx.peer_data(others)
+    return qx[torch.from_numpy(gen.permutation(qx.shape[0]))], (ctx.x_test, ctx.y_test)
+
+
+def _defence_costs(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (defence, k): oracle queries the attacker needs before its clone agrees with the target on at
+    least ``AGREEMENT_GOAL`` of the evaluation inputs *at every larger budget too* (a noisy curve can
+    touch the goal early and fall back), and how that compares with no defence at the same k
+    (``query_factor``; ``None`` when either never gets there)."""
+    groups: dict[tuple[str, Any], list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["defence"], r["topk"]), []).append(r)
+
+    def needed(rs: list[dict[str, Any]]) -> int | None:
+        """Oracle queries of the smallest budget from which every larger budget reaches the goal."""
+        best = None
+        for r in sorted(rs, key=lambda r: r["n_query_points"], reverse=True):
+            if (r["agreement"] or 0) < AGREEMENT_GOAL:
+                break
+            best = r["queries"]
+        return best
+
+    out = []
+    for (dname, k), rs in groups.items():
+        base = groups.get(("none", k)) or groups.get(("none", None)) or []
+        q, qb = needed(rs), needed(base)
+        last = max(rs, key=lambda r: r["n_query_points"])
+        out.append({
+            "defence": dname, "topk": k, "agreement_goal": AGREEMENT_GOAL, "queries_to_goal": q,
+            "query_factor": (q / qb) if (q is not None and qb) else None,
+            "agreement_at_max": last["agreement"], "clone_accuracy_at_max": last["clone_accuracy"],
+            "layer_relative_error_at_max": last["layer_relative_error"],
+            "served_accuracy": rs[0].get("served_accuracy"),
+        })
+    return out
+
+
+def run_cloning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
+    """One cloning probe → its ``probes.json`` entry (see the module docstring)."""
+    target = cfg["target"]
+    if ctx.federated:
+        target = "global"
+    elif target is None:
+        target = int(np.flatnonzero(ctx.honest)[0])
+    elif target == "global":
+        raise _err(i, "target", "'global' exists in federated mode only; name a peer id")
+    else:
+        _check_honest(i, "target", int(target), ctx)
+    c = ctx.num_classes
+    bad = [k for k in cfg["topk"] if k is not None and k > c]
+    if bad:
+        raise _err(i, "topk", f"k={bad[0]} exceeds the number of classes ({c})")
+    params = ctx.final_params[ctx.row(target)]
+    qx, (ex, ey) = _query_pool(i, cfg, ctx, target)
+    counts = sorted({min(q, qx.shape[0]) for q in cfg["queries"]})
+    gen = crng.torch_generator(ctx.seed, "probes_cloning_noise", i)
+    records: list[dict[str, Any]] = []
+    for defence in [None, *cfg["defences"]]:
+        if defence is not None and defence["kind"] == "top1":
+            ks: list[int | None] = [1]
+        elif defence is not None:  # rounding/noise act on values: labels-only answers (k = 1) are unchanged
+            ks = [k for k in cfg["topk"] if k != 1]
+        else:
+            ks = cfg["topk"]
+        for k in ks:
+            k_eff = None if k is None or k >= c else k
+            oracle = _oracle(params, ctx, k_eff, defence, gen)
+            served = float((oracle(ex, None)[0][:, 0] == ey).to(torch.float64).mean())
+            reps = ap.cloning_curve(oracle, qx, counts, c, test_x=ex, test_y=ey, target_params=params, bias=ctx.bias)
+            for rep in reps:
+                records.append({"defence": _defence_label(defence), "topk": k_eff, **rep.to_dict(),
+                                "served_accuracy": served})
+    return {
+        "kind": "cloning",
+        "target": target,
+        "query_pool": cfg["query_pool"],
+        "query_pool_size": int(qx.shape[0]),
+        "eval_samples": int(ey.shape[0]),
+        "feature_dim": ctx.layer_shape[1],
+        "num_classes": c,
+        "records": records,
+        "defence_cost": _defence_costs(records),
+    }
+
+
+# ----------------------------------------------------------------------------- entry points
+def _plain(obj: Any) -> Any:
+    """JSON-safe copy (numpy → Python, non-finite floats → ``None``)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(obj, indent=1, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def summarize(entry: dict[str, Any]) -> dict[str, Any]:
+    """The compact form of one ``probes.json`` entry kept in ``summary.json``."""
+    if entry["kind"] == "unlearning":
+        rep = entry["records"][0]
+        models = [m for m in ("before", "after", "retrained") if rep.get(m)]
+
+        def pick(metric: str) -> dict[str, Any]:
+            return {m: rep[m][metric] for m in models}
+
+        return {
+            "kind": "unlearning", "peer": entry["peer"], "target": entry["target"],
+            "calibrated": (rep.get("trace") or {}).get("calibrated"), "steps": (rep.get("trace") or {}).get("steps"),
+            "mia_advantage": pick("mia_advantage"), "forget_accuracy": pick("forget_accuracy"),
+            "test_accuracy": pick("test_accuracy"),
+            "influence_mia_by_hop": {f"{r['model']}:{r['hop']}": r["mia_advantage_mean"] for r in entry["influence"]},
+        }
+    return {
+        "kind": "cloning", "target": entry["target"],
+        "agreement_at_max": {f"{d['defence']}/k={d['topk'] or 'all'}": d["agreement_at_max"]
+                             for d in entry["defence_cost"]},
+        "queries_to_99pct": {f"{d['defence']}/k={d['topk'] or 'all'}": d["queries_to_goal"]
+                             for d in entry["defence_cost"]},
+    }
+
+
+def run_probes(run: Run, prep: Prepared, final_params: np.ndarray) -> list[dict[str, Any]]:
+    """Run ``run.sc.probes`` against the trained heads ``final_params [N, P]``.
+
+    Every probe mapping is validated first (``ValueError("probes.<i>.<key>: ...")``), then each
+    runs in order; the full results go to ``<run>/probes.json`` (``[{"kind", "records", ...}]``)
+    and the compact list returned here goes into ``summary.json``.
+    """
+    cfgs = [validate_probe(i, p, run.sc.peers.count) for i, p in enumerate(run.sc.probes)]
+    ctx = _context(run, prep, final_params)
+    entries = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: extra threads only contend (badly so on busy shared cores)
+    try:
+        for i, cfg in enumerate(cfgs):
+            entry = run_unlearning(i, cfg, ctx) if cfg["kind"] == "unlearning" else run_cloning(i, cfg, ctx)
+            entries.append(_plain(entry))
+    finally:
+        torch.set_num_threads(threads)
+    _write_json(Path(run.dir) / "probes.json", entries)
+    return [summarize(e) for e in entries]
+
+
+# ----------------------------------------------------------------------------- Markdown
+def _pct(v: Any, digits: int = 1) -> str:
+    return "–" if not _is_num(v) else f"{100 * v:.{digits}f}%"
+
+
+def _num(v: Any, fmt: str = ".3f") -> str:
+    return "–" if not _is_num(v) else format(v, fmt)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+_UNLEARNING_ROWS = [
+    ("forget accuracy", "forget_accuracy", "pct"), ("retain accuracy", "retain_accuracy", "pct"),
+    ("test accuracy", "test_accuracy", "pct"), ("forget loss", "forget_loss", "num"),
+    ("held-out loss", "heldout_loss", "num"), ("MIA advantage (loss threshold)", "mia_advantage", "num"),
+    ("MIA advantage (offline LiRA)", "lira_advantage", "num"), ("LiRA AUC", "lira_auc", "num"),
+]
+
+
+def _format_unlearning(e: dict[str, Any]) -> str:
+    rep = e["records"][0]
+    models = [m for m in ("before", "after", "retrained") if isinstance(rep.get(m), dict)]
+    diff = rep.get("after_minus_retrained") or {}
+    rows = []
+    for name, key, kind in _UNLEARNING_ROWS:
+        vals = [rep[m].get(key) for m in models]
+        if all(v is None for v in vals):
+            continue
+        f = _pct if kind == "pct" else _num
+        d = diff.get(key)
+        dtxt = "–" if d is None else (f"{100 * d:+.1f} pp" if kind == "pct" else f"{d:+.3f}")
+        rows.append([name, *[f(v) for v in vals], *([dtxt] if "retrained" in models else [])])
+    header = ["metric", *models, *(["after − retrained"] if "retrained" in models else [])]
+    tr = rep.get("trace") or {}
+    sp = e.get("split", {})
+    out = [
+        f"### Unlearning: peer {e['peer']} leaves ({e['forget_samples']} training samples); "
+        f"model unlearned: {'global model' if e['target'] == 'global' else 'peer ' + str(e['target'])}",
+        "",
+        _table(header, rows),
+        "",
+        f"Gradient ascent ({tr.get('mode')}): {tr.get('steps')} steps, "
+        f"{'calibrated' if tr.get('calibrated') else 'NOT calibrated'} ({tr.get('stop_reason')}); "
+        f"forget loss {_num(tr.get('final_forget_loss'))} vs calibration-set loss "
+        f"{_num(tr.get('final_reference_loss'))}. Split of the test set: {sp.get('calibration')} calibration, "
+        f"{sp.get('mia_nonmembers')} MIA non-members, {sp.get('test')} test.",
+    ]
+    if e.get("influence"):
+        by_hop: dict[int, dict[str, dict[str, Any]]] = {}
+        for r in e["influence"]:
+            by_hop.setdefault(r["hop"], {})[r["model"]] = r
+        has_rt = any("retrained" in v for v in by_hop.values())
+        header = ["hop", "peers", "MIA adv. before", *(["MIA adv. retrained"] if has_rt else []),
+                  "forget acc. before", *(["forget acc. retrained"] if has_rt else [])]
+        rows = []
+        for h, v in sorted(by_hop.items()):
+            b, r = v.get("before", {}), v.get("retrained", {})
+            rows.append([str(h), str(b.get("peers", r.get("peers", 0))), _num(b.get("mia_advantage_mean")),
+                         *([_num(r.get("mia_advantage_mean"))] if has_rt else []),
+                         _pct(b.get("forget_accuracy_mean")),
+                         *([_pct(r.get("forget_accuracy_mean"))] if has_rt else [])])
+        out += ["", "Influence spread (hop distance from the leaver; mean over honest peers; hop 0 is the "
+                "leaver itself, absent from the retrained federation):", "", _table(header, rows)]
+    return "\n".join(out)
+
+
+def _k_label(k: Any, c: Any = None) -> str:
+    return (f"all ({c})" if c else "all") if k is None else str(k)
+
+
+def _format_cloning(e: dict[str, Any]) -> str:
+    recs = e["records"]
+    c = e.get("num_classes")
+    keys = list(dict.fromkeys((r["defence"], r["topk"]) for r in recs))
+    budgets = sorted({r["n_query_points"] for r in recs})
+    by = {(r["defence"], r["topk"], r["n_query_points"]): r for r in recs}
+    rows = [[dname, _k_label(k, c), *[_pct(by.get((dname, k, n), {}).get("agreement")) for n in budgets]]
+            for dname, k in keys]
+    tgt = next((r.get("target_accuracy") for r in recs if r.get("target_accuracy") is not None), None)
+    who = "global model" if e["target"] == "global" else f"peer {e['target']}"
+    out = [
+        f"### Cloning: target {who} (test accuracy {_pct(tgt)}; d = {e.get('feature_dim')}, C = {c}; "
+        f"query pool: {e.get('query_pool')}, {e.get('query_pool_size')} inputs)",
+        "",
+        "Agreement of clone and target on held-out test inputs, by number of query inputs:",
+        "",
+        _table(["defence", "k", *[str(n) for n in budgets]], rows),
+    ]
+    top = budgets[-1]
+    rows = []
+    for dname, k in keys:
+        r = by.get((dname, k, top))
+        if r is None:
+            continue
+        hs = r.get("hidden_size")
+        rows.append([dname, _k_label(k, c), str(r["method"]), str(r["queries"]), _num(r["layer_relative_error"], ".2e"),
+                     "–" if hs is None else f"{hs}{'' if r['hidden_size_identifiable'] else ' (n.i.)'}",
+                     _pct(r["agreement"]), _pct(r["clone_accuracy"])])
+    out += ["", f"At {top} query inputs (oracle queries include the logit-bias queries of top-k; hidden size "
+            "'n.i.' = not identifiable: d ≥ C, the logits span R^C):",
+            "", _table(["defence", "k", "method", "oracle queries", "rel. layer error", "hidden size", "agreement",
+                        "clone acc."], rows)]
+    costs = e.get("defence_cost") or []
+    if costs:
+        rows = [[d["defence"], _k_label(d["topk"], c),
+                 "never" if d["queries_to_goal"] is None else str(d["queries_to_goal"]),
+                 "–" if d["query_factor"] is None else f"×{d['query_factor']:.3g}",
+                 _pct(d.get("served_accuracy"))] for d in costs]
+        goal = costs[0]["agreement_goal"]
+        out += ["", f"Cost to the attacker: oracle queries from which the clone agrees on ≥ {100 * goal:g}% of test "
+                "inputs at every larger budget tried (factor vs no defence at the same k); served acc. = the "
+                "defended API's own top-1 accuracy (the defender's cost):", "",
+                _table(["defence", "k", "queries to goal", "vs none", "served acc."], rows)]
+    return "\n".join(out)
+
+
+def format_probes(records: Any) -> str:
+    """Markdown tables of a parsed ``probes.json`` (a list of entries, or one entry)."""
+    entries = [records] if isinstance(records, dict) else list(records or [])
+    parts = []
+    for e in entries:
+        if not isinstance(e, dict) or not e.get("records"):
+            continue
+        if e.get("kind") == "unlearning":
+            parts.append(_format_unlearning(e))
+        elif e.get("kind") == "cloning":
+            parts.append(_format_cloning(e))
+    return "\n\n".join(parts) + ("\n" if parts else "")
