@@ -41,6 +41,7 @@ class GroupSetup:
     attack: dict[str, Any]  # name, params, omniscient, collude
     topology: dict[str, Any]  # kind, degree, p, fanout
     absent: np.ndarray | None = None  # bool [N]: peers that take no part (their messages never arrive)
+    threads: int = 1  # torch intra-op threads of the hosting process (engine.cpus_per_actor)
 
 
 def forge_messages(
@@ -97,7 +98,8 @@ class PeerGroup:
     """Hosts peers ``first .. first+len(train_idx)-1``; see the module docstring."""
 
     def __init__(self, setup: GroupSetup, features: dict[str, np.ndarray]) -> None:
-        torch.set_num_threads(max(1, int(torch.get_num_threads())))
+        # tiny bmm's: oversubscribed threads cost 10-30x on a loaded machine (measured); one per CPU given
+        torch.set_num_threads(max(1, setup.threads))
         s = self.s = setup
         self.ids = np.arange(s.first, s.first + len(s.train_idx))
         self.p = len(self.ids)

@@ -128,7 +128,7 @@ def _save(fig, path: Path, formats: list[str]) -> list[Path]:
     for fmt in formats:
         p = path.with_name(f"{path.name}.{fmt}")
         meta = {"CreationDate": None} if fmt == "pdf" else None  # byte-stable PDFs
-        fig.savefig(p, format=fmt, metadata=meta)
+        fig.savefig(p, format=fmt, metadata=meta, bbox_inches="tight")
         out.append(p)
     return out
 

@@ -660,7 +660,7 @@ def _format_unlearning(e: dict[str, Any]) -> str:
         "",
         _table(header, rows),
         "",
-        f"Gradient ascent ({tr.get('mode')}): {tr.get('steps')} steps, "
+        f"Gradient ascent ({tr.get('mode')}): {tr.get('steps')} step{'' if tr.get('steps') == 1 else 's'}, "
         f"{'calibrated' if tr.get('calibrated') else 'NOT calibrated'} ({tr.get('stop_reason')}); "
         f"forget loss {_num(tr.get('final_forget_loss'))} vs calibration-set loss "
         f"{_num(tr.get('final_reference_loss'))}. Split of the test set: {sp.get('calibration')} calibration, "

@@ -102,6 +102,7 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     common = dict(
         byzantine=byz,
         absent=None if not absent else np.isin(np.arange(n), absent),
+        threads=max(1, int(sc.engine.cpus_per_actor)),
         num_peers=n,
         num_classes=c,
         dim=d,

@@ -1,0 +1,186 @@
+"""The probes' harness (fedsim.probes) on a tiny decentralized run: probes.json, unlearning with
+the retrained-without gold standard and influence spread, cloning, Markdown tables, validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedsim.probes import format_probes, heldout_split, hop_distances, run_probes, validate_probe
+from fedsim.runner import Run
+from fedsim.scenario import parse
+
+D = 64  # sklearn_digits through the identity backbone
+PROBES = [
+    {"kind": "unlearning", "lira_shadows": 4},
+    {"kind": "cloning", "queries": [8, 200, 1000], "topk": [None, 3],
+     "defences": [{"kind": "rounding", "decimals": 1}, {"kind": "top1"}]},
+]
+
+
+def _scenario(tmp: Path, **over: Any) -> dict[str, Any]:
+    """The conftest ``small_scenario`` settings (sklearn digits, identity backbone, local engine),
+    trained harder so the leaver's data leaves a membership signal worth unlearning."""
+    d: dict[str, Any] = {
+        "name": "probes",
+        "seed": 3,
+        "rounds": 10,
+        "dataset": {"name": "sklearn_digits"},
+        "backbone": {"name": "identity", "cache_dir": str(tmp / "cache")},
+        "partition": {"kind": "dirichlet", "alpha": 1.0},
+        "peers": {"count": 8},
+        "topology": {"kind": "k_regular", "degree": 4},
+        "training": {"lr": 0.5, "momentum": 0.9, "batch_size": 16, "local_steps": 5},
+        "engine": {"backend": "local", "num_actors": 2},
+        "output": {"dir": str(tmp / "runs")},
+        "probes": PROBES,
+    }
+    d.update(over)
+    return d
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory: pytest.TempPathFactory) -> tuple[Run, dict[str, Any], list[dict[str, Any]]]:
+    """One trained run with both probes: ``(run, summary, parsed probes.json)``."""
+    tmp = tmp_path_factory.mktemp("probes")
+    run = Run(parse(_scenario(tmp)))
+    run.create_dir(overwrite=True)
+    summary = run.execute()
+    return run, summary, json.loads((run.dir / "probes.json").read_text())
+
+
+def _entry(probes: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    return next(e for e in probes if e["kind"] == kind)
+
+
+def test_probes_json_and_summary(done) -> None:
+    run, summary, probes = done
+    assert [e["kind"] for e in probes] == ["unlearning", "cloning"]
+    assert [s["kind"] for s in summary["probes"]] == ["unlearning", "cloning"]
+    assert json.loads((run.dir / "summary.json").read_text())["probes"] == summary["probes"]
+    rep = _entry(probes, "unlearning")["records"][0]
+    for model in ("before", "after", "retrained"):
+        for f in ("forget_accuracy", "retain_accuracy", "test_accuracy", "mia_advantage", "lira_advantage"):
+            assert isinstance(rep[model][f], float), (model, f)
+    for r in _entry(probes, "cloning")["records"]:
+        for f in ("queries", "agreement", "clone_accuracy", "k", "defence", "topk", "layer_relative_error"):
+            assert f in r
+
+
+def test_unlearning_ascends_and_is_calibrated(done) -> None:
+    _, _, probes = done
+    e = _entry(probes, "unlearning")
+    rep, tr = e["records"][0], e["records"][0]["trace"]
+    sizes = [len(t) for s in done[0].prepared.setups for t in s.train_idx]
+    assert e["peer"] == int(np.argmax(sizes)) and e["target"] != e["peer"]
+    assert tr["calibrated"] and tr["stop_reason"] == "loss_reached_reference" and tr["steps"] >= 1
+    assert rep["after"]["forget_loss"] >= rep["before"]["forget_loss"]
+    assert 0.0 <= tr["final_forget_loss"] - tr["final_reference_loss"] <= tr["tol"]
+    assert rep["after"]["forget_accuracy"] <= rep["before"]["forget_accuracy"]
+    # the gold standard ran, in a subfolder, without the leaver
+    sub = Path(e["retrained_dir"])
+    assert sub.name == f"retrain-without-{e['peer']}" and (sub / "summary.json").exists()
+    assert 0.0 <= rep["retrained"]["mia_advantage"] <= 1.0
+    assert set(rep["after_minus_retrained"]) >= {"mia_advantage", "forget_accuracy", "test_accuracy"}
+    assert sum(e["split"].values()) == len(done[0].prepared.features.y_test)
+
+
+def test_influence_spread_by_hop(done) -> None:
+    _, _, probes = done
+    e = _entry(probes, "unlearning")
+    inf = e["influence"]
+    for r in inf:
+        assert {"hop", "peers", "mia_advantage_mean", "forget_accuracy_mean"} <= set(r)
+        assert 0.0 <= r["mia_advantage_mean"] <= 1.0 and r["peers"] == len(r["peer_ids"]) >= 1
+    before = {r["hop"]: r for r in inf if r["model"] == "before"}
+    retrained = {r["hop"]: r for r in inf if r["model"] == "retrained"}
+    assert before[0]["peer_ids"] == [e["peer"]] and 0 not in retrained  # the absent leaver is not in it
+    assert sum(r["peers"] for r in before.values()) == 8
+    assert set(retrained) == set(before) - {0}
+
+
+def test_cloning_recovers_layer_from_full_and_topk_logits(done) -> None:
+    _, _, probes = done
+    recs = _entry(probes, "cloning")["records"]
+    exact = [r for r in recs if r["defence"] == "none" and r["topk"] in (None, 3) and r["n_query_points"] >= D + 1]
+    assert len(exact) == 4
+    for r in exact:
+        assert r["method"] == "least_squares" and r["agreement"] == 1.0
+        # digits' corner pixels are (almost) always 0: a few hundred images leave some weight
+        # directions barely constrained; with most of the attacker's pool the solve is exact
+        assert r["layer_relative_error"] < (1e-8 if r["n_query_points"] == 1000 else 1e-2)
+    full = [r for r in exact if r["topk"] is None]
+    assert all(r["queries"] == r["n_query_points"] for r in full)  # one oracle row per image
+    labels = [r for r in recs if r["defence"] == "top1"]
+    assert {r["method"] for r in labels} == {"distillation_labels"} and all(r["k"] == 1 for r in labels)
+    assert not any(r["defence"] == "rounding(1)" and r["topk"] == 1 for r in recs)
+    cost = {(c["defence"], c["topk"]): c for c in _entry(probes, "cloning")["defence_cost"]}
+    assert cost[("none", None)]["queries_to_goal"] == 200
+
+
+def test_format_probes_tables(done) -> None:
+    _, _, probes = done
+    md = format_probes(probes)
+    assert "### Unlearning" in md and "### Cloning" in md
+    assert "| metric | before | after | retrained | after − retrained |" in md
+    assert "| hop | peers |" in md and "| defence | k | 8 | 200 | 1000 |" in md
+    assert format_probes([]) == ""
+
+
+@pytest.mark.parametrize(
+    ("probe", "key"),
+    [
+        ({"kind": "unlearning", "lr": 0}, "lr"),
+        ({"kind": "unlearning", "heldout_fraction": 1.5}, "heldout_fraction"),
+        ({"kind": "unlearning", "peer": 8}, "peer"),
+        ({"kind": "unlearning", "lira_shadows": 1}, "lira_shadows"),
+        ({"kind": "unlearning", "retrain": "yes"}, "retrain"),
+        ({"kind": "unlearning", "forget": 3}, "forget"),
+        ({"kind": "cloning", "queries": []}, "queries"),
+        ({"kind": "cloning", "topk": [0]}, "topk"),
+        ({"kind": "cloning", "defences": [{"kind": "noise", "sigma": -1}]}, "defences.0.sigma"),
+        ({"kind": "cloning", "defences": [{"kind": "blur"}]}, "defences.0"),
+    ],
+)
+def test_validate_probe_names_the_key(probe: dict[str, Any], key: str) -> None:
+    with pytest.raises(ValueError, match=rf"^probes\.0\.{key}: "):
+        validate_probe(0, probe, num_peers=8)
+
+
+def test_validate_probe_fills_defaults() -> None:
+    cfg = validate_probe(1, {"kind": "cloning", "queries": [32, 8, 8]})
+    assert cfg["queries"] == [8, 32] and cfg["topk"] == [None, 5, 2, 1] and len(cfg["defences"]) == 3
+
+
+def test_bad_parameters_at_run_time(done, tmp_path: Path) -> None:
+    run, _, _ = done
+    prep, params = run.prepared, run.final_params
+
+    def probe_run(probes: list[dict[str, Any]]) -> Run:
+        return Run(parse(_scenario(tmp_path, probes=probes)), tmp_path / "r")
+
+    with pytest.raises(ValueError, match=r"^probes\.0\.topk: k=11 exceeds"):
+        run_probes(probe_run([{"kind": "cloning", "topk": [11]}]), prep, params)
+    byz = np.zeros(8, dtype=bool)
+    byz[0] = True
+    with pytest.raises(ValueError, match=r"^probes\.0\.target: peer 0 is Byzantine"):
+        run_probes(probe_run([{"kind": "cloning", "target": 0}]), dataclasses.replace(prep, byzantine=byz), params)
+    with pytest.raises(ValueError, match=r"^probes\.0\.max_steps: "):
+        run_probes(probe_run([{"kind": "unlearning", "max_steps": 0}]), prep, params)
+
+
+def test_hops_and_split() -> None:
+    ring = [np.array([(i - 1) % 6, (i + 1) % 6]) for i in range(6)]
+    assert hop_distances(ring, 0).tolist() == [0, 1, 2, 3, 2, 1]
+    directed = [np.array([], dtype=np.int64), np.array([0]), np.array([1])]  # 0 → 1 → 2, nobody hears 2
+    assert hop_distances(directed, 2).tolist() == [-1, -1, 0]
+    cal, mia, test = heldout_split(101, 0.5, seed=7)
+    assert (len(cal), len(mia), len(test)) == (25, 25, 51)
+    assert sorted(np.concatenate([cal, mia, test]).tolist()) == list(range(101))
+    again = heldout_split(101, 0.5, seed=7)
+    assert all(np.array_equal(a, b) for a, b in zip((cal, mia, test), again, strict=True))
