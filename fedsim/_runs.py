@@ -262,6 +262,8 @@ def load_runs(root: Path) -> RunSet:
         dirs = [root / r["dir"] for r in index["runs"] if is_run_dir(root / r["dir"])]
     else:
         dirs = sorted({p.parent for p in root.rglob("metrics.jsonl")} | {p.parent for p in root.rglob("summary.json")})
+        # an unlearning probe keeps its gold-standard retrain in <run>/probes/retrain-without-<id>/
+        dirs = [d for d in dirs if not (d.parent.name == "probes" and is_run_dir(d.parent.parent))]
     runs = [load_run(d) for d in dirs]
     if not runs:
         raise FileNotFoundError(f"{root}: no run directories (folders with metrics.jsonl) found")

@@ -114,6 +114,12 @@ def run(
         return
     summary["wall_seconds"] = round(time.time() - t0, 2)
     _summary_table(console, summary, r.dir)
+    if summary.get("probes") and (r.dir / "probes.json").exists():
+        import json
+
+        from fedsim.probes import format_probes
+
+        click.echo(format_probes(json.loads((r.dir / "probes.json").read_text())))
 
 
 def _execute(r, console, quiet: bool, resume: bool) -> dict | None:

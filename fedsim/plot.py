@@ -389,7 +389,8 @@ def plot_cloning(
 
     groups: dict[str, list[dict[str, Any]]] = {}
     for rec in records:
-        bits = [f"k={rec['k']}"] if "k" in rec else []
+        bits = [str(rec["defence"])] if rec.get("defence") not in (None, "none") else []
+        bits += [f"k={rec['k']}"] if "k" in rec else []
         bits += [str(rec[f]) for f in ("output", "method") if rec.get(f)]
         groups.setdefault(" · ".join(bits) or "clone", []).append(rec)
     fields = [("agreement", "agreement with target (%)"), ("clone_accuracy", "clone test accuracy (%)")]

@@ -121,7 +121,7 @@ def _check_peer(i: int, key: str, v: Any, num_peers: int | None, allow_global: b
 def _check_keys(i: int, probe: dict[str, Any], allowed: dict[str, Any]) -> None:
     for k in probe:
         if k != "kind" and k not in allowed:
-            raise _err(i, str(k), f"unknown key for a {probe['kind']} probe; allowed: kind, {', '.join(allowed)}")
+            raise _err(i, str(k), f"unknown key for kind {probe['kind']}; allowed: kind, {', '.join(allowed)}")
 
 
 def _validate_unlearning(i: int, p: dict[str, Any], num_peers: int | None) -> dict[str, Any]:
@@ -153,7 +153,7 @@ def _validate_defence(i: int, j: int, d: Any) -> dict[str, Any]:
     for k in d:
         if k != "kind" and k not in allowed:
             extra = ", ".join(["kind", *allowed])
-            raise _err(i, f"{key}.{k}", f"unknown key for a {d['kind']} defence; allowed: {extra}")
+            raise _err(i, f"{key}.{k}", f"unknown key for defence kind {d['kind']}; allowed: {extra}")
     out = {**allowed, **d}
     if out["kind"] == "rounding":
         out["decimals"] = _check_int(i, f"{key}.decimals", out["decimals"], 0, 12)
@@ -270,8 +270,8 @@ def _check_honest(i: int, key: str, peer: int, ctx: _Ctx) -> None:
 def in_neighbors(sc: Any, round_: int = 0) -> list[np.ndarray]:
     """Every peer's in-neighbours (who it hears) in round ``round_`` of the scenario's topology."""
     t = sc.topology
-    indptr, indices = Topology(t.kind, sc.peers.count, sc.seed, degree=t.degree, p=t.p, fanout=t.fanout).build() \
-        .in_neighbors(round_)
+    topo = Topology(t.kind, sc.peers.count, sc.seed, degree=t.degree, p=t.p, fanout=t.fanout).build()
+    indptr, indices = topo.in_neighbors(round_)
     return [indices[indptr[j] : indptr[j + 1]] for j in range(sc.peers.count)]
 
 

@@ -339,6 +339,10 @@ class Run:
         if sc.probes and self.run_probes:
             from fedsim.probes import run_probes
 
+            # heads already fetched: free the actors' CPUs (the unlearning probe retrains on them)
+            backend.kill([*groups, *([server] if server is not None else [])])
+            self.groups, self.server = [], None
+
             summary["probes"] = run_probes(self, prep, self.final_params)
         _atomic_write(self.dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
         return summary

@@ -302,3 +302,9 @@ def check_semantics(sc: Scenario, source: str = "scenario") -> None:
             fail(f"probes.{i}", "each probe is a mapping with a 'kind' (unlearning | cloning)")
         if p["kind"] not in ("unlearning", "cloning"):
             fail(f"probes.{i}.kind", f"got {p['kind']!r}; allowed: unlearning, cloning")
+        from fedsim.probes import validate_probe
+
+        try:
+            validate_probe(i, p, sc.peers.count)
+        except ValueError as e:
+            raise ScenarioError(f"{source}: {e}") from None
