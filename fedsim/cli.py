@@ -5,10 +5,8 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import click
-import yaml
 
 from fedsim.scenario import ScenarioError
 
@@ -17,16 +15,6 @@ def _console():
     from rich.console import Console
 
     return Console(stderr=False)
-
-
-def _parse_sets(values: tuple[str, ...]) -> dict[str, Any]:
-    out = {}
-    for v in values:
-        if "=" not in v:
-            raise click.BadParameter(f"{v!r}: expected KEY=VALUE, e.g. strategy.name=krum", param_hint="--set")
-        k, val = v.split("=", 1)
-        out[k.strip()] = yaml.safe_load(val)
-    return out
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -92,7 +80,7 @@ def run(
     from fedsim import scenario as sc_mod
     from fedsim.runner import Run, RunDirExistsError
 
-    overrides = _parse_sets(sets)
+    overrides = sc_mod.parse_sets(sets)
     if address:
         overrides["engine.address"] = address
     try:

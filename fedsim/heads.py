@@ -88,6 +88,27 @@ def step(
         p.sub_(lr * mhat / (vhat.sqrt() + eps))
 
 
+def local_steps(w: Tensor, b: Tensor, state: OptimizerState, batches, training: dict, bias: bool) -> Tensor:
+    """Run one optimizer step per ``(x, y)`` batch on heads ``w, b`` in place (``training`` is the
+    scenario's training section as a dict); returns the last batch's per-head loss."""
+    loss = torch.zeros(w.shape[0])
+    for x, y in batches:
+        loss, gw, gb = ce_grad(w, b if bias else None, x, y)
+        step(
+            w,
+            b,
+            gw,
+            gb,
+            state,
+            optimizer=training["optimizer"],
+            lr=training["lr"],
+            momentum=training["momentum"],
+            weight_decay=training["weight_decay"],
+            bias=bias,
+        )
+    return loss
+
+
 @torch.no_grad()
 def accuracy_and_loss(w: Tensor, b: Tensor | None, x: Tensor, y: Tensor, chunk: int = 64) -> tuple[Tensor, Tensor]:
     """Test accuracy and mean cross-entropy of each head in ``w [p, C, d]`` on shared ``x [N, d]``."""

@@ -208,23 +208,7 @@ class PeerGroup:
         return self.x_local[idx], self.y_local[idx]
 
     def _local_steps(self, w: Tensor, b: Tensor, opt: heads.OptimizerState, batches) -> Tensor:
-        t = self.s.training
-        loss = torch.zeros(w.shape[0])
-        for x, y in batches:
-            loss, gw, gb = heads.ce_grad(w, b if self.bias else None, x, y)
-            heads.step(
-                w,
-                b,
-                gw,
-                gb,
-                opt,
-                optimizer=t["optimizer"],
-                lr=t["lr"],
-                momentum=t["momentum"],
-                weight_decay=t["weight_decay"],
-                bias=self.bias,
-            )
-        return loss
+        return heads.local_steps(w, b, opt, batches, self.s.training, self.bias)
 
     def train(self, round_: int, global_params: np.ndarray | None = None) -> tuple[np.ndarray, float]:
         """Local steps for every hosted peer; returns their flattened heads and mean train loss."""
@@ -368,23 +352,13 @@ class Server:
         w, b = w.contiguous(), (b.contiguous() if b is not None else torch.zeros(1, self.layer_shape[0]))
         opt = heads.OptimizerState.zeros(w, b, t["optimizer"] == "adam")
         x, y = self.root
+        batches = []
         for k in range(int(t["local_steps"])):
             r = torch.from_numpy(
                 crng.integers(len(y), self.s.seed, "root", round_, k, -1, np.arange(int(t["batch_size"])))
             )
-            loss, gw, gb = heads.ce_grad(w, b if self.bias else None, x[r][None], y[r][None])
-            heads.step(
-                w,
-                b,
-                gw,
-                gb,
-                opt,
-                optimizer=t["optimizer"],
-                lr=t["lr"],
-                momentum=t["momentum"],
-                weight_decay=t["weight_decay"],
-                bias=self.bias,
-            )
+            batches.append((x[r][None], y[r][None]))
+        heads.local_steps(w, b, opt, batches, t, self.bias)
         return strategies.flatten(w, b if self.bias else None)[0]
 
     def aggregate(self, round_: int, *client_params: np.ndarray) -> dict[str, int]:

@@ -9,6 +9,7 @@ topology's degree, partition sizes, ...) run here too, at validation time, never
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -308,3 +309,29 @@ def check_semantics(sc: Scenario, source: str = "scenario") -> None:
             validate_probe(i, p, sc.peers.count)
         except ValueError as e:
             raise ScenarioError(f"{source}: {e}") from None
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def parse_value(text: str) -> Any:
+    """One grid value: YAML scalar (``0.3``, ``krum``, ``true``, ``{f: 1}``); ``1e-3`` is a float."""
+    text = text.strip()
+    if _NUMBER.fullmatch(text):
+        return int(text) if re.fullmatch(r"[-+]?\d+", text) else float(text)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_sets(values: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``("rounds=20", "strategy.name=krum")`` → ``{"rounds": 20, "strategy.name": "krum"}`` (``--set``)."""
+    import click
+
+    out = {}
+    for v in values:
+        if "=" not in v:
+            raise click.BadParameter(f"{v!r}: expected KEY=VALUE, e.g. strategy.name=krum", param_hint="--set")
+        k, val = v.split("=", 1)
+        out[k.strip()] = parse_value(val)
+    return out

@@ -42,25 +42,13 @@ import click
 import yaml
 
 from fedsim._runs import IGNORED_PREFIXES, flatten, fmt_value
-from fedsim.scenario import ScenarioError, parse, set_dotted
+from fedsim.scenario import ScenarioError, parse, parse_sets, parse_value, set_dotted
 
-_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._,+\-]")
 MAX_NAME = 200
 
 
 # --------------------------------------------------------------------------- grid parsing
-def parse_value(text: str) -> Any:
-    """One grid value: YAML scalar (``0.3``, ``krum``, ``true``, ``{f: 1}``); ``1e-3`` is a float."""
-    text = text.strip()
-    if _NUMBER.fullmatch(text):
-        return int(text) if re.fullmatch(r"[-+]?\d+", text) else float(text)
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
 def split_values(text: str) -> list[str]:
     """Split ``a,b,[1,2],{x: 1, y: 2}`` on the commas outside brackets and braces."""
     parts, depth, cur = [], 0, []
@@ -446,16 +434,6 @@ class _BarReporter(Reporter):
         self.bar.update(self.task, advance=1, last=last[-70:])
 
 
-def _parse_sets(values: tuple[str, ...]) -> dict[str, Any]:
-    out = {}
-    for v in values:
-        if "=" not in v:
-            raise click.BadParameter(f"{v!r}: expected KEY=VALUE, e.g. rounds=20", param_hint="--set")
-        k, val = v.split("=", 1)
-        out[k.strip()] = parse_value(val)
-    return out
-
-
 @click.command(short_help="Run a grid of scenario overrides in parallel on Ray (resumable).")
 @click.argument("scenario", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option(
@@ -526,7 +504,7 @@ def sweep(
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--grid") from None
     try:
-        plan = plan_sweep(scenario, grid, _parse_sets(sets), out, skip_invalid)
+        plan = plan_sweep(scenario, grid, parse_sets(sets), out, skip_invalid)
     except ScenarioError as e:
         raise click.ClickException(str(e)) from None
     console = Console(soft_wrap=True)
