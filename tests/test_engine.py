@@ -135,3 +135,46 @@ def test_actor_death_stops_clearly_and_resume_matches(small_scenario, ray_sessio
         r.execute(progress=kill_an_actor)
     Run(sc, r.dir).execute(resume=True)
     assert _metrics(r) == _metrics(full)
+
+
+def test_sigkill_at_random_round_then_resume_is_byte_identical(small_scenario, tmp_path):
+    """The driver process itself is SIGKILLed mid-run (not a simulated stop)."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    d = small_scenario(name="victim", rounds=80, **{"checkpoint.every": 2})
+    ref, _ = _run(small_scenario(name="reference", rounds=80, **{"checkpoint.every": 2}))
+    path = tmp_path / "victim.yaml"
+    path.write_text(yaml.safe_dump(d))
+    kill_after = random.Random().randint(3, 40)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "fedsim.cli", "run", str(path), "-q"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = Path(d["output"]["dir"]) / "victim" / "metrics.jsonl"
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if metrics.exists() and len(metrics.read_bytes().splitlines()) >= kill_after:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.005)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert len(metrics.read_bytes().splitlines()) < 80
+    resumed = subprocess.run(
+        [sys.executable, "-m", "fedsim.cli", "run", "--resume", str(metrics.parent), "-q"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert metrics.read_bytes() == _metrics(ref), f"killed after {kill_after} rounds"
