@@ -360,7 +360,7 @@ class Run:
         if server is not None:  # federated: the global model is every honest client's model
             from fedsim import heads
 
-            g = torch.from_numpy(backend.get(server.get_global.remote()))[None]
+            g = torch.tensor(backend.get(server.get_global.remote()))[None]  # a copy: Ray hands out read-only arrays
             w, b = strategies.unflatten(g, (prep.features.num_classes, prep.features.dim), sc.training.bias)
             acc, loss = heads.accuracy_and_loss(
                 w.contiguous(), b, torch.from_numpy(prep.features.x_test), torch.from_numpy(prep.features.y_test)
