@@ -63,7 +63,7 @@ def forge_messages(
     every actor computes the same forgeries."""
     msgs, valid = params.clone(), torch.ones(params.shape[0], dtype=torch.bool)
     if s.absent is not None:
-        valid[torch.from_numpy(s.absent)] = False
+        valid[torch.tensor(s.absent)] = False
     byz = torch.from_numpy(np.flatnonzero(s.byzantine))
     if not isinstance(attack, attacks.UpdateForger) or len(byz) == 0:
         return msgs, valid, previous
@@ -116,7 +116,7 @@ class PeerGroup:
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
         flat = torch.from_numpy(np.concatenate(s.train_idx))
         self.x_local, self.y_local = xtr[flat].clone(), ytr[flat].clone()
-        self.val = [(xtr[torch.from_numpy(v)], ytr[torch.from_numpy(v)]) for v in s.val_idx]
+        self.val = [(xtr[torch.tensor(v)], ytr[torch.tensor(v)]) for v in s.val_idx]  # Ray arrays are read-only
         self.local_classes = [
             torch.bincount(torch.cat([self.y_local[o : o + n], vy]), minlength=s.num_classes) > 0
             for o, n, (_, vy) in zip(self.offsets, self.sizes, self.val, strict=True)
@@ -162,7 +162,7 @@ class PeerGroup:
         return strategies.flatten(self.w, self.b if self.bias else None).numpy()
 
     def set_params(self, flat: np.ndarray) -> None:
-        t = torch.from_numpy(np.asarray(flat, dtype=np.float32)).reshape(-1, self._num_params())
+        t = torch.tensor(np.asarray(flat, dtype=np.float32)).reshape(-1, self._num_params())
         if t.shape[0] == 1:
             t = t.expand(self.p, -1)
         w, b = strategies.unflatten(t, self.layer_shape, self.bias)
