@@ -37,6 +37,8 @@ Per size, two measurements in this one process:
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import os
 import sys
@@ -50,6 +52,7 @@ import numpy as np
 import psutil
 import torch
 
+import fedsim
 import strategies
 from fedsim import peers as fpeers
 from fedsim import rng as crng
@@ -82,6 +85,15 @@ def scenario(n: int, rounds: int, a: argparse.Namespace, strategy: str, out: Pat
 
 
 # ---------------------------------------------------------------------------------- memory
+def release_memory() -> None:
+    """Return freed heap to the OS (glibc), so the driver's RSS reflects what it holds now."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class MemorySampler:
     """Peak memory of this process and all its descendants (Ray daemons, actors, workers)."""
 
@@ -259,20 +271,27 @@ def main() -> None:
     print(
         f"# fedsim scale: decentralized {strategy}, fashion_mnist_embedded/fmnist_cnn, {a.partition}, "
         f"push_gossip fanout {a.fanout}, {a.rounds} rounds, eval {a.eval_peers} peers every {a.eval_every}, "
-        f"{a.num_actors} Ray actors; {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.1f} GiB; {load()}",
+        f"{a.num_actors} Ray actors; {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.1f} GiB; {load()}; "
+        f"engine: {Path(fedsim.__file__).parent}",
         flush=True,
     )
-    rows = []
+    rows = [{"peers": n} for n in sizes]
     with tempfile.TemporaryDirectory(prefix="fedsim_scale_") as td:
-        for n in sizes:
-            row: dict = {"peers": n, "load_before": load()}
-            if not a.skip_end_to_end:
-                row |= end_to_end(scenario(n, a.rounds, a, strategy, Path(td)), Path(td) / f"scale_{n}")
-            if not a.skip_breakdown:
-                row["breakdown_ms"] = breakdown(scenario(n, a.rounds, a, strategy, Path(td)), a.breakdown_rounds)
+        # all end-to-end runs first, then the in-process breakdowns: the driver's memory (part of
+        # the peak) then never holds a previous breakdown's heap
+        for row in rows if not a.skip_end_to_end else []:
+            n = row["peers"]
+            release_memory()
+            row["load_before"] = load()
+            row |= end_to_end(scenario(n, a.rounds, a, strategy, Path(td)), Path(td) / f"scale_{n}")
             row["load_after"] = load()
-            rows.append(row)
-            print(f"# {n} peers done ({row['load_before']} -> {row['load_after']})", flush=True)
+            print(f"# end to end, {n} peers done ({row['load_before']} -> {row['load_after']})", flush=True)
+        for row in rows if not a.skip_breakdown else []:
+            n = row["peers"]
+            row["breakdown_load_before"] = load()
+            row["breakdown_ms"] = breakdown(scenario(n, a.rounds, a, strategy, Path(td)), a.breakdown_rounds)
+            row["breakdown_load_after"] = load()
+            print(f"# breakdown, {n} peers done ({row['breakdown_load_before']} -> {row['breakdown_load_after']})")
     if not a.skip_end_to_end:
         print(
             f"{'peers':>6} {'rounds':>6} {'wall s':>7} {'loop s':>7} {'ms/round':>8} {'µs/peer/rnd':>11} "
