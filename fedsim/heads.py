@@ -38,14 +38,24 @@ def logits(w: Tensor, b: Tensor | None, x: Tensor) -> Tensor:
     return out if b is None else out + b[:, None, :]
 
 
-def ce_grad(w: Tensor, b: Tensor | None, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Mean cross-entropy per peer and its gradients w.r.t. ``w`` and ``b`` (closed form)."""
+def ce_grad(
+    w: Tensor, b: Tensor | None, x: Tensor, y: Tensor, weights: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean cross-entropy per peer and its gradients w.r.t. ``w`` and ``b`` (closed form).
+
+    ``weights [p, n]`` (optional): each sample's share of the minibatch (draw count / B, summing
+    to 1 per peer) instead of the plain mean over ``x``'s ``n`` samples."""
     z = logits(w, b, x)
     logp = torch.log_softmax(z, dim=-1)
-    loss = -logp.gather(-1, y[..., None]).squeeze(-1).mean(dim=1)
+    nll = -logp.gather(-1, y[..., None]).squeeze(-1)
     g = logp.exp()
     g.scatter_add_(-1, y[..., None], torch.full_like(y[..., None], -1, dtype=g.dtype))
-    g /= x.shape[1]
+    if weights is None:
+        loss = nll.mean(dim=1)
+        g /= x.shape[1]
+    else:
+        loss = (nll * weights).sum(dim=1)
+        g *= weights[..., None]
     return loss, torch.bmm(g.transpose(1, 2), x), g.sum(dim=1)
 
 
@@ -89,11 +99,12 @@ def step(
 
 
 def local_steps(w: Tensor, b: Tensor, state: OptimizerState, batches, training: dict, bias: bool) -> Tensor:
-    """Run one optimizer step per ``(x, y)`` batch on heads ``w, b`` in place (``training`` is the
-    scenario's training section as a dict); returns the last batch's per-head loss."""
+    """Run one optimizer step per ``(x, y)`` (or ``(x, y, weights)``, see :func:`ce_grad`) batch on
+    heads ``w, b`` in place (``training`` is the scenario's training section as a dict); returns the
+    last batch's per-head loss."""
     loss = torch.zeros(w.shape[0])
-    for x, y in batches:
-        loss, gw, gb = ce_grad(w, b if bias else None, x, y)
+    for batch in batches:  # (x, y) or (x, y, weights): see ce_grad
+        loss, gw, gb = ce_grad(w, b if bias else None, *batch)
         step(
             w,
             b,

@@ -42,6 +42,10 @@ class GroupSetup:
     topology: dict[str, Any]  # kind, degree, p, fanout
     absent: np.ndarray | None = None  # bool [N]: peers that take no part (their messages never arrive)
     threads: int = 1  # torch intra-op threads of the hosting process (engine.cpus_per_actor)
+    # > 0 where no peer of the run holds more than a minibatch of samples: every peer's shard is
+    # zero-padded to this many samples and trained on draw-count weights (see PeerGroup.train).
+    # One value for the whole run (runner.prepare), so a peer's numbers never depend on its group.
+    shard_pad: int = 0
 
 
 def forge_messages(
@@ -61,12 +65,13 @@ def forge_messages(
     benign-trained vectors. A silent (None), non-finite or wrong-shape forgery is marked
     invalid: receivers drop it and count it. Randomness is keyed by (round, peer, receiver), so
     every actor computes the same forgeries."""
-    msgs, valid = params.clone(), torch.ones(params.shape[0], dtype=torch.bool)
+    valid = torch.ones(params.shape[0], dtype=torch.bool)
     if s.absent is not None:
         valid[torch.tensor(s.absent)] = False
     byz = torch.from_numpy(np.flatnonzero(s.byzantine))
     if not isinstance(attack, attacks.UpdateForger) or len(byz) == 0:
-        return msgs, valid, previous
+        return params, valid, previous  # nothing forged: no [N, P] copy
+    msgs = params.clone()
     own = params[byz]
     view = params[torch.from_numpy(~s.byzantine)] if s.attack.get("omniscient", True) else own
     layer_shape = (s.num_classes, s.dim)
@@ -140,6 +145,14 @@ class PeerGroup:
         self.opt = heads.OptimizerState.zeros(self.w, self.b, s.training["optimizer"] == "adam")
         self.previous_forged: Tensor | None = None
         self.last_dropped = 0
+        # Small shards (many peers): every peer's samples zero-padded to s.shard_pad, once
+        self.padded: tuple[Tensor, Tensor] | None = None
+        if s.shard_pad:
+            pos = np.arange(s.shard_pad)[None, :]
+            real = pos < self.sizes[:, None]
+            at = torch.from_numpy(np.where(real, self.offsets[:, None] + pos, 0))
+            self.padded = (self.x_local[at] * torch.from_numpy(real)[..., None], self.y_local[at])
+        self.local_classes_t = torch.stack(self.local_classes)
 
     # ------------------------------------------------------------------ state
     def _poison(self) -> None:
@@ -199,13 +212,26 @@ class PeerGroup:
         self.previous_forged = st["previous_forged"]
 
     # ------------------------------------------------------------------ training
-    def _batch(self, round_: int, step: int, stream: str = "batch") -> tuple[Tensor, Tensor]:
+    def _draw(self, round_: int, step: int) -> np.ndarray:
+        """Each hosted peer's minibatch: ``[p, B]`` indices into its own shard (with replacement)."""
         B = int(self.s.training["batch_size"])
-        r = crng.integers(
-            self.sizes[:, None], self.s.seed, stream, round_, step, self.ids[:, None], np.arange(B)[None, :]
+        return crng.integers(
+            self.sizes[:, None], self.s.seed, "batch", round_, step, self.ids[:, None], np.arange(B)[None, :]
         )
-        idx = torch.from_numpy(self.offsets[:, None] + r)
-        return self.x_local[idx], self.y_local[idx]
+
+    def _batch(self, round_: int, step: int) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
+        """A local step's minibatch for every hosted peer: the gathered ``(x [p, B, d], y [p, B])``,
+        or, for small shards (``s.shard_pad``), ``(x, y, weights)`` over the zero-padded shards with
+        ``weights [p, shard_pad]`` = draw count / B (:func:`fedsim.heads.ce_grad`): the same
+        gradient without copying a batch larger than the shards at every step."""
+        r = self._draw(round_, step)
+        B = r.shape[1]
+        if self.padded is not None:
+            x, y = self.padded
+            counts = torch.zeros(self.p, x.shape[1]).scatter_add_(1, torch.from_numpy(r), torch.ones(self.p, B))
+            return x, y, counts / B
+        idx = torch.from_numpy(self.offsets[:, None] + r).reshape(-1)  # index_select: ~4x faster than x[idx]
+        return self.x_local.index_select(0, idx).view(self.p, B, -1), self.y_local.index_select(0, idx).view(self.p, B)
 
     def _local_steps(self, w: Tensor, b: Tensor, opt: heads.OptimizerState, batches) -> Tensor:
         return heads.local_steps(w, b, opt, batches, self.s.training, self.bias)
@@ -220,9 +246,8 @@ class PeerGroup:
         return self.params(), float(loss[torch.from_numpy(honest)].sum()) if honest.any() else 0.0
 
     # ------------------------------------------------------------------ messages
-    def _ctx(self, j: int, round_: int, f: int, root: Tensor | None) -> strategies.AggregationContext:
+    def _ctx(self, j: int, round_: int, f: int, root: Tensor | None, seed: int) -> strategies.AggregationContext:
         vx, vy = self.val[j]
-        pid = int(self.ids[j])
         return strategies.AggregationContext(
             layer_shape=self.layer_shape,
             bias=self.bias,
@@ -233,8 +258,84 @@ class PeerGroup:
             val_y=vy,
             local_classes=self.local_classes[j],
             root_update=root,
-            generator=crng.torch_generator(self.s.seed, "strategy", round_, pid),
+            generator=torch.Generator().manual_seed(seed),
         )
+
+    def _batch_ctx(self, js: np.ndarray, round_: int) -> strategies.BatchContext:
+        """The validation splits and familiar classes of hosted peers ``js``, stacked and padded."""
+        vals = [self.val[j] for j in js]
+        m = max((len(vy) for _, vy in vals), default=0)
+        vx = torch.zeros(len(js), m, self.s.dim)
+        vy = torch.zeros(len(js), m, dtype=torch.long)
+        mask = torch.zeros(len(js), m, dtype=torch.bool)
+        for i, (x, y) in enumerate(vals):
+            vx[i, : len(y)], vy[i, : len(y)], mask[i, : len(y)] = x, y, True
+        return strategies.BatchContext(
+            layer_shape=self.layer_shape,
+            bias=self.bias,
+            f=self.s.f,
+            round=round_,
+            total_rounds=self.s.rounds,
+            val_x=vx,
+            val_y=vy,
+            val_mask=mask,
+            local_classes=self.local_classes_t[torch.from_numpy(js)],
+        )
+
+    def _aggregate_batched(
+        self,
+        round_: int,
+        params: Tensor,
+        msgs: Tensor,
+        valid: Tensor,
+        indptr: np.ndarray,
+        indices: np.ndarray,
+        new: Tensor,
+        chunk: int = 64,
+    ) -> tuple[np.ndarray, int | None]:
+        """Honest present hosted peers grouped by how many valid messages they heard, one
+        vectorised rule call (``Strategy.aggregate_batch``) per group and chunk of peers instead
+        of one call per peer. Returns which hosted peers are done (the rest go through the
+        per-peer loop) and the messages dropped for all of them (None: the rule has no batched
+        form). Chunks of 64 peers keep a chunk's float64 working set inside the cache."""
+        done = np.zeros(self.p, dtype=bool)
+        if type(self.rule).aggregate_batch is strategies.Strategy.aggregate_batch:
+            return done, None
+        active = ~self.is_byz if self.s.absent is None else ~self.is_byz & ~self.s.absent[self.ids]
+        honest = np.flatnonzero(active)
+        pids = self.ids[honest]
+        start, deg = indptr[pids], indptr[pids + 1] - indptr[pids]
+        owner = np.repeat(np.arange(len(honest)), deg)
+        senders = indices[np.repeat(start - (np.cumsum(deg) - deg), deg) + np.arange(int(deg.sum()))]
+        ok = valid.numpy()[senders]
+        gone = ~ok if self.s.absent is None else ~ok & ~self.s.absent[senders]  # absent senders: not "dropped"
+        dropped = int(gone.sum())
+        owner, senders = owner[ok], senders[ok]  # each peer's valid in-neighbours, in order
+        nvalid = np.bincount(owner, minlength=len(honest))
+        table = np.zeros((len(honest), int(nvalid.max(initial=0))), dtype=np.int64)
+        table[owner, np.arange(len(owner)) - (np.cumsum(nvalid) - nvalid)[owner]] = senders
+        # conservative and ~20x cheaper than isfinite(msgs).all(1): a NaN/Inf entry makes the row sum
+        # non-finite; a finite row whose sum overflows merely takes the per-peer path
+        finite = torch.isfinite(msgs.sum(dim=1))
+        for n in np.unique(nvalid):
+            rows = np.flatnonzero(nvalid == n)
+            if n == 0:  # nothing heard: keep the own model (``strategies.aggregate`` does the same)
+                done[honest[rows]] = True
+                continue
+            for i in range(0, len(rows), chunk):
+                r = rows[i : i + chunk]
+                r = r[finite[torch.from_numpy(table[r, :n])].all(dim=1).numpy()]  # else: per-peer path drops it
+                if len(r) == 0:
+                    continue
+                js = honest[r]
+                own = params[torch.from_numpy(self.ids[js])]
+                received = msgs[torch.from_numpy(table[r, :n])]
+                out = strategies.aggregate_batch(self.rule, own, received, self._batch_ctx(js, round_))
+                if out is None:
+                    continue
+                new[torch.from_numpy(js)] = out
+                done[js] = True
+        return done, dropped
 
     def _root_updates(self, round_: int) -> Tensor:
         """FLTrust's trusted update for each hosted peer: its own head trained on its validation split."""
@@ -264,13 +365,18 @@ class PeerGroup:
         params = torch.from_numpy(np.concatenate(all_params))
         msgs, valid, self.previous_forged = forge_messages(self.attack, self.s, round_, params, self.previous_forged)
         indptr, indices = self.topology.in_neighbors(round_)
-        new = torch.from_numpy(self.params()).clone()
+        new = params[self.s.first : self.s.first + self.p].clone()  # the hosted peers' own heads
         root = self._root_updates(round_) if "root_update" in self.rule.needs else None
         dropped = skipped = 0
         per_receiver = isinstance(self.attack, attacks.UpdateForger) and self.attack.per_receiver
         absent_t = torch.from_numpy(self.s.absent) if self.s.absent is not None else None
+        done, batch_dropped = np.zeros(self.p, dtype=bool), None
+        if not per_receiver and root is None:
+            done, batch_dropped = self._aggregate_batched(round_, params, msgs, valid, indptr, indices, new)
+        dropped = batch_dropped or 0
+        seeds = crng.derive_seeds(self.s.seed, "strategy", round_, self.ids)
         for j, pid in enumerate(self.ids):
-            if self.is_byz[j] or (self.s.absent is not None and self.s.absent[pid]):
+            if self.is_byz[j] or done[j] or (self.s.absent is not None and self.s.absent[pid]):
                 continue
             nbrs = torch.from_numpy(indices[indptr[pid] : indptr[pid + 1]])
             m, v = msgs, valid
@@ -286,9 +392,10 @@ class PeerGroup:
                     nbr_honest=params[honest_n],
                 )
             ok = v[nbrs]
-            dropped += int((~ok).sum()) if self.s.absent is None else int((~ok & ~absent_t[nbrs]).sum())
+            if batch_dropped is None:  # else already counted for every honest present hosted peer
+                dropped += int((~ok).sum()) if self.s.absent is None else int((~ok & ~absent_t[nbrs]).sum())
             own = params[pid]
-            ctx = self._ctx(j, round_, self.s.f, None if root is None else root[j])
+            ctx = self._ctx(j, round_, self.s.f, None if root is None else root[j], int(seeds[j]))
             try:
                 new[j], _ = strategies.aggregate(self.rule, own, m[nbrs[ok]], ctx)
             except ValueError:  # e.g. too few received vectors this round for the rule's n > 2f

@@ -48,9 +48,14 @@ def integers(high: np.ndarray | int, seed: int, stream: str, *counters: int | np
     return np.minimum((uniform(seed, stream, *counters) * high).astype(np.int64), np.asarray(high) - 1)
 
 
+def derive_seeds(seed: int, stream: str, *counters: int | np.ndarray) -> np.ndarray:
+    """63-bit seeds for stateful generators (numpy/torch), one per element of the counters' broadcast."""
+    return bits(seed, stream, *counters) >> np.uint64(1)
+
+
 def derive_seed(seed: int, stream: str, *counters: int) -> int:
     """A 63-bit seed for a stateful generator (numpy/torch), derived from the counters."""
-    return int(bits(seed, stream, *counters)[0] >> np.uint64(1))
+    return int(derive_seeds(seed, stream, *counters)[0])
 
 
 def torch_generator(seed: int, stream: str, *counters: int) -> torch.Generator:

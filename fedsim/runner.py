@@ -99,7 +99,9 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     num_params = c * d + (c if sc.training.bias else 0)
     rule_cls = strategies.REGISTRY[sc.strategy.name]
     extra = _backbone_param_count(sc.backbone.name) if rule_cls.exchanges == "full_model" else 0
+    largest_shard = max(len(t) for t in part.train)
     common = dict(
+        shard_pad=largest_shard if largest_shard <= sc.training.batch_size else 0,
         byzantine=byz,
         absent=None if not absent else np.isin(np.arange(n), absent),
         threads=max(1, int(sc.engine.cpus_per_actor)),
@@ -140,6 +142,18 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
         "train_samples_per_peer": [int(len(t)) for t in part.train],
     }
     return Prepared(sc, feats, setups, server, byz, f, num_params, FLOAT_BYTES * (num_params + extra), root, info)
+
+
+def local_ray_cpus(sc: Scenario) -> int | None:
+    """CPUs of the Ray instance a run starts on this machine (None: it attaches to
+    ``engine.address``): the machine's, or more where the actors ask for more, so every actor is
+    scheduled. Federated mode's server actor asks for ``cpus_per_actor`` too; without it in the
+    count the server would never be scheduled where ``cpu_count <= num_actors`` and round 0
+    would wait forever."""
+    if sc.engine.address:
+        return None
+    actors = sc.engine.num_actors + (1 if sc.mode == "federated" else 0)
+    return max(os.cpu_count() or 1, math.ceil(actors * sc.engine.cpus_per_actor))
 
 
 def versions() -> dict[str, str]:
@@ -218,13 +232,7 @@ class Run:
         round (tests use it to simulate a kill)."""
         sc = self.sc
         prep = prepare(sc, log, self.absent)
-        backend = make_backend(
-            sc.engine.backend,
-            sc.engine.address,
-            None
-            if sc.engine.address
-            else max(os.cpu_count() or 1, math.ceil(sc.engine.num_actors * sc.engine.cpus_per_actor)),
-        )
+        backend = make_backend(sc.engine.backend, sc.engine.address, local_ray_cpus(sc))
         import signal
         import threading
 

@@ -6,7 +6,17 @@ Every module in this package is imported here so that ``@register`` runs for eac
 import importlib
 import pkgutil
 
-from strategies.base import AggregationContext, Strategy, aggregate, flatten, head_logits, sanitize, unflatten
+from strategies.base import (
+    AggregationContext,
+    BatchContext,
+    Strategy,
+    aggregate,
+    aggregate_batch,
+    flatten,
+    head_logits,
+    sanitize,
+    unflatten,
+)
 from strategies.registry import REGISTRY, available, build, register
 
 for _m in pkgutil.iter_modules(__path__):
@@ -14,6 +24,7 @@ for _m in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_m.name}")
 
 __all__ = [
-    "AggregationContext", "Strategy", "aggregate", "flatten", "head_logits", "sanitize", "unflatten",
+    "AggregationContext", "BatchContext", "Strategy", "aggregate", "aggregate_batch",
+    "flatten", "head_logits", "sanitize", "unflatten",
     "REGISTRY", "available", "build", "register",
 ]

@@ -82,9 +82,10 @@ def to_like(x: Tensor, like: Tensor) -> Tensor:
 
 
 def population(own: Tensor, received: Tensor, include_own: bool) -> Tensor:
-    """The vectors a robust statistic runs over: ``[own; received]`` or ``received`` (float64)."""
+    """The vectors a robust statistic runs over: ``[own; received]`` or ``received`` (float64),
+    stacked along dim -2 (``own [..., P]``, ``received [..., n, P]``: leading dims batch peers)."""
     x = f64(received)
-    return torch.cat([f64(own)[None], x]) if include_own else x
+    return torch.cat([f64(own)[..., None, :], x], dim=-2) if include_own else x
 
 
 def population_size(n: int, include_own: bool) -> int:
@@ -176,16 +177,21 @@ def validation_logits(params: Tensor, ctx: AggregationContext, rule: str) -> tup
     return head_logits(f64(params), x, ctx.layer_shape, ctx.bias), ctx.val_y.to(params.device).long()
 
 
-def per_class_f1(logits: Tensor, y: Tensor) -> Tensor:
-    """Per-class F1 ``2TP / (2TP + FP + FN)`` of argmax predictions; ``[k, m, C]`` → ``[k, C]``.
+def per_class_f1(logits: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Per-class F1 ``2TP / (2TP + FP + FN)`` of argmax predictions; ``[..., k, m, C]`` → ``[..., k, C]``.
 
-    A class never predicted and absent from ``y`` (0/0) scores 0.
+    ``y [..., m]`` are the labels; ``mask [..., m]`` (optional, bool) marks the real samples of a
+    zero-padded validation set (padding counts for nothing). A class never predicted and absent
+    from ``y`` (0/0) scores 0.
     """
     c = logits.shape[-1]
-    pred = one_hot(logits.argmax(dim=-1), c).to(WORK)  # [k, m, C]
-    true = one_hot(y, c).to(WORK)  # [m, C]
-    tp = (pred * true).sum(dim=1)
-    denom = pred.sum(dim=1) + true.sum(dim=0)
+    pred = one_hot(logits.argmax(dim=-1), c).to(WORK)  # [..., k, m, C]
+    true = one_hot(y, c).to(WORK)  # [..., m, C]
+    if mask is not None:
+        true = true * mask.to(WORK)[..., None]
+        pred = pred * mask.to(WORK)[..., None, :, None]
+    tp = (pred * true[..., None, :, :]).sum(dim=-2)
+    denom = pred.sum(dim=-2) + true.sum(dim=-2)[..., None, :]
     return torch.where(denom > 0, 2 * tp / denom.clamp_min(1), torch.zeros_like(tp))
 
 

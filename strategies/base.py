@@ -55,6 +55,26 @@ class AggregationContext:
         return c * d + (c if self.bias else 0)
 
 
+@dataclass(frozen=True)
+class BatchContext:
+    """What :meth:`Strategy.aggregate_batch` gets for ``g`` peers aggregated at once.
+
+    Like :class:`AggregationContext`, with the per-peer fields stacked along a leading ``g``:
+    ``val_x [g, m, d]`` and ``val_y [g, m]`` zero-padded to the longest validation split,
+    ``val_mask [g, m]`` (True for real samples), ``local_classes [g, C]``.
+    """
+
+    layer_shape: tuple[int, int]
+    bias: bool = True
+    f: int = 0
+    round: int = 0
+    total_rounds: int = 1
+    val_x: Tensor | None = None
+    val_y: Tensor | None = None
+    val_mask: Tensor | None = None
+    local_classes: Tensor | None = None
+
+
 def unflatten(params: Tensor, layer_shape: tuple[int, int], bias: bool) -> tuple[Tensor, Tensor | None]:
     """Split ``[..., P]`` vectors into weights ``[..., C, d]`` and biases ``[..., C]`` (or None)."""
     c, d = layer_shape
@@ -99,6 +119,13 @@ class Strategy:
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
         raise NotImplementedError
 
+    def aggregate_batch(self, own: Tensor, received: Tensor, ctx: BatchContext) -> Tensor | None:
+        """Optional vectorised form of ``__call__`` for ``g`` peers that each heard ``n`` finite
+        vectors: ``own [g, P]``, ``received [g, n, P]`` → ``[g, P]``; row ``i`` must equal
+        ``self(own[i], received[i], ctx_i)`` (up to float rounding). ``None`` (the default): the
+        engine calls ``__call__`` once per peer."""
+        return None
+
 
 @dataclass
 class Sanitized:
@@ -114,6 +141,12 @@ def sanitize(received: Tensor | list[Tensor], num_params: int) -> Sanitized:
 
     Accepts a stacked ``[n, P]`` tensor or a list of 1-D tensors (which may differ in length).
     """
+    if isinstance(received, Tensor) and received.dim() == 2 and received.shape[1] == num_params:
+        finite = torch.isfinite(received).all(dim=1)  # one vectorised check instead of a loop over rows
+        if bool(finite.all()):
+            return Sanitized(received)
+        bad = torch.nonzero(~finite).flatten().tolist()
+        return Sanitized(received[finite], len(bad), [f"sender {i}: non-finite values" for i in bad])
     if isinstance(received, list):
         rows = list(received)
     else:
@@ -142,3 +175,15 @@ def aggregate(
     if out.shape != own.shape or not bool(torch.isfinite(out).all()):
         return own.clone(), s.dropped
     return out, s.dropped
+
+
+def aggregate_batch(strategy: Strategy, own: Tensor, received: Tensor, ctx: BatchContext) -> Tensor | None:
+    """The batched twin of :func:`aggregate` for ``g`` peers that each heard ``n`` finite vectors
+    of the right shape (``own [g, P]``, ``received [g, n, P]``): runs
+    :meth:`Strategy.aggregate_batch` and keeps a peer's own vector where its result is not
+    finite. ``None`` when the rule has no batched form for these inputs (call :func:`aggregate`
+    per peer instead)."""
+    out = strategy.aggregate_batch(own, received.to(own.dtype), ctx)
+    if out is None:
+        return None
+    return torch.where(torch.isfinite(out).all(dim=-1, keepdim=True), out, own)

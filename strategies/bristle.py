@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor
+from torch.nn.functional import one_hot
 
 from strategies._math import (
     check_f,
@@ -18,9 +19,8 @@ from strategies._math import (
     require_float,
     require_int,
     to_like,
-    validation_logits,
 )
-from strategies.base import AggregationContext, Strategy, flatten, unflatten
+from strategies.base import AggregationContext, BatchContext, Strategy, flatten, unflatten
 from strategies.registry import register
 
 
@@ -38,7 +38,7 @@ class Bristle(Strategy):
     ``selection="nearest_random"``: the ``k`` nearest plus ``e`` uniformly drawn others. If
     ``n <= N`` (resp. ``k + e``) all received vectors are candidates.
 
-    **2. Performance-based integrator** (:meth:`class_weights`). On the local validation set
+    **2. Performance-based integrator** (:meth:`class_weights`, :meth:`integrate`). On the local validation set
     compute the per-class F1 of ``own`` and of each candidate ``j`` (argmax of :func:`head_logits`
     with the candidate's whole head, W and b). Familiar classes ``F`` = ``ctx.local_classes``, else
     the classes present in ``ctx.val_y``. For ``c ∈ F``, with ``o = F1_own,c``,
@@ -169,6 +169,23 @@ class Bristle(Strategy):
         sig = torch.sigmoid(score / self.score_temperature)
         return (self.weight_scale * sig - self.weight_offset).clamp_min(0.0) * certainty
 
+    def _scores(self, f1_own: Tensor, f1_cand: Tensor, familiar: Tensor) -> tuple[Tensor, Tensor]:
+        """``(w [..., k, C], u [..., k])`` from ``f1_own [..., C]``, ``f1_cand [..., k, C]`` and the
+        familiar classes ``familiar [..., C]`` (bool): ``w`` is the bounded-score weight (meaningful
+        on familiar classes), ``u`` the unfamiliar-class weight; see the class docstring."""
+        f1_own, f1_cand = f64(f1_own), f64(f1_cand)
+        fam = f64(familiar)[..., None, :]  # [..., 1, C]
+        nf = fam.sum(dim=-1).clamp_min(1)  # [..., 1]
+        o = f1_own[..., None, :]
+        d = self.diff_scale * (f1_cand - o).abs()
+        raw = torch.where(f1_cand > o, d.pow(self.better_exponent + o), -d.pow(self.worse_exponent + o)) * fam
+        mean = (f1_cand * fam).sum(dim=-1) / nf  # [..., k]
+        std = (((f1_cand - mean[..., None]) ** 2) * fam).sum(dim=-1).div(nf).sqrt()  # population std
+        certainty = (mean - std).clamp_min(0.0)
+        w = self._weight(raw.clamp_min(self.score_floor), certainty[..., None])
+        total = raw.sum(dim=-1) if self.unfamiliar_score == "sum" else raw.sum(dim=-1) / nf
+        return w, self._weight(total, certainty)
+
     def class_weights(self, f1_own: Tensor, f1_cand: Tensor) -> tuple[Tensor, Tensor]:
         """Weights from per-class F1 on the familiar classes.
 
@@ -179,19 +196,56 @@ class Bristle(Strategy):
         Returns:
             ``(w [k, F], u [k])``: per familiar class weights and the unfamiliar-class weight.
         """
-        f1_own, f1_cand = f64(f1_own), f64(f1_cand)
-        k, nf = f1_cand.shape
-        if nf == 0:
-            z = torch.zeros(k, dtype=f1_cand.dtype, device=f1_cand.device)
-            return z[:, None].expand(k, 0), z
-        d = self.diff_scale * (f1_cand - f1_own).abs()
-        better = f1_cand > f1_own
-        raw = torch.where(better, d.pow(self.better_exponent + f1_own), -d.pow(self.worse_exponent + f1_own))
-        bounded = raw.clamp_min(self.score_floor)
-        certainty = (f1_cand.mean(dim=1) - f1_cand.std(dim=1, correction=0)).clamp_min(0.0)
-        w = self._weight(bounded, certainty[:, None])
-        total = raw.sum(dim=1) if self.unfamiliar_score == "sum" else raw.mean(dim=1)
-        return w, self._weight(total, certainty)
+        return self._scores(f1_own, f1_cand, torch.ones(f1_own.shape, dtype=torch.bool, device=f1_own.device))
+
+    def integration_weights(self, f1_own: Tensor, f1_cand: Tensor, familiar: Tensor) -> Tensor:
+        """Per-class weights ``[..., k, C]`` of ``k`` candidates: :meth:`class_weights` on the
+        familiar classes, the candidate's unfamiliar-class weight on the others, all 0 when the
+        peer has no familiar class."""
+        w, u = self._scores(f1_own, f1_cand, familiar)
+        fam = familiar.to(torch.bool)[..., None, :]
+        out = torch.where(fam, w, u[..., None])
+        return torch.where(fam.any(dim=-1, keepdim=True), out, torch.zeros_like(out))
+
+    def integrate(
+        self,
+        own: Tensor,
+        cand: Tensor,
+        val_x: Tensor,
+        val_y: Tensor,
+        familiar: Tensor,
+        layer_shape: tuple[int, int],
+        bias: bool,
+        val_mask: Tensor | None = None,
+    ) -> Tensor:
+        """The integrator and zero-mean step for ``g`` peers at once: ``own [g, P]``, candidates
+        ``cand [g, k, P]``, validation sets ``val_x [g, m, d]``, ``val_y [g, m]`` (``val_mask
+        [g, m]`` marks real samples when they are zero-padded), ``familiar [g, C]`` → ``[g, P]``.
+
+        Every operation is per peer (a batched matmul, reductions over classes or samples, a loop
+        over the ``k`` candidates), so a peer's result does not depend on which others share the
+        batch."""
+        g, k = cand.shape[:2]
+        w, b = unflatten(torch.cat([f64(own)[:, None], f64(cand)], dim=1), layer_shape, bias)  # [g, k+1, C, d]
+        c, d = layer_shape
+        logits = torch.bmm(f64(val_x), w.reshape(g, (k + 1) * c, d).transpose(1, 2))  # [g, m, (k+1)·C]
+        logits = logits.reshape(g, -1, k + 1, c).transpose(1, 2)  # [g, k+1, m, C]
+        if b is not None:
+            logits = logits + b[:, :, None, :]
+        f1 = per_class_f1(logits, val_y.long(), val_mask)  # [g, k+1, C]
+        weights = self.integration_weights(f1[:, 0], f1[:, 1:], familiar)  # [g, k, C]
+        num_w, num_b, denom = w[:, 0].clone(), None if b is None else b[:, 0].clone(), torch.ones_like(f1[:, 0])
+        for j in range(k):  # own always has weight 1
+            num_w += weights[:, j, :, None] * w[:, j + 1]
+            if num_b is not None:
+                num_b += weights[:, j] * b[:, j + 1]
+            denom += weights[:, j]
+        w_new = num_w / denom[..., None]
+        b_new = None if num_b is None else num_b / denom
+        if self.zero_mean:
+            w_new = w_new - w_new.mean(dim=-2, keepdim=True)
+            b_new = None if b_new is None else b_new - b_new.mean(dim=-1, keepdim=True)
+        return to_like(flatten(w_new, b_new), own)
 
     def familiar(self, ctx: AggregationContext) -> Tensor:
         """Bool ``[C]``: ``ctx.local_classes``, else the classes present in ``ctx.val_y``."""
@@ -203,20 +257,31 @@ class Bristle(Strategy):
         return torch.bincount(ctx.val_y.long().reshape(-1), minlength=c)[:c] > 0
 
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
+        if ctx.val_x is None or ctx.val_y is None:
+            raise ValueError("bristle: needs the local validation set (ctx.val_x, ctx.val_y)")
         idx = self.select(own, received, ctx.generator).to(received.device)
-        cand = f64(received[idx])
-        logits, y = validation_logits(torch.cat([f64(own)[None], cand]), ctx, "bristle")
-        f1 = per_class_f1(logits, y)
-        fam = self.familiar(ctx).to(f1.device)
-        w_fam, w_unfam = self.class_weights(f1[0, fam], f1[1:, fam])
-        weights = w_unfam[:, None].expand(cand.shape[0], fam.numel()).clone()  # [k, C]
-        weights[:, fam] = w_fam
-        w_own, b_own = unflatten(f64(own), ctx.layer_shape, ctx.bias)
-        w_c, b_c = unflatten(cand, ctx.layer_shape, ctx.bias)
-        denom = 1 + weights.sum(dim=0)  # [C]
-        w_new = (w_own + torch.einsum("kc,kcd->cd", weights, w_c)) / denom[:, None]
-        b_new = None if b_own is None else (b_own + (weights * b_c).sum(dim=0)) / denom
-        if self.zero_mean:
-            w_new = w_new - w_new.mean(dim=0, keepdim=True)
-            b_new = None if b_new is None else b_new - b_new.mean()
-        return to_like(flatten(w_new, b_new), own)
+        dev = received.device
+        return self.integrate(
+            own[None],
+            received[idx][None],
+            ctx.val_x.to(dev)[None],
+            ctx.val_y.to(dev)[None],
+            self.familiar(ctx).to(dev)[None],
+            ctx.layer_shape,
+            ctx.bias,
+        )[0]
+
+    def aggregate_batch(self, own: Tensor, received: Tensor, ctx: BatchContext) -> Tensor | None:
+        """``__call__`` for ``g`` peers at once when each heard at most ``num_candidates`` (resp.
+        ``k + e``) vectors, so all of them are candidates and no sampling is needed; ``None``
+        otherwise (the engine then calls ``__call__`` per peer with its generator)."""
+        limit = self.num_candidates if self.selection == "thirds" else self.k + self.e
+        if received.shape[1] > limit:
+            return None
+        if ctx.val_x is None or ctx.val_y is None:
+            raise ValueError("bristle: needs the local validation set (ctx.val_x, ctx.val_y)")
+        fam = ctx.local_classes
+        if fam is None:
+            mask = torch.ones_like(ctx.val_y, dtype=torch.bool) if ctx.val_mask is None else ctx.val_mask
+            fam = (one_hot(ctx.val_y.long(), ctx.layer_shape[0]) * mask[..., None]).sum(dim=-2) > 0
+        return self.integrate(own, received, ctx.val_x, ctx.val_y, fam, ctx.layer_shape, ctx.bias, ctx.val_mask)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from strategies._math import population, to_like
-from strategies.base import AggregationContext, Strategy
+from strategies.base import AggregationContext, BatchContext, Strategy
 from strategies.registry import register
 
 
@@ -23,8 +23,15 @@ class FedAvg(Strategy):
     include_own: bool = True
 
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
-        # float64: a float32 sum of values near the float32 limit overflows although the mean does not
-        return to_like(population(own, received, self.include_own).mean(dim=0), own)
+        return self._mean(own, received)
+
+    def aggregate_batch(self, own: Tensor, received: Tensor, ctx: BatchContext) -> Tensor:
+        return self._mean(own, received)
+
+    def _mean(self, own: Tensor, received: Tensor) -> Tensor:
+        """``own [..., P]``, ``received [..., n, P]`` → ``[..., P]``. float64: a float32 sum of
+        values near the float32 limit overflows although the mean does not."""
+        return to_like(population(own, received, self.include_own).mean(dim=-2), own)
 
 
 @register("local")

@@ -2,11 +2,12 @@
 hostile messages, and resume after a kill."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
-from fedsim.runner import Run
+from fedsim.runner import Run, local_ray_cpus
 from fedsim.scenario import parse
 
 
@@ -76,6 +77,16 @@ def test_federated_mode(small_scenario):
     assert recs[-1]["evaluated_peers"] == 1
     assert s["final_accuracy_mean"] > 0.5
     assert recs[-1]["bytes_sent_per_peer"] == 4 * (10 * 64 + 10)  # one output layer to the server
+
+
+def test_local_ray_has_a_cpu_for_every_actor_and_the_server(small_scenario, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    dec = parse(small_scenario(**{"engine.num_actors": 2}))
+    fed = parse(small_scenario(mode="federated", **{"topology.kind": "star", "engine.num_actors": 2}))
+    assert local_ray_cpus(dec) == 2
+    assert local_ray_cpus(fed) == 3  # 2 peer groups + the server: all scheduled, round 0 cannot hang
+    assert local_ray_cpus(parse(small_scenario(**{"engine.num_actors": 8}))) == 8
+    assert local_ray_cpus(parse(small_scenario(**{"engine.address": "auto"}))) is None
 
 
 @pytest.mark.parametrize("attack", ["nan", "wrong_shape", "crash"])
