@@ -81,27 +81,11 @@ def fedsim_scenario(n: int, rounds: int, backend: str, out: Path, ckpt: int = 0)
 
 
 def run_fedsim(n: int, rounds: int, tmp: Path) -> dict:
-    import ray
-
     sc = parse(fedsim_scenario(n, rounds, "ray", tmp))
     r = Run(sc, tmp / f"fedsim_ray_n{n}")
     t0 = time.perf_counter()
-    # Work-around (docs/performance.md, "engine findings"): Run.execute starts Ray with
-    # max(cpu_count, num_actors) CPUs, but federated mode adds a Server actor that also asks for
-    # one CPU, so on a 2-core machine the server is never scheduled and round 0 hangs. Start Ray
-    # here with one CPU more for that server (it only aggregates while the groups are idle);
-    # Run then reuses this Ray instance.
-    ray.init(
-        num_cpus=max(os.cpu_count() or 1, sc.engine.num_actors) + 1,
-        include_dashboard=False,
-        logging_level="ERROR",
-        log_to_driver=False,
-    )
-    try:
-        r.create_dir(overwrite=True)
-        r.execute()
-    finally:
-        ray.shutdown()
+    r.create_dir(overwrite=True)
+    r.execute()  # starts Ray with a CPU for each of the 2 peer-group actors and the server, then stops it
     wall = time.perf_counter() - t0
     per_round = [json.loads(x)["seconds"] for x in (r.dir / "timings.jsonl").read_text().splitlines()]
     acc = {

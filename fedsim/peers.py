@@ -440,7 +440,7 @@ class Server:
         )
         self.rule = strategies.build(setup.strategy["name"], setup.strategy.get("params"))
         self.previous_forged: Tensor | None = None
-        self.root = None if root_x is None else (torch.from_numpy(root_x), torch.from_numpy(root_y))
+        self.root = None if root_x is None else (torch.tensor(root_x), torch.tensor(root_y))  # Ray arrays: read-only
 
     def get_global(self) -> np.ndarray:
         return self.global_params

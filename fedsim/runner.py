@@ -104,7 +104,8 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
         shard_pad=largest_shard if largest_shard <= sc.training.batch_size else 0,
         byzantine=byz,
         absent=None if not absent else np.isin(np.arange(n), absent),
-        threads=max(1, int(sc.engine.cpus_per_actor)),
+        # in-process, the groups run one after another: each may use every CPU the engine was given
+        threads=max(1, int(sc.engine.cpus_per_actor * (sc.engine.num_actors if sc.engine.backend == "local" else 1))),
         num_peers=n,
         num_classes=c,
         dim=d,
