@@ -8,7 +8,9 @@ train / 2,000 test), features of the frozen ``fmnist_cnn`` backbone (576-d) from
 engines), server FedAvg = unweighted mean of the clients' heads. Minibatches are drawn by the
 same counter-based RNG, so both engines compute the same model up to float rounding.
 
-* fedsim: ``mode: federated``, ``strategy: fedavg``, ``engine: {backend: ray, num_actors: 2}``.
+* fedsim: ``mode: federated``, ``strategy: fedavg``, ``engine: {backend: ray, num_actors: 2}``,
+  and the same scenario in-process (``engine.backend: local``: the 2 groups and the server in the
+  driver, 2 torch threads), which must give a byte-identical ``metrics.jsonl``.
 * Flower (``pip install -e ".[bench]"``: ``flwr[simulation]==1.41.0``, the project's pin; 1.42.0
   has the same simulation API but requires a certifi release the package index lacks):
   ``flwr.simulation.run_simulation`` with the Ray backend (2 CPUs, 1 CPU per client → 2
@@ -80,12 +82,15 @@ def fedsim_scenario(n: int, rounds: int, backend: str, out: Path, ckpt: int = 0)
     }
 
 
-def run_fedsim(n: int, rounds: int, tmp: Path) -> dict:
-    sc = parse(fedsim_scenario(n, rounds, "ray", tmp))
-    r = Run(sc, tmp / f"fedsim_ray_n{n}")
+def run_fedsim(n: int, rounds: int, tmp: Path, backend: str) -> dict:
+    """``backend="ray"``: Run starts Ray with a CPU for each of the 2 peer-group actors and the
+    server, then stops it. ``"local"``: the same 2 groups and server in this process, one after
+    another, each with 2 torch threads."""
+    sc = parse(fedsim_scenario(n, rounds, backend, tmp))
+    r = Run(sc, tmp / f"fedsim_{backend}_n{n}")
     t0 = time.perf_counter()
     r.create_dir(overwrite=True)
-    r.execute()  # starts Ray with a CPU for each of the 2 peer-group actors and the server, then stops it
+    r.execute()
     wall = time.perf_counter() - t0
     per_round = [json.loads(x)["seconds"] for x in (r.dir / "timings.jsonl").read_text().splitlines()]
     acc = {
@@ -93,7 +98,8 @@ def run_fedsim(n: int, rounds: int, tmp: Path) -> dict:
         for rec in map(json.loads, (r.dir / "metrics.jsonl").read_text().splitlines())
         if "accuracy_mean" in rec
     }
-    return {"rounds": rounds, "wall": wall, "per_round": per_round, "accuracy": acc}
+    metrics = (r.dir / "metrics.jsonl").read_bytes()
+    return {"rounds": rounds, "wall": wall, "per_round": per_round, "accuracy": acc, "metrics": metrics}
 
 
 def fedsim_global(n: int, rounds: int, tmp: Path) -> np.ndarray:
@@ -174,7 +180,8 @@ def main() -> None:
             if rf > a.rounds:
                 ap.error("--flower-rounds must not exceed --rounds (accuracy is compared at Flower's rounds)")
             l0 = load()
-            fs = run_fedsim(n, a.rounds, tmp)
+            fs = run_fedsim(n, a.rounds, tmp, "ray")
+            fs_local = run_fedsim(n, a.rounds, tmp, "local")
             fl = run_flower(n, rf, tmp, a.flower_cpus_per_client)
             g = fedsim_global(n, rf, tmp)
             row = {
@@ -182,6 +189,9 @@ def main() -> None:
                 "fedsim_rounds": a.rounds,
                 "fedsim_wall_s": fs["wall"],
                 "fedsim_rounds_per_s": steady_throughput(fs["per_round"]),
+                "fedsim_local_wall_s": fs_local["wall"],
+                "fedsim_local_rounds_per_s": steady_throughput(fs_local["per_round"]),
+                "same_metrics_both_engines": fs["metrics"] == fs_local["metrics"],
                 "flower_rounds": rf,
                 "flower_wall_s": fl["wall"],
                 "flower_rounds_per_s": steady_throughput(fl["per_round"]),
@@ -198,31 +208,40 @@ def main() -> None:
                 "load_after": load(),
             }
             row["ratio"] = row["fedsim_rounds_per_s"] / row["flower_rounds_per_s"]
+            row["ratio_local"] = row["fedsim_local_rounds_per_s"] / row["flower_rounds_per_s"]
             rows.append(row)
             print(f"# N={n} done ({row['load_before']} -> {row['load_after']})", flush=True)
+    print("# fs: fedsim on Ray (2 actors + server); fs-ip: fedsim in-process (engine.backend: local); fl: Flower")
     hdr = (
-        f"{'N':>5} {'fs rnds':>7} {'fs wall s':>9} {'fs rnd/s':>9} {'fl rnds':>7} {'fl wall s':>9} "
-        f"{'fl rnd/s':>9} {'ratio':>7} {'acc fs@fl':>9} {'acc fl':>7} {'|dθ|max':>8} {'acc fs end':>10}"
+        f"{'N':>5} {'fs rnds':>7} {'fs wall s':>9} {'fs rnd/s':>9} {'fs-ip wall s':>12} {'fs-ip rnd/s':>11} "
+        f"{'fl rnds':>7} {'fl wall s':>9} {'fl rnd/s':>9} {'fs/fl':>6} {'fs-ip/fl':>8} "
+        f"{'acc fs@fl':>9} {'acc fl':>7} {'|dθ|max':>8} {'acc fs end':>10}"
     )
     print(hdr)
     for r in rows:
         print(
             f"{r['N']:>5} {r['fedsim_rounds']:>7} {r['fedsim_wall_s']:>9.1f} {r['fedsim_rounds_per_s']:>9.2f} "
+            f"{r['fedsim_local_wall_s']:>12.1f} {r['fedsim_local_rounds_per_s']:>11.2f} "
             f"{r['flower_rounds']:>7} {r['flower_wall_s']:>9.1f} {r['flower_rounds_per_s']:>9.3f} "
-            f"{r['ratio']:>6.0f}x {r['acc_fedsim']:>9.4f} {r['acc_flower']:>7.4f} {r['max_abs_param_diff']:>8.1e} "
-            f"{r['acc_fedsim_final']:>10.4f}"
+            f"{r['ratio']:>5.0f}x {r['ratio_local']:>7.0f}x {r['acc_fedsim']:>9.4f} {r['acc_flower']:>7.4f} "
+            f"{r['max_abs_param_diff']:>8.1e} {r['acc_fedsim_final']:>10.4f}"
         )
     ok = all(abs(r["acc_fedsim"] - r["acc_flower"]) <= ACC_TOL for r in rows)
+    same = all(r["same_metrics_both_engines"] for r in rows)
     big = [r for r in rows if r["N"] >= 100]
-    target = "n/a" if not big else "met" if all(r["ratio"] >= 50 for r in big) else "NOT met"
+
+    def target(key: str) -> str:
+        return "n/a" if not big else "met" if all(r[key] >= 50 for r in big) else "NOT met"
+
     print(
         f"# same accuracy after the same rounds (|Δacc| <= {ACC_TOL}): {'yes' if ok else 'NO'}; "
-        f"target fedsim >= 50x Flower at N>=100: {target}"
+        f"fedsim's two engines byte-identical metrics.jsonl: {'yes' if same else 'NO'}; "
+        f"target fedsim >= 50x Flower at N>=100: on Ray {target('ratio')}, in-process {target('ratio_local')}"
     )
     print(f"# {load()}")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2) + "\n")
-    if not ok:
+    if not (ok and same):
         sys.exit(1)
 
 

@@ -314,9 +314,7 @@ class PeerGroup:
         nvalid = np.bincount(owner, minlength=len(honest))
         table = np.zeros((len(honest), int(nvalid.max(initial=0))), dtype=np.int64)
         table[owner, np.arange(len(owner)) - (np.cumsum(nvalid) - nvalid)[owner]] = senders
-        # conservative and ~20x cheaper than isfinite(msgs).all(1): a NaN/Inf entry makes the row sum
-        # non-finite; a finite row whose sum overflows merely takes the per-peer path
-        finite = torch.isfinite(msgs.sum(dim=1))
+        finite = strategies.finite_rows(msgs)  # a peer that heard a non-finite row: per-peer path drops it
         for n in np.unique(nvalid):
             rows = np.flatnonzero(nvalid == n)
             if n == 0:  # nothing heard: keep the own model (``strategies.aggregate`` does the same)
@@ -324,7 +322,7 @@ class PeerGroup:
                 continue
             for i in range(0, len(rows), chunk):
                 r = rows[i : i + chunk]
-                r = r[finite[torch.from_numpy(table[r, :n])].all(dim=1).numpy()]  # else: per-peer path drops it
+                r = r[finite[torch.from_numpy(table[r, :n])].all(dim=1).numpy()]
                 if len(r) == 0:
                     continue
                 js = honest[r]
@@ -486,7 +484,7 @@ class Server:
             generator=crng.torch_generator(self.s.seed, "strategy", round_, -1),
         )
         try:
-            new, dropped = strategies.aggregate(self.rule, g, msgs[valid], ctx)
+            new, dropped = strategies.aggregate(self.rule, g, msgs if bool(valid.all()) else msgs[valid], ctx)
         except ValueError:
             return {"dropped": int((~valid).sum()), "skipped": 1}
         self.global_params = new.numpy().astype(np.float32)

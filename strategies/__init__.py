@@ -12,6 +12,7 @@ from strategies.base import (
     Strategy,
     aggregate,
     aggregate_batch,
+    finite_rows,
     flatten,
     head_logits,
     sanitize,
@@ -25,6 +26,6 @@ for _m in pkgutil.iter_modules(__path__):
 
 __all__ = [
     "AggregationContext", "BatchContext", "Strategy", "aggregate", "aggregate_batch",
-    "flatten", "head_logits", "sanitize", "unflatten",
+    "finite_rows", "flatten", "head_logits", "sanitize", "unflatten",
     "REGISTRY", "available", "build", "register",
 ]

@@ -136,13 +136,24 @@ class Sanitized:
     reasons: list[str] = field(default_factory=list)
 
 
+def finite_rows(x: Tensor) -> Tensor:
+    """Bool ``[n]``: which rows of ``x [n, P]`` hold only finite values. A NaN/Inf entry makes its
+    row's sum non-finite, so only rows whose sum is not finite (those, or finite rows whose sum
+    overflows) are checked entry by entry: one pass over ``x`` instead of a boolean copy of it."""
+    finite = torch.isfinite(x.sum(dim=1))
+    if not bool(finite.all()):
+        suspect = torch.nonzero(~finite).flatten()
+        finite[suspect] = torch.isfinite(x[suspect]).all(dim=1)
+    return finite
+
+
 def sanitize(received: Tensor | list[Tensor], num_params: int) -> Sanitized:
     """Drop received vectors of the wrong shape or with NaN/Inf entries.
 
     Accepts a stacked ``[n, P]`` tensor or a list of 1-D tensors (which may differ in length).
     """
     if isinstance(received, Tensor) and received.dim() == 2 and received.shape[1] == num_params:
-        finite = torch.isfinite(received).all(dim=1)  # one vectorised check instead of a loop over rows
+        finite = finite_rows(received)
         if bool(finite.all()):
             return Sanitized(received)
         bad = torch.nonzero(~finite).flatten().tolist()

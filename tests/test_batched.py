@@ -197,3 +197,17 @@ def test_peer_group_batched_aggregation_equals_per_peer_loop(small_scenario, mon
     assert stats_b == stats_l
     if attack == "nan":
         assert sum(s["dropped"] for s in stats_b) > 0
+
+
+def test_finite_rows_is_exact_where_row_sums_overflow_or_cancel():
+    big = torch.finfo(torch.float32).max
+    x = torch.zeros(6, 4)
+    x[1, 0] = float("nan")
+    x[2, 3] = float("inf")
+    x[3, :2] = torch.tensor([float("inf"), -float("inf")])  # the sum is NaN, not a cancellation to 0
+    x[4] = big  # finite entries whose sum overflows: still a finite row
+    x[5, 1] = -float("inf")
+    assert strategies.finite_rows(x).tolist() == [True, False, False, False, True, False]
+    assert torch.equal(strategies.finite_rows(x), torch.isfinite(x).all(dim=1))
+    s = strategies.sanitize(x, 4)
+    assert s.dropped == 4 and torch.equal(s.received, x[[0, 4]])
