@@ -22,8 +22,9 @@ Per size, two measurements in this one process:
    ``fedsim.runner.prepare`` hosted in-process as ``PeerGroup`` objects (one torch thread, as in
    a 1-CPU Ray actor), the same round protocol as ``Run._loop`` for ``--breakdown-rounds``
    rounds, each phase timed from outside: *local training* = ``PeerGroup.train``; *aggregation*
-   = time inside ``strategies.aggregate`` (the rule, with sanitising) + building each peer's
-   ``AggregationContext`` (``PeerGroup._ctx``: validation split, generator); *message routing* =
+   = time inside the rule (``strategies.aggregate`` per peer, with sanitising, and the rule's
+   vectorised ``aggregate_batch``) + building the contexts (``PeerGroup._ctx``, ``_batch_ctx``:
+   validation splits, generators); *message routing* =
    the rest of ``PeerGroup.aggregate`` (concatenating every group's messages, the round's gossip
    graph, forging, selecting each peer's in-neighbours, writing back); *evaluation* =
    ``PeerGroup.evaluate`` on the same sampled peers, amortised over ``evaluation.every``. The
@@ -78,7 +79,7 @@ def scenario(n: int, rounds: int, a: argparse.Namespace, strategy: str, out: Pat
         "strategy": {"name": strategy},
         "training": {"optimizer": "sgd", "lr": 1.0, "momentum": 0.9, "batch_size": 32, "local_steps": 5},
         "evaluation": {"every": a.eval_every, "peers": a.eval_peers},
-        "engine": {"backend": "ray", "num_actors": a.num_actors},
+        "engine": {"backend": a.backend, "num_actors": a.num_actors},
         "checkpoint": {"every": 0},
         "output": {"dir": str(out)},
     }
@@ -177,16 +178,12 @@ class Timers(dict):
 
 @contextmanager
 def timed_aggregation(t: Timers, groups: list):
-    """Count time spent in the rule (``strategies.aggregate``; a rule's vectorised
-    ``aggregate_batch`` where the engine has one) and in building its contexts
-    (``PeerGroup._ctx``, ``PeerGroup._batch_ctx``) as aggregation."""
+    """Count time spent in the rule (``strategies.aggregate`` per peer, the rule's vectorised
+    ``aggregate_batch``) and in building its contexts (``PeerGroup._ctx``, ``PeerGroup._batch_ctx``)
+    as aggregation."""
     originals = [(strategies, "aggregate", strategies.aggregate)]
-    for name in ("_ctx", "_batch_ctx"):
-        if hasattr(fpeers.PeerGroup, name):
-            originals.append((fpeers.PeerGroup, name, getattr(fpeers.PeerGroup, name)))
-    for g in groups:
-        if hasattr(g.rule, "aggregate_batch"):
-            originals.append((g.rule, "aggregate_batch", None))  # instance attribute: deleted afterwards
+    originals += [(fpeers.PeerGroup, name, getattr(fpeers.PeerGroup, name)) for name in ("_ctx", "_batch_ctx")]
+    originals += [(g.rule, "aggregate_batch", None) for g in groups]  # instance attributes: deleted afterwards
 
     def timed(fn):
         def wrapper(*a, **k):
@@ -259,6 +256,9 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--eval-peers", type=int, default=100)
     ap.add_argument("--num-actors", type=int, default=2)
+    ap.add_argument(
+        "--backend", default="ray", choices=["ray", "local"], help="engine.backend of the end-to-end runs"
+    )
     ap.add_argument("--skip-end-to-end", action="store_true")
     ap.add_argument("--skip-breakdown", action="store_true")
     ap.add_argument("--json", default=None, help="also write the results here")
@@ -271,7 +271,8 @@ def main() -> None:
     print(
         f"# fedsim scale: decentralized {strategy}, fashion_mnist_embedded/fmnist_cnn, {a.partition}, "
         f"push_gossip fanout {a.fanout}, {a.rounds} rounds, eval {a.eval_peers} peers every {a.eval_every}, "
-        f"{a.num_actors} Ray actors; {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.1f} GiB; {load()}; "
+        f"engine.backend {a.backend}, {a.num_actors} groups; "
+        f"{os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.1f} GiB; {load()}; "
         f"engine: {Path(fedsim.__file__).parent}",
         flush=True,
     )

@@ -261,7 +261,7 @@ class PeerGroup:
             generator=torch.Generator().manual_seed(seed),
         )
 
-    def _batch_ctx(self, js: np.ndarray, round_: int) -> strategies.BatchContext:
+    def _batch_ctx(self, js: np.ndarray, round_: int) -> strategies.AggregationContext:
         """The validation splits and familiar classes of hosted peers ``js``, stacked and padded."""
         vals = [self.val[j] for j in js]
         m = max((len(vy) for _, vy in vals), default=0)
@@ -270,7 +270,7 @@ class PeerGroup:
         mask = torch.zeros(len(js), m, dtype=torch.bool)
         for i, (x, y) in enumerate(vals):
             vx[i, : len(y)], vy[i, : len(y)], mask[i, : len(y)] = x, y, True
-        return strategies.BatchContext(
+        return strategies.AggregationContext(
             layer_shape=self.layer_shape,
             bias=self.bias,
             f=self.s.f,

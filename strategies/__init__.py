@@ -8,7 +8,6 @@ import pkgutil
 
 from strategies.base import (
     AggregationContext,
-    BatchContext,
     Strategy,
     aggregate,
     aggregate_batch,
@@ -25,7 +24,7 @@ for _m in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_m.name}")
 
 __all__ = [
-    "AggregationContext", "BatchContext", "Strategy", "aggregate", "aggregate_batch",
+    "AggregationContext", "Strategy", "aggregate", "aggregate_batch",
     "finite_rows", "flatten", "head_logits", "sanitize", "unflatten",
     "REGISTRY", "available", "build", "register",
 ]

@@ -36,6 +36,12 @@ class AggregationContext:
         root_update: ``Tensor[P]``, the model obtained by training ``own`` on a small trusted
             root set (FLTrust); its update is ``root_update - own``.
         generator: source of randomness for rules that sample (Bristle's prioritizer).
+        val_mask: set only for :meth:`Strategy.aggregate_batch` (None in a per-peer call).
+
+    In :meth:`Strategy.aggregate_batch` (``g`` peers at once) the per-peer fields carry a leading
+    ``g``: ``val_x [g, m, d]`` and ``val_y [g, m]`` zero-padded to the longest split, ``val_mask``
+    bool ``[g, m]`` marking the real samples, ``local_classes [g, C]``; ``root_update`` and
+    ``generator`` are None there.
     """
 
     layer_shape: tuple[int, int]
@@ -48,31 +54,12 @@ class AggregationContext:
     local_classes: Tensor | None = None
     root_update: Tensor | None = None
     generator: torch.Generator | None = None
+    val_mask: Tensor | None = None
 
     @property
     def num_params(self) -> int:
         c, d = self.layer_shape
         return c * d + (c if self.bias else 0)
-
-
-@dataclass(frozen=True)
-class BatchContext:
-    """What :meth:`Strategy.aggregate_batch` gets for ``g`` peers aggregated at once.
-
-    Like :class:`AggregationContext`, with the per-peer fields stacked along a leading ``g``:
-    ``val_x [g, m, d]`` and ``val_y [g, m]`` zero-padded to the longest validation split,
-    ``val_mask [g, m]`` (True for real samples), ``local_classes [g, C]``.
-    """
-
-    layer_shape: tuple[int, int]
-    bias: bool = True
-    f: int = 0
-    round: int = 0
-    total_rounds: int = 1
-    val_x: Tensor | None = None
-    val_y: Tensor | None = None
-    val_mask: Tensor | None = None
-    local_classes: Tensor | None = None
 
 
 def unflatten(params: Tensor, layer_shape: tuple[int, int], bias: bool) -> tuple[Tensor, Tensor | None]:
@@ -119,7 +106,7 @@ class Strategy:
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
         raise NotImplementedError
 
-    def aggregate_batch(self, own: Tensor, received: Tensor, ctx: BatchContext) -> Tensor | None:
+    def aggregate_batch(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor | None:
         """Optional vectorised form of ``__call__`` for ``g`` peers that each heard ``n`` finite
         vectors: ``own [g, P]``, ``received [g, n, P]`` → ``[g, P]``; row ``i`` must equal
         ``self(own[i], received[i], ctx_i)`` (up to float rounding). ``None`` (the default): the
@@ -188,7 +175,7 @@ def aggregate(
     return out, s.dropped
 
 
-def aggregate_batch(strategy: Strategy, own: Tensor, received: Tensor, ctx: BatchContext) -> Tensor | None:
+def aggregate_batch(strategy: Strategy, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor | None:
     """The batched twin of :func:`aggregate` for ``g`` peers that each heard ``n`` finite vectors
     of the right shape (``own [g, P]``, ``received [g, n, P]``): runs
     :meth:`Strategy.aggregate_batch` and keeps a peer's own vector where its result is not

@@ -20,7 +20,7 @@ from strategies._math import (
     require_int,
     to_like,
 )
-from strategies.base import AggregationContext, BatchContext, Strategy, flatten, unflatten
+from strategies.base import AggregationContext, Strategy, flatten, unflatten
 from strategies.registry import register
 
 
@@ -271,7 +271,7 @@ class Bristle(Strategy):
             ctx.bias,
         )[0]
 
-    def aggregate_batch(self, own: Tensor, received: Tensor, ctx: BatchContext) -> Tensor | None:
+    def aggregate_batch(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor | None:
         """``__call__`` for ``g`` peers at once when each heard at most ``num_candidates`` (resp.
         ``k + e``) vectors, so all of them are candidates and no sampling is needed; ``None``
         otherwise (the engine then calls ``__call__`` per peer with its generator)."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from strategies._math import population, to_like
-from strategies.base import AggregationContext, BatchContext, Strategy
+from strategies.base import AggregationContext, Strategy
 from strategies.registry import register
 
 
@@ -25,7 +25,7 @@ class FedAvg(Strategy):
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
         return self._mean(own, received)
 
-    def aggregate_batch(self, own: Tensor, received: Tensor, ctx: BatchContext) -> Tensor:
+    def aggregate_batch(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
         return self._mean(own, received)
 
     def _mean(self, own: Tensor, received: Tensor) -> Tensor:

@@ -21,7 +21,7 @@ from fedsim import heads
 from fedsim.peers import PeerGroup
 from fedsim.runner import Run, prepare
 from fedsim.scenario import parse
-from strategies import AggregationContext, BatchContext, Strategy, build
+from strategies import AggregationContext, Strategy, build
 
 C, D = 4, 6
 P = C * D + C
@@ -50,9 +50,11 @@ def _padded(vals):
     return vx, vy, mask
 
 
-def _batch_ctx(vals, local_classes=None) -> BatchContext:
+def _batch_ctx(vals, local_classes=None) -> AggregationContext:
     vx, vy, mask = _padded(vals)
-    return BatchContext(layer_shape=(C, D), bias=True, val_x=vx, val_y=vy, val_mask=mask, local_classes=local_classes)
+    return AggregationContext(
+        layer_shape=(C, D), bias=True, val_x=vx, val_y=vy, val_mask=mask, local_classes=local_classes
+    )
 
 
 @pytest.mark.parametrize("params", [{}, {"zero_mean": False}, {"unfamiliar_score": "mean"}])
@@ -89,7 +91,7 @@ def test_bristle_batch_declines_where_candidates_must_be_sampled():
 def test_fedavg_batch_equals_per_peer_call(include_own):
     rule = build("fedavg", {"include_own": include_own})
     own, received, _ = _peers(5, 3)
-    out = rule.aggregate_batch(own, received, BatchContext(layer_shape=(C, D)))
+    out = rule.aggregate_batch(own, received, AggregationContext(layer_shape=(C, D)))
     for i in range(5):
         assert torch.equal(out[i], rule(own[i], received[i], AggregationContext(layer_shape=(C, D))))
     expected = (own + received.sum(1)) / 4 if include_own else received.mean(1)
@@ -106,10 +108,10 @@ class _NaNOnFirstRow(Strategy):
 
 def test_aggregate_batch_keeps_own_where_the_rule_gives_non_finite_values():
     own, received, _ = _peers(3, 2)
-    out = strategies.aggregate_batch(_NaNOnFirstRow(), own, received, BatchContext(layer_shape=(C, D)))
+    out = strategies.aggregate_batch(_NaNOnFirstRow(), own, received, AggregationContext(layer_shape=(C, D)))
     assert torch.equal(out[0], own[0])
     torch.testing.assert_close(out[1:], received[1:].mean(1))
-    assert strategies.aggregate_batch(build("median"), own, received, BatchContext(layer_shape=(C, D))) is None
+    assert strategies.aggregate_batch(build("median"), own, received, AggregationContext(layer_shape=(C, D))) is None
 
 
 def test_weighted_minibatch_gradient_equals_gathered_minibatch():
