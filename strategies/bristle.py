@@ -178,7 +178,8 @@ class Bristle(Strategy):
         nf = fam.sum(dim=-1).clamp_min(1)  # [..., 1]
         o = f1_own[..., None, :]
         d = self.diff_scale * (f1_cand - o).abs()
-        raw = torch.where(f1_cand > o, d.pow(self.better_exponent + o), -d.pow(self.worse_exponent + o)) * fam
+        raw = torch.where(f1_cand > o, d.pow(self.better_exponent + o), -d.pow(self.worse_exponent + o))
+        raw = torch.where(fam > 0, raw, torch.zeros_like(raw))  # (not raw · fam: an overflowed score is inf)
         mean = (f1_cand * fam).sum(dim=-1) / nf  # [..., k]
         std = (((f1_cand - mean[..., None]) ** 2) * fam).sum(dim=-1).div(nf).sqrt()  # population std
         certainty = (mean - std).clamp_min(0.0)
@@ -225,20 +226,21 @@ class Bristle(Strategy):
         Every operation is per peer (a batched matmul, reductions over classes or samples, a loop
         over the ``k`` candidates), so a peer's result does not depend on which others share the
         batch."""
-        g, k = cand.shape[:2]
-        w, b = unflatten(torch.cat([f64(own)[:, None], f64(cand)], dim=1), layer_shape, bias)  # [g, k+1, C, d]
-        c, d = layer_shape
-        logits = torch.bmm(f64(val_x), w.reshape(g, (k + 1) * c, d).transpose(1, 2))  # [g, m, (k+1)·C]
-        logits = logits.reshape(g, -1, k + 1, c).transpose(1, 2)  # [g, k+1, m, C]
-        if b is not None:
-            logits = logits + b[:, :, None, :]
+        k = cand.shape[1]
+        w_own, b_own = unflatten(f64(own), layer_shape, bias)  # [g, C, d], [g, C]
+        w_c, b_c = unflatten(f64(cand), layer_shape, bias)  # [g, k, C, d], [g, k, C]: views of one copy
+        xt = f64(val_x).transpose(1, 2)  # [g, d, m]
+        heads = [(w_own, b_own)] + [(w_c[:, j], None if b_c is None else b_c[:, j]) for j in range(k)]
+        logits = torch.stack(
+            [torch.bmm(w, xt) if b is None else torch.baddbmm(b[:, :, None], w, xt) for w, b in heads], dim=1
+        ).transpose(2, 3)  # [g, k+1, m, C]
         f1 = per_class_f1(logits, val_y.long(), val_mask)  # [g, k+1, C]
         weights = self.integration_weights(f1[:, 0], f1[:, 1:], familiar)  # [g, k, C]
-        num_w, num_b, denom = w[:, 0].clone(), None if b is None else b[:, 0].clone(), torch.ones_like(f1[:, 0])
+        num_w, num_b, denom = w_own.clone(), None if b_own is None else b_own.clone(), torch.ones_like(f1[:, 0])
         for j in range(k):  # own always has weight 1
-            num_w += weights[:, j, :, None] * w[:, j + 1]
+            num_w += weights[:, j, :, None] * w_c[:, j]
             if num_b is not None:
-                num_b += weights[:, j] * b[:, j + 1]
+                num_b += weights[:, j] * b_c[:, j]
             denom += weights[:, j]
         w_new = num_w / denom[..., None]
         b_new = None if num_b is None else num_b / denom

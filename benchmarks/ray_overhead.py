@@ -1,0 +1,87 @@
+"""What one federated round costs in Ray itself, with no training and no aggregation.
+
+The call pattern of ``fedsim.runner.Run`` in federated mode, on actors that do nothing: the
+server hands out the global model, two peer-group actors each return their clients' heads, the
+server receives them and answers the driver. Once with small messages and once with messages of
+the size fedsim's groups send (``[N/2, P]`` float32 per group: 1.15 MB each at N = 100 clients
+of the 5,770-parameter MNIST head), which Ray passes through its shared-memory object store.
+The difference is the floor that Ray's object store puts under a round on this machine, however
+fast the training; ``engine.backend: local`` (in-process) has none of it.
+
+    python benchmarks/ray_overhead.py                 # N = 100
+    python benchmarks/ray_overhead.py --clients 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+import ray  # noqa: E402
+
+P = 10 * 576 + 10  # the MNIST head on fmnist_cnn features
+
+
+@ray.remote(num_cpus=1)
+class Idle:
+    def __init__(self, rows: int) -> None:
+        self.heads = np.zeros((rows, P), dtype=np.float32)
+        self.global_ = np.zeros(P, dtype=np.float32)
+
+    def get_global(self) -> np.ndarray:
+        return self.global_
+
+    def small(self, *_: object) -> int:
+        return 1
+
+    def train(self, *_: object) -> np.ndarray:
+        return self.heads
+
+    def aggregate(self, *_: object) -> dict:
+        return {"dropped": 0}
+
+
+def per_round_ms(fn, rounds: int) -> float:
+    for _ in range(5):
+        fn()
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        fn()
+    return (time.perf_counter() - t0) / rounds * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clients", type=int, default=100, help="clients N (split over 2 group actors)")
+    ap.add_argument("--rounds", type=int, default=200)
+    a = ap.parse_args()
+    ray.init(num_cpus=3, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        groups = [Idle.remote(a.clients // 2) for _ in range(2)]
+        server = Idle.remote(0)
+        ray.get([x.small.remote() for x in (*groups, server)])
+        one = per_round_ms(lambda: ray.get(groups[0].small.remote()), a.rounds)
+        small = per_round_ms(
+            lambda: ray.get(server.aggregate.remote(*[g.small.remote(server.get_global.remote()) for g in groups])),
+            a.rounds,
+        )
+        full = per_round_ms(
+            lambda: ray.get(server.aggregate.remote(*[g.train.remote(server.get_global.remote()) for g in groups])),
+            a.rounds,
+        )
+    finally:
+        ray.shutdown()
+    mb = a.clients // 2 * P * 4 / 1e6
+    print(f"# Ray {ray.__version__}, {os.cpu_count()} CPUs, load {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"one actor call, small reply:                          {one:6.2f} ms")
+    print(f"federated round pattern, small messages:              {small:6.2f} ms")
+    print(f"federated round pattern, 2 x {mb:.2f} MB of heads:      {full:6.2f} ms")
+    print(f"object-store cost of the heads per round:             {full - small:6.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
