@@ -99,6 +99,16 @@ def forge_messages(
     return msgs, valid, (msgs[byz].clone() if receiver is None else previous)
 
 
+def pad_rows(x: Tensor, y: Tensor, offsets: np.ndarray, sizes: np.ndarray, m: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Rows ``offsets[i] : offsets[i] + sizes[i]`` of ``x [n, d]``, ``y [n]`` as zero-padded blocks
+    ``[g, m, d]``, ``[g, m]`` (``m >= max(sizes)``), and the bool mask ``[g, m]`` of the real rows."""
+    pos = np.arange(m)[None, :]
+    real = pos < sizes[:, None]
+    mask = torch.from_numpy(real)
+    at = torch.from_numpy(np.where(real, offsets[:, None] + pos, 0))
+    return x[at] * mask[..., None], y[at] * mask, mask
+
+
 class PeerGroup:
     """Hosts peers ``first .. first+len(train_idx)-1``; see the module docstring."""
 
@@ -121,7 +131,14 @@ class PeerGroup:
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
         flat = torch.from_numpy(np.concatenate(s.train_idx))
         self.x_local, self.y_local = xtr[flat].clone(), ytr[flat].clone()
-        self.val = [(xtr[torch.tensor(v)], ytr[torch.tensor(v)]) for v in s.val_idx]  # Ray arrays are read-only
+        self.val_sizes = np.asarray([len(v) for v in s.val_idx], dtype=np.int64)
+        self.val_offsets = np.concatenate([[0], np.cumsum(self.val_sizes)[:-1]])
+        vflat = torch.from_numpy(np.concatenate(s.val_idx).astype(np.int64))
+        self.val_x, self.val_y = xtr[vflat], ytr[vflat]  # every hosted peer's validation split, back to back
+        self.val = [
+            (self.val_x[o : o + n], self.val_y[o : o + n])
+            for o, n in zip(self.val_offsets, self.val_sizes, strict=True)
+        ]
         self.local_classes = [
             torch.bincount(torch.cat([self.y_local[o : o + n], vy]), minlength=s.num_classes) > 0
             for o, n, (_, vy) in zip(self.offsets, self.sizes, self.val, strict=True)
@@ -148,10 +165,7 @@ class PeerGroup:
         # Small shards (many peers): every peer's samples zero-padded to s.shard_pad, once
         self.padded: tuple[Tensor, Tensor] | None = None
         if s.shard_pad:
-            pos = np.arange(s.shard_pad)[None, :]
-            real = pos < self.sizes[:, None]
-            at = torch.from_numpy(np.where(real, self.offsets[:, None] + pos, 0))
-            self.padded = (self.x_local[at] * torch.from_numpy(real)[..., None], self.y_local[at])
+            self.padded = pad_rows(self.x_local, self.y_local, self.offsets, self.sizes, s.shard_pad)[:2]
         self.local_classes_t = torch.stack(self.local_classes)
 
     # ------------------------------------------------------------------ state
@@ -263,13 +277,8 @@ class PeerGroup:
 
     def _batch_ctx(self, js: np.ndarray, round_: int) -> strategies.AggregationContext:
         """The validation splits and familiar classes of hosted peers ``js``, stacked and padded."""
-        vals = [self.val[j] for j in js]
-        m = max((len(vy) for _, vy in vals), default=0)
-        vx = torch.zeros(len(js), m, self.s.dim)
-        vy = torch.zeros(len(js), m, dtype=torch.long)
-        mask = torch.zeros(len(js), m, dtype=torch.bool)
-        for i, (x, y) in enumerate(vals):
-            vx[i, : len(y)], vy[i, : len(y)], mask[i, : len(y)] = x, y, True
+        sizes = self.val_sizes[js]
+        vx, vy, mask = pad_rows(self.val_x, self.val_y, self.val_offsets[js], sizes, int(sizes.max(initial=0)))
         return strategies.AggregationContext(
             layer_shape=self.layer_shape,
             bias=self.bias,

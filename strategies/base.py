@@ -184,4 +184,4 @@ def aggregate_batch(strategy: Strategy, own: Tensor, received: Tensor, ctx: Aggr
     out = strategy.aggregate_batch(own, received.to(own.dtype), ctx)
     if out is None:
         return None
-    return torch.where(torch.isfinite(out).all(dim=-1, keepdim=True), out, own)
+    return torch.where(finite_rows(out)[:, None], out, own)
