@@ -120,7 +120,8 @@ class PeerGroup:
         self.p = len(self.ids)
         self.bias = bool(s.training["bias"])
         self.layer_shape = (s.num_classes, s.dim)
-        xtr, ytr = torch.as_tensor(np.array(features["x_train"])), torch.as_tensor(np.array(features["y_train"]))
+        # only the hosted peers' rows are copied out of the (read-only, shared) training arrays
+        xtr, ytr = np.asarray(features["x_train"]), np.asarray(features["y_train"])
         self.x_test, self.y_test = (
             torch.as_tensor(np.array(features["x_test"])),
             torch.as_tensor(np.array(features["y_test"])),
@@ -129,12 +130,12 @@ class PeerGroup:
         if (self.sizes == 0).any():
             raise ValueError("a peer has no training samples; use fewer peers or another partition")
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
-        flat = torch.from_numpy(np.concatenate(s.train_idx))
-        self.x_local, self.y_local = xtr[flat].clone(), ytr[flat].clone()
+        flat = np.concatenate(s.train_idx).astype(np.int64)
+        self.x_local, self.y_local = torch.from_numpy(xtr[flat]), torch.from_numpy(ytr[flat])
         self.val_sizes = np.asarray([len(v) for v in s.val_idx], dtype=np.int64)
         self.val_offsets = np.concatenate([[0], np.cumsum(self.val_sizes)[:-1]])
-        vflat = torch.from_numpy(np.concatenate(s.val_idx).astype(np.int64))
-        self.val_x, self.val_y = xtr[vflat], ytr[vflat]  # every hosted peer's validation split, back to back
+        vflat = np.concatenate(s.val_idx).astype(np.int64)
+        self.val_x, self.val_y = torch.from_numpy(xtr[vflat]), torch.from_numpy(ytr[vflat])  # splits back to back
         self.val = [
             (self.val_x[o : o + n], self.val_y[o : o + n])
             for o, n in zip(self.val_offsets, self.val_sizes, strict=True)
@@ -188,8 +189,10 @@ class PeerGroup:
         """Flattened heads ``[p, P]`` (weight row-major, then bias)."""
         return strategies.flatten(self.w, self.b if self.bias else None).numpy()
 
-    def set_params(self, flat: np.ndarray) -> None:
-        t = torch.tensor(np.asarray(flat, dtype=np.float32)).reshape(-1, self._num_params())
+    def set_params(self, flat: np.ndarray | Tensor) -> None:
+        """Copy flattened heads ``[p, P]`` (or one ``[P]`` / ``[1, P]`` for every hosted peer) in."""
+        t = flat.float() if isinstance(flat, Tensor) else torch.from_numpy(np.asarray(flat, dtype=np.float32))
+        t = t.reshape(-1, self._num_params())
         if t.shape[0] == 1:
             t = t.expand(self.p, -1)
         w, b = strategies.unflatten(t, self.layer_shape, self.bias)
@@ -407,7 +410,7 @@ class PeerGroup:
                 new[j], _ = strategies.aggregate(self.rule, own, m[nbrs[ok]], ctx)
             except ValueError:  # e.g. too few received vectors this round for the rule's n > 2f
                 new[j], skipped = own, skipped + 1
-        self.set_params(new.numpy())
+        self.set_params(new)
         return {"dropped": dropped, "skipped": skipped}
 
     # ------------------------------------------------------------------ evaluation
