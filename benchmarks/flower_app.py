@@ -3,7 +3,7 @@
 Each Flower client (one virtual SuperNode per fedsim peer) trains the same linear softmax head
 that a fedsim peer trains, on the same frozen-backbone features, with the same minibatches: the
 batch indices come from :func:`fedsim.rng.integers` keyed by (seed, "batch", round, step, peer,
-slot), exactly as :meth:`fedsim.peers.PeerGroup._batch` draws them, and the step is
+slot), exactly as :meth:`fedsim.peers.PeerGroup._draw` draws them, and the step is
 :func:`fedsim.heads.ce_grad` + :func:`fedsim.heads.step` (plain SGD). The server runs Flower's
 own ``FedAvg`` with equal client weights (fedsim's federated FedAvg is the unweighted mean of the
 clients' heads), so both engines compute the same thing.
