@@ -100,12 +100,14 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     rule_cls = strategies.REGISTRY[sc.strategy.name]
     extra = _backbone_param_count(sc.backbone.name) if rule_cls.exchanges == "full_model" else 0
     largest_shard = max(len(t) for t in part.train)
+    threads = sc.engine.cpus_per_actor
+    if sc.engine.backend == "local":  # in-process, the groups run one after another: each may use every CPU
+        threads = min(threads * sc.engine.num_actors, os.cpu_count() or 1)  # but no more than the machine has
     common = dict(
         shard_pad=largest_shard if largest_shard <= sc.training.batch_size else 0,
         byzantine=byz,
         absent=None if not absent else np.isin(np.arange(n), absent),
-        # in-process, the groups run one after another: each may use every CPU the engine was given
-        threads=max(1, int(sc.engine.cpus_per_actor * (sc.engine.num_actors if sc.engine.backend == "local" else 1))),
+        threads=max(1, int(threads)),
         num_peers=n,
         num_classes=c,
         dim=d,

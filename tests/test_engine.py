@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.runner import Run, local_ray_cpus
+from fedsim.runner import Run, local_ray_cpus, prepare
 from fedsim.scenario import parse
 
 
@@ -87,6 +87,19 @@ def test_local_ray_has_a_cpu_for_every_actor_and_the_server(small_scenario, monk
     assert local_ray_cpus(fed) == 3  # 2 peer groups + the server: all scheduled, round 0 cannot hang
     assert local_ray_cpus(parse(small_scenario(**{"engine.num_actors": 8}))) == 8
     assert local_ray_cpus(parse(small_scenario(**{"engine.address": "auto"}))) is None
+
+
+def test_in_process_groups_use_the_engines_cpus_but_no_more_than_the_machine(small_scenario, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+
+    def threads(**engine):
+        sc = parse(small_scenario(**{f"engine.{k}": v for k, v in engine.items()}))
+        return {s.threads for s in prepare(sc).setups}
+
+    assert threads(backend="local", num_actors=1) == {1}
+    assert threads(backend="local", num_actors=2) == {2}  # one group at a time: it may use both CPUs
+    assert threads(backend="local", num_actors=50) == {2}  # never oversubscribed
+    assert threads(backend="ray", num_actors=2, cpus_per_actor=1) == {1}  # an actor: its own CPUs only
 
 
 @pytest.mark.parametrize("attack", ["nan", "wrong_shape", "crash"])
