@@ -121,7 +121,7 @@ class EngineCfg(_Section):
         "ray",
         description="'local' runs the same peer groups in this process, one after another, each with "
         "num_actors x cpus_per_actor torch threads (at most the machine's CPUs): no Ray start-up, no "
-        "object-store copies (fastest on one machine for small and medium federations; identical metrics)",
+        "object-store copies, identical metrics (docs/performance.md: when it beats Ray on one machine)",
     )
     address: str | None = Field(
         None, description="Ray cluster address ('auto', 'ray://host:10001'); none: start locally"
