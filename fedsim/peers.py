@@ -140,10 +140,12 @@ class PeerGroup:
             (self.val_x[o : o + n], self.val_y[o : o + n])
             for o, n in zip(self.val_offsets, self.val_sizes, strict=True)
         ]
-        self.local_classes = [
-            torch.bincount(torch.cat([self.y_local[o : o + n], vy]), minlength=s.num_classes) > 0
-            for o, n, (_, vy) in zip(self.offsets, self.sizes, self.val, strict=True)
-        ]
+        self.local_classes = torch.stack(  # bool [p, C]: classes in each peer's data (Bristle's "familiar")
+            [
+                torch.bincount(torch.cat([self.y_local[o : o + n], vy]), minlength=s.num_classes) > 0
+                for o, n, (_, vy) in zip(self.offsets, self.sizes, self.val, strict=True)
+            ]
+        )
         self.is_byz = s.byzantine[self.ids]
         self.attack = attacks.build(s.attack["name"], s.attack.get("params")) if s.attack["name"] != "none" else None
         if isinstance(self.attack, attacks.DataPoisoner):
@@ -167,7 +169,6 @@ class PeerGroup:
         self.padded: tuple[Tensor, Tensor] | None = None
         if s.shard_pad:
             self.padded = pad_rows(self.x_local, self.y_local, self.offsets, self.sizes, s.shard_pad)[:2]
-        self.local_classes_t = torch.stack(self.local_classes)
 
     # ------------------------------------------------------------------ state
     def _poison(self) -> None:
@@ -291,7 +292,7 @@ class PeerGroup:
             val_x=vx,
             val_y=vy,
             val_mask=mask,
-            local_classes=self.local_classes_t[torch.from_numpy(js)],
+            local_classes=self.local_classes[torch.from_numpy(js)],
         )
 
     def _aggregate_batched(

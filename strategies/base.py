@@ -139,26 +139,22 @@ def sanitize(received: Tensor | list[Tensor], num_params: int) -> Sanitized:
 
     Accepts a stacked ``[n, P]`` tensor or a list of 1-D tensors (which may differ in length).
     """
+    reasons: dict[int, str] = {}
     if isinstance(received, Tensor) and received.dim() == 2 and received.shape[1] == num_params:
-        finite = finite_rows(received)
-        if bool(finite.all()):
-            return Sanitized(received)
-        bad = torch.nonzero(~finite).flatten().tolist()
-        return Sanitized(received[finite], len(bad), [f"sender {i}: non-finite values" for i in bad])
-    if isinstance(received, list):
-        rows = list(received)
+        stacked, senders = received, None  # every row has the right shape
     else:
-        rows = list(received.unbind(0)) if received.numel() else []
-    keep, reasons = [], []
-    for i, r in enumerate(rows):
-        if r.dim() != 1 or r.shape[0] != num_params:
-            reasons.append(f"sender {i}: shape {tuple(r.shape)} != ({num_params},)")
-        elif not bool(torch.isfinite(r).all()):
-            reasons.append(f"sender {i}: non-finite values")
-        else:
-            keep.append(r)
-    stacked = torch.stack(keep) if keep else torch.empty(0, num_params)
-    return Sanitized(stacked, len(rows) - len(keep), reasons)
+        rows = list(received) if isinstance(received, list) else list(received.unbind(0)) if received.numel() else []
+        for i, r in enumerate(rows):
+            if r.dim() != 1 or r.shape[0] != num_params:
+                reasons[i] = f"shape {tuple(r.shape)} != ({num_params},)"
+        senders = [i for i in range(len(rows)) if i not in reasons]
+        stacked = torch.stack([rows[i] for i in senders]) if senders else torch.empty(0, num_params)
+    finite = finite_rows(stacked)
+    if not bool(finite.all()):
+        for k in torch.nonzero(~finite).flatten().tolist():
+            reasons[k if senders is None else senders[k]] = "non-finite values"
+        stacked = stacked[finite]
+    return Sanitized(stacked, len(reasons), [f"sender {i}: {reasons[i]}" for i in sorted(reasons)])
 
 
 def aggregate(

@@ -213,3 +213,17 @@ def test_finite_rows_is_exact_where_row_sums_overflow_or_cancel():
     assert torch.equal(strategies.finite_rows(x), torch.isfinite(x).all(dim=1))
     s = strategies.sanitize(x, 4)
     assert s.dropped == 4 and torch.equal(s.received, x[[0, 4]])
+
+
+def test_sanitize_a_list_drops_wrong_shapes_and_non_finite_rows_naming_senders_in_order():
+    good = torch.ones(4)
+    rows = [good, torch.full((4,), float("nan")), torch.ones(5), good * 2, torch.ones(2, 2)]
+    s = strategies.sanitize(rows, 4)
+    assert torch.equal(s.received, torch.stack([good, good * 2])) and s.dropped == 3
+    assert s.reasons == [
+        "sender 1: non-finite values",
+        "sender 2: shape (5,) != (4,)",
+        "sender 4: shape (2, 2) != (4,)",
+    ]
+    empty = strategies.sanitize([], 4)
+    assert empty.received.shape == (0, 4) and empty.dropped == 0
