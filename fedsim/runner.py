@@ -24,6 +24,7 @@ import yaml
 import strategies
 from fedsim import rng as crng
 from fedsim.backend import make_backend
+from fedsim.errors import RunDirExistsError, RunInterruptedError  # noqa: F401  (re-exported)
 from fedsim.features import Features, load_features
 from fedsim.models.backbones import BACKBONES
 from fedsim.partition import make_partition
@@ -32,14 +33,6 @@ from fedsim.scenario import Scenario, default_f
 from fedsim.topology import Topology
 
 FLOAT_BYTES = 4
-
-
-class RunDirExistsError(FileExistsError):
-    """The run directory exists and neither --overwrite nor --resume was given."""
-
-
-class RunInterruptedError(RuntimeError):
-    """The run stopped early (Ctrl-C, or a peer actor died); it can be resumed from its checkpoint."""
 
 
 @dataclass

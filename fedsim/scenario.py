@@ -16,12 +16,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fedsim.errors import FedsimError
 
-class ScenarioError(ValueError):
+
+class ScenarioError(FedsimError, ValueError):
     """A scenario that cannot run; ``str()`` is one line naming the field and the fix."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split()))  # always one line, whatever the parser said
 
 
 class _Section(BaseModel):
