@@ -138,7 +138,12 @@ class OutputCfg(_Section):
 
 
 class Scenario(_Section):
-    name: str = Field("run", pattern=r"^[A-Za-z0-9_.\-]+$")
+    name: str = Field(
+        "run",
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$",
+        description="the run folder under output.dir: a plain identifier (letters, digits, _ . -, not starting "
+        "with . or -), so it can never name '.', '..' or a folder elsewhere",
+    )
     seed: int = Field(0, ge=0, le=2**62)
     mode: Literal["decentralized", "federated"] = "decentralized"
     rounds: int = Field(30, ge=1, le=1_000_000)
