@@ -146,3 +146,12 @@ def accuracy_and_loss(w: Tensor, b: Tensor | None, x: Tensor, y: Tensor, chunk: 
             torch.nn.functional.cross_entropy(z.transpose(1, 2), y.expand(len(wi), -1), reduction="none").mean(1)
         )
     return torch.cat(accs), torch.cat(losses)
+
+
+def consolidate(w: Tensor, b: Tensor, tw: Tensor, tb: Tensor, own_classes: Tensor) -> None:
+    """Copy the rows of each peer's own classes from the trained heads ``tw [p, C, d]``, ``tb [p, C]``
+    into the consolidated heads ``w``, ``b`` in place (``own_classes``: bool ``[p, C]``); the other
+    rows keep their consolidated values (CWR, Bristle's ``Node.updateCW``: foreign classes change
+    only through integration)."""
+    w.copy_(torch.where(own_classes[..., None], tw, w))
+    b.copy_(torch.where(own_classes, tb, b))

@@ -72,17 +72,86 @@ def _by_class_sets(y: np.ndarray, holdings: list[np.ndarray], rng: np.random.Gen
 def classes_per_peer(y: np.ndarray, n: int, rng: np.random.Generator, k: int) -> list[np.ndarray]:
     """Each peer holds k distinct classes: peer i gets π(ik), …, π(ik+k−1) (mod C) for a seeded
     permutation π of the classes, so every class is held when n·k ≥ C and holders are balanced."""
-    classes = rng.permutation(np.unique(y))
-    C = len(classes)
-    holdings = [classes[(i * k + np.arange(k)) % C] for i in range(n)]
-    return _by_class_sets(y, holdings, rng)
+    return _by_class_sets(y, _holdings("classes", y, n, rng, k, 0), rng)
 
 
 def windows(y: np.ndarray, n: int, rng: np.random.Generator, w: int) -> list[np.ndarray]:
     """Bristle's sliding class windows: peer i holds classes i, i+1, …, i+w−1 (mod C)."""
-    C = int(y.max()) + 1
-    holdings = [(i + np.arange(w)) % C for i in range(n)]
-    return _by_class_sets(y, holdings, rng)
+    return _by_class_sets(y, _holdings("windows", y, n, rng, 0, w), rng)
+
+
+def _holdings(kind: str, y: np.ndarray, n: int, rng: np.random.Generator, k: int, w: int) -> list[np.ndarray]:
+    """The class sets of :func:`classes_per_peer` (``kind="classes"``) or :func:`windows`."""
+    if kind == "windows":
+        C = int(y.max()) + 1
+        return [(i + np.arange(w)) % C for i in range(n)]
+    classes = rng.permutation(np.unique(y))
+    return [classes[(i * k + np.arange(k)) % len(classes)] for i in range(n)]
+
+
+def _exactly_per_class(
+    y: np.ndarray, holdings: list[np.ndarray], per_class: int, val_fraction: float, rng: np.random.Generator
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each peer gets ``per_class`` distinct samples of every class it holds (no sample twice), and
+    keeps ``round(per_class·val_fraction)`` of each class (at least 1 when ``val_fraction > 0`` and
+    ``per_class >= 2``) as its validation split: Bristle's runs hold 2 training and 2 test samples
+    of each class per peer."""
+    nv = int(round(per_class * val_fraction)) if val_fraction > 0 else 0
+    nv = max(nv, 1) if (val_fraction > 0 and per_class >= 2) else nv
+    train: list[list[np.ndarray]] = [[] for _ in holdings]
+    val: list[list[np.ndarray]] = [[] for _ in holdings]
+    for c in np.unique(y):
+        holders = [i for i, h in enumerate(holdings) if c in h]
+        idx = rng.permutation(np.flatnonzero(y == c))
+        if len(holders) * per_class > len(idx):
+            raise ValueError(
+                f"partition.per_class={per_class}: class {c} has {len(idx)} samples, "
+                f"{len(holders)} peers need {len(holders) * per_class}; lower it or use fewer peers"
+            )
+        for h, part in zip(holders, idx[: len(holders) * per_class].reshape(len(holders), per_class), strict=True):
+            val[h].append(part[:nv])
+            train[h].append(part[nv:])
+    cat = [np.sort(np.concatenate(p)) if p else np.empty(0, np.int64) for p in train]
+    return cat, [np.sort(np.concatenate(p)) if p else np.empty(0, np.int64) for p in val]
+
+
+def class_sets(
+    kind: str,
+    y: np.ndarray,
+    n: int,
+    rng: np.random.Generator,
+    *,
+    k: int,
+    window: int,
+    per_class: int | None,
+    all_classes: np.ndarray | None,
+    val_fraction: float,
+) -> Partition:
+    """A class-set partition (``kind`` ``classes`` or ``windows``) with Bristle's options: the peers in
+    ``all_classes`` (bool ``[n]``) hold every class and the kind's class sets go to the others in
+    id order (Bristle's attackers hold all classes beside 10 honest windows); ``per_class`` gives
+    each peer exactly that many samples of each class it holds (see :func:`_exactly_per_class`)."""
+    if kind not in ("classes", "windows"):
+        raise ValueError(f"partition.kind={kind!r}: per_class and byzantine_classes need kind windows or classes")
+    full = np.zeros(n, dtype=bool) if all_classes is None else np.asarray(all_classes, dtype=bool)
+    sets = iter(_holdings(kind, y, int((~full).sum()), rng, k, window))
+    everything = np.unique(y)
+    holdings = [everything if full[i] else next(sets) for i in range(n)]
+    if per_class is not None:
+        return Partition(*_exactly_per_class(y, holdings, per_class, val_fraction, rng))
+    return _carve_validation(_by_class_sets(y, holdings, rng), val_fraction, rng)
+
+
+def _carve_validation(parts: list[np.ndarray], val_fraction: float, rng: np.random.Generator) -> Partition:
+    """Each peer's local validation split: ``val_fraction`` of its samples, at least 1 when it holds ≥ 2."""
+    train, val = [], []
+    for p in parts:
+        p = rng.permutation(p)
+        nv = int(round(len(p) * val_fraction)) if val_fraction > 0 else 0
+        nv = max(nv, 1) if (val_fraction > 0 and len(p) >= 2) else nv
+        val.append(np.sort(p[:nv]))
+        train.append(np.sort(p[nv:]))
+    return Partition(train, val)
 
 
 def quantity(y: np.ndarray, n: int, rng: np.random.Generator, beta: float, min_size: int = 2) -> list[np.ndarray]:
@@ -109,10 +178,18 @@ def make_partition(
     beta: float = 0.5,
     min_size: int = 2,
     val_fraction: float = 0.1,
+    per_class: int | None = None,
+    all_classes: np.ndarray | None = None,
 ) -> Partition:
     """Partition labels ``y`` among ``n`` peers and carve each peer's local validation split
-    (``val_fraction`` of its samples, at least 1 when it holds ≥ 2)."""
+    (``val_fraction`` of its samples, at least 1 when it holds ≥ 2). ``per_class`` and
+    ``all_classes`` (kinds ``classes``, ``windows``): see :func:`class_sets`."""
     rng = np.random.default_rng(seed)
+    if per_class is not None or all_classes is not None:
+        return class_sets(
+            kind, y, n, rng, k=k, window=window, per_class=per_class, all_classes=all_classes,
+            val_fraction=val_fraction,
+        )
     if kind == "iid":
         parts = iid(y, n, rng)
     elif kind == "dirichlet":
@@ -125,14 +202,7 @@ def make_partition(
         parts = quantity(y, n, rng, beta, min_size)
     else:
         raise ValueError(f"unknown partition kind {kind!r}")
-    train, val = [], []
-    for p in parts:
-        p = rng.permutation(p)
-        nv = int(round(len(p) * val_fraction)) if val_fraction > 0 else 0
-        nv = max(nv, 1) if (val_fraction > 0 and len(p) >= 2) else nv
-        val.append(np.sort(p[:nv]))
-        train.append(np.sort(p[nv:]))
-    return Partition(train, val)
+    return _carve_validation(parts, val_fraction, rng)
 
 
 KINDS = {

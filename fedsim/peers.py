@@ -46,6 +46,9 @@ class GroupSetup:
     # zero-padded to this many samples and trained on draw-count weights (see PeerGroup.train).
     # One value for the whole run (runner.prepare), so a peer's numbers never depend on its group.
     shard_pad: int = 0
+    # bool [N, C]: the classes each peer holds (held_classes over the whole partition, runner.prepare),
+    # set when the rule needs "overlap"; None: each group derives its hosted peers' from their data
+    classes: np.ndarray | None = None
 
 
 def forge_messages(
@@ -99,6 +102,22 @@ def forge_messages(
     return msgs, valid, (msgs[byz].clone() if receiver is None else previous)
 
 
+def held_classes(y: np.ndarray, train_idx: list[np.ndarray], val_idx: list[np.ndarray], num_classes: int) -> np.ndarray:
+    """Bool ``[n, C]``: the classes present in each peer's training and validation samples (Bristle's
+    "familiar" classes, and the class sets peers compare when they connect)."""
+    out = np.zeros((len(train_idx), num_classes), dtype=bool)
+    for i, (t, v) in enumerate(zip(train_idx, val_idx, strict=True)):
+        out[i, np.asarray(y)[np.concatenate([t, v]).astype(np.int64)]] = True
+    return out
+
+
+def claimed_classes(classes: np.ndarray, byzantine: np.ndarray) -> np.ndarray:
+    """The class sets peers announce in the private-set-intersection handshake: their own, except
+    that every Byzantine peer claims all classes (so it is sent to, and scored on the classes of,
+    every peer; in the authors' runs the attackers did hold every class)."""
+    return classes | byzantine[:, None]
+
+
 def pad_rows(x: Tensor, y: Tensor, offsets: np.ndarray, sizes: np.ndarray, m: int) -> tuple[Tensor, Tensor, Tensor]:
     """Rows ``offsets[i] : offsets[i] + sizes[i]`` of ``x [n, d]``, ``y [n]`` as zero-padded blocks
     ``[g, m, d]``, ``[g, m]`` (``m >= max(sizes)``), and the bool mask ``[g, m]`` of the real rows."""
@@ -140,12 +159,12 @@ class PeerGroup:
             (self.val_x[o : o + n], self.val_y[o : o + n])
             for o, n in zip(self.val_offsets, self.val_sizes, strict=True)
         ]
-        self.local_classes = torch.stack(  # bool [p, C]: classes in each peer's data (Bristle's "familiar")
-            [
-                torch.bincount(torch.cat([self.y_local[o : o + n], vy]), minlength=s.num_classes) > 0
-                for o, n, (_, vy) in zip(self.offsets, self.sizes, self.val, strict=True)
-            ]
+        held = (
+            s.classes[self.ids] if s.classes is not None else held_classes(ytr, s.train_idx, s.val_idx, s.num_classes)
         )
+        self.local_classes = torch.from_numpy(held)  # bool [p, C]: classes in each peer's data (Bristle's "familiar")
+        # bool [N, C]: what every peer claims to hold (None: the rule compares no class sets)
+        self.claimed = None if s.classes is None else torch.from_numpy(claimed_classes(s.classes, s.byzantine))
         self.is_byz = s.byzantine[self.ids]
         self.attack = attacks.build(s.attack["name"], s.attack.get("params")) if s.attack["name"] != "none" else None
         if isinstance(self.attack, attacks.DataPoisoner):
@@ -163,6 +182,10 @@ class PeerGroup:
         self.w = torch.zeros(self.p, c, d)
         self.b = torch.zeros(self.p, c)
         self.opt = heads.OptimizerState.zeros(self.w, self.b, s.training["optimizer"] == "adam")
+        # consolidated weights (Strategy.consolidated, Bristle's CWR): w, b are the consolidated heads
+        # (sent and evaluated); tw, tb the copies trained each round and handed to the rule as ``own``
+        self.cwr = bool(self.rule.consolidated)
+        self.tw, self.tb = (self.w.clone(), self.b.clone()) if self.cwr else (self.w, self.b)
         self.previous_forged: Tensor | None = None
         self.last_dropped = 0
         # Small shards (many peers): every peer's samples zero-padded to s.shard_pad, once
@@ -259,12 +282,27 @@ class PeerGroup:
         if global_params is not None:
             self.set_params(global_params)
         steps = int(self.s.training["local_steps"])
-        loss = self._local_steps(self.w, self.b, self.opt, (self._batch(round_, k) for k in range(steps)))
+        batches = (self._batch(round_, k) for k in range(steps))
+        if self.cwr:  # train a copy of the consolidated head
+            self.tw.copy_(self.w)
+            self.tb.copy_(self.b)
+        loss = self._local_steps(self.tw, self.tb, self.opt, batches)
+        if self.cwr:  # ... and keep only the rows of the classes each peer holds
+            heads.consolidate(self.w, self.b, self.tw, self.tb, self.local_classes)
         honest = ~self.is_byz
         return self.params(), float(loss[torch.from_numpy(honest)].sum()) if honest.any() else 0.0
 
     # ------------------------------------------------------------------ messages
-    def _ctx(self, j: int, round_: int, f: int, root: Tensor | None, seed: int) -> strategies.AggregationContext:
+    def _overlap(self, js: Tensor, senders: Tensor) -> Tensor | None:
+        """``|F_i ∩ F_j|`` for hosted peers ``js [...]`` and the senders they heard ``senders [..., n]``
+        (global ids), from the class sets peers claim (None: the rule compares no class sets)."""
+        if self.claimed is None:
+            return None
+        return (self.claimed[senders] & self.local_classes[js][..., None, :]).sum(dim=-1)
+
+    def _ctx(
+        self, j: int, round_: int, f: int, root: Tensor | None, seed: int, overlap: Tensor | None = None
+    ) -> strategies.AggregationContext:
         vx, vy = self.val[j]
         return strategies.AggregationContext(
             layer_shape=self.layer_shape,
@@ -277,10 +315,12 @@ class PeerGroup:
             local_classes=self.local_classes[j],
             root_update=root,
             generator=torch.Generator().manual_seed(seed),
+            overlap=overlap,
         )
 
-    def _batch_ctx(self, js: np.ndarray, round_: int) -> strategies.AggregationContext:
-        """The validation splits and familiar classes of hosted peers ``js``, stacked and padded."""
+    def _batch_ctx(self, js: np.ndarray, round_: int, senders: np.ndarray) -> strategies.AggregationContext:
+        """The validation splits and familiar classes of hosted peers ``js``, stacked and padded, and
+        the classes they share with the senders they heard (``senders [len(js), n]``)."""
         sizes = self.val_sizes[js]
         vx, vy, mask = pad_rows(self.val_x, self.val_y, self.val_offsets[js], sizes, int(sizes.max(initial=0)))
         return strategies.AggregationContext(
@@ -293,6 +333,7 @@ class PeerGroup:
             val_y=vy,
             val_mask=mask,
             local_classes=self.local_classes[torch.from_numpy(js)],
+            overlap=self._overlap(torch.from_numpy(js), torch.from_numpy(senders)),
         )
 
     def _aggregate_batched(
@@ -304,13 +345,16 @@ class PeerGroup:
         indptr: np.ndarray,
         indices: np.ndarray,
         new: Tensor,
+        own_rows: Tensor,
         chunk: int = 64,
     ) -> tuple[np.ndarray, int | None]:
         """Honest present hosted peers grouped by how many valid messages they heard, one
         vectorised rule call (``Strategy.aggregate_batch``) per group and chunk of peers instead
         of one call per peer. Returns which hosted peers are done (the rest go through the
         per-peer loop) and the messages dropped for all of them (None: the rule has no batched
-        form). Chunks of 64 peers keep a chunk's float64 working set inside the cache."""
+        form). ``own_rows [p, P]``: what the rule gets as each hosted peer's own vector (its sent
+        head, or with consolidated weights its trained copy). Chunks of 64 peers keep a chunk's
+        float64 working set inside the cache."""
         done = np.zeros(self.p, dtype=bool)
         if type(self.rule).aggregate_batch is strategies.Strategy.aggregate_batch:
             return done, None
@@ -339,9 +383,10 @@ class PeerGroup:
                 if len(r) == 0:
                     continue
                 js = honest[r]
-                own = params[torch.from_numpy(self.ids[js])]
+                sent = params[torch.from_numpy(self.ids[js])]
                 received = msgs[torch.from_numpy(table[r, :n])]
-                out = strategies.aggregate_batch(self.rule, own, received, self._batch_ctx(js, round_))
+                ctx = self._batch_ctx(js, round_, table[r, :n])
+                out = strategies.aggregate_batch(self.rule, own_rows[torch.from_numpy(js)], received, ctx, sent)
                 if out is None:
                     continue
                 new[torch.from_numpy(js)] = out
@@ -377,13 +422,19 @@ class PeerGroup:
         msgs, valid, self.previous_forged = forge_messages(self.attack, self.s, round_, params, self.previous_forged)
         indptr, indices = self.topology.in_neighbors(round_)
         new = params[self.s.first : self.s.first + self.p].clone()  # the hosted peers' own heads
+        # the rule's ``own``: the sent heads, or with consolidated weights the trained copies
+        own_rows = (
+            strategies.flatten(self.tw, self.tb if self.bias else None)
+            if self.cwr
+            else params[self.s.first : self.s.first + self.p]
+        )
         root = self._root_updates(round_) if "root_update" in self.rule.needs else None
         dropped = skipped = 0
         per_receiver = isinstance(self.attack, attacks.UpdateForger) and self.attack.per_receiver
         absent_t = torch.from_numpy(self.s.absent) if self.s.absent is not None else None
         done, batch_dropped = np.zeros(self.p, dtype=bool), None
         if not per_receiver and root is None:
-            done, batch_dropped = self._aggregate_batched(round_, params, msgs, valid, indptr, indices, new)
+            done, batch_dropped = self._aggregate_batched(round_, params, msgs, valid, indptr, indices, new, own_rows)
         dropped = batch_dropped or 0
         seeds = crng.derive_seeds(self.s.seed, "strategy", round_, self.ids)
         for j, pid in enumerate(self.ids):
@@ -405,12 +456,13 @@ class PeerGroup:
             ok = v[nbrs]
             if batch_dropped is None:  # else already counted for every honest present hosted peer
                 dropped += int((~ok).sum()) if self.s.absent is None else int((~ok & ~absent_t[nbrs]).sum())
-            own = params[pid]
-            ctx = self._ctx(j, round_, self.s.f, None if root is None else root[j], int(seeds[j]))
+            sent = params[pid]
+            overlap = self._overlap(torch.tensor(j), nbrs[ok])
+            ctx = self._ctx(j, round_, self.s.f, None if root is None else root[j], int(seeds[j]), overlap)
             try:
-                new[j], _ = strategies.aggregate(self.rule, own, m[nbrs[ok]], ctx)
+                new[j], _ = strategies.aggregate(self.rule, own_rows[j], m[nbrs[ok]], ctx, sent)
             except ValueError:  # e.g. too few received vectors this round for the rule's n > 2f
-                new[j], skipped = own, skipped + 1
+                new[j], skipped = sent, skipped + 1
         self.set_params(new)
         return {"dropped": dropped, "skipped": skipped}
 

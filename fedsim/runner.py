@@ -28,7 +28,7 @@ from fedsim.errors import RunDirExistsError, RunInterruptedError  # noqa: F401  
 from fedsim.features import Features, load_features
 from fedsim.models.backbones import BACKBONES
 from fedsim.partition import make_partition
-from fedsim.peers import GroupSetup, PeerGroup, Server
+from fedsim.peers import GroupSetup, PeerGroup, Server, held_classes
 from fedsim.scenario import Scenario, default_f
 from fedsim.topology import Topology
 
@@ -62,6 +62,8 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     feats = load_features(sc.dataset.name, sc.backbone.name, sc.dataset.data_dir, sc.backbone.cache_dir, log)
     n = sc.peers.count
     pt = sc.partition
+    byz = np.zeros(n, dtype=bool)
+    byz[crng.numpy_generator(sc.seed, "byzantine").permutation(n)[: sc.peers.num_byzantine]] = True
     part = make_partition(
         pt.kind,
         feats.y_train,
@@ -73,9 +75,9 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
         beta=pt.beta,
         min_size=pt.min_size,
         val_fraction=pt.val_fraction,
+        per_class=pt.per_class,
+        all_classes=byz if pt.byzantine_classes == "all" else None,
     )
-    byz = np.zeros(n, dtype=bool)
-    byz[crng.numpy_generator(sc.seed, "byzantine").permutation(n)[: sc.peers.num_byzantine]] = True
     topo = Topology(
         sc.topology.kind, n, sc.seed, degree=sc.topology.degree, p=sc.topology.p, fanout=sc.topology.fanout
     ).build()
@@ -91,6 +93,8 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     c, d = feats.num_classes, feats.dim
     num_params = c * d + (c if sc.training.bias else 0)
     rule_cls = strategies.REGISTRY[sc.strategy.name]
+    # the class sets peers compare when they connect (Bristle's private-set intersection), for every peer
+    classes = held_classes(feats.y_train, part.train, part.val, c) if "overlap" in rule_cls.needs else None
     extra = _backbone_param_count(sc.backbone.name) if rule_cls.exchanges == "full_model" else 0
     largest_shard = max(len(t) for t in part.train)
     threads = sc.engine.cpus_per_actor
@@ -112,6 +116,7 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
         f=f,
         attack=sc.peers.attack.model_dump(),
         topology=sc.topology.model_dump(),
+        classes=classes,
     )
     actors = min(sc.engine.num_actors, n)
     blocks = np.array_split(np.arange(n), actors)

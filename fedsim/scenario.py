@@ -45,6 +45,23 @@ class PartitionCfg(_Section):
     beta: float = Field(0.5, gt=0, description="size concentration (kind=quantity)")
     min_size: int = Field(2, ge=1, description="minimum samples per peer (dirichlet, quantity)")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="share of each peer's data kept as local validation")
+    per_class: int | None = Field(
+        None,
+        ge=1,
+        description="exactly this many samples of each held class per peer, val_fraction of each class "
+        "kept for validation (kind=windows|classes; Bristle's runs: 4 = 2 training + 2 test)",
+    )
+    byzantine_classes: Literal["partition", "all"] = Field(
+        "partition",
+        description="'all': Byzantine peers hold every class (Bristle's attackers) and the kind's class "
+        "sets go to the honest peers in id order (kind=windows|classes)",
+    )
+
+    @model_validator(mode="after")
+    def _class_set_options(self) -> PartitionCfg:
+        if (self.per_class is not None or self.byzantine_classes == "all") and self.kind not in ("windows", "classes"):
+            raise ValueError(f"kind must be windows or classes for per_class and byzantine_classes, got {self.kind!r}")
+        return self
 
 
 class AttackCfg(_Section):

@@ -177,13 +177,9 @@ def validation_logits(params: Tensor, ctx: AggregationContext, rule: str) -> tup
     return head_logits(f64(params), x, ctx.layer_shape, ctx.bias), ctx.val_y.to(params.device).long()
 
 
-def per_class_f1(logits: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Per-class F1 ``2TP / (2TP + FP + FN)`` of argmax predictions; ``[..., k, m, C]`` → ``[..., k, C]``.
-
-    ``y [..., m]`` are the labels; ``mask [..., m]`` (optional, bool) marks the real samples of a
-    zero-padded validation set (padding counts for nothing). A class never predicted and absent
-    from ``y`` (0/0) scores 0.
-    """
+def _confusion(logits: Tensor, y: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Per class: true positives and predictions ``[..., k, C]`` of the argmax predictions, and
+    the samples of each class ``[..., 1, C]`` (float64 counts; padding counts for nothing)."""
     c = logits.shape[-1]
     pred = one_hot(logits.argmax(dim=-1), c).to(WORK)  # [..., k, m, C]
     true = one_hot(y, c).to(WORK)  # [..., m, C]
@@ -191,8 +187,30 @@ def per_class_f1(logits: Tensor, y: Tensor, mask: Tensor | None = None) -> Tenso
         true = true * mask.to(WORK)[..., None]
         pred = pred * mask.to(WORK)[..., None, :, None]
     tp = (pred * true[..., None, :, :]).sum(dim=-2)
-    denom = pred.sum(dim=-2) + true.sum(dim=-2)[..., None, :]
+    return tp, pred.sum(dim=-2), true.sum(dim=-2)[..., None, :]
+
+
+def per_class_f1(logits: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Per-class F1 ``2TP / (2TP + FP + FN)`` of argmax predictions; ``[..., k, m, C]`` → ``[..., k, C]``.
+
+    ``y [..., m]`` are the labels; ``mask [..., m]`` (optional, bool) marks the real samples of a
+    zero-padded validation set (padding counts for nothing). A class never predicted and absent
+    from ``y`` (0/0) scores 0.
+    """
+    tp, predicted, actual = _confusion(logits, y, mask)
+    denom = predicted + actual
     return torch.where(denom > 0, 2 * tp / denom.clamp_min(1), torch.zeros_like(tp))
+
+
+def per_class_recall(logits: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Per-class recall ``TP / (TP + FN)`` of argmax predictions (over all ``C`` classes, so a
+    sample predicted as any other class is a miss); ``[..., k, m, C]`` → ``[..., k, C]``. Inputs as
+    :func:`per_class_f1`; a class absent from ``y`` scores 0."""
+    tp, _, actual = _confusion(logits, y, mask)
+    return torch.where(actual > 0, tp / actual.clamp_min(1), torch.zeros_like(tp))
+
+
+PER_CLASS_METRICS = {"f1": per_class_f1, "recall": per_class_recall}
 
 
 def mean_cross_entropy(logits: Tensor, y: Tensor) -> Tensor:

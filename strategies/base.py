@@ -12,7 +12,7 @@ Parameter vectors are flattened output layers: the weight ``W`` of shape ``ctx.l
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import torch
@@ -37,11 +37,16 @@ class AggregationContext:
             root set (FLTrust); its update is ``root_update - own``.
         generator: source of randomness for rules that sample (Bristle's prioritizer).
         val_mask: set only for :meth:`Strategy.aggregate_batch` (None in a per-peer call).
+        overlap: int ``[n]``, one entry per row of ``received``: how many classes the sender
+            claims to share with this peer, ``|F_i ∩ F_j|`` (what a private-set-intersection
+            cardinality handshake tells two peers when they connect; a Byzantine sender may lie).
+            Bristle's ``classes="overlap"`` scores sender ``j`` on that many classes. None: not
+            known (every sender is then taken to hold all of this peer's classes).
 
     In :meth:`Strategy.aggregate_batch` (``g`` peers at once) the per-peer fields carry a leading
     ``g``: ``val_x [g, m, d]`` and ``val_y [g, m]`` zero-padded to the longest split, ``val_mask``
-    bool ``[g, m]`` marking the real samples, ``local_classes [g, C]``; ``root_update`` and
-    ``generator`` are None there.
+    bool ``[g, m]`` marking the real samples, ``local_classes [g, C]``, ``overlap [g, n]``;
+    ``root_update`` and ``generator`` are None there.
     """
 
     layer_shape: tuple[int, int]
@@ -55,6 +60,7 @@ class AggregationContext:
     root_update: Tensor | None = None
     generator: torch.Generator | None = None
     val_mask: Tensor | None = None
+    overlap: Tensor | None = None
 
     @property
     def num_params(self) -> int:
@@ -93,11 +99,23 @@ class Strategy:
       ``"generator"``); the engine supplies them.
     * ``exchanges``: ``"output_layer"`` (Bristle) or ``"full_model"`` (the usual baseline
       setting), used only for byte accounting.
+
+    ``needs`` may also name ``"overlap"`` (``ctx.overlap``, the classes each sender shares with the
+    peer) and ``"local_classes"``; :attr:`consolidated` asks the peer for Bristle's consolidated
+    weights.
     """
 
     name: ClassVar[str] = ""
     needs: ClassVar[frozenset[str]] = frozenset()
     exchanges: ClassVar[str] = "full_model"
+
+    @property
+    def consolidated(self) -> bool:
+        """Whether peers keep *consolidated* weights (CWR, Lomonaco & Maltoni 2017, as Bristle's
+        peers do): each round the peer trains a copy of its head, copies back only the rows of the
+        classes it holds, sends the consolidated head and hands the trained copy to the rule as
+        ``own``; the rule's result becomes the consolidated head. False: one head, trained in place."""
+        return False
 
     def check(self, n: int, f: int) -> None:
         """Raise ``ValueError`` if the rule cannot work with ``n`` received vectors of which ``f``
@@ -121,6 +139,7 @@ class Sanitized:
     received: Tensor
     dropped: int = 0
     reasons: list[str] = field(default_factory=list)
+    kept: Tensor | None = None  # indices of the kept rows among the input's; None: all were kept
 
 
 def finite_rows(x: Tensor) -> Tensor:
@@ -142,8 +161,10 @@ def sanitize(received: Tensor | list[Tensor], num_params: int) -> Sanitized:
     reasons: dict[int, str] = {}
     if isinstance(received, Tensor) and received.dim() == 2 and received.shape[1] == num_params:
         stacked, senders = received, None  # every row has the right shape
+        n_in = received.shape[0]
     else:
         rows = list(received) if isinstance(received, list) else list(received.unbind(0)) if received.numel() else []
+        n_in = len(rows)
         for i, r in enumerate(rows):
             if r.dim() != 1 or r.shape[0] != num_params:
                 reasons[i] = f"shape {tuple(r.shape)} != ({num_params},)"
@@ -154,30 +175,42 @@ def sanitize(received: Tensor | list[Tensor], num_params: int) -> Sanitized:
         for k in torch.nonzero(~finite).flatten().tolist():
             reasons[k if senders is None else senders[k]] = "non-finite values"
         stacked = stacked[finite]
-    return Sanitized(stacked, len(reasons), [f"sender {i}: {reasons[i]}" for i in sorted(reasons)])
+    kept = torch.tensor([i for i in range(n_in) if i not in reasons], dtype=torch.long) if reasons else None
+    return Sanitized(stacked, len(reasons), [f"sender {i}: {reasons[i]}" for i in sorted(reasons)], kept)
 
 
 def aggregate(
-    strategy: Strategy, own: Tensor, received: Tensor | list[Tensor], ctx: AggregationContext
+    strategy: Strategy,
+    own: Tensor,
+    received: Tensor | list[Tensor],
+    ctx: AggregationContext,
+    fallback: Tensor | None = None,
 ) -> tuple[Tensor, int]:
-    """Sanitize ``received``, run ``strategy``, and fall back to ``own`` if nothing usable is left
-    or the rule produced non-finite values. Returns ``(new_params, n_dropped)``."""
+    """Sanitize ``received``, run ``strategy``, and fall back to ``fallback`` (default ``own``) if
+    nothing usable is left or the rule produced non-finite values. Returns ``(new_params,
+    n_dropped)``. A peer with consolidated weights passes its trained copy as ``own`` and its
+    consolidated head as ``fallback``. Per-row context (``ctx.overlap``) follows the kept rows."""
+    keep = own if fallback is None else fallback
     s = sanitize(received, ctx.num_params)
     if s.received.shape[0] == 0:
-        return own.clone(), s.dropped
+        return keep.clone(), s.dropped
+    if s.kept is not None and ctx.overlap is not None:
+        ctx = replace(ctx, overlap=ctx.overlap[s.kept.to(ctx.overlap.device)])
     out = strategy(own, s.received.to(own.dtype), ctx)
     if out.shape != own.shape or not bool(torch.isfinite(out).all()):
-        return own.clone(), s.dropped
+        return keep.clone(), s.dropped
     return out, s.dropped
 
 
-def aggregate_batch(strategy: Strategy, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor | None:
+def aggregate_batch(
+    strategy: Strategy, own: Tensor, received: Tensor, ctx: AggregationContext, fallback: Tensor | None = None
+) -> Tensor | None:
     """The batched twin of :func:`aggregate` for ``g`` peers that each heard ``n`` finite vectors
     of the right shape (``own [g, P]``, ``received [g, n, P]``): runs
-    :meth:`Strategy.aggregate_batch` and keeps a peer's own vector where its result is not
-    finite. ``None`` when the rule has no batched form for these inputs (call :func:`aggregate`
-    per peer instead)."""
+    :meth:`Strategy.aggregate_batch` and keeps a peer's ``fallback`` row (default: its own
+    vector) where its result is not finite. ``None`` when the rule has no batched form for these
+    inputs (call :func:`aggregate` per peer instead)."""
     out = strategy.aggregate_batch(own, received.to(own.dtype), ctx)
     if out is None:
         return None
-    return torch.where(finite_rows(out)[:, None], out, own)
+    return torch.where(finite_rows(out)[:, None], out, own if fallback is None else fallback)

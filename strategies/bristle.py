@@ -1,4 +1,4 @@
-"""Bristle: distance-based prioritizer + performance-based integrator."""
+"""Bristle: distance-based prioritizer + performance-based integrator, by default as its authors run it."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from torch import Tensor
 from torch.nn.functional import one_hot
 
 from strategies._math import (
+    PER_CLASS_METRICS,
     check_f,
     dists_to,
     f64,
-    per_class_f1,
     require_bool,
     require_choice,
     require_float,
@@ -23,80 +23,115 @@ from strategies._math import (
 from strategies.base import AggregationContext, Strategy, flatten, unflatten
 from strategies.registry import register
 
+APRIL = "jverbraeken/trustchain-superapp@f1fb8fb5 (2021-04-12, the code of the authors' run logs)"
+MAY = "jverbraeken/trustchain-superapp@a505112b (2021-05-19, the last version)"
+
 
 @register("bristle")
 @dataclass
 class Bristle(Strategy):
     """Bristle (Verbraeken, de Vos, Pouwelse, "Bristle: Decentralized Federated Learning in
-    Byzantine, Non-i.i.d. Environments", arXiv 2110.11006).
+    Byzantine, Non-i.i.d. Environments", arXiv 2110.11006), by default as the authors ran it for
+    their logs: ``fedml/src/main/java/nl/tudelft/trustchain/fedml/ai/gar/Bristle.kt``, ``ai/Node.kt``,
+    ``ai/SimulatedRunner.kt`` and ``PSI_CA.kt`` of jverbraeken/trustchain-superapp at commit
+    f1fb8fb5 (2021-04-12; its runs are ``fedml/evaluations/emulator-55*/evaluations/
+    evaluation-simulated-2021-04-12_23.4*.csv``). Every place where the paper, the May code
+    (a505112b, 2021-05-19) or fedsim's earlier implementation differ is a parameter (table below).
+    The code was read, not copied. DL4J stores the output layer as ``[features, classes]``, so the
+    authors' "column" of a class is our row ``W[c, :]`` (``ctx.layer_shape = (C, d)``).
 
-    **1. Distance-based prioritizer** (:meth:`select`). Rank the received vectors by Euclidean
-    distance to ``own``; rank ``r`` (0 = nearest) of ``n`` falls in third ``⌊3r/n⌋`` (sizes differ
-    by at most one). Draw ``num_candidates`` (N) candidates without replacement: each draw picks a
-    non-empty third with probability ∝ ``(1−α)², 2α(1−α), α²`` (nearest, middle, farthest), then a
-    uniform member of it, using ``ctx.generator`` (deterministic given it). With
-    ``selection="nearest_random"``: the ``k`` nearest plus ``e`` uniformly drawn others. If
-    ``n <= N`` (resp. ``k + e``) all received vectors are candidates.
+    **1. Prioritizer** (:meth:`select`; all received vectors are candidates when at most
+    ``k + e`` resp. ``num_candidates`` arrived):
 
-    **2. Performance-based integrator** (:meth:`class_weights`, :meth:`integrate`). On the local validation set
-    compute the per-class F1 of ``own`` and of each candidate ``j`` (argmax of :func:`head_logits`
-    with the candidate's whole head, W and b). Familiar classes ``F`` = ``ctx.local_classes``, else
-    the classes present in ``ctx.val_y``. For ``c ∈ F``, with ``o = F1_own,c``,
-    ``d = diff_scale·|o − F1_j,c|``:
+    * ``selection="nearest_random"`` (April code, default ``k=20, e=5``): the ``k`` received
+      vectors nearest to ``own`` (Euclidean) plus ``e`` drawn uniformly from the others.
+    * ``"shuffle"`` (May code): ``num_candidates`` (10) drawn uniformly; the thirds below are
+      computed there but their use is commented out.
+    * ``"thirds"`` (paper): rank by distance; rank ``r`` of ``n`` falls in third ``⌊3r/n⌋``; each
+      of ``num_candidates`` draws picks a non-empty third with probability ∝ ``(1−α)², 2α(1−α),
+      α²`` (nearest, middle, farthest), then a uniform member of it. (The May code's split,
+      ``n/3`` / ``[n/3, 2n/3)`` / last ``n/3``, drops a model when 3 ∤ n; ours covers all ranks.)
 
-    ``s_jc = d^(better_exponent + o)`` if ``F1_j,c > o``, else ``−d^(worse_exponent + o)``, and the
-    bounded score ``max(score_floor, s_jc)``;
-    ``certainty_j = max(0, mean_{c∈F} F1_j,c − std_{c∈F} F1_j,c)`` (population std);
-    ``w_jc = max(0, weight_scale·sigmoid(bounded s_jc / score_temperature) − weight_offset)·certainty_j``.
+    Randomness comes from ``ctx.generator``. With ``classes="overlap"`` senders that share no
+    class with the peer are removed first: the authors' peers never send to them (``PSI_CA.kt``,
+    ``MIN_PSI_CA = 1``; ``SimulatedRunner.shareModel``).
 
-    Unfamiliar classes ``c ∉ F`` use one weight per candidate, the same transform applied to
-    ``S_j = Σ_{c∈F} s_jc`` of the *unbounded* scores (``unfamiliar_score="sum"``, the authors'
-    code: ``getWeightPerSelectedPeer``) or their mean (``"mean"``).
+    **2. Integrator** (:meth:`integrate`). ``F`` = the peer's familiar classes
+    (``ctx.local_classes``, else the classes in ``ctx.val_y``). On the local validation set the
+    per-class ``metric`` of ``own`` (``o_c``) and of each candidate ``j`` (``m_jc``) is computed
+    from argmax predictions over all ``C`` classes: ``"recall"`` (April) or ``"f1"`` (May, paper).
 
-    The transform is 0 only for scores ``<= score_temperature·ln(weight_offset / (weight_scale −
-    weight_offset))`` (≈ −40.5 with the defaults): a clearly worse candidate (e.g. F1 lower by
-    0.3 or more) gets weight 0, a slightly worse one keeps a small positive weight, an equal one
-    gets ``1·certainty``, and a candidate with ``certainty = 0`` (e.g. F1 0 on every familiar
-    class) gets 0 everywhere.
+    *Class selection* ``S_j ⊆ F``: the ``s_j`` classes of ``F`` on which ``j`` scores best (ties:
+    lower class first), all of ``F`` when ``s_j >= |F|``. ``classes="overlap"`` (April): ``s_j`` =
+    ``ctx.overlap[j]``, the private-set-intersection count ``|F_i ∩ F_j|`` the peers learnt when
+    they connected (``PSI_CA.kt``; a Byzantine sender may claim every class, and a sender whose
+    count is unknown is taken to hold all of ``F``, as ``countPerPeer.getOrDefault`` does);
+    ``"top"`` (May: ``getCountPerPeers`` returns 3 for everyone): ``s_j = top``; ``"all"``
+    (fedsim before): ``S_j = F``.
 
-    Each class column (row ``c`` of ``W`` and ``b_c``) is integrated separately:
-    ``new_c = (own_c + Σ_j w_jc · x_jc) / (1 + Σ_j w_jc)``; own always has weight 1.
+    For ``c ∈ S_j``, with ``d = diff_scale·|o_c − m_jc|``: ``s_jc = d^(better_exponent + o_c)``
+    if ``m_jc > o_c``, else ``−d^(worse_exponent + o_c)·(1 + p_jc)``, where the April code's
+    sequential-attack penalty ``p_jc = Σ_{j' before j} max(0, sequential_penalty·(o_c − m_j'c))``
+    runs over the candidates before ``j`` in sender order (``sequential_penalty=0``: May code,
+    paper). ``certainty_j = max(0, mean_{S_j} m_j − std_{S_j} m_j)`` (population std; 0 when
+    ``S_j`` is empty). Familiar class ``c``: ``w_jc = max(0, weight_scale·sigmoid(max(score_floor,
+    s_jc)/score_temperature) − weight_offset)·certainty_j`` for ``c ∈ S_j``, 0 for ``c ∈ F ∖ S_j``.
+    Foreign classes ``c ∉ F``: one weight per candidate, the same transform of the *unbounded*
+    ``Σ_{c∈S_j} s_jc`` (``unfamiliar_score="sum"``, the code) or their mean (``"mean"``).
+    The transform is 0 for scores ``<= score_temperature·ln(weight_offset/(weight_scale −
+    weight_offset))`` (≈ −40.5 with the defaults).
 
-    **3. Zero-mean step** (``zero_mean=True``): ``W ← W − mean_c W`` (per feature, over classes)
-    and ``b ← b − mean_c b``. This shifts every logit of a sample by the same amount, so
-    predictions and softmax outputs are unchanged; it only removes the common drift that mixing
-    familiar and unfamiliar columns with different weights introduces.
+    Each class row is integrated separately, own with weight 1:
+    ``new_c = (own_c + Σ_j w_jc·x_jc) / (1 + Σ_j w_jc)``.
 
-    Defaults: ``N=10, α=0.4`` and the constants 10, 3, 4, −100, 10, 4, 100 of the paper
-    (``diff_scale, better_exponent, worse_exponent, score_floor, weight_scale, weight_offset,
-    score_temperature``); ``k=8, e=2`` for ``selection="nearest_random"`` (our choice: the
-    authors' code used 20+5 and 50+5 for larger neighbourhoods).
+    **3. Mean removal** after every integration with at least one candidate
+    (``mean_removal``): ``"class"`` (``Node.kt``: ``cw.putColumn(i, col − col.meanNumber())``,
+    active in both versions): each class row loses its own mean over the features,
+    ``W[c, :] −= mean_f W[c, :]`` (the bias is left alone; the authors' head has none). It is not
+    logit-invariant: on features that are mostly positive it removes each class's common offset,
+    e.g. the uniform push-down that training on other classes gives a foreign class.
+    ``"feature"`` (fedsim before): ``W[:, f] −= mean_c W[:, f]``, ``b −= mean_c b``, which changes no
+    prediction. ``"none"``.
 
-    Where the paper and the authors' code (jverbraeken/trustchain-superapp,
-    ``fedml/.../gar/Bristle.kt``, DL4J, ``W`` stored as [features, classes] so a "column" is a
-    class) differ, and what we do:
+    **4. Consolidated weights** (``cwr=True``, ``Node.kt``: ``resetTW``/``updateCW``; read by the
+    engine through :attr:`consolidated`): each round a peer trains a copy of its head, copies
+    back only the rows of the classes it holds and sends that consolidated head; the rule gets the
+    trained copy as ``own`` (``newModel = oldModel − gradient`` in ``Bristle.kt``) and its result
+    becomes the consolidated head, so foreign rows change through integration only.
 
-    * Prioritizer: the paper samples thirds with the probabilities above; one code version
-      computes fixed counts ``round((1−α)²N), round(2α(1−α)N), round(α²N)`` (4/5/2 = 11 for the
-      defaults), then actually takes 10 uniformly shuffled models (the thirds code is commented
-      out); other versions use k nearest + e random ("nearest_random" here). Its split into thirds
-      (``n/3``, ``[n/3, 2n/3)``, last ``n/3``) drops a model when 3 ∤ n; ours covers all ranks.
-    * Scored classes: the code scores, for a sender whose class count it knows, only that
-      sender's best classes (``countPerPeer``, knowledge fedsim's peers do not have); we score all
-      familiar classes for every candidate.
-    * Candidate F1: the code swaps only ``W`` into the own network (the bias stays the own one);
-      we evaluate the candidate's full head.
-    * Zero-mean: the code has it commented out (it subtracted the scalar mean of the own model
-      from each integrated column); we implement the per-feature class-mean removal above.
-    * ``n`` here counts received vectors after sanitisation; the own vector is always included
-      (weight 1) and is never a candidate.
+    Variants (set the parameters to these values; fedsim's defaults are the April column):
+
+    ====================  ==============  ==============  ===========  ==========
+    parameter             April (logs)    May code        paper        fedsim before
+    ====================  ==============  ==============  ===========  ==========
+    selection             nearest_random  shuffle         thirds       thirds
+    k, e                  20, 5           –               –            8, 2
+    classes               overlap         top (top=3)     –            all
+    metric                recall          f1              f1           f1
+    sequential_penalty    2               0               0            0
+    mean_removal          class           class           –            feature
+    cwr                   true            true            –            false
+    training.bias         false           false           –            true
+    ====================  ==============  ==============  ===========  ==========
+
+    ``training.bias`` is a scenario option (it changes the model): the authors' output layer
+    has ``hasBias(false)`` and starts at 0. With a bias, candidates are scored with their full
+    head (the code swaps only ``W`` into the network). Remaining departures: ``n`` counts the
+    received vectors after sanitisation; the April code pads the distance ranking with up to 20
+    recently seen models, which can never be candidates and, with at most 20 fresh ones, change
+    nothing; its peers also copy the consolidated head into the trained one at every 10th
+    iteration, when they evaluate, which fedsim does not.
     """
 
+    selection: str = "nearest_random"
     num_candidates: int = 10
     alpha: float = 0.4
-    selection: str = "thirds"
-    k: int = 8
-    e: int = 2
+    k: int = 20
+    e: int = 5
+    classes: str = "overlap"
+    top: int = 3
+    metric: str = "recall"
+    sequential_penalty: float = 2.0
     diff_scale: float = 10.0
     better_exponent: float = 3.0
     worse_exponent: float = 4.0
@@ -105,19 +140,24 @@ class Bristle(Strategy):
     weight_offset: float = 4.0
     score_temperature: float = 100.0
     unfamiliar_score: str = "sum"
-    zero_mean: bool = True
+    mean_removal: str = "class"
+    cwr: bool = True
 
-    needs: ClassVar[frozenset[str]] = frozenset({"validation", "generator"})
+    needs: ClassVar[frozenset[str]] = frozenset({"validation", "generator", "overlap"})
     exchanges: ClassVar[str] = "output_layer"
 
     def __post_init__(self) -> None:
+        require_choice("selection", self.selection, ("nearest_random", "shuffle", "thirds"))
         require_int("num_candidates", self.num_candidates, 1)
         require_float("alpha", self.alpha, 0.0, 1.0)
-        require_choice("selection", self.selection, ("thirds", "nearest_random"))
         require_int("k", self.k, 0)
         require_int("e", self.e, 0)
         if self.k + self.e < 1:
             raise ValueError(f"k: k + e must be >= 1, got k={self.k}, e={self.e}")
+        require_choice("classes", self.classes, ("overlap", "top", "all"))
+        require_int("top", self.top, 1)
+        require_choice("metric", self.metric, tuple(PER_CLASS_METRICS))
+        require_float("sequential_penalty", self.sequential_penalty, 0.0)
         require_float("diff_scale", self.diff_scale, 0.0, lo_open=True)
         require_float("better_exponent", self.better_exponent, 0.0, lo_open=True)
         require_float("worse_exponent", self.worse_exponent, 0.0, lo_open=True)
@@ -126,28 +166,41 @@ class Bristle(Strategy):
         require_float("weight_offset", self.weight_offset)
         require_float("score_temperature", self.score_temperature, 0.0, lo_open=True)
         require_choice("unfamiliar_score", self.unfamiliar_score, ("sum", "mean"))
-        require_bool("zero_mean", self.zero_mean)
+        require_choice("mean_removal", self.mean_removal, ("class", "feature", "none"))
+        require_bool("cwr", self.cwr)
 
     def check(self, n: int, f: int) -> None:
         check_f(f)
 
+    @property
+    def consolidated(self) -> bool:
+        return self.cwr
+
     # ------------------------------------------------------------------ prioritizer
+
+    def limit(self) -> int:
+        """How many received vectors are all candidates (no sampling)."""
+        return self.k + self.e if self.selection == "nearest_random" else self.num_candidates
 
     def select(self, own: Tensor, received: Tensor, generator: torch.Generator | None) -> Tensor:
         """Indices (ascending) of the candidates among ``received``."""
         n = received.shape[0]
-        order = torch.sort(dists_to(received, own), stable=True).indices.cpu()
-        limit = self.num_candidates if self.selection == "thirds" else self.k + self.e
-        if n <= limit:
+        if n <= self.limit():
             return torch.arange(n)
         if generator is None:
             raise ValueError("bristle: needs ctx.generator to sample candidates")
         dev = generator.device
+        if self.selection == "shuffle":
+            return torch.sort(torch.randperm(n, generator=generator, device=dev).cpu()[: self.num_candidates]).values
+        order = torch.sort(dists_to(received, own), stable=True).indices.cpu()
         if self.selection == "nearest_random":
             rest = order[self.k :]
             pick = rest[torch.randperm(rest.numel(), generator=generator, device=dev).cpu()[: self.e]]
             return torch.sort(torch.cat([order[: self.k], pick])).values
-        a = self.alpha
+        return self._thirds(order, generator)
+
+    def _thirds(self, order: Tensor, generator: torch.Generator) -> Tensor:
+        n, dev, a = order.numel(), generator.device, self.alpha
         probs = [(1 - a) ** 2, 2 * a * (1 - a), a**2]
         pools: list[list[int]] = [[], [], []]
         for r, i in enumerate(order.tolist()):
@@ -169,44 +222,82 @@ class Bristle(Strategy):
         sig = torch.sigmoid(score / self.score_temperature)
         return (self.weight_scale * sig - self.weight_offset).clamp_min(0.0) * certainty
 
-    def _scores(self, f1_own: Tensor, f1_cand: Tensor, familiar: Tensor) -> tuple[Tensor, Tensor]:
-        """``(w [..., k, C], u [..., k])`` from ``f1_own [..., C]``, ``f1_cand [..., k, C]`` and the
-        familiar classes ``familiar [..., C]`` (bool): ``w`` is the bounded-score weight (meaningful
-        on familiar classes), ``u`` the unfamiliar-class weight; see the class docstring."""
-        f1_own, f1_cand = f64(f1_own), f64(f1_cand)
-        fam = f64(familiar)[..., None, :]  # [..., 1, C]
-        nf = fam.sum(dim=-1).clamp_min(1)  # [..., 1]
-        o = f1_own[..., None, :]
-        d = self.diff_scale * (f1_cand - o).abs()
-        raw = torch.where(f1_cand > o, d.pow(self.better_exponent + o), -d.pow(self.worse_exponent + o))
-        raw = torch.where(fam > 0, raw, torch.zeros_like(raw))  # (not raw · fam: an overflowed score is inf)
-        mean = (f1_cand * fam).sum(dim=-1) / nf  # [..., k]
-        std = (((f1_cand - mean[..., None]) ** 2) * fam).sum(dim=-1).div(nf).sqrt()  # population std
-        certainty = (mean - std).clamp_min(0.0)
-        w = self._weight(raw.clamp_min(self.score_floor), certainty[..., None])
-        total = raw.sum(dim=-1) if self.unfamiliar_score == "sum" else raw.sum(dim=-1) / nf
+    def counts(self, overlap: Tensor | None, shape: tuple[int, ...], num_classes: int, device) -> Tensor:
+        """``s_j`` for candidates of the given ``shape``: the claimed overlap (``classes="overlap"``;
+        all classes where it is unknown), ``top``, or all classes."""
+        if self.classes == "overlap" and overlap is not None:
+            return overlap.to(device=device, dtype=torch.long).reshape(shape)
+        s = self.top if self.classes == "top" else num_classes
+        return torch.full(shape, s, dtype=torch.long, device=device)
+
+    @staticmethod
+    def selected(metric_cand: Tensor, familiar: Tensor, counts: Tensor) -> Tensor:
+        """Bool ``[..., k, C]``: the ``counts [..., k]`` familiar classes (``familiar [..., C]``) on
+        which each candidate's metric ``[..., k, C]`` is highest, ties to the lower class."""
+        fam = familiar.to(torch.bool)[..., None, :].expand_as(metric_cand)
+        key = torch.where(fam, f64(metric_cand), torch.full_like(f64(metric_cand), -torch.inf))
+        order = torch.sort(key, dim=-1, descending=True, stable=True).indices
+        ranks = torch.arange(key.shape[-1], device=key.device).expand_as(order)
+        rank = torch.empty_like(order).scatter_(-1, order, ranks)
+        return fam & (rank < counts[..., None])
+
+    def _penalties(self, o: Tensor, m: Tensor, present: Tensor) -> Tensor:
+        """April code's sequential-attack penalty ``[..., k, C]``: for candidate ``j``, the sum over
+        the present candidates before it of ``max(0, sequential_penalty·(o_c − m_j'c))``."""
+        if self.sequential_penalty == 0:
+            return torch.zeros_like(m)
+        p = (self.sequential_penalty * (o - m)).clamp_min(0.0) * f64(present)[..., None]
+        out, running = torch.zeros_like(p), torch.zeros_like(p[..., 0, :])
+        for j in range(p.shape[-2]):  # in sender order, as the code's loop (sums of exact zeros where absent)
+            out[..., j, :] = running
+            running = running + p[..., j, :]
+        return out
+
+    def _scores(
+        self, m_own: Tensor, m_cand: Tensor, familiar: Tensor, counts: Tensor, present: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """``(w [..., k, C], u [..., k])`` from the metrics ``m_own [..., C]``, ``m_cand [..., k, C]``,
+        the familiar classes ``[..., C]`` and the selection sizes ``counts [..., k]``: ``w`` is the
+        weight on the selected classes (0 elsewhere), ``u`` the foreign-class weight."""
+        o, m = f64(m_own)[..., None, :], f64(m_cand)
+        sel = self.selected(m, familiar, counts)
+        d = self.diff_scale * (m - o).abs()
+        worse = -d.pow(self.worse_exponent + o) * (1 + self._penalties(o, m, present))
+        raw = torch.where(m > o, d.pow(self.better_exponent + o), worse)
+        raw = torch.where(sel, raw, torch.zeros_like(raw))  # (not raw · sel: an overflowed score is inf)
+        ns = sel.sum(dim=-1)
+        nsf, self_ = ns.clamp_min(1).to(m.dtype), f64(sel)
+        mean = (m * self_).sum(dim=-1) / nsf
+        std = (((m - mean[..., None]) ** 2) * self_).sum(dim=-1).div(nsf).sqrt()  # population std
+        certainty = torch.where(ns > 0, (mean - std).clamp_min(0.0), torch.zeros_like(mean))
+        w = torch.where(sel, self._weight(raw.clamp_min(self.score_floor), certainty[..., None]), torch.zeros_like(raw))
+        total = raw.sum(dim=-1) if self.unfamiliar_score == "sum" else raw.sum(dim=-1) / nsf
         return w, self._weight(total, certainty)
 
-    def class_weights(self, f1_own: Tensor, f1_cand: Tensor) -> tuple[Tensor, Tensor]:
-        """Weights from per-class F1 on the familiar classes.
+    def class_weights(self, m_own: Tensor, m_cand: Tensor, counts: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Weights when every class given is familiar: ``m_own [F]``, ``m_cand [k, F]`` (per-class
+        metric), ``counts [k]`` classes scored per candidate (default: all ``F``) →
+        ``(w [k, F], u [k])``, the per-class weights and the foreign-class weight."""
+        k, nf = m_cand.shape
+        s = torch.full((k,), nf, dtype=torch.long) if counts is None else counts.long()
+        fam = torch.ones(nf, dtype=torch.bool, device=m_own.device)
+        return self._scores(m_own, m_cand, fam, s.to(m_own.device), s.to(m_own.device) > 0)
 
-        Args:
-            f1_own: ``[F]`` own F1 per familiar class.
-            f1_cand: ``[k, F]`` candidates' F1 per familiar class.
-
-        Returns:
-            ``(w [k, F], u [k])``: per familiar class weights and the unfamiliar-class weight.
-        """
-        return self._scores(f1_own, f1_cand, torch.ones(f1_own.shape, dtype=torch.bool, device=f1_own.device))
-
-    def integration_weights(self, f1_own: Tensor, f1_cand: Tensor, familiar: Tensor) -> Tensor:
-        """Per-class weights ``[..., k, C]`` of ``k`` candidates: :meth:`class_weights` on the
-        familiar classes, the candidate's unfamiliar-class weight on the others, all 0 when the
-        peer has no familiar class."""
-        w, u = self._scores(f1_own, f1_cand, familiar)
+    def integration_weights(self, m_own: Tensor, m_cand: Tensor, familiar: Tensor, counts: Tensor) -> Tensor:
+        """Per-class weights ``[..., k, C]`` of ``k`` candidates: the selected-class weights on the
+        familiar classes, the candidate's foreign-class weight on the others, all 0 when the peer
+        has no familiar class."""
+        w, u = self._scores(m_own, m_cand, familiar, counts, counts > 0)
         fam = familiar.to(torch.bool)[..., None, :]
         out = torch.where(fam, w, u[..., None])
         return torch.where(fam.any(dim=-1, keepdim=True), out, torch.zeros_like(out))
+
+    def _remove_mean(self, w: Tensor, b: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        if self.mean_removal == "class":  # each class row over its features (Node.kt's class column)
+            return w - w.mean(dim=-1, keepdim=True), b
+        if self.mean_removal == "feature":  # each feature over the classes
+            return w - w.mean(dim=-2, keepdim=True), None if b is None else b - b.mean(dim=-1, keepdim=True)
+        return w, b
 
     def integrate(
         self,
@@ -218,15 +309,20 @@ class Bristle(Strategy):
         layer_shape: tuple[int, int],
         bias: bool,
         val_mask: Tensor | None = None,
+        counts: Tensor | None = None,
     ) -> Tensor:
-        """The integrator and zero-mean step for ``g`` peers at once: ``own [g, P]``, candidates
+        """The integrator and mean removal for ``g`` peers at once: ``own [g, P]``, candidates
         ``cand [g, k, P]``, validation sets ``val_x [g, m, d]``, ``val_y [g, m]`` (``val_mask
-        [g, m]`` marks real samples when they are zero-padded), ``familiar [g, C]`` → ``[g, P]``.
+        [g, m]`` marks real samples when they are zero-padded), ``familiar [g, C]``, classes scored
+        per candidate ``counts [g, k]`` (default: all; 0 = the candidate takes no part) → ``[g, P]``.
 
-        Every operation is per peer (a batched matmul, reductions over classes or samples, a loop
+        Every operation is per peer (a batched matmul, reductions over classes or samples, loops
         over the ``k`` candidates), so a peer's result does not depend on which others share the
         batch."""
-        k = cand.shape[1]
+        g, k = cand.shape[:2]
+        c = layer_shape[0]
+        if counts is None:
+            counts = torch.full((g, k), c, dtype=torch.long, device=cand.device)
         w_own, b_own = unflatten(f64(own), layer_shape, bias)  # [g, C, d], [g, C]
         w_c, b_c = unflatten(f64(cand), layer_shape, bias)  # [g, k, C, d], [g, k, C]: views of one copy
         xt = f64(val_x).transpose(1, 2)  # [g, d, m]
@@ -234,9 +330,9 @@ class Bristle(Strategy):
         logits = torch.stack(
             [torch.bmm(w, xt) if b is None else torch.baddbmm(b[:, :, None], w, xt) for w, b in heads], dim=1
         ).transpose(2, 3)  # [g, k+1, m, C]
-        f1 = per_class_f1(logits, val_y.long(), val_mask)  # [g, k+1, C]
-        weights = self.integration_weights(f1[:, 0], f1[:, 1:], familiar)  # [g, k, C]
-        num_w, num_b, denom = w_own.clone(), None if b_own is None else b_own.clone(), torch.ones_like(f1[:, 0])
+        met = PER_CLASS_METRICS[self.metric](logits, val_y.long(), val_mask)  # [g, k+1, C]
+        weights = self.integration_weights(met[:, 0], met[:, 1:], familiar, counts)  # [g, k, C]
+        num_w, num_b, denom = w_own.clone(), None if b_own is None else b_own.clone(), torch.ones_like(met[:, 0])
         for j in range(k):  # own always has weight 1
             num_w += weights[:, j, :, None] * w_c[:, j]
             if num_b is not None:
@@ -244,9 +340,11 @@ class Bristle(Strategy):
             denom += weights[:, j]
         w_new = num_w / denom[..., None]
         b_new = None if num_b is None else num_b / denom
-        if self.zero_mean:
-            w_new = w_new - w_new.mean(dim=-2, keepdim=True)
-            b_new = None if b_new is None else b_new - b_new.mean(dim=-1, keepdim=True)
+        w_rm, b_rm = self._remove_mean(w_new, b_new)
+        heard = (counts > 0).any(dim=1)  # the authors' peers integrate (and remove means) only when sent a model
+        w_new = torch.where(heard[:, None, None], w_rm, w_new)
+        if b_new is not None and b_rm is not None:
+            b_new = torch.where(heard[:, None], b_rm, b_new)
         return to_like(flatten(w_new, b_new), own)
 
     def familiar(self, ctx: AggregationContext) -> Tensor:
@@ -261,8 +359,13 @@ class Bristle(Strategy):
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
         if ctx.val_x is None or ctx.val_y is None:
             raise ValueError("bristle: needs the local validation set (ctx.val_x, ctx.val_y)")
-        idx = self.select(own, received, ctx.generator).to(received.device)
         dev = received.device
+        counts = self.counts(ctx.overlap, (received.shape[0],), ctx.layer_shape[0], dev)
+        if not bool((counts > 0).all()):  # senders sharing no class: the authors' peers never hear them
+            received, counts = received[counts > 0], counts[counts > 0]
+            if received.shape[0] == 0:
+                return own.clone()
+        idx = self.select(own, received, ctx.generator).to(dev)
         return self.integrate(
             own[None],
             received[idx][None],
@@ -271,14 +374,15 @@ class Bristle(Strategy):
             self.familiar(ctx).to(dev)[None],
             ctx.layer_shape,
             ctx.bias,
+            counts=counts[idx][None],
         )[0]
 
     def aggregate_batch(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor | None:
-        """``__call__`` for ``g`` peers at once when each heard at most ``num_candidates`` (resp.
-        ``k + e``) vectors, so all of them are candidates and no sampling is needed; ``None``
-        otherwise (the engine then calls ``__call__`` per peer with its generator)."""
-        limit = self.num_candidates if self.selection == "thirds" else self.k + self.e
-        if received.shape[1] > limit:
+        """``__call__`` for ``g`` peers at once when each heard at most :meth:`limit` vectors, so all
+        of them are candidates and no sampling is needed (senders sharing no class get weight 0,
+        which equals leaving them out); ``None`` otherwise (the engine then calls ``__call__`` per
+        peer with its generator)."""
+        if received.shape[1] > self.limit():
             return None
         if ctx.val_x is None or ctx.val_y is None:
             raise ValueError("bristle: needs the local validation set (ctx.val_x, ctx.val_y)")
@@ -286,4 +390,7 @@ class Bristle(Strategy):
         if fam is None:
             mask = torch.ones_like(ctx.val_y, dtype=torch.bool) if ctx.val_mask is None else ctx.val_mask
             fam = (one_hot(ctx.val_y.long(), ctx.layer_shape[0]) * mask[..., None]).sum(dim=-2) > 0
-        return self.integrate(own, received, ctx.val_x, ctx.val_y, fam, ctx.layer_shape, ctx.bias, ctx.val_mask)
+        counts = self.counts(ctx.overlap, tuple(received.shape[:2]), ctx.layer_shape[0], received.device)
+        return self.integrate(
+            own, received, ctx.val_x, ctx.val_y, fam, ctx.layer_shape, ctx.bias, ctx.val_mask, counts
+        )

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -57,34 +57,59 @@ def _batch_ctx(vals, local_classes=None) -> AggregationContext:
     )
 
 
-@pytest.mark.parametrize("params", [{}, {"zero_mean": False}, {"unfamiliar_score": "mean"}])
-@pytest.mark.parametrize("local_classes", [False, True])
-def test_bristle_batch_equals_per_peer_call_bit_for_bit(params, local_classes):
+BRISTLE_MODES = [
+    {},  # the authors' April code: overlap classes, recall, sequential penalty, class-row mean removal
+    {"classes": "top", "top": 1},
+    {"classes": "top", "top": 2, "metric": "f1", "sequential_penalty": 0.0},  # the May code
+    {"classes": "all"},
+    {"mean_removal": "feature"},
+    {"mean_removal": "none", "unfamiliar_score": "mean"},
+    {"selection": "thirds", "classes": "all", "metric": "f1", "sequential_penalty": 0.0, "mean_removal": "feature"},
+]
+
+
+def _overlaps(g: int, n: int, seed: int = 1) -> torch.Tensor:
+    """Claimed overlaps ``[g, n]`` in 0..C, with zeros (senders that share no class) and one peer
+    that shares no class with anybody."""
+    ov = torch.randint(C + 1, (g, n), generator=torch.Generator().manual_seed(seed))
+    ov[0] = 0
+    return ov
+
+
+@pytest.mark.parametrize("params", BRISTLE_MODES)
+@pytest.mark.parametrize(("local_classes", "overlap"), [(False, False), (True, False), (True, True)])
+def test_bristle_batch_equals_per_peer_call_bit_for_bit(params, local_classes, overlap):
     rule = build("bristle", params)
     own, received, vals = _peers(9, 5)
     fam = torch.stack([torch.bincount(y, minlength=C) > 0 for _, y in vals]) if local_classes else None
-    out = rule.aggregate_batch(own, received, _batch_ctx(vals, fam))
+    ov = _overlaps(9, 5) if overlap else None
+    out = rule.aggregate_batch(own, received, replace(_batch_ctx(vals, fam), overlap=ov))
     assert out is not None and out.shape == own.shape
     for i, (x, y) in enumerate(vals):
         ctx = AggregationContext(
-            layer_shape=(C, D), bias=True, val_x=x, val_y=y, local_classes=None if fam is None else fam[i]
+            layer_shape=(C, D), bias=True, val_x=x, val_y=y, local_classes=None if fam is None else fam[i],
+            overlap=None if ov is None else ov[i],
         )
         assert torch.equal(out[i], rule(own[i], received[i], ctx)), i
         # alone in its batch, unpadded: the same bits again
-        alone = rule.aggregate_batch(own[i : i + 1], received[i : i + 1], _batch_ctx([(x, y)]))
+        one = replace(_batch_ctx([(x, y)], None if fam is None else fam[i : i + 1]),
+                      overlap=None if ov is None else ov[i : i + 1])
+        alone = rule.aggregate_batch(own[i : i + 1], received[i : i + 1], one)
         assert torch.equal(alone[0], out[i])
-    # and the batch really integrates: every peer moved towards what it heard
-    assert not torch.equal(out, own)
+    # and the batch really integrates: every peer that shares a class moved towards what it heard
+    assert not torch.equal(out[1:], own[1:])
+    if overlap and rule.classes == "overlap":
+        assert torch.equal(out[0], own[0])  # it shares no class with anybody: nothing moves
 
 
 def test_bristle_batch_declines_where_candidates_must_be_sampled():
-    rule = build("bristle", {"num_candidates": 3})
     own, received, vals = _peers(2, 4)
-    assert rule.aggregate_batch(own, received, _batch_ctx(vals)) is None
-    assert build("bristle", {"selection": "nearest_random", "k": 2, "e": 1}).aggregate_batch(
-        own, received, _batch_ctx(vals)
-    ) is None
-    assert rule.aggregate_batch(own, received[:, :3], _batch_ctx(vals)) is not None
+    for params in [{"selection": "thirds", "num_candidates": 3}, {"selection": "shuffle", "num_candidates": 3},
+                   {"selection": "nearest_random", "k": 2, "e": 1}]:
+        rule = build("bristle", params)
+        assert rule.aggregate_batch(own, received, _batch_ctx(vals)) is None
+        assert rule.aggregate_batch(own, received[:, :3], _batch_ctx(vals)) is not None
+    assert build("bristle").aggregate_batch(own, received, _batch_ctx(vals)) is not None  # 20 + 5
 
 
 @pytest.mark.parametrize("include_own", [True, False])
@@ -159,7 +184,7 @@ def test_small_shards_train_on_weights_and_runs_stay_layout_independent(small_sc
     assert last["accuracy_mean"] > 0.3
 
 
-def _group(small_scenario, strategy: str, attack: str = "none"):
+def _group(small_scenario, strategy: str, attack: str = "none", **over):
     sc = parse(
         _small_shards(
             small_scenario,
@@ -167,6 +192,7 @@ def _group(small_scenario, strategy: str, attack: str = "none"):
                 "strategy.name": strategy,
                 "peers.byzantine_fraction": 0.0 if attack == "none" else 0.2,
                 "peers.attack.name": attack,
+                **over,
             },
         )
     )
@@ -184,17 +210,29 @@ def _rounds(groups, rounds: int = 3) -> tuple[np.ndarray, list[dict]]:
     return np.concatenate([g.params() for g in groups]), stats
 
 
-@pytest.mark.parametrize(("strategy", "attack"), [("bristle", "none"), ("bristle", "nan"), ("fedavg", "alie")])
-def test_peer_group_batched_aggregation_equals_per_peer_loop(small_scenario, monkeypatch, strategy, attack):
+WINDOWS = {"partition.kind": "windows", "partition.window": 2}  # many senders share no class
+
+
+@pytest.mark.parametrize(
+    ("strategy", "attack", "over"),
+    [
+        ("bristle", "none", {}),
+        ("bristle", "nan", {}),
+        ("bristle", "label_shift", {**WINDOWS, "partition.byzantine_classes": "all"}),  # overlap 0 and CWR
+        ("bristle", "none", {**WINDOWS, "strategy.params": {"cwr": False, "classes": "top", "top": 1}}),
+        ("fedavg", "alie", {}),
+    ],
+)
+def test_peer_group_batched_aggregation_equals_per_peer_loop(small_scenario, monkeypatch, strategy, attack, over):
     calls = []
     per_peer = strategies.aggregate
-    monkeypatch.setattr(strategies, "aggregate", lambda *a: calls.append(1) or per_peer(*a))
-    batched, stats_b = _rounds(_group(small_scenario, strategy, attack))
+    monkeypatch.setattr(strategies, "aggregate", lambda *a, **k: calls.append(1) or per_peer(*a, **k))
+    batched, stats_b = _rounds(_group(small_scenario, strategy, attack, **over))
     assert len(calls) < 0.1 * 150 * 3  # (push gossip, fanout 5: a peer hears ~5 <= 10 candidates)
     monkeypatch.setattr(strategies, "aggregate", per_peer)
     rule = type(build(strategy))
     monkeypatch.setattr(rule, "aggregate_batch", Strategy.aggregate_batch)  # the per-peer loop only
-    looped, stats_l = _rounds(_group(small_scenario, strategy, attack))
+    looped, stats_l = _rounds(_group(small_scenario, strategy, attack, **over))
     np.testing.assert_array_equal(batched, looped)
     assert stats_b == stats_l
     if attack == "nan":
