@@ -11,6 +11,8 @@ return finite values, so that the fallback never hides a numerical bug.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from hypothesis import event, given, settings
@@ -141,3 +143,84 @@ def test_rules_stay_finite_near_the_float32_limit(name: str) -> None:
             continue
         out = RULES[name](own, received, context(f))
         assert bool(torch.isfinite(out).all())
+
+
+# --------------------------------------------------------------------------- honest agreement
+# Every rule, fed n identical vectors v from honest senders (f = 0, the rule's defaults), must
+# return something strictly closer to v than its own vector is: a rule that ignores what it
+# receives (e.g. a FedAvg that returns ``own``) fails here. The settings below state the
+# conditions under which each rule is documented to accept v; a newly registered rule gets the
+# generic setting (any v) and must pass it or add its own documented setting here.
+NEAR, FAR = 0.05, 3.0  # ||v − own|| / ||own||
+
+
+def _honest_vector(own: torch.Tensor, scale: float, seed: int) -> torch.Tensor:
+    d = torch.randn(P, generator=torch.Generator().manual_seed(seed))
+    return own + scale * float(own.norm()) * d / d.norm()
+
+
+def _bristle_setting(own: torch.Tensor, scale: float, seed: int) -> tuple[torch.Tensor, AggregationContext]:
+    """Bristle integrates a candidate's class row only where it scores at least as well as own on
+    the peer's validation set, then removes each class row's mean: v here classifies the
+    validation set perfectly (class c's samples sit on feature c) and has zero-mean rows."""
+    w = torch.eye(C, D) - torch.eye(C, D).mean(dim=1, keepdim=True)
+    v = torch.cat([w.flatten(), torch.zeros(C)])
+    val_y = torch.tensor([0, 1] * 6)
+    val_x = 2 * torch.eye(C, D)[val_y] + 0.01 * torch.randn(12, D, generator=torch.Generator().manual_seed(seed))
+    return v, replace(context(0), val_x=val_x, val_y=val_y)
+
+
+def _fltrust_setting(own: torch.Tensor, scale: float, seed: int) -> tuple[torch.Tensor, AggregationContext]:
+    """FLTrust trusts an update as far as it agrees with the root update (own trained on the
+    server's trusted data): here the root update points at the honest vectors."""
+    v = _honest_vector(own, scale, seed)
+    return v, replace(context(0), root_update=v.clone())
+
+
+def _balance_setting(own: torch.Tensor, scale: float, seed: int) -> tuple[torch.Tensor, AggregationContext]:
+    """BALANCE accepts only vectors within γ·exp(−κ t/T)·||own|| of own (0.22·||own|| in round 3
+    of 10 with the defaults); farther ones are rejected by design (see the test below)."""
+    return _honest_vector(own, NEAR, seed), context(0)
+
+
+def _generic_setting(own: torch.Tensor, scale: float, seed: int) -> tuple[torch.Tensor, AggregationContext]:
+    return _honest_vector(own, scale, seed), context(0)
+
+
+AGREEMENT_SETTINGS = {"bristle": _bristle_setting, "fltrust": _fltrust_setting, "balance": _balance_setting}
+KEEPS_OWN = {"local"}  # documented: no aggregation
+
+
+@pytest.mark.parametrize("name", sorted(set(REGISTRY) - KEEPS_OWN))
+@settings(max_examples=25, deadline=None, database=None)
+@given(
+    own_kind=st.sampled_from(["ordinary", "small"]),
+    own_seed=seeds,
+    v_seed=seeds,
+    scale=st.sampled_from([NEAR, FAR]),
+    n=st.integers(1, 12),
+)
+def test_identical_honest_vectors_pull_every_rule_toward_them(name, own_kind, own_seed, v_seed, scale, n) -> None:
+    rule = RULES[name]
+    if _largest_valid_f(rule, n, 0) != 0:
+        event("skipped: check(n, 0) rejects n")
+        return
+    own = _values(own_kind, own_seed)
+    v, ctx = AGREEMENT_SETTINGS.get(name, _generic_setting)(own, scale, v_seed)
+    received = v.repeat(n, 1)
+    before = float((own - v).norm())
+    for out in (rule(own, received, ctx), aggregate(rule, own, received, ctx)[0]):
+        after = float((out - v).norm())
+        assert after < before * (1 - 1e-4), f"{name}: ||out − v|| = {after:.6g}, ||own − v|| = {before:.6g} (n={n})"
+
+
+def test_rules_documented_to_keep_own_do() -> None:
+    """The exceptions above, pinned: ``local`` always keeps own; BALANCE keeps own when every
+    received vector lies beyond its acceptance radius; FLTrust keeps own when the updates point
+    against the root update."""
+    own = _values("ordinary", 7)
+    v = _honest_vector(own, FAR, 8)
+    assert torch.equal(RULES["local"](own, v.repeat(4, 1), context(0)), own)
+    assert torch.equal(RULES["balance"](own, v.repeat(4, 1), context(0)), own)
+    against = replace(context(0), root_update=own - (v - own))
+    assert torch.equal(RULES["fltrust"](own, v.repeat(4, 1), against), own)
