@@ -78,22 +78,35 @@ def run(
       fedsim run scenarios/quickstart.yaml --address auto   # on a running Ray cluster
     """
     from fedsim import scenario as sc_mod
-    from fedsim.runner import Run, RunDirExistsError
+    from fedsim.errors import FedsimError
+    from fedsim.runner import Run
 
     overrides = sc_mod.parse_sets(sets)
     if address:
         overrides["engine.address"] = address
+    if resume_dir is not None:
+        # a resume continues the recorded scenario: only where it runs may change (not what it computes)
+        changed = [k for k in overrides if not k.startswith("engine.")]
+        if changed:
+            raise click.ClickException(
+                f"--set {changed[0]} cannot change a run being resumed (only engine.* and --address can); "
+                "start a new run with another name instead"
+            )
+        extra = [o for o, v in (("SCENARIO", scenario), ("--overwrite", overwrite), ("--out", out_dir)) if v]
+        if extra:
+            raise click.ClickException(f"--resume takes the scenario and folder from RUN_DIR; drop {extra[0]}")
     try:
         if resume_dir is not None:
             sc = sc_mod.load(resume_dir / "scenario.yaml", overrides)
             r = Run(sc, resume_dir)
+            r.open_for_resume()  # checks (and locks) before any work: a mismatch is one line, nothing runs
         elif scenario is None:
             raise click.UsageError("give a SCENARIO file or --resume RUN_DIR")
         else:
             sc = sc_mod.load(scenario, overrides)
             r = Run(sc, out_dir)
             r.create_dir(overwrite=overwrite)
-    except (ScenarioError, RunDirExistsError, OSError) as e:
+    except (FedsimError, OSError) as e:
         raise click.ClickException(str(e)) from None
     console = _console()
     t0 = time.time()

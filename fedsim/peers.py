@@ -228,7 +228,14 @@ class PeerGroup:
         c, d = self.layer_shape
         return c * d + (c if self.bias else 0)
 
+    # get_state's per-peer tensors (first dimension: the hosted peers, in id order); the other
+    # entries ("t", "previous_forged") are the same in every group. A checkpoint concatenates the
+    # per-peer ones over groups, so it resumes under any engine.num_actors.
+    PER_PEER_STATE = ("w", "b", "m_w", "m_b", "v_w", "v_b")
+
     def get_state(self) -> dict[str, Any]:
+        """The hosted peers' heads and optimizer buffers, and the last forged rows: everything a
+        resumed group needs (tensors, an int and ``None`` only: a checkpoint stores it without pickle)."""
         st = {
             "w": self.w.clone(),
             "b": self.b.clone(),
@@ -242,6 +249,7 @@ class PeerGroup:
         return st
 
     def set_state(self, st: dict[str, Any]) -> None:
+        """Restore :meth:`get_state`'s output (shapes checked by the caller)."""
         self.w.copy_(st["w"])
         self.b.copy_(st["b"])
         self.opt.m_w.copy_(st["m_w"])
@@ -509,10 +517,14 @@ class Server:
         return self.global_params
 
     def get_state(self) -> dict[str, Any]:
-        return {"global": self.global_params.copy(), "previous_forged": self.previous_forged}
+        """The global model (a tensor, so a checkpoint stores it without pickle) and the last forged rows."""
+        return {"global": torch.from_numpy(self.global_params.copy()), "previous_forged": self.previous_forged}
 
     def set_state(self, st: dict[str, Any]) -> None:
-        self.global_params, self.previous_forged = st["global"].copy(), st["previous_forged"]
+        """Restore :meth:`get_state`'s output (a tensor or an array for ``global``)."""
+        g = st["global"]
+        g = g.numpy() if isinstance(g, torch.Tensor) else np.asarray(g)
+        self.global_params, self.previous_forged = g.astype(np.float32, copy=True), st["previous_forged"]
 
     def _root_update(self, round_: int, g: Tensor) -> Tensor | None:
         if "root_update" not in self.rule.needs or self.root is None:

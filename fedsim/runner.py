@@ -6,16 +6,16 @@ aggregates → metrics. Federated mode is the same loop with a star topology and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -23,12 +23,20 @@ import yaml
 
 import strategies
 from fedsim import rng as crng
+from fedsim import rundir
 from fedsim.backend import make_backend
-from fedsim.errors import RunDirExistsError, RunInterruptedError  # noqa: F401  (re-exported)
+from fedsim.errors import (  # noqa: F401  (RunDirExistsError, RunInterruptedError re-exported)
+    CorruptFileError,
+    FedsimError,
+    ResumeMismatchError,
+    RunDirExistsError,
+    RunInterruptedError,
+)
 from fedsim.features import Features, load_features
 from fedsim.models.backbones import BACKBONES
 from fedsim.partition import make_partition
 from fedsim.peers import GroupSetup, PeerGroup, Server, held_classes
+from fedsim.rundir import RunCompleteError, RunLockedError, RunWriteError  # noqa: F401  (re-exported)
 from fedsim.scenario import Scenario, default_f
 from fedsim.topology import Topology
 
@@ -181,17 +189,63 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+class _Resume(NamedTuple):
+    """What a verified resume starts from: the first round to run, the checkpoint's metadata and
+    tensors (None: no checkpoint yet, start over) and the metrics lines it covers."""
+
+    start: int
+    meta: dict[str, Any] | None
+    state: dict[str, Any] | None
+    metrics_prefix: bytes
+
+
+def _merge_group_states(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every group's state as one: per-peer tensors concatenated in peer order, the shared
+    entries (the same in every group) once. Independent of how peers are split over groups."""
+    per_peer = set(PeerGroup.PER_PEER_STATE)
+    merged = {k: v for k, v in states[0].items() if k not in per_peer}
+    merged |= {k: torch.cat([s[k] for s in states]) for k in PeerGroup.PER_PEER_STATE if k in states[0]}
+    return merged
+
+
+def _split_group_state(merged: dict[str, Any], sizes: list[int]) -> list[dict[str, Any]]:
+    """:func:`_merge_group_states` undone for groups hosting ``sizes`` peers each (in order)."""
+    out, first = [], 0
+    for n in sizes:
+        st = {}
+        for k, v in merged.items():
+            if k in PeerGroup.PER_PEER_STATE:
+                st[k] = v[first : first + n]
+            else:
+                st[k] = v.clone() if isinstance(v, torch.Tensor) else v
+        out.append(st)
+        first += n
+    return out
+
+
+def _check_state(path: Path, what: str, loaded: Any, fresh: dict[str, Any]) -> None:
+    """A checkpoint's ``what`` state has the keys, types and shapes this scenario's fresh one has
+    (``previous_forged``: a tensor or None, its rows vary); else CorruptFileError naming ``path``."""
+    if not isinstance(loaded, dict) or loaded.keys() != fresh.keys():
+        has = sorted(map(str, loaded)) if isinstance(loaded, dict) else type(loaded).__name__
+        raise CorruptFileError(f"{path}: the {what} state has entries {has}, expected {sorted(fresh)}")
+    for k, want in fresh.items():
+        got = loaded[k]
+        if k == "previous_forged":
+            ok = got is None or (isinstance(got, torch.Tensor) and got.dtype == torch.float32)
+        elif isinstance(want, torch.Tensor):
+            ok = isinstance(got, torch.Tensor) and got.shape == want.shape and got.dtype == want.dtype
+        else:
+            ok = type(got) is type(want)
+        if not ok:
+            desc = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            raise CorruptFileError(f"{path}: the {what} state's {k!r} is {desc}, this scenario needs "
+                                   f"{tuple(want.shape) if isinstance(want, torch.Tensor) else type(want).__name__}")
 
 
 class Run:
-    """One scenario run writing to ``<output.dir>/<name>/``."""
+    """One scenario run writing to ``<output.dir>/<name>/`` (what it may delete and its lock:
+    :mod:`fedsim.rundir`)."""
 
     def __init__(self, sc: Scenario, run_dir: Path | None = None, absent: list[int] | None = None,
                  run_probes: bool = True) -> None:
@@ -199,27 +253,141 @@ class Run:
         self.dir = Path(run_dir) if run_dir else Path(sc.output.dir) / sc.name
         self.absent = absent
         self.run_probes = run_probes
+        self._lock = rundir.DirLock(self.dir)
+        self._resume: _Resume | None = None
+        self._resumed_after: int | None = None
 
     # ------------------------------------------------------------------ output dir
     def create_dir(self, overwrite: bool = False) -> None:
-        if self.dir.exists() and any(self.dir.iterdir()):
-            if not overwrite:
-                raise RunDirExistsError(
-                    f"{self.dir} exists; pass --overwrite, choose another name, or --resume {self.dir}"
+        """Make the run directory (scenario.yaml, versions.json) and hold its lock until
+        :meth:`execute` ends.
+
+        An existing directory is reused only if fedsim made it: cleared with ``overwrite``, or
+        without it when no run wrote a result there (one that failed at start). A directory fedsim
+        did not make, the working directory, ``output.dir`` and their parents are refused
+        (:func:`fedsim.rundir.refuse_unsafe`); so are directories another run holds."""
+        rundir.refuse_unsafe(self.dir, Path(self.sc.output.dir))
+        rundir.refuse_foreign(self.dir)
+        was_run = rundir.is_run_dir(self.dir)
+        self._mkdir()
+        self._lock.acquire()
+        try:
+            self._probe_write()
+            if was_run:
+                if rundir.has_results(self.dir) and not overwrite:
+                    raise RunDirExistsError(
+                        f"{self.dir} holds a run's results; pass --overwrite, choose another name, "
+                        f"or --resume {self.dir}"
+                    )
+                with rundir.writing(self.dir):
+                    rundir.clear(self.dir)
+            self._check_free_space()
+            with rundir.writing(self.dir):
+                (self.dir / rundir.MARKER).write_text("a fedsim run directory: fedsim may clear it on --overwrite\n")
+                (self.dir / "scenario.yaml").write_text(
+                    yaml.safe_dump(self.sc.model_dump(mode="json"), sort_keys=False)
                 )
-            shutil.rmtree(self.dir)
+                (self.dir / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n")
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _mkdir(self) -> None:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            probe = self.dir / ".write-test"
+        except OSError as e:
+            raise rundir.RunWriteError(f"cannot write to output directory {self.dir}: {e.strerror or e}") from None
+
+    def _probe_write(self) -> None:
+        try:
+            probe = self.dir / rundir.WRITE_PROBE
             probe.write_bytes(b"x" * 1024)
             probe.unlink()
         except OSError as e:
-            raise OSError(f"cannot write to output directory {self.dir}: {e.strerror or e}") from None
+            raise rundir.RunWriteError(f"cannot write to output directory {self.dir}: {e.strerror or e}") from None
+
+    def _check_free_space(self) -> None:
         free = shutil.disk_usage(self.dir).free
         if free < 50 * 2**20:
-            raise OSError(f"only {free / 2**20:.0f} MiB free at {self.dir}; need at least 50 MiB")
-        (self.dir / "scenario.yaml").write_text(yaml.safe_dump(self.sc.model_dump(mode="json"), sort_keys=False))
-        (self.dir / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n")
+            raise rundir.RunWriteError(f"only {free / 2**20:.0f} MiB free at {self.dir}; need at least 50 MiB")
+
+    # ------------------------------------------------------------------ resume: check, then hold
+    def open_for_resume(self) -> int:
+        """Check that this run directory can be resumed as ``self.sc`` and hold its lock until
+        :meth:`execute` ends; returns the first round that will run.
+
+        Refused with one line (:class:`~fedsim.errors.FedsimError`): not a run directory, a complete
+        run, a run in use, a ``scenario.yaml`` or checkpoint of another scenario (fingerprint,
+        :func:`fedsim.rundir.scenario_fingerprint`), a ``metrics.jsonl`` that is not the prefix the
+        checkpoint recorded, a corrupt or unsafe checkpoint. Stale temp files are removed."""
+        if not rundir.is_run_dir(self.dir):
+            raise ResumeMismatchError(f"{self.dir} is not a fedsim run directory (no scenario.yaml); nothing to resume")
+        self._lock.acquire()
+        try:
+            if (self.dir / rundir.SUMMARY).exists():
+                raise rundir.RunCompleteError(
+                    f"{self.dir} is complete ({rundir.SUMMARY} exists); nothing to resume. "
+                    "Start a new run with another name, or --overwrite this one"
+                )
+            rundir.clean_temp_files(self.dir)
+            self._resume = self._verify_resume()
+        except BaseException:
+            self._lock.release()
+            raise
+        return self._resume.start
+
+    def _fingerprint(self) -> dict[str, Any]:
+        return rundir.scenario_fingerprint(self.sc.model_dump(mode="json"))
+
+    def _verify_resume(self) -> _Resume:
+        fp = self._fingerprint()
+        self._check_scenario_file(fp)
+        ckpt = self.dir / rundir.CHECKPOINT
+        if not ckpt.exists():  # nothing saved yet: start over
+            return _Resume(0, None, None, b"")
+        meta, state = rundir.read_checkpoint(ckpt)
+        self._check_checkpoint_meta(ckpt, meta, fp)
+        return _Resume(meta["round"] + 1, meta, state, self._metrics_prefix(meta))
+
+    def _check_scenario_file(self, fp: dict[str, Any]) -> None:
+        """The run directory's scenario.yaml is the scenario being resumed (up to the ignored keys)."""
+        from fedsim.scenario import load
+
+        path = self.dir / "scenario.yaml"
+        recorded = rundir.scenario_fingerprint(load(path).model_dump(mode="json"))
+        if recorded != fp:
+            raise ResumeMismatchError(
+                f"{path} differs from the scenario being resumed: {rundir.first_difference(recorded, fp)}; "
+                "a resume continues the recorded scenario (only engine.* may change); start a new run instead"
+            )
+
+    def _check_checkpoint_meta(self, ckpt: Path, meta: dict[str, Any], fp: dict[str, Any]) -> None:
+        if meta["scenario_sha256"] != rundir.fingerprint_sha256(fp) or meta["scenario"] != fp:
+            raise ResumeMismatchError(
+                f"{ckpt} was saved for another scenario: {rundir.first_difference(meta['scenario'], fp)}; "
+                f"scenario.yaml was edited since; restore it or start a new run"
+            )
+        r, n = meta["round"], meta["metrics_lines"]
+        if not (isinstance(r, int) and isinstance(n, int) and 0 <= r < self.sc.rounds and n == r + 1):
+            raise CorruptFileError(f"{ckpt}: round {r!r} with {n!r} metrics lines does not fit {self.sc.rounds} rounds")
+
+    def _metrics_prefix(self, meta: dict[str, Any]) -> bytes:
+        """The metrics lines the checkpoint covers, checked against its line count and sha256."""
+        path = self.dir / rundir.METRICS
+        lines = path.read_bytes().splitlines(keepends=True) if path.exists() else []
+        n, r = meta["metrics_lines"], meta["round"]
+        if len(lines) < n:
+            raise ResumeMismatchError(
+                f"{path} has {len(lines)} lines but the checkpoint was saved after {n} (round {r}): it was "
+                "truncated or replaced; restore it or start a new run"
+            )
+        prefix = b"".join(lines[:n])
+        if hashlib.sha256(prefix).hexdigest() != meta["metrics_sha256"]:
+            raise ResumeMismatchError(
+                f"the first {n} lines of {path} differ from those the checkpoint recorded (edited or corrupt); "
+                "restore it or start a new run"
+            )
+        return prefix
 
     # ------------------------------------------------------------------ main loop
     def execute(
@@ -230,7 +398,25 @@ class Run:
         stop_after: int | None = None,
     ) -> dict[str, Any]:
         """Run (or resume) all rounds; returns the summary. ``stop_after`` ends early after that
-        round (tests use it to simulate a kill)."""
+        round (tests use it to simulate a kill). Holds the run directory's lock throughout."""
+        if resume and self._resume is None:
+            self.open_for_resume()
+        elif not resume:
+            self._lock_new_run()
+        try:
+            return self._execute(progress, log, resume, stop_after)
+        finally:
+            self._resume = None
+            self._lock.release()
+
+    def _lock_new_run(self) -> None:
+        if self._lock.held:
+            return
+        if not rundir.is_run_dir(self.dir):
+            raise RunDirExistsError(f"{self.dir} is not a run directory yet; Run.create_dir makes it")
+        self._lock.acquire()
+
+    def _execute(self, progress, log, resume: bool, stop_after: int | None) -> dict[str, Any]:
         sc = self.sc
         prep = prepare(sc, log, self.absent)
         backend = make_backend(sc.engine.backend, sc.engine.address, local_ray_cpus(sc))
@@ -259,11 +445,65 @@ class Run:
             backend.shutdown()
 
     def _resume_hint(self) -> str:
-        ckpt = self.dir / "checkpoint.pt"
+        ckpt = self.dir / rundir.CHECKPOINT
         if ckpt.exists():
-            r = torch.load(ckpt, weights_only=False)["round"]
+            try:
+                r = rundir.read_checkpoint_meta(ckpt)["round"]
+            except FedsimError as e:
+                return f"Its checkpoint cannot be used ({e})"
             return f"Continue from its checkpoint (after round {r}) with: fedsim run --resume {self.dir}"
         return f"No checkpoint was written yet (set checkpoint.every); fedsim run --resume {self.dir} restarts it"
+
+    def _apply_resume(self, prep: Prepared, backend, groups, server) -> int:
+        """Load the verified checkpoint into the fresh actors, cut metrics.jsonl back to the lines
+        it covers and timings.jsonl to the rounds before; returns the first round to run."""
+        res = self._resume
+        assert res is not None, "open_for_resume first"
+        if res.state is not None:
+            self._restore_state(res.state, backend, groups, server, [len(s.train_idx) for s in prep.setups])
+            self._resumed_after = res.start - 1
+        metrics = self.dir / rundir.METRICS
+        rundir.atomic_write(metrics, res.metrics_prefix)
+        self._metrics_hash = hashlib.sha256(res.metrics_prefix)
+        self._metrics_lines = len(res.metrics_prefix.splitlines())
+        self._trim_timings(res.start)
+        return res.start
+
+    def _restore_state(self, state: dict[str, Any], backend, groups, server, sizes: list[int]) -> None:
+        ckpt = self.dir / rundir.CHECKPOINT
+        fresh = _merge_group_states(backend.get([g.get_state.remote() for g in groups]))
+        if not isinstance(state, dict) or state.keys() != {"groups", "server"}:
+            raise CorruptFileError(f"{ckpt}: expected the groups' and the server's state")
+        _check_state(ckpt, "peers'", state["groups"], fresh)
+        parts = _split_group_state(state["groups"], sizes)
+        backend.get([g.set_state.remote(st) for g, st in zip(groups, parts, strict=True)])
+        if server is not None:
+            _check_state(ckpt, "server's", state["server"], backend.get(server.get_state.remote()))
+            backend.get(server.set_state.remote(state["server"]))
+        elif state["server"] is not None:
+            raise CorruptFileError(f"{ckpt}: holds a server's state, but this run has no server")
+
+    def _trim_timings(self, start: int) -> None:
+        """Keep timings.jsonl's rounds before ``start``; a torn last line (a kill mid-write) is dropped."""
+        tp = self.dir / "timings.jsonl"
+        if not tp.exists():
+            return
+        lines = [x for x in tp.read_bytes().splitlines() if x.strip()]
+        kept = []
+        for i, x in enumerate(lines):
+            try:
+                rnd = json.loads(x)["round"]
+                if not isinstance(rnd, int):
+                    raise TypeError
+            except (ValueError, KeyError, TypeError):
+                if i == len(lines) - 1:
+                    break
+                raise CorruptFileError(
+                    f"{tp}: line {i + 1} is not a timing record; it holds only timings: delete it to resume"
+                ) from None
+            if rnd < start:
+                kept.append(x + b"\n")
+        rundir.atomic_write(tp, b"".join(kept))
 
     def _loop(self, prep: Prepared, backend, progress, resume: bool, stop_after: int | None) -> dict[str, Any]:
         sc = self.sc
@@ -280,27 +520,14 @@ class Run:
         )
         self.server = server
         backend.get([g.ping.remote() for g in groups])
-        start, metrics_path = 0, self.dir / "metrics.jsonl"
-        ckpt = self.dir / "checkpoint.pt"
-        if resume and ckpt.exists():
-            state = torch.load(ckpt, weights_only=False)
-            backend.get([g.set_state.remote(st) for g, st in zip(groups, state["groups"], strict=True)])
-            if server is not None:
-                backend.get(server.set_state.remote(state["server"]))
-            start = state["round"] + 1
-            lines = metrics_path.read_bytes().splitlines(keepends=True)[: state["metrics_lines"]]
-            _atomic_write(metrics_path, b"".join(lines))
-        elif resume:  # nothing saved yet: start over
-            metrics_path.write_bytes(b"")
-        if resume:
-            tp = self.dir / "timings.jsonl"
-            if tp.exists():
-                kept = [x for x in tp.read_text().splitlines() if x.strip() and json.loads(x)["round"] < start]
-                tp.write_text("".join(k + "\n" for k in kept))
+        metrics_path = self.dir / rundir.METRICS
+        self._metrics_hash, self._metrics_lines = hashlib.sha256(), 0
+        start = self._apply_resume(prep, backend, groups, server) if resume else 0
         honest_ids = np.flatnonzero(~prep.byzantine)
         out_degree = self._out_degree(prep)
-        history: list[dict[str, Any]] = []
-        with open(metrics_path, "ab") as mf:
+        with rundir.writing(metrics_path):
+            mf = open(metrics_path, "ab")  # noqa: SIM115 - closed by the with below
+        with mf:
             for r in range(start, sc.rounds):
                 t0 = time.perf_counter()
                 g_ref = server.get_global.remote() if server is not None else None
@@ -323,24 +550,21 @@ class Run:
                 }
                 if (r + 1) % sc.evaluation.every == 0 or r == sc.rounds - 1:
                     rec |= self._evaluate(prep, backend, groups, server, honest_ids, r)
-                mf.write((json.dumps(rec, sort_keys=True) + "\n").encode())
-                with open(
-                    self.dir / "timings.jsonl", "a"
-                ) as tf:  # kept apart: metrics.jsonl is reproducible to the byte
-                    tf.write(json.dumps({"round": r, "seconds": round(t_round, 4)}) + "\n")
-                mf.flush()
-                history.append(rec)
+                self._write_metrics(mf, rec)
+                self._write_timing(r, t_round)  # kept apart: metrics.jsonl is reproducible to the byte
                 if progress:
                     progress(r, rec)
                 if sc.checkpoint.every and (r + 1) % sc.checkpoint.every == 0:
-                    mf.flush()
+                    self._sync(mf)
                     self._checkpoint(backend, groups, server, r)
                 if stop_after is not None and r >= stop_after:
                     return {"stopped_after": r}
                 if self._stop_requested:  # Ctrl-C: finish the round, save, stop
+                    self._sync(mf)
                     self._checkpoint(backend, groups, server, r)
                     raise RunInterruptedError(f"interrupted after round {r}; checkpoint saved. {self._resume_hint()}")
         summary = self._summary(prep)
+        summary["resumed_after_round"] = self._resumed_after
         self.final_params = np.concatenate(backend.get([g.params.remote() for g in groups]))
         if server is not None:
             self.final_params = np.broadcast_to(backend.get(server.get_global.remote()), self.final_params.shape).copy()
@@ -353,8 +577,30 @@ class Run:
             self.groups, self.server = [], None
 
             summary["probes"] = run_probes(self, prep, self.final_params)
-        _atomic_write(self.dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+        data = json.dumps(rundir.json_safe(summary), indent=2, allow_nan=False) + "\n"
+        rundir.atomic_write(self.dir / rundir.SUMMARY, data.encode())
         return summary
+
+    def _write_metrics(self, mf, rec: dict[str, Any]) -> None:
+        """Append one strict-JSON line (non-finite values as null, :func:`fedsim.rundir.metrics_line`)
+        and keep the running line count and sha256 a checkpoint records."""
+        line = rundir.metrics_line(rec)
+        with rundir.writing(self.dir / rundir.METRICS):
+            mf.write(line)
+            mf.flush()
+        self._metrics_hash.update(line)
+        self._metrics_lines += 1
+
+    def _write_timing(self, r: int, seconds: float) -> None:
+        path = self.dir / "timings.jsonl"
+        with rundir.writing(path), open(path, "a") as tf:
+            tf.write(json.dumps({"round": r, "seconds": round(seconds, 4)}) + "\n")
+
+    def _sync(self, mf) -> None:
+        """Metrics on disk before the checkpoint that counts them (else a crash could leave a
+        checkpoint ahead of its metrics, which resume would refuse)."""
+        with rundir.writing(self.dir / rundir.METRICS):
+            os.fsync(mf.fileno())
 
     def _out_degree(self, prep: Prepared) -> float:
         sc = self.sc
@@ -397,17 +643,22 @@ class Run:
         return out
 
     def _checkpoint(self, backend, groups, server, r: int) -> None:
-        lines = len((self.dir / "metrics.jsonl").read_bytes().splitlines())
-        state = {
+        """Save the state after round ``r`` (:func:`fedsim.rundir.write_checkpoint`): tensors only,
+        with the scenario fingerprint and the count and sha256 of the metrics lines written so far."""
+        fp = self._fingerprint()
+        meta = {
+            "format": rundir.CHECKPOINT_FORMAT,
             "round": r,
-            "metrics_lines": lines,
-            "groups": backend.get([g.get_state.remote() for g in groups]),
+            "metrics_lines": self._metrics_lines,
+            "metrics_sha256": self._metrics_hash.hexdigest(),
+            "scenario": fp,
+            "scenario_sha256": rundir.fingerprint_sha256(fp),
+        }
+        state = {
+            "groups": _merge_group_states(backend.get([g.get_state.remote() for g in groups])),
             "server": backend.get(server.get_state.remote()) if server is not None else None,
         }
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".checkpoint.", suffix=".tmp")
-        os.close(fd)
-        torch.save(state, tmp)
-        os.replace(tmp, self.dir / "checkpoint.pt")
+        rundir.write_checkpoint(self.dir / rundir.CHECKPOINT, meta, state)
 
     def _timings(self) -> list[dict[str, Any]]:
         p = self.dir / "timings.jsonl"

@@ -1,0 +1,345 @@
+"""A run directory's safety: what fedsim may delete, who may write it, and files that run no code.
+
+A run directory is made by :meth:`fedsim.runner.Run.create_dir`, which writes the marker
+``.fedsim-run`` first. fedsim deletes or clears a directory only when
+
+* it carries that marker (or, for runs made before the marker, both ``scenario.yaml`` and
+  ``versions.json``, which every run directory has), and
+* it is not the working directory or one of its parents, not ``output.dir`` or one of its parents,
+  and not a symbolic link,
+
+so no run name or ``--out`` can point ``--overwrite`` at sources, a home folder or every run.
+
+One process at a time works in a run directory: it holds an exclusive ``flock`` on ``<run>/.lock``
+from ``create_dir`` (or the start of a resume) to the end of ``execute``; a second run or resume of
+the folder is refused with :class:`RunLockedError`. The lock is the kernel's, so a killed run
+never leaves a stale one. Under the lock, temp files of a killed write (``.*.tmp``) are removed.
+
+Checkpoints (:func:`write_checkpoint`) are one file, replaced atomically::
+
+    FEDSIM-CHECKPOINT 1 <sha256 of everything after this line>\\n
+    <metadata as one JSON line>\\n
+    <tensors: torch.save of dicts/lists of tensors, ints and None>
+
+read with ``torch.load(weights_only=True)`` after the checksum matches, so a planted, truncated
+or bit-flipped file is refused (:class:`~fedsim.errors.CorruptFileError` naming it) and never
+unpickles arbitrary objects. The metadata records what the checkpoint belongs to: the round, the
+number of ``metrics.jsonl`` lines written by then and their sha256, and the resolved scenario
+(:func:`scenario_fingerprint`) that produced it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fedsim._runs import IGNORED_PREFIXES, flatten
+from fedsim.errors import CorruptFileError, FedsimError, RunDirExistsError
+
+MARKER = ".fedsim-run"
+LOCK = ".lock"
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+WRITE_PROBE = ".write-test"
+CHECKPOINT_MAGIC = b"FEDSIM-CHECKPOINT"
+CHECKPOINT_FORMAT = 1
+# Keys of the resolved scenario that do not change what a run computes (where it runs and writes,
+# how often it checkpoints, its name, the probes computed after the last round): a resume may
+# differ in them. The same keys never tell runs apart in a sweep or a report.
+FINGERPRINT_IGNORES = IGNORED_PREFIXES
+
+
+class RunLockedError(FedsimError, RuntimeError):
+    """Another fedsim process is running or resuming in this run directory."""
+
+
+class RunCompleteError(FedsimError):
+    """``--resume`` on a run that already finished (its ``summary.json`` exists)."""
+
+
+class RunWriteError(FedsimError, OSError):
+    """A run directory cannot be written (read-only, disk full, …); the message names the path."""
+
+
+# --------------------------------------------------------------------------- what may be deleted
+def is_run_dir(d: Path) -> bool:
+    """Whether ``d`` is a directory fedsim made for a run (its marker, or a pre-marker run's files)."""
+    if d.is_symlink() or not d.is_dir():
+        return False
+    return (d / MARKER).is_file() or ((d / "scenario.yaml").is_file() and (d / "versions.json").is_file())
+
+
+def has_results(d: Path) -> bool:
+    """Whether a run directory holds anything a run produced (a metrics line, a checkpoint, a
+    summary). One without is a run that failed at start: the next run may reuse it freely."""
+    m = d / METRICS
+    return (m.is_file() and m.stat().st_size > 0) or (d / CHECKPOINT).exists() or (d / SUMMARY).exists()
+
+
+def is_empty(d: Path) -> bool:
+    """No entries besides a lock file and temp files fedsim left."""
+    return not any(p.name != LOCK and not _is_temp(p) for p in d.iterdir())
+
+
+def refuse_unsafe(d: Path, output_dir: Path) -> None:
+    """Raise :class:`RunDirExistsError` where ``d`` must never be a run directory: a symbolic link,
+    a file, the working directory or a parent of it, ``output_dir`` or a parent of it."""
+    if d.is_symlink():
+        raise RunDirExistsError(f"{d} is a symbolic link; fedsim writes runs only into real directories")
+    if d.exists() and not d.is_dir():
+        raise RunDirExistsError(f"{d} exists and is not a directory")
+    rd, cwd, out = d.resolve(), Path.cwd().resolve(), output_dir.resolve()
+    if cwd == rd or cwd.is_relative_to(rd):
+        raise RunDirExistsError(f"{d} is the working directory or contains it; a run directory must be below it")
+    if out == rd or out.is_relative_to(rd):
+        raise RunDirExistsError(f"{d} is output.dir ({output_dir}) or contains it; runs go in folders below it")
+
+
+def refuse_foreign(d: Path) -> None:
+    """Raise :class:`RunDirExistsError` when ``d`` has content and was not made by fedsim."""
+    if d.is_dir() and not is_empty(d) and not is_run_dir(d):
+        raise RunDirExistsError(
+            f"{d} exists and is not a fedsim run directory (no {MARKER}); fedsim will not write into or "
+            "delete it: choose another name or --out"
+        )
+
+
+def clear(d: Path) -> None:
+    """Remove everything in the run directory ``d`` except its lock (held by the caller).
+
+    Only call after :func:`refuse_unsafe` and :func:`is_run_dir`; links are removed, never followed."""
+    for p in d.iterdir():
+        if p.name == LOCK:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def _is_temp(p: Path) -> bool:
+    return (p.name.startswith(".") and p.name.endswith(".tmp")) or p.name == WRITE_PROBE
+
+
+def clean_temp_files(d: Path) -> list[Path]:
+    """Remove the temp files a killed write left (``.checkpoint.*.tmp``, ``.metrics.jsonl.*.tmp``, …)."""
+    stale = [p for p in d.iterdir() if _is_temp(p) and p.is_file() and not p.is_symlink()]
+    for p in stale:
+        with writing(p):
+            p.unlink()
+    return stale
+
+
+# --------------------------------------------------------------------------- one writer at a time
+class DirLock:
+    """An exclusive, non-blocking ``flock`` on ``<d>/.lock``, held until :meth:`release`."""
+
+    def __init__(self, d: Path) -> None:
+        self.path = d / LOCK
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> None:
+        if self._fd is not None:
+            return
+        with writing(self.path):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunLockedError(
+                    f"{self.path.parent} is in use by another fedsim run or resume"
+                    + (f" (pid {holder})" if holder else "")
+                    + "; wait for it to finish or stop it first"
+                ) from None
+            raise RunWriteError(f"cannot lock {self.path}: {e.strerror or e}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.release()
+
+
+# --------------------------------------------------------------------------- writing
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn an ``OSError`` while writing ``path`` (read-only folder, disk full, …) into one line."""
+    try:
+        yield
+    except FedsimError:
+        raise
+    except OSError as e:
+        raise RunWriteError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a synced temp file and a rename: readers and a kill see the
+    old content or the new, never a part."""
+    with writing(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
+
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- metrics as strict JSON
+def _nonfinite_to_null(value: Any) -> tuple[Any, bool]:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None, True
+    if isinstance(value, dict):
+        pairs = {k: _nonfinite_to_null(v) for k, v in value.items()}
+        return {k: v for k, (v, _) in pairs.items()}, any(bad for _, bad in pairs.values())
+    if isinstance(value, (list, tuple)):
+        items = [_nonfinite_to_null(v) for v in value]
+        return [v for v, _ in items], any(bad for _, bad in items)
+    return value, False
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN/±inf float replaced by ``None`` (JSON has no such numbers)."""
+    return _nonfinite_to_null(obj)[0]
+
+
+def metrics_line(rec: dict[str, Any]) -> bytes:
+    """One ``metrics.jsonl`` line: strict JSON, non-finite values as ``null`` and their keys listed
+    under ``"nonfinite"`` (e.g. a diverged ``train_loss``)."""
+    out, bad = {}, []
+    for k, v in rec.items():
+        out[k], nonfinite = _nonfinite_to_null(v)
+        if nonfinite:
+            bad.append(k)
+    if bad:
+        out["nonfinite"] = sorted(bad)
+    return (json.dumps(out, sort_keys=True, allow_nan=False) + "\n").encode()
+
+
+# --------------------------------------------------------------------------- scenario fingerprint
+def scenario_fingerprint(resolved: dict[str, Any]) -> dict[str, Any]:
+    """The flattened resolved scenario (``model_dump(mode="json")``) without the keys that do not
+    change results (:data:`FINGERPRINT_IGNORES`): what a checkpoint must match to be resumed."""
+    return {k: v for k, v in sorted(flatten(resolved).items()) if not k.startswith(FINGERPRINT_IGNORES)}
+
+
+def fingerprint_sha256(fp: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fp, sort_keys=True, allow_nan=False).encode()).hexdigest()
+
+
+def first_difference(was: dict[str, Any], now: dict[str, Any]) -> str:
+    """``"seed was 3, now 9"`` for the first differing key (and how many more differ)."""
+    diff = sorted(k for k in was.keys() | now.keys() if was.get(k) != now.get(k))
+    if not diff:
+        return ""
+    k = diff[0]
+    more = f" (and {len(diff) - 1} more key(s))" if len(diff) > 1 else ""
+    return f"{k} was {was.get(k, '(absent)')!r}, now {now.get(k, '(absent)')!r}{more}"
+
+
+# --------------------------------------------------------------------------- checkpoints
+def checkpoint_bytes(meta: dict[str, Any], state: dict[str, Any]) -> bytes:
+    """The checkpoint file's bytes (module docstring): header with checksum, metadata, tensors."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    body = json.dumps(meta, sort_keys=True, allow_nan=False).encode() + b"\n" + buf.getvalue()
+    digest = hashlib.sha256(body).hexdigest()
+    return CHECKPOINT_MAGIC + f" {CHECKPOINT_FORMAT} {digest}\n".encode() + body
+
+
+def write_checkpoint(path: Path, meta: dict[str, Any], state: dict[str, Any]) -> None:
+    """Replace the checkpoint at ``path`` atomically."""
+    atomic_write(path, checkpoint_bytes(meta, state))
+
+
+def _verified_body(path: Path) -> bytes:
+    """The bytes after the header once the header and checksum match; else CorruptFileError."""
+    hint = "delete it to restart the run from round 0, or restore it"
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CorruptFileError(f"{path}: cannot read the checkpoint: {e.strerror or e}") from None
+    header, _, body = data.partition(b"\n")
+    parts = header.split(b" ")
+    if len(parts) != 3 or parts[0] != CHECKPOINT_MAGIC:
+        what = "empty" if not data else "not a fedsim checkpoint (an older format, another file, or truncated)"
+        raise CorruptFileError(f"{path}: {what}; {hint}")
+    if parts[1] != str(CHECKPOINT_FORMAT).encode():
+        raise CorruptFileError(f"{path}: checkpoint format {parts[1].decode(errors='replace')!r} is not "
+                               f"{CHECKPOINT_FORMAT}; {hint}")
+    if hashlib.sha256(body).hexdigest().encode() != parts[2]:
+        raise CorruptFileError(f"{path}: checksum mismatch (truncated or corrupt); {hint}")
+    return body
+
+
+def _meta(path: Path, body: bytes) -> tuple[dict[str, Any], bytes]:
+    line, _, payload = body.partition(b"\n")
+    try:
+        meta = json.loads(line)
+    except ValueError:
+        meta = None
+    need = {"format", "round", "metrics_lines", "metrics_sha256", "scenario", "scenario_sha256"}
+    if not isinstance(meta, dict) or not need <= meta.keys():
+        raise CorruptFileError(f"{path}: the checkpoint's metadata is unreadable")
+    return meta, payload
+
+
+def read_checkpoint_meta(path: Path) -> dict[str, Any]:
+    """The checkpoint's metadata (round, metrics lines and checksum, scenario), checksum verified;
+    nothing is unpickled."""
+    return _meta(path, _verified_body(path))[0]
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(metadata, tensors)`` of a verified checkpoint, loaded with ``weights_only=True``."""
+    import pickle
+
+    import torch
+
+    meta, payload = _meta(path, _verified_body(path))
+    try:
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, TypeError, AttributeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CorruptFileError(f"{path}: the checkpoint's tensors cannot be loaded safely: {first}") from None
+    if not isinstance(state, dict):
+        raise CorruptFileError(f"{path}: the checkpoint's tensors are not a mapping")
+    return meta, state
