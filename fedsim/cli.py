@@ -206,20 +206,28 @@ def _bytes(n: int) -> str:
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 def validate(files: tuple[Path, ...]) -> None:
-    """Check scenario FILES without running them: every field, names of datasets, strategies and
-    attacks, and each rule's limits (e.g. Krum's n > 2f + 2) against the topology.
+    """Check scenario FILES without running them, by the code a run uses: every field (strict
+    types, finite numbers), names of datasets, strategies and attacks, the dataset's files, the
+    partition against the data, the memory the run needs against this machine's, the topology
+    built as the run builds it, and each rule's limits (e.g. Krum's n > 2f + 2) for its real
+    in-degree.
 
-    Prints 'ok' per valid file; exits 1 with one line per broken file naming the field."""
+    Prints 'ok' per valid file (and 'warning: ...' lines for what it would ask of this machine);
+    exits 1, printing one line per error, each naming its file and field."""
     from fedsim import scenario as sc_mod
 
     bad = 0
     for f in files:
         try:
-            sc_mod.load(f)
-            click.echo(f"{f}: ok")
+            sc = sc_mod.load(f, require_data=True)
         except ScenarioError as e:
-            click.echo(str(e), err=True)
+            for line in e.errors:
+                click.echo(line, err=True)
             bad += 1
+            continue
+        for w in sc_mod.resource_warnings(sc):
+            click.echo(f"{f}: warning: {w}", err=True)
+        click.echo(f"{f}: ok")
     if bad:
         sys.exit(1)
 

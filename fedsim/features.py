@@ -2,7 +2,9 @@
 
 The cache key hashes the dataset's contents, the backbone's weights, its preprocessing and a
 format version, so a changed backbone or dataset never reuses stale features. Files are written
-atomically (temp file + rename) so concurrent runs never read a half-written cache.
+atomically (temp file + rename) so concurrent runs never read a half-written cache, and read
+with ``allow_pickle=False`` and checked against the dataset: an unusable cache file is
+recomputed, never trusted or executed.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,14 +62,39 @@ def cache_key(ds: Dataset, backbone: str, weights_fp: str) -> str:
     return f"{ds.name.replace(':', '_').replace('/', '_')}-{backbone}-{h.hexdigest()[:16]}"
 
 
+def _read_cache(path: Path, ds: Dataset, log=None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The cached ``(x_train, x_test)`` features at ``path``, or None when there is none or it is
+    unusable. Read with ``allow_pickle=False`` (a planted cache file cannot run code); a
+    truncated, corrupt or mismatched file (wrong row counts, not 2-D float32, non-finite values) is
+    derived data: it is recomputed and replaced, never trusted."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            xtr, xte = z["x_train"], z["x_test"]
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, TypeError) as e:
+        problem = f"unreadable ({' '.join(str(e).split())[:120]})"
+    else:
+        ok = all(
+            a.dtype == np.float32 and a.ndim == 2 and len(a) == n and a.shape[1] == xtr.shape[1]
+            for a, n in ((xtr, len(ds.y_train)), (xte, len(ds.y_test)))
+        )
+        if ok and np.isfinite(xtr).all() and np.isfinite(xte).all():
+            return xtr, xte
+        problem = "does not match the dataset (row counts, shape, dtype or non-finite values)"
+    if log:
+        log(f"feature cache {path} {problem}; recomputing it")
+    return None
+
+
 def features_for(ds: Dataset, backbone: str, directory: str | None = None, log=None) -> Features:
     """Features of ``ds`` under ``backbone``, from the cache or computed (and cached) now."""
     net, wfp = load_backbone(backbone)
     key = cache_key(ds, backbone, wfp)
     path = cache_dir(directory) / f"{key}.npz"
-    if path.exists():
-        with np.load(path) as z:
-            return Features(z["x_train"], ds.y_train, z["x_test"], ds.y_test, ds.num_classes, key)
+    cached = _read_cache(path, ds, log)
+    if cached is not None:
+        return Features(cached[0], ds.y_train, cached[1], ds.y_test, ds.num_classes, key)
     if log:
         log(f"computing {backbone} features of {ds.name} (once; cached at {path})")
     spec = get_spec(backbone)

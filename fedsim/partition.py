@@ -42,17 +42,25 @@ def dirichlet(
 ) -> list[np.ndarray]:
     """Label skew: for each class c, proportions p_c ~ Dir(α·1_n) over peers; redrawn until every
     peer holds at least ``min_size`` samples."""
+    if len(y) < n * min_size:
+        raise ValueError(f"peers.count={n}: {n} peers need ≥ {n * min_size} samples (partition.min_size), "
+                         f"the training set has {len(y)}")
     classes = np.unique(y)
     for _ in range(max_tries):
-        parts: list[list[np.ndarray]] = [[] for _ in range(n)]
+        drawn, sizes = [], np.zeros(n, dtype=np.int64)
         for c in classes:
             idx = rng.permutation(np.flatnonzero(y == c))
             cuts = (np.cumsum(rng.dirichlet(np.full(n, alpha))) * len(idx)).astype(int)[:-1]
+            drawn.append((idx, cuts))
+            # the sizes np.split(idx, cuts) gives, without making n arrays: a failed draw stays cheap
+            sizes += np.diff(np.clip(np.concatenate([[0], cuts, [len(idx)]]), 0, len(idx)))
+        if sizes.min() < min_size:
+            continue
+        parts: list[list[np.ndarray]] = [[] for _ in range(n)]
+        for idx, cuts in drawn:
             for i, part in enumerate(np.split(idx, cuts)):
                 parts[i].append(part)
-        out = [np.concatenate(p) for p in parts]
-        if min(len(p) for p in out) >= min_size:
-            return out
+        return [np.concatenate(p) for p in parts]
     raise ValueError(
         f"partition.alpha={alpha}: could not give each of {n} peers ≥ {min_size} samples in "
         f"{max_tries} draws; raise alpha or lower partition.min_size or peers.count"
@@ -166,6 +174,25 @@ def quantity(y: np.ndarray, n: int, rng: np.random.Generator, beta: float, min_s
     return list(np.split(idx, np.cumsum(sizes)[:-1]))
 
 
+def check_bounds(kind: str, n: int, n_train: int, num_classes: int, *, k: int, window: int, min_size: int) -> None:
+    """Refuse, before any work, parameters the data cannot satisfy (``ValueError`` naming the
+    field): ``partition.k`` / ``partition.window`` above the number of classes (a peer cannot
+    hold more distinct classes than exist; a huge k would allocate k indices per peer), and more
+    peers than training samples allow: ``min_size`` each for ``dirichlet`` and ``quantity``, one
+    each for the other kinds. Validation and :func:`make_partition` both call it."""
+    if kind == "classes" and k > num_classes:
+        raise ValueError(f"partition.k={k}: a peer cannot hold more classes than the dataset's {num_classes}")
+    if kind == "windows" and window > num_classes:
+        raise ValueError(f"partition.window={window}: at most the dataset's {num_classes} classes")
+    need = min_size if kind in ("dirichlet", "quantity") else 1
+    if n * need > n_train:
+        what = f"≥ {need} samples each (partition.min_size)" if need > 1 else "at least one sample each"
+        raise ValueError(
+            f"peers.count={n}: {n} peers need {what}, the training set has {n_train}; use at most "
+            f"{n_train // need} peers" + (" or lower partition.min_size" if need > 1 else "")
+        )
+
+
 def make_partition(
     kind: str,
     y: np.ndarray,
@@ -184,6 +211,7 @@ def make_partition(
     """Partition labels ``y`` among ``n`` peers and carve each peer's local validation split
     (``val_fraction`` of its samples, at least 1 when it holds ≥ 2). ``per_class`` and
     ``all_classes`` (kinds ``classes``, ``windows``): see :func:`class_sets`."""
+    check_bounds(kind, n, len(y), int(y.max(initial=-1)) + 1, k=k, window=window, min_size=min_size)
     rng = np.random.default_rng(seed)
     if per_class is not None or all_classes is not None:
         return class_sets(

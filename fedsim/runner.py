@@ -34,11 +34,9 @@ from fedsim.errors import (  # noqa: F401  (RunDirExistsError, RunInterruptedErr
 )
 from fedsim.features import Features, load_features
 from fedsim.models.backbones import BACKBONES
-from fedsim.partition import make_partition
 from fedsim.peers import GroupSetup, PeerGroup, Server, held_classes
 from fedsim.rundir import RunCompleteError, RunLockedError, RunWriteError  # noqa: F401  (re-exported)
-from fedsim.scenario import Scenario, default_f
-from fedsim.topology import Topology
+from fedsim.scenario import Scenario, build_topology, byzantine_mask, partition_for, resolve_f, resource_warnings
 
 FLOAT_BYTES = 4
 
@@ -69,30 +67,12 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     "retrained without that peer" gold standard)."""
     feats = load_features(sc.dataset.name, sc.backbone.name, sc.dataset.data_dir, sc.backbone.cache_dir, log)
     n = sc.peers.count
-    pt = sc.partition
-    byz = np.zeros(n, dtype=bool)
-    byz[crng.numpy_generator(sc.seed, "byzantine").permutation(n)[: sc.peers.num_byzantine]] = True
-    part = make_partition(
-        pt.kind,
-        feats.y_train,
-        n,
-        sc.seed,
-        alpha=pt.alpha,
-        k=pt.k,
-        window=pt.window,
-        beta=pt.beta,
-        min_size=pt.min_size,
-        val_fraction=pt.val_fraction,
-        per_class=pt.per_class,
-        all_classes=byz if pt.byzantine_classes == "all" else None,
-    )
-    topo = Topology(
-        sc.topology.kind, n, sc.seed, degree=sc.topology.degree, p=sc.topology.p, fanout=sc.topology.fanout
-    ).build()
-    in_degree = (
-        float(n - 1) if sc.mode == "federated" else float(np.mean(topo.degrees(0))) if sc.topology.kind != "star" else n
-    )
-    f = default_f(sc, in_degree if sc.mode == "decentralized" else n)
+    for warning in resource_warnings(sc) if log else []:
+        log(f"warning: {warning}")
+    byz = byzantine_mask(sc)  # these four: the same functions validation calls (fedsim.scenario)
+    part = partition_for(sc, feats.y_train, byz)
+    topo = build_topology(sc)
+    f, in_degree = resolve_f(sc, topo)
     params = dict(sc.strategy.params)
     if sc.mode == "federated" and "include_own" in getattr(
         strategies.REGISTRY[sc.strategy.name], "__dataclass_fields__", {}

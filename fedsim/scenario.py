@@ -8,23 +8,47 @@ topology's degree, partition sizes, ...) run here too, at validation time, never
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fedsim import limits
 from fedsim.errors import FedsimError
+
+if TYPE_CHECKING:
+    from fedsim.data.datasets import DatasetInfo
+    from fedsim.partition import Partition
+    from fedsim.topology import Topology
+
+MAX_WEIGHT_DECAY = 10.0
+MAX_YAML_BYTES = 2**20  # scenario files are a few hundred bytes; a larger one is a mistake (or an attack)
+MAX_YAML_DEPTH = 32  # nesting of mappings and lists (the deepest real scenario nests 4)
+MAX_YAML_VALUES = 50_000  # scalars, lists and mappings after aliases are expanded (billion laughs: 10^9)
 
 
 class ScenarioError(FedsimError, ValueError):
-    """A scenario that cannot run; ``str()`` is one line naming the field and the fix."""
+    """A scenario that cannot run; ``str()`` is one line naming the field and the fix.
+
+    ``errors`` holds each problem as its own line (``source: field: message``) for
+    ``fedsim validate``, which prints one line per error; ``str()`` joins them with ``; ``."""
+
+    def __init__(self, message: object, errors: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.errors = [" ".join(str(e).split()) for e in errors] if errors else [str(self)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    """Every section: unknown keys refused; strict types (no ``true`` for a count, no ``"5"`` for
+    a number; an int is still a float); floats finite (no ``.nan``/``.inf``)."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, strict=True, allow_inf_nan=False)
 
 
 class DatasetCfg(_Section):
@@ -114,10 +138,27 @@ class TrainingCfg(_Section):
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = Field(1.0, gt=0, le=100, description="features have norm ≈ 1 (FeatureScale), so lr ≈ 1 suits")
     momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(
+        0.0,
+        ge=0,
+        le=MAX_WEIGHT_DECAY,
+        description=f"L2 coefficient (typically 1e-4..1e-2), at most {MAX_WEIGHT_DECAY:g}; with sgd also "
+        "lr * weight_decay <= 1 + momentum, beyond which the decay alone makes the heads diverge",
+    )
     batch_size: int = Field(32, ge=1, le=1_000_000)
     local_steps: int = Field(5, ge=1, le=100_000)
     bias: bool = True
+
+    @model_validator(mode="after")
+    def _stable_decay(self) -> TrainingCfg:
+        # SGD with heavy-ball momentum on the decay's quadratic term w ↦ wd·|w|²/2 is stable only for
+        # lr·wd < 2(1 + momentum); half that keeps room for the loss's own curvature.
+        if self.optimizer == "sgd" and self.lr * self.weight_decay > 1 + self.momentum:
+            raise ValueError(
+                f"training.weight_decay: lr * weight_decay = {self.lr * self.weight_decay:g} > 1 + momentum "
+                f"({1 + self.momentum:g}); SGD's weights would grow without bound (NaN); lower either"
+            )
+        return self
 
 
 class EvaluationCfg(_Section):
@@ -143,7 +184,7 @@ class EngineCfg(_Section):
         None, description="Ray cluster address ('auto', 'ray://host:10001'); none: start locally"
     )
     num_actors: int = Field(2, ge=1, le=10_000)
-    cpus_per_actor: float = Field(1.0, gt=0)
+    cpus_per_actor: float = Field(1.0, gt=0, le=1024)
 
 
 class CheckpointCfg(_Section):
@@ -190,55 +231,178 @@ def _loc(err: dict) -> str:
     return ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
 
 
-def _format(e: ValidationError) -> str:
-    parts = []
+def _show(value: Any) -> str:
+    """A short rendering of an offending input, YAML-like (``true``, ``'5'``)."""
+    text = {True: "true", False: "false", None: "null"}.get(value, None) if isinstance(value, bool | None) else None
+    text = text or repr(value)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def _messages(e: ValidationError) -> list[str]:
+    """One ``field: message`` per pydantic error."""
+    out = []
     for err in e.errors():
         loc, msg = _loc(err), err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check its spelling; `fedsim run --help` lists the sections)"
         elif err["type"] == "literal_error":
             msg = f"got {err.get('input')!r}; {msg.lower()}"
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts)
+        elif err["type"] in ("int_type", "float_type", "bool_type", "string_type", "finite_number", "dict_type"):
+            msg = f"{msg}, got {_show(err.get('input'))} (types are strict: no true for a number, no '5' for 5)"
+        if loc and re.match(rf"{re.escape(loc)}\.[\w.]+\s*[:=]", msg):
+            loc = ""  # a model validator's message that already names its field
+        out.append(f"{loc}: {msg}" if loc else msg)
+    return out
 
 
-def parse(data: Any, source: str = "scenario") -> Scenario:
-    """Validate a mapping (already-loaded YAML) into a :class:`Scenario`."""
+class _YamlLimitError(Exception):
+    """A YAML document beyond :data:`MAX_YAML_DEPTH` or :data:`MAX_YAML_VALUES`."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that stops composing past :data:`MAX_YAML_DEPTH` levels or
+    :data:`MAX_YAML_VALUES` nodes, long before Python's recursion limit or memory is reached.
+    Aliases compose to the node they name (no copy); their expansion is bounded afterwards by
+    :func:`plain_tree`."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        self._nodes += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _YamlLimitError(f"nested deeper than {MAX_YAML_DEPTH} levels")
+            if self._nodes > MAX_YAML_VALUES:
+                raise _YamlLimitError(f"more than {MAX_YAML_VALUES} values")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+# YAML 1.1 (PyYAML) reads `1e-3` and `1.0e30` as strings (its floats need a dot and a signed
+# exponent); with strict types that string would be refused. These are floats, as in YAML 1.2 and
+# as `--set` reads them (parse_value).
+_BoundedLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def _yaml(text: str) -> Any:
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    except RecursionError:
+        raise _YamlLimitError("nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def safe_yaml(text: str, source: str) -> Any:
+    """Parse YAML ``text`` as data (safe loader: no Python objects), refusing documents nested
+    deeper than :data:`MAX_YAML_DEPTH` or with more than :data:`MAX_YAML_VALUES` values, with a
+    one-line :class:`ScenarioError` naming ``source``."""
+    try:
+        return _yaml(text)
+    except _YamlLimitError as e:
+        raise ScenarioError(f"{source}: refused: the YAML is {e} (scenario files are small)") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ScenarioError(f"{source}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The YAML data in ``path``, read safely: at most :data:`MAX_YAML_BYTES` (checked before
+    reading), UTF-8, depth and values bounded (:func:`safe_yaml`); every failure is one line."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if path.is_dir():
+            raise ScenarioError(f"{path}: a directory, not a scenario file")
+        if size > MAX_YAML_BYTES:
+            raise ScenarioError(f"{path}: {size} bytes; scenario files are at most {MAX_YAML_BYTES // 2**20} MiB")
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_YAML_BYTES + 1)  # capped again: a pipe or a growing file has no size
+    except FileNotFoundError:
+        raise ScenarioError(f"{path}: no such file") from None
+    except OSError as e:
+        raise ScenarioError(f"{path}: cannot read it ({e.strerror or e})") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise ScenarioError(f"{path}: more than {MAX_YAML_BYTES // 2**20} MiB; scenario files are small")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ScenarioError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    return safe_yaml(text, str(path))
+
+
+def plain_tree(data: Any, source: str = "scenario") -> Any:
+    """A copy of ``data`` in which no dict or list appears twice (YAML aliases share them), refusing
+    one that would expand past :data:`MAX_YAML_VALUES` values or nest deeper than
+    :data:`MAX_YAML_DEPTH` (a recursive alias nests forever). The copy stops at the limit, so a
+    billion-laughs document is refused after 50,000 values, never expanded."""
+    count = 0
+
+    def copy(x: Any, depth: int) -> Any:
+        nonlocal count
+        count += 1
+        if count > MAX_YAML_VALUES:
+            raise ScenarioError(
+                f"{source}: refused: more than {MAX_YAML_VALUES} values once YAML aliases are expanded "
+                "(scenario files are small)"
+            )
+        if depth > MAX_YAML_DEPTH:
+            raise ScenarioError(f"{source}: refused: nested deeper than {MAX_YAML_DEPTH} levels (or a recursive alias)")
+        if isinstance(x, dict):
+            return {k: copy(v, depth + 1) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [copy(v, depth + 1) for v in x]
+        return x
+
+    return copy(data, 0)
+
+
+def parse(data: Any, source: str = "scenario", *, require_data: bool = False) -> Scenario:
+    """Validate a mapping (already-loaded YAML) into a :class:`Scenario`: the schema, then
+    :func:`check_semantics`. ``require_data``: a dataset whose files are missing is an error
+    (``fedsim validate``) rather than left for the run to report (a Flower device may get its
+    data directory later)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ScenarioError(f"{source}: the top level must be a mapping of sections, got {type(data).__name__}")
+    data = plain_tree(data, source)
     try:
         sc = Scenario.model_validate(data)
     except ValidationError as e:
-        raise ScenarioError(f"{source}: {_format(e)}") from None
+        msgs = _messages(e)
+        raise ScenarioError(f"{source}: " + "; ".join(msgs), [f"{source}: {m}" for m in msgs]) from None
     except (ValueError, TypeError, OverflowError) as e:
         raise ScenarioError(f"{source}: {e}") from None
-    check_semantics(sc, source)
+    check_semantics(sc, source, require_data=require_data)
     return sc
 
 
-def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Scenario:
-    """Read a YAML scenario file, apply dotted ``overrides`` (``{"strategy.name": "krum"}``), validate."""
+def load(path: str | Path, overrides: dict[str, Any] | None = None, *, require_data: bool = False) -> Scenario:
+    """Read a YAML scenario file (:func:`read_yaml`), apply dotted ``overrides``
+    (``{"strategy.name": "krum"}``), validate (:func:`parse`)."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ScenarioError(f"{path}: no such file") from None
-    except UnicodeDecodeError as e:
-        raise ScenarioError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ScenarioError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    data = read_yaml(path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ScenarioError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    data = plain_tree(data, str(path))  # an override must change one place, not every alias of it
     data.pop("sweep", None)  # a grid for `fedsim sweep`; one run of a sweep file uses its base values
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
-    return parse(data, str(path))
+    return parse(data, str(path), require_data=require_data)
 
 
 def set_dotted(data: dict, key: str, value: Any) -> None:
@@ -252,6 +416,7 @@ def set_dotted(data: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+# ---------------------------------------------------------------- facts the run and validation share
 def default_f(sc: Scenario, in_degree: float) -> int:
     """Byzantine senders a rule tolerates when ``strategy.f`` is unset."""
     if sc.strategy.f is not None:
@@ -262,79 +427,258 @@ def default_f(sc: Scenario, in_degree: float) -> int:
     return int(math.ceil(b / sc.peers.count * in_degree)) if b else 0
 
 
-def check_semantics(sc: Scenario, source: str = "scenario") -> None:
-    """Checks that need the registries: names exist, parameters build, the rule's n/f limits hold."""
+def byzantine_mask(sc: Scenario) -> np.ndarray:
+    """Bool ``[peers.count]``: which peers are Byzantine (a seeded draw of ``num_byzantine``)."""
+    from fedsim import rng as crng
+
+    n = sc.peers.count
+    byz = np.zeros(n, dtype=bool)
+    byz[crng.numpy_generator(sc.seed, "byzantine").permutation(n)[: sc.peers.num_byzantine]] = True
+    return byz
+
+
+def build_topology(sc: Scenario) -> Topology:
+    """The scenario's topology, built (``ValueError`` naming the ``topology.*`` field if it cannot be)."""
+    from fedsim.topology import Topology
+
+    t = sc.topology
+    return Topology(t.kind, sc.peers.count, sc.seed, degree=t.degree, p=t.p, fanout=t.fanout).build()
+
+
+def resolve_f(sc: Scenario, topo: Topology) -> tuple[int, float]:
+    """``(f, mean in-degree)`` from the built topology: the ``f`` every rule is given and the mean
+    number of vectors a peer hears per round (round 0 for push gossip; ``peers - 1`` for the
+    federated server's clients). The run (:func:`fedsim.runner.prepare`) and validation both call
+    this, so they agree on ``f`` (an Erdős–Rényi graph's real mean degree, not ``p·(n-1)``)."""
+    n = sc.peers.count
+    if sc.mode == "federated":
+        return default_f(sc, n), float(n - 1)
+    in_degree = float(np.mean(topo.degrees(0)))
+    return default_f(sc, in_degree), in_degree
+
+
+def received_per_aggregation(sc: Scenario, in_degree: float) -> int:
+    """The ``n`` a rule's :meth:`check` is asked about: every client for the federated server, else
+    the mean in-degree rounded (at least 1)."""
+    return sc.peers.count if sc.mode == "federated" else max(1, int(round(in_degree)))
+
+
+def partition_for(sc: Scenario, y_train: np.ndarray, byzantine: np.ndarray) -> Partition:
+    """The scenario's partition of ``y_train`` (``byzantine``: :func:`byzantine_mask`)."""
+    from fedsim.partition import make_partition
+
+    pt = sc.partition
+    return make_partition(
+        pt.kind,
+        y_train,
+        sc.peers.count,
+        sc.seed,
+        alpha=pt.alpha,
+        k=pt.k,
+        window=pt.window,
+        beta=pt.beta,
+        min_size=pt.min_size,
+        val_fraction=pt.val_fraction,
+        per_class=pt.per_class,
+        all_classes=byzantine if pt.byzantine_classes == "all" else None,
+    )
+
+
+def resource_warnings(sc: Scenario) -> list[str]:
+    """Warnings (not errors) about what the run asks of this machine: a local Ray instance given
+    more CPUs than the machine has (``engine.num_actors``)."""
+    from fedsim.runner import local_ray_cpus
+
+    if sc.engine.backend != "ray":
+        return []
+    w = limits.cpu_warning(sc.engine.num_actors, sc.engine.cpus_per_actor, local_ray_cpus(sc))
+    return [w] if w else []
+
+
+# ---------------------------------------------------------------- validation
+def check_semantics(sc: Scenario, source: str = "scenario", *, require_data: bool = False) -> None:
+    """The checks beyond the schema, each by the code the run uses, cheapest first: names exist
+    and parameters build; the dataset's size and classes bound the partition; the memory the
+    run needs fits the machine; the topology builds and the rule's n/f limits hold for its real
+    in-degree; the partition itself gives every peer data; probes are well-formed."""
+    errors = _name_errors(sc)
+    if errors:
+        raise ScenarioError(f"{source}: " + "; ".join(errors), [f"{source}: {e}" for e in errors])
+
+    def fail(msg: str) -> None:
+        raise ScenarioError(f"{source}: {msg}")
+
+    info = _dataset_info(sc, require_data, fail)
+    if info is not None:
+        from fedsim.partition import check_bounds
+
+        try:
+            check_bounds(sc.partition.kind, sc.peers.count, info.n_train, info.num_classes,
+                         k=sc.partition.k, window=sc.partition.window, min_size=sc.partition.min_size)
+        except ValueError as e:
+            fail(str(e))
+        _check_memory(sc, info, fail)
+    try:
+        topo = build_topology(sc)
+    except ValueError as e:
+        fail(str(e))
+    _check_rule(sc, topo, fail)
+    if info is not None:
+        _check_partition(sc, info, fail)
+    _check_probes(sc, fail)
+
+
+def _strategy_params(sc: Scenario) -> dict[str, Any]:
+    import strategies
+
+    params = dict(sc.strategy.params)
+    fields = getattr(strategies.REGISTRY.get(sc.strategy.name), "__dataclass_fields__", {})
+    if sc.mode == "federated" and "include_own" in fields:
+        params.setdefault("include_own", False)  # as the runner does: a server averages its clients only
+    return params
+
+
+def _name_errors(sc: Scenario) -> list[str]:
+    """Every unknown name and unbuildable rule or attack, each as ``field: message``."""
     import attacks
     import strategies
     from fedsim.data.datasets import DATASETS
     from fedsim.models.backbones import BACKBONES
 
-    def fail(path: str, msg: str) -> None:
-        raise ScenarioError(f"{source}: {path}: {msg}")
-
+    errors = []
     if sc.dataset.name not in DATASETS:
-        fail("dataset.name", f"unknown dataset {sc.dataset.name!r}; available: {', '.join(DATASETS)}")
-    if not DATASETS[sc.dataset.name][1] and not sc.dataset.data_dir:
-        fail("dataset.data_dir", f"dataset {sc.dataset.name!r} is read from local files; set the directory")
+        errors.append(f"dataset.name: unknown dataset {sc.dataset.name!r}; available: {', '.join(DATASETS)}")
+    elif not DATASETS[sc.dataset.name][1] and not sc.dataset.data_dir:
+        errors.append(f"dataset.data_dir: dataset {sc.dataset.name!r} is read from local files; set the directory")
     if sc.backbone.name not in BACKBONES:
-        fail("backbone.name", f"unknown backbone {sc.backbone.name!r}; available: {', '.join(BACKBONES)}")
+        errors.append(f"backbone.name: unknown backbone {sc.backbone.name!r}; available: {', '.join(BACKBONES)}")
     try:
-        params = dict(sc.strategy.params)
-        fields = getattr(strategies.REGISTRY.get(sc.strategy.name), "__dataclass_fields__", {})
-        if sc.mode == "federated" and "include_own" in fields:
-            params.setdefault("include_own", False)  # as the runner does: a server averages its clients only
-        rule = strategies.build(sc.strategy.name, params)
+        strategies.build(sc.strategy.name, _strategy_params(sc))
     except ValueError as e:
-        fail("strategy.params" if sc.strategy.name in strategies.REGISTRY else "strategy.name", str(e))
+        errors.append(f"{'strategy.params' if sc.strategy.name in strategies.REGISTRY else 'strategy.name'}: {e}")
     if sc.peers.attack.name != "none":
         try:
             attacks.build(sc.peers.attack.name, sc.peers.attack.params)
         except ValueError as e:
-            fail("peers.attack.params" if sc.peers.attack.name in attacks.REGISTRY else "peers.attack.name", str(e))
+            where = "peers.attack.params" if sc.peers.attack.name in attacks.REGISTRY else "peers.attack.name"
+            errors.append(f"{where}: {e}")
     if sc.peers.num_byzantine and sc.peers.attack.name == "none":
-        fail(
-            "peers.attack.name", f"{sc.peers.num_byzantine} Byzantine peers but no attack; name one or set byzantine: 0"
+        errors.append(
+            f"peers.attack.name: {sc.peers.num_byzantine} Byzantine peers but no attack; name one or set byzantine: 0"
         )
-    n_peers = sc.peers.count
-    if sc.mode == "federated":
-        n = n_peers
-    else:
-        t = sc.topology
-        if t.kind == "complete":
-            n = n_peers - 1
-        elif t.kind == "ring":
-            n = 2
-        elif t.kind in ("k_regular", "watts_strogatz"):
-            n = t.degree
-            if t.degree >= n_peers:
-                fail("topology.degree", f"{t.degree} must be < peers.count ({n_peers})")
-        elif t.kind == "push_gossip":
-            n = t.fanout
-            if t.fanout >= n_peers:
-                fail("topology.fanout", f"{t.fanout} must be < peers.count ({n_peers})")
-        else:
-            n = max(1, int(round(t.p * (n_peers - 1))))
-    f = default_f(sc, n)
+    return errors
+
+
+def _dataset_info(sc: Scenario, require_data: bool, fail: Callable[[str], None]) -> DatasetInfo | None:
+    """The dataset's sizes and labels from its loader (cached), or None when its files are missing
+    and ``require_data`` is off (the run then names the missing file)."""
+    from fedsim.data.datasets import dataset_info
+
     try:
-        rule.check(n, f)
+        return dataset_info(sc.dataset.name, sc.dataset.data_dir)
+    except FileNotFoundError as e:
+        if require_data:
+            fail(f"dataset.data_dir: {e}")
+        return None
+    except ImportError as e:
+        fail(f"dataset.name: {sc.dataset.name!r} needs a package that is not installed ({e})")
+    except (FedsimError, ValueError, OSError) as e:
+        fail(f"dataset.data_dir: {e}")
+    return None
+
+
+@functools.lru_cache(maxsize=32)
+def _feature_dim(backbone: str, sample_shape: tuple[int, ...], dtype: str) -> int:
+    from fedsim.models.backbones import extract_features, get_spec
+
+    spec = get_spec(backbone)
+    net = spec.build() if spec.build else None  # untrained weights: only the output size is read
+    return int(extract_features(net, np.zeros((1, *sample_shape), dtype=np.dtype(dtype)), spec).shape[1])
+
+
+def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None]) -> None:
+    """The backbone accepts the dataset's inputs, its weights exist, and the run's memory
+    estimate (:mod:`fedsim.limits`) fits the machine."""
+    import attacks
+    import strategies
+    from fedsim.models.backbones import get_spec
+    from fedsim.runner import local_ray_cpus
+
+    spec = get_spec(sc.backbone.name)
+    if spec.build is not None and not spec.weights_path().exists():
+        fail(f"backbone.name: no weights for {sc.backbone.name!r} at {spec.weights_path()}; "
+             f"create them with `fedsim pretrain --backbone {sc.backbone.name}`")
+    try:
+        dim = _feature_dim(sc.backbone.name, info.sample_shape, info.dtype)
+    except (ValueError, RuntimeError) as e:
+        fail(f"backbone.name: {' '.join(str(e).split())[:200]} (dataset {sc.dataset.name!r})")
+    t, n, c = sc.topology, sc.peers.count, info.num_classes
+    groups = min(sc.engine.num_actors, n)
+    on_ray = sc.engine.backend == "ray" and local_ray_cpus(sc) is not None
+    attack = attacks.build(sc.peers.attack.name, sc.peers.attack.params) if sc.peers.attack.name != "none" else None
+    est = limits.estimate_memory(
+        peers=n,
+        num_params=c * dim + (c if sc.training.bias else 0),
+        dim=dim,
+        n_train=info.n_train,
+        n_test=info.n_test,
+        groups=groups,
+        concurrent=groups if sc.engine.backend == "ray" else 1,
+        adam=sc.training.optimizer == "adam",
+        consolidated=bool(strategies.build(sc.strategy.name, _strategy_params(sc)).consolidated),
+        forged=isinstance(attack, attacks.UpdateForger) and sc.peers.num_byzantine > 0,
+        edges=0 if sc.mode == "federated" else limits.directed_edges(t.kind, n, t.degree, t.p, t.fanout),
+        ray_actors=groups + (sc.mode == "federated") if on_ray else 0,
+    )
+    msg = limits.memory_error(est)
+    if msg:
+        fail(f"{est.biggest()[0]}: the run {msg}")
+
+
+def _check_rule(sc: Scenario, topo: Topology, fail: Callable[[str], None]) -> None:
+    """The rule's n/f limits for the f and in-degree the run will use (:func:`resolve_f`)."""
+    import strategies
+
+    f, in_degree = resolve_f(sc, topo)
+    n = received_per_aggregation(sc, in_degree)
+    try:
+        strategies.build(sc.strategy.name, _strategy_params(sc)).check(n, f)
     except ValueError as e:
         where = "strategy.f" if sc.strategy.f is not None else "strategy.name"
         fail(
-            where,
-            f"{e} (with {n} received vectors per aggregation and f={f}; set strategy.f, "
-            "raise the topology degree, or lower the Byzantine count)",
+            f"{where}: {e} (with {n} received vectors per aggregation and f={f}; set strategy.f, "
+            "raise the topology degree, or lower the Byzantine count)"
         )
+
+
+def _check_partition(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None]) -> None:
+    """The partition the run will make (:func:`partition_for`) gives every peer training data."""
+    try:
+        part = partition_for(sc, info.y_train, byzantine_mask(sc))
+    except ValueError as e:
+        fail(str(e))
+    empty = [i for i, t in enumerate(part.train) if len(t) == 0]
+    if empty:
+        fail(
+            f"peers.count: partition {sc.partition.kind!r} leaves {len(empty)} of {sc.peers.count} peers "
+            f"(e.g. peer {empty[0]}) without training samples; use fewer peers, another partition or a "
+            "lower partition.val_fraction"
+        )
+
+
+def _check_probes(sc: Scenario, fail: Callable[[str], None]) -> None:
+    from fedsim.probes import validate_probe
+
     for i, p in enumerate(sc.probes):
         if not isinstance(p, dict) or "kind" not in p:
-            fail(f"probes.{i}", "each probe is a mapping with a 'kind' (unlearning | cloning)")
+            fail(f"probes.{i}: each probe is a mapping with a 'kind' (unlearning | cloning)")
         if p["kind"] not in ("unlearning", "cloning"):
-            fail(f"probes.{i}.kind", f"got {p['kind']!r}; allowed: unlearning, cloning")
-        from fedsim.probes import validate_probe
-
+            fail(f"probes.{i}.kind: got {p['kind']!r}; allowed: unlearning, cloning")
         try:
             validate_probe(i, p, sc.peers.count)
         except ValueError as e:
-            raise ScenarioError(f"{source}: {e}") from None
+            fail(str(e))
+
 
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
@@ -345,9 +689,11 @@ def parse_value(text: str) -> Any:
     if _NUMBER.fullmatch(text):
         return int(text) if re.fullmatch(r"[-+]?\d+", text) else float(text)
     try:
-        return yaml.safe_load(text)
+        return _yaml(text)
     except yaml.YAMLError:
         return text
+    except _YamlLimitError as e:
+        raise ScenarioError(f"{text[:40]!r}: refused: the YAML is {e}") from None
 
 
 def parse_sets(values: tuple[str, ...] | list[str]) -> dict[str, Any]:
@@ -359,5 +705,8 @@ def parse_sets(values: tuple[str, ...] | list[str]) -> dict[str, Any]:
         if "=" not in v:
             raise click.BadParameter(f"{v!r}: expected KEY=VALUE, e.g. strategy.name=krum", param_hint="--set")
         k, val = v.split("=", 1)
-        out[k.strip()] = parse_value(val)
+        try:
+            out[k.strip()] = parse_value(val)
+        except ScenarioError as e:
+            raise click.BadParameter(str(e), param_hint="--set") from None
     return out

@@ -60,19 +60,22 @@ class Topology:
             self._static = _csr([np.unique([(i - 1) % n, (i + 1) % n]) for i in range(n)])
         elif self.kind == "k_regular":
             if not 0 < self.degree < n or (n * self.degree) % 2:
-                raise ValueError(f"topology.degree={self.degree}: need 0 < degree < peers ({n}) and degree·peers even")
+                raise ValueError(
+                    f"topology.degree={self.degree}: must be < peers.count ({n}) and degree·peers.count even "
+                    "(a k-regular graph has degree·peers/2 edges)"
+                )
             self._static = _from_graph(self._connected(lambda r: nx.random_regular_graph(self.degree, n, seed=r)), n)
         elif self.kind == "erdos_renyi":
             self._static = _from_graph(self._connected(lambda r: nx.gnp_random_graph(n, self.p, seed=r)), n)
         elif self.kind == "watts_strogatz":
             if not 2 <= self.degree < n:
-                raise ValueError(f"topology.degree={self.degree}: need 2 <= degree < peers ({n})")
+                raise ValueError(f"topology.degree={self.degree}: need 2 <= degree, and it must be < peers.count ({n})")
             self._static = _from_graph(
                 self._connected(lambda r: nx.watts_strogatz_graph(n, self.degree, self.p, seed=r)), n
             )
         elif self.kind == "push_gossip":
             if not 0 < self.fanout < n:
-                raise ValueError(f"topology.fanout={self.fanout}: need 0 < fanout < peers ({n})")
+                raise ValueError(f"topology.fanout={self.fanout}: must be < peers.count ({n})")
         elif self.kind == "star":
             pass
         else:

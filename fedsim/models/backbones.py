@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedsim.errors import CorruptFileError
+
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
@@ -143,9 +145,30 @@ def load_backbone(name: str) -> tuple[nn.Module | None, str]:
         )
     raw = path.read_bytes()
     net = spec.build()
-    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    net.load_state_dict(read_weights(path, name))
     net.eval().requires_grad_(False)
     return net, hashlib.sha256(raw).hexdigest()[:16]
+
+
+def read_weights(path: Path, name: str) -> dict[str, torch.Tensor]:
+    """The state dict in ``path``, loaded with ``weights_only=True`` (tensors and plain containers
+    only: a crafted file cannot run code) and checked to fit backbone ``name``; an empty,
+    truncated, corrupt or foreign file is a one-line :class:`CorruptFileError` naming it."""
+    fix = f"recreate it with `fedsim pretrain --backbone {name}`"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, PermissionError):
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure to read an untrusted file means "unusable file"
+        reason = " ".join(str(e).split())[:160] or type(e).__name__
+        raise CorruptFileError(f"{path}: not a readable weights file for backbone {name!r} ({reason}); {fix}") from None
+    expected = get_spec(name).build().state_dict()
+    if not isinstance(state, dict) or set(state) != set(expected):
+        raise CorruptFileError(f"{path}: not the weights of backbone {name!r} (its parameter names differ); {fix}")
+    for k, t in state.items():
+        if not isinstance(t, torch.Tensor) or t.shape != expected[k].shape or not torch.isfinite(t).all():
+            raise CorruptFileError(f"{path}: {k} does not fit backbone {name!r} (shape or non-finite values); {fix}")
+    return state
 
 
 @torch.no_grad()

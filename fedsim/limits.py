@@ -1,0 +1,142 @@
+"""What a run will ask of this machine, decided before anything starts: an estimate of its
+memory against the machine's, and the CPUs its actors ask for against the CPUs there are.
+
+Validation (:func:`fedsim.scenario.check_semantics`) calls :func:`memory_error` so a scenario
+that cannot fit (50,000 peers in 3 GB) fails in a second with one line naming what to lower,
+instead of being OOM-killed mid-run (or, on Ray, reported as a dead actor). The estimate counts
+the arrays the engine allocates (see :mod:`fedsim.peers`), not every temporary: it is meant to
+catch runs that are *clearly* too big, not to predict peak memory to the byte.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+FLOAT = 4  # bytes of a float32
+INDEX = 8  # bytes of an int64 index
+# Measured (PSS, Linux, torch 2.x CPU, Ray 2.x): a Python process with torch and fedsim imported,
+# a Ray actor process hosting a PeerGroup, and Ray's own processes (GCS, raylet, agents).
+PROCESS_BYTES = 250 * 2**20
+RAY_ACTOR_BYTES = 200 * 2**20
+RAY_SYSTEM_BYTES = 350 * 2**20
+NX_EDGE_BYTES = 300  # a networkx edge while a static graph is drawn (both adjacency entries + attr dict)
+
+
+def machine_memory() -> int:
+    """Bytes of memory this process may use: physical memory, or less where a cgroup limits it."""
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+def machine_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a run needs, by what needs them (each names the scenario field that scales it)."""
+
+    heads: int  # every peer's head, optimizer state, gradient and sent copy
+    messages: int  # the gathered heads each aggregating group holds (and forged copies)
+    data: int  # features on the driver, each group's copies of its rows and of the test set
+    topology: int  # the in-neighbour lists every group keeps, and the graph while it is drawn
+    processes: int  # this process, Ray's processes and one per actor
+
+    @property
+    def total(self) -> int:
+        return self.heads + self.messages + self.data + self.topology + self.processes
+
+    def biggest(self) -> tuple[str, str]:
+        """``(field, advice)``: the scenario field that scales the component needing the most, and
+        what to lower."""
+        parts = {
+            ("peers.count", "peers.count (or use a backbone with fewer features)"): self.heads + self.messages,
+            ("engine.num_actors", "engine.num_actors (each group copies the test set) or the dataset"): self.data,
+            ("topology.kind", "the topology's degree (topology.kind, degree, p)"): self.topology,
+            ("engine.num_actors", "engine.num_actors (each Ray actor is a process)"): self.processes,
+        }
+        return max(parts, key=parts.__getitem__)
+
+
+def directed_edges(kind: str, n: int, degree: int, p: float, fanout: int) -> int:
+    """Directed edges of the topology: the in-neighbour index entries of one CSR copy."""
+    return {
+        "complete": n * (n - 1),
+        "ring": 2 * n,
+        "k_regular": n * degree,
+        "watts_strogatz": n * degree,
+        "erdos_renyi": int(p * n * (n - 1)),
+        "push_gossip": n * fanout,
+    }.get(kind, 0)
+
+
+def estimate_memory(
+    *,
+    peers: int,
+    num_params: int,
+    dim: int,
+    n_train: int,
+    n_test: int,
+    groups: int,
+    concurrent: int,
+    adam: bool,
+    consolidated: bool,
+    forged: bool,
+    edges: int,
+    ray_actors: int,
+) -> MemoryEstimate:
+    """Memory of a run from its sizes. ``groups`` peer groups (actors), of which ``concurrent``
+    aggregate at once (all on Ray, one in-process); ``ray_actors`` Ray actor processes (0:
+    in-process); ``edges`` directed topology edges."""
+    per_peer = 4 + int(adam) + int(consolidated)  # w+b, gradient, momentum, sent copy; Adam's v; CWR copy
+    heads = FLOAT * num_params * peers * per_peer
+    messages = FLOAT * num_params * peers * (1 + concurrent * (1 + int(forged)))
+    data = FLOAT * dim * (2 * n_train + n_test * (1 + groups))  # driver features + group rows + test copies
+    topology = INDEX * edges * (groups + 1) + NX_EDGE_BYTES * edges // 2
+    processes = PROCESS_BYTES + (RAY_SYSTEM_BYTES + RAY_ACTOR_BYTES * ray_actors if ray_actors else 0)
+    return MemoryEstimate(heads, messages, data, topology, processes)
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def memory_error(est: MemoryEstimate, available: int | None = None) -> str | None:
+    """One line saying what to lower when ``est`` exceeds the machine's memory, else None."""
+    available = machine_memory() if available is None else available
+    if est.total <= available:
+        return None
+    return (
+        f"needs about {gib(est.total)} of memory (peer heads and optimizer state {gib(est.heads)}, "
+        f"gathered messages {gib(est.messages)}, data copies {gib(est.data)}, topology {gib(est.topology)}, "
+        f"processes {gib(est.processes)}), this machine has {gib(available)}; lower {est.biggest()[1]}"
+    )
+
+
+def cpu_warning(num_actors: int, cpus_per_actor: float, ray_cpus: int | None, cpus: int | None = None) -> str | None:
+    """A warning when a locally started Ray instance would be given more CPUs than the machine
+    has (``ray_cpus``: what the run gives Ray, None when it attaches to a cluster): every actor
+    is a process of its own, so 40 actors on 2 CPUs cost 40 processes' memory and share 2 CPUs."""
+    cpus = machine_cpus() if cpus is None else cpus
+    if ray_cpus is None or ray_cpus <= cpus:
+        return None
+    fit = max(1, math.floor(cpus / cpus_per_actor))
+    return (
+        f"engine.num_actors: {num_actors} actors × {cpus_per_actor:g} CPUs give Ray {ray_cpus} CPUs on a machine "
+        f"with {cpus}: the actors share {cpus} CPUs, each a process of about {RAY_ACTOR_BYTES // 2**20} MiB; "
+        f"set engine.num_actors <= {fit} to give each actor a CPU of its own"
+    )
