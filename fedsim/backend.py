@@ -1,9 +1,152 @@
 """Where peer groups run: Ray actors (default; local or a cluster via ``engine.address``) or
-in-process objects with the same call pattern (``engine.backend: local``, for debugging)."""
+in-process objects with the same call pattern (``engine.backend: local``, for debugging).
+
+Every Ray fedsim starts on this machine (``fedsim run``, ``fedsim sweep``, the probes' retraining
+runs) is started by :func:`init_ray`, which makes it private to this user: bound to 127.0.0.1,
+its session under a 0700 folder, and token authentication on where the process has not imported
+Ray yet. A cluster address is the user's explicit choice and is connected to as given.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import secrets
+import stat
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+from fedsim.errors import FedsimError
+
+LOOPBACK = "127.0.0.1"
+
+
+class RayStartError(FedsimError, RuntimeError):
+    """Ray could not be started here, or the cluster address given could not be reached."""
+
+
+def private_ray_dir(base: str | None = None) -> Path:
+    """``<base>/fedsim-ray-<uid>``: a 0700 folder owned by this user, the parent of Ray's temp dir.
+
+    Ray makes its own temp, session, socket and log folders mode 0777; under a 0700 parent no
+    other user can reach them. ``base`` defaults to the temp folder, kept short: Ray's socket
+    paths must fit ``sun_path`` (107 bytes), so a long ``TMPDIR`` (macOS) falls back to ``/tmp``.
+    Refuses a folder (or link) of that name that this user does not own."""
+    if base is None:
+        base = tempfile.gettempdir()
+        if len(base) > 40 and os.path.isdir("/tmp"):
+            base = "/tmp"
+    uid = os.getuid() if hasattr(os, "getuid") else os.getpid()
+    d = Path(base) / f"fedsim-ray-{uid}"
+    try:
+        d.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise RayStartError(f"cannot create Ray's private folder {d}: {e.strerror or e}") from None
+    st = d.lstat()
+    if not stat.S_ISDIR(st.st_mode) or (hasattr(os, "getuid") and st.st_uid != os.getuid()):
+        raise RayStartError(f"{d} is not a folder owned by you; remove it (or set TMPDIR elsewhere) and try again")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(d, 0o700)
+    return d
+
+
+def _enable_token_auth() -> bool:
+    """Turn on Ray's token authentication (``RAY_AUTH_MODE=token`` and a random
+    ``RAY_AUTH_TOKEN``, inherited by the processes Ray starts) if Ray is not imported yet: Ray
+    reads the mode once, at import, and a driver and cluster that disagree cannot talk. An
+    ``RAY_AUTH_MODE`` already set is the user's choice and is kept. Returns whether token
+    authentication is on for this process."""
+    if "ray" not in sys.modules and "RAY_AUTH_MODE" not in os.environ:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    try:
+        from ray._raylet import AuthenticationMode, get_authentication_mode
+
+        return get_authentication_mode() == AuthenticationMode.TOKEN
+    except ImportError:  # a Ray without token authentication
+        return False
+
+
+@contextlib.contextmanager
+def _loopback_node() -> Iterator[None]:
+    """While Ray starts, make it take 127.0.0.1 as this node's address: Ray maps an explicit
+    ``_node_ip_address="127.0.0.1"`` to the machine's routable address unless its single-machine
+    mode (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read at import) is on; with a loopback node
+    address its gRPC servers (GCS, raylet, object manager, workers) listen on loopback only."""
+    from ray._private import ray_constants
+
+    saved_const = ray_constants.ENABLE_RAY_CLUSTER
+    saved_env = os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_const
+        if saved_env is None:
+            os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, None)
+        else:
+            os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = saved_env
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = False) -> bool:
+    """Start Ray for this process, or connect to the cluster at ``address``; the one place fedsim
+    calls ``ray.init``. Returns False (and does nothing) when Ray is already initialised here,
+    e.g. by a caller that runs several scenarios on one Ray; True when this call started or
+    connected it (the caller then shuts it down).
+
+    Without ``address``, a new Ray private to this user is started (``address="local"``: never
+    attached to a cluster named by ``RAY_ADDRESS`` or left by ``ray start``): bound to
+    127.0.0.1, its temp dir under :func:`private_ray_dir`, token authentication on where
+    :func:`_enable_token_auth` can turn it on, no dashboard."""
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # CPU simulation: silence Ray's GPU tip
+    local = not address
+    if local:
+        _enable_token_auth()
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kw: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": log_to_driver,
+        "logging_level": "ERROR",
+        "configure_logging": True,
+    }
+    try:
+        if not local:
+            ray.init(address=address, **kw)
+            return True
+        kw |= {"address": "local", "num_cpus": num_cpus, "_node_ip_address": LOOPBACK}
+        kw["_temp_dir"] = str(private_ray_dir() / "ray")
+        with _loopback_node():
+            ray.init(**kw)
+    except FedsimError:
+        raise
+    except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, ValueError, RuntimeError, ...
+        where = f"connect to the Ray cluster at {address}" if address else "start Ray on this machine"
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise RayStartError(f"could not {where}: {type(e).__name__}: {first}") from None
+    node = getattr(ray._private.worker, "_global_node", None)
+    if node is not None and node.node_ip_address != LOOPBACK:
+        warnings.warn(f"Ray took node address {node.node_ip_address}, not {LOOPBACK}", RuntimeWarning, stacklevel=2)
+    return True
+
+
+def kill_actors(ray: Any, handles: list[Any]) -> None:
+    """Free the actors' CPUs now (a shared Ray session may run more after them); actors already
+    dead are skipped."""
+    for h in handles:
+        try:
+            ray.kill(h)
+        except Exception:  # noqa: BLE001 - already dead
+            pass
 
 
 class _LocalCall:
@@ -51,25 +194,10 @@ class RayBackend:
     name = "ray"
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None) -> None:
-        import os
-
-        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # CPU simulation: silence Ray's GPU tip
+        self._started = init_ray(address, num_cpus, log_to_driver=True)
         import ray
 
         self.ray = ray
-        self._started = not ray.is_initialized()
-        if self._started:
-            kw: dict[str, Any] = {
-                "include_dashboard": False,
-                "log_to_driver": True,
-                "logging_level": "ERROR",
-                "configure_logging": True,
-            }
-            if address:
-                kw["address"] = address
-            else:  # "local": never attach silently to a cluster some `ray start` left on this machine
-                kw |= {"address": "local", "num_cpus": num_cpus}
-            ray.init(**kw)
 
     def actor(self, cls: type, *args: Any, num_cpus: float = 1.0) -> Any:
         return self.ray.remote(num_cpus=num_cpus)(cls).remote(*args)
@@ -79,11 +207,7 @@ class RayBackend:
 
     def kill(self, handles: list[Any]) -> None:
         """Free the actors' CPUs now (a shared Ray session may run more scenarios after this one)."""
-        for h in handles:
-            try:
-                self.ray.kill(h)
-            except Exception:  # already dead
-                pass
+        kill_actors(self.ray, handles)
 
     def get(self, refs: Any) -> Any:
         return self.ray.get(refs)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from fedsim.cli_errors import FedsimGroup, remember_run_dir
+from fedsim.errors import RunInterruptedError
 from fedsim.scenario import ScenarioError
 
 
@@ -17,7 +19,7 @@ def _console():
     return Console(stderr=False)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=FedsimGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="fedsim")
 def main() -> None:
     """fedsim: simulate federated and decentralized learning under Byzantine attack.
@@ -134,6 +136,7 @@ def _execute(r, console, quiet: bool, resume: bool) -> dict | None:
     )
 
     sc = r.sc
+    remember_run_dir(r.dir)
     if quiet:
         return _guarded(r, console, None, resume)
     with Progress(
@@ -156,16 +159,19 @@ def _execute(r, console, quiet: bool, resume: bool) -> dict | None:
 
 
 def _guarded(r, console, progress, resume: bool, log=None) -> dict | None:
-
+    """Execute ``r``. Ctrl-C (handled by the run after its round, or arriving before the run took
+    over SIGINT) ends in one line naming the resume command and exit 130; an actor that died
+    stops the run with the same line and exit 1. The group (:class:`FedsimGroup`) prints them."""
     try:
         return r.execute(progress=progress, log=log or (lambda m: None), resume=resume)
     except KeyboardInterrupt:
-        console.print(
-            f"[yellow]interrupted; the run can continue from its last checkpoint: fedsim run --resume {r.dir}"
-        )
-        sys.exit(130)
-    except (FileNotFoundError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+        raise RunInterruptedError(
+            f"interrupted; the run can continue from its last checkpoint: fedsim run --resume {r.dir}"
+        ) from None
+    except RunInterruptedError as e:
+        if not getattr(r, "_stop_requested", False):  # not Ctrl-C: a peer actor died
+            e.exit_code = 1
+        raise
 
 
 def _summary_table(console, s: dict, run_dir: Path) -> None:

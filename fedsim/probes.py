@@ -331,11 +331,9 @@ def _release_actors(run: Run) -> None:
         return
     import ray
 
-    for h in handles:
-        try:
-            ray.kill(h)
-        except Exception:  # already gone
-            pass
+    from fedsim.backend import kill_actors
+
+    kill_actors(ray, handles)
     run.groups, run.server = [], None
 
 

@@ -42,6 +42,7 @@ import click
 import yaml
 
 from fedsim._runs import IGNORED_PREFIXES, flatten, fmt_value
+from fedsim.errors import RunInterruptedError
 from fedsim.scenario import ScenarioError, parse, parse_sets, parse_value, set_dotted
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._,+\-]")
@@ -267,7 +268,7 @@ def run_one(data: dict[str, Any], run_dir: str, progress: Callable[[int, dict], 
         summary = run.execute(progress=progress, resume=resume)
         return {"status": "done", "summary": summary, "resumed": resume}
     except Exception as e:  # noqa: BLE001 - one failing run must not end the sweep
-        if type(e).__name__ == "RunInterruptedError":  # Ctrl-C inside Run.execute: checkpointed, resumable
+        if isinstance(e, RunInterruptedError):  # Ctrl-C inside Run.execute: checkpointed, resumable
             return {"status": "interrupted", "error": str(e)}
         d.mkdir(parents=True, exist_ok=True)
         (d / "error.txt").write_text(traceback.format_exc())
@@ -362,17 +363,11 @@ def execute_sweep(
 
 
 def _execute_ray(pending: list[PlannedRun], jobs: int | None, address: str | None, rep: Reporter, finished) -> None:
+    from fedsim.backend import init_ray
+
+    started = init_ray(address, None if address else max(jobs or 0, os.cpu_count() or 1))
     import ray
 
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a FutureWarning on stderr
-    started = not ray.is_initialized()
-    if started:
-        kw: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": False}
-        if address:
-            kw["address"] = address
-        else:
-            kw["num_cpus"] = max(jobs or 0, os.cpu_count() or 1)
-        ray.init(**kw)
     try:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         limit = max(1, min(jobs or cpus, cpus))

@@ -1,0 +1,282 @@
+"""The command line ends every failure in one line, and the Ray it starts is private to the user.
+
+* Ctrl-C on a real ``fedsim run`` prints one line naming ``--resume``, exit 130 (no traceback).
+* A :class:`~fedsim.errors.FedsimError` raised in any command prints ``Error: <message>``, exit 1.
+* An unexpected exception prints one line naming a log file that holds the traceback.
+* Disk full, a forbidden write and torch's failed write print one line naming the path.
+* Ray started by fedsim listens on loopback only, keeps its session in a 0700 folder and uses
+  token authentication; ``RAY_ADDRESS`` in the environment does not capture a sweep.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from fedsim.cli import main
+from fedsim.errors import FedsimError, RunInterruptedError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _scenario(tmp_path: Path, **over) -> Path:
+    d = {
+        "name": "t",
+        "seed": 3,
+        "rounds": 3,
+        "dataset": {"name": "sklearn_digits"},
+        "backbone": {"name": "identity", "cache_dir": str(tmp_path / "cache")},
+        "partition": {"kind": "dirichlet", "alpha": 1.0},
+        "peers": {"count": 8},
+        "topology": {"kind": "k_regular", "degree": 4},
+        "training": {"lr": 0.05, "momentum": 0.5, "batch_size": 16, "local_steps": 1},
+        "engine": {"backend": "local", "num_actors": 1},
+        "output": {"dir": str(tmp_path / "runs")},
+    } | over
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def _one_line(text: str) -> str:
+    lines = [x for x in text.splitlines() if x.strip()]
+    assert len(lines) == 1, f"expected one line, got {len(lines)}:\n{text[-3000:]}"
+    assert "Traceback" not in text
+    return lines[0]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    return env | {"PYTHONPATH": str(ROOT)} | extra
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+def test_ctrl_c_on_a_real_run_prints_one_line_with_the_resume_command(tmp_path: Path) -> None:
+    path = _scenario(tmp_path, name="sig", rounds=100000)
+    metrics = tmp_path / "runs" / "sig" / "metrics.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedsim.cli", "run", str(path), "-q"],
+        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.time() + 90
+        while not (metrics.exists() and metrics.read_bytes().count(b"\n") >= 1):
+            assert proc.poll() is None and time.time() < deadline, "the run ended or never wrote a round"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    line = _one_line(err)
+    assert proc.returncode == 130, err
+    assert f"fedsim run --resume {metrics.parent}" in line
+    assert (metrics.parent / "checkpoint.pt").exists()
+
+
+def test_ctrl_c_before_the_run_takes_over_sigint_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    def interrupted(self, *a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("fedsim.runner.Run.execute", interrupted)
+    res = CliRunner().invoke(main, ["run", str(_scenario(tmp_path)), "-q"])
+    assert res.exit_code == 130, res.output
+    assert "--resume" in _one_line(res.stderr)
+
+
+def test_ctrl_c_in_any_other_command_is_one_line(monkeypatch) -> None:
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("strategies.available", interrupted)
+    res = CliRunner().invoke(main, ["list", "strategies"])
+    assert res.exit_code == 130, res.output
+    assert _one_line(res.stderr) == "Error: interrupted"
+
+
+def test_a_dead_actor_is_one_line_with_exit_1(tmp_path: Path, monkeypatch) -> None:
+    def died(self, *a, **k):
+        self._stop_requested = False
+        raise RunInterruptedError(f"a peer actor died (RayActorError); fedsim run --resume {self.dir} restarts it")
+
+    monkeypatch.setattr("fedsim.runner.Run.execute", died)
+    res = CliRunner().invoke(main, ["run", str(_scenario(tmp_path)), "-q"])
+    assert res.exit_code == 1, res.output
+    assert _one_line(res.stderr).startswith("Error: a peer actor died")
+
+
+# --------------------------------------------------------------------------- expected failures
+def _raise(exc: BaseException):
+    def f(*a, **k):
+        raise exc
+
+    return f
+
+
+COMMANDS = {  # command line, the function it calls that is made to fail
+    "list": (lambda tmp: ["list", "strategies"], "strategies.available"),
+    "run": (lambda tmp: ["run", str(_scenario(tmp)), "-q"], "fedsim.runner.Run.execute"),
+    "sweep": (lambda tmp: ["sweep", str(_scenario(tmp)), "-g", "seed=0,1", "--local", "-q"], "fedsim.sweep.plan_sweep"),
+    "report": (lambda tmp: ["report", str(tmp)], "fedsim.report.load_runs"),
+    "plot": (lambda tmp: ["plot", str(tmp)], "fedsim.plot.load_runs"),
+    "pretrain": (lambda tmp: ["pretrain", "--out", str(tmp / "w.pt")], "fedsim.models.pretrain.pretrain"),
+    "flower": (
+        lambda tmp: ["flower", "export", str(_scenario(tmp, mode="federated")), str(tmp / "app")],
+        "fedsim.flower.project.export_app",
+    ),
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_a_fedsim_error_in_any_command_is_one_line(command: str, tmp_path: Path, monkeypatch) -> None:
+    if command == "flower":
+        pytest.importorskip("flwr")
+    argv, target = COMMANDS[command]
+    monkeypatch.setattr(target, _raise(FedsimError("data/x.npz: truncated\n(12 of 400 bytes)")))
+    res = CliRunner().invoke(main, argv(tmp_path))
+    assert res.exit_code == 1, res.output
+    assert _one_line(res.stderr) == "Error: data/x.npz: truncated (12 of 400 bytes)"
+
+
+@pytest.mark.parametrize("command", ["list", "run"])
+def test_an_unexpected_error_is_one_line_naming_the_log_with_its_traceback(
+    command: str, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache-home"))
+    argv, target = COMMANDS[command]
+    monkeypatch.setattr(target, _raise(RuntimeError("kaboom\nsecond line")))
+    res = CliRunner().invoke(main, argv(tmp_path))
+    assert res.exit_code == 1, res.output
+    line = _one_line(res.stderr)
+    assert line.startswith("fedsim: internal error: RuntimeError: kaboom second line; traceback written to ")
+    log = Path(line.rsplit(" ", 1)[-1])
+    expected_dir = tmp_path / "runs" / "t" if command == "run" else tmp_path / "cache-home" / "fedsim" / "logs"
+    assert log.parent == expected_dir
+    text = log.read_text()
+    assert "Traceback (most recent call last)" in text and "RuntimeError: kaboom" in text
+
+
+@pytest.mark.parametrize(
+    "exc, expected",
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), "Error: disk full: no space left for {run}"),
+        (OSError(errno.EDQUOT, "Quota exceeded", "/x/m.jsonl"), "Error: disk full: no space left for /x/m.jsonl"),
+        (PermissionError(errno.EACCES, "Permission denied", "/ro/c"), "Error: cannot write /ro/c: Permission denied"),
+        (OSError(errno.EROFS, "Read-only file system", "/ro/x"), "Error: cannot write /ro/x: Read-only file system"),
+        (
+            RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0\n"
+                         "PytorchStreamWriter failed writing file data/0: file write failed"),
+            "Error: could not write a file in {run}",
+        ),
+    ],
+)
+def test_a_failed_write_is_one_line_naming_the_path(exc, expected: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache-home"))
+    monkeypatch.setattr("fedsim.runner.Run.execute", _raise(exc))
+    res = CliRunner().invoke(main, ["run", str(_scenario(tmp_path)), "-q"])
+    assert res.exit_code == 1, res.output
+    line = _one_line(res.stderr)
+    assert line.startswith(expected.format(run=tmp_path / "runs" / "t")), line
+    assert not (tmp_path / "cache-home").exists()  # an expected failure writes no traceback log
+
+
+# --------------------------------------------------------------------------- Ray
+def test_the_private_ray_folder_is_0700_and_refuses_what_is_not_ours(tmp_path: Path) -> None:
+    from fedsim.backend import RayStartError, private_ray_dir
+
+    d = private_ray_dir(str(tmp_path))
+    assert d == tmp_path / f"fedsim-ray-{os.getuid()}"
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    d.chmod(0o777)  # as Ray leaves its folders
+    assert stat.S_IMODE(private_ray_dir(str(tmp_path)).stat().st_mode) == 0o700
+    other = tmp_path / "other"
+    other.mkdir()
+    d.rmdir()
+    d.symlink_to(other)  # planted by someone else to redirect Ray's sockets
+    with pytest.raises(RayStartError, match="not a folder owned by you"):
+        private_ray_dir(str(tmp_path))
+    if os.getuid() == 0:
+        d.unlink()
+        d.mkdir()
+        os.chown(d, 4242, 4242)
+        with pytest.raises(RayStartError, match="not a folder owned by you"):
+            private_ray_dir(str(tmp_path))
+
+
+_LISTENERS = r"""
+import json, os, sys
+import psutil
+from fedsim.backend import make_backend
+
+class Echo:
+    def pid(self):
+        return os.getpid()
+
+backend = make_backend("ray", None, 1)
+import ray
+ray.get(backend.actor(Echo, num_cpus=1).pid.remote())
+me = psutil.Process()
+found, auth = [], {}
+for p in [me, *me.children(recursive=True)]:
+    try:
+        found += [[p.name(), c.laddr.ip, c.laddr.port] for c in p.net_connections(kind="inet")
+                  if c.status == psutil.CONN_LISTEN or (c.type == 2 and not c.raddr)]
+        auth[p.name()] = p.environ().get("RAY_AUTH_MODE")
+    except psutil.Error:
+        pass
+node = ray._private.worker._global_node
+print(json.dumps({"listen": found, "auth": auth, "session": node.get_session_dir_path()}))
+backend.shutdown()
+"""
+
+
+def _loopback(ip: str) -> bool:
+    return ip.startswith("127.") or ip.startswith("::ffff:127.") or ip == "::1"
+
+
+@pytest.mark.slow
+def test_ray_started_by_fedsim_listens_on_loopback_only_with_a_private_session_and_a_token(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    pytest.importorskip("psutil")
+    res = subprocess.run(
+        [sys.executable, "-c", _LISTENERS], cwd=tmp_path, env=_env(RAY_ADDRESS="bogus.invalid:6379"),
+        capture_output=True, text=True, timeout=240,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    names = {n for n, _, _ in out["listen"]}
+    assert {"gcs_server", "raylet"} <= names, out  # the servers were found (the check is not vacuous)
+    exposed = [x for x in out["listen"] if not _loopback(x[1])]
+    assert not exposed, f"Ray processes listening beyond loopback: {exposed}"
+    session = Path(out["session"])
+    private = session.parents[1]
+    assert private.name == f"fedsim-ray-{os.getuid()}", session
+    st = private.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.getuid()
+    assert out["auth"]["gcs_server"] == "token" and out["auth"]["raylet"] == "token", out["auth"]
+
+
+@pytest.mark.slow
+def test_ray_address_in_the_environment_does_not_capture_a_sweep(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    path = _scenario(tmp_path, rounds=2)
+    res = subprocess.run(
+        [sys.executable, "-m", "fedsim.cli", "sweep", str(path), "-g", "seed=0,1", "-j", "1", "-q"],
+        cwd=tmp_path, env=_env(RAY_ADDRESS="bogus.invalid:6379"), capture_output=True, text=True, timeout=300,
+    )
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    assert "2 ran" in res.stdout
+    sweep_dir = tmp_path / "runs" / "t-sweep"
+    assert len(list(sweep_dir.glob("*/summary.json"))) == 2
+
