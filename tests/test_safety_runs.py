@@ -381,16 +381,24 @@ def _strict(line: bytes) -> dict:
     return json.loads(line, parse_constant=refuse)
 
 
-def test_nonfinite_metrics_are_null_with_a_flag(small_scenario):
-    r = Run(parse(small_scenario(rounds=3, **{"training.weight_decay": 1e30})))
+def test_nonfinite_metrics_are_null_with_a_flag(small_scenario, monkeypatch):
+    """A diverged run (issue 13: weight_decay=1e30 wrote bare NaN; validation now refuses that value,
+    so the divergence is forced here: NaN train loss, ±inf test loss and accuracy)."""
+    from fedsim.peers import PeerGroup
+
+    train, evaluate = PeerGroup.train, Run._evaluate
+    monkeypatch.setattr(PeerGroup, "train", lambda self, *a: (train(self, *a)[0], float("nan")))
+    monkeypatch.setattr(Run, "_evaluate", lambda self, *a: evaluate(self, *a)
+                        | {"test_loss": float("inf"), "accuracy_mean": float("-inf")})
+    r = Run(parse(small_scenario(rounds=3, **{"evaluation.every": 2})))
     r.create_dir()
     r.execute()
     recs = [_strict(x) for x in _metrics(r.dir).splitlines()]
-    flagged = [x for x in recs if "nonfinite" in x]
-    assert flagged, "weight_decay=1e30 should diverge"
-    for x in flagged:
-        assert x["nonfinite"] and all(x[k] is None for k in x["nonfinite"])
-    json.loads((r.dir / "summary.json").read_text(), parse_constant=lambda t: pytest.fail(t))
+    evaluated = ["accuracy_mean", "test_loss", "train_loss"]  # rounds 1 and 2 (the last) are evaluated
+    assert [x["nonfinite"] for x in recs] == [["train_loss"], evaluated, evaluated]
+    assert all(x[k] is None for x in recs for k in x["nonfinite"])
+    summary = json.loads((r.dir / "summary.json").read_text(), parse_constant=lambda t: pytest.fail(t))
+    assert summary["final_accuracy_mean"] is None
 
 
 def test_metrics_line_never_writes_bare_nan():
