@@ -43,7 +43,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 os.environ.setdefault("FLWR_LOG_LEVEL", "WARNING")  # Flower's own knob: no per-round INFO lines
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -51,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fedsim  # noqa: E402
 from fedsim.features import load_features  # noqa: E402
 from fedsim.partition import make_partition  # noqa: E402
+from fedsim.rundir import read_checkpoint  # noqa: E402
 from fedsim.runner import Run  # noqa: E402
 from fedsim.scenario import parse  # noqa: E402
 
@@ -108,7 +108,7 @@ def fedsim_global(n: int, rounds: int, tmp: Path) -> np.ndarray:
     r = Run(sc, tmp / f"fedsim_local_n{n}")
     r.create_dir(overwrite=True)
     r.execute()
-    return torch.load(r.dir / "checkpoint.pt", weights_only=False)["server"]["global"]
+    return np.asarray(read_checkpoint(r.dir / "checkpoint.pt")[1]["server"]["global"])
 
 
 def run_flower(n: int, rounds: int, tmp: Path, cpus_per_client: float) -> dict:
