@@ -7,8 +7,8 @@
 * the machine refusing a write (disk full, read-only or forbidden folder, or another ``OSError``):
   one line naming the path, exit 1;
 * anything else is a bug: ``fedsim: internal error: <type>: <message>; traceback written to
-  <path>``, exit 1, with the full traceback in the run directory's ``error.log`` when the command
-  has one, else under the user's cache folder.
+  <path>``, exit 1, with the full traceback in the run directory's ``error.txt`` (as a sweep's
+  failed runs have) when the command has one, else under the user's cache folder.
 
 :class:`FedsimGroup` applies this once, around every command of the group (those defined in other
 modules too), so no command needs its own catch-all.
@@ -32,6 +32,7 @@ from fedsim.errors import FedsimError, RunInterruptedError
 
 RUN_DIR_KEY = "fedsim.run_dir"  # ctx.meta key: the run directory a command writes into, once known
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+RUN_ERROR_FILE = "error.txt"  # a run directory's traceback file (fedsim sweep writes the same)
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
 _TORCH_WRITE_FAILED = ("PytorchStreamWriter failed", "file write failed", "inline_container")
@@ -44,7 +45,7 @@ def one_line(text: object, limit: int = 400) -> str:
 
 
 def remember_run_dir(path: Path) -> None:
-    """Tell the error handler which run directory the current command writes (for ``error.log``
+    """Tell the error handler which run directory the current command writes (for ``error.txt``
     and for the lines about a full disk or an interrupted run)."""
     ctx = click.get_current_context(silent=True)
     if ctx is not None:
@@ -97,12 +98,12 @@ def log_dir() -> Path:
 
 
 def write_traceback(run_dir: Path | None) -> Path | None:
-    """Write the current exception's traceback (and the command line) to ``run_dir/error.log``,
+    """Write the current exception's traceback (and the command line) to ``run_dir/error.txt``,
     else to a new file under :func:`log_dir`, else under the temp folder; returns the file, or
     None when no place could be written."""
     text = f"fedsim {' '.join(sys.argv[1:])}\n{time.strftime('%Y-%m-%d %H:%M:%S')}\n\n{traceback.format_exc()}"
     stamp = f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    candidates = [run_dir / "error.log"] if run_dir is not None and run_dir.is_dir() else []
+    candidates = [run_dir / RUN_ERROR_FILE] if run_dir is not None and run_dir.is_dir() else []
     candidates += [log_dir() / stamp, Path(tempfile.gettempdir()) / f"fedsim-{stamp}"]
     for path in candidates:
         try:

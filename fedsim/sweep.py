@@ -42,6 +42,7 @@ import click
 import yaml
 
 from fedsim._runs import IGNORED_PREFIXES, flatten, fmt_value
+from fedsim.cli_errors import RUN_ERROR_FILE
 from fedsim.errors import RunInterruptedError
 from fedsim.scenario import ScenarioError, parse, parse_sets, parse_value, set_dotted
 
@@ -264,14 +265,14 @@ def run_one(data: dict[str, Any], run_dir: str, progress: Callable[[int, dict], 
         resume = all((d / f).exists() for f in ("checkpoint.pt", "scenario.yaml", "metrics.jsonl"))
         if not resume:
             run.create_dir(overwrite=True)
-        (d / "error.txt").unlink(missing_ok=True)
+        (d / RUN_ERROR_FILE).unlink(missing_ok=True)
         summary = run.execute(progress=progress, resume=resume)
         return {"status": "done", "summary": summary, "resumed": resume}
     except Exception as e:  # noqa: BLE001 - one failing run must not end the sweep
         if isinstance(e, RunInterruptedError):  # Ctrl-C inside Run.execute: checkpointed, resumable
             return {"status": "interrupted", "error": str(e)}
         d.mkdir(parents=True, exist_ok=True)
-        (d / "error.txt").write_text(traceback.format_exc())
+        (d / RUN_ERROR_FILE).write_text(traceback.format_exc())
         return {"status": "failed", "error": f"{type(e).__name__}: {e}"}
 
 
@@ -421,7 +422,7 @@ class _BarReporter(Reporter):
             self.bar.remove_task(self.rounds)
             self.rounds = None
         if result["status"] in ("failed", "interrupted"):
-            self.bar.console.print(f"[red]failed[/red] {run.name}: {result['error']} (see {run.dir / 'error.txt'})")
+            self.bar.console.print(f"[red]failed[/red] {run.name}: {result['error']} (see {run.dir / RUN_ERROR_FILE})")
             last = f"[red]failed {run.name}"
         else:
             acc = (result.get("summary") or {}).get("final_accuracy_mean")
