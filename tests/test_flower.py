@@ -240,7 +240,7 @@ def test_cli_command_lines(tmp_path):
                                     "--num-partitions", "24", "--root-certificates", str(tmp_path / "ca.crt"),
                                     "--auth-key", str(tmp_path / "k"), "--data-dir", str(tmp_path), "--dry-run"])
     assert r.exit_code == 0, r.output
-    assert "flower-supernode --superlink 10.0.0.5:8000 --node-config" in r.output
+    assert "-m fedsim.flower.launch supernode --superlink 10.0.0.5:8000 --node-config" in r.output
     assert "partition-id=3 num-partitions=24 data-dir=" in r.output
     assert f"--root-certificates {tmp_path / 'ca.crt'} --auth-supernode-private-key {tmp_path / 'k'}" in r.output
     assert "--insecure" not in r.output
@@ -289,3 +289,61 @@ def test_demo_in_process_matches_fedsim(fed_scenario, tmp_path):
     assert r.exit_code == 0, r.output
     rows = [x.split() for x in r.output.splitlines() if x.strip()[:1].isdigit()]
     assert len(rows) == 2 and all(float(x[1]) == float(x[2]) and float(x[3]) == 0 for x in rows)
+
+
+# ---------------------------------------------------------------------- launcher: PATH and the closed control plane
+def _asgi_call(gate, path: str, client: tuple[str, int] | None) -> tuple[int | None, bool]:
+    """Send one HTTP request through ``gate``; returns (status it answered or None, inner app reached)."""
+    import asyncio
+
+    reached, sent = [], []
+
+    async def inner(scope, receive, send):
+        reached.append(scope["path"])
+
+    async def send(msg):
+        sent.append(msg)
+
+    async def receive():  # pragma: no cover - the gate never reads a body
+        return {"type": "http.request", "body": b""}
+
+    gate.app = inner
+    asyncio.run(gate({"type": "http", "path": path, "client": client}, receive, send))
+    status = next((m["status"] for m in sent if m["type"] == "http.response.start"), None)
+    return status, bool(reached)
+
+
+def test_control_plane_gate_refuses_other_machines():
+    """Control and Runtime API paths from a non-local peer get 403 and never reach Flower; the
+    Fleet API and requests from this machine pass."""
+    from fedsim.flower.launch import ControlPlaneGate
+
+    gate = ControlPlaneGate(None, bound="0.0.0.0")
+    for path in ("/v1/control/start-run", "/v1/control", "/v1/runtime/push-messages"):
+        assert _asgi_call(gate, path, ("192.0.2.9", 5000)) == (403, False), path
+        assert _asgi_call(gate, path, None) == (403, False), path  # unknown peer: refused
+        for local in ("127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1"):
+            assert _asgi_call(gate, path, (local, 5000)) == (None, True), (path, local)
+    for path in ("/v1/fleet/pull-messages", "/v1/controlled", "/health"):
+        assert _asgi_call(gate, path, ("192.0.2.9", 5000)) == (None, True), path
+    bound = ControlPlaneGate(None, bound="192.0.2.2")  # bound to one address: this machine dials it
+    assert _asgi_call(bound, "/v1/runtime/x", ("192.0.2.2", 5000)) == (None, True)
+    assert _asgi_call(bound, "/v1/runtime/x", ("192.0.2.3", 5000)) == (403, False)
+
+
+def test_launcher_puts_its_own_bin_first_on_path(monkeypatch):
+    """Flower starts flower-superexec / flwr-*app by bare name: the launcher's environment has the
+    interpreter's bin directory first on PATH, whatever PATH was (also empty)."""
+    import sys
+    from pathlib import Path
+
+    from fedsim.flower import launch
+
+    own = str(Path(sys.executable).parent)
+    assert launch.env_with_own_bin({"PATH": "/usr/bin:/bin"})["PATH"] == f"{own}:/usr/bin:/bin"
+    assert launch.env_with_own_bin({})["PATH"] == own
+    assert launch.env_with_own_bin({"PATH": f"/x:{own}"})["PATH"] == f"{own}:/x"
+    cmd = launch.launch_command("superlink", ["--host", "0.0.0.0"])
+    assert cmd[:4] == [sys.executable, "-m", "fedsim.flower.launch", "superlink"] and Path(cmd[0]).is_absolute()
+    with pytest.raises(ValueError, match="role"):
+        launch.launch_command("superexec", [])

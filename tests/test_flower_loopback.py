@@ -181,3 +181,79 @@ def test_cleanup_after_a_failed_start(tmp_path, monkeypatch):
         fed.start()
     assert fed.procs["superlink"].poll() is not None
     _assert_gone([fed.procs["superlink"].pid])
+
+
+# ---------------------------------------------------------------------- deployment: PATH, closed control plane
+BARE_PATH = "/usr/bin:/bin"  # no venv on PATH, as under systemd or cron
+
+
+def _non_loopback_ip() -> str | None:
+    """An address of this machine that is not loopback (the route to a TEST-NET address), or None."""
+    import ipaddress
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # UDP: nothing is sent
+            ip = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if ipaddress.ip_address(ip).is_loopback or ip == "0.0.0.0" else ip
+
+
+def _http_status(url: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=b"{}", headers={"content-type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+
+
+def test_control_plane_closed_on_a_non_loopback_address(tmp_path):
+    """A SuperLink listening on 0.0.0.0 (as `fedsim flower superlink` does for devices): from the
+    machine's non-loopback address the Control API (`flwr ls`, register, run) and the Runtime API
+    answer 403; from 127.0.0.1 `flwr ls` works; the Fleet API stays reachable from outside."""
+    from fedsim.flower.local import flwr_cli
+    from fedsim.flower.project import write_flwr_config
+
+    ip = _non_loopback_ip()
+    if ip is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    fed = LocalFederation(tmp_path / "fed", [], tls=False, host="0.0.0.0", startup_timeout=30.0)
+    with fed:
+        home = write_flwr_config(tmp_path / "outside", f"{ip}:{fed.port}", insecure=True).parent
+        outside = flwr_cli(["ls", "--format", "json"], home, timeout=60)
+        inside = flwr_cli(["ls", "--format", "json"], fed.cli_home, timeout=60)
+        control = _http_status(f"http://{ip}:{fed.port}/v1/control/list-runs")
+        runtime = _http_status(f"http://{ip}:{fed.port}/v1/runtime/get-run")
+        fleet = _http_status(f"http://{ip}:{fed.port}/v1/fleet/register-node")
+    assert '"success": true' in inside.stdout, inside.stdout + inside.stderr
+    assert '"success": true' not in outside.stdout, outside.stdout
+    assert control[0] == 403 and "closed control plane" in control[1]
+    assert runtime[0] == 403 and "closed control plane" in runtime[1]
+    assert fleet[0] != 403 or "closed control plane" not in fleet[1]
+
+
+def test_run_without_the_venv_on_path_and_a_node_dialling_the_outside_address(tmp_path, feature_cache):
+    """PATH without the venv (systemd, cron): the SuperLink and SuperNode still find
+    flower-superexec / flwr-serverapp / flwr-clientapp, and a SuperNode dialling the machine's
+    non-loopback address (the Fleet API, open to devices) completes a 1-round run."""
+    ip = _non_loopback_ip()
+    if ip is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    d = _scenario(feature_cache, tmp_path / "runs", rounds=1, **{"peers.count": 1})
+    _simulate(d)  # fills the feature cache the device reads
+    app = export_app(parse(d), tmp_path / "app")
+    out = tmp_path / "bridge"
+    fed = LocalFederation(tmp_path / "fed", [], tls=False, host="0.0.0.0", env={"PATH": BARE_PATH},
+                          startup_timeout=60.0)
+    with fed:
+        fed.add_supernode({"partition-id": 0, "num-partitions": 1}, superlink=f"{ip}:{fed.port}")
+        status = fed.run(app, {"output-dir": str(out), "client-eval": False}, timeout=RUN_TIMEOUT)
+    assert status == "finished:completed"
+    br = _bridge_metrics(out)
+    assert [x["round"] for x in br] == [0] and br[0]["received"] == 1 and "accuracy_mean" in br[0]

@@ -197,7 +197,8 @@ def client(superlink: str, partition_id: int, num_partitions: int, root_certific
 
 
 @flower.command()
-@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--host", default="0.0.0.0", show_default=True,
+              help="Address the Fleet API listens on (Control/Runtime APIs answer only this machine).")
 @click.option("--port", type=int, default=8000, show_default=True, help="Port of the Fleet/Control/Runtime API.")
 @click.option("--certs-dir", type=click.Path(file_okay=False, exists=True),
               help="Directory with ca.crt, server.pem, server.key (as `fedsim flower certs` writes).")
@@ -207,7 +208,8 @@ def client(superlink: str, partition_id: int, num_partitions: int, root_certific
 @click.option("--dry-run", is_flag=True, help="Print the flower-superlink command instead of running it.")
 def superlink(host: str, port: int, certs_dir: str | None, insecure: bool, auth: bool, database: str | None,
               dry_run: bool) -> None:
-    """Start a Flower SuperLink for fedsim apps (TLS by default; runtime dependency install off)."""
+    """Start a Flower SuperLink for fedsim apps (TLS by default; runtime dependency install off;
+    Control and Runtime APIs served to this machine only: run `fedsim flower run|register` here)."""
     from fedsim.flower import local
 
     _need_flower()

@@ -3,8 +3,9 @@
 
 :class:`LocalFederation` always cleans up what it started — on exit, on error, on Ctrl-C —
 including the processes Flower spawns detached from them (SuperExec, ServerApp, ClientApp),
-found by walking the process tree, and with bounded timeouts everywhere. It binds only to
-127.0.0.1 and only to ports the OS reported free.
+found by walking the process tree, and with bounded timeouts everywhere. It binds to 127.0.0.1
+(unless a test asks for the SuperLink's Fleet API on another address) and only to ports the OS
+reported free. SuperLink and SuperNodes start through :mod:`fedsim.flower.launch`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedsim.flower.launch import launch_command
 from fedsim.flower.project import write_flwr_config
 
 CONNECTION = "fedsim"
@@ -53,7 +55,8 @@ def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen | Non
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise FederationError(f"process {proc.args[0]} exited with {proc.returncode} before listening on {port}")
+            what = " ".join(map(str, proc.args[:5]))
+            raise FederationError(f"process {what} exited with {proc.returncode} before listening on {port}")
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.settimeout(0.5)
             if s.connect_ex((host, port)) == 0:
@@ -65,15 +68,17 @@ def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen | Non
 # ---------------------------------------------------------------------- command lines
 def superlink_command(*, host: str = "0.0.0.0", port: int = 8000, certs: dict[str, str | Path] | None = None,
                       insecure: bool = False, auth: bool = False, database: str | None = None) -> list[str]:
-    """``flower-superlink`` for the bridge: TLS (``certs`` = ca/cert/key paths) unless ``insecure``;
-    ``auth`` enables SuperNode authentication (needs TLS). The app's code is fedsim's, installed
-    beside Flower, so runtime dependency installation is off."""
+    """``flower-superlink`` for the bridge, started through :mod:`fedsim.flower.launch` (its own
+    executables found without PATH; Control/Runtime APIs served to this machine only, Fleet API on
+    ``host``): TLS (``certs`` = ca/cert/key paths) unless ``insecure``; ``auth`` enables SuperNode
+    authentication (needs TLS). The app's code is fedsim's, installed beside Flower, so runtime
+    dependency installation is off."""
     if insecure == bool(certs):
         raise ValueError("give TLS certificates or insecure=True (for local tests only)")
     if auth and insecure:
         raise ValueError("SuperNode authentication needs TLS; drop --insecure")
-    cmd = [flower_exe("flower-superlink"), "--host", host, "--port", str(port),
-           "--disable-runtime-dependency-installation"]
+    cmd = launch_command("superlink", ["--host", host, "--port", str(port),
+                                       "--disable-runtime-dependency-installation"])
     if insecure:
         cmd.append("--insecure")
     else:
@@ -108,14 +113,14 @@ def supernode_command(superlink: str, node_config: dict[str, Any], *, root_certi
                       insecure: bool = False, private_key: str | Path | None = None, port: int | None = None,
                       host: str = LOOPBACK, max_retries: int | None = None,
                       max_wait_time: float | None = None) -> list[str]:
-    """``flower-supernode`` for one fedsim peer. ``port``: the node's local ClientApp API (each
-    SuperNode on one machine needs its own); it stays on 127.0.0.1."""
+    """``flower-supernode`` for one fedsim peer (through :mod:`fedsim.flower.launch`). ``port``: the
+    node's local ClientApp API (each SuperNode on one machine needs its own); it stays on 127.0.0.1."""
     if insecure == bool(root_certificates):
         raise ValueError("give --root-certificates (the SuperLink's CA) or --insecure (local tests only)")
     if private_key and insecure:
         raise ValueError("SuperNode authentication needs TLS; drop --insecure")
-    cmd = [flower_exe("flower-supernode"), "--superlink", superlink, "--node-config", node_config_string(node_config),
-           "--host", host]
+    cmd = launch_command("supernode", ["--superlink", superlink, "--node-config", node_config_string(node_config),
+                                       "--host", host])
     if port is not None:
         cmd += ["--port", str(port)]
     cmd += ["--insecure"] if insecure else ["--root-certificates", str(root_certificates)]
@@ -278,6 +283,7 @@ class LocalFederation:
     auth: bool = False
     startup_timeout: float = 60.0
     env: dict[str, str] = field(default_factory=dict)
+    host: str = LOOPBACK  # where the SuperLink's Fleet API listens (its Control/Runtime APIs answer this machine only)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict, init=False)
     port: int = field(default=0, init=False)
     certs: dict[str, Path] | None = field(default=None, init=False)
@@ -325,7 +331,7 @@ class LocalFederation:
 
     def _start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = free_port(self.host)
         if self.tls:
             from fedsim.flower.certs import make_certificates
 
@@ -333,7 +339,7 @@ class LocalFederation:
             write_flwr_config(self.cli_home, self.address, root_certificates=str(self.certs["ca"]))
         else:
             write_flwr_config(self.cli_home, self.address, insecure=True)
-        sl = self._spawn("superlink", superlink_command(host=LOOPBACK, port=self.port, certs=self.certs,
+        sl = self._spawn("superlink", superlink_command(host=self.host, port=self.port, certs=self.certs,
                                                          insecure=not self.tls, auth=self.auth),
                          self.workdir / "superlink-home")
         try:
@@ -344,9 +350,10 @@ class LocalFederation:
             self.add_supernode(nc)
 
     def add_supernode(self, node_config: dict[str, Any], *, register: bool = True,
-                      max_wait_time: float | None = None) -> subprocess.Popen:
+                      max_wait_time: float | None = None, superlink: str | None = None) -> subprocess.Popen:
         """Start one more SuperNode. With ``auth`` it gets a fresh key pair, registered with the
-        SuperLink unless ``register=False`` (an intruder the SuperLink must refuse)."""
+        SuperLink unless ``register=False`` (an intruder the SuperLink must refuse). ``superlink``:
+        the Fleet API address it dials (default :attr:`address`)."""
         i = sum(n.startswith("supernode") for n in self.procs)
         key = None
         if self.auth:
@@ -355,7 +362,8 @@ class LocalFederation:
             key, pub = make_node_keys(self.workdir / "keys", f"node{i}")
             if register:
                 register_node(pub, self.cli_home)
-        cmd = supernode_command(self.address, node_config, root_certificates=self.certs["ca"] if self.certs else None,
+        ca = self.certs["ca"] if self.certs else None
+        cmd = supernode_command(superlink or self.address, node_config, root_certificates=ca,
                                 insecure=not self.tls, private_key=key, port=free_port(),
                                 max_wait_time=self.startup_timeout if max_wait_time is None else max_wait_time)
         if self.auth and not register:
