@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import socket
 import stat
 import sys
 import tempfile
@@ -95,6 +96,21 @@ def _loopback_node() -> Iterator[None]:
             os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = saved_env
 
 
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Raise :class:`RayStartError` when the cluster at ``address`` (``HOST:PORT`` or
+    ``ray://HOST:PORT``; ``auto`` is not checked) does not accept a TCP connection within
+    ``timeout`` seconds: Ray itself retries an unreachable address for minutes."""
+    if address == "auto" or ("://" in address and not address.startswith("ray://")):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise RayStartError(f"Ray cluster address {address!r}: expected HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise RayStartError(f"cannot reach the Ray cluster at {address}: {e.strerror or e}") from None
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = False) -> bool:
     """Start Ray for this process, or connect to the cluster at ``address``; the one place fedsim
     calls ``ray.init``. Returns False (and does nothing) when Ray is already initialised here,
@@ -121,6 +137,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_dri
     }
     try:
         if not local:
+            check_reachable(address)
             ray.init(address=address, **kw)
             return True
         kw |= {"address": "local", "num_cpus": num_cpus, "_node_ip_address": LOOPBACK}

@@ -216,6 +216,19 @@ def test_the_private_ray_folder_is_0700_and_refuses_what_is_not_ours(tmp_path: P
             private_ray_dir(str(tmp_path))
 
 
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_an_unreachable_cluster_address_is_one_line_at_once(command: str, tmp_path: Path) -> None:
+    """Ray retries an unreachable cluster for minutes, logging each try; fedsim says so in one line."""
+    pytest.importorskip("ray")
+    path = _scenario(tmp_path, engine={"backend": "ray", "num_actors": 1})
+    argv = ["run", str(path), "-q"] if command == "run" else ["sweep", str(path), "-g", "seed=0,1", "-q"]
+    t0 = time.time()
+    res = CliRunner().invoke(main, [*argv, "--address", "127.0.0.1:1"])
+    assert res.exit_code == 1, res.output
+    assert _one_line(res.stderr).startswith("Error: cannot reach the Ray cluster at 127.0.0.1:1")
+    assert time.time() - t0 < 30
+
+
 _LISTENERS = r"""
 import json, os, sys
 import psutil
