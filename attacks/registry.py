@@ -1,8 +1,10 @@
 """Find attacks by name (``@register("name")``); every module of ``attacks`` is imported by
-``attacks/__init__.py`` so dropping a file in is enough."""
+``attacks/__init__.py``, and a scenario's ``plugins:`` list imports the user's own modules
+(:mod:`fedsim.plugins`) in every process of the run."""
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -17,12 +19,25 @@ def register(name: str) -> Callable[[T], T]:
 
     def deco(cls: T) -> T:
         if name in REGISTRY and REGISTRY[name] is not cls:
-            raise ValueError(f"attack name {name!r} is registered twice")
+            old = REGISTRY[name]
+            raise ValueError(
+                f"attack name {name!r} is registered twice ({old.__module__}.{old.__qualname__} and "
+                f"{cls.__module__}.{cls.__qualname__}); choose another name"
+            )
+        if not (isinstance(cls, type) and issubclass(cls, UpdateForger | DataPoisoner)):
+            raise ValueError(f"attack {name!r}: {cls!r} must subclass attacks.UpdateForger or attacks.DataPoisoner")
         cls.name = name  # type: ignore[attr-defined]
         REGISTRY[name] = cls  # type: ignore[assignment]
         return cls
 
     return deco
+
+
+def did_you_mean(name: str, names: Any) -> str:
+    """`` (did you mean 'alie'?)`` for the closest of ``names``, or ``""`` (attacks import nothing
+    of fedsim or strategies, hence not shared with ``strategies.registry.did_you_mean``)."""
+    close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def available() -> dict[str, str]:
@@ -33,7 +48,9 @@ def available() -> dict[str, str]:
 def build(name: str, params: dict[str, Any] | None = None) -> UpdateForger | DataPoisoner:
     """Instantiate attack ``name`` with ``params``; unknown names/params raise ``ValueError``."""
     if name not in REGISTRY:
-        raise ValueError(f"unknown attack {name!r}; available: {', '.join(sorted(REGISTRY))}")
+        raise ValueError(
+            f"unknown attack {name!r}{did_you_mean(name, REGISTRY)}; available: {', '.join(sorted(REGISTRY))}"
+        )
     try:
         return REGISTRY[name](**(params or {}))
     except TypeError as e:

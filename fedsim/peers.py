@@ -16,7 +16,7 @@ from torch import Tensor
 
 import attacks
 import strategies
-from fedsim import heads
+from fedsim import heads, plugins
 from fedsim import rng as crng
 from fedsim.topology import Topology
 
@@ -49,6 +49,8 @@ class GroupSetup:
     # bool [N, C]: the classes each peer holds (held_classes over the whole partition, runner.prepare),
     # set when the rule needs "overlap"; None: each group derives its hosted peers' from their data
     classes: np.ndarray | None = None
+    # the scenario's plugins (fedsim.plugins): imported in the hosting process before any rule or attack is built
+    plugins: tuple[str, ...] = ()
 
 
 def forge_messages(
@@ -132,6 +134,7 @@ class PeerGroup:
     """Hosts peers ``first .. first+len(train_idx)-1``; see the module docstring."""
 
     def __init__(self, setup: GroupSetup, features: dict[str, np.ndarray]) -> None:
+        plugins.load(setup.plugins)  # first: a Ray actor's process has not imported the user's rules/attacks
         # tiny bmm's: oversubscribed threads cost 10-30x on a loaded machine (measured); one per CPU given
         torch.set_num_threads(max(1, setup.threads))
         s = self.s = setup
@@ -501,6 +504,7 @@ class Server:
     FLTrust's root update is the global model trained on the server's small trusted root set."""
 
     def __init__(self, setup: GroupSetup, root_x: np.ndarray | None = None, root_y: np.ndarray | None = None) -> None:
+        plugins.load(setup.plugins)  # first: a Ray actor's process has not imported the user's rules/attacks
         self.s = setup
         self.bias = bool(setup.training["bias"])
         self.layer_shape = (setup.num_classes, setup.dim)

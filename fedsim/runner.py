@@ -105,6 +105,7 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
         attack=sc.peers.attack.model_dump(),
         topology=sc.topology.model_dump(),
         classes=classes,
+        plugins=tuple(sc.plugins),
     )
     actors = min(sc.engine.num_actors, n)
     blocks = np.array_split(np.arange(n), actors)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedsim import limits
 from fedsim.errors import FedsimError
@@ -217,6 +217,18 @@ class Scenario(_Section):
     checkpoint: CheckpointCfg = Field(default_factory=CheckpointCfg)
     output: OutputCfg = Field(default_factory=OutputCfg)
     probes: list[dict[str, Any]] = Field(default_factory=list, description="probes run after training")
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="your modules (my_pkg.rules) or .py files (my_rules.py, relative to the current directory) "
+        "imported in every process of the run before names are checked; see docs/extending.md",
+    )
+
+    @field_validator("plugins")
+    @classmethod
+    def _plugin_entries(cls, v: list[str]) -> list[str]:
+        from fedsim import plugins
+
+        return [plugins.normalize(e) for e in v]  # .py paths made absolute: actors may run elsewhere
 
     @model_validator(mode="after")
     def _mode_topology(self) -> Scenario:
@@ -225,6 +237,27 @@ class Scenario(_Section):
         if self.mode == "decentralized" and self.topology.kind == "star":
             raise ValueError("topology.kind: 'star' is federated mode; set mode: federated or choose a graph")
         return self
+
+
+def _did_you_mean(name: str, names: Any) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``names``, or ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(n) for n in names], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _unknown_key(loc: tuple) -> str:
+    """The message for a key the schema does not have at ``loc``: the closest allowed key and all of them."""
+    model: Any = Scenario
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        sub = field.annotation if field is not None else None
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            return "unknown key (check its spelling)"
+        model = sub
+    keys = list(model.model_fields)
+    return f"unknown key{_did_you_mean(loc[-1], keys)}; allowed here: {', '.join(keys)}"
 
 
 def _loc(err: dict) -> str:
@@ -244,7 +277,7 @@ def _messages(e: ValidationError) -> list[str]:
     for err in e.errors():
         loc, msg = _loc(err), err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (check its spelling; `fedsim run --help` lists the sections)"
+            msg = _unknown_key(err["loc"])
         elif err["type"] == "literal_error":
             msg = f"got {err.get('input')!r}; {msg.lower()}"
         elif err["type"] in ("int_type", "float_type", "bool_type", "string_type", "finite_number", "dict_type"):
@@ -385,8 +418,20 @@ def parse(data: Any, source: str = "scenario", *, require_data: bool = False) ->
         raise ScenarioError(f"{source}: " + "; ".join(msgs), [f"{source}: {m}" for m in msgs]) from None
     except (ValueError, TypeError, OverflowError) as e:
         raise ScenarioError(f"{source}: {e}") from None
+    load_plugins(sc, source)
     check_semantics(sc, source, require_data=require_data)
     return sc
+
+
+def load_plugins(sc: Scenario, source: str = "scenario") -> None:
+    """Import the scenario's ``plugins:`` in this process (before its names are checked); a plugin
+    that fails is a :class:`ScenarioError` naming the file and the plugin."""
+    from fedsim import plugins
+
+    try:
+        plugins.load(sc.plugins)
+    except plugins.PluginError as e:
+        raise ScenarioError(f"{source}: {e}") from None
 
 
 def load(path: str | Path, overrides: dict[str, Any] | None = None, *, require_data: bool = False) -> Scenario:
@@ -543,15 +588,16 @@ def _name_errors(sc: Scenario) -> list[str]:
     import attacks
     import strategies
     from fedsim.data.datasets import DATASETS
-    from fedsim.models.backbones import BACKBONES
+    from fedsim.models.backbones import BACKBONES, unknown_backbone
 
     errors = []
     if sc.dataset.name not in DATASETS:
-        errors.append(f"dataset.name: unknown dataset {sc.dataset.name!r}; available: {', '.join(DATASETS)}")
+        hint = _did_you_mean(sc.dataset.name, DATASETS)
+        errors.append(f"dataset.name: unknown dataset {sc.dataset.name!r}{hint}; available: {', '.join(DATASETS)}")
     elif not DATASETS[sc.dataset.name][1] and not sc.dataset.data_dir:
         errors.append(f"dataset.data_dir: dataset {sc.dataset.name!r} is read from local files; set the directory")
     if sc.backbone.name not in BACKBONES:
-        errors.append(f"backbone.name: unknown backbone {sc.backbone.name!r}; available: {', '.join(BACKBONES)}")
+        errors.append(f"backbone.name: {unknown_backbone(sc.backbone.name)}")
     try:
         strategies.build(sc.strategy.name, _strategy_params(sc))
     except ValueError as e:
@@ -562,6 +608,11 @@ def _name_errors(sc: Scenario) -> list[str]:
         except ValueError as e:
             where = "peers.attack.params" if sc.peers.attack.name in attacks.REGISTRY else "peers.attack.name"
             errors.append(f"{where}: {e}")
+    if sc.peers.attack.name != "none" and not sc.peers.num_byzantine:
+        errors.append(
+            f"peers.attack.name: attack {sc.peers.attack.name!r} named but 0 Byzantine peers (nobody would attack); "
+            "set peers.byzantine or peers.byzantine_fraction, or attack name: none"
+        )
     if sc.peers.num_byzantine and sc.peers.attack.name == "none":
         errors.append(
             f"peers.attack.name: {sc.peers.num_byzantine} Byzantine peers but no attack; name one or set byzantine: 0"
@@ -605,7 +656,7 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None]) 
     from fedsim.runner import local_ray_cpus
 
     spec = get_spec(sc.backbone.name)
-    if spec.build is not None and not spec.weights_path().exists():
+    if spec.build is not None and spec.weights_file and not spec.weights_path().exists():
         fail(f"backbone.name: no weights for {sc.backbone.name!r} at {spec.weights_path()}; "
              f"create them with `fedsim pretrain --backbone {sc.backbone.name}`")
     try:

@@ -43,6 +43,7 @@ class CenteredClipping(Strategy):
     over ``received``, ``N = n``. ``tau`` is in parameter units: tune it to the typical distance
     between honest models.
     """
+    exchanges = "full_model"  # what a message carries (byte accounting)
 
     tau: float = 1.0
     iterations: int = 1
@@ -81,6 +82,7 @@ class ClippedGossip(Strategy):
     (τ = second largest distance, no clipping with one neighbour); for ``f >= n`` we use τ = 0
     (own is kept) where the code would not clip.
     """
+    exchanges = "full_model"  # what a message carries (byte accounting)
 
     tau: float | None = None
 

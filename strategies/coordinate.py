@@ -39,6 +39,7 @@ class Median(Strategy):
     """Coordinate-wise median (Yin et al., ICML 2018): ``x_k = median_i x_{i,k}``; for an even
     ``N`` the mean of the two middle values. Requires an honest majority, ``N >= 2f + 1``.
     ``include_own`` (default True): the median runs over ``N = n + 1`` vectors including own."""
+    exchanges = "full_model"  # what a message carries (byte accounting)
 
     include_own: bool = True
 
@@ -66,6 +67,7 @@ class TrimmedMean(Strategy):
     ``β >= f/N``). ``include_own`` (default True): ``N = n + 1`` including the own vector. At run
     time ``b`` is clamped to ``(N − 1) // 2``.
     """
+    exchanges = "full_model"  # what a message carries (byte accounting)
 
     beta: float | None = None
     include_own: bool = True

@@ -45,6 +45,7 @@ class Krum(Strategy):
 
     ``include_own`` (default True): the own vector is a candidate and a neighbour, ``N = n + 1``.
     """
+    exchanges = "full_model"  # what a message carries (byte accounting)
 
     include_own: bool = True
 
@@ -113,6 +114,7 @@ class Bulyan(Strategy):
     Requires ``N >= 4f + 3``. ``include_own`` (default True): ``N = n + 1`` including the own
     vector. At run time (fewer arrivals) ``θ`` and ``β`` are clamped to at least 1.
     """
+    exchanges = "full_model"  # what a message carries (byte accounting)
 
     include_own: bool = True
 

@@ -19,6 +19,7 @@ class FedAvg(Strategy):
     With ``include_own=False`` (the federated server's setting) the own vector is left out:
     ``x = mean_j x_j``.
     """
+    exchanges = "full_model"  # what a message carries (byte accounting)
 
     include_own: bool = True
 
@@ -38,6 +39,7 @@ class FedAvg(Strategy):
 @dataclass
 class LocalOnly(Strategy):
     """No aggregation: keep the own model (the "local training only" reference)."""
+    exchanges = "full_model"  # what a message carries (byte accounting)
 
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
         return own.clone()

@@ -38,6 +38,7 @@ class NearestNeighborMixing(Strategy):
     ``own`` as a trusted reference: fltrust, mozi, balance, bristle, clipping centres).
     ``needs``/``exchanges`` follow the inner rule; ``check`` is the inner rule's.
     """
+    exchanges = "full_model"  # instances follow the inner rule (see __init__)
 
     inner: str = "median"
     inner_params: dict[str, Any] = field(default_factory=dict)

@@ -46,6 +46,7 @@ class FLTrust(Strategy):
     ``Σ TS_i = 0`` contribute no trust (the result is ``own``). The own vector is the reference
     (the server's global model) and is not a candidate.
     """
+    exchanges = "full_model"  # what a message carries (byte accounting)
 
     needs: ClassVar[frozenset[str]] = frozenset({"root_update"})
 
@@ -93,6 +94,7 @@ class Mozi(Strategy):
     reimplementation falls back to the *nearest* neighbour when ``N_r`` is empty; we follow the
     paper (lowest loss). The own vector is the reference, weighted by ``alpha``.
     """
+    exchanges = "full_model"  # what a message carries (byte accounting)
 
     rho: float | None = None
     alpha: float = 0.5
@@ -134,6 +136,7 @@ class Balance(Strategy):
     accepted. The own vector is the reference, weighted by ``alpha``. Defaults γ=0.3, κ=1, α=0.5
     (the paper's default setting).
     """
+    exchanges = "full_model"  # what a message carries (byte accounting)
 
     gamma: float = 0.3
     kappa: float = 1.0

@@ -1,9 +1,12 @@
 """Find aggregation rules by name. A rule registers itself with ``@register("name")``;
-``strategies/__init__.py`` imports every module of the package, so dropping a file into
-``strategies/`` is enough for a scenario to name the rule."""
+``strategies/__init__.py`` imports every module of the package, and a scenario's ``plugins:``
+list imports the user's own modules (:mod:`fedsim.plugins`), so a rule registered in either is
+found on every backend. A rule must declare what it exchanges (``exchanges``): the byte counts
+depend on it, so there is no silent default."""
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -11,6 +14,24 @@ from strategies.base import Strategy
 
 T = TypeVar("T", bound=type[Strategy])
 REGISTRY: dict[str, type[Strategy]] = {}
+EXCHANGES = ("output_layer", "full_model")
+
+
+def declared_exchanges(cls: type) -> str | None:
+    """What ``cls`` declares it exchanges (its own or a subclass-of-Strategy ancestor's
+    ``exchanges``), or None when only the base class's placeholder would apply."""
+    for k in cls.__mro__:
+        if k is Strategy:
+            return None
+        if "exchanges" in vars(k):
+            return vars(k)["exchanges"]
+    return None
+
+
+def did_you_mean(name: str, names: list[str] | Any) -> str:
+    """`` (did you mean 'krum'?)`` for the closest of ``names``, or ``""``."""
+    close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def register(name: str) -> Callable[[T], T]:
@@ -18,7 +39,18 @@ def register(name: str) -> Callable[[T], T]:
 
     def deco(cls: T) -> T:
         if name in REGISTRY and REGISTRY[name] is not cls:
-            raise ValueError(f"strategy name {name!r} is registered twice")
+            old = REGISTRY[name]
+            raise ValueError(
+                f"strategy name {name!r} is registered twice ({old.__module__}.{old.__qualname__} and "
+                f"{cls.__module__}.{cls.__qualname__}); choose another name"
+            )
+        ex = declared_exchanges(cls)
+        if ex not in EXCHANGES:
+            raise ValueError(
+                f"strategy {name!r} ({cls.__module__}.{cls.__qualname__}) must declare what it exchanges: "
+                f"set the class attribute exchanges = 'output_layer' or 'full_model' (byte counts use it), "
+                f"got {ex!r}"
+            )
         cls.name = name
         REGISTRY[name] = cls
         return cls
@@ -34,7 +66,9 @@ def available() -> dict[str, str]:
 def build(name: str, params: dict[str, Any] | None = None) -> Strategy:
     """Instantiate strategy ``name`` with ``params``; unknown names/params raise ``ValueError``."""
     if name not in REGISTRY:
-        raise ValueError(f"unknown strategy {name!r}; available: {', '.join(sorted(REGISTRY))}")
+        raise ValueError(
+            f"unknown strategy {name!r}{did_you_mean(name, REGISTRY)}; available: {', '.join(sorted(REGISTRY))}"
+        )
     try:
         return REGISTRY[name](**(params or {}))
     except TypeError as e:

@@ -38,10 +38,10 @@ def sweep_dir(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("plot")
     grid = {
         "strategy.name": ["fedavg", "median"],
-        "peers.attack.name": ["sign_flip", "alie"],
+        "peers.attack.name": ["none", "sign_flip", "alie"],  # none at fraction 0, the attacks at 0.2
         "peers.byzantine_fraction": [0.0, 0.2],
     }
-    plan = plan_sweep(_scenario(tmp), grid, out=tmp / "sw")
+    plan = plan_sweep(_scenario(tmp), grid, out=tmp / "sw", skip_invalid=True)  # no attack without Byzantine peers
     assert not execute_sweep(plan, local=True).failed
     return plan.out
 
@@ -118,7 +118,7 @@ def test_probe_records_formats() -> None:
 
 
 def test_plot_probes_and_skip_unknown(sweep_dir, tmp_path) -> None:
-    run = sweep_dir / "strategy.name=median__peers.attack.name=sign_flip__peers.byzantine_fraction=0"
+    run = sweep_dir / "strategy.name=median__peers.attack.name=none__peers.byzantine_fraction=0"
     probes = run / "probes.json"
     try:
         probes.write_text(

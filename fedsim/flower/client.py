@@ -254,6 +254,7 @@ def _local_setup(
         f=0,
         attack=sc.peers.attack.model_dump(),
         topology=sc.topology.model_dump(),
+        plugins=tuple(sc.plugins),
     )
     return setup, {"x_train": feats.x_train, "y_train": feats.y_train, "x_test": feats.x_test, "y_test": feats.y_test}
 

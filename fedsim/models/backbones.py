@@ -7,10 +7,15 @@ Shipped: ``fmnist_cnn``, a small CNN pretrained on the embedded Fashion-MNIST (w
 tasks. ``cifar_cnn`` is the same recipe for 32×32 RGB (pretrain it on CIFAR-100 with
 ``fedsim pretrain --backbone cifar_cnn --dataset cifar100 --data-dir DIR``). ``identity`` uses
 the raw pixels (or the given feature vectors) as features.
+
+Your own: :func:`register_backbone` with a :class:`BackboneSpec` whose ``build`` returns any
+``torch.nn.Module`` mapping ``[N, *input_shape]`` to ``[N, d]`` features, from a module named in
+the scenario's ``plugins:`` (see docs/extending.md). Its features are cached like the built-ins'.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 from collections.abc import Callable
@@ -75,6 +80,9 @@ class BackboneSpec:
     mean: float = 0.0
     std: float = 1.0
     pretrain_dataset: str = ""
+    # True: weights are read from weights_path() (shipped, or written by `fedsim pretrain`); False: the
+    # network is used as ``build()`` returns it (the builder sets its weights: seeded, or loaded itself)
+    weights_file: bool = True
 
     def weights_path(self) -> Path:
         """Shipped weights, or a user's own under $FEDSIM_WEIGHTS_DIR (``fedsim pretrain`` writes there
@@ -111,9 +119,28 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
+def register_backbone(spec: BackboneSpec) -> BackboneSpec:
+    """Make ``spec`` available as ``backbone.name: <spec.name>``; a name taken by another spec is a
+    ``ValueError`` (registering the same spec again, as a re-imported plugin does, is allowed)."""
+    old = BACKBONES.get(spec.name)
+    if old is not None and old != spec:
+        raise ValueError(f"backbone name {spec.name!r} is registered twice; choose another name")
+    if spec.build is None and spec.name != "identity":
+        raise ValueError(f"backbone {spec.name!r}: build must return a torch.nn.Module")
+    BACKBONES[spec.name] = spec
+    return spec
+
+
+def unknown_backbone(name: str) -> str:
+    """The message for a backbone name nobody registered, with the closest name if one is close."""
+    close = difflib.get_close_matches(name, list(BACKBONES), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown backbone {name!r}{hint}; available: {', '.join(BACKBONES)}"
+
+
 def get_spec(name: str) -> BackboneSpec:
     if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; available: {', '.join(BACKBONES)}")
+        raise ValueError(unknown_backbone(name))
     return BACKBONES[name]
 
 
@@ -138,6 +165,9 @@ def load_backbone(name: str) -> tuple[nn.Module | None, str]:
     spec = get_spec(name)
     if spec.build is None:
         return None, "identity"
+    if not spec.weights_file:
+        net = spec.build().eval().requires_grad_(False)
+        return net, state_fingerprint(net)
     path = spec.weights_path()
     if not path.exists():
         raise FileNotFoundError(
@@ -148,6 +178,16 @@ def load_backbone(name: str) -> tuple[nn.Module | None, str]:
     net.load_state_dict(read_weights(path, name))
     net.eval().requires_grad_(False)
     return net, hashlib.sha256(raw).hexdigest()[:16]
+
+
+def state_fingerprint(net: nn.Module) -> str:
+    """A hash of ``net``'s parameters and buffers (names, shapes, values): the feature cache's key for
+    a backbone without a weights file, so changed weights never reuse stale features."""
+    h = hashlib.sha256()
+    for k, t in sorted(net.state_dict().items()):
+        h.update(f"{k}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def read_weights(path: Path, name: str) -> dict[str, torch.Tensor]:

@@ -1,0 +1,110 @@
+"""User plugins: your own rules, attacks and backbones, without editing fedsim.
+
+A scenario's ``plugins:`` list names Python modules (``my_pkg.rules``, importable on every
+machine of the run) and/or ``.py`` files (``my_rules.py``, resolved to an absolute path when the
+scenario is validated). Each is imported once per process, by :func:`load`: in the driver before
+the scenario's names are checked, and again in every process that builds a rule, an attack or a
+backbone — each Ray actor (:class:`fedsim.peers.PeerGroup`, :class:`fedsim.peers.Server`), each
+in-process group, each sweep task and each Flower client — so ``@register`` in the user's module
+takes effect wherever the run happens.
+
+A plugin is code: a scenario that names plugins runs them, exactly like ``python my_rules.py``
+would. Only name files you trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import re
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from types import ModuleType
+
+from fedsim.errors import FedsimError
+
+_MODULE_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+_LOADED: dict[str, ModuleType] = {}  # plugin entry (absolute path or module name) → its module, per process
+
+
+class PluginError(FedsimError, ValueError):
+    """A plugin that cannot be imported: a missing file, an unknown module, or an error raised
+    while it ran (e.g. a rule name registered twice). ``str()`` names the plugin."""
+
+
+def is_path(entry: str) -> bool:
+    """Whether a ``plugins:`` entry names a ``.py`` file (else it is a module name)."""
+    return entry.endswith(".py") or "/" in entry or "\\" in entry
+
+
+def normalize(entry: str, base: Path | None = None) -> str:
+    """The form of a ``plugins:`` entry every process can load: a ``.py`` path made absolute
+    (relative to ``base``, default the current directory — actors may run elsewhere); a module
+    name checked and kept. Raises ``ValueError`` for an entry that is neither."""
+    entry = entry.strip()
+    if is_path(entry):
+        p = Path(entry).expanduser()
+        return str((p if p.is_absolute() else (base or Path.cwd()) / p).resolve())
+    if not _MODULE_NAME.match(entry):
+        raise ValueError(f"{entry!r} is neither a .py file nor a module name (like my_pkg.rules)")
+    return entry
+
+
+def load(entries: Iterable[str] | None) -> list[ModuleType]:
+    """Import each plugin once in this process (a second call is free) and return the modules.
+
+    Called first thing wherever rules, attacks or backbones are built; raises
+    :class:`PluginError` naming the plugin that failed."""
+    return [_load_one(normalize(e)) for e in entries or ()]
+
+
+def _load_one(entry: str) -> ModuleType:
+    if entry in _LOADED:
+        return _LOADED[entry]
+    import attacks  # noqa: F401 - the registries hold the built-ins before a plugin registers next to them
+    import strategies  # noqa: F401
+
+    module = _import_file(entry) if is_path(entry) else _import_module(entry)
+    _LOADED[entry] = module
+    return module
+
+
+def _import_module(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name and name.startswith(e.name):
+            raise PluginError(
+                f"plugins: cannot import module {name!r}; install it, put its folder on PYTHONPATH, "
+                "or name its .py file instead"
+            ) from None
+        raise PluginError(f"plugins: {name}: {type(e).__name__}: {e}") from None
+    except FedsimError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any error in the user's module is reported as that plugin's
+        raise PluginError(f"plugins: {name}: {type(e).__name__}: {e}") from None
+
+
+def _import_file(path: str) -> ModuleType:
+    p = Path(path)
+    if not p.is_file():
+        raise PluginError(f"plugins: {path}: no such file")
+    # one module name per file, the same in every process (classes pickle by reference to it)
+    stem = re.sub(r"\W", "_", p.stem)
+    name = f"fedsim_plugin_{stem}_{hashlib.sha256(path.encode()).hexdigest()[:8]}"
+    spec = importlib.util.spec_from_file_location(name, p)
+    if spec is None or spec.loader is None:
+        raise PluginError(f"plugins: {path}: not a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except FedsimError:
+        sys.modules.pop(name, None)
+        raise
+    except Exception as e:  # noqa: BLE001 - any error in the user's file is reported as that plugin's
+        sys.modules.pop(name, None)
+        raise PluginError(f"plugins: {path}: {type(e).__name__}: {e}") from None
+    return module

@@ -1,0 +1,220 @@
+"""Plugins (fedsim.plugins): a rule, an attack and a backbone written in a module outside the
+repository, named in a scenario's ``plugins:``, run in-process, on Ray actors, in a sweep and through
+the Flower in-process bridge; registration errors are clear."""
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fedsim import plugins
+from fedsim.runner import Run, prepare
+from fedsim.scenario import ScenarioError, parse
+
+PLUGIN = '''
+"""A user's own rule, attack and backbone (tests/test_plugins.py writes this file)."""
+import os
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+import attacks
+import strategies
+from fedsim.models.backbones import BackboneSpec, register_backbone
+
+
+def _mark(kind, folder):
+    """Leave a file named after this process: proof the plugin's code ran here."""
+    open(os.path.join(folder, f"{kind}-{os.getpid()}"), "a").close()
+
+
+@strategies.register("{tag}_mean")
+@dataclass
+class MyMean(strategies.Strategy):
+    """The mean of own and received vectors, marking the process that ran it."""
+
+    marks: str = ""
+    exchanges: ClassVar[str] = "output_layer"
+
+    def __call__(self, own, received, ctx):
+        _mark("rule", self.marks)
+        return torch.cat([own[None], received]).mean(0)
+
+
+@attacks.register("{tag}_blast")
+@dataclass
+class Blast(attacks.UpdateForger):
+    """Send huge random vectors, marking the process that forged it."""
+
+    marks: str = ""
+    scale: float = 1e4
+
+    def forge(self, honest, own, ctx):
+        _mark("attack", self.marks)
+        return torch.randn(own.shape, generator=ctx.generator) * self.scale
+
+
+class Projection(nn.Module):
+    """A fixed random projection of the 8x8 digits to 24 features."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(64, 24, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, x):
+        return torch.tanh(x.flatten(1) @ self.w)
+
+
+register_backbone(BackboneSpec("{tag}_proj", "random projection", Projection, (1, 8, 8), weights_file=False))
+'''
+
+
+def _write_plugin(folder: Path, tag: str) -> Path:
+    p = folder / f"{tag}_plugin.py"
+    p.write_text(textwrap.dedent(PLUGIN).replace("{tag}", tag))
+    return p
+
+
+@pytest.fixture()
+def plugin_scenario(small_scenario, tmp_path):
+    """A scenario naming a plugin file in tmp_path (outside the repository): its rule, its attack
+    (1 Byzantine peer of 6) and its backbone; returns (make, marks folder)."""
+    tag = f"p{abs(hash(str(tmp_path))) % 10**8}"  # registry names are per process: one per test
+    ext = tmp_path / "outside"
+    ext.mkdir()
+    path = _write_plugin(ext, tag)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    def make(**over):
+        return small_scenario(**{
+            "plugins": [str(path)],
+            "rounds": 2,
+            "peers.count": 6,
+            "peers.byzantine": 1,
+            "peers.attack.name": f"{tag}_blast",
+            "peers.attack.params": {"marks": str(marks)},
+            "strategy.name": f"{tag}_mean",
+            "strategy.params": {"marks": str(marks)},
+            "backbone.name": f"{tag}_proj",
+            "topology.kind": "complete",
+        } | over)
+
+    return make, marks, tag
+
+
+def _pids(marks: Path, kind: str) -> set[int]:
+    return {int(p.name.split("-")[1]) for p in marks.glob(f"{kind}-*")}
+
+
+def _run(d):
+    r = Run(parse(d))
+    r.create_dir(overwrite=True)
+    return r.execute()
+
+
+def test_plugin_rule_attack_backbone_in_process(plugin_scenario):
+    make, marks, tag = plugin_scenario
+    d = make()
+    prep = prepare(parse(d))
+    assert prep.info["feature_dim"] == 24  # the plugin's backbone made the features
+    assert prep.bytes_per_message == 4 * prep.num_params  # exchanges="output_layer": no backbone bytes
+    summary = _run(d)
+    assert _pids(marks, "rule") == {os.getpid()} and _pids(marks, "attack") == {os.getpid()}
+    blasted = summary["final_accuracy_mean"]
+    clean = _run(make(**{"name": "clean", "peers.byzantine": 0, "peers.attack.name": "none",
+                         "peers.attack.params": {}}))["final_accuracy_mean"]
+    assert blasted < clean - 0.2  # the plugin's attack really reached the plugin's mean
+
+
+def test_plugin_runs_in_two_ray_actors(plugin_scenario, ray_session):
+    """The actors' processes import the plugin themselves (before, they died with 'unknown attack')."""
+    make, marks, _ = plugin_scenario
+    summary = _run(make(**{"engine.backend": "ray", "engine.num_actors": 2}))
+    assert 0 <= summary["final_accuracy_mean"] <= 1
+    rule_pids = _pids(marks, "rule")
+    assert len(rule_pids) == 2 and os.getpid() not in rule_pids  # each actor ran the user's rule
+    assert _pids(marks, "attack") <= rule_pids and _pids(marks, "attack")
+
+
+def test_plugin_in_a_sweep(plugin_scenario, tmp_path):
+    import yaml
+
+    from fedsim.sweep import execute_sweep, plan_sweep
+
+    make, marks, _ = plugin_scenario
+    f = tmp_path / "sweep.yaml"
+    f.write_text(yaml.safe_dump(make() | {"sweep": {"seed": [1, 2]}}))
+    plan = plan_sweep(f, out=tmp_path / "sw")
+    res = execute_sweep(plan, local=True)
+    assert sorted(res.ran) == sorted(r.name for r in plan.runs) and not res.failed
+    assert _pids(marks, "rule") and _pids(marks, "attack")
+
+
+def test_plugin_through_the_flower_bridge(plugin_scenario, tmp_path):
+    pytest.importorskip("flwr")
+    from fedsim.flower import common
+    from fedsim.flower.inprocess import run_in_process
+
+    make, marks, tag = plugin_scenario
+    sc = parse(make(**{"mode": "federated", "topology.kind": "star", "peers.count": 4}))
+    nodes = [{"partition-id": i, "num-partitions": 4} for i in range(4)]
+    summary = run_in_process(
+        {"scenario": common.scenario_yaml(sc), "output-dir": str(tmp_path / "br"), "attack-side": "client"}, nodes
+    )
+    assert 0 <= summary["final_accuracy_mean"] <= 1
+    assert _pids(marks, "rule") and _pids(marks, "attack")
+
+
+def test_missing_plugin_file_is_one_line_naming_it(small_scenario, tmp_path):
+    with pytest.raises(ScenarioError, match=r"plugins: .*nope\.py: no such file"):
+        parse(small_scenario(plugins=[str(tmp_path / "nope.py")]))
+    with pytest.raises(ScenarioError, match=r"cannot import module 'no_such_module_xyz'"):
+        parse(small_scenario(plugins=["no_such_module_xyz"]))
+    with pytest.raises(ScenarioError, match=r"plugins: .*neither a \.py file nor a module name"):
+        parse(small_scenario(plugins=["not a module"]))
+
+
+def test_a_name_registered_twice_names_both_classes(tmp_path, small_scenario):
+    p = tmp_path / "dup.py"
+    p.write_text(textwrap.dedent('''
+        from dataclasses import dataclass
+        import strategies
+
+        @strategies.register("krum")
+        @dataclass
+        class Mine(strategies.Strategy):
+            """Not krum."""
+            exchanges = "full_model"
+    '''))
+    with pytest.raises(ScenarioError, match=r"dup\.py: ValueError: strategy name 'krum' is registered twice "
+                                            r"\(strategies\.krum\.Krum and .*Mine\)"):
+        parse(small_scenario(plugins=[str(p)]))
+
+
+def test_a_rule_must_declare_what_it_exchanges():
+    from dataclasses import dataclass
+
+    import strategies
+
+    with pytest.raises(ValueError, match="must declare what it exchanges"):
+        @strategies.register("undeclared_rule_for_test")
+        @dataclass
+        class Undeclared(strategies.Strategy):
+            """No exchanges."""
+
+    assert "undeclared_rule_for_test" not in strategies.REGISTRY
+
+
+def test_load_is_once_per_process(tmp_path):
+    p = tmp_path / "count.py"
+    p.write_text("import builtins\nbuiltins._fedsim_plugin_loads = getattr(builtins, '_fedsim_plugin_loads', 0) + 1\n")
+    import builtins
+
+    before = getattr(builtins, "_fedsim_plugin_loads", 0)
+    a = plugins.load([str(p)])
+    b = plugins.load([str(p)])
+    assert a[0] is b[0] and builtins._fedsim_plugin_loads == before + 1
