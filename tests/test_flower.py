@@ -160,7 +160,7 @@ def test_strategy_collect_rejects_every_kind_of_bad_reply(fed_scenario):
     reasons = {r["node"]: r["reason"] for r in rejected}
     assert received == 10 and len(rejected) == 9
     assert "shape" in reasons[11] and "non-finite" in reasons[12] and "non-finite" in reasons[13]
-    assert "dtype" in reasons[14] and "partition-id" in reasons[15] and "second update" in reasons[16]
+    assert "dtype" in reasons[14] and "partition-id" in reasons[15] and "assigned to node 10" in reasons[16]
     assert "not in 0..6" in reasons[17] and "shape (1, 650)" in reasons[18] and "boom" in reasons[19]
     np.testing.assert_array_equal(rows[0], good)
     np.testing.assert_array_equal(rows[6], good * 3)
@@ -347,3 +347,181 @@ def test_launcher_puts_its_own_bin_first_on_path(monkeypatch):
     assert cmd[:4] == [sys.executable, "-m", "fedsim.flower.launch", "superlink"] and Path(cmd[0]).is_absolute()
     with pytest.raises(ValueError, match="role"):
         launch.launch_command("superexec", [])
+
+
+def test_device_reported_eval_metrics_are_checked_and_weighted_by_the_server(fed_scenario):
+    """A device claiming num-examples=1e9 with accuracy 0.999 does not decide the mean: weights are
+    the server's own validation counts; accuracy outside [0, 1], a negative loss and a second
+    reply for a partition are ignored and listed in the round's eval_rejected."""
+    from fedsim.flower.server import FedsimStrategy, validation_sizes
+
+    sc = parse(fed_scenario(**{"peers.count": 5}))
+    prep = prepare(sc)
+    strat = FedsimStrategy(sc, prep)
+    sizes = validation_sizes(prep)
+    assert sizes == [len(v) for s in prep.setups for v in s.val_idx] and min(sizes) > 0
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    try:
+        def reply(node, pid, acc, loss, n):
+            ins = Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.EVALUATE)
+            m = MetricRecord({"partition-id": pid, "val-accuracy": acc, "val-loss": loss, "num-examples": n})
+            return Message(content=RecordDict({common.METRICS: m}), reply_to=ins)
+
+        out = strat.aggregate_evaluate(1, [
+            reply(10, 0, 0.2, 1.0, sizes[0]), reply(11, 1, 0.999, 0.01, int(1e9)), reply(12, 2, 1.5, 0.5, sizes[2]),
+            reply(13, 3, 0.5, -1.0, sizes[3]), reply(10, 0, 0.9, 0.1, sizes[0]),
+        ])
+    finally:
+        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+    want = (0.2 * sizes[0] + 0.999 * sizes[1]) / (sizes[0] + sizes[1])
+    assert out["val-accuracy"] == pytest.approx(want) and out["devices"] == 2
+    reasons = {r["node"]: r["reason"] for r in strat._rec["eval_rejected"]}
+    assert set(reasons) == {12, 13, 10}
+    assert "not in [0, 1]" in reasons[12] and "val-loss" in reasons[13] and "second evaluation" in reasons[10]
+
+
+def _asgi_post(app, path: str, body: bytes, *, chunk: int = 1 << 20, declare: bool = True):
+    """POST ``body`` through an ASGI ``app`` in chunks; returns (status or None, bodies the inner app read)."""
+    import asyncio
+
+    from fedsim.flower.launch import ReplySizeCap
+
+    parts = [body[i : i + chunk] for i in range(0, len(body), chunk)] or [b""]
+    got, sent = [], []
+
+    async def inner(scope, receive, send):
+        data, more = b"", True
+        while more:
+            m = await receive()
+            data += m.get("body", b"")
+            more = m.get("more_body", False)
+        got.append(data)
+
+    async def receive():
+        p = parts.pop(0)
+        return {"type": "http.request", "body": p, "more_body": bool(parts)}
+
+    async def send(m):
+        sent.append(m)
+
+    assert isinstance(app, ReplySizeCap)
+    app.app = inner
+    headers = [(b"content-length", str(len(body)).encode())] if declare else []
+    asyncio.run(app({"type": "http", "method": "POST", "path": path, "headers": headers, "client": ("192.0.2.9", 1)},
+                     receive, send))
+    return next((m["status"] for m in sent if m["type"] == "http.response.start"), None), got
+
+
+def test_reply_size_cap_refuses_before_flower_reads():
+    """The SuperLink's cap on a device reply: a push larger than the cap (declared or streamed) gets
+    413 and never reaches Flower; objects of one message are summed, so splitting a big array into
+    Flower's 5 MB objects does not get around it; other sessions, small pushes and pulls pass untouched."""
+    from flwr.proto.message_pb2 import PushObjectRequest
+    from flwr.proto.node_pb2 import Node
+
+    from fedsim.flower.launch import ReplySizeCap
+
+    cap = ReplySizeCap(None, max_bytes=1000)
+    big = b"x" * 1500
+    assert _asgi_post(cap, "/v1/fleet/push-messages", big) == (413, [])
+    assert _asgi_post(cap, "/v1/fleet/push-messages", big, chunk=100, declare=False) == (413, [])
+    assert _asgi_post(cap, "/v1/fleet/pull-object", big) == (None, [big])  # not a push: untouched
+
+    def obj(session: str, size: int) -> bytes:
+        return PushObjectRequest(node=Node(node_id=7), run_id=3, object_id="o", object_content=b"y" * size,
+                                 session_id=session).SerializeToString()
+
+    first = obj("s1", 400)
+    assert _asgi_post(cap, "/v1/fleet/push-object", first) == (None, [first])  # the body reaches Flower intact
+    assert _asgi_post(cap, "/v1/fleet/push-object", obj("s1", 400))[0] is None  # 800 of 1000
+    assert _asgi_post(cap, "/v1/fleet/push-object", obj("s1", 400)) == (413, [])  # 1200 > 1000
+    assert _asgi_post(cap, "/v1/fleet/push-object", obj("s2", 400))[0] is None  # another message
+    with pytest.raises(ValueError, match="positive"):
+        ReplySizeCap(None, max_bytes=0)
+
+
+def test_server_rejects_an_oversized_head_before_converting_it(fed_scenario):
+    """A head bigger than any right-shaped head is rejected from its byte size, without numpy()."""
+    from fedsim.flower.server import FedsimStrategy
+
+    sc = parse(fed_scenario(**{"peers.count": 2}))
+    strat = FedsimStrategy(sc, prepare(sc))
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    try:
+        ins = Message(content=RecordDict(), dst_node_id=5, message_type=MessageType.TRAIN)
+        huge = np.ones(strat.num_params * 10, np.float32)
+        msg = Message(content=RecordDict({common.METRICS: MetricRecord({"partition-id": 1, "train-loss": 1.0}),
+                                          common.ARRAYS: ArrayRecord({common.HEAD: Array(huge)})}), reply_to=ins)
+        called = []
+        orig = Array.numpy
+        Array.numpy = lambda self, *a, **k: called.append(1) or orig(self, *a, **k)
+        try:
+            _, _, _, rejected = strat.collect([msg])
+        finally:
+            Array.numpy = orig
+    finally:
+        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+    assert len(rejected) == 1 and "bytes, more than" in rejected[0]["reason"] and not called
+
+
+def _train_reply(node, pid, arr):
+    ins = Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
+    content = RecordDict({common.METRICS: MetricRecord({"partition-id": pid, "train-loss": 1.0}),
+                          common.ARRAYS: ArrayRecord({common.HEAD: Array(arr)})})
+    return Message(content=content, reply_to=ins)
+
+
+def test_a_partition_belongs_to_the_node_that_first_sent_it(fed_scenario, tmp_path):
+    """First come: round 1 binds node 10 to partition 0 and node 11 to partition 1. In round 2
+    node 11 sends partition 0 *first* (it used to win: the first reply of a partition was taken)
+    and an unknown node 12 sends partition 1: both are ignored, node 10's update is used. The
+    binding survives a ServerApp restart of the same Flower run, not another run."""
+    from fedsim.flower.identity import PartitionAssignment
+    from fedsim.flower.server import FedsimStrategy
+
+    sc = parse(fed_scenario(**{"peers.count": 2}))
+    store = tmp_path / "partitions.json"
+    strat = FedsimStrategy(sc, prepare(sc), assignment=PartitionAssignment(2, store=store, run_id=7))
+    P = strat.num_params
+    good, evil = np.ones(P, np.float32), np.full(P, 9.0, np.float32)
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    try:
+        rows, _, _, rejected = strat.collect([_train_reply(10, 0, good), _train_reply(11, 1, good)])
+        assert rejected == [] and not np.isnan(rows).any()
+        rows, _, _, rejected = strat.collect([_train_reply(11, 0, evil), _train_reply(10, 0, good),
+                                              _train_reply(12, 1, evil)])
+    finally:
+        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+    np.testing.assert_array_equal(rows[0], good)
+    assert np.isnan(rows[1]).all()
+    reasons = {r["node"]: r["reason"] for r in rejected}
+    assert reasons == {11: "node 11 is assigned partition 1, not 0", 12: "partition 1 is assigned to node 11"}
+    assert PartitionAssignment(2, store=store, run_id=7).check(11, 0) == "node 11 is assigned partition 1, not 0"
+    assert PartitionAssignment(2, store=store, run_id=8).check(11, 0) == ""  # a new run binds afresh
+
+
+def test_partition_map_file(tmp_path):
+    """A partition map fixes the binding; nodes outside it are refused; a bad file is one clear error."""
+    from fedsim.errors import FedsimError
+    from fedsim.flower.common import BridgeError
+    from fedsim.flower.identity import PartitionAssignment, load_partition_map
+
+    f = tmp_path / "map.json"
+    f.write_text('{"5": 0, "6": 1}')
+    a = PartitionAssignment(2, fixed=load_partition_map(f, 2))
+    assert a.check(5, 0) == "" and a.check(6, 1) == ""
+    assert a.check(7, 0) == "partition 0 is assigned to node 5"
+    b = PartitionAssignment(3, fixed=load_partition_map(f, 3))
+    assert b.check(7, 2) == "node 7 is not in the partition map"
+    for text, msg in (('{"5": 0, "6": 0}', "partition 0 is given to nodes 5 and 6"),
+                      ('{"5": 2}', "node 5: partition 2 is not an integer in 0..1"),
+                      ('{"x": 0}', "node id 'x'"), ("[1]", "must hold an object"), ("{", "not valid JSON")):
+        f.write_text(text)
+        with pytest.raises(BridgeError, match=msg) as e:
+            load_partition_map(f, 2)
+        assert str(f) in str(e.value) and "\n" not in str(e.value) and isinstance(e.value, FedsimError)
+    with pytest.raises(BridgeError, match="cannot read"):
+        load_partition_map(tmp_path / "missing.json", 2)

@@ -257,3 +257,88 @@ def test_run_without_the_venv_on_path_and_a_node_dialling_the_outside_address(tm
     assert status == "finished:completed"
     br = _bridge_metrics(out)
     assert [x["round"] for x in br] == [0] and br[0]["received"] == 1 and "accuracy_mean" in br[0]
+
+
+# ---------------------------------------------------------------------- limits
+OVERSIZE_CLIENT = '''
+"""fedsim's ClientApp, except that partition 1 answers with a 24 MB head (4.8 M float32)."""
+import numpy as np
+from flwr.app import Array, ArrayRecord
+from flwr.clientapp import ClientApp
+
+from fedsim.flower import client as fc
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg, context):
+    reply = fc.handle_train(msg, context)
+    if int(context.node_config["partition-id"]) == 1:
+        reply.content["arrays"] = ArrayRecord({"head": Array(np.ones(6_000_000, np.float32))})
+    return reply
+
+
+@app.evaluate()
+def evaluate(msg, context):
+    return fc.handle_evaluate(msg, context)
+'''
+
+
+def _with_client_app(app: Path, module: str, source: str) -> None:
+    """Make the exported app's ClientApp ``module:app``, shipped in the app bundle itself."""
+    (app / f"{module}.py").write_text(source)
+    text = (app / "pyproject.toml").read_text()
+    assert 'clientapp = "fedsim.flower.client_app:app"' in text
+    (app / "pyproject.toml").write_text(text.replace('clientapp = "fedsim.flower.client_app:app"',
+                                                     f'clientapp = "{module}:app"'))
+
+
+@pytest.mark.slow
+def test_oversized_reply_refused_by_the_superlink(tmp_path, feature_cache):
+    """A device answering with a 24 MB head (the SuperLink's cap: 2 MB): its pushes get 413 before
+    Flower parses or stores them, so the ServerApp never deserialises the head (no 'shape'
+    rejection: Flower reports the reply's objects unavailable once its object-push session expires,
+    180 s, a Flower constant) and the round completes with the honest device."""
+    d = _scenario(feature_cache, tmp_path / "runs", rounds=1)
+    _simulate(d)
+    app = export_app(parse(d), tmp_path / "app")
+    _with_client_app(app, "oversize_client", OVERSIZE_CLIENT)
+    out = tmp_path / "bridge"
+    nodes = [{"partition-id": i, "num-partitions": 2} for i in range(2)]
+    fed = LocalFederation(tmp_path / "fed", nodes, tls=False, max_reply_bytes=2_000_000)
+    with fed:
+        status = fed.run(app, {"output-dir": str(out), "client-eval": False, "round-timeout": 45.0},
+                         timeout=RUN_TIMEOUT)
+    assert status == "finished:completed"
+    br = _bridge_metrics(out)
+    assert br[0]["received"] == 1 and br[0]["dropped"] == 1, br[0]
+    assert [r["partition"] for r in br[0]["rejected"]] == [None], br[0]  # never read: no partition, no shape
+    assert "objects are unavailable" in br[0]["rejected"][0]["reason"]
+    assert "fedsim: refused a reply from" in fed.log("superlink").read_text()
+
+
+# ---------------------------------------------------------------------- identity
+def test_impersonated_partition_ignored(tmp_path, feature_cache):
+    """TLS + SuperNode auth, a partition map {node id of supernode0: 0, of supernode1: 1}, and a
+    third *registered* device that also claims partition 0: its reply is ignored ("not in the
+    partition map"), whatever order the replies arrive in, and the round equals fedsim's."""
+    d = _scenario(feature_cache, tmp_path / "runs", rounds=1)
+    sim = _simulate(d)
+    app = export_app(parse(d), tmp_path / "app")
+    out = tmp_path / "bridge"
+    nodes = [{"partition-id": i, "num-partitions": 2} for i in range(2)]
+    fed = LocalFederation(tmp_path / "fed", nodes, tls=True, auth=True, startup_timeout=30.0)
+    with fed:
+        fed.add_supernode({"partition-id": 0, "num-partitions": 2})  # registered, but not in the map
+        pmap = tmp_path / "partition-map.json"
+        pmap.write_text(json.dumps({str(fed.node_ids["supernode0"]): 0, str(fed.node_ids["supernode1"]): 1}))
+        status = fed.run(app, {"output-dir": str(out), "client-eval": False, "partition-map": str(pmap),
+                               "node-wait": 60.0}, timeout=RUN_TIMEOUT)
+    assert status == "finished:completed"
+    br = _bridge_metrics(out)
+    intruder = fed.node_ids["supernode2"]
+    assert br[0]["received"] == 3 and br[0]["dropped"] == 0, br[0]
+    assert br[0]["rejected"] == [{"node": intruder, "partition": 0,
+                                  "reason": f"node {intruder} is not in the partition map"}], br[0]
+    assert br[0]["accuracy_mean"] == pytest.approx(sim[0]["accuracy_mean"], abs=ACC_TOL)

@@ -205,9 +205,11 @@ def client(superlink: str, partition_id: int, num_partitions: int, root_certific
 @click.option("--insecure", is_flag=True, help="No TLS (local tests only).")
 @click.option("--auth", is_flag=True, help="Only accept SuperNodes registered with `fedsim flower register`.")
 @click.option("--database", help="SQLite file for the SuperLink's state (default: in memory).")
+@click.option("--max-reply-bytes", type=click.IntRange(min=1), default=None,
+              help="Refuse a device reply larger than this, before Flower reads it (default 8 MiB).")
 @click.option("--dry-run", is_flag=True, help="Print the flower-superlink command instead of running it.")
 def superlink(host: str, port: int, certs_dir: str | None, insecure: bool, auth: bool, database: str | None,
-              dry_run: bool) -> None:
+              max_reply_bytes: int | None, dry_run: bool) -> None:
     """Start a Flower SuperLink for fedsim apps (TLS by default; runtime dependency install off;
     Control and Runtime APIs served to this machine only: run `fedsim flower run|register` here)."""
     from fedsim.flower import local
@@ -224,7 +226,7 @@ def superlink(host: str, port: int, certs_dir: str | None, insecure: bool, auth:
             raise click.ClickException(f"missing {', '.join(missing)}; create them with `fedsim flower certs`")
     try:
         cmd = local.superlink_command(host=host, port=port, certs=certs, insecure=insecure, auth=auth,
-                                      database=database)
+                                      database=database, max_reply_bytes=max_reply_bytes)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     _exec(cmd, dry_run)

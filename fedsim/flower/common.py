@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from fedsim.errors import FedsimError
 from fedsim.scenario import Scenario, ScenarioError, parse, set_dotted
 
 LOG = logging.getLogger("flwr.fedsim")  # a child of Flower's logger: shows in `flwr log` and the node's output
@@ -32,11 +33,12 @@ RUN_CONFIG_DEFAULTS: dict[str, Any] = {
     "round-timeout": 600.0,  # seconds the server waits for the replies of one round
     "node-wait": 300.0,  # seconds the server waits for all peers.count devices before a round
     "output-dir": "",  # where the server writes metrics.jsonl & co.; "" = <output.dir>/<name>-flower
+    "partition-map": "",  # JSON {"NODE_ID": PARTITION}; "" = first come (bound and kept in partitions.json)
 }
 ATTACK_SIDES = ("client", "server")
 
 
-class BridgeError(ValueError):
+class BridgeError(FedsimError, ValueError):
     """A configuration the bridge cannot run; the message names the key and the fix."""
 
 

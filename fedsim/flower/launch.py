@@ -18,6 +18,10 @@ two things Flower's own ``flower-superlink`` / ``flower-supernode`` scripts do n
   work on the server itself (or through an SSH tunnel, which arrives from loopback).
   Flower's legacy gRPC Control/Fleet servers (``FLWR_INTERNAL_GRPC_*`` = 1, bound to 0.0.0.0) are
   switched off.
+* **A reply-size cap (SuperLink).** :class:`ReplySizeCap` refuses (413) a Fleet push whose body
+  exceeds ``--max-reply-bytes``, and the objects of one pushed message (a reply's arrays arrive
+  as 5 MB objects) once their sum exceeds it — before Flower parses or stores them, so an
+  oversized reply never reaches the ServerApp (it counts as a device that did not answer).
 """
 
 from __future__ import annotations
@@ -31,6 +35,12 @@ from pathlib import Path
 from typing import Any
 
 CONTROL_PLANE_PREFIXES = ("/v1/control", "/v1/runtime")
+PUSH_PATHS = ("/v1/fleet/push-messages", "/v1/fleet/push-object")
+MAX_REPLY_OPTION = "--max-reply-bytes"
+# Default cap on one reply: 8 MiB, ten times the largest head of fedsim's datasets and backbones
+# (100 classes × 2048 features × float32 = 0.8 MB); a reply is one head plus a few metrics.
+DEFAULT_MAX_REPLY_BYTES = 8 * 1024 * 1024
+_SESSIONS_KEPT = 4096
 LEGACY_GRPC_SWITCHES = ("FLWR_INTERNAL_GRPC_CONTROL_API", "FLWR_INTERNAL_GRPC_FLEET_API")
 ROLES = ("superlink", "supernode")
 
@@ -81,15 +91,11 @@ class ControlPlaneGate:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope.get("type") in ("http", "websocket") and self._refused(scope):
-            body = json.dumps({"detail": "the Control and Runtime APIs of this SuperLink are only served to "
-                               "this machine (fedsim's closed control plane)"}).encode()
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
                 return
-            await send({"type": "http.response.start", "status": 403,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
+            await _send_json(send, 403, "the Control and Runtime APIs of this SuperLink are only served to "
+                             "this machine (fedsim's closed control plane)")
             return
         await self.app(scope, receive, send)
 
@@ -101,6 +107,106 @@ class ControlPlaneGate:
         return not is_local_peer(client[0] if client else None, self.bound)
 
 
+async def _send_json(send: Any, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class ReplySizeCap:
+    """ASGI middleware: a SuperNode's pushed reply is at most ``max_bytes`` in all (413 otherwise).
+
+    Each push body is counted while it streams in (never buffered past the cap); the
+    ``object_content`` of ``push-object`` requests is summed per (run, node, session) — one pushed
+    message — so splitting a huge array into Flower's 5 MB objects does not get around the cap."""
+
+    def __init__(self, app: Any, max_bytes: int = DEFAULT_MAX_REPLY_BYTES) -> None:
+        if max_bytes <= 0:
+            raise ValueError(f"{MAX_REPLY_OPTION} must be positive, got {max_bytes}")
+        self.app = app
+        self.max_bytes = int(max_bytes)
+        self.sessions: dict[tuple[int, int, str], int] = {}
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope.get("type") != "http" or scope.get("method") != "POST" or scope.get("path") not in PUSH_PATHS:
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(send, scope, f"{int(declared)} bytes")
+            return
+        body = bytearray()
+        more = True
+        while more:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            body += msg.get("body", b"")
+            more = bool(msg.get("more_body"))
+            if len(body) > self.max_bytes:
+                await self._refuse(send, scope, f"more than {self.max_bytes} bytes")
+                return
+        if scope["path"].endswith("push-object"):
+            total = self._count_object(bytes(body))
+            if total > self.max_bytes:
+                await self._refuse(send, scope, f"{total} bytes of objects in one message")
+                return
+        await self.app(scope, _replay(bytes(body)), send)
+
+    def _count_object(self, body: bytes) -> int:
+        """The bytes pushed so far for this request's message, this object included (0 if the
+        body is not a PushObjectRequest: Flower answers that itself)."""
+        from flwr.proto.message_pb2 import PushObjectRequest
+
+        req = PushObjectRequest()
+        try:
+            req.ParseFromString(body)
+        except Exception:  # noqa: BLE001 - malformed: Flower's own parser rejects it
+            return 0
+        key = (int(req.run_id), int(req.node.node_id), str(req.session_id))
+        total = self.sessions.pop(key, 0) + len(req.object_content)
+        self.sessions[key] = total  # most recent last; the oldest sessions are forgotten
+        while len(self.sessions) > _SESSIONS_KEPT:
+            self.sessions.pop(next(iter(self.sessions)))
+        return total
+
+    async def _refuse(self, send: Any, scope: dict[str, Any], what: str) -> None:
+        from flwr.common.logger import log
+
+        client = scope.get("client") or ("?", 0)
+        log(30, "fedsim: refused a reply from %s: %s over the cap of %d bytes (%s)", client[0], what,
+            self.max_bytes, MAX_REPLY_OPTION)
+        await _send_json(send, 413, f"reply larger than this SuperLink's cap of {self.max_bytes} bytes")
+
+
+def _replay(body: bytes) -> Any:
+    """An ASGI ``receive`` that hands ``body`` over once, then reports a disconnect."""
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+def _pop_option(args: list[str], name: str) -> str | None:
+    """Remove ``name VALUE`` / ``name=VALUE`` (a fedsim option Flower does not know) from ``args``."""
+    for i, a in enumerate(args):
+        if a == name and i + 1 < len(args):
+            value = args[i + 1]
+            del args[i : i + 2]
+            return value
+        if a.startswith(name + "="):
+            del args[i]
+            return a.split("=", 1)[1]
+    return None
+
+
 def _option(args: Sequence[str], name: str, default: str) -> str:
     for i, a in enumerate(args):
         if a == name and i + 1 < len(args):
@@ -110,16 +216,18 @@ def _option(args: Sequence[str], name: str, default: str) -> str:
     return default
 
 
-def install_gate(bound: str) -> None:
-    """Put :class:`ControlPlaneGate` outermost in the SuperLink's middleware, through Flower's
-    extension hook (``flwr.superlink.extensions.get_middleware``, read when the app is built)."""
+def install_gate(bound: str, max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES) -> None:
+    """Put :class:`ControlPlaneGate` and :class:`ReplySizeCap` outermost in the SuperLink's
+    middleware, through Flower's extension hook (``flwr.superlink.extensions.get_middleware``,
+    read when the app is built)."""
     from flwr.superlink import extensions
     from starlette.middleware import Middleware
 
     original = extensions.get_middleware
 
     def get_middleware() -> tuple[Middleware, ...]:
-        return (Middleware(ControlPlaneGate, bound=bound), *original())
+        return (Middleware(ControlPlaneGate, bound=bound), Middleware(ReplySizeCap, max_bytes=max_reply_bytes),
+                *original())
 
     extensions.get_middleware = get_middleware
 
@@ -133,13 +241,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.environ.update(env_with_own_bin(dict(os.environ)))
     for k in LEGACY_GRPC_SWITCHES:
         os.environ.pop(k, None)
-    sys.argv = [str(Path(bin_dir()) / f"flower-{role}"), *args]
     if role == "superlink":
-        install_gate(_option(args, "--host", "0.0.0.0"))
+        cap = _pop_option(args, MAX_REPLY_OPTION)
+        if cap is not None and (not cap.isdigit() or int(cap) == 0):
+            sys.exit(f"{MAX_REPLY_OPTION}: expected a positive number of bytes, got {cap!r}")
+        install_gate(_option(args, "--host", "0.0.0.0"), int(cap) if cap else DEFAULT_MAX_REPLY_BYTES)
+        sys.argv = [str(Path(bin_dir()) / "flower-superlink"), *args]
         from flwr.superlink.cli import flower_superlink
 
         flower_superlink()
     else:
+        sys.argv = [str(Path(bin_dir()) / "flower-supernode"), *args]
         from flwr.supernode.cli import flower_supernode
 
         flower_supernode()

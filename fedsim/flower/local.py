@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedsim.flower.launch import launch_command
+from fedsim.flower.launch import MAX_REPLY_OPTION, launch_command
 from fedsim.flower.project import write_flwr_config
 
 CONNECTION = "fedsim"
@@ -67,12 +67,14 @@ def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen | Non
 
 # ---------------------------------------------------------------------- command lines
 def superlink_command(*, host: str = "0.0.0.0", port: int = 8000, certs: dict[str, str | Path] | None = None,
-                      insecure: bool = False, auth: bool = False, database: str | None = None) -> list[str]:
+                      insecure: bool = False, auth: bool = False, database: str | None = None,
+                      max_reply_bytes: int | None = None) -> list[str]:
     """``flower-superlink`` for the bridge, started through :mod:`fedsim.flower.launch` (its own
     executables found without PATH; Control/Runtime APIs served to this machine only, Fleet API on
     ``host``): TLS (``certs`` = ca/cert/key paths) unless ``insecure``; ``auth`` enables SuperNode
     authentication (needs TLS). The app's code is fedsim's, installed beside Flower, so runtime
-    dependency installation is off."""
+    dependency installation is off. ``max_reply_bytes``: the cap on one device reply (the
+    launcher's default when None)."""
     if insecure == bool(certs):
         raise ValueError("give TLS certificates or insecure=True (for local tests only)")
     if auth and insecure:
@@ -89,6 +91,10 @@ def superlink_command(*, host: str = "0.0.0.0", port: int = 8000, certs: dict[st
         cmd.append("--enable-supernode-auth")
     if database:
         cmd += ["--database", database]
+    if max_reply_bytes is not None:
+        if max_reply_bytes <= 0:
+            raise ValueError(f"max_reply_bytes must be positive, got {max_reply_bytes}")
+        cmd += [MAX_REPLY_OPTION, str(int(max_reply_bytes))]
     return cmd
 
 
@@ -284,11 +290,13 @@ class LocalFederation:
     startup_timeout: float = 60.0
     env: dict[str, str] = field(default_factory=dict)
     host: str = LOOPBACK  # where the SuperLink's Fleet API listens (its Control/Runtime APIs answer this machine only)
+    max_reply_bytes: int | None = None  # the SuperLink's cap on one reply (None: the launcher's default)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict, init=False)
     port: int = field(default=0, init=False)
     certs: dict[str, Path] | None = field(default=None, init=False)
-    optional: set[str] = field(default_factory=set, init=False)
-    run_id: str | None = field(default=None, init=False)  # processes allowed to exit (refused intruders)
+    optional: set[str] = field(default_factory=set, init=False)  # processes allowed to exit (refused intruders)
+    run_id: str | None = field(default=None, init=False)
+    node_ids: dict[str, int] = field(default_factory=dict, init=False)  # registered SuperNode → its node id
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
@@ -340,7 +348,8 @@ class LocalFederation:
         else:
             write_flwr_config(self.cli_home, self.address, insecure=True)
         sl = self._spawn("superlink", superlink_command(host=self.host, port=self.port, certs=self.certs,
-                                                         insecure=not self.tls, auth=self.auth),
+                                                         insecure=not self.tls, auth=self.auth,
+                                                         max_reply_bytes=self.max_reply_bytes),
                          self.workdir / "superlink-home")
         try:
             wait_port(LOOPBACK, self.port, self.startup_timeout, sl)
@@ -361,7 +370,7 @@ class LocalFederation:
 
             key, pub = make_node_keys(self.workdir / "keys", f"node{i}")
             if register:
-                register_node(pub, self.cli_home)
+                self.node_ids[f"supernode{i}"] = int(register_node(pub, self.cli_home))
         ca = self.certs["ca"] if self.certs else None
         cmd = supernode_command(superlink or self.address, node_config, root_certificates=ca,
                                 insecure=not self.tls, private_key=key, port=free_port(),

@@ -30,6 +30,7 @@ from flwr.serverapp.strategy import Strategy
 import strategies
 from fedsim.flower import common
 from fedsim.flower.common import LOG
+from fedsim.flower.identity import STORE_NAME, PartitionAssignment, load_partition_map
 from fedsim.scenario import Scenario
 
 
@@ -46,6 +47,7 @@ class FedsimStrategy(Strategy):
         node_wait: float = 300.0,
         out_dir: str | Path | None = None,
         clock: Callable[[], float] = time.monotonic,
+        assignment: PartitionAssignment | None = None,
     ) -> None:
         from fedsim.peers import Server
 
@@ -56,6 +58,8 @@ class FedsimStrategy(Strategy):
         self.layer = (prep.features.num_classes, prep.features.dim)
         self.bias = bool(sc.training.bias)
         self.num_params = common.num_params(*self.layer, self.bias)
+        # a right-shaped head in the widest numeric dtype (8 bytes), plus its .npy header
+        self.max_head_bytes = 8 * self.num_params + 4096
         setup = prep.server_setup
         if attack_side == "client":  # the devices forge; the server must not forge for them again
             setup = replace(setup, attack={**setup.attack, "name": "none"})
@@ -65,6 +69,8 @@ class FedsimStrategy(Strategy):
         self.node_wait = node_wait
         self.clock = clock
         self.honest = ~np.asarray(prep.byzantine, dtype=bool)
+        self.val_sizes = validation_sizes(prep)
+        self.assignment = assignment or PartitionAssignment(self.n)  # first come, kept in memory
         self.out_dir = Path(out_dir) if out_dir else None
         self.history: list[dict[str, Any]] = []
         self._rec: dict[str, Any] = {}
@@ -153,22 +159,39 @@ class FedsimStrategy(Strategy):
         return self._messages(grid, server_round, arrays, config, MessageType.EVALUATE)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Example-weighted mean of the devices' validation accuracy/loss (malformed replies skipped)."""
+        """Mean of the devices' validation accuracy/loss, weighted by the *server's* count of each
+        partition's validation samples (a device's own ``num-examples`` is never trusted: one
+        claiming 1e9 examples would otherwise decide the mean). Implausible replies are skipped
+        and listed in the round's ``eval_rejected``: no valid partition id, a second reply for a
+        partition, a partition not assigned to the sender, accuracy outside [0, 1], a negative or
+        non-finite loss."""
         tot = acc = loss = 0.0
         count = 0
+        seen: set[int] = set()
+        rejected: list[dict[str, Any]] = []
         for msg in replies:
+            node = msg.metadata.src_node_id
             try:
                 if msg.has_error():
-                    LOG.warning("evaluate: node %s failed: %s", msg.metadata.src_node_id, msg.error.reason)
-                    continue
+                    raise ValueError(f"client error: {msg.error.reason}")
                 m = msg.content[common.METRICS]
-                w, a, lo = float(m["num-examples"]), float(m["val-accuracy"]), float(m["val-loss"])
+                pid = self.partition_id(m)
+                a, lo = float(m["val-accuracy"]), float(m["val-loss"])
+                reason = self.assignment.check(node, pid) or self._implausible_eval(pid, seen, a, lo)
+                if reason:
+                    raise ValueError(reason)
             except Exception as e:  # noqa: BLE001 - a device's reply must never stop the server
-                LOG.warning("evaluate: malformed reply from node %s: %s", msg.metadata.src_node_id, e)
+                rejected.append({"node": int(node), "reason": str(e)})
+                LOG.warning("evaluate: ignored the reply of node %s: %s", node, e)
                 continue
-            if not (np.isfinite(w) and np.isfinite(a) and np.isfinite(lo)) or w < 0:
-                continue
+            seen.add(pid)
+            claimed = m["num-examples"] if "num-examples" in m else None
+            w = float(self.val_sizes[pid])
+            if claimed != self.val_sizes[pid]:
+                LOG.warning("evaluate: node %s (partition %d) reports num-examples=%s; the server's count %d is used",
+                            node, pid, claimed, self.val_sizes[pid])
             tot, acc, loss, count = tot + w, acc + w * a, loss + w * lo, count + 1
+        self._rec["eval_rejected"] = rejected
         if not count:
             return None
         out = {"val-accuracy": acc / tot if tot else 0.0, "val-loss": loss / tot if tot else 0.0, "devices": count}
@@ -177,6 +200,27 @@ class FedsimStrategy(Strategy):
             "client_val_loss": round(out["val-loss"], 6),
         }
         return MetricRecord(out)
+
+    @staticmethod
+    def _implausible_eval(pid: int, seen: set[int], acc: float, loss: float) -> str:
+        """Why an evaluation reply cannot be true ("" if it can)."""
+        if pid in seen:
+            return f"a second evaluation for partition {pid} in the same round"
+        if not (np.isfinite(acc) and 0.0 <= acc <= 1.0):
+            return f"val-accuracy {acc!r} is not in [0, 1]"
+        if not (np.isfinite(loss) and loss >= 0.0):
+            return f"val-loss {loss!r} is not a finite, non-negative number"
+        return ""
+
+    def partition_id(self, metrics: Any) -> int:
+        """The reply's ``partition-id`` as a valid peer index (ValueError otherwise)."""
+        raw = metrics["partition-id"]
+        if isinstance(raw, bool) or not isinstance(raw, int | float) or int(raw) != raw:
+            raise ValueError(f"partition-id {raw!r} is not an integer")
+        pid = int(raw)
+        if not 0 <= pid < self.n:
+            raise ValueError(f"partition-id {pid} is not in 0..{self.n - 1}")
+        return pid
 
     # ------------------------------------------------------------------ fedsim's side
     def collect(self, replies: Iterable[Message]) -> tuple[np.ndarray, dict[int, float], int, list[dict[str, Any]]]:
@@ -201,14 +245,13 @@ class FedsimStrategy(Strategy):
             pid: int | None = None
             try:
                 m = msg.content[common.METRICS]
-                raw = m["partition-id"]
-                if isinstance(raw, bool) or not isinstance(raw, int | float) or int(raw) != raw:
-                    raise ValueError(f"partition-id {raw!r} is not an integer")
-                pid = int(raw)
-                if not 0 <= pid < self.n:
-                    raise ValueError(f"partition-id {pid} is not in 0..{self.n - 1}")
+                pid = self.partition_id(m)
             except Exception as e:  # noqa: BLE001
                 reject(node, None, f"no valid partition-id ({e})")
+                continue
+            why = self.assignment.check(node, pid)
+            if why:  # impersonation, or a node outside the partition map
+                reject(node, pid, why)
                 continue
             if pid in seen:
                 reject(node, pid, "a second update for this partition in the same round")
@@ -223,7 +266,11 @@ class FedsimStrategy(Strategy):
                 reject(node, pid, "no update (silent)")
                 continue
             try:
-                arr = msg.content[common.ARRAYS][common.HEAD].numpy()
+                head = msg.content[common.ARRAYS][common.HEAD]
+                if len(head.data) > self.max_head_bytes:  # checked before numpy() copies it
+                    reject(node, pid, f"head of {len(head.data)} bytes, more than {self.max_head_bytes}")
+                    continue
+                arr = head.numpy()
             except Exception as e:  # noqa: BLE001
                 reject(node, pid, f"unreadable head ({type(e).__name__}: {e})")
                 continue
@@ -301,6 +348,26 @@ class FedsimStrategy(Strategy):
         }
 
 
+def validation_sizes(prep: Any) -> list[int]:
+    """Each peer's number of local validation samples, from the set-up the run uses
+    (``runner.prepare``): what a device's reported ``num-examples`` must equal."""
+    sizes: dict[int, int] = {}
+    for s in prep.setups:
+        for j, idx in enumerate(s.val_idx):
+            sizes[int(s.first) + j] = len(idx)
+    return [sizes.get(i, 0) for i in range(len(prep.byzantine))]
+
+
+def partition_assignment(sc: Scenario, run_config: dict[str, Any], out: Path, run_id: int = 0) -> PartitionAssignment:
+    """The run's node ↔ partition binding: the ``partition-map`` file, or first come, persisted
+    in ``out/partitions.json``."""
+    path = str(common.run_config_value(run_config, "partition-map") or "")
+    if path:
+        return PartitionAssignment(sc.peers.count, fixed=load_partition_map(path, sc.peers.count))
+    out.mkdir(parents=True, exist_ok=True)
+    return PartitionAssignment(sc.peers.count, store=out / STORE_NAME, run_id=run_id)
+
+
 def output_dir(sc: Scenario, run_config: dict[str, Any]) -> Path:
     d = str(common.run_config_value(run_config, "output-dir") or "")
     return Path(d).expanduser() if d else Path(sc.output.dir) / f"{sc.name}-flower"
@@ -321,6 +388,7 @@ def run_server(grid: Grid, context: Context) -> dict[str, Any]:
         client_eval=bool(common.run_config_value(rc, "client-eval")),
         node_wait=float(common.run_config_value(rc, "node-wait")),
         out_dir=out,
+        assignment=partition_assignment(sc, rc, out, int(context.run_id)),
     )
     strategy.start(
         grid=grid,
