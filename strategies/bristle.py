@@ -23,9 +23,6 @@ from strategies._math import (
 from strategies.base import AggregationContext, Strategy, flatten, unflatten
 from strategies.registry import register
 
-APRIL = "jverbraeken/trustchain-superapp@f1fb8fb5 (2021-04-12, the code of the authors' run logs)"
-MAY = "jverbraeken/trustchain-superapp@a505112b (2021-05-19, the last version)"
-
 
 @register("bristle")
 @dataclass
@@ -222,7 +219,9 @@ class Bristle(Strategy):
         sig = torch.sigmoid(score / self.score_temperature)
         return (self.weight_scale * sig - self.weight_offset).clamp_min(0.0) * certainty
 
-    def counts(self, overlap: Tensor | None, shape: tuple[int, ...], num_classes: int, device) -> Tensor:
+    def counts(
+        self, overlap: Tensor | None, shape: tuple[int, ...], num_classes: int, device: torch.device | str
+    ) -> Tensor:
         """``s_j`` for candidates of the given ``shape``: the claimed overlap (``classes="overlap"``;
         all classes where it is unknown), ``top``, or all classes."""
         if self.classes == "overlap" and overlap is not None:
