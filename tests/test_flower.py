@@ -513,7 +513,8 @@ def test_partition_map_file(tmp_path):
     f.write_text('{"5": 0, "6": 1}')
     a = PartitionAssignment(2, fixed=load_partition_map(f, 2))
     assert a.check(5, 0) == "" and a.check(6, 1) == ""
-    assert a.check(7, 0) == "partition 0 is assigned to node 5"
+    assert a.check(7, 0) == "node 7 is not in the partition map"
+    assert a.check(5, 1) == "node 5 is assigned partition 0, not 1"
     b = PartitionAssignment(3, fixed=load_partition_map(f, 3))
     assert b.check(7, 2) == "node 7 is not in the partition map"
     for text, msg in (('{"5": 0, "6": 0}', "partition 0 is given to nodes 5 and 6"),
@@ -525,3 +526,32 @@ def test_partition_map_file(tmp_path):
         assert str(f) in str(e.value) and "\n" not in str(e.value) and isinstance(e.value, FedsimError)
     with pytest.raises(BridgeError, match="cannot read"):
         load_partition_map(tmp_path / "missing.json", 2)
+
+
+def test_a_rerun_never_truncates_earlier_metrics(fed_scenario, tmp_path):
+    """A second run into the same output-dir is refused (one line, RunDirExistsError) before any
+    work, leaving the earlier metrics byte for byte; with overwrite=true it replaces them. The
+    demo's CLI says the same and starts nothing."""
+    from fedsim.errors import RunDirExistsError
+    from fedsim.flower.cli import flower
+
+    sc = parse(fed_scenario(**{"rounds": 1, "peers.count": 2}))
+    out = tmp_path / "bridge"
+    rc = {"scenario": common.scenario_yaml(sc), "output-dir": str(out)}
+    nodes = [{"partition-id": i, "num-partitions": 2} for i in range(2)]
+    run_in_process(rc, nodes)
+    before = (out / "metrics.jsonl").read_bytes()
+    assert before.strip()
+    with pytest.raises(RunDirExistsError, match="overwrite=true") as e:
+        run_in_process(rc, nodes)
+    assert "\n" not in str(e.value) and (out / "metrics.jsonl").read_bytes() == before
+    (out / "metrics.jsonl").write_text('{"round": 99}\n')
+    run_in_process(rc | {"overwrite": True}, nodes)
+    assert (out / "metrics.jsonl").read_bytes() == before  # replaced by the same run's records
+    scen = tmp_path / "s.yaml"
+    scen.write_text(common.scenario_yaml(sc))
+    (tmp_path / "wd" / "out").mkdir(parents=True)
+    (tmp_path / "wd" / "out" / "metrics.jsonl").write_text('{"round": 0}\n')
+    r = CliRunner().invoke(flower, ["demo", str(scen), "--in-process", "--workdir", str(tmp_path / "wd")])
+    assert r.exit_code != 0 and "holds an earlier run's metrics" in r.output
+    assert (tmp_path / "wd" / "out" / "metrics.jsonl").read_text() == '{"round": 0}\n'

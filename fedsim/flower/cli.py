@@ -90,7 +90,8 @@ def flower() -> None:
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a scenario field (as `fedsim run`).")
 @click.option("--run-config", "run_config", multiple=True, metavar="KEY=VALUE",
-              help="Bridge setting: attack-side=client|server, client-eval, round-timeout, node-wait, output-dir.")
+              help="Bridge setting: attack-side=client|server, client-eval, round-timeout, node-wait, output-dir, "
+              "partition-map.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing app in OUT_DIR.")
 def export(scenario: Path, out_dir: Path, sets: tuple[str, ...], run_config: tuple[str, ...], overwrite: bool) -> None:
     """Write a Flower app project for SCENARIO into OUT_DIR (pyproject.toml with the scenario in
@@ -290,15 +291,18 @@ def register(public_key: str, superlink: str, root_certificates: str) -> None:
 @click.option("--compare", is_flag=True, help="Also run the scenario in fedsim's federated mode and compare.")
 @click.option("--in-process", is_flag=True, help="No processes: run the ServerApp and ClientApps in this process.")
 @click.option("--timeout", default=900.0, show_default=True, help="Seconds the run may take.")
+@click.option("--overwrite", is_flag=True, help="Replace the metrics of an earlier demo in --workdir.")
 def demo(scenario: Path, sets: tuple[str, ...], run_config: tuple[str, ...], tls: bool, auth: bool,
-         workdir: Path | None, compare: bool, in_process: bool, timeout: float) -> None:
+         workdir: Path | None, compare: bool, in_process: bool, timeout: float, overwrite: bool) -> None:
     """Run SCENARIO through Flower on this machine: a SuperLink and one SuperNode per peer as real
     processes on 127.0.0.1 (stopped at the end), then print the accuracy per round."""
     import json
 
     from fedsim import scenario as sc_mod
+    from fedsim.errors import FedsimError
     from fedsim.flower import common, local
     from fedsim.flower.project import export_app
+    from fedsim.flower.server import refuse_existing_metrics
 
     _need_flower()
     try:
@@ -308,8 +312,11 @@ def demo(scenario: Path, sets: tuple[str, ...], run_config: tuple[str, ...], tls
     with tempfile.TemporaryDirectory(prefix="fedsim-flower-demo-") as tmp:
         wd = Path(workdir) if workdir else Path(tmp)
         rc = _kv(run_config, "--run-config") | {"output-dir": str((wd / "out").resolve())}
+        if overwrite:
+            rc["overwrite"] = True
         nodes = [{"partition-id": i, "num-partitions": sc.peers.count} for i in range(sc.peers.count)]
         try:
+            refuse_existing_metrics(wd / "out", overwrite)  # here, before any process starts
             if in_process:
                 from fedsim.flower.inprocess import run_in_process
 
@@ -321,7 +328,7 @@ def demo(scenario: Path, sets: tuple[str, ...], run_config: tuple[str, ...], tls
                 with local.LocalFederation(wd, nodes, tls=tls, auth=auth) as fed:
                     status = fed.run(app, rc, timeout=timeout)
                 click.echo(f"Flower run {status}")
-        except (local.FederationError, common.BridgeError) as e:
+        except (local.FederationError, FedsimError) as e:
             raise click.ClickException(str(e)) from None
         recs = [json.loads(x) for x in (wd / "out" / "metrics.jsonl").read_text().splitlines() if x.strip()]
         sim: dict[int, float] = {}

@@ -33,6 +33,7 @@ RUN_CONFIG_DEFAULTS: dict[str, Any] = {
     "round-timeout": 600.0,  # seconds the server waits for the replies of one round
     "node-wait": 300.0,  # seconds the server waits for all peers.count devices before a round
     "output-dir": "",  # where the server writes metrics.jsonl & co.; "" = <output.dir>/<name>-flower
+    "overwrite": False,  # replace the metrics of an earlier run in output-dir (refused otherwise)
     "partition-map": "",  # JSON {"NODE_ID": PARTITION}; "" = first come (bound and kept in partitions.json)
 }
 ATTACK_SIDES = ("client", "server")

@@ -92,10 +92,10 @@ class PartitionAssignment:
             return ""
         if mine is not None:
             return f"node {node} is assigned partition {mine}, not {pid}"
-        if owner is not None:
-            return f"partition {pid} is assigned to node {owner}"
         if self.fixed:
             return f"node {node} is not in the partition map"
+        if owner is not None:
+            return f"partition {pid} is assigned to node {owner}"
         self.by_node[node], self.by_partition[pid] = pid, node
         self._save()
         return ""

@@ -28,6 +28,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 import strategies
+from fedsim.errors import RunDirExistsError
 from fedsim.flower import common
 from fedsim.flower.common import LOG
 from fedsim.flower.identity import STORE_NAME, PartitionAssignment, load_partition_map
@@ -48,6 +49,7 @@ class FedsimStrategy(Strategy):
         out_dir: str | Path | None = None,
         clock: Callable[[], float] = time.monotonic,
         assignment: PartitionAssignment | None = None,
+        overwrite: bool = False,
     ) -> None:
         from fedsim.peers import Server
 
@@ -76,6 +78,7 @@ class FedsimStrategy(Strategy):
         self._rec: dict[str, Any] = {}
         self._t0 = self._t_round = clock()
         if self.out_dir is not None:
+            refuse_existing_metrics(self.out_dir, overwrite)
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "metrics.jsonl").write_text("")
             (self.out_dir / "timings.jsonl").write_text("")
@@ -348,6 +351,17 @@ class FedsimStrategy(Strategy):
         }
 
 
+def refuse_existing_metrics(out_dir: Path, overwrite: bool) -> None:
+    """A run's metrics are never truncated by accident: an output directory whose ``metrics.jsonl``
+    holds records is refused unless the run config says ``overwrite = true``."""
+    metrics = out_dir / "metrics.jsonl"
+    if not overwrite and metrics.is_file() and metrics.stat().st_size > 0:
+        raise RunDirExistsError(
+            f"{metrics} holds an earlier run's metrics; choose another output-dir, or pass "
+            "--run-config overwrite=true to replace them"
+        )
+
+
 def validation_sizes(prep: Any) -> list[int]:
     """Each peer's number of local validation samples, from the set-up the run uses
     (``runner.prepare``): what a device's reported ``num-examples`` must equal."""
@@ -379,8 +393,9 @@ def run_server(grid: Grid, context: Context) -> dict[str, Any]:
 
     rc = dict(context.run_config)
     sc = common.scenario_from_run_config(rc)
-    prep = prepare(sc, log=lambda m: LOG.info("%s", m))
     out = output_dir(sc, rc)
+    refuse_existing_metrics(out, bool(common.run_config_value(rc, "overwrite")))  # before any work
+    prep = prepare(sc, log=lambda m: LOG.info("%s", m))
     strategy = FedsimStrategy(
         sc,
         prep,
@@ -389,6 +404,7 @@ def run_server(grid: Grid, context: Context) -> dict[str, Any]:
         node_wait=float(common.run_config_value(rc, "node-wait")),
         out_dir=out,
         assignment=partition_assignment(sc, rc, out, int(context.run_id)),
+        overwrite=bool(common.run_config_value(rc, "overwrite")),
     )
     strategy.start(
         grid=grid,
