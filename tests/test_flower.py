@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("flwr")
 
 from click.testing import CliRunner  # noqa: E402
-from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict  # noqa: E402,E501
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from fedsim.flower import common  # noqa: E402
@@ -555,3 +555,45 @@ def test_a_rerun_never_truncates_earlier_metrics(fed_scenario, tmp_path):
     r = CliRunner().invoke(flower, ["demo", str(scen), "--in-process", "--workdir", str(tmp_path / "wd")])
     assert r.exit_code != 0 and "holds an earlier run's metrics" in r.output
     assert (tmp_path / "wd" / "out" / "metrics.jsonl").read_text() == '{"round": 0}\n'
+
+
+class _FakeGrid:
+    def __init__(self, nodes):
+        self.nodes = nodes
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+
+def test_dropouts_quorum_ttl_and_one_node_wait(fed_scenario, monkeypatch):
+    """3 partitions, one device gone: the full node-wait is spent once (before round 1), not on every
+    later train/evaluate call; messages carry TTL = round-timeout (not Flower's 12 h); a round with
+    fewer valid updates than min-replies leaves the global head unchanged (quorum false)."""
+    import fedsim.flower.server as srv
+    from fedsim.flower.server import FedsimStrategy
+
+    sc = parse(fed_scenario(**{"peers.count": 3}))
+    now = [0.0]
+    monkeypatch.setattr(srv.time, "sleep", lambda s: now.__setitem__(0, now[0] + s))
+    strat = FedsimStrategy(sc, prepare(sc), node_wait=300.0, round_timeout=45.0, min_replies=2,
+                           clock=lambda: now[0])
+    grid = _FakeGrid([10, 11])
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    try:
+        msgs = strat.configure_train(1, strat.initial_arrays(), ConfigRecord(), grid)
+        assert 300.0 <= now[0] < 302.0 and [m.metadata.dst_node_id for m in msgs] == [10, 11]
+        assert all(m.metadata.ttl == 45.0 for m in msgs)
+        t = now[0]
+        for r in (2, 3):
+            strat.configure_train(r, strat.initial_arrays(), ConfigRecord(), grid)
+            strat.configure_evaluate(r, strat.initial_arrays(), ConfigRecord(), grid)
+        assert now[0] == t  # two devices >= min-replies: no more waiting
+        g0 = strat.server.get_global().copy()
+        arrays, _ = strat.aggregate_train(1, [_train_reply(10, 0, np.ones(strat.num_params, np.float32))])
+    finally:
+        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+    np.testing.assert_array_equal(strat.server.get_global(), g0)
+    assert strat._rec["quorum"] is False and strat._rec["skipped"] == 1 and strat._rec["dropped"] == 2
+    with pytest.raises(common.BridgeError, match="min-replies"):
+        FedsimStrategy(sc, prepare(sc), min_replies=4)

@@ -30,7 +30,8 @@ RUN_CONFIG_DEFAULTS: dict[str, Any] = {
     "set": "",  # extra dotted overrides "strategy.name=krum rounds=5", as `fedsim run --set`
     "attack-side": "client",  # client: Byzantine devices forge; server: the server simulates them
     "client-eval": True,  # devices also score the global head on their local validation split
-    "round-timeout": 600.0,  # seconds the server waits for the replies of one round
+    "round-timeout": 600.0,  # seconds the server waits for the replies of one round (also the messages' TTL)
+    "min-replies": 1,  # quorum: a round with fewer valid updates leaves the global head unchanged
     "node-wait": 300.0,  # seconds the server waits for all peers.count devices before a round
     "output-dir": "",  # where the server writes metrics.jsonl & co.; "" = <output.dir>/<name>-flower
     "overwrite": False,  # replace the metrics of an earlier run in output-dir (refused otherwise)

@@ -50,6 +50,8 @@ class FedsimStrategy(Strategy):
         clock: Callable[[], float] = time.monotonic,
         assignment: PartitionAssignment | None = None,
         overwrite: bool = False,
+        round_timeout: float = 600.0,
+        min_replies: int = 1,
     ) -> None:
         from fedsim.peers import Server
 
@@ -69,6 +71,13 @@ class FedsimStrategy(Strategy):
         self.attack_side = attack_side
         self.client_eval = client_eval
         self.node_wait = node_wait
+        if not 1 <= int(min_replies) <= self.n:
+            raise common.BridgeError(f"run config 'min-replies': {min_replies} is not in 1..{self.n} (peers.count)")
+        if not round_timeout > 0:
+            raise common.BridgeError(f"run config 'round-timeout': {round_timeout} must be positive")
+        self.min_replies = int(min_replies)
+        self.round_timeout = float(round_timeout)
+        self._waited = False  # the full node-wait is spent once, before the first round
         self.clock = clock
         self.honest = ~np.asarray(prep.byzantine, dtype=bool)
         self.val_sizes = validation_sizes(prep)
@@ -101,20 +110,23 @@ class FedsimStrategy(Strategy):
         return ArrayRecord({common.HEAD: Array(self.server.get_global().copy())})
 
     def _nodes(self, grid: Grid) -> list[int]:
-        """Wait (bounded) until ``peers.count`` devices are connected; then take them all."""
+        """The connected devices. Before the first round, wait (up to ``node-wait``) for all
+        ``peers.count``; later, wait only while fewer than ``min-replies`` are connected, so a device
+        known to be gone costs no wait on every round (one that comes back is simply there again)."""
+        want = self.n if not self._waited else self.min_replies
+        self._waited = True
         deadline = self.clock() + self.node_wait
         while True:
             nodes = sorted(int(x) for x in grid.get_node_ids())
-            if len(nodes) >= self.n or self.clock() >= deadline:
+            if len(nodes) >= want or self.clock() >= deadline:
                 break
-            LOG.info("waiting for devices: %d of %d connected", len(nodes), self.n)
+            LOG.info("waiting for devices: %d of %d connected", len(nodes), want)
             time.sleep(1.0)
         if len(nodes) > self.n:
-            LOG.warning("%d devices connected for %d partitions; a second update for a partition is rejected",
-                        len(nodes), self.n)
+            LOG.warning("%d devices connected for %d partitions; replies for partitions not assigned to their "
+                        "sender are ignored", len(nodes), self.n)
         if len(nodes) < self.n:
-            LOG.warning("only %d of %d devices connected after %.0f s; running the round with them",
-                        len(nodes), self.n, self.node_wait)
+            LOG.warning("%d of %d devices connected; running the round with them", len(nodes), self.n)
         return nodes
 
     def _messages(self, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -122,7 +134,9 @@ class FedsimStrategy(Strategy):
         config["server-round"] = server_round
         config["num-classes"], config["dim"] = self.layer
         record = RecordDict({common.ARRAYS: arrays, common.CONFIG: config})
-        return [Message(content=record, dst_node_id=nid, message_type=kind) for nid in self._nodes(grid)]
+        # TTL = the round's deadline: a message a device fetches late expires instead of running stale
+        return [Message(content=record, dst_node_id=nid, message_type=kind, ttl=self.round_timeout)
+                for nid in self._nodes(grid)]
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -133,7 +147,14 @@ class FedsimStrategy(Strategy):
                                                                                       MetricRecord | None]:
         round_ = server_round - 1
         rows, losses, received, rejected = self.collect(replies)
-        stats = self.server.aggregate(round_, rows)
+        valid = int((~np.isnan(rows).any(axis=1)).sum())
+        quorum = valid >= self.min_replies
+        if quorum:
+            stats = self.server.aggregate(round_, rows)
+        else:  # too few updates to trust an aggregate: the global head stays as it was
+            stats = {"dropped": self.n - valid, "skipped": 1}
+            LOG.warning("round %d: %d valid updates, fewer than min-replies=%d; the global head is unchanged",
+                        round_, valid, self.min_replies)
         honest_loss = sum(v for pid, v in losses.items() if self.honest[pid]) / max(int(self.honest.sum()), 1)
         self._rec = {
             "round": round_,
@@ -145,6 +166,7 @@ class FedsimStrategy(Strategy):
             "bytes_sent_total": int(self.prep.bytes_per_message * self.n),
             "received": received,
             "rejected": rejected,
+            "quorum": quorum,
         }
         metrics = MetricRecord({
             "train-loss": float(honest_loss),
@@ -405,6 +427,8 @@ def run_server(grid: Grid, context: Context) -> dict[str, Any]:
         out_dir=out,
         assignment=partition_assignment(sc, rc, out, int(context.run_id)),
         overwrite=bool(common.run_config_value(rc, "overwrite")),
+        round_timeout=float(common.run_config_value(rc, "round-timeout")),
+        min_replies=int(common.run_config_value(rc, "min-replies")),
     )
     strategy.start(
         grid=grid,
