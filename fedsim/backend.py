@@ -111,6 +111,21 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
         raise RayStartError(f"cannot reach the Ray cluster at {address}: {e.strerror or e}") from None
 
 
+def _gcs_address(ray: Any) -> str:
+    try:
+        return str(ray.get_runtime_context().gcs_address)
+    except Exception:  # noqa: BLE001 - Ray Client sessions have no GCS address here
+        return "a Ray session"
+
+
+def _same_cluster(ray: Any, address: str) -> bool:
+    """Whether the Ray this process already runs is the cluster at ``address`` (``auto`` and
+    ``ray://`` addresses are taken as the user's own: Ray resolves them)."""
+    if address == "auto" or address.startswith("ray://"):
+        return True
+    return _gcs_address(ray) == address
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = False) -> bool:
     """Start Ray for this process, or connect to the cluster at ``address``; the one place fedsim
     calls ``ray.init``. Returns False (and does nothing) when Ray is already initialised here,
@@ -127,7 +142,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_dri
         _enable_token_auth()
     import ray
 
+    if not local:
+        check_reachable(address)  # before all else: an unreachable address is an error even if Ray runs here
     if ray.is_initialized():
+        if not local and not _same_cluster(ray, address):
+            raise RayStartError(
+                f"Ray is already running in this process ({_gcs_address(ray)}); it cannot also connect to {address}"
+            )
         return False
     kw: dict[str, Any] = {
         "include_dashboard": False,
@@ -137,7 +158,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_dri
     }
     try:
         if not local:
-            check_reachable(address)
             ray.init(address=address, **kw)
             return True
         kw |= {"address": "local", "num_cpus": num_cpus, "_node_ip_address": LOOPBACK}

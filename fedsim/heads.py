@@ -134,8 +134,9 @@ def local_steps(w: Tensor, b: Tensor, state: OptimizerState, batches, training: 
 
 @torch.no_grad()
 def accuracy_and_loss(w: Tensor, b: Tensor | None, x: Tensor, y: Tensor, chunk: int = 64) -> tuple[Tensor, Tensor]:
-    """Test accuracy and mean cross-entropy of each head in ``w [p, C, d]`` on shared ``x [N, d]``."""
-    accs, losses = [], []
+    """Test accuracy and mean cross-entropy of each head in ``w [p, C, d]`` on shared ``x [N, d]``
+    (``p = 0``, e.g. a group hosting only Byzantine peers: two empty tensors)."""
+    accs, losses = [w.new_zeros(0)], [w.new_zeros(0)]
     for i in range(0, w.shape[0], chunk):
         wi = w[i : i + chunk]
         z = torch.einsum("nd,pcd->pnc", x, wi)

@@ -10,9 +10,9 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 def ray_session():
     """One local Ray instance for the whole test session (starting Ray costs seconds)."""
     ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    from fedsim.backend import init_ray
+
+    started = init_ray(num_cpus=4)  # the way fedsim starts it: loopback, private folder, token auth
     yield ray
     if started:
         ray.shutdown()

@@ -119,23 +119,23 @@ def test_validate_prints_one_line_per_error(tmp_path):
 
 # ---------------------------------------------------------------- strict, finite, bounded values
 @pytest.mark.parametrize(
-    ("yaml_text", "field"),
+    ("yaml_text", "field", "hint"),
     [
-        ("peers: {count: true}", "peers.count"),
-        ("rounds: '5'", "rounds"),
-        ("seed: 1.5", "seed"),
-        ("training: {bias: 1}", "training.bias"),
-        ("engine: {cpus_per_actor: .inf}", "engine.cpus_per_actor"),
-        ("partition: {alpha: .nan}", "partition.alpha"),
-        ("training: {weight_decay: 1.0e+30}", "training.weight_decay"),
-        ("training: {optimizer: sgd, lr: 10, momentum: 0, weight_decay: 0.5}", "training.weight_decay"),
-        ("evaluation: {peers: true}", "evaluation.peers"),
+        ("peers: {count: true}", "peers.count", "valid integer, got true"),
+        ("rounds: '5'", "rounds", "valid integer, got '5'"),
+        ("seed: 1.5", "seed", "valid integer"),
+        ("training: {bias: 1}", "training.bias", "valid boolean"),
+        ("engine: {cpus_per_actor: .inf}", "engine.cpus_per_actor", "finite"),
+        ("partition: {alpha: .nan}", "partition.alpha", "finite"),
+        ("training: {weight_decay: 1.0e+30}", "training.weight_decay", "less than or equal to 10"),
+        ("training: {optimizer: sgd, lr: 10, momentum: 0, weight_decay: 0.5}", "training.weight_decay", "1 + momentum"),
+        ("evaluation: {peers: true}", "evaluation.peers", "got true"),
     ],
 )
-def test_strict_finite_bounded_values(tmp_path, yaml_text, field):
+def test_strict_finite_bounded_values(tmp_path, yaml_text, field, hint):
     with pytest.raises(ScenarioError) as e:
         load(_write(tmp_path, yaml_text + "\n"))
-    assert f" {field}" in _one_line(e.value)
+    assert f" {field}" in _one_line(e.value) and hint in str(e.value)
 
 
 def test_ints_are_still_floats():
