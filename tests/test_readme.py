@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -19,6 +21,20 @@ def test_readme_has_exactly_two_setup_commands():
     assert "pytest" in cmds[1]
 
 
-def test_ci_runs_readme_test_command():
+def test_ci_runs_readme_commands():
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
-    assert _commands()[1] in ci
+    assert _commands()[0] in ci and _commands()[1] in ci
+    assert _commands()[1].startswith(". .venv/bin/activate && "), "must not install into another Python"
+
+
+def test_ci_runs_the_suites_plain_pytest_leaves_out():
+    """Every marker that addopts deselects is selected again by a CI line."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    opts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    declared = {m.split(":")[0] for m in opts["markers"]}
+    deselected = set(re.findall(r"not (\w+)", opts["addopts"]))
+    assert deselected == declared
+    ci = (ROOT / ".ci" / "run").read_text()
+    line = next(x for x in ci.splitlines() if x.startswith("python -m pytest") and " -m " in x)
+    assert set(re.findall(r"\b(\w+)\b", line.rsplit(" -m ", 1)[1])) - {"or"} == declared
