@@ -1,3 +1,22 @@
-"""fedsim: fast federated and decentralized learning simulation under Byzantine attack."""
+"""fedsim: fast federated and decentralized learning simulation under Byzantine attack.
+
+Python API (:mod:`fedsim.api`): ``fedsim.run(scenario, overrides=..., out=...)`` runs one scenario
+and returns a :class:`~fedsim.api.RunResult`; ``fedsim.load_run(dir)`` reads a finished run.
+"""
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+__all__ = ["RunResult", "load_run", "run"]
+
+if TYPE_CHECKING:
+    from fedsim.api import RunResult, load_run, run
+
+
+def __getattr__(name: str) -> Any:
+    # imported on first use: `import fedsim` (and `fedsim --help`) stays light
+    if name in __all__:
+        from fedsim import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'fedsim' has no attribute {name!r}")

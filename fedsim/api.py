@@ -1,0 +1,162 @@
+"""fedsim's Python API, for notebooks and scripts: :func:`run` one scenario, :func:`load_run` a
+finished run directory. Both return a :class:`RunResult`.
+
+The API runs exactly what ``fedsim run`` runs (the same :class:`fedsim.runner.Run`); the history
+is read back from the run's ``metrics.jsonl`` (the single record of a run), so what a notebook
+sees and what ``fedsim report``/``fedsim plot`` read cannot differ::
+
+    import fedsim
+    r = fedsim.run("scenarios/quickstart.yaml", overrides={"rounds": 5})
+    r.history[-1]          # {'round': 4, 'accuracy_mean': ..., 'bytes_sent_total': ..., ...}
+    r.summary["final_accuracy_mean"]
+    df = r.to_pandas()     # when pandas is installed
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from fedsim import rundir
+from fedsim import scenario as sc_mod
+from fedsim.errors import FedsimError
+from fedsim.scenario import Scenario
+
+
+class RunResultError(FedsimError):
+    """A directory :func:`load_run` cannot read as a fedsim run."""
+
+
+@dataclass
+class RunResult:
+    """What one run produced.
+
+    ``history``: one dict per round, as in ``metrics.jsonl`` (rounds numbered from 0, as in the
+    metrics, plots and reports; evaluation rounds carry ``accuracy_mean`` and friends).
+    ``summary``: ``summary.json`` (final accuracy, bytes, f, wall time, probes' summary).
+    ``final_params``: the flattened heads ``[peers, P]`` (rows of Byzantine peers included; in
+    federated mode every row is the global model) when the run ran in this process, else ``None``.
+    ``plan``: the facts the run resolved from the scenario (f, Byzantine ids, bytes per message,
+    trainable parameters per peer), computed by the code the run used."""
+
+    dir: Path
+    scenario: Scenario | dict[str, Any]
+    history: list[dict[str, Any]]
+    summary: dict[str, Any] | None
+    final_params: np.ndarray | None = None
+    plan: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        """Whether the run finished (its ``summary.json`` exists)."""
+        return self.summary is not None
+
+    @property
+    def evaluations(self) -> list[dict[str, Any]]:
+        """The history's evaluation rounds (those with ``accuracy_mean``)."""
+        return [h for h in self.history if "accuracy_mean" in h]
+
+    def to_pandas(self) -> Any:
+        """The history as a ``pandas.DataFrame`` indexed by round (pandas must be installed)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("RunResult.to_pandas needs pandas: pip install pandas") from None
+        return pd.DataFrame(self.history).set_index("round")
+
+
+def _scenario_data(scenario: str | Path | Mapping[str, Any] | Scenario) -> tuple[dict[str, Any] | None, Path | None]:
+    if isinstance(scenario, Scenario):
+        return scenario.model_dump(mode="json"), None
+    if isinstance(scenario, Mapping):
+        return dict(scenario), None
+    if isinstance(scenario, (str, Path)):
+        return None, Path(scenario)
+    raise TypeError(f"scenario must be a path, a mapping or a Scenario, got {type(scenario).__name__}")
+
+
+def resolve(
+    scenario: str | Path | Mapping[str, Any] | Scenario, overrides: Mapping[str, Any] | None = None
+) -> Scenario:
+    """Validate ``scenario`` (a YAML path, a mapping as the YAML would load, or a
+    :class:`~fedsim.scenario.Scenario`) with dotted ``overrides`` (``{"strategy.name": "krum"}``,
+    as ``--set``) applied; raises :class:`~fedsim.scenario.ScenarioError` (one line)."""
+    data, path = _scenario_data(scenario)
+    overrides = dict(overrides or {})
+    if path is not None:
+        return sc_mod.load(path, overrides)
+    data = sc_mod.plain_tree(data, "scenario")
+    data.pop("sweep", None)
+    for key, value in overrides.items():
+        sc_mod.set_dotted(data, key, value)
+    return sc_mod.parse(data, "scenario")
+
+
+def run(
+    scenario: str | Path | Mapping[str, Any] | Scenario,
+    overrides: Mapping[str, Any] | None = None,
+    out: str | Path | None = None,
+    *,
+    overwrite: bool = False,
+    progress: Callable[[int, dict[str, Any]], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> RunResult:
+    """Run one scenario in this process's driver (the engine the scenario names: Ray actors or
+    in-process) and return its :class:`RunResult`.
+
+    ``out``: the run directory. ``None`` makes a new one under the system's temporary directory
+    (``fedsim-XXXX/<name>``; kept, so :func:`load_run` can read it again), so calling ``run``
+    twice in a notebook never collides; pass a path to keep results where ``fedsim report`` and
+    ``fedsim plot`` look (``runs/<name>``). An existing run there is refused unless
+    ``overwrite=True`` (the same rules as ``fedsim run``: :mod:`fedsim.rundir`).
+    ``progress(round, record)`` is called after every round; ``log`` receives progress messages
+    (feature caching, Ray start)."""
+    from fedsim.runner import Run  # torch, Ray: only when a run is asked for
+
+    sc = resolve(scenario, overrides)
+    if out is None:
+        run_dir = Path(tempfile.mkdtemp(prefix="fedsim-")) / sc.name
+    else:
+        run_dir = Path(out)
+    r = Run(sc, run_dir)
+    r.create_dir(overwrite=overwrite)
+    r.execute(progress=progress, log=log or (lambda m: None))
+    result = load_run(run_dir)
+    result.scenario = sc
+    result.final_params = getattr(r, "final_params", None)
+    prep = getattr(r, "prepared", None)
+    if prep is not None:
+        result.plan = {
+            "f": prep.f,
+            "byzantine_ids": [int(i) for i in np.flatnonzero(prep.byzantine)],
+            "num_params": prep.num_params,
+            "bytes_per_message": prep.bytes_per_message,
+        }
+    return result
+
+
+def load_run(path: str | Path) -> RunResult:
+    """Read a run directory that ``fedsim run`` / :func:`run` / ``fedsim sweep`` wrote (finished
+    or not): its scenario, per-round history and summary. Not a run directory → one-line
+    :class:`RunResultError`."""
+    path = Path(path)
+    if not rundir.is_run_dir(path):
+        raise RunResultError(f"{path} is not a fedsim run directory (no {rundir.MARKER})")
+    try:
+        scenario = yaml.safe_load((path / "scenario.yaml").read_text()) or {}
+        history = [json.loads(x) for x in (path / rundir.METRICS).read_text().splitlines() if x.strip()]
+        summary_path = path / rundir.SUMMARY
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    except FileNotFoundError as e:
+        raise RunResultError(f"{path}: {Path(e.filename).name} is missing; the run did not start") from None
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        raise RunResultError(f"{path}: cannot read the run ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    plan = {k: summary[k] for k in ("f", "num_params") if summary and k in summary}
+    return RunResult(path, scenario, history, summary, None, plan)
