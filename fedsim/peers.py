@@ -39,7 +39,7 @@ class GroupSetup:
     strategy: dict[str, Any]  # name, params
     f: int
     attack: dict[str, Any]  # name, params, omniscient, collude
-    topology: dict[str, Any]  # kind, degree, p, fanout
+    topology: Topology  # built by fedsim.scenario.build_topology (runner.prepare), never rebuilt here
     absent: np.ndarray | None = None  # bool [N]: peers that take no part (their messages never arrive)
     threads: int = 1  # torch intra-op threads of the hosting process (engine.cpus_per_actor)
     # > 0 where no peer of the run holds more than a minibatch of samples: every peer's shard is
@@ -173,14 +173,7 @@ class PeerGroup:
         if isinstance(self.attack, attacks.DataPoisoner):
             self._poison()
         self.rule = strategies.build(s.strategy["name"], s.strategy.get("params"))
-        self.topology = Topology(
-            s.topology["kind"],
-            s.num_peers,
-            s.seed,
-            degree=s.topology["degree"],
-            p=s.topology["p"],
-            fanout=s.topology["fanout"],
-        ).build()
+        self.topology = s.topology
         c, d = self.layer_shape
         self.w = torch.zeros(self.p, c, d)
         self.b = torch.zeros(self.p, c)

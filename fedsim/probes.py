@@ -217,6 +217,7 @@ class _Ctx:
     bias: bool
     seed: int
     federated: bool
+    topology: Topology  # the run's (Prepared.topology)
     retrained: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property
@@ -258,6 +259,7 @@ def _context(run: Run, prep: Prepared, final_params: np.ndarray) -> _Ctx:
         bias=bool(run.sc.training.bias),
         seed=int(run.sc.seed),
         federated=run.sc.mode == "federated",
+        topology=prep.topology,
     )
 
 
@@ -267,12 +269,11 @@ def _check_honest(i: int, key: str, peer: int, ctx: _Ctx) -> None:
                    f"{np.flatnonzero(~ctx.honest).tolist()}); choose an honest peer")
 
 
-def in_neighbors(sc: Any, round_: int = 0) -> list[np.ndarray]:
-    """Every peer's in-neighbours (who it hears) in round ``round_`` of the scenario's topology."""
-    t = sc.topology
-    topo = Topology(t.kind, sc.peers.count, sc.seed, degree=t.degree, p=t.p, fanout=t.fanout).build()
+def in_neighbors(topo: Topology, round_: int = 0) -> list[np.ndarray]:
+    """Every peer's in-neighbours (who it hears) in round ``round_`` of the run's topology
+    (``Prepared.topology``, the graph the peers used)."""
     indptr, indices = topo.in_neighbors(round_)
-    return [indices[indptr[j] : indptr[j + 1]] for j in range(sc.peers.count)]
+    return [indices[indptr[j] : indptr[j + 1]] for j in range(topo.n)]
 
 
 def hop_distances(neighbors: list[np.ndarray], source: int) -> np.ndarray:
@@ -345,7 +346,7 @@ def _default_leaver(ctx: _Ctx) -> int:
 def _default_unlearn_target(i: int, ctx: _Ctx, peer: int) -> int | str:
     if ctx.federated:
         return "global"
-    for j in in_neighbors(ctx.run.sc)[peer]:
+    for j in in_neighbors(ctx.topology)[peer]:
         if ctx.honest[j] and j != peer:
             return int(j)
     raise _err(i, "target", f"peer {peer} has no honest in-neighbour; name a target")
@@ -411,7 +412,7 @@ def run_unlearning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
                                     bias=bias, shadows=shadows, trace=trace)
     influence: list[dict[str, Any]] = []
     if not ctx.federated:
-        hops = hop_distances(in_neighbors(ctx.run.sc), peer)
+        hops = hop_distances(in_neighbors(ctx.topology), peer)
         honest = np.flatnonzero(ctx.honest)
         influence = _influence(ctx, "before", ctx.final_params, hops, honest, forget, mia)
         if retrained_all is not None:

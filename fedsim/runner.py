@@ -36,7 +36,16 @@ from fedsim.features import Features, load_features
 from fedsim.models.backbones import BACKBONES
 from fedsim.peers import GroupSetup, PeerGroup, Server, held_classes
 from fedsim.rundir import RunCompleteError, RunLockedError, RunWriteError  # noqa: F401  (re-exported)
-from fedsim.scenario import Scenario, build_topology, byzantine_mask, partition_for, resolve_f, resource_warnings
+from fedsim.scenario import (
+    Scenario,
+    build_topology,
+    byzantine_mask,
+    partition_for,
+    resolve_f,
+    resource_warnings,
+    strategy_params,
+)
+from fedsim.topology import Topology
 
 FLOAT_BYTES = 4
 
@@ -53,6 +62,7 @@ class Prepared:
     bytes_per_message: int
     root: tuple[np.ndarray, np.ndarray] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    topology: Topology | None = None  # built once (scenario.build_topology); the peers and probes use this one
 
 
 def _backbone_param_count(name: str) -> int:
@@ -69,15 +79,11 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     n = sc.peers.count
     for warning in resource_warnings(sc) if log else []:
         log(f"warning: {warning}")
-    byz = byzantine_mask(sc)  # these four: the same functions validation calls (fedsim.scenario)
+    byz = byzantine_mask(sc)  # these five: the same functions validation calls (fedsim.scenario)
     part = partition_for(sc, feats.y_train, byz)
     topo = build_topology(sc)
     f, in_degree = resolve_f(sc, topo)
-    params = dict(sc.strategy.params)
-    if sc.mode == "federated" and "include_own" in getattr(
-        strategies.REGISTRY[sc.strategy.name], "__dataclass_fields__", {}
-    ):
-        params.setdefault("include_own", False)  # a server averages its clients, not the old global model
+    params = strategy_params(sc)
     c, d = feats.num_classes, feats.dim
     num_params = c * d + (c if sc.training.bias else 0)
     rule_cls = strategies.REGISTRY[sc.strategy.name]
@@ -103,7 +109,7 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
         strategy={"name": sc.strategy.name, "params": params},
         f=f,
         attack=sc.peers.attack.model_dump(),
-        topology=sc.topology.model_dump(),
+        topology=topo,
         classes=classes,
         plugins=tuple(sc.plugins),
     )
@@ -131,7 +137,9 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
         "actors": actors,
         "train_samples_per_peer": [int(len(t)) for t in part.train],
     }
-    return Prepared(sc, feats, setups, server, byz, f, num_params, FLOAT_BYTES * (num_params + extra), root, info)
+    return Prepared(
+        sc, feats, setups, server, byz, f, num_params, FLOAT_BYTES * (num_params + extra), root, info, topology=topo
+    )
 
 
 def local_ray_cpus(sc: Scenario) -> int | None:

@@ -508,6 +508,19 @@ def received_per_aggregation(sc: Scenario, in_degree: float) -> int:
     return sc.peers.count if sc.mode == "federated" else max(1, int(round(in_degree)))
 
 
+def strategy_params(sc: Scenario) -> dict[str, Any]:
+    """The parameters the rule is built with, by the run and by validation: ``strategy.params``,
+    and in federated mode ``include_own: false`` unless set (a server averages its clients, not
+    the old global model)."""
+    import strategies
+
+    params = dict(sc.strategy.params)
+    fields = getattr(strategies.REGISTRY.get(sc.strategy.name), "__dataclass_fields__", {})
+    if sc.mode == "federated" and "include_own" in fields:
+        params.setdefault("include_own", False)
+    return params
+
+
 def partition_for(sc: Scenario, y_train: np.ndarray, byzantine: np.ndarray) -> Partition:
     """The scenario's partition of ``y_train`` (``byzantine``: :func:`byzantine_mask`)."""
     from fedsim.partition import make_partition
@@ -573,16 +586,6 @@ def check_semantics(sc: Scenario, source: str = "scenario", *, require_data: boo
     _check_probes(sc, fail)
 
 
-def _strategy_params(sc: Scenario) -> dict[str, Any]:
-    import strategies
-
-    params = dict(sc.strategy.params)
-    fields = getattr(strategies.REGISTRY.get(sc.strategy.name), "__dataclass_fields__", {})
-    if sc.mode == "federated" and "include_own" in fields:
-        params.setdefault("include_own", False)  # as the runner does: a server averages its clients only
-    return params
-
-
 def _name_errors(sc: Scenario) -> list[str]:
     """Every unknown name and unbuildable rule or attack, each as ``field: message``."""
     import attacks
@@ -599,7 +602,7 @@ def _name_errors(sc: Scenario) -> list[str]:
     if sc.backbone.name not in BACKBONES:
         errors.append(f"backbone.name: {unknown_backbone(sc.backbone.name)}")
     try:
-        strategies.build(sc.strategy.name, _strategy_params(sc))
+        strategies.build(sc.strategy.name, strategy_params(sc))
     except ValueError as e:
         errors.append(f"{'strategy.params' if sc.strategy.name in strategies.REGISTRY else 'strategy.name'}: {e}")
     if sc.peers.attack.name != "none":
@@ -676,7 +679,7 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None]) 
         groups=groups,
         concurrent=groups if sc.engine.backend == "ray" else 1,
         adam=sc.training.optimizer == "adam",
-        consolidated=bool(strategies.build(sc.strategy.name, _strategy_params(sc)).consolidated),
+        consolidated=bool(strategies.build(sc.strategy.name, strategy_params(sc)).consolidated),
         forged=isinstance(attack, attacks.UpdateForger) and sc.peers.num_byzantine > 0,
         edges=0 if sc.mode == "federated" else limits.directed_edges(t.kind, n, t.degree, t.p, t.fanout),
         ray_actors=groups + (sc.mode == "federated") if on_ray else 0,
@@ -693,7 +696,7 @@ def _check_rule(sc: Scenario, topo: Topology, fail: Callable[[str], None]) -> No
     f, in_degree = resolve_f(sc, topo)
     n = received_per_aggregation(sc, in_degree)
     try:
-        strategies.build(sc.strategy.name, _strategy_params(sc)).check(n, f)
+        strategies.build(sc.strategy.name, strategy_params(sc)).check(n, f)
     except ValueError as e:
         where = "strategy.f" if sc.strategy.f is not None else "strategy.name"
         fail(

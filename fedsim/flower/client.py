@@ -40,7 +40,7 @@ from flwr.clientapp import ClientApp
 
 from fedsim.flower import common
 from fedsim.flower.common import LOG, BridgeError
-from fedsim.scenario import Scenario
+from fedsim.scenario import Scenario, build_topology, byzantine_mask, resolve_f, strategy_params
 
 STATE_ARRAYS = "fedsim.peer"
 STATE_META = "fedsim.meta"
@@ -235,25 +235,24 @@ def _local_setup(
         raise BridgeError(f"local data {p}: labels must be in 0..{c - 1} (the scenario's classes)")
     part = make_partition("iid", feats.y_train, 1, crng.derive_seed(sc.seed, "local_data", pid),
                           val_fraction=sc.partition.val_fraction)
-    n = sc.peers.count
-    byz = np.zeros(n, dtype=bool)  # the same placement as fedsim.runner.prepare
-    byz[crng.numpy_generator(sc.seed, "byzantine").permutation(n)[: sc.peers.num_byzantine]] = True
+    topo = build_topology(sc)  # these: the functions runner.prepare and validation call
+    f, _ = resolve_f(sc, topo)
     setup = GroupSetup(
         first=pid,
         train_idx=[part.train[0]],
         val_idx=[part.val[0]],
-        byzantine=byz,
-        num_peers=n,
+        byzantine=byzantine_mask(sc),
+        num_peers=sc.peers.count,
         num_classes=c,
         dim=d,
         seed=sc.seed,
         rounds=sc.rounds,
         mode="federated",
         training=sc.training.model_dump(),
-        strategy={"name": sc.strategy.name, "params": dict(sc.strategy.params)},
-        f=0,
+        strategy={"name": sc.strategy.name, "params": strategy_params(sc)},
+        f=f,
         attack=sc.peers.attack.model_dump(),
-        topology=sc.topology.model_dump(),
+        topology=topo,
         plugins=tuple(sc.plugins),
     )
     return setup, {"x_train": feats.x_train, "y_train": feats.y_train, "x_test": feats.x_test, "y_test": feats.y_test}
