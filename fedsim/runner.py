@@ -1,4 +1,4 @@
-"""The round loop (DESIGN.md "The data path, once"):
+"""The round loop (docs/architecture.md, "The data path, once"):
 
 local steps → Byzantine peers forge → the topology says who hears whom → each honest peer
 aggregates → metrics. Federated mode is the same loop with a star topology and one server.

@@ -21,7 +21,7 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class AggregationContext:
-    """What an aggregation rule may need besides the vectors (DESIGN.md, "Interfaces").
+    """What an aggregation rule may need besides the vectors (docs/architecture.md, "Interfaces").
 
     Attributes:
         layer_shape: ``(C, d)``, the output layer's weight shape (classes × features).

@@ -1,4 +1,4 @@
-"""Probes run against a trained federation and return result records (DESIGN.md, "Interfaces").
+"""Probes run against a trained federation and return result records (docs/architecture.md, "Interfaces").
 
 * Unlearning (:mod:`attacks.probes.unlearning`): calibrated first-epoch gradient ascent on the
   output layer, and its evaluation (accuracies + membership-inference advantage before/after,

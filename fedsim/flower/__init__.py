@@ -1,4 +1,4 @@
-"""The Flower bridge (DESIGN.md, "The Flower bridge"): run a fedsim scenario on real devices.
+"""The Flower bridge (docs/architecture.md, "The Flower bridge"): run a fedsim scenario on real devices.
 
 * :mod:`fedsim.flower.client` — a Flower ``ClientApp`` that is one fedsim peer: its partition of
   the scenario's dataset (or the device's own data), the frozen backbone, the trainable head,

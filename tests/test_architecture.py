@@ -1,0 +1,96 @@
+"""docs/architecture.md stays true: the layering it states holds, and every module, function
+and test it names exists."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "architecture.md"
+PACKAGES = ("fedsim", "strategies", "attacks")
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module ``path`` imports (absolute names; relative imports are within the package)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.add(node.module)
+    return out
+
+
+@pytest.mark.parametrize("package", ["strategies", "attacks"])
+def test_rules_and_attacks_import_nothing_from_fedsim(package):
+    bad = [
+        f"{p.relative_to(ROOT)}: {m}"
+        for p in sorted((ROOT / package).rglob("*.py"))
+        for m in _imports(p)
+        if m == "fedsim" or m.startswith("fedsim.")
+    ]
+    assert not bad, bad
+
+
+def test_attack_probes_import_no_rules():
+    bad = [f"{p.relative_to(ROOT)}: {m}" for p in sorted((ROOT / "attacks" / "probes").rglob("*.py"))
+           for m in _imports(p) if m.split(".")[0] in ("fedsim", "strategies")]
+    assert not bad, bad
+
+
+def _resolve(dotted: str) -> bool:
+    """Whether ``dotted`` (``fedsim.scenario.resolve_f``, ``scenario.resolve_f``) names a module, or
+    an attribute or dataclass field of one."""
+    parts = dotted.split(".")
+    if parts[0] not in PACKAGES:
+        parts = ["fedsim", *parts]
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:]:
+            if hasattr(obj, name):
+                obj = getattr(obj, name)
+            elif name in getattr(obj, "__dataclass_fields__", {}):
+                return name == parts[-1]
+            else:
+                return False
+        return True
+    return False
+
+
+def test_every_name_in_the_architecture_doc_exists():
+    text = DOC.read_text()
+    fedsim_modules = {p.stem for p in (ROOT / "fedsim").iterdir() if p.suffix == ".py" or p.is_dir()}
+    names = set()
+    for token in re.findall(r"`([A-Za-z_][\w.]*)[`(]", text):
+        head = token.split(".")[0]
+        is_file = token.rsplit(".", 1)[-1] in ("json", "jsonl", "yaml", "md", "py", "pt", "txt")
+        if "." in token and not is_file and (head in PACKAGES or head in fedsim_modules):
+            names.add(token)
+    missing = sorted(n for n in names if not _resolve(n))
+    assert len(names) > 40 and not missing, missing
+    paths = set(re.findall(r"`((?:tests|docs|fedsim|strategies|attacks)/[\w./-]+?)(?:::(\w+))?`", text))
+    gone = [p for p, _ in paths if not (ROOT / p).exists()]
+    gone += [f"{p}::{t}" for p, t in paths if t and f"def {t}(" not in (ROOT / p).read_text()]
+    assert not gone, gone
+    for test in re.findall(r"`(test_\w+)`", text):  # bare test names: in some tests/ file
+        assert any(f"def {test}(" in p.read_text() for p in (ROOT / "tests").glob("test_*.py")), test
+
+
+def test_code_points_at_sections_that_exist():
+    """Docstrings cite ``(docs/architecture.md, "Section")``; each section is a heading of the doc."""
+    headings = set(re.findall(r"^#+ (.+?)(?: \(.*\))?$", DOC.read_text(), flags=re.M))
+    cited = {
+        (str(p.relative_to(ROOT)), s)
+        for pkg in PACKAGES
+        for p in (ROOT / pkg).rglob("*.py")
+        for s in re.findall(r'docs/architecture\.md, "([^"]+)"', p.read_text())
+    }
+    assert len(cited) >= 4 and all(s in headings for _, s in cited), sorted(cited)
