@@ -492,20 +492,21 @@ def build_topology(sc: Scenario) -> Topology:
 
 def resolve_f(sc: Scenario, topo: Topology) -> tuple[int, float]:
     """``(f, mean in-degree)`` from the built topology: the ``f`` every rule is given and the mean
-    number of vectors a peer hears per round (round 0 for push gossip; ``peers - 1`` for the
-    federated server's clients). The run (:func:`fedsim.runner.prepare`) and validation both call
-    this, so they agree on ``f`` (an Erdős–Rényi graph's real mean degree, not ``p·(n-1)``)."""
+    number of vectors an aggregator hears per round (round 0 for push gossip; every client,
+    ``peers.count``, for the federated server). The run (:func:`fedsim.runner.prepare`) and
+    validation both call this, so they agree on ``f`` (an Erdős–Rényi graph's real mean degree,
+    not ``p·(n-1)``)."""
     n = sc.peers.count
     if sc.mode == "federated":
-        return default_f(sc, n), float(n - 1)
+        return default_f(sc, n), float(n)
     in_degree = float(np.mean(topo.degrees(0)))
     return default_f(sc, in_degree), in_degree
 
 
-def received_per_aggregation(sc: Scenario, in_degree: float) -> int:
-    """The ``n`` a rule's :meth:`check` is asked about: every client for the federated server, else
-    the mean in-degree rounded (at least 1)."""
-    return sc.peers.count if sc.mode == "federated" else max(1, int(round(in_degree)))
+def received_per_aggregation(in_degree: float) -> int:
+    """The ``n`` a rule's :meth:`check` is asked about: the mean in-degree (:func:`resolve_f`;
+    every client for the federated server) rounded, at least 1."""
+    return max(1, int(round(in_degree)))
 
 
 def strategy_params(sc: Scenario) -> dict[str, Any]:
@@ -694,7 +695,7 @@ def _check_rule(sc: Scenario, topo: Topology, fail: Callable[[str], None]) -> No
     import strategies
 
     f, in_degree = resolve_f(sc, topo)
-    n = received_per_aggregation(sc, in_degree)
+    n = received_per_aggregation(in_degree)
     try:
         strategies.build(sc.strategy.name, strategy_params(sc)).check(n, f)
     except ValueError as e:

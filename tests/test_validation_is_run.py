@@ -97,10 +97,10 @@ def _run_setup(sc: Scenario):
 
 
 def _built_in_degree(sc: Scenario, groups: list[PeerGroup]) -> float:
-    """The mean number of vectors a peer hears in round 0 of the graph the groups use (the server
-    hears every client in federated mode)."""
+    """The mean number of vectors a peer hears in round 0 of the graph the groups use; in federated
+    mode the server hears every client the groups host (``Server.aggregate`` gets all their heads)."""
     if sc.mode == "federated":
-        return float(sc.peers.count - 1)
+        return float(sum(g.p for g in groups))
     indptr, _ = groups[0].topology.in_neighbors(0)
     return float(np.diff(indptr).mean())
 
@@ -129,7 +129,7 @@ def check_validation_is_run(data: dict) -> str:
         except (ValueError, FedsimError):
             return "both refuse"
         # the run would start: the refusal must be the rule's limits for the run's own f and in-degree
-        n = sc_mod.received_per_aggregation(model, _built_in_degree(model, groups))
+        n = sc_mod.received_per_aggregation(_built_in_degree(model, groups))
         rule = strategies.build(model.strategy.name, sc_mod.strategy_params(model))
         with pytest.raises(ValueError):
             rule.check(n, prep.f)
@@ -141,7 +141,7 @@ def check_validation_is_run(data: dict) -> str:
     assert prep.info["mean_in_degree"] == pytest.approx(in_degree)
     assert prep.f == _expected_f(sc, in_degree)
     assert {g.s.f for g in groups} | ({server.s.f} if server else set()) == {prep.f}
-    assert checked == [(sc_mod.received_per_aggregation(sc, in_degree), prep.f)]
+    assert checked == [(sc_mod.received_per_aggregation(in_degree), prep.f)]
     if sc.mode == "decentralized":  # every group hears through the one graph prepare built
         csr = prep.topology.in_neighbors(0)
         for g in groups:
