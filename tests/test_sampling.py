@@ -201,3 +201,13 @@ def torch_equal(x, y) -> bool:
     import torch
 
     return bool(torch.equal(x, y))
+
+
+def test_checkpoints_written_before_sampling_existed_still_match(small_scenario) -> None:
+    from fedsim import rundir
+
+    dump = parse(small_scenario()).model_dump(mode="json")
+    old = {k: v for k, v in dump.items() if k != "sampling"}  # a scenario recorded by an older fedsim
+    assert rundir.scenario_fingerprint(old) == rundir.scenario_fingerprint(dump)
+    sampled = parse(_fed(small_scenario, sampling={"count": 3})).model_dump(mode="json")
+    assert rundir.scenario_fingerprint(sampled)["sampling.count"] == 3
