@@ -56,7 +56,10 @@ class MinimumDiameterAveraging(Strategy):
     ``S* ∈ argmin_{|S| = N − f} max_{i,j ∈ S} ||x_i − x_j||`` (exhaustive search; ties: the first
     subset in lexicographic index order, own first). Requires ``N >= 2f + 1`` and
     ``C(N, f) <= max_subsets`` (the number of subsets searched; checked at scenario validation,
-    raise ``max_subsets`` or lower f when it refuses). Translation-equivariant, so aggregating
+    raise ``max_subsets`` or lower f when it refuses). The search costs about 20 µs per subset
+    (measured on one CPU core, 650 parameters: C(25, 5) = 53,130 subsets in 0.9 s, C(31, 6) =
+    736,281 in 14 s), so the default cap of 100,000 bounds one aggregation at about 2 s; a
+    decentralized run pays it once per peer per round. Translation-equivariant, so aggregating
     models equals ``own + MDA(updates)``.
 
     ``include_own`` (default True): the population is ``[own; received]``, ``N = n + 1``; False:
@@ -66,7 +69,7 @@ class MinimumDiameterAveraging(Strategy):
     exchanges = "full_model"  # what a message carries (byte accounting)
 
     include_own: bool = True
-    max_subsets: int = 1_000_000
+    max_subsets: int = 100_000
 
     def __post_init__(self) -> None:
         require_bool("include_own", self.include_own)
