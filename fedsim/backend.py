@@ -190,8 +190,8 @@ class _LocalCall:
     def __init__(self, fn) -> None:
         self._fn = fn
 
-    def remote(self, *args: Any) -> Any:
-        return self._fn(*args)
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self._fn(*args, **kwargs)
 
     def options(self, **_: Any) -> _LocalCall:
         return self

@@ -61,6 +61,7 @@ def forge_messages(
     previous: Tensor | None,
     receiver: int | None = None,
     nbr_honest: Tensor | None = None,
+    sampled: np.ndarray | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """The messages every peer sends this round ``[N, P]``, a validity mask ``[N]``, and the
     Byzantine rows sent (kept for the stale-model attack's ``ctx.previous``).
@@ -69,16 +70,24 @@ def forge_messages(
     round when ``peers.attack.omniscient`` (default), otherwise the Byzantine peers' own
     benign-trained vectors. A silent (None), non-finite or wrong-shape forgery is marked
     invalid: receivers drop it and count it. Randomness is keyed by (round, peer, receiver), so
-    every actor computes the same forgeries."""
+    every actor computes the same forgeries.
+
+    ``sampled`` (bool ``[N]``, federated client sampling): the clients of this round. The others'
+    rows are marked invalid (their messages never arrive); the Byzantine coalition still forges
+    every Byzantine row (stateful attacks keep their shapes), but an omniscient forger sees only
+    the sampled honest clients' vectors (what was sent this round; all its own if none was)."""
     valid = torch.ones(params.shape[0], dtype=torch.bool)
     if s.absent is not None:
         valid[torch.tensor(s.absent)] = False
+    if sampled is not None:  # applied again after forging, which re-validates the Byzantine rows
+        valid &= torch.from_numpy(sampled)
     byz = torch.from_numpy(np.flatnonzero(s.byzantine))
     if not isinstance(attack, attacks.UpdateForger) or len(byz) == 0:
         return params, valid, previous  # nothing forged: no [N, P] copy
     msgs = params.clone()
     own = params[byz]
-    view = params[torch.from_numpy(~s.byzantine)] if s.attack.get("omniscient", True) else own
+    seen = ~s.byzantine if sampled is None else ~s.byzantine & sampled
+    view = params[torch.from_numpy(seen)] if s.attack.get("omniscient", True) and seen.any() else own
     layer_shape = (s.num_classes, s.dim)
     ctx_kw: dict[str, Any] = dict(
         n=s.num_peers,
@@ -101,6 +110,8 @@ def forge_messages(
         else:
             msgs[rows] = out.to(params.dtype)
             valid[rows] = torch.isfinite(out).all(dim=1)
+    if sampled is not None:
+        valid &= torch.from_numpy(sampled)
     return msgs, valid, (msgs[byz].clone() if receiver is None else previous)
 
 
@@ -257,32 +268,45 @@ class PeerGroup:
         self.previous_forged = st["previous_forged"]
 
     # ------------------------------------------------------------------ training
-    def _draw(self, round_: int, step: int) -> np.ndarray:
-        """Each hosted peer's minibatch: ``[p, B]`` indices into its own shard (with replacement)."""
+    def _draw(self, round_: int, step: int, rows: np.ndarray | None = None) -> np.ndarray:
+        """Each hosted peer's minibatch: ``[p, B]`` indices into its own shard (with replacement);
+        ``rows``: only those hosted peers (local indices), ``[len(rows), B]``."""
         B = int(self.s.training["batch_size"])
-        return crng.integers(
-            self.sizes[:, None], self.s.seed, "batch", round_, step, self.ids[:, None], np.arange(B)[None, :]
-        )
+        sizes, ids = (self.sizes, self.ids) if rows is None else (self.sizes[rows], self.ids[rows])
+        return crng.integers(sizes[:, None], self.s.seed, "batch", round_, step, ids[:, None], np.arange(B)[None, :])
 
-    def _batch(self, round_: int, step: int) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
+    def _batch(
+        self, round_: int, step: int, rows: np.ndarray | None = None
+    ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
         """A local step's minibatch for every hosted peer: the gathered ``(x [p, B, d], y [p, B])``,
         or, for small shards (``s.shard_pad``), ``(x, y, weights)`` over the zero-padded shards with
         ``weights [p, shard_pad]`` = draw count / B (:func:`fedsim.heads.ce_grad`): the same
-        gradient without copying a batch larger than the shards at every step."""
-        r = self._draw(round_, step)
-        B = r.shape[1]
+        gradient without copying a batch larger than the shards at every step. ``rows``: only those
+        hosted peers (local indices)."""
+        r = self._draw(round_, step, rows)
+        p, B = r.shape
+        offsets = self.offsets if rows is None else self.offsets[rows]
         if self.padded is not None:
             x, y = self.padded
-            counts = torch.zeros(self.p, x.shape[1]).scatter_add_(1, torch.from_numpy(r), torch.ones(self.p, B))
+            if rows is not None:
+                x, y = x[torch.from_numpy(rows)], y[torch.from_numpy(rows)]
+            counts = torch.zeros(p, x.shape[1]).scatter_add_(1, torch.from_numpy(r), torch.ones(p, B))
             return x, y, counts / B
-        idx = torch.from_numpy(self.offsets[:, None] + r).reshape(-1)  # index_select: ~4x faster than x[idx]
-        return self.x_local.index_select(0, idx).view(self.p, B, -1), self.y_local.index_select(0, idx).view(self.p, B)
+        idx = torch.from_numpy(offsets[:, None] + r).reshape(-1)  # index_select: ~4x faster than x[idx]
+        return self.x_local.index_select(0, idx).view(p, B, -1), self.y_local.index_select(0, idx).view(p, B)
 
     def _local_steps(self, w: Tensor, b: Tensor, opt: heads.OptimizerState, batches) -> Tensor:
         return heads.local_steps(w, b, opt, batches, self.s.training, self.bias)
 
-    def train(self, round_: int, global_params: np.ndarray | None = None) -> tuple[np.ndarray, float]:
-        """Local steps for every hosted peer; returns their flattened heads and mean train loss."""
+    def train(
+        self, round_: int, global_params: np.ndarray | None = None, sampled: np.ndarray | None = None
+    ) -> tuple[np.ndarray, float]:
+        """Local steps for every hosted peer; returns their flattened heads and the summed train
+        loss of the honest ones. ``sampled`` (bool ``[N]``, federated client sampling): only those
+        peers take the global model and train; the others' heads and optimizer buffers are left as
+        they were (their rows are still returned, and the server ignores them)."""
+        if sampled is not None and not bool(sampled[self.ids].all()):
+            return self._train_rows(round_, global_params, np.flatnonzero(sampled[self.ids]))
         if global_params is not None:
             self.set_params(global_params)
         steps = int(self.s.training["local_steps"])
@@ -295,6 +319,42 @@ class PeerGroup:
             heads.consolidate(self.w, self.b, self.tw, self.tb, self.local_classes)
         honest = ~self.is_byz
         return self.params(), float(loss[torch.from_numpy(honest)].sum()) if honest.any() else 0.0
+
+    def _train_rows(self, round_: int, global_params: np.ndarray | None, rows: np.ndarray) -> tuple[np.ndarray, float]:
+        """:meth:`train` for the hosted peers ``rows`` only (local indices). Minibatches are keyed by
+        peer id, so a sampled peer trains exactly as it would in a full round. Adam's step count
+        ``t`` is one per group: it advances by ``local_steps`` every round, trained or not, so it
+        never depends on which peers an actor hosts (a peer's bias correction counts rounds, not
+        its own steps)."""
+        steps = int(self.s.training["local_steps"])
+        if len(rows) == 0:
+            self.opt.t += steps if self.opt.v_w is not None else 0
+            return self.params(), 0.0
+        idx = torch.from_numpy(rows)
+        if global_params is not None:
+            t = torch.from_numpy(np.asarray(global_params, dtype=np.float32)).reshape(-1, self._num_params())
+            w, b = strategies.unflatten(t.expand(len(rows), -1), self.layer_shape, self.bias)
+            self.w[idx] = w
+            if b is not None:
+                self.b[idx] = b
+        o = self.opt
+        sub = heads.OptimizerState(
+            o.m_w[idx], o.m_b[idx], None if o.v_w is None else o.v_w[idx], None if o.v_b is None else o.v_b[idx], o.t
+        )
+        tw, tb = self.w[idx], self.b[idx]  # copies (advanced indexing); the CWR copy starts at w as in train
+        loss = self._local_steps(tw, tb, sub, (self._batch(round_, k, rows) for k in range(steps)))
+        if self.cwr:
+            w, b = self.w[idx], self.b[idx]
+            heads.consolidate(w, b, tw, tb, self.local_classes[idx])
+            self.tw[idx], self.tb[idx] = tw, tb
+            self.w[idx], self.b[idx] = w, b
+        else:
+            self.w[idx], self.b[idx] = tw, tb
+        o.m_w[idx], o.m_b[idx], o.t = sub.m_w, sub.m_b, sub.t
+        if o.v_w is not None:
+            o.v_w[idx], o.v_b[idx] = sub.v_w, sub.v_b
+        honest = torch.from_numpy(~self.is_byz[rows])
+        return self.params(), float(loss[honest].sum()) if bool(honest.any()) else 0.0
 
     # ------------------------------------------------------------------ messages
     def _overlap(self, js: Tensor, senders: Tensor) -> Tensor | None:
@@ -540,9 +600,15 @@ class Server:
         heads.local_steps(w, b, opt, batches, t, self.bias)
         return strategies.flatten(w, b if self.bias else None)[0]
 
-    def aggregate(self, round_: int, *client_params: np.ndarray) -> dict[str, int]:
+    def aggregate(self, round_: int, *client_params: np.ndarray, sampled: np.ndarray | None = None) -> dict[str, int]:
+        """Aggregate the clients' heads ``[N, P]`` (concatenated over groups) into the global model.
+        ``sampled`` (bool ``[N]``, client sampling): only those clients' messages arrive; the
+        others are neither aggregated nor counted as dropped."""
         params = torch.from_numpy(np.concatenate(client_params))
-        msgs, valid, self.previous_forged = forge_messages(self.attack, self.s, round_, params, self.previous_forged)
+        msgs, valid, self.previous_forged = forge_messages(
+            self.attack, self.s, round_, params, self.previous_forged, sampled=sampled
+        )
+        arrived = int(valid.numel()) if sampled is None else int(sampled.sum())
         g = torch.from_numpy(self.global_params)
         ctx = strategies.AggregationContext(
             layer_shape=self.layer_shape,
@@ -557,9 +623,10 @@ class Server:
             val_y=None if self.root is None else self.root[1],
             generator=crng.torch_generator(self.s.seed, "strategy", round_, -1),
         )
+        lost = arrived - int(valid.sum())  # forgeries that failed among the clients that sent
         try:
             new, dropped = strategies.aggregate(self.rule, g, msgs if bool(valid.all()) else msgs[valid], ctx)
         except ValueError:
-            return {"dropped": int((~valid).sum()), "skipped": 1}
+            return {"dropped": lost, "skipped": 1}
         self.global_params = new.numpy().astype(np.float32)
-        return {"dropped": int((~valid).sum()) + dropped, "skipped": 0}
+        return {"dropped": lost + dropped, "skipped": 0}

@@ -43,6 +43,7 @@ from fedsim.scenario import (
     partition_for,
     resolve_f,
     resource_warnings,
+    sampled_clients,
     strategy_params,
 )
 from fedsim.topology import Topology
@@ -520,14 +521,22 @@ class Run:
             for r in range(start, sc.rounds):
                 t0 = time.perf_counter()
                 g_ref = server.get_global.remote() if server is not None else None
-                trained = [g.train.options(num_returns=2).remote(r, g_ref) for g in groups]
+                sampled = sampled_clients(sc, r)  # None: every client (and every decentralized peer)
+                if sampled is None:
+                    trained = [g.train.options(num_returns=2).remote(r, g_ref) for g in groups]
+                else:
+                    trained = [g.train.options(num_returns=2).remote(r, g_ref, sampled) for g in groups]
                 params_refs = [t[0] for t in trained]
-                if server is not None:
+                if server is not None and sampled is not None:
+                    stats = [backend.get(server.aggregate.remote(r, *params_refs, sampled=sampled))]
+                elif server is not None:
                     stats = [backend.get(server.aggregate.remote(r, *params_refs))]
                 else:
                     stats = backend.get([g.aggregate.remote(r, *params_refs) for g in groups])
                 t_round = time.perf_counter() - t0
-                train_loss = sum(backend.get([t[1] for t in trained])) / max(len(honest_ids), 1)
+                senders = sc.peers.count if sampled is None else int(sampled.sum())
+                trainers = len(honest_ids) if sampled is None else int(sampled[honest_ids].sum())
+                train_loss = sum(backend.get([t[1] for t in trained])) / max(trainers, 1)
                 rec: dict[str, Any] = {
                     "round": r,
                     "group": "honest",
@@ -537,6 +546,14 @@ class Run:
                     "bytes_sent_per_peer": int(out_degree * prep.bytes_per_message),
                     "bytes_sent_total": int(out_degree * prep.bytes_per_message * sc.peers.count),
                 }
+                if sampled is not None:  # only when fewer than all clients: an unsampled run's metrics are unchanged
+                    # only the sampled clients send; bytes_sent_per_peer stays the mean over all peers
+                    rec |= {
+                        "bytes_sent_per_peer": int(prep.bytes_per_message * senders / sc.peers.count),
+                        "bytes_sent_total": int(prep.bytes_per_message * senders),
+                        "clients_sampled": senders,
+                        "honest_clients_sampled": trainers,
+                    }
                 if (r + 1) % sc.evaluation.every == 0 or r == sc.rounds - 1:
                     rec |= self._evaluate(prep, backend, groups, server, honest_ids, r)
                 self._write_metrics(mf, rec)

@@ -187,6 +187,34 @@ class EngineCfg(_Section):
     cpus_per_actor: float = Field(1.0, gt=0, le=1024)
 
 
+class SamplingCfg(_Section):
+    """Client sampling per round (federated mode only; McMahan et al., AISTATS 2017, "fraction C of
+    clients"): each round the server picks ``k`` of the ``peers.count`` clients (honest and Byzantine
+    alike, uniformly without replacement, from the run's seed and the round number via
+    :mod:`fedsim.rng`, so a run and its resume are bit-reproducible); only they train and send, the
+    server aggregates what it received, and bytes count only their messages. ``fraction``: ``k =
+    max(1, ⌊fraction · peers.count⌋)``; ``count``: ``k`` itself (1 <= count <= peers.count). Give one
+    or neither (neither: every client every round; ``k = peers.count`` is the same run byte for byte).
+    With sampling the rule's default ``f`` is the expected Byzantine count among the sampled,
+    ``⌈byzantine · k / peers.count⌉`` (``strategy.f`` overrides), and ``check(n, f)`` is asked about
+    ``n = k``."""
+
+    fraction: float | None = Field(
+        None, gt=0, le=1, description="fraction of the clients sampled each round, in (0, 1]"
+    )
+    count: int | None = Field(None, ge=1, description="number of clients sampled each round, 1..peers.count")
+
+    @model_validator(mode="after")
+    def _one(self) -> SamplingCfg:
+        if self.fraction is not None and self.count is not None:
+            raise ValueError("give sampling.fraction or sampling.count, not both")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.fraction is not None or self.count is not None
+
+
 class CheckpointCfg(_Section):
     every: int = Field(0, ge=0, description="save a resumable checkpoint every k rounds (0: never)")
 
@@ -214,6 +242,10 @@ class Scenario(_Section):
     training: TrainingCfg = Field(default_factory=TrainingCfg)
     evaluation: EvaluationCfg = Field(default_factory=EvaluationCfg)
     engine: EngineCfg = Field(default_factory=EngineCfg)
+    sampling: SamplingCfg = Field(
+        default_factory=SamplingCfg,
+        description="federated mode: clients sampled each round (fraction or count; see SamplingCfg)",
+    )
     checkpoint: CheckpointCfg = Field(default_factory=CheckpointCfg)
     output: OutputCfg = Field(default_factory=OutputCfg)
     probes: list[dict[str, Any]] = Field(default_factory=list, description="probes run after training")
@@ -236,6 +268,14 @@ class Scenario(_Section):
             object.__setattr__(self.topology, "kind", "star")
         if self.mode == "decentralized" and self.topology.kind == "star":
             raise ValueError("topology.kind: 'star' is federated mode; set mode: federated or choose a graph")
+        if self.sampling.enabled and self.mode != "federated":
+            raise ValueError(
+                "sampling: client sampling is for mode: federated (a decentralized peer hears its neighbours)"
+            )
+        if self.sampling.count is not None and self.sampling.count > self.peers.count:
+            raise ValueError(
+                f"sampling.count: {self.sampling.count} clients per round but peers.count is {self.peers.count}"
+            )
         return self
 
 
@@ -468,8 +508,33 @@ def default_f(sc: Scenario, in_degree: float) -> int:
         return sc.strategy.f
     b = sc.peers.num_byzantine
     if sc.mode == "federated":
-        return b
+        k = clients_per_round(sc)
+        return b if k == sc.peers.count else int(math.ceil(b * k / sc.peers.count)) if b else 0
     return int(math.ceil(b / sc.peers.count * in_degree)) if b else 0
+
+
+def clients_per_round(sc: Scenario) -> int:
+    """``k``, the clients the federated server samples each round (``peers.count`` without sampling)."""
+    n, smp = sc.peers.count, sc.sampling
+    if smp.count is not None:
+        return smp.count
+    if smp.fraction is not None:
+        return max(1, math.floor(round(smp.fraction * n, 9)))  # round first: 0.29 * 100 is 28.999...
+    return n
+
+
+def sampled_clients(sc: Scenario, round_: int) -> np.ndarray | None:
+    """Bool ``[peers.count]``: the clients sampled in round ``round_`` (a seeded draw of
+    :func:`clients_per_round` without replacement, a pure function of ``(seed, round)``), or None
+    when every client takes part (no sampling, or ``k = peers.count``: the unsampled run itself)."""
+    from fedsim import rng as crng
+
+    n, k = sc.peers.count, clients_per_round(sc)
+    if sc.mode != "federated" or k >= n:
+        return None
+    mask = np.zeros(n, dtype=bool)
+    mask[crng.numpy_generator(sc.seed, "client_sampling", round_).choice(n, size=k, replace=False)] = True
+    return mask
 
 
 def byzantine_mask(sc: Scenario) -> np.ndarray:
@@ -492,13 +557,13 @@ def build_topology(sc: Scenario) -> Topology:
 
 def resolve_f(sc: Scenario, topo: Topology) -> tuple[int, float]:
     """``(f, mean in-degree)`` from the built topology: the ``f`` every rule is given and the mean
-    number of vectors an aggregator hears per round (round 0 for push gossip; every client,
-    ``peers.count``, for the federated server). The run (:func:`fedsim.runner.prepare`) and
+    number of vectors an aggregator hears per round (round 0 for push gossip; for the federated
+    server every client it samples, :func:`clients_per_round`). The run (:func:`fedsim.runner.prepare`) and
     validation both call this, so they agree on ``f`` (an Erdős–Rényi graph's real mean degree,
     not ``p·(n-1)``)."""
-    n = sc.peers.count
     if sc.mode == "federated":
-        return default_f(sc, n), float(n)
+        k = clients_per_round(sc)
+        return default_f(sc, k), float(k)
     in_degree = float(np.mean(topo.degrees(0)))
     return default_f(sc, in_degree), in_degree
 

@@ -597,3 +597,15 @@ def test_dropouts_quorum_ttl_and_one_node_wait(fed_scenario, monkeypatch):
     assert strat._rec["quorum"] is False and strat._rec["skipped"] == 1 and strat._rec["dropped"] == 2
     with pytest.raises(common.BridgeError, match="min-replies"):
         FedsimStrategy(sc, prepare(sc), min_replies=4)
+
+
+def test_the_bridge_refuses_client_sampling(fed_scenario):
+    """fedsim's per-round client sampling is not implemented on Flower: a clear error, not a run
+    that silently trains every device (sampling everyone is the plain run and is accepted)."""
+    from fedsim.flower.server import FedsimStrategy
+
+    sc = parse(fed_scenario(sampling={"fraction": 0.5}))
+    with pytest.raises(common.BridgeError, match="^scenario sampling: client sampling per round is not implemented"):
+        FedsimStrategy(sc, prepare(sc))
+    sc = parse(fed_scenario(sampling={"fraction": 1.0}))
+    FedsimStrategy(sc, prepare(sc))

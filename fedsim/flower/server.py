@@ -32,7 +32,7 @@ from fedsim.errors import RunDirExistsError
 from fedsim.flower import common
 from fedsim.flower.common import LOG
 from fedsim.flower.identity import STORE_NAME, PartitionAssignment, load_partition_map
-from fedsim.scenario import Scenario
+from fedsim.scenario import Scenario, sampled_clients
 
 
 class FedsimStrategy(Strategy):
@@ -57,6 +57,11 @@ class FedsimStrategy(Strategy):
 
         if attack_side not in common.ATTACK_SIDES:
             raise common.BridgeError(f"run config 'attack-side': got {attack_side!r}; allowed: client, server")
+        if sampled_clients(sc, 0) is not None:  # fewer than all clients per round
+            raise common.BridgeError(
+                "scenario sampling: client sampling per round is not implemented on Flower (every connected "
+                "device trains each round); remove sampling from the scenario or set sampling.fraction: 1.0"
+            )
         self.sc, self.prep = sc, prep
         self.n = sc.peers.count
         self.layer = (prep.features.num_classes, prep.features.dim)

@@ -1,0 +1,81 @@
+"""Bucketing, a pre-aggregation that composes with any registered rule."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from strategies._compose import build_inner
+from strategies._math import check_f, f64, require_bool, require_int, to_like
+from strategies.base import AggregationContext, Strategy
+from strategies.registry import register
+
+
+def bucket_means(x: Tensor, s: int, generator: torch.Generator) -> Tensor:
+    """Means of the buckets of a random permutation of the rows of ``x [n, P]``: rows
+    ``π(1..s)``, ``π(s+1..2s)``, ...; ``⌈n/s⌉`` buckets, the last one smaller when ``s ∤ n``."""
+    n = x.shape[0]
+    perm = torch.randperm(n, generator=generator).to(x.device)
+    shuffled = f64(x)[perm]
+    full = n // s
+    means = shuffled[: full * s].reshape(full, s, x.shape[1]).mean(dim=1)
+    if full * s < n:
+        means = torch.cat([means, shuffled[full * s :].mean(dim=0, keepdim=True)])
+    return means
+
+
+@register("bucketing")
+@dataclass
+class Bucketing(Strategy):
+    """Bucketing (Karimireddy, He, Jaggi, "Byzantine-Robust Learning on Heterogeneous Datasets via
+    Bucketing", ICLR 2022, Alg. 1; ByzFL's ``Bucketing`` pre-aggregator).
+
+    The received vectors are put in a random order ``π`` (drawn from the rule's seeded generator,
+    ``ctx.generator``), split into ``⌈n/s⌉`` buckets of ``s`` consecutive vectors (the last one
+    smaller when ``s`` does not divide ``n``), and each bucket is replaced by its mean
+    ``y_i = (1/s) Σ_{k=(i−1)s+1}^{min(is, n)} x_{π(k)}``; the bucket means go to the ``inner`` rule
+    (built from the registry with ``inner_params``) with the same ``f`` (a Byzantine vector
+    spoils at most one bucket). ``s = 1`` is the inner rule on the received vectors in a random
+    order.
+
+    Parameters: ``s`` (bucket size >= 1; the paper uses 2), ``inner``/``inner_params``,
+    ``include_own`` (default True, passed down as the inner rule's ``include_own`` unless
+    ``inner_params`` sets it). ``check`` is the inner rule's with ``⌈n/s⌉`` received vectors;
+    ``needs``/``exchanges`` follow the inner rule.
+
+    Departure: the own vector is never put in a bucket (it is a peer's own model, or the
+    federated server's global model); it reaches the inner rule unchanged, which counts it when
+    its ``include_own`` is true. ByzFL buckets all its inputs (the server's setting, include_own
+    false, is the same).
+    """
+    exchanges = "full_model"  # instances follow the inner rule (see __post_init__)
+
+    s: int = 2
+    inner: str = "median"
+    inner_params: dict[str, Any] = field(default_factory=dict)
+    include_own: bool = True
+
+    def __post_init__(self) -> None:
+        require_int("s", self.s, 1)
+        require_bool("include_own", self.include_own)
+        self._inner = build_inner(self.inner, self.inner_params, self.include_own)
+        self.needs = self._inner.needs | {"generator"}
+        self.exchanges = self._inner.exchanges
+
+    def check(self, n: int, f: int) -> None:
+        check_f(f)
+        buckets = math.ceil(n / self.s)
+        try:
+            self._inner.check(buckets, f)
+        except ValueError as e:
+            raise ValueError(f"bucketing (s={self.s}: {buckets} bucket means from {n} vectors): {e}") from None
+
+    def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
+        if ctx.generator is None:
+            raise ValueError("bucketing: needs the rule's random generator (ctx.generator)")
+        means = to_like(bucket_means(received, self.s, ctx.generator), received)
+        return self._inner(own, means, ctx)
