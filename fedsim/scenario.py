@@ -100,6 +100,12 @@ class PeersCfg(_Section):
     byzantine: int | None = Field(None, ge=0, description="number of Byzantine peers (or use byzantine_fraction)")
     byzantine_fraction: float = Field(0.0, ge=0, lt=1)
     attack: AttackCfg = Field(default_factory=AttackCfg)
+    allow_idle_attack: bool = Field(
+        False,
+        description="allow an attack named with 0 Byzantine peers (it never acts) or Byzantine peers with "
+        "attack 'none' (they train honestly and are left out of the evaluation), e.g. the 0% column of a "
+        "sweep over byzantine_fraction; without it either is a validation error (usually a mistake)",
+    )
 
     @model_validator(mode="after")
     def _one_of(self) -> PeersCfg:
@@ -608,14 +614,16 @@ def _name_errors(sc: Scenario) -> list[str]:
         except ValueError as e:
             where = "peers.attack.params" if sc.peers.attack.name in attacks.REGISTRY else "peers.attack.name"
             errors.append(f"{where}: {e}")
-    if sc.peers.attack.name != "none" and not sc.peers.num_byzantine:
+    if sc.peers.attack.name != "none" and not sc.peers.num_byzantine and not sc.peers.allow_idle_attack:
         errors.append(
             f"peers.attack.name: attack {sc.peers.attack.name!r} named but 0 Byzantine peers (nobody would attack); "
-            "set peers.byzantine or peers.byzantine_fraction, or attack name: none"
+            "set peers.byzantine or peers.byzantine_fraction, or attack name: none "
+            "(or peers.allow_idle_attack: true if intended)"
         )
-    if sc.peers.num_byzantine and sc.peers.attack.name == "none":
+    if sc.peers.num_byzantine and sc.peers.attack.name == "none" and not sc.peers.allow_idle_attack:
         errors.append(
-            f"peers.attack.name: {sc.peers.num_byzantine} Byzantine peers but no attack; name one or set byzantine: 0"
+            f"peers.attack.name: {sc.peers.num_byzantine} Byzantine peers but no attack; name one or set byzantine: 0 "
+            "(or peers.allow_idle_attack: true if intended)"
         )
     return errors
 

@@ -94,3 +94,41 @@ def test_shipped_scenarios_validate():
 
     for f in sorted(Path(__file__).parent.parent.joinpath("scenarios").rglob("*.yaml")):
         load(f)
+
+
+# --------------------------------------------------------------------------- idle attacks (issue 16, item 4)
+@pytest.mark.parametrize(
+    ("peers", "hint"),
+    [
+        ({"byzantine": 0, "attack": {"name": "sign_flip"}}, "0 Byzantine peers"),
+        ({"byzantine_fraction": 0.0, "attack": {"name": "alie"}}, "0 Byzantine peers"),
+        ({"byzantine": 2, "attack": {"name": "none"}}, "2 Byzantine peers but no attack"),
+    ],
+)
+def test_an_idle_attack_is_an_error_unless_allowed(peers, hint):
+    with pytest.raises(ScenarioError) as e:
+        parse({"peers": peers})
+    msg = str(e.value)
+    assert msg.startswith("scenario: peers.attack.name:") and hint in msg and "\n" not in msg, msg
+    assert "allow_idle_attack" in msg, msg  # the error names the knob that says it is meant
+    sc = parse({"peers": {**peers, "allow_idle_attack": True}})
+    assert sc.peers.allow_idle_attack is True
+
+
+def test_a_real_attack_needs_no_knob():
+    sc = parse({"peers": {"byzantine": 2, "attack": {"name": "sign_flip"}}})
+    assert sc.peers.num_byzantine == 2 and sc.peers.allow_idle_attack is False
+
+
+def test_cli_attack_on_quickstart_without_byzantine_peers_is_one_line(tmp_path):
+    """quickstart.yaml has 0 Byzantine peers: naming an attack there is refused before any work."""
+    from pathlib import Path
+
+    qs = Path(__file__).resolve().parents[1] / "scenarios" / "quickstart.yaml"
+    res = CliRunner().invoke(main, ["run", str(qs), "--set", "peers.attack.name=sign_flip",
+                                    "--out", str(tmp_path / "r"), "-q"])
+    assert res.exit_code == 1, res.output
+    lines = [x for x in res.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and "0 Byzantine peers" in lines[0] and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "r").exists()  # nothing was created
+
