@@ -218,24 +218,69 @@ def validate(files: tuple[Path, ...]) -> None:
     built as the run builds it, and each rule's limits (e.g. Krum's n > 2f + 2) for its real
     in-degree.
 
+    A `sweep:` section is checked too: every value of every axis (a misspelt name such as
+    strategy.name=bulyn is an error naming the axis and the value), and each combination is
+    validated; those that fail a constraint are 'warning: ...' lines (`fedsim sweep
+    --skip-invalid` leaves them out).
+
     Prints 'ok' per valid file (and 'warning: ...' lines for what it would ask of this machine);
     exits 1, printing one line per error, each naming its file and field."""
     from fedsim import scenario as sc_mod
 
     bad = 0
     for f in files:
+        errors: list[str] = []
+        sc = None
         try:
             sc = sc_mod.load(f, require_data=True)
         except ScenarioError as e:
-            for line in e.errors:
-                click.echo(line, err=True)
+            errors += e.errors
+        warnings = [f"{f}: warning: {w}" for w in (sc_mod.resource_warnings(sc) if sc is not None else [])]
+        try:
+            grid_errors, grid_warnings = _validate_sweep(f)
+        except ScenarioError as e:  # an unreadable file: load() said so already
+            grid_errors, grid_warnings = ([] if errors else e.errors), []
+        errors += [e for e in grid_errors if e not in errors]
+        for line in errors:
+            click.echo(line, err=True)
+        for line in warnings + (grid_warnings if not errors else []):
+            click.echo(line, err=True)
+        if errors:
             bad += 1
-            continue
-        for w in sc_mod.resource_warnings(sc):
-            click.echo(f"{f}: warning: {w}", err=True)
-        click.echo(f"{f}: ok")
+        else:
+            click.echo(f"{f}: ok")
     if bad:
         sys.exit(1)
+
+
+MAX_SWEEP_WARNINGS = 10
+
+
+def _validate_sweep(path: Path) -> tuple[list[str], list[str]]:
+    """``(errors, warnings)`` of the ``sweep:`` section of ``path``: its typos
+    (:func:`fedsim.scenario.grid_errors`), then, when there are none, one warning per combination
+    that fails a constraint (at most :data:`MAX_SWEEP_WARNINGS` and a count)."""
+    from fedsim.scenario import grid_errors
+    from fedsim.sweep import plan_sweep, read_scenario_with_sweep
+
+    base, grid = read_scenario_with_sweep(path)
+    if not grid:
+        return [], []
+    errors = grid_errors(base, grid, str(path))
+    if errors:
+        return errors, []
+    try:
+        plan = plan_sweep(path, skip_invalid=True)
+    except ScenarioError as e:
+        return e.errors, []
+    total = len(plan.runs) + len(plan.invalid)
+    warnings = [f"{path}: warning: sweep combination {n} cannot run ({len(plan.invalid)} of {total} left out by "
+                f"--skip-invalid): {err.split(': ', 2)[-1]}" for n, _, err in plan.invalid[:MAX_SWEEP_WARNINGS]]
+    if len(plan.invalid) > MAX_SWEEP_WARNINGS:
+        warnings.append(f"{path}: warning: ... and {len(plan.invalid) - MAX_SWEEP_WARNINGS} more such combinations")
+    if not plan.runs:
+        return [f"{path}: sweep: no combination of the grid can run"] + warnings, []
+    return [], warnings
 
 
 LIST_WHAT = ["datasets", "backbones", "partitions", "topologies", "strategies", "attacks"]

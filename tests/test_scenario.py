@@ -132,3 +132,32 @@ def test_cli_attack_on_quickstart_without_byzantine_peers_is_one_line(tmp_path):
     assert len(lines) == 1 and "0 Byzantine peers" in lines[0] and "Traceback" not in res.output, res.output
     assert not (tmp_path / "r").exists()  # nothing was created
 
+
+
+# --------------------------------------------------------------------------- validate (issue 16, item 2)
+def test_cli_validate_prints_one_line_per_error_and_checks_the_sweep_grid(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("rounds: 2\ntraining: {lr: -1, optimiser: sgd}\ntopology: {kind: rng}\n"
+                 "sweep:\n  strategy.name: [krum, bulyn]\n  peers: {attack: {name: [alie, sign_flp]}}\n")
+    r = CliRunner().invoke(main, ["validate", str(f)])
+    assert r.exit_code == 1
+    lines = [x for x in r.output.splitlines() if x.strip()]
+    assert len(lines) == 5 and all(x.startswith(f"{f}: ") and x.count(f"{f}: ") == 1 for x in lines), lines
+    assert "topology.kind: got 'rng' (did you mean 'ring'?)" in lines[0]
+    assert "training.lr:" in lines[1]
+    assert "training.optimiser: unknown key (did you mean 'optimizer'?)" in lines[2]
+    assert "sweep strategy.name=bulyn: unknown strategy 'bulyn' (did you mean 'bulyan'?)" in lines[3]
+    assert "sweep peers.attack.name=sign_flp: unknown attack 'sign_flp' (did you mean 'sign_flip'?)" in lines[4]
+
+
+def test_cli_validate_a_sweep_with_valid_names_warns_about_combinations_that_cannot_run(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("rounds: 2\ndataset: {name: sklearn_digits}\nbackbone: {name: identity}\n"
+                 "peers: {count: 8, byzantine: 2, attack: {name: sign_flip}}\ntopology: {kind: k_regular, degree: 3}\n"
+                 "sweep:\n  strategy.name: [median, krum]\n")
+    r = CliRunner().invoke(main, ["validate", str(f)])
+    assert r.exit_code == 0, r.output
+    lines = [x for x in r.output.splitlines() if x.strip()]
+    assert lines[-1] == f"{f}: ok"
+    warn = [x for x in lines if "warning: sweep combination strategy.name=krum" in x]
+    assert len(warn) == 1 and "1 of 2 left out by --skip-invalid" in warn[0] and "2f + 2" in warn[0], lines
