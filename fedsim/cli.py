@@ -10,7 +10,15 @@ import click
 
 from fedsim.cli_errors import FedsimGroup, remember_run_dir
 from fedsim.errors import RunInterruptedError
-from fedsim.scenario import ScenarioError
+
+# commands that live in their own modules, imported only when named (so `fedsim list` and
+# `fedsim --help` import no torch, Ray or matplotlib)
+LAZY_COMMANDS = {
+    "sweep": "fedsim.sweep:sweep",
+    "plot": "fedsim.plot:plot",
+    "report": "fedsim.report:report",
+    "flower": "fedsim.flower.cli:flower",
+}
 
 
 def _console():
@@ -19,7 +27,11 @@ def _console():
     return Console(stderr=False)
 
 
-@click.group(cls=FedsimGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=FedsimGroup,
+    lazy_commands=LAZY_COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(package_name="fedsim")
 def main() -> None:
     """fedsim: simulate federated and decentralized learning under Byzantine attack.
@@ -226,6 +238,7 @@ def validate(files: tuple[Path, ...]) -> None:
     Prints 'ok' per valid file (and 'warning: ...' lines for what it would ask of this machine);
     exits 1, printing one line per error, each naming its file and field."""
     from fedsim import scenario as sc_mod
+    from fedsim.scenario import ScenarioError
 
     bad = 0
     for f in files:
@@ -260,7 +273,7 @@ def _validate_sweep(path: Path) -> tuple[list[str], list[str]]:
     """``(errors, warnings)`` of the ``sweep:`` section of ``path``: its typos
     (:func:`fedsim.scenario.grid_errors`), then, when there are none, one warning per combination
     that fails a constraint (at most :data:`MAX_SWEEP_WARNINGS` and a count)."""
-    from fedsim.scenario import grid_errors
+    from fedsim.scenario import ScenarioError, grid_errors
     from fedsim.sweep import plan_sweep, read_scenario_with_sweep
 
     base, grid = read_scenario_with_sweep(path)
@@ -283,38 +296,38 @@ def _validate_sweep(path: Path) -> tuple[list[str], list[str]]:
     return [], warnings
 
 
-LIST_WHAT = ["datasets", "backbones", "partitions", "topologies", "strategies", "attacks"]
-
-
 @main.command(name="list")
-@click.argument("what", required=False, type=click.Choice(LIST_WHAT))
-def list_(what: str | None) -> None:
-    """List what a scenario can name (all kinds, or one of them)."""
-    import attacks
-    import strategies
-    from fedsim.data.datasets import DATASETS
-    from fedsim.models.backbones import BACKBONES
-    from fedsim.partition import KINDS as PARTS
-    from fedsim.topology import KINDS as TOPOS
+@click.argument("kind", required=False, metavar="[KIND]")
+@click.argument("name", required=False)
+def list_(kind: str | None, name: str | None) -> None:
+    """List what a scenario can name: all kinds, one KIND (datasets, backbones, partitions,
+    topologies, strategies, attacks), or one component in detail: its documentation and each
+    parameter with its type, default and what it accepts.
 
-    tables = {
-        "datasets": {
-            k: ("embedded, offline" if emb else "from dataset.data_dir")
-            + " — "
-            + " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())
-            for k, (fn, emb) in DATASETS.items()
-        },
-        "backbones": {k: v.description for k, v in BACKBONES.items()},
-        "partitions": PARTS,
-        "topologies": TOPOS,
-        "strategies": strategies.available(),
-        "attacks": attacks.available(),
-    }
-    for kind in [what] if what else LIST_WHAT:
-        click.secho(f"{kind}:", bold=True)
-        for k, v in tables[kind].items():
+    \b
+    Examples:
+      fedsim list
+      fedsim list strategies
+      fedsim list strategies krum
+      fedsim list attacks alie
+      fedsim list partitions dirichlet
+    """
+    from fedsim import catalog
+
+    kinds = [catalog.resolve_kind(kind)] if kind else list(catalog.KINDS)
+    if name is not None:
+        text, params = catalog.describe(kinds[0], name)
+        click.secho(f"{name} ({catalog._SINGULAR[kinds[0]]})", bold=True)
+        click.echo(text)
+        if params:
+            click.echo("")
+            catalog.format_params(params, click.echo)
+        return
+    for k in kinds:
+        click.secho(f"{k}:", bold=True)
+        for n, v in catalog.summaries(k).items():
             v = " ".join(v.split())
-            click.echo(f"  {k:<24} {v if len(v) <= 110 else v[:109] + '…'}")
+            click.echo(f"  {n:<24} {v if len(v) <= 110 else v[:109] + '…'}")
 
 
 @main.command()
@@ -353,19 +366,6 @@ def pretrain(
     except (ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
 
-
-def _register_commands() -> None:
-    """Commands that live in their own modules (each imports its heavy dependencies lazily)."""
-    from fedsim.flower.cli import flower
-    from fedsim.plot import plot
-    from fedsim.report import report
-    from fedsim.sweep import sweep
-
-    for cmd in (sweep, plot, report, flower):
-        main.add_command(cmd)
-
-
-_register_commands()
 
 if __name__ == "__main__":
     main()
