@@ -184,8 +184,10 @@ class RunSet:
 
     @property
     def title(self) -> str:
-        if self.index and self.index.get("name"):
-            return str(self.index["name"])
+        """A sweep's own name (its folder: ``runs/attack-matrix`` → ``attack-matrix``), not its base
+        scenario's ``name:`` (which every sweep of that scenario shares); a run's scenario name."""
+        if self.index is not None:
+            return self.root.resolve().name
         if len(self.runs) == 1:
             return str(self.runs[0].scenario.get("name") or self.runs[0].name)
         return self.root.resolve().name
