@@ -21,7 +21,10 @@ import yaml
 
 # Scenario keys that never distinguish runs in a table or a figure (they do not change results
 # or are bookkeeping): the run's name, where it ran, where it wrote.
-IGNORED_PREFIXES = ("name", "output.", "engine.", "checkpoint.", "backbone.cache_dir", "dataset.data_dir", "probes")
+IGNORED_PREFIXES = (
+    "name", "output.", "engine.", "checkpoint.", "backbone.cache_dir", "dataset.data_dir", "probes",
+    "peers.allow_idle_attack",  # only what validation accepts: runs made before the knob still match
+)
 
 # Readable names for the keys a sweep usually varies.
 LABELS = {

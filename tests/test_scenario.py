@@ -161,3 +161,12 @@ def test_cli_validate_a_sweep_with_valid_names_warns_about_combinations_that_can
     assert lines[-1] == f"{f}: ok"
     warn = [x for x in lines if "warning: sweep combination strategy.name=krum" in x]
     assert len(warn) == 1 and "1 of 2 left out by --skip-invalid" in warn[0] and "2f + 2" in warn[0], lines
+
+
+def test_allow_idle_attack_changes_no_fingerprint():
+    """The knob only widens validation: a checkpoint or sweep folder made before it still matches."""
+    from fedsim.rundir import scenario_fingerprint
+
+    a = scenario_fingerprint(parse({"peers": {"byzantine": 0}}).model_dump(mode="json"))
+    b = scenario_fingerprint(parse({"peers": {"byzantine": 0, "allow_idle_attack": True}}).model_dump(mode="json"))
+    assert a == b and not any(k.startswith("peers.allow_idle_attack") for k in a)
