@@ -296,7 +296,7 @@ def _validate_sweep(path: Path) -> tuple[list[str], list[str]]:
     return [], warnings
 
 
-@main.command(name="list")
+@main.command(name="list", short_help="What a scenario can name; one component's docs and parameters.")
 @click.argument("kind", required=False, metavar="[KIND]")
 @click.argument("name", required=False)
 def list_(kind: str | None, name: str | None) -> None:
