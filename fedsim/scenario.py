@@ -706,11 +706,13 @@ def grid_errors(base: dict[str, Any], grid: dict[str, list[Any]], source: str = 
     known = unknown_names(base)
     out = [f"{source}: {e}" for e in known]
     for key, values in grid.items():
+        seen = set(known)  # an axis whose key is misspelt says so once, not once per value
         for v in values:
             data = copy.deepcopy(base)
             set_dotted(data, key, v)
             for e in unknown_names(data):
-                if e not in known:
+                if e not in seen:
+                    seen.add(e)
                     shown = v if isinstance(v, str) else _show(v)
                     out.append(f"{source}: sweep {key}={shown}: {e.removeprefix(key + ': ')}")
     return out

@@ -115,6 +115,15 @@ def test_typos_in_the_grid_are_errors_even_with_skip_invalid(tmp_path) -> None:
     assert not (tmp_path / "o").exists()
 
 
+def test_a_misspelt_axis_key_is_one_error_not_one_per_value(tmp_path) -> None:
+    path = write(tmp_path, tiny(tmp_path))
+    with pytest.raises(ScenarioError) as e:
+        plan_sweep(path, {"strategy.nam": ["krum", "median", "fedavg"]}, out=tmp_path / "o", skip_invalid=True)
+    assert len(e.value.errors) == 1, e.value.errors
+    assert e.value.errors[0].endswith("sweep strategy.nam=krum: unknown key (did you mean 'name'?); "
+                                      "allowed here: name, params, f")
+
+
 def test_skip_invalid_skips_a_parameter_another_rule_has(tmp_path) -> None:
     """m is multikrum's: with median it is a constraint failure of valid names (skipped), not a typo."""
     path = write(tmp_path, tiny(tmp_path, peers={"count": 8}, topology={"kind": "complete"}))
