@@ -163,7 +163,7 @@ def class_params(cls: type) -> list[Param]:
         accepts = constraint_of(cls, f.name)
         if default is None and "null" not in accepts:
             accepts += " or null"
-        out.append(Param(f.name, str(f.type).replace("typing.", ""), _show(default), accepts))
+        out.append(Param(f.name, _type_name(f.type), _show(default), accepts))
     return out
 
 

@@ -299,7 +299,14 @@ def _validate_sweep(path: Path) -> tuple[list[str], list[str]]:
 @main.command(name="list", short_help="What a scenario can name; one component's docs and parameters.")
 @click.argument("kind", required=False, metavar="[KIND]")
 @click.argument("name", required=False)
-def list_(kind: str | None, name: str | None) -> None:
+@click.option(
+    "--plugin",
+    "plugin_entries",
+    multiple=True,
+    metavar="FILE_OR_MODULE",
+    help="Also list what this plugin registers (a .py file or a module, as in a scenario's plugins:).",
+)
+def list_(kind: str | None, name: str | None, plugin_entries: tuple[str, ...]) -> None:
     """List what a scenario can name: all kinds, one KIND (datasets, backbones, partitions,
     topologies, strategies, attacks), or one component in detail: its documentation and each
     parameter with its type, default and what it accepts.
@@ -311,8 +318,17 @@ def list_(kind: str | None, name: str | None) -> None:
       fedsim list strategies krum
       fedsim list attacks alie
       fedsim list partitions dirichlet
+      fedsim list strategies my_rule --plugin my_rules.py
     """
     from fedsim import catalog
+
+    if plugin_entries:
+        from fedsim import plugins
+
+        try:
+            plugins.load([plugins.normalize(e) for e in plugin_entries])
+        except ValueError as e:  # PluginError, or an entry that is neither a file nor a module name
+            raise click.BadParameter(str(e), param_hint="--plugin") from None
 
     kinds = [catalog.resolve_kind(kind)] if kind else list(catalog.KINDS)
     if name is not None:

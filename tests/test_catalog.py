@@ -114,3 +114,36 @@ def test_fedsim_list_imports_no_heavy_module() -> None:
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, check=True).stdout
     assert "krum" in out and "sign_flip" in out and "k_regular" in out
     assert out.strip().splitlines()[-1] == "[]", out[-500:]
+
+
+PLUGIN = '''
+"""A user's rule (tests/test_catalog.py writes this file)."""
+from dataclasses import dataclass
+from typing import ClassVar
+
+import strategies
+from strategies._math import require_int
+
+
+@strategies.register("catalog_topk")
+@dataclass
+class TopK(strategies.Strategy):
+    """Mean of the k received vectors nearest to own (a test rule)."""
+
+    k: int = 3
+    exchanges: ClassVar[str] = "output_layer"
+
+    def __post_init__(self):
+        require_int("k", self.k, 1)
+'''
+
+
+def test_list_names_a_plugins_rule_with_its_parameters(tmp_path: Path) -> None:
+    plugin = tmp_path / "my_rules.py"
+    plugin.write_text(PLUGIN)
+    r = CliRunner().invoke(main, ["list", "strategies", "catalog_topk", "--plugin", str(plugin)])
+    assert r.exit_code == 0, r.output
+    assert "Mean of the k received vectors" in r.output
+    assert _row(r.output, "k") == ["k", "int", "3", "an integer >= 1"]
+    r = CliRunner().invoke(main, ["list", "strategies", "--plugin", str(tmp_path / "missing.py")])
+    assert r.exit_code == 2 and "--plugin" in r.output and "no such file" in r.output
