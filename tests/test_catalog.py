@@ -139,9 +139,14 @@ class TopK(strategies.Strategy):
 
 
 def test_list_names_a_plugins_rule_with_its_parameters(tmp_path: Path) -> None:
+    import strategies
+
     plugin = tmp_path / "my_rules.py"
     plugin.write_text(PLUGIN)
-    r = CliRunner().invoke(main, ["list", "strategies", "catalog_topk", "--plugin", str(plugin)])
+    try:
+        r = CliRunner().invoke(main, ["list", "strategies", "catalog_topk", "--plugin", str(plugin)])
+    finally:  # later tests iterate over every registered rule
+        strategies.REGISTRY.pop("catalog_topk", None)
     assert r.exit_code == 0, r.output
     assert "Mean of the k received vectors" in r.output
     assert _row(r.output, "k") == ["k", "int", "3", "an integer >= 1"]
