@@ -130,11 +130,12 @@ class _Unacceptable:
 
 
 def _show(value: Any) -> str:
+    """A default as a scenario would spell it (``true``, ``null``, ``'median'``, ``0.5``)."""
     if value is dataclasses.MISSING:
         return "required"
-    return {True: "true", False: "false", None: "null"}.get(value, None) if isinstance(value, bool | None) else repr(
-        value
-    )
+    if value is None or isinstance(value, bool):
+        return {True: "true", False: "false", None: "null"}[value]
+    return repr(value)
 
 
 def constraint_of(cls: type, name: str) -> str:
