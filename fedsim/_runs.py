@@ -21,7 +21,10 @@ import yaml
 
 # Scenario keys that never distinguish runs in a table or a figure (they do not change results
 # or are bookkeeping): the run's name, where it ran, where it wrote.
-IGNORED_PREFIXES = ("name", "output.", "engine.", "checkpoint.", "backbone.cache_dir", "dataset.data_dir", "probes")
+IGNORED_PREFIXES = (
+    "name", "output.", "engine.", "checkpoint.", "backbone.cache_dir", "dataset.data_dir", "probes",
+    "peers.allow_idle_attack",  # only what validation accepts: runs made before the knob still match
+)
 
 # Readable names for the keys a sweep usually varies.
 LABELS = {
@@ -184,8 +187,10 @@ class RunSet:
 
     @property
     def title(self) -> str:
-        if self.index and self.index.get("name"):
-            return str(self.index["name"])
+        """A sweep's own name (its folder: ``runs/attack-matrix`` → ``attack-matrix``), not its base
+        scenario's ``name:`` (which every sweep of that scenario shares); a run's scenario name."""
+        if self.index is not None:
+            return self.root.resolve().name
         if len(self.runs) == 1:
             return str(self.runs[0].scenario.get("name") or self.runs[0].name)
         return self.root.resolve().name

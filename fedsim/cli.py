@@ -10,7 +10,15 @@ import click
 
 from fedsim.cli_errors import FedsimGroup, remember_run_dir
 from fedsim.errors import RunInterruptedError
-from fedsim.scenario import ScenarioError
+
+# commands that live in their own modules, imported only when named (so `fedsim list` and
+# `fedsim --help` import no torch, Ray or matplotlib)
+LAZY_COMMANDS = {
+    "sweep": "fedsim.sweep:sweep",
+    "plot": "fedsim.plot:plot",
+    "report": "fedsim.report:report",
+    "flower": "fedsim.flower.cli:flower",
+}
 
 
 def _console():
@@ -19,7 +27,11 @@ def _console():
     return Console(stderr=False)
 
 
-@click.group(cls=FedsimGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=FedsimGroup,
+    lazy_commands=LAZY_COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(package_name="fedsim")
 def main() -> None:
     """fedsim: simulate federated and decentralized learning under Byzantine attack.
@@ -218,58 +230,120 @@ def validate(files: tuple[Path, ...]) -> None:
     built as the run builds it, and each rule's limits (e.g. Krum's n > 2f + 2) for its real
     in-degree.
 
+    A `sweep:` section is checked too: every value of every axis (a misspelt name such as
+    strategy.name=bulyn is an error naming the axis and the value), and each combination is
+    validated; those that fail a constraint are 'warning: ...' lines (`fedsim sweep
+    --skip-invalid` leaves them out).
+
     Prints 'ok' per valid file (and 'warning: ...' lines for what it would ask of this machine);
     exits 1, printing one line per error, each naming its file and field."""
     from fedsim import scenario as sc_mod
+    from fedsim.scenario import ScenarioError
 
     bad = 0
     for f in files:
+        errors: list[str] = []
+        sc = None
         try:
             sc = sc_mod.load(f, require_data=True)
         except ScenarioError as e:
-            for line in e.errors:
-                click.echo(line, err=True)
+            errors += e.errors
+        warnings = [f"{f}: warning: {w}" for w in (sc_mod.resource_warnings(sc) if sc is not None else [])]
+        try:
+            grid_errors, grid_warnings = _validate_sweep(f)
+        except ScenarioError as e:  # an unreadable file: load() said so already
+            grid_errors, grid_warnings = ([] if errors else e.errors), []
+        errors += [e for e in grid_errors if e not in errors]
+        for line in errors:
+            click.echo(line, err=True)
+        for line in warnings + (grid_warnings if not errors else []):
+            click.echo(line, err=True)
+        if errors:
             bad += 1
-            continue
-        for w in sc_mod.resource_warnings(sc):
-            click.echo(f"{f}: warning: {w}", err=True)
-        click.echo(f"{f}: ok")
+        else:
+            click.echo(f"{f}: ok")
     if bad:
         sys.exit(1)
 
 
-LIST_WHAT = ["datasets", "backbones", "partitions", "topologies", "strategies", "attacks"]
+MAX_SWEEP_WARNINGS = 10
 
 
-@main.command(name="list")
-@click.argument("what", required=False, type=click.Choice(LIST_WHAT))
-def list_(what: str | None) -> None:
-    """List what a scenario can name (all kinds, or one of them)."""
-    import attacks
-    import strategies
-    from fedsim.data.datasets import DATASETS
-    from fedsim.models.backbones import BACKBONES
-    from fedsim.partition import KINDS as PARTS
-    from fedsim.topology import KINDS as TOPOS
+def _validate_sweep(path: Path) -> tuple[list[str], list[str]]:
+    """``(errors, warnings)`` of the ``sweep:`` section of ``path``: its typos
+    (:func:`fedsim.scenario.grid_errors`), then, when there are none, one warning per combination
+    that fails a constraint (at most :data:`MAX_SWEEP_WARNINGS` and a count)."""
+    from fedsim.scenario import ScenarioError, grid_errors
+    from fedsim.sweep import plan_sweep, read_scenario_with_sweep
 
-    tables = {
-        "datasets": {
-            k: ("embedded, offline" if emb else "from dataset.data_dir")
-            + " — "
-            + " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())
-            for k, (fn, emb) in DATASETS.items()
-        },
-        "backbones": {k: v.description for k, v in BACKBONES.items()},
-        "partitions": PARTS,
-        "topologies": TOPOS,
-        "strategies": strategies.available(),
-        "attacks": attacks.available(),
-    }
-    for kind in [what] if what else LIST_WHAT:
-        click.secho(f"{kind}:", bold=True)
-        for k, v in tables[kind].items():
+    base, grid = read_scenario_with_sweep(path)
+    if not grid:
+        return [], []
+    errors = grid_errors(base, grid, str(path))
+    if errors:
+        return errors, []
+    try:
+        plan = plan_sweep(path, skip_invalid=True)
+    except ScenarioError as e:
+        return e.errors, []
+    total = len(plan.runs) + len(plan.invalid)
+    warnings = [f"{path}: warning: sweep combination {n} cannot run ({len(plan.invalid)} of {total} left out by "
+                f"--skip-invalid): {err.split(': ', 2)[-1]}" for n, _, err in plan.invalid[:MAX_SWEEP_WARNINGS]]
+    if len(plan.invalid) > MAX_SWEEP_WARNINGS:
+        warnings.append(f"{path}: warning: ... and {len(plan.invalid) - MAX_SWEEP_WARNINGS} more such combinations")
+    if not plan.runs:
+        return [f"{path}: sweep: no combination of the grid can run"] + warnings, []
+    return [], warnings
+
+
+@main.command(name="list", short_help="What a scenario can name; one component's docs and parameters.")
+@click.argument("kind", required=False, metavar="[KIND]")
+@click.argument("name", required=False)
+@click.option(
+    "--plugin",
+    "plugin_entries",
+    multiple=True,
+    metavar="FILE_OR_MODULE",
+    help="Also list what this plugin registers (a .py file or a module, as in a scenario's plugins:).",
+)
+def list_(kind: str | None, name: str | None, plugin_entries: tuple[str, ...]) -> None:
+    """List what a scenario can name: all kinds, one KIND (datasets, backbones, partitions,
+    topologies, strategies, attacks), or one component in detail: its documentation and each
+    parameter with its type, default and what it accepts.
+
+    \b
+    Examples:
+      fedsim list
+      fedsim list strategies
+      fedsim list strategies krum
+      fedsim list attacks alie
+      fedsim list partitions dirichlet
+      fedsim list strategies my_rule --plugin my_rules.py
+    """
+    from fedsim import catalog
+
+    if plugin_entries:
+        from fedsim import plugins
+
+        try:
+            plugins.load([plugins.normalize(e) for e in plugin_entries])
+        except ValueError as e:  # PluginError, or an entry that is neither a file nor a module name
+            raise click.BadParameter(str(e), param_hint="--plugin") from None
+
+    kinds = [catalog.resolve_kind(kind)] if kind else list(catalog.KINDS)
+    if name is not None:
+        text, params = catalog.describe(kinds[0], name)
+        click.secho(f"{name} ({catalog._SINGULAR[kinds[0]]})", bold=True)
+        click.echo(text)
+        if params:
+            click.echo("")
+            catalog.format_params(params, click.echo)
+        return
+    for k in kinds:
+        click.secho(f"{k}:", bold=True)
+        for n, v in catalog.summaries(k).items():
             v = " ".join(v.split())
-            click.echo(f"  {k:<24} {v if len(v) <= 110 else v[:109] + '…'}")
+            click.echo(f"  {n:<24} {v if len(v) <= 110 else v[:109] + '…'}")
 
 
 @main.command()
@@ -308,19 +382,6 @@ def pretrain(
     except (ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
 
-
-def _register_commands() -> None:
-    """Commands that live in their own modules (each imports its heavy dependencies lazily)."""
-    from fedsim.flower.cli import flower
-    from fedsim.plot import plot
-    from fedsim.report import report
-    from fedsim.sweep import sweep
-
-    for cmd in (sweep, plot, report, flower):
-        main.add_command(cmd)
-
-
-_register_commands()
 
 if __name__ == "__main__":
     main()

@@ -124,7 +124,36 @@ def fail(line: str, code: int) -> NoReturn:
 
 class FedsimGroup(click.Group):
     """A click group whose commands end in one line on stderr whatever goes wrong (see the module
-    docstring); click's own errors (usage, ``click.ClickException``) and exits pass through."""
+    docstring); click's own errors (usage, ``click.ClickException``) and exits pass through.
+
+    ``lazy_commands`` maps a command name to ``"module:attribute"``, imported only when that
+    command is named (or help lists it), so a light command never pays for a heavy module's
+    imports. An unknown command is one line naming the closest command."""
+
+    def __init__(self, *args: Any, lazy_commands: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = dict(lazy_commands or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy_commands and cmd_name not in self.commands:
+            import importlib
+
+            module, attr = self.lazy_commands[cmd_name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attr), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            import difflib
+
+            close = difflib.get_close_matches(name, self.list_commands(ctx), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            ctx.fail(f"no such command {name!r}{hint}; commands: {', '.join(self.list_commands(ctx))}")
+        return super().resolve_command(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -8,13 +8,19 @@
 * ``probes_*``: cloning curves (agreement and clone accuracy vs queries) and unlearning
   curves/bars, for runs with a ``probes.json``.
 
-Colours are the Okabe–Ito palette (colour-blind safe), heatmaps use ``cividis``. matplotlib is
-imported only inside the functions that draw, so importing this module stays light.
+Lines: ten distinct colours (the Okabe–Ito palette without its yellow, which is unreadable on
+white, plus three of Paul Tol's), each line also with its own dash pattern and marker, so up to
+ten lines stay apart in greyscale and for colour-blind readers; heatmaps use ``cividis``.
+Titles name the sweep by its own folder (``--title``/``--no-title`` override), ``--size``
+sets every figure's size in inches, ``--no-bands`` drops the min–max bands. The bytes axis
+says what a message of each rule carries (the full model: backbone + head, or the head only).
+matplotlib is imported only inside the functions that draw, so importing this module stays light.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +42,12 @@ from fedsim._runs import (
 )
 
 OKABE_ITO = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442"]
-LINESTYLES = ["-", "--", "-.", ":"]
-MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+# lines: Okabe–Ito without yellow (#F0E442, too light on white), then Paul Tol's wine, olive, indigo
+PALETTE = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#882255", "#999933",
+           "#332288"]
+LINESTYLES = ["-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1))]  # the last: dash-dot-dot
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<"]
+EXCHANGES = {"full_model": "full model (backbone + head)", "output_layer": "head only (output layer)"}
 STYLE = {
     "font.size": 9,
     "axes.titlesize": 9,
@@ -60,14 +70,62 @@ STYLE = {
 PANEL_W, PANEL_H = 3.6, 2.6
 
 
+@dataclass(frozen=True)
+class PlotOptions:
+    """What ``fedsim plot`` lets a paper's author change.
+
+    ``title``: the first title line of every figure (default: the sweep's or run's own name and
+    what the figure shows); ``show_title``: False draws no title at all (the caption says it);
+    ``size``: every figure's ``(width, height)`` in inches (default: from its panels);
+    ``bands``: draw the honest peers' min–max band around each line."""
+
+    title: str | None = None
+    show_title: bool = True
+    size: tuple[float, float] | None = None
+    bands: bool = True
+
+
+DEFAULT = PlotOptions()
+
+
 # --------------------------------------------------------------------------- helpers
 def _style(i: int) -> dict[str, Any]:
-    """Okabe–Ito colour, then a new dash pattern after every 8 lines; a marker per line."""
+    """Line ``i``'s colour (:data:`PALETTE`), dash pattern and marker: ten lines differ in all three
+    (the patterns cycle every 5, so two lines of one pattern always differ in colour and marker)."""
     return {
-        "color": OKABE_ITO[i % len(OKABE_ITO)],
-        "linestyle": LINESTYLES[(i // len(OKABE_ITO)) % len(LINESTYLES)],
+        "color": PALETTE[i % len(PALETTE)],
+        "linestyle": LINESTYLES[i % len(LINESTYLES)],
         "marker": MARKERS[i % len(MARKERS)],
     }
+
+
+def _exchanges(run: RunData) -> str | None:
+    """What a message of ``run``'s rule carries (``full_model`` | ``output_layer``): from its
+    summary, else from the rule's class (runs made before the summary recorded it)."""
+    if run.summary and run.summary.get("exchanges"):
+        return str(run.summary["exchanges"])
+    try:
+        import strategies
+
+        return strategies.REGISTRY[str(run.get(STRATEGY))].exchanges
+    except (ImportError, KeyError):
+        return None
+
+
+def bytes_label(runs: list[RunData], line: str | None, unit: str) -> str:
+    """The bytes axis's label: ``bytes sent per peer, cumulative (MiB)`` over what each rule's
+    messages carry: ``messages: full model (backbone + head)`` or, when the rules differ,
+    ``messages: fedavg, krum: full model (backbone + head) · bristle: head only (output layer)``."""
+    by: dict[str, list[str]] = {}
+    for r in runs:
+        what = EXCHANGES.get(_exchanges(r) or "", "unknown")
+        name = fmt_value(r.get(line) if line else r.get(STRATEGY))
+        if name not in by.setdefault(what, []):
+            by[what].append(name)
+    head = f"bytes sent per peer, cumulative ({unit})"
+    if len(by) == 1:
+        return f"{head}\nmessages: {next(iter(by))}"
+    return f"{head}\nmessages: " + " · ".join(f"{', '.join(names)}: {what}" for what, names in by.items())
 
 
 def _context(rs: RunSet, skip: Iterable[str]) -> str:
@@ -122,7 +180,9 @@ def _byte_unit(n: float) -> tuple[float, str]:
     return 1.0, "B"
 
 
-def _save(fig, path: Path, formats: list[str]) -> list[Path]:
+def _save(fig, path: Path, formats: list[str], opts: PlotOptions = DEFAULT) -> list[Path]:
+    if opts.size is not None:
+        fig.set_size_inches(*opts.size)
     out = []
     path.parent.mkdir(parents=True, exist_ok=True)
     for fmt in formats:
@@ -141,17 +201,24 @@ def _figure(nrows: int, ncols: int, extra_w: float = 0.0, extra_h: float = 0.0):
     return fig, axes
 
 
-def _titles(fig, rs: RunSet, what: str, skip: Iterable[str], extra: dict[str, Any]) -> None:
-    """Title: the sweep's name and what is shown; below it the facet values of this figure and the
-    settings every run shares, wrapped to the figure's width."""
+def _titles(
+    fig, rs: RunSet, what: str, skip: Iterable[str], extra: dict[str, Any], opts: PlotOptions = DEFAULT
+) -> None:
+    """Title: the sweep's own name and what is shown (or ``opts.title``); below it the facet values
+    of this figure and the settings every run shares, wrapped to the figure's width."""
     parts = [f"{label(k)} {fmt_value(v)}" for k, v in extra.items()]
     ctx = _context(rs, list(skip) + list(extra))
-    _suptitle(fig, f"{rs.title}: {what}", parts + (ctx.split(" · ") if ctx else []))
+    _suptitle(fig, f"{rs.title}: {what}", parts + (ctx.split(" · ") if ctx else []), opts)
 
 
-def _suptitle(fig, head: str, parts: list[str]) -> None:
-    """``head`` over the ``parts`` joined by `` · ``, wrapped between parts to the figure's width."""
-    width = max(30, int(fig.get_figwidth() * 11))
+def _suptitle(fig, head: str, parts: list[str], opts: PlotOptions = DEFAULT) -> None:
+    """``head`` (or ``opts.title``) over the ``parts`` joined by `` · ``, wrapped between parts to
+    the figure's width (the width ``opts.size`` will give it); nothing with ``opts.show_title`` off."""
+    if not opts.show_title:
+        return
+    if opts.title is not None:
+        head = opts.title
+    width = max(30, int((opts.size[0] if opts.size else fig.get_figwidth()) * 11))
     lines: list[str] = []
     for part in parts:
         if lines and len(lines[-1]) + 3 + len(part) <= width:
@@ -171,7 +238,9 @@ def _panel_title(row: str | None, rv: Any, col: str | None, cv: Any) -> str:
 
 
 # --------------------------------------------------------------------------- curves
-def plot_curves(rs: RunSet, out: Path, formats: list[str], x: str = "round") -> list[Path]:
+def plot_curves(
+    rs: RunSet, out: Path, formats: list[str], x: str = "round", opts: PlotOptions = DEFAULT
+) -> list[Path]:
     """Accuracy vs round (``x="round"``) or vs cumulative bytes per peer (``x="bytes"``)."""
     from matplotlib.ticker import MaxNLocator
 
@@ -217,7 +286,7 @@ def plot_curves(rs: RunSet, out: Path, formats: list[str], x: str = "round") -> 
                     st = _style(k)
                     every = max(1, len(xs) // 8)
                     (h,) = ax.plot(xs, [100 * v for v in mean], markevery=every, markersize=4, **st)
-                    if lo and hi:
+                    if lo and hi and opts.bands:
                         ax.fill_between(
                             xs, [100 * v for v in lo], [100 * v for v in hi], color=st["color"], alpha=0.12, linewidth=0
                         )
@@ -230,9 +299,9 @@ def plot_curves(rs: RunSet, out: Path, formats: list[str], x: str = "round") -> 
                 if j == 0:
                     ax.set_ylabel("honest test accuracy (%)")
                 if i == len(rvals) - 1:
-                    ax.set_xlabel("round" if x == "round" else f"bytes sent per peer, cumulative ({unit})")
+                    ax.set_xlabel("round" if x == "round" else bytes_label(sruns, line, unit))
         seeds = f", average of {n_seeds} seeds" if n_seeds > 1 else ""
-        note = f"line: mean over honest peers{seeds}; band: their min–max"
+        note = f"line: mean over honest peers{seeds}" + ("; band: their min–max" if opts.bands else "")
         fig.legend(
             list(handles.values()),
             list(handles.keys()),
@@ -242,14 +311,14 @@ def plot_curves(rs: RunSet, out: Path, formats: list[str], x: str = "round") -> 
             frameon=False,
         )
         what = "honest accuracy vs round" if x == "round" else "honest accuracy vs bytes sent"
-        _titles(fig, rs, what, [k for k in (line, row, col) if k], dict(zip(split, svals, strict=True)))
+        _titles(fig, rs, what, [k for k in (line, row, col) if k], dict(zip(split, svals, strict=True)), opts)
         name = "accuracy_vs_round" if x == "round" else "accuracy_vs_bytes"
-        written += _save(fig, out / (name + _suffix(dict(zip(split, svals, strict=True)))), formats)
+        written += _save(fig, out / (name + _suffix(dict(zip(split, svals, strict=True)))), formats, opts)
     return written
 
 
 # --------------------------------------------------------------------------- heatmaps
-def plot_heatmaps(rs: RunSet, out: Path, formats: list[str]) -> list[Path]:
+def plot_heatmaps(rs: RunSet, out: Path, formats: list[str], opts: PlotOptions = DEFAULT) -> list[Path]:
     """Final accuracy, strategy × attack and strategy × Byzantine fraction, where those vary."""
     keys = rs.varying_keys()
     frac = next((k for k in FRACTIONS if k in keys), None)
@@ -258,9 +327,9 @@ def plot_heatmaps(rs: RunSet, out: Path, formats: list[str]) -> list[Path]:
     if not done.runs:
         return written
     if ATTACK in keys:
-        written += _heatmap(done, STRATEGY, ATTACK, frac, out, formats)
+        written += _heatmap(done, STRATEGY, ATTACK, frac, out, formats, opts)
     if frac is not None:
-        written += _heatmap(done, STRATEGY, frac, ATTACK if ATTACK in keys else None, out, formats)
+        written += _heatmap(done, STRATEGY, frac, ATTACK if ATTACK in keys else None, out, formats, opts)
     return written
 
 
@@ -268,7 +337,9 @@ def _is_zero(v: Any) -> bool:
     return v in (0, 0.0)
 
 
-def _heatmap(rs: RunSet, rkey: str, ckey: str, pkey: str | None, out: Path, formats: list[str]) -> list[Path]:
+def _heatmap(
+    rs: RunSet, rkey: str, ckey: str, pkey: str | None, out: Path, formats: list[str], opts: PlotOptions = DEFAULT
+) -> list[Path]:
     import numpy as np
     from matplotlib import colormaps
     from matplotlib.colors import Normalize
@@ -342,9 +413,10 @@ def _heatmap(rs: RunSet, rkey: str, ckey: str, pkey: str | None, out: Path, form
             "final honest accuracy" + (f", mean ± std over {n} seeds" if n > 1 else ""),
             [rkey, ckey] + ([pkey] if pkey else []),
             extra,
+            opts,
         )
         cname = label(ckey).lower().replace(" ", "_")
-        written += _save(fig, out / (f"heatmap_{label(rkey)}_x_{cname}" + _suffix(extra)), formats)
+        written += _save(fig, out / (f"heatmap_{label(rkey)}_x_{cname}" + _suffix(extra)), formats, opts)
     return written
 
 
@@ -382,7 +454,12 @@ def _num_or_none(v: Any) -> float | None:
 
 
 def plot_cloning(
-    records: list[dict[str, Any]], title: str, path: Path, formats: list[str], context: str = ""
+    records: list[dict[str, Any]],
+    title: str,
+    path: Path,
+    formats: list[str],
+    context: str = "",
+    opts: PlotOptions = DEFAULT,
 ) -> list[Path]:
     """Agreement and clone accuracy vs queries, one line per (k, output, method)."""
     from matplotlib.figure import Figure
@@ -422,12 +499,17 @@ def plot_cloning(
         ax.set_ylabel(ylab)
     handles, labels = axes[-1].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), frameon=False, title="answers")
-    _suptitle(fig, f"{title}: model cloning", context.split(" · ") if context else [])
-    return _save(fig, path, formats)
+    _suptitle(fig, f"{title}: model cloning", context.split(" · ") if context else [], opts)
+    return _save(fig, path, formats, opts)
 
 
 def plot_unlearning(
-    records: list[dict[str, Any]], title: str, path: Path, formats: list[str], context: str = ""
+    records: list[dict[str, Any]],
+    title: str,
+    path: Path,
+    formats: list[str],
+    context: str = "",
+    opts: PlotOptions = DEFAULT,
 ) -> list[Path]:
     """Ascent traces (forget/reference accuracy and loss per step) and before/after/retrained bars."""
     from matplotlib.figure import Figure
@@ -502,11 +584,11 @@ def plot_unlearning(
         ax.set_ylabel("accuracy / MIA advantage (%)")
         ax.legend(frameon=False, title="model")
         ax.grid(axis="x", visible=False)
-    _suptitle(fig, f"{title}: unlearning", context.split(" · ") if context else [])
-    return _save(fig, path, formats)
+    _suptitle(fig, f"{title}: unlearning", context.split(" · ") if context else [], opts)
+    return _save(fig, path, formats, opts)
 
 
-def plot_probes(rs: RunSet, out: Path, formats: list[str], log=print) -> list[Path]:
+def plot_probes(rs: RunSet, out: Path, formats: list[str], log=print, opts: PlotOptions = DEFAULT) -> list[Path]:
     """Probe figures of every run with a ``probes.json`` (one file per run and probe kind)."""
     written: list[Path] = []
     many = len(rs.runs) > 1
@@ -524,19 +606,23 @@ def plot_probes(rs: RunSet, out: Path, formats: list[str], log=print) -> list[Pa
         ctx = _context(RunSet(r.path, [r]), [])
         sub = f"__{r.name}" if many else ""
         if recs["cloning"]:
-            written += plot_cloning(recs["cloning"], title, out / f"probes_cloning{sub}", formats, ctx)
+            written += plot_cloning(recs["cloning"], title, out / f"probes_cloning{sub}", formats, ctx, opts)
         if recs["unlearning"]:
-            written += plot_unlearning(recs["unlearning"], title, out / f"probes_unlearning{sub}", formats, ctx)
+            written += plot_unlearning(recs["unlearning"], title, out / f"probes_unlearning{sub}", formats, ctx, opts)
     return written
 
 
 # --------------------------------------------------------------------------- entry points
 def plot_dir(
-    directory: Path, out: Path | None = None, formats: Iterable[str] = ("png", "pdf"), log=print
+    directory: Path,
+    out: Path | None = None,
+    formats: Iterable[str] = ("png", "pdf"),
+    log=print,
+    opts: PlotOptions = DEFAULT,
 ) -> list[Path]:
     """Every figure for the run or sweep in ``directory``; returns the files written.
 
-    Figures go to ``out`` (default ``directory/plots``)."""
+    Figures go to ``out`` (default ``directory/plots``); ``opts``: title, size, bands."""
     import matplotlib
 
     rs = load_runs(directory)
@@ -545,14 +631,28 @@ def plot_dir(
     written: list[Path] = []
     with matplotlib.rc_context(STYLE):
         if any(r.evaluations for r in rs.runs):
-            written += plot_curves(rs, out, formats, "round")
-            written += plot_curves(rs, out, formats, "bytes")
-        written += plot_heatmaps(rs, out, formats)
-        written += plot_probes(rs, out, formats, log)
+            written += plot_curves(rs, out, formats, "round", opts)
+            written += plot_curves(rs, out, formats, "bytes", opts)
+        written += plot_heatmaps(rs, out, formats, opts)
+        written += plot_probes(rs, out, formats, log, opts)
     return written
 
 
 FORMATS = ("png", "pdf", "svg", "eps", "jpg")
+MAX_INCHES = 50.0
+
+
+def parse_size(text: str) -> tuple[float, float]:
+    """``"3.5,2.4"`` → ``(3.5, 2.4)`` inches; anything else is a ``click.BadParameter`` saying the form."""
+    parts = [p.strip() for p in text.replace("x", ",").split(",")]
+    try:
+        w, h = (float(p) for p in parts)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected W,H in inches, e.g. 3.5,2.4", param_hint="--size") from None
+    if not (0 < w <= MAX_INCHES and 0 < h <= MAX_INCHES):
+        raise click.BadParameter(f"{text!r}: width and height must be > 0 and <= {MAX_INCHES:g} inches",
+                                 param_hint="--size")
+    return w, h
 
 
 @click.command(short_help="Figures (PNG/PDF) of a run or sweep: accuracy curves, heatmaps, probes.")
@@ -567,7 +667,14 @@ FORMATS = ("png", "pdf", "svg", "eps", "jpg")
     show_default=True,
     help=f"Comma-separated file formats: {', '.join(FORMATS)}.",
 )
-def plot(directory: Path, out: Path | None, formats: str) -> None:
+@click.option("--title", metavar="TEXT", help="First title line of every figure [the sweep's or run's name: what].")
+@click.option("--no-title", is_flag=True, help="No title at all (for a paper whose caption says it).")
+@click.option("--size", metavar="W,H", help="Every figure's width and height in inches, e.g. 3.5,2.4 [from panels].")
+@click.option("--no-bands", is_flag=True, help="No min–max band around the accuracy lines.")
+def plot(
+    directory: Path, out: Path | None, formats: str, title: str | None, no_title: bool, size: str | None,
+    no_bands: bool
+) -> None:
     """Figures of DIRECTORY (a run, or a sweep from `fedsim sweep`):
 
     \b
@@ -582,6 +689,7 @@ def plot(directory: Path, out: Path | None, formats: str) -> None:
       fedsim plot runs/quickstart
       fedsim plot runs/quickstart-sweep --out figures --format pdf
       fedsim plot runs/quickstart-sweep --format png,svg
+      fedsim plot runs/attack-matrix --format pdf --no-title --size 3.5,2.6 --no-bands
     """
     fmts = [f.strip().lower().lstrip(".") for f in formats.split(",") if f.strip()]
     bad = [f for f in fmts if f not in FORMATS]
@@ -589,8 +697,12 @@ def plot(directory: Path, out: Path | None, formats: str) -> None:
         raise click.BadParameter(
             f"{', '.join(bad) or formats!r}: choose from {', '.join(FORMATS)}", param_hint="--format"
         )
+    if title is not None and no_title:
+        raise click.UsageError("give --title TEXT or --no-title, not both")
+    opts = PlotOptions(title=title, show_title=not no_title, size=parse_size(size) if size else None,
+                       bands=not no_bands)
     try:
-        written = plot_dir(directory, out, fmts, log=lambda m: click.echo(m, err=True))
+        written = plot_dir(directory, out, fmts, log=lambda m: click.echo(m, err=True), opts=opts)
     except FileNotFoundError as e:
         raise click.ClickException(str(e)) from None
     if not written:

@@ -10,9 +10,12 @@ equals an uninterrupted one without saving generator states.
 from __future__ import annotations
 
 import zlib
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch only for torch_generator (the topology and `fedsim list` need none)
+    import torch
 
 _M1, _M2, _GOLD = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
 
@@ -59,6 +62,8 @@ def derive_seed(seed: int, stream: str, *counters: int) -> int:
 
 
 def torch_generator(seed: int, stream: str, *counters: int) -> torch.Generator:
+    import torch
+
     return torch.Generator().manual_seed(derive_seed(seed, stream, *counters))
 
 

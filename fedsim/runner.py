@@ -679,6 +679,7 @@ class Run:
             "rounds": self.sc.rounds,
             "mode": self.sc.mode,
             "strategy": self.sc.strategy.name,
+            "exchanges": strategies.REGISTRY[self.sc.strategy.name].exchanges,  # what bytes_sent counts
             "attack": self.sc.peers.attack.name,
             "peers": self.sc.peers.count,
             "byzantine": int(prep.byzantine.sum()),

@@ -100,6 +100,12 @@ class PeersCfg(_Section):
     byzantine: int | None = Field(None, ge=0, description="number of Byzantine peers (or use byzantine_fraction)")
     byzantine_fraction: float = Field(0.0, ge=0, lt=1)
     attack: AttackCfg = Field(default_factory=AttackCfg)
+    allow_idle_attack: bool = Field(
+        False,
+        description="allow an attack named with 0 Byzantine peers (it never acts) or Byzantine peers with "
+        "attack 'none' (they train honestly and are left out of the evaluation), e.g. the 0% column of a "
+        "sweep over byzantine_fraction; without it either is a validation error (usually a mistake)",
+    )
 
     @model_validator(mode="after")
     def _one_of(self) -> PeersCfg:
@@ -319,7 +325,8 @@ def _messages(e: ValidationError) -> list[str]:
         if err["type"] == "extra_forbidden":
             msg = _unknown_key(err["loc"])
         elif err["type"] == "literal_error":
-            msg = f"got {err.get('input')!r}; {msg.lower()}"
+            allowed = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
+            msg = f"got {err.get('input')!r}{_did_you_mean(err.get('input'), allowed)}; {msg.lower()}"
         elif err["type"] in ("int_type", "float_type", "bool_type", "string_type", "finite_number", "dict_type"):
             msg = f"{msg}, got {_show(err.get('input'))} (types are strict: no true for a number, no '5' for 5)"
         if loc and re.match(rf"{re.escape(loc)}\.[\w.]+\s*[:=]", msg):
@@ -677,16 +684,107 @@ def _name_errors(sc: Scenario) -> list[str]:
         except ValueError as e:
             where = "peers.attack.params" if sc.peers.attack.name in attacks.REGISTRY else "peers.attack.name"
             errors.append(f"{where}: {e}")
-    if sc.peers.attack.name != "none" and not sc.peers.num_byzantine:
+    if sc.peers.attack.name != "none" and not sc.peers.num_byzantine and not sc.peers.allow_idle_attack:
         errors.append(
             f"peers.attack.name: attack {sc.peers.attack.name!r} named but 0 Byzantine peers (nobody would attack); "
-            "set peers.byzantine or peers.byzantine_fraction, or attack name: none"
+            "set peers.byzantine or peers.byzantine_fraction, or attack name: none "
+            "(or peers.allow_idle_attack: true if intended)"
         )
-    if sc.peers.num_byzantine and sc.peers.attack.name == "none":
+    if sc.peers.num_byzantine and sc.peers.attack.name == "none" and not sc.peers.allow_idle_attack:
         errors.append(
-            f"peers.attack.name: {sc.peers.num_byzantine} Byzantine peers but no attack; name one or set byzantine: 0"
+            f"peers.attack.name: {sc.peers.num_byzantine} Byzantine peers but no attack; name one or set byzantine: 0 "
+            "(or peers.allow_idle_attack: true if intended)"
         )
     return errors
+
+
+_TYPO_TYPES = ("extra_forbidden", "literal_error")  # pydantic errors that are a misspelt key or kind
+
+
+def _get(data: Any, path: str) -> Any:
+    """``data["a"]["b"]`` for ``"a.b"``, or None where a part is missing or not a mapping."""
+    for part in path.split("."):
+        if not isinstance(data, dict):
+            return None
+        data = data.get(part)
+    return data
+
+
+def unknown_names(data: Any) -> list[str]:
+    """The typos in a scenario mapping, each as ``field: message`` with the closest allowed name:
+    unknown keys, a kind outside its fixed set (``topology.kind``), unknown dataset, backbone,
+    strategy and attack names, and parameter keys that *no* registered rule (attack) has. These are
+    mistakes in any combination of a sweep, so ``fedsim sweep --skip-invalid`` never skips them
+    (a parameter another rule has, or a limit like Krum's n > 2f + 2, is a constraint failure).
+    Load the scenario's plugins first (their names count)."""
+    import attacks
+    import strategies
+    from fedsim.data.datasets import DATASETS
+    from fedsim.models.backbones import BACKBONES, unknown_backbone
+
+    if not isinstance(data, dict):
+        return []
+    errors = []
+    try:
+        Scenario.model_validate(plain_tree(data))
+    except ValidationError as e:
+        errors += [m for err, m in zip(e.errors(), _messages(e), strict=True) if err["type"] in _TYPO_TYPES]
+    except (ValueError, TypeError, OverflowError):
+        pass
+    name = _get(data, "dataset.name")
+    if isinstance(name, str) and name not in DATASETS:
+        errors.append(f"dataset.name: unknown dataset {name!r}{_did_you_mean(name, DATASETS)}; "
+                      f"available: {', '.join(DATASETS)}")
+    name = _get(data, "backbone.name")
+    if isinstance(name, str) and name not in BACKBONES:
+        errors.append(f"backbone.name: {unknown_backbone(name)}")
+    for field, registry, module in (("strategy", strategies.REGISTRY, strategies), ("peers.attack", attacks.REGISTRY,
+                                                                                   attacks)):
+        name, params = _get(data, f"{field}.name"), _get(data, f"{field}.params")
+        if name is None:
+            name = StrategyCfg.model_fields["name"].default if field == "strategy" else "none"
+        if not isinstance(name, str) or (field == "peers.attack" and name == "none"):
+            continue
+        if name not in registry:
+            try:
+                module.build(name)
+            except ValueError as e:
+                errors.append(f"{field}.name: {e}")
+            continue
+        everyone = {p for n in registry for p in getattr(registry[n], "__dataclass_fields__", {})}
+        if isinstance(params, dict) and hasattr(registry[name], "__dataclass_fields__"):
+            typos = {k: v for k, v in params.items() if k not in everyone}
+            msg = module.registry.unknown_params(name, typos)
+            if msg:
+                errors.append(f"{field}.params: {msg}")
+    return errors
+
+
+def grid_errors(base: dict[str, Any], grid: dict[str, list[Any]], source: str = "scenario") -> list[str]:
+    """The typos (:func:`unknown_names`) of a sweep: the base scenario's, then each value of each
+    grid axis applied alone to the base, as ``source: sweep KEY=VALUE: field: message`` (the field
+    left out when it is the axis itself). Empty when every name and key exists."""
+    import copy
+
+    from fedsim import plugins
+
+    try:
+        plugins.load([plugins.normalize(e) for e in base.get("plugins") or [] if isinstance(e, str)])
+    except (plugins.PluginError, ValueError):
+        pass  # validation names the plugin that fails
+    known = unknown_names(base)
+    out = [f"{source}: {e}" for e in known]
+    for key, values in grid.items():
+        seen = set(known)  # an axis whose key is misspelt says so once, not once per value
+        for v in values:
+            data = copy.deepcopy(base)
+            set_dotted(data, key, v)
+            for e in unknown_names(data):
+                if e not in seen:
+                    seen.add(e)
+                    shown = v if isinstance(v, str) else _show(v)
+                    out.append(f"{source}: sweep {key}={shown}: {e.removeprefix(key + ': ')}")
+    return out
 
 
 def _dataset_info(sc: Scenario, require_data: bool, fail: Callable[[str], None]) -> DatasetInfo | None:

@@ -44,7 +44,16 @@ import yaml
 from fedsim._runs import IGNORED_PREFIXES, flatten, fmt_value
 from fedsim.cli_errors import RUN_ERROR_FILE
 from fedsim.errors import RunInterruptedError
-from fedsim.scenario import ScenarioError, parse, parse_sets, parse_value, set_dotted
+from fedsim.scenario import (
+    ScenarioError,
+    grid_errors,
+    parse,
+    parse_sets,
+    parse_value,
+    plain_tree,
+    read_yaml,
+    set_dotted,
+)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._,+\-]")
 MAX_NAME = 200
@@ -100,15 +109,10 @@ def grid_from_section(section: Any, prefix: str = "", source: str = "sweep") -> 
 
 def read_scenario_with_sweep(path: Path) -> tuple[dict[str, Any], dict[str, list[Any]]]:
     """Read a scenario YAML; return (scenario mapping without ``sweep:``, the grid it declared)."""
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise ScenarioError(f"{path}: no such file") from None
-    except yaml.YAMLError as e:
-        raise ScenarioError(f"{path}: not valid YAML: {e}") from None
-    data = data or {}
+    data = read_yaml(path) or {}  # bounded, safe, one-line errors (as fedsim run reads it)
     if not isinstance(data, dict):
         raise ScenarioError(f"{path}: the top level must be a mapping of sections")
+    data = plain_tree(data, str(path))
     section = data.pop("sweep", None)
     try:
         grid = grid_from_section(section, source=f"{path}: sweep") if section is not None else {}
@@ -202,12 +206,18 @@ def plan_sweep(
 
     ``sets`` are fixed overrides for every run (not part of folder names). Raises
     :class:`ScenarioError` for an invalid combination unless ``skip_invalid`` (then it is listed
-    in ``plan.invalid`` and not run)."""
+    in ``plan.invalid`` and not run). Unknown names and keys anywhere in the grid
+    (:func:`fedsim.scenario.grid_errors`: ``strategy.name=bulyn``) raise whatever ``skip_invalid``
+    says, before any combination is validated: ``skip_invalid`` leaves out only combinations of
+    valid names that fail a constraint (Krum's n > 2f + 2, an attack with 0 Byzantine peers)."""
     base, file_grid = read_scenario_with_sweep(scenario)
     for k, v in (sets or {}).items():
         set_dotted(base, k, v)
     full_grid = dict(file_grid)
     full_grid.update(grid or {})
+    typos = grid_errors(base, full_grid, str(scenario))
+    if typos:  # a misspelt name or key is never a combination to skip
+        raise ScenarioError("; ".join(typos), typos)
     name = str(base.get("name") or "run")
     out_dir = Path(out) if out else Path((base.get("output") or {}).get("dir", "runs")) / f"{name}-sweep"
     runs, invalid, seen = [], [], {}
@@ -222,7 +232,8 @@ def plan_sweep(
             sc = parse(copy.deepcopy(data), f"{scenario} [{rn}]")
         except ScenarioError as e:
             if not skip_invalid:
-                raise ScenarioError(f"{e} (--skip-invalid leaves out combinations that cannot run)") from None
+                hint = " (--skip-invalid leaves out combinations that cannot run)"
+                raise ScenarioError(f"{e}{hint}", [*e.errors[:-1], e.errors[-1] + hint]) from None
             invalid.append((rn, ov, str(e)))
             continue
         if rn in seen:  # two overrides that read alike once made file-safe
@@ -449,7 +460,11 @@ class _BarReporter(Reporter):
 @click.option("--jobs", "-j", type=click.IntRange(min=1), help="Runs at once (default: one per CPU of Ray).")
 @click.option("--local", is_flag=True, help="Run one after another in this process, without Ray.")
 @click.option("--address", help="Ray cluster to run on: 'auto' or ray://HOST:10001.")
-@click.option("--skip-invalid", is_flag=True, help="Leave out combinations that fail validation (e.g. Krum n ≤ 2f+2).")
+@click.option(
+    "--skip-invalid",
+    is_flag=True,
+    help="Leave out combinations that fail a constraint (e.g. Krum n ≤ 2f+2); unknown names and keys stay errors.",
+)
 @click.option("--overwrite", is_flag=True, help="Delete the sweep's run folders and run everything again.")
 @click.option("--dry-run", is_flag=True, help="List the runs and whether each is complete; run nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
@@ -502,7 +517,9 @@ def sweep(
     try:
         plan = plan_sweep(scenario, grid, parse_sets(sets), out, skip_invalid)
     except ScenarioError as e:
-        raise click.ClickException(str(e)) from None
+        for line in e.errors[:-1]:  # one line per error (typos in the grid), the last as the exit message
+            click.echo(f"Error: {line}", err=True)
+        raise click.ClickException(e.errors[-1]) from None
     console = Console(soft_wrap=True)
     for n, _, err in plan.invalid:
         console.print(f"[yellow]skipped (invalid)[/yellow] {n}: {err.split(': ', 2)[-1]}")

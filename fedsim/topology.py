@@ -10,11 +10,14 @@ runner, every client talks to the server).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import networkx as nx
 import numpy as np
 
 from fedsim import rng as crng
+
+if TYPE_CHECKING:  # networkx is imported where a graph is drawn (listing the kinds needs none)
+    import networkx as nx
 
 KINDS = {
     "complete": "every peer hears every other",
@@ -59,6 +62,8 @@ class Topology:
                 raise ValueError("topology.kind=ring needs peers.count >= 3")
             self._static = _csr([np.unique([(i - 1) % n, (i + 1) % n]) for i in range(n)])
         elif self.kind == "k_regular":
+            import networkx as nx
+
             if not 0 < self.degree < n or (n * self.degree) % 2:
                 raise ValueError(
                     f"topology.degree={self.degree}: must be < peers.count ({n}) and degree·peers.count even "
@@ -66,8 +71,12 @@ class Topology:
                 )
             self._static = _from_graph(self._connected(lambda r: nx.random_regular_graph(self.degree, n, seed=r)), n)
         elif self.kind == "erdos_renyi":
+            import networkx as nx
+
             self._static = _from_graph(self._connected(lambda r: nx.gnp_random_graph(n, self.p, seed=r)), n)
         elif self.kind == "watts_strogatz":
+            import networkx as nx
+
             if not 2 <= self.degree < n:
                 raise ValueError(f"topology.degree={self.degree}: need 2 <= degree, and it must be < peers.count ({n})")
             self._static = _from_graph(
@@ -83,6 +92,8 @@ class Topology:
         return self
 
     def _connected(self, make, tries: int = 100) -> nx.Graph:
+        import networkx as nx
+
         for t in range(tries):
             g = make(crng.derive_seed(self.seed, "topology", t) % (2**32))
             if nx.is_connected(g):

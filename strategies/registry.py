@@ -69,7 +69,30 @@ def build(name: str, params: dict[str, Any] | None = None) -> Strategy:
         raise ValueError(
             f"unknown strategy {name!r}{did_you_mean(name, REGISTRY)}; available: {', '.join(sorted(REGISTRY))}"
         )
+    bad = unknown_params(name, params)
+    if bad:
+        raise ValueError(bad)
     try:
         return REGISTRY[name](**(params or {}))
     except TypeError as e:
         raise ValueError(f"strategy {name!r}: {e}") from None
+
+
+def parameters(name: str) -> list[str]:
+    """The parameter names of strategy ``name`` (its dataclass fields), in declaration order."""
+    return list(getattr(REGISTRY[name], "__dataclass_fields__", {}))
+
+
+def unknown_params(name: str, params: dict[str, Any] | None) -> str | None:
+    """``"unknown parameter 'x' of strategy 'n' (did you mean 'y'?); its parameters: ..."`` for the
+    first key of ``params`` that strategy ``name`` does not have, or None."""
+    cls = REGISTRY[name]
+    if not hasattr(cls, "__dataclass_fields__"):
+        return None  # not a dataclass: its constructor says what it takes
+    known = parameters(name)
+    for key in params or {}:
+        if key not in known:
+            listed = ", ".join(known) or "none"
+            hint = did_you_mean(str(key), known)
+            return f"unknown parameter {key!r} of strategy {name!r}{hint}; its parameters: {listed}"
+    return None

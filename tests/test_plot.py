@@ -143,3 +143,118 @@ def test_plot_probes_and_skip_unknown(sweep_dir, tmp_path) -> None:
 def test_cli_modules_do_not_import_matplotlib() -> None:
     code = "import sys, fedsim.plot, fedsim.report, fedsim.sweep; assert 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------- figures for papers (issue 16, item 7)
+@pytest.fixture
+def figures(monkeypatch) -> list:
+    """The matplotlib figures `fedsim plot` saves, as (figure, path) in order (files still written)."""
+    import fedsim.plot as fp
+
+    seen: list = []
+    real = fp._save
+
+    def record(fig, path, formats, opts=fp.DEFAULT):
+        out = real(fig, path, formats, opts)
+        seen.append((fig, path))
+        return out
+
+    monkeypatch.setattr(fp, "_save", record)
+    return seen
+
+
+def _suptitle(fig) -> str | None:
+    return fig._suptitle.get_text() if fig._suptitle is not None else None
+
+
+def test_titles_name_the_sweep_not_its_base_scenario(sweep_dir, tmp_path, figures) -> None:
+    res = CliRunner().invoke(plot, [str(sweep_dir), "--out", str(tmp_path), "--format", "png"])
+    assert res.exit_code == 0, res.output
+    heads = {p.name: _suptitle(f).splitlines()[0] for f, p in figures}
+    assert heads["accuracy_vs_round"] == "sw: honest accuracy vs round"  # the sweep's folder, not 'tiny'
+    assert all(h.startswith("sw: ") for h in heads.values()), heads
+
+
+def test_title_options(sweep_dir, tmp_path, figures) -> None:
+    res = CliRunner().invoke(plot, [str(sweep_dir), "--out", str(tmp_path / "a"), "--format", "png",
+                                    "--title", "Robust rules under attack"])
+    assert res.exit_code == 0, res.output
+    assert figures and all(_suptitle(f).splitlines()[0] == "Robust rules under attack" for f, _ in figures)
+    figures.clear()
+    res = CliRunner().invoke(plot, [str(sweep_dir), "--out", str(tmp_path / "b"), "--format", "png", "--no-title"])
+    assert res.exit_code == 0, res.output
+    assert figures and all(_suptitle(f) is None for f, _ in figures)
+    res = CliRunner().invoke(plot, [str(sweep_dir), "--title", "x", "--no-title"])
+    assert res.exit_code == 2 and "not both" in res.output
+
+
+def test_size_sets_every_figure_in_inches(sweep_dir, tmp_path, figures) -> None:
+    res = CliRunner().invoke(plot, [str(sweep_dir), "--out", str(tmp_path), "--format", "pdf", "--size", "6.5,4"])
+    assert res.exit_code == 0, res.output
+    assert len(figures) == 4
+    assert all(tuple(f.get_size_inches()) == (6.5, 4.0) for f, _ in figures)
+    for bad in ("3.5", "a,b", "0,2", "3,2,1", "100,2"):
+        res = CliRunner().invoke(plot, [str(sweep_dir), "--size", bad])
+        assert res.exit_code == 2 and "--size" in res.output and "inches" in res.output, (bad, res.output)
+
+
+def test_no_bands_drops_the_min_max_bands(sweep_dir, tmp_path, figures) -> None:
+    from matplotlib.collections import PolyCollection
+
+    def bands(fig) -> int:
+        return sum(isinstance(c, PolyCollection) for ax in fig.axes for c in ax.collections)
+
+    CliRunner().invoke(plot, [str(sweep_dir), "--out", str(tmp_path / "a"), "--format", "png"])
+    with_bands = {p.name: bands(f) for f, p in figures if p.name.startswith("accuracy_vs")}
+    figures.clear()
+    CliRunner().invoke(plot, [str(sweep_dir), "--out", str(tmp_path / "b"), "--format", "png", "--no-bands"])
+    without = {p.name: bands(f) for f, p in figures if p.name.startswith("accuracy_vs")}
+    assert with_bands["accuracy_vs_round"] >= 2 and without == {"accuracy_vs_round": 0, "accuracy_vs_bytes": 0}
+    legend = [f for f, p in figures if p.name == "accuracy_vs_round"][0].legends[0].get_title().get_text()
+    assert "band" not in legend
+
+
+def test_palette_keeps_ten_lines_apart() -> None:
+    """Ten lines: ten distinct colours, each dark enough to read on white (contrast >= 2:1, so no
+    Okabe–Ito yellow), and neighbours differ in dash pattern and marker too."""
+    from matplotlib.colors import to_rgb
+
+    from fedsim.plot import _style
+
+    def luminance(c: str) -> float:
+        lin = [x / 12.92 if x <= 0.04045 else ((x + 0.055) / 1.055) ** 2.4 for x in to_rgb(c)]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+    styles = [_style(i) for i in range(10)]
+    assert len({s["color"] for s in styles}) == 10
+    assert all(1.05 / (luminance(s["color"]) + 0.05) >= 2.0 for s in styles), [s["color"] for s in styles]
+    assert len({s["marker"] for s in styles}) == 10
+    for a, b in zip(styles, styles[1:], strict=False):
+        assert a["linestyle"] != b["linestyle"]
+
+
+def test_lines_of_a_figure_differ_in_colour_and_dash(sweep_dir, tmp_path, figures) -> None:
+    CliRunner().invoke(plot, [str(sweep_dir), "--out", str(tmp_path), "--format", "png"])
+    fig = [f for f, p in figures if p.name == "accuracy_vs_round"][0]
+    lines = fig.axes[-1].get_lines()  # the last panel: an attack at fraction 0.2
+    assert len(lines) == 2  # fedavg, median
+    assert lines[0].get_color() != lines[1].get_color() and lines[0].get_linestyle() != lines[1].get_linestyle()
+
+
+def test_bytes_axis_says_what_each_rule_exchanges(sweep_dir, tmp_path, figures) -> None:
+    from fedsim._runs import RunData
+    from fedsim.plot import bytes_label
+
+    CliRunner().invoke(plot, [str(sweep_dir), "--out", str(tmp_path), "--format", "png"])
+    fig = [f for f, p in figures if p.name == "accuracy_vs_bytes"][0]
+    xlabels = {ax.get_xlabel() for ax in fig.axes if ax.get_xlabel()}
+    assert xlabels and all(x.endswith("\nmessages: full model (backbone + head)") for x in xlabels), xlabels
+
+    def run(rule: str, summary: dict | None) -> RunData:
+        return RunData(tmp_path / rule, {"strategy": {"name": rule}}, [], summary)
+
+    runs = [run("krum", {"exchanges": "full_model"}), run("bristle", None), run("fedavg", {})]  # older summaries
+    assert bytes_label(runs, "strategy.name", "MiB") == (
+        "bytes sent per peer, cumulative (MiB)\nmessages: krum, fedavg: full model (backbone + head)"
+        " · bristle: head only (output layer)"
+    )

@@ -94,3 +94,79 @@ def test_shipped_scenarios_validate():
 
     for f in sorted(Path(__file__).parent.parent.joinpath("scenarios").rglob("*.yaml")):
         load(f)
+
+
+# --------------------------------------------------------------------------- idle attacks (issue 16, item 4)
+@pytest.mark.parametrize(
+    ("peers", "hint"),
+    [
+        ({"byzantine": 0, "attack": {"name": "sign_flip"}}, "0 Byzantine peers"),
+        ({"byzantine_fraction": 0.0, "attack": {"name": "alie"}}, "0 Byzantine peers"),
+        ({"byzantine": 2, "attack": {"name": "none"}}, "2 Byzantine peers but no attack"),
+    ],
+)
+def test_an_idle_attack_is_an_error_unless_allowed(peers, hint):
+    with pytest.raises(ScenarioError) as e:
+        parse({"peers": peers})
+    msg = str(e.value)
+    assert msg.startswith("scenario: peers.attack.name:") and hint in msg and "\n" not in msg, msg
+    assert "allow_idle_attack" in msg, msg  # the error names the knob that says it is meant
+    sc = parse({"peers": {**peers, "allow_idle_attack": True}})
+    assert sc.peers.allow_idle_attack is True
+
+
+def test_a_real_attack_needs_no_knob():
+    sc = parse({"peers": {"byzantine": 2, "attack": {"name": "sign_flip"}}})
+    assert sc.peers.num_byzantine == 2 and sc.peers.allow_idle_attack is False
+
+
+def test_cli_attack_on_quickstart_without_byzantine_peers_is_one_line(tmp_path):
+    """quickstart.yaml has 0 Byzantine peers: naming an attack there is refused before any work."""
+    from pathlib import Path
+
+    qs = Path(__file__).resolve().parents[1] / "scenarios" / "quickstart.yaml"
+    res = CliRunner().invoke(main, ["run", str(qs), "--set", "peers.attack.name=sign_flip",
+                                    "--out", str(tmp_path / "r"), "-q"])
+    assert res.exit_code == 1, res.output
+    lines = [x for x in res.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and "0 Byzantine peers" in lines[0] and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "r").exists()  # nothing was created
+
+
+
+# --------------------------------------------------------------------------- validate (issue 16, item 2)
+def test_cli_validate_prints_one_line_per_error_and_checks_the_sweep_grid(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("rounds: 2\ntraining: {lr: -1, optimiser: sgd}\ntopology: {kind: rng}\n"
+                 "sweep:\n  strategy.name: [krum, bulyn]\n  peers: {attack: {name: [alie, sign_flp]}}\n")
+    r = CliRunner().invoke(main, ["validate", str(f)])
+    assert r.exit_code == 1
+    lines = [x for x in r.output.splitlines() if x.strip()]
+    assert len(lines) == 5 and all(x.startswith(f"{f}: ") and x.count(f"{f}: ") == 1 for x in lines), lines
+    assert "topology.kind: got 'rng' (did you mean 'ring'?)" in lines[0]
+    assert "training.lr:" in lines[1]
+    assert "training.optimiser: unknown key (did you mean 'optimizer'?)" in lines[2]
+    assert "sweep strategy.name=bulyn: unknown strategy 'bulyn' (did you mean 'bulyan'?)" in lines[3]
+    assert "sweep peers.attack.name=sign_flp: unknown attack 'sign_flp' (did you mean 'sign_flip'?)" in lines[4]
+
+
+def test_cli_validate_a_sweep_with_valid_names_warns_about_combinations_that_cannot_run(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("rounds: 2\ndataset: {name: sklearn_digits}\nbackbone: {name: identity}\n"
+                 "peers: {count: 8, byzantine: 2, attack: {name: sign_flip}}\ntopology: {kind: k_regular, degree: 3}\n"
+                 "sweep:\n  strategy.name: [median, krum]\n")
+    r = CliRunner().invoke(main, ["validate", str(f)])
+    assert r.exit_code == 0, r.output
+    lines = [x for x in r.output.splitlines() if x.strip()]
+    assert lines[-1] == f"{f}: ok"
+    warn = [x for x in lines if "warning: sweep combination strategy.name=krum" in x]
+    assert len(warn) == 1 and "1 of 2 left out by --skip-invalid" in warn[0] and "2f + 2" in warn[0], lines
+
+
+def test_allow_idle_attack_changes_no_fingerprint():
+    """The knob only widens validation: a checkpoint or sweep folder made before it still matches."""
+    from fedsim.rundir import scenario_fingerprint
+
+    a = scenario_fingerprint(parse({"peers": {"byzantine": 0}}).model_dump(mode="json"))
+    b = scenario_fingerprint(parse({"peers": {"byzantine": 0, "allow_idle_attack": True}}).model_dump(mode="json"))
+    assert a == b and not any(k.startswith("peers.allow_idle_attack") for k in a)

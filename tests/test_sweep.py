@@ -95,6 +95,58 @@ def test_invalid_combinations_fail_or_are_skipped(tmp_path) -> None:
     ]
 
 
+def test_typos_in_the_grid_are_errors_even_with_skip_invalid(tmp_path) -> None:
+    """strategy.name=bulyn is a typo in every combination: an error naming the axis, the value and
+    the closest name, never a skipped combination (issue 16, item 3)."""
+    path = write(tmp_path, tiny(tmp_path, sweep={"partition.kind": ["iid", "dirichlt"]}))
+    grid = {"strategy.name": ["krum", "bulyn"], "peers.attack.name": ["alie", "sign_flp"],
+            "strategy.params.includ_own": [True]}
+    with pytest.raises(ScenarioError) as e:
+        plan_sweep(path, grid, out=tmp_path / "o", skip_invalid=True)
+    errs = e.value.errors
+    assert len(errs) == 4, errs
+    assert errs[0].endswith("sweep partition.kind=dirichlt: got 'dirichlt' (did you mean 'dirichlet'?); "
+                            "input should be 'iid', 'dirichlet', 'classes', 'windows' or 'quantity'"), errs[0]
+    assert "sweep strategy.name=bulyn: unknown strategy 'bulyn' (did you mean 'bulyan'?)" in errs[1]
+    assert "sweep peers.attack.name=sign_flp: unknown attack 'sign_flp' (did you mean 'sign_flip'?)" in errs[2]
+    assert "sweep strategy.params.includ_own=true: strategy.params: unknown parameter 'includ_own'" in errs[3]
+    assert "(did you mean 'include_own'?)" in errs[3]
+    assert all(x.startswith(str(path)) and "\n" not in x for x in errs)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_misspelt_axis_key_is_one_error_not_one_per_value(tmp_path) -> None:
+    path = write(tmp_path, tiny(tmp_path))
+    with pytest.raises(ScenarioError) as e:
+        plan_sweep(path, {"strategy.nam": ["krum", "median", "fedavg"]}, out=tmp_path / "o", skip_invalid=True)
+    assert len(e.value.errors) == 1, e.value.errors
+    assert e.value.errors[0].endswith("sweep strategy.nam=krum: unknown key (did you mean 'name'?); "
+                                      "allowed here: name, params, f")
+
+
+def test_skip_invalid_skips_a_parameter_another_rule_has(tmp_path) -> None:
+    """m is multikrum's: with median it is a constraint failure of valid names (skipped), not a typo."""
+    path = write(tmp_path, tiny(tmp_path, peers={"count": 8}, topology={"kind": "complete"}))
+    grid = {"strategy.name": ["multikrum", "median"], "strategy.params.m": [2]}
+    with pytest.raises(ScenarioError, match="unknown parameter 'm' of strategy 'median'.*skip-invalid"):
+        plan_sweep(path, grid, out=tmp_path / "o")
+    plan = plan_sweep(path, grid, out=tmp_path / "o", skip_invalid=True)
+    assert [r.name for r in plan.runs] == ["strategy.name=multikrum__strategy.params.m=2"]
+    assert [n for n, _, _ in plan.invalid] == ["strategy.name=median__strategy.params.m=2"]
+
+
+def test_cli_typo_in_the_grid_exits_before_running_one_line_per_error(tmp_path) -> None:
+    path = write(tmp_path, tiny(tmp_path))
+    res = CliRunner().invoke(sweep, [str(path), "-g", "strategy.name=bulyn,medain", "--skip-invalid",
+                                     "--local", "--out", str(tmp_path / "o"), "-q"])
+    assert res.exit_code == 1, res.output
+    lines = [x for x in res.output.splitlines() if x.strip()]
+    assert len(lines) == 2 and "Traceback" not in res.output, res.output
+    assert "strategy.name=bulyn: unknown strategy 'bulyn' (did you mean 'bulyan'?)" in lines[0]
+    assert "strategy.name=medain: unknown strategy 'medain' (did you mean 'median'?)" in lines[1]
+    assert not (tmp_path / "o").exists()
+
+
 def _mtimes(out: Path) -> dict[str, int]:
     return {p.parent.name: p.stat().st_mtime_ns for p in out.glob("*/metrics.jsonl")}
 

@@ -317,6 +317,12 @@ def _npz_file(path: Path) -> Path:
     return path
 
 
+_LABEL_MAP = (
+    "e.g. names, codes = np.unique(np.concatenate([y_train, y_test]), return_inverse=True), then "
+    "y_train, y_test = codes[:len(y_train)], codes[len(y_train):] (names[i] is class i)"
+)
+
+
 def _npz_labels(y: np.ndarray, path: Path, key: str) -> np.ndarray:
     """Integer labels as int64: integer dtypes, or floats that hold whole numbers."""
     if y.ndim != 1:
@@ -325,7 +331,10 @@ def _npz_labels(y: np.ndarray, path: Path, key: str) -> np.ndarray:
         return y.astype(np.int64)
     if y.dtype.kind == "f" and np.isfinite(y).all() and (y == np.round(y)).all():
         return y.astype(np.int64)
-    raise CorruptFileError(f"{path}: {key} must hold integer class labels, got dtype {y.dtype}")
+    raise CorruptFileError(
+        f"{path}: {key} must hold integer class labels 0..C-1, got dtype {y.dtype}; map them before saving, "
+        f"{_LABEL_MAP}"
+    )
 
 
 def npz(data_dir: Path) -> Dataset:
@@ -392,11 +401,14 @@ def check_dataset(ds: Dataset, where: str) -> Dataset:
     c = ds.num_classes
     if present[0] < 0 or present[-1] != c - 1 or len(present) != c:
         missing = np.setdiff1d(np.arange(max(c, 0)), present)[:5].tolist()
+        k = len(present)
+        shifted = bool((present == np.arange(1, k + 1)).all())
         raise CorruptFileError(
-            f"{where}: labels must be the classes 0..{c - 1}, each used at least once; found values "
-            f"{int(present[0])}..{int(present[-1])} ({len(present)} distinct)"
-            + (f", never {missing}" if missing else "")
-            + "; renumber them from 0 (e.g. y - 1 for labels 1..C)"
+            f"{where}: labels must be the classes 0..C-1, each used at least once; found {k} distinct values "
+            f"{int(present[0])}..{int(present[-1])}"
+            + (f", never {missing}" if missing and not shifted else "")
+            + (f"; they are 1..{k}: save y - 1 instead" if shifted else f"; map them to 0..{k - 1} before saving, "
+               f"{_LABEL_MAP}")
         )
     return ds
 

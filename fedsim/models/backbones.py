@@ -21,54 +21,24 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from fedsim.errors import CorruptFileError
+
+if TYPE_CHECKING:  # torch is imported where a network is built or run (`fedsim list` needs none)
+    import torch
+    from torch import nn
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
 def _cnn(in_ch: int, side: int, pool: int = 3) -> nn.Sequential:
-    """Two conv blocks, then average-pooled to ``64 × pool × pool`` features (576 for pool=3).
+    """The shipped CNN trunk (:func:`fedsim.models.nets.cnn`), imported when a backbone is built."""
+    from fedsim.models.nets import cnn
 
-    The features are the conv trunk's, not a late fully-connected layer's: conv features transfer
-    across datasets far better (frozen Fashion-MNIST trunk → MNIST linear probe: 97.7% with the
-    pooled conv features vs 92.3% with a 128-unit fc layer, measured when choosing this design).
-    """
-    return nn.Sequential(
-        nn.Conv2d(in_ch, 32, 5, padding=2),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 5, padding=2),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.AdaptiveAvgPool2d(pool),
-        nn.Flatten(),
-        FeatureScale(64 * pool * pool),
-    )
-
-
-class FeatureScale(nn.Module):
-    """Fixed affine map set after pretraining: ``(h − μ) / σ / √d`` with μ, σ the per-feature mean
-    and std on the source dataset (like a BatchNorm frozen in eval mode). Features then have
-    norm ≈ 1 and roughly isotropic scale, so plain SGD on the head converges quickly and one
-    learning rate suits every task."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.register_buffer("shift", torch.zeros(dim))
-        self.register_buffer("scale", torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.shift) * self.scale
-
-    def fit(self, feats: torch.Tensor) -> None:
-        """Set shift/scale from raw features of the source dataset."""
-        self.shift.copy_(feats.mean(0))
-        self.scale.copy_(1.0 / ((feats.std(0) + 1e-3) * feats.shape[1] ** 0.5))
+    return cnn(in_ch, side, pool)
 
 
 @dataclass(frozen=True)
@@ -147,6 +117,8 @@ def get_spec(name: str) -> BackboneSpec:
 def to_input(x: np.ndarray, spec: BackboneSpec) -> torch.Tensor:
     """uint8 images ``[N,H,W]``/``[N,H,W,3]`` → normalised float ``[N,C,H,W]``; float features pass
     through as ``[N, d]`` for the identity backbone."""
+    import torch
+
     t = torch.from_numpy(np.ascontiguousarray(x))
     t = t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
     if spec.build is None:
@@ -194,6 +166,8 @@ def read_weights(path: Path, name: str) -> dict[str, torch.Tensor]:
     """The state dict in ``path``, loaded with ``weights_only=True`` (tensors and plain containers
     only: a crafted file cannot run code) and checked to fit backbone ``name``; an empty,
     truncated, corrupt or foreign file is a one-line :class:`CorruptFileError` naming it."""
+    import torch
+
     fix = f"recreate it with `fedsim pretrain --backbone {name}`"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -211,13 +185,15 @@ def read_weights(path: Path, name: str) -> dict[str, torch.Tensor]:
     return state
 
 
-@torch.no_grad()
 def extract_features(net: nn.Module | None, x: np.ndarray, spec: BackboneSpec, batch: int = 1024) -> np.ndarray:
-    """Run the frozen backbone once over ``x``; float32 ``[N, d]``."""
-    inp = to_input(x, spec)
-    if net is None:
-        return inp.numpy().astype(np.float32)
-    return torch.cat([net(inp[i : i + batch]) for i in range(0, len(inp), batch)]).numpy().astype(np.float32)
+    """Run the frozen backbone once over ``x`` (no gradients); float32 ``[N, d]``."""
+    import torch
+
+    with torch.no_grad():
+        inp = to_input(x, spec)
+        if net is None:
+            return inp.numpy().astype(np.float32)
+        return torch.cat([net(inp[i : i + batch]) for i in range(0, len(inp), batch)]).numpy().astype(np.float32)
 
 
 def feature_dim(name: str, sample: np.ndarray) -> int:

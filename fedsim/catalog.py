@@ -1,0 +1,268 @@
+"""What ``fedsim list`` shows: the names a scenario can use, by kind, and one of them in detail.
+
+``fedsim list strategies krum`` prints the rule's docstring (paper, formula, departures) and each
+parameter with its type, default and constraint. A strategy's or attack's parameters are its
+dataclass fields; their constraints are read from the class's own validation (``__post_init__``
+raises ``ValueError("name: must be ...")``): each parameter is set alone to a value no check
+accepts, and the ``must be ...`` part of the message is the constraint, so the listing can never
+disagree with what a scenario is told. Partitions and topologies list the scenario fields that
+apply to them, with the schema's type, default and bounds.
+
+Every import is inside the functions, per kind: ``fedsim list partitions`` needs no torch.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import importlib.util
+import inspect
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fedsim.errors import FedsimError
+
+KINDS = ("datasets", "backbones", "partitions", "topologies", "strategies", "attacks")
+_SINGULAR = {"datasets": "dataset", "backbones": "backbone", "partitions": "partition", "topologies": "topology",
+             "strategies": "strategy", "attacks": "attack"}
+_MUST = re.compile(r"^(?P<name>\w+): must be (?P<what>.*), got <unacceptable>$", re.S)
+
+
+class CatalogError(FedsimError, ValueError):
+    """An unknown kind or name asked of ``fedsim list`` (one line, with the closest match)."""
+
+
+def did_you_mean(name: str, names: Any) -> str:
+    close = difflib.get_close_matches(str(name), [str(n) for n in names], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def resolve_kind(kind: str) -> str:
+    """``kind`` when it is one of :data:`KINDS` (a singular, ``strategy``, is accepted too), else a
+    :class:`CatalogError` naming the closest kind."""
+    if kind in KINDS:
+        return kind
+    plural = {v: k for k, v in _SINGULAR.items()}.get(kind)
+    if plural:
+        return plural
+    raise CatalogError(f"unknown kind {kind!r}{did_you_mean(kind, KINDS)}; kinds: {', '.join(KINDS)}")
+
+
+def _first_paragraph(doc: str | None) -> str:
+    return " ".join((doc or "").strip().split("\n\n")[0].split())
+
+
+def summaries(kind: str) -> dict[str, str]:
+    """Every name of ``kind`` → a one-line description (importing only what that kind needs)."""
+    if kind == "datasets":
+        from fedsim.data.datasets import DATASETS
+
+        return {k: ("embedded, offline" if emb else "from dataset.data_dir") + " — " + _first_paragraph(fn.__doc__)
+                for k, (fn, emb) in DATASETS.items()}
+    if kind == "backbones":
+        from fedsim.models.backbones import BACKBONES
+
+        return {k: v.description for k, v in BACKBONES.items()}
+    if kind == "partitions":
+        from fedsim.partition import KINDS as PARTS
+
+        return dict(PARTS)
+    if kind == "topologies":
+        from fedsim.topology import KINDS as TOPOS
+
+        return dict(TOPOS)
+    if kind in ("strategies", "attacks"):
+        package = kind
+        if package in sys.modules:  # imported (with any plugins): the live registry
+            return sys.modules[package].available()
+        return static_available(package)
+    raise CatalogError(f"unknown kind {kind!r}; kinds: {', '.join(KINDS)}")
+
+
+# modules of a package that register nothing (as its __init__ skips them)
+_NOT_REGISTERING = {"strategies": {"base", "registry"}, "attacks": {"base", "registry", "probes"}}
+
+
+def static_available(package: str) -> dict[str, str]:
+    """``package.available()`` (``strategies`` or ``attacks``) read from the source without
+    importing it (the rules import torch, 1-2 s): every class decorated ``@register("name")`` in
+    the modules the package's ``__init__`` imports → the first paragraph of its docstring, sorted
+    by name. A test keeps it equal to the live registry."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise CatalogError(f"package {package!r} not found")
+    out = {}
+    for path in sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.py")):
+        if path.stem in _NOT_REGISTERING[package] or path.stem.startswith("_"):
+            continue
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if not isinstance(node, ast.ClassDef):
+                continue
+            for deco in node.decorator_list:
+                func = deco.func if isinstance(deco, ast.Call) else None
+                called = getattr(func, "id", None) or getattr(func, "attr", None)
+                if called == "register" and deco.args and isinstance(deco.args[0], ast.Constant):
+                    out[str(deco.args[0].value)] = _first_paragraph(ast.get_docstring(node))
+    return dict(sorted(out.items()))
+
+
+# --------------------------------------------------------------------------- parameters
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """One parameter as ``fedsim list KIND NAME`` prints it."""
+
+    name: str
+    type: str
+    default: str
+    constraint: str
+    help: str = ""
+
+
+class _Unacceptable:
+    """A value no parameter check accepts: not a number, bool, string or choice."""
+
+    def __repr__(self) -> str:
+        return "<unacceptable>"
+
+
+def _show(value: Any) -> str:
+    """A default as a scenario would spell it (``true``, ``null``, ``'median'``, ``0.5``)."""
+    if value is dataclasses.MISSING:
+        return "required"
+    if value is None or isinstance(value, bool):
+        return {True: "true", False: "false", None: "null"}[value]
+    return repr(value)
+
+
+def constraint_of(cls: type, name: str) -> str:
+    """What ``cls`` accepts for parameter ``name``, from its own validation: ``cls(name=<a value
+    no check accepts>)`` raises ``ValueError("name: must be X, got ...")`` → ``"X"``; ``"any"`` when
+    construction does not check the parameter."""
+    try:
+        cls(**{name: _Unacceptable()})
+    except ValueError as e:
+        m = _MUST.match(" ".join(str(e).split()))
+        return m["what"] if m and m["name"] == name else "checked when built (see above)"
+    except Exception:  # noqa: BLE001 - a check that is not of the 'must be' form (a comparison's TypeError)
+        return "checked when built (see above)"
+    return "any (not checked)"
+
+
+def class_params(cls: type) -> list[Param]:
+    """The parameters of a strategy or attack class (its dataclass fields, in order)."""
+    out = []
+    for f in dataclasses.fields(cls) if dataclasses.is_dataclass(cls) else []:
+        if not f.init:
+            continue
+        default = f.default
+        if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        accepts = constraint_of(cls, f.name)
+        if default is None and "null" not in accepts:
+            accepts += " or null"
+        out.append(Param(f.name, _type_name(f.type), _show(default), accepts))
+    return out
+
+
+def _bounds(info: Any) -> str:
+    """The schema bounds of a pydantic field (``> 0``, ``>= 1, < 1``), or ``any``."""
+    parts = []
+    for m in info.metadata:
+        for attr, sym in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+            v = getattr(m, attr, None)
+            if v is not None:
+                parts.append(f"{sym} {v}")
+    return ", ".join(parts) or "any"
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
+    return text or str(annotation).replace("typing.", "")
+
+
+def schema_params(model: Any, section: str, kind: str, all_kinds: Any) -> list[Param]:
+    """The fields of a scenario section (``partition``, ``topology``) that apply to ``kind``:
+    those whose description names ``kind``, and those that name no kind at all."""
+    out = []
+    for name, info in model.model_fields.items():
+        if name == "kind":
+            continue
+        desc = info.description or ""
+        named = [k for k in all_kinds if re.search(rf"\b{re.escape(k)}\b", desc)]
+        if named and kind not in named:
+            continue
+        out.append(Param(f"{section}.{name}", _type_name(info.annotation), _show(info.default), _bounds(info), desc))
+    return out
+
+
+# --------------------------------------------------------------------------- one component
+def _lookup(kind: str, name: str, names: Any) -> None:
+    if name not in names:
+        raise CatalogError(
+            f"unknown {_SINGULAR[kind]} {name!r}{did_you_mean(name, names)}; available: {', '.join(sorted(names))}"
+        )
+
+
+def describe(kind: str, name: str) -> tuple[str, list[Param]]:
+    """``(text, parameters)`` of one component: its full docstring (or description) and the
+    parameters a scenario sets for it; :class:`CatalogError` for an unknown name."""
+    kind = resolve_kind(kind)
+    if kind in ("strategies", "attacks"):
+        registry = _registry(kind)
+        _lookup(kind, name, registry)
+        cls = registry[name]
+        return inspect.cleandoc(cls.__doc__ or "(no docstring)"), class_params(cls)
+    if kind in ("partitions", "topologies"):
+        from fedsim import scenario
+
+        kinds = summaries(kind)
+        _lookup(kind, name, kinds)
+        model, section = (scenario.PartitionCfg, "partition") if kind == "partitions" else (scenario.TopologyCfg,
+                                                                                            "topology")
+        return kinds[name], schema_params(model, section, name, kinds)
+    if kind == "datasets":
+        from fedsim.data.datasets import DATASETS
+
+        _lookup(kind, name, DATASETS)
+        fn, embedded = DATASETS[name]
+        where = "embedded: runs offline" if embedded else "read from dataset.data_dir"
+        return f"{inspect.cleandoc(fn.__doc__ or '')}\n\n({where})", []
+    from fedsim.models.backbones import BACKBONES
+
+    _lookup(kind, name, BACKBONES)
+    spec = BACKBONES[name]
+    facts = [spec.description]
+    if spec.input_shape:
+        facts.append(f"input: {'×'.join(map(str, spec.input_shape))} (C×H×W), normalised with mean {spec.mean}, "
+                     f"std {spec.std}")
+    if spec.build is not None and spec.weights_file:
+        facts.append(f"weights: {spec.weights_path()}"
+                     + (f" (fedsim pretrain --backbone {name}, on {spec.pretrain_dataset})"
+                        if spec.pretrain_dataset else ""))
+    return "\n".join(facts), []
+
+
+def _registry(kind: str) -> dict[str, type]:
+    if kind == "strategies":
+        import strategies
+
+        return strategies.REGISTRY
+    import attacks
+
+    return attacks.REGISTRY
+
+
+def format_params(params: list[Param], echo: Callable[[str], None]) -> None:
+    """Print ``params`` as aligned rows: name, type, default, constraint (and help)."""
+    if not params:
+        return
+    rows = [("parameter", "type", "default", "accepts")] + [(p.name, p.type, p.default, p.constraint) for p in params]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r, p in zip(rows, [None, *params], strict=True):
+        echo("  " + "  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3])
+        if p is not None and p.help:
+            echo("  " + " " * (widths[0] + 2) + "  " + " ".join(p.help.split()))
