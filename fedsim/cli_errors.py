@@ -162,6 +162,12 @@ class FedsimGroup(click.Group):
             raise
         except KeyboardInterrupt:
             fail("Error: interrupted", INTERRUPTED)
+        except BrokenPipeError:  # `fedsim list ... | head`: the reader left; nothing to report
+            import os
+            import sys
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            raise SystemExit(0) from None
         except FedsimError as e:
             fail(f"Error: {one_line(e, 2000)}", exit_code(e))
         except OSError as e:

@@ -154,3 +154,15 @@ def test_list_names_a_plugins_rule_with_its_parameters(tmp_path: Path) -> None:
     assert _row(r.output, "k") == ["k", "int", "3", "an integer >= 1"]
     r = CliRunner().invoke(main, ["list", "strategies", "--plugin", str(tmp_path / "missing.py")])
     assert r.exit_code == 2 and "--plugin" in r.output and "no such file" in r.output
+
+
+def test_a_closed_pipe_is_not_an_error():
+    """`fedsim list strategies geomed | head -1`: the reader leaves early; no error line, exit 0."""
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-m", "fedsim.cli", "list", "strategies", "geomed"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader is gone before anything is written
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 0 and err == "", err
