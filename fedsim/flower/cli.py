@@ -32,7 +32,7 @@ def _need_flower() -> None:
         import flwr  # noqa: F401
     except ImportError:
         raise click.ClickException(
-            'Flower is not installed: pip install "fedsim[flower]" (server) or "fedsim[client]" (device)'
+            'Flower is not installed: pip install "fedsim-lab[flower]" (server) or "fedsim-lab[client]" (device)'
         ) from None
 
 
@@ -70,12 +70,12 @@ def flower() -> None:
     """Run a scenario on real devices with Flower (SuperLink + SuperNodes, `flwr run`).
 
     \b
-    Server machine (pip install "fedsim[flower]"):
+    Server machine (pip install "fedsim-lab[flower]"):
       fedsim flower certs certs/ --host SERVER_IP         # self-signed TLS for a lab
       fedsim flower superlink --certs-dir certs/ [--auth]
       fedsim flower export scenarios/quickstart.yaml app/
       fedsim flower run app/ --superlink 127.0.0.1:8000 --root-certificates certs/ca.crt --wait
-    Each device (pip install "fedsim[client]"):
+    Each device (pip install "fedsim-lab[client]"):
       fedsim flower client --superlink SERVER_IP:8000 --partition-id 0 --num-partitions 24 \\
           --root-certificates ca.crt [--auth-key node0]
     Everything on this machine (loopback), compared with fedsim's federated mode:
