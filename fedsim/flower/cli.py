@@ -78,6 +78,8 @@ def flower() -> None:
     Each device (pip install "fedsim-lab[client]"):
       fedsim flower client --superlink SERVER_IP:8000 --partition-id 0 --num-partitions 24 \\
           --root-certificates ca.crt [--auth-key node0]
+    Install a device without the package index knowing fedsim:
+      fedsim flower bundle device-bundle/                 # wheel, constraints.txt, INSTALL.txt
     Everything on this machine (loopback), compared with fedsim's federated mode:
       fedsim flower demo scenarios/flower_quickstart.yaml --compare
 
@@ -278,6 +280,26 @@ def register(public_key: str, superlink: str, root_certificates: str) -> None:
         except local.FederationError as e:
             raise click.ClickException(str(e)) from None
     click.echo(f"registered {public_key} as SuperNode {node_id}")
+
+
+@flower.command()
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--source", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="The fedsim source tree to build (default: the one this fedsim is imported from).")
+@click.option("--overwrite", is_flag=True, help="Replace the bundle files in a non-empty OUT_DIR.")
+def bundle(out_dir: Path, source: Path | None, overwrite: bool) -> None:
+    """Write what a device installs into OUT_DIR: this fedsim as a wheel, constraints.txt (flwr,
+    torch, numpy, ... at this machine's versions) and INSTALL.txt with the device's commands.
+
+    The device installs the wheel by path (pip install "./fedsim_lab-*.whl[client]" -c constraints.txt),
+    so the package index never has to know fedsim."""
+    from fedsim.flower.bundle import BundleError, build_bundle
+
+    try:
+        files = build_bundle(out_dir, source, overwrite=overwrite)
+    except BundleError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote {', '.join(p.name for p in files.values())} to {out_dir}; see {files['install']}")
 
 
 @flower.command()

@@ -1,0 +1,129 @@
+"""Deploying the Flower bridge: the distribution's name (fedsim on PyPI is another project), the
+device bundle (a wheel installable without the index knowing fedsim), and the server's
+checkpoints with --resume."""
+
+import importlib.metadata
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import tomllib
+from click.testing import CliRunner
+
+import fedsim
+
+ROOT = Path(__file__).resolve().parent.parent
+TAKEN = "fedsim"  # on PyPI: an unrelated project (fedsim 0.9.0 is what `pip install fedsim` gets)
+
+
+def _project() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def _installs_taken_name(line: str) -> bool:
+    """Whether a `pip install ...` on this line names the taken distribution (the arguments up to
+    the next &&, |, ;, # or backquote)."""
+    for m in re.finditer(r"pip install([^&|;#`\n]*)", line):
+        for tok in m.group(1).split():
+            if re.fullmatch(rf"{TAKEN}(\[[^\]]*\])?((==|>=|<=|~=|<|>).*)?", tok.strip("\"'")):
+                return True
+    return False
+
+
+def test_the_distribution_is_not_the_taken_name_and_every_install_line_uses_it():
+    """pyproject's name is fedsim.DISTRIBUTION, not 'fedsim'; extras refer to it; no doc or message
+    tells anyone to `pip install fedsim[...]` / `fedsim==...` (that installs the other project)."""
+    project = _project()
+    assert project["name"] == fedsim.DISTRIBUTION != TAKEN
+    for extra, reqs in project["optional-dependencies"].items():
+        for r in reqs:
+            assert not re.match(rf"{TAKEN}\b(?!-)", r), f"extra {extra!r}: {r!r} names the other project"
+    files = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "fedsim").rglob("*.py"))]
+    offenders = [f"{f.relative_to(ROOT)}:{i}: {line.strip()}" for f in files
+                 for i, line in enumerate(f.read_text().splitlines(), 1) if _installs_taken_name(line)]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_version_does_not_look_up_a_distribution_name(monkeypatch):
+    """`fedsim --version` prints the running code's version, whatever the distribution is called
+    (it used to ask importlib.metadata for 'fedsim': a crash once the distribution is fedsim-lab)."""
+    from fedsim.cli import main
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    res = CliRunner().invoke(main, ["--version"])
+    assert res.exit_code == 0, res.output
+    assert res.output.strip() == f"fedsim, version {fedsim.__version__}"
+
+
+# ---------------------------------------------------------------------- the device bundle
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    pytest.importorskip("flwr")
+    from fedsim.cli import main
+
+    out = tmp_path_factory.mktemp("bundle") / "device"
+    res = CliRunner().invoke(main, ["flower", "bundle", str(out)])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.mark.slow  # building the 32 MB wheel: ~10-20 s on the 2-core machine
+def test_bundle_writes_wheel_constraints_and_install(bundle):
+    from fedsim.flower.project import FLWR_REQUIREMENT
+
+    wheels = list(bundle.glob("*.whl"))
+    assert [w.name for w in wheels] == [f"fedsim_lab-{fedsim.__version__}-py3-none-any.whl"]
+    names = zipfile.ZipFile(wheels[0]).namelist()
+    assert "fedsim/flower/client.py" in names and "strategies/__init__.py" in names
+    assert any(n.startswith("fedsim/data/embedded/") and n.endswith(".npz") for n in names)
+    assert not any("__pycache__" in n for n in names)
+    pins = dict(line.split("==") for line in (bundle / "constraints.txt").read_text().splitlines()
+                if line and not line.startswith("#"))
+    assert "flwr==" + pins["flwr"] == FLWR_REQUIREMENT
+    assert pins["torch"] == importlib.metadata.version("torch").split("+")[0]
+    assert pins["numpy"] == importlib.metadata.version("numpy")
+    install = (bundle / "INSTALL.txt").read_text()
+    assert f'pip install "./{wheels[0].name}[client]" -c constraints.txt' in install
+    assert "--index-url https://download.pytorch.org/whl/cpu" in install
+    sums = (bundle / "SHA256SUMS").read_text()
+    assert wheels[0].name in sums and "constraints.txt" in sums
+
+
+@pytest.mark.slow
+def test_bundle_wheel_installs_into_a_fresh_venv(bundle, tmp_path):
+    """The wheel, installed with --no-deps into a new virtualenv, is fedsim-lab; `import fedsim`
+    comes from that venv, its `fedsim` script is there, and the launcher finds its bin directory."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    py = venv / "bin" / "python"
+    wheel = next(bundle.glob("*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", "--no-index",
+                    str(wheel)], check=True, timeout=300, capture_output=True)
+    code = ("import fedsim, importlib.metadata as m, fedsim.flower.launch as l; "
+            "print(fedsim.__file__); print(m.version('fedsim-lab')); print(l.bin_dir())")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # only the venv's own fedsim
+    out = subprocess.run([str(py), "-c", code], check=True, capture_output=True, text=True, timeout=60,
+                         cwd=tmp_path, env=env).stdout.split()
+    assert out[0].startswith(str(venv)) and out[1] == fedsim.__version__ and out[2] == str(venv / "bin")
+    assert (venv / "bin" / "fedsim").is_file()
+
+
+def test_bundle_refuses_bad_input(tmp_path):
+    pytest.importorskip("flwr")
+    from fedsim.cli import main
+
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("x")
+    res = CliRunner().invoke(main, ["flower", "bundle", str(full)])
+    assert res.exit_code == 1 and "is not empty" in res.output and "--overwrite" in res.output
+    res = CliRunner().invoke(main, ["flower", "bundle", str(tmp_path / "o"), "--source", str(tmp_path)])
+    assert res.exit_code == 1 and "is not a fedsim source tree" in res.output
+    assert len(res.output.strip().splitlines()) == 1
