@@ -26,9 +26,12 @@ def _project() -> dict:
 
 def _installs_taken_name(line: str) -> bool:
     """Whether a `pip install ...` on this line names the taken distribution (the arguments up to
-    the next &&, |, ;, # or backquote)."""
+    the next &&, |, ;, #, backquote or word of prose)."""
+    if "unrelated project" in line:  # the docs saying what not to do
+        return False
     for m in re.finditer(r"pip install([^&|;#`\n]*)", line):
-        for tok in m.group(1).split():
+        args = re.split(r"\s(?:in|on|or|and|with|for)\s", m.group(1))[0]  # prose after the command
+        for tok in args.split():
             if re.fullmatch(rf"{TAKEN}(\[[^\]]*\])?((==|>=|<=|~=|<|>).*)?", tok.strip("\"'")):
                 return True
     return False

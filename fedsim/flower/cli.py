@@ -32,7 +32,8 @@ def _need_flower() -> None:
         import flwr  # noqa: F401
     except ImportError:
         raise click.ClickException(
-            'Flower is not installed: pip install "fedsim-lab[flower]" (server) or "fedsim-lab[client]" (device)'
+            'Flower is not installed: pip install -e ".[flower]" in the fedsim checkout (server), or the '
+            'wheel of `fedsim flower bundle` with [client] (device; see its INSTALL.txt)'
         ) from None
 
 
@@ -70,12 +71,12 @@ def flower() -> None:
     """Run a scenario on real devices with Flower (SuperLink + SuperNodes, `flwr run`).
 
     \b
-    Server machine (pip install "fedsim-lab[flower]"):
+    Server machine (in the fedsim checkout: pip install -e ".[flower]"):
       fedsim flower certs certs/ --host SERVER_IP         # self-signed TLS for a lab
       fedsim flower superlink --certs-dir certs/ [--auth]
       fedsim flower export scenarios/quickstart.yaml app/
       fedsim flower run app/ --superlink 127.0.0.1:8000 --root-certificates certs/ca.crt --wait
-    Each device (pip install "fedsim-lab[client]"):
+    Each device (the bundle's INSTALL.txt: pip install "./fedsim_lab-*.whl[client]" -c constraints.txt):
       fedsim flower client --superlink SERVER_IP:8000 --partition-id 0 --num-partitions 24 \\
           --root-certificates ca.crt [--auth-key node0]
     Install a device without the package index knowing fedsim:

@@ -41,7 +41,8 @@ def flower_exe(name: str) -> str:
         return str(here)
     found = shutil.which(name)
     if not found:
-        raise FederationError(f"{name} not found: install Flower with `pip install \"fedsim-lab[flower]\"`")
+        raise FederationError(f"{name} not found: install Flower (`pip install -e \".[flower]\"` in the fedsim "
+                              "checkout)")
     return found
 
 

@@ -8,8 +8,8 @@
     OUT_DIR/README.md        how to run it
 
 The components live in the installed ``fedsim`` package, so the app holds no code of its own:
-the server machine and every device need fedsim installed (``pip install "fedsim-lab[client]"`` on a
-device), and the SuperLink runs with ``--disable-runtime-dependency-installation``.
+the server machine and every device need fedsim installed (the wheel of ``fedsim flower bundle`` with
+``[client]`` on a device), and the SuperLink runs with ``--disable-runtime-dependency-installation``.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ per partition (`partition-id` 0..{last}), strategy `{strategy}`, {rounds} rounds
 
     # server machine (fedsim installed)
     fedsim flower superlink --certs-dir certs/            # TLS; add --auth for SuperNode auth
-    # each device i (pip install "fedsim-lab[client]")
+    # each device i (fedsim installed from the bundle: fedsim flower bundle, INSTALL.txt)
     fedsim flower client --superlink SERVER:8000 --partition-id i --num-partitions {count} \\
         --root-certificates ca.crt
     # server machine
