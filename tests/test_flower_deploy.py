@@ -130,3 +130,93 @@ def test_bundle_refuses_bad_input(tmp_path):
     res = CliRunner().invoke(main, ["flower", "bundle", str(tmp_path / "o"), "--source", str(tmp_path)])
     assert res.exit_code == 1 and "is not a fedsim source tree" in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------- server checkpoints and --resume
+def _bridge_run(sc_dict, out, **rc):
+    from fedsim.flower import common
+    from fedsim.flower.inprocess import run_in_process
+    from fedsim.scenario import parse
+
+    sc = common.bridge_scenario(parse(sc_dict))
+    nodes = [{"partition-id": i, "num-partitions": sc.peers.count} for i in range(sc.peers.count)]
+    return run_in_process({"scenario": common.scenario_yaml(sc), "output-dir": str(out), **rc}, nodes)
+
+
+@pytest.fixture()
+def resumable(small_scenario):
+    """7 rounds, a checkpoint every 3 (after rounds 2 and 5); devices keep no optimizer state
+    between rounds (momentum 0), so a restarted federation owes nothing to lost device state."""
+    pytest.importorskip("flwr")
+    return small_scenario(**{"mode": "federated", "rounds": 7, "topology.kind": "star", "peers.count": 5,
+                             "training.momentum": 0.0, "checkpoint.every": 3, "strategy.name": "median"})
+
+
+def test_resume_after_a_crash_equals_the_uninterrupted_run(resumable, tmp_path, monkeypatch):
+    """The ServerApp dies in round 4 (after round 3's metrics line, past the checkpoint of round 2);
+    a new ServerApp with resume=true cuts metrics.jsonl back to the checkpoint's 3 lines and runs
+    rounds 3..6: metrics.jsonl and the final global head equal those of a run never interrupted."""
+    from fedsim import rundir
+    from fedsim.flower import server
+
+    _bridge_run(resumable, tmp_path / "whole")
+
+    real = server.FedsimStrategy.configure_train
+
+    def dies_in_round_4(self, server_round, *a, **k):
+        if server_round + self.offset == 5:
+            raise KeyboardInterrupt("SuperLink killed")
+        return real(self, server_round, *a, **k)
+
+    monkeypatch.setattr(server.FedsimStrategy, "configure_train", dies_in_round_4)
+    with pytest.raises(KeyboardInterrupt):
+        _bridge_run(resumable, tmp_path / "cut")
+    cut = tmp_path / "cut"
+    assert len((cut / "metrics.jsonl").read_text().splitlines()) == 4
+    assert rundir.read_checkpoint_meta(cut / "checkpoint.pt")["round"] == 2
+    assert not (cut / "summary.json").exists()
+    monkeypatch.setattr(server.FedsimStrategy, "configure_train", real)
+
+    summary = _bridge_run(resumable, cut, resume=True)
+    whole = tmp_path / "whole"
+    assert (cut / "metrics.jsonl").read_bytes() == (whole / "metrics.jsonl").read_bytes()
+    assert summary["rounds_completed"] == 7
+    _, a = rundir.read_checkpoint(whole / "final_global.pt")
+    meta, b = rundir.read_checkpoint(cut / "final_global.pt")
+    assert meta["round"] == 6 and a["server"]["global"].shape == b["server"]["global"].shape
+    assert a["server"]["global"].equal(b["server"]["global"])
+    assert len((cut / "timings.jsonl").read_text().splitlines()) == 7
+
+
+def test_resume_refuses_what_it_cannot_continue(resumable, tmp_path, monkeypatch):
+    from fedsim.errors import FedsimError
+    from fedsim.flower import server
+
+    out = tmp_path / "out"
+    with pytest.raises(FedsimError, match="checkpoint.pt does not exist: nothing to resume"):
+        _bridge_run(resumable, out, resume=True)
+    real = server.FedsimStrategy.configure_train
+
+    def dies(self, server_round, *a, **k):
+        if server_round + self.offset == 5:
+            raise KeyboardInterrupt
+        return real(self, server_round, *a, **k)
+
+    monkeypatch.setattr(server.FedsimStrategy, "configure_train", dies)
+    with pytest.raises(KeyboardInterrupt):
+        _bridge_run(resumable, out)
+    monkeypatch.setattr(server.FedsimStrategy, "configure_train", real)
+    other = dict(resumable, seed=99)
+    with pytest.raises(FedsimError, match="saved for another scenario: seed was 3, now 99"):
+        _bridge_run(other, out, resume=True)
+    with pytest.raises(FedsimError, match="saved with run config"):
+        _bridge_run(resumable, out, resume=True, **{"attack-side": "server"})
+    metrics = out / "metrics.jsonl"
+    good = metrics.read_bytes()
+    metrics.write_bytes(good.replace(b'"round": 1', b'"round": 9'))
+    with pytest.raises(FedsimError, match="are not those the checkpoint recorded"):
+        _bridge_run(resumable, out, resume=True)
+    metrics.write_bytes(good)
+    _bridge_run(resumable, out, resume=True)
+    with pytest.raises(FedsimError, match="holds a finished run"):
+        _bridge_run(resumable, out, resume=True)

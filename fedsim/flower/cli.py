@@ -94,7 +94,7 @@ def flower() -> None:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a scenario field (as `fedsim run`).")
 @click.option("--run-config", "run_config", multiple=True, metavar="KEY=VALUE",
               help="Bridge setting: attack-side=client|server, client-eval, round-timeout, node-wait, output-dir, "
-              "partition-map.")
+              "partition-map, min-replies, resume.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing app in OUT_DIR.")
 def export(scenario: Path, out_dir: Path, sets: tuple[str, ...], run_config: tuple[str, ...], overwrite: bool) -> None:
     """Write a Flower app project for SCENARIO into OUT_DIR (pyproject.toml with the scenario in
@@ -126,8 +126,11 @@ def export(scenario: Path, out_dir: Path, sets: tuple[str, ...], run_config: tup
 @click.option("--run-config", "run_config", multiple=True, metavar="KEY=VALUE", help="Override run config keys.")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until the run finishes.")
 @click.option("--timeout", default=3600.0, show_default=True, help="Seconds to wait with --wait.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in the app's output-dir from its checkpoint.pt (after a SuperLink or "
+              "ServerApp restart; checkpoints every checkpoint.every rounds of the scenario).")
 def run(app_dir: Path, superlink: str | None, root_certificates: str | None, insecure: bool, connection: str | None,
-        run_config: tuple[str, ...], wait: bool, timeout: float) -> None:
+        run_config: tuple[str, ...], wait: bool, timeout: float, resume: bool) -> None:
     """Start the Flower app in APP_DIR on a SuperLink (`flwr run`) and wait for it.
 
     With --superlink the connection is made for this call; otherwise `flwr`'s own configuration is
@@ -136,6 +139,8 @@ def run(app_dir: Path, superlink: str | None, root_certificates: str | None, ins
 
     _need_flower()
     rc = _kv(run_config, "--run-config")
+    if resume:
+        rc["resume"] = True
     with tempfile.TemporaryDirectory(prefix="fedsim-flwr-") as tmp:
         if superlink:
             from fedsim.flower.project import write_flwr_config
