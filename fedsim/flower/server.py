@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -100,6 +101,8 @@ class FedsimStrategy(Strategy):
         self._rec: dict[str, Any] = {}
         self._t0 = self._t_round = clock()
         self.offset = 0  # rounds done before this ServerApp started (a resume); Flower counts from 1 again
+        # names this run's device states across a resume (a new Flower run): kept in the checkpoint
+        self.run_key = secrets.token_hex(8)
         self._metrics_hash, self._metrics_lines = hashlib.sha256(), 0
         if resume and self.out_dir is None:
             raise common.BridgeError("run config 'resume': needs an output-dir with a checkpoint")
@@ -153,6 +156,8 @@ class FedsimStrategy(Strategy):
                   kind: str) -> list[Message]:
         config["server-round"] = server_round
         config["num-classes"], config["dim"] = self.layer
+        every = self.sc.checkpoint.every
+        config["run-key"], config["keep-rounds"] = self.run_key, every + 1 if every else 0
         record = RecordDict({common.ARRAYS: arrays, common.CONFIG: config})
         # TTL = the round's deadline: a message a device fetches late expires instead of running stale
         return [Message(content=record, dst_node_id=nid, message_type=kind, ttl=self.round_timeout)
@@ -401,6 +406,7 @@ class FedsimStrategy(Strategy):
             "scenario_sha256": rundir.fingerprint_sha256(fp),
             "bridge": self._bridge_settings(),
             "engine": "flower",
+            "run_key": self.run_key,
         }
         rundir.write_checkpoint(path, meta, {"server": self.server.get_state()})
 
@@ -415,6 +421,7 @@ class FedsimStrategy(Strategy):
                                    f"{self.num_params} parameters")
         self.server.set_state(srv)
         self.offset = int(meta["round"]) + 1
+        self.run_key = str(meta.get("run_key") or self.run_key)
         rundir.atomic_write(self.out_dir / rundir.METRICS, prefix)  # rounds after the checkpoint run again
         timings = self.out_dir / "timings.jsonl"
         kept = timings.read_text().splitlines(keepends=True)[: self.offset] if timings.exists() else []
