@@ -177,6 +177,7 @@ def run(app_dir: Path, superlink: str | None, root_certificates: str | None, ins
 @click.option("--data-dir", help="Where this device keeps the scenario dataset's files (non-embedded datasets).")
 @click.option("--local-data", help="An .npz of this device's own samples, used instead of a partition.")
 @click.option("--cache-dir", help="Feature cache on this device.")
+@click.option("--state-dir", help="Where this device keeps its optimizer state for a resumed run.")
 @click.option("--attack", help="Run this attack here ('none': stay honest), overriding the scenario's placement.")
 @click.option("--port", type=int, default=9094, show_default=True,
               help="Local port of the node's ClientApp API (127.0.0.1; one per SuperNode on a machine).")
@@ -185,7 +186,8 @@ def run(app_dir: Path, superlink: str | None, root_certificates: str | None, ins
 @click.option("--dry-run", is_flag=True, help="Print the flower-supernode command instead of running it.")
 def client(superlink: str, partition_id: int, num_partitions: int, root_certificates: str | None, insecure: bool,
            auth_key: str | None, data_dir: str | None, local_data: str | None, cache_dir: str | None,
-           attack: str | None, port: int, max_retries: int | None, max_wait_time: float | None, dry_run: bool) -> None:
+           state_dir: str | None, attack: str | None, port: int, max_retries: int | None,
+           max_wait_time: float | None, dry_run: bool) -> None:
     """Start this device as a fedsim peer: a Flower SuperNode that runs fedsim's ClientApp."""
     from fedsim.flower import local
 
@@ -196,7 +198,8 @@ def client(superlink: str, partition_id: int, num_partitions: int, root_certific
     if auth_key and insecure:
         raise click.UsageError("SuperNode authentication (--auth-key) needs TLS; drop --insecure")
     nc: dict[str, Any] = {"partition-id": partition_id, "num-partitions": num_partitions}
-    for k, v in (("data-dir", data_dir), ("local-data", local_data), ("cache-dir", cache_dir), ("attack", attack)):
+    for k, v in (("data-dir", data_dir), ("local-data", local_data), ("cache-dir", cache_dir),
+                 ("state-dir", state_dir), ("attack", attack)):
         if v is not None:
             nc[k] = str(Path(v).expanduser().resolve()) if k != "attack" else v
     cmd = local.supernode_command(superlink, nc, root_certificates=_abs(root_certificates), insecure=insecure,
