@@ -145,17 +145,17 @@ def _bridge_run(sc_dict, out, **rc):
 
 @pytest.fixture()
 def resumable(small_scenario):
-    """7 rounds, a checkpoint every 3 (after rounds 2 and 5), SGD with momentum 0.5: the devices'
+    """5 rounds, a checkpoint every 2 (after rounds 1 and 3), SGD with momentum 0.5: the devices'
     momentum must survive the restart (a resumed run is a new Flower run, context.state empty)."""
     pytest.importorskip("flwr")
-    return small_scenario(**{"mode": "federated", "rounds": 7, "topology.kind": "star", "peers.count": 5,
-                             "checkpoint.every": 3, "strategy.name": "median"})
+    return small_scenario(**{"mode": "federated", "rounds": 5, "topology.kind": "star", "peers.count": 4,
+                             "checkpoint.every": 2, "strategy.name": "median"})
 
 
 def test_resume_after_a_crash_equals_the_uninterrupted_run(resumable, tmp_path, monkeypatch):
-    """The ServerApp dies in round 4 (after round 3's metrics line, past the checkpoint of round 2);
-    a new ServerApp with resume=true cuts metrics.jsonl back to the checkpoint's 3 lines and runs
-    rounds 3..6: metrics.jsonl and the final global head equal those of a run never interrupted."""
+    """The ServerApp dies in round 3 (after round 2's metrics line, past the checkpoint of round 1);
+    a new ServerApp with resume=true cuts metrics.jsonl back to the checkpoint's 2 lines and runs
+    rounds 2..4: metrics.jsonl and the final global head equal those of a run never interrupted."""
     from fedsim import rundir
     from fedsim.flower import server
 
@@ -163,29 +163,29 @@ def test_resume_after_a_crash_equals_the_uninterrupted_run(resumable, tmp_path, 
 
     real = server.FedsimStrategy.configure_train
 
-    def dies_in_round_4(self, server_round, *a, **k):
-        if server_round + self.offset == 5:
+    def dies_in_round_3(self, server_round, *a, **k):
+        if server_round + self.offset == 4:
             raise KeyboardInterrupt("SuperLink killed")
         return real(self, server_round, *a, **k)
 
-    monkeypatch.setattr(server.FedsimStrategy, "configure_train", dies_in_round_4)
+    monkeypatch.setattr(server.FedsimStrategy, "configure_train", dies_in_round_3)
     with pytest.raises(KeyboardInterrupt):
         _bridge_run(resumable, tmp_path / "cut")
     cut = tmp_path / "cut"
-    assert len((cut / "metrics.jsonl").read_text().splitlines()) == 4
-    assert rundir.read_checkpoint_meta(cut / "checkpoint.pt")["round"] == 2
+    assert len((cut / "metrics.jsonl").read_text().splitlines()) == 3
+    assert rundir.read_checkpoint_meta(cut / "checkpoint.pt")["round"] == 1
     assert not (cut / "summary.json").exists()
     monkeypatch.setattr(server.FedsimStrategy, "configure_train", real)
 
     summary = _bridge_run(resumable, cut, resume=True)
     whole = tmp_path / "whole"
     assert (cut / "metrics.jsonl").read_bytes() == (whole / "metrics.jsonl").read_bytes()
-    assert summary["rounds_completed"] == 7
+    assert summary["rounds_completed"] == 5
     _, a = rundir.read_checkpoint(whole / "final_global.pt")
     meta, b = rundir.read_checkpoint(cut / "final_global.pt")
-    assert meta["round"] == 6 and a["server"]["global"].shape == b["server"]["global"].shape
+    assert meta["round"] == 4 and a["server"]["global"].shape == b["server"]["global"].shape
     assert a["server"]["global"].equal(b["server"]["global"])
-    assert len((cut / "timings.jsonl").read_text().splitlines()) == 7
+    assert len((cut / "timings.jsonl").read_text().splitlines()) == 5
 
 
 def test_resume_refuses_what_it_cannot_continue(resumable, tmp_path, monkeypatch):
@@ -198,7 +198,7 @@ def test_resume_refuses_what_it_cannot_continue(resumable, tmp_path, monkeypatch
     real = server.FedsimStrategy.configure_train
 
     def dies(self, server_round, *a, **k):
-        if server_round + self.offset == 5:
+        if server_round + self.offset == 4:
             raise KeyboardInterrupt
         return real(self, server_round, *a, **k)
 
