@@ -7,6 +7,8 @@ and returns a :class:`~fedsim.api.RunResult`; ``fedsim.load_run(dir)`` reads a f
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+# The name pip knows (pyproject.toml): "fedsim" on PyPI is an unrelated project. Import name and command: fedsim.
+DISTRIBUTION = "fedsim-lab"
 __all__ = ["RunResult", "load_run", "run"]
 
 if TYPE_CHECKING:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from fedsim import __version__
 from fedsim.cli_errors import FedsimGroup, remember_run_dir
 from fedsim.errors import RunInterruptedError
 
@@ -32,7 +33,8 @@ def _console():
     lazy_commands=LAZY_COMMANDS,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-@click.version_option(package_name="fedsim")
+# the version of the code that runs, not a metadata lookup (the distribution is fedsim-lab, not fedsim)
+@click.version_option(version=__version__, prog_name="fedsim")
 def main() -> None:
     """fedsim: simulate federated and decentralized learning under Byzantine attack.
 

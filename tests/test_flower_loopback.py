@@ -342,3 +342,44 @@ def test_impersonated_partition_ignored(tmp_path, feature_cache):
     assert br[0]["rejected"] == [{"node": intruder, "partition": 0,
                                   "reason": f"node {intruder} is not in the partition map"}], br[0]
     assert br[0]["accuracy_mean"] == pytest.approx(sim[0]["accuracy_mean"], abs=ACC_TOL)
+
+
+# ---------------------------------------------------------------------- a SuperLink restart and --resume
+def test_superlink_killed_then_resume_matches_federated_mode(tmp_path, feature_cache):
+    """4 rounds, a checkpoint after every round, momentum 0.9 (kept on the devices). The SuperLink
+    (``--database``; and the ServerApp below it) is killed once the first checkpoint exists, started
+    again on the same port; the SuperNodes carry on; the app is started again with resume=true and finishes.
+    Every round's accuracy equals fedsim's federated mode, as an uninterrupted run's does."""
+    from fedsim.flower.local import start_run
+
+    d = _scenario(feature_cache, tmp_path / "runs", rounds=4, **{"checkpoint.every": 1})
+    sim = _simulate(d)
+    n = parse(d).peers.count
+    app = export_app(parse(d), tmp_path / "app")
+    out = tmp_path / "bridge"
+    rc = {"output-dir": str(out), "client-eval": False}
+    nodes = [{"partition-id": i, "num-partitions": n} for i in range(n)]
+    # the SuperLink's state in SQLite: after the restart it still knows the SuperNodes (in memory it
+    # would not: their requests get 401 and they stop)
+    fed = LocalFederation(tmp_path / "fed", nodes, tls=False, startup_timeout=120.0, database="superlink.db")
+    with fed:
+        run_id = start_run(app, fed.cli_home, rc)
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while not (out / "checkpoint.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (out / "checkpoint.pt").exists(), "no checkpoint written"
+        fed.restart_superlink()
+        lines_at_kill = len((out / "metrics.jsonl").read_text().splitlines())
+        assert lines_at_kill < 4 and not (out / "summary.json").exists()
+        status = fed.run(app, rc | {"resume": True}, timeout=RUN_TIMEOUT)
+        pids = _all_pids(fed)
+    _assert_gone(pids)
+    assert status == "finished:completed", run_id
+    br = _bridge_metrics(out)
+    assert [x["round"] for x in br] == [0, 1, 2, 3]
+    for a, b in zip(sim, br, strict=True):
+        assert abs(b["accuracy_mean"] - a["accuracy_mean"]) <= ACC_TOL, (a, b)
+        assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-4)
+    assert (out / "final_global.pt").exists()
+    print(f"\nresumed after {lines_at_kill} rounds: bridge {[x['accuracy_mean'] for x in br]} "
+          f"vs fedsim {[x['accuracy_mean'] for x in sim]}")

@@ -32,7 +32,8 @@ def _need_flower() -> None:
         import flwr  # noqa: F401
     except ImportError:
         raise click.ClickException(
-            'Flower is not installed: pip install "fedsim[flower]" (server) or "fedsim[client]" (device)'
+            'Flower is not installed: pip install -e ".[flower]" in the fedsim checkout (server), or the '
+            'wheel of `fedsim flower bundle` with [client] (device; see its INSTALL.txt)'
         ) from None
 
 
@@ -70,14 +71,16 @@ def flower() -> None:
     """Run a scenario on real devices with Flower (SuperLink + SuperNodes, `flwr run`).
 
     \b
-    Server machine (pip install "fedsim[flower]"):
+    Server machine (in the fedsim checkout: pip install -e ".[flower]"):
       fedsim flower certs certs/ --host SERVER_IP         # self-signed TLS for a lab
       fedsim flower superlink --certs-dir certs/ [--auth]
       fedsim flower export scenarios/quickstart.yaml app/
       fedsim flower run app/ --superlink 127.0.0.1:8000 --root-certificates certs/ca.crt --wait
-    Each device (pip install "fedsim[client]"):
+    Each device (the bundle's INSTALL.txt: pip install "./fedsim_lab-*.whl[client]" -c constraints.txt):
       fedsim flower client --superlink SERVER_IP:8000 --partition-id 0 --num-partitions 24 \\
           --root-certificates ca.crt [--auth-key node0]
+    Install a device without the package index knowing fedsim:
+      fedsim flower bundle device-bundle/                 # wheel, constraints.txt, INSTALL.txt
     Everything on this machine (loopback), compared with fedsim's federated mode:
       fedsim flower demo scenarios/flower_quickstart.yaml --compare
 
@@ -91,7 +94,7 @@ def flower() -> None:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a scenario field (as `fedsim run`).")
 @click.option("--run-config", "run_config", multiple=True, metavar="KEY=VALUE",
               help="Bridge setting: attack-side=client|server, client-eval, round-timeout, node-wait, output-dir, "
-              "partition-map.")
+              "partition-map, min-replies, resume.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing app in OUT_DIR.")
 def export(scenario: Path, out_dir: Path, sets: tuple[str, ...], run_config: tuple[str, ...], overwrite: bool) -> None:
     """Write a Flower app project for SCENARIO into OUT_DIR (pyproject.toml with the scenario in
@@ -123,8 +126,11 @@ def export(scenario: Path, out_dir: Path, sets: tuple[str, ...], run_config: tup
 @click.option("--run-config", "run_config", multiple=True, metavar="KEY=VALUE", help="Override run config keys.")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until the run finishes.")
 @click.option("--timeout", default=3600.0, show_default=True, help="Seconds to wait with --wait.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in the app's output-dir from its checkpoint.pt (after a SuperLink or "
+              "ServerApp restart; checkpoints every checkpoint.every rounds of the scenario).")
 def run(app_dir: Path, superlink: str | None, root_certificates: str | None, insecure: bool, connection: str | None,
-        run_config: tuple[str, ...], wait: bool, timeout: float) -> None:
+        run_config: tuple[str, ...], wait: bool, timeout: float, resume: bool) -> None:
     """Start the Flower app in APP_DIR on a SuperLink (`flwr run`) and wait for it.
 
     With --superlink the connection is made for this call; otherwise `flwr`'s own configuration is
@@ -133,6 +139,8 @@ def run(app_dir: Path, superlink: str | None, root_certificates: str | None, ins
 
     _need_flower()
     rc = _kv(run_config, "--run-config")
+    if resume:
+        rc["resume"] = True
     with tempfile.TemporaryDirectory(prefix="fedsim-flwr-") as tmp:
         if superlink:
             from fedsim.flower.project import write_flwr_config
@@ -169,6 +177,7 @@ def run(app_dir: Path, superlink: str | None, root_certificates: str | None, ins
 @click.option("--data-dir", help="Where this device keeps the scenario dataset's files (non-embedded datasets).")
 @click.option("--local-data", help="An .npz of this device's own samples, used instead of a partition.")
 @click.option("--cache-dir", help="Feature cache on this device.")
+@click.option("--state-dir", help="Where this device keeps its optimizer state for a resumed run.")
 @click.option("--attack", help="Run this attack here ('none': stay honest), overriding the scenario's placement.")
 @click.option("--port", type=int, default=9094, show_default=True,
               help="Local port of the node's ClientApp API (127.0.0.1; one per SuperNode on a machine).")
@@ -177,7 +186,8 @@ def run(app_dir: Path, superlink: str | None, root_certificates: str | None, ins
 @click.option("--dry-run", is_flag=True, help="Print the flower-supernode command instead of running it.")
 def client(superlink: str, partition_id: int, num_partitions: int, root_certificates: str | None, insecure: bool,
            auth_key: str | None, data_dir: str | None, local_data: str | None, cache_dir: str | None,
-           attack: str | None, port: int, max_retries: int | None, max_wait_time: float | None, dry_run: bool) -> None:
+           state_dir: str | None, attack: str | None, port: int, max_retries: int | None,
+           max_wait_time: float | None, dry_run: bool) -> None:
     """Start this device as a fedsim peer: a Flower SuperNode that runs fedsim's ClientApp."""
     from fedsim.flower import local
 
@@ -188,7 +198,8 @@ def client(superlink: str, partition_id: int, num_partitions: int, root_certific
     if auth_key and insecure:
         raise click.UsageError("SuperNode authentication (--auth-key) needs TLS; drop --insecure")
     nc: dict[str, Any] = {"partition-id": partition_id, "num-partitions": num_partitions}
-    for k, v in (("data-dir", data_dir), ("local-data", local_data), ("cache-dir", cache_dir), ("attack", attack)):
+    for k, v in (("data-dir", data_dir), ("local-data", local_data), ("cache-dir", cache_dir),
+                 ("state-dir", state_dir), ("attack", attack)):
         if v is not None:
             nc[k] = str(Path(v).expanduser().resolve()) if k != "attack" else v
     cmd = local.supernode_command(superlink, nc, root_certificates=_abs(root_certificates), insecure=insecure,
@@ -278,6 +289,26 @@ def register(public_key: str, superlink: str, root_certificates: str) -> None:
         except local.FederationError as e:
             raise click.ClickException(str(e)) from None
     click.echo(f"registered {public_key} as SuperNode {node_id}")
+
+
+@flower.command()
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--source", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="The fedsim source tree to build (default: the one this fedsim is imported from).")
+@click.option("--overwrite", is_flag=True, help="Replace the bundle files in a non-empty OUT_DIR.")
+def bundle(out_dir: Path, source: Path | None, overwrite: bool) -> None:
+    """Write what a device installs into OUT_DIR: this fedsim as a wheel, constraints.txt (flwr,
+    torch, numpy, ... at this machine's versions) and INSTALL.txt with the device's commands.
+
+    The device installs the wheel by path (pip install "./fedsim_lab-*.whl[client]" -c constraints.txt),
+    so the package index never has to know fedsim."""
+    from fedsim.flower.bundle import BundleError, build_bundle
+
+    try:
+        files = build_bundle(out_dir, source, overwrite=overwrite)
+    except BundleError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote {', '.join(p.name for p in files.values())} to {out_dir}; see {files['install']}")
 
 
 @flower.command()

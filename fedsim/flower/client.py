@@ -6,7 +6,11 @@ frozen backbone features, the same batched head training (:mod:`fedsim.heads`) a
 counter-based minibatch stream keyed by the partition id (:mod:`fedsim.rng`). So device ``i``
 draws exactly the minibatches simulated peer ``i`` draws, and a run through Flower reproduces
 fedsim's federated mode. The optimizer state (momentum, Adam moments) lives in the node's
-``context.state`` between rounds, as it lives in the simulated peer.
+``context.state`` between rounds, as it lives in the simulated peer. When the server checkpoints
+(``checkpoint.every``), the device also keeps that state for the last ``checkpoint.every + 1``
+rounds on disk, keyed by the server's run key (:func:`persist_round_state`): a resumed run is a new
+Flower run with an empty ``context.state``, and the device picks its state up where the server's
+checkpoint left off, so momentum and Adam resume exactly.
 
 Node config (``flower-supernode --node-config '...'``, Flower's convention):
 
@@ -16,6 +20,9 @@ Node config (``flower-supernode --node-config '...'``, Flower's convention):
 * ``local-data`` (str, optional): an ``.npz`` (``x_train, y_train[, x_test, y_test]`` or ``x, y``)
   with the device's own samples, used instead of a partition of the scenario dataset.
 * ``cache-dir`` (str, optional): the feature cache on the device.
+* ``state-dir`` (str, optional): where the device keeps its optimizer state of the last rounds for a
+  resumed run (default ``<feature cache>/../flower-state``; written only when the scenario has
+  ``checkpoint.every``).
 * ``attack`` (str, optional): run this attack on this device (``"none"``: stay honest), whatever
   the scenario's Byzantine placement says; parameters come from ``peers.attack.params`` when the
   names match.
@@ -27,7 +34,9 @@ matplotlib are never imported on this path (``tests/test_flower.py`` checks it).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import re
 from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
@@ -321,12 +330,73 @@ def _layer(cfg: ConfigRecord) -> tuple[int, int] | None:
     return None
 
 
+# ---------------------------------------------------------------------- state across a resume
+def state_file(peer: FedsimPeer, context: Context, cfg: ConfigRecord) -> Path | None:
+    """Where this device keeps its state of the last rounds for the server's run (None: the server
+    writes no checkpoints, so nothing is kept)."""
+    key, keep = str(cfg.get("run-key", "")), int(cfg.get("keep-rounds", 0))
+    if keep <= 0 or not re.fullmatch(r"[0-9a-f]{8,64}", key):
+        return None
+    from fedsim.features import cache_dir
+
+    nc = context.node_config
+    base = nc.get("state-dir") or cache_dir(nc.get("cache-dir") or peer.sc.backbone.cache_dir).parent / "flower-state"
+    return Path(str(base)).expanduser() / f"{key}-p{peer.pid}.pt"
+
+
+def _read_states(path: Path) -> dict[int, dict[str, Any]]:
+    if not path.is_file():
+        return {}
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        rounds = data["rounds"]
+        if not isinstance(rounds, dict):
+            raise TypeError("not a mapping")
+        return {int(r): st for r, st in rounds.items()}
+    except Exception as e:  # noqa: BLE001 - a damaged file only costs the resumed state
+        LOG.warning("ignored the saved device state %s: %s", path, e)
+        return {}
+
+
+def persist_round_state(path: Path, round_: int, state: RecordDict, keep: int) -> None:
+    """Keep this device's state after ``round_`` (and the ``keep - 1`` rounds before) in ``path``,
+    atomically; states of later rounds (a timeline the server abandoned by resuming) are dropped."""
+    from fedsim import rundir
+
+    rounds = {r: st for r, st in _read_states(path).items() if r < round_}
+    arrays = state[STATE_ARRAYS]
+    rounds[round_] = {"arrays": {k: torch.from_numpy(arrays[k].numpy().copy()) for k in arrays.keys()},
+                      "t": int(state[STATE_META]["t"])}
+    rounds = {r: rounds[r] for r in sorted(rounds)[-keep:]}
+    buf = io.BytesIO()
+    torch.save({"rounds": rounds}, buf)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rundir.atomic_write(path, buf.getvalue())
+
+
+def restore_round_state(path: Path, round_: int, state: RecordDict) -> bool:
+    """Put the saved state after ``round_`` into ``state`` (a new run's empty ``context.state``)."""
+    st = _read_states(path).get(round_)
+    if not isinstance(st, dict) or not isinstance(st.get("arrays"), dict):
+        LOG.warning("no saved state of round %d in %s: this device's optimizer state starts from zero", round_, path)
+        return False
+    state[STATE_ARRAYS] = ArrayRecord({k: Array(v.numpy()) for k, v in st["arrays"].items()})
+    state[STATE_META] = ConfigRecord({"t": int(st["t"])})
+    return True
+
+
 def handle_train(msg: Message, context: Context) -> Message:
     g, cfg = _global_head(msg)
     peer = peer_for(context, _layer(cfg))
     round_ = int(cfg.get("server-round", 1)) - 1
+    path = state_file(peer, context, cfg)
+    if path is not None and round_ > 0 and STATE_ARRAYS not in context.state:  # a resumed run's first round here
+        if restore_round_state(path, round_ - 1, context.state):
+            peer.load_state(context.state)
     vec, loss = peer.train(round_, g)
     peer.save_state(context.state)
+    if path is not None:
+        persist_round_state(path, round_, context.state, int(cfg["keep-rounds"]))
     metrics = MetricRecord({"num-examples": peer.num_train, "train-loss": loss, "partition-id": peer.pid})
     content = RecordDict({common.METRICS: metrics})
     if vec is not None:

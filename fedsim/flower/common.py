@@ -36,6 +36,7 @@ RUN_CONFIG_DEFAULTS: dict[str, Any] = {
     "output-dir": "",  # where the server writes metrics.jsonl & co.; "" = <output.dir>/<name>-flower
     "overwrite": False,  # replace the metrics of an earlier run in output-dir (refused otherwise)
     "partition-map": "",  # JSON {"NODE_ID": PARTITION}; "" = first come (bound and kept in partitions.json)
+    "resume": False,  # continue the run in output-dir from its checkpoint.pt (checkpoint.every of the scenario)
 }
 ATTACK_SIDES = ("client", "server")
 

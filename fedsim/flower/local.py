@@ -41,7 +41,8 @@ def flower_exe(name: str) -> str:
         return str(here)
     found = shutil.which(name)
     if not found:
-        raise FederationError(f"{name} not found: install Flower with `pip install \"fedsim[flower]\"`")
+        raise FederationError(f"{name} not found: install Flower (`pip install -e \".[flower]\"` in the fedsim "
+                              "checkout)")
     return found
 
 
@@ -291,6 +292,7 @@ class LocalFederation:
     env: dict[str, str] = field(default_factory=dict)
     host: str = LOOPBACK  # where the SuperLink's Fleet API listens (its Control/Runtime APIs answer this machine only)
     max_reply_bytes: int | None = None  # the SuperLink's cap on one reply (None: the launcher's default)
+    database: str | None = None  # the SuperLink's SQLite state, relative to workdir (None: in memory)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict, init=False)
     port: int = field(default=0, init=False)
     certs: dict[str, Path] | None = field(default=None, init=False)
@@ -349,7 +351,8 @@ class LocalFederation:
             write_flwr_config(self.cli_home, self.address, insecure=True)
         sl = self._spawn("superlink", superlink_command(host=self.host, port=self.port, certs=self.certs,
                                                          insecure=not self.tls, auth=self.auth,
-                                                         max_reply_bytes=self.max_reply_bytes),
+                                                         max_reply_bytes=self.max_reply_bytes,
+                                                         database=self.database),
                          self.workdir / "superlink-home")
         try:
             wait_port(LOOPBACK, self.port, self.startup_timeout, sl)
@@ -378,6 +381,22 @@ class LocalFederation:
         if self.auth and not register:
             self.optional.add(f"supernode{i}")
         return self._spawn(f"supernode{i}", cmd, self.workdir / f"node{i}-home")
+
+    def restart_superlink(self) -> None:
+        """Kill the SuperLink and everything below it (SuperExec, ServerApp), as a crash would, and
+        start it again with the same command on the same port (the old log kept as
+        ``superlink-1.log``, ...). The SuperNodes reconnect by themselves."""
+        old = self.procs.pop("superlink")
+        stop_tree(old, timeout=5.0)
+        i = 1
+        while self.log(f"superlink-{i}").exists():
+            i += 1
+        self.log("superlink").rename(self.log(f"superlink-{i}"))
+        sl = self._spawn("superlink", list(old.args), self.workdir / "superlink-home")
+        try:
+            wait_port(LOOPBACK, self.port, self.startup_timeout, sl)
+        except FederationError as e:
+            raise FederationError(f"{e}; see {self.log('superlink')}") from None
 
     def run(self, app_dir: str | Path, run_config: dict[str, Any] | None = None, timeout: float = 300.0) -> str:
         """Start the app on this federation and wait for it; returns the final status."""

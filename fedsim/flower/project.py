@@ -8,8 +8,8 @@
     OUT_DIR/README.md        how to run it
 
 The components live in the installed ``fedsim`` package, so the app holds no code of its own:
-the server machine and every device need fedsim installed (``pip install "fedsim[client]"`` on a
-device), and the SuperLink runs with ``--disable-runtime-dependency-installation``.
+the server machine and every device need fedsim installed (the wheel of ``fedsim flower bundle`` with
+``[client]`` on a device), and the SuperLink runs with ``--disable-runtime-dependency-installation``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def app_name(sc: Scenario) -> str:
 
 
 def app_pyproject(sc: Scenario, run_config: dict[str, Any] | None = None) -> dict[str, Any]:
-    from fedsim import __version__
+    from fedsim import DISTRIBUTION, __version__
 
     cfg = dict(common.RUN_CONFIG_DEFAULTS) | {"scenario": common.scenario_yaml(sc)} | dict(run_config or {})
     unknown = set(cfg) - set(common.RUN_CONFIG_DEFAULTS)
@@ -48,7 +48,7 @@ def app_pyproject(sc: Scenario, run_config: dict[str, Any] | None = None) -> dic
             f"{sc.peers.count} clients)",
             "license": "MIT",
             # informational: the SuperLink runs with --disable-runtime-dependency-installation
-            "dependencies": [f"fedsim[client]>={__version__}", FLWR_REQUIREMENT],
+            "dependencies": [f"{DISTRIBUTION}[client]=={__version__}", FLWR_REQUIREMENT],
         },
         "tool": {
             "flwr": {
@@ -70,7 +70,7 @@ per partition (`partition-id` 0..{last}), strategy `{strategy}`, {rounds} rounds
 
     # server machine (fedsim installed)
     fedsim flower superlink --certs-dir certs/            # TLS; add --auth for SuperNode auth
-    # each device i (pip install "fedsim[client]")
+    # each device i (fedsim installed from the bundle: fedsim flower bundle, INSTALL.txt)
     fedsim flower client --superlink SERVER:8000 --partition-id i --num-partitions {count} \\
         --root-certificates ca.crt
     # server machine

@@ -10,11 +10,23 @@ federated mode; replies are put back in partition-id order before the rule sees 
 A reply whose head is missing, of the wrong shape or dtype, or holds NaN/Inf is rejected and
 logged (node id, partition id, reason); the round completes with the others. Metrics stream to
 ``<output-dir>/metrics.jsonl`` in the format of ``fedsim run`` (plus ``received``/``rejected``).
+
+Persistence: every ``checkpoint.every`` rounds (the scenario's key) the server writes
+``<output-dir>/checkpoint.pt`` with :func:`fedsim.rundir.write_checkpoint` (atomic, checksummed,
+tensors only, read back with ``weights_only=True``): the server's state (global head, last forged
+rows), the round, the scenario fingerprint, the bridge settings that change results, and the count
+and sha256 of the ``metrics.jsonl`` lines written by then. Run config ``resume = true`` (``fedsim
+flower run --resume``) continues from it after a SuperLink or ServerApp restart: the file is
+verified, ``metrics.jsonl`` cut back to the lines it covers, and the rounds after it run as they
+would have. The final global head is written to ``final_global.pt`` by the same writer.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -28,7 +40,8 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 import strategies
-from fedsim.errors import RunDirExistsError
+from fedsim import rundir
+from fedsim.errors import CorruptFileError, ResumeMismatchError, RunDirExistsError
 from fedsim.flower import common
 from fedsim.flower.common import LOG
 from fedsim.flower.identity import STORE_NAME, PartitionAssignment, load_partition_map
@@ -52,6 +65,7 @@ class FedsimStrategy(Strategy):
         overwrite: bool = False,
         round_timeout: float = 600.0,
         min_replies: int = 1,
+        resume: bool = False,
     ) -> None:
         from fedsim.peers import Server
 
@@ -91,12 +105,21 @@ class FedsimStrategy(Strategy):
         self.history: list[dict[str, Any]] = []
         self._rec: dict[str, Any] = {}
         self._t0 = self._t_round = clock()
-        if self.out_dir is not None:
+        self.offset = 0  # rounds done before this ServerApp started (a resume); Flower counts from 1 again
+        # names this run's device states across a resume (a new Flower run): kept in the checkpoint
+        self.run_key = secrets.token_hex(8)
+        self._metrics_hash, self._metrics_lines = hashlib.sha256(), 0
+        if resume and self.out_dir is None:
+            raise common.BridgeError("run config 'resume': needs an output-dir with a checkpoint")
+        if resume:
+            self._resume()
+        elif self.out_dir is not None:
             refuse_existing_metrics(self.out_dir, overwrite)
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "metrics.jsonl").write_text("")
             (self.out_dir / "timings.jsonl").write_text("")
             (self.out_dir / "scenario.yaml").write_text(common.scenario_yaml(sc))
+            (self.out_dir / rundir.CHECKPOINT).unlink(missing_ok=True)  # an overwritten run's
 
     # ------------------------------------------------------------------ Flower's Strategy API
     def summary(self) -> None:
@@ -138,6 +161,8 @@ class FedsimStrategy(Strategy):
                   kind: str) -> list[Message]:
         config["server-round"] = server_round
         config["num-classes"], config["dim"] = self.layer
+        every = self.sc.checkpoint.every
+        config["run-key"], config["keep-rounds"] = self.run_key, every + 1 if every else 0
         record = RecordDict({common.ARRAYS: arrays, common.CONFIG: config})
         # TTL = the round's deadline: a message a device fetches late expires instead of running stale
         return [Message(content=record, dst_node_id=nid, message_type=kind, ttl=self.round_timeout)
@@ -145,12 +170,13 @@ class FedsimStrategy(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        server_round += self.offset
         self._t_round = self.clock()
         return self._messages(grid, server_round, arrays, config, MessageType.TRAIN)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None,
                                                                                       MetricRecord | None]:
-        round_ = server_round - 1
+        round_ = server_round + self.offset - 1
         rows, losses, received, rejected = self.collect(replies)
         valid = int((~np.isnan(rows).any(axis=1)).sum())
         quorum = valid >= self.min_replies
@@ -184,6 +210,7 @@ class FedsimStrategy(Strategy):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
+        server_round += self.offset
         if not self.client_eval or not self._eval_round(server_round - 1):
             return []
         return self._messages(grid, server_round, arrays, config, MessageType.EVALUATE)
@@ -323,7 +350,7 @@ class FedsimStrategy(Strategy):
         set), on the same rounds; also writes the round's metrics record."""
         if server_round == 0:
             return None
-        round_ = server_round - 1
+        round_ = server_round + self.offset - 1
         rec = dict(self._rec) if self._rec.get("round") == round_ else {"round": round_, "group": "honest"}
         out = None
         if self._eval_round(round_):
@@ -347,11 +374,67 @@ class FedsimStrategy(Strategy):
             LOG.info("round %d: global accuracy %.4f, test loss %.4f", round_, a, lo)
         self.history.append(rec)
         if self.out_dir is not None:
-            with open(self.out_dir / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(rec, sort_keys=True) + "\n")
+            line = (json.dumps(rec, sort_keys=True) + "\n").encode()
+            every = self.sc.checkpoint.every
+            due = bool(every) and (round_ + 1) % every == 0 and round_ < self.sc.rounds - 1
+            with rundir.writing(self.out_dir / rundir.METRICS), open(self.out_dir / rundir.METRICS, "ab") as fh:
+                fh.write(line)
+                fh.flush()
+                if due:  # the metrics on disk before the checkpoint that counts them
+                    os.fsync(fh.fileno())
+            self._metrics_hash.update(line)
+            self._metrics_lines += 1
             with open(self.out_dir / "timings.jsonl", "a") as fh:  # apart, as fedsim run keeps it
                 fh.write(json.dumps({"round": round_, "seconds": round(self.clock() - self._t_round, 4)}) + "\n")
+            if due:
+                self.write_checkpoint(self.out_dir / rundir.CHECKPOINT, round_)
+                LOG.info("round %d: checkpoint written to %s", round_, self.out_dir / rundir.CHECKPOINT)
         return out
+
+    # ------------------------------------------------------------------ checkpoints
+    def _fingerprint(self) -> dict[str, Any]:
+        return rundir.scenario_fingerprint(self.sc.model_dump(mode="json"))
+
+    def _bridge_settings(self) -> dict[str, Any]:
+        """The run config keys that change the metrics: a resume must keep them."""
+        return {"attack-side": self.attack_side, "client-eval": self.client_eval, "min-replies": self.min_replies}
+
+    def write_checkpoint(self, path: Path, round_: int) -> None:
+        """The server's state after ``round_`` (:func:`fedsim.rundir.write_checkpoint`)."""
+        fp = self._fingerprint()
+        meta = {
+            "format": rundir.CHECKPOINT_FORMAT,
+            "round": round_,
+            "metrics_lines": self._metrics_lines,
+            "metrics_sha256": self._metrics_hash.hexdigest(),
+            "scenario": fp,
+            "scenario_sha256": rundir.fingerprint_sha256(fp),
+            "bridge": self._bridge_settings(),
+            "engine": "flower",
+            "run_key": self.run_key,
+        }
+        rundir.write_checkpoint(path, meta, {"server": self.server.get_state()})
+
+    def _resume(self) -> None:
+        """Continue from ``<output-dir>/checkpoint.pt`` (verified; one-line errors otherwise)."""
+        assert self.out_dir is not None
+        meta, state, prefix = verified_checkpoint(self.out_dir, self.sc, self._bridge_settings())
+        srv = state.get("server")
+        g = srv.get("global") if isinstance(srv, dict) else None
+        if not isinstance(g, torch.Tensor) or tuple(g.shape) != (self.num_params,):
+            raise CorruptFileError(f"{self.out_dir / rundir.CHECKPOINT}: the global head is not a tensor of "
+                                   f"{self.num_params} parameters")
+        self.server.set_state(srv)
+        self.offset = int(meta["round"]) + 1
+        self.run_key = str(meta.get("run_key") or self.run_key)
+        rundir.atomic_write(self.out_dir / rundir.METRICS, prefix)  # rounds after the checkpoint run again
+        timings = self.out_dir / "timings.jsonl"
+        kept = timings.read_text().splitlines(keepends=True)[: self.offset] if timings.exists() else []
+        timings.write_text("".join(kept))
+        self._metrics_hash.update(prefix)
+        self._metrics_lines = len(prefix.splitlines())
+        self.history = [json.loads(x) for x in prefix.decode().splitlines()]
+        LOG.info("resuming %r after round %d from %s", self.sc.name, meta["round"], self.out_dir / rundir.CHECKPOINT)
 
     def summary_record(self) -> dict[str, Any]:
         evals = [x for x in self.history if "accuracy_mean" in x]
@@ -378,6 +461,36 @@ class FedsimStrategy(Strategy):
         }
 
 
+def verified_checkpoint(out: Path, sc: Scenario, bridge: dict[str, Any] | None = None,
+                        ) -> tuple[dict[str, Any], dict[str, Any], bytes]:
+    """``(meta, tensors, metrics prefix)`` of ``out/checkpoint.pt`` when this run may resume from
+    it: the same scenario (up to ``name``, ``output``, ``engine``, ``checkpoint``) and bridge
+    settings, a ``metrics.jsonl`` that starts with the lines the checkpoint counted, and no
+    ``summary.json`` (a finished run). ``bridge=None``: checked later, by the strategy."""
+    ckpt, metrics = out / rundir.CHECKPOINT, out / rundir.METRICS
+    if (out / "summary.json").exists():
+        raise rundir.RunCompleteError(f"{out} holds a finished run (summary.json); nothing to resume")
+    if not ckpt.exists():
+        raise ResumeMismatchError(f"{ckpt} does not exist: nothing to resume (checkpoints are written every "
+                                  "checkpoint.every rounds: --set checkpoint.every=K)")
+    meta, state = rundir.read_checkpoint(ckpt)
+    fp = rundir.scenario_fingerprint(sc.model_dump(mode="json"))
+    if meta["scenario_sha256"] != rundir.fingerprint_sha256(fp) or meta["scenario"] != fp:
+        raise ResumeMismatchError(f"{ckpt} was saved for another scenario: "
+                                  f"{rundir.first_difference(meta['scenario'], fp)}")
+    if bridge is not None and meta.get("bridge") != bridge:
+        raise ResumeMismatchError(f"{ckpt} was saved with run config {meta.get('bridge')}, not {bridge}")
+    r, n = meta["round"], meta["metrics_lines"]
+    if not (isinstance(r, int) and isinstance(n, int) and 0 <= r < sc.rounds - 1 and n == r + 1):
+        raise CorruptFileError(f"{ckpt}: round {r!r} with {n!r} metrics lines does not fit {sc.rounds} rounds")
+    lines = metrics.read_bytes().splitlines(keepends=True) if metrics.exists() else []
+    prefix = b"".join(lines[:n])
+    if len(lines) < n or hashlib.sha256(prefix).hexdigest() != meta["metrics_sha256"]:
+        raise ResumeMismatchError(f"the first {n} lines of {metrics} are not those the checkpoint recorded "
+                                  "(truncated, edited or replaced)")
+    return meta, state, prefix
+
+
 def refuse_existing_metrics(out_dir: Path, overwrite: bool) -> None:
     """A run's metrics are never truncated by accident: an output directory whose ``metrics.jsonl``
     holds records is refused unless the run config says ``overwrite = true``."""
@@ -387,6 +500,9 @@ def refuse_existing_metrics(out_dir: Path, overwrite: bool) -> None:
             f"{metrics} holds an earlier run's metrics; choose another output-dir, or pass "
             "--run-config overwrite=true to replace them"
         )
+
+
+FINAL_GLOBAL = "final_global.pt"
 
 
 def validation_sizes(prep: Any) -> list[int]:
@@ -421,7 +537,11 @@ def run_server(grid: Grid, context: Context) -> dict[str, Any]:
     rc = dict(context.run_config)
     sc = common.scenario_from_run_config(rc)
     out = output_dir(sc, rc)
-    refuse_existing_metrics(out, bool(common.run_config_value(rc, "overwrite")))  # before any work
+    resume = bool(common.run_config_value(rc, "resume"))
+    if resume:
+        verified_checkpoint(out, sc)  # before any work
+    else:
+        refuse_existing_metrics(out, bool(common.run_config_value(rc, "overwrite")))  # before any work
     prep = prepare(sc, log=lambda m: LOG.info("%s", m))
     strategy = FedsimStrategy(
         sc,
@@ -434,16 +554,18 @@ def run_server(grid: Grid, context: Context) -> dict[str, Any]:
         overwrite=bool(common.run_config_value(rc, "overwrite")),
         round_timeout=float(common.run_config_value(rc, "round-timeout")),
         min_replies=int(common.run_config_value(rc, "min-replies")),
+        resume=resume,
     )
     strategy.start(
         grid=grid,
         initial_arrays=strategy.initial_arrays(),
-        num_rounds=sc.rounds,
+        num_rounds=sc.rounds - strategy.offset,
         timeout=float(common.run_config_value(rc, "round-timeout")),
         train_config=ConfigRecord(),
         evaluate_config=ConfigRecord(),
         evaluate_fn=strategy.evaluate_global,
     )
+    strategy.write_checkpoint(out / FINAL_GLOBAL, sc.rounds - 1)  # the final global head, same safe format
     summary = strategy.summary_record()
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "versions.json").write_text(json.dumps(_versions(), indent=2) + "\n")
