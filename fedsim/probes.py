@@ -47,6 +47,7 @@ import torch
 from torch import Tensor
 
 from attacks import probes as ap
+from fedsim import canaries as canaries_mod
 from fedsim import rng as crng
 from fedsim.topology import Topology
 
@@ -65,6 +66,8 @@ UNLEARNING_DEFAULTS: dict[str, Any] = {
     "retrain": True,
     "mode": "first_epoch",  # or "iterative"
     "tol": 1e-3,
+    "canaries": None,  # e.g. {count: 50, kind: mislabelled}: planted in the leaver's shard (fedsim.canaries)
+    "permutations": 999,  # label permutations of every membership null distribution
 }
 CLONING_DEFAULTS: dict[str, Any] = {
     "target": None,  # default: the first honest peer; federated: the global model
@@ -142,6 +145,8 @@ def _validate_unlearning(i: int, p: dict[str, Any], num_peers: int | None) -> di
     if cfg["mode"] not in ("first_epoch", "iterative"):
         raise _err(i, "mode", f"got {cfg['mode']!r}; allowed: first_epoch, iterative")
     cfg["tol"] = _check_num(i, "tol", cfg["tol"], 0.0)
+    cfg["canaries"] = canaries_mod.validate(f"probes.{i}.canaries", cfg["canaries"])
+    cfg["permutations"] = _check_int(i, "permutations", cfg["permutations"], 99)
     return cfg
 
 
@@ -217,6 +222,9 @@ class _Ctx:
     bias: bool
     seed: int
     federated: bool
+    canaries: canaries_mod.Canaries | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+    rounds: int = 1
     retrained: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property
@@ -258,6 +266,9 @@ def _context(run: Run, prep: Prepared, final_params: np.ndarray) -> _Ctx:
         bias=bool(run.sc.training.bias),
         seed=int(run.sc.seed),
         federated=run.sc.mode == "federated",
+        canaries=prep.canaries,
+        training=run.sc.training.model_dump(),
+        rounds=int(run.sc.rounds),
     )
 
 
@@ -378,6 +389,97 @@ def _influence(ctx: _Ctx, model: str, params: Tensor, hops: np.ndarray, peers: n
     return out
 
 
+def _canary_shadows(i: int, cfg: dict[str, Any], ctx: _Ctx, peer: int, pop_x: Tensor, pop_y: Tensor,
+                    natural: np.ndarray) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    """LiRA shadows for the canary population ``(pop_x, pop_y)`` (members then held-out canaries),
+    trained the way a peer trains its head: the scenario's SGD (lr, momentum, weight decay, batch
+    size) for ``rounds × local_steps`` steps on a shard the size of the leaver's natural shard,
+    drawn from the federation's natural training data, plus each canary with probability ½ (shadow
+    pairs are complementary on the canaries, so every canary is *in* half the shadows).
+
+    Returns ``(shadow heads [S, P], in-mask on the population [S, m], setup record)``. Departure:
+    no gossip averaging is emulated (a shadow is one peer's local training, not a federation)."""
+    t = ctx.training
+    s_count = int(cfg["lira_shadows"])
+    gen = crng.torch_generator(ctx.seed, "probes_canary_shadows", i)
+    nat_x, nat_y = ctx.data(natural)
+    shard = len(ctx.train_idx[peer]) - len(ctx.canaries.member_idx)  # type: ignore[union-attr]
+    m = pop_x.shape[0]
+    masks = []
+    for k in range(s_count):
+        if k % 2 == 0:
+            half = torch.zeros(m, dtype=torch.bool)
+            half[torch.randperm(m, generator=gen)[: m // 2]] = True
+        else:
+            half = ~masks[-1][1]
+        nat = torch.zeros(nat_x.shape[0], dtype=torch.bool)
+        nat[torch.randperm(nat_x.shape[0], generator=gen)[:shard]] = True
+        masks.append((nat, half))
+    in_mask = torch.stack([torch.cat([a, b]) for a, b in masks])
+    heads = ap.train_heads_sgd(torch.cat([nat_x, pop_x]), torch.cat([nat_y, pop_y]), in_mask, ctx.num_classes,
+                               steps=ctx.rounds * int(t["local_steps"]), batch_size=int(t["batch_size"]),
+                               lr=float(t["lr"]), momentum=float(t["momentum"]),
+                               weight_decay=float(t["weight_decay"]), bias=ctx.bias, generator=gen)
+    info = {"shadows": s_count, "shard_size": shard, "steps": ctx.rounds * int(t["local_steps"]),
+            "optimizer": "sgd", "target_optimizer": t["optimizer"], "batch_size": int(t["batch_size"]),
+            "lr": float(t["lr"]), "momentum": float(t["momentum"]), "fixed_variance": s_count // 2 < 64}
+    return heads, in_mask[:, nat_x.shape[0]:], info
+
+
+def _membership(i: int, cfg: dict[str, Any], ctx: _Ctx, peer: int, models: dict[str, Tensor],
+                mia: tuple[Tensor, Tensor]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Membership tests of every model (``before``/``after``/``retrained``) against their nulls
+    (:func:`attacks.probes.membership_test`): the leaver's natural data vs the MIA half of the
+    test split (loss threshold, with the class-matched null), and with canaries the member
+    canaries vs the held-out ones (loss threshold; online and offline LiRA with ``lira_shadows``).
+    """
+    shape, bias, perms = ctx.layer_shape, ctx.bias, cfg["permutations"]
+    can = ctx.canaries if ctx.canaries is not None and ctx.canaries.peer == peer else None
+    if cfg["canaries"] is not None and can is None:
+        raise _err(i, "canaries", f"no canaries were planted in peer {peer}'s shard (the run's leaver)")
+    natural = np.setdiff1d(ctx.train_idx[peer], can.member_idx) if can is not None else ctx.train_idx[peer]
+    nat_m = ctx.data(natural)
+    info: dict[str, Any] = {"natural_members": len(natural), "natural_nonmembers": int(mia[1].numel()),
+                            "permutations": perms}
+    pop = shadows = None
+    if can is not None:
+        cx, cy = ctx.data(can.member_idx)
+        pop = (torch.cat([cx, torch.from_numpy(can.heldout_x).to(torch.float64)]),
+               torch.cat([cy, torch.from_numpy(can.heldout_y).long()]))
+        nm = len(can.member_idx)
+        info["canaries"] = {"kind": can.kind, "members": nm, "heldout": len(can.heldout_y)}
+        if cfg["lira_shadows"]:
+            others = np.concatenate([np.setdiff1d(ctx.train_idx[j], can.member_idx)
+                                     for j in range(ctx.n) if ctx.honest[j]])
+            shadows = _canary_shadows(i, cfg, ctx, peer, *pop, others)
+            info["lira"] = shadows[2]
+    out: dict[str, dict[str, Any]] = {}
+    for name, theta in models.items():
+        gen = crng.torch_generator(ctx.seed, "probes_membership", i)
+        res: dict[str, Any] = {}
+        lm = ap.ce_losses(ap.head_logits(theta, nat_m[0], shape, bias), nat_m[1])
+        ln = ap.ce_losses(ap.head_logits(theta, mia[0], shape, bias), mia[1])
+        res["natural_loss"] = ap.membership_test(-lm, -ln, attack="loss_threshold", data="natural",
+                                                 permutations=perms, generator=gen, member_y=nat_m[1],
+                                                 nonmember_y=mia[1]).to_dict()
+        if pop is not None:
+            z = ap.head_logits(theta, pop[0], shape, bias)
+            lc = ap.ce_losses(z, pop[1])
+            res["canary_loss"] = ap.membership_test(-lc[:nm], -lc[nm:], attack="loss_threshold", data="canaries",
+                                                    permutations=perms, generator=gen).to_dict()
+            if shadows is not None:
+                heads, in_mask, _ = shadows
+                phi_obs = ap.logit_confidence(z, pop[1])
+                phi_sh = ap.logit_confidence(ap.head_logits(heads, pop[0], shape, bias), pop[1])
+                for online in (True, False):
+                    sc = ap.lira_scores(phi_obs, phi_sh, in_mask, online=online)
+                    key = "canary_lira_" + ("online" if online else "offline")
+                    res[key] = ap.membership_test(sc[:nm], sc[nm:], attack=key[7:], data="canaries",
+                                                  permutations=perms, generator=gen).to_dict()
+        out[name] = res
+    return out, info
+
+
 def run_unlearning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
     """One unlearning probe → its ``probes.json`` entry (see the module docstring)."""
     peer = _default_leaver(ctx) if cfg["peer"] is None else cfg["peer"]
@@ -409,6 +511,8 @@ def run_unlearning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
     retrained = None if retrained_all is None else retrained_all[ctx.row(target)]
     report = ap.evaluate_unlearning(before, after, retrained, forget, retain, test, mia, layer_shape=shape,
                                     bias=bias, shadows=shadows, trace=trace)
+    models = {"before": before, "after": after, **({"retrained": retrained} if retrained is not None else {})}
+    membership, membership_info = _membership(i, cfg, ctx, peer, models, mia)
     influence: list[dict[str, Any]] = []
     if not ctx.federated:
         hops = hop_distances(in_neighbors(ctx.run.sc), peer)
@@ -427,6 +531,8 @@ def run_unlearning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
         "lira_shadows": cfg["lira_shadows"],
         "retrained_dir": (str(ctx.run.dir / "probes" / f"retrain-without-{peer}") if cfg["retrain"] else None),
         "records": [report.to_dict()],
+        "membership": membership,
+        "membership_setup": membership_info,
         "influence": influence,
     }
 

@@ -25,6 +25,7 @@ import strategies
 from fedsim import rng as crng
 from fedsim import rundir
 from fedsim.backend import make_backend
+from fedsim.canaries import Canaries, plant
 from fedsim.errors import (  # noqa: F401  (RunDirExistsError, RunInterruptedError re-exported)
     CorruptFileError,
     FedsimError,
@@ -53,6 +54,7 @@ class Prepared:
     bytes_per_message: int
     root: tuple[np.ndarray, np.ndarray] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    canaries: Canaries | None = None  # planted by an unlearning probe's ``canaries`` knob
 
 
 def _backbone_param_count(name: str) -> int:
@@ -71,6 +73,8 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
         log(f"warning: {warning}")
     byz = byzantine_mask(sc)  # these four: the same functions validation calls (fedsim.scenario)
     part = partition_for(sc, feats.y_train, byz)
+    # an unlearning probe's canaries join the leaver's shard before training (fedsim.canaries)
+    feats, train, canaries = plant(feats, list(part.train), byz, sc.probes, sc.seed)
     topo = build_topology(sc)
     f, in_degree = resolve_f(sc, topo)
     params = dict(sc.strategy.params)
@@ -82,9 +86,9 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     num_params = c * d + (c if sc.training.bias else 0)
     rule_cls = strategies.REGISTRY[sc.strategy.name]
     # the class sets peers compare when they connect (Bristle's private-set intersection), for every peer
-    classes = held_classes(feats.y_train, part.train, part.val, c) if "overlap" in rule_cls.needs else None
+    classes = held_classes(feats.y_train, train, part.val, c) if "overlap" in rule_cls.needs else None
     extra = _backbone_param_count(sc.backbone.name) if rule_cls.exchanges == "full_model" else 0
-    largest_shard = max(len(t) for t in part.train)
+    largest_shard = max(len(t) for t in train)
     threads = sc.engine.cpus_per_actor
     if sc.engine.backend == "local":  # in-process, the groups run one after another: each may use every CPU
         threads = min(threads * sc.engine.num_actors, os.cpu_count() or 1)  # but no more than the machine has
@@ -110,7 +114,7 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     actors = min(sc.engine.num_actors, n)
     blocks = np.array_split(np.arange(n), actors)
     setups = [
-        GroupSetup(first=int(b[0]), train_idx=[part.train[i] for i in b], val_idx=[part.val[i] for i in b], **common)
+        GroupSetup(first=int(b[0]), train_idx=[train[i] for i in b], val_idx=[part.val[i] for i in b], **common)
         for b in blocks
     ]
     server = GroupSetup(first=0, train_idx=[], val_idx=[], **common) if sc.mode == "federated" else None
@@ -129,9 +133,13 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
         "classes": c,
         "mean_in_degree": in_degree,
         "actors": actors,
-        "train_samples_per_peer": [int(len(t)) for t in part.train],
+        "train_samples_per_peer": [int(len(t)) for t in train],
     }
-    return Prepared(sc, feats, setups, server, byz, f, num_params, FLOAT_BYTES * (num_params + extra), root, info)
+    if canaries is not None:
+        info["canaries"] = {"peer": canaries.peer, "kind": canaries.kind, "members": len(canaries.member_idx),
+                            "heldout": len(canaries.heldout_y)}
+    return Prepared(sc, feats, setups, server, byz, f, num_params, FLOAT_BYTES * (num_params + extra), root, info,
+                    canaries)
 
 
 def local_ray_cpus(sc: Scenario) -> int | None:
