@@ -688,6 +688,8 @@ def summarize(entry: dict[str, Any]) -> dict[str, Any]:
             "mia_advantage": pick("mia_advantage"), "forget_accuracy": pick("forget_accuracy"),
             "test_accuracy": pick("test_accuracy"),
             "influence_mia_by_hop": {f"{r['model']}:{r['hop']}": r["mia_advantage_mean"] for r in entry["influence"]},
+            "membership": {f"{m}:{a}": {k: t[k] for k in ("advantage", "null_q95", "p_value", "tpr_at_1pct_fpr")}
+                           for m, res in (entry.get("membership") or {}).items() for a, t in res.items()},
         }
     return {
         "kind": "cloning", "target": entry["target"],
@@ -770,6 +772,8 @@ def _format_unlearning(e: dict[str, Any]) -> str:
         f"{_num(tr.get('final_reference_loss'))}. Split of the test set: {sp.get('calibration')} calibration, "
         f"{sp.get('mia_nonmembers')} MIA non-members, {sp.get('test')} test.",
     ]
+    if e.get("membership"):
+        out += ["", _format_membership(e)]
     if e.get("influence"):
         by_hop: dict[int, dict[str, dict[str, Any]]] = {}
         for r in e["influence"]:
@@ -787,6 +791,33 @@ def _format_unlearning(e: dict[str, Any]) -> str:
         out += ["", "Influence spread (hop distance from the leaver; mean over honest peers; hop 0 is the "
                 "leaver itself, absent from the retrained federation):", "", _table(header, rows)]
     return "\n".join(out)
+
+
+def _ci(v: Any) -> str:
+    return "–" if not v or not all(_is_num(x) for x in v) else f"[{100 * v[0]:.1f}, {100 * v[1]:.1f}]%"
+
+
+def _format_membership(e: dict[str, Any]) -> str:
+    """Membership-inference table: every advantage beside its nulls (docs/probes.md)."""
+    rows = []
+    for model, res in e["membership"].items():
+        for attack, t in res.items():
+            cm = t.get("class_matched_q95")
+            rows.append([model, attack, _num(t["advantage"]), _num(t["null_q95"]), _num(cm), _num(t["p_value"], ".4f"),
+                         _pct(t["tpr_at_1pct_fpr"]), _ci(t.get("tpr_at_1pct_fpr_ci")), _pct(t["tpr_at_0_1pct_fpr"]),
+                         _ci(t.get("tpr_at_0_1pct_fpr_ci")), _num(t["auc"])])
+    setup = e.get("membership_setup") or {}
+    can = setup.get("canaries")
+    lira = setup.get("lira")
+    what = (f"{can['members']} {can['kind']} canaries vs {can['heldout']} held-out canaries" if can else "no canaries")
+    shadows = (f"; LiRA: {lira['shadows']} shadows trained by SGD for {lira['steps']} steps on {lira['shard_size']} "
+               f"examples{' (fixed variance)' if lira['fixed_variance'] else ''}" if lira else "")
+    return "\n".join([
+        f"Membership inference ({what}; natural: {setup.get('natural_members')} of the leaver's examples vs "
+        f"{setup.get('natural_nonmembers')} held-out; cross-fitted advantage, permutation null of "
+        f"{setup.get('permutations')} relabellings{shadows}):", "",
+        _table(["model", "attack", "advantage", "null q95", "class-matched q95", "p", "TPR@1%FPR", "95% CI",
+                "TPR@0.1%FPR", "95% CI", "AUC"], rows)])
 
 
 def _k_label(k: Any, c: Any = None) -> str:

@@ -14,11 +14,11 @@ the members changed nothing:
   recomputed; ``null_q95`` is the 95% quantile and ``p = (1 + #{null ≥ observed}) / (1 + B)``
   (Phipson & Smyth 2010: never 0).
 * **Class-matched null** (optional, for natural data whose class mix differs from the held-out
-  data's): pseudo-members are drawn from the *non-members* with the members' class counts
-  (without replacement; classes short of examples are drawn with replacement), scored against
-  the remaining non-members; its 95% quantile and p-value show how much advantage the class
-  prior alone produces. The remaining non-members have the complementary class mix, so this null
-  is if anything too wide (conservative).
+  data's): the non-members are split at random into halves ``A`` and ``B``; pseudo-members are
+  drawn from ``A`` with the members' class *proportions* (``min(n_members, |A|)`` of them, with
+  replacement within a class), and scored against ``B`` (the held-out class mix, as the real
+  non-members). Its 95% quantile and p-value show how much advantage the class prior alone
+  produces. Smaller samples than the real test make this null somewhat wider (conservative).
 * **TPR at a fixed low FPR** (Carlini et al. 2022, "Membership Inference Attacks From First
   Principles"): the non-members are split in a *calibration* half, whose ``(1 − α)`` quantile is
   the threshold (``FPR ≤ α`` on calibration), and an *evaluation* half, on which the realised FPR
@@ -170,19 +170,19 @@ class MembershipTest(Record):
     permutations: int
 
 
-def _class_matched_draw(member_y: Tensor, nonmember_y: Tensor, gen: torch.Generator) -> Tensor:
-    """Indices into the non-members of pseudo-members with the members' class counts."""
-    picks = []
-    for c in torch.unique(member_y).tolist():
-        need = int((member_y == c).sum())
-        pool = torch.nonzero(nonmember_y == c).reshape(-1)
-        if pool.numel() == 0:
-            continue
-        if pool.numel() > need:
-            picks.append(pool[torch.randperm(pool.numel(), generator=gen)[:need]])
-        else:
-            picks.append(pool[torch.randint(pool.numel(), (need,), generator=gen)])
-    return torch.cat(picks) if picks else torch.empty(0, dtype=torch.long)
+def _class_matched_draw(member_y: Tensor, pool_y: Tensor, size: int, gen: torch.Generator) -> Tensor:
+    """``size`` indices into ``pool_y`` (with replacement) whose classes follow ``member_y``'s proportions."""
+    classes = [c for c in torch.unique(member_y).tolist() if bool((pool_y == c).any())]
+    if not classes:
+        raise ValueError("no non-member shares a class with the members: no class-matched null")
+    counts = torch.tensor([float((member_y == c).sum()) for c in classes])
+    which = torch.multinomial(counts / counts.sum(), size, replacement=True, generator=gen)
+    picks = torch.empty(size, dtype=torch.long)
+    for j, c in enumerate(classes):
+        sel = which == j
+        pool = torch.nonzero(pool_y == c).reshape(-1)
+        picks[sel] = pool[torch.randint(pool.numel(), (int(sel.sum()),), generator=gen)]
+    return picks
 
 
 def membership_test(
@@ -216,13 +216,13 @@ def membership_test(
     cq95 = cp = None
     if member_y is not None and nonmember_y is not None:
         cnull = np.empty(class_permutations)
+        ny = nonmember_y.reshape(-1)
         for b in range(class_permutations):
-            pick = _class_matched_draw(member_y.reshape(-1), nonmember_y.reshape(-1), gen)
-            rest = torch.ones(n.numel(), dtype=torch.bool)
-            rest[pick] = False
-            if pick.numel() < 2 or int(rest.sum()) < 2:
-                raise ValueError(f"{attack}: too few non-members for a class-matched null")
-            cnull[b] = crossfit_advantage(n[pick], n[rest], gen)
+            split = torch.randperm(n.numel(), generator=gen)
+            a_idx, b_idx = split[: n.numel() // 2], split[n.numel() // 2 :]
+            size = min(m.numel(), a_idx.numel())
+            pick = a_idx[_class_matched_draw(member_y.reshape(-1), ny[a_idx], size, gen)]
+            cnull[b] = crossfit_advantage(n[pick], n[b_idx], gen)
         cq95 = float(np.quantile(cnull, 0.95))
         cp = (1 + int((cnull >= obs - 1e-12).sum())) / (1 + class_permutations)
     half = torch.randperm(n.numel(), generator=gen)
