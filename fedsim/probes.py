@@ -68,6 +68,10 @@ UNLEARNING_DEFAULTS: dict[str, Any] = {
     "tol": 1e-3,
     "canaries": None,  # e.g. {count: 50, kind: mislabelled}: planted in the leaver's shard (fedsim.canaries)
     "permutations": 999,  # label permutations of every membership null distribution
+    "newton_damping": 1e-3,  # L2 damping λ of the retained Hessian in the Newton removal
+    "newton_steps": 1,  # Newton steps on the removal equation (1: the classic influence step)
+    "finetune_steps": 50,  # full-batch gradient steps of the fine-tune-on-retained baseline
+    "finetune_lr": 0.5,
 }
 CLONING_DEFAULTS: dict[str, Any] = {
     "target": None,  # default: the first honest peer; federated: the global model
@@ -147,6 +151,10 @@ def _validate_unlearning(i: int, p: dict[str, Any], num_peers: int | None) -> di
     cfg["tol"] = _check_num(i, "tol", cfg["tol"], 0.0)
     cfg["canaries"] = canaries_mod.validate(f"probes.{i}.canaries", cfg["canaries"])
     cfg["permutations"] = _check_int(i, "permutations", cfg["permutations"], 99)
+    cfg["newton_damping"] = _check_num(i, "newton_damping", cfg["newton_damping"], 0.0)
+    cfg["newton_steps"] = _check_int(i, "newton_steps", cfg["newton_steps"], 1, 100)
+    cfg["finetune_steps"] = _check_int(i, "finetune_steps", cfg["finetune_steps"], 0)
+    cfg["finetune_lr"] = _check_num(i, "finetune_lr", cfg["finetune_lr"], 0.0)
     return cfg
 
 
@@ -480,6 +488,44 @@ def _membership(i: int, cfg: dict[str, Any], ctx: _Ctx, peer: int, models: dict[
     return out, info
 
 
+def _methods(cfg: dict[str, Any], ctx: _Ctx, before: Tensor, after: Tensor, retrained: Tensor | None,
+             forget: tuple[Tensor, Tensor], retain: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor],
+             cal: tuple[Tensor, Tensor]) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """Every unlearning method beside the gradient ascent, judged against the retrained head in
+    function space (:mod:`attacks.probes.retrain_gap`): ``none`` (do nothing), ``gradient_ascent``
+    (the probe's calibrated ascent), ``bias_only_ascent`` (the same ascent and stopping rule on the
+    class biases only), ``finetune_retain`` and ``newton`` (damped Newton/influence removal).
+    Without a retrained head only accuracies are reported."""
+    shape, bias = ctx.layer_shape, ctx.bias
+    heads: dict[str, Tensor] = {"none": before, "gradient_ascent": after}
+    info: dict[str, dict[str, Any]] = {}
+    if bias:
+        g0 = ap.bias_only(ap.ce_gradient(torch.zeros_like(before), forget[0], forget[1], shape, bias), shape, bias)
+        heads["bias_only_ascent"], tr = ap.unlearn_gradient_ascent(
+            before, shape, bias, forget[0], forget[1], cal[0], cal[1], cfg["lr"], cfg["max_steps"],
+            recorded_gradients=g0, tol=cfg["tol"])
+        info["bias_only_ascent"] = {"steps": tr.steps, "stop_reason": tr.stop_reason}
+    heads["finetune_retain"] = ap.finetune_on_retain(before, shape, bias, retain, steps=cfg["finetune_steps"],
+                                                     lr=cfg["finetune_lr"])
+    info["finetune_retain"] = {"steps": cfg["finetune_steps"], "lr": cfg["finetune_lr"]}
+    heads["newton"], info["newton"] = ap.newton_removal(before, shape, bias, forget, retain,
+                                                        damping=cfg["newton_damping"], steps=cfg["newton_steps"])
+    splits = {"forget": forget[0], "retain": retain[0], "test": test[0]}
+    ref = None if retrained is None else ap.function_gap(retrained, before, splits, shape, bias)
+    out: dict[str, Any] = {}
+    for name, theta in heads.items():
+        rec: dict[str, Any] = {
+            "test_accuracy": ap.accuracy(ap.head_logits(theta, test[0], shape, bias), test[1]),
+            "forget_accuracy": ap.accuracy(ap.head_logits(theta, forget[0], shape, bias), forget[1]),
+            **info.get(name, {}),
+        }
+        if retrained is not None and ref is not None:
+            gap = ap.function_gap(retrained, theta, splits, shape, bias)
+            rec.update(gap, kl_gap_closed=ap.gap_closed(ref, gap))
+        out[name] = rec
+    return out, heads
+
+
 def run_unlearning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
     """One unlearning probe → its ``probes.json`` entry (see the module docstring)."""
     peer = _default_leaver(ctx) if cfg["peer"] is None else cfg["peer"]
@@ -511,7 +557,9 @@ def run_unlearning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
     retrained = None if retrained_all is None else retrained_all[ctx.row(target)]
     report = ap.evaluate_unlearning(before, after, retrained, forget, retain, test, mia, layer_shape=shape,
                                     bias=bias, shadows=shadows, trace=trace)
-    models = {"before": before, "after": after, **({"retrained": retrained} if retrained is not None else {})}
+    methods, heads = _methods(cfg, ctx, before, after, retrained, forget, retain, test, cal)
+    extra = {k: v for k, v in heads.items() if k not in ("none", "gradient_ascent")}
+    models = {"before": before, "after": after, **extra, **({"retrained": retrained} if retrained is not None else {})}
     membership, membership_info = _membership(i, cfg, ctx, peer, models, mia)
     influence: list[dict[str, Any]] = []
     if not ctx.federated:
@@ -531,6 +579,7 @@ def run_unlearning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
         "lira_shadows": cfg["lira_shadows"],
         "retrained_dir": (str(ctx.run.dir / "probes" / f"retrain-without-{peer}") if cfg["retrain"] else None),
         "records": [report.to_dict()],
+        "methods": methods,
         "membership": membership,
         "membership_setup": membership_info,
         "influence": influence,

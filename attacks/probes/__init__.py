@@ -13,7 +13,16 @@
 Pure torch; never imports ``fedsim`` or ``strategies``. Records have ``.to_dict()``.
 """
 
-from attacks.probes._head import ce_losses, flatten, head_logits, logit_confidence, train_heads, unflatten
+from attacks.probes._head import (
+    accuracy,
+    ce_gradient,
+    ce_losses,
+    flatten,
+    head_logits,
+    logit_confidence,
+    train_heads,
+    unflatten,
+)
 from attacks.probes.cloning import (
     CloningReport,
     DistillInfo,
@@ -63,6 +72,14 @@ from attacks.probes.oracles import (
     with_rounding,
     with_top1,
 )
+from attacks.probes.retrain_gap import (
+    bias_only,
+    finetune_on_retain,
+    function_gap,
+    gap_closed,
+    kl_and_disagreement,
+    newton_removal,
+)
 from attacks.probes.unlearning import (
     ModelEvaluation,
     UnlearningReport,
@@ -73,6 +90,8 @@ from attacks.probes.unlearning import (
 )
 
 __all__ = [
+    "accuracy", "bias_only", "ce_gradient", "finetune_on_retain", "function_gap", "gap_closed",
+    "kl_and_disagreement", "newton_removal",
     "MembershipTest", "ce_losses", "clopper_pearson", "crossfit_advantage", "lira_scores", "logit_confidence",
     "membership_test", "tpr_at_fixed_fpr", "train_heads_sgd",
     "CloningReport", "CountingOracle", "DistillInfo", "HeadOracle", "HiddenSizeEstimate",
