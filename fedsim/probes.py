@@ -821,6 +821,8 @@ def _format_unlearning(e: dict[str, Any]) -> str:
         f"{_num(tr.get('final_reference_loss'))}. Split of the test set: {sp.get('calibration')} calibration, "
         f"{sp.get('mia_nonmembers')} MIA non-members, {sp.get('test')} test.",
     ]
+    if e.get("methods"):
+        out += ["", _format_methods(e["methods"])]
     if e.get("membership"):
         out += ["", _format_membership(e)]
     if e.get("influence"):
@@ -844,6 +846,21 @@ def _format_unlearning(e: dict[str, Any]) -> str:
 
 def _ci(v: Any) -> str:
     return "–" if not v or not all(_is_num(x) for x in v) else f"[{100 * v[0]:.1f}, {100 * v[1]:.1f}]%"
+
+
+def _format_methods(methods: dict[str, Any]) -> str:
+    """Unlearning methods against the retrained head (KL(retrained ‖ method), top-1 disagreement)."""
+    rows = []
+    for name, r in methods.items():
+        kl, dis = r.get("kl_to_retrained") or {}, r.get("disagreement_to_retrained") or {}
+        closed = r.get("kl_gap_closed") or {}
+        rows.append([name, *[_num(kl.get(s), ".4f") for s in ("forget", "retain", "test")],
+                     *[_pct(dis.get(s)) for s in ("forget", "test")], _pct(closed.get("forget")),
+                     _pct(r.get("test_accuracy"))])
+    return "\n".join(["Unlearning methods against the model retrained without the leaver (KL(retrained ‖ method) "
+                      "per split, top-1 disagreement, share of the forget-split KL gap closed):", "",
+                      _table(["method", "KL forget", "KL retain", "KL test", "disagree forget", "disagree test",
+                              "gap closed (forget)", "test acc."], rows)])
 
 
 def _format_membership(e: dict[str, Any]) -> str:
