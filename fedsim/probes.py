@@ -15,8 +15,15 @@ Unlearning (``kind: unlearning``) — a peer leaves and asks that its data be fo
   attack is never scored on the data the calibration or the shadows used.
 * the target's head (the leaver's first honest in-neighbour by default; the global model in
   federated mode) is unlearned by calibrated first-epoch gradient ascent
-  (:func:`attacks.probes.unlearn_gradient_ascent`; heads start at zero in fedsim, so the first
-  epoch's gradient is replayed at ``θ = 0``);
+  (:func:`attacks.probes.unlearn_gradient_ascent`), replaying the leaver's real first-epoch
+  minibatch gradients, recorded by its peer group during training (``GroupSetup.record_gradients``:
+  ``ceil(shard / batch_size)`` steps, each at the head that step started from; only when an
+  unlearning probe runs). Without them (a resumed run) the first epoch's gradient is replayed at
+  ``θ = 0`` (fedsim's heads start at zero); ``trace.mode`` says which (``recorded`` or
+  ``first_epoch_initial``). Beside it, the baselines of :mod:`attacks.probes.retrain_gap`, all judged
+  against the retrained head in function space (``methods``, docs/probes.md);
+* canaries (``canaries``, :mod:`fedsim.canaries`) and membership tests against nulls
+  (``membership``, :mod:`attacks.probes.membership`);
 * gold standard: the same scenario retrained with the peer absent, in
   ``<run>/probes/retrain-without-<peer>/`` (``retrain: false`` skips it);
 * influence spread: loss-threshold MIA advantage and forget-set accuracy of every honest peer,
@@ -490,7 +497,7 @@ def _membership(i: int, cfg: dict[str, Any], ctx: _Ctx, peer: int, models: dict[
 
 def _methods(cfg: dict[str, Any], ctx: _Ctx, before: Tensor, after: Tensor, retrained: Tensor | None,
              forget: tuple[Tensor, Tensor], retain: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor],
-             cal: tuple[Tensor, Tensor]) -> tuple[dict[str, Any], dict[str, Tensor]]:
+             cal: tuple[Tensor, Tensor], recorded: Tensor | None = None) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """Every unlearning method beside the gradient ascent, judged against the retrained head in
     function space (:mod:`attacks.probes.retrain_gap`): ``none`` (do nothing), ``gradient_ascent``
     (the probe's calibrated ascent), ``bias_only_ascent`` (the same ascent and stopping rule on the
@@ -500,7 +507,9 @@ def _methods(cfg: dict[str, Any], ctx: _Ctx, before: Tensor, after: Tensor, retr
     heads: dict[str, Tensor] = {"none": before, "gradient_ascent": after}
     info: dict[str, dict[str, Any]] = {}
     if bias:
-        g0 = ap.bias_only(ap.ce_gradient(torch.zeros_like(before), forget[0], forget[1], shape, bias), shape, bias)
+        grads = recorded if recorded is not None else ap.ce_gradient(torch.zeros_like(before), forget[0], forget[1],
+                                                                     shape, bias)[None]
+        g0 = torch.stack([ap.bias_only(g, shape, bias) for g in grads])
         heads["bias_only_ascent"], tr = ap.unlearn_gradient_ascent(
             before, shape, bias, forget[0], forget[1], cal[0], cal[1], cfg["lr"], cfg["max_steps"],
             recorded_gradients=g0, tol=cfg["tol"])
@@ -549,15 +558,17 @@ def run_unlearning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
         shadows = ap.train_shadow_heads(cal[0], cal[1], shape, bias, cfg["lira_shadows"],
                                         generator=crng.torch_generator(ctx.seed, "probes_lira", i))
     before = ctx.final_params[ctx.row(target)]
+    rec = getattr(ctx.run, "recorded_gradients", None)  # the leaver's real first-epoch gradients (fedsim.peers)
+    recorded = None if rec is None or cfg["mode"] != "first_epoch" else torch.from_numpy(rec).to(torch.float64)
     after, trace = ap.unlearn_gradient_ascent(
         before, shape, bias, forget[0], forget[1], cal[0], cal[1], cfg["lr"], cfg["max_steps"],
-        mode=cfg["mode"], initial_params=torch.zeros_like(before), tol=cfg["tol"],
+        mode=cfg["mode"], initial_params=torch.zeros_like(before), tol=cfg["tol"], recorded_gradients=recorded,
     )
     retrained_all = torch.from_numpy(_retrain_without(ctx, peer)).to(torch.float64) if cfg["retrain"] else None
     retrained = None if retrained_all is None else retrained_all[ctx.row(target)]
     report = ap.evaluate_unlearning(before, after, retrained, forget, retain, test, mia, layer_shape=shape,
                                     bias=bias, shadows=shadows, trace=trace)
-    methods, heads = _methods(cfg, ctx, before, after, retrained, forget, retain, test, cal)
+    methods, heads = _methods(cfg, ctx, before, after, retrained, forget, retain, test, cal, recorded)
     extra = {k: v for k, v in heads.items() if k not in ("none", "gradient_ascent")}
     models = {"before": before, "after": after, **extra, **({"retrained": retrained} if retrained is not None else {})}
     membership, membership_info = _membership(i, cfg, ctx, peer, models, mia)

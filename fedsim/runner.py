@@ -62,6 +62,20 @@ def _backbone_param_count(name: str) -> int:
     return 0 if spec.build is None else sum(p.numel() for p in spec.build().parameters())
 
 
+def _gradient_recording(sc: Scenario, train: list[np.ndarray], byz: np.ndarray,
+                        absent: list[int] | None) -> int | None:
+    """The leaver of the first unlearning probe (its first-epoch gradients are recorded; the probe
+    replays them), or None when no unlearning probe runs or the leaver is absent (the retrain)."""
+    from fedsim.canaries import default_leaver
+
+    for p in sc.probes:
+        if isinstance(p, dict) and p.get("kind") == "unlearning":
+            peer = p.get("peer")
+            peer = default_leaver(train, byz) if peer is None else int(peer)
+            return None if absent and peer in absent else peer
+    return None
+
+
 def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list[int] | None = None) -> Prepared:
     """Features, partition, Byzantine placement and the per-actor set-ups (no actor started).
 
@@ -110,6 +124,7 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
         topology=sc.topology.model_dump(),
         classes=classes,
         plugins=tuple(sc.plugins),
+        record_gradients=_gradient_recording(sc, train, byz, absent),
     )
     actors = min(sc.engine.num_actors, n)
     blocks = np.array_split(np.arange(n), actors)
@@ -242,6 +257,7 @@ class Run:
         self.dir = Path(run_dir) if run_dir else Path(sc.output.dir) / sc.name
         self.absent = absent
         self.run_probes = run_probes
+        self.recorded_gradients: np.ndarray | None = None  # the unlearning probe's leaver's, [B, P]
         self._lock = rundir.DirLock(self.dir)
         self._resume: _Resume | None = None
         self._resumed_after: int | None = None
@@ -561,7 +577,10 @@ class Run:
         if sc.probes and self.run_probes:
             from fedsim.probes import run_probes
 
-            # heads already fetched: free the actors' CPUs (the unlearning probe retrains on them)
+            # the unlearning probe's leaver's first-epoch gradients (recorded by its group), then
+            # free the actors' CPUs (heads already fetched; the unlearning probe retrains on them)
+            rec = [g for g in backend.get([g.recorded_gradients.remote() for g in groups]) if g is not None]
+            self.recorded_gradients = rec[0] if rec else None
             backend.kill([*groups, *([server] if server is not None else [])])
             self.groups, self.server = [], None
 

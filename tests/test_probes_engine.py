@@ -116,6 +116,21 @@ def test_probes_json_contract_membership_and_methods(done) -> None:
     assert methods["gradient_ascent"]["test_accuracy"] == pytest.approx(rep["after"]["test_accuracy"])
 
 
+def test_leaver_first_epoch_gradients_recorded_and_replayed(done) -> None:
+    """The engine records the leaver's minibatch gradients over its first local epoch; the ascent
+    replays them (mode "recorded"). Row 0 is taken at the zero head, so its bias part is
+    ``1/C − (class counts in one minibatch of B)/B``: B·(1/C − g_b) are integers summing to B."""
+    run, _, probes = done
+    e = _entry(probes, "unlearning")
+    g = run.recorded_gradients
+    n_leaver = len([t for s in sorted(run.prepared.setups, key=lambda s: s.first) for t in s.train_idx][e["peer"]])
+    assert g.shape == (-(-n_leaver // 16), 10 * D + 10)
+    counts = 16 * (0.1 - g[0, -10:])
+    assert np.allclose(counts, np.round(counts), atol=1e-4) and round(counts.sum()) == 16 and (counts > -1e-4).all()
+    assert not np.allclose(g[0], g[-1])  # per-step gradients, not one replayed gradient
+    assert e["records"][0]["trace"]["mode"] == "recorded"
+
+
 def test_influence_spread_by_hop(done) -> None:
     _, _, probes = done
     e = _entry(probes, "unlearning")
