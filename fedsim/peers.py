@@ -51,6 +51,9 @@ class GroupSetup:
     classes: np.ndarray | None = None
     # the scenario's plugins (fedsim.plugins): imported in the hosting process before any rule or attack is built
     plugins: tuple[str, ...] = ()
+    # global id of a peer whose first-epoch minibatch gradients are recorded (an unlearning probe's
+    # leaver, runner.prepare); None: nothing is recorded (no cost)
+    record_gradients: int | None = None
 
 
 def forge_messages(
@@ -199,6 +202,14 @@ class PeerGroup:
         self.padded: tuple[Tensor, Tensor] | None = None
         if s.shard_pad:
             self.padded = pad_rows(self.x_local, self.y_local, self.offsets, self.sizes, s.shard_pad)[:2]
+        # the unlearning probe's leaver: its gradients over its first local epoch (ceil(shard / B) steps)
+        self.rec_row: int | None = None
+        self.recorded: list[Tensor] = []
+        self.rec_left = 0
+        if s.record_gradients is not None and s.first <= s.record_gradients < s.first + self.p:
+            self.rec_row = int(s.record_gradients - s.first)
+            bsz = int(s.training["batch_size"])
+            self.rec_left = -(-int(self.sizes[self.rec_row]) // bsz)
 
     # ------------------------------------------------------------------ state
     def _poison(self) -> None:
@@ -311,6 +322,8 @@ class PeerGroup:
             self.set_params(global_params)
         steps = int(self.s.training["local_steps"])
         batches = (self._batch(round_, k) for k in range(steps))
+        if self.rec_left > 0:
+            batches = self._recording(batches)
         if self.cwr:  # train a copy of the consolidated head
             self.tw.copy_(self.w)
             self.tb.copy_(self.b)
@@ -355,6 +368,26 @@ class PeerGroup:
             o.v_w[idx], o.v_b[idx] = sub.v_w, sub.v_b
         honest = torch.from_numpy(~self.is_byz[rows])
         return self.params(), float(loss[honest].sum()) if bool(honest.any()) else 0.0
+
+    def _recording(self, batches):
+        """Pass the batches through, first recording the leaver's minibatch gradient at its current head
+        (the head the step about to be taken starts from) while its first local epoch lasts."""
+        j = self.rec_row
+        assert j is not None
+        for batch in batches:
+            if self.rec_left > 0:
+                sel = tuple(t[j : j + 1] for t in batch)
+                _, gw, gb = heads.ce_grad(self.tw[j : j + 1], self.tb[j : j + 1] if self.bias else None, *sel)
+                self.recorded.append(strategies.flatten(gw[0], gb[0] if self.bias else None).clone())
+                self.rec_left -= 1
+            yield batch
+
+    def recorded_gradients(self) -> np.ndarray | None:
+        """The recorded first-epoch gradients ``[B, P]`` of :attr:`GroupSetup.record_gradients` (None if
+        this group does not host that peer or nothing was recorded, e.g. after a resume)."""
+        if self.rec_row is None or not self.recorded:
+            return None
+        return torch.stack(self.recorded).numpy()
 
     # ------------------------------------------------------------------ messages
     def _overlap(self, js: Tensor, senders: Tensor) -> Tensor | None:

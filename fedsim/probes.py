@@ -15,8 +15,15 @@ Unlearning (``kind: unlearning``) — a peer leaves and asks that its data be fo
   attack is never scored on the data the calibration or the shadows used.
 * the target's head (the leaver's first honest in-neighbour by default; the global model in
   federated mode) is unlearned by calibrated first-epoch gradient ascent
-  (:func:`attacks.probes.unlearn_gradient_ascent`; heads start at zero in fedsim, so the first
-  epoch's gradient is replayed at ``θ = 0``);
+  (:func:`attacks.probes.unlearn_gradient_ascent`), replaying the leaver's real first-epoch
+  minibatch gradients, recorded by its peer group during training (``GroupSetup.record_gradients``:
+  ``ceil(shard / batch_size)`` steps, each at the head that step started from; only when an
+  unlearning probe runs). Without them (a resumed run) the first epoch's gradient is replayed at
+  ``θ = 0`` (fedsim's heads start at zero); ``trace.mode`` says which (``recorded`` or
+  ``first_epoch_initial``). Beside it, the baselines of :mod:`attacks.probes.retrain_gap`, all judged
+  against the retrained head in function space (``methods``, docs/probes.md);
+* canaries (``canaries``, :mod:`fedsim.canaries`) and membership tests against nulls
+  (``membership``, :mod:`attacks.probes.membership`);
 * gold standard: the same scenario retrained with the peer absent, in
   ``<run>/probes/retrain-without-<peer>/`` (``retrain: false`` skips it);
 * influence spread: loss-threshold MIA advantage and forget-set accuracy of every honest peer,
@@ -47,6 +54,7 @@ import torch
 from torch import Tensor
 
 from attacks import probes as ap
+from fedsim import canaries as canaries_mod
 from fedsim import rng as crng
 from fedsim.topology import Topology
 
@@ -65,6 +73,12 @@ UNLEARNING_DEFAULTS: dict[str, Any] = {
     "retrain": True,
     "mode": "first_epoch",  # or "iterative"
     "tol": 1e-3,
+    "canaries": None,  # e.g. {count: 50, kind: mislabelled}: planted in the leaver's shard (fedsim.canaries)
+    "permutations": 999,  # label permutations of every membership null distribution
+    "newton_damping": 1e-3,  # L2 damping λ of the retained Hessian in the Newton removal
+    "newton_steps": 1,  # Newton steps on the removal equation (1: the classic influence step)
+    "finetune_steps": 50,  # full-batch gradient steps of the fine-tune-on-retained baseline
+    "finetune_lr": 0.5,
 }
 CLONING_DEFAULTS: dict[str, Any] = {
     "target": None,  # default: the first honest peer; federated: the global model
@@ -142,6 +156,12 @@ def _validate_unlearning(i: int, p: dict[str, Any], num_peers: int | None) -> di
     if cfg["mode"] not in ("first_epoch", "iterative"):
         raise _err(i, "mode", f"got {cfg['mode']!r}; allowed: first_epoch, iterative")
     cfg["tol"] = _check_num(i, "tol", cfg["tol"], 0.0)
+    cfg["canaries"] = canaries_mod.validate(f"probes.{i}.canaries", cfg["canaries"])
+    cfg["permutations"] = _check_int(i, "permutations", cfg["permutations"], 99)
+    cfg["newton_damping"] = _check_num(i, "newton_damping", cfg["newton_damping"], 0.0)
+    cfg["newton_steps"] = _check_int(i, "newton_steps", cfg["newton_steps"], 1, 100)
+    cfg["finetune_steps"] = _check_int(i, "finetune_steps", cfg["finetune_steps"], 0)
+    cfg["finetune_lr"] = _check_num(i, "finetune_lr", cfg["finetune_lr"], 0.0)
     return cfg
 
 
@@ -218,6 +238,9 @@ class _Ctx:
     seed: int
     federated: bool
     topology: Topology  # the run's (Prepared.topology)
+    canaries: canaries_mod.Canaries | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+    rounds: int = 1
     retrained: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property
@@ -260,6 +283,9 @@ def _context(run: Run, prep: Prepared, final_params: np.ndarray) -> _Ctx:
         seed=int(run.sc.seed),
         federated=run.sc.mode == "federated",
         topology=prep.topology,
+        canaries=prep.canaries,
+        training=run.sc.training.model_dump(),
+        rounds=int(run.sc.rounds),
     )
 
 
@@ -379,6 +405,137 @@ def _influence(ctx: _Ctx, model: str, params: Tensor, hops: np.ndarray, peers: n
     return out
 
 
+def _canary_shadows(i: int, cfg: dict[str, Any], ctx: _Ctx, peer: int, pop_x: Tensor, pop_y: Tensor,
+                    natural: np.ndarray) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    """LiRA shadows for the canary population ``(pop_x, pop_y)`` (members then held-out canaries),
+    trained the way a peer trains its head: the scenario's SGD (lr, momentum, weight decay, batch
+    size) for ``rounds × local_steps`` steps on a shard the size of the leaver's natural shard,
+    drawn from the federation's natural training data, plus each canary with probability ½ (shadow
+    pairs are complementary on the canaries, so every canary is *in* half the shadows).
+
+    Returns ``(shadow heads [S, P], in-mask on the population [S, m], setup record)``. Departure:
+    no gossip averaging is emulated (a shadow is one peer's local training, not a federation)."""
+    t = ctx.training
+    s_count = int(cfg["lira_shadows"])
+    gen = crng.torch_generator(ctx.seed, "probes_canary_shadows", i)
+    nat_x, nat_y = ctx.data(natural)
+    shard = len(ctx.train_idx[peer]) - len(ctx.canaries.member_idx)  # type: ignore[union-attr]
+    m = pop_x.shape[0]
+    masks = []
+    for k in range(s_count):
+        if k % 2 == 0:
+            half = torch.zeros(m, dtype=torch.bool)
+            half[torch.randperm(m, generator=gen)[: m // 2]] = True
+        else:
+            half = ~masks[-1][1]
+        nat = torch.zeros(nat_x.shape[0], dtype=torch.bool)
+        nat[torch.randperm(nat_x.shape[0], generator=gen)[:shard]] = True
+        masks.append((nat, half))
+    in_mask = torch.stack([torch.cat([a, b]) for a, b in masks])
+    heads = ap.train_heads_sgd(torch.cat([nat_x, pop_x]), torch.cat([nat_y, pop_y]), in_mask, ctx.num_classes,
+                               steps=ctx.rounds * int(t["local_steps"]), batch_size=int(t["batch_size"]),
+                               lr=float(t["lr"]), momentum=float(t["momentum"]),
+                               weight_decay=float(t["weight_decay"]), bias=ctx.bias, generator=gen)
+    info = {"shadows": s_count, "shard_size": shard, "steps": ctx.rounds * int(t["local_steps"]),
+            "optimizer": "sgd", "target_optimizer": t["optimizer"], "batch_size": int(t["batch_size"]),
+            "lr": float(t["lr"]), "momentum": float(t["momentum"]), "fixed_variance": s_count // 2 < 64}
+    return heads, in_mask[:, nat_x.shape[0]:], info
+
+
+def _membership(i: int, cfg: dict[str, Any], ctx: _Ctx, peer: int, models: dict[str, Tensor],
+                mia: tuple[Tensor, Tensor]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Membership tests of every model (``before``/``after``/``retrained``) against their nulls
+    (:func:`attacks.probes.membership_test`): the leaver's natural data vs the MIA half of the
+    test split (loss threshold, with the class-matched null), and with canaries the member
+    canaries vs the held-out ones (loss threshold; online and offline LiRA with ``lira_shadows``).
+    """
+    shape, bias, perms = ctx.layer_shape, ctx.bias, cfg["permutations"]
+    can = ctx.canaries if ctx.canaries is not None and ctx.canaries.peer == peer else None
+    if cfg["canaries"] is not None and can is None:
+        raise _err(i, "canaries", f"no canaries were planted in peer {peer}'s shard (the run's leaver)")
+    natural = np.setdiff1d(ctx.train_idx[peer], can.member_idx) if can is not None else ctx.train_idx[peer]
+    nat_m = ctx.data(natural)
+    info: dict[str, Any] = {"natural_members": len(natural), "natural_nonmembers": int(mia[1].numel()),
+                            "permutations": perms}
+    pop = shadows = None
+    if can is not None:
+        cx, cy = ctx.data(can.member_idx)
+        pop = (torch.cat([cx, torch.from_numpy(can.heldout_x).to(torch.float64)]),
+               torch.cat([cy, torch.from_numpy(can.heldout_y).long()]))
+        nm = len(can.member_idx)
+        info["canaries"] = {"kind": can.kind, "members": nm, "heldout": len(can.heldout_y)}
+        if cfg["lira_shadows"]:
+            others = np.concatenate([np.setdiff1d(ctx.train_idx[j], can.member_idx)
+                                     for j in range(ctx.n) if ctx.honest[j]])
+            shadows = _canary_shadows(i, cfg, ctx, peer, *pop, others)
+            info["lira"] = shadows[2]
+    out: dict[str, dict[str, Any]] = {}
+    for name, theta in models.items():
+        gen = crng.torch_generator(ctx.seed, "probes_membership", i)
+        res: dict[str, Any] = {}
+        lm = ap.ce_losses(ap.head_logits(theta, nat_m[0], shape, bias), nat_m[1])
+        ln = ap.ce_losses(ap.head_logits(theta, mia[0], shape, bias), mia[1])
+        res["natural_loss"] = ap.membership_test(-lm, -ln, attack="loss_threshold", data="natural",
+                                                 permutations=perms, generator=gen, member_y=nat_m[1],
+                                                 nonmember_y=mia[1]).to_dict()
+        if pop is not None:
+            z = ap.head_logits(theta, pop[0], shape, bias)
+            lc = ap.ce_losses(z, pop[1])
+            res["canary_loss"] = ap.membership_test(-lc[:nm], -lc[nm:], attack="loss_threshold", data="canaries",
+                                                    permutations=perms, generator=gen).to_dict()
+            if shadows is not None:
+                heads, in_mask, _ = shadows
+                phi_obs = ap.logit_confidence(z, pop[1])
+                phi_sh = ap.logit_confidence(ap.head_logits(heads, pop[0], shape, bias), pop[1])
+                for online in (True, False):
+                    sc = ap.lira_scores(phi_obs, phi_sh, in_mask, online=online)
+                    key = "canary_lira_" + ("online" if online else "offline")
+                    res[key] = ap.membership_test(sc[:nm], sc[nm:], attack=key[7:], data="canaries",
+                                                  permutations=perms, generator=gen).to_dict()
+        out[name] = res
+    return out, info
+
+
+def _methods(cfg: dict[str, Any], ctx: _Ctx, before: Tensor, after: Tensor, retrained: Tensor | None,
+             forget: tuple[Tensor, Tensor], retain: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor],
+             cal: tuple[Tensor, Tensor], recorded: Tensor | None = None) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """Every unlearning method beside the gradient ascent, judged against the retrained head in
+    function space (:mod:`attacks.probes.retrain_gap`): ``none`` (do nothing), ``gradient_ascent``
+    (the probe's calibrated ascent), ``bias_only_ascent`` (the same ascent and stopping rule on the
+    class biases only), ``finetune_retain`` and ``newton`` (damped Newton/influence removal).
+    Without a retrained head only accuracies are reported."""
+    shape, bias = ctx.layer_shape, ctx.bias
+    heads: dict[str, Tensor] = {"none": before, "gradient_ascent": after}
+    info: dict[str, dict[str, Any]] = {}
+    if bias:
+        grads = recorded if recorded is not None else ap.ce_gradient(torch.zeros_like(before), forget[0], forget[1],
+                                                                     shape, bias)[None]
+        g0 = torch.stack([ap.bias_only(g, shape, bias) for g in grads])
+        heads["bias_only_ascent"], tr = ap.unlearn_gradient_ascent(
+            before, shape, bias, forget[0], forget[1], cal[0], cal[1], cfg["lr"], cfg["max_steps"],
+            recorded_gradients=g0, tol=cfg["tol"])
+        info["bias_only_ascent"] = {"steps": tr.steps, "stop_reason": tr.stop_reason}
+    heads["finetune_retain"] = ap.finetune_on_retain(before, shape, bias, retain, steps=cfg["finetune_steps"],
+                                                     lr=cfg["finetune_lr"])
+    info["finetune_retain"] = {"steps": cfg["finetune_steps"], "lr": cfg["finetune_lr"]}
+    heads["newton"], info["newton"] = ap.newton_removal(before, shape, bias, forget, retain,
+                                                        damping=cfg["newton_damping"], steps=cfg["newton_steps"])
+    splits = {"forget": forget[0], "retain": retain[0], "test": test[0]}
+    ref = None if retrained is None else ap.function_gap(retrained, before, splits, shape, bias)
+    out: dict[str, Any] = {}
+    for name, theta in heads.items():
+        rec: dict[str, Any] = {
+            "test_accuracy": ap.accuracy(ap.head_logits(theta, test[0], shape, bias), test[1]),
+            "forget_accuracy": ap.accuracy(ap.head_logits(theta, forget[0], shape, bias), forget[1]),
+            **info.get(name, {}),
+        }
+        if retrained is not None and ref is not None:
+            gap = ap.function_gap(retrained, theta, splits, shape, bias)
+            rec.update(gap, kl_gap_closed=ap.gap_closed(ref, gap))
+        out[name] = rec
+    return out, heads
+
+
 def run_unlearning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
     """One unlearning probe → its ``probes.json`` entry (see the module docstring)."""
     peer = _default_leaver(ctx) if cfg["peer"] is None else cfg["peer"]
@@ -402,14 +559,20 @@ def run_unlearning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
         shadows = ap.train_shadow_heads(cal[0], cal[1], shape, bias, cfg["lira_shadows"],
                                         generator=crng.torch_generator(ctx.seed, "probes_lira", i))
     before = ctx.final_params[ctx.row(target)]
+    rec = getattr(ctx.run, "recorded_gradients", None)  # the leaver's real first-epoch gradients (fedsim.peers)
+    recorded = None if rec is None or cfg["mode"] != "first_epoch" else torch.from_numpy(rec).to(torch.float64)
     after, trace = ap.unlearn_gradient_ascent(
         before, shape, bias, forget[0], forget[1], cal[0], cal[1], cfg["lr"], cfg["max_steps"],
-        mode=cfg["mode"], initial_params=torch.zeros_like(before), tol=cfg["tol"],
+        mode=cfg["mode"], initial_params=torch.zeros_like(before), tol=cfg["tol"], recorded_gradients=recorded,
     )
     retrained_all = torch.from_numpy(_retrain_without(ctx, peer)).to(torch.float64) if cfg["retrain"] else None
     retrained = None if retrained_all is None else retrained_all[ctx.row(target)]
     report = ap.evaluate_unlearning(before, after, retrained, forget, retain, test, mia, layer_shape=shape,
                                     bias=bias, shadows=shadows, trace=trace)
+    methods, heads = _methods(cfg, ctx, before, after, retrained, forget, retain, test, cal, recorded)
+    extra = {k: v for k, v in heads.items() if k not in ("none", "gradient_ascent")}
+    models = {"before": before, "after": after, **extra, **({"retrained": retrained} if retrained is not None else {})}
+    membership, membership_info = _membership(i, cfg, ctx, peer, models, mia)
     influence: list[dict[str, Any]] = []
     if not ctx.federated:
         hops = hop_distances(in_neighbors(ctx.topology), peer)
@@ -428,6 +591,9 @@ def run_unlearning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
         "lira_shadows": cfg["lira_shadows"],
         "retrained_dir": (str(ctx.run.dir / "probes" / f"retrain-without-{peer}") if cfg["retrain"] else None),
         "records": [report.to_dict()],
+        "methods": methods,
+        "membership": membership,
+        "membership_setup": membership_info,
         "influence": influence,
     }
 
@@ -583,6 +749,8 @@ def summarize(entry: dict[str, Any]) -> dict[str, Any]:
             "mia_advantage": pick("mia_advantage"), "forget_accuracy": pick("forget_accuracy"),
             "test_accuracy": pick("test_accuracy"),
             "influence_mia_by_hop": {f"{r['model']}:{r['hop']}": r["mia_advantage_mean"] for r in entry["influence"]},
+            "membership": {f"{m}:{a}": {k: t[k] for k in ("advantage", "null_q95", "p_value", "tpr_at_1pct_fpr")}
+                           for m, res in (entry.get("membership") or {}).items() for a, t in res.items()},
         }
     return {
         "kind": "cloning", "target": entry["target"],
@@ -665,6 +833,10 @@ def _format_unlearning(e: dict[str, Any]) -> str:
         f"{_num(tr.get('final_reference_loss'))}. Split of the test set: {sp.get('calibration')} calibration, "
         f"{sp.get('mia_nonmembers')} MIA non-members, {sp.get('test')} test.",
     ]
+    if e.get("methods"):
+        out += ["", _format_methods(e["methods"])]
+    if e.get("membership"):
+        out += ["", _format_membership(e)]
     if e.get("influence"):
         by_hop: dict[int, dict[str, dict[str, Any]]] = {}
         for r in e["influence"]:
@@ -682,6 +854,48 @@ def _format_unlearning(e: dict[str, Any]) -> str:
         out += ["", "Influence spread (hop distance from the leaver; mean over honest peers; hop 0 is the "
                 "leaver itself, absent from the retrained federation):", "", _table(header, rows)]
     return "\n".join(out)
+
+
+def _ci(v: Any) -> str:
+    return "–" if not v or not all(_is_num(x) for x in v) else f"[{100 * v[0]:.1f}, {100 * v[1]:.1f}]%"
+
+
+def _format_methods(methods: dict[str, Any]) -> str:
+    """Unlearning methods against the retrained head (KL(retrained ‖ method), top-1 disagreement)."""
+    rows = []
+    for name, r in methods.items():
+        kl, dis = r.get("kl_to_retrained") or {}, r.get("disagreement_to_retrained") or {}
+        closed = r.get("kl_gap_closed") or {}
+        rows.append([name, *[_num(kl.get(s), ".4f") for s in ("forget", "retain", "test")],
+                     *[_pct(dis.get(s)) for s in ("forget", "test")], _pct(closed.get("forget")),
+                     _pct(r.get("test_accuracy"))])
+    return "\n".join(["Unlearning methods against the model retrained without the leaver (KL(retrained ‖ method) "
+                      "per split, top-1 disagreement, share of the forget-split KL gap closed):", "",
+                      _table(["method", "KL forget", "KL retain", "KL test", "disagree forget", "disagree test",
+                              "gap closed (forget)", "test acc."], rows)])
+
+
+def _format_membership(e: dict[str, Any]) -> str:
+    """Membership-inference table: every advantage beside its nulls (docs/probes.md)."""
+    rows = []
+    for model, res in e["membership"].items():
+        for attack, t in res.items():
+            cm = t.get("class_matched_q95")
+            rows.append([model, attack, _num(t["advantage"]), _num(t["null_q95"]), _num(cm), _num(t["p_value"], ".4f"),
+                         _pct(t["tpr_at_1pct_fpr"]), _ci(t.get("tpr_at_1pct_fpr_ci")), _pct(t["tpr_at_0_1pct_fpr"]),
+                         _ci(t.get("tpr_at_0_1pct_fpr_ci")), _num(t["auc"])])
+    setup = e.get("membership_setup") or {}
+    can = setup.get("canaries")
+    lira = setup.get("lira")
+    what = (f"{can['members']} {can['kind']} canaries vs {can['heldout']} held-out canaries" if can else "no canaries")
+    shadows = (f"; LiRA: {lira['shadows']} shadows trained by SGD for {lira['steps']} steps on {lira['shard_size']} "
+               f"examples{' (fixed variance)' if lira['fixed_variance'] else ''}" if lira else "")
+    return "\n".join([
+        f"Membership inference ({what}; natural: {setup.get('natural_members')} of the leaver's examples vs "
+        f"{setup.get('natural_nonmembers')} held-out; cross-fitted advantage, permutation null of "
+        f"{setup.get('permutations')} relabellings{shadows}):", "",
+        _table(["model", "attack", "advantage", "null q95", "class-matched q95", "p", "TPR@1%FPR", "95% CI",
+                "TPR@0.1%FPR", "95% CI", "AUC"], rows)])
 
 
 def _k_label(k: Any, c: Any = None) -> str:

@@ -25,6 +25,7 @@ import strategies
 from fedsim import rng as crng
 from fedsim import rundir
 from fedsim.backend import make_backend
+from fedsim.canaries import Canaries, plant
 from fedsim.errors import (  # noqa: F401  (RunDirExistsError, RunInterruptedError re-exported)
     CorruptFileError,
     FedsimError,
@@ -64,11 +65,26 @@ class Prepared:
     root: tuple[np.ndarray, np.ndarray] | None = None
     info: dict[str, Any] = field(default_factory=dict)
     topology: Topology | None = None  # built once (scenario.build_topology); the peers and probes use this one
+    canaries: Canaries | None = None  # planted by an unlearning probe's ``canaries`` knob
 
 
 def _backbone_param_count(name: str) -> int:
     spec = BACKBONES[name]
     return 0 if spec.build is None else sum(p.numel() for p in spec.build().parameters())
+
+
+def _gradient_recording(sc: Scenario, train: list[np.ndarray], byz: np.ndarray,
+                        absent: list[int] | None) -> int | None:
+    """The leaver of the first unlearning probe (its first-epoch gradients are recorded; the probe
+    replays them), or None when no unlearning probe runs or the leaver is absent (the retrain)."""
+    from fedsim.canaries import default_leaver
+
+    for p in sc.probes:
+        if isinstance(p, dict) and p.get("kind") == "unlearning":
+            peer = p.get("peer")
+            peer = default_leaver(train, byz) if peer is None else int(peer)
+            return None if absent and peer in absent else peer
+    return None
 
 
 def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list[int] | None = None) -> Prepared:
@@ -82,6 +98,8 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
         log(f"warning: {warning}")
     byz = byzantine_mask(sc)  # these five: the same functions validation calls (fedsim.scenario)
     part = partition_for(sc, feats.y_train, byz)
+    # an unlearning probe's canaries join the leaver's shard before training (fedsim.canaries)
+    feats, train, canaries = plant(feats, list(part.train), byz, sc.probes, sc.seed)
     topo = build_topology(sc)
     f, in_degree = resolve_f(sc, topo)
     params = strategy_params(sc)
@@ -89,9 +107,9 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     num_params = c * d + (c if sc.training.bias else 0)
     rule_cls = strategies.REGISTRY[sc.strategy.name]
     # the class sets peers compare when they connect (Bristle's private-set intersection), for every peer
-    classes = held_classes(feats.y_train, part.train, part.val, c) if "overlap" in rule_cls.needs else None
+    classes = held_classes(feats.y_train, train, part.val, c) if "overlap" in rule_cls.needs else None
     extra = _backbone_param_count(sc.backbone.name) if rule_cls.exchanges == "full_model" else 0
-    largest_shard = max(len(t) for t in part.train)
+    largest_shard = max(len(t) for t in train)
     threads = sc.engine.cpus_per_actor
     if sc.engine.backend == "local":  # in-process, the groups run one after another: each may use every CPU
         threads = min(threads * sc.engine.num_actors, os.cpu_count() or 1)  # but no more than the machine has
@@ -113,11 +131,12 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
         topology=topo,
         classes=classes,
         plugins=tuple(sc.plugins),
+        record_gradients=_gradient_recording(sc, train, byz, absent),
     )
     actors = min(sc.engine.num_actors, n)
     blocks = np.array_split(np.arange(n), actors)
     setups = [
-        GroupSetup(first=int(b[0]), train_idx=[part.train[i] for i in b], val_idx=[part.val[i] for i in b], **common)
+        GroupSetup(first=int(b[0]), train_idx=[train[i] for i in b], val_idx=[part.val[i] for i in b], **common)
         for b in blocks
     ]
     server = GroupSetup(first=0, train_idx=[], val_idx=[], **common) if sc.mode == "federated" else None
@@ -136,11 +155,13 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
         "classes": c,
         "mean_in_degree": in_degree,
         "actors": actors,
-        "train_samples_per_peer": [int(len(t)) for t in part.train],
+        "train_samples_per_peer": [int(len(t)) for t in train],
     }
-    return Prepared(
-        sc, feats, setups, server, byz, f, num_params, FLOAT_BYTES * (num_params + extra), root, info, topology=topo
-    )
+    if canaries is not None:
+        info["canaries"] = {"peer": canaries.peer, "kind": canaries.kind, "members": len(canaries.member_idx),
+                            "heldout": len(canaries.heldout_y)}
+    return Prepared(sc, feats, setups, server, byz, f, num_params, FLOAT_BYTES * (num_params + extra), root, info,
+                    topology=topo, canaries=canaries)
 
 
 def local_ray_cpus(sc: Scenario) -> int | None:
@@ -243,6 +264,7 @@ class Run:
         self.dir = Path(run_dir) if run_dir else Path(sc.output.dir) / sc.name
         self.absent = absent
         self.run_probes = run_probes
+        self.recorded_gradients: np.ndarray | None = None  # the unlearning probe's leaver's, [B, P]
         self._lock = rundir.DirLock(self.dir)
         self._resume: _Resume | None = None
         self._resumed_after: int | None = None
@@ -578,7 +600,10 @@ class Run:
         if sc.probes and self.run_probes:
             from fedsim.probes import run_probes
 
-            # heads already fetched: free the actors' CPUs (the unlearning probe retrains on them)
+            # the unlearning probe's leaver's first-epoch gradients (recorded by its group), then
+            # free the actors' CPUs (heads already fetched; the unlearning probe retrains on them)
+            rec = [g for g in backend.get([g.recorded_gradients.remote() for g in groups]) if g is not None]
+            self.recorded_gradients = rec[0] if rec else None
             backend.kill([*groups, *([server] if server is not None else [])])
             self.groups, self.server = [], None
 

@@ -896,6 +896,12 @@ def _check_probes(sc: Scenario, fail: Callable[[str], None]) -> None:
             validate_probe(i, p, sc.peers.count)
         except ValueError as e:
             fail(str(e))
+    from fedsim.canaries import plan
+
+    try:
+        plan(sc.probes)  # at most one probe plants canaries
+    except ValueError as e:
+        fail(str(e))
 
 
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")

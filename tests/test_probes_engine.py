@@ -17,7 +17,7 @@ from fedsim.scenario import parse
 
 D = 64  # sklearn_digits through the identity backbone
 PROBES = [
-    {"kind": "unlearning", "lira_shadows": 4},
+    {"kind": "unlearning", "lira_shadows": 4, "permutations": 99},
     {"kind": "cloning", "queries": [8, 200, 1000], "topk": [None, 3],
      "defences": [{"kind": "rounding", "decimals": 1}, {"kind": "top1"}]},
 ]
@@ -90,6 +90,47 @@ def test_unlearning_ascends_and_is_calibrated(done) -> None:
     assert sum(e["split"].values()) == len(done[0].prepared.features.y_test)
 
 
+MEMBERSHIP_KEYS = {"advantage", "null_q95", "p_value", "tpr_at_1pct_fpr", "tpr_at_1pct_fpr_ci", "tpr_at_0_1pct_fpr",
+                   "tpr_at_0_1pct_fpr_ci", "class_matched_q95", "class_matched_p_value", "significant", "auc"}
+
+
+def test_probes_json_contract_membership_and_methods(done) -> None:
+    """docs/probes.md: every membership result beside its null; every method judged against the
+    retrained head in function space."""
+    e = _entry(done[2], "unlearning")
+    models = ["before", "after", "bias_only_ascent", "finetune_retain", "newton", "retrained"]
+    assert list(e["membership"]) == models
+    for m in models:
+        t = e["membership"][m]["natural_loss"]
+        assert MEMBERSHIP_KEYS <= set(t) and 0 < t["p_value"] <= 1 and t["permutations"] == 99
+        assert t["tpr_at_1pct_fpr_ci"][0] <= t["tpr_at_1pct_fpr"] <= t["tpr_at_1pct_fpr_ci"][1]
+        assert t["class_matched_q95"] is not None  # natural data: the class-prior null is always run
+    methods = e["methods"]
+    assert list(methods) == ["none", "gradient_ascent", "bias_only_ascent", "finetune_retain", "newton"]
+    for m, r in methods.items():
+        for key in ("kl_to_retrained", "disagreement_to_retrained", "kl_gap_closed"):
+            assert set(r[key]) == {"forget", "retain", "test"}, (m, key)
+        assert all(v >= -1e-12 for v in r["kl_to_retrained"].values())
+    assert methods["none"]["kl_gap_closed"]["forget"] == pytest.approx(0.0)  # doing nothing closes nothing
+    rep = e["records"][0]
+    assert methods["gradient_ascent"]["test_accuracy"] == pytest.approx(rep["after"]["test_accuracy"])
+
+
+def test_leaver_first_epoch_gradients_recorded_and_replayed(done) -> None:
+    """The engine records the leaver's minibatch gradients over its first local epoch; the ascent
+    replays them (mode "recorded"). Row 0 is taken at the zero head, so its bias part is
+    ``1/C − (class counts in one minibatch of B)/B``: B·(1/C − g_b) are integers summing to B."""
+    run, _, probes = done
+    e = _entry(probes, "unlearning")
+    g = run.recorded_gradients
+    n_leaver = len([t for s in sorted(run.prepared.setups, key=lambda s: s.first) for t in s.train_idx][e["peer"]])
+    assert g.shape == (-(-n_leaver // 16), 10 * D + 10)
+    counts = 16 * (0.1 - g[0, -10:])
+    assert np.allclose(counts, np.round(counts), atol=1e-4) and round(counts.sum()) == 16 and (counts > -1e-4).all()
+    assert not np.allclose(g[0], g[-1])  # per-step gradients, not one replayed gradient
+    assert e["records"][0]["trace"]["mode"] == "recorded"
+
+
 def test_influence_spread_by_hop(done) -> None:
     _, _, probes = done
     e = _entry(probes, "unlearning")
@@ -129,6 +170,8 @@ def test_format_probes_tables(done) -> None:
     assert "### Unlearning" in md and "### Cloning" in md
     assert "| metric | before | after | retrained | after − retrained |" in md
     assert "| hop | peers |" in md and "| defence | k | 8 | 200 | 1000 |" in md
+    assert "| model | attack | advantage | null q95 | class-matched q95 | p |" in md
+    assert "| method | KL forget |" in md
     assert format_probes([]) == ""
 
 
@@ -141,6 +184,9 @@ def test_format_probes_tables(done) -> None:
         ({"kind": "unlearning", "lira_shadows": 1}, "lira_shadows"),
         ({"kind": "unlearning", "retrain": "yes"}, "retrain"),
         ({"kind": "unlearning", "forget": 3}, "forget"),
+        ({"kind": "unlearning", "permutations": 10}, "permutations"),
+        ({"kind": "unlearning", "newton_damping": 0}, "newton_damping"),
+        ({"kind": "unlearning", "canaries": {"kind": "x"}}, "canaries.kind"),
         ({"kind": "cloning", "queries": []}, "queries"),
         ({"kind": "cloning", "topk": [0]}, "topk"),
         ({"kind": "cloning", "defences": [{"kind": "noise", "sigma": -1}]}, "defences.0.sigma"),
@@ -184,3 +230,25 @@ def test_hops_and_split() -> None:
     assert sorted(np.concatenate([cal, mia, test]).tolist()) == list(range(101))
     again = heldout_split(101, 0.5, seed=7)
     assert all(np.array_equal(a, b) for a, b in zip((cal, mia, test), again, strict=True))
+
+
+@pytest.mark.slow
+def test_canaries_planted_detected_and_absent_after_retraining(tmp_path: Path) -> None:
+    """End to end: 40 out-of-distribution canaries in the leaver's shard; the trained federation's
+    target shows them (canary LiRA/loss significant), the federation retrained without the leaver
+    does not (the control)."""
+    probe = {"kind": "unlearning", "lira_shadows": 8, "permutations": 199,
+             "canaries": {"count": 40, "kind": "ood", "scale": 10.0, "heldout": 400}}
+    run = Run(parse(_scenario(tmp_path, probes=[probe])))
+    run.create_dir(overwrite=True)
+    run.execute()
+    e = json.loads((run.dir / "probes.json").read_text())[0]
+    can = run.prepared.canaries
+    shards = [t for s in sorted(run.prepared.setups, key=lambda s: s.first) for t in s.train_idx]
+    assert can is not None and can.peer == e["peer"] and np.isin(can.member_idx, shards[can.peer]).all()
+    assert e["membership_setup"]["canaries"] == {"kind": "ood", "members": 40, "heldout": 400}
+    before, retrained = e["membership"]["before"], e["membership"]["retrained"]
+    b = before["canary_loss"]
+    assert b["p_value"] < 0.01 and b["advantage"] > b["null_q95"]
+    for attack in ("canary_loss", "canary_lira_online", "canary_lira_offline"):
+        assert retrained[attack]["p_value"] > 0.01, attack

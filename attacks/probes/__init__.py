@@ -4,14 +4,25 @@
   output layer, and its evaluation (accuracies + membership-inference advantage before/after,
   vs. a model retrained without the peer).
 * Membership inference (:mod:`attacks.probes.mia`): loss-threshold (Yeom et al. 2018) and
-  offline LiRA (Carlini et al. 2022) with shadow linear heads.
+  offline LiRA (Carlini et al. 2022) with shadow linear heads; :mod:`attacks.probes.membership`
+  scores them against nulls (cross-fitted thresholds, permutation and class-matched nulls,
+  TPR at fixed low FPR with Clopper–Pearson intervals, online/offline LiRA from shadows).
 * Cloning (:mod:`attacks.probes.cloning`, :mod:`attacks.probes.oracles`): hidden size, layer
   recovery, logit-bias top-k recovery, distillation, output defences, cloning curves.
 
 Pure torch; never imports ``fedsim`` or ``strategies``. Records have ``.to_dict()``.
 """
 
-from attacks.probes._head import flatten, head_logits, train_heads, unflatten
+from attacks.probes._head import (
+    accuracy,
+    ce_gradient,
+    ce_losses,
+    flatten,
+    head_logits,
+    logit_confidence,
+    train_heads,
+    unflatten,
+)
 from attacks.probes.cloning import (
     CloningReport,
     DistillInfo,
@@ -27,6 +38,15 @@ from attacks.probes.cloning import (
     recover_full_logits_topk,
     recover_layer_known_features,
     recover_layer_unknown_features,
+)
+from attacks.probes.membership import (
+    MembershipTest,
+    clopper_pearson,
+    crossfit_advantage,
+    lira_scores,
+    membership_test,
+    tpr_at_fixed_fpr,
+    train_heads_sgd,
 )
 from attacks.probes.mia import (
     MIAResult,
@@ -52,6 +72,14 @@ from attacks.probes.oracles import (
     with_rounding,
     with_top1,
 )
+from attacks.probes.retrain_gap import (
+    bias_only,
+    finetune_on_retain,
+    function_gap,
+    gap_closed,
+    kl_and_disagreement,
+    newton_removal,
+)
 from attacks.probes.unlearning import (
     ModelEvaluation,
     UnlearningReport,
@@ -62,6 +90,10 @@ from attacks.probes.unlearning import (
 )
 
 __all__ = [
+    "accuracy", "bias_only", "ce_gradient", "finetune_on_retain", "function_gap", "gap_closed",
+    "kl_and_disagreement", "newton_removal",
+    "MembershipTest", "ce_losses", "clopper_pearson", "crossfit_advantage", "lira_scores", "logit_confidence",
+    "membership_test", "tpr_at_fixed_fpr", "train_heads_sgd",
     "CloningReport", "CountingOracle", "DistillInfo", "HeadOracle", "HiddenSizeEstimate",
     "LabelOnlyOracle", "LayerRecovery", "MIAResult", "ModelEvaluation", "NoisyOracle", "Oracle",
     "RoundedOracle", "ShadowSet", "SubspaceRecovery", "TopKRecovery", "UnlearningReport",

@@ -1,0 +1,157 @@
+"""Canaries for the unlearning probe's membership inference (issue 17, part 1).
+
+After Carlini et al. 2019, "The Secret Sharer" (USENIX Security), and the canary audits of
+Jagielski et al. 2020 / Steinke et al. 2023 ("Privacy Auditing with One (1) Training Run"):
+membership is measured on examples *planted* in the leaving peer's training data before training,
+against *matched* held-out canaries built the same way and never trained on. Because members and
+non-members come from one construction (and one random draw, split at random), any difference in
+the target's behaviour on them is caused by training on the members — no class prior, shard
+distribution or difficulty confound (the problem of the leaver's natural data: its class mix
+differs from the held-out data's).
+
+Kinds (``probes[i].canaries.kind``), with ``C`` classes and training features ``X``:
+
+* ``mislabelled`` — a training example ``x`` of *another* peer (never the leaver's), copied with a
+  wrong label ``y' = (y + U{1..C−1}) mod C``. The member copy is added to the leaver's shard (the
+  original, correctly labelled, stays where it was); a held-out canary is the same construction on
+  a different source example, so members and non-members alike have their clean source in the
+  federation.
+* ``ood`` (out-of-distribution, feature noise) — ``x = μ + s·σ ⊙ z``, ``z ~ N(0, I_d)``, with
+  ``μ, σ`` the per-feature mean and standard deviation of ``X`` and ``s = scale``; the label is
+  uniform over the classes.
+
+Everything is deterministic from the scenario seed (stream ``"canaries"``). Member canaries are
+appended to the training arrays (new indices ``n_train .. n_train+count−1``) and to the leaver's
+training indices *after* the partition is drawn, so the other peers' data is unchanged; the
+held-out canaries are kept aside (:class:`Canaries`), never given to any peer. The run retrained
+without the leaver builds the same canaries; its leaver is absent, so there every canary is a
+non-member.
+
+Departures from the sources: canaries are made in feature space (the backbone is frozen and
+public, so a feature-space canary is what the trainable head sees); one copy per canary
+(``Secret Sharer`` varies the number of insertions; ``repeats`` is not offered).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedsim import rng as crng
+from fedsim.features import Features
+
+KINDS = ("mislabelled", "ood")
+DEFAULTS: dict[str, Any] = {
+    "count": 50,  # member canaries planted in the leaver's shard
+    "kind": "mislabelled",
+    "heldout": 1000,  # held-out canaries (non-members): half fix thresholds, half are scored
+    "scale": 1.0,  # ood only: noise scale s in units of the per-feature standard deviation
+}
+
+
+@dataclass
+class Canaries:
+    """The planted canaries of one run.
+
+    Attributes:
+        peer: the leaving peer whose shard holds the members.
+        kind: ``mislabelled`` or ``ood``.
+        member_idx: indices of the member canaries in the (augmented) training arrays.
+        heldout_x, heldout_y: the held-out canaries ``[m, d]``, ``[m]`` (never trained on).
+    """
+
+    peer: int
+    kind: str
+    member_idx: np.ndarray
+    heldout_x: np.ndarray
+    heldout_y: np.ndarray
+
+
+def validate(where: str, v: Any) -> dict[str, Any] | None:
+    """Check a ``canaries`` mapping (``None``/absent: off); errors name ``<where>.<key>``."""
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise ValueError(f"{where}: must be a mapping like {{count: 50, kind: mislabelled}} or null, got {v!r}")
+    for k in v:
+        if k not in DEFAULTS:
+            raise ValueError(f"{where}.{k}: unknown key; allowed: {', '.join(DEFAULTS)}")
+    out = {**DEFAULTS, **v}
+    for k in ("count", "heldout"):
+        x = out[k]
+        if not isinstance(x, (int, np.integer)) or isinstance(x, bool) or x < 2:
+            raise ValueError(f"{where}.{k}: must be an integer >= 2, got {x!r}")
+        out[k] = int(x)
+    if out["kind"] not in KINDS:
+        raise ValueError(f"{where}.kind: got {out['kind']!r}; allowed: {', '.join(KINDS)}")
+    s = out["scale"]
+    if not isinstance(s, (int, float)) or isinstance(s, bool) or not np.isfinite(s) or s <= 0:
+        raise ValueError(f"{where}.scale: must be a number > 0, got {s!r}")
+    out["scale"] = float(s)
+    return out
+
+
+def plan(probes: list[Any]) -> tuple[int, dict[str, Any], int | None] | None:
+    """``(probe index, canary config, named leaver or None)`` of the one unlearning probe with canaries."""
+    found = []
+    for i, p in enumerate(probes):
+        if isinstance(p, dict) and p.get("kind") == "unlearning" and p.get("canaries") is not None:
+            found.append((i, validate(f"probes.{i}.canaries", p["canaries"]), p.get("peer")))
+    if len(found) > 1:
+        raise ValueError(f"probes.{found[1][0]}.canaries: only one unlearning probe may plant canaries "
+                         f"(probes.{found[0][0]} already does)")
+    return found[0] if found else None  # type: ignore[return-value]
+
+
+def default_leaver(train: list[np.ndarray], byzantine: np.ndarray) -> int:
+    """The honest peer with the most training samples (the unlearning probe's default leaver)."""
+    sizes = np.asarray([len(t) if not b else -1 for t, b in zip(train, byzantine, strict=True)])
+    return int(np.argmax(sizes))
+
+
+def plant(feats: Features, train: list[np.ndarray], byzantine: np.ndarray, probes: list[Any],
+          seed: int) -> tuple[Features, list[np.ndarray], Canaries | None]:
+    """Plant the scenario's canaries (if any probe asks for them) → ``(features, train, canaries)``.
+
+    ``train`` is the partition's per-peer training indices; the leaver's gets the member canaries.
+    Without canaries the inputs come back unchanged (and ``None``).
+    """
+    p = plan(probes)
+    if p is None:
+        return feats, train, None
+    i, cfg, named = p
+    peer = default_leaver(train, byzantine) if named is None else int(named)
+    if not 0 <= peer < len(train):
+        raise ValueError(f"probes.{i}.peer: must be a peer id in [0, {len(train) - 1}], got {peer!r}")
+    gen = crng.numpy_generator(seed, "canaries")
+    c = int(feats.num_classes)
+    count, m = cfg["count"], cfg["heldout"]
+    x_tr, y_tr = np.asarray(feats.x_train), np.asarray(feats.y_train)
+    if cfg["kind"] == "mislabelled":
+        pool = np.setdiff1d(np.arange(len(y_tr)), train[peer])
+        if len(pool) < count + m:
+            raise ValueError(f"probes.{i}.canaries: {count} + {m} held-out mislabelled canaries need as many "
+                             f"source examples outside peer {peer}'s shard; there are {len(pool)}")
+        src = gen.choice(pool, size=count + m, replace=False)
+        x = x_tr[src].copy()
+        y = (y_tr[src] + gen.integers(1, c, size=count + m)) % c
+    else:
+        mu, sd = x_tr.mean(0), x_tr.std(0)
+        x = (mu + cfg["scale"] * sd * gen.standard_normal((count + m, x_tr.shape[1]))).astype(x_tr.dtype)
+        y = gen.integers(0, c, size=count + m)
+    order = gen.permutation(count + m)  # which draws become members: a random split of one population
+    mem, held = order[:count], order[count:]
+    n0 = len(y_tr)
+    new = dataclasses.replace(
+        feats,
+        x_train=np.concatenate([x_tr, x[mem].astype(x_tr.dtype)]),
+        y_train=np.concatenate([y_tr, y[mem].astype(y_tr.dtype)]),
+    )
+    member_idx = np.arange(n0, n0 + count, dtype=np.int64)
+    train = [np.concatenate([t, member_idx]) if j == peer else t for j, t in enumerate(train)]
+    can = Canaries(peer=peer, kind=cfg["kind"], member_idx=member_idx, heldout_x=x[held].astype(x_tr.dtype),
+                   heldout_y=y[held].astype(y_tr.dtype))
+    return new, train, can
