@@ -5,18 +5,22 @@
   vs. a model retrained without the peer).
 * Membership inference (:mod:`attacks.probes.mia`): loss-threshold (Yeom et al. 2018) and
   offline LiRA (Carlini et al. 2022) with shadow linear heads.
-* Cloning (:mod:`attacks.probes.cloning`, :mod:`attacks.probes.oracles`): hidden size, layer
-  recovery, logit-bias top-k recovery, distillation, output defences, cloning curves.
+* Cloning (:mod:`attacks.probes.cloning`, :mod:`attacks.probes.oracles`,
+  :mod:`attacks.probes.bottleneck`): hidden size, layer recovery (least squares, ridge with GCV,
+  subspace-projected), logit-bias top-k and top-1 recovery, distillation, output defences
+  applied before ranking, repeated-query averaging, cloning curves; bottleneck target heads.
 
 Pure torch; never imports ``fedsim`` or ``strategies``. Records have ``.to_dict()``.
 """
 
 from attacks.probes._head import flatten, head_logits, train_heads, unflatten
+from attacks.probes.bottleneck import BottleneckHead, train_bottleneck_head
 from attacks.probes.cloning import (
     CloningReport,
     DistillInfo,
     HiddenSizeEstimate,
     LayerRecovery,
+    RidgeRecovery,
     SubspaceRecovery,
     TopKRecovery,
     clone_from_oracle,
@@ -24,8 +28,11 @@ from attacks.probes.cloning import (
     distill_from_outputs,
     distill_student,
     hidden_size_from_logits,
+    kl_to_target,
+    project_logits,
     recover_full_logits_topk,
     recover_layer_known_features,
+    recover_layer_ridge,
     recover_layer_unknown_features,
 )
 from attacks.probes.mia import (
@@ -41,9 +48,11 @@ from attacks.probes.mia import (
     train_shadow_heads,
 )
 from attacks.probes.oracles import (
+    AveragingOracle,
     CountingOracle,
     HeadOracle,
     LabelOnlyOracle,
+    ModelOracle,
     NoisyOracle,
     Oracle,
     RoundedOracle,
@@ -62,6 +71,8 @@ from attacks.probes.unlearning import (
 )
 
 __all__ = [
+    "AveragingOracle", "BottleneckHead", "ModelOracle", "RidgeRecovery", "kl_to_target", "project_logits",
+    "recover_layer_ridge", "train_bottleneck_head",
     "CloningReport", "CountingOracle", "DistillInfo", "HeadOracle", "HiddenSizeEstimate",
     "LabelOnlyOracle", "LayerRecovery", "MIAResult", "ModelEvaluation", "NoisyOracle", "Oracle",
     "RoundedOracle", "ShadowSet", "SubspaceRecovery", "TopKRecovery", "UnlearningReport",
