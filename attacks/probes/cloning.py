@@ -264,12 +264,12 @@ def recover_layer_ridge(
     keep = S > S[0] * max(n, d) * torch.finfo(torch.float64).eps if S.numel() else S > 0
     U, S, Vh = U[:, keep], S[keep], Vh[keep]
     uz = U.T @ zc  # [r, C]
-    total = float(zc.pow(2).sum())
+    outside = float((zc - U @ uz).pow(2).sum())  # residual no λ can fit (direct: no cancellation)
     dof_bias = 1 if bias else 0
 
     def score(l: float) -> tuple[float, float]:
         f = S ** 2 / (S ** 2 + l) if l > 0 else torch.ones_like(S)
-        resid = total - float(uz.pow(2).sum()) + float(((1 - f) ** 2 @ uz.pow(2)).sum())
+        resid = outside + float(((1 - f) ** 2 @ uz.pow(2)).sum())
         dof = float(f.sum())
         den = n - dof_bias - dof
         return (n * max(resid, 0.0) / den ** 2 if den > 1e-9 else math.inf), dof
