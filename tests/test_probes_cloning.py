@@ -379,3 +379,17 @@ def test_averaging_oracle_counts_and_averages(head) -> None:
     assert lab_idx.shape == (50, 1)
     with pytest.raises(ValueError):
         AveragingOracle(base, 0)
+
+
+def test_biased_reference_keeps_topk_rows_complete_under_rounding(head) -> None:
+    x = head["x"][:200]
+    truth = logits(head, x)
+
+    def rec(**kw):
+        return recover_full_logits_topk(with_rounding(HeadOracle(head["theta"], SHAPE, True, k=3), 0), x, C, **kw)
+
+    biased, unbiased = rec(), rec(bias_reference=False)
+    assert biased.complete and not unbiased.complete  # ties push an unbiased reference out of the answer
+    assert (biased.logits - truth).abs().max() <= 1.5 + 1e-9  # three values rounded to 0 decimals
+    clean = recover_full_logits_topk(HeadOracle(head["theta"], SHAPE, True, k=3), x, C, bias_reference=False)
+    assert (clean.logits - truth).abs().max() < 1e-10  # Carlini et al.'s unbiased reference: exact undefended

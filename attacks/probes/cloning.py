@@ -395,6 +395,7 @@ def recover_full_logits_topk(
     max_retries: int = 8,
     first: tuple[Tensor, Tensor] | None = None,
     values: str = "logits",
+    bias_reference: bool = True,
 ) -> TopKRecovery:
     """Carlini et al. (2024) logit-bias attack on a top-``k`` oracle (see module docstring).
 
@@ -404,6 +405,12 @@ def recover_full_logits_topk(
        group one query per row with bias ``B`` on the group. The answer contains the group and
        ``t``; ``ẑ_j = v_j − B − v_t + v⁰_t``. Rows where a biased class or ``t`` is missing
        (``B`` too small) are re-queried with ``4B`` up to ``max_retries`` times.
+
+    ``bias_reference`` (default ``True``; a departure from Carlini et al., who leave ``t``
+    unbiased): ``t`` gets the same bias ``B`` as the group, so ``ẑ_j = v_j − v_t + v⁰_t`` (``B``
+    cancels) and the ``k`` answered classes are exactly the biased ones even when a defence
+    rounds or noises the outputs before ranking (an unbiased ``t`` can then be pushed out of the
+    answer by a tie or by noise, leaving the row incomplete). Identical on an undefended API.
 
     Top-1 *with its value* (``k = 1``; Carlini et al. §5, the single-token case): there is no
     reference class in the answer, but a raw-logit API (``values="logits"``) returns
@@ -450,13 +457,15 @@ def recover_full_logits_topk(
             cp = cols[pending]
             lb = torch.zeros(pending.numel(), c, dtype=torch.float64, device=x.device)
             lb.scatter_(1, cp, b[pending, None].expand_as(cp).contiguous())
+            if bias_reference:
+                lb.scatter_(1, top[pending], b[pending, None])
             max_b = max(max_b, float(b[pending].max()))
             idx, vals = counter(x[pending], lb.to(v0.dtype))
             dense = dense_from_topk(idx, vals.to(torch.float64), c)
             got = dense.gather(1, cp)
             ref = dense.gather(1, top[pending])
             ok = torch.isfinite(got).all(1) & torch.isfinite(ref[:, 0])
-            rec = got - b[pending, None] - ref + ref0[pending]
+            rec = got - ref + ref0[pending] - (0.0 if bias_reference else b[pending, None])
             rows = pending[ok]
             out[rows] = out[rows].scatter(1, cp[ok], rec[ok])
             pending = pending[~ok]
@@ -687,7 +696,8 @@ def clone_from_oracle(
     0. Each query is asked ``repeats`` times and the answers averaged (:class:`AveragingOracle`;
        ``queries`` counts every repeat).
     1. One unbiased query per input. Full logits → use them; top-``k`` with values (``k = 1``
-       included) → :func:`recover_full_logits_topk`; labels → no logits.
+       included) → :func:`recover_full_logits_topk` (rows it could not complete are dropped;
+       fewer than 2 complete rows → distillation); labels → no logits.
     2. Stage 1 (Carlini et al. §4) on the row-centered logits: hidden size from the singular
        values (:func:`hidden_size_from_logits`; ``noise_sigma`` — the defence's known noise —
        switches to the noise-edge rule, with ``σ/√repeats``), and the output projection up to an
@@ -714,6 +724,7 @@ def clone_from_oracle(
     n, d = query_x.shape
     c = num_classes
     shape = (c, d)
+    fit_x = query_x
     counter = CountingOracle(oracle)
     asker: Oracle = AveragingOracle(counter, repeats) if repeats > 1 else counter
     idx, vals = asker(query_x, None)
@@ -729,7 +740,11 @@ def clone_from_oracle(
         rec = recover_full_logits_topk(asker, query_x, c, bias_value=bias_value, first=(idx, vals), values=values)
         logits, complete = rec.logits, rec.complete
         if logits is not None and not complete:
-            logits = None  # incomplete rows: fall back to distillation on the top-k values
+            ok = torch.isfinite(logits).all(1)  # fit on the complete rows; distil if fewer than 2
+            if int(ok.sum()) >= 2:
+                logits, fit_x = logits[ok], query_x[ok]
+            else:
+                logits = None
     else:
         output = "labels"
     target_c = None if target_params is None else _center_classes(target_params, shape, bias)
@@ -739,7 +754,7 @@ def clone_from_oracle(
     if logits is not None:
         zc = logits - logits.mean(1, keepdim=True)
         fit_z = zc
-        if n >= 2:
+        if zc.shape[0] >= 2:
             sig = None if not noise_sigma else float(noise_sigma) / math.sqrt(repeats)
             hs = hidden_size_from_logits(zc, center_classes=True, noise_sigma=sig)
             ref = None
@@ -748,7 +763,7 @@ def clone_from_oracle(
                 ref = ref - ref.mean(0, keepdim=True)
             elif target_c is not None:
                 ref, _ = unflatten(target_c, shape, bias)
-            h_used = hs.hidden_size if hs.identifiable else min(c - 1, n - 1)
+            h_used = hs.hidden_size if hs.identifiable else min(c - 1, zc.shape[0] - 1)
             if ref is not None:
                 sub = recover_layer_unknown_features(zc, h_used, true_weight=ref)
             use = subspace is True or (subspace == "auto" and hs.identifiable and hs.hidden_size < c - 1)
@@ -757,10 +772,10 @@ def clone_from_oracle(
     ridge_lam = None
     if fit_z is not None and method != "distill":
         if method == "least_squares":
-            clone = recover_layer_known_features(query_x, fit_z, bias=bias).params
+            clone = recover_layer_known_features(fit_x, fit_z, bias=bias).params
             used = "least_squares"
         else:
-            fit = recover_layer_ridge(query_x, fit_z, bias=bias)
+            fit = recover_layer_ridge(fit_x, fit_z, bias=bias)
             clone, ridge_lam, used = fit.params, fit.lam, "ridge"
     else:
         if method in ("least_squares", "ridge"):
