@@ -7,7 +7,8 @@ against queries on a log axis in the same way).
 
 Left: agreement with the target on never-queried test inputs; right: mean KL(target ‖ clone).
 Solid lines: full-logit answers (``k = all``) with one query per input, per defence; dashed: the
-same noise defence with the largest number of averaged repeats; dotted: the label-only defence
+same noise defence with the largest number of averaged repeats (not for the after-ranking
+control); dotted: the label-only defence
 (``top1``) and the top-1-with-value logit-bias attack without defence. The x axis counts every
 oracle row (logit-bias queries and repeats included). The horizontal line is the 99% goal; KL
 below ``KL_FLOOR`` (exact clones, float error) is drawn at the floor.
@@ -23,6 +24,7 @@ from typing import Any
 
 from fedsim.plot import OKABE_ITO
 
+COLORS = [*OKABE_ITO, "#999999", "#8C564B"]
 KL_FLOOR = 1e-10  # exact clones have KL ~1e-17 (float error): drawn at this floor
 
 
@@ -37,7 +39,7 @@ def curves(entry: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
         max_reps = max(rr for (d, kk, rr) in by if d == dname and kk == k)
         if k is None and reps == 1:
             out[f"{dname}, full logits"] = rs
-        elif k is None and reps == max_reps and reps > 1:
+        elif k is None and reps == max_reps and reps > 1 and "after_ranking" not in dname:
             out[f"{dname}, full logits, {reps} repeats averaged"] = rs
         elif dname == "top1":
             out["top1 (label only), distillation"] = rs
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> Path:
     ax_a, ax_k = fig.subplots(1, 2)
     for i, (name, rs) in enumerate(lines.items()):
         style = "--" if "repeats" in name else (":" if ("top1" in name or "top-1" in name) else "-")
-        color = OKABE_ITO[i % len(OKABE_ITO)]
+        color = COLORS[i % len(COLORS)]
         q = [r["queries"] for r in rs]
         ax_a.plot(q, [100 * r["agreement"] for r in rs], style, marker="o", ms=3, color=color, label=name)
         kl = [(r["queries"], max(r["kl_divergence"], KL_FLOOR)) for r in rs if r.get("kl_divergence") is not None]
