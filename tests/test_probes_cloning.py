@@ -393,3 +393,15 @@ def test_biased_reference_keeps_topk_rows_complete_under_rounding(head) -> None:
     assert (biased.logits - truth).abs().max() <= 1.5 + 1e-9  # three values rounded to 0 decimals
     clean = recover_full_logits_topk(HeadOracle(head["theta"], SHAPE, True, k=3), x, C, bias_reference=False)
     assert (clean.logits - truth).abs().max() < 1e-10  # Carlini et al.'s unbiased reference: exact undefended
+
+
+def test_noise_edge_accounts_for_topk_recovery_noise() -> None:
+    # top-k + logit bias: each recovered entry combines three noisy values (noise sqrt(3) sigma);
+    # an edge at sigma would count noise directions as hidden units (h = 5 here instead of 3)
+    d, h, c, sigma = 30, 3, 16, 0.5
+    net = _bottleneck(d, h, c)
+    g = torch.Generator().manual_seed(6)
+    pool, test = (torch.randn(n, d, generator=g, dtype=torch.float64) for n in (400, 500))
+    oracle = with_gaussian_noise(ModelOracle(net.logits, c, k=4), sigma, torch.Generator().manual_seed(7))
+    _, r = clone_from_oracle(oracle, pool, c, test_x=test, target_model=net.logits, noise_sigma=sigma)
+    assert r.output == "topk" and r.hidden_size == h and r.hidden_size_identifiable

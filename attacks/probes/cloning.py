@@ -700,7 +700,8 @@ def clone_from_oracle(
        fewer than 2 complete rows → distillation); labels → no logits.
     2. Stage 1 (Carlini et al. §4) on the row-centered logits: hidden size from the singular
        values (:func:`hidden_size_from_logits`; ``noise_sigma`` — the defence's known noise —
-       switches to the noise-edge rule, with ``σ/√repeats``), and the output projection up to an
+       switches to the noise-edge rule, with ``σ/√repeats``, times ``√3`` for top-``k ≥ 2``
+       answers, whose recovered entries combine three noisy values), and the output projection up to an
        ``h×h`` map (:func:`recover_layer_unknown_features`) compared with ``true_projection``
        (``[C, h]``; else the target's weight). With ``subspace`` ``"auto"`` (a drop was detected,
        ``h < C − 1``) or ``True``, the logits are projected onto that subspace
@@ -756,6 +757,8 @@ def clone_from_oracle(
         fit_z = zc
         if zc.shape[0] >= 2:
             sig = None if not noise_sigma else float(noise_sigma) / math.sqrt(repeats)
+            if sig is not None and output == "topk" and k >= 2:
+                sig *= math.sqrt(3.0)  # ẑ_j = v_j − v_t + v⁰_t: three noisy values per recovered entry
             hs = hidden_size_from_logits(zc, center_classes=True, noise_sigma=sig)
             ref = None
             if true_projection is not None:
