@@ -461,13 +461,14 @@ def plot_cloning(
     context: str = "",
     opts: PlotOptions = DEFAULT,
 ) -> list[Path]:
-    """Agreement and clone accuracy vs queries, one line per (k, output, method)."""
+    """Agreement and clone accuracy vs queries, one line per (defence, k, repeats, output, method)."""
     from matplotlib.figure import Figure
 
     groups: dict[str, list[dict[str, Any]]] = {}
     for rec in records:
         bits = [str(rec["defence"])] if rec.get("defence") not in (None, "none") else []
         bits += [f"k={rec['k']}"] if "k" in rec else []
+        bits += [f"×{rec['repeats']} avg"] if (rec.get("repeats") or 1) != 1 else []
         bits += [str(rec[f]) for f in ("output", "method") if rec.get(f)]
         groups.setdefault(" · ".join(bits) or "clone", []).append(rec)
     fields = [("agreement", "agreement with target (%)"), ("clone_accuracy", "clone test accuracy (%)")]

@@ -33,9 +33,16 @@ Unlearning (``kind: unlearning``) — a peer leaves and asks that its data be fo
 Cloning (``kind: cloning``) — a peer's deployed head answers queries; the attacker knows the
 public frozen backbone, so it holds the features of its own images (the training features of the
 *other* peers, or half of the test set with ``query_pool: heldout``), queries the target's
-prediction API (full logits or top-``k``, optionally behind a defence) and clones the head
-(:func:`attacks.probes.cloning_curve`). One record per (defence, k, query budget); agreement and
-clone accuracy are measured on test inputs the attacker never queried.
+prediction API (full logits, top-``k``, or top-1 with its value, optionally behind a defence that
+perturbs the outputs *before* ranking) and clones the head (:func:`attacks.probes.cloning_curve`:
+stage 1 SVD of the logits → hidden size and output projection; stage 2 ridge with GCV on the
+known features). ``target_head: {kind: bottleneck, hidden: h}`` replaces the federated linear head
+(``d ≥ C``: its logits span ``R^C`` and stage 1 is vacuous) by a head with an ``h``-unit
+bottleneck that the probe trains itself on the federation's (or the target's) training features
+(:mod:`attacks.probes.bottleneck`). One record per (defence, k, repeats, query budget);
+agreement, KL and clone accuracy are measured on test inputs the attacker never queried; each
+defence's cost to the defender is its served top-1 accuracy vs the undefended one. See
+``docs/probes-cloning.md``.
 """
 
 from __future__ import annotations
@@ -82,12 +89,21 @@ UNLEARNING_DEFAULTS: dict[str, Any] = {
 }
 CLONING_DEFAULTS: dict[str, Any] = {
     "target": None,  # default: the first honest peer; federated: the global model
+    "target_head": {"kind": "federated"},  # or {kind: bottleneck, hidden, ...}: see TARGET_HEAD_KEYS
     "queries": [8, 32, 128, 512, 2048],
-    "topk": [None, 5, 2, 1],
+    "topk": [None, 5, 2, 1],  # null: full logits; 1: top-1 label with its value
     "defences": [{"kind": "rounding", "decimals": 1}, {"kind": "noise", "sigma": 0.1}, {"kind": "top1"}],
+    "repeats": [1],  # against noise defences: each query asked r times, answers averaged
+    "method": "ridge",  # stage 2 from leaked logits: ridge (GCV) | least_squares | distill
     "query_pool": "peers",  # or "heldout"
 }
-DEFENCE_KEYS: dict[str, dict[str, Any]] = {"rounding": {"decimals": 1}, "noise": {"sigma": 0.1}, "top1": {}}
+TARGET_HEAD_KEYS: dict[str, dict[str, Any]] = {
+    "federated": {},
+    "bottleneck": {"hidden": 6, "activation": "linear", "train_on": "federation", "epochs": 300, "lr": 0.01,
+                   "weight_decay": 0.0},
+}
+DEFENCE_KEYS: dict[str, dict[str, Any]] = {"rounding": {"decimals": 1, "stage": "before_ranking"},
+                                           "noise": {"sigma": 0.1, "stage": "before_ranking"}, "top1": {}}
 AGREEMENT_GOAL = 0.99  # "cost to the attacker": oracle queries until the clone agrees this often
 
 
@@ -175,6 +191,8 @@ def _validate_defence(i: int, j: int, d: Any) -> dict[str, Any]:
             extra = ", ".join(["kind", *allowed])
             raise _err(i, f"{key}.{k}", f"unknown key for defence kind {d['kind']}; allowed: {extra}")
     out = {**allowed, **d}
+    if "stage" in out and out["stage"] not in ("before_ranking", "after_ranking"):
+        raise _err(i, f"{key}.stage", f"got {out['stage']!r}; allowed: before_ranking, after_ranking")
     if out["kind"] == "rounding":
         out["decimals"] = _check_int(i, f"{key}.decimals", out["decimals"], 0, 12)
     elif out["kind"] == "noise":
@@ -200,7 +218,35 @@ def _validate_cloning(i: int, p: dict[str, Any], num_peers: int | None) -> dict[
     cfg["defences"] = [_validate_defence(i, j, d) for j, d in enumerate(ds)]
     if cfg["query_pool"] not in ("peers", "heldout"):
         raise _err(i, "query_pool", f"got {cfg['query_pool']!r}; allowed: peers, heldout")
+    rs = cfg["repeats"]
+    if not isinstance(rs, list) or not rs or not all(_is_int(r) and r >= 1 for r in rs):
+        raise _err(i, "repeats", f"must be a non-empty list of integers >= 1, got {rs!r}")
+    cfg["repeats"] = sorted({int(r) for r in rs})
+    if cfg["method"] not in ("ridge", "least_squares", "distill"):
+        raise _err(i, "method", f"got {cfg['method']!r}; allowed: ridge, least_squares, distill")
+    cfg["target_head"] = _validate_target_head(i, cfg["target_head"])
     return cfg
+
+
+def _validate_target_head(i: int, t: Any) -> dict[str, Any]:
+    if not isinstance(t, dict) or t.get("kind") not in TARGET_HEAD_KEYS:
+        raise _err(i, "target_head", f"must be a mapping with kind: {' | '.join(TARGET_HEAD_KEYS)}, got {t!r}")
+    allowed = TARGET_HEAD_KEYS[t["kind"]]
+    for k in t:
+        if k != "kind" and k not in allowed:
+            raise _err(i, f"target_head.{k}", f"unknown key for target_head kind {t['kind']}; allowed: "
+                       f"{', '.join(['kind', *allowed])}")
+    out = {**allowed, **t}
+    if out["kind"] == "bottleneck":
+        out["hidden"] = _check_int(i, "target_head.hidden", out["hidden"], 1)
+        out["epochs"] = _check_int(i, "target_head.epochs", out["epochs"], 1)
+        out["lr"] = _check_num(i, "target_head.lr", out["lr"], 0.0)
+        out["weight_decay"] = _check_num(i, "target_head.weight_decay", out["weight_decay"], 0.0, lo_open=False)
+        if out["activation"] not in ("linear", "relu"):
+            raise _err(i, "target_head.activation", f"got {out['activation']!r}; allowed: linear, relu")
+        if out["train_on"] not in ("federation", "target"):
+            raise _err(i, "target_head.train_on", f"got {out['train_on']!r}; allowed: federation, target")
+    return out
 
 
 def validate_probe(i: int, probe: Any, num_peers: int | None = None) -> dict[str, Any]:
@@ -602,21 +648,22 @@ def run_unlearning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
 def _defence_label(d: dict[str, Any] | None) -> str:
     if d is None:
         return "none"
+    late = "@after_ranking" if d.get("stage") == "after_ranking" else ""
     if d["kind"] == "rounding":
-        return f"rounding({d['decimals']})"
+        return f"rounding({d['decimals']}){late}"
     if d["kind"] == "noise":
-        return f"noise({d['sigma']:g})"
+        return f"noise({d['sigma']:g}){late}"
     return "top1"
 
 
-def _oracle(params: Tensor, ctx: _Ctx, k: int | None, defence: dict[str, Any] | None, gen: torch.Generator) -> Any:
-    o: Any = ap.HeadOracle(params, ctx.layer_shape, ctx.bias, k=k)
+def _oracle(model: Any, c: int, k: int | None, defence: dict[str, Any] | None, gen: torch.Generator) -> Any:
+    o: Any = ap.ModelOracle(model, c, k=k)
     if defence is None:
         return o
     if defence["kind"] == "rounding":
-        return ap.with_rounding(o, defence["decimals"])
+        return ap.with_rounding(o, defence["decimals"], stage=defence["stage"])
     if defence["kind"] == "noise":
-        return ap.with_gaussian_noise(o, defence["sigma"], generator=gen)
+        return ap.with_gaussian_noise(o, defence["sigma"], generator=gen, stage=defence["stage"])
     return ap.with_top1(o)
 
 
@@ -632,14 +679,45 @@ def _query_pool(i: int, cfg: dict[str, Any], ctx: _Ctx, target: int | str) -> tu
     return qx[torch.from_numpy(gen.permutation(qx.shape[0]))], (ctx.x_test, ctx.y_test)
 
 
+@dataclass
+class _Target:
+    """The model behind the API: its logits, linear params (if linear) and output projection."""
+
+    model: Any
+    params: Tensor | None
+    projection: Tensor | None
+    description: dict[str, Any]
+
+
+def _target_model(i: int, cfg: dict[str, Any], ctx: _Ctx, target: int | str) -> _Target:
+    """The federated head itself, or a bottleneck head the probe trains (``target_head``)."""
+    th = cfg["target_head"]
+    c = ctx.num_classes
+    if th["kind"] == "federated":
+        params = ctx.final_params[ctx.row(target)]
+        return _Target(lambda x: ap.head_logits(params, x.to(torch.float64), ctx.layer_shape, ctx.bias), params,
+                       None, {"kind": "federated", "hidden": None})
+    if th["hidden"] >= c - 1:
+        raise _err(i, "target_head.hidden", f"must be < C - 1 = {c - 1} (class-centered logits span at most "
+                   f"C - 1 dimensions, so a wider bottleneck is not one), got {th['hidden']}")
+    honest = [j for j in range(ctx.n) if ctx.honest[j]]
+    x, y = ctx.peer_data(honest if th["train_on"] == "federation" or target == "global" else [int(target)])
+    net = ap.train_bottleneck_head(x, y, c, th["hidden"], activation=th["activation"], epochs=th["epochs"],
+                                   lr=th["lr"], weight_decay=th["weight_decay"],
+                                   seed=int(crng.numpy_generator(ctx.seed, "probes_cloning_target", i).integers(2**31)))
+    desc = {**th, "train_samples": int(x.shape[0])}
+    return _Target(net.logits, net.linear_params(), net.V, desc)
+
+
 def _defence_costs(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (defence, k): oracle queries the attacker needs before its clone agrees with the target on at
-    least ``AGREEMENT_GOAL`` of the evaluation inputs *at every larger budget too* (a noisy curve can
-    touch the goal early and fall back), and how that compares with no defence at the same k
-    (``query_factor``; ``None`` when either never gets there)."""
-    groups: dict[tuple[str, Any], list[dict[str, Any]]] = {}
+    """Per (defence, k, repeats): oracle queries the attacker needs before its clone agrees with the target on
+    at least ``AGREEMENT_GOAL`` of the evaluation inputs *at every larger budget too* (a noisy curve can
+    touch the goal early and fall back), how that compares with no defence at the same k (``query_factor``;
+    ``None`` when either never gets there), and the defender's own cost: the defended API's top-1 test
+    accuracy vs the undefended one."""
+    groups: dict[tuple[str, Any, int], list[dict[str, Any]]] = {}
     for r in records:
-        groups.setdefault((r["defence"], r["topk"]), []).append(r)
+        groups.setdefault((r["defence"], r["topk"], r.get("repeats", 1)), []).append(r)
 
     def needed(rs: list[dict[str, Any]]) -> int | None:
         """Oracle queries of the smallest budget from which every larger budget reaches the goal."""
@@ -651,18 +729,33 @@ def _defence_costs(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return best
 
     out = []
-    for (dname, k), rs in groups.items():
-        base = groups.get(("none", k)) or groups.get(("none", None)) or []
+    for (dname, k, reps), rs in groups.items():
+        base = groups.get(("none", k, 1)) or groups.get(("none", None, 1)) or []
         q, qb = needed(rs), needed(base)
         last = max(rs, key=lambda r: r["n_query_points"])
+        served, clean = rs[0].get("served_accuracy"), rs[0].get("undefended_accuracy")
         out.append({
-            "defence": dname, "topk": k, "agreement_goal": AGREEMENT_GOAL, "queries_to_goal": q,
+            "defence": dname, "topk": k, "repeats": reps, "agreement_goal": AGREEMENT_GOAL, "queries_to_goal": q,
             "query_factor": (q / qb) if (q is not None and qb) else None,
-            "agreement_at_max": last["agreement"], "clone_accuracy_at_max": last["clone_accuracy"],
+            "agreement_at_max": last["agreement"], "kl_at_max": last.get("kl_divergence"),
+            "clone_accuracy_at_max": last["clone_accuracy"],
             "layer_relative_error_at_max": last["layer_relative_error"],
-            "served_accuracy": rs[0].get("served_accuracy"),
+            "served_accuracy": served, "undefended_accuracy": clean,
+            "defender_accuracy_cost": (clean - served) if (served is not None and clean is not None) else None,
         })
     return out
+
+
+def _stage1(records: list[dict[str, Any]], target: _Target) -> dict[str, Any] | None:
+    """Stage 1 of the undefended full-logit attack at its largest budget (hidden size, spectrum, subspace)."""
+    full = [r for r in records if r["defence"] == "none" and r["topk"] is None and r.get("singular_values")]
+    if not full:
+        return None
+    r = max(full, key=lambda r: r["n_query_points"])
+    return {"n_query_points": r["n_query_points"], "singular_values": r["singular_values"],
+            "hidden_size": r["hidden_size"], "identifiable": r["hidden_size_identifiable"],
+            "true_hidden_size": target.description.get("hidden"), "subspace_error": r["subspace_error"],
+            "max_principal_angle": r["max_principal_angle"]}
 
 
 def run_cloning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
@@ -680,35 +773,44 @@ def run_cloning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
     bad = [k for k in cfg["topk"] if k is not None and k > c]
     if bad:
         raise _err(i, "topk", f"k={bad[0]} exceeds the number of classes ({c})")
-    params = ctx.final_params[ctx.row(target)]
+    tgt = _target_model(i, cfg, ctx, target)
     qx, (ex, ey) = _query_pool(i, cfg, ctx, target)
     counts = sorted({min(q, qx.shape[0]) for q in cfg["queries"]})
     gen = crng.torch_generator(ctx.seed, "probes_cloning_noise", i)
     records: list[dict[str, Any]] = []
+    clean_acc = float((tgt.model(ex).argmax(-1) == ey).to(torch.float64).mean())
     for defence in [None, *cfg["defences"]]:
         if defence is not None and defence["kind"] == "top1":
             ks: list[int | None] = [1]
-        elif defence is not None:  # rounding/noise act on values: labels-only answers (k = 1) are unchanged
-            ks = [k for k in cfg["topk"] if k != 1]
-        else:
+        else:  # k = 1 is the top-1 label *with its value*
             ks = cfg["topk"]
+        noisy = defence is not None and defence["kind"] == "noise"
         for k in ks:
             k_eff = None if k is None or k >= c else k
-            oracle = _oracle(params, ctx, k_eff, defence, gen)
-            served = float((oracle(ex, None)[0][:, 0] == ey).to(torch.float64).mean())
-            reps = ap.cloning_curve(oracle, qx, counts, c, test_x=ex, test_y=ey, target_params=params, bias=ctx.bias)
-            for rep in reps:
-                records.append({"defence": _defence_label(defence), "topk": k_eff, **rep.to_dict(),
-                                "served_accuracy": served})
+            for reps in cfg["repeats"] if noisy else [1]:  # averaging helps against fresh noise only
+                oracle = _oracle(tgt.model, c, k_eff, defence, gen)
+                served = float((oracle(ex, None)[0][:, 0] == ey).to(torch.float64).mean())
+                method = "auto" if cfg["method"] == "ridge" else cfg["method"]
+                if method == "least_squares" and (defence or {}).get("kind") == "top1":
+                    method = "auto"  # labels only: distillation is the only option
+                reps_out = ap.cloning_curve(
+                    oracle, qx, counts, c, test_x=ex, test_y=ey, target_params=tgt.params, target_model=tgt.model,
+                    true_projection=tgt.projection, bias=ctx.bias, method=method, repeats=reps,
+                    noise_sigma=defence["sigma"] if noisy else None)
+                for rep in reps_out:
+                    records.append({"defence": _defence_label(defence), "topk": k_eff, **rep.to_dict(),
+                                    "served_accuracy": served, "undefended_accuracy": clean_acc})
     return {
         "kind": "cloning",
         "target": target,
+        "target_head": tgt.description,
         "query_pool": cfg["query_pool"],
         "query_pool_size": int(qx.shape[0]),
         "eval_samples": int(ey.shape[0]),
         "feature_dim": ctx.layer_shape[1],
         "num_classes": c,
         "records": records,
+        "stage1": _stage1(records, tgt),
         "defence_cost": _defence_costs(records),
     }
 
@@ -752,12 +854,19 @@ def summarize(entry: dict[str, Any]) -> dict[str, Any]:
             "membership": {f"{m}:{a}": {k: t[k] for k in ("advantage", "null_q95", "p_value", "tpr_at_1pct_fpr")}
                            for m, res in (entry.get("membership") or {}).items() for a, t in res.items()},
         }
+    def key(d: dict[str, Any]) -> str:
+        r = d.get("repeats", 1)
+        return f"{d['defence']}/k={d['topk'] or 'all'}" + (f"/r={r}" if r != 1 else "")
+
+    st = entry.get("stage1") or {}
     return {
         "kind": "cloning", "target": entry["target"],
-        "agreement_at_max": {f"{d['defence']}/k={d['topk'] or 'all'}": d["agreement_at_max"]
-                             for d in entry["defence_cost"]},
-        "queries_to_99pct": {f"{d['defence']}/k={d['topk'] or 'all'}": d["queries_to_goal"]
-                             for d in entry["defence_cost"]},
+        "target_head": (entry.get("target_head") or {}).get("kind", "federated"),
+        "hidden_size": {"true": st.get("true_hidden_size"), "recovered": st.get("hidden_size"),
+                        "identifiable": st.get("identifiable"), "subspace_error": st.get("subspace_error")},
+        "agreement_at_max": {key(d): d["agreement_at_max"] for d in entry["defence_cost"]},
+        "queries_to_99pct": {key(d): d["queries_to_goal"] for d in entry["defence_cost"]},
+        "defender_accuracy_cost": {key(d): d.get("defender_accuracy_cost") for d in entry["defence_cost"]},
     }
 
 
@@ -905,46 +1014,70 @@ def _k_label(k: Any, c: Any = None) -> str:
 def _format_cloning(e: dict[str, Any]) -> str:
     recs = e["records"]
     c = e.get("num_classes")
-    keys = list(dict.fromkeys((r["defence"], r["topk"]) for r in recs))
+
+    def line(r: dict[str, Any]) -> tuple[str, Any, int]:
+        return r["defence"], r["topk"], r.get("repeats", 1)
+
+    def name(dname: str, k: Any, reps: int) -> list[str]:
+        return [dname + (f" ×{reps} avg" if reps != 1 else ""), _k_label(k, c)]
+
+    keys = list(dict.fromkeys(line(r) for r in recs))
     budgets = sorted({r["n_query_points"] for r in recs})
-    by = {(r["defence"], r["topk"], r["n_query_points"]): r for r in recs}
-    rows = [[dname, _k_label(k, c), *[_pct(by.get((dname, k, n), {}).get("agreement")) for n in budgets]]
-            for dname, k in keys]
+    by = {(*line(r), r["n_query_points"]): r for r in recs}
+    rows = [[*name(*key), *[_pct(by.get((*key, n), {}).get("agreement")) for n in budgets]] for key in keys]
     tgt = next((r.get("target_accuracy") for r in recs if r.get("target_accuracy") is not None), None)
     who = "global model" if e["target"] == "global" else f"peer {e['target']}"
+    th = e.get("target_head") or {"kind": "federated"}
+    if th.get("kind") == "bottleneck":
+        head = (f"bottleneck head trained by the probe on {th.get('train_samples')} samples of the "
+                f"{th.get('train_on')}'s data, {th.get('activation')}, hidden h = {th.get('hidden')}")
+    else:
+        head = "the federated linear head"
     out = [
-        f"### Cloning: target {who} (test accuracy {_pct(tgt)}; d = {e.get('feature_dim')}, C = {c}; "
+        f"### Cloning: target {who}, {head} (test accuracy {_pct(tgt)}; d = {e.get('feature_dim')}, C = {c}; "
         f"query pool: {e.get('query_pool')}, {e.get('query_pool_size')} inputs)",
         "",
-        "Agreement of clone and target on held-out test inputs, by number of query inputs:",
+        "Agreement of clone and target on held-out test inputs (never queried), by number of query inputs:",
         "",
         _table(["defence", "k", *[str(n) for n in budgets]], rows),
     ]
+    st = e.get("stage1")
+    if st:
+        sv = ", ".join(f"{v:.3g}" for v in st["singular_values"])
+        ni = "" if st["identifiable"] else " (not identifiable: no drop, logits span R^(C-1))"
+        out += ["", f"Stage 1 (SVD of {st['n_query_points']} undefended full logit vectors, class- and "
+                f"column-centered): singular values {sv}; hidden size recovered "
+                f"{st['hidden_size']}{ni}"
+                f" (true: {st['true_hidden_size'] if st['true_hidden_size'] is not None else '≥ C, linear head'}); "
+                f"subspace error {_num(st['subspace_error'], '.2e')}, largest principal angle "
+                f"{_num(st['max_principal_angle'], '.2e')} rad."]
     top = budgets[-1]
     rows = []
-    for dname, k in keys:
-        r = by.get((dname, k, top))
+    for key in keys:
+        r = by.get((*key, top))
         if r is None:
             continue
         hs = r.get("hidden_size")
-        rows.append([dname, _k_label(k, c), str(r["method"]), str(r["queries"]), _num(r["layer_relative_error"], ".2e"),
+        rows.append([*name(*key), str(r["method"]), str(r["queries"]), _num(r["layer_relative_error"], ".2e"),
                      "–" if hs is None else f"{hs}{'' if r['hidden_size_identifiable'] else ' (n.i.)'}",
-                     _pct(r["agreement"]), _pct(r["clone_accuracy"])])
-    out += ["", f"At {top} query inputs (oracle queries include the logit-bias queries of top-k; hidden size "
-            "'n.i.' = not identifiable: d ≥ C, the logits span R^C):",
+                     _pct(r["agreement"]), _num(r.get("kl_divergence"), ".2e"), _pct(r["clone_accuracy"])])
+    out += ["", f"At {top} query inputs (oracle queries include logit-bias queries and repeats; hidden size "
+            "'n.i.' = not identifiable; KL = mean KL(target ‖ clone) on the test inputs, nats):",
             "", _table(["defence", "k", "method", "oracle queries", "rel. layer error", "hidden size", "agreement",
-                        "clone acc."], rows)]
+                        "KL", "clone acc."], rows)]
     costs = e.get("defence_cost") or []
     if costs:
-        rows = [[d["defence"], _k_label(d["topk"], c),
+        rows = [[*name(d["defence"], d["topk"], d.get("repeats", 1)),
                  "never" if d["queries_to_goal"] is None else str(d["queries_to_goal"]),
                  "–" if d["query_factor"] is None else f"×{d['query_factor']:.3g}",
-                 _pct(d.get("served_accuracy"))] for d in costs]
+                 _pct(d.get("served_accuracy")),
+                 "–" if d.get("defender_accuracy_cost") is None else f"{100 * d['defender_accuracy_cost']:+.1f} pp"]
+                for d in costs]
         goal = costs[0]["agreement_goal"]
         out += ["", f"Cost to the attacker: oracle queries from which the clone agrees on ≥ {100 * goal:g}% of test "
                 "inputs at every larger budget tried (factor vs no defence at the same k); served acc. = the "
-                "defended API's own top-1 accuracy (the defender's cost):", "",
-                _table(["defence", "k", "queries to goal", "vs none", "served acc."], rows)]
+                "defended API's own top-1 test accuracy, defender cost = undefended minus served accuracy:", "",
+                _table(["defence", "k", "queries to goal", "vs none", "served acc.", "defender cost"], rows)]
     return "\n".join(out)
 
 

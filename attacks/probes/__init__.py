@@ -7,8 +7,10 @@
   offline LiRA (Carlini et al. 2022) with shadow linear heads; :mod:`attacks.probes.membership`
   scores them against nulls (cross-fitted thresholds, permutation and class-matched nulls,
   TPR at fixed low FPR with Clopper–Pearson intervals, online/offline LiRA from shadows).
-* Cloning (:mod:`attacks.probes.cloning`, :mod:`attacks.probes.oracles`): hidden size, layer
-  recovery, logit-bias top-k recovery, distillation, output defences, cloning curves.
+* Cloning (:mod:`attacks.probes.cloning`, :mod:`attacks.probes.oracles`,
+  :mod:`attacks.probes.bottleneck`): hidden size, layer recovery (least squares, ridge with GCV,
+  subspace-projected), logit-bias top-k and top-1 recovery, distillation, output defences
+  applied before ranking, repeated-query averaging, cloning curves; bottleneck target heads.
 
 Pure torch; never imports ``fedsim`` or ``strategies``. Records have ``.to_dict()``.
 """
@@ -23,11 +25,13 @@ from attacks.probes._head import (
     train_heads,
     unflatten,
 )
+from attacks.probes.bottleneck import BottleneckHead, train_bottleneck_head
 from attacks.probes.cloning import (
     CloningReport,
     DistillInfo,
     HiddenSizeEstimate,
     LayerRecovery,
+    RidgeRecovery,
     SubspaceRecovery,
     TopKRecovery,
     clone_from_oracle,
@@ -35,8 +39,11 @@ from attacks.probes.cloning import (
     distill_from_outputs,
     distill_student,
     hidden_size_from_logits,
+    kl_to_target,
+    project_logits,
     recover_full_logits_topk,
     recover_layer_known_features,
+    recover_layer_ridge,
     recover_layer_unknown_features,
 )
 from attacks.probes.membership import (
@@ -61,9 +68,11 @@ from attacks.probes.mia import (
     train_shadow_heads,
 )
 from attacks.probes.oracles import (
+    AveragingOracle,
     CountingOracle,
     HeadOracle,
     LabelOnlyOracle,
+    ModelOracle,
     NoisyOracle,
     Oracle,
     RoundedOracle,
@@ -94,6 +103,8 @@ __all__ = [
     "kl_and_disagreement", "newton_removal",
     "MembershipTest", "ce_losses", "clopper_pearson", "crossfit_advantage", "lira_scores", "logit_confidence",
     "membership_test", "tpr_at_fixed_fpr", "train_heads_sgd",
+    "AveragingOracle", "BottleneckHead", "ModelOracle", "RidgeRecovery", "kl_to_target", "project_logits",
+    "recover_layer_ridge", "train_bottleneck_head",
     "CloningReport", "CountingOracle", "DistillInfo", "HeadOracle", "HiddenSizeEstimate",
     "LabelOnlyOracle", "LayerRecovery", "MIAResult", "ModelEvaluation", "NoisyOracle", "Oracle",
     "RoundedOracle", "ShadowSet", "SubspaceRecovery", "TopKRecovery", "UnlearningReport",

@@ -43,14 +43,16 @@ row-centered logits ``z − mean_c(z)`` and compares the clone with the *class-c
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from attacks.probes._head import flatten, head_logits, train_heads, unflatten
 from attacks.probes._records import Record
-from attacks.probes.oracles import CountingOracle, Oracle, dense_from_topk
+from attacks.probes.oracles import AveragingOracle, CountingOracle, Oracle, dense_from_topk
 
 # ----------------------------------------------------------------------------- hidden size
 
@@ -88,6 +90,8 @@ def hidden_size_from_logits(
     rtol: float | None = None,
     min_gap: float = 100.0,
     center_classes: bool = False,
+    noise_sigma: float | None = None,
+    noise_margin: float = 1.5,
 ) -> HiddenSizeEstimate:
     """Estimate the hidden size ``d`` from query logits ``Z [n, C]`` (Carlini et al. 2024, §4).
 
@@ -101,6 +105,13 @@ def hidden_size_from_logits(
 
     ``center_classes`` also subtracts each row's mean (for log-probability outputs, whose
     per-query normaliser adds a direction ``1``); the maximal rank becomes ``C − 1``.
+
+    Known noise (``noise_sigma`` = ``σ`` of i.i.d. Gaussian noise on each logit, e.g. a public
+    defence, divided by ``√r`` after averaging ``r`` repeats): the rule above is replaced by a
+    count of the singular values above the largest singular value pure noise would reach, the
+    Marchenko–Pastur edge ``σ (√n + √C')`` (``C'`` the width after centering), times
+    ``noise_margin`` (1.5: a margin for the finite-size fluctuations of the edge). Signal
+    directions weaker than that are not detected (the estimate is then too small).
     """
     n, c = Z.shape
     if n < 2:
@@ -119,7 +130,11 @@ def hidden_size_from_logits(
     gap: float | None
     if float(s[0]) == 0.0:
         return HiddenSizeEstimate(0, True, 0, max_rank, None, sv, n, "all logits equal")
-    if rank < max_rank:
+    if noise_sigma is not None and noise_sigma > 0:
+        edge = noise_margin * float(noise_sigma) * (math.sqrt(n) + math.sqrt(width))
+        h = max(1, int((s[:max_rank] > edge).sum()))
+        gap = float(s[h - 1] / s[h]) if h < s.numel() and float(s[h]) > 0 else None
+    elif rank < max_rank:
         h = rank
         gap = float(s[h - 1] / s[h]) if float(s[h]) > 0 else math.inf
     else:
@@ -190,6 +205,95 @@ def recover_layer_known_features(
         t = true_params.detach().to(torch.float64)
         rel = float(torch.linalg.norm(params - t) / torch.linalg.norm(t).clamp_min(1e-300))
     return LayerRecovery(params, rel, residual, rank, rank == A.shape[1], n)
+
+
+@dataclass
+class RidgeRecovery(Record):
+    """Ridge recovery of ``[W b]`` from known features, ``λ`` chosen by generalised cross-validation.
+
+    Attributes:
+        params: the recovered head ``[P]``.
+        lam: the ``λ`` used (``0``: plain least squares won the GCV).
+        rule: ``"gcv"`` or ``"fixed"``.
+        dof: effective degrees of freedom ``tr S_λ = Σ s_i²/(s_i² + λ)`` (per output).
+        gcv: the GCV score at ``λ``.
+        relative_error: ``‖θ̂ − θ‖_F / ‖θ‖_F`` when the true head was given.
+        n_queries: rows used.
+    """
+
+    params: Tensor = field(metadata={"json": False})
+    lam: float
+    rule: str
+    dof: float
+    gcv: float | None
+    relative_error: float | None
+    n_queries: int
+
+
+def recover_layer_ridge(
+    H: Tensor,
+    Z: Tensor,
+    *,
+    bias: bool = True,
+    lam: float | None = None,
+    grid: int = 61,
+    true_params: Tensor | None = None,
+) -> RidgeRecovery:
+    """Ridge regression ``min_Θ ‖[H 1] Θ − Z‖² + λ ‖W‖²`` (the bias is not penalised).
+
+    The minimum-norm least-squares solve of :func:`recover_layer_known_features` is exact on
+    noiseless logits but, on noisy ones, its error explodes as ``n`` approaches ``d + 1``
+    (``[H 1]``'s smallest singular values go to 0: "double descent"). Ridge shrinks along those
+    directions. With ``lam=None``, ``λ`` minimises Golub, Heath & Wahba's (1979) generalised
+    cross-validation score
+
+        ``GCV(λ) = n ‖(I − S_λ) Z_c‖_F² / (n − 1 − tr S_λ)²``,  ``S_λ = H_c (H_cᵀH_c + λI)⁻¹ H_cᵀ``
+
+    (``H_c``, ``Z_c``: column-centered, which fits the unpenalised bias; the ``− 1`` counts it),
+    an estimate of the out-of-sample squared error that needs no held-out queries. The grid is
+    ``λ ∈ {0} ∪ s_1² · 10^[−12, 2]`` (``grid`` log-spaced points; ``s_1`` the largest singular
+    value of ``H_c``); ``λ = 0`` is eligible only when ``n − 1 > rank``, so on noiseless logits
+    with enough queries GCV is 0 there and the solve is exact.
+    """
+    n, d = H.shape
+    h64, z64 = H.detach().to(torch.float64), Z.detach().to(torch.float64)
+    hm = h64.mean(0) if bias else torch.zeros(d, dtype=torch.float64, device=H.device)
+    zm = z64.mean(0) if bias else torch.zeros(z64.shape[1], dtype=torch.float64, device=H.device)
+    hc, zc = h64 - hm, z64 - zm
+    U, S, Vh = torch.linalg.svd(hc, full_matrices=False)
+    keep = S > S[0] * max(n, d) * torch.finfo(torch.float64).eps if S.numel() else S > 0
+    U, S, Vh = U[:, keep], S[keep], Vh[keep]
+    uz = U.T @ zc  # [r, C]
+    outside = float((zc - U @ uz).pow(2).sum())  # residual no λ can fit (direct: no cancellation)
+    dof_bias = 1 if bias else 0
+
+    def score(l: float) -> tuple[float, float]:
+        f = S ** 2 / (S ** 2 + l) if l > 0 else torch.ones_like(S)
+        resid = outside + float(((1 - f) ** 2 @ uz.pow(2)).sum())
+        dof = float(f.sum())
+        den = n - dof_bias - dof
+        return (n * max(resid, 0.0) / den ** 2 if den > 1e-9 else math.inf), dof
+
+    if lam is None:
+        s1 = float(S[0]) ** 2 if S.numel() else 1.0
+        cands = [0.0] + [s1 * 10.0 ** e for e in torch.linspace(-12, 2, grid).tolist()]
+        scored = [(score(l), l) for l in cands]
+        (g, dof), lam_ = min(scored, key=lambda t: t[0][0])
+        rule = "gcv"
+    else:
+        if lam < 0:
+            raise ValueError(f"lam must be >= 0, got {lam}")
+        lam_, rule = float(lam), "fixed"
+        g, dof = score(lam_)
+    f = S / (S ** 2 + lam_) if lam_ > 0 else 1.0 / S
+    w = (Vh.T * f) @ uz  # [d, C]
+    b = zm - hm @ w
+    params = flatten(w.T, b if bias else None)
+    rel = None
+    if true_params is not None:
+        t = true_params.detach().to(torch.float64)
+        rel = float(torch.linalg.norm(params - t) / torch.linalg.norm(t).clamp_min(1e-300))
+    return RidgeRecovery(params, lam_, rule, dof, g if math.isfinite(g) else None, rel, n)
 
 
 @dataclass
@@ -290,6 +394,8 @@ def recover_full_logits_topk(
     bias_value: float = 100.0,
     max_retries: int = 8,
     first: tuple[Tensor, Tensor] | None = None,
+    values: str = "logits",
+    bias_reference: bool = True,
 ) -> TopKRecovery:
     """Carlini et al. (2024) logit-bias attack on a top-``k`` oracle (see module docstring).
 
@@ -299,6 +405,18 @@ def recover_full_logits_topk(
        group one query per row with bias ``B`` on the group. The answer contains the group and
        ``t``; ``ẑ_j = v_j − B − v_t + v⁰_t``. Rows where a biased class or ``t`` is missing
        (``B`` too small) are re-queried with ``4B`` up to ``max_retries`` times.
+
+    ``bias_reference`` (default ``True``; a departure from Carlini et al., who leave ``t``
+    unbiased): ``t`` gets the same bias ``B`` as the group, so ``ẑ_j = v_j − v_t + v⁰_t`` (``B``
+    cancels) and the ``k`` answered classes are exactly the biased ones even when a defence
+    rounds or noises the outputs before ranking (an unbiased ``t`` can then be pushed out of the
+    answer by a tie or by noise, leaving the row incomplete). Identical on an undefended API.
+
+    Top-1 *with its value* (``k = 1``; Carlini et al. §5, the single-token case): there is no
+    reference class in the answer, but a raw-logit API (``values="logits"``) returns
+    ``z_j + B`` when the bias ``B`` on class ``j`` makes it the argmax, so ``ẑ_j = v − B`` exactly;
+    one biased query per class besides the argmax: ``C`` queries per input, unbiased one included
+    (:func:`_top1_logit_bias`). A top-1 log-probability API (``values="logprobs"``) is not covered.
 
     ``first`` passes an already-made unbiased answer ``(indices, values)`` for ``x`` (its ``m``
     queries are still counted in ``queries``).
@@ -312,10 +430,16 @@ def recover_full_logits_topk(
         extra = int(x.shape[0])
     m, k = idx0.shape
     c = num_classes
-    if k == 1 or not bool(torch.isfinite(v0).all()):
+    if not bool(torch.isfinite(v0).all()):
         return TopKRecovery(None, counter.count + extra, k, False, False, 0.0,
                             "label-only outputs: exact logit recovery is impossible with this attack; "
                             "fall back to distillation from labels (distill_student)")
+    if k == 1:
+        if values != "logits":
+            return TopKRecovery(None, counter.count + extra, k, False, False, 0.0,
+                                "top-1 log-probabilities: the biased class's value depends on the "
+                                "unknown normaliser; not implemented (fall back to distillation)")
+        return _top1_logit_bias(counter, x, idx0, v0, c, bias_value, max_retries, extra)
     dense0 = dense_from_topk(idx0, v0.to(torch.float64), c)
     if k >= c:
         return TopKRecovery(dense0, counter.count + extra, k, True, True, 0.0, "full logits returned")
@@ -333,13 +457,15 @@ def recover_full_logits_topk(
             cp = cols[pending]
             lb = torch.zeros(pending.numel(), c, dtype=torch.float64, device=x.device)
             lb.scatter_(1, cp, b[pending, None].expand_as(cp).contiguous())
+            if bias_reference:
+                lb.scatter_(1, top[pending], b[pending, None])
             max_b = max(max_b, float(b[pending].max()))
             idx, vals = counter(x[pending], lb.to(v0.dtype))
             dense = dense_from_topk(idx, vals.to(torch.float64), c)
             got = dense.gather(1, cp)
             ref = dense.gather(1, top[pending])
             ok = torch.isfinite(got).all(1) & torch.isfinite(ref[:, 0])
-            rec = got - b[pending, None] - ref + ref0[pending]
+            rec = got - ref + ref0[pending] - (0.0 if bias_reference else b[pending, None])
             rows = pending[ok]
             out[rows] = out[rows].scatter(1, cp[ok], rec[ok])
             pending = pending[~ok]
@@ -350,6 +476,40 @@ def recover_full_logits_topk(
             complete = False
     note = "all logits recovered" if complete else "some logits missing (raise bias_value/max_retries)"
     return TopKRecovery(out, counter.count + extra, k, complete, True, max_b, note)
+
+
+def _top1_logit_bias(counter: CountingOracle, x: Tensor, idx0: Tensor, v0: Tensor, c: int,
+                     bias_value: float, max_retries: int, extra: int) -> TopKRecovery:
+    """Logit-bias attack on a top-1-with-value raw-logit API: ``ẑ_j = v_j(B e_j) − B``.
+
+    Row ``i`` is re-queried with ``4B`` while the biased class is not the returned argmax (at
+    most ``max_retries`` times)."""
+    m = idx0.shape[0]
+    out = torch.full((m, c), float("nan"), dtype=torch.float64, device=x.device)
+    out.scatter_(1, idx0[:, :1], v0[:, :1].to(torch.float64))
+    others = torch.argsort((torch.arange(c, device=x.device)[None, :] == idx0[:, :1]).to(torch.int8),
+                           dim=1, stable=True)[:, : c - 1]  # every class but the argmax
+    complete, max_b = True, 0.0
+    for s in range(c - 1):
+        col = others[:, s]
+        pending = torch.arange(m, device=x.device)
+        b = torch.full((m,), float(bias_value), dtype=torch.float64, device=x.device)
+        for _ in range(max_retries + 1):
+            lb = torch.zeros(pending.numel(), c, dtype=torch.float64, device=x.device)
+            lb[torch.arange(pending.numel()), col[pending]] = b[pending]
+            max_b = max(max_b, float(b[pending].max()))
+            idx, vals = counter(x[pending], lb.to(v0.dtype))
+            ok = idx[:, 0] == col[pending]
+            rows = pending[ok]
+            out[rows, col[rows]] = vals[ok, 0].to(torch.float64) - b[rows]
+            pending = pending[~ok]
+            if pending.numel() == 0:
+                break
+            b[pending] *= 4.0
+        if pending.numel():
+            complete = False
+    note = "all logits recovered (top-1 with value)" if complete else "some logits missing (raise bias_value)"
+    return TopKRecovery(out, counter.count + extra, 1, complete, True, max_b, note)
 
 
 # ---------------------------------------------------------------------------- distillation
@@ -443,18 +603,26 @@ class CloningReport(Record):
     """One point of a cloning curve.
 
     Attributes:
-        queries: oracle rows the attack used (logit-bias queries included).
+        queries: oracle rows the attack used (logit-bias queries and repeats included).
         n_query_points: distinct inputs queried.
-        k: classes per answer (``C``: full logits; 1: labels).
+        repeats: times each query was asked (answers averaged: :class:`AveragingOracle`).
+        k: classes per answer (``C``: full logits; 1: top-1 with value, or a label).
         output: ``"full"``, ``"topk"`` or ``"labels"``.
-        method: ``"least_squares"``, ``"distillation_soft"`` or ``"distillation_labels"``.
-        hidden_size, hidden_size_identifiable: from :func:`hidden_size_from_logits` on the
+        method: ``"least_squares"``, ``"ridge"``, ``"distillation_soft"`` or
+            ``"distillation_labels"``.
+        ridge_lambda: ``λ`` of the ridge fit (GCV; ``None`` for other methods).
+        subspace_used: stage 2 fitted the logits projected onto the stage-1 subspace.
+        hidden_size, hidden_size_identifiable: stage 1, :func:`hidden_size_from_logits` on the
             recovered logits (``None`` for labels).
+        singular_values: stage 1's singular values (class- and column-centered logits).
+        subspace_error, max_principal_angle: :func:`recover_layer_unknown_features` against the
+            true output projection (``true_projection``) or, failing that, the class-centered
+            target weight; ``None`` for labels.
         layer_relative_error: ``‖θ̂_c − θ_c‖ / ‖θ_c‖`` between class-centered clone and target
-            (``None`` without the target's params).
-        subspace_error: :func:`recover_layer_unknown_features` error (an attacker *without* the
-            features; ``None`` for labels or without the target).
+            (``None`` without the target's linear params).
         agreement: fraction of test inputs where clone and target predict the same class.
+        kl_divergence: mean ``KL(softmax(z_target) ‖ softmax(z_clone))`` on the test inputs (nats;
+            ``None`` without the target's logits).
         clone_accuracy, target_accuracy: test accuracy (``None`` without labels / target).
         topk_complete: whether the logit-bias recovery got every logit (top-``k`` only).
     """
@@ -472,11 +640,35 @@ class CloningReport(Record):
     clone_accuracy: float | None
     target_accuracy: float | None
     topk_complete: bool | None = None
+    repeats: int = 1
+    ridge_lambda: float | None = None
+    subspace_used: bool = False
+    singular_values: list[float] | None = None
+    max_principal_angle: float | None = None
+    kl_divergence: float | None = None
 
 
 def _center_classes(params: Tensor, layer_shape: tuple[int, int], bias: bool) -> Tensor:
     w, b = unflatten(params.to(torch.float64), layer_shape, bias)
     return flatten(w - w.mean(0, keepdim=True), None if b is None else b - b.mean())
+
+
+def kl_to_target(target_logits: Tensor, clone_logits: Tensor) -> float:
+    """Mean ``KL(softmax(z_t) ‖ softmax(z_c))`` over rows (nats)."""
+    lt = torch.log_softmax(target_logits.to(torch.float64), -1)
+    lc = torch.log_softmax(clone_logits.to(torch.float64), -1)
+    return float((lt.exp() * (lt - lc)).sum(-1).mean())
+
+
+def project_logits(Z: Tensor, hidden_size: int) -> Tensor:
+    """Project logit rows onto the top-``h`` right singular subspace of their column-centered
+    stack (Carlini et al.'s ``col W̃``): ``z̄ + (Z − 1z̄ᵀ) Q Qᵀ``. Noise in the ``C − h`` other
+    directions is removed; an exact rank-``h`` stack is unchanged."""
+    z = Z.to(torch.float64)
+    zm = z.mean(0)
+    _, _, Vh = torch.linalg.svd(z - zm, full_matrices=False)
+    q = Vh[:hidden_size].T
+    return zm + (z - zm) @ q @ q.T
 
 
 def clone_from_oracle(
@@ -489,33 +681,56 @@ def clone_from_oracle(
     test_x: Tensor | None = None,
     test_y: Tensor | None = None,
     target_params: Tensor | None = None,
+    target_model: Callable[[Tensor], Tensor] | None = None,
+    true_projection: Tensor | None = None,
+    repeats: int = 1,
+    noise_sigma: float | None = None,
+    subspace: str | bool = "auto",
     bias_value: float = 100.0,
     distill_epochs: int = 300,
     distill_lr: float = 0.05,
+    values: str = "logits",
 ) -> tuple[Tensor, CloningReport]:
-    """Clone the head behind ``oracle`` from queries on ``query_x`` (known public features).
+    """Clone the model behind ``oracle`` from queries on ``query_x`` (known public features).
 
-    1. One unbiased query per input. Full logits → use them; top-``k`` with values →
-       :func:`recover_full_logits_topk`; labels → no logits.
-    2. With logits and ``method`` ``"auto"``/``"least_squares"``: row-center them and solve
-       :func:`recover_layer_known_features`. With ``"distill"`` or labels only:
-       :func:`distill_from_outputs` on the query inputs.
-    3. Evaluate: hidden size, class-centered layer error and subspace error (given
-       ``target_params``), agreement with the target and accuracy on ``(test_x, test_y)``.
-       Without ``target_params`` the target's test predictions come from the oracle's top-1
-       (not counted in ``queries``).
+    0. Each query is asked ``repeats`` times and the answers averaged (:class:`AveragingOracle`;
+       ``queries`` counts every repeat).
+    1. One unbiased query per input. Full logits → use them; top-``k`` with values (``k = 1``
+       included) → :func:`recover_full_logits_topk` (rows it could not complete are dropped;
+       fewer than 2 complete rows → distillation); labels → no logits.
+    2. Stage 1 (Carlini et al. §4) on the row-centered logits: hidden size from the singular
+       values (:func:`hidden_size_from_logits`; ``noise_sigma`` — the defence's known noise —
+       switches to the noise-edge rule, with ``σ/√repeats``, times ``√3`` for top-``k ≥ 2``
+       answers, whose recovered entries combine three noisy values), and the output projection up to an
+       ``h×h`` map (:func:`recover_layer_unknown_features`) compared with ``true_projection``
+       (``[C, h]``; else the target's weight). With ``subspace`` ``"auto"`` (a drop was detected,
+       ``h < C − 1``) or ``True``, the logits are projected onto that subspace
+       (:func:`project_logits`) before stage 2.
+    3. Stage 2, a linear student on the known features: ``"ridge"`` (``"auto"``'s choice,
+       :func:`recover_layer_ridge` with GCV), ``"least_squares"`` (min-norm, unregularised), or
+       ``"distill"`` (:func:`distill_from_outputs`; the only option for labels).
+    4. Evaluate on ``(test_x, test_y)``, never queried: agreement and KL to the target
+       (``target_model`` logits, else the linear ``target_params``, else the oracle's top-1 —
+       not counted in ``queries`` — and no KL), class-centered layer error (``target_params``).
+
+    A linear student is exact for linear targets (a linear bottleneck included) and only an
+    approximation of a ReLU bottleneck target.
 
     Returns ``(clone params [P] float64, CloningReport)``.
     """
-    if method not in {"auto", "least_squares", "distill"}:
-        raise ValueError(f"method must be 'auto', 'least_squares' or 'distill', got {method!r}")
+    if method not in {"auto", "least_squares", "ridge", "distill"}:
+        raise ValueError(f"method must be 'auto', 'ridge', 'least_squares' or 'distill', got {method!r}")
+    if subspace not in ("auto", True, False):
+        raise ValueError(f"subspace must be 'auto', True or False, got {subspace!r}")
     n, d = query_x.shape
     c = num_classes
     shape = (c, d)
+    fit_x = query_x
     counter = CountingOracle(oracle)
-    idx, vals = counter(query_x, None)
+    asker: Oracle = AveragingOracle(counter, repeats) if repeats > 1 else counter
+    idx, vals = asker(query_x, None)
     k = int(idx.shape[1])
-    has_values = k > 1 and bool(torch.isfinite(vals).all())
+    has_values = bool(torch.isfinite(vals).all())
     logits: Tensor | None = None
     complete: bool | None = None
     if has_values and k >= c:
@@ -523,27 +738,51 @@ def clone_from_oracle(
         logits = dense_from_topk(idx, vals.to(torch.float64), c)
     elif has_values:
         output = "topk"
-        rec = recover_full_logits_topk(counter, query_x, c, bias_value=bias_value, first=(idx, vals))
+        rec = recover_full_logits_topk(asker, query_x, c, bias_value=bias_value, first=(idx, vals), values=values)
         logits, complete = rec.logits, rec.complete
         if logits is not None and not complete:
-            logits = None  # incomplete rows: fall back to distillation on the top-k values
+            ok = torch.isfinite(logits).all(1)  # fit on the complete rows; distil if fewer than 2
+            if int(ok.sum()) >= 2:
+                logits, fit_x = logits[ok], query_x[ok]
+            else:
+                logits = None
     else:
         output = "labels"
     target_c = None if target_params is None else _center_classes(target_params, shape, bias)
-    hs = sub_err = None
+    hs = sub = None
+    fit_z = None
+    use_sub = False
     if logits is not None:
         zc = logits - logits.mean(1, keepdim=True)
-        hs = hidden_size_from_logits(zc, center_classes=True) if n >= 2 else None
-        if target_c is not None and n >= 2:
-            w_c, _ = unflatten(target_c, shape, bias)
-            sub_err = recover_layer_unknown_features(zc, min(d, c), true_weight=w_c).subspace_error
-    if logits is not None and method != "distill":
-        zc = logits - logits.mean(1, keepdim=True)
-        clone = recover_layer_known_features(query_x, zc, bias=bias).params
-        used = "least_squares"
-    else:
+        fit_z = zc
+        if zc.shape[0] >= 2:
+            sig = None if not noise_sigma else float(noise_sigma) / math.sqrt(repeats)
+            if sig is not None and output == "topk" and k >= 2:
+                sig *= math.sqrt(3.0)  # ẑ_j = v_j − v_t + v⁰_t: three noisy values per recovered entry
+            hs = hidden_size_from_logits(zc, center_classes=True, noise_sigma=sig)
+            ref = None
+            if true_projection is not None:
+                ref = true_projection.to(torch.float64)
+                ref = ref - ref.mean(0, keepdim=True)
+            elif target_c is not None:
+                ref, _ = unflatten(target_c, shape, bias)
+            h_used = hs.hidden_size if hs.identifiable else min(c - 1, zc.shape[0] - 1)
+            if ref is not None:
+                sub = recover_layer_unknown_features(zc, h_used, true_weight=ref)
+            use = subspace is True or (subspace == "auto" and hs.identifiable and hs.hidden_size < c - 1)
+            if use:
+                fit_z, use_sub = project_logits(zc, h_used), True
+    ridge_lam = None
+    if fit_z is not None and method != "distill":
         if method == "least_squares":
-            raise ValueError("least_squares needs leaked logits (full or top-k with values)")
+            clone = recover_layer_known_features(fit_x, fit_z, bias=bias).params
+            used = "least_squares"
+        else:
+            fit = recover_layer_ridge(fit_x, fit_z, bias=bias)
+            clone, ridge_lam, used = fit.params, fit.lam, "ridge"
+    else:
+        if method in ("least_squares", "ridge"):
+            raise ValueError(f"{method} needs leaked logits (full, top-k or top-1 with values)")
         clone, kind = distill_from_outputs(query_x.to(torch.float64), idx, vals, c, bias=bias,
                                            epochs=distill_epochs, lr=distill_lr)
         used = "distillation_labels" if kind == "labels" else "distillation_soft"
@@ -552,15 +791,19 @@ def clone_from_oracle(
     if target_c is not None:
         cc = _center_classes(clone, shape, bias)
         rel = float(torch.linalg.norm(cc - target_c) / torch.linalg.norm(target_c).clamp_min(1e-300))
-    agreement = clone_acc = target_acc = None
+    agreement = clone_acc = target_acc = kl = None
     if test_x is not None:
         tx = test_x.to(torch.float64)
-        pred = head_logits(clone, tx, shape, bias).argmax(-1)
-        if target_params is not None:
+        zs = head_logits(clone, tx, shape, bias)
+        pred = zs.argmax(-1)
+        zt = None
+        if target_model is not None:
+            zt = target_model(tx).to(torch.float64)
+        elif target_params is not None:
             zt = head_logits(target_params.to(torch.float64), tx, shape, bias)
-            tpred = zt.argmax(-1)
-        else:
-            tpred = oracle(test_x, None)[0][:, 0]
+        tpred = zt.argmax(-1) if zt is not None else oracle(test_x, None)[0][:, 0]
+        if zt is not None:
+            kl = kl_to_target(zt, zs)
         agreement = float((pred == tpred).to(torch.float64).mean())
         if test_y is not None:
             clone_acc = float((pred == test_y).to(torch.float64).mean())
@@ -569,8 +812,11 @@ def clone_from_oracle(
         queries=counter.count, n_query_points=n, k=k, output=output, method=used,
         hidden_size=None if hs is None else hs.hidden_size,
         hidden_size_identifiable=None if hs is None else hs.identifiable,
-        layer_relative_error=rel, subspace_error=sub_err, agreement=agreement,
-        clone_accuracy=clone_acc, target_accuracy=target_acc, topk_complete=complete,
+        layer_relative_error=rel, subspace_error=None if sub is None else sub.subspace_error,
+        agreement=agreement, clone_accuracy=clone_acc, target_accuracy=target_acc, topk_complete=complete,
+        repeats=int(repeats), ridge_lambda=ridge_lam, subspace_used=use_sub,
+        singular_values=None if hs is None else hs.singular_values[: min(c, n)],
+        max_principal_angle=None if sub is None else sub.max_principal_angle, kl_divergence=kl,
     )
     return clone, report
 
@@ -580,26 +826,16 @@ def cloning_curve(
     query_x: Tensor,
     query_counts: list[int],
     num_classes: int,
-    *,
-    test_x: Tensor | None = None,
-    test_y: Tensor | None = None,
-    target_params: Tensor | None = None,
-    bias: bool = True,
-    method: str = "auto",
-    bias_value: float = 100.0,
-    distill_epochs: int = 300,
-    distill_lr: float = 0.05,
+    **kwargs: Any,
 ) -> list[CloningReport]:
-    """:func:`clone_from_oracle` on the first ``n`` rows of ``query_x`` for each ``n`` in
-    ``query_counts`` (each budget is a fresh attack; ``CloningReport.queries`` counts its own
-    oracle rows, logit-bias queries included)."""
+    """:func:`clone_from_oracle` (keyword arguments passed on) on the first ``n`` rows of
+    ``query_x`` for each ``n`` in ``query_counts`` (each budget is a fresh attack;
+    ``CloningReport.queries`` counts its own oracle rows, logit-bias queries and repeats
+    included)."""
     reports = []
     for n in query_counts:
         if not 1 <= n <= query_x.shape[0]:
             raise ValueError(f"query count {n} outside [1, {query_x.shape[0]}]")
-        _, rep = clone_from_oracle(oracle, query_x[:n], num_classes, bias=bias, method=method,
-                                   test_x=test_x, test_y=test_y, target_params=target_params,
-                                   bias_value=bias_value, distill_epochs=distill_epochs,
-                                   distill_lr=distill_lr)
+        _, rep = clone_from_oracle(oracle, query_x[:n], num_classes, **kwargs)
         reports.append(rep)
     return reports
