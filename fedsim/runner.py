@@ -65,7 +65,13 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
 
     ``absent`` peers take no part (their messages never arrive; the unlearning probe's
     "retrained without that peer" gold standard)."""
-    feats = load_features(sc.dataset.name, sc.backbone.name, sc.dataset.data_dir, sc.backbone.cache_dir, log)
+    plan = None
+    if sc.model.whole:  # more than the linear head is trained (issue 18): fedsim.whole
+        from fedsim import whole
+
+        feats, plan = whole.prepare_features(sc, log)
+    else:
+        feats = load_features(sc.dataset.name, sc.backbone.name, sc.dataset.data_dir, sc.backbone.cache_dir, log)
     n = sc.peers.count
     for warning in resource_warnings(sc) if log else []:
         log(f"warning: {warning}")
@@ -80,16 +86,18 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
         params.setdefault("include_own", False)  # a server averages its clients, not the old global model
     c, d = feats.num_classes, feats.dim
     num_params = c * d + (c if sc.training.bias else 0)
+    if plan is not None:
+        d, num_params = plan.dim, whole.num_trainable(plan)
     rule_cls = strategies.REGISTRY[sc.strategy.name]
     # the class sets peers compare when they connect (Bristle's private-set intersection), for every peer
     classes = held_classes(feats.y_train, part.train, part.val, c) if "overlap" in rule_cls.needs else None
-    extra = _backbone_param_count(sc.backbone.name) if rule_cls.exchanges == "full_model" else 0
+    extra = _backbone_param_count(sc.backbone.name) if rule_cls.exchanges == "full_model" and plan is None else 0
     largest_shard = max(len(t) for t in part.train)
     threads = sc.engine.cpus_per_actor
     if sc.engine.backend == "local":  # in-process, the groups run one after another: each may use every CPU
         threads = min(threads * sc.engine.num_actors, os.cpu_count() or 1)  # but no more than the machine has
     common = dict(
-        shard_pad=largest_shard if largest_shard <= sc.training.batch_size else 0,
+        shard_pad=largest_shard if largest_shard <= sc.training.batch_size and plan is None else 0,
         byzantine=byz,
         absent=None if not absent else np.isin(np.arange(n), absent),
         threads=max(1, int(threads)),
@@ -109,11 +117,14 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     )
     actors = min(sc.engine.num_actors, n)
     blocks = np.array_split(np.arange(n), actors)
+    if plan is not None:
+        common["model"] = plan
+    setup_cls = GroupSetup if plan is None else whole.WholeSetup
     setups = [
-        GroupSetup(first=int(b[0]), train_idx=[part.train[i] for i in b], val_idx=[part.val[i] for i in b], **common)
+        setup_cls(first=int(b[0]), train_idx=[part.train[i] for i in b], val_idx=[part.val[i] for i in b], **common)
         for b in blocks
     ]
-    server = GroupSetup(first=0, train_idx=[], val_idx=[], **common) if sc.mode == "federated" else None
+    server = setup_cls(first=0, train_idx=[], val_idx=[], **common) if sc.mode == "federated" else None
     root = None
     if sc.mode == "federated":
         ridx = crng.numpy_generator(sc.seed, "root_set").choice(
@@ -131,6 +142,8 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
         "actors": actors,
         "train_samples_per_peer": [int(len(t)) for t in part.train],
     }
+    if plan is not None:
+        info["model"] = {"trainable": plan.trainable, "trainable_params": num_params, "exchange": plan.exchange}
     return Prepared(sc, feats, setups, server, byz, f, num_params, FLOAT_BYTES * (num_params + extra), root, info)
 
 
@@ -492,10 +505,16 @@ class Run:
         fref = backend.put(
             {"x_train": feats.x_train, "y_train": feats.y_train, "x_test": feats.x_test, "y_test": feats.y_test}
         )
-        groups = [backend.actor(PeerGroup, s, fref, num_cpus=sc.engine.cpus_per_actor) for s in prep.setups]
+        group_cls, server_cls = PeerGroup, Server
+        if sc.model.whole:
+            from fedsim.whole import WholePeerGroup, WholeServer
+
+            group_cls, server_cls = WholePeerGroup, WholeServer
+        groups = [backend.actor(group_cls, s, fref, num_cpus=sc.engine.cpus_per_actor) for s in prep.setups]
         self.groups = groups
+        self._features_ref = fref
         server = (
-            backend.actor(Server, prep.server_setup, *prep.root, num_cpus=sc.engine.cpus_per_actor)
+            backend.actor(server_cls, prep.server_setup, *prep.root, num_cpus=sc.engine.cpus_per_actor)
             if prep.server_setup
             else None
         )
@@ -593,7 +612,10 @@ class Run:
 
     def _evaluate(self, prep: Prepared, backend, groups, server, honest_ids: np.ndarray, r: int) -> dict[str, Any]:
         sc = self.sc
-        if server is not None:  # federated: the global model is every honest client's model
+        if server is not None and sc.model.whole:  # federated, a whole model (fedsim.whole.WholeServer)
+            a, lo = backend.get(server.evaluate.remote(self._features_ref))
+            ids = np.asarray([-1])
+        elif server is not None:  # federated: the global model is every honest client's model
             from fedsim import heads
 
             g = torch.tensor(backend.get(server.get_global.remote()))[None]  # a copy: Ray hands out read-only arrays
