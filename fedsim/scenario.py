@@ -166,7 +166,8 @@ class ModelCfg(_Section):
     defaults are today's: the linear head on cached frozen features, its parameters exchanged."""
 
     trainable: Literal["head", "last_k", "all"] = Field(
-        "head", description="head: the output layer(s) on frozen features; last_k: the last k layers; all: the whole network"
+        "head",
+        description="head: the output layer(s) on frozen features; last_k: the last k layers; all: the whole network",
     )
     k: int | None = Field(None, ge=1, description="trainable layers counted from the output (trainable=last_k)")
     hidden: list[int] = Field(

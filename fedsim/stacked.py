@@ -129,7 +129,9 @@ class StackedModel:
 
 
 @torch.no_grad()
-def accuracy_and_loss(model: StackedModel, rows: Tensor, x: Tensor, y: Tensor, chunk: int = 16) -> tuple[Tensor, Tensor]:
+def accuracy_and_loss(
+    model: StackedModel, rows: Tensor, x: Tensor, y: Tensor, chunk: int = 16
+) -> tuple[Tensor, Tensor]:
     """Test accuracy and mean cross-entropy ``[len(rows)]`` of peers ``rows`` on ``x [N, ...]``."""
     accs, losses = [torch.zeros(0)], [torch.zeros(0)]
     y = y.to(model.device)

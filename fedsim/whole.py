@@ -78,7 +78,8 @@ def check_model(sc: Scenario) -> None:
     reads_heads = {"validation", "root_update", "overlap"} & set(rule.needs)
     if reads_heads or rule.consolidated:
         raise ValueError(
-            f"strategy.name: {sc.strategy.name!r} reads linear output layers ({', '.join(sorted(reads_heads)) or 'CWR'}); "
+            f"strategy.name: {sc.strategy.name!r} reads linear output layers "
+            f"({', '.join(sorted(reads_heads)) or 'CWR'}); "
             "it runs only with model.trainable: head, no model.hidden, exchange: params, init: pretrained "
             "(Bristle exchanges only its output layer)"
         )
