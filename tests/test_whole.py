@@ -225,3 +225,18 @@ def test_federated_whole_model_runs(tmp_path):
     r, m = _run(sc)
     assert m[-1]["evaluated_peers"] == 1 and 0 <= m[-1]["accuracy_mean"] <= 1
     assert np.allclose(r.final_params, r.final_params[0])
+
+
+def test_bristle_data_regime_two_samples_per_class_trains_whole_models(tmp_path):
+    """Bristle's authors' regime (partition.per_class: 2 training + 2 validation samples of every
+    class per peer) with the whole model: shards smaller than a minibatch are drawn with replacement."""
+    sc = _scenario(tmp_path, rounds=15, **{"partition": {"kind": "classes", "k": 10, "per_class": 4,
+                                                         "val_fraction": 0.5},
+                                           "peers.count": 6, "training.lr": 0.1, "training.weight_decay": 0.0,
+                                           "training.batch_size": 16, "model.hidden": [32]})
+    prep = prepare(sc)
+    assert prep.info["train_samples_per_peer"] == [20] * 6
+    assert all(np.bincount(prep.features.y_train[t], minlength=10).tolist() == [2] * 10
+               for t in prep.setups[0].train_idx)
+    _, m = _run(sc)
+    assert m[-1]["accuracy_mean"] > 0.5  # 20 samples per peer, shared by averaging: far above chance
