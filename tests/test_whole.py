@@ -240,3 +240,20 @@ def test_bristle_data_regime_two_samples_per_class_trains_whole_models(tmp_path)
                for t in prep.setups[0].train_idx)
     _, m = _run(sc)
     assert m[-1]["accuracy_mean"] > 0.5  # 20 samples per peer, shared by averaging: far above chance
+
+
+@pytest.mark.parametrize("mode", ["decentralized", "federated"])
+def test_kill_and_resume_is_byte_identical_with_adam_and_gradients(tmp_path, mode):
+    """A checkpoint holds θ and the optimizer's buffers (peers' and, federated, the server's)."""
+    over = {"training.optimizer": "adam", "training.lr": 0.01, "training.local_steps": 1,
+            "model.exchange": "gradients", "checkpoint.every": 2, "rounds": 6, "mode": mode}
+    if mode == "federated":
+        over["topology.kind"] = "star"
+    full, _ = _run(_scenario(tmp_path, name="full", **over))
+    part_sc = _scenario(tmp_path, name="part", **over)
+    r = Run(part_sc)
+    r.create_dir()
+    r.execute(stop_after=2)  # last checkpoint after round 1
+    summary = Run(part_sc, r.dir).execute(resume=True)
+    assert summary["resumed_after_round"] == 1
+    assert (r.dir / "metrics.jsonl").read_bytes() == (full.dir / "metrics.jsonl").read_bytes()
