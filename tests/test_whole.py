@@ -5,10 +5,13 @@ end-to-end runs (bytes, determinism, attacks on exchanged gradients, federated m
 import copy
 import dataclasses
 import json
+import uuid
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from fedsim import rng as crng
@@ -257,3 +260,57 @@ def test_kill_and_resume_is_byte_identical_with_adam_and_gradients(tmp_path, mod
     summary = Run(part_sc, r.dir).execute(resume=True)
     assert summary["resumed_after_round"] == 1
     assert (r.dir / "metrics.jsonl").read_bytes() == (full.dir / "metrics.jsonl").read_bytes()
+
+
+_model_values = st.one_of(st.none(), st.booleans(), st.integers(-3, 6), st.floats(allow_nan=True),
+                          st.sampled_from(["head", "last_k", "all", "scratch", "pretrained", "params", "gradients"]),
+                          st.lists(st.integers(-1, 40), max_size=3))
+_model_sections = st.dictionaries(st.sampled_from(["trainable", "k", "hidden", "init", "exchange", "layers"]),
+                                  _model_values, max_size=5)
+
+
+@settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(_model_sections)
+def test_fuzzed_model_sections_accept_or_one_line_error(tmp_path_factory, model):
+    d = {"dataset": {"name": "sklearn_digits"}, "backbone": {"name": "identity"}, "model": model,
+         "output": {"dir": str(tmp_path_factory.getbasetemp() / "fuzz-model")}}
+    try:
+        parse(d)
+    except ScenarioError as e:
+        assert "\n" not in str(e) and str(e).startswith("scenario: ")
+
+
+@pytest.mark.slow  # ~30 s on a busy machine
+@settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(st.fixed_dictionaries({
+    "model": st.fixed_dictionaries({"trainable": st.sampled_from(["head", "last_k", "all"])}, optional={
+        "k": st.integers(1, 4), "hidden": st.lists(st.integers(1, 8), max_size=2),
+        "init": st.sampled_from(["pretrained", "scratch"]), "exchange": st.sampled_from(["params", "gradients"])}),
+    "mode": st.sampled_from(["decentralized", "federated"]),
+    "strategy": st.fixed_dictionaries(
+        {"name": st.sampled_from(["fedavg", "median", "krum", "trimmed_mean", "bristle"])}),
+    "training": st.fixed_dictionaries({"optimizer": st.sampled_from(["sgd", "adam"]), "lr": st.floats(1e-3, 1.0),
+                                       "local_steps": st.integers(1, 2), "batch_size": st.integers(1, 8)}),
+    "peers": st.fixed_dictionaries({"count": st.integers(2, 6), "byzantine": st.integers(0, 1),
+                                    "attack": st.fixed_dictionaries({"name": st.sampled_from(["ipm", "alie"])})}),
+}))
+def test_fuzzed_small_whole_model_runs(tmp_path_factory, data):
+    """What validation accepts with a model section runs to the end with finite JSON metrics, or
+    stops with one line."""
+    root = tmp_path_factory.getbasetemp() / "fuzz-whole"
+    if not data["peers"]["byzantine"]:
+        data["peers"]["attack"]["name"] = "none"
+    data |= {"rounds": 2, "dataset": {"name": "sklearn_digits"}, "backbone": {"name": "identity"},
+             "topology": {"kind": "complete"} if data["mode"] == "decentralized" else {"kind": "star"},
+             "engine": {"backend": "local", "num_actors": 2}, "output": {"dir": str(root)},
+             "name": f"r{uuid.uuid4().hex[:12]}"}
+    try:
+        sc = parse(data)
+    except ScenarioError as e:
+        assert "\n" not in str(e)
+        return
+    run = Run(sc)
+    run.create_dir()
+    run.execute(log=lambda m: None)
+    lines = (run.dir / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and "accuracy_mean" in json.loads(lines[-1])
