@@ -7,6 +7,10 @@ are timed. Reported per peer-round: wall time, and the peak resident memory the 
 over the group's state before it (``ru_maxrss`` high-water mark minus the RSS before training),
 divided by ``p``; plus the trainable parameter count and the exchanged message size.
 
+``--step-only`` times just the gradient computation of the whole CNN (one ``vmap(grad)`` call over
+``p`` peers vs a loop of ``p`` modules' forward + backward, 3 repetitions each, after a warm-up):
+the batching itself, without minibatch gathering or the optimizer.
+
 ``--loop`` adds, for each whole-model configuration, the same training as ``p`` separate
 ``nn.Module`` copies with ``torch.optim.SGD`` in a Python loop (the batched path's baseline).
 
@@ -106,13 +110,44 @@ def measure(name: str, peers: int, rounds: int, loop: bool) -> dict:
     return out
 
 
+def step_only(peers: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    from fedsim.models.trainable import ModelPlan, split
+    from fedsim.stacked import StackedModel
+
+    plan = ModelPlan("fmnist_cnn", "all", 0, (), "scratch", "params", True, 0, 576, 10)
+    suffix = split(plan)[1]
+    m = StackedModel(suffix, peers)
+    x, y = torch.randn(peers, 32, 1, 28, 28), torch.randint(0, 10, (peers, 32))
+    m.loss_and_grad(x, y)
+    t0 = time.perf_counter()
+    for _ in range(3):
+        m.loss_and_grad(x, y)
+    batched = (time.perf_counter() - t0) / 3 / peers
+    mods = [copy.deepcopy(suffix) for _ in range(peers)]
+    t0 = time.perf_counter()
+    for _ in range(3):
+        for j in range(peers):
+            mods[j].zero_grad()
+            torch.nn.functional.cross_entropy(mods[j](x[j]), y[j]).backward()
+    loop = (time.perf_counter() - t0) / 3 / peers
+    print(f"# whole fmnist_cnn, batch 32, {peers} peers, 1 thread, load {os.getloadavg()[0]:.2f}: "
+          f"vmap(grad) {1e3 * batched:.1f} ms / peer-step, loop of modules {1e3 * loop:.1f} ms / peer-step")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--peers", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--loop", action="store_true")
+    ap.add_argument("--step-only", action="store_true")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.step_only:
+        step_only(a.peers)
+        return
     if a.one:
         print(json.dumps(measure(a.one, a.peers, a.rounds, a.loop)))
         return
