@@ -99,6 +99,17 @@ def test_cnn_from_scratch_matches_a_plain_pytorch_loop(tmp_path):
         torch.testing.assert_close(theta[j], ref, rtol=1e-4, atol=1e-5)
     ref_sum = [a + b for a, b in zip(_reference(sc, prep, 0, 2, 2)[1], _reference(sc, prep, 1, 2, 2)[1], strict=True)]
     np.testing.assert_allclose(got, ref_sum, rtol=1e-5)
+    # evaluation: each peer's test accuracy and loss are those of its plain model on the raw test set
+    prefix, suffix = split(prep.setups[0].model)
+    ds = load(sc.dataset.name)
+    x_test, y_test = to_input(ds.x_test, get_spec(sc.backbone.name)), torch.from_numpy(ds.y_test)
+    ev = g.evaluate()
+    for j in range(2):
+        torch.nn.utils.vector_to_parameters(theta[j].clone(), suffix.parameters())
+        with torch.no_grad():
+            z = suffix(prefix(x_test))
+        assert ev["accuracy"][j] == pytest.approx(float((z.argmax(1) == y_test).float().mean()), abs=1e-3)
+        assert ev["loss"][j] == pytest.approx(float(nn.functional.cross_entropy(z, y_test)), rel=1e-4)
 
 
 def test_batched_peers_equal_separate_models_last_k_with_cached_prefix(tmp_path):
