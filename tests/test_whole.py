@@ -325,3 +325,14 @@ def test_fuzzed_small_whole_model_runs(tmp_path_factory, data):
     run.execute(log=lambda m: None)
     lines = (run.dir / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2 and "accuracy_mean" in json.loads(lines[-1])
+
+
+def test_layout_independent_local_and_ray(tmp_path, ray_session):
+    """Peers spread over 1 or 3 groups, in-process or on Ray actors: the same metrics, to the byte."""
+    over = {"peers.count": 7, "rounds": 3, "topology.kind": "k_regular", "topology.degree": 4,
+            "model.exchange": "gradients", "training.local_steps": 1, "strategy.name": "median"}
+    one, _ = _run(_scenario(tmp_path, name="one", **over))
+    three, _ = _run(_scenario(tmp_path, name="three", **over, **{"engine.num_actors": 3}))
+    ray3, _ = _run(_scenario(tmp_path, name="ray3", **over, **{"engine.num_actors": 3, "engine.backend": "ray"}))
+    m = [(r.dir / "metrics.jsonl").read_bytes() for r in (one, three, ray3)]
+    assert m[0] == m[1] == m[2]
