@@ -137,13 +137,12 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
         "f": f,
         "num_params": num_params,
         "feature_dim": d,
+        **({} if plan is None else {"model": {"trainable": plan.trainable, "exchange": plan.exchange}}),
         "classes": c,
         "mean_in_degree": in_degree,
         "actors": actors,
         "train_samples_per_peer": [int(len(t)) for t in part.train],
     }
-    if plan is not None:
-        info["model"] = {"trainable": plan.trainable, "trainable_params": num_params, "exchange": plan.exchange}
     return Prepared(sc, feats, setups, server, byz, f, num_params, FLOAT_BYTES * (num_params + extra), root, info)
 
 
