@@ -196,12 +196,33 @@ class WholePeerGroup(PeerGroup):
         x = self.x_local.index_select(0, idx).view(self.p, B, *self.sample_shape)
         return x, self.y_local.index_select(0, idx).view(self.p, B)
 
-    def train(self, round_: int, global_params: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    def train(
+        self, round_: int, global_params: np.ndarray | None = None, sampled: np.ndarray | None = None
+    ) -> tuple[np.ndarray, float]:
         """``exchange: params``: ``local_steps`` optimizer steps, returns ``θ [p, P]``;
         ``gradients``: the gradient of one minibatch at ``θ``, returned unapplied. Also the summed
-        loss of the honest hosted peers (last step's minibatch)."""
+        loss of the honest hosted peers (last step's minibatch). ``sampled`` (bool ``[N]``, federated
+        client sampling): the other hosted peers' parameters and optimizer buffers are restored
+        after the (batched) step, so they are left as they were; their rows are still returned."""
+        keep = None
+        if sampled is not None and not bool(sampled[self.ids].all()):
+            rows = torch.from_numpy(np.flatnonzero(~sampled[self.ids]))
+            keep = (rows, self.model.theta[rows].clone(), self.fopt.m[rows].clone(),
+                    None if self.fopt.v is None else self.fopt.v[rows].clone())
         if global_params is not None:
             self._load(global_params)
+        trains = ~self.is_byz if sampled is None else ~self.is_byz & sampled[self.ids]
+        try:
+            return self._train(round_, trains)
+        finally:
+            if keep is not None:
+                rows, theta, m, v = keep
+                self.model.theta[rows], self.fopt.m[rows] = theta, m
+                if v is not None and self.fopt.v is not None:
+                    self.fopt.v[rows] = v
+
+    def _train(self, round_: int, counted: np.ndarray) -> tuple[np.ndarray, float]:
+        """:meth:`train`'s step(s) for every hosted peer; the loss is summed over ``counted`` (bool ``[p]``)."""
         steps = 1 if self.gradients else int(self.s.training["local_steps"])
         loss = torch.zeros(self.p)
         out: Tensor | None = None
@@ -212,8 +233,7 @@ class WholePeerGroup(PeerGroup):
             else:
                 optimizer_step(self.model.theta, g, self.fopt, **self._opt_kw())
         msg = (out if out is not None else self.model.theta).detach().cpu().numpy().copy()
-        honest = torch.from_numpy(~self.is_byz)
-        return msg, float(loss.detach().cpu()[honest].sum()) if honest.any() else 0.0
+        return msg, float(loss.detach().cpu()[torch.from_numpy(counted)].sum()) if counted.any() else 0.0
 
     # ------------------------------------------------------------------ aggregation contexts
     def _ctx(self, j: int, round_: int, f: int, root: Tensor | None, seed: int,

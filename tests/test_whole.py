@@ -336,3 +336,22 @@ def test_layout_independent_local_and_ray(tmp_path, ray_session):
     ray3, _ = _run(_scenario(tmp_path, name="ray3", **over, **{"engine.num_actors": 3, "engine.backend": "ray"}))
     m = [(r.dir / "metrics.jsonl").read_bytes() for r in (one, three, ray3)]
     assert m[0] == m[1] == m[2]
+
+
+def test_client_sampling_leaves_unsampled_peers_as_they_were(tmp_path):
+    """``train(round, global, sampled)``: sampled peers train exactly as in a full round, the others
+    keep their parameters and optimizer buffers; the loss counts the sampled honest peers only."""
+    sc = _scenario(tmp_path)
+    _, full = _group(sc)
+    _, part = _group(sc)
+    full.train(0)
+    part.train(0)
+    before, m_before = part.params(), part.fopt.m.clone()
+    sampled = np.array([True, False, True, False])
+    _, loss = part.train(1, None, sampled)
+    _, full_loss = full.train(1)
+    after = part.params()
+    np.testing.assert_array_equal(after[~sampled], before[~sampled])
+    assert torch.equal(part.fopt.m[torch.from_numpy(~sampled)], m_before[torch.from_numpy(~sampled)])
+    np.testing.assert_allclose(after[sampled], full.params()[sampled], rtol=0, atol=0)
+    assert 0 < loss < full_loss
