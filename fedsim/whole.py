@@ -282,13 +282,15 @@ class WholeServer(Server):
         if self.fopt.v is not None:
             self.fopt.v.copy_(st["v"])
 
-    def aggregate(self, round_: int, *client_params: np.ndarray) -> dict[str, int]:
+    def aggregate(self, round_: int, *client_params: np.ndarray, **kw: Any) -> dict[str, int]:
+        """:meth:`Server.aggregate` (``kw``: its keyword options, passed on), with ``exchange:
+        gradients`` the aggregated gradient applied to the global model."""
         if self.plan.exchange == "params":
-            return super().aggregate(round_, *client_params)
+            return super().aggregate(round_, *client_params, **kw)
         theta = self.global_params
         self.global_params = np.zeros_like(theta)  # the rule's own vector: no update
         try:
-            stats = super().aggregate(round_, *client_params)
+            stats = super().aggregate(round_, *client_params, **kw)
             g = torch.from_numpy(self.global_params.copy())
         finally:
             self.global_params = theta
