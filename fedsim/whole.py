@@ -91,8 +91,9 @@ def prepare_features(sc: Scenario, log: Any = None) -> tuple[Features, ModelPlan
     """The trainable part's inputs for the whole dataset (the frozen prefix run once) and the plan.
 
     ``trainable: head`` with pretrained weights reuses the cached backbone features
-    (:func:`fedsim.features.load_features`, the prefix is the whole backbone); otherwise the prefix
-    (possibly empty: raw normalised inputs) runs over the dataset now."""
+    (:func:`fedsim.features.load_features`, the prefix is the whole backbone); another prefix's
+    activations are cached the same way (:func:`_cached_prefix`); an empty prefix gives the raw
+    normalised inputs."""
     from fedsim.data.datasets import load
     from fedsim.features import Features, load_features
     from fedsim.models.backbones import extract_features, get_spec
@@ -106,10 +107,59 @@ def prepare_features(sc: Scenario, log: Any = None) -> tuple[Features, ModelPlan
         feats = load_features(sc.dataset.name, sc.backbone.name, sc.dataset.data_dir, sc.backbone.cache_dir, log)
         return feats, plan
     prefix, _ = split(plan)
+    if not any(True for _ in prefix.state_dict()):  # no weights: normalised raw inputs, nothing worth caching
+        xtr, xte = (frozen_inputs(prefix, x, sc.backbone.name) for x in (ds.x_train, ds.x_test))
+        return Features(xtr, ds.y_train, xte, ds.y_test, ds.num_classes, f"{ds.name}-{sc.backbone.name}-raw"), plan
+    key, xtr, xte = _cached_prefix(ds, sc, prefix, log)
+    return Features(xtr, ds.y_train, xte, ds.y_test, ds.num_classes, key), plan
+
+
+PREFIX_FORMAT = "1"
+
+
+def _cached_prefix(ds: Any, sc: Scenario, prefix: torch.nn.Module, log: Any) -> tuple[str, np.ndarray, np.ndarray]:
+    """The frozen prefix's activations on ``ds``, from the feature cache directory or computed and
+    cached now (atomically), keyed by the dataset's contents, the prefix's structure and weights
+    and the input normalisation — as :mod:`fedsim.features` keys the backbone's features. A cache
+    file is read without pickle and checked (float32, row counts, one shape, finite); an unusable
+    one is recomputed."""
+    import hashlib
+    import os
+    import tempfile
+    import zipfile
+
+    from fedsim.features import cache_dir
+    from fedsim.models.backbones import get_spec, state_fingerprint
+    from fedsim.models.trainable import frozen_inputs
+
+    spec = get_spec(sc.backbone.name)
+    parts = [PREFIX_FORMAT, ds.fingerprint(), sc.backbone.name, state_fingerprint(prefix), repr(prefix),
+             str(spec.input_shape), repr(spec.mean), repr(spec.std)]
+    h = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    key = f"{ds.name.replace(':', '_').replace('/', '_')}-{sc.backbone.name}-prefix{len(prefix)}-{h}"
+    path = cache_dir(sc.backbone.cache_dir) / f"{key}.npz"
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                xtr, xte = z["x_train"], z["x_test"]
+            ok = (xtr.dtype == xte.dtype == np.float32 and len(xtr) == len(ds.y_train) and len(xte) == len(ds.y_test)
+                  and xtr.shape[1:] == xte.shape[1:] and np.isfinite(xtr).all() and np.isfinite(xte).all())
+            if ok:
+                return key, xtr, xte
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, TypeError):
+            pass
+        if log:
+            log(f"prefix cache {path} unusable; recomputing it")
     if log:
-        log(f"running the frozen prefix ({len(prefix)} modules) of {sc.backbone.name} over {ds.name} (once)")
+        log(f"running the frozen prefix ({len(prefix)} modules) of {sc.backbone.name} over {ds.name} "
+            f"(once; cached at {path})")
     xtr, xte = frozen_inputs(prefix, ds.x_train, sc.backbone.name), frozen_inputs(prefix, ds.x_test, sc.backbone.name)
-    return Features(xtr, ds.y_train, xte, ds.y_test, ds.num_classes, f"{ds.name}-{sc.backbone.name}-prefix"), plan
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    with os.fdopen(fd, "wb") as fh:
+        np.savez(fh, x_train=xtr, x_test=xte)
+    os.replace(tmp, path)
+    return key, xtr, xte
 
 
 def num_trainable(plan: ModelPlan) -> int:

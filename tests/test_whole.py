@@ -355,3 +355,26 @@ def test_client_sampling_leaves_unsampled_peers_as_they_were(tmp_path):
     assert torch.equal(part.fopt.m[torch.from_numpy(~sampled)], m_before[torch.from_numpy(~sampled)])
     np.testing.assert_allclose(after[sampled], full.params()[sampled], rtol=0, atol=0)
     assert 0 < loss < full_loss
+
+
+def test_frozen_prefix_activations_are_cached_on_disk(tmp_path, monkeypatch):
+    """last_k: the prefix runs once; a later run reads its activations from the cache (the prefix is
+    not run again); a corrupt cache file is recomputed; other weights (init: scratch) get another key."""
+    import fedsim.models.trainable as trainable
+
+    over = {"dataset.name": "mnist10k", "backbone.name": "fmnist_cnn", "model.trainable": "last_k", "model.k": 2,
+            "model.hidden": [], "model.init": "pretrained"}
+    sc = _scenario(tmp_path, **over)
+    first = prepare(sc).features
+    files = sorted((tmp_path / "cache").glob("*prefix*.npz"))
+    assert len(files) == 1 and first.x_train.shape[1:] == (32, 14, 14)
+    calls = []
+    real = trainable.frozen_inputs
+    monkeypatch.setattr(trainable, "frozen_inputs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = prepare(sc).features
+    assert calls == [] and np.array_equal(again.x_train, first.x_train) and again.key == first.key
+    files[0].write_bytes(b"not a zip")
+    fixed = prepare(sc).features
+    assert len(calls) == 2 and np.array_equal(fixed.x_train, first.x_train)
+    other = prepare(_scenario(tmp_path, **(over | {"model.init": "scratch"}))).features
+    assert other.key != first.key and not np.array_equal(other.x_train, first.x_train)

@@ -8,7 +8,7 @@ a non-sequential backbone as one layer, then the head's linear layers. ``model.t
 
 * ``head``: the head only (the backbone is frozen: its outputs are the cached features);
 * ``last_k``: the last ``k`` layers and everything after the first of them; the frozen prefix
-  before it runs once over the dataset and its activations are kept (like today's features);
+  before it runs once over the dataset and its activations are cached (like the features);
 * ``all``: the whole network, from the backbone's pretrained weights (``init: pretrained``) or a
   random initialisation drawn from the scenario's seed (``init: scratch``, PyTorch's default
   per-layer initialisation under a seeded generator).
