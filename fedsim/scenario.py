@@ -616,7 +616,7 @@ def check_semantics(sc: Scenario, source: str = "scenario", *, require_data: boo
         from fedsim.whole import check_model
 
         try:
-            check_model(sc)
+            check_model(sc, info)
         except ValueError as e:
             fail(str(e))
 

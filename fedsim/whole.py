@@ -38,6 +38,7 @@ from fedsim.peers import GroupSetup, PeerGroup, Server
 from fedsim.stacked import FlatOptimizerState, StackedModel, accuracy_and_loss, optimizer_step
 
 if TYPE_CHECKING:
+    from fedsim.data.datasets import DatasetInfo
     from fedsim.features import Features
     from fedsim.scenario import Scenario
 
@@ -59,8 +60,9 @@ def plan_for(sc: Scenario, dim: int, num_classes: int) -> ModelPlan:
     )
 
 
-def check_model(sc: Scenario) -> None:
-    """The checks a ``model`` section beyond today's head needs; ``ValueError`` naming the field."""
+def check_model(sc: Scenario, info: DatasetInfo | None = None) -> None:
+    """The checks a ``model`` section beyond today's head needs; ``ValueError`` naming the field.
+    With the dataset's ``info``, also the run's memory (:func:`memory_estimate`)."""
     m = sc.model
     if m.trainable == "last_k":
         n = num_layers(sc.backbone.name, m.hidden)
@@ -85,6 +87,56 @@ def check_model(sc: Scenario) -> None:
         )
     if sc.probes:
         raise ValueError("probes: the probes read linear heads; remove them or use the default model section")
+    if info is not None:
+        from fedsim import limits
+
+        est, activations = memory_estimate(sc, info)
+        msg = limits.memory_error(est)
+        if msg:
+            raise ValueError(f"model.trainable: the run {msg} (training activations alone {limits.gib(activations)}: "
+                             "fewer peers per group, a smaller batch or fewer trainable layers)")
+
+
+def memory_estimate(sc: Scenario, info: DatasetInfo) -> tuple[Any, int]:
+    """:func:`fedsim.limits.estimate_memory` for the whole-model run, and the training activations
+    it adds (counted in its ``heads`` entry): every module output of the trainable part for one
+    sample (a forward pass of zeros), × batch size × the peers of the largest group × 3 (the
+    output, its gradient and the module's saved inputs, roughly). Parameters and messages are the
+    trainable count, data copies the frozen prefix's output size."""
+    import math
+
+    import attacks
+    from fedsim import limits
+    from fedsim.models.backbones import extract_features, get_spec
+    from fedsim.models.trainable import frozen_inputs
+
+    spec = get_spec(sc.backbone.name)
+    sample = info.sample()
+    dim = int(extract_features(spec.build() if spec.build else None, sample, spec).shape[1])
+    plan = plan_for(sc, dim, info.num_classes)
+    prefix, suffix = split(plan)
+    x = torch.from_numpy(frozen_inputs(prefix, sample, sc.backbone.name))
+    sizes: list[int] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel())) for m in suffix]
+    with torch.no_grad():
+        suffix(x)
+    for h in hooks:
+        h.remove()
+    groups = min(sc.engine.num_actors, sc.peers.count)
+    per_group = math.ceil(sc.peers.count / groups)
+    concurrent = groups if sc.engine.backend == "ray" else 1
+    activations = limits.FLOAT * sum(sizes) * sc.training.batch_size * per_group * concurrent * 3
+    attack = attacks.build(sc.peers.attack.name, sc.peers.attack.params) if sc.peers.attack.name != "none" else None
+    est = limits.estimate_memory(
+        peers=sc.peers.count, num_params=sum(p.numel() for p in suffix.parameters()), dim=int(x[0].numel()),
+        n_train=info.n_train, n_test=info.n_test, groups=groups, concurrent=concurrent,
+        adam=sc.training.optimizer == "adam", consolidated=False,
+        forged=isinstance(attack, attacks.UpdateForger) and sc.peers.num_byzantine > 0,
+        edges=0 if sc.mode == "federated" else limits.directed_edges(
+            sc.topology.kind, sc.peers.count, sc.topology.degree, sc.topology.p, sc.topology.fanout),
+        ray_actors=0,
+    )
+    return dataclasses.replace(est, heads=est.heads + activations), activations
 
 
 def prepare_features(sc: Scenario, log: Any = None) -> tuple[Features, ModelPlan]:

@@ -200,6 +200,11 @@ def test_model_section_validation(tmp_path):
         _scenario(tmp_path, **{"model.hidden": [0]})
     with pytest.raises(ScenarioError, match=r"model\.layers: unknown key; allowed here: trainable, k, hidden"):
         _scenario(tmp_path, **{"model.layers": 2})
+    big = {"backbone.name": "fmnist_cnn", "dataset.name": "mnist10k", "model.hidden": [], "peers.count": 2000,
+           "training.batch_size": 50_000}
+    with pytest.raises(ScenarioError, match=r"model\.trainable: the run needs about .*training activations alone"):
+        _scenario(tmp_path, **big)
+    _scenario(tmp_path, **(big | {"model.trainable": "head", "model.hidden": [], "model.init": "pretrained"}))
     with pytest.raises(ScenarioError) as e:
         _scenario(tmp_path, **{"model.trainable": "everything"})
     assert "\n" not in str(e.value)
