@@ -91,7 +91,7 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     rule_cls = strategies.REGISTRY[sc.strategy.name]
     # the class sets peers compare when they connect (Bristle's private-set intersection), for every peer
     classes = held_classes(feats.y_train, part.train, part.val, c) if "overlap" in rule_cls.needs else None
-    extra = _backbone_param_count(sc.backbone.name) if rule_cls.exchanges == "full_model" and plan is None else 0
+    extra = _backbone_param_count(sc.backbone.name) if rule_cls.exchanges == "full_model" else 0
     largest_shard = max(len(t) for t in part.train)
     threads = sc.engine.cpus_per_actor
     if sc.engine.backend == "local":  # in-process, the groups run one after another: each may use every CPU
@@ -117,20 +117,21 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     )
     actors = min(sc.engine.num_actors, n)
     blocks = np.array_split(np.arange(n), actors)
-    if plan is not None:
-        common["model"] = plan
-    setup_cls = GroupSetup if plan is None else whole.WholeSetup
     setups = [
-        setup_cls(first=int(b[0]), train_idx=[part.train[i] for i in b], val_idx=[part.val[i] for i in b], **common)
+        GroupSetup(first=int(b[0]), train_idx=[part.train[i] for i in b], val_idx=[part.val[i] for i in b], **common)
         for b in blocks
     ]
-    server = setup_cls(first=0, train_idx=[], val_idx=[], **common) if sc.mode == "federated" else None
+    server = GroupSetup(first=0, train_idx=[], val_idx=[], **common) if sc.mode == "federated" else None
     root = None
     if sc.mode == "federated":
         ridx = crng.numpy_generator(sc.seed, "root_set").choice(
             len(feats.y_train), size=min(100, len(feats.y_train)), replace=False
         )
         root = (feats.x_train[ridx], feats.y_train[ridx])
+    if plan is not None:  # the same set-ups with the model to train; bytes: the trainable parameters only
+        setups = [whole.with_model(s, plan) for s in setups]
+        server = None if server is None else whole.with_model(server, plan)
+        extra = 0
     info = {
         "peers": n,
         "byzantine_ids": np.flatnonzero(byz).tolist(),

@@ -226,6 +226,11 @@ class WholeSetup(GroupSetup):
     model: ModelPlan | None = None
 
 
+def with_model(setup: GroupSetup, plan: ModelPlan) -> WholeSetup:
+    """``setup`` as a :class:`WholeSetup` training ``plan`` (its fields shared, not copied)."""
+    return WholeSetup(**{f.name: getattr(setup, f.name) for f in dataclasses.fields(setup)}, model=plan)
+
+
 def _device() -> torch.device:
     return torch.device("cpu")  # one place to add an accelerator option
 
