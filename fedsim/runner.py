@@ -92,7 +92,13 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
 
     ``absent`` peers take no part (their messages never arrive; the unlearning probe's
     "retrained without that peer" gold standard)."""
-    feats = load_features(sc.dataset.name, sc.backbone.name, sc.dataset.data_dir, sc.backbone.cache_dir, log)
+    plan = None
+    if sc.model.whole:  # more than the linear head is trained (issue 18): fedsim.whole
+        from fedsim import whole
+
+        feats, plan = whole.prepare_features(sc, log)
+    else:
+        feats = load_features(sc.dataset.name, sc.backbone.name, sc.dataset.data_dir, sc.backbone.cache_dir, log)
     n = sc.peers.count
     for warning in resource_warnings(sc) if log else []:
         log(f"warning: {warning}")
@@ -105,6 +111,8 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     params = strategy_params(sc)
     c, d = feats.num_classes, feats.dim
     num_params = c * d + (c if sc.training.bias else 0)
+    if plan is not None:
+        d, num_params = plan.dim, whole.num_trainable(plan)
     rule_cls = strategies.REGISTRY[sc.strategy.name]
     # the class sets peers compare when they connect (Bristle's private-set intersection), for every peer
     classes = held_classes(feats.y_train, train, part.val, c) if "overlap" in rule_cls.needs else None
@@ -114,7 +122,7 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     if sc.engine.backend == "local":  # in-process, the groups run one after another: each may use every CPU
         threads = min(threads * sc.engine.num_actors, os.cpu_count() or 1)  # but no more than the machine has
     common = dict(
-        shard_pad=largest_shard if largest_shard <= sc.training.batch_size else 0,
+        shard_pad=largest_shard if largest_shard <= sc.training.batch_size and plan is None else 0,
         byzantine=byz,
         absent=None if not absent else np.isin(np.arange(n), absent),
         threads=max(1, int(threads)),
@@ -146,12 +154,17 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
             len(feats.y_train), size=min(100, len(feats.y_train)), replace=False
         )
         root = (feats.x_train[ridx], feats.y_train[ridx])
+    if plan is not None:  # the same set-ups with the model to train; bytes: the trainable parameters only
+        setups = [whole.with_model(s, plan) for s in setups]
+        server = None if server is None else whole.with_model(server, plan)
+        extra = 0
     info = {
         "peers": n,
         "byzantine_ids": np.flatnonzero(byz).tolist(),
         "f": f,
         "num_params": num_params,
         "feature_dim": d,
+        **({} if plan is None else {"model": {"trainable": plan.trainable, "exchange": plan.exchange}}),
         "classes": c,
         "mean_in_degree": in_degree,
         "actors": actors,
@@ -523,10 +536,16 @@ class Run:
         fref = backend.put(
             {"x_train": feats.x_train, "y_train": feats.y_train, "x_test": feats.x_test, "y_test": feats.y_test}
         )
-        groups = [backend.actor(PeerGroup, s, fref, num_cpus=sc.engine.cpus_per_actor) for s in prep.setups]
+        group_cls, server_cls = PeerGroup, Server
+        if sc.model.whole:
+            from fedsim.whole import WholePeerGroup, WholeServer
+
+            group_cls, server_cls = WholePeerGroup, WholeServer
+        groups = [backend.actor(group_cls, s, fref, num_cpus=sc.engine.cpus_per_actor) for s in prep.setups]
         self.groups = groups
+        self._features_ref = fref
         server = (
-            backend.actor(Server, prep.server_setup, *prep.root, num_cpus=sc.engine.cpus_per_actor)
+            backend.actor(server_cls, prep.server_setup, *prep.root, num_cpus=sc.engine.cpus_per_actor)
             if prep.server_setup
             else None
         )
@@ -643,7 +662,10 @@ class Run:
 
     def _evaluate(self, prep: Prepared, backend, groups, server, honest_ids: np.ndarray, r: int) -> dict[str, Any]:
         sc = self.sc
-        if server is not None:  # federated: the global model is every honest client's model
+        if server is not None and sc.model.whole:  # federated, a whole model (fedsim.whole.WholeServer)
+            a, lo = backend.get(server.evaluate.remote(self._features_ref))
+            ids = np.asarray([-1])
+        elif server is not None:  # federated: the global model is every honest client's model
             from fedsim import heads
 
             g = torch.tensor(backend.get(server.get_global.remote()))[None]  # a copy: Ray hands out read-only arrays

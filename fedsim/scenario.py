@@ -167,6 +167,46 @@ class TrainingCfg(_Section):
         return self
 
 
+class ModelCfg(_Section):
+    """What peers train and exchange (:mod:`fedsim.models.trainable`, :mod:`fedsim.whole`). The
+    defaults are today's: the linear head on cached frozen features, its parameters exchanged."""
+
+    trainable: Literal["head", "last_k", "all"] = Field(
+        "head",
+        description="head: the output layer(s) on frozen features; last_k: the last k layers; all: the whole network",
+    )
+    k: int | None = Field(None, ge=1, description="trainable layers counted from the output (trainable=last_k)")
+    hidden: list[int] = Field(
+        default_factory=list, description="hidden widths of a head MLP on the backbone (empty: one linear layer)"
+    )
+    init: Literal["pretrained", "scratch"] = Field(
+        "pretrained", description="backbone weights: the registered pretrained ones, or random from the seed"
+    )
+    exchange: Literal["params", "gradients"] = Field(
+        "params",
+        description="params: peers send their trained parameters; gradients: FedSGD, one step per round, "
+        "the aggregated gradient is applied (training.local_steps must be 1). Bristle keeps exchanging only "
+        "its output layer and needs model.trainable: head",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelCfg:
+        if self.trainable == "last_k" and self.k is None:
+            raise ValueError("model.k: trainable: last_k needs k (how many layers, counted from the output)")
+        if self.trainable != "last_k" and self.k is not None:
+            raise ValueError(f"model.k: only for trainable: last_k (got trainable: {self.trainable})")
+        if any(h < 1 or h > 1_000_000 for h in self.hidden):
+            raise ValueError(f"model.hidden: widths must be between 1 and 1000000, got {self.hidden}")
+        if len(self.hidden) > 64:
+            raise ValueError(f"model.hidden: at most 64 hidden layers, got {len(self.hidden)}")
+        return self
+
+    @property
+    def whole(self) -> bool:
+        """True: anything beyond today's linear head (the :mod:`fedsim.whole` path)."""
+        return self.trainable != "head" or bool(self.hidden) or self.exchange != "params" or self.init != "pretrained"
+
+
 class EvaluationCfg(_Section):
     every: int = Field(1, ge=1, description="evaluate every k rounds (and always after the last)")
     peers: int | Literal["all"] = Field("all", description="'all' or a number of honest peers sampled each evaluation")
@@ -246,6 +286,7 @@ class Scenario(_Section):
     topology: TopologyCfg = Field(default_factory=TopologyCfg)
     strategy: StrategyCfg = Field(default_factory=StrategyCfg)
     training: TrainingCfg = Field(default_factory=TrainingCfg)
+    model: ModelCfg = Field(default_factory=ModelCfg)
     evaluation: EvaluationCfg = Field(default_factory=EvaluationCfg)
     engine: EngineCfg = Field(default_factory=EngineCfg)
     sampling: SamplingCfg = Field(
@@ -657,6 +698,13 @@ def check_semantics(sc: Scenario, source: str = "scenario", *, require_data: boo
     if info is not None:
         _check_partition(sc, info, fail)
     _check_probes(sc, fail)
+    if sc.model.whole:
+        from fedsim.whole import check_model
+
+        try:
+            check_model(sc, info)
+        except ValueError as e:
+            fail(str(e))
 
 
 def _name_errors(sc: Scenario) -> list[str]:

@@ -118,6 +118,15 @@ class Bristle(Strategy):
     recently seen models, which can never be candidates and, with at most 20 fresh ones, change
     nothing; its peers also copy the consolidated head into the trained one at every 10th
     iteration, when they evaluate, which fedsim does not.
+
+    **What is exchanged.** Bristle exchanges only the output layer (``exchanges =
+    "output_layer"``): its peers fine-tune a frozen pretrained backbone's head (the paper's
+    transfer learning), and the integrator scores candidate *heads* on the local validation
+    features. It therefore runs only with the scenario's default ``model`` section (``trainable:
+    head``, no ``hidden``, ``exchange: params``); a scenario that trains or exchanges more
+    (issue 18, :mod:`fedsim.whole`) is refused at validation with one line. The authors'
+    "regular" baselines train whole networks; that setting is ``model.trainable: all`` with the
+    other rules.
     """
 
     selection: str = "nearest_random"

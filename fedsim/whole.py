@@ -1,0 +1,417 @@
+"""Peers that train more than a linear head (scenario ``model:``; issue 18).
+
+The network (:mod:`fedsim.models.trainable`) is cut into a frozen prefix and a trainable part.
+The prefix runs once over the dataset (:func:`prepare_features`); a group's peers train the
+trainable part as one stacked model (:class:`fedsim.stacked.StackedModel`, ``torch.func``) on
+their own minibatches, drawn exactly as the head path draws them (:meth:`PeerGroup._draw`).
+
+What peers exchange (``model.exchange``):
+
+* ``params`` — the trained parameters ``θ_i`` after ``training.local_steps`` steps (as today);
+* ``gradients`` — FedSGD (McMahan et al. 2017, "FedSGD"; Konečný et al. 2016): each round a peer
+  computes ``g_i = ∇L_i(θ_i)`` on one minibatch and sends it; the rule aggregates the received
+  gradients (own: ``g_i``) into ``ĝ_i`` and the peer applies one optimizer step ``θ_i ← θ_i − η ĝ_i``
+  (with momentum / weight decay / Adam as ``training`` says). With FedAvg over ``p`` honest peers
+  that all hear each other this is one SGD step on the union of their minibatches:
+  ``(1/p) Σ_i (1/B) Σ_b ∇ℓ(x_ib) = (1/(pB)) Σ_{i,b} ∇ℓ(x_ib)``. The federated server keeps the
+  global model and its optimizer state; its own vector for the rule is the zero update.
+
+Forgers (ALIE, IPM, min-max, sign flip, ...) and rules act on the exchanged flat vectors, whatever
+they hold; a message is ``4 × (trainable parameter count)`` bytes. Rules that score output layers
+on validation data (Bristle, MOZI), FLTrust's root update, consolidated weights and the probes
+read linear heads and are refused by :func:`check_model` (Bristle exchanges only its output layer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import strategies
+from fedsim.models.trainable import ModelPlan, num_layers, split
+from fedsim.peers import GroupSetup, PeerGroup, Server
+from fedsim.stacked import FlatOptimizerState, StackedModel, accuracy_and_loss, optimizer_step
+
+if TYPE_CHECKING:
+    from fedsim.data.datasets import DatasetInfo
+    from fedsim.features import Features
+    from fedsim.scenario import Scenario
+
+
+def plan_for(sc: Scenario, dim: int, num_classes: int) -> ModelPlan:
+    """The scenario's model section as a :class:`ModelPlan` (``dim``: the backbone's feature size)."""
+    m = sc.model
+    return ModelPlan(
+        backbone=sc.backbone.name,
+        trainable=m.trainable,
+        k=m.k or 0,
+        hidden=tuple(m.hidden),
+        init=m.init,
+        exchange=m.exchange,
+        bias=sc.training.bias,
+        seed=sc.seed,
+        dim=dim,
+        num_classes=num_classes,
+    )
+
+
+def check_model(sc: Scenario, info: DatasetInfo | None = None) -> None:
+    """The checks a ``model`` section beyond today's head needs; ``ValueError`` naming the field.
+    With the dataset's ``info``, also the run's memory (:func:`memory_estimate`)."""
+    m = sc.model
+    if m.trainable == "last_k":
+        n = num_layers(sc.backbone.name, m.hidden)
+        if m.k is not None and m.k > n:
+            raise ValueError(
+                f"model.k: {m.k} is more than the model's {n} layers ({sc.backbone.name} "
+                f"{n - len(m.hidden) - 1} + head {len(m.hidden) + 1}); use k <= {n} or trainable: all"
+            )
+    if m.exchange == "gradients" and sc.training.local_steps != 1:
+        raise ValueError(
+            f"training.local_steps: model.exchange: gradients takes one step per round (FedSGD), got "
+            f"{sc.training.local_steps}; set training.local_steps: 1"
+        )
+    rule = strategies.build(sc.strategy.name, dict(sc.strategy.params))
+    reads_heads = {"validation", "root_update", "overlap"} & set(rule.needs)
+    if reads_heads or rule.consolidated:
+        raise ValueError(
+            f"strategy.name: {sc.strategy.name!r} reads linear output layers "
+            f"({', '.join(sorted(reads_heads)) or 'CWR'}); "
+            "it runs only with model.trainable: head, no model.hidden, exchange: params, init: pretrained "
+            "(Bristle exchanges only its output layer)"
+        )
+    if sc.probes:
+        raise ValueError("probes: the probes read linear heads; remove them or use the default model section")
+    if info is not None:
+        from fedsim import limits
+
+        est, activations = memory_estimate(sc, info)
+        msg = limits.memory_error(est)
+        if msg:
+            raise ValueError(f"model.trainable: the run {msg} (training activations alone {limits.gib(activations)}: "
+                             "fewer peers per group, a smaller batch or fewer trainable layers)")
+
+
+def memory_estimate(sc: Scenario, info: DatasetInfo) -> tuple[Any, int]:
+    """:func:`fedsim.limits.estimate_memory` for the whole-model run, and the training activations
+    it adds (counted in its ``heads`` entry): every module output of the trainable part for one
+    sample (a forward pass of zeros), × batch size × the peers of the largest group × 3 (the
+    output, its gradient and the module's saved inputs, roughly). Parameters and messages are the
+    trainable count, data copies the frozen prefix's output size."""
+    import math
+
+    import attacks
+    from fedsim import limits
+    from fedsim.models.backbones import extract_features, get_spec
+    from fedsim.models.trainable import frozen_inputs
+
+    spec = get_spec(sc.backbone.name)
+    sample = info.sample()
+    dim = int(extract_features(spec.build() if spec.build else None, sample, spec).shape[1])
+    plan = plan_for(sc, dim, info.num_classes)
+    prefix, suffix = split(plan)
+    x = torch.from_numpy(frozen_inputs(prefix, sample, sc.backbone.name))
+    sizes: list[int] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel())) for m in suffix]
+    with torch.no_grad():
+        suffix(x)
+    for h in hooks:
+        h.remove()
+    groups = min(sc.engine.num_actors, sc.peers.count)
+    per_group = math.ceil(sc.peers.count / groups)
+    concurrent = groups if sc.engine.backend == "ray" else 1
+    activations = limits.FLOAT * sum(sizes) * sc.training.batch_size * per_group * concurrent * 3
+    attack = attacks.build(sc.peers.attack.name, sc.peers.attack.params) if sc.peers.attack.name != "none" else None
+    est = limits.estimate_memory(
+        peers=sc.peers.count, num_params=sum(p.numel() for p in suffix.parameters()), dim=int(x[0].numel()),
+        n_train=info.n_train, n_test=info.n_test, groups=groups, concurrent=concurrent,
+        adam=sc.training.optimizer == "adam", consolidated=False,
+        forged=isinstance(attack, attacks.UpdateForger) and sc.peers.num_byzantine > 0,
+        edges=0 if sc.mode == "federated" else limits.directed_edges(
+            sc.topology.kind, sc.peers.count, sc.topology.degree, sc.topology.p, sc.topology.fanout),
+        ray_actors=0,
+    )
+    return dataclasses.replace(est, heads=est.heads + activations), activations
+
+
+def prepare_features(sc: Scenario, log: Any = None) -> tuple[Features, ModelPlan]:
+    """The trainable part's inputs for the whole dataset (the frozen prefix run once) and the plan.
+
+    ``trainable: head`` with pretrained weights reuses the cached backbone features
+    (:func:`fedsim.features.load_features`, the prefix is the whole backbone); another prefix's
+    activations are cached the same way (:func:`_cached_prefix`); an empty prefix gives the raw
+    normalised inputs."""
+    from fedsim.data.datasets import load
+    from fedsim.features import Features, load_features
+    from fedsim.models.backbones import extract_features, get_spec
+    from fedsim.models.trainable import frozen_inputs
+
+    ds = load(sc.dataset.name, sc.dataset.data_dir)
+    spec = get_spec(sc.backbone.name)
+    dim = int(extract_features(spec.build() if spec.build else None, ds.x_train[:1], spec).shape[1])
+    plan = plan_for(sc, dim, ds.num_classes)
+    if sc.model.trainable == "head" and sc.model.init == "pretrained":
+        feats = load_features(sc.dataset.name, sc.backbone.name, sc.dataset.data_dir, sc.backbone.cache_dir, log)
+        return feats, plan
+    prefix, _ = split(plan)
+    if not any(True for _ in prefix.state_dict()):  # no weights: normalised raw inputs, nothing worth caching
+        xtr, xte = (frozen_inputs(prefix, x, sc.backbone.name) for x in (ds.x_train, ds.x_test))
+        return Features(xtr, ds.y_train, xte, ds.y_test, ds.num_classes, f"{ds.name}-{sc.backbone.name}-raw"), plan
+    key, xtr, xte = _cached_prefix(ds, sc, prefix, log)
+    return Features(xtr, ds.y_train, xte, ds.y_test, ds.num_classes, key), plan
+
+
+PREFIX_FORMAT = "1"
+
+
+def _cached_prefix(ds: Any, sc: Scenario, prefix: torch.nn.Module, log: Any) -> tuple[str, np.ndarray, np.ndarray]:
+    """The frozen prefix's activations on ``ds``, from the feature cache directory or computed and
+    cached now (atomically), keyed by the dataset's contents, the prefix's structure and weights
+    and the input normalisation — as :mod:`fedsim.features` keys the backbone's features. A cache
+    file is read without pickle and checked (float32, row counts, one shape, finite); an unusable
+    one is recomputed."""
+    import hashlib
+    import os
+    import tempfile
+    import zipfile
+
+    from fedsim.features import cache_dir
+    from fedsim.models.backbones import get_spec, state_fingerprint
+    from fedsim.models.trainable import frozen_inputs
+
+    spec = get_spec(sc.backbone.name)
+    parts = [PREFIX_FORMAT, ds.fingerprint(), sc.backbone.name, state_fingerprint(prefix), repr(prefix),
+             str(spec.input_shape), repr(spec.mean), repr(spec.std)]
+    h = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    key = f"{ds.name.replace(':', '_').replace('/', '_')}-{sc.backbone.name}-prefix{len(prefix)}-{h}"
+    path = cache_dir(sc.backbone.cache_dir) / f"{key}.npz"
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                xtr, xte = z["x_train"], z["x_test"]
+            ok = (xtr.dtype == xte.dtype == np.float32 and len(xtr) == len(ds.y_train) and len(xte) == len(ds.y_test)
+                  and xtr.shape[1:] == xte.shape[1:] and np.isfinite(xtr).all() and np.isfinite(xte).all())
+            if ok:
+                return key, xtr, xte
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, TypeError):
+            pass
+        if log:
+            log(f"prefix cache {path} unusable; recomputing it")
+    if log:
+        log(f"running the frozen prefix ({len(prefix)} modules) of {sc.backbone.name} over {ds.name} "
+            f"(once; cached at {path})")
+    xtr, xte = frozen_inputs(prefix, ds.x_train, sc.backbone.name), frozen_inputs(prefix, ds.x_test, sc.backbone.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    with os.fdopen(fd, "wb") as fh:
+        np.savez(fh, x_train=xtr, x_test=xte)
+    os.replace(tmp, path)
+    return key, xtr, xte
+
+
+def num_trainable(plan: ModelPlan) -> int:
+    """The trainable parameter count: the length of every exchanged vector."""
+    return sum(p.numel() for p in split(plan)[1].parameters())
+
+
+@dataclass
+class WholeSetup(GroupSetup):
+    """A :class:`GroupSetup` with the model to train (``shard_pad`` is 0: batches are gathered)."""
+
+    model: ModelPlan | None = None
+
+
+def with_model(setup: GroupSetup, plan: ModelPlan) -> WholeSetup:
+    """``setup`` as a :class:`WholeSetup` training ``plan`` (its fields shared, not copied)."""
+    return WholeSetup(**{f.name: getattr(setup, f.name) for f in dataclasses.fields(setup)}, model=plan)
+
+
+def _device() -> torch.device:
+    return torch.device("cpu")  # one place to add an accelerator option
+
+
+class WholePeerGroup(PeerGroup):
+    """A :class:`PeerGroup` whose peers train the plan's trainable part (see the module docstring).
+
+    Strategies and forgers see vectors of ``P`` trainable parameters: the context's
+    ``layer_shape`` is ``(1, P)`` without bias."""
+
+    def __init__(self, setup: WholeSetup, features: dict[str, np.ndarray]) -> None:
+        super().__init__(setup, features)
+        assert setup.model is not None
+        self.plan = setup.model
+        self.device = _device()
+        self.model = StackedModel(split(self.plan)[1], self.p, self.device)
+        self.sample_shape = tuple(self.x_local.shape[1:])
+        self.layer_shape = (1, self.model.num_params)
+        self.bias = False
+        self.w = self.b = self.tw = self.tb = torch.zeros(0)  # no linear heads here
+        self.fopt = FlatOptimizerState.zeros(self.model.theta, setup.training["optimizer"] == "adam")
+        self.gradients = self.plan.exchange == "gradients"
+
+    # ------------------------------------------------------------------ state
+    def params(self) -> np.ndarray:
+        """Flat trainable parameters ``[p, P]``."""
+        return self.model.theta.cpu().numpy().copy()
+
+    def _load(self, flat: np.ndarray | Tensor) -> None:
+        t = flat.float() if isinstance(flat, Tensor) else torch.from_numpy(np.asarray(flat, dtype=np.float32))
+        t = t.reshape(-1, self.model.num_params)
+        self.model.theta.copy_(t.expand(self.p, -1) if t.shape[0] == 1 else t)
+
+    def set_params(self, flat: np.ndarray | Tensor) -> None:
+        """What the aggregation produced: parameters (``exchange: params``), or the aggregated
+        gradients, applied as one optimizer step (``exchange: gradients``)."""
+        if not self.gradients:
+            self._load(flat)
+            return
+        g = flat.float() if isinstance(flat, Tensor) else torch.from_numpy(np.asarray(flat, dtype=np.float32))
+        optimizer_step(self.model.theta, g.to(self.device).clone(), self.fopt, **self._opt_kw())
+
+    def _opt_kw(self) -> dict[str, Any]:
+        t = self.s.training
+        return dict(optimizer=t["optimizer"], lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"])
+
+    PER_PEER_STATE = PeerGroup.PER_PEER_STATE  # "w": θ, "m_w"/"v_w": the optimizer's buffers
+
+    def get_state(self) -> dict[str, Any]:
+        st = {"w": self.model.theta.clone(), "m_w": self.fopt.m.clone(), "t": self.fopt.t,
+              "previous_forged": self.previous_forged}
+        if self.fopt.v is not None:
+            st["v_w"] = self.fopt.v.clone()
+        return st
+
+    def set_state(self, st: dict[str, Any]) -> None:
+        self.model.theta.copy_(st["w"])
+        self.fopt.m.copy_(st["m_w"])
+        self.fopt.t = st["t"]
+        if self.fopt.v is not None:
+            self.fopt.v.copy_(st["v_w"])
+        self.previous_forged = st["previous_forged"]
+
+    # ------------------------------------------------------------------ training
+    def _batch(self, round_: int, step: int) -> tuple[Tensor, Tensor]:
+        """Each hosted peer's minibatch ``(x [p, B, ...], y [p, B])`` (draws: :meth:`PeerGroup._draw`)."""
+        r = self._draw(round_, step)
+        idx = torch.from_numpy(self.offsets[:, None] + r).reshape(-1)
+        B = r.shape[1]
+        x = self.x_local.index_select(0, idx).view(self.p, B, *self.sample_shape)
+        return x, self.y_local.index_select(0, idx).view(self.p, B)
+
+    def train(
+        self, round_: int, global_params: np.ndarray | None = None, sampled: np.ndarray | None = None
+    ) -> tuple[np.ndarray, float]:
+        """``exchange: params``: ``local_steps`` optimizer steps, returns ``θ [p, P]``;
+        ``gradients``: the gradient of one minibatch at ``θ``, returned unapplied. Also the summed
+        loss of the honest hosted peers (last step's minibatch). ``sampled`` (bool ``[N]``, federated
+        client sampling): the other hosted peers' parameters and optimizer buffers are restored
+        after the (batched) step, so they are left as they were; their rows are still returned."""
+        keep = None
+        if sampled is not None and not bool(sampled[self.ids].all()):
+            rows = torch.from_numpy(np.flatnonzero(~sampled[self.ids]))
+            keep = (rows, self.model.theta[rows].clone(), self.fopt.m[rows].clone(),
+                    None if self.fopt.v is None else self.fopt.v[rows].clone())
+        if global_params is not None:
+            self._load(global_params)
+        trains = ~self.is_byz if sampled is None else ~self.is_byz & sampled[self.ids]
+        try:
+            return self._train(round_, trains)
+        finally:
+            if keep is not None:
+                rows, theta, m, v = keep
+                self.model.theta[rows], self.fopt.m[rows] = theta, m
+                if v is not None and self.fopt.v is not None:
+                    self.fopt.v[rows] = v
+
+    def _train(self, round_: int, counted: np.ndarray) -> tuple[np.ndarray, float]:
+        """:meth:`train`'s step(s) for every hosted peer; the loss is summed over ``counted`` (bool ``[p]``)."""
+        steps = 1 if self.gradients else int(self.s.training["local_steps"])
+        loss = torch.zeros(self.p)
+        out: Tensor | None = None
+        for k in range(steps):
+            loss, g = self.model.loss_and_grad(*self._batch(round_, k))
+            if self.gradients:
+                out = g
+            else:
+                optimizer_step(self.model.theta, g, self.fopt, **self._opt_kw())
+        msg = (out if out is not None else self.model.theta).detach().cpu().numpy().copy()
+        return msg, float(loss.detach().cpu()[torch.from_numpy(counted)].sum()) if counted.any() else 0.0
+
+    # ------------------------------------------------------------------ aggregation contexts
+    def _ctx(self, j: int, round_: int, f: int, root: Tensor | None, seed: int,
+             overlap: Tensor | None = None) -> strategies.AggregationContext:
+        return dataclasses.replace(super()._ctx(j, round_, f, root, seed, overlap), val_x=None, val_y=None)
+
+    def _batch_ctx(self, js: np.ndarray, round_: int, senders: np.ndarray) -> strategies.AggregationContext:
+        return strategies.AggregationContext(
+            layer_shape=self.layer_shape, bias=False, f=self.s.f, round=round_, total_rounds=self.s.rounds,
+            local_classes=self.local_classes[torch.from_numpy(js)],
+        )
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, sample: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        sel = ~self.is_byz
+        if sample is not None:
+            sel &= np.isin(self.ids, sample)
+        rows = torch.from_numpy(np.flatnonzero(sel))
+        acc, loss = accuracy_and_loss(self.model, rows, self.x_test, self.y_test)
+        return {"ids": self.ids[sel], "accuracy": acc.numpy(), "loss": loss.numpy()}
+
+
+class WholeServer(Server):
+    """Federated mode's server for :class:`WholePeerGroup` clients: the global model starts from the
+    plan's initial parameters; with ``exchange: gradients`` it applies the aggregated gradient with
+    its own optimizer state (the rule's own vector: the zero update)."""
+
+    def __init__(self, setup: WholeSetup, root_x: np.ndarray | None = None, root_y: np.ndarray | None = None) -> None:
+        super().__init__(setup, root_x, root_y)
+        assert setup.model is not None
+        self.plan = setup.model
+        self.model = StackedModel(split(self.plan)[1], 1, _device())
+        self.global_params = self.model.theta[0].numpy().copy()
+        self.layer_shape = (1, self.model.num_params)
+        self.bias = False
+        self.fopt = FlatOptimizerState.zeros(self.model.theta, setup.training["optimizer"] == "adam")
+
+    def get_state(self) -> dict[str, Any]:
+        st = super().get_state() | {"m": self.fopt.m.clone(), "t": self.fopt.t}
+        return st | ({"v": self.fopt.v.clone()} if self.fopt.v is not None else {})
+
+    def set_state(self, st: dict[str, Any]) -> None:
+        super().set_state({"global": st["global"], "previous_forged": st["previous_forged"]})
+        self.fopt.m.copy_(st["m"])
+        self.fopt.t = st["t"]
+        if self.fopt.v is not None:
+            self.fopt.v.copy_(st["v"])
+
+    def aggregate(self, round_: int, *client_params: np.ndarray, **kw: Any) -> dict[str, int]:
+        """:meth:`Server.aggregate` (``kw``: its keyword options, passed on), with ``exchange:
+        gradients`` the aggregated gradient applied to the global model."""
+        if self.plan.exchange == "params":
+            return super().aggregate(round_, *client_params, **kw)
+        theta = self.global_params
+        self.global_params = np.zeros_like(theta)  # the rule's own vector: no update
+        try:
+            stats = super().aggregate(round_, *client_params, **kw)
+            g = torch.from_numpy(self.global_params.copy())
+        finally:
+            self.global_params = theta
+        if not stats["skipped"]:
+            t = torch.from_numpy(theta.copy())[None]
+            tr = self.s.training
+            optimizer_step(t, g[None], self.fopt, optimizer=tr["optimizer"], lr=tr["lr"],
+                           momentum=tr["momentum"], weight_decay=tr["weight_decay"])
+            self.global_params = t[0].numpy()
+        return stats
+
+    def evaluate(self, features: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The global model's test accuracy and loss on ``features``' test split, ``[1]`` each."""
+        self.model.theta.copy_(torch.from_numpy(self.global_params)[None])
+        x, y = torch.as_tensor(np.array(features["x_test"])), torch.as_tensor(np.array(features["y_test"]))
+        acc, loss = accuracy_and_loss(self.model, torch.tensor([0]), x, y)
+        return acc.numpy(), loss.numpy()
