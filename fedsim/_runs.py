@@ -26,6 +26,24 @@ IGNORED_PREFIXES = (
     "peers.allow_idle_attack",  # only what validation accepts: runs made before the knob still match
 )
 
+# Keys added to the schema after runs existed, at the value that is the old behaviour: left out of a
+# run's fingerprint and of a sweep's comparison while they hold it, so checkpoints and sweep folders
+# made before they existed still resume (tests/test_whole.py checks these are ModelCfg's defaults).
+OMITTED_AT_DEFAULT: dict[str, object] = {
+    "sampling.fraction": None, "sampling.count": None,  # client sampling (issue 16): every client every round
+    "model.trainable": "head", "model.k": None, "model.hidden": [], "model.init": "pretrained",
+    "model.exchange": "params",  # whole-model training (issue 18): today's linear head
+}
+
+
+def comparable(flat: dict[str, Any]) -> dict[str, Any]:
+    """A flattened resolved scenario without :data:`IGNORED_PREFIXES` and the keys of
+    :data:`OMITTED_AT_DEFAULT` at their old value: what must match for a run to be the same run."""
+    return {
+        k: v for k, v in flat.items()
+        if not k.startswith(IGNORED_PREFIXES) and not (k in OMITTED_AT_DEFAULT and OMITTED_AT_DEFAULT[k] == v)
+    }
+
 # Readable names for the keys a sweep usually varies.
 LABELS = {
     "strategy.name": "strategy",

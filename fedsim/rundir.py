@@ -44,7 +44,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fedsim._runs import IGNORED_PREFIXES, flatten
+from fedsim._runs import IGNORED_PREFIXES, comparable, flatten
 from fedsim.errors import CorruptFileError, FedsimError, RunDirExistsError
 
 MARKER = ".fedsim-run"
@@ -253,19 +253,12 @@ def metrics_line(rec: dict[str, Any]) -> bytes:
 
 
 # --------------------------------------------------------------------------- scenario fingerprint
-OMITTED_WHEN_NULL = ("sampling.",)  # client sampling (issue 16): null = every client every round
-
-
 def scenario_fingerprint(resolved: dict[str, Any]) -> dict[str, Any]:
     """The flattened resolved scenario (``model_dump(mode="json")``) without the keys that do not
     change results (:data:`FINGERPRINT_IGNORES`): what a checkpoint must match to be resumed. Keys
-    added to the schema later whose unset value (null) is the old behaviour (:data:`OMITTED_WHEN_NULL`)
-    are left out while null, so checkpoints written before they existed still resume."""
-    return {
-        k: v
-        for k, v in sorted(flatten(resolved).items())
-        if not k.startswith(FINGERPRINT_IGNORES) and not (v is None and k.startswith(OMITTED_WHEN_NULL))
-    }
+    added to the schema later are left out while they hold the old behaviour
+    (:data:`fedsim._runs.OMITTED_AT_DEFAULT`), so checkpoints written before they existed still resume."""
+    return comparable(dict(sorted(flatten(resolved).items())))
 
 
 def fingerprint_sha256(fp: dict[str, Any]) -> str:

@@ -41,7 +41,7 @@ from typing import Any
 import click
 import yaml
 
-from fedsim._runs import IGNORED_PREFIXES, flatten, fmt_value
+from fedsim._runs import comparable, flatten, fmt_value
 from fedsim.cli_errors import RUN_ERROR_FILE
 from fedsim.errors import RunInterruptedError
 from fedsim.scenario import (
@@ -192,7 +192,7 @@ class SweepPlan:
 
 
 def _comparable(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in flatten(data).items() if not k.startswith(IGNORED_PREFIXES)}
+    return comparable(flatten(data))
 
 
 def plan_sweep(

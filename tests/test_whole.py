@@ -383,3 +383,18 @@ def test_frozen_prefix_activations_are_cached_on_disk(tmp_path, monkeypatch):
     assert len(calls) == 2 and np.array_equal(fixed.x_train, first.x_train)
     other = prepare(_scenario(tmp_path, **(over | {"model.init": "scratch"}))).features
     assert other.key != first.key and not np.array_equal(other.x_train, first.x_train)
+
+
+def test_runs_made_before_the_model_section_still_match(small_scenario) -> None:
+    """A checkpoint or sweep folder recorded before `model:` existed is the same run as today's default."""
+    from fedsim import rundir
+    from fedsim._runs import OMITTED_AT_DEFAULT, flatten
+    from fedsim.scenario import ModelCfg, SamplingCfg, parse
+
+    defaults = flatten({"model": ModelCfg().model_dump(mode="json"), "sampling": SamplingCfg().model_dump(mode="json")})
+    assert defaults == OMITTED_AT_DEFAULT  # the old behaviour, as the schema spells it today
+    dump = parse(small_scenario()).model_dump(mode="json")
+    old = {k: v for k, v in dump.items() if k not in ("model", "sampling")}
+    assert rundir.scenario_fingerprint(old) == rundir.scenario_fingerprint(dump)
+    whole = parse(small_scenario(**{"model.trainable": "all"})).model_dump(mode="json")
+    assert rundir.scenario_fingerprint(whole)["model.trainable"] == "all"
