@@ -65,6 +65,7 @@ def forge_messages(
     receiver: int | None = None,
     nbr_honest: Tensor | None = None,
     sampled: np.ndarray | None = None,
+    server_own: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """The messages every peer sends this round ``[N, P]``, a validity mask ``[N]``, and the
     Byzantine rows sent (kept for the stale-model attack's ``ctx.previous``).
@@ -78,7 +79,12 @@ def forge_messages(
     ``sampled`` (bool ``[N]``, federated client sampling): the clients of this round. The others'
     rows are marked invalid (their messages never arrive); the Byzantine coalition still forges
     every Byzantine row (stateful attacks keep their shapes), but an omniscient forger sees only
-    the sampled honest clients' vectors (what was sent this round; all its own if none was)."""
+    the sampled honest clients' vectors (what was sent this round; all its own if none was).
+
+    A per-receiver forger (dissensus) forges only for a given receiver: ``receiver`` (a peer,
+    with ``nbr_honest`` its honest neighbours' vectors) or, in federated mode, the server
+    (``server_own``, the global model); without either nothing is forged here — the gossip
+    aggregation calls this again for each receiver."""
     valid = torch.ones(params.shape[0], dtype=torch.bool)
     if s.absent is not None:
         valid[torch.tensor(s.absent)] = False
@@ -87,6 +93,8 @@ def forge_messages(
     byz = torch.from_numpy(np.flatnonzero(s.byzantine))
     if not isinstance(attack, attacks.UpdateForger) or len(byz) == 0:
         return params, valid, previous  # nothing forged: no [N, P] copy
+    if attack.per_receiver and receiver is None and server_own is None:
+        return params, valid, previous  # forged per receiver (PeerGroup.aggregate)
     msgs = params.clone()
     own = params[byz]
     seen = ~s.byzantine if sampled is None else ~s.byzantine & sampled
@@ -103,6 +111,8 @@ def forge_messages(
     )
     if receiver is not None:
         ctx_kw |= dict(receiver_own=params[receiver], receiver_neighbors=nbr_honest)
+    elif server_own is not None and attack.per_receiver:
+        ctx_kw |= dict(receiver_own=server_own)  # the server hears every client: honest = its neighbours
     groups = [np.arange(len(byz))] if s.attack.get("collude", True) else [np.asarray([j]) for j in range(len(byz))]
     for g in groups:
         gen = crng.torch_generator(s.seed, "attack", round_, int(byz[g[0]]), -1 if receiver is None else receiver)
@@ -639,7 +649,8 @@ class Server:
         others are neither aggregated nor counted as dropped."""
         params = torch.from_numpy(np.concatenate(client_params))
         msgs, valid, self.previous_forged = forge_messages(
-            self.attack, self.s, round_, params, self.previous_forged, sampled=sampled
+            self.attack, self.s, round_, params, self.previous_forged, sampled=sampled,
+            server_own=torch.from_numpy(self.global_params),
         )
         arrived = int(valid.numel()) if sampled is None else int(sampled.sum())
         g = torch.from_numpy(self.global_params)

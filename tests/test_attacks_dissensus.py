@@ -32,3 +32,23 @@ def test_gossip_step_is_pulled_by_minus_eps(eps: float, expected_y: float) -> No
 def test_needs_receiver() -> None:
     with pytest.raises(ValueError, match="receiver_own"):
         build("dissensus").forge(NEIGH, torch.zeros(1, 2), AttackContext(n=5, f=1))
+
+
+@pytest.mark.parametrize("mode", ["decentralized", "federated"])
+def test_dissensus_runs_in_the_engine(small_scenario, mode):
+    """The engine forges dissensus per receiver (a gossip peer, or the federated server) — it used
+    to call the forger once without a receiver and crash with "needs ctx.receiver_own"."""
+    import json
+
+    from fedsim.runner import Run
+    from fedsim.scenario import parse
+
+    over = {"rounds": 2, "mode": mode, "peers.byzantine": 2, "peers.attack.name": "dissensus"}
+    run = Run(parse(small_scenario(**over)))
+    run.create_dir()
+    run.execute(log=lambda m: None)
+    clean = Run(parse(small_scenario(**over, **{"peers.attack.params": {"eps": 1e-9}, "name": "eps0"})))
+    clean.create_dir()
+    clean.execute(log=lambda m: None)
+    last = [json.loads((r.dir / "metrics.jsonl").read_text().splitlines()[-1]) for r in (run, clean)]
+    assert last[0]["dropped"] == 0 and last[0]["accuracy_mean"] != last[1]["accuracy_mean"]  # the forgery arrived
