@@ -14,7 +14,7 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "extending.md"
 
 
 @pytest.fixture(scope="module")
-def plugin(tmp_path_factory) -> tuple[Path, dict]:
+def plugin(tmp_path_factory):
     text = DOC.read_text()
     blocks = re.findall(r"```python\n(.+?)```", text, flags=re.S)
     assert len(blocks) == 4
@@ -22,7 +22,16 @@ def plugin(tmp_path_factory) -> tuple[Path, dict]:
     path.write_text("\n\n".join(blocks))
     snippet = yaml.safe_load(re.findall(r"```yaml\n(.+?)```", text, flags=re.S)[0])
     snippet["plugins"] = [str(path)]
-    return path, snippet
+    yield path, snippet
+    # the doc's components leave the registries with this module: later tests iterate over them
+    import attacks
+    import strategies
+    from fedsim.models.backbones import BACKBONES
+
+    strategies.REGISTRY.pop("norm_filtered_mean", None)
+    attacks.REGISTRY.pop("flipped_mean", None)
+    attacks.REGISTRY.pop("shifted_labels", None)
+    BACKBONES.pop("random_projection", None)
 
 
 def _run(small_scenario, snippet, tmp_path, name, **over):
