@@ -7,7 +7,9 @@ head ``W [C, d]`` (+ bias) on minibatches ``[batch, d]``: per step a forward GEM
 ``steps · 2 · 2·batch·d·C`` FLOP (5 · 2 · 2·32·576·10 ≈ 3.7 MFLOP). The floor runs exactly that
 for ``N`` clients as one tight batched loop (``torch.bmm`` over all clients at once, features
 already gathered, no data loading, no aggregation, no framework), with the thread count given,
-and reports seconds per client-round. ``vs_flower.py`` divides fedsim's cost per client-round by
+and reports seconds per client-round. A client's minibatch is ``min(batch, shard)``: with
+8,000 training samples shared by N = 1,000 clients each holds 8, so a step is a quarter of the
+work (``--samples`` sets the pool). ``vs_flower.py`` divides fedsim's cost per client-round by
 this number (the "floor ratio").
 
     python benchmarks/floor.py --sizes 100,1000 --threads 1
@@ -58,15 +60,17 @@ def floor_seconds(n: int, threads: int = 1, repeats: int = 5, d: int = D, c: int
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="100,1000", help="client counts N (comma-separated)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: every CPU)")
+    ap.add_argument("--samples", type=int, default=8000, help="training samples shared by the N clients")
     a = ap.parse_args()
     load = "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
-    flop = flop_per_client_round()
-    print(f"# arithmetic floor, {a.threads} thread(s), {load}; {flop / 1e6:.2f} MFLOP per client-round")
-    print(f"{'N':>6} {'µs/client-round':>16} {'GFLOP/s':>8}")
+    print(f"# arithmetic floor, {a.threads} thread(s), {load}")
+    print(f"{'N':>6} {'batch':>5} {'MFLOP/client-round':>18} {'µs/client-round':>16} {'GFLOP/s':>8}")
     for n in (int(s) for s in a.sizes.split(",")):
-        sec = floor_seconds(n, a.threads)
-        print(f"{n:>6} {sec * 1e6:>16.1f} {flop / sec / 1e9:>8.2f}")
+        batch = max(1, min(BATCH, a.samples // n))
+        flop = flop_per_client_round(batch=batch)
+        sec = floor_seconds(n, a.threads, batch=batch)
+        print(f"{n:>6} {batch:>5} {flop / 1e6:>18.2f} {sec * 1e6:>16.1f} {flop / sec / 1e9:>8.2f}")
 
 
 if __name__ == "__main__":
