@@ -21,7 +21,8 @@ import argparse
 import os
 import time
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: as fedsim/__init__.py sets it
+import torch  # noqa: E402
 
 D, C, BATCH, STEPS, LR = 576, 10, 32, 5, 1.0
 

@@ -50,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (floor.py imports it): as fedsim sets it
 os.environ.setdefault("FLWR_LOG_LEVEL", "WARNING")  # Flower's own knob: no per-round INFO lines
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

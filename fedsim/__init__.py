@@ -4,7 +4,14 @@ Python API (:mod:`fedsim.api`): ``fedsim.run(scenario, overrides=..., out=...)``
 and returns a :class:`~fedsim.api.RunResult`; ``fedsim.load_run(dir)`` reads a finished run.
 """
 
+import os
 from typing import TYPE_CHECKING, Any
+
+# Threads that wait for work sleep instead of spinning (OpenMP reads this when torch loads, so it
+# must be set before torch is imported; Ray workers and sweep processes inherit it). Measured with
+# one of 2 cores kept busy by another process, in-process N = 100: 18-24 rounds/s spinning (the
+# default), 47 sleeping; quiet 53-57 vs 48-60 (docs/performance.md). A user's own value wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 # The name pip knows (pyproject.toml): "fedsim" on PyPI is an unrelated project. Import name and command: fedsim.
