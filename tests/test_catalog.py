@@ -166,3 +166,15 @@ def test_a_closed_pipe_is_not_an_error():
     p.stdout.close()  # the reader is gone before anything is written
     err = p.stderr.read().decode()
     assert p.wait(timeout=60) == 0 and err == "", err
+
+
+@pytest.mark.parametrize("kind", ["unlearning", "cloning"])
+def test_probe_listing_is_the_harness_defaults(kind):
+    """`fedsim list probes KIND` shows exactly the keys and defaults the probe harness uses."""
+    from fedsim import catalog, probes
+
+    defaults = {"unlearning": probes.UNLEARNING_DEFAULTS, "cloning": probes.CLONING_DEFAULTS}[kind]
+    listed = catalog.probe_params(kind)
+    assert [p.name for p in listed] == list(defaults)
+    assert [p.default for p in listed] == [catalog._show(v) for v in defaults.values()]
+    assert catalog.describe("probe", kind)[1] == listed
