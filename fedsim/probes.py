@@ -402,11 +402,9 @@ def _release_actors(run: Run) -> None:
     handles = [*(getattr(run, "groups", None) or []), *([run.server] if getattr(run, "server", None) else [])]
     if not handles or run.sc.engine.backend != "ray":
         return
-    import ray
-
     from fedsim.backend import kill_actors
 
-    kill_actors(ray, handles)
+    kill_actors(handles)
     run.groups, run.server = [], None
 
 
