@@ -28,7 +28,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import re
 import time
 import traceback
@@ -324,9 +323,9 @@ def _warm_features(plan: SweepPlan) -> None:
 
 def _write_index(plan: SweepPlan) -> None:
     plan.out.mkdir(parents=True, exist_ok=True)
-    tmp = plan.out / ".sweep.json.tmp"
-    tmp.write_text(json.dumps(plan.index(), indent=2, default=str) + "\n")
-    os.replace(tmp, plan.out / "sweep.json")
+    from fedsim.rundir import atomic_write
+
+    atomic_write(plan.out / "sweep.json", (json.dumps(plan.index(), indent=2, default=str) + "\n").encode())
 
 
 def execute_sweep(

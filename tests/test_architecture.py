@@ -75,6 +75,26 @@ def test_only_the_backend_imports_ray():
     assert _ray_importers(ROOT) == ["fedsim/backend.py"]
 
 
+def _atomic_writers(root: Path) -> list[str]:
+    """The files of ``root``/fedsim that replace a file by hand (``os.replace``, ``os.rename``,
+    ``tempfile.mkstemp``) rather than through ``rundir.atomic_file``."""
+    out = []
+    for p in sorted((root / "fedsim").rglob("*.py")):
+        for node in ast.walk(ast.parse(p.read_text(), str(p))):
+            f = node.func if isinstance(node, ast.Call) else None
+            if (isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name)
+                    and (f.value.id, f.attr) in {("os", "replace"), ("os", "rename"), ("tempfile", "mkstemp")}):
+                out.append(p.relative_to(root).as_posix())
+                break
+    return out
+
+
+def test_one_atomic_writer():
+    """Run files, probes.json, sweep.json, feature caches and Flower's partitions.json are all
+    written by ``fedsim.rundir.atomic_file`` (synced temp file, rename, temp removed on error)."""
+    assert _atomic_writers(ROOT) == ["fedsim/rundir.py"]
+
+
 def _resolve(dotted: str) -> bool:
     """Whether ``dotted`` (``fedsim.scenario.resolve_f``, ``scenario.resolve_f``) names a module, or
     an attribute or dataclass field of one."""
