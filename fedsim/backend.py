@@ -5,6 +5,10 @@ Every Ray fedsim starts on this machine (``fedsim run``, ``fedsim sweep``, the p
 runs) is started by :func:`init_ray`, which makes it private to this user: bound to 127.0.0.1,
 its session under a 0700 folder, and token authentication on where the process has not imported
 Ray yet. A cluster address is the user's explicit choice and is connected to as given.
+
+This is the only fedsim module that imports Ray (``tests/test_architecture.py``): the others use
+its verbs: :func:`make_backend` (a run's actors), :func:`run_tasks` (a sweep's runs in parallel),
+:func:`kill_actors` (free a run's CPUs) and :func:`ray_version`.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import stat
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -176,14 +180,74 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_dri
     return True
 
 
-def kill_actors(ray: Any, handles: list[Any]) -> None:
-    """Free the actors' CPUs now (a shared Ray session may run more after them); actors already
-    dead are skipped."""
+def ray_version() -> str | None:
+    """The installed Ray's version; None where Ray is not installed."""
+    try:
+        import ray
+    except ImportError:
+        return None
+    return ray.__version__
+
+
+def kill_actors(handles: list[Any]) -> None:
+    """Free the Ray actors' CPUs now (a shared Ray session may run more after them); actors
+    already dead are skipped."""
+    if not handles:
+        return
+    import ray
+
     for h in handles:
         try:
             ray.kill(h)
         except Exception:  # noqa: BLE001 - already dead
             pass
+
+
+def run_tasks(
+    fn: Callable[..., Any],
+    calls: list[tuple[Any, tuple[Any, ...]]],
+    done: Callable[[Any, Any, BaseException | None], None],
+    jobs: int | None = None,
+    address: str | None = None,
+    started: Callable[[Any], None] | None = None,
+) -> None:
+    """Run ``fn(*args)`` for every ``(key, args)`` of ``calls`` as Ray tasks of one CPU each, in
+    order, at most ``jobs`` at a time (default and cap: the cluster's CPUs); never retried.
+
+    ``started(key)`` is called as a task is submitted and ``done(key, result, error)`` as each
+    finishes, in completion order (``error``: the exception of a task that failed, e.g. a worker
+    killed or out of memory, with ``result`` None). Starts Ray (:func:`init_ray`; locally with
+    ``max(jobs, cpu_count)`` CPUs) unless it runs in this process already, and shuts down what it
+    started; tasks still in flight when it leaves (an exception, Ctrl-C) are cancelled."""
+    started_ray = init_ray(address, None if address else max(jobs or 0, os.cpu_count() or 1))
+    import ray
+
+    try:
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        limit = max(1, min(jobs or cpus, cpus))
+        task = ray.remote(num_cpus=1, max_retries=0)(fn)
+        queue, in_flight = list(calls), {}
+        try:
+            while queue or in_flight:
+                while queue and len(in_flight) < limit:
+                    key, args = queue.pop(0)
+                    if started is not None:
+                        started(key)
+                    in_flight[task.remote(*args)] = key
+                ready, _ = ray.wait(list(in_flight), num_returns=1)
+                for ref in ready:
+                    key = in_flight.pop(ref)
+                    try:
+                        res, err = ray.get(ref), None
+                    except Exception as e:  # noqa: BLE001 - a worker crash (OOM, killed) fails one task
+                        res, err = None, e
+                    done(key, res, err)
+        finally:
+            for ref in in_flight:
+                ray.cancel(ref, force=True)
+    finally:
+        if started_ray:
+            ray.shutdown()
 
 
 class _LocalCall:
@@ -244,7 +308,7 @@ class RayBackend:
 
     def kill(self, handles: list[Any]) -> None:
         """Free the actors' CPUs now (a shared Ray session may run more scenarios after this one)."""
-        kill_actors(self.ray, handles)
+        kill_actors(handles)
 
     def get(self, refs: Any) -> Any:
         return self.ray.get(refs)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from fedsim import rundir
 from fedsim.data.datasets import Dataset, load
 from fedsim.models.backbones import extract_features, get_spec, load_backbone
 
@@ -100,10 +100,8 @@ def features_for(ds: Dataset, backbone: str, directory: str | None = None, log=N
     spec = get_spec(backbone)
     xtr, xte = extract_features(net, ds.x_train, spec), extract_features(net, ds.x_test, spec)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    with os.fdopen(fd, "wb") as fh:
+    with rundir.atomic_file(path) as fh:
         np.savez(fh, x_train=xtr, x_test=xte)
-    os.replace(tmp, path)
     return Features(xtr, ds.y_train, xte, ds.y_test, ds.num_classes, key)
 
 

@@ -49,8 +49,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +61,8 @@ from torch import Tensor
 from attacks import probes as ap
 from fedsim import canaries as canaries_mod
 from fedsim import rng as crng
+from fedsim import rundir
+from fedsim.rundir import json_safe as _plain  # JSON-safe copies of the records
 from fedsim.topology import Topology
 
 if TYPE_CHECKING:
@@ -402,11 +402,9 @@ def _release_actors(run: Run) -> None:
     handles = [*(getattr(run, "groups", None) or []), *([run.server] if getattr(run, "server", None) else [])]
     if not handles or run.sc.engine.backend != "ray":
         return
-    import ray
-
     from fedsim.backend import kill_actors
 
-    kill_actors(ray, handles)
+    kill_actors(handles)
     run.groups, run.server = [], None
 
 
@@ -816,24 +814,8 @@ def run_cloning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- entry points
-def _plain(obj: Any) -> Any:
-    """JSON-safe copy (numpy → Python, non-finite floats → ``None``)."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def _write_json(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(obj, indent=1, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    rundir.atomic_write(path, (json.dumps(obj, indent=1, allow_nan=False) + "\n").encode())
 
 
 def summarize(entry: dict[str, Any]) -> dict[str, Any]:

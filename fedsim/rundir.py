@@ -38,11 +38,12 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from fedsim._runs import IGNORED_PREFIXES, comparable, flatten
 from fedsim.errors import CorruptFileError, FedsimError, RunDirExistsError
@@ -196,14 +197,17 @@ def writing(path: Path) -> Iterator[None]:
         raise RunWriteError(f"cannot write {path}: {e.strerror or e}") from None
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a synced temp file and a rename: readers and a kill see the
-    old content or the new, never a part."""
+@contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A binary file whose content replaces ``path`` when the block ends: written to a temp file
+    ``.<name>.*.tmp`` beside it, synced, then renamed over it, so readers and a kill see the old
+    content or the new, never a part; on an error the temp file is removed and ``path`` kept. The
+    one atomic writer of fedsim (run files, ``probes.json``, ``sweep.json``, feature caches)."""
     with writing(path):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+                yield fh
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
@@ -211,6 +215,12 @@ def atomic_write(path: Path, data: bytes) -> None:
             Path(tmp).unlink(missing_ok=True)
             raise
         _fsync_dir(path.parent)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_file`)."""
+    with atomic_file(path) as fh:
+        fh.write(data)
 
 
 def _fsync_dir(d: Path) -> None:
@@ -222,21 +232,29 @@ def _fsync_dir(d: Path) -> None:
 
 
 # --------------------------------------------------------------------------- metrics as strict JSON
-def _nonfinite_to_null(value: Any) -> tuple[Any, bool]:
+def _nonfinite_to_null(value: Any, str_keys: bool = False) -> tuple[Any, bool]:
+    """``(value made JSON-safe, whether it held a non-finite float)``: numpy scalars as Python ones,
+    NaN/±inf as ``None``, tuples as lists, mapping keys as ``str`` with ``str_keys``."""
+    np = sys.modules.get("numpy")  # no numpy imported: no numpy scalars to convert
+    if np is not None and isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None, True
     if isinstance(value, dict):
-        pairs = {k: _nonfinite_to_null(v) for k, v in value.items()}
+        pairs = {(str(k) if str_keys else k): _nonfinite_to_null(v, str_keys) for k, v in value.items()}
         return {k: v for k, (v, _) in pairs.items()}, any(bad for _, bad in pairs.values())
     if isinstance(value, (list, tuple)):
-        items = [_nonfinite_to_null(v) for v in value]
+        items = [_nonfinite_to_null(v, str_keys) for v in value]
         return [v for v, _ in items], any(bad for _, bad in items)
     return value, False
 
 
 def json_safe(obj: Any) -> Any:
-    """``obj`` with every NaN/±inf float replaced by ``None`` (JSON has no such numbers)."""
-    return _nonfinite_to_null(obj)[0]
+    """A copy of ``obj`` that strict JSON can hold: every NaN/±inf float as ``None`` (JSON has no
+    such numbers), numpy scalars as Python numbers, tuples as lists, keys as ``str``. The one
+    sanitiser of fedsim's JSON files (``summary.json``, ``probes.json``; ``metrics.jsonl`` lines
+    through :func:`metrics_line`)."""
+    return _nonfinite_to_null(obj, str_keys=True)[0]
 
 
 def metrics_line(rec: dict[str, Any]) -> bytes:

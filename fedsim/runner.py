@@ -24,7 +24,7 @@ import yaml
 import strategies
 from fedsim import rng as crng
 from fedsim import rundir
-from fedsim.backend import make_backend
+from fedsim.backend import make_backend, ray_version
 from fedsim.canaries import Canaries, plant
 from fedsim.errors import (  # noqa: F401  (RunDirExistsError, RunInterruptedError re-exported)
     CorruptFileError,
@@ -201,12 +201,8 @@ def versions() -> dict[str, str]:
         "numpy": numpy.__version__,
         "pydantic": pydantic.__version__,
     }
-    try:
-        import ray
-
-        out["ray"] = ray.__version__
-    except ImportError:
-        pass
+    if (v := ray_version()) is not None:
+        out["ray"] = v
     from fedsim import __version__
 
     out["fedsim"] = __version__

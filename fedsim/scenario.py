@@ -968,17 +968,25 @@ def parse_value(text: str) -> Any:
         raise ScenarioError(f"{text[:40]!r}: refused: the YAML is {e}") from None
 
 
+def parse_set(item: str) -> tuple[str, Any]:
+    """``"rounds=20"`` → ``("rounds", 20)``: one dotted override, the value read by
+    :func:`parse_value`. The one parser of ``--set`` (``fedsim run``, ``fedsim sweep``,
+    ``fedsim flower``) and of the Flower run config's ``set`` key."""
+    if "=" not in item:
+        raise ScenarioError(f"{item!r}: expected KEY=VALUE, e.g. strategy.name=krum")
+    k, val = item.split("=", 1)
+    return k.strip(), parse_value(val)
+
+
 def parse_sets(values: tuple[str, ...] | list[str]) -> dict[str, Any]:
     """``("rounds=20", "strategy.name=krum")`` → ``{"rounds": 20, "strategy.name": "krum"}`` (``--set``)."""
     import click
 
     out = {}
     for v in values:
-        if "=" not in v:
-            raise click.BadParameter(f"{v!r}: expected KEY=VALUE, e.g. strategy.name=krum", param_hint="--set")
-        k, val = v.split("=", 1)
         try:
-            out[k.strip()] = parse_value(val)
+            k, val = parse_set(v)
         except ScenarioError as e:
             raise click.BadParameter(str(e), param_hint="--set") from None
+        out[k] = val
     return out

@@ -28,7 +28,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import re
 import time
 import traceback
@@ -324,9 +323,9 @@ def _warm_features(plan: SweepPlan) -> None:
 
 def _write_index(plan: SweepPlan) -> None:
     plan.out.mkdir(parents=True, exist_ok=True)
-    tmp = plan.out / ".sweep.json.tmp"
-    tmp.write_text(json.dumps(plan.index(), indent=2, default=str) + "\n")
-    os.replace(tmp, plan.out / "sweep.json")
+    from fedsim.rundir import atomic_write
+
+    atomic_write(plan.out / "sweep.json", (json.dumps(plan.index(), indent=2, default=str) + "\n").encode())
 
 
 def execute_sweep(
@@ -375,36 +374,14 @@ def execute_sweep(
 
 
 def _execute_ray(pending: list[PlannedRun], jobs: int | None, address: str | None, rep: Reporter, finished) -> None:
-    from fedsim.backend import init_ray
+    from fedsim.backend import run_tasks
 
-    started = init_ray(address, None if address else max(jobs or 0, os.cpu_count() or 1))
-    import ray
+    def done(r: PlannedRun, res: dict[str, Any] | None, err: BaseException | None) -> None:
+        if err is not None:  # a worker crash (OOM, killed) fails one run
+            res = {"status": "failed", "error": f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"}
+        finished(r, res)
 
-    try:
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        limit = max(1, min(jobs or cpus, cpus))
-        task = ray.remote(num_cpus=1, max_retries=0)(run_one)
-        queue, in_flight = list(pending), {}
-        try:
-            while queue or in_flight:
-                while queue and len(in_flight) < limit:
-                    r = queue.pop(0)
-                    rep.run_started(r)
-                    in_flight[task.remote(r.data, str(r.dir))] = r
-                ready, _ = ray.wait(list(in_flight), num_returns=1)
-                for ref in ready:
-                    r = in_flight.pop(ref)
-                    try:
-                        res = ray.get(ref)
-                    except Exception as e:  # noqa: BLE001 - a worker crash (OOM, killed) fails one run
-                        res = {"status": "failed", "error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
-                    finished(r, res)
-        finally:
-            for ref in in_flight:
-                ray.cancel(ref, force=True)
-    finally:
-        if started:
-            ray.shutdown()
+    run_tasks(run_one, [(r, (r.data, str(r.dir))) for r in pending], done, jobs, address, started=rep.run_started)
 
 
 # --------------------------------------------------------------------------- CLI

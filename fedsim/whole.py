@@ -186,10 +186,9 @@ def _cached_prefix(ds: Any, sc: Scenario, prefix: torch.nn.Module, log: Any) -> 
     file is read without pickle and checked (float32, row counts, one shape, finite); an unusable
     one is recomputed."""
     import hashlib
-    import os
-    import tempfile
     import zipfile
 
+    from fedsim import rundir
     from fedsim.features import cache_dir
     from fedsim.models.backbones import get_spec, state_fingerprint
     from fedsim.models.trainable import frozen_inputs
@@ -217,10 +216,8 @@ def _cached_prefix(ds: Any, sc: Scenario, prefix: torch.nn.Module, log: Any) -> 
             f"(once; cached at {path})")
     xtr, xte = frozen_inputs(prefix, ds.x_train, sc.backbone.name), frozen_inputs(prefix, ds.x_test, sc.backbone.name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    with os.fdopen(fd, "wb") as fh:
+    with rundir.atomic_file(path) as fh:
         np.savez(fh, x_train=xtr, x_test=xte)
-    os.replace(tmp, path)
     return key, xtr, xte
 
 

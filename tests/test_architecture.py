@@ -43,6 +43,58 @@ def test_attack_probes_import_no_rules():
     assert not bad, bad
 
 
+def _ray_importers(root: Path) -> list[str]:
+    """The files of ``root``/fedsim that import Ray: ``import ray``, ``from ray... import``, or
+    ``importlib.import_module("ray...")`` / ``__import__("ray...")`` with a literal name."""
+    def is_ray(name: str | None) -> bool:
+        return bool(name) and name.split(".")[0] == "ray"
+
+    out = []
+    for p in sorted((root / "fedsim").rglob("*.py")):
+        for node in ast.walk(ast.parse(p.read_text(), str(p))):
+            if isinstance(node, ast.Call):
+                f = node.func
+                fname = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", None)
+                dynamic = fname in ("import_module", "__import__") and node.args
+                names = [node.args[0].value] if dynamic and isinstance(node.args[0], ast.Constant) else []
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module]
+            else:
+                continue
+            if any(isinstance(n, str) and is_ray(n) for n in names):
+                out.append(p.relative_to(root).as_posix())
+                break
+    return out
+
+
+def test_only_the_backend_imports_ray():
+    """Starting, using and stopping Ray is ``fedsim.backend``'s job (``make_backend``, ``run_tasks``,
+    ``kill_actors``, ``ray_version``); the sweep, the probes and the runner go through it."""
+    assert _ray_importers(ROOT) == ["fedsim/backend.py"]
+
+
+def _atomic_writers(root: Path) -> list[str]:
+    """The files of ``root``/fedsim that replace a file by hand (``os.replace``, ``os.rename``,
+    ``tempfile.mkstemp``) rather than through ``rundir.atomic_file``."""
+    out = []
+    for p in sorted((root / "fedsim").rglob("*.py")):
+        for node in ast.walk(ast.parse(p.read_text(), str(p))):
+            f = node.func if isinstance(node, ast.Call) else None
+            if (isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name)
+                    and (f.value.id, f.attr) in {("os", "replace"), ("os", "rename"), ("tempfile", "mkstemp")}):
+                out.append(p.relative_to(root).as_posix())
+                break
+    return out
+
+
+def test_one_atomic_writer():
+    """Run files, probes.json, sweep.json, feature caches and Flower's partitions.json are all
+    written by ``fedsim.rundir.atomic_file`` (synced temp file, rename, temp removed on error)."""
+    assert _atomic_writers(ROOT) == ["fedsim/rundir.py"]
+
+
 def _resolve(dotted: str) -> bool:
     """Whether ``dotted`` (``fedsim.scenario.resolve_f``, ``scenario.resolve_f``) names a module, or
     an attribute or dataclass field of one."""

@@ -407,6 +407,31 @@ def test_metrics_line_never_writes_bare_nan():
                              "nonfinite": ["acc", "train_loss"]}
 
 
+def test_json_safe_is_the_one_sanitiser():
+    """summary.json and probes.json go through one sanitiser: numpy scalars (a NaN float32 too)
+    become Python numbers or null, tuples lists, keys strings; the probes' records use it."""
+    import numpy as np
+
+    from fedsim import probes
+
+    got = rundir.json_safe({1: (np.float32("nan"), np.int64(3), np.float64(0.1)), "a": {"b": np.float32(2.5)}})
+    assert got == {"1": [None, 3, 0.1], "a": {"b": 2.5}}
+    assert json.dumps(got, allow_nan=False) == '{"1": [null, 3, 0.1], "a": {"b": 2.5}}'
+    assert probes._plain is rundir.json_safe
+
+
+def test_atomic_file_keeps_the_old_content_on_an_error(tmp_path):
+    path = tmp_path / "f.npz"
+    path.write_bytes(b"old")
+    with pytest.raises(ZeroDivisionError), rundir.atomic_file(path) as fh:
+        fh.write(b"part of the new")
+        1 / 0  # noqa: B018
+    assert path.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["f.npz"]
+    with rundir.atomic_file(path) as fh:
+        fh.write(b"new")
+    assert path.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["f.npz"]
+
+
 # ----------------------------------------------------------------------------- real kills
 _HOOKED_CLI = """
 import os, sys, time

@@ -170,3 +170,36 @@ def test_allow_idle_attack_changes_no_fingerprint():
     a = scenario_fingerprint(parse({"peers": {"byzantine": 0}}).model_dump(mode="json"))
     b = scenario_fingerprint(parse({"peers": {"byzantine": 0, "allow_idle_attack": True}}).model_dump(mode="json"))
     assert a == b and not any(k.startswith("peers.allow_idle_attack") for k in a)
+
+
+_SET_TABLE = [
+    ("tau=1e-3", "tau", 1e-3),
+    ("rounds=5", "rounds", 5),
+    ("x=true", "x", True),
+    ("x=null", "x", None),
+    ("x=[1,2]", "x", [1, 2]),
+    ("x='quoted'", "x", "quoted"),
+    ("a.b.c=x=y", "a.b.c", "x=y"),
+]
+
+
+@pytest.mark.parametrize(("item", "key", "value"), _SET_TABLE)
+def test_one_set_parser_for_the_cli_and_flower(item, key, value):
+    """`fedsim run --set`, `fedsim flower ... --set` and the Flower run config's `set` key read an
+    override alike (the Flower ones read `1e-3` as the string '1e-3' before)."""
+    from fedsim.flower import common
+    from fedsim.flower.cli import _kv
+    from fedsim.scenario import parse_sets
+
+    cli, flower_cli, run_config = parse_sets((item,)), _kv((item,), "--set"), common.parse_sets(item)
+    for got in (cli, flower_cli, run_config):
+        assert got == {key: value} and type(got[key]) is type(value), (item, got)
+
+
+def test_flower_run_config_set_types_like_the_cli():
+    from fedsim.flower import common
+
+    sc = common.scenario_from_run_config({"scenario": "rounds: 3\n", "set": "training.lr=1e-3 rounds=5"})
+    assert sc.training.lr == 1e-3 and sc.rounds == 5
+    with pytest.raises(common.BridgeError, match="run config 'set': 'rounds': expected KEY=VALUE"):
+        common.parse_sets("rounds")

@@ -16,14 +16,16 @@ import click
 
 
 def _kv(values: tuple[str, ...], what: str) -> dict[str, Any]:
-    import yaml
+    """``--set`` / ``--run-config`` pairs, read as ``fedsim run --set`` reads them."""
+    from fedsim.scenario import ScenarioError, parse_set
 
     out: dict[str, Any] = {}
     for v in values:
-        if "=" not in v:
-            raise click.BadParameter(f"{v!r}: expected KEY=VALUE", param_hint=what)
-        k, val = v.split("=", 1)
-        out[k.strip()] = yaml.safe_load(val)
+        try:
+            k, val = parse_set(v)
+        except ScenarioError as e:
+            raise click.BadParameter(str(e), param_hint=what) from None
+        out[k] = val
     return out
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import yaml
 
 from fedsim.errors import FedsimError
-from fedsim.scenario import Scenario, ScenarioError, parse, set_dotted
+from fedsim.scenario import Scenario, ScenarioError, parse, parse_set, set_dotted
 
 LOG = logging.getLogger("flwr.fedsim")  # a child of Flower's logger: shows in `flwr log` and the node's output
 
@@ -50,13 +50,15 @@ def run_config_value(run_config: Mapping[str, Any], key: str) -> Any:
 
 
 def parse_sets(text: str) -> dict[str, Any]:
-    """``"strategy.name=krum rounds=5"`` → ``{"strategy.name": "krum", "rounds": 5}`` (YAML values)."""
+    """``"strategy.name=krum rounds=5"`` → ``{"strategy.name": "krum", "rounds": 5}``: whitespace-separated
+    overrides, each read as ``fedsim run --set`` reads it (:func:`fedsim.scenario.parse_set`)."""
     out: dict[str, Any] = {}
     for item in str(text or "").split():
-        if "=" not in item:
-            raise BridgeError(f"run config 'set': {item!r} is not KEY=VALUE (e.g. strategy.name=krum)")
-        k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        try:
+            k, v = parse_set(item)
+        except ScenarioError as e:
+            raise BridgeError(f"run config 'set': {e}") from None
+        out[k] = v
     return out
 
 

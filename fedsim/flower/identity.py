@@ -18,9 +18,9 @@ Two ways to assign, one class:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from fedsim import rundir
 from fedsim.flower.common import BridgeError
 
 STORE_NAME = "partitions.json"
@@ -103,7 +103,5 @@ class PartitionAssignment:
     def _save(self) -> None:
         if self.store is None:
             return
-        tmp = self.store.with_name(self.store.name + ".tmp")
         nodes = {str(k): v for k, v in sorted(self.by_node.items())}
-        tmp.write_text(json.dumps({"run-id": self.run_id, "nodes": nodes}, indent=1) + "\n")
-        os.replace(tmp, self.store)
+        rundir.atomic_write(self.store, (json.dumps({"run-id": self.run_id, "nodes": nodes}, indent=1) + "\n").encode())
