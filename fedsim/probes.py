@@ -88,6 +88,7 @@ UNLEARNING_DEFAULTS: dict[str, Any] = {
     "permutations": 999,  # label permutations of every membership null distribution
     "newton_damping": 1e-3,  # L2 damping λ of the retained Hessian in the Newton removal
     "newton_steps": 1,  # Newton steps on the removal equation (1: the classic influence step)
+    "newton_search_max": 8,  # newton_calibrated: most multiples of the Newton step searched along its direction
     "finetune_steps": 50,  # full-batch gradient steps of the fine-tune-on-retained baseline
     "finetune_lr": 0.5,
 }
@@ -184,6 +185,7 @@ def _validate_unlearning(i: int, p: dict[str, Any], num_peers: int | None) -> di
     cfg["permutations"] = _check_int(i, "permutations", cfg["permutations"], 99)
     cfg["newton_damping"] = _check_num(i, "newton_damping", cfg["newton_damping"], 0.0)
     cfg["newton_steps"] = _check_int(i, "newton_steps", cfg["newton_steps"], 1, 100)
+    cfg["newton_search_max"] = _check_int(i, "newton_search_max", cfg["newton_search_max"], 1, 1000)
     cfg["finetune_steps"] = _check_int(i, "finetune_steps", cfg["finetune_steps"], 0)
     cfg["finetune_lr"] = _check_num(i, "finetune_lr", cfg["finetune_lr"], 0.0)
     return cfg
@@ -572,7 +574,7 @@ def _methods(cfg: dict[str, Any], ctx: _Ctx, before: Tensor, after: Tensor, retr
         g0 = torch.stack([ap.bias_only(g, shape, bias) for g in grads])
         heads["bias_only_ascent"], tr = ap.unlearn_gradient_ascent(
             before, shape, bias, forget[0], forget[1], cal[0], cal[1], cfg["lr"], cfg["max_steps"],
-            recorded_gradients=g0, tol=cfg["tol"])
+            recorded_gradients=g0, tol=cfg["tol"], criterion=cfg["criterion"], alpha=cfg["alpha"])
         info["bias_only_ascent"] = {"steps": tr.steps, "stop_reason": tr.stop_reason}
     heads["finetune_retain"] = ap.finetune_on_retain(before, shape, bias, retain, steps=cfg["finetune_steps"],
                                                      lr=cfg["finetune_lr"])
@@ -582,6 +584,16 @@ def _methods(cfg: dict[str, Any], ctx: _Ctx, before: Tensor, after: Tensor, retr
     heads["newton_retain"], info["newton_retain"] = ap.newton_removal(
         before, shape, bias, forget, retain, damping=cfg["newton_damping"], steps=cfg["newton_steps"],
         target="retain_minimiser")
+    # line search on the stopping statistic along the Newton removal direction: θ + s·(θ_newton − θ),
+    # s on a grid of quarter steps up to newton_search_max, the crossing bisected (the ascent's machinery)
+    direction = heads["newton"] - before
+    quarter = float(direction.norm()) / 4
+    if quarter > 0:
+        heads["newton_calibrated"], tr = ap.unlearn_gradient_ascent(
+            before, shape, bias, forget[0], forget[1], cal[0], cal[1], quarter, 4 * cfg["newton_search_max"],
+            recorded_gradients=direction, criterion=cfg["criterion"], alpha=cfg["alpha"], tol=cfg["tol"])
+        info["newton_calibrated"] = {"multiple": (tr.steps - 1 + tr.final_fraction) / 4 if tr.steps else 0.0,
+                                     "stop_reason": tr.stop_reason}
     if cfg["criterion"] != "loss":  # the mean-loss rule beside the chosen one (it stops at 0 steps with canaries)
         grads = recorded if recorded is not None else None
         heads["ascent_loss_rule"], tr = ap.unlearn_gradient_ascent(

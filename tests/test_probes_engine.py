@@ -98,8 +98,8 @@ def test_probes_json_contract_membership_and_methods(done) -> None:
     """docs/probes.md: every membership result beside its null; every method judged against the
     retrained head in function space."""
     e = _entry(done[2], "unlearning")
-    models = ["before", "after", "bias_only_ascent", "finetune_retain", "newton", "newton_retain", "ascent_loss_rule",
-              "retrained"]
+    models = ["before", "after", "bias_only_ascent", "finetune_retain", "newton", "newton_retain", "newton_calibrated",
+              "ascent_loss_rule", "retrained"]
     assert list(e["membership"]) == models
     for m in models:
         t = e["membership"][m]["natural_loss"]
@@ -107,8 +107,8 @@ def test_probes_json_contract_membership_and_methods(done) -> None:
         assert t["tpr_at_1pct_fpr_ci"][0] <= t["tpr_at_1pct_fpr"] <= t["tpr_at_1pct_fpr_ci"][1]
         assert t["class_matched_q95"] is not None  # natural data: the class-prior null is always run
     methods = e["methods"]
-    assert list(methods) == ["none", "gradient_ascent", "bias_only_ascent", "finetune_retain", "newton", "newton_retain",
-                             "ascent_loss_rule"]
+    assert list(methods) == ["none", "gradient_ascent", "bias_only_ascent", "finetune_retain", "newton",
+                             "newton_retain", "newton_calibrated", "ascent_loss_rule"]
     for m, r in methods.items():
         for key in ("kl_to_retrained", "disagreement_to_retrained", "kl_gap_closed"):
             assert set(r[key]) == {"forget", "retain", "test"}, (m, key)
