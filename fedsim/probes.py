@@ -595,10 +595,9 @@ def _methods(cfg: dict[str, Any], ctx: _Ctx, before: Tensor, after: Tensor, retr
         info["newton_calibrated"] = {"multiple": (tr.steps - 1 + tr.final_fraction) / 4 if tr.steps else 0.0,
                                      "stop_reason": tr.stop_reason}
     if cfg["criterion"] != "loss":  # the mean-loss rule beside the chosen one (it stops at 0 steps with canaries)
-        grads = recorded if recorded is not None else None
         heads["ascent_loss_rule"], tr = ap.unlearn_gradient_ascent(
             before, shape, bias, forget[0], forget[1], cal[0], cal[1], cfg["lr"], cfg["max_steps"],
-            mode=cfg["mode"], initial_params=torch.zeros_like(before), tol=cfg["tol"], recorded_gradients=grads)
+            mode=cfg["mode"], initial_params=torch.zeros_like(before), tol=cfg["tol"], recorded_gradients=recorded)
         info["ascent_loss_rule"] = {"steps": tr.steps, "stop_reason": tr.stop_reason}
     splits = {"forget": forget[0], "retain": retain[0], "test": test[0]}
     ref = None if retrained is None else ap.function_gap(retrained, before, splits, shape, bias)
