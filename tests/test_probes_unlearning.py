@@ -161,16 +161,19 @@ def test_membership_statistic_is_the_class_matched_loss_threshold_advantage() ->
 
 
 def test_membership_threshold_is_a_null_level() -> None:
-    """Forget and reference losses from the same law: ``D⁺ ≤ c_α`` in about ``1 − α`` of draws."""
+    """Forget and reference losses from the same law: ``D⁺ ≤ c_α`` in about ``1 − α`` of draws with
+    one class; with classes of different loss levels the class-matched test is conservative
+    (measured: every one of 400 draws below ``c_α``), never anti-conservative."""
     g = torch.Generator().manual_seed(6)
-    hits = 0
-    for _ in range(400):
-        yf, yr = torch.randint(0, 3, (40,), generator=g), torch.randint(0, 3, (150,), generator=g)
-        lf = torch.rand(40, generator=g) + yf.double()
-        lr_ = torch.rand(150, generator=g) + yr.double()
-        stat, thr = membership_statistic(lf, yf, lr_, yr, alpha=0.05)
-        hits += stat <= thr
-    assert 0.92 <= hits / 400 <= 0.995
+    for k, lo, hi in ((1, 0.92, 0.99), (3, 0.92, 1.0)):
+        hits = 0
+        for _ in range(400):
+            yf, yr = torch.randint(0, k, (40,), generator=g), torch.randint(0, k, (150,), generator=g)
+            lf = torch.rand(40, generator=g) + yf.double()
+            lr_ = torch.rand(150, generator=g) + yr.double()
+            stat, thr = membership_statistic(lf, yf, lr_, yr, alpha=0.05)
+            hits += stat <= thr
+        assert lo <= hits / 400 <= hi, (k, hits)
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +254,7 @@ def test_path_recorded_with_documented_keys(case) -> None:
     assert steps[:-1] == [float(s) for s in range(0, tr.steps, 3)]
     assert steps[-1] == pytest.approx(tr.steps - 1 + tr.final_fraction)
     assert tr.path[-1]["statistic"] == tr.statistic[-1] <= tr.path[-1]["threshold"]
-    assert torch.equal(seen[-1], new.double())
+    assert torch.equal(seen[-1].to(new.dtype), new)
     assert tr.path[-1]["kl_forget"] < tr.path[0]["kl_forget"]
     json.dumps(tr.to_dict(), allow_nan=False)
     _, no_path = unlearn_gradient_ascent(case["target"], SHAPE, True, *case["forget"], *case["reference"], lr=0.5,
