@@ -616,9 +616,9 @@ def _methods(cfg: dict[str, Any], ctx: _Ctx, before: Tensor, after: Tensor, retr
     return out, heads
 
 
-SELECTION_RULE = ("among the methods other than 'none' whose forget-vs-calibration membership statistic D+ is at its "
-                  "null level (D+ <= c_alpha) and whose calibration accuracy is within 1 point of the trained head's, "
-                  "the one that moves the head's outputs least on the calibration split (smallest "
+SELECTION_RULE = ("among the methods (doing nothing included) whose forget-vs-calibration membership statistic D+ "
+                  "is at its null level (D+ <= c_alpha) and whose calibration accuracy is within 1 point of the "
+                  "trained head's, the one that moves the head's outputs least on the calibration split (smallest "
                   "KL(trained || method) there); stated before any run, uses no retrained model")
 
 
@@ -640,7 +640,7 @@ def choose_method(methods: dict[str, Any]) -> str | None:
     """The method :data:`SELECTION_RULE` picks from ``methods`` (``None`` if none qualifies)."""
     base = methods["none"]["selection"]["calibration_accuracy"]
     ok = [(r["selection"]["calibration_kl_from_trained"], name) for name, r in methods.items()
-          if name != "none" and r["selection"]["statistic"] <= r["selection"]["threshold"]
+          if r["selection"]["statistic"] <= r["selection"]["threshold"]
           and r["selection"]["calibration_accuracy"] >= base - 0.01]
     return min(ok)[1] if ok else None
 

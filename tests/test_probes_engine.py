@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedsim.probes import format_probes, heldout_split, hop_distances, run_probes, validate_probe
+from fedsim.probes import choose_method, format_probes, heldout_split, hop_distances, run_probes, validate_probe
 from fedsim.runner import Run
 from fedsim.scenario import parse
 
@@ -270,3 +270,16 @@ def test_canaries_planted_detected_and_absent_after_retraining(tmp_path: Path) -
     assert b["p_value"] < 0.01 and b["advantage"] > b["null_q95"]
     for attack in ("canary_loss", "canary_lira_online", "canary_lira_offline"):
         assert retrained[attack]["p_value"] > 0.01, attack
+
+
+def test_choose_method_rule() -> None:
+    """The rule stated in advance: at the null, within 1 point of calibration accuracy, least output change."""
+    def m(stat: float, acc: float, kl: float) -> dict[str, Any]:
+        return {"selection": {"statistic": stat, "threshold": 0.1, "calibration_accuracy": acc,
+                              "calibration_kl_from_trained": kl}}
+
+    methods = {"none": m(0.3, 0.90, 0.0), "a": m(0.05, 0.895, 0.02), "b": m(0.05, 0.90, 0.01),
+               "c": m(0.2, 0.90, 0.001), "d": m(0.0, 0.85, 0.0001)}
+    assert choose_method(methods) == "b"  # c: still a signal; d: costs 5 points; a: moves more than b
+    assert choose_method({**methods, "none": m(0.05, 0.90, 0.0)}) == "none"  # nothing to remove
+    assert choose_method({"none": m(0.3, 0.9, 0.0), "c": m(0.2, 0.9, 0.0)}) is None
