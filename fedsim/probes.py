@@ -59,6 +59,7 @@ import torch
 from torch import Tensor
 
 from attacks import probes as ap
+from attacks.probes._records import to_plain
 from fedsim import canaries as canaries_mod
 from fedsim import rng as crng
 from fedsim import rundir
@@ -80,10 +81,14 @@ UNLEARNING_DEFAULTS: dict[str, Any] = {
     "retrain": True,
     "mode": "first_epoch",  # or "iterative"
     "tol": 1e-3,
+    "criterion": "membership",  # ascent stopping rule: class-matched KS at its null level, or loss/accuracy/either
+    "alpha": 0.05,  # level of the membership criterion's null threshold c_α
+    "path_every": 10,  # record the ascent path (stopping statistic, KL to the retrained head) every k steps
     "canaries": None,  # e.g. {count: 50, kind: mislabelled}: planted in the leaver's shard (fedsim.canaries)
     "permutations": 999,  # label permutations of every membership null distribution
     "newton_damping": 1e-3,  # L2 damping λ of the retained Hessian in the Newton removal
     "newton_steps": 1,  # Newton steps on the removal equation (1: the classic influence step)
+    "newton_search_max": 8,  # newton_calibrated: most multiples of the Newton step searched along its direction
     "finetune_steps": 50,  # full-batch gradient steps of the fine-tune-on-retained baseline
     "finetune_lr": 0.5,
 }
@@ -172,10 +177,15 @@ def _validate_unlearning(i: int, p: dict[str, Any], num_peers: int | None) -> di
     if cfg["mode"] not in ("first_epoch", "iterative"):
         raise _err(i, "mode", f"got {cfg['mode']!r}; allowed: first_epoch, iterative")
     cfg["tol"] = _check_num(i, "tol", cfg["tol"], 0.0)
+    if cfg["criterion"] not in ("membership", "loss", "accuracy", "either"):
+        raise _err(i, "criterion", f"got {cfg['criterion']!r}; allowed: membership, loss, accuracy, either")
+    cfg["alpha"] = _check_num(i, "alpha", cfg["alpha"], 0.0, 1.0)
+    cfg["path_every"] = _check_int(i, "path_every", cfg["path_every"], 0)
     cfg["canaries"] = canaries_mod.validate(f"probes.{i}.canaries", cfg["canaries"])
     cfg["permutations"] = _check_int(i, "permutations", cfg["permutations"], 99)
     cfg["newton_damping"] = _check_num(i, "newton_damping", cfg["newton_damping"], 0.0)
     cfg["newton_steps"] = _check_int(i, "newton_steps", cfg["newton_steps"], 1, 100)
+    cfg["newton_search_max"] = _check_int(i, "newton_search_max", cfg["newton_search_max"], 1, 1000)
     cfg["finetune_steps"] = _check_int(i, "finetune_steps", cfg["finetune_steps"], 0)
     cfg["finetune_lr"] = _check_num(i, "finetune_lr", cfg["finetune_lr"], 0.0)
     return cfg
@@ -540,6 +550,11 @@ def _membership(i: int, cfg: dict[str, Any], ctx: _Ctx, peer: int, models: dict[
     return out, info
 
 
+def to_plain_path(path: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ascent path as plain JSON values (non-finite numbers become ``None``)."""
+    return [to_plain(p) for p in path]
+
+
 def _methods(cfg: dict[str, Any], ctx: _Ctx, before: Tensor, after: Tensor, retrained: Tensor | None,
              forget: tuple[Tensor, Tensor], retain: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor],
              cal: tuple[Tensor, Tensor], recorded: Tensor | None = None) -> tuple[dict[str, Any], dict[str, Tensor]]:
@@ -557,13 +572,31 @@ def _methods(cfg: dict[str, Any], ctx: _Ctx, before: Tensor, after: Tensor, retr
         g0 = torch.stack([ap.bias_only(g, shape, bias) for g in grads])
         heads["bias_only_ascent"], tr = ap.unlearn_gradient_ascent(
             before, shape, bias, forget[0], forget[1], cal[0], cal[1], cfg["lr"], cfg["max_steps"],
-            recorded_gradients=g0, tol=cfg["tol"])
+            recorded_gradients=g0, tol=cfg["tol"], criterion=cfg["criterion"], alpha=cfg["alpha"])
         info["bias_only_ascent"] = {"steps": tr.steps, "stop_reason": tr.stop_reason}
     heads["finetune_retain"] = ap.finetune_on_retain(before, shape, bias, retain, steps=cfg["finetune_steps"],
                                                      lr=cfg["finetune_lr"])
     info["finetune_retain"] = {"steps": cfg["finetune_steps"], "lr": cfg["finetune_lr"]}
     heads["newton"], info["newton"] = ap.newton_removal(before, shape, bias, forget, retain,
                                                         damping=cfg["newton_damping"], steps=cfg["newton_steps"])
+    heads["newton_retain"], info["newton_retain"] = ap.newton_removal(
+        before, shape, bias, forget, retain, damping=cfg["newton_damping"], steps=cfg["newton_steps"],
+        target="retain_minimiser")
+    # line search on the stopping statistic along the Newton removal direction: θ + s·(θ_newton − θ),
+    # s on a grid of quarter steps up to newton_search_max, the crossing bisected (the ascent's machinery)
+    direction = heads["newton"] - before
+    quarter = float(direction.norm()) / 4
+    if quarter > 0:
+        heads["newton_calibrated"], tr = ap.unlearn_gradient_ascent(
+            before, shape, bias, forget[0], forget[1], cal[0], cal[1], quarter, 4 * cfg["newton_search_max"],
+            recorded_gradients=direction, criterion=cfg["criterion"], alpha=cfg["alpha"], tol=cfg["tol"])
+        info["newton_calibrated"] = {"multiple": (tr.steps - 1 + tr.final_fraction) / 4 if tr.steps else 0.0,
+                                     "stop_reason": tr.stop_reason}
+    if cfg["criterion"] != "loss":  # the mean-loss rule beside the chosen one (it stops at 0 steps with canaries)
+        heads["ascent_loss_rule"], tr = ap.unlearn_gradient_ascent(
+            before, shape, bias, forget[0], forget[1], cal[0], cal[1], cfg["lr"], cfg["max_steps"],
+            mode=cfg["mode"], initial_params=torch.zeros_like(before), tol=cfg["tol"], recorded_gradients=recorded)
+        info["ascent_loss_rule"] = {"steps": tr.steps, "stop_reason": tr.stop_reason}
     splits = {"forget": forget[0], "retain": retain[0], "test": test[0]}
     ref = None if retrained is None else ap.function_gap(retrained, before, splits, shape, bias)
     out: dict[str, Any] = {}
@@ -576,8 +609,38 @@ def _methods(cfg: dict[str, Any], ctx: _Ctx, before: Tensor, after: Tensor, retr
         if retrained is not None and ref is not None:
             gap = ap.function_gap(retrained, theta, splits, shape, bias)
             rec.update(gap, kl_gap_closed=ap.gap_closed(ref, gap))
+        rec["selection"] = _selection_numbers(cfg, ctx, before, theta, forget, cal)
         out[name] = rec
     return out, heads
+
+
+SELECTION_RULE = ("among the methods (doing nothing included) whose forget-vs-calibration membership statistic D+ "
+                  "is at its null level (D+ <= c_alpha) and whose calibration accuracy is within 1 point of the "
+                  "trained head's, the one that moves the head's outputs least on the calibration split (smallest "
+                  "KL(trained || method) there); stated before any run, uses no retrained model")
+
+
+def _selection_numbers(cfg: dict[str, Any], ctx: _Ctx, before: Tensor, theta: Tensor,
+                       forget: tuple[Tensor, Tensor], cal: tuple[Tensor, Tensor]) -> dict[str, float]:
+    """What the unlearner itself can see of a method (no retrained model): the membership statistic
+    ``D⁺`` and its threshold ``c_α`` (forget vs calibration), calibration accuracy, and the output
+    change ``KL(trained ‖ method)`` on the calibration split."""
+    shape, bias = ctx.layer_shape, ctx.bias
+    lf = ap.ce_losses(ap.head_logits(theta, forget[0], shape, bias), forget[1])
+    zc = ap.head_logits(theta, cal[0], shape, bias)
+    stat, thr = ap.membership_statistic(lf, forget[1], ap.ce_losses(zc, cal[1]), cal[1], cfg["alpha"])
+    kl, _ = ap.kl_and_disagreement(before, theta, cal[0], shape, bias)
+    return {"statistic": stat, "threshold": thr, "calibration_accuracy": ap.accuracy(zc, cal[1]),
+            "calibration_kl_from_trained": kl}
+
+
+def choose_method(methods: dict[str, Any]) -> str | None:
+    """The method :data:`SELECTION_RULE` picks from ``methods`` (``None`` if none qualifies)."""
+    base = methods["none"]["selection"]["calibration_accuracy"]
+    ok = [(r["selection"]["calibration_kl_from_trained"], name) for name, r in methods.items()
+          if r["selection"]["statistic"] <= r["selection"]["threshold"]
+          and r["selection"]["calibration_accuracy"] >= base - 0.01]
+    return min(ok)[1] if ok else None
 
 
 def run_unlearning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
@@ -605,15 +668,26 @@ def run_unlearning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
     before = ctx.final_params[ctx.row(target)]
     rec = getattr(ctx.run, "recorded_gradients", None)  # the leaver's real first-epoch gradients (fedsim.peers)
     recorded = None if rec is None or cfg["mode"] != "first_epoch" else torch.from_numpy(rec).to(torch.float64)
+    retrained_all = torch.from_numpy(_retrain_without(ctx, peer)).to(torch.float64) if cfg["retrain"] else None
+    retrained = None if retrained_all is None else retrained_all[ctx.row(target)]
+    splits = {"forget": forget[0], "retain": retain[0], "test": test[0]}
+
+    def observe(theta: Tensor) -> dict[str, Any]:  # the path's judge: recorded, never used to stop
+        out: dict[str, Any] = {"test_accuracy": ap.accuracy(ap.head_logits(theta, test[0], shape, bias), test[1])}
+        if retrained is not None:
+            out.update(ap.function_gap(retrained, theta, splits, shape, bias))
+        return out
+
     after, trace = ap.unlearn_gradient_ascent(
         before, shape, bias, forget[0], forget[1], cal[0], cal[1], cfg["lr"], cfg["max_steps"],
         mode=cfg["mode"], initial_params=torch.zeros_like(before), tol=cfg["tol"], recorded_gradients=recorded,
+        criterion=cfg["criterion"], alpha=cfg["alpha"], path_every=cfg["path_every"], observe=observe,
     )
-    retrained_all = torch.from_numpy(_retrain_without(ctx, peer)).to(torch.float64) if cfg["retrain"] else None
-    retrained = None if retrained_all is None else retrained_all[ctx.row(target)]
     report = ap.evaluate_unlearning(before, after, retrained, forget, retain, test, mia, layer_shape=shape,
                                     bias=bias, shadows=shadows, trace=trace)
     methods, heads = _methods(cfg, ctx, before, after, retrained, forget, retain, test, cal, recorded)
+    methods["gradient_ascent"].update(steps=trace.steps, stop_reason=trace.stop_reason, criterion=trace.criterion,
+                                      path=to_plain_path(trace.path))
     extra = {k: v for k, v in heads.items() if k not in ("none", "gradient_ascent")}
     models = {"before": before, "after": after, **extra, **({"retrained": retrained} if retrained is not None else {})}
     membership, membership_info = _membership(i, cfg, ctx, peer, models, mia)
@@ -636,6 +710,7 @@ def run_unlearning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
         "retrained_dir": (str(ctx.run.dir / "probes" / f"retrain-without-{peer}") if cfg["retrain"] else None),
         "records": [report.to_dict()],
         "methods": methods,
+        "chosen": {"rule": SELECTION_RULE, "method": choose_method(methods)},
         "membership": membership,
         "membership_setup": membership_info,
         "influence": influence,
@@ -921,7 +996,11 @@ def _format_unlearning(e: dict[str, Any]) -> str:
         f"Gradient ascent ({tr.get('mode')}): {tr.get('steps')} step{'' if tr.get('steps') == 1 else 's'}, "
         f"{'calibrated' if tr.get('calibrated') else 'NOT calibrated'} ({tr.get('stop_reason')}); "
         f"forget loss {_num(tr.get('final_forget_loss'))} vs calibration-set loss "
-        f"{_num(tr.get('final_reference_loss'))}. Split of the test set: {sp.get('calibration')} calibration, "
+        f"{_num(tr.get('final_reference_loss'))}"
+        + (f"; membership statistic D+ {_num((tr.get('statistic') or [None])[-1])} vs null level "
+           f"{_num((tr.get('threshold') or [None])[-1])}" if tr.get("criterion") == "membership" else "")
+        + f". Chosen method ({(e.get('chosen') or {}).get('rule', 'no rule')}): "
+        f"{(e.get('chosen') or {}).get('method')}. Split of the test set: {sp.get('calibration')} calibration, "
         f"{sp.get('mia_nonmembers')} MIA non-members, {sp.get('test')} test.",
     ]
     if e.get("methods"):

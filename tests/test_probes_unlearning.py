@@ -10,10 +10,14 @@ import torch
 from attacks.probes import (
     evaluate_unlearning,
     head_logits,
+    kl_and_disagreement,
+    loss_threshold_mia,
+    membership_statistic,
     train_heads,
     train_shadow_heads,
     unlearn_gradient_ascent,
 )
+from attacks.probes import unlearning as unlearning_mod
 from attacks.probes._head import ce_gradient, ce_losses
 
 C, D = 5, 40
@@ -136,3 +140,123 @@ def test_report(case) -> None:
                                      case["heldout"])
     assert no_retrain.retrained is None and no_retrain.after_minus_retrained == {}
     assert no_retrain.before.lira_advantage is None
+
+
+# ----------------------------------------------------------------------------- membership stopping rule
+def test_membership_statistic_is_the_class_matched_loss_threshold_advantage() -> None:
+    g = torch.Generator().manual_seed(5)
+    lf, lr_ = torch.rand(30, generator=g), torch.rand(80, generator=g) + 0.3
+    one_f, one_r = torch.zeros(30, dtype=torch.long), torch.zeros(80, dtype=torch.long)
+    stat, thr = membership_statistic(lf, one_f, lr_, one_r)
+    assert stat == pytest.approx(loss_threshold_mia(lf, lr_))  # one class: plain max_t TPR − FPR
+    assert thr == pytest.approx(((1 / 30 + 1 / 80) * 0.5 * torch.log(torch.tensor(20.0)).item()) ** 0.5)
+    # same per-class loss law in both sets, but the reference is dominated by a high-loss class: the
+    # unmatched statistic sees "membership" where there is only a class-mix difference
+    yf = torch.zeros(40, dtype=torch.long)
+    yr = torch.cat([torch.zeros(40, dtype=torch.long), torch.ones(160, dtype=torch.long)])
+    lf = torch.rand(40, generator=g)
+    lr_ = torch.cat([torch.rand(40, generator=g), torch.rand(160, generator=g) + 2.0])
+    matched, thr = membership_statistic(lf, yf, lr_, yr)
+    assert matched <= thr < loss_threshold_mia(lf, lr_)
+
+
+def test_membership_threshold_is_a_null_level() -> None:
+    """Forget and reference losses from the same law: ``D⁺ ≤ c_α`` in about ``1 − α`` of draws with
+    one class; with classes of different loss levels the class-matched test is conservative
+    (measured: every one of 400 draws below ``c_α``), never anti-conservative."""
+    g = torch.Generator().manual_seed(6)
+    for k, lo, hi in ((1, 0.92, 0.99), (3, 0.92, 1.0)):
+        hits = 0
+        for _ in range(400):
+            yf, yr = torch.randint(0, k, (40,), generator=g), torch.randint(0, k, (150,), generator=g)
+            lf = torch.rand(40, generator=g) + yf.double()
+            lr_ = torch.rand(150, generator=g) + yr.double()
+            stat, thr = membership_statistic(lf, yf, lr_, yr, alpha=0.05)
+            hits += stat <= thr
+        assert lo <= hits / 400 <= hi, (k, hits)
+
+
+@pytest.fixture(scope="module")
+def outlier_case(case):
+    """A forget set whose *mean* loss already exceeds the held-out loss before any unlearning: 25
+    memorised examples plus 5 high-loss outliers (out-of-distribution features with random labels,
+    as planted canaries look to a neighbour's head). ``target`` trained on everything but the
+    outliers (so they never fit), ``retrained`` without the forget set."""
+    g = torch.Generator().manual_seed(7)
+    ox = torch.randn(5, D, generator=g) * 3.0
+    oy = torch.randint(0, C, (5,), generator=g)
+    f = case["forget"]
+    forget = (torch.cat([f[0], ox]), torch.cat([f[1], oy]))
+    return {**case, "forget": forget}
+
+
+def _removes_influence(case, theta, tr) -> None:
+    """The check a working ascent stopping rule passes: it fires (not at step 0), ends at the
+    membership null, and leaves the head nearer the retrained one on the forget split."""
+    assert tr.calibrated and tr.steps >= 1, (tr.stop_reason, tr.steps)
+    stat, thr = membership_statistic(ce_losses(head_logits(theta, case["forget"][0].double(), SHAPE, True),
+                                               case["forget"][1]), case["forget"][1],
+                                     ce_losses(head_logits(theta, case["reference"][0].double(), SHAPE, True),
+                                               case["reference"][1]), case["reference"][1])
+    assert stat <= thr
+    kb, _ = kl_and_disagreement(case["retrained"], case["target"], case["forget"][0], SHAPE, True)
+    ka, _ = kl_and_disagreement(case["retrained"], theta, case["forget"][0], SHAPE, True)
+    assert ka < 0.8 * kb, (ka, kb)
+
+
+def _ascent(case, **kw):
+    return unlearn_gradient_ascent(case["target"], SHAPE, True, *case["forget"], *case["reference"], lr=0.5,
+                                   max_steps=500, initial_params=torch.zeros(C * D + C), **kw)
+
+
+def test_membership_rule_fires_past_outliers(outlier_case) -> None:
+    c = outlier_case
+    assert mean_loss(c["target"], c["forget"]) > mean_loss(c["target"], c["reference"])  # the trap
+    new, tr = _ascent(c, criterion="membership")
+    _removes_influence(c, new, tr)
+    assert tr.stop_reason == "membership_at_null"
+    assert tr.statistic[0] > tr.threshold[0] and tr.statistic[-2] > tr.threshold[-2]  # fired at the last step
+    assert tr.statistic[-1] <= tr.threshold[-1] and len(tr.statistic) == tr.steps + 1
+    json.dumps(tr.to_dict(), allow_nan=False)
+
+
+def test_prior_matching_rules_fail_the_same_check(outlier_case, monkeypatch) -> None:
+    """Mutants: the mean-loss rule (``criterion="loss"``) and a membership statistic replaced by
+    "mean forget loss vs the class-balanced held-out loss" stop at step 0 and fail the check."""
+    c = outlier_case
+    new, tr = _ascent(c, criterion="loss")
+    with pytest.raises(AssertionError):
+        _removes_influence(c, new, tr)
+
+    def balanced_mean(lf, yf, lr_, yr, alpha=0.05):  # noqa: ARG001 - the mutant's signature
+        per_class = torch.stack([lr_[yr == k].mean() for k in yr.unique()])
+        return max(float(per_class.mean() - lf.mean()), 0.0), 0.0
+
+    monkeypatch.setattr(unlearning_mod, "membership_statistic", balanced_mean)
+    new, tr = _ascent(c, criterion="membership")
+    with pytest.raises(AssertionError):
+        _removes_influence(c, new, tr)
+
+
+def test_path_recorded_with_documented_keys(case) -> None:
+    seen = []
+
+    def observe(theta):
+        seen.append(theta)
+        kl, dis = kl_and_disagreement(case["retrained"], theta, case["forget"][0], SHAPE, True)
+        return {"kl_forget": kl, "disagreement_forget": dis}
+
+    new, tr = unlearn_gradient_ascent(case["target"], SHAPE, True, *case["forget"], *case["reference"], lr=0.5,
+                                      max_steps=500, criterion="membership", path_every=3, observe=observe)
+    keys = {"step", "forget_loss", "reference_loss", "statistic", "threshold", "kl_forget", "disagreement_forget"}
+    assert tr.steps > 3 and all(set(p) == keys for p in tr.path)
+    steps = [p["step"] for p in tr.path]
+    assert steps[:-1] == [float(s) for s in range(0, tr.steps, 3)]
+    assert steps[-1] == pytest.approx(tr.steps - 1 + tr.final_fraction)
+    assert tr.path[-1]["statistic"] == tr.statistic[-1] <= tr.path[-1]["threshold"]
+    assert torch.equal(seen[-1].to(new.dtype), new)
+    assert tr.path[-1]["kl_forget"] < tr.path[0]["kl_forget"]
+    json.dumps(tr.to_dict(), allow_nan=False)
+    _, no_path = unlearn_gradient_ascent(case["target"], SHAPE, True, *case["forget"], *case["reference"], lr=0.5,
+                                         max_steps=500, criterion="membership")
+    assert no_path.path == [] and no_path.steps == tr.steps

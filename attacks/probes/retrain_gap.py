@@ -26,6 +26,12 @@ Baselines (every departure a named parameter):
   gossip heads do not: a departure). ``λ`` = ``damping`` (L2 damping of the Hessian). The solve
   uses conjugate gradients on exact Hessian-vector products of the softmax head
   (``H v = Xᵀ(p ⊙ Xv − p (pᵀ Xv)) / n``), so the ``P × P`` Hessian is never formed.
+  ``target="retain_minimiser"`` (a departure, the stationary-point correction) drops the
+  assumption instead: ``θ' = θ − (H̄_R(θ) + λ I)⁻¹ ∇L̄_R(θ)``, the exact minimiser of the damped
+  quadratic model of the retained objective at ``θ`` (``steps > 1``: Newton's method on
+  ``L̄_R + (λ/2)‖θ − θ_t‖²``); it removes the forget set's pull *and* finishes the training that
+  early stopping left undone, so it lands where full-batch training on ``R`` would, which an
+  early-stopped retrained federation need not be.
 * :func:`finetune_on_retain` — the trained head fine-tuned on the retained data by full-batch
   gradient descent (``steps``, ``lr``).
 * bias-only ascent — the harness runs :func:`attacks.probes.unlearn_gradient_ascent` with the
@@ -36,6 +42,7 @@ Baselines (every departure a named parameter):
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -110,7 +117,7 @@ def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, *, max_ite
 
 def newton_removal(params: Tensor, layer_shape: Shape, bias: bool, forget: tuple[Tensor, Tensor],
                    retain: tuple[Tensor, Tensor], *, damping: float = 1e-3, steps: int = 1,
-                   max_iter: int = 500) -> tuple[Tensor, dict[str, float]]:
+                   max_iter: int = 500, target: str = "removal") -> tuple[Tensor, dict[str, Any]]:
     """Damped Newton / influence removal (formula in the module docstring).
 
     ``steps = 1`` is the classic one-step influence removal. ``steps > 1`` (a departure) keeps
@@ -119,8 +126,12 @@ def newton_removal(params: Tensor, layer_shape: Shape, bias: bool, forget: tuple
     kept, the forget set's pull removed) by further Newton steps ``θ ← θ − (H̄_R(θ) + λI)⁻¹
     (∇L̄_R(θ) − ∇L̄_D(θ_0))``; the first of them is the one-step formula.
 
+    ``target="retain_minimiser"`` solves ``∇L̄_R(θ') = 0`` instead (module docstring).
+
     Returns ``(θ', info)`` with the CG iterations and final relative residual of the last step.
     """
+    if target not in ("removal", "retain_minimiser"):
+        raise ValueError(f"target must be 'removal' or 'retain_minimiser', got {target!r}")
     if damping <= 0 or steps < 1:
         raise ValueError(f"damping must be > 0 and steps >= 1, got damping={damping}, steps={steps}")
     theta0 = params.detach().to(torch.float64)
@@ -128,15 +139,17 @@ def newton_removal(params: Tensor, layer_shape: Shape, bias: bool, forget: tuple
     xr, xf = retain[0].to(torch.float64), forget[0].to(torch.float64)
     gr0 = ce_gradient(theta0, xr, retain[1], layer_shape, bias)
     gf0 = ce_gradient(theta0, xf, forget[1], layer_shape, bias)
-    target = (nr * gr0 + nf * gf0) / (nf + nr)  # ∇L̄_D(θ_0)
+    goal = (nr * gr0 + nf * gf0) / (nf + nr)  # ∇L̄_D(θ_0)
+    if target == "retain_minimiser":
+        goal = torch.zeros_like(goal)
     theta, iters, res = theta0.clone(), 0, 0.0
     for _ in range(steps):
-        rhs = ce_gradient(theta, xr, retain[1], layer_shape, bias) - target
+        rhs = ce_gradient(theta, xr, retain[1], layer_shape, bias) - goal
         hv = hessian_vector(theta, xr, layer_shape, bias)
         step, iters, res = conjugate_gradient(lambda v, hv=hv: hv(v) + damping * v, rhs, max_iter=max_iter)
         theta = theta - step
     return theta.to(params.dtype), {"cg_iterations": iters, "cg_relative_residual": res, "damping": damping,
-                                    "steps": steps, "step_norm": float((theta - theta0).norm())}
+                                    "steps": steps, "target": target, "step_norm": float((theta - theta0).norm())}
 
 
 def finetune_on_retain(params: Tensor, layer_shape: Shape, bias: bool, retain: tuple[Tensor, Tensor], *,

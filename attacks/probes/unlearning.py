@@ -30,6 +30,34 @@ minibatches (one batch by default):
    that meets the criterion, and for the loss criterion bisect until ``0 ≤ L_F − L_R ≤ tol``:
    the forget loss reaches the reference loss and never overshoots it by more than ``tol``.
 
+   ``criterion="membership"`` (not a class-prior match, and blind to a few high-loss outliers
+   such as planted canaries, which push the *mean* forget loss above ``L_R`` before any step and
+   stop the ``"loss"`` rule at step 0): the forget set's per-example losses ``ℓ_F`` are compared
+   with the reference set's ``ℓ_R`` by the one-sided, class-matched two-sample Kolmogorov–Smirnov
+   statistic
+
+       D⁺(θ) = max_t [ F̂_F(t) − Ĝ_R(t) ],   F̂_F(t) = (1/n_F) Σ_{i∈F} 1[ℓ_i ≤ t],
+       Ĝ_R(t) = Σ_{k∈R} w_k 1[ℓ_k ≤ t],  w_k = π_F(y_k) / m_R(y_k)
+
+   (``π_F(c)`` the forget set's class share, ``m_R(c)`` the reference count of class ``c``:
+   the reference is re-weighted to the forget set's class mix, so lowering the losses of the
+   forget set's frequent classes — moving the class prior — is not mistaken for forgetting;
+   forget examples of classes absent from ``R`` are dropped). ``D⁺`` is the in-sample
+   loss-threshold membership advantage ``max_t TPR − FPR``. The ascent stops at the first step
+   with ``D⁺ ≤ c_α`` — the membership signal has reached its null level — where
+
+       c_α = sqrt( ln(1/α) / 2 · (1/n_F + 1/m_eff) ),   m_eff = (Σ w_k)² / Σ w_k²  (Kish),
+
+   the asymptotic one-sided KS critical value at level ``α`` (``alpha``; Smirnov 1939). The
+   crossing step is bisected to the smallest ``α_step`` (to 1e-6 of a step) with ``D⁺ ≤ c_α``.
+   Neither rule looks at the retrained model (the unlearner does not have it).
+
+``path_every = k > 0`` records the ascent path every ``k`` steps (and at the start and the final
+point) in ``trace.path``: ``step`` (fractional at the bisected end), ``forget_loss``,
+``reference_loss``, ``statistic`` (``D⁺``) and ``threshold`` (``c_α``), plus whatever the
+``observe(θ)`` callback returns (the harness adds the KL/disagreement to the retrained model and
+test accuracy: an observer only, never used to stop).
+
 ``mode="iterative"`` recomputes the gradient at the current model at every step (plain
 multi-epoch gradient ascent, the paper's baseline). The reference loss/accuracy is the
 *current* model's (``fixed_reference=False``) or the original model's (``True``).
@@ -43,7 +71,9 @@ paper's qualitative "careful calibration".
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -64,19 +94,23 @@ class UnlearningTrace(Record):
         mode: where the ascent directions came from: ``"first_epoch"`` (first pass at the
             trained model), ``"first_epoch_initial"`` (``initial_params``), ``"recorded"``
             (``recorded_gradients``) or ``"iterative"``.
-        criterion: ``"loss"``, ``"accuracy"`` or ``"either"``.
+        criterion: ``"loss"``, ``"accuracy"``, ``"either"`` or ``"membership"``.
         steps: ascent steps taken (the last one possibly partial, see ``final_fraction``).
         gradient_evaluations: forget-set gradients computed (replayed ones not counted).
         final_fraction: fraction ``α`` of the last step kept by the calibration (1.0 = whole).
         bisections: bisection iterations spent calibrating the last step.
         calibrated: whether the stopping criterion was met (``False``: ``max_steps`` ran out).
         stop_reason: ``"already_calibrated"``, ``"loss_reached_reference"``,
-            ``"accuracy_reached_reference"`` or ``"max_steps"``.
+            ``"accuracy_reached_reference"``, ``"membership_at_null"`` or ``"max_steps"``.
         tol: loss tolerance of the calibration.
+        alpha: level of the membership criterion's null threshold ``c_α``.
         forget_loss, reference_loss, forget_accuracy, reference_accuracy: per full step,
             index 0 is the starting model (the last entry is the calibrated final model). The
             reference numbers are the current model's (with ``fixed_reference`` the target was
             the original model's, i.e. entry 0).
+        statistic, threshold: ``D⁺`` and ``c_α`` per full step like the losses (membership
+            criterion; empty otherwise).
+        path: every ``path_every`` steps (see the module docstring), ``[]`` when not recorded.
 
     ``to_dict()`` adds ``final_forget_loss``/``final_reference_loss``/``final_forget_accuracy``/
     ``final_reference_accuracy``.
@@ -95,6 +129,10 @@ class UnlearningTrace(Record):
     reference_loss: list[float]
     forget_accuracy: list[float]
     reference_accuracy: list[float]
+    alpha: float = 0.05
+    statistic: list[float] = field(default_factory=list)
+    threshold: list[float] = field(default_factory=list)
+    path: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def final_forget_loss(self) -> float:
@@ -112,12 +150,42 @@ class UnlearningTrace(Record):
         return to_plain(out)
 
 
+def membership_statistic(forget_losses: Tensor, forget_y: Tensor, reference_losses: Tensor,
+                         reference_y: Tensor, alpha: float = 0.05) -> tuple[float, float]:
+    """Class-matched one-sided KS statistic ``D⁺`` and its null threshold ``c_α`` (formulas in
+    the module docstring) → ``(D⁺, c_α)``; ``D⁺ ≤ c_α``: no membership signal at level ``α``."""
+    lf = forget_losses.detach().to(torch.float64).reshape(-1)
+    lr_ = reference_losses.detach().to(torch.float64).reshape(-1)
+    ncls = int(max(int(forget_y.max()), int(reference_y.max()))) + 1
+    m_c = torch.bincount(reference_y.reshape(-1), minlength=ncls).to(torch.float64)
+    keep = m_c[forget_y.reshape(-1)] > 0  # forget examples of classes absent from R are dropped
+    lf, yf = lf[keep], forget_y.reshape(-1)[keep]
+    n_f = int(lf.numel())
+    if n_f == 0:
+        raise ValueError("no forget example has a class present in the reference set")
+    pi_f = torch.bincount(yf, minlength=ncls).to(torch.float64) / n_f
+    w_r = pi_f[reference_y.reshape(-1)] / m_c[reference_y.reshape(-1)].clamp_min(1.0)
+    # F̂_F − Ĝ_R at every observed loss: sort the union, cumulative weights, ties as groups
+    vals = torch.cat([lf, lr_])
+    wts = torch.cat([torch.full((n_f,), 1.0 / n_f, dtype=torch.float64), -w_r])
+    order = torch.argsort(vals, stable=True)
+    v, c = vals[order], torch.cumsum(wts[order], 0)
+    last = torch.ones_like(v, dtype=torch.bool)
+    last[:-1] = v[1:] != v[:-1]  # the CDFs are evaluated after the last of a group of ties
+    d_plus = max(float(c[last].max()), 0.0)
+    m_eff = float(w_r.sum() ** 2 / (w_r**2).sum().clamp_min(1e-300))
+    thr = math.sqrt(math.log(1.0 / alpha) / 2.0 * (1.0 / n_f + 1.0 / max(m_eff, 1e-300)))
+    return d_plus, thr
+
+
 @dataclass
 class _Eval:
     f_loss: float
     r_loss: float
     f_acc: float
     r_acc: float
+    stat: float = float("nan")
+    thr: float = float("nan")
 
 
 def unlearn_gradient_ascent(
@@ -138,9 +206,12 @@ def unlearn_gradient_ascent(
     normalize: bool = True,
     criterion: str = "loss",
     tol: float = 1e-3,
+    alpha: float = 0.05,
     fixed_reference: bool = False,
     max_bisections: int = 60,
     generator: torch.Generator | None = None,
+    path_every: int = 0,
+    observe: Callable[[Tensor], dict[str, Any]] | None = None,
 ) -> tuple[Tensor, UnlearningTrace]:
     """Calibrated gradient ascent on the forget set (procedure in the module docstring).
 
@@ -159,31 +230,39 @@ def unlearn_gradient_ascent(
         initial_params: the head training started from; first-epoch gradients are recomputed
             there (``mode="first_epoch"`` only).
         normalize: step along ``g/‖g‖`` (``lr`` is then the step length) instead of ``g``.
-        criterion: ``"loss"``, ``"accuracy"`` or ``"either"``.
+        criterion: ``"loss"``, ``"accuracy"``, ``"either"`` or ``"membership"`` (class-matched
+            KS statistic at its null level ``c_α``).
         tol: the calibrated forget loss lies in ``[L_R, L_R + tol]`` (loss criterion).
+        alpha: level ``α`` of the membership criterion's threshold ``c_α``.
         fixed_reference: compare with the *original* model's reference loss/accuracy instead of
             the current model's.
         max_bisections: cap on bisection iterations for the last step.
         generator: shuffles the forget set into minibatches (only with ``batch_size``).
+        path_every: record ``trace.path`` every this many steps (0: no path).
+        observe: ``θ ↦ {key: value}`` added to each path point (an observer; never used to stop).
 
     Returns:
         ``(new_params [P], UnlearningTrace)``.
     """
-    if criterion not in {"loss", "accuracy", "either"}:
-        raise ValueError(f"criterion must be 'loss', 'accuracy' or 'either', got {criterion!r}")
+    if criterion not in {"loss", "accuracy", "either", "membership"}:
+        raise ValueError(f"criterion must be 'loss', 'accuracy', 'either' or 'membership', got {criterion!r}")
     if mode not in {"first_epoch", "iterative"}:
         raise ValueError(f"mode must be 'first_epoch' or 'iterative', got {mode!r}")
-    if lr <= 0 or max_steps < 0 or tol <= 0:
-        raise ValueError("lr and tol must be > 0 and max_steps >= 0")
+    if lr <= 0 or max_steps < 0 or tol <= 0 or not 0 < alpha < 1 or path_every < 0:
+        raise ValueError("lr and tol must be > 0, alpha in (0, 1), max_steps and path_every >= 0")
     dtype = torch.float64
     theta0 = params.detach().to(dtype).clone()
     fx, rx = forget_x.to(dtype), reference_x.to(dtype)
+    member = criterion == "membership"
 
     def evaluate(theta: Tensor) -> _Eval:
         zf = head_logits(theta, fx, layer_shape, bias)
         zr = head_logits(theta, rx, layer_shape, bias)
-        return _Eval(float(ce_losses(zf, forget_y).mean()), float(ce_losses(zr, reference_y).mean()),
-                     accuracy(zf, forget_y), accuracy(zr, reference_y))
+        lf, lr_ = ce_losses(zf, forget_y), ce_losses(zr, reference_y)
+        e = _Eval(float(lf.mean()), float(lr_.mean()), accuracy(zf, forget_y), accuracy(zr, reference_y))
+        if member:
+            e.stat, e.thr = membership_statistic(lf, forget_y, lr_, reference_y, alpha)
+        return e
 
     start = evaluate(theta0)
 
@@ -194,6 +273,8 @@ def unlearn_gradient_ascent(
         return e.f_loss - targets(e)[0]
 
     def reached(e: _Eval) -> tuple[bool, str]:
+        if member:
+            return (True, "membership_at_null") if e.stat <= e.thr else (False, "")
         loss_ok = loss_gap(e) >= 0
         acc_ok = e.f_acc <= targets(e)[1]
         if criterion in {"loss", "either"} and loss_ok:
@@ -202,17 +283,31 @@ def unlearn_gradient_ascent(
             return True, "accuracy_reached_reference"
         return False, ""
 
-    hist: dict[str, list[float]] = {"fl": [start.f_loss], "rl": [start.r_loss], "fa": [start.f_acc],
-                                    "ra": [start.r_acc]}
+    hist: dict[str, list[float]] = {k: [] for k in ("fl", "rl", "fa", "ra", "st", "th")}
+    path: list[dict[str, Any]] = []
 
-    def push(e: _Eval) -> None:
+    def point(step: float, theta: Tensor, e: _Eval) -> None:
+        pt: dict[str, Any] = {"step": step, "forget_loss": e.f_loss, "reference_loss": e.r_loss,
+                              "statistic": e.stat if member else None, "threshold": e.thr if member else None}
+        if observe is not None:
+            pt.update(observe(theta))
+        path.append(pt)
+
+    def push(e: _Eval, step: int | None, theta: Tensor) -> None:
         for key, val in zip(("fl", "rl", "fa", "ra"), (e.f_loss, e.r_loss, e.f_acc, e.r_acc), strict=True):
             hist[key].append(val)
+        if member:
+            hist["st"].append(e.stat)
+            hist["th"].append(e.thr)
+        if path_every and step is not None and step % path_every == 0:
+            point(float(step), theta, e)
+
+    push(start, 0, theta0)
 
     def trace(steps: int, evals: int, frac: float, bis: int, ok: bool, reason: str,
               used_mode: str) -> UnlearningTrace:
         return UnlearningTrace(used_mode, criterion, steps, evals, frac, bis, ok, reason, tol,
-                               hist["fl"], hist["rl"], hist["fa"], hist["ra"])
+                               hist["fl"], hist["rl"], hist["fa"], hist["ra"], alpha, hist["st"], hist["th"], path)
 
     if recorded_gradients is not None:
         used_mode = "recorded"
@@ -262,14 +357,14 @@ def unlearn_gradient_ascent(
         done, reason = reached(e)
         if not done:
             theta = cand
-            push(e)
+            push(e, step, theta)
             continue
         # bisect α ∈ (lo, hi] on θ(α) = θ + α η g; criterion false at lo, true at hi
         lo, hi, e_hi, bis = 0.0, 1.0, e, 0
         while bis < max_bisections:
             if reason == "loss_reached_reference" and loss_gap(e_hi) <= tol:
                 break
-            if reason == "accuracy_reached_reference" and hi - lo <= 1e-6:
+            if reason in ("accuracy_reached_reference", "membership_at_null") and hi - lo <= 1e-6:
                 break
             mid = 0.5 * (lo + hi)
             e_mid = evaluate(theta + mid * lr * g)
@@ -279,8 +374,13 @@ def unlearn_gradient_ascent(
             else:
                 lo = mid
             bis += 1
-        push(e_hi)
-        return (theta + hi * lr * g).to(params.dtype), trace(step, evals, hi, bis, True, reason, used_mode)
+        final = theta + hi * lr * g
+        push(e_hi, None, final)
+        if path_every:
+            point(step - 1 + hi, final, e_hi)
+        return final.to(params.dtype), trace(step, evals, hi, bis, True, reason, used_mode)
+    if path_every and max_steps % path_every:
+        point(float(max_steps), theta, evaluate(theta))
     return theta.to(params.dtype), trace(max_steps, evals, 1.0, 0, False, "max_steps", used_mode)
 
 
