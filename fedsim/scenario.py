@@ -489,6 +489,9 @@ def plain_tree(data: Any, source: str = "scenario") -> Any:
     return copy(data, 0)
 
 
+MAX_ERRORS_IN_LINE = 6  # schema errors joined into one ScenarioError line; the rest are counted
+
+
 def parse(data: Any, source: str = "scenario", *, require_data: bool = False) -> Scenario:
     """Validate a mapping (already-loaded YAML) into a :class:`Scenario`: the schema, then
     :func:`check_semantics`. ``require_data``: a dataset whose files are missing is an error
@@ -503,7 +506,10 @@ def parse(data: Any, source: str = "scenario", *, require_data: bool = False) ->
         sc = Scenario.model_validate(data)
     except ValidationError as e:
         msgs = _messages(e)
-        raise ScenarioError(f"{source}: " + "; ".join(msgs), [f"{source}: {m}" for m in msgs]) from None
+        shown = "; ".join(msgs[:MAX_ERRORS_IN_LINE])
+        if len(msgs) > MAX_ERRORS_IN_LINE:  # the line stays readable; `fedsim validate` prints every one
+            shown += f"; and {len(msgs) - MAX_ERRORS_IN_LINE} more (fedsim validate lists each)"
+        raise ScenarioError(f"{source}: {shown}", [f"{source}: {m}" for m in msgs]) from None
     except (ValueError, TypeError, OverflowError) as e:
         raise ScenarioError(f"{source}: {e}") from None
     load_plugins(sc, source)
