@@ -162,8 +162,18 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_dri
     }
     try:
         if not local:
-            ray.init(address=address, **kw)
-            return True
+            for attempt in (1, 2):
+                try:
+                    ray.init(address=address, **kw)
+                    return True
+                except ConnectionAbortedError:  # Ray client: "Initialization failure from server"
+                    # the cluster's client server starts a process per client; on a loaded machine that
+                    # start can fail once (seen in CI's two-node test): one retry, then the error
+                    if attempt == 2 or not address.startswith("ray://"):
+                        raise
+                    import time
+
+                    time.sleep(2.0)
         kw |= {"address": "local", "num_cpus": num_cpus, "_node_ip_address": LOOPBACK}
         kw["_temp_dir"] = str(private_ray_dir() / "ray")
         with _loopback_node():
