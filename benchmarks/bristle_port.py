@@ -393,7 +393,10 @@ def main() -> None:
         overrides[k] = yaml.safe_load(v)
     finals = []
     for s in (int(x) for x in a.seeds.split(",")):
-        res = run_port(a.scenario, s, a.iterations, ablate, overrides)
+        try:
+            res = run_port(a.scenario, s, a.iterations, ablate, overrides)
+        except (ValueError, OSError) as e:  # a scenario error, a missing backbone file: one line
+            raise SystemExit(f"bristle_port: {e}") from None
         finals.append(res[max(res)])
         print(f"seed {s}: " + " ".join(f"{k}:{100 * v:.2f}" for k, v in sorted(res.items())))
     f = np.array(finals) * 100

@@ -72,9 +72,12 @@ class AuthorsCNN(nn.Module):
         path = path or os.environ.get(ENV)
         if not path:
             raise ValueError(f"backbone authors_emnist_cnn: set {ENV} to the DL4J model file (transfer-mnist)")
-        with zipfile.ZipFile(path) as z:
-            conf = json.loads(z.read("configuration.json"))
-            flat = read_nd4j_row(z.read("coefficients.bin"))
+        try:
+            with zipfile.ZipFile(path) as z:
+                conf = json.loads(z.read("configuration.json"))
+                flat = read_nd4j_row(z.read("coefficients.bin"))
+        except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, struct.error) as e:
+            raise ValueError(f"backbone authors_emnist_cnn: {path} is not a DL4J model file ({e})") from None
         layers = [c["layer"] for c in conf["confs"]]
         convs = [ly for ly in layers if ly["@class"].endswith("ConvolutionLayer")]
         if [(ly["nin"], ly["nout"], ly["kernelSize"]) for ly in convs] != [(1, 10, [5, 5]), (10, 50, [5, 5])]:

@@ -171,3 +171,11 @@ def test_dl4j_backbone_needs_the_file(dl4j, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.delenv(dl4j.ENV, raising=False)
     with pytest.raises(ValueError, match="FEDSIM_DL4J_BACKBONE"):
         dl4j.AuthorsCNN()
+
+
+def test_dl4j_backbone_refuses_another_file(dl4j, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = tmp_path / "not-a-model"
+    bad.write_bytes(b"hello")
+    monkeypatch.setenv(dl4j.ENV, str(bad))
+    with pytest.raises(ValueError, match="not a DL4J model file"):
+        dl4j.AuthorsCNN()
