@@ -83,9 +83,9 @@ UNLEARNING_DEFAULTS: dict[str, Any] = {
     "tol": 1e-3,
     "criterion": "membership",  # ascent stopping rule: class-matched KS at its null level, or loss/accuracy/either
     "alpha": 0.05,  # level of the membership criterion's null threshold c_α
-    # with calibration canaries: "pooled" (one statistic, reference re-weighted to the forget set's
-    # canary/natural and class mix) or "separate" (canaries and natural data each at α/2)
-    "stop_groups": "pooled",
+    # with calibration canaries: "separate" (canaries and natural data each tested at α/2) or "pooled"
+    # (one statistic, the reference re-weighted to the forget set's canary/natural and class mix)
+    "stop_groups": "separate",
     "path_every": 10,  # record the ascent path (stopping statistic, KL to the retrained head) every k steps
     "canaries": None,  # e.g. {count: 50, kind: mislabelled}: planted in the leaver's shard (fedsim.canaries)
     "permutations": 999,  # label permutations of every membership null distribution

@@ -264,7 +264,7 @@ def test_canaries_planted_detected_and_absent_after_retraining(tmp_path: Path) -
     can = run.prepared.canaries
     shards = [t for s in sorted(run.prepared.setups, key=lambda s: s.first) for t in s.train_idx]
     assert can is not None and can.peer == e["peer"] and np.isin(can.member_idx, shards[can.peer]).all()
-    assert e["membership_setup"]["canaries"] == {"kind": "ood", "members": 40, "heldout": 400}
+    assert e["membership_setup"]["canaries"] == {"kind": "ood", "members": 40, "heldout": 200, "calibration": 200}
     before, retrained = e["membership"]["before"], e["membership"]["retrained"]
     b = before["canary_loss"]
     assert b["p_value"] < 0.01 and b["advantage"] > b["null_q95"]
