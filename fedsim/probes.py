@@ -685,10 +685,10 @@ def _selection_numbers(cfg: dict[str, Any], ctx: _Ctx, before: Tensor, theta: Te
 def choose_method(methods: dict[str, Any]) -> str | None:
     """The method :data:`SELECTION_RULE` picks from ``methods`` (``None`` if none qualifies)."""
     base = methods["none"]["selection"]["calibration_accuracy"]
-    ok = [(r["selection"]["calibration_kl_from_trained"], name) for name, r in methods.items()
+    ok = [(r["selection"]["calibration_kl_from_trained"], name != "none", name) for name, r in methods.items()
           if r["selection"]["statistic"] <= r["selection"]["threshold"]
           and r["selection"]["calibration_accuracy"] >= base - 0.01]
-    return min(ok)[1] if ok else None
+    return min(ok)[2] if ok else None  # a tie with doing nothing (a 0-step method) is doing nothing
 
 
 def run_unlearning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:

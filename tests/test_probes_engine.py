@@ -282,4 +282,6 @@ def test_choose_method_rule() -> None:
                "c": m(0.2, 0.90, 0.001), "d": m(0.0, 0.85, 0.0001)}
     assert choose_method(methods) == "b"  # c: still a signal; d: costs 5 points; a: moves more than b
     assert choose_method({**methods, "none": m(0.05, 0.90, 0.0)}) == "none"  # nothing to remove
+    # a method that took 0 steps ties with doing nothing: the rule names doing nothing, not the method
+    assert choose_method({"ascent": m(0.05, 0.90, 0.0), "none": m(0.05, 0.90, 0.0)}) == "none"
     assert choose_method({"none": m(0.3, 0.9, 0.0), "c": m(0.2, 0.9, 0.0)}) is None
