@@ -205,6 +205,8 @@ def test_format_probes_tables(done) -> None:
         ({"kind": "unlearning", "alpha": 1.0}, "alpha"),
         ({"kind": "unlearning", "path_every": -1}, "path_every"),
         ({"kind": "unlearning", "canaries": {"kind": "x"}}, "canaries.kind"),
+        ({"kind": "unlearning", "canaries": {"heldout": 10, "calibration": 9}}, "canaries.calibration"),
+        ({"kind": "unlearning", "stop_groups": "both"}, "stop_groups"),
         ({"kind": "cloning", "queries": []}, "queries"),
         ({"kind": "cloning", "topk": [0]}, "topk"),
         ({"kind": "cloning", "defences": [{"kind": "noise", "sigma": -1}]}, "defences.0.sigma"),
