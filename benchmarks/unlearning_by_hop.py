@@ -7,7 +7,9 @@ its natural part and its planted canaries, and on the retained data, with the sh
 that the damped Newton removal (:func:`attacks.probes.newton_removal`, the probe's ``newton``
 method) closes at ``j``; then the mean per hop distance from the leaver. At the probe's target
 it also prints the Newton removal for several damping values ``λ`` and multiples of the step.
-The control is the first row of every peer: doing nothing.
+The control is the first row of every peer: doing nothing. Last, re-contamination: the Newton
+removal at the leaver's neighbours / within 2 hops / everywhere / nowhere (the control), then R
+rounds of plain averaging without the leaver and without local training (:func:`regossip`).
 
     PYTHONPATH=. python benchmarks/unlearning_by_hop.py [scenario.yaml] [--set key=value ...]
 
@@ -38,6 +40,8 @@ def main() -> None:
     ap_.add_argument("scenario", nargs="?", default="scenarios/unlearning.yaml")
     ap_.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap_.add_argument("--damping", type=float, default=1e-3)
+    ap_.add_argument("--rounds", type=lambda v: [int(x) for x in v.split(",")], default=[0, 1, 5, 20],
+                     help="gossip rounds after unlearning to report (comma-separated)")
     args = ap_.parse_args()
     overrides = sc_mod.parse_sets(["engine.backend=local", *args.set])
     sc = sc_mod.load(args.scenario, overrides)
@@ -101,6 +105,52 @@ def main() -> None:
     step = ap.newton_removal(before, shape, bias, forget, retain, damping=args.damping)[0] - before
     for s in (0.5, 0.75, 1.25, 1.5, 2.0):
         row(f"{s} × step (λ = {args.damping:g})", before + s * step)
+    regossip(ctx, peer, hops, retrained, splits, args.damping, args.rounds)
+
+
+def regossip(ctx: fp._Ctx, peer: int, hops: np.ndarray, retrained: torch.Tensor, splits: dict[str, torch.Tensor],
+             damping: float, rounds: list[int]) -> None:
+    """Re-contamination through gossip, *averaging only*: who unlearns (nobody — the control —, the
+    leaver's neighbours, peers within 2 hops, everyone) by the Newton removal, then ``R`` rounds of
+    the scenario's plain averaging over round-``40 + r`` in-neighbours without the leaver (its
+    messages no longer arrive) and **without further local training** (a departure: the federation
+    keeps averaging, nobody trains). Printed: mean KL(retrained_j ‖ θ_j) per hop on the forget set's
+    natural part and canaries."""
+    shape, bias = ctx.layer_shape, ctx.bias
+    forget = ctx.peer_data([peer])
+    retain = ctx.peer_data([j for j in range(ctx.n) if ctx.honest[j] and j != peer])
+    honest = [j for j in np.flatnonzero(ctx.honest) if j != peer]
+    newton = {j: ap.newton_removal(ctx.final_params[j], shape, bias, forget, retain, damping=damping)[0]
+              for j in honest}
+    policies = {"nobody (control)": 0, "neighbours": 1, "within 2 hops": 2, "everyone": 99}
+    hop_set = sorted({int(hops[j]) for j in honest})
+    names = [k for k in ("natural", "canaries", "forget") if k in splits][:2]
+    print(f"\nre-contamination (averaging only, no local training): mean KL(retrained ‖ θ) per hop, "
+          f"{' / '.join(names)}")
+    print("| who unlearns | R | " + " | ".join(f"hop {h}" for h in hop_set) + " |")
+    print("|---" * (2 + len(hop_set)) + "|")
+    for label, k in policies.items():
+        theta = ctx.final_params.clone()
+        for j in honest:
+            if hops[j] <= k:
+                theta[j] = newton[j]
+        done = 0
+        for r in sorted(rounds):
+            while done < r:
+                nb = fp.in_neighbors(ctx.topology, ctx.rounds + done)
+                new = theta.clone()
+                for j in honest:
+                    senders = [int(i) for i in nb[j] if int(i) != peer and ctx.honest[int(i)]]
+                    new[j] = theta[[j, *senders]].mean(0)
+                theta, done = new, done + 1
+            cells = []
+            for h in hop_set:
+                at = [j for j in honest if hops[j] == h]
+                kl = [[ap.kl_and_disagreement(retrained[j], theta[j], splits[n], shape, bias)[0] for n in names]
+                      for j in at]
+                m = np.mean(kl, 0)
+                cells.append(" / ".join(f"{v:.4f}" for v in m))
+            print(f"| {label} | {r} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
