@@ -10,7 +10,8 @@ Unlearning (``kind: unlearning``) — a peer leaves and asks that its data be fo
 * forget set = the leaving peer's training samples; retained set = the other honest peers'
   training samples; the test set is split once (deterministically from the seed) into a
   held-out part (``heldout_fraction``) and the rest (test accuracy). The held-out part is halved
-  again: a *calibration* half (the gradient ascent's stopping reference, and the shadow pool of
+  again: a *calibration* half (the gradient ascent's stopping reference — with canaries joined by
+  the calibration canaries, :func:`fedsim.canaries.stopping_reference` — and the shadow pool of
   offline LiRA) and an *MIA* half (the non-members of every membership-inference number), so the
   attack is never scored on the data the calibration or the shadows used.
 * the target's head (the leaver's first honest in-neighbour by default; the global model in
