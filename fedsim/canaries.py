@@ -23,7 +23,10 @@ Kinds (``probes[i].canaries.kind``), with ``C`` classes and training features ``
 Everything is deterministic from the scenario seed (stream ``"canaries"``). Member canaries are
 appended to the training arrays (new indices ``n_train .. n_train+count−1``) and to the leaver's
 training indices *after* the partition is drawn, so the other peers' data is unchanged; the
-held-out canaries are kept aside (:class:`Canaries`), never given to any peer. The run retrained
+held-out canaries are kept aside (:class:`Canaries`), never given to any peer, and split at random
+once more (``calibration``): one part joins the unlearning stopping rule's reference set (so the
+rule can see canaries against matched non-members, :mod:`fedsim.probes`), the rest are the
+membership tests' non-members; no held-out canary serves both. The run retrained
 without the leaver builds the same canaries; its leaver is absent, so there every canary is a
 non-member.
 
@@ -47,7 +50,10 @@ KINDS = ("mislabelled", "ood")
 DEFAULTS: dict[str, Any] = {
     "count": 50,  # member canaries planted in the leaver's shard
     "kind": "mislabelled",
-    "heldout": 1000,  # held-out canaries (non-members): half fix thresholds, half are scored
+    "heldout": 1000,  # held-out canaries (non-members), never trained on; split by ``calibration``
+    # held-out canaries given to the unlearning stopping rule's reference (null: half of heldout);
+    # the other heldout - calibration are the membership tests' non-members (evaluation only)
+    "calibration": None,
     "scale": 1.0,  # ood only: noise scale s in units of the per-feature standard deviation
 }
 
@@ -60,7 +66,11 @@ class Canaries:
         peer: the leaving peer whose shard holds the members.
         kind: ``mislabelled`` or ``ood``.
         member_idx: indices of the member canaries in the (augmented) training arrays.
-        heldout_x, heldout_y: the held-out canaries ``[m, d]``, ``[m]`` (never trained on).
+        heldout_x, heldout_y: the *evaluation* held-out canaries ``[m, d]``, ``[m]`` (never trained
+            on): the membership tests' non-members and the canary LiRA's population.
+        calibration_x, calibration_y: the *calibration* held-out canaries ``[k, d]``, ``[k]`` (never
+            trained on, disjoint from the evaluation ones): they join the unlearning stopping rule's
+            reference set and are used for nothing else.
     """
 
     peer: int
@@ -68,6 +78,8 @@ class Canaries:
     member_idx: np.ndarray
     heldout_x: np.ndarray
     heldout_y: np.ndarray
+    calibration_x: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    calibration_y: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def validate(where: str, v: Any) -> dict[str, Any] | None:
@@ -87,6 +99,13 @@ def validate(where: str, v: Any) -> dict[str, Any] | None:
         out[k] = int(x)
     if out["kind"] not in KINDS:
         raise ValueError(f"{where}.kind: got {out['kind']!r}; allowed: {', '.join(KINDS)}")
+    cal = out["calibration"]
+    if cal is None:
+        cal = min(out["heldout"] // 2, out["heldout"] - 2)
+    if not isinstance(cal, (int, np.integer)) or isinstance(cal, bool) or not 0 <= cal <= out["heldout"] - 2:
+        raise ValueError(f"{where}.calibration: must be an integer in [0, heldout - 2] = [0, {out['heldout'] - 2}] "
+                         f"(at least 2 held-out canaries stay for evaluation) or null, got {cal!r}")
+    out["calibration"] = int(cal)
     s = out["scale"]
     if not isinstance(s, (int, float)) or isinstance(s, bool) or not np.isfinite(s) or s <= 0:
         raise ValueError(f"{where}.scale: must be a number > 0, got {s!r}")
@@ -144,6 +163,7 @@ def plant(feats: Features, train: list[np.ndarray], byzantine: np.ndarray, probe
         y = gen.integers(0, c, size=count + m)
     order = gen.permutation(count + m)  # which draws become members: a random split of one population
     mem, held = order[:count], order[count:]
+    cal, held = held[: cfg["calibration"]], held[cfg["calibration"] :]  # one random split, no overlap
     n0 = len(y_tr)
     new = dataclasses.replace(
         feats,
@@ -153,5 +173,31 @@ def plant(feats: Features, train: list[np.ndarray], byzantine: np.ndarray, probe
     member_idx = np.arange(n0, n0 + count, dtype=np.int64)
     train = [np.concatenate([t, member_idx]) if j == peer else t for j, t in enumerate(train)]
     can = Canaries(peer=peer, kind=cfg["kind"], member_idx=member_idx, heldout_x=x[held].astype(x_tr.dtype),
-                   heldout_y=y[held].astype(y_tr.dtype))
+                   heldout_y=y[held].astype(y_tr.dtype), calibration_x=x[cal].astype(x_tr.dtype),
+                   calibration_y=y[cal].astype(y_tr.dtype))
     return new, train, can
+
+
+
+def stopping_reference(can: Canaries | None, forget_idx: np.ndarray, forget_y: np.ndarray, ref_x: np.ndarray,
+                       ref_y: np.ndarray, num_classes: int
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The unlearning stopping rule's reference set and the strata that match it to the forget set.
+
+    ``forget_idx``/``forget_y`` are the leaver's training indices and labels (member canaries
+    included), ``(ref_x, ref_y)`` the natural calibration split. With calibration canaries
+    (``can.calibration_y`` non-empty) the reference is the natural calibration split followed by
+    them, and both sets' strata are ``class + num_classes·[canary]`` (the statistic re-weights the
+    reference to the forget set's canary/natural and class mix). Without them the reference is the
+    natural split and the strata are ``None`` (match on classes only, as before canaries).
+
+    Returns ``(x, y, forget_strata, reference_strata)``.
+    """
+    if can is None or len(can.calibration_y) == 0:
+        return ref_x, ref_y, None, None
+    x = np.concatenate([ref_x, can.calibration_x.astype(ref_x.dtype)])
+    y = np.concatenate([ref_y, can.calibration_y.astype(ref_y.dtype)])
+    forget_canary = np.isin(forget_idx, can.member_idx)
+    ref_canary = np.r_[np.zeros(len(ref_y), bool), np.ones(len(can.calibration_y), bool)]
+    return (x, y, np.asarray(forget_y, np.int64) + num_classes * forget_canary,
+            y.astype(np.int64) + num_classes * ref_canary)

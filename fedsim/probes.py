@@ -10,7 +10,8 @@ Unlearning (``kind: unlearning``) — a peer leaves and asks that its data be fo
 * forget set = the leaving peer's training samples; retained set = the other honest peers'
   training samples; the test set is split once (deterministically from the seed) into a
   held-out part (``heldout_fraction``) and the rest (test accuracy). The held-out part is halved
-  again: a *calibration* half (the gradient ascent's stopping reference, and the shadow pool of
+  again: a *calibration* half (the gradient ascent's stopping reference — with canaries joined by
+  the calibration canaries, :func:`fedsim.canaries.stopping_reference` — and the shadow pool of
   offline LiRA) and an *MIA* half (the non-members of every membership-inference number), so the
   attack is never scored on the data the calibration or the shadows used.
 * the target's head (the leaver's first honest in-neighbour by default; the global model in
@@ -83,6 +84,9 @@ UNLEARNING_DEFAULTS: dict[str, Any] = {
     "tol": 1e-3,
     "criterion": "membership",  # ascent stopping rule: class-matched KS at its null level, or loss/accuracy/either
     "alpha": 0.05,  # level of the membership criterion's null threshold c_α
+    # with calibration canaries: "separate" (canaries and natural data each tested at α/2) or "pooled"
+    # (one statistic, the reference re-weighted to the forget set's canary/natural and class mix)
+    "stop_groups": "separate",
     "path_every": 10,  # record the ascent path (stopping statistic, KL to the retrained head) every k steps
     "canaries": None,  # e.g. {count: 50, kind: mislabelled}: planted in the leaver's shard (fedsim.canaries)
     "permutations": 999,  # label permutations of every membership null distribution
@@ -180,6 +184,8 @@ def _validate_unlearning(i: int, p: dict[str, Any], num_peers: int | None) -> di
     if cfg["criterion"] not in ("membership", "loss", "accuracy", "either"):
         raise _err(i, "criterion", f"got {cfg['criterion']!r}; allowed: membership, loss, accuracy, either")
     cfg["alpha"] = _check_num(i, "alpha", cfg["alpha"], 0.0, 1.0)
+    if cfg["stop_groups"] not in ("pooled", "separate"):
+        raise _err(i, "stop_groups", f"got {cfg['stop_groups']!r}; allowed: pooled, separate")
     cfg["path_every"] = _check_int(i, "path_every", cfg["path_every"], 0)
     cfg["canaries"] = canaries_mod.validate(f"probes.{i}.canaries", cfg["canaries"])
     cfg["permutations"] = _check_int(i, "permutations", cfg["permutations"], 99)
@@ -517,7 +523,8 @@ def _membership(i: int, cfg: dict[str, Any], ctx: _Ctx, peer: int, models: dict[
         pop = (torch.cat([cx, torch.from_numpy(can.heldout_x).to(torch.float64)]),
                torch.cat([cy, torch.from_numpy(can.heldout_y).long()]))
         nm = len(can.member_idx)
-        info["canaries"] = {"kind": can.kind, "members": nm, "heldout": len(can.heldout_y)}
+        info["canaries"] = {"kind": can.kind, "members": nm, "heldout": len(can.heldout_y),
+                            "calibration": len(can.calibration_y)}
         if cfg["lira_shadows"]:
             others = np.concatenate([np.setdiff1d(ctx.train_idx[j], can.member_idx)
                                      for j in range(ctx.n) if ctx.honest[j]])
@@ -555,15 +562,55 @@ def to_plain_path(path: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [to_plain(p) for p in path]
 
 
+@dataclass
+class _StopRef:
+    """The stopping rule's reference: the natural calibration split plus the calibration canaries
+    (:func:`fedsim.canaries.stopping_reference`), and the strata that match it to the forget set
+    (``forget_strata``/``reference_strata`` keyword arguments; empty: match on classes)."""
+
+    x: Tensor
+    y: Tensor
+    strata: dict[str, Tensor]
+
+    def statistic(self, forget_losses: Tensor, forget_y: Tensor, reference_losses: Tensor,
+                  alpha: float) -> tuple[float, float]:
+        """``(D⁺, c_α)`` as the ascent computes it with these keyword arguments."""
+        k = self.strata
+        if "forget_groups" in k:
+            return ap.grouped_membership_statistic(forget_losses, k["forget_strata"], k["forget_groups"],
+                                                   reference_losses, k["reference_strata"], k["reference_groups"],
+                                                   alpha)
+        return ap.membership_statistic(forget_losses, k.get("forget_strata", forget_y), reference_losses,
+                                       k.get("reference_strata", self.y), alpha)
+
+
+def _stop_reference(cfg: dict[str, Any], ctx: _Ctx, peer: int, forget: tuple[Tensor, Tensor],
+                    cal: tuple[Tensor, Tensor]) -> _StopRef:
+    can = ctx.canaries if ctx.canaries is not None and ctx.canaries.peer == peer else None
+    x, y, fs, rs = canaries_mod.stopping_reference(can, ctx.train_idx[peer], forget[1].numpy(), cal[0].numpy(),
+                                                   cal[1].numpy(), ctx.num_classes)
+    strata: dict[str, Tensor] = {}
+    if fs is not None and rs is not None:
+        strata = {"forget_strata": torch.from_numpy(fs), "reference_strata": torch.from_numpy(rs)}
+        if cfg["stop_groups"] == "separate":  # canaries and natural data tested apart (Bonferroni α/2)
+            strata |= {"forget_groups": strata["forget_strata"] // ctx.num_classes,
+                       "reference_groups": strata["reference_strata"] // ctx.num_classes}
+    return _StopRef(torch.from_numpy(x), torch.from_numpy(y), strata)
+
+
 def _methods(cfg: dict[str, Any], ctx: _Ctx, before: Tensor, after: Tensor, retrained: Tensor | None,
              forget: tuple[Tensor, Tensor], retain: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor],
-             cal: tuple[Tensor, Tensor], recorded: Tensor | None = None) -> tuple[dict[str, Any], dict[str, Tensor]]:
+             cal: tuple[Tensor, Tensor], recorded: Tensor | None = None, stop: _StopRef | None = None,
+             extra_splits: dict[str, Tensor] | None = None) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """Every unlearning method beside the gradient ascent, judged against the retrained head in
     function space (:mod:`attacks.probes.retrain_gap`): ``none`` (do nothing), ``gradient_ascent``
     (the probe's calibrated ascent), ``bias_only_ascent`` (the same ascent and stopping rule on the
     class biases only), ``finetune_retain`` and ``newton`` (damped Newton/influence removal).
-    Without a retrained head only accuracies are reported."""
+    Without a retrained head only accuracies are reported. ``stop``: the membership rule's reference
+    (default: the natural calibration split ``cal``); ``extra_splits``: more ``{name: features}`` to
+    judge on (the forget set's natural examples and canaries)."""
     shape, bias = ctx.layer_shape, ctx.bias
+    stop = stop or _StopRef(cal[0], cal[1], {})
     heads: dict[str, Tensor] = {"none": before, "gradient_ascent": after}
     info: dict[str, dict[str, Any]] = {}
     if bias:
@@ -571,8 +618,8 @@ def _methods(cfg: dict[str, Any], ctx: _Ctx, before: Tensor, after: Tensor, retr
                                                                      shape, bias)[None]
         g0 = torch.stack([ap.bias_only(g, shape, bias) for g in grads])
         heads["bias_only_ascent"], tr = ap.unlearn_gradient_ascent(
-            before, shape, bias, forget[0], forget[1], cal[0], cal[1], cfg["lr"], cfg["max_steps"],
-            recorded_gradients=g0, tol=cfg["tol"], criterion=cfg["criterion"], alpha=cfg["alpha"])
+            before, shape, bias, forget[0], forget[1], stop.x, stop.y, cfg["lr"], cfg["max_steps"],
+            recorded_gradients=g0, tol=cfg["tol"], criterion=cfg["criterion"], alpha=cfg["alpha"], **stop.strata)
         info["bias_only_ascent"] = {"steps": tr.steps, "stop_reason": tr.stop_reason}
     heads["finetune_retain"] = ap.finetune_on_retain(before, shape, bias, retain, steps=cfg["finetune_steps"],
                                                      lr=cfg["finetune_lr"])
@@ -588,8 +635,9 @@ def _methods(cfg: dict[str, Any], ctx: _Ctx, before: Tensor, after: Tensor, retr
     quarter = float(direction.norm()) / 4
     if quarter > 0:
         heads["newton_calibrated"], tr = ap.unlearn_gradient_ascent(
-            before, shape, bias, forget[0], forget[1], cal[0], cal[1], quarter, 4 * cfg["newton_search_max"],
-            recorded_gradients=direction, criterion=cfg["criterion"], alpha=cfg["alpha"], tol=cfg["tol"])
+            before, shape, bias, forget[0], forget[1], stop.x, stop.y, quarter, 4 * cfg["newton_search_max"],
+            recorded_gradients=direction, criterion=cfg["criterion"], alpha=cfg["alpha"], tol=cfg["tol"],
+            **stop.strata)
         info["newton_calibrated"] = {"multiple": (tr.steps - 1 + tr.final_fraction) / 4 if tr.steps else 0.0,
                                      "stop_reason": tr.stop_reason}
     if cfg["criterion"] != "loss":  # the mean-loss rule beside the chosen one (it stops at 0 steps with canaries)
@@ -597,7 +645,7 @@ def _methods(cfg: dict[str, Any], ctx: _Ctx, before: Tensor, after: Tensor, retr
             before, shape, bias, forget[0], forget[1], cal[0], cal[1], cfg["lr"], cfg["max_steps"],
             mode=cfg["mode"], initial_params=torch.zeros_like(before), tol=cfg["tol"], recorded_gradients=recorded)
         info["ascent_loss_rule"] = {"steps": tr.steps, "stop_reason": tr.stop_reason}
-    splits = {"forget": forget[0], "retain": retain[0], "test": test[0]}
+    splits = {"forget": forget[0], "retain": retain[0], "test": test[0], **(extra_splits or {})}
     ref = None if retrained is None else ap.function_gap(retrained, before, splits, shape, bias)
     out: dict[str, Any] = {}
     for name, theta in heads.items():
@@ -609,7 +657,7 @@ def _methods(cfg: dict[str, Any], ctx: _Ctx, before: Tensor, after: Tensor, retr
         if retrained is not None and ref is not None:
             gap = ap.function_gap(retrained, theta, splits, shape, bias)
             rec.update(gap, kl_gap_closed=ap.gap_closed(ref, gap))
-        rec["selection"] = _selection_numbers(cfg, ctx, before, theta, forget, cal)
+        rec["selection"] = _selection_numbers(cfg, ctx, before, theta, forget, cal, stop)
         out[name] = rec
     return out, heads
 
@@ -621,14 +669,15 @@ SELECTION_RULE = ("among the methods (doing nothing included) whose forget-vs-ca
 
 
 def _selection_numbers(cfg: dict[str, Any], ctx: _Ctx, before: Tensor, theta: Tensor,
-                       forget: tuple[Tensor, Tensor], cal: tuple[Tensor, Tensor]) -> dict[str, float]:
+                       forget: tuple[Tensor, Tensor], cal: tuple[Tensor, Tensor], stop: _StopRef) -> dict[str, float]:
     """What the unlearner itself can see of a method (no retrained model): the membership statistic
-    ``D⁺`` and its threshold ``c_α`` (forget vs calibration), calibration accuracy, and the output
-    change ``KL(trained ‖ method)`` on the calibration split."""
+    ``D⁺`` and its threshold ``c_α`` (forget vs the stopping reference ``stop``), accuracy and the
+    output change ``KL(trained ‖ method)`` on the natural calibration split ``cal``."""
     shape, bias = ctx.layer_shape, ctx.bias
     lf = ap.ce_losses(ap.head_logits(theta, forget[0], shape, bias), forget[1])
     zc = ap.head_logits(theta, cal[0], shape, bias)
-    stat, thr = ap.membership_statistic(lf, forget[1], ap.ce_losses(zc, cal[1]), cal[1], cfg["alpha"])
+    ls = ap.ce_losses(ap.head_logits(theta, stop.x, shape, bias), stop.y)
+    stat, thr = stop.statistic(lf, forget[1], ls, cfg["alpha"])
     kl, _ = ap.kl_and_disagreement(before, theta, cal[0], shape, bias)
     return {"statistic": stat, "threshold": thr, "calibration_accuracy": ap.accuracy(zc, cal[1]),
             "calibration_kl_from_trained": kl}
@@ -637,10 +686,10 @@ def _selection_numbers(cfg: dict[str, Any], ctx: _Ctx, before: Tensor, theta: Te
 def choose_method(methods: dict[str, Any]) -> str | None:
     """The method :data:`SELECTION_RULE` picks from ``methods`` (``None`` if none qualifies)."""
     base = methods["none"]["selection"]["calibration_accuracy"]
-    ok = [(r["selection"]["calibration_kl_from_trained"], name) for name, r in methods.items()
+    ok = [(r["selection"]["calibration_kl_from_trained"], name != "none", name) for name, r in methods.items()
           if r["selection"]["statistic"] <= r["selection"]["threshold"]
           and r["selection"]["calibration_accuracy"] >= base - 0.01]
-    return min(ok)[1] if ok else None
+    return min(ok)[2] if ok else None  # a tie with doing nothing (a 0-step method) is doing nothing
 
 
 def run_unlearning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
@@ -661,6 +710,7 @@ def run_unlearning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
     retain = ctx.peer_data([j for j in range(ctx.n) if ctx.honest[j] and j != peer])
     cal_i, mia_i, test_i = heldout_split(len(ctx.y_test), cfg["heldout_fraction"], ctx.seed)
     cal, mia, test = ctx.data(cal_i, "test"), ctx.data(mia_i, "test"), ctx.data(test_i, "test")
+    stop = _stop_reference(cfg, ctx, peer, forget, cal)  # natural calibration split + calibration canaries
     shadows = None
     if cfg["lira_shadows"]:
         shadows = ap.train_shadow_heads(cal[0], cal[1], shape, bias, cfg["lira_shadows"],
@@ -671,6 +721,9 @@ def run_unlearning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
     retrained_all = torch.from_numpy(_retrain_without(ctx, peer)).to(torch.float64) if cfg["retrain"] else None
     retrained = None if retrained_all is None else retrained_all[ctx.row(target)]
     splits = {"forget": forget[0], "retain": retain[0], "test": test[0]}
+    if ctx.canaries is not None and ctx.canaries.peer == peer:  # the forget set's two parts, judged apart too
+        is_can = torch.from_numpy(np.isin(ctx.train_idx[peer], ctx.canaries.member_idx))
+        splits |= {"forget_natural": forget[0][~is_can], "forget_canaries": forget[0][is_can]}
 
     def observe(theta: Tensor) -> dict[str, Any]:  # the path's judge: recorded, never used to stop
         out: dict[str, Any] = {"test_accuracy": ap.accuracy(ap.head_logits(theta, test[0], shape, bias), test[1])}
@@ -679,13 +732,15 @@ def run_unlearning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
         return out
 
     after, trace = ap.unlearn_gradient_ascent(
-        before, shape, bias, forget[0], forget[1], cal[0], cal[1], cfg["lr"], cfg["max_steps"],
+        before, shape, bias, forget[0], forget[1], stop.x, stop.y, cfg["lr"], cfg["max_steps"],
         mode=cfg["mode"], initial_params=torch.zeros_like(before), tol=cfg["tol"], recorded_gradients=recorded,
         criterion=cfg["criterion"], alpha=cfg["alpha"], path_every=cfg["path_every"], observe=observe,
+        **stop.strata,
     )
     report = ap.evaluate_unlearning(before, after, retrained, forget, retain, test, mia, layer_shape=shape,
                                     bias=bias, shadows=shadows, trace=trace)
-    methods, heads = _methods(cfg, ctx, before, after, retrained, forget, retain, test, cal, recorded)
+    methods, heads = _methods(cfg, ctx, before, after, retrained, forget, retain, test, cal, recorded, stop,
+                              {k: v for k, v in splits.items() if k.startswith("forget_")})
     methods["gradient_ascent"].update(steps=trace.steps, stop_reason=trace.stop_reason, criterion=trace.criterion,
                                       path=to_plain_path(trace.path))
     extra = {k: v for k, v in heads.items() if k not in ("none", "gradient_ascent")}
@@ -705,7 +760,8 @@ def run_unlearning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
         "target": target,
         "forget_samples": len(forget[1]),
         "retain_samples": len(retain[1]),
-        "split": {"calibration": len(cal_i), "mia_nonmembers": len(mia_i), "test": len(test_i)},
+        "split": {"calibration": len(cal_i), "mia_nonmembers": len(mia_i), "test": len(test_i),
+                  "calibration_canaries": len(stop.y) - len(cal_i)},
         "lira_shadows": cfg["lira_shadows"],
         "retrained_dir": (str(ctx.run.dir / "probes" / f"retrain-without-{peer}") if cfg["retrain"] else None),
         "records": [report.to_dict()],

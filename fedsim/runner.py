@@ -172,7 +172,7 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     }
     if canaries is not None:
         info["canaries"] = {"peer": canaries.peer, "kind": canaries.kind, "members": len(canaries.member_idx),
-                            "heldout": len(canaries.heldout_y)}
+                            "heldout": len(canaries.heldout_y), "calibration": len(canaries.calibration_y)}
     return Prepared(sc, feats, setups, server, byz, f, num_params, FLOAT_BYTES * (num_params + extra), root, info,
                     topology=topo, canaries=canaries)
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedsim.canaries import plant, validate
+from fedsim.canaries import plant, stopping_reference, validate
 from fedsim.features import Features
 
 
@@ -38,7 +38,9 @@ def test_plant_adds_members_to_the_leaver_only(kind: str) -> None:
     assert np.array_equal(nf.x_train[:600], f.x_train)  # nobody's data changed
     assert np.array_equal(nt[2], np.concatenate([train[2], can.member_idx]))
     assert all(np.array_equal(nt[j], train[j]) for j in (0, 1, 3))
-    assert can.heldout_x.shape == (100, 8) and can.heldout_y.shape == (100,)
+    # the 100 held-out canaries: half (the default) for the stopping rule's reference, half for evaluation
+    assert can.heldout_x.shape == (50, 8) and can.heldout_y.shape == (50,)
+    assert can.calibration_x.shape == (50, 8) and can.calibration_y.shape == (50,)
     # members and held-out canaries are different draws of one construction
     assert not (nf.x_train[600:, None, :] == can.heldout_x[None]).all(-1).any()
     again = plant(f, train, byz, _probe(kind=kind), seed=5)[2]
@@ -68,7 +70,8 @@ def test_no_canaries_is_a_no_op() -> None:
 
 @pytest.mark.parametrize(("value", "key"), [
     ({"count": 1}, "count"), ({"kind": "noise"}, "kind"), ({"scale": 0}, "scale"), ({"heldout": 2.5}, "heldout"),
-    ({"repeats": 2}, "repeats"), ("50", "canaries"),
+    ({"repeats": 2}, "repeats"), ("50", "canaries"), ({"calibration": 999}, "calibration"),
+    ({"calibration": -1}, "calibration"), ({"calibration": 0.5}, "calibration"), ({"calibration": True}, "calibration"),
 ])
 def test_validation_names_the_key(value: Any, key: str) -> None:
     with pytest.raises(ValueError, match=rf"probes\.0\.canaries(\.{key})?: ") as e:
@@ -83,3 +86,42 @@ def test_too_few_sources_and_two_planting_probes() -> None:
     two = [{"kind": "unlearning", "canaries": {}}, {"kind": "unlearning", "canaries": {}}]
     with pytest.raises(ValueError, match=r"probes\.1\.canaries: only one"):
         plant(f, train, np.zeros(4, bool), two, 0)
+
+
+def test_calibration_split_is_a_disjoint_part_of_one_draw() -> None:
+    """``calibration: k`` moves k held-out canaries to the stopping rule's reference; members,
+    calibration and evaluation canaries are disjoint parts of one draw (the same draw as without a
+    split, so only the labelling of the held-out part changes)."""
+    f, train = _feats(), _train()
+    byz = np.zeros(4, bool)
+    nf, _, can = plant(f, train, byz, _probe(kind="ood", calibration=30), seed=5)
+    _, _, whole = plant(f, train, byz, _probe(kind="ood", calibration=0), seed=5)
+    assert can is not None and whole is not None
+    assert can.calibration_x.shape == (30, 8) and can.heldout_x.shape == (70, 8) and len(whole.calibration_y) == 0
+    assert np.array_equal(np.concatenate([can.calibration_x, can.heldout_x]), whole.heldout_x)
+    assert np.array_equal(np.concatenate([can.calibration_y, can.heldout_y]), whole.heldout_y)
+    members = nf.x_train[can.member_idx]
+    for a, b in ((can.calibration_x, can.heldout_x), (can.calibration_x, members)):
+        assert not (a[:, None, :] == b[None]).all(-1).any()
+    assert validate("w", {"heldout": 3})["calibration"] == 1  # null: half, at least 2 left for evaluation
+    assert validate("w", {"heldout": 2})["calibration"] == 0
+
+
+def test_stopping_reference_strata() -> None:
+    """Reference = natural calibration split + calibration canaries; strata ``class + C·[canary]``
+    on both sides; without calibration canaries the natural split and no strata."""
+    f, train = _feats(), _train()
+    nf, nt, can = plant(f, train, np.zeros(4, bool), _probe(kind="ood", calibration=30), seed=5)
+    assert can is not None
+    peer, c = can.peer, 4
+    fy = nf.y_train[nt[peer]]
+    rx, ry = np.asarray(f.x_test, np.float64), np.asarray(f.y_test)
+    x, y, fs, rs = stopping_reference(can, nt[peer], fy, rx, ry, c)
+    assert x.shape == (80, 8) and np.array_equal(x[50:], can.calibration_x.astype(np.float64))
+    assert fs is not None and rs is not None
+    is_can = np.isin(nt[peer], can.member_idx)
+    assert np.array_equal(fs, fy + c * is_can) and is_can.sum() == 20
+    assert np.array_equal(rs, np.r_[ry, can.calibration_y + c])
+    _, _, none = plant(f, train, np.zeros(4, bool), _probe(kind="ood", calibration=0), seed=5)
+    x0, y0, fs0, rs0 = stopping_reference(none, nt[peer], fy, rx, ry, c)
+    assert x0 is rx and y0 is ry and fs0 is None and rs0 is None

@@ -205,6 +205,8 @@ def test_format_probes_tables(done) -> None:
         ({"kind": "unlearning", "alpha": 1.0}, "alpha"),
         ({"kind": "unlearning", "path_every": -1}, "path_every"),
         ({"kind": "unlearning", "canaries": {"kind": "x"}}, "canaries.kind"),
+        ({"kind": "unlearning", "canaries": {"heldout": 10, "calibration": 9}}, "canaries.calibration"),
+        ({"kind": "unlearning", "stop_groups": "both"}, "stop_groups"),
         ({"kind": "cloning", "queries": []}, "queries"),
         ({"kind": "cloning", "topk": [0]}, "topk"),
         ({"kind": "cloning", "defences": [{"kind": "noise", "sigma": -1}]}, "defences.0.sigma"),
@@ -264,7 +266,7 @@ def test_canaries_planted_detected_and_absent_after_retraining(tmp_path: Path) -
     can = run.prepared.canaries
     shards = [t for s in sorted(run.prepared.setups, key=lambda s: s.first) for t in s.train_idx]
     assert can is not None and can.peer == e["peer"] and np.isin(can.member_idx, shards[can.peer]).all()
-    assert e["membership_setup"]["canaries"] == {"kind": "ood", "members": 40, "heldout": 400}
+    assert e["membership_setup"]["canaries"] == {"kind": "ood", "members": 40, "heldout": 200, "calibration": 200}
     before, retrained = e["membership"]["before"], e["membership"]["retrained"]
     b = before["canary_loss"]
     assert b["p_value"] < 0.01 and b["advantage"] > b["null_q95"]
@@ -282,4 +284,6 @@ def test_choose_method_rule() -> None:
                "c": m(0.2, 0.90, 0.001), "d": m(0.0, 0.85, 0.0001)}
     assert choose_method(methods) == "b"  # c: still a signal; d: costs 5 points; a: moves more than b
     assert choose_method({**methods, "none": m(0.05, 0.90, 0.0)}) == "none"  # nothing to remove
+    # a method that took 0 steps ties with doing nothing: the rule names doing nothing, not the method
+    assert choose_method({"ascent": m(0.05, 0.90, 0.0), "none": m(0.05, 0.90, 0.0)}) == "none"
     assert choose_method({"none": m(0.3, 0.9, 0.0), "c": m(0.2, 0.9, 0.0)}) is None

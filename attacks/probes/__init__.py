@@ -95,13 +95,14 @@ from attacks.probes.unlearning import (
     UnlearningTrace,
     evaluate_model,
     evaluate_unlearning,
+    grouped_membership_statistic,
     membership_statistic,
     unlearn_gradient_ascent,
 )
 
 __all__ = [
     "accuracy", "bias_only", "ce_gradient", "finetune_on_retain", "function_gap", "gap_closed",
-    "kl_and_disagreement", "membership_statistic", "newton_removal",
+    "kl_and_disagreement", "grouped_membership_statistic", "membership_statistic", "newton_removal",
     "MembershipTest", "ce_losses", "clopper_pearson", "crossfit_advantage", "lira_scores", "logit_confidence",
     "membership_test", "tpr_at_fixed_fpr", "train_heads_sgd",
     "AveragingOracle", "BottleneckHead", "ModelOracle", "RidgeRecovery", "kl_to_target", "project_logits",

@@ -52,6 +52,21 @@ minibatches (one batch by default):
    crossing step is bisected to the smallest ``α_step`` (to 1e-6 of a step) with ``D⁺ ≤ c_α``.
    Neither rule looks at the retrained model (the unlearner does not have it).
 
+   ``forget_strata`` / ``reference_strata`` replace the class labels in ``π_F`` and ``m_R`` (not
+   in the losses): the reference is then re-weighted to the forget set's mix of *strata*. The
+   harness passes ``class + C·[canary]`` when the reference holds held-out canaries, so the forget
+   set's planted canaries are matched with canaries the model never saw, and its natural examples
+   with natural ones, class by class (a stratum of the forget set absent from the reference is
+   dropped, as a class is).
+
+   ``forget_groups`` / ``reference_groups`` (a departure, ours) test groups separately instead of
+   pooling them: ``D⁺_g`` and ``c_{α/G,g}`` within each of the ``G`` groups present in the forget
+   set (still stratum-matched within the group; Bonferroni level ``α/G``), and the criterion
+   reports the group with the largest excess ``D⁺_g − c_g`` (so ``D⁺ ≤ c_α`` holds iff every group
+   is at its null level). Why: in the pooled statistic a group holding a share ``s`` of the forget
+   set moves ``D⁺`` by at most ``s`` — 50 planted canaries among 866 examples can add at most 0.058,
+   less than the null level, however strongly they are remembered.
+
 ``path_every = k > 0`` records the ascent path every ``k`` steps (and at the start and the final
 point) in ``trace.path``: ``step`` (fractional at the bisected end), ``forget_loss``,
 ``reference_loss``, ``statistic`` (``D⁺``) and ``threshold`` (``c_α``), plus whatever the
@@ -153,7 +168,9 @@ class UnlearningTrace(Record):
 def membership_statistic(forget_losses: Tensor, forget_y: Tensor, reference_losses: Tensor,
                          reference_y: Tensor, alpha: float = 0.05) -> tuple[float, float]:
     """Class-matched one-sided KS statistic ``D⁺`` and its null threshold ``c_α`` (formulas in
-    the module docstring) → ``(D⁺, c_α)``; ``D⁺ ≤ c_α``: no membership signal at level ``α``."""
+    the module docstring) → ``(D⁺, c_α)``; ``D⁺ ≤ c_α``: no membership signal at level ``α``.
+    ``forget_y``/``reference_y`` are only used to match the two sets: any non-negative integer
+    strata (e.g. ``class + C·[canary]``) work."""
     lf = forget_losses.detach().to(torch.float64).reshape(-1)
     lr_ = reference_losses.detach().to(torch.float64).reshape(-1)
     ncls = int(max(int(forget_y.max()), int(reference_y.max()))) + 1
@@ -176,6 +193,29 @@ def membership_statistic(forget_losses: Tensor, forget_y: Tensor, reference_loss
     m_eff = float(w_r.sum() ** 2 / (w_r**2).sum().clamp_min(1e-300))
     thr = math.sqrt(math.log(1.0 / alpha) / 2.0 * (1.0 / n_f + 1.0 / max(m_eff, 1e-300)))
     return d_plus, thr
+
+
+def grouped_membership_statistic(forget_losses: Tensor, forget_strata: Tensor, forget_groups: Tensor,
+                                 reference_losses: Tensor, reference_strata: Tensor, reference_groups: Tensor,
+                                 alpha: float = 0.05) -> tuple[float, float]:
+    """:func:`membership_statistic` within each group of the forget set at level ``α/G``
+    (Bonferroni over the ``G`` groups it holds) → ``(D⁺_g, c_g)`` of the group with the largest
+    ``D⁺_g − c_g``; ``D⁺ ≤ c`` iff every group is at its null level. A forget group absent from the
+    reference raises ``ValueError``."""
+    fg, rg = forget_groups.reshape(-1), reference_groups.reshape(-1)
+    groups = torch.unique(fg).tolist()
+    worst: tuple[float, float] | None = None
+    for g in groups:
+        f, r = fg == g, rg == g
+        if not bool(r.any()):
+            raise ValueError(f"group {g} of the forget set has no reference examples")
+        d, c = membership_statistic(forget_losses.reshape(-1)[f], forget_strata.reshape(-1)[f],
+                                    reference_losses.reshape(-1)[r], reference_strata.reshape(-1)[r],
+                                    alpha / len(groups))
+        if worst is None or d - c > worst[0] - worst[1]:
+            worst = (d, c)
+    assert worst is not None
+    return worst
 
 
 @dataclass
@@ -212,6 +252,10 @@ def unlearn_gradient_ascent(
     generator: torch.Generator | None = None,
     path_every: int = 0,
     observe: Callable[[Tensor], dict[str, Any]] | None = None,
+    forget_strata: Tensor | None = None,
+    reference_strata: Tensor | None = None,
+    forget_groups: Tensor | None = None,
+    reference_groups: Tensor | None = None,
 ) -> tuple[Tensor, UnlearningTrace]:
     """Calibrated gradient ascent on the forget set (procedure in the module docstring).
 
@@ -240,6 +284,10 @@ def unlearn_gradient_ascent(
         generator: shuffles the forget set into minibatches (only with ``batch_size``).
         path_every: record ``trace.path`` every this many steps (0: no path).
         observe: ``θ ↦ {key: value}`` added to each path point (an observer; never used to stop).
+        forget_strata, reference_strata: ``[n_f]``, ``[n_R]`` strata that the membership criterion
+            matches instead of the labels (both or neither; default: the labels).
+        forget_groups, reference_groups: ``[n_f]``, ``[n_R]`` groups tested separately at level
+            ``α/G`` (:func:`grouped_membership_statistic`; both or neither; default: one pooled test).
 
     Returns:
         ``(new_params [P], UnlearningTrace)``.
@@ -254,6 +302,14 @@ def unlearn_gradient_ascent(
     theta0 = params.detach().to(dtype).clone()
     fx, rx = forget_x.to(dtype), reference_x.to(dtype)
     member = criterion == "membership"
+    if (forget_strata is None) != (reference_strata is None) or (forget_groups is None) != (reference_groups is None):
+        raise ValueError("give both forget_strata and reference_strata (and forget_groups and reference_groups), "
+                         "or neither")
+    sf = forget_y if forget_strata is None else forget_strata
+    sr = reference_y if reference_strata is None else reference_strata
+    if sf.shape[0] != fx.shape[0] or sr.shape[0] != rx.shape[0]:
+        raise ValueError(f"strata must have one entry per example: forget {tuple(sf.shape)} vs {fx.shape[0]}, "
+                         f"reference {tuple(sr.shape)} vs {rx.shape[0]}")
 
     def evaluate(theta: Tensor) -> _Eval:
         zf = head_logits(theta, fx, layer_shape, bias)
@@ -261,7 +317,11 @@ def unlearn_gradient_ascent(
         lf, lr_ = ce_losses(zf, forget_y), ce_losses(zr, reference_y)
         e = _Eval(float(lf.mean()), float(lr_.mean()), accuracy(zf, forget_y), accuracy(zr, reference_y))
         if member:
-            e.stat, e.thr = membership_statistic(lf, forget_y, lr_, reference_y, alpha)
+            if forget_groups is None:
+                e.stat, e.thr = membership_statistic(lf, sf, lr_, sr, alpha)
+            else:
+                e.stat, e.thr = grouped_membership_statistic(lf, sf, forget_groups, lr_, sr, reference_groups,  # type: ignore[arg-type]
+                                                             alpha)
         return e
 
     start = evaluate(theta0)
