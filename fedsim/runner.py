@@ -265,14 +265,18 @@ class Run:
         callback stopped the run after round ``r``. ``progress(round, metrics)``: called after every
         round. ``stop_after``: end after that round as a kill would (:class:`~fedsim.callbacks.StopAfter`;
         tests use it). ``callbacks``: more :mod:`fedsim.callbacks` objects, called in order after
-        the built-in Ctrl-C handler and ``progress``. Holds the run directory's lock throughout."""
+        ``progress`` (then stop-after and the Ctrl-C check). Holds the run directory's lock throughout."""
+        for i, cb in enumerate(callbacks):
+            if not callable(getattr(cb, "on_round", None)):
+                raise TypeError(f"callbacks[{i}]: {type(cb).__name__} has no on_round(record) method "
+                                "(a fedsim.callbacks.Callback; wrap a function f(round, metrics) in Progress(f))")
         if resume and self._resume is None:
             self.open_for_resume()
         elif not resume:
             self.rundir.lock_existing()
-        cbs: list[Callback] = [self._interrupt, *([Progress(progress)] if progress else []), *callbacks]
-        if stop_after is not None:
-            cbs.append(StopAfter(stop_after))
+        cbs: list[Callback] = [*([Progress(progress)] if progress else []), *callbacks]
+        cbs += [*([StopAfter(stop_after)] if stop_after is not None else []), self._interrupt]  # Ctrl-C last:
+        # one that arrives while the others run still stops the run after this round
         try:
             return self._execute(cbs, log, self._resume if resume else None)
         finally:
@@ -281,7 +285,7 @@ class Run:
 
     def _execute(self, callbacks: list[Callback], log, point: ResumePoint | None) -> dict[str, Any]:
         sc = self.sc
-        prep = prepare(sc, log, self.absent)
+        prep = self.prepared = prepare(sc, log, self.absent)
         backend = make_backend(sc.engine.backend, sc.engine.address, local_ray_cpus(sc))
         self._interrupt.requested = False
         self.groups, self.server, self.records = [], None, []
@@ -359,7 +363,6 @@ class Run:
         summary = self._summary(prep)
         summary["resumed_after_round"] = self._resumed_after
         self.final_params = sim.final_params()
-        self.prepared = prep
         if self.sc.probes and self.run_probes:
             from fedsim.probes import run_probes
 
