@@ -152,3 +152,15 @@ def test_history_is_what_was_written_even_when_a_record_is_not_finite(small_scen
     assert all(x.metrics["train_loss"] != x.metrics["train_loss"] for x in r.records)  # NaN
     assert [h["train_loss"] for h in r.history] == [None, None]
     assert r.history == fedsim.load_run(r.dir).history
+
+
+def test_a_stop_at_the_last_round_resumes_to_just_the_summary(small_scenario, tmp_path):
+    full = _full(small_scenario, tmp_path)
+    part = fedsim.run(small_scenario(name="part", **CKPT), out=tmp_path / "part", callbacks=[StopAt(7)])
+    assert not part.complete and part.history == full.history
+    resumed = fedsim.resume(tmp_path / "part")
+    assert resumed.records == [] and resumed.summary["resumed_after_round"] == 7
+    drop = {"name", "wall_seconds_rounds", "resumed_after_round"}
+    assert {k: v for k, v in resumed.summary.items() if k not in drop} == {
+        k: v for k, v in full.summary.items() if k not in drop}
+    assert (resumed.final_params == full.final_params).all()
