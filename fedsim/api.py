@@ -29,6 +29,7 @@ import yaml
 from fedsim import rundir
 from fedsim import scenario as sc_mod
 from fedsim.errors import FedsimError
+from fedsim.runfiles import read_history
 from fedsim.scenario import Scenario
 
 if TYPE_CHECKING:
@@ -186,7 +187,7 @@ def load_run(path: str | Path) -> RunResult:
         raise RunResultError(f"{path} is not a fedsim run directory (no {rundir.MARKER})")
     try:
         scenario = yaml.safe_load((path / "scenario.yaml").read_text()) or {}
-        history = [json.loads(x) for x in (path / rundir.METRICS).read_text().splitlines() if x.strip()]
+        history = read_history(path / rundir.METRICS)
         summary_path = path / rundir.SUMMARY
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
     except FileNotFoundError as e:

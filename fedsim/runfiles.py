@@ -121,8 +121,7 @@ class TimingsWriter:
         rundir.atomic_write(tp, b"".join(kept))
 
     def records(self) -> list[dict[str, Any]]:
-        p = self.path
-        return [json.loads(x) for x in p.read_text().splitlines() if x.strip()] if p.exists() else []
+        return read_history(self.path) if self.path.exists() else []
 
 
 class Checkpointer:
@@ -170,6 +169,11 @@ def write_summary(path: Path, summary: dict[str, Any]) -> None:
     rundir.atomic_write(path, data.encode())
 
 
+def parse_lines(data: bytes | str) -> list[dict[str, Any]]:
+    """The JSON objects of ``.jsonl`` content, one per non-blank line (strict: a bad line raises)."""
+    return [json.loads(x) for x in data.splitlines() if x.strip()]
+
+
 def read_history(path: Path) -> list[dict[str, Any]]:
-    """The metrics records of a ``metrics.jsonl`` (blank lines skipped)."""
-    return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+    """The records of a ``metrics.jsonl`` (or ``timings.jsonl``) as written."""
+    return parse_lines(Path(path).read_bytes())

@@ -34,7 +34,7 @@ from fedsim.models.backbones import BACKBONES
 from fedsim.peers import GroupSetup, held_classes
 from fedsim.rundir import RunCompleteError, RunLockedError, RunWriteError  # noqa: F401  (re-exported)
 from fedsim.rundirectory import ResumePoint, RunDirectory
-from fedsim.runfiles import Checkpointer, MetricsWriter, history_summary, write_summary
+from fedsim.runfiles import Checkpointer, MetricsWriter, history_summary, parse_lines, write_summary
 from fedsim.scenario import (
     Scenario,
     build_topology,
@@ -326,7 +326,7 @@ class Run:
                 self._resumed_after = point.start - 1
             d.truncate(point)
             prefix = point.metrics_prefix
-        self.history = [json.loads(x) for x in prefix.splitlines() if x.strip()]
+        self.history = parse_lines(prefix)
         timings = d.timings
         with MetricsWriter(d.metrics, prefix) as metrics:
             ckpt = Checkpointer(d.checkpoint, d.fingerprint(), metrics)
