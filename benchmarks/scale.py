@@ -11,25 +11,24 @@ num_actors: 2}``.
 Per size, two measurements in this one process:
 
 1. **End to end** (the real engine): ``fedsim.runner.Run(...).execute()`` on Ray. Wall time of the
-   whole call (Ray start, features, actors, all rounds), the round loop (sum of
-   ``timings.jsonl``; evaluation excluded) and the peak memory of the driver and every process
+   whole call (Ray start, features, actors, all rounds), the round loop (sum of the rounds'
+   ``RoundRecord.seconds``, training + aggregation; each phase's total from the same records)
+   and the peak memory of the driver and every process
    it started (Ray actors/workers and Ray's own daemons), sampled every 0.2 s with psutil: the sum
    of RSS over driver + workers (what the brief asks: shared pages are counted once per process
    that maps them, so this over-counts Ray's shared-memory object store) and the sum of PSS over
    all of them including daemons (proportional set size: shared pages split among their users,
    the honest total).
-2. **Breakdown** (the engine has no per-phase timers): the same set-ups from
-   ``fedsim.runner.prepare`` hosted in-process as ``PeerGroup`` objects (one torch thread, as in
-   a 1-CPU Ray actor), the same round protocol as ``Run._loop`` for ``--breakdown-rounds``
-   rounds, each phase timed from outside: *local training* = ``PeerGroup.train``; *aggregation*
-   = time inside the rule (``strategies.aggregate`` per peer, with sanitising, and the rule's
-   vectorised ``aggregate_batch``) + building the contexts (``PeerGroup._ctx``, ``_batch_ctx``:
-   validation splits, generators); *message routing* =
-   the rest of ``PeerGroup.aggregate`` (concatenating every group's messages, the round's gossip
-   graph, forging, selecting each peer's in-neighbours, writing back); *evaluation* =
-   ``PeerGroup.evaluate`` on the same sampled peers, amortised over ``evaluation.every``. The
-   in-process numbers are CPU seconds of both groups run one after the other; the Ray run runs
-   the two groups in parallel, plus object-store transfer.
+2. **Breakdown**: the engine's own :class:`fedsim.simulation.Simulation` on the in-process
+   backend (``engine.backend: local``; each group limited to one torch thread, as in a 1-CPU Ray
+   actor) for ``--breakdown-rounds`` rounds, evaluating every round; the phases are the rounds'
+   ``RoundRecord.phases``: *train* = every group's ``PeerGroup.train``; *aggregate* = every
+   group's ``PeerGroup.aggregate`` (routing: concatenating every group's messages, the round's
+   gossip graph, forging, selecting each peer's in-neighbours; and the rule); *evaluation* =
+   ``PeerGroup.evaluate`` on the sampled peers, amortised over ``evaluation.every``. The
+   in-process numbers are the groups run one after the other; the Ray run runs the two groups
+   in parallel, plus object-store transfer. (Versions before the round records split
+   *aggregate* into routing and the rule by wrapping the rule's functions; the records do not.)
 
     python benchmarks/scale.py                                  # 100, 1,000, 10,000 peers × 100 rounds
     python benchmarks/scale.py --sizes 100,1000 --rounds 20 --breakdown-rounds 3
@@ -46,7 +45,7 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -55,10 +54,10 @@ import torch
 
 import fedsim
 import strategies
-from fedsim import peers as fpeers
-from fedsim import rng as crng
+from fedsim.backend import LocalBackend
 from fedsim.runner import Run, prepare
 from fedsim.scenario import parse
+from fedsim.simulation import PHASES, Simulation
 
 
 def load() -> str:
@@ -152,11 +151,12 @@ def end_to_end(sc_dict: dict, run_dir: Path) -> dict:
     with MemorySampler() as mem:
         summary = r.execute()
     wall = time.perf_counter() - t0
-    per_round = [json.loads(x)["seconds"] for x in (r.dir / "timings.jsonl").read_text().splitlines()]
+    per_round = [x.seconds for x in r.records]
     return {
         "wall_s": wall,
         "loop_s": float(sum(per_round)),
         "round_ms_median": 1e3 * float(np.median(per_round)),
+        "phase_s": {k: round(sum(x.phases[k] for x in r.records), 3) for k in PHASES},
         "peak_rss_driver_workers_gb": mem.peak_rss_workers / 2**30,
         "peak_pss_all_gb": mem.peak_pss_all / 2**30,
         "peak_pss_driver_workers_gb": mem.peak_pss_workers / 2**30,
@@ -166,80 +166,21 @@ def end_to_end(sc_dict: dict, run_dir: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------- breakdown
-class Timers(dict):
-    @contextmanager
-    def add(self, key: str):
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self[key] = self.get(key, 0.0) + time.perf_counter() - t0
-
-
-@contextmanager
-def timed_aggregation(t: Timers, groups: list):
-    """Count time spent in the rule (``strategies.aggregate`` per peer, the rule's vectorised
-    ``aggregate_batch``) and in building its contexts (``PeerGroup._ctx``, ``PeerGroup._batch_ctx``)
-    as aggregation."""
-    originals = [(strategies, "aggregate", strategies.aggregate)]
-    originals += [(fpeers.PeerGroup, name, getattr(fpeers.PeerGroup, name)) for name in ("_ctx", "_batch_ctx")]
-    originals += [(g.rule, "aggregate_batch", None) for g in groups]  # instance attributes: deleted afterwards
-
-    def timed(fn):
-        def wrapper(*a, **k):
-            with t.add("rule"):
-                return fn(*a, **k)
-
-        return wrapper
-
-    for obj, name, _ in originals:
-        setattr(obj, name, timed(getattr(obj, name)))
-    try:
-        yield
-    finally:
-        for obj, name, orig in reversed(originals):
-            if orig is None:
-                delattr(obj, name)
-            else:
-                setattr(obj, name, orig)
-
-
 def breakdown(sc_dict: dict, rounds: int) -> dict:
-    sc = parse(sc_dict)
+    """Per-round phase times (ms) of the engine's Simulation in-process, from its RoundRecords."""
+    every = sc_dict["evaluation"]["every"]
+    sc = parse(sc_dict | {"engine": {**sc_dict["engine"], "backend": "local"},
+                          "evaluation": {**sc_dict["evaluation"], "every": 1}})  # the records time every evaluation
     prep = prepare(sc)
+    prep.setups = [replace(s, threads=1) for s in prep.setups]  # one torch thread per group, as a 1-CPU actor
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in a Ray actor with num_cpus=1
     try:
-        f = prep.features
-        feats = {"x_train": f.x_train, "y_train": f.y_train, "x_test": f.x_test, "y_test": f.y_test}
-        groups = [fpeers.PeerGroup(s, feats) for s in prep.setups]
-        honest = np.flatnonzero(~prep.byzantine)
-        t = Timers()
-        for r in range(rounds):
-            with t.add("train"):
-                params = [g.train(r)[0] for g in groups]
-            with t.add("aggregate_total"), timed_aggregation(t, groups):
-                for g in groups:
-                    g.aggregate(r, *params)
-        # evaluation as Run._evaluate does it (sampled peers), timed over a few calls
-        ev = sc.evaluation
-        k_eval = max(1, min(3, rounds))
-        for r in range(k_eval):
-            sample = None
-            if ev.peers != "all" and ev.peers < len(honest):
-                keys = crng.uniform(sc.seed, "eval", r, honest)
-                sample = np.sort(honest[np.argsort(keys, kind="stable")[: ev.peers]])
-            with t.add("evaluate"):
-                for g in groups:
-                    g.evaluate(sample)
+        sim = Simulation(sc, prep, LocalBackend())
+        records = [sim.step(r) for r in range(rounds)]
     finally:
         torch.set_num_threads(threads)
-    ms = {
-        "train": 1e3 * t["train"] / rounds,
-        "routing": 1e3 * (t["aggregate_total"] - t.get("rule", 0.0)) / rounds,
-        "aggregation": 1e3 * t.get("rule", 0.0) / rounds,
-        "evaluation": 1e3 * t["evaluate"] / k_eval / ev.every,  # amortised per round
-    }
+    ms = {k: 1e3 * sum(x.phases[k] for x in records) / rounds for k in PHASES}
+    ms["evaluate"] /= every  # amortised per round
     ms["total"] = sum(ms.values())
     return ms
 
@@ -306,18 +247,17 @@ def main() -> None:
             )
     if not a.skip_breakdown:
         print(
-            f"# per-round breakdown, in-process, 1 thread, both groups serially ({a.breakdown_rounds} rounds; "
-            "evaluation amortised over evaluation.every)"
+            f"# per-round breakdown from the RoundRecords, in-process, 1 thread per group, groups serially "
+            f"({a.breakdown_rounds} rounds; evaluation amortised over evaluation.every)"
         )
         print(
-            f"{'peers':>6} {'train ms':>9} {'routing ms':>10} {'aggreg. ms':>10} {'eval ms':>8} {'total ms':>9} "
-            f"{'µs/peer':>8}"
+            f"{'peers':>6} {'train ms':>9} {'aggregate ms':>12} {'eval ms':>8} {'total ms':>9} {'µs/peer':>8}"
         )
         for r in rows:
             b = r["breakdown_ms"]
             print(
-                f"{r['peers']:>6} {b['train']:>9.1f} {b['routing']:>10.1f} {b['aggregation']:>10.1f} "
-                f"{b['evaluation']:>8.1f} {b['total']:>9.1f} {1e3 * b['total'] / r['peers']:>8.1f}"
+                f"{r['peers']:>6} {b['train']:>9.1f} {b['aggregate']:>12.1f} "
+                f"{b['evaluate']:>8.1f} {b['total']:>9.1f} {1e3 * b['total'] / r['peers']:>8.1f}"
             )
     print(f"# {load()}")
     if a.json:

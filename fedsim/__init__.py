@@ -1,7 +1,9 @@
 """fedsim: fast federated and decentralized learning simulation under Byzantine attack.
 
 Python API (:mod:`fedsim.api`): ``fedsim.run(scenario, overrides=..., out=...)`` runs one scenario
-and returns a :class:`~fedsim.api.RunResult`; ``fedsim.load_run(dir)`` reads a finished run.
+and returns a :class:`~fedsim.api.RunResult`; ``fedsim.load_run(dir)`` reads a finished run;
+``fedsim.resume(dir)`` continues a stopped one. ``fedsim.Callback``/``fedsim.Stop``
+(:mod:`fedsim.callbacks`) watch a run's rounds and may end it early.
 """
 
 import os
@@ -16,14 +18,20 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 __version__ = "0.1.0"
 # The name pip knows (pyproject.toml): "fedsim" on PyPI is an unrelated project. Import name and command: fedsim.
 DISTRIBUTION = "fedsim-lab"
-__all__ = ["RunResult", "load_run", "run"]
+__all__ = ["Callback", "RunResult", "Stop", "load_run", "resume", "run"]
+_CALLBACKS = ("Callback", "Stop")
 
 if TYPE_CHECKING:
-    from fedsim.api import RunResult, load_run, run
+    from fedsim.api import RunResult, load_run, resume, run
+    from fedsim.callbacks import Callback, Stop
 
 
 def __getattr__(name: str) -> Any:
     # imported on first use: `import fedsim` (and `fedsim --help`) stays light
+    if name in _CALLBACKS:
+        from fedsim import callbacks
+
+        return getattr(callbacks, name)
     if name in __all__:
         from fedsim import api
 

@@ -2,24 +2,26 @@
 finished run directory. Both return a :class:`RunResult`.
 
 The API runs exactly what ``fedsim run`` runs (the same :class:`fedsim.runner.Run`); the history
-is read back from the run's ``metrics.jsonl`` (the single record of a run), so what a notebook
-sees and what ``fedsim report``/``fedsim plot`` read cannot differ::
+is the records the run wrote to its ``metrics.jsonl`` (the single record of a run, read back as
+written), so what a notebook sees and what ``fedsim report``/``fedsim plot`` read cannot differ.
+``callbacks`` (:mod:`fedsim.callbacks`) watch every round and may stop the run::
 
     import fedsim
     r = fedsim.run("scenarios/quickstart.yaml", overrides={"rounds": 5})
     r.history[-1]          # {'round': 4, 'accuracy_mean': ..., 'bytes_sent_total': ..., ...}
     r.summary["final_accuracy_mean"]
     df = r.to_pandas()     # when pandas is installed
+    r.records[-1].phases   # {'train': ..., 'aggregate': ..., 'evaluate': ...} wall seconds
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
@@ -27,7 +29,12 @@ import yaml
 from fedsim import rundir
 from fedsim import scenario as sc_mod
 from fedsim.errors import FedsimError
+from fedsim.runfiles import read_history
 from fedsim.scenario import Scenario
+
+if TYPE_CHECKING:
+    from fedsim.callbacks import Callback
+    from fedsim.simulation import RoundRecord
 
 
 class RunResultError(FedsimError):
@@ -44,7 +51,9 @@ class RunResult:
     ``final_params``: the flattened heads ``[peers, P]`` (rows of Byzantine peers included; in
     federated mode every row is the global model) when the run ran in this process, else ``None``.
     ``plan``: the facts the run resolved from the scenario (f, Byzantine ids, bytes per message,
-    trainable parameters per peer), computed by the code the run used."""
+    trainable parameters per peer), computed by the code the run used.
+    ``records``: the :class:`~fedsim.simulation.RoundRecord` of every round run in this process
+    (metrics and phase timings; empty for :func:`load_run`)."""
 
     dir: Path
     scenario: Scenario | dict[str, Any]
@@ -52,6 +61,7 @@ class RunResult:
     summary: dict[str, Any] | None
     final_params: np.ndarray | None = None
     plan: dict[str, Any] = field(default_factory=dict)
+    records: list[RoundRecord] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -107,6 +117,7 @@ def run(
     overwrite: bool = False,
     progress: Callable[[int, dict[str, Any]], None] | None = None,
     log: Callable[[str], None] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> RunResult:
     """Run one scenario in this process's driver (the engine the scenario names: Ray actors or
     in-process) and return its :class:`RunResult`.
@@ -117,7 +128,10 @@ def run(
     ``fedsim plot`` look (``runs/<name>``). An existing run there is refused unless
     ``overwrite=True`` (the same rules as ``fedsim run``: :mod:`fedsim.rundir`).
     ``progress(round, record)`` is called after every round; ``log`` receives progress messages
-    (feature caching, Ray start)."""
+    (feature caching, Ray start). ``callbacks``: objects of the :mod:`fedsim.callbacks` protocol,
+    called after every round in order; one returning :class:`~fedsim.callbacks.Stop` ends the run
+    there (checkpointed: :func:`resume` continues it), and the result is incomplete
+    (``summary`` None)."""
     from fedsim.runner import Run  # torch, Ray: only when a run is asked for
 
     sc = resolve(scenario, overrides)
@@ -127,11 +141,33 @@ def run(
         run_dir = Path(out)
     r = Run(sc, run_dir)
     r.create_dir(overwrite=overwrite)
-    r.execute(progress=progress, log=log or (lambda m: None))
-    result = load_run(run_dir)
-    result.scenario = sc
-    result.final_params = getattr(r, "final_params", None)
-    prep = getattr(r, "prepared", None)
+    r.execute(progress=progress, log=log or (lambda m: None), callbacks=callbacks)
+    return _result(r)
+
+
+def resume(
+    path: str | Path,
+    *,
+    progress: Callable[[int, dict[str, Any]], None] | None = None,
+    log: Callable[[str], None] | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> RunResult:
+    """Continue the run in ``path`` from its last checkpoint (as ``fedsim run --resume``); the
+    history then holds every round, those before the checkpoint included."""
+    from fedsim.runner import Run
+
+    sc = sc_mod.load(Path(path) / "scenario.yaml")
+    r = Run(sc, Path(path))
+    r.execute(progress=progress, log=log or (lambda m: None), resume=True, callbacks=callbacks)
+    return _result(r)
+
+
+def _result(r: Any) -> RunResult:
+    """What the run ``r`` (a :class:`fedsim.runner.Run` that executed here) produced."""
+    summary_path = r.dir / rundir.SUMMARY
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    result = RunResult(r.dir, r.sc, list(r.history), summary, r.final_params, records=list(r.records))
+    prep = r.prepared
     if prep is not None:
         result.plan = {
             "f": prep.f,
@@ -151,7 +187,7 @@ def load_run(path: str | Path) -> RunResult:
         raise RunResultError(f"{path} is not a fedsim run directory (no {rundir.MARKER})")
     try:
         scenario = yaml.safe_load((path / "scenario.yaml").read_text()) or {}
-        history = [json.loads(x) for x in (path / rundir.METRICS).read_text().splitlines() if x.strip()]
+        history = read_history(path / rundir.METRICS)
         summary_path = path / rundir.SUMMARY
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
     except FileNotFoundError as e:

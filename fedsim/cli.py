@@ -183,7 +183,7 @@ def _guarded(r, console, progress, resume: bool, log=None) -> dict | None:
             f"interrupted; the run can continue from its last checkpoint: fedsim run --resume {r.dir}"
         ) from None
     except RunInterruptedError as e:
-        if not getattr(r, "_stop_requested", False):  # not Ctrl-C: a peer actor died
+        if not getattr(r, "interrupted", False):  # not Ctrl-C: a peer actor died
             e.exit_code = 1
         raise
 

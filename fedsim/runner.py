@@ -1,30 +1,26 @@
-"""The round loop (docs/architecture.md, "The data path, once"):
-
-local steps → Byzantine peers forge → the topology says who hears whom → each honest peer
-aggregates → metrics. Federated mode is the same loop with a star topology and one server.
+"""A run, end to end: :func:`prepare` a scenario (features, partition, Byzantine placement,
+topology, the groups' set-ups), then :class:`Run` sequences a
+:class:`~fedsim.simulation.Simulation`'s rounds into the run directory (docs/architecture.md,
+"The data path, once"). Federated mode is the same loop with a star topology and one server.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import shutil
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 import strategies
 from fedsim import rng as crng
-from fedsim import rundir
 from fedsim.backend import make_backend, ray_version
+from fedsim.callbacks import Callback, Interrupt, Progress, Stop, StopAfter
 from fedsim.canaries import Canaries, plant
 from fedsim.errors import (  # noqa: F401  (RunDirExistsError, RunInterruptedError re-exported)
     CorruptFileError,
@@ -35,8 +31,10 @@ from fedsim.errors import (  # noqa: F401  (RunDirExistsError, RunInterruptedErr
 )
 from fedsim.features import Features, load_features
 from fedsim.models.backbones import BACKBONES
-from fedsim.peers import GroupSetup, PeerGroup, Server, held_classes
+from fedsim.peers import GroupSetup, held_classes
 from fedsim.rundir import RunCompleteError, RunLockedError, RunWriteError  # noqa: F401  (re-exported)
+from fedsim.rundirectory import ResumePoint, RunDirectory
+from fedsim.runfiles import Checkpointer, MetricsWriter, history_summary, parse_lines, write_summary
 from fedsim.scenario import (
     Scenario,
     build_topology,
@@ -44,9 +42,9 @@ from fedsim.scenario import (
     partition_for,
     resolve_f,
     resource_warnings,
-    sampled_clients,
     strategy_params,
 )
+from fedsim.simulation import RoundRecord, Simulation
 from fedsim.topology import Topology
 
 FLOAT_BYTES = 4
@@ -209,63 +207,15 @@ def versions() -> dict[str, str]:
     return out
 
 
-class _Resume(NamedTuple):
-    """What a verified resume starts from: the first round to run, the checkpoint's metadata and
-    tensors (None: no checkpoint yet, start over) and the metrics lines it covers."""
-
-    start: int
-    meta: dict[str, Any] | None
-    state: dict[str, Any] | None
-    metrics_prefix: bytes
-
-
-def _merge_group_states(states: list[dict[str, Any]]) -> dict[str, Any]:
-    """Every group's state as one: per-peer tensors concatenated in peer order, the shared
-    entries (the same in every group) once. Independent of how peers are split over groups."""
-    per_peer = set(PeerGroup.PER_PEER_STATE)
-    merged = {k: v for k, v in states[0].items() if k not in per_peer}
-    merged |= {k: torch.cat([s[k] for s in states]) for k in PeerGroup.PER_PEER_STATE if k in states[0]}
-    return merged
-
-
-def _split_group_state(merged: dict[str, Any], sizes: list[int]) -> list[dict[str, Any]]:
-    """:func:`_merge_group_states` undone for groups hosting ``sizes`` peers each (in order)."""
-    out, first = [], 0
-    for n in sizes:
-        st = {}
-        for k, v in merged.items():
-            if k in PeerGroup.PER_PEER_STATE:
-                st[k] = v[first : first + n]
-            else:
-                st[k] = v.clone() if isinstance(v, torch.Tensor) else v
-        out.append(st)
-        first += n
-    return out
-
-
-def _check_state(path: Path, what: str, loaded: Any, fresh: dict[str, Any]) -> None:
-    """A checkpoint's ``what`` state has the keys, types and shapes this scenario's fresh one has
-    (``previous_forged``: a tensor or None, its rows vary); else CorruptFileError naming ``path``."""
-    if not isinstance(loaded, dict) or loaded.keys() != fresh.keys():
-        has = sorted(map(str, loaded)) if isinstance(loaded, dict) else type(loaded).__name__
-        raise CorruptFileError(f"{path}: the {what} state has entries {has}, expected {sorted(fresh)}")
-    for k, want in fresh.items():
-        got = loaded[k]
-        if k == "previous_forged":
-            ok = got is None or (isinstance(got, torch.Tensor) and got.dtype == torch.float32)
-        elif isinstance(want, torch.Tensor):
-            ok = isinstance(got, torch.Tensor) and got.shape == want.shape and got.dtype == want.dtype
-        else:
-            ok = type(got) is type(want)
-        if not ok:
-            desc = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
-            raise CorruptFileError(f"{path}: the {what} state's {k!r} is {desc}, this scenario needs "
-                                   f"{tuple(want.shape) if isinstance(want, torch.Tensor) else type(want).__name__}")
-
-
 class Run:
     """One scenario run writing to ``<output.dir>/<name>/`` (what it may delete and its lock:
-    :mod:`fedsim.rundir`)."""
+    :mod:`fedsim.rundir`; the directory's life cycle: :class:`~fedsim.rundirectory.RunDirectory`).
+
+    :meth:`execute` prepares the run, starts a :class:`~fedsim.simulation.Simulation` and
+    sequences its rounds: each :class:`~fedsim.simulation.RoundRecord` goes to ``metrics.jsonl``
+    and ``timings.jsonl`` (:mod:`fedsim.runfiles`), a periodic checkpoint, then the callbacks
+    (:mod:`fedsim.callbacks`: progress, Ctrl-C, stop-after, the caller's). After the last round:
+    ``summary.json`` and the probes."""
 
     def __init__(self, sc: Scenario, run_dir: Path | None = None, absent: list[int] | None = None,
                  run_probes: bool = True) -> None:
@@ -273,142 +223,34 @@ class Run:
         self.dir = Path(run_dir) if run_dir else Path(sc.output.dir) / sc.name
         self.absent = absent
         self.run_probes = run_probes
+        self.rundir = RunDirectory(self.dir, sc)
         self.recorded_gradients: np.ndarray | None = None  # the unlearning probe's leaver's, [B, P]
-        self._lock = rundir.DirLock(self.dir)
-        self._resume: _Resume | None = None
+        self.final_params: np.ndarray | None = None
+        self.prepared: Prepared | None = None
+        self.groups: list[Any] = []  # the running simulation's actors (the probes free them, tests kill one)
+        self.server: Any = None
+        self.history: list[dict[str, Any]] = []  # metrics.jsonl's records, a resume's earlier rounds included
+        self.records: list[RoundRecord] = []  # the rounds this execute ran, with their phase timings
+        self._interrupt = Interrupt()
+        self._resume: ResumePoint | None = None
         self._resumed_after: int | None = None
 
-    # ------------------------------------------------------------------ output dir
+    @property
+    def interrupted(self) -> bool:
+        """Whether Ctrl-C stopped the last :meth:`execute`."""
+        return self._interrupt.requested
+
     def create_dir(self, overwrite: bool = False) -> None:
-        """Make the run directory (scenario.yaml, versions.json) and hold its lock until
-        :meth:`execute` ends.
+        """Make the run directory and hold its lock until :meth:`execute` ends
+        (:meth:`fedsim.rundirectory.RunDirectory.create`)."""
+        self.rundir.create(overwrite, versions())
 
-        An existing directory is reused only if fedsim made it: cleared with ``overwrite``, or
-        without it when no run wrote a result there (one that failed at start). A directory fedsim
-        did not make, the working directory, ``output.dir`` and their parents are refused
-        (:func:`fedsim.rundir.refuse_unsafe`); so are directories another run holds."""
-        rundir.refuse_unsafe(self.dir, Path(self.sc.output.dir))
-        rundir.refuse_foreign(self.dir)
-        was_run = rundir.is_run_dir(self.dir)
-        self._mkdir()
-        self._lock.acquire()
-        try:
-            self._probe_write()
-            if was_run:
-                if rundir.has_results(self.dir) and not overwrite:
-                    raise RunDirExistsError(
-                        f"{self.dir} holds a run's results; pass --overwrite, choose another name, "
-                        f"or --resume {self.dir}"
-                    )
-                with rundir.writing(self.dir):
-                    rundir.clear(self.dir)
-            self._check_free_space()
-            with rundir.writing(self.dir):
-                (self.dir / rundir.MARKER).write_text("a fedsim run directory: fedsim may clear it on --overwrite\n")
-                (self.dir / "scenario.yaml").write_text(
-                    yaml.safe_dump(self.sc.model_dump(mode="json"), sort_keys=False)
-                )
-                (self.dir / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n")
-        except BaseException:
-            self._lock.release()
-            raise
-
-    def _mkdir(self) -> None:
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise rundir.RunWriteError(f"cannot write to output directory {self.dir}: {e.strerror or e}") from None
-
-    def _probe_write(self) -> None:
-        try:
-            probe = self.dir / rundir.WRITE_PROBE
-            probe.write_bytes(b"x" * 1024)
-            probe.unlink()
-        except OSError as e:
-            raise rundir.RunWriteError(f"cannot write to output directory {self.dir}: {e.strerror or e}") from None
-
-    def _check_free_space(self) -> None:
-        free = shutil.disk_usage(self.dir).free
-        if free < 50 * 2**20:
-            raise rundir.RunWriteError(f"only {free / 2**20:.0f} MiB free at {self.dir}; need at least 50 MiB")
-
-    # ------------------------------------------------------------------ resume: check, then hold
     def open_for_resume(self) -> int:
         """Check that this run directory can be resumed as ``self.sc`` and hold its lock until
-        :meth:`execute` ends; returns the first round that will run.
-
-        Refused with one line (:class:`~fedsim.errors.FedsimError`): not a run directory, a complete
-        run, a run in use, a ``scenario.yaml`` or checkpoint of another scenario (fingerprint,
-        :func:`fedsim.rundir.scenario_fingerprint`), a ``metrics.jsonl`` that is not the prefix the
-        checkpoint recorded, a corrupt or unsafe checkpoint. Stale temp files are removed."""
-        if not rundir.is_run_dir(self.dir):
-            raise ResumeMismatchError(f"{self.dir} is not a fedsim run directory (no scenario.yaml); nothing to resume")
-        self._lock.acquire()
-        try:
-            if (self.dir / rundir.SUMMARY).exists():
-                raise rundir.RunCompleteError(
-                    f"{self.dir} is complete ({rundir.SUMMARY} exists); nothing to resume. "
-                    "Start a new run with another name, or --overwrite this one"
-                )
-            rundir.clean_temp_files(self.dir)
-            self._resume = self._verify_resume()
-        except BaseException:
-            self._lock.release()
-            raise
+        :meth:`execute` ends; returns the first round that will run
+        (:meth:`fedsim.rundirectory.RunDirectory.open_for_resume`)."""
+        self._resume = self.rundir.open_for_resume()
         return self._resume.start
-
-    def _fingerprint(self) -> dict[str, Any]:
-        return rundir.scenario_fingerprint(self.sc.model_dump(mode="json"))
-
-    def _verify_resume(self) -> _Resume:
-        fp = self._fingerprint()
-        self._check_scenario_file(fp)
-        ckpt = self.dir / rundir.CHECKPOINT
-        if not ckpt.exists():  # nothing saved yet: start over
-            return _Resume(0, None, None, b"")
-        meta, state = rundir.read_checkpoint(ckpt)
-        self._check_checkpoint_meta(ckpt, meta, fp)
-        return _Resume(meta["round"] + 1, meta, state, self._metrics_prefix(meta))
-
-    def _check_scenario_file(self, fp: dict[str, Any]) -> None:
-        """The run directory's scenario.yaml is the scenario being resumed (up to the ignored keys)."""
-        from fedsim.scenario import load
-
-        path = self.dir / "scenario.yaml"
-        recorded = rundir.scenario_fingerprint(load(path).model_dump(mode="json"))
-        if recorded != fp:
-            raise ResumeMismatchError(
-                f"{path} differs from the scenario being resumed: {rundir.first_difference(recorded, fp)}; "
-                "a resume continues the recorded scenario (only engine.* may change); start a new run instead"
-            )
-
-    def _check_checkpoint_meta(self, ckpt: Path, meta: dict[str, Any], fp: dict[str, Any]) -> None:
-        if meta["scenario_sha256"] != rundir.fingerprint_sha256(fp) or meta["scenario"] != fp:
-            raise ResumeMismatchError(
-                f"{ckpt} was saved for another scenario: {rundir.first_difference(meta['scenario'], fp)}; "
-                f"scenario.yaml was edited since; restore it or start a new run"
-            )
-        r, n = meta["round"], meta["metrics_lines"]
-        if not (isinstance(r, int) and isinstance(n, int) and 0 <= r < self.sc.rounds and n == r + 1):
-            raise CorruptFileError(f"{ckpt}: round {r!r} with {n!r} metrics lines does not fit {self.sc.rounds} rounds")
-
-    def _metrics_prefix(self, meta: dict[str, Any]) -> bytes:
-        """The metrics lines the checkpoint covers, checked against its line count and sha256."""
-        path = self.dir / rundir.METRICS
-        lines = path.read_bytes().splitlines(keepends=True) if path.exists() else []
-        n, r = meta["metrics_lines"], meta["round"]
-        if len(lines) < n:
-            raise ResumeMismatchError(
-                f"{path} has {len(lines)} lines but the checkpoint was saved after {n} (round {r}): it was "
-                "truncated or replaced; restore it or start a new run"
-            )
-        prefix = b"".join(lines[:n])
-        if hashlib.sha256(prefix).hexdigest() != meta["metrics_sha256"]:
-            raise ResumeMismatchError(
-                f"the first {n} lines of {path} differ from those the checkpoint recorded (edited or corrupt); "
-                "restore it or start a new run"
-            )
-        return prefix
 
     # ------------------------------------------------------------------ main loop
     def execute(
@@ -417,320 +259,136 @@ class Run:
         log: Callable[[str], None] | None = None,
         resume: bool = False,
         stop_after: int | None = None,
+        callbacks: Sequence[Callback] = (),
     ) -> dict[str, Any]:
-        """Run (or resume) all rounds; returns the summary. ``stop_after`` ends early after that
-        round (tests use it to simulate a kill). Holds the run directory's lock throughout."""
+        """Run (or resume) all rounds; returns the summary, or ``{"stopped_after": r}`` when a
+        callback stopped the run after round ``r``. ``progress(round, metrics)``: called after every
+        round. ``stop_after``: end after that round as a kill would (:class:`~fedsim.callbacks.StopAfter`;
+        tests use it). ``callbacks``: more :mod:`fedsim.callbacks` objects, called in order after
+        ``progress`` (then stop-after and the Ctrl-C check). Holds the run directory's lock throughout."""
+        for i, cb in enumerate(callbacks):
+            if not callable(getattr(cb, "on_round", None)):
+                raise TypeError(f"callbacks[{i}]: {type(cb).__name__} has no on_round(record) method "
+                                "(a fedsim.callbacks.Callback; wrap a function f(round, metrics) in Progress(f))")
         if resume and self._resume is None:
             self.open_for_resume()
         elif not resume:
-            self._lock_new_run()
+            self.rundir.lock_existing()
+        cbs: list[Callback] = [*([Progress(progress)] if progress else []), *callbacks]
+        cbs += [*([StopAfter(stop_after)] if stop_after is not None else []), self._interrupt]  # Ctrl-C last:
+        # one that arrives while the others run still stops the run after this round
         try:
-            return self._execute(progress, log, resume, stop_after)
+            return self._execute(cbs, log, self._resume if resume else None)
         finally:
             self._resume = None
-            self._lock.release()
+            self.rundir.lock.release()
 
-    def _lock_new_run(self) -> None:
-        if self._lock.held:
-            return
-        if not rundir.is_run_dir(self.dir):
-            raise RunDirExistsError(f"{self.dir} is not a run directory yet; Run.create_dir makes it")
-        self._lock.acquire()
-
-    def _execute(self, progress, log, resume: bool, stop_after: int | None) -> dict[str, Any]:
+    def _execute(self, callbacks: list[Callback], log, point: ResumePoint | None) -> dict[str, Any]:
         sc = self.sc
-        prep = prepare(sc, log, self.absent)
+        prep = self.prepared = prepare(sc, log, self.absent)
         backend = make_backend(sc.engine.backend, sc.engine.address, local_ray_cpus(sc))
-        import signal
-        import threading
-
-        self._stop_requested = False
-        self.groups, self.server = [], None
-        previous = None
-        if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGINT, lambda *_: setattr(self, "_stop_requested", True))
+        self._interrupt.requested = False
+        self.groups, self.server, self.records = [], None, []
+        started: list[Callback] = []
+        summary: dict[str, Any] | None = None
         try:
-            return self._loop(prep, backend, progress, resume, stop_after)
+            for cb in callbacks:
+                if hasattr(cb, "on_start"):
+                    cb.on_start(sc, point.start if point else 0)
+                started.append(cb)
+            sim = Simulation(sc, prep, backend)
+            self.groups, self.server = sim.groups, sim.server
+            out = self._loop(sim, prep, point, callbacks)
+            summary = None if "stopped_after" in out else out
+            return out
         except Exception as e:
             if type(e).__name__ in ("RayActorError", "ActorDiedError", "ActorUnavailableError", "WorkerCrashedError"):
                 raise RunInterruptedError(
-                    f"a peer actor died ({type(e).__name__}); the run stopped. "
-                    f"{self._resume_hint()}"
+                    f"a peer actor died ({type(e).__name__}); the run stopped. {self.rundir.resume_hint()}"
                 ) from None
             raise
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for cb in reversed(started):
+                if hasattr(cb, "on_end"):
+                    cb.on_end(summary)
             backend.kill([*self.groups, *([self.server] if self.server is not None else [])])
             self.groups, self.server = [], None
             backend.shutdown()
 
-    def _resume_hint(self) -> str:
-        ckpt = self.dir / rundir.CHECKPOINT
-        if ckpt.exists():
-            try:
-                r = rundir.read_checkpoint_meta(ckpt)["round"]
-            except FedsimError as e:
-                return f"Its checkpoint cannot be used ({e})"
-            return f"Continue from its checkpoint (after round {r}) with: fedsim run --resume {self.dir}"
-        return f"No checkpoint was written yet (set checkpoint.every); fedsim run --resume {self.dir} restarts it"
+    def _loop(self, sim: Simulation, prep: Prepared, point: ResumePoint | None,
+              callbacks: list[Callback]) -> dict[str, Any]:
+        """Sequence the rounds: record → files → periodic checkpoint → callbacks."""
+        d, every = self.rundir, self.sc.checkpoint.every
+        prefix = b""
+        if point is not None:  # a verified resume: load its state, cut the files back to it
+            if point.state is not None:
+                sim.restore(point.state, d.checkpoint)
+                self._resumed_after = point.start - 1
+            d.truncate(point)
+            prefix = point.metrics_prefix
+        self.history = parse_lines(prefix)
+        timings = d.timings
+        with MetricsWriter(d.metrics, prefix) as metrics:
+            ckpt = Checkpointer(d.checkpoint, d.fingerprint(), metrics)
+            for record in sim.rounds(point.start if point else 0):
+                r = record.round
+                self.history.append(json.loads(metrics.write(record.metrics)))
+                self.records.append(record)
+                timings.append(r, record.seconds, record.phases)  # apart: metrics.jsonl is reproducible to the byte
+                saved = bool(every) and (r + 1) % every == 0
+                if saved:
+                    metrics.sync()
+                    ckpt.save(r, sim.state())
+                stops = [s for cb in callbacks if (s := cb.on_round(record)) is not None]
+                if stops:
+                    return self._stop(r, stops, sim, metrics, ckpt, saved)
+        return self._finish(sim, prep)
 
-    def _apply_resume(self, prep: Prepared, backend, groups, server) -> int:
-        """Load the verified checkpoint into the fresh actors, cut metrics.jsonl back to the lines
-        it covers and timings.jsonl to the rounds before; returns the first round to run."""
-        res = self._resume
-        assert res is not None, "open_for_resume first"
-        if res.state is not None:
-            self._restore_state(res.state, backend, groups, server, [len(s.train_idx) for s in prep.setups])
-            self._resumed_after = res.start - 1
-        metrics = self.dir / rundir.METRICS
-        rundir.atomic_write(metrics, res.metrics_prefix)
-        self._metrics_hash = hashlib.sha256(res.metrics_prefix)
-        self._metrics_lines = len(res.metrics_prefix.splitlines())
-        self._trim_timings(res.start)
-        return res.start
+    def _stop(self, r: int, stops: list[Stop], sim: Simulation, metrics: MetricsWriter, ckpt: Checkpointer,
+              saved: bool) -> dict[str, Any]:
+        """End after round ``r`` as the callbacks asked: a checkpoint if any wants one, an error if
+        any interrupts (Ctrl-C), else ``{"stopped_after": r}``."""
+        checkpoint = any(s.checkpoint for s in stops)
+        if checkpoint and not saved:
+            metrics.sync()
+            ckpt.save(r, sim.state())
+        interrupt = next((s for s in stops if s.interrupt), None)
+        if interrupt is not None:
+            done = "; checkpoint saved." if checkpoint else "."
+            raise RunInterruptedError(f"{interrupt.reason} after round {r}{done} {self.rundir.resume_hint()}")
+        return {"stopped_after": r}
 
-    def _restore_state(self, state: dict[str, Any], backend, groups, server, sizes: list[int]) -> None:
-        ckpt = self.dir / rundir.CHECKPOINT
-        fresh = _merge_group_states(backend.get([g.get_state.remote() for g in groups]))
-        if not isinstance(state, dict) or state.keys() != {"groups", "server"}:
-            raise CorruptFileError(f"{ckpt}: expected the groups' and the server's state")
-        _check_state(ckpt, "peers'", state["groups"], fresh)
-        parts = _split_group_state(state["groups"], sizes)
-        backend.get([g.set_state.remote(st) for g, st in zip(groups, parts, strict=True)])
-        if server is not None:
-            _check_state(ckpt, "server's", state["server"], backend.get(server.get_state.remote()))
-            backend.get(server.set_state.remote(state["server"]))
-        elif state["server"] is not None:
-            raise CorruptFileError(f"{ckpt}: holds a server's state, but this run has no server")
-
-    def _trim_timings(self, start: int) -> None:
-        """Keep timings.jsonl's rounds before ``start``; a torn last line (a kill mid-write) is dropped."""
-        tp = self.dir / "timings.jsonl"
-        if not tp.exists():
-            return
-        lines = [x for x in tp.read_bytes().splitlines() if x.strip()]
-        kept = []
-        for i, x in enumerate(lines):
-            try:
-                rnd = json.loads(x)["round"]
-                if not isinstance(rnd, int):
-                    raise TypeError
-            except (ValueError, KeyError, TypeError):
-                if i == len(lines) - 1:
-                    break
-                raise CorruptFileError(
-                    f"{tp}: line {i + 1} is not a timing record; it holds only timings: delete it to resume"
-                ) from None
-            if rnd < start:
-                kept.append(x + b"\n")
-        rundir.atomic_write(tp, b"".join(kept))
-
-    def _loop(self, prep: Prepared, backend, progress, resume: bool, stop_after: int | None) -> dict[str, Any]:
-        sc = self.sc
-        feats = prep.features
-        fref = backend.put(
-            {"x_train": feats.x_train, "y_train": feats.y_train, "x_test": feats.x_test, "y_test": feats.y_test}
-        )
-        group_cls, server_cls = PeerGroup, Server
-        if sc.model.whole:
-            from fedsim.whole import WholePeerGroup, WholeServer
-
-            group_cls, server_cls = WholePeerGroup, WholeServer
-        groups = [backend.actor(group_cls, s, fref, num_cpus=sc.engine.cpus_per_actor) for s in prep.setups]
-        self.groups = groups
-        self._features_ref = fref
-        server = (
-            backend.actor(server_cls, prep.server_setup, *prep.root, num_cpus=sc.engine.cpus_per_actor)
-            if prep.server_setup
-            else None
-        )
-        self.server = server
-        backend.get([g.ping.remote() for g in groups])
-        metrics_path = self.dir / rundir.METRICS
-        self._metrics_hash, self._metrics_lines = hashlib.sha256(), 0
-        start = self._apply_resume(prep, backend, groups, server) if resume else 0
-        honest_ids = np.flatnonzero(~prep.byzantine)
-        out_degree = self._out_degree(prep)
-        with rundir.writing(metrics_path):
-            mf = open(metrics_path, "ab")  # noqa: SIM115 - closed by the with below
-        with mf:
-            for r in range(start, sc.rounds):
-                t0 = time.perf_counter()
-                g_ref = server.get_global.remote() if server is not None else None
-                sampled = sampled_clients(sc, r)  # None: every client (and every decentralized peer)
-                if sampled is None:
-                    trained = [g.train.options(num_returns=2).remote(r, g_ref) for g in groups]
-                else:
-                    trained = [g.train.options(num_returns=2).remote(r, g_ref, sampled) for g in groups]
-                params_refs = [t[0] for t in trained]
-                if server is not None and sampled is not None:
-                    stats = [backend.get(server.aggregate.remote(r, *params_refs, sampled=sampled))]
-                elif server is not None:
-                    stats = [backend.get(server.aggregate.remote(r, *params_refs))]
-                else:
-                    stats = backend.get([g.aggregate.remote(r, *params_refs) for g in groups])
-                t_round = time.perf_counter() - t0
-                senders = sc.peers.count if sampled is None else int(sampled.sum())
-                trainers = len(honest_ids) if sampled is None else int(sampled[honest_ids].sum())
-                train_loss = sum(backend.get([t[1] for t in trained])) / max(trainers, 1)
-                rec: dict[str, Any] = {
-                    "round": r,
-                    "group": "honest",
-                    "train_loss": round(float(train_loss), 6),
-                    "dropped": sum(s["dropped"] for s in stats),
-                    "skipped": sum(s["skipped"] for s in stats),
-                    "bytes_sent_per_peer": int(out_degree * prep.bytes_per_message),
-                    "bytes_sent_total": int(out_degree * prep.bytes_per_message * sc.peers.count),
-                }
-                if sampled is not None:  # only when fewer than all clients: an unsampled run's metrics are unchanged
-                    # only the sampled clients send; bytes_sent_per_peer stays the mean over all peers
-                    rec |= {
-                        "bytes_sent_per_peer": int(prep.bytes_per_message * senders / sc.peers.count),
-                        "bytes_sent_total": int(prep.bytes_per_message * senders),
-                        "clients_sampled": senders,
-                        "honest_clients_sampled": trainers,
-                    }
-                if (r + 1) % sc.evaluation.every == 0 or r == sc.rounds - 1:
-                    rec |= self._evaluate(prep, backend, groups, server, honest_ids, r)
-                self._write_metrics(mf, rec)
-                self._write_timing(r, t_round)  # kept apart: metrics.jsonl is reproducible to the byte
-                if progress:
-                    progress(r, rec)
-                if sc.checkpoint.every and (r + 1) % sc.checkpoint.every == 0:
-                    self._sync(mf)
-                    self._checkpoint(backend, groups, server, r)
-                if stop_after is not None and r >= stop_after:
-                    return {"stopped_after": r}
-                if self._stop_requested:  # Ctrl-C: finish the round, save, stop
-                    self._sync(mf)
-                    self._checkpoint(backend, groups, server, r)
-                    raise RunInterruptedError(f"interrupted after round {r}; checkpoint saved. {self._resume_hint()}")
+    def _finish(self, sim: Simulation, prep: Prepared) -> dict[str, Any]:
+        """The final heads, the summary, and the probes (which get the actors' CPUs)."""
         summary = self._summary(prep)
         summary["resumed_after_round"] = self._resumed_after
-        self.final_params = np.concatenate(backend.get([g.params.remote() for g in groups]))
-        if server is not None:
-            self.final_params = np.broadcast_to(backend.get(server.get_global.remote()), self.final_params.shape).copy()
-        self.prepared = prep
-        if sc.probes and self.run_probes:
+        self.final_params = sim.final_params()
+        if self.sc.probes and self.run_probes:
             from fedsim.probes import run_probes
 
-            # the unlearning probe's leaver's first-epoch gradients (recorded by its group), then
-            # free the actors' CPUs (heads already fetched; the unlearning probe retrains on them)
-            rec = [g for g in backend.get([g.recorded_gradients.remote() for g in groups]) if g is not None]
-            self.recorded_gradients = rec[0] if rec else None
-            backend.kill([*groups, *([server] if server is not None else [])])
+            # the unlearning probe's leaver's first-epoch gradients, then free the actors' CPUs
+            # (heads already fetched; the unlearning probe retrains on them)
+            self.recorded_gradients = sim.recorded_gradients()
+            sim.close()
             self.groups, self.server = [], None
-
             summary["probes"] = run_probes(self, prep, self.final_params)
-        data = json.dumps(rundir.json_safe(summary), indent=2, allow_nan=False) + "\n"
-        rundir.atomic_write(self.dir / rundir.SUMMARY, data.encode())
+        write_summary(self.rundir.summary, summary)
         return summary
 
-    def _write_metrics(self, mf, rec: dict[str, Any]) -> None:
-        """Append one strict-JSON line (non-finite values as null, :func:`fedsim.rundir.metrics_line`)
-        and keep the running line count and sha256 a checkpoint records."""
-        line = rundir.metrics_line(rec)
-        with rundir.writing(self.dir / rundir.METRICS):
-            mf.write(line)
-            mf.flush()
-        self._metrics_hash.update(line)
-        self._metrics_lines += 1
-
-    def _write_timing(self, r: int, seconds: float) -> None:
-        path = self.dir / "timings.jsonl"
-        with rundir.writing(path), open(path, "a") as tf:
-            tf.write(json.dumps({"round": r, "seconds": round(seconds, 4)}) + "\n")
-
-    def _sync(self, mf) -> None:
-        """Metrics on disk before the checkpoint that counts them (else a crash could leave a
-        checkpoint ahead of its metrics, which resume would refuse)."""
-        with rundir.writing(self.dir / rundir.METRICS):
-            os.fsync(mf.fileno())
-
-    def _out_degree(self, prep: Prepared) -> float:
-        sc = self.sc
-        if sc.mode == "federated":
-            return 1.0
-        if sc.topology.kind == "push_gossip":
-            return float(sc.topology.fanout)
-        return float(prep.info["mean_in_degree"])
-
-    def _evaluate(self, prep: Prepared, backend, groups, server, honest_ids: np.ndarray, r: int) -> dict[str, Any]:
-        sc = self.sc
-        if server is not None and sc.model.whole:  # federated, a whole model (fedsim.whole.WholeServer)
-            a, lo = backend.get(server.evaluate.remote(self._features_ref))
-            ids = np.asarray([-1])
-        elif server is not None:  # federated: the global model is every honest client's model
-            from fedsim import heads
-
-            g = torch.tensor(backend.get(server.get_global.remote()))[None]  # a copy: Ray hands out read-only arrays
-            w, b = strategies.unflatten(g, (prep.features.num_classes, prep.features.dim), sc.training.bias)
-            acc, loss = heads.accuracy_and_loss(
-                w.contiguous(), b, torch.from_numpy(prep.features.x_test), torch.from_numpy(prep.features.y_test)
-            )
-            a, lo, ids = acc.numpy(), loss.numpy(), np.asarray([-1])
-        else:
-            sample = None
-            if sc.evaluation.peers != "all" and sc.evaluation.peers < len(honest_ids):
-                keys = crng.uniform(sc.seed, "eval", r, honest_ids)
-                sample = np.sort(honest_ids[np.argsort(keys, kind="stable")[: sc.evaluation.peers]])
-            res = backend.get([g.evaluate.remote(sample) for g in groups])
-            a = np.concatenate([x["accuracy"] for x in res])
-            lo = np.concatenate([x["loss"] for x in res])
-            ids = np.concatenate([x["ids"] for x in res])
-        out = {
-            "accuracy_mean": round(float(a.mean()), 6),
-            "accuracy_min": round(float(a.min()), 6),
-            "accuracy_max": round(float(a.max()), 6),
-            "accuracy_std": round(float(a.std()), 6),
-            "test_loss": round(float(lo.mean()), 6),
-            "evaluated_peers": int(len(a)),
-        }
-        if sc.evaluation.per_peer:
-            out["per_peer"] = {str(int(i)): round(float(x), 6) for i, x in zip(ids, a, strict=True)}
-        return out
-
-    def _checkpoint(self, backend, groups, server, r: int) -> None:
-        """Save the state after round ``r`` (:func:`fedsim.rundir.write_checkpoint`): tensors only,
-        with the scenario fingerprint and the count and sha256 of the metrics lines written so far."""
-        fp = self._fingerprint()
-        meta = {
-            "format": rundir.CHECKPOINT_FORMAT,
-            "round": r,
-            "metrics_lines": self._metrics_lines,
-            "metrics_sha256": self._metrics_hash.hexdigest(),
-            "scenario": fp,
-            "scenario_sha256": rundir.fingerprint_sha256(fp),
-        }
-        state = {
-            "groups": _merge_group_states(backend.get([g.get_state.remote() for g in groups])),
-            "server": backend.get(server.get_state.remote()) if server is not None else None,
-        }
-        rundir.write_checkpoint(self.dir / rundir.CHECKPOINT, meta, state)
-
-    def _timings(self) -> list[dict[str, Any]]:
-        p = self.dir / "timings.jsonl"
-        return [json.loads(x) for x in p.read_text().splitlines() if x.strip()] if p.exists() else []
-
     def _summary(self, prep: Prepared) -> dict[str, Any]:
-        recs = [json.loads(x) for x in (self.dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-        evals = [x for x in recs if "accuracy_mean" in x]
-        last = evals[-1] if evals else {}
+        sc = self.sc
+        final = history_summary(self.history)
         return {
-            "name": self.sc.name,
-            "rounds": self.sc.rounds,
-            "mode": self.sc.mode,
-            "strategy": self.sc.strategy.name,
-            "exchanges": strategies.REGISTRY[self.sc.strategy.name].exchanges,  # what bytes_sent counts
-            "attack": self.sc.peers.attack.name,
-            "peers": self.sc.peers.count,
+            "name": sc.name,
+            "rounds": sc.rounds,
+            "mode": sc.mode,
+            "strategy": sc.strategy.name,
+            "exchanges": strategies.REGISTRY[sc.strategy.name].exchanges,  # what bytes_sent counts
+            "attack": sc.peers.attack.name,
+            "peers": sc.peers.count,
             "byzantine": int(prep.byzantine.sum()),
-            "final_accuracy_mean": last.get("accuracy_mean"),
-            "final_accuracy_min": last.get("accuracy_min"),
-            "final_accuracy_max": last.get("accuracy_max"),
-            "bytes_sent_total": int(sum(x["bytes_sent_total"] for x in recs)),
-            "wall_seconds_rounds": round(sum(x["seconds"] for x in self._timings()), 3),
+            **final,  # final_accuracy_mean/min/max, bytes_sent_total
+            "wall_seconds_rounds": round(sum(x["seconds"] for x in self.rundir.timings.records()), 3),
             "f": prep.f,
             "num_params": prep.num_params,
         }

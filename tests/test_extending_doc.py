@@ -1,6 +1,6 @@
-"""docs/extending.md's examples are real: its code blocks, written to a plugin file outside the
-repository, register a rule, a forger, a poisoner and a backbone that a scenario runs, and each
-has the effect its docstring claims."""
+"""docs/extending.md's examples are real: its plugin code blocks, written to a plugin file outside
+the repository, register a rule, a forger, a poisoner and a backbone that a scenario runs, and each
+has the effect its docstring claims; its callback example runs as written and stops where it says."""
 
 import re
 from pathlib import Path
@@ -16,7 +16,7 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "extending.md"
 @pytest.fixture(scope="module")
 def plugin(tmp_path_factory):
     text = DOC.read_text()
-    blocks = re.findall(r"```python\n(.+?)```", text, flags=re.S)
+    blocks = [b for b in re.findall(r"```python\n(.+?)```", text, flags=re.S) if b.startswith("# my_plugins.py")]
     assert len(blocks) == 4
     path = tmp_path_factory.mktemp("user") / "my_plugins.py"
     path.write_text("\n\n".join(blocks))
@@ -68,3 +68,23 @@ def test_doc_backbone_makes_the_features(plugin, small_scenario, tmp_path):
 
     d = small_scenario() | snippet
     assert prepare(parse(d)).info["feature_dim"] == 32
+
+
+def test_doc_callback_stops_where_it_says_and_resumes(tmp_path, monkeypatch):
+    """The "Callbacks" example, executed as written from the repository root (the quickstart,
+    in-process); its run directories go under tmp_path."""
+    import tempfile
+
+    text = DOC.read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.+?)```", text, flags=re.S) if b.startswith("# a callback")]
+    monkeypatch.chdir(DOC.parent.parent)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    ns: dict = {}
+    exec(compile(block, str(DOC), "exec"), ns)
+    r, full, stop = ns["r"], ns["full"], ns["stop"]
+    evals = [(h["round"], h["accuracy_mean"]) for h in full.evaluations]
+    first = next(rnd for rnd, acc in evals if acc >= 0.9)
+    assert not r.complete and r.history[-1]["round"] == first < full.scenario.rounds - 1
+    assert len(stop.seconds) == first + 1 and all(s > 0 for s in stop.seconds)
+    assert full.complete and [h["round"] for h in full.history] == list(range(full.scenario.rounds))
+    assert full.summary["resumed_after_round"] == first and full.history[: first + 1] == r.history

@@ -107,7 +107,7 @@ def test_ctrl_c_in_any_other_command_is_one_line(monkeypatch) -> None:
 
 def test_a_dead_actor_is_one_line_with_exit_1(tmp_path: Path, monkeypatch) -> None:
     def died(self, *a, **k):
-        self._stop_requested = False
+        self._interrupt.requested = False
         raise RunInterruptedError(f"a peer actor died (RayActorError); fedsim run --resume {self.dir} restarts it")
 
     monkeypatch.setattr("fedsim.runner.Run.execute", died)

@@ -234,7 +234,7 @@ def test_a_planted_checkpoint_runs_no_code(small_scenario, tmp_path, kind):
         Run(r.sc, r.dir).execute(resume=True)
     _one_line(e.value)
     assert not marker.exists()
-    assert "cannot be used" in Run(r.sc, r.dir)._resume_hint() or kind == "wrapped_torch_save"
+    assert "cannot be used" in Run(r.sc, r.dir).rundir.resume_hint() or kind == "wrapped_torch_save"
     assert not marker.exists()
 
 
@@ -385,10 +385,11 @@ def test_nonfinite_metrics_are_null_with_a_flag(small_scenario, monkeypatch):
     """A diverged run (issue 13: weight_decay=1e30 wrote bare NaN; validation now refuses that value,
     so the divergence is forced here: NaN train loss, ±inf test loss and accuracy)."""
     from fedsim.peers import PeerGroup
+    from fedsim.simulation import Simulation
 
-    train, evaluate = PeerGroup.train, Run._evaluate
+    train, evaluate = PeerGroup.train, Simulation.evaluate
     monkeypatch.setattr(PeerGroup, "train", lambda self, *a: (train(self, *a)[0], float("nan")))
-    monkeypatch.setattr(Run, "_evaluate", lambda self, *a: evaluate(self, *a)
+    monkeypatch.setattr(Simulation, "evaluate", lambda self, *a: evaluate(self, *a)
                         | {"test_loss": float("inf"), "accuracy_mean": float("-inf")})
     r = Run(parse(small_scenario(rounds=3, **{"evaluation.every": 2})))
     r.create_dir()

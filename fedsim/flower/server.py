@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -45,6 +44,15 @@ from fedsim.errors import CorruptFileError, ResumeMismatchError, RunDirExistsErr
 from fedsim.flower import common
 from fedsim.flower.common import LOG
 from fedsim.flower.identity import STORE_NAME, PartitionAssignment, load_partition_map
+from fedsim.runfiles import (
+    TIMINGS,
+    Checkpointer,
+    MetricsWriter,
+    TimingsWriter,
+    history_summary,
+    read_history,
+    write_summary,
+)
 from fedsim.scenario import Scenario, sampled_clients
 
 
@@ -108,7 +116,10 @@ class FedsimStrategy(Strategy):
         self.offset = 0  # rounds done before this ServerApp started (a resume); Flower counts from 1 again
         # names this run's device states across a resume (a new Flower run): kept in the checkpoint
         self.run_key = secrets.token_hex(8)
-        self._metrics_hash, self._metrics_lines = hashlib.sha256(), 0
+        self.metrics: MetricsWriter | None = None  # metrics.jsonl, timings.jsonl, checkpoints: fedsim.runfiles
+        self.checkpointer: Checkpointer | None = None
+        if self.out_dir is not None:
+            self.timings = TimingsWriter(self.out_dir / TIMINGS)
         if resume and self.out_dir is None:
             raise common.BridgeError("run config 'resume': needs an output-dir with a checkpoint")
         if resume:
@@ -120,6 +131,7 @@ class FedsimStrategy(Strategy):
             (self.out_dir / "timings.jsonl").write_text("")
             (self.out_dir / "scenario.yaml").write_text(common.scenario_yaml(sc))
             (self.out_dir / rundir.CHECKPOINT).unlink(missing_ok=True)  # an overwritten run's
+            self._open_writers(b"")
 
     # ------------------------------------------------------------------ Flower's Strategy API
     def summary(self) -> None:
@@ -373,27 +385,29 @@ class FedsimStrategy(Strategy):
             out = MetricRecord({"accuracy": a, "test-loss": lo})
             LOG.info("round %d: global accuracy %.4f, test loss %.4f", round_, a, lo)
         self.history.append(rec)
-        if self.out_dir is not None:
-            line = (json.dumps(rec, sort_keys=True) + "\n").encode()
+        if self.metrics is not None:
             every = self.sc.checkpoint.every
             due = bool(every) and (round_ + 1) % every == 0 and round_ < self.sc.rounds - 1
-            with rundir.writing(self.out_dir / rundir.METRICS), open(self.out_dir / rundir.METRICS, "ab") as fh:
-                fh.write(line)
-                fh.flush()
-                if due:  # the metrics on disk before the checkpoint that counts them
-                    os.fsync(fh.fileno())
-            self._metrics_hash.update(line)
-            self._metrics_lines += 1
-            with open(self.out_dir / "timings.jsonl", "a") as fh:  # apart, as fedsim run keeps it
-                fh.write(json.dumps({"round": round_, "seconds": round(self.clock() - self._t_round, 4)}) + "\n")
+            self.metrics.write(rec)
+            if due:  # the metrics on disk before the checkpoint that counts them
+                self.metrics.sync()
+            self.timings.append(round_, self.clock() - self._t_round)  # apart, as fedsim run keeps it
             if due:
                 self.write_checkpoint(self.out_dir / rundir.CHECKPOINT, round_)
                 LOG.info("round %d: checkpoint written to %s", round_, self.out_dir / rundir.CHECKPOINT)
         return out
 
     # ------------------------------------------------------------------ checkpoints
-    def _fingerprint(self) -> dict[str, Any]:
-        return rundir.scenario_fingerprint(self.sc.model_dump(mode="json"))
+    def _open_writers(self, existing: bytes) -> None:
+        """metrics.jsonl (holding ``existing``, a resume's lines) and the checkpointer counting them."""
+        assert self.out_dir is not None
+        self.metrics = MetricsWriter(self.out_dir / rundir.METRICS, existing).__enter__()
+        fp = rundir.scenario_fingerprint(self.sc.model_dump(mode="json"))
+        self.checkpointer = Checkpointer(self.out_dir / rundir.CHECKPOINT, fp, self.metrics)
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.__exit__(None, None, None)
 
     def _bridge_settings(self) -> dict[str, Any]:
         """The run config keys that change the metrics: a resume must keep them."""
@@ -401,19 +415,9 @@ class FedsimStrategy(Strategy):
 
     def write_checkpoint(self, path: Path, round_: int) -> None:
         """The server's state after ``round_`` (:func:`fedsim.rundir.write_checkpoint`)."""
-        fp = self._fingerprint()
-        meta = {
-            "format": rundir.CHECKPOINT_FORMAT,
-            "round": round_,
-            "metrics_lines": self._metrics_lines,
-            "metrics_sha256": self._metrics_hash.hexdigest(),
-            "scenario": fp,
-            "scenario_sha256": rundir.fingerprint_sha256(fp),
-            "bridge": self._bridge_settings(),
-            "engine": "flower",
-            "run_key": self.run_key,
-        }
-        rundir.write_checkpoint(path, meta, {"server": self.server.get_state()})
+        assert self.checkpointer is not None, "a checkpoint needs an output-dir"
+        extra = {"bridge": self._bridge_settings(), "engine": "flower", "run_key": self.run_key}
+        self.checkpointer.save(round_, {"server": self.server.get_state()}, extra, path=path)
 
     def _resume(self) -> None:
         """Continue from ``<output-dir>/checkpoint.pt`` (verified; one-line errors otherwise)."""
@@ -428,17 +432,13 @@ class FedsimStrategy(Strategy):
         self.offset = int(meta["round"]) + 1
         self.run_key = str(meta.get("run_key") or self.run_key)
         rundir.atomic_write(self.out_dir / rundir.METRICS, prefix)  # rounds after the checkpoint run again
-        timings = self.out_dir / "timings.jsonl"
-        kept = timings.read_text().splitlines(keepends=True)[: self.offset] if timings.exists() else []
-        timings.write_text("".join(kept))
-        self._metrics_hash.update(prefix)
-        self._metrics_lines = len(prefix.splitlines())
-        self.history = [json.loads(x) for x in prefix.decode().splitlines()]
+        self.timings.trim(self.offset)
+        self._open_writers(prefix)
+        self.history = read_history(self.out_dir / rundir.METRICS)
         LOG.info("resuming %r after round %d from %s", self.sc.name, meta["round"], self.out_dir / rundir.CHECKPOINT)
 
     def summary_record(self) -> dict[str, Any]:
-        evals = [x for x in self.history if "accuracy_mean" in x]
-        last = evals[-1] if evals else {}
+        final = history_summary(self.history)  # as fedsim run computes them
         return {
             "name": self.sc.name,
             "engine": "flower",
@@ -450,11 +450,11 @@ class FedsimStrategy(Strategy):
             "attack_side": self.attack_side,
             "peers": self.n,
             "byzantine": int((~self.honest).sum()),
-            "final_accuracy_mean": last.get("accuracy_mean"),
-            "final_accuracy_min": last.get("accuracy_min"),
-            "final_accuracy_max": last.get("accuracy_max"),
+            "final_accuracy_mean": final["final_accuracy_mean"],
+            "final_accuracy_min": final["final_accuracy_min"],
+            "final_accuracy_max": final["final_accuracy_max"],
             "rejected_total": sum(len(x.get("rejected", [])) for x in self.history),
-            "bytes_sent_total": int(sum(x.get("bytes_sent_total", 0) for x in self.history)),
+            "bytes_sent_total": final["bytes_sent_total"],
             "wall_seconds": round(self.clock() - self._t0, 3),
             "f": int(self.server.s.f),
             "num_params": self.num_params,
@@ -566,8 +566,9 @@ def run_server(grid: Grid, context: Context) -> dict[str, Any]:
         evaluate_fn=strategy.evaluate_global,
     )
     strategy.write_checkpoint(out / FINAL_GLOBAL, sc.rounds - 1)  # the final global head, same safe format
+    strategy.close()
     summary = strategy.summary_record()
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_summary(out / rundir.SUMMARY, summary)
     (out / "versions.json").write_text(json.dumps(_versions(), indent=2) + "\n")
     LOG.info("fedsim run %r finished: final accuracy %s; metrics in %s", sc.name, summary["final_accuracy_mean"], out)
     return summary

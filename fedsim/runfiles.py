@@ -1,0 +1,179 @@
+"""The files a run writes as it goes: ``metrics.jsonl`` (:class:`MetricsWriter`),
+``timings.jsonl`` (:class:`TimingsWriter`), ``checkpoint.pt`` (:class:`Checkpointer`) and the
+numbers ``summary.json`` reads back from the history (:func:`history_summary`).
+
+Shared by ``fedsim run`` (:mod:`fedsim.runner`) and the Flower server (:mod:`fedsim.flower.server`),
+so both write the same lines, checkpoint metadata and final numbers. The file formats, the lock
+and the atomic writer are :mod:`fedsim.rundir`'s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from fedsim import rundir
+from fedsim.errors import CorruptFileError
+
+TIMINGS = "timings.jsonl"
+
+
+class MetricsWriter:
+    """Appends one strict-JSON line per round to ``metrics.jsonl`` (:func:`fedsim.rundir.metrics_line`)
+    and keeps the running line count and sha256 a checkpoint records. Use as a context manager
+    (the file stays open between rounds)."""
+
+    def __init__(self, path: Path, existing: bytes = b"") -> None:
+        """``existing``: the lines already in the file (a resume's, after
+        :meth:`fedsim.rundirectory.RunDirectory.truncate`); new lines are appended after them."""
+        self.path = Path(path)
+        self.sha256 = hashlib.sha256(existing)
+        self.lines = len(existing.splitlines())
+        self._fh: BinaryIO | None = None
+
+    def __enter__(self) -> MetricsWriter:
+        with rundir.writing(self.path):
+            self._fh = open(self.path, "ab")  # noqa: SIM115 - closed in __exit__
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def write(self, rec: dict[str, Any]) -> bytes:
+        """Append ``rec`` as one line (flushed); returns the bytes written."""
+        assert self._fh is not None, "use MetricsWriter as a context manager"
+        line = rundir.metrics_line(rec)
+        with rundir.writing(self.path):
+            self._fh.write(line)
+            self._fh.flush()
+        self.sha256.update(line)
+        self.lines += 1
+        return line
+
+    def sync(self) -> None:
+        """Metrics on disk before the checkpoint that counts them (else a crash could leave a
+        checkpoint ahead of its metrics, which resume would refuse)."""
+        assert self._fh is not None, "use MetricsWriter as a context manager"
+        with rundir.writing(self.path):
+            os.fsync(self._fh.fileno())
+
+
+def checked_prefix(path: Path, meta: dict[str, Any]) -> bytes:
+    """The first ``meta["metrics_lines"]`` lines of the metrics file ``path``, checked against
+    the checkpoint's sha256; :class:`~fedsim.errors.ResumeMismatchError` when they are not there."""
+    from fedsim.errors import ResumeMismatchError
+
+    lines = path.read_bytes().splitlines(keepends=True) if path.exists() else []
+    n, r = meta["metrics_lines"], meta["round"]
+    if len(lines) < n:
+        raise ResumeMismatchError(
+            f"{path} has {len(lines)} lines but the checkpoint was saved after {n} (round {r}): it was "
+            "truncated or replaced; restore it or start a new run"
+        )
+    prefix = b"".join(lines[:n])
+    if hashlib.sha256(prefix).hexdigest() != meta["metrics_sha256"]:
+        raise ResumeMismatchError(
+            f"the first {n} lines of {path} differ from those the checkpoint recorded (edited or corrupt); "
+            "restore it or start a new run"
+        )
+    return prefix
+
+
+class TimingsWriter:
+    """``timings.jsonl``: one line per round with its wall seconds (training + aggregation) and,
+    from the round records, every phase's. Kept apart from ``metrics.jsonl`` so that stays
+    reproducible to the byte."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def append(self, round_: int, seconds: float, phases: dict[str, float] | None = None) -> None:
+        line: dict[str, Any] = {"round": round_, "seconds": round(seconds, 4)}
+        line |= {k: round(v, 4) for k, v in (phases or {}).items()}
+        with rundir.writing(self.path), open(self.path, "a") as tf:
+            tf.write(json.dumps(line) + "\n")
+
+    def trim(self, start: int) -> None:
+        """Keep the rounds before ``start``; a torn last line (a kill mid-write) is dropped."""
+        tp = self.path
+        if not tp.exists():
+            return
+        lines = [x for x in tp.read_bytes().splitlines() if x.strip()]
+        kept = []
+        for i, x in enumerate(lines):
+            try:
+                rnd = json.loads(x)["round"]
+                if not isinstance(rnd, int):
+                    raise TypeError
+            except (ValueError, KeyError, TypeError):
+                if i == len(lines) - 1:
+                    break
+                raise CorruptFileError(
+                    f"{tp}: line {i + 1} is not a timing record; it holds only timings: delete it to resume"
+                ) from None
+            if rnd < start:
+                kept.append(x + b"\n")
+        rundir.atomic_write(tp, b"".join(kept))
+
+    def records(self) -> list[dict[str, Any]]:
+        return read_history(self.path) if self.path.exists() else []
+
+
+class Checkpointer:
+    """Writes ``checkpoint.pt`` (:func:`fedsim.rundir.write_checkpoint`): a state's tensors with
+    the round, the scenario fingerprint and the count and sha256 of the metrics lines written
+    so far (``metrics``), plus any ``extra`` metadata (the Flower bridge's settings)."""
+
+    def __init__(self, path: Path, fingerprint: dict[str, Any], metrics: MetricsWriter) -> None:
+        self.path, self.fingerprint, self.metrics = Path(path), fingerprint, metrics
+
+    def meta(self, round_: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        fp = self.fingerprint
+        return {
+            "format": rundir.CHECKPOINT_FORMAT,
+            "round": round_,
+            "metrics_lines": self.metrics.lines,
+            "metrics_sha256": self.metrics.sha256.hexdigest(),
+            "scenario": fp,
+            "scenario_sha256": rundir.fingerprint_sha256(fp),
+            **(extra or {}),
+        }
+
+    def save(self, round_: int, state: dict[str, Any], extra: dict[str, Any] | None = None,
+             path: Path | None = None) -> None:
+        """The state after ``round_`` (to ``path``, default the checkpoint file)."""
+        rundir.write_checkpoint(path or self.path, self.meta(round_, extra), state)
+
+
+def history_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The final accuracies (of the last evaluated round; ``None`` without one) and the bytes
+    sent over the whole ``history`` (metrics records), in ``summary.json``'s key order."""
+    evals = [x for x in history if "accuracy_mean" in x]
+    last = evals[-1] if evals else {}
+    return {
+        "final_accuracy_mean": last.get("accuracy_mean"),
+        "final_accuracy_min": last.get("accuracy_min"),
+        "final_accuracy_max": last.get("accuracy_max"),
+        "bytes_sent_total": int(sum(x.get("bytes_sent_total", 0) for x in history)),
+    }
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> None:
+    """``summary.json``: indented strict JSON (:func:`fedsim.rundir.json_safe`), written atomically."""
+    data = json.dumps(rundir.json_safe(summary), indent=2, allow_nan=False) + "\n"
+    rundir.atomic_write(path, data.encode())
+
+
+def parse_lines(data: bytes | str) -> list[dict[str, Any]]:
+    """The JSON objects of ``.jsonl`` content, one per non-blank line (strict: a bad line raises)."""
+    return [json.loads(x) for x in data.splitlines() if x.strip()]
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` (or ``timings.jsonl``) as written."""
+    return parse_lines(Path(path).read_bytes())

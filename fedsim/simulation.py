@@ -1,0 +1,276 @@
+"""The simulation: started peer groups (and the federated server) that yield one
+:class:`RoundRecord` per round (docs/architecture.md, "The data path, once").
+
+A round is: every group trains (decentralized: each hosted peer's local steps; federated: the
+sampled clients from the global head) → the groups (or the server) aggregate what each peer
+hears → the driver sums losses and counts, computes bytes, and evaluates every
+``evaluation.every`` rounds. This module owns the backend's call syntax (``.remote()``/``get``)
+and the shape of a metrics record; it writes no file. The run directory, ``metrics.jsonl``,
+checkpoints, progress, Ctrl-C and stopping early live around it (:mod:`fedsim.runner`,
+:mod:`fedsim.runfiles`, :mod:`fedsim.callbacks`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+import strategies
+from fedsim import rng as crng
+from fedsim.errors import CorruptFileError
+from fedsim.peers import PeerGroup, Server
+from fedsim.scenario import Scenario, sampled_clients
+
+if TYPE_CHECKING:
+    from fedsim.runner import Prepared
+
+PHASES = ("train", "aggregate", "evaluate")
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One round, as the simulation saw it.
+
+    ``metrics``: the round's ``metrics.jsonl`` record (before strict-JSON sanitising,
+    :func:`fedsim.rundir.metrics_line`): ``round``, ``train_loss``, ``dropped``, ``skipped``,
+    bytes, and on evaluation rounds ``accuracy_mean`` and friends. ``phases``: wall seconds the
+    driver waited for each phase of :data:`PHASES` (``evaluate`` is 0.0 on rounds without
+    evaluation). On Ray, *train* ends when every group's train loss has arrived and *aggregate*
+    when every group (or the server) has aggregated; both include the object-store transfers."""
+
+    round: int
+    metrics: dict[str, Any]
+    phases: dict[str, float]
+
+    @property
+    def seconds(self) -> float:
+        """Training + aggregation (what ``timings.jsonl``'s ``seconds`` has always held; evaluation apart)."""
+        return self.phases["train"] + self.phases["aggregate"]
+
+    @property
+    def evaluated(self) -> bool:
+        return "accuracy_mean" in self.metrics
+
+
+class Simulation:
+    """The peer groups of ``prep`` (and its federated server) started on ``backend``.
+
+    :meth:`rounds` yields a :class:`RoundRecord` per round; :meth:`state`/:meth:`restore` are
+    what a checkpoint holds (independent of how peers are split over groups);
+    :meth:`final_params` the heads after the last round. :meth:`close` frees the actors."""
+
+    def __init__(self, sc: Scenario, prep: Prepared, backend: Any) -> None:
+        self.sc, self.prep, self.backend = sc, prep, backend
+        feats = prep.features
+        self.features_ref = backend.put(
+            {"x_train": feats.x_train, "y_train": feats.y_train, "x_test": feats.x_test, "y_test": feats.y_test}
+        )
+        group_cls, server_cls = PeerGroup, Server
+        if sc.model.whole:
+            from fedsim.whole import WholePeerGroup, WholeServer
+
+            group_cls, server_cls = WholePeerGroup, WholeServer
+        cpus = sc.engine.cpus_per_actor
+        self.groups: list[Any] = [backend.actor(group_cls, s, self.features_ref, num_cpus=cpus) for s in prep.setups]
+        self.server: Any = (
+            backend.actor(server_cls, prep.server_setup, *prep.root, num_cpus=cpus) if prep.server_setup else None
+        )
+        backend.get([g.ping.remote() for g in self.groups])
+        self.honest_ids = np.flatnonzero(~prep.byzantine)
+        self.out_degree = out_degree(sc, prep)
+
+    # ------------------------------------------------------------------ rounds
+    def rounds(self, start: int = 0) -> Iterator[RoundRecord]:
+        """Rounds ``start .. sc.rounds - 1``, one record each."""
+        for r in range(start, self.sc.rounds):
+            yield self.step(r)
+
+    def step(self, r: int) -> RoundRecord:
+        """Run round ``r``: train, aggregate, and evaluate when it is an evaluation round."""
+        sc, backend, server = self.sc, self.backend, self.server
+        t0 = time.perf_counter()
+        g_ref = server.get_global.remote() if server is not None else None
+        sampled = sampled_clients(sc, r)  # None: every client (and every decentralized peer)
+        if sampled is None:
+            trained = [g.train.options(num_returns=2).remote(r, g_ref) for g in self.groups]
+        else:
+            trained = [g.train.options(num_returns=2).remote(r, g_ref, sampled) for g in self.groups]
+        losses = backend.get([t[1] for t in trained])
+        t1 = time.perf_counter()
+        params_refs = [t[0] for t in trained]
+        if server is not None and sampled is not None:
+            stats = [backend.get(server.aggregate.remote(r, *params_refs, sampled=sampled))]
+        elif server is not None:
+            stats = [backend.get(server.aggregate.remote(r, *params_refs))]
+        else:
+            stats = backend.get([g.aggregate.remote(r, *params_refs) for g in self.groups])
+        t2 = time.perf_counter()
+        rec = self._record(r, losses, stats, sampled)
+        t_eval = 0.0
+        if (r + 1) % sc.evaluation.every == 0 or r == sc.rounds - 1:
+            rec |= self.evaluate(r)
+            t_eval = time.perf_counter() - t2
+        return RoundRecord(r, rec, {"train": t1 - t0, "aggregate": t2 - t1, "evaluate": t_eval})
+
+    def _record(self, r: int, losses: list[float], stats: list[dict[str, int]],
+                sampled: np.ndarray | None) -> dict[str, Any]:
+        sc, bpm = self.sc, self.prep.bytes_per_message
+        senders = sc.peers.count if sampled is None else int(sampled.sum())
+        trainers = len(self.honest_ids) if sampled is None else int(sampled[self.honest_ids].sum())
+        rec: dict[str, Any] = {
+            "round": r,
+            "group": "honest",
+            "train_loss": round(float(sum(losses) / max(trainers, 1)), 6),
+            "dropped": sum(s["dropped"] for s in stats),
+            "skipped": sum(s["skipped"] for s in stats),
+            "bytes_sent_per_peer": int(self.out_degree * bpm),
+            "bytes_sent_total": int(self.out_degree * bpm * sc.peers.count),
+        }
+        if sampled is not None:  # only when fewer than all clients: an unsampled run's metrics are unchanged
+            # only the sampled clients send; bytes_sent_per_peer stays the mean over all peers
+            rec |= {
+                "bytes_sent_per_peer": int(bpm * senders / sc.peers.count),
+                "bytes_sent_total": int(bpm * senders),
+                "clients_sampled": senders,
+                "honest_clients_sampled": trainers,
+            }
+        return rec
+
+    def evaluate(self, r: int) -> dict[str, Any]:
+        """Round ``r``'s accuracy fields: the honest peers on the test set (``evaluation.peers``
+        of them, drawn per round), or in federated mode the global model."""
+        sc, backend, server, prep = self.sc, self.backend, self.server, self.prep
+        if server is not None and sc.model.whole:  # federated, a whole model (fedsim.whole.WholeServer)
+            a, lo = backend.get(server.evaluate.remote(self.features_ref))
+            ids = np.asarray([-1])
+        elif server is not None:  # federated: the global model is every honest client's model
+            from fedsim import heads
+
+            g = torch.tensor(backend.get(server.get_global.remote()))[None]  # a copy: Ray hands out read-only arrays
+            w, b = strategies.unflatten(g, (prep.features.num_classes, prep.features.dim), sc.training.bias)
+            acc, loss = heads.accuracy_and_loss(
+                w.contiguous(), b, torch.from_numpy(prep.features.x_test), torch.from_numpy(prep.features.y_test)
+            )
+            a, lo, ids = acc.numpy(), loss.numpy(), np.asarray([-1])
+        else:
+            sample = None
+            honest = self.honest_ids
+            if sc.evaluation.peers != "all" and sc.evaluation.peers < len(honest):
+                keys = crng.uniform(sc.seed, "eval", r, honest)
+                sample = np.sort(honest[np.argsort(keys, kind="stable")[: sc.evaluation.peers]])
+            res = backend.get([g.evaluate.remote(sample) for g in self.groups])
+            a = np.concatenate([x["accuracy"] for x in res])
+            lo = np.concatenate([x["loss"] for x in res])
+            ids = np.concatenate([x["ids"] for x in res])
+        out = {
+            "accuracy_mean": round(float(a.mean()), 6),
+            "accuracy_min": round(float(a.min()), 6),
+            "accuracy_max": round(float(a.max()), 6),
+            "accuracy_std": round(float(a.std()), 6),
+            "test_loss": round(float(lo.mean()), 6),
+            "evaluated_peers": int(len(a)),
+        }
+        if sc.evaluation.per_peer:
+            out["per_peer"] = {str(int(i)): round(float(x), 6) for i, x in zip(ids, a, strict=True)}
+        return out
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict[str, Any]:
+        """Every group's state merged in peer order, and the server's: what a checkpoint holds."""
+        backend = self.backend
+        return {
+            "groups": merge_group_states(backend.get([g.get_state.remote() for g in self.groups])),
+            "server": backend.get(self.server.get_state.remote()) if self.server is not None else None,
+        }
+
+    def restore(self, state: Any, source: Path) -> None:
+        """Load a checkpoint's :meth:`state` into the fresh actors, after checking it has this
+        scenario's entries and shapes (else :class:`~fedsim.errors.CorruptFileError` naming ``source``)."""
+        backend, server = self.backend, self.server
+        fresh = merge_group_states(backend.get([g.get_state.remote() for g in self.groups]))
+        if not isinstance(state, dict) or state.keys() != {"groups", "server"}:
+            raise CorruptFileError(f"{source}: expected the groups' and the server's state")
+        check_state(source, "peers'", state["groups"], fresh)
+        parts = split_group_state(state["groups"], [len(s.train_idx) for s in self.prep.setups])
+        backend.get([g.set_state.remote(st) for g, st in zip(self.groups, parts, strict=True)])
+        if server is not None:
+            check_state(source, "server's", state["server"], backend.get(server.get_state.remote()))
+            backend.get(server.set_state.remote(state["server"]))
+        elif state["server"] is not None:
+            raise CorruptFileError(f"{source}: holds a server's state, but this run has no server")
+
+    def final_params(self) -> np.ndarray:
+        """The flattened heads ``[peers, P]``; in federated mode every row is the global model."""
+        out = np.concatenate(self.backend.get([g.params.remote() for g in self.groups]))
+        if self.server is not None:
+            out = np.broadcast_to(self.backend.get(self.server.get_global.remote()), out.shape).copy()
+        return out
+
+    def recorded_gradients(self) -> np.ndarray | None:
+        """The unlearning probe's leaver's first-epoch gradients (recorded by its group), if any."""
+        rec = [g for g in self.backend.get([g.recorded_gradients.remote() for g in self.groups]) if g is not None]
+        return rec[0] if rec else None
+
+    def close(self) -> None:
+        """Free the actors' CPUs (a shared Ray session may run more after this one)."""
+        self.backend.kill([*self.groups, *([self.server] if self.server is not None else [])])
+        self.groups, self.server = [], None
+
+
+def out_degree(sc: Scenario, prep: Prepared) -> float:
+    """Messages each peer sends per round: 1 (federated), the push-gossip fanout, or the mean in-degree."""
+    if sc.mode == "federated":
+        return 1.0
+    if sc.topology.kind == "push_gossip":
+        return float(sc.topology.fanout)
+    return float(prep.info["mean_in_degree"])
+
+
+def merge_group_states(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every group's state as one: per-peer tensors concatenated in peer order, the shared
+    entries (the same in every group) once. Independent of how peers are split over groups."""
+    per_peer = set(PeerGroup.PER_PEER_STATE)
+    merged = {k: v for k, v in states[0].items() if k not in per_peer}
+    merged |= {k: torch.cat([s[k] for s in states]) for k in PeerGroup.PER_PEER_STATE if k in states[0]}
+    return merged
+
+
+def split_group_state(merged: dict[str, Any], sizes: list[int]) -> list[dict[str, Any]]:
+    """:func:`merge_group_states` undone for groups hosting ``sizes`` peers each (in order)."""
+    out, first = [], 0
+    for n in sizes:
+        st = {}
+        for k, v in merged.items():
+            if k in PeerGroup.PER_PEER_STATE:
+                st[k] = v[first : first + n]
+            else:
+                st[k] = v.clone() if isinstance(v, torch.Tensor) else v
+        out.append(st)
+        first += n
+    return out
+
+
+def check_state(path: Path, what: str, loaded: Any, fresh: dict[str, Any]) -> None:
+    """A checkpoint's ``what`` state has the keys, types and shapes this scenario's fresh one has
+    (``previous_forged``: a tensor or None, its rows vary); else CorruptFileError naming ``path``."""
+    if not isinstance(loaded, dict) or loaded.keys() != fresh.keys():
+        has = sorted(map(str, loaded)) if isinstance(loaded, dict) else type(loaded).__name__
+        raise CorruptFileError(f"{path}: the {what} state has entries {has}, expected {sorted(fresh)}")
+    for k, want in fresh.items():
+        got = loaded[k]
+        if k == "previous_forged":
+            ok = got is None or (isinstance(got, torch.Tensor) and got.dtype == torch.float32)
+        elif isinstance(want, torch.Tensor):
+            ok = isinstance(got, torch.Tensor) and got.shape == want.shape and got.dtype == want.dtype
+        else:
+            ok = type(got) is type(want)
+        if not ok:
+            desc = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            raise CorruptFileError(f"{path}: the {what} state's {k!r} is {desc}, this scenario needs "
+                                   f"{tuple(want.shape) if isinstance(want, torch.Tensor) else type(want).__name__}")
