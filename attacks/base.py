@@ -40,7 +40,10 @@ class AttackContext:
         generator: seeded randomness (noise attacks, random sampling).
         receiver_own: for receiver-specific attacks (dissensus), the receiving peer's vector.
         receiver_neighbors: for those, the vectors the receiver hears from honest neighbours.
-        previous: the vectors the Byzantine peers sent last round (stale-model attack), or None.
+        previous: for a forger with ``lookback = d > 0`` (the stale-model attack), the ``[k, P]``
+            vectors the Byzantine peers held ``d`` rounds ago (their benign-trained ``own`` of
+            round ``round − d``); None while fewer than ``d`` rounds have passed, and for every
+            other forger (the engine keeps a history of ``d`` rounds only where ``d > 0``).
     """
 
     n: int
@@ -62,6 +65,12 @@ class UpdateForger:
     omniscient: ClassVar[bool] = False   # needs the honest vectors of the round
     per_receiver: ClassVar[bool] = False  # forges a different message for each receiver
     kind: ClassVar[str] = "forger"
+
+    @property
+    def lookback(self) -> int:
+        """Rounds of the Byzantine peers' own vectors the engine must keep for ``ctx.previous``
+        (0: none, no history is kept)."""
+        return 0
 
     def forge(self, honest: Tensor, own: Tensor, ctx: AttackContext) -> Tensor | None:
         raise NotImplementedError

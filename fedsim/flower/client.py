@@ -65,7 +65,7 @@ class FedsimPeer:
         self.group = PeerGroup(setup, features)
         self.pid = int(setup.first)
         self.attack_side = attack_side
-        self.previous: torch.Tensor | None = None  # what this device forged last round (stale attack)
+        self.history: torch.Tensor | None = None  # its own models of the last rounds [h, 1, P] (stale attack only)
         self._initial = self.group.get_state()  # zero head and optimizer buffers, as a simulated peer starts
 
     # ------------------------------------------------------------------ construction
@@ -112,21 +112,21 @@ class FedsimPeer:
         """Restore the optimizer buffers kept in ``context.state`` (fresh zeros on the first round)."""
         if STATE_ARRAYS not in state:  # the first round of this run on this node
             self.group.set_state(self._initial)
-            self.previous = None
+            self.history = None
             return
         arrays = state[STATE_ARRAYS]
         meta = state[STATE_META]
-        st: dict[str, Any] = {k: torch.from_numpy(arrays[k].numpy().copy()) for k in arrays.keys() if k != "previous"}
+        st: dict[str, Any] = {k: torch.from_numpy(arrays[k].numpy().copy()) for k in arrays.keys() if k != "history"}
         st["t"] = int(meta["t"])
-        st["previous_forged"] = None
+        st["stale_history"] = None
         self.group.set_state(st)
-        self.previous = torch.from_numpy(arrays["previous"].numpy().copy()) if "previous" in arrays else None
+        self.history = torch.from_numpy(arrays["history"].numpy().copy()) if "history" in arrays else None
 
     def save_state(self, state: RecordDict) -> None:
         st = self.group.get_state()
         arrays = {k: Array(v.numpy()) for k, v in st.items() if isinstance(v, torch.Tensor)}
-        if self.previous is not None:
-            arrays["previous"] = Array(self.previous.numpy())
+        if self.history is not None:
+            arrays["history"] = Array(self.history.numpy())
         state[STATE_ARRAYS] = ArrayRecord(arrays)
         state[STATE_META] = ConfigRecord({"t": int(st["t"])})
 
@@ -153,7 +153,10 @@ class FedsimPeer:
         atk = self.group.attack
         if self.attack_side != "client" or not self.byzantine or not isinstance(atk, attacks.UpdateForger):
             return own.numpy()
+        from fedsim.peers import stale_step
+
         s = self.group.s
+        previous, self.history = stale_step(self.history, own[None].float(), atk.lookback)
         ctx = attacks.AttackContext(
             n=s.num_peers,
             f=int(s.byzantine.sum()),
@@ -162,7 +165,7 @@ class FedsimPeer:
             bias=self.group.bias,
             num_classes=s.num_classes,
             generator=crng.torch_generator(s.seed, "attack", round_, self.pid, -1),
-            previous=None if self.previous is None else self.previous[None],
+            previous=previous,
         )
         # A device knows only its own vector: the non-omniscient view (fedsim's omniscient: false).
         out = atk.forge(own[None], own[None], ctx)
@@ -170,8 +173,6 @@ class FedsimPeer:
             return None
         out = torch.as_tensor(out)
         row = out[0] if out.dim() == 2 and out.shape[0] == 1 else out.reshape(-1)
-        if row.shape == own.shape:
-            self.previous = row.detach().clone().float()
         return row.detach().numpy()
 
     def evaluate(self, global_head: np.ndarray) -> dict[str, float]:
