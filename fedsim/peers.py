@@ -37,7 +37,8 @@ class GroupSetup:
     mode: str  # decentralized | federated
     training: dict[str, Any]
     strategy: dict[str, Any]  # name, params
-    f: int
+    f: int  # Byzantine vectors a rule is told to expect among those it aggregates (scenario.resolve_f)
+    received: int  # vectors an aggregation combines per round, as the rule's check sees it (an attack's ctx.n)
     attack: dict[str, Any]  # name, params, omniscient, collude
     topology: Topology  # built by fedsim.scenario.build_topology (runner.prepare), never rebuilt here
     absent: np.ndarray | None = None  # bool [N]: peers that take no part (their messages never arrive)
@@ -106,8 +107,9 @@ def forge_messages(
     view = params[torch.from_numpy(seen)] if s.attack.get("omniscient", True) and seen.any() else own
     layer_shape = (s.num_classes, s.dim)
     ctx_kw: dict[str, Any] = dict(
-        n=s.num_peers,
+        n=s.received,
         f=len(byz),
+        f_received=s.f,
         round=round_,
         layer_shape=layer_shape,
         bias=bool(s.training["bias"]),
@@ -246,8 +248,9 @@ class PeerGroup:
         for j in np.flatnonzero(self.is_byz):
             o, n = self.offsets[j], self.sizes[j]
             ctx = attacks.AttackContext(
-                n=self.s.num_peers,
+                n=self.s.received,
                 f=int(self.s.byzantine.sum()),
+                f_received=self.s.f,
                 num_classes=self.s.num_classes,
                 layer_shape=self.layer_shape,
                 bias=self.bias,
@@ -588,7 +591,7 @@ class PeerGroup:
             ctx = self._ctx(j, round_, self.s.f, None if root is None else root[j], int(seeds[j]), overlap)
             try:
                 new[j], _ = strategies.aggregate(self.rule, own_rows[j], m[nbrs[ok]], ctx, sent)
-            except ValueError:  # e.g. too few received vectors this round for the rule's n > 2f
+            except strategies.CannotAggregateError:  # this round's vectors; anything else is a bug: raised
                 new[j], skipped = sent, skipped + 1
         self.set_params(new)
         return {"dropped": dropped, "skipped": skipped}
@@ -690,7 +693,7 @@ class Server:
         lost = arrived - int(valid.sum())  # forgeries that failed among the clients that sent
         try:
             new, dropped = strategies.aggregate(self.rule, g, msgs if bool(valid.all()) else msgs[valid], ctx)
-        except ValueError:
+        except strategies.CannotAggregateError:  # this round's vectors; anything else is a bug: raised
             return {"dropped": lost, "skipped": 1}
         self.global_params = new.numpy().astype(np.float32)
         return {"dropped": lost + dropped, "skipped": 0}

@@ -908,7 +908,9 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None]) 
 
 
 def _check_rule(sc: Scenario, topo: Topology, fail: Callable[[str], None]) -> None:
-    """The rule's n/f limits for the f and in-degree the run will use (:func:`resolve_f`)."""
+    """The rule's n/f limits for the f and in-degree the run will use (:func:`resolve_f`), and the
+    forger's: it is told the same ``n`` and ``f`` (``AttackContext``)."""
+    import attacks
     import strategies
 
     f, in_degree = resolve_f(sc, topo)
@@ -921,6 +923,13 @@ def _check_rule(sc: Scenario, topo: Topology, fail: Callable[[str], None]) -> No
             f"{where}: {e} (with {n} received vectors per aggregation and f={f}; set strategy.f, "
             "raise the topology degree, or lower the Byzantine count)"
         )
+    if sc.peers.attack.name != "none" and sc.peers.num_byzantine:
+        attack = attacks.build(sc.peers.attack.name, sc.peers.attack.params)
+        try:
+            if isinstance(attack, attacks.UpdateForger):
+                attack.check(n, f)
+        except ValueError as e:
+            fail(f"peers.attack.params: {e} (with {n} received vectors per aggregation and f={f})")
 
 
 def _check_partition(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None]) -> None:

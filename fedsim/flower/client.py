@@ -49,7 +49,14 @@ from flwr.clientapp import ClientApp
 
 from fedsim.flower import common
 from fedsim.flower.common import LOG, BridgeError
-from fedsim.scenario import Scenario, build_topology, byzantine_mask, resolve_f, strategy_params
+from fedsim.scenario import (
+    Scenario,
+    build_topology,
+    byzantine_mask,
+    received_per_aggregation,
+    resolve_f,
+    strategy_params,
+)
 
 STATE_ARRAYS = "fedsim.peer"
 STATE_META = "fedsim.meta"
@@ -158,8 +165,9 @@ class FedsimPeer:
         s = self.group.s
         previous, self.history = stale_step(self.history, own[None].float(), atk.lookback)
         ctx = attacks.AttackContext(
-            n=s.num_peers,
+            n=s.received,
             f=int(s.byzantine.sum()),
+            f_received=s.f,
             round=round_,
             layer_shape=self.group.layer_shape,
             bias=self.group.bias,
@@ -246,7 +254,7 @@ def _local_setup(
     part = make_partition("iid", feats.y_train, 1, crng.derive_seed(sc.seed, "local_data", pid),
                           val_fraction=sc.partition.val_fraction)
     topo = build_topology(sc)  # these: the functions runner.prepare and validation call
-    f, _ = resolve_f(sc, topo)
+    f, in_degree = resolve_f(sc, topo)
     setup = GroupSetup(
         first=pid,
         train_idx=[part.train[0]],
@@ -261,6 +269,7 @@ def _local_setup(
         training=sc.training.model_dump(),
         strategy={"name": sc.strategy.name, "params": strategy_params(sc)},
         f=f,
+        received=received_per_aggregation(in_degree),
         attack=sc.peers.attack.model_dump(),
         topology=topo,
         plugins=tuple(sc.plugins),
