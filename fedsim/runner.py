@@ -81,8 +81,8 @@ def _gradient_recording(sc: Scenario, train: list[np.ndarray], byz: np.ndarray,
     from fedsim.canaries import default_leaver
 
     for p in sc.probes:
-        if isinstance(p, dict) and p.get("kind") == "unlearning":
-            peer = p.get("peer")
+        if p.kind == "unlearning":
+            peer = p.settings().get("peer")
             peer = default_leaver(train, byz) if peer is None else int(peer)
             return None if absent and peer in absent else peer
     return None
@@ -615,7 +615,7 @@ class Run:
             self.final_params = np.broadcast_to(backend.get(server.get_global.remote()), self.final_params.shape).copy()
         self.prepared = prep
         if sc.probes and self.run_probes:
-            from fedsim.probes import run_probes
+            from fedsim.probe_runs import run_probes
 
             # the unlearning probe's leaver's first-epoch gradients (recorded by its group), then
             # free the actors' CPUs (heads already fetched; the unlearning probe retrains on them)
@@ -624,10 +624,21 @@ class Run:
             backend.kill([*groups, *([server] if server is not None else [])])
             self.groups, self.server = [], None
 
-            summary["probes"] = run_probes(self, prep, self.final_params)
+            summary["probes"] = run_probes(self, prep, self.final_params, retrain=self.retrain_without)
         data = json.dumps(rundir.json_safe(summary), indent=2, allow_nan=False) + "\n"
         rundir.atomic_write(self.dir / rundir.SUMMARY, data.encode())
         return summary
+
+    def retrain_without(self, peer: int) -> np.ndarray:
+        """Final heads ``[N, P]`` of this scenario retrained with ``peer`` absent, in
+        ``fedsim.probes.retrain_dir(self.dir, peer)``: the retraining the unlearning probe is handed
+        (so the probes never import the runner)."""
+        from fedsim.probes import retrain_dir
+
+        sub = Run(self.sc, retrain_dir(self.dir, peer), absent=[peer], run_probes=False)
+        sub.create_dir(overwrite=True)
+        sub.execute()
+        return np.asarray(sub.final_params)
 
     def _write_metrics(self, mf, rec: dict[str, Any]) -> None:
         """Append one strict-JSON line (non-finite values as null, :func:`fedsim.rundir.metrics_line`)
