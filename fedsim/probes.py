@@ -1,12 +1,10 @@
-"""The probes' harness: the built-in unlearning and cloning probes (:mod:`attacks.probes`),
-registered as probe kinds (:mod:`fedsim.probe_registry`), and :func:`run_probes`, which runs a
-scenario's probes against a trained federation, writes ``<run>/probes.json`` and returns a
-compact summary for ``summary.json``.
-
-The runner calls :func:`run_probes` after the last round (``scenario.probes`` is a list of
-typed entries, each with a registered ``kind``), passing the retraining as a callable (this
-module never imports the runner); :func:`validate_probe` checks one mapping (errors name
-``probes.<i>.<key>``); :func:`fedsim.report.format_probes` renders ``probes.json`` as Markdown.
+"""What the built-in probes do: the unlearning and cloning probes (over the pure-torch
+:mod:`attacks.probes`) against a trained federation, and the :class:`ProbeContext` every probe's
+``run`` gets. Their keys, value checks and ``summary.json`` form are
+:mod:`fedsim.probe_builtins` (registered kinds, :mod:`fedsim.probe_registry`);
+:func:`fedsim.probe_runs.run_probes` runs a scenario's probes after the last round and writes
+``<run>/probes.json``, handed the retraining as a callable (this module never imports the
+runner); :func:`fedsim.report.format_probes` renders ``probes.json`` as Markdown.
 
 Unlearning (``kind: unlearning``) — a peer leaves and asks that its data be forgotten:
 
