@@ -19,8 +19,10 @@ class ALIE(UpdateForger):
     Baruch, Baruch, Goldberg, "A Little Is Enough: Circumventing Defenses For Distributed
     Learning", NeurIPS 2019 (Algorithm 3). ``μ`` and ``σ`` are the coordinate-wise mean and
     (unbiased) standard deviation of ``honest``; ``z`` defaults to the paper's
-    ``z_max = Φ⁻¹((n − s)/n)`` with ``s = ⌊n/2 + 1⌋ − f`` (``n = ctx.n``, ``f = ctx.f``), e.g.
-    ``z ≈ 0.2533`` for ``n = 10, f = 2``; set ``z`` to override.
+    ``z_max = Φ⁻¹((n − s)/n)`` with ``s = ⌊n/2 + 1⌋ − f`` (``n = ctx.n``, ``f = ctx.f_received``), e.g.
+    ``z ≈ 0.2533`` for ``n = 10, f = 2``; set ``z`` to override. In the paper the server
+    aggregates all ``n`` workers; a decentralized victim aggregates its in-neighbours, so ``n``
+    and ``f`` are the victim's (:class:`~attacks.base.AttackContext`), not the population's.
 
     Not omniscient (``omniscient = False``): in the paper the attackers estimate ``μ, σ`` from
     their own benign data, so ``honest`` is whatever the engine passes — the honest vectors of
@@ -35,8 +37,13 @@ class ALIE(UpdateForger):
         if self.z is not None:
             check_finite("z", self.z)
 
+    def check(self, n: int, f_received: int) -> None:
+        if self.z is None:
+            alie_z(n, f_received)
+
     def forge(self, honest: Tensor, own: Tensor, ctx: AttackContext) -> Tensor:
         require_rows(honest, self.name)
-        z = self.z if self.z is not None else alie_z(ctx.n, ctx.f)
+        f = ctx.f if ctx.f_received is None else ctx.f_received
+        z = self.z if self.z is not None else alie_z(ctx.n, f)
         mu, sigma = mean_std(honest)
         return repeat_rows(mu - z * sigma, own.shape[0])

@@ -32,19 +32,30 @@ class AttackContext:
     """What an attack may need.
 
     Attributes:
-        n: number of vectors the victim aggregates (honest + Byzantine), as in the papers' ``n``.
+        n: number of vectors a victim aggregates per round (honest + Byzantine), the papers' ``n``
+            (ALIE: Baruch et al.'s ``n`` workers whose vectors the aggregator combines). The
+            engine passes the ``n`` the rule's limits are checked with: in decentralized mode
+            the mean in-degree, rounded (a victim aggregates its in-neighbours, not every peer),
+            in federated mode the clients the server hears per round (all, or those sampled).
         f: number of Byzantine peers (``k`` rows to forge).
+        f_received: number of Byzantine vectors among the ``n`` a victim aggregates (ALIE's
+            ``f``): the run's ``f``, the one the rule is given (``strategy.f``, else the
+            Byzantine share of ``n`` rounded up). None: ``f`` (every Byzantine peer is heard).
         round: current round, 0-based.
         layer_shape: ``(C, d)`` of the output layer; ``bias`` whether a bias follows.
         num_classes: ``C`` (data poisoners).
         generator: seeded randomness (noise attacks, random sampling).
         receiver_own: for receiver-specific attacks (dissensus), the receiving peer's vector.
         receiver_neighbors: for those, the vectors the receiver hears from honest neighbours.
-        previous: the vectors the Byzantine peers sent last round (stale-model attack), or None.
+        previous: for a forger with ``lookback = d > 0`` (the stale-model attack), the ``[k, P]``
+            vectors the Byzantine peers held ``d`` rounds ago (their benign-trained ``own`` of
+            round ``round − d``); None while fewer than ``d`` rounds have passed, and for every
+            other forger (the engine keeps a history of ``d`` rounds only where ``d > 0``).
     """
 
     n: int
     f: int
+    f_received: int | None = None
     round: int = 0
     layer_shape: tuple[int, int] = (0, 0)
     bias: bool = True
@@ -62,6 +73,17 @@ class UpdateForger:
     omniscient: ClassVar[bool] = False   # needs the honest vectors of the round
     per_receiver: ClassVar[bool] = False  # forges a different message for each receiver
     kind: ClassVar[str] = "forger"
+
+    @property
+    def lookback(self) -> int:
+        """Rounds of the Byzantine peers' own vectors the engine must keep for ``ctx.previous``
+        (0: none, no history is kept)."""
+        return 0
+
+    def check(self, n: int, f_received: int) -> None:
+        """Raise ValueError if the forger is undefined for ``ctx.n = n``,
+        ``ctx.f_received = f_received`` (called by validation with the run's values, as
+        ``Strategy.check`` is)."""
 
     def forge(self, honest: Tensor, own: Tensor, ctx: AttackContext) -> Tensor | None:
         raise NotImplementedError

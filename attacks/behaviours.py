@@ -28,17 +28,23 @@ class Crash(UpdateForger):
 @register("stale")
 @dataclass
 class Stale(UpdateForger):
-    """Stale model: send the vectors of an earlier round, ``ctx.previous``, else ``own``.
+    """Stale model: at round ``r`` send the model held at round ``r − delay``, else ``own``.
 
-    Keeping the history is the engine's job: it passes as ``ctx.previous`` the ``[k, P]`` vectors
-    the Byzantine peers held ``delay`` rounds ago (``delay`` is only recorded here). Until such
-    a history exists (the first rounds) the peers send their current ``own`` vectors.
+    Keeping the history is the engine's job: ``lookback = delay``, so it keeps the Byzantine
+    peers' last ``delay`` benign-trained vectors (a bounded history, only for this forger) and
+    passes as ``ctx.previous`` the ``[k, P]`` vectors of round ``r − delay``. In the first
+    ``delay`` rounds no such model exists and the peers send their current ``own`` vectors.
+    ``delay = 1``: always one round behind.
     """
 
     delay: int = 1
 
     def __post_init__(self) -> None:
         check_int("delay", self.delay, minimum=1)
+
+    @property
+    def lookback(self) -> int:
+        return self.delay
 
     def forge(self, honest: Tensor, own: Tensor, ctx: AttackContext) -> Tensor:
         if ctx.previous is None:

@@ -50,9 +50,9 @@ def main() -> None:
         run = Run(sc, Path(tmp) / "run", run_probes=False)
         run.create_dir(overwrite=True)
         run.execute()
-        ctx = fp._context(run, run.prepared, run.final_params)
+        ctx = fp._context(run, run.prepared, run.final_params, retrain=run.retrain_without)
         peer = fp._default_leaver(ctx)
-        retrained = torch.from_numpy(fp._retrain_without(ctx, peer)).to(torch.float64)
+        retrained = torch.from_numpy(fp._retrain_without(0, ctx, peer)).to(torch.float64)
     target = fp._default_unlearn_target(0, ctx, peer)
     shape, bias = ctx.layer_shape, ctx.bias
     forget = ctx.peer_data([peer])

@@ -117,6 +117,7 @@ def plan(probes: list[Any]) -> tuple[int, dict[str, Any], int | None] | None:
     """``(probe index, canary config, named leaver or None)`` of the one unlearning probe with canaries."""
     found = []
     for i, p in enumerate(probes):
+        p = p.settings() if hasattr(p, "settings") else p  # a scenario's typed entry (fedsim.probe_registry)
         if isinstance(p, dict) and p.get("kind") == "unlearning" and p.get("canaries") is not None:
             found.append((i, validate(f"probes.{i}.canaries", p["canaries"]), p.get("peer")))
     if len(found) > 1:

@@ -29,13 +29,6 @@ from fedsim.errors import FedsimError
 KINDS = ("datasets", "backbones", "partitions", "topologies", "strategies", "attacks", "probes")
 _SINGULAR = {"datasets": "dataset", "backbones": "backbone", "partitions": "partition", "topologies": "topology",
              "strategies": "strategy", "attacks": "attack", "probes": "probe"}
-# the probes' one-line summaries; their keys and defaults are read from fedsim/probes.py itself
-PROBES = {
-    "unlearning": "a peer leaves and asks to be forgotten: membership tests against nulls (canaries, LiRA), "
-                  "unlearning methods judged against a model retrained without it (docs/probes.md)",
-    "cloning": "a peer's deployed head answers queries: hidden size by SVD, layer recovery, logit-bias attacks, "
-               "defences and their cost, query cost to 99% agreement (docs/probes-cloning.md)",
-}
 _MUST = re.compile(r"^(?P<name>\w+): must be (?P<what>.*), got <unacceptable>$", re.S)
 
 
@@ -83,7 +76,9 @@ def summaries(kind: str) -> dict[str, str]:
 
         return dict(TOPOS)
     if kind == "probes":
-        return dict(PROBES)
+        from fedsim.probe_registry import kinds, summary
+
+        return {k: summary(cls) for k, cls in kinds().items()}
     if kind in ("strategies", "attacks"):
         package = kind
         if package in sys.modules:  # imported (with any plugins): the live registry
@@ -209,19 +204,13 @@ def schema_params(model: Any, section: str, kind: str, all_kinds: Any) -> list[P
 
 
 def probe_params(kind: str) -> list[Param]:
-    """The keys of a ``probes:`` entry of ``kind``, with their defaults and the comment beside each
-    in ``fedsim/probes.py``'s ``<KIND>_DEFAULTS`` (read as text: no torch import). Every key is
-    checked by ``fedsim validate`` (``fedsim.probes.validate_probe``)."""
-    src = (Path(__file__).parent / "probes.py").read_text()
-    block = re.search(rf"^{kind.upper()}_DEFAULTS[^=]*= {{\n(.*?)^}}", src, re.S | re.M)
-    out = []
-    for line in block.group(1).splitlines() if block else []:
-        m = re.match(r'\s*"(\w+)":\s*(.*?),\s*(?:#\s*(.*))?$', line)
-        if m:
-            value = ast.literal_eval(m[2])
-            out.append(Param(m[1], type(value).__name__ if value is not None else "any", _show(value),
-                             "checked by fedsim validate", (m[3] or "").strip()))
-    return out
+    """The keys of a ``probes:`` entry of ``kind``: its registered probe's ``defaults``, with the
+    ``notes`` beside each. Every key is checked by ``fedsim validate`` (the probe's ``validate``)."""
+    from fedsim.probe_registry import kinds
+
+    cls = kinds()[kind]
+    return [Param(k, type(v).__name__ if v is not None else "any", _show(v), "checked by fedsim validate",
+                  cls.notes.get(k, "")) for k, v in cls.defaults.items()]
 
 
 # --------------------------------------------------------------------------- one component
@@ -250,8 +239,10 @@ def describe(kind: str, name: str) -> tuple[str, list[Param]]:
                                                                                             "topology")
         return kinds[name], schema_params(model, section, name, kinds)
     if kind == "probes":
-        _lookup(kind, name, PROBES)
-        return PROBES[name], probe_params(name)
+        from fedsim.probe_registry import kinds
+
+        _lookup(kind, name, kinds())
+        return inspect.cleandoc(kinds()[name].__doc__ or "(no docstring)"), probe_params(name)
     if kind == "datasets":
         from fedsim.data.datasets import DATASETS
 

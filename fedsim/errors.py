@@ -32,3 +32,8 @@ class RunDirExistsError(FedsimError, FileExistsError):
 
 class RunInterruptedError(FedsimError, RuntimeError):
     """The run stopped early (Ctrl-C, or a peer actor died); it can be resumed from its checkpoint."""
+
+
+def probe_error(i: int, key: str, msg: str) -> ValueError:
+    """The error of a bad value in ``probes[i]``: ``probes.<i>.<key>: msg`` (a ``ValueError``)."""
+    return ValueError(f"probes.{i}.{key}: {msg}")

@@ -37,7 +37,8 @@ class GroupSetup:
     mode: str  # decentralized | federated
     training: dict[str, Any]
     strategy: dict[str, Any]  # name, params
-    f: int
+    f: int  # Byzantine vectors a rule is told to expect among those it aggregates (scenario.resolve_f)
+    received: int  # vectors an aggregation combines per round, as the rule's check sees it (an attack's ctx.n)
     attack: dict[str, Any]  # name, params, omniscient, collude
     topology: Topology  # built by fedsim.scenario.build_topology (runner.prepare), never rebuilt here
     absent: np.ndarray | None = None  # bool [N]: peers that take no part (their messages never arrive)
@@ -61,14 +62,16 @@ def forge_messages(
     s: GroupSetup,
     round_: int,
     params: Tensor,
-    previous: Tensor | None,
+    history: Tensor | None,
     receiver: int | None = None,
     nbr_honest: Tensor | None = None,
     sampled: np.ndarray | None = None,
     server_own: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """The messages every peer sends this round ``[N, P]``, a validity mask ``[N]``, and the
-    Byzantine rows sent (kept for the stale-model attack's ``ctx.previous``).
+    Byzantine peers' history after this round (:func:`stale_step`: kept only for a forger with
+    ``lookback > 0``, the stale-model attack, which gets its oldest entry as ``ctx.previous``;
+    a per-receiver call reads ``history`` and returns it unchanged).
 
     Byzantine rows are replaced by the forger's output. Forgers see the honest vectors of the
     round when ``peers.attack.omniscient`` (default), otherwise the Byzantine peers' own
@@ -92,17 +95,21 @@ def forge_messages(
         valid &= torch.from_numpy(sampled)
     byz = torch.from_numpy(np.flatnonzero(s.byzantine))
     if not isinstance(attack, attacks.UpdateForger) or len(byz) == 0:
-        return params, valid, previous  # nothing forged: no [N, P] copy
-    if attack.per_receiver and receiver is None and server_own is None:
-        return params, valid, previous  # forged per receiver (PeerGroup.aggregate)
-    msgs = params.clone()
+        return params, valid, history  # nothing forged: no [N, P] copy
     own = params[byz]
+    previous, new_history = stale_step(history, own, attack.lookback)
+    if receiver is not None:
+        new_history = history  # the broadcast call of this round moved it on
+    if attack.per_receiver and receiver is None and server_own is None:
+        return params, valid, new_history  # forged per receiver (PeerGroup.aggregate)
+    msgs = params.clone()
     seen = ~s.byzantine if sampled is None else ~s.byzantine & sampled
     view = params[torch.from_numpy(seen)] if s.attack.get("omniscient", True) and seen.any() else own
     layer_shape = (s.num_classes, s.dim)
     ctx_kw: dict[str, Any] = dict(
-        n=s.num_peers,
+        n=s.received,
         f=len(byz),
+        f_received=s.f,
         round=round_,
         layer_shape=layer_shape,
         bias=bool(s.training["bias"]),
@@ -125,7 +132,21 @@ def forge_messages(
             valid[rows] = torch.isfinite(out).all(dim=1)
     if sampled is not None:
         valid &= torch.from_numpy(sampled)
-    return msgs, valid, (msgs[byz].clone() if receiver is None else previous)
+    return msgs, valid, new_history
+
+
+def stale_step(history: Tensor | None, own: Tensor, depth: int) -> tuple[Tensor | None, Tensor | None]:
+    """One round of the Byzantine peers' bounded history ``[h, k, P]`` (oldest first, ``h <= depth``):
+    ``(previous, history')`` where ``previous`` is ``own`` as held ``depth`` rounds ago (None while
+    fewer than ``depth`` rounds are kept) and ``history'`` appends this round's ``own [k, P]`` and
+    keeps the last ``depth``. ``depth = 0`` (a forger that does not look back): ``(None, None)``,
+    nothing is copied."""
+    if depth <= 0:
+        return None, None
+    if history is None:
+        return None, own[None].clone()
+    previous = history[0] if history.shape[0] == depth else None
+    return previous, torch.cat([history, own[None]])[-depth:].clone()
 
 
 def held_classes(y: np.ndarray, train_idx: list[np.ndarray], val_idx: list[np.ndarray], num_classes: int) -> np.ndarray:
@@ -206,7 +227,7 @@ class PeerGroup:
         # (sent and evaluated); tw, tb the copies trained each round and handed to the rule as ``own``
         self.cwr = bool(self.rule.consolidated)
         self.tw, self.tb = (self.w.clone(), self.b.clone()) if self.cwr else (self.w, self.b)
-        self.previous_forged: Tensor | None = None
+        self.stale_history: Tensor | None = None  # [h, k, P] (forge_messages), stale-model attack only
         self.last_dropped = 0
         # Small shards (many peers): every peer's samples zero-padded to s.shard_pad, once
         self.padded: tuple[Tensor, Tensor] | None = None
@@ -227,8 +248,9 @@ class PeerGroup:
         for j in np.flatnonzero(self.is_byz):
             o, n = self.offsets[j], self.sizes[j]
             ctx = attacks.AttackContext(
-                n=self.s.num_peers,
+                n=self.s.received,
                 f=int(self.s.byzantine.sum()),
+                f_received=self.s.f,
                 num_classes=self.s.num_classes,
                 layer_shape=self.layer_shape,
                 bias=self.bias,
@@ -257,12 +279,12 @@ class PeerGroup:
         return c * d + (c if self.bias else 0)
 
     # get_state's per-peer tensors (first dimension: the hosted peers, in id order); the other
-    # entries ("t", "previous_forged") are the same in every group. A checkpoint concatenates the
+    # entries ("t", "stale_history") are the same in every group. A checkpoint concatenates the
     # per-peer ones over groups, so it resumes under any engine.num_actors.
     PER_PEER_STATE = ("w", "b", "m_w", "m_b", "v_w", "v_b")
 
     def get_state(self) -> dict[str, Any]:
-        """The hosted peers' heads and optimizer buffers, and the last forged rows: everything a
+        """The hosted peers' heads and optimizer buffers, and the stale attack's history: everything a
         resumed group needs (tensors, an int and ``None`` only: a checkpoint stores it without pickle)."""
         st = {
             "w": self.w.clone(),
@@ -270,7 +292,7 @@ class PeerGroup:
             "m_w": self.opt.m_w.clone(),
             "m_b": self.opt.m_b.clone(),
             "t": self.opt.t,
-            "previous_forged": self.previous_forged,
+            "stale_history": self.stale_history,
         }
         if self.opt.v_w is not None:
             st |= {"v_w": self.opt.v_w.clone(), "v_b": self.opt.v_b.clone()}
@@ -286,7 +308,7 @@ class PeerGroup:
         if "v_w" in st and self.opt.v_w is not None:
             self.opt.v_w.copy_(st["v_w"])
             self.opt.v_b.copy_(st["v_b"])
-        self.previous_forged = st["previous_forged"]
+        self.stale_history = st["stale_history"]
 
     # ------------------------------------------------------------------ training
     def _draw(self, round_: int, step: int, rows: np.ndarray | None = None) -> np.ndarray:
@@ -526,7 +548,8 @@ class PeerGroup:
     def aggregate(self, round_: int, *all_params: np.ndarray) -> dict[str, int]:
         """Decentralized aggregation: every honest hosted peer aggregates its in-neighbours' messages."""
         params = torch.from_numpy(np.concatenate(all_params))
-        msgs, valid, self.previous_forged = forge_messages(self.attack, self.s, round_, params, self.previous_forged)
+        history = self.stale_history  # before this round: per-receiver forgeries read it too
+        msgs, valid, self.stale_history = forge_messages(self.attack, self.s, round_, params, history)
         indptr, indices = self.topology.in_neighbors(round_)
         new = params[self.s.first : self.s.first + self.p].clone()  # the hosted peers' own heads
         # the rule's ``own``: the sent heads, or with consolidated weights the trained copies
@@ -556,7 +579,7 @@ class PeerGroup:
                     self.s,
                     round_,
                     params,
-                    self.previous_forged,
+                    history,
                     receiver=int(pid),
                     nbr_honest=params[honest_n],
                 )
@@ -568,7 +591,7 @@ class PeerGroup:
             ctx = self._ctx(j, round_, self.s.f, None if root is None else root[j], int(seeds[j]), overlap)
             try:
                 new[j], _ = strategies.aggregate(self.rule, own_rows[j], m[nbrs[ok]], ctx, sent)
-            except ValueError:  # e.g. too few received vectors this round for the rule's n > 2f
+            except strategies.CannotAggregateError:  # this round's vectors; anything else is a bug: raised
                 new[j], skipped = sent, skipped + 1
         self.set_params(new)
         return {"dropped": dropped, "skipped": skipped}
@@ -610,21 +633,21 @@ class Server:
             attacks.build(setup.attack["name"], setup.attack.get("params")) if setup.attack["name"] != "none" else None
         )
         self.rule = strategies.build(setup.strategy["name"], setup.strategy.get("params"))
-        self.previous_forged: Tensor | None = None
+        self.stale_history: Tensor | None = None  # [h, k, P] (forge_messages), stale-model attack only
         self.root = None if root_x is None else (torch.tensor(root_x), torch.tensor(root_y))  # Ray arrays: read-only
 
     def get_global(self) -> np.ndarray:
         return self.global_params
 
     def get_state(self) -> dict[str, Any]:
-        """The global model (a tensor, so a checkpoint stores it without pickle) and the last forged rows."""
-        return {"global": torch.from_numpy(self.global_params.copy()), "previous_forged": self.previous_forged}
+        """The global model (a tensor, so a checkpoint stores it without pickle) and the stale attack's history."""
+        return {"global": torch.from_numpy(self.global_params.copy()), "stale_history": self.stale_history}
 
     def set_state(self, st: dict[str, Any]) -> None:
         """Restore :meth:`get_state`'s output (a tensor or an array for ``global``)."""
         g = st["global"]
         g = g.numpy() if isinstance(g, torch.Tensor) else np.asarray(g)
-        self.global_params, self.previous_forged = g.astype(np.float32, copy=True), st["previous_forged"]
+        self.global_params, self.stale_history = g.astype(np.float32, copy=True), st["stale_history"]
 
     def _root_update(self, round_: int, g: Tensor) -> Tensor | None:
         if "root_update" not in self.rule.needs or self.root is None:
@@ -648,8 +671,8 @@ class Server:
         ``sampled`` (bool ``[N]``, client sampling): only those clients' messages arrive; the
         others are neither aggregated nor counted as dropped."""
         params = torch.from_numpy(np.concatenate(client_params))
-        msgs, valid, self.previous_forged = forge_messages(
-            self.attack, self.s, round_, params, self.previous_forged, sampled=sampled,
+        msgs, valid, self.stale_history = forge_messages(
+            self.attack, self.s, round_, params, self.stale_history, sampled=sampled,
             server_own=torch.from_numpy(self.global_params),
         )
         arrived = int(valid.numel()) if sampled is None else int(sampled.sum())
@@ -670,7 +693,7 @@ class Server:
         lost = arrived - int(valid.sum())  # forgeries that failed among the clients that sent
         try:
             new, dropped = strategies.aggregate(self.rule, g, msgs if bool(valid.all()) else msgs[valid], ctx)
-        except ValueError:
+        except strategies.CannotAggregateError:  # this round's vectors; anything else is a bug: raised
             return {"dropped": lost, "skipped": 1}
         self.global_params = new.numpy().astype(np.float32)
         return {"dropped": lost + dropped, "skipped": 0}

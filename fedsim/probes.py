@@ -1,9 +1,10 @@
-"""The probes' harness: run the unlearning and cloning probes (:mod:`attacks.probes`) against a
-trained federation, write ``<run>/probes.json`` and return a compact summary for ``summary.json``.
-
-The runner calls :func:`run_probes` after the last round (``scenario.probes`` is a list of
-mappings, each with ``kind: unlearning | cloning``); :func:`validate_probe` checks one mapping
-(errors name ``probes.<i>.<key>``); :func:`format_probes` renders ``probes.json`` as Markdown.
+"""What the built-in probes do: the unlearning and cloning probes (over the pure-torch
+:mod:`attacks.probes`) against a trained federation, and the :class:`ProbeContext` every probe's
+``run`` gets. Their keys, value checks and ``summary.json`` form are
+:mod:`fedsim.probe_builtins` (registered kinds, :mod:`fedsim.probe_registry`);
+:func:`fedsim.probe_runs.run_probes` runs a scenario's probes after the last round and writes
+``<run>/probes.json``, handed the retraining as a callable (this module never imports the
+runner); :func:`fedsim.report.format_probes` renders ``probes.json`` as Markdown.
 
 Unlearning (``kind: unlearning``) — a peer leaves and asks that its data be forgotten:
 
@@ -49,11 +50,11 @@ defence's cost to the defender is its served top-1 accuracy vs the undefended on
 from __future__ import annotations
 
 import json
-import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,230 +65,27 @@ from attacks.probes._records import to_plain
 from fedsim import canaries as canaries_mod
 from fedsim import rng as crng
 from fedsim import rundir
-from fedsim.rundir import json_safe as _plain  # JSON-safe copies of the records
+from fedsim.errors import probe_error
+from fedsim.rundir import json_safe as _plain  # noqa: F401  (JSON-safe copies of the records)
 from fedsim.topology import Topology
 
-if TYPE_CHECKING:
-    from fedsim.runner import Prepared, Run
+# peer -> the final heads [N, P] of the scenario retrained with that peer absent (the runner's
+# Run.retrain_without, written under retrain_dir(run dir, peer)); None: no retraining available
+Retrain = Callable[[int], np.ndarray]
 
-KINDS = ("unlearning", "cloning")
-
-UNLEARNING_DEFAULTS: dict[str, Any] = {
-    "peer": None,  # default: the honest peer with the most training samples
-    "target": None,  # default: the leaver's first honest in-neighbour; federated: the global model
-    "lr": 0.5,  # ascent step length in parameter space (normalised steps; the last one is bisected)
-    "max_steps": 1000,
-    "heldout_fraction": 0.5,
-    "lira_shadows": 0,
-    "retrain": True,
-    "mode": "first_epoch",  # or "iterative"
-    "tol": 1e-3,
-    "criterion": "membership",  # ascent stopping rule: class-matched KS at its null level, or loss/accuracy/either
-    "alpha": 0.05,  # level of the membership criterion's null threshold c_α
-    # with calibration canaries: "separate" (canaries and natural data each tested at α/2) or "pooled"
-    # (one statistic, the reference re-weighted to the forget set's canary/natural and class mix)
-    "stop_groups": "separate",
-    "path_every": 10,  # record the ascent path (stopping statistic, KL to the retrained head) every k steps
-    "canaries": None,  # e.g. {count: 50, kind: mislabelled}: planted in the leaver's shard (fedsim.canaries)
-    "permutations": 999,  # label permutations of every membership null distribution
-    "newton_damping": 1e-3,  # L2 damping λ of the retained Hessian in the Newton removal
-    "newton_steps": 1,  # Newton steps on the removal equation (1: the classic influence step)
-    "newton_search_max": 8,  # newton_calibrated: most multiples of the Newton step searched along its direction
-    "finetune_steps": 50,  # full-batch gradient steps of the fine-tune-on-retained baseline
-    "finetune_lr": 0.5,
-}
-CLONING_DEFAULTS: dict[str, Any] = {
-    "target": None,  # default: the first honest peer; federated: the global model
-    "target_head": {"kind": "federated"},  # or {kind: bottleneck, hidden, ...}: see TARGET_HEAD_KEYS
-    "queries": [8, 32, 128, 512, 2048],
-    "topk": [None, 5, 2, 1],  # null: full logits; 1: top-1 label with its value
-    "defences": [{"kind": "rounding", "decimals": 1}, {"kind": "noise", "sigma": 0.1}, {"kind": "top1"}],
-    "repeats": [1],  # against noise defences: each query asked r times, answers averaged
-    "method": "ridge",  # stage 2 from leaked logits: ridge (GCV) | least_squares | distill
-    "query_pool": "peers",  # or "heldout"
-}
-TARGET_HEAD_KEYS: dict[str, dict[str, Any]] = {
-    "federated": {},
-    "bottleneck": {"hidden": 6, "activation": "linear", "train_on": "federation", "epochs": 300, "lr": 0.01,
-                   "weight_decay": 0.0},
-}
-DEFENCE_KEYS: dict[str, dict[str, Any]] = {"rounding": {"decimals": 1, "stage": "before_ranking"},
-                                           "noise": {"sigma": 0.1, "stage": "before_ranking"}, "top1": {}}
 AGREEMENT_GOAL = 0.99  # "cost to the attacker": oracle queries until the clone agrees this often
 
 
-# ----------------------------------------------------------------------------- validation
 def _err(i: int, key: str, msg: str) -> ValueError:
-    return ValueError(f"probes.{i}.{key}: {msg}")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _check_int(i: int, key: str, v: Any, lo: int, hi: int | None = None) -> int:
-    if not _is_int(v) or v < lo or (hi is not None and v > hi):
-        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise _err(i, key, f"must be an integer {rng}, got {v!r}")
-    return int(v)
-
-
-def _check_num(i: int, key: str, v: Any, lo: float, hi: float | None = None, lo_open: bool = True,
-               hi_open: bool = True) -> float:
-    ok = _is_num(v) and (v > lo if lo_open else v >= lo) and (hi is None or (v < hi if hi_open else v <= hi))
-    if not ok:
-        lb = "(" if lo_open else "["
-        ub = ")" if hi_open else "]"
-        raise _err(i, key, f"must be a number in {lb}{lo}, {'inf' if hi is None else hi}{ub}, got {v!r}")
-    return float(v)
-
-
-def _check_peer(i: int, key: str, v: Any, num_peers: int | None, allow_global: bool) -> int | str | None:
-    if v is None or (allow_global and v == "global"):
-        return v
-    hi = None if num_peers is None else num_peers - 1
-    what = "a peer id" + (" or 'global'" if allow_global else "")
-    if not _is_int(v) or v < 0 or (hi is not None and v > hi):
-        bound = "" if hi is None else f" in [0, {hi}]"
-        raise _err(i, key, f"must be {what}{bound}, got {v!r}")
-    return int(v)
-
-
-def _check_keys(i: int, probe: dict[str, Any], allowed: dict[str, Any]) -> None:
-    for k in probe:
-        if k != "kind" and k not in allowed:
-            raise _err(i, str(k), f"unknown key for kind {probe['kind']}; allowed: kind, {', '.join(allowed)}")
-
-
-def _validate_unlearning(i: int, p: dict[str, Any], num_peers: int | None) -> dict[str, Any]:
-    _check_keys(i, p, UNLEARNING_DEFAULTS)
-    cfg = {**UNLEARNING_DEFAULTS, **p}
-    cfg["peer"] = _check_peer(i, "peer", cfg["peer"], num_peers, allow_global=False)
-    cfg["target"] = _check_peer(i, "target", cfg["target"], num_peers, allow_global=True)
-    if cfg["peer"] is not None and cfg["peer"] == cfg["target"]:
-        raise _err(i, "target", f"must differ from probes.{i}.peer (the leaver's own model is not audited)")
-    cfg["lr"] = _check_num(i, "lr", cfg["lr"], 0.0)
-    cfg["max_steps"] = _check_int(i, "max_steps", cfg["max_steps"], 1)
-    cfg["heldout_fraction"] = _check_num(i, "heldout_fraction", cfg["heldout_fraction"], 0.0, 1.0)
-    shadows = cfg["lira_shadows"]
-    if not _is_int(shadows) or shadows < 0 or shadows == 1:
-        raise _err(i, "lira_shadows", f"must be 0 (off) or an integer >= 2, got {shadows!r}")
-    if not isinstance(cfg["retrain"], bool):
-        raise _err(i, "retrain", f"must be true or false, got {cfg['retrain']!r}")
-    if cfg["mode"] not in ("first_epoch", "iterative"):
-        raise _err(i, "mode", f"got {cfg['mode']!r}; allowed: first_epoch, iterative")
-    cfg["tol"] = _check_num(i, "tol", cfg["tol"], 0.0)
-    if cfg["criterion"] not in ("membership", "loss", "accuracy", "either"):
-        raise _err(i, "criterion", f"got {cfg['criterion']!r}; allowed: membership, loss, accuracy, either")
-    cfg["alpha"] = _check_num(i, "alpha", cfg["alpha"], 0.0, 1.0)
-    if cfg["stop_groups"] not in ("pooled", "separate"):
-        raise _err(i, "stop_groups", f"got {cfg['stop_groups']!r}; allowed: pooled, separate")
-    cfg["path_every"] = _check_int(i, "path_every", cfg["path_every"], 0)
-    cfg["canaries"] = canaries_mod.validate(f"probes.{i}.canaries", cfg["canaries"])
-    cfg["permutations"] = _check_int(i, "permutations", cfg["permutations"], 99)
-    cfg["newton_damping"] = _check_num(i, "newton_damping", cfg["newton_damping"], 0.0)
-    cfg["newton_steps"] = _check_int(i, "newton_steps", cfg["newton_steps"], 1, 100)
-    cfg["newton_search_max"] = _check_int(i, "newton_search_max", cfg["newton_search_max"], 1, 1000)
-    cfg["finetune_steps"] = _check_int(i, "finetune_steps", cfg["finetune_steps"], 0)
-    cfg["finetune_lr"] = _check_num(i, "finetune_lr", cfg["finetune_lr"], 0.0)
-    return cfg
-
-
-def _validate_defence(i: int, j: int, d: Any) -> dict[str, Any]:
-    key = f"defences.{j}"
-    if not isinstance(d, dict) or d.get("kind") not in DEFENCE_KEYS:
-        raise _err(i, key, f"each defence is a mapping with kind: {' | '.join(DEFENCE_KEYS)}, got {d!r}")
-    allowed = DEFENCE_KEYS[d["kind"]]
-    for k in d:
-        if k != "kind" and k not in allowed:
-            extra = ", ".join(["kind", *allowed])
-            raise _err(i, f"{key}.{k}", f"unknown key for defence kind {d['kind']}; allowed: {extra}")
-    out = {**allowed, **d}
-    if "stage" in out and out["stage"] not in ("before_ranking", "after_ranking"):
-        raise _err(i, f"{key}.stage", f"got {out['stage']!r}; allowed: before_ranking, after_ranking")
-    if out["kind"] == "rounding":
-        out["decimals"] = _check_int(i, f"{key}.decimals", out["decimals"], 0, 12)
-    elif out["kind"] == "noise":
-        out["sigma"] = _check_num(i, f"{key}.sigma", out["sigma"], 0.0, lo_open=False)
-    return out
-
-
-def _validate_cloning(i: int, p: dict[str, Any], num_peers: int | None) -> dict[str, Any]:
-    _check_keys(i, p, CLONING_DEFAULTS)
-    cfg = {**CLONING_DEFAULTS, **p}
-    cfg["target"] = _check_peer(i, "target", cfg["target"], num_peers, allow_global=True)
-    qs = cfg["queries"]
-    if not isinstance(qs, list) or not qs or not all(_is_int(q) and q >= 1 for q in qs):
-        raise _err(i, "queries", f"must be a non-empty list of integers >= 1, got {qs!r}")
-    cfg["queries"] = sorted({int(q) for q in qs})
-    ks = cfg["topk"]
-    if not isinstance(ks, list) or not ks or not all(k is None or (_is_int(k) and k >= 1) for k in ks):
-        raise _err(i, "topk", f"must be a non-empty list of null (full logits) or integers >= 1, got {ks!r}")
-    cfg["topk"] = list(dict.fromkeys(None if k is None else int(k) for k in ks))
-    ds = cfg["defences"]
-    if not isinstance(ds, list):
-        raise _err(i, "defences", f"must be a list of mappings, got {ds!r}")
-    cfg["defences"] = [_validate_defence(i, j, d) for j, d in enumerate(ds)]
-    if cfg["query_pool"] not in ("peers", "heldout"):
-        raise _err(i, "query_pool", f"got {cfg['query_pool']!r}; allowed: peers, heldout")
-    rs = cfg["repeats"]
-    if not isinstance(rs, list) or not rs or not all(_is_int(r) and r >= 1 for r in rs):
-        raise _err(i, "repeats", f"must be a non-empty list of integers >= 1, got {rs!r}")
-    cfg["repeats"] = sorted({int(r) for r in rs})
-    if cfg["method"] not in ("ridge", "least_squares", "distill"):
-        raise _err(i, "method", f"got {cfg['method']!r}; allowed: ridge, least_squares, distill")
-    cfg["target_head"] = _validate_target_head(i, cfg["target_head"])
-    return cfg
-
-
-def _validate_target_head(i: int, t: Any) -> dict[str, Any]:
-    if not isinstance(t, dict) or t.get("kind") not in TARGET_HEAD_KEYS:
-        raise _err(i, "target_head", f"must be a mapping with kind: {' | '.join(TARGET_HEAD_KEYS)}, got {t!r}")
-    allowed = TARGET_HEAD_KEYS[t["kind"]]
-    for k in t:
-        if k != "kind" and k not in allowed:
-            raise _err(i, f"target_head.{k}", f"unknown key for target_head kind {t['kind']}; allowed: "
-                       f"{', '.join(['kind', *allowed])}")
-    out = {**allowed, **t}
-    if out["kind"] == "bottleneck":
-        out["hidden"] = _check_int(i, "target_head.hidden", out["hidden"], 1)
-        out["epochs"] = _check_int(i, "target_head.epochs", out["epochs"], 1)
-        out["lr"] = _check_num(i, "target_head.lr", out["lr"], 0.0)
-        out["weight_decay"] = _check_num(i, "target_head.weight_decay", out["weight_decay"], 0.0, lo_open=False)
-        if out["activation"] not in ("linear", "relu"):
-            raise _err(i, "target_head.activation", f"got {out['activation']!r}; allowed: linear, relu")
-        if out["train_on"] not in ("federation", "target"):
-            raise _err(i, "target_head.train_on", f"got {out['train_on']!r}; allowed: federation, target")
-    return out
-
-
-def validate_probe(i: int, probe: Any, num_peers: int | None = None) -> dict[str, Any]:
-    """Check ``scenario.probes[i]`` and return it with every default filled in.
-
-    Raises ``ValueError("probes.<i>.<key>: ...")`` for an unknown key or a bad value. Checks
-    that need the prepared run (Byzantine placement, number of classes) happen in
-    :func:`run_probes`, with messages of the same form. ``num_peers`` (``peers.count``) also
-    range-checks peer ids.
-    """
-    if not isinstance(probe, dict) or "kind" not in probe:
-        raise ValueError(f"probes.{i}: each probe is a mapping with a 'kind' ({' | '.join(KINDS)})")
-    if probe["kind"] == "unlearning":
-        return _validate_unlearning(i, probe, num_peers)
-    if probe["kind"] == "cloning":
-        return _validate_cloning(i, probe, num_peers)
-    raise _err(i, "kind", f"got {probe['kind']!r}; allowed: {', '.join(KINDS)}")
+    return probe_error(i, key, msg)
 
 
 # ----------------------------------------------------------------------------- shared context
 @dataclass
 class _Ctx:
-    """What every probe needs from the trained run, as float64 torch tensors."""
+    """What every probe needs from the trained run, as float64 torch tensors (``ProbeContext``)."""
 
-    run: Run
+    out_dir: Path | None  # the run's directory
     x_train: Tensor
     y_train: Tensor
     x_test: Tensor
@@ -303,6 +101,8 @@ class _Ctx:
     canaries: canaries_mod.Canaries | None = None
     training: dict[str, Any] = field(default_factory=dict)
     rounds: int = 1
+    retrain: Retrain | None = None
+    recorded_gradients: np.ndarray | None = None  # the unlearning probe's leaver's first-epoch gradients [B, P]
     retrained: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property
@@ -326,13 +126,18 @@ class _Ctx:
         return 0 if target == "global" else int(target)
 
 
-def _context(run: Run, prep: Prepared, final_params: np.ndarray) -> _Ctx:
+ProbeContext = _Ctx  # the name a registered probe's run() sees
+
+
+def _context(run: Any, prep: Any, final_params: np.ndarray, retrain: Retrain | None) -> _Ctx:
     f = prep.features
     train_idx: list[np.ndarray] = []
     for s in sorted(prep.setups, key=lambda s: s.first):
         train_idx += [np.asarray(t, dtype=np.int64) for t in s.train_idx]
     return _Ctx(
-        run=run,
+        out_dir=Path(run.dir),
+        retrain=retrain,
+        recorded_gradients=getattr(run, "recorded_gradients", None),
         x_train=torch.from_numpy(np.asarray(f.x_train)).to(torch.float64),
         y_train=torch.from_numpy(np.asarray(f.y_train)).long(),
         x_test=torch.from_numpy(np.asarray(f.x_test)).to(torch.float64),
@@ -399,29 +204,18 @@ def heldout_split(n_test: int, fraction: float, seed: int) -> tuple[np.ndarray, 
 
 
 # ----------------------------------------------------------------------------- unlearning
-def _retrain_without(ctx: _Ctx, peer: int) -> np.ndarray:
-    """Final heads ``[N, P]`` of the scenario retrained with ``peer`` absent (cached per peer)."""
+def retrain_dir(run_dir: Path, peer: int) -> Path:
+    """Where the federation retrained without ``peer`` is written (the runner's retraining)."""
+    return Path(run_dir) / "probes" / f"retrain-without-{peer}"
+
+
+def _retrain_without(i: int, ctx: _Ctx, peer: int) -> np.ndarray:
+    """Final heads ``[N, P]`` of the scenario retrained with ``peer`` absent (``ctx.retrain``, cached per peer)."""
     if peer not in ctx.retrained:
-        from fedsim.runner import Run
-
-        _release_actors(ctx.run)
-        sub = Run(ctx.run.sc, ctx.run.dir / "probes" / f"retrain-without-{peer}", absent=[peer], run_probes=False)
-        sub.create_dir(overwrite=True)
-        sub.execute()
-        ctx.retrained[peer] = np.asarray(sub.final_params)
+        if ctx.retrain is None:
+            raise _err(i, "retrain", "no retraining is available here (run the probe from a run); set retrain: false")
+        ctx.retrained[peer] = np.asarray(ctx.retrain(peer))
     return ctx.retrained[peer]
-
-
-def _release_actors(run: Run) -> None:
-    """Free the trained run's Ray actors (their heads are already in ``final_params``) so the retrain's
-    actors can be scheduled on the same CPUs. A no-op with the local backend or once released."""
-    handles = [*(getattr(run, "groups", None) or []), *([run.server] if getattr(run, "server", None) else [])]
-    if not handles or run.sc.engine.backend != "ray":
-        return
-    from fedsim.backend import kill_actors
-
-    kill_actors(handles)
-    run.groups, run.server = [], None
 
 
 def _default_leaver(ctx: _Ctx) -> int:
@@ -716,9 +510,9 @@ def run_unlearning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
         shadows = ap.train_shadow_heads(cal[0], cal[1], shape, bias, cfg["lira_shadows"],
                                         generator=crng.torch_generator(ctx.seed, "probes_lira", i))
     before = ctx.final_params[ctx.row(target)]
-    rec = getattr(ctx.run, "recorded_gradients", None)  # the leaver's real first-epoch gradients (fedsim.peers)
+    rec = ctx.recorded_gradients  # the leaver's real first-epoch gradients (fedsim.peers)
     recorded = None if rec is None or cfg["mode"] != "first_epoch" else torch.from_numpy(rec).to(torch.float64)
-    retrained_all = torch.from_numpy(_retrain_without(ctx, peer)).to(torch.float64) if cfg["retrain"] else None
+    retrained_all = torch.from_numpy(_retrain_without(i, ctx, peer)).to(torch.float64) if cfg["retrain"] else None
     retrained = None if retrained_all is None else retrained_all[ctx.row(target)]
     splits = {"forget": forget[0], "retain": retain[0], "test": test[0]}
     if ctx.canaries is not None and ctx.canaries.peer == peer:  # the forget set's two parts, judged apart too
@@ -763,7 +557,7 @@ def run_unlearning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
         "split": {"calibration": len(cal_i), "mia_nonmembers": len(mia_i), "test": len(test_i),
                   "calibration_canaries": len(stop.y) - len(cal_i)},
         "lira_shadows": cfg["lira_shadows"],
-        "retrained_dir": (str(ctx.run.dir / "probes" / f"retrain-without-{peer}") if cfg["retrain"] else None),
+        "retrained_dir": (str(retrain_dir(ctx.out_dir, peer)) if cfg["retrain"] and ctx.out_dir else None),
         "records": [report.to_dict()],
         "methods": methods,
         "chosen": {"rule": SELECTION_RULE, "method": choose_method(methods)},
@@ -943,270 +737,6 @@ def run_cloning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
         "defence_cost": _defence_costs(records),
     }
 
-
-# ----------------------------------------------------------------------------- entry points
+# ----------------------------------------------------------------------------- output
 def _write_json(path: Path, obj: Any) -> None:
     rundir.atomic_write(path, (json.dumps(obj, indent=1, allow_nan=False) + "\n").encode())
-
-
-def summarize(entry: dict[str, Any]) -> dict[str, Any]:
-    """The compact form of one ``probes.json`` entry kept in ``summary.json``."""
-    if entry["kind"] == "unlearning":
-        rep = entry["records"][0]
-        models = [m for m in ("before", "after", "retrained") if rep.get(m)]
-
-        def pick(metric: str) -> dict[str, Any]:
-            return {m: rep[m][metric] for m in models}
-
-        return {
-            "kind": "unlearning", "peer": entry["peer"], "target": entry["target"],
-            "calibrated": (rep.get("trace") or {}).get("calibrated"), "steps": (rep.get("trace") or {}).get("steps"),
-            "mia_advantage": pick("mia_advantage"), "forget_accuracy": pick("forget_accuracy"),
-            "test_accuracy": pick("test_accuracy"),
-            "influence_mia_by_hop": {f"{r['model']}:{r['hop']}": r["mia_advantage_mean"] for r in entry["influence"]},
-            "membership": {f"{m}:{a}": {k: t[k] for k in ("advantage", "null_q95", "p_value", "tpr_at_1pct_fpr")}
-                           for m, res in (entry.get("membership") or {}).items() for a, t in res.items()},
-        }
-    def key(d: dict[str, Any]) -> str:
-        r = d.get("repeats", 1)
-        return f"{d['defence']}/k={d['topk'] or 'all'}" + (f"/r={r}" if r != 1 else "")
-
-    st = entry.get("stage1") or {}
-    return {
-        "kind": "cloning", "target": entry["target"],
-        "target_head": (entry.get("target_head") or {}).get("kind", "federated"),
-        "hidden_size": {"true": st.get("true_hidden_size"), "recovered": st.get("hidden_size"),
-                        "identifiable": st.get("identifiable"), "subspace_error": st.get("subspace_error")},
-        "agreement_at_max": {key(d): d["agreement_at_max"] for d in entry["defence_cost"]},
-        "queries_to_99pct": {key(d): d["queries_to_goal"] for d in entry["defence_cost"]},
-        "defender_accuracy_cost": {key(d): d.get("defender_accuracy_cost") for d in entry["defence_cost"]},
-    }
-
-
-def run_probes(run: Run, prep: Prepared, final_params: np.ndarray) -> list[dict[str, Any]]:
-    """Run ``run.sc.probes`` against the trained heads ``final_params [N, P]``.
-
-    Every probe mapping is validated first (``ValueError("probes.<i>.<key>: ...")``), then each
-    runs in order; the full results go to ``<run>/probes.json`` (``[{"kind", "records", ...}]``)
-    and the compact list returned here goes into ``summary.json``.
-    """
-    cfgs = [validate_probe(i, p, run.sc.peers.count) for i, p in enumerate(run.sc.probes)]
-    ctx = _context(run, prep, final_params)
-    entries = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: extra threads only contend (badly so on busy shared cores)
-    try:
-        for i, cfg in enumerate(cfgs):
-            entry = run_unlearning(i, cfg, ctx) if cfg["kind"] == "unlearning" else run_cloning(i, cfg, ctx)
-            entries.append(_plain(entry))
-    finally:
-        torch.set_num_threads(threads)
-    _write_json(Path(run.dir) / "probes.json", entries)
-    return [summarize(e) for e in entries]
-
-
-# ----------------------------------------------------------------------------- Markdown
-def _pct(v: Any, digits: int = 1) -> str:
-    return "–" if not _is_num(v) else f"{100 * v:.{digits}f}%"
-
-
-def _num(v: Any, fmt: str = ".3f") -> str:
-    return "–" if not _is_num(v) else format(v, fmt)
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-
-
-_UNLEARNING_ROWS = [
-    ("forget accuracy", "forget_accuracy", "pct"), ("retain accuracy", "retain_accuracy", "pct"),
-    ("test accuracy", "test_accuracy", "pct"), ("forget loss", "forget_loss", "num"),
-    ("held-out loss", "heldout_loss", "num"), ("MIA advantage (loss threshold)", "mia_advantage", "num"),
-    ("MIA advantage (offline LiRA)", "lira_advantage", "num"), ("LiRA AUC", "lira_auc", "num"),
-]
-
-
-def _format_unlearning(e: dict[str, Any]) -> str:
-    rep = e["records"][0]
-    models = [m for m in ("before", "after", "retrained") if isinstance(rep.get(m), dict)]
-    diff = rep.get("after_minus_retrained") or {}
-    rows = []
-    for name, key, kind in _UNLEARNING_ROWS:
-        vals = [rep[m].get(key) for m in models]
-        if all(v is None for v in vals):
-            continue
-        f = _pct if kind == "pct" else _num
-        d = diff.get(key)
-        dtxt = "–" if d is None else (f"{100 * d:+.1f} pp" if kind == "pct" else f"{d:+.3f}")
-        rows.append([name, *[f(v) for v in vals], *([dtxt] if "retrained" in models else [])])
-    header = ["metric", *models, *(["after − retrained"] if "retrained" in models else [])]
-    tr = rep.get("trace") or {}
-    sp = e.get("split", {})
-    out = [
-        f"### Unlearning: peer {e['peer']} leaves ({e['forget_samples']} training samples); "
-        f"model unlearned: {'global model' if e['target'] == 'global' else 'peer ' + str(e['target'])}",
-        "",
-        _table(header, rows),
-        "",
-        f"Gradient ascent ({tr.get('mode')}): {tr.get('steps')} step{'' if tr.get('steps') == 1 else 's'}, "
-        f"{'calibrated' if tr.get('calibrated') else 'NOT calibrated'} ({tr.get('stop_reason')}); "
-        f"forget loss {_num(tr.get('final_forget_loss'))} vs calibration-set loss "
-        f"{_num(tr.get('final_reference_loss'))}"
-        + (f"; membership statistic D+ {_num((tr.get('statistic') or [None])[-1])} vs null level "
-           f"{_num((tr.get('threshold') or [None])[-1])}" if tr.get("criterion") == "membership" else "")
-        + f". Chosen method ({(e.get('chosen') or {}).get('rule', 'no rule')}): "
-        f"{(e.get('chosen') or {}).get('method')}. Split of the test set: {sp.get('calibration')} calibration, "
-        f"{sp.get('mia_nonmembers')} MIA non-members, {sp.get('test')} test.",
-    ]
-    if e.get("methods"):
-        out += ["", _format_methods(e["methods"])]
-    if e.get("membership"):
-        out += ["", _format_membership(e)]
-    if e.get("influence"):
-        by_hop: dict[int, dict[str, dict[str, Any]]] = {}
-        for r in e["influence"]:
-            by_hop.setdefault(r["hop"], {})[r["model"]] = r
-        has_rt = any("retrained" in v for v in by_hop.values())
-        header = ["hop", "peers", "MIA adv. before", *(["MIA adv. retrained"] if has_rt else []),
-                  "forget acc. before", *(["forget acc. retrained"] if has_rt else [])]
-        rows = []
-        for h, v in sorted(by_hop.items()):
-            b, r = v.get("before", {}), v.get("retrained", {})
-            rows.append([str(h), str(b.get("peers", r.get("peers", 0))), _num(b.get("mia_advantage_mean")),
-                         *([_num(r.get("mia_advantage_mean"))] if has_rt else []),
-                         _pct(b.get("forget_accuracy_mean")),
-                         *([_pct(r.get("forget_accuracy_mean"))] if has_rt else [])])
-        out += ["", "Influence spread (hop distance from the leaver; mean over honest peers; hop 0 is the "
-                "leaver itself, absent from the retrained federation):", "", _table(header, rows)]
-    return "\n".join(out)
-
-
-def _ci(v: Any) -> str:
-    return "–" if not v or not all(_is_num(x) for x in v) else f"[{100 * v[0]:.1f}, {100 * v[1]:.1f}]%"
-
-
-def _format_methods(methods: dict[str, Any]) -> str:
-    """Unlearning methods against the retrained head (KL(retrained ‖ method), top-1 disagreement)."""
-    rows = []
-    for name, r in methods.items():
-        kl, dis = r.get("kl_to_retrained") or {}, r.get("disagreement_to_retrained") or {}
-        closed = r.get("kl_gap_closed") or {}
-        rows.append([name, *[_num(kl.get(s), ".4f") for s in ("forget", "retain", "test")],
-                     *[_pct(dis.get(s)) for s in ("forget", "test")], _pct(closed.get("forget")),
-                     _pct(r.get("test_accuracy"))])
-    return "\n".join(["Unlearning methods against the model retrained without the leaver (KL(retrained ‖ method) "
-                      "per split, top-1 disagreement, share of the forget-split KL gap closed):", "",
-                      _table(["method", "KL forget", "KL retain", "KL test", "disagree forget", "disagree test",
-                              "gap closed (forget)", "test acc."], rows)])
-
-
-def _format_membership(e: dict[str, Any]) -> str:
-    """Membership-inference table: every advantage beside its nulls (docs/probes.md)."""
-    rows = []
-    for model, res in e["membership"].items():
-        for attack, t in res.items():
-            cm = t.get("class_matched_q95")
-            rows.append([model, attack, _num(t["advantage"]), _num(t["null_q95"]), _num(cm), _num(t["p_value"], ".4f"),
-                         _pct(t["tpr_at_1pct_fpr"]), _ci(t.get("tpr_at_1pct_fpr_ci")), _pct(t["tpr_at_0_1pct_fpr"]),
-                         _ci(t.get("tpr_at_0_1pct_fpr_ci")), _num(t["auc"])])
-    setup = e.get("membership_setup") or {}
-    can = setup.get("canaries")
-    lira = setup.get("lira")
-    what = (f"{can['members']} {can['kind']} canaries vs {can['heldout']} held-out canaries" if can else "no canaries")
-    shadows = (f"; LiRA: {lira['shadows']} shadows trained by SGD for {lira['steps']} steps on {lira['shard_size']} "
-               f"examples{' (fixed variance)' if lira['fixed_variance'] else ''}" if lira else "")
-    return "\n".join([
-        f"Membership inference ({what}; natural: {setup.get('natural_members')} of the leaver's examples vs "
-        f"{setup.get('natural_nonmembers')} held-out; cross-fitted advantage, permutation null of "
-        f"{setup.get('permutations')} relabellings{shadows}):", "",
-        _table(["model", "attack", "advantage", "null q95", "class-matched q95", "p", "TPR@1%FPR", "95% CI",
-                "TPR@0.1%FPR", "95% CI", "AUC"], rows)])
-
-
-def _k_label(k: Any, c: Any = None) -> str:
-    return (f"all ({c})" if c else "all") if k is None else str(k)
-
-
-def _format_cloning(e: dict[str, Any]) -> str:
-    recs = e["records"]
-    c = e.get("num_classes")
-
-    def line(r: dict[str, Any]) -> tuple[str, Any, int]:
-        return r["defence"], r["topk"], r.get("repeats", 1)
-
-    def name(dname: str, k: Any, reps: int) -> list[str]:
-        return [dname + (f" ×{reps} avg" if reps != 1 else ""), _k_label(k, c)]
-
-    keys = list(dict.fromkeys(line(r) for r in recs))
-    budgets = sorted({r["n_query_points"] for r in recs})
-    by = {(*line(r), r["n_query_points"]): r for r in recs}
-    rows = [[*name(*key), *[_pct(by.get((*key, n), {}).get("agreement")) for n in budgets]] for key in keys]
-    tgt = next((r.get("target_accuracy") for r in recs if r.get("target_accuracy") is not None), None)
-    who = "global model" if e["target"] == "global" else f"peer {e['target']}"
-    th = e.get("target_head") or {"kind": "federated"}
-    if th.get("kind") == "bottleneck":
-        head = (f"bottleneck head trained by the probe on {th.get('train_samples')} samples of the "
-                f"{th.get('train_on')}'s data, {th.get('activation')}, hidden h = {th.get('hidden')}")
-    else:
-        head = "the federated linear head"
-    out = [
-        f"### Cloning: target {who}, {head} (test accuracy {_pct(tgt)}; d = {e.get('feature_dim')}, C = {c}; "
-        f"query pool: {e.get('query_pool')}, {e.get('query_pool_size')} inputs)",
-        "",
-        "Agreement of clone and target on held-out test inputs (never queried), by number of query inputs:",
-        "",
-        _table(["defence", "k", *[str(n) for n in budgets]], rows),
-    ]
-    st = e.get("stage1")
-    if st:
-        sv = ", ".join(f"{v:.3g}" for v in st["singular_values"])
-        ni = "" if st["identifiable"] else " (not identifiable: no drop, logits span R^(C-1))"
-        out += ["", f"Stage 1 (SVD of {st['n_query_points']} undefended full logit vectors, class- and "
-                f"column-centered): singular values {sv}; hidden size recovered "
-                f"{st['hidden_size']}{ni}"
-                f" (true: {st['true_hidden_size'] if st['true_hidden_size'] is not None else '≥ C, linear head'}); "
-                f"subspace error {_num(st['subspace_error'], '.2e')}, largest principal angle "
-                f"{_num(st['max_principal_angle'], '.2e')} rad."]
-    top = budgets[-1]
-    rows = []
-    for key in keys:
-        r = by.get((*key, top))
-        if r is None:
-            continue
-        hs = r.get("hidden_size")
-        rows.append([*name(*key), str(r["method"]), str(r["queries"]), _num(r["layer_relative_error"], ".2e"),
-                     "–" if hs is None else f"{hs}{'' if r['hidden_size_identifiable'] else ' (n.i.)'}",
-                     _pct(r["agreement"]), _num(r.get("kl_divergence"), ".2e"), _pct(r["clone_accuracy"])])
-    out += ["", f"At {top} query inputs (oracle queries include logit-bias queries and repeats; hidden size "
-            "'n.i.' = not identifiable; KL = mean KL(target ‖ clone) on the test inputs, nats):",
-            "", _table(["defence", "k", "method", "oracle queries", "rel. layer error", "hidden size", "agreement",
-                        "KL", "clone acc."], rows)]
-    costs = e.get("defence_cost") or []
-    if costs:
-        rows = [[*name(d["defence"], d["topk"], d.get("repeats", 1)),
-                 "never" if d["queries_to_goal"] is None else str(d["queries_to_goal"]),
-                 "–" if d["query_factor"] is None else f"×{d['query_factor']:.3g}",
-                 _pct(d.get("served_accuracy")),
-                 "–" if d.get("defender_accuracy_cost") is None else f"{100 * d['defender_accuracy_cost']:+.1f} pp"]
-                for d in costs]
-        goal = costs[0]["agreement_goal"]
-        out += ["", f"Cost to the attacker: oracle queries from which the clone agrees on ≥ {100 * goal:g}% of test "
-                "inputs at every larger budget tried (factor vs no defence at the same k); served acc. = the "
-                "defended API's own top-1 test accuracy, defender cost = undefended minus served accuracy:", "",
-                _table(["defence", "k", "queries to goal", "vs none", "served acc.", "defender cost"], rows)]
-    return "\n".join(out)
-
-
-def format_probes(records: Any) -> str:
-    """Markdown tables of a parsed ``probes.json`` (a list of entries, or one entry)."""
-    entries = [records] if isinstance(records, dict) else list(records or [])
-    parts = []
-    for e in entries:
-        if not isinstance(e, dict) or not e.get("records"):
-            continue
-        if e.get("kind") == "unlearning":
-            parts.append(_format_unlearning(e))
-        elif e.get("kind") == "cloning":
-            parts.append(_format_cloning(e))
-    return "\n\n".join(parts) + ("\n" if parts else "")

@@ -40,6 +40,7 @@ from fedsim.scenario import (
     build_topology,
     byzantine_mask,
     partition_for,
+    received_per_aggregation,
     resolve_f,
     resource_warnings,
     strategy_params,
@@ -78,8 +79,8 @@ def _gradient_recording(sc: Scenario, train: list[np.ndarray], byz: np.ndarray,
     from fedsim.canaries import default_leaver
 
     for p in sc.probes:
-        if isinstance(p, dict) and p.get("kind") == "unlearning":
-            peer = p.get("peer")
+        if p.kind == "unlearning":
+            peer = p.settings().get("peer")
             peer = default_leaver(train, byz) if peer is None else int(peer)
             return None if absent and peer in absent else peer
     return None
@@ -133,6 +134,7 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
         training=sc.training.model_dump(),
         strategy={"name": sc.strategy.name, "params": params},
         f=f,
+        received=received_per_aggregation(in_degree),
         attack=sc.peers.attack.model_dump(),
         topology=topo,
         classes=classes,
@@ -364,16 +366,27 @@ class Run:
         summary["resumed_after_round"] = self._resumed_after
         self.final_params = sim.final_params()
         if self.sc.probes and self.run_probes:
-            from fedsim.probes import run_probes
+            from fedsim.probe_runs import run_probes
 
             # the unlearning probe's leaver's first-epoch gradients, then free the actors' CPUs
             # (heads already fetched; the unlearning probe retrains on them)
             self.recorded_gradients = sim.recorded_gradients()
             sim.close()
             self.groups, self.server = [], None
-            summary["probes"] = run_probes(self, prep, self.final_params)
+            summary["probes"] = run_probes(self, prep, self.final_params, retrain=self.retrain_without)
         write_summary(self.rundir.summary, summary)
         return summary
+
+    def retrain_without(self, peer: int) -> np.ndarray:
+        """Final heads ``[N, P]`` of this scenario retrained with ``peer`` absent, in
+        ``fedsim.probes.retrain_dir(self.dir, peer)``: the retraining the unlearning probe is handed
+        (so the probes never import the runner)."""
+        from fedsim.probes import retrain_dir
+
+        sub = Run(self.sc, retrain_dir(self.dir, peer), absent=[peer], run_probes=False)
+        sub.create_dir(overwrite=True)
+        sub.execute()
+        return np.asarray(sub.final_params)
 
     def _summary(self, prep: Prepared) -> dict[str, Any]:
         sc = self.sc

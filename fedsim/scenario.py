@@ -17,10 +17,22 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializeAsAny,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from fedsim import limits
 from fedsim.errors import FedsimError
+from fedsim.probe_registry import Probe, check_entry, get_probe
 
 if TYPE_CHECKING:
     from fedsim.data.datasets import DatasetInfo
@@ -269,6 +281,46 @@ class OutputCfg(_Section):
     dir: str = "runs"
 
 
+class ProbeConfig(BaseModel):
+    """One ``probes:`` entry as the schema holds it: an instance of its kind's model
+    (:func:`probe_config`), whose fields are ``kind`` and the probe's ``defaults``. Dumps only the
+    keys given, in the given order, so a resolved ``scenario.yaml`` reads as written."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str
+    _keys: tuple[str, ...] = PrivateAttr(default=())
+
+    def settings(self) -> dict[str, Any]:
+        """The keys the scenario set (``kind`` first, as given)."""
+        return {k: getattr(self, k) for k in self._keys}
+
+    @model_serializer(mode="plain")
+    def _dump(self) -> dict[str, Any]:
+        return self.settings()
+
+
+@functools.cache
+def probe_config(cls: type[Probe]) -> type[ProbeConfig]:
+    """The schema's model of a registered probe kind: ``kind: Literal[<kind>]`` and one field per
+    key of its ``defaults`` (values are checked by the probe's own ``validate``)."""
+    fields: dict[str, Any] = {"kind": (Literal[cls.kind], ...)}
+    fields |= {k: (Any, v) for k, v in cls.defaults.items()}
+    return create_model(f"{cls.__name__}Config", __base__=ProbeConfig, **fields)
+
+
+def to_config(i: int, data: Any) -> ProbeConfig:
+    """``probes[i]`` as its kind's :func:`probe_config` (the union's dispatch on ``kind``, over the
+    registered kinds): ``ValueError("probes.<i>...: ...")`` for a non-mapping, an unknown kind or
+    an unknown key (:func:`fedsim.probe_registry.check_entry`)."""
+    if isinstance(data, ProbeConfig):
+        return data
+    probe = check_entry(i, data)
+    cfg = probe_config(type(probe)).model_validate(data)
+    cfg._keys = tuple(data)
+    return cfg
+
+
 class Scenario(_Section):
     name: str = Field(
         "run",
@@ -295,12 +347,35 @@ class Scenario(_Section):
     )
     checkpoint: CheckpointCfg = Field(default_factory=CheckpointCfg)
     output: OutputCfg = Field(default_factory=OutputCfg)
-    probes: list[dict[str, Any]] = Field(default_factory=list, description="probes run after training")
+    probes: list[SerializeAsAny[ProbeConfig]] = Field(
+        default_factory=list,
+        description="probes run after training: each its kind's config (a registered kind: fedsim.probe_registry)",
+    )
     plugins: list[str] = Field(
         default_factory=list,
         description="your modules (my_pkg.rules) or .py files (my_rules.py, relative to the current directory) "
         "imported in every process of the run before names are checked; see docs/extending.md",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _probe_plugins_first(cls, data: Any) -> Any:
+        """A plugin may register a probe kind: import the plugins before the probes are read (a
+        plugin that fails is reported after the schema, by :func:`load_plugins`)."""
+        if isinstance(data, dict) and data.get("probes") and isinstance(data.get("plugins"), list):
+            from fedsim import plugins
+
+            try:
+                plugins.load([plugins.normalize(e) for e in data["plugins"] if isinstance(e, str)])
+            except (plugins.PluginError, ValueError):
+                pass
+        return data
+
+    @field_validator("probes", mode="before")
+    @classmethod
+    def _probe_kinds(cls, v: Any) -> Any:
+        """Each entry as its kind's config (the union's dispatch on ``kind``: the registry's kinds)."""
+        return [to_config(i, p) for i, p in enumerate(v)] if isinstance(v, list) else v
 
     @field_validator("plugins")
     @classmethod
@@ -908,7 +983,9 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None]) 
 
 
 def _check_rule(sc: Scenario, topo: Topology, fail: Callable[[str], None]) -> None:
-    """The rule's n/f limits for the f and in-degree the run will use (:func:`resolve_f`)."""
+    """The rule's n/f limits for the f and in-degree the run will use (:func:`resolve_f`), and the
+    forger's: it is told the same ``n`` and ``f`` (``AttackContext``)."""
+    import attacks
     import strategies
 
     f, in_degree = resolve_f(sc, topo)
@@ -921,6 +998,13 @@ def _check_rule(sc: Scenario, topo: Topology, fail: Callable[[str], None]) -> No
             f"{where}: {e} (with {n} received vectors per aggregation and f={f}; set strategy.f, "
             "raise the topology degree, or lower the Byzantine count)"
         )
+    if sc.peers.attack.name != "none" and sc.peers.num_byzantine:
+        attack = attacks.build(sc.peers.attack.name, sc.peers.attack.params)
+        try:
+            if isinstance(attack, attacks.UpdateForger):
+                attack.check(n, f)
+        except ValueError as e:
+            fail(f"peers.attack.params: {e} (with {n} received vectors per aggregation and f={f})")
 
 
 def _check_partition(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None]) -> None:
@@ -939,15 +1023,10 @@ def _check_partition(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None
 
 
 def _check_probes(sc: Scenario, fail: Callable[[str], None]) -> None:
-    from fedsim.probes import validate_probe
-
+    """Each probe's own value checks (its kind's ``validate``; the schema checked kind and keys)."""
     for i, p in enumerate(sc.probes):
-        if not isinstance(p, dict) or "kind" not in p:
-            fail(f"probes.{i}: each probe is a mapping with a 'kind' (unlearning | cloning)")
-        if p["kind"] not in ("unlearning", "cloning"):
-            fail(f"probes.{i}.kind: got {p['kind']!r}; allowed: unlearning, cloning")
         try:
-            validate_probe(i, p, sc.peers.count)
+            get_probe(i, p.kind).validate(i, p.settings(), sc.peers.count)
         except ValueError as e:
             fail(str(e))
     from fedsim.canaries import plan

@@ -258,13 +258,13 @@ def split_group_state(merged: dict[str, Any], sizes: list[int]) -> list[dict[str
 
 def check_state(path: Path, what: str, loaded: Any, fresh: dict[str, Any]) -> None:
     """A checkpoint's ``what`` state has the keys, types and shapes this scenario's fresh one has
-    (``previous_forged``: a tensor or None, its rows vary); else CorruptFileError naming ``path``."""
+    (``stale_history``: a tensor or None, its size varies); else CorruptFileError naming ``path``."""
     if not isinstance(loaded, dict) or loaded.keys() != fresh.keys():
         has = sorted(map(str, loaded)) if isinstance(loaded, dict) else type(loaded).__name__
         raise CorruptFileError(f"{path}: the {what} state has entries {has}, expected {sorted(fresh)}")
     for k, want in fresh.items():
         got = loaded[k]
-        if k == "previous_forged":
+        if k == "stale_history":
             ok = got is None or (isinstance(got, torch.Tensor) and got.dtype == torch.float32)
         elif isinstance(want, torch.Tensor):
             ok = isinstance(got, torch.Tensor) and got.shape == want.shape and got.dtype == want.dtype

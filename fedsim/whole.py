@@ -288,7 +288,7 @@ class WholePeerGroup(PeerGroup):
 
     def get_state(self) -> dict[str, Any]:
         st = {"w": self.model.theta.clone(), "m_w": self.fopt.m.clone(), "t": self.fopt.t,
-              "previous_forged": self.previous_forged}
+              "stale_history": self.stale_history}
         if self.fopt.v is not None:
             st["v_w"] = self.fopt.v.clone()
         return st
@@ -299,7 +299,7 @@ class WholePeerGroup(PeerGroup):
         self.fopt.t = st["t"]
         if self.fopt.v is not None:
             self.fopt.v.copy_(st["v_w"])
-        self.previous_forged = st["previous_forged"]
+        self.stale_history = st["stale_history"]
 
     # ------------------------------------------------------------------ training
     def _batch(self, round_: int, step: int) -> tuple[Tensor, Tensor]:
@@ -390,7 +390,7 @@ class WholeServer(Server):
         return st | ({"v": self.fopt.v.clone()} if self.fopt.v is not None else {})
 
     def set_state(self, st: dict[str, Any]) -> None:
-        super().set_state({"global": st["global"], "previous_forged": st["previous_forged"]})
+        super().set_state({"global": st["global"], "stale_history": st["stale_history"]})
         self.fopt.m.copy_(st["m"])
         self.fopt.t = st["t"]
         if self.fopt.v is not None:

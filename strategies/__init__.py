@@ -17,14 +17,15 @@ from strategies.base import (
     sanitize,
     unflatten,
 )
+from strategies.errors import CannotAggregateError
 from strategies.registry import REGISTRY, available, build, register
 
 for _m in pkgutil.iter_modules(__path__):
-    if _m.name not in {"base", "registry"} and not _m.name.startswith("_"):
+    if _m.name not in {"base", "errors", "registry"} and not _m.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_m.name}")
 
 __all__ = [
-    "AggregationContext", "Strategy", "aggregate", "aggregate_batch",
+    "AggregationContext", "CannotAggregateError", "Strategy", "aggregate", "aggregate_batch",
     "finite_rows", "flatten", "head_logits", "sanitize", "unflatten",
     "REGISTRY", "available", "build", "register",
 ]

@@ -26,6 +26,7 @@ from strategies._math import (
     to_like,
 )
 from strategies.base import AggregationContext, Strategy
+from strategies.errors import CannotAggregateError
 from strategies.registry import register
 
 
@@ -50,7 +51,7 @@ class Median(Strategy):
         check_f(f)
         size = population_size(n, self.include_own)
         if size < 2 * f + 1:
-            raise ValueError(f"median needs {_who(self.include_own)} >= 2f + 1, got {size} < {2 * f + 1}")
+            raise CannotAggregateError(f"median needs {_who(self.include_own)} >= 2f + 1, got {size} < {2 * f + 1}")
 
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
         return to_like(coordinate_median(population(own, received, self.include_own)), own)
@@ -85,7 +86,7 @@ class TrimmedMean(Strategy):
         size = population_size(n, self.include_own)
         b = self._b(size, f)
         if size <= 2 * b:
-            raise ValueError(f"trimmed_mean needs {_who(self.include_own)} > 2f, got {size} <= {2 * b}")
+            raise CannotAggregateError(f"trimmed_mean needs {_who(self.include_own)} > 2f, got {size} <= {2 * b}")
         if b < f:
             raise ValueError(f"beta: trims b = floor(beta * {size}) = {b} per side, fewer than f = {f}; "
                              f"need beta >= {f / size:.3g}")

@@ -17,6 +17,7 @@ from strategies._math import (
     to_like,
 )
 from strategies.base import AggregationContext, Strategy
+from strategies.errors import CannotAggregateError
 from strategies.registry import register
 
 
@@ -82,7 +83,7 @@ class GeometricMedian(Strategy):
         size = population_size(n, self.include_own)
         if size < 2 * f + 1:
             who = "n + 1 (received + own)" if self.include_own else "n (received)"
-            raise ValueError(f"geomed needs {who} >= 2f + 1, got {size} < {2 * f + 1}")
+            raise CannotAggregateError(f"geomed needs {who} >= 2f + 1, got {size} < {2 * f + 1}")
 
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
         x = population(own, received, self.include_own)

@@ -26,6 +26,7 @@ from strategies._math import (
     to_like,
 )
 from strategies.base import AggregationContext, Strategy
+from strategies.errors import CannotAggregateError
 from strategies.registry import register
 
 
@@ -60,7 +61,7 @@ class Krum(Strategy):
         size = self._size(n)
         if size <= 2 * f + 2:
             who = "n + 1 (received + own)" if self.include_own else "n (received)"
-            raise ValueError(f"{self.name} needs {who} > 2f + 2, got {size} <= {2 * f + 2}")
+            raise CannotAggregateError(f"{self.name} needs {who} > 2f + 2, got {size} <= {2 * f + 2}")
 
     def _selected(self, x: Tensor, f: int) -> Tensor:
         return krum_order(pairwise_sq_dists(x), f)[:1]
@@ -126,7 +127,7 @@ class Bulyan(Strategy):
         size = population_size(n, self.include_own)
         if size < 4 * f + 3:
             who = "n + 1 (received + own)" if self.include_own else "n (received)"
-            raise ValueError(f"bulyan needs {who} >= 4f + 3, got {size} < {4 * f + 3}")
+            raise CannotAggregateError(f"bulyan needs {who} >= 4f + 3, got {size} < {4 * f + 3}")
 
     def select(self, x: Tensor, f: int) -> list[int]:
         """Step 1: the ``θ = N − 2f`` rows of ``x`` picked by repeated Krum, in picking order

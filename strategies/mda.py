@@ -20,6 +20,7 @@ from strategies._math import (
     to_like,
 )
 from strategies.base import AggregationContext, Strategy
+from strategies.errors import CannotAggregateError
 from strategies.registry import register
 
 _CHUNK_ENTRIES = 1 << 22  # subsets × k² distances examined at once (32 MiB of float64)
@@ -64,7 +65,8 @@ class MinimumDiameterAveraging(Strategy):
 
     ``include_own`` (default True): the population is ``[own; received]``, ``N = n + 1``; False:
     ``received``, the federated server's setting. At run time (fewer arrivals) ``f`` is clamped to
-    ``N − 1``, and a search larger than ``max_subsets`` raises ``ValueError``.
+    ``N − 1``, and a search larger than ``max_subsets`` raises ``CannotAggregateError`` (the
+    round is skipped and counted).
     """
     exchanges = "full_model"  # what a message carries (byte accounting)
 
@@ -78,7 +80,7 @@ class MinimumDiameterAveraging(Strategy):
     def _cap(self, size: int, f: int) -> None:
         count = math.comb(size, f)
         if count > self.max_subsets:
-            raise ValueError(
+            raise CannotAggregateError(
                 f"mda: exhaustive search over C(N, f) = C({size}, {f}) = {count} subsets exceeds "
                 f"max_subsets = {self.max_subsets}; lower f or raise strategy.params.max_subsets"
             )
@@ -88,7 +90,7 @@ class MinimumDiameterAveraging(Strategy):
         size = population_size(n, self.include_own)
         if size < 2 * f + 1:
             who = "n + 1 (received + own)" if self.include_own else "n (received)"
-            raise ValueError(f"mda needs {who} >= 2f + 1, got {size} < {2 * f + 1}")
+            raise CannotAggregateError(f"mda needs {who} >= 2f + 1, got {size} < {2 * f + 1}")
         self._cap(size, f)
 
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:

@@ -18,6 +18,7 @@ from strategies._math import (
     to_like,
 )
 from strategies.base import AggregationContext, Strategy
+from strategies.errors import CannotAggregateError
 from strategies.registry import build, register
 
 
@@ -60,7 +61,7 @@ class NearestNeighborMixing(Strategy):
         check_f(f)
         size = population_size(n, self.include_own)
         if f >= size:
-            raise ValueError(f"nnm needs more vectors than f to mix, got {size} <= f = {f}")
+            raise CannotAggregateError(f"nnm needs more vectors than f to mix, got {size} <= f = {f}")
         self._inner.check(n, f)
 
     def mix(self, x: Tensor, f: int) -> Tensor:

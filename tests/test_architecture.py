@@ -146,3 +146,19 @@ def test_code_points_at_sections_that_exist():
         for s in re.findall(r'docs/architecture\.md, "([^"]+)"', p.read_text())
     }
     assert len(cited) >= 4 and all(s in headings for _, s in cited), sorted(cited)
+
+
+def test_probes_never_import_the_runner():
+    """The runner hands the probes their retraining as a callable (``Run.retrain_without``): no
+    probe module imports ``fedsim.runner``, even lazily, so runner → probes is one-way."""
+    mods = ["probes", "probe_runs", "probe_registry", "probe_builtins"]
+    bad = [f"fedsim/{m}.py: {i}" for m in mods for i in _imports(ROOT / "fedsim" / f"{m}.py")
+           if i.split(".")[:2] == ["fedsim", "runner"]]
+    assert not bad, bad
+
+
+def test_the_probe_registry_imports_neither_torch_nor_pydantic():
+    """``fedsim list probe`` reads the registry and the built-ins' keys without torch or pydantic."""
+    for m in ("probe_registry", "probe_builtins"):
+        heavy = {i for i in _imports(ROOT / "fedsim" / f"{m}.py") if i.split(".")[0] in ("torch", "pydantic")}
+        assert not heavy, (m, heavy)

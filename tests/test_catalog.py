@@ -171,7 +171,8 @@ def test_a_closed_pipe_is_not_an_error():
 @pytest.mark.parametrize("kind", ["unlearning", "cloning"])
 def test_probe_listing_is_the_harness_defaults(kind):
     """`fedsim list probes KIND` shows exactly the keys and defaults the probe harness uses."""
-    from fedsim import catalog, probes
+    from fedsim import catalog
+    from fedsim import probe_builtins as probes
 
     defaults = {"unlearning": probes.UNLEARNING_DEFAULTS, "cloning": probes.CLONING_DEFAULTS}[kind]
     listed = catalog.probe_params(kind)

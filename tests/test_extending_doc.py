@@ -1,6 +1,6 @@
 """docs/extending.md's examples are real: its plugin code blocks, written to a plugin file outside
-the repository, register a rule, a forger, a poisoner and a backbone that a scenario runs, and each
-has the effect its docstring claims; its callback example runs as written and stops where it says."""
+the repository, register a rule, a forger, a poisoner, a backbone and a probe that a scenario runs,
+and each has the effect its docstring claims; its callback example runs as written and stops where it says."""
 
 import re
 from pathlib import Path
@@ -17,7 +17,7 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "extending.md"
 def plugin(tmp_path_factory):
     text = DOC.read_text()
     blocks = [b for b in re.findall(r"```python\n(.+?)```", text, flags=re.S) if b.startswith("# my_plugins.py")]
-    assert len(blocks) == 4
+    assert len(blocks) == 5
     path = tmp_path_factory.mktemp("user") / "my_plugins.py"
     path.write_text("\n\n".join(blocks))
     snippet = yaml.safe_load(re.findall(r"```yaml\n(.+?)```", text, flags=re.S)[0])
@@ -27,7 +27,9 @@ def plugin(tmp_path_factory):
     import attacks
     import strategies
     from fedsim.models.backbones import BACKBONES
+    from fedsim.probe_registry import REGISTRY as PROBES
 
+    PROBES.pop("consensus_distance", None)
     strategies.REGISTRY.pop("norm_filtered_mean", None)
     attacks.REGISTRY.pop("flipped_mean", None)
     attacks.REGISTRY.pop("shifted_labels", None)
@@ -88,3 +90,43 @@ def test_doc_callback_stops_where_it_says_and_resumes(tmp_path, monkeypatch):
     assert len(stop.seconds) == first + 1 and all(s > 0 for s in stop.seconds)
     assert full.complete and [h["round"] for h in full.history] == list(range(full.scenario.rounds))
     assert full.summary["resumed_after_round"] == first and full.history[: first + 1] == r.history
+
+
+def test_doc_probe_runs_from_the_plugin_against_a_control(plugin, small_scenario, tmp_path):
+    """The doc's probe: decentralized peers on a ring end apart (distance > 0); in federated mode
+    every client holds the one global head, the control where the distance is 0."""
+    import json
+
+    from fedsim.report import format_probes
+
+    _, snippet = plugin
+    probe = {"probes": [{"kind": "consensus_distance"}]}
+    _run(small_scenario, snippet | probe, tmp_path, "probe_dec",
+         **{"peers.byzantine": 0, "peers.attack.name": "none", "topology.kind": "ring"})
+    entry = json.loads((tmp_path / "probe_dec" / "probes.json").read_text())[0]
+    assert entry["kind"] == "consensus_distance" and entry["relative"] is True and len(entry["records"]) == 12
+    assert entry["max"] > 1e-3
+    summary = json.loads((tmp_path / "probe_dec" / "summary.json").read_text())
+    assert summary["probes"] == [{"kind": "consensus_distance", "max": entry["max"]}]
+    assert "| max |" in format_probes([entry])  # no Markdown of its own: its scalar fields
+    _run(small_scenario, snippet | probe, tmp_path, "probe_fed",
+         **{"peers.byzantine": 0, "peers.attack.name": "none", "mode": "federated", "topology.kind": "star"})
+    control = json.loads((tmp_path / "probe_fed" / "probes.json").read_text())[0]
+    assert control["max"] == 0.0
+
+
+def test_doc_probe_is_checked_and_listed(plugin, small_scenario, tmp_path):
+    from click.testing import CliRunner
+
+    from fedsim.cli import main
+    from fedsim.scenario import ScenarioError
+
+    path, snippet = plugin
+    with pytest.raises(ScenarioError, match=r"probes\.0\.relative: must be true or false, got 'yes'"):
+        _run(small_scenario, snippet | {"probes": [{"kind": "consensus_distance", "relative": "yes"}]}, tmp_path, "b1")
+    with pytest.raises(ScenarioError, match=r"probes\.0\.scale: unknown key for kind consensus_distance"):
+        _run(small_scenario, snippet | {"probes": [{"kind": "consensus_distance", "scale": 2}]}, tmp_path, "b2")
+    out = CliRunner().invoke(main, ["list", "probe", "--plugin", str(path)]).output
+    assert "consensus_distance" in out and "unlearning" in out and "cloning" in out
+    out = CliRunner().invoke(main, ["list", "probe", "consensus_distance", "--plugin", str(path)]).output
+    assert "relative" in out and "divide each distance by the norm of the mean head" in out

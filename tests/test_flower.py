@@ -87,6 +87,9 @@ def test_client_import_pulls_in_neither_ray_nor_matplotlib(tmp_path):
              "peers.attack.omniscient": False},
             "client",
         ),
+        # a device keeps its own models of the last `delay` rounds across rounds (context.state)
+        ({"strategy.name": "median", "peers.byzantine": 1, "peers.attack.name": "stale",
+          "peers.attack.params": {"delay": 2}, "peers.attack.omniscient": False}, "client"),
     ],
 )
 def test_bridge_equals_fedsim_federated_mode(fed_scenario, tmp_path, over, side):

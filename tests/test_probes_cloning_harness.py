@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.probes import _Ctx, _plain, format_probes, run_cloning, summarize, validate_probe
+from fedsim.probe_registry import summarize, validate_probe
+from fedsim.probes import _Ctx, _plain, run_cloning
+from fedsim.report import format_probes
 
 C, D, N_PEERS = 10, 24, 4
 
@@ -38,7 +40,7 @@ def ctx(_one_thread) -> _Ctx:
     w = means.clone()
     b = -0.5 * (means ** 2).sum(1)  # nearest-mean classifier: a linear head
     params = torch.cat([w.reshape(-1), b])
-    return _Ctx(run=None, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte,  # type: ignore[arg-type]
+    return _Ctx(out_dir=None, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte,  # type: ignore[arg-type]
                 train_idx=list(np.array_split(np.arange(1600), N_PEERS)), honest=np.ones(N_PEERS, bool),
                 final_params=params.expand(N_PEERS, -1).clone(), layer_shape=(C, D), bias=True, seed=0,
                 federated=False, topology=None)  # type: ignore[arg-type]  # cloning needs no graph

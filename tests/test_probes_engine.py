@@ -11,7 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedsim.probes import choose_method, format_probes, heldout_split, hop_distances, run_probes, validate_probe
+from fedsim.probe_registry import validate_probe
+from fedsim.probe_runs import run_probes
+from fedsim.probes import choose_method, heldout_split, hop_distances
+from fedsim.report import format_probes
 from fedsim.runner import Run
 from fedsim.scenario import parse
 

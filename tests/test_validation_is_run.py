@@ -7,7 +7,7 @@ count × mode × rule (with and without an explicit ``strategy.f``). For each on
 * validation (:func:`fedsim.scenario.parse` with ``require_data``, as ``fedsim validate``) refuses
   it with one line, and the run refuses it too (the schema, or :func:`fedsim.runner.prepare`, or
   the peer groups built from its set-ups fail), or the run's own ``f`` and in-degree break the
-  rule's limits; or
+  rule's limits or the attack's (ALIE's ``z_max``); or
 * validation accepts it, ``prepare`` and the peer groups build, and the ``f`` and in-degree
   validation checked the rule with are the run's: ``Prepared.f``, every group's ``f``, and the mean
   in-degree of the very graph the peer groups hear through.
@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+import attacks
 import strategies
 from fedsim import scenario as sc_mod
 from fedsim.cli import main
@@ -128,13 +129,21 @@ def check_validation_is_run(data: dict) -> str:
             prep, groups, _ = _run_setup(model)
         except (ValueError, FedsimError):
             return "both refuse"
-        # the run would start: the refusal must be the rule's limits for the run's own f and in-degree
+        # the run would start: the refusal must be the rule's limits for the run's own f and
+        # in-degree, or the forger's (it is told the same n and f; ALIE's z_max is then undefined
+        # and the run would fail in round 0)
         n = sc_mod.received_per_aggregation(_built_in_degree(model, groups))
+        assert {g.s.received for g in groups} == {n}
         rule = strategies.build(model.strategy.name, sc_mod.strategy_params(model))
-        with pytest.raises(ValueError):
+        try:
             rule.check(n, prep.f)
-        assert "strategy." in str(e), str(e)
-        return "rule limits"
+        except ValueError:
+            assert "strategy." in str(e), str(e)
+            return "rule limits"
+        with pytest.raises(ValueError):
+            attacks.build(model.peers.attack.name, model.peers.attack.params).check(n, prep.f)
+        assert "peers.attack.params: alie" in str(e), str(e)
+        return "attack limits"
     prep, groups, server = _run_setup(sc)
     in_degree = _built_in_degree(sc, groups)
     assert resolved == [(prep.f, pytest.approx(in_degree))]
@@ -142,6 +151,7 @@ def check_validation_is_run(data: dict) -> str:
     assert prep.f == _expected_f(sc, in_degree)
     assert {g.s.f for g in groups} | ({server.s.f} if server else set()) == {prep.f}
     assert checked == [(sc_mod.received_per_aggregation(in_degree), prep.f)]
+    assert {g.s.received for g in groups} | ({server.s.received} if server else set()) == {checked[0][0]}
     if sc.mode == "decentralized":  # every group hears through the one graph prepare built
         csr = prep.topology.in_neighbors(0)
         for g in groups:

@@ -49,7 +49,14 @@ from flwr.clientapp import ClientApp
 
 from fedsim.flower import common
 from fedsim.flower.common import LOG, BridgeError
-from fedsim.scenario import Scenario, build_topology, byzantine_mask, resolve_f, strategy_params
+from fedsim.scenario import (
+    Scenario,
+    build_topology,
+    byzantine_mask,
+    received_per_aggregation,
+    resolve_f,
+    strategy_params,
+)
 
 STATE_ARRAYS = "fedsim.peer"
 STATE_META = "fedsim.meta"
@@ -65,7 +72,7 @@ class FedsimPeer:
         self.group = PeerGroup(setup, features)
         self.pid = int(setup.first)
         self.attack_side = attack_side
-        self.previous: torch.Tensor | None = None  # what this device forged last round (stale attack)
+        self.history: torch.Tensor | None = None  # its own models of the last rounds [h, 1, P] (stale attack only)
         self._initial = self.group.get_state()  # zero head and optimizer buffers, as a simulated peer starts
 
     # ------------------------------------------------------------------ construction
@@ -112,21 +119,21 @@ class FedsimPeer:
         """Restore the optimizer buffers kept in ``context.state`` (fresh zeros on the first round)."""
         if STATE_ARRAYS not in state:  # the first round of this run on this node
             self.group.set_state(self._initial)
-            self.previous = None
+            self.history = None
             return
         arrays = state[STATE_ARRAYS]
         meta = state[STATE_META]
-        st: dict[str, Any] = {k: torch.from_numpy(arrays[k].numpy().copy()) for k in arrays.keys() if k != "previous"}
+        st: dict[str, Any] = {k: torch.from_numpy(arrays[k].numpy().copy()) for k in arrays.keys() if k != "history"}
         st["t"] = int(meta["t"])
-        st["previous_forged"] = None
+        st["stale_history"] = None
         self.group.set_state(st)
-        self.previous = torch.from_numpy(arrays["previous"].numpy().copy()) if "previous" in arrays else None
+        self.history = torch.from_numpy(arrays["history"].numpy().copy()) if "history" in arrays else None
 
     def save_state(self, state: RecordDict) -> None:
         st = self.group.get_state()
         arrays = {k: Array(v.numpy()) for k, v in st.items() if isinstance(v, torch.Tensor)}
-        if self.previous is not None:
-            arrays["previous"] = Array(self.previous.numpy())
+        if self.history is not None:
+            arrays["history"] = Array(self.history.numpy())
         state[STATE_ARRAYS] = ArrayRecord(arrays)
         state[STATE_META] = ConfigRecord({"t": int(st["t"])})
 
@@ -153,16 +160,20 @@ class FedsimPeer:
         atk = self.group.attack
         if self.attack_side != "client" or not self.byzantine or not isinstance(atk, attacks.UpdateForger):
             return own.numpy()
+        from fedsim.peers import stale_step
+
         s = self.group.s
+        previous, self.history = stale_step(self.history, own[None].float(), atk.lookback)
         ctx = attacks.AttackContext(
-            n=s.num_peers,
+            n=s.received,
             f=int(s.byzantine.sum()),
+            f_received=s.f,
             round=round_,
             layer_shape=self.group.layer_shape,
             bias=self.group.bias,
             num_classes=s.num_classes,
             generator=crng.torch_generator(s.seed, "attack", round_, self.pid, -1),
-            previous=None if self.previous is None else self.previous[None],
+            previous=previous,
         )
         # A device knows only its own vector: the non-omniscient view (fedsim's omniscient: false).
         out = atk.forge(own[None], own[None], ctx)
@@ -170,8 +181,6 @@ class FedsimPeer:
             return None
         out = torch.as_tensor(out)
         row = out[0] if out.dim() == 2 and out.shape[0] == 1 else out.reshape(-1)
-        if row.shape == own.shape:
-            self.previous = row.detach().clone().float()
         return row.detach().numpy()
 
     def evaluate(self, global_head: np.ndarray) -> dict[str, float]:
@@ -245,7 +254,7 @@ def _local_setup(
     part = make_partition("iid", feats.y_train, 1, crng.derive_seed(sc.seed, "local_data", pid),
                           val_fraction=sc.partition.val_fraction)
     topo = build_topology(sc)  # these: the functions runner.prepare and validation call
-    f, _ = resolve_f(sc, topo)
+    f, in_degree = resolve_f(sc, topo)
     setup = GroupSetup(
         first=pid,
         train_idx=[part.train[0]],
@@ -260,6 +269,7 @@ def _local_setup(
         training=sc.training.model_dump(),
         strategy={"name": sc.strategy.name, "params": strategy_params(sc)},
         f=f,
+        received=received_per_aggregation(in_degree),
         attack=sc.peers.attack.model_dump(),
         topology=topo,
         plugins=tuple(sc.plugins),

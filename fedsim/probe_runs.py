@@ -1,0 +1,42 @@
+"""Run a scenario's probes after training: each entry's registered kind (:mod:`fedsim.probe_registry`)
+against the trained federation (:class:`fedsim.probes.ProbeContext`); ``<run>/probes.json`` holds
+the full entries, ``summary.json`` the compact ones. The runner hands in the retraining the
+unlearning probe compares with, so no probe module imports the runner.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedsim.probe_registry import get_probe, summarize, validate_probe
+from fedsim.probes import Retrain, _context, _plain, _write_json
+
+
+def run_probes(run: Any, prep: Any, final_params: np.ndarray,
+               retrain: Retrain | None = None) -> list[dict[str, Any]]:
+    """Run ``run.sc.probes`` against the trained heads ``final_params [N, P]``.
+
+    ``run``: what the probes read of the trained run (``sc``, ``dir``, ``recorded_gradients``),
+    ``prep`` its ``fedsim.runner.Prepared`` (features, set-ups, Byzantine placement, topology);
+    ``retrain``: the retraining the unlearning probe compares with (the runner passes
+    ``Run.retrain_without``). Every probe is validated first (``ValueError("probes.<i>.<key>:
+    ...")``), then each runs in order (its registered kind's :meth:`~Probe.run`); the full results
+    go to ``<run>/probes.json`` (``[{"kind", "records", ...}]``) and the compact list returned
+    here goes into ``summary.json``.
+    """
+    cfgs = [validate_probe(i, p, run.sc.peers.count) for i, p in enumerate(run.sc.probes)]
+    ctx = _context(run, prep, final_params, retrain)
+    entries = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: extra threads only contend (badly so on busy shared cores)
+    try:
+        for i, cfg in enumerate(cfgs):
+            entries.append(_plain(get_probe(i, cfg["kind"]).run(i, cfg, ctx)))
+    finally:
+        torch.set_num_threads(threads)
+    _write_json(Path(run.dir) / "probes.json", entries)
+    return [summarize(e) for e in entries]

@@ -1,0 +1,91 @@
+"""Probes as a typed, registered extension point (issue 15, item 5): the schema holds each
+``probes:`` entry as its registered kind's model, dispatched on ``kind``; the registry, not an
+if/else, decides which kinds exist, how they are checked, run and summarised."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from fedsim.probe_registry import REGISTRY, Probe, kinds, register_probe, summarize, validate_probe
+from fedsim.scenario import ProbeConfig, ScenarioError, parse, probe_config
+
+
+def _scenario(tmp_path, probes):
+    return {"name": "t", "dataset": {"name": "sklearn_digits"},
+            "backbone": {"name": "identity", "cache_dir": str(tmp_path / "cache")},
+            "peers": {"count": 8}, "topology": {"kind": "k_regular", "degree": 4},
+            "engine": {"backend": "local"}, "output": {"dir": str(tmp_path / "runs")}, "probes": probes}
+
+
+@pytest.fixture()
+def toy_kind():
+    """A probe kind registered for one test."""
+
+    @register_probe("toy")
+    class Toy(Probe):
+        """A toy probe."""
+
+        defaults = {"size": 3, "label": None}
+
+        def run(self, i, cfg, ctx):
+            return {"kind": "toy", "size": cfg["size"], "records": [1]}
+
+    yield Toy
+    REGISTRY.pop("toy", None)
+
+
+def test_the_schema_types_each_entry_by_its_kind(tmp_path):
+    probes = [{"kind": "cloning", "queries": [8, 32], "topk": [None]}, {"kind": "unlearning", "retrain": False}]
+    sc = parse(_scenario(tmp_path, probes))
+    assert [type(p) for p in sc.probes] == [probe_config(kinds()["cloning"]), probe_config(kinds()["unlearning"])]
+    assert all(isinstance(p, ProbeConfig) for p in sc.probes)
+    assert sc.probes[0].queries == [8, 32] and sc.probes[0].method == "ridge"  # a default: typed field
+    # the resolved scenario.yaml holds the keys as written (defaults not spelt out, order kept)
+    assert sc.model_dump()["probes"] == probes
+    assert yaml.safe_load(yaml.safe_dump(sc.model_dump(mode="json")))["probes"] == probes
+    assert parse(sc.model_dump()).probes == sc.probes  # round trip
+
+
+@pytest.mark.parametrize(
+    ("probe", "message"),
+    [
+        ({"kind": "clonning"}, r"probes\.0\.kind: got 'clonning' \(did you mean 'cloning'\?\); allowed: unlearning, "
+                               r"cloning"),
+        ({"queries": [8]}, r"probes\.0: each probe is a mapping with a 'kind'"),
+        ({"kind": "cloning", "querys": [8]}, r"probes\.0\.querys: unknown key for kind cloning; allowed: kind, target"),
+        ({"kind": "unlearning", "lr": -1.0}, r"probes\.0\.lr: "),
+    ],
+)
+def test_bad_entries_are_one_line_errors_naming_the_key(tmp_path, probe, message):
+    with pytest.raises(ScenarioError, match=message) as e:
+        parse(_scenario(tmp_path, [probe]), "s.yaml")
+    assert "\n" not in str(e.value)
+
+
+def test_a_registered_kind_joins_the_union(tmp_path, toy_kind):
+    sc = parse(_scenario(tmp_path, [{"kind": "toy", "size": 5}]))
+    assert isinstance(sc.probes[0], probe_config(toy_kind)) and sc.probes[0].size == 5
+    assert sc.probes[0].label is None
+    assert validate_probe(0, sc.probes[0]) == {"kind": "toy", "size": 5, "label": None}
+    assert summarize({"kind": "toy", "size": 5}) == {"kind": "toy"}  # the base class's summary
+    with pytest.raises(ScenarioError, match=r"probes\.0\.kind: got 'toys' \(did you mean 'toy'\?\)"):
+        parse(_scenario(tmp_path, [{"kind": "toys"}]))
+    REGISTRY.pop("toy")
+    with pytest.raises(ScenarioError, match=r"probes\.0\.kind: got 'toy'; allowed: unlearning, cloning"):
+        parse(_scenario(tmp_path, [{"kind": "toy"}]))
+
+
+def test_register_probe_refuses_what_it_cannot_hold(toy_kind):
+    with pytest.raises(TypeError, match="not a subclass"):
+        register_probe("x")(dict)  # type: ignore[arg-type]
+
+    class Other(Probe):
+        defaults = {"kind": 1}
+
+    with pytest.raises(ValueError, match="other than 'kind'"):
+        register_probe("other")(Other)
+    with pytest.raises(ValueError, match="already registered"):
+        register_probe("toy")(type("Toy2", (Probe,), {}))
+    with pytest.raises(ValueError, match="must be a name"):
+        register_probe("a b")(type("Toy3", (Probe,), {}))
