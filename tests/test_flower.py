@@ -244,6 +244,10 @@ def test_cli_command_lines(tmp_path):
     assert "partition-id=3 num-partitions=24 data-dir=" in r.output
     assert f"--root-certificates {tmp_path / 'ca.crt'} --auth-supernode-private-key {tmp_path / 'k'}" in r.output
     assert "--insecure" not in r.output
+    assert r.output.rstrip().endswith("--warm --poll-interval 1.0")  # one ClientApp process; poll every 1 s
+    r = CliRunner().invoke(flower, ["client", "--superlink", "h:8000", "--partition-id", "0", "--num-partitions", "2",
+                                    "--insecure", "--no-warm", "--poll-interval", "0.5", "--dry-run"])
+    assert r.exit_code == 0 and "--warm" not in r.output and "--poll-interval 0.5" in r.output, r.output
     r = CliRunner().invoke(flower, ["client", "--superlink", "h:8000", "--partition-id", "0", "--num-partitions", "2"])
     assert r.exit_code != 0 and "TLS is on by default" in r.output
     r = CliRunner().invoke(flower, ["client", "--superlink", "h:8000", "--partition-id", "2", "--num-partitions", "2",
@@ -347,6 +351,24 @@ def test_launcher_puts_its_own_bin_first_on_path(monkeypatch):
     assert cmd[:4] == [sys.executable, "-m", "fedsim.flower.launch", "superlink"] and Path(cmd[0]).is_absolute()
     with pytest.raises(ValueError, match="role"):
         launch.launch_command("superexec", [])
+
+
+def test_launcher_caps_the_supernode_waits(monkeypatch):
+    """Flower's SuperNode sleeps a fixed 3 s between polls of the SuperLink (0.5 s between looks for
+    a reply): with --poll-interval the launcher caps those module-level sleeps."""
+    from flwr.supernode import start_client_internal as sci
+
+    from fedsim.flower import launch
+
+    monkeypatch.setattr(sci, "time", sci.time)  # restored after the test
+    slept: list[float] = []
+    monkeypatch.setattr("time.sleep", slept.append)
+    launch.cap_supernode_sleeps(0.2)
+    sci.time.sleep(3)
+    sci.time.sleep(0.5)
+    sci.time.sleep(0.1)
+    assert slept == [0.2, 0.2, 0.1]
+    assert sci.time.monotonic is __import__("time").monotonic
 
 
 def test_device_reported_eval_metrics_are_checked_and_weighted_by_the_server(fed_scenario):
@@ -609,3 +631,66 @@ def test_the_bridge_refuses_client_sampling(fed_scenario):
         FedsimStrategy(sc, prepare(sc))
     sc = parse(fed_scenario(sampling={"fraction": 1.0}))
     FedsimStrategy(sc, prepare(sc))
+
+
+def test_client_eval_piggybacks_on_the_train_message(fed_scenario, tmp_path, monkeypatch):
+    """With client-eval on, a device scores the global head it receives with the next round's
+    train message (eval-piggyback, the default): one message per device per round, and one
+    evaluate message after the last round (no train message follows it). Every metrics record —
+    client_val_* included — equals that of the run with a separate evaluate message per round
+    (eval-piggyback=false): the same head, after the same round, on the same validation split."""
+    from fedsim.flower import inprocess
+
+    sent: list[list[str]] = []
+    push = inprocess.InProcessGrid.push_messages
+
+    def counting(self, messages):
+        messages = list(messages)
+        sent.append([m.metadata.message_type for m in messages])
+        return push(self, messages)
+
+    monkeypatch.setattr(inprocess.InProcessGrid, "push_messages", counting)
+    sc = parse(fed_scenario(rounds=4, **{"evaluation.every": 1}))
+    n = sc.peers.count
+    nodes = [{"partition-id": i, "num-partitions": n} for i in range(n)]
+    runs = {}
+    for piggyback in (True, False):
+        sent.clear()
+        out = tmp_path / f"piggyback-{piggyback}"
+        run_in_process({"scenario": common.scenario_yaml(sc), "output-dir": str(out), "eval-piggyback": piggyback},
+                       nodes)
+        runs[piggyback] = (_metrics(out / "metrics.jsonl"), [list(x) for x in sent if x])
+    (fast, fast_sent), (slow, slow_sent) = runs[True], runs[False]
+    train, evaluate = [MessageType.TRAIN] * n, [MessageType.EVALUATE] * n
+    assert fast_sent == [train] * 4 + [evaluate]
+    assert slow_sent == [train, evaluate] * 4
+    assert [x["round"] for x in fast] == [0, 1, 2, 3]
+    assert all("client_val_accuracy" in x and x["eval_rejected"] == [] for x in fast)
+    assert fast == slow
+
+
+def test_polling_grid_pulls_at_its_interval(monkeypatch):
+    """The ServerApp pulls replies every poll-interval seconds (Flower's HttpGrid: a fixed 3 s)."""
+    import fedsim.flower.server as srv
+
+    slept: list[float] = []
+    monkeypatch.setattr(srv.time, "sleep", slept.append)
+
+    class Grid:
+        def __init__(self):
+            self.pulls = 0
+
+        def push_messages(self, messages):
+            return ["a", "b"]
+
+        def pull_messages(self, ids):
+            self.pulls += 1
+            if self.pulls < 3:
+                return []
+            return [type("R", (), {"metadata": type("M", (), {"reply_to_message_id": i})})() for i in ids]
+
+    g = srv.PollingGrid(Grid(), 0.25)
+    assert len(list(g.send_and_receive([object(), object()], timeout=60))) == 2
+    assert slept == [0.25, 0.25]
+    with pytest.raises(common.BridgeError, match="poll-interval"):
+        srv.PollingGrid(Grid(), 0)

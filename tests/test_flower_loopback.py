@@ -128,6 +128,45 @@ def test_loopback_parity_with_federated_mode(tmp_path, feature_cache):
     print(f"\nparity: bridge {[x['accuracy_mean'] for x in br]} vs fedsim {[x['accuracy_mean'] for x in sim]}")
 
 
+def test_round_latency_one_message_per_device_per_round(tmp_path, feature_cache):
+    """3 SuperNodes, each with one long-lived ClientApp worker (LocalFederation's default), 4 rounds
+    with client evaluation (piggy-backed on the train message): timings.jsonl reports every
+    round's seconds; each SuperNode received exactly one train message per round and one evaluate
+    message (after the last round), all run by its single worker process, which imported this
+    checkout's fedsim; no flwr-clientapp process was started; accuracy equals fedsim's."""
+    import re
+
+    import fedsim
+
+    d = _scenario(feature_cache, tmp_path / "runs", rounds=4, **{"peers.count": 3})
+    sim = _simulate(d)
+    n = 3
+    app = export_app(parse(d), tmp_path / "app")
+    out = tmp_path / "bridge"
+    fed = LocalFederation(tmp_path / "fed", [{"partition-id": i, "num-partitions": n} for i in range(n)], tls=False)
+    with fed:
+        status = fed.run(app, {"output-dir": str(out)}, timeout=RUN_TIMEOUT)
+        pids = _all_pids(fed)
+    _assert_gone(pids)
+    assert status == "finished:completed"
+    timings = [json.loads(x) for x in (out / "timings.jsonl").read_text().splitlines()]
+    assert [t["round"] for t in timings] == [0, 1, 2, 3] and all(t["seconds"] > 0 for t in timings)
+    br = _bridge_metrics(out)
+    assert [x["round"] for x in br] == [0, 1, 2, 3]
+    for a, b in zip(sim, br, strict=True):
+        assert abs(b["accuracy_mean"] - a["accuracy_mean"]) <= ACC_TOL, (a, b)
+        assert b["received"] == n and "client_val_accuracy" in b and b["eval_rejected"] == []
+    for i in range(n):
+        log = fed.log(f"supernode{i}").read_text()
+        assert log.count("Receiving: train message") == 4, log[-3000:]
+        assert log.count("Receiving: evaluate message") == 1, log[-3000:]
+        workers = re.findall(r"fedsim worker: pid (\d+), fedsim from (\S+),", log)
+        assert [w[1] for w in workers] == [fedsim.__file__], workers  # one worker, this checkout's fedsim
+        assert log.count("fedsim worker: task") == 5
+        assert "Start `flwr-clientapp` process" not in log
+    print(f"\n3 SuperNodes, 4 rounds: seconds per round {[t['seconds'] for t in timings]}")
+
+
 def test_loopback_tls_node_auth_and_a_rejected_client(tmp_path, feature_cache):
     """TLS (self-signed CA) + SuperNode authentication: 2 registered SuperNodes, one of them the
     scenario's Byzantine client sending NaN heads, plus an unregistered SuperNode that the

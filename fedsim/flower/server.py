@@ -58,6 +58,7 @@ class FedsimStrategy(Strategy):
         *,
         attack_side: str = "client",
         client_eval: bool = True,
+        eval_piggyback: bool = True,
         node_wait: float = 300.0,
         out_dir: str | Path | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -89,6 +90,10 @@ class FedsimStrategy(Strategy):
         self.server = Server(setup, *(prep.root or (None, None)))
         self.attack_side = attack_side
         self.client_eval = client_eval
+        self.eval_piggyback = eval_piggyback
+        # piggy-backed client evaluation: the record of an evaluated round waits for the next round's
+        # train replies, which carry the devices' scores of the global head they received
+        self._pending: dict[str, Any] | None = None
         self.node_wait = node_wait
         if not 1 <= int(min_replies) <= self.n:
             raise common.BridgeError(f"run config 'min-replies': {min_replies} is not in 1..{self.n} (peers.count)")
@@ -172,11 +177,23 @@ class FedsimStrategy(Strategy):
                         grid: Grid) -> Iterable[Message]:
         server_round += self.offset
         self._t_round = self.clock()
+        # the head sent now is the global head after the previous round: with a record waiting for
+        # its client evaluation, the devices score it before they train (see aggregate_train)
+        config["eval-received"] = self._pending is not None and self._pending["round"] == server_round - 2
         return self._messages(grid, server_round, arrays, config, MessageType.TRAIN)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None,
                                                                                       MetricRecord | None]:
         round_ = server_round + self.offset - 1
+        replies = list(replies)
+        if self._pending is not None:  # the previous round's record, completed by these replies' scores
+            pending, self._pending = self._pending, None
+            out, eval_rejected = self._client_scores(replies, "val-num-examples")
+            pending["eval_rejected"] = eval_rejected
+            if out is not None:
+                pending |= {"client_val_accuracy": round(out["val-accuracy"], 6),
+                            "client_val_loss": round(out["val-loss"], 6)}
+            self._write_record(pending)  # before this round's aggregation: a due checkpoint is of that round
         rows, losses, received, rejected = self.collect(replies)
         valid = int((~np.isnan(rows).any(axis=1)).sum())
         quorum = valid >= self.min_replies
@@ -213,6 +230,8 @@ class FedsimStrategy(Strategy):
         server_round += self.offset
         if not self.client_eval or not self._eval_round(server_round - 1):
             return []
+        if self.eval_piggyback and server_round < self.sc.rounds:  # scored in the next round's train message
+            return []
         return self._messages(grid, server_round, arrays, config, MessageType.EVALUATE)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -222,6 +241,21 @@ class FedsimStrategy(Strategy):
         and listed in the round's ``eval_rejected``: no valid partition id, a second reply for a
         partition, a partition not assigned to the sender, accuracy outside [0, 1], a negative or
         non-finite loss."""
+        out, rejected = self._client_scores(replies, "num-examples")
+        self._rec["eval_rejected"] = rejected
+        if out is None:
+            return None
+        self._rec |= {
+            "client_val_accuracy": round(out["val-accuracy"], 6),
+            "client_val_loss": round(out["val-loss"], 6),
+        }
+        return MetricRecord(out)
+
+    def _client_scores(self, replies: Iterable[Message], examples_key: str,
+                       ) -> tuple[dict[str, float] | None, list[dict[str, Any]]]:
+        """The weighted mean of the devices' scores in ``replies`` (evaluate replies, or train
+        replies carrying a piggy-backed evaluation: ``examples_key`` names the sample count there)
+        and the rejected replies (see :meth:`aggregate_evaluate`)."""
         tot = acc = loss = 0.0
         count = 0
         seen: set[int] = set()
@@ -242,21 +276,16 @@ class FedsimStrategy(Strategy):
                 LOG.warning("evaluate: ignored the reply of node %s: %s", node, e)
                 continue
             seen.add(pid)
-            claimed = m["num-examples"] if "num-examples" in m else None
+            claimed = m[examples_key] if examples_key in m else None
             w = float(self.val_sizes[pid])
             if claimed != self.val_sizes[pid]:
-                LOG.warning("evaluate: node %s (partition %d) reports num-examples=%s; the server's count %d is used",
-                            node, pid, claimed, self.val_sizes[pid])
+                LOG.warning("evaluate: node %s (partition %d) reports %s=%s; the server's count %d is used",
+                            node, pid, examples_key, claimed, self.val_sizes[pid])
             tot, acc, loss, count = tot + w, acc + w * a, loss + w * lo, count + 1
-        self._rec["eval_rejected"] = rejected
         if not count:
-            return None
-        out = {"val-accuracy": acc / tot if tot else 0.0, "val-loss": loss / tot if tot else 0.0, "devices": count}
-        self._rec |= {
-            "client_val_accuracy": round(out["val-accuracy"], 6),
-            "client_val_loss": round(out["val-loss"], 6),
-        }
-        return MetricRecord(out)
+            return None, rejected
+        return {"val-accuracy": acc / tot if tot else 0.0, "val-loss": loss / tot if tot else 0.0,
+                "devices": count}, rejected
 
     @staticmethod
     def _implausible_eval(pid: int, seen: set[int], acc: float, loss: float) -> str:
@@ -372,6 +401,19 @@ class FedsimStrategy(Strategy):
             }
             out = MetricRecord({"accuracy": a, "test-loss": lo})
             LOG.info("round %d: global accuracy %.4f, test loss %.4f", round_, a, lo)
+        if self.out_dir is not None:
+            with open(self.out_dir / "timings.jsonl", "a") as fh:  # apart, as fedsim run keeps it
+                fh.write(json.dumps({"round": round_, "seconds": round(self.clock() - self._t_round, 4)}) + "\n")
+        if (self.client_eval and self.eval_piggyback and self._eval_round(round_)
+                and round_ < self.sc.rounds - 1):
+            self._pending = rec  # written once the next round's train replies bring the devices' scores
+        else:
+            self._write_record(rec)
+        return out
+
+    def _write_record(self, rec: dict[str, Any]) -> None:
+        """Append the round's record to ``metrics.jsonl`` (and write the checkpoint when due)."""
+        round_ = int(rec["round"])
         self.history.append(rec)
         if self.out_dir is not None:
             line = (json.dumps(rec, sort_keys=True) + "\n").encode()
@@ -384,12 +426,9 @@ class FedsimStrategy(Strategy):
                     os.fsync(fh.fileno())
             self._metrics_hash.update(line)
             self._metrics_lines += 1
-            with open(self.out_dir / "timings.jsonl", "a") as fh:  # apart, as fedsim run keeps it
-                fh.write(json.dumps({"round": round_, "seconds": round(self.clock() - self._t_round, 4)}) + "\n")
             if due:
                 self.write_checkpoint(self.out_dir / rundir.CHECKPOINT, round_)
                 LOG.info("round %d: checkpoint written to %s", round_, self.out_dir / rundir.CHECKPOINT)
-        return out
 
     # ------------------------------------------------------------------ checkpoints
     def _fingerprint(self) -> dict[str, Any]:
@@ -530,6 +569,50 @@ def output_dir(sc: Scenario, run_config: dict[str, Any]) -> Path:
     return Path(d).expanduser() if d else Path(sc.output.dir) / f"{sc.name}-flower"
 
 
+class PollingGrid(Grid):
+    """A ``Grid`` that pulls replies every ``interval`` seconds: Flower's own ``send_and_receive``
+    (``HttpGrid``) sleeps a fixed 3 s between pulls, so every round trip lost up to 3 s waiting on
+    the ServerApp. The ServerApp talks to the SuperLink on this machine (its Runtime API answers
+    nothing else), so a short interval costs no network. Everything else goes to ``grid``."""
+
+    def __init__(self, grid: Grid, interval: float) -> None:
+        if not interval > 0:
+            raise common.BridgeError(f"run config 'poll-interval': {interval} must be positive")
+        self.grid, self.interval = grid, float(interval)
+
+    def set_run(self, run_id: int) -> None:  # pragma: no cover - not used by the bridge
+        self.grid.set_run(run_id)
+
+    @property
+    def run(self) -> Any:  # pragma: no cover - not used by the bridge
+        return self.grid.run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:  # pragma: no cover - deprecated API
+        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.grid.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        ids = set(self.push_messages(messages))
+        out: list[Message] = []
+        end = time.monotonic() + (timeout if timeout is not None else 0.0)
+        while ids and (timeout is None or time.monotonic() < end):
+            got = list(self.pull_messages(ids))
+            out += got
+            ids -= {m.metadata.reply_to_message_id for m in got}
+            if ids:
+                time.sleep(self.interval)
+        return out
+
+
 def run_server(grid: Grid, context: Context) -> dict[str, Any]:
     """The ServerApp's main: the scenario from the run config, fedsim's set-up, the rounds."""
     from fedsim.runner import prepare
@@ -542,12 +625,14 @@ def run_server(grid: Grid, context: Context) -> dict[str, Any]:
         verified_checkpoint(out, sc)  # before any work
     else:
         refuse_existing_metrics(out, bool(common.run_config_value(rc, "overwrite")))  # before any work
+    grid = PollingGrid(grid, float(common.run_config_value(rc, "poll-interval")))
     prep = prepare(sc, log=lambda m: LOG.info("%s", m))
     strategy = FedsimStrategy(
         sc,
         prep,
         attack_side=str(common.run_config_value(rc, "attack-side")),
         client_eval=bool(common.run_config_value(rc, "client-eval")),
+        eval_piggyback=bool(common.run_config_value(rc, "eval-piggyback")),
         node_wait=float(common.run_config_value(rc, "node-wait")),
         out_dir=out,
         assignment=partition_assignment(sc, rc, out, int(context.run_id)),
