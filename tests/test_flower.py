@@ -9,6 +9,7 @@ import logging
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -592,6 +593,7 @@ def test_dropouts_quorum_ttl_and_one_node_wait(fed_scenario, monkeypatch):
     later train/evaluate call; messages carry TTL = round-timeout (not Flower's 12 h); a round with
     fewer valid updates than min-replies leaves the global head unchanged (quorum false)."""
     import fedsim.flower.server as srv
+    from fedsim.flower.grid import TTL_GRACE_S
     from fedsim.flower.server import FedsimStrategy
 
     sc = parse(fed_scenario(**{"peers.count": 3}))
@@ -605,7 +607,7 @@ def test_dropouts_quorum_ttl_and_one_node_wait(fed_scenario, monkeypatch):
     try:
         msgs = strat.configure_train(1, strat.initial_arrays(), ConfigRecord(), grid)
         assert 300.0 <= now[0] < 302.0 and [m.metadata.dst_node_id for m in msgs] == [10, 11]
-        assert all(m.metadata.ttl == 45.0 for m in msgs)
+        assert all(m.metadata.ttl == 45.0 + TTL_GRACE_S for m in msgs)
         t = now[0]
         for r in (2, 3):
             strat.configure_train(r, strat.initial_arrays(), ConfigRecord(), grid)
@@ -671,10 +673,10 @@ def test_client_eval_piggybacks_on_the_train_message(fed_scenario, tmp_path, mon
 
 def test_polling_grid_pulls_at_its_interval(monkeypatch):
     """The ServerApp pulls replies every poll-interval seconds (Flower's HttpGrid: a fixed 3 s)."""
-    import fedsim.flower.server as srv
+    from fedsim.flower import grid as fg
 
     slept: list[float] = []
-    monkeypatch.setattr(srv.time, "sleep", slept.append)
+    monkeypatch.setattr(fg.time, "sleep", slept.append)
 
     class Grid:
         def __init__(self):
@@ -689,8 +691,169 @@ def test_polling_grid_pulls_at_its_interval(monkeypatch):
                 return []
             return [type("R", (), {"metadata": type("M", (), {"reply_to_message_id": i})})() for i in ids]
 
-    g = srv.PollingGrid(Grid(), 0.25)
-    assert len(list(g.send_and_receive([object(), object()], timeout=60))) == 2
+    g = fg.PollingGrid(Grid(), 0.25)
+    msgs = [type("Q", (), {"metadata": type("M", (), {"dst_node_id": n})})() for n in (10, 11)]
+    assert len(list(g.send_and_receive(msgs, timeout=60))) == 2
     assert slept == [0.25, 0.25]
     with pytest.raises(common.BridgeError, match="poll-interval"):
-        srv.PollingGrid(Grid(), 0)
+        fg.PollingGrid(Grid(), 0)
+
+
+class _FakeRuntime:
+    """The SuperLink's Runtime API as Flower's HttpGrid sees it, for nodes 10 and 11: node 10 answers
+    at once with a reply whose objects are never uploaded (the SuperLink refused them) until its
+    object-push session expires at ``expires`` s (then: not found); node 11 answers in full
+    ``honest_at`` s after the push. A pull for an expired message (created_at + ttl passed) gets
+    Flower's own "Message Unavailable" error instead of its reply, as the SuperLink's does."""
+
+    def __init__(self, honest_at, expires):
+        self.t0, self.honest_at, self.expires = time.monotonic(), honest_at, expires
+        self.sent, self.delivered, self.objects, self.stuck = {}, set(), {}, set()
+
+    def push(self, run_id, msgs):
+        self.t0 = time.monotonic()
+        for m in msgs:
+            self.sent[m.metadata.message_id] = m
+        return [m.metadata.message_id for m in msgs]
+
+    def GetNodes(self, req):  # noqa: N802 - Flower's names
+        from flwr.proto.node_pb2 import NodeInfo
+        from flwr.proto.runtime_pb2 import GetNodesResponse
+
+        return GetNodesResponse(nodes=[NodeInfo(node_id=10), NodeInfo(node_id=11)])
+
+    def _reply(self, ins):
+        from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+        node = ins.metadata.dst_node_id
+        size = ins.content[common.ARRAYS][common.HEAD].numpy().size
+        head = np.full(size, node / 1000, np.float32)  # the two replies share no object
+        content = RecordDict({common.METRICS: MetricRecord({"partition-id": 1 if node == 10 else 0,
+                                                            "train-loss": 1.0, "num-examples": 1}),
+                              common.ARRAYS: ArrayRecord({common.HEAD: Array(head)})})
+        r = Message(content=content, reply_to=ins)
+        r.metadata.__dict__["_src_node_id"] = node
+        r.metadata.__dict__["_message_id"] = r.object_id
+        objs = get_all_nested_objects(r)
+        self.objects |= {k: o.deflate() for k, o in objs.items()}
+        if node == 10:
+            self.stuck |= set(objs)
+        return r
+
+    def PullMessages(self, req):  # noqa: N802
+        from flwr.app.message import remove_content_from_message
+        from flwr.common.serde import message_to_proto
+        from flwr.proto.runtime_pb2 import PullAppMessagesResponse
+        from flwr.server.superlink.linkstate.utils import (
+            create_message_error_unavailable_ins_message,
+            message_ttl_has_expired,
+        )
+        from flwr.supercore.inflatable.inflatable_object import get_object_tree
+
+        now, msgs, trees = time.monotonic() - self.t0, [], []
+        for mid in req.message_ids:
+            ins = self.sent[mid]
+            if mid in self.delivered:
+                continue
+            if message_ttl_has_expired(ins.metadata, time.time()):
+                r = create_message_error_unavailable_ins_message(mid, 1)
+            elif ins.metadata.dst_node_id == 10 or now >= self.honest_at:
+                r = self._reply(ins)
+            else:
+                continue
+            self.delivered.add(mid)
+            msgs.append(message_to_proto(remove_content_from_message(r)))
+            trees.append(get_object_tree(r))
+        return PullAppMessagesResponse(messages_list=msgs, message_object_trees=trees)
+
+    def PullObject(self, req):  # noqa: N802
+        from flwr.proto.message_pb2 import PullObjectResponse
+
+        if req.object_id in self.stuck:
+            return PullObjectResponse(object_found=time.monotonic() - self.t0 < self.expires, object_available=False)
+        if req.object_id not in self.objects:  # an error message generated on the fly
+            return PullObjectResponse(object_found=False, object_available=False)
+        return PullObjectResponse(object_found=True, object_available=True, object_content=self.objects[req.object_id])
+
+    def ConfirmMessageReceived(self, req):  # noqa: N802
+        return None
+
+
+def test_a_reply_whose_objects_never_come_does_not_hide_the_others(fed_scenario):
+    """CI lost an honest device's reply ("received 0"): the ServerApp pulled the entry of a reply the
+    SuperLink had refused for its size (its objects never come) before the honest reply existed;
+    Flower's pull then waited for those objects until their push session expired (180 s), past the
+    round's deadline, and the round ended without pulling again. Here — the strategy's own
+    messages, Flower's own HttpGrid over a fake Runtime API, time scaled down (round-timeout 1.5 s,
+    session 6 s) — the stuck reply is there at once, the honest one 0.3 s later: the round ends by
+    the deadline (plus one retry wait) with the honest update aggregated and the stuck one rejected
+    as 'objects are unavailable', attributed to the node it was sent to (not node 1)."""
+    from flwr.supercore.run import Run
+    from flwr.superlink.grid.http_grid import HttpGrid
+
+    from fedsim.flower.grid import PollingGrid
+    from fedsim.flower.server import FedsimStrategy
+
+    sc = parse(fed_scenario(**{"peers.count": 2}))
+    strat = FedsimStrategy(sc, prepare(sc), round_timeout=1.5, node_wait=5.0)
+    runtime = _FakeRuntime(honest_at=0.3, expires=6.0)
+    http = HttpGrid(token="t")
+    http._client, http._run = runtime, Run.create_empty(1)  # noqa: SLF001 - a fake Runtime API under Flower's grid
+    http._try_push_messages = runtime.push  # noqa: SLF001
+    g = PollingGrid(http, 0.05)
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    try:
+        msgs = strat.configure_train(1, strat.initial_arrays(), ConfigRecord(), g)
+        t0 = time.monotonic()
+        got = list(g.send_and_receive(msgs, timeout=strat.round_timeout))
+        took = time.monotonic() - t0
+        strat.aggregate_train(1, got)
+    finally:
+        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+    rec = strat._rec
+    assert rec["received"] == 1 and rec["dropped"] == 1, rec
+    [rej] = rec["rejected"]
+    assert rej["node"] == 10 and rej["partition"] is None and "objects are unavailable" in rej["reason"], rej
+    assert took < 4.0, took  # the deadline (1.5 s) plus at most one retry wait, not the session's 6 s
+
+
+def _ins(node):
+    msg = Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN, ttl=60.0)
+    msg.metadata.__dict__["_message_id"] = msg.object_id
+    return msg
+
+
+def test_a_killed_device_is_named_with_its_partition(fed_scenario):
+    """A SuperNode killed after round 1: the SuperLink answers its round-2 message with a
+    NODE_UNAVAILABLE error from node 1 (itself). The round's rejected list names the killed node and
+    the partition bound to it (not node 1, partition None), and the reason says no reply came."""
+    from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
+
+    from fedsim.flower.grid import PollingGrid
+    from fedsim.flower.server import FedsimStrategy
+
+    sc = parse(fed_scenario(**{"peers.count": 2}))
+    strat = FedsimStrategy(sc, prepare(sc))
+    ones = np.ones(strat.num_params, np.float32)
+
+    class Grid:
+        def push_messages(self, messages):
+            return [m.metadata.message_id for m in messages]
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    try:
+        strat.aggregate_train(1, [_train_reply(10, 0, ones), _train_reply(11, 1, ones)])  # binds 10→0, 11→1
+        g = PollingGrid(Grid(), 0.1)
+        strat._grid = g  # noqa: SLF001 - as _messages sets it in a run
+        ins = [_ins(10), _ins(11)]
+        g.push_messages(ins)
+        lost = create_message_error_unavailable_res_message(ins[0].metadata, "node_unavail")
+        strat.aggregate_train(2, [lost, _train_reply(11, 1, ones)])
+    finally:
+        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+    [rej] = strat._rec["rejected"]
+    assert rej["node"] == 10 and rej["partition"] == 0, rej
+    assert rej["reason"].startswith("no reply: Error: Node Unavailable"), rej
+    assert strat._rec["received"] == 1 and strat._rec["dropped"] == 1

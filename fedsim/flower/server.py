@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
@@ -44,6 +45,7 @@ from fedsim import rundir
 from fedsim.errors import CorruptFileError, ResumeMismatchError, RunDirExistsError
 from fedsim.flower import common
 from fedsim.flower.common import LOG
+from fedsim.flower.grid import TTL_GRACE_S, PollingGrid, sender
 from fedsim.flower.identity import STORE_NAME, PartitionAssignment, load_partition_map
 from fedsim.scenario import Scenario, sampled_clients
 
@@ -94,6 +96,7 @@ class FedsimStrategy(Strategy):
         # piggy-backed client evaluation: the record of an evaluated round waits for the next round's
         # train replies, which carry the devices' scores of the global head they received
         self._pending: dict[str, Any] | None = None
+        self._grid: Grid | None = None  # the grid of the last round trip
         self.node_wait = node_wait
         if not 1 <= int(min_replies) <= self.n:
             raise common.BridgeError(f"run config 'min-replies': {min_replies} is not in 1..{self.n} (peers.count)")
@@ -169,8 +172,10 @@ class FedsimStrategy(Strategy):
         every = self.sc.checkpoint.every
         config["run-key"], config["keep-rounds"] = self.run_key, every + 1 if every else 0
         record = RecordDict({common.ARRAYS: arrays, common.CONFIG: config})
-        # TTL = the round's deadline: a message a device fetches late expires instead of running stale
-        return [Message(content=record, dst_node_id=nid, message_type=kind, ttl=self.round_timeout)
+        self._grid = grid  # names the device behind a reply the SuperLink sent for it (see collect)
+        # TTL = the round's deadline (+ the grace that lets the last pull at the deadline find the
+        # replies): a message a device fetches late expires instead of running a stale round
+        return [Message(content=record, dst_node_id=nid, message_type=kind, ttl=self.round_timeout + TTL_GRACE_S)
                 for nid in self._nodes(grid)]
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -261,10 +266,10 @@ class FedsimStrategy(Strategy):
         seen: set[int] = set()
         rejected: list[dict[str, Any]] = []
         for msg in replies:
-            node = msg.metadata.src_node_id
+            node = sender(self._grid, msg)
             try:
                 if msg.has_error():
-                    raise ValueError(f"client error: {msg.error.reason}")
+                    raise ValueError(self._error_reason(msg))
                 m = msg.content[common.METRICS]
                 pid = self.partition_id(m)
                 a, lo = float(m["val-accuracy"]), float(m["val-loss"])
@@ -286,6 +291,13 @@ class FedsimStrategy(Strategy):
             return None, rejected
         return {"val-accuracy": acc / tot if tot else 0.0, "val-loss": loss / tot if tot else 0.0,
                 "devices": count}, rejected
+
+    @staticmethod
+    def _error_reason(msg: Message) -> str:
+        """An error reply's reason: the device's own ("client error"), or the SuperLink's for a
+        device that did not answer (node unavailable, reply expired or its objects never came)."""
+        who = "no reply" if int(msg.metadata.src_node_id) == SUPERLINK_NODE_ID else "client error"
+        return f"{who}: {msg.error.reason}"
 
     @staticmethod
     def _implausible_eval(pid: int, seen: set[int], acc: float, loss: float) -> str:
@@ -323,9 +335,9 @@ class FedsimStrategy(Strategy):
             LOG.warning("rejected the update of node %s (partition %s): %s", node, pid, reason)
 
         for msg in replies:
-            node = msg.metadata.src_node_id
+            node = sender(self._grid, msg)
             if msg.has_error():
-                reject(node, None, f"client error: {msg.error.reason}")
+                reject(node, self.assignment.partition_of(node), self._error_reason(msg))
                 continue
             received += 1
             pid: int | None = None
@@ -567,50 +579,6 @@ def partition_assignment(sc: Scenario, run_config: dict[str, Any], out: Path, ru
 def output_dir(sc: Scenario, run_config: dict[str, Any]) -> Path:
     d = str(common.run_config_value(run_config, "output-dir") or "")
     return Path(d).expanduser() if d else Path(sc.output.dir) / f"{sc.name}-flower"
-
-
-class PollingGrid(Grid):
-    """A ``Grid`` that pulls replies every ``interval`` seconds: Flower's own ``send_and_receive``
-    (``HttpGrid``) sleeps a fixed 3 s between pulls, so every round trip lost up to 3 s waiting on
-    the ServerApp. The ServerApp talks to the SuperLink on this machine (its Runtime API answers
-    nothing else), so a short interval costs no network. Everything else goes to ``grid``."""
-
-    def __init__(self, grid: Grid, interval: float) -> None:
-        if not interval > 0:
-            raise common.BridgeError(f"run config 'poll-interval': {interval} must be positive")
-        self.grid, self.interval = grid, float(interval)
-
-    def set_run(self, run_id: int) -> None:  # pragma: no cover - not used by the bridge
-        self.grid.set_run(run_id)
-
-    @property
-    def run(self) -> Any:  # pragma: no cover - not used by the bridge
-        return self.grid.run
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:  # pragma: no cover - deprecated API
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.grid.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        ids = set(self.push_messages(messages))
-        out: list[Message] = []
-        end = time.monotonic() + (timeout if timeout is not None else 0.0)
-        while ids and (timeout is None or time.monotonic() < end):
-            got = list(self.pull_messages(ids))
-            out += got
-            ids -= {m.metadata.reply_to_message_id for m in got}
-            if ids:
-                time.sleep(self.interval)
-        return out
 
 
 def run_server(grid: Grid, context: Context) -> dict[str, Any]:
