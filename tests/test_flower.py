@@ -857,3 +857,89 @@ def test_a_killed_device_is_named_with_its_partition(fed_scenario):
     assert rej["node"] == 10 and rej["partition"] == 0, rej
     assert rej["reason"].startswith("no reply: Error: Node Unavailable"), rej
     assert strat._rec["received"] == 1 and strat._rec["dropped"] == 1
+
+
+class _NodeRuntime:
+    """A SuperNode's Runtime API as the worker sees it, holding one task: its message's objects
+    arrive ``arrive`` s after the start (None: never — the leftover message of a stopped run)."""
+
+    def __init__(self, arrive):  # needs TaskIdentity set (a Message is made here)
+        from flwr.app import Context
+        from flwr.common.serde import context_to_proto, fab_to_proto, run_to_proto
+        from flwr.proto.runtime_pb2 import PullTaskInputResponse
+        from flwr.supercore.fab import Fab
+        from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+        from flwr.supercore.run import Run
+
+        self.t0, self.arrive = time.monotonic(), arrive
+        self.msg = Message(content=RecordDict({"config": ConfigRecord({"a": 1})}), dst_node_id=5,
+                           message_type=MessageType.TRAIN)
+        self.msg.metadata.__dict__["_message_id"] = self.msg.object_id
+        self.objects = {k: o.deflate() for k, o in get_all_nested_objects(self.msg).items()}
+        ctx = Context(run_id=1, node_id=5, node_config={}, state=RecordDict(), run_config={})
+        self.input = PullTaskInputResponse(task_id=3, context=context_to_proto(ctx),
+                                           run=run_to_proto(Run.create_empty(1)), fab=fab_to_proto(Fab("h", b"", {})))
+
+    def PullTaskInput(self, req):  # noqa: N802 - Flower's names
+        return self.input
+
+    def PullMessages(self, req):  # noqa: N802
+        from flwr.app.message import remove_content_from_message
+        from flwr.common.serde import message_to_proto
+        from flwr.proto.runtime_pb2 import PullAppMessagesResponse
+        from flwr.supercore.inflatable.inflatable_object import get_object_tree
+
+        return PullAppMessagesResponse(messages_list=[message_to_proto(remove_content_from_message(self.msg))],
+                                       message_object_trees=[get_object_tree(self.msg)])
+
+    def PullObject(self, req):  # noqa: N802
+        from flwr.proto.message_pb2 import PullObjectResponse
+
+        here = self.arrive is not None and time.monotonic() - self.t0 >= self.arrive
+        return PullObjectResponse(object_found=True, object_available=here,
+                                  object_content=self.objects[req.object_id] if here else b"")
+
+    def ConfirmMessageReceived(self, req):  # noqa: N802
+        return None
+
+
+def _pull_in_thread(runtime, newer, wait=15.0):
+    import threading
+
+    from fedsim.flower import worker
+
+    out: dict = {}
+
+    def go():
+        try:
+            out["message"] = worker.pull_task_input(runtime, newer)[0]
+        except Exception as e:  # noqa: BLE001
+            out["error"] = e
+
+    t0 = time.monotonic()
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    t.join(wait)
+    return out, time.monotonic() - t0
+
+
+def test_worker_drops_a_task_whose_input_never_comes_once_a_newer_one_exists():
+    """The warm worker runs a SuperNode's tasks one after the other. After a SuperLink restart a
+    SuperNode can leave a task behind whose message objects never come (a message of the stopped
+    run: Flower's SuperNode gives it up with RunNotRunningException after creating its task); the
+    worker waited for them (Flower: up to 2 h) and the resumed run's task queued behind it forever
+    (the loopback resume test timed out). Now the wait ends once the SuperNode has a newer task;
+    an input that is merely late (1.5 s here) is still waited for while nothing newer exists."""
+    from fedsim.flower import worker
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    try:
+        calls = []
+        out, took = _pull_in_thread(_NodeRuntime(arrive=None), lambda: calls.append(1) or len(calls) >= 2)
+        assert isinstance(out.get("error"), worker.SupersededError), out
+        assert took < 3 * worker.INPUT_WAIT_STEP + 2, took
+        out, took = _pull_in_thread(_NodeRuntime(arrive=1.5), lambda: False)
+        assert "error" not in out and out["message"].content["config"]["a"] == 1, out
+    finally:
+        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved

@@ -12,7 +12,10 @@ run the ClientApp, push the reply and the task's final state, heartbeats meanwhi
 Flower's own functions), but in a loop, in one process, so the modules stay imported and
 :mod:`fedsim.flower.client` keeps its peers (``peer_for``'s cache, keyed by run, node, run config
 and node config) from one message to the next. What a round depends on still travels in the
-message and the node's ``context.state``, so a restarted worker computes the same thing.
+message and the node's ``context.state``, so a restarted worker computes the same thing. One
+difference a single process forces: a task whose input never arrives (a leftover message of a run
+that stopped, see :func:`pull_task_input`) is given up once the SuperNode has a newer task, instead
+of blocking the worker (Flower's per-task process just waits, up to 2 h, beside the others).
 
 ``python -m fedsim.flower.launch supernode --warm ...`` (``fedsim flower client --warm``,
 :class:`~fedsim.flower.local.LocalFederation`) starts the SuperNode with ``--isolation process``
@@ -28,10 +31,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 POLL_INTERVAL = 0.1  # seconds between AcquireTask calls while the node has no task (local HTTP)
+INPUT_WAIT_STEP = 1.0  # seconds between looks for a newer task while a task's input has not arrived
+_TIMEOUT = "timeout or retry limit reached"  # Flower's ObjectPullError reason when an object stays unavailable
 _APPS: dict[str, Any] = {}  # fab hash → loaded ClientApp (fedsim's own only)
 
 
@@ -80,13 +85,67 @@ def client_app(run: Any, fab: Any) -> Any:
     return app
 
 
-def run_task(address: str, token: str) -> str:
-    """Run one task as ``flwr-clientapp --token TOKEN`` would (without exiting); returns its status."""
+class SupersededError(Exception):
+    """The SuperNode has a newer task while this one's input never arrived: the input is gone."""
+
+
+def pull_task_input(client: Any, newer: Callable[[], bool]) -> tuple[Any, Any, Any, Any]:
+    """Flower's ``pull_task_input`` (run_clientapp), except that the wait for the message's objects
+    ends when ``newer()`` says the SuperNode has a newer task (:class:`SupersededError`).
+
+    The SuperNode creates a task *before* it pulls the message's objects from the SuperLink, and it
+    takes its next message only once it is done with this one: stored (the objects are then here)
+    or given up. One way of giving up leaves the task behind — a message of a run that stopped
+    (``RunNotRunningException``: after a SuperLink restart, the old run's leftover message), whose
+    objects never come. Flower's own ``flwr-clientapp`` for such a task waits up to
+    ``PULL_MAX_TIME`` (2 h) in a process of its own; in this single worker it would block every
+    later task (seen on loopback: a resumed run never started). So the wait lasts while nothing
+    newer exists, checked every ``INPUT_WAIT_STEP`` seconds."""
+    from flwr.app import Message
+    from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
+    from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
+    from flwr.proto.runtime_pb2 import PullAppMessagesRequest, PullTaskInputRequest  # pylint: disable=E0611
+    from flwr.supercore.inflatable.inflatable_protobuf_utils import (
+        make_confirm_message_received_fn_protobuf,
+        make_pull_object_fn_protobuf,
+    )
+    from flwr.supercore.inflatable.inflatable_utils import ObjectPullError, pull_and_inflate_object_from_tree
+    from flwr.supercore.task_identity import TaskIdentity
+
+    res = client.PullTaskInput(PullTaskInputRequest())
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = res.task_id, res.run.run_id, res.context.node_id
+    context, run, fab = context_from_proto(res.context), run_from_proto(res.run), fab_from_proto(res.fab)
+    pulled = client.PullMessages(PullAppMessagesRequest())
+    if not pulled.messages_list:
+        raise RuntimeError("No messages received from Runtime API")
+    node = Node(node_id=context.node_id)
+    tree = pulled.message_object_trees[0]
+    while True:
+        try:
+            message = pull_and_inflate_object_from_tree(
+                tree, make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
+                make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
+                return_type=Message, max_time=INPUT_WAIT_STEP, max_tries_per_object=None, initial_backoff=0.05,
+                backoff_cap=0.5)
+            break
+        except ObjectPullError as e:
+            if _TIMEOUT not in str(e):
+                raise
+            if newer():
+                raise SupersededError(f"the SuperNode took a newer message before this task's input arrived "
+                                 f"(run {context.run_id}; a message of a run that stopped)") from None
+    message.metadata.__dict__["_message_id"] = tree.object_id
+    return message, context, run, fab
+
+
+def run_task(address: str, token: str, newer: Callable[[], bool] = lambda: False) -> str:
+    """Run one task as ``flwr-clientapp --token TOKEN`` would (without exiting); returns its status.
+    ``newer``: whether the SuperNode has a newer task (see :func:`pull_task_input`)."""
     from flwr.app import Error, Message
     from flwr.clientapp.client_app import LoadClientAppError
     from flwr.common.constant import ErrorCode, SubStatus
     from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
-    from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+    from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
     client = runtime_client(address, token)
     heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
@@ -94,9 +153,12 @@ def run_task(address: str, token: str) -> str:
     status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
     try:
         heartbeat.start()
-        message, context, run, fab = pull_task_input(client)
+        message, context, run, fab = pull_task_input(client, newer)
         reply = client_app(run, fab)(message=message, context=context)
         status, details = SubStatus.COMPLETED, ""
+    except SupersededError as ex:
+        details = str(ex)
+        _log(30, "task abandoned: %s", ex)
     except Exception as ex:  # noqa: BLE001 - a failing app becomes an error reply, as in flwr-clientapp
         code = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
         details = str(type(ex)) + ":<'" + str(ex) + "'>"
@@ -130,16 +192,31 @@ def serve(address: str, poll: float = POLL_INTERVAL, max_tasks: int | None = Non
          address)
     client = runtime_client(address)
     done = 0
+    queued: list[Any] = []  # tasks acquired while an older task waited for its input
+
+    def acquire() -> Any | None:
+        res = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
+        return res if res.HasField("task") and res.token else None
+
+    def newer() -> bool:
+        try:
+            res = acquire()
+        except Exception:  # noqa: BLE001 - cannot tell: keep waiting
+            return False
+        if res is not None:
+            queued.append(res)
+        return bool(queued)
+
     while max_tasks is None or done < max_tasks:
         try:
-            res = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
+            res = queued.pop(0) if queued else acquire()
         except Exception as ex:  # noqa: BLE001 - the SuperNode is starting or restarting
             _log(10, "AcquireTask failed (%s); retrying", ex)
             time.sleep(1.0)
             continue
-        if res.HasField("task") and res.token:
+        if res is not None:
             t0 = time.monotonic()
-            status = run_task(address, res.token)
+            status = run_task(address, res.token, newer)
             done += 1
             _log(20, "task %d (run %d) %s in %.2f s", res.task.task_id, res.task.run_id, status,
                  time.monotonic() - t0)
