@@ -57,6 +57,7 @@ def bounded_object_pulls(max_time: float) -> Iterator[None]:
 
     original = http_grid.pull_objects
     http_grid.pull_objects = functools.partial(original, max_time=max(float(max_time), 0.0),
+                                               max_tries_per_object=None,  # the time bounds it, not a count
                                                initial_backoff=min(1.0, PULL_BACKOFF_CAP_S),
                                                backoff_cap=PULL_BACKOFF_CAP_S)
     try:
