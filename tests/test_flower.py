@@ -9,6 +9,7 @@ import logging
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -247,6 +248,10 @@ def test_cli_command_lines(tmp_path):
     assert "partition-id=3 num-partitions=24 data-dir=" in r.output
     assert f"--root-certificates {tmp_path / 'ca.crt'} --auth-supernode-private-key {tmp_path / 'k'}" in r.output
     assert "--insecure" not in r.output
+    assert r.output.rstrip().endswith("--warm --poll-interval 1.0")  # one ClientApp process; poll every 1 s
+    r = CliRunner().invoke(flower, ["client", "--superlink", "h:8000", "--partition-id", "0", "--num-partitions", "2",
+                                    "--insecure", "--no-warm", "--poll-interval", "0.5", "--dry-run"])
+    assert r.exit_code == 0 and "--warm" not in r.output and "--poll-interval 0.5" in r.output, r.output
     r = CliRunner().invoke(flower, ["client", "--superlink", "h:8000", "--partition-id", "0", "--num-partitions", "2"])
     assert r.exit_code != 0 and "TLS is on by default" in r.output
     r = CliRunner().invoke(flower, ["client", "--superlink", "h:8000", "--partition-id", "2", "--num-partitions", "2",
@@ -350,6 +355,24 @@ def test_launcher_puts_its_own_bin_first_on_path(monkeypatch):
     assert cmd[:4] == [sys.executable, "-m", "fedsim.flower.launch", "superlink"] and Path(cmd[0]).is_absolute()
     with pytest.raises(ValueError, match="role"):
         launch.launch_command("superexec", [])
+
+
+def test_launcher_caps_the_supernode_waits(monkeypatch):
+    """Flower's SuperNode sleeps a fixed 3 s between polls of the SuperLink (0.5 s between looks for
+    a reply): with --poll-interval the launcher caps those module-level sleeps."""
+    from flwr.supernode import start_client_internal as sci
+
+    from fedsim.flower import launch
+
+    monkeypatch.setattr(sci, "time", sci.time)  # restored after the test
+    slept: list[float] = []
+    monkeypatch.setattr("time.sleep", slept.append)
+    launch.cap_supernode_sleeps(0.2)
+    sci.time.sleep(3)
+    sci.time.sleep(0.5)
+    sci.time.sleep(0.1)
+    assert slept == [0.2, 0.2, 0.1]
+    assert sci.time.monotonic is __import__("time").monotonic
 
 
 def test_device_reported_eval_metrics_are_checked_and_weighted_by_the_server(fed_scenario):
@@ -573,6 +596,7 @@ def test_dropouts_quorum_ttl_and_one_node_wait(fed_scenario, monkeypatch):
     later train/evaluate call; messages carry TTL = round-timeout (not Flower's 12 h); a round with
     fewer valid updates than min-replies leaves the global head unchanged (quorum false)."""
     import fedsim.flower.server as srv
+    from fedsim.flower.grid import TTL_GRACE_S
     from fedsim.flower.server import FedsimStrategy
 
     sc = parse(fed_scenario(**{"peers.count": 3}))
@@ -586,7 +610,7 @@ def test_dropouts_quorum_ttl_and_one_node_wait(fed_scenario, monkeypatch):
     try:
         msgs = strat.configure_train(1, strat.initial_arrays(), ConfigRecord(), grid)
         assert 300.0 <= now[0] < 302.0 and [m.metadata.dst_node_id for m in msgs] == [10, 11]
-        assert all(m.metadata.ttl == 45.0 for m in msgs)
+        assert all(m.metadata.ttl == 45.0 + TTL_GRACE_S for m in msgs)
         t = now[0]
         for r in (2, 3):
             strat.configure_train(r, strat.initial_arrays(), ConfigRecord(), grid)
@@ -612,3 +636,313 @@ def test_the_bridge_refuses_client_sampling(fed_scenario):
         FedsimStrategy(sc, prepare(sc))
     sc = parse(fed_scenario(sampling={"fraction": 1.0}))
     FedsimStrategy(sc, prepare(sc))
+
+
+def test_client_eval_piggybacks_on_the_train_message(fed_scenario, tmp_path, monkeypatch):
+    """With client-eval on, a device scores the global head it receives with the next round's
+    train message (eval-piggyback, the default): one message per device per round, and one
+    evaluate message after the last round (no train message follows it). Every metrics record —
+    client_val_* included — equals that of the run with a separate evaluate message per round
+    (eval-piggyback=false): the same head, after the same round, on the same validation split."""
+    from fedsim.flower import inprocess
+
+    sent: list[list[str]] = []
+    push = inprocess.InProcessGrid.push_messages
+
+    def counting(self, messages):
+        messages = list(messages)
+        sent.append([m.metadata.message_type for m in messages])
+        return push(self, messages)
+
+    monkeypatch.setattr(inprocess.InProcessGrid, "push_messages", counting)
+    sc = parse(fed_scenario(rounds=4, **{"evaluation.every": 1}))
+    n = sc.peers.count
+    nodes = [{"partition-id": i, "num-partitions": n} for i in range(n)]
+    runs = {}
+    for piggyback in (True, False):
+        sent.clear()
+        out = tmp_path / f"piggyback-{piggyback}"
+        run_in_process({"scenario": common.scenario_yaml(sc), "output-dir": str(out), "eval-piggyback": piggyback},
+                       nodes)
+        runs[piggyback] = (_metrics(out / "metrics.jsonl"), [list(x) for x in sent if x])
+    (fast, fast_sent), (slow, slow_sent) = runs[True], runs[False]
+    train, evaluate = [MessageType.TRAIN] * n, [MessageType.EVALUATE] * n
+    assert fast_sent == [train] * 4 + [evaluate]
+    assert slow_sent == [train, evaluate] * 4
+    assert [x["round"] for x in fast] == [0, 1, 2, 3]
+    assert all("client_val_accuracy" in x and x["eval_rejected"] == [] for x in fast)
+    assert fast == slow
+
+
+def test_polling_grid_pulls_at_its_interval(monkeypatch):
+    """The ServerApp pulls replies every poll-interval seconds (Flower's HttpGrid: a fixed 3 s)."""
+    from fedsim.flower import grid as fg
+
+    slept: list[float] = []
+    monkeypatch.setattr(fg.time, "sleep", slept.append)
+
+    class Grid:
+        def __init__(self):
+            self.pulls = 0
+
+        def push_messages(self, messages):
+            return ["a", "b"]
+
+        def pull_messages(self, ids):
+            self.pulls += 1
+            if self.pulls < 3:
+                return []
+            return [type("R", (), {"metadata": type("M", (), {"reply_to_message_id": i})})() for i in ids]
+
+    g = fg.PollingGrid(Grid(), 0.25)
+    msgs = [type("Q", (), {"metadata": type("M", (), {"dst_node_id": n})})() for n in (10, 11)]
+    assert len(list(g.send_and_receive(msgs, timeout=60))) == 2
+    assert slept == [0.25, 0.25]
+    with pytest.raises(common.BridgeError, match="poll-interval"):
+        fg.PollingGrid(Grid(), 0)
+
+
+class _FakeRuntime:
+    """The SuperLink's Runtime API as Flower's HttpGrid sees it, for nodes 10 and 11: node 10 answers
+    at once with a reply whose objects are never uploaded (the SuperLink refused them) until its
+    object-push session expires at ``expires`` s (then: not found); node 11 answers in full
+    ``honest_at`` s after the push. A pull for an expired message (created_at + ttl passed) gets
+    Flower's own "Message Unavailable" error instead of its reply, as the SuperLink's does."""
+
+    def __init__(self, honest_at, expires):
+        self.t0, self.honest_at, self.expires = time.monotonic(), honest_at, expires
+        self.sent, self.delivered, self.objects, self.stuck = {}, set(), {}, set()
+
+    def push(self, run_id, msgs):
+        self.t0 = time.monotonic()
+        for m in msgs:
+            self.sent[m.metadata.message_id] = m
+        return [m.metadata.message_id for m in msgs]
+
+    def GetNodes(self, req):  # noqa: N802 - Flower's names
+        from flwr.proto.node_pb2 import NodeInfo
+        from flwr.proto.runtime_pb2 import GetNodesResponse
+
+        return GetNodesResponse(nodes=[NodeInfo(node_id=10), NodeInfo(node_id=11)])
+
+    def _reply(self, ins):
+        from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+        node = ins.metadata.dst_node_id
+        size = ins.content[common.ARRAYS][common.HEAD].numpy().size
+        head = np.full(size, node / 1000, np.float32)  # the two replies share no object
+        content = RecordDict({common.METRICS: MetricRecord({"partition-id": 1 if node == 10 else 0,
+                                                            "train-loss": 1.0, "num-examples": 1}),
+                              common.ARRAYS: ArrayRecord({common.HEAD: Array(head)})})
+        r = Message(content=content, reply_to=ins)
+        r.metadata.__dict__["_src_node_id"] = node
+        r.metadata.__dict__["_message_id"] = r.object_id
+        objs = get_all_nested_objects(r)
+        self.objects |= {k: o.deflate() for k, o in objs.items()}
+        if node == 10:
+            self.stuck |= set(objs)
+        return r
+
+    def PullMessages(self, req):  # noqa: N802
+        from flwr.app.message import remove_content_from_message
+        from flwr.common.serde import message_to_proto
+        from flwr.proto.runtime_pb2 import PullAppMessagesResponse
+        from flwr.server.superlink.linkstate.utils import (
+            create_message_error_unavailable_ins_message,
+            message_ttl_has_expired,
+        )
+        from flwr.supercore.inflatable.inflatable_object import get_object_tree
+
+        now, msgs, trees = time.monotonic() - self.t0, [], []
+        for mid in req.message_ids:
+            ins = self.sent[mid]
+            if mid in self.delivered:
+                continue
+            if message_ttl_has_expired(ins.metadata, time.time()):
+                r = create_message_error_unavailable_ins_message(mid, 1)
+            elif ins.metadata.dst_node_id == 10 or now >= self.honest_at:
+                r = self._reply(ins)
+            else:
+                continue
+            self.delivered.add(mid)
+            msgs.append(message_to_proto(remove_content_from_message(r)))
+            trees.append(get_object_tree(r))
+        return PullAppMessagesResponse(messages_list=msgs, message_object_trees=trees)
+
+    def PullObject(self, req):  # noqa: N802
+        from flwr.proto.message_pb2 import PullObjectResponse
+
+        if req.object_id in self.stuck:
+            return PullObjectResponse(object_found=time.monotonic() - self.t0 < self.expires, object_available=False)
+        if req.object_id not in self.objects:  # an error message generated on the fly
+            return PullObjectResponse(object_found=False, object_available=False)
+        return PullObjectResponse(object_found=True, object_available=True, object_content=self.objects[req.object_id])
+
+    def ConfirmMessageReceived(self, req):  # noqa: N802
+        return None
+
+
+def test_a_reply_whose_objects_never_come_does_not_hide_the_others(fed_scenario):
+    """CI lost an honest device's reply ("received 0"): the ServerApp pulled the entry of a reply the
+    SuperLink had refused for its size (its objects never come) before the honest reply existed;
+    Flower's pull then waited for those objects until their push session expired (180 s), past the
+    round's deadline, and the round ended without pulling again. Here — the strategy's own
+    messages, Flower's own HttpGrid over a fake Runtime API, time scaled down (round-timeout 1.5 s,
+    session 6 s) — the stuck reply is there at once, the honest one 0.3 s later: the round ends by
+    the deadline (plus one retry wait) with the honest update aggregated and the stuck one rejected
+    as 'objects are unavailable', attributed to the node it was sent to (not node 1)."""
+    from flwr.supercore.run import Run
+    from flwr.superlink.grid.http_grid import HttpGrid
+
+    from fedsim.flower.grid import PollingGrid
+    from fedsim.flower.server import FedsimStrategy
+
+    sc = parse(fed_scenario(**{"peers.count": 2}))
+    strat = FedsimStrategy(sc, prepare(sc), round_timeout=1.5, node_wait=5.0)
+    runtime = _FakeRuntime(honest_at=0.3, expires=6.0)
+    http = HttpGrid(token="t")
+    http._client, http._run = runtime, Run.create_empty(1)  # noqa: SLF001 - a fake Runtime API under Flower's grid
+    http._try_push_messages = runtime.push  # noqa: SLF001
+    g = PollingGrid(http, 0.05)
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    try:
+        msgs = strat.configure_train(1, strat.initial_arrays(), ConfigRecord(), g)
+        t0 = time.monotonic()
+        got = list(g.send_and_receive(msgs, timeout=strat.round_timeout))
+        took = time.monotonic() - t0
+        strat.aggregate_train(1, got)
+    finally:
+        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+    rec = strat._rec
+    assert rec["received"] == 1 and rec["dropped"] == 1, rec
+    [rej] = rec["rejected"]
+    assert rej["node"] == 10 and rej["partition"] is None and "objects are unavailable" in rej["reason"], rej
+    assert took < 4.0, took  # the deadline (1.5 s) plus at most one retry wait, not the session's 6 s
+
+
+def _ins(node):
+    msg = Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN, ttl=60.0)
+    msg.metadata.__dict__["_message_id"] = msg.object_id
+    return msg
+
+
+def test_a_killed_device_is_named_with_its_partition(fed_scenario):
+    """A SuperNode killed after round 1: the SuperLink answers its round-2 message with a
+    NODE_UNAVAILABLE error from node 1 (itself). The round's rejected list names the killed node and
+    the partition bound to it (not node 1, partition None), and the reason says no reply came."""
+    from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
+
+    from fedsim.flower.grid import PollingGrid
+    from fedsim.flower.server import FedsimStrategy
+
+    sc = parse(fed_scenario(**{"peers.count": 2}))
+    strat = FedsimStrategy(sc, prepare(sc))
+    ones = np.ones(strat.num_params, np.float32)
+
+    class Grid:
+        def push_messages(self, messages):
+            return [m.metadata.message_id for m in messages]
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    try:
+        strat.aggregate_train(1, [_train_reply(10, 0, ones), _train_reply(11, 1, ones)])  # binds 10→0, 11→1
+        g = PollingGrid(Grid(), 0.1)
+        strat._grid = g  # noqa: SLF001 - as _messages sets it in a run
+        ins = [_ins(10), _ins(11)]
+        g.push_messages(ins)
+        lost = create_message_error_unavailable_res_message(ins[0].metadata, "node_unavail")
+        strat.aggregate_train(2, [lost, _train_reply(11, 1, ones)])
+    finally:
+        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+    [rej] = strat._rec["rejected"]
+    assert rej["node"] == 10 and rej["partition"] == 0, rej
+    assert rej["reason"].startswith("no reply: Error: Node Unavailable"), rej
+    assert strat._rec["received"] == 1 and strat._rec["dropped"] == 1
+
+
+class _NodeRuntime:
+    """A SuperNode's Runtime API as the worker sees it, holding one task: its message's objects
+    arrive ``arrive`` s after the start (None: never — the leftover message of a stopped run)."""
+
+    def __init__(self, arrive):  # needs TaskIdentity set (a Message is made here)
+        from flwr.app import Context
+        from flwr.common.serde import context_to_proto, fab_to_proto, run_to_proto
+        from flwr.proto.runtime_pb2 import PullTaskInputResponse
+        from flwr.supercore.fab import Fab
+        from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+        from flwr.supercore.run import Run
+
+        self.t0, self.arrive = time.monotonic(), arrive
+        self.msg = Message(content=RecordDict({"config": ConfigRecord({"a": 1})}), dst_node_id=5,
+                           message_type=MessageType.TRAIN)
+        self.msg.metadata.__dict__["_message_id"] = self.msg.object_id
+        self.objects = {k: o.deflate() for k, o in get_all_nested_objects(self.msg).items()}
+        ctx = Context(run_id=1, node_id=5, node_config={}, state=RecordDict(), run_config={})
+        self.input = PullTaskInputResponse(task_id=3, context=context_to_proto(ctx),
+                                           run=run_to_proto(Run.create_empty(1)), fab=fab_to_proto(Fab("h", b"", {})))
+
+    def PullTaskInput(self, req):  # noqa: N802 - Flower's names
+        return self.input
+
+    def PullMessages(self, req):  # noqa: N802
+        from flwr.app.message import remove_content_from_message
+        from flwr.common.serde import message_to_proto
+        from flwr.proto.runtime_pb2 import PullAppMessagesResponse
+        from flwr.supercore.inflatable.inflatable_object import get_object_tree
+
+        return PullAppMessagesResponse(messages_list=[message_to_proto(remove_content_from_message(self.msg))],
+                                       message_object_trees=[get_object_tree(self.msg)])
+
+    def PullObject(self, req):  # noqa: N802
+        from flwr.proto.message_pb2 import PullObjectResponse
+
+        here = self.arrive is not None and time.monotonic() - self.t0 >= self.arrive
+        return PullObjectResponse(object_found=True, object_available=here,
+                                  object_content=self.objects[req.object_id] if here else b"")
+
+    def ConfirmMessageReceived(self, req):  # noqa: N802
+        return None
+
+
+def _pull_in_thread(runtime, newer, wait=15.0):
+    import threading
+
+    from fedsim.flower import worker
+
+    out: dict = {}
+
+    def go():
+        try:
+            out["message"] = worker.pull_task_input(runtime, newer)[0]
+        except Exception as e:  # noqa: BLE001
+            out["error"] = e
+
+    t0 = time.monotonic()
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    t.join(wait)
+    return out, time.monotonic() - t0
+
+
+def test_worker_drops_a_task_whose_input_never_comes_once_a_newer_one_exists():
+    """The warm worker runs a SuperNode's tasks one after the other. After a SuperLink restart a
+    SuperNode can leave a task behind whose message objects never come (a message of the stopped
+    run: Flower's SuperNode gives it up with RunNotRunningException after creating its task); the
+    worker waited for them (Flower: up to 2 h) and the resumed run's task queued behind it forever
+    (the loopback resume test timed out). Now the wait ends once the SuperNode has a newer task;
+    an input that is merely late (1.5 s here) is still waited for while nothing newer exists."""
+    from fedsim.flower import worker
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    try:
+        calls = []
+        out, took = _pull_in_thread(_NodeRuntime(arrive=None), lambda: calls.append(1) or len(calls) >= 2)
+        assert isinstance(out.get("error"), worker.SupersededError), out
+        assert took < 3 * worker.INPUT_WAIT_STEP + 2, took
+        out, took = _pull_in_thread(_NodeRuntime(arrive=1.5), lambda: False)
+        assert "error" not in out and out["message"].content["config"]["a"] == 1, out
+    finally:
+        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved

@@ -86,6 +86,15 @@ def _bridge_metrics(out: Path) -> list[dict]:
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def _node_id(fed: LocalFederation, name: str) -> int:
+    """The node id a SuperNode logged when it joined (``SuperNode ID: N``)."""
+    import re
+
+    found = re.findall(r"SuperNode ID: (\d+)", fed.log(name).read_text())
+    assert found, f"no node id in {fed.log(name)}"
+    return int(found[-1])
+
+
 def _check_parity(sim: list[dict], br: list[dict]) -> None:
     assert [x["round"] for x in br] == [0, 1, 2]
     for a, b in zip(sim, br, strict=True):
@@ -126,6 +135,45 @@ def test_loopback_parity_with_federated_mode(tmp_path, feature_cache):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final_accuracy_mean"] == br[-1]["accuracy_mean"] > 0.5
     print(f"\nparity: bridge {[x['accuracy_mean'] for x in br]} vs fedsim {[x['accuracy_mean'] for x in sim]}")
+
+
+def test_round_latency_one_message_per_device_per_round(tmp_path, feature_cache):
+    """3 SuperNodes, each with one long-lived ClientApp worker (LocalFederation's default), 4 rounds
+    with client evaluation (piggy-backed on the train message): timings.jsonl reports every
+    round's seconds; each SuperNode received exactly one train message per round and one evaluate
+    message (after the last round), all run by its single worker process, which imported this
+    checkout's fedsim; no flwr-clientapp process was started; accuracy equals fedsim's."""
+    import re
+
+    import fedsim
+
+    d = _scenario(feature_cache, tmp_path / "runs", rounds=4, **{"peers.count": 3})
+    sim = _simulate(d)
+    n = 3
+    app = export_app(parse(d), tmp_path / "app")
+    out = tmp_path / "bridge"
+    fed = LocalFederation(tmp_path / "fed", [{"partition-id": i, "num-partitions": n} for i in range(n)], tls=False)
+    with fed:
+        status = fed.run(app, {"output-dir": str(out)}, timeout=RUN_TIMEOUT)
+        pids = _all_pids(fed)
+    _assert_gone(pids)
+    assert status == "finished:completed"
+    timings = [json.loads(x) for x in (out / "timings.jsonl").read_text().splitlines()]
+    assert [t["round"] for t in timings] == [0, 1, 2, 3] and all(t["seconds"] > 0 for t in timings)
+    br = _bridge_metrics(out)
+    assert [x["round"] for x in br] == [0, 1, 2, 3]
+    for a, b in zip(sim, br, strict=True):
+        assert abs(b["accuracy_mean"] - a["accuracy_mean"]) <= ACC_TOL, (a, b)
+        assert b["received"] == n and "client_val_accuracy" in b and b["eval_rejected"] == []
+    for i in range(n):
+        log = fed.log(f"supernode{i}").read_text()
+        assert log.count("Receiving: train message") == 4, log[-3000:]
+        assert log.count("Receiving: evaluate message") == 1, log[-3000:]
+        workers = re.findall(r"fedsim worker: pid (\d+), fedsim from (\S+),", log)
+        assert [w[1] for w in workers] == [fedsim.__file__], workers  # one worker, this checkout's fedsim
+        assert log.count("fedsim worker: task") == 5
+        assert "Start `flwr-clientapp` process" not in log
+    print(f"\n3 SuperNodes, 4 rounds: seconds per round {[t['seconds'] for t in timings]}")
 
 
 def test_loopback_tls_node_auth_and_a_rejected_client(tmp_path, feature_cache):
@@ -261,14 +309,30 @@ def test_run_without_the_venv_on_path_and_a_node_dialling_the_outside_address(tm
 
 # ---------------------------------------------------------------------- limits
 OVERSIZE_CLIENT = '''
-"""fedsim's ClientApp, except that partition 1 answers with a 24 MB head (4.8 M float32)."""
+"""fedsim's ClientApp, except that partition 1 answers with a 24 MB head (6 M float32), and
+partition 0 answers only once the SuperLink has refused that head (its log says so; at most
+REFUSAL_WAIT s): the ServerApp then holds the oversized reply's entry, whose objects never come,
+before the honest reply exists — the order that lost the honest reply in CI."""
+import time
+from pathlib import Path
+
 import numpy as np
 from flwr.app import Array, ArrayRecord
 from flwr.clientapp import ClientApp
 
 from fedsim.flower import client as fc
 
+SUPERLINK_LOG = Path("@SUPERLINK_LOG@")
+REFUSAL_WAIT = 30.0
+
 app = ClientApp()
+
+
+def _refused() -> bool:
+    try:
+        return "fedsim: refused a reply from" in SUPERLINK_LOG.read_text(errors="replace")
+    except OSError:
+        return False
 
 
 @app.train()
@@ -276,6 +340,11 @@ def train(msg, context):
     reply = fc.handle_train(msg, context)
     if int(context.node_config["partition-id"]) == 1:
         reply.content["arrays"] = ArrayRecord({"head": Array(np.ones(6_000_000, np.float32))})
+    else:
+        deadline = time.monotonic() + REFUSAL_WAIT
+        while not _refused() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # the ServerApp's next pull (every poll-interval) sees the refused reply's entry first
     return reply
 
 
@@ -298,15 +367,18 @@ def _with_client_app(app: Path, module: str, source: str) -> None:
 def test_oversized_reply_refused_by_the_superlink(tmp_path, feature_cache):
     """A device answering with a 24 MB head (the SuperLink's cap: 2 MB): its pushes get 413 before
     Flower parses or stores them, so the ServerApp never deserialises the head (no 'shape'
-    rejection: Flower reports the reply's objects unavailable once its object-push session expires,
-    180 s, a Flower constant) and the round completes with the honest device."""
+    rejection: its objects never come, and at the round's deadline Flower reports them unavailable,
+    attributed to that device's node) and the round completes with the honest device — whose reply
+    is sent only after the refused one is at the SuperLink (the order that lost it in CI: the
+    ServerApp sat in one pull for the refused reply's objects until their push session expired,
+    180 s, past the 45 s deadline, and never pulled again)."""
     d = _scenario(feature_cache, tmp_path / "runs", rounds=1)
     _simulate(d)
     app = export_app(parse(d), tmp_path / "app")
-    _with_client_app(app, "oversize_client", OVERSIZE_CLIENT)
     out = tmp_path / "bridge"
     nodes = [{"partition-id": i, "num-partitions": 2} for i in range(2)]
     fed = LocalFederation(tmp_path / "fed", nodes, tls=False, max_reply_bytes=2_000_000)
+    _with_client_app(app, "oversize_client", OVERSIZE_CLIENT.replace("@SUPERLINK_LOG@", str(fed.log("superlink"))))
     with fed:
         status = fed.run(app, {"output-dir": str(out), "client-eval": False, "round-timeout": 45.0},
                          timeout=RUN_TIMEOUT)
@@ -315,6 +387,7 @@ def test_oversized_reply_refused_by_the_superlink(tmp_path, feature_cache):
     assert br[0]["received"] == 1 and br[0]["dropped"] == 1, br[0]
     assert [r["partition"] for r in br[0]["rejected"]] == [None], br[0]  # never read: no partition, no shape
     assert "objects are unavailable" in br[0]["rejected"][0]["reason"]
+    assert br[0]["rejected"][0]["node"] == _node_id(fed, "supernode1"), br[0]  # not 1, the SuperLink
     assert "fedsim: refused a reply from" in fed.log("superlink").read_text()
 
 
@@ -383,3 +456,54 @@ def test_superlink_killed_then_resume_matches_federated_mode(tmp_path, feature_c
     assert (out / "final_global.pt").exists()
     print(f"\nresumed after {lines_at_kill} rounds: bridge {[x['accuracy_mean'] for x in br]} "
           f"vs fedsim {[x['accuracy_mean'] for x in sim]}")
+
+
+# ---------------------------------------------------------------------- a killed device
+@pytest.mark.slow
+def test_killed_supernode_is_named_with_its_partition(tmp_path, feature_cache):
+    """2 SuperNodes, 2 rounds; supernode1 (partition 1) and its ClientApp worker are SIGKILLed once
+    round 0 is written. Its round-1 message is answered by the SuperLink (node unavailable, from
+    node 1 — the SuperLink's own id — once the node misses its heartbeats); the round's rejected
+    list names the killed node's id and partition 1, and the round completes with the other device."""
+    import os
+    import signal
+
+    from fedsim.flower.local import start_run, wait_run
+
+    d = _scenario(feature_cache, tmp_path / "runs", rounds=2)
+    _simulate(d)
+    app = export_app(parse(d), tmp_path / "app")
+    out = tmp_path / "bridge"
+    nodes = [{"partition-id": i, "num-partitions": 2} for i in range(2)]
+    fed = LocalFederation(tmp_path / "fed", nodes, tls=False)
+    with fed:
+        run_id = start_run(app, fed.cli_home, {"output-dir": str(out), "client-eval": False,
+                                                "round-timeout": 150.0})
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().strip()):
+            assert time.monotonic() < deadline, "round 0 never finished"
+            time.sleep(0.2)
+        victim = fed.procs["supernode1"]
+        fed.optional.add("supernode1")
+        for pid in [victim.pid, *descendants(victim.pid)]:
+            os.kill(pid, signal.SIGKILL)
+        status = wait_run(run_id, fed.cli_home, RUN_TIMEOUT)
+        fed.log("serverapp").write_text(_server_log(run_id, fed))
+    assert status == "finished:completed"
+    br = _bridge_metrics(out)
+    assert [x["round"] for x in br] == [0, 1]
+    assert br[0]["received"] == 2 and br[0]["rejected"] == [], br[0]
+    lost = _node_id(fed, "supernode1")
+    assert br[1]["received"] == 1 and br[1]["dropped"] == 1, br[1]
+    assert [(r["node"], r["partition"]) for r in br[1]["rejected"]] == [(lost, 1)], br[1]
+    assert br[1]["rejected"][0]["reason"].startswith("no reply: "), br[1]
+    assert f"rejected the update of node {lost} (partition 1): no reply" in fed.log("serverapp").read_text()
+
+
+def _server_log(run_id: str, fed: LocalFederation) -> str:
+    from fedsim.flower.local import FederationError, run_logs
+
+    try:
+        return run_logs(run_id, fed.cli_home)
+    except FederationError:
+        return ""

@@ -95,8 +95,8 @@ def flower() -> None:
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a scenario field (as `fedsim run`).")
 @click.option("--run-config", "run_config", multiple=True, metavar="KEY=VALUE",
-              help="Bridge setting: attack-side=client|server, client-eval, round-timeout, node-wait, output-dir, "
-              "partition-map, min-replies, resume.")
+              help="Bridge setting: attack-side=client|server, client-eval, eval-piggyback, round-timeout, node-wait, "
+              "output-dir, partition-map, min-replies, poll-interval, resume.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing app in OUT_DIR.")
 def export(scenario: Path, out_dir: Path, sets: tuple[str, ...], run_config: tuple[str, ...], overwrite: bool) -> None:
     """Write a Flower app project for SCENARIO into OUT_DIR (pyproject.toml with the scenario in
@@ -185,11 +185,15 @@ def run(app_dir: Path, superlink: str | None, root_certificates: str | None, ins
               help="Local port of the node's ClientApp API (127.0.0.1; one per SuperNode on a machine).")
 @click.option("--max-retries", type=int, help="Give up after this many reconnection attempts.")
 @click.option("--max-wait-time", type=float, help="Give up reconnecting after this many seconds.")
+@click.option("--warm/--no-warm", default=True, show_default=True,
+              help="One long-lived ClientApp process (imports and set-up once), or Flower's one process per message.")
+@click.option("--poll-interval", type=click.FloatRange(min=0.01, max=60.0), default=1.0, show_default=True,
+              help="Seconds between the SuperNode's polls of the SuperLink when idle (Flower's own: 3).")
 @click.option("--dry-run", is_flag=True, help="Print the flower-supernode command instead of running it.")
 def client(superlink: str, partition_id: int, num_partitions: int, root_certificates: str | None, insecure: bool,
            auth_key: str | None, data_dir: str | None, local_data: str | None, cache_dir: str | None,
            state_dir: str | None, attack: str | None, port: int, max_retries: int | None,
-           max_wait_time: float | None, dry_run: bool) -> None:
+           max_wait_time: float | None, warm: bool, poll_interval: float, dry_run: bool) -> None:
     """Start this device as a fedsim peer: a Flower SuperNode that runs fedsim's ClientApp."""
     from fedsim.flower import local
 
@@ -206,7 +210,7 @@ def client(superlink: str, partition_id: int, num_partitions: int, root_certific
             nc[k] = str(Path(v).expanduser().resolve()) if k != "attack" else v
     cmd = local.supernode_command(superlink, nc, root_certificates=_abs(root_certificates), insecure=insecure,
                                   private_key=_abs(auth_key), port=port, max_retries=max_retries,
-                                  max_wait_time=max_wait_time)
+                                  max_wait_time=max_wait_time, warm=warm, poll_interval=poll_interval)
     _exec(cmd, dry_run)
 
 
@@ -325,8 +329,10 @@ def bundle(out_dir: Path, source: Path | None, overwrite: bool) -> None:
 @click.option("--in-process", is_flag=True, help="No processes: run the ServerApp and ClientApps in this process.")
 @click.option("--timeout", default=900.0, show_default=True, help="Seconds the run may take.")
 @click.option("--overwrite", is_flag=True, help="Replace the metrics of an earlier demo in --workdir.")
+@click.option("--warm/--no-warm", default=True, show_default=True,
+              help="SuperNodes with one long-lived ClientApp process each, or Flower's one process per message.")
 def demo(scenario: Path, sets: tuple[str, ...], run_config: tuple[str, ...], tls: bool, auth: bool,
-         workdir: Path | None, compare: bool, in_process: bool, timeout: float, overwrite: bool) -> None:
+         workdir: Path | None, compare: bool, in_process: bool, timeout: float, overwrite: bool, warm: bool) -> None:
     """Run SCENARIO through Flower on this machine: a SuperLink and one SuperNode per peer as real
     processes on 127.0.0.1 (stopped at the end), then print the accuracy per round."""
     import json
@@ -358,7 +364,7 @@ def demo(scenario: Path, sets: tuple[str, ...], run_config: tuple[str, ...], tls
                 app = export_app(sc, wd / "app", overwrite=True)
                 mode = ("TLS" if tls else "insecure") + (" + SuperNode auth" if auth else "")
                 click.echo(f"SuperLink + {len(nodes)} SuperNodes on 127.0.0.1 ({mode}); logs in {wd / 'logs'}")
-                with local.LocalFederation(wd, nodes, tls=tls, auth=auth) as fed:
+                with local.LocalFederation(wd, nodes, tls=tls, auth=auth, warm=warm) as fed:
                     status = fed.run(app, rc, timeout=timeout)
                 click.echo(f"Flower run {status}")
         except (local.FederationError, FedsimError) as e:

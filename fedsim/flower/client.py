@@ -10,7 +10,10 @@ fedsim's federated mode. The optimizer state (momentum, Adam moments) lives in t
 (``checkpoint.every``), the device also keeps that state for the last ``checkpoint.every + 1``
 rounds on disk, keyed by the server's run key (:func:`persist_round_state`): a resumed run is a new
 Flower run with an empty ``context.state``, and the device picks its state up where the server's
-checkpoint left off, so momentum and Adam resume exactly.
+checkpoint left off, so momentum and Adam resume exactly. A train message whose config says
+``eval-received`` (the server's ``eval-piggyback``) also has the device score the head it received —
+the global head after the previous round — on its local validation split before training, and
+return the scores (``val-accuracy``, ``val-loss``, ``val-num-examples``) with its update.
 
 Node config (``flower-supernode --node-config '...'``, Flower's convention):
 
@@ -403,11 +406,16 @@ def handle_train(msg: Message, context: Context) -> Message:
     if path is not None and round_ > 0 and STATE_ARRAYS not in context.state:  # a resumed run's first round here
         if restore_round_state(path, round_ - 1, context.state):
             peer.load_state(context.state)
+    scores: dict[str, float] = {}
+    if bool(cfg.get("eval-received", False)):  # piggy-backed: score the received global head before training
+        ev = peer.evaluate(g)
+        scores = {"val-accuracy": ev["val-accuracy"], "val-loss": ev["val-loss"],
+                  "val-num-examples": ev["num-examples"]}
     vec, loss = peer.train(round_, g)
     peer.save_state(context.state)
     if path is not None:
         persist_round_state(path, round_, context.state, int(cfg["keep-rounds"]))
-    metrics = MetricRecord({"num-examples": peer.num_train, "train-loss": loss, "partition-id": peer.pid})
+    metrics = MetricRecord({"num-examples": peer.num_train, "train-loss": loss, "partition-id": peer.pid} | scores)
     content = RecordDict({common.METRICS: metrics})
     if vec is not None:
         content[common.ARRAYS] = ArrayRecord({common.HEAD: Array(np.ascontiguousarray(vec))})

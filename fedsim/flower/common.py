@@ -30,6 +30,8 @@ RUN_CONFIG_DEFAULTS: dict[str, Any] = {
     "set": "",  # extra dotted overrides "strategy.name=krum rounds=5", as `fedsim run --set`
     "attack-side": "client",  # client: Byzantine devices forge; server: the server simulates them
     "client-eval": True,  # devices also score the global head on their local validation split
+    "eval-piggyback": True,  # ... in the next round's train message (one message per device per round)
+    "poll-interval": 0.25,  # seconds between the ServerApp's pulls for replies (Flower's own: 3 s)
     "round-timeout": 600.0,  # seconds the server waits for the replies of one round (also the messages' TTL)
     "min-replies": 1,  # quorum: a round with fewer valid updates leaves the global head unchanged
     "node-wait": 300.0,  # seconds the server waits for all peers.count devices before a round

@@ -82,6 +82,10 @@ class PartitionAssignment:
             return {}
         return _validated(saved["nodes"], self.n, str(path))
 
+    def partition_of(self, node: int) -> int | None:
+        """The partition bound to ``node`` (None: not in the map, or no valid reply from it yet)."""
+        return self.by_node.get(int(node))
+
     def check(self, node: int, pid: int) -> str:
         """"" if ``node`` may send partition ``pid`` (binding it first-come if both are free);
         otherwise the reason the reply is ignored."""

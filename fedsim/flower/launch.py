@@ -22,6 +22,12 @@ two things Flower's own ``flower-superlink`` / ``flower-supernode`` scripts do n
   exceeds ``--max-reply-bytes``, and the objects of one pushed message (a reply's arrays arrive
   as 5 MB objects) once their sum exceeds it — before Flower parses or stores them, so an
   oversized reply never reaches the ServerApp (it counts as a device that did not answer).
+* **Latency (SuperNode).** ``--poll-interval S``: Flower's SuperNode waits a fixed 3 s before it
+  asks the SuperLink again when there was no message (and 0.5 s between looks for the ClientApp's
+  reply); the launcher caps those waits at ``S`` (:func:`cap_supernode_sleeps`). ``--warm``: the
+  SuperNode runs with ``--isolation process`` and a :mod:`fedsim.flower.worker` beside it (a child
+  process, restarted if it dies), so the ClientApp's imports and fedsim's set-up are paid once per
+  node, not once per message.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ from typing import Any
 CONTROL_PLANE_PREFIXES = ("/v1/control", "/v1/runtime")
 PUSH_PATHS = ("/v1/fleet/push-messages", "/v1/fleet/push-object")
 MAX_REPLY_OPTION = "--max-reply-bytes"
+POLL_OPTION = "--poll-interval"
+WARM_OPTION = "--warm"
 # Default cap on one reply: 8 MiB, ten times the largest head of fedsim's datasets and backbones
 # (100 classes × 2048 features × float32 = 0.8 MB); a reply is one head plus a few metrics.
 DEFAULT_MAX_REPLY_BYTES = 8 * 1024 * 1024
@@ -232,6 +240,56 @@ def install_gate(bound: str, max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES) -> 
     extensions.get_middleware = get_middleware
 
 
+class _CappedTime:
+    """The ``time`` module, except that ``sleep`` waits at most ``cap`` seconds."""
+
+    def __init__(self, cap: float) -> None:
+        import time
+
+        self._time, self.cap = time, float(cap)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._time, name)
+
+    def sleep(self, seconds: float) -> None:
+        self._time.sleep(min(float(seconds), self.cap))
+
+
+def cap_supernode_sleeps(cap: float) -> None:
+    """Cap the fixed waits of Flower's SuperNode loop (3 s between polls of the SuperLink when no
+    message came, 0.5 s between looks for a reply) at ``cap`` seconds: they are module-level
+    ``time.sleep`` calls in ``flwr.supernode.start_client_internal``, with no setting of their own."""
+    from flwr.supernode import start_client_internal
+
+    start_client_internal.time = _CappedTime(cap)  # type: ignore[assignment]
+
+
+def start_worker(runtime_api_address: str, poll: float | None = None) -> Any:
+    """Start :mod:`fedsim.flower.worker` for this SuperNode as a child process, and start it again
+    whenever it exits (a crash of the app must not leave the node without a ClientApp); it exits
+    with this process (``--parent-pid``). Returns the supervising thread."""
+    import subprocess
+    import threading
+    import time
+
+    cmd = [sys.executable, "-m", "fedsim.flower.worker", "--runtime-api-address", runtime_api_address,
+           "--parent-pid", str(os.getpid())]
+    if poll is not None:
+        cmd += [POLL_OPTION, str(poll)]
+
+    def supervise() -> None:
+        from flwr.common.logger import log
+
+        while True:
+            rc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL).wait()
+            log(30, "fedsim: the ClientApp worker exited with %s; starting it again", rc)
+            time.sleep(1.0)
+
+    t = threading.Thread(target=supervise, name="fedsim-clientapp-worker", daemon=True)
+    t.start()
+    return t
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: ``python -m fedsim.flower.launch superlink|supernode [flower arguments]``."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -251,6 +309,27 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         flower_superlink()
     else:
+        poll = _pop_option(args, POLL_OPTION)
+        try:
+            poll_s = float(poll) if poll is not None else None
+        except ValueError:
+            poll_s = -1.0
+        if poll_s is not None and not 0 < poll_s <= 60:
+            sys.exit(f"{POLL_OPTION}: expected seconds in (0, 60], got {poll!r}")
+        warm = WARM_OPTION in args
+        if warm:
+            args.remove(WARM_OPTION)
+            if "--isolation" in args or any(a.startswith(("--isolation=", "--ssl-")) for a in args):
+                sys.exit(f"{WARM_OPTION} sets --isolation process and serves the Runtime API on plain HTTP "
+                         "(127.0.0.1): drop --isolation and the --ssl-* options")
+            from flwr.supercore.constant import SUPERNODE_UVICORN_DEFAULT_PORT, UVICORN_DEFAULT_HOST
+
+            host = _option(args, "--host", UVICORN_DEFAULT_HOST)
+            port = _option(args, "--port", str(SUPERNODE_UVICORN_DEFAULT_PORT))
+            args += ["--isolation", "process"]
+            start_worker(f"[{host}]:{port}" if ":" in host else f"{host}:{port}", poll_s)
+        if poll_s is not None:
+            cap_supernode_sleeps(poll_s)
         sys.argv = [str(Path(bin_dir()) / "flower-supernode"), *args]
         from flwr.supernode.cli import flower_supernode
 

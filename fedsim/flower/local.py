@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedsim.flower.launch import MAX_REPLY_OPTION, launch_command
+from fedsim.flower.launch import MAX_REPLY_OPTION, POLL_OPTION, WARM_OPTION, launch_command
 from fedsim.flower.project import write_flwr_config
 
 CONNECTION = "fedsim"
@@ -119,9 +119,12 @@ def node_config_string(cfg: dict[str, Any]) -> str:
 def supernode_command(superlink: str, node_config: dict[str, Any], *, root_certificates: str | Path | None = None,
                       insecure: bool = False, private_key: str | Path | None = None, port: int | None = None,
                       host: str = LOOPBACK, max_retries: int | None = None,
-                      max_wait_time: float | None = None) -> list[str]:
+                      max_wait_time: float | None = None, warm: bool = False,
+                      poll_interval: float | None = None) -> list[str]:
     """``flower-supernode`` for one fedsim peer (through :mod:`fedsim.flower.launch`). ``port``: the
-    node's local ClientApp API (each SuperNode on one machine needs its own); it stays on 127.0.0.1."""
+    node's local ClientApp API (each SuperNode on one machine needs its own); it stays on 127.0.0.1.
+    ``warm``: one long-lived ClientApp process (:mod:`fedsim.flower.worker`) instead of one per
+    message; ``poll_interval``: cap on the SuperNode's waits between polls (Flower's: 3 s)."""
     if insecure == bool(root_certificates):
         raise ValueError("give --root-certificates (the SuperLink's CA) or --insecure (local tests only)")
     if private_key and insecure:
@@ -137,6 +140,10 @@ def supernode_command(superlink: str, node_config: dict[str, Any], *, root_certi
         cmd += ["--max-retries", str(max_retries)]
     if max_wait_time is not None:
         cmd += ["--max-wait-time", str(max_wait_time)]
+    if warm:
+        cmd.append(WARM_OPTION)
+    if poll_interval is not None:
+        cmd += [POLL_OPTION, str(poll_interval)]
     return cmd
 
 
@@ -293,6 +300,8 @@ class LocalFederation:
     host: str = LOOPBACK  # where the SuperLink's Fleet API listens (its Control/Runtime APIs answer this machine only)
     max_reply_bytes: int | None = None  # the SuperLink's cap on one reply (None: the launcher's default)
     database: str | None = None  # the SuperLink's SQLite state, relative to workdir (None: in memory)
+    warm: bool = True  # one long-lived ClientApp process per SuperNode (fedsim.flower.worker)
+    poll_interval: float | None = 0.2  # the SuperNodes' poll of the SuperLink on loopback (Flower's: 3 s)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict, init=False)
     port: int = field(default=0, init=False)
     certs: dict[str, Path] | None = field(default=None, init=False)
@@ -377,7 +386,8 @@ class LocalFederation:
         ca = self.certs["ca"] if self.certs else None
         cmd = supernode_command(superlink or self.address, node_config, root_certificates=ca,
                                 insecure=not self.tls, private_key=key, port=free_port(),
-                                max_wait_time=self.startup_timeout if max_wait_time is None else max_wait_time)
+                                max_wait_time=self.startup_timeout if max_wait_time is None else max_wait_time,
+                                warm=self.warm, poll_interval=self.poll_interval)
         if self.auth and not register:
             self.optional.add(f"supernode{i}")
         return self._spawn(f"supernode{i}", cmd, self.workdir / f"node{i}-home")

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
@@ -43,6 +44,7 @@ from fedsim import rundir
 from fedsim.errors import CorruptFileError, ResumeMismatchError, RunDirExistsError
 from fedsim.flower import common
 from fedsim.flower.common import LOG
+from fedsim.flower.grid import TTL_GRACE_S, PollingGrid, sender
 from fedsim.flower.identity import STORE_NAME, PartitionAssignment, load_partition_map
 from fedsim.runfiles import (
     TIMINGS,
@@ -66,6 +68,7 @@ class FedsimStrategy(Strategy):
         *,
         attack_side: str = "client",
         client_eval: bool = True,
+        eval_piggyback: bool = True,
         node_wait: float = 300.0,
         out_dir: str | Path | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -97,6 +100,11 @@ class FedsimStrategy(Strategy):
         self.server = Server(setup, *(prep.root or (None, None)))
         self.attack_side = attack_side
         self.client_eval = client_eval
+        self.eval_piggyback = eval_piggyback
+        # piggy-backed client evaluation: the record of an evaluated round waits for the next round's
+        # train replies, which carry the devices' scores of the global head they received
+        self._pending: dict[str, Any] | None = None
+        self._grid: Grid | None = None  # the grid of the last round trip
         self.node_wait = node_wait
         if not 1 <= int(min_replies) <= self.n:
             raise common.BridgeError(f"run config 'min-replies': {min_replies} is not in 1..{self.n} (peers.count)")
@@ -176,19 +184,33 @@ class FedsimStrategy(Strategy):
         every = self.sc.checkpoint.every
         config["run-key"], config["keep-rounds"] = self.run_key, every + 1 if every else 0
         record = RecordDict({common.ARRAYS: arrays, common.CONFIG: config})
-        # TTL = the round's deadline: a message a device fetches late expires instead of running stale
-        return [Message(content=record, dst_node_id=nid, message_type=kind, ttl=self.round_timeout)
+        self._grid = grid  # names the device behind a reply the SuperLink sent for it (see collect)
+        # TTL = the round's deadline (+ the grace that lets the last pull at the deadline find the
+        # replies): a message a device fetches late expires instead of running a stale round
+        return [Message(content=record, dst_node_id=nid, message_type=kind, ttl=self.round_timeout + TTL_GRACE_S)
                 for nid in self._nodes(grid)]
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         server_round += self.offset
         self._t_round = self.clock()
+        # the head sent now is the global head after the previous round: with a record waiting for
+        # its client evaluation, the devices score it before they train (see aggregate_train)
+        config["eval-received"] = self._pending is not None and self._pending["round"] == server_round - 2
         return self._messages(grid, server_round, arrays, config, MessageType.TRAIN)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None,
                                                                                       MetricRecord | None]:
         round_ = server_round + self.offset - 1
+        replies = list(replies)
+        if self._pending is not None:  # the previous round's record, completed by these replies' scores
+            pending, self._pending = self._pending, None
+            out, eval_rejected = self._client_scores(replies, "val-num-examples")
+            pending["eval_rejected"] = eval_rejected
+            if out is not None:
+                pending |= {"client_val_accuracy": round(out["val-accuracy"], 6),
+                            "client_val_loss": round(out["val-loss"], 6)}
+            self._write_record(pending)  # before this round's aggregation: a due checkpoint is of that round
         rows, losses, received, rejected = self.collect(replies)
         valid = int((~np.isnan(rows).any(axis=1)).sum())
         quorum = valid >= self.min_replies
@@ -225,6 +247,8 @@ class FedsimStrategy(Strategy):
         server_round += self.offset
         if not self.client_eval or not self._eval_round(server_round - 1):
             return []
+        if self.eval_piggyback and server_round < self.sc.rounds:  # scored in the next round's train message
+            return []
         return self._messages(grid, server_round, arrays, config, MessageType.EVALUATE)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -234,15 +258,30 @@ class FedsimStrategy(Strategy):
         and listed in the round's ``eval_rejected``: no valid partition id, a second reply for a
         partition, a partition not assigned to the sender, accuracy outside [0, 1], a negative or
         non-finite loss."""
+        out, rejected = self._client_scores(replies, "num-examples")
+        self._rec["eval_rejected"] = rejected
+        if out is None:
+            return None
+        self._rec |= {
+            "client_val_accuracy": round(out["val-accuracy"], 6),
+            "client_val_loss": round(out["val-loss"], 6),
+        }
+        return MetricRecord(out)
+
+    def _client_scores(self, replies: Iterable[Message], examples_key: str,
+                       ) -> tuple[dict[str, float] | None, list[dict[str, Any]]]:
+        """The weighted mean of the devices' scores in ``replies`` (evaluate replies, or train
+        replies carrying a piggy-backed evaluation: ``examples_key`` names the sample count there)
+        and the rejected replies (see :meth:`aggregate_evaluate`)."""
         tot = acc = loss = 0.0
         count = 0
         seen: set[int] = set()
         rejected: list[dict[str, Any]] = []
         for msg in replies:
-            node = msg.metadata.src_node_id
+            node = sender(self._grid, msg)
             try:
                 if msg.has_error():
-                    raise ValueError(f"client error: {msg.error.reason}")
+                    raise ValueError(self._error_reason(msg))
                 m = msg.content[common.METRICS]
                 pid = self.partition_id(m)
                 a, lo = float(m["val-accuracy"]), float(m["val-loss"])
@@ -254,21 +293,23 @@ class FedsimStrategy(Strategy):
                 LOG.warning("evaluate: ignored the reply of node %s: %s", node, e)
                 continue
             seen.add(pid)
-            claimed = m["num-examples"] if "num-examples" in m else None
+            claimed = m[examples_key] if examples_key in m else None
             w = float(self.val_sizes[pid])
             if claimed != self.val_sizes[pid]:
-                LOG.warning("evaluate: node %s (partition %d) reports num-examples=%s; the server's count %d is used",
-                            node, pid, claimed, self.val_sizes[pid])
+                LOG.warning("evaluate: node %s (partition %d) reports %s=%s; the server's count %d is used",
+                            node, pid, examples_key, claimed, self.val_sizes[pid])
             tot, acc, loss, count = tot + w, acc + w * a, loss + w * lo, count + 1
-        self._rec["eval_rejected"] = rejected
         if not count:
-            return None
-        out = {"val-accuracy": acc / tot if tot else 0.0, "val-loss": loss / tot if tot else 0.0, "devices": count}
-        self._rec |= {
-            "client_val_accuracy": round(out["val-accuracy"], 6),
-            "client_val_loss": round(out["val-loss"], 6),
-        }
-        return MetricRecord(out)
+            return None, rejected
+        return {"val-accuracy": acc / tot if tot else 0.0, "val-loss": loss / tot if tot else 0.0,
+                "devices": count}, rejected
+
+    @staticmethod
+    def _error_reason(msg: Message) -> str:
+        """An error reply's reason: the device's own ("client error"), or the SuperLink's for a
+        device that did not answer (node unavailable, reply expired or its objects never came)."""
+        who = "no reply" if int(msg.metadata.src_node_id) == SUPERLINK_NODE_ID else "client error"
+        return f"{who}: {msg.error.reason}"
 
     @staticmethod
     def _implausible_eval(pid: int, seen: set[int], acc: float, loss: float) -> str:
@@ -306,9 +347,9 @@ class FedsimStrategy(Strategy):
             LOG.warning("rejected the update of node %s (partition %s): %s", node, pid, reason)
 
         for msg in replies:
-            node = msg.metadata.src_node_id
+            node = sender(self._grid, msg)
             if msg.has_error():
-                reject(node, None, f"client error: {msg.error.reason}")
+                reject(node, self.assignment.partition_of(node), self._error_reason(msg))
                 continue
             received += 1
             pid: int | None = None
@@ -384,6 +425,18 @@ class FedsimStrategy(Strategy):
             }
             out = MetricRecord({"accuracy": a, "test-loss": lo})
             LOG.info("round %d: global accuracy %.4f, test loss %.4f", round_, a, lo)
+        if self.out_dir is not None:  # apart, as fedsim run keeps it (now: a piggy-backed record is written later)
+            self.timings.append(round_, self.clock() - self._t_round)
+        if (self.client_eval and self.eval_piggyback and self._eval_round(round_)
+                and round_ < self.sc.rounds - 1):
+            self._pending = rec  # written once the next round's train replies bring the devices' scores
+        else:
+            self._write_record(rec)
+        return out
+
+    def _write_record(self, rec: dict[str, Any]) -> None:
+        """Append the round's record to ``metrics.jsonl`` (and write the checkpoint when due)."""
+        round_ = int(rec["round"])
         self.history.append(rec)
         if self.metrics is not None:
             every = self.sc.checkpoint.every
@@ -391,11 +444,9 @@ class FedsimStrategy(Strategy):
             self.metrics.write(rec)
             if due:  # the metrics on disk before the checkpoint that counts them
                 self.metrics.sync()
-            self.timings.append(round_, self.clock() - self._t_round)  # apart, as fedsim run keeps it
             if due:
                 self.write_checkpoint(self.out_dir / rundir.CHECKPOINT, round_)
                 LOG.info("round %d: checkpoint written to %s", round_, self.out_dir / rundir.CHECKPOINT)
-        return out
 
     # ------------------------------------------------------------------ checkpoints
     def _open_writers(self, existing: bytes) -> None:
@@ -542,12 +593,14 @@ def run_server(grid: Grid, context: Context) -> dict[str, Any]:
         verified_checkpoint(out, sc)  # before any work
     else:
         refuse_existing_metrics(out, bool(common.run_config_value(rc, "overwrite")))  # before any work
+    grid = PollingGrid(grid, float(common.run_config_value(rc, "poll-interval")))
     prep = prepare(sc, log=lambda m: LOG.info("%s", m))
     strategy = FedsimStrategy(
         sc,
         prep,
         attack_side=str(common.run_config_value(rc, "attack-side")),
         client_eval=bool(common.run_config_value(rc, "client-eval")),
+        eval_piggyback=bool(common.run_config_value(rc, "eval-piggyback")),
         node_wait=float(common.run_config_value(rc, "node-wait")),
         out_dir=out,
         assignment=partition_assignment(sc, rc, out, int(context.run_id)),
