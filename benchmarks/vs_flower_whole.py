@@ -46,7 +46,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from vs_flower import SEED, fedsim_scenario, load, simulate, timed_run, write_shards  # noqa: E402
+from vs_flower import ACC_TOL, SEED, fedsim_scenario, load, simulate, timed_run, write_shards  # noqa: E402
 
 import fedsim  # noqa: E402
 from fedsim.partition import make_partition  # noqa: E402
@@ -236,10 +236,19 @@ def main() -> None:
             print(f"{r['N']:>5} " + " ".join(f"{r['profile_s_per_round'][k]:>13.3f}" for k in keys))
     big = [r for r in rows if r["N"] >= 100]
     met = "n/a" if not big else "met" if all(r["ratio"] >= TARGET for r in big) else "NOT met"
-    print(f"# target fedsim >= {TARGET:.0f}x Flower per round at N >= 100: {met}")
+
+    def agree(r: dict) -> bool:  # within ACC_TOL and below fedsim's own seed-to-seed spread (when measured)
+        d = abs(r["acc_fedsim"] - r["acc_flower"])
+        return d <= ACC_TOL and all(d < abs(r["acc_fedsim"] - x) for x in r["acc_fedsim_other_seeds"])
+
+    same = all(agree(r) for r in rows)
+    print(f"# same accuracy (|Δacc| <= {ACC_TOL} and below the seed spread): {'yes' if same else 'NO'}; "
+          f"target fedsim >= {TARGET:.0f}x Flower per round at N >= 100: {met}")
     print(f"# {load()}")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2) + "\n")
+    if not same:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
