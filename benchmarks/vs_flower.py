@@ -96,8 +96,14 @@ def run_fedsim(n: int, rounds: int, tmp: Path, backend: str) -> dict:
     """``backend="ray"``: Run starts Ray with a CPU for each of the 2 peer-group actors and the
     server, then stops it. ``"local"``: the same 2 groups and server in this process, one after
     another, each with 2 torch threads."""
-    sc = parse(fedsim_scenario(n, rounds, backend, tmp))
-    r = Run(sc, tmp / f"fedsim_{backend}_n{n}")
+    return timed_run(fedsim_scenario(n, rounds, backend, tmp), tmp / f"fedsim_{backend}_n{n}")
+
+
+def timed_run(scenario: dict, run_dir: Path) -> dict:
+    """Run a fedsim scenario; its wall time, per-round times (``timings.jsonl``, evaluation
+    excluded), the global accuracy after each evaluated round (1-based), ``metrics.jsonl`` and the
+    final global model (flat)."""
+    r = Run(parse(scenario), run_dir)
     t0 = time.perf_counter()
     r.create_dir(overwrite=True)
     r.execute()
@@ -109,7 +115,9 @@ def run_fedsim(n: int, rounds: int, tmp: Path, backend: str) -> dict:
         if "accuracy_mean" in rec
     }
     metrics = (r.dir / "metrics.jsonl").read_bytes()
-    return {"rounds": rounds, "wall": wall, "per_round": per_round, "accuracy": acc, "metrics": metrics}
+    final = np.asarray(r.final_params[0]).copy()  # federated: every row is the server's global model
+    return {"rounds": scenario["rounds"], "wall": wall, "per_round": per_round, "accuracy": acc, "metrics": metrics,
+            "final": final}
 
 
 def fedsim_global(n: int, rounds: int, tmp: Path) -> np.ndarray:
@@ -123,26 +131,33 @@ def fedsim_global(n: int, rounds: int, tmp: Path) -> np.ndarray:
 
 def run_flower(n: int, rounds: int, tmp: Path, cpus_per_client: float) -> dict:
     import flower_app
-    from flwr.simulation import run_simulation
 
     feats = load_features(DATASET, BACKBONE)
     part = make_partition("iid", feats.y_train, n, SEED)
-    idx = np.concatenate(part.train)
     data = tmp / f"flower_data_n{n}.npz"
-    np.savez(
-        data,
-        x=feats.x_train[idx],
-        y=feats.y_train[idx],
-        offsets=np.concatenate([[0], np.cumsum([len(t) for t in part.train])]),
-    )
+    write_shards(feats.x_train, feats.y_train, part.train, data)
     cfg = {"n": n, "rounds": rounds, "data": str(data), "seed": SEED, "classes": feats.num_classes, "dim": feats.dim}
     cfg |= {k: TRAIN[k] for k in ("lr", "batch_size", "local_steps")}
     out: dict = {}
-    server = flower_app.make_server_app(cfg, feats.x_test, feats.y_test, out)
+    return simulate(flower_app.head_server_app(cfg, feats.x_test, feats.y_test, out), flower_app.client_app, out,
+                    n, rounds, cpus_per_client)
+
+
+def write_shards(x: np.ndarray, y: np.ndarray, train: list[np.ndarray], path: Path) -> None:
+    """The clients' shards back to back (``offsets``), as ``flower_app._local`` reads them."""
+    idx = np.concatenate(train)
+    np.savez(path, x=x[idx], y=y[idx], offsets=np.concatenate([[0], np.cumsum([len(t) for t in train])]))
+
+
+def simulate(server, client_app, out: dict, n: int, rounds: int, cpus_per_client: float) -> dict:
+    """Flower's ``run_simulation`` (Ray backend, every CPU, ``cpus_per_client`` per ClientApp);
+    per-round times from the server's evaluation stamps, the evaluation itself excluded."""
+    from flwr.simulation import run_simulation
+
     t0 = time.perf_counter()
     run_simulation(
         server_app=server,
-        client_app=flower_app.client_app,
+        client_app=client_app,
         num_supernodes=n,
         backend_name="ray",
         backend_config={

@@ -31,6 +31,8 @@ from pydantic import (
 )
 
 from fedsim import limits
+from fedsim.device import PATTERN as DEVICE_PATTERN
+from fedsim.device import device_error
 from fedsim.errors import FedsimError
 from fedsim.probe_registry import Probe, check_entry, get_probe
 
@@ -243,6 +245,12 @@ class EngineCfg(_Section):
     )
     num_actors: int = Field(2, ge=1, le=10_000)
     cpus_per_actor: float = Field(1.0, gt=0, le=1024)
+    device: str = Field(
+        "cpu",
+        pattern=DEVICE_PATTERN,
+        description="where a model section's batched trainable part runs: cpu, cuda or cuda:N (needs "
+        "engine.backend: local and a CUDA torch; fedsim/device.py)",
+    )
 
 
 class SamplingCfg(_Section):
@@ -779,6 +787,9 @@ def check_semantics(sc: Scenario, source: str = "scenario", *, require_data: boo
     if info is not None:
         _check_partition(sc, info, fail)
     _check_probes(sc, fail)
+    device = device_error(sc.engine.device, whole=sc.model.whole, backend=sc.engine.backend)
+    if device:
+        fail(device)
     if sc.model.whole:
         from fedsim.whole import check_model
 

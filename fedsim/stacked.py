@@ -73,7 +73,8 @@ def optimizer_step(
 class StackedModel:
     """``p`` peers' copies of ``module`` (all starting from its parameters) as flat ``θ [p, P]``.
 
-    ``device``: where ``θ`` and the computation live (CPU today; every tensor is created there)."""
+    ``device``: where ``θ`` and the computation live (scenario ``engine.device``, :mod:`fedsim.device`;
+    every tensor is created there, inputs are moved there)."""
 
     def __init__(self, module: nn.Module, p: int, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)

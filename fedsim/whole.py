@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 import strategies
+from fedsim.device import resolve
 from fedsim.models.trainable import ModelPlan, num_layers, split
 from fedsim.peers import GroupSetup, PeerGroup, Server
 from fedsim.stacked import FlatOptimizerState, StackedModel, accuracy_and_loss, optimizer_step
@@ -57,6 +58,7 @@ def plan_for(sc: Scenario, dim: int, num_classes: int) -> ModelPlan:
         seed=sc.seed,
         dim=dim,
         num_classes=num_classes,
+        device=sc.engine.device,
     )
 
 
@@ -238,10 +240,6 @@ def with_model(setup: GroupSetup, plan: ModelPlan) -> WholeSetup:
     return WholeSetup(**{f.name: getattr(setup, f.name) for f in dataclasses.fields(setup)}, model=plan)
 
 
-def _device() -> torch.device:
-    return torch.device("cpu")  # one place to add an accelerator option
-
-
 class WholePeerGroup(PeerGroup):
     """A :class:`PeerGroup` whose peers train the plan's trainable part (see the module docstring).
 
@@ -252,7 +250,10 @@ class WholePeerGroup(PeerGroup):
         super().__init__(setup, features)
         assert setup.model is not None
         self.plan = setup.model
-        self.device = _device()
+        self.device = resolve(self.plan.device)
+        # the cached inputs live where the stacked model does, moved once (no-ops on the CPU)
+        self.x_local, self.y_local = self.x_local.to(self.device), self.y_local.to(self.device)
+        self.x_test, self.y_test = self.x_test.to(self.device), self.y_test.to(self.device)
         self.model = StackedModel(split(self.plan)[1], self.p, self.device)
         self.sample_shape = tuple(self.x_local.shape[1:])
         self.layer_shape = (1, self.model.num_params)
@@ -287,10 +288,11 @@ class WholePeerGroup(PeerGroup):
     PER_PEER_STATE = PeerGroup.PER_PEER_STATE  # "w": θ, "m_w"/"v_w": the optimizer's buffers
 
     def get_state(self) -> dict[str, Any]:
-        st = {"w": self.model.theta.clone(), "m_w": self.fopt.m.clone(), "t": self.fopt.t,
+        """Parameters and optimizer buffers as CPU tensors (a checkpoint resumes on any ``engine.device``)."""
+        st = {"w": self.model.theta.cpu().clone(), "m_w": self.fopt.m.cpu().clone(), "t": self.fopt.t,
               "stale_history": self.stale_history}
         if self.fopt.v is not None:
-            st["v_w"] = self.fopt.v.clone()
+            st["v_w"] = self.fopt.v.cpu().clone()
         return st
 
     def set_state(self, st: dict[str, Any]) -> None:
@@ -305,7 +307,7 @@ class WholePeerGroup(PeerGroup):
     def _batch(self, round_: int, step: int) -> tuple[Tensor, Tensor]:
         """Each hosted peer's minibatch ``(x [p, B, ...], y [p, B])`` (draws: :meth:`PeerGroup._draw`)."""
         r = self._draw(round_, step)
-        idx = torch.from_numpy(self.offsets[:, None] + r).reshape(-1)
+        idx = torch.from_numpy(self.offsets[:, None] + r).reshape(-1).to(self.device)
         B = r.shape[1]
         x = self.x_local.index_select(0, idx).view(self.p, B, *self.sample_shape)
         return x, self.y_local.index_select(0, idx).view(self.p, B)
@@ -320,7 +322,7 @@ class WholePeerGroup(PeerGroup):
         after the (batched) step, so they are left as they were; their rows are still returned."""
         keep = None
         if sampled is not None and not bool(sampled[self.ids].all()):
-            rows = torch.from_numpy(np.flatnonzero(~sampled[self.ids]))
+            rows = torch.from_numpy(np.flatnonzero(~sampled[self.ids])).to(self.device)
             keep = (rows, self.model.theta[rows].clone(), self.fopt.m[rows].clone(),
                     None if self.fopt.v is None else self.fopt.v[rows].clone())
         if global_params is not None:
@@ -379,11 +381,12 @@ class WholeServer(Server):
         super().__init__(setup, root_x, root_y)
         assert setup.model is not None
         self.plan = setup.model
-        self.model = StackedModel(split(self.plan)[1], 1, _device())
-        self.global_params = self.model.theta[0].numpy().copy()
+        self.model = StackedModel(split(self.plan)[1], 1, resolve(self.plan.device))  # evaluates the global model
+        self.global_params = self.model.theta[0].cpu().numpy().copy()
         self.layer_shape = (1, self.model.num_params)
         self.bias = False
-        self.fopt = FlatOptimizerState.zeros(self.model.theta, setup.training["optimizer"] == "adam")
+        # the global model is updated on the CPU, in NumPy, as it is exchanged
+        self.fopt = FlatOptimizerState.zeros(self.model.theta.cpu(), setup.training["optimizer"] == "adam")
 
     def get_state(self) -> dict[str, Any]:
         st = super().get_state() | {"m": self.fopt.m.clone(), "t": self.fopt.t}
@@ -419,6 +422,6 @@ class WholeServer(Server):
     def evaluate(self, features: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """The global model's test accuracy and loss on ``features``' test split, ``[1]`` each."""
         self.model.theta.copy_(torch.from_numpy(self.global_params)[None])
-        x, y = torch.as_tensor(np.array(features["x_test"])), torch.as_tensor(np.array(features["y_test"]))
+        x, y = (torch.as_tensor(np.array(features[k])).to(self.model.device) for k in ("x_test", "y_test"))
         acc, loss = accuracy_and_loss(self.model, torch.tensor([0]), x, y)
         return acc.numpy(), loss.numpy()

@@ -44,6 +44,7 @@ class ModelPlan:
     seed: int
     dim: int  # the backbone's output (feature) size: the head's input
     num_classes: int
+    device: str = "cpu"  # engine.device: where the stacked trainable part runs (fedsim.device)
 
 
 def _backbone(plan: ModelPlan) -> nn.Module | None:
