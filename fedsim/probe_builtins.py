@@ -151,7 +151,8 @@ def _validate_federated_unlearning(i: int, p: dict[str, Any], num_peers: int | N
     arms = cfg["arms"]
     if (not isinstance(arms, list) or not arms
             or any(not (a == "all" or (_is_int(a) and a >= 0)) for a in arms) or len(set(map(str, arms))) < len(arms)):
-        raise _err(i, "arms", f"must be a non-empty list of distinct hop counts >= 0 (0: nobody) or 'all', got {arms!r}")
+        raise _err(i, "arms", f"must be a non-empty list of distinct hop counts >= 0 (0: nobody) or 'all', "
+                   f"got {arms!r}")
     cfg["arms"] = [a if a == "all" else int(a) for a in arms]
     ra = cfg["rounds_after"]
     if not isinstance(ra, list) or not ra or any(not _is_int(r) or r < 0 for r in ra):

@@ -30,7 +30,7 @@ from torch import Tensor
 import strategies
 from attacks import probes as ap
 from fedsim import rng as crng
-from fedsim.probes import _Ctx, _check_honest, _default_leaver, _err, heldout_split, hop_distances, in_neighbors
+from fedsim.probes import _check_honest, _Ctx, _default_leaver, _err, heldout_split, hop_distances, in_neighbors
 
 ALL = "all"
 
@@ -152,7 +152,7 @@ def run_federated_unlearning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str
         }
     control = records.get("0")
     if control is not None:
-        for arm, rec in records.items():
+        for rec in records.values():
             for r, by_group in rec["rounds"].items():
                 for g, cell in by_group.items():
                     base = control["rounds"][r][g]["kl_to_retrained"]
