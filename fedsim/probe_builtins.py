@@ -354,3 +354,19 @@ class FederatedUnlearning(Probe):
 
     def summarize(self, entry: dict[str, Any]) -> dict[str, Any]:
         return _summarize_federated_unlearning(entry)
+
+    def markdown(self, entry: dict[str, Any]) -> str:
+        """Per arm and R: the mean KL(retrained ‖ θ) per hop on the forget set's parts and test."""
+        splits = [s for s in ("forget_natural", "forget_canaries", "test") if s in entry["splits"]] or ["forget"]
+        arms, rounds = entry["arms"], [str(r) for r in entry["rounds_after"]]
+        groups = list(entry["records"][arms[0]]["rounds"][rounds[0]])
+        lines = [f"Federated unlearning: leaver {entry['peer']}, method {entry['method']}, trained "
+                 f"{entry['trained_rounds']} rounds; mean KL(retrained || model) per hop, "
+                 f"{' / '.join(splits)}", "",
+                 "| arm | R | " + " | ".join(f"hop {g}" for g in groups) + " |", "|---" * (2 + len(groups)) + "|"]
+        for arm in arms:
+            for r in rounds:
+                cells = [" / ".join(f"{entry['records'][arm]['rounds'][r][g]['kl_to_retrained'][s]:.4f}"
+                                    for s in splits) for g in groups]
+                lines.append(f"| {arm} | {r} | " + " | ".join(cells) + " |")
+        return "\n".join(lines)

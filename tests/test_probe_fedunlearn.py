@@ -17,6 +17,7 @@ from attacks import probes as ap
 from fedsim.callbacks import StopAfter
 from fedsim.probe_registry import validate_probe
 from fedsim.probes import _context
+from fedsim.report import format_probes
 from fedsim.runner import Run
 from fedsim.scenario import parse
 
@@ -71,6 +72,7 @@ def test_entry_shape(done) -> None:
     assert set(cell["canary_membership"]) >= {"advantage", "null_q95", "p_value"}
     assert cell["kl_minus_control"]["forget"] == pytest.approx(
         cell["kl_to_retrained"]["forget"] - e["records"]["0"]["rounds"][str(R)]["1"]["kl_to_retrained"]["forget"])
+    assert "| all | 0 |" in format_probes([e]) and "Federated unlearning" in format_probes([e])
     # arm 1 leaves the peers beyond hop 1 untouched at R = 0
     for g, c in e["records"]["1"]["rounds"]["0"].items():
         if g != "1":
