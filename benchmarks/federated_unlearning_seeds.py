@@ -68,7 +68,8 @@ def main() -> None:
                         cells.append(f"{kl:.4f} (Δ {interval([c['kl_minus_control'][split] for c in got])})")
                 print(f"| {arm} | {r} | " + " | ".join(cells) + " |")
     if entries[0].get("retrained_canary_membership"):
-        print("\n### canary loss-threshold advantage (mean over the hop's peers, then seeds; null q95 in brackets)\n")
+        print("\n### canary loss-threshold advantage (mean over the hop's peers, then seeds; [null q95]; share of "
+              "peers with p < 0.01; arm − control with its 95% t-interval over seeds)\n")
         print("| model | R | " + " | ".join(f"hop {h}" for h in hops) + " |")
         print("|---" * (2 + len(hops)) + "|")
         for arm in [*arms, "retrained"]:
@@ -80,8 +81,15 @@ def main() -> None:
                     else:
                         got = [(e["records"][arm]["rounds"][r].get(h) or {}).get("canary_membership") for e in entries]
                     got = [c for c in got if c is not None]
-                    cells.append(f"{np.mean([c['advantage'] for c in got]):+.3f} "
-                                 f"[{np.mean([c['null_q95'] for c in got]):.3f}]")
+                    adv, q95 = np.mean([c["advantage"] for c in got]), np.mean([c["null_q95"] for c in got])
+                    cell = f"{adv:+.3f} [{q95:.3f}]"
+                    if arm != "retrained":
+                        cell += f" {np.mean([c['significant_share'] for c in got]):.0%}"
+                    if arm not in ("0", "retrained"):
+                        ctrl = [e["records"]["0"]["rounds"][r][h]["canary_membership"]["advantage"] for e in entries
+                                if h in e["records"]["0"]["rounds"][r]]
+                        cell += f" (Δ {interval([c['advantage'] - b for c, b in zip(got, ctrl, strict=True)])})"
+                    cells.append(cell)
                 print(f"| {arm} | {r} | " + " | ".join(cells) + " |")
 
 
