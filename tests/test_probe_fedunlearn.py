@@ -128,3 +128,19 @@ def test_mutant_arm_that_unlearns_nobody_fails(done, monkeypatch: pytest.MonkeyP
 def test_bad_keys(bad: dict[str, Any], msg: str) -> None:
     with pytest.raises(ValueError, match=msg):
         validate_probe(0, {"kind": "federated_unlearning", **bad}, 8)
+
+
+@pytest.mark.slow
+def test_federated_mode_unlearns_at_the_server(tmp_path: Path) -> None:
+    """Federated: arm 'all' is the server's global model; hop arms are refused with one line."""
+    d = _scenario(tmp_path, mode="federated", probes=[{**PROBE, "arms": [0, "all"], "rounds_after": [0]}])
+    run = Run(parse(d))
+    run.create_dir(overwrite=True)
+    run.execute()
+    e = json.loads((run.dir / "probes.json").read_text())[0]
+    assert e["records"]["all"]["unlearned"] == ["server"] and e["records"]["0"]["unlearned"] == []
+    ctrl, srv = e["records"]["0"]["rounds"]["0"]["global"], e["records"]["all"]["rounds"]["0"]["global"]
+    assert srv["kl_to_retrained"]["forget"] != ctrl["kl_to_retrained"]["forget"]
+    cfg = validate_probe(0, {**PROBE, "arms": [0, 1]}, 8)
+    with pytest.raises(ValueError, match=r"^probes\.0\.arms: federated mode has no hops"):
+        pf.run_federated_unlearning(0, cfg, _context(run, run.prepared, run.final_params, None))
