@@ -113,12 +113,16 @@ def validate(where: str, v: Any) -> dict[str, Any] | None:
     return out
 
 
+PLANTING_KINDS = ("unlearning", "federated_unlearning")  # probe kinds whose ``canaries`` key plants them
+
+
 def plan(probes: list[Any]) -> tuple[int, dict[str, Any], int | None] | None:
-    """``(probe index, canary config, named leaver or None)`` of the one unlearning probe with canaries."""
+    """``(probe index, canary config, named leaver or None)`` of the one probe (of :data:`PLANTING_KINDS`)
+    with canaries."""
     found = []
     for i, p in enumerate(probes):
         p = p.settings() if hasattr(p, "settings") else p  # a scenario's typed entry (fedsim.probe_registry)
-        if isinstance(p, dict) and p.get("kind") == "unlearning" and p.get("canaries") is not None:
+        if isinstance(p, dict) and p.get("kind") in PLANTING_KINDS and p.get("canaries") is not None:
             found.append((i, validate(f"probes.{i}.canaries", p["canaries"]), p.get("peer")))
     if len(found) > 1:
         raise ValueError(f"probes.{found[1][0]}.canaries: only one unlearning probe may plant canaries "

@@ -1,4 +1,4 @@
-"""The built-in probe kinds, ``unlearning`` and ``cloning``, as registered probes: their keys
+"""The built-in probe kinds, ``unlearning``, ``cloning`` and ``federated_unlearning``, as registered probes: their keys
 and defaults, their value checks and their ``summary.json`` form (all without torch, so the
 schema and ``fedsim list`` read them cheaply). What they do is :mod:`fedsim.probes` (imported
 when one runs); ``docs/probes.md`` and ``docs/probes-cloning.md`` say what they report.
@@ -47,6 +47,18 @@ CLONING_DEFAULTS: dict[str, Any] = {
     "repeats": [1],  # against noise defences: each query asked r times, answers averaged
     "method": "ridge",  # stage 2 from leaked logits: ridge (GCV) | least_squares | distill
     "query_pool": "peers",  # or "heldout"
+}
+FEDERATED_UNLEARNING_DEFAULTS: dict[str, Any] = {
+    "peer": None,  # the leaver; default: the honest peer with the most training samples
+    "arms": [0, 1, 2, "all"],  # who unlearns: 0 nobody (control), k within k hops, all (federated: the server)
+    "rounds_after": [0, 5, 20],  # rounds of normal training without the leaver after the unlearning
+    "method": "newton",  # newton (damped Newton/influence removal) or finetune_retain, on each unlearner's head
+    "newton_damping": 1e-3,  # L2 damping λ of the Newton removal
+    "finetune_steps": 50,  # finetune_retain: full-batch gradient steps on the retained data
+    "finetune_lr": 0.5,
+    "heldout_fraction": 0.5,  # the test split is the rest of the test set (the unlearning probe's split)
+    "canaries": None,  # e.g. {count: 50, kind: ood}: planted in the leaver's shard (fedsim.canaries)
+    "permutations": 199,  # label permutations of each canary membership null (per peer, arm and R)
 }
 TARGET_HEAD_KEYS: dict[str, dict[str, Any]] = {
     "federated": {},
@@ -130,6 +142,31 @@ def _validate_unlearning(i: int, p: dict[str, Any], num_peers: int | None) -> di
     cfg["newton_search_max"] = _check_int(i, "newton_search_max", cfg["newton_search_max"], 1, 1000)
     cfg["finetune_steps"] = _check_int(i, "finetune_steps", cfg["finetune_steps"], 0)
     cfg["finetune_lr"] = _check_num(i, "finetune_lr", cfg["finetune_lr"], 0.0)
+    return cfg
+
+
+def _validate_federated_unlearning(i: int, p: dict[str, Any], num_peers: int | None) -> dict[str, Any]:
+    cfg = {**FEDERATED_UNLEARNING_DEFAULTS, **p}
+    cfg["peer"] = _check_peer(i, "peer", cfg["peer"], num_peers, allow_global=False)
+    arms = cfg["arms"]
+    if (not isinstance(arms, list) or not arms
+            or any(not (a == "all" or (_is_int(a) and a >= 0)) for a in arms) or len(set(map(str, arms))) < len(arms)):
+        raise _err(i, "arms", f"must be a non-empty list of distinct hop counts >= 0 (0: nobody) or 'all', "
+                   f"got {arms!r}")
+    cfg["arms"] = [a if a == "all" else int(a) for a in arms]
+    ra = cfg["rounds_after"]
+    if not isinstance(ra, list) or not ra or any(not _is_int(r) or r < 0 for r in ra):
+        raise _err(i, "rounds_after", f"must be a non-empty list of integers >= 0, got {ra!r}")
+    if cfg["method"] not in ("newton", "finetune_retain"):
+        raise _err(i, "method", f"got {cfg['method']!r}; allowed: newton, finetune_retain")
+    cfg["newton_damping"] = _check_num(i, "newton_damping", cfg["newton_damping"], 0.0)
+    cfg["finetune_steps"] = _check_int(i, "finetune_steps", cfg["finetune_steps"], 0)
+    cfg["finetune_lr"] = _check_num(i, "finetune_lr", cfg["finetune_lr"], 0.0)
+    cfg["heldout_fraction"] = _check_num(i, "heldout_fraction", cfg["heldout_fraction"], 0.0, 1.0)
+    from fedsim import canaries
+
+    cfg["canaries"] = canaries.validate(f"probes.{i}.canaries", cfg["canaries"])
+    cfg["permutations"] = _check_int(i, "permutations", cfg["permutations"], 99)
     return cfg
 
 
@@ -219,6 +256,18 @@ def _summarize_unlearning(entry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _summarize_federated_unlearning(entry: dict[str, Any]) -> dict[str, Any]:
+    """Per arm, R and hop: the mean forget-set KL to the retrained federation and its difference to the control."""
+    out: dict[str, Any] = {}
+    for arm, rec in entry["records"].items():
+        for r, groups in rec["rounds"].items():
+            for g, cell in groups.items():
+                out[f"{arm}:R={r}:hop={g}"] = {"kl_forget": cell["kl_to_retrained"]["forget"],
+                                               "kl_forget_minus_control": (cell.get("kl_minus_control") or {})
+                                               .get("forget")}
+    return {"kind": "federated_unlearning", "peer": entry["peer"], "method": entry["method"], "by_arm": out}
+
+
 def _summarize_cloning(entry: dict[str, Any]) -> dict[str, Any]:
     def key(d: dict[str, Any]) -> str:
         r = d.get("repeats", 1)
@@ -281,3 +330,43 @@ class Cloning(Probe):
 
     def summarize(self, entry: dict[str, Any]) -> dict[str, Any]:
         return _summarize_cloning(entry)
+
+
+@register_probe("federated_unlearning")
+class FederatedUnlearning(Probe):
+    """A peer leaves a federation: its neighbours, peers within k hops or everyone unlearn it,
+    training goes on without it, and every head is judged against the federation retrained
+    without it, by hop (docs/probes.md, "federated_unlearning").
+
+    What it does: :mod:`fedsim.probe_fedunlearn`'s docstring.
+    """
+
+    defaults = FEDERATED_UNLEARNING_DEFAULTS
+    notes = notes_from_comments(__file__, "FEDERATED_UNLEARNING_DEFAULTS")
+
+    def validate(self, i: int, cfg: dict[str, Any], num_peers: int | None = None) -> dict[str, Any]:
+        return _validate_federated_unlearning(i, cfg, num_peers)
+
+    def run(self, i: int, cfg: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        from fedsim.probe_fedunlearn import run_federated_unlearning
+
+        return run_federated_unlearning(i, cfg, ctx)
+
+    def summarize(self, entry: dict[str, Any]) -> dict[str, Any]:
+        return _summarize_federated_unlearning(entry)
+
+    def markdown(self, entry: dict[str, Any]) -> str:
+        """Per arm and R: the mean KL(retrained ‖ θ) per hop on the forget set's parts and test."""
+        splits = [s for s in ("forget_natural", "forget_canaries", "test") if s in entry["splits"]] or ["forget"]
+        arms, rounds = entry["arms"], [str(r) for r in entry["rounds_after"]]
+        groups = list(entry["records"][arms[0]]["rounds"][rounds[0]])
+        lines = [f"Federated unlearning: leaver {entry['peer']}, method {entry['method']}, trained "
+                 f"{entry['trained_rounds']} rounds; mean KL(retrained || model) per hop, "
+                 f"{' / '.join(splits)}", "",
+                 "| arm | R | " + " | ".join(f"hop {g}" for g in groups) + " |", "|---" * (2 + len(groups)) + "|"]
+        for arm in arms:
+            for r in rounds:
+                cells = [" / ".join(f"{entry['records'][arm]['rounds'][r][g]['kl_to_retrained'][s]:.4f}"
+                                    for s in splits) for g in groups]
+                lines.append(f"| {arm} | {r} | " + " | ".join(cells) + " |")
+        return "\n".join(lines)

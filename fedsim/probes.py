@@ -104,6 +104,10 @@ class _Ctx:
     retrain: Retrain | None = None
     recorded_gradients: np.ndarray | None = None  # the unlearning probe's leaver's first-epoch gradients [B, P]
     retrained: dict[int, np.ndarray] = field(default_factory=dict)
+    # the trained federation's Simulation.state() (heads and optimizer buffers) and the runner's
+    # Run.continue_without (the federated-unlearning probe continues training from it)
+    final_state: dict[str, Any] | None = None
+    continue_without: Callable[..., dict[int, np.ndarray]] | None = None
 
     @property
     def n(self) -> int:
@@ -138,6 +142,8 @@ def _context(run: Any, prep: Any, final_params: np.ndarray, retrain: Retrain | N
         out_dir=Path(run.dir),
         retrain=retrain,
         recorded_gradients=getattr(run, "recorded_gradients", None),
+        final_state=getattr(run, "final_state", None),
+        continue_without=getattr(run, "continue_without", None),
         x_train=torch.from_numpy(np.asarray(f.x_train)).to(torch.float64),
         y_train=torch.from_numpy(np.asarray(f.y_train)).long(),
         x_test=torch.from_numpy(np.asarray(f.x_test)).to(torch.float64),

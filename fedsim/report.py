@@ -450,8 +450,9 @@ def format_probes(records: Any) -> str:
     """Markdown tables of a parsed ``probes.json`` (a list of entries, or one entry): the built-in
     kinds' tables here, a registered probe's own ``markdown(entry)`` where it has one (a plugin
     loaded in this process), else its entry's scalar fields."""
-    from fedsim.probe_registry import REGISTRY
+    from fedsim.probe_registry import kinds
 
+    REGISTRY = kinds()  # the built-ins registered (federated_unlearning's markdown)
     entries = [records] if isinstance(records, dict) else list(records or [])
     parts = []
     for e in entries:

@@ -228,6 +228,7 @@ class Run:
         self.rundir = RunDirectory(self.dir, sc)
         self.recorded_gradients: np.ndarray | None = None  # the unlearning probe's leaver's, [B, P]
         self.final_params: np.ndarray | None = None
+        self.final_state: dict[str, Any] | None = None  # Simulation.state() after the last round (probes only)
         self.prepared: Prepared | None = None
         self.groups: list[Any] = []  # the running simulation's actors (the probes free them, tests kill one)
         self.server: Any = None
@@ -371,6 +372,7 @@ class Run:
             # the unlearning probe's leaver's first-epoch gradients, then free the actors' CPUs
             # (heads already fetched; the unlearning probe retrains on them)
             self.recorded_gradients = sim.recorded_gradients()
+            self.final_state = sim.state()  # heads and optimizer buffers: the federated-unlearning probe continues it
             sim.close()
             self.groups, self.server = [], None
             summary["probes"] = run_probes(self, prep, self.final_params, retrain=self.retrain_without)
@@ -387,6 +389,35 @@ class Run:
         sub.create_dir(overwrite=True)
         sub.execute()
         return np.asarray(sub.final_params)
+
+    def continue_without(self, peer: int, state: dict[str, Any] | None, start: int, rounds: int,
+                         keep: Sequence[int]) -> dict[int, np.ndarray]:
+        """This scenario's federation with ``peer`` absent (``prepare(sc, absent=[peer])``: from
+        ``start`` on its messages never arrive and it aggregates nothing), started from ``state``
+        (a :meth:`Simulation.state`, e.g. :attr:`final_state` with unlearned heads; ``None``: from
+        scratch, then ``start`` must be 0), run for rounds ``start .. start + rounds - 1`` with
+        ``sc.rounds = start + rounds``. Returns the heads ``[N, P]`` after ``k`` of those rounds for
+        every ``k`` in ``keep`` (0: the state as restored). Writes no file: the federated-unlearning
+        probe's continuation and its gold standard (:mod:`fedsim.probe_fedunlearn`)."""
+        if state is None and start != 0:
+            raise ValueError(f"continue_without: start={start} needs a state to start from")
+        sc = self.sc.model_copy(update={"rounds": start + rounds})
+        prep = prepare(sc, None, [peer])
+        backend = make_backend(sc.engine.backend, sc.engine.address, local_ray_cpus(sc))
+        sim = None
+        try:
+            sim = Simulation(sc, prep, backend)
+            if state is not None:
+                sim.restore(state, self.dir / "final_state")
+            out = {0: sim.final_params()} if 0 in keep else {}
+            for k, _ in enumerate(sim.rounds(start), start=1):
+                if k in keep:
+                    out[k] = sim.final_params()
+            return out
+        finally:
+            if sim is not None:
+                sim.close()
+            backend.shutdown()
 
     def _summary(self, prep: Prepared) -> dict[str, Any]:
         sc = self.sc

@@ -1,0 +1,97 @@
+"""Seed-to-seed intervals for the ``federated_unlearning`` probe: reads the ``probes.json`` of runs
+of one scenario at different seeds and prints, per arm, rounds after unlearning ``R`` and hop
+distance from the leaver, the mean over seeds of ``KL(retrained ‖ θ)`` on each split and of the
+arm's difference to the control with its 95% t-interval (seeds as the unit; ``n − 1`` degrees of
+freedom), and the canary membership advantage (mean over the hop's peers, then seeds) beside the
+retrained federation's.
+
+    for s in 0 1 2; do fedsim run scenarios/federated_unlearning.yaml --set seed=$s --out runs/fu/s$s -q; done
+    PYTHONPATH=. python benchmarks/federated_unlearning_seeds.py runs/fu/s0 runs/fu/s1 runs/fu/s2
+
+Reading: docs/probes.md, "federated_unlearning".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def interval(values: list[float]) -> str:
+    """``mean [lo, hi]`` with the 95% t-interval over ``values`` (just the mean for one value)."""
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return f"{v.mean():+.4f}"
+    half = T95.get(len(v) - 1, 1.96) * v.std(ddof=1) / math.sqrt(len(v))
+    return f"{v.mean():+.4f} [{v.mean() - half:+.4f}, {v.mean() + half:+.4f}]"
+
+
+def load(run_dirs: list[str]) -> list[dict[str, Any]]:
+    out = []
+    for d in run_dirs:
+        entries = json.loads((Path(d) / "probes.json").read_text())
+        out.append(next(e for e in entries if e["kind"] == "federated_unlearning"))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", help="run directories (one per seed)")
+    ap.add_argument("--splits", default="forget_natural,forget_canaries,test")
+    args = ap.parse_args()
+    entries = load(args.runs)
+    splits = [s for s in args.splits.split(",") if s in entries[0]["splits"]]
+    arms, rounds = entries[0]["arms"], [str(r) for r in entries[0]["rounds_after"]]
+    hops = sorted({g for e in entries for g in e["records"][arms[0]]["rounds"][rounds[0]]}, key=str)
+    print(f"{len(entries)} seeds; leavers {[e['peer'] for e in entries]}; method {entries[0]['method']}")
+    for split in splits:
+        print(f"\n### KL(retrained ‖ θ) on {split}: mean over seeds; arm − control, 95% t-interval over seeds\n")
+        print("| arm | R | " + " | ".join(f"hop {h}" for h in hops) + " |")
+        print("|---" * (2 + len(hops)) + "|")
+        for arm in arms:
+            for r in rounds:
+                cells = []
+                for h in hops:
+                    got = [e["records"][arm]["rounds"][r].get(h) for e in entries]
+                    got = [c for c in got if c is not None]
+                    kl = np.mean([c["kl_to_retrained"][split] for c in got])
+                    if arm == "0" or "kl_minus_control" not in got[0]:
+                        cells.append(f"{kl:.4f}")
+                    else:
+                        cells.append(f"{kl:.4f} (Δ {interval([c['kl_minus_control'][split] for c in got])})")
+                print(f"| {arm} | {r} | " + " | ".join(cells) + " |")
+    if entries[0].get("retrained_canary_membership"):
+        print("\n### canary loss-threshold advantage (mean over the hop's peers, then seeds; [null q95]; share of "
+              "peers with p < 0.01; arm − control with its 95% t-interval over seeds)\n")
+        print("| model | R | " + " | ".join(f"hop {h}" for h in hops) + " |")
+        print("|---" * (2 + len(hops)) + "|")
+        for arm in [*arms, "retrained"]:
+            for r in rounds:
+                cells = []
+                for h in hops:
+                    if arm == "retrained":
+                        got = [e["retrained_canary_membership"][r].get(h) for e in entries]
+                    else:
+                        got = [(e["records"][arm]["rounds"][r].get(h) or {}).get("canary_membership") for e in entries]
+                    got = [c for c in got if c is not None]
+                    adv, q95 = np.mean([c["advantage"] for c in got]), np.mean([c["null_q95"] for c in got])
+                    cell = f"{adv:+.3f} [{q95:.3f}]"
+                    if arm != "retrained":
+                        cell += f" {np.mean([c['significant_share'] for c in got]):.0%}"
+                    if arm not in ("0", "retrained"):
+                        ctrl = [e["records"]["0"]["rounds"][r][h]["canary_membership"]["advantage"] for e in entries
+                                if h in e["records"]["0"]["rounds"][r]]
+                        cell += f" (Δ {interval([c['advantage'] - b for c, b in zip(got, ctrl, strict=True)])})"
+                    cells.append(cell)
+                print(f"| {arm} | {r} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
