@@ -125,6 +125,18 @@ class Boolean(Constraint):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Text(Constraint):
+    """A ``str`` (``what`` says which, e.g. "a registered rule's name"; whether it names something
+    that exists is for the code that uses it to say)."""
+
+    def _accepts(self, value: Any) -> bool:
+        return isinstance(value, str)
+
+    def _text(self, name: str) -> str:
+        return "a string"
+
+
+@dataclass(frozen=True, kw_only=True)
 class Mapping(Constraint):
     """A ``dict`` (``what`` says of what, e.g. "a mapping of the inner rule's parameters")."""
 

@@ -14,14 +14,13 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from fedlib.params import Boolean, Real, param
 from strategies._math import (
     check_f,
     coordinate_median,
     coordinate_trimmed_mean,
     population,
     population_size,
-    require_bool,
-    require_float,
     runtime_f,
     to_like,
 )
@@ -42,10 +41,7 @@ class Median(Strategy):
     ``include_own`` (default True): the median runs over ``N = n + 1`` vectors including own."""
     exchanges = "full_model"  # what a message carries (byte accounting)
 
-    include_own: bool = True
-
-    def __post_init__(self) -> None:
-        require_bool("include_own", self.include_own)
+    include_own: bool = param(True, Boolean())
 
     def check(self, n: int, f: int) -> None:
         check_f(f)
@@ -70,13 +66,8 @@ class TrimmedMean(Strategy):
     """
     exchanges = "full_model"  # what a message carries (byte accounting)
 
-    beta: float | None = None
-    include_own: bool = True
-
-    def __post_init__(self) -> None:
-        require_bool("include_own", self.include_own)
-        if self.beta is not None:
-            require_float("beta", self.beta, 0.0, 0.5, hi_open=True)
+    beta: float | None = param(None, Real(lo=0.0, hi=0.5, hi_open=True, null=True))
+    include_own: bool = param(True, Boolean())
 
     def _b(self, size: int, f: int) -> int:
         return f if self.beta is None else int(math.floor(self.beta * size))

@@ -6,14 +6,12 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from fedlib.params import Boolean, Integer, Real, param
 from strategies._math import (
     check_f,
     dists_to,
     population,
     population_size,
-    require_bool,
-    require_float,
-    require_int,
     to_like,
 )
 from strategies.base import AggregationContext, Strategy
@@ -67,16 +65,10 @@ class GeometricMedian(Strategy):
     """
     exchanges = "full_model"  # what a message carries (byte accounting)
 
-    nu: float = 1e-6
-    max_iterations: int = 100
-    tolerance: float = 1e-6
-    include_own: bool = True
-
-    def __post_init__(self) -> None:
-        require_float("nu", self.nu, 0.0, lo_open=True)
-        require_int("max_iterations", self.max_iterations, 1)
-        require_float("tolerance", self.tolerance, 0.0)
-        require_bool("include_own", self.include_own)
+    nu: float = param(1e-6, Real(lo=0.0, lo_open=True))
+    max_iterations: int = param(100, Integer(minimum=1))
+    tolerance: float = param(1e-6, Real(lo=0.0))
+    include_own: bool = param(True, Boolean())
 
     def check(self, n: int, f: int) -> None:
         check_f(f)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from fedlib.params import Boolean, Integer, param
 from strategies._math import (
     check_f,
     coordinate_median,
@@ -20,8 +21,6 @@ from strategies._math import (
     pairwise_sq_dists,
     population,
     population_size,
-    require_bool,
-    require_int,
     runtime_f,
     to_like,
 )
@@ -48,10 +47,7 @@ class Krum(Strategy):
     """
     exchanges = "full_model"  # what a message carries (byte accounting)
 
-    include_own: bool = True
-
-    def __post_init__(self) -> None:
-        require_bool("include_own", self.include_own)
+    include_own: bool = param(True, Boolean())
 
     def _size(self, n: int) -> int:
         return population_size(n, self.include_own)
@@ -83,12 +79,7 @@ class MultiKrum(Krum):
     the vectors that arrived.
     """
 
-    m: int | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.m is not None:
-            require_int("m", self.m, 1, "an integer >= 1 or null (N - f)")
+    m: int | None = param(None, Integer(minimum=1, null=True, what="an integer >= 1 or null (N - f)"))
 
     def check(self, n: int, f: int) -> None:
         super().check(n, f)
@@ -117,10 +108,7 @@ class Bulyan(Strategy):
     """
     exchanges = "full_model"  # what a message carries (byte accounting)
 
-    include_own: bool = True
-
-    def __post_init__(self) -> None:
-        require_bool("include_own", self.include_own)
+    include_own: bool = param(True, Boolean())
 
     def check(self, n: int, f: int) -> None:
         check_f(f)

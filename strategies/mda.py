@@ -9,13 +9,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from fedlib.params import Boolean, Integer, param
 from strategies._math import (
     check_f,
     pairwise_sq_dists,
     population,
     population_size,
-    require_bool,
-    require_int,
     runtime_f,
     to_like,
 )
@@ -70,12 +69,8 @@ class MinimumDiameterAveraging(Strategy):
     """
     exchanges = "full_model"  # what a message carries (byte accounting)
 
-    include_own: bool = True
-    max_subsets: int = 100_000
-
-    def __post_init__(self) -> None:
-        require_bool("include_own", self.include_own)
-        require_int("max_subsets", self.max_subsets, 1)
+    include_own: bool = param(True, Boolean())
+    max_subsets: int = param(100_000, Integer(minimum=1))
 
     def _cap(self, size: int, f: int) -> None:
         count = math.comb(size, f)
