@@ -4,12 +4,15 @@ the engine.
 A head with weight ``W [C, d]`` and optional bias ``b [C]`` travels as the vector
 ``[vec(W), b]``: ``W`` row-major (``C·d`` entries), then ``b`` (``C`` entries) when there is a
 bias. Leading dimensions batch heads: ``[..., P]`` ↔ ``W [..., C, d]``, ``b [..., C]``.
+Importing this module does not import torch (the scenario checks use :func:`num_params`).
 """
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where a tensor is handled: num_params serves torch-free callers
+    from torch import Tensor
 
 
 def num_params(layer_shape: tuple[int, int], bias: bool) -> int:
@@ -32,5 +35,7 @@ def unflatten(params: Tensor, layer_shape: tuple[int, int], bias: bool) -> tuple
 
 def flatten(w: Tensor, b: Tensor | None) -> Tensor:
     """Inverse of :func:`unflatten`: ``W [..., C, d]`` (and ``b [..., C]``) → ``[..., P]``."""
+    import torch
+
     flat = w.reshape(*w.shape[:-2], -1)
     return flat if b is None else torch.cat([flat, b], dim=-1)

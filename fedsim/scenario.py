@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from fedlib.heads import num_params as head_params
 from fedsim import limits
 from fedsim.errors import FedsimError
 from fedsim.probe_registry import Probe, check_entry, get_probe
@@ -965,7 +966,7 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None]) 
     attack = attacks.build(sc.peers.attack.name, sc.peers.attack.params) if sc.peers.attack.name != "none" else None
     est = limits.estimate_memory(
         peers=n,
-        num_params=c * dim + (c if sc.training.bias else 0),
+        num_params=head_params((c, dim), sc.training.bias),
         dim=dim,
         n_train=info.n_train,
         n_test=info.n_test,
