@@ -61,6 +61,11 @@ def population_size(n: int, include_own: bool) -> int:
     return n + (1 if include_own else 0)
 
 
+def population_label(include_own: bool) -> str:
+    """How a limit message names the population size: ``"n + 1 (received + own)"`` or ``"n (received)"``."""
+    return "n + 1 (received + own)" if include_own else "n (received)"
+
+
 def runtime_f(ctx: AggregationContext, size: int) -> int:
     """``ctx.f`` clamped to ``[0, size - 1]``.
 

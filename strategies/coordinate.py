@@ -20,6 +20,7 @@ from strategies._math import (
     coordinate_median,
     coordinate_trimmed_mean,
     population,
+    population_label,
     population_size,
     runtime_f,
     to_like,
@@ -27,10 +28,6 @@ from strategies._math import (
 from strategies.base import AggregationContext, Strategy
 from strategies.errors import CannotAggregateError
 from strategies.registry import register
-
-
-def _who(include_own: bool) -> str:
-    return "n + 1 (received + own)" if include_own else "n (received)"
 
 
 @register("median")
@@ -47,7 +44,8 @@ class Median(Strategy):
         check_f(f)
         size = population_size(n, self.include_own)
         if size < 2 * f + 1:
-            raise CannotAggregateError(f"median needs {_who(self.include_own)} >= 2f + 1, got {size} < {2 * f + 1}")
+            who = population_label(self.include_own)
+            raise CannotAggregateError(f"median needs {who} >= 2f + 1, got {size} < {2 * f + 1}")
 
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
         return to_like(coordinate_median(population(own, received, self.include_own)), own)
@@ -77,7 +75,8 @@ class TrimmedMean(Strategy):
         size = population_size(n, self.include_own)
         b = self._b(size, f)
         if size <= 2 * b:
-            raise CannotAggregateError(f"trimmed_mean needs {_who(self.include_own)} > 2f, got {size} <= {2 * b}")
+            who = population_label(self.include_own)
+            raise CannotAggregateError(f"trimmed_mean needs {who} > 2f, got {size} <= {2 * b}")
         if b < f:
             raise ValueError(f"beta: trims b = floor(beta * {size}) = {b} per side, fewer than f = {f}; "
                              f"need beta >= {f / size:.3g}")

@@ -11,6 +11,7 @@ from strategies._math import (
     check_f,
     dists_to,
     population,
+    population_label,
     population_size,
     to_like,
 )
@@ -74,7 +75,7 @@ class GeometricMedian(Strategy):
         check_f(f)
         size = population_size(n, self.include_own)
         if size < 2 * f + 1:
-            who = "n + 1 (received + own)" if self.include_own else "n (received)"
+            who = population_label(self.include_own)
             raise CannotAggregateError(f"geomed needs {who} >= 2f + 1, got {size} < {2 * f + 1}")
 
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:

@@ -20,6 +20,7 @@ from strategies._math import (
     krum_order,
     pairwise_sq_dists,
     population,
+    population_label,
     population_size,
     runtime_f,
     to_like,
@@ -56,7 +57,7 @@ class Krum(Strategy):
         check_f(f)
         size = self._size(n)
         if size <= 2 * f + 2:
-            who = "n + 1 (received + own)" if self.include_own else "n (received)"
+            who = population_label(self.include_own)
             raise CannotAggregateError(f"{self.name} needs {who} > 2f + 2, got {size} <= {2 * f + 2}")
 
     def _selected(self, x: Tensor, f: int) -> Tensor:
@@ -114,7 +115,7 @@ class Bulyan(Strategy):
         check_f(f)
         size = population_size(n, self.include_own)
         if size < 4 * f + 3:
-            who = "n + 1 (received + own)" if self.include_own else "n (received)"
+            who = population_label(self.include_own)
             raise CannotAggregateError(f"bulyan needs {who} >= 4f + 3, got {size} < {4 * f + 3}")
 
     def select(self, x: Tensor, f: int) -> list[int]:

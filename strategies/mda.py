@@ -14,6 +14,7 @@ from strategies._math import (
     check_f,
     pairwise_sq_dists,
     population,
+    population_label,
     population_size,
     runtime_f,
     to_like,
@@ -84,7 +85,7 @@ class MinimumDiameterAveraging(Strategy):
         check_f(f)
         size = population_size(n, self.include_own)
         if size < 2 * f + 1:
-            who = "n + 1 (received + own)" if self.include_own else "n (received)"
+            who = population_label(self.include_own)
             raise CannotAggregateError(f"mda needs {who} >= 2f + 1, got {size} < {2 * f + 1}")
         self._cap(size, f)
 
