@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
 import importlib.util
 import inspect
 import re
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlib.params import constraint
+from fedlib.registry import did_you_mean
 from fedsim.errors import FedsimError
 
 KINDS = ("datasets", "backbones", "partitions", "topologies", "strategies", "attacks", "probes")
@@ -33,11 +33,6 @@ _SINGULAR = {"datasets": "dataset", "backbones": "backbone", "partitions": "part
 
 class CatalogError(FedsimError, ValueError):
     """An unknown kind or name asked of ``fedsim list`` (one line, with the closest match)."""
-
-
-def did_you_mean(name: str, names: Any) -> str:
-    close = difflib.get_close_matches(str(name), [str(n) for n in names], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def resolve_kind(kind: str) -> str:

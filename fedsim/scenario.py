@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from fedlib.heads import num_params as head_params
+from fedlib.registry import did_you_mean as _did_you_mean
 from fedsim import limits
 from fedsim.errors import FedsimError
 from fedsim.probe_registry import Probe, check_entry, get_probe
@@ -400,14 +401,6 @@ class Scenario(_Section):
                 f"sampling.count: {self.sampling.count} clients per round but peers.count is {self.peers.count}"
             )
         return self
-
-
-def _did_you_mean(name: str, names: Any) -> str:
-    """`` (did you mean 'x'?)`` for the closest of ``names``, or ``""``."""
-    import difflib
-
-    close = difflib.get_close_matches(str(name), [str(n) for n in names], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _unknown_key(loc: tuple) -> str:

@@ -134,3 +134,32 @@ def test_fedlib_is_a_leaf_and_its_declarations_need_no_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, check=True).stdout
     assert out.strip() == "[]", out
+
+
+def test_one_registry_for_rules_and_attacks() -> None:
+    import attacks
+    import strategies
+    from fedlib.registry import Registry, did_you_mean
+
+    assert isinstance(strategies.REGISTRY, Registry) and isinstance(attacks.REGISTRY, Registry)
+    reg = Registry("widget")
+
+    @dataclass
+    class W:
+        """A widget.
+
+        More text."""
+
+        size: int = 1
+
+    reg.add("w", W)
+    reg.add("w", W)  # the same class again: fine (a plugin imported twice)
+    assert W.name == "w" and reg.available() == {"w": "A widget."} and reg.parameters("w") == ["size"]
+    with pytest.raises(ValueError, match="^widget name 'w' is registered twice .*; choose another name$"):
+        reg.add("w", type("Other", (), {}))
+    with pytest.raises(ValueError, match=r"^unknown widget 'x'; available: w$"):
+        reg.build("x")
+    with pytest.raises(ValueError, match=r"^unknown parameter 'sise' of widget 'w' \(did you mean 'size'\?\); its par"):
+        reg.build("w", {"sise": 2})
+    assert reg.build("w", {"size": 2}) == W(2)
+    assert did_you_mean("krun", ["krum", "median"]) == " (did you mean 'krum'?)" and did_you_mean("zz", ["a"]) == ""
