@@ -17,6 +17,7 @@ from fedlib.distances import krum_scores as _krum_kernel
 from fedlib.distances import sq_dists
 from fedlib.params import Integer, require
 from strategies.base import AggregationContext, head_logits
+from strategies.errors import CannotAggregateError
 
 WORK = torch.float64
 
@@ -64,6 +65,21 @@ def population_size(n: int, include_own: bool) -> int:
 def population_label(include_own: bool) -> str:
     """How a limit message names the population size: ``"n + 1 (received + own)"`` or ``"n (received)"``."""
     return "n + 1 (received + own)" if include_own else "n (received)"
+
+
+def check_population(rule: str, n: int, f: int, include_own: bool, need: int, bound: str, *,
+                     strict: bool = False) -> int:
+    """A rule's ``check(n, f)`` on its population: :func:`check_f`, then ``N`` (the population size)
+    must be ``>= need`` (``> need`` when ``strict``), ``bound`` naming ``need`` in terms of ``f``
+    (``"2f + 1"``), else ``CannotAggregateError("<rule> needs n + 1 (received + own) >= 2f + 1, got
+    4 < 5")``. Returns ``N``."""
+    check_f(f)
+    size = population_size(n, include_own)
+    if size <= need if strict else size < need:
+        op, neg = (">", "<=") if strict else (">=", "<")
+        who = population_label(include_own)
+        raise CannotAggregateError(f"{rule} needs {who} {op} {bound}, got {size} {neg} {need}")
+    return size
 
 
 def runtime_f(ctx: AggregationContext, size: int) -> int:

@@ -17,6 +17,7 @@ from torch import Tensor
 from fedlib.params import Boolean, Real, param
 from strategies._math import (
     check_f,
+    check_population,
     coordinate_median,
     coordinate_trimmed_mean,
     population,
@@ -41,11 +42,7 @@ class Median(Strategy):
     include_own: bool = param(True, Boolean())
 
     def check(self, n: int, f: int) -> None:
-        check_f(f)
-        size = population_size(n, self.include_own)
-        if size < 2 * f + 1:
-            who = population_label(self.include_own)
-            raise CannotAggregateError(f"median needs {who} >= 2f + 1, got {size} < {2 * f + 1}")
+        check_population("median", n, f, self.include_own, 2 * f + 1, "2f + 1")
 
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
         return to_like(coordinate_median(population(own, received, self.include_own)), own)

@@ -8,15 +8,12 @@ from torch import Tensor
 
 from fedlib.params import Boolean, Integer, Real, param
 from strategies._math import (
-    check_f,
+    check_population,
     dists_to,
     population,
-    population_label,
-    population_size,
     to_like,
 )
 from strategies.base import AggregationContext, Strategy
-from strategies.errors import CannotAggregateError
 from strategies.registry import register
 
 
@@ -72,11 +69,7 @@ class GeometricMedian(Strategy):
     include_own: bool = param(True, Boolean())
 
     def check(self, n: int, f: int) -> None:
-        check_f(f)
-        size = population_size(n, self.include_own)
-        if size < 2 * f + 1:
-            who = population_label(self.include_own)
-            raise CannotAggregateError(f"geomed needs {who} >= 2f + 1, got {size} < {2 * f + 1}")
+        check_population("geomed", n, f, self.include_own, 2 * f + 1, "2f + 1")
 
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
         x = population(own, received, self.include_own)

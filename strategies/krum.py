@@ -15,18 +15,16 @@ from torch import Tensor
 
 from fedlib.params import Boolean, Integer, param
 from strategies._math import (
-    check_f,
+    check_population,
     coordinate_median,
     krum_order,
     pairwise_sq_dists,
     population,
-    population_label,
     population_size,
     runtime_f,
     to_like,
 )
 from strategies.base import AggregationContext, Strategy
-from strategies.errors import CannotAggregateError
 from strategies.registry import register
 
 
@@ -54,11 +52,7 @@ class Krum(Strategy):
         return population_size(n, self.include_own)
 
     def check(self, n: int, f: int) -> None:
-        check_f(f)
-        size = self._size(n)
-        if size <= 2 * f + 2:
-            who = population_label(self.include_own)
-            raise CannotAggregateError(f"{self.name} needs {who} > 2f + 2, got {size} <= {2 * f + 2}")
+        check_population(self.name, n, f, self.include_own, 2 * f + 2, "2f + 2", strict=True)
 
     def _selected(self, x: Tensor, f: int) -> Tensor:
         return krum_order(pairwise_sq_dists(x), f)[:1]
@@ -112,11 +106,7 @@ class Bulyan(Strategy):
     include_own: bool = param(True, Boolean())
 
     def check(self, n: int, f: int) -> None:
-        check_f(f)
-        size = population_size(n, self.include_own)
-        if size < 4 * f + 3:
-            who = population_label(self.include_own)
-            raise CannotAggregateError(f"bulyan needs {who} >= 4f + 3, got {size} < {4 * f + 3}")
+        check_population("bulyan", n, f, self.include_own, 4 * f + 3, "4f + 3")
 
     def select(self, x: Tensor, f: int) -> list[int]:
         """Step 1: the ``θ = N − 2f`` rows of ``x`` picked by repeated Krum, in picking order

@@ -11,11 +11,9 @@ from torch import Tensor
 
 from fedlib.params import Boolean, Integer, param
 from strategies._math import (
-    check_f,
+    check_population,
     pairwise_sq_dists,
     population,
-    population_label,
-    population_size,
     runtime_f,
     to_like,
 )
@@ -82,12 +80,7 @@ class MinimumDiameterAveraging(Strategy):
             )
 
     def check(self, n: int, f: int) -> None:
-        check_f(f)
-        size = population_size(n, self.include_own)
-        if size < 2 * f + 1:
-            who = population_label(self.include_own)
-            raise CannotAggregateError(f"mda needs {who} >= 2f + 1, got {size} < {2 * f + 1}")
-        self._cap(size, f)
+        self._cap(check_population("mda", n, f, self.include_own, 2 * f + 1, "2f + 1"), f)
 
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
         x = population(own, received, self.include_own)
