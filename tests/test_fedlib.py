@@ -129,7 +129,7 @@ def test_krum_kernel_is_the_papers_score() -> None:
 
 
 def test_fedlib_is_a_leaf_and_its_declarations_need_no_torch() -> None:
-    code = ("import sys, fedlib.params, fedlib.heads\n"
+    code = ("import sys, fedlib.params, fedlib.heads, fedlib.registry\n"
             "print(sorted(m for m in ('torch', 'fedsim', 'strategies', 'attacks') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, check=True).stdout
