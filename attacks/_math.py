@@ -1,45 +1,20 @@
-"""Shared math and parameter checks of the attacks (private: the API is the registry).
+"""Shared math of the attacks (private: the API is the registry).
 
 Everything here is pure torch (plus :mod:`statistics` for the normal quantile) and works on
-``[rows, P]`` stacks of flattened vectors.
+``[rows, P]`` stacks of flattened vectors. What attacks share with the rules (squared distances,
+the Krum kernel, the head layout, parameter constraints) is in the leaf :mod:`fedlib`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from statistics import NormalDist
 
 import torch
 from torch import Tensor
 
-# --- parameter validation (messages name the parameter and what is allowed) ---------------------
-
-
-def check_positive(name: str, value: float, *, strict: bool = True) -> None:
-    """Raise ``ValueError`` unless ``value`` is a finite number ``> 0`` (``>= 0`` if not strict)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or (value <= 0 if strict else value < 0):
-        raise ValueError(f"{name}: must be a finite number {'>' if strict else '>='} 0, got {value!r}")
-
-
-def check_finite(name: str, value: float) -> None:
-    """Raise ``ValueError`` unless ``value`` is a finite number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name}: must be a finite number, got {value!r}")
-
-
-def check_int(name: str, value: int, *, minimum: int = 0) -> None:
-    """Raise ``ValueError`` unless ``value`` is an ``int >= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}: must be an integer >= {minimum}, got {value!r}")
-
-
-def check_choice(name: str, value: object, allowed: Iterable[object]) -> None:
-    """Raise ``ValueError`` unless ``value`` is one of ``allowed``."""
-    allowed = tuple(allowed)
-    if value not in allowed:
-        raise ValueError(f"{name}: must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+# --- shapes -----------------------------------------------------------------------------------------
 
 
 def require_rows(x: Tensor, attack: str, what: str = "honest", minimum: int = 1) -> None:
@@ -66,40 +41,6 @@ def mean_std(x: Tensor) -> tuple[Tensor, Tensor]:
 def repeat_rows(v: Tensor, k: int) -> Tensor:
     """``k`` independent copies of the vector ``v [P]`` as a ``[k, P]`` tensor."""
     return v.unsqueeze(0).repeat(k, 1)
-
-
-def sq_dists(a: Tensor, b: Tensor) -> Tensor:
-    """Squared Euclidean distances ``[|a|, |b|]`` between the rows of ``a`` and ``b``.
-
-    Uses the exact difference formula (no ``|a|² + |b|² − 2ab`` cancellation), without
-    materialising the ``[|a|, |b|, P]`` difference tensor.
-    """
-    return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist").square()
-
-
-def krum_scores(x: Tensor, f: int) -> Tensor:
-    """Krum scores (Blanchard et al., NeurIPS 2017) of the rows of ``x [n, P]``.
-
-    ``score(i) = Σ_{j ∈ N_i} ‖x_i − x_j‖²`` over the ``n − f − 2`` rows closest to ``x_i``
-    (``i`` excluded). Implemented here so that attacks never import ``strategies``.
-    """
-    return krum_scores_from_sq_dists(sq_dists(x, x), f)
-
-
-def krum_scores_from_sq_dists(d: Tensor, f: int) -> Tensor:
-    """:func:`krum_scores` from the ``[n, n]`` squared distance matrix ``d`` (not modified)."""
-    n = d.shape[0]
-    k = n - f - 2
-    if k < 1:
-        raise ValueError(f"Krum needs n - f - 2 >= 1 vectors, got n={n}, f={f}")
-    d = d.clone()
-    d.fill_diagonal_(float("inf"))
-    return d.topk(k, dim=1, largest=False).values.sum(dim=1)
-
-
-def krum_select(x: Tensor, f: int) -> int:
-    """Index of the row Krum selects (the lowest score; ties go to the lowest index)."""
-    return int(krum_scores(x, f).argmin())
 
 
 # --- searches and constants --------------------------------------------------------------------------

@@ -19,16 +19,15 @@ import torch
 from torch import Tensor
 
 from attacks._math import (
-    check_choice,
-    check_positive,
     halving_search,
     mean_std,
     repeat_rows,
     require_rows,
-    sq_dists,
 )
 from attacks.base import AttackContext, UpdateForger
 from attacks.registry import register
+from fedlib.distances import sq_dists
+from fedlib.params import Options, Real, param
 
 PERTURBATIONS = ("unit_vec", "sign", "std")
 
@@ -50,14 +49,9 @@ class _AGRAgnostic(UpdateForger):
 
     omniscient = True
 
-    perturbation: str = "unit_vec"
-    gamma_init: float = 10.0
-    tau: float = 1e-5
-
-    def __post_init__(self) -> None:
-        check_choice("perturbation", self.perturbation, PERTURBATIONS)
-        check_positive("gamma_init", self.gamma_init)
-        check_positive("tau", self.tau)
+    perturbation: str = param("unit_vec", Options(choices=PERTURBATIONS))
+    gamma_init: float = param(10.0, Real(lo=0, lo_open=True))
+    tau: float = param(1e-5, Real(lo=0, lo_open=True))
 
     def _bound(self, honest_sq_dists: Tensor) -> Tensor:
         """The threshold, from the ``[m, m]`` squared distances among honest vectors."""
@@ -120,11 +114,7 @@ class MinSum(_AGRAgnostic):
     the round. With model exchange the sums are over models. All ``k`` rows are equal.
     """
 
-    score: str = "max"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_choice("score", self.score, ("max", "min"))
+    score: str = param("max", Options(choices=("max", "min")))
 
     def _bound(self, honest_sq_dists: Tensor) -> Tensor:
         sums = honest_sq_dists.sum(dim=1)

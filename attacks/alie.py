@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from attacks._math import alie_z, check_finite, mean_std, repeat_rows, require_rows
+from attacks._math import alie_z, mean_std, repeat_rows, require_rows
 from attacks.base import AttackContext, UpdateForger
 from attacks.registry import register
+from fedlib.params import Real, param
 
 
 @register("alie")
@@ -31,11 +32,7 @@ class ALIE(UpdateForger):
     are those of the models, as in He et al.'s decentralized ALIE. All ``k`` rows are equal.
     """
 
-    z: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.z is not None:
-            check_finite("z", self.z)
+    z: float | None = param(None, Real(null=True))
 
     def check(self, n: int, f_received: int) -> None:
         if self.z is None:

@@ -1,4 +1,4 @@
-"""Attack interfaces. Pure tensor math; never imports ``fedsim``.
+"""Attack interfaces. Pure tensor math; never imports ``fedsim`` (only the leaf :mod:`fedlib`).
 
 * **Update forger** — what Byzantine peers send instead of their honest vectors::
 
@@ -15,7 +15,11 @@
 
       x, y = poisoner.poison(x, y, ctx)           # Tensor[n, d], Tensor[n] (int64)
 
-Flattened vectors follow ``strategies.base``: weight ``[C, d]`` row-major, then bias ``[C]``.
+Flattened vectors follow :mod:`fedlib.heads`: weight ``[C, d]`` row-major, then bias ``[C]``.
+
+An attack is a dataclass whose fields are its parameters, each declaring what it accepts
+(``param(1.0, Real(lo=0, lo_open=True))``, :mod:`fedlib.params`); the base classes check them in
+``__post_init__`` (a subclass with more to check calls ``super().__post_init__()`` first).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor
+
+from fedlib.params import validate
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,10 @@ class UpdateForger:
     per_receiver: ClassVar[bool] = False  # forges a different message for each receiver
     kind: ClassVar[str] = "forger"
 
+    def __post_init__(self) -> None:
+        """Check every parameter against its declared constraint (:func:`fedlib.params.validate`)."""
+        validate(self)
+
     @property
     def lookback(self) -> int:
         """Rounds of the Byzantine peers' own vectors the engine must keep for ``ctx.previous``
@@ -94,6 +104,10 @@ class DataPoisoner:
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = "poisoner"
+
+    def __post_init__(self) -> None:
+        """Check every parameter against its declared constraint (:func:`fedlib.params.validate`)."""
+        validate(self)
 
     def poison(self, x: Tensor, y: Tensor, ctx: AttackContext) -> tuple[Tensor, Tensor]:
         raise NotImplementedError

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from attacks._math import check_choice, check_int
 from attacks.base import AttackContext, UpdateForger
 from attacks.registry import register
+from fedlib.params import Integer, Options, param
 
 
 @register("crash")
@@ -37,10 +37,7 @@ class Stale(UpdateForger):
     ``delay = 1``: always one round behind.
     """
 
-    delay: int = 1
-
-    def __post_init__(self) -> None:
-        check_int("delay", self.delay, minimum=1)
+    delay: int = param(1, Integer(minimum=1))
 
     @property
     def lookback(self) -> int:
@@ -60,10 +57,7 @@ class Stale(UpdateForger):
 class NonFinite(UpdateForger):
     """Non-finite messages: every row is full of ``value`` (``"nan"``, ``"inf"`` or ``"-inf"``)."""
 
-    value: str = "nan"
-
-    def __post_init__(self) -> None:
-        check_choice("value", self.value, ("nan", "inf", "-inf"))
+    value: str = param("nan", Options(choices=("nan", "inf", "-inf")))
 
     def forge(self, honest: Tensor, own: Tensor, ctx: AttackContext) -> Tensor:
         return torch.full_like(own, float(self.value))
@@ -77,10 +71,7 @@ class WrongShape(UpdateForger):
     ``delta = +1`` appends a zero to each row of ``own``, ``delta = −1`` drops its last entry.
     """
 
-    delta: int = 1
-
-    def __post_init__(self) -> None:
-        check_choice("delta", self.delta, (1, -1))
+    delta: int = param(1, Options(choices=(1, -1)))
 
     def forge(self, honest: Tensor, own: Tensor, ctx: AttackContext) -> Tensor:
         if self.delta > 0:

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from attacks._math import check_positive, repeat_rows
+from attacks._math import repeat_rows
 from attacks.base import AttackContext, UpdateForger
 from attacks.registry import register
+from fedlib.params import Real, param
 
 
 @register("dissensus")
@@ -37,10 +38,7 @@ class Dissensus(UpdateForger):
     omniscient = True
     per_receiver = True
 
-    eps: float = 1.0
-
-    def __post_init__(self) -> None:
-        check_positive("eps", self.eps)
+    eps: float = param(1.0, Real(lo=0, lo_open=True))
 
     def forge(self, honest: Tensor, own: Tensor, ctx: AttackContext) -> Tensor:
         if ctx.receiver_own is None:

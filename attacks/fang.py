@@ -24,16 +24,14 @@ import torch
 from torch import Tensor
 
 from attacks._math import (
-    check_choice,
-    check_positive,
-    krum_scores_from_sq_dists,
     repeat_rows,
     require_rows,
     sample,
-    sq_dists,
 )
 from attacks.base import AttackContext, UpdateForger
 from attacks.registry import register
+from fedlib.distances import krum_scores, sq_dists
+from fedlib.params import Options, Real, param
 
 
 def krum_lambda_bound(honest: Tensor, reference: Tensor, n: int, f: int,
@@ -78,12 +76,8 @@ class FangKrum(UpdateForger):
 
     omniscient = True
 
-    reference: str = "mean"
-    threshold: float = 1e-5
-
-    def __post_init__(self) -> None:
-        check_choice("reference", self.reference, ("mean", "zero"))
-        check_positive("threshold", self.threshold)
+    reference: str = param("mean", Options(choices=("mean", "zero")))
+    threshold: float = param(1e-5, Real(lo=0, lo_open=True))
 
     def search(self, honest: Tensor, k: int, f: int) -> tuple[float, Tensor]:
         """``(λ, w')``: the ``λ`` the halving search stops at and the crafted vector."""
@@ -104,7 +98,7 @@ class FangKrum(UpdateForger):
             crafted = ref - lam * s
             d_ch = sq_dists(crafted[None], honest)[0]
             d[m:, :m], d[:m, m:] = d_ch, d_ch[:, None]
-            if lam < self.threshold or int(krum_scores_from_sq_dists(d, f).argmin()) >= m:
+            if lam < self.threshold or int(krum_scores(d, f).argmin()) >= m:
                 return lam, crafted
             lam /= 2
 
@@ -138,12 +132,7 @@ class FangTrimmedMean(UpdateForger):
 
     omniscient = True
 
-    b: float = 2.0
-
-    def __post_init__(self) -> None:
-        check_positive("b", self.b)
-        if self.b <= 1:
-            raise ValueError(f"b: must be > 1, got {self.b!r}")
+    b: float = param(2.0, Real(lo=1, lo_open=True))
 
     def forge(self, honest: Tensor, own: Tensor, ctx: AttackContext) -> Tensor:
         require_rows(honest, self.name)

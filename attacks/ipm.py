@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from attacks._math import check_positive, repeat_rows, require_rows
+from attacks._math import repeat_rows, require_rows
 from attacks.base import AttackContext, UpdateForger
 from attacks.registry import register
+from fedlib.params import Real, param
 
 
 @register("ipm")
@@ -29,10 +30,7 @@ class IPM(UpdateForger):
 
     omniscient = True
 
-    eps: float = 0.1
-
-    def __post_init__(self) -> None:
-        check_positive("eps", self.eps)
+    eps: float = param(0.1, Real(lo=0, lo_open=True))
 
     def forge(self, honest: Tensor, own: Tensor, ctx: AttackContext) -> Tensor:
         require_rows(honest, self.name)

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from attacks._math import check_int
 from attacks.base import AttackContext, DataPoisoner
 from attacks.registry import register
+from fedlib.params import Integer, param
 
 
 def _checked_labels(y: Tensor, ctx: AttackContext, attack: str, *classes: tuple[str, int]) -> int:
@@ -40,10 +40,7 @@ class LabelShift(DataPoisoner):
     environments", 2021 (label-flipping attack, first variant, ``shift = 1``).
     """
 
-    shift: int = 1
-
-    def __post_init__(self) -> None:
-        check_int("shift", self.shift, minimum=1)
+    shift: int = param(1, Integer(minimum=1))
 
     def poison(self, x: Tensor, y: Tensor, ctx: AttackContext) -> tuple[Tensor, Tensor]:
         c = _checked_labels(y, ctx, self.name)
@@ -58,12 +55,11 @@ class LabelSwap(DataPoisoner):
     Chen et al., "Bristle", 2021.
     """
 
-    a: int = 0
-    b: int = 1
+    a: int = param(0, Integer(minimum=0))
+    b: int = param(1, Integer(minimum=0))
 
     def __post_init__(self) -> None:
-        check_int("a", self.a)
-        check_int("b", self.b)
+        super().__post_init__()
         if self.a == self.b:
             raise ValueError(f"b: must differ from a (both are {self.a})")
 
@@ -81,12 +77,11 @@ class TargetedLabelFlip(DataPoisoner):
     Tolpegin et al., "Data poisoning attacks against federated learning systems", ESORICS 2020.
     """
 
-    source: int = 0
-    target: int = 1
+    source: int = param(0, Integer(minimum=0))
+    target: int = param(1, Integer(minimum=0))
 
     def __post_init__(self) -> None:
-        check_int("source", self.source)
-        check_int("target", self.target)
+        super().__post_init__()
         if self.source == self.target:
             raise ValueError(f"target: must differ from source (both are {self.source})")
 

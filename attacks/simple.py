@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from attacks._math import check_choice, check_finite, check_positive, sample
+from attacks._math import sample
 from attacks.base import AttackContext, UpdateForger
 from attacks.registry import register
+from fedlib.params import Options, Real, param
 
 
 @register("sign_flip")
@@ -22,10 +23,7 @@ class SignFlip(UpdateForger):
     (not an update), as in He et al.'s decentralized code.
     """
 
-    scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        check_positive("scale", self.scale)
+    scale: float = param(1.0, Real(lo=0, lo_open=True))
 
     def forge(self, honest: Tensor, own: Tensor, ctx: AttackContext) -> Tensor:
         return -self.scale * own
@@ -45,16 +43,10 @@ class Gaussian(UpdateForger):
     ``k`` Byzantine peers gets its own independent row.
     """
 
-    mode: str = "gaussian"
-    mean: float = 0.0
-    std: float = 1.0
-    scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        check_choice("mode", self.mode, ("gaussian", "random"))
-        check_finite("mean", self.mean)
-        check_positive("std", self.std, strict=False)
-        check_positive("scale", self.scale, strict=False)
+    mode: str = param("gaussian", Options(choices=("gaussian", "random")))
+    mean: float = param(0.0, Real())
+    std: float = param(1.0, Real(lo=0))
+    scale: float = param(1.0, Real(lo=0))
 
     def forge(self, honest: Tensor, own: Tensor, ctx: AttackContext) -> Tensor:
         if self.mode == "gaussian":

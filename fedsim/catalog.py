@@ -2,10 +2,9 @@
 
 ``fedsim list strategies krum`` prints the rule's docstring (paper, formula, departures) and each
 parameter with its type, default and constraint. A strategy's or attack's parameters are its
-dataclass fields; their constraints are read from the class's own validation (``__post_init__``
-raises ``ValueError("name: must be ...")``): each parameter is set alone to a value no check
-accepts, and the ``must be ...`` part of the message is the constraint, so the listing can never
-disagree with what a scenario is told. Partitions and topologies list the scenario fields that
+dataclass fields; their constraints are the ones the fields declare (:mod:`fedlib.params`), the
+same declarations the base classes validate with, so the listing can never disagree with what a
+scenario is told. Partitions and topologies list the scenario fields that
 apply to them, with the schema's type, default and bounds.
 
 Every import is inside the functions, per kind: ``fedsim list partitions`` needs no torch.
@@ -15,7 +14,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
 import importlib.util
 import inspect
 import re
@@ -24,21 +22,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fedlib.params import constraint
+from fedlib.registry import did_you_mean
 from fedsim.errors import FedsimError
 
 KINDS = ("datasets", "backbones", "partitions", "topologies", "strategies", "attacks", "probes")
 _SINGULAR = {"datasets": "dataset", "backbones": "backbone", "partitions": "partition", "topologies": "topology",
              "strategies": "strategy", "attacks": "attack", "probes": "probe"}
-_MUST = re.compile(r"^(?P<name>\w+): must be (?P<what>.*), got <unacceptable>$", re.S)
 
 
 class CatalogError(FedsimError, ValueError):
     """An unknown kind or name asked of ``fedsim list`` (one line, with the closest match)."""
-
-
-def did_you_mean(name: str, names: Any) -> str:
-    close = difflib.get_close_matches(str(name), [str(n) for n in names], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def resolve_kind(kind: str) -> str:
@@ -126,13 +120,6 @@ class Param:
     help: str = ""
 
 
-class _Unacceptable:
-    """A value no parameter check accepts: not a number, bool, string or choice."""
-
-    def __repr__(self) -> str:
-        return "<unacceptable>"
-
-
 def _show(value: Any) -> str:
     """A default as a scenario would spell it (``true``, ``null``, ``'median'``, ``0.5``)."""
     if value is dataclasses.MISSING:
@@ -143,17 +130,10 @@ def _show(value: Any) -> str:
 
 
 def constraint_of(cls: type, name: str) -> str:
-    """What ``cls`` accepts for parameter ``name``, from its own validation: ``cls(name=<a value
-    no check accepts>)`` raises ``ValueError("name: must be X, got ...")`` → ``"X"``; ``"any"`` when
-    construction does not check the parameter."""
-    try:
-        cls(**{name: _Unacceptable()})
-    except ValueError as e:
-        m = _MUST.match(" ".join(str(e).split()))
-        return m["what"] if m and m["name"] == name else "checked when built (see above)"
-    except Exception:  # noqa: BLE001 - a check that is not of the 'must be' form (a comparison's TypeError)
-        return "checked when built (see above)"
-    return "any (not checked)"
+    """What ``cls`` accepts for parameter ``name``: its declared constraint's text (the ``X`` of
+    the ``"name: must be X, got ..."`` a bad value gets), or ``"not declared"``."""
+    check = constraint(cls, name)
+    return "not declared" if check is None else check.describe(name)
 
 
 def class_params(cls: type) -> list[Param]:
@@ -165,10 +145,7 @@ def class_params(cls: type) -> list[Param]:
         default = f.default
         if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
-        accepts = constraint_of(cls, f.name)
-        if default is None and "null" not in accepts:
-            accepts += " or null"
-        out.append(Param(f.name, _type_name(f.type), _show(default), accepts))
+        out.append(Param(f.name, _type_name(f.type), _show(default), constraint_of(cls, f.name)))
     return out
 
 

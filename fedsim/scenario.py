@@ -30,6 +30,8 @@ from pydantic import (
     model_validator,
 )
 
+from fedlib.heads import num_params as head_params
+from fedlib.registry import did_you_mean as _did_you_mean
 from fedsim import limits
 from fedsim.device import PATTERN as DEVICE_PATTERN
 from fedsim.device import device_error
@@ -407,14 +409,6 @@ class Scenario(_Section):
                 f"sampling.count: {self.sampling.count} clients per round but peers.count is {self.peers.count}"
             )
         return self
-
-
-def _did_you_mean(name: str, names: Any) -> str:
-    """`` (did you mean 'x'?)`` for the closest of ``names``, or ``""``."""
-    import difflib
-
-    close = difflib.get_close_matches(str(name), [str(n) for n in names], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _unknown_key(loc: tuple) -> str:
@@ -976,7 +970,7 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None]) 
     attack = attacks.build(sc.peers.attack.name, sc.peers.attack.params) if sc.peers.attack.name != "none" else None
     est = limits.estimate_memory(
         peers=n,
-        num_params=c * dim + (c if sc.training.bias else 0),
+        num_params=head_params((c, dim), sc.training.bias),
         dim=dim,
         n_train=info.n_train,
         n_test=info.n_test,

@@ -1,21 +1,32 @@
-"""Shared plumbing of the pre-aggregators (bucketing, ARC): building their inner rule."""
+"""Shared plumbing of the pre-aggregators (bucketing, ARC, NNM): their inner rule's parameters and
+building it."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from fedlib.params import Mapping, Text, param
 from strategies.base import Strategy
 from strategies.registry import REGISTRY, build
 
 
-def build_inner(inner: str, inner_params: Any, include_own: bool) -> Strategy:
-    """Build the rule a pre-aggregator hands its vectors to. ``include_own`` is passed down as the
+def inner_field() -> Any:
+    """The ``inner`` parameter of a pre-aggregator: the name of the rule it hands its vectors to."""
+    return param("median", Text(what="a registered rule's name (fedsim list strategies)"))
+
+
+def inner_params_field() -> Any:
+    """The ``inner_params`` parameter of a pre-aggregator: the inner rule's parameters."""
+    return param(factory=dict, check=Mapping(what="a mapping of the inner rule's parameters"))
+
+
+def build_inner(inner: str, inner_params: dict[str, Any], include_own: bool | None) -> Strategy:
+    """Build the rule a pre-aggregator hands its vectors to (``inner``/``inner_params`` already
+    checked against their declarations). ``include_own`` (unless None) is passed down as the
     inner rule's ``include_own`` unless ``inner_params`` sets it (rules without the parameter keep
     their own behaviour), so a federated server's ``include_own: false`` reaches the inner rule."""
-    if not isinstance(inner_params, dict):
-        raise ValueError(f"inner_params: must be a mapping of the inner rule's parameters, got {inner_params!r}")
     params = dict(inner_params)
-    if "include_own" in getattr(REGISTRY.get(inner), "__dataclass_fields__", {}):
+    if include_own is not None and "include_own" in getattr(REGISTRY.get(inner), "__dataclass_fields__", {}):
         params.setdefault("include_own", include_own)
     try:
         return build(inner, params)

@@ -9,14 +9,15 @@ layers are small (``C·d`` parameters), so this costs little.
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
 import torch
 from torch import Tensor
 from torch.nn.functional import one_hot
 
+from fedlib.distances import krum_scores as _krum_kernel
+from fedlib.distances import sq_dists
+from fedlib.params import Integer, require
 from strategies.base import AggregationContext, head_logits
+from strategies.errors import CannotAggregateError
 
 WORK = torch.float64
 
@@ -24,40 +25,9 @@ WORK = torch.float64
 # --------------------------------------------------------------------------- parameters
 
 
-def require_int(name: str, value: Any, minimum: int, allowed: str | None = None) -> None:
-    """Raise ``ValueError("name: must be ...")`` unless ``value`` is an int ``>= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}: must be {allowed or f'an integer >= {minimum}'}, got {value!r}")
-
-
-def require_float(name: str, value: Any, lo: float | None = None, hi: float | None = None, *,
-                  lo_open: bool = False, hi_open: bool = False) -> None:
-    """Raise ``ValueError("name: must be ...")`` unless ``value`` is a finite real in the range."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and lo is not None:
-        ok = value > lo if lo_open else value >= lo
-    if ok and hi is not None:
-        ok = value < hi if hi_open else value <= hi
-    if not ok:
-        lo_s = "" if lo is None else f"{lo} {'<' if lo_open else '<='} "
-        hi_s = "" if hi is None else f" {'<' if hi_open else '<='} {hi}"
-        rng = f" with {lo_s}{name}{hi_s}" if (lo is not None or hi is not None) else ""
-        raise ValueError(f"{name}: must be a finite number{rng}, got {value!r}")
-
-
-def require_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}: must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
-
-
-def require_bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name}: must be true or false, got {value!r}")
-
-
 def check_f(f: int) -> None:
-    if isinstance(f, bool) or not isinstance(f, int) or f < 0:
-        raise ValueError(f"f: must be an integer >= 0, got {f!r}")
+    """``check(n, f)``'s own argument: ``ValueError("f: must be an integer >= 0, ...")`` otherwise."""
+    require("f", f, Integer(minimum=0))
 
 
 # --------------------------------------------------------------------------- populations
@@ -92,6 +62,26 @@ def population_size(n: int, include_own: bool) -> int:
     return n + (1 if include_own else 0)
 
 
+def population_label(include_own: bool) -> str:
+    """How a limit message names the population size: ``"n + 1 (received + own)"`` or ``"n (received)"``."""
+    return "n + 1 (received + own)" if include_own else "n (received)"
+
+
+def check_population(rule: str, n: int, f: int, include_own: bool, need: int, bound: str, *,
+                     strict: bool = False) -> int:
+    """A rule's ``check(n, f)`` on its population: :func:`check_f`, then ``N`` (the population size)
+    must be ``>= need`` (``> need`` when ``strict``), ``bound`` naming ``need`` in terms of ``f``
+    (``"2f + 1"``), else ``CannotAggregateError("<rule> needs n + 1 (received + own) >= 2f + 1, got
+    4 < 5")``. Returns ``N``."""
+    check_f(f)
+    size = population_size(n, include_own)
+    if size <= need if strict else size < need:
+        op, neg = (">", "<=") if strict else (">=", "<")
+        who = population_label(include_own)
+        raise CannotAggregateError(f"{rule} needs {who} {op} {bound}, got {size} {neg} {need}")
+    return size
+
+
 def runtime_f(ctx: AggregationContext, size: int) -> int:
     """``ctx.f`` clamped to ``[0, size - 1]``.
 
@@ -108,8 +98,7 @@ def runtime_f(ctx: AggregationContext, size: int) -> int:
 def pairwise_sq_dists(x: Tensor) -> Tensor:
     """``D[i, j] = ||x_i - x_j||²`` for ``x [N, P]`` (float64, difference form: no cancellation)."""
     x = f64(x)
-    d = torch.cdist(x[None], x[None], compute_mode="donot_use_mm_for_euclid_dist")[0]
-    return d * d
+    return sq_dists(x[None], x[None])[0]
 
 
 def dists_to(x: Tensor, v: Tensor) -> Tensor:
@@ -132,21 +121,11 @@ def clip_rows(v: Tensor, tau: float | Tensor) -> Tensor:
 # --------------------------------------------------------------------------- Krum family
 
 
-def krum_scores(sq: Tensor, f: int) -> Tensor:
-    """Krum scores (Blanchard et al. 2017): ``s(i) = Σ_{j ∈ N(i)} ||x_i - x_j||²`` over the
-    ``N - f - 2`` nearest others ``N(i)``; the count is clamped to ``[1, N - 1]`` (runtime degrade)."""
-    size = sq.shape[0]
-    if size <= 1:
-        return torch.zeros(size, dtype=sq.dtype, device=sq.device)
-    k = min(max(size - f - 2, 1), size - 1)
-    off = sq + torch.diag(torch.full((size,), math.inf, dtype=sq.dtype, device=sq.device))
-    return torch.sort(off, dim=1).values[:, :k].sum(dim=1)
-
-
 def krum_order(sq: Tensor, f: int) -> Tensor:
     """Indices sorted by Krum score (``sq``: pairwise squared distances), best first; ties go to
-    the lower index."""
-    return torch.sort(krum_scores(sq, f), stable=True).indices
+    the lower index. The neighbour count ``N - f - 2`` is clamped to ``[1, N - 1]`` (runtime
+    degrade, :func:`fedlib.distances.krum_scores`)."""
+    return torch.sort(_krum_kernel(sq, f, degrade=True), stable=True).indices
 
 
 # --------------------------------------------------------------------------- coordinate-wise

@@ -1,13 +1,15 @@
 """The strategy interface: what a peer (or a server) does with the output layers it heard.
 
-A strategy is a small dataclass whose fields are its parameters (validated in
-``__post_init__`` with messages that name the parameter) and whose call is pure tensor math::
+A strategy is a small dataclass whose fields are its parameters, each declaring what it accepts
+(``param(default, Real(lo=0.0))``, :mod:`fedlib.params`; the base class checks them in
+``__post_init__`` with messages that name the parameter), and whose call is pure tensor math::
 
     new_params = strategy(own, received, ctx)      # Tensor[P], Tensor[n, P], AggregationContext
 
 Parameter vectors are flattened output layers: the weight ``W`` of shape ``ctx.layer_shape``
 ``(C, d)`` in row-major order, followed by the bias ``b`` of shape ``(C,)`` when ``ctx.bias``.
-``unflatten``/``flatten`` convert. Strategies import torch only, never ``fedsim``.
+``unflatten``/``flatten`` convert (the one layout, :mod:`fedlib.heads`). Strategies import torch
+and the leaf :mod:`fedlib` only, never ``fedsim``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,12 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor
+
+from fedlib.heads import flatten, num_params, unflatten
+from fedlib.params import validate
+
+__all__ = ["AggregationContext", "Sanitized", "Strategy", "aggregate", "aggregate_batch", "finite_rows", "flatten",
+           "head_logits", "sanitize", "unflatten"]
 
 
 @dataclass(frozen=True)
@@ -64,22 +72,7 @@ class AggregationContext:
 
     @property
     def num_params(self) -> int:
-        c, d = self.layer_shape
-        return c * d + (c if self.bias else 0)
-
-
-def unflatten(params: Tensor, layer_shape: tuple[int, int], bias: bool) -> tuple[Tensor, Tensor | None]:
-    """Split ``[..., P]`` vectors into weights ``[..., C, d]`` and biases ``[..., C]`` (or None)."""
-    c, d = layer_shape
-    w = params[..., : c * d].reshape(*params.shape[:-1], c, d)
-    b = params[..., c * d : c * d + c] if bias else None
-    return w, b
-
-
-def flatten(w: Tensor, b: Tensor | None) -> Tensor:
-    """Inverse of :func:`unflatten`."""
-    flat = w.reshape(*w.shape[:-2], -1)
-    return flat if b is None else torch.cat([flat, b], dim=-1)
+        return num_params(self.layer_shape, self.bias)
 
 
 def head_logits(params: Tensor, x: Tensor, layer_shape: tuple[int, int], bias: bool) -> Tensor:
@@ -108,6 +101,11 @@ class Strategy:
     name: ClassVar[str] = ""
     needs: ClassVar[frozenset[str]] = frozenset()
     exchanges: ClassVar[str] = "full_model"
+
+    def __post_init__(self) -> None:
+        """Check every parameter against its declared constraint (:func:`fedlib.params.validate`).
+        A subclass with more to set up calls ``super().__post_init__()`` first."""
+        validate(self)
 
     @property
     def consolidated(self) -> bool:

@@ -9,15 +9,12 @@ import torch
 from torch import Tensor
 from torch.nn.functional import one_hot
 
+from fedlib.params import Boolean, Integer, Options, Real, param
 from strategies._math import (
     PER_CLASS_METRICS,
     check_f,
     dists_to,
     f64,
-    require_bool,
-    require_choice,
-    require_float,
-    require_int,
     to_like,
 )
 from strategies.base import AggregationContext, Strategy, flatten, unflatten
@@ -129,51 +126,33 @@ class Bristle(Strategy):
     other rules.
     """
 
-    selection: str = "nearest_random"
-    num_candidates: int = 10
-    alpha: float = 0.4
-    k: int = 20
-    e: int = 5
-    classes: str = "overlap"
-    top: int = 3
-    metric: str = "recall"
-    sequential_penalty: float = 2.0
-    diff_scale: float = 10.0
-    better_exponent: float = 3.0
-    worse_exponent: float = 4.0
-    score_floor: float = -100.0
-    weight_scale: float = 10.0
-    weight_offset: float = 4.0
-    score_temperature: float = 100.0
-    unfamiliar_score: str = "sum"
-    mean_removal: str = "class"
-    cwr: bool = True
+    selection: str = param("nearest_random", Options(choices=("nearest_random", "shuffle", "thirds")))
+    num_candidates: int = param(10, Integer(minimum=1))
+    alpha: float = param(0.4, Real(lo=0.0, hi=1.0))
+    k: int = param(20, Integer(minimum=0))
+    e: int = param(5, Integer(minimum=0))
+    classes: str = param("overlap", Options(choices=("overlap", "top", "all")))
+    top: int = param(3, Integer(minimum=1))
+    metric: str = param("recall", Options(choices=tuple(PER_CLASS_METRICS)))
+    sequential_penalty: float = param(2.0, Real(lo=0.0))
+    diff_scale: float = param(10.0, Real(lo=0.0, lo_open=True))
+    better_exponent: float = param(3.0, Real(lo=0.0, lo_open=True))
+    worse_exponent: float = param(4.0, Real(lo=0.0, lo_open=True))
+    score_floor: float = param(-100.0, Real(hi=0.0))
+    weight_scale: float = param(10.0, Real(lo=0.0, lo_open=True))
+    weight_offset: float = param(4.0, Real())
+    score_temperature: float = param(100.0, Real(lo=0.0, lo_open=True))
+    unfamiliar_score: str = param("sum", Options(choices=("sum", "mean")))
+    mean_removal: str = param("class", Options(choices=("class", "feature", "none")))
+    cwr: bool = param(True, Boolean())
 
     needs: ClassVar[frozenset[str]] = frozenset({"validation", "generator", "overlap"})
     exchanges: ClassVar[str] = "output_layer"
 
     def __post_init__(self) -> None:
-        require_choice("selection", self.selection, ("nearest_random", "shuffle", "thirds"))
-        require_int("num_candidates", self.num_candidates, 1)
-        require_float("alpha", self.alpha, 0.0, 1.0)
-        require_int("k", self.k, 0)
-        require_int("e", self.e, 0)
+        super().__post_init__()
         if self.k + self.e < 1:
             raise ValueError(f"k: k + e must be >= 1, got k={self.k}, e={self.e}")
-        require_choice("classes", self.classes, ("overlap", "top", "all"))
-        require_int("top", self.top, 1)
-        require_choice("metric", self.metric, tuple(PER_CLASS_METRICS))
-        require_float("sequential_penalty", self.sequential_penalty, 0.0)
-        require_float("diff_scale", self.diff_scale, 0.0, lo_open=True)
-        require_float("better_exponent", self.better_exponent, 0.0, lo_open=True)
-        require_float("worse_exponent", self.worse_exponent, 0.0, lo_open=True)
-        require_float("score_floor", self.score_floor, hi=0.0)
-        require_float("weight_scale", self.weight_scale, 0.0, lo_open=True)
-        require_float("weight_offset", self.weight_offset)
-        require_float("score_temperature", self.score_temperature, 0.0, lo_open=True)
-        require_choice("unfamiliar_score", self.unfamiliar_score, ("sum", "mean"))
-        require_choice("mean_removal", self.mean_removal, ("class", "feature", "none"))
-        require_bool("cwr", self.cwr)
 
     def check(self, n: int, f: int) -> None:
         check_f(f)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from strategies._compose import build_inner
-from strategies._math import check_f, f64, require_bool, require_int, to_like
+from fedlib.params import Boolean, Integer, param
+from strategies._compose import build_inner, inner_field, inner_params_field
+from strategies._math import check_f, f64, to_like
 from strategies.base import AggregationContext, Strategy
 from strategies.registry import register
 
@@ -54,14 +55,13 @@ class Bucketing(Strategy):
     """
     exchanges = "full_model"  # instances follow the inner rule (see __post_init__)
 
-    s: int = 2
-    inner: str = "median"
-    inner_params: dict[str, Any] = field(default_factory=dict)
-    include_own: bool = True
+    s: int = param(2, Integer(minimum=1))
+    inner: str = inner_field()
+    inner_params: dict[str, Any] = inner_params_field()
+    include_own: bool = param(True, Boolean())
 
     def __post_init__(self) -> None:
-        require_int("s", self.s, 1)
-        require_bool("include_own", self.include_own)
+        super().__post_init__()
         self._inner = build_inner(self.inner, self.inner_params, self.include_own)
         self.needs = self._inner.needs | {"generator"}
         self.exchanges = self._inner.exchanges

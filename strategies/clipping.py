@@ -10,15 +10,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from fedlib.params import Boolean, Integer, Real, param
 from strategies._math import (
     check_f,
     clip_rows,
     dists_to,
     f64,
     population,
-    require_bool,
-    require_float,
-    require_int,
     to_like,
 )
 from strategies.base import AggregationContext, Strategy
@@ -45,14 +43,9 @@ class CenteredClipping(Strategy):
     """
     exchanges = "full_model"  # what a message carries (byte accounting)
 
-    tau: float = 1.0
-    iterations: int = 1
-    include_own: bool = True
-
-    def __post_init__(self) -> None:
-        require_float("tau", self.tau, 0.0, lo_open=True)
-        require_int("iterations", self.iterations, 1)
-        require_bool("include_own", self.include_own)
+    tau: float = param(1.0, Real(lo=0.0, lo_open=True))
+    iterations: int = param(1, Integer(minimum=1))
+    include_own: bool = param(True, Boolean())
 
     def check(self, n: int, f: int) -> None:
         check_f(f)
@@ -84,11 +77,7 @@ class ClippedGossip(Strategy):
     """
     exchanges = "full_model"  # what a message carries (byte accounting)
 
-    tau: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.tau is not None:
-            require_float("tau", self.tau, 0.0)
+    tau: float | None = param(None, Real(lo=0.0, null=True))
 
     def check(self, n: int, f: int) -> None:
         check_f(f)

@@ -14,24 +14,21 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from fedlib.params import Boolean, Real, param
 from strategies._math import (
     check_f,
+    check_population,
     coordinate_median,
     coordinate_trimmed_mean,
     population,
+    population_label,
     population_size,
-    require_bool,
-    require_float,
     runtime_f,
     to_like,
 )
 from strategies.base import AggregationContext, Strategy
 from strategies.errors import CannotAggregateError
 from strategies.registry import register
-
-
-def _who(include_own: bool) -> str:
-    return "n + 1 (received + own)" if include_own else "n (received)"
 
 
 @register("median")
@@ -42,16 +39,10 @@ class Median(Strategy):
     ``include_own`` (default True): the median runs over ``N = n + 1`` vectors including own."""
     exchanges = "full_model"  # what a message carries (byte accounting)
 
-    include_own: bool = True
-
-    def __post_init__(self) -> None:
-        require_bool("include_own", self.include_own)
+    include_own: bool = param(True, Boolean())
 
     def check(self, n: int, f: int) -> None:
-        check_f(f)
-        size = population_size(n, self.include_own)
-        if size < 2 * f + 1:
-            raise CannotAggregateError(f"median needs {_who(self.include_own)} >= 2f + 1, got {size} < {2 * f + 1}")
+        check_population("median", n, f, self.include_own, 2 * f + 1, "2f + 1")
 
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
         return to_like(coordinate_median(population(own, received, self.include_own)), own)
@@ -70,13 +61,8 @@ class TrimmedMean(Strategy):
     """
     exchanges = "full_model"  # what a message carries (byte accounting)
 
-    beta: float | None = None
-    include_own: bool = True
-
-    def __post_init__(self) -> None:
-        require_bool("include_own", self.include_own)
-        if self.beta is not None:
-            require_float("beta", self.beta, 0.0, 0.5, hi_open=True)
+    beta: float | None = param(None, Real(lo=0.0, hi=0.5, hi_open=True, null=True))
+    include_own: bool = param(True, Boolean())
 
     def _b(self, size: int, f: int) -> int:
         return f if self.beta is None else int(math.floor(self.beta * size))
@@ -86,7 +72,8 @@ class TrimmedMean(Strategy):
         size = population_size(n, self.include_own)
         b = self._b(size, f)
         if size <= 2 * b:
-            raise CannotAggregateError(f"trimmed_mean needs {_who(self.include_own)} > 2f, got {size} <= {2 * b}")
+            who = population_label(self.include_own)
+            raise CannotAggregateError(f"trimmed_mean needs {who} > 2f, got {size} <= {2 * b}")
         if b < f:
             raise ValueError(f"beta: trims b = floor(beta * {size}) = {b} per side, fewer than f = {f}; "
                              f"need beta >= {f / size:.3g}")

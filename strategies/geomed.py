@@ -6,18 +6,14 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from fedlib.params import Boolean, Integer, Real, param
 from strategies._math import (
-    check_f,
+    check_population,
     dists_to,
     population,
-    population_size,
-    require_bool,
-    require_float,
-    require_int,
     to_like,
 )
 from strategies.base import AggregationContext, Strategy
-from strategies.errors import CannotAggregateError
 from strategies.registry import register
 
 
@@ -67,23 +63,13 @@ class GeometricMedian(Strategy):
     """
     exchanges = "full_model"  # what a message carries (byte accounting)
 
-    nu: float = 1e-6
-    max_iterations: int = 100
-    tolerance: float = 1e-6
-    include_own: bool = True
-
-    def __post_init__(self) -> None:
-        require_float("nu", self.nu, 0.0, lo_open=True)
-        require_int("max_iterations", self.max_iterations, 1)
-        require_float("tolerance", self.tolerance, 0.0)
-        require_bool("include_own", self.include_own)
+    nu: float = param(1e-6, Real(lo=0.0, lo_open=True))
+    max_iterations: int = param(100, Integer(minimum=1))
+    tolerance: float = param(1e-6, Real(lo=0.0))
+    include_own: bool = param(True, Boolean())
 
     def check(self, n: int, f: int) -> None:
-        check_f(f)
-        size = population_size(n, self.include_own)
-        if size < 2 * f + 1:
-            who = "n + 1 (received + own)" if self.include_own else "n (received)"
-            raise CannotAggregateError(f"geomed needs {who} >= 2f + 1, got {size} < {2 * f + 1}")
+        check_population("geomed", n, f, self.include_own, 2 * f + 1, "2f + 1")
 
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
         x = population(own, received, self.include_own)

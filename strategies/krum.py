@@ -13,20 +13,18 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from fedlib.params import Boolean, Integer, param
 from strategies._math import (
-    check_f,
+    check_population,
     coordinate_median,
     krum_order,
     pairwise_sq_dists,
     population,
     population_size,
-    require_bool,
-    require_int,
     runtime_f,
     to_like,
 )
 from strategies.base import AggregationContext, Strategy
-from strategies.errors import CannotAggregateError
 from strategies.registry import register
 
 
@@ -48,20 +46,13 @@ class Krum(Strategy):
     """
     exchanges = "full_model"  # what a message carries (byte accounting)
 
-    include_own: bool = True
-
-    def __post_init__(self) -> None:
-        require_bool("include_own", self.include_own)
+    include_own: bool = param(True, Boolean())
 
     def _size(self, n: int) -> int:
         return population_size(n, self.include_own)
 
     def check(self, n: int, f: int) -> None:
-        check_f(f)
-        size = self._size(n)
-        if size <= 2 * f + 2:
-            who = "n + 1 (received + own)" if self.include_own else "n (received)"
-            raise CannotAggregateError(f"{self.name} needs {who} > 2f + 2, got {size} <= {2 * f + 2}")
+        check_population(self.name, n, f, self.include_own, 2 * f + 2, "2f + 2", strict=True)
 
     def _selected(self, x: Tensor, f: int) -> Tensor:
         return krum_order(pairwise_sq_dists(x), f)[:1]
@@ -83,12 +74,7 @@ class MultiKrum(Krum):
     the vectors that arrived.
     """
 
-    m: int | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.m is not None:
-            require_int("m", self.m, 1, "an integer >= 1 or null (N - f)")
+    m: int | None = param(None, Integer(minimum=1, null=True, what="an integer >= 1 or null (N - f)"))
 
     def check(self, n: int, f: int) -> None:
         super().check(n, f)
@@ -117,17 +103,10 @@ class Bulyan(Strategy):
     """
     exchanges = "full_model"  # what a message carries (byte accounting)
 
-    include_own: bool = True
-
-    def __post_init__(self) -> None:
-        require_bool("include_own", self.include_own)
+    include_own: bool = param(True, Boolean())
 
     def check(self, n: int, f: int) -> None:
-        check_f(f)
-        size = population_size(n, self.include_own)
-        if size < 4 * f + 3:
-            who = "n + 1 (received + own)" if self.include_own else "n (received)"
-            raise CannotAggregateError(f"bulyan needs {who} >= 4f + 3, got {size} < {4 * f + 3}")
+        check_population("bulyan", n, f, self.include_own, 4 * f + 3, "4f + 3")
 
     def select(self, x: Tensor, f: int) -> list[int]:
         """Step 1: the ``θ = N − 2f`` rows of ``x`` picked by repeated Krum, in picking order

@@ -9,13 +9,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from fedlib.params import Boolean, Integer, param
 from strategies._math import (
-    check_f,
+    check_population,
     pairwise_sq_dists,
     population,
-    population_size,
-    require_bool,
-    require_int,
     runtime_f,
     to_like,
 )
@@ -70,12 +68,8 @@ class MinimumDiameterAveraging(Strategy):
     """
     exchanges = "full_model"  # what a message carries (byte accounting)
 
-    include_own: bool = True
-    max_subsets: int = 100_000
-
-    def __post_init__(self) -> None:
-        require_bool("include_own", self.include_own)
-        require_int("max_subsets", self.max_subsets, 1)
+    include_own: bool = param(True, Boolean())
+    max_subsets: int = param(100_000, Integer(minimum=1))
 
     def _cap(self, size: int, f: int) -> None:
         count = math.comb(size, f)
@@ -86,12 +80,7 @@ class MinimumDiameterAveraging(Strategy):
             )
 
     def check(self, n: int, f: int) -> None:
-        check_f(f)
-        size = population_size(n, self.include_own)
-        if size < 2 * f + 1:
-            who = "n + 1 (received + own)" if self.include_own else "n (received)"
-            raise CannotAggregateError(f"mda needs {who} >= 2f + 1, got {size} < {2 * f + 1}")
-        self._cap(size, f)
+        self._cap(check_population("mda", n, f, self.include_own, 2 * f + 1, "2f + 1"), f)
 
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
         x = population(own, received, self.include_own)

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from strategies._math import population, require_bool, to_like
+from fedlib.params import Boolean, param
+from strategies._math import population, to_like
 from strategies.base import AggregationContext, Strategy
 from strategies.registry import register
 
@@ -21,10 +22,7 @@ class FedAvg(Strategy):
     """
     exchanges = "full_model"  # what a message carries (byte accounting)
 
-    include_own: bool = True
-
-    def __post_init__(self) -> None:
-        require_bool("include_own", self.include_own)  # "false" (a string) would be truthy
+    include_own: bool = param(True, Boolean())  # "false" (a string) would be truthy
 
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
         return self._mean(own, received)

@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from fedlib.params import Boolean, param
+from strategies._compose import build_inner, inner_field, inner_params_field
 from strategies._math import (
     check_f,
     pairwise_sq_dists,
     population,
     population_size,
-    require_bool,
     runtime_f,
     to_like,
 )
 from strategies.base import AggregationContext, Strategy
 from strategies.errors import CannotAggregateError
-from strategies.registry import build, register
+from strategies.registry import register
 
 
 @register("nnm")
@@ -41,19 +42,13 @@ class NearestNeighborMixing(Strategy):
     """
     exchanges = "full_model"  # instances follow the inner rule (see __init__)
 
-    inner: str = "median"
-    inner_params: dict[str, Any] = field(default_factory=dict)
-    include_own: bool = True
+    inner: str = inner_field()
+    inner_params: dict[str, Any] = inner_params_field()
+    include_own: bool = param(True, Boolean())
 
     def __post_init__(self) -> None:
-        require_bool("include_own", self.include_own)
-        if not isinstance(self.inner_params, dict):
-            raise ValueError(f"inner_params: must be a mapping of the inner rule's parameters, "
-                             f"got {self.inner_params!r}")
-        try:
-            self._inner = build(self.inner, self.inner_params)
-        except ValueError as e:
-            raise ValueError(f"inner: {e}") from None
+        super().__post_init__()
+        self._inner = build_inner(self.inner, self.inner_params, None)  # the inner rule keeps its own include_own
         self.needs = self._inner.needs
         self.exchanges = self._inner.exchanges
 

@@ -14,13 +14,13 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from fedlib.params import Real, param
 from strategies._math import (
     check_f,
     dists_to,
     f64,
     mean_cross_entropy,
     nearest,
-    require_float,
     runtime_f,
     to_like,
     validation_logits,
@@ -96,15 +96,10 @@ class Mozi(Strategy):
     """
     exchanges = "full_model"  # what a message carries (byte accounting)
 
-    rho: float | None = None
-    alpha: float = 0.5
+    rho: float | None = param(None, Real(lo=0.0, hi=1.0, lo_open=True, null=True))
+    alpha: float = param(0.5, Real(lo=0.0, hi=1.0))
 
     needs: ClassVar[frozenset[str]] = frozenset({"validation"})
-
-    def __post_init__(self) -> None:
-        if self.rho is not None:
-            require_float("rho", self.rho, 0.0, 1.0, lo_open=True)
-        require_float("alpha", self.alpha, 0.0, 1.0)
 
     def check(self, n: int, f: int) -> None:
         check_f(f)
@@ -138,14 +133,9 @@ class Balance(Strategy):
     """
     exchanges = "full_model"  # what a message carries (byte accounting)
 
-    gamma: float = 0.3
-    kappa: float = 1.0
-    alpha: float = 0.5
-
-    def __post_init__(self) -> None:
-        require_float("gamma", self.gamma, 0.0, lo_open=True)
-        require_float("kappa", self.kappa, 0.0)
-        require_float("alpha", self.alpha, 0.0, 1.0)
+    gamma: float = param(0.3, Real(lo=0.0, lo_open=True))
+    kappa: float = param(1.0, Real(lo=0.0))
+    alpha: float = param(0.5, Real(lo=0.0, hi=1.0))
 
     def check(self, n: int, f: int) -> None:
         check_f(f)

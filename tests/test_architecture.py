@@ -162,3 +162,13 @@ def test_the_probe_registry_imports_neither_torch_nor_pydantic():
     for m in ("probe_registry", "probe_builtins"):
         heavy = {i for i in _imports(ROOT / "fedsim" / f"{m}.py") if i.split(".")[0] in ("torch", "pydantic")}
         assert not heavy, (m, heavy)
+
+
+def test_fedlib_is_a_leaf_and_attacks_import_no_rules():
+    """fedlib (shared by strategies and attacks) imports neither of them nor fedsim; attacks
+    share math with the rules only through it."""
+    bad = [f"{p.relative_to(ROOT)}: {m}" for p in sorted((ROOT / "fedlib").rglob("*.py"))
+           for m in _imports(p) if m.split(".")[0] in ("fedsim", "strategies", "attacks")]
+    bad += [f"{p.relative_to(ROOT)}: {m}" for p in sorted((ROOT / "attacks").rglob("*.py"))
+            for m in _imports(p) if m.split(".")[0] == "strategies"]
+    assert not bad, bad

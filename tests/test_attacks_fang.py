@@ -89,14 +89,18 @@ def test_fang_trimmed_mean_harmful_side_and_deterministic() -> None:
 
 
 def test_local_krum_matches_reference() -> None:
-    from attacks._math import krum_scores, krum_select
+    """The one Krum kernel (fedlib.distances, shared with strategies.krum) as the attacks call it:
+    strict, so an undefined Krum raises instead of degrading."""
+    from fedlib.distances import krum_scores, sq_dists
 
     torch.manual_seed(4)
     for f in (0, 1, 3):
         x = torch.randn(9, 5, dtype=torch.float64)
-        assert krum_select(x, f) == krum_index(x, f)
+        assert int(krum_scores(sq_dists(x, x), f).argmin()) == krum_index(x, f)
     x = torch.tensor([[0.0], [1.0], [3.0], [10.0]])
     # n − f − 2 = 1 nearest: squared gaps 1, 1, 4, 49
-    assert torch.equal(krum_scores(x, 1), torch.tensor([1.0, 1.0, 4.0, 49.0]))
+    assert torch.equal(krum_scores(sq_dists(x, x), 1), torch.tensor([1.0, 1.0, 4.0, 49.0]))
     with pytest.raises(ValueError, match="n - f - 2"):
-        krum_scores(x, 2)
+        krum_scores(sq_dists(x, x), 2)
+    # a rule at run time degrades instead: k clamped to 1
+    assert torch.equal(krum_scores(sq_dists(x, x), 2, degrade=True), torch.tensor([1.0, 1.0, 4.0, 49.0]))

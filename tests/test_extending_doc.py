@@ -59,7 +59,7 @@ def test_doc_poisoner_and_rule_check(plugin, small_scenario, tmp_path):
     assert 0 < poisoned <= 1
     from fedsim.scenario import ScenarioError
 
-    with pytest.raises(ScenarioError, match="kappa must be > 0"):
+    with pytest.raises(ScenarioError, match="kappa: must be a finite number > 0, got -1.0"):
         _run(small_scenario, snippet, tmp_path, "bad", **{"strategy.params": {"kappa": -1.0}})
 
 

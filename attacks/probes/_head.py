@@ -1,9 +1,8 @@
 """Tiny linear-head helpers for the probes (no dependency on ``fedsim`` or ``strategies``).
 
 A head is a flattened vector ``θ = [vec(W), b]`` with ``W ∈ R^{C×d}`` stored row-major and
-an optional bias ``b ∈ R^C``; its logits on features ``x ∈ R^d`` are ``z = W x + b``. This is
-the same layout as ``strategies.base`` (duplicated on purpose: ``attacks`` depends on torch
-only).
+an optional bias ``b ∈ R^C``; its logits on features ``x ∈ R^d`` are ``z = W x + b``: the one
+layout of :mod:`fedlib.heads` (``num_params``, ``flatten``, ``unflatten`` are re-exported here).
 """
 
 from __future__ import annotations
@@ -12,28 +11,10 @@ import torch
 from torch import Tensor
 from torch.nn import functional
 
+from fedlib.heads import flatten, num_params, unflatten
 
-def num_params(layer_shape: tuple[int, int], bias: bool) -> int:
-    """``C·d + C`` with a bias, ``C·d`` without."""
-    c, d = layer_shape
-    return c * d + (c if bias else 0)
-
-
-def unflatten(params: Tensor, layer_shape: tuple[int, int], bias: bool) -> tuple[Tensor, Tensor | None]:
-    """Split ``[..., P]`` into weights ``[..., C, d]`` and biases ``[..., C]`` (or ``None``)."""
-    c, d = layer_shape
-    if params.shape[-1] != num_params(layer_shape, bias):
-        raise ValueError(f"params has {params.shape[-1]} entries, layer {layer_shape} bias={bias} "
-                         f"needs {num_params(layer_shape, bias)}")
-    w = params[..., : c * d].reshape(*params.shape[:-1], c, d)
-    b = params[..., c * d : c * d + c] if bias else None
-    return w, b
-
-
-def flatten(w: Tensor, b: Tensor | None) -> Tensor:
-    """Inverse of :func:`unflatten`."""
-    flat = w.reshape(*w.shape[:-2], -1)
-    return flat if b is None else torch.cat([flat, b], dim=-1)
+__all__ = ["accuracy", "ce_gradient", "ce_losses", "flatten", "head_logits", "logit_confidence", "num_params",
+           "train_heads", "unflatten"]
 
 
 def head_logits(params: Tensor, x: Tensor, layer_shape: tuple[int, int], bias: bool) -> Tensor:

@@ -105,10 +105,6 @@ def scenario_yaml(sc: Scenario) -> str:
     return yaml.safe_dump(sc.model_dump(mode="json"), sort_keys=False)
 
 
-def num_params(num_classes: int, dim: int, bias: bool) -> int:
-    return num_classes * dim + (num_classes if bias else 0)
-
-
 def as_head(arr: np.ndarray) -> np.ndarray:
     """A flattened head as it travels: float32, 1-D (weight [C, d] row-major, then bias [C])."""
     return np.ascontiguousarray(np.asarray(arr, dtype=np.float32).reshape(-1))

@@ -40,6 +40,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 import strategies
+from fedlib.heads import num_params
 from fedsim import rundir
 from fedsim.errors import CorruptFileError, ResumeMismatchError, RunDirExistsError
 from fedsim.flower import common
@@ -91,7 +92,7 @@ class FedsimStrategy(Strategy):
         self.n = sc.peers.count
         self.layer = (prep.features.num_classes, prep.features.dim)
         self.bias = bool(sc.training.bias)
-        self.num_params = common.num_params(*self.layer, self.bias)
+        self.num_params = num_params(self.layer, self.bias)
         # a right-shaped head in the widest numeric dtype (8 bytes), plus its .npy header
         self.max_head_bytes = 8 * self.num_params + 4096
         setup = prep.server_setup
