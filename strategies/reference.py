@@ -93,31 +93,70 @@ class Mozi(Strategy):
     to the same update; fedsim trains separately and scores on the validation split. The epfml
     reimplementation falls back to the *nearest* neighbour when ``N_r`` is empty; we follow the
     paper (lowest loss). The own vector is the reference, weighted by ``alpha``.
+
+    The Bristle authors' MOZI (jverbraeken/trustchain-superapp at f1fb8fb5, ``fedml/src/main/
+    java/nl/tudelft/trustchain/fedml/ai/gar/Mozi.kt``, run as ``Mozi(0.5)`` in ``Types.kt``: the
+    baseline of their logs) differs in three places, each a parameter here; their variant is
+    ``{rho: 0.5, reference: previous, fallback: own}``:
+
+    * ``rho``: they keep ``⌈0.5·n⌉`` nearest (``fracBenign = 0.5``), fedsim by default ``n − f``.
+    * ``reference``: which own model the two stages compare against. ``"trained"`` (default):
+      the own model after this round's local training (the vector the rule gets as ``own``).
+      ``"previous"``: the own model before it (``ctx.previous``, the last aggregation's result) —
+      the paper's ``x_{i,k}`` (distances and losses are taken before the gradient step) and the
+      authors' ``oldModel`` (``Node.kt``: ``oldParams`` is set before ``fitNetwork``). The result
+      is ``α·own + (1 − α)·mean(N_r)`` with the trained ``own`` either way (their
+      ``oldModel.sub(gradient)``).
+    * ``fallback``: when no candidate of ``N_s`` has a loss ≤ the reference's. ``"lowest_loss"``
+      (default, the paper): ``N_r`` = the lowest-loss member of ``N_s``. ``"own"`` (their code,
+      commented "This is not included in the original algorithm"): the result is ``own``.
+
+    Not reproduced: their loss is DL4J's ``network.score`` on up to 100 validation samples, which
+    adds the L2 penalty of the scored parameters (``l2 = 5e-3``) to the cross-entropy; fedsim's is
+    the plain mean cross-entropy.
     """
     exchanges = "full_model"  # what a message carries (byte accounting)
 
     rho: float | None = None
     alpha: float = 0.5
+    reference: str = "trained"
+    fallback: str = "lowest_loss"
 
     needs: ClassVar[frozenset[str]] = frozenset({"validation"})
+
+    REFERENCES: ClassVar[tuple[str, ...]] = ("trained", "previous")
+    FALLBACKS: ClassVar[tuple[str, ...]] = ("lowest_loss", "own")
 
     def __post_init__(self) -> None:
         if self.rho is not None:
             require_float("rho", self.rho, 0.0, 1.0, lo_open=True)
         require_float("alpha", self.alpha, 0.0, 1.0)
+        if self.reference not in self.REFERENCES:
+            raise ValueError(f"reference: must be one of {', '.join(self.REFERENCES)} (got {self.reference!r})")
+        if self.fallback not in self.FALLBACKS:
+            raise ValueError(f"fallback: must be one of {', '.join(self.FALLBACKS)} (got {self.fallback!r})")
+        if self.reference == "previous":  # the engine supplies ctx.previous only to rules that ask
+            self.needs = frozenset({"validation", "previous"})
 
     def check(self, n: int, f: int) -> None:
         check_f(f)
 
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
+        ref = own
+        if self.reference == "previous":
+            if ctx.previous is None:
+                raise ValueError("mozi: reference='previous' needs ctx.previous (the own model before training)")
+            ref = ctx.previous.to(own.device)
         n = received.shape[0]
         k = n - runtime_f(ctx, n) if self.rho is None else math.ceil(self.rho * n)
-        ns = nearest(dists_to(received, own), max(1, min(k, n)))
+        ns = nearest(dists_to(received, ref), max(1, min(k, n)))
         cand = f64(received[ns])
-        logits, y = validation_logits(torch.cat([f64(own)[None], cand]), ctx, "mozi")
+        logits, y = validation_logits(torch.cat([f64(ref)[None], cand]), ctx, "mozi")
         loss = mean_cross_entropy(logits, y)
         keep = loss[1:] <= loss[0]
         if not bool(keep.any()):
+            if self.fallback == "own":
+                return own.clone()
             keep = torch.zeros_like(keep)
             keep[int(torch.argmin(loss[1:]))] = True
         out = self.alpha * f64(own) + (1 - self.alpha) * cand[keep].mean(dim=0)
