@@ -4,7 +4,10 @@ at the end, and how its own model scores its local validation samples.
 For each seed: runs the scenario in-process (``fedsim.api.run``, a temporary directory) and, from
 the final heads, prints per honest peer its held classes, its test accuracy, its recall of every
 class on the test digits, and the recall of its own head on each held class's validation samples
-(the metric Bristle's integrator scores candidates with). Example (issue 14, the 2-class seed 2)::
+(the metric Bristle's integrator scores candidates with), and the directed links between honest
+peers sharing a class to which default Bristle gives weight 0 on every class at the end
+(``Bristle.integration_weights`` of the final heads' recalls on the receiver's validation split,
+the sender scored on ``|F_i ∩ F_j|`` classes). Example (issue 14, the 2-class seed 2)::
 
     FEDSIM_DL4J_BACKBONE=/tmp/transfer-mnist python benchmarks/bristle_peer_diag.py \\
         --scenario scenarios/bristle-repro/windows2.yaml --seeds 0,2 \\
@@ -17,8 +20,10 @@ import argparse
 import tempfile
 
 import numpy as np
+import torch
 import yaml
 
+import strategies
 from fedsim import api
 from fedsim.runner import prepare
 from fedsim.scenario import byzantine_mask, partition_for
@@ -60,6 +65,21 @@ def main() -> None:
             print(f"{j} | {held} | {100 * acc:.1f} | {' '.join(f'{100 * v:3.0f}' for v in r)} | "
                   f"{', '.join(f'{k}: {vr[k]:.2f} (n={int((vy == k).sum())})' for k in held)}")
         print(f"mean recall per class over honest peers: {' '.join(f'{100 * v:3.0f}' for v in np.mean(recs, 0))}")
+        rule = strategies.build("bristle")
+        held = {j: set(ft.y_train[part.train[j]].tolist()) for j in np.flatnonzero(~byz)}
+        cut = []
+        for i, fi in held.items():
+            o = torch.from_numpy(np.nan_to_num(recall(heads[i], ft.x_train[part.val[i]], ft.y_train[part.val[i]], c)))
+            fam = torch.zeros(c, dtype=torch.bool)
+            fam[sorted(fi)] = True
+            for j, fj in held.items():
+                if j == i or not fi & fj:
+                    continue
+                m = np.nan_to_num(recall(heads[j], ft.x_train[part.val[i]], ft.y_train[part.val[i]], c))
+                w = rule.integration_weights(o, torch.from_numpy(m)[None], fam, torch.tensor([len(fi & fj)]))
+                if float(w.sum()) == 0:
+                    cut.append(f"{j}{sorted(fj)}->{i}{sorted(fi)}")
+        print(f"links with weight 0: {len(cut)} {cut}")
 
 
 if __name__ == "__main__":
