@@ -25,7 +25,7 @@ from strategies._math import (
     to_like,
     validation_logits,
 )
-from strategies.base import AggregationContext, Strategy
+from strategies.base import AggregationContext, Strategy, unflatten
 from strategies.registry import register
 
 
@@ -96,8 +96,8 @@ class Mozi(Strategy):
 
     The Bristle authors' MOZI (jverbraeken/trustchain-superapp at f1fb8fb5, ``fedml/src/main/
     java/nl/tudelft/trustchain/fedml/ai/gar/Mozi.kt``, run as ``Mozi(0.5)`` in ``Types.kt``: the
-    baseline of their logs) differs in three places, each a parameter here; their variant is
-    ``{rho: 0.5, reference: previous, fallback: own}``:
+    baseline of their logs) differs in four places, each a parameter here; their variant is
+    ``{rho: 0.5, reference: previous, fallback: own, loss_l2: 0.005}``:
 
     * ``rho``: they keep ``⌈0.5·n⌉`` nearest (``fracBenign = 0.5``), fedsim by default ``n − f``.
     * ``reference``: which own model the two stages compare against. ``"trained"`` (default):
@@ -111,9 +111,9 @@ class Mozi(Strategy):
       (default, the paper): ``N_r`` = the lowest-loss member of ``N_s``. ``"own"`` (their code,
       commented "This is not included in the original algorithm"): the result is ``own``.
 
-    Not reproduced: their loss is DL4J's ``network.score`` on up to 100 validation samples, which
-    adds the L2 penalty of the scored parameters (``l2 = 5e-3``) to the cross-entropy; fedsim's is
-    the plain mean cross-entropy.
+    * ``loss_l2``: their loss is DL4J's ``network.score`` (on up to 100 validation samples), which
+      adds the L2 penalty of the scored weights, ``l2/2·||W||²`` (``l2 = 5e-3`` in their runs; the
+      bias is not penalised), to the mean cross-entropy; 0 (default): the plain mean cross-entropy.
     """
     exchanges = "full_model"  # what a message carries (byte accounting)
 
@@ -121,6 +121,7 @@ class Mozi(Strategy):
     alpha: float = 0.5
     reference: str = "trained"
     fallback: str = "lowest_loss"
+    loss_l2: float = 0.0
 
     needs: ClassVar[frozenset[str]] = frozenset({"validation"})
 
@@ -131,6 +132,7 @@ class Mozi(Strategy):
         if self.rho is not None:
             require_float("rho", self.rho, 0.0, 1.0, lo_open=True)
         require_float("alpha", self.alpha, 0.0, 1.0)
+        require_float("loss_l2", self.loss_l2, 0.0)
         if self.reference not in self.REFERENCES:
             raise ValueError(f"reference: must be one of {', '.join(self.REFERENCES)} (got {self.reference!r})")
         if self.fallback not in self.FALLBACKS:
@@ -151,8 +153,12 @@ class Mozi(Strategy):
         k = n - runtime_f(ctx, n) if self.rho is None else math.ceil(self.rho * n)
         ns = nearest(dists_to(received, ref), max(1, min(k, n)))
         cand = f64(received[ns])
-        logits, y = validation_logits(torch.cat([f64(ref)[None], cand]), ctx, "mozi")
+        scored = torch.cat([f64(ref)[None], cand])
+        logits, y = validation_logits(scored, ctx, "mozi")
         loss = mean_cross_entropy(logits, y)
+        if self.loss_l2 > 0:  # DL4J's score adds the weights' L2 penalty
+            w, _ = unflatten(scored, ctx.layer_shape, ctx.bias)
+            loss = loss + 0.5 * self.loss_l2 * (w * w).sum(dim=(-2, -1))
         keep = loss[1:] <= loss[0]
         if not bool(keep.any()):
             if self.fallback == "own":

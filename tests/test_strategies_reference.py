@@ -167,3 +167,15 @@ def test_mozi_reference_previous_needs_it():
 def test_mozi_variant_errors_name_the_parameter(params, field):
     with pytest.raises(ValueError, match=f"^{field}:"):
         build("mozi", params)
+
+
+def test_mozi_loss_l2_adds_the_weights_penalty():
+    # own (0,0): loss ln 2 ≈ 0.693, penalty 0. r3 = (2,-2): 0.018 + l2/2·8; r4 = (50,-50): ≈0 + l2/2·5000.
+    # l2 = 0.1: r1 0.127 + 0.1 = 0.227 passes, r3 0.018 + 0.4 = 0.418 passes, r4 250 fails, r2 fails
+    out = build("mozi", {"loss_l2": 0.1})(torch.zeros(2), R, mctx(0))
+    assert out.tolist() == pytest.approx([0.75, -0.75])  # 0.5·mean(r1, r3)
+    # l2 = 0.2: r3 0.018 + 0.8 fails, r1 0.127 + 0.2 passes → 0.5·r1
+    out = build("mozi", {"loss_l2": 0.2})(torch.zeros(2), R, mctx(0))
+    assert out.tolist() == pytest.approx([0.5, -0.5])
+    with pytest.raises(ValueError, match="^loss_l2:"):
+        build("mozi", {"loss_l2": -1.0})
