@@ -6,16 +6,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import pytest
 import torch
 
 import strategies
 from fedsim import api
 from strategies.base import AggregationContext, Strategy
+from strategies.registry import REGISTRY
 
 CALLS: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
 
-@strategies.register("test_previous_probe")
 @dataclass
 class PreviousProbe(Strategy):
     """Mean of own and the received vectors; records (round, previous, own, result)."""
@@ -29,9 +30,17 @@ class PreviousProbe(Strategy):
         return out
 
 
-def test_previous_is_the_last_aggregation_result(small_scenario, tmp_path):
+@pytest.fixture
+def probe_rule():
+    """Registered for this test only (tests that loop over every registered rule must not see it)."""
+    strategies.register("test_previous_probe")(PreviousProbe)
     CALLS.clear()
-    api.run(small_scenario(**{"strategy.name": "test_previous_probe", "mode": "decentralized"}), out=tmp_path / "r")
+    yield "test_previous_probe"
+    REGISTRY.pop("test_previous_probe", None)
+
+
+def test_previous_is_the_last_aggregation_result(probe_rule, small_scenario, tmp_path):
+    api.run(small_scenario(**{"strategy.name": probe_rule, "mode": "decentralized"}), out=tmp_path / "r")
     rounds = sorted({r for r, *_ in CALLS})
     assert rounds == [0, 1, 2, 3] and len(CALLS) == 4 * 8
     by_round = {r: [c for c in CALLS if c[0] == r] for r in rounds}
