@@ -227,6 +227,9 @@ class PeerGroup:
         # (sent and evaluated); tw, tb the copies trained each round and handed to the rule as ``own``
         self.cwr = bool(self.rule.consolidated)
         self.tw, self.tb = (self.w.clone(), self.b.clone()) if self.cwr else (self.w, self.b)
+        # the heads before this round's local training, for rules that judge against them (ctx.previous)
+        self.keep_previous = "previous" in self.rule.needs
+        self.previous: Tensor | None = None
         self.stale_history: Tensor | None = None  # [h, k, P] (forge_messages), stale-model attack only
         self.last_dropped = 0
         # Small shards (many peers): every peer's samples zero-padded to s.shard_pad, once
@@ -356,6 +359,8 @@ class PeerGroup:
         batches = (self._batch(round_, k) for k in range(steps))
         if self.rec_left > 0:
             batches = self._recording(batches)
+        if self.keep_previous:
+            self.previous = torch.from_numpy(self.params().copy())
         if self.cwr:  # train a copy of the consolidated head
             self.tw.copy_(self.w)
             self.tb.copy_(self.b)
@@ -376,6 +381,8 @@ class PeerGroup:
             self.opt.t += steps if self.opt.v_w is not None else 0
             return self.params(), 0.0
         idx = torch.from_numpy(rows)
+        if self.keep_previous:  # sampled rows train below from their current heads; the others keep theirs
+            self.previous = torch.from_numpy(self.params().copy())
         if global_params is not None:
             t = torch.from_numpy(np.asarray(global_params, dtype=np.float32)).reshape(-1, self._num_params())
             w, b = strategies.unflatten(t.expand(len(rows), -1), self.layer_shape, self.bias)
@@ -445,6 +452,7 @@ class PeerGroup:
             root_update=root,
             generator=torch.Generator().manual_seed(seed),
             overlap=overlap,
+            previous=None if self.previous is None else self.previous[j],
         )
 
     def _batch_ctx(self, js: np.ndarray, round_: int, senders: np.ndarray) -> strategies.AggregationContext:
@@ -463,6 +471,7 @@ class PeerGroup:
             val_mask=mask,
             local_classes=self.local_classes[torch.from_numpy(js)],
             overlap=self._overlap(torch.from_numpy(js), torch.from_numpy(senders)),
+            previous=None if self.previous is None else self.previous[torch.from_numpy(js)],
         )
 
     def _aggregate_batched(
@@ -684,6 +693,7 @@ class Server:
             round=round_,
             total_rounds=self.s.rounds,
             root_update=self._root_update(round_, g),
+            previous=g,  # the server's own model is the global one, before the clients train
             # the server's only local data is its trusted root set: rules that score candidates
             # (Bristle's integrator, MOZI) score them there
             val_x=None if self.root is None else self.root[0],

@@ -89,7 +89,7 @@ def check_model(sc: Scenario, info: DatasetInfo | None = None) -> None:
             "use mode: federated, a complete graph, or exchange: params"
         )
     rule = strategies.build(sc.strategy.name, dict(sc.strategy.params))
-    reads_heads = {"validation", "root_update", "overlap"} & set(rule.needs)
+    reads_heads = {"validation", "root_update", "overlap", "previous"} & set(rule.needs)
     if reads_heads or rule.consolidated:
         raise ValueError(
             f"strategy.name: {sc.strategy.name!r} reads linear output layers "

@@ -50,10 +50,15 @@ class AggregationContext:
             cardinality handshake tells two peers when they connect; a Byzantine sender may lie).
             Bristle's ``classes="overlap"`` scores sender ``j`` on that many classes. None: not
             known (every sender is then taken to hold all of this peer's classes).
+        previous: ``Tensor[P]``, the peer's own vector *before* this round's local training (the
+            result of its previous aggregation; a server: the current global model), for rules
+            that judge candidates against it (MOZI's ``reference="previous"``: the paper's
+            ``x_{i,k}`` and the authors' ``oldModel``). Supplied when the rule ``needs``
+            ``"previous"``.
 
     In :meth:`Strategy.aggregate_batch` (``g`` peers at once) the per-peer fields carry a leading
     ``g``: ``val_x [g, m, d]`` and ``val_y [g, m]`` zero-padded to the longest split, ``val_mask``
-    bool ``[g, m]`` marking the real samples, ``local_classes [g, C]``, ``overlap [g, n]``;
+    bool ``[g, m]`` marking the real samples, ``local_classes [g, C]``, ``overlap [g, n]``, ``previous [g, P]``;
     ``root_update`` and ``generator`` are None there.
     """
 
@@ -69,6 +74,7 @@ class AggregationContext:
     generator: torch.Generator | None = None
     val_mask: Tensor | None = None
     overlap: Tensor | None = None
+    previous: Tensor | None = None
 
     @property
     def num_params(self) -> int:

@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from fedlib.params import Real, param
+from fedlib.params import Options, Real, param
 from strategies._math import (
     check_f,
     dists_to,
@@ -25,7 +25,7 @@ from strategies._math import (
     to_like,
     validation_logits,
 )
-from strategies.base import AggregationContext, Strategy
+from strategies.base import AggregationContext, Strategy, unflatten
 from strategies.registry import register
 
 
@@ -93,26 +93,66 @@ class Mozi(Strategy):
     to the same update; fedsim trains separately and scores on the validation split. The epfml
     reimplementation falls back to the *nearest* neighbour when ``N_r`` is empty; we follow the
     paper (lowest loss). The own vector is the reference, weighted by ``alpha``.
+
+    The Bristle authors' MOZI (jverbraeken/trustchain-superapp at f1fb8fb5, ``fedml/src/main/
+    java/nl/tudelft/trustchain/fedml/ai/gar/Mozi.kt``, run as ``Mozi(0.5)`` in ``Types.kt``: the
+    baseline of their logs) differs in four places, each a parameter here; their variant is
+    ``{rho: 0.5, reference: previous, fallback: own, loss_l2: 0.005}``:
+
+    * ``rho``: they keep ``⌈0.5·n⌉`` nearest (``fracBenign = 0.5``), fedsim by default ``n − f``.
+    * ``reference``: which own model the two stages compare against. ``"trained"`` (default):
+      the own model after this round's local training (the vector the rule gets as ``own``).
+      ``"previous"``: the own model before it (``ctx.previous``, the last aggregation's result) —
+      the paper's ``x_{i,k}`` (distances and losses are taken before the gradient step) and the
+      authors' ``oldModel`` (``Node.kt``: ``oldParams`` is set before ``fitNetwork``). The result
+      is ``α·own + (1 − α)·mean(N_r)`` with the trained ``own`` either way (their
+      ``oldModel.sub(gradient)``).
+    * ``fallback``: when no candidate of ``N_s`` has a loss ≤ the reference's. ``"lowest_loss"``
+      (default, the paper): ``N_r`` = the lowest-loss member of ``N_s``. ``"own"`` (their code,
+      commented "This is not included in the original algorithm"): the result is ``own``.
+
+    * ``loss_l2``: their loss is DL4J's ``network.score`` (on up to 100 validation samples), which
+      adds the L2 penalty of the scored weights, ``l2/2·||W||²`` (``l2 = 5e-3`` in their runs; the
+      bias is not penalised), to the mean cross-entropy; 0 (default): the plain mean cross-entropy.
     """
     exchanges = "full_model"  # what a message carries (byte accounting)
 
     rho: float | None = param(None, Real(lo=0.0, hi=1.0, lo_open=True, null=True))
     alpha: float = param(0.5, Real(lo=0.0, hi=1.0))
+    reference: str = param("trained", Options(choices=("trained", "previous")))
+    fallback: str = param("lowest_loss", Options(choices=("lowest_loss", "own")))
+    loss_l2: float = param(0.0, Real(lo=0.0))
 
     needs: ClassVar[frozenset[str]] = frozenset({"validation"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.reference == "previous":  # the engine supplies ctx.previous only to rules that ask
+            self.needs = frozenset({"validation", "previous"})
 
     def check(self, n: int, f: int) -> None:
         check_f(f)
 
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
+        ref = own
+        if self.reference == "previous":
+            if ctx.previous is None:
+                raise ValueError("mozi: reference='previous' needs ctx.previous (the own model before training)")
+            ref = ctx.previous.to(own.device)
         n = received.shape[0]
         k = n - runtime_f(ctx, n) if self.rho is None else math.ceil(self.rho * n)
-        ns = nearest(dists_to(received, own), max(1, min(k, n)))
+        ns = nearest(dists_to(received, ref), max(1, min(k, n)))
         cand = f64(received[ns])
-        logits, y = validation_logits(torch.cat([f64(own)[None], cand]), ctx, "mozi")
+        scored = torch.cat([f64(ref)[None], cand])
+        logits, y = validation_logits(scored, ctx, "mozi")
         loss = mean_cross_entropy(logits, y)
+        if self.loss_l2 > 0:  # DL4J's score adds the weights' L2 penalty
+            w, _ = unflatten(scored, ctx.layer_shape, ctx.bias)
+            loss = loss + 0.5 * self.loss_l2 * (w * w).sum(dim=(-2, -1))
         keep = loss[1:] <= loss[0]
         if not bool(keep.any()):
+            if self.fallback == "own":
+                return own.clone()
             keep = torch.zeros_like(keep)
             keep[int(torch.argmin(loss[1:]))] = True
         out = self.alpha * f64(own) + (1 - self.alpha) * cand[keep].mean(dim=0)

@@ -126,3 +126,56 @@ def test_balance_keeps_own_when_nothing_is_accepted():
 def test_parameter_errors_name_the_parameter(name, params, field):
     with pytest.raises(ValueError, match=f"^{field}:"):
         build(name, params)
+
+
+# ------------------------------------------------------------------ MOZI as the Bristle authors ran it
+
+
+def test_mozi_fallback_own_keeps_the_trained_model():
+    # only worse candidates (as in the lowest-loss test above): the authors' code keeps own
+    received = torch.tensor([[-2.0, 2.0], [-1.0, 1.0]])
+    own = torch.tensor([0.25, -0.25])
+    out = build("mozi", {"fallback": "own"})(own, received, mctx(0))
+    assert out.tolist() == own.tolist()
+
+
+def test_mozi_reference_previous_by_hand():
+    # own (trained) = (2,-2), loss ≈ 0.018; previous (before training) = (0,0), loss ln 2; f=1.
+    own, prev = torch.tensor([2.0, -2.0]), torch.zeros(2)
+    # "trained": 3 nearest to (2,-2) are r3 (0), r1 (√2), r2 (√18); only r3 has loss ≤ 0.018
+    # → mean r3 = (2,-2) → 0.5·own + 0.5·(2,-2) = (2,-2)
+    c = AggregationContext(layer_shape=(2, 1), bias=False, f=1, previous=prev, **MOZI_CTX)
+    assert build("mozi")(own, R, c).tolist() == pytest.approx([2.0, -2.0])
+    # "previous": 3 nearest to (0,0) are r1, r2, r3; loss ≤ ln 2: r1, r3 → mean (1.5,-1.5);
+    # the result still mixes the trained own: 0.5·(2,-2) + 0.5·(1.5,-1.5) = (1.75,-1.75)
+    out = build("mozi", {"reference": "previous"})(own, R, c)
+    assert out.tolist() == pytest.approx([1.75, -1.75])
+    # the authors' variant: ⌈0.5·4⌉ = 2 nearest to (0,0) (r1, r2: both at √2); r1 passes → 0.5·own + 0.5·r1
+    authors = build("mozi", {"rho": 0.5, "reference": "previous", "fallback": "own"})
+    assert authors(own, R, c).tolist() == pytest.approx([1.5, -1.5])
+
+
+def test_mozi_reference_previous_needs_it():
+    rule = build("mozi", {"reference": "previous"})
+    assert rule.needs == frozenset({"validation", "previous"})
+    assert build("mozi").needs == frozenset({"validation"})  # the class attribute is untouched
+    with pytest.raises(ValueError, match="ctx.previous"):
+        rule(torch.zeros(2), R, mctx(0))
+
+
+@pytest.mark.parametrize("params, field", [({"reference": "before"}, "reference"), ({"fallback": "x"}, "fallback")])
+def test_mozi_variant_errors_name_the_parameter(params, field):
+    with pytest.raises(ValueError, match=f"^{field}:"):
+        build("mozi", params)
+
+
+def test_mozi_loss_l2_adds_the_weights_penalty():
+    # own (0,0): loss ln 2 ≈ 0.693, penalty 0. r3 = (2,-2): 0.018 + l2/2·8; r4 = (50,-50): ≈0 + l2/2·5000.
+    # l2 = 0.1: r1 0.127 + 0.1 = 0.227 passes, r3 0.018 + 0.4 = 0.418 passes, r4 250 fails, r2 fails
+    out = build("mozi", {"loss_l2": 0.1})(torch.zeros(2), R, mctx(0))
+    assert out.tolist() == pytest.approx([0.75, -0.75])  # 0.5·mean(r1, r3)
+    # l2 = 0.2: r3 0.018 + 0.8 fails, r1 0.127 + 0.2 passes → 0.5·r1
+    out = build("mozi", {"loss_l2": 0.2})(torch.zeros(2), R, mctx(0))
+    assert out.tolist() == pytest.approx([0.5, -0.5])
+    with pytest.raises(ValueError, match="^loss_l2:"):
+        build("mozi", {"loss_l2": -1.0})
