@@ -22,6 +22,17 @@ class CorruptFileError(FedsimError, ValueError):
     message names the file."""
 
 
+class ScenarioError(FedsimError, ValueError):
+    """A scenario that cannot run; ``str()`` is one line naming the field and the fix.
+
+    ``errors`` holds each problem as its own line (``source: field: message``) for
+    ``fedsim validate``, which prints one line per error; ``str()`` joins them with ``; ``."""
+
+    def __init__(self, message: object, errors: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.errors = [" ".join(str(e).split()) for e in errors] if errors else [str(self)]
+
+
 class ResumeMismatchError(FedsimError, ValueError):
     """``--resume`` on a run directory whose checkpoint, metrics or scenario do not agree."""
 

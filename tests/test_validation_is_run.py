@@ -29,7 +29,9 @@ from pydantic import ValidationError
 
 import attacks
 import strategies
+from fedsim import runner
 from fedsim import scenario as sc_mod
+from fedsim import validation as validation_mod
 from fedsim.cli import main
 from fedsim.errors import FedsimError
 from fedsim.peers import PeerGroup, Server
@@ -64,11 +66,13 @@ def scenario_dict(kind: str, mode: str, count: int, byz: int, degree: int, p: fl
 
 def _validate(data: dict) -> tuple[Scenario, list[tuple[int, int]], list[tuple[int, float]]]:
     """``parse`` as ``fedsim validate`` runs it, recording the ``(n, f)`` the rule was checked with
-    and the ``(f, in-degree)`` validation resolved."""
+    and the ``(f, in-degree)`` validation resolved (the spy replaces the ``resolve_f`` that
+    :mod:`fedsim.validation` calls, which is the very function :func:`fedsim.runner.prepare` calls)."""
     checked: list[tuple[int, int]] = []
     resolved: list[tuple[int, float]] = []
     cls = strategies.REGISTRY[data["strategy"]["name"]]
-    real_check, real_resolve = cls.check, sc_mod.resolve_f
+    real_check, real_resolve = cls.check, validation_mod.resolve_f
+    assert real_resolve is runner.resolve_f is sc_mod.resolve_f  # validation's f is the run's
 
     def spy_check(self, n: int, f: int) -> None:
         if type(self) is cls:
@@ -82,7 +86,7 @@ def _validate(data: dict) -> tuple[Scenario, list[tuple[int, int]], list[tuple[i
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cls, "check", spy_check)
-        mp.setattr(sc_mod, "resolve_f", spy_resolve)
+        mp.setattr(validation_mod, "resolve_f", spy_resolve)
         sc = parse(data, "v.yaml", require_data=True)
     return sc, checked, resolved
 

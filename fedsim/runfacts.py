@@ -1,0 +1,137 @@
+"""The facts a run and its validation share (docs/architecture.md, "Who owns which fact").
+
+:func:`fedsim.runner.prepare` and :mod:`fedsim.validation` both call these, so a scenario that
+validates computes the same Byzantine placement, topology, ``f``, rule parameters and partition
+when it runs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fedsim import limits
+
+if TYPE_CHECKING:
+    from fedsim.partition import Partition
+    from fedsim.schema import Scenario
+    from fedsim.topology import Topology
+
+
+def default_f(sc: Scenario, in_degree: float) -> int:
+    """Byzantine senders a rule tolerates when ``strategy.f`` is unset."""
+    if sc.strategy.f is not None:
+        return sc.strategy.f
+    b = sc.peers.num_byzantine
+    if sc.mode == "federated":
+        k = clients_per_round(sc)
+        return b if k == sc.peers.count else int(math.ceil(b * k / sc.peers.count)) if b else 0
+    return int(math.ceil(b / sc.peers.count * in_degree)) if b else 0
+
+
+def clients_per_round(sc: Scenario) -> int:
+    """``k``, the clients the federated server samples each round (``peers.count`` without sampling)."""
+    n, smp = sc.peers.count, sc.sampling
+    if smp.count is not None:
+        return smp.count
+    if smp.fraction is not None:
+        return max(1, math.floor(round(smp.fraction * n, 9)))  # round first: 0.29 * 100 is 28.999...
+    return n
+
+
+def sampled_clients(sc: Scenario, round_: int) -> np.ndarray | None:
+    """Bool ``[peers.count]``: the clients sampled in round ``round_`` (a seeded draw of
+    :func:`clients_per_round` without replacement, a pure function of ``(seed, round)``), or None
+    when every client takes part (no sampling, or ``k = peers.count``: the unsampled run itself)."""
+    from fedsim import rng as crng
+
+    n, k = sc.peers.count, clients_per_round(sc)
+    if sc.mode != "federated" or k >= n:
+        return None
+    mask = np.zeros(n, dtype=bool)
+    mask[crng.numpy_generator(sc.seed, "client_sampling", round_).choice(n, size=k, replace=False)] = True
+    return mask
+
+
+def byzantine_mask(sc: Scenario) -> np.ndarray:
+    """Bool ``[peers.count]``: which peers are Byzantine (a seeded draw of ``num_byzantine``)."""
+    from fedsim import rng as crng
+
+    n = sc.peers.count
+    byz = np.zeros(n, dtype=bool)
+    byz[crng.numpy_generator(sc.seed, "byzantine").permutation(n)[: sc.peers.num_byzantine]] = True
+    return byz
+
+
+def build_topology(sc: Scenario) -> Topology:
+    """The scenario's topology, built (``ValueError`` naming the ``topology.*`` field if it cannot be)."""
+    from fedsim.topology import Topology
+
+    t = sc.topology
+    return Topology(t.kind, sc.peers.count, sc.seed, degree=t.degree, p=t.p, fanout=t.fanout).build()
+
+
+def resolve_f(sc: Scenario, topo: Topology) -> tuple[int, float]:
+    """``(f, mean in-degree)`` from the built topology: the ``f`` every rule is given and the mean
+    number of vectors an aggregator hears per round (round 0 for push gossip; for the federated
+    server every client it samples, :func:`clients_per_round`). The run (:func:`fedsim.runner.prepare`) and
+    validation both call this, so they agree on ``f`` (an Erdős–Rényi graph's real mean degree,
+    not ``p·(n-1)``)."""
+    if sc.mode == "federated":
+        k = clients_per_round(sc)
+        return default_f(sc, k), float(k)
+    in_degree = float(np.mean(topo.degrees(0)))
+    return default_f(sc, in_degree), in_degree
+
+
+def received_per_aggregation(in_degree: float) -> int:
+    """The ``n`` a rule's :meth:`check` is asked about: the mean in-degree (:func:`resolve_f`;
+    every client for the federated server) rounded, at least 1."""
+    return max(1, int(round(in_degree)))
+
+
+def strategy_params(sc: Scenario) -> dict[str, Any]:
+    """The parameters the rule is built with, by the run and by validation: ``strategy.params``,
+    and in federated mode ``include_own: false`` unless set (a server averages its clients, not
+    the old global model)."""
+    import strategies
+
+    params = dict(sc.strategy.params)
+    fields = getattr(strategies.REGISTRY.get(sc.strategy.name), "__dataclass_fields__", {})
+    if sc.mode == "federated" and "include_own" in fields:
+        params.setdefault("include_own", False)
+    return params
+
+
+def partition_for(sc: Scenario, y_train: np.ndarray, byzantine: np.ndarray) -> Partition:
+    """The scenario's partition of ``y_train`` (``byzantine``: :func:`byzantine_mask`)."""
+    from fedsim.partition import make_partition
+
+    pt = sc.partition
+    return make_partition(
+        pt.kind,
+        y_train,
+        sc.peers.count,
+        sc.seed,
+        alpha=pt.alpha,
+        k=pt.k,
+        window=pt.window,
+        beta=pt.beta,
+        min_size=pt.min_size,
+        val_fraction=pt.val_fraction,
+        per_class=pt.per_class,
+        all_classes=byzantine if pt.byzantine_classes == "all" else None,
+    )
+
+
+def resource_warnings(sc: Scenario) -> list[str]:
+    """Warnings (not errors) about what the run asks of this machine: a local Ray instance given
+    more CPUs than the machine has (``engine.num_actors``)."""
+    from fedsim.runner import local_ray_cpus
+
+    if sc.engine.backend != "ray":
+        return []
+    w = limits.cpu_warning(sc.engine.num_actors, sc.engine.cpus_per_actor, local_ray_cpus(sc))
+    return [w] if w else []

@@ -1,0 +1,325 @@
+"""Validation beyond the schema: each check by the code the run uses (docs/architecture.md,
+"Who owns which fact"), and the typo check of a sweep's grid (:func:`unknown_names`,
+:func:`grid_errors`)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from fedlib.heads import num_params as head_params
+from fedlib.registry import did_you_mean as _did_you_mean
+from fedsim import limits
+from fedsim.device import device_error
+from fedsim.errors import FedsimError, ScenarioError
+from fedsim.overrides import set_dotted
+from fedsim.probe_registry import get_probe
+from fedsim.runfacts import (
+    build_topology,
+    byzantine_mask,
+    partition_for,
+    received_per_aggregation,
+    resolve_f,
+    strategy_params,
+)
+from fedsim.schema import Scenario, StrategyCfg, _messages, _show
+from fedsim.yamlsafe import plain_tree
+
+if TYPE_CHECKING:
+    from fedsim.data.datasets import DatasetInfo
+    from fedsim.topology import Topology
+
+
+def check_semantics(sc: Scenario, source: str = "scenario", *, require_data: bool = False) -> None:
+    """The checks beyond the schema, each by the code the run uses, cheapest first: names exist
+    and parameters build; the dataset's size and classes bound the partition; the memory the
+    run needs fits the machine; the topology builds and the rule's n/f limits hold for its real
+    in-degree; the partition itself gives every peer data; probes are well-formed."""
+    errors = _name_errors(sc)
+    if errors:
+        raise ScenarioError(f"{source}: " + "; ".join(errors), [f"{source}: {e}" for e in errors])
+
+    def fail(msg: str) -> None:
+        raise ScenarioError(f"{source}: {msg}")
+
+    info = _dataset_info(sc, require_data, fail)
+    if info is not None:
+        from fedsim.partition import check_bounds
+
+        try:
+            check_bounds(sc.partition.kind, sc.peers.count, info.n_train, info.num_classes,
+                         k=sc.partition.k, window=sc.partition.window, min_size=sc.partition.min_size)
+        except ValueError as e:
+            fail(str(e))
+        _check_memory(sc, info, fail)
+    try:
+        topo = build_topology(sc)
+    except ValueError as e:
+        fail(str(e))
+    _check_rule(sc, topo, fail)
+    if info is not None:
+        _check_partition(sc, info, fail)
+    _check_probes(sc, fail)
+    device = device_error(sc.engine.device, whole=sc.model.whole, backend=sc.engine.backend)
+    if device:
+        fail(device)
+    if sc.model.whole:
+        from fedsim.whole import check_model
+
+        try:
+            check_model(sc, info)
+        except ValueError as e:
+            fail(str(e))
+
+
+def _name_errors(sc: Scenario) -> list[str]:
+    """Every unknown name and unbuildable rule or attack, each as ``field: message``."""
+    import attacks
+    import strategies
+    from fedsim.data.datasets import DATASETS
+    from fedsim.models.backbones import BACKBONES, unknown_backbone
+
+    errors = []
+    if sc.dataset.name not in DATASETS:
+        hint = _did_you_mean(sc.dataset.name, DATASETS)
+        errors.append(f"dataset.name: unknown dataset {sc.dataset.name!r}{hint}; available: {', '.join(DATASETS)}")
+    elif not DATASETS[sc.dataset.name][1] and not sc.dataset.data_dir:
+        errors.append(f"dataset.data_dir: dataset {sc.dataset.name!r} is read from local files; set the directory")
+    if sc.backbone.name not in BACKBONES:
+        errors.append(f"backbone.name: {unknown_backbone(sc.backbone.name)}")
+    try:
+        strategies.build(sc.strategy.name, strategy_params(sc))
+    except ValueError as e:
+        errors.append(f"{'strategy.params' if sc.strategy.name in strategies.REGISTRY else 'strategy.name'}: {e}")
+    if sc.peers.attack.name != "none":
+        try:
+            attacks.build(sc.peers.attack.name, sc.peers.attack.params)
+        except ValueError as e:
+            where = "peers.attack.params" if sc.peers.attack.name in attacks.REGISTRY else "peers.attack.name"
+            errors.append(f"{where}: {e}")
+    if sc.peers.attack.name != "none" and not sc.peers.num_byzantine and not sc.peers.allow_idle_attack:
+        errors.append(
+            f"peers.attack.name: attack {sc.peers.attack.name!r} named but 0 Byzantine peers (nobody would attack); "
+            "set peers.byzantine or peers.byzantine_fraction, or attack name: none "
+            "(or peers.allow_idle_attack: true if intended)"
+        )
+    if sc.peers.num_byzantine and sc.peers.attack.name == "none" and not sc.peers.allow_idle_attack:
+        errors.append(
+            f"peers.attack.name: {sc.peers.num_byzantine} Byzantine peers but no attack; name one or set byzantine: 0 "
+            "(or peers.allow_idle_attack: true if intended)"
+        )
+    return errors
+
+
+_TYPO_TYPES = ("extra_forbidden", "literal_error")  # pydantic errors that are a misspelt key or kind
+
+
+def _get(data: Any, path: str) -> Any:
+    """``data["a"]["b"]`` for ``"a.b"``, or None where a part is missing or not a mapping."""
+    for part in path.split("."):
+        if not isinstance(data, dict):
+            return None
+        data = data.get(part)
+    return data
+
+
+def unknown_names(data: Any) -> list[str]:
+    """The typos in a scenario mapping, each as ``field: message`` with the closest allowed name:
+    unknown keys, a kind outside its fixed set (``topology.kind``), unknown dataset, backbone,
+    strategy and attack names, and parameter keys that *no* registered rule (attack) has. These are
+    mistakes in any combination of a sweep, so ``fedsim sweep --skip-invalid`` never skips them
+    (a parameter another rule has, or a limit like Krum's n > 2f + 2, is a constraint failure).
+    Load the scenario's plugins first (their names count)."""
+    import attacks
+    import strategies
+    from fedsim.data.datasets import DATASETS
+    from fedsim.models.backbones import BACKBONES, unknown_backbone
+
+    if not isinstance(data, dict):
+        return []
+    errors = []
+    try:
+        Scenario.model_validate(plain_tree(data))
+    except ValidationError as e:
+        errors += [m for err, m in zip(e.errors(), _messages(e), strict=True) if err["type"] in _TYPO_TYPES]
+    except (ValueError, TypeError, OverflowError):
+        pass
+    name = _get(data, "dataset.name")
+    if isinstance(name, str) and name not in DATASETS:
+        errors.append(f"dataset.name: unknown dataset {name!r}{_did_you_mean(name, DATASETS)}; "
+                      f"available: {', '.join(DATASETS)}")
+    name = _get(data, "backbone.name")
+    if isinstance(name, str) and name not in BACKBONES:
+        errors.append(f"backbone.name: {unknown_backbone(name)}")
+    for field, registry, module in (("strategy", strategies.REGISTRY, strategies), ("peers.attack", attacks.REGISTRY,
+                                                                                   attacks)):
+        name, params = _get(data, f"{field}.name"), _get(data, f"{field}.params")
+        if name is None:
+            name = StrategyCfg.model_fields["name"].default if field == "strategy" else "none"
+        if not isinstance(name, str) or (field == "peers.attack" and name == "none"):
+            continue
+        if name not in registry:
+            try:
+                module.build(name)
+            except ValueError as e:
+                errors.append(f"{field}.name: {e}")
+            continue
+        everyone = {p for n in registry for p in getattr(registry[n], "__dataclass_fields__", {})}
+        if isinstance(params, dict) and hasattr(registry[name], "__dataclass_fields__"):
+            typos = {k: v for k, v in params.items() if k not in everyone}
+            msg = module.registry.unknown_params(name, typos)
+            if msg:
+                errors.append(f"{field}.params: {msg}")
+    return errors
+
+
+def grid_errors(base: dict[str, Any], grid: dict[str, list[Any]], source: str = "scenario") -> list[str]:
+    """The typos (:func:`unknown_names`) of a sweep: the base scenario's, then each value of each
+    grid axis applied alone to the base, as ``source: sweep KEY=VALUE: field: message`` (the field
+    left out when it is the axis itself). Empty when every name and key exists."""
+    import copy
+
+    from fedsim import plugins
+
+    try:
+        plugins.load([plugins.normalize(e) for e in base.get("plugins") or [] if isinstance(e, str)])
+    except (plugins.PluginError, ValueError):
+        pass  # validation names the plugin that fails
+    known = unknown_names(base)
+    out = [f"{source}: {e}" for e in known]
+    for key, values in grid.items():
+        seen = set(known)  # an axis whose key is misspelt says so once, not once per value
+        for v in values:
+            data = copy.deepcopy(base)
+            set_dotted(data, key, v)
+            for e in unknown_names(data):
+                if e not in seen:
+                    seen.add(e)
+                    shown = v if isinstance(v, str) else _show(v)
+                    out.append(f"{source}: sweep {key}={shown}: {e.removeprefix(key + ': ')}")
+    return out
+
+
+def _dataset_info(sc: Scenario, require_data: bool, fail: Callable[[str], None]) -> DatasetInfo | None:
+    """The dataset's sizes and labels from its loader (cached), or None when its files are missing
+    and ``require_data`` is off (the run then names the missing file)."""
+    from fedsim.data.datasets import dataset_info
+
+    try:
+        return dataset_info(sc.dataset.name, sc.dataset.data_dir)
+    except FileNotFoundError as e:
+        if require_data:
+            fail(f"dataset.data_dir: {e}")
+        return None
+    except ImportError as e:
+        fail(f"dataset.name: {sc.dataset.name!r} needs a package that is not installed ({e})")
+    except (FedsimError, ValueError, OSError) as e:
+        fail(f"dataset.data_dir: {e}")
+    return None
+
+
+@functools.lru_cache(maxsize=32)
+def _feature_dim(backbone: str, sample_shape: tuple[int, ...], dtype: str) -> int:
+    from fedsim.models.backbones import extract_features, get_spec
+
+    spec = get_spec(backbone)
+    net = spec.build() if spec.build else None  # untrained weights: only the output size is read
+    return int(extract_features(net, np.zeros((1, *sample_shape), dtype=np.dtype(dtype)), spec).shape[1])
+
+
+def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None]) -> None:
+    """The backbone accepts the dataset's inputs, its weights exist, and the run's memory
+    estimate (:mod:`fedsim.limits`) fits the machine."""
+    import attacks
+    import strategies
+    from fedsim.models.backbones import get_spec
+    from fedsim.runner import local_ray_cpus
+
+    spec = get_spec(sc.backbone.name)
+    if spec.build is not None and spec.weights_file and not spec.weights_path().exists():
+        fail(f"backbone.name: no weights for {sc.backbone.name!r} at {spec.weights_path()}; "
+             f"create them with `fedsim pretrain --backbone {sc.backbone.name}`")
+    try:
+        dim = _feature_dim(sc.backbone.name, info.sample_shape, info.dtype)
+    except (ValueError, RuntimeError) as e:
+        fail(f"backbone.name: {' '.join(str(e).split())[:200]} (dataset {sc.dataset.name!r})")
+    t, n, c = sc.topology, sc.peers.count, info.num_classes
+    groups = min(sc.engine.num_actors, n)
+    on_ray = sc.engine.backend == "ray" and local_ray_cpus(sc) is not None
+    attack = attacks.build(sc.peers.attack.name, sc.peers.attack.params) if sc.peers.attack.name != "none" else None
+    est = limits.estimate_memory(
+        peers=n,
+        num_params=head_params((c, dim), sc.training.bias),
+        dim=dim,
+        n_train=info.n_train,
+        n_test=info.n_test,
+        groups=groups,
+        concurrent=groups if sc.engine.backend == "ray" else 1,
+        adam=sc.training.optimizer == "adam",
+        consolidated=bool(strategies.build(sc.strategy.name, strategy_params(sc)).consolidated),
+        forged=isinstance(attack, attacks.UpdateForger) and sc.peers.num_byzantine > 0,
+        edges=0 if sc.mode == "federated" else limits.directed_edges(t.kind, n, t.degree, t.p, t.fanout),
+        ray_actors=groups + (sc.mode == "federated") if on_ray else 0,
+    )
+    msg = limits.memory_error(est)
+    if msg:
+        fail(f"{est.biggest()[0]}: the run {msg}")
+
+
+def _check_rule(sc: Scenario, topo: Topology, fail: Callable[[str], None]) -> None:
+    """The rule's n/f limits for the f and in-degree the run will use (:func:`resolve_f`), and the
+    forger's: it is told the same ``n`` and ``f`` (``AttackContext``)."""
+    import attacks
+    import strategies
+
+    f, in_degree = resolve_f(sc, topo)
+    n = received_per_aggregation(in_degree)
+    try:
+        strategies.build(sc.strategy.name, strategy_params(sc)).check(n, f)
+    except ValueError as e:
+        where = "strategy.f" if sc.strategy.f is not None else "strategy.name"
+        fail(
+            f"{where}: {e} (with {n} received vectors per aggregation and f={f}; set strategy.f, "
+            "raise the topology degree, or lower the Byzantine count)"
+        )
+    if sc.peers.attack.name != "none" and sc.peers.num_byzantine:
+        attack = attacks.build(sc.peers.attack.name, sc.peers.attack.params)
+        try:
+            if isinstance(attack, attacks.UpdateForger):
+                attack.check(n, f)
+        except ValueError as e:
+            fail(f"peers.attack.params: {e} (with {n} received vectors per aggregation and f={f})")
+
+
+def _check_partition(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None]) -> None:
+    """The partition the run will make (:func:`partition_for`) gives every peer training data."""
+    try:
+        part = partition_for(sc, info.y_train, byzantine_mask(sc))
+    except ValueError as e:
+        fail(str(e))
+    empty = [i for i, t in enumerate(part.train) if len(t) == 0]
+    if empty:
+        fail(
+            f"peers.count: partition {sc.partition.kind!r} leaves {len(empty)} of {sc.peers.count} peers "
+            f"(e.g. peer {empty[0]}) without training samples; use fewer peers, another partition or a "
+            "lower partition.val_fraction"
+        )
+
+
+def _check_probes(sc: Scenario, fail: Callable[[str], None]) -> None:
+    """Each probe's own value checks (its kind's ``validate``; the schema checked kind and keys)."""
+    for i, p in enumerate(sc.probes):
+        try:
+            get_probe(i, p.kind).validate(i, p.settings(), sc.peers.count)
+        except ValueError as e:
+            fail(str(e))
+    from fedsim.canaries import plan
+
+    try:
+        plan(sc.probes)  # at most one probe plants canaries
+    except ValueError as e:
+        fail(str(e))
