@@ -16,6 +16,7 @@ from torch import Tensor
 
 import attacks
 import strategies
+from fedlib.heads import num_params
 from fedsim import heads, plugins
 from fedsim import rng as crng
 from fedsim.topology import Topology
@@ -278,8 +279,7 @@ class PeerGroup:
             self.b.copy_(b)
 
     def _num_params(self) -> int:
-        c, d = self.layer_shape
-        return c * d + (c if self.bias else 0)
+        return num_params(self.layer_shape, self.bias)
 
     # get_state's per-peer tensors (first dimension: the hosted peers, in id order); the other
     # entries ("t", "stale_history") are the same in every group. A checkpoint concatenates the
@@ -636,8 +636,7 @@ class Server:
         self.s = setup
         self.bias = bool(setup.training["bias"])
         self.layer_shape = (setup.num_classes, setup.dim)
-        c, d = self.layer_shape
-        self.global_params = np.zeros(c * d + (c if self.bias else 0), dtype=np.float32)
+        self.global_params = np.zeros(num_params(self.layer_shape, self.bias), dtype=np.float32)
         self.attack = (
             attacks.build(setup.attack["name"], setup.attack.get("params")) if setup.attack["name"] != "none" else None
         )

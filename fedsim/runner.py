@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 import strategies
+from fedlib.heads import num_params as head_params
 from fedsim import rng as crng
 from fedsim.backend import make_backend, ray_version
 from fedsim.callbacks import Callback, Interrupt, Progress, Stop, StopAfter
@@ -109,7 +110,7 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     f, in_degree = resolve_f(sc, topo)
     params = strategy_params(sc)
     c, d = feats.num_classes, feats.dim
-    num_params = c * d + (c if sc.training.bias else 0)
+    num_params = head_params((c, d), sc.training.bias)
     if plan is not None:
         d, num_params = plan.dim, whole.num_trainable(plan)
     rule_cls = strategies.REGISTRY[sc.strategy.name]
