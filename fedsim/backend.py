@@ -305,6 +305,7 @@ class _LocalHandle:
 
 class LocalBackend:
     name = "local"
+    lazy = False  # .remote() runs the call at once and returns its result
 
     def actor(self, cls: type, *args: Any, num_cpus: float = 1.0) -> Any:
         return _LocalHandle(cls(*args))
@@ -327,6 +328,7 @@ class RayBackend:
     ObjectRefs of every group's parameters and fetch them; the driver never materialises them)."""
 
     name = "ray"
+    lazy = True  # .remote() returns at once; the call runs while the driver submits more
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None) -> None:
         self._started = init_ray(address, num_cpus, log_to_driver=True)
