@@ -168,7 +168,8 @@ class Simulation:
         elif server is not None:  # federated: the global model is every honest client's model
             from fedsim import heads
 
-            g = torch.tensor(backend.get(server.get_global.remote()))[None]  # a copy: Ray hands out read-only arrays
+            g_ref = self._global_ref if self._global_ref is not None else server.get_global.remote()  # the last reply's
+            g = torch.tensor(backend.get(g_ref))[None]  # a copy: Ray hands out read-only arrays
             w, b = strategies.unflatten(g, (prep.features.num_classes, prep.features.dim), sc.training.bias)
             acc, loss = heads.accuracy_and_loss(
                 w.contiguous(), b, torch.from_numpy(prep.features.x_test), torch.from_numpy(prep.features.y_test)
