@@ -247,7 +247,10 @@ def run_tasks(
         if threads_kw is not None:
             from fedsim.threads import task_threads
 
-            per_task = threads or min(task_threads(cpus, limit), _largest_node_cpus(ray, cpus))
+            node = _largest_node_cpus(ray, cpus)
+            if threads is not None and threads > node:  # Ray would wait forever for such a task
+                raise ValueError(f"threads: {threads} is more than the {node} CPUs of the largest Ray node")
+            per_task = threads or min(task_threads(cpus, limit), node)
             kw = {threads_kw: per_task}
         task = ray.remote(num_cpus=per_task, max_retries=0)(fn)
         queue, in_flight = list(calls), {}

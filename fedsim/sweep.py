@@ -12,7 +12,8 @@ under the sweep directory, named from its overrides in grid order::
 A run is complete when its ``summary.json`` exists. Running the same command again skips the
 complete runs and restarts the others (resuming from ``checkpoint.pt`` where there is one), so a
 killed sweep continues where it stopped. Each run executes with ``engine.backend: local`` inside
-one Ray task (or in this process with ``--local``); metrics do not depend on the engine.
+one Ray task (or in this process with ``--local``); metrics do not depend on the engine. Each run
+gets a fixed torch-thread budget, passed in as ``Run(threads=...)`` (:mod:`fedsim.threads`).
 
 The grid comes from ``--grid KEY=V1,V2`` options and/or a top-level ``sweep:`` mapping in the
 scenario YAML (removed before the scenario is validated)::

@@ -97,3 +97,12 @@ def test_ray_sweep_tasks_get_the_cpus_divided_by_the_jobs(ray_session):
     assert got(2) == [cpus // 2] * 2
     assert got(None) == [1, 1]
     assert got(1, threads=2) == [2, 2]
+
+
+def test_ray_sweep_refuses_more_threads_than_a_node_has(ray_session):
+    from fedsim.backend import run_tasks
+
+    cpus = int(ray_session.cluster_resources()["CPU"])
+    with pytest.raises(ValueError, match=f"more than the {cpus} CPUs"):
+        run_tasks(lambda k, threads: threads, [(0, (0,))], lambda *a: None, 1, threads_kw="threads",
+                  threads=cpus + 1)
