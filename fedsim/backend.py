@@ -220,9 +220,17 @@ def run_tasks(
     jobs: int | None = None,
     address: str | None = None,
     started: Callable[[Any], None] | None = None,
+    threads_kw: str | None = None,
+    threads: int | None = None,
 ) -> None:
-    """Run ``fn(*args)`` for every ``(key, args)`` of ``calls`` as Ray tasks of one CPU each, in
-    order, at most ``jobs`` at a time (default and cap: the cluster's CPUs); never retried.
+    """Run ``fn(*args)`` for every ``(key, args)`` of ``calls`` as Ray tasks, in order, at most
+    ``jobs`` at a time (default and cap: the cluster's CPUs); never retried.
+
+    Each task asks Ray for one CPU, or with ``threads_kw`` for its share of the cluster's CPUs,
+    ``T = CPUs // tasks at once`` (at least 1, at most one node's CPUs:
+    :func:`fedsim.threads.task_threads`), and is called as ``fn(*args, **{threads_kw: T})``: the
+    threads it may use, so the tasks in flight never ask for more threads than there are CPUs;
+    ``threads`` sets ``T`` instead (then at most ``CPUs // T`` tasks run at once).
 
     ``started(key)`` is called as a task is submitted and ``done(key, result, error)`` as each
     finishes, in completion order (``error``: the exception of a task that failed, e.g. a worker
@@ -235,7 +243,16 @@ def run_tasks(
     try:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         limit = max(1, min(jobs or cpus, cpus))
-        task = ray.remote(num_cpus=1, max_retries=0)(fn)
+        per_task, kw = 1, {}
+        if threads_kw is not None:
+            from fedsim.threads import task_threads
+
+            node = _largest_node_cpus(ray, cpus)
+            if threads is not None and threads > node:  # Ray would wait forever for such a task
+                raise ValueError(f"threads: {threads} is more than the {node} CPUs of the largest Ray node")
+            per_task = threads or min(task_threads(cpus, limit), node)
+            kw = {threads_kw: per_task}
+        task = ray.remote(num_cpus=per_task, max_retries=0)(fn)
         queue, in_flight = list(calls), {}
         try:
             while queue or in_flight:
@@ -243,7 +260,7 @@ def run_tasks(
                     key, args = queue.pop(0)
                     if started is not None:
                         started(key)
-                    in_flight[task.remote(*args)] = key
+                    in_flight[task.remote(*args, **kw)] = key
                 ready, _ = ray.wait(list(in_flight), num_returns=1)
                 for ref in ready:
                     key = in_flight.pop(ref)
@@ -258,6 +275,16 @@ def run_tasks(
     finally:
         if started_ray:
             ray.shutdown()
+
+
+def _largest_node_cpus(ray: Any, default: int) -> int:
+    """The most CPUs one alive node of the cluster has (a task cannot span nodes); ``default``
+    where Ray does not say."""
+    try:
+        cpus = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    except Exception:  # noqa: BLE001 - a Ray Client session may not list nodes
+        return default
+    return max([c for c in cpus if c > 0], default=default)
 
 
 class _LocalCall:
@@ -281,6 +308,7 @@ class _LocalHandle:
 
 class LocalBackend:
     name = "local"
+    lazy = False  # .remote() runs the call at once and returns its result
 
     def actor(self, cls: type, *args: Any, num_cpus: float = 1.0) -> Any:
         return _LocalHandle(cls(*args))
@@ -303,6 +331,7 @@ class RayBackend:
     ObjectRefs of every group's parameters and fetch them; the driver never materialises them)."""
 
     name = "ray"
+    lazy = True  # .remote() returns at once; the call runs while the driver submits more
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None) -> None:
         self._started = init_ray(address, num_cpus, log_to_driver=True)

@@ -647,6 +647,15 @@ class Server:
     def get_global(self) -> np.ndarray:
         return self.global_params
 
+    def aggregate_and_global(
+        self, round_: int, *client_params: np.ndarray, sampled: np.ndarray | None = None
+    ) -> tuple[dict[str, int], np.ndarray]:
+        """:meth:`aggregate`, then the global model it leaves: the next round's training reads it
+        straight from this call's reply (one actor call per round less than asking
+        :meth:`get_global`; :meth:`fedsim.simulation.Simulation.step`)."""
+        stats = self.aggregate(round_, *client_params, sampled=sampled)
+        return stats, self.global_params
+
     def get_state(self) -> dict[str, Any]:
         """The global model (a tensor, so a checkpoint stores it without pickle) and the stale attack's history."""
         return {"global": torch.from_numpy(self.global_params.copy()), "stale_history": self.stale_history}

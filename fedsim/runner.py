@@ -87,11 +87,13 @@ def _gradient_recording(sc: Scenario, train: list[np.ndarray], byz: np.ndarray,
     return None
 
 
-def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list[int] | None = None) -> Prepared:
+def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list[int] | None = None,
+            threads: int | None = None) -> Prepared:
     """Features, partition, Byzantine placement and the per-actor set-ups (no actor started).
 
     ``absent`` peers take no part (their messages never arrive; the unlearning probe's
-    "retrained without that peer" gold standard)."""
+    "retrained without that peer" gold standard). ``threads``: the torch threads each group's
+    process uses (:func:`group_threads`)."""
     plan = None
     if sc.model.whole:  # more than the linear head is trained (issue 18): fedsim.whole
         from fedsim import whole
@@ -118,14 +120,11 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     classes = held_classes(feats.y_train, train, part.val, c) if "overlap" in rule_cls.needs else None
     extra = _backbone_param_count(sc.backbone.name) if rule_cls.exchanges == "full_model" else 0
     largest_shard = max(len(t) for t in train)
-    threads = sc.engine.cpus_per_actor
-    if sc.engine.backend == "local":  # in-process, the groups run one after another: each may use every CPU
-        threads = min(threads * sc.engine.num_actors, os.cpu_count() or 1)  # but no more than the machine has
     common = dict(
         shard_pad=largest_shard if largest_shard <= sc.training.batch_size and plan is None else 0,
         byzantine=byz,
         absent=None if not absent else np.isin(np.arange(n), absent),
-        threads=max(1, int(threads)),
+        threads=group_threads(sc, threads),
         num_peers=n,
         num_classes=c,
         dim=d,
@@ -178,6 +177,21 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
                     topology=topo, canaries=canaries)
 
 
+def group_threads(sc: Scenario, budget: int | None = None) -> int:
+    """Torch threads of each peer group's process: ``budget`` where the caller gives one (a sweep
+    task's share of the CPUs, :mod:`fedsim.threads`), else ``engine.cpus_per_actor``; in-process
+    (``engine.backend: local``) the groups run one after another, so each may use
+    ``num_actors × cpus_per_actor``, at most the machine's CPUs."""
+    if budget is not None:
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise ValueError(f"threads: expected an integer >= 1, got {budget!r}")
+        return budget
+    threads = sc.engine.cpus_per_actor
+    if sc.engine.backend == "local":
+        threads = min(threads * sc.engine.num_actors, os.cpu_count() or 1)
+    return max(1, int(threads))
+
+
 def local_ray_cpus(sc: Scenario) -> int | None:
     """CPUs of the Ray instance a run starts on this machine (None: it attaches to
     ``engine.address``): the machine's, or more where the actors ask for more, so every actor is
@@ -218,11 +232,17 @@ class Run:
     sequences its rounds: each :class:`~fedsim.simulation.RoundRecord` goes to ``metrics.jsonl``
     and ``timings.jsonl`` (:mod:`fedsim.runfiles`), a periodic checkpoint, then the callbacks
     (:mod:`fedsim.callbacks`: progress, Ctrl-C, stop-after, the caller's). After the last round:
-    ``summary.json`` and the probes."""
+    ``summary.json`` and the probes.
+
+    ``threads``: the torch threads each peer group's process uses (:func:`group_threads`; a
+    sweep passes its task's share of the CPUs); None: from ``sc.engine``."""
 
     def __init__(self, sc: Scenario, run_dir: Path | None = None, absent: list[int] | None = None,
-                 run_probes: bool = True) -> None:
+                 run_probes: bool = True, threads: int | None = None) -> None:
         self.sc = sc
+        if threads is not None:
+            group_threads(sc, threads)  # a bad budget fails here, not after the run directory is made
+        self.threads = threads  # torch threads per group (runner.group_threads); None: from sc.engine
         self.dir = Path(run_dir) if run_dir else Path(sc.output.dir) / sc.name
         self.absent = absent
         self.run_probes = run_probes
@@ -289,7 +309,7 @@ class Run:
 
     def _execute(self, callbacks: list[Callback], log, point: ResumePoint | None) -> dict[str, Any]:
         sc = self.sc
-        prep = self.prepared = prepare(sc, log, self.absent)
+        prep = self.prepared = prepare(sc, log, self.absent, self.threads)
         backend = make_backend(sc.engine.backend, sc.engine.address, local_ray_cpus(sc))
         self._interrupt.requested = False
         self.groups, self.server, self.records = [], None, []

@@ -82,6 +82,9 @@ class Simulation:
             backend.actor(server_cls, prep.server_setup, *prep.root, num_cpus=cpus) if prep.server_setup else None
         )
         backend.get([g.ping.remote() for g in self.groups])
+        # the server's global model after the last aggregation (what the next round trains from), as
+        # that call's reply; None: ask the server (round 0, after a restore)
+        self._global_ref: Any = None
         self.honest_ids = np.flatnonzero(~prep.byzantine)
         self.out_degree = out_degree(sc, prep)
 
@@ -95,21 +98,22 @@ class Simulation:
         """Run round ``r``: train, aggregate, and evaluate when it is an evaluation round."""
         sc, backend, server = self.sc, self.backend, self.server
         t0 = time.perf_counter()
-        g_ref = server.get_global.remote() if server is not None else None
+        if server is not None and self._global_ref is None:
+            self._global_ref = server.get_global.remote()
+        g_ref = self._global_ref if server is not None else None
         sampled = sampled_clients(sc, r)  # None: every client (and every decentralized peer)
         if sampled is None:
             trained = [g.train.options(num_returns=2).remote(r, g_ref) for g in self.groups]
         else:
             trained = [g.train.options(num_returns=2).remote(r, g_ref, sampled) for g in self.groups]
+        params_refs = [t[0] for t in trained]
+        # on Ray the aggregation is submitted before the driver waits: it starts as soon as the
+        # heads exist, and the driver waits once per round (in-process a call runs when made, so
+        # the order stays train, wait, aggregate and the phases are timed apart)
+        stats_refs = self._aggregate(r, params_refs, sampled) if backend.lazy else None
         losses = backend.get([t[1] for t in trained])
         t1 = time.perf_counter()
-        params_refs = [t[0] for t in trained]
-        if server is not None and sampled is not None:
-            stats = [backend.get(server.aggregate.remote(r, *params_refs, sampled=sampled))]
-        elif server is not None:
-            stats = [backend.get(server.aggregate.remote(r, *params_refs))]
-        else:
-            stats = backend.get([g.aggregate.remote(r, *params_refs) for g in self.groups])
+        stats = backend.get(stats_refs if stats_refs is not None else self._aggregate(r, params_refs, sampled))
         t2 = time.perf_counter()
         rec = self._record(r, losses, stats, sampled)
         t_eval = 0.0
@@ -117,6 +121,18 @@ class Simulation:
             rec |= self.evaluate(r)
             t_eval = time.perf_counter() - t2
         return RoundRecord(r, rec, {"train": t1 - t0, "aggregate": t2 - t1, "evaluate": t_eval})
+
+    def _aggregate(self, r: int, params_refs: list[Any], sampled: np.ndarray | None) -> list[Any]:
+        """Submit round ``r``'s aggregation of the groups' heads ``params_refs``: every group's
+        (decentralized) or the server's, which also hands back the new global model for the next
+        round (:meth:`fedsim.peers.Server.aggregate_and_global`). Returns the stats' refs."""
+        if self.server is None:
+            return [g.aggregate.remote(r, *params_refs) for g in self.groups]
+        kw = {} if sampled is None else {"sampled": sampled}
+        stats_ref, self._global_ref = self.server.aggregate_and_global.options(num_returns=2).remote(
+            r, *params_refs, **kw
+        )
+        return [stats_ref]
 
     def _record(self, r: int, losses: list[float], stats: list[dict[str, int]],
                 sampled: np.ndarray | None) -> dict[str, Any]:
@@ -152,7 +168,8 @@ class Simulation:
         elif server is not None:  # federated: the global model is every honest client's model
             from fedsim import heads
 
-            g = torch.tensor(backend.get(server.get_global.remote()))[None]  # a copy: Ray hands out read-only arrays
+            g_ref = self._global_ref if self._global_ref is not None else server.get_global.remote()  # the last reply's
+            g = torch.tensor(backend.get(g_ref))[None]  # a copy: Ray hands out read-only arrays
             w, b = strategies.unflatten(g, (prep.features.num_classes, prep.features.dim), sc.training.bias)
             acc, loss = heads.accuracy_and_loss(
                 w.contiguous(), b, torch.from_numpy(prep.features.x_test), torch.from_numpy(prep.features.y_test)
@@ -202,6 +219,7 @@ class Simulation:
         if server is not None:
             check_state(source, "server's", state["server"], backend.get(server.get_state.remote()))
             backend.get(server.set_state.remote(state["server"]))
+            self._global_ref = None  # the restored global model: ask the server next round
         elif state["server"] is not None:
             raise CorruptFileError(f"{source}: holds a server's state, but this run has no server")
 

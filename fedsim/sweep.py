@@ -12,7 +12,8 @@ under the sweep directory, named from its overrides in grid order::
 A run is complete when its ``summary.json`` exists. Running the same command again skips the
 complete runs and restarts the others (resuming from ``checkpoint.pt`` where there is one), so a
 killed sweep continues where it stopped. Each run executes with ``engine.backend: local`` inside
-one Ray task (or in this process with ``--local``); metrics do not depend on the engine.
+one Ray task (or in this process with ``--local``); metrics do not depend on the engine. Each run
+gets a fixed torch-thread budget, passed in as ``Run(threads=...)`` (:mod:`fedsim.threads`).
 
 The grid comes from ``--grid KEY=V1,V2`` options and/or a top-level ``sweep:`` mapping in the
 scenario YAML (removed before the scenario is validated)::
@@ -53,6 +54,7 @@ from fedsim.scenario import (
     read_yaml,
     set_dotted,
 )
+from fedsim.threads import free_cpus
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._,+\-]")
 MAX_NAME = 200
@@ -259,8 +261,11 @@ def check_existing(plan: SweepPlan) -> list[str]:
 
 
 # --------------------------------------------------------------------------- executing
-def run_one(data: dict[str, Any], run_dir: str, progress: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+def run_one(data: dict[str, Any], run_dir: str, progress: Callable[[int, dict], None] | None = None,
+            threads: int | None = None) -> dict[str, Any]:
     """Execute one run into ``run_dir``; resume it from ``checkpoint.pt`` when there is one.
+    ``threads``: the run's torch threads (its share of the CPUs, :mod:`fedsim.threads`; None:
+    from its ``engine`` section, :func:`fedsim.runner.group_threads`).
 
     Returns ``{"status": "done"|"complete"|"failed"|"interrupted", "summary"|"error": ...}``; never
     raises for a failing run (its traceback goes to ``run_dir/error.txt``)."""
@@ -271,7 +276,7 @@ def run_one(data: dict[str, Any], run_dir: str, progress: Callable[[int, dict], 
         return {"status": "complete", "summary": json.loads((d / "summary.json").read_text())}
     try:
         sc = parse(data, str(d / "scenario.yaml"))
-        run = Run(sc, d)
+        run = Run(sc, d, threads=threads)
         resume = all((d / f).exists() for f in ("checkpoint.pt", "scenario.yaml", "metrics.jsonl"))
         if not resume:
             run.create_dir(overwrite=True)
@@ -335,9 +340,15 @@ def execute_sweep(
     address: str | None = None,
     reporter: Reporter | None = None,
     overwrite: bool = False,
+    threads: int | None = None,
 ) -> SweepResult:
     """Write ``sweep.json`` and run every incomplete run of ``plan`` (Ray tasks, or in order with
-    ``local``). ``overwrite`` deletes the planned run folders first. Returns what happened."""
+    ``local``). ``overwrite`` deletes the planned run folders first. ``threads``: each run's torch
+    threads; default: on Ray the CPUs divided among the runs in flight
+    (:func:`fedsim.threads.task_threads`), with ``local`` the CPUs free when the sweep starts
+    (:func:`fedsim.threads.free_cpus`). Returns what happened."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads: expected an integer >= 1, got {threads!r}")
     import shutil
 
     rep = reporter or Reporter()
@@ -352,6 +363,8 @@ def execute_sweep(
     rep.start(len(plan.runs), len(done_before))
     if not pending:
         return result
+    if local and threads is None:
+        threads = free_cpus()  # before this process adds load of its own
     _warm_features(plan)
 
     def finished(r: PlannedRun, res: dict[str, Any]) -> None:
@@ -364,16 +377,17 @@ def execute_sweep(
     if local:
         for r in pending:
             rep.run_started(r)
-            res = run_one(r.data, str(r.dir), progress=lambda i, rec, r=r: rep.round_done(r, i, rec))
+            res = run_one(r.data, str(r.dir), progress=lambda i, rec, r=r: rep.round_done(r, i, rec), threads=threads)
             if res["status"] == "interrupted":
                 raise KeyboardInterrupt(res["error"])
             finished(r, res)
     else:
-        _execute_ray(pending, jobs, address, rep, finished)
+        _execute_ray(pending, jobs, address, rep, finished, threads)
     return result
 
 
-def _execute_ray(pending: list[PlannedRun], jobs: int | None, address: str | None, rep: Reporter, finished) -> None:
+def _execute_ray(pending: list[PlannedRun], jobs: int | None, address: str | None, rep: Reporter, finished,
+                 threads: int | None = None) -> None:
     from fedsim.backend import run_tasks
 
     def done(r: PlannedRun, res: dict[str, Any] | None, err: BaseException | None) -> None:
@@ -381,7 +395,8 @@ def _execute_ray(pending: list[PlannedRun], jobs: int | None, address: str | Non
             res = {"status": "failed", "error": f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"}
         finished(r, res)
 
-    run_tasks(run_one, [(r, (r.data, str(r.dir))) for r in pending], done, jobs, address, started=rep.run_started)
+    run_tasks(run_one, [(r, (r.data, str(r.dir))) for r in pending], done, jobs, address, started=rep.run_started,
+              threads_kw="threads", threads=threads)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -436,6 +451,12 @@ class _BarReporter(Reporter):
 )
 @click.option("--jobs", "-j", type=click.IntRange(min=1), help="Runs at once (default: one per CPU of Ray).")
 @click.option("--local", is_flag=True, help="Run one after another in this process, without Ray.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="Torch threads per run (default: with Ray, the CPUs divided among the runs at once, at least 1; "
+    "with --local, the CPUs free when the sweep starts: CPUs minus the load average, at least 1).",
+)
 @click.option("--address", help="Ray cluster to run on: 'auto' or ray://HOST:10001.")
 @click.option(
     "--skip-invalid",
@@ -452,6 +473,7 @@ def sweep(
     out: Path | None,
     jobs: int | None,
     local: bool,
+    threads: int | None,
     address: str | None,
     skip_invalid: bool,
     overwrite: bool,
@@ -464,6 +486,12 @@ def sweep(
 
     Complete runs (with summary.json) are skipped, so after a kill or Ctrl-C the same command
     continues where it stopped. Runs use engine.backend=local inside Ray tasks.
+
+    Threads: each run gets a fixed number of torch threads, so the runs at once never ask for more
+    threads than there are CPUs (oversubscribed threads wait on each other): with Ray, each task
+    asks for and uses CPUs ÷ --jobs of them (at least 1; default --jobs: one run per CPU, 1
+    thread each); with --local, the CPUs not busy when the sweep starts (CPUs minus the 1-minute
+    load average, at least 1). --threads N sets it (docs/performance.md, "Thread policy").
 
     \b
     Examples:
@@ -520,7 +548,7 @@ def sweep(
     t0 = time.time()
     try:
         if quiet:
-            res = execute_sweep(plan, jobs, local, address, None, overwrite)
+            res = execute_sweep(plan, jobs, local, address, None, overwrite, threads)
         else:
             with Progress(
                 TextColumn("[bold]{task.description}"),
@@ -530,7 +558,7 @@ def sweep(
                 TextColumn("{task.fields[last]}"),
                 console=console,
             ) as bar:
-                res = execute_sweep(plan, jobs, local, address, _BarReporter(bar, plan.name), overwrite)
+                res = execute_sweep(plan, jobs, local, address, _BarReporter(bar, plan.name), overwrite, threads)
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted; complete runs are kept. Continue with the same command (→ {plan.out})")
         raise SystemExit(130) from None

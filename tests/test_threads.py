@@ -1,9 +1,14 @@
 """fedsim's thread policy: OpenMP threads sleep rather than spin while they wait (a busy core must
-not stall the others: docs/performance.md, "Quiet and with one core busy")."""
+not stall the others: docs/performance.md, "Quiet and with one core busy"), and each run of a sweep
+gets a fixed thread budget (fedsim.threads: the CPUs divided among the runs at once, or the free ones)."""
 
 import os
 import subprocess
 import sys
+
+import pytest
+
+from fedsim.threads import free_cpus, task_threads
 
 
 def _policy(env: dict) -> str:
@@ -23,3 +28,81 @@ def test_the_cli_sets_it_before_torch_loads():
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["PASSIVE", "False"]  # set, and torch not yet loaded: OpenMP will read it
+
+
+# ------------------------------------------------------------------ thread budgets (issue 19 item 1)
+
+def test_task_threads_divides_the_cpus_among_the_runs_at_once():
+    assert task_threads(2, 2) == 1 and task_threads(2, 1) == 2 and task_threads(8, 3) == 2
+    assert task_threads(2, None) == 1  # default: one run per CPU
+    assert task_threads(2, 5) == 1  # more runs than CPUs: still one thread each
+    with pytest.raises(ValueError, match="jobs"):
+        task_threads(2, 0)
+
+
+def test_free_cpus_is_the_cpus_minus_the_load_at_least_one():
+    assert free_cpus(load=0.0, cpus=4) == 4
+    assert free_cpus(load=1.2, cpus=4) == 3
+    assert free_cpus(load=2.6, cpus=4) == 1
+    assert free_cpus(load=9.0, cpus=2) == 1
+    assert 1 <= free_cpus() <= (os.cpu_count() or 1)
+    with pytest.raises(ValueError, match="load"):
+        free_cpus(load=-1.0, cpus=2)
+
+
+def test_a_run_takes_the_budget_it_is_given(tmp_path, small_scenario):
+    from fedsim.runner import Run, group_threads, prepare
+    from fedsim.scenario import parse
+
+    sc = parse(small_scenario(engine={"backend": "local", "num_actors": 2}))
+    assert group_threads(sc) == min(2, os.cpu_count() or 1)  # in-process: num_actors x cpus_per_actor
+    assert all(s.threads == 1 for s in prepare(sc, threads=1).setups)
+    with pytest.raises(ValueError, match="threads: expected an integer >= 1"):
+        Run(sc, tmp_path / "r", threads=0)
+
+
+def test_a_local_sweep_passes_the_free_cpus_or_the_given_threads(tmp_path, monkeypatch):
+    import yaml
+
+    import fedsim.sweep
+    from fedsim.sweep import execute_sweep, plan_sweep
+
+    data = {"name": "t", "dataset": {"name": "sklearn_digits"},
+            "backbone": {"name": "identity", "cache_dir": str(tmp_path / "cache")}, "peers": {"count": 4},
+            "topology": {"kind": "k_regular", "degree": 2}, "rounds": 1, "engine": {"backend": "local"}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+    seen = []
+    monkeypatch.setattr(fedsim.sweep, "run_one", lambda d, r, progress=None, threads=None: seen.append(threads)
+                        or {"status": "done", "summary": {}})
+    monkeypatch.setattr(fedsim.sweep, "free_cpus", lambda: 7)
+    execute_sweep(plan_sweep(tmp_path / "s.yaml", {"seed": [0, 1]}, out=tmp_path / "a"), local=True)
+    execute_sweep(plan_sweep(tmp_path / "s.yaml", {"seed": [0]}, out=tmp_path / "b"), local=True, threads=3)
+    assert seen == [7, 7, 3]
+    with pytest.raises(ValueError, match="threads"):
+        execute_sweep(plan_sweep(tmp_path / "s.yaml", {"seed": [0]}, out=tmp_path / "c"), local=True, threads=0)
+
+
+def test_ray_sweep_tasks_get_the_cpus_divided_by_the_jobs(ray_session):
+    from fedsim.backend import run_tasks
+
+    cpus = int(ray_session.cluster_resources()["CPU"])  # 4 (conftest)
+
+    def got(jobs, threads=None):
+        out = {}
+        run_tasks(lambda k, threads: threads, [(k, (k,)) for k in range(2)],
+                  lambda k, res, err: out.__setitem__(k, res if err is None else err), jobs,
+                  threads_kw="threads", threads=threads)
+        return sorted(out.values())
+
+    assert got(2) == [cpus // 2] * 2
+    assert got(None) == [1, 1]
+    assert got(1, threads=2) == [2, 2]
+
+
+def test_ray_sweep_refuses_more_threads_than_a_node_has(ray_session):
+    from fedsim.backend import run_tasks
+
+    cpus = int(ray_session.cluster_resources()["CPU"])
+    with pytest.raises(ValueError, match=f"more than the {cpus} CPUs"):
+        run_tasks(lambda k, threads: threads, [(0, (0,))], lambda *a: None, 1, threads_kw="threads",
+                  threads=cpus + 1)
