@@ -30,7 +30,7 @@ from torch import Tensor
 import strategies
 from attacks import probes as ap
 from fedsim import rng as crng
-from fedsim.probes import _check_honest, _Ctx, _default_leaver, _err, heldout_split, hop_distances, in_neighbors
+from fedsim.probe_context import _check_honest, _Ctx, _default_leaver, _err, heldout_split, hop_distances, in_neighbors
 
 ALL = "all"
 

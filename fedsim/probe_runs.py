@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedsim.probe_context import Retrain, _context, _plain, _write_json
 from fedsim.probe_registry import get_probe, summarize, validate_probe
-from fedsim.probes import Retrain, _context, _plain, _write_json
 
 
 def run_probes(run: Any, prep: Any, final_params: np.ndarray,

@@ -404,7 +404,7 @@ class Run:
         """Final heads ``[N, P]`` of this scenario retrained with ``peer`` absent, in
         ``fedsim.probes.retrain_dir(self.dir, peer)``: the retraining the unlearning probe is handed
         (so the probes never import the runner)."""
-        from fedsim.probes import retrain_dir
+        from fedsim.probe_context import retrain_dir
 
         sub = Run(self.sc, retrain_dir(self.dir, peer), absent=[peer], run_probes=False)
         sub.create_dir(overwrite=True)
