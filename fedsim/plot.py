@@ -20,7 +20,6 @@ matplotlib is imported only inside the functions that draw, so importing this mo
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,72 +32,73 @@ from fedsim._runs import (
     RunData,
     RunSet,
     fmt_value,
-    get_dotted,
     group_runs,
     label,
     load_runs,
     mean_std,
-    shared_settings,
+)
+from fedsim.plot_probes import (
+    _num_or_none,
+    plot_cloning,
+    plot_probes,
+    plot_unlearning,
+    probe_records,
+)
+from fedsim.plot_style import (
+    DEFAULT,
+    EXCHANGES,
+    LINESTYLES,
+    MARKERS,
+    OKABE_ITO,
+    PALETTE,
+    PANEL_H,
+    PANEL_W,
+    STYLE,
+    PlotOptions,
+    _context,
+    _figure,
+    _panel_title,
+    _save,
+    _style,
+    _suptitle,
+    _titles,
 )
 
-OKABE_ITO = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442"]
-# lines: Okabe–Ito without yellow (#F0E442, too light on white), then Paul Tol's wine, olive, indigo
-PALETTE = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#882255", "#999933",
-           "#332288"]
-LINESTYLES = ["-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1))]  # the last: dash-dot-dot
-MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<"]
-EXCHANGES = {"full_model": "full model (backbone + head)", "output_layer": "head only (output layer)"}
-STYLE = {
-    "font.size": 9,
-    "axes.titlesize": 9,
-    "axes.labelsize": 9,
-    "legend.fontsize": 8,
-    "legend.title_fontsize": 8,
-    "xtick.labelsize": 8,
-    "ytick.labelsize": 8,
-    "figure.titlesize": 10,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "grid.linewidth": 0.6,
-    "lines.linewidth": 1.6,
-    "pdf.fonttype": 42,  # TrueType in PDFs: editable text, accepted by publishers
-    "ps.fonttype": 42,
-    "savefig.dpi": 200,
-}
-PANEL_W, PANEL_H = 3.6, 2.6
-
-
-@dataclass(frozen=True)
-class PlotOptions:
-    """What ``fedsim plot`` lets a paper's author change.
-
-    ``title``: the first title line of every figure (default: the sweep's or run's own name and
-    what the figure shows); ``show_title``: False draws no title at all (the caption says it);
-    ``size``: every figure's ``(width, height)`` in inches (default: from its panels);
-    ``bands``: draw the honest peers' min–max band around each line."""
-
-    title: str | None = None
-    show_title: bool = True
-    size: tuple[float, float] | None = None
-    bands: bool = True
-
-
-DEFAULT = PlotOptions()
+__all__ = [  # its own names and those of fedsim.plot_style / fedsim.plot_probes it re-exports
+    "DEFAULT",
+    "EXCHANGES",
+    "FORMATS",
+    "LINESTYLES",
+    "MARKERS",
+    "MAX_INCHES",
+    "OKABE_ITO",
+    "PALETTE",
+    "PANEL_H",
+    "PANEL_W",
+    "PlotOptions",
+    "STYLE",
+    "bytes_label",
+    "parse_size",
+    "plot",
+    "plot_cloning",
+    "plot_curves",
+    "plot_dir",
+    "plot_heatmaps",
+    "plot_probes",
+    "plot_unlearning",
+    "probe_records",
+    "_context",
+    "_figure",
+    "_num_or_none",
+    "_panel_title",
+    "_save",
+    "_style",
+    "_suptitle",
+    "_titles",
+]
 
 
 # --------------------------------------------------------------------------- helpers
-def _style(i: int) -> dict[str, Any]:
-    """Line ``i``'s colour (:data:`PALETTE`), dash pattern and marker: ten lines differ in all three
-    (the patterns cycle every 5, so two lines of one pattern always differ in colour and marker)."""
-    return {
-        "color": PALETTE[i % len(PALETTE)],
-        "linestyle": LINESTYLES[i % len(LINESTYLES)],
-        "marker": MARKERS[i % len(MARKERS)],
-    }
-
-
 def _exchanges(run: RunData) -> str | None:
     """What a message of ``run``'s rule carries (``full_model`` | ``output_layer``): from its
     summary, else from the rule's class (runs made before the summary recorded it)."""
@@ -127,9 +127,6 @@ def bytes_label(runs: list[RunData], line: str | None, unit: str) -> str:
         return f"{head}\nmessages: {next(iter(by))}"
     return f"{head}\nmessages: " + " · ".join(f"{', '.join(names)}: {what}" for what, names in by.items())
 
-
-def _context(rs: RunSet, skip: Iterable[str]) -> str:
-    return " · ".join(shared_settings(rs, skip))
 
 
 def _facets(rs: RunSet) -> tuple[str | None, str | None, str | None, list[str]]:
@@ -179,62 +176,6 @@ def _byte_unit(n: float) -> tuple[float, str]:
             return 1024**i, unit
     return 1.0, "B"
 
-
-def _save(fig, path: Path, formats: list[str], opts: PlotOptions = DEFAULT) -> list[Path]:
-    if opts.size is not None:
-        fig.set_size_inches(*opts.size)
-    out = []
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for fmt in formats:
-        p = path.with_name(f"{path.name}.{fmt}")
-        meta = {"CreationDate": None} if fmt == "pdf" else None  # byte-stable PDFs
-        fig.savefig(p, format=fmt, metadata=meta, bbox_inches="tight")
-        out.append(p)
-    return out
-
-
-def _figure(nrows: int, ncols: int, extra_w: float = 0.0, extra_h: float = 0.0):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(max(PANEL_W * ncols + extra_w, 5.2), PANEL_H * nrows + 0.9 + extra_h), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
-    return fig, axes
-
-
-def _titles(
-    fig, rs: RunSet, what: str, skip: Iterable[str], extra: dict[str, Any], opts: PlotOptions = DEFAULT
-) -> None:
-    """Title: the sweep's own name and what is shown (or ``opts.title``); below it the facet values
-    of this figure and the settings every run shares, wrapped to the figure's width."""
-    parts = [f"{label(k)} {fmt_value(v)}" for k, v in extra.items()]
-    ctx = _context(rs, list(skip) + list(extra))
-    _suptitle(fig, f"{rs.title}: {what}", parts + (ctx.split(" · ") if ctx else []), opts)
-
-
-def _suptitle(fig, head: str, parts: list[str], opts: PlotOptions = DEFAULT) -> None:
-    """``head`` (or ``opts.title``) over the ``parts`` joined by `` · ``, wrapped between parts to
-    the figure's width (the width ``opts.size`` will give it); nothing with ``opts.show_title`` off."""
-    if not opts.show_title:
-        return
-    if opts.title is not None:
-        head = opts.title
-    width = max(30, int((opts.size[0] if opts.size else fig.get_figwidth()) * 11))
-    lines: list[str] = []
-    for part in parts:
-        if lines and len(lines[-1]) + 3 + len(part) <= width:
-            lines[-1] += " · " + part
-        else:
-            lines.append(part)
-    fig.suptitle("\n".join([head, *lines]))
-
-
-def _panel_title(row: str | None, rv: Any, col: str | None, cv: Any) -> str:
-    parts = []
-    if row is not None:
-        parts.append(f"{label(row)}: {fmt_value(rv)}")
-    if col is not None:
-        parts.append(f"{label(col)}: {fmt_value(cv)}")
-    return " · ".join(parts)
 
 
 # --------------------------------------------------------------------------- curves
@@ -419,198 +360,6 @@ def _heatmap(
         written += _save(fig, out / (f"heatmap_{label(rkey)}_x_{cname}" + _suffix(extra)), formats, opts)
     return written
 
-
-# --------------------------------------------------------------------------- probes
-def probe_records(obj: Any) -> dict[str, list[dict[str, Any]]]:
-    """Cloning and unlearning records found anywhere in a parsed ``probes.json``.
-
-    Accepts a list of records, ``{"records": [...]}``, ``{"cloning": [...], ...}`` or
-    ``[{"kind": "cloning", "records": [...]}, ...]``. A cloning record has ``queries`` and
-    ``agreement`` or ``clone_accuracy``; an unlearning record has ``before``/``after`` or a trace
-    (``forget_accuracy`` as a list)."""
-    found: dict[str, list[dict[str, Any]]] = {"cloning": [], "unlearning": []}
-
-    def walk(o: Any, depth: int = 0) -> None:
-        if depth > 6:
-            return
-        if isinstance(o, list):
-            for x in o:
-                walk(x, depth + 1)
-        elif isinstance(o, dict):
-            if "queries" in o and ("agreement" in o or "clone_accuracy" in o):
-                found["cloning"].append(o)
-            elif ("before" in o and "after" in o) or isinstance(o.get("forget_accuracy"), list):
-                found["unlearning"].append(o)
-            else:
-                for v in o.values():
-                    walk(v, depth + 1)
-
-    walk(obj)
-    return found
-
-
-def _num_or_none(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-
-def plot_cloning(
-    records: list[dict[str, Any]],
-    title: str,
-    path: Path,
-    formats: list[str],
-    context: str = "",
-    opts: PlotOptions = DEFAULT,
-) -> list[Path]:
-    """Agreement and clone accuracy vs queries, one line per (defence, k, repeats, output, method)."""
-    from matplotlib.figure import Figure
-
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for rec in records:
-        bits = [str(rec["defence"])] if rec.get("defence") not in (None, "none") else []
-        bits += [f"k={rec['k']}"] if "k" in rec else []
-        bits += [f"×{rec['repeats']} avg"] if (rec.get("repeats") or 1) != 1 else []
-        bits += [str(rec[f]) for f in ("output", "method") if rec.get(f)]
-        groups.setdefault(" · ".join(bits) or "clone", []).append(rec)
-    fields = [("agreement", "agreement with target (%)"), ("clone_accuracy", "clone test accuracy (%)")]
-    fields = [f for f in fields if any(_num_or_none(r.get(f[0])) is not None for r in records)]
-    if not fields:
-        return []
-    fig = Figure(figsize=(max(PANEL_W * len(fields) + 0.6, 5.2), PANEL_H + 1.5), layout="constrained")
-    axes = fig.subplots(1, len(fields), squeeze=False)[0]
-    qs = [q for r in records if (q := _num_or_none(r.get("queries"))) is not None and q > 0]
-    logx = bool(qs) and max(qs) / min(qs) >= 20
-    for ax, (f, ylab) in zip(axes, fields, strict=True):
-        for k, (name, recs) in enumerate(groups.items()):
-            pts = sorted(
-                (q, v)
-                for r in recs
-                if (q := _num_or_none(r.get("queries"))) is not None and (v := _num_or_none(r.get(f))) is not None
-            )
-            if pts:
-                ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], label=name, markersize=4, **_style(k))
-        if f == "clone_accuracy":
-            tgt = [t for r in records if (t := _num_or_none(r.get("target_accuracy"))) is not None]
-            if tgt:
-                ax.axhline(
-                    100 * sum(tgt) / len(tgt), color="#666666", linestyle=":", linewidth=1.2, label="target model"
-                )
-        if logx:
-            ax.set_xscale("log")
-        ax.set_xlabel("oracle queries")
-        ax.set_ylabel(ylab)
-    handles, labels = axes[-1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), frameon=False, title="answers")
-    _suptitle(fig, f"{title}: model cloning", context.split(" · ") if context else [], opts)
-    return _save(fig, path, formats, opts)
-
-
-def plot_unlearning(
-    records: list[dict[str, Any]],
-    title: str,
-    path: Path,
-    formats: list[str],
-    context: str = "",
-    opts: PlotOptions = DEFAULT,
-) -> list[Path]:
-    """Ascent traces (forget/reference accuracy and loss per step) and before/after/retrained bars."""
-    from matplotlib.figure import Figure
-
-    traces = [r.get("trace") if isinstance(r.get("trace"), dict) else r for r in records]
-    traces = [t for t in traces if isinstance(t, dict) and isinstance(t.get("forget_accuracy"), list)]
-    bars = [r for r in records if isinstance(r.get("before"), dict) and isinstance(r.get("after"), dict)]
-    n = (2 if traces else 0) + (1 if bars else 0)
-    if n == 0:
-        return []
-    fig = Figure(figsize=(max(PANEL_W * n + 0.6, 5.2), PANEL_H + 1.2), layout="constrained")
-    axes = list(fig.subplots(1, n, squeeze=False)[0])
-    if traces:
-        specs = [
-            (
-                axes.pop(0),
-                [("forget_accuracy", "forget set"), ("reference_accuracy", "reference")],
-                "accuracy (%)",
-                100,
-            ),
-            (axes.pop(0), [("forget_loss", "forget set"), ("reference_loss", "reference")], "cross-entropy loss", 1),
-        ]
-        for ax, pairs, ylab, mult in specs:
-            for k, (f, name) in enumerate(pairs):
-                for t_i, t in enumerate(traces):
-                    ys = [v for v in t.get(f) or [] if isinstance(v, (int, float))]
-                    if ys:
-                        st = _style(k)
-                        ax.plot(
-                            range(len(ys)),
-                            [mult * y for y in ys],
-                            label=name if t_i == 0 else None,
-                            alpha=1.0 if len(traces) == 1 else 0.6,
-                            markersize=3,
-                            **st,
-                        )
-            ax.set_xlabel("gradient-ascent step")
-            ax.set_ylabel(ylab)
-            ax.legend(frameon=False)
-    if bars:
-        import numpy as np
-
-        ax = axes.pop(0)
-        metrics = [
-            m
-            for m in ("forget_accuracy", "retain_accuracy", "test_accuracy", "mia_advantage")
-            if any(_num_or_none(b["before"].get(m)) is not None for b in bars)
-        ]
-        models = [m for m in ("before", "after", "retrained") if any(isinstance(b.get(m), dict) for b in bars)]
-        width = 0.8 / len(models)
-        for k, model in enumerate(models):
-            vals = []
-            for m in metrics:
-                xs = [
-                    v
-                    for b in bars
-                    if isinstance(b.get(model), dict) and (v := _num_or_none(b[model].get(m))) is not None
-                ]
-                vals.append(100 * sum(xs) / len(xs) if xs else np.nan)
-            ax.bar(
-                np.arange(len(metrics)) + (k - (len(models) - 1) / 2) * width,
-                vals,
-                width,
-                color=OKABE_ITO[(k + 1) % len(OKABE_ITO)],
-                label=model,
-            )
-        ax.set_xticks(
-            range(len(metrics)),
-            [m.replace("_accuracy", " acc.").replace("mia_", "MIA ").replace("_", " ") for m in metrics],
-            rotation=20,
-        )
-        ax.set_ylabel("accuracy / MIA advantage (%)")
-        ax.legend(frameon=False, title="model")
-        ax.grid(axis="x", visible=False)
-    _suptitle(fig, f"{title}: unlearning", context.split(" · ") if context else [], opts)
-    return _save(fig, path, formats, opts)
-
-
-def plot_probes(rs: RunSet, out: Path, formats: list[str], log=print, opts: PlotOptions = DEFAULT) -> list[Path]:
-    """Probe figures of every run with a ``probes.json`` (one file per run and probe kind)."""
-    written: list[Path] = []
-    many = len(rs.runs) > 1
-    for r in rs.runs:
-        obj = r.probes()
-        if obj is None:
-            if (r.path / "probes.json").exists():
-                log(f"{r.path / 'probes.json'}: not readable JSON; skipped")
-            continue
-        recs = probe_records(obj)
-        if not recs["cloning"] and not recs["unlearning"]:
-            log(f"{r.path / 'probes.json'}: no cloning or unlearning records recognised; skipped")
-            continue
-        title = r.name if many else str(get_dotted(r.scenario, "name", r.name))
-        ctx = _context(RunSet(r.path, [r]), [])
-        sub = f"__{r.name}" if many else ""
-        if recs["cloning"]:
-            written += plot_cloning(recs["cloning"], title, out / f"probes_cloning{sub}", formats, ctx, opts)
-        if recs["unlearning"]:
-            written += plot_unlearning(recs["unlearning"], title, out / f"probes_unlearning{sub}", formats, ctx, opts)
-    return written
 
 
 # --------------------------------------------------------------------------- entry points

@@ -1,0 +1,134 @@
+"""How ``fedsim plot``'s figures look, shared by :mod:`fedsim.plot` (curves, heatmaps) and
+:mod:`fedsim.plot_probes` (probe figures): the palette (ten lines apart in colour, dash and
+marker), the rc style, :class:`PlotOptions` (title, size, bands), titles wrapped to the figure's
+width, and saving in every format. matplotlib is imported only inside the functions that draw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedsim._runs import RunSet, fmt_value, label, shared_settings
+
+OKABE_ITO = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442"]
+# lines: Okabe–Ito without yellow (#F0E442, too light on white), then Paul Tol's wine, olive, indigo
+PALETTE = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#882255", "#999933",
+           "#332288"]
+LINESTYLES = ["-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1))]  # the last: dash-dot-dot
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<"]
+EXCHANGES = {"full_model": "full model (backbone + head)", "output_layer": "head only (output layer)"}
+STYLE = {
+    "font.size": 9,
+    "axes.titlesize": 9,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "legend.title_fontsize": 8,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "figure.titlesize": 10,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.6,
+    "lines.linewidth": 1.6,
+    "pdf.fonttype": 42,  # TrueType in PDFs: editable text, accepted by publishers
+    "ps.fonttype": 42,
+    "savefig.dpi": 200,
+}
+PANEL_W, PANEL_H = 3.6, 2.6
+
+
+@dataclass(frozen=True)
+class PlotOptions:
+    """What ``fedsim plot`` lets a paper's author change.
+
+    ``title``: the first title line of every figure (default: the sweep's or run's own name and
+    what the figure shows); ``show_title``: False draws no title at all (the caption says it);
+    ``size``: every figure's ``(width, height)`` in inches (default: from its panels);
+    ``bands``: draw the honest peers' min–max band around each line."""
+
+    title: str | None = None
+    show_title: bool = True
+    size: tuple[float, float] | None = None
+    bands: bool = True
+
+
+DEFAULT = PlotOptions()
+
+
+# --------------------------------------------------------------------------- helpers
+def _style(i: int) -> dict[str, Any]:
+    """Line ``i``'s colour (:data:`PALETTE`), dash pattern and marker: ten lines differ in all three
+    (the patterns cycle every 5, so two lines of one pattern always differ in colour and marker)."""
+    return {
+        "color": PALETTE[i % len(PALETTE)],
+        "linestyle": LINESTYLES[i % len(LINESTYLES)],
+        "marker": MARKERS[i % len(MARKERS)],
+    }
+
+
+def _context(rs: RunSet, skip: Iterable[str]) -> str:
+    return " · ".join(shared_settings(rs, skip))
+
+
+
+def _save(fig, path: Path, formats: list[str], opts: PlotOptions = DEFAULT) -> list[Path]:
+    if opts.size is not None:
+        fig.set_size_inches(*opts.size)
+    out = []
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for fmt in formats:
+        p = path.with_name(f"{path.name}.{fmt}")
+        meta = {"CreationDate": None} if fmt == "pdf" else None  # byte-stable PDFs
+        fig.savefig(p, format=fmt, metadata=meta, bbox_inches="tight")
+        out.append(p)
+    return out
+
+
+def _figure(nrows: int, ncols: int, extra_w: float = 0.0, extra_h: float = 0.0):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(PANEL_W * ncols + extra_w, 5.2), PANEL_H * nrows + 0.9 + extra_h), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
+    return fig, axes
+
+
+def _titles(
+    fig, rs: RunSet, what: str, skip: Iterable[str], extra: dict[str, Any], opts: PlotOptions = DEFAULT
+) -> None:
+    """Title: the sweep's own name and what is shown (or ``opts.title``); below it the facet values
+    of this figure and the settings every run shares, wrapped to the figure's width."""
+    parts = [f"{label(k)} {fmt_value(v)}" for k, v in extra.items()]
+    ctx = _context(rs, list(skip) + list(extra))
+    _suptitle(fig, f"{rs.title}: {what}", parts + (ctx.split(" · ") if ctx else []), opts)
+
+
+def _suptitle(fig, head: str, parts: list[str], opts: PlotOptions = DEFAULT) -> None:
+    """``head`` (or ``opts.title``) over the ``parts`` joined by `` · ``, wrapped between parts to
+    the figure's width (the width ``opts.size`` will give it); nothing with ``opts.show_title`` off."""
+    if not opts.show_title:
+        return
+    if opts.title is not None:
+        head = opts.title
+    width = max(30, int((opts.size[0] if opts.size else fig.get_figwidth()) * 11))
+    lines: list[str] = []
+    for part in parts:
+        if lines and len(lines[-1]) + 3 + len(part) <= width:
+            lines[-1] += " · " + part
+        else:
+            lines.append(part)
+    fig.suptitle("\n".join([head, *lines]))
+
+
+def _panel_title(row: str | None, rv: Any, col: str | None, cv: Any) -> str:
+    parts = []
+    if row is not None:
+        parts.append(f"{label(row)}: {fmt_value(rv)}")
+    if col is not None:
+        parts.append(f"{label(col)}: {fmt_value(cv)}")
+    return " · ".join(parts)
+
