@@ -22,242 +22,73 @@ scenario YAML (removed before the scenario is validated)::
       strategy.name: [fedavg, krum, median]
       peers: {byzantine_fraction: [0.1, 0.3]}   # nested mappings read as dotted keys
       seed: [0, 1, 2]
+
+Planning (the grid, folder names, :func:`plan_sweep`) is :mod:`fedsim.sweep_plan`, re-exported
+here; this module runs a plan (:func:`execute_sweep`, locally or in Ray tasks) and is the
+``fedsim sweep`` command.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
-import re
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from itertools import product
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
-from fedsim._runs import comparable, flatten, fmt_value
 from fedsim.cli_errors import RUN_ERROR_FILE
 from fedsim.errors import RunInterruptedError
-from fedsim.scenario import (
-    ScenarioError,
-    grid_errors,
-    parse,
-    parse_sets,
-    parse_value,
-    plain_tree,
-    read_yaml,
-    set_dotted,
+from fedsim.scenario import ScenarioError, parse, parse_sets
+from fedsim.sweep_plan import (
+    _UNSAFE,
+    MAX_NAME,
+    PlannedRun,
+    SweepPlan,
+    _comparable,
+    _digest,
+    _name_part,
+    check_existing,
+    expand,
+    grid_from_section,
+    parse_grid,
+    plan_sweep,
+    read_scenario_with_sweep,
+    run_name,
+    split_values,
 )
 from fedsim.threads import free_cpus
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._,+\-]")
-MAX_NAME = 200
-
-
-# --------------------------------------------------------------------------- grid parsing
-def split_values(text: str) -> list[str]:
-    """Split ``a,b,[1,2],{x: 1, y: 2}`` on the commas outside brackets and braces."""
-    parts, depth, cur = [], 0, []
-    for ch in text:
-        if ch in "[{(":
-            depth += 1
-        elif ch in "]})":
-            depth -= 1
-        if ch == "," and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    parts.append("".join(cur))
-    return [p.strip() for p in parts if p.strip()]
-
-
-def parse_grid(items: tuple[str, ...] | list[str]) -> dict[str, list[Any]]:
-    """``("strategy.name=fedavg,krum", "seed=0,1")`` → ``{"strategy.name": ["fedavg", "krum"], "seed": [0, 1]}``."""
-    grid: dict[str, list[Any]] = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"{item!r}: expected KEY=V1,V2,..., e.g. strategy.name=fedavg,krum")
-        key, vals = item.split("=", 1)
-        values = [parse_value(v) for v in split_values(vals)]
-        if not key.strip() or not values:
-            raise ValueError(f"{item!r}: expected KEY=V1,V2,..., e.g. seed=0,1,2")
-        grid[key.strip()] = values
-    return grid
-
-
-def grid_from_section(section: Any, prefix: str = "", source: str = "sweep") -> dict[str, list[Any]]:
-    """A YAML ``sweep:`` mapping → grid; nested mappings become dotted keys, a scalar one value."""
-    if not isinstance(section, dict):
-        raise ValueError(f"{source}: must be a mapping of scenario keys to lists of values")
-    grid: dict[str, list[Any]] = {}
-    for k, v in section.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            grid.update(grid_from_section(v, key + ".", source))
-        else:
-            grid[key] = list(v) if isinstance(v, list) else [v]
-            if not grid[key]:
-                raise ValueError(f"{source}.{key}: empty list of values")
-    return grid
-
-
-def read_scenario_with_sweep(path: Path) -> tuple[dict[str, Any], dict[str, list[Any]]]:
-    """Read a scenario YAML; return (scenario mapping without ``sweep:``, the grid it declared)."""
-    data = read_yaml(path) or {}  # bounded, safe, one-line errors (as fedsim run reads it)
-    if not isinstance(data, dict):
-        raise ScenarioError(f"{path}: the top level must be a mapping of sections")
-    data = plain_tree(data, str(path))
-    section = data.pop("sweep", None)
-    try:
-        grid = grid_from_section(section, source=f"{path}: sweep") if section is not None else {}
-    except ValueError as e:
-        raise ScenarioError(str(e)) from None
-    return data, grid
-
-
-def expand(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    """Cartesian product of the grid, the first key varying slowest."""
-    keys = list(grid)
-    return [dict(zip(keys, combo, strict=True)) for combo in product(*(grid[k] for k in keys))]
-
-
-def _name_part(v: Any) -> str:
-    if isinstance(v, dict):
-        return ",".join(f"{k}-{_name_part(x)}" for k, x in sorted(v.items()))
-    if isinstance(v, (list, tuple)):
-        return ",".join(_name_part(x) for x in v)
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return str(v).lower()
-    return _UNSAFE.sub("-", fmt_value(v))
-
-
-def _digest(overrides: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()[:8]
-
-
-def run_name(overrides: dict[str, Any]) -> str:
-    """Folder name of a run: ``strategy.name=krum__peers.byzantine_fraction=0.3__seed=1``."""
-    if not overrides:
-        return "base"
-    name = "__".join(f"{k}={_name_part(v)}" for k, v in overrides.items())
-    if len(name) > MAX_NAME:
-        name = name[: MAX_NAME - 9] + "~" + _digest(overrides)
-    return name
-
-
-# --------------------------------------------------------------------------- planning
-@dataclass
-class PlannedRun:
-    name: str
-    overrides: dict[str, Any]
-    data: dict[str, Any]  # the full scenario mapping this run validates and executes
-    dir: Path
-    rounds: int = 0
-
-    @property
-    def complete(self) -> bool:
-        return (self.dir / "summary.json").exists()
-
-
-@dataclass
-class SweepPlan:
-    name: str
-    out: Path
-    grid: dict[str, list[Any]]
-    base: dict[str, Any]
-    runs: list[PlannedRun]
-    invalid: list[tuple[str, dict[str, Any], str]] = field(default_factory=list)
-    source: str = ""
-
-    def index(self) -> dict[str, Any]:
-        from fedsim import __version__
-
-        return {
-            "name": self.name,
-            "scenario": self.source,
-            "fedsim": __version__,
-            "grid": self.grid,
-            "base": self.base,
-            "runs": [{"dir": r.name, "overrides": r.overrides} for r in self.runs],
-            "invalid": [{"dir": n, "overrides": o, "error": e} for n, o, e in self.invalid],
-        }
-
-
-def _comparable(data: dict[str, Any]) -> dict[str, Any]:
-    return comparable(flatten(data))
-
-
-def plan_sweep(
-    scenario: Path,
-    grid: dict[str, list[Any]] | None = None,
-    sets: dict[str, Any] | None = None,
-    out: Path | None = None,
-    skip_invalid: bool = False,
-) -> SweepPlan:
-    """Expand ``scenario`` (its ``sweep:`` section, then ``grid`` on top) into validated runs.
-
-    ``sets`` are fixed overrides for every run (not part of folder names). Raises
-    :class:`ScenarioError` for an invalid combination unless ``skip_invalid`` (then it is listed
-    in ``plan.invalid`` and not run). Unknown names and keys anywhere in the grid
-    (:func:`fedsim.scenario.grid_errors`: ``strategy.name=bulyn``) raise whatever ``skip_invalid``
-    says, before any combination is validated: ``skip_invalid`` leaves out only combinations of
-    valid names that fail a constraint (Krum's n > 2f + 2, an attack with 0 Byzantine peers)."""
-    base, file_grid = read_scenario_with_sweep(scenario)
-    for k, v in (sets or {}).items():
-        set_dotted(base, k, v)
-    full_grid = dict(file_grid)
-    full_grid.update(grid or {})
-    typos = grid_errors(base, full_grid, str(scenario))
-    if typos:  # a misspelt name or key is never a combination to skip
-        raise ScenarioError("; ".join(typos), typos)
-    name = str(base.get("name") or "run")
-    out_dir = Path(out) if out else Path((base.get("output") or {}).get("dir", "runs")) / f"{name}-sweep"
-    runs, invalid, seen = [], [], {}
-    for ov in expand(full_grid):
-        data = copy.deepcopy(base)
-        for k, v in ov.items():
-            set_dotted(data, k, v)
-        set_dotted(data, "engine.backend", "local")
-        data.setdefault("engine", {}).pop("address", None)
-        rn = run_name(ov)
-        try:
-            sc = parse(copy.deepcopy(data), f"{scenario} [{rn}]")
-        except ScenarioError as e:
-            if not skip_invalid:
-                hint = " (--skip-invalid leaves out combinations that cannot run)"
-                raise ScenarioError(f"{e}{hint}", [*e.errors[:-1], e.errors[-1] + hint]) from None
-            invalid.append((rn, ov, str(e)))
-            continue
-        if rn in seen:  # two overrides that read alike once made file-safe
-            raise ScenarioError(f"runs {seen[rn]} and {ov} would share the folder {rn}; spell the values apart")
-        seen[rn] = ov
-        runs.append(PlannedRun(rn, ov, data, out_dir / rn, sc.rounds))
-    return SweepPlan(name, out_dir, full_grid, base, runs, invalid, str(scenario))
-
-
-def check_existing(plan: SweepPlan) -> list[str]:
-    """Run folders whose recorded scenario differs from the planned one (would be reused wrongly)."""
-    bad = []
-    for r in plan.runs:
-        p = r.dir / "scenario.yaml"
-        if not p.exists():
-            continue
-        old = _comparable(yaml.safe_load(p.read_text()) or {})
-        new = _comparable(parse(copy.deepcopy(r.data)).model_dump(mode="json"))
-        diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-        if diff:
-            k = diff[0]
-            bad.append(f"{r.dir}: {k} was {old.get(k)!r}, now {new.get(k)!r}")
-    return bad
+__all__ = [  # its own names and those of fedsim.sweep_plan it re-exports
+    "MAX_NAME",
+    "PlannedRun",
+    "Reporter",
+    "SweepPlan",
+    "SweepResult",
+    "check_existing",
+    "execute_sweep",
+    "expand",
+    "free_cpus",
+    "grid_from_section",
+    "parse_grid",
+    "plan_sweep",
+    "read_scenario_with_sweep",
+    "run_name",
+    "run_one",
+    "split_values",
+    "sweep",
+    "_UNSAFE",
+    "_comparable",
+    "_digest",
+    "_execute_ray",
+    "_name_part",
+    "_warm_features",
+    "_write_index",
+]
 
 
 # --------------------------------------------------------------------------- executing
