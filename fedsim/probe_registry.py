@@ -7,7 +7,8 @@ subclass registered under its ``kind`` (the built-ins, ``unlearning`` and ``clon
     @register_probe("my_probe")
     class MyProbe(Probe):
         \"\"\"One line for ``fedsim list probe``. More for ``fedsim list probe my_probe``.\"\"\"
-        defaults = {"peer": None}          # every key a scenario may set, with its default
+        params = {"peer": param(None, Index(of="peers.count", noun="a peer id", null=True),
+                                doc="the peer it looks at")}  # every key a scenario may set
         def run(self, i, cfg, ctx): ...    # -> its entry in probes.json (a dict, "kind" first)
 
 The scenario schema holds each entry as its kind's typed config (:func:`fedsim.scenario.probe_config`:
