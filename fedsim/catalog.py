@@ -190,11 +190,30 @@ def probe_params(kind: str) -> list[Param]:
     """The keys of a ``probes:`` entry of ``kind``: its registered probe's ``params`` declarations
     (default, the constraint ``fedsim validate`` checks, as the error message says it, and the
     declared one line of help)."""
-    from fedsim.probe_registry import defaults, doc, kinds
+    from fedsim.probe_registry import kinds
 
-    cls = kinds()[kind]
-    return [Param(k, type(v).__name__ if v is not None else "any", _show(v), constraint_text(cls.params[k], k),
-                  doc(cls, k)) for k, v in defaults(cls).items()]
+    return table_params(kinds()[kind].params)
+
+
+def table_params(table: Any, prefix: str = "", where: str = "") -> list[Param]:
+    """One row per key of a :mod:`fedlib.params` table, then the keys of a nested table under it
+    (``canaries.count``; for a mapping tagged by ``kind``, each kind's keys, ``target_head.hidden``
+    with ``(kind bottleneck)``; ``defences.*.sigma`` for the mappings of a list): each its default,
+    its constraint's text and its ``doc``."""
+    from fedlib.params import DOC, ListOf, Mapping, Tagged, default_of
+
+    out = []
+    for k, f in table.items():
+        v, check, name = default_of(f), f.metadata.get(CHECK), f"{prefix}{k}"
+        help_ = " ".join(filter(None, [where, f.metadata.get(DOC) or ""]))
+        out.append(Param(name, type(v).__name__ if v is not None else "any", _show(v), constraint_text(f, k), help_))
+        inner, below = (check.item, f"{name}.*.") if isinstance(check, ListOf) else (check, f"{name}.")
+        if isinstance(inner, Mapping) and inner.keys is not None:
+            out += table_params(inner.keys, below, where)
+        elif isinstance(inner, Tagged):
+            for tag, sub in inner.kinds.items():
+                out += table_params(sub, below, f"(kind {tag})")
+    return out
 
 
 # --------------------------------------------------------------------------- one component

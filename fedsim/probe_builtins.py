@@ -76,7 +76,7 @@ CLONING_PARAMS: dict[str, Any] = {
     "target": param(None, PEER_OR_GLOBAL, doc="default: the first honest peer; federated: the global model"),
     "target_head": param(factory=lambda: {"kind": "federated"},
                          check=Tagged(kinds=TARGET_HEAD_KINDS, noun="target_head"),
-                         doc="or {kind: bottleneck, hidden, ...}: see TARGET_HEAD_KINDS"),
+                         doc="or {kind: bottleneck, hidden, ...}: the target_head.* keys"),
     "queries": param(factory=lambda: [8, 32, 128, 512, 2048],
                      check=ListOf(item=Integer(minimum=1), min_len=1, dedupe=True, sort=True)),
     "topk": param(factory=lambda: [None, 5, 2, 1], check=ListOf(item=Integer(minimum=1, null=True), min_len=1,
