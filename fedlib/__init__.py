@@ -6,7 +6,7 @@ It imports only the standard library and torch, never ``fedsim``, ``strategies``
 use them cheaply):
 
 * :mod:`fedlib.params`: declarative parameter constraints (``param(default, Real(lo=0))``)
-  and the one validator that checks them (rules, attacks) and the text ``fedsim list`` shows;
+  and the one validator that checks them (rules, attacks, and fedsim's probe tables) and the text ``fedsim list`` shows;
 * :mod:`fedlib.heads`: the flattened linear-head layout (``[vec(W), b]``);
 * :mod:`fedlib.distances`: pairwise squared distances and the Krum kernel;
 * :mod:`fedlib.registry`: the name → class registry both packages keep, and ``did_you_mean``.

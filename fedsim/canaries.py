@@ -43,20 +43,39 @@ from typing import Any
 
 import numpy as np
 
+from fedlib.params import Integer, Mapping, Options, Real, param
 from fedsim import rng as crng
 from fedsim.features import Features
 
 KINDS = ("mislabelled", "ood")
-DEFAULTS: dict[str, Any] = {
-    "count": 50,  # member canaries planted in the leaver's shard
-    "kind": "mislabelled",
-    "heldout": 1000,  # held-out canaries (non-members), never trained on; split by ``calibration``
-    # held-out canaries given to the unlearning stopping rule's reference (null: half of heldout);
-    # the other heldout - calibration are the membership tests' non-members (evaluation only)
-    "calibration": None,
-    "scale": 1.0,  # ood only: noise scale s in units of the per-feature standard deviation
+PARAMS: dict[str, Any] = {  # the keys of a probe's ``canaries:`` mapping (fedlib.params declarations)
+    "count": param(50, Integer(minimum=2), doc="member canaries planted in the leaver's shard"),
+    "kind": param("mislabelled", Options(choices=KINDS)),
+    "heldout": param(1000, Integer(minimum=2), doc="held-out canaries (non-members), never trained on; split by "
+                     "calibration"),
+    "calibration": param(None, Integer(minimum=0, null=True),
+                         doc="held-out canaries given to the unlearning stopping rule's reference (null: half of "
+                         "heldout); the other heldout - calibration are the membership tests' non-members"),
+    "scale": param(1.0, Real(lo=0.0, lo_open=True), doc="ood only: noise scale s in units of the per-feature "
+                   "standard deviation"),
 }
 
+
+def _calibration(where: str, out: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    """``calibration`` against ``heldout`` (null: half of it, keeping 2 for evaluation)."""
+    cal = out["calibration"]
+    if cal is None:
+        cal = min(out["heldout"] // 2, out["heldout"] - 2)
+    if not 0 <= cal <= out["heldout"] - 2:
+        raise ValueError(f"{where}.calibration: must be an integer in [0, heldout - 2] = [0, {out['heldout'] - 2}] "
+                         f"(at least 2 held-out canaries stay for evaluation) or null, got {cal!r}")
+    out["calibration"] = int(cal)
+    return out
+
+
+# a probe's ``canaries`` key: off (null) or a mapping of PARAMS
+CANARIES = Mapping(keys=PARAMS, after=_calibration, null=True,
+                   what="a mapping like {count: 50, kind: mislabelled} or null")
 
 @dataclass
 class Canaries:
@@ -83,34 +102,9 @@ class Canaries:
 
 
 def validate(where: str, v: Any) -> dict[str, Any] | None:
-    """Check a ``canaries`` mapping (``None``/absent: off); errors name ``<where>.<key>``."""
-    if v is None:
-        return None
-    if not isinstance(v, dict):
-        raise ValueError(f"{where}: must be a mapping like {{count: 50, kind: mislabelled}} or null, got {v!r}")
-    for k in v:
-        if k not in DEFAULTS:
-            raise ValueError(f"{where}.{k}: unknown key; allowed: {', '.join(DEFAULTS)}")
-    out = {**DEFAULTS, **v}
-    for k in ("count", "heldout"):
-        x = out[k]
-        if not isinstance(x, (int, np.integer)) or isinstance(x, bool) or x < 2:
-            raise ValueError(f"{where}.{k}: must be an integer >= 2, got {x!r}")
-        out[k] = int(x)
-    if out["kind"] not in KINDS:
-        raise ValueError(f"{where}.kind: got {out['kind']!r}; allowed: {', '.join(KINDS)}")
-    cal = out["calibration"]
-    if cal is None:
-        cal = min(out["heldout"] // 2, out["heldout"] - 2)
-    if not isinstance(cal, (int, np.integer)) or isinstance(cal, bool) or not 0 <= cal <= out["heldout"] - 2:
-        raise ValueError(f"{where}.calibration: must be an integer in [0, heldout - 2] = [0, {out['heldout'] - 2}] "
-                         f"(at least 2 held-out canaries stay for evaluation) or null, got {cal!r}")
-    out["calibration"] = int(cal)
-    s = out["scale"]
-    if not isinstance(s, (int, float)) or isinstance(s, bool) or not np.isfinite(s) or s <= 0:
-        raise ValueError(f"{where}.scale: must be a number > 0, got {s!r}")
-    out["scale"] = float(s)
-    return out
+    """Check a ``canaries`` mapping (``None``/absent: off) against :data:`CANARIES`; errors name
+    ``<where>.<key>``."""
+    return CANARIES.check(where, v)
 
 
 PLANTING_KINDS = ("unlearning", "federated_unlearning")  # probe kinds whose ``canaries`` key plants them

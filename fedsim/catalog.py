@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedlib.params import constraint
+from fedlib.params import CHECK, constraint
 from fedlib.registry import did_you_mean
 from fedsim.errors import FedsimError
 
@@ -136,6 +136,12 @@ def constraint_of(cls: type, name: str) -> str:
     return "not declared" if check is None else check.describe(name)
 
 
+def constraint_text(field: Any, name: str) -> str:
+    """The constraint text of one :func:`fedlib.params.param` declaration (a table entry)."""
+    check = field.metadata.get(CHECK)
+    return "not declared" if check is None else check.describe(name)
+
+
 def class_params(cls: type) -> list[Param]:
     """The parameters of a strategy or attack class (its dataclass fields, in order)."""
     out = []
@@ -181,13 +187,33 @@ def schema_params(model: Any, section: str, kind: str, all_kinds: Any) -> list[P
 
 
 def probe_params(kind: str) -> list[Param]:
-    """The keys of a ``probes:`` entry of ``kind``: its registered probe's ``defaults``, with the
-    ``notes`` beside each. Every key is checked by ``fedsim validate`` (the probe's ``validate``)."""
+    """The keys of a ``probes:`` entry of ``kind``: its registered probe's ``params`` declarations
+    (default, the constraint ``fedsim validate`` checks, as the error message says it, and the
+    declared one line of help)."""
     from fedsim.probe_registry import kinds
 
-    cls = kinds()[kind]
-    return [Param(k, type(v).__name__ if v is not None else "any", _show(v), "checked by fedsim validate",
-                  cls.notes.get(k, "")) for k, v in cls.defaults.items()]
+    return table_params(kinds()[kind].params)
+
+
+def table_params(table: Any, prefix: str = "", where: str = "") -> list[Param]:
+    """One row per key of a :mod:`fedlib.params` table, then the keys of a nested table under it
+    (``canaries.count``; for a mapping tagged by ``kind``, each kind's keys, ``target_head.hidden``
+    with ``(kind bottleneck)``; ``defences.*.sigma`` for the mappings of a list): each its default,
+    its constraint's text and its ``doc``."""
+    from fedlib.params import DOC, ListOf, Mapping, Tagged, default_of
+
+    out = []
+    for k, f in table.items():
+        v, check, name = default_of(f), f.metadata.get(CHECK), f"{prefix}{k}"
+        help_ = " ".join(filter(None, [where, f.metadata.get(DOC) or ""]))
+        out.append(Param(name, type(v).__name__ if v is not None else "any", _show(v), constraint_text(f, k), help_))
+        inner, below = (check.item, f"{name}.*.") if isinstance(check, ListOf) else (check, f"{name}.")
+        if isinstance(inner, Mapping) and inner.keys is not None:
+            out += table_params(inner.keys, below, where)
+        elif isinstance(inner, Tagged):
+            for tag, sub in inner.kinds.items():
+                out += table_params(sub, below, f"(kind {tag})")
+    return out
 
 
 # --------------------------------------------------------------------------- one component

@@ -1,240 +1,118 @@
 """The built-in probe kinds, ``unlearning``, ``cloning`` and ``federated_unlearning``, as registered probes: their keys
-and defaults, their value checks and their ``summary.json`` form (all without torch, so the
-schema and ``fedsim list`` read them cheaply). What they do is :mod:`fedsim.probes` (imported
+declared once as :mod:`fedlib.params` tables (default, constraint, one line of help: the schema,
+``fedsim validate`` and ``fedsim list probe NAME`` all read them), the few checks that tie keys
+together, and their ``summary.json`` form (all without torch, so the schema and ``fedsim list``
+read them cheaply). What they do is :mod:`fedsim.probes` (imported
 when one runs); ``docs/probes.md`` and ``docs/probes-cloning.md`` say what they report.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-import numpy as np
-
+from fedlib.params import AnyOf, Boolean, Index, Integer, ListOf, Options, Real, Tagged, param
+from fedsim import canaries
 from fedsim.errors import probe_error
-from fedsim.probe_registry import Probe, notes_from_comments, register_probe
+from fedsim.probe_registry import Probe, register_probe
 
-UNLEARNING_DEFAULTS: dict[str, Any] = {
-    "peer": None,  # default: the honest peer with the most training samples
-    "target": None,  # default: the leaver's first honest in-neighbour; federated: the global model
-    "lr": 0.5,  # ascent step length in parameter space (normalised steps; the last one is bisected)
-    "max_steps": 1000,
-    "heldout_fraction": 0.5,
-    "lira_shadows": 0,
-    "retrain": True,
-    "mode": "first_epoch",  # or "iterative"
-    "tol": 1e-3,
-    "criterion": "membership",  # ascent stopping rule: class-matched KS at its null level, or loss/accuracy/either
-    "alpha": 0.05,  # level of the membership criterion's null threshold c_α
-    # with calibration canaries: "separate" (canaries and natural data each tested at α/2) or "pooled"
-    # (one statistic, the reference re-weighted to the forget set's canary/natural and class mix)
-    "stop_groups": "separate",
-    "path_every": 10,  # record the ascent path (stopping statistic, KL to the retrained head) every k steps
-    "canaries": None,  # e.g. {count: 50, kind: mislabelled}: planted in the leaver's shard (fedsim.canaries)
-    "permutations": 999,  # label permutations of every membership null distribution
-    "newton_damping": 1e-3,  # L2 damping λ of the retained Hessian in the Newton removal
-    "newton_steps": 1,  # Newton steps on the removal equation (1: the classic influence step)
-    "newton_search_max": 8,  # newton_calibrated: most multiples of the Newton step searched along its direction
-    "finetune_steps": 50,  # full-batch gradient steps of the fine-tune-on-retained baseline
-    "finetune_lr": 0.5,
+POSITIVE = Real(lo=0.0, lo_open=True)
+FRACTION = Real(lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+PEER = Index(of="peers.count", noun="a peer id", null=True)
+PEER_OR_GLOBAL = Index(of="peers.count", noun="a peer id", extra=("global",), null=True)
+
+UNLEARNING_PARAMS: dict[str, Any] = {
+    "peer": param(None, PEER, doc="default: the honest peer with the most training samples"),
+    "target": param(None, PEER_OR_GLOBAL,
+                    doc="default: the leaver's first honest in-neighbour; federated: the global model"),
+    "lr": param(0.5, POSITIVE,
+                doc="ascent step length in parameter space (normalised steps; the last one is bisected)"),
+    "max_steps": param(1000, Integer(minimum=1)),
+    "heldout_fraction": param(0.5, FRACTION),
+    "lira_shadows": param(0, AnyOf(options=(Integer(minimum=0, maximum=0), Integer(minimum=2)),
+                                   what="0 (off) or an integer >= 2")),
+    "retrain": param(True, Boolean()),
+    "mode": param("first_epoch", Options(choices=("first_epoch", "iterative"))),
+    "tol": param(1e-3, POSITIVE),
+    "criterion": param("membership", Options(choices=("membership", "loss", "accuracy", "either")),
+                       doc="ascent stopping rule: class-matched KS at its null level, or loss/accuracy/either"),
+    "alpha": param(0.05, FRACTION, doc="level of the membership criterion's null threshold c_α"),
+    "stop_groups": param("separate", Options(choices=("pooled", "separate")),
+                         doc="with calibration canaries: separate (canaries and natural data each tested at α/2) "
+                         "or pooled (one statistic, the reference re-weighted to the forget set's canary/natural "
+                         "and class mix)"),
+    "path_every": param(10, Integer(minimum=0),
+                        doc="record the ascent path (stopping statistic, KL to the retrained head) every k steps"),
+    "canaries": param(None, canaries.CANARIES,
+                      doc="e.g. {count: 50, kind: mislabelled}: planted in the leaver's shard (fedsim.canaries)"),
+    "permutations": param(999, Integer(minimum=99), doc="label permutations of every membership null distribution"),
+    "newton_damping": param(1e-3, POSITIVE, doc="L2 damping λ of the retained Hessian in the Newton removal"),
+    "newton_steps": param(1, Integer(minimum=1, maximum=100),
+                          doc="Newton steps on the removal equation (1: the classic influence step)"),
+    "newton_search_max": param(8, Integer(minimum=1, maximum=1000),
+                               doc="newton_calibrated: most multiples of the Newton step searched along its "
+                               "direction"),
+    "finetune_steps": param(50, Integer(minimum=0),
+                            doc="full-batch gradient steps of the fine-tune-on-retained baseline"),
+    "finetune_lr": param(0.5, POSITIVE),
 }
-CLONING_DEFAULTS: dict[str, Any] = {
-    "target": None,  # default: the first honest peer; federated: the global model
-    "target_head": {"kind": "federated"},  # or {kind: bottleneck, hidden, ...}: see TARGET_HEAD_KEYS
-    "queries": [8, 32, 128, 512, 2048],
-    "topk": [None, 5, 2, 1],  # null: full logits; 1: top-1 label with its value
-    "defences": [{"kind": "rounding", "decimals": 1}, {"kind": "noise", "sigma": 0.1}, {"kind": "top1"}],
-    "repeats": [1],  # against noise defences: each query asked r times, answers averaged
-    "method": "ridge",  # stage 2 from leaked logits: ridge (GCV) | least_squares | distill
-    "query_pool": "peers",  # or "heldout"
-}
-FEDERATED_UNLEARNING_DEFAULTS: dict[str, Any] = {
-    "peer": None,  # the leaver; default: the honest peer with the most training samples
-    "arms": [0, 1, 2, "all"],  # who unlearns: 0 nobody (control), k within k hops, all (federated: the server)
-    "rounds_after": [0, 5, 20],  # rounds of normal training without the leaver after the unlearning
-    "method": "newton",  # newton (damped Newton/influence removal) or finetune_retain, on each unlearner's head
-    "newton_damping": 1e-3,  # L2 damping λ of the Newton removal
-    "finetune_steps": 50,  # finetune_retain: full-batch gradient steps on the retained data
-    "finetune_lr": 0.5,
-    "heldout_fraction": 0.5,  # the test split is the rest of the test set (the unlearning probe's split)
-    "canaries": None,  # e.g. {count: 50, kind: ood}: planted in the leaver's shard (fedsim.canaries)
-    "permutations": 199,  # label permutations of each canary membership null (per peer, arm and R)
-}
-TARGET_HEAD_KEYS: dict[str, dict[str, Any]] = {
+TARGET_HEAD_KINDS: dict[str, dict[str, Any]] = {  # cloning's target_head: {kind: ..., <its keys>}
     "federated": {},
-    "bottleneck": {"hidden": 6, "activation": "linear", "train_on": "federation", "epochs": 300, "lr": 0.01,
-                   "weight_decay": 0.0},
+    "bottleneck": {
+        "hidden": param(6, Integer(minimum=1)),
+        "activation": param("linear", Options(choices=("linear", "relu"))),
+        "train_on": param("federation", Options(choices=("federation", "target"))),
+        "epochs": param(300, Integer(minimum=1)),
+        "lr": param(0.01, POSITIVE),
+        "weight_decay": param(0.0, Real(lo=0.0)),
+    },
 }
-DEFENCE_KEYS: dict[str, dict[str, Any]] = {"rounding": {"decimals": 1, "stage": "before_ranking"},
-                                           "noise": {"sigma": 0.1, "stage": "before_ranking"}, "top1": {}}
-
-
-# ----------------------------------------------------------------------------- validation
-def _err(i: int, key: str, msg: str) -> ValueError:
-    return probe_error(i, key, msg)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _check_int(i: int, key: str, v: Any, lo: int, hi: int | None = None) -> int:
-    if not _is_int(v) or v < lo or (hi is not None and v > hi):
-        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise _err(i, key, f"must be an integer {rng}, got {v!r}")
-    return int(v)
-
-
-def _check_num(i: int, key: str, v: Any, lo: float, hi: float | None = None, lo_open: bool = True,
-               hi_open: bool = True) -> float:
-    ok = _is_num(v) and (v > lo if lo_open else v >= lo) and (hi is None or (v < hi if hi_open else v <= hi))
-    if not ok:
-        lb = "(" if lo_open else "["
-        ub = ")" if hi_open else "]"
-        raise _err(i, key, f"must be a number in {lb}{lo}, {'inf' if hi is None else hi}{ub}, got {v!r}")
-    return float(v)
-
-
-def _check_peer(i: int, key: str, v: Any, num_peers: int | None, allow_global: bool) -> int | str | None:
-    if v is None or (allow_global and v == "global"):
-        return v
-    hi = None if num_peers is None else num_peers - 1
-    what = "a peer id" + (" or 'global'" if allow_global else "")
-    if not _is_int(v) or v < 0 or (hi is not None and v > hi):
-        bound = "" if hi is None else f" in [0, {hi}]"
-        raise _err(i, key, f"must be {what}{bound}, got {v!r}")
-    return int(v)
-
-
-def _validate_unlearning(i: int, p: dict[str, Any], num_peers: int | None) -> dict[str, Any]:
-    cfg = {**UNLEARNING_DEFAULTS, **p}
-    cfg["peer"] = _check_peer(i, "peer", cfg["peer"], num_peers, allow_global=False)
-    cfg["target"] = _check_peer(i, "target", cfg["target"], num_peers, allow_global=True)
-    if cfg["peer"] is not None and cfg["peer"] == cfg["target"]:
-        raise _err(i, "target", f"must differ from probes.{i}.peer (the leaver's own model is not audited)")
-    cfg["lr"] = _check_num(i, "lr", cfg["lr"], 0.0)
-    cfg["max_steps"] = _check_int(i, "max_steps", cfg["max_steps"], 1)
-    cfg["heldout_fraction"] = _check_num(i, "heldout_fraction", cfg["heldout_fraction"], 0.0, 1.0)
-    shadows = cfg["lira_shadows"]
-    if not _is_int(shadows) or shadows < 0 or shadows == 1:
-        raise _err(i, "lira_shadows", f"must be 0 (off) or an integer >= 2, got {shadows!r}")
-    if not isinstance(cfg["retrain"], bool):
-        raise _err(i, "retrain", f"must be true or false, got {cfg['retrain']!r}")
-    if cfg["mode"] not in ("first_epoch", "iterative"):
-        raise _err(i, "mode", f"got {cfg['mode']!r}; allowed: first_epoch, iterative")
-    cfg["tol"] = _check_num(i, "tol", cfg["tol"], 0.0)
-    if cfg["criterion"] not in ("membership", "loss", "accuracy", "either"):
-        raise _err(i, "criterion", f"got {cfg['criterion']!r}; allowed: membership, loss, accuracy, either")
-    cfg["alpha"] = _check_num(i, "alpha", cfg["alpha"], 0.0, 1.0)
-    if cfg["stop_groups"] not in ("pooled", "separate"):
-        raise _err(i, "stop_groups", f"got {cfg['stop_groups']!r}; allowed: pooled, separate")
-    cfg["path_every"] = _check_int(i, "path_every", cfg["path_every"], 0)
-    from fedsim import canaries
-
-    cfg["canaries"] = canaries.validate(f"probes.{i}.canaries", cfg["canaries"])
-    cfg["permutations"] = _check_int(i, "permutations", cfg["permutations"], 99)
-    cfg["newton_damping"] = _check_num(i, "newton_damping", cfg["newton_damping"], 0.0)
-    cfg["newton_steps"] = _check_int(i, "newton_steps", cfg["newton_steps"], 1, 100)
-    cfg["newton_search_max"] = _check_int(i, "newton_search_max", cfg["newton_search_max"], 1, 1000)
-    cfg["finetune_steps"] = _check_int(i, "finetune_steps", cfg["finetune_steps"], 0)
-    cfg["finetune_lr"] = _check_num(i, "finetune_lr", cfg["finetune_lr"], 0.0)
-    return cfg
-
-
-def _validate_federated_unlearning(i: int, p: dict[str, Any], num_peers: int | None) -> dict[str, Any]:
-    cfg = {**FEDERATED_UNLEARNING_DEFAULTS, **p}
-    cfg["peer"] = _check_peer(i, "peer", cfg["peer"], num_peers, allow_global=False)
-    arms = cfg["arms"]
-    if (not isinstance(arms, list) or not arms
-            or any(not (a == "all" or (_is_int(a) and a >= 0)) for a in arms) or len(set(map(str, arms))) < len(arms)):
-        raise _err(i, "arms", f"must be a non-empty list of distinct hop counts >= 0 (0: nobody) or 'all', "
-                   f"got {arms!r}")
-    cfg["arms"] = [a if a == "all" else int(a) for a in arms]
-    ra = cfg["rounds_after"]
-    if not isinstance(ra, list) or not ra or any(not _is_int(r) or r < 0 for r in ra):
-        raise _err(i, "rounds_after", f"must be a non-empty list of integers >= 0, got {ra!r}")
-    if cfg["method"] not in ("newton", "finetune_retain"):
-        raise _err(i, "method", f"got {cfg['method']!r}; allowed: newton, finetune_retain")
-    cfg["newton_damping"] = _check_num(i, "newton_damping", cfg["newton_damping"], 0.0)
-    cfg["finetune_steps"] = _check_int(i, "finetune_steps", cfg["finetune_steps"], 0)
-    cfg["finetune_lr"] = _check_num(i, "finetune_lr", cfg["finetune_lr"], 0.0)
-    cfg["heldout_fraction"] = _check_num(i, "heldout_fraction", cfg["heldout_fraction"], 0.0, 1.0)
-    from fedsim import canaries
-
-    cfg["canaries"] = canaries.validate(f"probes.{i}.canaries", cfg["canaries"])
-    cfg["permutations"] = _check_int(i, "permutations", cfg["permutations"], 99)
-    return cfg
-
-
-def _validate_defence(i: int, j: int, d: Any) -> dict[str, Any]:
-    key = f"defences.{j}"
-    if not isinstance(d, dict) or d.get("kind") not in DEFENCE_KEYS:
-        raise _err(i, key, f"each defence is a mapping with kind: {' | '.join(DEFENCE_KEYS)}, got {d!r}")
-    allowed = DEFENCE_KEYS[d["kind"]]
-    for k in d:
-        if k != "kind" and k not in allowed:
-            extra = ", ".join(["kind", *allowed])
-            raise _err(i, f"{key}.{k}", f"unknown key for defence kind {d['kind']}; allowed: {extra}")
-    out = {**allowed, **d}
-    if "stage" in out and out["stage"] not in ("before_ranking", "after_ranking"):
-        raise _err(i, f"{key}.stage", f"got {out['stage']!r}; allowed: before_ranking, after_ranking")
-    if out["kind"] == "rounding":
-        out["decimals"] = _check_int(i, f"{key}.decimals", out["decimals"], 0, 12)
-    elif out["kind"] == "noise":
-        out["sigma"] = _check_num(i, f"{key}.sigma", out["sigma"], 0.0, lo_open=False)
-    return out
-
-
-def _validate_cloning(i: int, p: dict[str, Any], num_peers: int | None) -> dict[str, Any]:
-    cfg = {**CLONING_DEFAULTS, **p}
-    cfg["target"] = _check_peer(i, "target", cfg["target"], num_peers, allow_global=True)
-    qs = cfg["queries"]
-    if not isinstance(qs, list) or not qs or not all(_is_int(q) and q >= 1 for q in qs):
-        raise _err(i, "queries", f"must be a non-empty list of integers >= 1, got {qs!r}")
-    cfg["queries"] = sorted({int(q) for q in qs})
-    ks = cfg["topk"]
-    if not isinstance(ks, list) or not ks or not all(k is None or (_is_int(k) and k >= 1) for k in ks):
-        raise _err(i, "topk", f"must be a non-empty list of null (full logits) or integers >= 1, got {ks!r}")
-    cfg["topk"] = list(dict.fromkeys(None if k is None else int(k) for k in ks))
-    ds = cfg["defences"]
-    if not isinstance(ds, list):
-        raise _err(i, "defences", f"must be a list of mappings, got {ds!r}")
-    cfg["defences"] = [_validate_defence(i, j, d) for j, d in enumerate(ds)]
-    if cfg["query_pool"] not in ("peers", "heldout"):
-        raise _err(i, "query_pool", f"got {cfg['query_pool']!r}; allowed: peers, heldout")
-    rs = cfg["repeats"]
-    if not isinstance(rs, list) or not rs or not all(_is_int(r) and r >= 1 for r in rs):
-        raise _err(i, "repeats", f"must be a non-empty list of integers >= 1, got {rs!r}")
-    cfg["repeats"] = sorted({int(r) for r in rs})
-    if cfg["method"] not in ("ridge", "least_squares", "distill"):
-        raise _err(i, "method", f"got {cfg['method']!r}; allowed: ridge, least_squares, distill")
-    cfg["target_head"] = _validate_target_head(i, cfg["target_head"])
-    return cfg
-
-
-def _validate_target_head(i: int, t: Any) -> dict[str, Any]:
-    if not isinstance(t, dict) or t.get("kind") not in TARGET_HEAD_KEYS:
-        raise _err(i, "target_head", f"must be a mapping with kind: {' | '.join(TARGET_HEAD_KEYS)}, got {t!r}")
-    allowed = TARGET_HEAD_KEYS[t["kind"]]
-    for k in t:
-        if k != "kind" and k not in allowed:
-            raise _err(i, f"target_head.{k}", f"unknown key for target_head kind {t['kind']}; allowed: "
-                       f"{', '.join(['kind', *allowed])}")
-    out = {**allowed, **t}
-    if out["kind"] == "bottleneck":
-        out["hidden"] = _check_int(i, "target_head.hidden", out["hidden"], 1)
-        out["epochs"] = _check_int(i, "target_head.epochs", out["epochs"], 1)
-        out["lr"] = _check_num(i, "target_head.lr", out["lr"], 0.0)
-        out["weight_decay"] = _check_num(i, "target_head.weight_decay", out["weight_decay"], 0.0, lo_open=False)
-        if out["activation"] not in ("linear", "relu"):
-            raise _err(i, "target_head.activation", f"got {out['activation']!r}; allowed: linear, relu")
-        if out["train_on"] not in ("federation", "target"):
-            raise _err(i, "target_head.train_on", f"got {out['train_on']!r}; allowed: federation, target")
-    return out
+_STAGE = Options(choices=("before_ranking", "after_ranking"))
+DEFENCE_KINDS: dict[str, dict[str, Any]] = {  # cloning's defences: each {kind: ..., <its keys>}
+    "rounding": {"decimals": param(1, Integer(minimum=0, maximum=12)), "stage": param("before_ranking", _STAGE)},
+    "noise": {"sigma": param(0.1, Real(lo=0.0)), "stage": param("before_ranking", _STAGE)},
+    "top1": {},
+}
+CLONING_PARAMS: dict[str, Any] = {
+    "target": param(None, PEER_OR_GLOBAL, doc="default: the first honest peer; federated: the global model"),
+    "target_head": param(factory=lambda: {"kind": "federated"},
+                         check=Tagged(kinds=TARGET_HEAD_KINDS, noun="target_head"),
+                         doc="or {kind: bottleneck, hidden, ...}: the target_head.* keys"),
+    "queries": param(factory=lambda: [8, 32, 128, 512, 2048],
+                     check=ListOf(item=Integer(minimum=1), min_len=1, dedupe=True, sort=True)),
+    "topk": param(factory=lambda: [None, 5, 2, 1], check=ListOf(item=Integer(minimum=1, null=True), min_len=1,
+                                                                 dedupe=True),
+                  doc="null: full logits; 1: top-1 label with its value"),
+    "defences": param(factory=lambda: [{"kind": "rounding", "decimals": 1}, {"kind": "noise", "sigma": 0.1},
+                                       {"kind": "top1"}],
+                      check=ListOf(item=Tagged(kinds=DEFENCE_KINDS, noun="defence"))),
+    "repeats": param(factory=lambda: [1], check=ListOf(item=Integer(minimum=1), min_len=1, dedupe=True, sort=True),
+                     doc="against noise defences: each query asked r times, answers averaged"),
+    "method": param("ridge", Options(choices=("ridge", "least_squares", "distill")),
+                    doc="stage 2 from leaked logits: ridge (GCV) | least_squares | distill"),
+    "query_pool": param("peers", Options(choices=("peers", "heldout"))),
+}
+FEDERATED_UNLEARNING_PARAMS: dict[str, Any] = {
+    "peer": param(None, PEER, doc="the leaver; default: the honest peer with the most training samples"),
+    "arms": param(factory=lambda: [0, 1, 2, "all"],
+                  check=ListOf(item=AnyOf(options=(Integer(minimum=0), Options(choices=("all",)))), min_len=1,
+                               distinct=True,
+                               what="a non-empty list of distinct hop counts >= 0 (0: nobody) or 'all'"),
+                  doc="who unlearns: 0 nobody (control), k within k hops, all (federated: the server)"),
+    "rounds_after": param(factory=lambda: [0, 5, 20], check=ListOf(item=Integer(minimum=0), min_len=1),
+                          doc="rounds of normal training without the leaver after the unlearning"),
+    "method": param("newton", Options(choices=("newton", "finetune_retain")),
+                    doc="newton (damped Newton/influence removal) or finetune_retain, on each unlearner's head"),
+    "newton_damping": param(1e-3, POSITIVE, doc="L2 damping λ of the Newton removal"),
+    "finetune_steps": param(50, Integer(minimum=0),
+                            doc="finetune_retain: full-batch gradient steps on the retained data"),
+    "finetune_lr": param(0.5, POSITIVE),
+    "heldout_fraction": param(0.5, FRACTION,
+                              doc="the test split is the rest of the test set (the unlearning probe's split)"),
+    "canaries": param(None, canaries.CANARIES,
+                      doc="e.g. {count: 50, kind: ood}: planted in the leaver's shard (fedsim.canaries)"),
+    "permutations": param(199, Integer(minimum=99),
+                          doc="label permutations of each canary membership null (per peer, arm and R)"),
+}
 
 
 # ----------------------------------------------------------------------------- summary.json
@@ -294,11 +172,13 @@ class Unlearning(Probe):
     What it does: the unlearning part of :mod:`fedsim.probes`'s docstring.
     """
 
-    defaults = UNLEARNING_DEFAULTS
-    notes = notes_from_comments(__file__, "UNLEARNING_DEFAULTS")
+    params = UNLEARNING_PARAMS
 
     def validate(self, i: int, cfg: dict[str, Any], num_peers: int | None = None) -> dict[str, Any]:
-        return _validate_unlearning(i, cfg, num_peers)
+        cfg = super().validate(i, cfg, num_peers)
+        if cfg["peer"] is not None and cfg["peer"] == cfg["target"]:
+            raise probe_error(i, "target", f"must differ from probes.{i}.peer (the leaver's own model is not audited)")
+        return cfg
 
     def run(self, i: int, cfg: dict[str, Any], ctx: Any) -> dict[str, Any]:
         from fedsim.probes import run_unlearning
@@ -317,11 +197,7 @@ class Cloning(Probe):
     What it does: the cloning part of :mod:`fedsim.probes`'s docstring.
     """
 
-    defaults = CLONING_DEFAULTS
-    notes = notes_from_comments(__file__, "CLONING_DEFAULTS")
-
-    def validate(self, i: int, cfg: dict[str, Any], num_peers: int | None = None) -> dict[str, Any]:
-        return _validate_cloning(i, cfg, num_peers)
+    params = CLONING_PARAMS
 
     def run(self, i: int, cfg: dict[str, Any], ctx: Any) -> dict[str, Any]:
         from fedsim.probes import run_cloning
@@ -341,11 +217,7 @@ class FederatedUnlearning(Probe):
     What it does: :mod:`fedsim.probe_fedunlearn`'s docstring.
     """
 
-    defaults = FEDERATED_UNLEARNING_DEFAULTS
-    notes = notes_from_comments(__file__, "FEDERATED_UNLEARNING_DEFAULTS")
-
-    def validate(self, i: int, cfg: dict[str, Any], num_peers: int | None = None) -> dict[str, Any]:
-        return _validate_federated_unlearning(i, cfg, num_peers)
+    params = FEDERATED_UNLEARNING_PARAMS
 
     def run(self, i: int, cfg: dict[str, Any], ctx: Any) -> dict[str, Any]:
         from fedsim.probe_fedunlearn import run_federated_unlearning

@@ -7,13 +7,18 @@ subclass registered under its ``kind`` (the built-ins, ``unlearning`` and ``clon
     @register_probe("my_probe")
     class MyProbe(Probe):
         \"\"\"One line for ``fedsim list probe``. More for ``fedsim list probe my_probe``.\"\"\"
-        defaults = {"peer": None}          # every key a scenario may set, with its default
+        params = {"peer": param(None, Index(of="peers.count", noun="a peer id", null=True),
+                                doc="the peer it looks at")}  # every key a scenario may set
         def run(self, i, cfg, ctx): ...    # -> its entry in probes.json (a dict, "kind" first)
 
 The scenario schema holds each entry as its kind's typed config (:func:`fedsim.scenario.probe_config`:
-a discriminated union on ``kind`` whose members are the registered kinds). Value checks are the
-probe's :meth:`Probe.validate` (run by validation with ``peers.count``); checks that need the
-trained run belong in :meth:`Probe.run`. :mod:`fedsim.probe_runs` runs them.
+a discriminated union on ``kind`` whose members are the registered kinds). ``params`` declares each
+key once with :func:`fedlib.params.param` (its default, its constraint, one line of help), as rules
+and attacks declare theirs: :meth:`Probe.validate` checks them all under ``probes.<i>.`` (run by
+validation with ``peers.count``, which bounds an :class:`fedlib.params.Index`) and ``fedsim list
+probe NAME`` prints the same declarations. Checks tying keys together are code in an override of
+:meth:`Probe.validate` (after ``super().validate``); checks that need the trained run belong in
+:meth:`Probe.run`. :mod:`fedsim.probe_runs` runs them.
 
 Imports neither torch nor pydantic: ``fedsim list`` reads it.
 """
@@ -24,27 +29,30 @@ import difflib
 import inspect
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, ClassVar
+
+from fedlib.params import DOC, check_params, default_of
 
 
 class Probe:
     """Base class of probes (register a subclass with :func:`register_probe`).
 
-    Class attributes: ``defaults`` (every key a scenario may set besides ``kind``, with its
-    default) and ``notes`` (optional one-line comments per key, shown by ``fedsim list probe
+    Class attribute ``params``: every key a scenario may set besides ``kind``, each a
+    :func:`fedlib.params.param` (default, constraint, ``doc``: one line for ``fedsim list probe
     NAME``). The docstring's first paragraph is the probe's one-line summary.
     """
 
     kind: ClassVar[str] = ""
-    defaults: ClassVar[dict[str, Any]] = {}
-    notes: ClassVar[dict[str, str]] = {}
+    params: ClassVar[dict[str, Any]] = {}
 
     def validate(self, i: int, cfg: dict[str, Any], num_peers: int | None = None) -> dict[str, Any]:
-        """``cfg`` (``probes[i]``'s keys as set, every one a key of ``defaults``) with every default
-        filled in; raise ``ValueError("probes.<i>.<key>: ...")`` (:func:`fedsim.errors.probe_error`)
-        for a bad value. ``num_peers``: ``peers.count`` (None where not known)."""
-        return {**self.defaults, **cfg}
+        """``cfg`` (``probes[i]``'s keys as set, ``kind`` and keys of ``params``) with every default
+        filled in and every value checked and normalised against its declaration
+        (:func:`fedlib.params.check_params`: ``ValueError("probes.<i>.<key>: must be ..., got ...")``).
+        ``num_peers``: ``peers.count`` (None where not known). An override adds the checks that tie
+        keys together after ``super().validate`` (:func:`fedsim.errors.probe_error`)."""
+        return check_params(f"probes.{i}", self.params, cfg, {"peers.count": num_peers}, keep=("kind",),
+                            unknown=f"unknown key for kind {self.kind}")
 
     def run(self, i: int, cfg: dict[str, Any], ctx: Any) -> dict[str, Any]:
         """Run against the trained federation (``ctx``: :class:`fedsim.probes.ProbeContext`) with
@@ -69,9 +77,13 @@ def register_probe(kind: str) -> Callable[[type[Probe]], type[Probe]]:
             raise ValueError(f"register_probe: the kind must be a name (letters, digits, _), got {kind!r}")
         if kind in REGISTRY and REGISTRY[kind].__qualname__ != cls.__qualname__:
             raise ValueError(f"probe kind {kind!r} is already registered ({REGISTRY[kind].__module__})")
-        bad = [k for k in cls.defaults if not isinstance(k, str) or k == "kind"]
+        if "defaults" in vars(cls) or "notes" in vars(cls):
+            raise TypeError(f"register_probe({kind!r}): declare the keys as params = {{key: param(default, "
+                            "constraint, doc=...)} (fedlib.params), not defaults/notes")
+        bad = [k for k, f in cls.params.items() if not isinstance(k, str) or k == "kind" or not hasattr(f, "metadata")]
         if bad:
-            raise ValueError(f"register_probe({kind!r}): defaults keys must be names other than 'kind', got {bad}")
+            raise ValueError(f"register_probe({kind!r}): params keys must be names other than 'kind', each a "
+                             f"fedlib.params.param(...), got {bad}")
         cls.kind = kind
         REGISTRY[kind] = cls
         return cls
@@ -91,12 +103,14 @@ def summary(cls: type[Probe]) -> str:
     return " ".join(inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0].split())
 
 
-def notes_from_comments(path: str, name: str) -> dict[str, str]:
-    """``{key: comment}`` of a ``NAME = {"key": value,  # comment`` dict literal in the file ``path``
-    (the built-in probes document their keys where their defaults are)."""
-    block = re.search(rf"^{name}[^=]*= {{\n(.*?)^}}", Path(path).read_text(), re.S | re.M)
-    lines = block.group(1).splitlines() if block else []
-    return {m[1]: m[2].strip() for m in (re.match(r'\s*"(\w+)":.*?#\s*(.*)$', ln) for ln in lines) if m}
+def defaults(cls: type[Probe]) -> dict[str, Any]:
+    """Every key of a probe kind with its default (fresh copies), in declaration order."""
+    return {k: default_of(f) for k, f in cls.params.items()}
+
+
+def doc(cls: type[Probe], key: str) -> str:
+    """The one line of help declared with a probe kind's ``key``."""
+    return cls.params[key].metadata.get(DOC) or ""
 
 
 def get_probe(i: int, kind: Any) -> Probe:
@@ -116,9 +130,9 @@ def check_entry(i: int, data: Any) -> Probe:
         raise ValueError(f"probes.{i}: each probe is a mapping with a 'kind' ({' | '.join(kinds())})")
     probe = get_probe(i, data["kind"])
     for k in data:
-        if k != "kind" and k not in probe.defaults:
+        if k != "kind" and k not in probe.params:
             raise ValueError(f"probes.{i}.{k}: unknown key for kind {probe.kind}; allowed: kind, "
-                             f"{', '.join(probe.defaults)}")
+                             f"{', '.join(probe.params)}")
     return probe
 
 

@@ -30,6 +30,7 @@ from pydantic import (
 from fedlib.registry import did_you_mean as _did_you_mean
 from fedsim.device import PATTERN as DEVICE_PATTERN
 from fedsim.probe_registry import Probe, check_entry
+from fedsim.probe_registry import defaults as probe_defaults
 
 MAX_WEIGHT_DECAY = 10.0
 
@@ -267,7 +268,7 @@ class OutputCfg(_Section):
 
 class ProbeConfig(BaseModel):
     """One ``probes:`` entry as the schema holds it: an instance of its kind's model
-    (:func:`probe_config`), whose fields are ``kind`` and the probe's ``defaults``. Dumps only the
+    (:func:`probe_config`), whose fields are ``kind`` and the probe's ``params``. Dumps only the
     keys given, in the given order, so a resolved ``scenario.yaml`` reads as written."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -287,9 +288,9 @@ class ProbeConfig(BaseModel):
 @functools.cache
 def probe_config(cls: type[Probe]) -> type[ProbeConfig]:
     """The schema's model of a registered probe kind: ``kind: Literal[<kind>]`` and one field per
-    key of its ``defaults`` (values are checked by the probe's own ``validate``)."""
+    key of its ``params``, with its default (values are checked by the probe's own ``validate``)."""
     fields: dict[str, Any] = {"kind": (Literal[cls.kind], ...)}
-    fields |= {k: (Any, v) for k, v in cls.defaults.items()}
+    fields |= {k: (Any, v) for k, v in probe_defaults(cls).items()}
     return create_model(f"{cls.__name__}Config", __base__=ProbeConfig, **fields)
 
 

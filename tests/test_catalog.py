@@ -171,11 +171,24 @@ def test_a_closed_pipe_is_not_an_error():
 @pytest.mark.parametrize("kind", ["unlearning", "cloning"])
 def test_probe_listing_is_the_harness_defaults(kind):
     """`fedsim list probes KIND` shows exactly the keys and defaults the probe harness uses."""
+    from fedlib.params import CHECK
     from fedsim import catalog
     from fedsim import probe_builtins as probes
+    from fedsim.probe_registry import defaults as probe_defaults
+    from fedsim.probe_registry import kinds
 
-    defaults = {"unlearning": probes.UNLEARNING_DEFAULTS, "cloning": probes.CLONING_DEFAULTS}[kind]
+    table = {"unlearning": probes.UNLEARNING_PARAMS, "cloning": probes.CLONING_PARAMS}[kind]
+    defaults = probe_defaults(kinds()[kind])
     listed = catalog.probe_params(kind)
-    assert [p.name for p in listed] == list(defaults)
-    assert [p.default for p in listed] == [catalog._show(v) for v in defaults.values()]
+    top = [p for p in listed if "." not in p.name]
+    assert [p.name for p in top] == list(table) == list(defaults)
+    assert [p.default for p in top] == [catalog._show(v) for v in defaults.values()]
+    # the listing's constraint is the text of the error a bad value gets (one declaration)
+    assert [p.constraint for p in top] == [f.metadata[CHECK].describe(k) for k, f in table.items()]
     assert catalog.describe("probe", kind)[1] == listed
+    rows = {p.name: p for p in listed}
+    if kind == "unlearning":  # a nested mapping's keys, from its own table
+        assert rows["canaries.count"].constraint == "an integer >= 2" and rows["canaries.count"].default == "50"
+    else:  # each kind of a tagged mapping, and of a list of them
+        assert rows["target_head.hidden"].help == "(kind bottleneck)" and rows["target_head.hidden"].default == "6"
+        assert rows["defences.*.sigma"].constraint == "a finite number >= 0.0"

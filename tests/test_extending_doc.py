@@ -130,3 +130,4 @@ def test_doc_probe_is_checked_and_listed(plugin, small_scenario, tmp_path):
     assert "consensus_distance" in out and "unlearning" in out and "cloning" in out
     out = CliRunner().invoke(main, ["list", "probe", "consensus_distance", "--plugin", str(path)]).output
     assert "relative" in out and "divide each distance by the norm of the mean head" in out
+    assert "true or false" in out  # the declared constraint, as the error above says it

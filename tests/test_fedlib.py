@@ -14,7 +14,24 @@ import torch
 
 from fedlib.distances import krum_scores, sq_dists
 from fedlib.heads import flatten, num_params, unflatten
-from fedlib.params import Boolean, Integer, Mapping, Options, Real, Text, constraint, param, require, validate
+from fedlib.params import (
+    AnyOf,
+    Boolean,
+    Index,
+    Integer,
+    ListOf,
+    Mapping,
+    Options,
+    Real,
+    Tagged,
+    Text,
+    check_params,
+    constraint,
+    defaults,
+    param,
+    require,
+    validate,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,6 +53,16 @@ ROOT = Path(__file__).resolve().parents[1]
         (Text(), ["x", ""], [1, None], "a string"),
         (Integer(minimum=1, null=True, what="an integer >= 1 or null (N - f)"), [None, 2], [0],
          "an integer >= 1 or null (N - f)"),
+        (Integer(minimum=1, maximum=3), [1, 3], [0, 4, True], "an integer in [1, 3]"),
+        (Index(of="n", noun="a peer id"), [0, 10**6], [-1, "0", True, None], "a peer id in [0, n - 1]"),
+        (Index(of="n", noun="a peer id", extra=("global",), null=True), ["global", None, 3], ["all", -1],
+         "a peer id in [0, n - 1] or 'global' or null"),
+        (AnyOf(options=(Integer(minimum=0, maximum=0), Integer(minimum=2))), [0, 2], [1, False, 0.0],
+         "an integer in [0, 0] or an integer >= 2"),
+        (ListOf(item=Integer(minimum=1), min_len=1), [[1], [3, 3]], [[], [0], (1,), [True]],
+         "a non-empty list, each an integer >= 1"),
+        (ListOf(item=Options(choices=("a", 1)), distinct=True), [[], ["a", 1]], [["a", "a"], ["b"]],
+         "a list of distinct values, each one of 'a', 1"),
     ],
 )
 def test_constraints_accept_reject_and_say_what_they_need(check, good, bad, text) -> None:
@@ -44,6 +71,53 @@ def test_constraints_accept_reject_and_say_what_they_need(check, good, bad, text
     for v in bad:
         with pytest.raises(ValueError, match="^" + __import__("re").escape(f"x: must be {text}, got {v!r}") + "$"):
             require("x", v, check)
+
+
+def test_index_is_bounded_by_the_run_fact_in_the_context() -> None:
+    peer = Index(of="peers.count", noun="a peer id")
+    assert peer.check("p", 7, {"peers.count": 8}) == 7 and peer.accepts(8) and peer.accepts(8, {"peers.count": None})
+    with pytest.raises(ValueError, match=r"^p: must be a peer id in \[0, 7\], got 8$"):
+        peer.check("p", 8, {"peers.count": 8})
+    assert peer.describe("p") == "a peer id in [0, peers.count - 1]"  # fedsim list: no run yet
+
+
+def test_check_params_fills_normalises_and_names_the_full_path() -> None:
+    import numpy as np
+
+    table = {
+        "n": param(2, Integer(minimum=1)),
+        "lr": param(0.5, Real(lo=0.0, lo_open=True)),
+        "qs": param(factory=lambda: [4, 1], check=ListOf(item=Integer(minimum=1), dedupe=True, sort=True)),
+        "sub": param(None, Mapping(keys={"k": param(1, Integer(minimum=0))}, null=True)),
+        "ds": param(factory=list, check=ListOf(item=Tagged(kinds={"a": {"x": param(0.0, Real())}, "b": {}},
+                                                                 noun="thing"))),
+        "free": param("anything"),
+    }
+    out = check_params("p.0", table, {"kind": "z", "lr": 1, "qs": [8, np.int64(2), 8], "n": np.int64(3),
+                                      "sub": {}, "ds": [{"kind": "a"}, {"kind": "b"}]}, keep=("kind",))
+    assert out == {"n": 3, "lr": 1.0, "qs": [2, 8], "sub": {"k": 1}, "ds": [{"x": 0.0, "kind": "a"}, {"kind": "b"}],
+                   "free": "anything", "kind": "z"}
+    assert type(out["n"]) is int and type(out["lr"]) is float and type(out["qs"][0]) is int
+    assert list(out) == [*table, "kind"]  # declaration order, the kept keys after
+    assert defaults(table)["qs"] is not defaults(table)["qs"]  # fresh defaults
+    for values, message in [
+        ({"m": 1}, r"p\.0\.m: unknown key; allowed: n, lr, qs, sub, ds, free"),
+        ({"lr": 0}, r"p\.0\.lr: must be a finite number > 0\.0, got 0"),
+        ({"sub": {"k": -1}}, r"p\.0\.sub\.k: must be an integer >= 0, got -1"),
+        ({"sub": {"j": 1}}, r"p\.0\.sub\.j: unknown key; allowed: k"),
+        ({"sub": 3}, r"p\.0\.sub: must be a mapping with keys k or null, got 3"),
+        ({"ds": [{"kind": "b"}, {"kind": "a", "x": "1"}]}, r"p\.0\.ds\.1\.x: must be a finite number, got '1'"),
+        ({"ds": [{"kind": "c"}]}, r"p\.0\.ds\.0: must be a mapping with kind: a \| b, got"),
+        ({"ds": [{"kind": "b", "x": 1}]}, r"p\.0\.ds\.0\.x: unknown key for thing kind b; allowed: kind"),
+        ({"qs": [0]}, r"p\.0\.qs: must be a list, each an integer >= 1, got \[0\]"),  # a scalar item: the list
+    ]:
+        with pytest.raises(ValueError, match="^" + message):
+            check_params("p.0", table, values)
+    after = Mapping(keys={"a": param(1, Integer()), "b": param(2, Integer())},
+                    after=lambda path, m, ctx: m if m["a"] <= m["b"] else (_ for _ in ()).throw(ValueError(path)))
+    assert after.check("m", {"a": 2}) == {"a": 2, "b": 2}
+    with pytest.raises(ValueError, match="^m$"):
+        after.check("m", {"a": 3})
 
 
 @dataclass

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from fedlib.params import Integer, param
 from fedsim.probe_registry import REGISTRY, Probe, kinds, register_probe, summarize, validate_probe
 from fedsim.scenario import ProbeConfig, ScenarioError, parse, probe_config
 
@@ -26,7 +27,7 @@ def toy_kind():
     class Toy(Probe):
         """A toy probe."""
 
-        defaults = {"size": 3, "label": None}
+        params = {"size": param(3, Integer(minimum=1), doc="how big"), "label": param(None)}
 
         def run(self, i, cfg, ctx):
             return {"kind": "toy", "size": cfg["size"], "records": [1]}
@@ -69,6 +70,12 @@ def test_a_registered_kind_joins_the_union(tmp_path, toy_kind):
     assert sc.probes[0].label is None
     assert validate_probe(0, sc.probes[0]) == {"kind": "toy", "size": 5, "label": None}
     assert summarize({"kind": "toy", "size": 5}) == {"kind": "toy"}  # the base class's summary
+    with pytest.raises(ScenarioError, match=r"probes\.0\.size: must be an integer >= 1, got 0"):
+        parse(_scenario(tmp_path, [{"kind": "toy", "size": 0}]))
+    from fedsim.catalog import describe
+
+    assert [(p.name, p.constraint, p.help) for p in describe("probe", "toy")[1]] == [
+        ("size", "an integer >= 1", "how big"), ("label", "not declared", "")]
     with pytest.raises(ScenarioError, match=r"probes\.0\.kind: got 'toys' \(did you mean 'toy'\?\)"):
         parse(_scenario(tmp_path, [{"kind": "toys"}]))
     REGISTRY.pop("toy")
@@ -81,10 +88,17 @@ def test_register_probe_refuses_what_it_cannot_hold(toy_kind):
         register_probe("x")(dict)  # type: ignore[arg-type]
 
     class Other(Probe):
-        defaults = {"kind": 1}
+        params = {"kind": param(1)}
 
     with pytest.raises(ValueError, match="other than 'kind'"):
         register_probe("other")(Other)
+
+    class Legacy(Probe):  # the old spelling: one way to declare keys, so it is refused with the new one
+        defaults = {"size": 3}
+
+    with pytest.raises(TypeError, match=r"declare the keys as params = \{key: param\(default"):
+        register_probe("legacy")(Legacy)
+    assert "legacy" not in REGISTRY
     with pytest.raises(ValueError, match="already registered"):
         register_probe("toy")(type("Toy2", (Probe,), {}))
     with pytest.raises(ValueError, match="must be a name"):

@@ -199,6 +199,8 @@ def test_format_probes_tables(done) -> None:
         ({"kind": "unlearning", "lr": 0}, "lr"),
         ({"kind": "unlearning", "heldout_fraction": 1.5}, "heldout_fraction"),
         ({"kind": "unlearning", "peer": 8}, "peer"),
+        ({"kind": "unlearning", "peer": 3, "target": 3}, "target"),
+        ({"kind": "unlearning", "target": "all"}, "target"),
         ({"kind": "unlearning", "lira_shadows": 1}, "lira_shadows"),
         ({"kind": "unlearning", "retrain": "yes"}, "retrain"),
         ({"kind": "unlearning", "forget": 3}, "forget"),
@@ -219,6 +221,17 @@ def test_format_probes_tables(done) -> None:
 def test_validate_probe_names_the_key(probe: dict[str, Any], key: str) -> None:
     with pytest.raises(ValueError, match=rf"^probes\.0\.{key}: "):
         validate_probe(0, probe, num_peers=8)
+
+
+def test_validate_probe_accepts_the_edges() -> None:
+    """The declared bounds are inclusive where the old checks were: peer 7 of 8, lira_shadows 0 or
+    2, target 'global', newton_steps 100, alpha just below 1, canaries calibration heldout - 2."""
+    cfg = validate_probe(0, {"kind": "unlearning", "peer": 7, "target": "global", "lira_shadows": 0,
+                             "newton_steps": 100, "alpha": 0.99, "canaries": {"heldout": 10, "calibration": 8}}, 8)
+    assert cfg["peer"] == 7 and cfg["target"] == "global" and cfg["canaries"]["calibration"] == 8
+    assert validate_probe(0, {"kind": "unlearning", "lira_shadows": 2, "target": 0}, 8)["target"] == 0
+    assert validate_probe(0, {"kind": "unlearning", "canaries": {"heldout": 10}}, 8)["canaries"]["calibration"] == 5
+    assert validate_probe(0, {"kind": "cloning", "topk": [None, 5, None, 5]}, 8)["topk"] == [None, 5]
 
 
 def test_validate_probe_fills_defaults() -> None:
