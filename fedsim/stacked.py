@@ -102,7 +102,8 @@ class StackedModel:
     ``device``: where ``θ`` and the computation live (scenario ``engine.device``, :mod:`fedsim.device`;
     every tensor is created there, inputs are moved there). ``batching``: how :meth:`loss_and_grad`
     computes the peers' gradients (module docstring; ``auto`` resolved by :func:`resolve_batching`
-    into :attr:`batching`)."""
+    into :attr:`batching`); the default ``vmap`` is for direct callers (benchmarks, the evaluating
+    server), a scenario's groups pass ``model.batching`` (default ``auto``) from their plan."""
 
     def __init__(
         self, module: nn.Module, p: int, device: torch.device | str = "cpu", batching: str = "vmap"
