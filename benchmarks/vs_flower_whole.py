@@ -16,19 +16,22 @@ a linear head on frozen features:
   every round; server FedAvg = unweighted mean of the clients' models.
 
 fedsim runs in-process (``engine: {backend: local, num_actors: 2}``: 2 peer groups, each trained
-as one stacked model with ``torch.func.vmap`` on 2 torch threads), and with ``--ray`` also on Ray
-(2 actors + the server). Flower's ClientApp (``flower_app.whole_client_app``) trains a plain
+as one stacked model on 2 torch threads), and with ``--ray`` also on Ray (2 actors + the server),
+once per ``--batching`` value (``model.batching``: ``vmap``, one ``torch.func.vmap(grad)`` call per
+group; ``loop``, ``torch.func.grad`` per peer over the same stacked parameters; ``auto``), one
+after the other and then Flower, for each N in turn (interleaved: the modes see the same load).
+Flower's ClientApp (``flower_app.whole_client_app``) trains a plain
 ``torch.nn.Module`` per client with ``torch.optim.SGD`` and ``backward()``; Flower's own
 ``FedAvg`` with equal weights on the server; Ray backend, 2 CPUs, 1 CPU per client.
 
 Per-round time: as ``vs_flower.py`` (fedsim: ``timings.jsonl``; Flower: between the evaluation
 callbacks, minus the evaluation), the mean over the rounds after the first (warm-up). Accuracy:
 the global model's test accuracy after the last round in both engines (the same rounds), their
-largest parameter difference, and fedsim's accuracy with other seeds (``--noise-seeds``: the
+largest parameter difference (for every batching value), and fedsim's accuracy with other seeds (``--noise-seeds``: the
 seed-to-seed spread the engines' difference is compared with). ``--profile`` adds where fedsim's
 round goes (the phases of one in-process round, timed from outside with the engine's own calls).
 
-    cd /tmp && python /path/to/benchmarks/vs_flower_whole.py --sizes 10,100 --rounds 3
+    cd /tmp && python /path/to/benchmarks/vs_flower_whole.py --sizes 10,100 --rounds 3 --batching vmap,loop
 """
 
 from __future__ import annotations
@@ -57,9 +60,10 @@ MODEL = {"trainable": "all", "init": "scratch"}
 TARGET = 5.0  # issue 18: fedsim >= 5x Flower's per-round time at 100 clients on this 2-core machine
 
 
-def scenario(n: int, rounds: int, backend: str, tmp: Path, seed: int = SEED) -> dict:
+def scenario(n: int, rounds: int, backend: str, tmp: Path, seed: int = SEED, batching: str = "auto") -> dict:
     return fedsim_scenario(n, rounds, backend, tmp) | {
-        "name": f"vs_flower_whole_n{n}_s{seed}", "seed": seed, "training": TRAIN, "model": MODEL}
+        "name": f"vs_flower_whole_n{n}_s{seed}_{batching}", "seed": seed, "training": TRAIN,
+        "model": MODEL | {"batching": batching}}
 
 
 def steady(per_round: list[float]) -> float:
@@ -98,10 +102,11 @@ def run_flower(n: int, rounds: int, tmp: Path, cpus_per_client: float) -> dict:
     return simulate(server, flower_app.whole_client_app, out, n, rounds, cpus_per_client)
 
 
-def profile(n: int, tmp: Path, rounds: int = 2) -> dict[str, float]:
+def profile(n: int, tmp: Path, rounds: int = 2, batching: str = "auto") -> dict[str, float]:
     """Seconds per round of each phase of fedsim's in-process round (the engine's own calls,
     timed from outside, both groups one after the other as ``engine.backend: local`` runs them):
-    gathering minibatches, ``vmap(grad)`` forward + backward, the optimizer step, the server's
+    gathering minibatches, the peers' forward + backward (``grad``, as ``batching`` computes it),
+    the optimizer step, the server's
     FedAvg; and, for comparison, the same training as a loop of plain ``nn.Module`` copies
     (what each Flower client computes), on the same threads."""
     import copy
@@ -113,7 +118,7 @@ def profile(n: int, tmp: Path, rounds: int = 2) -> dict[str, float]:
     from fedsim.stacked import optimizer_step
     from fedsim.whole import WholePeerGroup, WholeServer
 
-    sc = parse(scenario(n, rounds + 1, "local", tmp))
+    sc = parse(scenario(n, rounds + 1, "local", tmp, batching=batching))
     torch.set_num_threads(min(os.cpu_count() or 1, sc.engine.num_actors))
     prep = prepare(sc)
     f = prep.features
@@ -121,7 +126,7 @@ def profile(n: int, tmp: Path, rounds: int = 2) -> dict[str, float]:
     groups = [WholePeerGroup(s, feats) for s in prep.setups]
     server = WholeServer(prep.server_setup)
     template = split(prep.setups[0].model)[1]
-    t = {"gather": 0.0, "vmap_grad": 0.0, "optimizer": 0.0, "server_fedavg": 0.0, "module_loop": 0.0}
+    t = {"gather": 0.0, "grad": 0.0, "optimizer": 0.0, "server_fedavg": 0.0, "module_loop": 0.0}
     for r in range(rounds + 1):  # round 0: warm-up, not counted
         tic = dict.fromkeys(t, 0.0)
         msgs = []
@@ -135,7 +140,7 @@ def profile(n: int, tmp: Path, rounds: int = 2) -> dict[str, float]:
                 t2 = time.perf_counter()
                 optimizer_step(g.model.theta, grad, g.fopt, **g._opt_kw())
                 tic["gather"] += t1 - t0
-                tic["vmap_grad"] += t2 - t1
+                tic["grad"] += t2 - t1
                 tic["optimizer"] += time.perf_counter() - t2
             msgs.append(g.model.theta.numpy().copy())
         t0 = time.perf_counter()
@@ -161,6 +166,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="10,100", help="client counts N (comma-separated)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds in both engines (the first is warm-up)")
+    ap.add_argument("--batching", default="vmap,loop",
+                    help="fedsim's model.batching values to time against Flower (comma-separated: vmap, loop, auto)")
     ap.add_argument("--noise-seeds", default="1", help="fedsim's other seeds: accuracy spread ('' none)")
     ap.add_argument("--ray", action="store_true", help="also run fedsim on Ray (2 actors + the server)")
     ap.add_argument("--profile", action="store_true", help="also time the phases of fedsim's round")
@@ -170,6 +177,9 @@ def main() -> None:
     if a.rounds < 2:
         ap.error("--rounds: at least 2 (the first round is warm-up)")
     sizes = [int(s) for s in a.sizes.split(",")]
+    modes = [m for m in a.batching.split(",") if m]
+    if not modes or any(m not in ("vmap", "loop", "auto") for m in modes):
+        ap.error(f"--batching: comma-separated vmap, loop, auto; got {a.batching!r}")
     noise_seeds = [int(s) for s in a.noise_seeds.split(",") if s]
     print(
         f"# fedsim vs Flower {__import__('flwr').__version__} (ray {__import__('ray').__version__}), whole-model "
@@ -181,61 +191,74 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="vs_flower_whole_") as td:
         tmp = Path(td)
         for n in sizes:
+            fs: dict[str, dict] = {}
+            for m in modes:  # the modes one after the other, then Flower: interleaved under the same load
+                l0 = load()
+                fs[m] = timed_run(scenario(n, a.rounds, "local", tmp, batching=m), tmp / f"fs_local_n{n}_{m}")
+                fs[m]["load"] = (l0, load())
+                print(f"# N={n}: fedsim in-process, batching {m} done ({load()})", flush=True)
+                if a.ray:
+                    fs[m]["ray"] = timed_run(scenario(n, a.rounds, "ray", tmp, batching=m), tmp / f"fs_ray_n{n}_{m}")
             l0 = load()
-            fs = timed_run(scenario(n, a.rounds, "local", tmp), tmp / f"fs_local_n{n}")
-            print(f"# N={n}: fedsim in-process done ({load()})", flush=True)
-            fr = timed_run(scenario(n, a.rounds, "ray", tmp), tmp / f"fs_ray_n{n}") if a.ray else None
             fl = run_flower(n, a.rounds, tmp, a.flower_cpus_per_client)
             print(f"# N={n}: Flower done ({load()})", flush=True)
-            noise = [timed_run(scenario(n, a.rounds, "local", tmp, s), tmp / f"fs_n{n}_s{s}")["accuracy"][a.rounds]
-                     for s in noise_seeds]
-            row = {
-                "N": n,
-                "rounds": a.rounds,
-                "fedsim_s_per_round": steady(fs["per_round"]),
-                "fedsim_ray_s_per_round": steady(fr["per_round"]) if fr else None,
-                "flower_s_per_round": steady(fl["per_round"]),
-                "fedsim_round_s": fs["per_round"],
-                "flower_round_s": fl["per_round"],
-                "fedsim_wall_s": fs["wall"],
-                "flower_wall_s": fl["wall"],
-                "acc_fedsim": fs["accuracy"][a.rounds],
-                "acc_flower": fl["accuracy"][a.rounds],
-                "acc_fedsim_other_seeds": noise,
-                "max_abs_param_diff": float(np.abs(fs["final"] - fl["final"]).max()),
-                "max_abs_param": float(np.abs(fs["final"]).max()),
-                "same_metrics_ray_local": None if fr is None else fr["metrics"] == fs["metrics"],
-                "load_before": l0,
-                "load_after": load(),
-            }
-            row["ratio"] = row["flower_s_per_round"] / row["fedsim_s_per_round"]
-            if fr:
-                row["ratio_ray"] = row["flower_s_per_round"] / row["fedsim_ray_s_per_round"]
-            if a.profile:
-                row["profile_s_per_round"] = profile(n, tmp)
-                print(f"# N={n}: profile done ({load()})", flush=True)
-            rows.append(row)
+            noise = [timed_run(scenario(n, a.rounds, "local", tmp, s, modes[0]),
+                               tmp / f"fs_n{n}_s{s}")["accuracy"][a.rounds] for s in noise_seeds]
+            for m in modes:
+                f, fr = fs[m], fs[m].get("ray")
+                row = {
+                    "N": n,
+                    "batching": m,
+                    "rounds": a.rounds,
+                    "fedsim_s_per_round": steady(f["per_round"]),
+                    "fedsim_ray_s_per_round": steady(fr["per_round"]) if fr else None,
+                    "flower_s_per_round": steady(fl["per_round"]),
+                    "fedsim_round_s": f["per_round"],
+                    "flower_round_s": fl["per_round"],
+                    "fedsim_wall_s": f["wall"],
+                    "flower_wall_s": fl["wall"],
+                    "acc_fedsim": f["accuracy"][a.rounds],
+                    "acc_flower": fl["accuracy"][a.rounds],
+                    "acc_fedsim_other_seeds": noise,
+                    "max_abs_param_diff": float(np.abs(f["final"] - fl["final"]).max()),
+                    "max_abs_param_diff_vs_first_mode": float(np.abs(f["final"] - fs[modes[0]]["final"]).max()),
+                    "max_abs_param": float(np.abs(f["final"]).max()),
+                    "same_metrics_ray_local": None if fr is None else fr["metrics"] == f["metrics"],
+                    "load_fedsim": f["load"],
+                    "load_flower": (l0, load()),
+                }
+                row["ratio"] = row["flower_s_per_round"] / row["fedsim_s_per_round"]
+                if fr:
+                    row["ratio_ray"] = row["flower_s_per_round"] / row["fedsim_ray_s_per_round"]
+                if a.profile:
+                    row["profile_s_per_round"] = profile(n, tmp, batching=m)
+                    print(f"# N={n}: profile ({m}) done ({load()})", flush=True)
+                rows.append(row)
     print("# s/rnd: steady seconds per round (rounds 2..); fs: fedsim in-process; fs-ray: fedsim on Ray; fl: Flower; "
-          "acc: global test accuracy after the last round; seed spread: |acc fs(seed 0) - acc fs(other seed)|")
-    print(f"{'N':>5} {'fs s/rnd':>9} {'fs-ray s/rnd':>12} {'fl s/rnd':>9} {'fl/fs':>6} {'fl/fs-ray':>9} "
-          f"{'acc fs':>7} {'acc fl':>7} {'|Δacc|':>7} {'seed spread':>11} {'|dθ|max':>8} {'|θ|max':>7}")
+          "acc: global test accuracy after the last round; seed spread: |acc fs(seed 0) - acc fs(other seed)|; "
+          f"|dθ|max: fedsim's global model vs Flower's; |dθ {modes[0]}|: vs fedsim's with batching {modes[0]}")
+    print(f"{'N':>5} {'batching':>8} {'fs s/rnd':>9} {'fs-ray s/rnd':>12} {'fl s/rnd':>9} {'fl/fs':>6} "
+          f"{'fl/fs-ray':>9} "
+          f"{'acc fs':>7} {'acc fl':>7} {'|Δacc|':>7} {'seed spread':>11} {'|dθ|max':>8} {'|dθ ' + modes[0] + '|':>9} "
+          f"{'|θ|max':>7}")
     for r in rows:
         spread = max((abs(r["acc_fedsim"] - x) for x in r["acc_fedsim_other_seeds"]), default=float("nan"))
         ray_s = f"{r['fedsim_ray_s_per_round']:>12.2f}" if r["fedsim_ray_s_per_round"] else f"{'-':>12}"
         ray_x = f"{r['ratio_ray']:>8.2f}x" if "ratio_ray" in r else f"{'-':>9}"
-        print(f"{r['N']:>5} {r['fedsim_s_per_round']:>9.2f} {ray_s} {r['flower_s_per_round']:>9.2f} "
+        print(f"{r['N']:>5} {r['batching']:>8} {r['fedsim_s_per_round']:>9.2f} {ray_s} {r['flower_s_per_round']:>9.2f} "
               f"{r['ratio']:>5.2f}x {ray_x} {r['acc_fedsim']:>7.4f} {r['acc_flower']:>7.4f} "
               f"{abs(r['acc_fedsim'] - r['acc_flower']):>7.4f} {spread:>11.4f} {r['max_abs_param_diff']:>8.1e} "
-              f"{r['max_abs_param']:>7.3f}")
+              f"{r['max_abs_param_diff_vs_first_mode']:>9.1e} {r['max_abs_param']:>7.3f}")
     if a.profile:
         print("# fedsim's in-process round by phase, s/round (both groups serially, "
               f"{min(os.cpu_count() or 1, 2)} torch threads); module loop: the same training as plain nn.Modules")
         keys = list(rows[0]["profile_s_per_round"])
-        print(f"{'N':>5} " + " ".join(f"{k:>13}" for k in keys))
+        print(f"{'N':>5} {'batching':>8} " + " ".join(f"{k:>13}" for k in keys))
         for r in rows:
-            print(f"{r['N']:>5} " + " ".join(f"{r['profile_s_per_round'][k]:>13.3f}" for k in keys))
+            print(f"{r['N']:>5} {r['batching']:>8} " + " ".join(f"{r['profile_s_per_round'][k]:>13.3f}" for k in keys))
     big = [r for r in rows if r["N"] >= 100]
-    met = "n/a" if not big else "met" if all(r["ratio"] >= TARGET for r in big) else "NOT met"
+    met = {m: "n/a" if not big else "met" if all(r["ratio"] >= TARGET for r in big if r["batching"] == m) else "NOT met"
+           for m in modes}
 
     def agree(r: dict) -> bool:  # within ACC_TOL and below fedsim's own seed-to-seed spread (when measured)
         d = abs(r["acc_fedsim"] - r["acc_flower"])
@@ -243,7 +266,8 @@ def main() -> None:
 
     same = all(agree(r) for r in rows)
     print(f"# same accuracy (|Δacc| <= {ACC_TOL} and below the seed spread): {'yes' if same else 'NO'}; "
-          f"target fedsim >= {TARGET:.0f}x Flower per round at N >= 100: {met}")
+          f"target fedsim >= {TARGET:.0f}x Flower per round at N >= 100: "
+          + ", ".join(f"batching {m} {v}" for m, v in met.items()))
     print(f"# {load()}")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2) + "\n")

@@ -11,6 +11,10 @@ divided by ``p``; plus the trainable parameter count and the exchanged message s
 ``p`` peers vs a loop of ``p`` modules' forward + backward, 3 repetitions each, after a warm-up):
 the batching itself, without minibatch gathering or the optimizer.
 
+``--batching`` (``vmap``, the default, as the table in ``docs/whole-model.md`` was measured;
+``loop``; ``auto``): the whole-model configurations' ``model.batching`` (how the group computes its
+peers' gradients, :func:`fedsim.stacked.resolve_batching`); ``--step-only`` times both.
+
 ``--loop`` adds, for each whole-model configuration, the same training as ``p`` separate
 ``nn.Module`` copies with ``torch.optim.SGD`` in a Python loop (the batched path's baseline).
 
@@ -45,7 +49,7 @@ def _rss_kib() -> int:
     return 0
 
 
-def measure(name: str, peers: int, rounds: int, loop: bool) -> dict:
+def measure(name: str, peers: int, rounds: int, loop: bool, batching: str = "vmap") -> dict:
     import numpy as np
     import torch
 
@@ -64,6 +68,8 @@ def measure(name: str, peers: int, rounds: int, loop: bool) -> dict:
         "training": {"lr": 0.05, "batch_size": 32, "local_steps": 5},
         "engine": {"backend": "local", "num_actors": 1},
     } | CONFIGS[name]
+    if "model" in d:
+        d["model"] = d["model"] | {"batching": batching}
     sc = parse(d)
     prep = prepare(sc)
     f = prep.features
@@ -119,13 +125,15 @@ def step_only(peers: int) -> None:
 
     plan = ModelPlan("fmnist_cnn", "all", 0, (), "scratch", "params", True, 0, 576, 10)
     suffix = split(plan)[1]
-    m = StackedModel(suffix, peers)
     x, y = torch.randn(peers, 32, 1, 28, 28), torch.randint(0, 10, (peers, 32))
-    m.loss_and_grad(x, y)
-    t0 = time.perf_counter()
-    for _ in range(3):
+    per_step = {}
+    for mode in ("vmap", "loop"):
+        m = StackedModel(suffix, peers, batching=mode)
         m.loss_and_grad(x, y)
-    batched = (time.perf_counter() - t0) / 3 / peers
+        t0 = time.perf_counter()
+        for _ in range(3):
+            m.loss_and_grad(x, y)
+        per_step[mode] = (time.perf_counter() - t0) / 3 / peers
     mods = [copy.deepcopy(suffix) for _ in range(peers)]
     t0 = time.perf_counter()
     for _ in range(3):
@@ -134,7 +142,8 @@ def step_only(peers: int) -> None:
             torch.nn.functional.cross_entropy(mods[j](x[j]), y[j]).backward()
     loop = (time.perf_counter() - t0) / 3 / peers
     print(f"# whole fmnist_cnn, batch 32, {peers} peers, 1 thread, load {os.getloadavg()[0]:.2f}: "
-          f"vmap(grad) {1e3 * batched:.1f} ms / peer-step, loop of modules {1e3 * loop:.1f} ms / peer-step")
+          f"vmap(grad) {1e3 * per_step['vmap']:.1f} ms / peer-step, grad per peer (batching: loop) "
+          f"{1e3 * per_step['loop']:.1f} ms, loop of modules {1e3 * loop:.1f} ms / peer-step")
 
 
 def main() -> None:
@@ -143,21 +152,25 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--loop", action="store_true")
     ap.add_argument("--step-only", action="store_true")
+    ap.add_argument("--batching", default="vmap", choices=("vmap", "loop", "auto"),
+                    help="model.batching of the whole-model configurations")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.step_only:
         step_only(a.peers)
         return
     if a.one:
-        print(json.dumps(measure(a.one, a.peers, a.rounds, a.loop)))
+        print(json.dumps(measure(a.one, a.peers, a.rounds, a.loop, a.batching)))
         return
     print(f"# whole-model training, mnist10k / fmnist_cnn, batch 32, 5 local steps, {a.peers} peers in one group, "
-          f"1 torch thread, {a.rounds} timed rounds; load {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+          f"1 torch thread, {a.rounds} timed rounds, model.batching {a.batching}; "
+          f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print("| config | trainable params | message bytes | ms / peer-round | loop of nn.Modules ms / peer-round "
           "| peak extra MiB / peer |")
     print("|---|---:|---:|---:|---:|---:|")
     for name in CONFIGS:
-        cmd = [sys.executable, __file__, "--one", name, "--peers", str(a.peers), "--rounds", str(a.rounds)]
+        cmd = [sys.executable, __file__, "--one", name, "--peers", str(a.peers), "--rounds", str(a.rounds),
+               "--batching", a.batching]
         res = json.loads(subprocess.run(cmd + (["--loop"] if a.loop else []), capture_output=True, text=True,
                                         check=True).stdout.strip().splitlines()[-1])
         loop = f"{res['loop_ms_per_peer_round']:.1f}" if "loop_ms_per_peer_round" in res else "–"

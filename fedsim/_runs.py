@@ -33,6 +33,7 @@ OMITTED_AT_DEFAULT: dict[str, object] = {
     "sampling.fraction": None, "sampling.count": None,  # client sampling (issue 16): every client every round
     "model.trainable": "head", "model.k": None, "model.hidden": [], "model.init": "pretrained",
     "model.exchange": "params",  # whole-model training (issue 18): today's linear head
+    "model.batching": "auto",  # how a group computes its peers' gradients (issue 18): the default rule
 }
 
 

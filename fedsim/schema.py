@@ -179,6 +179,13 @@ class ModelCfg(_Section):
         "the aggregated gradient is applied (training.local_steps must be 1). Bristle keeps exchanging only "
         "its output layer and needs model.trainable: head",
     )
+    batching: Literal["auto", "vmap", "loop"] = Field(
+        "auto",
+        description="how a group computes its peers' gradients over the stacked parameters: vmap (one "
+        "torch.func.vmap(grad) call for all peers), loop (torch.func.grad per peer, one after another), auto "
+        "(loop when the trainable part has a convolution and runs on the CPU, else vmap: a fixed rule, "
+        "fedsim.stacked.resolve_batching). Same results to float rounding, not to the bit",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelCfg:
@@ -190,6 +197,11 @@ class ModelCfg(_Section):
             raise ValueError(f"model.hidden: widths must be between 1 and 1000000, got {self.hidden}")
         if len(self.hidden) > 64:
             raise ValueError(f"model.hidden: at most 64 hidden layers, got {len(self.hidden)}")
+        if self.batching != "auto" and not self.whole:
+            raise ValueError(
+                f"model.batching: {self.batching} applies to whole-model training only (today's linear head "
+                "is batched as bmm heads); set model.trainable, hidden, init or exchange, or leave batching: auto"
+            )
         return self
 
     @property

@@ -8,6 +8,15 @@ gives every peer's gradient of its own minibatch loss in one call — no Python 
 
     L_i(θ_i) = (1/B) Σ_b CE(f(x_ib; θ_i), y_ib),        g_i = ∇L_i(θ_i)          (per peer i)
 
+``batching`` (scenario ``model.batching``, :func:`resolve_batching`) says how the ``g_i`` are
+computed: ``vmap`` as above, or ``loop``: the same ``grad(loss)`` applied to each peer's row of
+``θ`` and its minibatch in turn. Both read and write the same ``θ [p, P]`` and gradient ``[p, P]``
+(the optimizer, exchange, aggregation and checkpoints see no difference); they agree to float
+rounding, not to the bit (``vmap`` turns each convolution into one grouped convolution over the
+peers and each matrix product into a batched one, whose kernels sum in another order). ``vmap``
+pays on accelerators and for linear/MLP layers (batched GEMMs); on the CPU a convolution stacked
+over peers ran 1.3–3.2× slower than one per peer (``docs/whole-model.md``, ``docs/performance.md``).
+
 The optimizer is PyTorch's SGD (heavy-ball momentum, dampening 0, weight decay added to the
 gradient of *every* parameter, as ``torch.optim.SGD`` does) or Adam (Kingma & Ba 2015, bias
 corrected), applied to ``θ`` in place. Departure from :func:`fedsim.heads.step`: there weight
@@ -70,14 +79,37 @@ def optimizer_step(
     theta.sub_(lr * mhat / (vhat.sqrt() + eps))
 
 
+BATCHING = ("auto", "vmap", "loop")
+CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def resolve_batching(batching: str, module: nn.Module, device: torch.device | str) -> str:
+    """``vmap`` or ``loop`` for scenario ``model.batching`` (a fixed rule, never a timing, so a run's
+    results do not depend on the machine's load): ``auto`` is ``loop`` when ``module`` has a
+    convolution with trainable parameters and runs on the CPU, else ``vmap`` (linear/MLP parts
+    anywhere; everything on an accelerator)."""
+    if batching not in BATCHING:
+        raise ValueError(f"model.batching: must be one of {', '.join(BATCHING)}, got {batching!r}")
+    if batching != "auto":
+        return batching
+    conv = any(isinstance(m, CONV) and any(p.requires_grad for p in m.parameters()) for m in module.modules())
+    return "loop" if conv and torch.device(device).type == "cpu" else "vmap"
+
+
 class StackedModel:
     """``p`` peers' copies of ``module`` (all starting from its parameters) as flat ``θ [p, P]``.
 
     ``device``: where ``θ`` and the computation live (scenario ``engine.device``, :mod:`fedsim.device`;
-    every tensor is created there, inputs are moved there)."""
+    every tensor is created there, inputs are moved there). ``batching``: how :meth:`loss_and_grad`
+    computes the peers' gradients (module docstring; ``auto`` resolved by :func:`resolve_batching`
+    into :attr:`batching`); the default ``vmap`` is for direct callers (benchmarks, the evaluating
+    server), a scenario's groups pass ``model.batching`` (default ``auto``) from their plan."""
 
-    def __init__(self, module: nn.Module, p: int, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, module: nn.Module, p: int, device: torch.device | str = "cpu", batching: str = "vmap"
+    ) -> None:
         self.device = torch.device(device)
+        self.batching = resolve_batching(batching, module, self.device)
         base = copy.deepcopy(module).eval().to(self.device)
         params, buffers = stack_module_state([base] * p)  # [p, ...] per parameter / buffer
         self.names = list(params)
@@ -92,7 +124,8 @@ class StackedModel:
             out = functional_call(self.base, (params, buffers), (x,))
             return nn.functional.cross_entropy(out, y)
 
-        self._grad = vmap(grad_and_value(loss_fn), in_dims=(0, 0, 0, 0))
+        self._grad_one = grad_and_value(loss_fn)
+        self._grad = vmap(self._grad_one, in_dims=(0, 0, 0, 0))
 
     @property
     def num_params(self) -> int:
@@ -110,8 +143,19 @@ class StackedModel:
         """Each peer's mean cross-entropy on its own minibatch ``x [p, B, ...]``, ``y [p, B]`` and its
         gradient, flat ``[p, P]`` (at ``theta``, default the current parameters)."""
         theta = self.theta if theta is None else theta
-        grads, loss = self._grad(self._views(theta), self.buffers, x.to(self.device), y.to(self.device))
-        return loss, torch.cat([grads[n].reshape(theta.shape[0], -1) for n in self.names], dim=1)
+        x, y = x.to(self.device), y.to(self.device)
+        views = self._views(theta)
+        if self.batching == "vmap":
+            grads, loss = self._grad(views, self.buffers, x, y)
+            return loss, torch.cat([grads[n].reshape(theta.shape[0], -1) for n in self.names], dim=1)
+        g = torch.empty_like(theta)  # loop: one peer at a time, the same loss on its row of θ
+        loss = theta.new_empty(theta.shape[0])
+        for i in range(theta.shape[0]):
+            gi, li = self._grad_one({n: v[i] for n, v in views.items()},
+                                    {k: b[i] for k, b in self.buffers.items()}, x[i], y[i])
+            g[i] = torch.cat([gi[n].reshape(-1) for n in self.names])
+            loss[i] = li
+        return loss, g
 
     @torch.no_grad()
     def logits(self, x: Tensor, rows: Tensor | None = None, chunk: int = 256) -> Tensor:

@@ -59,6 +59,7 @@ def plan_for(sc: Scenario, dim: int, num_classes: int) -> ModelPlan:
         dim=dim,
         num_classes=num_classes,
         device=sc.engine.device,
+        batching=m.batching,
     )
 
 
@@ -254,7 +255,7 @@ class WholePeerGroup(PeerGroup):
         # the cached inputs live where the stacked model does, moved once (no-ops on the CPU)
         self.x_local, self.y_local = self.x_local.to(self.device), self.y_local.to(self.device)
         self.x_test, self.y_test = self.x_test.to(self.device), self.y_test.to(self.device)
-        self.model = StackedModel(split(self.plan)[1], self.p, self.device)
+        self.model = StackedModel(split(self.plan)[1], self.p, self.device, self.plan.batching)
         self.sample_shape = tuple(self.x_local.shape[1:])
         self.layer_shape = (1, self.model.num_params)
         self.bias = False

@@ -45,6 +45,7 @@ class ModelPlan:
     dim: int  # the backbone's output (feature) size: the head's input
     num_classes: int
     device: str = "cpu"  # engine.device: where the stacked trainable part runs (fedsim.device)
+    batching: str = "auto"  # model.batching: vmap | loop | auto (fedsim.stacked.resolve_batching)
 
 
 def _backbone(plan: ModelPlan) -> nn.Module | None:
