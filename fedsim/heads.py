@@ -9,9 +9,13 @@ over peers. The gradient of the mean cross-entropy of a linear softmax head is c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from fedsim.schema import TrainingCfg
 
 
 @dataclass
@@ -110,10 +114,10 @@ def step(
         p.sub_(lr * mhat / (vhat.sqrt() + eps))
 
 
-def local_steps(w: Tensor, b: Tensor, state: OptimizerState, batches, training: dict, bias: bool) -> Tensor:
+def local_steps(w: Tensor, b: Tensor, state: OptimizerState, batches, training: TrainingCfg, bias: bool) -> Tensor:
     """Run one optimizer step per ``(x, y)`` (or ``(x, y, weights)``, see :func:`ce_grad`) batch on
-    heads ``w, b`` in place (``training`` is the scenario's training section as a dict); returns the
-    last batch's per-head loss."""
+    heads ``w, b`` in place (``training`` is the scenario's training section,
+    ``fedsim.schema.TrainingCfg``); returns the last batch's per-head loss."""
     loss = torch.zeros(w.shape[0])
     for batch in batches:  # (x, y) or (x, y, weights): see ce_grad
         loss, gw, gb = ce_grad(w, b if bias else None, *batch)
@@ -123,10 +127,10 @@ def local_steps(w: Tensor, b: Tensor, state: OptimizerState, batches, training: 
             gw,
             gb,
             state,
-            optimizer=training["optimizer"],
-            lr=training["lr"],
-            momentum=training["momentum"],
-            weight_decay=training["weight_decay"],
+            optimizer=training.optimizer,
+            lr=training.lr,
+            momentum=training.momentum,
+            weight_decay=training.weight_decay,
             bias=bias,
         )
     return loss

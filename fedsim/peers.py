@@ -8,7 +8,7 @@ so how peers are spread over actors never changes the numbers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,10 +21,16 @@ from fedsim import heads, plugins
 from fedsim import rng as crng
 from fedsim.topology import Topology
 
+if TYPE_CHECKING:
+    from fedsim.schema import AttackCfg, TrainingCfg
+
 
 @dataclass
 class GroupSetup:
-    """Everything a group needs; plain data so it can travel to a Ray actor."""
+    """Everything a group needs; plain data (numpy arrays, the typed scenario sections, a built
+    ``Topology``) so it pickles to a Ray actor. ``training`` and ``attack`` are the scenario's own
+    pydantic sections (``sc.training``, ``sc.peers.attack``), read by attribute; ``strategy`` is the
+    resolved rule (``{"name", "params"}``, defaults filled in), not the scenario section."""
 
     first: int  # global id of the first hosted peer
     train_idx: list[np.ndarray]  # per hosted peer, indices into the training features
@@ -36,11 +42,11 @@ class GroupSetup:
     seed: int
     rounds: int
     mode: str  # decentralized | federated
-    training: dict[str, Any]
+    training: TrainingCfg  # the scenario's training section (sc.training)
     strategy: dict[str, Any]  # name, params
     f: int  # Byzantine vectors a rule is told to expect among those it aggregates (scenario.resolve_f)
     received: int  # vectors an aggregation combines per round, as the rule's check sees it (an attack's ctx.n)
-    attack: dict[str, Any]  # name, params, omniscient, collude
+    attack: AttackCfg  # the scenario's attack section (sc.peers.attack): name, params, omniscient, collude
     topology: Topology  # built by fedsim.scenario.build_topology (runner.prepare), never rebuilt here
     absent: np.ndarray | None = None  # bool [N]: peers that take no part (their messages never arrive)
     threads: int = 1  # torch intra-op threads of the hosting process (engine.cpus_per_actor)
@@ -105,7 +111,7 @@ def forge_messages(
         return params, valid, new_history  # forged per receiver (PeerGroup.aggregate)
     msgs = params.clone()
     seen = ~s.byzantine if sampled is None else ~s.byzantine & sampled
-    view = params[torch.from_numpy(seen)] if s.attack.get("omniscient", True) and seen.any() else own
+    view = params[torch.from_numpy(seen)] if s.attack.omniscient and seen.any() else own
     layer_shape = (s.num_classes, s.dim)
     ctx_kw: dict[str, Any] = dict(
         n=s.received,
@@ -113,7 +119,7 @@ def forge_messages(
         f_received=s.f,
         round=round_,
         layer_shape=layer_shape,
-        bias=bool(s.training["bias"]),
+        bias=s.training.bias,
         num_classes=s.num_classes,
         previous=previous,
     )
@@ -121,7 +127,7 @@ def forge_messages(
         ctx_kw |= dict(receiver_own=params[receiver], receiver_neighbors=nbr_honest)
     elif server_own is not None and attack.per_receiver:
         ctx_kw |= dict(receiver_own=server_own)  # the server hears every client: honest = its neighbours
-    groups = [np.arange(len(byz))] if s.attack.get("collude", True) else [np.asarray([j]) for j in range(len(byz))]
+    groups = [np.arange(len(byz))] if s.attack.collude else [np.asarray([j]) for j in range(len(byz))]
     for g in groups:
         gen = crng.torch_generator(s.seed, "attack", round_, int(byz[g[0]]), -1 if receiver is None else receiver)
         out = attack.forge(view, own[g], attacks.AttackContext(generator=gen, **ctx_kw))
@@ -186,7 +192,7 @@ class PeerGroup:
         s = self.s = setup
         self.ids = np.arange(s.first, s.first + len(s.train_idx))
         self.p = len(self.ids)
-        self.bias = bool(s.training["bias"])
+        self.bias = s.training.bias
         self.layer_shape = (s.num_classes, s.dim)
         # only the hosted peers' rows are copied out of the (read-only, shared) training arrays
         xtr, ytr = np.asarray(features["x_train"]), np.asarray(features["y_train"])
@@ -215,7 +221,7 @@ class PeerGroup:
         # bool [N, C]: what every peer claims to hold (None: the rule compares no class sets)
         self.claimed = None if s.classes is None else torch.from_numpy(claimed_classes(s.classes, s.byzantine))
         self.is_byz = s.byzantine[self.ids]
-        self.attack = attacks.build(s.attack["name"], s.attack.get("params")) if s.attack["name"] != "none" else None
+        self.attack = attacks.build(s.attack.name, s.attack.params) if s.attack.name != "none" else None
         if isinstance(self.attack, attacks.DataPoisoner):
             self._poison()
         self.rule = strategies.build(s.strategy["name"], s.strategy.get("params"))
@@ -223,7 +229,7 @@ class PeerGroup:
         c, d = self.layer_shape
         self.w = torch.zeros(self.p, c, d)
         self.b = torch.zeros(self.p, c)
-        self.opt = heads.OptimizerState.zeros(self.w, self.b, s.training["optimizer"] == "adam")
+        self.opt = heads.OptimizerState.zeros(self.w, self.b, s.training.optimizer == "adam")
         # consolidated weights (Strategy.consolidated, Bristle's CWR): w, b are the consolidated heads
         # (sent and evaluated); tw, tb the copies trained each round and handed to the rule as ``own``
         self.cwr = bool(self.rule.consolidated)
@@ -243,7 +249,7 @@ class PeerGroup:
         self.rec_left = 0
         if s.record_gradients is not None and s.first <= s.record_gradients < s.first + self.p:
             self.rec_row = int(s.record_gradients - s.first)
-            bsz = int(s.training["batch_size"])
+            bsz = s.training.batch_size
             self.rec_left = -(-int(self.sizes[self.rec_row]) // bsz)
 
     # ------------------------------------------------------------------ state
@@ -317,7 +323,7 @@ class PeerGroup:
     def _draw(self, round_: int, step: int, rows: np.ndarray | None = None) -> np.ndarray:
         """Each hosted peer's minibatch: ``[p, B]`` indices into its own shard (with replacement);
         ``rows``: only those hosted peers (local indices), ``[len(rows), B]``."""
-        B = int(self.s.training["batch_size"])
+        B = self.s.training.batch_size
         sizes, ids = (self.sizes, self.ids) if rows is None else (self.sizes[rows], self.ids[rows])
         return crng.integers(sizes[:, None], self.s.seed, "batch", round_, step, ids[:, None], np.arange(B)[None, :])
 
@@ -355,7 +361,7 @@ class PeerGroup:
             return self._train_rows(round_, global_params, np.flatnonzero(sampled[self.ids]))
         if global_params is not None:
             self.set_params(global_params)
-        steps = int(self.s.training["local_steps"])
+        steps = self.s.training.local_steps
         batches = (self._batch(round_, k) for k in range(steps))
         if self.rec_left > 0:
             batches = self._recording(batches)
@@ -376,7 +382,7 @@ class PeerGroup:
         ``t`` is one per group: it advances by ``local_steps`` every round, trained or not, so it
         never depends on which peers an actor hosts (a peer's bias correction counts rounds, not
         its own steps)."""
-        steps = int(self.s.training["local_steps"])
+        steps = self.s.training.local_steps
         if len(rows) == 0:
             self.opt.t += steps if self.opt.v_w is not None else 0
             return self.params(), 0.0
@@ -534,10 +540,10 @@ class PeerGroup:
     def _root_updates(self, round_: int) -> Tensor:
         """FLTrust's trusted update for each hosted peer: its own head trained on its validation split."""
         w, b = self.w.clone(), self.b.clone()
-        opt = heads.OptimizerState.zeros(w, b, self.s.training["optimizer"] == "adam")
-        B = int(self.s.training["batch_size"])
+        opt = heads.OptimizerState.zeros(w, b, self.s.training.optimizer == "adam")
+        B = self.s.training.batch_size
         sizes = np.asarray([max(len(v[1]), 1) for v in self.val])
-        for k in range(int(self.s.training["local_steps"])):
+        for k in range(self.s.training.local_steps):
             r = crng.integers(sizes[:, None], self.s.seed, "root", round_, k, self.ids[:, None], np.arange(B)[None, :])
             x = torch.stack(
                 [
@@ -634,11 +640,11 @@ class Server:
     def __init__(self, setup: GroupSetup, root_x: np.ndarray | None = None, root_y: np.ndarray | None = None) -> None:
         plugins.load(setup.plugins)  # first: a Ray actor's process has not imported the user's rules/attacks
         self.s = setup
-        self.bias = bool(setup.training["bias"])
+        self.bias = setup.training.bias
         self.layer_shape = (setup.num_classes, setup.dim)
         self.global_params = np.zeros(num_params(self.layer_shape, self.bias), dtype=np.float32)
         self.attack = (
-            attacks.build(setup.attack["name"], setup.attack.get("params")) if setup.attack["name"] != "none" else None
+            attacks.build(setup.attack.name, setup.attack.params) if setup.attack.name != "none" else None
         )
         self.rule = strategies.build(setup.strategy["name"], setup.strategy.get("params"))
         self.stale_history: Tensor | None = None  # [h, k, P] (forge_messages), stale-model attack only
@@ -672,12 +678,12 @@ class Server:
         t = self.s.training
         w, b = strategies.unflatten(g[None].clone(), self.layer_shape, self.bias)
         w, b = w.contiguous(), (b.contiguous() if b is not None else torch.zeros(1, self.layer_shape[0]))
-        opt = heads.OptimizerState.zeros(w, b, t["optimizer"] == "adam")
+        opt = heads.OptimizerState.zeros(w, b, t.optimizer == "adam")
         x, y = self.root
         batches = []
-        for k in range(int(t["local_steps"])):
+        for k in range(t.local_steps):
             r = torch.from_numpy(
-                crng.integers(len(y), self.s.seed, "root", round_, k, -1, np.arange(int(t["batch_size"])))
+                crng.integers(len(y), self.s.seed, "root", round_, k, -1, np.arange(t.batch_size))
             )
             batches.append((x[r][None], y[r][None]))
         heads.local_steps(w, b, opt, batches, t, self.bias)

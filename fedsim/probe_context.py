@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,9 +27,18 @@ from fedsim.errors import probe_error
 from fedsim.rundir import json_safe as _plain  # noqa: F401  (JSON-safe copies of the records)
 from fedsim.topology import Topology
 
+if TYPE_CHECKING:
+    from fedsim.schema import TrainingCfg
+
 # peer -> the final heads [N, P] of the scenario retrained with that peer absent (the runner's
 # Run.retrain_without, written under retrain_dir(run dir, peer)); None: no retraining available
 Retrain = Callable[[int], np.ndarray]
+
+
+def _default_training() -> TrainingCfg:
+    from fedsim.schema import TrainingCfg  # lazily: the schema imports the probe registry
+
+    return TrainingCfg()
 
 
 def _err(i: int, key: str, msg: str) -> ValueError:
@@ -55,7 +64,7 @@ class _Ctx:
     federated: bool
     topology: Topology  # the run's (Prepared.topology)
     canaries: canaries_mod.Canaries | None = None
-    training: dict[str, Any] = field(default_factory=dict)
+    training: TrainingCfg = field(default_factory=_default_training)  # the scenario's (sc.training)
     rounds: int = 1
     retrain: Retrain | None = None
     recorded_gradients: np.ndarray | None = None  # the unlearning probe's leaver's first-epoch gradients [B, P]
@@ -113,7 +122,7 @@ def _context(run: Any, prep: Any, final_params: np.ndarray, retrain: Retrain | N
         federated=run.sc.mode == "federated",
         topology=prep.topology,
         canaries=prep.canaries,
-        training=run.sc.training.model_dump(),
+        training=run.sc.training,
         rounds=int(run.sc.rounds),
     )
 

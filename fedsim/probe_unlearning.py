@@ -112,12 +112,12 @@ def _canary_shadows(i: int, cfg: dict[str, Any], ctx: _Ctx, peer: int, pop_x: Te
         masks.append((nat, half))
     in_mask = torch.stack([torch.cat([a, b]) for a, b in masks])
     heads = ap.train_heads_sgd(torch.cat([nat_x, pop_x]), torch.cat([nat_y, pop_y]), in_mask, ctx.num_classes,
-                               steps=ctx.rounds * int(t["local_steps"]), batch_size=int(t["batch_size"]),
-                               lr=float(t["lr"]), momentum=float(t["momentum"]),
-                               weight_decay=float(t["weight_decay"]), bias=ctx.bias, generator=gen)
-    info = {"shadows": s_count, "shard_size": shard, "steps": ctx.rounds * int(t["local_steps"]),
-            "optimizer": "sgd", "target_optimizer": t["optimizer"], "batch_size": int(t["batch_size"]),
-            "lr": float(t["lr"]), "momentum": float(t["momentum"]), "fixed_variance": s_count // 2 < 64}
+                               steps=ctx.rounds * t.local_steps, batch_size=t.batch_size,
+                               lr=float(t.lr), momentum=float(t.momentum),
+                               weight_decay=float(t.weight_decay), bias=ctx.bias, generator=gen)
+    info = {"shadows": s_count, "shard_size": shard, "steps": ctx.rounds * t.local_steps,
+            "optimizer": "sgd", "target_optimizer": t.optimizer, "batch_size": t.batch_size,
+            "lr": float(t.lr), "momentum": float(t.momentum), "fixed_variance": s_count // 2 < 64}
     return heads, in_mask[:, nat_x.shape[0]:], info
 
 

@@ -260,7 +260,7 @@ class WholePeerGroup(PeerGroup):
         self.layer_shape = (1, self.model.num_params)
         self.bias = False
         self.w = self.b = self.tw = self.tb = torch.zeros(0)  # no linear heads here
-        self.fopt = FlatOptimizerState.zeros(self.model.theta, setup.training["optimizer"] == "adam")
+        self.fopt = FlatOptimizerState.zeros(self.model.theta, setup.training.optimizer == "adam")
         self.gradients = self.plan.exchange == "gradients"
 
     # ------------------------------------------------------------------ state
@@ -284,7 +284,7 @@ class WholePeerGroup(PeerGroup):
 
     def _opt_kw(self) -> dict[str, Any]:
         t = self.s.training
-        return dict(optimizer=t["optimizer"], lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"])
+        return dict(optimizer=t.optimizer, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
 
     PER_PEER_STATE = PeerGroup.PER_PEER_STATE  # "w": θ, "m_w"/"v_w": the optimizer's buffers
 
@@ -340,7 +340,7 @@ class WholePeerGroup(PeerGroup):
 
     def _train(self, round_: int, counted: np.ndarray) -> tuple[np.ndarray, float]:
         """:meth:`train`'s step(s) for every hosted peer; the loss is summed over ``counted`` (bool ``[p]``)."""
-        steps = 1 if self.gradients else int(self.s.training["local_steps"])
+        steps = 1 if self.gradients else self.s.training.local_steps
         loss = torch.zeros(self.p)
         out: Tensor | None = None
         for k in range(steps):
@@ -387,7 +387,7 @@ class WholeServer(Server):
         self.layer_shape = (1, self.model.num_params)
         self.bias = False
         # the global model is updated on the CPU, in NumPy, as it is exchanged
-        self.fopt = FlatOptimizerState.zeros(self.model.theta.cpu(), setup.training["optimizer"] == "adam")
+        self.fopt = FlatOptimizerState.zeros(self.model.theta.cpu(), setup.training.optimizer == "adam")
 
     def get_state(self) -> dict[str, Any]:
         st = super().get_state() | {"m": self.fopt.m.clone(), "t": self.fopt.t}
@@ -415,8 +415,8 @@ class WholeServer(Server):
         if not stats["skipped"]:
             t = torch.from_numpy(theta.copy())[None]
             tr = self.s.training
-            optimizer_step(t, g[None], self.fopt, optimizer=tr["optimizer"], lr=tr["lr"],
-                           momentum=tr["momentum"], weight_decay=tr["weight_decay"])
+            optimizer_step(t, g[None], self.fopt, optimizer=tr.optimizer, lr=tr.lr,
+                           momentum=tr.momentum, weight_decay=tr.weight_decay)
             self.global_params = t[0].numpy()
         return stats
 

@@ -269,11 +269,11 @@ def _local_setup(
         seed=sc.seed,
         rounds=sc.rounds,
         mode="federated",
-        training=sc.training.model_dump(),
+        training=sc.training,
         strategy={"name": sc.strategy.name, "params": strategy_params(sc)},
         f=f,
         received=received_per_aggregation(in_degree),
-        attack=sc.peers.attack.model_dump(),
+        attack=sc.peers.attack,
         topology=topo,
         plugins=tuple(sc.plugins),
     )
@@ -290,7 +290,7 @@ def _with_attack_override(setup: Any, node_config: dict[str, Any], attack_side: 
     if name == "none":
         byz[setup.first] = False
         return replace(setup, byzantine=byz)
-    params = setup.attack.get("params") if setup.attack.get("name") == name else {}
+    params = setup.attack.params if setup.attack.name == name else {}
     try:
         atk = attacks.build(str(name), params)
     except ValueError as e:
@@ -301,7 +301,8 @@ def _with_attack_override(setup: Any, node_config: dict[str, Any], attack_side: 
             "forges for the scenario's Byzantine peers); use --run-config 'attack-side=\"client\"'"
         )
     byz[setup.first] = True
-    return replace(setup, byzantine=byz, attack={**setup.attack, "name": str(name), "params": dict(params or {})})
+    attack = setup.attack.model_copy(update={"name": str(name), "params": dict(params or {})})
+    return replace(setup, byzantine=byz, attack=attack)
 
 
 # ---------------------------------------------------------------------- the ClientApp

@@ -97,7 +97,7 @@ class FedsimStrategy(Strategy):
         self.max_head_bytes = 8 * self.num_params + 4096
         setup = prep.server_setup
         if attack_side == "client":  # the devices forge; the server must not forge for them again
-            setup = replace(setup, attack={**setup.attack, "name": "none"})
+            setup = replace(setup, attack=setup.attack.model_copy(update={"name": "none"}))
         self.server = Server(setup, *(prep.root or (None, None)))
         self.attack_side = attack_side
         self.client_eval = client_eval
