@@ -335,13 +335,14 @@ def demo(scenario: Path, sets: tuple[str, ...], run_config: tuple[str, ...], tls
          workdir: Path | None, compare: bool, in_process: bool, timeout: float, overwrite: bool, warm: bool) -> None:
     """Run SCENARIO through Flower on this machine: a SuperLink and one SuperNode per peer as real
     processes on 127.0.0.1 (stopped at the end), then print the accuracy per round."""
-    import json
 
+    from fedsim import rundir
     from fedsim import scenario as sc_mod
     from fedsim.errors import FedsimError
     from fedsim.flower import common, local
     from fedsim.flower.project import export_app
     from fedsim.flower.server import refuse_existing_metrics
+    from fedsim.runfiles import read_history
 
     _need_flower()
     try:
@@ -369,7 +370,7 @@ def demo(scenario: Path, sets: tuple[str, ...], run_config: tuple[str, ...], tls
                 click.echo(f"Flower run {status}")
         except (local.FederationError, FedsimError) as e:
             raise click.ClickException(str(e)) from None
-        recs = [json.loads(x) for x in (wd / "out" / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        recs = read_history(wd / "out" / rundir.METRICS)
         sim: dict[int, float] = {}
         if compare:
             from fedsim.runner import Run
@@ -378,8 +379,7 @@ def demo(scenario: Path, sets: tuple[str, ...], run_config: tuple[str, ...], tls
             r = Run(ref, wd / "fedsim-federated")
             r.create_dir(overwrite=True)
             r.execute()
-            lines = (r.dir / "metrics.jsonl").read_text().splitlines()
-            sim = {x["round"]: x["accuracy_mean"] for x in map(json.loads, lines) if "accuracy_mean" in x}
+            sim = {x["round"]: x["accuracy_mean"] for x in read_history(r.dir / rundir.METRICS) if "accuracy_mean" in x}
         click.echo("round  flower-accuracy" + ("  fedsim-federated  |diff|" if compare else "") + "  rejected")
         for x in recs:
             if "accuracy_mean" not in x:
