@@ -66,8 +66,10 @@ def test_the_reader_refuses_what_it_does_not_implement(edit, error):
 
 
 def test_the_reader_follows_systemd_defaults_and_time_spans():
-    svc = parse_service("[Service]\nExecStart=/bin/sleep 1\n")
+    svc = parse_service("[Unit]\nRestart=always\nRestartSec=9\n[Service]\nExecStart=/bin/sleep 1\n"
+                        "[Install]\nExecStart=/bin/false\n")  # only [Service] counts
     assert svc.restart == "no" and svc.restart_sec == pytest.approx(0.1) and svc.user is None
+    assert svc.exec_start == ["/bin/sleep", "1"]
     for span, s in (("500ms", 0.5), ("1min", 60.0), ("7s", 7.0), ("2.5", 2.5)):
         assert parse_service(f"[Service]\nExecStart=/bin/sleep 1\nRestartSec={span}\n").restart_sec == s
     with pytest.raises(UnitError, match="has no --port"):
