@@ -28,6 +28,9 @@ two things Flower's own ``flower-superlink`` / ``flower-supernode`` scripts do n
   SuperNode runs with ``--isolation process`` and a :mod:`fedsim.flower.worker` beside it (a child
   process, restarted if it dies), so the ClientApp's imports and fedsim's set-up are paid once per
   node, not once per message.
+
+Those are patches of Flower internals: before anything starts, :func:`check_flower` exits with one
+line when the installed flwr is not the one they were written for (:mod:`fedsim.flower.compat`).
 """
 
 from __future__ import annotations
