@@ -85,6 +85,7 @@ def test_bundle_writes_wheel_constraints_and_install(bundle):
     assert [w.name for w in wheels] == [f"fedsim_lab-{fedsim.__version__}-py3-none-any.whl"]
     names = zipfile.ZipFile(wheels[0]).namelist()
     assert "fedsim/flower/client.py" in names and "strategies/__init__.py" in names
+    assert "fedsim/flower/fedsim-node.service" in names  # the device's systemd unit (package data)
     assert any(n.startswith("fedsim/data/embedded/") and n.endswith(".npz") for n in names)
     assert not any("__pycache__" in n for n in names)
     pins = dict(line.split("==") for line in (bundle / "constraints.txt").read_text().splitlines()

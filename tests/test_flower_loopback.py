@@ -10,8 +10,10 @@ Every process started here (and the ones Flower spawns below them) is stopped wh
 ends, passed or failed: LocalFederation's context manager, bounded timeouts throughout."""
 
 import json
+import re
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -507,3 +509,160 @@ def _server_log(run_id: str, fed: LocalFederation) -> str:
         return run_logs(run_id, fed.cli_home)
     except FederationError:
         return ""
+
+
+# ---------------------------------------------------------------------- the systemd unit: a killed node restarted
+SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # systemd's PATH for system services
+
+
+class RestartAlways:
+    """A stand-in for systemd running one ``Type=simple`` service, with exactly the semantics of
+    ``Restart=always`` + ``RestartSec=S``: whenever the main process exits — any exit code, any
+    signal — wait S seconds and start ExecStart again, until stopped. ``KillMode=control-group``
+    (systemd's default) is approximated: once the main process is gone, what is left of that start
+    (its process group, and every descendant seen while it ran) gets SIGTERM, then SIGKILL after 5 s
+    (systemd: after ``TimeoutStopSec``, 90 s). Not modelled: the start rate limit (5 starts in 10 s,
+    which RestartSec=10 never reaches), ``User=`` (the test runs as itself, with HOME set to a
+    directory of its own), the journal (one log file, each start headed ``=== start N``)."""
+
+    def __init__(self, argv: list[str], restart_sec: float, log: Path, env: dict[str, str], cwd: Path) -> None:
+        import threading
+
+        self.argv, self.restart_sec, self.log, self.env, self.cwd = argv, restart_sec, log, env, cwd
+        self.starts: list[int] = []  # pid of every start
+        self.exits: list[int | None] = []  # the main process's return code of every start (-9: SIGKILL)
+        self.proc: Any = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="restart-always", daemon=True)
+
+    def start(self) -> "RestartAlways":
+        self._thread.start()
+        return self
+
+    def _spawn(self) -> None:
+        import subprocess
+
+        with open(self.log, "ab") as fh:
+            fh.write(f"=== start {len(self.starts)}\n".encode())
+            fh.flush()
+            self.proc = subprocess.Popen(self.argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=self.env, cwd=self.cwd, start_new_session=True)
+        self.starts.append(self.proc.pid)
+
+    def _kill_rest(self, pgid: int, seen: set[int]) -> None:
+        import os
+        import signal
+
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(pgid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+            for p in [p for p in seen if _alive(p)]:  # descendants that left the process group
+                try:
+                    os.kill(p, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline and any(_alive(p) for p in seen):
+                time.sleep(0.1)
+            if not any(_alive(p) for p in seen):
+                return
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._spawn()
+            seen: set[int] = set()
+            while self.proc.poll() is None:
+                seen.update(descendants(self.proc.pid))
+                if self._stop.wait(0.2):
+                    return  # stop() ends this start
+            self.exits.append(self.proc.returncode)
+            self._kill_rest(self.proc.pid, seen)
+            if self._stop.wait(self.restart_sec):
+                return
+
+    def stop(self) -> None:
+        from fedsim.flower.local import stop_tree
+
+        self._stop.set()
+        self._thread.join(timeout=15)
+        if self.proc is not None:
+            stop_tree(self.proc, timeout=5.0)
+
+
+@pytest.mark.slow
+def test_systemd_unit_restarts_a_killed_node(tmp_path, feature_cache):
+    """The unit fedsim ships (fedsim/flower/fedsim-node.service, the one docs/flower.md shows) keeps a
+    device in the federation: its ExecStart — the device's values put in, plus a free local port and
+    the test's feature cache —, started with systemd's bare PATH by :class:`RestartAlways` (the
+    unit's Restart= and RestartSec=; not systemd itself: it is not PID 1 here, `systemd-run` fails
+    with "Failed to connect to bus"). TLS + SuperNode auth, as in the unit; 3 rounds, min-replies 2.
+    Once round 0 is written the unit's main process (the SuperNode) is SIGKILLed: the supervisor
+    starts it again from the unit's command (again, while the SuperLink still holds the killed node
+    as online and refuses to activate it: "Failed to activate SuperNode"), the node rejoins under
+    its registered node id, and the later rounds aggregate its partition again (received 2, nothing
+    rejected); the round it was killed in has it either answered or listed under its node id and
+    partition 1 (no quorum: the head is unchanged)."""
+    import os
+    import signal
+    import sys
+
+    from fedsim.flower.certs import make_node_keys
+    from fedsim.flower.local import free_port, register_node, start_run, wait_run
+    from fedsim.flower.unit import parse_service, read_unit, replace_options
+
+    svc = parse_service(read_unit())
+    assert svc.restart == "always"
+    d = _scenario(feature_cache, tmp_path / "runs", rounds=3)
+    _simulate(d)  # fills the feature cache the devices read
+    app = export_app(parse(d), tmp_path / "app")
+    out = tmp_path / "bridge"
+    home = tmp_path / "pi"
+    home.mkdir()
+    env = {"PATH": SYSTEMD_PATH, "HOME": str(home), "LANG": "C.UTF-8"}
+    if os.environ.get("PYTHONPATH"):  # the fedsim under test, where it is not the installed one
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    fed = LocalFederation(tmp_path / "fed", [{"partition-id": 0, "num-partitions": 2}], tls=True, auth=True,
+                          startup_timeout=60.0)
+    with fed:
+        key, pub = make_node_keys(fed.workdir / "keys", "unit-node")
+        node = int(register_node(pub, fed.cli_home))
+        assert fed.certs is not None
+        argv = replace_options(svc.exec_start, {"--superlink": fed.address, "--partition-id": "1",
+                                                "--num-partitions": "2", "--root-certificates": str(fed.certs["ca"]),
+                                                "--auth-key": str(key)},
+                               executable=str(Path(sys.executable).parent / "fedsim"))
+        argv += ["--port", str(free_port()), "--cache-dir", feature_cache]
+        unit = RestartAlways(argv, svc.restart_sec, fed.log("unit-node"), env, home).start()
+        try:
+            run_id = start_run(app, fed.cli_home, {"output-dir": str(out), "client-eval": False, "min-replies": 2,
+                                                    "round-timeout": 120.0, "node-wait": 240.0})
+            deadline = time.monotonic() + RUN_TIMEOUT
+            while not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().strip()):
+                assert time.monotonic() < deadline, "round 0 never finished"
+                time.sleep(0.2)
+            first = unit.proc
+            killed = [first.pid, *descendants(first.pid)]  # the SuperNode and its ClientApp worker
+            os.kill(first.pid, signal.SIGKILL)
+            t_kill = time.monotonic()
+            status = wait_run(run_id, fed.cli_home, 2 * RUN_TIMEOUT)
+            took = time.monotonic() - t_kill
+            fed.log("serverapp").write_text(_server_log(run_id, fed))
+        finally:
+            unit.stop()
+    assert status == "finished:completed"
+    assert unit.exits[0] == -signal.SIGKILL and len(unit.starts) >= 2, (unit.starts, unit.exits)
+    assert not [p for p in killed if _alive(p)], "the killed start left processes behind"
+    log = fed.log("unit-node").read_text()
+    assert set(map(int, re.findall(r"SuperNode ID: (\d+)", log))) == {node}  # one node id, every start
+    assert "Receiving: train message" in log.rsplit("=== start", 1)[1]  # the last start took part
+    br = _bridge_metrics(out)
+    assert [x["round"] for x in br] == [0, 1, 2]
+    assert br[0]["received"] == 2 and br[0]["rejected"] == [], br[0]
+    r1 = br[1]
+    assert (r1["received"] == 2 and r1["rejected"] == []) or (
+        r1["quorum"] is False and {(r["node"], r["partition"]) for r in r1["rejected"]} <= {(node, 1)}), r1
+    assert br[2]["received"] == 2 and br[2]["rejected"] == [] and br[2]["quorum"] is True, br[2]
+    print(f"\nunit restarted {len(unit.starts) - 1} times (exits {unit.exits}); run done {took:.0f} s after the "
+          f"SIGKILL; round 1: received {r1['received']}, rejected {r1['rejected']}")

@@ -39,7 +39,7 @@ from flwr.app import Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 
-from fedsim.flower import common
+from fedsim.flower import common, compat
 
 PULL_BACKOFF_CAP_S = 1.0  # longest wait between tries for a reply's objects (Flower's own: 10 s)
 # A message lives this much longer than the round's deadline (its TTL: round-timeout + this): the
@@ -55,6 +55,7 @@ def bounded_object_pulls(max_time: float) -> Iterator[None]:
     ``pull_objects`` is wrapped for the duration); tries are at most ``PULL_BACKOFF_CAP_S`` apart."""
     from flwr.superlink.grid import http_grid
 
+    compat.require("bounded_object_pulls")  # an flwr whose pull_messages no longer calls it: fail, not ignore
     original = http_grid.pull_objects
     http_grid.pull_objects = functools.partial(original, max_time=max(float(max_time), 0.0),
                                                max_tries_per_object=None,  # the time bounds it, not a count
@@ -72,6 +73,7 @@ class PollingGrid(Grid):
     def __init__(self, grid: Grid, interval: float) -> None:
         if not interval > 0:
             raise common.BridgeError(f"run config 'poll-interval': {interval} must be positive")
+        compat.require("bounded_object_pulls")  # at the ServerApp's start, before any round
         self.grid, self.interval = grid, float(interval)
         self.sent: dict[str, int] = {}  # message id → destination node id (of the last round trip)
 

@@ -28,6 +28,9 @@ two things Flower's own ``flower-superlink`` / ``flower-supernode`` scripts do n
   SuperNode runs with ``--isolation process`` and a :mod:`fedsim.flower.worker` beside it (a child
   process, restarted if it dies), so the ClientApp's imports and fedsim's set-up are paid once per
   node, not once per message.
+
+Those are patches of Flower internals: before anything starts, :func:`check_flower` exits with one
+line when the installed flwr is not the one they were written for (:mod:`fedsim.flower.compat`).
 """
 
 from __future__ import annotations
@@ -231,6 +234,9 @@ def install_gate(bound: str, max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES) -> 
     from flwr.superlink import extensions
     from starlette.middleware import Middleware
 
+    from fedsim.flower.compat import require
+
+    require("superlink_middleware")
     original = extensions.get_middleware
 
     def get_middleware() -> tuple[Middleware, ...]:
@@ -261,6 +267,9 @@ def cap_supernode_sleeps(cap: float) -> None:
     ``time.sleep`` calls in ``flwr.supernode.start_client_internal``, with no setting of their own."""
     from flwr.supernode import start_client_internal
 
+    from fedsim.flower.compat import require
+
+    require("supernode_sleeps")
     start_client_internal.time = _CappedTime(cap)  # type: ignore[assignment]
 
 
@@ -290,12 +299,35 @@ def start_worker(runtime_api_address: str, poll: float | None = None) -> Any:
     return t
 
 
+def patches_for(role: str, args: Sequence[str]) -> list[str]:
+    """The patches of Flower internals (:data:`fedsim.flower.compat.PATCHES`) a ``role`` started
+    with ``args`` applies here or in a process it starts: the SuperLink's middleware, and the
+    ServerApp's pulls (the ServerApp runs on this machine, with this flwr); a SuperNode's poll cap
+    and, with ``--warm``, the worker's copy of ``pull_task_input``."""
+    if role == "superlink":
+        return ["superlink_middleware", "bounded_object_pulls"]
+    out = ["supernode_sleeps"] if _option(args, POLL_OPTION, "") else []
+    return out + (["pull_task_input"] if WARM_OPTION in args else [])
+
+
+def check_flower(role: str, args: Sequence[str]) -> None:
+    """Exit with one line when the installed flwr is not the one those patches were written for."""
+    from fedsim.flower.compat import FlowerInternalsError, require
+
+    try:
+        for patch in patches_for(role, args):
+            require(patch)
+    except FlowerInternalsError as e:
+        sys.exit(f"fedsim: {e}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: ``python -m fedsim.flower.launch superlink|supernode [flower arguments]``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in ROLES:
         sys.exit(f"usage: python -m fedsim.flower.launch {{{'|'.join(ROLES)}}} [flower arguments]")
     role, args = argv[0], argv[1:]
+    check_flower(role, args)
     os.environ.update(env_with_own_bin(dict(os.environ)))
     for k in LEGACY_GRPC_SWITCHES:
         os.environ.pop(k, None)

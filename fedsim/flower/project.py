@@ -21,9 +21,10 @@ from typing import Any
 import tomli_w
 
 from fedsim.flower import CLIENT_APP_REF, SERVER_APP_REF, common
+from fedsim.flower.compat import FLWR_VERSION
 from fedsim.scenario import Scenario
 
-FLWR_REQUIREMENT = "flwr==1.41.0"
+FLWR_REQUIREMENT = f"flwr=={FLWR_VERSION}"  # the release the bridge's patches of Flower internals fit
 
 
 def app_name(sc: Scenario) -> str:

@@ -34,9 +34,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from fedsim.flower.compat import PULL_TIMEOUT_REASON, FlowerInternalsError, require
+
 POLL_INTERVAL = 0.1  # seconds between AcquireTask calls while the node has no task (local HTTP)
 INPUT_WAIT_STEP = 1.0  # seconds between looks for a newer task while a task's input has not arrived
-_TIMEOUT = "timeout or retry limit reached"  # Flower's ObjectPullError reason when an object stays unavailable
 _APPS: dict[str, Any] = {}  # fab hash → loaded ClientApp (fedsim's own only)
 
 
@@ -112,6 +113,7 @@ def pull_task_input(client: Any, newer: Callable[[], bool]) -> tuple[Any, Any, A
     from flwr.supercore.inflatable.inflatable_utils import ObjectPullError, pull_and_inflate_object_from_tree
     from flwr.supercore.task_identity import TaskIdentity
 
+    require("pull_task_input")  # this copy is of flwr FLWR_VERSION's function
     res = client.PullTaskInput(PullTaskInputRequest())
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = res.task_id, res.run.run_id, res.context.node_id
     context, run, fab = context_from_proto(res.context), run_from_proto(res.run), fab_from_proto(res.fab)
@@ -129,7 +131,7 @@ def pull_task_input(client: Any, newer: Callable[[], bool]) -> tuple[Any, Any, A
                 backoff_cap=0.5)
             break
         except ObjectPullError as e:
-            if _TIMEOUT not in str(e):
+            if PULL_TIMEOUT_REASON not in str(e):
                 raise
             if newer():
                 raise SupersededError(f"the SuperNode took a newer message before this task's input arrived "
@@ -232,6 +234,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--poll-interval", type=float, default=POLL_INTERVAL)
     p.add_argument("--parent-pid", type=int, help="exit when this process (the SuperNode) is gone")
     a = p.parse_args(argv)
+    try:
+        require("pull_task_input")  # before anything starts: one line, not a failing task per message
+    except FlowerInternalsError as e:
+        sys.exit(f"fedsim worker: {e}")
     if a.parent_pid is not None:
         from flwr.supercore.app_utils import start_parent_process_monitor
 
