@@ -17,7 +17,9 @@ A round's record is built by the simulation's own code from what the devices sen
 global head on the test set, every ``evaluation.every`` rounds: :func:`fedsim.simulation.is_eval_round`),
 plus the bridge's fields (``received``, ``rejected``, ``quorum``, and with client evaluation
 ``client_val_*`` and ``eval_rejected``). It is a :class:`~fedsim.simulation.RoundRecord` (phases:
-``train`` the devices' round trip, ``aggregate`` the rule, ``evaluate``) filed as ``fedsim run``
+``train`` the devices' train round trip, ``aggregate`` the checks and the rule, ``evaluate`` the
+devices' evaluate round trip when one is sent and the global head's test; ``timings.jsonl``'s
+``seconds`` is train + aggregate, as for ``fedsim run``) filed as ``fedsim run``
 files one (:class:`fedsim.flower.serverfiles.ServerFiles` over :class:`fedsim.runfiles.RoundFiles`),
 and ``summary.json`` is :func:`fedsim.runfiles.run_summary` plus the bridge's keys.
 
@@ -120,7 +122,7 @@ class FedsimStrategy(Strategy):
         self.history: list[dict[str, Any]] = []
         self._rec: dict[str, Any] = {}  # the round's record so far (aggregate_train, aggregate_evaluate)
         self._phases: dict[str, float] = {}  # and its phase timings
-        self._t0 = self._t_round = clock()
+        self._t0 = self._t_round = self._t_aggregated = clock()
         self.offset = 0  # rounds done before this ServerApp started (a resume); Flower counts from 1 again
         # names this run's device states across a resume (a new Flower run): kept in the checkpoint
         self.run_key = secrets.token_hex(8)
@@ -219,7 +221,8 @@ class FedsimStrategy(Strategy):
         # the simulation's record of the round (one group: all honest devices' losses summed)
         self._rec = round_metrics(self.sc, self.prep, round_, [honest_sum], [counts])
         self._rec |= {"received": received, "rejected": rejected, "quorum": quorum}
-        self._phases = {"train": t_replies - self._t_round, "aggregate": self.clock() - t_agg}
+        self._t_aggregated = self.clock()
+        self._phases = {"train": t_replies - self._t_round, "aggregate": self._t_aggregated - t_agg}
         metrics = MetricRecord({
             "train-loss": float(honest_sum / max(int(self.honest.sum()), 1)),
             "received": received,
@@ -264,10 +267,13 @@ class FedsimStrategy(Strategy):
         if server_round == 0:
             return None
         round_ = server_round + self.offset - 1
-        rec = dict(self._rec) if self._rec.get("round") == round_ else {"round": round_, "group": "honest"}
-        phases = {"train": 0.0, "aggregate": 0.0} | (self._phases if self._rec.get("round") == round_ else {})
+        aggregated = self._rec.get("round") == round_
+        rec = dict(self._rec) if aggregated else {"round": round_, "group": "honest"}
+        phases = self._phases if aggregated else {"train": 0.0, "aggregate": 0.0}
+        # the evaluate phase: from the aggregation on (the devices' evaluate round trip, when one was
+        # sent, and the global head on the test set); 0.0 on rounds without evaluation
+        t_eval = self._t_aggregated if aggregated else self.clock()
         out = None
-        t_eval = self.clock()
         evaluated = is_eval_round(self.sc, round_)
         if evaluated:
             head = common.as_head(arrays[common.HEAD].numpy())
