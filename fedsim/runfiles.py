@@ -3,7 +3,7 @@
 per round in one order (:class:`RoundFiles`), and ``summary.json`` (:func:`run_summary`, with the
 numbers it reads back from the history, :func:`history_summary`).
 
-Shared by ``fedsim run`` (:mod:`fedsim.runner`) and the Flower server (:mod:`fedsim.flower.strategy`),
+Shared by ``fedsim run`` (:mod:`fedsim.runner`) and the Flower server (:mod:`fedsim.flower.serverfiles`),
 so both file a :class:`~fedsim.simulation.RoundRecord` the same way and write the same lines,
 checkpoint metadata and summary. The file formats, the lock and the atomic writer are
 :mod:`fedsim.rundir`'s.
