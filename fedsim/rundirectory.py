@@ -165,15 +165,8 @@ class RunDirectory:
             )
 
     def _check_checkpoint_meta(self, meta: dict[str, Any], fp: dict[str, Any]) -> None:
-        ckpt = self.checkpoint
-        if meta["scenario_sha256"] != rundir.fingerprint_sha256(fp) or meta["scenario"] != fp:
-            raise ResumeMismatchError(
-                f"{ckpt} was saved for another scenario: {rundir.first_difference(meta['scenario'], fp)}; "
-                f"scenario.yaml was edited since; restore it or start a new run"
-            )
-        r, n = meta["round"], meta["metrics_lines"]
-        if not (isinstance(r, int) and isinstance(n, int) and 0 <= r < self.sc.rounds and n == r + 1):
-            raise CorruptFileError(f"{ckpt}: round {r!r} with {n!r} metrics lines does not fit {self.sc.rounds} rounds")
+        check_checkpoint_meta(self.checkpoint, meta, fp, self.sc.rounds,
+                              hint="scenario.yaml was edited since; restore it or start a new run")
 
     def truncate(self, point: ResumePoint) -> None:
         """Cut ``metrics.jsonl`` back to the lines the checkpoint covers and ``timings.jsonl`` to
@@ -190,3 +183,20 @@ class RunDirectory:
                 return f"Its checkpoint cannot be used ({e})"
             return f"Continue from its checkpoint (after round {r}) with: fedsim run --resume {self.path}"
         return f"No checkpoint was written yet (set checkpoint.every); fedsim run --resume {self.path} restarts it"
+
+
+def check_checkpoint_meta(ckpt: Path, meta: dict[str, Any], fp: dict[str, Any], rounds: int, *, hint: str,
+                          last_round: int | None = None) -> None:
+    """The checkpoint ``ckpt`` (its metadata ``meta``) was saved for the scenario of fingerprint
+    ``fp`` (else :class:`~fedsim.errors.ResumeMismatchError`, ending with ``hint``) after a round
+    in ``0..last_round`` (default ``rounds - 1``; the Flower server never checkpoints its last
+    round) with one metrics line per round (else :class:`~fedsim.errors.CorruptFileError`).
+    Shared by ``fedsim run --resume`` and the Flower server's resume."""
+    if meta["scenario_sha256"] != rundir.fingerprint_sha256(fp) or meta["scenario"] != fp:
+        raise ResumeMismatchError(
+            f"{ckpt} was saved for another scenario: {rundir.first_difference(meta['scenario'], fp)}; {hint}"
+        )
+    last = rounds - 1 if last_round is None else last_round
+    r, n = meta["round"], meta["metrics_lines"]
+    if not (isinstance(r, int) and isinstance(n, int) and 0 <= r <= last and n == r + 1):
+        raise CorruptFileError(f"{ckpt}: round {r!r} with {n!r} metrics lines does not fit {rounds} rounds")

@@ -1,10 +1,12 @@
 """The files a run writes as it goes: ``metrics.jsonl`` (:class:`MetricsWriter`),
-``timings.jsonl`` (:class:`TimingsWriter`), ``checkpoint.pt`` (:class:`Checkpointer`) and the
-numbers ``summary.json`` reads back from the history (:func:`history_summary`).
+``timings.jsonl`` (:class:`TimingsWriter`), ``checkpoint.pt`` (:class:`Checkpointer`), the three
+per round in one order (:class:`RoundFiles`), and ``summary.json`` (:func:`run_summary`, with the
+numbers it reads back from the history, :func:`history_summary`).
 
-Shared by ``fedsim run`` (:mod:`fedsim.runner`) and the Flower server (:mod:`fedsim.flower.server`),
-so both write the same lines, checkpoint metadata and final numbers. The file formats, the lock
-and the atomic writer are :mod:`fedsim.rundir`'s.
+Shared by ``fedsim run`` (:mod:`fedsim.runner`) and the Flower server (:mod:`fedsim.flower.serverfiles`),
+so both file a :class:`~fedsim.simulation.RoundRecord` the same way and write the same lines,
+checkpoint metadata and summary. The file formats, the lock and the atomic writer are
+:mod:`fedsim.rundir`'s.
 """
 
 from __future__ import annotations
@@ -12,11 +14,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from fedsim import rundir
 from fedsim.errors import CorruptFileError
+
+if TYPE_CHECKING:
+    from fedsim.scenario import Scenario
+    from fedsim.simulation import RoundRecord
 
 TIMINGS = "timings.jsonl"
 
@@ -78,7 +85,7 @@ def checked_prefix(path: Path, meta: dict[str, Any]) -> bytes:
     prefix = b"".join(lines[:n])
     if hashlib.sha256(prefix).hexdigest() != meta["metrics_sha256"]:
         raise ResumeMismatchError(
-            f"the first {n} lines of {path} differ from those the checkpoint recorded (edited or corrupt); "
+            f"the first {n} lines of {path} are not those the checkpoint recorded (edited or corrupt); "
             "restore it or start a new run"
         )
     return prefix
@@ -150,6 +157,37 @@ class Checkpointer:
         rundir.write_checkpoint(path or self.path, self.meta(round_, extra), state)
 
 
+class RoundFiles:
+    """Files one round, in this order: its ``metrics.jsonl`` line, its ``timings.jsonl`` line (its
+    seconds and phases, kept apart so metrics stay reproducible), and every ``every`` rounds the
+    metrics fsynced and a checkpoint of ``state()`` (the metrics on disk before the checkpoint that
+    counts them). ``final_round``: no periodic checkpoint after that round (the Flower server
+    writes ``final_global.pt`` instead; None: ``fedsim run``, which checkpoints any due round)."""
+
+    def __init__(self, metrics: MetricsWriter, timings: TimingsWriter, checkpointer: Checkpointer, every: int,
+                 final_round: int | None = None) -> None:
+        self.metrics, self.timings, self.checkpointer = metrics, timings, checkpointer
+        self.every, self.final_round = int(every), final_round
+
+    def due(self, round_: int) -> bool:
+        """Whether a periodic checkpoint follows round ``round_``."""
+        if self.final_round is not None and round_ >= self.final_round:
+            return False
+        return bool(self.every) and (round_ + 1) % self.every == 0
+
+    def append(self, record: RoundRecord, state: Callable[[], dict[str, Any]],
+               extra: dict[str, Any] | None = None) -> tuple[bytes, bool]:
+        """File ``record``; returns its metrics line and whether a checkpoint (with ``extra``
+        metadata) was saved."""
+        line = self.metrics.write(record.metrics)
+        self.timings.append(record.round, record.seconds, record.phases)
+        saved = self.due(record.round)
+        if saved:
+            self.metrics.sync()
+            self.checkpointer.save(record.round, state(), extra)
+        return line, saved
+
+
 def history_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
     """The final accuracies (of the last evaluated round; ``None`` without one) and the bytes
     sent over the whole ``history`` (metrics records), in ``summary.json``'s key order."""
@@ -160,6 +198,29 @@ def history_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
         "final_accuracy_min": last.get("accuracy_min"),
         "final_accuracy_max": last.get("accuracy_max"),
         "bytes_sent_total": int(sum(x.get("bytes_sent_total", 0) for x in history)),
+    }
+
+
+def run_summary(sc: Scenario, history: list[dict[str, Any]], *, byzantine: int, f: int, num_params: int,
+                timing: Mapping[str, float]) -> dict[str, Any]:
+    """``summary.json``'s common part, in its key order: the scenario's facts, the final numbers of
+    ``history`` (:func:`history_summary`), ``timing`` (the engine's wall-time keys), ``f`` and the
+    head size. ``fedsim run`` and the Flower server each add their own keys after it."""
+    import strategies
+
+    return {
+        "name": sc.name,
+        "rounds": sc.rounds,
+        "mode": sc.mode,
+        "strategy": sc.strategy.name,
+        "exchanges": strategies.REGISTRY[sc.strategy.name].exchanges,  # what bytes_sent counts
+        "attack": sc.peers.attack.name,
+        "peers": sc.peers.count,
+        "byzantine": int(byzantine),
+        **history_summary(history),  # final_accuracy_mean/min/max, bytes_sent_total
+        **timing,
+        "f": int(f),
+        "num_params": int(num_params),
     }
 
 

@@ -35,7 +35,7 @@ from fedsim.models.backbones import BACKBONES
 from fedsim.peers import GroupSetup, held_classes
 from fedsim.rundir import RunCompleteError, RunLockedError, RunWriteError  # noqa: F401  (re-exported)
 from fedsim.rundirectory import ResumePoint, RunDirectory
-from fedsim.runfiles import Checkpointer, MetricsWriter, history_summary, parse_lines, write_summary
+from fedsim.runfiles import Checkpointer, MetricsWriter, RoundFiles, parse_lines, run_summary, write_summary
 from fedsim.scenario import (
     Scenario,
     build_topology,
@@ -351,18 +351,14 @@ class Run:
             d.truncate(point)
             prefix = point.metrics_prefix
         self.history = parse_lines(prefix)
-        timings = d.timings
         with MetricsWriter(d.metrics, prefix) as metrics:
             ckpt = Checkpointer(d.checkpoint, d.fingerprint(), metrics)
+            files = RoundFiles(metrics, d.timings, ckpt, every)
             for record in sim.rounds(point.start if point else 0):
                 r = record.round
-                self.history.append(json.loads(metrics.write(record.metrics)))
+                line, saved = files.append(record, sim.state)  # metrics, timings, the periodic checkpoint
+                self.history.append(json.loads(line))
                 self.records.append(record)
-                timings.append(r, record.seconds, record.phases)  # apart: metrics.jsonl is reproducible to the byte
-                saved = bool(every) and (r + 1) % every == 0
-                if saved:
-                    metrics.sync()
-                    ckpt.save(r, sim.state())
                 stops = [s for cb in callbacks if (s := cb.on_round(record)) is not None]
                 if stops:
                     return self._stop(r, stops, sim, metrics, ckpt, saved)
@@ -441,19 +437,6 @@ class Run:
             backend.shutdown()
 
     def _summary(self, prep: Prepared) -> dict[str, Any]:
-        sc = self.sc
-        final = history_summary(self.history)
-        return {
-            "name": sc.name,
-            "rounds": sc.rounds,
-            "mode": sc.mode,
-            "strategy": sc.strategy.name,
-            "exchanges": strategies.REGISTRY[sc.strategy.name].exchanges,  # what bytes_sent counts
-            "attack": sc.peers.attack.name,
-            "peers": sc.peers.count,
-            "byzantine": int(prep.byzantine.sum()),
-            **final,  # final_accuracy_mean/min/max, bytes_sent_total
-            "wall_seconds_rounds": round(sum(x["seconds"] for x in self.rundir.timings.records()), 3),
-            "f": prep.f,
-            "num_params": prep.num_params,
-        }
+        wall = round(sum(x["seconds"] for x in self.rundir.timings.records()), 3)
+        return run_summary(self.sc, self.history, byzantine=int(prep.byzantine.sum()), f=prep.f,
+                           num_params=prep.num_params, timing={"wall_seconds_rounds": wall})

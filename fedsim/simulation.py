@@ -13,7 +13,7 @@ checkpoints, progress, Ctrl-C and stopping early live around it (:mod:`fedsim.ru
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -86,7 +86,6 @@ class Simulation:
         # that call's reply; None: ask the server (round 0, after a restore)
         self._global_ref: Any = None
         self.honest_ids = np.flatnonzero(~prep.byzantine)
-        self.out_degree = out_degree(sc, prep)
 
     # ------------------------------------------------------------------ rounds
     def rounds(self, start: int = 0) -> Iterator[RoundRecord]:
@@ -115,9 +114,9 @@ class Simulation:
         t1 = time.perf_counter()
         stats = backend.get(stats_refs if stats_refs is not None else self._aggregate(r, params_refs, sampled))
         t2 = time.perf_counter()
-        rec = self._record(r, losses, stats, sampled)
+        rec = round_metrics(sc, self.prep, r, losses, stats, sampled)
         t_eval = 0.0
-        if (r + 1) % sc.evaluation.every == 0 or r == sc.rounds - 1:
+        if is_eval_round(sc, r):
             rec |= self.evaluate(r)
             t_eval = time.perf_counter() - t2
         return RoundRecord(r, rec, {"train": t1 - t0, "aggregate": t2 - t1, "evaluate": t_eval})
@@ -134,30 +133,6 @@ class Simulation:
         )
         return [stats_ref]
 
-    def _record(self, r: int, losses: list[float], stats: list[dict[str, int]],
-                sampled: np.ndarray | None) -> dict[str, Any]:
-        sc, bpm = self.sc, self.prep.bytes_per_message
-        senders = sc.peers.count if sampled is None else int(sampled.sum())
-        trainers = len(self.honest_ids) if sampled is None else int(sampled[self.honest_ids].sum())
-        rec: dict[str, Any] = {
-            "round": r,
-            "group": "honest",
-            "train_loss": round(float(sum(losses) / max(trainers, 1)), 6),
-            "dropped": sum(s["dropped"] for s in stats),
-            "skipped": sum(s["skipped"] for s in stats),
-            "bytes_sent_per_peer": int(self.out_degree * bpm),
-            "bytes_sent_total": int(self.out_degree * bpm * sc.peers.count),
-        }
-        if sampled is not None:  # only when fewer than all clients: an unsampled run's metrics are unchanged
-            # only the sampled clients send; bytes_sent_per_peer stays the mean over all peers
-            rec |= {
-                "bytes_sent_per_peer": int(bpm * senders / sc.peers.count),
-                "bytes_sent_total": int(bpm * senders),
-                "clients_sampled": senders,
-                "honest_clients_sampled": trainers,
-            }
-        return rec
-
     def evaluate(self, r: int) -> dict[str, Any]:
         """Round ``r``'s accuracy fields: the honest peers on the test set (``evaluation.peers``
         of them, drawn per round), or in federated mode the global model."""
@@ -166,15 +141,9 @@ class Simulation:
             a, lo = backend.get(server.evaluate.remote(self.features_ref))
             ids = np.asarray([-1])
         elif server is not None:  # federated: the global model is every honest client's model
-            from fedsim import heads
-
             g_ref = self._global_ref if self._global_ref is not None else server.get_global.remote()  # the last reply's
-            g = torch.tensor(backend.get(g_ref))[None]  # a copy: Ray hands out read-only arrays
-            w, b = strategies.unflatten(g, (prep.features.num_classes, prep.features.dim), sc.training.bias)
-            acc, loss = heads.accuracy_and_loss(
-                w.contiguous(), b, torch.from_numpy(prep.features.x_test), torch.from_numpy(prep.features.y_test)
-            )
-            a, lo, ids = acc.numpy(), loss.numpy(), np.asarray([-1])
+            a, lo = global_head_scores(sc, prep.features, backend.get(g_ref))
+            ids = np.asarray([-1])
         else:
             sample = None
             honest = self.honest_ids
@@ -185,17 +154,7 @@ class Simulation:
             a = np.concatenate([x["accuracy"] for x in res])
             lo = np.concatenate([x["loss"] for x in res])
             ids = np.concatenate([x["ids"] for x in res])
-        out = {
-            "accuracy_mean": round(float(a.mean()), 6),
-            "accuracy_min": round(float(a.min()), 6),
-            "accuracy_max": round(float(a.max()), 6),
-            "accuracy_std": round(float(a.std()), 6),
-            "test_loss": round(float(lo.mean()), 6),
-            "evaluated_peers": int(len(a)),
-        }
-        if sc.evaluation.per_peer:
-            out["per_peer"] = {str(int(i)): round(float(x), 6) for i, x in zip(ids, a, strict=True)}
-        return out
+        return accuracy_fields(sc, a, lo, ids)
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
@@ -239,6 +198,76 @@ class Simulation:
         """Free the actors' CPUs (a shared Ray session may run more after this one)."""
         self.backend.kill([*self.groups, *([self.server] if self.server is not None else [])])
         self.groups, self.server = [], None
+
+
+# ---------------------------------------------------------------------- a round's record, shared
+# The functions below turn a round's results into its metrics record. The simulation calls them,
+# and so does the Flower server (fedsim.flower.strategy) with the results it collected from the
+# devices' messages: one shape of record, one rounding, whatever engine produced the numbers.
+
+
+def is_eval_round(sc: Scenario, r: int) -> bool:
+    """Whether round ``r`` is evaluated: every ``evaluation.every`` rounds and the last."""
+    return (r + 1) % sc.evaluation.every == 0 or r == sc.rounds - 1
+
+
+def round_metrics(sc: Scenario, prep: Prepared, r: int, losses: Sequence[float], stats: Sequence[Mapping[str, int]],
+                  sampled: np.ndarray | None = None) -> dict[str, Any]:
+    """Round ``r``'s metrics record before evaluation: ``losses`` are sums of honest peers' train
+    losses (one per group, or one in all), ``stats`` the aggregators' ``dropped``/``skipped``
+    counts, ``sampled`` the clients this round trained (None: all)."""
+    bpm = prep.bytes_per_message
+    honest_ids = np.flatnonzero(~np.asarray(prep.byzantine, dtype=bool))
+    deg = out_degree(sc, prep)
+    senders = sc.peers.count if sampled is None else int(sampled.sum())
+    trainers = len(honest_ids) if sampled is None else int(sampled[honest_ids].sum())
+    rec: dict[str, Any] = {
+        "round": r,
+        "group": "honest",
+        "train_loss": round(float(sum(losses) / max(trainers, 1)), 6),
+        "dropped": sum(s["dropped"] for s in stats),
+        "skipped": sum(s["skipped"] for s in stats),
+        "bytes_sent_per_peer": int(deg * bpm),
+        "bytes_sent_total": int(deg * bpm * sc.peers.count),
+    }
+    if sampled is not None:  # only when fewer than all clients: an unsampled run's metrics are unchanged
+        # only the sampled clients send; bytes_sent_per_peer stays the mean over all peers
+        rec |= {
+            "bytes_sent_per_peer": int(bpm * senders / sc.peers.count),
+            "bytes_sent_total": int(bpm * senders),
+            "clients_sampled": senders,
+            "honest_clients_sampled": trainers,
+        }
+    return rec
+
+
+def global_head_scores(sc: Scenario, features: Any, head: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Federated evaluation: the flattened global head on the test set, as (accuracy, loss) arrays
+    of one entry each."""
+    from fedsim import heads
+
+    g = torch.tensor(np.asarray(head))[None]  # a copy: Ray hands out read-only arrays
+    w, b = strategies.unflatten(g, (features.num_classes, features.dim), sc.training.bias)
+    acc, loss = heads.accuracy_and_loss(
+        w.contiguous(), b, torch.from_numpy(features.x_test), torch.from_numpy(features.y_test)
+    )
+    return acc.numpy(), loss.numpy()
+
+
+def accuracy_fields(sc: Scenario, a: np.ndarray, lo: np.ndarray, ids: np.ndarray) -> dict[str, Any]:
+    """A round's accuracy fields from the evaluated peers' accuracies ``a`` and test losses ``lo``
+    (``ids``: their peer ids, -1 for the global model; listed when ``evaluation.per_peer``)."""
+    out = {
+        "accuracy_mean": round(float(a.mean()), 6),
+        "accuracy_min": round(float(a.min()), 6),
+        "accuracy_max": round(float(a.max()), 6),
+        "accuracy_std": round(float(a.std()), 6),
+        "test_loss": round(float(lo.mean()), 6),
+        "evaluated_peers": int(len(a)),
+    }
+    if sc.evaluation.per_peer:
+        out["per_peer"] = {str(int(i)): round(float(x), 6) for i, x in zip(ids, a, strict=True)}
+    return out
 
 
 def out_degree(sc: Scenario, prep: Prepared) -> float:

@@ -25,6 +25,7 @@ from fedsim.flower.client import FedsimPeer  # noqa: E402
 from fedsim.flower.inprocess import run_in_process  # noqa: E402
 from fedsim.runner import Run, prepare  # noqa: E402
 from fedsim.scenario import parse  # noqa: E402
+from fedsim.simulation import PHASES  # noqa: E402
 
 
 @pytest.fixture()
@@ -108,6 +109,35 @@ def test_bridge_equals_fedsim_federated_mode(fed_scenario, tmp_path, over, side)
     assert summary["final_accuracy_mean"] == sim[-1]["accuracy_mean"]
     assert 0 < summary["final_accuracy_mean"] <= 1
     assert "client_val_accuracy" in br[-1]  # the devices scored the global head on their validation splits
+
+
+def test_bridge_files_a_round_and_the_summary_as_fedsim_run_does(fed_scenario, tmp_path):
+    """The Flower server builds its record, timings and summary with fedsim run's code
+    (simulation.round_metrics / accuracy_fields, runfiles.RoundFiles / run_summary): every key
+    fedsim run writes is there with the same value (per_peer and rounds without evaluation
+    included; the train and test losses up to float summation order), plus the bridge's own keys."""
+    d = fed_scenario(rounds=3, **{"peers.byzantine": 1, "peers.attack.name": "sign_flip",
+                                  "evaluation.every": 2, "evaluation.per_peer": True})
+    sim, br, summary = _both(d, tmp_path, "server")
+    bridge_keys = {"received", "rejected", "quorum", "eval_rejected", "client_val_accuracy", "client_val_loss"}
+    assert ["accuracy_mean" in x for x in br] == [False, True, True]
+    for a, b in zip(sim, br, strict=True):
+        assert set(b) - bridge_keys == set(a), (sorted(a), sorted(b))
+        assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-5)
+        assert b.get("test_loss") == pytest.approx(a.get("test_loss"), abs=1e-6)
+        losses = ("train_loss", "test_loss")
+        assert {k: v for k, v in b.items() if k in a and k not in losses} == {k: v for k, v in a.items()
+                                                                               if k not in losses}
+    assert br[1]["per_peer"] == {"-1": br[1]["accuracy_mean"]}
+    sim_timings = _metrics(tmp_path / "runs" / "t" / "timings.jsonl")
+    br_timings = _metrics(tmp_path / "bridge" / "timings.jsonl")
+    assert [set(x) for x in br_timings] == [set(x) for x in sim_timings] == [{"round", "seconds", *PHASES}] * 3
+    run_summary = json.loads((tmp_path / "runs" / "t" / "summary.json").read_text())
+    assert json.loads((tmp_path / "bridge" / "summary.json").read_text()) == summary
+    assert set(summary) - set(run_summary) == {"engine", "rounds_completed", "attack_side", "rejected_total",
+                                               "wall_seconds"}
+    same = set(run_summary) - {"wall_seconds_rounds", "resumed_after_round"}
+    assert same <= set(summary) and {k: summary[k] for k in same} == {k: run_summary[k] for k in same}
 
 
 @pytest.mark.parametrize("attack,reason", [("nan", "non-finite"), ("wrong_shape", "shape (651,) != (650,)"),
@@ -595,7 +625,7 @@ def test_dropouts_quorum_ttl_and_one_node_wait(fed_scenario, monkeypatch):
     """3 partitions, one device gone: the full node-wait is spent once (before round 1), not on every
     later train/evaluate call; messages carry TTL = round-timeout (not Flower's 12 h); a round with
     fewer valid updates than min-replies leaves the global head unchanged (quorum false)."""
-    import fedsim.flower.server as srv
+    import fedsim.flower.strategy as srv  # the round loop (its time.sleep)
     from fedsim.flower.grid import TTL_GRACE_S
     from fedsim.flower.server import FedsimStrategy
 

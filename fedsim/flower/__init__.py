@@ -4,9 +4,11 @@
   the scenario's dataset (or the device's own data), the frozen backbone, the trainable head,
   local steps and minibatches exactly as in simulation, and optionally the scenario's attack.
   Importing it pulls in torch, numpy, flwr and light fedsim modules only (never ray/matplotlib).
-* :mod:`fedsim.flower.server` — a Flower ``ServerApp`` whose strategy runs any fedsim
-  aggregation rule (``strategies.aggregate``) as fedsim's federated server does, rejecting
-  malformed client updates with a log line.
+* :mod:`fedsim.flower.server` — a Flower ``ServerApp`` whose strategy
+  (:mod:`fedsim.flower.strategy`) runs any fedsim aggregation rule (``strategies.aggregate``) as
+  fedsim's federated server does, rejecting malformed client updates with a log line
+  (:mod:`fedsim.flower.replies`), and records, files and summarises the rounds with ``fedsim
+  run``'s code (:mod:`fedsim.flower.serverfiles`).
 * :mod:`fedsim.flower.cli` — ``fedsim flower export|run|client|superlink|demo``.
 
 The two apps are configured by the run config of the exported Flower app (``fedsim flower
