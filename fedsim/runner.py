@@ -191,7 +191,7 @@ def versions() -> dict[str, str]:
     }
     if (v := ray_version()) is not None:
         out["ray"] = v
-    from fedsim import __version__
+    from fedsim.version import __version__
 
     out["fedsim"] = __version__
     return out

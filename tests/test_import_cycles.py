@@ -95,3 +95,17 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_fedsim_has_no_import_cycle():
     assert cycles(import_graph(ROOT)) == []
+
+
+def test_the_graph_sees_lazy_and_relative_imports_but_not_type_checking_ones(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("def f():\n    from pkg.sub import b\n")  # lazy: still an edge
+    (pkg / "sub" / "b.py").write_text("from .. import c\n")  # relative: pkg.c
+    (pkg / "c.py").write_text("import pkg.a\n")
+    (pkg / "d.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import a\n")
+    graph = import_graph(tmp_path, "pkg")
+    assert graph["pkg.a"] == {"pkg.sub.b"} and graph["pkg.sub.b"] == {"pkg.c"} and graph["pkg.d"] == set()
+    assert cycles(graph) == [["pkg.a", "pkg.c", "pkg.sub.b"]]
