@@ -29,9 +29,9 @@ from fedsim.errors import (  # noqa: F401  (RunDirExistsError, RunInterruptedErr
     RunInterruptedError,
 )
 from fedsim.features import Features, load_features
+from fedsim.group_setup import GroupSetup
 from fedsim.limits import local_ray_cpus
 from fedsim.models.backbones import BACKBONES
-from fedsim.peers import GroupSetup, held_classes
 from fedsim.rundir import RunCompleteError, RunLockedError, RunWriteError  # noqa: F401  (re-exported)
 from fedsim.rundirectory import ResumePoint, RunDirectory
 from fedsim.runfiles import Checkpointer, MetricsWriter, history_summary, parse_lines, write_summary
@@ -45,6 +45,7 @@ from fedsim.scenario import (
     resource_warnings,
     strategy_params,
 )
+from fedsim.shards import held_classes
 from fedsim.simulation import RoundRecord, Simulation
 from fedsim.threads import group_threads
 from fedsim.topology import Topology
