@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING, Any
 # default), 47 sleeping; quiet 53-57 vs 48-60 (docs/performance.md). A user's own value wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-__version__ = "0.1.0"
-# The name pip knows (pyproject.toml): "fedsim" on PyPI is an unrelated project. Import name and command: fedsim.
-DISTRIBUTION = "fedsim-lab"
+from fedsim.version import DISTRIBUTION, __version__  # noqa: F401  (the package's version and pip name)
+
 __all__ = ["Callback", "RunResult", "Stop", "load_run", "resume", "run"]
 _CALLBACKS = ("Callback", "Stop")
 

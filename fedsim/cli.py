@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from fedsim import __version__
 from fedsim.cli_errors import FedsimGroup, remember_run_dir
 from fedsim.errors import RunInterruptedError
+from fedsim.version import __version__
 
 # commands that live in their own modules, imported only when named (so `fedsim list` and
 # `fedsim --help` import no torch, Ray or matplotlib)

@@ -14,6 +14,12 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fedsim.threads import usable_cpus
+
+if TYPE_CHECKING:
+    from fedsim.schema import Scenario
 
 FLOAT = 4  # bytes of a float32
 INDEX = 8  # bytes of an int64 index
@@ -39,11 +45,8 @@ def machine_memory() -> int:
 
 
 def machine_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+    """CPUs this process may run on: :func:`fedsim.threads.usable_cpus` (its affinity mask where the OS has one)."""
+    return usable_cpus()
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,18 @@ def memory_error(est: MemoryEstimate, available: int | None = None) -> str | Non
         f"gathered messages {gib(est.messages)}, data copies {gib(est.data)}, topology {gib(est.topology)}, "
         f"processes {gib(est.processes)}), this machine has {gib(available)}; lower {est.biggest()[1]}"
     )
+
+
+def local_ray_cpus(sc: Scenario) -> int | None:
+    """CPUs of the Ray instance a run starts on this machine (None: it attaches to
+    ``engine.address``): the CPUs this process may use (:func:`machine_cpus`), or more where the
+    actors ask for more, so every actor is scheduled. Federated mode's server actor asks for
+    ``cpus_per_actor`` too; without it in the count the server would never be scheduled where
+    ``machine_cpus() <= num_actors`` and round 0 would wait forever."""
+    if sc.engine.address:
+        return None
+    actors = sc.engine.num_actors + (1 if sc.mode == "federated" else 0)
+    return max(machine_cpus(), math.ceil(actors * sc.engine.cpus_per_actor))
 
 
 def cpu_warning(num_actors: int, cpus_per_actor: float, ray_cpus: int | None, cpus: int | None = None) -> str | None:

@@ -2,13 +2,14 @@
 
 One actor hosts many peers (a contiguous block of peer ids) and trains all their output layers
 at once (:mod:`fedsim.heads`). Randomness comes from :mod:`fedsim.rng` keyed by global peer id,
-so how peers are spread over actors never changes the numbers.
+so how peers are spread over actors never changes the numbers. What a group is given is
+:class:`fedsim.group_setup.GroupSetup`; the round's messages are :mod:`fedsim.messages`; the
+federated server is :mod:`fedsim.server`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,167 +20,9 @@ import strategies
 from fedlib.heads import num_params
 from fedsim import heads, plugins
 from fedsim import rng as crng
-from fedsim.topology import Topology
-
-if TYPE_CHECKING:
-    from fedsim.schema import AttackCfg, TrainingCfg
-
-
-@dataclass
-class GroupSetup:
-    """Everything a group needs; plain data (numpy arrays, the typed scenario sections, a built
-    ``Topology``) so it pickles to a Ray actor. ``training`` and ``attack`` are the scenario's own
-    pydantic sections (``sc.training``, ``sc.peers.attack``), read by attribute; ``strategy`` is the
-    resolved rule (``{"name", "params"}``, defaults filled in), not the scenario section."""
-
-    first: int  # global id of the first hosted peer
-    train_idx: list[np.ndarray]  # per hosted peer, indices into the training features
-    val_idx: list[np.ndarray]
-    byzantine: np.ndarray  # bool [N] over all peers
-    num_peers: int
-    num_classes: int
-    dim: int
-    seed: int
-    rounds: int
-    mode: str  # decentralized | federated
-    training: TrainingCfg  # the scenario's training section (sc.training)
-    strategy: dict[str, Any]  # name, params
-    f: int  # Byzantine vectors a rule is told to expect among those it aggregates (scenario.resolve_f)
-    received: int  # vectors an aggregation combines per round, as the rule's check sees it (an attack's ctx.n)
-    attack: AttackCfg  # the scenario's attack section (sc.peers.attack): name, params, omniscient, collude
-    topology: Topology  # built by fedsim.scenario.build_topology (runner.prepare), never rebuilt here
-    absent: np.ndarray | None = None  # bool [N]: peers that take no part (their messages never arrive)
-    threads: int = 1  # torch intra-op threads of the hosting process (engine.cpus_per_actor)
-    # > 0 where no peer of the run holds more than a minibatch of samples: every peer's shard is
-    # zero-padded to this many samples and trained on draw-count weights (see PeerGroup.train).
-    # One value for the whole run (runner.prepare), so a peer's numbers never depend on its group.
-    shard_pad: int = 0
-    # bool [N, C]: the classes each peer holds (held_classes over the whole partition, runner.prepare),
-    # set when the rule needs "overlap"; None: each group derives its hosted peers' from their data
-    classes: np.ndarray | None = None
-    # the scenario's plugins (fedsim.plugins): imported in the hosting process before any rule or attack is built
-    plugins: tuple[str, ...] = ()
-    # global id of a peer whose first-epoch minibatch gradients are recorded (an unlearning probe's
-    # leaver, runner.prepare); None: nothing is recorded (no cost)
-    record_gradients: int | None = None
-
-
-def forge_messages(
-    attack: Any,
-    s: GroupSetup,
-    round_: int,
-    params: Tensor,
-    history: Tensor | None,
-    receiver: int | None = None,
-    nbr_honest: Tensor | None = None,
-    sampled: np.ndarray | None = None,
-    server_own: Tensor | None = None,
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """The messages every peer sends this round ``[N, P]``, a validity mask ``[N]``, and the
-    Byzantine peers' history after this round (:func:`stale_step`: kept only for a forger with
-    ``lookback > 0``, the stale-model attack, which gets its oldest entry as ``ctx.previous``;
-    a per-receiver call reads ``history`` and returns it unchanged).
-
-    Byzantine rows are replaced by the forger's output. Forgers see the honest vectors of the
-    round when ``peers.attack.omniscient`` (default), otherwise the Byzantine peers' own
-    benign-trained vectors. A silent (None), non-finite or wrong-shape forgery is marked
-    invalid: receivers drop it and count it. Randomness is keyed by (round, peer, receiver), so
-    every actor computes the same forgeries.
-
-    ``sampled`` (bool ``[N]``, federated client sampling): the clients of this round. The others'
-    rows are marked invalid (their messages never arrive); the Byzantine coalition still forges
-    every Byzantine row (stateful attacks keep their shapes), but an omniscient forger sees only
-    the sampled honest clients' vectors (what was sent this round; all its own if none was).
-
-    A per-receiver forger (dissensus) forges only for a given receiver: ``receiver`` (a peer,
-    with ``nbr_honest`` its honest neighbours' vectors) or, in federated mode, the server
-    (``server_own``, the global model); without either nothing is forged here — the gossip
-    aggregation calls this again for each receiver."""
-    valid = torch.ones(params.shape[0], dtype=torch.bool)
-    if s.absent is not None:
-        valid[torch.tensor(s.absent)] = False
-    if sampled is not None:  # applied again after forging, which re-validates the Byzantine rows
-        valid &= torch.from_numpy(sampled)
-    byz = torch.from_numpy(np.flatnonzero(s.byzantine))
-    if not isinstance(attack, attacks.UpdateForger) or len(byz) == 0:
-        return params, valid, history  # nothing forged: no [N, P] copy
-    own = params[byz]
-    previous, new_history = stale_step(history, own, attack.lookback)
-    if receiver is not None:
-        new_history = history  # the broadcast call of this round moved it on
-    if attack.per_receiver and receiver is None and server_own is None:
-        return params, valid, new_history  # forged per receiver (PeerGroup.aggregate)
-    msgs = params.clone()
-    seen = ~s.byzantine if sampled is None else ~s.byzantine & sampled
-    view = params[torch.from_numpy(seen)] if s.attack.omniscient and seen.any() else own
-    layer_shape = (s.num_classes, s.dim)
-    ctx_kw: dict[str, Any] = dict(
-        n=s.received,
-        f=len(byz),
-        f_received=s.f,
-        round=round_,
-        layer_shape=layer_shape,
-        bias=s.training.bias,
-        num_classes=s.num_classes,
-        previous=previous,
-    )
-    if receiver is not None:
-        ctx_kw |= dict(receiver_own=params[receiver], receiver_neighbors=nbr_honest)
-    elif server_own is not None and attack.per_receiver:
-        ctx_kw |= dict(receiver_own=server_own)  # the server hears every client: honest = its neighbours
-    groups = [np.arange(len(byz))] if s.attack.collude else [np.asarray([j]) for j in range(len(byz))]
-    for g in groups:
-        gen = crng.torch_generator(s.seed, "attack", round_, int(byz[g[0]]), -1 if receiver is None else receiver)
-        out = attack.forge(view, own[g], attacks.AttackContext(generator=gen, **ctx_kw))
-        rows = byz[g]
-        if out is None or not isinstance(out, Tensor) or out.dim() != 2 or out.shape != (len(rows), params.shape[1]):
-            valid[rows] = False
-        else:
-            msgs[rows] = out.to(params.dtype)
-            valid[rows] = torch.isfinite(out).all(dim=1)
-    if sampled is not None:
-        valid &= torch.from_numpy(sampled)
-    return msgs, valid, new_history
-
-
-def stale_step(history: Tensor | None, own: Tensor, depth: int) -> tuple[Tensor | None, Tensor | None]:
-    """One round of the Byzantine peers' bounded history ``[h, k, P]`` (oldest first, ``h <= depth``):
-    ``(previous, history')`` where ``previous`` is ``own`` as held ``depth`` rounds ago (None while
-    fewer than ``depth`` rounds are kept) and ``history'`` appends this round's ``own [k, P]`` and
-    keeps the last ``depth``. ``depth = 0`` (a forger that does not look back): ``(None, None)``,
-    nothing is copied."""
-    if depth <= 0:
-        return None, None
-    if history is None:
-        return None, own[None].clone()
-    previous = history[0] if history.shape[0] == depth else None
-    return previous, torch.cat([history, own[None]])[-depth:].clone()
-
-
-def held_classes(y: np.ndarray, train_idx: list[np.ndarray], val_idx: list[np.ndarray], num_classes: int) -> np.ndarray:
-    """Bool ``[n, C]``: the classes present in each peer's training and validation samples (Bristle's
-    "familiar" classes, and the class sets peers compare when they connect)."""
-    out = np.zeros((len(train_idx), num_classes), dtype=bool)
-    for i, (t, v) in enumerate(zip(train_idx, val_idx, strict=True)):
-        out[i, np.asarray(y)[np.concatenate([t, v]).astype(np.int64)]] = True
-    return out
-
-
-def claimed_classes(classes: np.ndarray, byzantine: np.ndarray) -> np.ndarray:
-    """The class sets peers announce in the private-set-intersection handshake: their own, except
-    that every Byzantine peer claims all classes (so it is sent to, and scored on the classes of,
-    every peer; in the authors' runs the attackers did hold every class)."""
-    return classes | byzantine[:, None]
-
-
-def pad_rows(x: Tensor, y: Tensor, offsets: np.ndarray, sizes: np.ndarray, m: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Rows ``offsets[i] : offsets[i] + sizes[i]`` of ``x [n, d]``, ``y [n]`` as zero-padded blocks
-    ``[g, m, d]``, ``[g, m]`` (``m >= max(sizes)``), and the bool mask ``[g, m]`` of the real rows."""
-    pos = np.arange(m)[None, :]
-    real = pos < sizes[:, None]
-    mask = torch.from_numpy(real)
-    at = torch.from_numpy(np.where(real, offsets[:, None] + pos, 0))
-    return x[at] * mask[..., None], y[at] * mask, mask
+from fedsim.group_setup import GroupSetup
+from fedsim.messages import claimed_classes, forge_messages
+from fedsim.shards import held_classes, pad_rows
 
 
 class PeerGroup:
@@ -629,95 +472,3 @@ class PeerGroup:
         import os
 
         return os.getpid()
-
-
-class Server:
-    """Federated mode's server: holds the global model, forges the Byzantine clients' messages
-    (the simulation's stand-in for them) and aggregates with the rule, ``own`` = current global.
-
-    FLTrust's root update is the global model trained on the server's small trusted root set."""
-
-    def __init__(self, setup: GroupSetup, root_x: np.ndarray | None = None, root_y: np.ndarray | None = None) -> None:
-        plugins.load(setup.plugins)  # first: a Ray actor's process has not imported the user's rules/attacks
-        self.s = setup
-        self.bias = setup.training.bias
-        self.layer_shape = (setup.num_classes, setup.dim)
-        self.global_params = np.zeros(num_params(self.layer_shape, self.bias), dtype=np.float32)
-        self.attack = (
-            attacks.build(setup.attack.name, setup.attack.params) if setup.attack.name != "none" else None
-        )
-        self.rule = strategies.build(setup.strategy["name"], setup.strategy.get("params"))
-        self.stale_history: Tensor | None = None  # [h, k, P] (forge_messages), stale-model attack only
-        self.root = None if root_x is None else (torch.tensor(root_x), torch.tensor(root_y))  # Ray arrays: read-only
-
-    def get_global(self) -> np.ndarray:
-        return self.global_params
-
-    def aggregate_and_global(
-        self, round_: int, *client_params: np.ndarray, sampled: np.ndarray | None = None
-    ) -> tuple[dict[str, int], np.ndarray]:
-        """:meth:`aggregate`, then the global model it leaves: the next round's training reads it
-        straight from this call's reply (one actor call per round less than asking
-        :meth:`get_global`; :meth:`fedsim.simulation.Simulation.step`)."""
-        stats = self.aggregate(round_, *client_params, sampled=sampled)
-        return stats, self.global_params
-
-    def get_state(self) -> dict[str, Any]:
-        """The global model (a tensor, so a checkpoint stores it without pickle) and the stale attack's history."""
-        return {"global": torch.from_numpy(self.global_params.copy()), "stale_history": self.stale_history}
-
-    def set_state(self, st: dict[str, Any]) -> None:
-        """Restore :meth:`get_state`'s output (a tensor or an array for ``global``)."""
-        g = st["global"]
-        g = g.numpy() if isinstance(g, torch.Tensor) else np.asarray(g)
-        self.global_params, self.stale_history = g.astype(np.float32, copy=True), st["stale_history"]
-
-    def _root_update(self, round_: int, g: Tensor) -> Tensor | None:
-        if "root_update" not in self.rule.needs or self.root is None:
-            return None
-        t = self.s.training
-        w, b = strategies.unflatten(g[None].clone(), self.layer_shape, self.bias)
-        w, b = w.contiguous(), (b.contiguous() if b is not None else torch.zeros(1, self.layer_shape[0]))
-        opt = heads.OptimizerState.zeros(w, b, t.optimizer == "adam")
-        x, y = self.root
-        batches = []
-        for k in range(t.local_steps):
-            r = torch.from_numpy(
-                crng.integers(len(y), self.s.seed, "root", round_, k, -1, np.arange(t.batch_size))
-            )
-            batches.append((x[r][None], y[r][None]))
-        heads.local_steps(w, b, opt, batches, t, self.bias)
-        return strategies.flatten(w, b if self.bias else None)[0]
-
-    def aggregate(self, round_: int, *client_params: np.ndarray, sampled: np.ndarray | None = None) -> dict[str, int]:
-        """Aggregate the clients' heads ``[N, P]`` (concatenated over groups) into the global model.
-        ``sampled`` (bool ``[N]``, client sampling): only those clients' messages arrive; the
-        others are neither aggregated nor counted as dropped."""
-        params = torch.from_numpy(np.concatenate(client_params))
-        msgs, valid, self.stale_history = forge_messages(
-            self.attack, self.s, round_, params, self.stale_history, sampled=sampled,
-            server_own=torch.from_numpy(self.global_params),
-        )
-        arrived = int(valid.numel()) if sampled is None else int(sampled.sum())
-        g = torch.from_numpy(self.global_params)
-        ctx = strategies.AggregationContext(
-            layer_shape=self.layer_shape,
-            bias=self.bias,
-            f=self.s.f,
-            round=round_,
-            total_rounds=self.s.rounds,
-            root_update=self._root_update(round_, g),
-            previous=g,  # the server's own model is the global one, before the clients train
-            # the server's only local data is its trusted root set: rules that score candidates
-            # (Bristle's integrator, MOZI) score them there
-            val_x=None if self.root is None else self.root[0],
-            val_y=None if self.root is None else self.root[1],
-            generator=crng.torch_generator(self.s.seed, "strategy", round_, -1),
-        )
-        lost = arrived - int(valid.sum())  # forgeries that failed among the clients that sent
-        try:
-            new, dropped = strategies.aggregate(self.rule, g, msgs if bool(valid.all()) else msgs[valid], ctx)
-        except strategies.CannotAggregateError:  # this round's vectors; anything else is a bug: raised
-            return {"dropped": lost, "skipped": 1}
-        self.global_params = new.numpy().astype(np.float32)
-        return {"dropped": lost + dropped, "skipped": 0}

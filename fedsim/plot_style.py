@@ -89,6 +89,13 @@ def _save(fig, path: Path, formats: list[str], opts: PlotOptions = DEFAULT) -> l
     return out
 
 
+def _suffix(values: dict[str, Any]) -> str:
+    """A figure file's name suffix for the settings that split figures (``__`` + the sweep's run name)."""
+    from fedsim.sweep_plan import run_name
+
+    return "" if not values else "__" + run_name(values)
+
+
 def _figure(nrows: int, ncols: int, extra_w: float = 0.0, extra_h: float = 0.0):
     from matplotlib.figure import Figure
 

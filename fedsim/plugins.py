@@ -4,7 +4,7 @@ A scenario's ``plugins:`` list names Python modules (``my_pkg.rules``, importabl
 machine of the run) and/or ``.py`` files (``my_rules.py``, resolved to an absolute path when the
 scenario is validated). Each is imported once per process, by :func:`load`: in the driver before
 the scenario's names are checked, and again in every process that builds a rule, an attack or a
-backbone — each Ray actor (:class:`fedsim.peers.PeerGroup`, :class:`fedsim.peers.Server`), each
+backbone — each Ray actor (:class:`fedsim.peers.PeerGroup`, :class:`fedsim.server.Server`), each
 in-process group, each sweep task and each Flower client — so ``@register`` in the user's module
 takes effect wherever the run happens.
 

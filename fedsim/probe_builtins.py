@@ -13,7 +13,7 @@ from typing import Any
 from fedlib.params import AnyOf, Boolean, Index, Integer, ListOf, Options, Real, Tagged, param
 from fedsim import canaries
 from fedsim.errors import probe_error
-from fedsim.probe_registry import Probe, register_probe
+from fedsim.probe_base import Probe, register_probe
 
 POSITIVE = Real(lo=0.0, lo_open=True)
 FRACTION = Real(lo=0.0, hi=1.0, lo_open=True, hi_open=True)

@@ -35,12 +35,6 @@ if TYPE_CHECKING:
 Retrain = Callable[[int], np.ndarray]
 
 
-def _default_training() -> TrainingCfg:
-    from fedsim.schema import TrainingCfg  # lazily: the schema imports the probe registry
-
-    return TrainingCfg()
-
-
 def _err(i: int, key: str, msg: str) -> ValueError:
     return probe_error(i, key, msg)
 
@@ -63,8 +57,8 @@ class _Ctx:
     seed: int
     federated: bool
     topology: Topology  # the run's (Prepared.topology)
+    training: TrainingCfg  # the scenario's (sc.training)
     canaries: canaries_mod.Canaries | None = None
-    training: TrainingCfg = field(default_factory=_default_training)  # the scenario's (sc.training)
     rounds: int = 1
     retrain: Retrain | None = None
     recorded_gradients: np.ndarray | None = None  # the unlearning probe's leaver's first-epoch gradients [B, P]

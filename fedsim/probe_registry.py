@@ -20,97 +20,27 @@ probe NAME`` prints the same declarations. Checks tying keys together are code i
 :meth:`Probe.validate` (after ``super().validate``); checks that need the trained run belong in
 :meth:`Probe.run`. :mod:`fedsim.probe_runs` runs them.
 
-Imports neither torch nor pydantic: ``fedsim list`` reads it.
+The base class and the table are :mod:`fedsim.probe_base` (re-exported here); importing this
+module registers the built-ins, so :func:`kinds` is complete without a lazy import. Imports
+neither torch nor pydantic: ``fedsim list`` reads it.
 """
 
 from __future__ import annotations
 
 import difflib
-import inspect
-import re
-from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
-from fedlib.params import DOC, check_params, default_of
+import fedsim.probe_builtins  # noqa: F401  (registers the built-in kinds)
+from fedsim.probe_base import REGISTRY, Probe, defaults, doc, register_probe, summary
 
-
-class Probe:
-    """Base class of probes (register a subclass with :func:`register_probe`).
-
-    Class attribute ``params``: every key a scenario may set besides ``kind``, each a
-    :func:`fedlib.params.param` (default, constraint, ``doc``: one line for ``fedsim list probe
-    NAME``). The docstring's first paragraph is the probe's one-line summary.
-    """
-
-    kind: ClassVar[str] = ""
-    params: ClassVar[dict[str, Any]] = {}
-
-    def validate(self, i: int, cfg: dict[str, Any], num_peers: int | None = None) -> dict[str, Any]:
-        """``cfg`` (``probes[i]``'s keys as set, ``kind`` and keys of ``params``) with every default
-        filled in and every value checked and normalised against its declaration
-        (:func:`fedlib.params.check_params`: ``ValueError("probes.<i>.<key>: must be ..., got ...")``).
-        ``num_peers``: ``peers.count`` (None where not known). An override adds the checks that tie
-        keys together after ``super().validate`` (:func:`fedsim.errors.probe_error`)."""
-        return check_params(f"probes.{i}", self.params, cfg, {"peers.count": num_peers}, keep=("kind",),
-                            unknown=f"unknown key for kind {self.kind}")
-
-    def run(self, i: int, cfg: dict[str, Any], ctx: Any) -> dict[str, Any]:
-        """Run against the trained federation (``ctx``: :class:`fedsim.probes.ProbeContext`) with
-        :meth:`validate`'s ``cfg``; return the entry written to ``probes.json`` (plain data)."""
-        raise NotImplementedError
-
-    def summarize(self, entry: dict[str, Any]) -> dict[str, Any]:
-        """The compact form of :meth:`run`'s entry kept in ``summary.json``."""
-        return {"kind": entry.get("kind", self.kind)}
-
-
-REGISTRY: dict[str, type[Probe]] = {}
-
-
-def register_probe(kind: str) -> Callable[[type[Probe]], type[Probe]]:
-    """Class decorator: register a :class:`Probe` subclass under ``kind``."""
-
-    def deco(cls: type[Probe]) -> type[Probe]:
-        if not (isinstance(cls, type) and issubclass(cls, Probe)):
-            raise TypeError(f"register_probe({kind!r}): {cls!r} is not a subclass of fedsim.probe_registry.Probe")
-        if not isinstance(kind, str) or not re.fullmatch(r"[A-Za-z_]\w*", kind):
-            raise ValueError(f"register_probe: the kind must be a name (letters, digits, _), got {kind!r}")
-        if kind in REGISTRY and REGISTRY[kind].__qualname__ != cls.__qualname__:
-            raise ValueError(f"probe kind {kind!r} is already registered ({REGISTRY[kind].__module__})")
-        if "defaults" in vars(cls) or "notes" in vars(cls):
-            raise TypeError(f"register_probe({kind!r}): declare the keys as params = {{key: param(default, "
-                            "constraint, doc=...)} (fedlib.params), not defaults/notes")
-        bad = [k for k, f in cls.params.items() if not isinstance(k, str) or k == "kind" or not hasattr(f, "metadata")]
-        if bad:
-            raise ValueError(f"register_probe({kind!r}): params keys must be names other than 'kind', each a "
-                             f"fedlib.params.param(...), got {bad}")
-        cls.kind = kind
-        REGISTRY[kind] = cls
-        return cls
-
-    return deco
+__all__ = ["REGISTRY", "Probe", "check_entry", "defaults", "doc", "get_probe", "kinds", "register_probe",
+           "summarize", "summary", "validate_probe"]
 
 
 def kinds() -> dict[str, type[Probe]]:
-    """Every registered probe kind (the built-ins imported on first use)."""
-    import fedsim.probe_builtins  # noqa: F401  (registers unlearning and cloning)
-
+    """Every registered probe kind (the built-ins, registered when this module was imported, and
+    any a plugin registered since)."""
     return REGISTRY
-
-
-def summary(cls: type[Probe]) -> str:
-    """A probe's one-line summary: its docstring's first paragraph."""
-    return " ".join(inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0].split())
-
-
-def defaults(cls: type[Probe]) -> dict[str, Any]:
-    """Every key of a probe kind with its default (fresh copies), in declaration order."""
-    return {k: default_of(f) for k, f in cls.params.items()}
-
-
-def doc(cls: type[Probe], key: str) -> str:
-    """The one line of help declared with a probe kind's ``key``."""
-    return cls.params[key].metadata.get(DOC) or ""
 
 
 def get_probe(i: int, kind: Any) -> Probe:

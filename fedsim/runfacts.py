@@ -129,9 +129,8 @@ def partition_for(sc: Scenario, y_train: np.ndarray, byzantine: np.ndarray) -> P
 def resource_warnings(sc: Scenario) -> list[str]:
     """Warnings (not errors) about what the run asks of this machine: a local Ray instance given
     more CPUs than the machine has (``engine.num_actors``)."""
-    from fedsim.runner import local_ray_cpus
 
     if sc.engine.backend != "ray":
         return []
-    w = limits.cpu_warning(sc.engine.num_actors, sc.engine.cpus_per_actor, local_ray_cpus(sc))
+    w = limits.cpu_warning(sc.engine.num_actors, sc.engine.cpus_per_actor, limits.local_ray_cpus(sc))
     return [w] if w else []

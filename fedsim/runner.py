@@ -7,8 +7,6 @@ topology, the groups' set-ups), then :class:`Run` sequences a
 from __future__ import annotations
 
 import json
-import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +29,9 @@ from fedsim.errors import (  # noqa: F401  (RunDirExistsError, RunInterruptedErr
     RunInterruptedError,
 )
 from fedsim.features import Features, load_features
+from fedsim.group_setup import GroupSetup
+from fedsim.limits import local_ray_cpus
 from fedsim.models.backbones import BACKBONES
-from fedsim.peers import GroupSetup, held_classes
 from fedsim.rundir import RunCompleteError, RunLockedError, RunWriteError  # noqa: F401  (re-exported)
 from fedsim.rundirectory import ResumePoint, RunDirectory
 from fedsim.runfiles import Checkpointer, MetricsWriter, RoundFiles, parse_lines, run_summary, write_summary
@@ -46,7 +45,9 @@ from fedsim.scenario import (
     resource_warnings,
     strategy_params,
 )
+from fedsim.shards import held_classes
 from fedsim.simulation import RoundRecord, Simulation
+from fedsim.threads import group_threads
 from fedsim.topology import Topology
 
 FLOAT_BYTES = 4
@@ -177,33 +178,6 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
                     topology=topo, canaries=canaries)
 
 
-def group_threads(sc: Scenario, budget: int | None = None) -> int:
-    """Torch threads of each peer group's process: ``budget`` where the caller gives one (a sweep
-    task's share of the CPUs, :mod:`fedsim.threads`), else ``engine.cpus_per_actor``; in-process
-    (``engine.backend: local``) the groups run one after another, so each may use
-    ``num_actors × cpus_per_actor``, at most the machine's CPUs."""
-    if budget is not None:
-        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-            raise ValueError(f"threads: expected an integer >= 1, got {budget!r}")
-        return budget
-    threads = sc.engine.cpus_per_actor
-    if sc.engine.backend == "local":
-        threads = min(threads * sc.engine.num_actors, os.cpu_count() or 1)
-    return max(1, int(threads))
-
-
-def local_ray_cpus(sc: Scenario) -> int | None:
-    """CPUs of the Ray instance a run starts on this machine (None: it attaches to
-    ``engine.address``): the machine's, or more where the actors ask for more, so every actor is
-    scheduled. Federated mode's server actor asks for ``cpus_per_actor`` too; without it in the
-    count the server would never be scheduled where ``cpu_count <= num_actors`` and round 0
-    would wait forever."""
-    if sc.engine.address:
-        return None
-    actors = sc.engine.num_actors + (1 if sc.mode == "federated" else 0)
-    return max(os.cpu_count() or 1, math.ceil(actors * sc.engine.cpus_per_actor))
-
-
 def versions() -> dict[str, str]:
     import platform
 
@@ -218,7 +192,7 @@ def versions() -> dict[str, str]:
     }
     if (v := ray_version()) is not None:
         out["ray"] = v
-    from fedsim import __version__
+    from fedsim.version import __version__
 
     out["fedsim"] = __version__
     return out
@@ -242,7 +216,7 @@ class Run:
         self.sc = sc
         if threads is not None:
             group_threads(sc, threads)  # a bad budget fails here, not after the run directory is made
-        self.threads = threads  # torch threads per group (runner.group_threads); None: from sc.engine
+        self.threads = threads  # torch threads per group (threads.group_threads); None: from sc.engine
         self.dir = Path(run_dir) if run_dir else Path(sc.output.dir) / sc.name
         self.absent = absent
         self.run_probes = run_probes

@@ -24,8 +24,9 @@ import torch
 import strategies
 from fedsim import rng as crng
 from fedsim.errors import CorruptFileError
-from fedsim.peers import PeerGroup, Server
+from fedsim.peers import PeerGroup
 from fedsim.scenario import Scenario, sampled_clients
+from fedsim.server import Server
 
 if TYPE_CHECKING:
     from fedsim.runner import Prepared
@@ -124,7 +125,7 @@ class Simulation:
     def _aggregate(self, r: int, params_refs: list[Any], sampled: np.ndarray | None) -> list[Any]:
         """Submit round ``r``'s aggregation of the groups' heads ``params_refs``: every group's
         (decentralized) or the server's, which also hands back the new global model for the next
-        round (:meth:`fedsim.peers.Server.aggregate_and_global`). Returns the stats' refs."""
+        round (:meth:`fedsim.server.Server.aggregate_and_global`). Returns the stats' refs."""
         if self.server is None:
             return [g.aggregate.remote(r, *params_refs) for g in self.groups]
         kw = {} if sampled is None else {"sampled": sampled}

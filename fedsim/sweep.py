@@ -96,7 +96,7 @@ def run_one(data: dict[str, Any], run_dir: str, progress: Callable[[int, dict], 
             threads: int | None = None) -> dict[str, Any]:
     """Execute one run into ``run_dir``; resume it from ``checkpoint.pt`` when there is one.
     ``threads``: the run's torch threads (its share of the CPUs, :mod:`fedsim.threads`; None:
-    from its ``engine`` section, :func:`fedsim.runner.group_threads`).
+    from its ``engine`` section, :func:`fedsim.threads.group_threads`).
 
     Returns ``{"status": "done"|"complete"|"failed"|"interrupted", "summary"|"error": ...}``; never
     raises for a failing run (its traceback goes to ``run_dir/error.txt``)."""

@@ -153,7 +153,7 @@ class SweepPlan:
     source: str = ""
 
     def index(self) -> dict[str, Any]:
-        from fedsim import __version__
+        from fedsim.version import __version__
 
         return {
             "name": self.name,

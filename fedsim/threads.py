@@ -1,6 +1,8 @@
 """How many torch threads a run gets (docs/performance.md, "Thread policy").
 
-One source of truth for the budgets a caller passes into a run explicitly
+One source of truth for the CPUs this process may use (:func:`usable_cpus`: the runner, the
+memory and CPU checks of :mod:`fedsim.limits`), for each peer group's threads
+(:func:`group_threads`) and for the budgets a caller passes into a run explicitly
 (:class:`fedsim.runner.Run`'s ``threads``): a sweep's Ray tasks divide the CPUs among the runs in
 flight (:func:`task_threads`), and ``fedsim sweep --local`` uses the CPUs not busy with other
 work (:func:`free_cpus`). Oversubscribed threads of the tiny batched GEMMs wait on each other:
@@ -10,6 +12,10 @@ one thread each (docs/performance.md)."""
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fedsim.schema import Scenario
 
 
 def usable_cpus() -> int:
@@ -40,3 +46,19 @@ def task_threads(cpus: int, jobs: int | None) -> int:
     if cpus < 1 or (jobs is not None and jobs < 1):
         raise ValueError(f"cpus and jobs must be >= 1, got cpus={cpus}, jobs={jobs}")
     return max(1, cpus // (jobs or cpus))
+
+
+def group_threads(sc: Scenario, budget: int | None = None) -> int:
+    """Torch threads of each peer group's process: ``budget`` where the caller gives one (a sweep
+    task's share of the CPUs, :func:`task_threads`), else ``engine.cpus_per_actor``; in-process
+    (``engine.backend: local``) the groups run one after another, so each may use
+    ``num_actors × cpus_per_actor``, at most the CPUs this process may use
+    (:func:`usable_cpus`)."""
+    if budget is not None:
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise ValueError(f"threads: expected an integer >= 1, got {budget!r}")
+        return budget
+    threads = sc.engine.cpus_per_actor
+    if sc.engine.backend == "local":
+        threads = min(threads * sc.engine.num_actors, usable_cpus())
+    return max(1, int(threads))

@@ -237,7 +237,6 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None]) 
     import attacks
     import strategies
     from fedsim.models.backbones import get_spec
-    from fedsim.runner import local_ray_cpus
 
     spec = get_spec(sc.backbone.name)
     if spec.build is not None and spec.weights_file and not spec.weights_path().exists():
@@ -249,7 +248,7 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None]) 
         fail(f"backbone.name: {' '.join(str(e).split())[:200]} (dataset {sc.dataset.name!r})")
     t, n, c = sc.topology, sc.peers.count, info.num_classes
     groups = min(sc.engine.num_actors, n)
-    on_ray = sc.engine.backend == "ray" and local_ray_cpus(sc) is not None
+    on_ray = sc.engine.backend == "ray" and limits.local_ray_cpus(sc) is not None
     attack = attacks.build(sc.peers.attack.name, sc.peers.attack.params) if sc.peers.attack.name != "none" else None
     est = limits.estimate_memory(
         peers=n,

@@ -34,8 +34,10 @@ from torch import Tensor
 
 import strategies
 from fedsim.device import resolve
+from fedsim.group_setup import GroupSetup
 from fedsim.models.trainable import ModelPlan, num_layers, split
-from fedsim.peers import GroupSetup, PeerGroup, Server
+from fedsim.peers import PeerGroup
+from fedsim.server import Server
 from fedsim.stacked import FlatOptimizerState, StackedModel, accuracy_and_loss, optimizer_step
 
 if TYPE_CHECKING:

@@ -11,10 +11,12 @@ import pytest
 import torch
 
 from fedsim import heads
+from fedsim.messages import claimed_classes
 from fedsim.partition import make_partition
-from fedsim.peers import PeerGroup, claimed_classes, held_classes
+from fedsim.peers import PeerGroup
 from fedsim.runner import prepare
 from fedsim.scenario import ScenarioError, load, parse
+from fedsim.shards import held_classes
 
 Y = np.repeat(np.arange(10), 100)
 REPRO = Path(__file__).parent.parent / "scenarios" / "bristle-repro"

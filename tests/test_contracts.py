@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from fedsim import peers
+from fedsim import messages, peers, server
 from fedsim.runner import Run
 from fedsim.scenario import parse
 
@@ -22,10 +22,12 @@ def _run(d, **kw):
 
 
 def _record_forgeries(monkeypatch) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Wrap ``fedsim.peers.forge_messages``: every broadcast forging of the run as
+    """Wrap :func:`fedsim.messages.forge_messages` where the engine calls it (the names the peer
+    groups and the server bound): every broadcast forging of the run as
     ``(round, params [N, P], messages [N, P], byzantine mask)``."""
     calls = []
-    real = peers.forge_messages
+    real = messages.forge_messages
+    assert peers.forge_messages is real and server.forge_messages is real  # the callers' own bindings
 
     def spy(attack, s, round_, params, *a, **kw):
         out = real(attack, s, round_, params, *a, **kw)
@@ -33,7 +35,8 @@ def _record_forgeries(monkeypatch) -> list[tuple[int, torch.Tensor, torch.Tensor
             calls.append((round_, params.clone(), out[0].clone(), torch.from_numpy(s.byzantine)))
         return out
 
-    monkeypatch.setattr(peers, "forge_messages", spy)
+    for caller in (peers, server):
+        monkeypatch.setattr(caller, "forge_messages", spy)
     return calls
 
 
@@ -77,12 +80,12 @@ def test_history_is_kept_only_for_forgers_that_look_back() -> None:
     assert attacks.build("stale", {"delay": 3}).lookback == 3
     assert attacks.build("sign_flip").lookback == 0
     own = torch.arange(6.0).reshape(2, 3)
-    assert peers.stale_step(None, own, 0) == (None, None)
-    prev, hist = peers.stale_step(None, own, 2)
+    assert messages.stale_step(None, own, 0) == (None, None)
+    prev, hist = messages.stale_step(None, own, 2)
     assert prev is None and hist.shape == (1, 2, 3)
-    prev, hist = peers.stale_step(hist, own + 1, 2)
+    prev, hist = messages.stale_step(hist, own + 1, 2)
     assert prev is None and hist.shape == (2, 2, 3)
-    prev, hist = peers.stale_step(hist, own + 2, 2)
+    prev, hist = messages.stale_step(hist, own + 2, 2)
     assert torch.equal(prev, own) and hist.shape == (2, 2, 3)  # bounded: the oldest dropped
     assert torch.equal(hist[0], own + 1) and torch.equal(hist[1], own + 2)
 

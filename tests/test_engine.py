@@ -7,8 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.runner import Run, local_ray_cpus, prepare
+from fedsim.limits import local_ray_cpus
+from fedsim.runner import Run, prepare
 from fedsim.scenario import parse
+
+
+def _two_cpus(monkeypatch) -> None:
+    """This process may use 2 CPUs (its affinity mask, or ``os.cpu_count`` where there is none)."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
 
 
 def _run(d, overwrite=True, **kw):
@@ -80,7 +87,7 @@ def test_federated_mode(small_scenario):
 
 
 def test_local_ray_has_a_cpu_for_every_actor_and_the_server(small_scenario, monkeypatch):
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    _two_cpus(monkeypatch)
     dec = parse(small_scenario(**{"engine.num_actors": 2}))
     fed = parse(small_scenario(mode="federated", **{"topology.kind": "star", "engine.num_actors": 2}))
     assert local_ray_cpus(dec) == 2
@@ -90,7 +97,7 @@ def test_local_ray_has_a_cpu_for_every_actor_and_the_server(small_scenario, monk
 
 
 def test_in_process_groups_use_the_engines_cpus_but_no_more_than_the_machine(small_scenario, monkeypatch):
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    _two_cpus(monkeypatch)
 
     def threads(**engine):
         sc = parse(small_scenario(**{f"engine.{k}": v for k, v in engine.items()}))

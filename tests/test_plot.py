@@ -149,17 +149,20 @@ def test_cli_modules_do_not_import_matplotlib() -> None:
 @pytest.fixture
 def figures(monkeypatch) -> list:
     """The matplotlib figures `fedsim plot` saves, as (figure, path) in order (files still written)."""
-    import fedsim.plot as fp
+    import fedsim.plot_curves
+    import fedsim.plot_heatmaps
+    import fedsim.plot_style as style
 
     seen: list = []
-    real = fp._save
+    real = style._save
 
-    def record(fig, path, formats, opts=fp.DEFAULT):
+    def record(fig, path, formats, opts=style.DEFAULT):
         out = real(fig, path, formats, opts)
         seen.append((fig, path))
         return out
 
-    monkeypatch.setattr(fp, "_save", record)
+    for drawer in (fedsim.plot_curves, fedsim.plot_heatmaps):  # where the curves and heatmaps are saved
+        monkeypatch.setattr(drawer, "_save", record)
     return seen
 
 
@@ -172,6 +175,7 @@ def test_titles_name_the_sweep_not_its_base_scenario(sweep_dir, tmp_path, figure
     assert res.exit_code == 0, res.output
     heads = {p.name: _suptitle(f).splitlines()[0] for f, p in figures}
     assert heads["accuracy_vs_round"] == "sw: honest accuracy vs round"  # the sweep's folder, not 'tiny'
+    assert {"accuracy_vs_bytes", "heatmap_strategy_x_attack", "heatmap_strategy_x_byzantine_fraction"} <= set(heads)
     assert all(h.startswith("sw: ") for h in heads.values()), heads
 
 

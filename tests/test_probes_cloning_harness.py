@@ -13,6 +13,7 @@ import torch
 from fedsim.probe_registry import summarize, validate_probe
 from fedsim.probes import _Ctx, _plain, run_cloning
 from fedsim.report import format_probes
+from fedsim.schema import TrainingCfg
 
 C, D, N_PEERS = 10, 24, 4
 
@@ -43,7 +44,8 @@ def ctx(_one_thread) -> _Ctx:
     return _Ctx(out_dir=None, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte,  # type: ignore[arg-type]
                 train_idx=list(np.array_split(np.arange(1600), N_PEERS)), honest=np.ones(N_PEERS, bool),
                 final_params=params.expand(N_PEERS, -1).clone(), layer_shape=(C, D), bias=True, seed=0,
-                federated=False, topology=None)  # type: ignore[arg-type]  # cloning needs no graph
+                federated=False, topology=None,  # type: ignore[arg-type]  # cloning needs no graph
+                training=TrainingCfg())
 
 
 def _run(ctx: _Ctx, **cfg) -> dict:

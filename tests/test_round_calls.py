@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 
 from fedsim.backend import LocalBackend
-from fedsim.peers import PeerGroup, Server
+from fedsim.peers import PeerGroup
 from fedsim.runner import prepare
 from fedsim.scenario import parse
+from fedsim.server import Server
 from fedsim.simulation import Simulation
 
 

@@ -131,7 +131,7 @@ def test_only_sampled_clients_train_and_send(small_scenario) -> None:
 
 def test_the_server_aggregates_only_the_sampled_clients(small_scenario, monkeypatch) -> None:
     import strategies
-    from fedsim import peers
+    from fedsim import server
 
     seen: list[int] = []
     real = strategies.aggregate
@@ -140,7 +140,7 @@ def test_the_server_aggregates_only_the_sampled_clients(small_scenario, monkeypa
         seen.append(int(received.shape[0]))
         return real(rule, own, received, ctx, fallback)
 
-    monkeypatch.setattr(peers.strategies, "aggregate", spy)
+    monkeypatch.setattr(server.strategies, "aggregate", spy)
     _run(_fed(small_scenario, rounds=3, **{"peers.byzantine": 2, "peers.attack": {"name": "alie"},
                                            "sampling": {"fraction": 0.3}}))
     assert seen == [3, 3, 3]

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from fedsim.threads import free_cpus, task_threads
+from fedsim.threads import free_cpus, group_threads, task_threads, usable_cpus
 
 
 def _policy(env: dict) -> str:
@@ -51,14 +51,31 @@ def test_free_cpus_is_the_cpus_minus_the_load_at_least_one():
 
 
 def test_a_run_takes_the_budget_it_is_given(tmp_path, small_scenario):
-    from fedsim.runner import Run, group_threads, prepare
+    from fedsim.runner import Run, prepare
     from fedsim.scenario import parse
 
     sc = parse(small_scenario(engine={"backend": "local", "num_actors": 2}))
-    assert group_threads(sc) == min(2, os.cpu_count() or 1)  # in-process: num_actors x cpus_per_actor
+    assert group_threads(sc) == min(2, usable_cpus())  # in-process: num_actors x cpus_per_actor
     assert all(s.threads == 1 for s in prepare(sc, threads=1).setups)
     with pytest.raises(ValueError, match="threads: expected an integer >= 1"):
         Run(sc, tmp_path / "r", threads=0)
+
+
+def test_in_process_groups_get_the_cpus_this_process_may_use_not_the_machines(small_scenario, monkeypatch):
+    """One source of truth for CPUs (fedsim.threads.usable_cpus): a process pinned to 1 of 8 CPUs
+    gives each in-process group 1 thread, and a local Ray instance 1 CPU per actor asked for."""
+    from fedsim.limits import local_ray_cpus
+    from fedsim.scenario import parse
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert usable_cpus() == 1
+    sc = parse(small_scenario(engine={"backend": "local", "num_actors": 4}))
+    assert group_threads(sc) == 1
+    assert group_threads(sc, budget=3) == 3  # a caller's budget wins
+    assert local_ray_cpus(parse(small_scenario(engine={"backend": "ray", "num_actors": 2}))) == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7}, raising=False)
+    assert group_threads(sc) == 4
 
 
 def test_a_local_sweep_passes_the_free_cpus_or_the_given_threads(tmp_path, monkeypatch):

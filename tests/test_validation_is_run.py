@@ -34,9 +34,10 @@ from fedsim import scenario as sc_mod
 from fedsim import validation as validation_mod
 from fedsim.cli import main
 from fedsim.errors import FedsimError
-from fedsim.peers import PeerGroup, Server
+from fedsim.peers import PeerGroup
 from fedsim.runner import prepare
 from fedsim.scenario import Scenario, ScenarioError, parse
+from fedsim.server import Server
 from fedsim.topology import KINDS
 
 RULES = ["fedavg", "krum", "multikrum", "trimmed_mean", "median", "bulyan"]

@@ -24,7 +24,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from fedsim import DISTRIBUTION, __version__
+from fedsim.version import DISTRIBUTION, __version__
 
 try:
     import tomllib

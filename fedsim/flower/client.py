@@ -163,7 +163,7 @@ class FedsimPeer:
         atk = self.group.attack
         if self.attack_side != "client" or not self.byzantine or not isinstance(atk, attacks.UpdateForger):
             return own.numpy()
-        from fedsim.peers import stale_step
+        from fedsim.messages import stale_step
 
         s = self.group.s
         previous, self.history = stale_step(self.history, own[None].float(), atk.lookback)
@@ -235,8 +235,8 @@ def _local_setup(
     from fedsim import rng as crng
     from fedsim.data.datasets import npz
     from fedsim.features import features_for
+    from fedsim.group_setup import GroupSetup
     from fedsim.partition import make_partition
-    from fedsim.peers import GroupSetup
 
     p = Path(path).expanduser()
     if p.is_dir():

@@ -34,7 +34,7 @@ def app_name(sc: Scenario) -> str:
 
 
 def app_pyproject(sc: Scenario, run_config: dict[str, Any] | None = None) -> dict[str, Any]:
-    from fedsim import DISTRIBUTION, __version__
+    from fedsim.version import DISTRIBUTION, __version__
 
     cfg = dict(common.RUN_CONFIG_DEFAULTS) | {"scenario": common.scenario_yaml(sc)} | dict(run_config or {})
     unknown = set(cfg) - set(common.RUN_CONFIG_DEFAULTS)

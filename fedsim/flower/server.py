@@ -111,7 +111,7 @@ def _versions() -> dict[str, str]:
 
     import flwr
 
-    from fedsim import __version__
+    from fedsim.version import __version__
 
     return {
         "python": platform.python_version(),

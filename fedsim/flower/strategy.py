@@ -1,7 +1,7 @@
 """A Flower strategy whose aggregation is any fedsim rule: the Flower server's round loop.
 
 :class:`FedsimStrategy` is a Flower (message API) ``Strategy`` around fedsim's own federated
-server, :class:`fedsim.peers.Server`: the same zero initial head, the same rule built by
+server, :class:`fedsim.server.Server`: the same zero initial head, the same rule built by
 ``strategies.build`` and applied through ``strategies.aggregate`` (which drops non-finite rows),
 the same FLTrust root set, and — with ``attack-side = "server"`` — the same simulated Byzantine
 clients (``forge_messages``). Every connected device trains every round, as in fedsim's
@@ -81,7 +81,7 @@ class FedsimStrategy(Strategy):
         min_replies: int = 1,
         resume: bool = False,
     ) -> None:
-        from fedsim.peers import Server
+        from fedsim.server import Server
 
         if attack_side not in common.ATTACK_SIDES:
             raise common.BridgeError(f"run config 'attack-side': got {attack_side!r}; allowed: client, server")
