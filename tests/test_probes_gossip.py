@@ -1,0 +1,150 @@
+"""The gossip-inversion attack (attacks.probes.gossip_inversion) on small synthetic gossip systems
+whose mixing matrices are known: exact where the theory says so, wrong when the attacker's model
+of the dynamics is (wrong mixing matrix, rounds shifted by one, local training ignored)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from attacks.probes import gossip_inversion as gi
+
+
+def ring(n: int) -> list[np.ndarray]:
+    return [np.array([(i - 1) % n, (i + 1) % n]) for i in range(n)]
+
+
+def simulate(w: list[torch.Tensor], u: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Θ^t = X^t + U^t, X^{t+1} = W_t Θ^t, X^0 = 0: every round's messages [n, P]."""
+    x = torch.zeros_like(u[0])
+    out = []
+    for t, ut in enumerate(u):
+        theta = x + ut
+        out.append(theta)
+        x = w[t] @ theta
+    return out
+
+
+def attack(w, thetas, attacker, nbrs, target, rounds, updates, rcond=1e-10):
+    rows = gi.propagation(w, rounds, updates)
+    obs = [sorted({attacker, *map(int, nbrs)}) for _ in range(rounds)]
+    msgs = [thetas[t][obs[t]] for t in range(rounds)]
+    return gi.reconstruct(rows, obs, msgs, rows[rounds - 1][target], rcond=rcond)
+
+
+N, P, T = 8, 5, 12  # a ring of 8: peer 4 is 4 hops from the attacker 0
+
+
+@pytest.fixture
+def constant_system():
+    g = torch.Generator().manual_seed(0)
+    u0 = torch.randn(N, P, generator=g, dtype=torch.float64)
+    w = [gi.fedavg_mixing(ring(N))] * T
+    return w, simulate(w, [u0] * T)
+
+
+def test_fedavg_mixing_is_the_engine_rule():
+    w = gi.fedavg_mixing(ring(5))
+    assert torch.allclose(w.sum(1), torch.ones(5, dtype=torch.float64))
+    assert w[0, 0] == w[0, 1] == w[0, 4] == pytest.approx(1 / 3) and w[0, 2] == 0
+    assert gi.fedavg_mixing(ring(5), include_own=False)[0, 0] == 0
+
+
+@pytest.mark.parametrize("target", [2, 3, 4])
+def test_constant_updates_recovered_exactly(constant_system, target):
+    """Constant inputs (El Mrini et al.'s gossip setting): the system is overdetermined after a few
+    rounds and a peer 2-4 hops away is recovered to 1e-6."""
+    w, thetas = constant_system
+    rec = attack(w, thetas, 0, ring(N)[0], target, T, "constant")
+    assert rec.identifiable < 1e-8
+    assert torch.allclose(rec.estimate, thetas[T - 1][target], atol=1e-6)
+
+
+def test_per_round_updates_observed_everywhere_are_exact():
+    """Every message observed (the attacker hears everyone): per-round updates are pinned down."""
+    g = torch.Generator().manual_seed(1)
+    u = [torch.randn(N, P, generator=g, dtype=torch.float64) for _ in range(T)]
+    w = [gi.fedavg_mixing(ring(N))] * T
+    thetas = simulate(w, u)
+    rec = attack(w, thetas, 0, range(N), 4, T, "per_round")
+    assert rec.identifiable < 1e-8
+    assert torch.allclose(rec.estimate, thetas[T - 1][4], atol=1e-6)
+
+
+def test_per_round_non_neighbour_is_not_identifiable():
+    """With fresh updates every round a non-neighbour's last update never reaches the attacker in
+    time: the system says so (identifiable > 0) instead of claiming exactness."""
+    w = [gi.fedavg_mixing(ring(N))] * T
+    rows = gi.propagation(w, T, "per_round")
+    obs = [[0, 1, N - 1]] * T
+    rec = gi.reconstruct(rows, obs, [torch.zeros(3, P, dtype=torch.float64)] * T, rows[T - 1][4])
+    assert rec.identifiable > 0.1
+
+
+def test_time_varying_mixing_exact_and_off_by_one_caught():
+    """A different graph every round: the right alignment (W_t after round t) is exact, using
+    W_{t+1} instead (an off-by-one in the rounds) is not."""
+    g = torch.Generator().manual_seed(2)
+    u0 = torch.randn(N, P, generator=g, dtype=torch.float64)
+    rng = np.random.default_rng(0)
+    w = []
+    for _ in range(T + 1):
+        perm = rng.permutation(N)
+        w.append(gi.fedavg_mixing([np.array([perm[(np.flatnonzero(perm == i)[0] + 1) % N],
+                                            perm[(np.flatnonzero(perm == i)[0] - 1) % N]]) for i in range(N)]))
+    thetas = simulate(w[:T], [u0] * T)
+    obs = ring(N)[0]
+    good = attack(w[:T], thetas, 0, obs, 4, T, "constant")
+    assert torch.allclose(good.estimate, thetas[T - 1][4], atol=1e-6)
+    shifted = attack(w[1:], thetas, 0, obs, 4, T, "constant")
+    assert (shifted.estimate - thetas[T - 1][4]).norm() > 1e-2 * thetas[T - 1][4].norm()
+
+
+def test_wrong_mixing_matrix_is_caught(constant_system):
+    """The attacker assumes the own model is left out of the average: the reconstruction is off."""
+    w, thetas = constant_system
+    wrong = [gi.fedavg_mixing(ring(N), include_own=False)] * T
+    rec = attack(wrong, thetas, 0, ring(N)[0], 4, T, "constant")
+    assert (rec.estimate - thetas[T - 1][4]).norm() > 1e-2 * thetas[T - 1][4].norm()
+
+
+def test_ignoring_local_training_is_caught(constant_system):
+    """Pure gossip of initial values (updates only in round 0) is the wrong model for D-SGD."""
+    w, thetas = constant_system
+    rows = gi.propagation(w, T, "per_round")
+    obs = [sorted({0, *map(int, ring(N)[0])})] * T
+    n = N
+    no_training = [r[:, :n] for r in rows]  # only round 0's block: "local updates are zero after round 0"
+    rec = gi.reconstruct(no_training, obs, [thetas[t][obs[t]] for t in range(T)], no_training[T - 1][4])
+    assert (rec.estimate - thetas[T - 1][4]).norm() > 1e-2 * thetas[T - 1][4].norm()
+
+
+def test_common_model_is_exact_for_shared_drift_plus_constant():
+    """U_j^t = m^t + u_j (a shared drift every round plus constant peer parts) lies in the common
+    model's span; the non-neighbour's head comes back closely (least-norm deviations)."""
+    g = torch.Generator().manual_seed(3)
+    drift = [torch.randn(1, P, generator=g, dtype=torch.float64).expand(N, P) for _ in range(T)]
+    w = [gi.fedavg_mixing(ring(N))] * T
+    thetas = simulate(w, drift)
+    rec = attack(w, thetas, 0, ring(N)[0], 4, T, "common")
+    assert torch.allclose(rec.estimate, thetas[T - 1][4], atol=1e-6)
+
+
+def test_bad_input_one_line_errors():
+    w = [gi.fedavg_mixing(ring(4))]
+    with pytest.raises(ValueError, match="updates must be one of"):
+        gi.propagation(w, 2, "sometimes")
+    with pytest.raises(ValueError, match="mixing matrices"):
+        gi.propagation(w, 5)
+    rows = gi.propagation(w, 2)
+    with pytest.raises(ValueError, match="observed peers but"):
+        gi.reconstruct(rows, [[0, 1], [0]], [torch.zeros(2, 3)] * 2, rows[1][2])
+
+
+def test_head_distance():
+    shape, x = (3, 4), torch.randn(20, 4, dtype=torch.float64)
+    theta = torch.randn(15, dtype=torch.float64)
+    d = gi.head_distance(theta, theta, x, shape, True)
+    assert d == {"rel_error": 0.0, "agreement": 1.0, "kl": pytest.approx(0.0, abs=1e-12)}
+    assert gi.head_distance(theta, -theta, x, shape, True)["rel_error"] == pytest.approx(2.0)
