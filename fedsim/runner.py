@@ -224,6 +224,17 @@ def versions() -> dict[str, str]:
     return out
 
 
+def probes_need_messages(sc: Scenario) -> bool:
+    """Whether a probe of ``sc`` reads the gossip messages of every round (its registered kind's
+    ``needs_messages``): then the run keeps them (:attr:`Run.messages`)."""
+    if not sc.probes:
+        return False
+    from fedsim.probe_registry import kinds
+
+    known = kinds()
+    return any(getattr(known.get(p.kind), "needs_messages", False) for p in sc.probes)
+
+
 class Run:
     """One scenario run writing to ``<output.dir>/<name>/`` (what it may delete and its lock:
     :mod:`fedsim.rundir`; the directory's life cycle: :class:`~fedsim.rundirectory.RunDirectory`).
@@ -250,6 +261,9 @@ class Run:
         self.recorded_gradients: np.ndarray | None = None  # the unlearning probe's leaver's, [B, P]
         self.final_params: np.ndarray | None = None
         self.final_state: dict[str, Any] | None = None  # Simulation.state() after the last round (probes only)
+        # round -> the heads every peer sent [N, P] (RoundRecord.messages), kept only when a probe of
+        # the scenario observes the gossip (Probe.needs_messages: fedsim.probe_gossip)
+        self.messages: dict[int, np.ndarray] = {}
         self.prepared: Prepared | None = None
         self.groups: list[Any] = []  # the running simulation's actors (the probes free them, tests kill one)
         self.server: Any = None
@@ -321,6 +335,8 @@ class Run:
                     cb.on_start(sc, point.start if point else 0)
                 started.append(cb)
             sim = Simulation(sc, prep, backend)
+            sim.keep_messages = self.run_probes and probes_need_messages(sc)
+            self.messages = {}
             self.groups, self.server = sim.groups, sim.server
             out = self._loop(sim, prep, point, callbacks)
             summary = None if "stopped_after" in out else out
@@ -358,6 +374,8 @@ class Run:
                 r = record.round
                 self.history.append(json.loads(metrics.write(record.metrics)))
                 self.records.append(record)
+                if record.messages is not None:
+                    self.messages[r] = record.messages
                 timings.append(r, record.seconds, record.phases)  # apart: metrics.jsonl is reproducible to the byte
                 saved = bool(every) and (r + 1) % every == 0
                 if saved:

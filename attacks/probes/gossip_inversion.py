@@ -102,11 +102,11 @@ def propagation(mixing: Sequence[Tensor], rounds: int, updates: str = "per_round
 
 @dataclass(frozen=True)
 class Reconstruction:
-    """One target's estimated head and how well the system pins it down."""
+    """Estimated heads of one or more targets and how well the system pins each down."""
 
-    estimate: Tensor  # [P]
-    coefficients: Tensor  # [m]: the estimate is coefficients @ messages
-    identifiable: float  # ‖c − c A⁺ A‖ / ‖c‖: 0 when the target is in the row space (exact if the model holds)
+    estimate: Tensor  # [P], or [k, P] for k target rows
+    coefficients: Tensor  # [m] / [k, m]: the estimate is coefficients @ messages
+    identifiable: Tensor  # ‖c − c A⁺ A‖ / ‖c‖ per target: 0 when c is in A's row space (exact if the model holds)
 
 
 def reconstruct(rows: Sequence[Tensor], observed: Sequence[Sequence[int]], messages: Sequence[Tensor],
@@ -115,9 +115,10 @@ def reconstruct(rows: Sequence[Tensor], observed: Sequence[Sequence[int]], messa
 
     ``rows[t]``: :func:`propagation`'s ``R_t``; ``observed[t]``: the peers whose round-``t``
     messages the attacker holds (its in-neighbours and itself); ``messages[t]``: those messages
-    ``[len(observed[t]), P]`` in the same order; ``target_row [K]``: the quantity wanted (e.g.
-    ``R_τ[k]`` for peer ``k``'s round-``τ`` head). ``rcond``: singular values below ``rcond`` times
-    the largest are treated as zero (the pseudo-inverse's cut-off).
+    ``[len(observed[t]), P]`` in the same order; ``target_row``: the quantity wanted, ``[K]`` or
+    ``[k, K]`` for several at once (e.g. ``R_τ[k]`` for peer ``k``'s round-``τ`` head). ``rcond``:
+    singular values below ``rcond`` times the largest are treated as zero (the pseudo-inverse's
+    cut-off).
     """
     if not (len(rows) == len(observed) == len(messages)):
         raise ValueError(f"rows, observed and messages must cover the same rounds, got "
@@ -133,9 +134,9 @@ def reconstruct(rows: Sequence[Tensor], observed: Sequence[Sequence[int]], messa
     y = torch.cat(y_parts)
     c = target_row.to(torch.float64)
     pinv = torch.linalg.pinv(a, rtol=rcond)  # [K, m]
-    g = c @ pinv  # [m]
+    g = c @ pinv  # [m] / [k, m]
     resid = c - g @ a
-    ident = float(resid.norm() / c.norm().clamp_min(1e-300))
+    ident = resid.norm(dim=-1) / c.norm(dim=-1).clamp_min(1e-300)
     return Reconstruction(estimate=g @ y, coefficients=g, identifiable=ident)
 
 
