@@ -33,6 +33,15 @@ def attack(w, thetas, attacker, nbrs, target, rounds, updates, rcond=1e-10):
     return gi.reconstruct(rows, obs, msgs, rows[rounds - 1][target], rcond=rcond)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices: one torch thread, as fedsim.probe_runs runs probes (extra threads only contend)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 N, P, T = 8, 5, 12  # a ring of 8: peer 4 is 4 hops from the attacker 0
 
 
@@ -148,3 +157,109 @@ def test_head_distance():
     d = gi.head_distance(theta, theta, x, shape, True)
     assert d == {"rel_error": 0.0, "agreement": 1.0, "kl": pytest.approx(0.0, abs=1e-12)}
     assert gi.head_distance(theta, -theta, x, shape, True)["rel_error"] == pytest.approx(2.0)
+
+
+# ----------------------------------------------------------------------------- the probe's glue
+def synthetic_ctx(n: int = 8, rounds: int = 10, constant: bool = True, seed: int = 0):
+    """A ProbeContext whose messages come from a known fedavg gossip on a ring (no engine)."""
+    from fedsim.probe_context import _Ctx
+    from fedsim.topology import Topology
+
+    c, d = 3, 4
+    p_ = c * d + c
+    g = torch.Generator().manual_seed(seed)
+    topo = Topology("ring", n, seed).build()
+    from fedsim.probe_context import in_neighbors
+
+    w = [gi.fedavg_mixing(in_neighbors(topo, t)) for t in range(rounds)]
+    u0 = torch.randn(n, p_, generator=g, dtype=torch.float64)
+    u = [u0 if constant else torch.randn(n, p_, generator=g, dtype=torch.float64) for _ in range(rounds)]
+    thetas = simulate(w, u)
+    final = w[rounds - 1] @ thetas[-1]
+    x = torch.randn(50, d, generator=g, dtype=torch.float64)
+    return _Ctx(out_dir=None, x_train=x, y_train=torch.zeros(50, dtype=torch.long), x_test=x,
+                y_test=torch.zeros(50, dtype=torch.long), train_idx=[np.arange(5)] * n,
+                honest=np.ones(n, dtype=bool), final_params=final, layer_shape=(c, d), bias=True, seed=seed,
+                federated=False, topology=topo, rounds=rounds,
+                messages={t: thetas[t].float().numpy() for t in range(rounds)})
+
+
+def probe_cfg(**kw):
+    from fedsim.probe_registry import validate_probe
+
+    return validate_probe(0, {"kind": "gossip_cloning", **kw}, 8)
+
+
+def test_probe_exact_on_constant_gossip_and_beats_every_control():
+    from fedsim.probe_gossip import run_gossip_cloning
+
+    entry = run_gossip_cloning(0, probe_cfg(updates="constant", rounds_observed=[6]), synthetic_ctx())
+    cell = entry["by_rounds"]["10"]["all"]
+    assert cell["pairs"] == 8 * 5  # on a ring of 8 every peer has 5 peers 2+ hops away
+    assert cell["reconstruction"]["rel_error"] < 1e-5  # float32 messages
+    assert cell["identifiable"]["exact_share"] == 1.0
+    for c in ("own_head", "observed_mean", "other_peer"):
+        e = cell["effect"][c]["rel_error"]
+        assert e["mean"] > 0 and e["ci95"][0] > 0
+    assert set(entry["by_rounds"]["10"]) == {"2", "3", "4", "all"}
+    assert entry["final_head"]["all"]["reconstruction"]["rel_error"] < 1e-5
+
+
+def test_probe_reports_model_mismatch_instead_of_exactness():
+    """Fresh random updates every round: the constant model is wrong, per_round is not identifiable."""
+    from fedsim.probe_gossip import run_gossip_cloning
+
+    ctx = synthetic_ctx(constant=False)
+    const = run_gossip_cloning(0, probe_cfg(updates="constant", rounds_observed=[5]), ctx)
+    assert const["by_rounds"]["10"]["all"]["reconstruction"]["rel_error"] > 0.1
+    per = run_gossip_cloning(0, probe_cfg(updates="per_round", rounds_observed=[5]), ctx)
+    assert per["by_rounds"]["10"]["all"]["identifiable"]["exact_share"] == 0.0
+
+
+def test_probe_one_line_errors():
+    from fedsim.probe_gossip import run_gossip_cloning
+
+    ctx = synthetic_ctx()
+    with pytest.raises(ValueError, match="probes.0.rounds_observed: at most the run's 10 rounds"):
+        run_gossip_cloning(0, probe_cfg(rounds_observed=[11]), ctx)
+    ctx.messages.pop(3)
+    with pytest.raises(ValueError, match="needs every round's messages"):
+        run_gossip_cloning(0, probe_cfg(rounds_observed=[5]), ctx)
+    with pytest.raises(ValueError, match="probes.0.min_hops: no honest peer is 5"):
+        run_gossip_cloning(0, probe_cfg(min_hops=5, rounds_observed=[5]), synthetic_ctx())
+    with pytest.raises(ValueError, match="probes.0.updates"):
+        probe_cfg(updates="sometimes")
+    ctx = synthetic_ctx()
+    ctx.federated = True
+    with pytest.raises(ValueError, match="needs a decentralized run"):
+        run_gossip_cloning(0, probe_cfg(rounds_observed=[5]), ctx)
+
+
+# ----------------------------------------------------------------------------- against the engine
+@pytest.mark.slow
+def test_engine_messages_follow_the_attackers_model(tmp_path, small_scenario):
+    """A real run keeps every round's messages (Run.messages) only for this probe, and the engine's
+    fedavg is the attacker's mixing: final heads = W_{T-1} Θ^{T-1} (a wrong W does not fit)."""
+    from fedsim.probe_context import in_neighbors
+    from fedsim.runner import Run
+    from fedsim.scenario import parse
+
+    raw = small_scenario(**{"topology.kind": "ring", "probes": [{"kind": "gossip_cloning", "rounds_observed": [2]}]})
+    run = Run(parse(raw), tmp_path / "run")
+    run.create_dir()
+    run.execute()
+    assert sorted(run.messages) == [0, 1, 2, 3]
+    theta = torch.from_numpy(run.messages[3]).double()
+    w = gi.fedavg_mixing(in_neighbors(run.prepared.topology, 3))
+    final = torch.from_numpy(run.final_params).double()
+    assert torch.allclose(w @ theta, final, atol=1e-5)
+    wrong = gi.fedavg_mixing(in_neighbors(run.prepared.topology, 3), include_own=False)
+    assert not torch.allclose(wrong @ theta, final, atol=1e-3)
+    import json
+
+    entry = json.loads((tmp_path / "run" / "probes.json").read_text())[0]
+    assert entry["kind"] == "gossip_cloning" and entry["rounds_observed"] == [2, 4]
+    bare = Run(parse(small_scenario(rounds=2)), tmp_path / "bare")
+    bare.create_dir()
+    bare.execute()
+    assert bare.messages == {}
