@@ -96,49 +96,70 @@ def _by_hop(pairs: list[dict[str, Any]], gen: np.random.Generator) -> dict[str, 
 NAN = {m: float("nan") for m in METRICS}
 
 
+def _rows(d: dict[str, Tensor]) -> list[dict[str, float]]:
+    """``{metric: [k]}`` → ``k`` dicts ``{metric: float}``."""
+    k = next(iter(d.values())).numel()
+    return [{m: float(d[m].reshape(-1)[q]) for m in METRICS} for q in range(k)]
+
+
+def _judged(heads: gi.HeadSet, est: gi.HeadSet, tk: list[int], a: int, heard: list[int],
+            pairwise: dict[str, Tensor], xs: tuple[Any, ...]) -> dict[str, list[dict[str, float]]]:
+    """For targets ``tk`` of attacker ``a``: the estimates and the three controls, each against the
+    targets' true heads ``heads[tk]`` (``pairwise[m][k, j]``: metric of head ``j`` against head ``k``;
+    ``xs``: the test features, layer shape and bias the function-space metrics use)."""
+    idx = torch.as_tensor(tk)
+    ref = heads[idx]
+    obs_mean = (_rows(gi.head_distances(ref, gi.HeadSet.of(heads.params[heard].mean(0, keepdim=True), *xs)))
+                if heard else [NAN] * len(tk))
+    other = []
+    for k in tk:
+        others = torch.as_tensor([j for j in tk if j != k], dtype=torch.long)
+        other.append({m: float(pairwise[m][k, others].mean()) for m in METRICS} if others.numel() else NAN)
+    return {"reconstruction": _rows(gi.head_distances(ref, est)),
+            "own_head": [{m: float(pairwise[m][k, a]) for m in METRICS} for k in tk],
+            "observed_mean": obs_mean, "other_peer": other}
+
+
+def _pairwise(heads: gi.HeadSet) -> dict[str, Tensor]:
+    """``{metric: [n, n]}``: row ``k``, column ``j`` = head ``j`` judged against head ``k``."""
+    n = heads.params.shape[0]
+    ref = gi.HeadSet(heads.params[:, None].expand(n, n, -1), heads.logp[:, None])
+    est = gi.HeadSet(heads.params[None].expand(n, n, -1), heads.logp[None])
+    return gi.head_distances(ref, est)
+
+
 def _pairs_at(tau: int, cfg: dict[str, Any], ctx: _Ctx, mixing: list[Tensor], nbrs: list[list[np.ndarray]],
               msgs: list[Tensor], attackers: list[int], targets: dict[int, list[int]],
-              hops_to: dict[int, np.ndarray], dist: Any, final_pairs: list[dict[str, Any]] | None
-              ) -> list[dict[str, Any]]:
+              hops_to: dict[int, np.ndarray], final_pairs: list[dict[str, Any]] | None,
+              xs: tuple[Any, ...]) -> list[dict[str, Any]]:
     """Every (attacker, target) pair's record at horizon ``tau`` (rounds ``0 .. tau-1`` observed);
     with ``final_pairs`` (the last horizon) also the deployed heads' records appended there."""
     rows = gi.propagation(mixing, tau, cfg["updates"], cfg["common_scale"])
-    last = msgs[tau - 1]
-    between: dict[tuple[int, int, str], dict[str, float]] = {}  # (target, other peer, which) -> distance
-
-    def other_peer(k: int, others: list[int], heads: Tensor, tag: str) -> dict[str, float]:
-        if not others:
-            return NAN
-        for j in others:
-            if (k, j, tag) not in between:
-                between[(k, j, tag)] = dist(heads[k], heads[j])
-        return {m: float(np.mean([between[(k, j, tag)][m] for j in others])) for m in METRICS}
-
+    last = gi.HeadSet.of(msgs[tau - 1], *xs)
+    last_pw = _pairwise(last)
+    fin = fin_pw = None
+    if final_pairs is not None:
+        fin = gi.HeadSet.of(ctx.final_params, *xs)
+        fin_pw = _pairwise(fin)
     pairs = []
     for a in attackers:
-        if not targets[a]:
+        tk = targets[a]
+        if not tk:
             continue
         obs = [sorted({a, *map(int, nbrs[t][a])}) for t in range(tau)]
         seen = [msgs[t][obs[t]] for t in range(tau)]
         heard = [int(j) for j in nbrs[tau - 1][a] if int(j) != a]
-        tk = targets[a]
         rec = gi.reconstruct(rows, obs, seen, rows[tau - 1][tk], cfg["rcond"])
-        fin = ctx.final_params
-        est = (gi.reconstruct(rows, obs, seen, mixing[tau - 1][tk] @ rows[tau - 1], cfg["rcond"])
-               if final_pairs is not None else None)  # the deployed heads: after the last aggregation
+        judged = _judged(last, gi.HeadSet.of(rec.estimate, *xs), tk, a, heard, last_pw, xs)
         for q, k in enumerate(tk):
-            others = [j for j in tk if j != k]
             pairs.append({"attacker": a, "target": k, "hops": int(hops_to[k][a]),
-                          "identifiable": float(rec.identifiable[q]),
-                          "reconstruction": dist(last[k], rec.estimate[q]), "own_head": dist(last[k], last[a]),
-                          "observed_mean": dist(last[k], last[heard].mean(0)) if heard else NAN,
-                          "other_peer": other_peer(k, others, last, "sent")})
-            if final_pairs is not None and est is not None:
-                final_pairs.append({
-                    "attacker": a, "target": k, "hops": int(hops_to[k][a]), "identifiable": float(est.identifiable[q]),
-                    "reconstruction": dist(fin[k], est.estimate[q]), "own_head": dist(fin[k], fin[a]),
-                    "observed_mean": dist(fin[k], fin[heard].mean(0)) if heard else NAN,
-                    "other_peer": other_peer(k, others, fin, "final")})
+                          "identifiable": float(rec.identifiable[q])} | {c: judged[c][q] for c in judged})
+        if final_pairs is not None and fin is not None and fin_pw is not None:  # after the last aggregation
+            est = gi.reconstruct(rows, obs, seen, mixing[tau - 1][tk] @ rows[tau - 1], cfg["rcond"])
+            judged = _judged(fin, gi.HeadSet.of(est.estimate, *xs), tk, a, heard, fin_pw, xs)
+            for q, k in enumerate(tk):
+                final_pairs.append({"attacker": a, "target": k, "hops": int(hops_to[k][a]),
+                                    "identifiable": float(est.identifiable[q])} | {c: judged[c][q] for c in judged})
     return pairs
 
 
@@ -172,15 +193,12 @@ def run_gossip_cloning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]
     x = ctx.x_test
     gen = crng.numpy_generator(ctx.seed, "probes_gossip", i)
 
-    def dist(ref: Tensor, est: Tensor) -> dict[str, float]:
-        return gi.head_distance(ref, est, x, shape, bias)
-
     by_rounds: dict[str, Any] = {}
     final_pairs: list[dict[str, Any]] = []
     pair_table: list[dict[str, Any]] = []
     for tau in horizons:
-        pairs = _pairs_at(tau, cfg, ctx, mixing, nbrs, msgs, attackers, targets, hops_to, dist,
-                          final_pairs if tau == T else None)
+        pairs = _pairs_at(tau, cfg, ctx, mixing, nbrs, msgs, attackers, targets, hops_to,
+                          final_pairs if tau == T else None, (x, shape, bias))
         by_rounds[str(tau)] = _by_hop(pairs, gen)
         if tau == T:
             pair_table = [{k: p[k] for k in ("attacker", "target", "hops", "identifiable")}

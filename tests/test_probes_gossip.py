@@ -263,3 +263,17 @@ def test_engine_messages_follow_the_attackers_model(tmp_path, small_scenario):
     bare.create_dir()
     bare.execute()
     assert bare.messages == {}
+
+
+def test_batched_distances_match_the_single_ones():
+    g = torch.Generator().manual_seed(4)
+    shape, x = (3, 4), torch.randn(30, 4, generator=g, dtype=torch.float64)
+    ref = torch.randn(5, 15, generator=g, dtype=torch.float64)
+    est = torch.randn(5, 15, generator=g, dtype=torch.float64)
+    batched = gi.head_distances(gi.HeadSet.of(ref, x, shape, True), gi.HeadSet.of(est, x, shape, True))
+    for q in range(5):
+        one = gi.head_distance(ref[q], est[q], x, shape, True)
+        for m in one:
+            assert float(batched[m][q]) == pytest.approx(one[m], abs=1e-12)
+    mean = gi.head_distances(gi.HeadSet.of(ref, x, shape, True), gi.HeadSet.of(est[:1], x, shape, True))
+    assert float(mean["kl"][2]) == pytest.approx(gi.head_distance(ref[2], est[0], x, shape, True)["kl"], abs=1e-12)

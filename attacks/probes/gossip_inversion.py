@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from attacks.probes._head import head_logits
 from attacks.probes.retrain_gap import kl_and_disagreement
 
 UPDATE_MODELS = ("per_round", "common", "constant")
@@ -148,3 +149,29 @@ def head_distance(reference: Tensor, estimate: Tensor, x: Tensor, layer_shape: t
     kl, dis = kl_and_disagreement(ref, est, x, layer_shape, bias)
     rel = float((est - ref).norm() / ref.norm().clamp_min(1e-300))
     return {"rel_error": rel, "agreement": 1.0 - dis, "kl": kl}
+
+
+@dataclass(frozen=True)
+class HeadSet:
+    """Heads ``[k, P]`` with their log-probabilities on fixed features (computed once, compared often)."""
+
+    params: Tensor  # [k, P] float64
+    logp: Tensor  # [k, m, C]
+
+    @classmethod
+    def of(cls, params: Tensor, x: Tensor, layer_shape: tuple[int, int], bias: bool) -> HeadSet:
+        p = params.to(torch.float64).reshape(-1, params.shape[-1])
+        return cls(p, torch.log_softmax(head_logits(p, x.to(torch.float64), layer_shape, bias), -1))
+
+    def __getitem__(self, idx: Tensor | list[int] | slice) -> HeadSet:
+        return HeadSet(self.params[idx], self.logp[idx])
+
+
+def head_distances(reference: HeadSet, estimate: HeadSet) -> dict[str, Tensor]:
+    """:func:`head_distance` row by row (broadcast: ``[k]`` vs ``[k]`` or ``[1]``), as ``[k]`` tensors;
+    the same numbers as :func:`attacks.probes.retrain_gap.kl_and_disagreement` (tested)."""
+    lr_, lp = reference.logp, estimate.logp
+    kl = (lr_.exp() * (lr_ - lp)).sum(-1).mean(-1)
+    agree = (lr_.argmax(-1) == lp.argmax(-1)).to(torch.float64).mean(-1)
+    rel = (estimate.params - reference.params).norm(dim=-1) / reference.params.norm(dim=-1).clamp_min(1e-300)
+    return {"rel_error": rel, "agreement": agree, "kl": kl}
