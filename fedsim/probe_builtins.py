@@ -265,7 +265,7 @@ GOSSIP_CLONING_PARAMS: dict[str, Any] = {
 
 
 def _summarize_gossip_cloning(entry: dict[str, Any]) -> dict[str, Any]:
-    last = entry["by_rounds"][str(entry["rounds"])]["all"]
+    last = entry["records"][str(entry["rounds"])]["all"]
     eff = last.get("effect", {})
     return {
         "kind": "gossip_cloning", "rounds": entry["rounds"], "updates": entry["updates"], "pairs": last["pairs"],
@@ -302,7 +302,7 @@ class GossipCloning(Probe):
                  "(error) with 95% CI over (attacker, target) pairs", "",
                  "| τ | hops | pairs | reconstruction | own head | observed mean | other peer | error gain vs "
                  "observed mean | error gain vs other peer |", "|---" * 9 + "|"]
-        for tau, by_hop in entry["by_rounds"].items():
+        for tau, by_hop in entry["records"].items():
             for h, cell in by_hop.items():
                 if not cell["pairs"]:
                     continue

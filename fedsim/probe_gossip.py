@@ -208,6 +208,6 @@ def run_gossip_cloning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]
         "updates": cfg["updates"], "assumed_rule": "fedavg", "assumed_include_own": include_own,
         "run_rule": None if ctx.strategy is None else ctx.strategy.name,
         "rounds_observed": horizons, "metrics": list(METRICS), "controls": list(CONTROLS),
-        "test_samples": int(x.shape[0]), "by_rounds": by_rounds, "final_head": _by_hop(final_pairs, gen),
+        "test_samples": int(x.shape[0]), "records": by_rounds, "final_head": _by_hop(final_pairs, gen),
         "pairs": pair_table,
     }

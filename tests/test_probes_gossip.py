@@ -194,15 +194,21 @@ def test_probe_exact_on_constant_gossip_and_beats_every_control():
     from fedsim.probe_gossip import run_gossip_cloning
 
     entry = run_gossip_cloning(0, probe_cfg(updates="constant", rounds_observed=[6]), synthetic_ctx())
-    cell = entry["by_rounds"]["10"]["all"]
+    cell = entry["records"]["10"]["all"]
     assert cell["pairs"] == 8 * 5  # on a ring of 8 every peer has 5 peers 2+ hops away
     assert cell["reconstruction"]["rel_error"] < 1e-5  # float32 messages
     assert cell["identifiable"]["exact_share"] == 1.0
     for c in ("own_head", "observed_mean", "other_peer"):
         e = cell["effect"][c]["rel_error"]
         assert e["mean"] > 0 and e["ci95"][0] > 0
-    assert set(entry["by_rounds"]["10"]) == {"2", "3", "4", "all"}
+    assert set(entry["records"]["10"]) == {"2", "3", "4", "all"}
     assert entry["final_head"]["all"]["reconstruction"]["rel_error"] < 1e-5
+    from fedsim.probe_registry import summarize
+    from fedsim.report import format_probes
+
+    table = format_probes([entry])
+    assert "Gossip cloning (constant updates" in table and "| 10 | all | 40 |" in table
+    assert summarize(entry)["pairs"] == 40
 
 
 def test_probe_reports_model_mismatch_instead_of_exactness():
@@ -211,9 +217,9 @@ def test_probe_reports_model_mismatch_instead_of_exactness():
 
     ctx = synthetic_ctx(constant=False)
     const = run_gossip_cloning(0, probe_cfg(updates="constant", rounds_observed=[5]), ctx)
-    assert const["by_rounds"]["10"]["all"]["reconstruction"]["rel_error"] > 0.1
+    assert const["records"]["10"]["all"]["reconstruction"]["rel_error"] > 0.1
     per = run_gossip_cloning(0, probe_cfg(updates="per_round", rounds_observed=[5]), ctx)
-    assert per["by_rounds"]["10"]["all"]["identifiable"]["exact_share"] == 0.0
+    assert per["records"]["10"]["all"]["identifiable"]["exact_share"] == 0.0
 
 
 def test_probe_one_line_errors():
