@@ -253,10 +253,11 @@ GOSSIP_CLONING_PARAMS: dict[str, Any] = {
     "rounds_observed": param(factory=lambda: [5, 10, 20], check=ListOf(item=Integer(minimum=1), min_len=1,
                                                                       dedupe=True, sort=True),
                              doc="horizons τ: the attacker has seen rounds 0..τ-1 (the run's last round is added)"),
-    "updates": param("per_round", Options(choices=("per_round", "common", "constant")),
+    "updates": param("per_round", Options(choices=("per_round", "common", "constant", "drifting")),
                      doc="unknowns: per_round (the paper's system) | common (+ a free round mean) | constant "
-                     "(El Mrini et al.'s constant updates)"),
-    "common_scale": param(1e3, POSITIVE, doc="updates=common: column scale of the round means (≈ unpenalised)"),
+                     "(El Mrini et al.'s constant updates) | drifting (constant + least-norm per-round deviations)"),
+    "common_scale": param(1e3, POSITIVE,
+                          doc="updates=common|drifting: column scale of the free parts (≈ unpenalised)"),
     "include_own": param(None, Boolean(null=True),
                          doc="the attacker's fedavg mixing keeps the own model; default: the scenario's fedavg "
                          "setting"),

@@ -283,3 +283,16 @@ def test_batched_distances_match_the_single_ones():
             assert float(batched[m][q]) == pytest.approx(one[m], abs=1e-12)
     mean = gi.head_distances(gi.HeadSet.of(ref, x, shape, True), gi.HeadSet.of(est[:1], x, shape, True))
     assert float(mean["kl"][2]) == pytest.approx(gi.head_distance(ref[2], est[0], x, shape, True)["kl"], abs=1e-12)
+
+
+def test_drifting_model_contains_the_constant_case(constant_system):
+    """drifting (constant + least-norm deviations) contains the constant case: exact there up to the
+    scale that leaves the constant part (almost) unpenalised (error ~ 1/common_scale²)."""
+    w, thetas = constant_system
+    truth = thetas[T - 1][4]
+    rec = attack(w, thetas, 0, ring(N)[0], 4, T, "drifting")
+    assert (rec.estimate - truth).norm() < 1e-4 * truth.norm()
+    rows = gi.propagation(w, T, "drifting", common_scale=1e6)
+    obs = [[0, 1, N - 1]] * T
+    exact = gi.reconstruct(rows, obs, [thetas[t][obs[t]] for t in range(T)], rows[T - 1][4])
+    assert torch.allclose(exact.estimate, truth, atol=1e-6)

@@ -31,6 +31,10 @@ Unknown models (``updates``; every choice beyond the paper's system is a named d
   least-norm deviations: the federation's shared drift is explained first.
 * ``constant`` — departure (El Mrini et al.'s simplification): each peer's update is the same in
   every round, ``n`` unknowns; exact for gossip averaging with constant inputs, a bias otherwise.
+* ``drifting`` — departure (El Mrini et al.'s D-GD model, their GLS estimator's: a constant update
+  per peer plus a fresh deviation every round): ``U_j^t = u_j + δ_j^t`` with ``u_j`` free (columns
+  scaled by ``common_scale``) and least-norm deviations ``δ`` (their noise, i.i.d. across peers and
+  rounds: the least-norm solution is then their GLS estimate in the noiseless limit).
 
 Pure torch (float64); never imports ``fedsim``.
 """
@@ -47,7 +51,7 @@ from torch import Tensor
 from attacks.probes._head import head_logits
 from attacks.probes.retrain_gap import kl_and_disagreement
 
-UPDATE_MODELS = ("per_round", "common", "constant")
+UPDATE_MODELS = ("per_round", "common", "constant", "drifting")
 
 
 def fedavg_mixing(in_neighbors: Sequence[np.ndarray], include_own: bool = True) -> Tensor:
@@ -67,7 +71,7 @@ def unknowns(n: int, rounds: int, updates: str) -> int:
     """Number of unknown update vectors ``K`` of an ``updates`` model over ``rounds`` rounds."""
     if updates not in UPDATE_MODELS:
         raise ValueError(f"updates must be one of {', '.join(UPDATE_MODELS)}, got {updates!r}")
-    return {"per_round": n * rounds, "common": (n + 1) * rounds, "constant": n}[updates]
+    return {"per_round": n * rounds, "common": (n + 1) * rounds, "constant": n, "drifting": n * (rounds + 1)}[updates]
 
 
 def propagation(mixing: Sequence[Tensor], rounds: int, updates: str = "per_round",
@@ -94,6 +98,9 @@ def propagation(mixing: Sequence[Tensor], rounds: int, updates: str = "per_round
             r = r + eye
         elif updates == "per_round":
             r[:, t * n : (t + 1) * n] += eye
+        elif updates == "drifting":  # [u_0 … u_{n-1} | δ^0 … δ^{T-1}]
+            r[:, :n] += common_scale * eye
+            r[:, n + t * n : n + (t + 1) * n] += eye
         else:  # common: [m^0 … m^{T-1} | δ^0 … δ^{T-1}]
             r[:, t] += common_scale
             r[:, rounds + t * n : rounds + (t + 1) * n] += eye
