@@ -27,6 +27,9 @@ class Probe:
 
     kind: ClassVar[str] = ""
     params: ClassVar[dict[str, Any]] = {}
+    # True: the probe reads every round's gossip messages, so the run keeps them
+    # (fedsim.runner.Run.messages → ProbeContext.messages; fedsim.probe_gossip)
+    needs_messages: ClassVar[bool] = False
 
     def validate(self, i: int, cfg: dict[str, Any], num_peers: int | None = None) -> dict[str, Any]:
         """``cfg`` (``probes[i]``'s keys as set, ``kind`` and keys of ``params``) with every default

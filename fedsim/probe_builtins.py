@@ -1,4 +1,5 @@
-"""The built-in probe kinds, ``unlearning``, ``cloning`` and ``federated_unlearning``, as registered probes: their keys
+"""The built-in probe kinds, ``unlearning``, ``cloning``, ``federated_unlearning`` and ``gossip_cloning``,
+as registered probes: their keys
 declared once as :mod:`fedlib.params` tables (default, constraint, one line of help: the schema,
 ``fedsim validate`` and ``fedsim list probe NAME`` all read them), the few checks that tie keys
 together, and their ``summary.json`` form (all without torch, so the schema and ``fedsim list``
@@ -241,4 +242,86 @@ class FederatedUnlearning(Probe):
                 cells = [" / ".join(f"{entry['records'][arm]['rounds'][r][g]['kl_to_retrained'][s]:.4f}"
                                     for s in splits) for g in groups]
                 lines.append(f"| {arm} | {r} | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+
+GOSSIP_CLONING_PARAMS: dict[str, Any] = {
+    "attackers": param(None, ListOf(item=Index(of="peers.count", noun="a peer id"), min_len=1, dedupe=True,
+                                    sort=True, null=True),
+                       doc="the passive peers that record what they receive; default: every peer"),
+    "min_hops": param(2, Integer(minimum=1), doc="targets: honest peers at least this many hops from the attacker"),
+    "rounds_observed": param(factory=lambda: [5, 10, 20], check=ListOf(item=Integer(minimum=1), min_len=1,
+                                                                      dedupe=True, sort=True),
+                             doc="horizons τ: the attacker has seen rounds 0..τ-1 (the run's last round is added)"),
+    "updates": param("per_round", Options(choices=("per_round", "common", "constant", "drifting")),
+                     doc="unknowns: per_round (the paper's system) | common (+ a free round mean) | constant "
+                     "(El Mrini et al.'s constant updates) | drifting (constant + least-norm per-round deviations)"),
+    "common_scale": param(1e3, POSITIVE,
+                          doc="updates=common|drifting: column scale of the free parts (≈ unpenalised)"),
+    "include_own": param(None, Boolean(null=True),
+                         doc="the attacker's fedavg mixing keeps the own model; default: the scenario's fedavg "
+                         "setting"),
+    "rcond": param(1e-10, POSITIVE, doc="pseudo-inverse cut-off (relative to the largest singular value)"),
+}
+
+
+def _summarize_gossip_cloning(entry: dict[str, Any]) -> dict[str, Any]:
+    last = entry["records"][str(entry["rounds"])]["all"]
+    eff = last.get("effect", {})
+    return {
+        "kind": "gossip_cloning", "rounds": entry["rounds"], "updates": entry["updates"], "pairs": last["pairs"],
+        "rel_error": (last.get("reconstruction") or {}).get("rel_error"),
+        "rel_error_gain_vs": {c: (eff.get(c) or {}).get("rel_error", {}).get("mean") for c in eff},
+        "agreement_gain_vs": {c: (eff.get(c) or {}).get("agreement", {}).get("mean") for c in eff},
+    }
+
+
+@register_probe("gossip_cloning")
+class GossipCloning(Probe):
+    """A passive peer reconstructs non-neighbours' heads from the gossip messages it receives over
+    rounds (Pasquini et al. S&P 2023), against the heads it could use without the attack
+    (docs/probes.md, "gossip_cloning").
+
+    What it does: :mod:`fedsim.probe_gossip`'s docstring.
+    """
+
+    params = GOSSIP_CLONING_PARAMS
+    needs_messages = True
+
+    def run(self, i: int, cfg: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        from fedsim.probe_gossip import run_gossip_cloning
+
+        return run_gossip_cloning(i, cfg, ctx)
+
+    def summarize(self, entry: dict[str, Any]) -> dict[str, Any]:
+        return _summarize_gossip_cloning(entry)
+
+    def markdown(self, entry: dict[str, Any]) -> str:
+        """Per horizon and hop: relative error and agreement of the reconstruction and the controls."""
+        lines = [f"Gossip cloning ({entry['updates']} updates, assumed fedavg, run rule {entry['run_rule']}): "
+                 "relative error / test agreement to the target's head; gain = control − reconstruction "
+                 "(error) with 95% CI over (attacker, target) pairs", "",
+                 "| τ | hops | pairs | reconstruction | own head | observed mean | other peer | error gain vs "
+                 "observed mean | error gain vs other peer |", "|---" * 9 + "|"]
+        for tau, by_hop in entry["records"].items():
+            for h, cell in by_hop.items():
+                if not cell["pairs"]:
+                    continue
+                r, c, e = cell["reconstruction"], cell["controls"], cell["effect"]
+
+                def ra(d: dict[str, Any] | None) -> str:
+                    if d is None or d["rel_error"] is None:
+                        return "–"
+                    return f"{d['rel_error']:.3f} / {d['agreement']:.3f}"
+
+                def gain(d: dict[str, Any]) -> str:
+                    g = d["rel_error"]
+                    if g["mean"] is None:
+                        return "–"
+                    ci = "" if g["ci95"] is None else f" [{g['ci95'][0]:.3f}, {g['ci95'][1]:.3f}]"
+                    return f"{g['mean']:.3f}{ci}"
+
+                lines.append(f"| {tau} | {h} | {cell['pairs']} | {ra(r)} | {ra(c['own_head'])} | "
+                             f"{ra(c['observed_mean'])} | {ra(c['other_peer'])} | {gain(e['observed_mean'])} | "
+                             f"{gain(e['other_peer'])} |")
         return "\n".join(lines)

@@ -67,6 +67,10 @@ class _Ctx:
     # Run.continue_without (the federated-unlearning probe continues training from it)
     final_state: dict[str, Any] | None = None
     continue_without: Callable[..., dict[int, np.ndarray]] | None = None
+    # round -> the heads every peer sent [N, P] (the engine's messages, RoundRecord.messages), kept
+    # when a probe has needs_messages (the gossip-cloning probe); empty otherwise
+    messages: dict[int, np.ndarray] = field(default_factory=dict)
+    strategy: Any = None  # the scenario's strategy section (sc.strategy: name and parameters)
 
     @property
     def n(self) -> int:
@@ -103,6 +107,8 @@ def _context(run: Any, prep: Any, final_params: np.ndarray, retrain: Retrain | N
         recorded_gradients=getattr(run, "recorded_gradients", None),
         final_state=getattr(run, "final_state", None),
         continue_without=getattr(run, "continue_without", None),
+        messages=dict(getattr(run, "messages", None) or {}),
+        strategy=run.sc.strategy,
         x_train=torch.from_numpy(np.asarray(f.x_train)).to(torch.float64),
         y_train=torch.from_numpy(np.asarray(f.y_train)).long(),
         x_test=torch.from_numpy(np.asarray(f.x_test)).to(torch.float64),

@@ -198,6 +198,17 @@ def versions() -> dict[str, str]:
     return out
 
 
+def probes_need_messages(sc: Scenario) -> bool:
+    """Whether a probe of ``sc`` reads the gossip messages of every round (its registered kind's
+    ``needs_messages``): then the run keeps them (:attr:`Run.messages`)."""
+    if not sc.probes:
+        return False
+    from fedsim.probe_registry import kinds
+
+    known = kinds()
+    return any(getattr(known.get(p.kind), "needs_messages", False) for p in sc.probes)
+
+
 class Run:
     """One scenario run writing to ``<output.dir>/<name>/`` (what it may delete and its lock:
     :mod:`fedsim.rundir`; the directory's life cycle: :class:`~fedsim.rundirectory.RunDirectory`).
@@ -224,6 +235,9 @@ class Run:
         self.recorded_gradients: np.ndarray | None = None  # the unlearning probe's leaver's, [B, P]
         self.final_params: np.ndarray | None = None
         self.final_state: dict[str, Any] | None = None  # Simulation.state() after the last round (probes only)
+        # round -> the heads every peer sent [N, P] (RoundRecord.messages), kept only when a probe of
+        # the scenario observes the gossip (Probe.needs_messages: fedsim.probe_gossip)
+        self.messages: dict[int, np.ndarray] = {}
         self.prepared: Prepared | None = None
         self.groups: list[Any] = []  # the running simulation's actors (the probes free them, tests kill one)
         self.server: Any = None
@@ -295,6 +309,8 @@ class Run:
                     cb.on_start(sc, point.start if point else 0)
                 started.append(cb)
             sim = Simulation(sc, prep, backend)
+            sim.keep_messages = self.run_probes and probes_need_messages(sc)
+            self.messages = {}
             self.groups, self.server = sim.groups, sim.server
             out = self._loop(sim, prep, point, callbacks)
             summary = None if "stopped_after" in out else out
@@ -333,6 +349,8 @@ class Run:
                 line, saved = files.append(record, sim.state)  # metrics, timings, the periodic checkpoint
                 self.history.append(json.loads(line))
                 self.records.append(record)
+                if record.messages is not None:
+                    self.messages[r] = record.messages
                 stops = [s for cb in callbacks if (s := cb.on_round(record)) is not None]
                 if stops:
                     return self._stop(r, stops, sim, metrics, ckpt, saved)

@@ -48,6 +48,10 @@ class RoundRecord:
     round: int
     metrics: dict[str, Any]
     phases: dict[str, float]
+    # the heads every peer sent this round ``[N, P]`` (after local training, before any Byzantine
+    # forgery), kept only when :attr:`Simulation.keep_messages` is set (a probe that observes the
+    # gossip, fedsim.probe_gossip); None otherwise (no copy, no cost)
+    messages: np.ndarray | None = None
 
     @property
     def seconds(self) -> float:
@@ -87,6 +91,7 @@ class Simulation:
         # that call's reply; None: ask the server (round 0, after a restore)
         self._global_ref: Any = None
         self.honest_ids = np.flatnonzero(~prep.byzantine)
+        self.keep_messages = False  # True: every RoundRecord carries the round's sent heads
 
     # ------------------------------------------------------------------ rounds
     def rounds(self, start: int = 0) -> Iterator[RoundRecord]:
@@ -113,6 +118,8 @@ class Simulation:
         stats_refs = self._aggregate(r, params_refs, sampled) if backend.lazy else None
         losses = backend.get([t[1] for t in trained])
         t1 = time.perf_counter()
+        # copied before the in-process aggregation overwrites the heads (a bias-free head's rows are views)
+        msgs = np.concatenate(backend.get(params_refs)) if self.keep_messages else None
         stats = backend.get(stats_refs if stats_refs is not None else self._aggregate(r, params_refs, sampled))
         t2 = time.perf_counter()
         rec = round_metrics(sc, self.prep, r, losses, stats, sampled)
@@ -120,7 +127,7 @@ class Simulation:
         if is_eval_round(sc, r):
             rec |= self.evaluate(r)
             t_eval = time.perf_counter() - t2
-        return RoundRecord(r, rec, {"train": t1 - t0, "aggregate": t2 - t1, "evaluate": t_eval})
+        return RoundRecord(r, rec, {"train": t1 - t0, "aggregate": t2 - t1, "evaluate": t_eval}, msgs)
 
     def _aggregate(self, r: int, params_refs: list[Any], sampled: np.ndarray | None) -> list[Any]:
         """Submit round ``r``'s aggregation of the groups' heads ``params_refs``: every group's
