@@ -186,6 +186,12 @@ class ModelCfg(_Section):
         "(loop when the trainable part has a convolution and runs on the CPU, else vmap: a fixed rule, "
         "fedsim.stacked.resolve_batching). Same results to float rounding, not to the bit",
     )
+    bn: Literal["exchanged", "local"] = Field(
+        "exchanged",
+        description="BatchNorm layers on exchange: exchanged (FedAvg's default: their parameters and running "
+        "statistics are sent and aggregated by the rule like the other parameters) or local (FedBN, Li et al. "
+        "2021: their parameters and statistics stay with each peer, never sent; decentralized mode only)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelCfg:
@@ -201,6 +207,11 @@ class ModelCfg(_Section):
             raise ValueError(
                 f"model.batching: {self.batching} applies to whole-model training only (today's linear head "
                 "is batched as bmm heads); set model.trainable, hidden, init or exchange, or leave batching: auto"
+            )
+        if self.bn != "exchanged" and not self.whole:
+            raise ValueError(
+                f"model.bn: {self.bn} applies to whole-model training only (today's linear head has no "
+                "BatchNorm); set model.trainable, hidden, init or exchange, or leave bn: exchanged"
             )
         return self
 
