@@ -173,10 +173,12 @@ class ModelCfg(_Section):
     init: Literal["pretrained", "scratch"] = Field(
         "pretrained", description="backbone weights: the registered pretrained ones, or random from the seed"
     )
-    exchange: Literal["params", "gradients"] = Field(
+    exchange: Literal["params", "gradients", "dpsgd"] = Field(
         "params",
         description="params: peers send their trained parameters; gradients: FedSGD, one step per round, "
-        "the aggregated gradient is applied (training.local_steps must be 1). Bristle keeps exchanging only "
+        "the aggregated gradient is applied (training.local_steps must be 1); dpsgd: D-PSGD / BRIDGE, "
+        "decentralized only, one step per round: peers send their parameters, the rule combines them and "
+        "the peer then steps with its own gradient taken before the exchange. Bristle keeps exchanging only "
         "its output layer and needs model.trainable: head",
     )
     batching: Literal["auto", "vmap", "loop"] = Field(

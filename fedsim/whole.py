@@ -8,6 +8,17 @@ their own minibatches, drawn exactly as the head path draws them (:meth:`PeerGro
 What peers exchange (``model.exchange``):
 
 * ``params`` — the trained parameters ``θ_i`` after ``training.local_steps`` steps (as today);
+* ``dpsgd`` — combine-then-adapt gossip, decentralized only: D-PSGD (Lian et al., NeurIPS 2017,
+  Algorithm 1: ``x_i ← Σ_j W_ij x_j − η ∇F_i(x_i; ξ_i)``, the gradient taken at the peer's model
+  *before* mixing) and, with a robust rule in place of the average, BRIDGE (Fang, Yang & Bajwa,
+  "Byzantine-resilient decentralized gradient descent": screen the neighbours' parameters, then the
+  local gradient step). Each round a peer computes ``g_i = ∇L_i(θ_i)`` on one minibatch, sends ``θ_i``
+  (unchanged), and after aggregation sets ``θ_i ← rule(θ_i, {θ_j}) − η g_i`` (one optimizer step,
+  ``training`` as for the other modes). ``exchange: params`` with one local step is the other order,
+  adapt-then-combine (``θ_i ← rule(θ_i − η g_i, {θ_j − η g_j})``): with FedAvg the two differ by
+  ``η (W − I) g``; with a robust rule the own gradient always enters here, while adapt-then-combine
+  may screen it away. Departure: the mixing is the rule over the in-neighbours and the peer itself
+  (FedAvg: uniform weights ``1/(deg+1)``), not a given doubly stochastic ``W``.
 * ``gradients`` — FedSGD (McMahan et al. 2017, "FedSGD"; Konečný et al. 2016): each round a peer
   computes ``g_i = ∇L_i(θ_i)`` on one minibatch and sends it; the rule aggregates the received
   gradients (own: ``g_i``) into ``ĝ_i`` and the peer applies one optimizer step ``θ_i ← θ_i − η ĝ_i``
@@ -92,11 +103,15 @@ def check_model(sc: Scenario, info: DatasetInfo | None = None) -> None:
                 f"model.k: {m.k} is more than the model's {n} layers ({sc.backbone.name} "
                 f"{n - len(m.hidden) - 1} + head {len(m.hidden) + 1}); use k <= {n} or trainable: all"
             )
-    if m.exchange == "gradients" and sc.training.local_steps != 1:
+    if m.exchange in ("gradients", "dpsgd") and sc.training.local_steps != 1:
+        what = "FedSGD" if m.exchange == "gradients" else "D-PSGD"
         raise ValueError(
-            f"training.local_steps: model.exchange: gradients takes one step per round (FedSGD), got "
+            f"training.local_steps: model.exchange: {m.exchange} takes one step per round ({what}), got "
             f"{sc.training.local_steps}; set training.local_steps: 1"
         )
+    if m.exchange == "dpsgd" and sc.mode == "federated":
+        raise ValueError("model.exchange: dpsgd is decentralized gossip (D-PSGD / BRIDGE); in federated mode use "
+                         "exchange: gradients (FedSGD) or params")
     if m.exchange == "gradients" and sc.mode == "decentralized" and sc.topology.kind != "complete":
         # each peer applies its neighbours' gradients, taken at *their* models, and nothing averages
         # the models: on a sparse graph they drift apart and training diverges (measured on
@@ -339,6 +354,7 @@ class WholePeerGroup(PeerGroup):
         self.w = self.b = self.tw = self.tb = torch.zeros(0)  # no linear heads here
         self.fopt = FlatOptimizerState.zeros(self.model.theta, setup.training.optimizer == "adam")
         self.gradients = self.plan.exchange == "gradients"
+        self.dpsgd = self.plan.exchange == "dpsgd"  # send θ, step with the own gradient after combining
         self._own_grad: Tensor | None = None  # gradients: this round's own g [p, P] (bn: local steps BN with it)
 
     # ------------------------------------------------------------------ state
@@ -363,6 +379,11 @@ class WholePeerGroup(PeerGroup):
         gradients, applied as one optimizer step (``exchange: gradients``); with ``bn: exchanged`` also
         the aggregated BatchNorm statistics, loaded; ``bn: local`` keeps the BatchNorm coordinates (and
         steps them with the peer's own gradient)."""
+        if self.dpsgd:  # combine, then adapt with the gradient taken at the sent θ (module docstring)
+            self._load(flat)
+            if self._own_grad is not None:
+                optimizer_step(self.model.theta, self._own_grad, self.fopt, **self._opt_kw())
+            return
         if not self.gradients:
             self._load(flat)
             return
@@ -439,16 +460,19 @@ class WholePeerGroup(PeerGroup):
 
     def _train(self, round_: int, counted: np.ndarray) -> tuple[np.ndarray, float]:
         """:meth:`train`'s step(s) for every hosted peer; the loss is summed over ``counted`` (bool ``[p]``)."""
-        steps = 1 if self.gradients else self.s.training.local_steps
+        steps = 1 if self.gradients or self.dpsgd else self.s.training.local_steps
         loss = torch.zeros(self.p)
         out: Tensor | None = None
         for k in range(steps):
             loss, g = self.model.loss_and_grad(*self._batch(round_, k))
             if self.gradients:
                 out = g
+            elif self.dpsgd:
+                self._own_grad = g  # applied after the combination (set_params)
             else:
                 optimizer_step(self.model.theta, g, self.fopt, **self._opt_kw())
-        self._own_grad = out
+        if not self.dpsgd:
+            self._own_grad = out
         sent = self.exchange.pack(out if out is not None else self.model.theta, self.model.stats())
         msg = sent.detach().cpu().numpy().copy()
         return msg, float(loss.detach().cpu()[torch.from_numpy(counted)].sum()) if counted.any() else 0.0

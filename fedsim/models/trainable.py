@@ -42,7 +42,7 @@ class ModelPlan:
     k: int
     hidden: tuple[int, ...]
     init: str  # pretrained | scratch
-    exchange: str  # params | gradients
+    exchange: str  # params | gradients | dpsgd
     bias: bool  # linear layers of the head have a bias (training.bias)
     seed: int
     dim: int  # the backbone's output (feature) size: the head's input
