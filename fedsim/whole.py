@@ -34,7 +34,8 @@ BatchNorm on exchange (``model.bn``; each peer keeps its own running statistics 
   averages the whole ``state_dict``): a message is the exchanged vector followed by the sender's
   running means and variances ``[θ_i or g_i, s_i]``; the rule aggregates the whole message, and the
   receiver loads the aggregated statistics (with ``gradients``: applies the gradient part, loads the
-  statistics part). ``num_batches_tracked`` stays local (it matters only with ``momentum=None``).
+  statistics part). ``num_batches_tracked`` stays local (it matters only with ``momentum=None``;
+  departure: FedBN's FedAvg copies client 0's).
 * ``local`` (FedBN, Li et al. ICLR 2021: "local batch normalization", the BN layers' affine
   parameters and statistics are never averaged): a message is ``θ_i`` (or ``g_i``) without the
   BatchNorm parameters' coordinates; the receiver writes the aggregate into the other coordinates
@@ -214,7 +215,7 @@ def prepare_features(sc: Scenario, log: Any = None) -> tuple[Features, ModelPlan
     dim = int(extract_features(spec.build() if spec.build else None, ds.x_train[:1], spec).shape[1])
     plan = plan_for(sc, dim, ds.num_classes)
     # model.batching as the run computes it (auto resolved once, here): what the groups run and summary.json records
-    plan = dataclasses.replace(plan, batching=resolve_batching(plan.batching, split(plan)[1], resolve(plan.device)))
+    plan = dataclasses.replace(plan, batching=resolve_batching(plan.batching, split(plan)[1], plan.device))
     if sc.model.trainable == "head" and sc.model.init == "pretrained":
         feats = load_features(sc.dataset.name, sc.backbone.name, sc.dataset.data_dir, sc.backbone.cache_dir, log)
         return feats, plan
