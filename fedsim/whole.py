@@ -356,7 +356,7 @@ class WholePeerGroup(PeerGroup):
         self.fopt = FlatOptimizerState.zeros(self.model.theta, setup.training.optimizer == "adam")
         self.gradients = self.plan.exchange == "gradients"
         self.dpsgd = self.plan.exchange == "dpsgd"  # send θ, step with the own gradient after combining
-        self._own_grad: Tensor | None = None  # gradients: this round's own g [p, P] (bn: local steps BN with it)
+        self._own_grad: Tensor | None = None  # gradients / dpsgd: this round's own g [p, P] (bn: local: BN coordinates)
 
     # ------------------------------------------------------------------ state
     def params(self) -> np.ndarray:
