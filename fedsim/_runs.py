@@ -34,6 +34,7 @@ OMITTED_AT_DEFAULT: dict[str, object] = {
     "model.trainable": "head", "model.k": None, "model.hidden": [], "model.init": "pretrained",
     "model.exchange": "params",  # whole-model training (issue 18): today's linear head
     "model.batching": "auto",  # how a group computes its peers' gradients (issue 18): the default rule
+    "model.bn": "exchanged",  # BatchNorm on exchange (issue 18): sent and aggregated like the parameters
 }
 
 

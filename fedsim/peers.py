@@ -133,7 +133,7 @@ class PeerGroup:
     # get_state's per-peer tensors (first dimension: the hosted peers, in id order); the other
     # entries ("t", "stale_history") are the same in every group. A checkpoint concatenates the
     # per-peer ones over groups, so it resumes under any engine.num_actors.
-    PER_PEER_STATE = ("w", "b", "m_w", "m_b", "v_w", "v_b")
+    PER_PEER_STATE = ("w", "b", "m_w", "m_b", "v_w", "v_b", "buffers")  # "buffers": fedsim.whole's BatchNorm
 
     def get_state(self) -> dict[str, Any]:
         """The hosted peers' heads and optimizer buffers, and the stale attack's history: everything a

@@ -158,14 +158,15 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     if plan is not None:  # the same set-ups with the model to train; bytes: the trainable parameters only
         setups = [whole.with_model(s, plan) for s in setups]
         server = None if server is None else whole.with_model(server, plan)
-        extra = 0
+        extra = whole.message_size(plan) - num_params  # + BatchNorm statistics sent, − BatchNorm kept (model.bn)
     info = {
         "peers": n,
         "byzantine_ids": np.flatnonzero(byz).tolist(),
         "f": f,
         "num_params": num_params,
         "feature_dim": d,
-        **({} if plan is None else {"model": {"trainable": plan.trainable, "exchange": plan.exchange}}),
+        **({} if plan is None else {"model": {"trainable": plan.trainable, "exchange": plan.exchange,
+                                              "batching": plan.batching, "bn": plan.bn}}),
         "classes": c,
         "mean_in_degree": in_degree,
         "actors": actors,
@@ -430,5 +431,8 @@ class Run:
 
     def _summary(self, prep: Prepared) -> dict[str, Any]:
         wall = round(sum(x["seconds"] for x in self.rundir.timings.records()), 3)
-        return run_summary(self.sc, self.history, byzantine=int(prep.byzantine.sum()), f=prep.f,
-                           num_params=prep.num_params, timing={"wall_seconds_rounds": wall})
+        summary = run_summary(self.sc, self.history, byzantine=int(prep.byzantine.sum()), f=prep.f,
+                              num_params=prep.num_params, timing={"wall_seconds_rounds": wall})
+        if "model" in prep.info:
+            summary["model"] = prep.info["model"]  # model.batching as resolved
+        return summary

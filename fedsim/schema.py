@@ -173,10 +173,12 @@ class ModelCfg(_Section):
     init: Literal["pretrained", "scratch"] = Field(
         "pretrained", description="backbone weights: the registered pretrained ones, or random from the seed"
     )
-    exchange: Literal["params", "gradients"] = Field(
+    exchange: Literal["params", "gradients", "dpsgd"] = Field(
         "params",
         description="params: peers send their trained parameters; gradients: FedSGD, one step per round, "
-        "the aggregated gradient is applied (training.local_steps must be 1). Bristle keeps exchanging only "
+        "the aggregated gradient is applied (training.local_steps must be 1); dpsgd: D-PSGD / BRIDGE, "
+        "decentralized only, one step per round: peers send their parameters, the rule combines them and "
+        "the peer then steps with its own gradient taken before the exchange. Bristle keeps exchanging only "
         "its output layer and needs model.trainable: head",
     )
     batching: Literal["auto", "vmap", "loop"] = Field(
@@ -185,6 +187,12 @@ class ModelCfg(_Section):
         "torch.func.vmap(grad) call for all peers), loop (torch.func.grad per peer, one after another), auto "
         "(loop when the trainable part has a convolution and runs on the CPU, else vmap: a fixed rule, "
         "fedsim.stacked.resolve_batching). Same results to float rounding, not to the bit",
+    )
+    bn: Literal["exchanged", "local"] = Field(
+        "exchanged",
+        description="BatchNorm layers on exchange: exchanged (FedAvg's default: their parameters and running "
+        "statistics are sent and aggregated by the rule like the other parameters) or local (FedBN, Li et al. "
+        "2021: their parameters and statistics stay with each peer, never sent; decentralized mode only)",
     )
 
     @model_validator(mode="after")
@@ -201,6 +209,11 @@ class ModelCfg(_Section):
             raise ValueError(
                 f"model.batching: {self.batching} applies to whole-model training only (today's linear head "
                 "is batched as bmm heads); set model.trainable, hidden, init or exchange, or leave batching: auto"
+            )
+        if self.bn != "exchanged" and not self.whole:
+            raise ValueError(
+                f"model.bn: {self.bn} applies to whole-model training only (today's linear head has no "
+                "BatchNorm); set model.trainable, hidden, init or exchange, or leave bn: exchanged"
             )
         return self
 

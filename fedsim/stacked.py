@@ -17,6 +17,16 @@ peers and each matrix product into a batched one, whose kernels sum in another o
 pays on accelerators and for linear/MLP layers (batched GEMMs); on the CPU a convolution stacked
 over peers ran 1.3–3.2× slower than one per peer (``docs/whole-model.md``, ``docs/performance.md``).
 
+BatchNorm (issue 18): each peer has its own running statistics, stacked like the parameters
+(``buffers`` ``[p, ...]``, what :func:`torch.func.stack_module_state` returns). During
+:meth:`StackedModel.loss_and_grad` the BatchNorm layers run in train mode, as ``model.train()``
+runs them: each peer's minibatch statistics normalise its forward pass and its running mean and
+(unbiased) variance move by ``momentum`` in place — under ``vmap`` the batched buffers are written
+through, under ``loop`` each peer's row is a view. Evaluation (:meth:`StackedModel.logits`) runs them
+in eval mode, on the running statistics. Departure from ``model.train()``: only the BatchNorm layers
+switch mode; dropout stays off (its random masks under ``vmap`` would need a seeded stream per peer,
+not built). Buffers of other modules (``FeatureScale``'s constants) are never changed.
+
 The optimizer is PyTorch's SGD (heavy-ball momentum, dampening 0, weight decay added to the
 gradient of *every* parameter, as ``torch.optim.SGD`` does) or Adam (Kingma & Ba 2015, bias
 corrected), applied to ``θ`` in place. Departure from :func:`fedsim.heads.step`: there weight
@@ -80,6 +90,8 @@ def optimizer_step(
 
 
 BATCHING = ("auto", "vmap", "loop")
+NORM = nn.modules.batchnorm._BatchNorm  # BatchNorm1d/2d/3d, SyncBatchNorm: train mode in local steps
+STATS = ("running_mean", "running_var")  # the BatchNorm statistics peers may exchange (model.bn)
 CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
@@ -118,7 +130,14 @@ class StackedModel:
         self.p = p
         self.theta = torch.cat([params[n].reshape(p, -1) for n in self.names], dim=1).detach().contiguous()
         self.buffers = {k: v.detach() for k, v in buffers.items()}
+        norms = [n for n, m in base.named_modules() if isinstance(m, NORM)]  # forward (registration) order
+        self.stat_names = [f"{n}.{b}" if n else b for n in norms for b in STATS
+                           if (f"{n}.{b}" if n else b) in self.buffers]
+        owner = [n.rpartition(".")[0] for n in self.names]  # the module holding each parameter
+        self.norm_params = torch.cat([torch.full((k,), o in norms) for o, k in zip(owner, self.sizes, strict=True)]
+                                     ) if self.names else torch.zeros(0, dtype=torch.bool)
         self.base = base.to("meta")  # the structure only: parameters come from θ
+        self._norms = [m for m in self.base.modules() if isinstance(m, NORM)]
 
         def loss_fn(params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
             out = functional_call(self.base, (params, buffers), (x,))
@@ -131,6 +150,39 @@ class StackedModel:
     def num_params(self) -> int:
         return int(self.theta.shape[1])
 
+    @property
+    def num_stats(self) -> int:
+        """How many BatchNorm running-statistic values one peer has (0: no BatchNorm tracking them)."""
+        return sum(int(self.buffers[n][0].numel()) for n in self.stat_names)
+
+    def stats(self) -> Tensor:
+        """The peers' BatchNorm running means and variances, flat ``[p, S]`` (``stat_names`` order)."""
+        return torch.cat([self.buffers[n].reshape(self.p, -1) for n in self.stat_names], dim=1) \
+            if self.stat_names else self.theta.new_zeros(self.p, 0)
+
+    def set_stats(self, flat: Tensor) -> None:
+        """Copy running statistics ``[p, S]`` (or one ``[1, S]`` row for every peer) in."""
+        flat, off = flat.to(self.device).reshape(-1, self.num_stats), 0
+        for n in self.stat_names:
+            b = self.buffers[n]
+            k = b[0].numel()
+            b.copy_(flat[:, off : off + k].reshape(-1, *b.shape[1:]).expand_as(b))
+            off += k
+
+    def buffer_state(self) -> Tensor:
+        """Every stacked buffer (statistics, ``num_batches_tracked``, constants) as float64 ``[p, T]``
+        on the CPU, exact for float32 values and counts below 2**53: what a checkpoint keeps."""
+        return torch.cat([self.buffers[k].reshape(self.p, -1).double().cpu() for k in self.buffers], dim=1) \
+            if self.buffers else torch.zeros(self.p, 0, dtype=torch.float64)
+
+    def load_buffer_state(self, flat: Tensor) -> None:
+        """:meth:`buffer_state` undone."""
+        off = 0
+        for b in self.buffers.values():
+            k = b[0].numel()
+            b.copy_(flat[:, off : off + k].reshape(b.shape).to(b.dtype))
+            off += k
+
     def _views(self, theta: Tensor) -> dict[str, Tensor]:
         """Per-parameter views ``[p, *shape]`` of flat ``theta [p, P]``."""
         out, off = {}, 0
@@ -141,21 +193,28 @@ class StackedModel:
 
     def loss_and_grad(self, x: Tensor, y: Tensor, theta: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Each peer's mean cross-entropy on its own minibatch ``x [p, B, ...]``, ``y [p, B]`` and its
-        gradient, flat ``[p, P]`` (at ``theta``, default the current parameters)."""
+        gradient, flat ``[p, P]`` (at ``theta``, default the current parameters). BatchNorm layers run
+        in train mode and update the peers' running statistics (module docstring)."""
         theta = self.theta if theta is None else theta
         x, y = x.to(self.device), y.to(self.device)
         views = self._views(theta)
-        if self.batching == "vmap":
-            grads, loss = self._grad(views, self.buffers, x, y)
-            return loss, torch.cat([grads[n].reshape(theta.shape[0], -1) for n in self.names], dim=1)
-        g = torch.empty_like(theta)  # loop: one peer at a time, the same loss on its row of θ
-        loss = theta.new_empty(theta.shape[0])
-        for i in range(theta.shape[0]):
-            gi, li = self._grad_one({n: v[i] for n, v in views.items()},
-                                    {k: b[i] for k, b in self.buffers.items()}, x[i], y[i])
-            g[i] = torch.cat([gi[n].reshape(-1) for n in self.names])
-            loss[i] = li
-        return loss, g
+        for m in self._norms:  # train mode: batch statistics, running statistics updated in place
+            m.train()
+        try:
+            if self.batching == "vmap":
+                grads, loss = self._grad(views, self.buffers, x, y)
+                return loss, torch.cat([grads[n].reshape(theta.shape[0], -1) for n in self.names], dim=1)
+            g = torch.empty_like(theta)  # loop: one peer at a time, the same loss on its row of θ
+            loss = theta.new_empty(theta.shape[0])
+            for i in range(theta.shape[0]):
+                gi, li = self._grad_one({n: v[i] for n, v in views.items()},
+                                        {k: b[i] for k, b in self.buffers.items()}, x[i], y[i])
+                g[i] = torch.cat([gi[n].reshape(-1) for n in self.names])
+                loss[i] = li
+            return loss, g
+        finally:
+            for m in self._norms:
+                m.eval()
 
     @torch.no_grad()
     def logits(self, x: Tensor, rows: Tensor | None = None, chunk: int = 256) -> Tensor:

@@ -239,7 +239,8 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None]) 
     from fedsim.models.backbones import get_spec
 
     spec = get_spec(sc.backbone.name)
-    if spec.build is not None and spec.weights_file and not spec.weights_path().exists():
+    scratch = sc.model.init == "scratch"  # a seeded random network (fedsim.models.trainable): no weights read
+    if spec.build is not None and spec.weights_file and not scratch and not spec.weights_path().exists():
         fail(f"backbone.name: no weights for {sc.backbone.name!r} at {spec.weights_path()}; "
              f"create them with `fedsim pretrain --backbone {sc.backbone.name}`")
     try:

@@ -8,6 +8,17 @@ their own minibatches, drawn exactly as the head path draws them (:meth:`PeerGro
 What peers exchange (``model.exchange``):
 
 * ``params`` — the trained parameters ``θ_i`` after ``training.local_steps`` steps (as today);
+* ``dpsgd`` — combine-then-adapt gossip, decentralized only: D-PSGD (Lian et al., NeurIPS 2017,
+  Algorithm 1: ``x_i ← Σ_j W_ij x_j − η ∇F_i(x_i; ξ_i)``, the gradient taken at the peer's model
+  *before* mixing) and, with a robust rule in place of the average, BRIDGE (Fang, Yang & Bajwa,
+  "Byzantine-resilient decentralized gradient descent": screen the neighbours' parameters, then the
+  local gradient step). Each round a peer computes ``g_i = ∇L_i(θ_i)`` on one minibatch, sends ``θ_i``
+  (unchanged), and after aggregation sets ``θ_i ← rule(θ_i, {θ_j}) − η g_i`` (one optimizer step,
+  ``training`` as for the other modes). ``exchange: params`` with one local step is the other order,
+  adapt-then-combine (``θ_i ← rule(θ_i − η g_i, {θ_j − η g_j})``): with FedAvg the two differ by
+  ``η (W − I) g``; with a robust rule the own gradient always enters here, while adapt-then-combine
+  may screen it away. Departure: the mixing is the rule over the in-neighbours and the peer itself
+  (FedAvg: uniform weights ``1/(deg+1)``), not a given doubly stochastic ``W``.
 * ``gradients`` — FedSGD (McMahan et al. 2017, "FedSGD"; Konečný et al. 2016): each round a peer
   computes ``g_i = ∇L_i(θ_i)`` on one minibatch and sends it; the rule aggregates the received
   gradients (own: ``g_i``) into ``ĝ_i`` and the peer applies one optimizer step ``θ_i ← θ_i − η ĝ_i``
@@ -16,8 +27,26 @@ What peers exchange (``model.exchange``):
   ``(1/p) Σ_i (1/B) Σ_b ∇ℓ(x_ib) = (1/(pB)) Σ_{i,b} ∇ℓ(x_ib)``. The federated server keeps the
   global model and its optimizer state; its own vector for the rule is the zero update.
 
+BatchNorm on exchange (``model.bn``; each peer keeps its own running statistics while it trains,
+:mod:`fedsim.stacked`):
+
+* ``exchanged`` (the default; FedAvg as usually run, e.g. the FedAvg baseline of FedBN's code, which
+  averages the whole ``state_dict``): a message is the exchanged vector followed by the sender's
+  running means and variances ``[θ_i or g_i, s_i]``; the rule aggregates the whole message, and the
+  receiver loads the aggregated statistics (with ``gradients``: applies the gradient part, loads the
+  statistics part). ``num_batches_tracked`` stays local (it matters only with ``momentum=None``;
+  departure: FedBN's FedAvg copies client 0's).
+* ``local`` (FedBN, Li et al. ICLR 2021: "local batch normalization", the BN layers' affine
+  parameters and statistics are never averaged): a message is ``θ_i`` (or ``g_i``) without the
+  BatchNorm parameters' coordinates; the receiver writes the aggregate into the other coordinates
+  and keeps its own BatchNorm parameters (with ``gradients``: steps them with its own gradient) and
+  statistics. Decentralized mode only: FedBN evaluates each client's own model, and the federated
+  server here evaluates one global model, which has no BatchNorm of its own (refused).
+
+:class:`Exchange` is the layout, the one place that packs and unpacks a message.
+
 Forgers (ALIE, IPM, min-max, sign flip, ...) and rules act on the exchanged flat vectors, whatever
-they hold; a message is ``4 × (trainable parameter count)`` bytes. Rules that score output layers
+they hold; a message is ``4 ×`` its length in bytes (:func:`message_size`). Rules that score output layers
 on validation data (Bristle, MOZI), FLTrust's root update, consolidated weights and the probes
 read linear heads and are refused by :func:`check_model` (Bristle exchanges only its output layer).
 """
@@ -38,7 +67,7 @@ from fedsim.group_setup import GroupSetup
 from fedsim.models.trainable import ModelPlan, num_layers, split
 from fedsim.peers import PeerGroup
 from fedsim.server import Server
-from fedsim.stacked import FlatOptimizerState, StackedModel, accuracy_and_loss, optimizer_step
+from fedsim.stacked import NORM, FlatOptimizerState, StackedModel, accuracy_and_loss, optimizer_step, resolve_batching
 
 if TYPE_CHECKING:
     from fedsim.data.datasets import DatasetInfo
@@ -62,6 +91,7 @@ def plan_for(sc: Scenario, dim: int, num_classes: int) -> ModelPlan:
         num_classes=num_classes,
         device=sc.engine.device,
         batching=m.batching,
+        bn=m.bn,
     )
 
 
@@ -76,11 +106,15 @@ def check_model(sc: Scenario, info: DatasetInfo | None = None) -> None:
                 f"model.k: {m.k} is more than the model's {n} layers ({sc.backbone.name} "
                 f"{n - len(m.hidden) - 1} + head {len(m.hidden) + 1}); use k <= {n} or trainable: all"
             )
-    if m.exchange == "gradients" and sc.training.local_steps != 1:
+    if m.exchange in ("gradients", "dpsgd") and sc.training.local_steps != 1:
+        what = "FedSGD" if m.exchange == "gradients" else "D-PSGD"
         raise ValueError(
-            f"training.local_steps: model.exchange: gradients takes one step per round (FedSGD), got "
+            f"training.local_steps: model.exchange: {m.exchange} takes one step per round ({what}), got "
             f"{sc.training.local_steps}; set training.local_steps: 1"
         )
+    if m.exchange == "dpsgd" and sc.mode == "federated":
+        raise ValueError("model.exchange: dpsgd is decentralized gossip (D-PSGD / BRIDGE); in federated mode use "
+                         "exchange: gradients (FedSGD) or params")
     if m.exchange == "gradients" and sc.mode == "decentralized" and sc.topology.kind != "complete":
         # each peer applies its neighbours' gradients, taken at *their* models, and nothing averages
         # the models: on a sparse graph they drift apart and training diverges (measured on
@@ -91,6 +125,17 @@ def check_model(sc: Scenario, info: DatasetInfo | None = None) -> None:
             f"{sc.topology.kind}): without parameter averaging the peers' models drift apart and diverge; "
             "use mode: federated, a complete graph, or exchange: params"
         )
+    if m.bn == "local":
+        from fedsim.models.backbones import get_spec
+
+        spec = get_spec(sc.backbone.name)
+        if spec.build is None or not any(isinstance(x, NORM) for x in spec.build().modules()):
+            raise ValueError(f"model.bn: local keeps BatchNorm layers local, but backbone {sc.backbone.name!r} "
+                             "has none; leave bn: exchanged or use a backbone with BatchNorm (fmnist_bn_cnn)")
+        if sc.mode == "federated":
+            raise ValueError("model.bn: local (FedBN) keeps each client's BatchNorm layers, so the federated server "
+                             "has no global model to evaluate (evaluating the clients' own models is not built); "
+                             "use mode: decentralized or bn: exchanged")
     rule = strategies.build(sc.strategy.name, dict(sc.strategy.params))
     reads_heads = {"validation", "root_update", "overlap", "previous"} & set(rule.needs)
     if reads_heads or rule.consolidated:
@@ -157,6 +202,7 @@ def memory_estimate(sc: Scenario, info: DatasetInfo) -> tuple[Any, int]:
 def prepare_features(sc: Scenario, log: Any = None) -> tuple[Features, ModelPlan]:
     """The trainable part's inputs for the whole dataset (the frozen prefix run once) and the plan.
 
+    The plan's ``batching`` is resolved (:func:`fedsim.stacked.resolve_batching`): ``vmap`` or ``loop``.
     ``trainable: head`` with pretrained weights reuses the cached backbone features
     (:func:`fedsim.features.load_features`, the prefix is the whole backbone); another prefix's
     activations are cached the same way (:func:`_cached_prefix`); an empty prefix gives the raw
@@ -170,6 +216,8 @@ def prepare_features(sc: Scenario, log: Any = None) -> tuple[Features, ModelPlan
     spec = get_spec(sc.backbone.name)
     dim = int(extract_features(spec.build() if spec.build else None, ds.x_train[:1], spec).shape[1])
     plan = plan_for(sc, dim, ds.num_classes)
+    # model.batching as the run computes it (auto resolved once, here): what the groups run and summary.json records
+    plan = dataclasses.replace(plan, batching=resolve_batching(plan.batching, split(plan)[1], plan.device))
     if sc.model.trainable == "head" and sc.model.init == "pretrained":
         feats = load_features(sc.dataset.name, sc.backbone.name, sc.dataset.data_dir, sc.backbone.cache_dir, log)
         return feats, plan
@@ -227,8 +275,52 @@ def _cached_prefix(ds: Any, sc: Scenario, prefix: torch.nn.Module, log: Any) -> 
 
 
 def num_trainable(plan: ModelPlan) -> int:
-    """The trainable parameter count: the length of every exchanged vector."""
+    """The trainable parameter count."""
     return sum(p.numel() for p in split(plan)[1].parameters())
+
+
+def message_size(plan: ModelPlan) -> int:
+    """The length of every exchanged vector (:class:`Exchange`): the trainable parameters, with
+    ``bn: exchanged`` plus the BatchNorm running statistics, with ``bn: local`` less the BatchNorm
+    parameters."""
+    return Exchange.of(StackedModel(split(plan)[1], 1), plan.bn).size
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """What a message holds (``model.bn``, module docstring): ``[v[:, shared], s]`` for a peer's
+    exchanged vector ``v [q, P]`` (parameters or gradient) and running statistics ``s [q, S]``."""
+
+    shared: Tensor | None  # the coordinates of v sent (None: all P; bn: local leaves BatchNorm's out)
+    stats: int  # running-statistic values appended (0: none sent)
+    size: int
+
+    @classmethod
+    def of(cls, model: StackedModel, bn: str) -> Exchange:
+        if bn not in ("exchanged", "local"):
+            raise ValueError(f"model.bn: must be exchanged or local, got {bn!r}")
+        if bn == "local":
+            shared = torch.from_numpy(np.flatnonzero(~model.norm_params.numpy())).to(model.device)
+            return cls(shared, 0, len(shared))
+        return cls(None, model.num_stats, model.num_params + model.num_stats)
+
+    def pack(self, v: Tensor, stats: Tensor) -> Tensor:
+        """The message ``[q, size]`` of ``v [q, P]`` and ``stats [q, S]``."""
+        part = v if self.shared is None else v[:, self.shared]
+        return torch.cat([part, stats.to(part.device)], dim=1) if self.stats else part
+
+    def unpack(self, msg: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(the shared coordinates' values [q, len], the statistics [q, S] or None)`` of messages ``[q, size]``."""
+        n = self.size - self.stats
+        return msg[:, :n], (msg[:, n:] if self.stats else None)
+
+    def merge(self, part: Tensor, own: Tensor) -> Tensor:
+        """``own [q, P]`` with the shared coordinates replaced by ``part`` (all of it when nothing is local)."""
+        if self.shared is None:
+            return part.expand_as(own)
+        out = own.clone()
+        out[:, self.shared] = part.expand(len(own), -1)
+        return out
 
 
 @dataclass
@@ -258,47 +350,73 @@ class WholePeerGroup(PeerGroup):
         self.x_local, self.y_local = self.x_local.to(self.device), self.y_local.to(self.device)
         self.x_test, self.y_test = self.x_test.to(self.device), self.y_test.to(self.device)
         self.model = StackedModel(split(self.plan)[1], self.p, self.device, self.plan.batching)
+        self.exchange = Exchange.of(self.model, self.plan.bn)
         self.sample_shape = tuple(self.x_local.shape[1:])
-        self.layer_shape = (1, self.model.num_params)
+        self.layer_shape = (1, self.exchange.size)
         self.bias = False
         self.w = self.b = self.tw = self.tb = torch.zeros(0)  # no linear heads here
         self.fopt = FlatOptimizerState.zeros(self.model.theta, setup.training.optimizer == "adam")
         self.gradients = self.plan.exchange == "gradients"
+        self.dpsgd = self.plan.exchange == "dpsgd"  # send θ, step with the own gradient after combining
+        self._own_grad: Tensor | None = None  # gradients / dpsgd: this round's own g [p, P] (bn: local: BN coordinates)
 
     # ------------------------------------------------------------------ state
     def params(self) -> np.ndarray:
-        """Flat trainable parameters ``[p, P]``."""
-        return self.model.theta.cpu().numpy().copy()
+        """Flat trainable parameters followed by the BatchNorm running statistics, ``[p, P + S]``
+        (``S`` = 0 without BatchNorm): the same layout as a federated server's global model."""
+        return torch.cat([self.model.theta, self.model.stats()], dim=1).cpu().numpy().copy()
+
+    def _message(self, flat: np.ndarray | Tensor) -> Tensor:
+        """Aggregated messages ``[p, size]`` (or one ``[1, size]`` for every hosted peer) on the device."""
+        t = flat.float() if isinstance(flat, Tensor) else torch.from_numpy(np.asarray(flat, dtype=np.float32))
+        return t.reshape(-1, self.exchange.size).to(self.device)
 
     def _load(self, flat: np.ndarray | Tensor) -> None:
-        t = flat.float() if isinstance(flat, Tensor) else torch.from_numpy(np.asarray(flat, dtype=np.float32))
-        t = t.reshape(-1, self.model.num_params)
-        self.model.theta.copy_(t.expand(self.p, -1) if t.shape[0] == 1 else t)
+        part, stats = self.exchange.unpack(self._message(flat))
+        self.model.theta.copy_(self.exchange.merge(part, self.model.theta))
+        if stats is not None:
+            self.model.set_stats(stats)
 
     def set_params(self, flat: np.ndarray | Tensor) -> None:
         """What the aggregation produced: parameters (``exchange: params``), or the aggregated
-        gradients, applied as one optimizer step (``exchange: gradients``)."""
+        gradients, applied as one optimizer step (``exchange: gradients``); with ``bn: exchanged`` also
+        the aggregated BatchNorm statistics, loaded; ``bn: local`` keeps the BatchNorm coordinates (and
+        steps them with the peer's own gradient)."""
+        if self.dpsgd:  # combine, then adapt with the gradient taken at the sent θ (module docstring)
+            self._load(flat)
+            if self._own_grad is not None:
+                optimizer_step(self.model.theta, self._own_grad, self.fopt, **self._opt_kw())
+            return
         if not self.gradients:
             self._load(flat)
             return
-        g = flat.float() if isinstance(flat, Tensor) else torch.from_numpy(np.asarray(flat, dtype=np.float32))
-        optimizer_step(self.model.theta, g.to(self.device).clone(), self.fopt, **self._opt_kw())
+        part, stats = self.exchange.unpack(self._message(flat))
+        own = self._own_grad if self._own_grad is not None else torch.zeros_like(self.model.theta)
+        optimizer_step(self.model.theta, self.exchange.merge(part, own).clone(), self.fopt, **self._opt_kw())
+        if stats is not None:
+            self.model.set_stats(stats)
 
     def _opt_kw(self) -> dict[str, Any]:
         t = self.s.training
         return dict(optimizer=t.optimizer, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
 
-    PER_PEER_STATE = PeerGroup.PER_PEER_STATE  # "w": θ, "m_w"/"v_w": the optimizer's buffers
+    # "w": θ, "m_w"/"v_w": the optimizer's buffers, "buffers": the stacked module buffers (BatchNorm only)
+    PER_PEER_STATE = PeerGroup.PER_PEER_STATE
 
     def get_state(self) -> dict[str, Any]:
-        """Parameters and optimizer buffers as CPU tensors (a checkpoint resumes on any ``engine.device``)."""
+        """Parameters and optimizer buffers as CPU tensors (a checkpoint resumes on any ``engine.device``);
+        with BatchNorm also every module buffer (:meth:`fedsim.stacked.StackedModel.buffer_state`)."""
         st = {"w": self.model.theta.cpu().clone(), "m_w": self.fopt.m.cpu().clone(), "t": self.fopt.t,
               "stale_history": self.stale_history}
         if self.fopt.v is not None:
             st["v_w"] = self.fopt.v.cpu().clone()
+        if self.model.stat_names:  # only then: checkpoints of models without BatchNorm keep their entries
+            st["buffers"] = self.model.buffer_state()
         return st
 
     def set_state(self, st: dict[str, Any]) -> None:
+        if self.model.stat_names:
+            self.model.load_buffer_state(st["buffers"])
         self.model.theta.copy_(st["w"])
         self.fopt.m.copy_(st["m_w"])
         self.fopt.t = st["t"]
@@ -327,7 +445,8 @@ class WholePeerGroup(PeerGroup):
         if sampled is not None and not bool(sampled[self.ids].all()):
             rows = torch.from_numpy(np.flatnonzero(~sampled[self.ids])).to(self.device)
             keep = (rows, self.model.theta[rows].clone(), self.fopt.m[rows].clone(),
-                    None if self.fopt.v is None else self.fopt.v[rows].clone())
+                    None if self.fopt.v is None else self.fopt.v[rows].clone(),
+                    {k: b[rows].clone() for k, b in self.model.buffers.items()})  # BatchNorm's statistics too
         if global_params is not None:
             self._load(global_params)
         trains = ~self.is_byz if sampled is None else ~self.is_byz & sampled[self.ids]
@@ -335,23 +454,30 @@ class WholePeerGroup(PeerGroup):
             return self._train(round_, trains)
         finally:
             if keep is not None:
-                rows, theta, m, v = keep
+                rows, theta, m, v, bufs = keep
                 self.model.theta[rows], self.fopt.m[rows] = theta, m
+                for k, b in bufs.items():
+                    self.model.buffers[k][rows] = b
                 if v is not None and self.fopt.v is not None:
                     self.fopt.v[rows] = v
 
     def _train(self, round_: int, counted: np.ndarray) -> tuple[np.ndarray, float]:
         """:meth:`train`'s step(s) for every hosted peer; the loss is summed over ``counted`` (bool ``[p]``)."""
-        steps = 1 if self.gradients else self.s.training.local_steps
+        steps = 1 if self.gradients or self.dpsgd else self.s.training.local_steps
         loss = torch.zeros(self.p)
         out: Tensor | None = None
         for k in range(steps):
             loss, g = self.model.loss_and_grad(*self._batch(round_, k))
             if self.gradients:
                 out = g
+            elif self.dpsgd:
+                self._own_grad = g  # applied after the combination (set_params)
             else:
                 optimizer_step(self.model.theta, g, self.fopt, **self._opt_kw())
-        msg = (out if out is not None else self.model.theta).detach().cpu().numpy().copy()
+        if not self.dpsgd:
+            self._own_grad = out
+        sent = self.exchange.pack(out if out is not None else self.model.theta, self.model.stats())
+        msg = sent.detach().cpu().numpy().copy()
         return msg, float(loss.detach().cpu()[torch.from_numpy(counted)].sum()) if counted.any() else 0.0
 
     # ------------------------------------------------------------------ aggregation contexts
@@ -385,8 +511,9 @@ class WholeServer(Server):
         assert setup.model is not None
         self.plan = setup.model
         self.model = StackedModel(split(self.plan)[1], 1, resolve(self.plan.device))  # evaluates the global model
-        self.global_params = self.model.theta[0].cpu().numpy().copy()
-        self.layer_shape = (1, self.model.num_params)
+        self.exchange = Exchange.of(self.model, self.plan.bn)  # bn: exchanged (local is refused in federated mode)
+        self.global_params = self.exchange.pack(self.model.theta, self.model.stats())[0].cpu().numpy().copy()
+        self.layer_shape = (1, self.exchange.size)
         self.bias = False
         # the global model is updated on the CPU, in NumPy, as it is exchanged
         self.fopt = FlatOptimizerState.zeros(self.model.theta.cpu(), setup.training.optimizer == "adam")
@@ -404,27 +531,33 @@ class WholeServer(Server):
 
     def aggregate(self, round_: int, *client_params: np.ndarray, **kw: Any) -> dict[str, int]:
         """:meth:`Server.aggregate` (``kw``: its keyword options, passed on), with ``exchange:
-        gradients`` the aggregated gradient applied to the global model."""
+        gradients`` the aggregated gradient applied to the global model (and the aggregated BatchNorm
+        statistics loaded; the rule's own vector for them: the current global statistics)."""
         if self.plan.exchange == "params":
             return super().aggregate(round_, *client_params, **kw)
-        theta = self.global_params
-        self.global_params = np.zeros_like(theta)  # the rule's own vector: no update
+        theta = self.global_params  # [θ, s]
+        part, st = self.exchange.unpack(torch.from_numpy(theta.copy())[None])
+        own = self.exchange.pack(torch.zeros_like(part), st if st is not None else part[:, :0])
+        self.global_params = own[0].numpy()  # the rule's own vector: no update (and the statistics as they are)
         try:
             stats = super().aggregate(round_, *client_params, **kw)
-            g = torch.from_numpy(self.global_params.copy())
+            g, g_st = self.exchange.unpack(torch.from_numpy(self.global_params.copy())[None])
         finally:
             self.global_params = theta
         if not stats["skipped"]:
-            t = torch.from_numpy(theta.copy())[None]
+            t = part.clone()
             tr = self.s.training
-            optimizer_step(t, g[None], self.fopt, optimizer=tr.optimizer, lr=tr.lr,
+            optimizer_step(t, g, self.fopt, optimizer=tr.optimizer, lr=tr.lr,
                            momentum=tr.momentum, weight_decay=tr.weight_decay)
-            self.global_params = t[0].numpy()
+            self.global_params = self.exchange.pack(t, g_st if g_st is not None else t[:, :0])[0].numpy()
         return stats
 
     def evaluate(self, features: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """The global model's test accuracy and loss on ``features``' test split, ``[1]`` each."""
-        self.model.theta.copy_(torch.from_numpy(self.global_params)[None])
+        part, st = self.exchange.unpack(torch.from_numpy(self.global_params)[None].to(self.model.device))
+        self.model.theta.copy_(self.exchange.merge(part, self.model.theta))
+        if st is not None:
+            self.model.set_stats(st)
         x, y = (torch.as_tensor(np.array(features[k])).to(self.model.device) for k in ("x_test", "y_test"))
         acc, loss = accuracy_and_loss(self.model, torch.tensor([0]), x, y)
         return acc.numpy(), loss.numpy()

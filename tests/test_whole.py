@@ -279,9 +279,10 @@ def test_kill_and_resume_is_byte_identical_with_adam_and_gradients(tmp_path, mod
 
 
 _model_values = st.one_of(st.none(), st.booleans(), st.integers(-3, 6), st.floats(allow_nan=True),
-                          st.sampled_from(["head", "last_k", "all", "scratch", "pretrained", "params", "gradients"]),
+                          st.sampled_from(["head", "last_k", "all", "scratch", "pretrained", "params", "gradients",
+                                           "dpsgd", "exchanged", "local"]),
                           st.lists(st.integers(-1, 40), max_size=3))
-_model_sections = st.dictionaries(st.sampled_from(["trainable", "k", "hidden", "init", "exchange", "layers"]),
+_model_sections = st.dictionaries(st.sampled_from(["trainable", "k", "hidden", "init", "exchange", "bn", "layers"]),
                                   _model_values, max_size=5)
 
 
@@ -301,7 +302,8 @@ def test_fuzzed_model_sections_accept_or_one_line_error(tmp_path_factory, model)
 @given(st.fixed_dictionaries({
     "model": st.fixed_dictionaries({"trainable": st.sampled_from(["head", "last_k", "all"])}, optional={
         "k": st.integers(1, 4), "hidden": st.lists(st.integers(1, 8), max_size=2),
-        "init": st.sampled_from(["pretrained", "scratch"]), "exchange": st.sampled_from(["params", "gradients"])}),
+        "init": st.sampled_from(["pretrained", "scratch"]),
+        "exchange": st.sampled_from(["params", "gradients", "dpsgd"]), "bn": st.sampled_from(["exchanged", "local"])}),
     "mode": st.sampled_from(["decentralized", "federated"]),
     "strategy": st.fixed_dictionaries(
         {"name": st.sampled_from(["fedavg", "median", "krum", "trimmed_mean", "bristle"])}),

@@ -6,7 +6,9 @@ Shipped: ``fmnist_cnn``, a small CNN pretrained on the embedded Fashion-MNIST (w
 ``fedsim/models/weights/``, reproducible with ``fedsim pretrain``), used for MNIST-like 28×28
 tasks. ``cifar_cnn`` is the same recipe for 32×32 RGB (pretrain it on CIFAR-100 with
 ``fedsim pretrain --backbone cifar_cnn --dataset cifar100 --data-dir DIR``). ``identity`` uses
-the raw pixels (or the given feature vectors) as features.
+the raw pixels (or the given feature vectors) as features. ``fmnist_bn_cnn`` is ``fmnist_cnn`` with a
+BatchNorm after each convolution, shipped without weights (for ``model: {trainable: all, init:
+scratch}``, BatchNorm in whole-model training; ``fedsim pretrain --backbone fmnist_bn_cnn`` makes them).
 
 Your own: :func:`register_backbone` with a :class:`BackboneSpec` whose ``build`` returns any
 ``torch.nn.Module`` mapping ``[N, *input_shape]`` to ``[N, d]`` features, from a module named in
@@ -34,11 +36,11 @@ if TYPE_CHECKING:  # torch is imported where a network is built or run (`fedsim 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
-def _cnn(in_ch: int, side: int, pool: int = 3) -> nn.Sequential:
+def _cnn(in_ch: int, side: int, pool: int = 3, bn: bool = False) -> nn.Sequential:
     """The shipped CNN trunk (:func:`fedsim.models.nets.cnn`), imported when a backbone is built."""
     from fedsim.models.nets import cnn
 
-    return cnn(in_ch, side, pool)
+    return cnn(in_ch, side, pool, bn)
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,16 @@ BACKBONES: dict[str, BackboneSpec] = {
         "fmnist_cnn",
         "2-conv CNN → 576 pooled conv features, pretrained on Fashion-MNIST (for 28×28 grey digits: MNIST, EMNIST)",
         lambda: _cnn(1, 28),
+        (1, 28, 28),
+        mean=0.2860,
+        std=0.3530,
+        pretrain_dataset="fashion_mnist_embedded",
+    ),
+    "fmnist_bn_cnn": BackboneSpec(
+        "fmnist_bn_cnn",
+        "fmnist_cnn with a BatchNorm after each conv, for whole-model training with BatchNorm (model.bn); "
+        "no shipped weights: init: scratch, or `fedsim pretrain --backbone fmnist_bn_cnn`",
+        lambda: _cnn(1, 28, bn=True),
         (1, 28, 28),
         mean=0.2860,
         std=0.3530,

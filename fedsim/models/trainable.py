@@ -14,8 +14,11 @@ a non-sequential backbone as one layer, then the head's linear layers. ``model.t
   per-layer initialisation under a seeded generator).
 
 Every peer starts from the same initial parameters (as in FedAvg, McMahan et al. 2017, where the
-server broadcasts one initial model). The network runs in ``eval()`` mode throughout (no dropout;
-a BatchNorm would use its stored statistics, which are never updated — buffers are not trained).
+server broadcasts one initial model). The frozen prefix runs in ``eval()`` mode (a BatchNorm there
+uses its stored statistics, as a frozen pretrained layer should). In the trainable part BatchNorm
+layers run in train mode during local steps, each peer keeping its own running statistics, and in
+eval mode for evaluation (:mod:`fedsim.stacked`); dropout stays off. What happens to BatchNorm on
+exchange is ``model.bn`` (:mod:`fedsim.whole`).
 """
 
 from __future__ import annotations
@@ -39,13 +42,14 @@ class ModelPlan:
     k: int
     hidden: tuple[int, ...]
     init: str  # pretrained | scratch
-    exchange: str  # params | gradients
+    exchange: str  # params | gradients | dpsgd
     bias: bool  # linear layers of the head have a bias (training.bias)
     seed: int
     dim: int  # the backbone's output (feature) size: the head's input
     num_classes: int
     device: str = "cpu"  # engine.device: where the stacked trainable part runs (fedsim.device)
     batching: str = "auto"  # model.batching: vmap | loop | auto (fedsim.stacked.resolve_batching)
+    bn: str = "exchanged"  # model.bn: exchanged (FedAvg: statistics sent and aggregated) | local (FedBN)
 
 
 def _backbone(plan: ModelPlan) -> nn.Module | None:
