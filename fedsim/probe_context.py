@@ -68,6 +68,7 @@ class _Ctx:
     rounds: int = 1
     retrain: Retrain | None = None
     recorded_gradients: np.ndarray | None = None  # the unlearning probe's leaver's first-epoch gradients [B, P]
+    recorded_messages: dict[int, np.ndarray] = field(default_factory=dict)  # last rounds' messages [N, P], by round
     retrained: dict[int, np.ndarray] = field(default_factory=dict)
     # the trained federation's Simulation.state() (heads and optimizer buffers) and the runner's
     # Run.continue_without (the federated-unlearning probe continues training from it)
@@ -107,6 +108,7 @@ def _context(run: Any, prep: Any, final_params: np.ndarray, retrain: Retrain | N
         out_dir=Path(run.dir),
         retrain=retrain,
         recorded_gradients=getattr(run, "recorded_gradients", None),
+        recorded_messages=getattr(run, "recorded_messages", None) or {},
         final_state=getattr(run, "final_state", None),
         continue_without=getattr(run, "continue_without", None),
         x_train=torch.from_numpy(np.asarray(f.x_train)).to(torch.float64),

@@ -87,6 +87,19 @@ def _gradient_recording(sc: Scenario, train: list[np.ndarray], byz: np.ndarray,
     return None
 
 
+def message_window(sc: Scenario, prep: Prepared, absent: list[int] | None) -> int:
+    """Rounds at the end of training whose messages are kept for the first unlearning probe's gossip
+    rollback (its ``rollback_rounds``; :mod:`attacks.probes.rollback`), or 0: no unlearning probe, the
+    retrain (``absent``), or a run the rollback cannot replay (not decentralized, a rule other than
+    fedavg with its own head, Byzantine peers, a whole model)."""
+    probe = next((p for p in sc.probes if p.kind == "unlearning"), None)
+    if probe is None or absent or sc.mode != "decentralized" or sc.model.whole or prep.byzantine.any():
+        return 0
+    if sc.strategy.name != "fedavg" or sc.strategy.params.get("include_own", True) is False:
+        return 0
+    return min(int(probe.rollback_rounds), sc.rounds)
+
+
 def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list[int] | None = None,
             threads: int | None = None) -> Prepared:
     """Features, partition, Byzantine placement and the per-actor set-ups (no actor started).
@@ -248,6 +261,7 @@ class Run:
         self.run_probes = run_probes
         self.rundir = RunDirectory(self.dir, sc)
         self.recorded_gradients: np.ndarray | None = None  # the unlearning probe's leaver's, [B, P]
+        self.recorded_messages: dict[int, np.ndarray] = {}  # by round, [N, P] (message_window)
         self.final_params: np.ndarray | None = None
         self.final_state: dict[str, Any] | None = None  # Simulation.state() after the last round (probes only)
         self.prepared: Prepared | None = None
@@ -320,7 +334,7 @@ class Run:
                 if hasattr(cb, "on_start"):
                     cb.on_start(sc, point.start if point else 0)
                 started.append(cb)
-            sim = Simulation(sc, prep, backend)
+            sim = Simulation(sc, prep, backend, record_messages=message_window(sc, prep, self.absent))
             self.groups, self.server = sim.groups, sim.server
             out = self._loop(sim, prep, point, callbacks)
             summary = None if "stopped_after" in out else out
@@ -393,6 +407,7 @@ class Run:
             # the unlearning probe's leaver's first-epoch gradients, then free the actors' CPUs
             # (heads already fetched; the unlearning probe retrains on them)
             self.recorded_gradients = sim.recorded_gradients()
+            self.recorded_messages = sim.messages  # the last rounds' messages (the gossip rollback's)
             self.final_state = sim.state()  # heads and optimizer buffers: the federated-unlearning probe continues it
             sim.close()
             self.groups, self.server = [], None

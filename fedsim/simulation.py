@@ -65,8 +65,12 @@ class Simulation:
     what a checkpoint holds (independent of how peers are split over groups);
     :meth:`final_params` the heads after the last round. :meth:`close` frees the actors."""
 
-    def __init__(self, sc: Scenario, prep: Prepared, backend: Any) -> None:
+    def __init__(self, sc: Scenario, prep: Prepared, backend: Any, record_messages: int = 0) -> None:
         self.sc, self.prep, self.backend = sc, prep, backend
+        # the messages (heads after local training, [N, P]) of the last ``record_messages`` rounds,
+        # by round: what the unlearning probe's gossip rollback replays (fedsim.probe_unlearning)
+        self.record_messages = record_messages
+        self.messages: dict[int, np.ndarray] = {}
         feats = prep.features
         self.features_ref = backend.put(
             {"x_train": feats.x_train, "y_train": feats.y_train, "x_test": feats.x_test, "y_test": feats.y_test}
@@ -120,6 +124,8 @@ class Simulation:
         if (r + 1) % sc.evaluation.every == 0 or r == sc.rounds - 1:
             rec |= self.evaluate(r)
             t_eval = time.perf_counter() - t2
+        if self.record_messages and r >= sc.rounds - self.record_messages:  # after the timed phases
+            self.messages[r] = np.concatenate([np.asarray(m) for m in backend.get(params_refs)])
         return RoundRecord(r, rec, {"train": t1 - t0, "aggregate": t2 - t1, "evaluate": t_eval})
 
     def _aggregate(self, r: int, params_refs: list[Any], sampled: np.ndarray | None) -> list[Any]:
