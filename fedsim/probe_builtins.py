@@ -52,6 +52,9 @@ UNLEARNING_PARAMS: dict[str, Any] = {
     "newton_search_max": param(8, Integer(minimum=1, maximum=1000),
                                doc="newton_calibrated: most multiples of the Newton step searched along its "
                                "direction"),
+    "rollback_rounds": param(40, Integer(minimum=0, maximum=100000),
+                             doc="gossip_rollback: last rounds (at most all) whose messages the peers keep and "
+                             "replay without the leaver's (0: off; decentralized fedavg, no Byzantine peers)"),
     "finetune_steps": param(50, Integer(minimum=0),
                             doc="full-batch gradient steps of the fine-tune-on-retained baseline"),
     "finetune_lr": param(0.5, POSITIVE),

@@ -68,7 +68,8 @@ class _Ctx:
     final_state: dict[str, Any] | None = None
     continue_without: Callable[..., dict[int, np.ndarray]] | None = None
     # round -> the heads every peer sent [N, P] (the engine's messages, RoundRecord.messages), kept
-    # when a probe has needs_messages (the gossip-cloning probe); empty otherwise
+    # for the rounds fedsim.runner.message_window names: every round for a probe with needs_messages
+    # (gossip cloning), the last rollback_rounds for the unlearning probe's rollback; empty otherwise
     messages: dict[int, np.ndarray] = field(default_factory=dict)
     strategy: Any = None  # the scenario's strategy section (sc.strategy: name and parameters)
 

@@ -217,14 +217,44 @@ def _stop_reference(cfg: dict[str, Any], ctx: _Ctx, peer: int, forget: tuple[Ten
     return _StopRef(torch.from_numpy(x), torch.from_numpy(y), strata)
 
 
+def _rollback(cfg: dict[str, Any], ctx: _Ctx, peer: int, target: int | str) -> tuple[Tensor | None, dict[str, Any]]:
+    """The ``gossip_rollback`` head of ``target`` (:func:`attacks.probes.gossip_rollback`): the last
+    ``rollback_rounds`` rounds' averages replayed without ``peer``'s messages, each peer's local SGD
+    linearised around its message (the Hessian of its whole shard there). ``(None, {"skipped": why})``
+    when the run kept no messages (:func:`fedsim.runner.message_window`), the window is incomplete
+    (a resumed run) or the optimizer is not SGD."""
+    k, msgs, t = min(cfg["rollback_rounds"], ctx.rounds), ctx.messages, ctx.training
+    rounds = list(range(ctx.rounds - k, ctx.rounds))
+    why = ("rollback_rounds is 0" if k == 0 else "the target is the global model" if target == "global"
+           else f"optimizer {t.optimizer!r} (the linearised local training is SGD's)" if t.optimizer != "sgd"
+           else "the run kept no messages (not decentralized fedavg without Byzantine peers, or resumed)"
+           if any(r not in msgs for r in rounds) else None)
+    if why is not None:
+        return None, {"skipped": why}
+    shape, bias = ctx.layer_shape, ctx.bias
+    messages = [torch.from_numpy(msgs[r]).to(torch.float64) for r in rounds]
+    shards = [ctx.peer_data([j])[0] for j in range(ctx.n)]
+
+    def jacobian(j: int, w: int, d: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+        hv = ap.hessian_vector(messages[w][j], shards[j], shape, bias)
+        return ap.heavy_ball_jacobian(hv, float(t.lr), float(t.momentum), int(t.local_steps),
+                                      float(t.weight_decay))(d, b)
+
+    heard = [[[int(i) for i in nb] for nb in in_neighbors(ctx.topology, r)] for r in rounds]
+    heads = ap.gossip_rollback(ctx.final_params, messages, heard, peer, jacobian)
+    return heads[ctx.row(target)], {"rounds": k}
+
+
 def _methods(cfg: dict[str, Any], ctx: _Ctx, before: Tensor, after: Tensor, retrained: Tensor | None,
              forget: tuple[Tensor, Tensor], retain: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor],
              cal: tuple[Tensor, Tensor], recorded: Tensor | None = None, stop: _StopRef | None = None,
-             extra_splits: dict[str, Tensor] | None = None) -> tuple[dict[str, Any], dict[str, Tensor]]:
+             extra_splits: dict[str, Tensor] | None = None,
+             rollback: tuple[Tensor | None, dict[str, Any]] | None = None) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """Every unlearning method beside the gradient ascent, judged against the retrained head in
     function space (:mod:`attacks.probes.retrain_gap`): ``none`` (do nothing), ``gradient_ascent``
     (the probe's calibrated ascent), ``bias_only_ascent`` (the same ascent and stopping rule on the
-    class biases only), ``finetune_retain`` and ``newton`` (damped Newton/influence removal).
+    class biases only), ``finetune_retain``, ``newton`` (damped Newton/influence removal) and, when
+    ``rollback`` holds a head, ``gossip_rollback`` (:func:`_rollback`).
     Without a retrained head only accuracies are reported. ``stop``: the membership rule's reference
     (default: the natural calibration split ``cal``); ``extra_splits``: more ``{name: features}`` to
     judge on (the forget set's natural examples and canaries)."""
@@ -259,6 +289,9 @@ def _methods(cfg: dict[str, Any], ctx: _Ctx, before: Tensor, after: Tensor, retr
             **stop.strata)
         info["newton_calibrated"] = {"multiple": (tr.steps - 1 + tr.final_fraction) / 4 if tr.steps else 0.0,
                                      "stop_reason": tr.stop_reason}
+    if rollback is not None and rollback[0] is not None:  # the gossip rollback (_rollback)
+        heads["gossip_rollback"] = rollback[0]
+        info["gossip_rollback"] = rollback[1]
     if cfg["criterion"] != "loss":  # the mean-loss rule beside the chosen one (it stops at 0 steps with canaries)
         heads["ascent_loss_rule"], tr = ap.unlearn_gradient_ascent(
             before, shape, bias, forget[0], forget[1], cal[0], cal[1], cfg["lr"], cfg["max_steps"],
@@ -356,10 +389,11 @@ def run_unlearning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
         criterion=cfg["criterion"], alpha=cfg["alpha"], path_every=cfg["path_every"], observe=observe,
         **stop.strata,
     )
+    rollback = _rollback(cfg, ctx, peer, target)
     report = ap.evaluate_unlearning(before, after, retrained, forget, retain, test, mia, layer_shape=shape,
                                     bias=bias, shadows=shadows, trace=trace)
     methods, heads = _methods(cfg, ctx, before, after, retrained, forget, retain, test, cal, recorded, stop,
-                              {k: v for k, v in splits.items() if k.startswith("forget_")})
+                              {k: v for k, v in splits.items() if k.startswith("forget_")}, rollback)
     methods["gradient_ascent"].update(steps=trace.steps, stop_reason=trace.stop_reason, criterion=trace.criterion,
                                       path=to_plain_path(trace.path))
     extra = {k: v for k, v in heads.items() if k not in ("none", "gradient_ascent")}
@@ -386,6 +420,7 @@ def run_unlearning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
         "records": [report.to_dict()],
         "methods": methods,
         "chosen": {"rule": SELECTION_RULE, "method": choose_method(methods)},
+        "skipped_methods": {} if rollback[0] is not None else {"gossip_rollback": rollback[1]["skipped"]},
         "membership": membership,
         "membership_setup": membership_info,
         "influence": influence,

@@ -88,6 +88,23 @@ def _gradient_recording(sc: Scenario, train: list[np.ndarray], byz: np.ndarray,
     return None
 
 
+def message_window(sc: Scenario, prep: Prepared, absent: list[int] | None, run_probes: bool = True) -> int:
+    """Rounds at the end of training whose messages the run keeps (``RoundRecord.messages`` →
+    :attr:`Run.messages` → ``ProbeContext.messages``): every round when a probe to run reads the
+    gossip (its kind's ``needs_messages``: :mod:`fedsim.probe_gossip`); else the first unlearning
+    probe's ``rollback_rounds`` for its gossip rollback (:mod:`attacks.probes.rollback`), or 0: no
+    unlearning probe, the retrain (``absent``), or a run the rollback cannot replay (not
+    decentralized, a rule other than fedavg with its own head, Byzantine peers, a whole model)."""
+    if run_probes and probes_need_messages(sc):
+        return sc.rounds
+    probe = next((p for p in sc.probes if p.kind == "unlearning"), None)
+    if probe is None or absent or sc.mode != "decentralized" or sc.model.whole or prep.byzantine.any():
+        return 0
+    if sc.strategy.name != "fedavg" or sc.strategy.params.get("include_own", True) is False:
+        return 0
+    return min(int(probe.rollback_rounds), sc.rounds)
+
+
 def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list[int] | None = None,
             threads: int | None = None) -> Prepared:
     """Features, partition, Byzantine placement and the per-actor set-ups (no actor started).
@@ -309,8 +326,7 @@ class Run:
                 if hasattr(cb, "on_start"):
                     cb.on_start(sc, point.start if point else 0)
                 started.append(cb)
-            sim = Simulation(sc, prep, backend)
-            sim.keep_messages = self.run_probes and probes_need_messages(sc)
+            sim = Simulation(sc, prep, backend, record_messages=message_window(sc, prep, self.absent, self.run_probes))
             self.messages = {}
             self.groups, self.server = sim.groups, sim.server
             out = self._loop(sim, prep, point, callbacks)

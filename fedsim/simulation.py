@@ -49,8 +49,8 @@ class RoundRecord:
     metrics: dict[str, Any]
     phases: dict[str, float]
     # the heads every peer sent this round ``[N, P]`` (after local training, before any Byzantine
-    # forgery), kept only when :attr:`Simulation.keep_messages` is set (a probe that observes the
-    # gossip, fedsim.probe_gossip); None otherwise (no copy, no cost)
+    # forgery), kept only in the last ``Simulation.record_messages`` rounds (the probes that read the
+    # gossip: fedsim.probe_gossip, the unlearning probe's rollback); None otherwise (no copy, no cost)
     messages: np.ndarray | None = None
 
     @property
@@ -70,8 +70,11 @@ class Simulation:
     what a checkpoint holds (independent of how peers are split over groups);
     :meth:`final_params` the heads after the last round. :meth:`close` frees the actors."""
 
-    def __init__(self, sc: Scenario, prep: Prepared, backend: Any) -> None:
+    def __init__(self, sc: Scenario, prep: Prepared, backend: Any, record_messages: int = 0) -> None:
         self.sc, self.prep, self.backend = sc, prep, backend
+        # the last ``record_messages`` rounds' RoundRecords carry the heads every peer sent
+        # (RoundRecord.messages): the probes that read the gossip (fedsim.runner.message_window)
+        self.record_messages = record_messages
         feats = prep.features
         self.features_ref = backend.put(
             {"x_train": feats.x_train, "y_train": feats.y_train, "x_test": feats.x_test, "y_test": feats.y_test}
@@ -91,7 +94,6 @@ class Simulation:
         # that call's reply; None: ask the server (round 0, after a restore)
         self._global_ref: Any = None
         self.honest_ids = np.flatnonzero(~prep.byzantine)
-        self.keep_messages = False  # True: every RoundRecord carries the round's sent heads
 
     # ------------------------------------------------------------------ rounds
     def rounds(self, start: int = 0) -> Iterator[RoundRecord]:
@@ -119,7 +121,8 @@ class Simulation:
         losses = backend.get([t[1] for t in trained])
         t1 = time.perf_counter()
         # copied before the in-process aggregation overwrites the heads (a bias-free head's rows are views)
-        msgs = np.concatenate(backend.get(params_refs)) if self.keep_messages else None
+        keep = self.record_messages and r >= sc.rounds - self.record_messages
+        msgs = np.concatenate([np.array(m) for m in backend.get(params_refs)]) if keep else None
         stats = backend.get(stats_refs if stats_refs is not None else self._aggregate(r, params_refs, sampled))
         t2 = time.perf_counter()
         rec = round_metrics(sc, self.prep, r, losses, stats, sampled)

@@ -104,7 +104,7 @@ def test_probes_json_contract_membership_and_methods(done) -> None:
     retrained head in function space."""
     e = _entry(done[2], "unlearning")
     models = ["before", "after", "bias_only_ascent", "finetune_retain", "newton", "newton_retain", "newton_calibrated",
-              "ascent_loss_rule", "retrained"]
+              "gossip_rollback", "ascent_loss_rule", "retrained"]
     assert list(e["membership"]) == models
     for m in models:
         t = e["membership"][m]["natural_loss"]
@@ -113,7 +113,8 @@ def test_probes_json_contract_membership_and_methods(done) -> None:
         assert t["class_matched_q95"] is not None  # natural data: the class-prior null is always run
     methods = e["methods"]
     assert list(methods) == ["none", "gradient_ascent", "bias_only_ascent", "finetune_retain", "newton",
-                             "newton_retain", "newton_calibrated", "ascent_loss_rule"]
+                             "newton_retain", "newton_calibrated", "gossip_rollback", "ascent_loss_rule"]
+    assert methods["gossip_rollback"]["rounds"] == 10 and e["skipped_methods"] == {}
     for m, r in methods.items():
         for key in ("kl_to_retrained", "disagreement_to_retrained", "kl_gap_closed"):
             assert set(r[key]) == {"forget", "retain", "test"}, (m, key)
@@ -132,6 +133,27 @@ def test_probes_json_contract_membership_and_methods(done) -> None:
     assert e["chosen"]["method"] in (None, *methods) and "no retrained model" in e["chosen"]["rule"]
     for r in methods.values():
         assert set(r["selection"]) == {"statistic", "threshold", "calibration_accuracy", "calibration_kl_from_trained"}
+
+
+def test_messages_recorded_for_the_gossip_rollback(done) -> None:
+    """The engine keeps every round's messages (rollback_rounds 40 > 10 rounds): each final head is
+    the fedavg mean of the last round's messages it heard, and a one-round rollback is that mean
+    without the leaver's message (what the retrained federation's last average does)."""
+    import torch
+
+    from attacks.probes import gossip_rollback
+    from fedsim.probes import in_neighbors
+
+    run, _, probes = done
+    e = _entry(probes, "unlearning")
+    msgs, final = run.messages, np.asarray(run.final_params)
+    assert sorted(msgs) == list(range(10)) and msgs[9].shape == final.shape
+    nb = [[int(i) for i in a] for a in in_neighbors(run.prepared.topology, 9)]
+    for k, heard in enumerate(nb):
+        np.testing.assert_allclose(final[k], msgs[9][[k, *heard]].mean(0), rtol=0, atol=1e-5)
+    one = gossip_rollback(torch.from_numpy(final).double(), [torch.from_numpy(msgs[9])], [nb], e["peer"]).numpy()
+    k = e["target"]
+    np.testing.assert_allclose(one[k], msgs[9][[i for i in [k, *nb[k]] if i != e["peer"]]].mean(0), atol=1e-5)
 
 
 def test_leaver_first_epoch_gradients_recorded_and_replayed(done) -> None:

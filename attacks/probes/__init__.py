@@ -86,9 +86,11 @@ from attacks.probes.retrain_gap import (
     finetune_on_retain,
     function_gap,
     gap_closed,
+    hessian_vector,
     kl_and_disagreement,
     newton_removal,
 )
+from attacks.probes.rollback import gossip_rollback, heavy_ball_jacobian
 from attacks.probes.unlearning import (
     ModelEvaluation,
     UnlearningReport,
@@ -103,6 +105,7 @@ from attacks.probes.unlearning import (
 __all__ = [
     "accuracy", "bias_only", "ce_gradient", "finetune_on_retain", "function_gap", "gap_closed",
     "kl_and_disagreement", "grouped_membership_statistic", "membership_statistic", "newton_removal",
+    "gossip_rollback", "heavy_ball_jacobian", "hessian_vector",
     "MembershipTest", "ce_losses", "clopper_pearson", "crossfit_advantage", "lira_scores", "logit_confidence",
     "membership_test", "tpr_at_fixed_fpr", "train_heads_sgd",
     "AveragingOracle", "BottleneckHead", "ModelOracle", "RidgeRecovery", "kl_to_target", "project_logits",

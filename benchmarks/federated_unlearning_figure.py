@@ -1,0 +1,88 @@
+"""Figure: canary membership advantage vs rounds after the leaver left, one line per arm (who
+unlearned), one panel per unlearning method, from ``federated_unlearning`` runs at several seeds.
+
+    for s in 0 1 2; do fedsim run scenarios/federated_unlearning.yaml --set seed=$s --out runs/fu/newton/s$s -q; done
+    # the same with `method: finetune_retain` in the probe → runs/fu/finetune/s$s
+    PYTHONPATH=. python benchmarks/federated_unlearning_figure.py \\
+        --runs newton=runs/fu/newton/s0,runs/fu/newton/s1,runs/fu/newton/s2 \\
+        --runs finetune_retain=runs/fu/finetune/s0,runs/fu/finetune/s1,runs/fu/finetune/s2 \\
+        --out docs/figures/federated_unlearning_canaries.png
+
+Each point: the loss-threshold advantage of the leaver's canaries (members vs held-out canaries),
+mean over the hop's peers (``--hop``, default 1: the leaver's neighbours), then over seeds, with
+the 95% t-interval over seeds (seeds as the unit). Dashed grey: the permutation null's 95%
+quantile (mean over arms, peers and seeds); dotted black: the federation retrained without the
+leaver (the gold standard). Reading: docs/probes.md, "federated_unlearning".
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+from federated_unlearning_seeds import T95, load  # benchmarks/ is on sys.path when run as a script
+
+from fedsim.plot import OKABE_ITO
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """``(mean, half-width of the 95% t-interval)`` over ``values`` (half-width 0 for one value)."""
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return float(v.mean()), 0.0
+    return float(v.mean()), T95.get(len(v) - 1, 1.96) * float(v.std(ddof=1)) / math.sqrt(len(v))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", action="append", required=True, metavar="LABEL=DIR,DIR,...",
+                    help="one panel: a label and the run directories (one per seed)")
+    ap.add_argument("--hop", default="1", help="hop distance from the leaver whose peers are averaged")
+    ap.add_argument("--out", type=Path, default=Path("docs/figures/federated_unlearning_canaries.png"))
+    args = ap.parse_args()
+    panels = []
+    for spec in args.runs:
+        label, _, dirs = spec.partition("=")
+        if not dirs:
+            raise SystemExit(f"--runs {spec!r}: expected LABEL=DIR,DIR,...")
+        panels.append((label, load(dirs.split(","))))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.2 * len(panels), 3.6))
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, (label, entries) in zip(axes, panels, strict=True):
+        rs = entries[0]["rounds_after"]
+        arms = entries[0]["arms"]
+        nulls = []
+        for k, arm in enumerate(arms):
+            pts = [mean_ci([e["records"][arm]["rounds"][str(r)][args.hop]["canary_membership"]["advantage"]
+                            for e in entries]) for r in rs]
+            nulls += [e["records"][arm]["rounds"][str(r)][args.hop]["canary_membership"]["null_q95"]
+                      for e in entries for r in rs]
+            name = {"0": "nobody (control)", "all": "everyone"}.get(arm, f"within {arm} hop{'s' if arm != '1' else ''}")
+            xs = [r + 0.25 * (k - (len(arms) - 1) / 2) for r in rs]  # arms side by side at each R
+            ax.errorbar(xs, [p[0] for p in pts], yerr=[p[1] for p in pts], marker="o", capsize=3,
+                        color=OKABE_ITO[k % len(OKABE_ITO)], label=name)
+        gold = [mean_ci([e["retrained_canary_membership"][str(r)][args.hop]["advantage"] for e in entries])[0]
+                for r in rs]
+        ax.plot(rs, gold, ":", color="black", label="retrained (gold)")
+        ax.axhline(float(np.mean(nulls)), ls="--", color="grey", label="null q95")
+        ax.set_title(f"{label} ({len(entries)} seeds, hop {args.hop})", fontsize=10)
+        ax.set_xlabel("rounds after the leaver left (R)")
+        ax.set_xticks(rs)
+    axes[0].set_ylabel("canary membership advantage")
+    axes[-1].legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=130)
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()
