@@ -232,6 +232,16 @@ class StackedModel:
             out.append(torch.cat(parts) if parts else x.new_zeros(0, 0))
         return torch.stack(out) if out else x.new_zeros(0, len(x), 0)
 
+    @torch.no_grad()
+    def logits_of(self, theta: Tensor, x: Tensor, row: int = 0) -> Tensor:
+        """Logits ``[k, N, C]`` of any parameter vectors ``theta [k, P]`` (e.g. received models, for
+        a rule that scores them) on inputs ``x [N, ...]``, with peer ``row``'s buffers."""
+        theta = theta.to(self.device, self.theta.dtype)
+        bufs = {k: v[row] for k, v in self.buffers.items()}
+        x = x.to(self.device)
+        return torch.stack([functional_call(self.base, ({k: v[0] for k, v in self._views(theta[i : i + 1]).items()},
+                                                        bufs), (x,)) for i in range(theta.shape[0])])
+
 
 @torch.no_grad()
 def accuracy_and_loss(

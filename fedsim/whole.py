@@ -138,6 +138,8 @@ def check_model(sc: Scenario, info: DatasetInfo | None = None) -> None:
                              "use mode: decentralized or bn: exchanged")
     rule = strategies.build(sc.strategy.name, dict(sc.strategy.params))
     reads_heads = {"validation", "root_update", "overlap", "previous"} & set(rule.needs)
+    if rule.scores_whole_models:  # scores candidates through ctx.val_logits (WholePeerGroup._ctx)
+        reads_heads -= {"validation"}
     if reads_heads or rule.consolidated:
         raise ValueError(
             f"strategy.name: {sc.strategy.name!r} reads linear output layers "
@@ -483,7 +485,11 @@ class WholePeerGroup(PeerGroup):
     # ------------------------------------------------------------------ aggregation contexts
     def _ctx(self, j: int, round_: int, f: int, root: Tensor | None, seed: int,
              overlap: Tensor | None = None) -> strategies.AggregationContext:
-        return dataclasses.replace(super()._ctx(j, round_, f, root, seed, overlap), val_x=None, val_y=None)
+        ctx = super()._ctx(j, round_, f, root, seed, overlap)
+        if not self.rule.scores_whole_models or ctx.val_x is None:
+            return dataclasses.replace(ctx, val_x=None, val_y=None)
+        vx = ctx.val_x  # the peer's validation inputs; the rule sees the candidates' logits on them
+        return dataclasses.replace(ctx, val_x=None, val_logits=lambda theta: self.model.logits_of(theta, vx, j))
 
     def _batch_ctx(self, js: np.ndarray, round_: int, senders: np.ndarray) -> strategies.AggregationContext:
         return strategies.AggregationContext(

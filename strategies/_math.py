@@ -149,7 +149,10 @@ def coordinate_trimmed_mean(x: Tensor, b: int) -> Tensor:
 
 
 def validation_logits(params: Tensor, ctx: AggregationContext, rule: str) -> tuple[Tensor, Tensor]:
-    """Logits ``[k, m, C]`` (float64) of heads ``params [k, P]`` on ``ctx.val_x`` and the labels."""
+    """Logits ``[k, m, C]`` (float64) of heads ``params [k, P]`` on ``ctx.val_x`` and the labels;
+    of whole models through ``ctx.val_logits`` when the engine gives it."""
+    if ctx.val_logits is not None and ctx.val_y is not None:
+        return f64(ctx.val_logits(params)), ctx.val_y.to(params.device).long()
     if ctx.val_x is None or ctx.val_y is None:
         raise ValueError(f"{rule}: needs the local validation set (ctx.val_x, ctx.val_y)")
     x = f64(ctx.val_x.to(params.device))

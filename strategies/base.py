@@ -14,6 +14,7 @@ and the leaf :mod:`fedlib` only, never ``fedsim``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
@@ -55,6 +56,10 @@ class AggregationContext:
             that judge candidates against it (MOZI's ``reference="previous"``: the paper's
             ``x_{i,k}`` and the authors' ``oldModel``). Supplied when the rule ``needs``
             ``"previous"``.
+        val_logits: for vectors that are not a linear head (whole models, ``model.trainable``
+            other than ``head``): maps candidate vectors ``[k, P]`` to their logits ``[k, m, C]``
+            on the peer's local validation inputs (labels: ``val_y``; ``val_x`` is None then).
+            Given only to rules with :attr:`Strategy.scores_whole_models`.
 
     In :meth:`Strategy.aggregate_batch` (``g`` peers at once) the per-peer fields carry a leading
     ``g``: ``val_x [g, m, d]`` and ``val_y [g, m]`` zero-padded to the longest split, ``val_mask``
@@ -75,6 +80,7 @@ class AggregationContext:
     val_mask: Tensor | None = None
     overlap: Tensor | None = None
     previous: Tensor | None = None
+    val_logits: Callable[[Tensor], Tensor] | None = None
 
     @property
     def num_params(self) -> int:
@@ -101,11 +107,14 @@ class Strategy:
 
     ``needs`` may also name ``"overlap"`` (``ctx.overlap``, the classes each sender shares with the
     peer) and ``"local_classes"``; :attr:`consolidated` asks the peer for Bristle's consolidated
-    weights.
+    weights. :attr:`scores_whole_models`: the rule reads the validation set only through
+    ``validation_logits`` (no per-class head structure), so it also runs on whole models, where the
+    engine supplies ``ctx.val_logits``.
     """
 
     name: ClassVar[str] = ""
     needs: ClassVar[frozenset[str]] = frozenset()
+    scores_whole_models: ClassVar[bool] = False
     exchanges: ClassVar[str] = "full_model"
 
     def __post_init__(self) -> None:

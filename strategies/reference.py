@@ -114,8 +114,14 @@ class Mozi(Strategy):
     * ``loss_l2``: their loss is DL4J's ``network.score`` (on up to 100 validation samples), which
       adds the L2 penalty of the scored weights, ``l2/2·||W||²`` (``l2 = 5e-3`` in their runs; the
       bias is not penalised), to the mean cross-entropy; 0 (default): the plain mean cross-entropy.
+
+    Whole models (``model.trainable`` all or last_k): ``ℓ`` is the whole candidate model's
+    cross-entropy on the peer's validation inputs (``ctx.val_logits``), ``loss_l2`` penalises every
+    trainable parameter; ``reference="previous"`` is not available there (the engine keeps no
+    pre-training copy of whole models).
     """
     exchanges = "full_model"  # what a message carries (byte accounting)
+    scores_whole_models = True  # the loss reads only validation_logits (whole models: ctx.val_logits)
 
     rho: float | None = param(None, Real(lo=0.0, hi=1.0, lo_open=True, null=True))
     alpha: float = param(0.5, Real(lo=0.0, hi=1.0))

@@ -63,7 +63,27 @@ def _backbone(plan: ModelPlan) -> nn.Module | None:
         return net.requires_grad_(True)
     with torch.random.fork_rng(devices=[]):  # the global RNG is left as it was
         torch.manual_seed(crng.derive_seed(plan.seed, "model_init", 0))
-        return spec.build()
+        net = spec.build()
+        if not spec.weights_file:  # the builder may have set (loaded) its own weights: draw them again
+            reinitialise(net, plan.backbone)
+        return net.requires_grad_(True)
+
+
+def reinitialise(net: nn.Module, name: str) -> None:
+    """Every parameter of ``net`` drawn again by its module's ``reset_parameters()`` (PyTorch's
+    default initialisation, from the current RNG): ``init: scratch`` for a backbone whose builder
+    sets its weights itself (``weights_file=False``, e.g. read from a file). A module holding
+    parameters of its own without ``reset_parameters`` is refused (its weights could not be drawn)."""
+    for mod in net.modules():
+        if not any(True for _ in mod.parameters(recurse=False)):
+            continue
+        reset = getattr(mod, "reset_parameters", None)
+        if not callable(reset):
+            raise ValueError(
+                f"model.init: scratch: backbone {name!r} sets its own weights and its module "
+                f"{type(mod).__name__} has no reset_parameters() to draw them at random; use init: pretrained"
+            )
+        reset()
 
 
 def _head(plan: ModelPlan, dim: int, num_classes: int) -> list[nn.Module]:
