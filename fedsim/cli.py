@@ -134,7 +134,7 @@ def run(
     if summary.get("probes") and (r.dir / "probes.json").exists():
         import json
 
-        from fedsim.report import format_probes
+        from fedsim.report_probes import format_probes
 
         click.echo(format_probes(json.loads((r.dir / "probes.json").read_text())))
 

@@ -4,7 +4,7 @@
 form are :mod:`fedsim.probe_builtins` (registered kinds, :mod:`fedsim.probe_registry`);
 :func:`fedsim.probe_runs.run_probes` runs a scenario's probes after the last round and writes
 ``<run>/probes.json``, handed the retraining as a callable (no probe module imports the runner);
-:func:`fedsim.report.format_probes` renders ``probes.json`` as Markdown.
+:func:`fedsim.report_probes.format_probes` renders ``probes.json`` as Markdown.
 
 This module is the facade: every name of the modules it is made of, so ``from fedsim.probes
 import ...`` (and ``fedsim.probes._context`` and the other helpers) keeps working:

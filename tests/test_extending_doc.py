@@ -97,7 +97,7 @@ def test_doc_probe_runs_from_the_plugin_against_a_control(plugin, small_scenario
     every client holds the one global head, the control where the distance is 0."""
     import json
 
-    from fedsim.report import format_probes
+    from fedsim.report_probes import format_probes
 
     _, snippet = plugin
     probe = {"probes": [{"kind": "consensus_distance"}]}

@@ -17,7 +17,7 @@ from attacks import probes as ap
 from fedsim.callbacks import StopAfter
 from fedsim.probe_registry import validate_probe
 from fedsim.probes import _context
-from fedsim.report import format_probes
+from fedsim.report_probes import format_probes
 from fedsim.runner import Run
 from fedsim.scenario import parse
 

@@ -12,7 +12,7 @@ import torch
 
 from fedsim.probe_registry import summarize, validate_probe
 from fedsim.probes import _Ctx, _plain, run_cloning
-from fedsim.report import format_probes
+from fedsim.report_probes import format_probes
 from fedsim.schema import TrainingCfg
 
 C, D, N_PEERS = 10, 24, 4

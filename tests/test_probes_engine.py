@@ -14,7 +14,7 @@ import pytest
 from fedsim.probe_registry import validate_probe
 from fedsim.probe_runs import run_probes
 from fedsim.probes import choose_method, heldout_split, hop_distances
-from fedsim.report import format_probes
+from fedsim.report_probes import format_probes
 from fedsim.runner import Run
 from fedsim.scenario import parse
 

@@ -205,7 +205,7 @@ def test_probe_exact_on_constant_gossip_and_beats_every_control():
     assert set(entry["records"]["10"]) == {"2", "3", "4", "all"}
     assert entry["final_head"]["all"]["reconstruction"]["rel_error"] < 1e-5
     from fedsim.probe_registry import summarize
-    from fedsim.report import format_probes
+    from fedsim.report_probes import format_probes
 
     table = format_probes([entry])
     assert "Gossip cloning (constant updates" in table and "| 10 | all | 40 |" in table
