@@ -9,7 +9,7 @@ a linear head on frozen features:
   whole from a random initialisation drawn from the seed (``model: {trainable: all, init:
   scratch}``); every client starts each round from the server's model;
 * the same data and partition: the MNIST digits shipped with fedsim (``mnist10k``, 8,000 train /
-  2,000 test, normalised 1×28×28 inputs from :func:`fedsim.whole.prepare_features`), the iid
+  2,000 test, normalised 1×28×28 inputs from :func:`fedsim.whole_plan.prepare_features`), the iid
   partition of :func:`fedsim.partition.make_partition` (seed 0);
 * the same local training: 5 SGD steps of batch 32 at lr 0.1, no momentum (stateless clients in
   both engines), minibatches drawn by fedsim's counter-based RNG in both; N clients, all selected
@@ -78,7 +78,7 @@ def run_flower(n: int, rounds: int, tmp: Path, cpus_per_client: float) -> dict:
 
     from fedsim.models.trainable import split
     from fedsim.stacked import StackedModel, accuracy_and_loss
-    from fedsim.whole import prepare_features
+    from fedsim.whole_plan import prepare_features
 
     feats, plan = prepare_features(parse(scenario(n, rounds, "local", tmp)))
     part = make_partition("iid", feats.y_train, n, SEED)

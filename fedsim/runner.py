@@ -114,9 +114,9 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     process uses (:func:`group_threads`)."""
     plan = None
     if sc.model.whole:  # more than the linear head is trained (issue 18): fedsim.whole
-        from fedsim import whole
+        from fedsim import whole, whole_plan
 
-        feats, plan = whole.prepare_features(sc, log)
+        feats, plan = whole_plan.prepare_features(sc, log)
     else:
         feats = load_features(sc.dataset.name, sc.backbone.name, sc.dataset.data_dir, sc.backbone.cache_dir, log)
     n = sc.peers.count
@@ -132,7 +132,7 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     c, d = feats.num_classes, feats.dim
     num_params = head_params((c, d), sc.training.bias)
     if plan is not None:
-        d, num_params = plan.dim, whole.num_trainable(plan)
+        d, num_params = plan.dim, whole_plan.num_trainable(plan)
     rule_cls = strategies.REGISTRY[sc.strategy.name]
     # the class sets peers compare when they connect (Bristle's private-set intersection), for every peer
     classes = held_classes(feats.y_train, train, part.val, c) if "overlap" in rule_cls.needs else None
@@ -175,7 +175,7 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     if plan is not None:  # the same set-ups with the model to train; bytes: the trainable parameters only
         setups = [whole.with_model(s, plan) for s in setups]
         server = None if server is None else whole.with_model(server, plan)
-        extra = whole.message_size(plan) - num_params  # + BatchNorm statistics sent, − BatchNorm kept (model.bn)
+        extra = whole_plan.message_size(plan) - num_params  # + BatchNorm statistics sent, − BatchNorm kept (model.bn)
     info = {
         "peers": n,
         "byzantine_ids": np.flatnonzero(byz).tolist(),

@@ -68,7 +68,7 @@ def check_semantics(sc: Scenario, source: str = "scenario", *, require_data: boo
     if device:
         fail(device)
     if sc.model.whole:
-        from fedsim.whole import check_model
+        from fedsim.whole_plan import check_model
 
         try:
             check_model(sc, info)

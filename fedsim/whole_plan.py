@@ -1,0 +1,275 @@
+"""What a whole-model scenario trains and sends, decided before any peer exists: the
+:class:`~fedsim.models.trainable.ModelPlan` of the scenario's ``model`` section (:func:`plan_for`),
+its validation (:func:`check_model`: what a rule, an attack or a probe cannot do with a whole model),
+the memory estimate, the frozen prefix's cached outputs (:func:`prepare_features`), and the message
+layout (:class:`Exchange`, ``model.bn``; :func:`message_size`). The peers that train it are
+:mod:`fedsim.whole`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import strategies
+from fedsim.models.trainable import ModelPlan, num_layers, split
+from fedsim.stacked import NORM, StackedModel, resolve_batching
+
+if TYPE_CHECKING:
+    from fedsim.data.datasets import DatasetInfo
+    from fedsim.features import Features
+    from fedsim.scenario import Scenario
+
+
+def plan_for(sc: Scenario, dim: int, num_classes: int) -> ModelPlan:
+    """The scenario's model section as a :class:`ModelPlan` (``dim``: the backbone's feature size)."""
+    m = sc.model
+    return ModelPlan(
+        backbone=sc.backbone.name,
+        trainable=m.trainable,
+        k=m.k or 0,
+        hidden=tuple(m.hidden),
+        init=m.init,
+        exchange=m.exchange,
+        bias=sc.training.bias,
+        seed=sc.seed,
+        dim=dim,
+        num_classes=num_classes,
+        device=sc.engine.device,
+        batching=m.batching,
+        bn=m.bn,
+    )
+
+
+def check_model(sc: Scenario, info: DatasetInfo | None = None) -> None:
+    """The checks a ``model`` section beyond today's head needs; ``ValueError`` naming the field.
+    With the dataset's ``info``, also the run's memory (:func:`memory_estimate`)."""
+    m = sc.model
+    if m.trainable == "last_k":
+        n = num_layers(sc.backbone.name, m.hidden)
+        if m.k is not None and m.k > n:
+            raise ValueError(
+                f"model.k: {m.k} is more than the model's {n} layers ({sc.backbone.name} "
+                f"{n - len(m.hidden) - 1} + head {len(m.hidden) + 1}); use k <= {n} or trainable: all"
+            )
+    if m.exchange in ("gradients", "dpsgd") and sc.training.local_steps != 1:
+        what = "FedSGD" if m.exchange == "gradients" else "D-PSGD"
+        raise ValueError(
+            f"training.local_steps: model.exchange: {m.exchange} takes one step per round ({what}), got "
+            f"{sc.training.local_steps}; set training.local_steps: 1"
+        )
+    if m.exchange == "dpsgd" and sc.mode == "federated":
+        raise ValueError("model.exchange: dpsgd is decentralized gossip (D-PSGD / BRIDGE); in federated mode use "
+                         "exchange: gradients (FedSGD) or params")
+    if m.exchange == "gradients" and sc.mode == "decentralized" and sc.topology.kind != "complete":
+        # each peer applies its neighbours' gradients, taken at *their* models, and nothing averages
+        # the models: on a sparse graph they drift apart and training diverges (measured on
+        # scenarios/attack_matrix.yaml, i.i.d., no attack, 200 rounds: 27.7% on the 8-regular graph,
+        # test loss rising from round 20; 92.4% on the complete graph, where every peer's model is the same)
+        raise ValueError(
+            f"model.exchange: gradients in decentralized mode needs topology.kind: complete (got "
+            f"{sc.topology.kind}): without parameter averaging the peers' models drift apart and diverge; "
+            "use mode: federated, a complete graph, or exchange: params"
+        )
+    if m.bn == "local":
+        from fedsim.models.backbones import get_spec
+
+        spec = get_spec(sc.backbone.name)
+        if spec.build is None or not any(isinstance(x, NORM) for x in spec.build().modules()):
+            raise ValueError(f"model.bn: local keeps BatchNorm layers local, but backbone {sc.backbone.name!r} "
+                             "has none; leave bn: exchanged or use a backbone with BatchNorm (fmnist_bn_cnn)")
+        if sc.mode == "federated":
+            raise ValueError("model.bn: local (FedBN) keeps each client's BatchNorm layers, so the federated server "
+                             "has no global model to evaluate (evaluating the clients' own models is not built); "
+                             "use mode: decentralized or bn: exchanged")
+    rule = strategies.build(sc.strategy.name, dict(sc.strategy.params))
+    reads_heads = {"validation", "root_update", "overlap", "previous"} & set(rule.needs)
+    if rule.scores_whole_models:  # scores candidates through ctx.val_logits (WholePeerGroup._ctx)
+        reads_heads -= {"validation"}
+    if reads_heads or rule.consolidated:
+        raise ValueError(
+            f"strategy.name: {sc.strategy.name!r} reads linear output layers "
+            f"({', '.join(sorted(reads_heads)) or 'CWR'}); "
+            "it runs only with model.trainable: head, no model.hidden, exchange: params, init: pretrained "
+            "(Bristle exchanges only its output layer)"
+        )
+    if sc.probes:
+        raise ValueError("probes: the probes read linear heads; remove them or use the default model section")
+    if info is not None:
+        from fedsim import limits
+
+        est, activations = memory_estimate(sc, info)
+        msg = limits.memory_error(est)
+        if msg:
+            raise ValueError(f"model.trainable: the run {msg} (training activations alone {limits.gib(activations)}: "
+                             "fewer peers per group, a smaller batch or fewer trainable layers)")
+
+
+def memory_estimate(sc: Scenario, info: DatasetInfo) -> tuple[Any, int]:
+    """:func:`fedsim.limits.estimate_memory` for the whole-model run, and the training activations
+    it adds (counted in its ``heads`` entry): every module output of the trainable part for one
+    sample (a forward pass of zeros), × batch size × the peers of the largest group × 3 (the
+    output, its gradient and the module's saved inputs, roughly). Parameters and messages are the
+    trainable count, data copies the frozen prefix's output size."""
+    import math
+
+    import attacks
+    from fedsim import limits
+    from fedsim.models.backbones import extract_features, get_spec
+    from fedsim.models.trainable import frozen_inputs
+
+    spec = get_spec(sc.backbone.name)
+    sample = info.sample()
+    dim = int(extract_features(spec.build() if spec.build else None, sample, spec).shape[1])
+    plan = plan_for(sc, dim, info.num_classes)
+    prefix, suffix = split(plan)
+    x = torch.from_numpy(frozen_inputs(prefix, sample, sc.backbone.name))
+    sizes: list[int] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel())) for m in suffix]
+    with torch.no_grad():
+        suffix(x)
+    for h in hooks:
+        h.remove()
+    groups = min(sc.engine.num_actors, sc.peers.count)
+    per_group = math.ceil(sc.peers.count / groups)
+    concurrent = groups if sc.engine.backend == "ray" else 1
+    activations = limits.FLOAT * sum(sizes) * sc.training.batch_size * per_group * concurrent * 3
+    attack = attacks.build(sc.peers.attack.name, sc.peers.attack.params) if sc.peers.attack.name != "none" else None
+    est = limits.estimate_memory(
+        peers=sc.peers.count, num_params=sum(p.numel() for p in suffix.parameters()), dim=int(x[0].numel()),
+        n_train=info.n_train, n_test=info.n_test, groups=groups, concurrent=concurrent,
+        adam=sc.training.optimizer == "adam", consolidated=False,
+        forged=isinstance(attack, attacks.UpdateForger) and sc.peers.num_byzantine > 0,
+        edges=0 if sc.mode == "federated" else limits.directed_edges(
+            sc.topology.kind, sc.peers.count, sc.topology.degree, sc.topology.p, sc.topology.fanout),
+        ray_actors=0,
+    )
+    return dataclasses.replace(est, heads=est.heads + activations), activations
+
+
+def prepare_features(sc: Scenario, log: Any = None) -> tuple[Features, ModelPlan]:
+    """The trainable part's inputs for the whole dataset (the frozen prefix run once) and the plan.
+
+    The plan's ``batching`` is resolved (:func:`fedsim.stacked.resolve_batching`): ``vmap`` or ``loop``.
+    ``trainable: head`` with pretrained weights reuses the cached backbone features
+    (:func:`fedsim.features.load_features`, the prefix is the whole backbone); another prefix's
+    activations are cached the same way (:func:`_cached_prefix`); an empty prefix gives the raw
+    normalised inputs."""
+    from fedsim.data.datasets import load
+    from fedsim.features import Features, load_features
+    from fedsim.models.backbones import extract_features, get_spec
+    from fedsim.models.trainable import frozen_inputs
+
+    ds = load(sc.dataset.name, sc.dataset.data_dir)
+    spec = get_spec(sc.backbone.name)
+    dim = int(extract_features(spec.build() if spec.build else None, ds.x_train[:1], spec).shape[1])
+    plan = plan_for(sc, dim, ds.num_classes)
+    # model.batching as the run computes it (auto resolved once, here): what the groups run and summary.json records
+    plan = dataclasses.replace(plan, batching=resolve_batching(plan.batching, split(plan)[1], plan.device))
+    if sc.model.trainable == "head" and sc.model.init == "pretrained":
+        feats = load_features(sc.dataset.name, sc.backbone.name, sc.dataset.data_dir, sc.backbone.cache_dir, log)
+        return feats, plan
+    prefix, _ = split(plan)
+    if not any(True for _ in prefix.state_dict()):  # no weights: normalised raw inputs, nothing worth caching
+        xtr, xte = (frozen_inputs(prefix, x, sc.backbone.name) for x in (ds.x_train, ds.x_test))
+        return Features(xtr, ds.y_train, xte, ds.y_test, ds.num_classes, f"{ds.name}-{sc.backbone.name}-raw"), plan
+    key, xtr, xte = _cached_prefix(ds, sc, prefix, log)
+    return Features(xtr, ds.y_train, xte, ds.y_test, ds.num_classes, key), plan
+
+
+PREFIX_FORMAT = "1"
+
+
+def _cached_prefix(ds: Any, sc: Scenario, prefix: torch.nn.Module, log: Any) -> tuple[str, np.ndarray, np.ndarray]:
+    """The frozen prefix's activations on ``ds``, from the feature cache directory or computed and
+    cached now (atomically), keyed by the dataset's contents, the prefix's structure and weights
+    and the input normalisation — as :mod:`fedsim.features` keys the backbone's features. A cache
+    file is read without pickle and checked (float32, row counts, one shape, finite); an unusable
+    one is recomputed."""
+    import hashlib
+    import zipfile
+
+    from fedsim import rundir
+    from fedsim.features import cache_dir
+    from fedsim.models.backbones import get_spec, state_fingerprint
+    from fedsim.models.trainable import frozen_inputs
+
+    spec = get_spec(sc.backbone.name)
+    parts = [PREFIX_FORMAT, ds.fingerprint(), sc.backbone.name, state_fingerprint(prefix), repr(prefix),
+             str(spec.input_shape), repr(spec.mean), repr(spec.std)]
+    h = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    key = f"{ds.name.replace(':', '_').replace('/', '_')}-{sc.backbone.name}-prefix{len(prefix)}-{h}"
+    path = cache_dir(sc.backbone.cache_dir) / f"{key}.npz"
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                xtr, xte = z["x_train"], z["x_test"]
+            ok = (xtr.dtype == xte.dtype == np.float32 and len(xtr) == len(ds.y_train) and len(xte) == len(ds.y_test)
+                  and xtr.shape[1:] == xte.shape[1:] and np.isfinite(xtr).all() and np.isfinite(xte).all())
+            if ok:
+                return key, xtr, xte
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, TypeError):
+            pass
+        if log:
+            log(f"prefix cache {path} unusable; recomputing it")
+    if log:
+        log(f"running the frozen prefix ({len(prefix)} modules) of {sc.backbone.name} over {ds.name} "
+            f"(once; cached at {path})")
+    xtr, xte = frozen_inputs(prefix, ds.x_train, sc.backbone.name), frozen_inputs(prefix, ds.x_test, sc.backbone.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rundir.atomic_file(path) as fh:
+        np.savez(fh, x_train=xtr, x_test=xte)
+    return key, xtr, xte
+
+
+def num_trainable(plan: ModelPlan) -> int:
+    """The trainable parameter count."""
+    return sum(p.numel() for p in split(plan)[1].parameters())
+
+
+def message_size(plan: ModelPlan) -> int:
+    """The length of every exchanged vector (:class:`Exchange`): the trainable parameters, with
+    ``bn: exchanged`` plus the BatchNorm running statistics, with ``bn: local`` less the BatchNorm
+    parameters."""
+    return Exchange.of(StackedModel(split(plan)[1], 1), plan.bn).size
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """What a message holds (``model.bn``, module docstring): ``[v[:, shared], s]`` for a peer's
+    exchanged vector ``v [q, P]`` (parameters or gradient) and running statistics ``s [q, S]``."""
+
+    shared: Tensor | None  # the coordinates of v sent (None: all P; bn: local leaves BatchNorm's out)
+    stats: int  # running-statistic values appended (0: none sent)
+    size: int
+
+    @classmethod
+    def of(cls, model: StackedModel, bn: str) -> Exchange:
+        if bn not in ("exchanged", "local"):
+            raise ValueError(f"model.bn: must be exchanged or local, got {bn!r}")
+        if bn == "local":
+            shared = torch.from_numpy(np.flatnonzero(~model.norm_params.numpy())).to(model.device)
+            return cls(shared, 0, len(shared))
+        return cls(None, model.num_stats, model.num_params + model.num_stats)
+
+    def pack(self, v: Tensor, stats: Tensor) -> Tensor:
+        """The message ``[q, size]`` of ``v [q, P]`` and ``stats [q, S]``."""
+        part = v if self.shared is None else v[:, self.shared]
+        return torch.cat([part, stats.to(part.device)], dim=1) if self.stats else part
+
+    def unpack(self, msg: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(the shared coordinates' values [q, len], the statistics [q, S] or None)`` of messages ``[q, size]``."""
+        n = self.size - self.stats
+        return msg[:, :n], (msg[:, n:] if self.stats else None)
+
+    def merge(self, part: Tensor, own: Tensor) -> Tensor:
+        """``own [q, P]`` with the shared coordinates replaced by ``part`` (all of it when nothing is local)."""
+        if self.shared is None:
+            return part.expand_as(own)
+        out = own.clone()
+        out[:, self.shared] = part.expand(len(own), -1)
+        return out
