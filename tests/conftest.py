@@ -2,6 +2,8 @@ import os
 
 import pytest
 
+from fedsim.overrides import set_dotted
+
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
@@ -37,11 +39,7 @@ def small_scenario(tmp_path):
             "output": {"dir": str(tmp_path / "runs")},
         }
         for k, v in over.items():
-            node = d
-            parts = k.split(".")
-            for p in parts[:-1]:
-                node = node.setdefault(p, {})
-            node[parts[-1]] = v
+            set_dotted(d, k, v)
         return d
 
     return make

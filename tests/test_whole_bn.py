@@ -9,15 +9,16 @@ import json
 import numpy as np
 import pytest
 import torch
+import wholeutil
 from torch import nn
 
 from fedsim import rng as crng
 from fedsim.data.datasets import load
 from fedsim.models.backbones import get_spec, to_input
 from fedsim.models.trainable import split
+from fedsim.overrides import set_dotted
 from fedsim.runner import Run, prepare
 from fedsim.scenario import ScenarioError, parse
-from fedsim.whole import WholePeerGroup
 
 
 def _scenario(tmp_path, **over):
@@ -36,19 +37,12 @@ def _scenario(tmp_path, **over):
         "output": {"dir": str(tmp_path / "runs")},
     }
     for k, v in over.items():
-        node = d
-        parts = k.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = v
+        set_dotted(d, k, v)
     return parse(d)
 
 
 def _group(sc):
-    prep = prepare(sc)
-    f = prep.features
-    feats = {"x_train": f.x_train, "y_train": f.y_train, "x_test": f.x_test, "y_test": f.y_test}
-    return prep, WholePeerGroup(prep.setups[0], feats)
+    return wholeutil.group(sc)
 
 
 def _bn_stats(net: nn.Module) -> torch.Tensor:
