@@ -33,6 +33,7 @@ from fedsim.errors import (  # noqa: F401  (RunDirExistsError, RunInterruptedErr
 from fedsim.features import Features, load_features
 from fedsim.models.backbones import BACKBONES
 from fedsim.peers import GroupSetup, held_classes
+from fedsim.routing import MESSAGE_DTYPES
 from fedsim.rundir import RunCompleteError, RunLockedError, RunWriteError  # noqa: F401  (re-exported)
 from fedsim.rundirectory import ResumePoint, RunDirectory
 from fedsim.runfiles import Checkpointer, MetricsWriter, history_summary, parse_lines, write_summary
@@ -140,6 +141,8 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
         classes=classes,
         plugins=tuple(sc.plugins),
         record_gradients=_gradient_recording(sc, train, byz, absent),
+        message_dtype=sc.engine.message_dtype,
+        aggregate_chunk=sc.engine.aggregate_chunk,
     )
     actors = min(sc.engine.num_actors, n)
     blocks = np.array_split(np.arange(n), actors)
@@ -173,7 +176,8 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     if canaries is not None:
         info["canaries"] = {"peer": canaries.peer, "kind": canaries.kind, "members": len(canaries.member_idx),
                             "heldout": len(canaries.heldout_y), "calibration": len(canaries.calibration_y)}
-    return Prepared(sc, feats, setups, server, byz, f, num_params, FLOAT_BYTES * (num_params + extra), root, info,
+    bytes_per_message = MESSAGE_DTYPES[sc.engine.message_dtype].itemsize * (num_params + extra)
+    return Prepared(sc, feats, setups, server, byz, f, num_params, bytes_per_message, root, info,
                     topology=topo, canaries=canaries)
 
 
