@@ -102,7 +102,8 @@ def scenario(n: int, rounds: int, a: argparse.Namespace, strategy: str, out: Pat
         "strategy": {"name": strategy},
         "training": {"optimizer": "sgd", "lr": 1.0, "momentum": 0.9, "batch_size": 32, "local_steps": 5},
         "evaluation": {"every": a.eval_every, "peers": a.eval_peers},
-        "engine": {"backend": a.backend, "num_actors": a.num_actors, "message_dtype": a.message_dtype},
+        "engine": {"backend": a.backend, "num_actors": a.num_actors, "cpus_per_actor": a.cpus_per_actor,
+                   "message_dtype": a.message_dtype},
         "checkpoint": {"every": 0},
         "output": {"dir": str(out)},
     }
@@ -237,6 +238,8 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--eval-peers", type=int, default=100)
     ap.add_argument("--num-actors", type=int, default=2)
+    ap.add_argument("--cpus-per-actor", type=float, default=1.0,
+                    help="engine.cpus_per_actor (in-process: num_actors x this many torch threads)")
     ap.add_argument(
         "--backend", default="ray", choices=["ray", "local"], help="engine.backend of the end-to-end runs"
     )
@@ -255,7 +258,7 @@ def main() -> None:
     print(
         f"# fedsim scale: decentralized {strategy}, fashion_mnist_embedded/fmnist_cnn, {a.partition}, "
         f"push_gossip fanout {a.fanout}, {a.rounds} rounds, eval {a.eval_peers} peers every {a.eval_every}, "
-        f"engine.backend {a.backend}, {a.num_actors} groups, messages {a.message_dtype}"
+        f"engine.backend {a.backend}, {a.num_actors} groups x {a.cpus_per_actor:g} CPUs, messages {a.message_dtype}"
         + (f", training set = {a.replicate} copies of the features" if a.replicate else "") + "; "
         f"{os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.1f} GiB; {load()}; "
         f"engine: {Path(fedsim.__file__).parent}",

@@ -62,11 +62,12 @@ def test_encode_refuses_an_unknown_dtype_in_one_line():
         encode(torch.zeros(1, 2), "fp8")
 
 
-def test_chunk_that_splits_receivers_gives_byte_identical_metrics(small_scenario):
+@pytest.mark.parametrize("strategy", ["bristle", "fedavg"])  # in this small run Bristle keeps its own heads
+def test_chunk_that_splits_receivers_gives_byte_identical_metrics(small_scenario, strategy):
     """engine.aggregate_chunk 3 splits every in-degree bucket of 30 hosted peers into many calls;
     2 groups read each other's rows through Rows; the metrics equal one group's, chunk 64."""
-    base = _metrics(_gossip(small_scenario, name="base", **{"engine.num_actors": 1}))
-    split = _metrics(_gossip(small_scenario, name="split", **{"engine.aggregate_chunk": 3}))
+    base = _metrics(_gossip(small_scenario, name="base", **{"engine.num_actors": 1, "strategy.name": strategy}))
+    split = _metrics(_gossip(small_scenario, name="split", **{"engine.aggregate_chunk": 3, "strategy.name": strategy}))
     assert base == split
     assert json.loads(base.splitlines()[-1])["accuracy_mean"] > 0.2
 
