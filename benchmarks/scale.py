@@ -193,6 +193,7 @@ def end_to_end(sc_dict: dict, run_dir: Path, progress: bool = False) -> dict:
         summary = r.execute(callbacks=[RoundPrinter(mem)] if progress else ())
     wall = time.perf_counter() - t0
     per_round = [x.seconds for x in r.records]
+    last = next((x.metrics for x in reversed(r.records) if "accuracy_mean" in x.metrics), {})
     return {
         "wall_s": wall,
         "loop_s": float(sum(per_round)),
@@ -203,6 +204,8 @@ def end_to_end(sc_dict: dict, run_dir: Path, progress: bool = False) -> dict:
         "peak_pss_driver_workers_gb": mem.peak_pss_workers / 2**30,
         "peak_pss_by_kind_gb": {k: round(v / 2**30, 3) for k, v in mem.peak_by_kind.items()},
         "accuracy_mean": summary.get("final_accuracy_mean"),
+        "accuracy_std": last.get("accuracy_std"),  # over the evaluated peers: a 95% CI is 1.96 std / sqrt(n)
+        "evaluated_peers": last.get("evaluated_peers"),
     }
 
 
@@ -296,7 +299,9 @@ def main() -> None:
         for r in rows:
             kinds = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["peak_pss_by_kind_gb"].items()))
             phases = ", ".join(f"{k} {v:.1f}" for k, v in r["phase_s"].items())
-            print(f"# {r['peers']} peers: peak PSS by process kind (GB): {kinds}; phase totals (s): {phases}")
+            ci = 1.96 * (r["accuracy_std"] or 0) / max(1, r["evaluated_peers"] or 1) ** 0.5
+            print(f"# {r['peers']} peers: peak PSS by process kind (GB): {kinds}; phase totals (s): {phases}; "
+                  f"accuracy {r['accuracy_mean'] or 0:.3f} ± {ci:.3f} (95% CI over {r['evaluated_peers']} peers)")
     if not a.skip_breakdown:
         print(
             f"# per-round breakdown from the RoundRecords, in-process, 1 thread per group, groups serially "
