@@ -32,6 +32,14 @@ Per size, two measurements in this one process:
 
     python benchmarks/scale.py                                  # 100, 1,000, 10,000 peers × 100 rounds
     python benchmarks/scale.py --sizes 100,1000 --rounds 20 --breakdown-rounds 3
+    python benchmarks/scale.py --sizes 100000 --replicate 4 --skip-breakdown   # 100,000 peers
+
+``--replicate K`` (sizes beyond the 60,000 samples): the training set is K copies of the
+``fmnist_cnn`` features of ``fashion_mnist_embedded`` (computed once, written to a temporary
+``.npz`` read as ``dataset: npz`` with the ``identity`` backbone): the same arithmetic per step,
+but repeated samples, so its accuracy is not comparable. ``--message-dtype`` sets
+``engine.message_dtype``. ``--progress`` prints each round's time and the memory of every
+process (PSS by kind) as the end-to-end run goes.
 """
 
 from __future__ import annotations
@@ -55,30 +63,47 @@ import torch
 import fedsim
 import strategies
 from fedsim.backend import LocalBackend
+from fedsim.callbacks import Callback
 from fedsim.runner import Run, prepare
 from fedsim.scenario import parse
-from fedsim.simulation import PHASES, Simulation
+from fedsim.simulation import PHASES, RoundRecord, Simulation
 
 
 def load() -> str:
     return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
+def replicated(k: int, td: Path) -> Path:
+    """An ``.npz`` of ``k`` copies of the fmnist_cnn features of fashion_mnist_embedded (test set once)."""
+    from fedsim.features import load_features
+
+    f = load_features("fashion_mnist_embedded", "fmnist_cnn")
+    path = td / f"fmnist_cnn_x{k}.npz"
+    np.savez(path, x_train=np.tile(f.x_train, (k, 1)), y_train=np.tile(f.y_train, k), x_test=f.x_test, y_test=f.y_test)
+    return path
+
+
 def scenario(n: int, rounds: int, a: argparse.Namespace, strategy: str, out: Path) -> dict:
+    data = (
+        {"dataset": {"name": "fashion_mnist_embedded"}, "backbone": {"name": "fmnist_cnn"}}
+        if a.replicate_path is None
+        else {"dataset": {"name": "npz", "data_dir": str(a.replicate_path)},
+              "backbone": {"name": "identity", "cache_dir": str(out / "cache")}}
+    )
     return {
         "name": f"scale_{n}",
         "seed": 0,
         "mode": "decentralized",
         "rounds": rounds,
-        "dataset": {"name": "fashion_mnist_embedded"},
-        "backbone": {"name": "fmnist_cnn"},
+        **data,
         "partition": {"kind": a.partition, "alpha": a.alpha, "min_size": 2},
         "peers": {"count": n},
         "topology": {"kind": "push_gossip", "fanout": a.fanout},
         "strategy": {"name": strategy},
         "training": {"optimizer": "sgd", "lr": 1.0, "momentum": 0.9, "batch_size": 32, "local_steps": 5},
         "evaluation": {"every": a.eval_every, "peers": a.eval_peers},
-        "engine": {"backend": a.backend, "num_actors": a.num_actors},
+        "engine": {"backend": a.backend, "num_actors": a.num_actors, "cpus_per_actor": a.cpus_per_actor,
+                   "message_dtype": a.message_dtype},
         "checkpoint": {"every": 0},
         "output": {"dir": str(out)},
     }
@@ -143,15 +168,32 @@ class MemorySampler:
         self._t.join()
 
 
-def end_to_end(sc_dict: dict, run_dir: Path) -> dict:
+class RoundPrinter(Callback):
+    """Prints each round's phases and the memory sampler's current peaks (``--progress``)."""
+
+    def __init__(self, mem: MemorySampler) -> None:
+        self.mem, self.t0 = mem, time.perf_counter()
+
+    def on_round(self, record: RoundRecord) -> None:
+        kinds = " ".join(f"{k} {v / 2**30:.2f}" for k, v in sorted(self.mem.peak_by_kind.items()))
+        print(
+            f"# round {record.round}: " + " ".join(f"{k} {v:.2f}s" for k, v in record.phases.items())
+            + f"; {time.perf_counter() - self.t0:.0f} s since start; "
+            f"peak PSS all {self.mem.peak_pss_all / 2**30:.2f} GB (by kind, GB: {kinds}); {load()}",
+            flush=True,
+        )
+
+
+def end_to_end(sc_dict: dict, run_dir: Path, progress: bool = False) -> dict:
     sc = parse(sc_dict)
     r = Run(sc, run_dir)
     r.create_dir(overwrite=True)
     t0 = time.perf_counter()
     with MemorySampler() as mem:
-        summary = r.execute()
+        summary = r.execute(callbacks=[RoundPrinter(mem)] if progress else ())
     wall = time.perf_counter() - t0
     per_round = [x.seconds for x in r.records]
+    last = next((x.metrics for x in reversed(r.records) if "accuracy_mean" in x.metrics), {})
     return {
         "wall_s": wall,
         "loop_s": float(sum(per_round)),
@@ -162,6 +204,8 @@ def end_to_end(sc_dict: dict, run_dir: Path) -> dict:
         "peak_pss_driver_workers_gb": mem.peak_pss_workers / 2**30,
         "peak_pss_by_kind_gb": {k: round(v / 2**30, 3) for k, v in mem.peak_by_kind.items()},
         "accuracy_mean": summary.get("final_accuracy_mean"),
+        "accuracy_std": last.get("accuracy_std"),  # over the evaluated peers: a 95% CI is 1.96 std / sqrt(n)
+        "evaluated_peers": last.get("evaluated_peers"),
     }
 
 
@@ -197,10 +241,15 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--eval-peers", type=int, default=100)
     ap.add_argument("--num-actors", type=int, default=2)
+    ap.add_argument("--cpus-per-actor", type=float, default=1.0,
+                    help="engine.cpus_per_actor (in-process: num_actors x this many torch threads)")
     ap.add_argument(
         "--backend", default="ray", choices=["ray", "local"], help="engine.backend of the end-to-end runs"
     )
     ap.add_argument("--skip-end-to-end", action="store_true")
+    ap.add_argument("--replicate", type=int, default=0, help="train on K copies of the features (sizes > 60,000)")
+    ap.add_argument("--message-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    ap.add_argument("--progress", action="store_true", help="print every round of the end-to-end runs")
     ap.add_argument("--skip-breakdown", action="store_true")
     ap.add_argument("--json", default=None, help="also write the results here")
     a = ap.parse_args()
@@ -212,20 +261,22 @@ def main() -> None:
     print(
         f"# fedsim scale: decentralized {strategy}, fashion_mnist_embedded/fmnist_cnn, {a.partition}, "
         f"push_gossip fanout {a.fanout}, {a.rounds} rounds, eval {a.eval_peers} peers every {a.eval_every}, "
-        f"engine.backend {a.backend}, {a.num_actors} groups; "
+        f"engine.backend {a.backend}, {a.num_actors} groups x {a.cpus_per_actor:g} CPUs, messages {a.message_dtype}"
+        + (f", training set = {a.replicate} copies of the features" if a.replicate else "") + "; "
         f"{os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.1f} GiB; {load()}; "
         f"engine: {Path(fedsim.__file__).parent}",
         flush=True,
     )
     rows = [{"peers": n} for n in sizes]
     with tempfile.TemporaryDirectory(prefix="fedsim_scale_") as td:
+        a.replicate_path = replicated(a.replicate, Path(td)) if a.replicate else None
         # all end-to-end runs first, then the in-process breakdowns: the driver's memory (part of
         # the peak) then never holds a previous breakdown's heap
         for row in rows if not a.skip_end_to_end else []:
             n = row["peers"]
             release_memory()
             row["load_before"] = load()
-            row |= end_to_end(scenario(n, a.rounds, a, strategy, Path(td)), Path(td) / f"scale_{n}")
+            row |= end_to_end(scenario(n, a.rounds, a, strategy, Path(td)), Path(td) / f"scale_{n}", a.progress)
             row["load_after"] = load()
             print(f"# end to end, {n} peers done ({row['load_before']} -> {row['load_after']})", flush=True)
         for row in rows if not a.skip_breakdown else []:
@@ -245,6 +296,12 @@ def main() -> None:
                 f"{1e3 * r['loop_s'] / a.rounds:>8.1f} {1e6 * r['loop_s'] / a.rounds / r['peers']:>11.1f} "
                 f"{r['peak_rss_driver_workers_gb']:>6.2f} {r['peak_pss_all_gb']:>6.2f} {r['accuracy_mean'] or 0:>6.3f}"
             )
+        for r in rows:
+            kinds = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["peak_pss_by_kind_gb"].items()))
+            phases = ", ".join(f"{k} {v:.1f}" for k, v in r["phase_s"].items())
+            ci = 1.96 * (r["accuracy_std"] or 0) / max(1, r["evaluated_peers"] or 1) ** 0.5
+            print(f"# {r['peers']} peers: peak PSS by process kind (GB): {kinds}; phase totals (s): {phases}; "
+                  f"accuracy {r['accuracy_mean'] or 0:.3f} ± {ci:.3f} (95% CI over {r['evaluated_peers']} peers)")
     if not a.skip_breakdown:
         print(
             f"# per-round breakdown from the RoundRecords, in-process, 1 thread per group, groups serially "

@@ -51,3 +51,5 @@ class GroupSetup:
     # global id of a peer whose first-epoch minibatch gradients are recorded (an unlearning probe's
     # leaver, runner.prepare); None: nothing is recorded (no cost)
     record_gradients: int | None = None
+    message_dtype: str = "float32"  # engine.message_dtype: precision of the sent heads (fedsim.routing)
+    aggregate_chunk: int = 64  # engine.aggregate_chunk: receivers per vectorised rule call

@@ -101,13 +101,18 @@ def estimate_memory(
     forged: bool,
     edges: int,
     ray_actors: int,
+    message_bytes: int = FLOAT,
+    concatenated: bool = True,
 ) -> MemoryEstimate:
     """Memory of a run from its sizes. ``groups`` peer groups (actors), of which ``concurrent``
     aggregate at once (all on Ray, one in-process); ``ray_actors`` Ray actor processes (0:
-    in-process); ``edges`` directed topology edges."""
+    in-process); ``edges`` directed topology edges; ``message_bytes`` bytes of a sent value
+    (``engine.message_dtype``); ``concatenated``: each aggregating group concatenates every message
+    (the server, or a forging attack; decentralized groups otherwise gather heard rows only,
+    :class:`fedsim.routing.Rows`)."""
     per_peer = 4 + int(adam) + int(consolidated)  # w+b, gradient, momentum, sent copy; Adam's v; CWR copy
     heads = FLOAT * num_params * peers * per_peer
-    messages = FLOAT * num_params * peers * (1 + concurrent * (1 + int(forged)))
+    messages = num_params * peers * (message_bytes + FLOAT * concurrent * (int(concatenated) + int(forged)))
     data = FLOAT * dim * (2 * n_train + n_test * (1 + groups))  # driver features + group rows + test copies
     topology = INDEX * edges * (groups + 1) + NX_EDGE_BYTES * edges // 2
     processes = PROCESS_BYTES + (RAY_SYSTEM_BYTES + RAY_ACTOR_BYTES * ray_actors if ray_actors else 0)

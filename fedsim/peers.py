@@ -9,6 +9,7 @@ federated server is :mod:`fedsim.server`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from torch import Tensor
 import attacks
 import strategies
 from fedlib.heads import num_params
-from fedsim import heads, plugins
+from fedsim import heads, plugins, routing
 from fedsim import rng as crng
 from fedsim.group_setup import GroupSetup
 from fedsim.messages import claimed_classes, forge_messages
@@ -127,6 +128,10 @@ class PeerGroup:
         if b is not None:
             self.b.copy_(b)
 
+    def _message(self) -> np.ndarray:
+        """What :meth:`train` sends: the flattened heads in ``engine.message_dtype`` (fedsim.routing)."""
+        return routing.encode(strategies.flatten(self.w, self.b if self.bias else None), self.s.message_dtype)
+
     def _num_params(self) -> int:
         return num_params(self.layer_shape, self.bias)
 
@@ -217,7 +222,7 @@ class PeerGroup:
         if self.cwr:  # ... and keep only the rows of the classes each peer holds
             heads.consolidate(self.w, self.b, self.tw, self.tb, self.local_classes)
         honest = ~self.is_byz
-        return self.params(), float(loss[torch.from_numpy(honest)].sum()) if honest.any() else 0.0
+        return self._message(), float(loss[torch.from_numpy(honest)].sum()) if honest.any() else 0.0
 
     def _train_rows(self, round_: int, global_params: np.ndarray | None, rows: np.ndarray) -> tuple[np.ndarray, float]:
         """:meth:`train` for the hosted peers ``rows`` only (local indices). Minibatches are keyed by
@@ -332,16 +337,18 @@ class PeerGroup:
         indptr: np.ndarray,
         indices: np.ndarray,
         new: Tensor,
-        own_rows: Tensor,
-        chunk: int = 64,
+        own_rows: Callable[[Tensor], Tensor],
     ) -> tuple[np.ndarray, int | None]:
         """Honest present hosted peers grouped by how many valid messages they heard, one
         vectorised rule call (``Strategy.aggregate_batch``) per group and chunk of peers instead
         of one call per peer. Returns which hosted peers are done (the rest go through the
         per-peer loop) and the messages dropped for all of them (None: the rule has no batched
-        form). ``own_rows [p, P]``: what the rule gets as each hosted peer's own vector (its sent
-        head, or with consolidated weights its trained copy). Chunks of 64 peers keep a chunk's
-        float64 working set inside the cache."""
+        form). ``own_rows(js)``: what the rule gets as hosted peers ``js``' own vectors (their sent
+        heads, or with consolidated weights their trained copies). ``params`` and ``msgs`` may be
+        :class:`fedsim.routing.Rows`: only each chunk's heard rows are gathered. Chunks of
+        ``engine.aggregate_chunk`` peers (64: a chunk's float64 working set stays inside the cache)
+        bound the gathered ``[chunk, n, P]`` tensors; results do not depend on the chunk size."""
+        chunk = self.s.aggregate_chunk
         done = np.zeros(self.p, dtype=bool)
         if type(self.rule).aggregate_batch is strategies.Strategy.aggregate_batch:
             return done, None
@@ -358,7 +365,8 @@ class PeerGroup:
         nvalid = np.bincount(owner, minlength=len(honest))
         table = np.zeros((len(honest), int(nvalid.max(initial=0))), dtype=np.int64)
         table[owner, np.arange(len(owner)) - (np.cumsum(nvalid) - nvalid)[owner]] = senders
-        finite = strategies.finite_rows(msgs)  # a peer that heard a non-finite row: per-peer path drops it
+        # a peer that heard a non-finite row: per-peer path drops it
+        finite = msgs.finite() if isinstance(msgs, routing.Rows) else strategies.finite_rows(msgs)
         for n in np.unique(nvalid):
             rows = np.flatnonzero(nvalid == n)
             if n == 0:  # nothing heard: keep the own model (``strategies.aggregate`` does the same)
@@ -373,7 +381,7 @@ class PeerGroup:
                 sent = params[torch.from_numpy(self.ids[js])]
                 received = msgs[torch.from_numpy(table[r, :n])]
                 ctx = self._batch_ctx(js, round_, table[r, :n])
-                out = strategies.aggregate_batch(self.rule, own_rows[torch.from_numpy(js)], received, ctx, sent)
+                out = strategies.aggregate_batch(self.rule, own_rows(torch.from_numpy(js)), received, ctx, sent)
                 if out is None:
                     continue
                 new[torch.from_numpy(js)] = out
@@ -404,18 +412,23 @@ class PeerGroup:
         return strategies.flatten(w, b if self.bias else None)
 
     def aggregate(self, round_: int, *all_params: np.ndarray) -> dict[str, int]:
-        """Decentralized aggregation: every honest hosted peer aggregates its in-neighbours' messages."""
-        params = torch.from_numpy(np.concatenate(all_params))
+        """Decentralized aggregation: every honest hosted peer aggregates its in-neighbours' messages
+        (every group's message arrays, read through :class:`fedsim.routing.Rows`: only heard rows are
+        gathered; a forging attack gets them concatenated, as its forger sees every vector)."""
+        rows = routing.Rows([routing.decode(a) for a in all_params])
+        forging = isinstance(self.attack, attacks.UpdateForger) and bool(self.s.byzantine.any())
+        params: Any = rows.full() if forging else rows
         history = self.stale_history  # before this round: per-receiver forgeries read it too
         msgs, valid, self.stale_history = forge_messages(self.attack, self.s, round_, params, history)
         indptr, indices = self.topology.in_neighbors(round_)
-        new = params[self.s.first : self.s.first + self.p].clone()  # the hosted peers' own heads
+        new = params[torch.arange(self.s.first, self.s.first + self.p)]  # the hosted peers' own heads (a copy)
+
         # the rule's ``own``: the sent heads, or with consolidated weights the trained copies
-        own_rows = (
-            strategies.flatten(self.tw, self.tb if self.bias else None)
-            if self.cwr
-            else params[self.s.first : self.s.first + self.p]
-        )
+        def own_rows(js: Tensor) -> Tensor:
+            if self.cwr:
+                return strategies.flatten(self.tw[js], self.tb[js] if self.bias else None)
+            return params[js + self.s.first]
+
         root = self._root_updates(round_) if "root_update" in self.rule.needs else None
         dropped = skipped = 0
         per_receiver = isinstance(self.attack, attacks.UpdateForger) and self.attack.per_receiver
@@ -448,7 +461,7 @@ class PeerGroup:
             overlap = self._overlap(torch.tensor(j), nbrs[ok])
             ctx = self._ctx(j, round_, self.s.f, None if root is None else root[j], int(seeds[j]), overlap)
             try:
-                new[j], _ = strategies.aggregate(self.rule, own_rows[j], m[nbrs[ok]], ctx, sent)
+                new[j], _ = strategies.aggregate(self.rule, own_rows(torch.tensor([j]))[0], m[nbrs[ok]], ctx, sent)
             except strategies.CannotAggregateError:  # this round's vectors; anything else is a bug: raised
                 new[j], skipped = sent, skipped + 1
         self.set_params(new)

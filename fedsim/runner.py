@@ -32,6 +32,7 @@ from fedsim.features import Features, load_features
 from fedsim.group_setup import GroupSetup
 from fedsim.limits import local_ray_cpus
 from fedsim.models.backbones import BACKBONES
+from fedsim.routing import MESSAGE_DTYPES
 from fedsim.rundir import RunCompleteError, RunLockedError, RunWriteError  # noqa: F401  (re-exported)
 from fedsim.rundirectory import ResumePoint, RunDirectory
 from fedsim.runfiles import Checkpointer, MetricsWriter, RoundFiles, parse_lines, run_summary, write_summary
@@ -158,6 +159,8 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
         classes=classes,
         plugins=tuple(sc.plugins),
         record_gradients=_gradient_recording(sc, train, byz, absent),
+        message_dtype=sc.engine.message_dtype,
+        aggregate_chunk=sc.engine.aggregate_chunk,
     )
     actors = min(sc.engine.num_actors, n)
     blocks = np.array_split(np.arange(n), actors)
@@ -192,7 +195,8 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     if canaries is not None:
         info["canaries"] = {"peer": canaries.peer, "kind": canaries.kind, "members": len(canaries.member_idx),
                             "heldout": len(canaries.heldout_y), "calibration": len(canaries.calibration_y)}
-    return Prepared(sc, feats, setups, server, byz, f, num_params, FLOAT_BYTES * (num_params + extra), root, info,
+    bytes_per_message = MESSAGE_DTYPES[sc.engine.message_dtype].itemsize * (num_params + extra)
+    return Prepared(sc, feats, setups, server, byz, f, num_params, bytes_per_message, root, info,
                     topology=topo, canaries=canaries)
 
 

@@ -253,6 +253,16 @@ class EngineCfg(_Section):
         description="where a model section's batched trainable part runs: cpu, cuda or cuda:N (needs "
         "engine.backend: local and a CUDA torch; fedsim/device.py)",
     )
+    message_dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32",
+        description="precision of the heads peers send (decentralized, linear heads): float16/bfloat16 halve "
+        "the messages' memory and bytes, receivers compute in float32, own heads stay float32 (fedsim/routing.py)",
+    )
+    aggregate_chunk: int = Field(
+        64, ge=1, le=1_000_000,
+        description="receivers aggregated per vectorised rule call: bounds the gathered in-neighbour tensors "
+        "[chunk, n, P]; results do not depend on it",
+    )
 
 
 class SamplingCfg(_Section):
@@ -400,6 +410,11 @@ class Scenario(_Section):
             object.__setattr__(self.topology, "kind", "star")
         if self.mode == "decentralized" and self.topology.kind == "star":
             raise ValueError("topology.kind: 'star' is federated mode; set mode: federated or choose a graph")
+        if self.engine.message_dtype != "float32" and (self.mode != "decentralized" or self.model.whole):
+            raise ValueError(
+                f"engine.message_dtype: {self.engine.message_dtype} messages are for mode: decentralized with "
+                "linear heads (no model section); use float32 here"
+            )
         if self.sampling.enabled and self.mode != "federated":
             raise ValueError(
                 "sampling: client sampling is for mode: federated (a decentralized peer hears its neighbours)"

@@ -23,6 +23,7 @@ import torch
 
 import strategies
 from fedsim import rng as crng
+from fedsim import routing
 from fedsim.errors import CorruptFileError
 from fedsim.peers import PeerGroup
 from fedsim.scenario import Scenario, sampled_clients
@@ -122,7 +123,7 @@ class Simulation:
         t1 = time.perf_counter()
         # copied before the in-process aggregation overwrites the heads (a bias-free head's rows are views)
         keep = self.record_messages and r >= sc.rounds - self.record_messages
-        msgs = np.concatenate([np.array(m) for m in backend.get(params_refs)]) if keep else None
+        msgs = np.concatenate([routing.decode(m).float().numpy() for m in backend.get(params_refs)]) if keep else None
         stats = backend.get(stats_refs if stats_refs is not None else self._aggregate(r, params_refs, sampled))
         t2 = time.perf_counter()
         rec = round_metrics(sc, self.prep, r, losses, stats, sampled)

@@ -237,6 +237,7 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None]) 
     import attacks
     import strategies
     from fedsim.models.backbones import get_spec
+    from fedsim.routing import MESSAGE_DTYPES
 
     spec = get_spec(sc.backbone.name)
     scratch = sc.model.init == "scratch"  # a seeded random network (fedsim.models.trainable): no weights read
@@ -251,6 +252,7 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None]) 
     groups = min(sc.engine.num_actors, n)
     on_ray = sc.engine.backend == "ray" and limits.local_ray_cpus(sc) is not None
     attack = attacks.build(sc.peers.attack.name, sc.peers.attack.params) if sc.peers.attack.name != "none" else None
+    forged = isinstance(attack, attacks.UpdateForger) and sc.peers.num_byzantine > 0
     est = limits.estimate_memory(
         peers=n,
         num_params=head_params((c, dim), sc.training.bias),
@@ -261,9 +263,11 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None]) 
         concurrent=groups if sc.engine.backend == "ray" else 1,
         adam=sc.training.optimizer == "adam",
         consolidated=bool(strategies.build(sc.strategy.name, strategy_params(sc)).consolidated),
-        forged=isinstance(attack, attacks.UpdateForger) and sc.peers.num_byzantine > 0,
+        forged=forged,
         edges=0 if sc.mode == "federated" else limits.directed_edges(t.kind, n, t.degree, t.p, t.fanout),
         ray_actors=groups + (sc.mode == "federated") if on_ray else 0,
+        message_bytes=MESSAGE_DTYPES[sc.engine.message_dtype].itemsize,
+        concatenated=sc.mode == "federated" or forged,
     )
     msg = limits.memory_error(est)
     if msg:

@@ -1,0 +1,93 @@
+"""What travels between peer groups in a decentralized round, and how a group reads it.
+
+Each group's :meth:`fedsim.peers.PeerGroup.train` returns its peers' heads as one message array
+``[p, P]``; every group's :meth:`~fedsim.peers.PeerGroup.aggregate` receives all groups' arrays.
+:class:`Rows` reads the rows a group's receivers hear straight out of those arrays, one chunk of
+receivers at a time, instead of concatenating every group's messages into one ``[N, P]`` copy per
+group per round (at 100,000 peers that copy is 2.3 GB in each group).
+
+``engine.message_dtype`` (:data:`MESSAGE_DTYPES`): the precision of the messages. ``float32``
+(default) sends the heads as they are. ``float16`` / ``bfloat16`` round them for the wire and for
+the object store (half the bytes); receivers compute in float32 on the rounded values, and every
+peer keeps its own head in float32. A departure from the papers' full-precision exchange, off by
+default; its effect on accuracy is measured in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import strategies
+
+MESSAGE_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def encode(heads: Tensor, dtype: str) -> np.ndarray:
+    """Flattened heads ``[p, P]`` (float32) as the message array a group sends: float32 as it is,
+    float16 as NumPy float16, bfloat16 as its raw 16-bit patterns (NumPy has no bfloat16; ``uint16``)."""
+    if dtype not in MESSAGE_DTYPES:
+        raise ValueError(f"engine.message_dtype: got {dtype!r}; allowed: {', '.join(MESSAGE_DTYPES)}")
+    if dtype == "float32":
+        return heads.numpy()
+    out = heads.to(MESSAGE_DTYPES[dtype])
+    return (out.view(torch.uint16) if dtype == "bfloat16" else out).numpy()
+
+
+def decode(message: np.ndarray) -> Tensor:
+    """A message array as a tensor, without copying (``uint16`` is bfloat16, see :func:`encode`)."""
+    with warnings.catch_warnings():  # a Ray object-store array is read-only; it is only ever read here
+        warnings.simplefilter("ignore", UserWarning)
+        t = torch.from_numpy(np.asarray(message))
+    return t.view(torch.bfloat16) if t.dtype == torch.uint16 else t
+
+
+class Rows:
+    """Every group's messages, read as one ``[N, P]`` float32 array without building it: indexing
+    (an int, a slice, or an integer tensor of any shape) gathers just those rows, converted to
+    float32. ``parts`` are the groups' message tensors in peer order."""
+
+    def __init__(self, parts: Sequence[Tensor]) -> None:
+        if not parts:
+            raise ValueError("Rows: no message arrays")
+        self.parts = list(parts)
+        sizes = [p.shape[0] for p in self.parts]
+        self.starts = torch.tensor(np.concatenate([[0], np.cumsum(sizes)]), dtype=torch.long)
+        self.shape = (int(self.starts[-1]), self.parts[0].shape[1])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def full(self) -> Tensor:
+        """The ``[N, P]`` float32 concatenation (what a forger needs: every honest vector at once)."""
+        return torch.cat([p.float() for p in self.parts])
+
+    def finite(self) -> Tensor:
+        """Bool ``[N]``: rows with only finite values (:func:`strategies.finite_rows`, one part at a time)."""
+        return torch.cat([strategies.finite_rows(p) for p in self.parts])
+
+    def __getitem__(self, idx: int | slice | Tensor | np.ndarray) -> Tensor:
+        if isinstance(idx, int | np.integer):
+            k = int(torch.searchsorted(self.starts, int(idx), right=True)) - 1
+            return self.parts[k][int(idx) - int(self.starts[k])].float()
+        if isinstance(idx, slice):
+            idx = torch.arange(*idx.indices(self.shape[0]))
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        if len(self.parts) == 1:
+            return self.parts[0][idx].float()
+        flat = idx.reshape(-1)
+        which = torch.searchsorted(self.starts, flat, right=True) - 1
+        out = torch.empty(flat.shape[0], self.shape[1])
+        for k, part in enumerate(self.parts):
+            sel = torch.nonzero(which == k).flatten()
+            if len(sel):
+                out[sel] = part[flat[sel] - self.starts[k]].float()
+        return out.reshape(*idx.shape, self.shape[1])

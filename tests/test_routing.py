@@ -1,0 +1,124 @@
+"""Routing of decentralized messages (fedsim.routing): groups gather only heard rows from every
+group's message arrays, aggregate receivers in chunks, and optionally send half-precision heads."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fedsim.errors import ScenarioError
+from fedsim.peers import PeerGroup
+from fedsim.routing import Rows, decode, encode
+from fedsim.runner import Run, prepare
+from fedsim.scenario import parse
+
+
+def _gossip(small_scenario, **over):
+    # 60 peers, push gossip fanout 5, Bristle (batched per in-degree bucket, CWR)
+    return small_scenario(
+        **{"peers.count": 60, "partition.kind": "iid", "topology.kind": "push_gossip", "topology.fanout": 5,
+           "strategy.name": "bristle", "training.lr": 0.5, "evaluation.every": 1, **over}
+    )
+
+
+def _metrics(d) -> bytes:
+    r = Run(parse(d))
+    r.create_dir()
+    r.execute()
+    return (r.dir / "metrics.jsonl").read_bytes()
+
+
+def test_rows_gathers_what_the_concatenation_holds():
+    parts = [torch.randn(3, 4), torch.randn(5, 4), torch.randn(2, 4)]
+    cat = torch.cat(parts)
+    rows = Rows(parts)
+    assert rows.shape == (10, 4) and len(rows) == 10
+    idx = torch.tensor([[9, 0, 3], [7, 7, 2]])
+    assert torch.equal(rows[idx], cat[idx])
+    assert torch.equal(rows[np.array([4, 8])], cat[[4, 8]])
+    assert torch.equal(rows[3:9], cat[3:9]) and torch.equal(rows[8], cat[8]) and torch.equal(rows[0], cat[0])
+    assert torch.equal(rows.full(), cat)
+    parts[1][2, 1] = float("nan")
+    assert Rows(parts).finite().tolist() == [True] * 5 + [False] + [True] * 4
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_messages_round_trip_to_the_rounded_heads(dtype):
+    heads = torch.randn(4, 6)
+    msg = encode(heads, dtype)
+    assert msg.itemsize == 2
+    back = Rows([decode(msg)])[torch.arange(4)]
+    assert back.dtype == torch.float32
+    assert torch.equal(back, heads.to(getattr(torch, dtype)).float())
+    assert not torch.equal(back, heads)
+    assert encode(heads, "float32").dtype == np.float32
+
+
+def test_encode_refuses_an_unknown_dtype_in_one_line():
+    with pytest.raises(ValueError, match=r"^engine.message_dtype: got 'fp8'; allowed: float32, float16, bfloat16$"):
+        encode(torch.zeros(1, 2), "fp8")
+
+
+@pytest.mark.parametrize("strategy", ["bristle", "fedavg"])  # in this small run Bristle keeps its own heads
+def test_chunk_that_splits_receivers_gives_byte_identical_metrics(small_scenario, strategy):
+    """engine.aggregate_chunk 3 splits every in-degree bucket of 30 hosted peers into many calls;
+    2 groups read each other's rows through Rows; the metrics equal one group's, chunk 64."""
+    base = _metrics(_gossip(small_scenario, name="base", **{"engine.num_actors": 1, "strategy.name": strategy}))
+    split = _metrics(_gossip(small_scenario, name="split", **{"engine.aggregate_chunk": 3, "strategy.name": strategy}))
+    assert base == split
+    assert json.loads(base.splitlines()[-1])["accuracy_mean"] > 0.2
+
+
+def test_half_messages_halve_bytes_and_change_the_run_only_slightly(small_scenario):
+    full = [json.loads(x) for x in _metrics(_gossip(small_scenario, name="f32")).splitlines()]
+    half = [json.loads(x) for x in _metrics(_gossip(small_scenario, name="f16",
+                                                    **{"engine.message_dtype": "float16"})).splitlines()]
+    assert [h["bytes_sent_total"] * 2 for h in half] == [f["bytes_sent_total"] for f in full]
+    assert abs(half[-1]["accuracy_mean"] - full[-1]["accuracy_mean"]) < 0.05
+
+
+def _groups(small_scenario, dtype: str) -> list[PeerGroup]:
+    prep = prepare(parse(_gossip(small_scenario, **{"engine.message_dtype": dtype})))
+    f = prep.features
+    feats = {"x_train": f.x_train, "y_train": f.y_train, "x_test": f.x_test, "y_test": f.y_test}
+    return [PeerGroup(s, feats) for s in prep.setups]
+
+
+def test_half_messages_are_what_a_group_sends(small_scenario):
+    g = _groups(small_scenario, "bfloat16")[0]
+    msg, _ = g.train(0)
+    assert msg.dtype == np.uint16 and msg.shape == g.params().shape
+    assert torch.equal(decode(msg).float(), torch.from_numpy(g.params()).to(torch.bfloat16).float())
+
+
+def test_receivers_aggregate_the_rounded_messages(small_scenario):
+    """Two rounds: float16 messages move the aggregated heads, by about float16's rounding only."""
+    out = {}
+    for dtype in ("float32", "float16"):
+        groups = _groups(small_scenario, dtype)
+        for r in range(2):
+            sent = [g.train(r)[0] for g in groups]
+            for g in groups:
+                g.aggregate(r, *sent)
+        out[dtype] = np.concatenate([g.params() for g in groups])
+    diff = np.abs(out["float16"] - out["float32"]).max()
+    assert 0 < diff < 2e-3 * np.abs(out["float32"]).max()
+
+
+@pytest.mark.parametrize(
+    ("over", "message"),
+    [
+        ({"engine.message_dtype": "fp16"}, "engine.message_dtype: got 'fp16'"),
+        ({"engine.aggregate_chunk": 0}, "engine.aggregate_chunk: Input should be greater than or equal to 1"),
+        ({"engine.message_dtype": "float16", "mode": "federated", "topology.kind": "star"},
+         "engine.message_dtype: float16 messages are for mode: decentralized"),
+    ],
+)
+def test_bad_engine_values_get_one_line_errors(small_scenario, over, message):
+    with pytest.raises(ScenarioError) as e:
+        parse(small_scenario(**over))
+    assert message in str(e.value)
+    assert len(e.value.errors if hasattr(e.value, "errors") else [str(e.value)]) == 1
