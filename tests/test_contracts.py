@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from fedsim import messages, peers, server
+from fedsim import gossip, messages, server
 from fedsim.runner import Run
 from fedsim.scenario import parse
 
@@ -23,11 +23,11 @@ def _run(d, **kw):
 
 def _record_forgeries(monkeypatch) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Wrap :func:`fedsim.messages.forge_messages` where the engine calls it (the names the peer
-    groups and the server bound): every broadcast forging of the run as
+    groups' aggregation, fedsim.gossip, and the server bound): every broadcast forging of the run as
     ``(round, params [N, P], messages [N, P], byzantine mask)``."""
     calls = []
     real = messages.forge_messages
-    assert peers.forge_messages is real and server.forge_messages is real  # the callers' own bindings
+    assert gossip.forge_messages is real and server.forge_messages is real  # the callers' own bindings
 
     def spy(attack, s, round_, params, *a, **kw):
         out = real(attack, s, round_, params, *a, **kw)
@@ -35,7 +35,7 @@ def _record_forgeries(monkeypatch) -> list[tuple[int, torch.Tensor, torch.Tensor
             calls.append((round_, params.clone(), out[0].clone(), torch.from_numpy(s.byzantine)))
         return out
 
-    for caller in (peers, server):
+    for caller in (gossip, server):
         monkeypatch.setattr(caller, "forge_messages", spy)
     return calls
 

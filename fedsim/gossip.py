@@ -1,0 +1,238 @@
+"""Decentralized aggregation of a peer group: every honest hosted peer applies the rule to its
+in-neighbours' messages (:meth:`GossipAggregation.aggregate`), vectorised by in-degree bucket
+(``Strategy.aggregate_batch``) with a per-peer fallback (per-receiver attacks, root updates, rules
+without a batched form). Its methods were :class:`fedsim.peers.PeerGroup`'s, moved unchanged;
+:class:`~fedsim.peers.PeerGroup` inherits them and sets up the state they read (declared below).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import attacks
+import strategies
+from fedsim import heads, routing
+from fedsim import rng as crng
+from fedsim.messages import forge_messages
+from fedsim.shards import pad_rows
+
+if TYPE_CHECKING:
+    from fedsim.group_setup import GroupSetup
+    from fedsim.topology import Topology
+
+
+class GossipAggregation:
+    """The aggregation half of :class:`fedsim.peers.PeerGroup` (which sets every attribute below
+    in its ``__init__`` and provides ``_local_steps`` and ``set_params``)."""
+
+    s: GroupSetup
+    ids: np.ndarray  # global ids of the hosted peers
+    p: int
+    bias: bool
+    layer_shape: tuple[int, int]
+    is_byz: np.ndarray  # bool [p]
+    val: list[tuple[Tensor, Tensor]]  # each hosted peer's validation split
+    val_x: Tensor
+    val_y: Tensor
+    val_sizes: np.ndarray
+    val_offsets: np.ndarray
+    local_classes: Tensor  # bool [p, C]
+    claimed: Tensor | None  # bool [N, C]
+    attack: attacks.UpdateForger | attacks.DataPoisoner | None
+    rule: strategies.Strategy
+    topology: Topology
+    w: Tensor
+    b: Tensor
+    tw: Tensor
+    tb: Tensor
+    cwr: bool
+    previous: Tensor | None
+    stale_history: Tensor | None
+    def _overlap(self, js: Tensor, senders: Tensor) -> Tensor | None:
+        """``|F_i ∩ F_j|`` for hosted peers ``js [...]`` and the senders they heard ``senders [..., n]``
+        (global ids), from the class sets peers claim (None: the rule compares no class sets)."""
+        if self.claimed is None:
+            return None
+        return (self.claimed[senders] & self.local_classes[js][..., None, :]).sum(dim=-1)
+
+    def _ctx(
+        self, j: int, round_: int, f: int, root: Tensor | None, seed: int, overlap: Tensor | None = None
+    ) -> strategies.AggregationContext:
+        vx, vy = self.val[j]
+        return strategies.AggregationContext(
+            layer_shape=self.layer_shape,
+            bias=self.bias,
+            f=f,
+            round=round_,
+            total_rounds=self.s.rounds,
+            val_x=vx,
+            val_y=vy,
+            local_classes=self.local_classes[j],
+            root_update=root,
+            generator=torch.Generator().manual_seed(seed),
+            overlap=overlap,
+            previous=None if self.previous is None else self.previous[j],
+        )
+
+    def _batch_ctx(self, js: np.ndarray, round_: int, senders: np.ndarray) -> strategies.AggregationContext:
+        """The validation splits and familiar classes of hosted peers ``js``, stacked and padded, and
+        the classes they share with the senders they heard (``senders [len(js), n]``)."""
+        sizes = self.val_sizes[js]
+        vx, vy, mask = pad_rows(self.val_x, self.val_y, self.val_offsets[js], sizes, int(sizes.max(initial=0)))
+        return strategies.AggregationContext(
+            layer_shape=self.layer_shape,
+            bias=self.bias,
+            f=self.s.f,
+            round=round_,
+            total_rounds=self.s.rounds,
+            val_x=vx,
+            val_y=vy,
+            val_mask=mask,
+            local_classes=self.local_classes[torch.from_numpy(js)],
+            overlap=self._overlap(torch.from_numpy(js), torch.from_numpy(senders)),
+            previous=None if self.previous is None else self.previous[torch.from_numpy(js)],
+        )
+
+    def _aggregate_batched(
+        self,
+        round_: int,
+        params: Tensor,
+        msgs: Tensor,
+        valid: Tensor,
+        indptr: np.ndarray,
+        indices: np.ndarray,
+        new: Tensor,
+        own_rows: Callable[[Tensor], Tensor],
+    ) -> tuple[np.ndarray, int | None]:
+        """Honest present hosted peers grouped by how many valid messages they heard, one
+        vectorised rule call (``Strategy.aggregate_batch``) per group and chunk of peers instead
+        of one call per peer. Returns which hosted peers are done (the rest go through the
+        per-peer loop) and the messages dropped for all of them (None: the rule has no batched
+        form). ``own_rows(js)``: what the rule gets as hosted peers ``js``' own vectors (their sent
+        heads, or with consolidated weights their trained copies). ``params`` and ``msgs`` may be
+        :class:`fedsim.routing.Rows`: only each chunk's heard rows are gathered. Chunks of
+        ``engine.aggregate_chunk`` peers (64: a chunk's float64 working set stays inside the cache)
+        bound the gathered ``[chunk, n, P]`` tensors; results do not depend on the chunk size."""
+        chunk = self.s.aggregate_chunk
+        done = np.zeros(self.p, dtype=bool)
+        if type(self.rule).aggregate_batch is strategies.Strategy.aggregate_batch:
+            return done, None
+        active = ~self.is_byz if self.s.absent is None else ~self.is_byz & ~self.s.absent[self.ids]
+        honest = np.flatnonzero(active)
+        pids = self.ids[honest]
+        start, deg = indptr[pids], indptr[pids + 1] - indptr[pids]
+        owner = np.repeat(np.arange(len(honest)), deg)
+        senders = indices[np.repeat(start - (np.cumsum(deg) - deg), deg) + np.arange(int(deg.sum()))]
+        ok = valid.numpy()[senders]
+        gone = ~ok if self.s.absent is None else ~ok & ~self.s.absent[senders]  # absent senders: not "dropped"
+        dropped = int(gone.sum())
+        owner, senders = owner[ok], senders[ok]  # each peer's valid in-neighbours, in order
+        nvalid = np.bincount(owner, minlength=len(honest))
+        table = np.zeros((len(honest), int(nvalid.max(initial=0))), dtype=np.int64)
+        table[owner, np.arange(len(owner)) - (np.cumsum(nvalid) - nvalid)[owner]] = senders
+        # a peer that heard a non-finite row: per-peer path drops it
+        finite = msgs.finite() if isinstance(msgs, routing.Rows) else strategies.finite_rows(msgs)
+        for n in np.unique(nvalid):
+            rows = np.flatnonzero(nvalid == n)
+            if n == 0:  # nothing heard: keep the own model (``strategies.aggregate`` does the same)
+                done[honest[rows]] = True
+                continue
+            for i in range(0, len(rows), chunk):
+                r = rows[i : i + chunk]
+                r = r[finite[torch.from_numpy(table[r, :n])].all(dim=1).numpy()]
+                if len(r) == 0:
+                    continue
+                js = honest[r]
+                sent = params[torch.from_numpy(self.ids[js])]
+                received = msgs[torch.from_numpy(table[r, :n])]
+                ctx = self._batch_ctx(js, round_, table[r, :n])
+                out = strategies.aggregate_batch(self.rule, own_rows(torch.from_numpy(js)), received, ctx, sent)
+                if out is None:
+                    continue
+                new[torch.from_numpy(js)] = out
+                done[js] = True
+        return done, dropped
+
+    def _root_updates(self, round_: int) -> Tensor:
+        """FLTrust's trusted update for each hosted peer: its own head trained on its validation split."""
+        w, b = self.w.clone(), self.b.clone()
+        opt = heads.OptimizerState.zeros(w, b, self.s.training.optimizer == "adam")
+        B = self.s.training.batch_size
+        sizes = np.asarray([max(len(v[1]), 1) for v in self.val])
+        for k in range(self.s.training.local_steps):
+            r = crng.integers(sizes[:, None], self.s.seed, "root", round_, k, self.ids[:, None], np.arange(B)[None, :])
+            x = torch.stack(
+                [
+                    self.val[j][0][torch.from_numpy(r[j])] if len(self.val[j][1]) else torch.zeros(B, self.s.dim)
+                    for j in range(self.p)
+                ]
+            )
+            y = torch.stack(
+                [
+                    self.val[j][1][torch.from_numpy(r[j])] if len(self.val[j][1]) else torch.zeros(B, dtype=torch.long)
+                    for j in range(self.p)
+                ]
+            )
+            self._local_steps(w, b, opt, [(x, y)])
+        return strategies.flatten(w, b if self.bias else None)
+
+    def aggregate(self, round_: int, *all_params: np.ndarray) -> dict[str, int]:
+        """Decentralized aggregation: every honest hosted peer aggregates its in-neighbours' messages
+        (every group's message arrays, read through :class:`fedsim.routing.Rows`: only heard rows are
+        gathered; a forging attack gets them concatenated, as its forger sees every vector)."""
+        rows = routing.Rows([routing.decode(a) for a in all_params])
+        forging = isinstance(self.attack, attacks.UpdateForger) and bool(self.s.byzantine.any())
+        params: Any = rows.full() if forging else rows
+        history = self.stale_history  # before this round: per-receiver forgeries read it too
+        msgs, valid, self.stale_history = forge_messages(self.attack, self.s, round_, params, history)
+        indptr, indices = self.topology.in_neighbors(round_)
+        new = params[torch.arange(self.s.first, self.s.first + self.p)]  # the hosted peers' own heads (a copy)
+
+        # the rule's ``own``: the sent heads, or with consolidated weights the trained copies
+        def own_rows(js: Tensor) -> Tensor:
+            if self.cwr:
+                return strategies.flatten(self.tw[js], self.tb[js] if self.bias else None)
+            return params[js + self.s.first]
+
+        root = self._root_updates(round_) if "root_update" in self.rule.needs else None
+        dropped = skipped = 0
+        per_receiver = isinstance(self.attack, attacks.UpdateForger) and self.attack.per_receiver
+        absent_t = torch.from_numpy(self.s.absent) if self.s.absent is not None else None
+        done, batch_dropped = np.zeros(self.p, dtype=bool), None
+        if not per_receiver and root is None:
+            done, batch_dropped = self._aggregate_batched(round_, params, msgs, valid, indptr, indices, new, own_rows)
+        dropped = batch_dropped or 0
+        seeds = crng.derive_seeds(self.s.seed, "strategy", round_, self.ids)
+        for j, pid in enumerate(self.ids):
+            if self.is_byz[j] or done[j] or (self.s.absent is not None and self.s.absent[pid]):
+                continue
+            nbrs = torch.from_numpy(indices[indptr[pid] : indptr[pid + 1]])
+            m, v = msgs, valid
+            if per_receiver:
+                honest_n = nbrs[~torch.from_numpy(self.s.byzantine[nbrs.numpy()])]
+                m, v, _ = forge_messages(
+                    self.attack,
+                    self.s,
+                    round_,
+                    params,
+                    history,
+                    receiver=int(pid),
+                    nbr_honest=params[honest_n],
+                )
+            ok = v[nbrs]
+            if batch_dropped is None:  # else already counted for every honest present hosted peer
+                dropped += int((~ok).sum()) if self.s.absent is None else int((~ok & ~absent_t[nbrs]).sum())
+            sent = params[pid]
+            overlap = self._overlap(torch.tensor(j), nbrs[ok])
+            ctx = self._ctx(j, round_, self.s.f, None if root is None else root[j], int(seeds[j]), overlap)
+            try:
+                new[j], _ = strategies.aggregate(self.rule, own_rows(torch.tensor([j]))[0], m[nbrs[ok]], ctx, sent)
+            except strategies.CannotAggregateError:  # this round's vectors; anything else is a bug: raised
+                new[j], skipped = sent, skipped + 1
+        self.set_params(new)
+        return {"dropped": dropped, "skipped": skipped}
