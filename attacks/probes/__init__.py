@@ -7,7 +7,8 @@
   offline LiRA (Carlini et al. 2022) with shadow linear heads; :mod:`attacks.probes.membership`
   scores them against nulls (cross-fitted thresholds, permutation and class-matched nulls,
   TPR at fixed low FPR with Clopper–Pearson intervals, online/offline LiRA from shadows).
-* Cloning (:mod:`attacks.probes.cloning`, :mod:`attacks.probes.oracles`,
+* Cloning (:mod:`attacks.probes.cloning`, the whole attack, over :mod:`~attacks.probes.cloning_recovery`,
+  :mod:`~attacks.probes.cloning_topk`, :mod:`~attacks.probes.cloning_distill`; :mod:`attacks.probes.oracles`,
   :mod:`attacks.probes.bottleneck`): hidden size, layer recovery (least squares, ridge with GCV,
   subspace-projected), logit-bias top-k and top-1 recovery, distillation, output defences
   applied before ranking, repeated-query averaging, cloning curves; bottleneck target heads.
