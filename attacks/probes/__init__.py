@@ -1,8 +1,8 @@
 """Probes run against a trained federation and return result records (docs/architecture.md, "Interfaces").
 
 * Unlearning (:mod:`attacks.probes.unlearning`): calibrated first-epoch gradient ascent on the
-  output layer, and its evaluation (:mod:`attacks.probes.unlearning_eval`) (accuracies + membership-inference advantage before/after,
-  vs. a model retrained without the peer).
+  output layer, and its evaluation (:mod:`attacks.probes.unlearning_eval`: accuracies +
+  membership-inference advantage before/after, vs. a model retrained without the peer).
 * Membership inference (:mod:`attacks.probes.mia`): loss-threshold (Yeom et al. 2018) and
   offline LiRA (Carlini et al. 2022) with shadow linear heads; :mod:`attacks.probes.membership`
   scores them against nulls (cross-fitted thresholds, permutation and class-matched nulls,
