@@ -51,11 +51,26 @@ def parse_sets(values: tuple[str, ...] | list[str]) -> dict[str, Any]:
 
 
 def set_dotted(data: dict, key: str, value: Any) -> None:
-    """``set_dotted(d, "strategy.params.f", 2)`` sets ``d["strategy"]["params"]["f"] = 2``."""
+    """``set_dotted(d, "strategy.params.f", 2)`` sets ``d["strategy"]["params"]["f"] = 2``. A number
+    indexes an existing list: ``probes.0.method`` sets the first probe's ``method`` (an index past the
+    end is a one-line :class:`ScenarioError`, nothing is set)."""
     parts = key.split(".")
-    node = data
-    for p in parts[:-1]:
-        if not isinstance(node.get(p), dict):
-            node[p] = {}
-        node = node[p]
-    node[parts[-1]] = value
+    node: Any = data
+    for i, p in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not p.isdigit() or int(p) >= len(node):
+                where = ".".join(parts[:i])
+                raise ScenarioError(f"--set {key}: {where} is a list of {len(node)}; "
+                                    f"use an index 0..{len(node) - 1} after {where}.")
+            if last:
+                node[int(p)] = value
+            else:
+                node = node[int(p)]
+            continue
+        if last:
+            node[p] = value
+        else:
+            if not isinstance(node.get(p), dict | list):
+                node[p] = {}
+            node = node[p]

@@ -203,3 +203,22 @@ def test_flower_run_config_set_types_like_the_cli():
     assert sc.training.lr == 1e-3 and sc.rounds == 5
     with pytest.raises(common.BridgeError, match="run config 'set': 'rounds': expected KEY=VALUE"):
         common.parse_sets("rounds")
+
+
+def test_set_indexes_into_lists_and_refuses_a_bad_index():
+    """``--set probes.0.method=...`` changes the first probe's parameter (lists are indexed by number);
+    an index past the end or a name where a list is is one line, and nothing is changed."""
+    from fedsim.overrides import set_dotted
+
+    sc = load("scenarios/federated_unlearning.yaml", overrides={"probes.0.method": "finetune_retain"})
+    assert sc.probes[0].method == "finetune_retain"
+    d = {"probes": [{"kind": "unlearning", "method": "newton"}], "strategy": {"name": "fedavg"}}
+    set_dotted(d, "probes.0.params.steps", 3)
+    set_dotted(d, "strategy.params.f", 2)
+    assert d == {"probes": [{"kind": "unlearning", "method": "newton", "params": {"steps": 3}}],
+                 "strategy": {"name": "fedavg", "params": {"f": 2}}}
+    for key in ("probes.1.method", "probes.x.method", "probes.-1.method"):
+        with pytest.raises(ScenarioError, match=r"probes is a list of 1; use an index 0\.\.0") as e:
+            set_dotted(d, key, "x")
+        assert "\n" not in str(e.value)
+    assert d["probes"] == [{"kind": "unlearning", "method": "newton", "params": {"steps": 3}}]
