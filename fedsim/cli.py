@@ -64,7 +64,8 @@ def main() -> None:
     "sets",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Override a scenario field, e.g. --set strategy.name=krum --set peers.byzantine_fraction=0.3.",
+    help="Override a scenario field, e.g. --set strategy.name=krum --set peers.byzantine_fraction=0.3 "
+    "(a number indexes a list: --set probes.0.method=newton).",
 )
 @click.option("--address", help="Ray cluster to run on: 'auto' or ray://HOST:10001 (sets engine.address).")
 @click.option(
