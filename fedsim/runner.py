@@ -257,9 +257,6 @@ class Run:
         self.recorded_gradients: np.ndarray | None = None  # the unlearning probe's leaver's, [B, P]
         self.final_params: np.ndarray | None = None
         self.final_state: dict[str, Any] | None = None  # Simulation.state() after the last round (probes only)
-        # round -> the heads every peer sent [N, P] (RoundRecord.messages), kept only when a probe of
-        # the scenario observes the gossip (Probe.needs_messages: fedsim.probe_gossip)
-        self.messages: dict[int, np.ndarray] = {}
         self.prepared: Prepared | None = None
         self.groups: list[Any] = []  # the running simulation's actors (the probes free them, tests kill one)
         self.server: Any = None
@@ -287,6 +284,12 @@ class Run:
         return self._resume.start
 
     # ------------------------------------------------------------------ main loop
+    @property
+    def messages(self) -> dict[int, np.ndarray]:
+        """Round → the heads every peer sent ``[N, P]``, for the rounds whose records carry them
+        (:func:`message_window`: a probe reading the gossip, the unlearning probe's rollback)."""
+        return {rec.round: rec.messages for rec in self.records if rec.messages is not None}
+
     def execute(
         self,
         progress: Callable[[int, dict], None] | None = None,
@@ -331,7 +334,6 @@ class Run:
                     cb.on_start(sc, point.start if point else 0)
                 started.append(cb)
             sim = Simulation(sc, prep, backend, record_messages=message_window(sc, prep, self.absent, self.run_probes))
-            self.messages = {}
             self.groups, self.server = sim.groups, sim.server
             out = self._loop(sim, prep, point, callbacks)
             summary = None if "stopped_after" in out else out
@@ -370,8 +372,6 @@ class Run:
                 line, saved = files.append(record, sim.state)  # metrics, timings, the periodic checkpoint
                 self.history.append(json.loads(line))
                 self.records.append(record)
-                if record.messages is not None:
-                    self.messages[r] = record.messages
                 stops = [s for cb in callbacks if (s := cb.on_round(record)) is not None]
                 if stops:
                     return self._stop(r, stops, sim, metrics, ckpt, saved)
