@@ -18,21 +18,12 @@ leaver (the gold standard). Reading: docs/probes.md, "federated_unlearning".
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import numpy as np
-from federated_unlearning_seeds import T95, load  # benchmarks/ is on sys.path when run as a script
+from federated_unlearning_seeds import load, mean_ci  # benchmarks/ is on sys.path when run as a script
 
 from fedsim.plot import OKABE_ITO
-
-
-def mean_ci(values: list[float]) -> tuple[float, float]:
-    """``(mean, half-width of the 95% t-interval)`` over ``values`` (half-width 0 for one value)."""
-    v = np.asarray(values, dtype=float)
-    if len(v) < 2:
-        return float(v.mean()), 0.0
-    return float(v.mean()), T95.get(len(v) - 1, 1.96) * float(v.std(ddof=1)) / math.sqrt(len(v))
 
 
 def main() -> None:

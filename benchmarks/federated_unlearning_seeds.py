@@ -24,13 +24,20 @@ import numpy as np
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
-def interval(values: list[float]) -> str:
-    """``mean [lo, hi]`` with the 95% t-interval over ``values`` (just the mean for one value)."""
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """``(mean, half-width of the 95% t-interval)`` over ``values`` (half-width 0 for one value)."""
     v = np.asarray(values, dtype=float)
     if len(v) < 2:
-        return f"{v.mean():+.4f}"
-    half = T95.get(len(v) - 1, 1.96) * v.std(ddof=1) / math.sqrt(len(v))
-    return f"{v.mean():+.4f} [{v.mean() - half:+.4f}, {v.mean() + half:+.4f}]"
+        return float(v.mean()), 0.0
+    return float(v.mean()), T95.get(len(v) - 1, 1.96) * float(v.std(ddof=1)) / math.sqrt(len(v))
+
+
+def interval(values: list[float]) -> str:
+    """``mean [lo, hi]`` with the 95% t-interval over ``values`` (just the mean for one value)."""
+    m, half = mean_ci(values)
+    if len(values) < 2:
+        return f"{m:+.4f}"
+    return f"{m:+.4f} [{m - half:+.4f}, {m + half:+.4f}]"
 
 
 def load(run_dirs: list[str]) -> list[dict[str, Any]]:
