@@ -45,10 +45,6 @@ def _scenario(tmp_path, **over):
     return parse(d)
 
 
-def _group(sc):
-    return wholeutil.group(sc)
-
-
 def _raw_shard(sc, prep, j):
     """Peer ``j``'s raw training inputs (normalised as the backbone takes them) and labels."""
     ds = load(sc.dataset.name)
@@ -83,7 +79,7 @@ def test_cnn_from_scratch_matches_a_plain_pytorch_loop(tmp_path):
     and parameters equal one plain PyTorch model's, for the same seed, data and order."""
     sc = _scenario(tmp_path, **{"dataset.name": "mnist10k", "backbone.name": "fmnist_cnn", "model.hidden": [],
                                "peers.count": 2, "training.batch_size": 4, "training.local_steps": 2})
-    prep, g = _group(sc)
+    prep, g = wholeutil.group(sc)
     got = []
     for r in range(2):
         _, loss_sum = g.train(r)
@@ -114,7 +110,7 @@ def test_batched_peers_equal_separate_models_last_k_with_cached_prefix(tmp_path)
                                "model.trainable": "last_k", "model.k": 3, "model.hidden": [8],
                                "model.init": "pretrained", "peers.count": 3, "training.batch_size": 4,
                                "training.local_steps": 2})
-    prep, g = _group(sc)
+    prep, g = wholeutil.group(sc)
     assert prep.features.x_train.shape[1:] == (32, 14, 14)  # conv1 → relu → pool, cached
     suffix_layers = [m for m in split(prep.setups[0].model)[1] if any(True for _ in m.parameters())]
     assert len(suffix_layers) == 3
@@ -127,7 +123,7 @@ def test_batched_peers_equal_separate_models_last_k_with_cached_prefix(tmp_path)
 
 def test_adam_matches_torch_optim(tmp_path):
     sc = _scenario(tmp_path, **{"training.optimizer": "adam", "training.lr": 0.01, "training.weight_decay": 0.0})
-    prep, g = _group(sc)
+    prep, g = wholeutil.group(sc)
     for r in range(2):
         g.train(r)
     _, suffix = split(prep.setups[0].model)
@@ -162,7 +158,7 @@ def test_gradient_exchange_with_fedavg_is_one_large_batch_sgd_step(tmp_path):
     one SGD step on the union of their minibatches (mean of means of equal-size batches)."""
     sc = _scenario(tmp_path, **{"model.exchange": "gradients", "training.local_steps": 1,
                                "training.momentum": 0.0, "training.weight_decay": 0.0, "training.lr": 0.5})
-    prep, g = _group(sc)
+    prep, g = wholeutil.group(sc)
     theta0 = torch.from_numpy(g.params()[0]).clone()
     msgs, _ = g.train(0)
     assert not np.allclose(msgs[0], msgs[1])  # different minibatches, different gradients
@@ -344,8 +340,8 @@ def test_client_sampling_leaves_unsampled_peers_as_they_were(tmp_path):
     """``train(round, global, sampled)``: sampled peers train exactly as in a full round, the others
     keep their parameters and optimizer buffers; the loss counts the sampled honest peers only."""
     sc = _scenario(tmp_path)
-    _, full = _group(sc)
-    _, part = _group(sc)
+    _, full = wholeutil.group(sc)
+    _, part = wholeutil.group(sc)
     full.train(0)
     part.train(0)
     before, m_before = part.params(), part.fopt.m.clone()
@@ -416,7 +412,8 @@ def test_loop_and_vmap_batching_give_the_same_parameters_to_float_tolerance(tmp_
 
     over = {"dataset.name": "mnist10k", "backbone.name": "fmnist_cnn", "model.hidden": [8], "peers.count": 3,
             "training.batch_size": 4, "training.local_steps": 2}
-    groups = {m: _group(_scenario(tmp_path, **(over | {"model.batching": m})))[1] for m in ("vmap", "loop", "auto")}
+    groups = {m: wholeutil.group(_scenario(tmp_path, **(over | {"model.batching": m})))[1]
+              for m in ("vmap", "loop", "auto")}
     assert {m: g.model.batching for m, g in groups.items()} == {"vmap": "vmap", "loop": "loop", "auto": "loop"}
     losses = {m: [g.train(r)[1] for r in range(2)] for m, g in groups.items()}
     theta = {m: torch.from_numpy(g.params()) for m, g in groups.items()}

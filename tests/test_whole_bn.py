@@ -41,10 +41,6 @@ def _scenario(tmp_path, **over):
     return parse(d)
 
 
-def _group(sc):
-    return wholeutil.group(sc)
-
-
 def _bn_stats(net: nn.Module) -> torch.Tensor:
     """Running means and variances of ``net``'s BatchNorm layers, in forward order (the engine's layout)."""
     return torch.cat([torch.cat([m.running_mean, m.running_var]) for m in net.modules()
@@ -83,7 +79,7 @@ def test_bn_vmap_and_loop_equal_separate_modules_in_train_mode(tmp_path):
         # BatchNorm's 1/σ on 4-sample batches amplifies it); at lr 0.05 + momentum 0.9 one ReLU / max-pool
         # flipped at the fourth step and the parameters parted by 3e-4 (measured), chaos, not a bug
         sc = _scenario(tmp_path, **{"model.batching": m, "training.lr": 0.01})
-        prep, groups[m] = _group(sc)
+        prep, groups[m] = wholeutil.group(sc)
         losses[m] = [groups[m].train(r)[1] for r in range(2)]
     P = groups["vmap"].model.num_params
     refs = [_reference(sc, prep, j, rounds=2, steps=2) for j in range(3)]
@@ -123,7 +119,7 @@ def test_what_fedavg_and_fedbn_send_and_keep(tmp_path, bn, exchange):
     if exchange == "gradients":
         over["training.local_steps"] = 1
     sc = _scenario(tmp_path, **over)
-    prep, g = _group(sc)
+    prep, g = wholeutil.group(sc)
     mask = g.model.norm_params
     P, S = g.model.num_params, g.model.num_stats
     assert int(mask.sum()) == 2 * (32 + 64) and S == 2 * (32 + 64)  # γ, β and mean, var of two BatchNorm2d

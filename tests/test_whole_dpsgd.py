@@ -35,10 +35,6 @@ def _scenario(tmp_path, **over):
     return parse(d)
 
 
-def _group(sc):
-    return wholeutil.group(sc)
-
-
 def _grads(prep, theta, x, y):
     """Each peer's minibatch gradient at its own row of ``theta``, by a plain ``nn.Module``."""
     _, net = split(prep.setups[0].model)
@@ -55,7 +51,7 @@ def _grads(prep, theta, x, y):
 @pytest.mark.parametrize("rule", ["fedavg", "median"])
 def test_dpsgd_combines_parameters_then_steps_with_the_own_gradient(tmp_path, rule):
     sc = _scenario(tmp_path, **{"strategy.name": rule})
-    prep, g = _group(sc)
+    prep, g = wholeutil.group(sc)
     screen = (lambda v: v.mean(0)) if rule == "fedavg" else (lambda v: v.median(0).values)  # 3 values: the middle one
     lr = sc.training.lr
     for r in range(3):
