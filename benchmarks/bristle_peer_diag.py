@@ -25,7 +25,7 @@ import yaml
 
 import strategies
 from fedsim import api
-from fedsim.runner import prepare
+from fedsim.prepare import prepare
 from fedsim.scenario import byzantine_mask, partition_for
 
 

@@ -5,7 +5,7 @@ commit f1fb8fb5 (2021-04-12, "Increase 1 to 2 samples": the code that wrote the 
 ``fedml/evaluations/emulator-55*/evaluations/evaluation-simulated-2021-04-12_23.4*.csv``), folder
 ``fedml/src/main/java/nl/tudelft/trustchain/fedml/``. It shares nothing with ``strategies/bristle.py``
 or ``fedsim.heads``/``fedsim.peers``: only the *data* comes from fedsim (the frozen-backbone
-features and the partition of a scenario, via ``fedsim.runner.prepare``), so the port and fedsim's
+features and the partition of a scenario, via ``fedsim.prepare.prepare``), so the port and fedsim's
 ``bristle`` can be compared on the same features, split and seed. It exists to answer issue 14's
 question "is the gap to the authors' logs fedsim's code or fedsim's backbone?".
 
@@ -322,12 +322,12 @@ def run_port(
     """The port on the data of a fedsim scenario at ``seed`` (``overrides``: dotted scenario keys,
     as ``fedsim run --set``): mean honest test accuracy by iteration (0, 10, …, as the authors log,
     plus the last)."""
-    from fedsim import runner
     from fedsim import scenario as fsc
+    from fedsim.prepare import prepare
 
     ablate = ablate or set()
     sc = fsc.load(scenario, {**(overrides or {}), "seed": seed})
-    prep = runner.prepare(sc)
+    prep = prepare(sc)
     feats = prep.features
     xtr, ytr = feats.x_train.astype(np.float64), feats.y_train.astype(np.int64)
     xte, yte = feats.x_test.astype(np.float64), feats.y_test.astype(np.int64)

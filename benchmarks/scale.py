@@ -64,7 +64,8 @@ import fedsim
 import strategies
 from fedsim.backend import LocalBackend
 from fedsim.callbacks import Callback
-from fedsim.runner import Run, prepare
+from fedsim.prepare import prepare
+from fedsim.runner import Run
 from fedsim.scenario import parse
 from fedsim.simulation import PHASES, RoundRecord, Simulation
 

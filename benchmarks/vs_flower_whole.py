@@ -114,7 +114,7 @@ def profile(n: int, tmp: Path, rounds: int = 2, batching: str = "auto") -> dict[
     import torch
 
     from fedsim.models.trainable import split
-    from fedsim.runner import prepare
+    from fedsim.prepare import prepare
     from fedsim.stacked import optimizer_step
     from fedsim.whole import WholePeerGroup, WholeServer
 

@@ -55,7 +55,7 @@ def measure(name: str, peers: int, rounds: int, loop: bool, batching: str = "vma
 
     torch.set_num_threads(1)
     from fedsim.peers import PeerGroup
-    from fedsim.runner import prepare
+    from fedsim.prepare import prepare
     from fedsim.scenario import parse
 
     d = {

@@ -1,5 +1,5 @@
 """What one peer group (or the federated server) is given: :class:`GroupSetup`, plain data that
-:func:`fedsim.runner.prepare` builds once per group and that pickles to a Ray actor."""
+:func:`fedsim.prepare.prepare` builds once per group and that pickles to a Ray actor."""
 
 from __future__ import annotations
 
@@ -36,20 +36,20 @@ class GroupSetup:
     f: int  # Byzantine vectors a rule is told to expect among those it aggregates (scenario.resolve_f)
     received: int  # vectors an aggregation combines per round, as the rule's check sees it (an attack's ctx.n)
     attack: AttackCfg  # the scenario's attack section (sc.peers.attack): name, params, omniscient, collude
-    topology: Topology  # built by fedsim.scenario.build_topology (runner.prepare), never rebuilt here
+    topology: Topology  # built by fedsim.scenario.build_topology (prepare.prepare), never rebuilt here
     absent: np.ndarray | None = None  # bool [N]: peers that take no part (their messages never arrive)
     threads: int = 1  # torch intra-op threads of the hosting process (engine.cpus_per_actor)
     # > 0 where no peer of the run holds more than a minibatch of samples: every peer's shard is
     # zero-padded to this many samples and trained on draw-count weights (see PeerGroup.train).
-    # One value for the whole run (runner.prepare), so a peer's numbers never depend on its group.
+    # One value for the whole run (prepare.prepare), so a peer's numbers never depend on its group.
     shard_pad: int = 0
-    # bool [N, C]: the classes each peer holds (held_classes over the whole partition, runner.prepare),
+    # bool [N, C]: the classes each peer holds (held_classes over the whole partition, prepare.prepare),
     # set when the rule needs "overlap"; None: each group derives its hosted peers' from their data
     classes: np.ndarray | None = None
     # the scenario's plugins (fedsim.plugins): imported in the hosting process before any rule or attack is built
     plugins: tuple[str, ...] = ()
     # global id of a peer whose first-epoch minibatch gradients are recorded (an unlearning probe's
-    # leaver, runner.prepare); None: nothing is recorded (no cost)
+    # leaver, prepare.prepare); None: nothing is recorded (no cost)
     record_gradients: int | None = None
     message_dtype: str = "float32"  # engine.message_dtype: precision of the sent heads (fedsim.routing)
     aggregate_chunk: int = 64  # engine.aggregate_chunk: receivers per vectorised rule call

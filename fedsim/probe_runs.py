@@ -21,7 +21,7 @@ def run_probes(run: Any, prep: Any, final_params: np.ndarray,
     """Run ``run.sc.probes`` against the trained heads ``final_params [N, P]``.
 
     ``run``: what the probes read of the trained run (``sc``, ``dir``, ``recorded_gradients``),
-    ``prep`` its ``fedsim.runner.Prepared`` (features, set-ups, Byzantine placement, topology);
+    ``prep`` its ``fedsim.prepare.Prepared`` (features, set-ups, Byzantine placement, topology);
     ``retrain``: the retraining the unlearning probe compares with (the runner passes
     ``Run.retrain_without``). Every probe is validated first (``ValueError("probes.<i>.<key>:
     ...")``), then each runs in order (its registered kind's :meth:`~Probe.run`); the full results

@@ -1,6 +1,6 @@
 """The facts a run and its validation share (docs/architecture.md, "Who owns which fact").
 
-:func:`fedsim.runner.prepare` and :mod:`fedsim.validation` both call these, so a scenario that
+:func:`fedsim.prepare.prepare` and :mod:`fedsim.validation` both call these, so a scenario that
 validates computes the same Byzantine placement, topology, ``f``, rule parameters and partition
 when it runs.
 """
@@ -76,7 +76,7 @@ def build_topology(sc: Scenario) -> Topology:
 def resolve_f(sc: Scenario, topo: Topology) -> tuple[int, float]:
     """``(f, mean in-degree)`` from the built topology: the ``f`` every rule is given and the mean
     number of vectors an aggregator hears per round (round 0 for push gossip; for the federated
-    server every client it samples, :func:`clients_per_round`). The run (:func:`fedsim.runner.prepare`) and
+    server every client it samples, :func:`clients_per_round`). The run (:func:`fedsim.prepare.prepare`) and
     validation both call this, so they agree on ``f`` (an Erdős–Rényi graph's real mean degree,
     not ``p·(n-1)``)."""
     if sc.mode == "federated":

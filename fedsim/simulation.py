@@ -30,7 +30,7 @@ from fedsim.scenario import Scenario, sampled_clients
 from fedsim.server import Server
 
 if TYPE_CHECKING:
-    from fedsim.runner import Prepared
+    from fedsim.prepare import Prepared
 
 PHASES = ("train", "aggregate", "evaluate")
 

@@ -19,7 +19,8 @@ import torch
 import strategies
 from fedsim import heads
 from fedsim.peers import PeerGroup
-from fedsim.runner import Run, prepare
+from fedsim.prepare import prepare
+from fedsim.runner import Run
 from fedsim.scenario import parse
 from strategies import AggregationContext, Strategy, build
 

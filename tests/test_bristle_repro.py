@@ -14,7 +14,7 @@ from fedsim import heads
 from fedsim.messages import claimed_classes
 from fedsim.partition import make_partition
 from fedsim.peers import PeerGroup
-from fedsim.runner import prepare
+from fedsim.prepare import prepare
 from fedsim.scenario import ScenarioError, load, parse
 from fedsim.shards import held_classes
 

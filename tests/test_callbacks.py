@@ -133,7 +133,7 @@ def test_a_function_is_not_a_callback(small_scenario, tmp_path):
 def test_the_simulation_alone_yields_the_runs_records(small_scenario, tmp_path):
     """Benchmarks drive the Simulation without a run directory: the same records."""
     from fedsim.backend import LocalBackend
-    from fedsim.runner import prepare
+    from fedsim.prepare import prepare
     from fedsim.simulation import Simulation
 
     r = fedsim.run(small_scenario(rounds=3), out=tmp_path / "run")

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from fedsim.limits import local_ray_cpus
-from fedsim.runner import Run, prepare
+from fedsim.prepare import prepare
+from fedsim.runner import Run
 from fedsim.scenario import parse
 
 

@@ -65,7 +65,7 @@ def test_doc_poisoner_and_rule_check(plugin, small_scenario, tmp_path):
 
 def test_doc_backbone_makes_the_features(plugin, small_scenario, tmp_path):
     _, snippet = plugin
-    from fedsim.runner import prepare
+    from fedsim.prepare import prepare
     from fedsim.scenario import parse
 
     d = small_scenario() | snippet

@@ -23,7 +23,8 @@ from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 from fedsim.flower import common  # noqa: E402
 from fedsim.flower.client import FedsimPeer  # noqa: E402
 from fedsim.flower.inprocess import run_in_process  # noqa: E402
-from fedsim.runner import Run, prepare  # noqa: E402
+from fedsim.prepare import prepare  # noqa: E402
+from fedsim.runner import Run  # noqa: E402
 from fedsim.scenario import parse  # noqa: E402
 from fedsim.simulation import PHASES  # noqa: E402
 

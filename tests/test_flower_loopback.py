@@ -21,7 +21,8 @@ pytest.importorskip("flwr")
 
 from fedsim.flower.local import LOOPBACK, LocalFederation, _alive, descendants, flower_exe  # noqa: E402
 from fedsim.flower.project import export_app  # noqa: E402
-from fedsim.runner import Run, prepare  # noqa: E402
+from fedsim.prepare import prepare  # noqa: E402
+from fedsim.runner import Run  # noqa: E402
 from fedsim.scenario import parse  # noqa: E402
 
 pytestmark = pytest.mark.flower

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import strategies
-from fedsim.runner import Run, prepare
+from fedsim.prepare import prepare
+from fedsim.runner import Run
 from fedsim.scenario import ScenarioError, parse
 from fedsim.whole import WholePeerGroup
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from fedsim import plugins
-from fedsim.runner import Run, prepare
+from fedsim.prepare import prepare
+from fedsim.runner import Run
 from fedsim.scenario import ScenarioError, parse
 
 PLUGIN = '''

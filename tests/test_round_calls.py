@@ -8,7 +8,7 @@ import pytest
 
 from fedsim.backend import LocalBackend
 from fedsim.peers import PeerGroup
-from fedsim.runner import prepare
+from fedsim.prepare import prepare
 from fedsim.scenario import parse
 from fedsim.server import Server
 from fedsim.simulation import Simulation

@@ -11,8 +11,9 @@ import torch
 
 from fedsim.errors import ScenarioError
 from fedsim.peers import PeerGroup
+from fedsim.prepare import prepare
 from fedsim.routing import Rows, decode, encode
-from fedsim.runner import Run, prepare
+from fedsim.runner import Run
 from fedsim.scenario import parse
 
 

@@ -183,7 +183,7 @@ def test_erdos_renyi_f_is_the_runs(tmp_path, monkeypatch):
     """Validation checks the rule with the f the run will use: the real graph's mean in-degree
     (11.3 for this seed), not p·(n−1) = 10.15 (which gave f = 3 where the run uses 4)."""
     import strategies
-    from fedsim.runner import prepare
+    from fedsim.prepare import prepare
 
     d = {**SMALL, "seed": 3, "backbone": {"name": "identity", "cache_dir": str(tmp_path / "c")},
          "peers": {"count": 30, "byzantine_fraction": 0.3, "attack": {"name": "sign_flip"}},

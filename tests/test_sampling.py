@@ -165,7 +165,7 @@ def test_training_a_sample_equals_training_everyone_on_the_sampled_rows(small_sc
     as in a full round (minibatches are keyed by peer id), buffers included; the others keep
     their heads and buffers. Bristle: the consolidated-weights (CWR) path."""
     from fedsim.peers import PeerGroup
-    from fedsim.runner import prepare
+    from fedsim.prepare import prepare
 
     over = {"training.optimizer": optimizer, "training.lr": 0.05, "strategy.name": strategy, "engine.num_actors": 1}
     if mode == "federated":

@@ -51,7 +51,8 @@ def test_free_cpus_is_the_cpus_minus_the_load_at_least_one():
 
 
 def test_a_run_takes_the_budget_it_is_given(tmp_path, small_scenario):
-    from fedsim.runner import Run, prepare
+    from fedsim.prepare import prepare
+    from fedsim.runner import Run
     from fedsim.scenario import parse
 
     sc = parse(small_scenario(engine={"backend": "local", "num_actors": 2}))

@@ -5,7 +5,7 @@ Hypothesis draws scenarios over every topology kind × peer count × degree/p/fa
 count × mode × rule (with and without an explicit ``strategy.f``). For each one, either
 
 * validation (:func:`fedsim.scenario.parse` with ``require_data``, as ``fedsim validate``) refuses
-  it with one line, and the run refuses it too (the schema, or :func:`fedsim.runner.prepare`, or
+  it with one line, and the run refuses it too (the schema, or :func:`fedsim.prepare.prepare`, or
   the peer groups built from its set-ups fail), or the run's own ``f`` and in-degree break the
   rule's limits or the attack's (ALIE's ``z_max``); or
 * validation accepts it, ``prepare`` and the peer groups build, and the ``f`` and in-degree
@@ -29,13 +29,13 @@ from pydantic import ValidationError
 
 import attacks
 import strategies
-from fedsim import runner
+from fedsim import prepare as prepare_mod
 from fedsim import scenario as sc_mod
 from fedsim import validation as validation_mod
 from fedsim.cli import main
 from fedsim.errors import FedsimError
 from fedsim.peers import PeerGroup
-from fedsim.runner import prepare
+from fedsim.prepare import prepare
 from fedsim.scenario import Scenario, ScenarioError, parse
 from fedsim.server import Server
 from fedsim.topology import KINDS
@@ -68,12 +68,12 @@ def scenario_dict(kind: str, mode: str, count: int, byz: int, degree: int, p: fl
 def _validate(data: dict) -> tuple[Scenario, list[tuple[int, int]], list[tuple[int, float]]]:
     """``parse`` as ``fedsim validate`` runs it, recording the ``(n, f)`` the rule was checked with
     and the ``(f, in-degree)`` validation resolved (the spy replaces the ``resolve_f`` that
-    :mod:`fedsim.validation` calls, which is the very function :func:`fedsim.runner.prepare` calls)."""
+    :mod:`fedsim.validation` calls, which is the very function :func:`fedsim.prepare.prepare` calls)."""
     checked: list[tuple[int, int]] = []
     resolved: list[tuple[int, float]] = []
     cls = strategies.REGISTRY[data["strategy"]["name"]]
     real_check, real_resolve = cls.check, validation_mod.resolve_f
-    assert real_resolve is runner.resolve_f is sc_mod.resolve_f  # validation's f is the run's
+    assert real_resolve is prepare_mod.resolve_f is sc_mod.resolve_f  # validation's f is the run's
 
     def spy_check(self, n: int, f: int) -> None:
         if type(self) is cls:

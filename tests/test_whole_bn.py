@@ -17,7 +17,8 @@ from fedsim.data.datasets import load
 from fedsim.models.backbones import get_spec, to_input
 from fedsim.models.trainable import split
 from fedsim.overrides import set_dotted
-from fedsim.runner import Run, prepare
+from fedsim.prepare import prepare
+from fedsim.runner import Run
 from fedsim.scenario import ScenarioError, parse
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedsim.runner import prepare
+from fedsim.prepare import prepare
 from fedsim.whole import WholePeerGroup
 
 

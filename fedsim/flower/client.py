@@ -1,7 +1,7 @@
 """A Flower ClientApp that is one fedsim peer.
 
 The peer is fedsim's own :class:`fedsim.peers.PeerGroup` hosting a single peer: the same
-partition (``fedsim.partition`` with the scenario's seed, via ``fedsim.runner.prepare``), the same
+partition (``fedsim.partition`` with the scenario's seed, via ``fedsim.prepare.prepare``), the same
 frozen backbone features, the same batched head training (:mod:`fedsim.heads`) and the same
 counter-based minibatch stream keyed by the partition id (:mod:`fedsim.rng`). So device ``i``
 draws exactly the minibatches simulated peer ``i`` draws, and a run through Flower reproduces
@@ -210,7 +210,7 @@ def _int_key(cfg: dict[str, Any], key: str) -> int:
 
 def _partition_setup(sc: Scenario, pid: int) -> tuple[Any, dict[str, np.ndarray]]:
     """Simulated peer ``pid``'s set-up, taken from the very function the simulator uses."""
-    from fedsim.runner import prepare
+    from fedsim.prepare import prepare
 
     prep = prepare(sc)
     for s in prep.setups:
@@ -252,7 +252,7 @@ def _local_setup(
         raise BridgeError(f"local data {p}: labels must be in 0..{c - 1} (the scenario's classes)")
     part = make_partition("iid", feats.y_train, 1, crng.derive_seed(sc.seed, "local_data", pid),
                           val_fraction=sc.partition.val_fraction)
-    topo = build_topology(sc)  # these: the functions runner.prepare and validation call
+    topo = build_topology(sc)  # these: the functions prepare.prepare and validation call
     f, in_degree = resolve_f(sc, topo)
     setup = GroupSetup(
         first=pid,

@@ -29,7 +29,7 @@ from fedsim.flower.identity import PartitionAssignment
 
 def validation_sizes(prep: Any) -> list[int]:
     """Each peer's number of local validation samples, from the set-up the run uses
-    (``runner.prepare``): what a device's reported ``num-examples`` must equal."""
+    (``prepare.prepare``): what a device's reported ``num-examples`` must equal."""
     sizes: dict[int, int] = {}
     for s in prep.setups:
         for j, idx in enumerate(s.val_idx):

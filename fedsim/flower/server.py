@@ -1,7 +1,7 @@
 """The Flower ServerApp: a scenario's run on real devices, from the run config to ``summary.json``.
 
 :func:`run_server` is the ServerApp's main: the scenario and the bridge settings from the run
-config, fedsim's own set-up (:func:`fedsim.runner.prepare`), the node ↔ partition binding
+config, fedsim's own set-up (:func:`fedsim.prepare.prepare`), the node ↔ partition binding
 (:func:`partition_assignment`), the rounds by :class:`~fedsim.flower.strategy.FedsimStrategy`
 over a :class:`~fedsim.flower.grid.PollingGrid`, then ``final_global.pt``, ``summary.json`` and
 ``versions.json``. :func:`make_server_app` wraps it as a Flower ``ServerApp``.
@@ -62,7 +62,7 @@ def output_dir(sc: Scenario, run_config: dict[str, Any]) -> Path:
 
 def run_server(grid: Grid, context: Context) -> dict[str, Any]:
     """The ServerApp's main: the scenario from the run config, fedsim's set-up, the rounds."""
-    from fedsim.runner import prepare
+    from fedsim.prepare import prepare
 
     rc = dict(context.run_config)
     sc = common.scenario_from_run_config(rc)

@@ -3,7 +3,7 @@
 Flower 1.41 runs every message a SuperNode receives in a fresh ``flwr-clientapp`` process (its
 SuperExec polls the node's Runtime API for a task and starts ``flwr-clientapp --token ...``,
 which runs that one task and exits), so each message paid the imports (6–7 s on a loaded 2-core
-machine) and fedsim's set-up (``runner.prepare``: partition, frozen-backbone features). Flower
+machine) and fedsim's set-up (``prepare.prepare``: partition, frozen-backbone features). Flower
 also lets a SuperNode leave the tasks to a process started outside it
 (``flower-supernode --isolation process``): whatever acquires a task from the node's Runtime API
 with ``AcquireTask`` and then runs it with the task's token. This module is such a process. It

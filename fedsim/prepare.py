@@ -1,0 +1,166 @@
+"""A run's set-up, before any actor starts: :func:`prepare` a scenario (features, partition,
+Byzantine placement, topology, ``f``, one :class:`~fedsim.group_setup.GroupSetup` per peer group
+and the server's) into a :class:`Prepared`. :class:`fedsim.runner.Run` runs it; the Flower bridge,
+the probes' retraining and the benchmarks call it too (docs/architecture.md, "The layers").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+import strategies
+from fedlib.heads import num_params as head_params
+from fedsim import rng as crng
+from fedsim.canaries import Canaries, plant
+from fedsim.features import Features, load_features
+from fedsim.group_setup import GroupSetup
+from fedsim.models.backbones import BACKBONES
+from fedsim.routing import MESSAGE_DTYPES
+from fedsim.scenario import (
+    Scenario,
+    build_topology,
+    byzantine_mask,
+    partition_for,
+    received_per_aggregation,
+    resolve_f,
+    resource_warnings,
+    strategy_params,
+)
+from fedsim.shards import held_classes
+from fedsim.threads import group_threads
+from fedsim.topology import Topology
+
+FLOAT_BYTES = 4
+
+
+@dataclass
+class Prepared:
+    scenario: Scenario
+    features: Features
+    setups: list[GroupSetup]
+    server_setup: GroupSetup | None
+    byzantine: np.ndarray
+    f: int
+    num_params: int
+    bytes_per_message: int
+    root: tuple[np.ndarray, np.ndarray] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    topology: Topology | None = None  # built once (scenario.build_topology); the peers and probes use this one
+    canaries: Canaries | None = None  # planted by an unlearning probe's ``canaries`` knob
+
+
+def _backbone_param_count(name: str) -> int:
+    spec = BACKBONES[name]
+    return 0 if spec.build is None else sum(p.numel() for p in spec.build().parameters())
+
+
+def _gradient_recording(sc: Scenario, train: list[np.ndarray], byz: np.ndarray,
+                        absent: list[int] | None) -> int | None:
+    """The leaver of the first unlearning probe (its first-epoch gradients are recorded; the probe
+    replays them), or None when no unlearning probe runs or the leaver is absent (the retrain)."""
+    from fedsim.canaries import default_leaver
+
+    for p in sc.probes:
+        if p.kind == "unlearning":
+            peer = p.settings().get("peer")
+            peer = default_leaver(train, byz) if peer is None else int(peer)
+            return None if absent and peer in absent else peer
+    return None
+
+
+def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list[int] | None = None,
+            threads: int | None = None) -> Prepared:
+    """Features, partition, Byzantine placement and the per-actor set-ups (no actor started).
+
+    ``absent`` peers take no part (their messages never arrive; the unlearning probe's
+    "retrained without that peer" gold standard). ``threads``: the torch threads each group's
+    process uses (:func:`group_threads`)."""
+    plan = None
+    if sc.model.whole:  # more than the linear head is trained (issue 18): fedsim.whole
+        from fedsim import whole, whole_plan
+
+        feats, plan = whole_plan.prepare_features(sc, log)
+    else:
+        feats = load_features(sc.dataset.name, sc.backbone.name, sc.dataset.data_dir, sc.backbone.cache_dir, log)
+    n = sc.peers.count
+    for warning in resource_warnings(sc) if log else []:
+        log(f"warning: {warning}")
+    byz = byzantine_mask(sc)  # these five: the same functions validation calls (fedsim.scenario)
+    part = partition_for(sc, feats.y_train, byz)
+    # an unlearning probe's canaries join the leaver's shard before training (fedsim.canaries)
+    feats, train, canaries = plant(feats, list(part.train), byz, sc.probes, sc.seed)
+    topo = build_topology(sc)
+    f, in_degree = resolve_f(sc, topo)
+    params = strategy_params(sc)
+    c, d = feats.num_classes, feats.dim
+    num_params = head_params((c, d), sc.training.bias)
+    if plan is not None:
+        d, num_params = plan.dim, whole_plan.num_trainable(plan)
+    rule_cls = strategies.REGISTRY[sc.strategy.name]
+    # the class sets peers compare when they connect (Bristle's private-set intersection), for every peer
+    classes = held_classes(feats.y_train, train, part.val, c) if "overlap" in rule_cls.needs else None
+    extra = _backbone_param_count(sc.backbone.name) if rule_cls.exchanges == "full_model" else 0
+    largest_shard = max(len(t) for t in train)
+    common = dict(
+        shard_pad=largest_shard if largest_shard <= sc.training.batch_size and plan is None else 0,
+        byzantine=byz,
+        absent=None if not absent else np.isin(np.arange(n), absent),
+        threads=group_threads(sc, threads),
+        num_peers=n,
+        num_classes=c,
+        dim=d,
+        seed=sc.seed,
+        rounds=sc.rounds,
+        mode=sc.mode,
+        training=sc.training,
+        strategy={"name": sc.strategy.name, "params": params},
+        f=f,
+        received=received_per_aggregation(in_degree),
+        attack=sc.peers.attack,
+        topology=topo,
+        classes=classes,
+        plugins=tuple(sc.plugins),
+        record_gradients=_gradient_recording(sc, train, byz, absent),
+        message_dtype=sc.engine.message_dtype,
+        aggregate_chunk=sc.engine.aggregate_chunk,
+    )
+    actors = min(sc.engine.num_actors, n)
+    blocks = np.array_split(np.arange(n), actors)
+    setups = [
+        GroupSetup(first=int(b[0]), train_idx=[train[i] for i in b], val_idx=[part.val[i] for i in b], **common)
+        for b in blocks
+    ]
+    server = GroupSetup(first=0, train_idx=[], val_idx=[], **common) if sc.mode == "federated" else None
+    root = None
+    if sc.mode == "federated":
+        ridx = crng.numpy_generator(sc.seed, "root_set").choice(
+            len(feats.y_train), size=min(100, len(feats.y_train)), replace=False
+        )
+        root = (feats.x_train[ridx], feats.y_train[ridx])
+    if plan is not None:  # the same set-ups with the model to train; bytes: the trainable parameters only
+        setups = [whole.with_model(s, plan) for s in setups]
+        server = None if server is None else whole.with_model(server, plan)
+        extra = whole_plan.message_size(plan) - num_params  # + BatchNorm statistics sent, − BatchNorm kept (model.bn)
+    info = {
+        "peers": n,
+        "byzantine_ids": np.flatnonzero(byz).tolist(),
+        "f": f,
+        "num_params": num_params,
+        "feature_dim": d,
+        **({} if plan is None else {"model": {"trainable": plan.trainable, "exchange": plan.exchange,
+                                              "batching": plan.batching, "bn": plan.bn}}),
+        "classes": c,
+        "mean_in_degree": in_degree,
+        "actors": actors,
+        "train_samples_per_peer": [int(len(t)) for t in train],
+    }
+    if canaries is not None:
+        info["canaries"] = {"peer": canaries.peer, "kind": canaries.kind, "members": len(canaries.member_idx),
+                            "heldout": len(canaries.heldout_y), "calibration": len(canaries.calibration_y)}
+    bytes_per_message = MESSAGE_DTYPES[sc.engine.message_dtype].itemsize * (num_params + extra)
+    return Prepared(sc, feats, setups, server, byz, f, num_params, bytes_per_message, root, info,
+                    topology=topo, canaries=canaries)
