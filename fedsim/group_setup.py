@@ -11,7 +11,7 @@ import numpy as np
 from fedsim.topology import Topology
 
 if TYPE_CHECKING:
-    from fedsim.schema import AttackCfg, TrainingCfg
+    from fedsim.schema_sections import AttackCfg, TrainingCfg
 
 
 @dataclass

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from fedsim.schema import TrainingCfg
+    from fedsim.schema_sections import TrainingCfg
 
 
 @dataclass
@@ -117,7 +117,7 @@ def step(
 def local_steps(w: Tensor, b: Tensor, state: OptimizerState, batches, training: TrainingCfg, bias: bool) -> Tensor:
     """Run one optimizer step per ``(x, y)`` (or ``(x, y, weights)``, see :func:`ce_grad`) batch on
     heads ``w, b`` in place (``training`` is the scenario's training section,
-    ``fedsim.schema.TrainingCfg``); returns the last batch's per-head loss."""
+    ``fedsim.schema_sections.TrainingCfg``); returns the last batch's per-head loss."""
     loss = torch.zeros(w.shape[0])
     for batch in batches:  # (x, y) or (x, y, weights): see ce_grad
         loss, gw, gb = ce_grad(w, b if bias else None, *batch)

@@ -28,7 +28,7 @@ from fedsim.rundir import json_safe as _plain  # noqa: F401  (JSON-safe copies o
 from fedsim.topology import Topology
 
 if TYPE_CHECKING:
-    from fedsim.schema import TrainingCfg
+    from fedsim.schema_sections import TrainingCfg
 
 # peer -> the final heads [N, P] of the scenario retrained with that peer absent (the runner's
 # Run.retrain_without, written under retrain_dir(run dir, peer)); None: no retraining available

@@ -7,7 +7,9 @@ topology's degree, partition sizes, ...) run here too, at validation time, never
 
 This module is the facade: :func:`parse`, :func:`load` and :func:`load_plugins`, and every public
 name of the modules it is made of, so ``from fedsim.scenario import ...`` keeps working:
-:mod:`fedsim.schema` (the pydantic model), :mod:`fedsim.yamlsafe` (bounded YAML reading),
+:mod:`fedsim.schema` (the pydantic model; its sections :mod:`fedsim.schema_sections`, its probe
+entries :mod:`fedsim.schema_probes`, its error lines :mod:`fedsim.schema_errors`),
+:mod:`fedsim.yamlsafe` (bounded YAML reading),
 :mod:`fedsim.runfacts` (the facts a run and its validation share), :mod:`fedsim.validation`
 (:func:`check_semantics`, :func:`unknown_names`, :func:`grid_errors`) and :mod:`fedsim.overrides`
 (``--set`` parsing).
@@ -34,7 +36,10 @@ from fedsim.runfacts import (
     sampled_clients,
     strategy_params,
 )
-from fedsim.schema import (
+from fedsim.schema import Scenario
+from fedsim.schema_errors import _messages
+from fedsim.schema_probes import ProbeConfig, probe_config, to_config
+from fedsim.schema_sections import (
     MAX_WEIGHT_DECAY,
     AttackCfg,
     BackboneCfg,
@@ -46,15 +51,10 @@ from fedsim.schema import (
     OutputCfg,
     PartitionCfg,
     PeersCfg,
-    ProbeConfig,
     SamplingCfg,
-    Scenario,
     StrategyCfg,
     TopologyCfg,
     TrainingCfg,
-    _messages,
-    probe_config,
-    to_config,
 )
 from fedsim.validation import check_semantics, grid_errors, unknown_names
 from fedsim.yamlsafe import MAX_YAML_BYTES, MAX_YAML_DEPTH, MAX_YAML_VALUES, plain_tree, read_yaml, safe_yaml

@@ -26,7 +26,9 @@ from fedsim.runfacts import (
     resolve_f,
     strategy_params,
 )
-from fedsim.schema import Scenario, StrategyCfg, _messages, _show
+from fedsim.schema import Scenario
+from fedsim.schema_errors import _messages, _show
+from fedsim.schema_sections import StrategyCfg
 from fedsim.yamlsafe import plain_tree
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ import torch
 from fedsim.probe_registry import summarize, validate_probe
 from fedsim.probes import _Ctx, _plain, run_cloning
 from fedsim.report_probes import format_probes
-from fedsim.schema import TrainingCfg
+from fedsim.schema_sections import TrainingCfg
 
 C, D, N_PEERS = 10, 24, 4
 

@@ -163,7 +163,7 @@ def test_head_distance():
 def synthetic_ctx(n: int = 8, rounds: int = 10, constant: bool = True, seed: int = 0):
     """A ProbeContext whose messages come from a known fedavg gossip on a ring (no engine)."""
     from fedsim.probe_context import _Ctx
-    from fedsim.schema import TrainingCfg
+    from fedsim.schema_sections import TrainingCfg
     from fedsim.topology import Topology
 
     c, d = 3, 4
