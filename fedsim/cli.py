@@ -277,7 +277,7 @@ def _validate_sweep(path: Path) -> tuple[list[str], list[str]]:
     (:func:`fedsim.scenario.grid_errors`), then, when there are none, one warning per combination
     that fails a constraint (at most :data:`MAX_SWEEP_WARNINGS` and a count)."""
     from fedsim.scenario import ScenarioError, grid_errors
-    from fedsim.sweep import plan_sweep, read_scenario_with_sweep
+    from fedsim.sweep_plan import plan_sweep, read_scenario_with_sweep
 
     base, grid = read_scenario_with_sweep(path)
     if not grid:

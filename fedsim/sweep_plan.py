@@ -3,7 +3,7 @@ options (:func:`parse_grid`) and/or a scenario's ``sweep:`` section
 (:func:`read_scenario_with_sweep`), its cartesian product (:func:`expand`), each run's folder name
 from its overrides (:func:`run_name`), and the validated plan (:func:`plan_sweep`: the runs, which
 are complete, which combinations are invalid; :func:`check_existing`: run folders that hold a
-different scenario). Running a plan is :func:`fedsim.sweep.execute_sweep`.
+different scenario). Running a plan is :func:`fedsim.sweep_execute.execute_sweep`.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ import yaml
 from click.testing import CliRunner
 
 from fedsim.plot import plot, probe_records
-from fedsim.sweep import execute_sweep, plan_sweep
+from fedsim.sweep_execute import execute_sweep
+from fedsim.sweep_plan import plan_sweep
 
 
 def _scenario(tmp: Path) -> Path:

@@ -144,7 +144,8 @@ def test_plugin_runs_in_two_ray_actors(plugin_scenario, ray_session):
 def test_plugin_in_a_sweep(plugin_scenario, tmp_path):
     import yaml
 
-    from fedsim.sweep import execute_sweep, plan_sweep
+    from fedsim.sweep_execute import execute_sweep
+    from fedsim.sweep_plan import plan_sweep
 
     make, marks, _ = plugin_scenario
     f = tmp_path / "sweep.yaml"

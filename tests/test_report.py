@@ -15,7 +15,8 @@ import yaml
 from click.testing import CliRunner
 
 from fedsim.report import report
-from fedsim.sweep import execute_sweep, plan_sweep
+from fedsim.sweep_execute import execute_sweep
+from fedsim.sweep_plan import plan_sweep
 
 UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
 

@@ -13,15 +13,15 @@ from click.testing import CliRunner
 
 from fedsim.runner import Run
 from fedsim.scenario import ScenarioError, parse
-from fedsim.sweep import (
-    execute_sweep,
+from fedsim.sweep import sweep
+from fedsim.sweep_execute import execute_sweep
+from fedsim.sweep_plan import (
     expand,
     parse_grid,
     plan_sweep,
     read_scenario_with_sweep,
     run_name,
     split_values,
-    sweep,
 )
 
 

@@ -82,17 +82,18 @@ def test_in_process_groups_get_the_cpus_this_process_may_use_not_the_machines(sm
 def test_a_local_sweep_passes_the_free_cpus_or_the_given_threads(tmp_path, monkeypatch):
     import yaml
 
-    import fedsim.sweep
-    from fedsim.sweep import execute_sweep, plan_sweep
+    import fedsim.sweep_execute
+    from fedsim.sweep_execute import execute_sweep
+    from fedsim.sweep_plan import plan_sweep
 
     data = {"name": "t", "dataset": {"name": "sklearn_digits"},
             "backbone": {"name": "identity", "cache_dir": str(tmp_path / "cache")}, "peers": {"count": 4},
             "topology": {"kind": "k_regular", "degree": 2}, "rounds": 1, "engine": {"backend": "local"}}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
     seen = []
-    monkeypatch.setattr(fedsim.sweep, "run_one", lambda d, r, progress=None, threads=None: seen.append(threads)
+    monkeypatch.setattr(fedsim.sweep_execute, "run_one", lambda d, r, progress=None, threads=None: seen.append(threads)
                         or {"status": "done", "summary": {}})
-    monkeypatch.setattr(fedsim.sweep, "free_cpus", lambda: 7)
+    monkeypatch.setattr(fedsim.sweep_execute, "free_cpus", lambda: 7)
     execute_sweep(plan_sweep(tmp_path / "s.yaml", {"seed": [0, 1]}, out=tmp_path / "a"), local=True)
     execute_sweep(plan_sweep(tmp_path / "s.yaml", {"seed": [0]}, out=tmp_path / "b"), local=True, threads=3)
     assert seen == [7, 7, 3]

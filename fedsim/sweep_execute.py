@@ -1,0 +1,160 @@
+"""Running a sweep's plan (:mod:`fedsim.sweep_plan`): :func:`execute_sweep` writes ``sweep.json`` and
+runs every incomplete run, in this process one after another or as Ray tasks
+(:func:`fedsim.backend.run_tasks`), each through :func:`run_one` (a :class:`fedsim.runner.Run`
+with ``engine.backend: local``, resumed from its checkpoint where there is one) with a fixed
+torch-thread budget (:mod:`fedsim.threads`). The ``fedsim sweep`` command is :mod:`fedsim.sweep`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedsim.cli_errors import RUN_ERROR_FILE
+from fedsim.errors import RunInterruptedError
+from fedsim.scenario import parse
+from fedsim.sweep_plan import PlannedRun, SweepPlan
+from fedsim.threads import free_cpus
+
+
+def run_one(data: dict[str, Any], run_dir: str, progress: Callable[[int, dict], None] | None = None,
+            threads: int | None = None) -> dict[str, Any]:
+    """Execute one run into ``run_dir``; resume it from ``checkpoint.pt`` when there is one.
+    ``threads``: the run's torch threads (its share of the CPUs, :mod:`fedsim.threads`; None:
+    from its ``engine`` section, :func:`fedsim.threads.group_threads`).
+
+    Returns ``{"status": "done"|"complete"|"failed"|"interrupted", "summary"|"error": ...}``; never
+    raises for a failing run (its traceback goes to ``run_dir/error.txt``)."""
+    from fedsim.runner import Run
+
+    d = Path(run_dir)
+    if (d / "summary.json").exists():
+        return {"status": "complete", "summary": json.loads((d / "summary.json").read_text())}
+    try:
+        sc = parse(data, str(d / "scenario.yaml"))
+        run = Run(sc, d, threads=threads)
+        resume = all((d / f).exists() for f in ("checkpoint.pt", "scenario.yaml", "metrics.jsonl"))
+        if not resume:
+            run.create_dir(overwrite=True)
+        (d / RUN_ERROR_FILE).unlink(missing_ok=True)
+        summary = run.execute(progress=progress, resume=resume)
+        return {"status": "done", "summary": summary, "resumed": resume}
+    except Exception as e:  # noqa: BLE001 - one failing run must not end the sweep
+        if isinstance(e, RunInterruptedError):  # Ctrl-C inside Run.execute: checkpointed, resumable
+            return {"status": "interrupted", "error": str(e)}
+        d.mkdir(parents=True, exist_ok=True)
+        (d / RUN_ERROR_FILE).write_text(traceback.format_exc())
+        return {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+
+
+class Reporter:
+    """Callbacks a sweep reports through (the CLI draws a progress bar; the default is silent)."""
+
+    def start(self, total: int, complete: int) -> None: ...
+
+    def run_started(self, run: PlannedRun) -> None: ...
+
+    def round_done(self, run: PlannedRun, i: int, rec: dict) -> None: ...
+
+    def run_finished(self, run: PlannedRun, result: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class SweepResult:
+    out: Path
+    total: int
+    already_complete: list[str]
+    ran: list[str]
+    failed: dict[str, str]
+    invalid: list[str]
+
+
+def _warm_features(plan: SweepPlan) -> None:
+    """Compute each (dataset, backbone) feature cache once, before parallel runs race for it."""
+    from fedsim.features import load_features
+
+    seen = set()
+    for r in plan.runs:
+        sc = parse(copy.deepcopy(r.data))
+        key = (sc.dataset.name, sc.backbone.name, sc.dataset.data_dir, sc.backbone.cache_dir)
+        if key not in seen:
+            seen.add(key)
+            load_features(*key)
+
+
+def _write_index(plan: SweepPlan) -> None:
+    plan.out.mkdir(parents=True, exist_ok=True)
+    from fedsim.rundir import atomic_write
+
+    atomic_write(plan.out / "sweep.json", (json.dumps(plan.index(), indent=2, default=str) + "\n").encode())
+
+
+def execute_sweep(
+    plan: SweepPlan,
+    jobs: int | None = None,
+    local: bool = False,
+    address: str | None = None,
+    reporter: Reporter | None = None,
+    overwrite: bool = False,
+    threads: int | None = None,
+) -> SweepResult:
+    """Write ``sweep.json`` and run every incomplete run of ``plan`` (Ray tasks, or in order with
+    ``local``). ``overwrite`` deletes the planned run folders first. ``threads``: each run's torch
+    threads; default: on Ray the CPUs divided among the runs in flight
+    (:func:`fedsim.threads.task_threads`), with ``local`` the CPUs free when the sweep starts
+    (:func:`fedsim.threads.free_cpus`). Returns what happened."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads: expected an integer >= 1, got {threads!r}")
+    import shutil
+
+    rep = reporter or Reporter()
+    if overwrite:
+        for r in plan.runs:
+            if r.dir.exists():
+                shutil.rmtree(r.dir)
+    _write_index(plan)
+    done_before = [r.name for r in plan.runs if r.complete]
+    pending = [r for r in plan.runs if not r.complete]
+    result = SweepResult(plan.out, len(plan.runs), done_before, [], {}, [n for n, _, _ in plan.invalid])
+    rep.start(len(plan.runs), len(done_before))
+    if not pending:
+        return result
+    if local and threads is None:
+        threads = free_cpus()  # before this process adds load of its own
+    _warm_features(plan)
+
+    def finished(r: PlannedRun, res: dict[str, Any]) -> None:
+        if res["status"] in ("failed", "interrupted"):
+            result.failed[r.name] = res["error"]
+        else:
+            result.ran.append(r.name)
+        rep.run_finished(r, res)
+
+    if local:
+        for r in pending:
+            rep.run_started(r)
+            res = run_one(r.data, str(r.dir), progress=lambda i, rec, r=r: rep.round_done(r, i, rec), threads=threads)
+            if res["status"] == "interrupted":
+                raise KeyboardInterrupt(res["error"])
+            finished(r, res)
+    else:
+        _execute_ray(pending, jobs, address, rep, finished, threads)
+    return result
+
+
+def _execute_ray(pending: list[PlannedRun], jobs: int | None, address: str | None, rep: Reporter, finished,
+                 threads: int | None = None) -> None:
+    from fedsim.backend import run_tasks
+
+    def done(r: PlannedRun, res: dict[str, Any] | None, err: BaseException | None) -> None:
+        if err is not None:  # a worker crash (OOM, killed) fails one run
+            res = {"status": "failed", "error": f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"}
+        finished(r, res)
+
+    run_tasks(run_one, [(r, (r.data, str(r.dir))) for r in pending], done, jobs, address, started=rep.run_started,
+              threads_kw="threads", threads=threads)
