@@ -51,6 +51,13 @@ def test_the_distribution_is_not_the_taken_name_and_every_install_line_uses_it()
     assert not offenders, "\n".join(offenders)
 
 
+def test_the_version_is_written_once():
+    """pyproject reads its version from fedsim/version.py (no second copy to forget on a release)."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in pyproject["project"] and "version" in pyproject["project"]["dynamic"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "fedsim.version.__version__"}
+
+
 def test_version_does_not_look_up_a_distribution_name(monkeypatch):
     """`fedsim --version` prints the running code's version, whatever the distribution is called
     (it used to ask importlib.metadata for 'fedsim': a crash once the distribution is fedsim-lab)."""
