@@ -34,9 +34,6 @@ from fedsim.shards import held_classes
 from fedsim.threads import group_threads
 from fedsim.topology import Topology
 
-FLOAT_BYTES = 4
-
-
 @dataclass
 class Prepared:
     scenario: Scenario
