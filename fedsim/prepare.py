@@ -34,6 +34,7 @@ from fedsim.shards import held_classes
 from fedsim.threads import group_threads
 from fedsim.topology import Topology
 
+
 @dataclass
 class Prepared:
     scenario: Scenario
