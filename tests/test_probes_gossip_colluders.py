@@ -182,6 +182,9 @@ def test_gls_is_the_minimum_variance_unbiased_estimate(mirror_constant):
         assert torch.allclose(rec.coefficients @ a, c, atol=1e-8)
     v_ls, v_gls = ls.coefficients @ cov @ ls.coefficients, gls.coefficients @ cov @ gls.coefficients
     assert v_gls < 0.9 * v_ls
+    sinv = torch.linalg.inv(cov)
+    blue = c @ torch.linalg.pinv(a.T @ sinv @ a) @ c  # Gauss–Markov: the least variance of any unbiased estimate
+    assert float(v_gls) == pytest.approx(float(blue), rel=1e-8)
     g = torch.Generator().manual_seed(7)
     u0 = torch.randn(8, 1, generator=g, dtype=torch.float64)
     err = {"ls": 0.0, "gls": 0.0}
