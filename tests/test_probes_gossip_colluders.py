@@ -233,3 +233,4 @@ def test_bad_input_one_line_errors(mirror_constant):
         gi.reconstruct(rows, [[0, 1]] * 2, [torch.zeros(2, 3)] * 2, rows[1][2], cov=torch.eye(3))
     with pytest.raises(ValueError, match="not positive definite"):
         gi.reconstruct(rows, [[0, 0]] * 2, [torch.zeros(2, 3)] * 2, rows[1][2], cov=torch.zeros(4, 4))
+
