@@ -181,7 +181,8 @@ def _pairs_at(tau: int, cfg: dict[str, Any], ctx: _Ctx, mixing: list[Tensor], nb
 def coalitions_of(i: int, cfg: dict[str, Any], ctx: _Ctx) -> list[list[int]]:
     """The attacking coalitions: with ``colluders: 1`` every peer of ``attackers`` (default all) alone;
     with ``colluders: k > 1`` ``placements`` uniform draws of ``k`` distinct peers (``placement:
-    random``, the seeded ``probes_gossip_placement`` stream; El Mrini et al.'s experiments take ids
+    random``, the seeded ``probes_gossip_placement`` stream keyed by ``k``, so probes with the same
+    ``k`` attack with the same coalitions and pair up; El Mrini et al.'s experiments take ids
     ``0 .. k-1`` of a random graph, the same in law) or the one set ``0 .. k-1`` (``placement: first``,
     their scripts' literal choice)."""
     k, n = cfg["colluders"], ctx.n
@@ -197,7 +198,7 @@ def coalitions_of(i: int, cfg: dict[str, Any], ctx: _Ctx) -> list[list[int]]:
         raise _err(i, "colluders", f"at most {n - 1} of the run's {n} peers (someone must be attacked), got {k}")
     if cfg["placement"] == "first":
         return [list(range(k))]
-    gen = crng.numpy_generator(ctx.seed, "probes_gossip_placement", i)
+    gen = crng.numpy_generator(ctx.seed, "probes_gossip_placement", k)  # by k: same coalitions in every probe
     return [sorted(int(a) for a in gen.choice(n, size=k, replace=False)) for _ in range(cfg["placements"])]
 
 
