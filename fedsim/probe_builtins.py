@@ -265,6 +265,19 @@ GOSSIP_CLONING_PARAMS: dict[str, Any] = {
                          doc="the attacker's fedavg mixing keeps the own model; default: the scenario's fedavg "
                          "setting"),
     "rcond": param(1e-10, POSITIVE, doc="pseudo-inverse cut-off (relative to the largest singular value)"),
+    "colluders": param(1, Integer(minimum=1),
+                       doc="peers per attacking coalition, pooling what they receive (El Mrini et al. 2024); 1: "
+                       "every peer of attackers alone"),
+    "placement": param("random", Options(choices=("random", "first")),
+                       doc="colluders > 1: random (placements uniform draws of colluders peers) | first "
+                       "(peers 0..colluders-1, El Mrini et al.'s scripts)"),
+    "placements": param(16, Integer(minimum=1), doc="placement=random: how many coalitions are drawn"),
+    "estimator": param("ls", Options(choices=("ls", "gls")),
+                       doc="ls (least-norm least squares) | gls (El Mrini et al.'s GLS: noise = i.i.d. per-round "
+                       "update deviations of the unknown peers, propagated by the gossip)"),
+    "own_messages": param("known", Options(choices=("known", "modelled")),
+                          doc="known (the colluders' sent messages are inputs, El Mrini et al.) | modelled "
+                          "(departure: their updates follow the updates model, their messages are rows)"),
 }
 
 
@@ -273,6 +286,7 @@ def _summarize_gossip_cloning(entry: dict[str, Any]) -> dict[str, Any]:
     eff = last.get("effect", {})
     return {
         "kind": "gossip_cloning", "rounds": entry["rounds"], "updates": entry["updates"], "pairs": last["pairs"],
+        "colluders": entry.get("colluders", 1), "estimator": entry.get("estimator", "ls"),
         "rel_error": (last.get("reconstruction") or {}).get("rel_error"),
         "rel_error_gain_vs": {c: (eff.get(c) or {}).get("rel_error", {}).get("mean") for c in eff},
         "agreement_gain_vs": {c: (eff.get(c) or {}).get("agreement", {}).get("mean") for c in eff},
@@ -301,7 +315,8 @@ class GossipCloning(Probe):
 
     def markdown(self, entry: dict[str, Any]) -> str:
         """Per horizon and hop: relative error and agreement of the reconstruction and the controls."""
-        lines = [f"Gossip cloning ({entry['updates']} updates, assumed fedavg, run rule {entry['run_rule']}): "
+        lines = [f"Gossip cloning ({entry['updates']} updates, {entry.get('estimator', 'ls')}, "
+                 f"{entry.get('colluders', 1)} colluder(s), assumed fedavg, run rule {entry['run_rule']}): "
                  "relative error / test agreement to the target's head; gain = control − reconstruction "
                  "(error) with 95% CI over (attacker, target) pairs", "",
                  "| τ | hops | pairs | reconstruction | own head | observed mean | other peer | error gain vs "

@@ -20,6 +20,14 @@ that need no attack: (a) the attacker's own head, (b) the mean of the heads it o
 attacker's other targets: what "any model of the federation" gives). Effects are the paired
 differences, mean and 95% bootstrap interval over (attacker, target) pairs, by hop distance.
 At ``τ = T`` the deployed head (after the last aggregation, ``final_params``) is judged too.
+Colluders (``colluders: k``, El Mrini, Cyffers and Bellet, ICML 2024): a coalition of ``k`` peers
+(``placement``: ``placements`` random draws, or peers ``0 .. k-1``) pools every message any of them
+receives into one system, with their own sent messages as known inputs (``own_messages``; the
+attack: :func:`attacks.probes.gossip_inversion.coalition_reconstruct`), solved by least squares or
+by their GLS estimator (``estimator``). Targets are the honest peers ``min_hops``+ hops from every
+colluder; the "own head" control is the mean of the colluders' heads, the "observed mean" the mean
+of the heads the coalition hears from non-colluders. A coalition counts as one attacker in the
+pairs (``attacker``: its first peer, ``colluders``: all of them).
 docs/probes.md, "gossip_cloning".
 """
 
@@ -82,7 +90,8 @@ def summarize_pairs(pairs: list[dict[str, Any]], gen: np.random.Generator) -> di
             eff[c][m] = _effect(rec - ctl if HIGHER_IS_BETTER[m] else ctl - rec, gen)
     out["effect"] = eff
     ident = np.asarray([p["identifiable"] for p in pairs])
-    out["identifiable"] = {"mean_residual": float(ident.mean()), "exact_share": float(np.mean(ident < 1e-6))}
+    out["identifiable"] = {"mean_residual": float(ident.mean()), "exact_share": float(np.mean(ident < 1e-6)),
+                           "mean_deficiency": float(np.mean([p["deficiency"] for p in pairs]))}
     return out
 
 
@@ -102,22 +111,29 @@ def _rows(d: dict[str, Tensor]) -> list[dict[str, float]]:
     return [{m: float(d[m].reshape(-1)[q]) for m in METRICS} for q in range(k)]
 
 
-def _judged(heads: gi.HeadSet, est: gi.HeadSet, tk: list[int], a: int, heard: list[int],
+def _mean_control(ref: gi.HeadSet, heads: gi.HeadSet, peers: list[int], k: int,
+                  xs: tuple[Any, ...]) -> list[dict[str, float]]:
+    """The mean head of ``peers`` judged against each of the ``k`` reference heads (NaN without peers)."""
+    if not peers:
+        return [NAN] * k
+    return _rows(gi.head_distances(ref, gi.HeadSet.of(heads.params[peers].mean(0, keepdim=True), *xs)))
+
+
+def _judged(heads: gi.HeadSet, est: gi.HeadSet, tk: list[int], coalition: list[int], heard: list[int],
             pairwise: dict[str, Tensor], xs: tuple[Any, ...]) -> dict[str, list[dict[str, float]]]:
-    """For targets ``tk`` of attacker ``a``: the estimates and the three controls, each against the
+    """For targets ``tk`` of a coalition: the estimates and the three controls, each against the
     targets' true heads ``heads[tk]`` (``pairwise[m][k, j]``: metric of head ``j`` against head ``k``;
-    ``xs``: the test features, layer shape and bias the function-space metrics use)."""
+    ``xs``: the test features, layer shape and bias the function-space metrics use). The coalition's
+    own head is the mean of its colluders' heads (one attacker: its head)."""
     idx = torch.as_tensor(tk)
     ref = heads[idx]
-    obs_mean = (_rows(gi.head_distances(ref, gi.HeadSet.of(heads.params[heard].mean(0, keepdim=True), *xs)))
-                if heard else [NAN] * len(tk))
     other = []
     for k in tk:
         others = torch.as_tensor([j for j in tk if j != k], dtype=torch.long)
         other.append({m: float(pairwise[m][k, others].mean()) for m in METRICS} if others.numel() else NAN)
     return {"reconstruction": _rows(gi.head_distances(ref, est)),
-            "own_head": [{m: float(pairwise[m][k, a]) for m in METRICS} for k in tk],
-            "observed_mean": obs_mean, "other_peer": other}
+            "own_head": _mean_control(ref, heads, coalition, len(tk), xs),
+            "observed_mean": _mean_control(ref, heads, heard, len(tk), xs), "other_peer": other}
 
 
 def _pairwise(heads: gi.HeadSet) -> dict[str, Tensor]:
@@ -129,38 +145,61 @@ def _pairwise(heads: gi.HeadSet) -> dict[str, Tensor]:
 
 
 def _pairs_at(tau: int, cfg: dict[str, Any], ctx: _Ctx, mixing: list[Tensor], nbrs: list[list[np.ndarray]],
-              msgs: list[Tensor], attackers: list[int], targets: dict[int, list[int]],
+              msgs: list[Tensor], coalitions: list[list[int]], targets: list[list[int]],
               hops_to: dict[int, np.ndarray], final_pairs: list[dict[str, Any]] | None,
               xs: tuple[Any, ...]) -> list[dict[str, Any]]:
-    """Every (attacker, target) pair's record at horizon ``tau`` (rounds ``0 .. tau-1`` observed);
+    """Every (coalition, target) pair's record at horizon ``tau`` (rounds ``0 .. tau-1`` observed);
     with ``final_pairs`` (the last horizon) also the deployed heads' records appended there."""
-    rows = gi.propagation(mixing, tau, cfg["updates"], cfg["common_scale"])
     last = gi.HeadSet.of(msgs[tau - 1], *xs)
     last_pw = _pairwise(last)
     fin = fin_pw = None
     if final_pairs is not None:
         fin = gi.HeadSet.of(ctx.final_params, *xs)
         fin_pw = _pairwise(fin)
+    eye = torch.eye(ctx.n, dtype=torch.float64)
+    opts = {"updates": cfg["updates"], "common_scale": cfg["common_scale"], "estimator": cfg["estimator"],
+            "own": cfg["own_messages"], "rcond": cfg["rcond"]}
     pairs = []
-    for a in attackers:
-        tk = targets[a]
+    for col, tk in zip(coalitions, targets, strict=True):
         if not tk:
             continue
-        obs = [sorted({a, *map(int, nbrs[t][a])}) for t in range(tau)]
-        seen = [msgs[t][obs[t]] for t in range(tau)]
-        heard = [int(j) for j in nbrs[tau - 1][a] if int(j) != a]
-        rec = gi.reconstruct(rows, obs, seen, rows[tau - 1][tk], cfg["rcond"])
-        judged = _judged(last, gi.HeadSet.of(rec.estimate, *xs), tk, a, heard, last_pw, xs)
-        for q, k in enumerate(tk):
-            pairs.append({"attacker": a, "target": k, "hops": int(hops_to[k][a]),
-                          "identifiable": float(rec.identifiable[q])} | {c: judged[c][q] for c in judged})
-        if final_pairs is not None and fin is not None and fin_pw is not None:  # after the last aggregation
-            est = gi.reconstruct(rows, obs, seen, mixing[tau - 1][tk] @ rows[tau - 1], cfg["rcond"])
-            judged = _judged(fin, gi.HeadSet.of(est.estimate, *xs), tk, a, heard, fin_pw, xs)
+        heard = gi.coalition_heard([nbrs[tau - 1]], col)[0]
+        hops = [int(min(hops_to[k][a] for a in col)) for k in tk]
+        base = {"attacker": col[0], "colluders": col}
+        for target, out, hs, pw in ((eye[tk], pairs, last, last_pw),
+                                    (mixing[tau - 1][tk], final_pairs, fin, fin_pw)):  # after the last aggregation
+            if out is None or hs is None or pw is None:
+                continue
+            rec = gi.coalition_reconstruct(mixing[:tau], msgs[:tau], col, nbrs[:tau], target, **opts)
+            judged = _judged(hs, gi.HeadSet.of(rec.estimate, *xs), tk, col, heard, pw, xs)
             for q, k in enumerate(tk):
-                final_pairs.append({"attacker": a, "target": k, "hops": int(hops_to[k][a]),
-                                    "identifiable": float(est.identifiable[q])} | {c: judged[c][q] for c in judged})
+                out.append(base | {"target": k, "hops": hops[q], "identifiable": float(rec.identifiable[q]),
+                                   "deficiency": rec.deficiency} | {c: judged[c][q] for c in judged})
     return pairs
+
+
+def coalitions_of(i: int, cfg: dict[str, Any], ctx: _Ctx) -> list[list[int]]:
+    """The attacking coalitions: with ``colluders: 1`` every peer of ``attackers`` (default all) alone;
+    with ``colluders: k > 1`` ``placements`` uniform draws of ``k`` distinct peers (``placement:
+    random``, the seeded ``probes_gossip_placement`` stream keyed by ``k``, so probes with the same
+    ``k`` attack with the same coalitions and pair up; El Mrini et al.'s experiments take ids
+    ``0 .. k-1`` of a random graph, the same in law) or the one set ``0 .. k-1`` (``placement: first``,
+    their scripts' literal choice)."""
+    k, n = cfg["colluders"], ctx.n
+    if k == 1:
+        attackers = list(range(n)) if cfg["attackers"] is None else [int(a) for a in cfg["attackers"]]
+        for a in attackers:
+            _check_honest(i, "attackers", a, ctx)
+        return [[a] for a in attackers]
+    if cfg["attackers"] is not None:
+        raise _err(i, "attackers", "lists single attackers; with colluders > 1 the coalitions come from "
+                   "placement (random | first)")
+    if k >= n:
+        raise _err(i, "colluders", f"at most {n - 1} of the run's {n} peers (someone must be attacked), got {k}")
+    if cfg["placement"] == "first":
+        return [list(range(k))]
+    gen = crng.numpy_generator(ctx.seed, "probes_gossip_placement", k)  # by k: same coalitions in every probe
+    return [sorted(int(a) for a in gen.choice(n, size=k, replace=False)) for _ in range(cfg["placements"])]
 
 
 def run_gossip_cloning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
@@ -183,12 +222,12 @@ def run_gossip_cloning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]
     nbrs = [in_neighbors(ctx.topology, t) for t in range(T)]
     mixing = [gi.fedavg_mixing(nb, include_own) for nb in nbrs]
     hops_to = {k: hop_distances(nbrs[0], k) for k in range(n)}  # hops_to[k][a]: from target k to a
-    attackers = list(range(n)) if cfg["attackers"] is None else [int(a) for a in cfg["attackers"]]
-    for a in attackers:
-        _check_honest(i, "attackers", a, ctx)
-    targets = {a: [k for k in range(n) if k != a and hops_to[k][a] >= cfg["min_hops"]] for a in attackers}
-    if not any(targets.values()):
-        raise _err(i, "min_hops", f"no honest peer is {cfg['min_hops']}+ hops from any attacker in this topology")
+    coalitions = coalitions_of(i, cfg, ctx)
+    targets = [[k for k in range(n) if k not in col and min(hops_to[k][a] for a in col) >= cfg["min_hops"]]
+               for col in coalitions]
+    if not any(targets):
+        raise _err(i, "min_hops", f"no honest peer is {cfg['min_hops']}+ hops from every colluder of any "
+                   "coalition in this topology")
     msgs = [torch.from_numpy(np.asarray(ctx.messages[t])).to(torch.float64) for t in range(T)]
     x = ctx.x_test
     gen = crng.numpy_generator(ctx.seed, "probes_gossip", i)
@@ -197,14 +236,16 @@ def run_gossip_cloning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]
     final_pairs: list[dict[str, Any]] = []
     pair_table: list[dict[str, Any]] = []
     for tau in horizons:
-        pairs = _pairs_at(tau, cfg, ctx, mixing, nbrs, msgs, attackers, targets, hops_to,
+        pairs = _pairs_at(tau, cfg, ctx, mixing, nbrs, msgs, coalitions, targets, hops_to,
                           final_pairs if tau == T else None, (x, shape, bias))
         by_rounds[str(tau)] = _by_hop(pairs, gen)
         if tau == T:
-            pair_table = [{k: p[k] for k in ("attacker", "target", "hops", "identifiable")}
+            pair_table = [{k: p[k] for k in ("attacker", "colluders", "target", "hops", "identifiable", "deficiency")}
                           | {m: p["reconstruction"][m] for m in ("rel_error", "agreement")} for p in pairs]
     return {
-        "kind": "gossip_cloning", "rounds": T, "attackers": attackers, "min_hops": cfg["min_hops"],
+        "kind": "gossip_cloning", "rounds": T, "attackers": sorted({a for col in coalitions for a in col}),
+        "colluders": cfg["colluders"], "coalitions": coalitions, "placement": cfg["placement"],
+        "estimator": cfg["estimator"], "own_messages": cfg["own_messages"], "min_hops": cfg["min_hops"],
         "updates": cfg["updates"], "assumed_rule": "fedavg", "assumed_include_own": include_own,
         "run_rule": None if ctx.strategy is None else ctx.strategy.name,
         "rounds_observed": horizons, "metrics": list(METRICS), "controls": list(CONTROLS),

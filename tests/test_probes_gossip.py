@@ -297,3 +297,53 @@ def test_drifting_model_contains_the_constant_case(constant_system):
     obs = [[0, 1, N - 1]] * T
     exact = gi.reconstruct(rows, obs, [thetas[t][obs[t]] for t in range(T)], rows[T - 1][4])
     assert torch.allclose(exact.estimate, truth, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- colluders through the probe
+def probe(ctx, **kw):
+    from fedsim.probe_gossip import run_gossip_cloning
+    from fedsim.probe_registry import validate_probe
+
+    return run_gossip_cloning(0, validate_probe(0, {"kind": "gossip_cloning", **kw}, ctx.n), ctx)
+
+
+def test_probe_coalition_pairs_controls_and_exactness():
+    ctx = synthetic_ctx()  # ring of 8, constant updates, 10 rounds
+    for est in ("ls", "gls"):
+        entry = probe(ctx, updates="constant", colluders=2, placement="first", estimator=est, rounds_observed=[10])
+        assert entry["coalitions"] == [[0, 1]] and entry["estimator"] == est
+        cell = entry["records"]["10"]["all"]
+        assert cell["pairs"] == 4  # 3, 4, 5, 6: not heard by 0 (hears 1, 7) nor by 1 (hears 0, 2)
+        assert cell["reconstruction"]["rel_error"] < 1e-5 and cell["identifiable"]["exact_share"] == 1.0
+        assert entry["final_head"]["all"]["reconstruction"]["rel_error"] < 1e-5
+        assert {p["target"] for p in entry["pairs"]} == {3, 4, 5, 6}
+        assert all(p["colluders"] == [0, 1] and p["attacker"] == 0 for p in entry["pairs"])
+    heads = torch.from_numpy(ctx.messages[9]).double()
+
+    def rel(est: torch.Tensor) -> float:  # mean over the 3+ hop targets 4 (3 hops from 1) and 5 (3 from 0)
+        return float(np.mean([float((est - heads[k]).norm() / heads[k].norm()) for k in (4, 5)]))
+
+    ctl = probe(ctx, updates="constant", colluders=2, placement="first", rounds_observed=[10],
+                min_hops=3)["records"]["10"]["all"]["controls"]
+    assert ctl["own_head"]["rel_error"] == pytest.approx(rel(heads[[0, 1]].mean(0)), rel=1e-6)  # the colluders' mean
+    assert ctl["observed_mean"]["rel_error"] == pytest.approx(rel(heads[[2, 7]].mean(0)), rel=1e-6)  # heard by them
+
+
+def test_probe_random_placement_is_seeded():
+    a = probe(synthetic_ctx(), colluders=3, placements=5, rounds_observed=[4], min_hops=1)
+    b = probe(synthetic_ctx(), colluders=3, placements=5, rounds_observed=[4], min_hops=1)
+    assert a["coalitions"] == b["coalitions"] and len(a["coalitions"]) == 5
+    assert all(len(set(c)) == 3 and c == sorted(c) for c in a["coalitions"])
+    assert len({tuple(c) for c in a["coalitions"]}) > 1
+
+
+def test_probe_colluder_errors():
+    ctx = synthetic_ctx()
+    with pytest.raises(ValueError, match="probes.0.attackers: lists single attackers"):
+        probe(ctx, colluders=2, attackers=[0, 1], rounds_observed=[4])
+    with pytest.raises(ValueError, match="probes.0.colluders: at most 7 of the run's 8 peers"):
+        probe(ctx, colluders=8, rounds_observed=[4])
+    with pytest.raises(ValueError, match="probes.0.min_hops: no honest peer is 2\\+ hops from every colluder"):
+        probe(ctx, colluders=6, placement="first", rounds_observed=[4])
+    with pytest.raises(ValueError, match="probes.0.estimator"):
+        probe(ctx, estimator="blue")
