@@ -344,7 +344,7 @@ def demo(scenario: Path, sets: tuple[str, ...], run_config: tuple[str, ...], tls
     from fedsim.flower import common, local
     from fedsim.flower.processes import FederationError
     from fedsim.flower.project import export_app
-    from fedsim.flower.server import refuse_existing_metrics
+    from fedsim.flower.serverfiles import ServerFiles
     from fedsim.runfiles import read_history
 
     _need_flower()
@@ -359,7 +359,7 @@ def demo(scenario: Path, sets: tuple[str, ...], run_config: tuple[str, ...], tls
             rc["overwrite"] = True
         nodes = [{"partition-id": i, "num-partitions": sc.peers.count} for i in range(sc.peers.count)]
         try:
-            refuse_existing_metrics(wd / "out", overwrite)  # here, before any process starts
+            ServerFiles(wd / "out", sc).refuse_new(overwrite)  # here, before any process starts
             if in_process:
                 from fedsim.flower.inprocess import run_in_process
 

@@ -27,7 +27,7 @@ from fedsim.flower.common import LOG
 from fedsim.flower.grid import PollingGrid
 from fedsim.flower.identity import STORE_NAME, PartitionAssignment, load_partition_map
 from fedsim.flower.replies import validation_sizes
-from fedsim.flower.serverfiles import FINAL_GLOBAL, refuse_existing_metrics, verified_checkpoint
+from fedsim.flower.serverfiles import FINAL_GLOBAL, ServerFiles, refuse_existing_metrics, verified_checkpoint
 from fedsim.flower.strategy import FedsimStrategy
 from fedsim.runfiles import write_summary
 from fedsim.scenario import Scenario
@@ -47,11 +47,10 @@ __all__ = [
 
 def partition_assignment(sc: Scenario, run_config: dict[str, Any], out: Path, run_id: int = 0) -> PartitionAssignment:
     """The run's node ↔ partition binding: the ``partition-map`` file, or first come, persisted
-    in ``out/partitions.json``."""
+    in ``out/partitions.json`` (``out`` exists: :class:`~fedsim.flower.serverfiles.ServerFiles` made it)."""
     path = str(common.run_config_value(run_config, "partition-map") or "")
     if path:
         return PartitionAssignment(sc.peers.count, fixed=load_partition_map(path, sc.peers.count))
-    out.mkdir(parents=True, exist_ok=True)
     return PartitionAssignment(sc.peers.count, store=out / STORE_NAME, run_id=run_id)
 
 
@@ -61,17 +60,28 @@ def output_dir(sc: Scenario, run_config: dict[str, Any]) -> Path:
 
 
 def run_server(grid: Grid, context: Context) -> dict[str, Any]:
-    """The ServerApp's main: the scenario from the run config, fedsim's set-up, the rounds."""
-    from fedsim.runner import prepare
-
+    """The ServerApp's main: the scenario from the run config, its output directory (made or
+    verified and locked before any work, :class:`~fedsim.flower.serverfiles.ServerFiles` over
+    :class:`fedsim.rundirectory.RunDirectory`; released at the end), fedsim's set-up, the rounds."""
     rc = dict(context.run_config)
     sc = common.scenario_from_run_config(rc)
     out = output_dir(sc, rc)
     resume = bool(common.run_config_value(rc, "resume"))
-    if resume:
-        verified_checkpoint(out, sc)  # before any work
-    else:
-        refuse_existing_metrics(out, bool(common.run_config_value(rc, "overwrite")))  # before any work
+    overwrite = bool(common.run_config_value(rc, "overwrite"))
+    files = ServerFiles(out, sc)
+    files.open(resume, overwrite, _versions())  # before any work: made or verified, and locked
+    try:
+        return _run(grid, context, sc, rc, files, resume, overwrite)
+    finally:
+        files.close()
+
+
+def _run(grid: Grid, context: Context, sc: Scenario, rc: dict[str, Any], files: ServerFiles, resume: bool,
+         overwrite: bool) -> dict[str, Any]:
+    """:func:`run_server` in the directory ``files`` holds."""
+    from fedsim.runner import prepare
+
+    out = files.path
     grid = PollingGrid(grid, float(common.run_config_value(rc, "poll-interval")))
     prep = prepare(sc, log=lambda m: LOG.info("%s", m))
     strategy = FedsimStrategy(
@@ -82,8 +92,9 @@ def run_server(grid: Grid, context: Context) -> dict[str, Any]:
         eval_piggyback=bool(common.run_config_value(rc, "eval-piggyback")),
         node_wait=float(common.run_config_value(rc, "node-wait")),
         out_dir=out,
+        files=files,
         assignment=partition_assignment(sc, rc, out, int(context.run_id)),
-        overwrite=bool(common.run_config_value(rc, "overwrite")),
+        overwrite=overwrite,
         round_timeout=float(common.run_config_value(rc, "round-timeout")),
         min_replies=int(common.run_config_value(rc, "min-replies")),
         resume=resume,
@@ -98,10 +109,9 @@ def run_server(grid: Grid, context: Context) -> dict[str, Any]:
         evaluate_fn=strategy.evaluate_global,
     )
     strategy.write_checkpoint(out / FINAL_GLOBAL, sc.rounds - 1)  # the final global head, same safe format
-    strategy.close()
     summary = strategy.summary_record()
     write_summary(out / rundir.SUMMARY, summary)
-    (out / "versions.json").write_text(json.dumps(_versions(), indent=2) + "\n")
+    (out / "versions.json").write_text(json.dumps(_versions(), indent=2) + "\n")  # a resume's versions
     LOG.info("fedsim run %r finished: final accuracy %s; metrics in %s", sc.name, summary["final_accuracy_mean"], out)
     return summary
 

@@ -80,6 +80,7 @@ class FedsimStrategy(Strategy):
         round_timeout: float = 600.0,
         min_replies: int = 1,
         resume: bool = False,
+        files: ServerFiles | None = None,
     ) -> None:
         from fedsim.server import Server
 
@@ -127,13 +128,16 @@ class FedsimStrategy(Strategy):
         # names this run's device states across a resume (a new Flower run): kept in the checkpoint
         self.run_key = secrets.token_hex(8)
         # metrics.jsonl, timings.jsonl, checkpoints: fedsim.runfiles through ServerFiles
-        self.files = ServerFiles(self.out_dir, sc) if self.out_dir is not None else None
+        # (``files``: opened by the caller already, the ServerApp's :func:`fedsim.flower.server.run_server`)
+        if files is None and self.out_dir is not None:
+            files = ServerFiles(self.out_dir, sc)
+        self.files = files
         if resume and self.files is None:
             raise common.BridgeError("run config 'resume': needs an output-dir with a checkpoint")
+        if self.files is not None:
+            self.files.open(resume, overwrite)  # RunDirectory: created or verified, and locked
         if resume:
             self._resume()
-        elif self.files is not None:
-            self.files.create(overwrite)
 
     # ------------------------------------------------------------------ Flower's Strategy API
     def summary(self) -> None:
