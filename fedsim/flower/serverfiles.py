@@ -133,7 +133,8 @@ class ServerFiles:
 
     def save(self, round_: int, state: dict[str, Any], extra: dict[str, Any], path: Path | None = None) -> None:
         """A checkpoint of ``state`` after ``round_`` (to ``path``, default ``checkpoint.pt``)."""
-        assert self.rounds is not None, "create() or reopen() first"
+        assert self.rounds is not None and self.metrics is not None, "create() or reopen() first"
+        self.metrics.sync()  # the metrics lines the checkpoint counts are on disk before it
         self.rounds.checkpointer.save(round_, state, extra, path=path)
 
     def close(self) -> None:
