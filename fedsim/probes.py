@@ -10,8 +10,9 @@ This module is the facade: every name of the modules it is made of, so ``from fe
 import ...`` (and ``fedsim.probes._context`` and the other helpers) keeps working:
 :mod:`fedsim.probe_context` (the :class:`ProbeContext`, the hop helpers, the leaving peer's
 defaults and retraining, the ``probes.json`` writer), :mod:`fedsim.probe_unlearning`
-(:func:`run_unlearning`, ``kind: unlearning``, docs/probes.md) and :mod:`fedsim.probe_cloning`
-(:func:`run_cloning`, ``kind: cloning``, docs/probes-cloning.md).
+(:func:`run_unlearning`, ``kind: unlearning``, docs/probes.md; its membership tests
+:mod:`fedsim.probe_unlearning_membership`, its methods :mod:`fedsim.probe_unlearning_methods`) and
+:mod:`fedsim.probe_cloning` (:func:`run_cloning`, ``kind: cloning``, docs/probes-cloning.md).
 """
 
 from __future__ import annotations
@@ -44,19 +45,15 @@ from fedsim.probe_context import (
     in_neighbors,
     retrain_dir,
 )
-from fedsim.probe_unlearning import (
+from fedsim.probe_unlearning import _influence, _per_peer_mia, run_unlearning, to_plain_path
+from fedsim.probe_unlearning_membership import _canary_shadows, _membership
+from fedsim.probe_unlearning_methods import (
     SELECTION_RULE,
-    _canary_shadows,
-    _influence,
-    _membership,
     _methods,
-    _per_peer_mia,
     _selection_numbers,
     _stop_reference,
     _StopRef,
     choose_method,
-    run_unlearning,
-    to_plain_path,
 )
 
 __all__ = [

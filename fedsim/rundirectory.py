@@ -65,8 +65,7 @@ class RunDirectory:
         without it when no run wrote a result there (one that failed at start). A directory fedsim
         did not make, the working directory, ``output.dir`` and their parents are refused
         (:func:`fedsim.rundir.refuse_unsafe`); so are directories another run holds."""
-        rundir.refuse_unsafe(self.path, Path(self.sc.output.dir))
-        rundir.refuse_foreign(self.path)
+        self.refuse_new()
         was_run = rundir.is_run_dir(self.path)
         self._mkdir()
         self.lock.acquire()
@@ -90,6 +89,12 @@ class RunDirectory:
         except BaseException:
             self.lock.release()
             raise
+
+    def refuse_new(self) -> None:
+        """The refusals of :meth:`create` that take no lock and write nothing: an unsafe path, a
+        non-empty directory fedsim did not make."""
+        rundir.refuse_unsafe(self.path, Path(self.sc.output.dir))
+        rundir.refuse_foreign(self.path)
 
     def lock_existing(self) -> None:
         """Hold the lock of a directory :meth:`create` made (a no-op when held already)."""
@@ -119,8 +124,10 @@ class RunDirectory:
             raise rundir.RunWriteError(f"only {free / 2**20:.0f} MiB free at {self.path}; need at least 50 MiB")
 
     # ------------------------------------------------------------------ resume: check, then cut back
-    def open_for_resume(self) -> ResumePoint:
-        """Check that the directory can be resumed as ``sc`` and hold its lock.
+    def open_for_resume(self, last_round: int | None = None) -> ResumePoint:
+        """Check that the directory can be resumed as ``sc`` and hold its lock (``last_round``: the
+        last round a checkpoint may follow, :func:`check_checkpoint_meta`; the Flower server's is
+        ``rounds - 2``).
 
         Refused with one line (:class:`~fedsim.errors.FedsimError`): not a run directory, a complete
         run, a run in use, a ``scenario.yaml`` or checkpoint of another scenario (fingerprint,
@@ -138,18 +145,18 @@ class RunDirectory:
                     "Start a new run with another name, or --overwrite this one"
                 )
             rundir.clean_temp_files(self.path)
-            return self._verify()
+            return self._verify(last_round)
         except BaseException:
             self.lock.release()
             raise
 
-    def _verify(self) -> ResumePoint:
+    def _verify(self, last_round: int | None = None) -> ResumePoint:
         fp = self.fingerprint()
         self._check_scenario_file(fp)
         if not self.checkpoint.exists():  # nothing saved yet: start over
             return ResumePoint(0, None, None, b"")
         meta, state = rundir.read_checkpoint(self.checkpoint)
-        self._check_checkpoint_meta(meta, fp)
+        self._check_checkpoint_meta(meta, fp, last_round)
         return ResumePoint(meta["round"] + 1, meta, state, checked_prefix(self.metrics, meta))
 
     def _check_scenario_file(self, fp: dict[str, Any]) -> None:
@@ -164,8 +171,8 @@ class RunDirectory:
                 "a resume continues the recorded scenario (only engine.* may change); start a new run instead"
             )
 
-    def _check_checkpoint_meta(self, meta: dict[str, Any], fp: dict[str, Any]) -> None:
-        check_checkpoint_meta(self.checkpoint, meta, fp, self.sc.rounds,
+    def _check_checkpoint_meta(self, meta: dict[str, Any], fp: dict[str, Any], last_round: int | None = None) -> None:
+        check_checkpoint_meta(self.checkpoint, meta, fp, self.sc.rounds, last_round=last_round,
                               hint="scenario.yaml was edited since; restore it or start a new run")
 
     def truncate(self, point: ResumePoint) -> None:

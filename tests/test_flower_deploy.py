@@ -202,21 +202,27 @@ def test_resume_refuses_what_it_cannot_continue(resumable, tmp_path, monkeypatch
     from fedsim.flower import server
 
     out = tmp_path / "out"
-    with pytest.raises(FedsimError, match="checkpoint.pt does not exist: nothing to resume"):
+    with pytest.raises(FedsimError, match="is not a fedsim run directory .*; nothing to resume"):
         _bridge_run(resumable, out, resume=True)
     real = server.FedsimStrategy.configure_train
+    dies_in = [1]
 
     def dies(self, server_round, *a, **k):
-        if server_round + self.offset == 4:
+        if server_round + self.offset == dies_in[0]:
             raise KeyboardInterrupt
         return real(self, server_round, *a, **k)
 
     monkeypatch.setattr(server.FedsimStrategy, "configure_train", dies)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt):  # before the first checkpoint
+        _bridge_run(resumable, out)
+    with pytest.raises(FedsimError, match="checkpoint.pt does not exist: nothing to resume"):
+        _bridge_run(resumable, out, resume=True)
+    dies_in[0] = 4
+    with pytest.raises(KeyboardInterrupt):  # the directory of a run without results is reused
         _bridge_run(resumable, out)
     monkeypatch.setattr(server.FedsimStrategy, "configure_train", real)
     other = dict(resumable, seed=99)
-    with pytest.raises(FedsimError, match="saved for another scenario: seed was 3, now 99"):
+    with pytest.raises(FedsimError, match="seed was 3, now 99"):
         _bridge_run(other, out, resume=True)
     with pytest.raises(FedsimError, match="saved with run config"):
         _bridge_run(resumable, out, resume=True, **{"attack-side": "server"})
@@ -227,5 +233,5 @@ def test_resume_refuses_what_it_cannot_continue(resumable, tmp_path, monkeypatch
         _bridge_run(resumable, out, resume=True)
     metrics.write_bytes(good)
     _bridge_run(resumable, out, resume=True)
-    with pytest.raises(FedsimError, match="holds a finished run"):
+    with pytest.raises(FedsimError, match=r"is complete \(summary.json exists\); nothing to resume"):
         _bridge_run(resumable, out, resume=True)

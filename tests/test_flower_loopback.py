@@ -19,7 +19,8 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from fedsim.flower.local import LOOPBACK, LocalFederation, _alive, descendants, flower_exe  # noqa: E402
+from fedsim.flower.local import LocalFederation  # noqa: E402
+from fedsim.flower.processes import LOOPBACK, _alive, descendants, flower_exe  # noqa: E402
 from fedsim.flower.project import export_app  # noqa: E402
 from fedsim.prepare import prepare  # noqa: E402
 from fedsim.runner import Run  # noqa: E402
@@ -268,7 +269,7 @@ def test_control_plane_closed_on_a_non_loopback_address(tmp_path):
     """A SuperLink listening on 0.0.0.0 (as `fedsim flower superlink` does for devices): from the
     machine's non-loopback address the Control API (`flwr ls`, register, run) and the Runtime API
     answer 403; from 127.0.0.1 `flwr ls` works; the Fleet API stays reachable from outside."""
-    from fedsim.flower.local import flwr_cli
+    from fedsim.flower.control import flwr_cli
     from fedsim.flower.project import write_flwr_config
 
     ip = _non_loopback_ip()
@@ -426,7 +427,7 @@ def test_superlink_killed_then_resume_matches_federated_mode(tmp_path, feature_c
     (``--database``; and the ServerApp below it) is killed once the first checkpoint exists, started
     again on the same port; the SuperNodes carry on; the app is started again with resume=true and finishes.
     Every round's accuracy equals fedsim's federated mode, as an uninterrupted run's does."""
-    from fedsim.flower.local import start_run
+    from fedsim.flower.control import start_run
 
     d = _scenario(feature_cache, tmp_path / "runs", rounds=4, **{"checkpoint.every": 1})
     sim = _simulate(d)
@@ -471,7 +472,7 @@ def test_killed_supernode_is_named_with_its_partition(tmp_path, feature_cache):
     import os
     import signal
 
-    from fedsim.flower.local import start_run, wait_run
+    from fedsim.flower.control import start_run, wait_run
 
     d = _scenario(feature_cache, tmp_path / "runs", rounds=2)
     _simulate(d)
@@ -504,7 +505,8 @@ def test_killed_supernode_is_named_with_its_partition(tmp_path, feature_cache):
 
 
 def _server_log(run_id: str, fed: LocalFederation) -> str:
-    from fedsim.flower.local import FederationError, run_logs
+    from fedsim.flower.control import run_logs
+    from fedsim.flower.processes import FederationError
 
     try:
         return run_logs(run_id, fed.cli_home)
@@ -584,7 +586,7 @@ class RestartAlways:
                 return
 
     def stop(self) -> None:
-        from fedsim.flower.local import stop_tree
+        from fedsim.flower.processes import stop_tree
 
         self._stop.set()
         self._thread.join(timeout=15)
@@ -610,7 +612,8 @@ def test_systemd_unit_restarts_a_killed_node(tmp_path, feature_cache):
     import sys
 
     from fedsim.flower.certs import make_node_keys
-    from fedsim.flower.local import free_port, register_node, start_run, wait_run
+    from fedsim.flower.control import register_node, start_run, wait_run
+    from fedsim.flower.processes import free_port
     from fedsim.flower.unit import parse_service, read_unit, replace_options
 
     svc = parse_service(read_unit())

@@ -1,7 +1,9 @@
 """Probes run against a trained federation and return result records (docs/architecture.md, "Interfaces").
 
 * Unlearning (:mod:`attacks.probes.unlearning`): calibrated first-epoch gradient ascent on the
-  output layer, and its evaluation (:mod:`attacks.probes.unlearning_eval`: accuracies +
+  output layer (its membership stopping statistic: :mod:`attacks.probes.unlearning_stop`; its
+  record: :mod:`attacks.probes.unlearning_trace`), and its
+  evaluation (:mod:`attacks.probes.unlearning_eval`: accuracies +
   membership-inference advantage before/after, vs. a model retrained without the peer).
 * Membership inference (:mod:`attacks.probes.mia`): loss-threshold (Yeom et al. 2018) and
   offline LiRA (Carlini et al. 2022) with shadow linear heads; :mod:`attacks.probes.membership`
@@ -92,13 +94,10 @@ from attacks.probes.retrain_gap import (
     newton_removal,
 )
 from attacks.probes.rollback import gossip_rollback, heavy_ball_jacobian
-from attacks.probes.unlearning import (
-    UnlearningTrace,
-    grouped_membership_statistic,
-    membership_statistic,
-    unlearn_gradient_ascent,
-)
+from attacks.probes.unlearning import unlearn_gradient_ascent
 from attacks.probes.unlearning_eval import ModelEvaluation, UnlearningReport, evaluate_model, evaluate_unlearning
+from attacks.probes.unlearning_stop import grouped_membership_statistic, membership_statistic
+from attacks.probes.unlearning_trace import UnlearningTrace
 
 __all__ = [
     "accuracy", "bias_only", "ce_gradient", "finetune_on_retain", "function_gap", "gap_closed",

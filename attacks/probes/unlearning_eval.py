@@ -11,7 +11,8 @@ from torch import Tensor
 from attacks.probes._head import accuracy, ce_losses, head_logits
 from attacks.probes._records import Record
 from attacks.probes.mia import ShadowSet, lira_offline_mia, loss_threshold_mia
-from attacks.probes.unlearning import Dataset, UnlearningTrace
+from attacks.probes.unlearning import Dataset
+from attacks.probes.unlearning_trace import UnlearningTrace
 
 
 @dataclass

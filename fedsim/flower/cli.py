@@ -137,7 +137,8 @@ def run(app_dir: Path, superlink: str | None, root_certificates: str | None, ins
 
     With --superlink the connection is made for this call; otherwise `flwr`'s own configuration is
     used (`--connection NAME` or its default)."""
-    from fedsim.flower import local
+    from fedsim.flower import control
+    from fedsim.flower.processes import FederationError
 
     _need_flower()
     rc = _kv(run_config, "--run-config")
@@ -150,20 +151,20 @@ def run(app_dir: Path, superlink: str | None, root_certificates: str | None, ins
             _tls_choice(root_certificates, insecure)
             home: str = tmp
             write_flwr_config(home, superlink, root_certificates=root_certificates, insecure=insecure)
-            conn = local.CONNECTION
+            conn = control.CONNECTION
         else:
             from flwr.supercore.utils import get_flwr_home
 
             home, conn = str(get_flwr_home()), connection or ""
         try:
-            run_id = local.start_run(app_dir, home, rc, connection=conn)  # "": the config's default connection
+            run_id = control.start_run(app_dir, home, rc, connection=conn)  # "": the config's default connection
             click.echo(f"started Flower run {run_id}")
             if wait:
-                status = local.wait_run(run_id, home, timeout, connection=conn)
+                status = control.wait_run(run_id, home, timeout, connection=conn)
                 click.echo(f"run {run_id}: {status}")
                 if status != "finished:completed":
                     sys.exit(1)
-        except local.FederationError as e:
+        except FederationError as e:
             raise click.ClickException(str(e)) from None
 
 
@@ -195,7 +196,7 @@ def client(superlink: str, partition_id: int, num_partitions: int, root_certific
            state_dir: str | None, attack: str | None, port: int, max_retries: int | None,
            max_wait_time: float | None, warm: bool, poll_interval: float, dry_run: bool) -> None:
     """Start this device as a fedsim peer: a Flower SuperNode that runs fedsim's ClientApp."""
-    from fedsim.flower import local
+    from fedsim.flower import commands
 
     _need_flower()
     _tls_choice(root_certificates, insecure)
@@ -208,7 +209,7 @@ def client(superlink: str, partition_id: int, num_partitions: int, root_certific
                  ("state-dir", state_dir), ("attack", attack)):
         if v is not None:
             nc[k] = str(Path(v).expanduser().resolve()) if k != "attack" else v
-    cmd = local.supernode_command(superlink, nc, root_certificates=_abs(root_certificates), insecure=insecure,
+    cmd = commands.supernode_command(superlink, nc, root_certificates=_abs(root_certificates), insecure=insecure,
                                   private_key=_abs(auth_key), port=port, max_retries=max_retries,
                                   max_wait_time=max_wait_time, warm=warm, poll_interval=poll_interval)
     _exec(cmd, dry_run)
@@ -230,7 +231,7 @@ def superlink(host: str, port: int, certs_dir: str | None, insecure: bool, auth:
               max_reply_bytes: int | None, dry_run: bool) -> None:
     """Start a Flower SuperLink for fedsim apps (TLS by default; runtime dependency install off;
     Control and Runtime APIs served to this machine only: run `fedsim flower run|register` here)."""
-    from fedsim.flower import local
+    from fedsim.flower import commands
 
     _need_flower()
     if insecure == bool(certs_dir):
@@ -243,7 +244,7 @@ def superlink(host: str, port: int, certs_dir: str | None, insecure: bool, auth:
         if missing:
             raise click.ClickException(f"missing {', '.join(missing)}; create them with `fedsim flower certs`")
     try:
-        cmd = local.superlink_command(host=host, port=port, certs=certs, insecure=insecure, auth=auth,
+        cmd = commands.superlink_command(host=host, port=port, certs=certs, insecure=insecure, auth=auth,
                                       database=database, max_reply_bytes=max_reply_bytes)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
@@ -284,15 +285,16 @@ def keys(out_dir: Path, name: str) -> None:
               help="CA of the SuperLink's TLS (authentication needs TLS).")
 def register(public_key: str, superlink: str, root_certificates: str) -> None:
     """Register a SuperNode's PUBLIC_KEY with a SuperLink started with --auth (`flwr supernode register`)."""
-    from fedsim.flower import local
+    from fedsim.flower import control
+    from fedsim.flower.processes import FederationError
     from fedsim.flower.project import write_flwr_config
 
     _need_flower()
     with tempfile.TemporaryDirectory(prefix="fedsim-flwr-") as home:
         write_flwr_config(home, superlink, root_certificates=root_certificates)
         try:
-            node_id = local.register_node(public_key, home)
-        except local.FederationError as e:
+            node_id = control.register_node(public_key, home)
+        except FederationError as e:
             raise click.ClickException(str(e)) from None
     click.echo(f"registered {public_key} as SuperNode {node_id}")
 
@@ -340,8 +342,9 @@ def demo(scenario: Path, sets: tuple[str, ...], run_config: tuple[str, ...], tls
     from fedsim import scenario as sc_mod
     from fedsim.errors import FedsimError
     from fedsim.flower import common, local
+    from fedsim.flower.processes import FederationError
     from fedsim.flower.project import export_app
-    from fedsim.flower.server import refuse_existing_metrics
+    from fedsim.flower.serverfiles import ServerFiles
     from fedsim.runfiles import read_history
 
     _need_flower()
@@ -356,7 +359,7 @@ def demo(scenario: Path, sets: tuple[str, ...], run_config: tuple[str, ...], tls
             rc["overwrite"] = True
         nodes = [{"partition-id": i, "num-partitions": sc.peers.count} for i in range(sc.peers.count)]
         try:
-            refuse_existing_metrics(wd / "out", overwrite)  # here, before any process starts
+            ServerFiles(wd / "out", sc).refuse_new(overwrite)  # here, before any process starts
             if in_process:
                 from fedsim.flower.inprocess import run_in_process
 
@@ -368,7 +371,7 @@ def demo(scenario: Path, sets: tuple[str, ...], run_config: tuple[str, ...], tls
                 with local.LocalFederation(wd, nodes, tls=tls, auth=auth, warm=warm) as fed:
                     status = fed.run(app, rc, timeout=timeout)
                 click.echo(f"Flower run {status}")
-        except (local.FederationError, FedsimError) as e:
+        except (FederationError, FedsimError) as e:
             raise click.ClickException(str(e)) from None
         recs = read_history(wd / "out" / rundir.METRICS)
         sim: dict[int, float] = {}

@@ -8,12 +8,15 @@ keeps its ``context.state`` between rounds, as a SuperNode does.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
+
+if TYPE_CHECKING:
+    from fedsim.callbacks import Callback
 
 SERVER_NODE_ID = 0
 
@@ -74,8 +77,10 @@ class InProcessGrid(Grid):
         return self.pull_messages(self.push_messages(messages))
 
 
-def run_in_process(run_config: dict[str, Any], node_configs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Run the ServerApp with one in-process ClientApp per node config; returns the summary."""
+def run_in_process(run_config: dict[str, Any], node_configs: list[dict[str, Any]],
+                   callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """Run the ServerApp with one in-process ClientApp per node config; returns the summary
+    (``callbacks``: :func:`fedsim.flower.server.run_server`'s)."""
     from fedsim.flower.client import make_client_app
     from fedsim.flower.server import run_server
 
@@ -84,6 +89,6 @@ def run_in_process(run_config: dict[str, Any], node_configs: list[dict[str, Any]
     try:
         grid = InProcessGrid(make_client_app(), node_configs, run_config)
         ctx = Context(run_id=1, node_id=SERVER_NODE_ID, node_config={}, state=RecordDict(), run_config=dict(run_config))
-        return run_server(grid, ctx)
+        return run_server(grid, ctx, callbacks)
     finally:
         TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved

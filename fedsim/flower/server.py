@@ -13,6 +13,7 @@ the output directory :mod:`fedsim.flower.serverfiles`; their public names are re
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +23,15 @@ from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedsim import rundir
+from fedsim.callbacks import Callback
+from fedsim.errors import RunInterruptedError
 from fedsim.flower import common
 from fedsim.flower.common import LOG
 from fedsim.flower.grid import PollingGrid
 from fedsim.flower.identity import STORE_NAME, PartitionAssignment, load_partition_map
 from fedsim.flower.replies import validation_sizes
-from fedsim.flower.serverfiles import FINAL_GLOBAL, refuse_existing_metrics, verified_checkpoint
-from fedsim.flower.strategy import FedsimStrategy
+from fedsim.flower.serverfiles import FINAL_GLOBAL, ServerFiles, refuse_existing_metrics, verified_checkpoint
+from fedsim.flower.strategy import FedsimStrategy, Stopped
 from fedsim.runfiles import write_summary
 from fedsim.scenario import Scenario
 
@@ -47,11 +50,10 @@ __all__ = [
 
 def partition_assignment(sc: Scenario, run_config: dict[str, Any], out: Path, run_id: int = 0) -> PartitionAssignment:
     """The run's node ↔ partition binding: the ``partition-map`` file, or first come, persisted
-    in ``out/partitions.json``."""
+    in ``out/partitions.json`` (``out`` exists: :class:`~fedsim.flower.serverfiles.ServerFiles` made it)."""
     path = str(common.run_config_value(run_config, "partition-map") or "")
     if path:
         return PartitionAssignment(sc.peers.count, fixed=load_partition_map(path, sc.peers.count))
-    out.mkdir(parents=True, exist_ok=True)
     return PartitionAssignment(sc.peers.count, store=out / STORE_NAME, run_id=run_id)
 
 
@@ -60,18 +62,33 @@ def output_dir(sc: Scenario, run_config: dict[str, Any]) -> Path:
     return Path(d).expanduser() if d else Path(sc.output.dir) / f"{sc.name}-flower"
 
 
-def run_server(grid: Grid, context: Context) -> dict[str, Any]:
-    """The ServerApp's main: the scenario from the run config, fedsim's set-up, the rounds."""
-    from fedsim.prepare import prepare
+def run_server(grid: Grid, context: Context, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """The ServerApp's main: the scenario from the run config, its output directory (made or
+    verified and locked before any work, :class:`~fedsim.flower.serverfiles.ServerFiles` over
+    :class:`fedsim.rundirectory.RunDirectory`; released at the end), fedsim's set-up, the rounds.
 
+    ``callbacks``: :mod:`fedsim.callbacks` objects, as ``fedsim run`` takes them (in-process runs:
+    :func:`fedsim.flower.inprocess.run_in_process`); a :class:`~fedsim.callbacks.Stop` returns
+    ``{"stopped_after": round}``, or raises :class:`~fedsim.errors.RunInterruptedError` (Ctrl-C)."""
     rc = dict(context.run_config)
     sc = common.scenario_from_run_config(rc)
     out = output_dir(sc, rc)
     resume = bool(common.run_config_value(rc, "resume"))
-    if resume:
-        verified_checkpoint(out, sc)  # before any work
-    else:
-        refuse_existing_metrics(out, bool(common.run_config_value(rc, "overwrite")))  # before any work
+    overwrite = bool(common.run_config_value(rc, "overwrite"))
+    files = ServerFiles(out, sc)
+    files.open(resume, overwrite, _versions())  # before any work: made or verified, and locked
+    try:
+        return _run(grid, context, sc, rc, files, resume, overwrite, callbacks)
+    finally:
+        files.close()
+
+
+def _run(grid: Grid, context: Context, sc: Scenario, rc: dict[str, Any], files: ServerFiles, resume: bool,
+         overwrite: bool, callbacks: Sequence[Callback]) -> dict[str, Any]:
+    """:func:`run_server` in the directory ``files`` holds."""
+    from fedsim.prepare import prepare
+
+    out = files.path
     grid = PollingGrid(grid, float(common.run_config_value(rc, "poll-interval")))
     prep = prepare(sc, log=lambda m: LOG.info("%s", m))
     strategy = FedsimStrategy(
@@ -82,28 +99,54 @@ def run_server(grid: Grid, context: Context) -> dict[str, Any]:
         eval_piggyback=bool(common.run_config_value(rc, "eval-piggyback")),
         node_wait=float(common.run_config_value(rc, "node-wait")),
         out_dir=out,
+        files=files,
         assignment=partition_assignment(sc, rc, out, int(context.run_id)),
-        overwrite=bool(common.run_config_value(rc, "overwrite")),
+        overwrite=overwrite,
         round_timeout=float(common.run_config_value(rc, "round-timeout")),
         min_replies=int(common.run_config_value(rc, "min-replies")),
         resume=resume,
+        callbacks=callbacks,
     )
-    strategy.start(
-        grid=grid,
-        initial_arrays=strategy.initial_arrays(),
-        num_rounds=sc.rounds - strategy.offset,
-        timeout=float(common.run_config_value(rc, "round-timeout")),
-        train_config=ConfigRecord(),
-        evaluate_config=ConfigRecord(),
-        evaluate_fn=strategy.evaluate_global,
-    )
-    strategy.write_checkpoint(out / FINAL_GLOBAL, sc.rounds - 1)  # the final global head, same safe format
-    strategy.close()
-    summary = strategy.summary_record()
-    write_summary(out / rundir.SUMMARY, summary)
-    (out / "versions.json").write_text(json.dumps(_versions(), indent=2) + "\n")
-    LOG.info("fedsim run %r finished: final accuracy %s; metrics in %s", sc.name, summary["final_accuracy_mean"], out)
-    return summary
+    started: list[Callback] = []
+    summary: dict[str, Any] | None = None
+    try:
+        for cb in callbacks:
+            if hasattr(cb, "on_start"):
+                cb.on_start(sc, strategy.offset)
+            started.append(cb)
+        try:
+            strategy.start(
+                grid=grid,
+                initial_arrays=strategy.initial_arrays(),
+                num_rounds=sc.rounds - strategy.offset,
+                timeout=float(common.run_config_value(rc, "round-timeout")),
+                train_config=ConfigRecord(),
+                evaluate_config=ConfigRecord(),
+                evaluate_fn=strategy.evaluate_global,
+            )
+        except Stopped as e:
+            return _stopped(e, out)
+        strategy.write_checkpoint(out / FINAL_GLOBAL, sc.rounds - 1)  # the final global head, same safe format
+        summary = strategy.summary_record()
+        write_summary(out / rundir.SUMMARY, summary)
+        (out / "versions.json").write_text(json.dumps(_versions(), indent=2) + "\n")  # a resume's versions
+        LOG.info("fedsim run %r finished: final accuracy %s; metrics in %s", sc.name, summary["final_accuracy_mean"],
+                 out)
+        return summary
+    finally:
+        for cb in reversed(started):
+            if hasattr(cb, "on_end"):
+                cb.on_end(summary)
+
+
+def _stopped(e: Stopped, out: Path) -> dict[str, Any]:
+    """``{"stopped_after": round}``, or Ctrl-C's one line naming the resume."""
+    interrupt = next((s for s in e.stops if s.interrupt), None)
+    if interrupt is None:
+        return {"stopped_after": e.round}
+    done = "; checkpoint saved." if e.saved else "."
+    raise RunInterruptedError(f"{interrupt.reason} after round {e.round}{done} Continue with run config "
+                              f"resume=true (fedsim flower run --resume) and output-dir {out}")
 
 
 def _versions() -> dict[str, str]:

@@ -30,13 +30,18 @@ the ``metrics.jsonl`` lines written by then. Run config ``resume = true`` (``fed
 --resume``) continues from it after a SuperLink or ServerApp restart: the file is verified,
 ``metrics.jsonl`` cut back to the lines it covers, and the rounds after it run as they would
 have. The final global head is written to ``final_global.pt`` by the same writer.
+
+Callbacks (:mod:`fedsim.callbacks`, as ``fedsim run`` takes them) see each record once it is filed;
+a :class:`~fedsim.callbacks.Stop` before the last round ends the rounds there (checkpointed unless
+it says not to) by raising :class:`Stopped`, which :func:`fedsim.flower.server.run_server` turns
+into ``{"stopped_after": round}`` or, for Ctrl-C, a :class:`~fedsim.errors.RunInterruptedError`.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -49,6 +54,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedlib.heads import num_params
 from fedsim import rundir
+from fedsim.callbacks import Callback, Stop
 from fedsim.errors import CorruptFileError
 from fedsim.flower import common
 from fedsim.flower.common import LOG
@@ -59,6 +65,14 @@ from fedsim.flower.serverfiles import ServerFiles
 from fedsim.runfiles import run_summary
 from fedsim.scenario import Scenario, sampled_clients
 from fedsim.simulation import RoundRecord, accuracy_fields, global_head_scores, is_eval_round, round_metrics
+
+
+class Stopped(Exception):  # noqa: N818 - control flow, never shown: run_server turns it into a result
+    """The callbacks' :class:`~fedsim.callbacks.Stop` requests after round ``round`` (saved: a checkpoint of it)."""
+
+    def __init__(self, round_: int, stops: list[Stop], saved: bool) -> None:
+        super().__init__(round_)
+        self.round, self.stops, self.saved = round_, stops, saved
 
 
 class FedsimStrategy(Strategy):
@@ -80,6 +94,8 @@ class FedsimStrategy(Strategy):
         round_timeout: float = 600.0,
         min_replies: int = 1,
         resume: bool = False,
+        files: ServerFiles | None = None,
+        callbacks: Sequence[Callback] = (),
     ) -> None:
         from fedsim.server import Server
 
@@ -120,6 +136,7 @@ class FedsimStrategy(Strategy):
                                   validation_sizes(prep))
         self.out_dir = Path(out_dir) if out_dir else None
         self.history: list[dict[str, Any]] = []
+        self.callbacks = list(callbacks)
         self._rec: dict[str, Any] = {}  # the round's record so far (aggregate_train, aggregate_evaluate)
         self._phases: dict[str, float] = {}  # and its phase timings
         self._t0 = self._t_round = self._t_aggregated = clock()
@@ -127,13 +144,16 @@ class FedsimStrategy(Strategy):
         # names this run's device states across a resume (a new Flower run): kept in the checkpoint
         self.run_key = secrets.token_hex(8)
         # metrics.jsonl, timings.jsonl, checkpoints: fedsim.runfiles through ServerFiles
-        self.files = ServerFiles(self.out_dir, sc) if self.out_dir is not None else None
+        # (``files``: opened by the caller already, the ServerApp's :func:`fedsim.flower.server.run_server`)
+        if files is None and self.out_dir is not None:
+            files = ServerFiles(self.out_dir, sc)
+        self.files = files
         if resume and self.files is None:
             raise common.BridgeError("run config 'resume': needs an output-dir with a checkpoint")
+        if self.files is not None:
+            self.files.open(resume, overwrite)  # RunDirectory: created or verified, and locked
         if resume:
             self._resume()
-        elif self.files is not None:
-            self.files.create(overwrite)
 
     # ------------------------------------------------------------------ Flower's Strategy API
     def summary(self) -> None:
@@ -292,8 +312,15 @@ class FedsimStrategy(Strategy):
         """The round's record into the history and, with an output-dir, its files (metrics line,
         timings line, the checkpoint when due: :meth:`fedsim.flower.serverfiles.ServerFiles.append`)."""
         self.history.append(record.metrics)
-        if self.files is not None and self.files.append(record, self._state, self._checkpoint_extra()):
+        saved = self.files is not None and self.files.append(record, self._state, self._checkpoint_extra())
+        if saved:
             LOG.info("round %d: checkpoint written to %s", record.round, self.files.dir.checkpoint)
+        stops = [s for cb in self.callbacks if (s := cb.on_round(record)) is not None]
+        if stops and record.round < self.sc.rounds - 1:  # after the last round the run ends anyway
+            if any(s.checkpoint for s in stops) and not saved and self.files is not None:
+                self.files.save(record.round, self._state(), self._checkpoint_extra())
+                saved = True
+            raise Stopped(record.round, stops, saved)
 
     # ------------------------------------------------------------------ checkpoints, summary
     def _state(self) -> dict[str, Any]:
