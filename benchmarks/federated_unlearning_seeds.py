@@ -2,7 +2,8 @@
 of one scenario at different seeds and prints, per arm, rounds after unlearning ``R`` and hop
 distance from the leaver, the mean over seeds of ``KL(retrained ‖ θ)`` on each split and of the
 arm's difference to the control with its 95% t-interval (seeds as the unit; ``n − 1`` degrees of
-freedom), and the canary membership advantage (mean over the hop's peers, then seeds) beside the
+freedom), the share of the control's KL each arm closes (``1 − KL(arm) / KL(control)``, same
+interval), and the canary membership advantage (mean over the hop's peers, then seeds) beside the
 retrained federation's.
 
     for s in 0 1 2; do fedsim run scenarios/federated_unlearning.yaml --set seed=$s --out runs/fu/s$s -q; done
@@ -74,6 +75,24 @@ def main() -> None:
                     else:
                         cells.append(f"{kl:.4f} (Δ {interval([c['kl_minus_control'][split] for c in got])})")
                 print(f"| {arm} | {r} | " + " | ".join(cells) + " |")
+    print("\n### share of the control's KL(retrained ‖ θ) closed, 1 − KL(arm) / KL(control): mean over seeds "
+          "[95% t-interval]\n")
+    print("| split | arm | R | " + " | ".join(f"hop {h}" for h in hops) + " |")
+    print("|---" * (3 + len(hops)) + "|")
+    for split in splits:
+        for arm in arms:
+            if arm == "0":
+                continue
+            for r in rounds:
+                cells = []
+                for h in hops:
+                    pairs = [(e["records"][arm]["rounds"][r].get(h), e["records"]["0"]["rounds"][r].get(h))
+                             for e in entries if "0" in e["records"]]
+                    closed = [1 - a["kl_to_retrained"][split] / c["kl_to_retrained"][split] for a, c in pairs
+                              if a is not None and c is not None and c["kl_to_retrained"][split] > 0]
+                    m, half = mean_ci(closed) if closed else (float("nan"), 0.0)
+                    cells.append(f"{m:.1%} [{m - half:.1%}, {m + half:.1%}]" if len(closed) > 1 else f"{m:.1%}")
+                print(f"| {split} | {arm} | {r} | " + " | ".join(cells) + " |")
     if entries[0].get("retrained_canary_membership"):
         print("\n### canary loss-threshold advantage (mean over the hop's peers, then seeds; [null q95]; share of "
               "peers with p < 0.01; arm − control with its 95% t-interval over seeds)\n")
