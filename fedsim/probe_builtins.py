@@ -149,7 +149,8 @@ def _summarize_federated_unlearning(entry: dict[str, Any]) -> dict[str, Any]:
                 out[f"{arm}:R={r}:hop={g}"] = {"kl_forget": cell["kl_to_retrained"]["forget"],
                                                "kl_forget_minus_control": (cell.get("kl_minus_control") or {})
                                                .get("forget")}
-    return {"kind": "federated_unlearning", "peer": entry["peer"], "method": entry["method"], "by_arm": out}
+    return {"kind": "federated_unlearning", "peer": entry["peer"], "method": entry["method"], "by_arm": out,
+            "skipped_methods": entry.get("skipped_methods") or {}}
 
 
 def _summarize_cloning(entry: dict[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import torch
 
 import fedsim.probe_fedunlearn as pf
 from attacks import probes as ap
-from fedsim.probe_registry import validate_probe
+from fedsim.probe_registry import summarize, validate_probe
 from fedsim.probe_rollback import NO_MESSAGES, rollback_heads, skip_reason
 from fedsim.probes import _context
 from fedsim.report_probes import format_probes
@@ -164,3 +164,4 @@ def test_skips_say_why(done) -> None:
     e = json.loads(json.dumps(pf.run_federated_unlearning(0, cfg, c)))
     assert e["arms"] == ["0"] and e["skipped_methods"] == {"gossip_rollback": NO_MESSAGES}
     assert e["rollback_rounds"] is None and f"Skipped: gossip_rollback: {NO_MESSAGES}" in format_probes([e])
+    assert summarize(e)["skipped_methods"] == {"gossip_rollback": NO_MESSAGES}
