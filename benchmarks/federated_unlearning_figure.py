@@ -2,10 +2,12 @@
 unlearned), one panel per unlearning method, from ``federated_unlearning`` runs at several seeds.
 
     for s in 0 1 2; do fedsim run scenarios/federated_unlearning.yaml --set seed=$s --out runs/fu/newton/s$s -q; done
-    # the same with `method: finetune_retain` in the probe → runs/fu/finetune/s$s
+    # the same with `--set probes.0.method=finetune_retain` → runs/fu/finetune/s$s,
+    # and with `--set probes.0.method=gossip_rollback` → runs/fu/rollback/s$s
     PYTHONPATH=. python benchmarks/federated_unlearning_figure.py \\
         --runs newton=runs/fu/newton/s0,runs/fu/newton/s1,runs/fu/newton/s2 \\
         --runs finetune_retain=runs/fu/finetune/s0,runs/fu/finetune/s1,runs/fu/finetune/s2 \\
+        --runs gossip_rollback=runs/fu/rollback/s0,runs/fu/rollback/s1,runs/fu/rollback/s2 \\
         --out docs/figures/federated_unlearning_canaries.png
 
 Each point: the loss-threshold advantage of the leaver's canaries (members vs held-out canaries),

@@ -104,8 +104,10 @@ FEDERATED_UNLEARNING_PARAMS: dict[str, Any] = {
                   doc="who unlearns: 0 nobody (control), k within k hops, all (federated: the server)"),
     "rounds_after": param(factory=lambda: [0, 5, 20], check=ListOf(item=Integer(minimum=0), min_len=1),
                           doc="rounds of normal training without the leaver after the unlearning"),
-    "method": param("newton", Options(choices=("newton", "finetune_retain")),
-                    doc="newton (damped Newton/influence removal) or finetune_retain, on each unlearner's head"),
+    "method": param("newton", Options(choices=("newton", "finetune_retain", "gossip_rollback")),
+                    doc="newton (damped Newton/influence removal) or finetune_retain on each unlearner's head, or "
+                    "gossip_rollback (the unlearners replay the last rounds without the leaver's messages)"),
+    "rollback_rounds": UNLEARNING_PARAMS["rollback_rounds"],
     "newton_damping": param(1e-3, POSITIVE, doc="L2 damping λ of the Newton removal"),
     "finetune_steps": param(50, Integer(minimum=0),
                             doc="finetune_retain: full-batch gradient steps on the retained data"),
@@ -147,7 +149,8 @@ def _summarize_federated_unlearning(entry: dict[str, Any]) -> dict[str, Any]:
                 out[f"{arm}:R={r}:hop={g}"] = {"kl_forget": cell["kl_to_retrained"]["forget"],
                                                "kl_forget_minus_control": (cell.get("kl_minus_control") or {})
                                                .get("forget")}
-    return {"kind": "federated_unlearning", "peer": entry["peer"], "method": entry["method"], "by_arm": out}
+    return {"kind": "federated_unlearning", "peer": entry["peer"], "method": entry["method"], "by_arm": out,
+            "skipped_methods": entry.get("skipped_methods") or {}}
 
 
 def _summarize_cloning(entry: dict[str, Any]) -> dict[str, Any]:
@@ -232,19 +235,34 @@ class FederatedUnlearning(Probe):
         return _summarize_federated_unlearning(entry)
 
     def markdown(self, entry: dict[str, Any]) -> str:
-        """Per arm and R: the mean KL(retrained ‖ θ) per hop on the forget set's parts and test."""
+        """Per arm and R: the mean KL(retrained ‖ θ) per hop on the forget set's parts and test, and
+        with canaries the canary membership advantage [null q95]; the methods skipped and why."""
         splits = [s for s in ("forget_natural", "forget_canaries", "test") if s in entry["splits"]] or ["forget"]
         arms, rounds = entry["arms"], [str(r) for r in entry["rounds_after"]]
-        groups = list(entry["records"][arms[0]]["rounds"][rounds[0]])
-        lines = [f"Federated unlearning: leaver {entry['peer']}, method {entry['method']}, trained "
-                 f"{entry['trained_rounds']} rounds; mean KL(retrained || model) per hop, "
-                 f"{' / '.join(splits)}", "",
-                 "| arm | R | " + " | ".join(f"hop {g}" for g in groups) + " |", "|---" * (2 + len(groups)) + "|"]
+        head = (f"Federated unlearning: leaver {entry['peer']}, method {entry['method']}, trained "
+                f"{entry['trained_rounds']} rounds")
+        skipped = [f"Skipped: {m}: {why}" for m, why in (entry.get("skipped_methods") or {}).items()]
+        if not arms:
+            return "\n".join([head + "; no arm measured", "", *skipped])
+        recs = entry["records"]
+        groups = list(recs[arms[0]]["rounds"][rounds[0]])
+        top = "| arm | R | " + " | ".join(f"hop {g}" for g in groups) + " |"
+        lines = [f"{head}; mean KL(retrained || model) per hop, {' / '.join(splits)}", "", top,
+                 "|---" * (2 + len(groups)) + "|"]
         for arm in arms:
             for r in rounds:
-                cells = [" / ".join(f"{entry['records'][arm]['rounds'][r][g]['kl_to_retrained'][s]:.4f}"
+                cells = [" / ".join(f"{recs[arm]['rounds'][r][g]['kl_to_retrained'][s]:.4f}"
                                     for s in splits) for g in groups]
                 lines.append(f"| {arm} | {r} | " + " | ".join(cells) + " |")
+        if "canary_membership" in recs[arms[0]]["rounds"][rounds[0]][groups[0]]:
+            lines += ["", "Canary membership advantage [null q95] per hop", "", top, "|---" * (2 + len(groups)) + "|"]
+            for arm in arms:
+                for r in rounds:
+                    cm = [recs[arm]["rounds"][r][g]["canary_membership"] for g in groups]
+                    lines.append(f"| {arm} | {r} | " + " | ".join(f"{c['advantage']:+.3f} [{c['null_q95']:.3f}]"
+                                                                  for c in cm) + " |")
+        if skipped:
+            lines += ["", *skipped]
         return "\n".join(lines)
 
 

@@ -12,6 +12,16 @@ federation keeps *training* normally (local steps + aggregation) for ``max(round
 The gold standard is the same scenario retrained from scratch with the leaver absent for
 ``T + R`` rounds (same seeds), taken at every ``R`` of ``rounds_after`` from one run.
 
+``method: gossip_rollback`` (:mod:`fedsim.probe_rollback`, a decentralised linearised FedEraser):
+an arm's peers *replay* the last ``rollback_rounds`` rounds' averages without the leaver's
+messages (from the messages the run recorded). ``all`` is FedEraser's analogue, the whole
+federation replays; ``k`` (departure, ours: FedEraser has no partial replay) only the peers within
+``k`` hops replay, every other peer keeps its recorded head and its recorded messages enter the
+replaying peers' averages unchanged (the leaver's influence they carry included); ``0``: nobody.
+Like the other methods it edits heads, not momentum buffers (the linearised buffer change is
+dropped). When the rollback cannot run (not decentralized, another rule, Byzantine peers, a whole
+model, an incomplete window) only the control arm runs and ``skipped_methods`` says why.
+
 Reported per arm, per ``R`` and per hop distance from the leaver (federated: the global model):
 mean ``KL(retrained ‖ θ)`` on the forget set (its natural part and canaries apart when the
 scenario plants them) and on the test split, each arm's difference to the control, and the
@@ -31,8 +41,10 @@ import strategies
 from attacks import probes as ap
 from fedsim import rng as crng
 from fedsim.probe_context import _check_honest, _Ctx, _default_leaver, _err, heldout_split, hop_distances, in_neighbors
+from fedsim.probe_rollback import rollback_heads, skip_reason
 
 ALL = "all"
+ROLLBACK = "gossip_rollback"
 
 
 def unlearners(ctx: _Ctx, peer: int, arm: int | str, hops: np.ndarray) -> list[int]:
@@ -50,7 +62,7 @@ def _arm_key(arm: int | str) -> int:
 
 def _unlearn(cfg: dict[str, Any], ctx: _Ctx, theta: Tensor, forget: tuple[Tensor, Tensor],
              retain: tuple[Tensor, Tensor]) -> Tensor:
-    """``cfg["method"]`` applied to one head (float64 ``[P]``)."""
+    """``cfg["method"]`` (``newton`` or ``finetune_retain``) applied to one head (float64 ``[P]``)."""
     shape, bias = ctx.layer_shape, ctx.bias
     if cfg["method"] == "newton":
         return ap.newton_removal(theta, shape, bias, forget, retain, damping=cfg["newton_damping"])[0]
@@ -96,6 +108,10 @@ def run_federated_unlearning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str
     if ctx.federated and any(a not in (0, ALL) for a in arms):
         raise _err(i, "arms", f"federated mode has no hops: use 0 (nobody) and 'all' (the server), got {arms}")
     shape, bias, T = ctx.layer_shape, ctx.bias, ctx.rounds
+    skipped: dict[str, str] = {}
+    if cfg["method"] == ROLLBACK and (why := skip_reason(ctx, cfg["rollback_rounds"])) is not None:
+        skipped[ROLLBACK] = why
+        arms = [a for a in arms if a == 0]  # only the control can run
     rounds_after = sorted(set(cfg["rounds_after"]))
     horizon = rounds_after[-1]
     forget = ctx.peer_data([peer])
@@ -140,9 +156,14 @@ def run_federated_unlearning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str
     records: dict[str, Any] = {}
     for arm in arms:
         who = [] if arm == 0 else ([] if ctx.federated else unlearners(ctx, peer, arm, hops))
-        edited = {j: _unlearn(cfg, ctx, ctx.final_params[j], forget, retain) for j in who}
-        server = (_unlearn(cfg, ctx, ctx.final_params[0], forget, retain)
-                  if ctx.federated and arm == ALL else None)
+        if cfg["method"] == ROLLBACK:  # the arm's peers replay, the others keep what they recorded
+            heads = rollback_heads(ctx, peer, cfg["rollback_rounds"], replaying=who)[0] if who else None
+            edited = {j: heads[j] for j in who} if heads is not None else {}
+            server = None
+        else:
+            edited = {j: _unlearn(cfg, ctx, ctx.final_params[j], forget, retain) for j in who}
+            server = (_unlearn(cfg, ctx, ctx.final_params[0], forget, retain)
+                      if ctx.federated and arm == ALL else None)
         state = _edited_state(ctx, edited, server)
         cont = ctx.continue_without(peer, state, T, horizon, rounds_after)
         records[str(arm)] = {
@@ -169,4 +190,6 @@ def run_federated_unlearning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str
         "hops": {str(j): int(hops[j]) for j in others}, "forget_samples": int(forget[1].numel()),
         "canaries": None if can is None else {"members": nm, "nonmembers": int(pop[1].numel()) - nm},
         "test_samples": len(test_i), "records": records, "retrained_canary_membership": retrained_membership,
+        "rollback_rounds": min(cfg["rollback_rounds"], T) if cfg["method"] == ROLLBACK and not skipped else None,
+        "skipped_methods": skipped,
     }

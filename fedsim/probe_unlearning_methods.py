@@ -13,7 +13,8 @@ from torch import Tensor
 
 from attacks import probes as ap
 from fedsim import canaries as canaries_mod
-from fedsim.probe_context import _Ctx, in_neighbors
+from fedsim.probe_context import _Ctx
+from fedsim.probe_rollback import rollback_heads
 
 
 @dataclass
@@ -53,31 +54,13 @@ def _stop_reference(cfg: dict[str, Any], ctx: _Ctx, peer: int, forget: tuple[Ten
 
 
 def _rollback(cfg: dict[str, Any], ctx: _Ctx, peer: int, target: int | str) -> tuple[Tensor | None, dict[str, Any]]:
-    """The ``gossip_rollback`` head of ``target`` (:func:`attacks.probes.gossip_rollback`): the last
-    ``rollback_rounds`` rounds' averages replayed without ``peer``'s messages, each peer's local SGD
-    linearised around its message (the Hessian of its whole shard there). ``(None, {"skipped": why})``
-    when the run kept no messages (:func:`fedsim.runner.message_window`), the window is incomplete
-    (a resumed run) or the optimizer is not SGD."""
-    k, msgs, t = min(cfg["rollback_rounds"], ctx.rounds), ctx.messages, ctx.training
-    rounds = list(range(ctx.rounds - k, ctx.rounds))
-    why = ("rollback_rounds is 0" if k == 0 else "the target is the global model" if target == "global"
-           else f"optimizer {t.optimizer!r} (the linearised local training is SGD's)" if t.optimizer != "sgd"
-           else "the run kept no messages (not decentralized fedavg without Byzantine peers, or resumed)"
-           if any(r not in msgs for r in rounds) else None)
-    if why is not None:
-        return None, {"skipped": why}
-    shape, bias = ctx.layer_shape, ctx.bias
-    messages = [torch.from_numpy(msgs[r]).to(torch.float64) for r in rounds]
-    shards = [ctx.peer_data([j])[0] for j in range(ctx.n)]
-
-    def jacobian(j: int, w: int, d: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-        hv = ap.hessian_vector(messages[w][j], shards[j], shape, bias)
-        return ap.heavy_ball_jacobian(hv, float(t.lr), float(t.momentum), int(t.local_steps),
-                                      float(t.weight_decay))(d, b)
-
-    heard = [[[int(i) for i in nb] for nb in in_neighbors(ctx.topology, r)] for r in rounds]
-    heads = ap.gossip_rollback(ctx.final_params, messages, heard, peer, jacobian)
-    return heads[ctx.row(target)], {"rounds": k}
+    """The ``gossip_rollback`` head of ``target`` (:func:`fedsim.probe_rollback.rollback_heads`: the
+    last ``rollback_rounds`` rounds' averages replayed without ``peer``'s messages). ``(None,
+    {"skipped": why})`` when it cannot run (there, or the target is the global model)."""
+    if target == "global" and min(cfg["rollback_rounds"], ctx.rounds) > 0:
+        return None, {"skipped": "the target is the global model"}
+    heads, info = rollback_heads(ctx, peer, cfg["rollback_rounds"])
+    return (None if heads is None else heads[ctx.row(target)]), info
 
 
 def _methods(cfg: dict[str, Any], ctx: _Ctx, before: Tensor, after: Tensor, retrained: Tensor | None,

@@ -36,18 +36,20 @@ from fedsim.threads import group_threads
 def message_window(sc: Scenario, prep: Prepared, absent: list[int] | None, run_probes: bool = True) -> int:
     """Rounds at the end of training whose messages the run keeps (``RoundRecord.messages`` →
     :attr:`Run.messages` → ``ProbeContext.messages``): every round when a probe to run reads the
-    gossip (its kind's ``needs_messages``: :mod:`fedsim.probe_gossip`); else the first unlearning
-    probe's ``rollback_rounds`` for its gossip rollback (:mod:`attacks.probes.rollback`), or 0: no
-    unlearning probe, the retrain (``absent``), or a run the rollback cannot replay (not
-    decentralized, a rule other than fedavg with its own head, Byzantine peers, a whole model)."""
+    gossip (its kind's ``needs_messages``: :mod:`fedsim.probe_gossip`); else the largest
+    ``rollback_rounds`` of the probes that roll back (every unlearning probe, a federated-unlearning
+    probe with ``method: gossip_rollback``; :mod:`fedsim.probe_rollback`), or 0: no such probe, the
+    retrain or continuation (``absent``), or a run the rollback cannot replay (not decentralized, a
+    rule other than fedavg with its own head, Byzantine peers, a whole model)."""
     if run_probes and probes_need_messages(sc):
         return sc.rounds
-    probe = next((p for p in sc.probes if p.kind == "unlearning"), None)
-    if probe is None or absent or sc.mode != "decentralized" or sc.model.whole or prep.byzantine.any():
+    windows = [int(p.rollback_rounds) for p in sc.probes if p.kind == "unlearning"
+               or (p.kind == "federated_unlearning" and p.method == "gossip_rollback")]
+    if not windows or absent or sc.mode != "decentralized" or sc.model.whole or prep.byzantine.any():
         return 0
     if sc.strategy.name != "fedavg" or sc.strategy.params.get("include_own", True) is False:
         return 0
-    return min(int(probe.rollback_rounds), sc.rounds)
+    return min(max(windows), sc.rounds)
 
 
 def versions() -> dict[str, str]:

@@ -152,7 +152,7 @@ def test_probes_never_import_the_runner():
     """The runner hands the probes their retraining as a callable (``Run.retrain_without``): no
     probe module imports ``fedsim.runner``, even lazily, so runner → probes is one-way."""
     mods = ["probes", "probe_context", "probe_unlearning", "probe_unlearning_membership", "probe_unlearning_methods",
-            "probe_cloning", "probe_runs", "probe_registry", "probe_builtins", "probe_fedunlearn"]
+            "probe_cloning", "probe_runs", "probe_registry", "probe_builtins", "probe_fedunlearn", "probe_rollback"]
     bad = [f"fedsim/{m}.py: {i}" for m in mods for i in _imports(ROOT / "fedsim" / f"{m}.py")
            if i.split(".")[:2] == ["fedsim", "runner"]]
     assert not bad, bad

@@ -4,6 +4,10 @@ A gossip federation whose peers minimise quadratic losses by heavy-ball SGD (aff
 so the linearised Jacobian is exact): rolling back every round must give the federation run without
 the leaver, to rounding. Mutants that this catches (tried by hand): the identity Jacobian
 (``jacobian=None``), momentum buffers not carried between rounds, the leaver's messages kept.
+Partial replay (``replaying``) against a federation in which only those peers re-run without the
+leaver and the others re-send what they recorded; mutants caught (tried by hand): ``replaying``
+ignored (everyone replays), a replaying peer averaging only its replaying in-neighbours (the
+others' recorded messages dropped), every peer keeping the leaver's messages.
 """
 
 from __future__ import annotations
@@ -80,6 +84,41 @@ def test_last_round_rollback_is_the_average_without_the_leaver():
         torch.testing.assert_close(out[k], want)
 
 
+def _run_partial(hess, targets, heard, recorded, leaver: int, replaying: set[int]):
+    """Only ``replaying`` re-run without ``leaver`` (heavy ball from the same start, their momentum
+    kept); every other peer's heads and messages are the recorded ones (``recorded``: per round)."""
+    theta = torch.zeros(N, P, dtype=torch.float64)
+    buf = torch.zeros(N, P, dtype=torch.float64)
+    for t in range(T):
+        sent = recorded[t].clone()
+        for i in replaying:
+            for _ in range(STEPS):
+                grad = hess[i] @ (theta[i] - targets[i]) + WD * theta[i]
+                buf[i] = BETA * buf[i] + grad
+                theta[i] = theta[i] - LR * buf[i]
+            sent[i] = theta[i]
+        for k in replaying:
+            theta[k] = sent[[i for i in [k, *heard[t][k]] if i != leaver]].mean(0)
+    return theta
+
+
+@pytest.mark.parametrize("replaying", [{1, 3}, {0, 1, 3, 4}, {0, 4}])
+def test_partial_replay_keeps_the_others_recorded_messages(replaying: set[int]):
+    hess, targets, heard = _federation()
+    final, messages = _run(hess, targets, heard, None)
+    want = _run_partial(hess, targets, heard, messages, LEAVER, replaying)
+    out = gossip_rollback(final, messages, heard, LEAVER, _jac(hess), replaying=replaying)
+    rest = [k for k in range(N) if k not in replaying]
+    torch.testing.assert_close(out[rest], final[rest], rtol=0, atol=0)
+    rows = sorted(replaying)
+    gap = float((final[rows] - want[rows]).norm())
+    assert gap > 0.1  # the replay mattered
+    torch.testing.assert_close(out[rows], want[rows], rtol=0, atol=1e-9 * gap)
+    # every peer replaying is the full rollback (the default)
+    full = gossip_rollback(final, messages, heard, LEAVER, _jac(hess))
+    torch.testing.assert_close(gossip_rollback(final, messages, heard, LEAVER, _jac(hess), replaying=range(N)), full)
+
+
 def test_bad_input():
     hess, targets, heard = _federation()
     final, messages = _run(hess, targets, heard, None)
@@ -87,3 +126,5 @@ def test_bad_input():
         gossip_rollback(final, messages, heard[:-1], LEAVER)
     with pytest.raises(ValueError, match="not a peer id"):
         gossip_rollback(final, messages, heard, N)
+    with pytest.raises(ValueError, match="names a peer outside"):
+        gossip_rollback(final, messages, heard, LEAVER, replaying=[0, N])

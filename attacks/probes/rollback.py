@@ -30,6 +30,12 @@ Departures (ours): ``H`` is the Hessian of the peer's *whole shard* at its *mess
 dropped (its neighbours then average ``|S'|`` heads instead of ``|S|``, what the retrained
 federation does); only a uniform mean (fedavg) is linear, so only it is supported.
 
+Partial replay (``replaying``, the federated-unlearning probe's hop arms): only the peers of a set
+``A`` replay; the others keep what they recorded (``δ_k = 0``: their heads and the messages they
+send are the recorded ones, the leaver's contribution included), and a replaying peer averages
+its replaying in-neighbours' counterfactual messages with the others' recorded ones. ``A`` = every
+peer is the full rollback above.
+
 Exactness: with ``K`` = every round and local training that is affine in the starting head
 (``J`` exact) the rollback *is* the run without the leaver (``tests/test_rollback.py``). In the
 flat directions only the leaver's data excites (planted canaries), local training leaves ``δ``
@@ -39,7 +45,7 @@ Jacobian contracts ``δ`` as training does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import torch
 from torch import Tensor
@@ -63,7 +69,8 @@ def heavy_ball_jacobian(hv: Callable[[Tensor], Tensor], lr: float, momentum: flo
 
 
 def gossip_rollback(final: Tensor, messages: Sequence[Tensor], heard: Sequence[Sequence[Sequence[int]]],
-                    leaver: int, jacobian: LocalJacobian | None = None) -> Tensor:
+                    leaver: int, jacobian: LocalJacobian | None = None,
+                    replaying: Collection[int] | None = None) -> Tensor:
     """The heads ``[N, P]`` of a fedavg gossip federation had ``leaver``'s messages not arrived in
     the last ``K = len(messages)`` rounds (module docstring).
 
@@ -74,12 +81,18 @@ def gossip_rollback(final: Tensor, messages: Sequence[Tensor], heard: Sequence[S
         leaver: the peer whose messages are removed (its own row is returned unchanged).
         jacobian: linearised local training (:data:`LocalJacobian`); ``None``: the identity (no
             local training between the averages).
+        replaying: the peers that replay (module docstring, "partial replay"); the others' rows
+            come back as in ``final``; ``None``: every peer.
     """
     if len(messages) != len(heard):
         raise ValueError(f"messages ({len(messages)} rounds) and heard ({len(heard)}) differ in length")
     n = final.shape[0]
     if not 0 <= leaver < n:
         raise ValueError(f"leaver {leaver} is not a peer id in 0..{n - 1}")
+    if replaying is not None and any(not 0 <= int(k) < n for k in replaying):
+        raise ValueError(f"replaying {sorted(replaying)} names a peer outside 0..{n - 1}")
+    chosen = None if replaying is None else {int(k) for k in replaying}
+    replays = [k for k in range(n) if k != leaver and (chosen is None or k in chosen)]
     delta = torch.zeros_like(final, dtype=torch.float64)
     buf = torch.zeros_like(delta)
     for t, (m, nb) in enumerate(zip(messages, heard, strict=True)):
@@ -93,9 +106,7 @@ def gossip_rollback(final: Tensor, messages: Sequence[Tensor], heard: Sequence[S
                 if bool(delta[i].any()) or bool(buf[i].any()):
                     moved[i], buf[i] = jacobian(i, t, delta[i], buf[i])
         new = torch.zeros_like(delta)
-        for k in range(n):
-            if k == leaver:
-                continue
+        for k in replays:
             s = [k, *(int(i) for i in nb[k])]
             if leaver not in s:
                 new[k] = moved[s].mean(0)
