@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from fedsim import rundir
-from fedsim.data.datasets import Dataset, load
+from fedsim.data.arrays import Dataset
+from fedsim.data.datasets import load
 from fedsim.models.backbones import extract_features, get_spec, load_backbone
 
 FORMAT_VERSION = "1"

@@ -32,7 +32,7 @@ from fedsim.schema_sections import StrategyCfg
 from fedsim.yamlsafe import plain_tree
 
 if TYPE_CHECKING:
-    from fedsim.data.datasets import DatasetInfo
+    from fedsim.data.arrays import DatasetInfo
     from fedsim.topology import Topology
 
 

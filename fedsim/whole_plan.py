@@ -20,7 +20,7 @@ from fedsim.models.trainable import ModelPlan, num_layers, split
 from fedsim.stacked import NORM, StackedModel, resolve_batching
 
 if TYPE_CHECKING:
-    from fedsim.data.datasets import DatasetInfo
+    from fedsim.data.arrays import DatasetInfo
     from fedsim.features import Features
     from fedsim.scenario import Scenario
 

@@ -3,7 +3,7 @@
 import numpy as np
 
 from fedsim import features as feat
-from fedsim.data.datasets import Dataset
+from fedsim.data.arrays import Dataset
 
 
 def _ds(seed=0, name="toy"):

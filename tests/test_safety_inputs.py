@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from fedsim import limits
 from fedsim.cli import main
-from fedsim.data import datasets
+from fedsim.data import cifar, datasets
 from fedsim.errors import CorruptFileError
 from fedsim.scenario import (
     MAX_YAML_BYTES,
@@ -253,7 +253,7 @@ def test_cifar_pickle_cannot_run_code(tmp_path):
     marker = tmp_path / "ran"
     (tmp_path / "data_batch_1").write_bytes(pickle.dumps({b"data": _Planted(marker), b"labels": []}))
     with pytest.raises(CorruptFileError) as e:
-        datasets.cifar10(tmp_path)
+        cifar.cifar10(tmp_path)
     assert not marker.exists()
     assert str(tmp_path / "data_batch_1") in _one_line(e.value) and "refused" in str(e.value)
 

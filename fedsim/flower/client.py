@@ -229,7 +229,7 @@ def _local_setup(
 ) -> tuple[Any, dict[str, np.ndarray]]:
     """The device's own data: all of it is this peer's, split into train and local validation."""
     from fedsim import rng as crng
-    from fedsim.data.datasets import npz
+    from fedsim.data.npz import npz
     from fedsim.features import features_for
     from fedsim.group_setup import GroupSetup
     from fedsim.partition import make_partition
