@@ -323,6 +323,19 @@ class GossipCloning(Probe):
     params = GOSSIP_CLONING_PARAMS
     needs_messages = True
 
+    def validate(self, i: int, cfg: dict[str, Any], num_peers: int | None = None) -> dict[str, Any]:
+        """Also what the scenario alone decides about the coalitions (``coalitions_of`` checks the
+        same at run time): single ``attackers`` only with ``colluders: 1``, and someone left to attack."""
+        cfg = super().validate(i, cfg, num_peers)
+        k = cfg["colluders"]
+        if k > 1 and cfg["attackers"] is not None:
+            raise probe_error(i, "attackers", "lists single attackers; with colluders > 1 the coalitions come "
+                              "from placement (random | first)")
+        if num_peers is not None and k >= num_peers:
+            raise probe_error(i, "colluders", f"at most {num_peers - 1} of the run's {num_peers} peers (someone "
+                              f"must be attacked), got {k}")
+        return cfg
+
     def run(self, i: int, cfg: dict[str, Any], ctx: Any) -> dict[str, Any]:
         from fedsim.probe_gossip import run_gossip_cloning
 

@@ -347,3 +347,20 @@ def test_probe_colluder_errors():
         probe(ctx, colluders=6, placement="first", rounds_observed=[4])
     with pytest.raises(ValueError, match="probes.0.estimator"):
         probe(ctx, estimator="blue")
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"colluders": 8}, r"probes\.0\.colluders: at most 7 of the run's 8 peers"),
+    ({"colluders": 2, "attackers": [0]}, r"probes\.0\.attackers: lists single attackers"),
+])
+def test_scenario_refuses_impossible_coalitions_before_training(small_scenario, entry, message):
+    """What the scenario alone decides (colluders against peers.count, attackers with colluders > 1)
+    is a one-line ScenarioError of ``fedsim validate``/``fedsim run`` before any training, not an
+    internal error after it."""
+    from fedsim.errors import ScenarioError
+    from fedsim.scenario import parse
+
+    raw = small_scenario(probes=[{"kind": "gossip_cloning", **entry}])
+    with pytest.raises(ScenarioError, match=message):
+        parse(raw)
+    parse(small_scenario(probes=[{"kind": "gossip_cloning", "colluders": 7}]))
