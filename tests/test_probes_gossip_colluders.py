@@ -234,3 +234,19 @@ def test_bad_input_one_line_errors(mirror_constant):
     with pytest.raises(ValueError, match="not positive definite"):
         gi.reconstruct(rows, [[0, 0]] * 2, [torch.zeros(2, 3)] * 2, rows[1][2], cov=torch.zeros(4, 4))
 
+
+
+def test_coalition_gls_whitens_with_the_known_colluders_covariance(mirror_constant):
+    """``coalition_reconstruct``'s GLS uses the noise of the *non-colluders* only (the colluders'
+    messages are known inputs, their deviations no noise): its coefficients attain the Gauss–Markov
+    variance under that covariance (a covariance built without ``known`` does not)."""
+    w, thetas = mirror_constant
+    col, nb = [0, 6], [MIRROR] * T
+    heard = gi.coalition_heard(nb, col)
+    rows = gi.propagation(w, T, "constant", known=col)
+    cov = gi.noise_covariance(gi.propagation(w, T, "per_round", known=col), heard)
+    a = torch.cat([r[h] for r, h in zip(rows, heard, strict=True)])
+    c = rows[T - 1][2]
+    blue = c @ torch.linalg.pinv(a.T @ torch.linalg.inv(cov) @ a) @ c
+    g = coalition(w, thetas, col, [2], updates="constant", estimator="gls").coefficients[0]
+    assert float(g @ cov @ g) == pytest.approx(float(blue), rel=1e-8)
