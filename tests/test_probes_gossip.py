@@ -364,3 +364,27 @@ def test_scenario_refuses_impossible_coalitions_before_training(small_scenario, 
     with pytest.raises(ScenarioError, match=message):
         parse(raw)
     parse(small_scenario(probes=[{"kind": "gossip_cloning", "colluders": 7}]))
+
+
+@pytest.mark.parametrize("estimator", ["ls", "gls"])
+@pytest.mark.parametrize("own", ["known", "modelled"])
+def test_probe_reconstructs_with_its_estimator_and_own_messages(estimator, own):
+    """The probe's pairs are ``coalition_reconstruct`` with the entry's ``estimator`` and
+    ``own_messages`` (per-round updates on a ring, where the choices change the estimates: a probe
+    that ignored either key failed this test)."""
+    from fedsim.probe_context import in_neighbors
+
+    ctx = synthetic_ctx(constant=False)
+    entry = probe(ctx, updates="constant", colluders=2, placement="first", estimator=estimator,
+                  own_messages=own, rounds_observed=[10])
+    nbrs = [in_neighbors(ctx.topology, t) for t in range(10)]
+    w = [gi.fedavg_mixing(nb) for nb in nbrs]
+    msgs = [torch.from_numpy(ctx.messages[t]).double() for t in range(10)]
+    pairs = [p for p in entry["pairs"] if p["colluders"] == [0, 1]]
+    assert {p["target"] for p in pairs} == {3, 4, 5, 6}
+    for p in pairs:
+        k = p["target"]
+        rec = gi.coalition_reconstruct(w, msgs, [0, 1], nbrs, torch.eye(8, dtype=torch.float64)[[k]],
+                                       updates="constant", estimator=estimator, own=own)
+        want = float((rec.estimate[0] - msgs[9][k]).norm() / msgs[9][k].norm())
+        assert p["rel_error"] == pytest.approx(want, rel=1e-6)
