@@ -136,6 +136,19 @@ def test_every_name_in_the_architecture_doc_exists():
         assert any(f"def {test}(" in p.read_text() for p in (ROOT / "tests").glob("test_*.py")), test
 
 
+def test_the_architecture_doc_names_every_module():
+    """Every module of fedsim, fedsim.data and fedsim.flower is named in the doc (a split's new
+    module too): ``fedsim.X`` / ``fedsim.data.X``, or for the Flower plumbing `X` in its list."""
+    text = DOC.read_text()
+    unnamed = [f"fedsim.{p.stem}" for p in sorted((ROOT / "fedsim").glob("*.py"))
+               if p.stem != "__init__" and not re.search(rf"fedsim\.{p.stem}\b", text)]
+    unnamed += [f"fedsim.data.{p.stem}" for p in sorted((ROOT / "fedsim" / "data").glob("*.py"))
+                if p.stem != "__init__" and f"fedsim.data.{p.stem}" not in text]
+    unnamed += [f"fedsim.flower.{p.stem}" for p in sorted((ROOT / "fedsim" / "flower").glob("*.py"))
+                if p.stem != "__init__" and f"fedsim.flower.{p.stem}" not in text and f"`{p.stem}`" not in text]
+    assert not unnamed, unnamed
+
+
 def test_code_points_at_sections_that_exist():
     """Docstrings cite ``(docs/architecture.md, "Section")``; each section is a heading of the doc."""
     headings = set(re.findall(r"^#+ (.+?)(?: \(.*\))?$", DOC.read_text(), flags=re.M))
