@@ -125,3 +125,28 @@ def test_the_demo_refuses_a_foreign_output_directory_before_starting(bridge, tmp
     assert r.exit_code != 0 and "not a fedsim run directory" in r.output
     assert len(r.output.strip().splitlines()) == 1
     assert _snapshot(tmp_path / "wd") == before
+
+
+def test_the_demo_resumes_its_own_interrupted_run(small_scenario, tmp_path):
+    """``fedsim flower demo --workdir WD --run-config resume=true`` continues the run in ``WD/out``
+    from its checkpoint (the new-run refusals, an earlier run's metrics among them, are not a
+    resume's): the resumed metrics are the uninterrupted run's."""
+    from click.testing import CliRunner
+
+    from fedsim.flower.cli import flower
+
+    sc = common.bridge_scenario(parse(small_scenario(**{"mode": "federated", "rounds": 3, "topology.kind": "star",
+                                                        "peers.count": 2, "checkpoint.every": 1})))
+    scen = tmp_path / "s.yaml"
+    scen.write_text(common.scenario_yaml(sc))
+    wd = tmp_path / "wd"
+    args = ["demo", str(scen), "--in-process", "--workdir", str(wd)]
+    r = CliRunner().invoke(flower, args)
+    assert r.exit_code == 0, r.output
+    out = wd / "out"
+    whole = (out / rundir.METRICS).read_bytes()
+    (out / rundir.SUMMARY).unlink()  # as if stopped after round 1's checkpoint
+    (out / "final_global.pt").unlink()
+    r = CliRunner().invoke(flower, [*args, "--run-config", "resume=true"])
+    assert r.exit_code == 0, r.output
+    assert (out / rundir.METRICS).read_bytes() == whole and (out / rundir.SUMMARY).exists()

@@ -359,7 +359,12 @@ def demo(scenario: Path, sets: tuple[str, ...], run_config: tuple[str, ...], tls
             rc["overwrite"] = True
         nodes = [{"partition-id": i, "num-partitions": sc.peers.count} for i in range(sc.peers.count)]
         try:
-            ServerFiles(wd / "out", sc).refuse_new(overwrite)  # here, before any process starts
+            files = ServerFiles(wd / "out", sc)  # its refusals here, before any process starts
+            if common.run_config_value(rc, "resume"):
+                files.open(resume=True)  # a resume's: a run directory of sc with a checkpoint (not a new run's)
+                files.close()
+            else:
+                files.refuse_new(overwrite)
             if in_process:
                 from fedsim.flower.inprocess import run_in_process
 
