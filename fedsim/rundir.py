@@ -108,12 +108,13 @@ def refuse_unsafe(d: Path, output_dir: Path) -> None:
         raise RunDirExistsError(f"{d} is output.dir ({output_dir}) or contains it; runs go in folders below it")
 
 
-def refuse_foreign(d: Path) -> None:
-    """Raise :class:`RunDirExistsError` when ``d`` has content and was not made by fedsim."""
+def refuse_foreign(d: Path, advice: str = "choose another name or --out") -> None:
+    """Raise :class:`RunDirExistsError` when ``d`` has content and was not made by fedsim
+    (``advice``: what to do instead, in the words of the command that writes ``d``)."""
     if d.is_dir() and not is_empty(d) and not is_run_dir(d):
         raise RunDirExistsError(
             f"{d} exists and is not a fedsim run directory (no {MARKER}); fedsim will not write into or "
-            "delete it: choose another name or --out"
+            f"delete it: {advice}"
         )
 
 

@@ -34,8 +34,9 @@ class ResumePoint(NamedTuple):
 class RunDirectory:
     """``path`` as the run directory of ``sc`` (its lock: :attr:`lock`)."""
 
-    def __init__(self, path: Path, sc: Scenario) -> None:
+    def __init__(self, path: Path, sc: Scenario, foreign_advice: str = "choose another name or --out") -> None:
         self.path, self.sc = Path(path), sc
+        self.foreign_advice = foreign_advice  # the refusal of a directory fedsim did not make: what to do
         self.lock = rundir.DirLock(self.path)
 
     @property
@@ -94,7 +95,7 @@ class RunDirectory:
         """The refusals of :meth:`create` that take no lock and write nothing: an unsafe path, a
         non-empty directory fedsim did not make."""
         rundir.refuse_unsafe(self.path, Path(self.sc.output.dir))
-        rundir.refuse_foreign(self.path)
+        rundir.refuse_foreign(self.path, self.foreign_advice)
 
     def lock_existing(self) -> None:
         """Hold the lock of a directory :meth:`create` made (a no-op when held already)."""

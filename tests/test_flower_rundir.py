@@ -150,3 +150,16 @@ def test_the_demo_resumes_its_own_interrupted_run(small_scenario, tmp_path):
     r = CliRunner().invoke(flower, [*args, "--run-config", "resume=true"])
     assert r.exit_code == 0, r.output
     assert (out / rundir.METRICS).read_bytes() == whole and (out / rundir.SUMMARY).exists()
+
+
+@pytest.mark.parametrize("rc", [{}, {"overwrite": True}], ids=["new", "overwrite"])
+def test_the_foreign_refusal_names_the_bridges_option(bridge, tmp_path, rc):
+    """The bridge has no ``--out``: its refusal of a directory fedsim did not make names the run
+    config's ``output-dir`` (and the demo's ``--workdir``), as its other refusals do."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my thesis\n")
+    with pytest.raises(RunDirExistsError) as e:
+        bridge(mine, **rc)
+    msg = _one_line(e)
+    assert "not a fedsim run directory" in msg and "--out" not in msg and "output-dir" in msg

@@ -63,7 +63,8 @@ class ServerFiles:
 
     def __init__(self, out: Path, sc: Scenario) -> None:
         self.sc = sc
-        self.dir = RunDirectory(out, sc)
+        self.dir = RunDirectory(out, sc, foreign_advice="choose another output-dir (fedsim flower demo: another "
+                                "--workdir)")
         self.path = self.dir.path
         self.metrics: MetricsWriter | None = None
         self.rounds: RoundFiles | None = None
