@@ -73,7 +73,7 @@ class Scenario(_Section):
     @classmethod
     def _probe_plugins_first(cls, data: Any) -> Any:
         """A plugin may register a probe kind: import the plugins before the probes are read (a
-        plugin that fails is reported after the schema, by :func:`load_plugins`)."""
+        plugin that fails is reported after the schema, by :func:`fedsim.scenario.load_plugins`)."""
         if isinstance(data, dict) and data.get("probes") and isinstance(data.get("plugins"), list):
             from fedsim import plugins
 
