@@ -72,11 +72,11 @@ def table(runs: Path, cond: str, seeds: list[int]) -> dict[str, dict[int, list[f
             for d, a in per_dom.items():
                 doms.setdefault(bn, {}).setdefault(d, []).append(a)
     print(f"\n## {cond} ({len(seeds)} seeds {seeds}; mean own-domain test accuracy, %, 95% t-interval over seeds)\n")
-    print("| round | " + " | ".join(ARMS.values()) + " | FedBN − FedAvg (paired, points) |")
+    print("| rounds | " + " | ".join(ARMS.values()) + " | FedBN − FedAvg (paired, points) |")
     print("|---:|---:|---:|---:|")
     for r in sorted(curves["exchanged"]):
         diff = [b - a for a, b in zip(curves["exchanged"][r], curves["local"][r], strict=True)]
-        print(f"| {r} | {fmt(curves['exchanged'][r])} | {fmt(curves['local'][r])} | {fmt(diff)} |")
+        print(f"| {r + 1} | {fmt(curves['exchanged'][r])} | {fmt(curves['local'][r])} | {fmt(diff)} |")
     print("\nfinal, per seed:", {bn: [round(100 * a, 2) for a in v] for bn, v in finals.items()})
     print("\n| domain | " + " | ".join(ARMS.values()) + " | FedBN − FedAvg (paired, points) |")
     print("|---|---:|---:|---:|")
@@ -114,10 +114,10 @@ def main() -> None:
             color = OKABE_ITO[k % len(OKABE_ITO)]
             ax.plot([r + 1 for r in rs], m, marker="o", ms=3, color=color, label=label)
             ax.fill_between([r + 1 for r in rs], lo, hi, color=color, alpha=0.25, lw=0)
-        ax.set_title(f"{titles.get(cond, cond)} ({len(args.seeds)} seeds)", fontsize=10)
+        ax.set_title(f"{titles.get(cond, cond)}\nmean of {len(args.seeds)} seeds, 95% t-band", fontsize=9)
         ax.set_xlabel("rounds")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("mean own-domain test accuracy, % (95% t-band)")
+    axes[0].set_ylabel("own-domain test accuracy, %")
     axes[-1].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
