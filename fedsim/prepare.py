@@ -91,6 +91,11 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     part = partition_for(sc, feats.y_train, byz)
     # an unlearning probe's canaries join the leaver's shard before training (fedsim.canaries)
     feats, train, canaries = plant(feats, list(part.train), byz, sc.probes, sc.seed)
+    val, test_idx = part.val, None
+    if sc.dataset.domains:  # feature shift: each peer's images through its domain's transform (fedsim.domain_shift)
+        from fedsim.domain_shift import shift
+
+        feats, train, val, test_idx = shift(sc, plan, train, val, log)
     topo = build_topology(sc)
     f, in_degree = resolve_f(sc, topo)
     params = strategy_params(sc)
@@ -100,7 +105,7 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
         d, num_params = plan.dim, whole_plan.num_trainable(plan)
     rule_cls = strategies.REGISTRY[sc.strategy.name]
     # the class sets peers compare when they connect (Bristle's private-set intersection), for every peer
-    classes = held_classes(feats.y_train, train, part.val, c) if "overlap" in rule_cls.needs else None
+    classes = held_classes(feats.y_train, train, val, c) if "overlap" in rule_cls.needs else None
     extra = _backbone_param_count(sc.backbone.name) if rule_cls.exchanges == "full_model" else 0
     largest_shard = max(len(t) for t in train)
     common = dict(
@@ -129,7 +134,8 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     actors = min(sc.engine.num_actors, n)
     blocks = np.array_split(np.arange(n), actors)
     setups = [
-        GroupSetup(first=int(b[0]), train_idx=[train[i] for i in b], val_idx=[part.val[i] for i in b], **common)
+        GroupSetup(first=int(b[0]), train_idx=[train[i] for i in b], val_idx=[val[i] for i in b],
+                   test_idx=None if test_idx is None else [test_idx[i] for i in b], **common)
         for b in blocks
     ]
     server = GroupSetup(first=0, train_idx=[], val_idx=[], **common) if sc.mode == "federated" else None
@@ -156,6 +162,10 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
         "actors": actors,
         "train_samples_per_peer": [int(len(t)) for t in train],
     }
+    if sc.dataset.domains:
+        from fedsim.data.domains import peer_domains
+
+        info["domains"] = peer_domains(n, sc.dataset.domains)
     if canaries is not None:
         info["canaries"] = {"peer": canaries.peer, "kind": canaries.kind, "members": len(canaries.member_idx),
                             "heldout": len(canaries.heldout_y), "calibration": len(canaries.calibration_y)}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fedsim.device import PATTERN as DEVICE_PATTERN
 
@@ -26,6 +26,19 @@ class _Section(BaseModel):
 class DatasetCfg(_Section):
     name: str = Field("mnist10k", description="see `fedsim list datasets`")
     data_dir: str | None = Field(None, description="directory (or .npz file) for non-embedded datasets")
+    domains: list[str] = Field(
+        default_factory=list,
+        description="feature shift (FedBN's setting; fedsim.data.domains): peer i sees its training, validation "
+        "and test images through domain domains[i % len]'s fixed transform (identity, invert, rot90, noise, blur, "
+        "contrast) and is evaluated on its own domain's test set; whole models, decentralized mode; [] = none",
+    )
+
+    @field_validator("domains")
+    @classmethod
+    def _known_domains(cls, v: list[str]) -> list[str]:
+        from fedsim.data.domains import check_names
+
+        return check_names(v)
 
 
 class BackboneCfg(_Section):

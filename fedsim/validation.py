@@ -49,6 +49,14 @@ def check_semantics(sc: Scenario, source: str = "scenario", *, require_data: boo
         raise ScenarioError(f"{source}: {msg}")
 
     info = _dataset_info(sc, require_data, fail)
+    if sc.dataset.domains:  # feature shift: where it cannot apply (fedsim.data.domains)
+        from fedsim.data.domains import domain_error
+
+        msg = domain_error(sc.dataset.domains, whole=sc.model.whole, mode=sc.mode, peers=sc.peers.count,
+                           sample_shape=None if info is None else info.sample_shape,
+                           dtype=None if info is None else info.dtype)
+        if msg:
+            fail(msg)
     if info is not None:
         from fedsim.partition import check_bounds
 

@@ -100,6 +100,9 @@ class WholePeerGroup(PeerGroup):
         # the cached inputs live where the stacked model does, moved once (no-ops on the CPU)
         self.x_local, self.y_local = self.x_local.to(self.device), self.y_local.to(self.device)
         self.x_test, self.y_test = self.x_test.to(self.device), self.y_test.to(self.device)
+        # dataset.domains: each peer's own rows of the test features (its domain's test set)
+        self.test_rows = None if setup.test_idx is None else [
+            torch.from_numpy(np.asarray(t, dtype=np.int64)).to(self.device) for t in setup.test_idx]
         self.model = StackedModel(split(self.plan)[1], self.p, self.device, self.plan.batching)
         self.exchange = Exchange.of(self.model, self.plan.bn)
         self.sample_shape = tuple(self.x_local.shape[1:])
@@ -252,7 +255,13 @@ class WholePeerGroup(PeerGroup):
         if sample is not None:
             sel &= np.isin(self.ids, sample)
         rows = torch.from_numpy(np.flatnonzero(sel))
-        acc, loss = accuracy_and_loss(self.model, rows, self.x_test, self.y_test)
+        if self.test_rows is None:
+            acc, loss = accuracy_and_loss(self.model, rows, self.x_test, self.y_test)
+        else:  # each peer on its own test rows (dataset.domains)
+            scores = [accuracy_and_loss(self.model, rows[k : k + 1], self.x_test[self.test_rows[int(r)]],
+                                        self.y_test[self.test_rows[int(r)]]) for k, r in enumerate(rows)]
+            acc = torch.cat([a for a, _ in scores]) if scores else torch.zeros(0)
+            loss = torch.cat([lo for _, lo in scores]) if scores else torch.zeros(0)
         return {"ids": self.ids[sel], "accuracy": acc.numpy(), "loss": loss.numpy()}
 
 

@@ -162,7 +162,6 @@ def prepare_features(sc: Scenario, log: Any = None) -> tuple[Features, ModelPlan
     from fedsim.data.datasets import load
     from fedsim.features import Features, load_features
     from fedsim.models.backbones import extract_features, get_spec
-    from fedsim.models.trainable import frozen_inputs
 
     ds = load(sc.dataset.name, sc.dataset.data_dir)
     spec = get_spec(sc.backbone.name)
@@ -173,12 +172,22 @@ def prepare_features(sc: Scenario, log: Any = None) -> tuple[Features, ModelPlan
     if sc.model.trainable == "head" and sc.model.init == "pretrained":
         feats = load_features(sc.dataset.name, sc.backbone.name, sc.dataset.data_dir, sc.backbone.cache_dir, log)
         return feats, plan
-    prefix, _ = split(plan)
-    if not any(True for _ in prefix.state_dict()):  # no weights: normalised raw inputs, nothing worth caching
-        xtr, xte = (frozen_inputs(prefix, x, sc.backbone.name) for x in (ds.x_train, ds.x_test))
-        return Features(xtr, ds.y_train, xte, ds.y_test, ds.num_classes, f"{ds.name}-{sc.backbone.name}-raw"), plan
-    key, xtr, xte = _cached_prefix(ds, sc, prefix, log)
+    key, xtr, xte = prefix_inputs(ds, sc, split(plan)[0], log)
     return Features(xtr, ds.y_train, xte, ds.y_test, ds.num_classes, key), plan
+
+
+def prefix_inputs(
+    ds: Any, sc: Scenario, prefix: torch.nn.Module, log: Any = None
+) -> tuple[str, np.ndarray, np.ndarray]:
+    """``(key, x_train, x_test)``: the trainable part's inputs on dataset ``ds``: the normalised raw
+    inputs when the frozen prefix has no weights (nothing worth caching), else its cached activations
+    (:func:`_cached_prefix`). Also the inputs of each domain of a feature shift (:mod:`fedsim.domain_shift`)."""
+    from fedsim.models.trainable import frozen_inputs
+
+    if not any(True for _ in prefix.state_dict()):
+        xtr, xte = (frozen_inputs(prefix, x, sc.backbone.name) for x in (ds.x_train, ds.x_test))
+        return f"{ds.name}-{sc.backbone.name}-raw", xtr, xte
+    return _cached_prefix(ds, sc, prefix, log)
 
 
 PREFIX_FORMAT = "1"
