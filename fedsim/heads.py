@@ -133,6 +133,7 @@ def local_steps(w: Tensor, b: Tensor, state: OptimizerState, batches, training: 
             weight_decay=training.weight_decay,
             bias=bias,
         )
+        del gw, gb  # before the next step's gradient exists: one head-sized gradient alive, not two
     return loss
 
 
