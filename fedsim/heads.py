@@ -158,6 +158,6 @@ def consolidate(w: Tensor, b: Tensor, tw: Tensor, tb: Tensor, own_classes: Tenso
     """Copy the rows of each peer's own classes from the trained heads ``tw [p, C, d]``, ``tb [p, C]``
     into the consolidated heads ``w``, ``b`` in place (``own_classes``: bool ``[p, C]``); the other
     rows keep their consolidated values (CWR, Bristle's ``Node.updateCW``: foreign classes change
-    only through integration)."""
-    w.copy_(torch.where(own_classes[..., None], tw, w))
-    b.copy_(torch.where(own_classes, tb, b))
+    only through integration). Written in place (``out=``): no head-sized temporary."""
+    torch.where(own_classes[..., None], tw, w, out=w)
+    torch.where(own_classes, tb, b, out=b)

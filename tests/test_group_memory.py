@@ -97,3 +97,22 @@ def test_bias_free_heads_are_layout_independent_in_process(small_scenario):
         return (r.dir / "metrics.jsonl").read_bytes()
 
     assert metrics("one", 1) == metrics("two", 2)
+
+
+def test_trained_copies_live_from_training_to_the_end_of_aggregation(small_scenario):
+    g, _ = _group(_gossip(small_scenario))
+    other, _ = _group(_gossip(small_scenario), 1)
+    assert g.cwr and g.tw.numel() == 0
+    msgs = [g.train(0)[0], other.train(0)[0]]
+    assert g.tw.shape == g.w.shape and g.tb.shape == g.b.shape
+    g.aggregate(0, *msgs)
+    assert g.tw.untyped_storage().nbytes() == 0 and g.tb.untyped_storage().nbytes() == 0
+
+
+def test_consolidate_writes_in_place_the_own_classes_rows():
+    w, b, tw, tb = torch.randn(4, 3, 5), torch.randn(4, 3), torch.randn(4, 3, 5), torch.randn(4, 3)
+    own = torch.rand(4, 3) < 0.5
+    want_w, want_b = torch.where(own[..., None], tw, w), torch.where(own, tb, b)
+    ptr = w.data_ptr()
+    heads.consolidate(w, b, tw, tb, own)
+    assert torch.equal(w, want_w) and torch.equal(b, want_b) and w.data_ptr() == ptr
