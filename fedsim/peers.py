@@ -171,8 +171,7 @@ class PeerGroup(GossipAggregation):
         """What :meth:`train` sends: the flattened heads in ``engine.message_dtype`` (fedsim.routing),
         never a view of ``w``: a bias-free head flattens to a view, and in-process the aggregation
         writes into ``w`` while other groups (and this one's later chunks) still read the messages."""
-        out = routing.encode(strategies.flatten(self.w, self.b if self.bias else None), self.s.message_dtype)
-        return out.copy() if np.may_share_memory(out, self.w.numpy()) else out
+        return routing.encode_head(self.w, self.b if self.bias else None, self.s.message_dtype)
 
     def _num_params(self) -> int:
         return num_params(self.layer_shape, self.bias)

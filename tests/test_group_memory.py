@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim import heads
+import strategies
+from fedsim import heads, routing
 from fedsim.gossip import GossipAggregation
 from fedsim.peers import PeerGroup
 from fedsim.runner import Run, prepare
@@ -47,23 +48,46 @@ def test_padded_shards_keep_no_unpadded_copy_and_share_the_test_set(small_scenar
     assert np.shares_memory(g.x_test.numpy(), feats["x_test"])
 
 
-def test_local_steps_hold_one_gradient_at_a_time(monkeypatch):
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_local_steps_hold_one_gradient_at_a_time(monkeypatch, weight_decay):
+    """SGD reuses one weight-gradient buffer for every step; with weight decay (a new gradient per
+    step) the previous one is gone before the next is computed. The heads equal plain steps'."""
     grads: list[weakref.ref] = []
     alive_at_call: list[int] = []
     real = heads.ce_grad
 
     def spy(*a, **k):
-        alive_at_call.append(sum(r() is not None for r in grads))
+        alive_at_call.append(sum(r() is not None and r() is not k.get("out") for r in grads))
         loss, gw, gb = real(*a, **k)
         grads.append(weakref.ref(gw))
         return loss, gw, gb
 
-    monkeypatch.setattr(heads, "ce_grad", spy)
     w, b = torch.zeros(3, 4, 5), torch.zeros(3, 4)
-    opt = heads.OptimizerState.zeros(w, b, adam=False)
     batches = [(torch.randn(3, 6, 5), torch.randint(0, 4, (3, 6))) for _ in range(4)]
-    heads.local_steps(w, b, opt, batches, TrainingCfg(lr=0.1, momentum=0.9), bias=True)
+    cfg = TrainingCfg(lr=0.1, momentum=0.9, weight_decay=weight_decay)
+    w2, b2 = w.clone(), b.clone()
+    opt2 = heads.OptimizerState.zeros(w2, b2, adam=False)
+    for x, y in batches:  # the reference: a fresh gradient per step
+        _, gw, gb = real(w2, b2, x, y)
+        heads.step(w2, b2, gw, gb, opt2, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=weight_decay, bias=True)
+    monkeypatch.setattr(heads, "ce_grad", spy)
+    heads.local_steps(w, b, heads.OptimizerState.zeros(w, b, adam=False), batches, cfg, bias=True)
     assert alive_at_call == [0, 0, 0, 0]
+    assert torch.equal(w, w2) and torch.equal(b, b2)
+    if not weight_decay:
+        assert len({r().data_ptr() for r in grads if r() is not None}) <= 1
+
+
+def test_encode_head_equals_encoding_the_flattened_heads_and_is_never_a_view():
+    w, b = torch.randn(5, 3, 4), torch.randn(5, 3)
+    for dtype in ("float32", "float16", "bfloat16"):
+        for bias in (b, None):
+            got = routing.encode_head(w, bias, dtype)
+            want = routing.encode(strategies.flatten(w, bias), dtype)
+            assert got.dtype == want.dtype and np.array_equal(got, want)
+            assert not np.shares_memory(got, w.numpy())
+    with pytest.raises(ValueError, match=r"^engine.message_dtype: got 'fp8'"):
+        routing.encode_head(w, b, "fp8")
 
 
 @pytest.mark.parametrize(("dtype", "attack"), [("float16", "label_swap"), ("float32", "sign_flip")])
