@@ -106,15 +106,16 @@ class GossipAggregation:
         valid: Tensor,
         indptr: np.ndarray,
         indices: np.ndarray,
-        new: Tensor,
+        put: Callable[[Tensor, Tensor], None],
         own_rows: Callable[[Tensor], Tensor],
     ) -> tuple[np.ndarray, int | None]:
         """Honest present hosted peers grouped by how many valid messages they heard, one
         vectorised rule call (``Strategy.aggregate_batch``) per group and chunk of peers instead
         of one call per peer. Returns which hosted peers are done (the rest go through the
         per-peer loop) and the messages dropped for all of them (None: the rule has no batched
-        form). ``own_rows(js)``: what the rule gets as hosted peers ``js``' own vectors (their sent
-        heads, or with consolidated weights their trained copies). ``params`` and ``msgs`` may be
+        form). ``put(js, rows)`` stores the aggregated vectors of hosted peers ``js``; ``own_rows(js)``:
+        what the rule gets as hosted peers ``js``' own vectors (their sent heads, or with consolidated
+        weights their trained copies). ``params`` and ``msgs`` may be
         :class:`fedsim.routing.Rows`: only each chunk's heard rows are gathered. Chunks of
         ``engine.aggregate_chunk`` peers (64: a chunk's float64 working set stays inside the cache)
         bound the gathered ``[chunk, n, P]`` tensors; results do not depend on the chunk size."""
@@ -154,7 +155,7 @@ class GossipAggregation:
                 out = strategies.aggregate_batch(self.rule, own_rows(torch.from_numpy(js)), received, ctx, sent)
                 if out is None:
                     continue
-                new[torch.from_numpy(js)] = out
+                put(torch.from_numpy(js), out)
                 done[js] = True
         return done, dropped
 
@@ -191,7 +192,7 @@ class GossipAggregation:
         history = self.stale_history  # before this round: per-receiver forgeries read it too
         msgs, valid, self.stale_history = forge_messages(self.attack, self.s, round_, params, history)
         indptr, indices = self.topology.in_neighbors(round_)
-        new = params[torch.arange(self.s.first, self.s.first + self.p)]  # the hosted peers' own heads (a copy)
+        put, finish = self._result_writer(params, msgs)
 
         # the rule's ``own``: the sent heads, or with consolidated weights the trained copies
         def own_rows(js: Tensor) -> Tensor:
@@ -205,7 +206,7 @@ class GossipAggregation:
         absent_t = torch.from_numpy(self.s.absent) if self.s.absent is not None else None
         done, batch_dropped = np.zeros(self.p, dtype=bool), None
         if not per_receiver and root is None:
-            done, batch_dropped = self._aggregate_batched(round_, params, msgs, valid, indptr, indices, new, own_rows)
+            done, batch_dropped = self._aggregate_batched(round_, params, msgs, valid, indptr, indices, put, own_rows)
         dropped = batch_dropped or 0
         seeds = crng.derive_seeds(self.s.seed, "strategy", round_, self.ids)
         for j, pid in enumerate(self.ids):
@@ -231,8 +232,26 @@ class GossipAggregation:
             overlap = self._overlap(torch.tensor(j), nbrs[ok])
             ctx = self._ctx(j, round_, self.s.f, None if root is None else root[j], int(seeds[j]), overlap)
             try:
-                new[j], _ = strategies.aggregate(self.rule, own_rows(torch.tensor([j]))[0], m[nbrs[ok]], ctx, sent)
+                out, _ = strategies.aggregate(self.rule, own_rows(torch.tensor([j]))[0], m[nbrs[ok]], ctx, sent)
             except strategies.CannotAggregateError:  # this round's vectors; anything else is a bug: raised
-                new[j], skipped = sent, skipped + 1
-        self.set_params(new)
+                out, skipped = sent, skipped + 1
+            put(torch.tensor([j]), out[None])
+        finish()
+        if self.cwr:  # the trained copies are not read again before the next train() makes new ones
+            self.tw, self.tb = self.tw.new_empty(0), self.tb.new_empty(0)
         return {"dropped": dropped, "skipped": skipped}
+
+    def _result_writer(self, params: Any, msgs: Any) -> tuple[Callable[[Tensor, Tensor], None], Callable[[], None]]:
+        """``(put, finish)``: ``put(js, rows)`` stores the aggregated vectors of hosted peers ``js``
+        (local indices); ``finish()`` gives every hosted peer its new head, the stored vector or, for a
+        peer that aggregated nothing (Byzantine, absent, nothing heard), its own sent head.
+
+        Here (and for a group whose ``set_params`` does more than copy, :mod:`fedsim.whole`) the
+        vectors are collected in a ``[p, P]`` copy of the sent heads and handed to ``set_params``;
+        :class:`fedsim.peers.PeerGroup` writes them straight into its heads instead."""
+        new = params[torch.arange(self.s.first, self.s.first + self.p)]  # the hosted peers' own heads (a copy)
+
+        def put(js: Tensor, rows: Tensor) -> None:
+            new[js] = rows
+
+        return put, lambda: self.set_params(new)

@@ -48,13 +48,13 @@ def logits(w: Tensor, b: Tensor | None, x: Tensor) -> Tensor:
 
 
 def ce_grad(
-    w: Tensor, b: Tensor | None, x: Tensor, y: Tensor, weights: Tensor | None = None
+    w: Tensor, b: Tensor | None, x: Tensor, y: Tensor, weights: Tensor | None = None, *, out: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Mean cross-entropy per peer and its gradients w.r.t. ``w`` and ``b`` (closed form).
 
     ``x [p, n, d]``, ``y [p, n]``. ``weights [p, n]`` (optional): each sample's share of the
     minibatch (draw count / B, summing to 1 per peer) instead of the plain mean over the ``n``
-    samples."""
+    samples. ``out``: where to write the weight gradient (shaped like ``w``; default a new tensor)."""
     z = logits(w, b, x)  # [p, C, n]
     logp = torch.log_softmax(z, dim=1)
     nll = -logp.gather(1, y[:, None, :]).squeeze(1)  # [p, n]
@@ -66,7 +66,7 @@ def ce_grad(
     else:
         loss = (nll * weights).sum(dim=1)
         g *= weights[:, None, :]
-    return loss, torch.bmm(g, x), g.sum(dim=2)
+    return loss, torch.bmm(g, x, out=out), g.sum(dim=2)
 
 
 def step(
@@ -119,8 +119,12 @@ def local_steps(w: Tensor, b: Tensor, state: OptimizerState, batches, training: 
     heads ``w, b`` in place (``training`` is the scenario's training section,
     ``fedsim.schema_sections.TrainingCfg``); returns the last batch's per-head loss."""
     loss = torch.zeros(w.shape[0])
+    # one weight-gradient buffer for all steps (step() consumes it): a head-sized tensor allocated
+    # once per call, not once per step (a fresh 1 GB tensor is page-faulted in at every step)
+    buf: Tensor | None = None
     for batch in batches:  # (x, y) or (x, y, weights): see ce_grad
-        loss, gw, gb = ce_grad(w, b if bias else None, *batch)
+        loss, gw, gb = ce_grad(w, b if bias else None, *batch, out=buf)
+        buf = gw if training.optimizer == "sgd" and not training.weight_decay else None
         step(
             w,
             b,
@@ -133,6 +137,7 @@ def local_steps(w: Tensor, b: Tensor, state: OptimizerState, batches, training: 
             weight_decay=training.weight_decay,
             bias=bias,
         )
+        del gw, gb  # (with a new gradient per step: one alive at a time, not two)
     return loss
 
 
@@ -157,6 +162,6 @@ def consolidate(w: Tensor, b: Tensor, tw: Tensor, tb: Tensor, own_classes: Tenso
     """Copy the rows of each peer's own classes from the trained heads ``tw [p, C, d]``, ``tb [p, C]``
     into the consolidated heads ``w``, ``b`` in place (``own_classes``: bool ``[p, C]``); the other
     rows keep their consolidated values (CWR, Bristle's ``Node.updateCW``: foreign classes change
-    only through integration)."""
-    w.copy_(torch.where(own_classes[..., None], tw, w))
-    b.copy_(torch.where(own_classes, tb, b))
+    only through integration). Written in place (``out=``): no head-sized temporary."""
+    torch.where(own_classes[..., None], tw, w, out=w)
+    torch.where(own_classes, tb, b, out=b)

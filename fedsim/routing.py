@@ -42,6 +42,23 @@ def encode(heads: Tensor, dtype: str) -> np.ndarray:
     return (out.view(torch.uint16) if dtype == "bfloat16" else out).numpy()
 
 
+def encode_head(w: Tensor, b: Tensor | None, dtype: str) -> np.ndarray:
+    """:func:`encode` of ``fedlib.heads.flatten(w, b)`` (``w [p, C, d]``, ``b [p, C]`` or None), always a
+    new array: in half precision converted straight into the message (no float32 ``[p, P]``
+    concatenation first; the same values), in float32 the concatenation (a copy even without a bias)."""
+    if dtype not in MESSAGE_DTYPES:
+        raise ValueError(f"engine.message_dtype: got {dtype!r}; allowed: {', '.join(MESSAGE_DTYPES)}")
+    flat_w = w.reshape(w.shape[0], -1)
+    if dtype == "float32":
+        return (flat_w.clone() if b is None else torch.cat([flat_w, b], dim=1)).numpy()
+    cd = flat_w.shape[1]
+    out = torch.empty(w.shape[0], cd + (0 if b is None else b.shape[1]), dtype=MESSAGE_DTYPES[dtype])
+    out[:, :cd].copy_(flat_w)
+    if b is not None:
+        out[:, cd:].copy_(b)
+    return (out.view(torch.uint16) if dtype == "bfloat16" else out).numpy()
+
+
 def decode(message: np.ndarray) -> Tensor:
     """A message array as a tensor, without copying (``uint16`` is bfloat16, see :func:`encode`)."""
     with warnings.catch_warnings():  # a Ray object-store array is read-only; it is only ever read here
@@ -81,13 +98,13 @@ class Rows:
         if isinstance(idx, slice):
             idx = torch.arange(*idx.indices(self.shape[0]))
         idx = torch.as_tensor(idx, dtype=torch.long)
+        flat = idx.reshape(-1)  # row gathers by index_select: ~6x faster than part[idx] (measured)
         if len(self.parts) == 1:
-            return self.parts[0][idx].float()
-        flat = idx.reshape(-1)
+            return self.parts[0].index_select(0, flat).float().reshape(*idx.shape, self.shape[1])
         which = torch.searchsorted(self.starts, flat, right=True) - 1
         out = torch.empty(flat.shape[0], self.shape[1])
         for k, part in enumerate(self.parts):
             sel = torch.nonzero(which == k).flatten()
             if len(sel):
-                out[sel] = part[flat[sel] - self.starts[k]].float()
+                out[sel] = part.index_select(0, flat[sel] - self.starts[k]).float()
         return out.reshape(*idx.shape, self.shape[1])

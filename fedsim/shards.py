@@ -24,4 +24,4 @@ def pad_rows(x: Tensor, y: Tensor, offsets: np.ndarray, sizes: np.ndarray, m: in
     real = pos < sizes[:, None]
     mask = torch.from_numpy(real)
     at = torch.from_numpy(np.where(real, offsets[:, None] + pos, 0))
-    return x[at] * mask[..., None], y[at] * mask, mask
+    return x[at].mul_(mask[..., None]), y[at].mul_(mask), mask  # in place: no second padded copy

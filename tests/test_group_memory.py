@@ -1,0 +1,142 @@
+"""What a peer group holds and frees (issue 19, 10,000 peers in < 1.5 GB): no unpadded copy of padded
+shards, the test set shared rather than copied, one gradient alive at a time, aggregated heads written
+into the heads chunk by chunk (no [p, P] buffer) with the same numbers, and messages that are never
+views of the heads (a bias-free head flattens to one; the aggregation writes into the heads)."""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+import pytest
+import torch
+
+import strategies
+from fedsim import heads, routing
+from fedsim.gossip import GossipAggregation
+from fedsim.peers import PeerGroup
+from fedsim.runner import Run, prepare
+from fedsim.scenario import parse
+from fedsim.schema import TrainingCfg
+
+
+def _gossip(small_scenario, **over):
+    # push gossip fanout 5 over 200 peers: ~9 digits each, so every shard is padded (shard_pad)
+    return small_scenario(
+        **{"peers.count": 200, "partition.kind": "iid", "topology.kind": "push_gossip", "topology.fanout": 5,
+           "strategy.name": "bristle", "training.lr": 0.5, "evaluation.every": 1, "rounds": 2, **over}
+    )
+
+
+def _group(d, i: int = 0) -> PeerGroup:
+    prep = prepare(parse(d))
+    f = prep.features
+    feats = {"x_train": f.x_train, "y_train": f.y_train, "x_test": f.x_test, "y_test": f.y_test}
+    return PeerGroup(prep.setups[i], feats), feats
+
+
+def test_padded_shards_keep_no_unpadded_copy_and_share_the_test_set(small_scenario):
+    g, feats = _group(_gossip(small_scenario))
+    assert g.s.shard_pad > 0 and g.padded is not None
+    assert g.x_local.untyped_storage().nbytes() == 0 and g.y_local.untyped_storage().nbytes() == 0
+    x, y = g.padded  # the real rows are the hosted peers' samples, in order; the rest zeros
+    flat = np.concatenate(g.s.train_idx)
+    real = np.arange(g.s.shard_pad)[None, :] < g.sizes[:, None]
+    assert torch.equal(x[torch.from_numpy(real)], torch.from_numpy(feats["x_train"][flat]))
+    assert torch.equal(y[torch.from_numpy(real)], torch.from_numpy(feats["y_train"][flat]))
+    assert not x[torch.from_numpy(~real)].any()
+    assert np.shares_memory(g.x_test.numpy(), feats["x_test"])
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_local_steps_hold_one_gradient_at_a_time(monkeypatch, weight_decay):
+    """SGD reuses one weight-gradient buffer for every step; with weight decay (a new gradient per
+    step) the previous one is gone before the next is computed. The heads equal plain steps'."""
+    grads: list[weakref.ref] = []
+    alive_at_call: list[int] = []
+    real = heads.ce_grad
+
+    def spy(*a, **k):
+        alive_at_call.append(sum(r() is not None and r() is not k.get("out") for r in grads))
+        loss, gw, gb = real(*a, **k)
+        grads.append(weakref.ref(gw))
+        return loss, gw, gb
+
+    w, b = torch.zeros(3, 4, 5), torch.zeros(3, 4)
+    batches = [(torch.randn(3, 6, 5), torch.randint(0, 4, (3, 6))) for _ in range(4)]
+    cfg = TrainingCfg(lr=0.1, momentum=0.9, weight_decay=weight_decay)
+    w2, b2 = w.clone(), b.clone()
+    opt2 = heads.OptimizerState.zeros(w2, b2, adam=False)
+    for x, y in batches:  # the reference: a fresh gradient per step
+        _, gw, gb = real(w2, b2, x, y)
+        heads.step(w2, b2, gw, gb, opt2, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=weight_decay, bias=True)
+    monkeypatch.setattr(heads, "ce_grad", spy)
+    heads.local_steps(w, b, heads.OptimizerState.zeros(w, b, adam=False), batches, cfg, bias=True)
+    assert alive_at_call == [0, 0, 0, 0]
+    assert torch.equal(w, w2) and torch.equal(b, b2)
+    if not weight_decay:
+        assert len({r().data_ptr() for r in grads if r() is not None}) <= 1
+
+
+def test_encode_head_equals_encoding_the_flattened_heads_and_is_never_a_view():
+    w, b = torch.randn(5, 3, 4), torch.randn(5, 3)
+    for dtype in ("float32", "float16", "bfloat16"):
+        for bias in (b, None):
+            got = routing.encode_head(w, bias, dtype)
+            want = routing.encode(strategies.flatten(w, bias), dtype)
+            assert got.dtype == want.dtype and np.array_equal(got, want)
+            assert not np.shares_memory(got, w.numpy())
+    with pytest.raises(ValueError, match=r"^engine.message_dtype: got 'fp8'"):
+        routing.encode_head(w, b, "fp8")
+
+
+@pytest.mark.parametrize(("dtype", "attack"), [("float16", "label_swap"), ("float32", "sign_flip")])
+def test_heads_written_in_place_equal_the_buffered_result(small_scenario, monkeypatch, dtype, attack):
+    """Chunks of 7 receivers written into w, b equal the base class's [p, P] buffer: aggregated rows,
+    and the rows that aggregate nothing (Byzantine, nothing heard) set to their sent (here rounded)
+    heads."""
+    d = _gossip(small_scenario, **{"engine.message_dtype": dtype, "engine.aggregate_chunk": 7,
+                                   "peers.byzantine_fraction": 0.2, "peers.attack.name": attack})
+    out = []
+    for writer in (PeerGroup._result_writer, GossipAggregation._result_writer):
+        monkeypatch.setattr(PeerGroup, "_result_writer", writer)
+        groups = [_group(d, i)[0] for i in range(2)]
+        for r in range(2):
+            msgs = [g.train(r)[0] for g in groups]
+            for g in groups:
+                g.aggregate(r, *msgs)
+        out.append([torch.cat([g.w.flatten(1), g.b], 1) for g in groups])
+    assert all(torch.equal(a, b) for a, b in zip(*out, strict=True))
+
+
+def test_bias_free_heads_are_layout_independent_in_process(small_scenario):
+    """A bias-free head flattens to a view of w; sent as it is, a group aggregating first would
+    overwrite what the other group reads. One group and two give the same metrics."""
+
+    def metrics(name, actors):
+        r = Run(parse(_gossip(small_scenario, name=name, **{"strategy.name": "fedavg", "training.bias": False,
+                                                             "engine.num_actors": actors})))
+        r.create_dir()
+        r.execute()
+        return (r.dir / "metrics.jsonl").read_bytes()
+
+    assert metrics("one", 1) == metrics("two", 2)
+
+
+def test_trained_copies_live_from_training_to_the_end_of_aggregation(small_scenario):
+    g, _ = _group(_gossip(small_scenario))
+    other, _ = _group(_gossip(small_scenario), 1)
+    assert g.cwr and g.tw.numel() == 0
+    msgs = [g.train(0)[0], other.train(0)[0]]
+    assert g.tw.shape == g.w.shape and g.tb.shape == g.b.shape
+    g.aggregate(0, *msgs)
+    assert g.tw.untyped_storage().nbytes() == 0 and g.tb.untyped_storage().nbytes() == 0
+
+
+def test_consolidate_writes_in_place_the_own_classes_rows():
+    w, b, tw, tb = torch.randn(4, 3, 5), torch.randn(4, 3), torch.randn(4, 3, 5), torch.randn(4, 3)
+    own = torch.rand(4, 3) < 0.5
+    want_w, want_b = torch.where(own[..., None], tw, w), torch.where(own, tb, b)
+    ptr = w.data_ptr()
+    heads.consolidate(w, b, tw, tb, own)
+    assert torch.equal(w, want_w) and torch.equal(b, want_b) and w.data_ptr() == ptr
