@@ -34,11 +34,20 @@ MESSAGE_DTYPES: dict[str, torch.dtype] = {
 def encode(heads: Tensor, dtype: str) -> np.ndarray:
     """Flattened heads ``[p, P]`` (float32) as the message array a group sends: float32 as it is,
     float16 as NumPy float16, bfloat16 as its raw 16-bit patterns (NumPy has no bfloat16; ``uint16``)."""
+    if _checked(dtype) == "float32":
+        return heads.numpy()
+    return _as_message(heads.to(MESSAGE_DTYPES[dtype]), dtype)
+
+
+def _checked(dtype: str) -> str:
+    """``dtype`` if it is one of :data:`MESSAGE_DTYPES`, else the one-line error."""
     if dtype not in MESSAGE_DTYPES:
         raise ValueError(f"engine.message_dtype: got {dtype!r}; allowed: {', '.join(MESSAGE_DTYPES)}")
-    if dtype == "float32":
-        return heads.numpy()
-    out = heads.to(MESSAGE_DTYPES[dtype])
+    return dtype
+
+
+def _as_message(out: Tensor, dtype: str) -> np.ndarray:
+    """A half-precision tensor as the message array (bfloat16 as its raw 16-bit patterns)."""
     return (out.view(torch.uint16) if dtype == "bfloat16" else out).numpy()
 
 
@@ -46,17 +55,15 @@ def encode_head(w: Tensor, b: Tensor | None, dtype: str) -> np.ndarray:
     """:func:`encode` of ``fedlib.heads.flatten(w, b)`` (``w [p, C, d]``, ``b [p, C]`` or None), always a
     new array: in half precision converted straight into the message (no float32 ``[p, P]``
     concatenation first; the same values), in float32 the concatenation (a copy even without a bias)."""
-    if dtype not in MESSAGE_DTYPES:
-        raise ValueError(f"engine.message_dtype: got {dtype!r}; allowed: {', '.join(MESSAGE_DTYPES)}")
     flat_w = w.reshape(w.shape[0], -1)
-    if dtype == "float32":
+    if _checked(dtype) == "float32":
         return (flat_w.clone() if b is None else torch.cat([flat_w, b], dim=1)).numpy()
     cd = flat_w.shape[1]
     out = torch.empty(w.shape[0], cd + (0 if b is None else b.shape[1]), dtype=MESSAGE_DTYPES[dtype])
     out[:, :cd].copy_(flat_w)
     if b is not None:
         out[:, cd:].copy_(b)
-    return (out.view(torch.uint16) if dtype == "bfloat16" else out).numpy()
+    return _as_message(out, dtype)
 
 
 def decode(message: np.ndarray) -> Tensor:
