@@ -2,6 +2,7 @@
 very records the run wrote."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -94,3 +95,25 @@ def test_import_fedsim_stays_light():
     code = "import sys, fedsim; print(int(any(m in sys.modules for m in ('torch', 'ray'))))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "0"
+
+
+def test_python_m_fedsim_is_the_fedsim_command():
+    """`python -m fedsim` runs the console script's entry point (pyproject `[project.scripts]`)."""
+    from pathlib import Path
+
+    import tomllib
+
+    from fedsim.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["fedsim"] == "fedsim.cli:main"
+    res = subprocess.run([sys.executable, "-m", "fedsim", "--help"], capture_output=True, text=True, timeout=120,
+                         cwd=root, env=dict(os.environ, PYTHONPATH=str(root)))
+    assert res.returncode == 0, res.stderr[-2000:]
+    ours = CliRunner().invoke(main, ["--help"], prog_name="fedsim")
+    # the same help as the console script's, past the usage line (click names the program by how it
+    # started), up to line wrapping (the terminal's width)
+    usage, rest = res.stdout.split("\n", 1)
+    assert usage.startswith("Usage: python -m fedsim ")
+    assert rest.split() == ours.output.split("\n", 1)[1].split()
