@@ -31,12 +31,9 @@ class _StopRef:
                   alpha: float) -> tuple[float, float]:
         """``(D⁺, c_α)`` as the ascent computes it with these keyword arguments."""
         k = self.strata
-        if "forget_groups" in k:
-            return ap.grouped_membership_statistic(forget_losses, k["forget_strata"], k["forget_groups"],
-                                                   reference_losses, k["reference_strata"], k["reference_groups"],
-                                                   alpha)
-        return ap.membership_statistic(forget_losses, k.get("forget_strata", forget_y), reference_losses,
-                                       k.get("reference_strata", self.y), alpha)
+        return ap.stopping_statistic(forget_losses, k.get("forget_strata", forget_y), reference_losses,
+                                     k.get("reference_strata", self.y), alpha, k.get("forget_groups"),
+                                     k.get("reference_groups"))
 
 
 def _stop_reference(cfg: dict[str, Any], ctx: _Ctx, peer: int, forget: tuple[Tensor, Tensor],

@@ -17,8 +17,8 @@ from attacks.probes import (
     train_heads,
     train_shadow_heads,
     unlearn_gradient_ascent,
+    unlearning_stop,
 )
-from attacks.probes import unlearning as unlearning_mod
 from attacks.probes._head import ce_gradient, ce_losses
 
 C, D = 5, 40
@@ -223,20 +223,24 @@ def test_membership_rule_fires_past_outliers(outlier_case) -> None:
 
 def test_prior_matching_rules_fail_the_same_check(outlier_case, monkeypatch) -> None:
     """Mutants: the mean-loss rule (``criterion="loss"``) and a membership statistic replaced by
-    "mean forget loss vs the class-balanced held-out loss" stop at step 0 and fail the check."""
+    "mean forget loss vs the class-balanced held-out loss" (swapped where it is defined,
+    :mod:`attacks.probes.unlearning_stop`, the one place every path looks it up) stop at step 0 and
+    fail the check."""
     c = outlier_case
     new, tr = _ascent(c, criterion="loss")
     with pytest.raises(AssertionError):
         _removes_influence(c, new, tr)
 
-    def balanced_mean(lf, yf, lr_, yr, alpha=0.05):  # noqa: ARG001 - the mutant's signature
-        per_class = torch.stack([lr_[yr == k].mean() for k in yr.unique()])
-        return max(float(per_class.mean() - lf.mean()), 0.0), 0.0
-
-    monkeypatch.setattr(unlearning_mod, "membership_statistic", balanced_mean)
+    monkeypatch.setattr(unlearning_stop, "membership_statistic", _balanced_mean)
     new, tr = _ascent(c, criterion="membership")
     with pytest.raises(AssertionError):
         _removes_influence(c, new, tr)
+
+
+def _balanced_mean(lf, yf, lr_, yr, alpha=0.05):  # noqa: ARG001 - the mutant's signature
+    """Mutant statistic: mean forget loss vs the class-balanced held-out loss, at null level 0."""
+    per_class = torch.stack([lr_[yr == k].mean() for k in yr.unique()])
+    return max(float(per_class.mean() - lf.mean()), 0.0), 0.0
 
 
 def test_path_recorded_with_documented_keys(case) -> None:
@@ -357,6 +361,26 @@ def test_canary_reference_lets_the_rule_see_the_canaries(canary_case) -> None:
     new, tr = _canary_ascent(c, **c["strata"], **c["groups"])
     _forgets_the_canaries(c, new, tr)
     assert tr.statistic[0] > tr.threshold[0]
+
+
+def _swapped(lf, yf, lr_, yr, alpha=0.05):
+    """Mutant statistic: the two sets swapped (the other tail: reference losses below the forget
+    set's, the forget set re-weighted to the reference's mix)."""
+    return membership_statistic(lr_, yr, lf, yf, alpha)
+
+
+@pytest.mark.parametrize("mutant", [_balanced_mean, _swapped])
+def test_a_mutant_statistic_fails_through_the_grouped_path(canary_case, mutant, monkeypatch) -> None:
+    """The grouped rule (``forget_groups``) computes each group's ``D⁺`` with the one
+    ``membership_statistic`` of :mod:`attacks.probes.unlearning_stop`: a mutant swapped there
+    reaches it and fails the canary check."""
+    calls = []
+    monkeypatch.setattr(unlearning_stop, "membership_statistic", lambda *a: calls.append(1) or mutant(*a))
+    c = canary_case
+    new, tr = _canary_ascent(c, **c["strata"], **c["groups"])
+    assert calls  # the grouped path looked the statistic up where it is defined
+    with pytest.raises(AssertionError):
+        _forgets_the_canaries(c, new, tr)
 
 
 @pytest.mark.parametrize("mutant", ["pooled", "natural_reference"])

@@ -96,12 +96,13 @@ from attacks.probes.retrain_gap import (
 from attacks.probes.rollback import gossip_rollback, heavy_ball_jacobian
 from attacks.probes.unlearning import unlearn_gradient_ascent
 from attacks.probes.unlearning_eval import ModelEvaluation, UnlearningReport, evaluate_model, evaluate_unlearning
-from attacks.probes.unlearning_stop import grouped_membership_statistic, membership_statistic
+from attacks.probes.unlearning_stop import grouped_membership_statistic, membership_statistic, stopping_statistic
 from attacks.probes.unlearning_trace import UnlearningTrace
 
 __all__ = [
     "accuracy", "bias_only", "ce_gradient", "finetune_on_retain", "function_gap", "gap_closed",
     "kl_and_disagreement", "grouped_membership_statistic", "membership_statistic", "newton_removal",
+    "stopping_statistic",
     "gossip_rollback", "heavy_ball_jacobian", "hessian_vector",
     "MembershipTest", "ce_losses", "clopper_pearson", "crossfit_advantage", "lira_scores", "logit_confidence",
     "membership_test", "tpr_at_fixed_fpr", "train_heads_sgd",

@@ -64,9 +64,7 @@ import torch
 from torch import Tensor
 
 from attacks.probes._head import accuracy, ce_gradient, ce_losses, head_logits
-
-# the ascent looks the statistics up here (a test swaps membership_statistic on this module)
-from attacks.probes.unlearning_stop import grouped_membership_statistic, membership_statistic
+from attacks.probes.unlearning_stop import stopping_statistic
 from attacks.probes.unlearning_trace import UnlearningTrace
 
 Dataset = tuple[Tensor, Tensor]
@@ -171,11 +169,7 @@ def unlearn_gradient_ascent(
         lf, lr_ = ce_losses(zf, forget_y), ce_losses(zr, reference_y)
         e = _Eval(float(lf.mean()), float(lr_.mean()), accuracy(zf, forget_y), accuracy(zr, reference_y))
         if member:
-            if forget_groups is None:
-                e.stat, e.thr = membership_statistic(lf, sf, lr_, sr, alpha)
-            else:
-                e.stat, e.thr = grouped_membership_statistic(lf, sf, forget_groups, lr_, sr, reference_groups,  # type: ignore[arg-type]
-                                                             alpha)
+            e.stat, e.thr = stopping_statistic(lf, sf, lr_, sr, alpha, forget_groups, reference_groups)
         return e
 
     start = evaluate(theta0)

@@ -98,3 +98,18 @@ def grouped_membership_statistic(forget_losses: Tensor, forget_strata: Tensor, f
             worst = (d, c)
     assert worst is not None
     return worst
+
+
+def stopping_statistic(forget_losses: Tensor, forget_strata: Tensor, reference_losses: Tensor,
+                       reference_strata: Tensor, alpha: float = 0.05, forget_groups: Tensor | None = None,
+                       reference_groups: Tensor | None = None) -> tuple[float, float]:
+    """The membership stopping rule's ``(D⁺, c)``: one pooled :func:`membership_statistic`, or with
+    groups (both or neither) :func:`grouped_membership_statistic`. The one place both the ascent
+    and the harness's check compute it, so both paths call ``membership_statistic`` through this
+    module (a test swaps it here)."""
+    if (forget_groups is None) != (reference_groups is None):
+        raise ValueError("give both forget_groups and reference_groups, or neither")
+    if forget_groups is None:
+        return membership_statistic(forget_losses, forget_strata, reference_losses, reference_strata, alpha)
+    return grouped_membership_statistic(forget_losses, forget_strata, forget_groups, reference_losses,
+                                        reference_strata, reference_groups, alpha)  # type: ignore[arg-type]
