@@ -46,7 +46,7 @@ def shift(
     new_train: list[np.ndarray] = [np.zeros(0, np.int64)] * len(names)
     new_val, test_idx = list(new_train), list(new_train)
     off_tr = off_te = 0
-    for name in dict.fromkeys(names):  # the used domains, in order of first peer
+    for name in dom.used_domains(sc.peers.count, sc.dataset.domains):
         peers = [i for i, n in enumerate(names) if n == name]
         shifted = Dataset(f"{ds.name}@{name}", dom.transform(name, ds.x_train, sc.seed, "train"), ds.y_train,
                           dom.transform(name, ds.x_test, sc.seed, "test"), ds.y_test, ds.num_classes)

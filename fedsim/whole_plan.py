@@ -114,11 +114,13 @@ def memory_estimate(sc: Scenario, info: DatasetInfo) -> tuple[Any, int]:
     it adds (counted in its ``heads`` entry): every module output of the trainable part for one
     sample (a forward pass of zeros), × batch size × the peers of the largest group × 3 (the
     output, its gradient and the module's saved inputs, roughly). Parameters and messages are the
-    trainable count, data copies the frozen prefix's output size."""
+    trainable count, data copies the frozen prefix's output size; a feature shift
+    (``dataset.domains``) holds one test set per used domain (:func:`fedsim.domain_shift.shift`)."""
     import math
 
     import attacks
     from fedsim import limits
+    from fedsim.data.domains import used_domains
     from fedsim.models.backbones import extract_features, get_spec
     from fedsim.models.trainable import frozen_inputs
 
@@ -139,9 +141,11 @@ def memory_estimate(sc: Scenario, info: DatasetInfo) -> tuple[Any, int]:
     concurrent = groups if sc.engine.backend == "ray" else 1
     activations = limits.FLOAT * sum(sizes) * sc.training.batch_size * per_group * concurrent * 3
     attack = attacks.build(sc.peers.attack.name, sc.peers.attack.params) if sc.peers.attack.name != "none" else None
+    # the shifted run's training rows are each peer's own (partitions are disjoint: at most n_train)
+    test_sets = max(1, len(used_domains(sc.peers.count, sc.dataset.domains)))
     est = limits.estimate_memory(
         peers=sc.peers.count, num_params=sum(p.numel() for p in suffix.parameters()), dim=int(x[0].numel()),
-        n_train=info.n_train, n_test=info.n_test, groups=groups, concurrent=concurrent,
+        n_train=info.n_train, n_test=info.n_test * test_sets, groups=groups, concurrent=concurrent,
         adam=sc.training.optimizer == "adam", consolidated=False,
         forged=isinstance(attack, attacks.UpdateForger) and sc.peers.num_byzantine > 0,
         edges=0 if sc.mode == "federated" else limits.directed_edges(

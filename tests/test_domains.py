@@ -101,6 +101,30 @@ def test_evaluation_is_on_each_peers_own_test_rows(tmp_path):
         assert ev["loss"][j] == pytest.approx(float(lo[0]), rel=1e-5)
 
 
+def test_the_memory_estimate_counts_every_domains_test_set(tmp_path, monkeypatch):
+    """The shifted run holds one test set per domain, on the driver and in every group; validation's
+    estimate (:func:`fedsim.whole_plan.memory_estimate`) counts the rows the run's arrays hold, and
+    so refuses a shift whose test sets do not fit where the unshifted run does."""
+    from fedsim import limits
+    from fedsim.data.datasets import dataset_info
+    from fedsim.whole_plan import memory_estimate
+
+    sc = _scenario(tmp_path, **{"engine.num_actors": 2})
+    plain = _scenario(tmp_path, **{"engine.num_actors": 2, "dataset.domains": []})
+    info = dataset_info("mnist10k")
+    f = prepare(sc).features
+    row = limits.FLOAT * int(np.prod(f.x_test.shape[1:]))  # bytes of one frozen-prefix input
+    assert len(f.x_test) == len(SHIFT) * info.n_test and len(f.x_train) <= info.n_train
+    est, _ = memory_estimate(sc, info)
+    assert est.data == row * (2 * info.n_train + len(f.x_test) * (1 + 2))  # driver + 2 groups
+    assert est.data - memory_estimate(plain, info)[0].data == row * (len(SHIFT) - 1) * info.n_test * (1 + 2)
+    # validation calls the same estimate: a machine the unshifted run fits, the shifted one not
+    monkeypatch.setattr(limits, "machine_memory", lambda: (est.total + memory_estimate(plain, info)[0].total) // 2)
+    _scenario(tmp_path, **{"engine.num_actors": 2, "dataset.domains": []})
+    with pytest.raises(ScenarioError, match=r"model\.trainable: the run needs about .* data copies"):
+        _scenario(tmp_path, **{"engine.num_actors": 2})
+
+
 @pytest.mark.parametrize("bn", ["exchanged", "local"])
 def test_bn_local_keeps_each_peers_batchnorm_and_exchanged_equalises_it(tmp_path, bn):
     """Two rounds of FedAvg on the complete graph under the shift: with ``exchanged`` every peer ends

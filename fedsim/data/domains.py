@@ -110,6 +110,13 @@ def peer_domains(num_peers: int, domains: Sequence[str]) -> list[str]:
     return [domains[i % len(domains)] for i in range(num_peers)]
 
 
+def used_domains(num_peers: int, domains: Sequence[str]) -> list[str]:
+    """The domains some peer has, each once, in order of first peer (none without a shift): the
+    shifted run holds one copy of the test set per domain (:func:`fedsim.domain_shift.shift`), and
+    the memory estimate counts them (:func:`fedsim.whole_plan.memory_estimate`)."""
+    return list(dict.fromkeys(peer_domains(num_peers, domains))) if domains else []
+
+
 def domain_error(domains: Sequence[str], *, whole: bool, mode: str, peers: int,
                  sample_shape: tuple[int, ...] | None = None, dtype: str | None = None) -> str | None:
     """Why ``dataset.domains`` cannot apply to this scenario (one line), or None. ``sample_shape``
