@@ -23,7 +23,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from federated_unlearning_seeds import mean_ci  # benchmarks/ is on sys.path when run as a script
+import panel_figure  # benchmarks/ is on sys.path when run as a script
+from federated_unlearning_seeds import mean_ci
 
 from fedsim.plot import OKABE_ITO
 
@@ -96,14 +97,8 @@ def main() -> None:
     panels = [(cond, table(args.runs, cond, args.seeds)) for cond in args.conds]
     if args.out is None:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
     titles = {"shift": "feature shift: 5 domains, 2 peers each", "noshift": "control: no shift (identity)"}
-    fig = Figure(figsize=(4.4 * len(panels), 3.6))
-    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    fig, axes = panel_figure.panels(len(panels), 4.4)
     for ax, (cond, curves) in zip(axes, panels, strict=True):
         for k, (bn, label) in enumerate(ARMS.items()):
             rs = sorted(curves[bn])
@@ -117,12 +112,7 @@ def main() -> None:
         ax.set_title(f"{titles.get(cond, cond)}\nmean of {len(args.seeds)} seeds, 95% t-band", fontsize=9)
         ax.set_xlabel("rounds")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("own-domain test accuracy, %")
-    axes[-1].legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=130)
-    print(args.out)
+    panel_figure.save(fig, axes, args.out, "own-domain test accuracy, %", "lower right")
 
 
 if __name__ == "__main__":

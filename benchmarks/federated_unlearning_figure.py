@@ -23,7 +23,8 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from federated_unlearning_seeds import load, mean_ci  # benchmarks/ is on sys.path when run as a script
+import panel_figure  # benchmarks/ is on sys.path when run as a script
+from federated_unlearning_seeds import load, mean_ci
 
 from fedsim.plot import OKABE_ITO
 
@@ -42,13 +43,7 @@ def main() -> None:
             raise SystemExit(f"--runs {spec!r}: expected LABEL=DIR,DIR,...")
         panels.append((label, load(dirs.split(","))))
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(4.2 * len(panels), 3.6))
-    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    fig, axes = panel_figure.panels(len(panels), 4.2)
     for ax, (label, entries) in zip(axes, panels, strict=True):
         rs = entries[0]["rounds_after"]
         arms = entries[0]["arms"]
@@ -69,12 +64,7 @@ def main() -> None:
         ax.set_title(f"{label} ({len(entries)} seeds, hop {args.hop})", fontsize=10)
         ax.set_xlabel("rounds after the leaver left (R)")
         ax.set_xticks(rs)
-    axes[0].set_ylabel("canary membership advantage")
-    axes[-1].legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=130)
-    print(args.out)
+    panel_figure.save(fig, axes, args.out, "canary membership advantage", "upper right")
 
 
 if __name__ == "__main__":
