@@ -31,14 +31,6 @@ MESSAGE_DTYPES: dict[str, torch.dtype] = {
 }
 
 
-def encode(heads: Tensor, dtype: str) -> np.ndarray:
-    """Flattened heads ``[p, P]`` (float32) as the message array a group sends: float32 as it is,
-    float16 as NumPy float16, bfloat16 as its raw 16-bit patterns (NumPy has no bfloat16; ``uint16``)."""
-    if _checked(dtype) == "float32":
-        return heads.numpy()
-    return _as_message(heads.to(MESSAGE_DTYPES[dtype]), dtype)
-
-
 def _checked(dtype: str) -> str:
     """``dtype`` if it is one of :data:`MESSAGE_DTYPES`, else the one-line error."""
     if dtype not in MESSAGE_DTYPES:
@@ -52,8 +44,10 @@ def _as_message(out: Tensor, dtype: str) -> np.ndarray:
 
 
 def encode_head(w: Tensor, b: Tensor | None, dtype: str) -> np.ndarray:
-    """:func:`encode` of ``fedlib.heads.flatten(w, b)`` (``w [p, C, d]``, ``b [p, C]`` or None), always a
-    new array: in half precision converted straight into the message (no float32 ``[p, P]``
+    """The message array a group sends for its heads ``w [p, C, d]``, ``b [p, C]`` or None: their
+    flattened layout ``fedlib.heads.flatten(w, b)`` ``[p, P]``, float32 as it is, float16 as NumPy
+    float16, bfloat16 as its raw 16-bit patterns (NumPy has no bfloat16; ``uint16``). Always a new
+    array: in half precision converted straight into the message (no float32 ``[p, P]``
     concatenation first; the same values), in float32 the concatenation (a copy even without a bias)."""
     flat_w = w.reshape(w.shape[0], -1)
     if _checked(dtype) == "float32":
@@ -67,7 +61,7 @@ def encode_head(w: Tensor, b: Tensor | None, dtype: str) -> np.ndarray:
 
 
 def decode(message: np.ndarray) -> Tensor:
-    """A message array as a tensor, without copying (``uint16`` is bfloat16, see :func:`encode`)."""
+    """A message array as a tensor, without copying (``uint16`` is bfloat16, see :func:`encode_head`)."""
     with warnings.catch_warnings():  # a Ray object-store array is read-only; it is only ever read here
         warnings.simplefilter("ignore", UserWarning)
         t = torch.from_numpy(np.asarray(message))

@@ -78,12 +78,21 @@ def test_local_steps_hold_one_gradient_at_a_time(monkeypatch, weight_decay):
         assert len({r().data_ptr() for r in grads if r() is not None}) <= 1
 
 
+def _encoded(flat: torch.Tensor, dtype: str) -> np.ndarray:
+    """The message of flattened heads, spelled out: float32 as it is, float16 as NumPy float16,
+    bfloat16 as its raw 16-bit patterns (``uint16``)."""
+    if dtype == "float32":
+        return flat.numpy()
+    half = flat.to(getattr(torch, dtype))
+    return (half.view(torch.uint16) if dtype == "bfloat16" else half).numpy()
+
+
 def test_encode_head_equals_encoding_the_flattened_heads_and_is_never_a_view():
     w, b = torch.randn(5, 3, 4), torch.randn(5, 3)
     for dtype in ("float32", "float16", "bfloat16"):
         for bias in (b, None):
             got = routing.encode_head(w, bias, dtype)
-            want = routing.encode(strategies.flatten(w, bias), dtype)
+            want = _encoded(strategies.flatten(w, bias), dtype)
             assert got.dtype == want.dtype and np.array_equal(got, want)
             assert not np.shares_memory(got, w.numpy())
     with pytest.raises(ValueError, match=r"^engine.message_dtype: got 'fp8'"):

@@ -12,7 +12,7 @@ import torch
 from fedsim.errors import ScenarioError
 from fedsim.peers import PeerGroup
 from fedsim.prepare import prepare
-from fedsim.routing import Rows, decode, encode
+from fedsim.routing import Rows, decode, encode_head
 from fedsim.runner import Run
 from fedsim.scenario import parse
 
@@ -48,19 +48,20 @@ def test_rows_gathers_what_the_concatenation_holds():
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_messages_round_trip_to_the_rounded_heads(dtype):
-    heads = torch.randn(4, 6)
-    msg = encode(heads, dtype)
-    assert msg.itemsize == 2
+    w, b = torch.randn(4, 2, 2), torch.randn(4, 2)
+    heads = torch.cat([w.reshape(4, -1), b], dim=1)  # the flattened heads [vec(W), b], [4, 6]
+    msg = encode_head(w, b, dtype)
+    assert msg.itemsize == 2 and msg.shape == (4, 6)
     back = Rows([decode(msg)])[torch.arange(4)]
     assert back.dtype == torch.float32
     assert torch.equal(back, heads.to(getattr(torch, dtype)).float())
     assert not torch.equal(back, heads)
-    assert encode(heads, "float32").dtype == np.float32
+    assert encode_head(w, b, "float32").dtype == np.float32
 
 
 def test_encode_refuses_an_unknown_dtype_in_one_line():
     with pytest.raises(ValueError, match=r"^engine.message_dtype: got 'fp8'; allowed: float32, float16, bfloat16$"):
-        encode(torch.zeros(1, 2), "fp8")
+        encode_head(torch.zeros(1, 1, 2), None, "fp8")
 
 
 @pytest.mark.parametrize("strategy", ["bristle", "fedavg"])  # in this small run Bristle keeps its own heads
