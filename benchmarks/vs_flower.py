@@ -54,7 +54,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (floor
 os.environ.setdefault("FLWR_LOG_LEVEL", "WARNING")  # Flower's own knob: no per-round INFO lines
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from floor import client_batch, floor_seconds  # noqa: E402
+from floor import client_batch, floor_seconds, flop_per_client_round  # noqa: E402
 
 import fedsim  # noqa: E402
 from fedsim.features import load_features  # noqa: E402
@@ -288,7 +288,10 @@ def main() -> None:
         f"within 2x of the floor: on Ray {floor_goal('floor_ratio')}, in-process {floor_goal('floor_ratio_local')}"
     )
     for r in rows:
-        print(f"# N={r['N']}: floor {r['floor_s_per_client_round'] * 1e6:.1f} µs/client-round ({r['floor_variant']})")
+        b = client_batch(r["N"], TRAIN["batch_size"], TRAIN_SAMPLES)
+        flop = flop_per_client_round(batch=b, steps=TRAIN["local_steps"])
+        print(f"# N={r['N']}: floor {r['floor_s_per_client_round'] * 1e6:.1f} µs/client-round ({r['floor_variant']}), "
+              f"batch {b}, {flop / 1e6:.3f} MFLOP/client-round")
     print(f"# {load()}")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2) + "\n")
