@@ -182,7 +182,7 @@ def floor_seconds(n: int, batch: int = BATCH, threads: Sequence[int] = (1, 2), r
             continue
         chunk = ch or n
         sec = time_variant(v, n, batch, th, fresh, chunk, repeats)
-        lab = f"{v.name} {th}t {'fresh' if fresh else 'reused'} chunk {chunk}"
+        lab = f"{v.name} {th}t {'fresh' if fresh else 'reused'} {'all' if chunk == n else f'chunk {chunk}'}"
         if table is not None:
             table.append((lab, sec))
         if sec < best:
