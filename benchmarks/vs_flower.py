@@ -34,7 +34,7 @@ Both engines' accuracies must agree within ``ACC_TOL`` (the script exits 1 other
 ``--busy-core`` starts a process that spins on one core for the whole benchmark (the normal state
 of a laptop or a shared server) and stops it at the end. Every row also gives fedsim's cost per
 client-round divided by the arithmetic floor of the same work (``benchmarks/floor.py``: the same
-GEMMs as one tight batched loop, measured in this run with the same load).
+GEMMs as one tight batched loop, the fastest of its variants, measured in this run with the same load).
     python benchmarks/vs_flower.py --sizes 10,100 --rounds 30 --flower-rounds 30,10
 """
 
@@ -54,7 +54,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (floor
 os.environ.setdefault("FLWR_LOG_LEVEL", "WARNING")  # Flower's own knob: no per-round INFO lines
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from floor import floor_seconds  # noqa: E402
+from floor import client_batch, floor_seconds, flop_per_client_round  # noqa: E402
 
 import fedsim  # noqa: E402
 from fedsim.features import load_features  # noqa: E402
@@ -241,10 +241,10 @@ def main() -> None:
                 "load_before": l0,
                 "load_after": load(),
             }
-            # the same arithmetic on every CPU (fedsim's engines use both: 2 actors, or 2 threads
-            # in-process), with the minibatch a client really has (min(batch, its shard))
-            row["floor_s_per_client_round"] = floor_seconds(
-                n, threads=os.cpu_count() or 1, batch=min(TRAIN["batch_size"], TRAIN_SAMPLES // n)
+            # the same arithmetic, its fastest variant at 1 or 2 threads (floor.py), with the rows a
+            # client really trains on (min(batch, its training shard): 7 at N = 1,000)
+            row["floor_s_per_client_round"], row["floor_variant"] = floor_seconds(
+                n, client_batch(n, TRAIN["batch_size"], TRAIN_SAMPLES)
             )
             row["floor_ratio"] = 1 / (row["fedsim_rounds_per_s"] * n) / row["floor_s_per_client_round"]
             row["floor_ratio_local"] = 1 / (row["fedsim_local_rounds_per_s"] * n) / row["floor_s_per_client_round"]
@@ -287,6 +287,11 @@ def main() -> None:
         f"target fedsim >= {goal}x Flower at N>=100: on Ray {target('ratio')}, in-process {target('ratio_local')}; "
         f"within 2x of the floor: on Ray {floor_goal('floor_ratio')}, in-process {floor_goal('floor_ratio_local')}"
     )
+    for r in rows:
+        b = client_batch(r["N"], TRAIN["batch_size"], TRAIN_SAMPLES)
+        flop = flop_per_client_round(batch=b, steps=TRAIN["local_steps"])
+        print(f"# N={r['N']}: floor {r['floor_s_per_client_round'] * 1e6:.1f} µs/client-round ({r['floor_variant']}), "
+              f"batch {b}, {flop / 1e6:.3f} MFLOP/client-round")
     print(f"# {load()}")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2) + "\n")

@@ -1,0 +1,36 @@
+"""FedAvg without the own vector (the federated server's rule) keeps its float64 working copy in
+a buffer between calls: every call's mean is still exactly the mean of a fresh float64 copy."""
+
+from __future__ import annotations
+
+import torch
+
+import strategies
+from strategies._math import to_like
+
+
+def _fresh(own: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
+    return to_like(received.double().mean(dim=-2), own)
+
+
+def test_server_mean_equals_a_fresh_float64_mean_call_after_call():
+    rule = strategies.build("fedavg", {"include_own": False})
+    g = torch.Generator().manual_seed(0)
+    own = torch.zeros(7)
+    for shape in [(5, 7), (5, 7), (5, 7), (3, 5, 7), (9, 7), (5, 7)]:
+        received = torch.randn(*shape, generator=g) * 1e3
+        got = rule._mean(own if len(shape) == 2 else own.expand(shape[0], 7), received)
+        assert torch.equal(got, _fresh(own, received)), shape
+    t = torch.randn(7, 5, generator=g).T  # not contiguous: strides differ from a fresh buffer's
+    assert torch.equal(rule._mean(own, t), _fresh(own, t))
+    big = torch.full((4, 7), 3e38)  # float64 work: the float32 sum would overflow
+    assert torch.equal(rule._mean(own, big), torch.full((7,), 3e38))
+
+
+def test_the_buffer_is_reused_while_the_shape_lasts():
+    rule = strategies.build("fedavg", {"include_own": False})
+    rule._mean(torch.zeros(3), torch.ones(4, 3))
+    buf = rule.__dict__["_work"]
+    rule._mean(torch.zeros(3), torch.full((4, 3), 2.0))
+    assert rule.__dict__["_work"] is buf
+    assert rule == strategies.build("fedavg", {"include_own": False})  # not a field: equality unchanged
