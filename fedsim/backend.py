@@ -56,28 +56,6 @@ def lean_stopped_daemons(log_to_driver: bool) -> list[str]:
     return ["monitor", "dashboard", *([] if log_to_driver else ["log_monitor"])]
 
 
-def lean_environment() -> dict[str, str]:
-    """Environment of a lean start's Ray processes (set while Ray starts them, so the driver keeps
-    its own; a value the user set is kept): glibc's ``MALLOC_MMAP_THRESHOLD_`` at 1 MiB, so an
-    actor's allocations of 1 MiB or more are mapped and unmapped, returned to the system when freed,
-    instead of kept in its heap (glibc's default threshold grows to 32 MiB as large blocks are
-    freed; at 10,000 peers each actor kept ~110-140 MiB of freed heap, ~60 MiB of it at the peak).
-    Results do not depend on it (``metrics.jsonl`` byte-identical)."""
-    return {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
-
-
-@contextlib.contextmanager
-def _environment(env: dict[str, str]) -> Iterator[None]:
-    """``env`` in ``os.environ`` (a variable already set is left as it is) until the block ends."""
-    added = [k for k in env if k not in os.environ]
-    os.environ.update({k: env[k] for k in added})
-    try:
-        yield
-    finally:
-        for k in added:
-            os.environ.pop(k, None)
-
-
 def _lean() -> bool:
     return os.environ.get(LEAN_ENV, "1").strip() != "0"
 
@@ -255,7 +233,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_dri
         kw["_temp_dir"] = str(private_ray_dir() / "ray")
         if lean:
             kw["_system_config"] = lean_system_config()
-        with _loopback_node(), _environment(lean_environment() if lean else {}):
+        with _loopback_node():
             ray.init(**kw)
         if lean:
             _stop_daemons(ray, lean_stopped_daemons(log_to_driver))

@@ -41,18 +41,6 @@ def test_fedsims_own_ray_prestarts_no_workers(ray_session) -> None:
     assert cfg.get("enable_worker_prestart") is False and cfg.get("prestart_worker_first_driver") is False
 
 
-_MMAP = "MALLOC_MMAP_THRESHOLD_"
-
-
-def test_fedsims_own_ray_starts_its_workers_with_the_lean_environment(ray_session) -> None:
-    @ray_session.remote(num_cpus=1)
-    def env() -> str | None:
-        return os.environ.get(_MMAP)
-
-    assert ray_session.get(env.remote()) == backend.lean_environment()[_MMAP] == "1048576"
-    assert _MMAP not in os.environ  # the driver's own is left as it was
-
-
 class _FakeRay:
     """Stands in for ``ray`` in :func:`fedsim.backend.init_ray`: records ``ray.init``'s arguments."""
 
@@ -61,7 +49,7 @@ class _FakeRay:
 
         self.calls: list[dict[str, Any]] = []
         monkeypatch.setattr(ray, "is_initialized", lambda: False)
-        monkeypatch.setattr(ray, "init", lambda **kw: self.calls.append(kw | {"env": os.environ.get(_MMAP)}))
+        monkeypatch.setattr(ray, "init", lambda **kw: self.calls.append(kw))
         self.stopped: list[list[str]] = []
         monkeypatch.setattr(backend, "_stop_daemons", lambda ray, kinds: self.stopped.append(kinds) or kinds)
         monkeypatch.setattr(backend, "check_reachable", lambda address, timeout=5.0: None)
@@ -72,12 +60,10 @@ def test_a_local_start_asks_for_a_lean_ray(monkeypatch, log_to_driver) -> None:
     pytest.importorskip("ray")
     monkeypatch.delenv(backend.LEAN_ENV, raising=False)
     monkeypatch.delenv("RAY_USAGE_STATS_ENABLED", raising=False)
-    monkeypatch.delenv(_MMAP, raising=False)
     fake = _FakeRay(monkeypatch)
     assert backend.init_ray(num_cpus=2, log_to_driver=log_to_driver)
     assert os.environ["RAY_USAGE_STATS_ENABLED"] == "0"
     assert fake.calls[0]["_system_config"] == backend.lean_system_config()
-    assert fake.calls[0]["env"] == "1048576" and _MMAP not in os.environ  # only while Ray starts
     assert fake.stopped == [backend.lean_stopped_daemons(log_to_driver)]
     assert ("log_monitor" in fake.stopped[0]) is not log_to_driver  # the workers' output still reaches the driver
 
@@ -86,7 +72,6 @@ def test_a_cluster_address_and_lean_off_get_ray_as_it_comes(monkeypatch) -> None
     pytest.importorskip("ray")
     monkeypatch.delenv(backend.LEAN_ENV, raising=False)
     monkeypatch.delenv("RAY_USAGE_STATS_ENABLED", raising=False)
-    monkeypatch.delenv(_MMAP, raising=False)
     fake = _FakeRay(monkeypatch)
     assert backend.init_ray("127.0.0.1:6379")
     assert "RAY_USAGE_STATS_ENABLED" not in os.environ  # the cluster's settings are its own
@@ -94,4 +79,4 @@ def test_a_cluster_address_and_lean_off_get_ray_as_it_comes(monkeypatch) -> None
     assert backend.init_ray(num_cpus=2)
     assert len(fake.calls) == 2 and not any("_system_config" in kw for kw in fake.calls)
     assert fake.calls[0]["address"] == "127.0.0.1:6379" and fake.calls[1]["address"] == "local"
-    assert fake.stopped == [] and [kw["env"] for kw in fake.calls] == [None, None]
+    assert fake.stopped == []
