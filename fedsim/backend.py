@@ -4,7 +4,9 @@ in-process objects with the same call pattern (``engine.backend: local``, for de
 Every Ray fedsim starts on this machine (``fedsim run``, ``fedsim sweep``, the probes' retraining
 runs) is started by :func:`init_ray`, which makes it private to this user: bound to 127.0.0.1,
 its session under a 0700 folder, and token authentication on where the process has not imported
-Ray yet. A cluster address is the user's explicit choice and is connected to as given.
+Ray yet; and lean (:data:`LEAN_ENV`): no prestarted idle workers and none of the daemons fedsim does
+not use (issue 19: ~110-160 MB of the 10,000-peer run's peak). A cluster address is the user's
+explicit choice and is connected to as given, with none of these options.
 
 This is the only fedsim module that imports Ray (``tests/test_architecture.py``): the others use
 its verbs: :func:`make_backend` (a run's actors), :func:`run_tasks` (a sweep's runs in parallel),
@@ -28,6 +30,53 @@ from typing import Any
 from fedsim.errors import FedsimError
 
 LOOPBACK = "127.0.0.1"
+
+LEAN_ENV = "FEDSIM_RAY_LEAN"
+"""``FEDSIM_RAY_LEAN=0`` starts fedsim's own Ray with all of Ray's processes (for ``ray status``,
+the state API or job submission); otherwise it is lean (:func:`lean_system_config`,
+:func:`lean_stopped_daemons`)."""
+
+
+def lean_system_config() -> dict[str, Any]:
+    """Ray system options of a lean start: the raylet prestarts no idle Python worker (by default
+    one per CPU, at start-up and again when the first driver registers; each ~50 MB doing nothing
+    until a task or actor takes it, and Ray keeps up to one per CPU: on a 64-CPU machine ~3 GB for a
+    run of 2 actors). A worker then starts when an actor or task needs one (~1 s, once per actor)."""
+    return {"enable_worker_prestart": False, "prestart_worker_first_driver": False}
+
+
+def lean_stopped_daemons(log_to_driver: bool) -> list[str]:
+    """The Ray head processes (``ray._private.ray_constants.PROCESS_TYPE_*``) a lean start stops as
+    soon as Ray runs, ~50-60 MB each, none used by fedsim: the autoscaler ``monitor`` (a single
+    machine never scales; ``ray status`` needs it), the ``dashboard`` API server (started even with
+    ``include_dashboard=False``: the job, state and usage-stats APIs), and the ``log_monitor`` when
+    the workers' output is not shown (``log_to_driver=False``: it only forwards that output; the
+    logs stay in the session folder). The raylet's own agents (``ray::DashboardAgent``,
+    ``ray::RuntimeEnvAgent``) share its fate and stay."""
+    return ["monitor", "dashboard", *([] if log_to_driver else ["log_monitor"])]
+
+
+def _lean() -> bool:
+    return os.environ.get(LEAN_ENV, "1").strip() != "0"
+
+
+def _stop_daemons(ray: Any, kinds: list[str]) -> list[str]:
+    """Stop the head processes ``kinds`` of the Ray this process started (SIGKILL: on SIGTERM the
+    autoscaler monitor reports itself failed to the driver; Ray forgets them, so its shutdown does
+    not look for them). Returns the kinds stopped; a Ray
+    without one of them (another version) is left as it is."""
+    node = getattr(ray._private.worker, "_global_node", None)
+    if node is None or not hasattr(node, "_kill_process_type"):
+        return []
+    stopped = []
+    for kind in kinds:
+        if kind in getattr(node, "all_processes", {}):
+            try:
+                node._kill_process_type(kind, allow_graceful=False, check_alive=False, wait=True)
+                stopped.append(kind)
+            except Exception:  # noqa: BLE001 - a Ray that cannot stop it keeps it
+                pass
+    return stopped
 
 
 class RayStartError(FedsimError, RuntimeError):
@@ -139,11 +188,17 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_dri
     Without ``address``, a new Ray private to this user is started (``address="local"``: never
     attached to a cluster named by ``RAY_ADDRESS`` or left by ``ray start``): bound to
     127.0.0.1, its temp dir under :func:`private_ray_dir`, token authentication on where
-    :func:`_enable_token_auth` can turn it on, no dashboard."""
+    :func:`_enable_token_auth` can turn it on, no dashboard, and unless ``FEDSIM_RAY_LEAN=0``
+    (:data:`LEAN_ENV`) lean: no prestarted workers (:func:`lean_system_config`), no usage-stats
+    reporting (``RAY_USAGE_STATS_ENABLED=0`` unless set), and the daemons of
+    :func:`lean_stopped_daemons` stopped once Ray runs."""
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # CPU simulation: silence Ray's GPU tip
     local = not address
+    lean = local and _lean()
     if local:
         _enable_token_auth()
+    if lean:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
     if not local:
@@ -176,8 +231,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_dri
                     time.sleep(2.0)
         kw |= {"address": "local", "num_cpus": num_cpus, "_node_ip_address": LOOPBACK}
         kw["_temp_dir"] = str(private_ray_dir() / "ray")
+        if lean:
+            kw["_system_config"] = lean_system_config()
         with _loopback_node():
             ray.init(**kw)
+        if lean:
+            _stop_daemons(ray, lean_stopped_daemons(log_to_driver))
     except FedsimError:
         raise
     except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, ValueError, RuntimeError, ...

@@ -39,7 +39,14 @@ def _read_only(a: np.ndarray) -> Tensor:
 class PeerGroup(GossipAggregation):
     """Hosts peers ``first .. first+len(train_idx)-1``; see the module docstring."""
 
-    def __init__(self, setup: GroupSetup, features: dict[str, np.ndarray]) -> None:
+    def __init__(
+        self, setup: GroupSetup, features: dict[str, np.ndarray], test: dict[str, np.ndarray] | None = None
+    ) -> None:
+        """``features``: ``x_train, y_train, x_test, y_test``, or the first two with the others in
+        ``test`` (on Ray two objects, so the training arrays' object can be freed once every group
+        copied its rows: :class:`fedsim.simulation.Simulation`)."""
+        if test is not None:
+            features = {**features, **test}
         plugins.load(setup.plugins)  # first: a Ray actor's process has not imported the user's rules/attacks
         # tiny bmm's: oversubscribed threads cost 10-30x on a loaded machine (measured); one per CPU given
         torch.set_num_threads(max(1, setup.threads))

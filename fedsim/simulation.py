@@ -77,20 +77,24 @@ class Simulation:
         # (RoundRecord.messages): the probes that read the gossip (fedsim.runner.message_window)
         self.record_messages = record_messages
         feats = prep.features
-        self.features_ref = backend.put(
-            {"x_train": feats.x_train, "y_train": feats.y_train, "x_test": feats.x_test, "y_test": feats.y_test}
-        )
+        # the test set (kept: evaluation reads it) and the training arrays (dropped once every group
+        # copied its rows, so Ray's object store can reuse their space for the messages) apart
+        self.features_ref = backend.put({"x_test": feats.x_test, "y_test": feats.y_test})
+        train_ref = backend.put({"x_train": feats.x_train, "y_train": feats.y_train})
         group_cls, server_cls = PeerGroup, Server
         if sc.model.whole:
             from fedsim.whole import WholePeerGroup, WholeServer
 
             group_cls, server_cls = WholePeerGroup, WholeServer
         cpus = sc.engine.cpus_per_actor
-        self.groups: list[Any] = [backend.actor(group_cls, s, self.features_ref, num_cpus=cpus) for s in prep.setups]
+        self.groups: list[Any] = [
+            backend.actor(group_cls, s, train_ref, self.features_ref, num_cpus=cpus) for s in prep.setups
+        ]
         self.server: Any = (
             backend.actor(server_cls, prep.server_setup, *prep.root, num_cpus=cpus) if prep.server_setup else None
         )
         backend.get([g.ping.remote() for g in self.groups])
+        del train_ref
         # the server's global model after the last aggregation (what the next round trains from), as
         # that call's reply; None: ask the server (round 0, after a restore)
         self._global_ref: Any = None

@@ -92,8 +92,10 @@ class WholePeerGroup(PeerGroup):
     Strategies and forgers see vectors of ``P`` trainable parameters: the context's
     ``layer_shape`` is ``(1, P)`` without bias."""
 
-    def __init__(self, setup: WholeSetup, features: dict[str, np.ndarray]) -> None:
-        super().__init__(setup, features)
+    def __init__(
+        self, setup: WholeSetup, features: dict[str, np.ndarray], test: dict[str, np.ndarray] | None = None
+    ) -> None:
+        super().__init__(setup, features, test)
         assert setup.model is not None
         self.plan = setup.model
         self.device = resolve(self.plan.device)

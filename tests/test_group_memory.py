@@ -149,3 +149,45 @@ def test_consolidate_writes_in_place_the_own_classes_rows():
     ptr = w.data_ptr()
     heads.consolidate(w, b, tw, tb, own)
     assert torch.equal(w, want_w) and torch.equal(b, want_b) and w.data_ptr() == ptr
+
+
+def test_the_simulation_keeps_only_the_test_set_in_the_object_store(small_scenario):
+    """The training arrays travel to the groups as their own object, which the simulation does not
+    keep (on Ray its object-store space is then reused by the messages); the groups still get all
+    four arrays and train on the same rows (layout independence covers the numbers)."""
+    from fedsim.backend import LocalBackend
+    from fedsim.simulation import Simulation
+
+    class Recording(LocalBackend):
+        def __init__(self) -> None:
+            self.puts: list[dict] = []
+            self.actors: list[tuple] = []
+
+        def put(self, obj):
+            self.puts.append(obj)
+            return obj
+
+        def actor(self, cls, *args, num_cpus=1.0):
+            self.actors.append(args)
+            return super().actor(cls, *args, num_cpus=num_cpus)
+
+    sc = parse(_gossip(small_scenario))
+    prep = prepare(sc)
+    b = Recording()
+    sim = Simulation(sc, prep, b)
+    assert set(sim.features_ref) == {"x_test", "y_test"}  # what the simulation holds on to
+    train = next(p for p in b.puts if "x_train" in p)
+    assert set(train) == {"x_train", "y_train"} and train["x_train"] is prep.features.x_train
+    assert all(args[1] is train and args[2] is sim.features_ref for args in b.actors)
+    g = sim.groups[0]._obj
+    assert g.x_test.data_ptr() == torch.from_numpy(prep.features.x_test).data_ptr()  # shared, not copied
+
+
+def test_a_group_takes_the_test_set_apart_or_together(small_scenario):
+    d = _gossip(small_scenario)
+    g1, feats = _group(d)
+    prep = prepare(parse(d))
+    g2 = PeerGroup(prep.setups[0], {k: feats[k] for k in ("x_train", "y_train")},
+                   {k: feats[k] for k in ("x_test", "y_test")})
+    assert torch.equal(g1.padded[0], g2.padded[0]) and torch.equal(g1.val_x, g2.val_x)
+    assert g2.x_test.data_ptr() == torch.from_numpy(feats["x_test"]).data_ptr()

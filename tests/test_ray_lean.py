@@ -1,0 +1,82 @@
+"""A Ray that fedsim starts itself is lean (issue 19: the 10,000-peer run's memory): no prestarted
+idle workers, and the head processes fedsim does not use stopped; a cluster address, or
+``FEDSIM_RAY_LEAN=0``, gets none of it."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import psutil
+import pytest
+
+from fedsim import backend
+
+
+def _ray_commands() -> list[str]:
+    """The command lines of this process's descendants (the session's Ray: daemons and workers)."""
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            out.append(" ".join(p.cmdline()))
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    return out
+
+
+def test_fedsims_own_ray_runs_none_of_the_stopped_daemons(ray_session) -> None:
+    cmds = _ray_commands()
+    assert any("raylet" in c for c in cmds) and any("gcs_server" in c for c in cmds)  # control: Ray seen
+    for script in ("autoscaler/_private/monitor.py", "dashboard/dashboard.py", "_private/log_monitor.py"):
+        assert not [c for c in cmds if script in c], script  # the conftest's Ray: log_to_driver=False
+    node = ray_session._private.worker._global_node
+    assert not {"monitor", "dashboard", "log_monitor"} & set(node.all_processes)  # shutdown skips them
+
+
+def test_fedsims_own_ray_prestarts_no_workers(ray_session) -> None:
+    """The raylet runs with the options that stop prestarting (read back from Ray's GCS)."""
+    from ray._private.state import state
+
+    cfg = state.get_system_config()
+    assert cfg.get("enable_worker_prestart") is False and cfg.get("prestart_worker_first_driver") is False
+
+
+class _FakeRay:
+    """Stands in for ``ray`` in :func:`fedsim.backend.init_ray`: records ``ray.init``'s arguments."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import ray
+
+        self.calls: list[dict[str, Any]] = []
+        monkeypatch.setattr(ray, "is_initialized", lambda: False)
+        monkeypatch.setattr(ray, "init", lambda **kw: self.calls.append(kw))
+        self.stopped: list[list[str]] = []
+        monkeypatch.setattr(backend, "_stop_daemons", lambda ray, kinds: self.stopped.append(kinds) or kinds)
+        monkeypatch.setattr(backend, "check_reachable", lambda address, timeout=5.0: None)
+
+
+@pytest.mark.parametrize("log_to_driver", [True, False])
+def test_a_local_start_asks_for_a_lean_ray(monkeypatch, log_to_driver) -> None:
+    pytest.importorskip("ray")
+    monkeypatch.delenv(backend.LEAN_ENV, raising=False)
+    monkeypatch.delenv("RAY_USAGE_STATS_ENABLED", raising=False)
+    fake = _FakeRay(monkeypatch)
+    assert backend.init_ray(num_cpus=2, log_to_driver=log_to_driver)
+    assert os.environ["RAY_USAGE_STATS_ENABLED"] == "0"
+    assert fake.calls[0]["_system_config"] == backend.lean_system_config()
+    assert fake.stopped == [backend.lean_stopped_daemons(log_to_driver)]
+    assert ("log_monitor" in fake.stopped[0]) is not log_to_driver  # the workers' output still reaches the driver
+
+
+def test_a_cluster_address_and_lean_off_get_ray_as_it_comes(monkeypatch) -> None:
+    pytest.importorskip("ray")
+    monkeypatch.delenv(backend.LEAN_ENV, raising=False)
+    monkeypatch.delenv("RAY_USAGE_STATS_ENABLED", raising=False)
+    fake = _FakeRay(monkeypatch)
+    assert backend.init_ray("127.0.0.1:6379")
+    assert "RAY_USAGE_STATS_ENABLED" not in os.environ  # the cluster's settings are its own
+    monkeypatch.setenv(backend.LEAN_ENV, "0")
+    assert backend.init_ray(num_cpus=2)
+    assert len(fake.calls) == 2 and not any("_system_config" in kw for kw in fake.calls)
+    assert fake.calls[0]["address"] == "127.0.0.1:6379" and fake.calls[1]["address"] == "local"
+    assert fake.stopped == []
