@@ -118,7 +118,6 @@ def test_receivers_aggregate_the_rounded_messages(small_scenario):
     [
         ({"engine.message_dtype": "fp16"}, "engine.message_dtype: got 'fp16'"),
         ({"engine.aggregate_chunk": 0}, "engine.aggregate_chunk: Input should be greater than or equal to 1"),
-        ({"engine.train_chunk": 0}, "engine.train_chunk: Input should be greater than or equal to 1"),
         ({"engine.message_dtype": "float16", "mode": "federated", "topology.kind": "star"},
          "engine.message_dtype: float16 messages are for mode: decentralized"),
     ],
