@@ -53,7 +53,6 @@ class GroupSetup:
     record_gradients: int | None = None
     message_dtype: str = "float32"  # engine.message_dtype: precision of the sent heads (fedsim.routing)
     aggregate_chunk: int = 64  # engine.aggregate_chunk: receivers per vectorised rule call
-    train_chunk: int = 1024  # engine.train_chunk: peers whose local steps run together
     # per hosted peer, its rows of the test features (dataset.domains: its own domain's test set,
     # fedsim.domain_shift); None: every peer is evaluated on the whole test set
     test_idx: list[np.ndarray] | None = None

@@ -209,29 +209,28 @@ class PeerGroup(GossipAggregation):
         self.stale_history = st["stale_history"]
 
     # ------------------------------------------------------------------ training
-    def _draw(self, round_: int, step: int, rows: np.ndarray | slice | None = None) -> np.ndarray:
+    def _draw(self, round_: int, step: int, rows: np.ndarray | None = None) -> np.ndarray:
         """Each hosted peer's minibatch: ``[p, B]`` indices into its own shard (with replacement);
-        ``rows``: only those hosted peers (local indices or a slice of them), ``[len(rows), B]``."""
+        ``rows``: only those hosted peers (local indices), ``[len(rows), B]``."""
         B = self.s.training.batch_size
         sizes, ids = (self.sizes, self.ids) if rows is None else (self.sizes[rows], self.ids[rows])
         return crng.integers(sizes[:, None], self.s.seed, "batch", round_, step, ids[:, None], np.arange(B)[None, :])
 
     def _batch(
-        self, round_: int, step: int, rows: np.ndarray | slice | None = None
+        self, round_: int, step: int, rows: np.ndarray | None = None
     ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
         """A local step's minibatch for every hosted peer: the gathered ``(x [p, B, d], y [p, B])``,
         or, for small shards (``s.shard_pad``), ``(x, y, weights)`` over the zero-padded shards with
         ``weights [p, shard_pad]`` = draw count / B (:func:`fedsim.heads.ce_grad`): the same
         gradient without copying a batch larger than the shards at every step. ``rows``: only those
-        hosted peers (local indices, or a slice: the padded shards' rows are then views)."""
+        hosted peers (local indices)."""
         r = self._draw(round_, step, rows)
         p, B = r.shape
         offsets = self.offsets if rows is None else self.offsets[rows]
         if self.padded is not None:
             x, y = self.padded
             if rows is not None:
-                sel = rows if isinstance(rows, slice) else torch.from_numpy(rows)
-                x, y = x[sel], y[sel]
+                x, y = x[torch.from_numpy(rows)], y[torch.from_numpy(rows)]
             counts = torch.zeros(p, x.shape[1]).scatter_add_(1, torch.from_numpy(r), torch.ones(p, B))
             return x, y, counts / B
         idx = torch.from_numpy(offsets[:, None] + r).reshape(-1)  # index_select: ~4x faster than x[idx]
@@ -239,24 +238,6 @@ class PeerGroup(GossipAggregation):
 
     def _local_steps(self, w: Tensor, b: Tensor, opt: heads.OptimizerState, batches) -> Tensor:
         return heads.local_steps(w, b, opt, batches, self.s.training, self.bias)
-
-    def _train_chunks(self, round_: int, w: Tensor, b: Tensor) -> Tensor:
-        """All local steps of the hosted peers on heads ``w, b`` in place, ``engine.train_chunk`` peers at a
-        time: a chunk's heads, optimizer buffers and gradient stay in the cache over its steps instead
-        of every step sweeping the whole group's (1.15 GB each per group at 100,000 peers), and the
-        gradient buffer is a chunk's, not the group's. Every operation of a step is per peer and the
-        minibatches are keyed by peer id, so the result does not depend on the chunk (tests). Returns
-        the last step's loss of every hosted peer."""
-        steps, o, chunk = self.s.training.local_steps, self.opt, self.s.train_chunk
-        t0, losses = o.t, []
-        for lo in range(0, self.p, chunk):
-            sl = slice(lo, min(lo + chunk, self.p))
-            sub = heads.OptimizerState(  # views: the steps update the group's buffers in place
-                o.m_w[sl], o.m_b[sl], None if o.v_w is None else o.v_w[sl], None if o.v_b is None else o.v_b[sl], t0
-            )
-            losses.append(self._local_steps(w[sl], b[sl], sub, (self._batch(round_, k, sl) for k in range(steps))))
-            o.t = sub.t  # Adam's step count: one per group and step, the same after every chunk
-        return torch.cat(losses) if losses else torch.zeros(0)
 
     def train(
         self, round_: int, global_params: np.ndarray | None = None, sampled: np.ndarray | None = None
@@ -270,15 +251,14 @@ class PeerGroup(GossipAggregation):
         if global_params is not None:
             self.set_params(global_params)
         steps = self.s.training.local_steps
+        batches = (self._batch(round_, k) for k in range(steps))
+        if self.rec_left > 0:
+            batches = self._recording(batches)
         if self.keep_previous:
             self.previous = torch.from_numpy(self.params().copy())
         if self.cwr:  # train a copy of the consolidated head (allocated here, released after aggregation)
             self.tw, self.tb = self.w.clone(), self.b.clone()
-        if self.rec_left > 0:  # the leaver's gradients are recorded step by step over the whole group
-            batches = self._recording(self._batch(round_, k) for k in range(steps))
-            loss = self._local_steps(self.tw, self.tb, self.opt, batches)
-        else:
-            loss = self._train_chunks(round_, self.tw, self.tb)
+        loss = self._local_steps(self.tw, self.tb, self.opt, batches)
         if self.cwr:  # ... and keep only the rows of the classes each peer holds
             heads.consolidate(self.w, self.b, self.tw, self.tb, self.local_classes)
         honest = ~self.is_byz

@@ -130,7 +130,6 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
         record_gradients=_gradient_recording(sc, train, byz, absent),
         message_dtype=sc.engine.message_dtype,
         aggregate_chunk=sc.engine.aggregate_chunk,
-        train_chunk=sc.engine.train_chunk,
     )
     actors = min(sc.engine.num_actors, n)
     blocks = np.array_split(np.arange(n), actors)

@@ -257,11 +257,6 @@ class EngineCfg(_Section):
         description="receivers aggregated per vectorised rule call: bounds the gathered in-neighbour tensors "
         "[chunk, n, P]; results do not depend on it",
     )
-    train_chunk: int = Field(
-        1024, ge=1, le=1_000_000,
-        description="peers whose local steps run together (linear heads): a chunk's heads, optimizer buffers "
-        "and gradient stay in the cache over its steps; results do not depend on it",
-    )
 
 
 class SamplingCfg(_Section):
