@@ -75,8 +75,9 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("metric", ["recall", "f1"])
 def test_integrate_is_bit_identical_to_the_plain_formula(mean_removal, bias, metric):
-    for penalty in (2.0, 0.0):
-        rule = Bristle(mean_removal=mean_removal, metric=metric, sequential_penalty=penalty)
+    # the defaults (most weights 0), and every candidate weighing in (weight_offset < 0: the sum's order matters)
+    for penalty, offset in ((2.0, 4.0), (0.0, -1.0)):
+        rule = Bristle(mean_removal=mean_removal, metric=metric, sequential_penalty=penalty, weight_offset=offset)
         for seed in range(4):
             for scale in (1.0, 1e3):
                 own, cand, *rest = _case(seed, bias, scale)
@@ -93,8 +94,9 @@ def test_integrate_is_bit_identical_to_the_plain_formula(mean_removal, bias, met
 def test_integrate_saturates_as_before_and_leaves_its_inputs_alone():
     rule = Bristle(weight_offset=-1.0)  # every candidate weighs in
     own, cand, *rest = _case(3, True, 1.0)
-    own[1, :5] = torch.finfo(torch.float32).max  # the float64 sum leaves float32's range: saturated
-    cand[1, :, :5] = torch.finfo(torch.float32).max
+    big = torch.finfo(torch.float32).max  # class 0's row: one +max, the rest -max; less its mean: ~1.96 max
+    own[1, :48], cand[1, :, :48] = -big, -big
+    own[1, 0], cand[1, :, 0] = big, big
     before_own, before_cand = own.clone(), cand.clone()
     got = rule.integrate(own, cand, *rest)
     assert torch.equal(_bits(got), _bits(reference_integrate(rule, own, cand, *rest)))
