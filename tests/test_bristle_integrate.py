@@ -52,14 +52,21 @@ def reference_integrate(rule, own, cand, val_x, val_y, familiar, layer_shape, bi
     return to_like(flatten(w_new, b_new), own)
 
 
-def _case(seed: int, bias: bool, scale: float):
+def _case(seed: int, bias: bool, scale: float, agree: bool = False):
+    """Random heads and validation sets; ``agree``: every head classifies every validation sample right
+    (feature ``c`` weighs heavily for class ``c``), so every candidate is certain and weighs in."""
     gen = torch.Generator().manual_seed(seed)
-    g, k, c, d, m = 7, 1 + seed % 6, 10, 48, 3
+    g, k, c, d, m = 7, 2 + seed % 5, 10, 48, 3
     p = c * d + (c if bias else 0)
     own = torch.randn(g, p, generator=gen) * scale
     cand = (own[:, None, :] + 0.3 * scale * torch.randn(g, k, p, generator=gen)).half().float()  # as messages
     val_x = torch.rand(g, m, d, generator=gen)
     val_y = torch.randint(0, c, (g, m), generator=gen)
+    if agree:
+        diag = torch.arange(c) * d + torch.arange(c)
+        own[:, diag] += 100 * scale
+        cand[:, :, diag] += 100 * scale
+        val_x += torch.nn.functional.one_hot(val_y, d).float() * 10
     mask = torch.rand(g, m, generator=gen) > 0.3
     familiar = torch.rand(g, c, generator=gen) > 0.5
     counts = torch.randint(0, 4, (g, k), generator=gen)
@@ -79,8 +86,8 @@ def test_integrate_is_bit_identical_to_the_plain_formula(mean_removal, bias, met
     for penalty, offset in ((2.0, 4.0), (0.0, -1.0)):
         rule = Bristle(mean_removal=mean_removal, metric=metric, sequential_penalty=penalty, weight_offset=offset)
         for seed in range(4):
-            for scale in (1.0, 1e3):
-                own, cand, *rest = _case(seed, bias, scale)
+            for scale, agree in ((1.0, False), (1e3, False), (1.0, True)):
+                own, cand, *rest = _case(seed, bias, scale, agree)
                 got = rule.integrate(own, cand, *rest)
                 assert got.dtype == torch.float32
                 assert torch.equal(_bits(got), _bits(reference_integrate(rule, own, cand, *rest)))
