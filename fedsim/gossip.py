@@ -197,7 +197,8 @@ class GossipAggregation:
         # the rule's ``own``: the sent heads, or with consolidated weights the trained copies
         def own_rows(js: Tensor) -> Tensor:
             if self.cwr:
-                return strategies.flatten(self.tw[js], self.tb[js] if self.bias else None)
+                tb = self.tb.index_select(0, js) if self.bias else None
+                return strategies.flatten(self.tw.index_select(0, js), tb)
             return params[js + self.s.first]
 
         root = self._root_updates(round_) if "root_update" in self.rule.needs else None

@@ -161,9 +161,9 @@ class PeerGroup(GossipAggregation):
 
         def put(js: Tensor, rows: Tensor) -> None:
             w, b = strategies.unflatten(rows.to(self.w.dtype), self.layer_shape, self.bias)
-            self.w[js] = w
+            self.w.index_copy_(0, js, w)  # (index_copy_: faster than self.w[js] = w; the same rows)
             if b is not None:
-                self.b[js] = b
+                self.b.index_copy_(0, js, b)
             written[js.numpy()] = True
 
         def finish() -> None:

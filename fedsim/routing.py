@@ -80,6 +80,8 @@ class Rows:
         sizes = [p.shape[0] for p in self.parts]
         self.starts = torch.tensor(np.concatenate([[0], np.cumsum(sizes)]), dtype=torch.long)
         self.shape = (int(self.starts[-1]), self.parts[0].shape[1])
+        dtypes = {p.dtype for p in self.parts}  # (every group sends engine.message_dtype)
+        self.dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -103,9 +105,10 @@ class Rows:
         if len(self.parts) == 1:
             return self.parts[0].index_select(0, flat).float().reshape(*idx.shape, self.shape[1])
         which = torch.searchsorted(self.starts, flat, right=True) - 1
-        out = torch.empty(flat.shape[0], self.shape[1])
+        # gathered in the messages' own dtype, converted once (index_copy_, not out[sel] = ...: one pass less)
+        out = torch.empty(flat.shape[0], self.shape[1], dtype=self.dtype)
         for k, part in enumerate(self.parts):
             sel = torch.nonzero(which == k).flatten()
             if len(sel):
-                out[sel] = part.index_select(0, flat[sel] - self.starts[k]).float()
-        return out.reshape(*idx.shape, self.shape[1])
+                out.index_copy_(0, sel, part.index_select(0, flat[sel] - self.starts[k]).to(self.dtype))
+        return out.float().reshape(*idx.shape, self.shape[1])

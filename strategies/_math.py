@@ -37,8 +37,9 @@ def f64(t: Tensor) -> Tensor:
     return t.to(WORK)
 
 
-def to_like(x: Tensor, like: Tensor) -> Tensor:
-    """Cast a float64 result back to ``like``'s dtype, saturating at that dtype's finite range.
+def to_like(x: Tensor, like: Tensor, *, inplace: bool = False) -> Tensor:
+    """Cast a float64 result back to ``like``'s dtype, saturating at that dtype's finite range
+    (``inplace``: the saturation overwrites ``x``, a scratch the caller no longer needs).
 
     Only rules whose result can leave the inputs' hull (Bristle's zero-mean step, FLTrust's
     rescaling, clipping steps) can exceed it, and only for inputs near the float32 limit; a
@@ -47,7 +48,7 @@ def to_like(x: Tensor, like: Tensor) -> Tensor:
     """
     if like.dtype.is_floating_point:
         big = torch.finfo(like.dtype).max
-        x = x.clamp(-big, big)
+        x = x.clamp_(-big, big) if inplace else x.clamp(-big, big)
     return x.to(like.dtype)
 
 

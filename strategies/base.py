@@ -226,4 +226,7 @@ def aggregate_batch(
     out = strategy.aggregate_batch(own, received.to(own.dtype), ctx)
     if out is None:
         return None
-    return torch.where(finite_rows(out)[:, None], out, own if fallback is None else fallback)
+    finite = finite_rows(out)
+    if bool(finite.all()):  # (the usual case: no [g, P] copy)
+        return out
+    return torch.where(finite[:, None], out, own if fallback is None else fallback)

@@ -17,7 +17,7 @@ from strategies._math import (
     f64,
     to_like,
 )
-from strategies.base import AggregationContext, Strategy, flatten, unflatten
+from strategies.base import AggregationContext, Strategy, unflatten
 from strategies.registry import register
 
 
@@ -279,12 +279,16 @@ class Bristle(Strategy):
         out = torch.where(fam, w, u[..., None])
         return torch.where(fam.any(dim=-1, keepdim=True), out, torch.zeros_like(out))
 
-    def _remove_mean(self, w: Tensor, b: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        if self.mean_removal == "class":  # each class row over its features (Node.kt's class column)
-            return w - w.mean(dim=-1, keepdim=True), b
-        if self.mean_removal == "feature":  # each feature over the classes
-            return w - w.mean(dim=-2, keepdim=True), None if b is None else b - b.mean(dim=-1, keepdim=True)
-        return w, b
+    def _remove_mean_(self, w: Tensor, b: Tensor | None, heard: Tensor) -> None:
+        """Mean removal in place on the rows of the peers that ``heard`` a candidate (bool ``[g]``):
+        ``x − mean`` there, ``x − 0`` (the same value) elsewhere."""
+        if self.mean_removal == "none":
+            return
+        dim = -1 if self.mean_removal == "class" else -2  # each class row over its features / each feature
+        mean = w.mean(dim=dim, keepdim=True)
+        w.sub_(mean.masked_fill_(~heard[:, None, None], 0.0))
+        if self.mean_removal == "feature" and b is not None:
+            b.sub_(b.mean(dim=-1, keepdim=True).masked_fill_(~heard[:, None], 0.0))
 
     def integrate(
         self,
@@ -305,34 +309,44 @@ class Bristle(Strategy):
 
         Every operation is per peer (a batched matmul, reductions over classes or samples, loops
         over the ``k`` candidates), so a peer's result does not depend on which others share the
-        batch."""
+        batch. Memory: one candidate at a time is converted to float64 (into one reused ``[g, P]``
+        buffer, twice: for its logits, then for its weighted sum), and the sum, the division, the
+        mean removal and the saturation run in place on the float64 copy of ``own``: the same
+        values as converting all ``k`` candidates at once, without ``k + 8`` fresh ``[g, P]``
+        float64 tensors per call (tests/test_bristle_integrate.py checks the two agree bit for bit)."""
         g, k = cand.shape[:2]
         c = layer_shape[0]
         if counts is None:
             counts = torch.full((g, k), c, dtype=torch.long, device=cand.device)
-        w_own, b_own = unflatten(f64(own), layer_shape, bias)  # [g, C, d], [g, C]
-        w_c, b_c = unflatten(f64(cand), layer_shape, bias)  # [g, k, C, d], [g, k, C]: views of one copy
+        num = f64(own)  # [g, P]: own's logits first, then the numerator, in place
+        if num.data_ptr() == own.data_ptr():
+            num = num.clone()  # (own already float64: never written into)
+        w_own, b_own = unflatten(num, layer_shape, bias)  # [g, C, d], [g, C]: views
+        buf = torch.empty_like(num)  # candidate j in float64
+        w_j, b_j = unflatten(buf, layer_shape, bias)
         xt = f64(val_x).transpose(1, 2)  # [g, d, m]
-        heads = [(w_own, b_own)] + [(w_c[:, j], None if b_c is None else b_c[:, j]) for j in range(k)]
-        logits = torch.stack(
-            [torch.bmm(w, xt) if b is None else torch.baddbmm(b[:, :, None], w, xt) for w, b in heads], dim=1
-        ).transpose(2, 3)  # [g, k+1, m, C]
-        met = PER_CLASS_METRICS[self.metric](logits, val_y.long(), val_mask)  # [g, k+1, C]
+
+        def head_logits(w: Tensor, b: Tensor | None) -> Tensor:
+            return torch.bmm(w, xt) if b is None else torch.baddbmm(b[:, :, None], w, xt)
+
+        logits = [head_logits(w_own, b_own)]
+        for j in range(k):
+            buf.copy_(cand[:, j])
+            logits.append(head_logits(w_j, b_j))
+        met = PER_CLASS_METRICS[self.metric](torch.stack(logits, dim=1).transpose(2, 3), val_y.long(), val_mask)
         weights = self.integration_weights(met[:, 0], met[:, 1:], familiar, counts)  # [g, k, C]
-        num_w, num_b, denom = w_own.clone(), None if b_own is None else b_own.clone(), torch.ones_like(met[:, 0])
+        denom = torch.ones_like(met[:, 0])
         for j in range(k):  # own always has weight 1
-            num_w += weights[:, j, :, None] * w_c[:, j]
-            if num_b is not None:
-                num_b += weights[:, j] * b_c[:, j]
+            buf.copy_(cand[:, j])
+            w_own.add_(w_j.mul_(weights[:, j, :, None]))  # (not addcmul_: it fuses, and rounds differently)
+            if b_own is not None:
+                b_own.add_(b_j.mul_(weights[:, j]))
             denom += weights[:, j]
-        w_new = num_w / denom[..., None]
-        b_new = None if num_b is None else num_b / denom
-        w_rm, b_rm = self._remove_mean(w_new, b_new)
-        heard = (counts > 0).any(dim=1)  # the authors' peers integrate (and remove means) only when sent a model
-        w_new = torch.where(heard[:, None, None], w_rm, w_new)
-        if b_new is not None and b_rm is not None:
-            b_new = torch.where(heard[:, None], b_rm, b_new)
-        return to_like(flatten(w_new, b_new), own)
+        w_own.div_(denom[..., None])
+        if b_own is not None:
+            b_own.div_(denom)
+        self._remove_mean_(w_own, b_own, (counts > 0).any(dim=1))  # the authors' peers integrate only when sent a model
+        return to_like(num, own, inplace=True)
 
     def familiar(self, ctx: AggregationContext) -> Tensor:
         """Bool ``[C]``: ``ctx.local_classes``, else the classes present in ``ctx.val_y``."""

@@ -44,6 +44,10 @@ def test_rows_gathers_what_the_concatenation_holds():
     assert torch.equal(rows.full(), cat)
     parts[1][2, 1] = float("nan")
     assert Rows(parts).finite().tolist() == [True] * 5 + [False] + [True] * 4
+    half = [p.half() for p in parts]  # half-precision messages from several groups: gathered, then float32
+    got = Rows(half)[idx]
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, torch.cat(half)[idx].float(), rtol=0, atol=0, equal_nan=True)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
