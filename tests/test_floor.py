@@ -5,31 +5,16 @@ the rows a client of the iid split really trains on."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from benchutil import load_benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
 from fedsim import heads as fheads
 from fedsim.partition import make_partition
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses look the module up
-    spec.loader.exec_module(mod)
-    return mod
-
-
-floor = _module("floor")
+floor = load_benchmark("floor")
 N, CLS, DIM, B, STEPS, LR = 5, 4, 7, 6, 3, 0.7
 
 
