@@ -5,6 +5,8 @@ the rows a client of the iid split really trains on."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -71,3 +73,21 @@ def test_client_batch_is_the_trained_shard(n):
     assert floor.client_batch(n) == min(floor.BATCH, shard)
     with pytest.raises(ValueError, match="n <= samples"):
         floor.client_batch(floor.SAMPLES + 1)
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["--sizes", "junk"], "--sizes"), (["--sizes", "0"], "--sizes"), (["--threads", "1,,2"], "--threads"),
+    (["--repeats", "2,3"], "--repeats"), (["--samples", "-5"], "--samples"),
+])
+def test_bad_options_are_a_one_line_error(monkeypatch, capsys, argv, option):
+    """floor.py (and round_split.py, which reuses its types) refuses bad counts before timing anything."""
+    monkeypatch.setattr(sys, "argv", ["floor.py", *argv])
+    with pytest.raises(SystemExit) as e:
+        floor.main()
+    assert e.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"floor.py: error: argument {option}: expected ") and repr(argv[1]) in last
+
+
+def test_counts_reads_comma_separated_counts():
+    assert floor.counts("100,1000") == [100, 1000] and floor.count("7") == 7
