@@ -52,3 +52,15 @@ def test_a_result_held_across_calls_is_never_overwritten():
     for out, copy, want in held:
         assert torch.equal(out, copy) and torch.equal(out, want)
 
+
+def test_a_gossip_groups_batches_keep_no_buffer():
+    """Only the per-call path (the server's) keeps the buffer: a group's batched aggregation, whose
+    chunk shapes change from call to call, computes the same mean from a fresh copy and keeps none."""
+    rule = strategies.build("fedavg", {"include_own": False})
+    g = torch.Generator().manual_seed(2)
+    own, received = torch.zeros(3, 6), torch.randn(3, 4, 6, generator=g)
+    out = rule.aggregate_batch(own, received, None)  # type: ignore[arg-type]  (fedavg reads no context)
+    assert torch.equal(out, _fresh(own, received)) and "_work" not in rule.__dict__
+    rule(own[0], received[0], None)  # type: ignore[arg-type]
+    assert rule.__dict__["_work"].shape == (4, 6)  # control: the per-call path keeps it
+
