@@ -104,32 +104,22 @@ def sgd_step(v: Variant, w: Tensor, b: Tensor, x: Tensor, xt: Tensor | None, one
     variant ``v`` holds them (:func:`heads`), in place. ``buf`` (``v.out``): the logits' and the
     weight gradient's buffers."""
     bsz = x.shape[1]
-    if v.layout == "cd":  # logits [n, C, B] = W xᵀ + b; ∂W = g x; ∂b = Σ_B g
-        xT = xt if xt is not None else x.transpose(1, 2)
-        if buf is None:
-            g = torch.softmax(torch.baddbmm(b, w, xT), 1).sub_(onehot)
-            gw = torch.bmm(g, x)
-        else:
-            g, gw = buf
-            torch.baddbmm(b, w, xT, out=g)
-            g.sub_(g.amax(1, keepdim=True)).exp_()
-            g.div_(g.sum(1, keepdim=True)).sub_(onehot)
-            torch.bmm(g, x, out=gw)
-        w.sub_(gw, alpha=lr / bsz)
-        b.sub_(g.sum(2, keepdim=True), alpha=lr / bsz)
-        return
-    xT = xt if xt is not None else x.transpose(1, 2)  # logits [n, B, C] = x W + b; ∂W = xᵀ g; ∂b = Σ_B g
+    xT = xt if xt is not None else x.transpose(1, 2)
+    # "cd": logits [n, C, B] = W xᵀ + b, ∂W = g x; "dc": logits [n, B, C] = x W + b, ∂W = xᵀ g; ∂b = Σ_B g
+    cd = v.layout == "cd"
+    left, right, cls = (w, xT, 1) if cd else (x, w, 2)
+    gw_of = (lambda g: (g, x)) if cd else (lambda g: (xT, g))
     if buf is None:
-        g = torch.softmax(torch.baddbmm(b, x, w), 2).sub_(onehot)
-        gw = torch.bmm(xT, g)
+        g = torch.softmax(torch.baddbmm(b, left, right), cls).sub_(onehot)
+        gw = torch.bmm(*gw_of(g))
     else:
         g, gw = buf
-        torch.baddbmm(b, x, w, out=g)
-        g.sub_(g.amax(2, keepdim=True)).exp_()
-        g.div_(g.sum(2, keepdim=True)).sub_(onehot)
-        torch.bmm(xT, g, out=gw)
+        torch.baddbmm(b, left, right, out=g)
+        g.sub_(g.amax(cls, keepdim=True)).exp_()
+        g.div_(g.sum(cls, keepdim=True)).sub_(onehot)
+        torch.bmm(*gw_of(g), out=gw)
     w.sub_(gw, alpha=lr / bsz)
-    b.sub_(g.sum(1, keepdim=True), alpha=lr / bsz)
+    b.sub_(g.sum(3 - cls, keepdim=True), alpha=lr / bsz)
 
 
 def train(v: Variant, w: Tensor, b: Tensor, data: tuple[Tensor, Tensor | None, Tensor], steps: int, lr: float,
