@@ -123,6 +123,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=floor.count, default=30, help="rounds per size (the first is left out)")
     ap.add_argument("--profile", action="store_true", help="also print cProfile's top functions")
     a = ap.parse_args()
+    if a.rounds < 2:
+        ap.error(f"argument --rounds: at least 2 (the first round is left out), got {a.rounds}")
     load = "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     print(f"# in-process round split (median of rounds 1..{a.rounds - 1}), {load}", flush=True)
     with tempfile.TemporaryDirectory(prefix="round_split_") as td:

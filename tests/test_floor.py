@@ -91,3 +91,16 @@ def test_bad_options_are_a_one_line_error(monkeypatch, capsys, argv, option):
 
 def test_counts_reads_comma_separated_counts():
     assert floor.counts("100,1000") == [100, 1000] and floor.count("7") == 7
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["--rounds", "1"], "argument --rounds: at least 2 (the first round is left out), got 1"),
+    (["--sizes", "10,x"], "argument --sizes: expected comma-separated integers >= 1, got '10,x'"),
+])
+def test_round_split_refuses_bad_options_in_one_line(monkeypatch, capsys, argv, expect):
+    round_split = load_benchmark("round_split")
+    monkeypatch.setattr(sys, "argv", ["round_split.py", *argv])
+    with pytest.raises(SystemExit) as e:
+        round_split.main()
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"round_split.py: error: {expect}"
