@@ -104,32 +104,22 @@ def sgd_step(v: Variant, w: Tensor, b: Tensor, x: Tensor, xt: Tensor | None, one
     variant ``v`` holds them (:func:`heads`), in place. ``buf`` (``v.out``): the logits' and the
     weight gradient's buffers."""
     bsz = x.shape[1]
-    if v.layout == "cd":  # logits [n, C, B] = W xᵀ + b; ∂W = g x; ∂b = Σ_B g
-        xT = xt if xt is not None else x.transpose(1, 2)
-        if buf is None:
-            g = torch.softmax(torch.baddbmm(b, w, xT), 1).sub_(onehot)
-            gw = torch.bmm(g, x)
-        else:
-            g, gw = buf
-            torch.baddbmm(b, w, xT, out=g)
-            g.sub_(g.amax(1, keepdim=True)).exp_()
-            g.div_(g.sum(1, keepdim=True)).sub_(onehot)
-            torch.bmm(g, x, out=gw)
-        w.sub_(gw, alpha=lr / bsz)
-        b.sub_(g.sum(2, keepdim=True), alpha=lr / bsz)
-        return
-    xT = xt if xt is not None else x.transpose(1, 2)  # logits [n, B, C] = x W + b; ∂W = xᵀ g; ∂b = Σ_B g
+    xT = xt if xt is not None else x.transpose(1, 2)
+    # "cd": logits [n, C, B] = W xᵀ + b, ∂W = g x; "dc": logits [n, B, C] = x W + b, ∂W = xᵀ g; ∂b = Σ_B g
+    cd = v.layout == "cd"
+    left, right, cls = (w, xT, 1) if cd else (x, w, 2)
+    gw_of = (lambda g: (g, x)) if cd else (lambda g: (xT, g))
     if buf is None:
-        g = torch.softmax(torch.baddbmm(b, x, w), 2).sub_(onehot)
-        gw = torch.bmm(xT, g)
+        g = torch.softmax(torch.baddbmm(b, left, right), cls).sub_(onehot)
+        gw = torch.bmm(*gw_of(g))
     else:
         g, gw = buf
-        torch.baddbmm(b, x, w, out=g)
-        g.sub_(g.amax(2, keepdim=True)).exp_()
-        g.div_(g.sum(2, keepdim=True)).sub_(onehot)
-        torch.bmm(xT, g, out=gw)
+        torch.baddbmm(b, left, right, out=g)
+        g.sub_(g.amax(cls, keepdim=True)).exp_()
+        g.div_(g.sum(cls, keepdim=True)).sub_(onehot)
+        torch.bmm(*gw_of(g), out=gw)
     w.sub_(gw, alpha=lr / bsz)
-    b.sub_(g.sum(1, keepdim=True), alpha=lr / bsz)
+    b.sub_(g.sum(3 - cls, keepdim=True), alpha=lr / bsz)
 
 
 def train(v: Variant, w: Tensor, b: Tensor, data: tuple[Tensor, Tensor | None, Tensor], steps: int, lr: float,
@@ -190,16 +180,39 @@ def floor_seconds(n: int, batch: int = BATCH, threads: Sequence[int] = (1, 2), r
     return best, label
 
 
+def counts(text: str) -> list[int]:
+    """An argparse ``type``: comma-separated integers >= 1 (``"100,1000"``); otherwise argparse's
+    one-line error naming the option."""
+    try:
+        out = [int(t) for t in text.split(",")]
+    except ValueError:
+        out = []
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
+    return out
+
+
+def count(text: str) -> int:
+    """An argparse ``type``: one integer >= 1."""
+    try:
+        out = counts(text)
+    except argparse.ArgumentTypeError:
+        out = []
+    if len(out) != 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return out[0]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="100,1000", help="client counts N (comma-separated)")
-    ap.add_argument("--threads", default="1,2", help="torch thread counts to try (comma-separated)")
-    ap.add_argument("--samples", type=int, default=SAMPLES, help="training samples shared by the N clients")
-    ap.add_argument("--repeats", type=int, default=5, help="timings per variant (the best is kept)")
+    ap.add_argument("--sizes", type=counts, default="100,1000", help="client counts N (comma-separated)")
+    ap.add_argument("--threads", type=counts, default="1,2", help="torch thread counts to try (comma-separated)")
+    ap.add_argument("--samples", type=count, default=SAMPLES, help="training samples shared by the N clients")
+    ap.add_argument("--repeats", type=count, default=5, help="timings per variant (the best is kept)")
     a = ap.parse_args()
-    threads = [int(t) for t in a.threads.split(",")]
+    threads = a.threads
     print(f"# arithmetic floor, threads {threads}, load {'{:.2f} {:.2f} {:.2f}'.format(*os.getloadavg())}")
-    for n in (int(s) for s in a.sizes.split(",")):
+    for n in a.sizes:
         batch = client_batch(n, samples=a.samples)
         flop = flop_per_client_round(batch=batch)
         rows: list[tuple[str, float]] = []

@@ -64,8 +64,17 @@ def _rollup(pid: int) -> dict[str, int] | None:
     return {k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in lines)}
 
 
-def main() -> None:
-    root = int(sys.argv[1])
+def _root_pid(argv: list[str]) -> int:
+    """The one argument, the pid of a running process; otherwise ``SystemExit`` with a one-line error."""
+    if len(argv) != 1 or not argv[0].isdigit():
+        raise SystemExit(f"usage: pss_tree.py ROOT_PID (the pid of a running process), got {' '.join(argv)!r}")
+    if not os.path.exists(f"/proc/{argv[0]}"):
+        raise SystemExit(f"pss_tree.py: no process {argv[0]} (is this Linux, and is the run still going?)")
+    return int(argv[0])
+
+
+def main(argv: list[str] | None = None) -> None:
+    root = _root_pid(sys.argv[1:] if argv is None else argv)
     peak, peak_rows, own = 0, [], {}
     while os.path.exists(f"/proc/{root}"):
         rows = []

@@ -119,14 +119,16 @@ ROWS = ("round", "train", "set_params", "draw", "gather", "ce_grad", "sgd", "mes
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="100,1000", help="client counts N (comma-separated)")
-    ap.add_argument("--rounds", type=int, default=30, help="rounds per size (the first is left out)")
+    ap.add_argument("--sizes", type=floor.counts, default="100,1000", help="client counts N (comma-separated)")
+    ap.add_argument("--rounds", type=floor.count, default=30, help="rounds per size (the first is left out)")
     ap.add_argument("--profile", action="store_true", help="also print cProfile's top functions")
     a = ap.parse_args()
+    if a.rounds < 2:
+        ap.error(f"argument --rounds: at least 2 (the first round is left out), got {a.rounds}")
     load = "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     print(f"# in-process round split (median of rounds 1..{a.rounds - 1}), {load}", flush=True)
     with tempfile.TemporaryDirectory(prefix="round_split_") as td:
-        for n in (int(s) for s in a.sizes.split(",")):
+        for n in a.sizes:
             med = split(n, a.rounds, Path(td), a.profile)
             batch = floor.client_batch(n, TRAIN["batch_size"], TRAIN_SAMPLES)
             fl, label = floor.floor_seconds(n, batch)

@@ -33,8 +33,8 @@ LOOPBACK = "127.0.0.1"
 
 LEAN_ENV = "FEDSIM_RAY_LEAN"
 """``FEDSIM_RAY_LEAN=0`` starts fedsim's own Ray with all of Ray's processes (for ``ray status``,
-the state API or job submission); otherwise it is lean (:func:`lean_system_config`,
-:func:`lean_stopped_daemons`)."""
+the state API or job submission); ``1`` or unset: lean (:func:`lean_system_config`,
+:func:`lean_stopped_daemons`); any other value is an error."""
 
 
 def lean_system_config() -> dict[str, Any]:
@@ -57,7 +57,12 @@ def lean_stopped_daemons(log_to_driver: bool) -> list[str]:
 
 
 def _lean() -> bool:
-    return os.environ.get(LEAN_ENV, "1").strip() != "0"
+    """Whether :data:`LEAN_ENV` asks for a lean start: unset, empty or ``1`` yes, ``0`` no; any other
+    value is a one-line :class:`RayStartError` (a ``false`` or ``off`` must not silently mean lean)."""
+    value = os.environ.get(LEAN_ENV, "").strip()
+    if value not in ("", "0", "1"):
+        raise RayStartError(f"{LEAN_ENV}={value!r}: expected 0 (Ray with all its processes) or 1 (lean, the default)")
+    return value != "0"
 
 
 def _stop_daemons(ray: Any, kinds: list[str]) -> list[str]:
@@ -194,7 +199,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_dri
     :func:`lean_stopped_daemons` stopped once Ray runs."""
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # CPU simulation: silence Ray's GPU tip
     local = not address
-    lean = local and _lean()
+    lean = _lean() and local  # a junk value is an error even where it has no effect
     if local:
         _enable_token_auth()
     if lean:

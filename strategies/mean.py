@@ -29,13 +29,16 @@ class FedAvg(Strategy):
         return self._mean(own, received)
 
     def aggregate_batch(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
-        return self._mean(own, received)
+        return self._mean(own, received, reuse=False)
 
-    def _mean(self, own: Tensor, received: Tensor) -> Tensor:
+    def _mean(self, own: Tensor, received: Tensor, reuse: bool = True) -> Tensor:
         """``own [..., P]``, ``received [..., n, P]`` → ``[..., P]``. float64: a float32 sum of
-        values near the float32 limit overflows although the mean does not."""
-        if self.include_own:
-            return to_like(population(own, received, True).mean(dim=-2), own)
+        values near the float32 limit overflows although the mean does not. ``reuse``: the float64
+        copy in :meth:`_work_copy`'s buffer (one call per round, the server's); not for a gossip
+        group's batches, whose shapes change from chunk to chunk (no reuse) and whose buffer would
+        stay allocated between rounds, outside the memory estimate."""
+        if self.include_own or not reuse:
+            return to_like(population(own, received, self.include_own).mean(dim=-2), own)
         return to_like(self._work_copy(received).mean(dim=-2), own)
 
     def _work_copy(self, received: Tensor) -> Tensor:

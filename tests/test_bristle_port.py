@@ -4,33 +4,20 @@ updater with torch's Adam, its iterator skips training when exhausted; the ND4J 
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import struct
-import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from benchutil import load_benchmark
 
 from strategies.bristle import Bristle
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses look the module up
-    spec.loader.exec_module(mod)
-    return mod
-
-
-port = _module("bristle_port")
+port = load_benchmark("bristle_port")
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +25,7 @@ def dl4j():
     """The plugin, imported once; its backbone unregistered afterwards (no other test sees it)."""
     from fedsim.models.backbones import BACKBONES
 
-    mod = _module("dl4j_backbone")
+    mod = load_benchmark("dl4j_backbone")
     yield mod
     BACKBONES.pop("authors_emnist_cnn", None)
 

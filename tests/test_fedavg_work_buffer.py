@@ -34,3 +34,33 @@ def test_the_buffer_is_reused_while_the_shape_lasts():
     rule._mean(torch.zeros(3), torch.full((4, 3), 2.0))
     assert rule.__dict__["_work"] is buf
     assert rule == strategies.build("fedavg", {"include_own": False})  # not a field: equality unchanged
+
+
+def test_a_result_held_across_calls_is_never_overwritten():
+    """The buffer is the rule's own: what a call returns (the server keeps it as the global model for
+    the next round) shares no memory with it and is unchanged by later calls of the same shape."""
+    rule = strategies.build("fedavg", {"include_own": False})
+    g = torch.Generator().manual_seed(1)
+    own = torch.zeros(6)
+    held = []
+    for _ in range(3):
+        received = torch.randn(4, 6, generator=g)
+        out = rule._mean(own, received)
+        held.append((out, out.clone(), _fresh(own, received)))
+        buf = rule.__dict__["_work"]
+        assert out.untyped_storage().data_ptr() != buf.untyped_storage().data_ptr()
+    for out, copy, want in held:
+        assert torch.equal(out, copy) and torch.equal(out, want)
+
+
+def test_a_gossip_groups_batches_keep_no_buffer():
+    """Only the per-call path (the server's) keeps the buffer: a group's batched aggregation, whose
+    chunk shapes change from call to call, computes the same mean from a fresh copy and keeps none."""
+    rule = strategies.build("fedavg", {"include_own": False})
+    g = torch.Generator().manual_seed(2)
+    own, received = torch.zeros(3, 6), torch.randn(3, 4, 6, generator=g)
+    out = rule.aggregate_batch(own, received, None)  # type: ignore[arg-type]  (fedavg reads no context)
+    assert torch.equal(out, _fresh(own, received)) and "_work" not in rule.__dict__
+    rule(own[0], received[0], None)  # type: ignore[arg-type]
+    assert rule.__dict__["_work"].shape == (4, 6)  # control: the per-call path keeps it
+

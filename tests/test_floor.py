@@ -5,31 +5,18 @@ the rows a client of the iid split really trains on."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from benchutil import load_benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
 from fedsim import heads as fheads
 from fedsim.partition import make_partition
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses look the module up
-    spec.loader.exec_module(mod)
-    return mod
-
-
-floor = _module("floor")
+floor = load_benchmark("floor")
 N, CLS, DIM, B, STEPS, LR = 5, 4, 7, 6, 3, 0.7
 
 
@@ -86,3 +73,34 @@ def test_client_batch_is_the_trained_shard(n):
     assert floor.client_batch(n) == min(floor.BATCH, shard)
     with pytest.raises(ValueError, match="n <= samples"):
         floor.client_batch(floor.SAMPLES + 1)
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["--sizes", "junk"], "--sizes"), (["--sizes", "0"], "--sizes"), (["--threads", "1,,2"], "--threads"),
+    (["--repeats", "2,3"], "--repeats"), (["--samples", "-5"], "--samples"),
+])
+def test_bad_options_are_a_one_line_error(monkeypatch, capsys, argv, option):
+    """floor.py (and round_split.py, which reuses its types) refuses bad counts before timing anything."""
+    monkeypatch.setattr(sys, "argv", ["floor.py", *argv])
+    with pytest.raises(SystemExit) as e:
+        floor.main()
+    assert e.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"floor.py: error: argument {option}: expected ") and repr(argv[1]) in last
+
+
+def test_counts_reads_comma_separated_counts():
+    assert floor.counts("100,1000") == [100, 1000] and floor.count("7") == 7
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["--rounds", "1"], "argument --rounds: at least 2 (the first round is left out), got 1"),
+    (["--sizes", "10,x"], "argument --sizes: expected comma-separated integers >= 1, got '10,x'"),
+])
+def test_round_split_refuses_bad_options_in_one_line(monkeypatch, capsys, argv, expect):
+    round_split = load_benchmark("round_split")
+    monkeypatch.setattr(sys, "argv", ["round_split.py", *argv])
+    with pytest.raises(SystemExit) as e:
+        round_split.main()
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"round_split.py: error: {expect}"

@@ -179,6 +179,9 @@ def test_the_simulation_keeps_only_the_test_set_in_the_object_store(small_scenar
     train = next(p for p in b.puts if "x_train" in p)
     assert set(train) == {"x_train", "y_train"} and train["x_train"] is prep.features.x_train
     assert all(args[1] is train and args[2] is sim.features_ref for args in b.actors)
+    import gc
+
+    assert not any(r is sim or r is vars(sim) for r in gc.get_referrers(train))  # not kept by the simulation
     g = sim.groups[0]._obj
     assert g.x_test.data_ptr() == torch.from_numpy(prep.features.x_test).data_ptr()  # shared, not copied
 

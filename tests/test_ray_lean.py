@@ -55,11 +55,41 @@ class _FakeRay:
         monkeypatch.setattr(backend, "check_reachable", lambda address, timeout=5.0: None)
 
 
+def _unset(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
+    """Unset ``names`` for this test and restore them after (``delenv`` of an unset name would not
+    undo what ``init_ray`` then sets)."""
+    for name in names:
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize("value", ["false", "off", "no", "2", "0 1"])
+def test_a_junk_lean_setting_is_a_one_line_error(monkeypatch, value) -> None:
+    pytest.importorskip("ray")
+    _unset(monkeypatch, "RAY_USAGE_STATS_ENABLED")
+    monkeypatch.setenv(backend.LEAN_ENV, value)
+    fake = _FakeRay(monkeypatch)
+    for address in (None, "127.0.0.1:6379"):
+        with pytest.raises(backend.RayStartError, match=f"^FEDSIM_RAY_LEAN={value!r}: expected 0 .* or 1 ") as e:
+            backend.init_ray(address, num_cpus=2)
+        assert "\n" not in str(e.value)
+    assert fake.calls == [] and "RAY_USAGE_STATS_ENABLED" not in os.environ
+
+
+@pytest.mark.parametrize("value", ["", "1", " 1 "])
+def test_lean_is_the_default_and_1(monkeypatch, value) -> None:
+    pytest.importorskip("ray")
+    _unset(monkeypatch, "RAY_USAGE_STATS_ENABLED")
+    monkeypatch.setenv(backend.LEAN_ENV, value)
+    fake = _FakeRay(monkeypatch)
+    assert backend.init_ray(num_cpus=2)
+    assert fake.calls[0]["_system_config"] == backend.lean_system_config()
+
+
 @pytest.mark.parametrize("log_to_driver", [True, False])
 def test_a_local_start_asks_for_a_lean_ray(monkeypatch, log_to_driver) -> None:
     pytest.importorskip("ray")
-    monkeypatch.delenv(backend.LEAN_ENV, raising=False)
-    monkeypatch.delenv("RAY_USAGE_STATS_ENABLED", raising=False)
+    _unset(monkeypatch, backend.LEAN_ENV, "RAY_USAGE_STATS_ENABLED")
     fake = _FakeRay(monkeypatch)
     assert backend.init_ray(num_cpus=2, log_to_driver=log_to_driver)
     assert os.environ["RAY_USAGE_STATS_ENABLED"] == "0"
@@ -70,8 +100,7 @@ def test_a_local_start_asks_for_a_lean_ray(monkeypatch, log_to_driver) -> None:
 
 def test_a_cluster_address_and_lean_off_get_ray_as_it_comes(monkeypatch) -> None:
     pytest.importorskip("ray")
-    monkeypatch.delenv(backend.LEAN_ENV, raising=False)
-    monkeypatch.delenv("RAY_USAGE_STATS_ENABLED", raising=False)
+    _unset(monkeypatch, backend.LEAN_ENV, "RAY_USAGE_STATS_ENABLED")
     fake = _FakeRay(monkeypatch)
     assert backend.init_ray("127.0.0.1:6379")
     assert "RAY_USAGE_STATS_ENABLED" not in os.environ  # the cluster's settings are its own
