@@ -180,7 +180,7 @@ class RoundPrinter(Callback):
         print(
             f"# round {record.round}: " + " ".join(f"{k} {v:.2f}s" for k, v in record.phases.items())
             + f"; {time.perf_counter() - self.t0:.0f} s since start; "
-            f"peak PSS all {self.mem.peak_pss_all / 2**30:.2f} GB (by kind, GB: {kinds}); {load()}",
+            f"peak PSS all {self.mem.peak_pss_all / 2**30:.2f} GiB (by kind, GiB: {kinds}); {load()}",
             flush=True,
         )
 
@@ -200,7 +200,7 @@ def end_to_end(sc_dict: dict, run_dir: Path, progress: bool = False) -> dict:
         "loop_s": float(sum(per_round)),
         "round_ms_median": 1e3 * float(np.median(per_round)),
         "phase_s": {k: round(sum(x.phases[k] for x in r.records), 3) for k in PHASES},
-        "peak_rss_driver_workers_gb": mem.peak_rss_workers / 2**30,
+        "peak_rss_driver_workers_gb": mem.peak_rss_workers / 2**30,  # (the *_gb keys are GiB)
         "peak_pss_all_gb": mem.peak_pss_all / 2**30,
         "peak_pss_driver_workers_gb": mem.peak_pss_workers / 2**30,
         "peak_pss_by_kind_gb": {k: round(v / 2**30, 3) for k, v in mem.peak_by_kind.items()},
@@ -289,7 +289,7 @@ def main() -> None:
     if not a.skip_end_to_end:
         print(
             f"{'peers':>6} {'rounds':>6} {'wall s':>7} {'loop s':>7} {'ms/round':>8} {'µs/peer/rnd':>11} "
-            f"{'RSS GB':>6} {'PSS GB':>6} {'acc':>6}"
+            f"{'RSSGiB':>6} {'PSSGiB':>6} {'acc':>6}"
         )
         for r in rows:
             print(
@@ -301,7 +301,7 @@ def main() -> None:
             kinds = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["peak_pss_by_kind_gb"].items()))
             phases = ", ".join(f"{k} {v:.1f}" for k, v in r["phase_s"].items())
             ci = 1.96 * (r["accuracy_std"] or 0) / max(1, r["evaluated_peers"] or 1) ** 0.5
-            print(f"# {r['peers']} peers: peak PSS by process kind (GB): {kinds}; phase totals (s): {phases}; "
+            print(f"# {r['peers']} peers: peak PSS by process kind (GiB): {kinds}; phase totals (s): {phases}; "
                   f"accuracy {r['accuracy_mean'] or 0:.3f} ± {ci:.3f} (95% CI over {r['evaluated_peers']} peers)")
     if not a.skip_breakdown:
         print(
