@@ -56,6 +56,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import _cli  # benchmarks/ is on sys.path when run as a script
 import numpy as np
 import psutil
 import torch
@@ -231,24 +232,25 @@ def breakdown(sc_dict: dict, rounds: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="100,1000,10000")
-    ap.add_argument("--rounds", type=int, default=100)
-    ap.add_argument("--breakdown-rounds", type=int, default=5, help="rounds of the in-process breakdown")
+    ap = _cli.parser(__doc__)
+    ap.add_argument("--sizes", type=_cli.counts, default="100,1000,10000")
+    ap.add_argument("--rounds", type=_cli.count, default=100)
+    ap.add_argument("--breakdown-rounds", type=_cli.count, default=5, help="rounds of the in-process breakdown")
     ap.add_argument("--strategy", default="bristle")
     ap.add_argument("--partition", default="iid", choices=["iid", "dirichlet"])
-    ap.add_argument("--alpha", type=float, default=0.5, help="Dirichlet alpha (--partition dirichlet)")
-    ap.add_argument("--fanout", type=int, default=5)
-    ap.add_argument("--eval-every", type=int, default=10)
-    ap.add_argument("--eval-peers", type=int, default=100)
-    ap.add_argument("--num-actors", type=int, default=2)
-    ap.add_argument("--cpus-per-actor", type=float, default=1.0,
+    ap.add_argument("--alpha", type=_cli.positive, default=0.5, help="Dirichlet alpha (--partition dirichlet)")
+    ap.add_argument("--fanout", type=_cli.count, default=5)
+    ap.add_argument("--eval-every", type=_cli.count, default=10)
+    ap.add_argument("--eval-peers", type=_cli.count, default=100)
+    ap.add_argument("--num-actors", type=_cli.count, default=2)
+    ap.add_argument("--cpus-per-actor", type=_cli.positive, default=1.0,
                     help="engine.cpus_per_actor (in-process: num_actors x this many torch threads)")
     ap.add_argument(
         "--backend", default="ray", choices=["ray", "local"], help="engine.backend of the end-to-end runs"
     )
     ap.add_argument("--skip-end-to-end", action="store_true")
-    ap.add_argument("--replicate", type=int, default=0, help="train on K copies of the features (sizes > 60,000)")
+    ap.add_argument("--replicate", type=_cli.index, default=0,
+                    help="train on K copies of the features (sizes > 60,000)")
     ap.add_argument("--message-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     ap.add_argument("--progress", action="store_true", help="print every round of the end-to-end runs")
     ap.add_argument("--skip-breakdown", action="store_true")
@@ -258,7 +260,7 @@ def main() -> None:
     if strategy not in strategies.REGISTRY:
         print(f"# strategy {strategy!r} is not registered; falling back to 'fedavg'")
         strategy = "fedavg"
-    sizes = [int(s) for s in a.sizes.split(",")]
+    sizes = a.sizes
     print(
         f"# fedsim scale: decentralized {strategy}, fashion_mnist_embedded/fmnist_cnn, {a.partition}, "
         f"push_gossip fanout {a.fanout}, {a.rounds} rounds, eval {a.eval_peers} peers every {a.eval_every}, "
