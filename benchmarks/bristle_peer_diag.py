@@ -16,9 +16,9 @@ the sender scored on ``|F_i ∩ F_j|`` classes). Example (issue 14, the 2-class 
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 
+import _cli  # benchmarks/ is on sys.path when run as a script
 import numpy as np
 import torch
 import yaml
@@ -35,15 +35,15 @@ def recall(w: np.ndarray, x: np.ndarray, y: np.ndarray, c: int) -> np.ndarray:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--scenario", required=True)
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--set", action="append", default=[], help="KEY=VALUE override (YAML value)")
+    ap = _cli.parser(__doc__)
+    ap.add_argument("--scenario", required=True, type=_cli.existing_file)
+    ap.add_argument("--seeds", type=_cli.indices, default="0,1,2")
+    ap.add_argument("--set", action="append", default=[], type=_cli.key_value, help="KEY=VALUE override (YAML value)")
     ap.add_argument("--strategy", default="bristle")
     a = ap.parse_args()
     over = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in a.set)}
     over["strategy.name"] = a.strategy
-    for seed in (int(s) for s in a.seeds.split(",")):
+    for seed in a.seeds:
         sc = api.resolve(a.scenario, {**over, "seed": seed})
         res = api.run(sc, out=tempfile.mkdtemp(prefix="diag-") + "/r")
         prep = prepare(sc)

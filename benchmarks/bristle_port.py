@@ -75,10 +75,10 @@ Run (``--scenario`` any windows scenario; prints the mean honest accuracy at ite
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass, field
 
+import _cli  # benchmarks/ is on sys.path when run as a script
 import numpy as np
 import yaml
 
@@ -372,27 +372,25 @@ def run_port(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = _cli.parser(__doc__)
     ap.add_argument("--scenario", default="scenarios/bristle-repro/windows2.yaml")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--iterations", type=int, default=101,
+    ap.add_argument("--seeds", type=_cli.indices, default="0,1,2")
+    ap.add_argument("--iterations", type=_cli.count, default=101,
                     help="101: the authors' 'iteration 100' row is logged after 101 iterations")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+    ap.add_argument("--set", action="append", default=[], type=_cli.key_value, metavar="KEY=VALUE",
                     help="scenario override, as fedsim run --set (YAML value)")
     ap.add_argument("--ablate", default="", help=f"comma-separated, of {', '.join(ABLATIONS)}")
     a = ap.parse_args()
     ablate = {s for s in a.ablate.split(",") if s}
     bad = ablate - set(ABLATIONS)
     if bad:
-        raise SystemExit(f"bristle_port: unknown --ablate {sorted(bad)}; choose from {', '.join(ABLATIONS)}")
+        ap.error(f"argument --ablate: unknown {sorted(bad)}; choose from {', '.join(ABLATIONS)}")
     overrides = {}
     for kv in a.set:
-        k, sep, v = kv.partition("=")
-        if not sep:
-            raise SystemExit(f"bristle_port: --set needs KEY=VALUE, got {kv!r}")
+        k, _, v = kv.partition("=")
         overrides[k] = yaml.safe_load(v)
     finals = []
-    for s in (int(x) for x in a.seeds.split(",")):
+    for s in a.seeds:
         try:
             res = run_port(a.scenario, s, a.iterations, ablate, overrides)
         except (ValueError, OSError) as e:  # a scenario error, a missing backbone file: one line

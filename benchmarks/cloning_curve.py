@@ -17,10 +17,11 @@ Uses the first cloning entry of ``probes.json`` (``--entry`` picks another).
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
+
+import _cli  # benchmarks/ is on sys.path when run as a script
 
 from fedsim.plot import OKABE_ITO
 
@@ -49,10 +50,10 @@ def curves(entry: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run", type=Path, help="run directory with probes.json")
+    ap = _cli.parser(__doc__)
+    ap.add_argument("run", type=_cli.existing_dir, help="run directory with probes.json")
     ap.add_argument("--out", type=Path, default=Path("docs/figures/cloning_curve.png"))
-    ap.add_argument("--entry", type=int, default=0, help="index among the cloning entries")
+    ap.add_argument("--entry", type=_cli.index, default=0, help="index among the cloning entries")
     args = ap.parse_args(argv)
     import matplotlib
 

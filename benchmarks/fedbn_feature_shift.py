@@ -18,11 +18,11 @@ Reading: docs/whole-model.md, "Feature shift: FedBN against FedAvg".
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
+import _cli  # benchmarks/ is on sys.path when run as a script
 import panel_figure  # benchmarks/ is on sys.path when run as a script
 from federated_unlearning_seeds import mean_ci
 
@@ -88,9 +88,10 @@ def table(runs: Path, cond: str, seeds: list[int]) -> dict[str, dict[int, list[f
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=Path, required=True, help="folder of <cond>-<bn>-s<seed> run directories")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap = _cli.parser(__doc__)
+    ap.add_argument("--runs", type=_cli.existing_dir, required=True,
+                    help="folder of <cond>-<bn>-s<seed> run directories")
+    ap.add_argument("--seeds", type=_cli.index, nargs="+", default=[0, 1, 2])
     ap.add_argument("--conds", nargs="+", default=["shift", "noshift"], help="conditions present under --runs")
     ap.add_argument("--out", type=Path, default=None, help="figure (PNG)")
     args = ap.parse_args()

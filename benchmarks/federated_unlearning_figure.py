@@ -19,9 +19,9 @@ leaver (the gold standard). Reading: docs/probes.md, "federated_unlearning".
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+import _cli  # benchmarks/ is on sys.path when run as a script
 import numpy as np
 import panel_figure  # benchmarks/ is on sys.path when run as a script
 from federated_unlearning_seeds import load, mean_ci
@@ -30,17 +30,18 @@ from fedsim.plot import OKABE_ITO
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = _cli.parser(__doc__)
     ap.add_argument("--runs", action="append", required=True, metavar="LABEL=DIR,DIR,...",
                     help="one panel: a label and the run directories (one per seed)")
-    ap.add_argument("--hop", default="1", help="hop distance from the leaver whose peers are averaged")
+    ap.add_argument("--hop", type=lambda t: str(_cli.index(t)), default="1",
+                    help="hop distance from the leaver whose peers are averaged")
     ap.add_argument("--out", type=Path, default=Path("docs/figures/federated_unlearning_canaries.png"))
     args = ap.parse_args()
     panels = []
     for spec in args.runs:
         label, _, dirs = spec.partition("=")
         if not dirs:
-            raise SystemExit(f"--runs {spec!r}: expected LABEL=DIR,DIR,...")
+            ap.error(f"argument --runs: expected LABEL=DIR,DIR,..., got {spec!r}")
         panels.append((label, load(dirs.split(","))))
 
     fig, axes = panel_figure.panels(len(panels), 4.2)

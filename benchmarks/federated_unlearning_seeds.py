@@ -16,12 +16,12 @@ Reading: docs/probes.md, "federated_unlearning".
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
 from typing import Any
 
+import _cli  # benchmarks/ is on sys.path when run as a script
 import numpy as np
 
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
@@ -52,8 +52,8 @@ def load(run_dirs: list[str]) -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("runs", nargs="+", help="run directories (one per seed)")
+    ap = _cli.parser(__doc__)
+    ap.add_argument("runs", nargs="+", type=_cli.existing_dir, help="run directories (one per seed)")
     ap.add_argument("--splits", default="forget_natural,forget_canaries,test")
     ap.add_argument("--versus", metavar="DIR,DIR,...", help="runs of another method at the same seeds, same order")
     args = ap.parse_args()

@@ -29,12 +29,13 @@ fedsim's cost per client-round by this number (the "floor ratio").
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import _cli  # benchmarks/ is on sys.path when run as a script
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: as fedsim/__init__.py sets it
 import torch  # noqa: E402
@@ -180,35 +181,12 @@ def floor_seconds(n: int, batch: int = BATCH, threads: Sequence[int] = (1, 2), r
     return best, label
 
 
-def counts(text: str) -> list[int]:
-    """An argparse ``type``: comma-separated integers >= 1 (``"100,1000"``); otherwise argparse's
-    one-line error naming the option."""
-    try:
-        out = [int(t) for t in text.split(",")]
-    except ValueError:
-        out = []
-    if not out or min(out) < 1:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
-    return out
-
-
-def count(text: str) -> int:
-    """An argparse ``type``: one integer >= 1."""
-    try:
-        out = counts(text)
-    except argparse.ArgumentTypeError:
-        out = []
-    if len(out) != 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return out[0]
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", type=counts, default="100,1000", help="client counts N (comma-separated)")
-    ap.add_argument("--threads", type=counts, default="1,2", help="torch thread counts to try (comma-separated)")
-    ap.add_argument("--samples", type=count, default=SAMPLES, help="training samples shared by the N clients")
-    ap.add_argument("--repeats", type=count, default=5, help="timings per variant (the best is kept)")
+    ap = _cli.parser(__doc__)
+    ap.add_argument("--sizes", type=_cli.counts, default="100,1000", help="client counts N (comma-separated)")
+    ap.add_argument("--threads", type=_cli.counts, default="1,2", help="torch thread counts to try (comma-separated)")
+    ap.add_argument("--samples", type=_cli.count, default=SAMPLES, help="training samples shared by the N clients")
+    ap.add_argument("--repeats", type=_cli.count, default=5, help="timings per variant (the best is kept)")
     a = ap.parse_args()
     threads = a.threads
     print(f"# arithmetic floor, threads {threads}, load {'{:.2f} {:.2f} {:.2f}'.format(*os.getloadavg())}")

@@ -13,11 +13,11 @@ Reading: docs/probes.md, "gossip_cloning", "Colluders and GLS".
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
+import _cli  # benchmarks/ is on sys.path when run as a script
 import numpy as np
 
 from benchmarks.federated_unlearning_seeds import mean_ci
@@ -44,8 +44,8 @@ def key(e: dict[str, Any]) -> tuple[int, str, str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("runs", nargs="+", help="run directories (one per seed)")
+    ap = _cli.parser(__doc__)
+    ap.add_argument("runs", nargs="+", type=_cli.existing_dir, help="run directories (one per seed)")
     args = ap.parse_args()
     runs = load(args.runs)
     rule = runs[0][0]["run_rule"]

@@ -1,11 +1,12 @@
 """Peak memory of a process tree, process by process, sampled from outside the run.
 
-Every 0.2 s, until the process ROOT_PID exits, reads ``/proc/PID/smaps_rollup`` of ROOT_PID and all
-its descendants (a fedsim driver: Ray's daemons and actors are its children and grandchildren) and
-keeps the sample with the largest total PSS. Prints that sample per process (PSS, and its
-anonymous / file / shared-memory parts: a Ray actor's share of the object store is ``shmem``) and
-each process's own peak. A separate process, so the run it watches is not slowed (``scale.py``'s
-own sampler runs in the driver). Linux only.
+Every 0.2 s, until the process ROOT_PID exits (or is a zombie: exited, not yet reaped), reads the
+PSS of ROOT_PID and all its descendants (``pss.sample``; a fedsim driver: Ray's daemons and actors
+are its children and grandchildren) and keeps the sample with the largest total PSS. Prints that
+sample per process (PSS, and its anonymous / file / shared-memory parts: a Ray actor's share of
+the object store is ``shmem``) and per kind (those add up to the total), then each kind's own peak
+over the run (reached at different moments: they do not add up). A separate process, so the run
+it watches is not slowed (``scale.py``'s own sampler runs in the driver). Linux only.
 
     python benchmarks/scale.py --sizes 10000 --rounds 10 --skip-breakdown & python benchmarks/pss_tree.py $!
 """
@@ -16,52 +17,9 @@ import os
 import sys
 import time
 
-KEYS = ("gcs_server", "raylet", "dashboard.py", "log_monitor.py", "monitor.py", "agent")
+import pss  # benchmarks/ is on sys.path when run as a script
 
-
-def _tree(root: int) -> list[int]:
-    kids: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    s = f.read()
-            except OSError:
-                continue
-            kids.setdefault(int(s[s.rfind(")") + 2 :].split()[1]), []).append(int(d))
-    out, todo = [], [root]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += kids.get(p, [])
-    return out
-
-
-def _label(pid: int, root: int) -> str:
-    """``driver``, a Ray worker's title (``ray::PeerGroup.train``), or the daemon's script/binary."""
-    if pid == root:
-        return "driver"
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmd = [c.decode(errors="replace") for c in f.read().split(b"\0")]
-    except OSError:
-        return "?"
-    if cmd[0].startswith("ray::"):
-        return cmd[0].split()[0]
-    for part in cmd[:3]:
-        for key in KEYS:
-            if part.endswith(key):
-                return key
-    return os.path.basename(cmd[0])[:30]
-
-
-def _rollup(pid: int) -> dict[str, int] | None:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            lines = f.readlines()[1:]
-    except OSError:
-        return None
-    return {k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in lines)}
+MIB = 2**20
 
 
 def _root_pid(argv: list[str]) -> int:
@@ -73,27 +31,31 @@ def _root_pid(argv: list[str]) -> int:
     return int(argv[0])
 
 
+def watch(root: int, interval: float = 0.2, proc: str = pss.PROC) -> pss.Peak:
+    """Sample ``root``'s tree every ``interval`` seconds while ``root`` runs."""
+    peak = pss.Peak()
+    while pss.alive(root, proc):
+        peak.add(pss.sample(root, proc))
+        time.sleep(interval)
+    return peak
+
+
+def report(peak: pss.Peak) -> str:
+    """The peak sample per process and per kind (MiB), and each kind's own peak, labelled."""
+    rows = sorted(peak.at_peak, key=lambda p: -p.pss)
+    out = [f"peak PSS {peak.total / MIB:.0f} MiB over {len(rows)} processes; each at that sample (MiB):",
+           f"  {'PSS':>8}  {'anon':>7}  {'file':>6}  {'shmem':>7}  kind (pid)"]
+    out += [f"  {p.pss / MIB:8.1f}  {p.anon / MIB:7.1f}  {p.file / MIB:6.1f}  {p.shmem / MIB:7.1f}  "
+            f"{p.kind} (pid {p.pid})" for p in rows]
+    kinds = sorted(peak.by_kind().items(), key=lambda x: -x[1])
+    out.append("by kind at that sample (MiB, sums to the peak): " + ", ".join(f"{k} {v / MIB:.0f}" for k, v in kinds))
+    out.append("each kind's own peak over the run (MiB, at different moments: not additive): " + ", ".join(
+        f"{k} {v / MIB:.0f}" for k, v in sorted(peak.own_max.items(), key=lambda x: -x[1])))
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> None:
-    root = _root_pid(sys.argv[1:] if argv is None else argv)
-    peak, peak_rows, own = 0, [], {}
-    while os.path.exists(f"/proc/{root}"):
-        rows = []
-        for p in _tree(root):
-            r = _rollup(p)
-            if r is not None and "Pss" in r:
-                lab = _label(p, root)
-                rows.append((r["Pss"], p, lab, r))
-                own[(p, lab)] = max(own.get((p, lab), 0), r["Pss"])
-        if sum(x[0] for x in rows) > peak:
-            peak, peak_rows = sum(x[0] for x in rows), rows
-        time.sleep(0.2)
-    mib = 2**20
-    print(f"peak PSS {peak / mib:.0f} MiB over {len(peak_rows)} processes; each at that sample (MiB):")
-    for pss, p, lab, r in sorted(peak_rows, key=lambda x: -x[0]):
-        print(f"  {pss / mib:8.1f}  anon {r.get('Pss_Anon', 0) / mib:7.1f}  file {r.get('Pss_File', 0) / mib:6.1f}  "
-              f"shmem {r.get('Pss_Shmem', 0) / mib:7.1f}  {lab} (pid {p})")
-    print("each process's own peak (MiB): " + ", ".join(
-        f"{lab}:{p} {v / mib:.0f}" for (p, lab), v in sorted(own.items(), key=lambda x: -x[1])))
+    print(report(watch(_root_pid(sys.argv[1:] if argv is None else argv))))
 
 
 if __name__ == "__main__":

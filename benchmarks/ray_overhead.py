@@ -19,10 +19,10 @@ for the global model in a call of its own; now the aggregation is submitted with
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
+import _cli  # benchmarks/ is on sys.path when run as a script
 import numpy as np
 
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -83,9 +83,9 @@ def pipelined(groups: list, server, state: dict) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--clients", type=int, default=100, help="clients N (split over 2 group actors)")
-    ap.add_argument("--rounds", type=int, default=200)
+    ap = _cli.parser(__doc__)
+    ap.add_argument("--clients", type=_cli.count, default=100, help="clients N (split over 2 group actors)")
+    ap.add_argument("--rounds", type=_cli.count, default=200)
     a = ap.parse_args()
     ray.init(num_cpus=3, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:

@@ -18,7 +18,6 @@ given per client-round as a multiple of it. ``--profile`` adds cProfile's top fu
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import os
 import pstats
@@ -31,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import _cli  # benchmarks/ is on sys.path when run as a script
 import numpy as np
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: as fedsim sets it
@@ -118,9 +118,9 @@ ROWS = ("round", "train", "set_params", "draw", "gather", "ce_grad", "sgd", "mes
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", type=floor.counts, default="100,1000", help="client counts N (comma-separated)")
-    ap.add_argument("--rounds", type=floor.count, default=30, help="rounds per size (the first is left out)")
+    ap = _cli.parser(__doc__)
+    ap.add_argument("--sizes", type=_cli.counts, default="100,1000", help="client counts N (comma-separated)")
+    ap.add_argument("--rounds", type=_cli.count, default=30, help="rounds per size (the first is left out)")
     ap.add_argument("--profile", action="store_true", help="also print cProfile's top functions")
     a = ap.parse_args()
     if a.rounds < 2:

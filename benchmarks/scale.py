@@ -14,7 +14,7 @@ Per size, two measurements in this one process:
    whole call (Ray start, features, actors, all rounds), the round loop (sum of the rounds'
    ``RoundRecord.seconds``, training + aggregation; each phase's total from the same records)
    and the peak memory of the driver and every process
-   it started (Ray actors/workers and Ray's own daemons), sampled every 0.2 s with psutil: the sum
+   it started (Ray actors/workers and Ray's own daemons), sampled every 0.2 s from /proc (``pss.py``): the sum
    of RSS over driver + workers (what the brief asks: shared pages are counted once per process
    that maps them, so this over-counts Ray's shared-memory object store) and the sum of PSS over
    all of them including daemons (proportional set size: shared pages split among their users,
@@ -56,7 +56,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import _cli  # benchmarks/ is on sys.path when run as a script
 import numpy as np
+import pss
 import psutil
 import torch
 
@@ -121,39 +123,26 @@ def release_memory() -> None:
 
 
 class MemorySampler:
-    """Peak memory of this process and all its descendants (Ray daemons, actors, workers)."""
+    """Peak memory of this process and all its descendants (Ray daemons, actors, workers), read by
+    :func:`pss.sample`; ``peak.by_kind()``: PSS per kind at the moment of the total PSS peak."""
 
     def __init__(self, interval: float = 0.2) -> None:
         self.interval = interval
         self.peak_rss_workers = 0  # driver + ray:: worker processes, RSS summed
-        self.peak_pss_all = 0  # every process, PSS summed
         self.peak_pss_workers = 0
-        self.peak_by_kind: dict[str, int] = {}  # PSS peak per kind: driver, each ray:: worker name, daemons
+        self.peak = pss.Peak()  # every process, PSS summed: total, the sample at its peak, kinds
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
+    @property
+    def peak_pss_all(self) -> int:
+        return self.peak.total
+
     def sample(self) -> None:
-        me = psutil.Process()
-        rss_w = pss_all = pss_w = 0
-        kinds: dict[str, int] = {}
-        for p in [me, *me.children(recursive=True)]:
-            try:
-                info = p.memory_full_info()
-                cmd = p.cmdline()
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                continue
-            worker = p.pid == me.pid or (bool(cmd) and cmd[0].startswith("ray::"))
-            kind = "driver" if p.pid == me.pid else (cmd[0].split()[0].split(".")[0] if worker else "ray daemons")
-            kinds[kind] = kinds.get(kind, 0) + info.pss
-            pss_all += info.pss
-            if worker:
-                rss_w += info.rss
-                pss_w += info.pss
-        for k, v in kinds.items():
-            self.peak_by_kind[k] = max(self.peak_by_kind.get(k, 0), v)
-        self.peak_rss_workers = max(self.peak_rss_workers, rss_w)
-        self.peak_pss_all = max(self.peak_pss_all, pss_all)
-        self.peak_pss_workers = max(self.peak_pss_workers, pss_w)
+        procs = pss.sample(os.getpid())
+        self.peak.add(procs)
+        self.peak_rss_workers = max(self.peak_rss_workers, sum(p.rss for p in procs if p.worker))
+        self.peak_pss_workers = max(self.peak_pss_workers, sum(p.pss for p in procs if p.worker))
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -176,11 +165,11 @@ class RoundPrinter(Callback):
         self.mem, self.t0 = mem, time.perf_counter()
 
     def on_round(self, record: RoundRecord) -> None:
-        kinds = " ".join(f"{k} {v / 2**30:.2f}" for k, v in sorted(self.mem.peak_by_kind.items()))
+        kinds = " ".join(f"{k} {v / 2**30:.2f}" for k, v in sorted(self.mem.peak.by_kind().items()))
         print(
             f"# round {record.round}: " + " ".join(f"{k} {v:.2f}s" for k, v in record.phases.items())
             + f"; {time.perf_counter() - self.t0:.0f} s since start; "
-            f"peak PSS all {self.mem.peak_pss_all / 2**30:.2f} GiB (by kind, GiB: {kinds}); {load()}",
+            f"peak PSS all {self.mem.peak_pss_all / 2**30:.2f} GiB (by kind at that peak, GiB: {kinds}); {load()}",
             flush=True,
         )
 
@@ -203,7 +192,7 @@ def end_to_end(sc_dict: dict, run_dir: Path, progress: bool = False) -> dict:
         "peak_rss_driver_workers_gb": mem.peak_rss_workers / 2**30,  # (the *_gb keys are GiB)
         "peak_pss_all_gb": mem.peak_pss_all / 2**30,
         "peak_pss_driver_workers_gb": mem.peak_pss_workers / 2**30,
-        "peak_pss_by_kind_gb": {k: round(v / 2**30, 3) for k, v in mem.peak_by_kind.items()},
+        "pss_by_kind_at_peak_gb": {k: round(v / 2**30, 3) for k, v in mem.peak.by_kind().items()},  # sums to the peak
         "accuracy_mean": summary.get("final_accuracy_mean"),
         "accuracy_std": last.get("accuracy_std"),  # over the evaluated peers: a 95% CI is 1.96 std / sqrt(n)
         "evaluated_peers": last.get("evaluated_peers"),
@@ -231,24 +220,25 @@ def breakdown(sc_dict: dict, rounds: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="100,1000,10000")
-    ap.add_argument("--rounds", type=int, default=100)
-    ap.add_argument("--breakdown-rounds", type=int, default=5, help="rounds of the in-process breakdown")
+    ap = _cli.parser(__doc__)
+    ap.add_argument("--sizes", type=_cli.counts, default="100,1000,10000")
+    ap.add_argument("--rounds", type=_cli.count, default=100)
+    ap.add_argument("--breakdown-rounds", type=_cli.count, default=5, help="rounds of the in-process breakdown")
     ap.add_argument("--strategy", default="bristle")
     ap.add_argument("--partition", default="iid", choices=["iid", "dirichlet"])
-    ap.add_argument("--alpha", type=float, default=0.5, help="Dirichlet alpha (--partition dirichlet)")
-    ap.add_argument("--fanout", type=int, default=5)
-    ap.add_argument("--eval-every", type=int, default=10)
-    ap.add_argument("--eval-peers", type=int, default=100)
-    ap.add_argument("--num-actors", type=int, default=2)
-    ap.add_argument("--cpus-per-actor", type=float, default=1.0,
+    ap.add_argument("--alpha", type=_cli.positive, default=0.5, help="Dirichlet alpha (--partition dirichlet)")
+    ap.add_argument("--fanout", type=_cli.count, default=5)
+    ap.add_argument("--eval-every", type=_cli.count, default=10)
+    ap.add_argument("--eval-peers", type=_cli.count, default=100)
+    ap.add_argument("--num-actors", type=_cli.count, default=2)
+    ap.add_argument("--cpus-per-actor", type=_cli.positive, default=1.0,
                     help="engine.cpus_per_actor (in-process: num_actors x this many torch threads)")
     ap.add_argument(
         "--backend", default="ray", choices=["ray", "local"], help="engine.backend of the end-to-end runs"
     )
     ap.add_argument("--skip-end-to-end", action="store_true")
-    ap.add_argument("--replicate", type=int, default=0, help="train on K copies of the features (sizes > 60,000)")
+    ap.add_argument("--replicate", type=_cli.index, default=0,
+                    help="train on K copies of the features (sizes > 60,000)")
     ap.add_argument("--message-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     ap.add_argument("--progress", action="store_true", help="print every round of the end-to-end runs")
     ap.add_argument("--skip-breakdown", action="store_true")
@@ -258,7 +248,7 @@ def main() -> None:
     if strategy not in strategies.REGISTRY:
         print(f"# strategy {strategy!r} is not registered; falling back to 'fedavg'")
         strategy = "fedavg"
-    sizes = [int(s) for s in a.sizes.split(",")]
+    sizes = a.sizes
     print(
         f"# fedsim scale: decentralized {strategy}, fashion_mnist_embedded/fmnist_cnn, {a.partition}, "
         f"push_gossip fanout {a.fanout}, {a.rounds} rounds, eval {a.eval_peers} peers every {a.eval_every}, "

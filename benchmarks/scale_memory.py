@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import _cli  # benchmarks/ is on sys.path when run as a script
 import numpy as np
 import psutil
 import torch
@@ -126,13 +127,13 @@ def instrument(log: list[tuple[str, int, int, int]]) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--peers", type=int, default=10000)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap = _cli.parser(__doc__)
+    ap.add_argument("--peers", type=_cli.count, default=10000)
+    ap.add_argument("--rounds", type=_cli.count, default=2)
     ap.add_argument("--strategy", default="bristle")
-    ap.add_argument("--num-actors", type=int, default=2)
+    ap.add_argument("--num-actors", type=_cli.count, default=2)
     ap.add_argument("--message-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    ap.add_argument("--replicate", type=int, default=0)
+    ap.add_argument("--replicate", type=_cli.index, default=0)
     a = ap.parse_args()
     sargs = argparse.Namespace(
         partition="iid", alpha=0.5, fanout=5, eval_every=1, eval_peers=100, backend="local",

@@ -18,10 +18,10 @@ Measured numbers and their reading: docs/probes.md ("Why Newton closes only part
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
+import _cli  # benchmarks/ is on sys.path when run as a script
 import numpy as np
 import torch
 
@@ -36,11 +36,11 @@ def _gap(ref: torch.Tensor, theta: torch.Tensor, splits: dict[str, torch.Tensor]
 
 
 def main() -> None:
-    ap_ = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap_.add_argument("scenario", nargs="?", default="scenarios/unlearning.yaml")
-    ap_.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    ap_.add_argument("--damping", type=float, default=1e-3)
-    ap_.add_argument("--rounds", type=lambda v: [int(x) for x in v.split(",")], default=[0, 1, 5, 20],
+    ap_ = _cli.parser(__doc__)
+    ap_.add_argument("scenario", nargs="?", type=_cli.existing_file, default="scenarios/unlearning.yaml")
+    ap_.add_argument("--set", action="append", default=[], type=_cli.key_value, metavar="KEY=VALUE")
+    ap_.add_argument("--damping", type=_cli.positive, default=1e-3)
+    ap_.add_argument("--rounds", type=_cli.indices, default=[0, 1, 5, 20],
                      help="gossip rounds after unlearning to report (comma-separated)")
     args = ap_.parse_args()
     overrides = sc_mod.parse_sets(["engine.backend=local", *args.set])

@@ -40,7 +40,6 @@ GEMMs as one tight batched loop, the fastest of its variants, measured in this r
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -48,6 +47,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _cli  # benchmarks/ is on sys.path when run as a script
 import numpy as np
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (floor.py imports it): as fedsim sets it
@@ -179,13 +179,15 @@ def steady_throughput(per_round: list[float]) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="10,100,1000", help="client counts N (comma-separated)")
-    ap.add_argument("--rounds", type=int, default=50, help="fedsim rounds (every N)")
+    ap = _cli.parser(__doc__)
+    ap.add_argument("--sizes", type=_cli.counts, default="10,100,1000", help="client counts N (comma-separated)")
+    ap.add_argument("--rounds", type=_cli.count, default=50, help="fedsim rounds (every N)")
     ap.add_argument(
-        "--flower-rounds", default="20,10,6", help="Flower rounds: one per size, or one for all (Flower is slow)"
+        "--flower-rounds", type=_cli.counts, default="20,10,6",
+        help="Flower rounds: one per size, or one for all (Flower is slow)"
     )
-    ap.add_argument("--flower-cpus-per-client", type=float, default=1.0, help="Flower client_resources.num_cpus")
+    ap.add_argument("--flower-cpus-per-client", type=_cli.positive, default=1.0,
+                    help="Flower client_resources.num_cpus")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--busy-core", action="store_true", help="keep one core busy with a spinning process throughout")
     a = ap.parse_args()
@@ -196,8 +198,7 @@ def main() -> None:
         spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
         atexit.register(spinner.kill)
         time.sleep(1.0)
-    sizes = [int(s) for s in a.sizes.split(",")]
-    fr = [int(s) for s in a.flower_rounds.split(",")]
+    sizes, fr = a.sizes, a.flower_rounds
     fr = fr * len(sizes) if len(fr) == 1 else fr
     if len(fr) != len(sizes):
         ap.error("--flower-rounds: give one value or one per size")

@@ -36,7 +36,6 @@ round goes (the phases of one in-process round, timed from outside with the engi
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -45,6 +44,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _cli  # benchmarks/ is on sys.path when run as a script
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -163,24 +163,26 @@ def profile(n: int, tmp: Path, rounds: int = 2, batching: str = "auto") -> dict[
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="10,100", help="client counts N (comma-separated)")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds in both engines (the first is warm-up)")
+    ap = _cli.parser(__doc__)
+    ap.add_argument("--sizes", type=_cli.counts, default="10,100", help="client counts N (comma-separated)")
+    ap.add_argument("--rounds", type=_cli.count, default=3, help="rounds in both engines (the first is warm-up)")
     ap.add_argument("--batching", default="vmap,loop",
                     help="fedsim's model.batching values to time against Flower (comma-separated: vmap, loop, auto)")
-    ap.add_argument("--noise-seeds", default="1", help="fedsim's other seeds: accuracy spread ('' none)")
+    ap.add_argument("--noise-seeds", type=lambda t: _cli.indices(t) if t else [], default="1",
+                    help="fedsim's other seeds: accuracy spread ('' none)")
     ap.add_argument("--ray", action="store_true", help="also run fedsim on Ray (2 actors + the server)")
     ap.add_argument("--profile", action="store_true", help="also time the phases of fedsim's round")
-    ap.add_argument("--flower-cpus-per-client", type=float, default=1.0, help="Flower client_resources.num_cpus")
+    ap.add_argument("--flower-cpus-per-client", type=_cli.positive, default=1.0,
+                    help="Flower client_resources.num_cpus")
     ap.add_argument("--json", default=None, help="also write the results here")
     a = ap.parse_args()
     if a.rounds < 2:
-        ap.error("--rounds: at least 2 (the first round is warm-up)")
-    sizes = [int(s) for s in a.sizes.split(",")]
+        ap.error("argument --rounds: at least 2 (the first round is warm-up)")
+    sizes = a.sizes
     modes = [m for m in a.batching.split(",") if m]
     if not modes or any(m not in ("vmap", "loop", "auto") for m in modes):
-        ap.error(f"--batching: comma-separated vmap, loop, auto; got {a.batching!r}")
-    noise_seeds = [int(s) for s in a.noise_seeds.split(",") if s]
+        ap.error(f"argument --batching: comma-separated vmap, loop, auto; got {a.batching!r}")
+    noise_seeds = a.noise_seeds
     print(
         f"# fedsim vs Flower {__import__('flwr').__version__} (ray {__import__('ray').__version__}), whole-model "
         f"workload (fmnist_cnn + linear head from scratch, 57,866 parameters), {a.rounds} rounds, "

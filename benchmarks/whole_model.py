@@ -32,6 +32,8 @@ import subprocess
 import sys
 import time
 
+import _cli  # benchmarks/ is on sys.path when run as a script
+
 CONFIGS = {
     "head (linear, today)": {},
     "head MLP [128]": {"model": {"hidden": [128]}},
@@ -147,9 +149,9 @@ def step_only(peers: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--peers", type=int, default=16)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap = _cli.parser(__doc__)
+    ap.add_argument("--peers", type=_cli.count, default=16)
+    ap.add_argument("--rounds", type=_cli.count, default=2)
     ap.add_argument("--loop", action="store_true")
     ap.add_argument("--step-only", action="store_true")
     ap.add_argument("--batching", default="vmap", choices=("vmap", "loop", "auto"),

@@ -184,6 +184,31 @@ def _same_cluster(ray: Any, address: str) -> bool:
     return _gcs_address(ray) == address
 
 
+_ENV_SET: list[str] = []  # variables init_ray set (they were unset) for the Ray it started
+
+
+def _set_for_this_ray(name: str, value: str) -> None:
+    """Set ``name`` unless the user did, remembering it so :func:`shutdown_ray` unsets it."""
+    if name not in os.environ:
+        os.environ[name] = value
+        _ENV_SET.append(name)
+
+
+def _restore_env() -> None:
+    while _ENV_SET:
+        os.environ.pop(_ENV_SET.pop(), None)
+
+
+def shutdown_ray(ray: Any) -> None:
+    """Stop the Ray :func:`init_ray` started and unset what it set in the environment for it
+    (``RAY_USAGE_STATS_ENABLED``). Token authentication's variables stay: Ray read them at import,
+    and a later start in this process must agree with them."""
+    try:
+        ray.shutdown()
+    finally:
+        _restore_env()
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = False) -> bool:
     """Start Ray for this process, or connect to the cluster at ``address``; the one place fedsim
     calls ``ray.init``. Returns False (and does nothing) when Ray is already initialised here,
@@ -195,15 +220,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_dri
     127.0.0.1, its temp dir under :func:`private_ray_dir`, token authentication on where
     :func:`_enable_token_auth` can turn it on, no dashboard, and unless ``FEDSIM_RAY_LEAN=0``
     (:data:`LEAN_ENV`) lean: no prestarted workers (:func:`lean_system_config`), no usage-stats
-    reporting (``RAY_USAGE_STATS_ENABLED=0`` unless set), and the daemons of
-    :func:`lean_stopped_daemons` stopped once Ray runs."""
+    reporting (``RAY_USAGE_STATS_ENABLED=0`` unless set, only while the Ray it starts runs:
+    :func:`shutdown_ray` unsets it again), and the daemons of :func:`lean_stopped_daemons` stopped
+    once Ray runs."""
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # CPU simulation: silence Ray's GPU tip
     local = not address
     lean = _lean() and local  # a junk value is an error even where it has no effect
     if local:
         _enable_token_auth()
-    if lean:
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
     if not local:
@@ -238,13 +262,16 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_dri
         kw["_temp_dir"] = str(private_ray_dir() / "ray")
         if lean:
             kw["_system_config"] = lean_system_config()
+            _set_for_this_ray("RAY_USAGE_STATS_ENABLED", "0")  # read by ray.init and the processes it starts
         with _loopback_node():
             ray.init(**kw)
         if lean:
             _stop_daemons(ray, lean_stopped_daemons(log_to_driver))
     except FedsimError:
+        _restore_env()
         raise
     except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, ValueError, RuntimeError, ...
+        _restore_env()
         where = f"connect to the Ray cluster at {address}" if address else "start Ray on this machine"
         first = (str(e).strip().splitlines() or [""])[0]
         raise RayStartError(f"could not {where}: {type(e).__name__}: {first}") from None
@@ -338,7 +365,7 @@ def run_tasks(
                 ray.cancel(ref, force=True)
     finally:
         if started_ray:
-            ray.shutdown()
+            shutdown_ray(ray)
 
 
 def _largest_node_cpus(ray: Any, default: int) -> int:
@@ -418,7 +445,7 @@ class RayBackend:
 
     def shutdown(self) -> None:
         if self._started:
-            self.ray.shutdown()
+            shutdown_ray(self.ray)
 
 
 def make_backend(kind: str, address: str | None, num_cpus: int | None = None) -> LocalBackend | RayBackend:

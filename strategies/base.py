@@ -110,11 +110,18 @@ class Strategy:
     weights. :attr:`scores_whole_models`: the rule reads the validation set only through
     ``validation_logits`` (no per-class head structure), so it also runs on whole models, where the
     engine supplies ``ctx.val_logits``.
+
+    :attr:`float64_input`: the rule reads ``received`` only through a float64 copy
+    (``strategies._math.population`` / ``f64``, a no-op on float64 rows) and never writes into it,
+    so float64 rows with the same values, shape and strides give the same result; a caller that
+    aggregates every round (the federated server) then hands :func:`aggregate` a float64 scratch it
+    keeps (``work=``) and the rows are converted into it instead of a fresh copy per call.
     """
 
     name: ClassVar[str] = ""
     needs: ClassVar[frozenset[str]] = frozenset()
     scores_whole_models: ClassVar[bool] = False
+    float64_input: ClassVar[bool] = False
     exchanges: ClassVar[str] = "full_model"
 
     def __post_init__(self) -> None:
@@ -198,21 +205,42 @@ def aggregate(
     received: Tensor | list[Tensor],
     ctx: AggregationContext,
     fallback: Tensor | None = None,
+    *,
+    work: Tensor | None = None,
 ) -> tuple[Tensor, int]:
     """Sanitize ``received``, run ``strategy``, and fall back to ``fallback`` (default ``own``) if
     nothing usable is left or the rule produced non-finite values. Returns ``(new_params,
     n_dropped)``. A peer with consolidated weights passes its trained copy as ``own`` and its
-    consolidated head as ``fallback``. Per-row context (``ctx.overlap``) follows the kept rows."""
+    consolidated head as ``fallback``. Per-row context (``ctx.overlap``) follows the kept rows.
+
+    ``work``: a float64 scratch ``[m, P]`` (``m`` at least the rows received) that the caller keeps
+    between calls; for a rule with :attr:`Strategy.float64_input` the kept rows are converted into
+    its first rows and handed to the rule as they are (the float64 copy the rule would make: same
+    values, shape and strides, so the same result). Ignored for other rules and for rows that are
+    not contiguous (the rule's own copy would keep their strides)."""
     keep = own if fallback is None else fallback
     s = sanitize(received, ctx.num_params)
     if s.received.shape[0] == 0:
         return keep.clone(), s.dropped
     if s.kept is not None and ctx.overlap is not None:
         ctx = replace(ctx, overlap=ctx.overlap[s.kept.to(ctx.overlap.device)])
-    out = strategy(own, s.received.to(own.dtype), ctx)
+    rows = s.received.to(own.dtype)
+    if work is not None and strategy.float64_input and rows.is_contiguous():
+        rows = _into_scratch(work, rows)
+    out = strategy(own, rows, ctx)
     if out.shape != own.shape or not bool(torch.isfinite(out).all()):
         return keep.clone(), s.dropped
     return out, s.dropped
+
+
+def _into_scratch(work: Tensor, rows: Tensor) -> Tensor:
+    """``rows [k, P]`` converted into the first ``k`` rows of the float64 scratch ``work``."""
+    k, p = rows.shape
+    if work.dtype != torch.float64 or work.dim() != 2 or work.shape[0] < k or work.shape[1] != p \
+            or work.device != rows.device or not work.is_contiguous():
+        raise ValueError(f"work: must be a contiguous float64 [>= {k}, {p}] tensor on {rows.device}, "
+                         f"got {work.dtype} {tuple(work.shape)} on {work.device}")
+    return work[:k].copy_(rows)
 
 
 def aggregate_batch(

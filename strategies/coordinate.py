@@ -41,6 +41,8 @@ class Median(Strategy):
 
     include_own: bool = param(True, Boolean())
 
+    float64_input = True  # reads received through population (float64): a caller's scratch serves
+
     def check(self, n: int, f: int) -> None:
         check_population("median", n, f, self.include_own, 2 * f + 1, "2f + 1")
 
@@ -63,6 +65,8 @@ class TrimmedMean(Strategy):
 
     beta: float | None = param(None, Real(lo=0.0, hi=0.5, hi_open=True, null=True))
     include_own: bool = param(True, Boolean())
+
+    float64_input = True  # reads received through population (float64): a caller's scratch serves
 
     def _b(self, size: int, f: int) -> int:
         return f if self.beta is None else int(math.floor(self.beta * size))

@@ -12,12 +12,12 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 def ray_session():
     """One local Ray instance for the whole test session (starting Ray costs seconds)."""
     ray = pytest.importorskip("ray")
-    from fedsim.backend import init_ray
+    from fedsim.backend import init_ray, shutdown_ray
 
     started = init_ray(num_cpus=4)  # the way fedsim starts it: loopback, private folder, token auth
     yield ray
     if started:
-        ray.shutdown()
+        shutdown_ray(ray)
 
 
 @pytest.fixture()

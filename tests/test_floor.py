@@ -89,10 +89,6 @@ def test_bad_options_are_a_one_line_error(monkeypatch, capsys, argv, option):
     assert last.startswith(f"floor.py: error: argument {option}: expected ") and repr(argv[1]) in last
 
 
-def test_counts_reads_comma_separated_counts():
-    assert floor.counts("100,1000") == [100, 1000] and floor.count("7") == 7
-
-
 @pytest.mark.parametrize("argv, expect", [
     (["--rounds", "1"], "argument --rounds: at least 2 (the first round is left out), got 1"),
     (["--sizes", "10,x"], "argument --sizes: expected comma-separated integers >= 1, got '10,x'"),

@@ -109,3 +109,53 @@ def test_a_cluster_address_and_lean_off_get_ray_as_it_comes(monkeypatch) -> None
     assert len(fake.calls) == 2 and not any("_system_config" in kw for kw in fake.calls)
     assert fake.calls[0]["address"] == "127.0.0.1:6379" and fake.calls[1]["address"] == "local"
     assert fake.stopped == []
+
+
+def _fake_shutdown(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    import ray
+
+    calls: list[int] = []
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append(1))
+    return calls
+
+
+def test_shutdown_restores_the_environment(monkeypatch) -> None:
+    """The usage-stats switch is set for the Ray fedsim starts and unset again when it stops, by
+    both ways a run stops it (the backend's shutdown, the sweep's run_tasks)."""
+    pytest.importorskip("ray")
+    _unset(monkeypatch, backend.LEAN_ENV, "RAY_USAGE_STATS_ENABLED")
+    _FakeRay(monkeypatch)
+    stops = _fake_shutdown(monkeypatch)
+    b = backend.RayBackend(num_cpus=2)
+    assert os.environ["RAY_USAGE_STATS_ENABLED"] == "0"  # control: set while Ray runs
+    b.shutdown()
+    assert stops == [1] and "RAY_USAGE_STATS_ENABLED" not in os.environ
+    import ray
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 1})
+    monkeypatch.setattr(ray, "remote", lambda **kw: lambda fn: fn)
+    backend.run_tasks(lambda: None, [], lambda *a: None, jobs=1)
+    assert stops == [1, 1] and "RAY_USAGE_STATS_ENABLED" not in os.environ
+
+
+def test_a_users_setting_survives_and_a_failed_start_leaves_nothing(monkeypatch) -> None:
+    pytest.importorskip("ray")
+    import ray
+
+    _unset(monkeypatch, backend.LEAN_ENV)
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "1")
+    _FakeRay(monkeypatch)
+    _fake_shutdown(monkeypatch)
+    assert backend.init_ray(num_cpus=2)
+    backend.shutdown_ray(ray)
+    assert os.environ["RAY_USAGE_STATS_ENABLED"] == "1"
+    monkeypatch.delenv("RAY_USAGE_STATS_ENABLED")
+
+    def boom(**kw: Any) -> None:
+        assert os.environ["RAY_USAGE_STATS_ENABLED"] == "0"  # set for the start that fails
+        raise RuntimeError("no")
+
+    monkeypatch.setattr(ray, "init", boom)
+    with pytest.raises(backend.RayStartError, match="could not start Ray on this machine: RuntimeError: no"):
+        backend.init_ray(num_cpus=2)
+    assert "RAY_USAGE_STATS_ENABLED" not in os.environ

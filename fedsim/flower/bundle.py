@@ -156,7 +156,7 @@ def build_wheel(root: Path, out_dir: Path, python: str = sys.executable, timeout
         if cp.returncode != 0 or len(wheels) != 1:
             tail = (cp.stderr.strip() or cp.stdout.strip()).splitlines()[-1:] or ["no wheel written"]
             raise BundleError(f"building the wheel failed (pip wheel exit {cp.returncode}): {tail[0]} "
-                              "(it needs setuptools>=68 in this environment)")
+                              "(it needs setuptools>=77 in this environment: pyproject.toml's SPDX license)")
         out_dir.mkdir(parents=True, exist_ok=True)
         dest = out_dir / wheels[0].name
         shutil.copy2(wheels[0], dest)
