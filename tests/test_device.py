@@ -10,6 +10,7 @@ import torch
 
 from fedsim import heads, peers, whole
 from fedsim.prepare import prepare
+from fedsim.rundir import read_checkpoint
 from fedsim.runner import Run
 from fedsim.scenario import ScenarioError, parse
 
@@ -171,3 +172,35 @@ def test_head_group_lives_on_its_device(tmp_path, monkeypatch, over, padded):
     assert g._local_steps(tw, tb, g.opt, []).device.type == "meta"  # no step: the loss it returns
     acc, lo = heads.accuracy_and_loss(g.w, g.b, g.x_test, g.y_test)
     assert acc.device.type == lo.device.type == "meta" and _off_device(g) == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_check.sh runs it)")
+def test_cuda_head_run_matches_cpu_up_to_rounding(tmp_path):
+    """On a GPU: the same draws, so the same run up to float rounding (losses and accuracies close,
+    not byte-identical); the checkpointed state comes back as CPU tensors."""
+    import json
+
+    base = _head(tmp_path, **{"checkpoint.every": 1})
+    cpu = [json.loads(x) for x in _metrics(tmp_path, base).splitlines()]
+    dev = base | {"name": "cuda", "engine": base["engine"] | {"device": "cuda"}}
+    cuda = [json.loads(x) for x in _metrics(tmp_path, dev).splitlines()]
+    for a, b in zip(cpu, cuda, strict=True):
+        assert a.keys() == b.keys()
+        for k, v in a.items():  # (a rounding difference may flip a test sample's argmax: 1/360 of accuracy)
+            if isinstance(v, float):
+                assert abs(v - b[k]) <= 0.02 + 0.01 * abs(v), (k, v, b[k])
+            else:
+                assert v == b[k], k
+    _, state = read_checkpoint(tmp_path / "runs" / "cuda" / "checkpoint.pt")
+    assert {t.device.type for t in _tensors(state)} == {"cpu"}
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, list | tuple):
+        for v in obj:
+            yield from _tensors(v)
