@@ -172,6 +172,11 @@ def test_head_group_lives_on_its_device(tmp_path, monkeypatch, over, padded):
     assert g._local_steps(tw, tb, g.opt, []).device.type == "meta"  # no step: the loss it returns
     acc, lo = heads.accuracy_and_loss(g.w, g.b, g.x_test, g.y_test)
     assert acc.device.type == lo.device.type == "meta" and _off_device(g) == []
+    # the aggregation's results (CPU rows) written back into the device heads, chunk by chunk
+    put, finish = g._result_writer(torch.zeros(g.s.num_peers, g._num_params()), None)
+    put(torch.tensor([0]), torch.ones(1, g._num_params()))
+    finish()
+    assert _off_device(g) == []
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_check.sh runs it)")
