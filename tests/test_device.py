@@ -108,8 +108,13 @@ def _head(tmp_path, name="h", **over):
     return d
 
 
-@pytest.mark.parametrize("over", [{}, {"training.optimizer": "adam", "training.batch_size": 64,
-                                       "strategy.name": "fedavg", "engine.message_dtype": "bfloat16"}])
+@pytest.mark.parametrize("over", [
+    {},
+    {"training.optimizer": "adam", "training.batch_size": 64, "strategy.name": "fedavg",
+     "engine.message_dtype": "bfloat16"},
+    # federated with client sampling: PeerGroup._train_rows
+    {"mode": "federated", "topology.kind": "star", "strategy.name": "fedavg", "sampling.count": 3},
+])
 def test_head_path_explicit_cpu_and_a_device_object_are_byte_identical(tmp_path, monkeypatch, over):
     """``engine.device: cpu`` is the run without the field; ``cuda`` resolved to a ``torch.device`` object
     (here the CPU's: no GPU) reaches every group through its GroupSetup and gives the same bytes."""
