@@ -166,6 +166,13 @@ def test_head_group_lives_on_its_device(tmp_path, monkeypatch, over, padded):
     without ``device=`` stays on the CPU (the attribute check) or mixes devices (torch raises)."""
     g = _meta_group(tmp_path, monkeypatch, **over)
     assert (g.padded is not None) == padded and _off_device(g) == []
+    gather = torch.Tensor.index_select  # (meta, like CUDA for some ops, would take a CPU index silently)
+
+    def same_device(self, dim, index):
+        assert index.device == self.device, f"a gather's index on {index.device}, its tensor on {self.device}"
+        return gather(self, dim, index)
+
+    monkeypatch.setattr(torch.Tensor, "index_select", same_device)
     tw, tb = g.w.clone(), g.b.clone()  # train()'s CWR copy
     loss = g._local_steps(tw, tb, g.opt, g._minibatches(0, 2))
     assert loss.device.type == "meta" and loss.shape == (g.p,)
