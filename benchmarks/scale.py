@@ -39,7 +39,13 @@ Per size, two measurements in this one process:
 ``.npz`` read as ``dataset: npz`` with the ``identity`` backbone): the same arithmetic per step,
 but repeated samples, so its accuracy is not comparable. ``--message-dtype`` sets
 ``engine.message_dtype``. ``--progress`` prints each round's time and the memory of every
-process (PSS by kind) as the end-to-end run goes.
+process (PSS by kind) as the end-to-end run goes. ``--device cuda`` sets ``engine.device`` (needs
+``--backend local``; ``fedsim/device.py``: the groups' heads, shards, local steps and evaluation on
+the GPU, the aggregation on the CPU) and adds the GPU's peak allocated memory; the table's
+``peer-rnd/s`` is peers × rounds per second of the round loop (issue 19's figure):
+
+    python benchmarks/scale.py --sizes 10000,100000 --rounds 5 --replicate 4 --backend local \
+        --device cuda --skip-breakdown          # benchmarks/gpu_check.sh runs it, CPU baseline beside it
 """
 
 from __future__ import annotations
@@ -106,7 +112,7 @@ def scenario(n: int, rounds: int, a: argparse.Namespace, strategy: str, out: Pat
         "training": {"optimizer": "sgd", "lr": 1.0, "momentum": 0.9, "batch_size": 32, "local_steps": 5},
         "evaluation": {"every": a.eval_every, "peers": a.eval_peers},
         "engine": {"backend": a.backend, "num_actors": a.num_actors, "cpus_per_actor": a.cpus_per_actor,
-                   "message_dtype": a.message_dtype},
+                   "message_dtype": a.message_dtype, "device": a.device},
         "checkpoint": {"every": 0},
         "output": {"dir": str(out)},
     }
@@ -178,6 +184,9 @@ def end_to_end(sc_dict: dict, run_dir: Path, progress: bool = False) -> dict:
     sc = parse(sc_dict)
     r = Run(sc, run_dir)
     r.create_dir(overwrite=True)
+    cuda = sc.engine.device != "cpu"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(sc.engine.device)
     t0 = time.perf_counter()
     with MemorySampler() as mem:
         summary = r.execute(callbacks=[RoundPrinter(mem)] if progress else ())
@@ -196,6 +205,8 @@ def end_to_end(sc_dict: dict, run_dir: Path, progress: bool = False) -> dict:
         "accuracy_mean": summary.get("final_accuracy_mean"),
         "accuracy_std": last.get("accuracy_std"),  # over the evaluated peers: a 95% CI is 1.96 std / sqrt(n)
         "evaluated_peers": last.get("evaluated_peers"),
+        "device": sc.engine.device,
+        "peak_gpu_allocated_gb": torch.cuda.max_memory_allocated(sc.engine.device) / 2**30 if cuda else None,
     }
 
 
@@ -240,6 +251,7 @@ def main() -> None:
     ap.add_argument("--replicate", type=_cli.index, default=0,
                     help="train on K copies of the features (sizes > 60,000)")
     ap.add_argument("--message-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    ap.add_argument("--device", default="cpu", help="engine.device: cpu, cuda or cuda:N (with --backend local)")
     ap.add_argument("--progress", action="store_true", help="print every round of the end-to-end runs")
     ap.add_argument("--skip-breakdown", action="store_true")
     ap.add_argument("--json", default=None, help="also write the results here")
@@ -252,7 +264,9 @@ def main() -> None:
     print(
         f"# fedsim scale: decentralized {strategy}, fashion_mnist_embedded/fmnist_cnn, {a.partition}, "
         f"push_gossip fanout {a.fanout}, {a.rounds} rounds, eval {a.eval_peers} peers every {a.eval_every}, "
-        f"engine.backend {a.backend}, {a.num_actors} groups x {a.cpus_per_actor:g} CPUs, messages {a.message_dtype}"
+        f"engine.backend {a.backend}, {a.num_actors} groups x {a.cpus_per_actor:g} CPUs, messages {a.message_dtype}, "
+        f"engine.device {a.device}" + (
+            f" ({torch.cuda.get_device_name(a.device)})" if a.device != "cpu" and torch.cuda.is_available() else "")
         + (f", training set = {a.replicate} copies of the features" if a.replicate else "") + "; "
         f"{os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.1f} GiB; {load()}; "
         f"engine: {Path(fedsim.__file__).parent}",
@@ -279,13 +293,16 @@ def main() -> None:
     if not a.skip_end_to_end:
         print(
             f"{'peers':>6} {'rounds':>6} {'wall s':>7} {'loop s':>7} {'ms/round':>8} {'µs/peer/rnd':>11} "
-            f"{'RSSGiB':>6} {'PSSGiB':>6} {'acc':>6}"
+            f"{'peer-rnd/s':>10} {'RSSGiB':>6} {'PSSGiB':>6} {'GPUGiB':>6} {'acc':>6} device"
         )
         for r in rows:
+            gpu = r["peak_gpu_allocated_gb"]
             print(
                 f"{r['peers']:>6} {a.rounds:>6} {r['wall_s']:>7.1f} {r['loop_s']:>7.1f} "
                 f"{1e3 * r['loop_s'] / a.rounds:>8.1f} {1e6 * r['loop_s'] / a.rounds / r['peers']:>11.1f} "
-                f"{r['peak_rss_driver_workers_gb']:>6.2f} {r['peak_pss_all_gb']:>6.2f} {r['accuracy_mean'] or 0:>6.3f}"
+                f"{r['peers'] * a.rounds / r['loop_s']:>10.0f} "
+                f"{r['peak_rss_driver_workers_gb']:>6.2f} {r['peak_pss_all_gb']:>6.2f} "
+                f"{'-' if gpu is None else f'{gpu:.2f}':>6} {r['accuracy_mean'] or 0:>6.3f} {r['device']}"
             )
         for r in rows:
             kinds = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["peak_pss_by_kind_gb"].items()))

@@ -1,12 +1,25 @@
-"""Where the batched trainable part of a run lives (scenario ``engine.device``; issue 18).
+"""Where a run's batched training lives (scenario ``engine.device``; issues 18 and 19).
 
-``cpu`` (the default) or ``cuda`` / ``cuda:N``: the stacked parameters of a whole-model run
-(:class:`fedsim.stacked.StackedModel`, :class:`fedsim.whole.WholePeerGroup`), their optimizer
-state and the group's cached training and test inputs (the frozen prefix's activations) are moved
-to the device once; messages, aggregation and attacks stay on the CPU in NumPy, as they are
-exchanged. One code path: with ``cpu`` nothing moves (a run is byte-identical to one without
-the field). Not on a device: the linear-head path (:mod:`fedsim.heads`, the default model section)
-and Ray actors (they are started without GPUs); :func:`device_error` refuses both.
+``cpu`` (the default) or ``cuda`` / ``cuda:N``, with ``engine.backend: local`` (in-process; Ray
+actors are started without GPUs, so Ray is refused). Two paths, one placement each, moved once:
+
+* the linear-head path (:class:`fedsim.peers.PeerGroup`, the default model section; issue 19): the
+  heads ``w, b``, their optimizer state and CWR copies, the group's training shards (plain or
+  zero-padded), every minibatch gather and local step, and the test set for evaluation. The
+  minibatch indices are still drawn on the CPU (:mod:`fedsim.rng`) and moved, so a device run
+  differs from a CPU run by float rounding only. The aggregation stays on the CPU
+  (:mod:`fedsim.gossip`, :mod:`fedsim.routing`: the messages are CPU NumPy arrays, copied off the
+  device once per round by :func:`fedsim.routing.encode_head`; the rule's results are copied back
+  into the heads), as do the federated server (:mod:`fedsim.server`) and the checkpoints.
+* a model section's stacked trainable part (:class:`fedsim.stacked.StackedModel`,
+  :class:`fedsim.whole.WholePeerGroup`; issue 18): its parameters, optimizer state and the group's
+  cached training and test inputs (the frozen prefix's activations); messages, aggregation and
+  attacks stay on the CPU in NumPy.
+
+One code path: with ``cpu`` nothing moves (a run is byte-identical to one without the field,
+``tests/test_device.py``). Not yet run on a GPU: no machine with one was available when this was
+written; the CUDA path is checked on the CPU only (placement of every tensor, by the tests), and
+``benchmarks/gpu_check.sh`` is the measurement to run where a GPU is lent.
 """
 
 from __future__ import annotations
@@ -19,16 +32,12 @@ if TYPE_CHECKING:
 PATTERN = r"^(cpu|cuda(:[0-9]{1,3})?)$"
 
 
-def device_error(name: str, *, whole: bool, backend: str) -> str | None:
+def device_error(name: str, *, backend: str) -> str | None:
     """Why ``engine.device: name`` cannot run here (one line naming the field), or None.
 
-    ``whole``: the scenario trains more than the linear head (``model`` section); ``backend``:
-    ``engine.backend``."""
+    ``backend``: ``engine.backend``."""
     if name == "cpu":
         return None
-    if not whole:
-        return (f"engine.device: {name!r} applies to the model section's trainable part (model.trainable / "
-                "hidden / init / exchange); the default linear-head path runs on the CPU: use engine.device: cpu")
     if backend != "local":
         return (f"engine.device: {name!r} needs engine.backend: local (Ray actors are started without GPUs); "
                 f"got engine.backend: {backend}")

@@ -3,6 +3,9 @@ in-neighbours' messages (:meth:`GossipAggregation.aggregate`), vectorised by in-
 (``Strategy.aggregate_batch``) with a per-peer fallback (per-receiver attacks, root updates, rules
 without a batched form). Its methods were :class:`fedsim.peers.PeerGroup`'s, moved unchanged;
 :class:`~fedsim.peers.PeerGroup` inherits them and sets up the state they read (declared below).
+It runs on the CPU whatever ``engine.device`` is (:mod:`fedsim.device`): the messages are CPU
+arrays; what it reads of the group's device tensors (CWR's trained copies, FLTrust's root update's
+starting heads) it copies to the CPU, and the results go back through ``put``.
 """
 
 from __future__ import annotations
@@ -161,7 +164,7 @@ class GossipAggregation:
 
     def _root_updates(self, round_: int) -> Tensor:
         """FLTrust's trusted update for each hosted peer: its own head trained on its validation split."""
-        w, b = self.w.clone(), self.b.clone()
+        w, b = self.w.to("cpu", copy=True), self.b.to("cpu", copy=True)  # (on the CPU, with the validation splits)
         opt = heads.OptimizerState.zeros(w, b, self.s.training.optimizer == "adam")
         B = self.s.training.batch_size
         sizes = np.asarray([max(len(v[1]), 1) for v in self.val])
@@ -196,9 +199,10 @@ class GossipAggregation:
 
         # the rule's ``own``: the sent heads, or with consolidated weights the trained copies
         def own_rows(js: Tensor) -> Tensor:
-            if self.cwr:
-                tb = self.tb.index_select(0, js) if self.bias else None
-                return strategies.flatten(self.tw.index_select(0, js), tb)
+            if self.cwr:  # (the trained copies live on engine.device; the rule gets CPU rows)
+                at = js.to(self.tw.device)
+                tb = self.tb.index_select(0, at) if self.bias else None
+                return strategies.flatten(self.tw.index_select(0, at), tb).cpu()
             return params[js + self.s.first]
 
         root = self._root_updates(round_) if "root_update" in self.rule.needs else None

@@ -56,3 +56,6 @@ class GroupSetup:
     # per hosted peer, its rows of the test features (dataset.domains: its own domain's test set,
     # fedsim.domain_shift); None: every peer is evaluated on the whole test set
     test_idx: list[np.ndarray] | None = None
+    # engine.device (fedsim.device) of the linear-head path: where PeerGroup's heads, optimizer state,
+    # shards and test set live. "cpu" for a model section's groups (theirs is the plan's, fedsim.whole)
+    device: str = "cpu"

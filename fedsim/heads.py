@@ -118,7 +118,7 @@ def local_steps(w: Tensor, b: Tensor, state: OptimizerState, batches, training: 
     """Run one optimizer step per ``(x, y)`` (or ``(x, y, weights)``, see :func:`ce_grad`) batch on
     heads ``w, b`` in place (``training`` is the scenario's training section,
     ``fedsim.schema_sections.TrainingCfg``); returns the last batch's per-head loss."""
-    loss = torch.zeros(w.shape[0])
+    loss = torch.zeros(w.shape[0], device=w.device)
     # one weight-gradient buffer for all steps (step() consumes it): a head-sized tensor allocated
     # once per call, not once per step (a fresh 1 GB tensor is page-faulted in at every step)
     buf: Tensor | None = None

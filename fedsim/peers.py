@@ -6,6 +6,11 @@ so how peers are spread over actors never changes the numbers. What a group is g
 :class:`fedsim.group_setup.GroupSetup`; the round's messages are :mod:`fedsim.messages`; the
 federated server is :mod:`fedsim.server`; a group's decentralized aggregation (its methods
 ``aggregate`` and helpers) is :class:`fedsim.gossip.GossipAggregation`, which it inherits.
+
+``engine.device`` (:mod:`fedsim.device`, :attr:`GroupSetup.device`): the heads, their optimizer
+state and CWR copies, the training shards, the minibatch gathers and local steps, and the test set
+live on that device (moved once); the minibatch indices are drawn on the CPU and moved, messages
+leave as CPU NumPy, and the aggregation runs on the CPU. With ``cpu`` every move is a no-op.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import strategies
 from fedlib.heads import num_params
 from fedsim import heads, plugins, routing
 from fedsim import rng as crng
+from fedsim.device import resolve
 from fedsim.gossip import GossipAggregation
 from fedsim.group_setup import GroupSetup
 from fedsim.messages import claimed_classes
@@ -51,6 +57,7 @@ class PeerGroup(GossipAggregation):
         # tiny bmm's: oversubscribed threads cost 10-30x on a loaded machine (measured); one per CPU given
         torch.set_num_threads(max(1, setup.threads))
         s = self.s = setup
+        self.device = resolve(s.device)  # engine.device (the module docstring): cpu unless asked
         self.ids = np.arange(s.first, s.first + len(s.train_idx))
         self.p = len(self.ids)
         self.bias = s.training.bias
@@ -78,6 +85,7 @@ class PeerGroup(GossipAggregation):
             s.classes[self.ids] if s.classes is not None else held_classes(ytr, s.train_idx, s.val_idx, s.num_classes)
         )
         self.local_classes = torch.from_numpy(held)  # bool [p, C]: classes in each peer's data (Bristle's "familiar")
+        self.held_on_device = self.local_classes.to(self.device)  # (the aggregation reads the CPU one)
         # bool [N, C]: what every peer claims to hold (None: the rule compares no class sets)
         self.claimed = None if s.classes is None else torch.from_numpy(claimed_classes(s.classes, s.byzantine))
         self.is_byz = s.byzantine[self.ids]
@@ -87,8 +95,8 @@ class PeerGroup(GossipAggregation):
         self.rule = strategies.build(s.strategy["name"], s.strategy.get("params"))
         self.topology = s.topology
         c, d = self.layer_shape
-        self.w = torch.zeros(self.p, c, d)
-        self.b = torch.zeros(self.p, c)
+        self.w = torch.zeros(self.p, c, d, device=self.device)
+        self.b = torch.zeros(self.p, c, device=self.device)
         self.opt = heads.OptimizerState.zeros(self.w, self.b, s.training.optimizer == "adam")
         # consolidated weights (Strategy.consolidated, Bristle's CWR): w, b are the consolidated heads
         # (sent and evaluated); tw, tb the copies trained each round and handed to the rule as ``own``
@@ -107,6 +115,10 @@ class PeerGroup(GossipAggregation):
             self.padded = pad_rows(self.x_local, self.y_local, self.offsets, self.sizes, s.shard_pad)[:2]
             self.x_local = self.x_local.new_empty((0, *self.x_local.shape[1:]))  # (a slice would keep the storage)
             self.y_local = self.y_local.new_empty(0)
+            self.padded = (self.padded[0].to(self.device), self.padded[1].to(self.device))
+        # poisoned and padded on the CPU above; trained and evaluated on engine.device (no-ops on the CPU)
+        self.x_local, self.y_local = self.x_local.to(self.device), self.y_local.to(self.device)
+        self.x_test, self.y_test = self.x_test.to(self.device), self.y_test.to(self.device)
         # the unlearning probe's leaver: its gradients over its first local epoch (ceil(shard / B) steps)
         self.rec_row: int | None = None
         self.recorded: list[Tensor] = []
@@ -135,7 +147,7 @@ class PeerGroup(GossipAggregation):
 
     def params(self) -> np.ndarray:
         """Flattened heads ``[p, P]`` (weight row-major, then bias)."""
-        return strategies.flatten(self.w, self.b if self.bias else None).numpy()
+        return strategies.flatten(self.w, self.b if self.bias else None).cpu().numpy()
 
     def set_params(self, flat: np.ndarray | Tensor) -> None:
         """Copy flattened heads ``[p, P]`` (or one ``[P]`` / ``[1, P]`` for every hosted peer) in."""
@@ -160,10 +172,11 @@ class PeerGroup(GossipAggregation):
         written = np.zeros(self.p, dtype=bool)
 
         def put(js: Tensor, rows: Tensor) -> None:
-            w, b = strategies.unflatten(rows.to(self.w.dtype), self.layer_shape, self.bias)
-            self.w.index_copy_(0, js, w)  # (index_copy_: faster than self.w[js] = w; the same rows)
+            w, b = strategies.unflatten(rows.to(self.device, self.w.dtype), self.layer_shape, self.bias)
+            at = js.to(self.device)
+            self.w.index_copy_(0, at, w)  # (index_copy_: faster than self.w[js] = w; the same rows)
             if b is not None:
-                self.b.index_copy_(0, js, b)
+                self.b.index_copy_(0, at, b)
             written[js.numpy()] = True
 
         def finish() -> None:
@@ -190,17 +203,18 @@ class PeerGroup(GossipAggregation):
 
     def get_state(self) -> dict[str, Any]:
         """The hosted peers' heads and optimizer buffers, and the stale attack's history: everything a
-        resumed group needs (tensors, an int and ``None`` only: a checkpoint stores it without pickle)."""
+        resumed group needs (tensors, an int and ``None`` only: a checkpoint stores it without pickle),
+        as CPU copies (a checkpoint resumes on any ``engine.device``)."""
         st = {
-            "w": self.w.clone(),
-            "b": self.b.clone(),
-            "m_w": self.opt.m_w.clone(),
-            "m_b": self.opt.m_b.clone(),
+            "w": self.w.to("cpu", copy=True),
+            "b": self.b.to("cpu", copy=True),
+            "m_w": self.opt.m_w.to("cpu", copy=True),
+            "m_b": self.opt.m_b.to("cpu", copy=True),
             "t": self.opt.t,
             "stale_history": self.stale_history,
         }
         if self.opt.v_w is not None:
-            st |= {"v_w": self.opt.v_w.clone(), "v_b": self.opt.v_b.clone()}
+            st |= {"v_w": self.opt.v_w.to("cpu", copy=True), "v_b": self.opt.v_b.to("cpu", copy=True)}
         return st
 
     def set_state(self, st: dict[str, Any]) -> None:
@@ -253,10 +267,13 @@ class PeerGroup(GossipAggregation):
         if self.padded is not None:
             x, y = self.padded
             if rows is not None:
-                x, y = x[torch.from_numpy(rows)], y[torch.from_numpy(rows)]
-            counts = torch.zeros(p, x.shape[1]).scatter_add_(1, torch.from_numpy(r), torch.ones(p, B))
+                at = torch.from_numpy(rows).to(self.device)
+                x, y = x[at], y[at]
+            counts = torch.zeros(p, x.shape[1], device=self.device).scatter_add_(
+                1, torch.from_numpy(r).to(self.device), torch.ones(p, B, device=self.device))
             return x, y, counts / B
-        idx = torch.from_numpy(offsets[:, None] + r).reshape(-1)  # index_select: ~4x faster than x[idx]
+        # (drawn on the CPU, moved: the same minibatches on any device; index_select: ~4x faster than x[idx])
+        idx = torch.from_numpy(offsets[:, None] + r).reshape(-1).to(self.device)
         return self.x_local.index_select(0, idx).view(p, B, -1), self.y_local.index_select(0, idx).view(p, B)
 
     def _local_steps(self, w: Tensor, b: Tensor, opt: heads.OptimizerState, batches) -> Tensor:
@@ -283,9 +300,9 @@ class PeerGroup(GossipAggregation):
             self.tw, self.tb = self.w.clone(), self.b.clone()
         loss = self._local_steps(self.tw, self.tb, self.opt, batches)
         if self.cwr:  # ... and keep only the rows of the classes each peer holds
-            heads.consolidate(self.w, self.b, self.tw, self.tb, self.local_classes)
+            heads.consolidate(self.w, self.b, self.tw, self.tb, self.held_on_device)
         honest = ~self.is_byz
-        return self._message(), float(loss[torch.from_numpy(honest)].sum()) if honest.any() else 0.0
+        return self._message(), float(loss.cpu()[torch.from_numpy(honest)].sum()) if honest.any() else 0.0
 
     def _train_rows(self, round_: int, global_params: np.ndarray | None, rows: np.ndarray) -> tuple[np.ndarray, float]:
         """:meth:`train` for the hosted peers ``rows`` only (local indices). Minibatches are keyed by
@@ -297,11 +314,12 @@ class PeerGroup(GossipAggregation):
         if len(rows) == 0:
             self.opt.t += steps if self.opt.v_w is not None else 0
             return self.params(), 0.0
-        idx = torch.from_numpy(rows)
+        idx = torch.from_numpy(rows).to(self.device)
         if self.keep_previous:  # sampled rows train below from their current heads; the others keep theirs
             self.previous = torch.from_numpy(self.params().copy())
         if global_params is not None:
             t = torch.from_numpy(np.asarray(global_params, dtype=np.float32)).reshape(-1, self._num_params())
+            t = t.to(self.device)
             w, b = strategies.unflatten(t.expand(len(rows), -1), self.layer_shape, self.bias)
             self.w[idx] = w
             if b is not None:
@@ -316,7 +334,7 @@ class PeerGroup(GossipAggregation):
         loss = self._local_steps(tw, tb, sub, self._minibatches(round_, steps, rows))
         if self.cwr:
             w, b = self.w[idx], self.b[idx]
-            heads.consolidate(w, b, tw, tb, self.local_classes[idx])
+            heads.consolidate(w, b, tw, tb, self.held_on_device[idx])
             self.tw[idx], self.tb[idx] = tw, tb
             self.w[idx], self.b[idx] = w, b
         else:
@@ -325,7 +343,7 @@ class PeerGroup(GossipAggregation):
         if o.v_w is not None:
             o.v_w[idx], o.v_b[idx] = sub.v_w, sub.v_b
         honest = torch.from_numpy(~self.is_byz[rows])
-        return self.params(), float(loss[honest].sum()) if bool(honest.any()) else 0.0
+        return self.params(), float(loss.cpu()[honest].sum()) if bool(honest.any()) else 0.0
 
     def _recording(self, batches):
         """Pass the batches through, first recording the leaver's minibatch gradient at its current head
@@ -345,7 +363,7 @@ class PeerGroup(GossipAggregation):
         this group does not host that peer or nothing was recorded, e.g. after a resume)."""
         if self.rec_row is None or not self.recorded:
             return None
-        return torch.stack(self.recorded).numpy()
+        return torch.stack(self.recorded).cpu().numpy()
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, sample: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -353,9 +371,9 @@ class PeerGroup(GossipAggregation):
         sel = ~self.is_byz
         if sample is not None:
             sel &= np.isin(self.ids, sample)
-        idx = torch.from_numpy(np.flatnonzero(sel))
+        idx = torch.from_numpy(np.flatnonzero(sel)).to(self.device)
         acc, loss = heads.accuracy_and_loss(self.w[idx], self.b[idx] if self.bias else None, self.x_test, self.y_test)
-        return {"ids": self.ids[sel], "accuracy": acc.numpy(), "loss": loss.numpy()}
+        return {"ids": self.ids[sel], "accuracy": acc.cpu().numpy(), "loss": loss.cpu().numpy()}
 
     def ping(self) -> int:
         return self.p

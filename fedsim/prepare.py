@@ -130,6 +130,7 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
         record_gradients=_gradient_recording(sc, train, byz, absent),
         message_dtype=sc.engine.message_dtype,
         aggregate_chunk=sc.engine.aggregate_chunk,
+        device=sc.engine.device if plan is None else "cpu",  # (a model section's device travels in its plan)
     )
     actors = min(sc.engine.num_actors, n)
     blocks = np.array_split(np.arange(n), actors)

@@ -49,9 +49,9 @@ def encode_head(w: Tensor, b: Tensor | None, dtype: str) -> np.ndarray:
     float16, bfloat16 as its raw 16-bit patterns (NumPy has no bfloat16; ``uint16``). Always a new
     array: in half precision converted straight into the message (no float32 ``[p, P]``
     concatenation first; the same values), in float32 the concatenation (a copy even without a bias)."""
-    flat_w = w.reshape(w.shape[0], -1)
+    flat_w = w.reshape(w.shape[0], -1)  # (heads on engine.device: the message is copied to the CPU)
     if _checked(dtype) == "float32":
-        return (flat_w.clone() if b is None else torch.cat([flat_w, b], dim=1)).numpy()
+        return (flat_w.to("cpu", copy=True) if b is None else torch.cat([flat_w, b], dim=1).cpu()).numpy()
     cd = flat_w.shape[1]
     out = torch.empty(w.shape[0], cd + (0 if b is None else b.shape[1]), dtype=MESSAGE_DTYPES[dtype])
     out[:, :cd].copy_(flat_w)

@@ -244,8 +244,9 @@ class EngineCfg(_Section):
     device: str = Field(
         "cpu",
         pattern=DEVICE_PATTERN,
-        description="where a model section's batched trainable part runs: cpu, cuda or cuda:N (needs "
-        "engine.backend: local and a CUDA torch; fedsim/device.py)",
+        description="where the batched training runs (the linear heads, or a model section's trainable part; "
+        "aggregation stays on the CPU): cpu, cuda or cuda:N (needs engine.backend: local and a CUDA torch; "
+        "not yet run on a GPU; fedsim/device.py)",
     )
     message_dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32",

@@ -74,7 +74,7 @@ def check_semantics(sc: Scenario, source: str = "scenario", *, require_data: boo
     if info is not None:
         _check_partition(sc, info, fail)
     _check_probes(sc, fail)
-    device = device_error(sc.engine.device, whole=sc.model.whole, backend=sc.engine.backend)
+    device = device_error(sc.engine.device, backend=sc.engine.backend)
     if device:
         fail(device)
     if sc.model.whole:
