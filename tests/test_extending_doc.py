@@ -63,6 +63,16 @@ def test_doc_poisoner_and_rule_check(plugin, small_scenario, tmp_path):
         _run(small_scenario, snippet, tmp_path, "bad", **{"strategy.params": {"kappa": -1.0}})
 
 
+def test_doc_scenario_snippet_is_valid_as_written(plugin):
+    """The YAML block is a whole scenario a reader can copy: it validated only merged into the
+    tests' small scenario before (its backbone takes 8x8 images, the default dataset is 28x28)."""
+    from fedsim.scenario import parse
+
+    _, snippet = plugin
+    sc = parse(snippet)
+    assert sc.dataset.name == "sklearn_digits" and sc.backbone.name == "random_projection"
+
+
 def test_doc_backbone_makes_the_features(plugin, small_scenario, tmp_path):
     _, snippet = plugin
     from fedsim.prepare import prepare
