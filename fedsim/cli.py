@@ -46,7 +46,7 @@ def main() -> None:
       fedsim run scenarios/quickstart.yaml      run a scenario (writes runs/<name>/)
       fedsim validate scenarios/*.yaml          check scenario files without running
       fedsim list                               datasets, backbones, partitions, topologies,
-                                                strategies and attacks you can name
+                                                strategies, attacks and probes you can name
     """
 
 
@@ -311,8 +311,8 @@ def _validate_sweep(path: Path) -> tuple[list[str], list[str]]:
 )
 def list_(kind: str | None, name: str | None, plugin_entries: tuple[str, ...]) -> None:
     """List what a scenario can name: all kinds, one KIND (datasets, backbones, partitions,
-    topologies, strategies, attacks), or one component in detail: its documentation and each
-    parameter with its type, default and what it accepts.
+    topologies, strategies, attacks, probes), or one component in detail: its documentation and
+    each parameter with its type, default and what it accepts.
 
     \b
     Examples:
@@ -321,6 +321,7 @@ def list_(kind: str | None, name: str | None, plugin_entries: tuple[str, ...]) -
       fedsim list strategies krum
       fedsim list attacks alie
       fedsim list partitions dirichlet
+      fedsim list probes unlearning
       fedsim list strategies my_rule --plugin my_rules.py
     """
     from fedsim import catalog
