@@ -7,6 +7,7 @@ import io
 import json
 import math
 import re
+import shutil
 import statistics
 from pathlib import Path
 
@@ -145,6 +146,22 @@ def test_single_run_grouping_and_incomplete(sweep_dir, tmp_path) -> None:
     finally:
         summary.write_bytes(saved)
     assert not math.isnan(final)
+
+
+def test_rounds_to_target_states_the_evaluation_grid(sweep_dir, tmp_path) -> None:
+    """Rounds to target can only be an evaluated round: with every round evaluated (the fixture)
+    the footer says nothing of the kind; with evaluation.every = 5 it says a value may be up to 4
+    rounds late."""
+    res = CliRunner().invoke(report, [str(sweep_dir)])
+    assert res.exit_code == 0 and "rounds late" not in res.output, res.output
+    run = tmp_path / "every5"
+    shutil.copytree(next(sweep_dir.glob("strategy.name=local__seed=0")), run)
+    sc = yaml.safe_load((run / "scenario.yaml").read_text())
+    assert sc["evaluation"]["every"] == 1
+    sc["evaluation"]["every"] = 5
+    (run / "scenario.yaml").write_text(yaml.safe_dump(sc))
+    res = CliRunner().invoke(report, [str(run)])
+    assert "evaluated every 5 rounds (and at the last)" in res.output and "up to 4 rounds late" in res.output
 
 
 def test_errors(tmp_path) -> None:
