@@ -202,3 +202,12 @@ def test_help_names_every_kind_list_accepts():
     for kind in catalog.KINDS:
         assert kind in top.split("fedsim list", 1)[1].split("Options:")[0], kind
         assert kind in lst.split("one KIND", 1)[1].split("or one component")[0], kind
+
+
+def test_schema_params_say_what_a_literal_or_nullable_field_accepts():
+    """`fedsim list partitions windows` printed `Literal['partition', 'all']` ... `any` for
+    partition.byzantine_classes (it accepts two words) and `>= 1` for per_class (null too)."""
+    r = CliRunner().invoke(main, ["list", "partitions", "windows"])
+    assert r.exit_code == 0, r.output
+    assert _row(r.output, "partition.byzantine_classes") == ["str", "'partition'", "one of 'partition', 'all'"]
+    assert _row(r.output, "partition.per_class")[1:] == ["int | None", "null", ">= 1 or null"]
