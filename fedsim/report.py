@@ -186,6 +186,19 @@ def to_csv(keys: list[str], rows: list[Row], target: float) -> str:
     return buf.getvalue()
 
 
+def unknown_keys(rs: RunSet, keys: tuple[str, ...] | list[str]) -> str | None:
+    """One line naming the first of ``keys`` that no run's scenario has (a typo grouped every run
+    under a 'None' row before), with the closest key; None when all are known."""
+    from fedlib.registry import did_you_mean
+
+    known = {k for r in rs.runs for k in r.flat}
+    known |= {k.rsplit(".", i)[0] for k in list(known) for i in range(1, k.count(".") + 1)}  # sections
+    for k in keys:
+        if k not in known:
+            return f"{k!r}: no run's scenario has this key{did_you_mean(k, known)}"
+    return None
+
+
 @click.command(short_help="Markdown table of a run or sweep: accuracy, rounds to target, bytes.")
 @click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option(
@@ -229,6 +242,9 @@ def report(directory: Path, target: float, by: tuple[str, ...], fmt: str, out: P
         rs = load_runs(directory)
     except FileNotFoundError as e:
         raise click.ClickException(str(e)) from None
+    unknown = unknown_keys(rs, by)
+    if unknown:
+        raise click.BadParameter(unknown, param_hint="--by")
     keys, rows, incomplete = summarize(rs, target, list(by) or None)
     if not rows:
         raise click.ClickException(f"{directory}: no complete run (with summary.json) yet")

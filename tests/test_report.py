@@ -167,3 +167,12 @@ def test_rounds_to_target_states_the_evaluation_grid(sweep_dir, tmp_path) -> Non
 def test_errors(tmp_path) -> None:
     res = CliRunner().invoke(report, [str(tmp_path)])
     assert res.exit_code != 0 and "no run directories" in res.output
+
+
+def test_by_an_unknown_key_is_one_line_with_the_closest(sweep_dir) -> None:
+    """`--by strategy.nme` grouped every run under one 'None' row and exited 0."""
+    res = CliRunner().invoke(report, [str(sweep_dir), "--by", "strategy.nme"])
+    assert res.exit_code == 2 and "'strategy.nme': no run's scenario has this key (did you mean 'strategy.name'?)" \
+        in res.output, res.output
+    res = CliRunner().invoke(report, [str(sweep_dir), "--by", "strategy"])  # a section is a key too
+    assert res.exit_code == 0, res.output
