@@ -141,3 +141,12 @@ def test_doc_probe_is_checked_and_listed(plugin, small_scenario, tmp_path):
     out = CliRunner().invoke(main, ["list", "probe", "consensus_distance", "--plugin", str(path)]).output
     assert "relative" in out and "divide each distance by the norm of the mean head" in out
     assert "true or false" in out  # the declared constraint, as the error above says it
+
+
+def test_doc_names_every_built_in_probe():
+    """The probe section listed two built-ins after two more were added (stale)."""
+    from fedsim.probe_registry import kinds
+
+    text = DOC.read_text()
+    for kind in set(kinds()) - {"consensus_distance"}:  # the doc's own example, if registered
+        assert f"`{kind}`" in text, kind
