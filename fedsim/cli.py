@@ -85,7 +85,8 @@ def run(
     quiet: bool,
 ) -> None:
     """Run SCENARIO (a YAML file) and write runs/<name>/: scenario.yaml (resolved), versions.json,
-    metrics.jsonl (one JSON object per round), summary.json; print a summary table.
+    metrics.jsonl (one JSON object per round), timings.jsonl, checkpoint.pt (with
+    checkpoint.every), summary.json, probes.json (with probes:); print a summary table.
 
     \b
     Examples:
