@@ -156,9 +156,10 @@ def resume(
 ) -> RunResult:
     """Continue the run in ``path`` from its last checkpoint (as ``fedsim run --resume``); the
     history then holds every round, those before the checkpoint included."""
+    from fedsim.rundirectory import load_for_resume
     from fedsim.runner import Run
 
-    sc = sc_mod.load(Path(path) / "scenario.yaml")
+    sc = load_for_resume(Path(path))
     r = Run(sc, Path(path))
     r.execute(progress=progress, log=log or (lambda m: None), resume=True, callbacks=callbacks)
     return _result(r)

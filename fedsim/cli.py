@@ -115,7 +115,9 @@ def run(
             raise click.ClickException(f"--resume takes the scenario and folder from RUN_DIR; drop {extra[0]}")
     try:
         if resume_dir is not None:
-            sc = sc_mod.load(resume_dir / "scenario.yaml", overrides)
+            from fedsim.rundirectory import load_for_resume
+
+            sc = load_for_resume(resume_dir, overrides)
             r = Run(sc, resume_dir)
             r.open_for_resume()  # checks (and locks) before any work: a mismatch is one line, nothing runs
         elif scenario is None:
