@@ -51,7 +51,9 @@ class RunResult:
     ``final_params``: the flattened heads ``[peers, P]`` (rows of Byzantine peers included; in
     federated mode every row is the global model) when the run ran in this process, else ``None``.
     ``plan``: the facts the run resolved from the scenario (f, Byzantine ids, bytes per message,
-    trainable parameters per peer), computed by the code the run used.
+    trainable parameters per peer), computed by the code the run used; decentralized, also
+    ``honest_over_f`` (honest peers with more than ``f`` Byzantine in-neighbours, round 0 for push
+    gossip: ``f`` is the expected count, not the worst) and ``max_byzantine_in_neighbours``.
     ``records``: the :class:`~fedsim.simulation.RoundRecord` of every round run in this process
     (metrics and phase timings; empty for :func:`load_run`)."""
 
@@ -154,9 +156,10 @@ def resume(
 ) -> RunResult:
     """Continue the run in ``path`` from its last checkpoint (as ``fedsim run --resume``); the
     history then holds every round, those before the checkpoint included."""
+    from fedsim.rundirectory import load_for_resume
     from fedsim.runner import Run
 
-    sc = sc_mod.load(Path(path) / "scenario.yaml")
+    sc = load_for_resume(Path(path))
     r = Run(sc, Path(path))
     r.execute(progress=progress, log=log or (lambda m: None), resume=True, callbacks=callbacks)
     return _result(r)
@@ -175,6 +178,12 @@ def _result(r: Any) -> RunResult:
             "num_params": prep.num_params,
             "bytes_per_message": prep.bytes_per_message,
         }
+        if r.sc.mode == "decentralized" and prep.topology is not None:
+            from fedsim.runfacts import byzantine_in_neighbours
+
+            heard = byzantine_in_neighbours(prep.topology, prep.byzantine)[~prep.byzantine]
+            result.plan["honest_over_f"] = int((heard > prep.f).sum())  # honest peers hearing > f Byzantine
+            result.plan["max_byzantine_in_neighbours"] = int(heard.max(initial=0))
     return result
 
 

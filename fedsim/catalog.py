@@ -20,7 +20,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fedlib.params import CHECK, constraint
 from fedlib.registry import did_you_mean
@@ -166,7 +166,23 @@ def _bounds(info: Any) -> str:
     return ", ".join(parts) or "any"
 
 
+def _accepts(info: Any) -> str:
+    """What a pydantic field accepts: ``one of 'a', 'b'`` for a ``Literal`` (``_bounds`` alone
+    said ``any``), its bounds, and ``or null`` when ``None`` is allowed."""
+    import typing
+
+    args = typing.get_args(info.annotation)
+    if typing.get_origin(info.annotation) is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    text = _bounds(info)
+    return f"{text} or null" if type(None) in args and text != "any" else text
+
+
 def _type_name(annotation: Any) -> str:
+    import typing
+
+    if typing.get_origin(annotation) is Literal:
+        return type(typing.get_args(annotation)[0]).__name__
     text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
     return text or str(annotation).replace("typing.", "")
 
@@ -182,7 +198,7 @@ def schema_params(model: Any, section: str, kind: str, all_kinds: Any) -> list[P
         named = [k for k in all_kinds if re.search(rf"\b{re.escape(k)}\b", desc)]
         if named and kind not in named:
             continue
-        out.append(Param(f"{section}.{name}", _type_name(info.annotation), _show(info.default), _bounds(info), desc))
+        out.append(Param(f"{section}.{name}", _type_name(info.annotation), _show(info.default), _accepts(info), desc))
     return out
 
 

@@ -46,7 +46,7 @@ def main() -> None:
       fedsim run scenarios/quickstart.yaml      run a scenario (writes runs/<name>/)
       fedsim validate scenarios/*.yaml          check scenario files without running
       fedsim list                               datasets, backbones, partitions, topologies,
-                                                strategies and attacks you can name
+                                                strategies, attacks and probes you can name
     """
 
 
@@ -85,7 +85,8 @@ def run(
     quiet: bool,
 ) -> None:
     """Run SCENARIO (a YAML file) and write runs/<name>/: scenario.yaml (resolved), versions.json,
-    metrics.jsonl (one JSON object per round), summary.json; print a summary table.
+    metrics.jsonl (one JSON object per round), timings.jsonl, checkpoint.pt (with
+    checkpoint.every), summary.json, probes.json (with probes:); print a summary table.
 
     \b
     Examples:
@@ -114,7 +115,9 @@ def run(
             raise click.ClickException(f"--resume takes the scenario and folder from RUN_DIR; drop {extra[0]}")
     try:
         if resume_dir is not None:
-            sc = sc_mod.load(resume_dir / "scenario.yaml", overrides)
+            from fedsim.rundirectory import load_for_resume
+
+            sc = load_for_resume(resume_dir, overrides)
             r = Run(sc, resume_dir)
             r.open_for_resume()  # checks (and locks) before any work: a mismatch is one line, nothing runs
         elif scenario is None:
@@ -311,8 +314,8 @@ def _validate_sweep(path: Path) -> tuple[list[str], list[str]]:
 )
 def list_(kind: str | None, name: str | None, plugin_entries: tuple[str, ...]) -> None:
     """List what a scenario can name: all kinds, one KIND (datasets, backbones, partitions,
-    topologies, strategies, attacks), or one component in detail: its documentation and each
-    parameter with its type, default and what it accepts.
+    topologies, strategies, attacks, probes), or one component in detail: its documentation and
+    each parameter with its type, default and what it accepts.
 
     \b
     Examples:
@@ -321,6 +324,7 @@ def list_(kind: str | None, name: str | None, plugin_entries: tuple[str, ...]) -
       fedsim list strategies krum
       fedsim list attacks alie
       fedsim list partitions dirichlet
+      fedsim list probes unlearning
       fedsim list strategies my_rule --plugin my_rules.py
     """
     from fedsim import catalog

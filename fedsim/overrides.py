@@ -33,7 +33,11 @@ def parse_set(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ScenarioError(f"{item!r}: expected KEY=VALUE, e.g. strategy.name=krum")
     k, val = item.split("=", 1)
-    return k.strip(), parse_value(val)
+    k = k.strip()
+    if not k or "" in k.split("."):
+        raise ScenarioError(f"{item!r}: the key before '=' is empty or has an empty part; "
+                            "expected KEY=VALUE, e.g. strategy.name=krum")
+    return k, parse_value(val)
 
 
 def parse_sets(values: tuple[str, ...] | list[str]) -> dict[str, Any]:

@@ -89,6 +89,8 @@ def _import_module(name: str) -> ModuleType:
 
 def _import_file(path: str) -> ModuleType:
     p = Path(path)
+    if p.is_dir():
+        raise PluginError(f"plugins: {path}: a directory; name the .py file in it, or the package as a module")
     if not p.is_file():
         raise PluginError(f"plugins: {path}: no such file")
     # one module name per file, the same in every process (classes pickle by reference to it)

@@ -176,7 +176,7 @@ class Unlearning(Probe):
     """A peer leaves and asks to be forgotten: membership tests against nulls (canaries, LiRA),
     unlearning methods judged against a model retrained without it (docs/probes.md).
 
-    What it does: the unlearning part of :mod:`fedsim.probes`'s docstring.
+    What it does, what each number means and its limits: docs/probes.md (code: ``fedsim.probes``).
     """
 
     params = UNLEARNING_PARAMS
@@ -201,7 +201,7 @@ class Cloning(Probe):
     """A peer's deployed head answers queries: hidden size by SVD, layer recovery, logit-bias
     attacks, defences and their cost, query cost to 99% agreement (docs/probes-cloning.md).
 
-    What it does: the cloning part of :mod:`fedsim.probes`'s docstring.
+    What it does, what each number means and its limits: docs/probes-cloning.md (code: ``fedsim.probes``).
     """
 
     params = CLONING_PARAMS
@@ -221,7 +221,7 @@ class FederatedUnlearning(Probe):
     training goes on without it, and every head is judged against the federation retrained
     without it, by hop (docs/probes.md, "federated_unlearning").
 
-    What it does: :mod:`fedsim.probe_fedunlearn`'s docstring.
+    What it does and what it measured: docs/probes.md, "kind: federated_unlearning" (code: ``fedsim.probe_fedunlearn``).
     """
 
     params = FEDERATED_UNLEARNING_PARAMS
@@ -317,7 +317,7 @@ class GossipCloning(Probe):
     rounds (Pasquini et al. S&P 2023), against the heads it could use without the attack
     (docs/probes.md, "gossip_cloning").
 
-    What it does: :mod:`fedsim.probe_gossip`'s docstring.
+    What it does and what it measured: docs/probes.md, "kind: gossip_cloning" (code: ``fedsim.probe_gossip``).
     """
 
     params = GOSSIP_CLONING_PARAMS

@@ -141,6 +141,10 @@ def to_markdown(rs: RunSet, keys: list[str], rows: list[Row], incomplete: list[R
         f"is ≥ {_target_pct(target)}, averaged over the runs that reached it ((k/n): k of n runs did). "
         "Bytes: sent over all rounds, mean over runs (KiB = 1024 B).",
     ]
+    every = sorted({int(r.get("evaluation.every", 1)) for row in rows for r in row.runs})
+    if every and every[-1] > 1:
+        lines[-1] += (f" Accuracy is evaluated every {' / '.join(map(str, every))} rounds (and at the last), so a "
+                      f"rounds-to-{_target_pct(target)} value may be up to {every[-1] - 1} rounds late.")
     if incomplete:
         names = ", ".join(r.name for r in incomplete[:5]) + (", ..." if len(incomplete) > 5 else "")
         lines += ["", f"{len(incomplete)} incomplete run(s) left out (no summary.json): {names}"]
@@ -180,6 +184,19 @@ def to_csv(keys: list[str], rows: list[Row], target: float) -> str:
             ]
         )
     return buf.getvalue()
+
+
+def unknown_keys(rs: RunSet, keys: tuple[str, ...] | list[str]) -> str | None:
+    """One line naming the first of ``keys`` that no run's scenario has (a typo grouped every run
+    under a 'None' row before), with the closest key; None when all are known."""
+    from fedlib.registry import did_you_mean
+
+    known = {k for r in rs.runs for k in r.flat}
+    known |= {k.rsplit(".", i)[0] for k in list(known) for i in range(1, k.count(".") + 1)}  # sections
+    for k in keys:
+        if k not in known:
+            return f"{k!r}: no run's scenario has this key{did_you_mean(k, known)}"
+    return None
 
 
 @click.command(short_help="Markdown table of a run or sweep: accuracy, rounds to target, bytes.")
@@ -225,6 +242,9 @@ def report(directory: Path, target: float, by: tuple[str, ...], fmt: str, out: P
         rs = load_runs(directory)
     except FileNotFoundError as e:
         raise click.ClickException(str(e)) from None
+    unknown = unknown_keys(rs, by)
+    if unknown:
+        raise click.BadParameter(unknown, param_hint="--by")
     keys, rows, incomplete = summarize(rs, target, list(by) or None)
     if not rows:
         raise click.ClickException(f"{directory}: no complete run (with summary.json) yet")

@@ -134,10 +134,7 @@ class RunDirectory:
         run, a run in use, a ``scenario.yaml`` or checkpoint of another scenario (fingerprint,
         :func:`fedsim.rundir.scenario_fingerprint`), a ``metrics.jsonl`` that is not the prefix the
         checkpoint recorded, a corrupt or unsafe checkpoint. Stale temp files are removed."""
-        if not rundir.is_run_dir(self.path):
-            raise ResumeMismatchError(
-                f"{self.path} is not a fedsim run directory (no scenario.yaml); nothing to resume"
-            )
+        require_run_dir(self.path)
         self.lock.acquire()
         try:
             if self.summary.exists():
@@ -191,6 +188,22 @@ class RunDirectory:
                 return f"Its checkpoint cannot be used ({e})"
             return f"Continue from its checkpoint (after round {r}) with: fedsim run --resume {self.path}"
         return f"No checkpoint was written yet (set checkpoint.every); fedsim run --resume {self.path} restarts it"
+
+
+def require_run_dir(path: Path) -> None:
+    """One line (:class:`~fedsim.errors.ResumeMismatchError`) unless ``path`` is a run directory."""
+    if not rundir.is_run_dir(path):
+        raise ResumeMismatchError(f"{path} is not a fedsim run directory (no scenario.yaml); nothing to resume")
+
+
+def load_for_resume(path: Path, overrides: dict[str, Any] | None = None) -> Scenario:
+    """The scenario recorded in the run directory ``path`` (with ``overrides``): what ``fedsim run
+    --resume`` and :func:`fedsim.resume` continue. A folder that is no run directory is that one
+    line (before, ``DIR/scenario.yaml: no such file``), not a missing file."""
+    from fedsim.scenario import load
+
+    require_run_dir(path)
+    return load(path / "scenario.yaml", overrides)
 
 
 def check_checkpoint_meta(ckpt: Path, meta: dict[str, Any], fp: dict[str, Any], rounds: int, *, hint: str,

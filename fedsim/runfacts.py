@@ -86,6 +86,15 @@ def resolve_f(sc: Scenario, topo: Topology) -> tuple[int, float]:
     return default_f(sc, in_degree), in_degree
 
 
+def byzantine_in_neighbours(topo: Topology, byzantine: np.ndarray, round_: int = 0) -> np.ndarray:
+    """``[N]``: how many of each peer's in-neighbours in round ``round_`` are Byzantine. ``f``
+    (:func:`default_f`) is the *expected* number, rounded up, so with random placement some honest
+    peers hear more than ``f`` Byzantine senders and a rule's guarantee does not cover them
+    (``fedsim.run(...).plan["honest_over_f"]`` counts them)."""
+    ptr, idx = topo.in_neighbors(round_)
+    return np.add.reduceat(np.append(byzantine[idx], 0).astype(np.int64), ptr[:-1]) * (np.diff(ptr) > 0)
+
+
 def received_per_aggregation(in_degree: float) -> int:
     """The ``n`` a rule's :meth:`check` is asked about: the mean in-degree (:func:`resolve_f`;
     every client for the federated server) rounded, at least 1."""

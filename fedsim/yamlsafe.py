@@ -43,6 +43,26 @@ class _BoundedLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        """A mapping whose key appears twice is refused: PyYAML would keep the last value
+        silently, so ``rounds: 3`` followed by ``rounds: 400`` runs 400 rounds unseen. Keys
+        brought in by a ``<<`` merge may still be overridden, as YAML intends."""
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"duplicate key {key!r} (a mapping names each key once)", key_node.start_mark
+                        )
+                    seen.add(key)
+                except TypeError:  # an unhashable key: the base class refuses it
+                    pass
+        return super().construct_mapping(node, deep)
+
 
 # YAML 1.1 (PyYAML) reads `1e-3` and `1.0e30` as strings (its floats need a dot and a signed
 # exponent); with strict types that string would be refused. These are floats, as in YAML 1.2 and

@@ -35,6 +35,34 @@ def test_run_returns_history_summary_heads_and_plan(small_scenario, tmp_path):
     assert np.isfinite(r.final_params).all() and np.abs(r.final_params).sum() > 0
 
 
+@pytest.mark.parametrize("over", [{}, {"topology.kind": "erdos_renyi", "topology.p": 0.1},
+                                  {"topology.kind": "push_gossip", "topology.fanout": 2}])
+def test_byzantine_in_neighbours_counts_each_peers_byzantine_senders(over):
+    """A brute-force count per peer (push gossip leaves some peers with no sender: 0)."""
+    from fedsim.runfacts import build_topology, byzantine_in_neighbours
+    from fedsim.scenario import load
+
+    sc = load("scenarios/attack_matrix.yaml", overrides=over)
+    topo, byz = build_topology(sc), _byz(sc)
+    ptr, idx = topo.in_neighbors(0)
+    brute = [int(byz[idx[ptr[i]:ptr[i + 1]]].sum()) for i in range(topo.n)]
+    assert byzantine_in_neighbours(topo, byz).tolist() == brute
+
+
+def test_plan_counts_honest_peers_hearing_more_than_f(small_scenario, tmp_path):
+    """f is the expected number of Byzantine in-neighbours, rounded up; the plan says how many
+    honest peers hear more (README's attack matrix, seed 0: 3 of 21 hear 4 or 5 with f = 3)."""
+    from fedsim.runfacts import build_topology, byzantine_in_neighbours
+
+    r = fedsim.run(small_scenario(), overrides={"rounds": 1, "peers.count": 16, "peers.byzantine": 4,
+                                                "peers.attack.name": "sign_flip", "strategy.name": "median"},
+                   out=tmp_path / "over_f")
+    heard = byzantine_in_neighbours(build_topology(r.scenario), _byz(r.scenario))[~_byz(r.scenario)]
+    assert r.plan["f"] == 1 and r.plan["max_byzantine_in_neighbours"] == heard.max()  # f = ceil(4/16 * 4)
+    assert r.plan["honest_over_f"] == int((heard > 1).sum())
+    assert 0 < r.plan["honest_over_f"] < 12  # seed 3 places them so (3 of 12): some, not all, honest peers
+
+
 def _byz(sc):
     from fedsim.scenario import byzantine_mask
 

@@ -63,6 +63,16 @@ def test_doc_poisoner_and_rule_check(plugin, small_scenario, tmp_path):
         _run(small_scenario, snippet, tmp_path, "bad", **{"strategy.params": {"kappa": -1.0}})
 
 
+def test_doc_scenario_snippet_is_valid_as_written(plugin):
+    """The YAML block is a whole scenario a reader can copy: it validated only merged into the
+    tests' small scenario before (its backbone takes 8x8 images, the default dataset is 28x28)."""
+    from fedsim.scenario import parse
+
+    _, snippet = plugin
+    sc = parse(snippet)
+    assert sc.dataset.name == "sklearn_digits" and sc.backbone.name == "random_projection"
+
+
 def test_doc_backbone_makes_the_features(plugin, small_scenario, tmp_path):
     _, snippet = plugin
     from fedsim.prepare import prepare
@@ -131,3 +141,12 @@ def test_doc_probe_is_checked_and_listed(plugin, small_scenario, tmp_path):
     out = CliRunner().invoke(main, ["list", "probe", "consensus_distance", "--plugin", str(path)]).output
     assert "relative" in out and "divide each distance by the norm of the mean head" in out
     assert "true or false" in out  # the declared constraint, as the error above says it
+
+
+def test_doc_names_every_built_in_probe():
+    """The probe section listed two built-ins after two more were added (stale)."""
+    from fedsim.probe_registry import kinds
+
+    text = DOC.read_text()
+    for kind in set(kinds()) - {"consensus_distance"}:  # the doc's own example, if registered
+        assert f"`{kind}`" in text, kind

@@ -174,6 +174,9 @@ def test_plugin_through_the_flower_bridge(plugin_scenario, tmp_path):
 def test_missing_plugin_file_is_one_line_naming_it(small_scenario, tmp_path):
     with pytest.raises(ScenarioError, match=r"plugins: .*nope\.py: no such file"):
         parse(small_scenario(plugins=[str(tmp_path / "nope.py")]))
+    (tmp_path / "pkg.py").mkdir()  # it exists: "no such file" would mislead
+    with pytest.raises(ScenarioError, match=r"plugins: .*pkg\.py: a directory; name the \.py file in it"):
+        parse(small_scenario(plugins=[str(tmp_path / "pkg.py")]))
     with pytest.raises(ScenarioError, match=r"cannot import module 'no_such_module_xyz'"):
         parse(small_scenario(plugins=["no_such_module_xyz"]))
     with pytest.raises(ScenarioError, match=r"plugins: .*neither a \.py file nor a module name"):

@@ -7,6 +7,7 @@ import io
 import json
 import math
 import re
+import shutil
 import statistics
 from pathlib import Path
 
@@ -147,6 +148,31 @@ def test_single_run_grouping_and_incomplete(sweep_dir, tmp_path) -> None:
     assert not math.isnan(final)
 
 
+def test_rounds_to_target_states_the_evaluation_grid(sweep_dir, tmp_path) -> None:
+    """Rounds to target can only be an evaluated round: with every round evaluated (the fixture)
+    the footer says nothing of the kind; with evaluation.every = 5 it says a value may be up to 4
+    rounds late."""
+    res = CliRunner().invoke(report, [str(sweep_dir)])
+    assert res.exit_code == 0 and "rounds late" not in res.output, res.output
+    run = tmp_path / "every5"
+    shutil.copytree(next(sweep_dir.glob("strategy.name=local__seed=0")), run)
+    sc = yaml.safe_load((run / "scenario.yaml").read_text())
+    assert sc["evaluation"]["every"] == 1
+    sc["evaluation"]["every"] = 5
+    (run / "scenario.yaml").write_text(yaml.safe_dump(sc))
+    res = CliRunner().invoke(report, [str(run)])
+    assert "evaluated every 5 rounds (and at the last)" in res.output and "up to 4 rounds late" in res.output
+
+
 def test_errors(tmp_path) -> None:
     res = CliRunner().invoke(report, [str(tmp_path)])
     assert res.exit_code != 0 and "no run directories" in res.output
+
+
+def test_by_an_unknown_key_is_one_line_with_the_closest(sweep_dir) -> None:
+    """`--by strategy.nme` grouped every run under one 'None' row and exited 0."""
+    res = CliRunner().invoke(report, [str(sweep_dir), "--by", "strategy.nme"])
+    assert res.exit_code == 2 and "'strategy.nme': no run's scenario has this key (did you mean 'strategy.name'?)" \
+        in res.output, res.output
+    res = CliRunner().invoke(report, [str(sweep_dir), "--by", "strategy"])  # a section is a key too
+    assert res.exit_code == 0, res.output

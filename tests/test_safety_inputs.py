@@ -83,6 +83,24 @@ def test_small_aliases_still_work(tmp_path):
     assert sc.rounds == 3 and sc.checkpoint.every == 3 and sc.training.lr == 0.5
 
 
+@pytest.mark.parametrize("text, key, line", [
+    ("rounds: 3\nseed: 1\nrounds: 400\n", "rounds", 3),  # the second would silently win
+    ("peers: {count: 10}\npeers: {count: 12}\n", "peers", 2),
+    ("training: {lr: 0.1, momentum: 0.9, lr: 0.2}\n", "lr", 1),
+])
+def test_duplicate_key_is_refused_naming_it(tmp_path, text, key, line):
+    p = _write(tmp_path, text)
+    with pytest.raises(ScenarioError) as e:
+        load(p)
+    msg = _one_line(e.value)
+    assert str(p) in msg and f"duplicate key {key!r}" in msg and f"(line {line}," in msg
+
+
+def test_merged_keys_may_still_be_overridden(tmp_path):
+    sc = load(_write(tmp_path, "training:\n  <<: {lr: 0.5, momentum: 0.5}\n  lr: 0.25\n"))
+    assert sc.training.lr == 0.25 and sc.training.momentum == 0.5
+
+
 def test_deeply_nested_yaml_is_one_line(tmp_path):
     p = _write(tmp_path, "a: " + "[" * 20000 + "]" * 20000 + "\n")
     with pytest.raises(ScenarioError) as e:

@@ -112,6 +112,19 @@ def test_overwrite_refuses_a_directory_fedsim_did_not_make(small_scenario, tmp_p
     assert sorted(p.name for p in foreign.iterdir()) == ["holiday.jpg"]  # nothing written into it either
 
 
+def test_resume_of_a_folder_that_is_no_run_says_so(tmp_path):
+    """`--resume DIR` and `fedsim.resume(DIR)` read DIR/scenario.yaml first, so a folder that is no
+    run said 'DIR/scenario.yaml: no such file'; now the line open_for_resume always meant to give."""
+    (tmp_path / "notes.txt").write_text("not a run")
+    line = _error_line(_cli(["run", "--resume", str(tmp_path)]))
+    assert f"{tmp_path} is not a fedsim run directory (no scenario.yaml); nothing to resume" in line
+    from fedsim.api import resume
+
+    with pytest.raises(FedsimError, match="is not a fedsim run directory"):
+        resume(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # nothing written
+
+
 def test_overwrite_refuses_cwd_its_parents_and_output_dir(small_scenario, tmp_path):
     work = tmp_path / "work"
     (work / "sub").mkdir(parents=True)

@@ -196,6 +196,15 @@ def test_one_set_parser_for_the_cli_and_flower(item, key, value):
         assert got == {key: value} and type(got[key]) is type(value), (item, got)
 
 
+@pytest.mark.parametrize("item", ["=3", " =3", ".rounds=3", "rounds.=3", "strategy..name=krum"])
+def test_set_with_an_empty_key_part_is_one_line(item):
+    """`--set =3` used to reach the schema as the key '' and print 'unknown key' naming no field."""
+    from fedsim.scenario import ScenarioError, parse_set
+
+    with pytest.raises(ScenarioError, match="key before '=' is empty or has an empty part"):
+        parse_set(item)
+
+
 def test_flower_run_config_set_types_like_the_cli():
     from fedsim.flower import common
 

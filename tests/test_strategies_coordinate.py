@@ -42,6 +42,9 @@ def test_trimmed_mean_beta_fraction():
     # beta=0.2 → b = 1
     out = build("trimmed_mean", {"beta": 0.2})(OWN, RECEIVED, ctx(0))
     assert out.tolist() == pytest.approx([10 / 3, 17 / 3])
+    # beta=0.3 → b = floor(1.5) = 1, not 2 (beta·N above is whole, so floor and ceil agreed there)
+    out = build("trimmed_mean", {"beta": 0.3})(OWN, RECEIVED, ctx(0))
+    assert out.tolist() == pytest.approx([10 / 3, 17 / 3])
 
 
 def test_checks():
