@@ -135,11 +135,38 @@ def partition_for(sc: Scenario, y_train: np.ndarray, byzantine: np.ndarray) -> P
     )
 
 
-def resource_warnings(sc: Scenario) -> list[str]:
+def resource_warnings(sc: Scenario, largest_shard: int | None = None) -> list[str]:
     """Warnings (not errors) about what the run asks of this machine: a local Ray instance given
-    more CPUs than the machine has (``engine.num_actors``)."""
+    more CPUs than the machine has (``engine.num_actors``); a ``training.batch_size`` above every
+    peer's shard (``largest_shard``: :func:`largest_shard`, omitted where unknown)."""
+    warnings = []
+    if sc.engine.backend == "ray":
+        warnings.append(limits.cpu_warning(sc.engine.num_actors, sc.engine.cpus_per_actor, limits.local_ray_cpus(sc)))
+    if largest_shard is not None:
+        warnings.append(limits.batch_warning(sc.training.batch_size, largest_shard))
+    return [w for w in warnings if w]
 
-    if sc.engine.backend != "ray":
-        return []
-    w = limits.cpu_warning(sc.engine.num_actors, sc.engine.cpus_per_actor, limits.local_ray_cpus(sc))
-    return [w] if w else []
+
+def largest_shard(part: Partition) -> int:
+    """The most training samples any peer holds (an unlearning probe's canaries aside)."""
+    return max((len(t) for t in part.train), default=0)
+
+
+def data_largest_shard(sc: Scenario) -> int | None:
+    """:func:`largest_shard` of the scenario's partition, None where its data or partition is not
+    there to make (validation reports that)."""
+    from fedsim.data.datasets import dataset_info
+    from fedsim.errors import FedsimError
+
+    try:
+        return largest_shard(partition_for(sc, dataset_info(sc.dataset.name, sc.dataset.data_dir).y_train,
+                                           byzantine_mask(sc)))
+    except (FedsimError, ValueError, OSError, ImportError):
+        return None
+
+
+def shard_pad(largest: int, batch_size: int) -> int:
+    """``GroupSetup.shard_pad`` of a linear-head run: the largest shard when no shard exceeds the
+    batch (each step then weighs the zero-padded shards by draw counts instead of gathering
+    ``batch_size`` rows, ``fedsim.peers.PeerGroup._batch``), else 0 (gathered)."""
+    return largest if largest <= batch_size else 0
