@@ -178,12 +178,9 @@ def _result(r: Any) -> RunResult:
             "num_params": prep.num_params,
             "bytes_per_message": prep.bytes_per_message,
         }
-        if r.sc.mode == "decentralized" and prep.topology is not None:
-            from fedsim.runfacts import byzantine_in_neighbours
+        from fedsim.runfacts import EXPOSURE_KEYS  # decentralized only (runfacts.byzantine_exposure)
 
-            heard = byzantine_in_neighbours(prep.topology, prep.byzantine)[~prep.byzantine]
-            result.plan["honest_over_f"] = int((heard > prep.f).sum())  # honest peers hearing > f Byzantine
-            result.plan["max_byzantine_in_neighbours"] = int(heard.max(initial=0))
+        result.plan.update({k: prep.info[k] for k in EXPOSURE_KEYS if k in prep.info})
     return result
 
 

@@ -23,6 +23,7 @@ from fedsim.routing import MESSAGE_DTYPES
 from fedsim.scenario import (
     Scenario,
     build_topology,
+    byzantine_exposure,
     byzantine_mask,
     partition_for,
     received_per_aggregation,
@@ -161,6 +162,8 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
                                               "batching": plan.batching, "bn": plan.bn}}),
         "classes": c,
         "mean_in_degree": in_degree,
+        # decentralized: honest peers hearing more than f Byzantine senders (summary.json, RunResult.plan)
+        **(byzantine_exposure(sc, topo, f) if sc.mode == "decentralized" else {}),
         "actors": actors,
         "train_samples_per_peer": [int(len(t)) for t in train],
     }

@@ -202,10 +202,11 @@ def history_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_summary(sc: Scenario, history: list[dict[str, Any]], *, byzantine: int, f: int, num_params: int,
-                timing: Mapping[str, float]) -> dict[str, Any]:
+                timing: Mapping[str, float], exposure: Mapping[str, int] | None = None) -> dict[str, Any]:
     """``summary.json``'s common part, in its key order: the scenario's facts, the final numbers of
-    ``history`` (:func:`history_summary`), ``timing`` (the engine's wall-time keys), ``f`` and the
-    head size. ``fedsim run`` and the Flower server each add their own keys after it."""
+    ``history`` (:func:`history_summary`), ``timing`` (the engine's wall-time keys), ``f`` (then, where
+    given, ``exposure``: :func:`fedsim.runfacts.byzantine_exposure`, decentralized) and the head
+    size. ``fedsim run`` and the Flower server each add their own keys after it."""
     import strategies
 
     return {
@@ -220,6 +221,7 @@ def run_summary(sc: Scenario, history: list[dict[str, Any]], *, byzantine: int, 
         **history_summary(history),  # final_accuracy_mean/min/max, bytes_sent_total
         **timing,
         "f": int(f),
+        **(exposure or {}),
         "num_params": int(num_params),
     }
 

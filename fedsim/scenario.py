@@ -26,6 +26,7 @@ from fedsim.errors import ScenarioError
 from fedsim.overrides import parse_set, parse_sets, parse_value, set_dotted
 from fedsim.runfacts import (
     build_topology,
+    byzantine_exposure,
     byzantine_mask,
     clients_per_round,
     data_largest_shard,
@@ -86,6 +87,7 @@ __all__ = [
     "TopologyCfg",
     "TrainingCfg",
     "build_topology",
+    "byzantine_exposure",
     "byzantine_mask",
     "check_semantics",
     "clients_per_round",
