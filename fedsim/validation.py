@@ -284,9 +284,10 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None], 
         ray_actors=groups + (sc.mode == "federated") if on_ray else 0,
         message_bytes=MESSAGE_DTYPES[sc.engine.message_dtype].itemsize,
         concatenated=sc.mode == "federated" or forged,
-        batches=limits.minibatch_bytes(
+        # (a whole model's minibatch, its gathered inputs, is fedsim.whole_plan.memory_estimate's to count)
+        batches=0 if sc.model.whole else limits.minibatch_bytes(
             per_group=-(-n // groups), batch=sc.training.batch_size, dim=dim, num_classes=c, concurrent=concurrent,
-            padded_to=shard_pad(largest, sc.training.batch_size) if largest is not None and not sc.model.whole else 0),
+            padded_to=shard_pad(largest, sc.training.batch_size) if largest is not None else 0),
     )
     msg = limits.memory_error(est)
     if msg:
