@@ -29,7 +29,7 @@ import yaml
 from fedsim import rundir
 from fedsim import scenario as sc_mod
 from fedsim.errors import FedsimError
-from fedsim.runfiles import read_history
+from fedsim.runfiles import read_history, read_records
 from fedsim.scenario import Scenario
 
 if TYPE_CHECKING:
@@ -55,7 +55,9 @@ class RunResult:
     ``honest_over_f`` (honest peers with more than ``f`` Byzantine in-neighbours, round 0 for push
     gossip: ``f`` is the expected count, not the worst) and ``max_byzantine_in_neighbours``.
     ``records``: the :class:`~fedsim.simulation.RoundRecord` of every round run in this process
-    (metrics and phase timings; empty for :func:`load_run`)."""
+    (metrics and phase timings); for :func:`load_run`, every round read back from ``metrics.jsonl``
+    and ``timings.jsonl`` (:func:`fedsim.runfiles.read_records`: metrics as written, strict JSON;
+    no ``messages``; empty where the timings lack a round's phases)."""
 
     dir: Path
     scenario: Scenario | dict[str, Any]
@@ -178,12 +180,9 @@ def _result(r: Any) -> RunResult:
             "num_params": prep.num_params,
             "bytes_per_message": prep.bytes_per_message,
         }
-        if r.sc.mode == "decentralized" and prep.topology is not None:
-            from fedsim.runfacts import byzantine_in_neighbours
+        from fedsim.runfacts import EXPOSURE_KEYS  # decentralized only (runfacts.byzantine_exposure)
 
-            heard = byzantine_in_neighbours(prep.topology, prep.byzantine)[~prep.byzantine]
-            result.plan["honest_over_f"] = int((heard > prep.f).sum())  # honest peers hearing > f Byzantine
-            result.plan["max_byzantine_in_neighbours"] = int(heard.max(initial=0))
+        result.plan.update({k: prep.info[k] for k in EXPOSURE_KEYS if k in prep.info})
     return result
 
 
@@ -203,5 +202,7 @@ def load_run(path: str | Path) -> RunResult:
         raise RunResultError(f"{path}: {Path(e.filename).name} is missing; the run did not start") from None
     except (OSError, ValueError, yaml.YAMLError) as e:
         raise RunResultError(f"{path}: cannot read the run ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    plan = {k: summary[k] for k in ("f", "num_params") if summary and k in summary}
-    return RunResult(path, scenario, history, summary, None, plan)
+    from fedsim.runfacts import EXPOSURE_KEYS
+
+    plan = {k: summary[k] for k in ("f", "num_params", *EXPOSURE_KEYS) if summary and k in summary}
+    return RunResult(path, scenario, history, summary, None, plan, read_records(path, history))

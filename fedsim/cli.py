@@ -254,7 +254,8 @@ def validate(files: tuple[Path, ...]) -> None:
             sc = sc_mod.load(f, require_data=True)
         except ScenarioError as e:
             errors += e.errors
-        warnings = [f"{f}: warning: {w}" for w in (sc_mod.resource_warnings(sc) if sc is not None else [])]
+        found = [] if sc is None else sc_mod.resource_warnings(sc, sc_mod.data_largest_shard(sc))
+        warnings = [f"{f}: warning: {w}" for w in found]
         try:
             grid_errors, grid_warnings = _validate_sweep(f)
         except ScenarioError as e:  # an unreadable file: load() said so already

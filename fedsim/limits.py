@@ -58,10 +58,11 @@ class MemoryEstimate:
     data: int  # features on the driver, each group's copies of its rows and of the test set
     topology: int  # the in-neighbour lists every group keeps, and the graph while it is drawn
     processes: int  # this process, Ray's processes and one per actor
+    batches: int = 0  # one local step's minibatch in every group training at once (minibatch_bytes)
 
     @property
     def total(self) -> int:
-        return self.heads + self.messages + self.data + self.topology + self.processes
+        return self.heads + self.messages + self.data + self.topology + self.processes + self.batches
 
     def biggest(self) -> tuple[str, str]:
         """``(field, advice)``: the scenario field that scales the component needing the most, and
@@ -71,6 +72,8 @@ class MemoryEstimate:
             ("engine.num_actors", "engine.num_actors (each group copies the test set) or the dataset"): self.data,
             ("topology.kind", "the topology's degree (topology.kind, degree, p)"): self.topology,
             ("engine.num_actors", "engine.num_actors (each Ray actor is a process)"): self.processes,
+            ("training.batch_size", "training.batch_size (each local step draws peers × batch_size samples)"):
+                self.batches,
         }
         return max(parts, key=parts.__getitem__)
 
@@ -85,6 +88,26 @@ def directed_edges(kind: str, n: int, degree: int, p: float, fanout: int) -> int
         "erdos_renyi": int(p * n * (n - 1)),
         "push_gossip": n * fanout,
     }.get(kind, 0)
+
+
+def minibatch_bytes(*, per_group: int, batch: int, dim: int, num_classes: int, concurrent: int,
+                    padded_to: int = 0) -> int:
+    """Bytes one local step's minibatch holds at its peak in each of ``concurrent`` groups training
+    at once, ``per_group`` peers each (``fedsim.peers.PeerGroup._batch``, ``fedsim.heads.ce_grad``;
+    ``fedsim.whole.WholePeerGroup._batch``): the drawn indices ``[p, B]`` (int64, twice while
+    :func:`fedsim.rng.integers` hashes them; :func:`fedsim.runfacts.shard_pad`'s padded path adds
+    their float32 draw counts), then over the step's ``n`` samples (``B`` gathered, or
+    ``padded_to``, the zero-padded shards, whose rows the data copies already hold): the gathered
+    inputs ``[p, n, dim]`` with their flat index and labels (none when padded), and the logits,
+    log-softmax and gradient ``[p, num_classes, n]`` with the per-sample loss and weights (a whole
+    model passes ``num_classes=0``: its logits are among its activations). Summed, not overlapped:
+    an upper bound of the step's temporaries (the indices of all steps drawn at once are at most
+    ``PeerGroup.DRAW_AT_ONCE`` numbers, not counted)."""
+    p, n = per_group, padded_to or batch
+    draws = 2 * INDEX * p * batch + (FLOAT * p * batch if padded_to else 0)
+    gathered = 0 if padded_to else p * n * (FLOAT * dim + 2 * INDEX)
+    step = FLOAT * p * n * (3 * num_classes + 2)
+    return concurrent * (draws + gathered + step)
 
 
 def estimate_memory(
@@ -103,20 +126,21 @@ def estimate_memory(
     ray_actors: int,
     message_bytes: int = FLOAT,
     concatenated: bool = True,
+    batches: int = 0,
 ) -> MemoryEstimate:
     """Memory of a run from its sizes. ``groups`` peer groups (actors), of which ``concurrent``
     aggregate at once (all on Ray, one in-process); ``ray_actors`` Ray actor processes (0:
     in-process); ``edges`` directed topology edges; ``message_bytes`` bytes of a sent value
     (``engine.message_dtype``); ``concatenated``: each aggregating group concatenates every message
     (the server, or a forging attack; decentralized groups otherwise gather heard rows only,
-    :class:`fedsim.routing.Rows`)."""
+    :class:`fedsim.routing.Rows`); ``batches``: :func:`minibatch_bytes`."""
     per_peer = 4 + int(adam) + int(consolidated)  # w+b, gradient, momentum, sent copy; Adam's v; CWR copy
     heads = FLOAT * num_params * peers * per_peer
     messages = num_params * peers * (message_bytes + FLOAT * concurrent * (int(concatenated) + int(forged)))
     data = FLOAT * dim * (2 * n_train + n_test * (1 + groups))  # driver features + group rows + test copies
     topology = INDEX * edges * (groups + 1) + NX_EDGE_BYTES * edges // 2
     processes = PROCESS_BYTES + (RAY_SYSTEM_BYTES + RAY_ACTOR_BYTES * ray_actors if ray_actors else 0)
-    return MemoryEstimate(heads, messages, data, topology, processes)
+    return MemoryEstimate(heads, messages, data, topology, processes, batches)
 
 
 def gib(n: float) -> str:
@@ -131,7 +155,8 @@ def memory_error(est: MemoryEstimate, available: int | None = None) -> str | Non
     return (
         f"needs about {gib(est.total)} of memory (peer heads and optimizer state {gib(est.heads)}, "
         f"gathered messages {gib(est.messages)}, data copies {gib(est.data)}, topology {gib(est.topology)}, "
-        f"processes {gib(est.processes)}), this machine has {gib(available)}; lower {est.biggest()[1]}"
+        f"processes {gib(est.processes)}, minibatches {gib(est.batches)}), this machine has {gib(available)}; "
+        f"lower {est.biggest()[1]}"
     )
 
 
@@ -145,6 +170,18 @@ def local_ray_cpus(sc: Scenario) -> int | None:
         return None
     actors = sc.engine.num_actors + (1 if sc.mode == "federated" else 0)
     return max(machine_cpus(), math.ceil(actors * sc.engine.cpus_per_actor))
+
+
+def batch_warning(batch_size: int, largest_shard: int) -> str | None:
+    """A warning (drawing with replacement makes it legal) when ``training.batch_size`` exceeds
+    every peer's shard: each step draws ``batch_size`` samples from at most ``largest_shard``."""
+    if batch_size <= largest_shard:
+        return None
+    return (
+        f"training.batch_size: {batch_size} exceeds the largest peer's training shard ({largest_shard} samples): "
+        "minibatches are drawn with replacement, so each step repeats samples (legal; the same expected gradient "
+        f"as batch_size {largest_shard}, for more work)"
+    )
 
 
 def cpu_warning(num_actors: int, cpus_per_actor: float, ray_cpus: int | None, cpus: int | None = None) -> str | None:

@@ -23,11 +23,13 @@ from fedsim.routing import MESSAGE_DTYPES
 from fedsim.scenario import (
     Scenario,
     build_topology,
+    byzantine_exposure,
     byzantine_mask,
     partition_for,
     received_per_aggregation,
     resolve_f,
     resource_warnings,
+    shard_pad,
     strategy_params,
 )
 from fedsim.shards import held_classes
@@ -85,8 +87,6 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     else:
         feats = load_features(sc.dataset.name, sc.backbone.name, sc.dataset.data_dir, sc.backbone.cache_dir, log)
     n = sc.peers.count
-    for warning in resource_warnings(sc) if log else []:
-        log(f"warning: {warning}")
     byz = byzantine_mask(sc)  # these five: the same functions validation calls (fedsim.scenario)
     part = partition_for(sc, feats.y_train, byz)
     # an unlearning probe's canaries join the leaver's shard before training (fedsim.canaries)
@@ -107,9 +107,11 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     # the class sets peers compare when they connect (Bristle's private-set intersection), for every peer
     classes = held_classes(feats.y_train, train, val, c) if "overlap" in rule_cls.needs else None
     extra = _backbone_param_count(sc.backbone.name) if rule_cls.exchanges == "full_model" else 0
-    largest_shard = max(len(t) for t in train)
+    largest_shard = max(len(t) for t in train)  # (the canaries included: what the groups hold)
+    for warning in resource_warnings(sc, largest_shard) if log else []:
+        log(f"warning: {warning}")
     common = dict(
-        shard_pad=largest_shard if largest_shard <= sc.training.batch_size and plan is None else 0,
+        shard_pad=shard_pad(largest_shard, sc.training.batch_size) if plan is None else 0,
         byzantine=byz,
         absent=None if not absent else np.isin(np.arange(n), absent),
         threads=group_threads(sc, threads),
@@ -160,6 +162,8 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
                                               "batching": plan.batching, "bn": plan.bn}}),
         "classes": c,
         "mean_in_degree": in_degree,
+        # decentralized: honest peers hearing more than f Byzantine senders (summary.json, RunResult.plan)
+        **(byzantine_exposure(sc, topo, f) if sc.mode == "decentralized" else {}),
         "actors": actors,
         "train_samples_per_peer": [int(len(t)) for t in train],
     }

@@ -21,13 +21,20 @@ if TYPE_CHECKING:
 
 
 def default_f(sc: Scenario, in_degree: float) -> int:
-    """Byzantine senders a rule tolerates when ``strategy.f`` is unset."""
-    if sc.strategy.f is not None:
+    """Byzantine senders a rule tolerates when ``strategy.f`` is unset: the expected number among
+    an aggregator's ``in_degree`` senders, rounded up (federated: among the ``k`` sampled clients).
+    ``strategy.f: max`` in federated mode is the worst case, ``min(byzantine, k)``; decentralized it
+    needs the graph (:func:`resolve_f`)."""
+    if isinstance(sc.strategy.f, int):
         return sc.strategy.f
     b = sc.peers.num_byzantine
     if sc.mode == "federated":
         k = clients_per_round(sc)
+        if sc.strategy.f == "max":
+            return min(b, k)
         return b if k == sc.peers.count else int(math.ceil(b * k / sc.peers.count)) if b else 0
+    if sc.strategy.f == "max":
+        raise ValueError("strategy.f: max needs the topology (fedsim.runfacts.resolve_f)")
     return int(math.ceil(b / sc.peers.count * in_degree)) if b else 0
 
 
@@ -83,6 +90,8 @@ def resolve_f(sc: Scenario, topo: Topology) -> tuple[int, float]:
         k = clients_per_round(sc)
         return default_f(sc, k), float(k)
     in_degree = float(np.mean(topo.degrees(0)))
+    if sc.strategy.f == "max":  # the worst case: the most Byzantine in-neighbours an honest peer has
+        return byzantine_exposure(sc, topo, 0)["max_byzantine_in_neighbours"], in_degree
     return default_f(sc, in_degree), in_degree
 
 
@@ -93,6 +102,20 @@ def byzantine_in_neighbours(topo: Topology, byzantine: np.ndarray, round_: int =
     (``fedsim.run(...).plan["honest_over_f"]`` counts them)."""
     ptr, idx = topo.in_neighbors(round_)
     return np.add.reduceat(np.append(byzantine[idx], 0).astype(np.int64), ptr[:-1]) * (np.diff(ptr) > 0)
+
+
+EXPOSURE_KEYS = ("honest_over_f", "max_byzantine_in_neighbours")  # byzantine_exposure's, in summary.json's order
+
+
+def byzantine_exposure(sc: Scenario, topo: Topology, f: int) -> dict[str, int]:
+    """How far ``f`` covers the honest peers of a decentralized run, on round 0's graph (push
+    gossip draws a new one each round): ``honest_over_f``, the honest peers with more than ``f``
+    Byzantine in-neighbours (:func:`byzantine_in_neighbours`), and ``max_byzantine_in_neighbours``,
+    the most any honest peer has (what ``strategy.f: max`` resolves to). The run computes it once
+    (:func:`fedsim.prepare.prepare`, ``Prepared.info``): ``summary.json``, ``fedsim.run(...).plan``."""
+    byz = byzantine_mask(sc)
+    heard = byzantine_in_neighbours(topo, byz)[~byz]
+    return dict(zip(EXPOSURE_KEYS, (int((heard > f).sum()), int(heard.max(initial=0))), strict=True))
 
 
 def received_per_aggregation(in_degree: float) -> int:
@@ -135,11 +158,38 @@ def partition_for(sc: Scenario, y_train: np.ndarray, byzantine: np.ndarray) -> P
     )
 
 
-def resource_warnings(sc: Scenario) -> list[str]:
+def resource_warnings(sc: Scenario, largest_shard: int | None = None) -> list[str]:
     """Warnings (not errors) about what the run asks of this machine: a local Ray instance given
-    more CPUs than the machine has (``engine.num_actors``)."""
+    more CPUs than the machine has (``engine.num_actors``); a ``training.batch_size`` above every
+    peer's shard (``largest_shard``: :func:`largest_shard`, omitted where unknown)."""
+    warnings = []
+    if sc.engine.backend == "ray":
+        warnings.append(limits.cpu_warning(sc.engine.num_actors, sc.engine.cpus_per_actor, limits.local_ray_cpus(sc)))
+    if largest_shard is not None:
+        warnings.append(limits.batch_warning(sc.training.batch_size, largest_shard))
+    return [w for w in warnings if w]
 
-    if sc.engine.backend != "ray":
-        return []
-    w = limits.cpu_warning(sc.engine.num_actors, sc.engine.cpus_per_actor, limits.local_ray_cpus(sc))
-    return [w] if w else []
+
+def largest_shard(part: Partition) -> int:
+    """The most training samples any peer holds (an unlearning probe's canaries aside)."""
+    return max((len(t) for t in part.train), default=0)
+
+
+def data_largest_shard(sc: Scenario) -> int | None:
+    """:func:`largest_shard` of the scenario's partition, None where its data or partition is not
+    there to make (validation reports that)."""
+    from fedsim.data.datasets import dataset_info
+    from fedsim.errors import FedsimError
+
+    try:
+        return largest_shard(partition_for(sc, dataset_info(sc.dataset.name, sc.dataset.data_dir).y_train,
+                                           byzantine_mask(sc)))
+    except (FedsimError, ValueError, OSError, ImportError):
+        return None
+
+
+def shard_pad(largest: int, batch_size: int) -> int:
+    """``GroupSetup.shard_pad`` of a linear-head run: the largest shard when no shard exceeds the
+    batch (each step then weighs the zero-padded shards by draw counts instead of gathering
+    ``batch_size`` rows, ``fedsim.peers.PeerGroup._batch``), else 0 (gathered)."""
+    return largest if largest <= batch_size else 0

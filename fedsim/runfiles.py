@@ -202,10 +202,11 @@ def history_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_summary(sc: Scenario, history: list[dict[str, Any]], *, byzantine: int, f: int, num_params: int,
-                timing: Mapping[str, float]) -> dict[str, Any]:
+                timing: Mapping[str, float], exposure: Mapping[str, int] | None = None) -> dict[str, Any]:
     """``summary.json``'s common part, in its key order: the scenario's facts, the final numbers of
-    ``history`` (:func:`history_summary`), ``timing`` (the engine's wall-time keys), ``f`` and the
-    head size. ``fedsim run`` and the Flower server each add their own keys after it."""
+    ``history`` (:func:`history_summary`), ``timing`` (the engine's wall-time keys), ``f`` (then, where
+    given, ``exposure``: :func:`fedsim.runfacts.byzantine_exposure`, decentralized) and the head
+    size. ``fedsim run`` and the Flower server each add their own keys after it."""
     import strategies
 
     return {
@@ -220,6 +221,7 @@ def run_summary(sc: Scenario, history: list[dict[str, Any]], *, byzantine: int, 
         **history_summary(history),  # final_accuracy_mean/min/max, bytes_sent_total
         **timing,
         "f": int(f),
+        **(exposure or {}),
         "num_params": int(num_params),
     }
 
@@ -238,3 +240,25 @@ def parse_lines(data: bytes | str) -> list[dict[str, Any]]:
 def read_history(path: Path) -> list[dict[str, Any]]:
     """The records of a ``metrics.jsonl`` (or ``timings.jsonl``) as written."""
     return parse_lines(Path(path).read_bytes())
+
+
+def read_records(run_dir: Path, history: list[dict[str, Any]] | None = None) -> list[RoundRecord]:
+    """A run directory's rounds as :class:`fedsim.round_record.RoundRecord`: the metrics of
+    ``metrics.jsonl`` as written (strict JSON: a non-finite value is ``null``, named under
+    ``nonfinite``; ``history``: those records if already read) and the phases of ``timings.jsonl``
+    (``messages`` None). Empty where ``timings.jsonl`` is missing or unreadable or lacks a round's
+    phases (a run written before they were recorded, a line torn by a kill): never a partial list."""
+    from fedsim.round_record import PHASES, RoundRecord
+
+    history = read_history(Path(run_dir) / rundir.METRICS) if history is None else history
+    try:
+        timings = {t["round"]: t for t in read_history(Path(run_dir) / TIMINGS)}
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    records = []
+    for m in history:
+        t = timings.get(m.get("round"))
+        if t is None or not all(isinstance(t.get(k), (int, float)) for k in PHASES):
+            return []
+        records.append(RoundRecord(m["round"], m, {k: float(t[k]) for k in PHASES}))
+    return records

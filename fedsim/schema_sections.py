@@ -117,12 +117,20 @@ class TopologyCfg(_Section):
 class StrategyCfg(_Section):
     name: str = Field("fedavg", description="see `fedsim list strategies`")
     params: dict[str, Any] = Field(default_factory=dict)
-    f: int | None = Field(
+    f: int | str | None = Field(
         None,
-        ge=0,
         description="Byzantine senders a rule tolerates; default: expected Byzantine "
-        "neighbours (decentralized) or Byzantine clients (federated)",
+        "neighbours (decentralized) or Byzantine clients (federated), rounded up, so some honest peers "
+        "may hear more (summary.json's honest_over_f); max: the most Byzantine in-neighbours any honest "
+        "peer has (round 0's graph; federated: min(byzantine, sampled clients)), the worst case",
     )
+
+    @field_validator("f", mode="before")
+    @classmethod
+    def _f_count_or_max(cls, v: Any) -> Any:
+        if v is None or v == "max" or (type(v) is int and v >= 0):
+            return v
+        raise ValueError(f"got {v!r}; give a count >= 0 or max")
 
 
 class TrainingCfg(_Section):

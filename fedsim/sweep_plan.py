@@ -102,7 +102,14 @@ def expand(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo, strict=True)) for combo in product(*(grid[k] for k in keys))]
 
 
+EMPTY_NAMES = {dict: "empty", list: "empty-list", tuple: "empty-list", str: "empty-string"}  # {} [] ""
+
+
 def _name_part(v: Any) -> str:
+    """A value as a readable, file-safe part of a folder name; an empty mapping, list or string is
+    named (:data:`EMPTY_NAMES`: ``params={}`` → ``params=empty``) rather than left blank."""
+    if type(v) in EMPTY_NAMES and not v:
+        return EMPTY_NAMES[type(v)]
     if isinstance(v, dict):
         return ",".join(f"{k}-{_name_part(x)}" for k, x in sorted(v.items()))
     if isinstance(v, (list, tuple)):

@@ -21,9 +21,11 @@ from fedsim.probe_registry import get_probe
 from fedsim.runfacts import (
     build_topology,
     byzantine_mask,
+    largest_shard,
     partition_for,
     received_per_aggregation,
     resolve_f,
+    shard_pad,
     strategy_params,
 )
 from fedsim.schema import Scenario
@@ -33,6 +35,7 @@ from fedsim.yamlsafe import plain_tree
 
 if TYPE_CHECKING:
     from fedsim.data.arrays import DatasetInfo
+    from fedsim.partition import Partition
     from fedsim.topology import Topology
 
 
@@ -65,14 +68,15 @@ def check_semantics(sc: Scenario, source: str = "scenario", *, require_data: boo
                          k=sc.partition.k, window=sc.partition.window, min_size=sc.partition.min_size)
         except ValueError as e:
             fail(str(e))
-        _check_memory(sc, info, fail)
+        part = _partition(sc, info)  # (its errors reported in their turn, below)
+        _check_memory(sc, info, fail, None if isinstance(part, ValueError) else largest_shard(part))
     try:
         topo = build_topology(sc)
     except ValueError as e:
         fail(str(e))
     _check_rule(sc, topo, fail)
     if info is not None:
-        _check_partition(sc, info, fail)
+        _check_partition(sc, part, fail)
     _check_probes(sc, fail)
     device = device_error(sc.engine.device, backend=sc.engine.backend)
     if device:
@@ -241,9 +245,10 @@ def _feature_dim(backbone: str, sample_shape: tuple[int, ...], dtype: str) -> in
     return int(extract_features(net, np.zeros((1, *sample_shape), dtype=np.dtype(dtype)), spec).shape[1])
 
 
-def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None]) -> None:
+def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None], largest: int | None) -> None:
     """The backbone accepts the dataset's inputs, its weights exist, and the run's memory
-    estimate (:mod:`fedsim.limits`) fits the machine."""
+    estimate (:mod:`fedsim.limits`) fits the machine; ``largest``: the partition's largest shard
+    (None when it cannot be made: then the minibatch is counted as gathered)."""
     import attacks
     import strategies
     from fedsim.models.backbones import get_spec
@@ -263,6 +268,7 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None]) 
     on_ray = sc.engine.backend == "ray" and limits.local_ray_cpus(sc) is not None
     attack = attacks.build(sc.peers.attack.name, sc.peers.attack.params) if sc.peers.attack.name != "none" else None
     forged = isinstance(attack, attacks.UpdateForger) and sc.peers.num_byzantine > 0
+    concurrent = groups if sc.engine.backend == "ray" else 1
     est = limits.estimate_memory(
         peers=n,
         num_params=head_params((c, dim), sc.training.bias),
@@ -270,7 +276,7 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None]) 
         n_train=info.n_train,
         n_test=info.n_test,
         groups=groups,
-        concurrent=groups if sc.engine.backend == "ray" else 1,
+        concurrent=concurrent,
         adam=sc.training.optimizer == "adam",
         consolidated=bool(strategies.build(sc.strategy.name, strategy_params(sc)).consolidated),
         forged=forged,
@@ -278,6 +284,10 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None]) 
         ray_actors=groups + (sc.mode == "federated") if on_ray else 0,
         message_bytes=MESSAGE_DTYPES[sc.engine.message_dtype].itemsize,
         concatenated=sc.mode == "federated" or forged,
+        # (a whole model's minibatch, its gathered inputs, is fedsim.whole_plan.memory_estimate's to count)
+        batches=0 if sc.model.whole else limits.minibatch_bytes(
+            per_group=-(-n // groups), batch=sc.training.batch_size, dim=dim, num_classes=c, concurrent=concurrent,
+            padded_to=shard_pad(largest, sc.training.batch_size) if largest is not None else 0),
     )
     msg = limits.memory_error(est)
     if msg:
@@ -309,12 +319,19 @@ def _check_rule(sc: Scenario, topo: Topology, fail: Callable[[str], None]) -> No
             fail(f"peers.attack.params: {e} (with {n} received vectors per aggregation and f={f})")
 
 
-def _check_partition(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None]) -> None:
-    """The partition the run will make (:func:`partition_for`) gives every peer training data."""
+def _partition(sc: Scenario, info: DatasetInfo) -> Partition | ValueError:
+    """The partition the run will make (:func:`partition_for`), or why it cannot be made."""
     try:
-        part = partition_for(sc, info.y_train, byzantine_mask(sc))
+        return partition_for(sc, info.y_train, byzantine_mask(sc))
     except ValueError as e:
-        fail(str(e))
+        return e
+
+
+def _check_partition(sc: Scenario, part: Partition | ValueError, fail: Callable[[str], None]) -> None:
+    """The partition (:func:`_partition`) can be made and gives every peer training data."""
+    if isinstance(part, ValueError):
+        fail(str(part))
+        return
     empty = [i for i, t in enumerate(part.train) if len(t) == 0]
     if empty:
         fail(

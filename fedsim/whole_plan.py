@@ -114,7 +114,8 @@ def memory_estimate(sc: Scenario, info: DatasetInfo) -> tuple[Any, int]:
     it adds (counted in its ``heads`` entry): every module output of the trainable part for one
     sample (a forward pass of zeros), × batch size × the peers of the largest group × 3 (the
     output, its gradient and the module's saved inputs, roughly). Parameters and messages are the
-    trainable count, data copies the frozen prefix's output size; a feature shift
+    trainable count, data copies the frozen prefix's output size, the minibatch its gathered inputs
+    (:func:`fedsim.limits.minibatch_bytes`, always gathered); a feature shift
     (``dataset.domains``) holds one test set per used domain (:func:`fedsim.domain_shift.shift`)."""
     import math
 
@@ -151,6 +152,8 @@ def memory_estimate(sc: Scenario, info: DatasetInfo) -> tuple[Any, int]:
         edges=0 if sc.mode == "federated" else limits.directed_edges(
             sc.topology.kind, sc.peers.count, sc.topology.degree, sc.topology.p, sc.topology.fanout),
         ray_actors=0,
+        batches=limits.minibatch_bytes(per_group=per_group, batch=sc.training.batch_size, dim=int(x[0].numel()),
+                                       num_classes=0, concurrent=concurrent),
     )
     return dataclasses.replace(est, heads=est.heads + activations), activations
 

@@ -145,3 +145,26 @@ def test_python_m_fedsim_is_the_fedsim_command():
     usage, rest = res.stdout.split("\n", 1)
     assert usage.startswith("Usage: python -m fedsim ")
     assert rest.split() == ours.output.split("\n", 1)[1].split()
+
+
+def test_load_run_reads_back_every_rounds_record(small_scenario, tmp_path):
+    """``load_run(dir).records``: each round's metrics as ``metrics.jsonl`` holds them and its phases
+    as ``timings.jsonl`` holds them (4 decimals); never a partial list."""
+    import json
+
+    r = fedsim.run(small_scenario(rounds=3), out=tmp_path / "o")
+    got = fedsim.load_run(r.dir)
+    assert [x.round for x in got.records] == [0, 1, 2]
+    assert [x.metrics for x in got.records] == r.history
+    assert [x.phases for x in got.records] == [{k: round(v, 4) for k, v in x.phases.items()} for x in r.records]
+    assert [x.evaluated for x in got.records] == [x.evaluated for x in r.records]
+    assert all(x.messages is None for x in got.records)
+    assert got.plan == {k: r.plan[k] for k in ("f", "num_params", "honest_over_f", "max_byzantine_in_neighbours")}
+    timings = r.dir / "timings.jsonl"
+    lines = timings.read_text().splitlines()
+    timings.write_text("\n".join([*lines[:2], json.dumps({"round": 2, "seconds": 0.1})]) + "\n")  # no phases
+    assert fedsim.load_run(r.dir).records == [] and len(fedsim.load_run(r.dir).history) == 3
+    timings.write_text("\n".join(lines[:2]) + "\n")  # a round without its timing line
+    assert fedsim.load_run(r.dir).records == []
+    timings.unlink()
+    assert fedsim.load_run(r.dir).records == []

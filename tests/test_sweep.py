@@ -68,6 +68,17 @@ def test_expand_is_cartesian_in_grid_order() -> None:
     assert len(long) <= 200 and long == run_name({"k" * 150: "v" * 100})
 
 
+def test_empty_values_get_readable_distinct_folder_names(tmp_path) -> None:
+    """``{}`` (and an empty list or string) once gave a folder ending in ``params=``."""
+    assert run_name({"strategy.params": {}}) == "strategy.params=empty"
+    assert run_name({"x": []}) == "x=empty-list" and run_name({"x": ""}) == "x=empty-string"
+    assert run_name({"p": {"a": {}}}) == "p=a-empty"
+    grid = parse_grid(["strategy.params={},{beta: 0.2}"])
+    assert grid == {"strategy.params": [{}, {"beta": 0.2}]}
+    plan = plan_sweep(write(tmp_path, tiny(tmp_path, strategy={"name": "trimmed_mean"})), grid, out=tmp_path / "o")
+    assert [r.name for r in plan.runs] == ["strategy.params=empty", "strategy.params=beta-0.2"]
+
+
 def test_yaml_sweep_section_is_removed_and_merged_with_cli(tmp_path) -> None:
     data = tiny(tmp_path, sweep={"strategy.name": ["fedavg", "local"], "peers": {"count": [6, 8]}})
     path = write(tmp_path, data)

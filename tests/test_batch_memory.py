@@ -1,0 +1,87 @@
+"""A local step's minibatch in the memory estimate (``fedsim.limits.minibatch_bytes``): hand-computed
+bytes for the gathered and the padded path, an absurd ``training.batch_size`` refused by validation's
+memory check in one line, the whole-model estimate counting the batch too, and the warning (not an
+error) when the batch exceeds every shard."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from fedsim import limits
+from fedsim.cli import main
+from fedsim.data.datasets import dataset_info
+from fedsim.scenario import ScenarioError, byzantine_mask, largest_shard, parse, partition_for
+
+SMALL = {"dataset": {"name": "sklearn_digits"}, "backbone": {"name": "identity"}, "partition": {"kind": "iid"},
+         "engine": {"backend": "local", "num_actors": 1}}
+
+
+def test_minibatch_bytes_hand_computed():
+    # gathered: draws 2·8·p·B; inputs + index + labels p·B·(4d + 16);
+    # logits, log-softmax, gradient and loss, weights 4·p·B·(3C + 2)
+    p, b, d, c = 3, 5, 4, 2
+    gathered = 2 * 8 * p * b + p * b * (4 * d + 16) + 4 * p * b * (3 * c + 2)
+    assert gathered == 1200
+    assert limits.minibatch_bytes(per_group=p, batch=b, dim=d, num_classes=c, concurrent=2) == 2 * gathered
+    # padded to shards of 4: the draws and their float counts over B, the step over the 4 padded columns
+    padded = 2 * 8 * p * b + 4 * p * b + 4 * p * 4 * (3 * c + 2)
+    assert limits.minibatch_bytes(per_group=p, batch=b, dim=d, num_classes=c, concurrent=1, padded_to=4) == padded
+    est = limits.estimate_memory(peers=3, num_params=10, dim=4, n_train=10, n_test=5, groups=1, concurrent=1,
+                                 adam=False, consolidated=False, forged=False, edges=6, ray_actors=0, batches=10**12)
+    assert est.total > 10**12 and est.biggest()[0] == "training.batch_size"
+
+
+def _spy(monkeypatch) -> list[limits.MemoryEstimate]:
+    seen: list[limits.MemoryEstimate] = []
+    real = limits.memory_error
+    monkeypatch.setattr(limits, "memory_error", lambda est, available=None: seen.append(est) or real(est, available))
+    return seen
+
+
+def test_validation_counts_the_runs_minibatch_and_refuses_an_absurd_one(monkeypatch):
+    """100 peers in one group, shards of ~14 digits: batch 1,000,000 takes the padded path, whose
+    draws alone are 100 × 10⁶ × 20 bytes; on a 1 GiB machine that is refused before anything runs,
+    in one line naming training.batch_size, where batch 32 fits."""
+    seen = _spy(monkeypatch)
+    sc = parse({**SMALL, "peers": {"count": 100}})
+    info = dataset_info("sklearn_digits")
+    big = largest_shard(partition_for(sc, info.y_train, byzantine_mask(sc)))
+    assert big < 32  # the padded path (fedsim.runfacts.shard_pad)
+    assert seen[-1].batches == limits.minibatch_bytes(per_group=100, batch=32, dim=64, num_classes=10,
+                                                      concurrent=1, padded_to=big)
+    monkeypatch.setattr(limits, "machine_memory", lambda: 2**30)
+    parse({**SMALL, "peers": {"count": 100}})
+    with pytest.raises(ScenarioError) as e:
+        parse({**SMALL, "peers": {"count": 100}, "training": {"batch_size": 1_000_000}})
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("scenario: training.batch_size: the run needs about")
+    assert "minibatches 1.9 GiB" in msg and "lower training.batch_size" in msg
+
+
+def test_whole_model_estimate_counts_the_batch(tmp_path):
+    from fedsim.whole_plan import memory_estimate
+
+    d = {**SMALL, "peers": {"count": 4}, "topology": {"kind": "complete"},
+         "model": {"trainable": "all", "hidden": [16], "init": "scratch"},
+         "backbone": {"name": "identity", "cache_dir": str(tmp_path / "c")}}
+    info = dataset_info("sklearn_digits")
+    one = memory_estimate(parse({**d, "training": {"batch_size": 8}}), info)[0]
+    two = memory_estimate(parse({**d, "training": {"batch_size": 16}}), info)[0]
+    # 4 peers in one group, 64 raw inputs gathered per sample, every term linear in B
+    assert one.batches == limits.minibatch_bytes(per_group=4, batch=8, dim=64, num_classes=0, concurrent=1) > 0
+    assert two.batches == 2 * one.batches
+
+
+def test_a_batch_above_every_shard_is_a_warning(tmp_path):
+    sc = parse({**SMALL, "peers": {"count": 20}})
+    big = largest_shard(partition_for(sc, dataset_info("sklearn_digits").y_train, byzantine_mask(sc)))
+    path = tmp_path / "s.yaml"
+    base = ("dataset: {name: sklearn_digits}\nbackbone: {name: identity}\npartition: {kind: iid}\n"
+            "peers: {count: 20}\n")
+    for b, warned in ((big, False), (big + 1, True)):
+        path.write_text(base + f"training: {{batch_size: {b}}}\n")
+        r = CliRunner().invoke(main, ["validate", str(path)])
+        assert r.exit_code == 0 and r.output.rstrip().endswith("ok"), r.output
+        line = f"warning: training.batch_size: {b} exceeds the largest peer's training shard ({big} samples)"
+        assert (line in r.output) == warned, r.output
