@@ -136,9 +136,9 @@ def test_the_server_aggregates_only_the_sampled_clients(small_scenario, monkeypa
     seen: list[int] = []
     real = strategies.aggregate
 
-    def spy(rule, own, received, ctx, fallback=None):
+    def spy(rule, own, received, ctx, fallback=None, **kw):
         seen.append(int(received.shape[0]))
-        return real(rule, own, received, ctx, fallback)
+        return real(rule, own, received, ctx, fallback, **kw)
 
     monkeypatch.setattr(server.strategies, "aggregate", spy)
     _run(_fed(small_scenario, rounds=3, **{"peers.byzantine": 2, "peers.attack": {"name": "alie"},
