@@ -78,6 +78,35 @@ def test_local_steps_hold_one_gradient_at_a_time(monkeypatch, weight_decay):
         assert len({r().data_ptr() for r in grads if r() is not None}) <= 1
 
 
+def test_kept_gradient_buffer_gives_the_steps_of_fresh_ones_and_is_reused(monkeypatch):
+    """keep=True: the SGD weight gradient lives in heads.kept_buffer, one tensor for the process
+    (grown, never shrunk), reused by the next call; the heads equal those of fresh gradients."""
+    monkeypatch.setattr(heads, "_kept", {})
+    cfg = TrainingCfg(lr=0.1, momentum=0.9)
+    ptrs = set()
+    real = heads.ce_grad
+
+    def spy(*a, **k):
+        loss, gw, gb = real(*a, **k)
+        ptrs.add(gw.data_ptr())
+        return loss, gw, gb
+
+    monkeypatch.setattr(heads, "ce_grad", spy)
+    for p in (3, 2, 3, 5):  # a smaller group reuses the buffer; a larger one grows it
+        w, b = torch.randn(p, 4, 5), torch.randn(p, 4)
+        batches = [(torch.randn(p, 6, 5), torch.randint(0, 4, (p, 6))) for _ in range(3)]
+        got = [w.clone(), b.clone()]
+        ptrs.clear()
+        heads.local_steps(*got, heads.OptimizerState.zeros(w, b, adam=False), batches, cfg, bias=True, keep=True)
+        kept_ptrs = set(ptrs)
+        want = [w.clone(), b.clone()]
+        heads.local_steps(*want, heads.OptimizerState.zeros(w, b, adam=False), batches, cfg, bias=True)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        kept = heads._kept[(torch.float32, torch.device("cpu"))]
+        assert kept.numel() == max(3, p) * 4 * 5 and kept_ptrs == {kept.data_ptr()}
+    assert len(heads._kept) == 1
+
+
 def _encoded(flat: torch.Tensor, dtype: str) -> np.ndarray:
     """The message of flattened heads, spelled out: float32 as it is, float16 as NumPy float16,
     bfloat16 as its raw 16-bit patterns (``uint16``)."""
