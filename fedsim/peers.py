@@ -263,7 +263,7 @@ class PeerGroup(GossipAggregation):
         return self.x_local.index_select(0, idx).view(p, B, -1), self.y_local.index_select(0, idx).view(p, B)
 
     def _local_steps(self, w: Tensor, b: Tensor, opt: heads.OptimizerState, batches) -> Tensor:
-        return heads.local_steps(w, b, opt, batches, self.s.training, self.bias, keep=True)
+        return heads.local_steps(w, b, opt, batches, self.s.training, self.bias, chunked=True)
 
     def train(
         self, round_: int, global_params: np.ndarray | None = None, sampled: np.ndarray | None = None

@@ -78,12 +78,14 @@ def test_local_steps_hold_one_gradient_at_a_time(monkeypatch, weight_decay):
         assert len({r().data_ptr() for r in grads if r() is not None}) <= 1
 
 
-def test_kept_gradient_buffer_gives_the_steps_of_fresh_ones_and_is_reused(monkeypatch):
-    """keep=True: the SGD weight gradient lives in heads.kept_buffer, one tensor for the process
-    (grown, never shrunk), reused by the next call; the heads equal those of fresh gradients."""
+@pytest.mark.parametrize("bias", [True, False])
+def test_chunked_steps_equal_whole_group_steps_and_reuse_one_gradient_buffer(monkeypatch, bias):
+    """chunked=True: SGD steps over chunks of peers (here 2 of 4 x 5 floats: a last partial chunk),
+    the gradient in heads.kept_buffer, one tensor for the process (grown for larger chunks, never
+    shrunk), reused by the next call; heads, momentum and loss equal the whole group's steps."""
     monkeypatch.setattr(heads, "_kept", {})
     cfg = TrainingCfg(lr=0.1, momentum=0.9)
-    ptrs = set()
+    ptrs: set[int] = set()
     real = heads.ce_grad
 
     def spy(*a, **k):
@@ -92,18 +94,25 @@ def test_kept_gradient_buffer_gives_the_steps_of_fresh_ones_and_is_reused(monkey
         return loss, gw, gb
 
     monkeypatch.setattr(heads, "ce_grad", spy)
-    for p in (3, 2, 3, 5):  # a smaller group reuses the buffer; a larger one grows it
+    largest = 0
+    for p, chunk in ((5, 2), (3, 2), (7, 3), (5, 2)):  # chunks of 3: the buffer grows (and then stays)
+        largest = max(largest, chunk)
+        monkeypatch.setattr(heads, "TRAIN_CHUNK_BYTES", chunk * 4 * 5 * 4)
         w, b = torch.randn(p, 4, 5), torch.randn(p, 4)
-        batches = [(torch.randn(p, 6, 5), torch.randint(0, 4, (p, 6))) for _ in range(3)]
-        got = [w.clone(), b.clone()]
+        x, y = torch.randn(p, 6, 5), torch.randint(0, 4, (p, 6))
+        batches = [(x, y), (x, y, torch.rand(p, 6)), (torch.randn(p, 6, 5), y)]
+        got, want = [w.clone(), b.clone()], [w.clone(), b.clone()]
+        opt_got, opt_want = heads.OptimizerState.zeros(w, b, adam=False), heads.OptimizerState.zeros(w, b, adam=False)
         ptrs.clear()
-        heads.local_steps(*got, heads.OptimizerState.zeros(w, b, adam=False), batches, cfg, bias=True, keep=True)
+        loss_got = heads.local_steps(*got, opt_got, batches, cfg, bias=bias, chunked=True)
         kept_ptrs = set(ptrs)
-        want = [w.clone(), b.clone()]
-        heads.local_steps(*want, heads.OptimizerState.zeros(w, b, adam=False), batches, cfg, bias=True)
-        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        loss_want = heads.local_steps(*want, opt_want, batches, cfg, bias=bias)
+        assert all(torch.equal(u, v) for u, v in zip(got, want, strict=True))
+        assert torch.equal(opt_got.m_w, opt_want.m_w) and torch.equal(opt_got.m_b, opt_want.m_b)
+        assert torch.equal(loss_got, loss_want)
         kept = heads._kept[(torch.float32, torch.device("cpu"))]
-        assert kept.numel() == max(3, p) * 4 * 5 and kept_ptrs == {kept.data_ptr()}
+        assert kept.numel() == largest * 4 * 5 and kept_ptrs == {kept.data_ptr()}
+        assert not any(kept.data_ptr() == t.data_ptr() for t in (*got, opt_got.m_w))
     assert len(heads._kept) == 1
 
 
