@@ -130,6 +130,9 @@ class Simulation:
         msgs = np.concatenate([routing.decode(m).float().numpy() for m in backend.get(params_refs)]) if keep else None
         stats = backend.get(stats_refs if stats_refs is not None else self._aggregate(r, params_refs, sampled))
         t2 = time.perf_counter()
+        # the messages are not read again: in-process these are the arrays (both groups' messages:
+        # 220 MB at 10,000 peers), freed before the evaluation rather than with the round
+        del trained, params_refs
         rec = round_metrics(sc, self.prep, r, losses, stats, sampled)
         t_eval = 0.0
         if is_eval_round(sc, r):

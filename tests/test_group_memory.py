@@ -225,6 +225,33 @@ def test_sampled_training_after_a_decentralized_round_starts_the_copies_from_w(s
     assert torch.equal(g.tw[3:], g.w[3:]) and torch.equal(g.tb[3:], g.b[3:])
 
 
+class _Tracked(np.ndarray):  # (a plain ndarray takes no weak reference)
+    pass
+
+
+def test_messages_are_freed_before_the_evaluation(small_scenario, monkeypatch):
+    """In-process the round's messages (all groups') are not alive while the groups evaluate."""
+    sent: list[weakref.ref] = []
+    alive: list[int] = []
+    real_message, real_evaluate = PeerGroup._message, PeerGroup.evaluate
+
+    def message(self):
+        m = real_message(self).view(_Tracked)
+        sent.append(weakref.ref(m))
+        return m
+
+    def evaluate(self, *a, **k):
+        alive.append(sum(r() is not None for r in sent))
+        return real_evaluate(self, *a, **k)
+
+    monkeypatch.setattr(PeerGroup, "_message", message)
+    monkeypatch.setattr(PeerGroup, "evaluate", evaluate)
+    r = Run(parse(_gossip(small_scenario, **{"engine.num_actors": 2})))
+    r.create_dir()
+    r.execute()
+    assert len(sent) == 4 and alive == [0, 0, 0, 0]
+
+
 def test_consolidate_writes_in_place_the_own_classes_rows():
     w, b, tw, tb = torch.randn(4, 3, 5), torch.randn(4, 3), torch.randn(4, 3, 5), torch.randn(4, 3)
     own = torch.rand(4, 3) < 0.5
