@@ -252,6 +252,39 @@ def test_messages_are_freed_before_the_evaluation(small_scenario, monkeypatch):
     assert len(sent) == 4 and alive == [0, 0, 0, 0]
 
 
+def test_evaluation_frees_the_kept_trained_copies(small_scenario):
+    """After a decentralized aggregation, an evaluation frees CWR's kept tw, tb (the last round is
+    always evaluated: the final heads never meet them); the next round allocates them again."""
+    g, _ = _group(_gossip(small_scenario))
+    other, _ = _group(_gossip(small_scenario), 1)
+    _rounds([g, other], 1)
+    g.evaluate()
+    assert g.tw.untyped_storage().nbytes() == 0 and g.tb.untyped_storage().nbytes() == 0
+    g.train(1)
+    assert g.tw.shape == g.w.shape and not g.tw_stale
+
+
+def _concatenated(self):  # the former Simulation.final_params
+    return np.concatenate(self.backend.get([g.params.remote() for g in self.groups]))
+
+
+def test_final_params_equal_the_concatenated_groups(small_scenario, monkeypatch):
+    """Simulation.final_params writes the groups' heads one by one into one array: the same array
+    as concatenating them (3 groups of unequal sizes)."""
+    from fedsim.simulation import Simulation
+
+    def final(name):
+        r = Run(parse(_gossip(small_scenario, name=name, **{"peers.count": 200, "engine.num_actors": 3})))
+        r.create_dir()
+        r.execute()
+        return r.final_params
+
+    got = final("one_by_one")
+    monkeypatch.setattr(Simulation, "final_params", _concatenated)
+    want = final("concatenated")
+    assert got.shape == (200, want.shape[1]) and got.dtype == want.dtype and np.array_equal(got, want)
+
+
 def test_consolidate_writes_in_place_the_own_classes_rows():
     w, b, tw, tb = torch.randn(4, 3, 5), torch.randn(4, 3), torch.randn(4, 3, 5), torch.randn(4, 3)
     own = torch.rand(4, 3) < 0.5
