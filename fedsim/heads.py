@@ -117,7 +117,7 @@ def step(
 # SGD steps in chunks of peers whose weight gradient fills at most this many bytes (local_steps
 # chunked=True): every step's temporaries (logits, softmax, gradient) stay small and are reused
 # from the heap, instead of head-sized tensors page-faulted in per group, round and step
-TRAIN_CHUNK_BYTES = 16 << 20
+TRAIN_CHUNK_BYTES = 4 << 20
 
 _kept: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
