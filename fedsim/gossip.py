@@ -242,8 +242,8 @@ class GossipAggregation:
                 out, skipped = sent, skipped + 1
             put(torch.tensor([j]), out[None])
         finish()
-        if self.cwr:  # the trained copies are not read again before the next train() makes new ones
-            self.tw, self.tb = self.tw.new_empty(0), self.tb.new_empty(0)
+        if self.cwr:  # the trained copies are not read again before the next train() overwrites them
+            self.tw_stale = True
         return {"dropped": dropped, "skipped": skipped}
 
     def _result_writer(self, params: Any, msgs: Any) -> tuple[Callable[[Tensor, Tensor], None], Callable[[], None]]:

@@ -114,30 +114,80 @@ def step(
         p.sub_(lr * mhat / (vhat.sqrt() + eps))
 
 
-def local_steps(w: Tensor, b: Tensor, state: OptimizerState, batches, training: TrainingCfg, bias: bool) -> Tensor:
+# SGD steps in chunks of peers whose weight gradient fills at most this many bytes (local_steps
+# chunked=True): every step's temporaries (logits, softmax, gradient) stay small and are reused
+# from the heap, instead of head-sized tensors page-faulted in per group, round and step
+TRAIN_CHUNK_BYTES = 4 << 20
+
+_kept: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+
+
+def kept_buffer(like: Tensor) -> Tensor:
+    """An uninitialized contiguous tensor shaped like ``like``, a view of one buffer kept for the
+    process per dtype and device (grown to the largest size asked for, never shrunk): for a
+    temporary that dies before the next call asks again, allocated (page-faulted in) once."""
+    key = (like.dtype, like.device)
+    buf = _kept.get(key)
+    if buf is None or buf.numel() < like.numel():
+        _kept.pop(key, None)  # (the old one freed before the new one is allocated)
+        buf = _kept[key] = torch.empty(like.numel(), dtype=like.dtype, device=like.device)
+    return buf[: like.numel()].view(like.shape)
+
+
+def local_steps(
+    w: Tensor, b: Tensor, state: OptimizerState, batches, training: TrainingCfg, bias: bool, *, chunked: bool = False
+) -> Tensor:
     """Run one optimizer step per ``(x, y)`` (or ``(x, y, weights)``, see :func:`ce_grad`) batch on
     heads ``w, b`` in place (``training`` is the scenario's training section,
-    ``fedsim.schema_sections.TrainingCfg``); returns the last batch's per-head loss."""
-    loss = torch.zeros(w.shape[0], device=w.device)
+    ``fedsim.schema_sections.TrainingCfg``); returns the last batch's per-head loss. ``chunked``
+    (SGD without weight decay): each step runs over chunks of peers (:data:`TRAIN_CHUNK_BYTES`)
+    with the weight gradient in :func:`kept_buffer`; the same numbers (peers are independent)."""
+    reuse = training.optimizer == "sgd" and not training.weight_decay
+    p = w.shape[0]
+    if chunked and reuse and p > 0:
+        size = max(1, TRAIN_CHUNK_BYTES // max(1, w[0].numel() * w.element_size()))
+        if size < p:
+            return _chunked_sgd_steps(w, b, state, batches, training, bias, size)
+    loss = torch.zeros(p, device=w.device)
     # one weight-gradient buffer for all steps (step() consumes it): a head-sized tensor allocated
     # once per call, not once per step (a fresh 1 GB tensor is page-faulted in at every step)
     buf: Tensor | None = None
     for batch in batches:  # (x, y) or (x, y, weights): see ce_grad
         loss, gw, gb = ce_grad(w, b if bias else None, *batch, out=buf)
-        buf = gw if training.optimizer == "sgd" and not training.weight_decay else None
-        step(
-            w,
-            b,
-            gw,
-            gb,
-            state,
-            optimizer=training.optimizer,
-            lr=training.lr,
-            momentum=training.momentum,
-            weight_decay=training.weight_decay,
-            bias=bias,
-        )
+        buf = gw if reuse else None
+        _sgd_or_adam(w, b, gw, gb, state, training, bias)
         del gw, gb  # (with a new gradient per step: one alive at a time, not two)
+    return loss
+
+
+def _sgd_or_adam(w: Tensor, b: Tensor, gw: Tensor, gb: Tensor, state: OptimizerState, training, bias: bool) -> None:
+    step(
+        w,
+        b,
+        gw,
+        gb,
+        state,
+        optimizer=training.optimizer,
+        lr=training.lr,
+        momentum=training.momentum,
+        weight_decay=training.weight_decay,
+        bias=bias,
+    )
+
+
+def _chunked_sgd_steps(w: Tensor, b: Tensor, state: OptimizerState, batches, training, bias: bool, size: int) -> Tensor:
+    """:func:`local_steps` (SGD, no weight decay) over chunks of ``size`` peers: views of ``w, b``,
+    the momentum and the batch, the weight gradient in one kept chunk-sized buffer."""
+    p = w.shape[0]
+    loss = torch.zeros(p, device=w.device)
+    buf = kept_buffer(w[:size])
+    for batch in batches:
+        for i in range(0, p, size):
+            k = slice(i, i + size)
+            part = OptimizerState(state.m_w[k], state.m_b[k])
+            out = buf[: min(size, p - i)]
+            loss[k], gw, gb = ce_grad(w[k], b[k] if bias else None, *(t[k] for t in batch), out=out)
+            _sgd_or_adam(w[k], b[k], gw, gb, part, training, bias)
     return loss
 
 

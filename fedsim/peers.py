@@ -101,8 +101,11 @@ class PeerGroup(GossipAggregation):
         # consolidated weights (Strategy.consolidated, Bristle's CWR): w, b are the consolidated heads
         # (sent and evaluated); tw, tb the copies trained each round and handed to the rule as ``own``
         self.cwr = bool(self.rule.consolidated)
-        # (the copies exist from train() to the end of aggregate(): empty in between, 1/3 of the heads' bytes)
+        # (allocated at the first train() and kept: each train() copies w, b into them, as a fresh clone
+        # every round page-faulted 1.15 GB per group in at 100,000 peers; tw_stale: a decentralized
+        # aggregation is done with them, so _train_rows starts them again from w, b)
         self.tw, self.tb = (self.w.new_empty(0), self.b.new_empty(0)) if self.cwr else (self.w, self.b)
+        self.tw_stale = True
         # the heads before this round's local training, for rules that judge against them (ctx.previous)
         self.keep_previous = "previous" in self.rule.needs
         self.previous: Tensor | None = None
@@ -277,7 +280,7 @@ class PeerGroup(GossipAggregation):
         return self.x_local.index_select(0, idx).view(p, B, -1), self.y_local.index_select(0, idx).view(p, B)
 
     def _local_steps(self, w: Tensor, b: Tensor, opt: heads.OptimizerState, batches) -> Tensor:
-        return heads.local_steps(w, b, opt, batches, self.s.training, self.bias)
+        return heads.local_steps(w, b, opt, batches, self.s.training, self.bias, chunked=True)
 
     def train(
         self, round_: int, global_params: np.ndarray | None = None, sampled: np.ndarray | None = None
@@ -296,13 +299,28 @@ class PeerGroup(GossipAggregation):
             batches = self._recording(batches)
         if self.keep_previous:
             self.previous = torch.from_numpy(self.params().copy())
-        if self.cwr:  # train a copy of the consolidated head (allocated here, released after aggregation)
-            self.tw, self.tb = self.w.clone(), self.b.clone()
+        if self.cwr:  # train a copy of the consolidated head
+            self._start_trained_copy()
         loss = self._local_steps(self.tw, self.tb, self.opt, batches)
         if self.cwr:  # ... and keep only the rows of the classes each peer holds
             heads.consolidate(self.w, self.b, self.tw, self.tb, self.held_on_device)
         honest = ~self.is_byz
         return self._message(), float(loss.cpu()[torch.from_numpy(honest)].sum()) if honest.any() else 0.0
+
+    def _start_trained_copy(self) -> None:
+        """CWR's trained copies ``tw, tb := w, b``: copied into the kept tensors (allocated once)."""
+        if self.tw.shape != self.w.shape or self.tb.shape != self.b.shape:
+            self.tw, self.tb = torch.empty_like(self.w), torch.empty_like(self.b)
+        self.tw.copy_(self.w)
+        self.tb.copy_(self.b)
+        self.tw_stale = False
+
+    def _release_trained_copy(self) -> None:
+        """Free CWR's kept trained copies once an aggregation is done with them, on evaluation rounds
+        (every ``evaluation.every`` and the last): the final heads and the evaluation never meet
+        them (2.3 GB at 100,000 peers); the next train() allocates them again."""
+        if self.cwr and self.tw_stale:
+            self.tw, self.tb = self.tw.new_empty(0), self.tb.new_empty(0)
 
     def _train_rows(self, round_: int, global_params: np.ndarray | None, rows: np.ndarray) -> tuple[np.ndarray, float]:
         """:meth:`train` for the hosted peers ``rows`` only (local indices). Minibatches are keyed by
@@ -329,8 +347,8 @@ class PeerGroup(GossipAggregation):
             o.m_w[idx], o.m_b[idx], None if o.v_w is None else o.v_w[idx], None if o.v_b is None else o.v_b[idx], o.t
         )
         tw, tb = self.w[idx], self.b[idx]  # copies (advanced indexing); the CWR copy starts at w as in train
-        if self.cwr and self.tw.shape[0] != self.p:  # released by a decentralized aggregation (never here)
-            self.tw, self.tb = self.w.clone(), self.b.clone()
+        if self.cwr and self.tw_stale:  # first round, or after a decentralized aggregation (never here)
+            self._start_trained_copy()
         loss = self._local_steps(tw, tb, sub, self._minibatches(round_, steps, rows))
         if self.cwr:
             w, b = self.w[idx], self.b[idx]
@@ -368,6 +386,7 @@ class PeerGroup(GossipAggregation):
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, sample: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Test accuracy/loss of hosted honest peers (those in ``sample`` if given, global ids)."""
+        self._release_trained_copy()
         sel = ~self.is_byz
         if sample is not None:
             sel &= np.isin(self.ids, sample)
