@@ -305,11 +305,12 @@ def main() -> None:
                 f"{'-' if gpu is None else f'{gpu:.2f}':>6} {r['accuracy_mean'] or 0:>6.3f} {r['device']}"
             )
         for r in rows:
-            kinds = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["peak_pss_by_kind_gb"].items()))
+            kinds = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["pss_by_kind_at_peak_gb"].items()))
             phases = ", ".join(f"{k} {v:.1f}" for k, v in r["phase_s"].items())
             ci = 1.96 * (r["accuracy_std"] or 0) / max(1, r["evaluated_peers"] or 1) ** 0.5
-            print(f"# {r['peers']} peers: peak PSS by process kind (GiB): {kinds}; phase totals (s): {phases}; "
-                  f"accuracy {r['accuracy_mean'] or 0:.3f} ± {ci:.3f} (95% CI over {r['evaluated_peers']} peers)")
+            print(f"# {r['peers']} peers: PSS by process kind at the total peak (GiB): {kinds}; "
+                  f"phase totals (s): {phases}; accuracy {r['accuracy_mean'] or 0:.3f} ± {ci:.3f} "
+                  f"(95% CI over {r['evaluated_peers']} peers)")
     if not a.skip_breakdown:
         print(
             f"# per-round breakdown from the RoundRecords, in-process, 1 thread per group, groups serially "

@@ -186,7 +186,8 @@ class Run:
                 if hasattr(cb, "on_start"):
                     cb.on_start(sc, point.start if point else 0)
                 started.append(cb)
-            sim = Simulation(sc, prep, backend, record_messages=message_window(sc, prep, self.absent, self.run_probes))
+            sim = Simulation(sc, prep, backend, record_messages=message_window(sc, prep, self.absent, self.run_probes),
+                             keep_train=bool(self.run_probes and sc.probes))
             self.groups, self.server = sim.groups, sim.server
             out = self._loop(sim, prep, point, callbacks)
             summary = None if "stopped_after" in out else out
