@@ -138,6 +138,7 @@ def estimate_memory(
     concatenated: bool = True,
     batches: int = 0,
     padded: int = 0,
+    server_float64: bool = False,
 ) -> MemoryEstimate:
     """Memory of a run from its sizes. ``groups`` peer groups (actors), of which ``concurrent``
     aggregate at once (all on Ray, one in-process); ``ray_actors`` Ray actor processes (0:
@@ -145,10 +146,12 @@ def estimate_memory(
     (``engine.message_dtype``); ``concatenated``: each aggregating group concatenates every message
     (the server, or a forging attack; decentralized groups otherwise gather heard rows only,
     :class:`fedsim.routing.Rows`); ``batches``: :func:`minibatch_bytes`; ``padded``: :func:`padded_bytes`
-    (counted with the data)."""
+    (counted with the data); ``server_float64``: the federated server keeps a float64 ``[N, P]``
+    scratch of the messages for its rule (``Strategy.float64_input``, ``fedsim.server.Server._scratch``)."""
     per_peer = 4 + int(adam) + int(consolidated)  # w+b, gradient, momentum, sent copy; Adam's v; CWR copy
     heads = FLOAT * num_params * peers * per_peer
-    messages = num_params * peers * (message_bytes + FLOAT * concurrent * (int(concatenated) + int(forged)))
+    messages = num_params * peers * (message_bytes + FLOAT * concurrent * (int(concatenated) + int(forged))
+                                     + 2 * FLOAT * int(server_float64))
     data = FLOAT * dim * (2 * n_train + n_test * (1 + groups)) + padded  # driver, group rows, test copies
     topology = INDEX * edges * (groups + 1) + NX_EDGE_BYTES * edges // 2
     processes = PROCESS_BYTES + (RAY_SYSTEM_BYTES + RAY_ACTOR_BYTES * ray_actors if ray_actors else 0)

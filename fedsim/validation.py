@@ -270,6 +270,7 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None], 
     forged = isinstance(attack, attacks.UpdateForger) and sc.peers.num_byzantine > 0
     concurrent = groups if sc.engine.backend == "ray" else 1
     pad = 0 if part is None or sc.model.whole else shard_pad(largest_shard(part), sc.training.batch_size)
+    rule = strategies.build(sc.strategy.name, strategy_params(sc))
     est = limits.estimate_memory(
         peers=n,
         num_params=head_params((c, dim), sc.training.bias),
@@ -279,12 +280,13 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None], 
         groups=groups,
         concurrent=concurrent,
         adam=sc.training.optimizer == "adam",
-        consolidated=bool(strategies.build(sc.strategy.name, strategy_params(sc)).consolidated),
+        consolidated=bool(rule.consolidated),
         forged=forged,
         edges=0 if sc.mode == "federated" else limits.directed_edges(t.kind, n, t.degree, t.p, t.fanout),
         ray_actors=groups + (sc.mode == "federated") if on_ray else 0,
         message_bytes=MESSAGE_DTYPES[sc.engine.message_dtype].itemsize,
         concatenated=sc.mode == "federated" or forged,
+        server_float64=sc.mode == "federated" and rule.float64_input,
         # (a whole model's minibatch, its gathered inputs, is fedsim.whole_plan.memory_estimate's to count)
         batches=0 if sc.model.whole else limits.minibatch_bytes(
             per_group=-(-n // groups), batch=sc.training.batch_size, dim=dim, num_classes=c, concurrent=concurrent,

@@ -113,3 +113,25 @@ def test_the_padded_shards_are_counted_with_the_data(monkeypatch):
         n_test=dataset_info("sklearn_digits").n_test, groups=1, concurrent=1, adam=False, consolidated=False,
         forged=False, edges=0, ray_actors=0).data == extra
     assert limits.padded_bytes(peers=100, pad=setup.shard_pad, dim=64, train_rows=rows) == extra
+
+
+def test_the_federated_servers_float64_scratch_is_counted(monkeypatch):
+    """A federated rule with ``float64_input`` (fedavg) makes the server keep a float64 ``[N, P]``
+    scratch (Server._scratch): the estimate's messages grow by exactly its bytes."""
+    import numpy as np
+
+    import strategies
+    from fedsim.prepare import prepare
+    from fedsim.server import Server
+
+    seen = _spy(monkeypatch)
+    d = {**SMALL, "mode": "federated", "topology": {"kind": "star"}, "peers": {"count": 10}}
+    sc = parse(d)
+    with_scratch = seen[-1].messages
+    prep = prepare(sc)
+    server = Server(prep.server_setup, *prep.root)
+    server.aggregate(0, np.ones((10, prep.num_params), dtype=np.float32))
+    assert server.work is not None and server.work.dtype.itemsize == 8
+    monkeypatch.setattr(strategies.REGISTRY.get("fedavg"), "float64_input", False)
+    parse(d)
+    assert with_scratch - seen[-1].messages == server.work.nbytes > 0
