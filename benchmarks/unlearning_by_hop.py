@@ -47,7 +47,7 @@ def main() -> None:
     sc = sc_mod.load(args.scenario, overrides)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
-        run = Run(sc, Path(tmp) / "run", run_probes=False)
+        run = Run(sc, Path(tmp) / "run", run_probes=False, keep_train=True)  # (its probe context reads x_train)
         run.create_dir(overwrite=True)
         run.execute()
         ctx = fp._context(run, run.prepared, run.final_params, retrain=run.retrain_without)

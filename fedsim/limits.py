@@ -97,7 +97,7 @@ def minibatch_bytes(*, per_group: int, batch: int, dim: int, num_classes: int, c
     ``fedsim.whole.WholePeerGroup._batch``): the drawn indices ``[p, B]`` (int64, twice while
     :func:`fedsim.rng.integers` hashes them; :func:`fedsim.runfacts.shard_pad`'s padded path adds
     their float32 draw counts), then over the step's ``n`` samples (``B`` gathered, or
-    ``padded_to``, the zero-padded shards, whose rows the data copies already hold): the gathered
+    ``padded_to``, the zero-padded shards, which :func:`padded_bytes` counts with the data): the gathered
     inputs ``[p, n, dim]`` with their flat index and labels (none when padded), and the logits,
     log-softmax and gradient ``[p, num_classes, n]`` with the per-sample loss and weights (a whole
     model passes ``num_classes=0``: its logits are among its activations). Summed, not overlapped:
@@ -108,6 +108,16 @@ def minibatch_bytes(*, per_group: int, batch: int, dim: int, num_classes: int, c
     gathered = 0 if padded_to else p * n * (FLOAT * dim + 2 * INDEX)
     step = FLOAT * p * n * (3 * num_classes + 2)
     return concurrent * (draws + gathered + step)
+
+
+def padded_bytes(*, peers: int, pad: int, dim: int, train_rows: int) -> int:
+    """Bytes the zero-padded shards (:func:`fedsim.runfacts.shard_pad`, ``PeerGroup.padded``) hold
+    beyond the training rows the data copies count: every peer's shard padded to ``pad`` rows of
+    ``dim`` float32 features (``peers × pad`` rows in place of the ``train_rows`` the peers hold,
+    whose unpadded copies are then freed) and their int64 labels. Up to ``pad / mean shard`` times the
+    rows: a skewed partition with every shard at most ``training.batch_size`` pads most peers."""
+    rows = peers * pad
+    return FLOAT * dim * max(0, rows - train_rows) + INDEX * rows
 
 
 def estimate_memory(
@@ -127,17 +137,22 @@ def estimate_memory(
     message_bytes: int = FLOAT,
     concatenated: bool = True,
     batches: int = 0,
+    padded: int = 0,
+    server_float64: bool = False,
 ) -> MemoryEstimate:
     """Memory of a run from its sizes. ``groups`` peer groups (actors), of which ``concurrent``
     aggregate at once (all on Ray, one in-process); ``ray_actors`` Ray actor processes (0:
     in-process); ``edges`` directed topology edges; ``message_bytes`` bytes of a sent value
     (``engine.message_dtype``); ``concatenated``: each aggregating group concatenates every message
     (the server, or a forging attack; decentralized groups otherwise gather heard rows only,
-    :class:`fedsim.routing.Rows`); ``batches``: :func:`minibatch_bytes`."""
+    :class:`fedsim.routing.Rows`); ``batches``: :func:`minibatch_bytes`; ``padded``: :func:`padded_bytes`
+    (counted with the data); ``server_float64``: the federated server keeps a float64 ``[N, P]``
+    scratch of the messages for its rule (``Strategy.float64_input``, ``fedsim.server.Server._scratch``)."""
     per_peer = 4 + int(adam) + int(consolidated)  # w+b, gradient, momentum, sent copy; Adam's v; CWR copy
     heads = FLOAT * num_params * peers * per_peer
-    messages = num_params * peers * (message_bytes + FLOAT * concurrent * (int(concatenated) + int(forged)))
-    data = FLOAT * dim * (2 * n_train + n_test * (1 + groups))  # driver features + group rows + test copies
+    messages = num_params * peers * (message_bytes + FLOAT * concurrent * (int(concatenated) + int(forged))
+                                     + 2 * FLOAT * int(server_float64))
+    data = FLOAT * dim * (2 * n_train + n_test * (1 + groups)) + padded  # driver, group rows, test copies
     topology = INDEX * edges * (groups + 1) + NX_EDGE_BYTES * edges // 2
     processes = PROCESS_BYTES + (RAY_SYSTEM_BYTES + RAY_ACTOR_BYTES * ray_actors if ray_actors else 0)
     return MemoryEstimate(heads, messages, data, topology, processes, batches)

@@ -95,10 +95,13 @@ class Run:
     ``summary.json`` and the probes.
 
     ``threads``: the torch threads each peer group's process uses (:func:`group_threads`; a
-    sweep passes its task's share of the CPUs); None: from ``sc.engine``."""
+    sweep passes its task's share of the CPUs); None: from ``sc.engine``. ``keep_train``: whether
+    :attr:`prepared` keeps the training features after the groups copied their rows
+    (:class:`~fedsim.simulation.Simulation`'s ``keep_train``); None: only where this run's probes
+    run (a caller that builds a probe context itself, ``run_probes=False``, passes True)."""
 
     def __init__(self, sc: Scenario, run_dir: Path | None = None, absent: list[int] | None = None,
-                 run_probes: bool = True, threads: int | None = None) -> None:
+                 run_probes: bool = True, threads: int | None = None, keep_train: bool | None = None) -> None:
         self.sc = sc
         if threads is not None:
             group_threads(sc, threads)  # a bad budget fails here, not after the run directory is made
@@ -106,6 +109,7 @@ class Run:
         self.dir = Path(run_dir) if run_dir else Path(sc.output.dir) / sc.name
         self.absent = absent
         self.run_probes = run_probes
+        self.keep_train = bool(run_probes and sc.probes) if keep_train is None else keep_train
         self.rundir = RunDirectory(self.dir, sc)
         self.recorded_gradients: np.ndarray | None = None  # the unlearning probe's leaver's, [B, P]
         self.final_params: np.ndarray | None = None
@@ -187,7 +191,7 @@ class Run:
                     cb.on_start(sc, point.start if point else 0)
                 started.append(cb)
             sim = Simulation(sc, prep, backend, record_messages=message_window(sc, prep, self.absent, self.run_probes),
-                             keep_train=bool(self.run_probes and sc.probes))
+                             keep_train=self.keep_train)
             self.groups, self.server = sim.groups, sim.server
             out = self._loop(sim, prep, point, callbacks)
             summary = None if "stopped_after" in out else out

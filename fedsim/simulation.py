@@ -45,7 +45,8 @@ class Simulation:
     ) -> None:
         """``keep_train`` False: once every group copied its rows, ``prep.features`` keeps an empty
         ``x_train`` (the driver's copy of the training features freed: 132 MB for MNIST, 4x that for
-        the 100,000-peer benchmark); only the probes read it after this (the runner keeps it for them)."""
+        the 100,000-peer benchmark); only a probe context reads it after this (the runner keeps it for its
+        probes, or when asked: :class:`fedsim.runner.Run`'s ``keep_train``)."""
         self.sc, self.prep, self.backend = sc, prep, backend
         # the last ``record_messages`` rounds' RoundRecords carry the heads every peer sent
         # (RoundRecord.messages): the probes that read the gossip (fedsim.runner.message_window)

@@ -69,7 +69,7 @@ def check_semantics(sc: Scenario, source: str = "scenario", *, require_data: boo
         except ValueError as e:
             fail(str(e))
         part = _partition(sc, info)  # (its errors reported in their turn, below)
-        _check_memory(sc, info, fail, None if isinstance(part, ValueError) else largest_shard(part))
+        _check_memory(sc, info, fail, None if isinstance(part, ValueError) else part)
     try:
         topo = build_topology(sc)
     except ValueError as e:
@@ -245,10 +245,10 @@ def _feature_dim(backbone: str, sample_shape: tuple[int, ...], dtype: str) -> in
     return int(extract_features(net, np.zeros((1, *sample_shape), dtype=np.dtype(dtype)), spec).shape[1])
 
 
-def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None], largest: int | None) -> None:
+def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None], part: Partition | None) -> None:
     """The backbone accepts the dataset's inputs, its weights exist, and the run's memory
-    estimate (:mod:`fedsim.limits`) fits the machine; ``largest``: the partition's largest shard
-    (None when it cannot be made: then the minibatch is counted as gathered)."""
+    estimate (:mod:`fedsim.limits`) fits the machine; ``part``: the partition (None when it cannot
+    be made: then the minibatch is counted as gathered, nothing padded)."""
     import attacks
     import strategies
     from fedsim.models.backbones import get_spec
@@ -269,6 +269,8 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None], 
     attack = attacks.build(sc.peers.attack.name, sc.peers.attack.params) if sc.peers.attack.name != "none" else None
     forged = isinstance(attack, attacks.UpdateForger) and sc.peers.num_byzantine > 0
     concurrent = groups if sc.engine.backend == "ray" else 1
+    pad = 0 if part is None or sc.model.whole else shard_pad(largest_shard(part), sc.training.batch_size)
+    rule = strategies.build(sc.strategy.name, strategy_params(sc))
     est = limits.estimate_memory(
         peers=n,
         num_params=head_params((c, dim), sc.training.bias),
@@ -278,16 +280,19 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None], 
         groups=groups,
         concurrent=concurrent,
         adam=sc.training.optimizer == "adam",
-        consolidated=bool(strategies.build(sc.strategy.name, strategy_params(sc)).consolidated),
+        consolidated=bool(rule.consolidated),
         forged=forged,
         edges=0 if sc.mode == "federated" else limits.directed_edges(t.kind, n, t.degree, t.p, t.fanout),
         ray_actors=groups + (sc.mode == "federated") if on_ray else 0,
         message_bytes=MESSAGE_DTYPES[sc.engine.message_dtype].itemsize,
         concatenated=sc.mode == "federated" or forged,
+        server_float64=sc.mode == "federated" and rule.float64_input,
         # (a whole model's minibatch, its gathered inputs, is fedsim.whole_plan.memory_estimate's to count)
         batches=0 if sc.model.whole else limits.minibatch_bytes(
             per_group=-(-n // groups), batch=sc.training.batch_size, dim=dim, num_classes=c, concurrent=concurrent,
-            padded_to=shard_pad(largest, sc.training.batch_size) if largest is not None else 0),
+            padded_to=pad),
+        padded=limits.padded_bytes(peers=n, pad=pad, dim=dim, train_rows=sum(len(t) for t in part.train))
+        if pad else 0,
     )
     msg = limits.memory_error(est)
     if msg:

@@ -85,3 +85,53 @@ def test_a_batch_above_every_shard_is_a_warning(tmp_path):
         assert r.exit_code == 0 and r.output.rstrip().endswith("ok"), r.output
         line = f"warning: training.batch_size: {b} exceeds the largest peer's training shard ({big} samples)"
         assert (line in r.output) == warned, r.output
+
+
+def test_the_padded_shards_are_counted_with_the_data(monkeypatch):
+    """The padded path's zero-padded shards (PeerGroup.padded, peers × shard_pad rows) replace the
+    peers' training rows: the estimate's data grows by exactly the bytes the group holds beyond them
+    (a Dirichlet partition of 100 peers: shards of very unequal size, every one padded to the largest)."""
+    from fedsim.peers import PeerGroup
+    from fedsim.prepare import prepare
+
+    seen = _spy(monkeypatch)
+    d = {**SMALL, "peers": {"count": 100}, "partition": {"kind": "dirichlet", "alpha": 0.3},
+         "training": {"batch_size": 512}}
+    sc = parse(d)
+    plain = seen[-1]
+    prep = prepare(sc)
+    setup = prep.setups[0]
+    assert setup.shard_pad > 0 and len(setup.train_idx) == 100
+    f = prep.features
+    g = PeerGroup(setup, {"x_train": f.x_train, "y_train": f.y_train, "x_test": f.x_test, "y_test": f.y_test})
+    held = sum(t.numel() * t.element_size() for t in g.padded)
+    rows = int(sum(len(t) for t in setup.train_idx))
+    extra = held - 4 * 64 * rows  # beyond the float32 training rows the data copies count
+    assert extra > 4 * 64 * rows  # (more than doubled by padding)
+    assert plain.data - limits.estimate_memory(
+        peers=100, num_params=1, dim=64, n_train=dataset_info("sklearn_digits").n_train,
+        n_test=dataset_info("sklearn_digits").n_test, groups=1, concurrent=1, adam=False, consolidated=False,
+        forged=False, edges=0, ray_actors=0).data == extra
+    assert limits.padded_bytes(peers=100, pad=setup.shard_pad, dim=64, train_rows=rows) == extra
+
+
+def test_the_federated_servers_float64_scratch_is_counted(monkeypatch):
+    """A federated rule with ``float64_input`` (fedavg) makes the server keep a float64 ``[N, P]``
+    scratch (Server._scratch): the estimate's messages grow by exactly its bytes."""
+    import numpy as np
+
+    import strategies
+    from fedsim.prepare import prepare
+    from fedsim.server import Server
+
+    seen = _spy(monkeypatch)
+    d = {**SMALL, "mode": "federated", "topology": {"kind": "star"}, "peers": {"count": 10}}
+    sc = parse(d)
+    with_scratch = seen[-1].messages
+    prep = prepare(sc)
+    server = Server(prep.server_setup, *prep.root)
+    server.aggregate(0, np.ones((10, prep.num_params), dtype=np.float32))
+    assert server.work is not None and server.work.dtype.itemsize == 8
+    monkeypatch.setattr(strategies.REGISTRY.get("fedavg"), "float64_input", False)
+    parse(d)
+    assert with_scratch - seen[-1].messages == server.work.nbytes > 0

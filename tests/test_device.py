@@ -162,8 +162,10 @@ def _off_device(g: peers.PeerGroup) -> list[str]:
 ])
 def test_head_group_lives_on_its_device(tmp_path, monkeypatch, over, padded):
     """Every persistent tensor of a linear-head group is created on (or moved to) ``engine.device``, and
-    its local steps, CWR consolidation and evaluation arithmetic stay there: on ``meta`` a tensor made
-    without ``device=`` stays on the CPU (the attribute check) or mixes devices (torch raises)."""
+    its local steps, CWR consolidation and evaluation arithmetic stay there, and the CPU-side
+    aggregation reads and writes them with indices on their device (index_select, index_copy_,
+    scatter_add_ refuse a CPU index on CUDA; meta does not, so the spies check): on ``meta`` a tensor
+    made without ``device=`` stays on the CPU (the attribute check) or mixes devices (torch raises)."""
     g = _meta_group(tmp_path, monkeypatch, **over)
     assert (g.padded is not None) == padded and _off_device(g) == []
     gather = torch.Tensor.index_select  # (meta, like CUDA for some ops, would take a CPU index silently)
@@ -173,6 +175,13 @@ def test_head_group_lives_on_its_device(tmp_path, monkeypatch, over, padded):
         return gather(self, dim, index)
 
     monkeypatch.setattr(torch.Tensor, "index_select", same_device)
+    scatter = torch.Tensor.scatter_add_  # (the padded path's draw counts: CUDA refuses a CPU index)
+
+    def same_device_scatter(self, dim, index, src):
+        assert index.device == self.device, f"a scatter's index on {index.device}, its tensor on {self.device}"
+        return scatter(self, dim, index, src)
+
+    monkeypatch.setattr(torch.Tensor, "scatter_add_", same_device_scatter)
     tw, tb = g.w.clone(), g.b.clone()  # train()'s CWR copy
     loss = g._local_steps(tw, tb, g.opt, g._minibatches(0, 2))
     assert loss.device.type == "meta" and loss.shape == (g.p,)
@@ -189,6 +198,14 @@ def test_head_group_lives_on_its_device(tmp_path, monkeypatch, over, padded):
     put(torch.tensor([0]), torch.ones(1, g._num_params()))
     finish()
     assert _off_device(g) == []
+    # the whole decentralized aggregation: CWR's device copies read as the rule's CPU ``own`` rows
+    # (a meta tensor has no data to copy: .cpu() gives zeros of its shape)
+    to_cpu = torch.Tensor.cpu
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda t: torch.zeros(t.shape, dtype=t.dtype)
+                        if t.device.type == "meta" else to_cpu(t))
+    g.tw, g.tb = tw, tb
+    g.aggregate(0, np.zeros((g.s.num_peers, g._num_params()), dtype=np.float32))
+    assert g.tw_stale and _off_device(g) == []
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_check.sh runs it)")

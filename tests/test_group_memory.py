@@ -357,6 +357,22 @@ def test_a_run_without_probes_frees_the_drivers_training_features(small_scenario
     assert run.prepared.features.x_train.shape[0] == 0  # the runner asks for it when no probe runs
 
 
+def test_a_run_asked_to_keep_the_training_features_keeps_them(small_scenario):
+    """``Run(run_probes=False, keep_train=True)``: a caller that builds the probe context itself
+    (benchmarks/unlearning_by_hop.py) reads every peer's training rows after the run."""
+    from fedsim.probe_context import _context
+
+    sc = parse(_gossip(small_scenario, name="kept"))
+    run = Run(sc, run_probes=False, keep_train=True)
+    run.create_dir()
+    run.execute()
+    want = prepare(sc).features.x_train
+    assert np.array_equal(run.prepared.features.x_train, want)
+    ctx = _context(run, run.prepared, run.final_params, None)
+    x, _ = ctx.peer_data([0, sc.peers.count - 1])
+    assert x.shape[0] > 0 and np.array_equal(x.numpy(), want[np.concatenate([ctx.train_idx[0], ctx.train_idx[-1]])])
+
+
 def test_a_group_takes_the_test_set_apart_or_together(small_scenario):
     d = _gossip(small_scenario)
     g1, feats = _group(d)
