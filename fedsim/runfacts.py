@@ -118,6 +118,13 @@ def byzantine_exposure(sc: Scenario, topo: Topology, f: int) -> dict[str, int]:
     return dict(zip(EXPOSURE_KEYS, (int((heard > f).sum()), int(heard.max(initial=0))), strict=True))
 
 
+def exposure_of(info: dict[str, Any]) -> dict[str, int]:
+    """The :func:`byzantine_exposure` facts a run's ``info`` (``Prepared.info``) holds, in
+    :data:`EXPOSURE_KEYS`' order; empty for a federated run (computed for decentralized ones only):
+    what ``summary.json`` and ``fedsim.run(...).plan`` report."""
+    return {k: info[k] for k in EXPOSURE_KEYS if k in info}
+
+
 def received_per_aggregation(in_degree: float) -> int:
     """The ``n`` a rule's :meth:`check` is asked about: the mean in-degree (:func:`resolve_f`;
     every client for the federated server) rounded, at least 1."""
