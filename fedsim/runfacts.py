@@ -177,9 +177,14 @@ def resource_warnings(sc: Scenario, largest_shard: int | None = None) -> list[st
     return [w for w in warnings if w]
 
 
-def largest_shard(part: Partition) -> int:
-    """The most training samples any peer holds (an unlearning probe's canaries aside)."""
-    return max((len(t) for t in part.train), default=0)
+def largest_shard(sc: Scenario, part: Partition) -> int:
+    """The most training samples any peer of ``part`` (:func:`partition_for`) holds once an
+    unlearning probe's member canaries joined the leaver's shard (:func:`fedsim.canaries.planted_sizes`):
+    what the groups hold, for validation and the run alike (:func:`shard_pad`, the batch warning).
+    A probe's malformed canaries or leaver: :func:`fedsim.canaries.plant`'s ``ValueError``."""
+    from fedsim.canaries import planted_sizes
+
+    return int(planted_sizes(list(part.train), byzantine_mask(sc), sc.probes).max(initial=0))
 
 
 def data_largest_shard(sc: Scenario) -> int | None:
@@ -189,8 +194,8 @@ def data_largest_shard(sc: Scenario) -> int | None:
     from fedsim.errors import FedsimError
 
     try:
-        return largest_shard(partition_for(sc, dataset_info(sc.dataset.name, sc.dataset.data_dir).y_train,
-                                           byzantine_mask(sc)))
+        return largest_shard(sc, partition_for(sc, dataset_info(sc.dataset.name, sc.dataset.data_dir).y_train,
+                                               byzantine_mask(sc)))
     except (FedsimError, ValueError, OSError, ImportError):
         return None
 
