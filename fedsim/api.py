@@ -180,9 +180,9 @@ def _result(r: Any) -> RunResult:
             "num_params": prep.num_params,
             "bytes_per_message": prep.bytes_per_message,
         }
-        from fedsim.runfacts import EXPOSURE_KEYS  # decentralized only (runfacts.byzantine_exposure)
+        from fedsim.runfacts import exposure_of  # decentralized only (runfacts.byzantine_exposure)
 
-        result.plan.update({k: prep.info[k] for k in EXPOSURE_KEYS if k in prep.info})
+        result.plan.update(exposure_of(prep.info))
     return result
 
 

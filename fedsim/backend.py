@@ -4,7 +4,7 @@ in-process objects with the same call pattern (``engine.backend: local``, for de
 Every Ray fedsim starts on this machine (``fedsim run``, ``fedsim sweep``, the probes' retraining
 runs) is started by :func:`init_ray`, which makes it private to this user: bound to 127.0.0.1,
 its session under a 0700 folder, and token authentication on where the process has not imported
-Ray yet; and lean (:data:`LEAN_ENV`): no prestarted idle workers and none of the daemons fedsim does
+Ray yet; and lean (:mod:`fedsim.ray_lean`): no prestarted idle workers and none of the daemons fedsim does
 not use (issue 19: ~110-160 MB of the 10,000-peer run's peak). A cluster address is the user's
 explicit choice and is connected to as given, with none of these options.
 
@@ -28,64 +28,17 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.errors import FedsimError
+from fedsim.ray_lean import (
+    RayStartError,
+    lean_requested,
+    lean_stopped_daemons,
+    lean_system_config,
+    restore_env,
+    set_for_this_ray,
+    stop_daemons,
+)
 
 LOOPBACK = "127.0.0.1"
-
-LEAN_ENV = "FEDSIM_RAY_LEAN"
-"""``FEDSIM_RAY_LEAN=0`` starts fedsim's own Ray with all of Ray's processes (for ``ray status``,
-the state API or job submission); ``1`` or unset: lean (:func:`lean_system_config`,
-:func:`lean_stopped_daemons`); any other value is an error."""
-
-
-def lean_system_config() -> dict[str, Any]:
-    """Ray system options of a lean start: the raylet prestarts no idle Python worker (by default
-    one per CPU, at start-up and again when the first driver registers; each ~50 MB doing nothing
-    until a task or actor takes it, and Ray keeps up to one per CPU: on a 64-CPU machine ~3 GB for a
-    run of 2 actors). A worker then starts when an actor or task needs one (~1 s, once per actor)."""
-    return {"enable_worker_prestart": False, "prestart_worker_first_driver": False}
-
-
-def lean_stopped_daemons(log_to_driver: bool) -> list[str]:
-    """The Ray head processes (``ray._private.ray_constants.PROCESS_TYPE_*``) a lean start stops as
-    soon as Ray runs, ~50-60 MB each, none used by fedsim: the autoscaler ``monitor`` (a single
-    machine never scales; ``ray status`` needs it), the ``dashboard`` API server (started even with
-    ``include_dashboard=False``: the job, state and usage-stats APIs), and the ``log_monitor`` when
-    the workers' output is not shown (``log_to_driver=False``: it only forwards that output; the
-    logs stay in the session folder). The raylet's own agents (``ray::DashboardAgent``,
-    ``ray::RuntimeEnvAgent``) share its fate and stay."""
-    return ["monitor", "dashboard", *([] if log_to_driver else ["log_monitor"])]
-
-
-def _lean() -> bool:
-    """Whether :data:`LEAN_ENV` asks for a lean start: unset, empty or ``1`` yes, ``0`` no; any other
-    value is a one-line :class:`RayStartError` (a ``false`` or ``off`` must not silently mean lean)."""
-    value = os.environ.get(LEAN_ENV, "").strip()
-    if value not in ("", "0", "1"):
-        raise RayStartError(f"{LEAN_ENV}={value!r}: expected 0 (Ray with all its processes) or 1 (lean, the default)")
-    return value != "0"
-
-
-def _stop_daemons(ray: Any, kinds: list[str]) -> list[str]:
-    """Stop the head processes ``kinds`` of the Ray this process started (SIGKILL: on SIGTERM the
-    autoscaler monitor reports itself failed to the driver; Ray forgets them, so its shutdown does
-    not look for them). Returns the kinds stopped; a Ray
-    without one of them (another version) is left as it is."""
-    node = getattr(ray._private.worker, "_global_node", None)
-    if node is None or not hasattr(node, "_kill_process_type"):
-        return []
-    stopped = []
-    for kind in kinds:
-        if kind in getattr(node, "all_processes", {}):
-            try:
-                node._kill_process_type(kind, allow_graceful=False, check_alive=False, wait=True)
-                stopped.append(kind)
-            except Exception:  # noqa: BLE001 - a Ray that cannot stop it keeps it
-                pass
-    return stopped
-
-
-class RayStartError(FedsimError, RuntimeError):
-    """Ray could not be started here, or the cluster address given could not be reached."""
 
 
 def private_ray_dir(base: str | None = None) -> Path:
@@ -184,21 +137,6 @@ def _same_cluster(ray: Any, address: str) -> bool:
     return _gcs_address(ray) == address
 
 
-_ENV_SET: list[str] = []  # variables init_ray set (they were unset) for the Ray it started
-
-
-def _set_for_this_ray(name: str, value: str) -> None:
-    """Set ``name`` unless the user did, remembering it so :func:`shutdown_ray` unsets it."""
-    if name not in os.environ:
-        os.environ[name] = value
-        _ENV_SET.append(name)
-
-
-def _restore_env() -> None:
-    while _ENV_SET:
-        os.environ.pop(_ENV_SET.pop(), None)
-
-
 def shutdown_ray(ray: Any) -> None:
     """Stop the Ray :func:`init_ray` started and unset what it set in the environment for it
     (``RAY_USAGE_STATS_ENABLED``). Token authentication's variables stay: Ray read them at import,
@@ -206,7 +144,7 @@ def shutdown_ray(ray: Any) -> None:
     try:
         ray.shutdown()
     finally:
-        _restore_env()
+        restore_env()
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = False) -> bool:
@@ -219,13 +157,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_dri
     attached to a cluster named by ``RAY_ADDRESS`` or left by ``ray start``): bound to
     127.0.0.1, its temp dir under :func:`private_ray_dir`, token authentication on where
     :func:`_enable_token_auth` can turn it on, no dashboard, and unless ``FEDSIM_RAY_LEAN=0``
-    (:data:`LEAN_ENV`) lean: no prestarted workers (:func:`lean_system_config`), no usage-stats
+    (:data:`fedsim.ray_lean.LEAN_ENV`) lean: no prestarted workers (:func:`lean_system_config`), no usage-stats
     reporting (``RAY_USAGE_STATS_ENABLED=0`` unless set, only while the Ray it starts runs:
     :func:`shutdown_ray` unsets it again), and the daemons of :func:`lean_stopped_daemons` stopped
     once Ray runs."""
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # CPU simulation: silence Ray's GPU tip
     local = not address
-    lean = _lean() and local  # a junk value is an error even where it has no effect
+    lean = lean_requested() and local  # a junk value is an error even where it has no effect
     if local:
         _enable_token_auth()
     import ray
@@ -262,16 +200,16 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_dri
         kw["_temp_dir"] = str(private_ray_dir() / "ray")
         if lean:
             kw["_system_config"] = lean_system_config()
-            _set_for_this_ray("RAY_USAGE_STATS_ENABLED", "0")  # read by ray.init and the processes it starts
+            set_for_this_ray("RAY_USAGE_STATS_ENABLED", "0")  # read by ray.init and the processes it starts
         with _loopback_node():
             ray.init(**kw)
         if lean:
-            _stop_daemons(ray, lean_stopped_daemons(log_to_driver))
+            stop_daemons(ray, lean_stopped_daemons(log_to_driver))
     except FedsimError:
-        _restore_env()
+        restore_env()
         raise
     except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, ValueError, RuntimeError, ...
-        _restore_env()
+        restore_env()
         where = f"connect to the Ray cluster at {address}" if address else "start Ray on this machine"
         first = (str(e).strip().splitlines() or [""])[0]
         raise RayStartError(f"could not {where}: {type(e).__name__}: {first}") from None

@@ -130,6 +130,26 @@ def default_leaver(train: list[np.ndarray], byzantine: np.ndarray) -> int:
     return int(np.argmax(sizes))
 
 
+def _leaver(i: int, named: int | None, train: list[np.ndarray], byzantine: np.ndarray) -> int:
+    """The peer whose shard takes probe ``i``'s member canaries: ``named``, else :func:`default_leaver`."""
+    peer = default_leaver(train, byzantine) if named is None else int(named)
+    if not 0 <= peer < len(train):
+        raise ValueError(f"probes.{i}.peer: must be a peer id in [0, {len(train) - 1}], got {peer!r}")
+    return peer
+
+
+def planted_sizes(train: list[np.ndarray], byzantine: np.ndarray, probes: list[Any]) -> np.ndarray:
+    """Each peer's training-shard size once :func:`plant` has run (the leaver's grows by ``count``
+    member canaries), without making the canaries: what validation knows of the shards the groups
+    will hold (``fedsim.runfacts.largest_shard``). Errors: :func:`plant`'s (:func:`plan`'s, the leaver's)."""
+    sizes = np.asarray([len(t) for t in train], dtype=np.int64)
+    p = plan(probes)
+    if p is not None:
+        i, cfg, named = p
+        sizes[_leaver(i, named, train, byzantine)] += cfg["count"]
+    return sizes
+
+
 def plant(feats: Features, train: list[np.ndarray], byzantine: np.ndarray, probes: list[Any],
           seed: int) -> tuple[Features, list[np.ndarray], Canaries | None]:
     """Plant the scenario's canaries (if any probe asks for them) → ``(features, train, canaries)``.
@@ -141,9 +161,7 @@ def plant(feats: Features, train: list[np.ndarray], byzantine: np.ndarray, probe
     if p is None:
         return feats, train, None
     i, cfg, named = p
-    peer = default_leaver(train, byzantine) if named is None else int(named)
-    if not 0 <= peer < len(train):
-        raise ValueError(f"probes.{i}.peer: must be a peer id in [0, {len(train) - 1}], got {peer!r}")
+    peer = _leaver(i, named, train, byzantine)
     gen = crng.numpy_generator(seed, "canaries")
     c = int(feats.num_classes)
     count, m = cfg["count"], cfg["heldout"]

@@ -25,6 +25,7 @@ from fedsim.scenario import (
     build_topology,
     byzantine_exposure,
     byzantine_mask,
+    largest_shard,
     partition_for,
     received_per_aggregation,
     resolve_f,
@@ -107,11 +108,11 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     # the class sets peers compare when they connect (Bristle's private-set intersection), for every peer
     classes = held_classes(feats.y_train, train, val, c) if "overlap" in rule_cls.needs else None
     extra = _backbone_param_count(sc.backbone.name) if rule_cls.exchanges == "full_model" else 0
-    largest_shard = max(len(t) for t in train)  # (the canaries included: what the groups hold)
-    for warning in resource_warnings(sc, largest_shard) if log else []:
+    largest = largest_shard(sc, part)  # (the canaries included: what the groups hold; validation's figure)
+    for warning in resource_warnings(sc, largest) if log else []:
         log(f"warning: {warning}")
     common = dict(
-        shard_pad=shard_pad(largest_shard, sc.training.batch_size) if plan is None else 0,
+        shard_pad=shard_pad(largest, sc.training.batch_size) if plan is None else 0,
         byzantine=byz,
         absent=None if not absent else np.isin(np.arange(n), absent),
         threads=group_threads(sc, threads),

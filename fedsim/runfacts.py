@@ -118,6 +118,13 @@ def byzantine_exposure(sc: Scenario, topo: Topology, f: int) -> dict[str, int]:
     return dict(zip(EXPOSURE_KEYS, (int((heard > f).sum()), int(heard.max(initial=0))), strict=True))
 
 
+def exposure_of(info: dict[str, Any]) -> dict[str, int]:
+    """The :func:`byzantine_exposure` facts a run's ``info`` (``Prepared.info``) holds, in
+    :data:`EXPOSURE_KEYS`' order; empty for a federated run (computed for decentralized ones only):
+    what ``summary.json`` and ``fedsim.run(...).plan`` report."""
+    return {k: info[k] for k in EXPOSURE_KEYS if k in info}
+
+
 def received_per_aggregation(in_degree: float) -> int:
     """The ``n`` a rule's :meth:`check` is asked about: the mean in-degree (:func:`resolve_f`;
     every client for the federated server) rounded, at least 1."""
@@ -170,9 +177,14 @@ def resource_warnings(sc: Scenario, largest_shard: int | None = None) -> list[st
     return [w for w in warnings if w]
 
 
-def largest_shard(part: Partition) -> int:
-    """The most training samples any peer holds (an unlearning probe's canaries aside)."""
-    return max((len(t) for t in part.train), default=0)
+def largest_shard(sc: Scenario, part: Partition) -> int:
+    """The most training samples any peer of ``part`` (:func:`partition_for`) holds once an
+    unlearning probe's member canaries joined the leaver's shard (:func:`fedsim.canaries.planted_sizes`):
+    what the groups hold, for validation and the run alike (:func:`shard_pad`, the batch warning).
+    A probe's malformed canaries or leaver: :func:`fedsim.canaries.plant`'s ``ValueError``."""
+    from fedsim.canaries import planted_sizes
+
+    return int(planted_sizes(list(part.train), byzantine_mask(sc), sc.probes).max(initial=0))
 
 
 def data_largest_shard(sc: Scenario) -> int | None:
@@ -182,8 +194,8 @@ def data_largest_shard(sc: Scenario) -> int | None:
     from fedsim.errors import FedsimError
 
     try:
-        return largest_shard(partition_for(sc, dataset_info(sc.dataset.name, sc.dataset.data_dir).y_train,
-                                           byzantine_mask(sc)))
+        return largest_shard(sc, partition_for(sc, dataset_info(sc.dataset.name, sc.dataset.data_dir).y_train,
+                                               byzantine_mask(sc)))
     except (FedsimError, ValueError, OSError, ImportError):
         return None
 

@@ -27,7 +27,7 @@ from fedsim.limits import local_ray_cpus
 from fedsim.prepare import Prepared, prepare
 from fedsim.rundir import RunCompleteError, RunLockedError, RunWriteError  # noqa: F401  (re-exported)
 from fedsim.rundirectory import ResumePoint, RunDirectory
-from fedsim.runfacts import EXPOSURE_KEYS
+from fedsim.runfacts import exposure_of
 from fedsim.runfiles import Checkpointer, MetricsWriter, RoundFiles, parse_lines, run_summary, write_summary
 from fedsim.scenario import Scenario
 from fedsim.simulation import RoundRecord, Simulation
@@ -311,7 +311,7 @@ class Run:
         wall = round(sum(x["seconds"] for x in self.rundir.timings.records()), 3)
         summary = run_summary(self.sc, self.history, byzantine=int(prep.byzantine.sum()), f=prep.f,
                               num_params=prep.num_params, timing={"wall_seconds_rounds": wall},
-                              exposure={k: prep.info[k] for k in EXPOSURE_KEYS if k in prep.info})
+                              exposure=exposure_of(prep.info))
         if "model" in prep.info:
             summary["model"] = prep.info["model"]  # model.batching as resolved
         return summary

@@ -269,7 +269,11 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None], 
     attack = attacks.build(sc.peers.attack.name, sc.peers.attack.params) if sc.peers.attack.name != "none" else None
     forged = isinstance(attack, attacks.UpdateForger) and sc.peers.num_byzantine > 0
     concurrent = groups if sc.engine.backend == "ray" else 1
-    pad = 0 if part is None or sc.model.whole else shard_pad(largest_shard(part), sc.training.batch_size)
+    try:  # the run's figure (the canaries included: fedsim.runfacts.largest_shard)
+        largest = None if part is None or sc.model.whole else largest_shard(sc, part)
+    except ValueError:  # a probe's malformed canaries or leaver: _check_probes names the key
+        largest = None
+    pad = 0 if largest is None else shard_pad(largest, sc.training.batch_size)
     rule = strategies.build(sc.strategy.name, strategy_params(sc))
     est = limits.estimate_memory(
         peers=n,

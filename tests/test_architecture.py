@@ -71,7 +71,8 @@ def _ray_importers(root: Path) -> list[str]:
 
 def test_only_the_backend_imports_ray():
     """Starting, using and stopping Ray is ``fedsim.backend``'s job (``make_backend``, ``run_tasks``,
-    ``kill_actors``, ``ray_version``); the sweep, the probes and the runner go through it."""
+    ``kill_actors``, ``ray_version``); the sweep, the probes and the runner go through it. Its lean-start
+    helpers, ``fedsim.ray_lean``, are handed the ``ray`` module and import none."""
     assert _ray_importers(ROOT) == ["fedsim/backend.py"]
 
 

@@ -11,7 +11,16 @@ from click.testing import CliRunner
 from fedsim import limits
 from fedsim.cli import main
 from fedsim.data.datasets import dataset_info
-from fedsim.scenario import ScenarioError, byzantine_mask, largest_shard, parse, partition_for
+from fedsim.scenario import (
+    ScenarioError,
+    byzantine_mask,
+    data_largest_shard,
+    largest_shard,
+    parse,
+    partition_for,
+    resource_warnings,
+    shard_pad,
+)
 
 SMALL = {"dataset": {"name": "sklearn_digits"}, "backbone": {"name": "identity"}, "partition": {"kind": "iid"},
          "engine": {"backend": "local", "num_actors": 1}}
@@ -46,7 +55,7 @@ def test_validation_counts_the_runs_minibatch_and_refuses_an_absurd_one(monkeypa
     seen = _spy(monkeypatch)
     sc = parse({**SMALL, "peers": {"count": 100}})
     info = dataset_info("sklearn_digits")
-    big = largest_shard(partition_for(sc, info.y_train, byzantine_mask(sc)))
+    big = largest_shard(sc, partition_for(sc, info.y_train, byzantine_mask(sc)))
     assert big < 32  # the padded path (fedsim.runfacts.shard_pad)
     assert seen[-1].batches == limits.minibatch_bytes(per_group=100, batch=32, dim=64, num_classes=10,
                                                       concurrent=1, padded_to=big)
@@ -75,7 +84,7 @@ def test_whole_model_estimate_counts_the_batch(tmp_path):
 
 def test_a_batch_above_every_shard_is_a_warning(tmp_path):
     sc = parse({**SMALL, "peers": {"count": 20}})
-    big = largest_shard(partition_for(sc, dataset_info("sklearn_digits").y_train, byzantine_mask(sc)))
+    big = largest_shard(sc, partition_for(sc, dataset_info("sklearn_digits").y_train, byzantine_mask(sc)))
     path = tmp_path / "s.yaml"
     base = ("dataset: {name: sklearn_digits}\nbackbone: {name: identity}\npartition: {kind: iid}\n"
             "peers: {count: 20}\n")
@@ -135,3 +144,29 @@ def test_the_federated_servers_float64_scratch_is_counted(monkeypatch):
     monkeypatch.setattr(strategies.REGISTRY.get("fedavg"), "float64_input", False)
     parse(d)
     assert with_scratch - seen[-1].messages == server.work.nbytes > 0
+
+
+def test_validation_and_the_run_agree_on_the_largest_shard_with_canaries(monkeypatch):
+    """An unlearning probe's member canaries join the leaver's shard: ``fedsim validate``'s figure
+    (the batch warning), validation's memory estimate and the run's ``shard_pad`` all count them
+    (``runfacts.largest_shard``). A batch between the plain largest shard and the leaver's with its
+    canaries: padded without them, gathered with them, and no warning."""
+    from fedsim.prepare import prepare
+
+    seen = _spy(monkeypatch)
+    base = {**SMALL, "peers": {"count": 20}}
+    plain = data_largest_shard(parse(base))
+    batch = plain + 20
+    sc = parse({**base, "training": {"batch_size": batch},
+                "probes": [{"kind": "unlearning", "canaries": {"count": 40, "heldout": 100}}]})
+    validated = seen[-1]
+    prep = prepare(sc)
+    held = max(len(t) for s in prep.setups for t in s.train_idx)
+    assert held == plain + 40 and prep.canaries is not None  # control: the canaries made the largest shard
+    assert data_largest_shard(sc) == held
+    assert resource_warnings(sc, data_largest_shard(sc)) == []  # batch <= the leaver's shard: no warning
+    assert prep.setups[0].shard_pad == shard_pad(held, batch) == 0  # gathered (without canaries: padded)
+    assert validated.batches == limits.minibatch_bytes(per_group=20, batch=batch, dim=64, num_classes=10,
+                                                       concurrent=1, padded_to=0)
+    assert validated.batches != limits.minibatch_bytes(per_group=20, batch=batch, dim=64, num_classes=10,
+                                                       concurrent=1, padded_to=plain)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedsim.canaries import plant, stopping_reference, validate
+from fedsim.canaries import plant, planted_sizes, stopping_reference, validate
 from fedsim.features import Features
 
 
@@ -60,6 +60,20 @@ def test_mislabelled_canaries_copy_other_peers_examples_with_wrong_labels() -> N
     assert not np.isin(src, train[1]).any()  # never the leaver's own examples
     assert (f.y_train[src] != ys).all()  # always a wrong label
     assert len(set(src)) == len(src)
+
+
+@pytest.mark.parametrize("named", [None, 1])
+def test_planted_sizes_are_the_planted_shards(named: int | None) -> None:
+    """What validation counts (``runfacts.largest_shard``) is what :func:`plant` gives the groups:
+    the default leaver (peer 2, the largest honest shard) or a named one (peer 1) grows by ``count``."""
+    f, train = _feats(), _train()
+    train[2] = np.concatenate([train[2], [0, 1]])
+    byz = np.array([False, False, False, True])
+    probes = [{"kind": "unlearning", "peer": named, "canaries": {"count": 20, "heldout": 100}}]
+    sizes = planted_sizes(train, byz, probes)
+    assert sizes.tolist() == [len(t) for t in plant(f, train, byz, probes, seed=3)[1]]
+    assert sizes[2 if named is None else 1] == len(train[2 if named is None else 1]) + 20
+    assert planted_sizes(train, byz, [{"kind": "unlearning"}]).tolist() == [len(t) for t in train]  # no canaries
 
 
 def test_no_canaries_is_a_no_op() -> None:

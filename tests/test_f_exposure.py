@@ -60,3 +60,12 @@ def test_f_max_is_the_most_byzantine_in_neighbours_of_an_honest_peer(tmp_path):
 def test_f_max_runs_with_no_honest_peer_over_it(tmp_path):
     r = fedsim.run(_ring(tmp_path, f="max"))
     assert r.plan["f"] == 2 and r.plan["honest_over_f"] == 0 and r.plan["max_byzantine_in_neighbours"] == 2
+
+
+def test_exposure_of_keeps_only_the_exposure_facts_in_summary_order():
+    """The one filter the summary and ``fedsim.run(...).plan`` share (``runfacts.exposure_of``)."""
+    from fedsim.runfacts import exposure_of
+
+    info = {"max_byzantine_in_neighbours": 2, "model": {"batching": "vmap"}, "honest_over_f": 3}
+    assert list(exposure_of(info).items()) == [("honest_over_f", 3), ("max_byzantine_in_neighbours", 2)]
+    assert exposure_of({"model": {}}) == {}  # a federated run: no exposure computed

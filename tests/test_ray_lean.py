@@ -10,7 +10,7 @@ from typing import Any
 import psutil
 import pytest
 
-from fedsim import backend
+from fedsim import backend, ray_lean
 
 
 def _ray_commands() -> list[str]:
@@ -51,7 +51,7 @@ class _FakeRay:
         monkeypatch.setattr(ray, "is_initialized", lambda: False)
         monkeypatch.setattr(ray, "init", lambda **kw: self.calls.append(kw))
         self.stopped: list[list[str]] = []
-        monkeypatch.setattr(backend, "_stop_daemons", lambda ray, kinds: self.stopped.append(kinds) or kinds)
+        monkeypatch.setattr(backend, "stop_daemons", lambda ray, kinds: self.stopped.append(kinds) or kinds)
         monkeypatch.setattr(backend, "check_reachable", lambda address, timeout=5.0: None)
 
 
@@ -67,7 +67,7 @@ def _unset(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
 def test_a_junk_lean_setting_is_a_one_line_error(monkeypatch, value) -> None:
     pytest.importorskip("ray")
     _unset(monkeypatch, "RAY_USAGE_STATS_ENABLED")
-    monkeypatch.setenv(backend.LEAN_ENV, value)
+    monkeypatch.setenv(ray_lean.LEAN_ENV, value)
     fake = _FakeRay(monkeypatch)
     for address in (None, "127.0.0.1:6379"):
         with pytest.raises(backend.RayStartError, match=f"^FEDSIM_RAY_LEAN={value!r}: expected 0 .* or 1 ") as e:
@@ -80,31 +80,31 @@ def test_a_junk_lean_setting_is_a_one_line_error(monkeypatch, value) -> None:
 def test_lean_is_the_default_and_1(monkeypatch, value) -> None:
     pytest.importorskip("ray")
     _unset(monkeypatch, "RAY_USAGE_STATS_ENABLED")
-    monkeypatch.setenv(backend.LEAN_ENV, value)
+    monkeypatch.setenv(ray_lean.LEAN_ENV, value)
     fake = _FakeRay(monkeypatch)
     assert backend.init_ray(num_cpus=2)
-    assert fake.calls[0]["_system_config"] == backend.lean_system_config()
+    assert fake.calls[0]["_system_config"] == ray_lean.lean_system_config()
 
 
 @pytest.mark.parametrize("log_to_driver", [True, False])
 def test_a_local_start_asks_for_a_lean_ray(monkeypatch, log_to_driver) -> None:
     pytest.importorskip("ray")
-    _unset(monkeypatch, backend.LEAN_ENV, "RAY_USAGE_STATS_ENABLED")
+    _unset(monkeypatch, ray_lean.LEAN_ENV, "RAY_USAGE_STATS_ENABLED")
     fake = _FakeRay(monkeypatch)
     assert backend.init_ray(num_cpus=2, log_to_driver=log_to_driver)
     assert os.environ["RAY_USAGE_STATS_ENABLED"] == "0"
-    assert fake.calls[0]["_system_config"] == backend.lean_system_config()
-    assert fake.stopped == [backend.lean_stopped_daemons(log_to_driver)]
+    assert fake.calls[0]["_system_config"] == ray_lean.lean_system_config()
+    assert fake.stopped == [ray_lean.lean_stopped_daemons(log_to_driver)]
     assert ("log_monitor" in fake.stopped[0]) is not log_to_driver  # the workers' output still reaches the driver
 
 
 def test_a_cluster_address_and_lean_off_get_ray_as_it_comes(monkeypatch) -> None:
     pytest.importorskip("ray")
-    _unset(monkeypatch, backend.LEAN_ENV, "RAY_USAGE_STATS_ENABLED")
+    _unset(monkeypatch, ray_lean.LEAN_ENV, "RAY_USAGE_STATS_ENABLED")
     fake = _FakeRay(monkeypatch)
     assert backend.init_ray("127.0.0.1:6379")
     assert "RAY_USAGE_STATS_ENABLED" not in os.environ  # the cluster's settings are its own
-    monkeypatch.setenv(backend.LEAN_ENV, "0")
+    monkeypatch.setenv(ray_lean.LEAN_ENV, "0")
     assert backend.init_ray(num_cpus=2)
     assert len(fake.calls) == 2 and not any("_system_config" in kw for kw in fake.calls)
     assert fake.calls[0]["address"] == "127.0.0.1:6379" and fake.calls[1]["address"] == "local"
@@ -123,7 +123,7 @@ def test_shutdown_restores_the_environment(monkeypatch) -> None:
     """The usage-stats switch is set for the Ray fedsim starts and unset again when it stops, by
     both ways a run stops it (the backend's shutdown, the sweep's run_tasks)."""
     pytest.importorskip("ray")
-    _unset(monkeypatch, backend.LEAN_ENV, "RAY_USAGE_STATS_ENABLED")
+    _unset(monkeypatch, ray_lean.LEAN_ENV, "RAY_USAGE_STATS_ENABLED")
     _FakeRay(monkeypatch)
     stops = _fake_shutdown(monkeypatch)
     b = backend.RayBackend(num_cpus=2)
@@ -142,7 +142,7 @@ def test_a_users_setting_survives_and_a_failed_start_leaves_nothing(monkeypatch)
     pytest.importorskip("ray")
     import ray
 
-    _unset(monkeypatch, backend.LEAN_ENV)
+    _unset(monkeypatch, ray_lean.LEAN_ENV)
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "1")
     _FakeRay(monkeypatch)
     _fake_shutdown(monkeypatch)
