@@ -83,18 +83,25 @@ def test_device_refusals(tmp_path, monkeypatch):
     assert parse(_scenario(tmp_path, **{"engine.device": "cuda:0"})).engine.device == "cuda:0"
 
 
-def test_the_device_reaches_every_stacked_model(tmp_path, monkeypatch):
-    """The scenario's device travels in the plan to the groups and the server, which resolve it once
-    each (recorded here; the recorder hands back the CPU so the run completes)."""
+def _fake_cuda(monkeypatch, module, count: int) -> list[str]:
+    """Pretend ``count`` CUDA devices exist and record every device ``module`` resolves (each resolves
+    to the CPU, so the run completes); returns the list the names are appended to."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    asked = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    asked: list[str] = []
 
     def record(name):
         asked.append(name)
         return torch.device("cpu")
 
-    monkeypatch.setattr(whole, "resolve", record)
+    monkeypatch.setattr(module, "resolve", record)
+    return asked
+
+
+def test_the_device_reaches_every_stacked_model(tmp_path, monkeypatch):
+    """The scenario's device travels in the plan to the groups and the server, which resolve it once
+    each (recorded here; the recorder hands back the CPU so the run completes)."""
+    asked = _fake_cuda(monkeypatch, whole, count=2)
     d = _scenario(tmp_path, mode="federated", **{"topology.kind": "star", "engine.device": "cuda:1"})
     _metrics(tmp_path, d)
     assert asked == ["cuda:1"] * 3  # two peer groups and the server
@@ -122,15 +129,7 @@ def test_head_path_explicit_cpu_and_a_device_object_are_byte_identical(tmp_path,
     default = _metrics(tmp_path, base)
     assert default.count(b"\n") == 2
     assert _metrics(tmp_path, base | {"name": "cpu", "engine": base["engine"] | {"device": "cpu"}}) == default
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    asked = []
-
-    def record(name):
-        asked.append(name)
-        return torch.device("cpu")
-
-    monkeypatch.setattr(peers, "resolve", record)
+    asked = _fake_cuda(monkeypatch, peers, count=1)
     assert _metrics(tmp_path, base | {"name": "dev", "engine": base["engine"] | {"device": "cuda"}}) == default
     assert asked == ["cuda"] * 2  # two peer groups
 
