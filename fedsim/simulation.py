@@ -182,6 +182,9 @@ class Simulation:
 
     def final_params(self) -> np.ndarray:
         """The flattened heads ``[peers, P]``; in federated mode every row is the global model."""
+        if self.server is not None:  # (the groups' own rows are not asked for: every row is the global model)
+            g = self.backend.get(self.server.get_global.remote())
+            return np.broadcast_to(g, (self.sc.peers.count, *np.shape(g))).copy()
         # written group by group into one array: in-process one group's [p, P] copy alive at a time
         # besides it (a concatenation held them all: 2.3 GB more at 100,000 peers); on Ray all
         # asked at once and fetched one by one
@@ -197,8 +200,6 @@ class Simulation:
             start += len(part)
             del part
         assert out is not None and start == len(out)
-        if self.server is not None:
-            out = np.broadcast_to(self.backend.get(self.server.get_global.remote()), out.shape).copy()
         return out
 
     def recorded_gradients(self) -> np.ndarray | None:
