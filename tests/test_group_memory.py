@@ -285,6 +285,24 @@ def test_final_params_equal_the_concatenated_groups(small_scenario, monkeypatch)
     assert got.shape == (200, want.shape[1]) and got.dtype == want.dtype and np.array_equal(got, want)
 
 
+def test_federated_final_params_are_the_servers_global_model_in_every_row(small_scenario):
+    """In federated mode every row of Simulation.final_params is the server's global model (the
+    groups' own rows, which differ from it after local training, are not what is returned)."""
+    from fedsim.backend import LocalBackend
+    from fedsim.simulation import Simulation
+
+    sc = parse(small_scenario(**{"mode": "federated", "topology.kind": "star", "strategy.name": "fedavg"}))
+    sim = Simulation(sc, prepare(sc), LocalBackend())
+    for r in range(sc.rounds):
+        sim.step(r)
+    g = sim.server._obj.get_global()
+    got = sim.final_params()
+    groups = np.concatenate([grp._obj.params() for grp in sim.groups])
+    assert not np.array_equal(groups, np.broadcast_to(g, groups.shape))  # (the control: they differ)
+    assert got.shape == groups.shape and got.dtype == groups.dtype
+    assert np.array_equal(got, np.broadcast_to(g, got.shape))
+
+
 def test_consolidate_writes_in_place_the_own_classes_rows():
     w, b, tw, tb = torch.randn(4, 3, 5), torch.randn(4, 3), torch.randn(4, 3, 5), torch.randn(4, 3)
     own = torch.rand(4, 3) < 0.5
