@@ -175,9 +175,14 @@ class Work:
     flop_per_round: int  # the two bmm of each step (logits, weight gradient): 4 · classes · dim per column
 
 
-# A warning, not a refusal, above this many FLOP of local steps in a whole run: benchmarks/scale.py's
-# in-process local steps ran at about 6 GFLOP/s on a 2-core machine (10,000 peers, padded shards),
-# so 10^13 is roughly half an hour of training arithmetic alone (a few minutes at 100 GFLOP/s)
+# the local steps' effective rate measured by benchmarks/scale.py in-process on a 2-core machine (10,000
+# peers, padded shards: 5.8e9 FLOP a round, train phase 0.93 s a round, load 0.9); small heads run slower
+# (20 digit heads, 10,000 local steps of 32: 1.6e10 FLOP a round in 10-13 s, load 5): the warning's time
+# is a lower bound
+LOCAL_STEPS_FLOP_PER_S = 6e9
+# A warning, not a refusal, above this many FLOP of local steps in a whole run: at that rate about half
+# an hour of training arithmetic alone (minutes on a machine ten times faster), where the shipped
+# linear-head scenarios need at most 4.4e9 (attack_matrix.yaml)
 WORK_WARN_FLOP = 10**13
 
 
@@ -198,8 +203,9 @@ def work_warning(work: Work, rounds: int, threshold: int = WORK_WARN_FLOP) -> st
         return None
     return (
         f"training.local_steps: the local steps need about {total:.2g} FLOP ({work.flop_per_round:.2g} per round × "
-        f"{rounds} rounds, {work.samples_per_round:.3g} samples per round), above {threshold:.0e}: hours of training "
-        "at a CPU's few GFLOP/s; lower training.local_steps, training.batch_size, peers.count or rounds if unintended"
+        f"{rounds} rounds, {work.samples_per_round:.3g} samples per round), above {threshold:.0e}: at least "
+        f"{total / LOCAL_STEPS_FLOP_PER_S / 3600:.1f} h of training at the {LOCAL_STEPS_FLOP_PER_S / 1e9:g} GFLOP/s "
+        "measured on 2 CPU cores; lower training.local_steps, training.batch_size, peers.count or rounds if unintended"
     )
 
 
