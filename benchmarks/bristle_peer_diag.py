@@ -16,17 +16,33 @@ the sender scored on ``|F_i ∩ F_j|`` classes). Example (issue 14, the 2-class 
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 
 import _cli  # benchmarks/ is on sys.path when run as a script
-import numpy as np
-import torch
-import yaml
 
-import strategies
-from fedsim import api
-from fedsim.prepare import prepare
-from fedsim.scenario import byzantine_mask, partition_for
+
+def _args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, parsed before the heavy imports below when run as a script (``--help``
+    and a bad argument answer without importing torch, Ray or fedsim)."""
+    ap = _cli.parser(__doc__)
+    ap.add_argument("--scenario", required=True, type=_cli.existing_file)
+    ap.add_argument("--seeds", type=_cli.indices, default="0,1,2")
+    ap.add_argument("--set", action="append", default=[], type=_cli.key_value, help="KEY=VALUE override (YAML value)")
+    ap.add_argument("--strategy", default="bristle")
+    return ap.parse_args(argv)
+
+
+ARGS = _args() if __name__ == "__main__" else None
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+import strategies  # noqa: E402
+from fedsim import api  # noqa: E402
+from fedsim.prepare import prepare  # noqa: E402
+from fedsim.scenario import byzantine_mask, partition_for  # noqa: E402
 
 
 def recall(w: np.ndarray, x: np.ndarray, y: np.ndarray, c: int) -> np.ndarray:
@@ -34,13 +50,8 @@ def recall(w: np.ndarray, x: np.ndarray, y: np.ndarray, c: int) -> np.ndarray:
     return np.array([(pred[y == k] == k).mean() if (y == k).any() else np.nan for k in range(c)])
 
 
-def main() -> None:
-    ap = _cli.parser(__doc__)
-    ap.add_argument("--scenario", required=True, type=_cli.existing_file)
-    ap.add_argument("--seeds", type=_cli.indices, default="0,1,2")
-    ap.add_argument("--set", action="append", default=[], type=_cli.key_value, help="KEY=VALUE override (YAML value)")
-    ap.add_argument("--strategy", default="bristle")
-    a = ap.parse_args()
+def main(a: argparse.Namespace | None = None) -> None:
+    a = _args() if a is None else a
     over = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in a.set)}
     over["strategy.name"] = a.strategy
     for seed in a.seeds:
@@ -83,4 +94,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

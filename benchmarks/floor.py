@@ -29,6 +29,7 @@ fedsim's cost per client-round by this number (the "floor ratio").
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import os
 import time
@@ -37,12 +38,26 @@ from dataclasses import dataclass
 
 import _cli  # benchmarks/ is on sys.path when run as a script
 
+D, C, BATCH, STEPS, LR = 576, 10, 32, 5, 1.0
+SAMPLES, VAL_FRACTION = 8000, 0.1  # vs_flower's training pool and fedsim's default local validation split
+
+
+def _args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, parsed before the heavy imports below when run as a script (``--help``
+    and a bad argument answer without importing torch, Ray or fedsim)."""
+    ap = _cli.parser(__doc__)
+    ap.add_argument("--sizes", type=_cli.counts, default="100,1000", help="client counts N (comma-separated)")
+    ap.add_argument("--threads", type=_cli.counts, default="1,2", help="torch thread counts to try (comma-separated)")
+    ap.add_argument("--samples", type=_cli.count, default=SAMPLES, help="training samples shared by the N clients")
+    ap.add_argument("--repeats", type=_cli.count, default=5, help="timings per variant (the best is kept)")
+    return ap.parse_args(argv)
+
+
+ARGS = _args() if __name__ == "__main__" else None
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: as fedsim/__init__.py sets it
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
-
-D, C, BATCH, STEPS, LR = 576, 10, 32, 5, 1.0
-SAMPLES, VAL_FRACTION = 8000, 0.1  # vs_flower's training pool and fedsim's default local validation split
 
 
 @dataclass(frozen=True)
@@ -181,13 +196,8 @@ def floor_seconds(n: int, batch: int = BATCH, threads: Sequence[int] = (1, 2), r
     return best, label
 
 
-def main() -> None:
-    ap = _cli.parser(__doc__)
-    ap.add_argument("--sizes", type=_cli.counts, default="100,1000", help="client counts N (comma-separated)")
-    ap.add_argument("--threads", type=_cli.counts, default="1,2", help="torch thread counts to try (comma-separated)")
-    ap.add_argument("--samples", type=_cli.count, default=SAMPLES, help="training samples shared by the N clients")
-    ap.add_argument("--repeats", type=_cli.count, default=5, help="timings per variant (the best is kept)")
-    a = ap.parse_args()
+def main(a: argparse.Namespace | None = None) -> None:
+    a = _args() if a is None else a
     threads = a.threads
     print(f"# arithmetic floor, threads {threads}, load {'{:.2f} {:.2f} {:.2f}'.format(*os.getloadavg())}")
     for n in a.sizes:
@@ -203,4 +213,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

@@ -19,11 +19,25 @@ for the global model in a call of its own; now the aggregation is submitted with
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 
 import _cli  # benchmarks/ is on sys.path when run as a script
-import numpy as np
+
+
+def _args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, parsed before the heavy imports below when run as a script (``--help``
+    and a bad argument answer without importing torch, Ray or fedsim)."""
+    ap = _cli.parser(__doc__)
+    ap.add_argument("--clients", type=_cli.count, default=100, help="clients N (split over 2 group actors)")
+    ap.add_argument("--rounds", type=_cli.count, default=200)
+    return ap.parse_args(argv)
+
+
+ARGS = _args() if __name__ == "__main__" else None
+
+import numpy as np  # noqa: E402
 
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 import ray  # noqa: E402
@@ -82,11 +96,8 @@ def pipelined(groups: list, server, state: dict) -> None:
     ray.get([*[o[1] for o in out], stats])
 
 
-def main() -> None:
-    ap = _cli.parser(__doc__)
-    ap.add_argument("--clients", type=_cli.count, default=100, help="clients N (split over 2 group actors)")
-    ap.add_argument("--rounds", type=_cli.count, default=200)
-    a = ap.parse_args()
+def main(a: argparse.Namespace | None = None) -> None:
+    a = _args() if a is None else a
     ray.init(num_cpus=3, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
         groups = [Idle.remote(a.clients // 2) for _ in range(2)]
@@ -118,4 +129,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

@@ -18,6 +18,7 @@ given per client-round as a multiple of it. ``--profile`` adds cProfile's top fu
 
 from __future__ import annotations
 
+import argparse
 import cProfile
 import os
 import pstats
@@ -31,7 +32,24 @@ from pathlib import Path
 from typing import Any
 
 import _cli  # benchmarks/ is on sys.path when run as a script
-import numpy as np
+
+
+def _args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, parsed before the heavy imports below when run as a script (``--help``
+    and a bad argument answer without importing torch, Ray or fedsim)."""
+    ap = _cli.parser(__doc__)
+    ap.add_argument("--sizes", type=_cli.counts, default="100,1000", help="client counts N (comma-separated)")
+    ap.add_argument("--rounds", type=_cli.count, default=30, help="rounds per size (the first is left out)")
+    ap.add_argument("--profile", action="store_true", help="also print cProfile's top functions")
+    a = ap.parse_args(argv)
+    if a.rounds < 2:
+        ap.error(f"argument --rounds: at least 2 (the first round is left out), got {a.rounds}")
+    return a
+
+
+ARGS = _args() if __name__ == "__main__" else None
+
+import numpy as np  # noqa: E402
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: as fedsim sets it
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -117,14 +135,8 @@ ROWS = ("round", "train", "set_params", "draw", "gather", "ce_grad", "sgd", "mes
         "forge", "rule", "aggregate other", "evaluate", "metrics")
 
 
-def main() -> None:
-    ap = _cli.parser(__doc__)
-    ap.add_argument("--sizes", type=_cli.counts, default="100,1000", help="client counts N (comma-separated)")
-    ap.add_argument("--rounds", type=_cli.count, default=30, help="rounds per size (the first is left out)")
-    ap.add_argument("--profile", action="store_true", help="also print cProfile's top functions")
-    a = ap.parse_args()
-    if a.rounds < 2:
-        ap.error(f"argument --rounds: at least 2 (the first round is left out), got {a.rounds}")
+def main(a: argparse.Namespace | None = None) -> None:
+    a = _args() if a is None else a
     load = "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     print(f"# in-process round split (median of rounds 1..{a.rounds - 1}), {load}", flush=True)
     with tempfile.TemporaryDirectory(prefix="round_split_") as td:
@@ -144,4 +156,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

@@ -63,19 +63,53 @@ from dataclasses import replace
 from pathlib import Path
 
 import _cli  # benchmarks/ is on sys.path when run as a script
-import numpy as np
-import pss
-import psutil
-import torch
 
-import fedsim
-import strategies
-from fedsim.backend import LocalBackend
-from fedsim.callbacks import Callback
-from fedsim.prepare import prepare
-from fedsim.runner import Run
-from fedsim.scenario import parse
-from fedsim.simulation import PHASES, RoundRecord, Simulation
+
+def _args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, parsed before the heavy imports below when run as a script (``--help``
+    and a bad argument answer without importing torch, Ray or fedsim)."""
+    ap = _cli.parser(__doc__)
+    ap.add_argument("--sizes", type=_cli.counts, default="100,1000,10000")
+    ap.add_argument("--rounds", type=_cli.count, default=100)
+    ap.add_argument("--breakdown-rounds", type=_cli.count, default=5, help="rounds of the in-process breakdown")
+    ap.add_argument("--strategy", default="bristle")
+    ap.add_argument("--partition", default="iid", choices=["iid", "dirichlet"])
+    ap.add_argument("--alpha", type=_cli.positive, default=0.5, help="Dirichlet alpha (--partition dirichlet)")
+    ap.add_argument("--fanout", type=_cli.count, default=5)
+    ap.add_argument("--eval-every", type=_cli.count, default=10)
+    ap.add_argument("--eval-peers", type=_cli.count, default=100)
+    ap.add_argument("--num-actors", type=_cli.count, default=2)
+    ap.add_argument("--cpus-per-actor", type=_cli.positive, default=1.0,
+                    help="engine.cpus_per_actor (in-process: num_actors x this many torch threads)")
+    ap.add_argument(
+        "--backend", default="ray", choices=["ray", "local"], help="engine.backend of the end-to-end runs"
+    )
+    ap.add_argument("--skip-end-to-end", action="store_true")
+    ap.add_argument("--replicate", type=_cli.index, default=0,
+                    help="train on K copies of the features (sizes > 60,000)")
+    ap.add_argument("--message-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    ap.add_argument("--device", default="cpu", help="engine.device: cpu, cuda or cuda:N (with --backend local)")
+    ap.add_argument("--progress", action="store_true", help="print every round of the end-to-end runs")
+    ap.add_argument("--skip-breakdown", action="store_true")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    return ap.parse_args(argv)
+
+
+ARGS = _args() if __name__ == "__main__" else None
+
+import numpy as np  # noqa: E402
+import pss  # noqa: E402
+import psutil  # noqa: E402
+import torch  # noqa: E402
+
+import fedsim  # noqa: E402
+import strategies  # noqa: E402
+from fedsim.backend import LocalBackend  # noqa: E402
+from fedsim.callbacks import Callback  # noqa: E402
+from fedsim.prepare import prepare  # noqa: E402
+from fedsim.runner import Run  # noqa: E402
+from fedsim.scenario import parse  # noqa: E402
+from fedsim.simulation import PHASES, RoundRecord, Simulation  # noqa: E402
 
 
 def load() -> str:
@@ -230,32 +264,8 @@ def breakdown(sc_dict: dict, rounds: int) -> dict:
     return ms
 
 
-def main() -> None:
-    ap = _cli.parser(__doc__)
-    ap.add_argument("--sizes", type=_cli.counts, default="100,1000,10000")
-    ap.add_argument("--rounds", type=_cli.count, default=100)
-    ap.add_argument("--breakdown-rounds", type=_cli.count, default=5, help="rounds of the in-process breakdown")
-    ap.add_argument("--strategy", default="bristle")
-    ap.add_argument("--partition", default="iid", choices=["iid", "dirichlet"])
-    ap.add_argument("--alpha", type=_cli.positive, default=0.5, help="Dirichlet alpha (--partition dirichlet)")
-    ap.add_argument("--fanout", type=_cli.count, default=5)
-    ap.add_argument("--eval-every", type=_cli.count, default=10)
-    ap.add_argument("--eval-peers", type=_cli.count, default=100)
-    ap.add_argument("--num-actors", type=_cli.count, default=2)
-    ap.add_argument("--cpus-per-actor", type=_cli.positive, default=1.0,
-                    help="engine.cpus_per_actor (in-process: num_actors x this many torch threads)")
-    ap.add_argument(
-        "--backend", default="ray", choices=["ray", "local"], help="engine.backend of the end-to-end runs"
-    )
-    ap.add_argument("--skip-end-to-end", action="store_true")
-    ap.add_argument("--replicate", type=_cli.index, default=0,
-                    help="train on K copies of the features (sizes > 60,000)")
-    ap.add_argument("--message-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    ap.add_argument("--device", default="cpu", help="engine.device: cpu, cuda or cuda:N (with --backend local)")
-    ap.add_argument("--progress", action="store_true", help="print every round of the end-to-end runs")
-    ap.add_argument("--skip-breakdown", action="store_true")
-    ap.add_argument("--json", default=None, help="also write the results here")
-    a = ap.parse_args()
+def main(a: argparse.Namespace | None = None) -> None:
+    a = _args() if a is None else a
     strategy = a.strategy
     if strategy not in strategies.REGISTRY:
         print(f"# strategy {strategy!r} is not registered; falling back to 'fedavg'")

@@ -26,15 +26,32 @@ from pathlib import Path
 from typing import Any
 
 import _cli  # benchmarks/ is on sys.path when run as a script
-import numpy as np
-import psutil
-import torch
 
-from fedsim.backend import LocalBackend
-from fedsim.peers import PeerGroup
-from fedsim.runner import prepare
-from fedsim.scenario import parse
-from fedsim.simulation import Simulation
+
+def _args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, parsed before the heavy imports below when run as a script (``--help``
+    and a bad argument answer without importing torch, Ray or fedsim)."""
+    ap = _cli.parser(__doc__)
+    ap.add_argument("--peers", type=_cli.count, default=10000)
+    ap.add_argument("--rounds", type=_cli.count, default=2)
+    ap.add_argument("--strategy", default="bristle")
+    ap.add_argument("--num-actors", type=_cli.count, default=2)
+    ap.add_argument("--message-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    ap.add_argument("--replicate", type=_cli.index, default=0)
+    return ap.parse_args(argv)
+
+
+ARGS = _args() if __name__ == "__main__" else None
+
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+import torch  # noqa: E402
+
+from fedsim.backend import LocalBackend  # noqa: E402
+from fedsim.peers import PeerGroup  # noqa: E402
+from fedsim.runner import prepare  # noqa: E402
+from fedsim.scenario import parse  # noqa: E402
+from fedsim.simulation import Simulation  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from scale import load, release_memory, scenario  # noqa: E402  (benchmarks/ is not a package)
@@ -126,15 +143,8 @@ def instrument(log: list[tuple[str, int, int, int]]) -> None:
         setattr(PeerGroup, name, wrap(name, getattr(PeerGroup, name)))
 
 
-def main() -> None:
-    ap = _cli.parser(__doc__)
-    ap.add_argument("--peers", type=_cli.count, default=10000)
-    ap.add_argument("--rounds", type=_cli.count, default=2)
-    ap.add_argument("--strategy", default="bristle")
-    ap.add_argument("--num-actors", type=_cli.count, default=2)
-    ap.add_argument("--message-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    ap.add_argument("--replicate", type=_cli.index, default=0)
-    a = ap.parse_args()
+def main(a: argparse.Namespace | None = None) -> None:
+    a = _args() if a is None else a
     sargs = argparse.Namespace(
         partition="iid", alpha=0.5, fanout=5, eval_every=1, eval_peers=100, backend="local",
         num_actors=a.num_actors, cpus_per_actor=0.5, message_dtype=a.message_dtype, replicate_path=None,
@@ -192,4 +202,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

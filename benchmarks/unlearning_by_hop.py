@@ -18,31 +18,42 @@ Measured numbers and their reading: docs/probes.md ("Why Newton closes only part
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 from pathlib import Path
 
 import _cli  # benchmarks/ is on sys.path when run as a script
-import numpy as np
-import torch
-
-import attacks.probes as ap
-import fedsim.probes as fp
-from fedsim import scenario as sc_mod
-from fedsim.runner import Run
 
 
-def _gap(ref: torch.Tensor, theta: torch.Tensor, splits: dict[str, torch.Tensor], ctx: fp._Ctx) -> dict[str, float]:
-    return ap.function_gap(ref, theta, splits, ctx.layer_shape, ctx.bias)["kl_to_retrained"]
-
-
-def main() -> None:
+def _args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, parsed before the heavy imports below when run as a script (``--help``
+    and a bad argument answer without importing torch, Ray or fedsim)."""
     ap_ = _cli.parser(__doc__)
     ap_.add_argument("scenario", nargs="?", type=_cli.existing_file, default="scenarios/unlearning.yaml")
     ap_.add_argument("--set", action="append", default=[], type=_cli.key_value, metavar="KEY=VALUE")
     ap_.add_argument("--damping", type=_cli.positive, default=1e-3)
     ap_.add_argument("--rounds", type=_cli.indices, default=[0, 1, 5, 20],
                      help="gossip rounds after unlearning to report (comma-separated)")
-    args = ap_.parse_args()
+    return ap_.parse_args(argv)
+
+
+ARGS = _args() if __name__ == "__main__" else None
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import attacks.probes as ap  # noqa: E402
+import fedsim.probes as fp  # noqa: E402
+from fedsim import scenario as sc_mod  # noqa: E402
+from fedsim.runner import Run  # noqa: E402
+
+
+def _gap(ref: torch.Tensor, theta: torch.Tensor, splits: dict[str, torch.Tensor], ctx: fp._Ctx) -> dict[str, float]:
+    return ap.function_gap(ref, theta, splits, ctx.layer_shape, ctx.bias)["kl_to_retrained"]
+
+
+def main(args: argparse.Namespace | None = None) -> None:
+    args = _args() if args is None else args
     overrides = sc_mod.parse_sets(["engine.backend=local", *args.set])
     sc = sc_mod.load(args.scenario, overrides)
     torch.set_num_threads(1)
@@ -154,4 +165,4 @@ def regossip(ctx: fp._Ctx, peer: int, hops: np.ndarray, retrained: torch.Tensor,
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

@@ -40,6 +40,7 @@ GEMMs as one tight batched loop, the fastest of its variants, measured in this r
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -48,7 +49,33 @@ import time
 from pathlib import Path
 
 import _cli  # benchmarks/ is on sys.path when run as a script
-import numpy as np
+
+
+def _args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, parsed before the heavy imports below when run as a script (``--help``
+    and a bad argument answer without importing torch, Ray or fedsim)."""
+    ap = _cli.parser(__doc__)
+    ap.add_argument("--sizes", type=_cli.counts, default="10,100,1000", help="client counts N (comma-separated)")
+    ap.add_argument("--rounds", type=_cli.count, default=50, help="fedsim rounds (every N)")
+    ap.add_argument(
+        "--flower-rounds", type=_cli.counts, default="20,10,6",
+        help="Flower rounds: one per size, or one for all (Flower is slow)"
+    )
+    ap.add_argument("--flower-cpus-per-client", type=_cli.positive, default=1.0,
+                    help="Flower client_resources.num_cpus")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--busy-core", action="store_true", help="keep one core busy with a spinning process throughout")
+    a = ap.parse_args(argv)
+    if len(a.flower_rounds) not in (1, len(a.sizes)):
+        ap.error("--flower-rounds: give one value or one per size")
+    if max(a.flower_rounds) > a.rounds:
+        ap.error("--flower-rounds must not exceed --rounds (accuracy is compared at Flower's rounds)")
+    return a
+
+
+ARGS = _args() if __name__ == "__main__" else None
+
+import numpy as np  # noqa: E402
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (floor.py imports it): as fedsim sets it
 os.environ.setdefault("FLWR_LOG_LEVEL", "WARNING")  # Flower's own knob: no per-round INFO lines
@@ -178,19 +205,8 @@ def steady_throughput(per_round: list[float]) -> float:
     return len(rounds) / sum(rounds)
 
 
-def main() -> None:
-    ap = _cli.parser(__doc__)
-    ap.add_argument("--sizes", type=_cli.counts, default="10,100,1000", help="client counts N (comma-separated)")
-    ap.add_argument("--rounds", type=_cli.count, default=50, help="fedsim rounds (every N)")
-    ap.add_argument(
-        "--flower-rounds", type=_cli.counts, default="20,10,6",
-        help="Flower rounds: one per size, or one for all (Flower is slow)"
-    )
-    ap.add_argument("--flower-cpus-per-client", type=_cli.positive, default=1.0,
-                    help="Flower client_resources.num_cpus")
-    ap.add_argument("--json", default=None, help="also write the results here")
-    ap.add_argument("--busy-core", action="store_true", help="keep one core busy with a spinning process throughout")
-    a = ap.parse_args()
+def main(a: argparse.Namespace | None = None) -> None:
+    a = _args() if a is None else a
     if a.busy_core:
         import atexit
         import subprocess
@@ -200,8 +216,6 @@ def main() -> None:
         time.sleep(1.0)
     sizes, fr = a.sizes, a.flower_rounds
     fr = fr * len(sizes) if len(fr) == 1 else fr
-    if len(fr) != len(sizes):
-        ap.error("--flower-rounds: give one value or one per size")
     print(
         f"# fedsim vs Flower {__import__('flwr').__version__} (ray {__import__('ray').__version__}), "
         f"{os.cpu_count()} CPUs, {load()}{', one core kept busy' if a.busy_core else ''}; "
@@ -212,8 +226,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="vs_flower_") as td:
         tmp = Path(td)
         for n, rf in zip(sizes, fr, strict=True):
-            if rf > a.rounds:
-                ap.error("--flower-rounds must not exceed --rounds (accuracy is compared at Flower's rounds)")
             l0 = load()
             fs = run_fedsim(n, a.rounds, tmp, "ray")
             fs_local = run_fedsim(n, a.rounds, tmp, "local")
@@ -301,4 +313,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

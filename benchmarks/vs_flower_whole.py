@@ -36,6 +36,7 @@ round goes (the phases of one in-process round, timed from outside with the engi
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -45,7 +46,35 @@ import time
 from pathlib import Path
 
 import _cli  # benchmarks/ is on sys.path when run as a script
-import numpy as np
+
+
+def _args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, parsed before the heavy imports below when run as a script (``--help``
+    and a bad argument answer without importing torch, Ray or fedsim)."""
+    ap = _cli.parser(__doc__)
+    ap.add_argument("--sizes", type=_cli.counts, default="10,100", help="client counts N (comma-separated)")
+    ap.add_argument("--rounds", type=_cli.count, default=3, help="rounds in both engines (the first is warm-up)")
+    ap.add_argument("--batching", default="vmap,loop",
+                    help="fedsim's model.batching values to time against Flower (comma-separated: vmap, loop, auto)")
+    ap.add_argument("--noise-seeds", type=lambda t: _cli.indices(t) if t else [], default="1",
+                    help="fedsim's other seeds: accuracy spread ('' none)")
+    ap.add_argument("--ray", action="store_true", help="also run fedsim on Ray (2 actors + the server)")
+    ap.add_argument("--profile", action="store_true", help="also time the phases of fedsim's round")
+    ap.add_argument("--flower-cpus-per-client", type=_cli.positive, default=1.0,
+                    help="Flower client_resources.num_cpus")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    a = ap.parse_args(argv)
+    if a.rounds < 2:
+        ap.error("argument --rounds: at least 2 (the first round is warm-up)")
+    if not [m for m in a.batching.split(",") if m] or any(m not in ("vmap", "loop", "auto")
+                                                        for m in a.batching.split(",") if m):
+        ap.error(f"argument --batching: comma-separated vmap, loop, auto; got {a.batching!r}")
+    return a
+
+
+ARGS = _args() if __name__ == "__main__" else None
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -162,26 +191,10 @@ def profile(n: int, tmp: Path, rounds: int = 2, batching: str = "auto") -> dict[
     return t
 
 
-def main() -> None:
-    ap = _cli.parser(__doc__)
-    ap.add_argument("--sizes", type=_cli.counts, default="10,100", help="client counts N (comma-separated)")
-    ap.add_argument("--rounds", type=_cli.count, default=3, help="rounds in both engines (the first is warm-up)")
-    ap.add_argument("--batching", default="vmap,loop",
-                    help="fedsim's model.batching values to time against Flower (comma-separated: vmap, loop, auto)")
-    ap.add_argument("--noise-seeds", type=lambda t: _cli.indices(t) if t else [], default="1",
-                    help="fedsim's other seeds: accuracy spread ('' none)")
-    ap.add_argument("--ray", action="store_true", help="also run fedsim on Ray (2 actors + the server)")
-    ap.add_argument("--profile", action="store_true", help="also time the phases of fedsim's round")
-    ap.add_argument("--flower-cpus-per-client", type=_cli.positive, default=1.0,
-                    help="Flower client_resources.num_cpus")
-    ap.add_argument("--json", default=None, help="also write the results here")
-    a = ap.parse_args()
-    if a.rounds < 2:
-        ap.error("argument --rounds: at least 2 (the first round is warm-up)")
+def main(a: argparse.Namespace | None = None) -> None:
+    a = _args() if a is None else a
     sizes = a.sizes
     modes = [m for m in a.batching.split(",") if m]
-    if not modes or any(m not in ("vmap", "loop", "auto") for m in modes):
-        ap.error(f"argument --batching: comma-separated vmap, loop, auto; got {a.batching!r}")
     noise_seeds = a.noise_seeds
     print(
         f"# fedsim vs Flower {__import__('flwr').__version__} (ray {__import__('ray').__version__}), whole-model "
@@ -278,4 +291,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

@@ -229,7 +229,8 @@ def _bytes(n: int) -> str:
 
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-def validate(files: tuple[Path, ...]) -> None:
+@click.option("--quiet", "-q", is_flag=True, help="Print only 'ok', warnings and errors, not the plan.")
+def validate(files: tuple[Path, ...], quiet: bool) -> None:
     """Check scenario FILES without running them, by the code a run uses: every field (strict
     types, finite numbers), names of datasets, strategies and attacks, the dataset's files, the
     partition against the data, the memory the run needs against this machine's, the topology
@@ -241,20 +242,24 @@ def validate(files: tuple[Path, ...]) -> None:
     validated; those that fail a constraint are 'warning: ...' lines (`fedsim sweep
     --skip-invalid` leaves them out).
 
-    Prints 'ok' per valid file (and 'warning: ...' lines for what it would ask of this machine);
-    exits 1, printing one line per error, each naming its file and field."""
+    Prints 'ok' per valid file, then the run's plan as validation built it (peers, honest and
+    Byzantine; topology, in-degrees and f; the rule's effective parameters; the partition's
+    largest shard; bytes per message and per round; the peak memory estimate; the local steps'
+    work), unless --quiet; 'warning: ...' lines for what it would ask of this machine (more CPUs
+    than it has, a batch above every shard, local steps above 1e13 FLOP). Exits 1, printing one
+    line per error, each naming its file and field; 0 when every file is valid."""
     from fedsim import scenario as sc_mod
     from fedsim.scenario import ScenarioError
 
     bad = 0
     for f in files:
         errors: list[str] = []
-        sc = None
+        sc = plan = None
         try:
-            sc = sc_mod.load(f, require_data=True)
+            sc, plan = sc_mod.load_with_plan(f, require_data=True)
         except ScenarioError as e:
             errors += e.errors
-        found = [] if sc is None else sc_mod.resource_warnings(sc, sc_mod.data_largest_shard(sc))
+        found = [] if sc is None or plan is None else sc_mod.resource_warnings(sc, plan.largest_shard, plan.work)
         warnings = [f"{f}: warning: {w}" for w in found]
         try:
             grid_errors, grid_warnings = _validate_sweep(f)
@@ -269,6 +274,9 @@ def validate(files: tuple[Path, ...]) -> None:
             bad += 1
         else:
             click.echo(f"{f}: ok")
+            if not quiet and sc is not None and plan is not None:
+                for line in sc_mod.plan_lines(sc, plan):
+                    click.echo(line)
     if bad:
         sys.exit(1)
 

@@ -134,6 +134,16 @@ def kept_buffer(like: Tensor) -> Tensor:
     return buf[: like.numel()].view(like.shape)
 
 
+def step_peers(training: TrainingCfg, p: int, head_numel: int, itemsize: int) -> int:
+    """Peers whose step temporaries and weight gradient exist at once in :func:`local_steps`
+    ``(chunked=True)`` over ``p`` heads of ``head_numel`` weights of ``itemsize`` bytes: a chunk of
+    :data:`TRAIN_CHUNK_BYTES` for SGD without weight decay, else all ``p`` (also what
+    :mod:`fedsim.limits`' memory estimate counts)."""
+    if training.optimizer != "sgd" or training.weight_decay:
+        return p
+    return min(p, max(1, TRAIN_CHUNK_BYTES // max(1, head_numel * itemsize)))
+
+
 def local_steps(
     w: Tensor, b: Tensor, state: OptimizerState, batches, training: TrainingCfg, bias: bool, *, chunked: bool = False
 ) -> Tensor:
@@ -144,8 +154,8 @@ def local_steps(
     with the weight gradient in :func:`kept_buffer`; the same numbers (peers are independent)."""
     reuse = training.optimizer == "sgd" and not training.weight_decay
     p = w.shape[0]
-    if chunked and reuse and p > 0:
-        size = max(1, TRAIN_CHUNK_BYTES // max(1, w[0].numel() * w.element_size()))
+    if chunked and p > 0:
+        size = step_peers(training, p, w[0].numel(), w.element_size())
         if size < p:
             return _chunked_sgd_steps(w, b, state, batches, training, bias, size)
     loss = torch.zeros(p, device=w.device)

@@ -91,7 +91,7 @@ def directed_edges(kind: str, n: int, degree: int, p: float, fanout: int) -> int
 
 
 def minibatch_bytes(*, per_group: int, batch: int, dim: int, num_classes: int, concurrent: int,
-                    padded_to: int = 0) -> int:
+                    padded_to: int = 0, step_peers: int | None = None) -> int:
     """Bytes one local step's minibatch holds at its peak in each of ``concurrent`` groups training
     at once, ``per_group`` peers each (``fedsim.peers.PeerGroup._batch``, ``fedsim.heads.ce_grad``;
     ``fedsim.whole.WholePeerGroup._batch``): the drawn indices ``[p, B]`` (int64, twice while
@@ -100,13 +100,17 @@ def minibatch_bytes(*, per_group: int, batch: int, dim: int, num_classes: int, c
     ``padded_to``, the zero-padded shards, which :func:`padded_bytes` counts with the data): the gathered
     inputs ``[p, n, dim]`` with their flat index and labels (none when padded), and the logits,
     log-softmax and gradient ``[p, num_classes, n]`` with the per-sample loss and weights (a whole
-    model passes ``num_classes=0``: its logits are among its activations). Summed, not overlapped:
-    an upper bound of the step's temporaries (the indices of all steps drawn at once are at most
-    ``PeerGroup.DRAW_AT_ONCE`` numbers, not counted)."""
+    model passes ``num_classes=0``: its logits are among its activations). ``step_peers``: the
+    peers the logits, log-softmax and gradient span at once (:func:`fedsim.heads.step_peers`: a
+    chunk of ``fedsim.heads.TRAIN_CHUNK_BYTES`` under SGD without weight decay; default
+    ``per_group``, unchunked steps); the batch itself is drawn and gathered for the whole group.
+    Summed, not overlapped: an upper bound of the step's temporaries (the indices of all steps
+    drawn at once are at most ``PeerGroup.DRAW_AT_ONCE`` numbers, not counted)."""
     p, n = per_group, padded_to or batch
+    chunk = p if step_peers is None else min(p, step_peers)
     draws = 2 * INDEX * p * batch + (FLOAT * p * batch if padded_to else 0)
     gathered = 0 if padded_to else p * n * (FLOAT * dim + 2 * INDEX)
-    step = FLOAT * p * n * (3 * num_classes + 2)
+    step = FLOAT * chunk * n * (3 * num_classes + 2)
     return concurrent * (draws + gathered + step)
 
 
@@ -139,6 +143,7 @@ def estimate_memory(
     batches: int = 0,
     padded: int = 0,
     server_float64: bool = False,
+    gradient_peers: int | None = None,
 ) -> MemoryEstimate:
     """Memory of a run from its sizes. ``groups`` peer groups (actors), of which ``concurrent``
     aggregate at once (all on Ray, one in-process); ``ray_actors`` Ray actor processes (0:
@@ -147,15 +152,61 @@ def estimate_memory(
     (the server, or a forging attack; decentralized groups otherwise gather heard rows only,
     :class:`fedsim.routing.Rows`); ``batches``: :func:`minibatch_bytes`; ``padded``: :func:`padded_bytes`
     (counted with the data); ``server_float64``: the federated server keeps a float64 ``[N, P]``
-    scratch of the messages for its rule (``Strategy.float64_input``, ``fedsim.server.Server._scratch``)."""
-    per_peer = 4 + int(adam) + int(consolidated)  # w+b, gradient, momentum, sent copy; Adam's v; CWR copy
-    heads = FLOAT * num_params * peers * per_peer
+    scratch of the messages for its rule (``Strategy.float64_input``, ``fedsim.server.Server._scratch``);
+    ``gradient_peers``: the peers whose gradient exists at once in each of the ``concurrent`` groups
+    (:func:`fedsim.heads.step_peers`: chunked local steps keep one chunk-sized gradient buffer per
+    process, ``fedsim.heads.kept_buffer``; default every peer's)."""
+    per_peer = 3 + int(adam) + int(consolidated)  # w+b, momentum, sent copy; Adam's v; CWR copy
+    gradients = peers if gradient_peers is None else min(peers, gradient_peers * concurrent)
+    heads = FLOAT * num_params * (peers * per_peer + gradients)
     messages = num_params * peers * (message_bytes + FLOAT * concurrent * (int(concatenated) + int(forged))
                                      + 2 * FLOAT * int(server_float64))
     data = FLOAT * dim * (2 * n_train + n_test * (1 + groups)) + padded  # driver, group rows, test copies
     topology = INDEX * edges * (groups + 1) + NX_EDGE_BYTES * edges // 2
     processes = PROCESS_BYTES + (RAY_SYSTEM_BYTES + RAY_ACTOR_BYTES * ray_actors if ray_actors else 0)
     return MemoryEstimate(heads, messages, data, topology, processes, batches)
+
+
+@dataclass(frozen=True)
+class Work:
+    """The local steps' arithmetic of one round (:func:`training_work`)."""
+
+    samples_per_round: int  # minibatch samples drawn: peers × local_steps × batch_size
+    flop_per_round: int  # the two bmm of each step (logits, weight gradient): 4 · classes · dim per column
+
+
+# the local steps' effective rate measured by benchmarks/scale.py in-process on a 2-core machine (10,000
+# peers, padded shards: 5.8e9 FLOP a round, train phase 0.93 s a round, load 0.9); small heads run slower
+# (20 digit heads, 10,000 local steps of 32: 1.6e10 FLOP a round in 10-13 s, load 5): the warning's time
+# is a lower bound
+LOCAL_STEPS_FLOP_PER_S = 6e9
+# A warning, not a refusal, above this many FLOP of local steps in a whole run: at that rate about half
+# an hour of training arithmetic alone (minutes on a machine ten times faster), where the shipped
+# linear-head scenarios need at most 4.4e9 (attack_matrix.yaml)
+WORK_WARN_FLOP = 10**13
+
+
+def training_work(*, peers: int, local_steps: int, batch: int, columns: int, num_classes: int, dim: int) -> Work:
+    """The linear heads' local steps per round: ``peers × local_steps`` steps of ``batch`` drawn
+    samples each over ``columns`` samples (``batch`` gathered, or the padded shard,
+    :func:`fedsim.runfacts.shard_pad`), each step two ``bmm`` of ``2 · classes · dim`` FLOP a column
+    (:func:`fedsim.heads.ce_grad`: logits and weight gradient; the softmax and update, linear in
+    the head, not counted)."""
+    steps = peers * local_steps
+    return Work(steps * batch, steps * columns * 4 * num_classes * dim)
+
+
+def work_warning(work: Work, rounds: int, threshold: int = WORK_WARN_FLOP) -> str | None:
+    """A warning when the run's local steps need more than ``threshold`` FLOP (:data:`WORK_WARN_FLOP`)."""
+    total = work.flop_per_round * rounds
+    if total <= threshold:
+        return None
+    return (
+        f"training.local_steps: the local steps need about {total:.2g} FLOP ({work.flop_per_round:.2g} per round × "
+        f"{rounds} rounds, {work.samples_per_round:.3g} samples per round), above {threshold:.0e}: at least "
+        f"{total / LOCAL_STEPS_FLOP_PER_S / 3600:.1f} h of training at the {LOCAL_STEPS_FLOP_PER_S / 1e9:g} GFLOP/s "
+        "measured on 2 CPU cores; lower training.local_steps, training.batch_size, peers.count or rounds if unintended"
+    )
 
 
 def gib(n: float) -> str:

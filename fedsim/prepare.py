@@ -15,11 +15,10 @@ import numpy as np
 import strategies
 from fedlib.heads import num_params as head_params
 from fedsim import rng as crng
+from fedsim import runfacts
 from fedsim.canaries import Canaries, plant
 from fedsim.features import Features, load_features
 from fedsim.group_setup import GroupSetup
-from fedsim.models.backbones import BACKBONES
-from fedsim.routing import MESSAGE_DTYPES
 from fedsim.scenario import (
     Scenario,
     build_topology,
@@ -52,11 +51,6 @@ class Prepared:
     info: dict[str, Any] = field(default_factory=dict)
     topology: Topology | None = None  # built once (scenario.build_topology); the peers and probes use this one
     canaries: Canaries | None = None  # planted by an unlearning probe's ``canaries`` knob
-
-
-def _backbone_param_count(name: str) -> int:
-    spec = BACKBONES[name]
-    return 0 if spec.build is None else sum(p.numel() for p in spec.build().parameters())
 
 
 def _gradient_recording(sc: Scenario, train: list[np.ndarray], byz: np.ndarray,
@@ -107,9 +101,9 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     rule_cls = strategies.REGISTRY[sc.strategy.name]
     # the class sets peers compare when they connect (Bristle's private-set intersection), for every peer
     classes = held_classes(feats.y_train, train, val, c) if "overlap" in rule_cls.needs else None
-    extra = _backbone_param_count(sc.backbone.name) if rule_cls.exchanges == "full_model" else 0
     largest = largest_shard(sc, part)  # (the canaries included: what the groups hold; validation's figure)
-    for warning in resource_warnings(sc, largest) if log else []:
+    work = runfacts.training_work(sc, c, d, largest) if plan is None else None  # (validation's figure)
+    for warning in resource_warnings(sc, largest, work) if log else []:
         log(f"warning: {warning}")
     common = dict(
         shard_pad=shard_pad(largest, sc.training.batch_size) if plan is None else 0,
@@ -149,10 +143,9 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
             len(feats.y_train), size=min(100, len(feats.y_train)), replace=False
         )
         root = (feats.x_train[ridx], feats.y_train[ridx])
-    if plan is not None:  # the same set-ups with the model to train; bytes: the trainable parameters only
+    if plan is not None:  # the same set-ups with the model to train
         setups = [whole.with_model(s, plan) for s in setups]
         server = None if server is None else whole.with_model(server, plan)
-        extra = whole_plan.message_size(plan) - num_params  # + BatchNorm statistics sent, − BatchNorm kept (model.bn)
     info = {
         "peers": n,
         "byzantine_ids": np.flatnonzero(byz).tolist(),
@@ -175,6 +168,8 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     if canaries is not None:
         info["canaries"] = {"peer": canaries.peer, "kind": canaries.kind, "members": len(canaries.member_idx),
                             "heldout": len(canaries.heldout_y), "calibration": len(canaries.calibration_y)}
-    bytes_per_message = MESSAGE_DTYPES[sc.engine.message_dtype].itemsize * (num_params + extra)
+    # bytes: the trainable parameters only (+ BatchNorm statistics sent, − BatchNorm kept, model.bn)
+    values = runfacts.message_values(sc, num_params) if plan is None else whole_plan.message_size(plan)
+    bytes_per_message = runfacts.bytes_per_message(sc, values)
     return Prepared(sc, feats, setups, server, byz, f, num_params, bytes_per_message, root, info,
                     topology=topo, canaries=canaries)

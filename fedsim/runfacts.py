@@ -7,6 +7,7 @@ when it runs.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -165,16 +166,28 @@ def partition_for(sc: Scenario, y_train: np.ndarray, byzantine: np.ndarray) -> P
     )
 
 
-def resource_warnings(sc: Scenario, largest_shard: int | None = None) -> list[str]:
+def resource_warnings(sc: Scenario, largest_shard: int | None = None, work: limits.Work | None = None) -> list[str]:
     """Warnings (not errors) about what the run asks of this machine: a local Ray instance given
     more CPUs than the machine has (``engine.num_actors``); a ``training.batch_size`` above every
-    peer's shard (``largest_shard``: :func:`largest_shard`, omitted where unknown)."""
+    peer's shard (``largest_shard``: :func:`largest_shard`, omitted where unknown); local steps
+    above :data:`fedsim.limits.WORK_WARN_FLOP` (``work``: :func:`training_work`, omitted where unknown)."""
     warnings = []
     if sc.engine.backend == "ray":
         warnings.append(limits.cpu_warning(sc.engine.num_actors, sc.engine.cpus_per_actor, limits.local_ray_cpus(sc)))
     if largest_shard is not None:
         warnings.append(limits.batch_warning(sc.training.batch_size, largest_shard))
+    if work is not None:
+        warnings.append(limits.work_warning(work, sc.rounds))
     return [w for w in warnings if w]
+
+
+def training_work(sc: Scenario, num_classes: int, dim: int, largest: int) -> limits.Work:
+    """:func:`fedsim.limits.training_work` of a linear-head run whose largest shard is ``largest``
+    (:func:`largest_shard`): each step over the padded shards or the gathered batch (:func:`shard_pad`)."""
+    t = sc.training
+    return limits.training_work(peers=sc.peers.count, local_steps=t.local_steps, batch=t.batch_size,
+                                columns=shard_pad(largest, t.batch_size) or t.batch_size,
+                                num_classes=num_classes, dim=dim)
 
 
 def largest_shard(sc: Scenario, part: Partition) -> int:
@@ -187,21 +200,45 @@ def largest_shard(sc: Scenario, part: Partition) -> int:
     return int(planted_sizes(list(part.train), byzantine_mask(sc), sc.probes).max(initial=0))
 
 
-def data_largest_shard(sc: Scenario) -> int | None:
-    """:func:`largest_shard` of the scenario's partition, None where its data or partition is not
-    there to make (validation reports that)."""
-    from fedsim.data.datasets import dataset_info
-    from fedsim.errors import FedsimError
-
-    try:
-        return largest_shard(sc, partition_for(sc, dataset_info(sc.dataset.name, sc.dataset.data_dir).y_train,
-                                               byzantine_mask(sc)))
-    except (FedsimError, ValueError, OSError, ImportError):
-        return None
-
-
 def shard_pad(largest: int, batch_size: int) -> int:
     """``GroupSetup.shard_pad`` of a linear-head run: the largest shard when no shard exceeds the
     batch (each step then weighs the zero-padded shards by draw counts instead of gathering
     ``batch_size`` rows, ``fedsim.peers.PeerGroup._batch``), else 0 (gathered)."""
     return largest if largest <= batch_size else 0
+
+
+def sends_per_round(sc: Scenario, mean_in_degree: float) -> float:
+    """Messages each peer sends per round: 1 (federated), the push-gossip fanout, or the mean
+    in-degree (:func:`resolve_f`); ``bytes_sent_*`` in ``metrics.jsonl`` and ``fedsim validate``'s plan."""
+    if sc.mode == "federated":
+        return 1.0
+    if sc.topology.kind == "push_gossip":
+        return float(sc.topology.fanout)
+    return float(mean_in_degree)
+
+
+@functools.lru_cache(maxsize=16)
+def backbone_param_count(name: str) -> int:
+    """Parameters of the backbone ``name`` (0 for one without a network, ``identity``; built once
+    per process: validation and the run both ask)."""
+    from fedsim.models.backbones import BACKBONES
+
+    spec = BACKBONES[name]
+    return 0 if spec.build is None else sum(p.numel() for p in spec.build().parameters())
+
+
+def message_values(sc: Scenario, num_params: int) -> int:
+    """Values in one message of a linear-head run: the head's ``num_params``, plus the backbone's
+    parameters for a rule whose class exchanges the full model (``Strategy.exchanges``: what its
+    paper's peers send, though only the head trains)."""
+    import strategies
+
+    full = strategies.REGISTRY[sc.strategy.name].exchanges == "full_model"
+    return num_params + (backbone_param_count(sc.backbone.name) if full else 0)
+
+
+def bytes_per_message(sc: Scenario, values: int) -> int:
+    """Bytes of one message of ``values`` numbers in ``engine.message_dtype`` (``Prepared.bytes_per_message``)."""
+    from fedsim.routing import MESSAGE_DTYPES
+
+    return MESSAGE_DTYPES[sc.engine.message_dtype].itemsize * values

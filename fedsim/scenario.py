@@ -29,7 +29,6 @@ from fedsim.runfacts import (
     byzantine_exposure,
     byzantine_mask,
     clients_per_round,
-    data_largest_shard,
     default_f,
     largest_shard,
     partition_for,
@@ -40,6 +39,7 @@ from fedsim.runfacts import (
     shard_pad,
     strategy_params,
 )
+from fedsim.runplan import RunPlan, plan_lines
 from fedsim.schema import Scenario
 from fedsim.schema_errors import _messages
 from fedsim.schema_probes import ProbeConfig, probe_config, to_config
@@ -80,6 +80,7 @@ __all__ = [
     "PartitionCfg",
     "PeersCfg",
     "ProbeConfig",
+    "RunPlan",
     "SamplingCfg",
     "Scenario",
     "ScenarioError",
@@ -91,15 +92,17 @@ __all__ = [
     "byzantine_mask",
     "check_semantics",
     "clients_per_round",
-    "data_largest_shard",
     "default_f",
     "grid_errors",
     "load",
     "load_plugins",
+    "load_with_plan",
     "parse",
     "parse_set",
     "parse_sets",
     "parse_value",
+    "parse_with_plan",
+    "plan_lines",
     "largest_shard",
     "partition_for",
     "plain_tree",
@@ -125,6 +128,11 @@ def parse(data: Any, source: str = "scenario", *, require_data: bool = False) ->
     :func:`check_semantics`. ``require_data``: a dataset whose files are missing is an error
     (``fedsim validate``) rather than left for the run to report (a Flower device may get its
     data directory later)."""
+    return parse_with_plan(data, source, require_data=require_data)[0]
+
+
+def parse_with_plan(data: Any, source: str = "scenario", *, require_data: bool = False) -> tuple[Scenario, RunPlan]:
+    """:func:`parse`, and the :class:`fedsim.runplan.RunPlan` its :func:`check_semantics` built."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -141,8 +149,7 @@ def parse(data: Any, source: str = "scenario", *, require_data: bool = False) ->
     except (ValueError, TypeError, OverflowError) as e:
         raise ScenarioError(f"{source}: {e}") from None
     load_plugins(sc, source)
-    check_semantics(sc, source, require_data=require_data)
-    return sc
+    return sc, check_semantics(sc, source, require_data=require_data)
 
 
 def load_plugins(sc: Scenario, source: str = "scenario") -> None:
@@ -159,6 +166,12 @@ def load_plugins(sc: Scenario, source: str = "scenario") -> None:
 def load(path: str | Path, overrides: dict[str, Any] | None = None, *, require_data: bool = False) -> Scenario:
     """Read a YAML scenario file (:func:`read_yaml`), apply dotted ``overrides``
     (``{"strategy.name": "krum"}``), validate (:func:`parse`)."""
+    return load_with_plan(path, overrides, require_data=require_data)[0]
+
+
+def load_with_plan(path: str | Path, overrides: dict[str, Any] | None = None, *,
+                   require_data: bool = False) -> tuple[Scenario, RunPlan]:
+    """:func:`load`, and the :class:`fedsim.runplan.RunPlan` validation built (``fedsim validate``)."""
     path = Path(path)
     data = read_yaml(path)
     if data is None:
@@ -169,4 +182,4 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None, *, require_d
     data.pop("sweep", None)  # a grid for `fedsim sweep`; one run of a sweep file uses its base values
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
-    return parse(data, str(path), require_data=require_data)
+    return parse_with_plan(data, str(path), require_data=require_data)

@@ -285,11 +285,9 @@ def accuracy_fields(sc: Scenario, a: np.ndarray, lo: np.ndarray, ids: np.ndarray
 
 def out_degree(sc: Scenario, prep: Prepared) -> float:
     """Messages each peer sends per round: 1 (federated), the push-gossip fanout, or the mean in-degree."""
-    if sc.mode == "federated":
-        return 1.0
-    if sc.topology.kind == "push_gossip":
-        return float(sc.topology.fanout)
-    return float(prep.info["mean_in_degree"])
+    from fedsim.runfacts import sends_per_round
+
+    return sends_per_round(sc, prep.info["mean_in_degree"])
 
 
 def merge_group_states(states: list[dict[str, Any]]) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 from pydantic import ValidationError
@@ -20,14 +20,19 @@ from fedsim.overrides import set_dotted
 from fedsim.probe_registry import get_probe
 from fedsim.runfacts import (
     build_topology,
+    bytes_per_message,
     byzantine_mask,
     largest_shard,
+    message_values,
     partition_for,
     received_per_aggregation,
     resolve_f,
+    sends_per_round,
     shard_pad,
     strategy_params,
+    training_work,
 )
+from fedsim.runplan import RunPlan
 from fedsim.schema import Scenario
 from fedsim.schema_errors import _messages, _show
 from fedsim.schema_sections import StrategyCfg
@@ -36,21 +41,26 @@ from fedsim.yamlsafe import plain_tree
 if TYPE_CHECKING:
     from fedsim.data.arrays import DatasetInfo
     from fedsim.partition import Partition
-    from fedsim.topology import Topology
 
 
-def check_semantics(sc: Scenario, source: str = "scenario", *, require_data: bool = False) -> None:
+def check_semantics(sc: Scenario, source: str = "scenario", *, require_data: bool = False) -> RunPlan:
     """The checks beyond the schema, each by the code the run uses, cheapest first: names exist
     and parameters build; the dataset's size and classes bound the partition; the memory the
     run needs fits the machine; the topology builds and the rule's n/f limits hold for its real
-    in-degree; the partition itself gives every peer data; probes are well-formed."""
+    in-degree; the partition itself gives every peer data; probes are well-formed. Returns what
+    it built (:class:`fedsim.runplan.RunPlan`: the partition's largest shard, the topology's
+    in-degrees, ``f``, the memory estimate, ...), each computed once."""
+    import strategies
+
     errors = _name_errors(sc)
     if errors:
         raise ScenarioError(f"{source}: " + "; ".join(errors), [f"{source}: {e}" for e in errors])
 
-    def fail(msg: str) -> None:
+    def fail(msg: str) -> NoReturn:
         raise ScenarioError(f"{source}: {msg}")
 
+    rule = strategies.build(sc.strategy.name, strategy_params(sc))
+    facts: dict[str, Any] = {}
     info = _dataset_info(sc, require_data, fail)
     if sc.dataset.domains:  # feature shift: where it cannot apply (fedsim.data.domains)
         from fedsim.data.domains import domain_error
@@ -69,12 +79,13 @@ def check_semantics(sc: Scenario, source: str = "scenario", *, require_data: boo
         except ValueError as e:
             fail(str(e))
         part = _partition(sc, info)  # (its errors reported in their turn, below)
-        _check_memory(sc, info, fail, None if isinstance(part, ValueError) else part)
+        facts |= _check_memory(sc, info, fail, None if isinstance(part, ValueError) else part, rule)
     try:
         topo = build_topology(sc)
     except ValueError as e:
         fail(str(e))
-    _check_rule(sc, topo, fail)
+    f, in_degree = resolve_f(sc, topo)
+    _check_rule(sc, f, in_degree, rule, fail)
     if info is not None:
         _check_partition(sc, part, fail)
     _check_probes(sc, fail)
@@ -88,6 +99,13 @@ def check_semantics(sc: Scenario, source: str = "scenario", *, require_data: boo
             check_model(sc, info)
         except ValueError as e:
             fail(str(e))
+    if sc.mode == "decentralized":
+        degrees = topo.degrees(0)
+        facts["in_degree_range"] = (int(degrees.min()), int(degrees.max())) if len(degrees) else (0, 0)
+    fields = getattr(rule, "__dataclass_fields__", {})
+    return RunPlan(f=f, in_degree=in_degree, in_degree_range=facts.pop("in_degree_range", None),
+                   rule_params={k: getattr(rule, k) for k, fd in fields.items() if fd.init},
+                   sends_per_round=sends_per_round(sc, in_degree), **facts)
 
 
 def _name_errors(sc: Scenario) -> list[str]:
@@ -218,7 +236,7 @@ def grid_errors(base: dict[str, Any], grid: dict[str, list[Any]], source: str = 
     return out
 
 
-def _dataset_info(sc: Scenario, require_data: bool, fail: Callable[[str], None]) -> DatasetInfo | None:
+def _dataset_info(sc: Scenario, require_data: bool, fail: Callable[[str], NoReturn]) -> DatasetInfo | None:
     """The dataset's sizes and labels from its loader (cached), or None when its files are missing
     and ``require_data`` is off (the run then names the missing file)."""
     from fedsim.data.datasets import dataset_info
@@ -245,12 +263,15 @@ def _feature_dim(backbone: str, sample_shape: tuple[int, ...], dtype: str) -> in
     return int(extract_features(net, np.zeros((1, *sample_shape), dtype=np.dtype(dtype)), spec).shape[1])
 
 
-def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None], part: Partition | None) -> None:
+def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], NoReturn], part: Partition | None,
+                  rule: Any) -> dict[str, Any]:
     """The backbone accepts the dataset's inputs, its weights exist, and the run's memory
     estimate (:mod:`fedsim.limits`) fits the machine; ``part``: the partition (None when it cannot
-    be made: then the minibatch is counted as gathered, nothing padded)."""
+    be made: then the minibatch is counted as gathered, nothing padded); ``rule``: the built rule.
+    Returns the :class:`fedsim.runplan.RunPlan` facts it computed on the way (the largest shard,
+    the padding, the message size, the estimate, the local steps' work; those of a linear head only)."""
     import attacks
-    import strategies
+    from fedsim.heads import step_peers
     from fedsim.models.backbones import get_spec
     from fedsim.routing import MESSAGE_DTYPES
 
@@ -265,6 +286,7 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None], 
         fail(f"backbone.name: {' '.join(str(e).split())[:200]} (dataset {sc.dataset.name!r})")
     t, n, c = sc.topology, sc.peers.count, info.num_classes
     groups = min(sc.engine.num_actors, n)
+    per_group = -(-n // groups)
     on_ray = sc.engine.backend == "ray" and limits.local_ray_cpus(sc) is not None
     attack = attacks.build(sc.peers.attack.name, sc.peers.attack.params) if sc.peers.attack.name != "none" else None
     forged = isinstance(attack, attacks.UpdateForger) and sc.peers.num_byzantine > 0
@@ -274,10 +296,12 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None], 
     except ValueError:  # a probe's malformed canaries or leaver: _check_probes names the key
         largest = None
     pad = 0 if largest is None else shard_pad(largest, sc.training.batch_size)
-    rule = strategies.build(sc.strategy.name, strategy_params(sc))
+    num_params = head_params((c, dim), sc.training.bias)
+    # chunked local steps (fedsim.heads.local_steps): temporaries and gradient of a chunk of peers at once
+    chunk = step_peers(sc.training, per_group, c * dim, limits.FLOAT)
     est = limits.estimate_memory(
         peers=n,
-        num_params=head_params((c, dim), sc.training.bias),
+        num_params=num_params,
         dim=dim,
         n_train=info.n_train,
         n_test=info.n_test,
@@ -293,26 +317,31 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], None], 
         server_float64=sc.mode == "federated" and rule.float64_input,
         # (a whole model's minibatch, its gathered inputs, is fedsim.whole_plan.memory_estimate's to count)
         batches=0 if sc.model.whole else limits.minibatch_bytes(
-            per_group=-(-n // groups), batch=sc.training.batch_size, dim=dim, num_classes=c, concurrent=concurrent,
-            padded_to=pad),
+            per_group=per_group, batch=sc.training.batch_size, dim=dim, num_classes=c, concurrent=concurrent,
+            padded_to=pad, step_peers=chunk),
         padded=limits.padded_bytes(peers=n, pad=pad, dim=dim, train_rows=sum(len(t) for t in part.train))
         if pad else 0,
+        gradient_peers=None if sc.model.whole else chunk,
     )
-    msg = limits.memory_error(est)
+    available = limits.machine_memory()
+    msg = limits.memory_error(est, available)
     if msg:
         fail(f"{est.biggest()[0]}: the run {msg}")
+    if sc.model.whole:  # (its sizes, memory and messages are fedsim.whole_plan's)
+        return {}
+    return {"largest_shard": largest, "shard_pad": None if largest is None else pad, "memory": est,
+            "available": available, "bytes_per_message": bytes_per_message(sc, message_values(sc, num_params)),
+            "work": None if largest is None else training_work(sc, c, dim, largest)}
 
 
-def _check_rule(sc: Scenario, topo: Topology, fail: Callable[[str], None]) -> None:
+def _check_rule(sc: Scenario, f: int, in_degree: float, rule: Any, fail: Callable[[str], NoReturn]) -> None:
     """The rule's n/f limits for the f and in-degree the run will use (:func:`resolve_f`), and the
     forger's: it is told the same ``n`` and ``f`` (``AttackContext``)."""
     import attacks
-    import strategies
 
-    f, in_degree = resolve_f(sc, topo)
     n = received_per_aggregation(in_degree)
     try:
-        strategies.build(sc.strategy.name, strategy_params(sc)).check(n, f)
+        rule.check(n, f)
     except ValueError as e:
         where = "strategy.f" if sc.strategy.f is not None else "strategy.name"
         fail(
@@ -336,7 +365,7 @@ def _partition(sc: Scenario, info: DatasetInfo) -> Partition | ValueError:
         return e
 
 
-def _check_partition(sc: Scenario, part: Partition | ValueError, fail: Callable[[str], None]) -> None:
+def _check_partition(sc: Scenario, part: Partition | ValueError, fail: Callable[[str], NoReturn]) -> None:
     """The partition (:func:`_partition`) can be made and gives every peer training data."""
     if isinstance(part, ValueError):
         fail(str(part))
@@ -350,7 +379,7 @@ def _check_partition(sc: Scenario, part: Partition | ValueError, fail: Callable[
         )
 
 
-def _check_probes(sc: Scenario, fail: Callable[[str], None]) -> None:
+def _check_probes(sc: Scenario, fail: Callable[[str], NoReturn]) -> None:
     """Each probe's own value checks (its kind's ``validate``; the schema checked kind and keys)."""
     for i, p in enumerate(sc.probes):
         try:

@@ -14,9 +14,9 @@ from fedsim.data.datasets import dataset_info
 from fedsim.scenario import (
     ScenarioError,
     byzantine_mask,
-    data_largest_shard,
     largest_shard,
     parse,
+    parse_with_plan,
     partition_for,
     resource_warnings,
     shard_pad,
@@ -90,7 +90,7 @@ def test_a_batch_above_every_shard_is_a_warning(tmp_path):
             "peers: {count: 20}\n")
     for b, warned in ((big, False), (big + 1, True)):
         path.write_text(base + f"training: {{batch_size: {b}}}\n")
-        r = CliRunner().invoke(main, ["validate", str(path)])
+        r = CliRunner().invoke(main, ["validate", "--quiet", str(path)])  # (without the plan: "ok" last)
         assert r.exit_code == 0 and r.output.rstrip().endswith("ok"), r.output
         line = f"warning: training.batch_size: {b} exceeds the largest peer's training shard ({big} samples)"
         assert (line in r.output) == warned, r.output
@@ -155,16 +155,17 @@ def test_validation_and_the_run_agree_on_the_largest_shard_with_canaries(monkeyp
 
     seen = _spy(monkeypatch)
     base = {**SMALL, "peers": {"count": 20}}
-    plain = data_largest_shard(parse(base))
+    plain = parse_with_plan(base)[1].largest_shard
+    assert plain is not None
     batch = plain + 20
-    sc = parse({**base, "training": {"batch_size": batch},
-                "probes": [{"kind": "unlearning", "canaries": {"count": 40, "heldout": 100}}]})
+    sc, plan = parse_with_plan({**base, "training": {"batch_size": batch},
+                                "probes": [{"kind": "unlearning", "canaries": {"count": 40, "heldout": 100}}]})
     validated = seen[-1]
     prep = prepare(sc)
     held = max(len(t) for s in prep.setups for t in s.train_idx)
     assert held == plain + 40 and prep.canaries is not None  # control: the canaries made the largest shard
-    assert data_largest_shard(sc) == held
-    assert resource_warnings(sc, data_largest_shard(sc)) == []  # batch <= the leaver's shard: no warning
+    assert plan.largest_shard == held
+    assert resource_warnings(sc, plan.largest_shard) == []  # batch <= the leaver's shard: no warning
     assert prep.setups[0].shard_pad == shard_pad(held, batch) == 0  # gathered (without canaries: padded)
     assert validated.batches == limits.minibatch_bytes(per_group=20, batch=batch, dim=64, num_classes=10,
                                                        concurrent=1, padded_to=0)

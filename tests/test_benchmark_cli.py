@@ -1,8 +1,9 @@
 """Every benchmark script with a command line answers junk arguments with one line on stderr and
 exit status 2, before it runs anything (``benchmarks/_cli.py``: the shared parser and validators).
 
-The scripts run as ``__main__`` one after another in one child process (``runpy``), so torch, Ray
-and fedsim are imported once for all of them."""
+The scripts run as ``__main__`` one after another in one child process (``runpy``). They parse
+their arguments before importing torch, Ray or Flower: ``--help`` and a bad argument import none of
+them (each script's new heavy modules are recorded after it runs)."""
 
 from __future__ import annotations
 
@@ -47,26 +48,47 @@ for script, argv in json.loads(sys.argv[2]):
             code = e.code
         except BaseException as e:  # noqa: BLE001
             code = f"raised {type(e).__name__}: {e}"
-    out.append([code, err.getvalue()])
+    heavy = [m for m in ("torch", "ray", "flwr") if m in sys.modules]
+    out.append([code, err.getvalue(), heavy])
 print(json.dumps(out))
 """
+HEAVY = {"torch", "ray", "flwr"}  # seconds to import; none of them needed to parse a command line
 
 
-@pytest.fixture(scope="module")
-def answers() -> list[tuple[object, str]]:
-    proc = subprocess.run([sys.executable, "-c", HARNESS, str(BENCH), json.dumps(CASES)], capture_output=True,
+def _answers(cases: list[tuple[str, list[str]]]) -> list[tuple[object, str, list[str]]]:
+    proc = subprocess.run([sys.executable, "-c", HARNESS, str(BENCH), json.dumps(cases)], capture_output=True,
                           text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.fixture(scope="module")
+def answers() -> list[tuple[object, str, list[str]]]:
+    return _answers(CASES)
+
+
+def _with_cli() -> list[str]:
+    return sorted(p.stem for p in BENCH.glob("*.py") if "_cli.parser(" in p.read_text())
+
+
 @pytest.mark.parametrize("i", range(len(CASES)), ids=[f"{s} {' '.join(a)}" for s, a in CASES])
 def test_junk_arguments_are_one_line_and_exit_2(answers, i):
     script, argv = CASES[i]
-    code, err = answers[i]
+    code, err, heavy = answers[i]
     assert code == 2, (script, argv, code, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{script}.py: error: ") and "Traceback" not in err, err
+    assert not heavy, (script, argv, heavy)  # refused before torch, Ray or Flower is imported
+
+
+def test_help_imports_no_heavy_module():
+    """``python benchmarks/X.py --help`` for every script with a command line: exit 0, usage printed,
+    and torch, Ray and Flower never imported (they load after the arguments are parsed)."""
+    scripts = _with_cli()
+    got = _answers([(s, ["--help"]) for s in scripts])
+    for script, (code, _, heavy) in zip(scripts, got, strict=True):
+        assert code == 0, (script, code)
+        assert not HEAVY & set(heavy), (script, heavy)
 
 
 def test_every_script_with_a_command_line_uses_the_shared_parser_and_is_covered():

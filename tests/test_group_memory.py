@@ -399,3 +399,25 @@ def test_a_group_takes_the_test_set_apart_or_together(small_scenario):
                    {k: feats[k] for k in ("x_test", "y_test")})
     assert torch.equal(g1.padded[0], g2.padded[0]) and torch.equal(g1.val_x, g2.val_x)
     assert g2.x_test.data_ptr() == torch.from_numpy(feats["x_test"]).data_ptr()
+
+
+def test_evaluation_frees_only_trained_copies_an_aggregation_is_done_with(small_scenario):
+    """Federated CWR (Bristle's consolidated weights): no decentralized aggregation marks the kept
+    tw, tb stale, so an evaluation between rounds frees nothing (the mutant that frees always: the
+    sampled round after it indexes freed copies), and the rounds after it equal rounds without it."""
+    d = small_scenario(**{"mode": "federated", "peers.count": 10, "partition.kind": "classes", "partition.k": 2,
+                          "strategy.name": "bristle", "engine.num_actors": 1})
+    evaluated, plain = _group(d)[0], _group(d)[0]
+    g0 = np.random.default_rng(0).normal(size=evaluated._num_params()).astype(np.float32)
+    mask = np.zeros(10, dtype=bool)
+    mask[[1, 4, 5, 8]] = True
+    for g in (evaluated, plain):
+        g.train(0, g0)
+    assert evaluated.cwr and not evaluated.tw_stale
+    kept = (evaluated.tw.data_ptr(), evaluated.tb.data_ptr())
+    evaluated.evaluate()
+    assert (evaluated.tw.data_ptr(), evaluated.tb.data_ptr()) == kept and evaluated.tw.shape == evaluated.w.shape
+    a, _ = evaluated.train(1, g0, mask)
+    b, _ = plain.train(1, g0, mask)
+    np.testing.assert_array_equal(a, b)
+    assert torch.equal(evaluated.tw, plain.tw)

@@ -1,0 +1,75 @@
+"""The plan of a run as validation built it (:func:`fedsim.validation.check_semantics` returns one):
+the facts it computed with the run's own functions (:mod:`fedsim.runfacts`, :mod:`fedsim.limits`),
+kept so that nothing is built twice, and their short text for ``fedsim validate``
+(:func:`plan_lines`). Nothing here computes a fact; it only carries and shows them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fedsim.limits import MemoryEstimate, Work
+    from fedsim.schema import Scenario
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What validation built for a scenario. A fact it could not compute (the dataset's files
+    missing without ``require_data``, a whole model's head sizes) is None."""
+
+    f: int  # fedsim.runfacts.resolve_f
+    in_degree: float  # mean vectors an aggregator hears per round (round 0)
+    in_degree_range: tuple[int, int] | None  # (min, max) in round 0; None in federated mode
+    rule_params: dict[str, Any] = field(default_factory=dict)  # the built rule's fields, defaults filled in
+    largest_shard: int | None = None  # fedsim.runfacts.largest_shard
+    shard_pad: int | None = None  # fedsim.runfacts.shard_pad (0: gathered minibatches)
+    bytes_per_message: int | None = None  # fedsim.runfacts.bytes_per_message
+    sends_per_round: float = 0.0  # fedsim.runfacts.sends_per_round
+    memory: MemoryEstimate | None = None  # fedsim.limits.estimate_memory, what validation compared
+    available: int | None = None  # the machine's memory it was compared with
+    work: Work | None = None  # fedsim.limits.training_work
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
+def plan_lines(sc: Scenario, plan: RunPlan) -> list[str]:
+    """The plan as a few indented lines (``fedsim validate`` prints them after ``ok``)."""
+    byz = sc.peers.num_byzantine
+    attack = f", attack {sc.peers.attack.name}" if byz and sc.peers.attack.name != "none" else ""
+    lines = [f"  peers: {sc.peers.count} ({sc.peers.count - byz} honest, {byz} Byzantine{attack}), {sc.mode}, "
+             f"{sc.rounds} rounds"]
+    if plan.in_degree_range is None:
+        lines.append(f"  server: hears {plan.in_degree:g} clients per round; f = {plan.f}")
+    else:
+        lo, hi = plan.in_degree_range
+        lines.append(f"  topology: {sc.topology.kind}, in-degree mean {plan.in_degree:.2f} (min {lo}, max {hi}) "
+                     f"in round 0; f = {plan.f}")
+    params = ", ".join(f"{k}={v!r}" for k, v in plan.rule_params.items())
+    lines.append(f"  rule: {sc.strategy.name}({params})")
+    if plan.largest_shard is not None:
+        batch = "steps over the padded shards" if plan.shard_pad else "gathered minibatches"
+        lines.append(f"  partition: {sc.partition.kind}, largest shard {plan.largest_shard} samples "
+                     f"(batch_size {sc.training.batch_size}: {batch})")
+    if plan.bytes_per_message is not None:
+        per_round = plan.bytes_per_message * plan.sends_per_round * sc.peers.count
+        lines.append(f"  messages: {_size(plan.bytes_per_message)} each ({sc.engine.message_dtype}), "
+                     f"{plan.sends_per_round:g} sent per peer per round: {_size(per_round)} per round")
+    if plan.memory is not None:
+        m = plan.memory
+        parts = ", ".join(f"{k} {_size(getattr(m, k))}"
+                          for k in ("heads", "messages", "data", "topology", "processes", "batches"))
+        machine = "" if plan.available is None else f"; this machine has {_size(plan.available)}"
+        lines.append(f"  memory: about {_size(m.total)} at peak ({parts}){machine}")
+    if plan.work is not None:
+        w = plan.work
+        lines.append(f"  training work: {w.samples_per_round:.3g} samples and {w.flop_per_round:.3g} FLOP "
+                     f"per round, {w.flop_per_round * sc.rounds:.3g} FLOP in all")
+    return lines

@@ -1,0 +1,123 @@
+"""``fedsim validate``'s plan (:class:`fedsim.runplan.RunPlan`): the partition built once, the plan
+printed after ``ok`` with the run's own figures, the chunked local steps in the memory estimate,
+and the warning on absurd training work."""
+
+from __future__ import annotations
+
+import yaml
+from click.testing import CliRunner
+
+from fedsim import heads, limits
+from fedsim import partition as partition_mod
+from fedsim.cli import main
+from fedsim.scenario import parse, parse_with_plan, resource_warnings
+
+SMALL = {"dataset": {"name": "sklearn_digits"}, "backbone": {"name": "identity"}, "partition": {"kind": "iid"},
+         "engine": {"backend": "local", "num_actors": 1}, "peers": {"count": 20}}
+
+
+def _write(tmp_path, data: dict):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_validate_builds_the_partition_once(tmp_path, monkeypatch):
+    """One source of truth: the largest shard of the batch warning and of the plan is the
+    partition the semantic check built, not a second one."""
+    calls = []
+    real = partition_mod.make_partition
+
+    def counted(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(partition_mod, "make_partition", counted)
+    res = CliRunner().invoke(main, ["validate", str(_write(tmp_path, SMALL))])
+    assert res.exit_code == 0, res.output
+    assert len(calls) == 1
+
+
+def test_validate_prints_the_runs_plan(tmp_path):
+    """After ``ok``: the plan's figures are the run's (``prepare``: f, message size, largest shard,
+    mean in-degree); ``--quiet`` prints ``ok`` alone; ``--help`` says so."""
+    from fedsim.prepare import prepare
+
+    data = {**SMALL, "peers": {"count": 20, "byzantine": 2, "attack": {"name": "sign_flip"}},
+            "topology": {"kind": "k_regular", "degree": 6}, "strategy": {"name": "trimmed_mean"}}
+    path = _write(tmp_path, data)
+    res = CliRunner().invoke(main, ["validate", str(path)])
+    assert res.exit_code == 0, res.output
+    sc, plan = parse_with_plan(data)
+    prep = prepare(sc)
+    out = res.output
+    assert f"{path}: ok\n" in out
+    assert "peers: 20 (18 honest, 2 Byzantine, attack sign_flip), decentralized" in out
+    assert f"in-degree mean 6.00 (min 6, max 6) in round 0; f = {prep.f}" in out
+    assert plan.f == prep.f and plan.in_degree == prep.info["mean_in_degree"]
+    assert plan.bytes_per_message == prep.bytes_per_message
+    assert plan.largest_shard == max(len(t) for s in prep.setups for t in s.train_idx)
+    assert f"largest shard {plan.largest_shard} samples" in out
+    assert "rule: trimmed_mean(" in out and "memory: about" in out and "training work:" in out
+    per_round = prep.bytes_per_message * 6 * 20
+    assert plan.bytes_per_message * plan.sends_per_round * 20 == per_round
+    quiet = CliRunner().invoke(main, ["validate", "--quiet", str(path)])
+    assert quiet.exit_code == 0 and quiet.output == f"{path}: ok\n"
+    helped = CliRunner().invoke(main, ["validate", "--help"]).output
+    assert "--quiet" in helped and "plan" in helped
+
+
+def test_memory_estimate_counts_the_chunked_steps(monkeypatch):
+    """The step temporaries and the weight gradient span the chunk of peers the training uses
+    (``heads.step_peers``), not every peer of the group; Adam (not chunked) counts them all."""
+    import torch
+
+    from fedsim.peers import PeerGroup
+    from fedsim.prepare import prepare
+
+    monkeypatch.setattr(heads, "TRAIN_CHUNK_BYTES", 7 * 10 * 64 * 4)  # 7 peers' digit heads per chunk
+    seen: list[limits.MemoryEstimate] = []
+    real = limits.memory_error
+    monkeypatch.setattr(limits, "memory_error", lambda est, available=None: seen.append(est) or real(est, available))
+    data = {**SMALL, "training": {"batch_size": 4}}  # shards of ~70 digits > 4: gathered
+    sc = parse(data)
+    chunked = seen[-1]
+    p, b, d, c = 20, 4, 64, 10
+    step = 4 * 7 * b * (3 * c + 2)  # logits, log-softmax, gradient, loss, weights over 7 peers
+    assert chunked.batches == 2 * 8 * p * b + p * b * (4 * d + 16) + step
+    params = c * d + c
+    assert chunked.heads == 4 * params * (p * 3 + 7)  # w+b, momentum, sent copy; one chunk's gradient
+    sizes = []
+    real_chunked = heads._chunked_sgd_steps
+    monkeypatch.setattr(heads, "_chunked_sgd_steps", lambda *a: sizes.append(a[-1]) or real_chunked(*a))
+    prep = prepare(sc)
+    feats = prep.features
+    torch.manual_seed(0)
+    PeerGroup(prep.setups[0], {"x_train": feats.x_train, "y_train": feats.y_train, "x_test": feats.x_test,
+                               "y_test": feats.y_test}).train(0)
+    assert sizes == [7]  # the run's chunk is the one the estimate counted
+    parse({**data, "training": {"batch_size": 4, "optimizer": "adam"}})
+    adam = seen[-1]
+    assert adam.batches == 2 * 8 * p * b + p * b * (4 * d + 16) + 4 * p * b * (3 * c + 2)
+    assert adam.heads == 4 * params * p * 5  # + Adam's v, every peer's gradient
+
+
+def test_training_work_hand_computed_and_warned(tmp_path):
+    """Work per round: peers × steps × batch samples, 4·C·d FLOP a column; a warning (exit 0) above
+    ``limits.WORK_WARN_FLOP`` for the whole run, none below it."""
+    w = limits.training_work(peers=3, local_steps=5, batch=8, columns=2, num_classes=10, dim=64)
+    assert w.samples_per_round == 3 * 5 * 8 and w.flop_per_round == 3 * 5 * 2 * 4 * 10 * 64
+    assert limits.work_warning(w, rounds=1, threshold=w.flop_per_round) is None
+    assert limits.work_warning(w, rounds=2, threshold=w.flop_per_round) is not None
+    sc, plan = parse_with_plan(SMALL)
+    assert plan.work is not None and plan.largest_shard is not None and plan.largest_shard > 32
+    assert plan.work.flop_per_round == 20 * sc.training.local_steps * 32 * 4 * 10 * 64
+    assert resource_warnings(sc, plan.largest_shard, plan.work) == []
+    per_round = 20 * 100_000 * 32 * 4 * 10 * 64  # the schema's most local steps: 1.6e11 FLOP a round
+    assert 61 * per_round < limits.WORK_WARN_FLOP < 62 * per_round
+    for rounds, warned in ((61, 0), (62, 1)):
+        huge = {**SMALL, "rounds": rounds, "training": {"local_steps": 100_000}}
+        res = CliRunner().invoke(main, ["validate", str(_write(tmp_path, huge))])
+        assert res.exit_code == 0, res.output
+        warning = [line for line in res.output.splitlines() if "warning: training.local_steps" in line]
+        assert len(warning) == warned and all("FLOP" in w for w in warning)
