@@ -49,6 +49,10 @@ class Median(Strategy):
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
         return to_like(coordinate_median(population(own, received, self.include_own)), own)
 
+    def aggregate_batch(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
+        """``__call__`` for ``g`` peers at once (``own [g, P]``, ``received [g, n, P]``): the same sort per peer."""
+        return self(own, received, ctx)
+
 
 @register("trimmed_mean")
 @dataclass
@@ -83,5 +87,11 @@ class TrimmedMean(Strategy):
                              f"need beta >= {f / size:.3g}")
 
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
-        x = population(own, received, self.include_own)
-        return to_like(coordinate_trimmed_mean(x, self._b(x.shape[0], runtime_f(ctx, x.shape[0]))), own)
+        x = population(own, received, self.include_own)  # [..., N, P]: leading dims batch peers
+        size = x.shape[-2]
+        return to_like(coordinate_trimmed_mean(x, self._b(size, runtime_f(ctx, size))), own)
+
+    def aggregate_batch(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
+        """``__call__`` for ``g`` peers at once (``own [g, P]``, ``received [g, n, P]``; ``b`` depends
+        on ``n`` only, the same for every peer of a batch)."""
+        return self(own, received, ctx)
