@@ -8,15 +8,22 @@ What runs where (``engine.device``, :mod:`fedsim.device`; :attr:`GossipAggregati
 * the messages, the forging attacks (:func:`fedsim.messages.forge_messages`), the in-degree
   buckets, the finite-row checks and every random draw stay on the CPU (NumPy / :mod:`fedsim.rng`);
 * the batched path (:meth:`GossipAggregation._aggregate_batched`, rules with
-  ``Strategy.aggregate_batch``: ``fedavg``, ``bristle`` when every sender is a candidate) runs on
-  the aggregation device: each chunk's heard rows are gathered on the CPU in the message dtype and
-  moved once (:meth:`fedsim.routing.Rows.take`), with the chunk's sent heads, its ``own`` rows (CWR's
-  trained copies are read where they live), and its context (validation splits, familiar classes,
-  overlaps, previous heads); the rule's result is written into the device heads by ``put``;
-* the per-peer path (:data:`CPU_FALLBACK`: rules without a batched form, e.g. ``median``,
-  ``trimmed_mean``, ``krum``, ``centered_clipping``; Bristle's sampling prioritizer when a peer heard
-  more than ``k + e``; per-receiver attacks; FLTrust's root updates) stays on the CPU as before:
-  its ``own`` rows are copied off the device and its results go back through ``put``.
+  ``Strategy.aggregate_batch``, listed below) runs on the aggregation device: each chunk's heard
+  rows are gathered on the CPU in the message dtype and moved once (:meth:`fedsim.routing.Rows.take`),
+  with the chunk's sent heads, its ``own`` rows (CWR's trained copies are read where they live) and
+  its context (validation splits, familiar classes, overlaps, previous heads; built on the CPU,
+  :meth:`strategies.AggregationContext.to`); the rule computes there and its result is written into
+  the device heads by ``put``, with no copy through the CPU;
+* the batched rules: ``fedavg``, ``median``, ``trimmed_mean``, ``krum``, ``multikrum``,
+  ``centered_clipping`` (each bit-identical to its per-peer call on the CPU, ``tests/test_batched.py``),
+  and ``bristle`` when every sender a peer heard is a candidate (at most ``k + e``, or
+  ``num_candidates``);
+* the per-peer path, the named fallback "per-peer on the CPU" (:func:`has_batched_form`): every
+  other rule (``bulyan``, ``geomed``, ``mozi``, ``balance``, ...), Bristle's sampling prioritizer
+  when a peer heard more senders than it keeps as candidates, per-receiver attacks, FLTrust's root
+  updates, a chunk whose rule declines (``aggregate_batch`` returns None) and peers that heard a
+  non-finite row; it runs on the CPU as before: its ``own`` rows are copied off the device and its
+  results go back through ``put``.
 
 With ``engine.device: cpu`` nothing moves (byte-identical to the CPU-only code, ``tests/test_device.py``).
 Not yet run on a GPU: checked on the CPU and on torch's ``meta`` device only (``tests/test_device_aggregation.py``).
@@ -43,7 +50,13 @@ if TYPE_CHECKING:
     from fedsim.topology import Topology
 
 CPU = torch.device("cpu")
-CPU_FALLBACK = "per-peer aggregation on the CPU"  # what a rule without a batched form gets on any device
+
+
+def has_batched_form(rule: strategies.Strategy) -> bool:
+    """Whether ``rule`` overrides ``Strategy.aggregate_batch``: the batched path, on
+    :attr:`GossipAggregation.aggregation_device`. Without it (the named fallback, "per-peer on the
+    CPU"), every peer aggregates in the per-peer loop on the CPU whatever ``engine.device`` is."""
+    return type(rule).aggregate_batch is not strategies.Strategy.aggregate_batch
 
 
 def gather(rows: Any, idx: Tensor, device: torch.device) -> Tensor:
@@ -157,7 +170,7 @@ class GossipAggregation:
         bound the gathered ``[chunk, n, P]`` tensors; results do not depend on the chunk size."""
         chunk, dev = self.s.aggregate_chunk, self.aggregation_device
         done = np.zeros(self.p, dtype=bool)
-        if type(self.rule).aggregate_batch is strategies.Strategy.aggregate_batch:
+        if not has_batched_form(self.rule):
             return done, None
         active = ~self.is_byz if self.s.absent is None else ~self.is_byz & ~self.s.absent[self.ids]
         honest = np.flatnonzero(active)
