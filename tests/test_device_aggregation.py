@@ -186,6 +186,11 @@ def test_each_batched_rule_computes_on_its_inputs_device(rule, params, bias):
         out = r.aggregate_batch(own.to(META), received.to(META), ctx)
         kept = strategies.aggregate_batch(r, own.to(META), received.to(META), ctx, own.to(META))
     assert out.device == kept.device == META and out.shape == kept.shape == own.shape
+    if rule == "bristle":  # the integrator alone, with its default counts (every class scored)
+        with SameDevice(only=META):
+            out = r.integrate(own.to(META), received.to(META), ctx.val_x, ctx.val_y, ctx.local_classes,
+                              ctx.layer_shape, bias, ctx.val_mask)
+        assert out.device == META and out.shape == own.shape
 
 
 def test_context_to_the_cpu_is_itself_and_keeps_the_generator():
@@ -215,3 +220,42 @@ def test_cpu_device_object_is_byte_identical(tmp_path, monkeypatch, rule):
     monkeypatch.setattr(peers, "resolve", lambda name: asked.append(name) or torch.device("cpu"))
     dev = metrics(_scenario(tmp_path, rule, {}, "dev", **over, **{"engine.device": "cuda"}))
     assert dev == cpu and cpu.count(b"\n") == 2 and asked == ["cuda"] * 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_check.sh runs it)")
+@pytest.mark.parametrize(("rule", "params"), RULES)
+def test_cuda_batched_rule_matches_cpu_up_to_rounding(rule, params):
+    """On a GPU: each batched rule's result on CUDA inputs is its CPU result up to float rounding
+    (Bristle's argmax-based scores can flip on a near tie: then only most rows agree)."""
+    own, received, ctx = _inputs(8, 5)
+    r = build(rule, params)
+    cpu = strategies.aggregate_batch(r, own, received, ctx, own)
+    dev = torch.device("cuda")
+    cuda = strategies.aggregate_batch(r, own.to(dev), received.to(dev), ctx.to(dev), own.to(dev))
+    assert cuda.device.type == "cuda"
+    close = torch.isclose(cuda.cpu(), cpu, rtol=1e-5, atol=1e-5).all(dim=1)
+    assert int(close.sum()) >= (7 if rule == "bristle" else 8), close
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_check.sh runs it)")
+@pytest.mark.parametrize("rule", ["bristle", "krum", "median"])
+def test_cuda_gossip_run_matches_cpu_up_to_rounding(tmp_path, rule):
+    """On a GPU: a decentralized run with its aggregation on CUDA gives the CPU run's metrics up to
+    float rounding (as tests/test_device.py's CUDA test for the training)."""
+    import json
+
+    def metrics(d):
+        r = Run(parse(d))
+        r.create_dir(overwrite=True)
+        r.execute()
+        return [json.loads(x) for x in (r.dir / "metrics.jsonl").read_bytes().splitlines()]
+
+    cpu = metrics(_scenario(tmp_path, rule, {}, "cpu"))
+    cuda = metrics(_scenario(tmp_path, rule, {}, "cuda", **{"engine.device": "cuda"}))
+    for a, b in zip(cpu, cuda, strict=True):
+        assert a.keys() == b.keys()
+        for k, v in a.items():
+            if isinstance(v, float):
+                assert abs(v - b[k]) <= 0.02 + 0.01 * abs(v), (k, v, b[k])
+            else:
+                assert v == b[k], k
