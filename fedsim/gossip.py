@@ -17,7 +17,9 @@ What runs where (``engine.device``, :mod:`fedsim.device`; :attr:`GossipAggregati
 * the batched rules: ``fedavg``, ``median``, ``trimmed_mean``, ``krum``, ``multikrum``,
   ``centered_clipping`` (each bit-identical to its per-peer call on the CPU, ``tests/test_batched.py``),
   and ``bristle`` when every sender a peer heard is a candidate (at most ``k + e``, or
-  ``num_candidates``);
+  ``num_candidates``). On the CPU only ``fedavg`` and ``bristle`` take the batched path: the others'
+  batched forms were slower there than the per-peer loop (``Strategy.batch_on_cpu``), so a CPU run
+  aggregates them per peer, as before;
 * the per-peer path, the named fallback "per-peer on the CPU" (:func:`has_batched_form`): every
   other rule (``bulyan``, ``geomed``, ``mozi``, ``balance``, ...), Bristle's sampling prioritizer
   when a peer heard more senders than it keeps as candidates, per-receiver attacks, FLTrust's root
@@ -52,11 +54,13 @@ if TYPE_CHECKING:
 CPU = torch.device("cpu")
 
 
-def has_batched_form(rule: strategies.Strategy) -> bool:
-    """Whether ``rule`` overrides ``Strategy.aggregate_batch``: the batched path, on
-    :attr:`GossipAggregation.aggregation_device`. Without it (the named fallback, "per-peer on the
-    CPU"), every peer aggregates in the per-peer loop on the CPU whatever ``engine.device`` is."""
-    return type(rule).aggregate_batch is not strategies.Strategy.aggregate_batch
+def has_batched_form(rule: strategies.Strategy, device: torch.device = CPU) -> bool:
+    """Whether the batched path aggregates with ``rule`` on ``device``: ``rule`` overrides
+    ``Strategy.aggregate_batch`` and, on the CPU, is faster batched there
+    (``Strategy.batch_on_cpu``). Otherwise (the named fallback, "per-peer on the CPU") every peer
+    aggregates in the per-peer loop on the CPU, whatever ``engine.device`` is."""
+    overrides = type(rule).aggregate_batch is not strategies.Strategy.aggregate_batch
+    return overrides and (device.type != "cpu" or rule.batch_on_cpu)
 
 
 def gather(rows: Any, idx: Tensor, device: torch.device) -> Tensor:
@@ -170,7 +174,7 @@ class GossipAggregation:
         bound the gathered ``[chunk, n, P]`` tensors; results do not depend on the chunk size."""
         chunk, dev = self.s.aggregate_chunk, self.aggregation_device
         done = np.zeros(self.p, dtype=bool)
-        if not has_batched_form(self.rule):
+        if not has_batched_form(self.rule, dev):
             return done, None
         active = ~self.is_byz if self.s.absent is None else ~self.is_byz & ~self.s.absent[self.ids]
         honest = np.flatnonzero(active)

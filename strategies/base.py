@@ -124,12 +124,18 @@ class Strategy:
     so float64 rows with the same values, shape and strides give the same result; a caller that
     aggregates every round (the federated server) then hands :func:`aggregate` a float64 scratch it
     keeps (``work=``) and the rows are converted into it instead of a fresh copy per call.
+
+    :attr:`batch_on_cpu`: whether an engine aggregating on the CPU uses :meth:`aggregate_batch`
+    (True: the batched form is the faster one there). False: the batched form exists for a device
+    (``engine.device``, where one call per chunk beats one per peer) but on a CPU the per-peer loop
+    is faster (its working set stays in the cache), so a CPU engine loops; the results are the same.
     """
 
     name: ClassVar[str] = ""
     needs: ClassVar[frozenset[str]] = frozenset()
     scores_whole_models: ClassVar[bool] = False
     float64_input: ClassVar[bool] = False
+    batch_on_cpu: ClassVar[bool] = True
     exchanges: ClassVar[str] = "full_model"
 
     def __post_init__(self) -> None:

@@ -42,6 +42,8 @@ class Median(Strategy):
     include_own: bool = param(True, Boolean())
 
     float64_input = True  # reads received through population (float64): a caller's scratch serves
+    # the batched form is for engine.device: on a CPU the per-peer loop was faster (docs/performance.md)
+    batch_on_cpu = False
 
     def check(self, n: int, f: int) -> None:
         check_population("median", n, f, self.include_own, 2 * f + 1, "2f + 1")
@@ -71,6 +73,8 @@ class TrimmedMean(Strategy):
     include_own: bool = param(True, Boolean())
 
     float64_input = True  # reads received through population (float64): a caller's scratch serves
+    # the batched form is for engine.device: on a CPU the per-peer loop was faster (docs/performance.md)
+    batch_on_cpu = False
 
     def _b(self, size: int, f: int) -> int:
         return f if self.beta is None else int(math.floor(self.beta * size))

@@ -47,6 +47,8 @@ class Krum(Strategy):
     exchanges = "full_model"  # what a message carries (byte accounting)
 
     include_own: bool = param(True, Boolean())
+    # the batched form is for engine.device: on a CPU the per-peer loop was faster (docs/performance.md)
+    batch_on_cpu = False
 
     def _size(self, n: int) -> int:
         return population_size(n, self.include_own)

@@ -231,6 +231,7 @@ WINDOWS = {"partition.kind": "windows", "partition.window": 2}  # many senders s
     ],
 )
 def test_peer_group_batched_aggregation_equals_per_peer_loop(small_scenario, monkeypatch, strategy, attack, over):
+    monkeypatch.setattr(type(build(strategy)), "batch_on_cpu", True)  # (batched on the CPU too, as on a device)
     calls = []
     per_peer = strategies.aggregate
     monkeypatch.setattr(strategies, "aggregate", lambda *a, **k: calls.append(1) or per_peer(*a, **k))

@@ -106,7 +106,7 @@ def test_gossip_round_aggregates_on_the_device(tmp_path, monkeypatch, rule, para
     context tensor on the device, computes only there (no tensor made off it), and its result
     reaches ``put`` on the device; no operation of the round mixes devices; the heads stay there."""
     g = _meta_group(tmp_path, monkeypatch, rule, params)
-    assert g.aggregation_device == META and gossip.has_batched_form(g.rule)
+    assert g.aggregation_device == META and gossip.has_batched_form(g.rule, META)
     if g.cwr:
         g.tw, g.tb = g.w.clone(), g.b.clone()  # train()'s CWR copies
     per_peer, calls, puts = strategies.aggregate, [], []
@@ -143,7 +143,7 @@ def test_a_rule_without_a_batched_form_falls_back_to_the_cpu(tmp_path, monkeypat
     """The named fallback: no batched form, so every peer aggregates per peer on the CPU (CPU inputs,
     a CPU result) and the result is written into the device heads."""
     g = _meta_group(tmp_path, monkeypatch, rule, {})
-    assert not gossip.has_batched_form(g.rule)
+    assert not gossip.has_batched_form(g.rule, META)
     per_peer, seen = strategies.aggregate, []
 
     def on_cpu(rule_, own, received, ctx, fallback=None, **kw):
@@ -157,6 +157,14 @@ def test_a_rule_without_a_batched_form_falls_back_to_the_cpu(tmp_path, monkeypat
     g.aggregate(0, torch.randn(g.s.num_peers, size, generator=gen).numpy())
     assert len(seen) == g.p and set().union(*seen) == {torch.device("cpu")}
     assert {k for k, t in _persistent(g).items() if t.device != META} == set()
+
+
+def test_on_the_cpu_only_fedavg_and_bristle_batch():
+    """``Strategy.batch_on_cpu``: the other batched forms were slower than the per-peer loop on a CPU,
+    so a CPU engine loops over them (as before they had one); a device takes them all."""
+    cpu = {rule for rule, params in RULES if gossip.has_batched_form(build(rule, params), torch.device("cpu"))}
+    assert cpu == {"fedavg", "bristle"}
+    assert all(gossip.has_batched_form(build(rule, params), META) for rule, params in RULES)
 
 
 def _inputs(g: int, n: int, c: int = 4, d: int = 6, bias: bool = True):
@@ -204,7 +212,8 @@ def test_context_to_the_cpu_is_itself_and_keeps_the_generator():
 @pytest.mark.parametrize("rule", ["median", "krum", "centered_clipping", "trimmed_mean", "bristle"])
 def test_cpu_device_object_is_byte_identical(tmp_path, monkeypatch, rule):
     """``engine.device: cuda`` resolved to the CPU's ``torch.device`` takes the device branch of the
-    aggregation (``aggregation_device`` is that object) and gives the bytes of ``engine.device: cpu``."""
+    aggregation (``aggregation_device`` is that object), here with every rule batched (``batch_on_cpu``
+    forced: as on a device), and gives the bytes of ``engine.device: cpu`` (per peer for all but bristle)."""
     def metrics(d):
         r = Run(parse(d))
         r.create_dir(overwrite=True)
@@ -218,7 +227,11 @@ def test_cpu_device_object_is_byte_identical(tmp_path, monkeypatch, rule):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     asked = []
     monkeypatch.setattr(peers, "resolve", lambda name: asked.append(name) or torch.device("cpu"))
+    monkeypatch.setattr(type(build(rule)), "batch_on_cpu", True)
+    calls, batched = [], strategies.aggregate_batch
+    monkeypatch.setattr(strategies, "aggregate_batch", lambda *a: calls.append(1) or batched(*a))
     dev = metrics(_scenario(tmp_path, rule, {}, "dev", **over, **{"engine.device": "cuda"}))
+    assert calls
     assert dev == cpu and cpu.count(b"\n") == 2 and asked == ["cuda"] * 2
 
 
