@@ -89,6 +89,8 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="train on K copies of the features (sizes > 60,000)")
     ap.add_argument("--message-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     ap.add_argument("--device", default="cpu", help="engine.device: cpu, cuda or cuda:N (with --backend local)")
+    ap.add_argument("--aggregate-chunk", type=_cli.count, default=None,
+                    help="engine.aggregate_chunk: receivers per batched rule call (default: the scenario's, 64)")
     ap.add_argument("--progress", action="store_true", help="print every round of the end-to-end runs")
     ap.add_argument("--skip-breakdown", action="store_true")
     ap.add_argument("--json", default=None, help="also write the results here")
@@ -146,7 +148,8 @@ def scenario(n: int, rounds: int, a: argparse.Namespace, strategy: str, out: Pat
         "training": {"optimizer": "sgd", "lr": 1.0, "momentum": 0.9, "batch_size": 32, "local_steps": 5},
         "evaluation": {"every": a.eval_every, "peers": a.eval_peers},
         "engine": {"backend": a.backend, "num_actors": a.num_actors, "cpus_per_actor": a.cpus_per_actor,
-                   "message_dtype": a.message_dtype, "device": a.device},
+                   "message_dtype": a.message_dtype, "device": a.device,
+                   **({} if a.aggregate_chunk is None else {"aggregate_chunk": a.aggregate_chunk})},
         "checkpoint": {"every": 0},
         "output": {"dir": str(out)},
     }

@@ -7,19 +7,21 @@ actors are started without GPUs, so Ray is refused). Two paths, one placement ea
   heads ``w, b``, their optimizer state and CWR copies, the group's training shards (plain or
   zero-padded), every minibatch gather and local step, and the test set for evaluation. The
   minibatch indices are still drawn on the CPU (:mod:`fedsim.rng`) and moved, so a device run
-  differs from a CPU run by float rounding only. The aggregation stays on the CPU
-  (:mod:`fedsim.gossip`, :mod:`fedsim.routing`: the messages are CPU NumPy arrays, copied off the
-  device once per round by :func:`fedsim.routing.encode_head`; the rule's results are copied back
-  into the heads), as do the federated server (:mod:`fedsim.server`) and the checkpoints.
+  differs from a CPU run by float rounding only. The messages are CPU NumPy arrays, copied off the
+  device once per round by :func:`fedsim.routing.encode_head`; the decentralized aggregation's
+  batched path (:mod:`fedsim.gossip`: rules with ``aggregate_batch``) moves each chunk's heard rows
+  there and computes there, its per-peer fallback stays on the CPU (the module docstring of
+  :mod:`fedsim.gossip` says what runs where), as do the federated server (:mod:`fedsim.server`)
+  and the checkpoints.
 * a model section's stacked trainable part (:class:`fedsim.stacked.StackedModel`,
   :class:`fedsim.whole.WholePeerGroup`; issue 18): its parameters, optimizer state and the group's
   cached training and test inputs (the frozen prefix's activations); messages, aggregation and
   attacks stay on the CPU in NumPy.
 
 One code path: with ``cpu`` nothing moves (a run is byte-identical to one without the field,
-``tests/test_device.py``). Not yet run on a GPU: no machine with one was available when this was
-written; the CUDA path is checked on the CPU only (placement of every tensor, by the tests), and
-``benchmarks/gpu_check.sh`` is the measurement to run where a GPU is lent.
+``tests/test_device.py``, ``tests/test_device_aggregation.py``). Not yet run on a GPU: no machine
+with one was available when this was written; the CUDA path is checked on the CPU only (placement
+of every tensor, by the tests), and ``benchmarks/gpu_check.sh`` is the measurement to run where a GPU is lent.
 """
 
 from __future__ import annotations

@@ -3,9 +3,32 @@ in-neighbours' messages (:meth:`GossipAggregation.aggregate`), vectorised by in-
 (``Strategy.aggregate_batch``) with a per-peer fallback (per-receiver attacks, root updates, rules
 without a batched form). Its methods were :class:`fedsim.peers.PeerGroup`'s, moved unchanged;
 :class:`~fedsim.peers.PeerGroup` inherits them and sets up the state they read (declared below).
-It runs on the CPU whatever ``engine.device`` is (:mod:`fedsim.device`): the messages are CPU
-arrays; what it reads of the group's device tensors (CWR's trained copies, FLTrust's root update's
-starting heads) it copies to the CPU, and the results go back through ``put``.
+What runs where (``engine.device``, :mod:`fedsim.device`; :attr:`GossipAggregation.aggregation_device`):
+
+* the messages, the forging attacks (:func:`fedsim.messages.forge_messages`), the in-degree
+  buckets, the finite-row checks and every random draw stay on the CPU (NumPy / :mod:`fedsim.rng`);
+* the batched path (:meth:`GossipAggregation._aggregate_batched`, rules with
+  ``Strategy.aggregate_batch``, listed below) runs on the aggregation device: each chunk's heard
+  rows are gathered on the CPU in the message dtype and moved once (:meth:`fedsim.routing.Rows.take`),
+  with the chunk's sent heads, its ``own`` rows (CWR's trained copies are read where they live) and
+  its context (validation splits, familiar classes, overlaps, previous heads; built on the CPU,
+  :meth:`strategies.AggregationContext.to`); the rule computes there and its result is written into
+  the device heads by ``put``, with no copy through the CPU;
+* the batched rules: ``fedavg``, ``median``, ``trimmed_mean``, ``krum``, ``multikrum``,
+  ``centered_clipping`` (each bit-identical to its per-peer call on the CPU, ``tests/test_batched.py``),
+  and ``bristle`` when every sender a peer heard is a candidate (at most ``k + e``, or
+  ``num_candidates``). On the CPU only ``fedavg`` and ``bristle`` take the batched path: the others'
+  batched forms were slower there than the per-peer loop (``Strategy.batch_on_cpu``), so a CPU run
+  aggregates them per peer, as before;
+* the per-peer path, the named fallback "per-peer on the CPU" (:func:`has_batched_form`): every
+  other rule (``bulyan``, ``geomed``, ``mozi``, ``balance``, ...), Bristle's sampling prioritizer
+  when a peer heard more senders than it keeps as candidates, per-receiver attacks, FLTrust's root
+  updates, a chunk whose rule declines (``aggregate_batch`` returns None) and peers that heard a
+  non-finite row; it runs on the CPU as before: its ``own`` rows are copied off the device and its
+  results go back through ``put``.
+
+With ``engine.device: cpu`` nothing moves (byte-identical to the CPU-only code, ``tests/test_device.py``).
+Not yet run on a GPU: checked on the CPU and on torch's ``meta`` device only (``tests/test_device_aggregation.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +50,23 @@ from fedsim.shards import pad_rows
 if TYPE_CHECKING:
     from fedsim.group_setup import GroupSetup
     from fedsim.topology import Topology
+
+CPU = torch.device("cpu")
+
+
+def has_batched_form(rule: strategies.Strategy, device: torch.device = CPU) -> bool:
+    """Whether the batched path aggregates with ``rule`` on ``device``: ``rule`` overrides
+    ``Strategy.aggregate_batch`` and, on the CPU, is faster batched there
+    (``Strategy.batch_on_cpu``). Otherwise (the named fallback, "per-peer on the CPU") every peer
+    aggregates in the per-peer loop on the CPU, whatever ``engine.device`` is."""
+    overrides = type(rule).aggregate_batch is not strategies.Strategy.aggregate_batch
+    return overrides and (device.type != "cpu" or rule.batch_on_cpu)
+
+
+def gather(rows: Any, idx: Tensor, device: torch.device) -> Tensor:
+    """Rows ``idx`` of the messages (:class:`fedsim.routing.Rows` or a CPU tensor: a forger's output)
+    as float32 on ``device``, moved once."""
+    return rows.take(idx, device) if isinstance(rows, routing.Rows) else rows[idx].to(device)
 
 
 class GossipAggregation:
@@ -56,6 +96,14 @@ class GossipAggregation:
     cwr: bool
     previous: Tensor | None
     stale_history: Tensor | None
+
+    @property
+    def aggregation_device(self) -> torch.device:
+        """Where the batched path runs: the linear-head group's resolved ``engine.device``
+        (``self.device``) when its ``GroupSetup.device`` is not the CPU; else the CPU (a whole-model
+        group, :mod:`fedsim.whole`, keeps ``GroupSetup.device: cpu`` and aggregates on the CPU)."""
+        return CPU if self.s.device == "cpu" else self.device
+
     def _overlap(self, js: Tensor, senders: Tensor) -> Tensor | None:
         """``|F_i ∩ F_j|`` for hosted peers ``js [...]`` and the senders they heard ``senders [..., n]``
         (global ids), from the class sets peers claim (None: the rule compares no class sets)."""
@@ -110,21 +158,23 @@ class GossipAggregation:
         indptr: np.ndarray,
         indices: np.ndarray,
         put: Callable[[Tensor, Tensor], None],
-        own_rows: Callable[[Tensor], Tensor],
+        own_rows: Callable[[Tensor, torch.device], Tensor],
     ) -> tuple[np.ndarray, int | None]:
         """Honest present hosted peers grouped by how many valid messages they heard, one
         vectorised rule call (``Strategy.aggregate_batch``) per group and chunk of peers instead
         of one call per peer. Returns which hosted peers are done (the rest go through the
         per-peer loop) and the messages dropped for all of them (None: the rule has no batched
-        form). ``put(js, rows)`` stores the aggregated vectors of hosted peers ``js``; ``own_rows(js)``:
+        form). ``put(js, rows)`` stores the aggregated vectors of hosted peers ``js``; ``own_rows(js, device)``:
         what the rule gets as hosted peers ``js``' own vectors (their sent heads, or with consolidated
-        weights their trained copies). ``params`` and ``msgs`` may be
-        :class:`fedsim.routing.Rows`: only each chunk's heard rows are gathered. Chunks of
+        weights their trained copies), on ``device``. ``params`` and ``msgs`` may be
+        :class:`fedsim.routing.Rows`: only each chunk's heard rows are gathered, and moved once to
+        :attr:`aggregation_device` (with the chunk's sent heads and context; the rule runs there and
+        ``put`` gets its result there). Chunks of
         ``engine.aggregate_chunk`` peers (64: a chunk's float64 working set stays inside the cache)
         bound the gathered ``[chunk, n, P]`` tensors; results do not depend on the chunk size."""
-        chunk = self.s.aggregate_chunk
+        chunk, dev = self.s.aggregate_chunk, self.aggregation_device
         done = np.zeros(self.p, dtype=bool)
-        if type(self.rule).aggregate_batch is strategies.Strategy.aggregate_batch:
+        if not has_batched_form(self.rule, dev):
             return done, None
         active = ~self.is_byz if self.s.absent is None else ~self.is_byz & ~self.s.absent[self.ids]
         honest = np.flatnonzero(active)
@@ -152,10 +202,10 @@ class GossipAggregation:
                 if len(r) == 0:
                     continue
                 js = honest[r]
-                sent = params[torch.from_numpy(self.ids[js])]
-                received = msgs[torch.from_numpy(table[r, :n])]
-                ctx = self._batch_ctx(js, round_, table[r, :n])
-                out = strategies.aggregate_batch(self.rule, own_rows(torch.from_numpy(js)), received, ctx, sent)
+                sent = gather(params, torch.from_numpy(self.ids[js]), dev)
+                received = gather(msgs, torch.from_numpy(table[r, :n]), dev)
+                ctx = self._batch_ctx(js, round_, table[r, :n]).to(dev)  # (built on the CPU, moved once)
+                out = strategies.aggregate_batch(self.rule, own_rows(torch.from_numpy(js), dev), received, ctx, sent)
                 if out is None:
                     continue
                 put(torch.from_numpy(js), out)
@@ -197,13 +247,14 @@ class GossipAggregation:
         indptr, indices = self.topology.in_neighbors(round_)
         put, finish = self._result_writer(params, msgs)
 
-        # the rule's ``own``: the sent heads, or with consolidated weights the trained copies
-        def own_rows(js: Tensor) -> Tensor:
-            if self.cwr:  # (the trained copies live on engine.device; the rule gets CPU rows)
+        # the rule's ``own`` on ``device``: the sent heads, or with consolidated weights the trained copies
+        def own_rows(js: Tensor, device: torch.device = CPU) -> Tensor:
+            if self.cwr:  # (the trained copies live on engine.device: read there, copied only to the CPU path)
                 at = js.to(self.tw.device)
                 tb = self.tb.index_select(0, at) if self.bias else None
-                return strategies.flatten(self.tw.index_select(0, at), tb).cpu()
-            return params[js + self.s.first]
+                rows = strategies.flatten(self.tw.index_select(0, at), tb)
+                return rows.cpu() if device.type == "cpu" else rows.to(device)
+            return gather(params, js + self.s.first, device)
 
         root = self._root_updates(round_) if "root_update" in self.rule.needs else None
         dropped = skipped = 0

@@ -97,7 +97,8 @@ def runtime_f(ctx: AggregationContext, size: int) -> int:
 
 
 def pairwise_sq_dists(x: Tensor) -> Tensor:
-    """``D[i, j] = ||x_i - x_j||²`` for ``x [N, P]`` (float64, difference form: no cancellation)."""
+    """``D[..., i, j] = ||x_i - x_j||²`` for ``x [..., N, P]`` (leading dims batch; float64,
+    difference form: no cancellation)."""
     x = f64(x)
     return sq_dists(x[None], x[None])[0]
 
@@ -123,27 +124,29 @@ def clip_rows(v: Tensor, tau: float | Tensor) -> Tensor:
 
 
 def krum_order(sq: Tensor, f: int) -> Tensor:
-    """Indices sorted by Krum score (``sq``: pairwise squared distances), best first; ties go to
-    the lower index. The neighbour count ``N - f - 2`` is clamped to ``[1, N - 1]`` (runtime
+    """Indices ``[..., N]`` sorted by Krum score (``sq [..., N, N]``: pairwise squared distances), best
+    first; ties go to the lower index. The neighbour count ``N - f - 2`` is clamped to ``[1, N - 1]`` (runtime
     degrade, :func:`fedlib.distances.krum_scores`)."""
-    return torch.sort(_krum_kernel(sq, f, degrade=True), stable=True).indices
+    return torch.sort(_krum_kernel(sq, f, degrade=True), dim=-1, stable=True).indices
 
 
 # --------------------------------------------------------------------------- coordinate-wise
 
 
 def coordinate_median(x: Tensor) -> Tensor:
-    """Coordinate-wise median of ``x [N, P]``; the mean of the two middle values when N is even."""
-    s = torch.sort(x, dim=0).values
-    n = x.shape[0]
-    return 0.5 * (s[(n - 1) // 2] + s[n // 2])
+    """Coordinate-wise median of ``x [..., N, P]`` (leading dims batch peers) → ``[..., P]``; the
+    mean of the two middle values when N is even."""
+    s = torch.sort(x, dim=-2).values
+    n = x.shape[-2]
+    return 0.5 * (s[..., (n - 1) // 2, :] + s[..., n // 2, :])
 
 
 def coordinate_trimmed_mean(x: Tensor, b: int) -> Tensor:
-    """Coordinate-wise mean after removing the ``b`` largest and ``b`` smallest values."""
-    n = x.shape[0]
+    """Coordinate-wise mean of ``x [..., N, P]`` after removing the ``b`` largest and ``b`` smallest
+    values → ``[..., P]``."""
+    n = x.shape[-2]
     b = max(0, min(b, (n - 1) // 2))
-    return torch.sort(x, dim=0).values[b : n - b].mean(dim=0)
+    return torch.sort(x, dim=-2).values[..., b : n - b, :].mean(dim=-2)
 
 
 # --------------------------------------------------------------------------- validation scores

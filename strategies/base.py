@@ -15,7 +15,7 @@ and the leaf :mod:`fedlib` only, never ``fedsim``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import ClassVar
 
 import torch
@@ -86,6 +86,14 @@ class AggregationContext:
     def num_params(self) -> int:
         return num_params(self.layer_shape, self.bias)
 
+    def to(self, device: torch.device) -> AggregationContext:
+        """This context with every tensor field on ``device`` (``generator`` and ``val_logits`` as
+        they are: random draws stay where the caller made them). On the CPU, ``self`` unchanged."""
+        if device.type == "cpu":
+            return self
+        moved = {f.name: v.to(device) for f in fields(self) if isinstance(v := getattr(self, f.name), Tensor)}
+        return replace(self, **moved)
+
 
 def head_logits(params: Tensor, x: Tensor, layer_shape: tuple[int, int], bias: bool) -> Tensor:
     """Logits of linear heads ``params [k, P]`` on features ``x [m, d]`` → ``[k, m, C]``."""
@@ -116,12 +124,18 @@ class Strategy:
     so float64 rows with the same values, shape and strides give the same result; a caller that
     aggregates every round (the federated server) then hands :func:`aggregate` a float64 scratch it
     keeps (``work=``) and the rows are converted into it instead of a fresh copy per call.
+
+    :attr:`batch_on_cpu`: whether an engine aggregating on the CPU uses :meth:`aggregate_batch`
+    (True: the batched form is the faster one there). False: the batched form exists for a device
+    (``engine.device``, where one call per chunk beats one per peer) but on a CPU the per-peer loop
+    is faster (its working set stays in the cache), so a CPU engine loops; the results are the same.
     """
 
     name: ClassVar[str] = ""
     needs: ClassVar[frozenset[str]] = frozenset()
     scores_whole_models: ClassVar[bool] = False
     float64_input: ClassVar[bool] = False
+    batch_on_cpu: ClassVar[bool] = True
     exchanges: ClassVar[str] = "full_model"
 
     def __post_init__(self) -> None:
@@ -166,6 +180,8 @@ def finite_rows(x: Tensor) -> Tensor:
     """Bool ``[n]``: which rows of ``x [n, P]`` hold only finite values. A NaN/Inf entry makes its
     row's sum non-finite, so only rows whose sum is not finite (those, or finite rows whose sum
     overflows) are checked entry by entry: one pass over ``x`` instead of a boolean copy of it."""
+    if x.device.type != "cpu":  # (on a device: entry by entry in one kernel, no value read back to the host)
+        return torch.isfinite(x).all(dim=1)
     finite = torch.isfinite(x.sum(dim=1))
     if not bool(finite.all()):
         suspect = torch.nonzero(~finite).flatten()
@@ -250,11 +266,12 @@ def aggregate_batch(
     of the right shape (``own [g, P]``, ``received [g, n, P]``): runs
     :meth:`Strategy.aggregate_batch` and keeps a peer's ``fallback`` row (default: its own
     vector) where its result is not finite. ``None`` when the rule has no batched form for these
-    inputs (call :func:`aggregate` per peer instead)."""
+    inputs (call :func:`aggregate` per peer instead). Off the CPU (``engine.device``) the check
+    never reads a value back to the host: the rows are always chosen on the device (the same values)."""
     out = strategy.aggregate_batch(own, received.to(own.dtype), ctx)
     if out is None:
         return None
     finite = finite_rows(out)
-    if bool(finite.all()):  # (the usual case: no [g, P] copy)
+    if out.device.type == "cpu" and bool(finite.all()):  # (the usual case on the CPU: no [g, P] copy)
         return out
     return torch.where(finite[:, None], out, own if fallback is None else fallback)

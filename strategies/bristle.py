@@ -266,7 +266,7 @@ class Bristle(Strategy):
         metric), ``counts [k]`` classes scored per candidate (default: all ``F``) →
         ``(w [k, F], u [k])``, the per-class weights and the foreign-class weight."""
         k, nf = m_cand.shape
-        s = torch.full((k,), nf, dtype=torch.long) if counts is None else counts.long()
+        s = torch.full((k,), nf, dtype=torch.long, device=m_own.device) if counts is None else counts.long()
         fam = torch.ones(nf, dtype=torch.bool, device=m_own.device)
         return self._scores(m_own, m_cand, fam, s.to(m_own.device), s.to(m_own.device) > 0)
 

@@ -42,12 +42,18 @@ class Median(Strategy):
     include_own: bool = param(True, Boolean())
 
     float64_input = True  # reads received through population (float64): a caller's scratch serves
+    # the batched form is for engine.device: on a CPU the per-peer loop was faster (docs/performance.md)
+    batch_on_cpu = False
 
     def check(self, n: int, f: int) -> None:
         check_population("median", n, f, self.include_own, 2 * f + 1, "2f + 1")
 
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
         return to_like(coordinate_median(population(own, received, self.include_own)), own)
+
+    def aggregate_batch(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
+        """``__call__`` for ``g`` peers at once (``own [g, P]``, ``received [g, n, P]``): the same sort per peer."""
+        return self(own, received, ctx)
 
 
 @register("trimmed_mean")
@@ -67,6 +73,8 @@ class TrimmedMean(Strategy):
     include_own: bool = param(True, Boolean())
 
     float64_input = True  # reads received through population (float64): a caller's scratch serves
+    # the batched form is for engine.device: on a CPU the per-peer loop was faster (docs/performance.md)
+    batch_on_cpu = False
 
     def _b(self, size: int, f: int) -> int:
         return f if self.beta is None else int(math.floor(self.beta * size))
@@ -83,5 +91,11 @@ class TrimmedMean(Strategy):
                              f"need beta >= {f / size:.3g}")
 
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
-        x = population(own, received, self.include_own)
-        return to_like(coordinate_trimmed_mean(x, self._b(x.shape[0], runtime_f(ctx, x.shape[0]))), own)
+        x = population(own, received, self.include_own)  # [..., N, P]: leading dims batch peers
+        size = x.shape[-2]
+        return to_like(coordinate_trimmed_mean(x, self._b(size, runtime_f(ctx, size))), own)
+
+    def aggregate_batch(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
+        """``__call__`` for ``g`` peers at once (``own [g, P]``, ``received [g, n, P]``; ``b`` depends
+        on ``n`` only, the same for every peer of a batch)."""
+        return self(own, received, ctx)

@@ -47,6 +47,8 @@ class Krum(Strategy):
     exchanges = "full_model"  # what a message carries (byte accounting)
 
     include_own: bool = param(True, Boolean())
+    # the batched form is for engine.device: on a CPU the per-peer loop was faster (docs/performance.md)
+    batch_on_cpu = False
 
     def _size(self, n: int) -> int:
         return population_size(n, self.include_own)
@@ -55,12 +57,19 @@ class Krum(Strategy):
         check_population(self.name, n, f, self.include_own, 2 * f + 2, "2f + 2", strict=True)
 
     def _selected(self, x: Tensor, f: int) -> Tensor:
-        return krum_order(pairwise_sq_dists(x), f)[:1]
+        """Indices ``[..., m]`` of the selected vectors among ``x [..., N, P]``."""
+        return krum_order(pairwise_sq_dists(x), f)[..., :1]
 
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
-        x = population(own, received, self.include_own)
-        f = runtime_f(ctx, x.shape[0])
-        return to_like(x[self._selected(x, f)].mean(dim=0), own)
+        x = population(own, received, self.include_own)  # [..., N, P]: leading dims batch peers
+        f = runtime_f(ctx, x.shape[-2])
+        idx = self._selected(x, f)
+        return to_like(torch.take_along_dim(x, idx[..., None], dim=-2).mean(dim=-2), own)
+
+    def aggregate_batch(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
+        """``__call__`` for ``g`` peers at once (``own [g, P]``, ``received [g, n, P]``): each peer's
+        distances, scores and choice, as in the per-peer call (``f`` depends on ``n`` only)."""
+        return self(own, received, ctx)
 
 
 @register("multikrum")
@@ -82,9 +91,9 @@ class MultiKrum(Krum):
             raise ValueError(f"m: must be <= the number of candidates {self._size(n)}, got {self.m}")
 
     def _selected(self, x: Tensor, f: int) -> Tensor:
-        size = x.shape[0]
+        size = x.shape[-2]
         m = size - f if self.m is None else self.m
-        return krum_order(pairwise_sq_dists(x), f)[: max(1, min(m, size))]
+        return krum_order(pairwise_sq_dists(x), f)[..., : max(1, min(m, size))]
 
 
 @register("bulyan")

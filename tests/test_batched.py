@@ -1,6 +1,7 @@
 """The vectorised paths of the engine give the numbers of the per-peer ones.
 
-* ``Strategy.aggregate_batch`` (FedAvg, Bristle) row for row equals ``__call__`` — to the bit,
+* ``Strategy.aggregate_batch`` (FedAvg, Bristle; median, trimmed mean, Krum, Multi-Krum and centered
+  clipping through the group test below) row for row equals ``__call__`` — to the bit,
   whatever other peers share the batch and however the validation sets are padded.
 * ``PeerGroup.aggregate`` with the batched path equals the per-peer loop, to the bit.
 * Small shards train on draw-count weights (``GroupSetup.shard_pad``): the same gradient as the
@@ -137,7 +138,7 @@ def test_aggregate_batch_keeps_own_where_the_rule_gives_non_finite_values():
     out = strategies.aggregate_batch(_NaNOnFirstRow(), own, received, AggregationContext(layer_shape=(C, D)))
     assert torch.equal(out[0], own[0])
     torch.testing.assert_close(out[1:], received[1:].mean(1))
-    assert strategies.aggregate_batch(build("median"), own, received, AggregationContext(layer_shape=(C, D))) is None
+    assert strategies.aggregate_batch(build("bulyan"), own, received, AggregationContext(layer_shape=(C, D))) is None
 
 
 def test_weighted_minibatch_gradient_equals_gathered_minibatch():
@@ -222,9 +223,15 @@ WINDOWS = {"partition.kind": "windows", "partition.window": 2}  # many senders s
         ("bristle", "label_shift", {**WINDOWS, "partition.byzantine_classes": "all"}),  # overlap 0 and CWR
         ("bristle", "none", {**WINDOWS, "strategy.params": {"cwr": False, "classes": "top", "top": 1}}),
         ("fedavg", "alie", {}),
+        ("median", "alie", {}),
+        ("trimmed_mean", "sign_flip", {}),
+        ("krum", "alie", {}),
+        ("multikrum", "nan", {}),
+        ("centered_clipping", "alie", {"strategy.params": {"iterations": 2, "tau": 0.5}}),
     ],
 )
 def test_peer_group_batched_aggregation_equals_per_peer_loop(small_scenario, monkeypatch, strategy, attack, over):
+    monkeypatch.setattr(type(build(strategy)), "batch_on_cpu", True)  # (batched on the CPU too, as on a device)
     calls = []
     per_peer = strategies.aggregate
     monkeypatch.setattr(strategies, "aggregate", lambda *a, **k: calls.append(1) or per_peer(*a, **k))
