@@ -8,6 +8,8 @@ weights are saved. The shipped ``fmnist_cnn.pt`` was made with
 from __future__ import annotations
 
 import json
+import math
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,10 +32,17 @@ def pretrain(
     out: Path | None = None,
     log=print,
 ) -> dict:
-    """Train ``backbone`` on ``dataset`` and save its weights; returns a summary dict."""
+    """Train ``backbone`` on ``dataset`` and save its weights; returns a summary dict.
+
+    Bad arguments and an output path it cannot write are one-line ``ValueError``s raised before
+    any data is loaded or trained on (``epochs=0`` would otherwise overwrite the weights with an
+    untrained network)."""
     spec = get_spec(backbone)
     if spec.build is None:
         raise ValueError("the identity backbone has nothing to pretrain")
+    check_args(epochs, lr, batch_size)
+    out = Path(out) if out else spec.weights_path()
+    check_writable(out)
     ds = load(dataset or spec.pretrain_dataset, data_dir)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -63,8 +72,6 @@ def pretrain(
         acc = float((pred.numpy() == ds.y_test).mean())
         feats = torch.cat([net(x[i : i + 1024]) for i in range(0, len(x), 1024)])
         net[-1].fit(feats)  # FeatureScale: standardise with the source dataset's statistics
-    out = Path(out) if out else spec.weights_path()
-    out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), out)
     summary = {
         "backbone": backbone,
@@ -81,3 +88,25 @@ def pretrain(
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     log(f"saved {out} (source-task test accuracy {acc:.4f})")
     return summary
+
+
+def check_args(epochs: int, lr: float, batch_size: int) -> None:
+    """Refuse training settings that cannot train, in one line naming the option."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"--epochs: must be an integer >= 1, got {epochs!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"--batch-size: must be an integer >= 1, got {batch_size!r}")
+    if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"--lr: must be a finite number > 0, got {lr!r}")
+
+
+def check_writable(out: Path) -> None:
+    """Make ``out``'s folder and prove a file can be written there, before minutes of training."""
+    if out.is_dir():
+        raise ValueError(f"--out {out}: is a directory; name the weights file, e.g. {out / 'backbone.pt'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=".fedsim-write-check-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot write there ({e.strerror or e})") from None
