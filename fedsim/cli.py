@@ -134,7 +134,7 @@ def run(
     if summary is None:
         return
     summary["wall_seconds"] = round(time.time() - t0, 2)
-    _summary_table(console, summary, r.dir)
+    _summary_table(console, summary, r.dir, resumed=resume_dir is not None)
     if summary.get("probes") and (r.dir / "probes.json").exists():
         import json
 
@@ -192,7 +192,9 @@ def _guarded(r, console, progress, resume: bool, log=None) -> dict | None:
         raise
 
 
-def _summary_table(console, s: dict, run_dir: Path) -> None:
+def _summary_table(console, s: dict, run_dir: Path, resumed: bool = False) -> None:
+    """The run's summary. After a resume the rounds' time covers every session and the wall time
+    only this command, so the rows say so (else 5 s in rounds beside 3 s of wall time reads wrong)."""
     from rich.table import Table
 
     t = Table(title=f"fedsim run '{s['name']}' — {run_dir}")
@@ -207,8 +209,8 @@ def _summary_table(console, s: dict, run_dir: Path) -> None:
         ("final honest accuracy: mean", _pct(s["final_accuracy_mean"])),
         ("final honest accuracy: min / max", f"{_pct(s['final_accuracy_min'])} / {_pct(s['final_accuracy_max'])}"),
         ("bytes sent (all peers, all rounds)", _bytes(s["bytes_sent_total"])),
-        ("time in rounds", f"{s['wall_seconds_rounds']:.2f} s"),
-        ("wall time", f"{s.get('wall_seconds', 0):.2f} s"),
+        ("time in rounds" + (" (all sessions)" if resumed else ""), f"{s['wall_seconds_rounds']:.2f} s"),
+        ("wall time" + (" (this command)" if resumed else ""), f"{s.get('wall_seconds', 0):.2f} s"),
     ]
     for k, v in rows:
         t.add_row(k, str(v))
