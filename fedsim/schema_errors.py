@@ -65,6 +65,9 @@ def _messages(e: ValidationError) -> list[str]:
             msg = f"got {err.get('input')!r}{_did_you_mean(err.get('input'), allowed)}; {msg.lower()}"
         elif err["type"] in ("int_type", "float_type", "bool_type", "string_type", "finite_number", "dict_type"):
             msg = f"{msg}, got {_show(err.get('input'))} (types are strict: no true for a number, no '5' for 5)"
+        elif err["type"] == "list_type":  # `plugins: my.py` for `plugins: [my.py]`
+            value = err.get("input")
+            msg = f"{msg}, got {_show(value)}" + (f"; write a YAML list: [{value}]" if isinstance(value, str) else "")
         elif err["type"] == "string_pattern_mismatch":  # a regex alone does not teach: say what it stands for
             about = _description(err["loc"])
             msg = f"{msg}, got {_show(err.get('input'))}" + (f": {about}" if about else "")
