@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fedlib.params import CHECK, constraint
-from fedlib.registry import did_you_mean
+from fedlib.registry import class_doc, did_you_mean
 from fedsim.errors import FedsimError
 
 KINDS = ("datasets", "backbones", "partitions", "topologies", "strategies", "attacks", "probes")
@@ -248,7 +248,7 @@ def describe(kind: str, name: str) -> tuple[str, list[Param]]:
         registry = _registry(kind)
         _lookup(kind, name, registry)
         cls = registry[name]
-        return inspect.cleandoc(cls.__doc__ or "(no docstring)"), class_params(cls)
+        return class_doc(cls), class_params(cls)
     if kind in ("partitions", "topologies"):
         from fedsim import scenario
 
@@ -261,7 +261,7 @@ def describe(kind: str, name: str) -> tuple[str, list[Param]]:
         from fedsim.probe_registry import kinds
 
         _lookup(kind, name, kinds())
-        return inspect.cleandoc(kinds()[name].__doc__ or "(no docstring)"), probe_params(name)
+        return class_doc(kinds()[name]), probe_params(name)
     if kind == "datasets":
         from fedsim.data.datasets import DATASETS
 
