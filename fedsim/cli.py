@@ -305,6 +305,18 @@ def _validate_sweep(path: Path) -> tuple[list[str], list[str]]:
     return [], warnings
 
 
+def _load_plugins(entries: tuple[str, ...]) -> None:
+    """Import ``--plugin`` entries as a scenario's ``plugins:`` would; a bad one is a usage error."""
+    if not entries:
+        return
+    from fedsim import plugins
+
+    try:
+        plugins.load([plugins.normalize(e) for e in entries])
+    except ValueError as e:  # PluginError, or an entry that is neither a file nor a module name
+        raise click.BadParameter(str(e), param_hint="--plugin") from None
+
+
 @main.command(name="list", short_help="What a scenario can name; one component's docs and parameters.")
 @click.argument("kind", required=False, metavar="[KIND]")
 @click.argument("name", required=False)
@@ -332,14 +344,7 @@ def list_(kind: str | None, name: str | None, plugin_entries: tuple[str, ...]) -
     """
     from fedsim import catalog
 
-    if plugin_entries:
-        from fedsim import plugins
-
-        try:
-            plugins.load([plugins.normalize(e) for e in plugin_entries])
-        except ValueError as e:  # PluginError, or an entry that is neither a file nor a module name
-            raise click.BadParameter(str(e), param_hint="--plugin") from None
-
+    _load_plugins(plugin_entries)
     kinds = [catalog.resolve_kind(kind)] if kind else list(catalog.KINDS)
     if name is not None:
         text, params = catalog.describe(kinds[0], name)
@@ -371,6 +376,13 @@ def list_(kind: str | None, name: str | None, plugin_entries: tuple[str, ...]) -
     type=click.Path(dir_okay=False, path_type=Path),
     help="Weights file (default: the shipped path for shipped backbones, else ~/.cache/fedsim/weights).",
 )
+@click.option(
+    "--plugin",
+    "plugin_entries",
+    multiple=True,
+    metavar="FILE_OR_MODULE",
+    help="Import this plugin first, so --backbone may name a backbone it registers (docs/extending.md).",
+)
 def pretrain(
     backbone: str,
     dataset: str | None,
@@ -380,12 +392,17 @@ def pretrain(
     batch_size: int,
     seed: int,
     out: Path | None,
+    plugin_entries: tuple[str, ...] = (),
 ) -> None:
     """Pretrain a backbone on its source dataset and save its frozen weights (seeded).
 
     The shipped fmnist_cnn weights were made by `fedsim pretrain` with the defaults (about 100 s
-    on 2 CPU cores)."""
+    on 2 CPU cores). A plugin's backbone: `fedsim pretrain --plugin my_plugins.py --backbone NAME
+    --dataset DATASET` writes ~/.cache/fedsim/weights/NAME.pt ($FEDSIM_WEIGHTS_DIR), where runs
+    read it."""
     from fedsim.models.pretrain import pretrain as run_pretrain
+
+    _load_plugins(plugin_entries)
 
     try:
         run_pretrain(backbone, dataset, data_dir, epochs, lr, batch_size, seed, out, log=click.echo)

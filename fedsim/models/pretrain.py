@@ -1,7 +1,8 @@
 """Pretrain a backbone on its source dataset (``fedsim pretrain``), seeded.
 
 The network gets a temporary 2-layer classifier on top; after training only the backbone's
-weights are saved. The shipped ``fmnist_cnn.pt`` was made with
+weights are saved (a final ``FeatureScale``, as fedsim's CNNs have, is first fitted to the source
+data's features; a plugin's backbone without one is saved as trained). The shipped ``fmnist_cnn.pt`` was made with
 ``fedsim pretrain --backbone fmnist_cnn`` (defaults below).
 """
 
@@ -19,6 +20,7 @@ from torch import nn
 
 from fedsim.data.datasets import load
 from fedsim.models.backbones import get_spec, to_input
+from fedsim.models.nets import FeatureScale
 
 
 def pretrain(
@@ -40,6 +42,12 @@ def pretrain(
     spec = get_spec(backbone)
     if spec.build is None:
         raise ValueError("the identity backbone has nothing to pretrain")
+    if not spec.weights_file:
+        raise ValueError(f"backbone {backbone!r} sets weights_file=False (its builder sets its own weights), "
+                         "so a run would never read pretrained weights; set weights_file=True to pretrain it")
+    if not (dataset or spec.pretrain_dataset):
+        raise ValueError(f"--dataset: backbone {backbone!r} names no source dataset; give one "
+                         "(fedsim list datasets)")
     check_args(epochs, lr, batch_size)
     out = Path(out) if out else spec.weights_path()
     check_writable(out)
@@ -70,8 +78,10 @@ def pretrain(
         xt = to_input(ds.x_test, spec)
         pred = torch.cat([model(xt[i : i + 1024]).argmax(1) for i in range(0, len(xt), 1024)])
         acc = float((pred.numpy() == ds.y_test).mean())
-        feats = torch.cat([net(x[i : i + 1024]) for i in range(0, len(x), 1024)])
-        net[-1].fit(feats)  # FeatureScale: standardise with the source dataset's statistics
+        last = net[-1] if isinstance(net, nn.Sequential) and len(net) else None
+        if isinstance(last, FeatureScale):  # fedsim's CNNs: standardise with the source data's statistics
+            last.fit(torch.cat([net(x[i : i + 1024]) for i in range(0, len(x), 1024)]))
+        # a plugin's backbone without a FeatureScale at its end is saved as trained
     torch.save(net.state_dict(), out)
     summary = {
         "backbone": backbone,
