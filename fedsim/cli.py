@@ -123,7 +123,8 @@ def run(
         elif scenario is None:
             raise click.UsageError("give a SCENARIO file or --resume RUN_DIR")
         else:
-            sc = sc_mod.load(scenario, overrides)
+            # the data must be here before create_dir makes (or --overwrite empties) the run's folder
+            sc = sc_mod.load(scenario, overrides, require_data=True)
             r = Run(sc, out_dir)
             r.create_dir(overwrite=overwrite)
     except (FedsimError, OSError) as e:
