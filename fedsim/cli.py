@@ -368,14 +368,15 @@ def list_(kind: str | None, name: str | None, plugin_entries: tuple[str, ...]) -
 )
 @click.option("--dataset", default=None, help="Source dataset (default: the backbone's, e.g. fashion_mnist_embedded).")
 @click.option("--data-dir", default=None, help="Directory of the source dataset's files (non-embedded datasets).")
-@click.option("--epochs", default=3, show_default=True)
-@click.option("--lr", default=1e-3, show_default=True)
-@click.option("--batch-size", default=128, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--epochs", default=3, show_default=True, help="Passes over the source training set (>= 1).")
+@click.option("--lr", default=1e-3, show_default=True, help="Adam's learning rate (> 0).")
+@click.option("--batch-size", default=128, show_default=True, help="Minibatch size (>= 1).")
+@click.option("--seed", default=0, show_default=True, help="Seeds the initial weights and the minibatch order.")
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Weights file (default: the shipped path for shipped backbones, else ~/.cache/fedsim/weights).",
+    help="Weights file (default: a shipped backbone's shipped file, which this then replaces; else "
+    "$FEDSIM_WEIGHTS_DIR, by default ~/.cache/fedsim/weights).",
 )
 @click.option(
     "--plugin",
