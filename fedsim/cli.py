@@ -184,8 +184,9 @@ def _guarded(r, console, progress, resume: bool, log=None) -> dict | None:
     try:
         return r.execute(progress=progress, log=log or (lambda m: None), resume=resume)
     except KeyboardInterrupt:
+        where = "its last checkpoint" if (r.dir / "checkpoint.pt").exists() else "round 0 (no checkpoint yet)"
         raise RunInterruptedError(
-            f"interrupted; the run can continue from its last checkpoint: fedsim run --resume {r.dir}"
+            f"interrupted; the run can continue from {where}: fedsim run --resume {r.dir}"
         ) from None
     except RunInterruptedError as e:
         if not getattr(r, "interrupted", False):  # not Ctrl-C: a peer actor died

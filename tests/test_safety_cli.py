@@ -92,7 +92,21 @@ def test_ctrl_c_before_the_run_takes_over_sigint_is_one_line(tmp_path: Path, mon
     monkeypatch.setattr("fedsim.runner.Run.execute", interrupted)
     res = CliRunner().invoke(main, ["run", str(_scenario(tmp_path)), "-q"])
     assert res.exit_code == 130, res.output
-    assert "--resume" in _one_line(res.stderr)
+    run = tmp_path / "runs" / "t"  # no checkpoint yet: the line does not promise one
+    assert _one_line(res.stderr) == (f"Error: interrupted; the run can continue from round 0 (no checkpoint yet): "
+                                     f"fedsim run --resume {run}")
+
+
+def test_ctrl_c_after_a_checkpoint_names_it(tmp_path: Path, monkeypatch) -> None:
+    def interrupted(self, *a, **k):
+        (self.dir / "checkpoint.pt").write_bytes(b"")  # as a periodic checkpoint left it
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("fedsim.runner.Run.execute", interrupted)
+    res = CliRunner().invoke(main, ["run", str(_scenario(tmp_path)), "-q"])
+    assert res.exit_code == 130, res.output
+    assert _one_line(res.stderr) == (f"Error: interrupted; the run can continue from its last checkpoint: "
+                                     f"fedsim run --resume {tmp_path / 'runs' / 't'}")
 
 
 def test_ctrl_c_in_any_other_command_is_one_line(monkeypatch) -> None:
