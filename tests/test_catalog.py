@@ -275,3 +275,14 @@ def test_a_plugin_without_a_docstring_is_listed_as_such(tmp_path: Path) -> None:
         row = next(line for line in listing.output.splitlines() if line.strip().startswith(name))
         assert row.split(None, 1)[1] == NO_DOC, row
         assert one.output.splitlines()[1] == NO_DOC, one.output
+
+
+def test_a_key_whose_default_is_null_shows_its_constraints_type() -> None:
+    """`peer` (a peer id or null) was listed with type `any`."""
+    res = CliRunner().invoke(main, ["list", "probes", "unlearning"])
+    assert res.exit_code == 0, res.output
+    rows = {line.split()[0]: line for line in res.output.splitlines() if line.startswith("  ") and line.split()}
+    assert re.match(r"\s+peer\s+int \| None\s+null\s", rows["peer"]), rows["peer"]
+    assert re.match(r"\s+target\s+int \| str \| None\s+null\s", rows["target"]), rows["target"]
+    assert re.match(r"\s+canaries\s+mapping \| None\s+null\s", rows["canaries"]), rows["canaries"]
+    assert not [r for r in rows.values() if re.match(r"\s+\S+\s+any\s", r)]
