@@ -3,8 +3,22 @@ listing, building with checked parameters, and the did-you-mean hint. Standard l
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import inspect
 from typing import Any
+
+NO_DOC = "(no docstring: add one to the class; `fedsim list` shows it)"
+
+
+def class_doc(cls: type) -> str:
+    """``cls``'s own docstring, cleaned, or :data:`NO_DOC` where it has none: a class without one
+    gets None (not its base's), and a dataclass without one gets its generated signature
+    (``Name(scale: float = 1.0)``), which describes nothing."""
+    doc = cls.__dict__.get("__doc__")
+    if not doc or (dataclasses.is_dataclass(cls) and doc.startswith(f"{cls.__name__}(")):
+        return NO_DOC
+    return inspect.cleandoc(doc)
 
 
 def did_you_mean(name: Any, names: Any) -> str:
@@ -38,7 +52,7 @@ class Registry(dict[str, Any]):
 
     def available(self) -> dict[str, str]:
         """Every name → the first paragraph of its class docstring, on one line (sorted by name)."""
-        return {n: " ".join((c.__doc__ or "").strip().split("\n\n")[0].split()) for n, c in sorted(self.items())}
+        return {n: " ".join(class_doc(c).split("\n\n")[0].split()) for n, c in sorted(self.items())}
 
     def parameters(self, name: str) -> list[str]:
         """The parameter names of ``name`` (its dataclass fields), in declaration order."""

@@ -97,20 +97,25 @@ def _scenario_data(scenario: str | Path | Mapping[str, Any] | Scenario) -> tuple
 
 
 def resolve(
-    scenario: str | Path | Mapping[str, Any] | Scenario, overrides: Mapping[str, Any] | None = None
+    scenario: str | Path | Mapping[str, Any] | Scenario,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    require_data: bool = False,
 ) -> Scenario:
     """Validate ``scenario`` (a YAML path, a mapping as the YAML would load, or a
     :class:`~fedsim.scenario.Scenario`) with dotted ``overrides`` (``{"strategy.name": "krum"}``,
-    as ``--set``) applied; raises :class:`~fedsim.scenario.ScenarioError` (one line)."""
+    as ``--set``) applied; raises :class:`~fedsim.scenario.ScenarioError` (one line).
+    ``require_data``: missing dataset files are an error here (:func:`run` sets it: a run
+    directory is made, or overwritten, only for a scenario whose data is there)."""
     data, path = _scenario_data(scenario)
     overrides = dict(overrides or {})
     if path is not None:
-        return sc_mod.load(path, overrides)
+        return sc_mod.load(path, overrides, require_data=require_data)
     data = sc_mod.plain_tree(data, "scenario")
     data.pop("sweep", None)
     for key, value in overrides.items():
         sc_mod.set_dotted(data, key, value)
-    return sc_mod.parse(data, "scenario")
+    return sc_mod.parse(data, "scenario", require_data=require_data)
 
 
 def run(
@@ -138,7 +143,7 @@ def run(
     (``summary`` None)."""
     from fedsim.runner import Run  # torch, Ray: only when a run is asked for
 
-    sc = resolve(scenario, overrides)
+    sc = resolve(scenario, overrides, require_data=True)
     if out is None:
         run_dir = Path(tempfile.mkdtemp(prefix="fedsim-")) / sc.name
     else:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fedlib.params import CHECK, constraint
-from fedlib.registry import did_you_mean
+from fedlib.registry import class_doc, did_you_mean
 from fedsim.errors import FedsimError
 
 KINDS = ("datasets", "backbones", "partitions", "topologies", "strategies", "attacks", "probes")
@@ -222,7 +222,8 @@ def table_params(table: Any, prefix: str = "", where: str = "") -> list[Param]:
     for k, f in table.items():
         v, check, name = default_of(f), f.metadata.get(CHECK), f"{prefix}{k}"
         help_ = " ".join(filter(None, [where, f.metadata.get(DOC) or ""]))
-        out.append(Param(name, type(v).__name__ if v is not None else "any", _show(v), constraint_text(f, k), help_))
+        kind = type(v).__name__ if v is not None else _constraint_type(check)
+        out.append(Param(name, kind, _show(v), constraint_text(f, k), help_))
         inner, below = (check.item, f"{name}.*.") if isinstance(check, ListOf) else (check, f"{name}.")
         if isinstance(inner, Mapping) and inner.keys is not None:
             out += table_params(inner.keys, below, where)
@@ -230,6 +231,26 @@ def table_params(table: Any, prefix: str = "", where: str = "") -> list[Param]:
             for tag, sub in inner.kinds.items():
                 out += table_params(sub, below, f"(kind {tag})")
     return out
+
+
+def _constraint_type(check: Any) -> str:
+    """The type a :mod:`fedlib.params` constraint accepts, for a key whose default (None) shows
+    none: ``int | None`` for a nullable peer id, not ``any``."""
+    from fedlib.params import AnyOf, Boolean, Index, Integer, ListOf, Mapping, Options, Real, Tagged, Text
+
+    names = {Integer: "int", Index: "int", Real: "float", Boolean: "bool", Text: "str", ListOf: "list",
+             Mapping: "mapping", Tagged: "mapping"}
+    if isinstance(check, AnyOf):
+        parts = [_constraint_type(o) for o in check.options]
+    elif isinstance(check, Options):
+        parts = [type(c).__name__ for c in check.choices]
+    elif isinstance(check, Index):
+        parts = ["int", *(type(x).__name__ for x in check.extra)]
+    else:
+        parts = [names.get(type(check), "any")]
+    if getattr(check, "null", False):
+        parts.append("None")
+    return " | ".join(dict.fromkeys(p for part in parts for p in part.split(" | ")))
 
 
 # --------------------------------------------------------------------------- one component
@@ -248,7 +269,7 @@ def describe(kind: str, name: str) -> tuple[str, list[Param]]:
         registry = _registry(kind)
         _lookup(kind, name, registry)
         cls = registry[name]
-        return inspect.cleandoc(cls.__doc__ or "(no docstring)"), class_params(cls)
+        return class_doc(cls), class_params(cls)
     if kind in ("partitions", "topologies"):
         from fedsim import scenario
 
@@ -261,7 +282,7 @@ def describe(kind: str, name: str) -> tuple[str, list[Param]]:
         from fedsim.probe_registry import kinds
 
         _lookup(kind, name, kinds())
-        return inspect.cleandoc(kinds()[name].__doc__ or "(no docstring)"), probe_params(name)
+        return class_doc(kinds()[name]), probe_params(name)
     if kind == "datasets":
         from fedsim.data.datasets import DATASETS
 

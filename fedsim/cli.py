@@ -123,7 +123,8 @@ def run(
         elif scenario is None:
             raise click.UsageError("give a SCENARIO file or --resume RUN_DIR")
         else:
-            sc = sc_mod.load(scenario, overrides)
+            # the data must be here before create_dir makes (or --overwrite empties) the run's folder
+            sc = sc_mod.load(scenario, overrides, require_data=True)
             r = Run(sc, out_dir)
             r.create_dir(overwrite=overwrite)
     except (FedsimError, OSError) as e:
@@ -134,7 +135,7 @@ def run(
     if summary is None:
         return
     summary["wall_seconds"] = round(time.time() - t0, 2)
-    _summary_table(console, summary, r.dir)
+    _summary_table(console, summary, r.dir, resumed=resume_dir is not None)
     if summary.get("probes") and (r.dir / "probes.json").exists():
         import json
 
@@ -183,8 +184,9 @@ def _guarded(r, console, progress, resume: bool, log=None) -> dict | None:
     try:
         return r.execute(progress=progress, log=log or (lambda m: None), resume=resume)
     except KeyboardInterrupt:
+        where = "its last checkpoint" if (r.dir / "checkpoint.pt").exists() else "round 0 (no checkpoint yet)"
         raise RunInterruptedError(
-            f"interrupted; the run can continue from its last checkpoint: fedsim run --resume {r.dir}"
+            f"interrupted; the run can continue from {where}: fedsim run --resume {r.dir}"
         ) from None
     except RunInterruptedError as e:
         if not getattr(r, "interrupted", False):  # not Ctrl-C: a peer actor died
@@ -192,7 +194,9 @@ def _guarded(r, console, progress, resume: bool, log=None) -> dict | None:
         raise
 
 
-def _summary_table(console, s: dict, run_dir: Path) -> None:
+def _summary_table(console, s: dict, run_dir: Path, resumed: bool = False) -> None:
+    """The run's summary. After a resume the rounds' time covers every session and the wall time
+    only this command, so the rows say so (else 5 s in rounds beside 3 s of wall time reads wrong)."""
     from rich.table import Table
 
     t = Table(title=f"fedsim run '{s['name']}' — {run_dir}")
@@ -207,8 +211,8 @@ def _summary_table(console, s: dict, run_dir: Path) -> None:
         ("final honest accuracy: mean", _pct(s["final_accuracy_mean"])),
         ("final honest accuracy: min / max", f"{_pct(s['final_accuracy_min'])} / {_pct(s['final_accuracy_max'])}"),
         ("bytes sent (all peers, all rounds)", _bytes(s["bytes_sent_total"])),
-        ("time in rounds", f"{s['wall_seconds_rounds']:.2f} s"),
-        ("wall time", f"{s.get('wall_seconds', 0):.2f} s"),
+        ("time in rounds" + (" (all sessions)" if resumed else ""), f"{s['wall_seconds_rounds']:.2f} s"),
+        ("wall time" + (" (this command)" if resumed else ""), f"{s.get('wall_seconds', 0):.2f} s"),
     ]
     for k, v in rows:
         t.add_row(k, str(v))
@@ -311,6 +315,18 @@ def _validate_sweep(path: Path) -> tuple[list[str], list[str]]:
     return [], warnings
 
 
+def _load_plugins(entries: tuple[str, ...]) -> None:
+    """Import ``--plugin`` entries as a scenario's ``plugins:`` would; a bad one is a usage error."""
+    if not entries:
+        return
+    from fedsim import plugins
+
+    try:
+        plugins.load([plugins.normalize(e) for e in entries])
+    except ValueError as e:  # PluginError, or an entry that is neither a file nor a module name
+        raise click.BadParameter(str(e), param_hint="--plugin") from None
+
+
 @main.command(name="list", short_help="What a scenario can name; one component's docs and parameters.")
 @click.argument("kind", required=False, metavar="[KIND]")
 @click.argument("name", required=False)
@@ -338,14 +354,7 @@ def list_(kind: str | None, name: str | None, plugin_entries: tuple[str, ...]) -
     """
     from fedsim import catalog
 
-    if plugin_entries:
-        from fedsim import plugins
-
-        try:
-            plugins.load([plugins.normalize(e) for e in plugin_entries])
-        except ValueError as e:  # PluginError, or an entry that is neither a file nor a module name
-            raise click.BadParameter(str(e), param_hint="--plugin") from None
-
+    _load_plugins(plugin_entries)
     kinds = [catalog.resolve_kind(kind)] if kind else list(catalog.KINDS)
     if name is not None:
         text, params = catalog.describe(kinds[0], name)
@@ -368,14 +377,22 @@ def list_(kind: str | None, name: str | None, plugin_entries: tuple[str, ...]) -
 )
 @click.option("--dataset", default=None, help="Source dataset (default: the backbone's, e.g. fashion_mnist_embedded).")
 @click.option("--data-dir", default=None, help="Directory of the source dataset's files (non-embedded datasets).")
-@click.option("--epochs", default=3, show_default=True)
-@click.option("--lr", default=1e-3, show_default=True)
-@click.option("--batch-size", default=128, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--epochs", default=3, show_default=True, help="Passes over the source training set (>= 1).")
+@click.option("--lr", default=1e-3, show_default=True, help="Adam's learning rate (> 0).")
+@click.option("--batch-size", default=128, show_default=True, help="Minibatch size (>= 1).")
+@click.option("--seed", default=0, show_default=True, help="Seeds the initial weights and the minibatch order.")
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Weights file (default: the shipped path for shipped backbones, else ~/.cache/fedsim/weights).",
+    help="Weights file (default: a shipped backbone's shipped file, which this then replaces; else "
+    "$FEDSIM_WEIGHTS_DIR, by default ~/.cache/fedsim/weights).",
+)
+@click.option(
+    "--plugin",
+    "plugin_entries",
+    multiple=True,
+    metavar="FILE_OR_MODULE",
+    help="Import this plugin first, so --backbone may name a backbone it registers (docs/extending.md).",
 )
 def pretrain(
     backbone: str,
@@ -386,12 +403,17 @@ def pretrain(
     batch_size: int,
     seed: int,
     out: Path | None,
+    plugin_entries: tuple[str, ...] = (),
 ) -> None:
     """Pretrain a backbone on its source dataset and save its frozen weights (seeded).
 
     The shipped fmnist_cnn weights were made by `fedsim pretrain` with the defaults (about 100 s
-    on 2 CPU cores)."""
+    on 2 CPU cores). A plugin's backbone: `fedsim pretrain --plugin my_plugins.py --backbone NAME
+    --dataset DATASET` writes ~/.cache/fedsim/weights/NAME.pt ($FEDSIM_WEIGHTS_DIR), where runs
+    read it."""
     from fedsim.models.pretrain import pretrain as run_pretrain
+
+    _load_plugins(plugin_entries)
 
     try:
         run_pretrain(backbone, dataset, data_dir, epochs, lr, batch_size, seed, out, log=click.echo)

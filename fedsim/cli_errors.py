@@ -44,6 +44,13 @@ def one_line(text: object, limit: int = 400) -> str:
     return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
+def root_error(e: BaseException) -> BaseException:
+    """The exception raised in a Ray actor or task, which Ray's error wraps as ``cause`` (its own
+    message is the remote traceback, which makes a useless one-line summary); else ``e``."""
+    cause = getattr(e, "cause", None)
+    return cause if isinstance(cause, BaseException) and cause is not e else e
+
+
 def remember_run_dir(path: Path) -> None:
     """Tell the error handler which run directory the current command writes (for ``error.txt``
     and for the lines about a full disk or an interrupted run)."""
@@ -169,7 +176,7 @@ class FedsimGroup(click.Group):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
             raise SystemExit(0) from None
         except FedsimError as e:
-            fail(f"Error: {one_line(e, 2000)}", exit_code(e))
+            fail(f"Error: {one_line(root_error(e), 2000)}", exit_code(e))
         except OSError as e:
             fail(os_error_line(e, ctx.meta.get(RUN_DIR_KEY)), 1)
         except Exception as e:  # noqa: BLE001 - the one place an unexpected error is reported
@@ -178,4 +185,8 @@ class FedsimGroup(click.Group):
                 fail(write_failure_line(e, run_dir), 1)
             where = write_traceback(run_dir)
             said = f"traceback written to {where}" if where else "no place to write the traceback"
-            fail(f"fedsim: internal error: {type(e).__name__}: {one_line(e, 300)}; {said}", 1)
+            cause = root_error(e)
+            if isinstance(cause, FedsimError):  # raised in a Ray actor: as if raised here
+                fail(f"Error: {one_line(cause, 2000)}", exit_code(cause))
+            remote = " (in a Ray actor)" if cause is not e else ""
+            fail(f"fedsim: internal error: {type(cause).__name__}{remote}: {one_line(cause, 300)}; {said}", 1)

@@ -9,12 +9,12 @@ Imports neither torch nor pydantic: ``fedsim list`` reads it.
 
 from __future__ import annotations
 
-import inspect
 import re
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 from fedlib.params import DOC, check_params, default_of
+from fedlib.registry import class_doc
 
 
 class Probe:
@@ -79,7 +79,7 @@ def register_probe(kind: str) -> Callable[[type[Probe]], type[Probe]]:
 
 def summary(cls: type[Probe]) -> str:
     """A probe's one-line summary: its docstring's first paragraph."""
-    return " ".join(inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0].split())
+    return " ".join(class_doc(cls).split("\n\n")[0].split())
 
 
 def defaults(cls: type[Probe]) -> dict[str, Any]:

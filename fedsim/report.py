@@ -144,7 +144,8 @@ def to_markdown(rs: RunSet, keys: list[str], rows: list[Row], incomplete: list[R
     every = sorted({int(r.get("evaluation.every", 1)) for row in rows for r in row.runs})
     if every and every[-1] > 1:
         lines[-1] += (f" Accuracy is evaluated every {' / '.join(map(str, every))} rounds (and at the last), so a "
-                      f"rounds-to-{_target_pct(target)} value may be up to {every[-1] - 1} rounds late.")
+                      f"rounds-to-{_target_pct(target)} value may be up to {every[-1] - 1} "
+                      f"round{'s' if every[-1] > 2 else ''} late.")
     if incomplete:
         names = ", ".join(r.name for r in incomplete[:5]) + (", ..." if len(incomplete) > 5 else "")
         lines += ["", f"{len(incomplete)} incomplete run(s) left out (no summary.json): {names}"]

@@ -211,3 +211,78 @@ def test_schema_params_say_what_a_literal_or_nullable_field_accepts():
     assert r.exit_code == 0, r.output
     assert _row(r.output, "partition.byzantine_classes")[1:] == ["str", "'partition'", "one of 'partition', 'all'"]
     assert _row(r.output, "partition.per_class")[1:] == ["int | None", "null", ">= 1 or null"]
+
+
+NODOC_PLUGIN = '''
+from dataclasses import dataclass
+from typing import ClassVar
+
+import attacks
+import strategies
+from fedsim.probe_registry import Probe, register_probe
+
+
+@strategies.register("catalog_nodoc_rule")
+@dataclass
+class NoDocRule(strategies.Strategy):
+    exchanges: ClassVar[str] = "output_layer"
+
+    def __call__(self, own, received, ctx):
+        return own
+
+
+@attacks.register("catalog_nodoc_attack")
+@dataclass
+class NoDocAttack(attacks.UpdateForger):
+    scale: float = 1.0
+
+    def forge(self, honest, own, ctx):
+        return own.expand(ctx.f, -1).clone()
+
+
+@register_probe("catalog_nodoc_probe")
+class NoDocProbe(Probe):
+    params = {}
+
+    def run(self, i, cfg, ctx):
+        return {"kind": "catalog_nodoc_probe"}
+'''
+
+
+def test_a_plugin_without_a_docstring_is_listed_as_such(tmp_path: Path) -> None:
+    """A docstring-less dataclass used to be listed by its generated signature
+    (``NoDocAttack(scale: float = 1.0)``) and a docstring-less probe with an empty description."""
+    import attacks
+    import strategies
+    from fedlib.registry import NO_DOC
+    from fedsim.probe_base import REGISTRY as PROBES
+
+    plugin = tmp_path / "nodoc.py"
+    plugin.write_text(NODOC_PLUGIN)
+    out = {}
+    try:
+        for kind, name in (("strategies", "catalog_nodoc_rule"), ("attacks", "catalog_nodoc_attack"),
+                           ("probes", "catalog_nodoc_probe")):
+            listing = CliRunner().invoke(main, ["list", kind, "--plugin", str(plugin)])
+            one = CliRunner().invoke(main, ["list", kind, name, "--plugin", str(plugin)])
+            out[name] = (listing, one)
+    finally:  # later tests iterate over every registered component
+        strategies.REGISTRY.pop("catalog_nodoc_rule", None)
+        attacks.REGISTRY.pop("catalog_nodoc_attack", None)
+        PROBES.pop("catalog_nodoc_probe", None)
+    for name, (listing, one) in out.items():
+        assert listing.exit_code == 0 and one.exit_code == 0, (listing.output, one.output)
+        row = next(line for line in listing.output.splitlines() if line.strip().startswith(name))
+        assert row.split(None, 1)[1] == NO_DOC, row
+        assert one.output.splitlines()[1] == NO_DOC, one.output
+
+
+def test_a_key_whose_default_is_null_shows_its_constraints_type() -> None:
+    """`peer` (a peer id or null) was listed with type `any`."""
+    res = CliRunner().invoke(main, ["list", "probes", "unlearning"])
+    assert res.exit_code == 0, res.output
+    rows = {line.split()[0]: line for line in res.output.splitlines() if line.startswith("  ") and line.split()}
+    assert re.match(r"\s+peer\s+int \| None\s+null\s", rows["peer"]), rows["peer"]
+    assert re.match(r"\s+target\s+int \| str \| None\s+null\s", rows["target"]), rows["target"]
+    assert re.match(r"\s+canaries\s+mapping \| None\s+null\s", rows["canaries"]), rows["canaries"]
+    assert not [r for r in rows.values() if re.match(r"\s+\S+\s+any\s", r)]

@@ -162,6 +162,10 @@ def test_rounds_to_target_states_the_evaluation_grid(sweep_dir, tmp_path) -> Non
     (run / "scenario.yaml").write_text(yaml.safe_dump(sc))
     res = CliRunner().invoke(report, [str(run)])
     assert "evaluated every 5 rounds (and at the last)" in res.output and "up to 4 rounds late" in res.output
+    sc["evaluation"]["every"] = 2  # one round late, not "1 rounds"
+    (run / "scenario.yaml").write_text(yaml.safe_dump(sc))
+    res = CliRunner().invoke(report, [str(run)])
+    assert "evaluated every 2 rounds (and at the last)" in res.output and "up to 1 round late." in res.output
 
 
 def test_errors(tmp_path) -> None:

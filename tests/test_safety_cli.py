@@ -92,7 +92,21 @@ def test_ctrl_c_before_the_run_takes_over_sigint_is_one_line(tmp_path: Path, mon
     monkeypatch.setattr("fedsim.runner.Run.execute", interrupted)
     res = CliRunner().invoke(main, ["run", str(_scenario(tmp_path)), "-q"])
     assert res.exit_code == 130, res.output
-    assert "--resume" in _one_line(res.stderr)
+    run = tmp_path / "runs" / "t"  # no checkpoint yet: the line does not promise one
+    assert _one_line(res.stderr) == (f"Error: interrupted; the run can continue from round 0 (no checkpoint yet): "
+                                     f"fedsim run --resume {run}")
+
+
+def test_ctrl_c_after_a_checkpoint_names_it(tmp_path: Path, monkeypatch) -> None:
+    def interrupted(self, *a, **k):
+        (self.dir / "checkpoint.pt").write_bytes(b"")  # as a periodic checkpoint left it
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("fedsim.runner.Run.execute", interrupted)
+    res = CliRunner().invoke(main, ["run", str(_scenario(tmp_path)), "-q"])
+    assert res.exit_code == 130, res.output
+    assert _one_line(res.stderr) == (f"Error: interrupted; the run can continue from its last checkpoint: "
+                                     f"fedsim run --resume {tmp_path / 'runs' / 't'}")
 
 
 def test_ctrl_c_in_any_other_command_is_one_line(monkeypatch) -> None:
@@ -295,3 +309,30 @@ def test_ray_address_in_the_environment_does_not_capture_a_sweep(tmp_path: Path)
     sweep_dir = tmp_path / "runs" / "t-sweep"
     assert len(list(sweep_dir.glob("*/summary.json"))) == 2
 
+
+
+class _RemoteError(Exception):
+    """What Ray raises in the driver for an exception in an actor: its message is the remote
+    traceback; the exception itself is ``cause``."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__("ray::PeerGroup.aggregate() (pid=1, ip=127.0.0.1) ^^^^^^ File \"gossip.py\", line 240")
+        self.cause = cause
+
+
+@pytest.mark.parametrize(
+    "cause, expected",
+    [
+        (RuntimeError("my rule broke"), "fedsim: internal error: RuntimeError (in a Ray actor): my rule broke; "),
+        (FedsimError("data/x.npz: truncated"), "Error: data/x.npz: truncated"),
+    ],
+)
+def test_an_error_in_a_ray_actor_is_reported_by_its_cause(cause, expected, tmp_path: Path, monkeypatch) -> None:
+    def remote_failure(self, *a, **k):
+        raise _RemoteError(cause)
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache-home"))
+    monkeypatch.setattr("fedsim.runner.Run.execute", remote_failure)
+    res = CliRunner().invoke(main, ["run", str(_scenario(tmp_path)), "-q"])
+    assert res.exit_code == 1, res.output
+    assert _one_line(res.stderr).startswith(expected), res.stderr

@@ -33,6 +33,10 @@ def test_empty_scenario_has_defaults():
         ({"mode": "decentralized", "topology": {"kind": "star"}}, "topology.kind", "federated"),
         ({"partition": {"val_fraction": 1.5}}, "partition.val_fraction", "less than 1"),
         ({"probes": [{"kind": "x"}]}, "probes.0.kind", "unlearning"),
+        # a pattern's message shows the value and says what the pattern stands for, not the regex alone
+        ({"name": "../escape"}, "name", "got '../escape': the run folder under output.dir: a plain identifier"),
+        ({"engine": {"device": "gpu"}}, "engine.device", "got 'gpu': where the batched training runs"),
+        ({"plugins": "my.py"}, "plugins", "valid list, got 'my.py'; write a YAML list: [my.py]"),
     ],
 )
 def test_errors_name_the_field(data, path, hint):

@@ -30,8 +30,15 @@ def fashion_mnist_embedded(data_dir: Path | None = None) -> Dataset:
 
 
 def sklearn_digits(data_dir: Path | None = None) -> Dataset:
-    """scikit-learn's 1,797 8×8 digits (ships with scikit-learn); fixed 80/20 split."""
-    from sklearn.datasets import load_digits
+    """scikit-learn's 1,797 8×8 digits (ships with scikit-learn); fixed 80/20 split.
+
+    scikit-learn is not one of fedsim's requirements (the ``test`` extra has it): without it the
+    ``ImportError`` names the pip package to install."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:
+        raise ModuleNotFoundError(f"{e}; sklearn_digits needs scikit-learn: pip install scikit-learn",
+                                  name="sklearn") from None
 
     d = load_digits()
     x = (d.images * (255.0 / 16.0)).round().astype(np.uint8)
