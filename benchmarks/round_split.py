@@ -6,7 +6,8 @@ times, per round (round 0, the warm-up, left out; the median over the other roun
 simulation's phases (``train`` and ``aggregate``, whose sum is ``timings.jsonl``'s ``seconds``, the
 figure vs_flower.py's rounds/s come from; ``evaluate`` apart) and inside them, by wrapping the
 engine's functions with timers: the global head copied in (``set_params``), the minibatch indices
-(``draw``, :mod:`fedsim.rng`) and gathering (``gather``), the two GEMMs and softmax of each local
+(``draw``, :mod:`fedsim.rng`) and gathering (``gather``: the whole group's or a chunk's rows; the
+padded path's weights only where it copies rows), the two GEMMs and softmax of each local
 step (``ce_grad``), the SGD update (``sgd``), the sent heads (``message``), and in the server the
 forging check (``forge``) and the rule (``rule``); ``other`` is what no timer covers (Python, the
 loss sum, the concatenation). ``metrics`` is :func:`fedsim.simulation.round_metrics`. The floor
@@ -67,7 +68,7 @@ from fedsim.simulation import Simulation  # noqa: E402
 TIMED: tuple[tuple[Any, str, str], ...] = (
     (peers.PeerGroup, "set_params", "set_params"),
     (peers.PeerGroup, "_draw", "draw"),
-    (peers.PeerGroup, "_batch", "gather+draw"),
+    (peers.PeerGroup, "_rows_batch", "gather"),
     (heads, "ce_grad", "ce_grad"),
     (heads, "step", "sgd"),
     (peers.PeerGroup, "_message", "message"),
@@ -116,18 +117,17 @@ def split(n: int, rounds: int, tmp: Path, profile: bool = False) -> dict[str, fl
             if prof is not None:
                 prof.disable()
         acc |= rec.phases
-        acc["gather"] = acc.pop("gather+draw", 0.0) - acc["draw"]  # _batch calls _draw
         per.append(dict(acc))
     sim.close()
     if prof is not None:
         print(f"# cProfile, N={n}, rounds 1..{rounds - 1} (by own time)")
         pstats.Stats(prof).sort_stats("tottime").print_stats(18)
-    keys = per[1].keys()
+    keys = set().union(*per[1:])  # (a timer never called in a round: 0)
     med = {k: float(np.median([p.get(k, 0.0) for p in per[1:]])) for k in keys}
     med["round"] = float(np.median([p["train"] + p["aggregate"] for p in per[1:]]))
-    t_in = sum(med[k] for k in ("set_params", "draw", "gather", "ce_grad", "sgd", "message"))
+    t_in = sum(med.get(k, 0.0) for k in ("set_params", "draw", "gather", "ce_grad", "sgd", "message"))
     med["train other"] = med["train"] - t_in
-    med["aggregate other"] = med["aggregate"] - med["forge"] - med["rule"]
+    med["aggregate other"] = med["aggregate"] - med.get("forge", 0.0) - med.get("rule", 0.0)
     return med
 
 
@@ -149,7 +149,7 @@ def main(a: argparse.Namespace | None = None) -> None:
                   f"{load} -> {'{:.2f} {:.2f} {:.2f}'.format(*os.getloadavg())}")
             print(f"{'N':>6} {'part':<16} {'ms/round':>9} {'µs/client-round':>16} {'× floor':>8} {'% of round':>10}")
             for k in ROWS:
-                s = med[k]
+                s = med.get(k, 0.0)
                 print(f"{n:>6} {k:<16} {s * 1e3:>9.2f} {s / n * 1e6:>16.1f} {s / n / fl:>7.2f}x "
                       f"{100 * s / med['round']:>9.1f}%", flush=True)
     print(f"# load {'{:.2f} {:.2f} {:.2f}'.format(*os.getloadavg())}")

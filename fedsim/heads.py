@@ -8,8 +8,10 @@ over peers. The gradient of the mean cross-entropy of a linear softmax head is c
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -88,16 +90,19 @@ def step(
 
     The gradients ``gw, gb`` are consumed: SGD overwrites them with the update ``lr · direction``
     instead of allocating it (at 10,000 peers a head-sized temporary is 115 MB per group, and
-    allocating it cost 6× the arithmetic, measured); the numbers are those of ``w -= lr · direction``."""
+    allocating it cost 6× the arithmetic, measured); the numbers are those of ``w -= lr · direction``
+    (with ``lr`` 1 the multiplication, exact, is skipped)."""
     if weight_decay:
         gw = gw + weight_decay * w
     if optimizer == "sgd":
         if momentum:
             state.m_w.mul_(momentum).add_(gw)
             state.m_b.mul_(momentum).add_(gb)
-            upd_w, upd_b = torch.mul(state.m_w, lr, out=gw), torch.mul(state.m_b, lr, out=gb)
+            upd_w, upd_b = state.m_w, state.m_b
+            if lr != 1.0:  # (x · 1 = x exactly in IEEE arithmetic: lr 1 skips a pass over the heads)
+                upd_w, upd_b = torch.mul(upd_w, lr, out=gw), torch.mul(upd_b, lr, out=gb)
         else:
-            upd_w, upd_b = gw.mul_(lr), gb.mul_(lr)
+            upd_w, upd_b = (gw, gb) if lr == 1.0 else (gw.mul_(lr), gb.mul_(lr))
         w.sub_(upd_w)
         if bias:
             b.sub_(upd_b)
@@ -119,26 +124,54 @@ def step(
 # from the heap, instead of head-sized tensors page-faulted in per group, round and step
 TRAIN_CHUNK_BYTES = 4 << 20
 
-_kept: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+_kept: dict[tuple[str, torch.dtype, torch.device], Tensor] = {}
 
 
-def kept_buffer(like: Tensor) -> Tensor:
+def kept_buffer(like: Tensor, slot: str = "grad") -> Tensor:
     """An uninitialized contiguous tensor shaped like ``like``, a view of one buffer kept for the
-    process per dtype and device (grown to the largest size asked for, never shrunk): for a
-    temporary that dies before the next call asks again, allocated (page-faulted in) once."""
-    key = (like.dtype, like.device)
+    process per ``slot``, dtype and device (grown to the largest size asked for, never shrunk): for
+    a temporary that dies before the next call for the same slot asks again, allocated
+    (page-faulted in) once. Slots: ``"grad"`` (the weight gradient of :func:`local_steps`),
+    ``"batch"`` (a chunk's gathered minibatch rows, :class:`PeerSlicedBatches`)."""
+    return kept_empty(like.shape, like.dtype, like.device, slot)
+
+
+def kept_empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype, device: torch.device, slot: str) -> Tensor:
+    """:func:`kept_buffer` by shape, dtype and device."""
+    numel = math.prod(shape)
+    key = (slot, dtype, device)
     buf = _kept.get(key)
-    if buf is None or buf.numel() < like.numel():
+    if buf is None or buf.numel() < numel:
         _kept.pop(key, None)  # (the old one freed before the new one is allocated)
-        buf = _kept[key] = torch.empty(like.numel(), dtype=like.dtype, device=like.device)
-    return buf[: like.numel()].view(like.shape)
+        buf = _kept[key] = torch.empty(numel, dtype=dtype, device=device)
+    return buf[:numel].view(shape)
+
+
+@runtime_checkable
+class PeerSlicedBatches(Protocol):
+    """A round's minibatches that can be read a chunk of peers at a time
+    (:class:`fedsim.minibatches.StepBatches`): iterating yields each step's batch for all peers
+    (as a plain sequence of batches does); ``part(step, lo, hi)`` is step ``step``'s batch of peers
+    ``lo .. hi - 1`` only, valid until the next ``part`` call (it may be written into
+    :func:`kept_buffer`'s ``"batch"`` slot); ``steps`` is their number."""
+
+    steps: int
+
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]: ...
+
+    def part(self, step: int, lo: int, hi: int) -> tuple[Tensor, ...]: ...
+
+    def row_bytes(self) -> int:
+        """Bytes ``part`` writes per peer into the ``"batch"`` slot (0: it returns views)."""
+        ...
 
 
 def step_peers(training: TrainingCfg, p: int, head_numel: int, itemsize: int) -> int:
     """Peers whose step temporaries and weight gradient exist at once in :func:`local_steps`
     ``(chunked=True)`` over ``p`` heads of ``head_numel`` weights of ``itemsize`` bytes: a chunk of
     :data:`TRAIN_CHUNK_BYTES` for SGD without weight decay, else all ``p`` (also what
-    :mod:`fedsim.limits`' memory estimate counts)."""
+    :mod:`fedsim.limits`' memory estimate counts; the chunk-major path of a
+    :class:`PeerSlicedBatches` may take fewer, at most :data:`TRAIN_CHUNK_BYTES` of gathered rows)."""
     if training.optimizer != "sgd" or training.weight_decay:
         return p
     return min(p, max(1, TRAIN_CHUNK_BYTES // max(1, head_numel * itemsize)))
@@ -151,11 +184,17 @@ def local_steps(
     heads ``w, b`` in place (``training`` is the scenario's training section,
     ``fedsim.schema_sections.TrainingCfg``); returns the last batch's per-head loss. ``chunked``
     (SGD without weight decay): each step runs over chunks of peers (:data:`TRAIN_CHUNK_BYTES`)
-    with the weight gradient in :func:`kept_buffer`; the same numbers (peers are independent)."""
+    with the weight gradient in :func:`kept_buffer`; the same numbers (peers are independent).
+    ``batches`` a :class:`PeerSlicedBatches` (and ``chunked``, SGD without weight decay): each chunk
+    of peers takes all its steps before the next chunk starts (:func:`_chunk_major_steps`), its
+    rows gathered into a kept buffer; the same numbers again."""
     reuse = training.optimizer == "sgd" and not training.weight_decay
     p = w.shape[0]
     if chunked and p > 0:
         size = step_peers(training, p, w[0].numel(), w.element_size())
+        if reuse and isinstance(batches, PeerSlicedBatches):
+            size = min(size, max(1, TRAIN_CHUNK_BYTES // max(1, batches.row_bytes())))
+            return _chunk_major_steps(w, b, state, batches, training, bias, size)
         if size < p:
             return _chunked_sgd_steps(w, b, state, batches, training, bias, size)
     loss = torch.zeros(p, device=w.device)
@@ -198,6 +237,27 @@ def _chunked_sgd_steps(w: Tensor, b: Tensor, state: OptimizerState, batches, tra
             out = buf[: min(size, p - i)]
             loss[k], gw, gb = ce_grad(w[k], b[k] if bias else None, *(t[k] for t in batch), out=out)
             _sgd_or_adam(w[k], b[k], gw, gb, part, training, bias)
+    return loss
+
+
+def _chunk_major_steps(
+    w: Tensor, b: Tensor, state: OptimizerState, batches: PeerSlicedBatches, training, bias: bool, size: int
+) -> Tensor:
+    """:func:`_chunked_sgd_steps` with the loops swapped: chunk by chunk of ``size`` peers, each
+    through all its steps (``batches.part``), so a chunk's heads, gradient and gathered rows stay in
+    cache from one step to the next, and no whole-group batch is gathered. Each peer's steps are the
+    same operations in the same order: the same numbers."""
+    p = w.shape[0]
+    loss = torch.zeros(p, device=w.device)
+    buf = kept_buffer(w[: min(size, p)])
+    for i in range(0, p, size):
+        k = slice(i, i + size)
+        wk, bk = w[k], b[k]
+        part = OptimizerState(state.m_w[k], state.m_b[k])
+        out = buf[: wk.shape[0]]
+        for step in range(batches.steps):
+            loss[k], gw, gb = ce_grad(wk, bk if bias else None, *batches.part(step, i, i + wk.shape[0]), out=out)
+            _sgd_or_adam(wk, bk, gw, gb, part, training, bias)
     return loss
 
 

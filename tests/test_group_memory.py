@@ -110,7 +110,7 @@ def test_chunked_steps_equal_whole_group_steps_and_reuse_one_gradient_buffer(mon
         assert all(torch.equal(u, v) for u, v in zip(got, want, strict=True))
         assert torch.equal(opt_got.m_w, opt_want.m_w) and torch.equal(opt_got.m_b, opt_want.m_b)
         assert torch.equal(loss_got, loss_want)
-        kept = heads._kept[(torch.float32, torch.device("cpu"))]
+        kept = heads._kept[("grad", torch.float32, torch.device("cpu"))]
         assert kept.numel() == largest * 4 * 5 and kept_ptrs == {kept.data_ptr()}
         assert not any(kept.data_ptr() == t.data_ptr() for t in (*got, opt_got.m_w))
     assert len(heads._kept) == 1
