@@ -103,7 +103,8 @@ def minibatch_bytes(*, per_group: int, batch: int, dim: int, num_classes: int, c
     model passes ``num_classes=0``: its logits are among its activations). ``step_peers``: the
     peers the logits, log-softmax and gradient span at once (:func:`fedsim.heads.step_peers`: a
     chunk of ``fedsim.heads.TRAIN_CHUNK_BYTES`` under SGD without weight decay; default
-    ``per_group``, unchunked steps); the batch itself is drawn and gathered for the whole group.
+    ``per_group``, unchunked steps); the batch itself is drawn and gathered for the whole group (an upper
+    bound: the chunk-major steps of ``fedsim.heads._chunk_major_steps`` gather one chunk's rows at a time).
     Summed, not overlapped: an upper bound of the step's temporaries (the indices of all steps
     drawn at once are at most ``PeerGroup.DRAW_AT_ONCE`` numbers, not counted)."""
     p, n = per_group, padded_to or batch

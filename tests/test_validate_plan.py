@@ -88,8 +88,9 @@ def test_memory_estimate_counts_the_chunked_steps(monkeypatch):
     params = c * d + c
     assert chunked.heads == 4 * params * (p * 3 + 7)  # w+b, momentum, sent copy; one chunk's gradient
     sizes = []
-    real_chunked = heads._chunked_sgd_steps
-    monkeypatch.setattr(heads, "_chunked_sgd_steps", lambda *a: sizes.append(a[-1]) or real_chunked(*a))
+    for name in ("_chunked_sgd_steps", "_chunk_major_steps"):  # step-major or chunk-major: the same chunk
+        real_steps = getattr(heads, name)
+        monkeypatch.setattr(heads, name, lambda *a, _f=real_steps: sizes.append(a[-1]) or _f(*a))
     prep = prepare(sc)
     feats = prep.features
     torch.manual_seed(0)
