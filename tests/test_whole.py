@@ -182,7 +182,7 @@ def test_model_section_validation(tmp_path):
                                "model.trainable": "last_k", "model.k": 5, "model.hidden": [8]})
     with pytest.raises(ScenarioError, match=r"model\.k: trainable: last_k needs k"):
         _scenario(tmp_path, **{"model.trainable": "last_k"})
-    with pytest.raises(ScenarioError, match=r"model\.k: only for trainable: last_k"):
+    with pytest.raises(ScenarioError, match=r"model\.k: used only by trainable last_k"):
         _scenario(tmp_path, **{"model.k": 1})
     with pytest.raises(ScenarioError, match=r"training\.local_steps: model\.exchange: gradients takes one step"):
         _scenario(tmp_path, **{"model.exchange": "gradients"})
