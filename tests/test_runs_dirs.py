@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from fedsim._runs import load_runs
 from fedsim.plot import plot
-from fedsim.rundir import MARKER
 from fedsim.report import report
+from fedsim.rundir import MARKER
 
 
 def _run(d: Path, strategy: str = "fedavg") -> Path:
