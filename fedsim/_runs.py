@@ -285,9 +285,7 @@ def _run_dirs(folder: Path, depth: int) -> tuple[list[Path], list[Path]]:
     leftovers are not part of it); with ``depth`` > 0, those of its sub-folders, each a run, a
     sweep or (depth permitting) a folder of them. Never walks further: a run's own sub-folders (an
     unlearning probe's retrain) and hidden folders, ``plots``, and run folders without a round
-    yet are passed over."""
-    from fedsim.rundir import is_run_dir as made_by_fedsim
-
+    yet (a ``scenario.yaml``, no metrics: starting, or failed at start) are passed over."""
     if is_run_dir(folder):
         return [folder], []
     index = _sweep_index(folder)
@@ -298,7 +296,7 @@ def _run_dirs(folder: Path, depth: int) -> tuple[list[Path], list[Path]]:
     runs: list[Path] = []
     others: list[Path] = []
     for child in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if child.name == PLOTS_DIR or made_by_fedsim(child):
+        if child.name == PLOTS_DIR or (not is_run_dir(child) and (child / "scenario.yaml").is_file()):
             continue
         found, strangers = _run_dirs(child, depth - 1)
         runs += found

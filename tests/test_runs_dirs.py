@@ -14,7 +14,6 @@ from click.testing import CliRunner
 from fedsim._runs import load_runs
 from fedsim.plot import plot
 from fedsim.report import report
-from fedsim.rundir import MARKER
 
 
 def _run(d: Path, strategy: str = "fedavg") -> Path:
@@ -46,7 +45,7 @@ def test_a_run_a_sweep_and_a_folder_of_them(tmp_path):
     (runs / "plots").mkdir()  # `fedsim plot runs` writes here
     (runs / ".hidden").mkdir()
     (runs / "started").mkdir()
-    (runs / "started" / MARKER).write_text("")  # a run folder with no round yet
+    (runs / "started" / "scenario.yaml").write_text("name: started\n")  # a run folder with no round yet
     assert _names(runs) == ["one", "seeds/s0", "seeds/s1", "sw/a", "sw/b"]
     assert _names(runs / "sw") == ["a", "b"] and _names(runs / "one") == ["."]
     res = CliRunner().invoke(report, [str(runs)])
