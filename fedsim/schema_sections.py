@@ -329,12 +329,13 @@ class KindFields:
 # The fields each kind reads, for every section with a kind and kind-specific fields (in the spirit
 # of scikit-learn's declarative parameter constraints): a field the scenario sets that its section's
 # kind does not read is an error, "partition.alpha: used only by kind dirichlet (this partition is
-# iid)" (fedsim.validation.ignored_fields; defaults never count: only the keys given). What reads
-# them: fedsim.partition.make_partition, fedsim.topology.Topology.build, fedsim.messages.forge_messages
-# (omniscient, collude: update forgers only), fedsim.whole_plan (model.k), fedsim.data.datasets.load
-# (data_dir: not an embedded dataset). Rule and attack parameters
-# are each registered class's own (strategies/attacks.build refuse a key the class lacks); a probe's
-# keys are its kind's (fedsim.schema_probes). In federated mode the topology is a star (no field).
+# iid)", checked by fedsim.validation.ignored_fields (defaults never count: only keys given, at a value
+# other than the default). What reads them: fedsim.partition.make_partition, fedsim.topology.Topology.build
+# (in federated mode the topology is a star: none), fedsim.messages.forge_messages (omniscient,
+# collude: update forgers only), fedsim.whole_plan (model.k), fedsim.data.datasets.load (data_dir:
+# not an embedded dataset). Rule and attack parameters are each registered class's own
+# (strategies/attacks.build refuse a key the class lacks); a probe's keys are its kind's
+# (fedsim.schema_probes).
 KIND_FIELDS: dict[str, KindFields] = {
     "dataset": KindFields("source", {"data_dir": ("local files",)}, noun="datasets read from"),
     "partition": KindFields("kind", {
