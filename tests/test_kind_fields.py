@@ -158,3 +158,12 @@ def test_a_sweep_over_an_ignored_field_is_refused_before_any_run(tmp_path):
         res = CliRunner().invoke(sweep, [str(p), "-g", "partition.alpha=0.1,0.2", "--local", "-q", *extra])
         assert res.exit_code != 0 and ("partition.alpha" in res.output or "no valid run" in res.output), res.output
     assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_the_flower_bridge_makes_a_decentralized_scenario_a_star_without_its_graph_fields():
+    """Flower is a star: the bridge's own switch to federated mode leaves no topology.degree behind."""
+    from fedsim.flower.common import bridge_scenario, scenario_yaml
+
+    sc = bridge_scenario(load("scenarios/attack_matrix.yaml").model_dump(mode="json"))  # k_regular, degree 8
+    assert sc.mode == "federated" and sc.topology.kind == "star"
+    assert bridge_scenario(scenario_yaml(sc)).topology == sc.topology  # the run config's text reads back
