@@ -267,32 +267,62 @@ def _sort_key(v: Any) -> tuple[int, float, str]:
     return (1, 0.0, fmt_value(v))
 
 
-def load_runs(root: Path) -> RunSet:
-    """All run directories at or under ``root`` (a run directory or a sweep directory; with a
-    ``sweep.json``, the runs it lists).
+PLOTS_DIR = "plots"  # where `fedsim plot DIR` writes by default: DIR/plots, never a run
 
-    Raises ``FileNotFoundError`` when ``root`` does not exist or holds no run."""
+
+def _sweep_index(folder: Path) -> dict[str, Any] | None:
+    """A sweep folder's ``sweep.json``, or None (absent or unreadable)."""
+    try:
+        index = json.loads((folder / "sweep.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return index if isinstance(index, dict) else None
+
+
+def _run_dirs(folder: Path, depth: int) -> tuple[list[Path], list[Path]]:
+    """The run folders ``folder`` stands for and the folders in it that are none of what is
+    accepted: itself if it is a run; a sweep's runs (its ``sweep.json``'s list, grid order; older
+    leftovers are not part of it); with ``depth`` > 0, those of its sub-folders, each a run, a
+    sweep or (depth permitting) a folder of them. Never walks further: a run's own sub-folders (an
+    unlearning probe's retrain) and hidden folders, ``plots``, and run folders without a round
+    yet (a ``scenario.yaml``, no metrics: starting, or failed at start) are passed over."""
+    if is_run_dir(folder):
+        return [folder], []
+    index = _sweep_index(folder)
+    if index is not None and index.get("runs"):
+        return [folder / r["dir"] for r in index["runs"] if is_run_dir(folder / r["dir"])], []
+    if depth == 0:
+        return [], [folder]
+    runs: list[Path] = []
+    others: list[Path] = []
+    for child in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if child.name == PLOTS_DIR or (not is_run_dir(child) and (child / "scenario.yaml").is_file()):
+            continue
+        found, strangers = _run_dirs(child, depth - 1)
+        runs += found
+        others += strangers if found else [child]
+    return runs, others
+
+
+def load_runs(root: Path) -> RunSet:
+    """The runs of ``root``: a run directory, a sweep directory (with a ``sweep.json``, the runs it
+    lists), or a folder of runs and sweeps, two levels down at most (``runs/``: ``runs/<name>``,
+    ``runs/<sweep>/<run>``); nothing deeper is walked.
+
+    Raises ``FileNotFoundError`` (one line) when ``root`` does not exist, holds no run, or holds a
+    folder that is none of these."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such directory")
-    index = None
-    if (root / "sweep.json").exists():
-        try:
-            index = json.loads((root / "sweep.json").read_text())
-        except json.JSONDecodeError:
-            index = None
-    if is_run_dir(root):
-        dirs = [root]
-    elif index and index.get("runs"):  # the sweep's own runs, in grid order; older leftovers are not part of it
-        dirs = [root / r["dir"] for r in index["runs"] if is_run_dir(root / r["dir"])]
-    else:
-        dirs = sorted({p.parent for p in root.rglob("metrics.jsonl")} | {p.parent for p in root.rglob("summary.json")})
-        # an unlearning probe keeps its gold-standard retrain in <run>/probes/retrain-without-<id>/
-        dirs = [d for d in dirs if not (d.parent.name == "probes" and is_run_dir(d.parent.parent))]
-    runs = [load_run(d) for d in dirs]
-    if not runs:
-        raise FileNotFoundError(f"{root}: no run directories (folders with metrics.jsonl) found")
-    return RunSet(root, runs, index)
+    dirs, others = _run_dirs(root, 2)
+    expected = ("expected a run (with metrics.jsonl), a sweep (with sweep.json) or a folder of runs and sweeps "
+                "(like runs/)")
+    if others:
+        more = f" (and {len(others) - 1} more)" if len(others) > 1 else ""
+        raise FileNotFoundError(f"{root}: {others[0]}{more} is neither a run nor a sweep; {expected}")
+    if not dirs:
+        raise FileNotFoundError(f"{root}: no run directories found; {expected}")
+    return RunSet(root, [load_run(d) for d in dirs], _sweep_index(root))
 
 
 def group_runs(rs: RunSet, keys: list[str], runs: Iterable[RunData] | None = None) -> list[tuple[tuple, list[RunData]]]:

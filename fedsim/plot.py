@@ -28,7 +28,7 @@ from pathlib import Path
 
 import click
 
-from fedsim._runs import load_runs
+from fedsim._runs import PLOTS_DIR, load_runs
 from fedsim.plot_curves import bytes_label, plot_curves
 from fedsim.plot_heatmaps import plot_heatmaps
 from fedsim.plot_probes import (
@@ -106,7 +106,7 @@ def plot_dir(
     import matplotlib
 
     rs = load_runs(directory)
-    out = Path(out) if out else Path(directory) / "plots"
+    out = Path(out) if out else Path(directory) / PLOTS_DIR
     formats = [f.lower().lstrip(".") for f in formats]
     written: list[Path] = []
     with matplotlib.rc_context(STYLE):

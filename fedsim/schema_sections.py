@@ -7,6 +7,7 @@ than one section are its own, and those beyond the schema :mod:`fedsim.validatio
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -32,6 +33,14 @@ class DatasetCfg(_Section):
         "and test images through domain domains[i % len]'s fixed transform (identity, invert, rot90, noise, blur, "
         "contrast) and is evaluated on its own domain's test set; whole models, decentralized mode; [] = none",
     )
+
+    @property
+    def source(self) -> str:
+        """``embedded`` (shipped with fedsim or a package: no data directory) or ``local files``
+        (:data:`fedsim.data.datasets.DATASETS`); the name must be known."""
+        from fedsim.data.datasets import DATASETS
+
+        return "embedded" if DATASETS[self.name][1] else "local files"
 
     @field_validator("domains")
     @classmethod
@@ -66,18 +75,22 @@ class PartitionCfg(_Section):
         "sets go to the honest peers in id order (kind=windows|classes)",
     )
 
-    @model_validator(mode="after")
-    def _class_set_options(self) -> PartitionCfg:
-        if (self.per_class is not None or self.byzantine_classes == "all") and self.kind not in ("windows", "classes"):
-            raise ValueError(f"kind must be windows or classes for per_class and byzantine_classes, got {self.kind!r}")
-        return self
-
 
 class AttackCfg(_Section):
     name: str = Field("none", description="see `fedsim list attacks`; 'none' for no attack")
     params: dict[str, Any] = Field(default_factory=dict)
     omniscient: bool = Field(True, description="forgers that can use the honest vectors of the round see them")
     collude: bool = Field(True, description="Byzantine peers forge jointly (one forge call) or each alone")
+
+    @property
+    def kind(self) -> str:
+        """``none``, or the registered attack's kind: ``forger`` (forges the messages it sends) or
+        ``poisoner`` (changes its training data); the name must be registered."""
+        if self.name == "none":
+            return "none"
+        import attacks
+
+        return attacks.REGISTRY[self.name].kind
 
 
 class PeersCfg(_Section):
@@ -201,8 +214,6 @@ class ModelCfg(_Section):
     def _consistent(self) -> ModelCfg:
         if self.trainable == "last_k" and self.k is None:
             raise ValueError("model.k: trainable: last_k needs k (how many layers, counted from the output)")
-        if self.trainable != "last_k" and self.k is not None:
-            raise ValueError(f"model.k: only for trainable: last_k (got trainable: {self.trainable})")
         if any(h < 1 or h > 1_000_000 for h in self.hidden):
             raise ValueError(f"model.hidden: widths must be between 1 and 1000000, got {self.hidden}")
         if len(self.hidden) > 64:
@@ -302,3 +313,45 @@ class CheckpointCfg(_Section):
 
 class OutputCfg(_Section):
     dir: str = "runs"
+
+
+@dataclass(frozen=True)
+class KindFields:
+    """Which kinds of a section read each of its kind-specific fields: ``kind`` names the section's
+    attribute that holds its kind, ``reads`` maps a field to the kinds that read it (a field not
+    listed is read by every kind); ``noun``: how the message names the kinds (default: ``kind``)."""
+
+    kind: str
+    reads: dict[str, tuple[str, ...]]
+    noun: str | None = None
+
+
+# The fields each kind reads, for every section with a kind and kind-specific fields (in the spirit
+# of scikit-learn's declarative parameter constraints): a field the scenario sets that its section's
+# kind does not read is an error, "partition.alpha: used only by kind dirichlet (this partition is
+# iid)", checked by fedsim.validation.ignored_fields (defaults never count: only keys given, at a value
+# other than the default). What reads them: fedsim.partition.make_partition, fedsim.topology.Topology.build
+# (in federated mode the topology is a star: none), fedsim.messages.forge_messages (omniscient,
+# collude: update forgers only), fedsim.whole_plan (model.k), fedsim.data.datasets.load (data_dir:
+# not an embedded dataset). Rule and attack parameters are each registered class's own
+# (strategies/attacks.build refuse a key the class lacks); a probe's keys are its kind's
+# (fedsim.schema_probes).
+KIND_FIELDS: dict[str, KindFields] = {
+    "dataset": KindFields("source", {"data_dir": ("local files",)}, noun="datasets read from"),
+    "partition": KindFields("kind", {
+        "alpha": ("dirichlet",),
+        "k": ("classes",),
+        "window": ("windows",),
+        "beta": ("quantity",),
+        "min_size": ("dirichlet", "quantity"),
+        "per_class": ("classes", "windows"),
+        "byzantine_classes": ("classes", "windows"),
+    }),
+    "topology": KindFields("kind", {
+        "degree": ("k_regular", "watts_strogatz"),
+        "p": ("erdos_renyi", "watts_strogatz"),
+        "fanout": ("push_gossip",),
+    }),
+    "peers.attack": KindFields("kind", {"omniscient": ("forger",), "collude": ("forger",)}),
+    "model": KindFields("trainable", {"k": ("last_k",)}),
+}

@@ -163,7 +163,9 @@ def sweep(
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--grid") from None
     try:
-        plan = plan_sweep(scenario, grid, parse_sets(sets), out, skip_invalid)
+        # a local sweep checks its data as `fedsim run` does, before anything is written; on a cluster
+        # (--address) the data may be only there: each run checks it (fedsim.sweep_execute.run_one)
+        plan = plan_sweep(scenario, grid, parse_sets(sets), out, skip_invalid, require_data=address is None)
     except ScenarioError as e:
         for line in e.errors[:-1]:  # one line per error (typos in the grid), the last as the exit message
             click.echo(f"Error: {line}", err=True)

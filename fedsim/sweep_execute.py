@@ -36,7 +36,8 @@ def run_one(data: dict[str, Any], run_dir: str, progress: Callable[[int, dict], 
     if (d / "summary.json").exists():
         return {"status": "complete", "summary": json.loads((d / "summary.json").read_text())}
     try:
-        sc = parse(data, str(d / "scenario.yaml"))
+        # missing data is one line naming dataset.data_dir (a cluster's run checks where the data is)
+        sc = parse(data, str(d / "scenario.yaml"), require_data=True)
         run = Run(sc, d, threads=threads)
         resume = all((d / f).exists() for f in ("checkpoint.pt", "scenario.yaml", "metrics.jsonl"))
         if not resume:
@@ -75,7 +76,9 @@ class SweepResult:
 
 
 def _warm_features(plan: SweepPlan) -> None:
-    """Compute each (dataset, backbone) feature cache once, before parallel runs race for it."""
+    """Compute each (dataset, backbone) feature cache once, before parallel runs race for it. Data
+    not on this machine (a sweep on a cluster, ``--address``) is left to the runs, each of which
+    checks its data (:func:`run_one`); a local sweep's data was checked when it was planned."""
     from fedsim.features import load_features
 
     seen = set()
@@ -84,7 +87,10 @@ def _warm_features(plan: SweepPlan) -> None:
         key = (sc.dataset.name, sc.backbone.name, sc.dataset.data_dir, sc.backbone.cache_dir)
         if key not in seen:
             seen.add(key)
-            load_features(*key)
+            try:
+                load_features(*key)
+            except FileNotFoundError:
+                continue
 
 
 def _write_index(plan: SweepPlan) -> None:

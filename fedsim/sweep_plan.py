@@ -183,6 +183,7 @@ def plan_sweep(
     sets: dict[str, Any] | None = None,
     out: Path | None = None,
     skip_invalid: bool = False,
+    require_data: bool = False,
 ) -> SweepPlan:
     """Expand ``scenario`` (its ``sweep:`` section, then ``grid`` on top) into validated runs.
 
@@ -191,7 +192,9 @@ def plan_sweep(
     in ``plan.invalid`` and not run). Unknown names and keys anywhere in the grid
     (:func:`fedsim.scenario.grid_errors`: ``strategy.name=bulyn``) raise whatever ``skip_invalid``
     says, before any combination is validated: ``skip_invalid`` leaves out only combinations of
-    valid names that fail a constraint (Krum's n > 2f + 2, an attack with 0 Byzantine peers)."""
+    valid names that fail a constraint (Krum's n > 2f + 2, an attack with 0 Byzantine peers).
+    ``require_data``: a dataset whose files are missing is an error, as for ``fedsim run`` (a
+    local sweep; on a cluster the data may be only there)."""
     base, file_grid = read_scenario_with_sweep(scenario)
     for k, v in (sets or {}).items():
         set_dotted(base, k, v)
@@ -211,7 +214,7 @@ def plan_sweep(
         data.setdefault("engine", {}).pop("address", None)
         rn = run_name(ov)
         try:
-            sc = parse(copy.deepcopy(data), f"{scenario} [{rn}]")
+            sc = parse(copy.deepcopy(data), f"{scenario} [{rn}]", require_data=require_data)
         except ScenarioError as e:
             if not skip_invalid:
                 hint = " (--skip-invalid leaves out combinations that cannot run)"

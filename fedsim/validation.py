@@ -35,7 +35,7 @@ from fedsim.runfacts import (
 from fedsim.runplan import RunPlan
 from fedsim.schema import Scenario
 from fedsim.schema_errors import _messages, _show
-from fedsim.schema_sections import StrategyCfg
+from fedsim.schema_sections import KIND_FIELDS, StrategyCfg
 from fedsim.yamlsafe import plain_tree
 
 if TYPE_CHECKING:
@@ -53,6 +53,7 @@ def check_semantics(sc: Scenario, source: str = "scenario", *, require_data: boo
     import strategies
 
     errors = _name_errors(sc)
+    errors += [] if errors else ignored_fields(sc)  # (an attack's kind needs its name known)
     if errors:
         raise ScenarioError(f"{source}: " + "; ".join(errors), [f"{source}: {e}" for e in errors])
 
@@ -144,6 +145,29 @@ def _name_errors(sc: Scenario) -> list[str]:
             f"peers.attack.name: {sc.peers.num_byzantine} Byzantine peers but no attack; name one or set byzantine: 0 "
             "(or peers.allow_idle_attack: true if intended)"
         )
+    return errors
+
+
+def ignored_fields(sc: Scenario) -> list[str]:
+    """The fields the scenario set that its section's kind does not read, one ``field: message``
+    each, from the one table :data:`fedsim.schema_sections.KIND_FIELDS`. Defaults never count:
+    only the keys given (pydantic's ``model_fields_set``), and of those only values other than the
+    default, so a run's recorded ``scenario.yaml`` (every field, the ignored ones at their defaults)
+    reads back: a departure from "every key given", named here. The attack's name must be known."""
+    errors = []
+    for path, spec in KIND_FIELDS.items():
+        section: Any = sc
+        for part in path.split("."):
+            section = getattr(section, part)
+        kind = getattr(section, spec.kind)
+        fields = type(section).model_fields
+        for field in (f for f in fields if f in section.model_fields_set):
+            kinds = spec.reads.get(field)
+            if kinds is not None and kind not in kinds and getattr(section, field) != fields[field].get_default(
+                    call_default_factory=True):
+                noun = spec.noun or spec.kind + ("s" if len(kinds) > 1 and spec.kind == "kind" else "")
+                errors.append(f"{path}.{field}: used only by {noun} {', '.join(kinds)} "
+                              f"(this {path.rsplit('.', 1)[-1]} is {kind})")
     return errors
 
 

@@ -3,6 +3,7 @@ import os
 import pytest
 
 from fedsim.overrides import set_dotted
+from fedsim.schema_sections import KIND_FIELDS
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -40,6 +41,23 @@ def small_scenario(tmp_path):
         }
         for k, v in over.items():
             set_dotted(d, k, v)
-        return d
+        return _without_unread(d, over)
 
     return make
+
+
+def _without_unread(d: dict, over: dict) -> dict:
+    """``d`` less the kind-specific fields of the fixture's base that an overridden kind does not
+    read (``partition.alpha`` once ``partition.kind`` is iid, ``topology.degree`` once the topology
+    is a ring or federated's star), which validation refuses (fedsim.schema_sections.KIND_FIELDS);
+    a field the caller set itself stays."""
+    for section in ("partition", "topology"):
+        cfg = d.get(section)
+        if not isinstance(cfg, dict):
+            continue
+        kind = "star" if d.get("mode") == "federated" and section == "topology" else cfg.get("kind")
+        given = over.get(section) if isinstance(over.get(section), dict) else {}
+        for field, kinds in KIND_FIELDS[section].reads.items():
+            if kind not in kinds and f"{section}.{field}" not in over and field not in given:
+                cfg.pop(field, None)
+    return d

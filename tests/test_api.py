@@ -35,8 +35,8 @@ def test_run_returns_history_summary_heads_and_plan(small_scenario, tmp_path):
     assert np.isfinite(r.final_params).all() and np.abs(r.final_params).sum() > 0
 
 
-@pytest.mark.parametrize("over", [{}, {"topology.kind": "erdos_renyi", "topology.p": 0.1},
-                                  {"topology.kind": "push_gossip", "topology.fanout": 2}])
+@pytest.mark.parametrize("over", [{}, {"topology": {"kind": "erdos_renyi", "p": 0.1}},
+                                  {"topology": {"kind": "push_gossip", "fanout": 2}}])
 def test_byzantine_in_neighbours_counts_each_peers_byzantine_senders(over):
     """A brute-force count per peer (push gossip leaves some peers with no sender: 0)."""
     from fedsim.runfacts import build_topology, byzantine_in_neighbours

@@ -45,9 +45,9 @@ def test_per_class_errors_name_the_field():
 
 
 def test_scenario_rejects_the_options_for_other_kinds(small_scenario):
-    with pytest.raises(ScenarioError, match="partition: kind must be windows or classes"):
+    with pytest.raises(ScenarioError, match=r"partition\.per_class: used only by kinds classes, windows"):
         parse(small_scenario(**{"partition.kind": "iid", "partition.per_class": 2}))
-    with pytest.raises(ScenarioError, match="partition: kind must be windows or classes"):
+    with pytest.raises(ScenarioError, match=r"partition\.byzantine_classes: used only by kinds classes, windows"):
         parse(small_scenario(**{"partition.byzantine_classes": "all"}))
 
 

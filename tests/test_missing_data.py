@@ -47,3 +47,29 @@ def test_api_run_with_missing_data_raises_before_any_folder(tmp_path: Path) -> N
     assert not (tmp_path / "api-run").exists()
     with pytest.raises(ScenarioError, match="dataset.data_dir: "):  # a mapping, too
         fedsim.run(yaml.safe_load(_scenario(tmp_path).read_text()), out=tmp_path / "api-run")
+
+
+def test_local_sweep_with_missing_data_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    """`fedsim sweep --set dataset.data_dir=/nonexistent` wrote sweep.json, then failed naming no field."""
+    from fedsim.sweep import sweep
+
+    path = _scenario(tmp_path)
+    res = CliRunner().invoke(sweep, [str(path), "-g", "seed=0,1", "--set", f"dataset.data_dir={tmp_path / 'gone'}",
+                                     "--local", "-q", "--out", str(tmp_path / "sw")])
+    assert res.exit_code == 1, res.output
+    line = res.output.strip()
+    assert "\n" not in line and "dataset.data_dir: " in line and str(tmp_path / "gone") in line, line
+    assert not (tmp_path / "sw").exists()
+
+
+def test_cluster_sweep_leaves_the_data_to_the_runs_which_name_the_field(tmp_path: Path) -> None:
+    """With --address the data may be only on the cluster: planning and the driver's feature warm-up
+    do not need it; a run that cannot find it fails with one line naming dataset.data_dir."""
+    from fedsim.sweep_execute import _warm_features, run_one
+    from fedsim.sweep_plan import plan_sweep
+
+    plan = plan_sweep(_scenario(tmp_path), {"seed": [0, 1]}, out=tmp_path / "sw")  # require_data=False
+    _warm_features(plan)  # nothing raised here
+    res = run_one(plan.runs[0].data, str(plan.runs[0].dir))
+    assert res["status"] == "failed" and "\n" not in res["error"], res
+    assert "dataset.data_dir: " in res["error"] and str(tmp_path / "absent") in res["error"], res["error"]

@@ -133,7 +133,8 @@ def test_bad_keys(bad: dict[str, Any], msg: str) -> None:
 @pytest.mark.slow
 def test_federated_mode_unlearns_at_the_server(tmp_path: Path) -> None:
     """Federated: arm 'all' is the server's global model; hop arms are refused with one line."""
-    d = _scenario(tmp_path, mode="federated", probes=[{**PROBE, "arms": [0, "all"], "rounds_after": [0]}])
+    d = _scenario(tmp_path, mode="federated", topology={"kind": "star"},
+                  probes=[{**PROBE, "arms": [0, "all"], "rounds_after": [0]}])
     run = Run(parse(d))
     run.create_dir(overwrite=True)
     run.execute()

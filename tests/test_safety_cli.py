@@ -146,7 +146,8 @@ COMMANDS = {  # command line, the function it calls that is made to fail
     "plot": (lambda tmp: ["plot", str(tmp)], "fedsim.plot.load_runs"),
     "pretrain": (lambda tmp: ["pretrain", "--out", str(tmp / "w.pt")], "fedsim.models.pretrain.pretrain"),
     "flower": (
-        lambda tmp: ["flower", "export", str(_scenario(tmp, mode="federated")), str(tmp / "app")],
+        lambda tmp: ["flower", "export", str(_scenario(tmp, mode="federated", topology={"kind": "star"})),
+                     str(tmp / "app")],
         "fedsim.flower.project.export_app",
     ),
 }

@@ -219,7 +219,7 @@ def test_fifty_thousand_peers_in_3_gb_is_refused_before_starting(monkeypatch):
     monkeypatch.setattr(limits, "machine_memory", lambda: 3 * 2**30)
     t0 = time.perf_counter()
     with pytest.raises(ScenarioError) as e:
-        parse({"dataset": {"name": "fashion_mnist_embedded"}, "partition": {"kind": "iid", "min_size": 1},
+        parse({"dataset": {"name": "fashion_mnist_embedded"}, "partition": {"kind": "iid"},
                "peers": {"count": 50_000}, "topology": {"kind": "ring"}, "engine": {"backend": "local"}})
     msg = _one_line(e.value)
     assert msg.startswith("scenario: peers.count:") and "3.0 GiB" in msg and "lower peers.count" in msg

@@ -37,6 +37,7 @@ from fedsim.errors import FedsimError
 from fedsim.peers import PeerGroup
 from fedsim.prepare import prepare
 from fedsim.scenario import Scenario, ScenarioError, parse
+from fedsim.schema_sections import KIND_FIELDS
 from fedsim.server import Server
 from fedsim.topology import KINDS
 
@@ -60,6 +61,9 @@ def scenario_dict(kind: str, mode: str, count: int, byz: int, degree: int, p: fl
         "strategy": {"name": rule},
         "engine": {"backend": "local", "num_actors": 2},
     }
+    reads = KIND_FIELDS["topology"].reads  # only the fields the kind reads: validation refuses the others
+    topo_kind = "star" if mode == "federated" else kind
+    d["topology"] = {k: v for k, v in d["topology"].items() if k not in reads or topo_kind in reads[k]}
     if f is not None:
         d["strategy"]["f"] = f
     return d

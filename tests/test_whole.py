@@ -182,7 +182,7 @@ def test_model_section_validation(tmp_path):
                                "model.trainable": "last_k", "model.k": 5, "model.hidden": [8]})
     with pytest.raises(ScenarioError, match=r"model\.k: trainable: last_k needs k"):
         _scenario(tmp_path, **{"model.trainable": "last_k"})
-    with pytest.raises(ScenarioError, match=r"model\.k: only for trainable: last_k"):
+    with pytest.raises(ScenarioError, match=r"model\.k: used only by trainable last_k"):
         _scenario(tmp_path, **{"model.k": 1})
     with pytest.raises(ScenarioError, match=r"training\.local_steps: model\.exchange: gradients takes one step"):
         _scenario(tmp_path, **{"model.exchange": "gradients"})
@@ -401,7 +401,7 @@ def test_gradient_exchange_on_a_sparse_gossip_graph_is_refused(tmp_path):
         _scenario(tmp_path, **{"model.exchange": "gradients", "training.local_steps": 1,
                                "topology": {"kind": "k_regular", "degree": 2}})
     _scenario(tmp_path, **{"model.exchange": "gradients", "training.local_steps": 1, "mode": "federated",
-                           "topology": {"kind": "k_regular", "degree": 2}})
+                           "topology": {"kind": "star"}})
 
 
 def test_loop_and_vmap_batching_give_the_same_parameters_to_float_tolerance(tmp_path):

@@ -71,7 +71,7 @@ def test_dpsgd_combines_parameters_then_steps_with_the_own_gradient(tmp_path, ru
 
 
 def test_dpsgd_is_refused_where_it_does_not_apply(tmp_path):
-    for over, msg in (({"mode": "federated", "topology.kind": "star"}, r"model\.exchange: dpsgd is decentralized"),
+    for over, msg in (({"mode": "federated", "topology": {"kind": "star"}}, r"model\.exchange: dpsgd is decentralized"),
                       ({"training.local_steps": 2}, r"training\.local_steps: model\.exchange: dpsgd takes one step")):
         with pytest.raises(ScenarioError, match=msg) as e:
             _scenario(tmp_path, **over)

@@ -84,7 +84,8 @@ def bridge_scenario(data: Mapping[str, Any] | str | Scenario, sets: Mapping[str,
     for k, v in (sets or {}).items():
         set_dotted(d, k, v)
     if d.get("mode", "decentralized") != "federated":
-        d["mode"] = "federated"  # the scenario model then sets topology.kind: star
+        d["mode"] = "federated"
+        d["topology"] = {"kind": "star"}  # a star reads no topology field (fedsim.schema_sections.KIND_FIELDS)
     try:
         return parse(d, "flower scenario")
     except ScenarioError as e:
