@@ -166,8 +166,11 @@ def ignored_fields(sc: Scenario) -> list[str]:
             if kinds is not None and kind not in kinds and getattr(section, field) != fields[field].get_default(
                     call_default_factory=True):
                 noun = spec.noun or spec.kind + ("s" if len(kinds) > 1 and spec.kind == "kind" else "")
+                hint = (": remove it, or with --set give the whole section, e.g. "
+                        f"--set '{path}={{{spec.kind}: {kind}}}'"
+                        if spec.kind in fields else "")  # (a derived kind, e.g. the attack's, is not set)
                 errors.append(f"{path}.{field}: used only by {noun} {', '.join(kinds)} "
-                              f"(this {path.rsplit('.', 1)[-1]} is {kind})")
+                              f"(this {path.rsplit('.', 1)[-1]} is {kind}){hint}")
     return errors
 
 

@@ -167,3 +167,15 @@ def test_the_flower_bridge_makes_a_decentralized_scenario_a_star_without_its_gra
     sc = bridge_scenario(load("scenarios/attack_matrix.yaml").model_dump(mode="json"))  # k_regular, degree 8
     assert sc.mode == "federated" and sc.topology.kind == "star"
     assert bridge_scenario(scenario_yaml(sc)).topology == sc.topology  # the run config's text reads back
+
+
+
+def test_the_error_says_how_to_switch_kind_with_set():
+    """The one line names the fix: drop the field or give the whole section with ``--set``; a derived
+    kind (the attack's forger/poisoner) gets no ``--set`` hint: it is not a field one sets."""
+    with pytest.raises(ScenarioError) as e:
+        parse({**SMALL, "partition": {"kind": "iid", "alpha": 0.1}})
+    assert "remove it, or with --set give the whole section, e.g. --set 'partition={kind: iid}'" in str(e.value)
+    with pytest.raises(ScenarioError) as e:
+        parse({**SMALL, "peers": {"count": 10, "byzantine": 2, "attack": {"name": "label_swap", "collude": False}}})
+    assert "peers.attack.collude: used only by" in str(e.value) and "--set" not in str(e.value)
