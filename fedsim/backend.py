@@ -20,10 +20,12 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import signal
 import socket
 import stat
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -108,6 +110,33 @@ def _loopback_node() -> Iterator[None]:
             os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, None)
         else:
             os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = saved_env
+
+
+@contextlib.contextmanager
+def _ctrl_c_kept() -> Iterator[None]:
+    """While Ray starts, a Ctrl-C is not lost. Ray forks its daemons, and a SIGINT that arrives
+    during a fork raises KeyboardInterrupt in the ``logging`` module's after-fork hook, where
+    Python prints "Exception ignored" and carries on (seen: a run Ctrl-C'd while Ray started ran to
+    its end). In the main thread, where Python's own handler is on, a handler that also notes the
+    Ctrl-C takes its place; a Ctrl-C noted but not raised is raised when the start returns."""
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    seen: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if seen:
+        raise KeyboardInterrupt
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -208,7 +237,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_dri
             kw["_system_config"] = lean_system_config()
             set_for_this_ray("RAY_USAGE_STATS_ENABLED", "0")  # read by ray.init and the processes it starts
         ray_reaper.start(kw["_temp_dir"])  # before ray.init: a kill during the start is covered too
-        with _loopback_node():
+        with _loopback_node(), _ctrl_c_kept():
             ray.init(**kw)
         node = getattr(ray._private.worker, "_global_node", None)
         if node is not None:

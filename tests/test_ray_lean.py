@@ -5,6 +5,8 @@ idle workers, and the head processes fedsim does not use stopped; a cluster addr
 from __future__ import annotations
 
 import os
+import signal
+import time
 from typing import Any
 
 import psutil
@@ -191,3 +193,31 @@ def test_only_a_ray_started_here_gets_a_reaper(monkeypatch) -> None:
     with pytest.raises(backend.RayStartError):
         backend.init_ray(num_cpus=2)
     assert fake.reaper[0][0] == "start" and fake.reaper[-1] == ("stop", (), {"clean": False})
+
+
+def test_a_ctrl_c_python_drops_while_ray_starts_is_raised(monkeypatch) -> None:
+    """A SIGINT during one of Ray's forks raises in the logging module's after-fork hook, where
+    Python drops it; init_ray raises it when the start returns. The fake start drops one the same way."""
+    pytest.importorskip("ray")
+    import ray
+
+    _unset(monkeypatch, ray_lean.LEAN_ENV, "RAY_USAGE_STATS_ENABLED")
+    _FakeRay(monkeypatch)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert backend.init_ray(num_cpus=2)  # control: no Ctrl-C, no KeyboardInterrupt
+
+        def init_dropping_ctrl_c(**kw: Any) -> None:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(1000):
+                    time.sleep(0.001)
+            except KeyboardInterrupt:
+                pass  # "Exception ignored in: <function _releaseLock ...>"
+
+        monkeypatch.setattr(ray, "init", init_dropping_ctrl_c)
+        with pytest.raises(KeyboardInterrupt):
+            backend.init_ray(num_cpus=2)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
