@@ -38,6 +38,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 DONE = b"done\n"
 """What :func:`stop` writes before closing the pipe after a clean stop: exit and reap nothing."""
@@ -63,14 +64,22 @@ def start(temp_dir: str) -> None:
     if not supported():
         return
     cmd = [sys.executable, "-I", "-S", os.path.abspath(__file__), temp_dir, str(os.getpid()), str(os.getsid(0))]
-    _reaper = subprocess.Popen(
-        cmd,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd="/",
-        start_new_session=True,
-    )
+    try:
+        _reaper = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd="/",
+            start_new_session=True,
+        )
+    except OSError as e:  # no process to spare: Ray still starts, as it would without fedsim
+        warnings.warn(
+            f"could not start the reaper of fedsim's Ray ({e.strerror or e}): if this process is killed, "
+            "Ray's agents may outlive it by a minute",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 def watch(session_dir: str) -> None:
@@ -131,7 +140,11 @@ def _texts(pid: int) -> list[str]:
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         texts = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
     fd_dir = f"/proc/{pid}/fd"
-    for fd in os.listdir(fd_dir):
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError:  # not ours to read: its command line only
+        return texts
+    for fd in fds:
         try:
             texts.append(os.readlink(f"{fd_dir}/{fd}"))
         except OSError:  # closed meanwhile

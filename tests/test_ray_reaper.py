@@ -144,6 +144,16 @@ def test_start_is_a_no_op_where_unsupported(monkeypatch) -> None:
     ray_reaper.stop()
 
 
+def test_a_reaper_that_cannot_start_is_a_warning_not_an_error(monkeypatch) -> None:
+    def no_process(*a, **kw):
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(ray_reaper.subprocess, "Popen", no_process)
+    with pytest.warns(RuntimeWarning, match=r"^could not start the reaper of fedsim's Ray \(Resource temporarily"):
+        ray_reaper.start("/nonexistent")
+    assert ray_reaper._reaper is None
+
+
 # --- a real fedsim run on Ray -------------------------------------------------------------------
 
 
