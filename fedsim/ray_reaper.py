@@ -11,7 +11,7 @@ exit, re-parented to init. Measured after ``kill -KILL`` of a ``fedsim run``: th
 63 s more (the workers ~4 s); lean or not (``FEDSIM_RAY_LEAN``) alike. Ray's own reaper
 (``ray_process_reaper.py``) is not started where the kernel can fate-share, i.e. on Linux, and it
 would need the driver to lead its own process group. A clean stop (``ray.shutdown()``, Ray's own
-``atexit``, SIGTERM, Ctrl-C) leaves nothing behind.
+``atexit``, SIGTERM, Ctrl-C, also during Ray's start) left nothing 30 s later.
 
 How: :func:`start` (from :func:`fedsim.backend.init_ray`, before ``ray.init``, so a kill during
 Ray's start-up is covered) runs this file as a script (``python -I -S``: the standard library only,
