@@ -5,8 +5,10 @@ Every Ray fedsim starts on this machine (``fedsim run``, ``fedsim sweep``, the p
 runs) is started by :func:`init_ray`, which makes it private to this user: bound to 127.0.0.1,
 its session under a 0700 folder, and token authentication on where the process has not imported
 Ray yet; and lean (:mod:`fedsim.ray_lean`): no prestarted idle workers and none of the daemons fedsim does
-not use (issue 19: ~110-160 MB of the 10,000-peer run's peak). A cluster address is the user's
-explicit choice and is connected to as given, with none of these options.
+not use (issue 19: ~110-160 MB of the 10,000-peer run's peak); and watched by a reaper
+(:mod:`fedsim.ray_reaper`) that kills what is left of it when the driver dies without stopping it
+(``kill -KILL``: Ray's agents would otherwise outlive it by a minute). A cluster address is the
+user's explicit choice and is connected to as given, with none of these options.
 
 This is the only fedsim module that imports Ray (``tests/test_architecture.py``): the others use
 its verbs: :func:`make_backend` (a run's actors), :func:`run_tasks` (a sweep's runs in parallel),
@@ -18,15 +20,18 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import signal
 import socket
 import stat
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from fedsim import ray_reaper
 from fedsim.errors import FedsimError
 from fedsim.ray_lean import (
     RayStartError,
@@ -107,6 +112,33 @@ def _loopback_node() -> Iterator[None]:
             os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = saved_env
 
 
+@contextlib.contextmanager
+def _ctrl_c_kept() -> Iterator[None]:
+    """While Ray starts, a Ctrl-C is not lost. Ray forks its daemons, and a SIGINT that arrives
+    during a fork raises KeyboardInterrupt in the ``logging`` module's after-fork hook, where
+    Python prints "Exception ignored" and carries on (seen: a run Ctrl-C'd while Ray started ran to
+    its end). In the main thread, where Python's own handler is on, a handler that also notes the
+    Ctrl-C takes its place; a Ctrl-C noted but not raised is raised when the start returns."""
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    seen: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if seen:
+        raise KeyboardInterrupt
+
+
 def check_reachable(address: str, timeout: float = 5.0) -> None:
     """Raise :class:`RayStartError` when the cluster at ``address`` (``HOST:PORT`` or
     ``ray://HOST:PORT``; ``auto`` is not checked) does not accept a TCP connection within
@@ -138,11 +170,13 @@ def _same_cluster(ray: Any, address: str) -> bool:
 
 
 def shutdown_ray(ray: Any) -> None:
-    """Stop the Ray :func:`init_ray` started and unset what it set in the environment for it
+    """Stop the Ray :func:`init_ray` started, end its reaper (:mod:`fedsim.ray_reaper`: after a
+    clean stop it touches nothing) and unset what it set in the environment for it
     (``RAY_USAGE_STATS_ENABLED``). Token authentication's variables stay: Ray read them at import,
     and a later start in this process must agree with them."""
     try:
         ray.shutdown()
+        ray_reaper.stop(clean=True)
     finally:
         restore_env()
 
@@ -160,7 +194,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_dri
     (:data:`fedsim.ray_lean.LEAN_ENV`) lean: no prestarted workers (:func:`lean_system_config`), no usage-stats
     reporting (``RAY_USAGE_STATS_ENABLED=0`` unless set, only while the Ray it starts runs:
     :func:`shutdown_ray` unsets it again), and the daemons of :func:`lean_stopped_daemons` stopped
-    once Ray runs."""
+    once Ray runs. It starts the Ray's reaper (:func:`fedsim.ray_reaper.start`) first, so a driver
+    killed even during Ray's start leaves none of that Ray's processes behind."""
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # CPU simulation: silence Ray's GPU tip
     local = not address
     lean = lean_requested() and local  # a junk value is an error even where it has no effect
@@ -201,19 +236,24 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_dri
         if lean:
             kw["_system_config"] = lean_system_config()
             set_for_this_ray("RAY_USAGE_STATS_ENABLED", "0")  # read by ray.init and the processes it starts
-        with _loopback_node():
+        ray_reaper.start(kw["_temp_dir"])  # before ray.init: a kill during the start is covered too
+        with _loopback_node(), _ctrl_c_kept():
             ray.init(**kw)
+        node = getattr(ray._private.worker, "_global_node", None)
+        if node is not None:
+            ray_reaper.watch(node.get_session_dir_path())
         if lean:
             stop_daemons(ray, lean_stopped_daemons(log_to_driver))
     except FedsimError:
+        ray_reaper.stop(clean=False)  # kills what a failed start left
         restore_env()
         raise
     except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, ValueError, RuntimeError, ...
+        ray_reaper.stop(clean=False)
         restore_env()
         where = f"connect to the Ray cluster at {address}" if address else "start Ray on this machine"
         first = (str(e).strip().splitlines() or [""])[0]
         raise RayStartError(f"could not {where}: {type(e).__name__}: {first}") from None
-    node = getattr(ray._private.worker, "_global_node", None)
     if node is not None and node.node_ip_address != LOOPBACK:
         warnings.warn(f"Ray took node address {node.node_ip_address}, not {LOOPBACK}", RuntimeWarning, stacklevel=2)
     return True

@@ -5,12 +5,14 @@ idle workers, and the head processes fedsim does not use stopped; a cluster addr
 from __future__ import annotations
 
 import os
+import signal
+import time
 from typing import Any
 
 import psutil
 import pytest
 
-from fedsim import backend, ray_lean
+from fedsim import backend, ray_lean, ray_reaper
 
 
 def _ray_commands() -> list[str]:
@@ -49,10 +51,13 @@ class _FakeRay:
 
         self.calls: list[dict[str, Any]] = []
         monkeypatch.setattr(ray, "is_initialized", lambda: False)
-        monkeypatch.setattr(ray, "init", lambda **kw: self.calls.append(kw))
         self.stopped: list[list[str]] = []
         monkeypatch.setattr(backend, "stop_daemons", lambda ray, kinds: self.stopped.append(kinds) or kinds)
         monkeypatch.setattr(backend, "check_reachable", lambda address, timeout=5.0: None)
+        self.reaper: list[tuple[str, Any]] = []  # the calls to fedsim.ray_reaper, in order
+        for verb in ("start", "watch", "stop"):
+            monkeypatch.setattr(ray_reaper, verb, lambda *a, _v=verb, **kw: self.reaper.append((_v, a, kw)))
+        monkeypatch.setattr(ray, "init", lambda **kw: self.calls.append(kw) or self.reaper.append(("ray.init",)))
 
 
 def _unset(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
@@ -159,3 +164,60 @@ def test_a_users_setting_survives_and_a_failed_start_leaves_nothing(monkeypatch)
     with pytest.raises(backend.RayStartError, match="could not start Ray on this machine: RuntimeError: no"):
         backend.init_ray(num_cpus=2)
     assert "RAY_USAGE_STATS_ENABLED" not in os.environ
+
+
+def test_only_a_ray_started_here_gets_a_reaper(monkeypatch) -> None:
+    """A local start starts the reaper before ``ray.init`` (a kill during the start is covered), with
+    Ray's temp folder; a clean shutdown ends it with nothing to reap; a failed start lets it reap;
+    a cluster address gets none."""
+    pytest.importorskip("ray")
+    import ray
+
+    _unset(monkeypatch, ray_lean.LEAN_ENV, "RAY_USAGE_STATS_ENABLED")
+    fake = _FakeRay(monkeypatch)
+    _fake_shutdown(monkeypatch)
+    assert backend.init_ray(num_cpus=2)
+    assert fake.reaper[0] == ("start", (fake.calls[0]["_temp_dir"],), {}) and fake.reaper[1] == ("ray.init",)
+    fake.reaper.clear()
+    backend.shutdown_ray(ray)
+    assert fake.reaper == [("stop", (), {"clean": True})]
+    fake.reaper.clear()
+    assert backend.init_ray("127.0.0.1:6379")
+    assert [c[0] for c in fake.reaper] == ["ray.init"]
+
+    def boom(**kw: Any) -> None:
+        raise RuntimeError("no")
+
+    fake.reaper.clear()
+    monkeypatch.setattr(ray, "init", boom)
+    with pytest.raises(backend.RayStartError):
+        backend.init_ray(num_cpus=2)
+    assert fake.reaper[0][0] == "start" and fake.reaper[-1] == ("stop", (), {"clean": False})
+
+
+def test_a_ctrl_c_python_drops_while_ray_starts_is_raised(monkeypatch) -> None:
+    """A SIGINT during one of Ray's forks raises in the logging module's after-fork hook, where
+    Python drops it; init_ray raises it when the start returns. The fake start drops one the same way."""
+    pytest.importorskip("ray")
+    import ray
+
+    _unset(monkeypatch, ray_lean.LEAN_ENV, "RAY_USAGE_STATS_ENABLED")
+    _FakeRay(monkeypatch)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert backend.init_ray(num_cpus=2)  # control: no Ctrl-C, no KeyboardInterrupt
+
+        def init_dropping_ctrl_c(**kw: Any) -> None:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(1000):
+                    time.sleep(0.001)
+            except KeyboardInterrupt:
+                pass  # "Exception ignored in: <function _releaseLock ...>"
+
+        monkeypatch.setattr(ray, "init", init_dropping_ctrl_c)
+        with pytest.raises(KeyboardInterrupt):
+            backend.init_ray(num_cpus=2)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
