@@ -240,8 +240,9 @@ def _forger_reads_f(forger) -> bool:
                                          generator=torch.Generator().manual_seed(1), receiver_own=honest[0],
                                          receiver_neighbors=honest[1:4])
         outs.append(forger.forge(honest, own, ctx))
-    return any((o is None) != (outs[0] is None) or (o is not None and o.shape == outs[0].shape
-                                                     and not torch.allclose(o, outs[0], equal_nan=True)) for o in outs[1:])
+    first = outs[0]
+    return any((o is None) != (first is None) or (o is not None and o.shape == first.shape
+                                                   and not torch.allclose(o, first, equal_nan=True)) for o in outs[1:])
 
 
 @pytest.mark.parametrize(("name", "params"), FORGERS)
