@@ -34,6 +34,13 @@ class ALIE(UpdateForger):
 
     z: float | None = param(None, Real(null=True))
 
+    reads_f = True  # z_max from ctx.f_received
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.z is not None:  # z given: f_received is not read
+            self.reads_f = False
+
     def check(self, n: int, f_received: int) -> None:
         if self.z is None:
             alie_z(n, f_received)

@@ -79,6 +79,9 @@ class UpdateForger:
     omniscient: ClassVar[bool] = False   # needs the honest vectors of the round
     per_receiver: ClassVar[bool] = False  # forges a different message for each receiver
     kind: ClassVar[str] = "forger"
+    # reads ctx.f_received (the run's f, strategy.f): where neither the rule nor the forger reads it, a
+    # scenario's strategy.f is refused (fedsim.validation); an instance may set it from its parameters
+    reads_f: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         """Check every parameter against its declared constraint (:func:`fedlib.params.validate`)."""

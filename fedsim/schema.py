@@ -98,8 +98,11 @@ class Scenario(_Section):
 
     @model_validator(mode="after")
     def _mode_topology(self) -> Scenario:
-        if self.mode == "federated" and self.topology.kind not in ("star",):
-            object.__setattr__(self.topology, "kind", "star")
+        if self.mode == "federated" and self.topology.kind != "star":
+            if "kind" in self.topology.model_fields_set:  # a graph the run would never build
+                raise ValueError("topology.kind: federated mode uses a star (server ↔ clients); remove topology "
+                                 "or set mode: decentralized (with --set: topology={kind: star})")
+            object.__setattr__(self.topology, "kind", "star")  # unset: the default graph becomes the star
         if self.mode == "decentralized" and self.topology.kind == "star":
             raise ValueError("topology.kind: 'star' is federated mode; set mode: federated or choose a graph")
         if self.engine.message_dtype != "float32" and (self.mode != "decentralized" or self.model.whole):

@@ -329,12 +329,14 @@ class KindFields:
 # The fields each kind reads, for every section with a kind and kind-specific fields (in the spirit
 # of scikit-learn's declarative parameter constraints): a field the scenario sets that its section's
 # kind does not read is an error, "partition.alpha: used only by kind dirichlet (this partition is
-# iid)", checked by fedsim.validation.ignored_fields (defaults never count: only keys given, at a value
-# other than the default). What reads them: fedsim.partition.make_partition, fedsim.topology.Topology.build
-# (in federated mode the topology is a star: none), fedsim.messages.forge_messages (omniscient,
-# collude: update forgers only), fedsim.whole_plan (model.k), fedsim.data.datasets.load (data_dir:
-# not an embedded dataset). Rule and attack parameters are each registered class's own
-# (strategies/attacks.build refuse a key the class lacks); a probe's keys are its kind's
+# iid)", checked by fedsim.validation.ignored_fields (a key given counts at any value, but in a section
+# given complete, as fedsim records it, only at other than its default: fedsim.validation.given). What reads
+# them: fedsim.partition.make_partition, fedsim.topology.Topology.build (in federated mode the topology is a
+# star: none; a graph kind given there is refused by fedsim.schema.Scenario), fedsim.messages.forge_messages
+# (omniscient, collude: update forgers only), fedsim.whole_plan (model.k), fedsim.data.datasets.load
+# (data_dir: not an embedded dataset). Rule and attack parameters are each registered class's own
+# (strategies/attacks.build refuse a key the class lacks; strategy.f: the rule's or forger's reads_f,
+# fedsim.validation._unread_f); a probe's keys are its kind's
 # (fedsim.schema_probes).
 KIND_FIELDS: dict[str, KindFields] = {
     "dataset": KindFields("source", {"data_dir": ("local files",)}, noun="datasets read from"),

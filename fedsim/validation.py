@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from fedlib.heads import num_params as head_params
 from fedlib.registry import did_you_mean as _did_you_mean
@@ -149,11 +149,12 @@ def _name_errors(sc: Scenario) -> list[str]:
 
 
 def ignored_fields(sc: Scenario) -> list[str]:
-    """The fields the scenario set that its section's kind does not read, one ``field: message``
-    each, from the one table :data:`fedsim.schema_sections.KIND_FIELDS`. Defaults never count:
-    only the keys given (pydantic's ``model_fields_set``), and of those only values other than the
-    default, so a run's recorded ``scenario.yaml`` (every field, the ignored ones at their defaults)
-    reads back: a departure from "every key given", named here. The attack's name must be known."""
+    """The fields the scenario set that nothing in its run reads, one ``field: message`` each: a
+    field its section's kind does not read, from the one table
+    :data:`fedsim.schema_sections.KIND_FIELDS`, and ``strategy.f`` where neither the rule nor the
+    attack reads ``f`` (:func:`_unread_f`). A field counts when its key is given (:func:`given`):
+    at any value in a section written by hand, at other than its default in a section given
+    complete (a recorded ``scenario.yaml``). The attack's name must be known."""
     errors = []
     for path, spec in KIND_FIELDS.items():
         section: Any = sc
@@ -161,17 +162,54 @@ def ignored_fields(sc: Scenario) -> list[str]:
             section = getattr(section, part)
         kind = getattr(section, spec.kind)
         fields = type(section).model_fields
-        for field in (f for f in fields if f in section.model_fields_set):
+        for field in (f for f in fields if given(section, f)):
             kinds = spec.reads.get(field)
-            if kinds is not None and kind not in kinds and getattr(section, field) != fields[field].get_default(
-                    call_default_factory=True):
+            if kinds is not None and kind not in kinds:
                 noun = spec.noun or spec.kind + ("s" if len(kinds) > 1 and spec.kind == "kind" else "")
                 hint = (": remove it, or with --set give the whole section, e.g. "
                         f"--set '{path}={{{spec.kind}: {kind}}}'"
                         if spec.kind in fields else "")  # (a derived kind, e.g. the attack's, is not set)
                 errors.append(f"{path}.{field}: used only by {noun} {', '.join(kinds)} "
                               f"(this {path.rsplit('.', 1)[-1]} is {kind}){hint}")
-    return errors
+    return errors + _unread_f(sc)
+
+
+def given(section: BaseModel, field: str) -> bool:
+    """Whether the scenario set ``field`` of ``section`` (a pydantic section of the parsed
+    scenario): its key was given (pydantic's ``model_fields_set``) — at any value, or, in a section
+    given complete (every one of its fields: what fedsim records, a run's ``scenario.yaml``, the
+    Flower run config, a sweep's run folders, old runs' too), at a value other than the default.
+    That exception is a departure from "every key given counts", named here: a recorded scenario
+    (the fields its kind ignores at their defaults) reads back, is resumed and re-run as it is,
+    while a field written by hand counts even at its default (``topology.degree: 6`` with
+    ``--set topology.kind=ring``)."""
+    if field not in section.model_fields_set:
+        return False
+    fields = type(section).model_fields
+    if not section.model_fields_set >= set(fields):  # written by hand: the key is enough
+        return True
+    return getattr(section, field) != fields[field].get_default(call_default_factory=True)
+
+
+def _unread_f(sc: Scenario) -> list[str]:
+    """``strategy.f`` given (:func:`given`) where nothing reads it: neither the rule
+    (:attr:`strategies.base.Strategy.reads_f`: ``ctx.f`` or its ``check(n, f)`` limit) nor the
+    forger (:attr:`attacks.base.UpdateForger.reads_f`: ALIE's ``ctx.f_received``). The readers
+    the message names are the registered classes' own declarations."""
+    import attacks
+    import strategies
+
+    if not given(sc.strategy, "f"):
+        return []
+    rule = strategies.build(sc.strategy.name, strategy_params(sc))
+    attack = attacks.build(sc.peers.attack.name, sc.peers.attack.params) if sc.peers.attack.name != "none" else None
+    if rule.reads_f or getattr(attack, "reads_f", False):
+        return []
+    rules = sorted(n for n, cls in strategies.REGISTRY.items() if cls.reads_f)
+    forgers = sorted(n for n, cls in attacks.REGISTRY.items() if getattr(cls, "reads_f", False))
+    these = " with these params" if type(rule).reads_f else ""
+    return [f"strategy.f: used only by rules {', '.join(rules)} and attacks {', '.join(forgers)} "
+            f"(this rule is {sc.strategy.name}{these}, which does not read f): remove it"]
 
 
 _TYPO_TYPES = ("extra_forbidden", "literal_error")  # pydantic errors that are a misspelt key or kind

@@ -129,6 +129,12 @@ class Strategy:
     (True: the batched form is the faster one there). False: the batched form exists for a device
     (``engine.device``, where one call per chunk beats one per peer) but on a CPU the per-peer loop
     is faster (its working set stays in the cache), so a CPU engine loops; the results are the same.
+
+    :attr:`reads_f`: whether ``f`` changes anything the rule does: its result (``ctx.f``) or the
+    limits its ``check(n, f)`` enforces (a type check of ``f`` alone does not count). A scenario's
+    ``strategy.f`` for a rule that does not (and a forger that does not either) is refused
+    (``fedsim.validation``). True unless a rule says otherwise (a rule from before the declaration
+    is taken to read it); an instance may set it from its parameters, as ``needs``.
     """
 
     name: ClassVar[str] = ""
@@ -137,6 +143,7 @@ class Strategy:
     float64_input: ClassVar[bool] = False
     batch_on_cpu: ClassVar[bool] = True
     exchanges: ClassVar[str] = "full_model"
+    reads_f: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         """Check every parameter against its declared constraint (:func:`fedlib.params.validate`).

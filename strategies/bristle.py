@@ -148,6 +148,7 @@ class Bristle(Strategy):
 
     needs: ClassVar[frozenset[str]] = frozenset({"validation", "generator", "overlap"})
     exchanges: ClassVar[str] = "output_layer"
+    reads_f = False  # f changes nothing this rule does (a scenario's strategy.f is refused)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -64,6 +64,7 @@ class Bucketing(Strategy):
         super().__post_init__()
         self._inner = build_inner(self.inner, self.inner_params, self.include_own)
         self.needs = self._inner.needs | {"generator"}
+        self.reads_f = self._inner.reads_f  # f only reaches the inner rule
         self.exchanges = self._inner.exchanges
 
     def check(self, n: int, f: int) -> None:

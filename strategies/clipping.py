@@ -42,6 +42,7 @@ class CenteredClipping(Strategy):
     between honest models.
     """
     exchanges = "full_model"  # what a message carries (byte accounting)
+    reads_f = False  # f changes nothing this rule does (a scenario's strategy.f is refused)
 
     tau: float = param(1.0, Real(lo=0.0, lo_open=True))
     iterations: int = param(1, Integer(minimum=1))
@@ -85,6 +86,11 @@ class ClippedGossip(Strategy):
     exchanges = "full_model"  # what a message carries (byte accounting)
 
     tau: float | None = param(None, Real(lo=0.0, null=True))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.tau is not None:  # a fixed radius: f is not read
+            self.reads_f = False
 
     def check(self, n: int, f: int) -> None:
         check_f(f)

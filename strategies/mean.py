@@ -21,6 +21,7 @@ class FedAvg(Strategy):
     ``x = mean_j x_j``.
     """
     exchanges = "full_model"  # what a message carries (byte accounting)
+    reads_f = False  # f changes nothing this rule does (a scenario's strategy.f is refused)
 
     include_own: bool = param(True, Boolean())  # "false" (a string) would be truthy
 
@@ -43,6 +44,7 @@ class FedAvg(Strategy):
 class LocalOnly(Strategy):
     """No aggregation: keep the own model (the "local training only" reference)."""
     exchanges = "full_model"  # what a message carries (byte accounting)
+    reads_f = False  # f changes nothing this rule does (a scenario's strategy.f is refused)
 
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
         return own.clone()

@@ -47,6 +47,7 @@ class FLTrust(Strategy):
     (the server's global model) and is not a candidate.
     """
     exchanges = "full_model"  # what a message carries (byte accounting)
+    reads_f = False  # f changes nothing this rule does (a scenario's strategy.f is refused)
 
     needs: ClassVar[frozenset[str]] = frozenset({"root_update"})
 
@@ -135,6 +136,8 @@ class Mozi(Strategy):
         super().__post_init__()
         if self.reference == "previous":  # the engine supplies ctx.previous only to rules that ask
             self.needs = frozenset({"validation", "previous"})
+        if self.rho is not None:  # k = ceil(rho * n) candidates: f is not read
+            self.reads_f = False
 
     def check(self, n: int, f: int) -> None:
         check_f(f)
@@ -178,6 +181,7 @@ class Balance(Strategy):
     (the paper's default setting).
     """
     exchanges = "full_model"  # what a message carries (byte accounting)
+    reads_f = False  # f changes nothing this rule does (a scenario's strategy.f is refused)
 
     gamma: float = param(0.3, Real(lo=0.0, lo_open=True))
     kappa: float = param(1.0, Real(lo=0.0))

@@ -49,8 +49,9 @@ def small_scenario(tmp_path):
 def _without_unread(d: dict, over: dict) -> dict:
     """``d`` less the kind-specific fields of the fixture's base that an overridden kind does not
     read (``partition.alpha`` once ``partition.kind`` is iid, ``topology.degree`` once the topology
-    is a ring or federated's star), which validation refuses (fedsim.schema_sections.KIND_FIELDS);
-    a field the caller set itself stays."""
+    is a ring or federated's star), which validation refuses (fedsim.schema_sections.KIND_FIELDS),
+    and in federated mode the base's graph kind (fedsim.schema.Scenario refuses one); a field the
+    caller set itself stays."""
     for section in ("partition", "topology"):
         cfg = d.get(section)
         if not isinstance(cfg, dict):
@@ -60,4 +61,6 @@ def _without_unread(d: dict, over: dict) -> dict:
         for field, kinds in KIND_FIELDS[section].reads.items():
             if kind not in kinds and f"{section}.{field}" not in over and field not in given:
                 cfg.pop(field, None)
+        if kind == "star" and "topology.kind" not in over and "kind" not in given:
+            cfg.pop("kind", None)  # federated mode is a star: a graph kind given there is refused
     return d

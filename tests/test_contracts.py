@@ -139,8 +139,10 @@ def test_validation_refuses_an_undefined_alie_z(small_scenario):
     bad = small_scenario(**alie, strategy={"name": "fedavg", "f": 3})
     with pytest.raises(ScenarioError, match=r"peers.attack.params: alie: z_max is undefined.*with 4 received"):
         parse(bad)
-    parse(small_scenario(**{"peers.byzantine": 2, "peers.attack": {"name": "alie", "params": {"z": 1.0}},
-                            "strategy": {"name": "fedavg", "f": 3}}))  # an explicit z needs no n, f
+    z = {"peers.byzantine": 2, "peers.attack": {"name": "alie", "params": {"z": 1.0}}}
+    parse(small_scenario(**z, strategy={"name": "clipped_gossip", "f": 3}))  # an explicit z needs no n, f
+    with pytest.raises(ScenarioError, match=r"^[^\n]*strategy\.f: used only by rules .*\(this rule is fedavg"):
+        parse(small_scenario(**z, strategy={"name": "fedavg", "f": 3}))  # ... and reads no f: nothing does
 
 
 def _break_median(monkeypatch, error: Exception) -> None:

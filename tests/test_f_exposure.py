@@ -17,7 +17,7 @@ def _ring(tmp_path, **strategy):
     return {"name": "ring", "seed": 1, "rounds": 1, "dataset": {"name": "sklearn_digits"},
             "backbone": {"name": "identity", "cache_dir": str(tmp_path / "c")}, "partition": {"kind": "iid"},
             "peers": {"count": 10, "byzantine": 3, "attack": {"name": "sign_flip"}},
-            "topology": {"kind": "ring"}, "strategy": {"name": "fedavg", **strategy},
+            "topology": {"kind": "ring"}, "strategy": {"name": "clipped_gossip", **strategy},
             "training": {"batch_size": 8, "local_steps": 1}, "evaluation": {"every": 1},
             "engine": {"backend": "local", "num_actors": 1}, "output": {"dir": str(tmp_path / "runs")}}
 

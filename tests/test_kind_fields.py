@@ -60,7 +60,7 @@ def test_a_field_the_kind_ignores_is_one_line_naming_it(data, error):
         {"partition": {"kind": "windows", "window": 2, "per_class": 2}},
         {"partition": {"kind": "classes", "k": 3, "byzantine_classes": "partition"}},
         {"partition": {"kind": "iid", "val_fraction": 0.2}},  # read by every kind
-        {"partition": {"kind": "iid"}, "topology": {"kind": "ring"}},  # defaults never count
+        {"partition": {"kind": "iid"}, "topology": {"kind": "ring"}},  # no field the kinds ignore given
         {"topology": {"kind": "watts_strogatz", "degree": 4, "p": 0.3}},
         {"topology": {"kind": "push_gossip", "fanout": 3}},
         {"peers": {"byzantine": 2, "attack": {"name": "sign_flip", "collude": False, "omniscient": False}}},

@@ -62,8 +62,9 @@ def scenario_dict(kind: str, mode: str, count: int, byz: int, degree: int, p: fl
         "engine": {"backend": "local", "num_actors": 2},
     }
     reads = KIND_FIELDS["topology"].reads  # only the fields the kind reads: validation refuses the others
-    topo_kind = "star" if mode == "federated" else kind
-    d["topology"] = {k: v for k, v in d["topology"].items() if k not in reads or topo_kind in reads[k]}
+    d["topology"] = {k: v for k, v in d["topology"].items() if k not in reads or kind in reads[k]}
+    if mode == "federated":  # a star: no topology section (a graph kind there is refused)
+        del d["topology"]
     if f is not None:
         d["strategy"]["f"] = f
     return d
@@ -134,6 +135,10 @@ def check_validation_is_run(data: dict) -> str:
             model = Scenario.model_validate(data)
         except (ValidationError, ValueError):
             return "schema"  # the schema alone refuses it: the run never starts
+        if str(e).startswith("v.yaml: strategy.f: used only by"):  # set where nothing reads it
+            assert not strategies.build(model.strategy.name, sc_mod.strategy_params(model)).reads_f
+            assert model.peers.attack.name == "none" or not attacks.build(model.peers.attack.name).reads_f
+            return "unread f"
         try:
             prep, groups, _ = _run_setup(model)
         except (ValueError, FedsimError):
