@@ -10,6 +10,7 @@ import click
 
 from fedsim.cli_errors import FedsimGroup, remember_run_dir
 from fedsim.errors import RunInterruptedError
+from fedsim.units import human_bytes
 from fedsim.version import __version__
 
 # commands that live in their own modules, imported only when named (so `fedsim list` and
@@ -210,7 +211,7 @@ def _summary_table(console, s: dict, run_dir: Path, resumed: bool = False) -> No
         ("rounds", s["rounds"]),
         ("final honest accuracy: mean", _pct(s["final_accuracy_mean"])),
         ("final honest accuracy: min / max", f"{_pct(s['final_accuracy_min'])} / {_pct(s['final_accuracy_max'])}"),
-        ("bytes sent (all peers, all rounds)", _bytes(s["bytes_sent_total"])),
+        ("bytes sent (all peers, all rounds)", human_bytes(s["bytes_sent_total"])),
         ("time in rounds" + (" (all sessions)" if resumed else ""), f"{s['wall_seconds_rounds']:.2f} s"),
         ("wall time" + (" (this command)" if resumed else ""), f"{s.get('wall_seconds', 0):.2f} s"),
     ]
@@ -221,14 +222,6 @@ def _summary_table(console, s: dict, run_dir: Path, resumed: bool = False) -> No
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
-
-
-def _bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024:
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} PiB"
 
 
 @main.command()

@@ -20,12 +20,12 @@ from fedsim._runs import (
     RunSet,
     fmt_value,
     group_runs,
-    human_bytes,
     label,
     load_runs,
     mean_std,
     shared_settings,
 )
+from fedsim.units import human_bytes
 
 
 @dataclass

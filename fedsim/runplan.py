@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from fedsim.units import human_bytes
+
 if TYPE_CHECKING:
     from fedsim.limits import MemoryEstimate, Work
     from fedsim.schema import Scenario
@@ -32,14 +34,6 @@ class RunPlan:
     work: Work | None = None  # fedsim.limits.training_work
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024:
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} PiB"
-
-
 def plan_lines(sc: Scenario, plan: RunPlan) -> list[str]:
     """The plan as a few indented lines (``fedsim validate`` prints them after ``ok``)."""
     byz = sc.peers.num_byzantine
@@ -60,14 +54,14 @@ def plan_lines(sc: Scenario, plan: RunPlan) -> list[str]:
                      f"(batch_size {sc.training.batch_size}: {batch})")
     if plan.bytes_per_message is not None:
         per_round = plan.bytes_per_message * plan.sends_per_round * sc.peers.count
-        lines.append(f"  messages: {_size(plan.bytes_per_message)} each ({sc.engine.message_dtype}), "
-                     f"{plan.sends_per_round:g} sent per peer per round: {_size(per_round)} per round")
+        lines.append(f"  messages: {human_bytes(plan.bytes_per_message)} each ({sc.engine.message_dtype}), "
+                     f"{plan.sends_per_round:g} sent per peer per round: {human_bytes(per_round)} per round")
     if plan.memory is not None:
         m = plan.memory
-        parts = ", ".join(f"{k} {_size(getattr(m, k))}"
+        parts = ", ".join(f"{k} {human_bytes(getattr(m, k))}"
                           for k in ("heads", "messages", "data", "topology", "processes", "batches"))
-        machine = "" if plan.available is None else f"; this machine has {_size(plan.available)}"
-        lines.append(f"  memory: about {_size(m.total)} at peak ({parts}){machine}")
+        machine = "" if plan.available is None else f"; this machine has {human_bytes(plan.available)}"
+        lines.append(f"  memory: about {human_bytes(m.total)} at peak ({parts}){machine}")
     if plan.work is not None:
         w = plan.work
         lines.append(f"  training work: {w.samples_per_round:.3g} samples and {w.flop_per_round:.3g} FLOP "
