@@ -141,7 +141,7 @@ def scenario(n: int, rounds: int, a: argparse.Namespace, strategy: str, out: Pat
         "mode": "decentralized",
         "rounds": rounds,
         **data,
-        "partition": {"kind": a.partition, "alpha": a.alpha, "min_size": 2},
+        "partition": {"kind": a.partition, **({"alpha": a.alpha, "min_size": 2} if a.partition == "dirichlet" else {})},
         "peers": {"count": n},
         "topology": {"kind": "push_gossip", "fanout": a.fanout},
         "strategy": {"name": strategy},
