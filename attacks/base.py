@@ -82,6 +82,11 @@ class UpdateForger:
     # reads ctx.f_received (the run's f, strategy.f): where neither the rule nor the forger reads it, a
     # scenario's strategy.f is refused (fedsim.validation); an instance may set it from its parameters
     reads_f: ClassVar[bool] = False
+    # reads the ``honest`` argument of forge (omniscient says it *needs* the round's honest vectors;
+    # ALIE is not omniscient but reads them): where it does not, a scenario's peers.attack.omniscient
+    # is refused (fedsim.validation). True unless a forger declares otherwise (a plugin that does not
+    # say is assumed to read them, so its omniscient is never refused wrongly)
+    reads_honest: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         """Check every parameter against its declared constraint (:func:`fedlib.params.validate`)."""

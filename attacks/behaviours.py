@@ -21,6 +21,8 @@ from fedlib.params import Integer, Options, param
 class Crash(UpdateForger):
     """Crash failure: the Byzantine peers stay silent (``forge`` returns ``None``)."""
 
+    reads_honest = False
+
     def forge(self, honest: Tensor, own: Tensor, ctx: AttackContext) -> None:
         return None
 
@@ -36,6 +38,8 @@ class Stale(UpdateForger):
     ``delay`` rounds no such model exists and the peers send their current ``own`` vectors.
     ``delay = 1``: always one round behind.
     """
+
+    reads_honest = False  # own and ctx.previous
 
     delay: int = param(1, Integer(minimum=1))
 
@@ -57,6 +61,8 @@ class Stale(UpdateForger):
 class NonFinite(UpdateForger):
     """Non-finite messages: every row is full of ``value`` (``"nan"``, ``"inf"`` or ``"-inf"``)."""
 
+    reads_honest = False
+
     value: str = param("nan", Options(choices=("nan", "inf", "-inf")))
 
     def forge(self, honest: Tensor, own: Tensor, ctx: AttackContext) -> Tensor:
@@ -70,6 +76,8 @@ class WrongShape(UpdateForger):
 
     ``delta = +1`` appends a zero to each row of ``own``, ``delta = −1`` drops its last entry.
     """
+
+    reads_honest = False  # own
 
     delta: int = param(1, Options(choices=(1, -1)))
 

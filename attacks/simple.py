@@ -23,6 +23,8 @@ class SignFlip(UpdateForger):
     (not an update), as in He et al.'s decentralized code.
     """
 
+    reads_honest = False  # only own
+
     scale: float = param(1.0, Real(lo=0, lo_open=True))
 
     def forge(self, honest: Tensor, own: Tensor, ctx: AttackContext) -> Tensor:
@@ -42,6 +44,8 @@ class Gaussian(UpdateForger):
     Draws from ``ctx.generator`` (a seeded generator makes the attack reproducible); each of the
     ``k`` Byzantine peers gets its own independent row.
     """
+
+    reads_honest = False  # own gives only the shape, dtype and device
 
     mode: str = param("gaussian", Options(choices=("gaussian", "random")))
     mean: float = param(0.0, Real())

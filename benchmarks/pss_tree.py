@@ -13,22 +13,29 @@ it watches is not slowed (``scale.py``'s own sampler runs in the driver). Linux 
 
 from __future__ import annotations
 
+import argparse
 import os
-import sys
 import time
 
-import pss  # benchmarks/ is on sys.path when run as a script
+import _cli  # benchmarks/ is on sys.path when run as a script
+import pss
 
 MIB = 2**20
 
 
-def _root_pid(argv: list[str]) -> int:
-    """The one argument, the pid of a running process; otherwise ``SystemExit`` with a one-line error."""
-    if len(argv) != 1 or not argv[0].isdigit():
-        raise SystemExit(f"usage: pss_tree.py ROOT_PID (the pid of a running process), got {' '.join(argv)!r}")
-    if not os.path.exists(f"/proc/{argv[0]}"):
-        raise SystemExit(f"pss_tree.py: no process {argv[0]} (is this Linux, and is the run still going?)")
-    return int(argv[0])
+def running_pid(text: str) -> int:
+    """The pid of a running process (an integer >= 0 with an entry in /proc)."""
+    pid = _cli.index(text)
+    if not os.path.exists(f"/proc/{pid}"):
+        raise argparse.ArgumentTypeError(f"no process {pid} (is this Linux, and is the run still going?)")
+    return pid
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = _cli.parser(__doc__)
+    ap.add_argument("root_pid", metavar="ROOT_PID", type=running_pid,
+                    help="the pid of the running process whose tree to watch (e.g. $! after starting the run with &)")
+    return ap.parse_args(argv)
 
 
 def watch(root: int, interval: float = 0.2, proc: str = pss.PROC) -> pss.Peak:
@@ -55,7 +62,7 @@ def report(peak: pss.Peak) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    print(report(watch(_root_pid(sys.argv[1:] if argv is None else argv))))
+    print(report(watch(parse_args(argv).root_pid)))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class RunPlan:
     """What validation built for a scenario. A fact it could not compute (the dataset's files
-    missing without ``require_data``, a whole model's head sizes) is None."""
+    missing without ``require_data``; a whole model's shard sizes and work) is None. A whole
+    model's memory and message size are :func:`fedsim.whole_plan.check_model`'s."""
 
     f: int  # fedsim.runfacts.resolve_f
     in_degree: float  # mean vectors an aggregator hears per round (round 0)
@@ -27,9 +28,9 @@ class RunPlan:
     rule_params: dict[str, Any] = field(default_factory=dict)  # the built rule's fields, defaults filled in
     largest_shard: int | None = None  # fedsim.runfacts.largest_shard
     shard_pad: int | None = None  # fedsim.runfacts.shard_pad (0: gathered minibatches)
-    bytes_per_message: int | None = None  # fedsim.runfacts.bytes_per_message
+    bytes_per_message: int | None = None  # fedsim.runfacts.bytes_per_message (whole: of whole_plan.message_size)
     sends_per_round: float = 0.0  # fedsim.runfacts.sends_per_round
-    memory: MemoryEstimate | None = None  # fedsim.limits.estimate_memory, what validation compared
+    memory: MemoryEstimate | None = None  # fedsim.limits.estimate_memory (whole: whole_plan.memory_estimate)
     available: int | None = None  # the machine's memory it was compared with
     work: Work | None = None  # fedsim.limits.training_work
 

@@ -97,7 +97,7 @@ def check_semantics(sc: Scenario, source: str = "scenario", *, require_data: boo
         from fedsim.whole_plan import check_model
 
         try:
-            check_model(sc, info)
+            facts |= check_model(sc, info)  # a whole model's memory and message size
         except ValueError as e:
             fail(str(e))
     if sc.mode == "decentralized":
@@ -152,7 +152,8 @@ def ignored_fields(sc: Scenario) -> list[str]:
     """The fields the scenario set that nothing in its run reads, one ``field: message`` each: a
     field its section's kind does not read, from the one table
     :data:`fedsim.schema_sections.KIND_FIELDS`, and ``strategy.f`` where neither the rule nor the
-    attack reads ``f`` (:func:`_unread_f`). A field counts when its key is given (:func:`given`):
+    attack reads ``f`` (:func:`_unread_f`), and ``peers.attack.omniscient`` where the forger never
+    reads the honest vectors (:func:`_unread_omniscient`). A field counts when its key is given (:func:`given`):
     at any value in a section written by hand, at other than its default in a section given
     complete (a recorded ``scenario.yaml``). The attack's name must be known."""
     errors = []
@@ -171,7 +172,7 @@ def ignored_fields(sc: Scenario) -> list[str]:
                         if spec.kind in fields else "")  # (a derived kind, e.g. the attack's, is not set)
                 errors.append(f"{path}.{field}: used only by {noun} {', '.join(kinds)} "
                               f"(this {path.rsplit('.', 1)[-1]} is {kind}){hint}")
-    return errors + _unread_f(sc)
+    return errors + _unread_f(sc) + _unread_omniscient(sc)
 
 
 def given(section: BaseModel, field: str) -> bool:
@@ -210,6 +211,24 @@ def _unread_f(sc: Scenario) -> list[str]:
     these = " with these params" if type(rule).reads_f else ""
     return [f"strategy.f: used only by rules {', '.join(rules)} and attacks {', '.join(forgers)} "
             f"(this rule is {sc.strategy.name}{these}, which does not read f): remove it"]
+
+
+def _unread_omniscient(sc: Scenario) -> list[str]:
+    """``peers.attack.omniscient`` given (:func:`given`) for a forger that never reads the honest
+    vectors it is handed (:attr:`attacks.base.UpdateForger.reads_honest` False: sign_flip sends
+    ``−own`` whatever the others sent). The readers the message names are the registered classes'
+    own declarations. (A data poisoner or no attack: :data:`KIND_FIELDS` refuses it already.)"""
+    import attacks
+
+    if sc.peers.attack.name == "none" or not given(sc.peers.attack, "omniscient"):
+        return []
+    attack = attacks.build(sc.peers.attack.name, sc.peers.attack.params)
+    if not isinstance(attack, attacks.UpdateForger) or attack.reads_honest:
+        return []
+    readers = sorted(n for n, cls in attacks.REGISTRY.items()
+                     if issubclass(cls, attacks.UpdateForger) and cls.reads_honest)
+    return [f"peers.attack.omniscient: used only by attacks {', '.join(readers)} (this attack is "
+            f"{sc.peers.attack.name}, which never reads the honest vectors): remove it"]
 
 
 _TYPO_TYPES = ("extra_forbidden", "literal_error")  # pydantic errors that are a misspelt key or kind

@@ -45,9 +45,11 @@ def plan_for(sc: Scenario, dim: int, num_classes: int) -> ModelPlan:
     )
 
 
-def check_model(sc: Scenario, info: DatasetInfo | None = None) -> None:
+def check_model(sc: Scenario, info: DatasetInfo | None = None) -> dict[str, Any]:
     """The checks a ``model`` section beyond today's head needs; ``ValueError`` naming the field.
-    With the dataset's ``info``, also the run's memory (:func:`memory_estimate`)."""
+    With the dataset's ``info``, also the run's memory (:func:`memory_estimate`), and then returns
+    the :class:`fedsim.runplan.RunPlan` facts computed on the way (``memory``, ``available``,
+    ``bytes_per_message``: the run's :func:`message_size`); else ``{}``."""
     m = sc.model
     if m.trainable == "last_k":
         n = num_layers(sc.backbone.name, m.hidden)
@@ -101,12 +103,17 @@ def check_model(sc: Scenario, info: DatasetInfo | None = None) -> None:
         raise ValueError("probes: the probes read linear heads; remove them or use the default model section")
     if info is not None:
         from fedsim import limits
+        from fedsim.runfacts import bytes_per_message
 
-        est, activations = memory_estimate(sc, info)
-        msg = limits.memory_error(est)
+        est, activations, suffix = _estimate(sc, info)
+        available = limits.machine_memory()
+        msg = limits.memory_error(est, available)
         if msg:
             raise ValueError(f"model.trainable: the run {msg} (training activations alone {limits.gib(activations)}: "
                              "fewer peers per group, a smaller batch or fewer trainable layers)")
+        return {"memory": est, "available": available,
+                "bytes_per_message": bytes_per_message(sc, exchange_size(suffix, sc.model.bn))}
+    return {}
 
 
 def memory_estimate(sc: Scenario, info: DatasetInfo) -> tuple[Any, int]:
@@ -117,6 +124,12 @@ def memory_estimate(sc: Scenario, info: DatasetInfo) -> tuple[Any, int]:
     trainable count, data copies the frozen prefix's output size, the minibatch its gathered inputs
     (:func:`fedsim.limits.minibatch_bytes`, always gathered); a feature shift
     (``dataset.domains``) holds one test set per used domain (:func:`fedsim.domain_shift.shift`)."""
+    est, activations, _ = _estimate(sc, info)
+    return est, activations
+
+
+def _estimate(sc: Scenario, info: DatasetInfo) -> tuple[Any, int, torch.nn.Module]:
+    """:func:`memory_estimate`, and the trainable part it built (for :func:`exchange_size`)."""
     import math
 
     import attacks
@@ -155,7 +168,7 @@ def memory_estimate(sc: Scenario, info: DatasetInfo) -> tuple[Any, int]:
         batches=limits.minibatch_bytes(per_group=per_group, batch=sc.training.batch_size, dim=int(x[0].numel()),
                                        num_classes=0, concurrent=concurrent),
     )
-    return dataclasses.replace(est, heads=est.heads + activations), activations
+    return dataclasses.replace(est, heads=est.heads + activations), activations, suffix
 
 
 def prepare_features(sc: Scenario, log: Any = None) -> tuple[Features, ModelPlan]:
@@ -251,7 +264,12 @@ def message_size(plan: ModelPlan) -> int:
     """The length of every exchanged vector (:class:`Exchange`): the trainable parameters, with
     ``bn: exchanged`` plus the BatchNorm running statistics, with ``bn: local`` less the BatchNorm
     parameters."""
-    return Exchange.of(StackedModel(split(plan)[1], 1), plan.bn).size
+    return exchange_size(split(plan)[1], plan.bn)
+
+
+def exchange_size(suffix: torch.nn.Module, bn: str) -> int:
+    """:func:`message_size` of an already built trainable part ``suffix`` (``split(plan)[1]``)."""
+    return Exchange.of(StackedModel(suffix, 1), bn).size
 
 
 @dataclass(frozen=True)

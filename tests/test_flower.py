@@ -86,13 +86,12 @@ def test_client_import_pulls_in_neither_ray_nor_matplotlib(tmp_path):
         ({"strategy.name": "krum", "peers.count": 7, "peers.byzantine": 1, "peers.attack.name": "alie"}, "server"),
         ({"strategy.name": "fltrust", "peers.byzantine": 1, "peers.attack.name": "ipm"}, "server"),
         (
-            {"strategy.name": "trimmed_mean", "peers.byzantine": 1, "peers.attack.name": "sign_flip",
-             "peers.attack.omniscient": False},
+            {"strategy.name": "trimmed_mean", "peers.byzantine": 1, "peers.attack.name": "sign_flip"},
             "client",
         ),
         # a device keeps its own models of the last `delay` rounds across rounds (context.state)
         ({"strategy.name": "median", "peers.byzantine": 1, "peers.attack.name": "stale",
-          "peers.attack.params": {"delay": 2}, "peers.attack.omniscient": False}, "client"),
+          "peers.attack.params": {"delay": 2}}, "client"),
     ],
 )
 def test_bridge_equals_fedsim_federated_mode(fed_scenario, tmp_path, over, side):

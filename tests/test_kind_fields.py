@@ -63,7 +63,7 @@ def test_a_field_the_kind_ignores_is_one_line_naming_it(data, error):
         {"partition": {"kind": "iid"}, "topology": {"kind": "ring"}},  # no field the kinds ignore given
         {"topology": {"kind": "watts_strogatz", "degree": 4, "p": 0.3}},
         {"topology": {"kind": "push_gossip", "fanout": 3}},
-        {"peers": {"byzantine": 2, "attack": {"name": "sign_flip", "collude": False, "omniscient": False}}},
+        {"peers": {"byzantine": 2, "attack": {"name": "ipm", "collude": False, "omniscient": False}}},
     ],
 )
 def test_a_field_the_kind_reads_is_accepted(data):

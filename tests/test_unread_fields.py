@@ -249,3 +249,50 @@ def _forger_reads_f(forger) -> bool:
 def test_every_forger_declares_reads_f_as_it_behaves(name, params):
     forger = attacks.build(name, params)
     assert forger.reads_f == _forger_reads_f(forger), (name, params, forger.reads_f)
+
+
+# --------------------------------------------------------------------------- 4. omniscient read by nobody
+def _forger_reads_honest(forger) -> bool:
+    """Whether the honest vectors handed to ``forge`` change the forged messages (two honest
+    populations, the same own vectors and seed; ``receiver_neighbors`` None, so a per-receiver
+    forger falls back to ``honest``, as it does at the federated server)."""
+    g = torch.Generator().manual_seed(0)
+    own, receiver = torch.randn(2, P, generator=g), torch.randn(P, generator=g)
+    outs = []
+    for seed in (1, 2):
+        honest = torch.randn(7, P, generator=torch.Generator().manual_seed(seed)) * seed
+        ctx = attacks.AttackContext(n=9, f=2, f_received=2, layer_shape=(C, D), num_classes=C,
+                                    generator=torch.Generator().manual_seed(3), receiver_own=receiver,
+                                    previous=own + 1)
+        outs.append(forger.forge(honest, own, ctx))
+    a, b = outs
+    return (a is None) != (b is None) or (a is not None and (a.shape != b.shape
+                                                             or not torch.allclose(a, b, equal_nan=True)))
+
+
+@pytest.mark.parametrize(("name", "params"), FORGERS)
+def test_every_forger_declares_reads_honest_as_it_behaves(name, params):
+    forger = attacks.build(name, params)
+    assert forger.reads_honest == _forger_reads_honest(forger), (name, params, forger.reads_honest)
+
+
+@pytest.mark.parametrize("name", ["sign_flip", "gaussian", "crash", "stale", "nan", "wrong_shape"])
+@pytest.mark.parametrize("omniscient", [True, False])  # at its default too: written by hand
+def test_omniscient_for_a_forger_that_never_reads_the_honest_vectors_is_one_line(name, omniscient):
+    msg = _refused(SMALL | {"peers": {"count": 10, "byzantine": 2, "attack": {"name": name, "omniscient": omniscient}}},
+                   f"peers.attack.omniscient: used only by attacks alie, dissensus, fang_krum, fang_trimmed_mean, "
+                   f"ipm, min_max, min_sum (this attack is {name}, which never reads the honest vectors): remove it")
+    assert name not in msg.split("(")[0]
+
+
+@pytest.mark.parametrize("name", ["alie", "ipm", "min_max", "fang_trimmed_mean"])
+def test_omniscient_for_a_forger_that_reads_the_honest_vectors_is_accepted(name):
+    for omniscient in (True, False):
+        parse(SMALL | {"peers": {"count": 10, "byzantine": 2, "attack": {"name": name, "omniscient": omniscient}}})
+
+
+def test_a_recorded_sign_flip_run_reads_back_at_the_default_omniscient(tmp_path):
+    sc, path = _recorded(tmp_path, {"peers": {"count": 10, "byzantine": 2, "attack": {"name": "sign_flip"}}})
+    assert yaml.safe_load((path / "scenario.yaml").read_text())["peers"]["attack"]["omniscient"] is True
+    assert load_for_resume(path).model_dump() == sc.model_dump()
+    assert load("scenarios/flower_robust.yaml").peers.attack.name == "sign_flip"  # it wrote omniscient: false

@@ -122,3 +122,32 @@ def test_training_work_hand_computed_and_warned(tmp_path):
         assert res.exit_code == 0, res.output
         warning = [line for line in res.output.splitlines() if "warning: training.local_steps" in line]
         assert len(warning) == warned and all("FLOP" in w for w in warning)
+
+
+def test_validate_prints_a_whole_models_messages_and_memory(tmp_path, monkeypatch):
+    """A whole-model run (``model.trainable: all`` / ``last_k``): the plan carries the message size
+    the run sends (``prepare``'s, :func:`fedsim.whole_plan.message_size`) and the memory estimate
+    validation compared (:func:`fedsim.whole_plan.memory_estimate`), each computed once, and prints them."""
+    from fedsim import whole_plan
+    from fedsim.data.datasets import dataset_info
+    from fedsim.prepare import prepare
+    from fedsim.units import human_bytes
+
+    calls = []
+    real = whole_plan._estimate
+    monkeypatch.setattr(whole_plan, "_estimate", lambda *a: calls.append(1) or real(*a))
+    base = {**SMALL, "backbone": {"name": "identity", "cache_dir": str(tmp_path / "cache")},
+            "output": {"dir": str(tmp_path / "runs")}, "topology": {"kind": "complete"}}
+    for model, values in [({"trainable": "all", "hidden": [16], "init": "scratch"}, 64 * 16 + 16 + 16 * 10 + 10),
+                          ({"trainable": "last_k", "k": 1, "hidden": [16], "init": "scratch"}, 16 * 10 + 10)]:
+        data = {**base, "model": model}
+        calls.clear()
+        sc, plan = parse_with_plan(data)
+        assert len(calls) == 1  # the estimate and the message size from one build
+        assert plan.bytes_per_message == 4 * values == prepare(sc).bytes_per_message
+        info = dataset_info("sklearn_digits")
+        assert plan.memory is not None and plan.memory == whole_plan.memory_estimate(sc, info)[0]
+        res = CliRunner().invoke(main, ["validate", str(_write(tmp_path, data))])
+        assert res.exit_code == 0, res.output
+        assert f"messages: {human_bytes(4 * values)} each" in res.output
+        assert "memory: about" in res.output
