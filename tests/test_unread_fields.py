@@ -279,9 +279,11 @@ def test_every_forger_declares_reads_honest_as_it_behaves(name, params):
 @pytest.mark.parametrize("name", ["sign_flip", "gaussian", "crash", "stale", "nan", "wrong_shape"])
 @pytest.mark.parametrize("omniscient", [True, False])  # at its default too: written by hand
 def test_omniscient_for_a_forger_that_never_reads_the_honest_vectors_is_one_line(name, omniscient):
+    # (plugin forgers other tests registered in this process are listed too, after the built-ins)
     msg = _refused(SMALL | {"peers": {"count": 10, "byzantine": 2, "attack": {"name": name, "omniscient": omniscient}}},
-                   f"peers.attack.omniscient: used only by attacks alie, dissensus, fang_krum, fang_trimmed_mean, "
-                   f"ipm, min_max, min_sum (this attack is {name}, which never reads the honest vectors): remove it")
+                   "peers.attack.omniscient: used only by attacks alie, dissensus, fang_krum, fang_trimmed_mean, "
+                   "ipm, min_max, min_sum")
+    assert msg.endswith(f"(this attack is {name}, which never reads the honest vectors): remove it"), msg
     assert name not in msg.split("(")[0]
 
 
