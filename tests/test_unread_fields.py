@@ -180,19 +180,26 @@ def _ctx(f: int, seed: int) -> AggregationContext:
         overlap=torch.full((N,), C), previous=torch.randn(P, generator=g))
 
 
-def _rule_reads_f(rule: strategies.Strategy) -> bool:
-    """Whether ``f`` changes what ``rule`` does: its ``check(n, f)`` outcome for some ``n``, or its
-    result on a few random populations, with outliers or without (each f with the same seeds)."""
-    for n in range(1, 13):
+def _check_depends_on_f(check, ns, fs_for) -> bool:
+    """Whether ``check(n, f)`` accepts some ``f`` and refuses another for one of the ``ns``."""
+    for n in ns:
         outcomes = set()
-        for f in range(6):
+        for f in fs_for(n):
             try:
-                rule.check(n, f)
+                check(n, f)
                 outcomes.add("ok")
             except ValueError:
                 outcomes.add("refused")
         if len(outcomes) > 1:
             return True
+    return False
+
+
+def _rule_reads_f(rule: strategies.Strategy) -> bool:
+    """Whether ``f`` changes what ``rule`` does: its ``check(n, f)`` outcome for some ``n``, or its
+    result on a few random populations, with outliers or without (each f with the same seeds)."""
+    if _check_depends_on_f(rule.check, range(1, 13), lambda n: range(6)):
+        return True
     for seed in range(6):
         g = torch.Generator().manual_seed(seed)
         own, received = torch.randn(P, generator=g), torch.randn(N, P, generator=g)
@@ -222,16 +229,8 @@ FORGERS = [(n, {}) for n in sorted(attacks.REGISTRY) if attacks.REGISTRY[n].kind
 
 def _forger_reads_f(forger) -> bool:
     """Whether the run's ``f`` (``ctx.f_received``) changes the forger's check or its messages."""
-    for n in range(2, 13):
-        outcomes = set()
-        for fr in range(0, n):
-            try:
-                forger.check(n, fr)
-                outcomes.add("ok")
-            except ValueError:
-                outcomes.add("refused")
-        if len(outcomes) > 1:
-            return True
+    if _check_depends_on_f(forger.check, range(2, 13), range):
+        return True
     g = torch.Generator().manual_seed(0)
     honest, own = torch.randn(7, P, generator=g), torch.randn(2, P, generator=g)
     outs = []
