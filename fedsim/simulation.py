@@ -27,6 +27,7 @@ from fedsim import routing
 from fedsim.errors import CorruptFileError
 from fedsim.peers import PeerGroup
 from fedsim.round_record import PHASES, RoundRecord  # noqa: F401  (re-exported)
+from fedsim.runfacts import sends_per_round
 from fedsim.scenario import Scenario, sampled_clients
 from fedsim.server import Server
 
@@ -231,7 +232,7 @@ def round_metrics(sc: Scenario, prep: Prepared, r: int, losses: Sequence[float],
     counts, ``sampled`` the clients this round trained (None: all)."""
     bpm = prep.bytes_per_message
     honest_ids = np.flatnonzero(~np.asarray(prep.byzantine, dtype=bool))
-    deg = out_degree(sc, prep)
+    deg = sends_per_round(sc, prep.info["mean_in_degree"])
     senders = sc.peers.count if sampled is None else int(sampled.sum())
     trainers = len(honest_ids) if sampled is None else int(sampled[honest_ids].sum())
     rec: dict[str, Any] = {
@@ -281,13 +282,6 @@ def accuracy_fields(sc: Scenario, a: np.ndarray, lo: np.ndarray, ids: np.ndarray
     if sc.evaluation.per_peer:
         out["per_peer"] = {str(int(i)): round(float(x), 6) for i, x in zip(ids, a, strict=True)}
     return out
-
-
-def out_degree(sc: Scenario, prep: Prepared) -> float:
-    """Messages each peer sends per round: 1 (federated), the push-gossip fanout, or the mean in-degree."""
-    from fedsim.runfacts import sends_per_round
-
-    return sends_per_round(sc, prep.info["mean_in_degree"])
 
 
 def merge_group_states(states: list[dict[str, Any]]) -> dict[str, Any]:
