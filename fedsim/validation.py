@@ -50,17 +50,14 @@ def check_semantics(sc: Scenario, source: str = "scenario", *, require_data: boo
     in-degree; the partition itself gives every peer data; probes are well-formed. Returns what
     it built (:class:`fedsim.runplan.RunPlan`: the partition's largest shard, the topology's
     in-degrees, ``f``, the memory estimate, ...), each computed once."""
-    import strategies
-
-    errors = _name_errors(sc)
-    errors += [] if errors else ignored_fields(sc)  # (an attack's kind needs its name known)
+    errors, (rule, attack) = _name_errors(sc)
+    errors += [] if errors else ignored_fields(sc, (rule, attack))  # (an attack's kind needs its name known)
     if errors:
         raise ScenarioError(f"{source}: " + "; ".join(errors), [f"{source}: {e}" for e in errors])
 
     def fail(msg: str) -> NoReturn:
         raise ScenarioError(f"{source}: {msg}")
 
-    rule = strategies.build(sc.strategy.name, strategy_params(sc))
     facts: dict[str, Any] = {}
     info = _dataset_info(sc, require_data, fail)
     if sc.dataset.domains:  # feature shift: where it cannot apply (fedsim.data.domains)
@@ -80,13 +77,13 @@ def check_semantics(sc: Scenario, source: str = "scenario", *, require_data: boo
         except ValueError as e:
             fail(str(e))
         part = _partition(sc, info)  # (its errors reported in their turn, below)
-        facts |= _check_memory(sc, info, fail, None if isinstance(part, ValueError) else part, rule)
+        facts |= _check_memory(sc, info, fail, None if isinstance(part, ValueError) else part, rule, attack)
     try:
         topo = build_topology(sc)
     except ValueError as e:
         fail(str(e))
     f, in_degree = resolve_f(sc, topo)
-    _check_rule(sc, f, in_degree, rule, fail)
+    _check_rule(sc, f, in_degree, rule, attack, fail)
     if info is not None:
         _check_partition(sc, part, fail)
     _check_probes(sc, fail)
@@ -109,8 +106,10 @@ def check_semantics(sc: Scenario, source: str = "scenario", *, require_data: boo
                    sends_per_round=sends_per_round(sc, in_degree), **facts)
 
 
-def _name_errors(sc: Scenario) -> list[str]:
-    """Every unknown name and unbuildable rule or attack, each as ``field: message``."""
+def _name_errors(sc: Scenario) -> tuple[list[str], tuple[Any, Any]]:
+    """Every unknown name and unbuildable rule or attack, each as ``field: message``, and the
+    ``(rule, attack)`` built on the way (None where it did not build; the attack None for none):
+    the rest of the checks use these, nothing builds them again."""
     import attacks
     import strategies
     from fedsim.data.datasets import DATASETS
@@ -124,13 +123,14 @@ def _name_errors(sc: Scenario) -> list[str]:
         errors.append(f"dataset.data_dir: dataset {sc.dataset.name!r} is read from local files; set the directory")
     if sc.backbone.name not in BACKBONES:
         errors.append(f"backbone.name: {unknown_backbone(sc.backbone.name)}")
+    rule = attack = None
     try:
-        strategies.build(sc.strategy.name, strategy_params(sc))
+        rule = strategies.build(sc.strategy.name, strategy_params(sc))
     except ValueError as e:
         errors.append(f"{'strategy.params' if sc.strategy.name in strategies.REGISTRY else 'strategy.name'}: {e}")
     if sc.peers.attack.name != "none":
         try:
-            attacks.build(sc.peers.attack.name, sc.peers.attack.params)
+            attack = attacks.build(sc.peers.attack.name, sc.peers.attack.params)
         except ValueError as e:
             where = "peers.attack.params" if sc.peers.attack.name in attacks.REGISTRY else "peers.attack.name"
             errors.append(f"{where}: {e}")
@@ -145,17 +145,19 @@ def _name_errors(sc: Scenario) -> list[str]:
             f"peers.attack.name: {sc.peers.num_byzantine} Byzantine peers but no attack; name one or set byzantine: 0 "
             "(or peers.allow_idle_attack: true if intended)"
         )
-    return errors
+    return errors, (rule, attack)
 
 
-def ignored_fields(sc: Scenario) -> list[str]:
+def ignored_fields(sc: Scenario, built: tuple[Any, Any] | None = None) -> list[str]:
     """The fields the scenario set that nothing in its run reads, one ``field: message`` each: a
     field its section's kind does not read, from the one table
     :data:`fedsim.schema_sections.KIND_FIELDS`, and ``strategy.f`` where neither the rule nor the
     attack reads ``f`` (:func:`_unread_f`), and ``peers.attack.omniscient`` where the forger never
     reads the honest vectors (:func:`_unread_omniscient`). A field counts when its key is given (:func:`given`):
     at any value in a section written by hand, at other than its default in a section given
-    complete (a recorded ``scenario.yaml``). The attack's name must be known."""
+    complete (a recorded ``scenario.yaml``). The attack's name must be known. ``built``: the
+    scenario's ``(rule, attack)`` if already built (:func:`check_semantics`; default: built here)."""
+    rule, attack = _built(sc) if built is None else built
     errors = []
     for path, spec in KIND_FIELDS.items():
         section: Any = sc
@@ -172,7 +174,16 @@ def ignored_fields(sc: Scenario) -> list[str]:
                         if spec.kind in fields else "")  # (a derived kind, e.g. the attack's, is not set)
                 errors.append(f"{path}.{field}: used only by {noun} {', '.join(kinds)} "
                               f"(this {path.rsplit('.', 1)[-1]} is {kind}){hint}")
-    return errors + _unread_f(sc) + _unread_omniscient(sc)
+    return errors + _unread_f(sc, rule, attack) + _unread_omniscient(sc, attack)
+
+
+def _built(sc: Scenario) -> tuple[Any, Any]:
+    """The scenario's rule and attack (None: no attack), built as the run builds them."""
+    import attacks
+    import strategies
+
+    attack = attacks.build(sc.peers.attack.name, sc.peers.attack.params) if sc.peers.attack.name != "none" else None
+    return strategies.build(sc.strategy.name, strategy_params(sc)), attack
 
 
 def given(section: BaseModel, field: str) -> bool:
@@ -192,7 +203,7 @@ def given(section: BaseModel, field: str) -> bool:
     return getattr(section, field) != fields[field].get_default(call_default_factory=True)
 
 
-def _unread_f(sc: Scenario) -> list[str]:
+def _unread_f(sc: Scenario, rule: Any, attack: Any) -> list[str]:
     """``strategy.f`` given (:func:`given`) where nothing reads it: neither the rule
     (:attr:`strategies.base.Strategy.reads_f`: ``ctx.f`` or its ``check(n, f)`` limit) nor the
     forger (:attr:`attacks.base.UpdateForger.reads_f`: ALIE's ``ctx.f_received``). The readers
@@ -202,8 +213,6 @@ def _unread_f(sc: Scenario) -> list[str]:
 
     if not given(sc.strategy, "f"):
         return []
-    rule = strategies.build(sc.strategy.name, strategy_params(sc))
-    attack = attacks.build(sc.peers.attack.name, sc.peers.attack.params) if sc.peers.attack.name != "none" else None
     if rule.reads_f or getattr(attack, "reads_f", False):
         return []
     rules = sorted(n for n, cls in strategies.REGISTRY.items() if cls.reads_f)
@@ -213,16 +222,15 @@ def _unread_f(sc: Scenario) -> list[str]:
             f"(this rule is {sc.strategy.name}{these}, which does not read f): remove it"]
 
 
-def _unread_omniscient(sc: Scenario) -> list[str]:
+def _unread_omniscient(sc: Scenario, attack: Any) -> list[str]:
     """``peers.attack.omniscient`` given (:func:`given`) for a forger that never reads the honest
     vectors it is handed (:attr:`attacks.base.UpdateForger.reads_honest` False: sign_flip sends
     ``−own`` whatever the others sent). The readers the message names are the registered classes'
     own declarations. (A data poisoner or no attack: :data:`KIND_FIELDS` refuses it already.)"""
     import attacks
 
-    if sc.peers.attack.name == "none" or not given(sc.peers.attack, "omniscient"):
+    if attack is None or not given(sc.peers.attack, "omniscient"):
         return []
-    attack = attacks.build(sc.peers.attack.name, sc.peers.attack.params)
     if not isinstance(attack, attacks.UpdateForger) or attack.reads_honest:
         return []
     readers = sorted(n for n, cls in attacks.REGISTRY.items()
@@ -348,10 +356,10 @@ def _feature_dim(backbone: str, sample_shape: tuple[int, ...], dtype: str) -> in
 
 
 def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], NoReturn], part: Partition | None,
-                  rule: Any) -> dict[str, Any]:
+                  rule: Any, attack: Any) -> dict[str, Any]:
     """The backbone accepts the dataset's inputs, its weights exist, and the run's memory
     estimate (:mod:`fedsim.limits`) fits the machine; ``part``: the partition (None when it cannot
-    be made: then the minibatch is counted as gathered, nothing padded); ``rule``: the built rule.
+    be made: then the minibatch is counted as gathered, nothing padded); ``rule``, ``attack``: the built ones.
     Returns the :class:`fedsim.runplan.RunPlan` facts it computed on the way (the largest shard,
     the padding, the message size, the estimate, the local steps' work; those of a linear head only)."""
     import attacks
@@ -372,7 +380,6 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], NoRetur
     groups = min(sc.engine.num_actors, n)
     per_group = -(-n // groups)
     on_ray = sc.engine.backend == "ray" and limits.local_ray_cpus(sc) is not None
-    attack = attacks.build(sc.peers.attack.name, sc.peers.attack.params) if sc.peers.attack.name != "none" else None
     forged = isinstance(attack, attacks.UpdateForger) and sc.peers.num_byzantine > 0
     concurrent = groups if sc.engine.backend == "ray" else 1
     try:  # the run's figure (the canaries included: fedsim.runfacts.largest_shard)
@@ -418,7 +425,8 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], NoRetur
             "work": None if largest is None else training_work(sc, c, dim, largest)}
 
 
-def _check_rule(sc: Scenario, f: int, in_degree: float, rule: Any, fail: Callable[[str], NoReturn]) -> None:
+def _check_rule(sc: Scenario, f: int, in_degree: float, rule: Any, attack: Any,
+                fail: Callable[[str], NoReturn]) -> None:
     """The rule's n/f limits for the f and in-degree the run will use (:func:`resolve_f`), and the
     forger's: it is told the same ``n`` and ``f`` (``AttackContext``)."""
     import attacks
@@ -432,8 +440,7 @@ def _check_rule(sc: Scenario, f: int, in_degree: float, rule: Any, fail: Callabl
             f"{where}: {e} (with {n} received vectors per aggregation and f={f}; set strategy.f, "
             "raise the topology degree, or lower the Byzantine count)"
         )
-    if sc.peers.attack.name != "none" and sc.peers.num_byzantine:
-        attack = attacks.build(sc.peers.attack.name, sc.peers.attack.params)
+    if attack is not None and sc.peers.num_byzantine:
         try:
             if isinstance(attack, attacks.UpdateForger):
                 attack.check(n, f)

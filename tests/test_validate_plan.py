@@ -38,6 +38,23 @@ def test_validate_builds_the_partition_once(tmp_path, monkeypatch):
     assert len(calls) == 1
 
 
+def test_validation_builds_the_rule_and_the_attack_once(monkeypatch):
+    """The rule and the forger the name check built are the ones every later check reads (the
+    ignored-field, memory and n/f checks), not rebuilt by each."""
+    import attacks
+    import strategies
+
+    built = {"rule": 0, "attack": 0}
+    real_rule, real_attack = strategies.build, attacks.build
+    monkeypatch.setattr(strategies, "build", lambda *a, **k: built.__setitem__("rule", built["rule"] + 1)
+                        or real_rule(*a, **k))
+    monkeypatch.setattr(attacks, "build", lambda *a, **k: built.__setitem__("attack", built["attack"] + 1)
+                        or real_attack(*a, **k))
+    parse(SMALL | {"peers": {"count": 20, "byzantine": 3, "attack": {"name": "alie"}},
+                   "strategy": {"name": "median", "f": 3}})
+    assert built == {"rule": 1, "attack": 1}
+
+
 def test_validate_prints_the_runs_plan(tmp_path):
     """After ``ok``: the plan's figures are the run's (``prepare``: f, message size, largest shard,
     mean in-degree); ``--quiet`` prints ``ok`` alone; ``--help`` says so."""
