@@ -94,7 +94,7 @@ def check_semantics(sc: Scenario, source: str = "scenario", *, require_data: boo
         from fedsim.whole_plan import check_model
 
         try:
-            facts |= check_model(sc, info)  # a whole model's memory and message size
+            facts |= check_model(sc, rule, attack, info)  # a whole model's memory and message size
         except ValueError as e:
             fail(str(e))
     if sc.mode == "decentralized":

@@ -45,10 +45,13 @@ def plan_for(sc: Scenario, dim: int, num_classes: int) -> ModelPlan:
     )
 
 
-def check_model(sc: Scenario, info: DatasetInfo | None = None) -> dict[str, Any]:
+def check_model(sc: Scenario, rule: strategies.Strategy, attack: Any,
+                info: DatasetInfo | None = None) -> dict[str, Any]:
     """The checks a ``model`` section beyond today's head needs; ``ValueError`` naming the field.
-    With the dataset's ``info``, also the run's memory (:func:`memory_estimate`), and then returns
-    the :class:`fedsim.runplan.RunPlan` facts computed on the way (``memory``, ``available``,
+    ``rule``, ``attack``: the scenario's, as validation built them once (the attack None for none;
+    :func:`fedsim.validation.check_semantics`), never rebuilt here. With the dataset's ``info``,
+    also the run's memory (:func:`memory_estimate`), and then returns the
+    :class:`fedsim.runplan.RunPlan` facts computed on the way (``memory``, ``available``,
     ``bytes_per_message``: the run's :func:`message_size`); else ``{}``."""
     m = sc.model
     if m.trainable == "last_k":
@@ -88,7 +91,6 @@ def check_model(sc: Scenario, info: DatasetInfo | None = None) -> dict[str, Any]
             raise ValueError("model.bn: local (FedBN) keeps each client's BatchNorm layers, so the federated server "
                              "has no global model to evaluate (evaluating the clients' own models is not built); "
                              "use mode: decentralized or bn: exchanged")
-    rule = strategies.build(sc.strategy.name, dict(sc.strategy.params))
     reads_heads = {"validation", "root_update", "overlap", "previous"} & set(rule.needs)
     if rule.scores_whole_models:  # scores candidates through ctx.val_logits (WholePeerGroup._ctx)
         reads_heads -= {"validation"}
@@ -105,7 +107,7 @@ def check_model(sc: Scenario, info: DatasetInfo | None = None) -> dict[str, Any]
         from fedsim import limits
         from fedsim.runfacts import bytes_per_message
 
-        est, activations, suffix = _estimate(sc, info)
+        est, activations, suffix = _estimate(sc, info, attack)
         available = limits.machine_memory()
         msg = limits.memory_error(est, available)
         if msg:
@@ -116,19 +118,20 @@ def check_model(sc: Scenario, info: DatasetInfo | None = None) -> dict[str, Any]
     return {}
 
 
-def memory_estimate(sc: Scenario, info: DatasetInfo) -> tuple[Any, int]:
+def memory_estimate(sc: Scenario, info: DatasetInfo, attack: Any) -> tuple[Any, int]:
     """:func:`fedsim.limits.estimate_memory` for the whole-model run, and the training activations
     it adds (counted in its ``heads`` entry): every module output of the trainable part for one
     sample (a forward pass of zeros), × batch size × the peers of the largest group × 3 (the
     output, its gradient and the module's saved inputs, roughly). Parameters and messages are the
     trainable count, data copies the frozen prefix's output size, the minibatch its gathered inputs
     (:func:`fedsim.limits.minibatch_bytes`, always gathered); a feature shift
-    (``dataset.domains``) holds one test set per used domain (:func:`fedsim.domain_shift.shift`)."""
-    est, activations, _ = _estimate(sc, info)
+    (``dataset.domains``) holds one test set per used domain (:func:`fedsim.domain_shift.shift`).
+    ``attack``: the scenario's built attack (None: none), whose forgeries are counted."""
+    est, activations, _ = _estimate(sc, info, attack)
     return est, activations
 
 
-def _estimate(sc: Scenario, info: DatasetInfo) -> tuple[Any, int, torch.nn.Module]:
+def _estimate(sc: Scenario, info: DatasetInfo, attack: Any) -> tuple[Any, int, torch.nn.Module]:
     """:func:`memory_estimate`, and the trainable part it built (for :func:`exchange_size`)."""
     import math
 
@@ -154,7 +157,6 @@ def _estimate(sc: Scenario, info: DatasetInfo) -> tuple[Any, int, torch.nn.Modul
     per_group = math.ceil(sc.peers.count / groups)
     concurrent = groups if sc.engine.backend == "ray" else 1
     activations = limits.FLOAT * sum(sizes) * sc.training.batch_size * per_group * concurrent * 3
-    attack = attacks.build(sc.peers.attack.name, sc.peers.attack.params) if sc.peers.attack.name != "none" else None
     # the shifted run's training rows are each peer's own (partitions are disjoint: at most n_train)
     test_sets = max(1, len(used_domains(sc.peers.count, sc.dataset.domains)))
     est = limits.estimate_memory(

@@ -75,8 +75,8 @@ def test_whole_model_estimate_counts_the_batch(tmp_path):
          "model": {"trainable": "all", "hidden": [16], "init": "scratch"},
          "backbone": {"name": "identity", "cache_dir": str(tmp_path / "c")}}
     info = dataset_info("sklearn_digits")
-    one = memory_estimate(parse({**d, "training": {"batch_size": 8}}), info)[0]
-    two = memory_estimate(parse({**d, "training": {"batch_size": 16}}), info)[0]
+    one = memory_estimate(parse({**d, "training": {"batch_size": 8}}), info, None)[0]
+    two = memory_estimate(parse({**d, "training": {"batch_size": 16}}), info, None)[0]
     # 4 peers in one group, 64 raw inputs gathered per sample, every term linear in B
     assert one.batches == limits.minibatch_bytes(per_group=4, batch=8, dim=64, num_classes=0, concurrent=1) > 0
     assert two.batches == 2 * one.batches

@@ -115,15 +115,16 @@ def test_the_memory_estimate_counts_every_domains_test_set(tmp_path, monkeypatch
     f = prepare(sc).features
     row = limits.FLOAT * int(np.prod(f.x_test.shape[1:]))  # bytes of one frozen-prefix input
     assert len(f.x_test) == len(SHIFT) * info.n_test and len(f.x_train) <= info.n_train
-    est, _ = memory_estimate(sc, info)
+    est, _ = memory_estimate(sc, info, None)
     assert est.data == row * (2 * info.n_train + len(f.x_test) * (1 + 2))  # driver + 2 groups
-    assert est.data - memory_estimate(plain, info)[0].data == row * (len(SHIFT) - 1) * info.n_test * (1 + 2)
+    assert est.data - memory_estimate(plain, info, None)[0].data == row * (len(SHIFT) - 1) * info.n_test * (1 + 2)
     # a domain listed twice (two peers in three on it) is one test set in the run and in the estimate
     twice = _scenario(tmp_path, **{"engine.num_actors": 2, "dataset.domains": ["identity", "invert", "identity"]})
     assert len(prepare(twice).features.x_test) == 2 * info.n_test
-    assert memory_estimate(twice, info)[0].data == row * (2 * info.n_train + 2 * info.n_test * (1 + 2))
+    assert memory_estimate(twice, info, None)[0].data == row * (2 * info.n_train + 2 * info.n_test * (1 + 2))
     # validation calls the same estimate: a machine the unshifted run fits, the shifted one not
-    monkeypatch.setattr(limits, "machine_memory", lambda: (est.total + memory_estimate(plain, info)[0].total) // 2)
+    fits = (est.total + memory_estimate(plain, info, None)[0].total) // 2
+    monkeypatch.setattr(limits, "machine_memory", lambda: fits)
     _scenario(tmp_path, **{"engine.num_actors": 2, "dataset.domains": []})
     with pytest.raises(ScenarioError, match=r"model\.trainable: the run needs about .* data copies"):
         _scenario(tmp_path, **{"engine.num_actors": 2})

@@ -38,11 +38,13 @@ def test_validate_builds_the_partition_once(tmp_path, monkeypatch):
     assert len(calls) == 1
 
 
-def test_validation_builds_the_rule_and_the_attack_once(monkeypatch):
+def test_validation_builds_the_rule_and_the_attack_once(tmp_path, monkeypatch):
     """The rule and the forger the name check built are the ones every later check reads (the
-    ignored-field, memory and n/f checks), not rebuilt by each."""
+    ignored-field, memory and n/f checks; for a whole model also :func:`fedsim.whole_plan.check_model`
+    and its memory estimate), not rebuilt by each."""
     import attacks
     import strategies
+    from fedsim import whole_plan
 
     built = {"rule": 0, "attack": 0}
     real_rule, real_attack = strategies.build, attacks.build
@@ -50,9 +52,20 @@ def test_validation_builds_the_rule_and_the_attack_once(monkeypatch):
                         or real_rule(*a, **k))
     monkeypatch.setattr(attacks, "build", lambda *a, **k: built.__setitem__("attack", built["attack"] + 1)
                         or real_attack(*a, **k))
-    parse(SMALL | {"peers": {"count": 20, "byzantine": 3, "attack": {"name": "alie"}},
-                   "strategy": {"name": "median", "f": 3}})
-    assert built == {"rule": 1, "attack": 1}
+    estimates = []
+    real_estimate = whole_plan._estimate
+    monkeypatch.setattr(whole_plan, "_estimate", lambda *a: estimates.append(a) or real_estimate(*a))
+    attacked = SMALL | {"peers": {"count": 20, "byzantine": 3, "attack": {"name": "alie"}},
+                        "strategy": {"name": "median", "f": 3}}
+    whole = attacked | {"model": {"trainable": "all", "hidden": [16], "init": "scratch"},
+                        "topology": {"kind": "complete"},
+                        "backbone": {"name": "identity", "cache_dir": str(tmp_path / "cache")}}
+    for data in (attacked, whole):
+        built.update(rule=0, attack=0)
+        parse(data)
+        assert built == {"rule": 1, "attack": 1}, data
+    (sc, info, attack), = estimates  # the whole model's estimate ran once, on the built forger
+    assert isinstance(attack, attacks.REGISTRY["alie"]) and sc.model.trainable == "all"
 
 
 def test_validate_prints_the_runs_plan(tmp_path):
@@ -163,7 +176,7 @@ def test_validate_prints_a_whole_models_messages_and_memory(tmp_path, monkeypatc
         assert len(calls) == 1  # the estimate and the message size from one build
         assert plan.bytes_per_message == 4 * values == prepare(sc).bytes_per_message
         info = dataset_info("sklearn_digits")
-        assert plan.memory is not None and plan.memory == whole_plan.memory_estimate(sc, info)[0]
+        assert plan.memory is not None and plan.memory == whole_plan.memory_estimate(sc, info, None)[0]
         res = CliRunner().invoke(main, ["validate", str(_write(tmp_path, data))])
         assert res.exit_code == 0, res.output
         assert f"messages: {human_bytes(4 * values)} each" in res.output
