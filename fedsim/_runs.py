@@ -279,16 +279,20 @@ def _sweep_index(folder: Path) -> dict[str, Any] | None:
     return index if isinstance(index, dict) else None
 
 
-def _run_dirs(folder: Path, depth: int) -> tuple[list[Path], list[Path]]:
+_UNREAD: Any = object()  # (_run_dirs: the folder's sweep.json not read yet)
+
+
+def _run_dirs(folder: Path, depth: int, index: Any = _UNREAD) -> tuple[list[Path], list[Path]]:
     """The run folders ``folder`` stands for and the folders in it that are none of what is
     accepted: itself if it is a run; a sweep's runs (its ``sweep.json``'s list, grid order; older
     leftovers are not part of it); with ``depth`` > 0, those of its sub-folders, each a run, a
     sweep or (depth permitting) a folder of them. Never walks further: a run's own sub-folders (an
     unlearning probe's retrain) and hidden folders, ``plots``, and run folders without a round
-    yet (a ``scenario.yaml``, no metrics: starting, or failed at start) are passed over."""
+    yet (a ``scenario.yaml``, no metrics: starting, or failed at start) are passed over.
+    ``index``: ``folder``'s :func:`_sweep_index` where the caller already read it (default: read here)."""
     if is_run_dir(folder):
         return [folder], []
-    index = _sweep_index(folder)
+    index = _sweep_index(folder) if index is _UNREAD else index
     if index is not None and index.get("runs"):
         return [folder / r["dir"] for r in index["runs"] if is_run_dir(folder / r["dir"])], []
     if depth == 0:
@@ -314,7 +318,8 @@ def load_runs(root: Path) -> RunSet:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such directory")
-    dirs, others = _run_dirs(root, 2)
+    index = _sweep_index(root)  # read once: for the runs it lists and for the RunSet's grid order
+    dirs, others = _run_dirs(root, 2, index)
     expected = ("expected a run (with metrics.jsonl), a sweep (with sweep.json) or a folder of runs and sweeps "
                 "(like runs/)")
     if others:
@@ -322,7 +327,7 @@ def load_runs(root: Path) -> RunSet:
         raise FileNotFoundError(f"{root}: {others[0]}{more} is neither a run nor a sweep; {expected}")
     if not dirs:
         raise FileNotFoundError(f"{root}: no run directories found; {expected}")
-    return RunSet(root, [load_run(d) for d in dirs], _sweep_index(root))
+    return RunSet(root, [load_run(d) for d in dirs], index)
 
 
 def group_runs(rs: RunSet, keys: list[str], runs: Iterable[RunData] | None = None) -> list[tuple[tuple, list[RunData]]]:

@@ -52,6 +52,23 @@ def test_a_run_a_sweep_and_a_folder_of_them(tmp_path):
     assert res.exit_code == 0 and res.output.count("fedavg") >= 1, res.output
 
 
+def test_load_runs_reads_a_sweeps_index_once(tmp_path, monkeypatch):
+    """One source of truth: the ``sweep.json`` that lists a sweep's runs is the one whose grid
+    orders them (:class:`fedsim._runs.RunSet`), read once; each sweep inside a folder of runs once too."""
+    reads: list[Path] = []
+    real = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: (reads.append(self) if self.name == "sweep.json"
+                                                                   else None) or real(self, *a, **k))
+    sweep = _sweep(tmp_path / "runs" / "sw", ["a", "b"])
+    rs = load_runs(sweep)
+    assert reads == [sweep / "sweep.json"]
+    assert rs.index == {"grid": {}, "runs": [{"dir": "a"}, {"dir": "b"}]} and len(rs.runs) == 2
+    reads.clear()
+    _run(tmp_path / "runs" / "one")
+    assert _names(tmp_path / "runs") == ["one", "sw/a", "sw/b"]
+    assert reads == [tmp_path / "runs" / "sweep.json", sweep / "sweep.json"]  # (none in a run folder)
+
+
 @pytest.mark.parametrize("cmd", [report, plot])
 def test_a_deep_tree_is_refused_not_walked(tmp_path, cmd):
     _run(tmp_path / "a" / "b" / "c" / "run")  # depth 4
