@@ -56,11 +56,12 @@ CPU = torch.device("cpu")
 
 def has_batched_form(rule: strategies.Strategy, device: torch.device = CPU) -> bool:
     """Whether the batched path aggregates with ``rule`` on ``device``: ``rule`` overrides
-    ``Strategy.aggregate_batch`` and, on the CPU, is faster batched there
+    ``Strategy.aggregate_batch`` or declares ``Strategy.call_is_batched`` (its ``__call__`` is the
+    batched form) and, on the CPU, is faster batched there
     (``Strategy.batch_on_cpu``). Otherwise (the named fallback, "per-peer on the CPU") every peer
     aggregates in the per-peer loop on the CPU, whatever ``engine.device`` is."""
-    overrides = type(rule).aggregate_batch is not strategies.Strategy.aggregate_batch
-    return overrides and (device.type != "cpu" or rule.batch_on_cpu)
+    batched = type(rule).aggregate_batch is not strategies.Strategy.aggregate_batch or rule.call_is_batched
+    return batched and (device.type != "cpu" or rule.batch_on_cpu)
 
 
 def gather(rows: Any, idx: Tensor, device: torch.device) -> Tensor:

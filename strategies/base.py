@@ -125,6 +125,10 @@ class Strategy:
     aggregates every round (the federated server) then hands :func:`aggregate` a float64 scratch it
     keeps (``work=``) and the rows are converted into it instead of a fresh copy per call.
 
+    :attr:`call_is_batched`: ``__call__`` already takes leading batch dimensions (``own [..., P]``,
+    ``received [..., n, P]``, every operation over the last two), so it is the batched form itself:
+    :meth:`aggregate_batch` calls it, no override restating it is needed.
+
     :attr:`batch_on_cpu`: whether an engine aggregating on the CPU uses :meth:`aggregate_batch`
     (True: the batched form is the faster one there). False: the batched form exists for a device
     (``engine.device``, where one call per chunk beats one per peer) but on a CPU the per-peer loop
@@ -141,6 +145,7 @@ class Strategy:
     needs: ClassVar[frozenset[str]] = frozenset()
     scores_whole_models: ClassVar[bool] = False
     float64_input: ClassVar[bool] = False
+    call_is_batched: ClassVar[bool] = False
     batch_on_cpu: ClassVar[bool] = True
     exchanges: ClassVar[str] = "full_model"
     reads_f: ClassVar[bool] = True
@@ -168,9 +173,9 @@ class Strategy:
     def aggregate_batch(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor | None:
         """Optional vectorised form of ``__call__`` for ``g`` peers that each heard ``n`` finite
         vectors: ``own [g, P]``, ``received [g, n, P]`` → ``[g, P]``; row ``i`` must equal
-        ``self(own[i], received[i], ctx_i)`` (up to float rounding). ``None`` (the default): the
-        engine calls ``__call__`` once per peer."""
-        return None
+        ``self(own[i], received[i], ctx_i)`` (up to float rounding). With :attr:`call_is_batched`
+        ``__call__`` itself; else ``None`` (the default): the engine calls ``__call__`` once per peer."""
+        return self(own, received, ctx) if self.call_is_batched else None
 
 
 @dataclass

@@ -47,6 +47,7 @@ class CenteredClipping(Strategy):
     tau: float = param(1.0, Real(lo=0.0, lo_open=True))
     iterations: int = param(1, Integer(minimum=1))
     include_own: bool = param(True, Boolean())
+    call_is_batched = True  # g peers at once: each row's norm and clip, each peer's mean, as per peer
     # the batched form is for engine.device: on a CPU the per-peer loop was faster (docs/performance.md)
     batch_on_cpu = False
 
@@ -59,11 +60,6 @@ class CenteredClipping(Strategy):
         for _ in range(self.iterations):
             v = v + clip_rows(x - v[..., None, :], self.tau).mean(dim=-2)
         return to_like(v, own)
-
-    def aggregate_batch(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
-        """``__call__`` for ``g`` peers at once (``own [g, P]``, ``received [g, n, P]``): each row's
-        norm and clip, each peer's mean, as in the per-peer call."""
-        return self(own, received, ctx)
 
 
 @register("clipped_gossip")

@@ -42,6 +42,7 @@ class Median(Strategy):
     include_own: bool = param(True, Boolean())
 
     float64_input = True  # reads received through population (float64): a caller's scratch serves
+    call_is_batched = True  # g peers at once: the same sort per peer
     # the batched form is for engine.device: on a CPU the per-peer loop was faster (docs/performance.md)
     batch_on_cpu = False
 
@@ -50,10 +51,6 @@ class Median(Strategy):
 
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
         return to_like(coordinate_median(population(own, received, self.include_own)), own)
-
-    def aggregate_batch(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
-        """``__call__`` for ``g`` peers at once (``own [g, P]``, ``received [g, n, P]``): the same sort per peer."""
-        return self(own, received, ctx)
 
 
 @register("trimmed_mean")
@@ -73,6 +70,7 @@ class TrimmedMean(Strategy):
     include_own: bool = param(True, Boolean())
 
     float64_input = True  # reads received through population (float64): a caller's scratch serves
+    call_is_batched = True  # g peers at once (b depends on n only, the same for every peer of a batch)
     # the batched form is for engine.device: on a CPU the per-peer loop was faster (docs/performance.md)
     batch_on_cpu = False
 
@@ -94,8 +92,3 @@ class TrimmedMean(Strategy):
         x = population(own, received, self.include_own)  # [..., N, P]: leading dims batch peers
         size = x.shape[-2]
         return to_like(coordinate_trimmed_mean(x, self._b(size, runtime_f(ctx, size))), own)
-
-    def aggregate_batch(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
-        """``__call__`` for ``g`` peers at once (``own [g, P]``, ``received [g, n, P]``; ``b`` depends
-        on ``n`` only, the same for every peer of a batch)."""
-        return self(own, received, ctx)

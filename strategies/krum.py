@@ -47,6 +47,8 @@ class Krum(Strategy):
     exchanges = "full_model"  # what a message carries (byte accounting)
 
     include_own: bool = param(True, Boolean())
+    # g peers at once: each peer's distances, scores and choice, as per peer (f depends on n only)
+    call_is_batched = True
     # the batched form is for engine.device: on a CPU the per-peer loop was faster (docs/performance.md)
     batch_on_cpu = False
 
@@ -65,11 +67,6 @@ class Krum(Strategy):
         f = runtime_f(ctx, x.shape[-2])
         idx = self._selected(x, f)
         return to_like(torch.take_along_dim(x, idx[..., None], dim=-2).mean(dim=-2), own)
-
-    def aggregate_batch(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
-        """``__call__`` for ``g`` peers at once (``own [g, P]``, ``received [g, n, P]``): each peer's
-        distances, scores and choice, as in the per-peer call (``f`` depends on ``n`` only)."""
-        return self(own, received, ctx)
 
 
 @register("multikrum")

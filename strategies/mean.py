@@ -26,14 +26,9 @@ class FedAvg(Strategy):
     include_own: bool = param(True, Boolean())  # "false" (a string) would be truthy
 
     float64_input = True  # reads received through population (float64): a caller's scratch serves
+    call_is_batched = True  # g peers at once: each peer's mean
 
     def __call__(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
-        return self._mean(own, received)
-
-    def aggregate_batch(self, own: Tensor, received: Tensor, ctx: AggregationContext) -> Tensor:
-        return self._mean(own, received)
-
-    def _mean(self, own: Tensor, received: Tensor) -> Tensor:
         """``own [..., P]``, ``received [..., n, P]`` → ``[..., P]``. float64: a float32 sum of
         values near the float32 limit overflows although the mean does not."""
         return to_like(population(own, received, self.include_own).mean(dim=-2), own)

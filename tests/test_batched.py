@@ -240,6 +240,7 @@ def test_peer_group_batched_aggregation_equals_per_peer_loop(small_scenario, mon
     monkeypatch.setattr(strategies, "aggregate", per_peer)
     rule = type(build(strategy))
     monkeypatch.setattr(rule, "aggregate_batch", Strategy.aggregate_batch)  # the per-peer loop only
+    monkeypatch.setattr(rule, "call_is_batched", False)
     looped, stats_l = _rounds(_group(small_scenario, strategy, attack, **over))
     np.testing.assert_array_equal(batched, looped)
     assert stats_b == stats_l

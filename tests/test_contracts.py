@@ -156,6 +156,7 @@ def _break_median(monkeypatch, error: Exception) -> None:
 
     monkeypatch.setattr(Median, "__call__", boom)
     monkeypatch.setattr(Median, "aggregate_batch", Strategy.aggregate_batch)
+    monkeypatch.setattr(Median, "call_is_batched", False)
 
 
 @pytest.mark.parametrize("mode", ["decentralized", "federated"])

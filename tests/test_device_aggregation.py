@@ -167,6 +167,32 @@ def test_on_the_cpu_only_fedavg_and_bristle_batch():
     assert all(gossip.has_batched_form(build(rule, params), META) for rule, params in RULES)
 
 
+def test_call_is_batched_makes_call_the_batched_form():
+    """``Strategy.call_is_batched``: a rule whose ``__call__`` takes leading batch dims declares it
+    instead of restating ``__call__`` as ``aggregate_batch``; the flag alone is what
+    :func:`fedsim.gossip.has_batched_form` and the default ``aggregate_batch`` read."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class Mean(strategies.Strategy):
+        def __call__(self, own, received, ctx):
+            return torch.cat([own[..., None, :], received], dim=-2).mean(dim=-2)
+
+    @dataclass
+    class Batched(Mean):
+        call_is_batched = True
+
+    own, received = torch.randn(3, 5), torch.randn(3, 4, 5)
+    ctx = AggregationContext(layer_shape=(1, 5), bias=False)
+    assert Mean().aggregate_batch(own, received, ctx) is None
+    assert not gossip.has_batched_form(Mean(), META) and not gossip.has_batched_form(Mean())
+    assert torch.equal(Batched().aggregate_batch(own, received, ctx), Batched()(own, received, ctx))
+    assert gossip.has_batched_form(Batched(), META) and gossip.has_batched_form(Batched())
+    flagged = {name for name in {r for r, _ in RULES} | set(FALLBACK) if strategies.REGISTRY[name].call_is_batched}
+    assert flagged == {"fedavg", "median", "trimmed_mean", "krum", "multikrum", "centered_clipping"}
+    assert all(type(build(name)).aggregate_batch is strategies.Strategy.aggregate_batch for name in flagged)
+
+
 def _inputs(g: int, n: int, c: int = 4, d: int = 6, bias: bool = True):
     gen = torch.Generator().manual_seed(1)
     p = c * d + (c if bias else 0)
