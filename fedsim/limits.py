@@ -173,7 +173,7 @@ class Work:
     """The local steps' arithmetic of one round (:func:`training_work`)."""
 
     samples_per_round: int  # minibatch samples drawn: peers × local_steps × batch_size
-    flop_per_round: int  # the two bmm of each step (logits, weight gradient): 4 · classes · dim per column
+    flop_per_round: int  # each step's columns × the FLOP of one column (head_flop; a whole model's sample_flop)
 
 
 # the local steps' effective rate measured by benchmarks/scale.py in-process on a 2-core machine (10,000
@@ -187,14 +187,20 @@ LOCAL_STEPS_FLOP_PER_S = 6e9
 WORK_WARN_FLOP = 10**13
 
 
-def training_work(*, peers: int, local_steps: int, batch: int, columns: int, num_classes: int, dim: int) -> Work:
-    """The linear heads' local steps per round: ``peers × local_steps`` steps of ``batch`` drawn
-    samples each over ``columns`` samples (``batch`` gathered, or the padded shard,
-    :func:`fedsim.runfacts.shard_pad`), each step two ``bmm`` of ``2 · classes · dim`` FLOP a column
+def head_flop(num_classes: int, dim: int) -> int:
+    """FLOP of a linear head's local step per column: two ``bmm`` of ``2 · classes · dim``
     (:func:`fedsim.heads.ce_grad`: logits and weight gradient; the softmax and update, linear in
     the head, not counted)."""
+    return 4 * num_classes * dim
+
+
+def training_work(*, peers: int, local_steps: int, batch: int, columns: int, flop_per_column: int) -> Work:
+    """The local steps per round: ``peers × local_steps`` steps of ``batch`` drawn samples each over
+    ``columns`` samples (``batch`` gathered, or a linear head's padded shard,
+    :func:`fedsim.runfacts.shard_pad`), each column ``flop_per_column`` FLOP (:func:`head_flop`; a
+    whole model's forward and backward pass of one sample, :func:`fedsim.whole_plan.sample_flop`)."""
     steps = peers * local_steps
-    return Work(steps * batch, steps * columns * 4 * num_classes * dim)
+    return Work(steps * batch, steps * columns * flop_per_column)
 
 
 def work_warning(work: Work, rounds: int, threshold: int = WORK_WARN_FLOP) -> str | None:

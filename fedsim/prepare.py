@@ -14,8 +14,8 @@ import numpy as np
 
 import strategies
 from fedlib.heads import num_params as head_params
+from fedsim import limits, runfacts
 from fedsim import rng as crng
-from fedsim import runfacts
 from fedsim.canaries import Canaries, plant
 from fedsim.features import Features, load_features
 from fedsim.group_setup import GroupSetup
@@ -102,7 +102,8 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     # the class sets peers compare when they connect (Bristle's private-set intersection), for every peer
     classes = held_classes(feats.y_train, train, val, c) if "overlap" in rule_cls.needs else None
     largest = largest_shard(sc, part)  # (the canaries included: what the groups hold; validation's figure)
-    work = runfacts.training_work(sc, c, d, largest) if plan is None else None  # (validation's figure)
+    # (validation's figure; a whole model's is not warned on: fedsim.runfacts.resource_warnings)
+    work = runfacts.training_work(sc, limits.head_flop(c, d), largest) if plan is None else None
     for warning in resource_warnings(sc, largest, work) if log else []:
         log(f"warning: {warning}")
     common = dict(

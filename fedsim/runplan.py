@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class RunPlan:
     """What validation built for a scenario. A fact it could not compute (the dataset's files
-    missing without ``require_data``; a whole model's shard sizes and work) is None. A whole
-    model's memory and message size are :func:`fedsim.whole_plan.check_model`'s."""
+    missing without ``require_data``; a whole model's shard sizes) is None. A whole model's memory,
+    message size and work are :func:`fedsim.whole_plan.check_model`'s."""
 
     f: int  # fedsim.runfacts.resolve_f
     in_degree: float  # mean vectors an aggregator hears per round (round 0)
@@ -32,7 +32,7 @@ class RunPlan:
     sends_per_round: float = 0.0  # fedsim.runfacts.sends_per_round
     memory: MemoryEstimate | None = None  # fedsim.limits.estimate_memory (whole: whole_plan.memory_estimate)
     available: int | None = None  # the machine's memory it was compared with
-    work: Work | None = None  # fedsim.limits.training_work
+    work: Work | None = None  # fedsim.runfacts.training_work (whole: of whole_plan.sample_flop)
 
 
 def plan_lines(sc: Scenario, plan: RunPlan) -> list[str]:

@@ -422,7 +422,7 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], NoRetur
         return {}
     return {"largest_shard": largest, "shard_pad": None if largest is None else pad, "memory": est,
             "available": available, "bytes_per_message": bytes_per_message(sc, message_values(sc, num_params)),
-            "work": None if largest is None else training_work(sc, c, dim, largest)}
+            "work": None if largest is None else training_work(sc, limits.head_flop(c, dim), largest)}
 
 
 def _check_rule(sc: Scenario, f: int, in_degree: float, rule: Any, attack: Any,

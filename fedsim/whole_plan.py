@@ -52,7 +52,8 @@ def check_model(sc: Scenario, rule: strategies.Strategy, attack: Any,
     :func:`fedsim.validation.check_semantics`), never rebuilt here. With the dataset's ``info``,
     also the run's memory (:func:`memory_estimate`), and then returns the
     :class:`fedsim.runplan.RunPlan` facts computed on the way (``memory``, ``available``,
-    ``bytes_per_message``: the run's :func:`message_size`); else ``{}``."""
+    ``bytes_per_message``: the run's :func:`message_size`; ``work``: the local steps' FLOP,
+    :func:`fedsim.runfacts.training_work` of :func:`sample_flop`); else ``{}``."""
     m = sc.model
     if m.trainable == "last_k":
         n = num_layers(sc.backbone.name, m.hidden)
@@ -105,16 +106,17 @@ def check_model(sc: Scenario, rule: strategies.Strategy, attack: Any,
         raise ValueError("probes: the probes read linear heads; remove them or use the default model section")
     if info is not None:
         from fedsim import limits
-        from fedsim.runfacts import bytes_per_message
+        from fedsim.runfacts import bytes_per_message, training_work
 
-        est, activations, suffix = _estimate(sc, info, attack)
+        est, activations, suffix, flop = _estimate(sc, info, attack)
         available = limits.machine_memory()
         msg = limits.memory_error(est, available)
         if msg:
             raise ValueError(f"model.trainable: the run {msg} (training activations alone {limits.gib(activations)}: "
                              "fewer peers per group, a smaller batch or fewer trainable layers)")
         return {"memory": est, "available": available,
-                "bytes_per_message": bytes_per_message(sc, exchange_size(suffix, sc.model.bn))}
+                "bytes_per_message": bytes_per_message(sc, exchange_size(suffix, sc.model.bn)),
+                "work": training_work(sc, flop)}
     return {}
 
 
@@ -127,12 +129,29 @@ def memory_estimate(sc: Scenario, info: DatasetInfo, attack: Any) -> tuple[Any, 
     (:func:`fedsim.limits.minibatch_bytes`, always gathered); a feature shift
     (``dataset.domains``) holds one test set per used domain (:func:`fedsim.domain_shift.shift`).
     ``attack``: the scenario's built attack (None: none), whose forgeries are counted."""
-    est, activations, _ = _estimate(sc, info, attack)
+    est, activations, _, _ = _estimate(sc, info, attack)
     return est, activations
 
 
-def _estimate(sc: Scenario, info: DatasetInfo, attack: Any) -> tuple[Any, int, torch.nn.Module]:
-    """:func:`memory_estimate`, and the trainable part it built (for :func:`exchange_size`)."""
+def sample_flop(suffix: torch.nn.Module, x: Tensor) -> int:
+    """FLOP of one local step per sample for the trainable part ``suffix`` on one input ``x [1, ...]``
+    (the frozen prefix's output): its forward pass and the backward pass to the parameters, counted
+    by :class:`torch.utils.flop_counter.FlopCounterMode` as it runs (matrix products and
+    convolutions: a forward ``2·MAC``, the weight gradient ``2·MAC`` and, for every layer but the
+    first, whose input needs none, the input gradient ``2·MAC``; activations, pooling, BatchNorm,
+    the loss and the optimizer's update not counted, as :func:`fedsim.limits.head_flop` counts
+    none of them). The loss here is the outputs' sum (the same products as the run's cross-entropy)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        suffix(x).sum().backward()
+    suffix.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def _estimate(sc: Scenario, info: DatasetInfo, attack: Any) -> tuple[Any, int, torch.nn.Module, int]:
+    """:func:`memory_estimate`, the trainable part it built (for :func:`exchange_size`) and its
+    :func:`sample_flop` on the same input."""
     import math
 
     import attacks
@@ -170,7 +189,7 @@ def _estimate(sc: Scenario, info: DatasetInfo, attack: Any) -> tuple[Any, int, t
         batches=limits.minibatch_bytes(per_group=per_group, batch=sc.training.batch_size, dim=int(x[0].numel()),
                                        num_classes=0, concurrent=concurrent),
     )
-    return dataclasses.replace(est, heads=est.heads + activations), activations, suffix
+    return dataclasses.replace(est, heads=est.heads + activations), activations, suffix, sample_flop(suffix, x)
 
 
 def prepare_features(sc: Scenario, log: Any = None) -> tuple[Features, ModelPlan]:

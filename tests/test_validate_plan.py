@@ -136,7 +136,7 @@ def test_memory_estimate_counts_the_chunked_steps(monkeypatch):
 def test_training_work_hand_computed_and_warned(tmp_path):
     """Work per round: peers × steps × batch samples, 4·C·d FLOP a column; a warning (exit 0) above
     ``limits.WORK_WARN_FLOP`` for the whole run, none below it."""
-    w = limits.training_work(peers=3, local_steps=5, batch=8, columns=2, num_classes=10, dim=64)
+    w = limits.training_work(peers=3, local_steps=5, batch=8, columns=2, flop_per_column=limits.head_flop(10, 64))
     assert w.samples_per_round == 3 * 5 * 8 and w.flop_per_round == 3 * 5 * 2 * 4 * 10 * 64
     assert limits.work_warning(w, rounds=1, threshold=w.flop_per_round) is None
     assert limits.work_warning(w, rounds=2, threshold=w.flop_per_round) is not None
@@ -152,6 +152,37 @@ def test_training_work_hand_computed_and_warned(tmp_path):
         assert res.exit_code == 0, res.output
         warning = [line for line in res.output.splitlines() if "warning: training.local_steps" in line]
         assert len(warning) == warned and all("FLOP" in w for w in warning)
+
+
+def test_a_whole_models_training_work_hand_computed(tmp_path):
+    """A whole model's plan has the training-work line too, from the same two functions as a
+    linear head's (:func:`fedsim.runfacts.training_work`, :func:`fedsim.limits.training_work`), the
+    FLOP of a sample counted as the CNN's forward and backward pass run (the work warning stays a
+    linear head's: its rate is theirs). By hand, fmnist_cnn on 28×28 digits: a layer of ``MAC``
+    multiply-adds a sample costs ``2·MAC`` forward, ``2·MAC`` for its weight gradient and ``2·MAC``
+    for its input gradient, but the first trainable layer needs no input gradient."""
+    conv1 = 32 * 1 * 5 * 5 * 28 * 28  # Conv2d(1, 32, 5, padding=2) on 28×28
+    conv2 = 64 * 32 * 5 * 5 * 14 * 14  # Conv2d(32, 64, 5, padding=2) after a 2×2 max-pool
+    head = 64 * 3 * 3 * 10  # Linear(576, 10) on the 3×3 average-pooled features
+    peers, steps, batch, rounds = 6, 3, 8, 2
+    base = {"dataset": {"name": "mnist10k"}, "peers": {"count": peers}, "topology": {"kind": "complete"},
+            "backbone": {"name": "fmnist_cnn", "cache_dir": str(tmp_path / "cache")}, "rounds": rounds,
+            "engine": {"backend": "local", "num_actors": 1}, "output": {"dir": str(tmp_path / "runs")},
+            "training": {"batch_size": batch, "local_steps": steps}}
+    for model, per_sample in [({"trainable": "all", "init": "scratch"}, 2 * 2 * conv1 + 3 * 2 * (conv2 + head)),
+                              ({"trainable": "last_k", "k": 2, "init": "scratch"}, 2 * 2 * conv2 + 3 * 2 * head)]:
+        data = {**base, "model": model}
+        sc, plan = parse_with_plan(data)
+        assert plan.work == limits.Work(peers * steps * batch, peers * steps * batch * per_sample)
+        res = CliRunner().invoke(main, ["validate", str(_write(tmp_path, data))])
+        assert res.exit_code == 0, res.output
+        total = peers * steps * batch * per_sample * rounds
+        assert f"training work: {peers * steps * batch:.3g} samples" in res.output
+        assert f"{total:.3g} FLOP in all" in res.output
+    huge = limits.Work(1, limits.WORK_WARN_FLOP)
+    # not warned on (the warning's rate is the linear heads'), where the same work of a head is
+    assert not resource_warnings(sc, None, plan.work) and not resource_warnings(sc, None, huge)
+    assert resource_warnings(parse(SMALL), None, huge)
 
 
 def test_validate_prints_a_whole_models_messages_and_memory(tmp_path, monkeypatch):
