@@ -59,9 +59,13 @@ class MemoryEstimate:
     topology: int  # the in-neighbour lists every group keeps, and the graph while it is drawn
     processes: int  # this process, Ray's processes and one per actor
     batches: int = 0  # one local step's minibatch in every group training at once (minibatch_bytes)
+    # on a non-CPU engine.device: one chunk of the batched aggregation (device_aggregation_bytes); the
+    # device's memory, not the host's, so not in total (what validation compares with the machine)
+    device_aggregation: int = 0
 
     @property
     def total(self) -> int:
+        """The host's bytes (:attr:`device_aggregation`, on the device, apart)."""
         return self.heads + self.messages + self.data + self.topology + self.processes + self.batches
 
     def biggest(self) -> tuple[str, str]:
@@ -113,6 +117,26 @@ def minibatch_bytes(*, per_group: int, batch: int, dim: int, num_classes: int, c
     gathered = 0 if padded_to else p * n * (FLOAT * dim + 2 * INDEX)
     step = FLOAT * chunk * n * (3 * num_classes + 2)
     return concurrent * (draws + gathered + step)
+
+
+# float64 tensors of the population's size [chunk, heard + 1, P] a batched rule holds at once
+# (strategies._math.population, then the median's / trimmed mean's sort values and int64 indices, or
+# centered clipping's differences and their clipped copies; fedavg and Krum hold fewer, Bristle one
+# candidate at a time): an upper bound read from the code, not measured on a GPU
+AGGREGATION_F64_COPIES = 3
+
+
+def device_aggregation_bytes(*, chunk: int, heard: int, num_params: int, message_bytes: int) -> int:
+    """Bytes the decentralized aggregation's batched path (:mod:`fedsim.gossip`) holds on a non-CPU
+    ``engine.device`` for one chunk of ``chunk`` receivers (``engine.aggregate_chunk``; an in-process
+    run's groups aggregate one after another) that each heard ``heard`` rows of ``num_params`` values:
+    the heard rows and the chunk's sent heads, moved in the message dtype (``message_bytes`` a
+    value) and converted to float32 there (:meth:`fedsim.routing.Rows.take`: one tensor when the
+    messages are float32), the ``own`` rows and the result (float32), and
+    :data:`AGGREGATION_F64_COPIES` float64 working tensors of the population ``[chunk, heard + 1, P]``.
+    The context (validation splits, overlaps) is not counted."""
+    moved = message_bytes + (FLOAT if message_bytes != FLOAT else 0)
+    return chunk * num_params * ((heard + 1) * (moved + 8 * AGGREGATION_F64_COPIES) + 2 * FLOAT)
 
 
 def padded_bytes(*, peers: int, pad: int, dim: int, train_rows: int) -> int:

@@ -63,6 +63,9 @@ def plan_lines(sc: Scenario, plan: RunPlan) -> list[str]:
                           for k in ("heads", "messages", "data", "topology", "processes", "batches"))
         machine = "" if plan.available is None else f"; this machine has {human_bytes(plan.available)}"
         lines.append(f"  memory: about {human_bytes(m.total)} at peak ({parts}){machine}")
+        if m.device_aggregation:
+            lines.append(f"  device aggregation: about {human_bytes(m.device_aggregation)} on {sc.engine.device} "
+                         f"(a chunk of engine.aggregate_chunk receivers, not in the host's peak)")
     if plan.work is not None:
         w = plan.work
         lines.append(f"  training work: {w.samples_per_round:.3g} samples and {w.flop_per_round:.3g} FLOP "

@@ -97,9 +97,13 @@ def check_semantics(sc: Scenario, source: str = "scenario", *, require_data: boo
             facts |= check_model(sc, rule, attack, info)  # a whole model's memory and message size
         except ValueError as e:
             fail(str(e))
+    num_params = facts.pop("num_params", None)  # (a linear head's, from the memory check)
     if sc.mode == "decentralized":
         degrees = topo.degrees(0)
         facts["in_degree_range"] = (int(degrees.min()), int(degrees.max())) if len(degrees) else (0, 0)
+        if num_params is not None:
+            facts["memory"] = _with_device_aggregation(sc, facts["memory"], rule, facts["in_degree_range"][1],
+                                                       num_params)
     fields = getattr(rule, "__dataclass_fields__", {})
     return RunPlan(f=f, in_degree=in_degree, in_degree_range=facts.pop("in_degree_range", None),
                    rule_params={k: getattr(rule, k) for k, fd in fields.items() if fd.init},
@@ -421,8 +425,34 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], NoRetur
     if sc.model.whole:  # (its sizes, memory and messages are fedsim.whole_plan's)
         return {}
     return {"largest_shard": largest, "shard_pad": None if largest is None else pad, "memory": est,
-            "available": available, "bytes_per_message": bytes_per_message(sc, message_values(sc, num_params)),
+            "available": available, "num_params": num_params,
+            "bytes_per_message": bytes_per_message(sc, message_values(sc, num_params)),
             "work": None if largest is None else training_work(sc, limits.head_flop(c, dim), largest)}
+
+
+def _with_device_aggregation(sc: Scenario, est: limits.MemoryEstimate, rule: Any, heard: int,
+                             num_params: int) -> limits.MemoryEstimate:
+    """``est`` with :attr:`fedsim.limits.MemoryEstimate.device_aggregation` where a decentralized
+    linear-head run aggregates on a non-CPU ``engine.device`` (the rule has a batched form there,
+    :func:`fedsim.gossip.has_batched_form`): one chunk of ``engine.aggregate_chunk`` receivers (at
+    most a group's peers) that heard ``heard`` rows, round 0's largest in-degree (a dynamic graph may
+    exceed it later; a per-receiver attack or FLTrust's root updates send every peer through the CPU
+    path instead: then an upper bound)."""
+    import dataclasses
+
+    import torch
+
+    from fedsim.gossip import has_batched_form
+    from fedsim.routing import MESSAGE_DTYPES
+
+    device = torch.device(sc.engine.device)
+    if device.type == "cpu" or not has_batched_form(rule, device):
+        return est
+    per_group = -(-sc.peers.count // min(sc.engine.num_actors, sc.peers.count))
+    term = limits.device_aggregation_bytes(chunk=min(sc.engine.aggregate_chunk, per_group), heard=heard,
+                                           num_params=num_params,
+                                           message_bytes=MESSAGE_DTYPES[sc.engine.message_dtype].itemsize)
+    return dataclasses.replace(est, device_aggregation=term)
 
 
 def _check_rule(sc: Scenario, f: int, in_degree: float, rule: Any, attack: Any,

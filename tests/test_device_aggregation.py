@@ -298,3 +298,66 @@ def test_cuda_gossip_run_matches_cpu_up_to_rounding(tmp_path, rule):
                 assert abs(v - b[k]) <= 0.02 + 0.01 * abs(v), (k, v, b[k])
             else:
                 assert v == b[k], k
+
+
+class _Made(TorchFunctionMode):
+    """Records every tensor an operation returns on ``device``: (shape, dtype, bytes)."""
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__()
+        self.device, self.made = device, []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device == self.device:
+                self.made.append((tuple(t.shape), t.dtype, t.nelement() * t.element_size()))
+        return out
+
+
+def test_the_memory_estimate_counts_one_device_chunk_of_the_aggregation(tmp_path, monkeypatch):
+    """:func:`fedsim.limits.device_aggregation_bytes` by hand; validation reports it for a run on a
+    (faked) ``cuda`` with the run's ``engine.aggregate_chunk`` and round 0's largest in-degree, apart
+    from the host's total (0 on the CPU and for a rule without a batched form); on the meta
+    stand-in the batched path's received rows are that chunk, its float64 population is the unit
+    the term counts, and no tensor it makes on the device exceeds the term."""
+    from fedsim import limits
+    from fedsim.scenario import parse_with_plan
+
+    f64 = limits.AGGREGATION_F64_COPIES
+    assert limits.device_aggregation_bytes(chunk=3, heard=5, num_params=7, message_bytes=2) == \
+        3 * 5 * 7 * (2 + 4) + 3 * 7 * (2 + 4) + 2 * 3 * 7 * 4 + f64 * 3 * 6 * 7 * 8
+    assert limits.device_aggregation_bytes(chunk=3, heard=5, num_params=7, message_bytes=4) == \
+        3 * 5 * 7 * 4 + 3 * 7 * 4 + 2 * 3 * 7 * 4 + f64 * 3 * 6 * 7 * 8
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    size = 10 * 64 + 10  # sklearn digits through identity: 10 classes × 64 features, bias
+    chunk, over = 2, {"engine.aggregate_chunk": 2}  # 6 peers in 2 groups of 3: chunks of 2 and 1
+    term = limits.device_aggregation_bytes(chunk=chunk, heard=5, num_params=size, message_bytes=4)
+    _, cpu = parse_with_plan(_scenario(tmp_path, "median", {}, **over))
+    _, dev = parse_with_plan(_scenario(tmp_path, "median", {}, **over, **{"engine.device": "cuda"}))
+    _, half = parse_with_plan(_scenario(tmp_path, "median", {}, **over, **{"engine.device": "cuda",
+                                                                          "engine.message_dtype": "bfloat16"}))
+    _, none = parse_with_plan(_scenario(tmp_path, "bulyan", {}, **over, **{"engine.device": "cuda"}))
+    assert cpu.memory.device_aggregation == 0 and none.memory.device_aggregation == 0
+    assert dev.memory.device_aggregation == term and dev.memory.total == cpu.memory.total
+    assert half.memory.device_aggregation == limits.device_aggregation_bytes(chunk=chunk, heard=5, num_params=size,
+                                                                             message_bytes=2)
+    from fedsim.runplan import plan_lines
+
+    sc = parse(_scenario(tmp_path, "median", {}, **over, **{"engine.device": "cuda"}))
+    assert any(line.startswith("  device aggregation: about") and "on cuda" in line for line in plan_lines(sc, dev))
+    monkeypatch.setattr(peers, "resolve", lambda name: META)
+    prep = prepare(sc)
+    f = prep.features
+    g = peers.PeerGroup(prep.setups[0], {"x_train": f.x_train, "y_train": f.y_train},
+                        {"x_test": f.x_test, "y_test": f.y_test})
+    seen, batched = [], strategies.aggregate_batch
+    monkeypatch.setattr(strategies, "aggregate_batch", lambda rule, own, received, *a: seen.append(received.shape)
+                        or batched(rule, own, received, *a))
+    n = g.s.num_peers
+    with _Made(META) as mode:
+        g.aggregate(0, np.zeros((3, size), np.float32), np.zeros((n - 3, size), np.float32))
+    assert sorted(s[0] for s in seen) == [1, chunk] and {s[1:] for s in seen} == {(5, size)}
+    assert ((chunk, 6, size), torch.float64, chunk * 6 * size * 8) in mode.made  # the population, float64
+    assert max(b for _, _, b in mode.made) <= term
