@@ -32,3 +32,13 @@ def build_inner(inner: str, inner_params: dict[str, Any], include_own: bool | No
         return build(inner, params)
     except ValueError as e:
         raise ValueError(f"inner: {e}") from None
+
+
+def follow_inner(rule: Any, include_own: bool | None) -> Strategy:
+    """Build pre-aggregator ``rule``'s inner rule (:func:`build_inner` of its ``inner`` and
+    ``inner_params``, ``include_own`` passed down as there) and make ``rule`` follow it: its
+    ``needs`` and ``exchanges`` become the inner rule's (what the inner rule reads, the engine must
+    supply; what it exchanges, the messages carry). Returns the inner rule."""
+    built = build_inner(rule.inner, rule.inner_params, include_own)
+    rule.needs, rule.exchanges = built.needs, built.exchanges
+    return built

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from fedlib.params import Boolean, param
-from strategies._compose import build_inner, inner_field, inner_params_field
+from strategies._compose import follow_inner, inner_field, inner_params_field
 from strategies._math import check_f, clip_rows, f64, runtime_f, to_like
 from strategies.base import AggregationContext, Strategy
 from strategies.registry import register
@@ -63,9 +63,7 @@ class AdaptiveRobustClipping(Strategy):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._inner = build_inner(self.inner, self.inner_params, self.include_own)
-        self.needs = self._inner.needs
-        self.exchanges = self._inner.exchanges
+        self._inner = follow_inner(self, self.include_own)
 
     def check(self, n: int, f: int) -> None:
         check_f(f)

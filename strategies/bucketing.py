@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from fedlib.params import Boolean, Integer, param
-from strategies._compose import build_inner, inner_field, inner_params_field
+from strategies._compose import follow_inner, inner_field, inner_params_field
 from strategies._math import check_f, f64, to_like
 from strategies.base import AggregationContext, Strategy
 from strategies.registry import register
@@ -62,10 +62,9 @@ class Bucketing(Strategy):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._inner = build_inner(self.inner, self.inner_params, self.include_own)
-        self.needs = self._inner.needs | {"generator"}
+        self._inner = follow_inner(self, self.include_own)
+        self.needs = self.needs | {"generator"}  # (the random bucket order)
         self.reads_f = self._inner.reads_f  # f only reaches the inner rule
-        self.exchanges = self._inner.exchanges
 
     def check(self, n: int, f: int) -> None:
         check_f(f)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from fedlib.params import Boolean, param
-from strategies._compose import build_inner, inner_field, inner_params_field
+from strategies._compose import follow_inner, inner_field, inner_params_field
 from strategies._math import (
     check_f,
     pairwise_sq_dists,
@@ -48,9 +48,7 @@ class NearestNeighborMixing(Strategy):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._inner = build_inner(self.inner, self.inner_params, None)  # the inner rule keeps its own include_own
-        self.needs = self._inner.needs
-        self.exchanges = self._inner.exchanges
+        self._inner = follow_inner(self, None)  # the inner rule keeps its own include_own
 
     def check(self, n: int, f: int) -> None:
         check_f(f)
