@@ -57,8 +57,11 @@ def test_load_runs_reads_a_sweeps_index_once(tmp_path, monkeypatch):
     orders them (:class:`fedsim._runs.RunSet`), read once; each sweep inside a folder of runs once too."""
     reads: list[Path] = []
     real = Path.read_text
-    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: (reads.append(self) if self.name == "sweep.json"
-                                                                   else None) or real(self, *a, **k))
+    monkeypatch.setattr(
+        Path,
+        "read_text",
+        lambda self, *a, **k: (reads.append(self) if self.name == "sweep.json" else None) or real(self, *a, **k),
+    )
     sweep = _sweep(tmp_path / "runs" / "sw", ["a", "b"])
     rs = load_runs(sweep)
     assert reads == [sweep / "sweep.json"]
