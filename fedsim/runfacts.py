@@ -207,6 +207,16 @@ def largest_shard(sc: Scenario, part: Partition) -> int:
     return int(planted_sizes(list(part.train), byzantine_mask(sc), sc.probes).max(initial=0))
 
 
+def forges(sc: Scenario, attack: Any) -> bool:
+    """Whether the run's Byzantine peers send forged messages: ``attack`` (the scenario's, built;
+    None for none) is an update forger (:class:`attacks.UpdateForger`, not a data poisoner) and
+    there is a Byzantine peer to send them. The memory estimates then count the forged copies and
+    every group's concatenation of the messages (the forger sees every vector)."""
+    import attacks
+
+    return isinstance(attack, attacks.UpdateForger) and sc.peers.num_byzantine > 0
+
+
 def shard_pad(largest: int, batch_size: int) -> int:
     """``GroupSetup.shard_pad`` of a linear-head run: the largest shard when no shard exceeds the
     batch (each step then weighs the zero-padded shards by draw counts instead of gathering

@@ -22,6 +22,7 @@ from fedsim.runfacts import (
     build_topology,
     bytes_per_message,
     byzantine_mask,
+    forges,
     largest_shard,
     message_values,
     partition_for,
@@ -366,7 +367,6 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], NoRetur
     be made: then the minibatch is counted as gathered, nothing padded); ``rule``, ``attack``: the built ones.
     Returns the :class:`fedsim.runplan.RunPlan` facts it computed on the way (the largest shard,
     the padding, the message size, the estimate, the local steps' work; those of a linear head only)."""
-    import attacks
     from fedsim.heads import step_peers
     from fedsim.models.backbones import get_spec
     from fedsim.routing import MESSAGE_DTYPES
@@ -384,7 +384,7 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], NoRetur
     groups = min(sc.engine.num_actors, n)
     per_group = -(-n // groups)
     on_ray = sc.engine.backend == "ray" and limits.local_ray_cpus(sc) is not None
-    forged = isinstance(attack, attacks.UpdateForger) and sc.peers.num_byzantine > 0
+    forged = forges(sc, attack)
     concurrent = groups if sc.engine.backend == "ray" else 1
     try:  # the run's figure (the canaries included: fedsim.runfacts.largest_shard)
         largest = None if part is None or sc.model.whole else largest_shard(sc, part)

@@ -154,11 +154,11 @@ def _estimate(sc: Scenario, info: DatasetInfo, attack: Any) -> tuple[Any, int, t
     :func:`sample_flop` on the same input."""
     import math
 
-    import attacks
     from fedsim import limits
     from fedsim.data.domains import used_domains
     from fedsim.models.backbones import extract_features, get_spec
     from fedsim.models.trainable import frozen_inputs
+    from fedsim.runfacts import forges
 
     spec = get_spec(sc.backbone.name)
     sample = info.sample()
@@ -182,7 +182,7 @@ def _estimate(sc: Scenario, info: DatasetInfo, attack: Any) -> tuple[Any, int, t
         peers=sc.peers.count, num_params=sum(p.numel() for p in suffix.parameters()), dim=int(x[0].numel()),
         n_train=info.n_train, n_test=info.n_test * test_sets, groups=groups, concurrent=concurrent,
         adam=sc.training.optimizer == "adam", consolidated=False,
-        forged=isinstance(attack, attacks.UpdateForger) and sc.peers.num_byzantine > 0,
+        forged=forges(sc, attack),
         edges=0 if sc.mode == "federated" else limits.directed_edges(
             sc.topology.kind, sc.peers.count, sc.topology.degree, sc.topology.p, sc.topology.fanout),
         ray_actors=0,

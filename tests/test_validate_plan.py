@@ -68,6 +68,28 @@ def test_validation_builds_the_rule_and_the_attack_once(tmp_path, monkeypatch):
     assert isinstance(attack, attacks.REGISTRY["alie"]) and sc.model.trainable == "all"
 
 
+def test_both_memory_estimates_count_a_forgers_messages_by_one_rule(tmp_path):
+    """``runfacts.forges``: an update forger with a Byzantine peer to send its forgeries (not a data
+    poisoner, not an idle forger); the linear head's and the whole model's estimates both count its
+    forged copies by it."""
+    import attacks
+    from fedsim.runfacts import forges
+
+    byz = {"count": 20, "byzantine": 3}
+    forger = SMALL | {"peers": byz | {"attack": {"name": "alie"}}, "strategy": {"name": "median", "f": 3}}
+    poisoner = SMALL | {"peers": byz | {"attack": {"name": "label_swap"}}, "strategy": {"name": "median", "f": 3}}
+    idle = SMALL | {"peers": {"count": 20, "attack": {"name": "alie"}, "allow_idle_attack": True}}
+    assert forges(parse(forger), attacks.build("alie", {}))
+    assert not forges(parse(poisoner), attacks.build("label_swap", {}))
+    assert not forges(parse(idle), attacks.build("alie", {})) and not forges(parse(SMALL), None)
+    whole = {"model": {"trainable": "all", "hidden": [16], "init": "scratch"}, "topology": {"kind": "complete"},
+             "backbone": {"name": "identity", "cache_dir": str(tmp_path / "cache")}}
+    for extra in ({}, whole):
+        forged = parse_with_plan(forger | extra)[1].memory
+        poisoned = parse_with_plan(poisoner | extra)[1].memory
+        assert forged.messages > poisoned.messages and forged.heads == poisoned.heads, extra
+
+
 def test_validate_prints_the_runs_plan(tmp_path):
     """After ``ok``: the plan's figures are the run's (``prepare``: f, message size, largest shard,
     mean in-degree); ``--quiet`` prints ``ok`` alone; ``--help`` says so."""
