@@ -227,3 +227,38 @@ def test_load_is_once_per_process(tmp_path):
     a = plugins.load([str(p)])
     b = plugins.load([str(p)])
     assert a[0] is b[0] and builtins._fedsim_plugin_loads == before + 1
+
+
+def test_classvar_annotations_are_not_parameters(small_scenario):
+    """docs/extending.md's rule annotates ``exchanges: ClassVar[str]``: such class attributes are
+    not parameters (before, they were listed as such, accepted as keys and then failed in
+    ``__init__``, and shown in the plan as if set)."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    import strategies
+    from fedlib.params import Real, param
+    from fedsim.scenario import parse_with_plan
+
+    @strategies.register("classvar_mean_for_test")
+    @dataclass
+    class ClassVarMean(strategies.Strategy):
+        """Plain mean with a declared radius (a test's rule)."""
+
+        radius: float = param(1.0, Real(lo=0, lo_open=True))
+        exchanges: ClassVar[str] = "output_layer"
+        reads_f: ClassVar[bool] = False
+
+        def __call__(self, own, received, ctx):
+            return (own + received.sum(0)) / (received.shape[0] + 1)
+
+    try:
+        assert strategies.REGISTRY.parameters("classvar_mean_for_test") == ["radius"]
+        msg = strategies.REGISTRY.unknown_params("classvar_mean_for_test", {"exchanges": "full_model"})
+        assert msg == "unknown parameter 'exchanges' of strategy 'classvar_mean_for_test'; its parameters: radius"
+        with pytest.raises(ScenarioError, match=r"strategy\.params: unknown parameter 'reads_f'"):
+            parse(small_scenario(**{"strategy.name": "classvar_mean_for_test", "strategy.params": {"reads_f": True}}))
+        _, plan = parse_with_plan(small_scenario(**{"strategy.name": "classvar_mean_for_test"}))
+        assert plan.rule_params == {"radius": 1.0}
+    finally:
+        strategies.REGISTRY.pop("classvar_mean_for_test", None)
