@@ -340,14 +340,16 @@ def _load_plugins(entries: tuple[str, ...]) -> None:
 @plugin_option("Also list what this plugin registers (a .py file or a module, as run's --plugin; repeatable).")
 def list_(kind: str | None, name: str | None, plugin_entries: tuple[str, ...]) -> None:
     """List what a scenario can name: all kinds, one KIND (datasets, backbones, partitions,
-    topologies, strategies, attacks, probes), or one component in detail: its documentation and
-    each parameter with its type, default and what it accepts.
+    topologies, strategies, attacks, probes; `rules` is strategies), or one component in detail:
+    its documentation and each parameter with its type, default and what it accepts. A
+    component's name alone (`fedsim list krum`) shows it, whatever its kind.
 
     \b
     Examples:
       fedsim list
       fedsim list strategies
       fedsim list strategies krum
+      fedsim list krum
       fedsim list attacks alie
       fedsim list partitions dirichlet
       fedsim list probes unlearning
@@ -356,20 +358,31 @@ def list_(kind: str | None, name: str | None, plugin_entries: tuple[str, ...]) -
     from fedsim import catalog
 
     _load_plugins(plugin_entries)
+    if kind and name is None and not catalog.is_kind(kind):  # `fedsim list krum`: a component's name
+        for i, k in enumerate(catalog.kinds_naming(kind)):
+            if i:
+                click.echo("")
+            _describe(catalog, k, kind)
+        return
     kinds = [catalog.resolve_kind(kind)] if kind else list(catalog.KINDS)
     if name is not None:
-        text, params = catalog.describe(kinds[0], name)
-        click.secho(f"{name} ({catalog._SINGULAR[kinds[0]]})", bold=True)
-        click.echo(text)
-        if params:
-            click.echo("")
-            catalog.format_params(params, click.echo)
+        _describe(catalog, kinds[0], name)
         return
     for k in kinds:
         click.secho(f"{k}:", bold=True)
         for n, v in catalog.summaries(k).items():
             v = " ".join(v.split())
             click.echo(f"  {n:<24} {v if len(v) <= 110 else v[:109] + '…'}")
+
+
+def _describe(catalog, kind: str, name: str) -> None:
+    """One component's documentation and parameters (``fedsim list KIND NAME``)."""
+    text, params = catalog.describe(kind, name)
+    click.secho(f"{name} ({catalog._SINGULAR[catalog.resolve_kind(kind)]})", bold=True)
+    click.echo(text)
+    if params:
+        click.echo("")
+        catalog.format_params(params, click.echo)
 
 
 @main.command()
