@@ -232,11 +232,20 @@ def _pct(x: float | None) -> str:
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--quiet", "-q", is_flag=True, help="Print only 'ok', warnings and errors, not the plan.")
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a scenario field in every file, as `fedsim run --set` does (e.g. --set strategy.params.f=2).",
+)
 @plugin_option(
     "Your own rule, attack, backbone or probe (a .py file or a module; repeatable) that the "
     "FILES name; a file that lists a plugin not given here is refused (docs/extending.md)."
 )
-def validate(files: tuple[Path, ...], quiet: bool, plugin_entries: tuple[str, ...] = ()) -> None:
+def validate(
+    files: tuple[Path, ...], quiet: bool, sets: tuple[str, ...] = (), plugin_entries: tuple[str, ...] = ()
+) -> None:
     """Check scenario FILES without running them, by the code a run uses: every field (strict
     types, finite numbers), names of datasets, strategies and attacks, the dataset's files, the
     partition against the data, the memory the run needs against this machine's, the topology
@@ -257,18 +266,19 @@ def validate(files: tuple[Path, ...], quiet: bool, plugin_entries: tuple[str, ..
     from fedsim import scenario as sc_mod
     from fedsim.scenario import ScenarioError
 
+    overrides = sc_mod.parse_sets(sets)
     bad = 0
     for f in files:
         errors: list[str] = []
         sc = plan = None
         try:
-            sc, plan = sc_mod.load_with_plan(f, require_data=True, plugins=plugin_entries)
+            sc, plan = sc_mod.load_with_plan(f, overrides, require_data=True, plugins=plugin_entries)
         except ScenarioError as e:
             errors += e.errors
         found = [] if sc is None or plan is None else sc_mod.resource_warnings(sc, plan.largest_shard, plan.work)
         warnings = [f"{f}: warning: {w}" for w in found]
         try:
-            grid_errors, grid_warnings = _validate_sweep(f, plugin_entries)
+            grid_errors, grid_warnings = _validate_sweep(f, overrides, plugin_entries)
         except ScenarioError as e:  # an unreadable file: load() said so already
             grid_errors, grid_warnings = ([] if errors else e.errors), []
         errors += [e for e in grid_errors if e not in errors]
@@ -290,16 +300,20 @@ def validate(files: tuple[Path, ...], quiet: bool, plugin_entries: tuple[str, ..
 MAX_SWEEP_WARNINGS = 10
 
 
-def _validate_sweep(path: Path, plugin_entries: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
+def _validate_sweep(
+    path: Path, overrides: dict | None = None, plugin_entries: tuple[str, ...] = ()
+) -> tuple[list[str], list[str]]:
     """``(errors, warnings)`` of the ``sweep:`` section of ``path``: its typos
     (:func:`fedsim.scenario.grid_errors`), then, when there are none, one warning per combination
     that fails a constraint (at most :data:`MAX_SWEEP_WARNINGS` and a count)."""
-    from fedsim.scenario import ScenarioError, check_plugins_granted, grid_errors, with_plugins
+    from fedsim.scenario import ScenarioError, check_plugins_granted, grid_errors, set_dotted, with_plugins
     from fedsim.sweep_plan import plan_sweep, read_scenario_with_sweep
 
     base, grid = read_scenario_with_sweep(path)
     if not grid:
         return [], []
+    for key, value in (overrides or {}).items():
+        set_dotted(base, key, value)
     base = with_plugins(base, plugin_entries, str(path))
     try:
         check_plugins_granted(base, str(path))
@@ -309,7 +323,7 @@ def _validate_sweep(path: Path, plugin_entries: tuple[str, ...] = ()) -> tuple[l
     if errors:
         return errors, []
     try:
-        plan = plan_sweep(path, skip_invalid=True, plugins=plugin_entries)
+        plan = plan_sweep(path, sets=overrides, skip_invalid=True, plugins=plugin_entries)
     except ScenarioError as e:
         return e.errors, []
     total = len(plan.runs) + len(plan.invalid)
