@@ -132,3 +132,20 @@ def test_resume_of_a_plugin_run_needs_its_plugin(user, tmp_path, monkeypatch):
     out = CliRunner().invoke(main, ["run", "--resume", str(r.dir), "--plugin", str(plugin), "-q"])
     assert out.exit_code == 0, out.output
     assert fedsim.load_run(r.dir).complete
+
+
+def test_flower_apps_import_no_plugin(user, tmp_path):
+    """Nothing on the Flower apps' command lines grants a plugin: export, demo and a ClientApp or
+    ServerApp handed a scenario that lists one refuse it in the bridge's words, before any import."""
+    pytest.importorskip("flwr")
+    from fedsim.flower import common
+
+    plugin, scenario, marker = user
+    before = _tree(tmp_path)
+    for command in (["flower", "export", "mine.yaml", "app"], ["flower", "demo", "mine.yaml"]):
+        out = CliRunner().invoke(main, command)
+        assert out.exit_code == 1 and len(out.output.strip().splitlines()) == 1, out.output
+        assert "the Flower apps import no plugin" in out.output and "fedsim run --plugin" in out.output
+    with pytest.raises(common.BridgeError, match="the Flower apps import no plugin"):
+        common.scenario_from_run_config({"scenario": scenario.read_text()})  # what a device receives
+    assert not marker.exists() and _tree(tmp_path) == before
