@@ -192,3 +192,15 @@ def test_doc_commands_run_as_written(plugin, monkeypatch):
         "/home/me/my_plugins.py", str(tmp_path / "my_plugins.py")
     )
     assert out.output.strip() == expected
+
+
+def test_doc_check_your_rule_runs_as_written(plugin, monkeypatch, capsys):
+    """The "Check your rule" block, executed as written next to the page's my_plugins.py: the
+    doc's rule passes every case."""
+    path, _ = plugin
+    blocks = re.findall(r"```python\n(.+?)```", DOC.read_text(), flags=re.S)
+    (block,) = [b for b in blocks if b.startswith("# check my rule")]
+    monkeypatch.chdir(path.parent)
+    exec(compile(block, str(DOC), "exec"), {})
+    n = int(capsys.readouterr().out.split()[0])
+    assert n > 200  # 200 seeded cases (those norm_filtered_mean's check accepts) and 24 agreement cases
