@@ -11,7 +11,7 @@ the sender scored on ``|F_i ∩ F_j|`` classes). Example (issue 14, the 2-class 
 
     FEDSIM_DL4J_BACKBONE=/tmp/transfer-mnist python benchmarks/bristle_peer_diag.py \\
         --scenario scenarios/bristle-repro/windows2.yaml --seeds 0,2 \\
-        --set backbone.name=authors_emnist_cnn --set 'plugins=[benchmarks/dl4j_backbone.py]'
+        --set backbone.name=authors_emnist_cnn --plugin benchmarks/dl4j_backbone.py
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seeds", type=_cli.indices, default="0,1,2")
     ap.add_argument("--set", action="append", default=[], type=_cli.key_value, help="KEY=VALUE override (YAML value)")
     ap.add_argument("--strategy", default="bristle")
+    ap.add_argument("--plugin", action="append", default=[], help="plugin file or module (as fedsim run --plugin)")
     return ap.parse_args(argv)
 
 
@@ -55,7 +56,7 @@ def main(a: argparse.Namespace | None = None) -> None:
     over = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in a.set)}
     over["strategy.name"] = a.strategy
     for seed in a.seeds:
-        sc = api.resolve(a.scenario, {**over, "seed": seed})
+        sc = api.resolve(a.scenario, {**over, "seed": seed}, plugins=a.plugin)
         res = api.run(sc, out=tempfile.mkdtemp(prefix="diag-") + "/r")
         prep = prepare(sc)
         ft = prep.features

@@ -16,7 +16,7 @@ public repository and point ``FEDSIM_DL4J_BACKBONE`` at it, e.g.::
     git -C trustchain-superapp show f1fb8fb5:fedml/src/main/assets/transfer-mnist > /tmp/transfer-mnist.zip
     export FEDSIM_DL4J_BACKBONE=/tmp/transfer-mnist.zip
     fedsim run scenarios/bristle-repro/windows2.yaml --set backbone.name=authors_emnist_cnn \
-        --set 'plugins=[benchmarks/dl4j_backbone.py]'
+        --plugin benchmarks/dl4j_backbone.py
 
 ``coefficients.bin`` is ND4J's binary array format: a UTF string, a long length and a type name
 for the shape-info buffer (rank 2: ``[1, P]``), its longs, then the same header for the data

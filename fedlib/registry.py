@@ -27,6 +27,15 @@ def did_you_mean(name: Any, names: Any) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def param_names(cls: Any) -> list[str]:
+    """The parameters of a registered class: its dataclass fields that ``__init__`` takes, in
+    declaration order (not ``ClassVar`` annotations such as ``exchanges: ClassVar[str]``, which
+    ``__dataclass_fields__`` also holds); ``[]`` for a class that is not a dataclass."""
+    if not dataclasses.is_dataclass(cls):
+        return []
+    return [f.name for f in dataclasses.fields(cls) if f.init]
+
+
 class Registry(dict[str, Any]):
     """Registered classes by name (a ``dict``); ``kind`` ("strategy", "attack") names them in
     messages."""
@@ -56,12 +65,12 @@ class Registry(dict[str, Any]):
 
     def parameters(self, name: str) -> list[str]:
         """The parameter names of ``name`` (its dataclass fields), in declaration order."""
-        return list(getattr(self[name], "__dataclass_fields__", {}))
+        return param_names(self[name])
 
     def unknown_params(self, name: str, params: dict[str, Any] | None) -> str | None:
         """``"unknown parameter 'x' of <kind> 'n' (did you mean 'y'?); its parameters: ..."`` for the
         first key of ``params`` that ``name`` does not have, or None."""
-        if not hasattr(self[name], "__dataclass_fields__"):
+        if not dataclasses.is_dataclass(self[name]):
             return None  # not a dataclass: its constructor says what it takes
         known = self.parameters(name)
         for key in params or {}:

@@ -101,20 +101,25 @@ def resolve(
     overrides: Mapping[str, Any] | None = None,
     *,
     require_data: bool = False,
+    plugins: Sequence[str] = (),
 ) -> Scenario:
     """Validate ``scenario`` (a YAML path, a mapping as the YAML would load, or a
     :class:`~fedsim.scenario.Scenario`) with dotted ``overrides`` (``{"strategy.name": "krum"}``,
     as ``--set``) applied; raises :class:`~fedsim.scenario.ScenarioError` (one line).
     ``require_data``: missing dataset files are an error here (:func:`run` sets it: a run
-    directory is made, or overwritten, only for a scenario whose data is there)."""
+    directory is made, or overwritten, only for a scenario whose data is there). ``plugins``: your
+    plugin files or modules (``["my_plugins.py"]``), imported and recorded in the scenario's
+    ``plugins:``; a scenario that lists a plugin not given here is refused (a plugin is code:
+    :mod:`fedsim.plugins`)."""
     data, path = _scenario_data(scenario)
     overrides = dict(overrides or {})
     if path is not None:
-        return sc_mod.load(path, overrides, require_data=require_data)
+        return sc_mod.load(path, overrides, require_data=require_data, plugins=plugins)
     data = sc_mod.plain_tree(data, "scenario")
     data.pop("sweep", None)
     for key, value in overrides.items():
         sc_mod.set_dotted(data, key, value)
+    data = sc_mod.with_plugins(data, plugins)
     return sc_mod.parse(data, "scenario", require_data=require_data)
 
 
@@ -127,6 +132,7 @@ def run(
     progress: Callable[[int, dict[str, Any]], None] | None = None,
     log: Callable[[str], None] | None = None,
     callbacks: Sequence[Callback] = (),
+    plugins: Sequence[str] = (),
 ) -> RunResult:
     """Run one scenario in this process's driver (the engine the scenario names: Ray actors or
     in-process) and return its :class:`RunResult`.
@@ -140,10 +146,11 @@ def run(
     (feature caching, Ray start). ``callbacks``: objects of the :mod:`fedsim.callbacks` protocol,
     called after every round in order; one returning :class:`~fedsim.callbacks.Stop` ends the run
     there (checkpointed: :func:`resume` continues it), and the result is incomplete
-    (``summary`` None)."""
+    (``summary`` None). ``plugins``: your rules', attacks', backbones' or probes' files or modules
+    (``["my_plugins.py"]``, as ``fedsim run --plugin``; :func:`resolve`)."""
     from fedsim.runner import Run  # torch, Ray: only when a run is asked for
 
-    sc = resolve(scenario, overrides, require_data=True)
+    sc = resolve(scenario, overrides, require_data=True, plugins=plugins)
     if out is None:
         run_dir = Path(tempfile.mkdtemp(prefix="fedsim-")) / sc.name
     else:
@@ -160,13 +167,16 @@ def resume(
     progress: Callable[[int, dict[str, Any]], None] | None = None,
     log: Callable[[str], None] | None = None,
     callbacks: Sequence[Callback] = (),
+    plugins: Sequence[str] = (),
 ) -> RunResult:
     """Continue the run in ``path`` from its last checkpoint (as ``fedsim run --resume``); the
-    history then holds every round, those before the checkpoint included."""
+    history then holds every round, those before the checkpoint included. ``plugins``: those the
+    run was made with (its ``scenario.yaml`` lists them; a run that lists one not given here is
+    refused in one line, nothing run)."""
     from fedsim.rundirectory import load_for_resume
     from fedsim.runner import Run
 
-    sc = load_for_resume(Path(path))
+    sc = load_for_resume(Path(path), plugins=plugins)
     r = Run(sc, Path(path))
     r.execute(progress=progress, log=log or (lambda m: None), resume=True, callbacks=callbacks)
     return _result(r)

@@ -31,19 +31,40 @@ _SINGULAR = {"datasets": "dataset", "backbones": "backbone", "partitions": "part
              "strategies": "strategy", "attacks": "attack", "probes": "probe"}
 
 
+# what the docs call them ("your own rule"): accepted as the kind they name
+_ALIASES = {"rules": "strategies", "rule": "strategies", "models": "backbones", "model": "backbones"}
+
+
 class CatalogError(FedsimError, ValueError):
     """An unknown kind or name asked of ``fedsim list`` (one line, with the closest match)."""
 
 
 def resolve_kind(kind: str) -> str:
-    """``kind`` when it is one of :data:`KINDS` (a singular, ``strategy``, is accepted too), else a
-    :class:`CatalogError` naming the closest kind."""
+    """``kind`` when it is one of :data:`KINDS` (a singular, ``strategy``, or what the docs call
+    it, ``rules``, is accepted too), else a :class:`CatalogError` naming the closest kind."""
     if kind in KINDS:
         return kind
-    plural = {v: k for k, v in _SINGULAR.items()}.get(kind)
+    plural = {v: k for k, v in _SINGULAR.items()}.get(kind) or _ALIASES.get(kind)
     if plural:
         return plural
     raise CatalogError(f"unknown kind {kind!r}{did_you_mean(kind, KINDS)}; kinds: {', '.join(KINDS)}")
+
+
+def is_kind(word: str) -> bool:
+    """Whether ``word`` names a kind (:func:`resolve_kind` accepts it)."""
+    return word in KINDS or word in _SINGULAR.values() or word in _ALIASES
+
+
+def kinds_naming(name: str) -> list[str]:
+    """The kinds that have a component called ``name`` (``fedsim list krum``: ``["strategies"]``);
+    :class:`CatalogError` naming the closest kind or component when none has."""
+    found = [k for k in KINDS if name in summaries(k)]
+    if found:
+        return found
+    everything = [*KINDS, *(n for k in KINDS for n in summaries(k))]
+    raise CatalogError(
+        f"{name!r} is neither a kind nor a component{did_you_mean(name, everything)}; kinds: {', '.join(KINDS)}"
+    )
 
 
 def _first_paragraph(doc: str | None) -> str:

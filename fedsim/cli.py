@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from fedsim.cli_errors import FedsimGroup, remember_run_dir
+from fedsim.cli_plugin import plugin_option
 from fedsim.errors import RunInterruptedError
 from fedsim.units import human_bytes
 from fedsim.version import __version__
@@ -76,6 +77,7 @@ def main() -> None:
     help="Run directory (default: <output.dir>/<name>).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; print only the summary.")
+@plugin_option()
 def run(
     scenario: Path | None,
     resume_dir: Path | None,
@@ -84,6 +86,7 @@ def run(
     address: str | None,
     out_dir: Path | None,
     quiet: bool,
+    plugin_entries: tuple[str, ...] = (),
 ) -> None:
     """Run SCENARIO (a YAML file) and write runs/<name>/: scenario.yaml (resolved), versions.json,
     metrics.jsonl (one JSON object per round), timings.jsonl, checkpoint.pt (with
@@ -95,6 +98,8 @@ def run(
       fedsim run scenarios/quickstart.yaml --set strategy.name=median --set rounds=10 --overwrite
       fedsim run --resume runs/quickstart          # after a kill or Ctrl-C
       fedsim run scenarios/quickstart.yaml --address auto   # on a running Ray cluster
+      fedsim run my_scenario.yaml --plugin my_plugins.py     # your own rule/attack/backbone/probe
+      fedsim run --resume runs/mine --plugin my_plugins.py   # a run made with a plugin
     """
     from fedsim import scenario as sc_mod
     from fedsim.errors import FedsimError
@@ -118,14 +123,14 @@ def run(
         if resume_dir is not None:
             from fedsim.rundirectory import load_for_resume
 
-            sc = load_for_resume(resume_dir, overrides)
+            sc = load_for_resume(resume_dir, overrides, plugin_entries)
             r = Run(sc, resume_dir)
             r.open_for_resume()  # checks (and locks) before any work: a mismatch is one line, nothing runs
         elif scenario is None:
             raise click.UsageError("give a SCENARIO file or --resume RUN_DIR")
         else:
             # the data must be here before create_dir makes (or --overwrite empties) the run's folder
-            sc = sc_mod.load(scenario, overrides, require_data=True)
+            sc = sc_mod.load(scenario, overrides, require_data=True, plugins=plugin_entries)
             r = Run(sc, out_dir)
             r.create_dir(overwrite=overwrite)
     except (FedsimError, OSError) as e:
@@ -227,7 +232,20 @@ def _pct(x: float | None) -> str:
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--quiet", "-q", is_flag=True, help="Print only 'ok', warnings and errors, not the plan.")
-def validate(files: tuple[Path, ...], quiet: bool) -> None:
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a scenario field in every file, as `fedsim run --set` does (e.g. --set strategy.params.f=2).",
+)
+@plugin_option(
+    "Your own rule, attack, backbone or probe (a .py file or a module; repeatable) that the "
+    "FILES name; a file that lists a plugin not given here is refused (docs/extending.md)."
+)
+def validate(
+    files: tuple[Path, ...], quiet: bool, sets: tuple[str, ...] = (), plugin_entries: tuple[str, ...] = ()
+) -> None:
     """Check scenario FILES without running them, by the code a run uses: every field (strict
     types, finite numbers), names of datasets, strategies and attacks, the dataset's files, the
     partition against the data, the memory the run needs against this machine's, the topology
@@ -248,18 +266,19 @@ def validate(files: tuple[Path, ...], quiet: bool) -> None:
     from fedsim import scenario as sc_mod
     from fedsim.scenario import ScenarioError
 
+    overrides = sc_mod.parse_sets(sets)
     bad = 0
     for f in files:
         errors: list[str] = []
         sc = plan = None
         try:
-            sc, plan = sc_mod.load_with_plan(f, require_data=True)
+            sc, plan = sc_mod.load_with_plan(f, overrides, require_data=True, plugins=plugin_entries)
         except ScenarioError as e:
             errors += e.errors
         found = [] if sc is None or plan is None else sc_mod.resource_warnings(sc, plan.largest_shard, plan.work)
         warnings = [f"{f}: warning: {w}" for w in found]
         try:
-            grid_errors, grid_warnings = _validate_sweep(f)
+            grid_errors, grid_warnings = _validate_sweep(f, overrides, plugin_entries)
         except ScenarioError as e:  # an unreadable file: load() said so already
             grid_errors, grid_warnings = ([] if errors else e.errors), []
         errors += [e for e in grid_errors if e not in errors]
@@ -281,21 +300,30 @@ def validate(files: tuple[Path, ...], quiet: bool) -> None:
 MAX_SWEEP_WARNINGS = 10
 
 
-def _validate_sweep(path: Path) -> tuple[list[str], list[str]]:
+def _validate_sweep(
+    path: Path, overrides: dict | None = None, plugin_entries: tuple[str, ...] = ()
+) -> tuple[list[str], list[str]]:
     """``(errors, warnings)`` of the ``sweep:`` section of ``path``: its typos
     (:func:`fedsim.scenario.grid_errors`), then, when there are none, one warning per combination
     that fails a constraint (at most :data:`MAX_SWEEP_WARNINGS` and a count)."""
-    from fedsim.scenario import ScenarioError, grid_errors
+    from fedsim.scenario import ScenarioError, check_plugins_granted, grid_errors, set_dotted, with_plugins
     from fedsim.sweep_plan import plan_sweep, read_scenario_with_sweep
 
     base, grid = read_scenario_with_sweep(path)
     if not grid:
         return [], []
+    for key, value in (overrides or {}).items():
+        set_dotted(base, key, value)
+    base = with_plugins(base, plugin_entries, str(path))
+    try:
+        check_plugins_granted(base, str(path))
+    except ScenarioError as e:
+        return e.errors, []
     errors = grid_errors(base, grid, str(path))
     if errors:
         return errors, []
     try:
-        plan = plan_sweep(path, skip_invalid=True)
+        plan = plan_sweep(path, sets=overrides, skip_invalid=True, plugins=plugin_entries)
     except ScenarioError as e:
         return e.errors, []
     total = len(plan.runs) + len(plan.invalid)
@@ -315,7 +343,7 @@ def _load_plugins(entries: tuple[str, ...]) -> None:
     from fedsim import plugins
 
     try:
-        plugins.load([plugins.normalize(e) for e in entries])
+        plugins.load(plugins.grant(entries))
     except ValueError as e:  # PluginError, or an entry that is neither a file nor a module name
         raise click.BadParameter(str(e), param_hint="--plugin") from None
 
@@ -323,23 +351,19 @@ def _load_plugins(entries: tuple[str, ...]) -> None:
 @main.command(name="list", short_help="What a scenario can name; one component's docs and parameters.")
 @click.argument("kind", required=False, metavar="[KIND]")
 @click.argument("name", required=False)
-@click.option(
-    "--plugin",
-    "plugin_entries",
-    multiple=True,
-    metavar="FILE_OR_MODULE",
-    help="Also list what this plugin registers (a .py file or a module, as in a scenario's plugins:).",
-)
+@plugin_option("Also list what this plugin registers (a .py file or a module, as run's --plugin; repeatable).")
 def list_(kind: str | None, name: str | None, plugin_entries: tuple[str, ...]) -> None:
     """List what a scenario can name: all kinds, one KIND (datasets, backbones, partitions,
-    topologies, strategies, attacks, probes), or one component in detail: its documentation and
-    each parameter with its type, default and what it accepts.
+    topologies, strategies, attacks, probes; `rules` is strategies), or one component in detail:
+    its documentation and each parameter with its type, default and what it accepts. A
+    component's name alone (`fedsim list krum`) shows it, whatever its kind.
 
     \b
     Examples:
       fedsim list
       fedsim list strategies
       fedsim list strategies krum
+      fedsim list krum
       fedsim list attacks alie
       fedsim list partitions dirichlet
       fedsim list probes unlearning
@@ -348,20 +372,31 @@ def list_(kind: str | None, name: str | None, plugin_entries: tuple[str, ...]) -
     from fedsim import catalog
 
     _load_plugins(plugin_entries)
+    if kind and name is None and not catalog.is_kind(kind):  # `fedsim list krum`: a component's name
+        for i, k in enumerate(catalog.kinds_naming(kind)):
+            if i:
+                click.echo("")
+            _describe(catalog, k, kind)
+        return
     kinds = [catalog.resolve_kind(kind)] if kind else list(catalog.KINDS)
     if name is not None:
-        text, params = catalog.describe(kinds[0], name)
-        click.secho(f"{name} ({catalog._SINGULAR[kinds[0]]})", bold=True)
-        click.echo(text)
-        if params:
-            click.echo("")
-            catalog.format_params(params, click.echo)
+        _describe(catalog, kinds[0], name)
         return
     for k in kinds:
         click.secho(f"{k}:", bold=True)
         for n, v in catalog.summaries(k).items():
             v = " ".join(v.split())
             click.echo(f"  {n:<24} {v if len(v) <= 110 else v[:109] + '…'}")
+
+
+def _describe(catalog, kind: str, name: str) -> None:
+    """One component's documentation and parameters (``fedsim list KIND NAME``)."""
+    text, params = catalog.describe(kind, name)
+    click.secho(f"{name} ({catalog._SINGULAR[catalog.resolve_kind(kind)]})", bold=True)
+    click.echo(text)
+    if params:
+        click.echo("")
+        catalog.format_params(params, click.echo)
 
 
 @main.command()
@@ -380,13 +415,7 @@ def list_(kind: str | None, name: str | None, plugin_entries: tuple[str, ...]) -
     help="Weights file (default: a shipped backbone's shipped file, which this then replaces; else "
     "$FEDSIM_WEIGHTS_DIR, by default ~/.cache/fedsim/weights).",
 )
-@click.option(
-    "--plugin",
-    "plugin_entries",
-    multiple=True,
-    metavar="FILE_OR_MODULE",
-    help="Import this plugin first, so --backbone may name a backbone it registers (docs/extending.md).",
-)
+@plugin_option("Import this plugin first, so --backbone may name a backbone it registers (docs/extending.md).")
 def pretrain(
     backbone: str,
     dataset: str | None,

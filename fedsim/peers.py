@@ -55,7 +55,8 @@ class PeerGroup(MinibatchDraws, GossipAggregation):
         copied its rows: :class:`fedsim.simulation.Simulation`)."""
         if test is not None:
             features = {**features, **test}
-        plugins.load(setup.plugins)  # first: a Ray actor's process has not imported the user's rules/attacks
+        # first: a Ray actor's process has not imported the user's rules/attacks (the driver granted them)
+        plugins.load(setup.plugins, granted=True)
         # tiny bmm's: oversubscribed threads cost 10-30x on a loaded machine (measured); one per CPU given
         torch.set_num_threads(max(1, setup.threads))
         s = self.s = setup

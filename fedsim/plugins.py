@@ -8,8 +8,13 @@ backbone — each Ray actor (:class:`fedsim.peers.PeerGroup`, :class:`fedsim.ser
 in-process group, each sweep task and each Flower client — so ``@register`` in the user's module
 takes effect wherever the run happens.
 
-A plugin is code: a scenario that names plugins runs them, exactly like ``python my_rules.py``
-would. Only name files you trust.
+A plugin is code, and no file fedsim reads may run code by itself: a plugin is imported only
+once the user has named it where code is chosen, on the command line (``--plugin my_rules.py``) or
+in Python (``fedsim.run(..., plugins=[...])``): :func:`grant`. A scenario's ``plugins:`` list only
+records what the run needs (so actors, sweep tasks and a resume import the same files); a scenario
+naming a plugin nobody granted is refused in one line before anything is imported
+(:func:`check_granted`). Processes the driver starts (Ray actors, sweep tasks) import what the
+driver granted: :func:`load` with ``granted=True``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from fedsim.errors import FedsimError
 
 _MODULE_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _LOADED: dict[str, ModuleType] = {}  # plugin entry (absolute path or module name) → its module, per process
+_GRANTED: set[str] = set()  # entries (normalised) the user named on the command line or in Python, per process
 
 
 class PluginError(FedsimError, ValueError):
@@ -52,12 +58,61 @@ def normalize(entry: str, base: Path | None = None) -> str:
     return entry
 
 
-def load(entries: Iterable[str] | None) -> list[ModuleType]:
+class PluginNotGrantedError(PluginError):
+    """A scenario names a plugin the user did not name on the command line or in Python."""
+
+
+def grant(entries: Iterable[str] | None, base: Path | None = None) -> list[str]:
+    """Allow this process to import ``entries`` (the user named them: ``--plugin``, ``plugins=``);
+    returns them normalised (:func:`normalize`). Raises ``ValueError`` for an entry that is
+    neither a ``.py`` file nor a module name; imports nothing."""
+    done = [normalize(e, base) for e in entries or ()]
+    _GRANTED.update(done)
+    return done
+
+
+def check_granted(entries: Iterable[str] | None) -> None:
+    """:class:`PluginNotGrantedError` (one line) for the first of ``entries`` not granted in this
+    process; entries that are not plugin names at all are left to the schema's message."""
+    for e in entries or ():
+        try:
+            entry = normalize(e)
+        except ValueError:
+            continue
+        if entry not in _GRANTED:
+            shown = e.strip()
+            raise PluginNotGrantedError(
+                f"plugins: {entry}: not imported: a plugin is code, and fedsim runs one only when you name "
+                f"it yourself, never because a scenario lists it; add --plugin {shown} "
+                f"(Python: plugins=[{shown!r}])"
+            )
+
+
+def merge(listed: Iterable[str] | None, granted: Iterable[str]) -> list[str]:
+    """A scenario's ``plugins:`` (``listed``) with the ``granted`` entries it does not list yet
+    appended (compared normalised), so the run records every plugin it imports."""
+    out = list(listed or ())
+    have = set()
+    for e in out:
+        try:
+            have.add(normalize(e))
+        except ValueError:
+            pass
+    return out + [g for g in granted if g not in have]
+
+
+def load(entries: Iterable[str] | None, *, granted: bool = False) -> list[ModuleType]:
     """Import each plugin once in this process (a second call is free) and return the modules.
 
     Called first thing wherever rules, attacks or backbones are built; raises
-    :class:`PluginError` naming the plugin that failed."""
-    return [_load_one(normalize(e)) for e in entries or ()]
+    :class:`PluginError` naming the plugin that failed, :class:`PluginNotGrantedError` for one
+    the user did not :func:`grant`. ``granted=True``: the caller is a process the driver started
+    (a Ray actor, a sweep task) with the driver's checked list; it grants them here first."""
+    done = [normalize(e) for e in entries or ()]
+    if granted:
+        _GRANTED.update(done)
+    check_granted(done)
+    return [_load_one(e) for e in done]
 
 
 def _load_one(entry: str) -> ModuleType:

@@ -236,6 +236,8 @@ def report(directory: Path, target: float, by: tuple[str, ...], fmt: str, out: P
       fedsim report runs/quickstart-sweep --format csv > results.csv   (unrounded numbers)
 
     Only complete runs (with summary.json) are counted; the table says how many were left out.
+    In Markdown, each complete run's probes (its probes.json) follow the table, as `fedsim run`
+    prints them.
     """
     if target > 1:
         target /= 100
@@ -250,6 +252,8 @@ def report(directory: Path, target: float, by: tuple[str, ...], fmt: str, out: P
     if not rows:
         raise click.ClickException(f"{directory}: no complete run (with summary.json) yet")
     text = to_markdown(rs, keys, rows, incomplete, target) if fmt == "markdown" else to_csv(keys, rows, target)
+    if fmt == "markdown":
+        text += probes_markdown(rs)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
@@ -259,3 +263,23 @@ def report(directory: Path, target: float, by: tuple[str, ...], fmt: str, out: P
 
 
 # --------------------------------------------------------------------------- probes.json as Markdown
+def probes_markdown(rs: RunSet) -> str:
+    """Each complete run's ``probes.json`` as Markdown (:func:`fedsim.report_probes.format_probes`,
+    what ``fedsim run`` prints after the rounds) under a heading naming the run; ``""`` when no run
+    has probes. An unreadable file is a line saying so, not a failed report."""
+    import json
+
+    from fedsim.report_probes import format_probes
+
+    parts = []
+    for r in rs.runs:
+        path = r.path / "probes.json"
+        if not (r.complete and path.exists()):
+            continue
+        try:
+            body = format_probes(json.loads(path.read_text()))
+        except (OSError, ValueError) as e:
+            body = f"{path}: cannot read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})\n"
+        if body:
+            parts.append(f"\n## Probes: run {r.name}\n\n{body}")
+    return "".join(parts)

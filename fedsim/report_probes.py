@@ -218,16 +218,20 @@ _PROBE_MARKDOWN = {"unlearning": _format_unlearning, "cloning": _format_cloning}
 def format_probes(records: Any) -> str:
     """Markdown tables of a parsed ``probes.json`` (a list of entries, or one entry): the built-in
     kinds' tables here, a registered probe's own ``markdown(entry)`` where it has one (a plugin
-    loaded in this process), else its entry's scalar fields."""
+    loaded in this process), else its entry's scalar fields (a plugin's entry needs no
+    ``records``; a built-in's without records is left out)."""
     from fedsim.probe_registry import kinds
 
     REGISTRY = kinds()  # the built-ins registered (federated_unlearning's markdown)
     entries = [records] if isinstance(records, dict) else list(records or [])
     parts = []
     for e in entries:
-        if not isinstance(e, dict) or not e.get("records"):
+        if not isinstance(e, dict):
             continue
         kind = e.get("kind")
+        builtin = kind in _PROBE_MARKDOWN or getattr(REGISTRY.get(kind), "__module__", "") == "fedsim.probe_builtins"
+        if builtin and not e.get("records"):
+            continue  # the built-ins' tables read their records; an entry without any has nothing to show
         own = getattr(REGISTRY.get(kind), "markdown", None) if kind not in _PROBE_MARKDOWN else None
         text = _PROBE_MARKDOWN[kind](e) if kind in _PROBE_MARKDOWN else own(REGISTRY[kind](), e) if own else None
         parts.append(text if text is not None else _format_generic(e))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -196,13 +197,20 @@ def require_run_dir(path: Path) -> None:
         raise ResumeMismatchError(f"{path} is not a fedsim run directory (no scenario.yaml); nothing to resume")
 
 
-def load_for_resume(path: Path, overrides: dict[str, Any] | None = None) -> Scenario:
+def load_for_resume(path: Path, overrides: dict[str, Any] | None = None, plugins: Sequence[str] = ()) -> Scenario:
     """The scenario recorded in the run directory ``path`` (with ``overrides``): what ``fedsim run
     --resume`` and :func:`fedsim.resume` continue. A folder that is no run directory is that one
-    line (before, ``DIR/scenario.yaml: no such file``), not a missing file."""
-    from fedsim.scenario import load
+    line (before, ``DIR/scenario.yaml: no such file``), not a missing file. ``plugins`` (the
+    user's ``--plugin``) are granted, not added: a resume continues the recorded scenario, whose
+    ``plugins:`` must each be among them (:func:`fedsim.scenario.check_plugins_granted`)."""
+    from fedsim import plugins as plugin_mod
+    from fedsim.scenario import ScenarioError, load
 
     require_run_dir(path)
+    try:
+        plugin_mod.grant(plugins)
+    except ValueError as e:
+        raise ScenarioError(f"--plugin: {e}") from None
     return load(path / "scenario.yaml", overrides)
 
 

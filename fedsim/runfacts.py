@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedlib.registry import param_names
 from fedsim import limits
 
 if TYPE_CHECKING:
@@ -139,8 +140,7 @@ def strategy_params(sc: Scenario) -> dict[str, Any]:
     import strategies
 
     params = dict(sc.strategy.params)
-    fields = getattr(strategies.REGISTRY.get(sc.strategy.name), "__dataclass_fields__", {})
-    if sc.mode == "federated" and "include_own" in fields:
+    if sc.mode == "federated" and "include_own" in param_names(strategies.REGISTRY.get(sc.strategy.name)):
         params.setdefault("include_own", False)
     return params
 

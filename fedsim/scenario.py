@@ -17,6 +17,7 @@ entries :mod:`fedsim.schema_probes`, its error lines :mod:`fedsim.schema_errors`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,7 @@ __all__ = [
     "build_topology",
     "byzantine_exposure",
     "byzantine_mask",
+    "check_plugins_granted",
     "check_semantics",
     "clients_per_round",
     "default_f",
@@ -118,6 +120,7 @@ __all__ = [
     "strategy_params",
     "to_config",
     "unknown_names",
+    "with_plugins",
 ]
 
 MAX_ERRORS_IN_LINE = 6  # schema errors joined into one ScenarioError line; the rest are counted
@@ -138,6 +141,7 @@ def parse_with_plan(data: Any, source: str = "scenario", *, require_data: bool =
     if not isinstance(data, dict):
         raise ScenarioError(f"{source}: the top level must be a mapping of sections, got {type(data).__name__}")
     data = plain_tree(data, source)
+    check_plugins_granted(data, source)
     try:
         sc = Scenario.model_validate(data)
     except ValidationError as e:
@@ -152,6 +156,36 @@ def parse_with_plan(data: Any, source: str = "scenario", *, require_data: bool =
     return sc, check_semantics(sc, source, require_data=require_data)
 
 
+def check_plugins_granted(data: dict[str, Any], source: str = "scenario") -> None:
+    """A scenario mapping whose ``plugins:`` names one the user did not grant (``--plugin``,
+    ``plugins=``: :func:`fedsim.plugins.grant`) is a :class:`ScenarioError`, before any import:
+    no file fedsim reads runs code by itself."""
+    from fedsim import plugins
+
+    listed = data.get("plugins")
+    if isinstance(listed, list):
+        try:
+            plugins.check_granted([e for e in listed if isinstance(e, str)])
+        except plugins.PluginError as e:
+            raise ScenarioError(f"{source}: {e}") from None
+
+
+def with_plugins(data: dict[str, Any], granted: Sequence[str], source: str = "scenario") -> dict[str, Any]:
+    """``data`` with the user's ``granted`` plugins (``--plugin``, ``plugins=``) granted in this
+    process and added to its ``plugins:`` list (those it does not list yet), so the resolved
+    scenario records them for the actors, the sweep tasks and a resume."""
+    from fedsim import plugins
+
+    if not granted:
+        return data
+    try:
+        entries = plugins.grant(granted)
+    except ValueError as e:
+        raise ScenarioError(f"{source}: plugins: {e}") from None
+    listed = data.get("plugins")
+    return data | {"plugins": plugins.merge(listed if isinstance(listed, list) else [], entries)}
+
+
 def load_plugins(sc: Scenario, source: str = "scenario") -> None:
     """Import the scenario's ``plugins:`` in this process (before its names are checked); a plugin
     that fails is a :class:`ScenarioError` naming the file and the plugin."""
@@ -163,14 +197,26 @@ def load_plugins(sc: Scenario, source: str = "scenario") -> None:
         raise ScenarioError(f"{source}: {e}") from None
 
 
-def load(path: str | Path, overrides: dict[str, Any] | None = None, *, require_data: bool = False) -> Scenario:
+def load(
+    path: str | Path,
+    overrides: dict[str, Any] | None = None,
+    *,
+    require_data: bool = False,
+    plugins: Sequence[str] = (),
+) -> Scenario:
     """Read a YAML scenario file (:func:`read_yaml`), apply dotted ``overrides``
-    (``{"strategy.name": "krum"}``), validate (:func:`parse`)."""
-    return load_with_plan(path, overrides, require_data=require_data)[0]
+    (``{"strategy.name": "krum"}``), validate (:func:`parse`). ``plugins``: the ones the user
+    named (``--plugin``): granted and added to the scenario's (:func:`with_plugins`)."""
+    return load_with_plan(path, overrides, require_data=require_data, plugins=plugins)[0]
 
 
-def load_with_plan(path: str | Path, overrides: dict[str, Any] | None = None, *,
-                   require_data: bool = False) -> tuple[Scenario, RunPlan]:
+def load_with_plan(
+    path: str | Path,
+    overrides: dict[str, Any] | None = None,
+    *,
+    require_data: bool = False,
+    plugins: Sequence[str] = (),
+) -> tuple[Scenario, RunPlan]:
     """:func:`load`, and the :class:`fedsim.runplan.RunPlan` validation built (``fedsim validate``)."""
     path = Path(path)
     data = read_yaml(path)
@@ -182,4 +228,5 @@ def load_with_plan(path: str | Path, overrides: dict[str, Any] | None = None, *,
     data.pop("sweep", None)  # a grid for `fedsim sweep`; one run of a sweep file uses its base values
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
+    data = with_plugins(data, plugins, str(path))
     return parse_with_plan(data, str(path), require_data=require_data)

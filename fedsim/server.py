@@ -26,7 +26,8 @@ class Server:
     FLTrust's root update is the global model trained on the server's small trusted root set."""
 
     def __init__(self, setup: GroupSetup, root_x: np.ndarray | None = None, root_y: np.ndarray | None = None) -> None:
-        plugins.load(setup.plugins)  # first: a Ray actor's process has not imported the user's rules/attacks
+        # first: a Ray actor's process has not imported the user's rules/attacks (the driver granted them)
+        plugins.load(setup.plugins, granted=True)
         self.s = setup
         self.bias = setup.training.bias
         self.layer_shape = (setup.num_classes, setup.dim)

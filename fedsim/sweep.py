@@ -37,6 +37,7 @@ from typing import Any
 import click
 
 from fedsim.cli_errors import RUN_ERROR_FILE
+from fedsim.cli_plugin import plugin_option
 from fedsim.scenario import ScenarioError, parse_sets
 from fedsim.sweep_execute import Reporter, execute_sweep
 from fedsim.sweep_plan import PlannedRun, check_existing, parse_grid, plan_sweep
@@ -109,6 +110,7 @@ class _BarReporter(Reporter):
 @click.option("--overwrite", is_flag=True, help="Delete the sweep's run folders and run everything again.")
 @click.option("--dry-run", is_flag=True, help="List the runs and whether each is complete; run nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@plugin_option()
 def sweep(
     scenario: Path,
     grids: tuple[str, ...],
@@ -122,6 +124,7 @@ def sweep(
     overwrite: bool,
     dry_run: bool,
     quiet: bool,
+    plugin_entries: tuple[str, ...] = (),
 ) -> None:
     """Run SCENARIO for every combination of --grid values (and of its YAML `sweep:` section),
     in parallel on Ray, each run in its own folder; then `fedsim report` and `fedsim plot` the
@@ -165,7 +168,9 @@ def sweep(
     try:
         # a local sweep checks its data as `fedsim run` does, before anything is written; on a cluster
         # (--address) the data may be only there: each run checks it (fedsim.sweep_execute.run_one)
-        plan = plan_sweep(scenario, grid, parse_sets(sets), out, skip_invalid, require_data=address is None)
+        plan = plan_sweep(
+            scenario, grid, parse_sets(sets), out, skip_invalid, require_data=address is None, plugins=plugin_entries
+        )
     except ScenarioError as e:
         for line in e.errors[:-1]:  # one line per error (typos in the grid), the last as the exit message
             click.echo(f"Error: {line}", err=True)

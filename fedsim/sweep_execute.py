@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedsim import plugins
 from fedsim.cli_errors import RUN_ERROR_FILE
 from fedsim.errors import RunInterruptedError
 from fedsim.scenario import parse
@@ -36,6 +37,8 @@ def run_one(data: dict[str, Any], run_dir: str, progress: Callable[[int, dict], 
     if (d / "summary.json").exists():
         return {"status": "complete", "summary": json.loads((d / "summary.json").read_text())}
     try:
+        # the sweep's driver granted its plugins (fedsim sweep --plugin) and checked the scenario
+        plugins.grant(data.get("plugins") or ())
         # missing data is one line naming dataset.data_dir (a cluster's run checks where the data is)
         sc = parse(data, str(d / "scenario.yaml"), require_data=True)
         run = Run(sc, d, threads=threads)

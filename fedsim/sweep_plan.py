@@ -12,6 +12,7 @@ import copy
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
@@ -22,12 +23,14 @@ import yaml
 from fedsim._runs import comparable, flatten, fmt_value
 from fedsim.scenario import (
     ScenarioError,
+    check_plugins_granted,
     grid_errors,
     parse,
     parse_value,
     plain_tree,
     read_yaml,
     set_dotted,
+    with_plugins,
 )
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._,+\-]")
@@ -184,6 +187,7 @@ def plan_sweep(
     out: Path | None = None,
     skip_invalid: bool = False,
     require_data: bool = False,
+    plugins: Sequence[str] = (),
 ) -> SweepPlan:
     """Expand ``scenario`` (its ``sweep:`` section, then ``grid`` on top) into validated runs.
 
@@ -194,10 +198,13 @@ def plan_sweep(
     says, before any combination is validated: ``skip_invalid`` leaves out only combinations of
     valid names that fail a constraint (Krum's n > 2f + 2, an attack with 0 Byzantine peers).
     ``require_data``: a dataset whose files are missing is an error, as for ``fedsim run`` (a
-    local sweep; on a cluster the data may be only there)."""
+    local sweep; on a cluster the data may be only there). ``plugins``: the user's ``--plugin``
+    entries, granted and added to every run's ``plugins:`` (:func:`fedsim.scenario.with_plugins`)."""
     base, file_grid = read_scenario_with_sweep(scenario)
     for k, v in (sets or {}).items():
         set_dotted(base, k, v)
+    base = with_plugins(base, plugins, str(scenario))
+    check_plugins_granted(base, str(scenario))  # before grid_errors, which would import them
     full_grid = dict(file_grid)
     full_grid.update(grid or {})
     typos = grid_errors(base, full_grid, str(scenario))

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -13,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from fedlib.heads import num_params as head_params
 from fedlib.registry import did_you_mean as _did_you_mean
+from fedlib.registry import param_names
 from fedsim import limits
 from fedsim.device import device_error
 from fedsim.errors import FedsimError, ScenarioError
@@ -105,10 +107,14 @@ def check_semantics(sc: Scenario, source: str = "scenario", *, require_data: boo
         if num_params is not None:
             facts["memory"] = _with_device_aggregation(sc, facts["memory"], rule, facts["in_degree_range"][1],
                                                        num_params)
-    fields = getattr(rule, "__dataclass_fields__", {})
-    return RunPlan(f=f, in_degree=in_degree, in_degree_range=facts.pop("in_degree_range", None),
-                   rule_params={k: getattr(rule, k) for k, fd in fields.items() if fd.init},
-                   sends_per_round=sends_per_round(sc, in_degree), **facts)
+    return RunPlan(
+        f=f,
+        in_degree=in_degree,
+        in_degree_range=facts.pop("in_degree_range", None),
+        rule_params={k: getattr(rule, k) for k in param_names(type(rule))},
+        sends_per_round=sends_per_round(sc, in_degree),
+        **facts,
+    )
 
 
 def _name_errors(sc: Scenario) -> tuple[list[str], tuple[Any, Any]]:
@@ -297,8 +303,8 @@ def unknown_names(data: Any) -> list[str]:
             except ValueError as e:
                 errors.append(f"{field}.name: {e}")
             continue
-        everyone = {p for n in registry for p in getattr(registry[n], "__dataclass_fields__", {})}
-        if isinstance(params, dict) and hasattr(registry[name], "__dataclass_fields__"):
+        everyone = {p for n in registry for p in param_names(registry[n])}
+        if isinstance(params, dict) and dataclasses.is_dataclass(registry[name]):
             typos = {k: v for k, v in params.items() if k not in everyone}
             msg = module.registry.unknown_params(name, typos)
             if msg:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from fedlib.params import Mapping, Text, param
+from fedlib.registry import param_names
 from strategies.base import Strategy
 from strategies.registry import REGISTRY, build
 
@@ -26,7 +27,7 @@ def build_inner(inner: str, inner_params: dict[str, Any], include_own: bool | No
     inner rule's ``include_own`` unless ``inner_params`` sets it (rules without the parameter keep
     their own behaviour), so a federated server's ``include_own: false`` reaches the inner rule."""
     params = dict(inner_params)
-    if include_own is not None and "include_own" in getattr(REGISTRY.get(inner), "__dataclass_fields__", {}):
+    if include_own is not None and "include_own" in param_names(REGISTRY.get(inner)):
         params.setdefault("include_own", include_own)
     try:
         return build(inner, params)

@@ -80,7 +80,10 @@ def test_list_partition_and_topology_show_their_scenario_fields() -> None:
     [
         (["list", "strategies", "krun"], "Error: unknown strategy 'krun' (did you mean 'krum'?); available: "),
         (["list", "attacks", "sign_flp"], "Error: unknown attack 'sign_flp' (did you mean 'sign_flip'?)"),
-        (["list", "strategie"], "Error: unknown kind 'strategie' (did you mean 'strategies'?); kinds: "),
+        (
+            ["list", "strategie"],
+            "Error: 'strategie' is neither a kind nor a component (did you mean 'strategies'?); kinds: ",
+        ),
         (["list", "backbones", "fmnist"], "Error: unknown backbone 'fmnist' (did you mean 'fmnist_cnn'?)"),
     ],
 )
@@ -88,6 +91,23 @@ def test_unknown_kind_or_name_is_one_line_with_did_you_mean(argv: list[str], exp
     r = CliRunner().invoke(main, argv)
     assert r.exit_code == 1
     assert len(_lines(r.output)) == 1 and _lines(r.output)[0].startswith(expected), r.output
+
+
+def test_a_component_name_alone_or_the_docs_word_for_a_kind_is_listed() -> None:
+    """`fedsim list krum` and `fedsim list rules` (the docs' words) were 'unknown kind' errors."""
+    alone = CliRunner().invoke(main, ["list", "krum"])
+    assert alone.exit_code == 0 and alone.output == CliRunner().invoke(main, ["list", "strategies", "krum"]).output
+    assert alone.output.startswith("krum (strategy)\n") and "include_own" in alone.output
+    topo = CliRunner().invoke(main, ["list", "complete"])
+    assert topo.exit_code == 0 and topo.output == CliRunner().invoke(main, ["list", "topologies", "complete"]).output
+    rules = CliRunner().invoke(main, ["list", "rules"])
+    assert rules.exit_code == 0 and rules.output == CliRunner().invoke(main, ["list", "strategies"]).output
+    assert CliRunner().invoke(main, ["list", "rule", "krum"]).output == alone.output
+    bad = CliRunner().invoke(main, ["list", "krumm"])
+    assert bad.exit_code == 1 and _lines(bad.output) == [
+        "Error: 'krumm' is neither a kind nor a component (did you mean 'krum'?); kinds: datasets, backbones, "
+        "partitions, topologies, strategies, attacks, probes"
+    ]
 
 
 def test_unknown_command_names_the_closest() -> None:

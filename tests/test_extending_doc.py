@@ -11,6 +11,7 @@ import yaml
 import fedsim
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "extending.md"
+PLUGIN_FILE = ""  # the doc's plugin, written by the fixture
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,8 @@ def plugin(tmp_path_factory):
     path = tmp_path_factory.mktemp("user") / "my_plugins.py"
     path.write_text("\n\n".join(blocks))
     snippet = yaml.safe_load(re.findall(r"```yaml\n(.+?)```", text, flags=re.S)[0])
-    snippet["plugins"] = [str(path)]
+    global PLUGIN_FILE
+    PLUGIN_FILE = str(path)  # as the reader names it: fedsim.run(..., plugins=[...]) / --plugin
     yield path, snippet
     # the doc's components leave the registries with this module: later tests iterate over them
     import attacks
@@ -40,7 +42,7 @@ def _run(small_scenario, snippet, tmp_path, name, **over):
     d = small_scenario(rounds=6, **{"partition.kind": "iid", "topology.kind": "complete", "engine.num_actors": 1})
     d |= {k: v for k, v in snippet.items()}
     d["name"] = name
-    return fedsim.run(d, overrides=over, out=tmp_path / name).summary["final_accuracy_mean"]
+    return fedsim.run(d, overrides=over, out=tmp_path / name, plugins=[PLUGIN_FILE]).summary["final_accuracy_mean"]
 
 
 def test_doc_rule_resists_the_doc_forger_that_breaks_the_mean(plugin, small_scenario, tmp_path):
@@ -66,20 +68,17 @@ def test_doc_poisoner_and_rule_check(plugin, small_scenario, tmp_path):
 def test_doc_scenario_snippet_is_valid_as_written(plugin):
     """The YAML block is a whole scenario a reader can copy: it validated only merged into the
     tests' small scenario before (its backbone takes 8x8 images, the default dataset is 28x28)."""
-    from fedsim.scenario import parse
-
-    _, snippet = plugin
-    sc = parse(snippet)
+    path, snippet = plugin
+    sc = fedsim.api.resolve(snippet, plugins=[str(path)])
     assert sc.dataset.name == "sklearn_digits" and sc.backbone.name == "random_projection"
 
 
 def test_doc_backbone_makes_the_features(plugin, small_scenario, tmp_path):
     _, snippet = plugin
     from fedsim.prepare import prepare
-    from fedsim.scenario import parse
 
     d = small_scenario() | snippet
-    assert prepare(parse(d)).info["feature_dim"] == 32
+    assert prepare(fedsim.api.resolve(d, plugins=[PLUGIN_FILE])).info["feature_dim"] == 32
 
 
 def test_doc_callback_stops_where_it_says_and_resumes(tmp_path, monkeypatch):
@@ -150,3 +149,58 @@ def test_doc_names_every_built_in_probe():
     text = DOC.read_text()
     for kind in set(kinds()) - {"consensus_distance"}:  # the doc's own example, if registered
         assert f"`{kind}`" in text, kind
+
+
+def test_doc_commands_run_as_written(plugin, monkeypatch):
+    """The page's shell commands, each run through the CLI in a folder holding the page's
+    my_plugins.py and my_scenario.yaml (the YAML block as written): validate, run, sweep, resume.
+    Without --plugin the same scenario is refused in the line the page shows."""
+    import shlex
+
+    from click.testing import CliRunner
+
+    from fedsim.cli import main
+
+    path, _ = plugin
+    text = DOC.read_text()
+    (scenario,) = [b for b in re.findall(r"```yaml\n(.+?)```", text, flags=re.S) if b.startswith("# my_scenario.yaml")]
+    (commands,) = [b for b in re.findall(r"```bash\n(.+?)```", text, flags=re.S) if "--plugin my_plugins.py" in b]
+    tmp_path = path.parent  # the fixture's my_plugins.py (its names are registered in this process already)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_scenario.yaml").write_text(scenario)
+    lines = [ln.split("#")[0].strip() for ln in commands.strip().splitlines()]
+    assert [ln.split()[:2] for ln in lines] == [
+        ["fedsim", "validate"],
+        ["fedsim", "run"],
+        ["fedsim", "sweep"],
+        ["fedsim", "run"],
+    ]
+    results = [CliRunner().invoke(main, shlex.split(ln)[1:]) for ln in lines]
+    assert [r.exit_code for r in results] == [0, 0, 0, 1], [r.output for r in results]
+    assert "is complete (summary.json exists); nothing to resume" in results[3].output  # the run above finished
+    assert fedsim.load_run(tmp_path / "runs/mine").complete
+    assert len(fedsim.load_run(tmp_path / "runs/mine").history) == 10
+    # the refusal the page quotes, for the page's own files
+    from fedsim import plugins
+
+    monkeypatch.setattr(plugins, "_GRANTED", set())
+    (tmp_path / "listed.yaml").write_text(scenario + "plugins: [my_plugins.py]\n")
+    out = CliRunner().invoke(main, ["run", "listed.yaml", "--out", "runs/refused"])
+    (shown,) = [ln for ln in text.splitlines() if ln.startswith("Error: my_scenario.yaml: plugins:")]
+    assert out.exit_code == 1 and not (tmp_path / "runs/refused").exists()
+    expected = shown.replace("my_scenario.yaml", "listed.yaml", 1).replace(
+        "/home/me/my_plugins.py", str(tmp_path / "my_plugins.py")
+    )
+    assert out.output.strip() == expected
+
+
+def test_doc_check_your_rule_runs_as_written(plugin, monkeypatch, capsys):
+    """The "Check your rule" block, executed as written next to the page's my_plugins.py: the
+    doc's rule passes every case."""
+    path, _ = plugin
+    blocks = re.findall(r"```python\n(.+?)```", DOC.read_text(), flags=re.S)
+    (block,) = [b for b in blocks if b.startswith("# check my rule")]
+    monkeypatch.chdir(path.parent)
+    exec(compile(block, str(DOC), "exec"), {})
+    n = int(capsys.readouterr().out.split()[0])
+    assert n > 200  # 200 seeded cases (those norm_filtered_mean's check accepts) and 24 agreement cases

@@ -89,6 +89,7 @@ def plugin_scenario(small_scenario, tmp_path):
     path = _write_plugin(ext, tag)
     marks = tmp_path / "marks"
     marks.mkdir()
+    plugins.grant([str(path)])  # the user named it (--plugin / plugins=): a scenario alone never imports it
 
     def make(**over):
         return small_scenario(**{
@@ -172,15 +173,17 @@ def test_plugin_through_the_flower_bridge(plugin_scenario, tmp_path):
 
 
 def test_missing_plugin_file_is_one_line_naming_it(small_scenario, tmp_path):
+    from fedsim.api import resolve
+
     with pytest.raises(ScenarioError, match=r"plugins: .*nope\.py: no such file"):
-        parse(small_scenario(plugins=[str(tmp_path / "nope.py")]))
+        resolve(small_scenario(), plugins=[str(tmp_path / "nope.py")])
     (tmp_path / "pkg.py").mkdir()  # it exists: "no such file" would mislead
     with pytest.raises(ScenarioError, match=r"plugins: .*pkg\.py: a directory; name the \.py file in it"):
-        parse(small_scenario(plugins=[str(tmp_path / "pkg.py")]))
+        resolve(small_scenario(), plugins=[str(tmp_path / "pkg.py")])
     with pytest.raises(ScenarioError, match=r"cannot import module 'no_such_module_xyz'"):
-        parse(small_scenario(plugins=["no_such_module_xyz"]))
+        resolve(small_scenario(), plugins=["no_such_module_xyz"])
     with pytest.raises(ScenarioError, match=r"plugins: .*neither a \.py file nor a module name"):
-        parse(small_scenario(plugins=["not a module"]))
+        resolve(small_scenario(), plugins=["not a module"])
 
 
 def test_a_name_registered_twice_names_both_classes(tmp_path, small_scenario):
@@ -197,7 +200,7 @@ def test_a_name_registered_twice_names_both_classes(tmp_path, small_scenario):
     '''))
     with pytest.raises(ScenarioError, match=r"dup\.py: ValueError: strategy name 'krum' is registered twice "
                                             r"\(strategies\.krum\.Krum and .*Mine\)"):
-        parse(small_scenario(plugins=[str(p)]))
+        parse(small_scenario(plugins=plugins.grant([str(p)])))
 
 
 def test_a_rule_must_declare_what_it_exchanges():
@@ -220,6 +223,42 @@ def test_load_is_once_per_process(tmp_path):
     import builtins
 
     before = getattr(builtins, "_fedsim_plugin_loads", 0)
+    plugins.grant([str(p)])
     a = plugins.load([str(p)])
     b = plugins.load([str(p)])
     assert a[0] is b[0] and builtins._fedsim_plugin_loads == before + 1
+
+
+def test_classvar_annotations_are_not_parameters(small_scenario):
+    """docs/extending.md's rule annotates ``exchanges: ClassVar[str]``: such class attributes are
+    not parameters (before, they were listed as such, accepted as keys and then failed in
+    ``__init__``, and shown in the plan as if set)."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    import strategies
+    from fedlib.params import Real, param
+    from fedsim.scenario import parse_with_plan
+
+    @strategies.register("classvar_mean_for_test")
+    @dataclass
+    class ClassVarMean(strategies.Strategy):
+        """Plain mean with a declared radius (a test's rule)."""
+
+        radius: float = param(1.0, Real(lo=0, lo_open=True))
+        exchanges: ClassVar[str] = "output_layer"
+        reads_f: ClassVar[bool] = False
+
+        def __call__(self, own, received, ctx):
+            return (own + received.sum(0)) / (received.shape[0] + 1)
+
+    try:
+        assert strategies.REGISTRY.parameters("classvar_mean_for_test") == ["radius"]
+        msg = strategies.REGISTRY.unknown_params("classvar_mean_for_test", {"exchanges": "full_model"})
+        assert msg == "unknown parameter 'exchanges' of strategy 'classvar_mean_for_test'; its parameters: radius"
+        with pytest.raises(ScenarioError, match=r"strategy\.params: unknown parameter 'reads_f'"):
+            parse(small_scenario(**{"strategy.name": "classvar_mean_for_test", "strategy.params": {"reads_f": True}}))
+        _, plan = parse_with_plan(small_scenario(**{"strategy.name": "classvar_mean_for_test"}))
+        assert plan.rule_params == {"radius": 1.0}
+    finally:
+        strategies.REGISTRY.pop("classvar_mean_for_test", None)

@@ -103,3 +103,37 @@ def test_register_probe_refuses_what_it_cannot_hold(toy_kind):
         register_probe("toy")(type("Toy2", (Probe,), {}))
     with pytest.raises(ValueError, match="must be a name"):
         register_probe("a b")(type("Toy3", (Probe,), {}))
+
+
+def test_a_probe_entry_without_records_is_shown_by_run_and_report(tmp_path):
+    """A probe's entry is any mapping (docs/extending.md): one without ``records`` was left out of
+    what `fedsim run` prints, and `fedsim report` printed no probe at all."""
+    import json
+
+    from click.testing import CliRunner
+
+    import fedsim
+    from fedsim.cli import main
+    from fedsim.report_probes import format_probes
+
+    @register_probe("bare_probe_for_test")
+    class Bare(Probe):
+        """Final mean head norm (a test's probe, no per-peer records)."""
+
+        def run(self, i, cfg, ctx):
+            return {"kind": "bare_probe_for_test", "mean_norm": float(abs(ctx.final_params).sum())}
+
+    try:
+        r = fedsim.run(_scenario(tmp_path, [{"kind": "bare_probe_for_test"}]) | {"rounds": 2}, out=tmp_path / "run")
+        value = json.loads((r.dir / "probes.json").read_text())[0]["mean_norm"]
+        table = "### Probe: bare_probe_for_test\n\n| field | value |\n|---|---|\n| kind | bare_probe_for_test |\n"
+        assert format_probes([{"kind": "bare_probe_for_test", "mean_norm": value}]).startswith(table)
+        assert f"| mean_norm | {value} |" in format_probes([{"kind": "bare_probe_for_test", "mean_norm": value}])
+        out = CliRunner().invoke(main, ["report", str(r.dir)]).output
+        assert f"## Probes: run run\n\n{table}| mean_norm | {value} |" in out
+        out = CliRunner().invoke(main, ["report", str(r.dir), "--format", "csv"]).output
+        assert "Probe" not in out  # CSV stays one table
+    finally:
+        REGISTRY.pop("bare_probe_for_test", None)
+    # the built-ins' tables read their records: an entry of theirs without any shows nothing
+    assert format_probes([{"kind": "cloning", "records": []}]) == ""

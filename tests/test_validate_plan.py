@@ -234,3 +234,25 @@ def test_validate_prints_a_whole_models_messages_and_memory(tmp_path, monkeypatc
         assert res.exit_code == 0, res.output
         assert f"messages: {human_bytes(4 * values)} each" in res.output
         assert "memory: about" in res.output
+
+
+def test_validate_takes_set_as_run_does(tmp_path):
+    """`fedsim validate FILE --set KEY=VALUE` checks what `fedsim run FILE --set ...` would run
+    (validate had no --set: a bad override could be found only by starting the run)."""
+    path = _write(tmp_path, {**SMALL, "topology": {"kind": "complete"}})
+    ok = CliRunner().invoke(main, ["validate", str(path), "--set", "rounds=3", "--set", "strategy.name=krum"])
+    assert ok.exit_code == 0, ok.output
+    assert "decentralized, 3 rounds" in ok.output and "rule: krum(" in ok.output
+    bad = CliRunner().invoke(
+        main, ["validate", str(path), "-q", "--set", "strategy.params.include_own=maybe", "--set", "strategy.name=krum"]
+    )
+    assert bad.exit_code == 1 and bad.output.strip().splitlines() == [
+        f"{path}: strategy.params: include_own: must be true or false, got 'maybe'"
+    ]
+    # a sweep file's combinations are checked with the overrides too: Krum (n > 2f + 2) cannot run with 4 peers
+    sweep = _write(tmp_path, {**SMALL, "topology": {"kind": "complete"}, "sweep": {"peers.count": [4, 20]}})
+    plain = CliRunner().invoke(main, ["validate", str(sweep), "-q"])
+    assert plain.exit_code == 0 and "warning" not in plain.output, plain.output
+    sets = ["--set", "strategy.name=krum", "--set", "peers.byzantine=1", "--set", "peers.attack.name=sign_flip"]
+    krum = CliRunner().invoke(main, ["validate", str(sweep), "-q", *sets])
+    assert krum.exit_code == 0 and "warning: sweep combination peers.count=4 cannot run" in krum.output, krum.output

@@ -105,11 +105,13 @@ def export(scenario: Path, out_dir: Path, sets: tuple[str, ...], run_config: tup
     Flower runs a server and clients, so the scenario runs in federated mode (a decentralized
     scenario keeps its data, partition, strategy and attack)."""
     from fedsim import scenario as sc_mod
+    from fedsim.flower import common
     from fedsim.flower.common import BridgeError
     from fedsim.flower.project import export_app
 
     _need_flower()
     try:
+        common.refuse_plugins_in_file(scenario, _kv(sets, "--set"))
         sc = sc_mod.load(scenario, _kv(sets, "--set"))
         if sc.mode != "federated":
             click.echo(f"note: {scenario} is {sc.mode}; the Flower app runs it in federated mode", err=True)
@@ -349,6 +351,7 @@ def demo(scenario: Path, sets: tuple[str, ...], run_config: tuple[str, ...], tls
 
     _need_flower()
     try:
+        common.refuse_plugins_in_file(scenario, _kv(sets, "--set"))
         sc = common.bridge_scenario(sc_mod.load(scenario, _kv(sets, "--set")))
     except (sc_mod.ScenarioError, common.BridgeError) as e:
         raise click.ClickException(str(e)) from None

@@ -79,10 +79,13 @@ def scenario_data(sc_or_yaml: Scenario | str | Mapping[str, Any]) -> dict[str, A
 
 def bridge_scenario(data: Mapping[str, Any] | str | Scenario, sets: Mapping[str, Any] | None = None) -> Scenario:
     """The scenario as the bridge runs it: overrides applied and ``mode: federated`` (Flower is a
-    star: one ServerApp, many ClientApps). A decentralized scenario keeps everything else."""
+    star: one ServerApp, many ClientApps). A decentralized scenario keeps everything else.
+    Nothing on the Flower apps' command lines grants a plugin (:mod:`fedsim.plugins`), so a scenario
+    that lists one not granted in this process is refused, in words that fit the bridge."""
     d = scenario_data(data)
     for k, v in (sets or {}).items():
         set_dotted(d, k, v)
+    _refuse_ungranted_plugins(d)
     if d.get("mode", "decentralized") != "federated":
         d["mode"] = "federated"
         d["topology"] = {"kind": "star"}  # a star reads no topology field (fedsim.schema_sections.KIND_FIELDS)
@@ -90,6 +93,40 @@ def bridge_scenario(data: Mapping[str, Any] | str | Scenario, sets: Mapping[str,
         return parse(d, "flower scenario")
     except ScenarioError as e:
         raise BridgeError(str(e)) from None
+
+
+def refuse_plugins_in_file(path: Any, sets: Mapping[str, Any] | None = None) -> None:
+    """:class:`BridgeError` (the bridge's words, :func:`bridge_scenario`) when the scenario file
+    ``path`` (with ``sets``) lists a plugin not granted here: ``fedsim flower export`` and ``demo``
+    check it before :func:`fedsim.scenario.load`, whose message would point to a ``--plugin`` they
+    do not have. An unreadable file is left to ``load``'s message."""
+    from fedsim.scenario import read_yaml
+
+    try:
+        data = read_yaml(path)
+    except ScenarioError:
+        return
+    if isinstance(data, dict):
+        data = dict(data)
+        for k, v in (sets or {}).items():
+            set_dotted(data, k, v)
+        _refuse_ungranted_plugins(data)
+
+
+def _refuse_ungranted_plugins(d: Mapping[str, Any]) -> None:
+    from fedsim import plugins
+
+    listed = d.get("plugins")
+    if not isinstance(listed, list):
+        return
+    try:
+        plugins.check_granted([e for e in listed if isinstance(e, str)])
+    except plugins.PluginNotGrantedError:
+        raise BridgeError(
+            f"flower scenario: plugins: {', '.join(map(str, listed))}: the Flower apps import no plugin (a plugin "
+            "is code, and nothing on their command lines names one); run this scenario with fedsim run --plugin "
+            "or fedsim sweep --plugin"
+        ) from None
 
 
 def scenario_from_run_config(run_config: Mapping[str, Any]) -> Scenario:

@@ -1,0 +1,186 @@
+"""The properties every aggregation rule must have, for your own rule as for the built-ins.
+
+:func:`check_rule` runs them on one rule (a name, as a scenario names it, or an instance) over a
+fixed, seeded set of cases; ``tests/test_strategies_properties.py`` checks every registered rule
+with the same property functions over cases hypothesis draws. The properties:
+
+* :func:`check_finite` — whatever the senders send (stacks of 1 to 12 vectors mixing ordinary,
+  tiny, huge (±1e30), duplicated, zero and NaN/Inf rows; ``f`` from 0 to 3, lowered to the largest
+  that the rule's ``check(n, f)`` accepts), ``strategies.aggregate`` never raises and returns a
+  finite vector of the own vector's shape, it drops exactly the non-finite rows, and the rule
+  itself, called on the sanitized rows, returns finite values of the own vector's shape and dtype
+  (so ``aggregate``'s fallback to ``own`` never hides a numerical bug);
+* :func:`check_pulls_toward` — fed ``n`` identical vectors ``v`` from honest senders (``f = 0``),
+  the rule returns something strictly closer to ``v`` than its own vector is (a rule that ignores
+  what it receives fails). A rule documented to accept ``v`` only under conditions (Bristle,
+  FLTrust, BALANCE in the tests; ``local`` never) is checked with ``agreement=False``;
+* the class has a docstring (``fedsim list`` shows it) and ``check(50, 0)`` accepts a plain setting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+import strategies
+from strategies import AggregationContext, aggregate, sanitize
+
+C, D = 3, 4  # the head the cases use: 3 classes, 4 features, with bias
+P = C * D + C
+HUGE = 1e30
+ROW_KINDS = ("ordinary", "small", "huge", "mixed", "nan", "inf", "own", "repeat", "zero")
+OWN_KINDS = ("ordinary", "small", "huge", "mixed", "zero")
+NEAR, FAR = 0.05, 3.0  # ||v − own|| / ||own|| of the honest vectors in check_pulls_toward
+
+_gen = torch.Generator().manual_seed(1234)
+VAL_X = torch.randn(12, D, generator=_gen)
+VAL_Y = torch.tensor([0, 1] * 6)  # class 2 is unfamiliar (Bristle)
+ROOT = torch.randn(P, generator=_gen)
+
+
+def row(kind: str, seed: int) -> torch.Tensor:
+    """A length-``P`` float32 row of ``kind`` (one of :data:`ROW_KINDS` but ``own``/``repeat``),
+    reproducible from ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    if kind == "zero":
+        return torch.zeros(P)
+    if kind == "small":
+        return torch.randn(P, generator=g) * 1e-3
+    values = torch.randn(P, generator=g) * 3
+    if kind == "huge":
+        return torch.where(torch.rand(P, generator=g) < 0.5, HUGE, -HUGE)
+    if kind == "mixed":
+        spots = torch.rand(P, generator=g) < 0.3
+        return torch.where(spots, torch.sign(values) * HUGE, values)
+    if kind in ("nan", "inf"):
+        bad = torch.tensor([float("nan"), float("inf"), float("-inf")])[0 if kind == "nan" else 1 + seed % 2]
+        values[int(torch.randint(P, (1,), generator=g))] = bad
+    return values
+
+
+def stack(own: torch.Tensor, kinds: Sequence[str], seeds: Sequence[int]) -> torch.Tensor:
+    """The received rows ``[n, P]``: one per kind (``own``: a copy of own; ``repeat``: of the row
+    before, else an ordinary row)."""
+    rows: list[torch.Tensor] = []
+    for kind, seed in zip(kinds, seeds, strict=True):
+        if kind == "own":
+            rows.append(own.clone())
+        elif kind == "repeat":
+            rows.append(rows[-1].clone() if rows else row("ordinary", seed))
+        else:
+            rows.append(row(kind, seed))
+    return torch.stack(rows)
+
+
+def context(f: int) -> AggregationContext:
+    """The aggregation context of the cases: round 3 of 10, validation data and a root update."""
+    return AggregationContext(
+        layer_shape=(C, D), bias=True, f=f, round=3, total_rounds=10, val_x=VAL_X, val_y=VAL_Y,
+        root_update=ROOT, generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+
+
+def largest_valid_f(rule: strategies.Strategy, n: int, f: int) -> int | None:
+    """The largest ``f' <= f`` that ``rule.check(n, f')`` accepts (None: no f does)."""
+    for g in range(f, -1, -1):
+        try:
+            rule.check(n, g)
+            return g
+        except ValueError:
+            continue
+    return None
+
+
+def check_finite(rule: strategies.Strategy, own: torch.Tensor, received: torch.Tensor, f: int) -> bool:
+    """The first property (module docstring) on one case; ``AssertionError`` naming the rule and
+    the case when it fails. Returns False when the rule's ``check`` refuses ``n`` for every ``f``
+    (nothing checked)."""
+    name = getattr(rule, "name", type(rule).__name__)
+    g = largest_valid_f(rule, received.shape[0], f)
+    if g is None:
+        return False
+    where = f"{name}: n={received.shape[0]}, f={g}"
+    out, dropped = aggregate(rule, own, received, context(g))
+    assert out.shape == own.shape, f"{where}: aggregate returned shape {tuple(out.shape)}, not {tuple(own.shape)}"
+    assert bool(torch.isfinite(out).all()), f"{where}: aggregate returned NaN/Inf"
+    clean = sanitize(received, P).received
+    assert dropped == received.shape[0] - clean.shape[0], f"{where}: {dropped} dropped, not the non-finite rows"
+    if clean.shape[0]:
+        raw = rule(own, clean, context(g))
+        assert raw.shape == own.shape and raw.dtype == own.dtype, (
+            f"{where}: the rule returned {tuple(raw.shape)} {raw.dtype}, not {tuple(own.shape)} {own.dtype}"
+        )
+        assert bool(torch.isfinite(raw).all()), f"{where}: the rule itself produced NaN/Inf"
+    return True
+
+
+def honest_vector(own: torch.Tensor, scale: float, seed: int) -> torch.Tensor:
+    """A vector at distance ``scale · ||own||`` from ``own`` in a direction drawn from ``seed``."""
+    d = torch.randn(P, generator=torch.Generator().manual_seed(seed))
+    return own + scale * float(own.norm()) * d / d.norm()
+
+
+def check_pulls_toward(
+    rule: strategies.Strategy, own: torch.Tensor, v: torch.Tensor, ctx: AggregationContext, n: int
+) -> bool:
+    """The second property (module docstring) for ``n`` copies of ``v``; ``AssertionError`` when
+    the rule's result (called alone and through ``aggregate``) is not strictly closer to ``v``
+    than ``own``. False when ``check(n, 0)`` refuses ``n`` (nothing checked)."""
+    if largest_valid_f(rule, n, 0) != 0:
+        return False
+    name = getattr(rule, "name", type(rule).__name__)
+    received = v.repeat(n, 1)
+    before = float((own - v).norm())
+    for out in (rule(own, received, ctx), aggregate(rule, own, received, ctx)[0]):
+        after = float((out - v).norm())
+        assert after < before * (1 - 1e-4), f"{name}: ||out − v|| = {after:.6g}, ||own − v|| = {before:.6g} (n={n})"
+    return True
+
+
+def check_rule(
+    rule: strategies.Strategy | str,
+    *,
+    cases: int = 200,
+    agreement: bool = True,
+    seed: int = 0,
+    plugins: Sequence[str] = (),
+) -> int:
+    """Check ``rule`` (an instance, or a registered name built with its defaults) against the
+    properties of the module docstring over ``cases`` seeded cases (and, with ``agreement``, the
+    honest-agreement property for 1 to 12 senders, near and far); ``AssertionError`` naming the
+    property and the case at the first failure. ``plugins``: the files or modules that register
+    it (as ``fedsim.run``'s). Returns the number of cases checked (those the rule's ``check``
+    accepts)."""
+    if plugins:
+        from fedsim import plugins as plugin_mod
+
+        plugin_mod.load(plugin_mod.grant(plugins))
+    if isinstance(rule, str):
+        rule = strategies.build(rule)
+    cls = type(rule)
+    assert (cls.__doc__ or "").strip() and not cls.__doc__.startswith(f"{cls.__name__}("), (
+        f"{cls.__name__}: no docstring (fedsim list shows it)"
+    )
+    rule.check(50, 0)
+    g = torch.Generator().manual_seed(seed)
+
+    def pick(options: Sequence[str]) -> str:
+        return options[int(torch.randint(len(options), (1,), generator=g))]
+
+    def draw_seed() -> int:
+        return int(torch.randint(2**31 - 1, (1,), generator=g))
+
+    checked = 0
+    for _ in range(cases):
+        own = row(pick(OWN_KINDS), draw_seed())
+        n = int(torch.randint(1, 13, (1,), generator=g))
+        kinds = [pick(ROW_KINDS) for _ in range(n)]
+        received = stack(own, kinds, [draw_seed() for _ in range(n)])
+        checked += check_finite(rule, own, received, int(torch.randint(0, 4, (1,), generator=g)))
+    if agreement:
+        for n in range(1, 13):
+            for scale in (NEAR, FAR):
+                own = row(pick(("ordinary", "small")), draw_seed())
+                checked += check_pulls_toward(rule, own, honest_vector(own, scale, draw_seed()), context(0), n)
+    return checked

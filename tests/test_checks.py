@@ -1,0 +1,93 @@
+"""fedsim.checks.check_rule: the properties tests/test_strategies_properties.py asks of every
+built-in rule, runnable on your own rule; it passes a sound rule and names what a broken one breaks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pytest
+
+import strategies
+from fedlib.params import Real, param
+from fedsim.checks import check_rule
+
+
+@dataclass
+class NormBoundedMean(strategies.Strategy):
+    """Mean of own and the received vectors, each one's difference to own clipped to ``radius``."""
+
+    radius: float = param(1.0, Real(lo=0, lo_open=True))
+    exchanges: ClassVar[str] = "output_layer"
+
+    def __call__(self, own, received, ctx):
+        diff = (received - own).double()
+        scale = (self.radius / diff.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
+        return (own.double() + (diff * scale).sum(0) / (received.shape[0] + 1)).to(own.dtype)
+
+
+@dataclass
+class Float32Mean(NormBoundedMean):
+    """A mean summed in float32: ±1e30 rows overflow to inf."""
+
+    def __call__(self, own, received, ctx):
+        return (own + received.sum(0) * 1e10) / (received.shape[0] + 1)
+
+
+@dataclass
+class KeepsOwn(NormBoundedMean):
+    """Ignores what it receives."""
+
+    def __call__(self, own, received, ctx):
+        return own.clone()
+
+
+@dataclass
+class Float64Out(NormBoundedMean):
+    """Returns float64 for float32 input."""
+
+    def __call__(self, own, received, ctx):
+        return super().__call__(own, received, ctx).double()
+
+
+@dataclass
+class Undocumented(NormBoundedMean):
+    pass
+
+
+def test_a_sound_rule_and_built_ins_pass():
+    assert check_rule(NormBoundedMean(radius=0.5), cases=60) > 60
+    assert check_rule("median", cases=60) > 60
+    assert check_rule("bristle", cases=30, agreement=False) > 0  # accepts only vectors that classify well
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        (Float32Mean(), "the rule itself produced NaN/Inf"),
+        (KeepsOwn(), r"\|\|out − v\|\| = .*, \|\|own − v\|\| = "),
+        (Float64Out(), "the rule returned .* torch.float64, not .* torch.float32"),
+        (Undocumented(), "Undocumented: no docstring"),
+    ],
+)
+def test_a_broken_rule_fails_naming_the_property(rule, message):
+    with pytest.raises(AssertionError, match=message):
+        check_rule(rule, cases=60)
+
+
+def test_check_rule_takes_a_plugins_name(tmp_path, monkeypatch):
+    from fedsim import plugins
+
+    monkeypatch.setattr(plugins, "_GRANTED", set())
+    path = tmp_path / "checked_rule.py"
+    path.write_text(
+        "from dataclasses import dataclass\nimport strategies\n\n\n"
+        '@strategies.register("checks_test_mean")\n@dataclass\nclass M(strategies.Strategy):\n'
+        '    """Plain mean."""\n\n    exchanges = "output_layer"\n\n'
+        "    def __call__(self, own, received, ctx):\n"
+        "        return ((own.double() + received.double().sum(0)) / (received.shape[0] + 1)).float()\n"
+    )
+    try:
+        assert check_rule("checks_test_mean", cases=20, plugins=[str(path)]) > 20
+    finally:
+        strategies.REGISTRY.pop("checks_test_mean", None)
