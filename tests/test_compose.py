@@ -16,7 +16,7 @@ from fedsim.gossip import has_batched_form
 from fedsim.peers import PeerGroup
 from fedsim.prepare import prepare
 from fedsim.runfiles import run_summary
-from fedsim.scenario import parse, parse_with_plan
+from fedsim.scenario import ScenarioError, parse, parse_with_plan
 from strategies._compose import build_inner
 
 PRE = ("nnm", "arc", "bucketing")
@@ -232,3 +232,27 @@ def test_the_gossip_aggregation_concatenates_the_messages_exactly_when_the_run_f
     g.aggregate(0, g.train(0)[0])
     assert bool(calls) == runfacts.forges(sc, attacks.build(kind, {})) == (kind == "sign_flip" and count > 0)
     assert np.array_equal(g.s.byzantine, runfacts.byzantine_mask(sc))
+
+
+def test_a_pre_aggregator_over_mozi_runs_on_whole_models_as_mozi_does(tmp_path):
+    """MOZI scores candidates through ``ctx.val_logits`` (``scores_whole_models``), so nnm(mozi) is
+    accepted on a whole model (it was refused as reading linear heads) and its groups hand it the logits."""
+    from fedsim.whole import WholePeerGroup
+
+    data = {
+        "name": "mw", "seed": 3, "rounds": 2, "dataset": {"name": "sklearn_digits"},
+        "backbone": {"name": "identity", "cache_dir": str(tmp_path / "cache")}, "partition": {"kind": "iid"},
+        "peers": {"count": 4}, "topology": {"kind": "complete"},
+        "strategy": {"name": "nnm", "params": {"inner": "mozi", "include_own": False}},
+        "training": {"lr": 0.1, "momentum": 0.9, "batch_size": 8, "local_steps": 2},
+        "model": {"trainable": "all", "hidden": [16], "init": "scratch"},
+        "engine": {"backend": "local", "num_actors": 1},
+    }  # fmt: skip
+    prep = prepare(parse(data))
+    f = prep.features
+    g = WholePeerGroup(prep.setups[0], {"x_train": f.x_train, "y_train": f.y_train, "x_test": f.x_test,
+                                        "y_test": f.y_test})  # fmt: skip
+    assert g._ctx(0, 0, 0, None, 0).val_logits is not None
+    g.aggregate(0, g.train(0)[0])
+    with pytest.raises(ScenarioError, match="reads linear output layers"):  # (Bristle's CWR: still refused)
+        parse(data | {"strategy": {"name": "arc", "params": {"inner": "bristle"}}})
