@@ -26,6 +26,7 @@ pre-aggregator reports, given its inner rule:
 ``aggregate_batch``   it has no batched form and the engine aggregates it in the per-peer loop
                       (``fedsim.gossip.has_batched_form`` False), whatever the inner rule's form
 ``check(n, f)``       the inner rule's on what it will be handed (each pre-aggregator's ``check``)
+``name``              its own (the registered name, what the scenario and ``summary.json`` record)
 ====================  =============================================================================
 """
 
