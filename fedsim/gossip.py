@@ -45,6 +45,7 @@ import strategies
 from fedsim import heads, routing
 from fedsim import rng as crng
 from fedsim.messages import forge_messages
+from fedsim.runfacts import sends_forgeries
 from fedsim.shards import pad_rows
 
 if TYPE_CHECKING:
@@ -241,8 +242,7 @@ class GossipAggregation:
         (every group's message arrays, read through :class:`fedsim.routing.Rows`: only heard rows are
         gathered; a forging attack gets them concatenated, as its forger sees every vector)."""
         rows = routing.Rows([routing.decode(a) for a in all_params])
-        forging = isinstance(self.attack, attacks.UpdateForger) and bool(self.s.byzantine.any())
-        params: Any = rows.full() if forging else rows
+        params: Any = rows.full() if sends_forgeries(self.attack, self.s.byzantine) else rows
         history = self.stale_history  # before this round: per-receiver forgeries read it too
         msgs, valid, self.stale_history = forge_messages(self.attack, self.s, round_, params, history)
         indptr, indices = self.topology.in_neighbors(round_)

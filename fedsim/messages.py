@@ -17,6 +17,7 @@ from torch import Tensor
 import attacks
 from fedsim import rng as crng
 from fedsim.group_setup import GroupSetup
+from fedsim.runfacts import sends_forgeries
 
 
 def forge_messages(
@@ -56,7 +57,7 @@ def forge_messages(
     if sampled is not None:  # applied again after forging, which re-validates the Byzantine rows
         valid &= torch.from_numpy(sampled)
     byz = torch.from_numpy(np.flatnonzero(s.byzantine))
-    if not isinstance(attack, attacks.UpdateForger) or len(byz) == 0:
+    if not sends_forgeries(attack, s.byzantine):
         return params, valid, history  # nothing forged: no [N, P] copy
     own = params[byz]
     previous, new_history = stale_step(history, own, attack.lookback)

@@ -34,14 +34,15 @@ from fedsim.plot_style import (
 # --------------------------------------------------------------------------- helpers
 def _exchanges(run: RunData) -> str | None:
     """What a message of ``run``'s rule carries (``full_model`` | ``output_layer``): from its
-    summary, else from the rule's class (runs made before the summary recorded it)."""
+    summary, else from the rule built with the run's parameters (runs made before the summary
+    recorded it; the instance's: a pre-aggregator's inner rule's); None where it no longer builds."""
     if run.summary and run.summary.get("exchanges"):
         return str(run.summary["exchanges"])
     try:
         import strategies
 
-        return strategies.REGISTRY[str(run.get(STRATEGY))].exchanges
-    except (ImportError, KeyError):
+        return strategies.build(str(run.get(STRATEGY)), dict(run.get("strategy.params") or {})).exchanges
+    except (ImportError, ValueError, TypeError):
         return None
 
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-import strategies
 from fedlib.heads import num_params as head_params
 from fedsim import limits, runfacts
 from fedsim import rng as crng
@@ -98,9 +97,9 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     num_params = head_params((c, d), sc.training.bias)
     if plan is not None:
         d, num_params = plan.dim, whole_plan.num_trainable(plan)
-    rule_cls = strategies.REGISTRY[sc.strategy.name]
+    rule = runfacts.build_rule(sc)  # (what the rule reads: its instance's, a pre-aggregator's inner rule's)
     # the class sets peers compare when they connect (Bristle's private-set intersection), for every peer
-    classes = held_classes(feats.y_train, train, val, c) if "overlap" in rule_cls.needs else None
+    classes = held_classes(feats.y_train, train, val, c) if "overlap" in rule.needs else None
     largest = largest_shard(sc, part)  # (the canaries included: what the groups hold; validation's figure)
     # (validation's figure; a whole model's is not warned on: fedsim.runfacts.resource_warnings)
     work = runfacts.training_work(sc, limits.head_flop(c, d), largest) if plan is None else None
@@ -170,7 +169,7 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
         info["canaries"] = {"peer": canaries.peer, "kind": canaries.kind, "members": len(canaries.member_idx),
                             "heldout": len(canaries.heldout_y), "calibration": len(canaries.calibration_y)}
     # bytes: the trainable parameters only (+ BatchNorm statistics sent, − BatchNorm kept, model.bn)
-    values = runfacts.message_values(sc, num_params) if plan is None else whole_plan.message_size(plan)
+    values = runfacts.message_values(sc, rule, num_params) if plan is None else whole_plan.message_size(plan)
     bytes_per_message = runfacts.bytes_per_message(sc, values)
     return Prepared(sc, feats, setups, server, byz, f, num_params, bytes_per_message, root, info,
                     topology=topo, canaries=canaries)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from fedsim.partition import Partition
     from fedsim.schema import Scenario
     from fedsim.topology import Topology
+    from strategies import Strategy
 
 
 def default_f(sc: Scenario, in_degree: float) -> int:
@@ -145,6 +146,16 @@ def strategy_params(sc: Scenario) -> dict[str, Any]:
     return params
 
 
+def build_rule(sc: Scenario) -> Strategy:
+    """The scenario's rule, built as every group builds it (:func:`strategy_params`; ``ValueError``
+    for a name or parameter it refuses). What the engine does for the rule (the messages' size, the
+    class sets peers compare, consolidated weights) is read from this instance, not its class: a
+    pre-aggregator's instance reports its inner rule's (:class:`strategies._compose.PreAggregator`)."""
+    import strategies
+
+    return strategies.build(sc.strategy.name, strategy_params(sc))
+
+
 def partition_for(sc: Scenario, y_train: np.ndarray, byzantine: np.ndarray) -> Partition:
     """The scenario's partition of ``y_train`` (``byzantine``: :func:`byzantine_mask`)."""
     from fedsim.partition import make_partition
@@ -208,13 +219,22 @@ def largest_shard(sc: Scenario, part: Partition) -> int:
 
 
 def forges(sc: Scenario, attack: Any) -> bool:
-    """Whether the run's Byzantine peers send forged messages: ``attack`` (the scenario's, built;
-    None for none) is an update forger (:class:`attacks.UpdateForger`, not a data poisoner) and
-    there is a Byzantine peer to send them. The memory estimates then count the forged copies and
-    every group's concatenation of the messages (the forger sees every vector)."""
+    """Whether the run's Byzantine peers send forged messages: :func:`sends_forgeries` of ``attack``
+    (the scenario's, built; None for none) and the run's Byzantine placement (:func:`byzantine_mask`,
+    what every group is given). The memory estimates then count the forged copies and every group's
+    concatenation of the messages (the forger sees every vector)."""
+    return sends_forgeries(attack, byzantine_mask(sc))
+
+
+def sends_forgeries(attack: Any, byzantine: np.ndarray) -> bool:
+    """Whether peers ``byzantine`` (bool ``[N]``) send forged messages: ``attack`` (built; None for
+    none) is an update forger (:class:`attacks.UpdateForger`, not a data poisoner) and one of them
+    is Byzantine. Validation (:func:`forges`, from the scenario) and each group
+    (``GroupSetup.byzantine``: the gossip aggregation's concatenation, :func:`fedsim.messages.forge_messages`)
+    ask this one function."""
     import attacks
 
-    return isinstance(attack, attacks.UpdateForger) and sc.peers.num_byzantine > 0
+    return isinstance(attack, attacks.UpdateForger) and bool(np.any(byzantine))
 
 
 def shard_pad(largest: int, batch_size: int) -> int:
@@ -244,13 +264,11 @@ def backbone_param_count(name: str) -> int:
     return 0 if spec.build is None else sum(p.numel() for p in spec.build().parameters())
 
 
-def message_values(sc: Scenario, num_params: int) -> int:
+def message_values(sc: Scenario, rule: Strategy, num_params: int) -> int:
     """Values in one message of a linear-head run: the head's ``num_params``, plus the backbone's
-    parameters for a rule whose class exchanges the full model (``Strategy.exchanges``: what its
-    paper's peers send, though only the head trains)."""
-    import strategies
-
-    full = strategies.REGISTRY[sc.strategy.name].exchanges == "full_model"
+    parameters where the scenario's rule (:func:`build_rule`) exchanges the full model
+    (``Strategy.exchanges``: what its paper's peers send, though only the head trains)."""
+    full = rule.exchanges == "full_model"
     return num_params + (backbone_param_count(sc.backbone.name) if full else 0)
 
 

@@ -207,14 +207,14 @@ def run_summary(sc: Scenario, history: list[dict[str, Any]], *, byzantine: int, 
     ``history`` (:func:`history_summary`), ``timing`` (the engine's wall-time keys), ``f`` (then, where
     given, ``exposure``: :func:`fedsim.runfacts.byzantine_exposure`, decentralized) and the head
     size. ``fedsim run`` and the Flower server each add their own keys after it."""
-    import strategies
+    from fedsim.runfacts import build_rule
 
     return {
         "name": sc.name,
         "rounds": sc.rounds,
         "mode": sc.mode,
         "strategy": sc.strategy.name,
-        "exchanges": strategies.REGISTRY[sc.strategy.name].exchanges,  # what bytes_sent counts
+        "exchanges": build_rule(sc).exchanges,  # what bytes_sent counts (a pre-aggregator: its inner rule's)
         "attack": sc.peers.attack.name,
         "peers": sc.peers.count,
         "byzantine": int(byzantine),

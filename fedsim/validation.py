@@ -21,6 +21,7 @@ from fedsim.errors import FedsimError, ScenarioError
 from fedsim.overrides import set_dotted
 from fedsim.probe_registry import get_probe
 from fedsim.runfacts import (
+    build_rule,
     build_topology,
     bytes_per_message,
     byzantine_mask,
@@ -32,7 +33,6 @@ from fedsim.runfacts import (
     resolve_f,
     sends_per_round,
     shard_pad,
-    strategy_params,
     training_work,
 )
 from fedsim.runplan import RunPlan
@@ -136,7 +136,7 @@ def _name_errors(sc: Scenario) -> tuple[list[str], tuple[Any, Any]]:
         errors.append(f"backbone.name: {unknown_backbone(sc.backbone.name)}")
     rule = attack = None
     try:
-        rule = strategies.build(sc.strategy.name, strategy_params(sc))
+        rule = build_rule(sc)
     except ValueError as e:
         errors.append(f"{'strategy.params' if sc.strategy.name in strategies.REGISTRY else 'strategy.name'}: {e}")
     if sc.peers.attack.name != "none":
@@ -191,10 +191,9 @@ def ignored_fields(sc: Scenario, built: tuple[Any, Any] | None = None) -> list[s
 def _built(sc: Scenario) -> tuple[Any, Any]:
     """The scenario's rule and attack (None: no attack), built as the run builds them."""
     import attacks
-    import strategies
 
     attack = attacks.build(sc.peers.attack.name, sc.peers.attack.params) if sc.peers.attack.name != "none" else None
-    return strategies.build(sc.strategy.name, strategy_params(sc)), attack
+    return build_rule(sc), attack
 
 
 def given(section: BaseModel, field: str) -> bool:
@@ -432,7 +431,7 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], NoRetur
         return {}
     return {"largest_shard": largest, "shard_pad": None if largest is None else pad, "memory": est,
             "available": available, "num_params": num_params,
-            "bytes_per_message": bytes_per_message(sc, message_values(sc, num_params)),
+            "bytes_per_message": bytes_per_message(sc, message_values(sc, rule, num_params)),
             "work": None if largest is None else training_work(sc, limits.head_flop(c, dim), largest)}
 
 

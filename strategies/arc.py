@@ -9,9 +9,9 @@ import torch
 from torch import Tensor
 
 from fedlib.params import Boolean, param
-from strategies._compose import follow_inner, inner_field, inner_params_field
+from strategies._compose import PreAggregator, inner_field, inner_params_field
 from strategies._math import check_f, clip_rows, f64, runtime_f, to_like
-from strategies.base import AggregationContext, Strategy
+from strategies.base import AggregationContext
 from strategies.registry import register
 
 
@@ -34,7 +34,7 @@ def arc_clip(u: Tensor, f: int) -> tuple[Tensor, int, float]:
 
 @register("arc")
 @dataclass
-class AdaptiveRobustClipping(Strategy):
+class AdaptiveRobustClipping(PreAggregator):
     """ARC, Adaptive Robust Clipping (Allouah, Guerraoui, Gupta, Jellouli, Rizk, Stephan, "Boosting
     Robustness by Clipping Gradients in Distributed Learning", arXiv 2405.14432, 2024, later "The
     Vital Role of Gradient Clipping in Byzantine-Resilient Distributed Learning"; ByzFL's ``ARC``).
@@ -46,8 +46,11 @@ class AdaptiveRobustClipping(Strategy):
     ``f``. ``f = 0`` clips nothing.
 
     Parameters: ``inner``/``inner_params``, ``include_own`` (default True, passed down as the inner
-    rule's ``include_own`` unless ``inner_params`` sets it). ``check`` is the inner rule's;
-    ``needs``/``exchanges`` follow the inner rule. At run time ``f`` is clamped to ``n − 1``.
+    rule's ``include_own`` unless ``inner_params`` sets it). ``check`` is the inner rule's; what the
+    engine reads of the rule follows the inner rule (:class:`strategies._compose.PreAggregator`:
+    ``needs``, ``exchanges``, Bristle's consolidated weights, ...); row ``i`` the inner rule gets is
+    sender ``i``'s, so per-sender context (Bristle's class overlap) still applies. At run time ``f``
+    is clamped to ``n − 1``.
 
     Departures: the paper clips gradients; the vectors here are models, so ARC clips the updates
     ``u_i = x_i − own`` (own: the peer's model, or the federated server's global model, so on the
@@ -55,15 +58,12 @@ class AdaptiveRobustClipping(Strategy):
     is never clipped nor counted in ``n``. ``k`` is computed in exact integer arithmetic (ByzFL's
     float product can round ``⌊·⌋`` one down).
     """
-    exchanges = "full_model"  # instances follow the inner rule (see __post_init__)
+
+    exchanges = "full_model"  # instances follow the inner rule (PreAggregator.__post_init__)
 
     inner: str = inner_field()
     inner_params: dict[str, Any] = inner_params_field()
     include_own: bool = param(True, Boolean())
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._inner = follow_inner(self, self.include_own)
 
     def check(self, n: int, f: int) -> None:
         check_f(f)

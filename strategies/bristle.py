@@ -146,7 +146,7 @@ class Bristle(Strategy):
     mean_removal: str = param("class", Options(choices=("class", "feature", "none")))
     cwr: bool = param(True, Boolean())
 
-    needs: ClassVar[frozenset[str]] = frozenset({"validation", "generator", "overlap"})
+    needs: ClassVar[frozenset[str]] = frozenset({"validation", "generator", "overlap"})  # overlap: classes="overlap"
     exchanges: ClassVar[str] = "output_layer"
     reads_f = False  # f changes nothing this rule does (a scenario's strategy.f is refused)
 
@@ -154,6 +154,8 @@ class Bristle(Strategy):
         super().__post_init__()
         if self.k + self.e < 1:
             raise ValueError(f"k: k + e must be >= 1, got k={self.k}, e={self.e}")
+        if self.classes != "overlap":  # ctx.overlap is read only by classes="overlap" (counts)
+            self.needs = self.needs - {"overlap"}
 
     def check(self, n: int, f: int) -> None:
         check_f(f)

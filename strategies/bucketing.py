@@ -10,9 +10,9 @@ import torch
 from torch import Tensor
 
 from fedlib.params import Boolean, Integer, param
-from strategies._compose import follow_inner, inner_field, inner_params_field
+from strategies._compose import PreAggregator, inner_field, inner_params_field
 from strategies._math import check_f, f64, to_like
-from strategies.base import AggregationContext, Strategy
+from strategies.base import AggregationContext
 from strategies.registry import register
 
 
@@ -31,7 +31,7 @@ def bucket_means(x: Tensor, s: int, generator: torch.Generator) -> Tensor:
 
 @register("bucketing")
 @dataclass
-class Bucketing(Strategy):
+class Bucketing(PreAggregator):
     """Bucketing (Karimireddy, He, Jaggi, "Byzantine-Robust Learning on Heterogeneous Datasets via
     Bucketing", ICLR 2022, Alg. 1; ByzFL's ``Bucketing`` pre-aggregator).
 
@@ -46,25 +46,25 @@ class Bucketing(Strategy):
     Parameters: ``s`` (bucket size >= 1; the paper uses 2), ``inner``/``inner_params``,
     ``include_own`` (default True, passed down as the inner rule's ``include_own`` unless
     ``inner_params`` sets it). ``check`` is the inner rule's with ``⌈n/s⌉`` received vectors;
-    ``needs``/``exchanges`` follow the inner rule.
+    what the engine reads of the rule follows the inner rule (:class:`strategies._compose.PreAggregator`:
+    ``needs`` plus ``generator``, ``exchanges``, Bristle's consolidated weights, ``reads_f``, ...). An
+    inner rule that reads each sender's class overlap is refused (a bucket mean is no sender's).
 
     Departure: the own vector is never put in a bucket (it is a peer's own model, or the
     federated server's global model); it reaches the inner rule unchanged, which counts it when
     its ``include_own`` is true. ByzFL buckets all its inputs (the server's setting, include_own
     false, is the same).
     """
-    exchanges = "full_model"  # instances follow the inner rule (see __post_init__)
+
+    exchanges = "full_model"  # instances follow the inner rule (PreAggregator.__post_init__)
+    step_needs = frozenset({"generator"})  # (the random bucket order)
+    step_reads_f = False  # f only reaches the inner rule
+    mixes = "means of buckets of senders in a random order"
 
     s: int = param(2, Integer(minimum=1))
     inner: str = inner_field()
     inner_params: dict[str, Any] = inner_params_field()
     include_own: bool = param(True, Boolean())
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._inner = follow_inner(self, self.include_own)
-        self.needs = self.needs | {"generator"}  # (the random bucket order)
-        self.reads_f = self._inner.reads_f  # f only reaches the inner rule
 
     def check(self, n: int, f: int) -> None:
         check_f(f)

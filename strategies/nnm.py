@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from fedlib.params import Boolean, param
-from strategies._compose import follow_inner, inner_field, inner_params_field
+from strategies._compose import PreAggregator, inner_field, inner_params_field
 from strategies._math import (
     check_f,
     pairwise_sq_dists,
@@ -18,14 +18,14 @@ from strategies._math import (
     runtime_f,
     to_like,
 )
-from strategies.base import AggregationContext, Strategy
+from strategies.base import AggregationContext
 from strategies.errors import CannotAggregateError
 from strategies.registry import register
 
 
 @register("nnm")
 @dataclass
-class NearestNeighborMixing(Strategy):
+class NearestNeighborMixing(PreAggregator):
     """Nearest-Neighbour Mixing (Allouah, Farhadkhani, Guerraoui, Gupta, Pinot, Stephan, "Fixing
     by Mixing: A Recipe for Optimal Byzantine ML under Heterogeneity", AISTATS 2023, Alg. 1).
 
@@ -38,17 +38,18 @@ class NearestNeighborMixing(Strategy):
     mixed too (the inner rule gets the mixed own); with False only the received vectors are mixed
     (``N = n``) and ``own`` reaches the inner rule unchanged (use this for inner rules that treat
     ``own`` as a trusted reference: fltrust, mozi, balance, bristle, clipping centres).
-    ``needs``/``exchanges`` follow the inner rule; ``check`` is the inner rule's.
+    What the engine reads of the rule follows the inner rule (:class:`strategies._compose.PreAggregator`:
+    ``needs``, ``exchanges``, Bristle's consolidated weights, ...); ``check`` is the inner rule's. An
+    inner rule that reads each sender's class overlap is refused (a mixed row is no sender's).
     """
-    exchanges = "full_model"  # instances follow the inner rule (see __init__)
+
+    exchanges = "full_model"  # instances follow the inner rule (PreAggregator.__post_init__)
+    mixes = "means of each vector's N − f nearest"
+    passes_include_own = False  # the inner rule keeps its own include_own
 
     inner: str = inner_field()
     inner_params: dict[str, Any] = inner_params_field()
     include_own: bool = param(True, Boolean())
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._inner = follow_inner(self, None)  # the inner rule keeps its own include_own
 
     def check(self, n: int, f: int) -> None:
         check_f(f)
@@ -71,4 +72,3 @@ class NearestNeighborMixing(Strategy):
         if self.include_own:
             return self._inner(mixed[0], mixed[1:], ctx)
         return self._inner(own, mixed, ctx)
-

@@ -106,18 +106,6 @@ def test_nnm_mixes_own_and_hands_it_to_inner():
     assert keep(torch.zeros(1), col(2, 4, 100), ctx(1, 1)).tolist() == [0.0]
 
 
-@pytest.mark.parametrize("name", ["nnm", "arc", "bucketing"])
-def test_pre_aggregators_follow_their_inner_rules_needs_and_exchanges(name):
-    """One rule for the three pre-aggregators (``strategies._compose.follow_inner``): what the inner
-    rule reads the engine supplies, what it exchanges the messages carry (bucketing also draws its
-    bucket order: ``generator``)."""
-    for inner, params in (("bristle", {}), ("mozi", {}), ("median", {})):
-        rule, alone = build(name, {"inner": inner, "inner_params": params}), build(inner, params)
-        extra = {"generator"} if name == "bucketing" else set()
-        assert rule.needs == alone.needs | extra and rule.exchanges == alone.exchanges, (name, inner)
-        assert rule._inner.needs == alone.needs
-
-
 def test_nnm_delegates_check_needs_and_validation():
     with pytest.raises(ValueError, match="4f"):
         build("nnm", {"inner": "bulyan"}).check(5, 1)
