@@ -289,3 +289,16 @@ def test_an_in_process_run_imports_no_ray(tmp_path, small_scenario) -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().splitlines()[-1] == "0"
+
+
+@pytest.mark.slow
+def test_rays_gcs_probe_gives_up_on_a_port_that_never_answers(listener) -> None:
+    """The real probe (Ray's standalone GCS client) against a port that accepts and says nothing:
+    an error after its timeout plus the client's own 5 s connect wait, not Ray's minutes of retries."""
+    pytest.importorskip("ray")
+    from fedsim import backend
+
+    t = time.monotonic()
+    with pytest.raises(Exception, match="GCS"):
+        backend._gcs_probe(f"127.0.0.1:{listener}", 1.0)
+    assert time.monotonic() - t < 5 + 1 + 4  # 4 s of slack for a loaded machine
