@@ -103,6 +103,8 @@ def resolve(address: str, canonicalize: Canonicalize, address_file: Path) -> tup
                 origin += f", session folder {folder}"
         else:
             origin = "--address auto, the GCS of the raylet running on this machine"
+    elif not origin and resolved != address:  # Ray replaced the host (127.0.0.1 by this host's address)
+        origin = f"{address} as Ray resolves it"
     return resolved, origin
 
 

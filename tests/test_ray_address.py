@@ -253,7 +253,7 @@ def test_fedsim_run_on_a_dead_address_writes_nothing(tmp_path, small_scenario) -
     assert r.returncode == 1, r.stderr[-2000:]
     lines = [x for x in r.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: no live Ray cluster at "), r.stderr[-2000:]
-    assert lines[0].endswith(f":{port}: connection refused; {HINT}")  # Ray's host for 127.0.0.1, the port given
+    assert f"127.0.0.1:{port}" in lines[0] and lines[0].endswith(f": connection refused; {HINT}"), lines[0]
     assert not out.exists()
     assert took < 60, took  # seconds (Python, torch and Ray imports), not Ray's minutes of retries
 
@@ -302,3 +302,14 @@ def test_rays_gcs_probe_gives_up_on_a_port_that_never_answers(listener) -> None:
     with pytest.raises(Exception, match="GCS"):
         backend._gcs_probe(f"127.0.0.1:{listener}", 1.0)
     assert time.monotonic() - t < 5 + 1 + 4  # 4 s of slack for a loaded machine
+
+
+def test_an_address_ray_rewrites_is_named_as_given_too(tmp_path) -> None:
+    port = _closed_port()
+    with pytest.raises(RayStartError) as e:
+        ray_address.live_address(
+            f"localhost:{port}", lambda a: a.replace("localhost", "127.0.0.1"), tmp_path / "x", _no_probe_expected
+        )
+    assert str(e.value) == f"no live Ray cluster at 127.0.0.1:{port} (localhost:{port} as Ray resolves it): " + (
+        f"connection refused; {HINT}"
+    )
