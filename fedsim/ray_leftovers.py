@@ -125,7 +125,7 @@ def leftover_message(stale: dict[str, list[RayProcess]]) -> str | None:
         f"{len(procs)} process{'es' if len(procs) > 1 else ''} of Ray sessions whose GCS and raylet are gone "
         f"still run{'s' if len(procs) == 1 else ''} ({sum(p.rss for p in procs) / 2**20:.0f} MB): "
         + "; ".join(parts)
-        + f"; fedsim leaves them (not its own); `kill {' '.join(str(p.pid) for p in procs)}` ends them"
+        + f"; fedsim leaves them (not its own); `kill -9 {' '.join(str(p.pid) for p in procs)}` ends them"
     )
 
 

@@ -103,7 +103,7 @@ def test_the_warning_names_each_process_its_memory_and_the_kill(standins) -> Non
     for pid in pids:
         assert f"(pid {pid}, " in msg
     assert f"{dead}: " in msg and " MB)" in msg
-    assert set(msg.split("`kill ")[1].split("`")[0].split()) >= {str(p) for p in pids}
+    assert set(msg.split("`kill -9 ")[1].split("`")[0].split()) >= {str(p) for p in pids}
     assert "fedsim leaves them" in msg
 
 
