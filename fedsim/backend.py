@@ -152,11 +152,15 @@ def cluster_address(address: str) -> str:
     (:func:`fedsim.ray_address.live_address`); a one-line :class:`RayStartError` otherwise. A run
     calls it before it writes its folder (:meth:`fedsim.runner.Run.create_dir`), ``init_ray`` before
     it connects."""
-    from ray._common.utils import get_ray_address_file
     from ray._private import services
-    from ray._raylet import InnerGcsClient
+    from ray._private.utils import get_ray_address_file  # the file Ray's read_ray_address reads
 
-    probe = _gcs_probe if hasattr(InnerGcsClient, "standalone") else None
+    try:
+        from ray._raylet import InnerGcsClient
+
+        probe = _gcs_probe if hasattr(InnerGcsClient, "standalone") else None
+    except ImportError:  # a Ray without the standalone GCS client: the TCP check only
+        probe = None
     return ray_address.live_address(
         address, services.canonicalize_bootstrap_address, Path(get_ray_address_file(None)), probe
     )

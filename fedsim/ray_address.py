@@ -11,12 +11,13 @@ minutes) and had already written the run folder. Now: a refused or silent addres
 :data:`GCS_TIMEOUT_S` plus Ray's own 5 s connect wait (a port that accepts but where no GCS
 answers), naming the address, where ``auto`` found it and that cluster's session folder.
 
-The resolution is Ray's own (handed in by :mod:`fedsim.backend`, the only module that imports
-Ray): ``auto`` is ``RAY_ADDRESS`` when set, else :func:`ray._private.services.canonicalize_bootstrap_address`
-(the single raylet running on this machine, else the address the last ``ray start --head`` recorded
-in ``ray_current_cluster``); a ``HOST:PORT`` is canonicalised the same way (Ray replaces
-``127.0.0.1`` by this host's address). A ``ray://`` (Ray Client) address gets the TCP check only;
-other ``scheme://`` addresses are passed to Ray as given.
+The resolution is Ray's own (handed in by :mod:`fedsim.backend`, the only module that imports Ray):
+``auto`` is ``RAY_ADDRESS`` when set, else
+:func:`ray._private.services.canonicalize_bootstrap_address` (the GCS of a raylet running on this
+machine, unless several run and the last ``ray start --head`` recorded an address in
+``ray_current_cluster``; that address where none runs); a ``HOST:PORT`` is canonicalised the same
+way (Ray replaces ``127.0.0.1`` by this host's address). A ``ray://`` (Ray Client) address gets the
+TCP check only; other ``scheme://`` addresses are passed to Ray as given.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def resolve(address: str, canonicalize: Canonicalize, address_file: Path) -> tup
             if folder is not None:
                 origin += f", session folder {folder}"
         else:
-            origin = "--address auto, the GCS of the raylet running on this machine"
+            origin = "--address auto, the GCS of a raylet running on this machine"
     elif not origin and resolved != address:  # Ray replaced the host (127.0.0.1 by this host's address)
         origin = f"{address} as Ray resolves it"
     return resolved, origin

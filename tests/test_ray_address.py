@@ -180,7 +180,7 @@ def test_auto_on_a_raylet_of_this_machine(tmp_path, no_ray_address, listener) ->
     address_file, _ = _recorded(tmp_path, _closed_port())
     here = f"127.0.0.1:{listener}"
     resolved, origin = ray_address.resolve("auto", lambda a: here if a == "auto" else a, address_file)
-    assert (resolved, origin) == (here, "--address auto, the GCS of the raylet running on this machine")
+    assert (resolved, origin) == (here, "--address auto, the GCS of a raylet running on this machine")
 
 
 def test_auto_with_no_cluster_anywhere(tmp_path, no_ray_address) -> None:
