@@ -279,9 +279,11 @@ def one_node_head():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _kill_core(head: subprocess.Popen) -> list[str]:
-    """SIGKILL the head's GCS and raylet (its own descendants only): the session goes stale."""
-    killed = []
+def _kill_core(head: subprocess.Popen) -> tuple[list[str], list[int]]:
+    """SIGKILL the head's GCS and raylet (its own descendants only): the session goes stale. Returns
+    the kinds killed and the head's other descendants, which the raylet's death re-parents to init
+    (its agents would outlive the test by a minute): the caller kills them when done."""
+    killed, others = [], []
     for pid in _descendants(head.pid):
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -290,7 +292,9 @@ def _kill_core(head: subprocess.Popen) -> list[str]:
         if os.path.basename(argv[0].decode()) in ("gcs_server", "raylet"):
             os.kill(pid, signal.SIGKILL)
             killed.append(os.path.basename(argv[0].decode()))
-    return sorted(killed)
+        else:
+            others.append(pid)
+    return sorted(killed), others
 
 
 def test_address_auto_runs_on_a_live_head_and_fails_fast_on_a_stale_one(one_node_head, small_scenario, tmp_path):
@@ -308,7 +312,20 @@ def test_address_auto_runs_on_a_live_head_and_fails_fast_on_a_stale_one(one_node
     assert live.returncode == 0, f"{live.stdout[-2000:]}\n{live.stderr[-3000:]}"
     assert len((tmp_path / "live" / "metrics.jsonl").read_text().splitlines()) == 2
 
-    assert _kill_core(head) == ["gcs_server", "raylet"]
+    killed, others = _kill_core(head)
+    try:
+        assert killed == ["gcs_server", "raylet"]
+        _stale_session_fails_fast(env, gcs, cmd, tmp_path)
+    finally:
+        for pid in others:  # the head's own processes, left by the raylet's death
+            if not _zombie(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def _stale_session_fails_fast(env: dict[str, str], gcs: str, cmd: list[str], tmp_path: Path) -> None:
     t = time.monotonic()
     stale = subprocess.run([*cmd, gcs, "--out", str(tmp_path / "stale")], capture_output=True, text=True,
                            timeout=RUN_TIMEOUT, env=env)  # fmt: skip
