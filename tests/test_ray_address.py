@@ -313,3 +313,29 @@ def test_an_address_ray_rewrites_is_named_as_given_too(tmp_path) -> None:
     assert str(e.value) == f"no live Ray cluster at 127.0.0.1:{port} (localhost:{port} as Ray resolves it): " + (
         f"connection refused; {HINT}"
     )
+
+
+def test_a_resume_on_a_dead_address_changes_nothing(tmp_path, small_scenario) -> None:
+    """``--resume DIR --address ...``: ``init_ray``'s check fails before the resume cuts the files back
+    (bounded: Ray's own retries would outlast the subprocess's timeout)."""
+    pytest.importorskip("ray")
+    from fedsim.runner import Run
+    from fedsim.scenario import parse
+
+    run_dir = tmp_path / "run"
+    r = Run(parse(small_scenario(**{"rounds": 4, "checkpoint.every": 1})), run_dir)
+    r.create_dir()
+    assert r.execute(stop_after=2) == {"stopped_after": 2}
+    before = {f.name: f.read_bytes() for f in run_dir.iterdir() if f.is_file()}
+    assert "checkpoint.pt" in before and "metrics.jsonl" in before  # control: a run to resume
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env.pop("RAY_ADDRESS", None)
+    argv = ["run", "--resume", str(run_dir), "-q", "--set", "engine.backend=ray", "--address"]
+    res = subprocess.run(
+        [sys.executable, "-m", "fedsim", *argv, f"127.0.0.1:{_closed_port()}"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert res.returncode == 1 and "Error: no live Ray cluster at " in res.stderr, res.stderr[-2000:]
+    after = {f.name: f.read_bytes() for f in run_dir.iterdir() if f.is_file()}
+    assert sorted(after) == sorted(before)
+    assert [n for n in before if after[n] != before[n]] == [".lock"]  # the lock names its last holder
