@@ -21,7 +21,6 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
 import stat
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from fedsim import ray_reaper
+from fedsim import ray_address, ray_leftovers, ray_reaper
 from fedsim.errors import FedsimError
 from fedsim.ray_lean import (
     RayStartError,
@@ -139,19 +138,32 @@ def _ctrl_c_kept() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def check_reachable(address: str, timeout: float = 5.0) -> None:
-    """Raise :class:`RayStartError` when the cluster at ``address`` (``HOST:PORT`` or
-    ``ray://HOST:PORT``; ``auto`` is not checked) does not accept a TCP connection within
-    ``timeout`` seconds: Ray itself retries an unreachable address for minutes."""
-    if address == "auto" or ("://" in address and not address.startswith("ray://")):
-        return
-    host, sep, port = address.removeprefix("ray://").rpartition(":")
-    if not sep or not port.isdigit():
-        raise RayStartError(f"Ray cluster address {address!r}: expected HOST:PORT, ray://HOST:PORT or auto")
+def _gcs_probe(address: str, timeout_s: float) -> None:
+    """Raise unless a Ray GCS at ``address`` answers within about ``timeout_s`` seconds (plus the
+    client's own 5 s connect wait): Ray's standalone GCS client, which asks for the cluster's id."""
+    from ray._raylet import InnerGcsClient
+
+    InnerGcsClient.standalone(address, None, max(1, int(timeout_s * 1000)))
+
+
+def cluster_address(address: str) -> str:
+    """The address :func:`init_ray` connects to for ``address`` (``auto``, ``HOST:PORT``,
+    ``ray://HOST:PORT``) as Ray resolves it, checked live within seconds
+    (:func:`fedsim.ray_address.live_address`); a one-line :class:`RayStartError` otherwise. A run
+    calls it before it writes its folder (:meth:`fedsim.runner.Run.create_dir`), ``init_ray`` before
+    it connects."""
+    from ray._private import services
+    from ray._private.utils import get_ray_address_file  # the file Ray's read_ray_address reads
+
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-    except OSError as e:
-        raise RayStartError(f"cannot reach the Ray cluster at {address}: {e.strerror or e}") from None
+        from ray._raylet import InnerGcsClient
+
+        probe = _gcs_probe if hasattr(InnerGcsClient, "standalone") else None
+    except ImportError:  # a Ray without the standalone GCS client: the TCP check only
+        probe = None
+    return ray_address.live_address(
+        address, services.canonicalize_bootstrap_address, Path(get_ray_address_file(None)), probe
+    )
 
 
 def _gcs_address(ray: Any) -> str:
@@ -162,9 +174,9 @@ def _gcs_address(ray: Any) -> str:
 
 
 def _same_cluster(ray: Any, address: str) -> bool:
-    """Whether the Ray this process already runs is the cluster at ``address`` (``auto`` and
-    ``ray://`` addresses are taken as the user's own: Ray resolves them)."""
-    if address == "auto" or address.startswith("ray://"):
+    """Whether the Ray this process already runs is the cluster at ``address`` (as
+    :func:`cluster_address` resolved it; a ``ray://`` address is taken as the user's own)."""
+    if "://" in address:
         return True
     return _gcs_address(ray) == address
 
@@ -195,7 +207,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_dri
     reporting (``RAY_USAGE_STATS_ENABLED=0`` unless set, only while the Ray it starts runs:
     :func:`shutdown_ray` unsets it again), and the daemons of :func:`lean_stopped_daemons` stopped
     once Ray runs. It starts the Ray's reaper (:func:`fedsim.ray_reaper.start`) first, so a driver
-    killed even during Ray's start leaves none of that Ray's processes behind."""
+    killed even during Ray's start leaves none of that Ray's processes behind.
+
+    With ``address``, the cluster is first resolved as Ray would and checked live
+    (:func:`cluster_address`: a one-line error within seconds, not Ray's minutes of retries) and Ray
+    connects to the address so found. Before it starts or joins a Ray, it warns of this user's Ray
+    processes whose session's GCS and raylet are gone from this machine
+    (:func:`fedsim.ray_leftovers.leftovers`); it does not stop them."""
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # CPU simulation: silence Ray's GPU tip
     local = not address
     lean = lean_requested() and local  # a junk value is an error even where it has no effect
@@ -204,13 +222,16 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_dri
     import ray
 
     if not local:
-        check_reachable(address)  # before all else: an unreachable address is an error even if Ray runs here
+        address = cluster_address(address)  # before all else: no live cluster there is an error even if Ray runs here
     if ray.is_initialized():
         if not local and not _same_cluster(ray, address):
             raise RayStartError(
                 f"Ray is already running in this process ({_gcs_address(ray)}); it cannot also connect to {address}"
             )
         return False
+    stale = ray_leftovers.leftovers()  # bounded: SCAN_TIMEOUT_S per scan
+    if stale:
+        warnings.warn(stale, RuntimeWarning, stacklevel=2)
     kw: dict[str, Any] = {
         "include_dashboard": False,
         "log_to_driver": log_to_driver,
@@ -260,12 +281,16 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_dri
 
 
 def ray_version() -> str | None:
-    """The installed Ray's version; None where Ray is not installed."""
+    """The installed Ray's version; None where Ray is not installed. Read from the package's metadata
+    unless Ray is imported already: an in-process run (``engine.backend: local``) imports no Ray."""
+    if "ray" in sys.modules:
+        return str(sys.modules["ray"].__version__)
+    from importlib import metadata
+
     try:
-        import ray
-    except ImportError:
+        return metadata.version("ray")
+    except metadata.PackageNotFoundError:
         return None
-    return ray.__version__
 
 
 def kill_actors(handles: list[Any]) -> None:

@@ -135,21 +135,31 @@ def names_session(text: str, sessions: list[str], temp_dirs: list[str], driver_p
     return False
 
 
-def _texts(pid: int) -> list[str]:
-    """``pid``'s command-line arguments and the paths of its open files."""
+def cmdline(pid: int) -> list[str]:
+    """``pid``'s command-line arguments (``OSError`` if it is gone)."""
     with open(f"/proc/{pid}/cmdline", "rb") as f:
-        texts = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+        return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+
+
+def open_files(pid: int) -> list[str]:
+    """The paths of ``pid``'s open files; none where they are not ours to read."""
     fd_dir = f"/proc/{pid}/fd"
     try:
         fds = os.listdir(fd_dir)
-    except OSError:  # not ours to read: its command line only
-        return texts
+    except OSError:
+        return []
+    paths = []
     for fd in fds:
         try:
-            texts.append(os.readlink(f"{fd_dir}/{fd}"))
+            paths.append(os.readlink(f"{fd_dir}/{fd}"))
         except OSError:  # closed meanwhile
             pass
-    return texts
+    return paths
+
+
+def _texts(pid: int) -> list[str]:
+    """``pid``'s command-line arguments and the paths of its open files."""
+    return cmdline(pid) + open_files(pid)
 
 
 def session_pids(sessions: list[str], temp_dirs: list[str], driver_pid: int, sid: int) -> list[int]:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedsim.backend import make_backend, ray_version
+from fedsim.backend import cluster_address, make_backend, ray_version
 from fedsim.callbacks import Callback, Interrupt, Progress, Stop, StopAfter
 from fedsim.errors import (  # noqa: F401  (RunDirExistsError, RunInterruptedError re-exported)
     CorruptFileError,
@@ -130,7 +130,10 @@ class Run:
 
     def create_dir(self, overwrite: bool = False) -> None:
         """Make the run directory and hold its lock until :meth:`execute` ends
-        (:meth:`fedsim.rundirectory.RunDirectory.create`)."""
+        (:meth:`fedsim.rundirectory.RunDirectory.create`). A Ray cluster address (``engine.address``)
+        is checked first (:func:`fedsim.backend.cluster_address`): no live cluster there, no folder."""
+        if self.sc.engine.backend == "ray" and self.sc.engine.address:
+            cluster_address(self.sc.engine.address)
         self.rundir.create(overwrite, versions())
 
     def open_for_resume(self) -> int:

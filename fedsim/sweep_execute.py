@@ -122,6 +122,10 @@ def execute_sweep(
     import shutil
 
     rep = reporter or Reporter()
+    if address and not local:  # no live cluster there: one line, before any folder is touched
+        from fedsim.backend import cluster_address
+
+        cluster_address(address)
     if overwrite:
         for r in plan.runs:
             if r.dir.exists():

@@ -249,3 +249,116 @@ def test_two_node_cluster_matches_local(two_node_cluster, small_scenario, tmp_pa
         # fails after 30 s with "Starting Ray client server failed". Retried, bounded.
         _fedsim_run(path, tmp_path / "client", "--set", "engine.backend=ray", "--address", client_address, tries=3)
         assert (tmp_path / "client" / "metrics.jsonl").read_bytes() == local
+
+
+@pytest.fixture()
+def one_node_head():
+    """A ``ray start --head`` (1 CPU) whose temp dir is a private ``RAY_TMPDIR``, so that its
+    ``ray_current_cluster`` is the one ``--address auto`` reads: ``(env with that RAY_TMPDIR, GCS
+    address, the head's ``ray start --block`` process)``; stopped afterwards."""
+    if not Path("/proc").is_dir():
+        pytest.skip("needs /proc (Linux) to stop exactly the processes it started")
+    tmp = Path(tempfile.mkdtemp(prefix="fsst", dir="/tmp"))
+    port = _free_port()
+    env = dict(_env(), RAY_TMPDIR=str(tmp))
+    cmd = [str(BIN / "ray"), "start", "--head", f"--port={port}", "--include-dashboard=false", "--num-cpus=1",
+           "--node-ip-address=127.0.0.1", "--block", "--disable-usage-stats", *_node_ports()]  # fmt: skip
+    procs: list[subprocess.Popen] = []
+    try:
+        with open(tmp / "head.log", "w") as log:
+            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env))
+        deadline = time.monotonic() + NODE_TIMEOUT
+        _wait_for_port(port, deadline, procs[0], tmp / "head.log")
+        while not (tmp / "ray" / "ray_current_cluster").exists():
+            if time.monotonic() > deadline:
+                pytest.fail(f"the head recorded no address:\n{(tmp / 'head.log').read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield env, (tmp / "ray" / "ray_current_cluster").read_text().strip(), procs[0]
+    finally:
+        _stop(procs)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _kill_core(head: subprocess.Popen) -> tuple[list[str], list[int]]:
+    """SIGKILL the head's GCS and raylet (its own descendants only): the session goes stale. Returns
+    the kinds killed and the head's other descendants, which the raylet's death re-parents to init
+    (its agents would outlive the test by a minute): the caller kills them when done."""
+    killed, others = [], []
+    for pid in _descendants(head.pid):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if os.path.basename(argv[0].decode()) in ("gcs_server", "raylet"):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(os.path.basename(argv[0].decode()))
+        else:
+            others.append(pid)
+    return sorted(killed), others
+
+
+def test_address_auto_runs_on_a_live_head_and_fails_fast_on_a_stale_one(one_node_head, small_scenario, tmp_path):
+    """Live: ``--address auto`` finds the head ``ray start`` recorded and runs there. Stale (its GCS and
+    raylet killed, as a crash leaves it): a one-line error within seconds naming the address, the file
+    it was read from and the session folder, and no run folder (it was a > 200 s hang and a folder)."""
+    env, gcs, head = one_node_head
+    sc = small_scenario(**{"rounds": 2, "engine.num_actors": 1, "evaluation.every": 1})
+    path = tmp_path / "scenario.yaml"
+    path.write_text(yaml.safe_dump(sc))
+    cmd = [str(BIN / "fedsim"), "run", str(path), "-q", "--set", "engine.backend=ray", "--address"]
+
+    live = subprocess.run([*cmd, "auto", "--out", str(tmp_path / "live")], capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT, env=env)  # fmt: skip
+    assert live.returncode == 0, f"{live.stdout[-2000:]}\n{live.stderr[-3000:]}"
+    assert len((tmp_path / "live" / "metrics.jsonl").read_text().splitlines()) == 2
+
+    killed, others = _kill_core(head)
+    try:
+        assert killed == ["gcs_server", "raylet"]
+        _stale_session_fails_fast(env, gcs, cmd, tmp_path)
+    finally:
+        for pid in others:  # the head's own processes, left by the raylet's death
+            if not _zombie(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def _stale_session_fails_fast(env: dict[str, str], gcs: str, cmd: list[str], tmp_path: Path) -> None:
+    t = time.monotonic()
+    stale = subprocess.run([*cmd, gcs, "--out", str(tmp_path / "stale")], capture_output=True, text=True,
+                           timeout=RUN_TIMEOUT, env=env)  # fmt: skip
+    took = time.monotonic() - t
+    lines = [x for x in stale.stderr.splitlines() if x.strip()]
+    assert stale.returncode == 1 and len(lines) == 1, stale.stderr[-3000:]
+    assert lines[0].startswith(f"Error: no live Ray cluster at {gcs}: connection refused; start one with `ray start")
+    assert not (tmp_path / "stale").exists() and took < 60, took
+
+    # --address auto: Ray prefers the one raylet running on this machine to the recorded address, and this
+    # machine may run another Ray (the test session's, another user's): in-process, with Ray's scan of this
+    # machine's raylets emptied, so the recorded address is what auto finds, as on a machine without them
+    from click.testing import CliRunner
+    from ray._private import services
+
+    from fedsim.cli import main
+
+    mp = pytest.MonkeyPatch()
+    try:
+        mp.setattr(services, "find_gcs_addresses", lambda: frozenset())
+        mp.setenv("RAY_TMPDIR", env["RAY_TMPDIR"])
+        mp.delenv("RAY_ADDRESS", raising=False)
+        t = time.monotonic()
+        r = CliRunner().invoke(main, [*cmd[1:], "auto", "--out", str(tmp_path / "auto")])
+        took = time.monotonic() - t
+    finally:
+        mp.undo()
+    address_file = Path(env["RAY_TMPDIR"]) / "ray" / "ray_current_cluster"
+    sessions = [p for p in address_file.parent.glob("session_2*") if not p.is_symlink()]
+    assert r.exit_code == 1 and len(sessions) == 1, r.output
+    assert r.output.strip() == (
+        f"Error: no live Ray cluster at {gcs} (--address auto, recorded in {address_file} by the last "
+        f"`ray start --head`, session folder {sessions[0]}): connection refused; start one with `ray start --head`, "
+        "or drop --address (engine.address) to let fedsim start its own Ray"
+    )
+    assert not (tmp_path / "auto").exists() and took < 30, took

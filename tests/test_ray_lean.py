@@ -12,7 +12,7 @@ from typing import Any
 import psutil
 import pytest
 
-from fedsim import backend, ray_lean, ray_reaper
+from fedsim import backend, ray_lean, ray_leftovers, ray_reaper
 
 
 def _ray_commands() -> list[str]:
@@ -53,7 +53,8 @@ class _FakeRay:
         monkeypatch.setattr(ray, "is_initialized", lambda: False)
         self.stopped: list[list[str]] = []
         monkeypatch.setattr(backend, "stop_daemons", lambda ray, kinds: self.stopped.append(kinds) or kinds)
-        monkeypatch.setattr(backend, "check_reachable", lambda address, timeout=5.0: None)
+        monkeypatch.setattr(backend, "cluster_address", lambda address: address)  # a live cluster, as given
+        monkeypatch.setattr(ray_leftovers, "leftovers", lambda: None)  # this machine's other Rays are not the test's
         self.reaper: list[tuple[str, Any]] = []  # the calls to fedsim.ray_reaper, in order
         for verb in ("start", "watch", "stop"):
             monkeypatch.setattr(ray_reaper, verb, lambda *a, _v=verb, **kw: self.reaper.append((_v, a, kw)))
