@@ -76,7 +76,7 @@ class UpdateForger:
     """Base class of Byzantine update forgers (registered with ``@register``)."""
 
     name: ClassVar[str] = ""
-    omniscient: ClassVar[bool] = False   # needs the honest vectors of the round
+    omniscient: ClassVar[bool] = False  # needs the honest vectors of the round
     per_receiver: ClassVar[bool] = False  # forges a different message for each receiver
     kind: ClassVar[str] = "forger"
     # reads ctx.f_received (the run's f, strategy.f): where neither the rule nor the forger reads it, a
@@ -87,6 +87,10 @@ class UpdateForger:
     # is refused (fedsim.validation). True unless a forger declares otherwise (a plugin that does not
     # say is assumed to read them, so its omniscient is never refused wrongly)
     reads_honest: ClassVar[bool] = True
+    # sends, on purpose, messages the receivers drop (None, rows with NaN/Inf, or not a [k, P] tensor:
+    # fedsim.messages.forged_rows): the faulty behaviours crash, nan and wrong_shape. Every other forger
+    # returns k finite rows [k, P] of own's dtype (fedsim.checks.check_forger holds it to that)
+    malformed: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         """Check every parameter against its declared constraint (:func:`fedlib.params.validate`)."""

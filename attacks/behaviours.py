@@ -1,7 +1,8 @@
 """Faulty behaviours rather than optimised attacks: silence, stale, non-finite or malformed messages.
 
 None of them is omniscient. The engine must cope with what they send: ``None`` (no message),
-rows with NaN/Inf and tensors of the wrong width are dropped (``strategies.base.sanitize``).
+rows with NaN/Inf and tensors of the wrong width are dropped (``fedsim.messages.forged_rows``,
+``strategies.base.sanitize``); crash, nan and wrong_shape say so (``malformed = True``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from fedlib.params import Integer, Options, param
 class Crash(UpdateForger):
     """Crash failure: the Byzantine peers stay silent (``forge`` returns ``None``)."""
 
+    malformed = True  # its messages are dropped on purpose
     reads_honest = False
 
     def forge(self, honest: Tensor, own: Tensor, ctx: AttackContext) -> None:
@@ -51,8 +53,10 @@ class Stale(UpdateForger):
         if ctx.previous is None:
             return own.clone()
         if ctx.previous.shape != own.shape:
-            raise ValueError(f"{self.name}: ctx.previous must have the shape of own {tuple(own.shape)}, "
-                             f"got {tuple(ctx.previous.shape)}")
+            raise ValueError(
+                f"{self.name}: ctx.previous must have the shape of own {tuple(own.shape)}, "
+                f"got {tuple(ctx.previous.shape)}"
+            )
         return ctx.previous.clone()
 
 
@@ -61,6 +65,7 @@ class Stale(UpdateForger):
 class NonFinite(UpdateForger):
     """Non-finite messages: every row is full of ``value`` (``"nan"``, ``"inf"`` or ``"-inf"``)."""
 
+    malformed = True  # its messages are dropped on purpose
     reads_honest = False
 
     value: str = param("nan", Options(choices=("nan", "inf", "-inf")))
@@ -77,6 +82,7 @@ class WrongShape(UpdateForger):
     ``delta = +1`` appends a zero to each row of ``own``, ``delta = −1`` drops its last entry.
     """
 
+    malformed = True  # its messages are dropped on purpose
     reads_honest = False  # own
 
     delta: int = param(1, Options(choices=(1, -1)))

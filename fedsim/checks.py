@@ -15,6 +15,9 @@ with the same property functions over cases hypothesis draws. The properties:
   what it receives fails). A rule documented to accept ``v`` only under conditions (Bristle,
   FLTrust, BALANCE in the tests; ``local`` never) is checked with ``agreement=False``;
 * the class has a docstring (``fedsim list`` shows it) and ``check(50, 0)`` accepts a plain setting.
+
+:func:`check_forger`, the same for an update forger, lives in :mod:`fedsim.checks_attacks` and is
+re-exported here.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ from collections.abc import Sequence
 import torch
 
 import strategies
+from fedsim.checks_attacks import check_forger
 from strategies import AggregationContext, aggregate, sanitize
+
+__all__ = ["check_finite", "check_forger", "check_pulls_toward", "check_rule"]
 
 C, D = 3, 4  # the head the cases use: 3 classes, 4 features, with bias
 P = C * D + C

@@ -1,9 +1,9 @@
 """The messages of a round: every peer's vector with the Byzantine rows forged
-(:func:`forge_messages`), the stale attack's bounded history (:func:`stale_step`) and the class
-sets peers announce when they connect (:func:`claimed_classes`). Used alike by the peer groups
-(:class:`fedsim.peers.PeerGroup`), the federated server (:class:`fedsim.server.Server`) and the
-Flower client; randomness is keyed by (round, peer, receiver), so every caller computes the same
-forgeries.
+(:func:`forge_messages`; what receivers accept of a forger's output: :func:`forged_rows`), the
+stale attack's bounded history (:func:`stale_step`) and the class sets peers announce when they
+connect (:func:`claimed_classes`). Used alike by the peer groups (:class:`fedsim.peers.PeerGroup`),
+the federated server (:class:`fedsim.server.Server`) and the Flower client; randomness is keyed by
+(round, peer, receiver), so every caller computes the same forgeries.
 """
 
 from __future__ import annotations
@@ -88,14 +88,22 @@ def forge_messages(
         gen = crng.torch_generator(s.seed, "attack", round_, int(byz[g[0]]), -1 if receiver is None else receiver)
         out = attack.forge(view, own[g], attacks.AttackContext(generator=gen, **ctx_kw))
         rows = byz[g]
-        if out is None or not isinstance(out, Tensor) or out.dim() != 2 or out.shape != (len(rows), params.shape[1]):
-            valid[rows] = False
-        else:
-            msgs[rows] = out.to(params.dtype)
-            valid[rows] = torch.isfinite(out).all(dim=1)
+        sent, ok = forged_rows(out, len(rows), params.shape[1])
+        valid[rows] = ok
+        if sent is not None:
+            msgs[rows] = sent.to(params.dtype)
     if sampled is not None:
         valid &= torch.from_numpy(sampled)
     return msgs, valid, new_history
+
+
+def forged_rows(out: object, k: int, p: int) -> tuple[Tensor | None, Tensor]:
+    """What receivers make of a forger's output for ``k`` Byzantine senders of ``p``-vectors:
+    ``(rows, valid)``, ``rows`` the ``[k, p]`` tensor to send (None where ``out`` is None or not
+    a ``[k, p]`` tensor: nothing arrives) and ``valid [k]`` the rows they accept (the finite ones)."""
+    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape != (k, p):
+        return None, torch.zeros(k, dtype=torch.bool)
+    return out, torch.isfinite(out).all(dim=1)
 
 
 def stale_step(history: Tensor | None, own: Tensor, depth: int) -> tuple[Tensor | None, Tensor | None]:

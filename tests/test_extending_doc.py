@@ -56,8 +56,13 @@ def test_doc_rule_resists_the_doc_forger_that_breaks_the_mean(plugin, small_scen
 
 def test_doc_poisoner_and_rule_check(plugin, small_scenario, tmp_path):
     _, snippet = plugin
-    poisoned = _run(small_scenario, snippet, tmp_path, "poison",
-                    **{"peers.attack.name": "shifted_labels", "peers.attack.params": {"shift": 1}})
+    poisoned = _run(
+        small_scenario,
+        snippet,
+        tmp_path,
+        "poison",
+        **{"peers.attack.name": "shifted_labels", "peers.attack.params": {"shift": 1}},
+    )
     assert 0 < poisoned <= 1
     from fedsim.scenario import ScenarioError
 
@@ -110,16 +115,26 @@ def test_doc_probe_runs_from_the_plugin_against_a_control(plugin, small_scenario
 
     _, snippet = plugin
     probe = {"probes": [{"kind": "consensus_distance"}]}
-    _run(small_scenario, snippet | probe, tmp_path, "probe_dec",
-         **{"peers.byzantine": 0, "peers.attack.name": "none", "topology.kind": "ring"})
+    _run(
+        small_scenario,
+        snippet | probe,
+        tmp_path,
+        "probe_dec",
+        **{"peers.byzantine": 0, "peers.attack.name": "none", "topology.kind": "ring"},
+    )
     entry = json.loads((tmp_path / "probe_dec" / "probes.json").read_text())[0]
     assert entry["kind"] == "consensus_distance" and entry["relative"] is True and len(entry["records"]) == 12
     assert entry["max"] > 1e-3
     summary = json.loads((tmp_path / "probe_dec" / "summary.json").read_text())
     assert summary["probes"] == [{"kind": "consensus_distance", "max": entry["max"]}]
     assert "| max |" in format_probes([entry])  # no Markdown of its own: its scalar fields
-    _run(small_scenario, snippet | probe, tmp_path, "probe_fed",
-         **{"peers.byzantine": 0, "peers.attack.name": "none", "mode": "federated", "topology.kind": "star"})
+    _run(
+        small_scenario,
+        snippet | probe,
+        tmp_path,
+        "probe_fed",
+        **{"peers.byzantine": 0, "peers.attack.name": "none", "mode": "federated", "topology.kind": "star"},
+    )
     control = json.loads((tmp_path / "probe_fed" / "probes.json").read_text())[0]
     assert control["max"] == 0.0
 
@@ -204,3 +219,19 @@ def test_doc_check_your_rule_runs_as_written(plugin, monkeypatch, capsys):
     exec(compile(block, str(DOC), "exec"), {})
     n = int(capsys.readouterr().out.split()[0])
     assert n > 200  # 200 seeded cases (those norm_filtered_mean's check accepts) and 24 agreement cases
+
+
+def test_doc_check_your_attack_runs_as_written(plugin, monkeypatch, capsys):
+    """The "Check your attack" block, executed as written next to the page's my_plugins.py: the
+    doc's forger passes every check of every case (it forges one row per sender, so also when the
+    Byzantine peers do not collude)."""
+    import attacks
+    from fedsim.checks_attacks import cases
+
+    path, _ = plugin
+    blocks = re.findall(r"```python\n(.+?)```", DOC.read_text(), flags=re.S)
+    (block,) = [b for b in blocks if b.startswith("# check my attack")]
+    monkeypatch.chdir(path.parent)
+    exec(compile(block, str(DOC), "exec"), {})
+    n = int(capsys.readouterr().out.split()[0])
+    assert n == 3 * len(cases(attacks.build("flipped_mean"), range(5))) + 1  # 3 checks a case, then the reads

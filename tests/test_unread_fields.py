@@ -14,6 +14,7 @@ import yaml
 
 import attacks
 import strategies
+from fedsim.checks_attacks import depends_on_f, forger_reads_f, forger_reads_honest
 from fedsim.rundirectory import RunDirectory, load_for_resume
 from fedsim.scenario import ScenarioError, load, parse
 from fedsim.schema import Scenario
@@ -61,12 +62,15 @@ def _recorded(tmp_path, data: dict):
     return sc, d.path
 
 
-@pytest.mark.parametrize("data", [
-    {"topology": {"kind": "ring"}, "partition": {"kind": "iid"}},
-    {"mode": "federated", "strategy": {"name": "median"}},
-    {"peers": {"count": 10, "byzantine": 2, "attack": {"name": "label_swap"}}},
-    {"topology": {"kind": "complete"}, "strategy": {"name": "fedavg"}},
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"topology": {"kind": "ring"}, "partition": {"kind": "iid"}},
+        {"mode": "federated", "strategy": {"name": "median"}},
+        {"peers": {"count": 10, "byzantine": 2, "attack": {"name": "label_swap"}}},
+        {"topology": {"kind": "complete"}, "strategy": {"name": "fedavg"}},
+    ],
+)
 def test_a_recorded_scenario_resumes_and_reruns_as_it_is(tmp_path, data):
     """scenario.yaml holds every field, the ones its kinds ignore at their defaults: the resume
     reads it (``load_for_resume``), so does ``fedsim run DIR/scenario.yaml``."""
@@ -103,8 +107,7 @@ def test_given_counts_a_key_at_any_value_but_in_a_complete_section_only_off_its_
 
 
 # --------------------------------------------------------------------------- 2. federated mode is a star
-FED_ERROR = ("topology.kind: federated mode uses a star (server ↔ clients); remove topology or set mode: "
-             "decentralized")
+FED_ERROR = "topology.kind: federated mode uses a star (server ↔ clients); remove topology or set mode: decentralized"
 
 
 @pytest.mark.parametrize("kind", ["ring", "k_regular", "complete", "push_gossip"])
@@ -174,31 +177,24 @@ P = C * D + C
 def _ctx(f: int, seed: int) -> AggregationContext:
     g = torch.Generator().manual_seed(seed)
     return AggregationContext(
-        layer_shape=(C, D), f=f, round=1, total_rounds=5, val_x=torch.randn(12, D, generator=g),
-        val_y=torch.arange(12) % C, local_classes=torch.ones(C, dtype=torch.bool),
-        root_update=torch.randn(P, generator=g), generator=torch.Generator().manual_seed(seed),
-        overlap=torch.full((N,), C), previous=torch.randn(P, generator=g))
-
-
-def _check_depends_on_f(check, ns, fs_for) -> bool:
-    """Whether ``check(n, f)`` accepts some ``f`` and refuses another for one of the ``ns``."""
-    for n in ns:
-        outcomes = set()
-        for f in fs_for(n):
-            try:
-                check(n, f)
-                outcomes.add("ok")
-            except ValueError:
-                outcomes.add("refused")
-        if len(outcomes) > 1:
-            return True
-    return False
+        layer_shape=(C, D),
+        f=f,
+        round=1,
+        total_rounds=5,
+        val_x=torch.randn(12, D, generator=g),
+        val_y=torch.arange(12) % C,
+        local_classes=torch.ones(C, dtype=torch.bool),
+        root_update=torch.randn(P, generator=g),
+        generator=torch.Generator().manual_seed(seed),
+        overlap=torch.full((N,), C),
+        previous=torch.randn(P, generator=g),
+    )
 
 
 def _rule_reads_f(rule: strategies.Strategy) -> bool:
     """Whether ``f`` changes what ``rule`` does: its ``check(n, f)`` outcome for some ``n``, or its
     result on a few random populations, with outliers or without (each f with the same seeds)."""
-    if _check_depends_on_f(rule.check, range(1, 13), lambda n: range(6)):
+    if depends_on_f(rule.check, range(1, 13), lambda n: range(6)):
         return True
     for seed in range(6):
         g = torch.Generator().manual_seed(seed)
@@ -211,10 +207,17 @@ def _rule_reads_f(rule: strategies.Strategy) -> bool:
     return False
 
 
-RULE_CASES = [(n, {}) for n in sorted(strategies.REGISTRY) if strategies.REGISTRY[n].__module__.startswith(
-    "strategies.")] + [("mozi", {"rho": 0.5}), ("clipped_gossip", {"tau": 1.0}), ("bucketing", {"inner": "fedavg"}),
-                       ("trimmed_mean", {"beta": 0.2}), ("arc", {"inner": "fedavg"}), ("nnm", {"inner": "fedavg"}),
-                       ("mozi", {"reference": "previous"})]
+RULE_CASES = [
+    (n, {}) for n in sorted(strategies.REGISTRY) if strategies.REGISTRY[n].__module__.startswith("strategies.")
+] + [
+    ("mozi", {"rho": 0.5}),
+    ("clipped_gossip", {"tau": 1.0}),
+    ("bucketing", {"inner": "fedavg"}),
+    ("trimmed_mean", {"beta": 0.2}),
+    ("arc", {"inner": "fedavg"}),
+    ("nnm", {"inner": "fedavg"}),
+    ("mozi", {"reference": "previous"}),
+]
 
 
 @pytest.mark.parametrize(("name", "params"), RULE_CASES)
@@ -223,65 +226,35 @@ def test_every_rule_declares_reads_f_as_it_behaves(name, params):
     assert rule.reads_f == _rule_reads_f(rule), (name, params, rule.reads_f)
 
 
-FORGERS = [(n, {}) for n in sorted(attacks.REGISTRY) if attacks.REGISTRY[n].kind == "forger"
-           and attacks.REGISTRY[n].__module__.startswith("attacks.")] + [("alie", {"z": 1.0})]
-
-
-def _forger_reads_f(forger) -> bool:
-    """Whether the run's ``f`` (``ctx.f_received``) changes the forger's check or its messages."""
-    if _check_depends_on_f(forger.check, range(2, 13), range):
-        return True
-    g = torch.Generator().manual_seed(0)
-    honest, own = torch.randn(7, P, generator=g), torch.randn(2, P, generator=g)
-    outs = []
-    for fr in (0, 1, 2):
-        ctx = attacks.AttackContext(n=9, f=2, f_received=fr, layer_shape=(C, D), num_classes=C,
-                                         generator=torch.Generator().manual_seed(1), receiver_own=honest[0],
-                                         receiver_neighbors=honest[1:4])
-        outs.append(forger.forge(honest, own, ctx))
-    first = outs[0]
-    return any((o is None) != (first is None) or (o is not None and o.shape == first.shape
-                                                   and not torch.allclose(o, first, equal_nan=True)) for o in outs[1:])
+FORGERS = [
+    (n, {})
+    for n in sorted(attacks.REGISTRY)
+    if attacks.REGISTRY[n].kind == "forger" and attacks.REGISTRY[n].__module__.startswith("attacks.")
+] + [("alie", {"z": 1.0})]
 
 
 @pytest.mark.parametrize(("name", "params"), FORGERS)
 def test_every_forger_declares_reads_f_as_it_behaves(name, params):
     forger = attacks.build(name, params)
-    assert forger.reads_f == _forger_reads_f(forger), (name, params, forger.reads_f)
+    assert forger.reads_f == forger_reads_f(forger), (name, params, forger.reads_f)
 
 
 # --------------------------------------------------------------------------- 4. omniscient read by nobody
-def _forger_reads_honest(forger) -> bool:
-    """Whether the honest vectors handed to ``forge`` change the forged messages (two honest
-    populations, the same own vectors and seed; ``receiver_neighbors`` None, so a per-receiver
-    forger falls back to ``honest``, as it does at the federated server)."""
-    g = torch.Generator().manual_seed(0)
-    own, receiver = torch.randn(2, P, generator=g), torch.randn(P, generator=g)
-    outs = []
-    for seed in (1, 2):
-        honest = torch.randn(7, P, generator=torch.Generator().manual_seed(seed)) * seed
-        ctx = attacks.AttackContext(n=9, f=2, f_received=2, layer_shape=(C, D), num_classes=C,
-                                    generator=torch.Generator().manual_seed(3), receiver_own=receiver,
-                                    previous=own + 1)
-        outs.append(forger.forge(honest, own, ctx))
-    a, b = outs
-    return (a is None) != (b is None) or (a is not None and (a.shape != b.shape
-                                                             or not torch.allclose(a, b, equal_nan=True)))
-
-
 @pytest.mark.parametrize(("name", "params"), FORGERS)
 def test_every_forger_declares_reads_honest_as_it_behaves(name, params):
     forger = attacks.build(name, params)
-    assert forger.reads_honest == _forger_reads_honest(forger), (name, params, forger.reads_honest)
+    assert forger.reads_honest == forger_reads_honest(forger), (name, params, forger.reads_honest)
 
 
 @pytest.mark.parametrize("name", ["sign_flip", "gaussian", "crash", "stale", "nan", "wrong_shape"])
 @pytest.mark.parametrize("omniscient", [True, False])  # at its default too: written by hand
 def test_omniscient_for_a_forger_that_never_reads_the_honest_vectors_is_one_line(name, omniscient):
     # (plugin forgers other tests registered in this process are listed too, after the built-ins)
-    msg = _refused(SMALL | {"peers": {"count": 10, "byzantine": 2, "attack": {"name": name, "omniscient": omniscient}}},
-                   "peers.attack.omniscient: used only by attacks alie, dissensus, fang_krum, fang_trimmed_mean, "
-                   "ipm, min_max, min_sum")
+    msg = _refused(
+        SMALL | {"peers": {"count": 10, "byzantine": 2, "attack": {"name": name, "omniscient": omniscient}}},
+        "peers.attack.omniscient: used only by attacks alie, dissensus, fang_krum, fang_trimmed_mean, "
+        "ipm, min_max, min_sum",
+    )
     assert msg.endswith(f"(this attack is {name}, which never reads the honest vectors): remove it"), msg
     assert name not in msg.split("(")[0]
 
