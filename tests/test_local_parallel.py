@@ -4,6 +4,7 @@ after another, each group's scratch its own, results in the groups' order."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -159,6 +160,8 @@ def test_an_actors_calls_run_in_order_and_pending_results_resolve_as_arguments()
             self.seen: list[int] = []
 
         def add(self, x: int) -> int:
+            if x == 0:
+                time.sleep(0.2)  # the first call ends last unless the next ones wait for it
             self.seen.append(x)
             return x
 
