@@ -38,6 +38,21 @@ SCENARIOS = {
         "training.lr": 0.5,
     },
     "federated": {"mode": "federated", "engine.num_actors": 3},
+    # a whole model (fedsim.whole: torch.func per peer or vmap, BatchNorm-free MLP from scratch)
+    "whole-vmap": {
+        "peers.count": 6,
+        "engine.num_actors": 3,
+        "partition.kind": "iid",
+        "topology.kind": "complete",
+        "model": {"trainable": "all", "hidden": [16], "init": "scratch", "batching": "vmap"},
+    },
+    "whole-loop": {
+        "peers.count": 6,
+        "engine.num_actors": 3,
+        "partition.kind": "iid",
+        "topology.kind": "complete",
+        "model": {"trainable": "all", "hidden": [16], "init": "scratch", "batching": "loop"},
+    },
 }
 
 
@@ -48,13 +63,16 @@ def _run(
     sc = parse(d)
     backend = LocalBackend(workers)
     if threads_seen is not None:
-        real = PeerGroup.train
+        from fedsim.whole import WholePeerGroup
+
+        cls = WholePeerGroup if sc.model.whole else PeerGroup
+        real = cls.train
 
         def spy(self, *a, **kw):
             threads_seen.add(threading.current_thread().name)
             return real(self, *a, **kw)
 
-        monkeypatch.setattr(PeerGroup, "train", spy)
+        monkeypatch.setattr(cls, "train", spy)
     try:
         sim = Simulation(sc, prepare(sc), backend)
         metrics = [sim.step(r).metrics for r in range(sc.rounds)]
