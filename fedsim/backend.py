@@ -420,6 +420,8 @@ class LocalBackend:
 
     name = "local"
     lazy = False  # the simulation waits for a phase before it starts the next (in-process order)
+    workers = 1
+    _pool: ThreadPoolExecutor | None = None  # (a subclass that skips __init__ runs one after another)
 
     def __init__(self, workers: int = 1) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
