@@ -55,8 +55,8 @@ def test_a_run_takes_the_budget_it_is_given(tmp_path, small_scenario):
     from fedsim.runner import Run
     from fedsim.scenario import parse
 
-    sc = parse(small_scenario(engine={"backend": "local", "num_actors": 2, "local_parallel": "off"}))
-    assert group_threads(sc) == min(2, usable_cpus())  # in-process one after another: num_actors x cpus_per_actor
+    sc = parse(small_scenario(engine={"backend": "local", "num_actors": 2}))
+    assert group_threads(sc) == min(2, usable_cpus())  # in-process: num_actors x cpus_per_actor
     assert all(s.threads == 1 for s in prepare(sc, threads=1).setups)
     with pytest.raises(ValueError, match="threads: expected an integer >= 1"):
         Run(sc, tmp_path / "r", threads=0)
@@ -71,7 +71,7 @@ def test_in_process_groups_get_the_cpus_this_process_may_use_not_the_machines(sm
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
     assert usable_cpus() == 1
-    sc = parse(small_scenario(engine={"backend": "local", "num_actors": 4, "local_parallel": "off"}))
+    sc = parse(small_scenario(engine={"backend": "local", "num_actors": 4}))
     assert group_threads(sc) == 1
     assert group_threads(sc, budget=3) == 3  # a caller's budget wins
     assert local_ray_cpus(parse(small_scenario(engine={"backend": "ray", "num_actors": 2}))) == 2
@@ -79,19 +79,23 @@ def test_in_process_groups_get_the_cpus_this_process_may_use_not_the_machines(sm
     assert group_threads(sc) == 4
 
 
+AUTO = {"local_parallel": "auto"}
+
+
 @pytest.mark.parametrize(
     ("engine", "cpus", "budget", "workers", "threads"),
     [
-        ({"num_actors": 2}, 2, None, 2, 1),  # side by side: one torch thread each, the op runs inline
-        ({"num_actors": 4}, 2, None, 2, 1),  # more groups than CPUs: as many at once as CPUs
-        ({"num_actors": 2}, 8, None, 2, 1),  # num_actors x cpus_per_actor threads in all, as before
-        ({"num_actors": 2, "cpus_per_actor": 4}, 8, None, 2, 4),
-        ({"num_actors": 2, "cpus_per_actor": 3}, 2, None, 2, 1),  # at most the usable CPUs
-        ({"num_actors": 4}, 8, 2, 2, 1),  # a sweep task's budget is the run's threads in all
-        ({"num_actors": 2}, 1, None, 1, 1),  # one usable CPU: one after another, as before
-        ({"num_actors": 1, "cpus_per_actor": 2}, 2, None, 1, 2),  # a single group: as before, all its threads
+        ({"num_actors": 2, **AUTO}, 2, None, 2, 1),  # side by side: one torch thread each, the op runs inline
+        ({"num_actors": 4, **AUTO}, 2, None, 2, 1),  # more groups than CPUs: as many at once as CPUs
+        ({"num_actors": 2, **AUTO}, 8, None, 2, 1),  # num_actors x cpus_per_actor threads in all, as before
+        ({"num_actors": 2, "cpus_per_actor": 4, **AUTO}, 8, None, 2, 4),
+        ({"num_actors": 2, "cpus_per_actor": 3, **AUTO}, 2, None, 2, 1),  # at most the usable CPUs
+        ({"num_actors": 4, **AUTO}, 8, 2, 2, 1),  # a sweep task's budget is the run's threads in all
+        ({"num_actors": 2, **AUTO}, 1, None, 1, 1),  # one usable CPU: one after another, as before
+        ({"num_actors": 1, "cpus_per_actor": 2, **AUTO}, 2, None, 1, 2),  # a single group: all its threads
         ({"num_actors": 2, "local_parallel": "off"}, 2, None, 1, 2),
-        ({"num_actors": 2, "backend": "ray"}, 2, None, 1, 1),  # Ray: one per actor, its own process
+        ({"num_actors": 2}, 2, None, 1, 2),  # the default: one after another, as before issue 19
+        ({"num_actors": 2, "backend": "ray", **AUTO}, 2, None, 1, 1),  # Ray: one per actor, its own process
     ],
 )
 def test_in_process_groups_side_by_side_divide_the_threads(small_scenario, monkeypatch, engine, cpus, budget,
@@ -128,7 +132,7 @@ def test_a_run_uses_the_workers_and_threads_threads_decides(small_scenario, monk
     try:
         from fedsim.runner import Run
 
-        run = Run(parse(small_scenario(rounds=1)), tmp_path / "r")
+        run = Run(parse(small_scenario(rounds=1, **{"engine.local_parallel": "auto"})), tmp_path / "r")
         run.create_dir()
         run.execute()
         assert made == [2] and torch.get_num_threads() == 1
