@@ -283,7 +283,7 @@ class EngineCfg(_Section):
         description="engine.backend local: 'off' (the default) runs the groups one after another, each with all "
         "the threads; 'auto' runs the groups' calls side by side, one thread per group up to the run's threads, "
         "torch threads divided among them (1 each when groups >= threads), as Ray's actors do: faster under "
-        "load, not the default while one unexplained metrics difference in ~60 runs is open. A single group, "
+        "load, not the default while one unexplained metrics difference in ~65 runs is open. A single group, "
         "a single thread or a device other than cpu runs one after another (fedsim.threads.local_workers; "
         "docs/performance.md, 'Thread policy in-process')",
     )
