@@ -1,5 +1,6 @@
 """Where peer groups run: Ray actors (default; local or a cluster via ``engine.address``) or
-in-process objects with the same call pattern (``engine.backend: local``, for debugging).
+in-process objects with the same call pattern (``engine.backend: local``: one after another, or
+side by side in a pool of threads, ``engine.local_parallel``).
 
 Every Ray fedsim starts on this machine (``fedsim run``, ``fedsim sweep``, the probes' retraining
 runs) is started by :func:`init_ray`, which makes it private to this user: bound to 127.0.0.1,
@@ -27,6 +28,7 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -381,31 +383,79 @@ def _largest_node_cpus(ray: Any, default: int) -> int:
     return max([c for c in cpus if c > 0], default=default)
 
 
+class _LocalRef:
+    """The pending result of a call :class:`LocalBackend` runs in its threads (item ``index`` of a
+    call with ``num_returns > 1``); :meth:`LocalBackend.get` waits for it."""
+
+    def __init__(self, future: Future, index: int | None = None) -> None:
+        self._future, self._index = future, index
+
+    def result(self) -> Any:
+        out = self._future.result()  # (a call's exception is raised here, in the driver)
+        return out if self._index is None else out[self._index]
+
+
+def _resolved(value: Any) -> Any:
+    """``value``, or the result it stands for where it is a :class:`_LocalRef`: as on Ray, a call's
+    top-level arguments that are pending results are the results themselves by the time it runs."""
+    return value.result() if isinstance(value, _LocalRef) else value
+
+
 class _LocalCall:
-    def __init__(self, fn) -> None:
-        self._fn = fn
+    def __init__(self, fn, handle: _LocalHandle, num_returns: int = 1) -> None:
+        self._fn, self._handle, self._num_returns = fn, handle, num_returns
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        return self._fn(*args, **kwargs)
+        pool = self._handle._pool
+        if pool is None:  # one after another: the call runs now
+            return self._fn(*args, **kwargs)
+        # the arguments are resolved here, in the driver (no pool thread ever waits for another call),
+        # and an actor's calls run in the order they were made, one at a time, as a Ray actor's do
+        args = tuple(_resolved(a) for a in args)
+        kwargs = {k: _resolved(v) for k, v in kwargs.items()}
+        if self._handle._last is not None:
+            wait([self._handle._last])  # (its error, if any, is raised where its result is asked for)
+        future = self._handle._last = pool.submit(self._fn, *args, **kwargs)
+        if self._num_returns == 1:
+            return _LocalRef(future)
+        return tuple(_LocalRef(future, i) for i in range(self._num_returns))
 
-    def options(self, **_: Any) -> _LocalCall:
-        return self
+    def options(self, num_returns: int = 1, **_: Any) -> _LocalCall:
+        return _LocalCall(self._fn, self._handle, num_returns)
 
 
 class _LocalHandle:
-    def __init__(self, obj: Any) -> None:
-        self._obj = obj
+    def __init__(self, obj: Any, pool: ThreadPoolExecutor | None) -> None:
+        self._obj, self._pool = obj, pool
+        self._last: Future | None = None  # this actor's last call in the pool
 
     def __getattr__(self, name: str) -> _LocalCall:
-        return _LocalCall(getattr(self._obj, name))
+        return _LocalCall(getattr(self._obj, name), self)
 
 
 class LocalBackend:
+    """Peer groups in this process (``engine.backend: local``). ``workers`` 1: every call runs when
+    it is made, one group after another. ``workers`` > 1 (:func:`fedsim.threads.local_workers`,
+    ``engine.local_parallel``): the calls run in a pool of that many threads, so the groups' calls
+    of one phase run side by side, as Ray's actors do (each with :func:`fedsim.threads.group_threads`
+    torch threads; torch kernels release the GIL); ``.remote()`` returns a pending result and
+    :meth:`get` waits for it, a list's results in the list's order. The simulation still waits for
+    every group after each phase (``lazy`` False): the phases, their order and their timings are
+    the same as one after another. Actors are built at once, in the caller's thread."""
+
     name = "local"
-    lazy = False  # .remote() runs the call at once and returns its result
+    lazy = False  # the simulation waits for a phase before it starts the next (in-process order)
+    workers = 1
+    _pool: ThreadPoolExecutor | None = None  # (a subclass that skips __init__ runs one after another)
+
+    def __init__(self, workers: int = 1) -> None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers: expected an integer >= 1, got {workers!r}")
+        self.workers = workers
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fedsim-group") if workers > 1 else None
 
     def actor(self, cls: type, *args: Any, num_cpus: float = 1.0) -> Any:
-        return _LocalHandle(cls(*args))
+        return _LocalHandle(cls(*(_resolved(a) for a in args)), self._pool)
 
     def put(self, obj: Any) -> Any:
         return obj
@@ -414,10 +464,14 @@ class LocalBackend:
         pass
 
     def get(self, refs: Any) -> Any:
-        return refs
+        if isinstance(refs, list):
+            return [_resolved(r) for r in refs]
+        return _resolved(refs)
 
     def shutdown(self) -> None:
-        pass
+        """Wait for the calls still running (after an error in one group, the others') and end the threads."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
 
 class RayBackend:
@@ -451,5 +505,8 @@ class RayBackend:
             shutdown_ray(self.ray)
 
 
-def make_backend(kind: str, address: str | None, num_cpus: int | None = None) -> LocalBackend | RayBackend:
-    return LocalBackend() if kind == "local" else RayBackend(address, num_cpus)
+def make_backend(
+    kind: str, address: str | None, num_cpus: int | None = None, workers: int = 1
+) -> LocalBackend | RayBackend:
+    """The run's backend: in-process with ``workers`` threads (:class:`LocalBackend`), or Ray."""
+    return LocalBackend(workers) if kind == "local" else RayBackend(address, num_cpus)

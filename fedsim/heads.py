@@ -9,6 +9,7 @@ over peers. The gradient of the mean cross-entropy of a linear softmax head is c
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -124,14 +125,31 @@ def step(
 # from the heap, instead of head-sized tensors page-faulted in per group, round and step
 TRAIN_CHUNK_BYTES = 4 << 20
 
-_kept: dict[tuple[str, torch.dtype, torch.device], Tensor] = {}
+
+class KeptBuffers(threading.local):
+    """:func:`kept_buffer`'s buffers, one set per thread: in-process groups may run side by side
+    (``engine.local_parallel``, :class:`fedsim.backend.LocalBackend`), each call of a group in one
+    thread from start to end, so a thread's temporaries never overlap in time (a buffer shared by
+    the process would be written by two groups at once)."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple[str, torch.dtype, torch.device], Tensor] = {}
+
+
+_kept = KeptBuffers()
+
+
+def kept_buffers() -> dict[tuple[str, torch.dtype, torch.device], Tensor]:
+    """The calling thread's kept buffers by ``(slot, dtype, device)``."""
+    return _kept.buffers
 
 
 def kept_buffer(like: Tensor, slot: str = "grad") -> Tensor:
     """An uninitialized contiguous tensor shaped like ``like``, a view of one buffer kept for the
-    process per ``slot``, dtype and device (grown to the largest size asked for, never shrunk): for
-    a temporary that dies before the next call for the same slot asks again, allocated
-    (page-faulted in) once. Slots: ``"grad"`` (the weight gradient of :func:`local_steps`),
+    calling thread (:class:`KeptBuffers`: on Ray and one after another in-process, the process's
+    one) per ``slot``, dtype and device (grown to the largest size asked for, never shrunk): for
+    a temporary that dies before the next call for the same slot asks again in the same thread,
+    allocated (page-faulted in) once. Slots: ``"grad"`` (the weight gradient of :func:`local_steps`),
     ``"batch"`` (a chunk's gathered minibatch rows, :class:`PeerSlicedBatches`)."""
     return kept_empty(like.shape, like.dtype, like.device, slot)
 
@@ -140,10 +158,11 @@ def kept_empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype, device: 
     """:func:`kept_buffer` by shape, dtype and device."""
     numel = math.prod(shape)
     key = (slot, dtype, device)
-    buf = _kept.get(key)
+    kept = kept_buffers()
+    buf = kept.get(key)
     if buf is None or buf.numel() < numel:
-        _kept.pop(key, None)  # (the old one freed before the new one is allocated)
-        buf = _kept[key] = torch.empty(numel, dtype=dtype, device=device)
+        kept.pop(key, None)  # (the old one freed before the new one is allocated)
+        buf = kept[key] = torch.empty(numel, dtype=dtype, device=device)
     return buf[:numel].view(shape)
 
 

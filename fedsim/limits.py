@@ -171,16 +171,17 @@ def estimate_memory(
     gradient_peers: int | None = None,
 ) -> MemoryEstimate:
     """Memory of a run from its sizes. ``groups`` peer groups (actors), of which ``concurrent``
-    aggregate at once (all on Ray, one in-process); ``ray_actors`` Ray actor processes (0:
-    in-process); ``edges`` directed topology edges; ``message_bytes`` bytes of a sent value
-    (``engine.message_dtype``); ``concatenated``: each aggregating group concatenates every message
-    (the server, or a forging attack; decentralized groups otherwise gather heard rows only,
-    :class:`fedsim.routing.Rows`); ``batches``: :func:`minibatch_bytes`; ``padded``: :func:`padded_bytes`
-    (counted with the data); ``server_float64``: the federated server keeps a float64 ``[N, P]``
-    scratch of the messages for its rule (``Strategy.float64_input``, ``fedsim.server.Server._scratch``);
-    ``gradient_peers``: the peers whose gradient exists at once in each of the ``concurrent`` groups
+    aggregate at once (all on Ray; in-process :func:`fedsim.threads.local_workers`, 1 by default);
+    ``ray_actors`` Ray actor processes (0: in-process); ``edges`` directed topology edges;
+    ``message_bytes`` bytes of a sent value (``engine.message_dtype``); ``concatenated``: each
+    aggregating group concatenates every message (the server, or a forging attack; decentralized
+    groups otherwise gather heard rows only, :class:`fedsim.routing.Rows`); ``batches``:
+    :func:`minibatch_bytes`; ``padded``: :func:`padded_bytes` (counted with the data);
+    ``server_float64``: the federated server keeps a float64 ``[N, P]`` scratch of the messages for
+    its rule (``Strategy.float64_input``, ``fedsim.server.Server._scratch``); ``gradient_peers``: the
+    peers whose gradient exists at once in each of the ``concurrent`` groups
     (:func:`fedsim.heads.step_peers`: chunked local steps keep one chunk-sized gradient buffer per
-    process, ``fedsim.heads.kept_buffer``; default every peer's)."""
+    thread that runs groups, ``fedsim.heads.kept_buffer``; default every peer's)."""
     per_peer = 3 + int(adam) + int(consolidated)  # w+b, momentum, sent copy; Adam's v; CWR copy
     gradients = peers if gradient_peers is None else min(peers, gradient_peers * concurrent)
     heads = FLOAT * num_params * (peers * per_peer + gradients)

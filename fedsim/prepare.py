@@ -32,7 +32,7 @@ from fedsim.scenario import (
     strategy_params,
 )
 from fedsim.shards import held_classes
-from fedsim.threads import group_threads
+from fedsim.threads import group_count, group_threads
 from fedsim.topology import Topology
 
 
@@ -129,7 +129,7 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
         aggregate_chunk=sc.engine.aggregate_chunk,
         device=sc.engine.device if plan is None else "cpu",  # (a model section's device travels in its plan)
     )
-    actors = min(sc.engine.num_actors, n)
+    actors = group_count(sc)
     blocks = np.array_split(np.arange(n), actors)
     setups = [
         GroupSetup(first=int(b[0]), train_idx=[train[i] for i in b], val_idx=[val[i] for i in b],

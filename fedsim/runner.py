@@ -31,7 +31,7 @@ from fedsim.runfacts import exposure_of
 from fedsim.runfiles import Checkpointer, MetricsWriter, RoundFiles, parse_lines, run_summary, write_summary
 from fedsim.scenario import Scenario
 from fedsim.simulation import RoundRecord, Simulation
-from fedsim.threads import group_threads
+from fedsim.threads import group_threads, local_workers
 
 
 def message_window(sc: Scenario, prep: Prepared, absent: list[int] | None, run_probes: bool = True) -> int:
@@ -183,7 +183,8 @@ class Run:
     def _execute(self, callbacks: list[Callback], log, point: ResumePoint | None) -> dict[str, Any]:
         sc = self.sc
         prep = self.prepared = prepare(sc, log, self.absent, self.threads)
-        backend = make_backend(sc.engine.backend, sc.engine.address, local_ray_cpus(sc))
+        workers = local_workers(sc, self.threads)  # in-process groups side by side (1: one after another)
+        backend = make_backend(sc.engine.backend, sc.engine.address, local_ray_cpus(sc), workers)
         self._interrupt.requested = False
         self.groups, self.server, self.records = [], None, []
         started: list[Callback] = []
@@ -294,7 +295,7 @@ class Run:
             raise ValueError(f"continue_without: start={start} needs a state to start from")
         sc = self.sc.model_copy(update={"rounds": start + rounds})
         prep = prepare(sc, None, [peer])
-        backend = make_backend(sc.engine.backend, sc.engine.address, local_ray_cpus(sc))
+        backend = make_backend(sc.engine.backend, sc.engine.address, local_ray_cpus(sc), local_workers(sc))
         sim = None
         try:
             sim = Simulation(sc, prep, backend)

@@ -251,9 +251,10 @@ class EvaluationCfg(_Section):
 class EngineCfg(_Section):
     backend: Literal["ray", "local"] = Field(
         "ray",
-        description="'local' runs the same peer groups in this process, one after another, each with "
-        "num_actors x cpus_per_actor torch threads (at most the machine's CPUs): no Ray start-up, no "
-        "object-store copies, identical metrics (docs/performance.md: when it beats Ray on one machine)",
+        description="'local' runs the same peer groups in this process (side by side or one after another: "
+        "engine.local_parallel) with num_actors x cpus_per_actor torch threads in all (at most the machine's "
+        "CPUs): no Ray start-up, no object-store copies, identical metrics (docs/performance.md: when it beats "
+        "Ray on one machine)",
     )
     address: str | None = Field(
         None, description="Ray cluster address ('auto', 'ray://host:10001'); none: start locally"
@@ -276,6 +277,15 @@ class EngineCfg(_Section):
         64, ge=1, le=1_000_000,
         description="receivers aggregated per vectorised rule call: bounds the gathered in-neighbour tensors "
         "[chunk, n, P]; results do not depend on it",
+    )
+    local_parallel: Literal["auto", "off"] = Field(
+        "off",
+        description="engine.backend local: 'off' (the default) runs the groups one after another, each with all "
+        "the threads; 'auto' runs the groups' calls side by side, one thread per group up to the run's threads, "
+        "torch threads divided among them (1 each when groups >= threads), as Ray's actors do: faster under "
+        "load, not the default while one unexplained metrics difference in ~65 runs is open. A single group, "
+        "a single thread or a device other than cpu runs one after another (fedsim.threads.local_workers; "
+        "docs/performance.md, 'Thread policy in-process')",
     )
 
 

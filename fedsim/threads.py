@@ -48,12 +48,14 @@ def task_threads(cpus: int, jobs: int | None) -> int:
     return max(1, cpus // (jobs or cpus))
 
 
-def group_threads(sc: Scenario, budget: int | None = None) -> int:
-    """Torch threads of each peer group's process: ``budget`` where the caller gives one (a sweep
-    task's share of the CPUs, :func:`task_threads`), else ``engine.cpus_per_actor``; in-process
-    (``engine.backend: local``) the groups run one after another, so each may use
-    ``num_actors × cpus_per_actor``, at most the CPUs this process may use
-    (:func:`usable_cpus`)."""
+def group_count(sc: Scenario) -> int:
+    """Peer groups a run starts: ``engine.num_actors``, at most one per peer."""
+    return min(sc.engine.num_actors, sc.peers.count)
+
+
+def _total_threads(sc: Scenario, budget: int | None) -> int:
+    """Threads of the whole run in-process, or of each actor on Ray (the caller's ``budget``, else
+    ``engine.cpus_per_actor``; in-process ``num_actors × cpus_per_actor``, at most :func:`usable_cpus`)."""
     if budget is not None:
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
             raise ValueError(f"threads: expected an integer >= 1, got {budget!r}")
@@ -62,3 +64,26 @@ def group_threads(sc: Scenario, budget: int | None = None) -> int:
     if sc.engine.backend == "local":
         threads = min(threads * sc.engine.num_actors, usable_cpus())
     return max(1, int(threads))
+
+
+def local_workers(sc: Scenario, budget: int | None = None) -> int:
+    """In-process groups that run side by side (``engine.backend: local``; :class:`fedsim.backend.LocalBackend`'s
+    threads): one per group, at most one per thread of the run (:func:`group_threads`' total), where
+    ``engine.local_parallel`` is ``auto`` and the groups train on the CPU; 1 (one after another, as
+    before issue 19) on Ray, with ``off``, on another device, for a single group or a single thread."""
+    e = sc.engine
+    if e.backend != "local" or e.local_parallel == "off" or e.device != "cpu":
+        return 1
+    return max(1, min(group_count(sc), _total_threads(sc, budget)))
+
+
+def group_threads(sc: Scenario, budget: int | None = None) -> int:
+    """Torch threads of each peer group's process: ``budget`` where the caller gives one (a sweep
+    task's share of the CPUs, :func:`task_threads`), else ``engine.cpus_per_actor``; in-process
+    (``engine.backend: local``) the run's ``num_actors × cpus_per_actor``, at most the CPUs this
+    process may use (:func:`usable_cpus`), divided among the groups that run side by side
+    (:func:`local_workers`): 1 each where there are at least as many groups as threads (a tiny op
+    then runs inline in its group's thread instead of waiting for a second, busy core), all of them
+    where the groups run one after another. (Torch's thread count is per process: in-process every
+    group sets the same.)"""
+    return max(1, _total_threads(sc, budget) // local_workers(sc, budget))

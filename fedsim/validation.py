@@ -39,6 +39,7 @@ from fedsim.runplan import RunPlan
 from fedsim.schema import Scenario
 from fedsim.schema_errors import _messages, _show
 from fedsim.schema_sections import KIND_FIELDS, StrategyCfg
+from fedsim.threads import group_count, local_workers
 from fedsim.yamlsafe import plain_tree
 
 if TYPE_CHECKING:
@@ -386,11 +387,11 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], NoRetur
     except (ValueError, RuntimeError) as e:
         fail(f"backbone.name: {' '.join(str(e).split())[:200]} (dataset {sc.dataset.name!r})")
     t, n, c = sc.topology, sc.peers.count, info.num_classes
-    groups = min(sc.engine.num_actors, n)
+    groups = group_count(sc)
     per_group = -(-n // groups)
     on_ray = sc.engine.backend == "ray" and limits.local_ray_cpus(sc) is not None
     forged = forges(sc, attack)
-    concurrent = groups if sc.engine.backend == "ray" else 1
+    concurrent = groups if sc.engine.backend == "ray" else local_workers(sc)  # in-process: side by side or one
     try:  # the run's figure (the canaries included: fedsim.runfacts.largest_shard)
         largest = None if part is None or sc.model.whole else largest_shard(sc, part)
     except ValueError:  # a probe's malformed canaries or leaver: _check_probes names the key

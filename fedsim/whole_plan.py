@@ -18,6 +18,7 @@ from torch import Tensor
 import strategies
 from fedsim.models.trainable import ModelPlan, num_layers, split
 from fedsim.stacked import NORM, StackedModel, resolve_batching
+from fedsim.threads import group_count, local_workers
 
 if TYPE_CHECKING:
     from fedsim.data.arrays import DatasetInfo
@@ -172,9 +173,9 @@ def _estimate(sc: Scenario, info: DatasetInfo, attack: Any) -> tuple[Any, int, t
         suffix(x)
     for h in hooks:
         h.remove()
-    groups = min(sc.engine.num_actors, sc.peers.count)
+    groups = group_count(sc)
     per_group = math.ceil(sc.peers.count / groups)
-    concurrent = groups if sc.engine.backend == "ray" else 1
+    concurrent = groups if sc.engine.backend == "ray" else local_workers(sc)
     activations = limits.FLOAT * sum(sizes) * sc.training.batch_size * per_group * concurrent * 3
     # the shifted run's training rows are each peer's own (partitions are disjoint: at most n_train)
     test_sets = max(1, len(used_domains(sc.peers.count, sc.dataset.domains)))

@@ -43,7 +43,7 @@ def _steps(g: PeerGroup, cfg: TrainingCfg, round_: int, rows, chunk_major: bool)
 
 @pytest.mark.parametrize("lr,momentum", [(1.0, 0.0), (1.0, 0.9), (0.3, 0.0), (0.3, 0.5)])
 def test_chunk_major_steps_equal_whole_group_steps(small_scenario, monkeypatch, lr, momentum):
-    monkeypatch.setattr(heads, "_kept", {})
+    monkeypatch.setattr(heads, "_kept", heads.KeptBuffers())
     gathered = _group(small_scenario, **{"training.batch_size": 5})
     other = _group(small_scenario, **{"training.batch_size": 3, "training.local_steps": 2})  # other buffer shapes
     padded = _group(small_scenario, **{"peers.count": 200, "training.batch_size": 32})
@@ -62,7 +62,8 @@ def test_chunk_major_steps_equal_whole_group_steps(small_scenario, monkeypatch, 
                 assert all(torch.equal(u, v) for u, v in zip(got, want, strict=True))
                 seen.append(got[0])
     assert not torch.equal(seen[0], seen[-2])  # different rounds, different heads
-    assert set(k[0] for k in heads._kept) == {"grad", "batch"}  # the gathered rows went through the kept buffer
+    # the gathered rows went through the kept buffer
+    assert set(k[0] for k in heads.kept_buffers()) == {"grad", "batch"}
 
 
 def test_chunk_major_parts_are_the_whole_group_batch_rows(small_scenario):

@@ -81,9 +81,9 @@ def test_local_steps_hold_one_gradient_at_a_time(monkeypatch, weight_decay):
 @pytest.mark.parametrize("bias", [True, False])
 def test_chunked_steps_equal_whole_group_steps_and_reuse_one_gradient_buffer(monkeypatch, bias):
     """chunked=True: SGD steps over chunks of peers (here 2 of 4 x 5 floats: a last partial chunk),
-    the gradient in heads.kept_buffer, one tensor for the process (grown for larger chunks, never
+    the gradient in heads.kept_buffer, one tensor for the calling thread (grown for larger chunks, never
     shrunk), reused by the next call; heads, momentum and loss equal the whole group's steps."""
-    monkeypatch.setattr(heads, "_kept", {})
+    monkeypatch.setattr(heads, "_kept", heads.KeptBuffers())
     cfg = TrainingCfg(lr=0.1, momentum=0.9)
     ptrs: set[int] = set()
     real = heads.ce_grad
@@ -110,10 +110,10 @@ def test_chunked_steps_equal_whole_group_steps_and_reuse_one_gradient_buffer(mon
         assert all(torch.equal(u, v) for u, v in zip(got, want, strict=True))
         assert torch.equal(opt_got.m_w, opt_want.m_w) and torch.equal(opt_got.m_b, opt_want.m_b)
         assert torch.equal(loss_got, loss_want)
-        kept = heads._kept[("grad", torch.float32, torch.device("cpu"))]
+        kept = heads.kept_buffers()[("grad", torch.float32, torch.device("cpu"))]
         assert kept.numel() == largest * 4 * 5 and kept_ptrs == {kept.data_ptr()}
         assert not any(kept.data_ptr() == t.data_ptr() for t in (*got, opt_got.m_w))
-    assert len(heads._kept) == 1
+    assert len(heads.kept_buffers()) == 1
 
 
 def _encoded(flat: torch.Tensor, dtype: str) -> np.ndarray:

@@ -79,6 +79,68 @@ def test_in_process_groups_get_the_cpus_this_process_may_use_not_the_machines(sm
     assert group_threads(sc) == 4
 
 
+AUTO = {"local_parallel": "auto"}
+
+
+@pytest.mark.parametrize(
+    ("engine", "cpus", "budget", "workers", "threads"),
+    [
+        ({"num_actors": 2, **AUTO}, 2, None, 2, 1),  # side by side: one torch thread each, the op runs inline
+        ({"num_actors": 4, **AUTO}, 2, None, 2, 1),  # more groups than CPUs: as many at once as CPUs
+        ({"num_actors": 2, **AUTO}, 8, None, 2, 1),  # num_actors x cpus_per_actor threads in all, as before
+        ({"num_actors": 2, "cpus_per_actor": 4, **AUTO}, 8, None, 2, 4),
+        ({"num_actors": 2, "cpus_per_actor": 3, **AUTO}, 2, None, 2, 1),  # at most the usable CPUs
+        ({"num_actors": 4, **AUTO}, 8, 2, 2, 1),  # a sweep task's budget is the run's threads in all
+        ({"num_actors": 2, **AUTO}, 1, None, 1, 1),  # one usable CPU: one after another, as before
+        ({"num_actors": 1, "cpus_per_actor": 2, **AUTO}, 2, None, 1, 2),  # a single group: all its threads
+        ({"num_actors": 2, "local_parallel": "off"}, 2, None, 1, 2),
+        ({"num_actors": 2}, 2, None, 1, 2),  # the default: one after another, as before issue 19
+        ({"num_actors": 2, "backend": "ray", **AUTO}, 2, None, 1, 1),  # Ray: one per actor, its own process
+    ],
+)
+def test_in_process_groups_side_by_side_divide_the_threads(small_scenario, monkeypatch, engine, cpus, budget,
+                                                           workers, threads):
+    """fedsim.threads.local_workers (the LocalBackend's pool) and group_threads (each group's torch
+    threads) from one rule: workers x threads never exceeds the run's threads."""
+    from fedsim.scenario import parse
+    from fedsim.threads import local_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    sc = parse(small_scenario(engine={"backend": "local", **engine}))
+    assert (local_workers(sc, budget), group_threads(sc, budget)) == (workers, threads)
+
+
+def test_a_run_uses_the_workers_and_threads_threads_decides(small_scenario, monkeypatch, tmp_path):
+    """The runner builds its LocalBackend with fedsim.threads.local_workers, and the groups set
+    group_threads torch threads: side by side on 2 CPUs, 1 each."""
+    import torch
+
+    import fedsim.runner
+    from fedsim.backend import LocalBackend
+    from fedsim.scenario import parse
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    made: list[int] = []
+
+    class Spy(LocalBackend):
+        def __init__(self, workers: int = 1) -> None:
+            made.append(workers)
+            super().__init__(workers)
+
+    monkeypatch.setattr(fedsim.runner, "make_backend", lambda kind, address, cpus, workers: Spy(workers))
+    before = torch.get_num_threads()
+    try:
+        from fedsim.runner import Run
+
+        run = Run(parse(small_scenario(rounds=1, **{"engine.local_parallel": "auto"})), tmp_path / "r")
+        run.create_dir()
+        run.execute()
+        assert made == [2] and torch.get_num_threads() == 1
+        assert all(s.threads == 1 for s in run.prepared.setups)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_local_sweep_passes_the_free_cpus_or_the_given_threads(tmp_path, monkeypatch):
     import yaml
 
