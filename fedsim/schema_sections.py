@@ -252,7 +252,8 @@ class EngineCfg(_Section):
     backend: Literal["ray", "local"] = Field(
         "ray",
         description="'local' runs the same peer groups in this process, one after another, each with "
-        "num_actors x cpus_per_actor torch threads (at most the machine's CPUs): no Ray start-up, no "
+        "num_actors x cpus_per_actor torch threads (at most the machine's CPUs; a model section on the CPU: 1, "
+        "fedsim.threads.fixed_threads): no Ray start-up, no "
         "object-store copies, identical metrics (docs/performance.md: when it beats Ray on one machine)",
     )
     address: str | None = Field(

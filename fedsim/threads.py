@@ -12,6 +12,8 @@ one thread each (docs/performance.md)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -53,12 +55,41 @@ def group_threads(sc: Scenario, budget: int | None = None) -> int:
     task's share of the CPUs, :func:`task_threads`), else ``engine.cpus_per_actor``; in-process
     (``engine.backend: local``) the groups run one after another, so each may use
     ``num_actors × cpus_per_actor``, at most the CPUs this process may use
-    (:func:`usable_cpus`)."""
+    (:func:`usable_cpus`). A model section on the CPU (``sc.model.whole``, ``engine.device: cpu``)
+    always gets 1 (:func:`fixed_threads`)."""
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+        raise ValueError(f"threads: expected an integer >= 1, got {budget!r}")
+    if fixed_threads(sc):
+        return 1
     if budget is not None:
-        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-            raise ValueError(f"threads: expected an integer >= 1, got {budget!r}")
         return budget
     threads = sc.engine.cpus_per_actor
     if sc.engine.backend == "local":
         threads = min(threads * sc.engine.num_actors, usable_cpus())
     return max(1, int(threads))
+
+
+def fixed_threads(sc: Scenario) -> bool:
+    """Whether the run's groups compute on exactly one torch thread, whatever the layout: a model
+    section (``fedsim.whole``) on the CPU. Its kernels split reductions over the threads they get
+    (oneDNN's convolution weight gradient, a linear layer's over a large batch), so their results
+    differ at float rounding with the thread count, and the thread count otherwise depends on the
+    layout (``num_actors × cpus_per_actor`` in-process, ``cpus_per_actor`` on Ray, a sweep's budget).
+    On one thread a peer's numbers are the same in every layout (docs/whole-model.md, "Layout").
+    The linear heads' batched products gave the same bits on 1 and 2 threads: they keep the policy above."""
+    return bool(sc.model.whole) and sc.engine.device == "cpu"
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` inside the block, and back to what they were after."""
+    import torch
+
+    before = torch.get_num_threads()
+    if before != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
