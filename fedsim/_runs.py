@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from fedsim.errors import ScenarioError
+from fedsim.yamlsafe import read_yaml
 
 # Scenario keys that never distinguish runs in a table or a figure (they do not change results
 # or are bookkeeping): the run's name, where it ran, where it wrote.
@@ -179,11 +180,30 @@ class RunData:
             return None
 
 
+SCENARIO_FILE = "scenario.yaml"
+
+
+def recorded_scenario(path: Path) -> dict[str, Any]:
+    """The scenario a run directory ``path`` recorded (its ``scenario.yaml``) as plain data, read
+    by the bounded reader every scenario file goes through (:func:`fedsim.yamlsafe.read_yaml`:
+    size, depth and value caps, duplicate keys refused, one-line
+    :class:`~fedsim.errors.ScenarioError`); an empty file is ``{}``, anything but a mapping is
+    refused in one line. Not parsed into a :class:`fedsim.scenario.Scenario`: the run may need a
+    plugin, or predate a field."""
+    file = Path(path) / SCENARIO_FILE
+    data = read_yaml(file)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{file}: holds a {type(data).__name__}, not a scenario (a mapping of sections)")
+    return data
+
+
 def load_run(path: Path) -> RunData:
-    """Read one run directory (``scenario.yaml`` may be missing: then the scenario is ``{}``)."""
+    """Read one run directory (``scenario.yaml`` may be missing: then the scenario is ``{}``;
+    else :func:`recorded_scenario`)."""
     path = Path(path)
-    sc_path = path / "scenario.yaml"
-    scenario = (yaml.safe_load(sc_path.read_text()) or {}) if sc_path.exists() else {}
+    scenario = recorded_scenario(path) if (path / SCENARIO_FILE).exists() else {}
     summary = None
     if (path / "summary.json").exists():
         try:

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import yaml
 
 from fedsim import rundir
 from fedsim import scenario as sc_mod
+from fedsim._runs import SCENARIO_FILE, recorded_scenario
 from fedsim.errors import FedsimError
 from fedsim.runfiles import read_history, read_records
 from fedsim.scenario import Scenario
@@ -57,7 +57,12 @@ class RunResult:
     ``records``: the :class:`~fedsim.simulation.RoundRecord` of every round run in this process
     (metrics and phase timings); for :func:`load_run`, every round read back from ``metrics.jsonl``
     and ``timings.jsonl`` (:func:`fedsim.runfiles.read_records`: metrics as written, strict JSON;
-    no ``messages``; empty where the timings lack a round's phases)."""
+    no ``messages``; empty where the timings lack a round's phases).
+    ``scenario``: for :func:`run`, the :class:`~fedsim.scenario.Scenario` that ran; for
+    :func:`load_run`, the plain ``dict`` its ``scenario.yaml`` records (equal to that object's
+    ``model_dump(mode="json")``), not parsed again: reading a run must not need the plugins it
+    was made with, nor fail on a field a later fedsim no longer has. ``fedsim.scenario.parse(d)``
+    makes the object (its plugins imported first)."""
 
     dir: Path
     scenario: Scenario | dict[str, Any]
@@ -208,14 +213,16 @@ def load_run(path: str | Path) -> RunResult:
     path = Path(path)
     if not rundir.is_run_dir(path):
         raise RunResultError(f"{path} is not a fedsim run directory (no {rundir.MARKER})")
+    if not (path / SCENARIO_FILE).exists():
+        raise RunResultError(f"{path}: {SCENARIO_FILE} is missing; the run did not start")
     try:
-        scenario = yaml.safe_load((path / "scenario.yaml").read_text()) or {}
+        scenario = recorded_scenario(path)  # a dict, as written: the run may need a plugin (RunResult)
         history = read_history(path / rundir.METRICS)
         summary_path = path / rundir.SUMMARY
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
     except FileNotFoundError as e:
         raise RunResultError(f"{path}: {Path(e.filename).name} is missing; the run did not start") from None
-    except (OSError, ValueError, yaml.YAMLError) as e:
+    except (OSError, ValueError) as e:  # ScenarioError is a ValueError
         raise RunResultError(f"{path}: cannot read the run ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     from fedsim.runfacts import EXPOSURE_KEYS
 

@@ -44,6 +44,14 @@ def _read_only(a: np.ndarray) -> Tensor:
         return torch.from_numpy(np.asarray(a))
 
 
+def counted_losses(loss: Tensor, counted: np.ndarray) -> np.ndarray:
+    """The train losses ``loss [k]`` of the hosted peers in ``counted`` (bool ``[k]``: honest, and
+    trained this round), float32 in peer order: a group reports them unsummed and the driver sums
+    every group's at once (:func:`fedsim.simulation.train_loss_sum`), so the recorded train loss
+    does not depend on how peers are grouped (a per-group float32 sum did, at float rounding)."""
+    return loss.detach().cpu()[torch.from_numpy(np.asarray(counted, dtype=bool))].numpy().astype(np.float32)
+
+
 class PeerGroup(MinibatchDraws, GossipAggregation):
     """Hosts peers ``first .. first+len(train_idx)-1``; see the module docstring."""
 
@@ -241,9 +249,9 @@ class PeerGroup(MinibatchDraws, GossipAggregation):
 
     def train(
         self, round_: int, global_params: np.ndarray | None = None, sampled: np.ndarray | None = None
-    ) -> tuple[np.ndarray, float]:
-        """Local steps for every hosted peer; returns their flattened heads and the summed train
-        loss of the honest ones. ``sampled`` (bool ``[N]``, federated client sampling): only those
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Local steps for every hosted peer; returns their flattened heads and the train losses of
+        the honest ones (:func:`counted_losses`). ``sampled`` (bool ``[N]``, federated client sampling): only those
         peers take the global model and train; the others' heads and optimizer buffers are left as
         they were (their rows are still returned, and the server ignores them)."""
         if sampled is not None and not bool(sampled[self.ids].all()):
@@ -261,8 +269,7 @@ class PeerGroup(MinibatchDraws, GossipAggregation):
         loss = self._local_steps(self.tw, self.tb, self.opt, batches)
         if self.cwr:  # ... and keep only the rows of the classes each peer holds
             heads.consolidate(self.w, self.b, self.tw, self.tb, self.held_on_device)
-        honest = ~self.is_byz
-        return self._message(), float(loss.cpu()[torch.from_numpy(honest)].sum()) if honest.any() else 0.0
+        return self._message(), counted_losses(loss, ~self.is_byz)
 
     def _start_trained_copy(self) -> None:
         """CWR's trained copies ``tw, tb := w, b``: copied into the kept tensors (allocated once)."""
@@ -279,7 +286,9 @@ class PeerGroup(MinibatchDraws, GossipAggregation):
         if self.cwr and self.tw_stale:
             self.tw, self.tb = self.tw.new_empty(0), self.tb.new_empty(0)
 
-    def _train_rows(self, round_: int, global_params: np.ndarray | None, rows: np.ndarray) -> tuple[np.ndarray, float]:
+    def _train_rows(
+        self, round_: int, global_params: np.ndarray | None, rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`train` for the hosted peers ``rows`` only (local indices). Minibatches are keyed by
         peer id, so a sampled peer trains exactly as it would in a full round. Adam's step count
         ``t`` is one per group: it advances by ``local_steps`` every round, trained or not, so it
@@ -288,7 +297,7 @@ class PeerGroup(MinibatchDraws, GossipAggregation):
         steps = self.s.training.local_steps
         if len(rows) == 0:
             self.opt.t += steps if self.opt.v_w is not None else 0
-            return self.params(), 0.0
+            return self.params(), np.zeros(0, dtype=np.float32)
         idx = torch.from_numpy(rows).to(self.device)
         if self.keep_previous:  # sampled rows train below from their current heads; the others keep theirs
             self.previous = torch.from_numpy(self.params().copy())
@@ -317,8 +326,7 @@ class PeerGroup(MinibatchDraws, GossipAggregation):
         o.m_w[idx], o.m_b[idx], o.t = sub.m_w, sub.m_b, sub.t
         if o.v_w is not None:
             o.v_w[idx], o.v_b[idx] = sub.v_w, sub.v_b
-        honest = torch.from_numpy(~self.is_byz[rows])
-        return self.params(), float(loss.cpu()[honest].sum()) if bool(honest.any()) else 0.0
+        return self.params(), counted_losses(loss, ~self.is_byz[rows])
 
     def _recording(self, batches):
         """Pass the batches through, first recording the leaver's minibatch gradient at its current head

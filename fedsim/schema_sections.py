@@ -253,8 +253,8 @@ class EngineCfg(_Section):
         "ray",
         description="'local' runs the same peer groups in this process (side by side or one after another: "
         "engine.local_parallel) with num_actors x cpus_per_actor torch threads in all (at most the machine's "
-        "CPUs): no Ray start-up, no object-store copies, identical metrics (docs/performance.md: when it beats "
-        "Ray on one machine)",
+        "CPUs; a model section on the CPU: 1, fedsim.threads.fixed_threads): no Ray start-up, no object-store "
+        "copies, identical metrics (docs/performance.md: when it beats Ray on one machine)",
     )
     address: str | None = Field(
         None, description="Ray cluster address ('auto', 'ray://host:10001'); none: start locally"

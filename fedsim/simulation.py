@@ -30,6 +30,7 @@ from fedsim.round_record import PHASES, RoundRecord  # noqa: F401  (re-exported)
 from fedsim.runfacts import sends_per_round
 from fedsim.scenario import Scenario, sampled_clients
 from fedsim.server import Server
+from fedsim.threads import torch_threads
 
 if TYPE_CHECKING:
     from fedsim.prepare import Prepared
@@ -225,11 +226,30 @@ def is_eval_round(sc: Scenario, r: int) -> bool:
     return (r + 1) % sc.evaluation.every == 0 or r == sc.rounds - 1
 
 
-def round_metrics(sc: Scenario, prep: Prepared, r: int, losses: Sequence[float], stats: Sequence[Mapping[str, int]],
-                  sampled: np.ndarray | None = None) -> dict[str, Any]:
-    """Round ``r``'s metrics record before evaluation: ``losses`` are sums of honest peers' train
-    losses (one per group, or one in all), ``stats`` the aggregators' ``dropped``/``skipped``
-    counts, ``sampled`` the clients this round trained (None: all)."""
+def train_loss_sum(losses: Sequence[np.ndarray]) -> float:
+    """The summed train loss of the peers in ``losses``: each group's float32 losses of its honest
+    peers that trained, groups in peer order (they host consecutive peers). One float32 sum over all
+    of them in peer order, on one torch thread (above 32,768 values torch splits a sum over its
+    threads): the same bits however peers are spread over groups and threads. With one group this
+    is the sum that group used to return."""
+    flat = [np.asarray(v, dtype=np.float32).reshape(-1) for v in losses]
+    v = torch.from_numpy(np.concatenate(flat)) if flat else torch.zeros(0)
+    with torch_threads(1):
+        return float(v.sum())
+
+
+def round_metrics(
+    sc: Scenario,
+    prep: Prepared,
+    r: int,
+    losses: Sequence[np.ndarray],
+    stats: Sequence[Mapping[str, int]],
+    sampled: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Round ``r``'s metrics record before evaluation: ``losses`` are the honest peers' train losses
+    that :meth:`PeerGroup.train` returns (one array per group in peer order, or one in all; summed
+    by :func:`train_loss_sum`), ``stats`` the aggregators' ``dropped``/``skipped`` counts,
+    ``sampled`` the clients this round trained (None: all)."""
     bpm = prep.bytes_per_message
     honest_ids = np.flatnonzero(~np.asarray(prep.byzantine, dtype=bool))
     deg = sends_per_round(sc, prep.info["mean_in_degree"])
@@ -238,7 +258,7 @@ def round_metrics(sc: Scenario, prep: Prepared, r: int, losses: Sequence[float],
     rec: dict[str, Any] = {
         "round": r,
         "group": "honest",
-        "train_loss": round(float(sum(losses) / max(trainers, 1)), 6),
+        "train_loss": round(train_loss_sum(losses) / max(trainers, 1), 6),
         "dropped": sum(s["dropped"] for s in stats),
         "skipped": sum(s["skipped"] for s in stats),
         "bytes_sent_per_peer": int(deg * bpm),

@@ -18,9 +18,7 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from fedsim._runs import comparable, flatten, fmt_value
+from fedsim._runs import SCENARIO_FILE, comparable, flatten, fmt_value, recorded_scenario
 from fedsim.scenario import (
     ScenarioError,
     check_plugins_granted,
@@ -239,10 +237,9 @@ def check_existing(plan: SweepPlan) -> list[str]:
     """Run folders whose recorded scenario differs from the planned one (would be reused wrongly)."""
     bad = []
     for r in plan.runs:
-        p = r.dir / "scenario.yaml"
-        if not p.exists():
+        if not (r.dir / SCENARIO_FILE).exists():
             continue
-        old = _comparable(yaml.safe_load(p.read_text()) or {})
+        old = _comparable(recorded_scenario(r.dir))  # the bounded reader, as for every scenario file
         new = _comparable(parse(copy.deepcopy(r.data)).model_dump(mode="json"))
         diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
         if diff:

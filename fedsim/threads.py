@@ -12,6 +12,8 @@ one thread each (docs/performance.md)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -56,9 +58,9 @@ def group_count(sc: Scenario) -> int:
 def _total_threads(sc: Scenario, budget: int | None) -> int:
     """Threads of the whole run in-process, or of each actor on Ray (the caller's ``budget``, else
     ``engine.cpus_per_actor``; in-process ``num_actors × cpus_per_actor``, at most :func:`usable_cpus`)."""
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+        raise ValueError(f"threads: expected an integer >= 1, got {budget!r}")
     if budget is not None:
-        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-            raise ValueError(f"threads: expected an integer >= 1, got {budget!r}")
         return budget
     threads = sc.engine.cpus_per_actor
     if sc.engine.backend == "local":
@@ -85,5 +87,35 @@ def group_threads(sc: Scenario, budget: int | None = None) -> int:
     (:func:`local_workers`): 1 each where there are at least as many groups as threads (a tiny op
     then runs inline in its group's thread instead of waiting for a second, busy core), all of them
     where the groups run one after another. (Torch's thread count is per process: in-process every
-    group sets the same.)"""
-    return max(1, _total_threads(sc, budget) // local_workers(sc, budget))
+    group sets the same.) A model section on the CPU (``sc.model.whole``, ``engine.device: cpu``)
+    always gets 1 (:func:`fixed_threads`)."""
+    total = _total_threads(sc, budget)  # (a bad budget is refused first)
+    if fixed_threads(sc):
+        return 1
+    return max(1, total // local_workers(sc, budget))
+
+
+def fixed_threads(sc: Scenario) -> bool:
+    """Whether the run's groups compute on exactly one torch thread, whatever the layout: a model
+    section (``fedsim.whole``) on the CPU. Its kernels split reductions over the threads they get
+    (oneDNN's convolution weight gradient, a linear layer's over a large batch), so their results
+    differ at float rounding with the thread count, and the thread count otherwise depends on the
+    layout (``num_actors × cpus_per_actor`` in-process, ``cpus_per_actor`` on Ray, a sweep's budget).
+    On one thread a peer's numbers are the same in every layout (docs/whole-model.md, "Layout").
+    The linear heads' batched products gave the same bits on 1 and 2 threads: they keep the policy above."""
+    return bool(sc.model.whole) and sc.engine.device == "cpu"
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` inside the block, and back to what they were after."""
+    import torch
+
+    before = torch.get_num_threads()
+    if before != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)

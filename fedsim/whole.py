@@ -65,7 +65,7 @@ import strategies
 from fedsim.device import resolve
 from fedsim.group_setup import GroupSetup
 from fedsim.models.trainable import ModelPlan, split
-from fedsim.peers import PeerGroup
+from fedsim.peers import PeerGroup, counted_losses
 from fedsim.server import Server
 from fedsim.stacked import FlatOptimizerState, StackedModel, accuracy_and_loss, optimizer_step
 from fedsim.whole_plan import Exchange
@@ -191,12 +191,13 @@ class WholePeerGroup(PeerGroup):
 
     def train(
         self, round_: int, global_params: np.ndarray | None = None, sampled: np.ndarray | None = None
-    ) -> tuple[np.ndarray, float]:
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``exchange: params``: ``local_steps`` optimizer steps, returns ``θ [p, P]``;
-        ``gradients``: the gradient of one minibatch at ``θ``, returned unapplied. Also the summed
-        loss of the honest hosted peers (last step's minibatch). ``sampled`` (bool ``[N]``, federated
-        client sampling): the other hosted peers' parameters and optimizer buffers are restored
-        after the (batched) step, so they are left as they were; their rows are still returned."""
+        ``gradients``: the gradient of one minibatch at ``θ``, returned unapplied. Also the losses
+        of the honest hosted peers that trained (last step's minibatch; :func:`counted_losses`).
+        ``sampled`` (bool ``[N]``, federated client sampling): the other hosted peers' parameters and
+        optimizer buffers are restored after the (batched) step, so they are left as they were;
+        their rows are still returned."""
         keep = None
         if sampled is not None and not bool(sampled[self.ids].all()):
             rows = torch.from_numpy(np.flatnonzero(~sampled[self.ids])).to(self.device)
@@ -217,8 +218,8 @@ class WholePeerGroup(PeerGroup):
                 if v is not None and self.fopt.v is not None:
                     self.fopt.v[rows] = v
 
-    def _train(self, round_: int, counted: np.ndarray) -> tuple[np.ndarray, float]:
-        """:meth:`train`'s step(s) for every hosted peer; the loss is summed over ``counted`` (bool ``[p]``)."""
+    def _train(self, round_: int, counted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`train`'s step(s) for every hosted peer; the losses of ``counted`` (bool ``[p]``)."""
         steps = 1 if self.gradients or self.dpsgd else self.s.training.local_steps
         loss = torch.zeros(self.p)
         out: Tensor | None = None
@@ -234,7 +235,7 @@ class WholePeerGroup(PeerGroup):
             self._own_grad = out
         sent = self.exchange.pack(out if out is not None else self.model.theta, self.model.stats())
         msg = sent.detach().cpu().numpy().copy()
-        return msg, float(loss.detach().cpu()[torch.from_numpy(counted)].sum()) if counted.any() else 0.0
+        return msg, counted_losses(loss, counted)
 
     # ------------------------------------------------------------------ aggregation contexts
     def _ctx(self, j: int, round_: int, f: int, root: Tensor | None, seed: int,

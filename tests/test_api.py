@@ -113,6 +113,36 @@ def test_load_run_refuses_what_is_not_a_run(tmp_path):
         fedsim.load_run(tmp_path)
 
 
+def test_load_run_reads_the_scenario_with_the_bounded_reader(small_scenario, tmp_path):
+    """``load_run(dir).scenario`` is the dict ``scenario.yaml`` records (the run's Scenario dumped as
+    JSON); the file goes through fedsim.yamlsafe.read_yaml like every scenario file: a duplicate key,
+    a file over the size cap or a non-mapping is one RunResultError line, nothing returned."""
+    from fedsim._runs import load_run as read_run_dir
+    from fedsim.yamlsafe import MAX_YAML_BYTES
+
+    r = fedsim.run(small_scenario(rounds=1), out=tmp_path / "o")
+    got = fedsim.load_run(r.dir)
+    assert isinstance(got.scenario, dict) and got.scenario == r.scenario.model_dump(mode="json")
+    assert parse(got.scenario) == r.scenario  # the object, made from the dict
+    path = r.dir / "scenario.yaml"
+    text = path.read_text()
+    for bad, msg in (
+        (text + "rounds: 400\n", "duplicate key 'rounds'"),
+        ("- 1\n- 2\n", "holds a list, not a scenario"),
+        ("#" * (MAX_YAML_BYTES + 1), "scenario files are at most"),
+        ("x: " + "[" * 40 + "]" * 40 + "\n", "nested deeper than"),
+    ):
+        path.write_text(bad)
+        with pytest.raises(RunResultError, match=msg) as e:
+            fedsim.load_run(r.dir)
+        assert "\n" not in str(e.value) and str(r.dir) in str(e.value)
+        with pytest.raises(ScenarioError, match=msg):  # fedsim report / plot read runs the same way
+            read_run_dir(r.dir)
+    path.unlink()
+    with pytest.raises(RunResultError, match="scenario.yaml is missing; the run did not start"):
+        fedsim.load_run(r.dir)
+
+
 def test_to_pandas_indexes_by_round(small_scenario, tmp_path):
     pd = pytest.importorskip("pandas")
     df = fedsim.run(small_scenario(rounds=2), out=tmp_path / "o").to_pandas()

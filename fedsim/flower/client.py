@@ -150,7 +150,7 @@ class FedsimPeer:
         message to send (``None``: this Byzantine device stays silent) and the train loss."""
         params, loss = self.group.train(round_, common.as_head(global_head)[None])
         own = torch.from_numpy(params[0].copy())
-        return self._forge(round_, own), float(loss)
+        return self._forge(round_, own), float(loss.sum())  # its own loss; 0.0 for a Byzantine device
 
     def _forge(self, round_: int, own: torch.Tensor) -> np.ndarray | None:
         import attacks

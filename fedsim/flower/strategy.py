@@ -64,7 +64,14 @@ from fedsim.flower.replies import ReplyCheck, validation_sizes
 from fedsim.flower.serverfiles import ServerFiles
 from fedsim.runfiles import run_summary
 from fedsim.scenario import Scenario, sampled_clients
-from fedsim.simulation import RoundRecord, accuracy_fields, global_head_scores, is_eval_round, round_metrics
+from fedsim.simulation import (
+    RoundRecord,
+    accuracy_fields,
+    global_head_scores,
+    is_eval_round,
+    round_metrics,
+    train_loss_sum,
+)
 
 
 class Stopped(Exception):  # noqa: N818 - control flow, never shown: run_server turns it into a result
@@ -236,10 +243,11 @@ class FedsimStrategy(Strategy):
             stats = {"dropped": self.n - valid, "skipped": 1}
             LOG.warning("round %d: %d valid updates, fewer than min-replies=%d; the global head is unchanged",
                         round_, valid, self.min_replies)
-        honest_sum = sum(v for pid, v in losses.items() if self.honest[pid])
+        honest = np.array([losses[pid] for pid in sorted(losses) if self.honest[pid]], dtype=np.float32)
+        honest_sum = train_loss_sum([honest])
         counts = {"dropped": int(stats["dropped"]), "skipped": int(stats["skipped"])}
-        # the simulation's record of the round (one group: all honest devices' losses summed)
-        self._rec = round_metrics(self.sc, self.prep, round_, [honest_sum], [counts])
+        # the simulation's record of the round (one group: all honest devices' losses, in peer order)
+        self._rec = round_metrics(self.sc, self.prep, round_, [honest], [counts])
         self._rec |= {"received": received, "rejected": rejected, "quorum": quorum}
         self._t_aggregated = self.clock()
         self._phases = {"train": t_replies - self._t_round, "aggregate": self._t_aggregated - t_agg}
