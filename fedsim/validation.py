@@ -184,6 +184,7 @@ def ignored_fields(sc: Scenario, built: tuple[Any, Any] | None = None) -> list[s
                 hint = (": remove it, or with --set give the whole section, e.g. "
                         f"--set '{path}={{{spec.kind}: {kind}}}'"
                         if spec.kind in fields else "")  # (a derived kind, e.g. the attack's, is not set)
+                hint = f": {spec.hint}" if spec.hint else hint
                 errors.append(f"{path}.{field}: used only by {noun} {', '.join(kinds)} "
                               f"(this {path.rsplit('.', 1)[-1]} is {kind}){hint}")
     return errors + _unread_f(sc, rule, attack) + _unread_omniscient(sc, attack)
