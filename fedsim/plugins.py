@@ -90,15 +90,19 @@ def check_granted(entries: Iterable[str] | None) -> None:
 
 def merge(listed: Iterable[str] | None, granted: Iterable[str]) -> list[str]:
     """A scenario's ``plugins:`` (``listed``) with the ``granted`` entries it does not list yet
-    appended (compared normalised), so the run records every plugin it imports."""
-    out = list(listed or ())
-    have = set()
-    for e in out:
+    appended, so the run records every plugin it imports, each once: entries are compared
+    normalised (``my.py`` and ``./my.py`` are one file) and the first spelling is kept, in order; an
+    entry that is no plugin name is kept as written, for the schema's message."""
+    out, have = [], set()
+    for e in [*(listed or ()), *granted]:
         try:
-            have.add(normalize(e))
+            key = normalize(e)
         except ValueError:
-            pass
-    return out + [g for g in granted if g not in have]
+            key = e
+        if key not in have:
+            have.add(key)
+            out.append(e)
+    return out
 
 
 def load(entries: Iterable[str] | None, *, granted: bool = False) -> list[ModuleType]:
