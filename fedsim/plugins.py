@@ -5,8 +5,10 @@ machine of the run) and/or ``.py`` files (``my_rules.py``, resolved to an absolu
 scenario is validated). Each is imported once per process, by :func:`load`: in the driver before
 the scenario's names are checked, and again in every process that builds a rule, an attack or a
 backbone — each Ray actor (:class:`fedsim.peers.PeerGroup`, :class:`fedsim.server.Server`), each
-in-process group, each sweep task and each Flower client — so ``@register`` in the user's module
-takes effect wherever the run happens.
+in-process group and each sweep task — so ``@register`` in the user's module takes effect wherever
+the run happens. The Flower bridge imports none: its apps' command lines grant nothing, so they
+refuse a scenario listing a plugin (:func:`fedsim.flower.common.bridge_scenario`), unless the
+bridge runs in a process that granted it (``fedsim.flower.inprocess.run_in_process``).
 
 A plugin is code, and no file fedsim reads may run code by itself: a plugin is imported only
 once the user has named it where code is chosen, on the command line (``--plugin my_rules.py``) or
