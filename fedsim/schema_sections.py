@@ -330,12 +330,17 @@ class KindFields:
     """Which kinds of a section read each of its kind-specific fields: ``kind`` names the section's
     attribute that holds its kind, ``reads`` maps a field to the kinds that read it (a field not
     listed is read by every kind); ``noun``: how the message names the kinds (default: ``kind``);
-    ``hint``: the message's advice (default: remove it, or give the whole section with ``--set``)."""
+    ``hint``: the message's advice (default: remove it, or give the whole section with ``--set``);
+    ``null_is_unset``: a field given as null counts as not given, a departure from "a key given counts
+    at any value" (:func:`fedsim.validation.given`) for fields whose null means "none": a run folder
+    recorded before its section grew new fields (so no longer complete) holds ``engine.address: null``
+    with the local backend, and resumes."""
 
     kind: str
     reads: dict[str, tuple[str, ...]]
     noun: str | None = None
     hint: str | None = None
+    null_is_unset: bool = False
 
 
 # The fields each kind reads, for every section with a kind and kind-specific fields (in the spirit
@@ -374,5 +379,6 @@ KIND_FIELDS: dict[str, KindFields] = {
         {"address": ("ray",)},
         noun="backend",
         hint="drop --address (engine.address), or run on Ray: --set engine.backend=ray",
+        null_is_unset=True,
     ),
 }

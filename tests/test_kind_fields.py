@@ -68,6 +68,7 @@ def test_a_field_the_kind_ignores_is_one_line_naming_it(data, error):
         {"topology": {"kind": "push_gossip", "fanout": 3}},
         {"peers": {"byzantine": 2, "attack": {"name": "ipm", "collude": False, "omniscient": False}}},
         {"engine": {"backend": "ray", "num_actors": 1, "address": "auto"}},
+        {"engine": {"backend": "local", "num_actors": 1, "address": None}},  # null: no cluster (old run folders)
     ],
 )
 def test_a_field_the_kind_reads_is_accepted(data):
