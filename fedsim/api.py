@@ -17,6 +17,7 @@ written), so what a notebook sees and what ``fedsim report``/``fedsim plot`` rea
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -143,7 +144,8 @@ def run(
     in-process) and return its :class:`RunResult`.
 
     ``out``: the run directory. ``None`` makes a new one under the system's temporary directory
-    (``fedsim-XXXX/<name>``; kept, so :func:`load_run` can read it again), so calling ``run``
+    (``fedsim-XXXX/<name>``; kept, so :func:`load_run` can read it again; removed again when the run is
+    refused before its folder is made, e.g. no live cluster at ``engine.address``), so calling ``run``
     twice in a notebook never collides; pass a path to keep results where ``fedsim report`` and
     ``fedsim plot`` look (``runs/<name>``). An existing run there is refused unless
     ``overwrite=True`` (the same rules as ``fedsim run``: :mod:`fedsim.rundir`).
@@ -156,12 +158,14 @@ def run(
     from fedsim.runner import Run  # torch, Ray: only when a run is asked for
 
     sc = resolve(scenario, overrides, require_data=True, plugins=plugins)
-    if out is None:
-        run_dir = Path(tempfile.mkdtemp(prefix="fedsim-")) / sc.name
-    else:
-        run_dir = Path(out)
-    r = Run(sc, run_dir)
-    r.create_dir(overwrite=overwrite)
+    made = Path(tempfile.mkdtemp(prefix="fedsim-")) if out is None else None
+    r = Run(sc, made / sc.name if made is not None else Path(out))
+    try:
+        r.create_dir(overwrite=overwrite)
+    except BaseException:
+        if made is not None:  # the folder made for this call: nothing left behind by a run refused at once
+            shutil.rmtree(made, ignore_errors=True)
+        raise
     r.execute(progress=progress, log=log or (lambda m: None), callbacks=callbacks)
     return _result(r)
 

@@ -35,6 +35,16 @@ _SINGULAR = {"datasets": "dataset", "backbones": "backbone", "partitions": "part
 _ALIASES = {"rules": "strategies", "rule": "strategies", "models": "backbones", "model": "backbones"}
 
 
+# `peers.attack.name: none` (fedsim.schema_sections.AttackCfg's default) is no registered attack but a
+# name a scenario uses: listed with the attacks, described here (the schema imports pydantic, which
+# `fedsim list` does not)
+NO_ATTACK = "none"
+NO_ATTACK_DOC = (
+    "No attack (the default): no peer forges or poisons; with peers.byzantine > 0 it needs "
+    "peers.allow_idle_attack: true, and the Byzantine peers then train honestly (left out of the evaluation)."
+)
+
+
 class CatalogError(FedsimError, ValueError):
     """An unknown kind or name asked of ``fedsim list`` (one line, with the closest match)."""
 
@@ -47,6 +57,12 @@ def resolve_kind(kind: str) -> str:
     plural = {v: k for k, v in _SINGULAR.items()}.get(kind) or _ALIASES.get(kind)
     if plural:
         return plural
+    named = [k for k in KINDS if kind in summaries(k)]  # `fedsim list krum extra`: a component, not a kind
+    if named:
+        raise CatalogError(
+            f"{kind!r} is a {' and a '.join(_SINGULAR[k] for k in named)}, not a kind: `fedsim list {kind}` "
+            f"describes it, `fedsim list KIND NAME` takes a kind first; kinds: {', '.join(KINDS)}"
+        )
     raise CatalogError(f"unknown kind {kind!r}{did_you_mean(kind, KINDS)}; kinds: {', '.join(KINDS)}")
 
 
@@ -96,9 +112,9 @@ def summaries(kind: str) -> dict[str, str]:
         return {k: summary(cls) for k, cls in kinds().items()}
     if kind in ("strategies", "attacks"):
         package = kind
-        if package in sys.modules:  # imported (with any plugins): the live registry
-            return sys.modules[package].available()
-        return static_available(package)
+        # imported (with any plugins): the live registry
+        names = sys.modules[package].available() if package in sys.modules else static_available(package)
+        return {NO_ATTACK: NO_ATTACK_DOC, **names} if kind == "attacks" else names
     raise CatalogError(f"unknown kind {kind!r}; kinds: {', '.join(KINDS)}")
 
 
@@ -286,6 +302,8 @@ def describe(kind: str, name: str) -> tuple[str, list[Param]]:
     """``(text, parameters)`` of one component: its full docstring (or description) and the
     parameters a scenario sets for it; :class:`CatalogError` for an unknown name."""
     kind = resolve_kind(kind)
+    if kind == "attacks" and name == NO_ATTACK:
+        return NO_ATTACK_DOC, []
     if kind in ("strategies", "attacks"):
         registry = _registry(kind)
         _lookup(kind, name, registry)

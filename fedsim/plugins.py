@@ -5,8 +5,10 @@ machine of the run) and/or ``.py`` files (``my_rules.py``, resolved to an absolu
 scenario is validated). Each is imported once per process, by :func:`load`: in the driver before
 the scenario's names are checked, and again in every process that builds a rule, an attack or a
 backbone — each Ray actor (:class:`fedsim.peers.PeerGroup`, :class:`fedsim.server.Server`), each
-in-process group, each sweep task and each Flower client — so ``@register`` in the user's module
-takes effect wherever the run happens.
+in-process group and each sweep task — so ``@register`` in the user's module takes effect wherever
+the run happens. The Flower bridge imports none: its apps' command lines grant nothing, so they
+refuse a scenario listing a plugin (:func:`fedsim.flower.common.bridge_scenario`), unless the
+bridge runs in a process that granted it (``fedsim.flower.inprocess.run_in_process``).
 
 A plugin is code, and no file fedsim reads may run code by itself: a plugin is imported only
 once the user has named it where code is chosen, on the command line (``--plugin my_rules.py``) or
@@ -90,15 +92,19 @@ def check_granted(entries: Iterable[str] | None) -> None:
 
 def merge(listed: Iterable[str] | None, granted: Iterable[str]) -> list[str]:
     """A scenario's ``plugins:`` (``listed``) with the ``granted`` entries it does not list yet
-    appended (compared normalised), so the run records every plugin it imports."""
-    out = list(listed or ())
-    have = set()
-    for e in out:
+    appended, so the run records every plugin it imports, each once: entries are compared
+    normalised (``my.py`` and ``./my.py`` are one file) and the first spelling is kept, in order; an
+    entry that is no plugin name is kept as written, for the schema's message."""
+    out, have = [], set()
+    for e in [*(listed or ()), *granted]:
         try:
-            have.add(normalize(e))
+            key = normalize(e)
         except ValueError:
-            pass
-    return out + [g for g in granted if g not in have]
+            key = e
+        if key not in have:
+            have.add(key)
+            out.append(e)
+    return out
 
 
 def load(entries: Iterable[str] | None, *, granted: bool = False) -> list[ModuleType]:

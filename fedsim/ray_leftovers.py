@@ -16,7 +16,8 @@ A *Ray process* here: a process of this user whose title is ``ray::...``, whose 
 ``raylet`` or ``gcs_server``, or that runs a ``.py`` file inside a ``ray`` package folder or
 ``-m ray....``; its session is the first ``.../session_<date>_<pid>`` folder its command line
 names, else one its open files lie in (the agents name none on their command line). Linux only
-(``/proc``); the scan stops at a deadline and reports what it found by then.
+(``/proc``); the scan stops at a deadline and says it did not finish (:class:`Scan`): a session whose
+GCS or raylet was not reached yet is not known to be stale, so an unfinished scan reports nothing.
 """
 
 from __future__ import annotations
@@ -45,6 +46,15 @@ class RayProcess:
     name: str  # ray::DashboardAgent, raylet, gcs_server, autoscaler/_private/monitor.py, ...
     session: str  # the session folder it names
     rss: int  # resident memory, bytes
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What :func:`ray_processes` found, and whether it read every process (False: it stopped at its
+    deadline, and a session's GCS or raylet may be among those it did not read)."""
+
+    procs: list[RayProcess]
+    complete: bool
 
 
 def ray_name(argv: list[str]) -> str | None:
@@ -77,13 +87,13 @@ def _rss(pid: int) -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def ray_processes(deadline: float, skip: frozenset[int] = frozenset()) -> list[RayProcess]:
+def ray_processes(deadline: float, skip: frozenset[int] = frozenset()) -> Scan:
     """This user's Ray processes and their sessions, other than ``skip``; those read before
-    ``deadline`` (``time.monotonic()``)."""
+    ``deadline`` (``time.monotonic()``), with whether every process was read by then."""
     uid, found = os.getuid(), []
     for name in os.listdir("/proc"):
         if time.monotonic() > deadline:
-            break
+            return Scan(found, complete=False)
         if not name.isdigit() or int(name) in skip:
             continue
         pid = int(name)
@@ -99,7 +109,7 @@ def ray_processes(deadline: float, skip: frozenset[int] = frozenset()) -> list[R
                 found.append(RayProcess(pid, kind, session, _rss(pid)))
         except (OSError, ValueError, IndexError):  # gone meanwhile, or not ours to read
             continue
-    return found
+    return Scan(found, complete=True)
 
 
 def stale_sessions(procs: list[RayProcess]) -> dict[str, list[RayProcess]]:
@@ -132,15 +142,21 @@ def leftover_message(stale: dict[str, list[RayProcess]]) -> str | None:
 def leftovers(timeout: float = SCAN_TIMEOUT_S, confirm: float = CONFIRM_S) -> str | None:
     """:func:`leftover_message` for this machine now (None where there is no ``/proc``): the
     processes found stale by two scans ``confirm`` seconds apart (the second only when the first
-    found some), each scan stopping after ``timeout`` seconds."""
+    found some), each scan stopping after ``timeout`` seconds; None too when either scan stopped
+    before it read every process (a live session's GCS or raylet may be among those not read: no
+    verdict without both complete scans)."""
     if not ray_reaper.supported():
         return None
     me = frozenset({os.getpid()})
-    first = stale_sessions(ray_processes(time.monotonic() + timeout, me))
+    scan = ray_processes(time.monotonic() + timeout, me)
+    first = stale_sessions(scan.procs) if scan.complete else {}
     if not first:
         return None
     time.sleep(confirm)
     seen = {p.pid for ps in first.values() for p in ps}
-    again = stale_sessions(ray_processes(time.monotonic() + timeout, me))  # all of them: a core one may be back
+    scan = ray_processes(time.monotonic() + timeout, me)  # all of them: a core one may be back
+    if not scan.complete:
+        return None
+    again = stale_sessions(scan.procs)
     both = {s: kept for s, ps in again.items() if (kept := [p for p in ps if p.pid in seen])}
     return leftover_message(both)

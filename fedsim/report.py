@@ -266,10 +266,11 @@ def report(directory: Path, target: float, by: tuple[str, ...], fmt: str, out: P
 def probes_markdown(rs: RunSet) -> str:
     """Each complete run's ``probes.json`` as Markdown (:func:`fedsim.report_probes.format_probes`,
     what ``fedsim run`` prints after the rounds) under a heading naming the run; ``""`` when no run
-    has probes. An unreadable file is a line saying so, not a failed report."""
+    has probes. An unreadable file, or one not shaped as ``docs/probes.md`` documents
+    (:class:`fedsim.report_probes.ProbesShapeError`), is a line saying so and why, not a failed report."""
     import json
 
-    from fedsim.report_probes import format_probes
+    from fedsim.report_probes import ProbesShapeError, format_probes
 
     parts = []
     for r in rs.runs:
@@ -278,6 +279,8 @@ def probes_markdown(rs: RunSet) -> str:
             continue
         try:
             body = format_probes(json.loads(path.read_text()))
+        except ProbesShapeError as e:
+            body = f"{path}: cannot read: {e}\n"
         except (OSError, ValueError) as e:
             body = f"{path}: cannot read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})\n"
         if body:

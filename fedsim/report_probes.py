@@ -215,24 +215,64 @@ def _format_generic(e: dict[str, Any]) -> str:
 _PROBE_MARKDOWN = {"unlearning": _format_unlearning, "cloning": _format_cloning}
 
 
+class ProbesShapeError(ValueError):
+    """A parsed ``probes.json`` not shaped as ``docs/probes.md`` documents; the message names the entry
+    and what is wrong (``entry 0: records is not a list``)."""
+
+
+_DATA_ERRORS = (KeyError, TypeError, AttributeError, IndexError, ValueError)
+
+
+def _entries(records: Any) -> list[dict[str, Any]]:
+    """The entries of a parsed ``probes.json`` (a list of entries, one entry, or ``null`` for none),
+    each checked for the shape every formatter relies on: an object with a string ``kind``; for the
+    kinds with a table here (unlearning, cloning), ``records`` a list of objects."""
+    if records is None:
+        return []
+    if not isinstance(records, dict | list):
+        raise ProbesShapeError(f"top level is {type(records).__name__}, not a list of entries or one entry")
+    entries = [records] if isinstance(records, dict) else records
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict):
+            raise ProbesShapeError(f"entry {i}: is {type(e).__name__}, not an object")
+        if not isinstance(e.get("kind"), str):
+            raise ProbesShapeError(f"entry {i}: kind is not a string")
+        recs = e.get("records")
+        if e["kind"] in _PROBE_MARKDOWN and recs is not None:
+            if not isinstance(recs, list):
+                raise ProbesShapeError(f"entry {i}: records is not a list")
+            bad = next((j for j, r in enumerate(recs) if not isinstance(r, dict)), None)
+            if bad is not None:
+                raise ProbesShapeError(f"entry {i}: records[{bad}] is not an object")
+    return entries
+
+
+def _data_error(i: int, kind: str, err: Exception) -> ProbesShapeError:
+    what = f"missing field {err}" if isinstance(err, KeyError) else f"{type(err).__name__}: {err}"
+    return ProbesShapeError(f"entry {i} ({kind}): {what}")
+
+
 def format_probes(records: Any) -> str:
     """Markdown tables of a parsed ``probes.json`` (a list of entries, or one entry): the built-in
     kinds' tables here, a registered probe's own ``markdown(entry)`` where it has one (a plugin
     loaded in this process), else its entry's scalar fields (a plugin's entry needs no
-    ``records``; a built-in's without records is left out)."""
+    ``records``; a built-in's without records is left out). Raises :class:`ProbesShapeError` naming
+    the entry when the file is not shaped as documented: its shape is checked first
+    (:func:`_entries`), and a field a table reads that is missing or of another type while one entry
+    is formatted is reported the same way."""
     from fedsim.probe_registry import kinds
 
     REGISTRY = kinds()  # the built-ins registered (federated_unlearning's markdown)
-    entries = [records] if isinstance(records, dict) else list(records or [])
     parts = []
-    for e in entries:
-        if not isinstance(e, dict):
-            continue
-        kind = e.get("kind")
+    for i, e in enumerate(_entries(records)):
+        kind = e["kind"]
         builtin = kind in _PROBE_MARKDOWN or getattr(REGISTRY.get(kind), "__module__", "") == "fedsim.probe_builtins"
         if builtin and not e.get("records"):
             continue  # the built-ins' tables read their records; an entry without any has nothing to show
         own = getattr(REGISTRY.get(kind), "markdown", None) if kind not in _PROBE_MARKDOWN else None
-        text = _PROBE_MARKDOWN[kind](e) if kind in _PROBE_MARKDOWN else own(REGISTRY[kind](), e) if own else None
+        try:
+            text = _PROBE_MARKDOWN[kind](e) if kind in _PROBE_MARKDOWN else own(REGISTRY[kind](), e) if own else None
+        except _DATA_ERRORS as err:
+            raise _data_error(i, kind, err) from None
         parts.append(text if text is not None else _format_generic(e))
     return "\n\n".join(parts) + ("\n" if parts else "")

@@ -66,7 +66,8 @@ class Scenario(_Section):
     plugins: list[str] = Field(
         default_factory=list,
         description="your modules (my_pkg.rules) or .py files (my_rules.py, relative to the current directory) "
-        "imported in every process of the run before names are checked; see docs/extending.md",
+        "the run needs: recorded here, imported only when granted with --plugin (Python: plugins=), then "
+        "in each process of the run that builds components; see docs/extending.md",
     )
 
     @model_validator(mode="before")

@@ -329,11 +329,18 @@ class OutputCfg(_Section):
 class KindFields:
     """Which kinds of a section read each of its kind-specific fields: ``kind`` names the section's
     attribute that holds its kind, ``reads`` maps a field to the kinds that read it (a field not
-    listed is read by every kind); ``noun``: how the message names the kinds (default: ``kind``)."""
+    listed is read by every kind); ``noun``: how the message names the kinds (default: ``kind``);
+    ``hint``: the message's advice (default: remove it, or give the whole section with ``--set``);
+    ``null_is_unset``: a field given as null counts as not given, a departure from "a key given counts
+    at any value" (:func:`fedsim.validation.given`) for fields whose null means "none": a run folder
+    recorded before its section grew new fields (so no longer complete) holds ``engine.address: null``
+    with the local backend, and resumes."""
 
     kind: str
     reads: dict[str, tuple[str, ...]]
     noun: str | None = None
+    hint: str | None = None
+    null_is_unset: bool = False
 
 
 # The fields each kind reads, for every section with a kind and kind-specific fields (in the spirit
@@ -344,7 +351,8 @@ class KindFields:
 # them: fedsim.partition.make_partition, fedsim.topology.Topology.build (in federated mode the topology is a
 # star: none; a graph kind given there is refused by fedsim.schema.Scenario), fedsim.messages.forge_messages
 # (omniscient, collude: update forgers only), fedsim.whole_plan (model.k), fedsim.data.datasets.load
-# (data_dir: not an embedded dataset). Rule and attack parameters are each registered class's own
+# (data_dir: not an embedded dataset), fedsim.backend.make_backend (engine.address: a Ray cluster; the
+# local backend runs in this process). Rule and attack parameters are each registered class's own
 # (strategies/attacks.build refuse a key the class lacks; strategy.f: the rule's or forger's reads_f,
 # fedsim.validation._unread_f); a probe's keys are its kind's
 # (fedsim.schema_probes).
@@ -366,4 +374,11 @@ KIND_FIELDS: dict[str, KindFields] = {
     }),
     "peers.attack": KindFields("kind", {"omniscient": ("forger",), "collude": ("forger",)}),
     "model": KindFields("trainable", {"k": ("last_k",)}),
+    "engine": KindFields(
+        "backend",
+        {"address": ("ray",)},
+        noun="backend",
+        hint="drop --address (engine.address), or run on Ray: --set engine.backend=ray",
+        null_is_unset=True,
+    ),
 }

@@ -167,7 +167,8 @@ def ignored_fields(sc: Scenario, built: tuple[Any, Any] | None = None) -> list[s
     attack reads ``f`` (:func:`_unread_f`), and ``peers.attack.omniscient`` where the forger never
     reads the honest vectors (:func:`_unread_omniscient`). A field counts when its key is given (:func:`given`):
     at any value in a section written by hand, at other than its default in a section given
-    complete (a recorded ``scenario.yaml``). The attack's name must be known. ``built``: the
+    complete (a recorded ``scenario.yaml``); given as null, not at all where the table says a null
+    means none (``engine.address``). The attack's name must be known. ``built``: the
     scenario's ``(rule, attack)`` if already built (:func:`check_semantics`; default: built here)."""
     rule, attack = _built(sc) if built is None else built
     errors = []
@@ -178,12 +179,15 @@ def ignored_fields(sc: Scenario, built: tuple[Any, Any] | None = None) -> list[s
         kind = getattr(section, spec.kind)
         fields = type(section).model_fields
         for field in (f for f in fields if given(section, f)):
+            if spec.null_is_unset and getattr(section, field) is None:
+                continue
             kinds = spec.reads.get(field)
             if kinds is not None and kind not in kinds:
                 noun = spec.noun or spec.kind + ("s" if len(kinds) > 1 and spec.kind == "kind" else "")
                 hint = (": remove it, or with --set give the whole section, e.g. "
                         f"--set '{path}={{{spec.kind}: {kind}}}'"
                         if spec.kind in fields else "")  # (a derived kind, e.g. the attack's, is not set)
+                hint = f": {spec.hint}" if spec.hint else hint
                 errors.append(f"{path}.{field}: used only by {noun} {', '.join(kinds)} "
                               f"(this {path.rsplit('.', 1)[-1]} is {kind}){hint}")
     return errors + _unread_f(sc, rule, attack) + _unread_omniscient(sc, attack)

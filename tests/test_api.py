@@ -198,3 +198,23 @@ def test_load_run_reads_back_every_rounds_record(small_scenario, tmp_path):
     assert fedsim.load_run(r.dir).records == []
     timings.unlink()
     assert fedsim.load_run(r.dir).records == []
+
+
+def test_a_refused_run_leaves_no_temporary_folder(small_scenario, tmp_path, monkeypatch):
+    """`fedsim.run(d)` with no `out` made `/tmp/fedsim-XXXX` before the cluster address was checked,
+    and left it empty when the check failed."""
+    pytest.importorskip("ray")
+    import tempfile
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    d = small_scenario(engine={"backend": "ray", "num_actors": 1, "address": "127.0.0.1:1"})
+    with pytest.raises(FedsimError, match="no live Ray cluster at "):
+        fedsim.run(d)
+    assert list(tmp.iterdir()) == []
+    monkeypatch.setattr("fedsim.runner.Run.execute", lambda self, **kw: None)  # control: a run that starts keeps it
+    d["engine"] = {"backend": "local", "num_actors": 1}
+    fedsim.run(d)
+    (made,) = tmp.iterdir()
+    assert made.name.startswith("fedsim-") and (made / "t" / "scenario.yaml").exists()

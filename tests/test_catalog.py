@@ -110,6 +110,31 @@ def test_a_component_name_alone_or_the_docs_word_for_a_kind_is_listed() -> None:
     ]
 
 
+def test_no_attack_is_listed_and_a_component_before_a_name_is_not_an_unknown_kind() -> None:
+    """`fedsim list none` said 'none' is neither a kind nor a component though a scenario names it
+    (peers.attack.name: none); `fedsim list krum extra` said "unknown kind 'krum'"."""
+    from fedsim.scenario import parse
+    from fedsim.schema_sections import AttackCfg
+
+    assert AttackCfg.model_fields["name"].default == catalog.NO_ATTACK  # the scenario's own name for it
+    peers = {"count": 10, "byzantine": 1, "allow_idle_attack": True, "attack": {"name": catalog.NO_ATTACK}}
+    assert parse({"peers": peers}).peers.attack.kind == "none"
+    alone = CliRunner().invoke(main, ["list", "none"])
+    assert alone.exit_code == 0 and alone.output == CliRunner().invoke(main, ["list", "attacks", "none"]).output
+    assert alone.output == f"none (attack)\n{catalog.NO_ATTACK_DOC}\n"
+    listing = CliRunner().invoke(main, ["list", "attacks"]).output
+    assert _lines(listing)[1].split()[0] == "none" and "sign_flip" in listing
+    r = CliRunner().invoke(main, ["list", "krum", "extra"])
+    assert r.exit_code == 1 and _lines(r.output) == [
+        "Error: 'krum' is a strategy, not a kind: `fedsim list krum` describes it, `fedsim list KIND NAME` "
+        "takes a kind first; kinds: datasets, backbones, partitions, topologies, strategies, attacks, probes"
+    ], r.output
+    r = CliRunner().invoke(main, ["list", "strategie", "krum"])  # control: a misspelt kind is still one
+    assert r.exit_code == 1 and _lines(r.output)[0].startswith(
+        "Error: unknown kind 'strategie' (did you mean 'strategies'?)"
+    ), r.output
+
+
 def test_unknown_command_names_the_closest() -> None:
     r = CliRunner().invoke(main, ["lsit"])
     assert r.exit_code == 2 and "no such command 'lsit' (did you mean 'list'?)" in r.output

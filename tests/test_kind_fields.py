@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from fedsim.cli import main
 from fedsim.runfacts import build_topology, byzantine_mask, partition_for
 from fedsim.scenario import ScenarioError, load, parse
 from fedsim.schema import Scenario
@@ -44,6 +45,8 @@ SMALL = {"peers": {"count": 10}, "rounds": 1, "engine": {"backend": "local", "nu
         ({"model": {"k": 2}}, "model.k: used only by trainable last_k (this model is head)"),
         ({"dataset": {"data_dir": "/nonexistent"}}, "dataset.data_dir: used only by datasets read from local files "
          "(this dataset is embedded)"),
+        ({"engine": {"backend": "local", "address": "auto"}}, "engine.address: used only by backend ray "
+         "(this engine is local): drop --address (engine.address), or run on Ray: --set engine.backend=ray"),
     ],
 )
 def test_a_field_the_kind_ignores_is_one_line_naming_it(data, error):
@@ -64,6 +67,8 @@ def test_a_field_the_kind_ignores_is_one_line_naming_it(data, error):
         {"topology": {"kind": "watts_strogatz", "degree": 4, "p": 0.3}},
         {"topology": {"kind": "push_gossip", "fanout": 3}},
         {"peers": {"byzantine": 2, "attack": {"name": "ipm", "collude": False, "omniscient": False}}},
+        {"engine": {"backend": "ray", "num_actors": 1, "address": "auto"}},
+        {"engine": {"backend": "local", "num_actors": 1, "address": None}},  # null: no cluster (old run folders)
     ],
 )
 def test_a_field_the_kind_reads_is_accepted(data):
@@ -148,6 +153,15 @@ def _iid_file(tmp_path):
 def test_a_set_override_goes_through_the_check(tmp_path):
     with pytest.raises(ScenarioError, match=r"partition\.alpha: used only by kind dirichlet"):
         load(_iid_file(tmp_path), {"partition.alpha": 0.1})
+
+
+def test_address_with_the_local_backend_is_refused_before_any_folder(tmp_path):
+    """`fedsim run --address` with `engine.backend: local` ran in-process and ignored the address."""
+    p = _iid_file(tmp_path)
+    res = CliRunner().invoke(main, ["run", str(p), "--address", "auto", "-q"])
+    assert res.exit_code == 1 and "engine.address: used only by backend ray (this engine is local)" in res.output
+    assert not (tmp_path / "runs").exists()
+    assert load(p, {"engine.backend": "ray", "engine.address": "auto"}).engine.address == "auto"  # control
 
 
 def test_a_sweep_over_an_ignored_field_is_refused_before_any_run(tmp_path):

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 import fedsim
 from fedsim import plugins
+from fedsim.api import resolve
 from fedsim.callbacks import Stop
 from fedsim.cli import main
 from fedsim.scenario import ScenarioError
@@ -101,6 +102,22 @@ def test_plugin_option_runs_and_records_it(user, tmp_path):
     assert out.exit_code == 0, out.output
     assert yaml.safe_load((tmp_path / "out/b/scenario.yaml").read_text())["plugins"] == [str(plugin)]
     assert (tmp_path / "out/b/metrics.jsonl").read_bytes() == (tmp_path / "out/r/metrics.jsonl").read_bytes()
+
+
+def test_one_file_granted_under_two_spellings_is_recorded_once(user, tmp_path):
+    """`--plugin mine.py --plugin ./mine.py` recorded the file twice in the run's plugins: list."""
+    plugin, scenario, _ = user
+    data = yaml.safe_load(scenario.read_text())
+    del data["plugins"]
+    for listed, granted in (
+        ([], ["mine.py", "./mine.py"]),
+        (["./mine.py"], ["mine.py", str(plugin)]),
+        (["mine.py", "mine.py"], ["./mine.py"]),
+    ):
+        sc = resolve(data | {"plugins": listed}, plugins=granted)
+        assert sc.plugins == [str(plugin)], (listed, granted)
+    merged = plugins.merge(["b.py", "not a name!"], ["a.py", "./b.py", "not a name!", "pkg.rules", "a.py"])
+    assert merged == ["b.py", "not a name!", "a.py", "pkg.rules"]  # first spelling, in order; two files stay two
 
 
 def test_python_api_needs_plugins_too(user, small_scenario):

@@ -87,7 +87,7 @@ def test_only_the_sessions_without_gcs_and_raylet_are_stale(standins) -> None:
         standins.titled("ray::IDLE", hold=worker / "logs" / "worker.out"),
     }
     bystander = standins.titled("tail", f"{dead}/logs/raylet.out")  # names the dead session, is not Ray
-    procs = _ours(ray_leftovers.ray_processes(time.monotonic() + 10), stale | live | {bystander})
+    procs = _ours(ray_leftovers.ray_processes(time.monotonic() + 10).procs, stale | live | {bystander})
     assert {p.pid for p in procs} == stale | live  # control: every Ray stand-in is seen, with its session
     assert all(p.rss > 0 for p in procs)
     found = ray_leftovers.stale_sessions(procs)
@@ -139,8 +139,37 @@ def test_a_process_gone_by_the_second_scan_is_not_reported(standins, monkeypatch
 
 def test_the_scan_stops_at_its_deadline(standins) -> None:
     pid = standins.monitor(standins.session(1))
-    assert _ours(ray_leftovers.ray_processes(time.monotonic() + 10), {pid})  # control: found with time to look
-    assert ray_leftovers.ray_processes(time.monotonic() - 1) == []
+    done = ray_leftovers.ray_processes(time.monotonic() + 10)
+    assert done.complete and _ours(done.procs, {pid})  # control: found with time to look
+    assert ray_leftovers.ray_processes(time.monotonic() - 1) == ray_leftovers.Scan([], complete=False)
+
+
+def test_no_verdict_from_a_scan_stopped_at_its_deadline(standins, monkeypatch) -> None:
+    """A live session whose agent is read slowly: the scan stopped before it reached the raylet,
+    and the agent was reported stale with a `kill -9`. Now an unfinished scan reports nothing."""
+    live = standins.session(1)
+    agent = standins.titled("ray::DashboardAgent", hold=live / "logs" / "agent.log")
+    raylet = standins.titled("/x/raylet", f"--raylet_socket_name={live}/sockets/raylet")
+    listdir, cmdline = os.listdir, ray_reaper.cmdline
+    monkeypatch.setattr(
+        ray_leftovers.os, "listdir", lambda p: [str(agent), str(raylet)] if p == "/proc" else listdir(p)
+    )
+
+    def slow(pid: int) -> list[str]:  # a /proc read stalled on a loaded machine, on the agent only
+        if pid == agent:
+            time.sleep(0.3)
+        return cmdline(pid)
+
+    monkeypatch.setattr(ray_reaper, "cmdline", slow)
+    scan = ray_leftovers.ray_processes(time.monotonic() + 0.1)
+    assert not scan.complete and [p.pid for p in scan.procs] == [agent]  # the raylet was not reached
+    assert ray_leftovers.stale_sessions(scan.procs)  # control: judged on what it found, the agent looks stale
+    assert ray_leftovers.leftovers(timeout=0.1, confirm=0.01) is None
+    assert ray_leftovers.leftovers(timeout=10, confirm=0.01) is None  # control: with time, the raylet is seen
+    p = next(p for p in standins.procs if p.pid == raylet)
+    p.kill()
+    p.wait()
+    assert f"(pid {agent}, " in (ray_leftovers.leftovers(timeout=10, confirm=0.01) or "")  # control: now stale
 
 
 def test_leftovers_are_left_running(standins) -> None:
@@ -190,3 +219,39 @@ def test_init_ray_warns_of_leftovers_before_it_starts(monkeypatch) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert backend.init_ray("127.0.0.1:6379")  # control: nothing left, no warning
+
+
+@pytest.mark.parametrize("slow_scan", [1, 2])
+def test_both_scans_must_finish_for_a_verdict(standins, monkeypatch, slow_scan) -> None:
+    """Between the two scans the session's raylet stops (scan 1 slow: it saw only the agent) or
+    starts (scan 2 slow: it never reaches the new raylet); the unfinished scan's half of the
+    evidence is missing, so nothing is reported (either check removed reports the agent)."""
+    live = standins.session(1)
+    agent = standins.titled("ray::DashboardAgent", hold=live / "logs" / "agent.log")
+    raylet = standins.titled("/x/raylet", f"--raylet_socket_name={live}/sockets/raylet") if slow_scan == 1 else None
+    pids = [agent] if raylet is None else [agent, raylet]
+    listdir, cmdline, real_sleep = os.listdir, ray_reaper.cmdline, time.sleep
+    monkeypatch.setattr(ray_leftovers.os, "listdir", lambda p: [str(q) for q in pids] if p == "/proc" else listdir(p))
+    scans = []
+
+    def between(seconds: float) -> None:  # the confirm pause: the raylet stops, or one starts
+        if raylet is not None:
+            p = next(p for p in standins.procs if p.pid == raylet)
+            p.kill()
+            p.wait()
+            pids.remove(raylet)
+        else:
+            pids.append(standins.titled("/x/raylet", f"--raylet_socket_name={live}/sockets/raylet"))
+        real_sleep(seconds)
+
+    def slow(pid: int) -> list[str]:
+        if pid == agent:
+            scans.append(pid)
+            if len(scans) == slow_scan:
+                real_sleep(0.5)
+        return cmdline(pid)
+
+    monkeypatch.setattr(ray_leftovers.time, "sleep", between)
+    monkeypatch.setattr(ray_reaper, "cmdline", slow)
+    assert ray_leftovers.leftovers(timeout=0.2, confirm=0.01) is None
+    assert len(scans) == slow_scan  # the slow scan ran (scan 1 unfinished: no second scan)

@@ -180,3 +180,27 @@ def test_by_an_unknown_key_is_one_line_with_the_closest(sweep_dir) -> None:
         in res.output, res.output
     res = CliRunner().invoke(report, [str(sweep_dir), "--by", "strategy"])  # a section is a key too
     assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize(
+    ("probes", "why"),
+    [
+        ([{"kind": "unlearning", "records": "abc"}], "entry 0: records is not a list"),
+        ({"kind": "cloning", "records": [{"x": 1}]}, "entry 0 (cloning): missing field 'defence'"),
+        (5, "top level is int, not a list of entries or one entry"),
+        ([{"kind": "cloning", "records": [{"x": 1}]}, 7], "entry 1: is int, not an object"),
+        ([{"records": []}], "entry 0: kind is not a string"),
+        ([{"kind": "unlearning", "records": [1]}], "entry 0: records[0] is not an object"),
+    ],
+)
+def test_an_oddly_shaped_probes_json_is_one_line_and_the_report_goes_on(sweep_dir, tmp_path, probes, why) -> None:
+    """A well-formed probes.json of another shape than docs/probes.md's crashed the whole report
+    (AttributeError, KeyError, TypeError): now that run's probes section is one line saying why."""
+    for name in ("strategy.name=local__seed=0", "strategy.name=fedavg__seed=0"):
+        shutil.copytree(sweep_dir / name, tmp_path / name)
+    path = tmp_path / "strategy.name=local__seed=0" / "probes.json"
+    path.write_text(json.dumps(probes))
+    res = CliRunner().invoke(report, [str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert {r["strategy"] for r in _table(res.output)} == {"local", "fedavg"}
+    assert f"{path}: cannot read: {why}\n" in res.output, res.output

@@ -300,6 +300,16 @@ def test_resume_refuses_set_but_allows_engine(small_scenario):
     assert json.loads((r.dir / "summary.json").read_text())["resumed_after_round"] == 2
 
 
+def test_resume_of_a_local_run_refuses_an_address(small_scenario):
+    """`--resume DIR --address X` of a run on the local backend ignored the address."""
+    r = _stopped(small_scenario)
+    assert yaml.safe_load((r.dir / "scenario.yaml").read_text())["engine"]["backend"] == "local"
+    before = _metrics(r.dir)
+    line = _error_line(_cli(["run", "--resume", str(r.dir), "--address", "auto", "-q"]))
+    assert "engine.address: used only by backend ray (this engine is local)" in line, line
+    assert _metrics(r.dir) == before and not (r.dir / "summary.json").exists()
+
+
 def test_resume_refuses_a_scenario_that_differs_from_the_run_directory(small_scenario):
     r = _stopped(small_scenario)
     with pytest.raises(ResumeMismatchError, match="scenario.yaml differs.*training.lr") as e:
