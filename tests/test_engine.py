@@ -94,7 +94,7 @@ def test_local_ray_has_a_cpu_for_every_actor_and_the_server(small_scenario, monk
     assert local_ray_cpus(dec) == 2
     assert local_ray_cpus(fed) == 3  # 2 peer groups + the server: all scheduled, round 0 cannot hang
     assert local_ray_cpus(parse(small_scenario(**{"engine.num_actors": 8}))) == 8
-    assert local_ray_cpus(parse(small_scenario(**{"engine.address": "auto"}))) is None
+    assert local_ray_cpus(parse(small_scenario(**{"engine.backend": "ray", "engine.address": "auto"}))) is None
 
 
 def test_in_process_groups_use_the_engines_cpus_but_no_more_than_the_machine(small_scenario, monkeypatch):
