@@ -95,6 +95,12 @@ def context(f: int) -> AggregationContext:
     )  # fmt: skip
 
 
+def rule_name(rule: strategies.Strategy) -> str:
+    """The name the messages give ``rule``: its registered name, else its class's (an unregistered
+    class's ``name`` is "")."""
+    return getattr(rule, "name", "") or type(rule).__name__
+
+
 def largest_valid_f(rule: strategies.Strategy, n: int, f: int) -> int | None:
     """The largest ``f' <= f`` that ``rule.check(n, f')`` accepts (None: no f does)."""
     for g in range(f, -1, -1):
@@ -110,7 +116,7 @@ def check_finite(rule: strategies.Strategy, own: torch.Tensor, received: torch.T
     """The first property (module docstring) on one case; ``AssertionError`` naming the rule and
     the case when it fails. Returns False when the rule's ``check`` refuses ``n`` for every ``f``
     (nothing checked)."""
-    name = getattr(rule, "name", type(rule).__name__)
+    name = rule_name(rule)
     g = largest_valid_f(rule, received.shape[0], f)
     if g is None:
         return False
@@ -143,7 +149,7 @@ def check_pulls_toward(
     than ``own``. False when ``check(n, 0)`` refuses ``n`` (nothing checked)."""
     if largest_valid_f(rule, n, 0) != 0:
         return False
-    name = getattr(rule, "name", type(rule).__name__)
+    name = rule_name(rule)
     received = v.repeat(n, 1)
     before = float((own - v).norm())
     for out in (rule(own, received, ctx), aggregate(rule, own, received, ctx)[0]):
@@ -187,7 +193,7 @@ def rule_reads_f(rule: strategies.Strategy) -> bool:
 def check_declared_reads_f(rule: strategies.Strategy) -> None:
     """The third property (module docstring); ``AssertionError`` when ``rule`` reads f but declares
     ``reads_f = False``."""
-    name = getattr(rule, "name", "") or type(rule).__name__  # an unregistered class's name is ""
+    name = rule_name(rule)
     assert rule.reads_f or not rule_reads_f(rule), (
         f"{name}: f (ctx.f or check's f) changes what it does but it says reads_f = False "
         "(validation would refuse a scenario's strategy.f for it)"
