@@ -14,6 +14,12 @@ with the same property functions over cases hypothesis draws. The properties:
   the rule returns something strictly closer to ``v`` than its own vector is (a rule that ignores
   what it receives fails). A rule documented to accept ``v`` only under conditions (Bristle,
   FLTrust, BALANCE in the tests; ``local`` never) is checked with ``agreement=False``;
+* :func:`rule_reads_f` — whether ``f`` changes what the rule does (its ``check(n, f)`` outcome or
+  its result); a rule that reads f must not declare ``reads_f = False``, since validation refuses a
+  scenario's ``strategy.f`` on that declaration (:func:`check_declared_reads_f`). Declaring
+  ``reads_f = True`` for a rule that reads no f is allowed here (it only costs a refusal never
+  made; ``Strategy``'s default); the built-ins' tests (``tests/test_unread_fields.py``) demand the
+  declaration match exactly;
 * the class has a docstring (``fedsim list`` shows it) and ``check(50, 0)`` accepts a plain setting.
 
 :func:`check_forger`, the same for an update forger, lives in :mod:`fedsim.checks_attacks` and is
@@ -27,10 +33,12 @@ from collections.abc import Sequence
 import torch
 
 import strategies
-from fedsim.checks_attacks import check_forger
+from fedsim.checks_attacks import check_forger, depends_on_f
 from strategies import AggregationContext, aggregate, sanitize
 
-__all__ = ["check_finite", "check_forger", "check_pulls_toward", "check_rule"]
+__all__ = [
+    "check_declared_reads_f", "check_finite", "check_forger", "check_pulls_toward", "check_rule", "rule_reads_f",
+]  # fmt: skip
 
 C, D = 3, 4  # the head the cases use: 3 classes, 4 features, with bias
 P = C * D + C
@@ -87,6 +95,12 @@ def context(f: int) -> AggregationContext:
     )  # fmt: skip
 
 
+def rule_name(rule: strategies.Strategy) -> str:
+    """The name the messages give ``rule``: its registered name, else its class's (an unregistered
+    class's ``name`` is "")."""
+    return getattr(rule, "name", "") or type(rule).__name__
+
+
 def largest_valid_f(rule: strategies.Strategy, n: int, f: int) -> int | None:
     """The largest ``f' <= f`` that ``rule.check(n, f')`` accepts (None: no f does)."""
     for g in range(f, -1, -1):
@@ -102,7 +116,7 @@ def check_finite(rule: strategies.Strategy, own: torch.Tensor, received: torch.T
     """The first property (module docstring) on one case; ``AssertionError`` naming the rule and
     the case when it fails. Returns False when the rule's ``check`` refuses ``n`` for every ``f``
     (nothing checked)."""
-    name = getattr(rule, "name", type(rule).__name__)
+    name = rule_name(rule)
     g = largest_valid_f(rule, received.shape[0], f)
     if g is None:
         return False
@@ -135,13 +149,55 @@ def check_pulls_toward(
     than ``own``. False when ``check(n, 0)`` refuses ``n`` (nothing checked)."""
     if largest_valid_f(rule, n, 0) != 0:
         return False
-    name = getattr(rule, "name", type(rule).__name__)
+    name = rule_name(rule)
     received = v.repeat(n, 1)
     before = float((own - v).norm())
     for out in (rule(own, received, ctx), aggregate(rule, own, received, ctx)[0]):
         after = float((out - v).norm())
         assert after < before * (1 - 1e-4), f"{name}: ||out − v|| = {after:.6g}, ||own − v|| = {before:.6g} (n={n})"
     return True
+
+
+N_F = 9  # the senders of rule_reads_f's populations
+
+
+def f_context(f: int, seed: int) -> AggregationContext:
+    """The context of :func:`rule_reads_f`'s cases: every optional field a rule may read set, so a
+    rule reads f through whichever it uses (the same ``seed`` gives the same fields for every f)."""
+    g = torch.Generator().manual_seed(seed)
+    return AggregationContext(
+        layer_shape=(C, D), f=f, round=1, total_rounds=5, val_x=torch.randn(12, D, generator=g),
+        val_y=torch.arange(12) % C, local_classes=torch.ones(C, dtype=torch.bool),
+        root_update=torch.randn(P, generator=g), generator=torch.Generator().manual_seed(seed),
+        overlap=torch.full((N_F,), C), previous=torch.randn(P, generator=g),
+    )  # fmt: skip
+
+
+def rule_reads_f(rule: strategies.Strategy) -> bool:
+    """Whether ``f`` changes what ``rule`` does: its ``check(n, f)`` outcome for some ``n`` (1 to
+    12, f 0 to 5), or its result on six random populations of :data:`N_F` senders, with outliers
+    or without (f 0, 1, 3, each with the same seeds)."""
+    if depends_on_f(rule.check, range(1, 13), lambda n: range(6)):
+        return True
+    for seed in range(6):
+        g = torch.Generator().manual_seed(seed)
+        own, received = torch.randn(P, generator=g), torch.randn(N_F, P, generator=g)
+        if seed % 2:  # outliers: what f tells a robust rule to discard (else candidates that MOZI may keep)
+            received[:3] *= 20
+        outs = [rule(own, received, f_context(f, seed)) for f in (0, 1, 3)]
+        if any(not torch.allclose(outs[0], o, equal_nan=True) for o in outs[1:]):
+            return True
+    return False
+
+
+def check_declared_reads_f(rule: strategies.Strategy) -> None:
+    """The third property (module docstring); ``AssertionError`` when ``rule`` reads f but declares
+    ``reads_f = False``."""
+    name = rule_name(rule)
+    assert rule.reads_f or not rule_reads_f(rule), (
+        f"{name}: f (ctx.f or check's f) changes what it does but it says reads_f = False "
+        "(validation would refuse a scenario's strategy.f for it)"
+    )
 
 
 def check_rule(
@@ -157,7 +213,7 @@ def check_rule(
     honest-agreement property for 1 to 12 senders, near and far); ``AssertionError`` naming the
     property and the case at the first failure. ``plugins``: the files or modules that register
     it (as ``fedsim.run``'s). Returns the number of cases checked (those the rule's ``check``
-    accepts)."""
+    accepts), plus one for the ``reads_f`` declaration."""
     if plugins:
         from fedsim import plugins as plugin_mod
 
@@ -189,4 +245,5 @@ def check_rule(
             for scale in (NEAR, FAR):
                 own = row(pick(("ordinary", "small")), draw_seed())
                 checked += check_pulls_toward(rule, own, honest_vector(own, scale, draw_seed()), context(0), n)
-    return checked
+    check_declared_reads_f(rule)
+    return checked + 1

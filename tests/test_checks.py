@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import pytest
+import torch
 
 import strategies
 from fedlib.params import Real, param
-from fedsim.checks import check_rule
+from fedsim.checks import check_declared_reads_f, check_rule, rule_reads_f
 
 
 @dataclass
@@ -64,9 +65,9 @@ def test_a_sound_rule_and_built_ins_pass():
 @pytest.mark.parametrize(
     ("rule", "message"),
     [
-        (Float32Mean(), "the rule itself produced NaN/Inf"),
-        (KeepsOwn(), r"\|\|out − v\|\| = .*, \|\|own − v\|\| = "),
-        (Float64Out(), "the rule returned .* torch.float64, not .* torch.float32"),
+        (Float32Mean(), "^Float32Mean: n=.*the rule itself produced NaN/Inf"),
+        (KeepsOwn(), r"^KeepsOwn: \|\|out − v\|\| = .*, \|\|own − v\|\| = "),
+        (Float64Out(), "^Float64Out: n=.*the rule returned .* torch.float64, not .* torch.float32"),
         (Undocumented(), "Undocumented: no docstring"),
     ],
 )
@@ -91,3 +92,63 @@ def test_check_rule_takes_a_plugins_name(tmp_path, monkeypatch):
         assert check_rule("checks_test_mean", cases=20, plugins=[str(path)]) > 20
     finally:
         strategies.REGISTRY.pop("checks_test_mean", None)
+
+
+@dataclass
+class TrimsF(NormBoundedMean):
+    """Mean of own and the received vectors left after dropping the ``ctx.f`` farthest from own;
+    says f changes nothing."""
+
+    reads_f: ClassVar[bool] = False
+
+    def __call__(self, own, received, ctx):
+        keep = (received - own).norm(dim=1).argsort()[: max(received.shape[0] - ctx.f, 0)]
+        return torch.cat([own[None], received[keep]]).mean(0)
+
+
+@dataclass
+class LimitsF(NormBoundedMean):
+    """NormBoundedMean whose check refuses n < 2f + 1; says f changes nothing."""
+
+    reads_f: ClassVar[bool] = False
+
+    def check(self, n: int, f: int) -> None:
+        if n < 2 * f + 1:
+            raise ValueError(f"needs n >= 2f + 1, got n={n}, f={f}")
+
+
+@pytest.mark.parametrize("rule", [TrimsF(), LimitsF()])
+def test_a_rule_that_reads_f_but_says_it_does_not_fails(rule):
+    name = type(rule).__name__
+    with pytest.raises(
+        AssertionError, match=f"^{name}: f \\(ctx.f or check's f\\) changes what it does but it says reads_f = False"
+    ):
+        check_rule(rule, cases=20)
+
+
+def test_declaring_reads_f_passes_whether_or_not_the_rule_reads_it():
+    @dataclass
+    class SaysTrimsF(TrimsF):
+        """TrimsF saying it reads f."""
+
+        reads_f: ClassVar[bool] = True
+
+    @dataclass
+    class SaysNoF(NormBoundedMean):
+        """NormBoundedMean (reads no f) saying it does not."""
+
+        reads_f: ClassVar[bool] = False
+
+    assert rule_reads_f(SaysTrimsF()) and rule_reads_f(LimitsF()) and not rule_reads_f(SaysNoF())
+    for rule in (SaysTrimsF(), SaysNoF(), NormBoundedMean()):  # NormBoundedMean: reads_f True by default, unread
+        assert check_rule(rule, cases=20) > 20
+
+
+BUILT_INS = sorted(n for n, cls in strategies.REGISTRY.items() if cls.__module__.startswith("strategies."))
+
+
+@pytest.mark.parametrize("name", BUILT_INS)
+def test_every_built_in_declares_the_f_it_reads(name):
+    rule = strategies.build(name)
+    check_declared_reads_f(rule)
+    assert check_rule(rule, cases=3, agreement=False) >= 1

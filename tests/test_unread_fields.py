@@ -9,17 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 import attacks
 import strategies
-from fedsim.checks_attacks import depends_on_f, forger_reads_f, forger_reads_honest
+from fedsim.checks import rule_reads_f
+from fedsim.checks_attacks import forger_reads_f, forger_reads_honest
 from fedsim.rundirectory import RunDirectory, load_for_resume
 from fedsim.scenario import ScenarioError, load, parse
 from fedsim.schema import Scenario
 from fedsim.validation import given
-from strategies.base import AggregationContext
 
 SMALL = {"peers": {"count": 10}, "rounds": 1, "engine": {"backend": "local", "num_actors": 1}}
 
@@ -170,43 +169,6 @@ def test_strategy_f_read_by_the_rule_or_the_forger_is_accepted(strategy, attack)
     parse(SMALL | {"peers": peers, "strategy": strategy, "topology": {"kind": "complete"}})
 
 
-C, D, N = 3, 4, 9
-P = C * D + C
-
-
-def _ctx(f: int, seed: int) -> AggregationContext:
-    g = torch.Generator().manual_seed(seed)
-    return AggregationContext(
-        layer_shape=(C, D),
-        f=f,
-        round=1,
-        total_rounds=5,
-        val_x=torch.randn(12, D, generator=g),
-        val_y=torch.arange(12) % C,
-        local_classes=torch.ones(C, dtype=torch.bool),
-        root_update=torch.randn(P, generator=g),
-        generator=torch.Generator().manual_seed(seed),
-        overlap=torch.full((N,), C),
-        previous=torch.randn(P, generator=g),
-    )
-
-
-def _rule_reads_f(rule: strategies.Strategy) -> bool:
-    """Whether ``f`` changes what ``rule`` does: its ``check(n, f)`` outcome for some ``n``, or its
-    result on a few random populations, with outliers or without (each f with the same seeds)."""
-    if depends_on_f(rule.check, range(1, 13), lambda n: range(6)):
-        return True
-    for seed in range(6):
-        g = torch.Generator().manual_seed(seed)
-        own, received = torch.randn(P, generator=g), torch.randn(N, P, generator=g)
-        if seed % 2:  # outliers: what f tells a robust rule to discard (else candidates that MOZI may keep)
-            received[:3] *= 20
-        outs = [rule(own, received, _ctx(f, seed)) for f in (0, 1, 3)]
-        if any(not torch.allclose(outs[0], o, equal_nan=True) for o in outs[1:]):
-            return True
-    return False
-
-
 RULE_CASES = [
     (n, {}) for n in sorted(strategies.REGISTRY) if strategies.REGISTRY[n].__module__.startswith("strategies.")
 ] + [
@@ -223,7 +185,7 @@ RULE_CASES = [
 @pytest.mark.parametrize(("name", "params"), RULE_CASES)
 def test_every_rule_declares_reads_f_as_it_behaves(name, params):
     rule = strategies.build(name, params)
-    assert rule.reads_f == _rule_reads_f(rule), (name, params, rule.reads_f)
+    assert rule.reads_f == rule_reads_f(rule), (name, params, rule.reads_f)
 
 
 FORGERS = [
