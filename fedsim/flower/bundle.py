@@ -12,8 +12,8 @@ Writes into ``OUT_DIR``::
 
 With ``--plugin my_rules.py`` (:func:`pack_plugins`) the wheel also holds each plugin file in
 ``fedsim/flower/packed/``: the device's grant, installed with the wheel; the ClientApp imports one
-only when the run lists it with the same sha256 (:mod:`fedsim.flower.plugpack`). INSTALL.txt and
-SHA256SUMS name them with their hashes.
+only when the run lists it with the same sha256 (:mod:`fedsim.flower.plugpack`). INSTALL.txt
+names them with their hashes.
 
 The server and the devices must run the same fedsim and flwr (the partition and the minibatch
 streams are computed by fedsim's code on both sides), so the bundle pins them to this machine's.
@@ -219,8 +219,7 @@ def build_bundle(out_dir: str | Path, source: str | Path | None = None, overwrit
     constraints = out / "constraints.txt"
     constraints.write_text(constraints_text(pins))
     sha = _sha256(wheel)
-    sums = "".join(f"{h}  packed plugin {n}\n" for n, h in sorted(packed.items()))
-    (out / "SHA256SUMS").write_text(f"{sha}  {wheel.name}\n{_sha256(constraints)}  constraints.txt\n{sums}")
+    (out / "SHA256SUMS").write_text(f"{sha}  {wheel.name}\n{_sha256(constraints)}  constraints.txt\n")
     install = out / "INSTALL.txt"
     text = INSTALL.format(version=__version__, dist=DISTRIBUTION, wheel=wheel.name, torch=pins["torch"],
                           flwr=pins["flwr"], cpu_index=PYTORCH_CPU_INDEX, sha=sha)

@@ -94,6 +94,7 @@ def flower() -> None:
       fedsim flower bundle device-bundle/                 # wheel, constraints.txt, INSTALL.txt
     Everything on this machine (loopback), compared with fedsim's federated mode:
       fedsim flower demo scenarios/flower_quickstart.yaml --compare
+    Your own rules / attacks: --plugin my_rules.py on export, bundle, client and demo (sha256-checked).
 
     docs/flower.md walks through Raspberry Pi and Jetson set-ups.
     """
@@ -394,7 +395,8 @@ def demo(scenario: Path, sets: tuple[str, ...], run_config: tuple[str, ...], tls
         raise click.ClickException(str(e)) from None
     with tempfile.TemporaryDirectory(prefix="fedsim-flower-demo-") as tmp:
         wd = Path(workdir) if workdir else Path(tmp)
-        rc = _kv(run_config, "--run-config") | _record(sc) | {"output-dir": str((wd / "out").resolve())}
+        rc = _kv(run_config, "--run-config") | {"output-dir": str((wd / "out").resolve())}
+        rec = _record(sc)  # in the app's pyproject.toml: flwr run --run-config takes no value with quotes
         if overwrite:
             rc["overwrite"] = True
         copies = {plugpack.KEY: plugpack.SEPARATOR.join(sc.plugins)} if sc.plugins else {}  # this machine's nodes
@@ -409,9 +411,9 @@ def demo(scenario: Path, sets: tuple[str, ...], run_config: tuple[str, ...], tls
             if in_process:
                 from fedsim.flower.inprocess import run_in_process
 
-                run_in_process({"scenario": common.scenario_yaml(sc), **rc}, nodes)
+                run_in_process({"scenario": common.scenario_yaml(sc), **rec, **rc}, nodes)
             else:
-                app = export_app(sc, wd / "app", overwrite=True)
+                app = export_app(sc, wd / "app", rec, overwrite=True)
                 mode = ("TLS" if tls else "insecure") + (" + SuperNode auth" if auth else "")
                 click.echo(f"SuperLink + {len(nodes)} SuperNodes on 127.0.0.1 ({mode}); logs in {wd / 'logs'}")
                 with local.LocalFederation(wd, nodes, tls=tls, auth=auth, warm=warm) as fed:
