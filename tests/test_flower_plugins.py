@@ -254,3 +254,19 @@ def test_in_process_a_node_without_a_matching_copy_refuses_and_the_round_goes_on
     br = [json.loads(x) for x in (tmp_path / "bridge" / "metrics.jsonl").read_text().splitlines()]
     assert [x["received"] for x in br] == [4, 4, 4]
     assert all("no granted copy with sha256" in json.dumps(x["rejected"]) for x in br)
+
+
+@pytest.mark.slow  # builds the 32 MB wheel
+def test_bundle_packs_the_plugins_into_the_wheel_and_lists_their_hashes(fresh, tmp_path):
+    import hashlib
+    import zipfile
+
+    rule, attack, *_ = fresh
+    files = bundle.build_bundle(tmp_path / "b", plugins=[str(rule), str(attack)])
+    wheel = zipfile.ZipFile(files["wheel"])
+    for f in (rule, attack):
+        packed = wheel.read(f"fedsim/flower/packed/{f.name}")
+        assert hashlib.sha256(packed).hexdigest() == plugpack.file_sha256(f)
+        assert f"{f.name}  sha256 {plugpack.file_sha256(f)}" in files["install"].read_text()
+    assert len(files["sha256sums"].read_text().splitlines()) == 2  # the wheel and constraints.txt: sha256sum -c
+    assert not (bundle.source_root() / "fedsim" / "flower" / "packed").exists()  # the checkout is left as it was
