@@ -210,8 +210,9 @@ def test_export_records_the_granted_plugins_and_refuses_the_others(fresh, small_
 
 
 def test_in_process_bridge_runs_a_plugin_rule_and_attack_as_fedsim_run_does(fresh, small_scenario, tmp_path):
-    """The ServerApp imports the recorded files, each node its own copies (hash checked), and the
-    run's metrics equal fedsim's federated mode with --plugin on the same scenario."""
+    """The ServerApp imports the recorded files, each node checks its own copies' hashes (one process:
+    the module is the server's), and the run's metrics equal fedsim's federated mode with --plugin on
+    the same scenario."""
     pytest.importorskip("flwr")
     import fedsim
     from fedsim.flower.inprocess import run_in_process
