@@ -6,9 +6,11 @@ scenario is validated). Each is imported once per process, by :func:`load`: in t
 the scenario's names are checked, and again in every process that builds a rule, an attack or a
 backbone — each Ray actor (:class:`fedsim.peers.PeerGroup`, :class:`fedsim.server.Server`), each
 in-process group and each sweep task — so ``@register`` in the user's module takes effect wherever
-the run happens. The Flower bridge imports none: its apps' command lines grant nothing, so they
-refuse a scenario listing a plugin (:func:`fedsim.flower.common.bridge_scenario`), unless the
-bridge runs in a process that granted it (``fedsim.flower.inprocess.run_in_process``).
+the run happens. The Flower bridge imports only packed plugins: ``fedsim flower export --plugin``
+records each file's sha256 in the app, a device gets its copy from ``fedsim flower bundle --plugin``
+or ``fedsim flower client --plugin``, and the apps import a copy whose hash matches (:func:`load_copy`,
+:mod:`fedsim.flower.plugpack`); anything else is refused (:func:`fedsim.flower.common.bridge_scenario`),
+unless the bridge runs in a process that granted it (``fedsim.flower.inprocess.run_in_process``).
 
 A plugin is code, and no file fedsim reads may run code by itself: a plugin is imported only
 once the user has named it where code is chosen, on the command line (``--plugin my_rules.py``) or
@@ -121,6 +123,21 @@ def load(entries: Iterable[str] | None, *, granted: bool = False) -> list[Module
     return [_load_one(e) for e in done]
 
 
+def load_copy(entry: str, copy: str | Path) -> ModuleType:
+    """Grant and import the ``.py`` plugin ``entry`` from ``copy``, a file the caller checked holds
+    the content that was granted (the Flower bridge's packed plugins, :mod:`fedsim.flower.plugpack`):
+    the module gets ``entry``'s name and a later :func:`load` of ``entry`` returns it. An ``entry``
+    this process already imported is returned as it is."""
+    entry = normalize(entry)
+    _GRANTED.add(entry)
+    if entry not in _LOADED:
+        import attacks  # noqa: F401 - as in _load_one
+        import strategies  # noqa: F401
+
+        _LOADED[entry] = _import_file(str(copy), name_of=entry)
+    return _LOADED[entry]
+
+
 def _load_one(entry: str) -> ModuleType:
     if entry in _LOADED:
         return _LOADED[entry]
@@ -148,15 +165,17 @@ def _import_module(name: str) -> ModuleType:
         raise PluginError(f"plugins: {name}: {type(e).__name__}: {e}") from None
 
 
-def _import_file(path: str) -> ModuleType:
+def _import_file(path: str, name_of: str | None = None) -> ModuleType:
+    """Import the file ``path`` under the module name of the plugin entry ``name_of`` (default ``path``)."""
     p = Path(path)
     if p.is_dir():
         raise PluginError(f"plugins: {path}: a directory; name the .py file in it, or the package as a module")
     if not p.is_file():
         raise PluginError(f"plugins: {path}: no such file")
     # one module name per file, the same in every process (classes pickle by reference to it)
-    stem = re.sub(r"\W", "_", p.stem)
-    name = f"fedsim_plugin_{stem}_{hashlib.sha256(path.encode()).hexdigest()[:8]}"
+    key = name_of or path
+    stem = re.sub(r"\W", "_", Path(key).stem)
+    name = f"fedsim_plugin_{stem}_{hashlib.sha256(key.encode()).hexdigest()[:8]}"
     spec = importlib.util.spec_from_file_location(name, p)
     if spec is None or spec.loader is None:
         raise PluginError(f"plugins: {path}: not a Python module")

@@ -670,3 +670,61 @@ def test_systemd_unit_restarts_a_killed_node(tmp_path, feature_cache):
     assert br[2]["received"] == 2 and br[2]["rejected"] == [] and br[2]["quorum"] is True, br[2]
     print(f"\nunit restarted {len(unit.starts) - 1} times (exits {unit.exits}); run done {took:.0f} s after the "
           f"SIGKILL; round 1: received {r1['received']}, rejected {r1['rejected']}")
+
+
+def test_plugin_rule_and_attack_packed_for_real_processes(tmp_path, feature_cache, monkeypatch):
+    """A plugin rule and a plugin attack through real processes: the app records their sha256
+    (export's record), the ServerApp process imports the recorded files, each SuperNode's worker its
+    own copies (node config ``plugins``), nothing granted in those processes otherwise; every round's
+    accuracy equals fedsim's federated mode with the plugins granted (fedsim run --plugin)."""
+    import attacks
+    import strategies
+    from fedsim import plugins
+    from fedsim.flower import plugpack
+
+    monkeypatch.setattr(plugins, "_GRANTED", set())
+    monkeypatch.setattr(plugins, "_LOADED", {})
+    tag = f"lb{abs(hash(str(tmp_path))) % 10**8}"
+    src, dev = tmp_path / "server", tmp_path / "device"
+    src.mkdir()
+    dev.mkdir()
+    rule, attack = src / "lb_rule.py", src / "lb_attack.py"
+    rule.write_text(
+        "import strategies\n\n\n"
+        f"@strategies.register({tag + '_half'!r})\n"
+        "class HalfMean(strategies.Strategy):\n"
+        '    """Half-way from the mean to the first received vector."""\n\n'
+        '    exchanges = "output_layer"\n\n'
+        "    def __call__(self, own, received, ctx):\n"
+        "        return 0.5 * received.mean(0) + 0.5 * received[0]\n"
+    )
+    attack.write_text(
+        "import attacks\n\n\n"
+        f"@attacks.register({tag + '_mirror'!r})\n"
+        "class Mirror(attacks.UpdateForger):\n"
+        '    """Its own head, reflected and halved."""\n\n'
+        "    def forge(self, honest, own, ctx):\n"
+        "        return -0.5 * own\n"
+    )
+    for f in (rule, attack):
+        (dev / f.name).write_bytes(f.read_bytes())
+    try:
+        plugins.grant([str(rule), str(attack)])
+        d = _scenario(feature_cache, tmp_path / "runs", **{
+            "strategy.name": f"{tag}_half", "peers.count": 3, "peers.byzantine": 1,
+            "peers.attack.name": f"{tag}_mirror", "plugins": [str(rule), str(attack)],
+        })
+        sim = _simulate(d)
+        app = export_app(parse(d), tmp_path / "app", {plugpack.KEY: plugpack.record([str(rule), str(attack)])})
+        out = tmp_path / "bridge"
+        copies = f"{dev / rule.name}:{dev / attack.name}"
+        nodes = [{"partition-id": i, "num-partitions": 3, plugpack.KEY: copies} for i in range(3)]
+        with LocalFederation(tmp_path / "fed", nodes, tls=False) as fed:
+            status = fed.run(app, {"output-dir": str(out), "client-eval": False}, timeout=RUN_TIMEOUT)
+        assert status == "finished:completed"
+        br = _bridge_metrics(out)
+        _check_parity(sim, br)
+        assert all(x["received"] == 3 and x["rejected"] == [] for x in br)
+    finally:
+        strategies.REGISTRY.pop(f"{tag}_half", None)
+        attacks.REGISTRY.pop(f"{tag}_mirror", None)

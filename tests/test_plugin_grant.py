@@ -151,9 +151,10 @@ def test_resume_of_a_plugin_run_needs_its_plugin(user, tmp_path, monkeypatch):
     assert fedsim.load_run(r.dir).complete
 
 
-def test_flower_apps_import_no_plugin(user, tmp_path):
-    """Nothing on the Flower apps' command lines grants a plugin: export, demo and a ClientApp or
-    ServerApp handed a scenario that lists one refuse it in the bridge's words, before any import."""
+def test_flower_apps_import_no_plugin_not_packed(user, tmp_path):
+    """Without --plugin (fedsim flower export/demo/bundle/client) nothing grants a plugin to the Flower
+    apps: export, demo and a ClientApp or ServerApp handed a scenario that lists one refuse it in the
+    bridge's words, before any import (tests/test_flower_plugins.py: the packed ones)."""
     pytest.importorskip("flwr")
     from fedsim.flower import common
 
@@ -162,7 +163,9 @@ def test_flower_apps_import_no_plugin(user, tmp_path):
     for command in (["flower", "export", "mine.yaml", "app"], ["flower", "demo", "mine.yaml"]):
         out = CliRunner().invoke(main, command)
         assert out.exit_code == 1 and len(out.output.strip().splitlines()) == 1, out.output
-        assert "the Flower apps import no plugin" in out.output and "fedsim run --plugin" in out.output
-    with pytest.raises(common.BridgeError, match="the Flower apps import no plugin"):
-        common.scenario_from_run_config({"scenario": scenario.read_text()})  # what a device receives
+        assert "not granted: the Flower apps import a plugin only when it was packed" in out.output
+        assert "pass --plugin FILE to fedsim flower export or demo" in out.output
+    for node in (None, {"partition-id": 0}):  # the ServerApp, a ClientApp
+        with pytest.raises(common.BridgeError, match="not granted: the Flower apps import a plugin only when"):
+            common.scenario_from_run_config({"scenario": scenario.read_text()}, node)
     assert not marker.exists() and _tree(tmp_path) == before

@@ -10,6 +10,11 @@ Writes into ``OUT_DIR``::
     INSTALL.txt                           the device's install commands (quoted in docs/flower.md)
     SHA256SUMS                            of the wheel and constraints.txt
 
+With ``--plugin my_rules.py`` (:func:`pack_plugins`) the wheel also holds each plugin file in
+``fedsim/flower/packed/``: the device's grant, installed with the wheel; the ClientApp imports one
+only when the run lists it with the same sha256 (:mod:`fedsim.flower.plugpack`). INSTALL.txt
+names them with their hashes.
+
 The server and the devices must run the same fedsim and flwr (the partition and the minibatch
 streams are computed by fedsim's code on both sides), so the bundle pins them to this machine's.
 """
@@ -17,10 +22,12 @@ streams are computed by fedsim's code on both sides), so the bundle pins them to
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -133,10 +140,37 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def build_wheel(root: Path, out_dir: Path, python: str = sys.executable, timeout: float = 600.0) -> Path:
+def pack_plugins(files: Sequence[str | Path], src: Path) -> dict[str, str]:
+    """Copy the plugin ``.py`` ``files`` into ``src``'s ``fedsim/flower/packed/`` (a package of the
+    wheel); returns ``name → sha256``. Two files of one name are refused (:class:`BundleError`)."""
+    from fedsim.flower import plugpack
+    from fedsim.flower.common import BridgeError
+
+    out: dict[str, str] = {}
+    if not files:
+        return out
+    dest = src / "fedsim" / "flower" / plugpack.PACKED_NAME
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "__init__.py").write_text('"""Plugins packed by fedsim flower bundle --plugin; imported only by hash."""\n')
+    for f in files:
+        try:
+            path, sha = next(iter(json.loads(plugpack.record([str(f)])).items()))
+        except BridgeError as e:
+            raise BundleError(str(e)) from None
+        name = Path(path).name
+        if name in out or name == "__init__.py":
+            raise BundleError(f"--plugin: two plugins named {name}; rename one")
+        shutil.copyfile(path, dest / name)
+        out[name] = sha
+    return out
+
+
+def build_wheel(root: Path, out_dir: Path, python: str = sys.executable, timeout: float = 600.0,
+                plugins: Sequence[str | Path] = ()) -> tuple[Path, dict[str, str]]:
     """Build fedsim's wheel from the source tree ``root`` into ``out_dir``, offline. The sources are
     copied to a temporary directory first, so the build leaves nothing in ``root`` (no build/, no
-    egg-info) and takes only the packages of the wheel (no caches, no runs/)."""
+    egg-info) and takes only the packages of the wheel (no caches, no runs/); ``plugins`` are packed
+    into that copy (:func:`pack_plugins`). Returns the wheel and the packed ``name → sha256``."""
     with tempfile.TemporaryDirectory(prefix="fedsim-bundle-") as tmp:
         src = Path(tmp) / "src"
         src.mkdir()
@@ -146,6 +180,7 @@ def build_wheel(root: Path, out_dir: Path, python: str = sys.executable, timeout
         for pkg in _packages(root):
             shutil.copytree(root / pkg, src / pkg,
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+        packed = pack_plugins(plugins, src)
         cmd = [python, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
                "-w", str(Path(tmp) / "dist"), str(src)]
         try:
@@ -160,12 +195,13 @@ def build_wheel(root: Path, out_dir: Path, python: str = sys.executable, timeout
         out_dir.mkdir(parents=True, exist_ok=True)
         dest = out_dir / wheels[0].name
         shutil.copy2(wheels[0], dest)
-    return dest
+    return dest, packed
 
 
-def build_bundle(out_dir: str | Path, source: str | Path | None = None, overwrite: bool = False) -> dict[str, Path]:
-    """Write the wheel, ``constraints.txt``, ``INSTALL.txt`` and ``SHA256SUMS`` into ``out_dir``;
-    returns their paths."""
+def build_bundle(out_dir: str | Path, source: str | Path | None = None, overwrite: bool = False,
+                 plugins: Sequence[str | Path] = ()) -> dict[str, Path]:
+    """Write the wheel (with the ``plugins`` packed), ``constraints.txt``, ``INSTALL.txt`` and
+    ``SHA256SUMS`` into ``out_dir``; returns their paths."""
     out = Path(out_dir)
     root = Path(source).expanduser().resolve() if source else source_root()
     if root is None:
@@ -179,12 +215,16 @@ def build_bundle(out_dir: str | Path, source: str | Path | None = None, overwrit
     if out.exists() and overwrite:
         for old in [*out.glob("*.whl"), out / "constraints.txt", out / "INSTALL.txt", out / "SHA256SUMS"]:
             old.unlink(missing_ok=True)
-    wheel = build_wheel(root, out)
+    wheel, packed = build_wheel(root, out, plugins=plugins)
     constraints = out / "constraints.txt"
     constraints.write_text(constraints_text(pins))
     sha = _sha256(wheel)
     (out / "SHA256SUMS").write_text(f"{sha}  {wheel.name}\n{_sha256(constraints)}  constraints.txt\n")
     install = out / "INSTALL.txt"
-    install.write_text(INSTALL.format(version=__version__, dist=DISTRIBUTION, wheel=wheel.name, torch=pins["torch"],
-                                      flwr=pins["flwr"], cpu_index=PYTORCH_CPU_INDEX, sha=sha))
+    text = INSTALL.format(version=__version__, dist=DISTRIBUTION, wheel=wheel.name, torch=pins["torch"],
+                          flwr=pins["flwr"], cpu_index=PYTORCH_CPU_INDEX, sha=sha)
+    if packed:
+        text += "Packed plugins (imported only when a run lists them with this sha256):\n" + "".join(
+            f"  {n}  sha256 {h}\n" for n, h in sorted(packed.items()))
+    install.write_text(text)
     return {"wheel": wheel, "constraints": constraints, "install": install, "sha256sums": out / "SHA256SUMS"}

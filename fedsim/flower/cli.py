@@ -29,6 +29,15 @@ def _kv(values: tuple[str, ...], what: str) -> dict[str, Any]:
     return out
 
 
+PLUGIN_HELP = ("Grant this plugin .py file (repeatable): packed with its sha256, imported by the apps only where "
+               "the scenario lists it (docs/flower.md, 'Plugins').")
+
+
+def _plugin_option(f: Any) -> Any:
+    return click.option("--plugin", "plugin_files", multiple=True, metavar="FILE",
+                        type=click.Path(dir_okay=False, exists=True), help=PLUGIN_HELP)(f)
+
+
 def _need_flower() -> None:
     try:
         import flwr  # noqa: F401
@@ -85,6 +94,7 @@ def flower() -> None:
       fedsim flower bundle device-bundle/                 # wheel, constraints.txt, INSTALL.txt
     Everything on this machine (loopback), compared with fedsim's federated mode:
       fedsim flower demo scenarios/flower_quickstart.yaml --compare
+    Your own rules / attacks: --plugin my_rules.py on export, bundle, client and demo (sha256-checked).
 
     docs/flower.md walks through Raspberry Pi and Jetson set-ups.
     """
@@ -98,27 +108,49 @@ def flower() -> None:
               help="Bridge setting: attack-side=client|server, client-eval, eval-piggyback, round-timeout, node-wait, "
               "output-dir, partition-map, min-replies, poll-interval, resume.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing app in OUT_DIR.")
-def export(scenario: Path, out_dir: Path, sets: tuple[str, ...], run_config: tuple[str, ...], overwrite: bool) -> None:
+@_plugin_option
+def export(scenario: Path, out_dir: Path, sets: tuple[str, ...], run_config: tuple[str, ...], overwrite: bool,
+           plugin_files: tuple[str, ...]) -> None:
     """Write a Flower app project for SCENARIO into OUT_DIR (pyproject.toml with the scenario in
     its run config; components fedsim.flower.server_app:app / client_app:app).
 
     Flower runs a server and clients, so the scenario runs in federated mode (a decentralized
     scenario keeps its data, partition, strategy and attack)."""
     from fedsim import scenario as sc_mod
-    from fedsim.flower import common
     from fedsim.flower.common import BridgeError
     from fedsim.flower.project import export_app
 
     _need_flower()
     try:
-        common.refuse_plugins_in_file(scenario, _kv(sets, "--set"))
-        sc = sc_mod.load(scenario, _kv(sets, "--set"))
+        sc = _load_granted(scenario, sets, plugin_files)
         if sc.mode != "federated":
             click.echo(f"note: {scenario} is {sc.mode}; the Flower app runs it in federated mode", err=True)
-        out = export_app(sc, out_dir, _kv(run_config, "--run-config"), overwrite=overwrite)
+        out = export_app(sc, out_dir, _kv(run_config, "--run-config") | _record(sc), overwrite=overwrite)
     except (sc_mod.ScenarioError, BridgeError, FileExistsError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"wrote the Flower app to {out} ({sc.peers.count} clients, partition-id 0..{sc.peers.count - 1})")
+
+
+def _load_granted(scenario: Path, sets: tuple[str, ...], plugin_files: tuple[str, ...]) -> Any:
+    """The scenario, its ``--plugin`` files granted first (the scenario's other plugins refused in
+    the bridge's words before any import)."""
+    from fedsim import plugins
+    from fedsim import scenario as sc_mod
+    from fedsim.flower import common, plugpack
+
+    overrides = _kv(sets, "--set")
+    for f in plugin_files:
+        plugpack.record([f])  # a .py file (no module names on the bridge), in the bridge's words
+    plugins.grant(plugin_files)
+    common.refuse_plugins_in_file(scenario, overrides)
+    return sc_mod.load(scenario, overrides, plugins=plugin_files)
+
+
+def _record(sc: Any) -> dict[str, Any]:
+    """Run config ``plugins``: the sha256 of each plugin the scenario lists (all granted here)."""
+    from fedsim.flower import plugpack
+
+    return {plugpack.KEY: plugpack.record(sc.plugins)} if sc.plugins else {}
 
 
 @flower.command()
@@ -192,13 +224,15 @@ def run(app_dir: Path, superlink: str | None, root_certificates: str | None, ins
               help="One long-lived ClientApp process (imports and set-up once), or Flower's one process per message.")
 @click.option("--poll-interval", type=click.FloatRange(min=0.01, max=60.0), default=1.0, show_default=True,
               help="Seconds between the SuperNode's polls of the SuperLink when idle (Flower's own: 3).")
+@_plugin_option
 @click.option("--dry-run", is_flag=True, help="Print the flower-supernode command instead of running it.")
 def client(superlink: str, partition_id: int, num_partitions: int, root_certificates: str | None, insecure: bool,
            auth_key: str | None, data_dir: str | None, local_data: str | None, cache_dir: str | None,
            state_dir: str | None, attack: str | None, port: int, max_retries: int | None,
-           max_wait_time: float | None, warm: bool, poll_interval: float, dry_run: bool) -> None:
+           max_wait_time: float | None, warm: bool, poll_interval: float, plugin_files: tuple[str, ...],
+           dry_run: bool) -> None:
     """Start this device as a fedsim peer: a Flower SuperNode that runs fedsim's ClientApp."""
-    from fedsim.flower import commands
+    from fedsim.flower import commands, plugpack
 
     _need_flower()
     _tls_choice(root_certificates, insecure)
@@ -211,6 +245,8 @@ def client(superlink: str, partition_id: int, num_partitions: int, root_certific
                  ("state-dir", state_dir), ("attack", attack)):
         if v is not None:
             nc[k] = str(Path(v).expanduser().resolve()) if k != "attack" else v
+    if plugin_files:
+        nc[plugpack.KEY] = plugpack.SEPARATOR.join(_abs(f) for f in plugin_files)
     cmd = commands.supernode_command(superlink, nc, root_certificates=_abs(root_certificates), insecure=insecure,
                                   private_key=_abs(auth_key), port=port, max_retries=max_retries,
                                   max_wait_time=max_wait_time, warm=warm, poll_interval=poll_interval)
@@ -306,7 +342,8 @@ def register(public_key: str, superlink: str, root_certificates: str) -> None:
 @click.option("--source", type=click.Path(file_okay=False, exists=True, path_type=Path),
               help="The fedsim source tree to build (default: the one this fedsim is imported from).")
 @click.option("--overwrite", is_flag=True, help="Replace the bundle files in a non-empty OUT_DIR.")
-def bundle(out_dir: Path, source: Path | None, overwrite: bool) -> None:
+@_plugin_option
+def bundle(out_dir: Path, source: Path | None, overwrite: bool, plugin_files: tuple[str, ...]) -> None:
     """Write what a device installs into OUT_DIR: this fedsim as a wheel, constraints.txt (flwr,
     torch, numpy, ... at this machine's versions) and INSTALL.txt with the device's commands.
 
@@ -315,7 +352,7 @@ def bundle(out_dir: Path, source: Path | None, overwrite: bool) -> None:
     from fedsim.flower.bundle import BundleError, build_bundle
 
     try:
-        files = build_bundle(out_dir, source, overwrite=overwrite)
+        files = build_bundle(out_dir, source, overwrite=overwrite, plugins=plugin_files)
     except BundleError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"wrote {', '.join(p.name for p in files.values())} to {out_dir}; see {files['install']}")
@@ -335,15 +372,17 @@ def bundle(out_dir: Path, source: Path | None, overwrite: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace the metrics of an earlier demo in --workdir.")
 @click.option("--warm/--no-warm", default=True, show_default=True,
               help="SuperNodes with one long-lived ClientApp process each, or Flower's one process per message.")
+@_plugin_option
 def demo(scenario: Path, sets: tuple[str, ...], run_config: tuple[str, ...], tls: bool, auth: bool,
-         workdir: Path | None, compare: bool, in_process: bool, timeout: float, overwrite: bool, warm: bool) -> None:
+         workdir: Path | None, compare: bool, in_process: bool, timeout: float, overwrite: bool, warm: bool,
+         plugin_files: tuple[str, ...]) -> None:
     """Run SCENARIO through Flower on this machine: a SuperLink and one SuperNode per peer as real
     processes on 127.0.0.1 (stopped at the end), then print the accuracy per round."""
 
     from fedsim import rundir
     from fedsim import scenario as sc_mod
     from fedsim.errors import FedsimError
-    from fedsim.flower import common, local
+    from fedsim.flower import common, local, plugpack
     from fedsim.flower.processes import FederationError
     from fedsim.flower.project import export_app
     from fedsim.flower.serverfiles import ServerFiles
@@ -351,16 +390,17 @@ def demo(scenario: Path, sets: tuple[str, ...], run_config: tuple[str, ...], tls
 
     _need_flower()
     try:
-        common.refuse_plugins_in_file(scenario, _kv(sets, "--set"))
-        sc = common.bridge_scenario(sc_mod.load(scenario, _kv(sets, "--set")))
+        sc = common.bridge_scenario(_load_granted(scenario, sets, plugin_files))
     except (sc_mod.ScenarioError, common.BridgeError) as e:
         raise click.ClickException(str(e)) from None
     with tempfile.TemporaryDirectory(prefix="fedsim-flower-demo-") as tmp:
         wd = Path(workdir) if workdir else Path(tmp)
         rc = _kv(run_config, "--run-config") | {"output-dir": str((wd / "out").resolve())}
+        rec = _record(sc)  # in the app's pyproject.toml: flwr run --run-config takes no value with quotes
         if overwrite:
             rc["overwrite"] = True
-        nodes = [{"partition-id": i, "num-partitions": sc.peers.count} for i in range(sc.peers.count)]
+        copies = {plugpack.KEY: plugpack.SEPARATOR.join(sc.plugins)} if sc.plugins else {}  # this machine's nodes
+        nodes = [{"partition-id": i, "num-partitions": sc.peers.count} | copies for i in range(sc.peers.count)]
         try:
             files = ServerFiles(wd / "out", sc)  # its refusals here, before any process starts
             if common.run_config_value(rc, "resume"):
@@ -371,9 +411,9 @@ def demo(scenario: Path, sets: tuple[str, ...], run_config: tuple[str, ...], tls
             if in_process:
                 from fedsim.flower.inprocess import run_in_process
 
-                run_in_process({"scenario": common.scenario_yaml(sc), **rc}, nodes)
+                run_in_process({"scenario": common.scenario_yaml(sc), **rec, **rc}, nodes)
             else:
-                app = export_app(sc, wd / "app", overwrite=True)
+                app = export_app(sc, wd / "app", rec, overwrite=True)
                 mode = ("TLS" if tls else "insecure") + (" + SuperNode auth" if auth else "")
                 click.echo(f"SuperLink + {len(nodes)} SuperNodes on 127.0.0.1 ({mode}); logs in {wd / 'logs'}")
                 with local.LocalFederation(wd, nodes, tls=tls, auth=auth, warm=warm) as fed:

@@ -315,7 +315,7 @@ def peer_for(context: Context, layer: tuple[int, int] | None = None) -> FedsimPe
     ).hexdigest()
     peer = _CACHE.get(key)
     if peer is None:
-        sc = common.scenario_from_run_config(rc)
+        sc = common.scenario_from_run_config(rc, dict(context.node_config))
         peer = FedsimPeer.from_config(
             sc, dict(context.node_config), str(common.run_config_value(rc, "attack-side")), layer
         )

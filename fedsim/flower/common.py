@@ -39,6 +39,7 @@ RUN_CONFIG_DEFAULTS: dict[str, Any] = {
     "overwrite": False,  # replace the metrics of an earlier run in output-dir (refused otherwise)
     "partition-map": "",  # JSON {"NODE_ID": PARTITION}; "" = first come (bound and kept in partitions.json)
     "resume": False,  # continue the run in output-dir from its checkpoint.pt (checkpoint.every of the scenario)
+    "plugins": "",  # JSON {path: sha256} of the plugins granted at export (fedsim.flower.plugpack)
 }
 ATTACK_SIDES = ("client", "server")
 
@@ -123,19 +124,32 @@ def _refuse_ungranted_plugins(d: Mapping[str, Any]) -> None:
         plugins.check_granted([e for e in listed if isinstance(e, str)])
     except plugins.PluginNotGrantedError:
         raise BridgeError(
-            f"flower scenario: plugins: {', '.join(map(str, listed))}: the Flower apps import no plugin (a plugin "
-            "is code, and nothing on their command lines names one); run this scenario with fedsim run --plugin "
-            "or fedsim sweep --plugin"
+            f"flower scenario: plugins: {', '.join(map(str, listed))}: not granted: the Flower apps import a plugin "
+            "only when it was packed (a plugin is code); pass --plugin FILE to fedsim flower export or demo, and "
+            "give each device its copy (fedsim flower bundle --plugin, or fedsim flower client --plugin)"
         ) from None
 
 
-def scenario_from_run_config(run_config: Mapping[str, Any]) -> Scenario:
+def scenario_from_run_config(run_config: Mapping[str, Any], node_config: Mapping[str, Any] | None = None) -> Scenario:
+    """The run's scenario, its packed plugins imported first (:func:`fedsim.flower.plugpack.admit`):
+    on the server (``node_config`` None) the files the run config's record names, on a device the
+    copies it was granted (``node_config``: :func:`fedsim.flower.plugpack.device_copies`)."""
+    from fedsim.flower import plugpack
+
     text = run_config_value(run_config, "scenario")
     if not isinstance(text, str) or not text.strip():
         raise BridgeError(
             "run config 'scenario' is empty: create the app with `fedsim flower export SCENARIO OUT_DIR`"
         )
-    return bridge_scenario(text, parse_sets(run_config_value(run_config, "set")))
+    d = scenario_data(text)
+    for k, v in parse_sets(run_config_value(run_config, "set")).items():
+        set_dotted(d, k, v)
+    listed = d.get("plugins")
+    if isinstance(listed, list) and listed:
+        copies = None if node_config is None else plugpack.device_copies(node_config)
+        where = "server" if node_config is None else f"node (partition-id {node_config.get('partition-id')})"
+        plugpack.admit(listed, plugpack.read_record(run_config), copies, where)
+    return bridge_scenario(d)
 
 
 def scenario_yaml(sc: Scenario) -> str:
