@@ -60,10 +60,15 @@ def resolve_kind(kind: str) -> str:
     named = [k for k in KINDS if kind in summaries(k)]  # `fedsim list krum extra`: a component, not a kind
     if named:
         raise CatalogError(
-            f"{kind!r} is a {' and a '.join(_SINGULAR[k] for k in named)}, not a kind: `fedsim list {kind}` "
+            f"{kind!r} is {' and '.join(_article(_SINGULAR[k]) for k in named)}, not a kind: `fedsim list {kind}` "
             f"describes it, `fedsim list KIND NAME` takes a kind first; kinds: {', '.join(KINDS)}"
         )
     raise CatalogError(f"unknown kind {kind!r}{did_you_mean(kind, KINDS)}; kinds: {', '.join(KINDS)}")
+
+
+def _article(noun: str) -> str:
+    """``noun`` with its indefinite article (an attack, a strategy)."""
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
 
 
 def is_kind(word: str) -> bool:

@@ -28,6 +28,7 @@ re-exported here.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -184,7 +185,8 @@ def rule_reads_f(rule: strategies.Strategy) -> bool:
         own, received = torch.randn(P, generator=g), torch.randn(N_F, P, generator=g)
         if seed % 2:  # outliers: what f tells a robust rule to discard (else candidates that MOZI may keep)
             received[:3] *= 20
-        outs = [rule(own, received, f_context(f, seed)) for f in (0, 1, 3)]
+        # a fresh copy for each f: a rule keeping state between calls (momentum) must not look like reading f
+        outs = [copy.deepcopy(rule)(own, received, f_context(f, seed)) for f in (0, 1, 3)]
         if any(not torch.allclose(outs[0], o, equal_nan=True) for o in outs[1:]):
             return True
     return False

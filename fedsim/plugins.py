@@ -36,6 +36,7 @@ from fedsim.errors import FedsimError
 
 _MODULE_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _LOADED: dict[str, ModuleType] = {}  # plugin entry (absolute path or module name) → its module, per process
+_COPY_SHA: dict[str, str] = {}  # entry → the sha256 of the copy load_copy imported it from
 _GRANTED: set[str] = set()  # entries (normalised) the user named on the command line or in Python, per process
 
 
@@ -123,19 +124,42 @@ def load(entries: Iterable[str] | None, *, granted: bool = False) -> list[Module
     return [_load_one(e) for e in done]
 
 
-def load_copy(entry: str, copy: str | Path) -> ModuleType:
-    """Grant and import the ``.py`` plugin ``entry`` from ``copy``, a file the caller checked holds
-    the content that was granted (the Flower bridge's packed plugins, :mod:`fedsim.flower.plugpack`):
-    the module gets ``entry``'s name and a later :func:`load` of ``entry`` returns it. An ``entry``
-    this process already imported is returned as it is."""
+def load_copy(entry: str, copy: str | Path, sha256: str) -> ModuleType:
+    """Import the ``.py`` plugin ``entry`` from ``copy`` (the Flower bridge's packed or owner-named
+    copies, :mod:`fedsim.flower.plugpack`) only if the bytes read have the granted ``sha256``: the
+    file is read once, hashed, and those very bytes are compiled and run (no second read, no
+    bytecode cache, so nothing can change between the check and the import). The module gets
+    ``entry``'s name and a later :func:`load` of ``entry`` returns it; ``entry`` counts as granted
+    only once its import succeeded. An ``entry`` this process already imported from a copy with the
+    same hash is returned as it is; with another hash (a warm process whose copy changed) it is
+    refused: one process runs one version of a plugin."""
     entry = normalize(entry)
-    _GRANTED.add(entry)
-    if entry not in _LOADED:
-        import attacks  # noqa: F401 - as in _load_one
-        import strategies  # noqa: F401
+    if entry in _LOADED:
+        if _COPY_SHA.get(entry) == sha256:
+            return _LOADED[entry]
+        raise PluginError(
+            f"plugins: {entry}: this process already imported another version of it; restart the process "
+            "to use the one recorded now"
+        )
+    try:
+        data = Path(copy).read_bytes()
+    except OSError as e:
+        raise PluginError(f"plugins: {copy}: cannot read: {e.strerror or e}") from None
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise PluginError(f"plugins: {copy}: its sha256 is not the granted one ({sha256[:12]}…)")
+    import attacks  # noqa: F401 - as in _load_one
+    import strategies  # noqa: F401
 
-        _LOADED[entry] = _import_file(str(copy), name_of=entry)
+    _LOADED[entry] = _import_file(str(copy), name_of=entry, source=data)
+    _COPY_SHA[entry] = sha256
+    _GRANTED.add(entry)
     return _LOADED[entry]
+
+
+def granted_by_user(entry: str) -> bool:
+    """Whether ``entry`` (normalised) was granted by the user in this process (:func:`grant`, or a
+    driver's list handed on), not only imported from a hash-checked copy by :func:`load_copy`."""
+    return entry in _GRANTED and entry not in _COPY_SHA
 
 
 def _load_one(entry: str) -> ModuleType:
@@ -165,8 +189,10 @@ def _import_module(name: str) -> ModuleType:
         raise PluginError(f"plugins: {name}: {type(e).__name__}: {e}") from None
 
 
-def _import_file(path: str, name_of: str | None = None) -> ModuleType:
-    """Import the file ``path`` under the module name of the plugin entry ``name_of`` (default ``path``)."""
+def _import_file(path: str, name_of: str | None = None, source: bytes | None = None) -> ModuleType:
+    """Import the file ``path`` under the module name of the plugin entry ``name_of`` (default
+    ``path``); with ``source``, run exactly those bytes (already read and checked by the caller) as
+    the module's code instead of letting the import system read the file again."""
     p = Path(path)
     if p.is_dir():
         raise PluginError(f"plugins: {path}: a directory; name the .py file in it, or the package as a module")
@@ -182,7 +208,10 @@ def _import_file(path: str, name_of: str | None = None) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        if source is None:
+            spec.loader.exec_module(module)
+        else:
+            exec(compile(source, str(p), "exec"), module.__dict__)  # noqa: S102 - the granted, hash-checked bytes
     except FedsimError:
         sys.modules.pop(name, None)
         raise

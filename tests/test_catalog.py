@@ -129,6 +129,8 @@ def test_no_attack_is_listed_and_a_component_before_a_name_is_not_an_unknown_kin
         "Error: 'krum' is a strategy, not a kind: `fedsim list krum` describes it, `fedsim list KIND NAME` "
         "takes a kind first; kinds: datasets, backbones, partitions, topologies, strategies, attacks, probes"
     ], r.output
+    r = CliRunner().invoke(main, ["list", "sign_flip", "extra"])  # "an attack", not "a attack"
+    assert r.exit_code == 1 and _lines(r.output)[0].startswith("Error: 'sign_flip' is an attack, not a kind"), r.output
     r = CliRunner().invoke(main, ["list", "strategie", "krum"])  # control: a misspelt kind is still one
     assert r.exit_code == 1 and _lines(r.output)[0].startswith(
         "Error: unknown kind 'strategie' (did you mean 'strategies'?)"

@@ -152,3 +152,26 @@ def test_every_built_in_declares_the_f_it_reads(name):
     rule = strategies.build(name)
     check_declared_reads_f(rule)
     assert check_rule(rule, cases=3, agreement=False) >= 1
+
+
+@dataclass
+class KeepsMomentum(NormBoundedMean):
+    """A rule with state between calls (a running average of its results); reads no f."""
+
+    reads_f: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        self.state = None
+
+    def __call__(self, own, received, ctx):
+        out = torch.cat([own[None], received]).mean(0)
+        self.state = out if self.state is None else 0.5 * (self.state + out)
+        return self.state
+
+
+def test_a_rule_with_state_between_calls_does_not_look_like_it_reads_f():
+    """Each f is tried on a fresh copy of the rule: state left by the previous call is no f."""
+    from fedsim.checks import check_declared_reads_f, rule_reads_f
+
+    assert not rule_reads_f(KeepsMomentum())
+    check_declared_reads_f(KeepsMomentum())

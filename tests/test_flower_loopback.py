@@ -684,6 +684,7 @@ def test_plugin_rule_and_attack_packed_for_real_processes(tmp_path, feature_cach
 
     monkeypatch.setattr(plugins, "_GRANTED", set())
     monkeypatch.setattr(plugins, "_LOADED", {})
+    monkeypatch.setattr(plugins, "_COPY_SHA", {})
     tag = f"lb{abs(hash(str(tmp_path))) % 10**8}"
     src, dev = tmp_path / "server", tmp_path / "device"
     src.mkdir()

@@ -64,6 +64,7 @@ def fresh(tmp_path, monkeypatch):
 
     monkeypatch.setattr(plugins, "_GRANTED", set())
     monkeypatch.setattr(plugins, "_LOADED", {})
+    monkeypatch.setattr(plugins, "_COPY_SHA", {})
     monkeypatch.setattr(plugpack, "PACKED_DIR", tmp_path / "no-bundle")
     tag = f"fp{abs(hash(str(tmp_path))) % 10**8}"
     marks = tmp_path / "marks"
@@ -186,6 +187,12 @@ def test_bundle_refuses_two_plugins_of_one_name(fresh, tmp_path):
         bundle.pack_plugins([rule, other], tmp_path / "src")
     with pytest.raises(bundle.BundleError, match="no such file"):
         bundle.pack_plugins([tmp_path / "missing.py"], tmp_path / "src2")
+    init = tmp_path / "pkg" / "__init__.py"
+    init.parent.mkdir()
+    init.write_text("V = 1\n")
+    with pytest.raises(bundle.BundleError, match="cannot be named __init__.py"):
+        bundle.pack_plugins([init], tmp_path / "src3")
+    assert not (tmp_path / "src3").exists() and not (tmp_path / "src").exists()  # refused before writing
 
 
 def test_export_records_the_granted_plugins_and_refuses_the_others(fresh, small_scenario, tmp_path):
@@ -271,3 +278,66 @@ def test_bundle_packs_the_plugins_into_the_wheel_and_lists_their_hashes(fresh, t
         assert f"{f.name}  sha256 {plugpack.file_sha256(f)}" in files["install"].read_text()
     assert len(files["sha256sums"].read_text().splitlines()) == 2  # the wheel and constraints.txt: sha256sum -c
     assert not (bundle.source_root() / "fedsim" / "flower" / "packed").exists()  # the checkout is left as it was
+
+
+# --- load_copy: the bytes hashed are the bytes run; a failed import grants nothing; one version a process
+
+
+@pytest.fixture()
+def bare(monkeypatch):
+    monkeypatch.setattr(plugins, "_GRANTED", set())
+    monkeypatch.setattr(plugins, "_LOADED", {})
+    monkeypatch.setattr(plugins, "_COPY_SHA", {})
+
+
+def test_the_hash_checked_bytes_are_the_ones_run_not_a_planted_bytecode_cache(tmp_path, bare):
+    """A ``__pycache__`` .pyc of other code with the checked file's size and mtime would be run by the
+    import system instead of the file: load_copy runs the bytes it hashed."""
+    import os
+    import py_compile
+
+    copy = tmp_path / "rules.py"
+    copy.write_text("V = 'benign'\n")
+    sha, st = plugpack.file_sha256(copy), copy.stat()
+    copy.write_text("V = 'EVIL!!'\n")
+    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns))
+    py_compile.compile(str(copy))  # the cache of the other text, valid for the file's size and mtime
+    copy.write_text("V = 'benign'\n")
+    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns))
+    plugpack.admit(["/srv/rules.py"], {"/srv/rules.py": sha}, [copy], "node")
+    assert plugins._LOADED["/srv/rules.py"].V == "benign"
+
+
+def test_load_copy_refuses_bytes_with_another_hash(tmp_path, bare):
+    copy = tmp_path / "rules.py"
+    copy.write_text("V = 1\n")
+    with pytest.raises(plugins.PluginError, match=r"its sha256 is not the granted one"):
+        plugins.load_copy("/srv/rules.py", copy, "0" * 64)
+    assert "/srv/rules.py" not in plugins._LOADED and "/srv/rules.py" not in plugins._GRANTED
+
+
+def test_a_failed_import_grants_nothing_and_a_later_unrecorded_listing_is_refused(tmp_path, bare):
+    """A copy that fails to import leaves its entry ungranted: a later run in the same warm process
+    that lists the entry with no record is refused, never imports the file at the listed path."""
+    bad = tmp_path / "bad_copy.py"
+    bad.write_text("import no_such_module_anywhere\n")
+    victim = tmp_path / "victim.py"
+    victim.write_text(f"open({str(tmp_path / 'IMPORTED')!r}, 'w').write('x')\n")
+    with pytest.raises(BridgeError, match="ModuleNotFoundError"):
+        plugpack.admit([str(victim)], {str(victim): plugpack.file_sha256(bad)}, [bad], "node")
+    assert not plugins.granted_by_user(str(victim)) and str(victim) not in plugins._GRANTED
+    with pytest.raises(BridgeError, match="not granted"):
+        plugpack.admit([str(victim)], {}, [bad], "node")
+    assert not (tmp_path / "IMPORTED").exists()
+
+
+def test_a_warm_process_refuses_another_version_of_an_imported_plugin(tmp_path, bare):
+    copy = tmp_path / "rules.py"
+    copy.write_text("V = 'X'\n")
+    plugpack.admit(["/srv/rules.py"], {"/srv/rules.py": plugpack.file_sha256(copy)}, [copy], "node")
+    assert plugins._LOADED["/srv/rules.py"].V == "X"
+    plugpack.admit(["/srv/rules.py"], {"/srv/rules.py": plugpack.file_sha256(copy)}, [copy], "node")  # same: fine
+    copy.write_text("V = 'Y'\n")
+    with pytest.raises(BridgeError, match="already imported another version"):
+        plugpack.admit(["/srv/rules.py"], {"/srv/rules.py": plugpack.file_sha256(copy)}, [copy], "node")
+    assert plugins._LOADED["/srv/rules.py"].V == "X"

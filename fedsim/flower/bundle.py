@@ -149,17 +149,22 @@ def pack_plugins(files: Sequence[str | Path], src: Path) -> dict[str, str]:
     out: dict[str, str] = {}
     if not files:
         return out
-    dest = src / "fedsim" / "flower" / plugpack.PACKED_NAME
-    dest.mkdir(parents=True, exist_ok=True)
-    (dest / "__init__.py").write_text('"""Plugins packed by fedsim flower bundle --plugin; imported only by hash."""\n')
+    chosen: list[tuple[str, str, str]] = []  # (name, path, sha256): all checked before anything is written
     for f in files:
         try:
             path, sha = next(iter(json.loads(plugpack.record([str(f)])).items()))
         except BridgeError as e:
             raise BundleError(str(e)) from None
         name = Path(path).name
-        if name in out or name == "__init__.py":
+        if name == "__init__.py":
+            raise BundleError(f"--plugin: {path}: a plugin cannot be named __init__.py; rename it")
+        if name in (c[0] for c in chosen):
             raise BundleError(f"--plugin: two plugins named {name}; rename one")
+        chosen.append((name, path, sha))
+    dest = src / "fedsim" / "flower" / plugpack.PACKED_NAME
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "__init__.py").write_text('"""Plugins packed by fedsim flower bundle --plugin; imported only by hash."""\n')
+    for name, path, sha in chosen:
         shutil.copyfile(path, dest / name)
         out[name] = sha
     return out

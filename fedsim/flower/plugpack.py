@@ -9,7 +9,8 @@ the grant comes from the people who build and launch:
 * a device: ``fedsim flower bundle DIR --plugin my_rules.py`` packs the file into the wheel the
   device installs (``fedsim/flower/packed/``, :data:`PACKED_DIR`), or ``fedsim flower client
   --plugin my_rules.py`` names a copy on the device (node config ``plugins``, paths joined by
-  ``:``); the ClientApp imports the copy whose sha256 is the one the run config records.
+  ``:``); the ClientApp imports the copy whose sha256 is the one the run config records
+  (:func:`fedsim.plugins.load_copy` runs exactly the bytes it hashed).
 
 Only the plugins the scenario lists are imported (a packed plugin it does not list never is); a
 listed plugin with no recorded hash, or no granted copy of that hash, is refused in one line on
@@ -99,7 +100,7 @@ def admit(listed: Iterable[Any], rec: Mapping[str, str], copies: Iterable[Path] 
     the copy is the file at the listed path itself. ``where`` starts each refusal."""
     from fedsim import plugins
 
-    todo: list[tuple[str, Path]] = []
+    todo: list[tuple[str, Path, str]] = []
     offered: dict[str, Path] | None = None
     for e in listed or ():
         if not isinstance(e, str):
@@ -110,7 +111,7 @@ def admit(listed: Iterable[Any], rec: Mapping[str, str], copies: Iterable[Path] 
             continue  # the schema's message
         sha = rec.get(entry)
         if sha is None:
-            if entry in plugins._GRANTED:
+            if plugins.granted_by_user(entry):
                 continue  # granted in this process (an in-process bridge), not packed: as fedsim run imports it
             raise BridgeError(
                 f"{where}: plugins: {entry}: not granted: the Flower apps import a plugin only when it was packed "
@@ -124,7 +125,7 @@ def admit(listed: Iterable[Any], rec: Mapping[str, str], copies: Iterable[Path] 
                     f"{where}: plugins: {entry}: its content changed since the app was exported "
                     f"(sha256 {sha[:12]}… recorded); export the app again"
                 )
-            todo.append((entry, p))
+            todo.append((entry, p, sha))
             continue
         if offered is None:
             offered = {}
@@ -139,9 +140,9 @@ def admit(listed: Iterable[Any], rec: Mapping[str, str], copies: Iterable[Path] 
                 f"(its copies: {have}); rebuild its bundle with fedsim flower bundle --plugin, or start it with "
                 "fedsim flower client --plugin FILE"
             )
-        todo.append((entry, match))
-    for entry, p in todo:
+        todo.append((entry, match, sha))
+    for entry, p, sha in todo:
         try:
-            plugins.load_copy(entry, p)
+            plugins.load_copy(entry, p, sha)
         except plugins.PluginError as e:
             raise BridgeError(f"{where}: {e}") from None
