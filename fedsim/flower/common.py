@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from fedsim.errors import FedsimError
+from fedsim.flower.errors import BridgeError  # noqa: F401 - re-exported: the bridge modules raise it
 from fedsim.scenario import Scenario, ScenarioError, parse, parse_set, set_dotted
 
 LOG = logging.getLogger("flwr.fedsim")  # a child of Flower's logger: shows in `flwr log` and the node's output
@@ -42,10 +42,6 @@ RUN_CONFIG_DEFAULTS: dict[str, Any] = {
     "plugins": "",  # JSON {path: sha256} of the plugins granted at export (fedsim.flower.plugpack)
 }
 ATTACK_SIDES = ("client", "server")
-
-
-class BridgeError(FedsimError, ValueError):
-    """A configuration the bridge cannot run; the message names the key and the fix."""
 
 
 def run_config_value(run_config: Mapping[str, Any], key: str) -> Any:

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fedsim.flower.common import BridgeError
+from fedsim.flower.errors import BridgeError
 
 KEY = "plugins"  # the run-config key (the record) and the node-config key (a device's granted copies)
 PACKED_NAME = "packed"  # the bundle's packed plugins: fedsim/flower/packed/ of the installed wheel
