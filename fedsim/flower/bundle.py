@@ -21,7 +21,6 @@ streams are computed by fedsim's code on both sides), so the bundle pins them to
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -31,6 +30,7 @@ from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
+from fedsim.flower.plugpack import file_sha256
 from fedsim.version import DISTRIBUTION, __version__
 
 try:
@@ -132,14 +132,6 @@ Files: {wheel} (sha256 {sha}), constraints.txt, SHA256SUMS.
 """
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def pack_plugins(files: Sequence[str | Path], src: Path) -> dict[str, str]:
     """Copy the plugin ``.py`` ``files`` into ``src``'s ``fedsim/flower/packed/`` (a package of the
     wheel); returns ``name → sha256``. Two files of one name are refused (:class:`BundleError`)."""
@@ -223,8 +215,8 @@ def build_bundle(out_dir: str | Path, source: str | Path | None = None, overwrit
     wheel, packed = build_wheel(root, out, plugins=plugins)
     constraints = out / "constraints.txt"
     constraints.write_text(constraints_text(pins))
-    sha = _sha256(wheel)
-    (out / "SHA256SUMS").write_text(f"{sha}  {wheel.name}\n{_sha256(constraints)}  constraints.txt\n")
+    sha = file_sha256(wheel)
+    (out / "SHA256SUMS").write_text(f"{sha}  {wheel.name}\n{file_sha256(constraints)}  constraints.txt\n")
     install = out / "INSTALL.txt"
     text = INSTALL.format(version=__version__, dist=DISTRIBUTION, wheel=wheel.name, torch=pins["torch"],
                           flwr=pins["flwr"], cpu_index=PYTORCH_CPU_INDEX, sha=sha)

@@ -37,7 +37,12 @@ SEPARATOR = ":"  # between the paths of node config 'plugins'
 
 
 def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """The sha256 of the file ``path``, read in 1 MiB blocks (a plugin, a bundle's wheel)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _py_file(entry: str, what: str) -> Path:
