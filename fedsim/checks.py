@@ -22,8 +22,9 @@ with the same property functions over cases hypothesis draws. The properties:
   declaration match exactly;
 * the class has a docstring (``fedsim list`` shows it) and ``check(50, 0)`` accepts a plain setting.
 
-:func:`check_forger`, the same for an update forger, lives in :mod:`fedsim.checks_attacks` and is
-re-exported here.
+:func:`check_forger`, the same for an update forger, lives in :mod:`fedsim.checks_attacks`;
+:func:`check_backbone`, for a backbone, in :mod:`fedsim.checks_backbones`; :func:`check_probe`, for a
+probe, in :mod:`fedsim.checks_probes`. All three are re-exported here.
 """
 
 from __future__ import annotations
@@ -35,10 +36,13 @@ import torch
 
 import strategies
 from fedsim.checks_attacks import check_forger, depends_on_f
+from fedsim.checks_backbones import check_backbone
+from fedsim.checks_probes import check_probe
 from strategies import AggregationContext, aggregate, sanitize
 
 __all__ = [
-    "check_declared_reads_f", "check_finite", "check_forger", "check_pulls_toward", "check_rule", "rule_reads_f",
+    "check_backbone", "check_declared_reads_f", "check_finite", "check_forger", "check_probe", "check_pulls_toward",
+    "check_rule", "rule_reads_f",
 ]  # fmt: skip
 
 C, D = 3, 4  # the head the cases use: 3 classes, 4 features, with bias

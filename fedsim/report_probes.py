@@ -67,7 +67,7 @@ def _format_unlearning(e: dict[str, Any]) -> str:
         f"{sp.get('mia_nonmembers')} MIA non-members, {sp.get('test')} test.",
     ]
     if e.get("methods"):
-        out += ["", _format_methods(e["methods"])]
+        out += ["", _format_methods(e["methods"], retrained="retrained" in models)]
     if e.get("membership"):
         out += ["", _format_membership(e)]
     if e.get("influence"):
@@ -93,11 +93,16 @@ def _ci(v: Any) -> str:
     return "–" if not v or not all(_is_num(x) for x in v) else f"[{100 * v[0]:.1f}, {100 * v[1]:.1f}]%"
 
 
-def _format_methods(methods: dict[str, Any]) -> str:
-    """Unlearning methods against the retrained head (KL(retrained ‖ method), top-1 disagreement)."""
+def _format_methods(methods: dict[str, Any], retrained: bool = True) -> str:
+    """Unlearning methods against the retrained head (KL(retrained ‖ method), top-1 disagreement).
+    ``retrained``: the entry has a retrained model, so every method has ``kl_to_retrained`` and
+    ``disagreement_to_retrained`` (docs/probes.md; a ``KeyError`` when one is missing)."""
     rows = []
     for name, r in methods.items():
-        kl, dis = r.get("kl_to_retrained") or {}, r.get("disagreement_to_retrained") or {}
+        if retrained:
+            kl, dis = r["kl_to_retrained"], r["disagreement_to_retrained"]
+        else:  # retrain: false: accuracies only
+            kl, dis = r.get("kl_to_retrained") or {}, r.get("disagreement_to_retrained") or {}
         closed = r.get("kl_gap_closed") or {}
         rows.append([name, *[_pnum(kl.get(s), ".4f") for s in ("forget", "retain", "test")],
                      *[_pct(dis.get(s)) for s in ("forget", "test")], _pct(closed.get("forget")),
