@@ -235,3 +235,25 @@ def test_doc_check_your_attack_runs_as_written(plugin, monkeypatch, capsys):
     exec(compile(block, str(DOC), "exec"), {})
     n = int(capsys.readouterr().out.split()[0])
     assert n == 3 * len(cases(attacks.build("flipped_mean"), range(5))) + 1  # 3 checks a case, then the reads
+
+
+def test_doc_check_your_backbone_runs_as_written(plugin, monkeypatch, capsys):
+    """The "Check your backbone" block, executed as written next to the page's my_plugins.py: the
+    doc's backbone has every property the engine relies on."""
+    path, _ = plugin
+    blocks = re.findall(r"```python\n(.+?)```", DOC.read_text(), flags=re.S)
+    (block,) = [b for b in blocks if b.startswith("# check my backbone")]
+    monkeypatch.chdir(path.parent)
+    exec(compile(block, str(DOC), "exec"), {})
+    assert capsys.readouterr().out == "4 properties passed\n"
+
+
+def test_doc_check_your_probe_runs_as_written(plugin, monkeypatch, capsys):
+    """The "Check your probe" block, executed as written next to the page's my_plugins.py: the
+    doc's probe passes on the tiny run (its entry read by the report's generic table)."""
+    path, _ = plugin
+    blocks = re.findall(r"```python\n(.+?)```", DOC.read_text(), flags=re.S)
+    (block,) = [b for b in blocks if b.startswith("# check my probe")]
+    monkeypatch.chdir(path.parent)
+    exec(compile(block, str(DOC), "exec"), {})
+    assert capsys.readouterr().out == "4 properties passed\n"
