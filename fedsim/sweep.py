@@ -101,7 +101,11 @@ class _BarReporter(Reporter):
     help="Torch threads per run (default: with Ray, the CPUs divided among the runs at once, at least 1; "
     "with --local, the CPUs free when the sweep starts: CPUs minus the load average, at least 1).",
 )
-@click.option("--address", help="Ray cluster to run on: 'auto' or ray://HOST:10001.")
+@click.option(
+    "--address",
+    help="Ray cluster to run the runs on, as Ray tasks: 'auto' or ray://HOST:10001 (not with --local; a "
+    "scenario's own engine.address is refused: a sweep's runs never read it).",
+)
 @click.option(
     "--skip-invalid",
     is_flag=True,

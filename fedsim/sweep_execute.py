@@ -17,9 +17,9 @@ from typing import Any
 
 from fedsim import plugins
 from fedsim.cli_errors import RUN_ERROR_FILE
-from fedsim.errors import RunInterruptedError
+from fedsim.errors import RunInterruptedError, ScenarioError
 from fedsim.scenario import parse
-from fedsim.sweep_plan import PlannedRun, SweepPlan
+from fedsim.sweep_plan import PlannedRun, SweepPlan, engine_errors
 from fedsim.threads import free_cpus
 
 
@@ -103,6 +103,9 @@ def _write_index(plan: SweepPlan) -> None:
     atomic_write(plan.out / "sweep.json", (json.dumps(plan.index(), indent=2, default=str) + "\n").encode())
 
 
+IN_PROCESS = "drop --address, or --local (without it the runs are Ray tasks, on the cluster at --address)"
+
+
 def execute_sweep(
     plan: SweepPlan,
     jobs: int | None = None,
@@ -122,6 +125,10 @@ def execute_sweep(
     import shutil
 
     rep = reporter or Reporter()
+    if address and local:  # in this process: the address would be ignored, as `fedsim run` refuses it
+        unread = engine_errors({"backend": "local", "address": address}, IN_PROCESS)
+        if unread:
+            raise ScenarioError(unread[0])
     if address and not local:  # no live cluster there: one line, before any folder is touched
         from fedsim.backend import cluster_address
 

@@ -35,6 +35,28 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._,+\-]")
 MAX_NAME = 200
 
 
+# a sweep's runs: in-process (engine.backend: local) inside its Ray tasks or, with --local, in this process
+RUNS_IN_TASKS = ("a sweep runs each run in-process inside its Ray tasks: drop engine.address "
+                 "(fedsim sweep --address ADDR runs those tasks on a cluster)")
+
+
+def engine_errors(engine: Any, hint: str) -> list[str]:
+    """The fields of an ``engine`` mapping that its backend does not read, by the check ``fedsim
+    run`` makes (:func:`fedsim.validation.unread_kind_fields`, the one table
+    :data:`~fedsim.schema_sections.KIND_FIELDS`), each message ending in ``hint``; none for a
+    mapping that is not a valid engine section (the run's validation names what is wrong)."""
+    from pydantic import ValidationError
+
+    from fedsim.schema_sections import EngineCfg
+    from fedsim.validation import unread_kind_fields
+
+    try:
+        section = EngineCfg.model_validate(engine)
+    except ValidationError:
+        return []
+    return unread_kind_fields("engine", section, hint)
+
+
 # --------------------------------------------------------------------------- grid parsing
 def split_values(text: str) -> list[str]:
     """Split ``a,b,[1,2],{x: 1, y: 2}`` on the commas outside brackets and braces."""
@@ -216,8 +238,11 @@ def plan_sweep(
         for k, v in ov.items():
             set_dotted(data, k, v)
         set_dotted(data, "engine.backend", "local")
-        data.setdefault("engine", {}).pop("address", None)
         rn = run_name(ov)
+        unread = engine_errors(data["engine"], RUNS_IN_TASKS)  # an address no run would read: refused as `run` does
+        if unread:
+            raise ScenarioError(f"{scenario} [{rn}]: {unread[0]}")
+        data["engine"].pop("address", None)  # null (an old recorded scenario's) or absent
         try:
             sc = parse(copy.deepcopy(data), f"{scenario} [{rn}]", require_data=require_data)
         except ScenarioError as e:

@@ -172,25 +172,37 @@ def ignored_fields(sc: Scenario, built: tuple[Any, Any] | None = None) -> list[s
     scenario's ``(rule, attack)`` if already built (:func:`check_semantics`; default: built here)."""
     rule, attack = _built(sc) if built is None else built
     errors = []
-    for path, spec in KIND_FIELDS.items():
+    for path in KIND_FIELDS:
         section: Any = sc
         for part in path.split("."):
             section = getattr(section, part)
-        kind = getattr(section, spec.kind)
-        fields = type(section).model_fields
-        for field in (f for f in fields if given(section, f)):
-            if spec.null_is_unset and getattr(section, field) is None:
-                continue
-            kinds = spec.reads.get(field)
-            if kinds is not None and kind not in kinds:
-                noun = spec.noun or spec.kind + ("s" if len(kinds) > 1 and spec.kind == "kind" else "")
-                hint = (": remove it, or with --set give the whole section, e.g. "
-                        f"--set '{path}={{{spec.kind}: {kind}}}'"
-                        if spec.kind in fields else "")  # (a derived kind, e.g. the attack's, is not set)
-                hint = f": {spec.hint}" if spec.hint else hint
-                errors.append(f"{path}.{field}: used only by {noun} {', '.join(kinds)} "
-                              f"(this {path.rsplit('.', 1)[-1]} is {kind}){hint}")
+        errors += unread_kind_fields(path, section)
     return errors + _unread_f(sc, rule, attack) + _unread_omniscient(sc, attack)
+
+
+def unread_kind_fields(path: str, section: BaseModel, hint: str | None = None) -> list[str]:
+    """The fields ``section`` (the scenario's section at ``path``, a key of
+    :data:`~fedsim.schema_sections.KIND_FIELDS`) sets that its kind does not read, one
+    ``field: message`` each (:func:`ignored_fields`' check of one section; a sweep checks its
+    ``engine`` section with it before it drops ``engine.address``). ``hint``: the advice ending each
+    message, for a caller whose way out differs from the table's."""
+    spec = KIND_FIELDS[path]
+    kind = getattr(section, spec.kind)
+    fields = type(section).model_fields
+    errors = []
+    for field in (f for f in fields if given(section, f)):
+        if spec.null_is_unset and getattr(section, field) is None:
+            continue
+        kinds = spec.reads.get(field)
+        if kinds is not None and kind not in kinds:
+            noun = spec.noun or spec.kind + ("s" if len(kinds) > 1 and spec.kind == "kind" else "")
+            advice = (": remove it, or with --set give the whole section, e.g. "
+                      f"--set '{path}={{{spec.kind}: {kind}}}'"
+                      if spec.kind in fields else "")  # (a derived kind, e.g. the attack's, is not set)
+            advice = f": {hint or spec.hint}" if hint or spec.hint else advice
+            errors.append(f"{path}.{field}: used only by {noun} {', '.join(kinds)} "
+                          f"(this {path.rsplit('.', 1)[-1]} is {kind}){advice}")
+    return errors
 
 
 def _built(sc: Scenario) -> tuple[Any, Any]:

@@ -164,6 +164,32 @@ def test_address_with_the_local_backend_is_refused_before_any_folder(tmp_path):
     assert load(p, {"engine.backend": "ray", "engine.address": "auto"}).engine.address == "auto"  # control
 
 
+def test_a_local_sweep_refuses_address_as_run_does_before_any_folder(tmp_path):
+    """`fedsim sweep --local --address ADDR` ran every run in this process and ignored the address,
+    while `fedsim run --address` with the local backend is refused (the same check refuses both)."""
+    p = _iid_file(tmp_path)
+    res = CliRunner().invoke(main, ["sweep", str(p), "-g", "seed=0,1", "--local", "--address", "auto", "-q"])
+    assert res.exit_code == 1, res.output
+    assert "engine.address: used only by backend ray (this engine is local): drop --address, or --local" in res.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_sweep_refuses_the_engine_address_its_runs_would_drop(tmp_path):
+    """A sweep runs every run in-process (engine.backend: local) in its tasks: a scenario's own
+    engine.address (with either backend) was dropped silently, while `fedsim run` refuses it with the
+    local backend; a null address (an old recorded scenario) means none, as for `fedsim run`."""
+    for backend in ("local", "ray"):
+        p = tmp_path / f"{backend}.yaml"
+        p.write_text(_iid_file(tmp_path).read_text().replace("backend: local", f"backend: {backend}, address: auto"))
+        with pytest.raises(ScenarioError, match=r"\[seed=0\]: engine\.address: used only by backend ray .*a sweep "
+                           r"runs each run in-process inside its Ray tasks: drop engine\.address"):
+            plan_sweep(p, {"seed": [0, 1]})
+    p = tmp_path / "null.yaml"
+    p.write_text(_iid_file(tmp_path).read_text().replace("backend: local", "backend: local, address: null"))
+    engines = [r.data["engine"] for r in plan_sweep(p, {"seed": [0, 1]}).runs]
+    assert engines == [{"backend": "local", "num_actors": 1}] * 2
+
+
 def test_a_sweep_over_an_ignored_field_is_refused_before_any_run(tmp_path):
     p = _iid_file(tmp_path)
     with pytest.raises(ScenarioError, match=r"partition\.alpha: used only by kind dirichlet"):
