@@ -95,7 +95,9 @@ class Scenario(_Section):
     def _plugin_entries(cls, v: list[str]) -> list[str]:
         from fedsim import plugins
 
-        return [plugins.normalize(e) for e in v]  # .py paths made absolute: actors may run elsewhere
+        # .py paths made absolute (actors may run elsewhere), each file or module once however the
+        # scenario spells it (the dedupe of granted entries, fedsim.plugins.merge)
+        return [plugins.normalize(e) for e in plugins.merge(v, [])]
 
     @model_validator(mode="after")
     def _mode_topology(self) -> Scenario:

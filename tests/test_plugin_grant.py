@@ -120,6 +120,19 @@ def test_one_file_granted_under_two_spellings_is_recorded_once(user, tmp_path):
     assert merged == ["b.py", "not a name!", "a.py", "pkg.rules"]  # first spelling, in order; two files stay two
 
 
+def test_a_hand_written_plugins_list_with_duplicates_is_recorded_once(user, tmp_path):
+    """A scenario listing one file twice (under one spelling or two), run with the file granted
+    before and no plugins= of its own, recorded it as often as listed: the schema dedupes it with
+    fedsim.plugins.merge, the dedupe of granted entries."""
+    plugin, scenario, _ = user
+    plugins.grant(["mine.py"])
+    data = yaml.safe_load(scenario.read_text()) | {"plugins": ["mine.py", "./mine.py", "mine.py"]}
+    assert resolve(data).plugins == [str(plugin)]
+    r = fedsim.run(data, out=tmp_path / "out/dup")
+    assert yaml.safe_load((tmp_path / "out/dup/scenario.yaml").read_text())["plugins"] == [str(plugin)]
+    assert r.scenario.plugins == [str(plugin)]
+
+
 def test_python_api_needs_plugins_too(user, small_scenario):
     plugin, scenario, marker = user
     with pytest.raises(ScenarioError, match=r"plugins: .*mine\.py: not imported.*add --plugin"):
