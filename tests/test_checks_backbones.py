@@ -101,6 +101,17 @@ class ReadsAValue(Net):
         return self.features(x) / float(self.lin.weight.detach().abs().max())
 
 
+class CountsCalls(Net):
+    """Scales by how often it ran with gradients: one batched call under vmap, one per peer in the loop."""
+
+    calls = 0
+
+    def forward(self, x):
+        if torch.is_grad_enabled():
+            self.calls += 1
+        return self.features(x) * self.calls
+
+
 class OwnSeedEachTime(Net):
     seeds = itertools.count()
 
@@ -129,6 +140,8 @@ MUTANTS = [
     (spec("nan_out", NaNOut), r"features \[B, d\]: .*NaN/Inf"),
     (spec("reads_a_value", ReadsAValue), r"stacked training \(vmap = loop\): StackedModel.loss_and_grad with "
      "batching vmap raised"),
+    (spec("counts_calls", CountsCalls), r"stacked training \(vmap = loop\): the peers' losses under vmap differ from "
+     "one peer at a time"),
 ]
 
 
