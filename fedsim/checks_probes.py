@@ -32,6 +32,7 @@ over every registered kind. The properties:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -223,8 +224,8 @@ def check_probe(
     check_declaration(cls, int(TINY["peers"]["count"]))
     entry = {"kind": kind, **(cfg or {})}
     with tempfile.TemporaryDirectory(prefix="check_probe-") as tmp, _rngs_kept():
-        base = TINY | {"seed": seed, "probes": [entry], "output": {"dir": tmp}}
-        base["backbone"] = TINY["backbone"] | {"cache_dir": str(Path(tmp) / "cache")}
+        base = copy.deepcopy(TINY) | {"seed": seed, "probes": [entry], "output": {"dir": tmp}}
+        base["backbone"]["cache_dir"] = str(Path(tmp) / "cache")
         sc = resolve(base, dict(scenario or {}), require_data=True, plugins=plugins)
         filled = validate_probe(0, sc.probes[0], sc.peers.count)
         run = Run(sc, Path(tmp) / "run")

@@ -36,7 +36,10 @@ def test_every_registered_probe_passes(kind):
 
 
 def test_a_probe_is_checked_in_the_scenario_it_is_given():
-    assert check_probe("cloning", QUICK["cloning"], scenario={"mode": "federated", "topology": {"kind": "star"}}) == 4
+    federated = {"mode": "federated", "topology": {"kind": "star"}, "engine.num_actors": 1}
+    assert check_probe("cloning", QUICK["cloning"], scenario=federated) == 4
+    with pytest.raises(ScenarioError, match="topology.kind: federated mode uses a star"):
+        check_probe("cloning", QUICK["cloning"], scenario={"mode": "federated", "topology.kind": "ring"})
 
 
 def test_bad_settings_are_refused_before_anything_runs(tmp_path):
