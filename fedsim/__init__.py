@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING, Any
 # default), 47 sleeping; quiet 53-57 vs 48-60 (docs/performance.md). A user's own value wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from fedsim.mkl_branch import fix_branch
 from fedsim.version import DISTRIBUTION, __version__  # noqa: F401  (the package's version and pip name)
+
+# oneMKL's code path fixed to the one this CPU's flags name, before MKL's first call: otherwise MKL
+# picks one per process and, rarely, another one (other bits: fedsim.mkl_branch). A user's value wins.
+fix_branch()
 
 __all__ = ["Callback", "RunResult", "Stop", "load_run", "resume", "run"]
 _CALLBACKS = ("Callback", "Stop")

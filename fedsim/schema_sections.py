@@ -283,8 +283,9 @@ class EngineCfg(_Section):
         description="engine.backend local: 'off' (the default) runs the groups one after another, each with all "
         "the threads; 'auto' runs the groups' calls side by side, one thread per group up to the run's threads, "
         "torch threads divided among them (1 each when groups >= threads), as Ray's actors do: the same metrics, "
-        "faster on a quiet machine (measured 1.57x at 100 clients, 1.28x at 1,000), opt-in while a rare "
-        "run-to-run metrics difference under load, seen with auto and with off, is open. A single group, "
+        "faster on a quiet machine (measured 1.57x at 100 clients, 1.28x at 1,000), opt-in (the rare "
+        "run-to-run metrics difference once seen under load, with auto and with off, was oneMKL's per-process "
+        "code path, now fixed: fedsim.mkl_branch). A single group, "
         "a single thread or a device other than cpu runs one after another (fedsim.threads.local_workers; "
         "docs/performance.md, 'Thread policy in-process')",
     )
