@@ -255,7 +255,7 @@ class GossipAggregation:
                 at = js.to(self.tw.device)
                 tb = self.tb.index_select(0, at) if self.bias else None
                 rows = strategies.flatten(self.tw.index_select(0, at), tb)  # (float32: engine.head_dtype upcast)
-                return rows.to(CPU if device.type == "cpu" else device, torch.float32)
+                return (rows.cpu() if device.type == "cpu" else rows.to(device)).to(torch.float32)
             return gather(params, js + self.s.first, device)
 
         root = self._root_updates(round_) if "root_update" in self.rule.needs else None
