@@ -149,7 +149,7 @@ def main(a: argparse.Namespace | None = None) -> None:
     sargs = argparse.Namespace(
         partition="iid", alpha=0.5, fanout=5, eval_every=1, eval_peers=100, backend="local",
         num_actors=a.num_actors, cpus_per_actor=0.5, message_dtype=a.message_dtype, replicate_path=None,
-        head_dtype=a.head_dtype,
+        head_dtype=a.head_dtype, device="cpu", aggregate_chunk=None,
     )
     torch.set_num_threads(1)
     release_memory()
