@@ -185,6 +185,23 @@ class PeerSlicedBatches(Protocol):
         ...
 
 
+class PeerRange:
+    """Peers ``lo .. hi - 1`` of a :class:`PeerSlicedBatches`, itself one (:func:`upcast_steps`' chunks
+    read the group's batches, drawn once: on the padded path views of the padded shards)."""
+
+    def __init__(self, batches: PeerSlicedBatches, lo: int, hi: int) -> None:
+        self.batches, self.lo, self.hi, self.steps = batches, lo, hi, batches.steps
+
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+        return (self.part(k, 0, self.hi - self.lo) for k in range(self.steps))
+
+    def part(self, step: int, lo: int, hi: int) -> tuple[Tensor, ...]:
+        return self.batches.part(step, self.lo + lo, self.lo + hi)
+
+    def row_bytes(self) -> int:
+        return self.batches.row_bytes()
+
+
 def step_peers(training: TrainingCfg, p: int, head_numel: int, itemsize: int) -> int:
     """Peers whose step temporaries and weight gradient exist at once in :func:`local_steps`
     ``(chunked=True)`` over ``p`` heads of ``head_numel`` weights of ``itemsize`` bytes: a chunk of

@@ -271,16 +271,20 @@ class PeerGroup(MinibatchDraws, GossipAggregation):
         leaver records its gradients (:meth:`_recording`). float32 heads: :func:`fedsim.heads.local_steps`
         over the round's minibatches, as always; heads stored in half precision
         (``engine.head_dtype``): :func:`fedsim.heads.upcast_steps`, a chunk of peers at a time, each
-        chunk's minibatches drawn for its peers only (keyed by peer id: the same draws)."""
+        chunk's minibatches its rows of the group's (:class:`fedsim.heads.PeerRange`), or, where the
+        group's are not drawn at once, drawn for its peers only (keyed by peer id: the same draws)."""
         steps = self.s.training.local_steps
+        group = self._minibatches(round_, steps, rows)
         if w.dtype == torch.float32:
-            batches = self._minibatches(round_, steps, rows)
-            return self._local_steps(w, b, opt, self._recording(batches, w, b, self.rec_row) if record else batches)
+            return self._local_steps(w, b, opt, self._recording(group, w, b, self.rec_row) if record else group)
         sel = np.arange(self.p) if rows is None else rows
         j = self.rec_row
 
         def batches_for(lo: int, hi: int, w32: Tensor, b32: Tensor):
-            batches = self._minibatches(round_, steps, sel[lo:hi])
+            if isinstance(group, heads.PeerSlicedBatches):
+                batches = heads.PeerRange(group, lo, hi)
+            else:
+                batches = self._minibatches(round_, steps, sel[lo:hi])
             return self._recording(batches, w32, b32, j - lo) if record and j is not None and lo <= j < hi else batches
 
         size = heads.chunk_peers(int(w[0].numel()) if len(w) else 1)

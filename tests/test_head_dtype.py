@@ -14,6 +14,7 @@ import torch
 
 from fedsim import heads, limits
 from fedsim.errors import ScenarioError
+from fedsim.minibatches import MinibatchDraws
 from fedsim.peers import PeerGroup
 from fedsim.routing import MESSAGE_DTYPES
 from fedsim.runner import Run, prepare
@@ -90,6 +91,9 @@ def test_half_runs_are_reproducible_and_layout_independent(small_scenario, monke
     assert two == _metrics(_gossip(small_scenario, name="one", **over, **{"engine.num_actors": 1}))
     monkeypatch.setattr(heads, "chunk_peers", lambda *a: 7)
     assert two == _metrics(_gossip(small_scenario, name="chunks", **over))
+    # the group's minibatches not drawn at once (heads.PeerRange unused): each chunk draws its own
+    monkeypatch.setattr(MinibatchDraws, "DRAW_AT_ONCE", 50)
+    assert two == _metrics(_gossip(small_scenario, name="draws", **over))
     full = _metrics(_gossip(small_scenario, name="f32"))
     assert two != full
     acc = [json.loads(x)["accuracy_mean"] for x in (two.splitlines()[-1], full.splitlines()[-1])]
