@@ -240,8 +240,9 @@ def upcast_steps(
     peer and round, after its last local step**, not after every step (float16 keeps 11 significant
     bits, bfloat16 8: a step smaller than half a unit in the last place of a weight would be lost).
     Peak float32 bytes: one chunk. Returns the per-peer loss (float32). Peers are independent and
-    ``batches_for`` draws a chunk's minibatches by peer id, so the numbers do not depend on ``size``
-    or on which group hosts a peer. Adam's step count advances as in one call (``state.t``)."""
+    ``batches_for`` gives a chunk's minibatches as drawn by peer id (:class:`PeerRange` of the
+    group's, or its own), so the numbers do not depend on ``size`` or on which group hosts a peer.
+    Adam's step count advances as in one call (``state.t``)."""
     p = w.shape[0]
     loss = torch.zeros(p, device=w.device)
     t0, t = state.t, state.t
