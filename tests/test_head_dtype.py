@@ -191,3 +191,18 @@ def test_whole_models_are_refused_in_one_line(small_scenario):
     assert "\n" not in msg
     with pytest.raises(ScenarioError, match="engine.head_dtype"):
         parse(small_scenario(**{"engine.head_dtype": "half"}))
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_a_stopped_half_run_resumes_to_the_uninterrupted_bytes(small_scenario, tmp_path, dtype):
+    """The checkpoint holds the stored values as float32 (get_state), and the resumed groups round them
+    back to the same half-precision values: the resumed run ends byte-identical."""
+    import fedsim
+    from fedsim.callbacks import StopAfter
+
+    over = {"engine.head_dtype": dtype, "rounds": 6, "checkpoint.every": 2}
+    full = fedsim.run(_gossip(small_scenario, name="full", **over), out=tmp_path / "full")
+    part = fedsim.run(_gossip(small_scenario, name="part", **over), out=tmp_path / "part", callbacks=[StopAfter(3)])
+    assert not part.complete
+    fedsim.resume(tmp_path / "part")
+    assert (tmp_path / "part" / "metrics.jsonl").read_bytes() == (full.dir / "metrics.jsonl").read_bytes()
