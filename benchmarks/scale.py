@@ -38,11 +38,12 @@ Per size, two measurements in this one process:
 ``fmnist_cnn`` features of ``fashion_mnist_embedded`` (computed once, written to a temporary
 ``.npz`` read as ``dataset: npz`` with the ``identity`` backbone): the same arithmetic per step,
 but repeated samples, so its accuracy is not comparable. ``--message-dtype`` sets
-``engine.message_dtype``. ``--progress`` prints each round's time and the memory of every
-process (PSS by kind) as the end-to-end run goes. ``--device cuda`` sets ``engine.device`` (needs
-``--backend local``; ``fedsim/device.py``: the groups' heads, shards, local steps and evaluation on
-the GPU, the aggregation on the CPU) and adds the GPU's peak allocated memory; the table's
-``peer-rnd/s`` is peers × rounds per second of the round loop (issue 19's figure):
+``engine.message_dtype``, ``--head-dtype`` ``engine.head_dtype``. ``--progress`` prints each
+round's time and the memory of every process (PSS by kind) as the end-to-end run goes. ``--device
+cuda`` sets ``engine.device`` (needs ``--backend local``; ``fedsim/device.py``: the groups' heads,
+shards, local steps and evaluation on the GPU, the aggregation on the CPU) and adds the GPU's peak
+allocated memory; the table's ``peer-rnd/s`` is peers × rounds per second of the round loop (issue
+19's figure):
 
     python benchmarks/scale.py --sizes 10000,100000 --rounds 5 --replicate 4 --backend local \
         --device cuda --skip-breakdown          # benchmarks/gpu_check.sh runs it, CPU baseline beside it
@@ -88,6 +89,8 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--replicate", type=_cli.index, default=0,
                     help="train on K copies of the features (sizes > 60,000)")
     ap.add_argument("--message-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    ap.add_argument("--head-dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                    help="engine.head_dtype: precision of the stored heads and optimizer state")
     ap.add_argument("--device", default="cpu", help="engine.device: cpu, cuda or cuda:N (with --backend local)")
     ap.add_argument("--aggregate-chunk", type=_cli.count, default=None,
                     help="engine.aggregate_chunk: receivers per batched rule call (default: the scenario's, 64)")
@@ -148,7 +151,8 @@ def scenario(n: int, rounds: int, a: argparse.Namespace, strategy: str, out: Pat
         "training": {"optimizer": "sgd", "lr": 1.0, "momentum": 0.9, "batch_size": 32, "local_steps": 5},
         "evaluation": {"every": a.eval_every, "peers": a.eval_peers},
         "engine": {"backend": a.backend, "num_actors": a.num_actors, "cpus_per_actor": a.cpus_per_actor,
-                   "message_dtype": a.message_dtype, "device": a.device,
+                   "message_dtype": a.message_dtype, "head_dtype": getattr(a, "head_dtype", "float32"),
+                   "device": a.device,
                    **({} if a.aggregate_chunk is None else {"aggregate_chunk": a.aggregate_chunk})},
         "checkpoint": {"every": 0},
         "output": {"dir": str(out)},
@@ -278,7 +282,7 @@ def main(a: argparse.Namespace | None = None) -> None:
         f"# fedsim scale: decentralized {strategy}, fashion_mnist_embedded/fmnist_cnn, {a.partition}, "
         f"push_gossip fanout {a.fanout}, {a.rounds} rounds, eval {a.eval_peers} peers every {a.eval_every}, "
         f"engine.backend {a.backend}, {a.num_actors} groups x {a.cpus_per_actor:g} CPUs, messages {a.message_dtype}, "
-        f"engine.device {a.device}" + (
+        f"heads {a.head_dtype}, engine.device {a.device}" + (
             f" ({torch.cuda.get_device_name(a.device)})" if a.device != "cpu" and torch.cuda.is_available() else "")
         + (f", training set = {a.replicate} copies of the features" if a.replicate else "") + "; "
         f"{os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.1f} GiB; {load()}; "

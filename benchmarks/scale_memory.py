@@ -37,6 +37,7 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--strategy", default="bristle")
     ap.add_argument("--num-actors", type=_cli.count, default=2)
     ap.add_argument("--message-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    ap.add_argument("--head-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     ap.add_argument("--replicate", type=_cli.index, default=0)
     return ap.parse_args(argv)
 
@@ -148,12 +149,14 @@ def main(a: argparse.Namespace | None = None) -> None:
     sargs = argparse.Namespace(
         partition="iid", alpha=0.5, fanout=5, eval_every=1, eval_peers=100, backend="local",
         num_actors=a.num_actors, cpus_per_actor=0.5, message_dtype=a.message_dtype, replicate_path=None,
+        head_dtype=a.head_dtype, device="cpu", aggregate_chunk=None,
     )
     torch.set_num_threads(1)
     release_memory()
     r_import = rss()
     print(f"# scale_memory: {a.peers} peers, {a.strategy}, {a.num_actors} groups in-process, messages "
-          f"{a.message_dtype}, {a.rounds} rounds; {load()}; engine: {Path(prepare.__code__.co_filename).parent}")
+          f"{a.message_dtype}, heads {a.head_dtype}, {a.rounds} rounds; {load()}; "
+          f"engine: {Path(prepare.__code__.co_filename).parent}")
     log: list[tuple[str, int, int, int]] = []
     with tempfile.TemporaryDirectory(prefix="scale19_mem_") as td:
         if a.replicate:

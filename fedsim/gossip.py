@@ -216,7 +216,8 @@ class GossipAggregation:
 
     def _root_updates(self, round_: int) -> Tensor:
         """FLTrust's trusted update for each hosted peer: its own head trained on its validation split."""
-        w, b = self.w.to("cpu", copy=True), self.b.to("cpu", copy=True)  # (on the CPU, with the validation splits)
+        # (on the CPU, with the validation splits; in float32 whatever engine.head_dtype)
+        w, b = self.w.to("cpu", torch.float32, copy=True), self.b.to("cpu", torch.float32, copy=True)
         opt = heads.OptimizerState.zeros(w, b, self.s.training.optimizer == "adam")
         B = self.s.training.batch_size
         sizes = np.asarray([max(len(v[1]), 1) for v in self.val])
@@ -253,8 +254,8 @@ class GossipAggregation:
             if self.cwr:  # (the trained copies live on engine.device: read there, copied only to the CPU path)
                 at = js.to(self.tw.device)
                 tb = self.tb.index_select(0, at) if self.bias else None
-                rows = strategies.flatten(self.tw.index_select(0, at), tb)
-                return rows.cpu() if device.type == "cpu" else rows.to(device)
+                rows = strategies.flatten(self.tw.index_select(0, at), tb)  # (float32: engine.head_dtype upcast)
+                return (rows.cpu() if device.type == "cpu" else rows.to(device)).to(torch.float32)
             return gather(params, js + self.s.first, device)
 
         root = self._root_updates(round_) if "root_update" in self.rule.needs else None

@@ -52,6 +52,7 @@ class GroupSetup:
     # leaver, prepare.prepare); None: nothing is recorded (no cost)
     record_gradients: int | None = None
     message_dtype: str = "float32"  # engine.message_dtype: precision of the sent heads (fedsim.routing)
+    head_dtype: str = "float32"  # engine.head_dtype: precision of the stored heads and optimizer state (fedsim.peers)
     aggregate_chunk: int = 64  # engine.aggregate_chunk: receivers per vectorised rule call
     # per hosted peer, its rows of the test features (dataset.domains: its own domain's test set,
     # fedsim.domain_shift); None: every peer is evaluated on the whole test set

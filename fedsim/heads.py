@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -185,6 +185,23 @@ class PeerSlicedBatches(Protocol):
         ...
 
 
+class PeerRange:
+    """Peers ``lo .. hi - 1`` of a :class:`PeerSlicedBatches`, itself one (:func:`upcast_steps`' chunks
+    read the group's batches, drawn once: on the padded path views of the padded shards)."""
+
+    def __init__(self, batches: PeerSlicedBatches, lo: int, hi: int) -> None:
+        self.batches, self.lo, self.hi, self.steps = batches, lo, hi, batches.steps
+
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+        return (self.part(k, 0, self.hi - self.lo) for k in range(self.steps))
+
+    def part(self, step: int, lo: int, hi: int) -> tuple[Tensor, ...]:
+        return self.batches.part(step, self.lo + lo, self.lo + hi)
+
+    def row_bytes(self) -> int:
+        return self.batches.row_bytes()
+
+
 def step_peers(training: TrainingCfg, p: int, head_numel: int, itemsize: int) -> int:
     """Peers whose step temporaries and weight gradient exist at once in :func:`local_steps`
     ``(chunked=True)`` over ``p`` heads of ``head_numel`` weights of ``itemsize`` bytes: a chunk of
@@ -193,7 +210,58 @@ def step_peers(training: TrainingCfg, p: int, head_numel: int, itemsize: int) ->
     :class:`PeerSlicedBatches` may take fewer, at most :data:`TRAIN_CHUNK_BYTES` of gathered rows)."""
     if training.optimizer != "sgd" or training.weight_decay:
         return p
-    return min(p, max(1, TRAIN_CHUNK_BYTES // max(1, head_numel * itemsize)))
+    return min(p, chunk_peers(head_numel, itemsize))
+
+
+def chunk_peers(head_numel: int, itemsize: int = 4) -> int:
+    """Peers whose heads of ``head_numel`` values of ``itemsize`` bytes fill :data:`TRAIN_CHUNK_BYTES`
+    (at least 1): the chunk of :func:`step_peers` and of :func:`upcast_steps`."""
+    return max(1, TRAIN_CHUNK_BYTES // max(1, head_numel * itemsize))
+
+
+# the float32 working copies of upcast_steps, by the stored tensor they stand for (kept_empty's slots)
+_WORKING_SLOTS = ("head_w", "head_b", "head_m_w", "head_m_b", "head_v_w", "head_v_b")
+
+
+def upcast_steps(
+    w: Tensor,
+    b: Tensor,
+    state: OptimizerState,
+    batches_for: Callable[[int, int, Tensor, Tensor], Any],
+    steps: Callable[[Tensor, Tensor, OptimizerState, Any], Tensor],
+    size: int,
+) -> Tensor:
+    """Local steps on heads stored in half precision (``engine.head_dtype``; ``w, b`` and the
+    optimizer buffers of ``state`` in that dtype), in float32, ``size`` peers at a time: a chunk's
+    heads and buffers are upcast (exactly) into float32 working copies (:func:`kept_empty`, one set
+    per thread), ``steps(w32, b32, state32, batches_for(lo, hi, w32, b32))`` runs all the round's
+    local steps on them (:func:`local_steps`: the float32 arithmetic, unchanged), and they are
+    written back rounded to the nearest representable value (ties to even): **one rounding per
+    peer and round, after its last local step**, not after every step (float16 keeps 11 significant
+    bits, bfloat16 8: a step smaller than half a unit in the last place of a weight would be lost).
+    Peak float32 bytes: one chunk. Returns the per-peer loss (float32). Peers are independent and
+    ``batches_for`` gives a chunk's minibatches as drawn by peer id (:class:`PeerRange` of the
+    group's, or its own), so the numbers do not depend on ``size`` or on which group hosts a peer.
+    Adam's step count advances as in one call (``state.t``)."""
+    p = w.shape[0]
+    loss = torch.zeros(p, device=w.device)
+    t0, t = state.t, state.t
+    stored = (w, b, state.m_w, state.m_b, state.v_w, state.v_b)
+    for lo in range(0, p, size) if p else [0]:  # (no peers: one empty call, Adam's count advances as before)
+        k = slice(lo, min(p, lo + size))
+        work = [
+            None if a is None else kept_empty(a[k].shape, torch.float32, a.device, slot).copy_(a[k])
+            for a, slot in zip(stored, _WORKING_SLOTS, strict=True)
+        ]
+        w32, b32, mw, mb, vw, vb = work
+        sub = OptimizerState(mw, mb, vw, vb, t0)
+        loss[k] = steps(w32, b32, sub, batches_for(k.start, k.stop, w32, b32))
+        t = sub.t
+        for a, a32 in zip(stored, work, strict=True):
+            if a is not None:
+                a[k].copy_(a32)  # (rounded to nearest, ties to even)
+    state.t = t
+    return loss
 
 
 def local_steps(
@@ -282,14 +350,14 @@ def _chunk_major_steps(
 
 @torch.no_grad()
 def accuracy_and_loss(w: Tensor, b: Tensor | None, x: Tensor, y: Tensor, chunk: int = 64) -> tuple[Tensor, Tensor]:
-    """Test accuracy and mean cross-entropy of each head in ``w [p, C, d]`` on shared ``x [N, d]``
-    (``p = 0``, e.g. a group hosting only Byzantine peers: two empty tensors)."""
-    accs, losses = [w.new_zeros(0)], [w.new_zeros(0)]
+    """Test accuracy and mean cross-entropy of each head in ``w [p, C, d]`` (any float dtype, computed in
+    ``x``'s) on shared ``x [N, d]`` (``p = 0``, e.g. a group hosting only Byzantine peers: two empty tensors)."""
+    accs, losses = [x.new_zeros(0)], [x.new_zeros(0)]
     for i in range(0, w.shape[0], chunk):
-        wi = w[i : i + chunk]
+        wi = w[i : i + chunk].to(x.dtype)  # (heads stored in half precision: upcast a chunk at a time)
         z = torch.einsum("nd,pcd->pnc", x, wi)
         if b is not None:
-            z = z + b[i : i + chunk, None, :]
+            z = z + b[i : i + chunk, None, :].to(x.dtype)
         accs.append((z.argmax(-1) == y).float().mean(1))
         losses.append(
             torch.nn.functional.cross_entropy(z.transpose(1, 2), y.expand(len(wi), -1), reduction="none").mean(1)

@@ -169,6 +169,8 @@ def estimate_memory(
     padded: int = 0,
     server_float64: bool = False,
     gradient_peers: int | None = None,
+    head_bytes: int = FLOAT,
+    working_peers: int = 0,
 ) -> MemoryEstimate:
     """Memory of a run from its sizes. ``groups`` peer groups (actors), of which ``concurrent``
     aggregate at once (all on Ray; in-process :func:`fedsim.threads.local_workers`, 1 by default);
@@ -181,10 +183,16 @@ def estimate_memory(
     its rule (``Strategy.float64_input``, ``fedsim.server.Server._scratch``); ``gradient_peers``: the
     peers whose gradient exists at once in each of the ``concurrent`` groups
     (:func:`fedsim.heads.step_peers`: chunked local steps keep one chunk-sized gradient buffer per
-    thread that runs groups, ``fedsim.heads.kept_buffer``; default every peer's)."""
-    per_peer = 3 + int(adam) + int(consolidated)  # w+b, momentum, sent copy; Adam's v; CWR copy
+    thread that runs groups, ``fedsim.heads.kept_buffer``; default every peer's); ``head_bytes``:
+    bytes of a stored value of the heads, their optimizer state and CWR copy (``engine.head_dtype``);
+    ``working_peers``: with half-precision heads, the peers whose float32 working copies (heads and
+    optimizer state) exist at once in each of the ``concurrent`` groups
+    (:func:`fedsim.heads.upcast_steps`; 0 with float32 heads, trained where they are stored)."""
+    stored = 2 + int(adam) + int(consolidated)  # w+b, momentum; Adam's v; CWR copy (engine.head_dtype)
     gradients = peers if gradient_peers is None else min(peers, gradient_peers * concurrent)
-    heads = FLOAT * num_params * (peers * per_peer + gradients)
+    working = min(peers, working_peers * concurrent) * (2 + int(adam))  # float32 copies of a chunk's w+b, m, v
+    # + the sent copy, the gradients and the working copies, float32
+    heads = num_params * (head_bytes * peers * stored + FLOAT * (peers + gradients + working))
     messages = num_params * peers * (message_bytes + FLOAT * concurrent * (int(concatenated) + int(forged))
                                      + 2 * FLOAT * int(server_float64))
     data = FLOAT * dim * (2 * n_train + n_test * (1 + groups)) + padded  # driver, group rows, test copies

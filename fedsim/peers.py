@@ -12,6 +12,16 @@ federated server is :mod:`fedsim.server`; a group's decentralized aggregation (i
 state and CWR copies, the training shards, the minibatch gathers and local steps, and the test set
 live on that device (moved once); the minibatch indices are drawn on the CPU and moved, messages
 leave as CPU NumPy, and the aggregation runs on the CPU. With ``cpu`` every move is a no-op.
+
+``engine.head_dtype`` (:attr:`GroupSetup.head_dtype`; float32 by default): the precision in which
+the heads ``w, b``, their optimizer state and CWR's trained copies ``tw, tb`` are *stored*, between
+and within phases. In float16 or bfloat16 the local steps run in float32 a chunk of peers at a time
+(:func:`fedsim.heads.upcast_steps`: rounded once per peer and round, after the last local step), the
+aggregation computes in float32 and its results are rounded as they are written into ``w, b``
+(:meth:`PeerGroup._result_writer`), a federated client's global model is rounded as it is copied
+in (:meth:`PeerGroup.set_params`), and everything that leaves the group (:meth:`PeerGroup.params`,
+:meth:`PeerGroup.get_state`, the messages) is float32 (or ``engine.message_dtype``), exactly the
+stored values.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from fedsim.gossip import GossipAggregation
 from fedsim.group_setup import GroupSetup
 from fedsim.messages import claimed_classes
 from fedsim.minibatches import MinibatchDraws
+from fedsim.routing import MESSAGE_DTYPES
 from fedsim.shards import held_classes, pad_rows
 
 
@@ -106,8 +117,9 @@ class PeerGroup(MinibatchDraws, GossipAggregation):
         self.rule = strategies.build(s.strategy["name"], s.strategy.get("params"))
         self.topology = s.topology
         c, d = self.layer_shape
-        self.w = torch.zeros(self.p, c, d, device=self.device)
-        self.b = torch.zeros(self.p, c, device=self.device)
+        dtype = MESSAGE_DTYPES[s.head_dtype]  # engine.head_dtype: the storage precision (the module docstring)
+        self.w = torch.zeros(self.p, c, d, device=self.device, dtype=dtype)
+        self.b = torch.zeros(self.p, c, device=self.device, dtype=dtype)
         self.opt = heads.OptimizerState.zeros(self.w, self.b, s.training.optimizer == "adam")
         # consolidated weights (Strategy.consolidated, Bristle's CWR): w, b are the consolidated heads
         # (sent and evaluated); tw, tb the copies trained each round and handed to the rule as ``own``
@@ -160,11 +172,12 @@ class PeerGroup(MinibatchDraws, GossipAggregation):
             self.x_local[o : o + n], self.y_local[o : o + n] = x, y
 
     def params(self) -> np.ndarray:
-        """Flattened heads ``[p, P]`` (weight row-major, then bias)."""
-        return strategies.flatten(self.w, self.b if self.bias else None).cpu().numpy()
+        """Flattened heads ``[p, P]`` (weight row-major, then bias), float32 whatever ``engine.head_dtype``."""
+        return strategies.flatten(self.w, self.b if self.bias else None).cpu().to(torch.float32).numpy()
 
     def set_params(self, flat: np.ndarray | Tensor) -> None:
-        """Copy flattened heads ``[p, P]`` (or one ``[P]`` / ``[1, P]`` for every hosted peer) in."""
+        """Copy flattened heads ``[p, P]`` (or one ``[P]`` / ``[1, P]`` for every hosted peer) in (rounded
+        to ``engine.head_dtype``)."""
         t = flat.float() if isinstance(flat, Tensor) else torch.from_numpy(np.asarray(flat, dtype=np.float32))
         t = t.reshape(-1, self._num_params())
         if t.shape[0] == 1:
@@ -218,17 +231,19 @@ class PeerGroup(MinibatchDraws, GossipAggregation):
     def get_state(self) -> dict[str, Any]:
         """The hosted peers' heads and optimizer buffers, and the stale attack's history: everything a
         resumed group needs (tensors, an int and ``None`` only: a checkpoint stores it without pickle),
-        as CPU copies (a checkpoint resumes on any ``engine.device``)."""
+        as CPU float32 copies (a checkpoint resumes on any ``engine.device``; half-precision values
+        are float32 exactly, and :meth:`set_state` rounds them back to the same values)."""
+        f32 = torch.float32
         st = {
-            "w": self.w.to("cpu", copy=True),
-            "b": self.b.to("cpu", copy=True),
-            "m_w": self.opt.m_w.to("cpu", copy=True),
-            "m_b": self.opt.m_b.to("cpu", copy=True),
+            "w": self.w.to("cpu", f32, copy=True),
+            "b": self.b.to("cpu", f32, copy=True),
+            "m_w": self.opt.m_w.to("cpu", f32, copy=True),
+            "m_b": self.opt.m_b.to("cpu", f32, copy=True),
             "t": self.opt.t,
             "stale_history": self.stale_history,
         }
         if self.opt.v_w is not None:
-            st |= {"v_w": self.opt.v_w.to("cpu", copy=True), "v_b": self.opt.v_b.to("cpu", copy=True)}
+            st |= {"v_w": self.opt.v_w.to("cpu", f32, copy=True), "v_b": self.opt.v_b.to("cpu", f32, copy=True)}
         return st
 
     def set_state(self, st: dict[str, Any]) -> None:
@@ -247,6 +262,34 @@ class PeerGroup(MinibatchDraws, GossipAggregation):
     def _local_steps(self, w: Tensor, b: Tensor, opt: heads.OptimizerState, batches) -> Tensor:
         return heads.local_steps(w, b, opt, batches, self.s.training, self.bias, chunked=True)
 
+    def _train_heads(
+        self, round_: int, w: Tensor, b: Tensor, opt: heads.OptimizerState, rows: np.ndarray | None = None,
+        record: bool = False,
+    ) -> Tensor:
+        """The round's local steps on heads ``w, b`` with ``opt`` (in place) of the hosted peers ``rows``
+        (local indices, the tensors' rows in that order; None: all); ``record``: the unlearning probe's
+        leaver records its gradients (:meth:`_recording`). float32 heads: :func:`fedsim.heads.local_steps`
+        over the round's minibatches, as always; heads stored in half precision
+        (``engine.head_dtype``): :func:`fedsim.heads.upcast_steps`, a chunk of peers at a time, each
+        chunk's minibatches its rows of the group's (:class:`fedsim.heads.PeerRange`), or, where the
+        group's are not drawn at once, drawn for its peers only (keyed by peer id: the same draws)."""
+        steps = self.s.training.local_steps
+        group = self._minibatches(round_, steps, rows)
+        if w.dtype == torch.float32:
+            return self._local_steps(w, b, opt, self._recording(group, w, b, self.rec_row) if record else group)
+        sel = np.arange(self.p) if rows is None else rows
+        j = self.rec_row
+
+        def batches_for(lo: int, hi: int, w32: Tensor, b32: Tensor):
+            if isinstance(group, heads.PeerSlicedBatches):
+                batches = heads.PeerRange(group, lo, hi)
+            else:
+                batches = self._minibatches(round_, steps, sel[lo:hi])
+            return self._recording(batches, w32, b32, j - lo) if record and j is not None and lo <= j < hi else batches
+
+        size = heads.chunk_peers(int(w[0].numel()) if len(w) else 1)
+        return heads.upcast_steps(w, b, opt, batches_for, self._local_steps, size)
+
     def train(
         self, round_: int, global_params: np.ndarray | None = None, sampled: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -258,15 +301,11 @@ class PeerGroup(MinibatchDraws, GossipAggregation):
             return self._train_rows(round_, global_params, np.flatnonzero(sampled[self.ids]))
         if global_params is not None:
             self.set_params(global_params)
-        steps = self.s.training.local_steps
-        batches = self._minibatches(round_, steps)
-        if self.rec_left > 0:
-            batches = self._recording(batches)
         if self.keep_previous:
             self.previous = torch.from_numpy(self.params().copy())
         if self.cwr:  # train a copy of the consolidated head
             self._start_trained_copy()
-        loss = self._local_steps(self.tw, self.tb, self.opt, batches)
+        loss = self._train_heads(round_, self.tw, self.tb, self.opt, record=self.rec_left > 0)
         if self.cwr:  # ... and keep only the rows of the classes each peer holds
             heads.consolidate(self.w, self.b, self.tw, self.tb, self.held_on_device)
         return self._message(), counted_losses(loss, ~self.is_byz)
@@ -305,9 +344,9 @@ class PeerGroup(MinibatchDraws, GossipAggregation):
             t = torch.from_numpy(np.asarray(global_params, dtype=np.float32)).reshape(-1, self._num_params())
             t = t.to(self.device)
             w, b = strategies.unflatten(t.expand(len(rows), -1), self.layer_shape, self.bias)
-            self.w[idx] = w
+            self.w[idx] = w.to(self.w.dtype)  # (rounded to engine.head_dtype, as set_params does)
             if b is not None:
-                self.b[idx] = b
+                self.b[idx] = b.to(self.b.dtype)
         o = self.opt
         sub = heads.OptimizerState(
             o.m_w[idx], o.m_b[idx], None if o.v_w is None else o.v_w[idx], None if o.v_b is None else o.v_b[idx], o.t
@@ -315,7 +354,7 @@ class PeerGroup(MinibatchDraws, GossipAggregation):
         tw, tb = self.w[idx], self.b[idx]  # copies (advanced indexing); the CWR copy starts at w as in train
         if self.cwr and self.tw_stale:  # first round, or after a decentralized aggregation (never here)
             self._start_trained_copy()
-        loss = self._local_steps(tw, tb, sub, self._minibatches(round_, steps, rows))
+        loss = self._train_heads(round_, tw, tb, sub, rows)
         if self.cwr:
             w, b = self.w[idx], self.b[idx]
             heads.consolidate(w, b, tw, tb, self.held_on_device[idx])
@@ -328,15 +367,15 @@ class PeerGroup(MinibatchDraws, GossipAggregation):
             o.v_w[idx], o.v_b[idx] = sub.v_w, sub.v_b
         return self.params(), counted_losses(loss, ~self.is_byz[rows])
 
-    def _recording(self, batches):
-        """Pass the batches through, first recording the leaver's minibatch gradient at its current head
-        (the head the step about to be taken starts from) while its first local epoch lasts."""
-        j = self.rec_row
+    def _recording(self, batches, w: Tensor, b: Tensor, j: int | None):
+        """Pass the batches through, first recording the leaver's minibatch gradient at its current head,
+        row ``j`` of the heads being trained ``w, b`` (the head the step about to be taken starts from),
+        while its first local epoch lasts."""
         assert j is not None
         for batch in batches:
             if self.rec_left > 0:
                 sel = tuple(t[j : j + 1] for t in batch)
-                _, gw, gb = heads.ce_grad(self.tw[j : j + 1], self.tb[j : j + 1] if self.bias else None, *sel)
+                _, gw, gb = heads.ce_grad(w[j : j + 1], b[j : j + 1] if self.bias else None, *sel)
                 self.recorded.append(strategies.flatten(gw[0], gb[0] if self.bias else None).clone())
                 self.rec_left -= 1
             yield batch

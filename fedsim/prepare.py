@@ -126,6 +126,7 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
         plugins=tuple(sc.plugins),
         record_gradients=_gradient_recording(sc, train, byz, absent),
         message_dtype=sc.engine.message_dtype,
+        head_dtype=sc.engine.head_dtype,
         aggregate_chunk=sc.engine.aggregate_chunk,
         device=sc.engine.device if plan is None else "cpu",  # (a model section's device travels in its plan)
     )

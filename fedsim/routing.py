@@ -9,8 +9,9 @@ group per round (at 100,000 peers that copy is 2.3 GB in each group).
 ``engine.message_dtype`` (:data:`MESSAGE_DTYPES`): the precision of the messages. ``float32``
 (default) sends the heads as they are. ``float16`` / ``bfloat16`` round them for the wire and for
 the object store (half the bytes); receivers compute in float32 on the rounded values, and every
-peer keeps its own head in float32. A departure from the papers' full-precision exchange, off by
-default; its effect on accuracy is measured in docs/performance.md.
+peer keeps its own head in ``engine.head_dtype`` (float32 by default; :mod:`fedsim.peers`; the
+same three names). A departure from the papers' full-precision exchange, off by default; its
+effect on accuracy is measured in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -48,9 +49,11 @@ def encode_head(w: Tensor, b: Tensor | None, dtype: str) -> np.ndarray:
     flattened layout ``fedlib.heads.flatten(w, b)`` ``[p, P]``, float32 as it is, float16 as NumPy
     float16, bfloat16 as its raw 16-bit patterns (NumPy has no bfloat16; ``uint16``). Always a new
     array: in half precision converted straight into the message (no float32 ``[p, P]``
-    concatenation first; the same values), in float32 the concatenation (a copy even without a bias)."""
+    concatenation first; the same values), in float32 the concatenation (a copy even without a bias).
+    Heads stored in half precision (``engine.head_dtype``) are converted the same way (to float32
+    exactly)."""
     flat_w = w.reshape(w.shape[0], -1)  # (heads on engine.device: the message is copied to the CPU)
-    if _checked(dtype) == "float32":
+    if _checked(dtype) == "float32" and w.dtype == torch.float32:
         return (flat_w.to("cpu", copy=True) if b is None else torch.cat([flat_w, b], dim=1).cpu()).numpy()
     cd = flat_w.shape[1]
     out = torch.empty(w.shape[0], cd + (0 if b is None else b.shape[1]), dtype=MESSAGE_DTYPES[dtype])

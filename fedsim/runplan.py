@@ -59,7 +59,8 @@ def plan_lines(sc: Scenario, plan: RunPlan) -> list[str]:
                      f"{plan.sends_per_round:g} sent per peer per round: {human_bytes(per_round)} per round")
     if plan.memory is not None:
         m = plan.memory
-        parts = ", ".join(f"{k} {human_bytes(getattr(m, k))}"
+        stored = "" if sc.engine.head_dtype == "float32" else f" (stored in {sc.engine.head_dtype})"
+        parts = ", ".join(f"{k}{stored if k == 'heads' else ''} {human_bytes(getattr(m, k))}"
                           for k in ("heads", "messages", "data", "topology", "processes", "batches"))
         machine = "" if plan.available is None else f"; this machine has {human_bytes(plan.available)}"
         lines.append(f"  memory: about {human_bytes(m.total)} at peak ({parts}){machine}")

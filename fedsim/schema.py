@@ -113,6 +113,11 @@ class Scenario(_Section):
                 f"engine.message_dtype: {self.engine.message_dtype} messages are for mode: decentralized with "
                 "linear heads (no model section); use float32 here"
             )
+        if self.engine.head_dtype != "float32" and self.model.whole:
+            raise ValueError(
+                f"engine.head_dtype: {self.engine.head_dtype} heads are for linear heads (no model section); "
+                "use float32 here"
+            )
         if self.sampling.enabled and self.mode != "federated":
             raise ValueError(
                 "sampling: client sampling is for mode: federated (a decentralized peer hears its neighbours)"

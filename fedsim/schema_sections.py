@@ -271,7 +271,16 @@ class EngineCfg(_Section):
     message_dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32",
         description="precision of the heads peers send (decentralized, linear heads): float16/bfloat16 halve "
-        "the messages' memory and bytes, receivers compute in float32, own heads stay float32 (fedsim/routing.py)",
+        "the messages' memory and bytes, receivers compute in float32, own heads stay in engine.head_dtype "
+        "(fedsim/routing.py)",
+    )
+    head_dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32",
+        description="precision in which every peer's linear head, its optimizer state (momentum, Adam's moments) "
+        "and Bristle's trained copy are stored (linear heads, no model section): float16/bfloat16 halve their "
+        "memory; the local steps run in float32 a chunk of peers at a time, rounded once per peer and round "
+        "after the last local step, and the aggregation computes in float32, rounded as it writes the heads "
+        "(fedsim/peers.py; accuracy effect measured in docs/performance.md)",
     )
     aggregate_chunk: int = Field(
         64, ge=1, le=1_000_000,

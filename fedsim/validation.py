@@ -389,7 +389,7 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], NoRetur
     be made: then the minibatch is counted as gathered, nothing padded); ``rule``, ``attack``: the built ones.
     Returns the :class:`fedsim.runplan.RunPlan` facts it computed on the way (the largest shard,
     the padding, the message size, the estimate, the local steps' work; those of a linear head only)."""
-    from fedsim.heads import step_peers
+    from fedsim.heads import chunk_peers, step_peers
     from fedsim.models.backbones import get_spec
     from fedsim.routing import MESSAGE_DTYPES
 
@@ -416,6 +416,11 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], NoRetur
     num_params = head_params((c, dim), sc.training.bias)
     # chunked local steps (fedsim.heads.local_steps): temporaries and gradient of a chunk of peers at once
     chunk = step_peers(sc.training, per_group, c * dim, limits.FLOAT)
+    # half-precision heads (engine.head_dtype): trained in float32 a chunk of peers at a time
+    # (fedsim.heads.upcast_steps), any optimizer
+    head_bytes = MESSAGE_DTYPES[sc.engine.head_dtype].itemsize
+    working = 0 if head_bytes == limits.FLOAT or sc.model.whole else min(per_group, chunk_peers(c * dim))
+    chunk = min(chunk, working) if working else chunk
     est = limits.estimate_memory(
         peers=n,
         num_params=num_params,
@@ -439,6 +444,8 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], NoRetur
         padded=limits.padded_bytes(peers=n, pad=pad, dim=dim, train_rows=sum(len(t) for t in part.train))
         if pad else 0,
         gradient_peers=None if sc.model.whole else chunk,
+        head_bytes=head_bytes,
+        working_peers=working,
     )
     available = limits.machine_memory()
     msg = limits.memory_error(est, available)

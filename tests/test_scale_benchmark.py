@@ -26,3 +26,22 @@ def test_scale_runs_end_to_end_and_reports(tmp_path):
     (r,) = rows
     assert r["peers"] == 20 and 0 < r["accuracy_mean"] <= 1
     assert abs(sum(r["pss_by_kind_at_peak_gb"].values()) - r["peak_pss_all_gb"]) < 0.01  # a partition of the peak
+
+
+def test_scale_memory_runs_and_lists_half_precision_heads(tmp_path):
+    """benchmarks/scale_memory.py end to end (it once stopped with an AttributeError, scale.scenario
+    reading an argument it did not pass): ``--head-dtype float16`` halves the stored heads it lists."""
+
+    def held(dtype: str) -> dict[str, float]:
+        p = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "scale_memory.py"), "--peers", "400", "--rounds", "1",
+             "--num-actors", "1", "--head-dtype", dtype],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        )
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert f"heads {dtype}" in p.stdout and "# peak RSS over the rounds" in p.stdout
+        rows = [line.split() for line in p.stdout.splitlines() if line.startswith("  group 0 ")]
+        return {r[2]: float(r[3]) for r in rows if len(r) == 4}
+
+    full, half = held("float32"), held("float16")
+    assert full["w"] == 2 * half["w"] > 0 and full["opt.m_w"] == 2 * half["opt.m_w"]
