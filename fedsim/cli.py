@@ -190,9 +190,11 @@ def _guarded(r, console, progress, resume: bool, log=None) -> dict | None:
     try:
         return r.execute(progress=progress, log=log or (lambda m: None), resume=resume)
     except KeyboardInterrupt:
+        from fedsim.rundirectory import resume_command
+
         where = "its last checkpoint" if (r.dir / "checkpoint.pt").exists() else "round 0 (no checkpoint yet)"
         raise RunInterruptedError(
-            f"interrupted; the run can continue from {where}: fedsim run --resume {r.dir}"
+            f"interrupted; the run can continue from {where}: {resume_command(r.dir, r.sc.plugins)}"
         ) from None
     except RunInterruptedError as e:
         if not getattr(r, "interrupted", False):  # not Ctrl-C: a peer actor died
