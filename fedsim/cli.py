@@ -66,8 +66,8 @@ def main() -> None:
     "sets",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Override a scenario field, e.g. --set strategy.name=krum --set peers.byzantine_fraction=0.3 "
-    "(a number indexes a list: --set probes.0.method=newton).",
+    help="Override a scenario field, e.g. --set strategy.name=median --set peers.byzantine_fraction=0.3 "
+    "--set peers.attack.name=alie (a number indexes a list: --set probes.0.method=newton).",
 )
 @click.option("--address", help="Ray cluster to run on: 'auto' or ray://HOST:10001 (sets engine.address).")
 @click.option(
@@ -239,7 +239,8 @@ def _pct(x: float | None) -> str:
     "sets",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Override a scenario field in every file, as `fedsim run --set` does (e.g. --set strategy.params.f=2).",
+    help="Override a scenario field in every file, as `fedsim run --set` does "
+    "(e.g. --set strategy.name=krum --set strategy.f=1).",
 )
 @plugin_option(
     "Your own rule, attack, backbone or probe (a .py file or a module; repeatable) that the "
