@@ -185,8 +185,19 @@ def _import_module(name: str) -> ModuleType:
         raise PluginError(f"plugins: {name}: {type(e).__name__}: {e}") from None
     except FedsimError:
         raise
+    except SystemExit as e:
+        raise _exited(name, e) from None
     except Exception as e:  # noqa: BLE001 - any error in the user's module is reported as that plugin's
         raise PluginError(f"plugins: {name}: {type(e).__name__}: {e}") from None
+
+
+def _exited(entry: str, e: SystemExit) -> PluginError:
+    """The one line for a plugin that called ``sys.exit`` (a script's ``argparse`` or ``main()``
+    run at import): before, the command ended silently with the plugin's exit status."""
+    return PluginError(
+        f"plugins: {entry}: it called sys.exit({e.code!r}) while imported; a plugin only defines and registers "
+        "(put a script's own code under `if __name__ == '__main__':`)"
+    )
 
 
 def _import_file(path: str, name_of: str | None = None, source: bytes | None = None) -> ModuleType:
@@ -215,6 +226,9 @@ def _import_file(path: str, name_of: str | None = None, source: bytes | None = N
     except FedsimError:
         sys.modules.pop(name, None)
         raise
+    except SystemExit as e:
+        sys.modules.pop(name, None)
+        raise _exited(path, e) from None
     except Exception as e:  # noqa: BLE001 - any error in the user's file is reported as that plugin's
         sys.modules.pop(name, None)
         raise PluginError(f"plugins: {path}: {type(e).__name__}: {e}") from None

@@ -186,6 +186,33 @@ def test_missing_plugin_file_is_one_line_naming_it(small_scenario, tmp_path):
         resolve(small_scenario(), plugins=["not a module"])
 
 
+def test_a_plugin_that_exits_while_imported_is_one_line(tmp_path, small_scenario, monkeypatch):
+    """A script named as a plugin that calls sys.exit when imported (its argparse, its main()):
+    one line naming the plugin and the fix, exit 1 (before: the command ended silently with the
+    script's exit status, here 3, and `fedsim validate` printed nothing)."""
+    import yaml
+    from click.testing import CliRunner
+
+    from fedsim.cli import main
+
+    script = tmp_path / "train.py"
+    script.write_text("import sys\nsys.exit(3)\n")
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(small_scenario()))
+    monkeypatch.chdir(tmp_path)
+    for args, code in ((["validate", "s.yaml"], 1), (["list", "strategies"], 2)):  # list: a bad --plugin value
+        res = CliRunner().invoke(main, [*args, "--plugin", "train.py"])
+        assert res.exit_code == code, res.output
+        line = [x for x in res.stderr.splitlines() if x.strip()]
+        assert len(line) == 1 + 2 * (code == 2) and line[-1].endswith(
+            f"plugins: {script}: it called sys.exit(3) while imported; a plugin only defines and registers "
+            "(put a script's own code under `if __name__ == '__main__':`)"), res.stderr
+    (tmp_path / "exiting_module_xyz.py").write_text("raise SystemExit('usage: train.py DATA')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ScenarioError, match=r"plugins: exiting_module_xyz: it called sys.exit\('usage: train.py "
+                                            r"DATA'\) while imported"):
+        parse(small_scenario(plugins=plugins.grant(["exiting_module_xyz"])))
+
+
 def test_a_name_registered_twice_names_both_classes(tmp_path, small_scenario):
     p = tmp_path / "dup.py"
     p.write_text(textwrap.dedent('''
