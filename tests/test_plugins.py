@@ -289,3 +289,28 @@ def test_classvar_annotations_are_not_parameters(small_scenario):
         assert plan.rule_params == {"radius": 1.0}
     finally:
         strategies.REGISTRY.pop("classvar_mean_for_test", None)
+
+
+def test_an_unknown_name_without_plugins_says_how_to_name_yours(tmp_path, small_scenario):
+    """A scenario naming its author's own rule, attack or backbone, read without --plugin: each
+    unknown name says that one's own needs --plugin (before, only "did you mean 'trimmed_mean'?",
+    a built-in the user never meant); with a plugin named, a typo's message is as it was; a sweep's
+    grid says the same (fedsim.validation.unknown_names)."""
+    from fedsim.scenario import grid_errors
+
+    hint = "; one of your own? name the file that registers it: --plugin FILE (docs/extending.md)"
+    mine = small_scenario(strategy={"name": "norm_filtered_mean"}, backbone={"name": "random_projection"},
+                          peers={"count": 8, "byzantine": 2, "attack": {"name": "flipped_mean"}})
+    with pytest.raises(ScenarioError) as e:
+        parse(mine)
+    for field, what in (("backbone.name", "backbone 'random_projection'"),
+                        ("strategy.name", "strategy 'norm_filtered_mean'"),
+                        ("peers.attack.name", "attack 'flipped_mean'")):
+        assert any(f"{field}: unknown {what}" in x and x.endswith(hint) for x in e.value.errors), e.value.errors
+    assert grid_errors(small_scenario(), {"strategy.name": ["norm_filtered_mean"]})[0].endswith(hint)
+
+    empty = tmp_path / "empty_plugin.py"
+    empty.write_text('"""Registers nothing."""\n')
+    with pytest.raises(ScenarioError) as e:
+        parse(small_scenario(strategy={"name": "krun"}, plugins=plugins.grant([str(empty)])))
+    assert "unknown strategy 'krun'" in str(e.value) and "--plugin" not in str(e.value)
