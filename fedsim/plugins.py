@@ -71,6 +71,9 @@ def grant(entries: Iterable[str] | None, base: Path | None = None) -> list[str]:
     """Allow this process to import ``entries`` (the user named them: ``--plugin``, ``plugins=``);
     returns them normalised (:func:`normalize`). Raises ``ValueError`` for an entry that is
     neither a ``.py`` file nor a module name; imports nothing."""
+    if isinstance(entries, (str, Path)):  # iterated, a path would be its characters ('.' is no plugin)
+        raise ValueError(f"expected a list of .py files or modules, got the single {type(entries).__name__} "
+                         f"{str(entries)!r}: write [{str(entries)!r}]")
     done = [normalize(e, base) for e in entries or ()]
     _GRANTED.update(done)
     return done
