@@ -89,6 +89,12 @@ def check_granted(entries: Iterable[str] | None) -> None:
             continue
         if entry not in _GRANTED:
             shown = e.strip()
+            if is_path(entry) and not Path(entry).exists():  # "add --plugin <it>" would say no such file
+                raise PluginNotGrantedError(
+                    f"plugins: {entry}: no such file (listed as {shown!r}; a relative entry is read from the "
+                    f"current directory, {Path.cwd()}): correct the scenario's plugins:, or run from the folder "
+                    "it is relative to"
+                )
             raise PluginNotGrantedError(
                 f"plugins: {entry}: not imported: a plugin is code, and fedsim runs one only when you name "
                 f"it yourself, never because a scenario lists it; add --plugin {shown} "
