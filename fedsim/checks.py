@@ -235,7 +235,10 @@ def check_rule(
     assert (cls.__doc__ or "").strip() and not cls.__doc__.startswith(f"{cls.__name__}("), (
         f"{cls.__name__}: no docstring (fedsim list shows it)"
     )
-    rule.check(50, 0)
+    try:
+        rule.check(50, 0)
+    except ValueError as e:  # as check_forger says it: the property, not the rule's bare ValueError
+        raise AssertionError(f"{rule_name(rule)}: check(n=50, f=0) refuses a plain setting: {e}") from e
     g = torch.Generator().manual_seed(seed)
 
     def pick(options: Sequence[str]) -> str:
