@@ -160,8 +160,10 @@ def _execute(r, console, quiet: bool, resume: bool) -> dict | None:
         TimeRemainingColumn,
     )
 
+    from fedsim.rundirectory import resume_command
+
     sc = r.sc
-    remember_run_dir(r.dir)
+    remember_run_dir(r.dir, resume_command(r.dir, sc.plugins))
     if quiet:
         return _guarded(r, console, None, resume)
     with Progress(

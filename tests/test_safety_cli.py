@@ -258,6 +258,19 @@ def test_a_failed_write_is_one_line_naming_the_path(exc, expected: str, tmp_path
     assert not (tmp_path / "cache-home").exists()  # an expected failure writes no traceback log
 
 
+def test_a_full_disk_on_a_plugin_run_names_the_plugin_in_its_resume_command(tmp_path: Path, monkeypatch) -> None:
+    """The disk-full line's command, pasted, must resume: a run made with --plugin needs it named
+    again (before: "continue with: fedsim run --resume DIR", refused for the missing plugin)."""
+    plugin = tmp_path / "mine.py"
+    plugin.write_text('"""Registers nothing."""\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("fedsim.runner.Run.execute", _raise(OSError(errno.ENOSPC, "No space left on device")))
+    res = CliRunner().invoke(main, ["run", str(_scenario(tmp_path)), "--plugin", "mine.py", "-q"])
+    assert res.exit_code == 1, res.output
+    assert _one_line(res.stderr).endswith(
+        f"; free some space, then continue with: fedsim run --resume {tmp_path / 'runs' / 't'} --plugin {plugin}")
+
+
 # --------------------------------------------------------------------------- Ray
 def test_the_private_ray_folder_is_0700_and_refuses_what_is_not_ours(tmp_path: Path) -> None:
     from fedsim.backend import RayStartError, private_ray_dir
