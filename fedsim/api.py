@@ -118,6 +118,10 @@ def resolve(
     ``plugins:``; a scenario that lists a plugin not given here is refused (a plugin is code:
     :mod:`fedsim.plugins`)."""
     data, path = _scenario_data(scenario)
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise TypeError(f"overrides: expected a mapping of dotted keys to values, e.g. {{'rounds': 10, "
+                        f"'strategy.name': 'median'}} (--set's KEY=VALUE), got {type(overrides).__name__} "
+                        f"{overrides!r:.80}")
     overrides = dict(overrides or {})
     if path is not None:
         return sc_mod.load(path, overrides, require_data=require_data, plugins=plugins)
@@ -155,8 +159,10 @@ def run(
     there (checkpointed: :func:`resume` continues it), and the result is incomplete
     (``summary`` None). ``plugins``: your rules', attacks', backbones' or probes' files or modules
     (``["my_plugins.py"]``, as ``fedsim run --plugin``; :func:`resolve`)."""
+    from fedsim.callbacks import checked
     from fedsim.runner import Run  # torch, Ray: only when a run is asked for
 
+    callbacks = checked(callbacks)  # before the run directory is made
     sc = resolve(scenario, overrides, require_data=True, plugins=plugins)
     made = Path(tempfile.mkdtemp(prefix="fedsim-")) if out is None else None
     r = Run(sc, made / sc.name if made is not None else Path(out))
@@ -182,9 +188,11 @@ def resume(
     history then holds every round, those before the checkpoint included. ``plugins``: those the
     run was made with (its ``scenario.yaml`` lists them; a run that lists one not given here is
     refused in one line, nothing run)."""
+    from fedsim.callbacks import checked
     from fedsim.rundirectory import load_for_resume
     from fedsim.runner import Run
 
+    callbacks = checked(callbacks)
     sc = load_for_resume(Path(path), plugins=plugins)
     r = Run(sc, Path(path))
     r.execute(progress=progress, log=log or (lambda m: None), resume=True, callbacks=callbacks)

@@ -47,6 +47,29 @@ class Stop:
     interrupt: bool = False
 
 
+def checked(callbacks: Any) -> list[Any]:
+    """``callbacks`` as a list, each with an ``on_round(record)`` method; ``TypeError`` naming what
+    is wrong otherwise (a lone callback or function instead of a list, an object without
+    ``on_round``): checked by :func:`fedsim.run` before its run directory is made, and by
+    :meth:`fedsim.runner.Run.execute`."""
+    fix = "wrap a function f(round, metrics) in fedsim.callbacks.Progress(f)"
+    if callable(getattr(callbacks, "on_round", None)) or callable(callbacks) or isinstance(callbacks, (str, bytes)):
+        what = type(callbacks).__name__ if callable(getattr(callbacks, "on_round", None)) else "a function"
+        if isinstance(callbacks, (str, bytes)):
+            what = "a string"
+        raise TypeError(f"callbacks: expected a list of callbacks, got {what}: write callbacks=[...] "
+                        f"(each with on_round(record); {fix})")
+    try:
+        items = list(callbacks)
+    except TypeError:
+        raise TypeError(f"callbacks: expected a list of callbacks, got {type(callbacks).__name__}") from None
+    for i, cb in enumerate(items):
+        if not callable(getattr(cb, "on_round", None)):
+            raise TypeError(f"callbacks[{i}]: {type(cb).__name__} has no on_round(record) method "
+                            f"(a fedsim.callbacks.Callback; {fix})")
+    return items
+
+
 class Callback:
     """No-op defaults for the callback protocol (module docstring)."""
 

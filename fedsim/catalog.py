@@ -298,8 +298,12 @@ def _constraint_type(check: Any) -> str:
 # --------------------------------------------------------------------------- one component
 def _lookup(kind: str, name: str, names: Any) -> None:
     if name not in names:
+        # a component of another kind (`fedsim list attacks krum`): say which, not only the closest name of this one
+        other = [k for k in KINDS if k != kind and name in summaries(k)]
+        where = "".join(f"; {name!r} is {_article(_SINGULAR[k])}: fedsim list {k} {name}" for k in other)
         raise CatalogError(
-            f"unknown {_SINGULAR[kind]} {name!r}{did_you_mean(name, names)}; available: {', '.join(sorted(names))}"
+            f"unknown {_SINGULAR[kind]} {name!r}{did_you_mean(name, names)}{where}; available: "
+            f"{', '.join(sorted(names))}"
         )
 
 

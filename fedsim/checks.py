@@ -157,9 +157,14 @@ def check_pulls_toward(
     name = rule_name(rule)
     received = v.repeat(n, 1)
     before = float((own - v).norm())
-    for out in (rule(own, received, ctx), aggregate(rule, own, received, ctx)[0]):
+    for how, out in (("the rule", rule(own, received, ctx)), ("aggregate", aggregate(rule, own, received, ctx)[0])):
         after = float((out - v).norm())
-        assert after < before * (1 - 1e-4), f"{name}: ||out − v|| = {after:.6g}, ||own − v|| = {before:.6g} (n={n})"
+        assert after < before * (1 - 1e-4), (
+            f"{name}: honest agreement: fed n={n} identical vectors v from honest senders (f=0), {how} returned "
+            f"a vector no closer to v than own (||out − v|| = {after:.6g}, ||own − v|| = {before:.6g}); a rule "
+            "moves toward what every sender agrees on (one that accepts it only under conditions: "
+            "check_rule(..., agreement=False) and a test of its own)"
+        )
     return True
 
 
@@ -230,7 +235,10 @@ def check_rule(
     assert (cls.__doc__ or "").strip() and not cls.__doc__.startswith(f"{cls.__name__}("), (
         f"{cls.__name__}: no docstring (fedsim list shows it)"
     )
-    rule.check(50, 0)
+    try:
+        rule.check(50, 0)
+    except ValueError as e:  # as check_forger says it: the property, not the rule's bare ValueError
+        raise AssertionError(f"{rule_name(rule)}: check(n=50, f=0) refuses a plain setting: {e}") from e
     g = torch.Generator().manual_seed(seed)
 
     def pick(options: Sequence[str]) -> str:

@@ -134,8 +134,12 @@ def check_features(spec: BackboneSpec, net: nn.Module, seed: int = 0) -> int:
     if not (isinstance(out, Tensor) and out.dim() == 2 and out.shape[0] == BATCH and out.shape[1] > 0):
         got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise _fail(spec, "features [B, d]", f"a batch of {BATCH} gave {got}, not [{BATCH}, d]")
-    if out.dtype != torch.float32 or not bool(torch.isfinite(out).all()):
-        raise _fail(spec, "features [B, d]", f"a batch of {BATCH} gave {out.dtype} with NaN/Inf or not float32")
+    if out.dtype != torch.float32:
+        raise _fail(spec, "features [B, d]", f"a batch of {BATCH} gave {out.dtype} features, not torch.float32 "
+                    "(the feature cache and the heads are float32)")
+    if not bool(torch.isfinite(out).all()):
+        bad = int((~torch.isfinite(out)).sum())
+        raise _fail(spec, "features [B, d]", f"a batch of {BATCH} gave {bad} NaN/Inf of {out.numel()} features")
     again = _forward(spec, net, x, "eval determinism")
     if not _same_bits(out, again):
         raise _fail(spec, "eval determinism", "two forward passes in eval mode differ (dropout or other "

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from fedlib.registry import NO_DOC, class_doc
-from fedsim.probe_registry import REGISTRY, Probe, summarize, validate_probe
+from fedsim.probe_registry import REGISTRY, Probe, entry_problem, summarize, validate_probe
 
 __all__ = ["TINY", "check_declaration", "check_entry_schema", "check_leaves_run", "check_probe", "check_reproducible"]
 
@@ -84,9 +84,8 @@ def check_entry_schema(kind: str, entry: Any) -> None:
     """The second property (module docstring) on a parsed ``probes.json`` entry, and ``summarize``."""
     from fedsim.report_probes import ProbesShapeError, format_probes
 
-    if not isinstance(entry, dict) or entry.get("kind") != kind:
-        got = entry.get("kind") if isinstance(entry, dict) else type(entry).__name__
-        raise _fail(kind, "probes.json schema", f"the entry is {got!r}, not an object with kind {kind!r}")
+    if (problem := entry_problem(kind, entry)) is not None:
+        raise _fail(kind, "probes.json schema", f"the entry is {problem}")
     try:
         format_probes([entry])
     except ProbesShapeError as e:

@@ -66,8 +66,8 @@ def main() -> None:
     "sets",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Override a scenario field, e.g. --set strategy.name=krum --set peers.byzantine_fraction=0.3 "
-    "(a number indexes a list: --set probes.0.method=newton).",
+    help="Override a scenario field, e.g. --set strategy.name=median --set peers.byzantine_fraction=0.3 "
+    "--set peers.attack.name=alie (a number indexes a list: --set probes.0.method=newton).",
 )
 @click.option("--address", help="Ray cluster to run on: 'auto' or ray://HOST:10001 (sets engine.address).")
 @click.option(
@@ -160,8 +160,10 @@ def _execute(r, console, quiet: bool, resume: bool) -> dict | None:
         TimeRemainingColumn,
     )
 
+    from fedsim.rundirectory import resume_command
+
     sc = r.sc
-    remember_run_dir(r.dir)
+    remember_run_dir(r.dir, resume_command(r.dir, sc.plugins))
     if quiet:
         return _guarded(r, console, None, resume)
     with Progress(
@@ -190,9 +192,11 @@ def _guarded(r, console, progress, resume: bool, log=None) -> dict | None:
     try:
         return r.execute(progress=progress, log=log or (lambda m: None), resume=resume)
     except KeyboardInterrupt:
+        from fedsim.rundirectory import resume_command
+
         where = "its last checkpoint" if (r.dir / "checkpoint.pt").exists() else "round 0 (no checkpoint yet)"
         raise RunInterruptedError(
-            f"interrupted; the run can continue from {where}: fedsim run --resume {r.dir}"
+            f"interrupted; the run can continue from {where}: {resume_command(r.dir, r.sc.plugins)}"
         ) from None
     except RunInterruptedError as e:
         if not getattr(r, "interrupted", False):  # not Ctrl-C: a peer actor died
@@ -237,7 +241,8 @@ def _pct(x: float | None) -> str:
     "sets",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Override a scenario field in every file, as `fedsim run --set` does (e.g. --set strategy.params.f=2).",
+    help="Override a scenario field in every file, as `fedsim run --set` does "
+    "(e.g. --set strategy.name=krum --set strategy.f=1).",
 )
 @plugin_option(
     "Your own rule, attack, backbone or probe (a .py file or a module; repeatable) that the "

@@ -31,6 +31,7 @@ import click
 from fedsim.errors import FedsimError, RunInterruptedError
 
 RUN_DIR_KEY = "fedsim.run_dir"  # ctx.meta key: the run directory a command writes into, once known
+RESUME_KEY = "fedsim.resume_command"  # ctx.meta key: the command that continues that run
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 RUN_ERROR_FILE = "error.txt"  # a run directory's traceback file (fedsim sweep writes the same)
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
@@ -51,12 +52,14 @@ def root_error(e: BaseException) -> BaseException:
     return cause if isinstance(cause, BaseException) and cause is not e else e
 
 
-def remember_run_dir(path: Path) -> None:
+def remember_run_dir(path: Path, resume: str | None = None) -> None:
     """Tell the error handler which run directory the current command writes (for ``error.txt``
-    and for the lines about a full disk or an interrupted run)."""
+    and for the lines about a full disk or an interrupted run), and ``resume``, the command that
+    continues it (:func:`fedsim.rundirectory.resume_command`: with the run's ``--plugin``)."""
     ctx = click.get_current_context(silent=True)
     if ctx is not None:
         ctx.meta[RUN_DIR_KEY] = Path(path)
+        ctx.meta[RESUME_KEY] = resume or f"fedsim run --resume {path}"
 
 
 def exit_code(e: BaseException) -> int:
@@ -72,12 +75,12 @@ def _free_mib(path: Path) -> str:
         return "free space unknown"
 
 
-def os_error_line(e: OSError, run_dir: Path | None) -> str:
+def os_error_line(e: OSError, run_dir: Path | None, resume: str | None = None) -> str:
     """One line for an ``OSError`` that reached the command line, naming the path involved (the
     file the error names, else the run directory, else the current folder)."""
     path = e.filename or run_dir or Path.cwd()
     if e.errno in _DISK_FULL:
-        hint = f"; free some space, then continue with: fedsim run --resume {run_dir}" if run_dir else ""
+        hint = f"; free some space, then continue with: {resume or f'fedsim run --resume {run_dir}'}" if run_dir else ""
         return f"Error: disk full: no space left for {path} ({_free_mib(Path(path).parent)}){hint}"
     if e.errno in _NOT_WRITABLE:
         return f"Error: cannot write {path}: {e.strerror}"
@@ -178,7 +181,7 @@ class FedsimGroup(click.Group):
         except FedsimError as e:
             fail(f"Error: {one_line(root_error(e), 2000)}", exit_code(e))
         except OSError as e:
-            fail(os_error_line(e, ctx.meta.get(RUN_DIR_KEY)), 1)
+            fail(os_error_line(e, ctx.meta.get(RUN_DIR_KEY), ctx.meta.get(RESUME_KEY)), 1)
         except Exception as e:  # noqa: BLE001 - the one place an unexpected error is reported
             run_dir = ctx.meta.get(RUN_DIR_KEY)
             if is_write_failure(e):

@@ -45,6 +45,11 @@ class RunInterruptedError(FedsimError, RuntimeError):
     """The run stopped early (Ctrl-C, or a peer actor died); it can be resumed from its checkpoint."""
 
 
+class ProbeResultError(FedsimError, TypeError):
+    """A probe's ``run`` returned something that is not its ``probes.json`` entry (a mapping with
+    its ``kind``); the message names the probe and what it returned."""
+
+
 def probe_error(i: int, key: str, msg: str) -> ValueError:
     """The error of a bad value in ``probes[i]``: ``probes.<i>.<key>: msg`` (a ``ValueError``)."""
     return ValueError(f"probes.{i}.{key}: {msg}")

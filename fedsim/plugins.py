@@ -71,6 +71,9 @@ def grant(entries: Iterable[str] | None, base: Path | None = None) -> list[str]:
     """Allow this process to import ``entries`` (the user named them: ``--plugin``, ``plugins=``);
     returns them normalised (:func:`normalize`). Raises ``ValueError`` for an entry that is
     neither a ``.py`` file nor a module name; imports nothing."""
+    if isinstance(entries, (str, Path)):  # iterated, a path would be its characters ('.' is no plugin)
+        raise ValueError(f"expected a list of .py files or modules, got the single {type(entries).__name__} "
+                         f"{str(entries)!r}: write [{str(entries)!r}]")
     done = [normalize(e, base) for e in entries or ()]
     _GRANTED.update(done)
     return done
@@ -86,6 +89,12 @@ def check_granted(entries: Iterable[str] | None) -> None:
             continue
         if entry not in _GRANTED:
             shown = e.strip()
+            if is_path(entry) and not Path(entry).exists():  # "add --plugin <it>" would say no such file
+                raise PluginNotGrantedError(
+                    f"plugins: {entry}: no such file (listed as {shown!r}; a relative entry is read from the "
+                    f"current directory, {Path.cwd()}): correct the scenario's plugins:, or run from the folder "
+                    "it is relative to"
+                )
             raise PluginNotGrantedError(
                 f"plugins: {entry}: not imported: a plugin is code, and fedsim runs one only when you name "
                 f"it yourself, never because a scenario lists it; add --plugin {shown} "
@@ -185,8 +194,19 @@ def _import_module(name: str) -> ModuleType:
         raise PluginError(f"plugins: {name}: {type(e).__name__}: {e}") from None
     except FedsimError:
         raise
+    except SystemExit as e:
+        raise _exited(name, e) from None
     except Exception as e:  # noqa: BLE001 - any error in the user's module is reported as that plugin's
         raise PluginError(f"plugins: {name}: {type(e).__name__}: {e}") from None
+
+
+def _exited(entry: str, e: SystemExit) -> PluginError:
+    """The one line for a plugin that called ``sys.exit`` (a script's ``argparse`` or ``main()``
+    run at import): before, the command ended silently with the plugin's exit status."""
+    return PluginError(
+        f"plugins: {entry}: it called sys.exit({e.code!r}) while imported; a plugin only defines and registers "
+        "(put a script's own code under `if __name__ == '__main__':`)"
+    )
 
 
 def _import_file(path: str, name_of: str | None = None, source: bytes | None = None) -> ModuleType:
@@ -215,6 +235,9 @@ def _import_file(path: str, name_of: str | None = None, source: bytes | None = N
     except FedsimError:
         sys.modules.pop(name, None)
         raise
+    except SystemExit as e:
+        sys.modules.pop(name, None)
+        raise _exited(path, e) from None
     except Exception as e:  # noqa: BLE001 - any error in the user's file is reported as that plugin's
         sys.modules.pop(name, None)
         raise PluginError(f"plugins: {path}: {type(e).__name__}: {e}") from None

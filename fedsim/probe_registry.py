@@ -33,8 +33,8 @@ from typing import Any
 import fedsim.probe_builtins  # noqa: F401  (registers the built-in kinds)
 from fedsim.probe_base import REGISTRY, Probe, defaults, doc, register_probe, summary
 
-__all__ = ["REGISTRY", "Probe", "check_entry", "defaults", "doc", "get_probe", "kinds", "register_probe",
-           "summarize", "summary", "validate_probe"]
+__all__ = ["REGISTRY", "Probe", "check_entry", "defaults", "doc", "entry_problem", "get_probe", "kinds",
+           "register_probe", "summarize", "summary", "validate_probe"]
 
 
 def kinds() -> dict[str, type[Probe]]:
@@ -71,6 +71,21 @@ def validate_probe(i: int, probe: Any, num_peers: int | None = None) -> dict[str
     every default filled in: :func:`check_entry`, then its kind's :meth:`Probe.validate`."""
     data = probe.settings() if hasattr(probe, "settings") else probe
     return check_entry(i, data).validate(i, dict(data), num_peers)
+
+
+def entry_problem(kind: str, entry: Any) -> str | None:
+    """What keeps ``entry`` (what a ``kind`` probe's ``run`` returned) from being its
+    ``probes.json`` entry, a mapping whose ``kind`` is ``kind``, as the end of a sentence ("the
+    entry is ..."); None when nothing does. The runner (:func:`fedsim.probe_runs.run_probes`) and
+    :func:`fedsim.checks.check_probe` both say it."""
+    if not isinstance(entry, dict):
+        return f"a {type(entry).__name__}, not a mapping with 'kind': {kind!r}"
+    if "kind" not in entry:
+        keys = ", ".join(map(str, entry)) or "none"
+        return f"a mapping without 'kind' (its keys: {keys}), not one with 'kind': {kind!r}"
+    if entry["kind"] != kind:
+        return f"a mapping with 'kind': {entry['kind']!r}, not {kind!r}"
+    return None
 
 
 def summarize(entry: dict[str, Any]) -> dict[str, Any]:

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedsim.errors import ProbeResultError
 from fedsim.probe_context import Retrain, _context, _plain, _write_json
-from fedsim.probe_registry import get_probe, summarize, validate_probe
+from fedsim.probe_registry import entry_problem, get_probe, summarize, validate_probe
 
 
 def run_probes(run: Any, prep: Any, final_params: np.ndarray,
@@ -38,5 +39,13 @@ def run_probes(run: Any, prep: Any, final_params: np.ndarray,
             entries.append(_plain(get_probe(i, cfg["kind"]).run(i, cfg, ctx)))
     finally:
         torch.set_num_threads(threads)
-    _write_json(Path(run.dir) / "probes.json", entries)
+    path = Path(run.dir) / "probes.json"
+    _write_json(path, entries)  # as returned, even when one is malformed: the others are kept
+    for i, (cfg, entry) in enumerate(zip(cfgs, entries, strict=True)):
+        if (problem := entry_problem(cfg["kind"], entry)) is not None:
+            raise ProbeResultError(
+                f"probes.{i}: the {cfg['kind']} probe's run() returned {problem} (written as it is to {path}); "
+                f"a probe returns its probes.json entry, a mapping with its kind (fedsim.checks.check_probe "
+                "checks a probe)"
+            )
     return [summarize(e) for e in entries]

@@ -9,6 +9,7 @@ scenario fingerprint — are :mod:`fedsim.rundir`'s; the files written per round
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -187,8 +188,16 @@ class RunDirectory:
                 r = rundir.read_checkpoint_meta(self.checkpoint)["round"]
             except FedsimError as e:
                 return f"Its checkpoint cannot be used ({e})"
-            return f"Continue from its checkpoint (after round {r}) with: fedsim run --resume {self.path}"
-        return f"No checkpoint was written yet (set checkpoint.every); fedsim run --resume {self.path} restarts it"
+            return f"Continue from its checkpoint (after round {r}) with: {resume_command(self.path, self.sc.plugins)}"
+        return (f"No checkpoint was written yet (set checkpoint.every); {resume_command(self.path, self.sc.plugins)} "
+                "restarts it")
+
+
+def resume_command(path: Path, plugins: Sequence[str] = ()) -> str:
+    """The command that continues the run in ``path``, to paste as it is: ``fedsim run --resume
+    PATH`` and a ``--plugin`` for each plugin its scenario records (``plugins``), since a resume
+    refuses a recorded plugin that is not named again (:func:`load_for_resume`)."""
+    return shlex.join(["fedsim", "run", "--resume", str(path), *(a for p in plugins for a in ("--plugin", p))])
 
 
 def require_run_dir(path: Path) -> None:

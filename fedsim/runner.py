@@ -16,6 +16,7 @@ import torch
 
 from fedsim.backend import cluster_address, make_backend, ray_version
 from fedsim.callbacks import Callback, Interrupt, Progress, Stop, StopAfter
+from fedsim.callbacks import checked as checked_callbacks
 from fedsim.errors import (  # noqa: F401  (RunDirExistsError, RunInterruptedError re-exported)
     CorruptFileError,
     FedsimError,
@@ -163,10 +164,7 @@ class Run:
         round. ``stop_after``: end after that round as a kill would (:class:`~fedsim.callbacks.StopAfter`;
         tests use it). ``callbacks``: more :mod:`fedsim.callbacks` objects, called in order after
         ``progress`` (then stop-after and the Ctrl-C check). Holds the run directory's lock throughout."""
-        for i, cb in enumerate(callbacks):
-            if not callable(getattr(cb, "on_round", None)):
-                raise TypeError(f"callbacks[{i}]: {type(cb).__name__} has no on_round(record) method "
-                                "(a fedsim.callbacks.Callback; wrap a function f(round, metrics) in Progress(f))")
+        callbacks = checked_callbacks(callbacks)
         if resume and self._resume is None:
             self.open_for_resume()
         elif not resume:

@@ -17,7 +17,7 @@ from typing import Any
 
 from fedsim import plugins
 from fedsim.cli_errors import RUN_ERROR_FILE
-from fedsim.errors import RunInterruptedError, ScenarioError
+from fedsim.errors import RunDirExistsError, RunInterruptedError, ScenarioError
 from fedsim.scenario import parse
 from fedsim.sweep_plan import PlannedRun, SweepPlan, engine_errors
 from fedsim.threads import free_cpus
@@ -103,6 +103,27 @@ def _write_index(plan: SweepPlan) -> None:
     atomic_write(plan.out / "sweep.json", (json.dumps(plan.index(), indent=2, default=str) + "\n").encode())
 
 
+FOREIGN_ADVICE = "move it away or choose another --out"
+
+
+def refuse_foreign_folders(plan: SweepPlan) -> None:
+    """One line (:class:`~fedsim.errors.RunDirExistsError`), before anything is deleted, written or
+    run, where the sweep would write into a folder fedsim did not make for it: ``--out`` a run
+    directory (``fedsim run``'s: the sweep's runs and ``sweep.json`` would mix with its files), or a
+    run's folder that exists with content fedsim did not write (``--overwrite`` deleted it; the
+    rules of ``fedsim run``'s own directory, :mod:`fedsim.rundir`)."""
+    from fedsim import rundir
+
+    if rundir.is_run_dir(plan.out):
+        raise RunDirExistsError(
+            f"{plan.out} is a run directory (fedsim run's); a sweep writes its runs into a folder of their own: "
+            "choose another --out"
+        )
+    for r in plan.runs:
+        rundir.refuse_unsafe(r.dir, plan.out)
+        rundir.refuse_foreign(r.dir, FOREIGN_ADVICE)
+
+
 IN_PROCESS = "drop --address, or --local (without it the runs are Ray tasks, on the cluster at --address)"
 
 
@@ -133,10 +154,11 @@ def execute_sweep(
         from fedsim.backend import cluster_address
 
         cluster_address(address)
+    refuse_foreign_folders(plan)
     if overwrite:
         for r in plan.runs:
             if r.dir.exists():
-                shutil.rmtree(r.dir)
+                shutil.rmtree(r.dir)  # a run directory fedsim made, or an empty folder (refuse_foreign_folders)
     _write_index(plan)
     done_before = [r.name for r in plan.runs if r.complete]
     pending = [r for r in plan.runs if not r.complete]

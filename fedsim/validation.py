@@ -118,6 +118,13 @@ def check_semantics(sc: Scenario, source: str = "scenario", *, require_data: boo
     )
 
 
+def plugin_hint(plugins: Any) -> str:
+    """The end of an unknown backbone, strategy or attack name's message when the scenario has no
+    plugin: the name may be the user's own, registered by a file they did not name (fedsim imports
+    a plugin only when named: docs/extending.md); else the closest built-in name misleads."""
+    return "" if plugins else "; one of your own? name the file that registers it: --plugin FILE (docs/extending.md)"
+
+
 def _name_errors(sc: Scenario) -> tuple[list[str], tuple[Any, Any]]:
     """Every unknown name and unbuildable rule or attack, each as ``field: message``, and the
     ``(rule, attack)`` built on the way (None where it did not build; the attack None for none):
@@ -134,18 +141,19 @@ def _name_errors(sc: Scenario) -> tuple[list[str], tuple[Any, Any]]:
     elif not DATASETS[sc.dataset.name][1] and not sc.dataset.data_dir:
         errors.append(f"dataset.data_dir: dataset {sc.dataset.name!r} is read from local files; set the directory")
     if sc.backbone.name not in BACKBONES:
-        errors.append(f"backbone.name: {unknown_backbone(sc.backbone.name)}")
+        errors.append(f"backbone.name: {unknown_backbone(sc.backbone.name)}{plugin_hint(sc.plugins)}")
     rule = attack = None
     try:
         rule = build_rule(sc)
     except ValueError as e:
-        errors.append(f"{'strategy.params' if sc.strategy.name in strategies.REGISTRY else 'strategy.name'}: {e}")
+        known = sc.strategy.name in strategies.REGISTRY
+        errors.append(f"strategy.params: {e}" if known else f"strategy.name: {e}{plugin_hint(sc.plugins)}")
     if sc.peers.attack.name != "none":
         try:
             attack = attacks.build(sc.peers.attack.name, sc.peers.attack.params)
         except ValueError as e:
-            where = "peers.attack.params" if sc.peers.attack.name in attacks.REGISTRY else "peers.attack.name"
-            errors.append(f"{where}: {e}")
+            known = sc.peers.attack.name in attacks.REGISTRY
+            errors.append(f"peers.attack.params: {e}" if known else f"peers.attack.name: {e}{plugin_hint(sc.plugins)}")
     if sc.peers.attack.name != "none" and not sc.peers.num_byzantine and not sc.peers.allow_idle_attack:
         errors.append(
             f"peers.attack.name: attack {sc.peers.attack.name!r} named but 0 Byzantine peers (nobody would attack); "
@@ -305,7 +313,7 @@ def unknown_names(data: Any) -> list[str]:
                       f"available: {', '.join(DATASETS)}")
     name = _get(data, "backbone.name")
     if isinstance(name, str) and name not in BACKBONES:
-        errors.append(f"backbone.name: {unknown_backbone(name)}")
+        errors.append(f"backbone.name: {unknown_backbone(name)}{plugin_hint(_get(data, 'plugins'))}")
     for field, registry, module in (("strategy", strategies.REGISTRY, strategies), ("peers.attack", attacks.REGISTRY,
                                                                                    attacks)):
         name, params = _get(data, f"{field}.name"), _get(data, f"{field}.params")
@@ -317,7 +325,7 @@ def unknown_names(data: Any) -> list[str]:
             try:
                 module.build(name)
             except ValueError as e:
-                errors.append(f"{field}.name: {e}")
+                errors.append(f"{field}.name: {e}{plugin_hint(_get(data, 'plugins'))}")
             continue
         everyone = {p for n in registry for p in param_names(registry[n])}
         if isinstance(params, dict) and dataclasses.is_dataclass(registry[name]):

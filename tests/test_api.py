@@ -218,3 +218,26 @@ def test_a_refused_run_leaves_no_temporary_folder(small_scenario, tmp_path, monk
     fedsim.run(d)
     (made,) = tmp.iterdir()
     assert made.name.startswith("fedsim-") and (made / "t" / "scenario.yaml").exists()
+
+
+def test_arguments_of_the_wrong_shape_are_one_clear_error_before_anything_is_made(small_scenario, tmp_path):
+    """A notebook's likely slips, each named with the fix, and no run directory made: one plugin
+    file as a string (before: its characters were the plugins, "'.' is neither a .py file ..."),
+    --set's KEY=VALUE strings as overrides (before: "dictionary update sequence element #0 has
+    length 8"), one callback or a function instead of a list (before: "... is not iterable", after
+    the run directory was made)."""
+    from fedsim.callbacks import Callback
+
+    out = tmp_path / "run"
+    with pytest.raises(ScenarioError, match=r"plugins: expected a list of \.py files or modules, got the single str "
+                                            r"'my_plugins\.py': write \['my_plugins\.py'\]$"):
+        fedsim.run(small_scenario(), out=out, plugins="my_plugins.py")
+    with pytest.raises(TypeError, match=r"^overrides: expected a mapping of dotted keys to values, e.g\. "
+                                        r"\{'rounds': 10, 'strategy\.name': 'median'\} \(--set's KEY=VALUE\), got "
+                                        r"list \['rounds=3'\]$"):
+        fedsim.run(small_scenario(), ["rounds=3"], out=out)
+    for one, what in ((Callback(), "Callback"), (lambda rec: None, "a function")):
+        with pytest.raises(TypeError, match=rf"^callbacks: expected a list of callbacks, got {what}: write "
+                                            r"callbacks=\[\.\.\.\]"):
+            fedsim.run(small_scenario(), out=out, callbacks=one)
+    assert not out.exists()

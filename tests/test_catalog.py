@@ -85,6 +85,9 @@ def test_list_partition_and_topology_show_their_scenario_fields() -> None:
             "Error: 'strategie' is neither a kind nor a component (did you mean 'strategies'?); kinds: ",
         ),
         (["list", "backbones", "fmnist"], "Error: unknown backbone 'fmnist' (did you mean 'fmnist_cnn'?)"),
+        # a component of another kind says which (before: only "did you mean 'fang_krum'?")
+        (["list", "attacks", "krum"], "Error: unknown attack 'krum' (did you mean 'fang_krum'?); 'krum' is a "
+                                      "strategy: fedsim list strategies krum; available: "),
     ],
 )
 def test_unknown_kind_or_name_is_one_line_with_did_you_mean(argv: list[str], expected: str) -> None:

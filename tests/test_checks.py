@@ -56,6 +56,15 @@ class Undocumented(NormBoundedMean):
     pass
 
 
+@dataclass
+class RefusesNoByzantine(NormBoundedMean):
+    """Refuses f = 0 (50 honest senders)."""
+
+    def check(self, n, f):
+        if f < 1:
+            raise ValueError(f"needs f >= 1, got {f}")
+
+
 def test_a_sound_rule_and_built_ins_pass():
     assert check_rule(NormBoundedMean(radius=0.5), cases=60) > 60
     assert check_rule("median", cases=60) > 60
@@ -66,9 +75,13 @@ def test_a_sound_rule_and_built_ins_pass():
     ("rule", "message"),
     [
         (Float32Mean(), "^Float32Mean: n=.*the rule itself produced NaN/Inf"),
-        (KeepsOwn(), r"^KeepsOwn: \|\|out − v\|\| = .*, \|\|own − v\|\| = "),
+        (KeepsOwn(), r"^KeepsOwn: honest agreement: fed n=1 identical vectors v from honest senders \(f=0\), the "
+                     r"rule returned a vector no closer to v than own \(\|\|out − v\|\| = .*, \|\|own − v\|\| = .*\); "
+                     r".*agreement=False"),
         (Float64Out(), "^Float64Out: n=.*the rule returned .* torch.float64, not .* torch.float32"),
         (Undocumented(), "Undocumented: no docstring"),
+        (RefusesNoByzantine(),
+         r"^RefusesNoByzantine: check\(n=50, f=0\) refuses a plain setting: needs f >= 1, got 0$"),
     ],
 )
 def test_a_broken_rule_fails_naming_the_property(rule, message):

@@ -106,6 +106,13 @@ class NotAMapping(MeanNorm):
         return self.entry(ctx)["records"]
 
 
+class NoKind(MeanNorm):
+    """Leaves out its kind."""
+
+    def run(self, i, cfg, ctx):
+        return {k: v for k, v in self.entry(ctx).items() if k != "kind"}
+
+
 class NoNorm(MeanNorm):
     """Leaves out the field its own markdown reads."""
 
@@ -176,8 +183,10 @@ class WritesSummary(MeanNorm):
 MUTANTS = [
     (Undocumented, "declaration: Undocumented has no docstring"),
     (BadDefault, r"declaration: its declared defaults do not validate: probes\.0\.k: must be"),
-    (WrongKind, "probes.json schema: the entry is 'other', not an object with kind 'chk_mutant'"),
-    (NotAMapping, "probes.json schema: the entry is 'list', not an object with kind 'chk_mutant'"),
+    (WrongKind, "probes.json schema: the entry is a mapping with 'kind': 'other', not 'chk_mutant'"),
+    (NotAMapping, "probes.json schema: the entry is a list, not a mapping with 'kind': 'chk_mutant'"),
+    (NoKind, r"probes.json schema: the entry is a mapping without 'kind' \(its keys: norm, records\), "
+             "not one with 'kind': 'chk_mutant'"),
     (NoNorm, r"probes.json schema: fedsim report cannot read the entry .*missing field 'norm'"),
     (Raises, r"probes.json schema: the tiny run with the probe raised RuntimeError\('boom'\)"),
     (SummaryWithoutKind, r"declaration: summarize\(entry\) gave \{'norm'"),
@@ -240,3 +249,34 @@ def test_the_report_requires_the_distances_only_where_a_retrained_model_exists()
     assert "| none | – | – | – | – | – | – | 50.0% |" in _format_methods(accuracies_only, retrained=False)
     with pytest.raises(KeyError, match="kl_to_retrained"):
         _format_methods(accuracies_only, retrained=True)
+
+
+def test_a_run_whose_probe_returns_no_entry_of_its_kind_ends_in_one_line(register, tmp_path):
+    """`fedsim run` with a probe whose run() returns a mapping without its kind: one line naming the
+    probe and what it returned, exit 1, the entries kept in probes.json (before: "internal error:
+    KeyError: 'kind'" and a traceback file)."""
+    import json
+
+    import yaml
+    from click.testing import CliRunner
+
+    from fedsim.checks_probes import TINY
+    from fedsim.cli import main
+
+    class NoKindInARun(NoKind):  # its own class: the schema's model of a kind is cached per class
+        """Leaves out its kind, in a run."""
+
+    register("chk_nokind", NoKindInARun)
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(copy.deepcopy(TINY) | {
+        "rounds": 2, "probes": [{"kind": "chk_nokind"}], "output": {"dir": str(tmp_path / "runs")},
+        "backbone": {"name": "identity", "cache_dir": str(tmp_path / "cache")}}))
+    res = CliRunner().invoke(main, ["run", str(path), "-q"])
+    run = tmp_path / "runs" / "check_probe"
+    assert res.exit_code == 1, res.output
+    assert [x for x in res.stderr.splitlines() if x.strip()] == [
+        f"Error: probes.0: the chk_nokind probe's run() returned a mapping without 'kind' (its keys: norm, records), "
+        f"not one with 'kind': 'chk_nokind' (written as it is to {run / 'probes.json'}); a probe returns its "
+        "probes.json entry, a mapping with its kind (fedsim.checks.check_probe checks a probe)"]
+    assert list(json.loads((run / "probes.json").read_text())[0]) == ["norm", "records"]
+    assert not (run / "error.txt").exists() and not (run / "summary.json").exists()

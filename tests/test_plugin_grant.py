@@ -88,6 +88,23 @@ def test_a_scenario_naming_a_plugin_runs_no_code_without_plugin(user, tmp_path, 
     assert _tree(tmp_path) == before  # nothing written
 
 
+def test_a_relative_entry_missing_from_the_current_directory_says_so(user, tmp_path, monkeypatch):
+    """From another folder, the scenario's relative `plugins: [mine.py]` is read from the current
+    directory, where no such file is: the line says so, not "add --plugin mine.py" (which, named,
+    gives "no such file"); nothing is imported or written."""
+    plugin, scenario, marker = user
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    res = CliRunner().invoke(main, ["validate", str(scenario), "--plugin", str(plugin)])
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines() == [
+        f"{scenario}: plugins: {elsewhere / 'mine.py'}: no such file (listed as 'mine.py'; a relative entry is read "
+        f"from the current directory, {elsewhere}): correct the scenario's plugins:, or run from the folder it is "
+        "relative to"]
+    assert not marker.exists() and list(elsewhere.iterdir()) == []
+
+
 def test_plugin_option_runs_and_records_it(user, tmp_path):
     plugin, scenario, marker = user
     out = CliRunner().invoke(main, ["run", "mine.yaml", "--plugin", "mine.py", "--out", "out/r", "-q"])

@@ -186,6 +186,33 @@ def test_missing_plugin_file_is_one_line_naming_it(small_scenario, tmp_path):
         resolve(small_scenario(), plugins=["not a module"])
 
 
+def test_a_plugin_that_exits_while_imported_is_one_line(tmp_path, small_scenario, monkeypatch):
+    """A script named as a plugin that calls sys.exit when imported (its argparse, its main()):
+    one line naming the plugin and the fix, exit 1 (before: the command ended silently with the
+    script's exit status, here 3, and `fedsim validate` printed nothing)."""
+    import yaml
+    from click.testing import CliRunner
+
+    from fedsim.cli import main
+
+    script = tmp_path / "train.py"
+    script.write_text("import sys\nsys.exit(3)\n")
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(small_scenario()))
+    monkeypatch.chdir(tmp_path)
+    for args, code in ((["validate", "s.yaml"], 1), (["list", "strategies"], 2)):  # list: a bad --plugin value
+        res = CliRunner().invoke(main, [*args, "--plugin", "train.py"])
+        assert res.exit_code == code, res.output
+        line = [x for x in res.stderr.splitlines() if x.strip()]
+        assert len(line) == 1 + 2 * (code == 2) and line[-1].endswith(
+            f"plugins: {script}: it called sys.exit(3) while imported; a plugin only defines and registers "
+            "(put a script's own code under `if __name__ == '__main__':`)"), res.stderr
+    (tmp_path / "exiting_module_xyz.py").write_text("raise SystemExit('usage: train.py DATA')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ScenarioError, match=r"plugins: exiting_module_xyz: it called sys.exit\('usage: train.py "
+                                            r"DATA'\) while imported"):
+        parse(small_scenario(plugins=plugins.grant(["exiting_module_xyz"])))
+
+
 def test_a_name_registered_twice_names_both_classes(tmp_path, small_scenario):
     p = tmp_path / "dup.py"
     p.write_text(textwrap.dedent('''
@@ -262,3 +289,28 @@ def test_classvar_annotations_are_not_parameters(small_scenario):
         assert plan.rule_params == {"radius": 1.0}
     finally:
         strategies.REGISTRY.pop("classvar_mean_for_test", None)
+
+
+def test_an_unknown_name_without_plugins_says_how_to_name_yours(tmp_path, small_scenario):
+    """A scenario naming its author's own rule, attack or backbone, read without --plugin: each
+    unknown name says that one's own needs --plugin (before, only "did you mean 'trimmed_mean'?",
+    a built-in the user never meant); with a plugin named, a typo's message is as it was; a sweep's
+    grid says the same (fedsim.validation.unknown_names)."""
+    from fedsim.scenario import grid_errors
+
+    hint = "; one of your own? name the file that registers it: --plugin FILE (docs/extending.md)"
+    mine = small_scenario(strategy={"name": "norm_filtered_mean"}, backbone={"name": "random_projection"},
+                          peers={"count": 8, "byzantine": 2, "attack": {"name": "flipped_mean"}})
+    with pytest.raises(ScenarioError) as e:
+        parse(mine)
+    for field, what in (("backbone.name", "backbone 'random_projection'"),
+                        ("strategy.name", "strategy 'norm_filtered_mean'"),
+                        ("peers.attack.name", "attack 'flipped_mean'")):
+        assert any(f"{field}: unknown {what}" in x and x.endswith(hint) for x in e.value.errors), e.value.errors
+    assert grid_errors(small_scenario(), {"strategy.name": ["norm_filtered_mean"]})[0].endswith(hint)
+
+    empty = tmp_path / "empty_plugin.py"
+    empty.write_text('"""Registers nothing."""\n')
+    with pytest.raises(ScenarioError) as e:
+        parse(small_scenario(strategy={"name": "krun"}, plugins=plugins.grant([str(empty)])))
+    assert "unknown strategy 'krun'" in str(e.value) and "--plugin" not in str(e.value)

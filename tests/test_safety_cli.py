@@ -109,6 +109,56 @@ def test_ctrl_c_after_a_checkpoint_names_it(tmp_path: Path, monkeypatch) -> None
                                      f"fedsim run --resume {tmp_path / 'runs' / 't'}")
 
 
+def _resume_line_runs(line: str, tmp_path: Path, monkeypatch) -> None:
+    """The command at the end of an interruption's line, pasted as it is in a new process (no
+    plugin granted yet), finishes the run."""
+    import shlex
+
+    from fedsim import plugins
+
+    command = shlex.split(line.split(": ", 2)[-1].split("with: ")[-1].removesuffix(" restarts it"))
+    assert command[:3] == ["fedsim", "run", "--resume"], line
+    monkeypatch.setattr(plugins, "_GRANTED", set())  # a new process: only what the command names
+    monkeypatch.chdir(tmp_path.parent)  # pasted elsewhere than where the run began
+    res = CliRunner().invoke(main, [*command[1:], "-q"])
+    assert res.exit_code == 0, res.output
+    assert (Path(command[3]) / "summary.json").exists()
+
+
+def test_the_resume_command_of_an_interrupted_plugin_run_names_its_plugins(tmp_path: Path, monkeypatch) -> None:
+    """A run made with --plugin, interrupted: the line's command names the plugin again (a resume
+    without it is refused), so pasting it continues the run (before, it named only --resume)."""
+    import shlex
+
+    import fedsim
+    from fedsim.callbacks import Stop
+
+    plugin = tmp_path / "my plugin.py"  # a space: the command quotes it
+    plugin.write_text('"""Registers nothing; a run records it all the same."""\n')
+    monkeypatch.chdir(tmp_path)
+    class StopAfterFirst:
+        def on_round(self, record):
+            return Stop("stopped", interrupt=True)
+
+    with pytest.raises(RunInterruptedError) as e:
+        fedsim.run(_scenario(tmp_path, checkpoint={"every": 1}), plugins=["my plugin.py"], out=tmp_path / "api",
+                   callbacks=[StopAfterFirst()])
+    assert f"--plugin '{plugin}'" in str(e.value)
+    _resume_line_runs(str(e.value), tmp_path, monkeypatch)
+
+    def interrupted(self, *a, **k):  # Ctrl-C before the run took over SIGINT: the CLI's own line
+        raise KeyboardInterrupt
+
+    monkeypatch.chdir(tmp_path)
+    with monkeypatch.context() as m:
+        m.setattr("fedsim.runner.Run.execute", interrupted)
+        res = CliRunner().invoke(main, ["run", str(_scenario(tmp_path)), "--plugin", "my plugin.py", "-q",
+                                        "--overwrite"])
+    assert res.exit_code == 130, res.output
+    command = _one_line(res.stderr).split("(no checkpoint yet): ")[-1]
+    assert shlex.split(command) == ["fedsim", "run", "--resume", str(tmp_path / "runs" / "t"), "--plugin", str(plugin)]
+
+
 def test_ctrl_c_in_any_other_command_is_one_line(monkeypatch) -> None:
     def interrupted():
         raise KeyboardInterrupt
@@ -206,6 +256,19 @@ def test_a_failed_write_is_one_line_naming_the_path(exc, expected: str, tmp_path
     line = _one_line(res.stderr)
     assert line.startswith(expected.format(run=tmp_path / "runs" / "t")), line
     assert not (tmp_path / "cache-home").exists()  # an expected failure writes no traceback log
+
+
+def test_a_full_disk_on_a_plugin_run_names_the_plugin_in_its_resume_command(tmp_path: Path, monkeypatch) -> None:
+    """The disk-full line's command, pasted, must resume: a run made with --plugin needs it named
+    again (before: "continue with: fedsim run --resume DIR", refused for the missing plugin)."""
+    plugin = tmp_path / "mine.py"
+    plugin.write_text('"""Registers nothing."""\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("fedsim.runner.Run.execute", _raise(OSError(errno.ENOSPC, "No space left on device")))
+    res = CliRunner().invoke(main, ["run", str(_scenario(tmp_path)), "--plugin", "mine.py", "-q"])
+    assert res.exit_code == 1, res.output
+    assert _one_line(res.stderr).endswith(
+        f"; free some space, then continue with: fedsim run --resume {tmp_path / 'runs' / 't'} --plugin {plugin}")
 
 
 # --------------------------------------------------------------------------- Ray

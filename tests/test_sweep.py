@@ -245,3 +245,34 @@ def test_sweep_on_ray(tmp_path, ray_session) -> None:
     execute_sweep(local, local=True)
     for a, b in zip(plan.runs, local.runs, strict=True):
         assert (a.dir / "metrics.jsonl").read_bytes() == (b.dir / "metrics.jsonl").read_bytes()
+
+
+def test_a_sweep_never_deletes_or_writes_into_a_folder_fedsim_did_not_make(tmp_path) -> None:
+    """A run's folder holding files fedsim did not write is one line, even with --overwrite (which
+    deleted it: a user's `base/` under --out was gone), and nothing is written or run; --out a
+    run directory is one line too (the sweep's runs and sweep.json mixed with the run's files)."""
+    from fedsim.cli import main
+
+    path = write(tmp_path, tiny(tmp_path))
+    out = tmp_path / "sw"
+    (out / "base").mkdir(parents=True)
+    (out / "base" / "thesis.tex").write_text("precious\n")
+    for extra in ([], ["--overwrite"]):
+        res = CliRunner().invoke(main, ["sweep", str(path), "--out", str(out), "--local", "-q", *extra])
+        assert res.exit_code == 1, res.output
+        assert [x for x in res.stderr.splitlines() if x.strip()] == [
+            f"Error: {out / 'base'} exists and is not a fedsim run directory (no .fedsim-run); fedsim will not "
+            "write into or delete it: move it away or choose another --out"]
+        assert sorted(p.name for p in out.rglob("*")) == ["base", "thesis.tex"]  # no sweep.json, no run
+    assert (out / "base" / "thesis.tex").read_text() == "precious\n"
+
+    run = tmp_path / "one"
+    one = Run(parse(tiny(tmp_path), "s.yaml"), run)
+    one.create_dir()
+    one.execute()
+    before = sorted(p.name for p in run.iterdir())
+    res = CliRunner().invoke(main, ["sweep", str(path), "--out", str(run), "--local", "-q", "--overwrite"])
+    assert res.exit_code == 1, res.output
+    assert res.stderr.strip() == (f"Error: {run} is a run directory (fedsim run's); a sweep writes its runs into a "
+                                  "folder of their own: choose another --out")
+    assert sorted(p.name for p in run.iterdir()) == before
