@@ -82,6 +82,12 @@ def is_run_dir(d: Path) -> bool:
     return (d / MARKER).is_file() or ((d / "scenario.yaml").is_file() and (d / "versions.json").is_file())
 
 
+def mark(d: Path) -> None:
+    """Write the marker that makes ``d`` a directory fedsim made for a run (:func:`is_run_dir`):
+    ``--overwrite`` may clear it, a rerun may write into it."""
+    (d / MARKER).write_text("a fedsim run directory: fedsim may clear it on --overwrite\n")
+
+
 def has_results(d: Path) -> bool:
     """Whether a run directory holds anything a run produced (a metrics line, a checkpoint, a
     summary). One without is a run that failed at start: the next run may reuse it freely."""

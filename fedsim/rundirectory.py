@@ -84,7 +84,7 @@ class RunDirectory:
                     rundir.clear(self.path)
             self._check_free_space()
             with rundir.writing(self.path):
-                (self.path / rundir.MARKER).write_text("a fedsim run directory: fedsim may clear it on --overwrite\n")
+                rundir.mark(self.path)
                 (self.path / "scenario.yaml").write_text(
                     yaml.safe_dump(self.sc.model_dump(mode="json"), sort_keys=False)
                 )

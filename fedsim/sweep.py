@@ -111,8 +111,9 @@ class _BarReporter(Reporter):
     is_flag=True,
     help="Leave out combinations that fail a constraint (e.g. Krum n ≤ 2f+2); unknown names and keys stay errors.",
 )
-@click.option("--overwrite", is_flag=True, help="Delete the sweep's run folders and run everything again (only "
-              "folders fedsim made: a run's folder holding other files is refused, as is --out a run directory).")
+@click.option("--overwrite", is_flag=True, help="Delete the sweep's run folders, with everything in them, and run "
+              "everything again (only folders fedsim made: a folder without fedsim's marker is refused, "
+              "as is --out a run directory).")
 @click.option("--dry-run", is_flag=True, help="List the runs and whether each is complete; run nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @plugin_option()

@@ -51,7 +51,12 @@ def run_one(data: dict[str, Any], run_dir: str, progress: Callable[[int, dict], 
     except Exception as e:  # noqa: BLE001 - one failing run must not end the sweep
         if isinstance(e, RunInterruptedError):  # Ctrl-C inside Run.execute: checkpointed, resumable
             return {"status": "interrupted", "error": str(e)}
+        from fedsim import rundir
+
         d.mkdir(parents=True, exist_ok=True)
+        # the folder is the sweep's (refuse_foreign_folders let it through): marked as fedsim's, so a
+        # rerun retries the run and --overwrite may clear it, even when it failed before Run.create_dir
+        rundir.mark(d)
         (d / RUN_ERROR_FILE).write_text(traceback.format_exc())
         return {"status": "failed", "error": f"{type(e).__name__}: {e}"}
 

@@ -235,6 +235,23 @@ def test_failed_run_is_reported_and_others_finish(tmp_path, monkeypatch) -> None
     assert res.ran == ["seed=1"] and not (plan.runs[1].dir / "error.txt").exists()
 
 
+def test_a_run_that_failed_before_its_folder_was_made_is_retried(tmp_path) -> None:
+    # a task failing before Run.create_dir (here: a scenario that does not parse in the task; on a
+    # cluster: data missing on the node) leaves error.txt in a folder the sweep made: the next
+    # sweep retries the run, with or without --overwrite, instead of refusing the folder as a user's
+    from fedsim.sweep_execute import run_one
+
+    path = write(tmp_path, tiny(tmp_path))
+    plan = plan_sweep(path, {"seed": [0, 1]}, out=tmp_path / "sw")
+    assert run_one({"bogus": 1}, str(plan.runs[0].dir))["status"] == "failed"
+    assert (plan.runs[0].dir / "error.txt").is_file()
+    res = execute_sweep(plan, local=True)
+    assert sorted(res.ran) == ["seed=0", "seed=1"] and not res.failed
+    assert not (plan.runs[0].dir / "error.txt").exists()
+    assert run_one({"bogus": 1}, str(plan.runs[1].dir) + "-x")["status"] == "failed"  # a fresh folder too
+    assert execute_sweep(plan, local=True, overwrite=True).ran == ["seed=0", "seed=1"]
+
+
 def test_sweep_on_ray(tmp_path, ray_session) -> None:
     path = write(tmp_path, tiny(tmp_path))
     plan = plan_sweep(path, {"strategy.name": ["fedavg", "local"]}, out=tmp_path / "sw")
