@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from fedlib.registry import NO_DOC, class_doc
+from fedsim.errors import ProbeResultError
 from fedsim.probe_registry import REGISTRY, Probe, entry_problem, summarize, validate_probe
 
 __all__ = ["TINY", "check_declaration", "check_entry_schema", "check_leaves_run", "check_probe", "check_reproducible"]
@@ -233,6 +234,8 @@ def check_probe(
             _seed_rngs(seed)
             run.execute()
         except Exception as e:
+            if isinstance(e, ProbeResultError):  # the runner's own verdict on the entry (entry_problem)
+                raise _fail(kind, "probes.json schema", f"the entry is {e.problem}") from e
             if (run.dir / "probes.json").exists():  # written before summary.json: what it lacks says more
                 check_entry_schema(kind, _written(run.dir, kind)[0])
             raise _fail(kind, "probes.json schema", f"the tiny run with the probe raised {e!r}") from e

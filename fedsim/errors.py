@@ -47,7 +47,12 @@ class RunInterruptedError(FedsimError, RuntimeError):
 
 class ProbeResultError(FedsimError, TypeError):
     """A probe's ``run`` returned something that is not its ``probes.json`` entry (a mapping with
-    its ``kind``); the message names the probe and what it returned."""
+    its ``kind``); the message names the probe and what it returned, ``problem`` says what is wrong
+    (:func:`fedsim.probe_registry.entry_problem`)."""
+
+    def __init__(self, message: str, problem: str = "") -> None:
+        super().__init__(message)
+        self.problem = problem
 
 
 def probe_error(i: int, key: str, msg: str) -> ValueError:

@@ -28,6 +28,7 @@ neither torch nor pydantic: ``fedsim list`` reads it.
 from __future__ import annotations
 
 import difflib
+import json
 from typing import Any
 
 import fedsim.probe_builtins  # noqa: F401  (registers the built-in kinds)
@@ -85,6 +86,10 @@ def entry_problem(kind: str, entry: Any) -> str | None:
         return f"a mapping without 'kind' (its keys: {keys}), not one with 'kind': {kind!r}"
     if entry["kind"] != kind:
         return f"a mapping with 'kind': {entry['kind']!r}, not {kind!r}"
+    try:
+        json.dumps(entry, allow_nan=False)
+    except (TypeError, ValueError) as e:  # a tensor, a set, an object: probes.json cannot hold it
+        return f"a mapping holding a value JSON cannot hold ({e}), not plain numbers, strings, lists and mappings"
     return None
 
 

@@ -6,6 +6,7 @@ unlearning probe compares with, so no probe module imports the runner.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,14 @@ import torch
 from fedsim.errors import ProbeResultError
 from fedsim.probe_context import Retrain, _context, _plain, _write_json
 from fedsim.probe_registry import entry_problem, get_probe, summarize, validate_probe
+
+
+def _json_ok(entry: Any) -> bool:
+    try:
+        json.dumps(entry, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def run_probes(run: Any, prep: Any, final_params: np.ndarray,
@@ -40,12 +49,15 @@ def run_probes(run: Any, prep: Any, final_params: np.ndarray,
     finally:
         torch.set_num_threads(threads)
     path = Path(run.dir) / "probes.json"
-    _write_json(path, entries)  # as returned, even when one is malformed: the others are kept
-    for i, (cfg, entry) in enumerate(zip(cfgs, entries, strict=True)):
-        if (problem := entry_problem(cfg["kind"], entry)) is not None:
+    problems = [entry_problem(cfg["kind"], entry) for cfg, entry in zip(cfgs, entries, strict=True)]
+    plain = [p is None or _json_ok(e) for e, p in zip(entries, problems, strict=True)]
+    # as returned, even when one is malformed: the others are kept (what JSON cannot hold: its repr)
+    _write_json(path, [e if ok else repr(e) for e, ok in zip(entries, plain, strict=True)])
+    for i, (cfg, problem) in enumerate(zip(cfgs, problems, strict=True)):
+        if problem is not None:
             raise ProbeResultError(
-                f"probes.{i}: the {cfg['kind']} probe's run() returned {problem} (written as it is to {path}); "
-                f"a probe returns its probes.json entry, a mapping with its kind (fedsim.checks.check_probe "
-                "checks a probe)"
+                f"probes.{i}: the {cfg['kind']} probe's run() returned {problem} "
+                f"(written {'as it is' if plain[i] else 'as its repr'} to {path}); a probe returns its probes.json "
+                "entry, a mapping with its kind (fedsim.checks.check_probe checks a probe)", problem
             )
     return [summarize(e) for e in entries]

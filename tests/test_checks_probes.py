@@ -113,6 +113,13 @@ class NoKind(MeanNorm):
         return {k: v for k, v in self.entry(ctx).items() if k != "kind"}
 
 
+class HoldsATensor(MeanNorm):
+    """Returns a tensor where a number belongs."""
+
+    def run(self, i, cfg, ctx):
+        return self.entry(ctx) | {"norm": torch.tensor([1.0, 2.0])}
+
+
 class NoNorm(MeanNorm):
     """Leaves out the field its own markdown reads."""
 
@@ -187,6 +194,8 @@ MUTANTS = [
     (NotAMapping, "probes.json schema: the entry is a list, not a mapping with 'kind': 'chk_mutant'"),
     (NoKind, r"probes.json schema: the entry is a mapping without 'kind' \(its keys: norm, records\), "
              "not one with 'kind': 'chk_mutant'"),
+    (HoldsATensor, r"probes.json schema: the entry is a mapping holding a value JSON cannot hold "
+                   r"\(Object of type Tensor is not JSON serializable\)"),
     (NoNorm, r"probes.json schema: fedsim report cannot read the entry .*missing field 'norm'"),
     (Raises, r"probes.json schema: the tiny run with the probe raised RuntimeError\('boom'\)"),
     (SummaryWithoutKind, r"declaration: summarize\(entry\) gave \{'norm'"),
@@ -279,4 +288,36 @@ def test_a_run_whose_probe_returns_no_entry_of_its_kind_ends_in_one_line(registe
         f"not one with 'kind': 'chk_nokind' (written as it is to {run / 'probes.json'}); a probe returns its "
         "probes.json entry, a mapping with its kind (fedsim.checks.check_probe checks a probe)"]
     assert list(json.loads((run / "probes.json").read_text())[0]) == ["norm", "records"]
+    assert not (run / "error.txt").exists() and not (run / "summary.json").exists()
+
+
+def test_a_run_whose_probe_returns_a_tensor_ends_in_one_line(register, tmp_path):
+    """A probe entry holding a tensor: one line naming the probe and the value JSON cannot hold,
+    exit 1, probes.json written with the entry's repr (before: "internal error: TypeError: Object
+    of type Tensor is not JSON serializable", no probes.json)."""
+    import json
+
+    import yaml
+    from click.testing import CliRunner
+
+    from fedsim.checks_probes import TINY
+    from fedsim.cli import main
+
+    class TensorInARun(HoldsATensor):  # its own class: the schema's model of a kind is cached per class
+        """Returns a tensor, in a run."""
+
+    register("chk_tensor", TensorInARun)
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(copy.deepcopy(TINY) | {
+        "rounds": 2, "probes": [{"kind": "chk_tensor"}], "output": {"dir": str(tmp_path / "runs")},
+        "backbone": {"name": "identity", "cache_dir": str(tmp_path / "cache")}}))
+    res = CliRunner().invoke(main, ["run", str(path), "-q"])
+    run = tmp_path / "runs" / "check_probe"
+    assert res.exit_code == 1, res.output
+    lines = [x for x in res.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith(
+        "Error: probes.0: the chk_tensor probe's run() returned a mapping holding a value JSON cannot hold "
+        "(Object of type Tensor is not JSON serializable)"), lines
+    assert f"(written as its repr to {run / 'probes.json'})" in lines[0]
+    assert "tensor([1., 2.])" in json.loads((run / "probes.json").read_text())[0]
     assert not (run / "error.txt").exists() and not (run / "summary.json").exists()
