@@ -118,6 +118,11 @@ class Scenario(_Section):
                 f"engine.head_dtype: {self.engine.head_dtype} heads are for linear heads (no model section); "
                 "use float32 here"
             )
+        if self.engine.head_dtype == "float16" and self.training.optimizer == "adam":
+            raise ValueError(
+                "engine.head_dtype: float16 cannot hold Adam's second moments (squared gradients below 6e-5 lose "
+                "their bits or become 0, and the steps grow); use bfloat16 (float32's range) or float32"
+            )
         if self.sampling.enabled and self.mode != "federated":
             raise ValueError(
                 "sampling: client sampling is for mode: federated (a decentralized peer hears its neighbours)"

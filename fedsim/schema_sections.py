@@ -280,7 +280,8 @@ class EngineCfg(_Section):
         "and Bristle's trained copy are stored (linear heads, no model section): float16/bfloat16 halve their "
         "memory; the local steps run in float32 a chunk of peers at a time, rounded once per peer and round "
         "after the last local step, and the aggregation computes in float32, rounded as it writes the heads "
-        "(fedsim/peers.py; accuracy effect measured in docs/performance.md)",
+        "(fedsim/peers.py; accuracy effect measured in docs/performance.md); float16 with training.optimizer: adam "
+        "is refused (Adam's second moments underflow float16)",
     )
     aggregate_chunk: int = Field(
         64, ge=1, le=1_000_000,

@@ -52,8 +52,8 @@ def _stored(g: PeerGroup) -> dict[str, torch.Tensor]:
             **({} if o.v_w is None else {"v_w": o.v_w, "v_b": o.v_b})}
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize(("dtype", "optimizer"), [(d, o) for d in HALF for o in ("sgd", "adam")
+                                                   if (d, o) != ("float16", "adam")])  # (refused: below)
 def test_heads_optimizer_state_and_trained_copies_are_stored_in_half(small_scenario, dtype, optimizer):
     groups = _groups(_gossip(small_scenario, **{"engine.head_dtype": dtype, "training.optimizer": optimizer}))
     for r in range(2):
@@ -191,6 +191,20 @@ def test_whole_models_are_refused_in_one_line(small_scenario):
     assert "\n" not in msg
     with pytest.raises(ScenarioError, match="engine.head_dtype"):
         parse(small_scenario(**{"engine.head_dtype": "half"}))
+
+
+def test_float16_heads_with_adam_are_refused_in_one_line(small_scenario):
+    """float16's smallest normal number is 6.1e-5: Adam's second moments (squared gradients) stored
+    in it lose their bits or become 0 between rounds, and the next round's steps grow (a review
+    measured 1,229 of 5,120 zero entries against 680 in float32 after 3 rounds); bfloat16 keeps
+    float32's range and is accepted."""
+    with pytest.raises(ScenarioError) as e:
+        parse(small_scenario(**{"engine.head_dtype": "float16", "training.optimizer": "adam"}))
+    msg = str(e.value)
+    assert "engine.head_dtype: float16 cannot hold Adam's second moments" in msg and "use bfloat16" in msg
+    assert "\n" not in msg
+    parse(small_scenario(**{"engine.head_dtype": "bfloat16", "training.optimizer": "adam"}))
+    parse(small_scenario(**{"engine.head_dtype": "float16", "training.optimizer": "sgd"}))
 
 
 @pytest.mark.parametrize("dtype", HALF)
