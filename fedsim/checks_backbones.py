@@ -150,9 +150,14 @@ def check_features(spec: BackboneSpec, net: nn.Module, seed: int = 0) -> int:
         got = tuple(one.shape) if isinstance(one, Tensor) else type(one).__name__
         raise _fail(spec, "batch of 1", f"a batch of 1 gave {got}, not (1, {d}) (feature_dim reads a batch of 1)")
     scale = float(out.abs().max()) + 1.0
-    if not torch.allclose(one[0], out[0], rtol=1e-4, atol=1e-5 * scale):
-        raise _fail(spec, "batch of 1", "a row's features differ alone and within a batch (extract_features "
-                    f"runs chunks of rows): max |difference| {float((one[0] - out[0]).abs().max()):.3g}")
+    for i in range(BATCH):  # every row alone (a row must not depend on its neighbours in the batch)
+        alone = one if i == 0 else _forward(spec, net, x[i:i + 1].clone(), "batch of 1")
+        if not (isinstance(alone, Tensor) and tuple(alone.shape) == (1, d)) or not torch.allclose(
+                alone[0], out[i], rtol=1e-4, atol=1e-5 * scale):
+            diff = (f"max |difference| {float((alone[0] - out[i]).abs().max()):.3g}"
+                    if isinstance(alone, Tensor) and tuple(alone.shape) == (1, d) else f"shape {tuple(alone.shape)}")
+            raise _fail(spec, "batch of 1", f"row {i}'s features differ alone and within a batch (extract_features "
+                        f"runs chunks of rows): {diff}")
     return d
 
 

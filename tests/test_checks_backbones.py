@@ -71,6 +71,12 @@ class CentredOnTheBatch(Net):
         return h - h.mean(0)  # a row's features depend on the rows beside it
 
 
+class ScaledByTheFirstRow(Net):
+    def forward(self, x):
+        h = self.features(x)
+        return h / (1.0 + h[:1].abs())  # row 0 alone is as in the batch; the other rows depend on row 0
+
+
 class Noisy(Net):
     def forward(self, x):
         return nn.functional.dropout(self.features(x), 0.5, training=True)  # on in eval mode too
@@ -132,7 +138,8 @@ MUTANTS = [
     (spec("unseeded", Net, weights_file=False), "deterministic construction: two build.. calls give different "
      "lin.weight: set its weights from a fixed seed"),
     (spec("squeezed", Squeezed), r"batch of 1: a batch of 1 gave \(6,\), not \(1, 6\)"),
-    (spec("centred", CentredOnTheBatch), "batch of 1: a row's features differ alone and within a batch"),
+    (spec("centred", CentredOnTheBatch), "batch of 1: row 0's features differ alone and within a batch"),
+    (spec("first_row", ScaledByTheFirstRow), "batch of 1: row 1's features differ alone and within a batch"),
     (spec("noisy", Noisy), "eval determinism: two forward passes in eval mode differ"),
     (spec("in_place", ScalesInPlace), "leaves its input: forward modified its input batch"),
     (spec("three_dims", ThreeDims), r"features \[B, d\]: a batch of 5 gave \(5, 6, 1\)"),
