@@ -169,6 +169,19 @@ def test_ctrl_c_in_any_other_command_is_one_line(monkeypatch) -> None:
     assert _one_line(res.stderr) == "Error: interrupted"
 
 
+def test_ctrl_c_in_a_sweep_is_an_error_line_like_a_runs(tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C during a sweep: one ``Error:`` line on stderr naming what to do, exit 130, as fedsim
+    run's (before: a line without the prefix, on stdout)."""
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("fedsim.sweep.execute_sweep", interrupted)
+    res = CliRunner().invoke(main, ["sweep", str(_scenario(tmp_path)), "-g", "seed=0,1", "--local", "-q"])
+    assert res.exit_code == 130, res.output
+    assert _one_line(res.stderr) == ("Error: interrupted; complete runs are kept; continue with the same command "
+                                     f"(→ {tmp_path / 'runs' / 't-sweep'})")
+
+
 def test_a_dead_actor_is_one_line_with_exit_1(tmp_path: Path, monkeypatch) -> None:
     def died(self, *a, **k):
         self._interrupt.requested = False
