@@ -137,3 +137,22 @@ def test_a_probe_entry_without_records_is_shown_by_run_and_report(tmp_path):
         REGISTRY.pop("bare_probe_for_test", None)
     # the built-ins' tables read their records: an entry of theirs without any shows nothing
     assert format_probes([{"kind": "cloning", "records": []}]) == ""
+
+
+def test_one_class_is_one_kind(tmp_path, toy_kind):
+    """Registering a registered class under a second kind is one error (its entries say one
+    ``cls.kind``); one unregistered and registered again gets the new kind's schema model (before,
+    the model was cached per class and kept the first kind's ``Literal``)."""
+    assert isinstance(parse(_scenario(tmp_path, [{"kind": "toy"}])).probes[0], probe_config(toy_kind))
+    with pytest.raises(ValueError, match=r"^register_probe\('toy2'\): .*Toy is already registered as kind 'toy'; "
+                                         "one class is one kind: register a subclass for the second$"):
+        register_probe("toy2")(toy_kind)
+    assert "toy2" not in REGISTRY and toy_kind.kind == "toy"
+    REGISTRY.pop("toy")
+    try:
+        register_probe("toy_again")(toy_kind)
+        sc = parse(_scenario(tmp_path, [{"kind": "toy_again", "size": 2}]))
+        assert sc.probes[0].kind == "toy_again" and sc.probes[0].size == 2
+    finally:
+        REGISTRY.pop("toy_again", None)
+        toy_kind.kind = "toy"
