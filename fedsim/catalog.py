@@ -301,9 +301,12 @@ def _lookup(kind: str, name: str, names: Any) -> None:
         # a component of another kind (`fedsim list attacks krum`): say which, not only the closest name of this one
         other = [k for k in KINDS if k != kind and name in summaries(k)]
         where = "".join(f"; {name!r} is {_article(_SINGULAR[k])}: fedsim list {k} {name}" for k in other)
+        from fedsim import plugins
+
+        hint = plugins.hint(plugins.loaded()) if kind in plugins.PLUGGABLE and not other else ""
         raise CatalogError(
             f"unknown {_SINGULAR[kind]} {name!r}{did_you_mean(name, names)}{where}; available: "
-            f"{', '.join(sorted(names))}"
+            f"{', '.join(sorted(names))}{hint}"
         )
 
 

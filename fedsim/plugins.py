@@ -102,6 +102,22 @@ def check_granted(entries: Iterable[str] | None) -> None:
             )
 
 
+PLUGGABLE = ("backbones", "strategies", "attacks", "probes")  # the `fedsim list` kinds a plugin may add names to
+
+
+def hint(plugins: Iterable[str] | None) -> str:
+    """The end of the message for an unknown backbone, strategy, attack or probe kind name when no
+    plugin is named (``plugins``: the scenario's, or :func:`loaded`): the name may be the user's
+    own, registered by a file they did not name (fedsim imports a plugin only when named:
+    docs/extending.md); else the closest built-in name misleads."""
+    return "" if plugins else "; one of your own? name the file that registers it: --plugin FILE (docs/extending.md)"
+
+
+def loaded() -> list[str]:
+    """The plugin entries imported in this process so far (:func:`load`, :func:`load_copy`)."""
+    return list(_LOADED)
+
+
 def merge(listed: Iterable[str] | None, granted: Iterable[str]) -> list[str]:
     """A scenario's ``plugins:`` (``listed``) with the ``granted`` entries it does not list yet
     appended, so the run records every plugin it imports, each once: entries are compared
@@ -159,7 +175,14 @@ def load_copy(entry: str, copy: str | Path, sha256: str) -> ModuleType:
     import attacks  # noqa: F401 - as in _load_one
     import strategies  # noqa: F401
 
-    _LOADED[entry] = _import_file(str(copy), name_of=entry, source=data)
+    before = _registered()
+    module = _import_file(str(copy), name_of=entry, source=data)
+    try:
+        _check_registers(entry, module, before)
+    except PluginError:
+        sys.modules.pop(module.__name__, None)
+        raise
+    _LOADED[entry] = module
     _COPY_SHA[entry] = sha256
     _GRANTED.add(entry)
     return _LOADED[entry]
@@ -171,13 +194,63 @@ def granted_by_user(entry: str) -> bool:
     return entry in _GRANTED and entry not in _COPY_SHA
 
 
+# every table a plugin registers a component in (module, attribute): rules and attacks (update
+# forgers, data poisoners), backbones, probes, datasets, domain shifts. Read only where imported
+# (fedsim list imports no torch): a plugin that registers in one imports it.
+REGISTRIES = (("strategies.registry", "REGISTRY"), ("attacks.registry", "REGISTRY"),
+              ("fedsim.models.backbones", "BACKBONES"), ("fedsim.probe_base", "REGISTRY"),
+              ("fedsim.data.datasets", "DATASETS"), ("fedsim.data.domains", "DOMAINS"))
+
+
+def _registered() -> dict[tuple[str, str], object]:
+    """Every registered component now, ``(table, name) → the object``, over :data:`REGISTRIES`."""
+    out = {}
+    for module, attr in REGISTRIES:
+        table = getattr(sys.modules.get(module), attr, None) or {}
+        out |= {(module, name): value for name, value in table.items()}
+    return out
+
+
+def _origin(value: object) -> str:
+    """The module that defined a registered component (a class; a backbone's builder; a dataset's
+    or domain shift's function)."""
+    if isinstance(value, tuple) and value:
+        value = value[0]
+    if not isinstance(value, type) and getattr(value, "build", None) is not None:
+        value = value.build  # type: ignore[attr-defined]
+    return getattr(value, "__module__", "") or ""
+
+
+def _check_registers(entry: str, module: ModuleType, before: dict[tuple[str, str], object]) -> None:
+    """:class:`PluginError` for a plugin whose import added no component to any registry (``--plugin
+    os``, a folder imported as a namespace package): it would be accepted, recorded and do nothing.
+    A module imported before (by another plugin) counts by the components defined in it."""
+    after = _registered()
+    if any(before.get(k) is not v for k, v in after.items()):
+        return
+    name = module.__name__
+    if any(_origin(v) == name or _origin(v).startswith(name + ".") for v in after.values()):
+        return
+    raise PluginError(
+        f"plugins: {entry}: registers nothing; a plugin registers a rule, attack, backbone or probe when "
+        "imported (@strategies.register, @attacks.register, register_backbone, @register_probe: docs/extending.md)"
+    )
+
+
 def _load_one(entry: str) -> ModuleType:
     if entry in _LOADED:
         return _LOADED[entry]
     import attacks  # noqa: F401 - the registries hold the built-ins before a plugin registers next to them
     import strategies  # noqa: F401
 
+    before = _registered()
     module = _import_file(entry) if is_path(entry) else _import_module(entry)
+    try:
+        _check_registers(entry, module, before)
+    except PluginError:
+        if is_path(entry):
+            sys.modules.pop(module.__name__, None)
+        raise
     _LOADED[entry] = module
     return module
 

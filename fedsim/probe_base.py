@@ -63,6 +63,10 @@ def register_probe(kind: str) -> Callable[[type[Probe]], type[Probe]]:
             raise ValueError(f"register_probe: the kind must be a name (letters, digits, _), got {kind!r}")
         if kind in REGISTRY and REGISTRY[kind].__qualname__ != cls.__qualname__:
             raise ValueError(f"probe kind {kind!r} is already registered ({REGISTRY[kind].__module__})")
+        held = vars(cls).get("kind")  # a class is one kind: its entries say cls.kind, the schema types them by it
+        if held and held != kind and REGISTRY.get(held) is cls:
+            raise ValueError(f"register_probe({kind!r}): {cls.__qualname__} is already registered as kind {held!r}; "
+                             "one class is one kind: register a subclass for the second")
         if "defaults" in vars(cls) or "notes" in vars(cls):
             raise TypeError(f"register_probe({kind!r}): declare the keys as params = {{key: param(default, "
                             "constraint, doc=...)} (fedlib.params), not defaults/notes")

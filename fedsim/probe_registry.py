@@ -32,6 +32,7 @@ import json
 from typing import Any
 
 import fedsim.probe_builtins  # noqa: F401  (registers the built-in kinds)
+from fedsim import plugins
 from fedsim.probe_base import REGISTRY, Probe, defaults, doc, register_probe, summary
 
 __all__ = ["REGISTRY", "Probe", "check_entry", "defaults", "doc", "entry_problem", "get_probe", "kinds",
@@ -45,12 +46,14 @@ def kinds() -> dict[str, type[Probe]]:
 
 
 def get_probe(i: int, kind: Any) -> Probe:
-    """The probe of ``kind`` (``probes[i]``), or ``ValueError("probes.<i>.kind: ...")``."""
+    """The probe of ``kind`` (``probes[i]``), or ``ValueError("probes.<i>.kind: ...")`` (ending in
+    the ``--plugin`` hint when no plugin was imported: :func:`fedsim.plugins.hint`)."""
     known = kinds()
     if not isinstance(kind, str) or kind not in known:
         close = difflib.get_close_matches(str(kind), list(known), n=1, cutoff=0.6)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"probes.{i}.kind: got {kind!r}{hint}; allowed: {', '.join(known)}")
+        raise ValueError(f"probes.{i}.kind: got {kind!r}{hint}; allowed: {', '.join(known)}"
+                         f"{plugins.hint(plugins.loaded())}")
     return known[kind]()
 
 

@@ -34,11 +34,18 @@ class ProbeConfig(BaseModel):
         return self.settings()
 
 
-@functools.cache
 def probe_config(cls: type[Probe]) -> type[ProbeConfig]:
     """The schema's model of a registered probe kind: ``kind: Literal[<kind>]`` and one field per
-    key of its ``params``, with its default (values are checked by the probe's own ``validate``)."""
-    fields: dict[str, Any] = {"kind": (Literal[cls.kind], ...)}
+    key of its ``params``, with its default (values are checked by the probe's own ``validate``).
+    Built once per class and kind (a class unregistered and registered again under another kind
+    gets that kind's model; :func:`fedsim.probe_registry.register_probe` refuses one class under
+    two kinds at once)."""
+    return _probe_config(cls, cls.kind)
+
+
+@functools.cache
+def _probe_config(cls: type[Probe], kind: str) -> type[ProbeConfig]:
+    fields: dict[str, Any] = {"kind": (Literal[kind], ...)}
     fields |= {k: (Any, v) for k, v in probe_defaults(cls).items()}
     return create_model(f"{cls.__name__}Config", __base__=ProbeConfig, **fields)
 

@@ -38,6 +38,7 @@ import click
 
 from fedsim.cli_errors import RUN_ERROR_FILE
 from fedsim.cli_plugin import plugin_option
+from fedsim.errors import RunInterruptedError
 from fedsim.scenario import ScenarioError, parse_sets
 from fedsim.sweep_execute import Reporter, execute_sweep
 from fedsim.sweep_plan import PlannedRun, check_existing, parse_grid, plan_sweep
@@ -215,9 +216,10 @@ def sweep(
                 console=console,
             ) as bar:
                 res = execute_sweep(plan, jobs, local, address, _BarReporter(bar, plan.name), overwrite, threads)
-    except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted; complete runs are kept. Continue with the same command (→ {plan.out})")
-        raise SystemExit(130) from None
+    except KeyboardInterrupt:  # one line on stderr and exit 130, as fedsim run's (fedsim.cli_errors)
+        raise RunInterruptedError(
+            f"interrupted; complete runs are kept; continue with the same command (→ {plan.out})"
+        ) from None
     console.print(
         f"{res.total} run{'' if res.total == 1 else 's'} in {plan.out}: "
         f"{len(res.already_complete)} already complete, {len(res.ran)} ran"

@@ -19,6 +19,7 @@ from fedsim import limits
 from fedsim.device import device_error
 from fedsim.errors import FedsimError, ScenarioError
 from fedsim.overrides import set_dotted
+from fedsim.plugins import hint as plugin_hint
 from fedsim.probe_registry import get_probe
 from fedsim.runfacts import (
     build_rule,
@@ -116,13 +117,6 @@ def check_semantics(sc: Scenario, source: str = "scenario", *, require_data: boo
         sends_per_round=sends_per_round(sc, in_degree),
         **facts,
     )
-
-
-def plugin_hint(plugins: Any) -> str:
-    """The end of an unknown backbone, strategy or attack name's message when the scenario has no
-    plugin: the name may be the user's own, registered by a file they did not name (fedsim imports
-    a plugin only when named: docs/extending.md); else the closest built-in name misleads."""
-    return "" if plugins else "; one of your own? name the file that registers it: --plugin FILE (docs/extending.md)"
 
 
 def _name_errors(sc: Scenario) -> tuple[list[str], tuple[Any, Any]]:

@@ -285,9 +285,17 @@ def test_bundle_packs_the_plugins_into_the_wheel_and_lists_their_hashes(fresh, t
 
 @pytest.fixture()
 def bare(monkeypatch):
+    from fedsim.probe_registry import REGISTRY
+
     monkeypatch.setattr(plugins, "_GRANTED", set())
     monkeypatch.setattr(plugins, "_LOADED", {})
     monkeypatch.setattr(plugins, "_COPY_SHA", {})
+    yield
+    REGISTRY.pop("copy_probe", None)  # what the copies below register (a plugin registers something)
+
+
+COPY = ("from fedsim.probe_registry import Probe, register_probe\n\n\n"
+        "@register_probe('copy_probe')\nclass CopyProbe(Probe):\n    pass\n\n\n")
 
 
 def test_the_hash_checked_bytes_are_the_ones_run_not_a_planted_bytecode_cache(tmp_path, bare):
@@ -297,12 +305,12 @@ def test_the_hash_checked_bytes_are_the_ones_run_not_a_planted_bytecode_cache(tm
     import py_compile
 
     copy = tmp_path / "rules.py"
-    copy.write_text("V = 'benign'\n")
+    copy.write_text(COPY + "V = 'benign'\n")
     sha, st = plugpack.file_sha256(copy), copy.stat()
-    copy.write_text("V = 'EVIL!!'\n")
+    copy.write_text(COPY + "V = 'EVIL!!'\n")
     os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns))
     py_compile.compile(str(copy))  # the cache of the other text, valid for the file's size and mtime
-    copy.write_text("V = 'benign'\n")
+    copy.write_text(COPY + "V = 'benign'\n")
     os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns))
     plugpack.admit(["/srv/rules.py"], {"/srv/rules.py": sha}, [copy], "node")
     assert plugins._LOADED["/srv/rules.py"].V == "benign"
@@ -333,11 +341,11 @@ def test_a_failed_import_grants_nothing_and_a_later_unrecorded_listing_is_refuse
 
 def test_a_warm_process_refuses_another_version_of_an_imported_plugin(tmp_path, bare):
     copy = tmp_path / "rules.py"
-    copy.write_text("V = 'X'\n")
+    copy.write_text(COPY + "V = 'X'\n")
     plugpack.admit(["/srv/rules.py"], {"/srv/rules.py": plugpack.file_sha256(copy)}, [copy], "node")
     assert plugins._LOADED["/srv/rules.py"].V == "X"
     plugpack.admit(["/srv/rules.py"], {"/srv/rules.py": plugpack.file_sha256(copy)}, [copy], "node")  # same: fine
-    copy.write_text("V = 'Y'\n")
+    copy.write_text(COPY + "V = 'Y'\n")
     with pytest.raises(BridgeError, match="already imported another version"):
         plugpack.admit(["/srv/rules.py"], {"/srv/rules.py": plugpack.file_sha256(copy)}, [copy], "node")
     assert plugins._LOADED["/srv/rules.py"].V == "X"

@@ -3,6 +3,7 @@ repository, named in a scenario's ``plugins:``, run in-process, on Ray actors, i
 the Flower in-process bridge; registration errors are clear."""
 
 import os
+import re
 import textwrap
 from pathlib import Path
 
@@ -13,9 +14,22 @@ from fedsim.prepare import prepare
 from fedsim.runner import Run
 from fedsim.scenario import ScenarioError, parse
 
+REGISTERS_A_PROBE = ("from fedsim.probe_registry import Probe, register_probe\n\n\n"
+                     "@register_probe('plugins_test_probe')\nclass Mine(Probe):\n    pass\n")
+
+@pytest.fixture(autouse=True)
+def _forget_the_probe_kind():
+    """The probe kind the small plugins here register, unregistered after each test."""
+    yield
+    from fedsim.probe_registry import REGISTRY
+
+    REGISTRY.pop('plugins_test_probe', None)
+
+
 PLUGIN = '''
 """A user's own rule, attack and backbone (tests/test_plugins.py writes this file)."""
 import os
+import re
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -246,7 +260,8 @@ def test_a_rule_must_declare_what_it_exchanges():
 
 def test_load_is_once_per_process(tmp_path):
     p = tmp_path / "count.py"
-    p.write_text("import builtins\nbuiltins._fedsim_plugin_loads = getattr(builtins, '_fedsim_plugin_loads', 0) + 1\n")
+    p.write_text(REGISTERS_A_PROBE + "import builtins\n"
+                 "builtins._fedsim_plugin_loads = getattr(builtins, '_fedsim_plugin_loads', 0) + 1\n")
     import builtins
 
     before = getattr(builtins, "_fedsim_plugin_loads", 0)
@@ -310,7 +325,40 @@ def test_an_unknown_name_without_plugins_says_how_to_name_yours(tmp_path, small_
     assert grid_errors(small_scenario(), {"strategy.name": ["norm_filtered_mean"]})[0].endswith(hint)
 
     empty = tmp_path / "empty_plugin.py"
-    empty.write_text('"""Registers nothing."""\n')
+    empty.write_text(REGISTERS_A_PROBE)  # a plugin that registers no rule
     with pytest.raises(ScenarioError) as e:
         parse(small_scenario(strategy={"name": "krun"}, plugins=plugins.grant([str(empty)])))
     assert "unknown strategy 'krun'" in str(e.value) and "--plugin" not in str(e.value)
+
+
+def test_a_plugin_that_registers_nothing_is_one_error_before_the_run_folder(tmp_path, small_scenario, monkeypatch):
+    """--plugin os (a module already imported), a folder imported as a namespace package and a file
+    with no registration each end in one line naming the plugin and what a plugin does, exit 1,
+    before a run folder is made (before: accepted, recorded and never used); the Flower bridge's
+    load_copy says the same of a packed copy."""
+    import hashlib
+
+    import yaml
+    from click.testing import CliRunner
+
+    from fedsim.cli import main
+
+    (tmp_path / "nspkg_fix2").mkdir()
+    empty = tmp_path / "empty_plugin.py"
+    empty.write_text('"""Registers nothing."""\n')
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(small_scenario()))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    tail = ("registers nothing; a plugin registers a rule, attack, backbone or probe when imported "
+            "(@strategies.register, @attacks.register, register_backbone, @register_probe: docs/extending.md)")
+    for plugin, shown in (("os", "os"), ("nspkg_fix2", "nspkg_fix2"), ("empty_plugin.py", str(empty))):
+        res = CliRunner().invoke(main, ["run", str(path), "--plugin", plugin, "-q"])
+        assert res.exit_code == 1, res.output
+        assert res.stderr.strip() == f"Error: {path}: plugins: {shown}: {tail}"
+        assert not (tmp_path / "runs").exists()
+        assert shown not in plugins._LOADED
+    sha = hashlib.sha256(empty.read_bytes()).hexdigest()
+    with pytest.raises(plugins.PluginError, match=f"^plugins: /srv/empty.py: {re.escape(tail)}$"):
+        plugins.load_copy("/srv/empty.py", empty, sha)
+    assert "/srv/empty.py" not in plugins._LOADED and "/srv/empty.py" not in plugins._GRANTED

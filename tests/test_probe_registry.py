@@ -137,3 +137,51 @@ def test_a_probe_entry_without_records_is_shown_by_run_and_report(tmp_path):
         REGISTRY.pop("bare_probe_for_test", None)
     # the built-ins' tables read their records: an entry of theirs without any shows nothing
     assert format_probes([{"kind": "cloning", "records": []}]) == ""
+
+
+def test_one_class_is_one_kind(tmp_path, toy_kind):
+    """Registering a registered class under a second kind is one error (its entries say one
+    ``cls.kind``); one unregistered and registered again gets the new kind's schema model (before,
+    the model was cached per class and kept the first kind's ``Literal``)."""
+    assert isinstance(parse(_scenario(tmp_path, [{"kind": "toy"}])).probes[0], probe_config(toy_kind))
+    with pytest.raises(ValueError, match=r"^register_probe\('toy2'\): .*Toy is already registered as kind 'toy'; "
+                                         "one class is one kind: register a subclass for the second$"):
+        register_probe("toy2")(toy_kind)
+    assert "toy2" not in REGISTRY and toy_kind.kind == "toy"
+    REGISTRY.pop("toy")
+    try:
+        register_probe("toy_again")(toy_kind)
+        sc = parse(_scenario(tmp_path, [{"kind": "toy_again", "size": 2}]))
+        assert sc.probes[0].kind == "toy_again" and sc.probes[0].size == 2
+    finally:
+        REGISTRY.pop("toy_again", None)
+        toy_kind.kind = "toy"
+
+
+def test_a_plugins_probe_kind_without_plugin_says_to_name_it(tmp_path, monkeypatch):
+    """An unknown probe kind with no plugin imported ends in the --plugin hint an unknown backbone,
+    strategy or attack name has (fedsim.plugins.hint), in fedsim validate and fedsim list probes
+    NAME alike; with a plugin named, the hint is left out (the name is not that plugin's)."""
+    from click.testing import CliRunner
+
+    from fedsim import plugins
+    from fedsim.cli import main
+
+    hint = "; one of your own? name the file that registers it: --plugin FILE (docs/extending.md)"
+    monkeypatch.setattr(plugins, "_LOADED", {})
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(_scenario(tmp_path, [{"kind": "consensus_distance"}])))
+    res = CliRunner().invoke(main, ["validate", str(path)])
+    assert res.exit_code == 1 and res.output.strip().endswith(
+        f"probes.0.kind: got 'consensus_distance'; allowed: {', '.join(kinds())}{hint}"), res.output
+    res = CliRunner().invoke(main, ["list", "probes", "consensus_distance"])
+    assert res.exit_code != 0 and res.output.strip().endswith(f"{', '.join(sorted(kinds()))}{hint}"), res.output
+
+    plugin = tmp_path / "other_probe.py"
+    plugin.write_text("from fedsim.probe_registry import Probe, register_probe\n\n\n"
+                      "@register_probe('other_hint_probe')\nclass Other(Probe):\n    '''Another.'''\n")
+    try:
+        res = CliRunner().invoke(main, ["list", "probes", "consensus_distance", "--plugin", str(plugin)])
+        assert res.exit_code != 0 and "other_hint_probe" in res.output and "--plugin FILE" not in res.output
+    finally:
+        REGISTRY.pop("other_hint_probe", None)

@@ -30,6 +30,19 @@ from fedsim.errors import FedsimError, RunInterruptedError
 ROOT = Path(__file__).resolve().parents[1]
 
 
+MINE = ("from fedsim.probe_registry import Probe, register_probe\n\n\n"
+        "@register_probe('safety_mine')\nclass Mine(Probe):\n    pass\n")  # a plugin registers something
+
+
+@pytest.fixture(autouse=True)
+def _forget_the_probe_kind():
+    """The probe kind the small plugins here register, unregistered after each test."""
+    yield
+    from fedsim.probe_registry import REGISTRY
+
+    REGISTRY.pop('safety_mine', None)
+
+
 def _scenario(tmp_path: Path, **over) -> Path:
     d = {
         "name": "t",
@@ -134,7 +147,7 @@ def test_the_resume_command_of_an_interrupted_plugin_run_names_its_plugins(tmp_p
     from fedsim.callbacks import Stop
 
     plugin = tmp_path / "my plugin.py"  # a space: the command quotes it
-    plugin.write_text('"""Registers nothing; a run records it all the same."""\n')
+    plugin.write_text(MINE)  # a probe kind no scenario here uses: the run records the plugin all the same
     monkeypatch.chdir(tmp_path)
     class StopAfterFirst:
         def on_round(self, record):
@@ -167,6 +180,19 @@ def test_ctrl_c_in_any_other_command_is_one_line(monkeypatch) -> None:
     res = CliRunner().invoke(main, ["list", "strategies"])
     assert res.exit_code == 130, res.output
     assert _one_line(res.stderr) == "Error: interrupted"
+
+
+def test_ctrl_c_in_a_sweep_is_an_error_line_like_a_runs(tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C during a sweep: one ``Error:`` line on stderr naming what to do, exit 130, as fedsim
+    run's (before: a line without the prefix, on stdout)."""
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("fedsim.sweep.execute_sweep", interrupted)
+    res = CliRunner().invoke(main, ["sweep", str(_scenario(tmp_path)), "-g", "seed=0,1", "--local", "-q"])
+    assert res.exit_code == 130, res.output
+    assert _one_line(res.stderr) == ("Error: interrupted; complete runs are kept; continue with the same command "
+                                     f"(→ {tmp_path / 'runs' / 't-sweep'})")
 
 
 def test_a_dead_actor_is_one_line_with_exit_1(tmp_path: Path, monkeypatch) -> None:
@@ -262,7 +288,7 @@ def test_a_full_disk_on_a_plugin_run_names_the_plugin_in_its_resume_command(tmp_
     """The disk-full line's command, pasted, must resume: a run made with --plugin needs it named
     again (before: "continue with: fedsim run --resume DIR", refused for the missing plugin)."""
     plugin = tmp_path / "mine.py"
-    plugin.write_text('"""Registers nothing."""\n')
+    plugin.write_text(MINE)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("fedsim.runner.Run.execute", _raise(OSError(errno.ENOSPC, "No space left on device")))
     res = CliRunner().invoke(main, ["run", str(_scenario(tmp_path)), "--plugin", "mine.py", "-q"])
