@@ -91,6 +91,8 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--device", default="cpu", help="engine.device: cpu, cuda or cuda:N (with --backend local)")
     ap.add_argument("--aggregate-chunk", type=_cli.count, default=None,
                     help="engine.aggregate_chunk: receivers per batched rule call (default: the scenario's, 64)")
+    ap.add_argument("--local-parallel", default=None, choices=["auto", "off"],
+                    help="engine.local_parallel (with --backend local; default: the scenario's, off)")
     ap.add_argument("--progress", action="store_true", help="print every round of the end-to-end runs")
     ap.add_argument("--skip-breakdown", action="store_true")
     ap.add_argument("--json", default=None, help="also write the results here")
@@ -149,7 +151,8 @@ def scenario(n: int, rounds: int, a: argparse.Namespace, strategy: str, out: Pat
         "evaluation": {"every": a.eval_every, "peers": a.eval_peers},
         "engine": {"backend": a.backend, "num_actors": a.num_actors, "cpus_per_actor": a.cpus_per_actor,
                    "message_dtype": a.message_dtype, "device": a.device,
-                   **({} if a.aggregate_chunk is None else {"aggregate_chunk": a.aggregate_chunk})},
+                   **({} if a.aggregate_chunk is None else {"aggregate_chunk": a.aggregate_chunk}),
+                   **({} if a.local_parallel is None else {"local_parallel": a.local_parallel})},
         "checkpoint": {"every": 0},
         "output": {"dir": str(out)},
     }
@@ -278,7 +281,7 @@ def main(a: argparse.Namespace | None = None) -> None:
         f"# fedsim scale: decentralized {strategy}, fashion_mnist_embedded/fmnist_cnn, {a.partition}, "
         f"push_gossip fanout {a.fanout}, {a.rounds} rounds, eval {a.eval_peers} peers every {a.eval_every}, "
         f"engine.backend {a.backend}, {a.num_actors} groups x {a.cpus_per_actor:g} CPUs, messages {a.message_dtype}, "
-        f"engine.device {a.device}" + (
+        f"engine.device {a.device}" + (f", engine.local_parallel {a.local_parallel}" if a.local_parallel else "") + (
             f" ({torch.cuda.get_device_name(a.device)})" if a.device != "cpu" and torch.cuda.is_available() else "")
         + (f", training set = {a.replicate} copies of the features" if a.replicate else "") + "; "
         f"{os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.1f} GiB; {load()}; "

@@ -26,3 +26,17 @@ def test_scale_runs_end_to_end_and_reports(tmp_path):
     (r,) = rows
     assert r["peers"] == 20 and 0 < r["accuracy_mean"] <= 1
     assert abs(sum(r["pss_by_kind_at_peak_gb"].values()) - r["peak_pss_all_gb"]) < 0.01  # a partition of the peak
+
+
+def test_local_parallel_option_reaches_the_scenario(tmp_path, monkeypatch):
+    from fedsim.scenario import parse
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import scale
+
+    for given, want in ((["--local-parallel", "auto"], "auto"), (["--local-parallel", "off"], "off"), ([], None)):
+        a = scale._args(["--backend", "local", *given])
+        a.replicate_path = None
+        d = scale.scenario(20, 2, a, "bristle", tmp_path)
+        assert d["engine"].get("local_parallel") == want
+        assert parse(d).engine.local_parallel == (want or "off")
