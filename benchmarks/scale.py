@@ -38,8 +38,9 @@ Per size, two measurements in this one process:
 ``fmnist_cnn`` features of ``fashion_mnist_embedded`` (computed once, written to a temporary
 ``.npz`` read as ``dataset: npz`` with the ``identity`` backbone): the same arithmetic per step,
 but repeated samples, so its accuracy is not comparable. ``--message-dtype`` sets
-``engine.message_dtype``. ``--progress`` prints each round's time and the memory of every
-process (PSS by kind) as the end-to-end run goes. ``--device cuda`` sets ``engine.device`` (needs
+``engine.message_dtype``, ``--local-parallel`` ``engine.local_parallel`` (in-process groups side
+by side). ``--progress`` prints each round's time and the memory of every process (PSS by kind) as
+the end-to-end run goes. ``--device cuda`` sets ``engine.device`` (needs
 ``--backend local``; ``fedsim/device.py``: the groups' heads, shards, local steps and evaluation on
 the GPU, the aggregation on the CPU) and adds the GPU's peak allocated memory; the table's
 ``peer-rnd/s`` is peers × rounds per second of the round loop (issue 19's figure):
