@@ -38,12 +38,13 @@ Per size, two measurements in this one process:
 ``fmnist_cnn`` features of ``fashion_mnist_embedded`` (computed once, written to a temporary
 ``.npz`` read as ``dataset: npz`` with the ``identity`` backbone): the same arithmetic per step,
 but repeated samples, so its accuracy is not comparable. ``--message-dtype`` sets
-``engine.message_dtype``, ``--head-dtype`` ``engine.head_dtype``. ``--progress`` prints each
-round's time and the memory of every process (PSS by kind) as the end-to-end run goes. ``--device
-cuda`` sets ``engine.device`` (needs ``--backend local``; ``fedsim/device.py``: the groups' heads,
-shards, local steps and evaluation on the GPU, the aggregation on the CPU) and adds the GPU's peak
-allocated memory; the table's ``peer-rnd/s`` is peers × rounds per second of the round loop (issue
-19's figure):
+``engine.message_dtype``, ``--head-dtype`` ``engine.head_dtype``, ``--local-parallel``
+``engine.local_parallel`` (in-process groups side by side). ``--progress`` prints each round's time
+and the memory of every process (PSS by kind) as the end-to-end run goes. ``--device cuda`` sets
+``engine.device`` (needs ``--backend local``; ``fedsim/device.py``: the groups' heads, shards, local
+steps and evaluation on the GPU, the aggregation on the CPU) and adds the GPU's peak allocated
+memory; the table's ``peer-rnd/s`` is peers × rounds per second of the round loop (issue 19's
+figure):
 
     python benchmarks/scale.py --sizes 10000,100000 --rounds 5 --replicate 4 --backend local \
         --device cuda --skip-breakdown          # benchmarks/gpu_check.sh runs it, CPU baseline beside it
@@ -94,6 +95,8 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--device", default="cpu", help="engine.device: cpu, cuda or cuda:N (with --backend local)")
     ap.add_argument("--aggregate-chunk", type=_cli.count, default=None,
                     help="engine.aggregate_chunk: receivers per batched rule call (default: the scenario's, 64)")
+    ap.add_argument("--local-parallel", default=None, choices=["auto", "off"],
+                    help="engine.local_parallel (with --backend local; default: the scenario's, off)")
     ap.add_argument("--progress", action="store_true", help="print every round of the end-to-end runs")
     ap.add_argument("--skip-breakdown", action="store_true")
     ap.add_argument("--json", default=None, help="also write the results here")
@@ -153,7 +156,8 @@ def scenario(n: int, rounds: int, a: argparse.Namespace, strategy: str, out: Pat
         "engine": {"backend": a.backend, "num_actors": a.num_actors, "cpus_per_actor": a.cpus_per_actor,
                    "message_dtype": a.message_dtype, "head_dtype": getattr(a, "head_dtype", "float32"),
                    "device": a.device,
-                   **({} if a.aggregate_chunk is None else {"aggregate_chunk": a.aggregate_chunk})},
+                   **({} if a.aggregate_chunk is None else {"aggregate_chunk": a.aggregate_chunk}),
+                   **({} if getattr(a, "local_parallel", None) is None else {"local_parallel": a.local_parallel})},
         "checkpoint": {"every": 0},
         "output": {"dir": str(out)},
     }
@@ -282,7 +286,8 @@ def main(a: argparse.Namespace | None = None) -> None:
         f"# fedsim scale: decentralized {strategy}, fashion_mnist_embedded/fmnist_cnn, {a.partition}, "
         f"push_gossip fanout {a.fanout}, {a.rounds} rounds, eval {a.eval_peers} peers every {a.eval_every}, "
         f"engine.backend {a.backend}, {a.num_actors} groups x {a.cpus_per_actor:g} CPUs, messages {a.message_dtype}, "
-        f"heads {a.head_dtype}, engine.device {a.device}" + (
+        f"heads {a.head_dtype}, engine.device {a.device}"
+        + (f", engine.local_parallel {a.local_parallel}" if a.local_parallel else "") + (
             f" ({torch.cuda.get_device_name(a.device)})" if a.device != "cpu" and torch.cuda.is_available() else "")
         + (f", training set = {a.replicate} copies of the features" if a.replicate else "") + "; "
         f"{os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.1f} GiB; {load()}; "

@@ -65,10 +65,11 @@ def has_batched_form(rule: strategies.Strategy, device: torch.device = CPU) -> b
     return batched and (device.type != "cpu" or rule.batch_on_cpu)
 
 
-def gather(rows: Any, idx: Tensor, device: torch.device) -> Tensor:
+def gather(rows: Any, idx: Tensor, device: torch.device, float32: bool = True) -> Tensor:
     """Rows ``idx`` of the messages (:class:`fedsim.routing.Rows` or a CPU tensor: a forger's output)
-    as float32 on ``device``, moved once."""
-    return rows.take(idx, device) if isinstance(rows, routing.Rows) else rows[idx].to(device)
+    as float32 on ``device``, moved once; ``float32=False``: a :class:`~fedsim.routing.Rows`'s rows
+    stay in the messages' dtype (for a rule that ``widens_received``)."""
+    return rows.take(idx, device, float32) if isinstance(rows, routing.Rows) else rows[idx].to(device)
 
 
 class GossipAggregation:
@@ -205,7 +206,7 @@ class GossipAggregation:
                     continue
                 js = honest[r]
                 sent = gather(params, torch.from_numpy(self.ids[js]), dev)
-                received = gather(msgs, torch.from_numpy(table[r, :n]), dev)
+                received = gather(msgs, torch.from_numpy(table[r, :n]), dev, not self.rule.widens_received)
                 ctx = self._batch_ctx(js, round_, table[r, :n]).to(dev)  # (built on the CPU, moved once)
                 out = strategies.aggregate_batch(self.rule, own_rows(torch.from_numpy(js), dev), received, ctx, sent)
                 if out is None:

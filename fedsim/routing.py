@@ -103,16 +103,21 @@ class Rows:
             return self.parts[k][int(idx) - int(self.starts[k])].float()
         return self.take(idx)
 
-    def take(self, idx: slice | Tensor | np.ndarray, device: torch.device | None = None) -> Tensor:
+    def take(
+        self, idx: slice | Tensor | np.ndarray, device: torch.device | None = None, float32: bool = True
+    ) -> Tensor:
         """The rows ``idx`` as float32, on ``device`` (default: the CPU, where the messages are): gathered
         on the CPU in the messages' own dtype, moved once (half the bytes with half-precision
-        messages), converted to float32 there. With the CPU (or None) the same tensor as ``self[idx]``."""
+        messages), converted to float32 there. With the CPU (or None) the same tensor as ``self[idx]``.
+        ``float32=False``: left in the messages' dtype (:attr:`dtype`; for a rule that widens them
+        exactly itself, ``strategies.Strategy.widens_received``: no float32 copy)."""
         if isinstance(idx, slice):
             idx = torch.arange(*idx.indices(self.shape[0]))
         idx = torch.as_tensor(idx, dtype=torch.long)
         flat = idx.reshape(-1)  # row gathers by index_select: ~6x faster than part[idx] (measured)
         if len(self.parts) == 1:
-            return self.parts[0].index_select(0, flat).to(device).float().reshape(*idx.shape, self.shape[1])
+            out = self.parts[0].index_select(0, flat).to(device)
+            return (out.float() if float32 else out).reshape(*idx.shape, self.shape[1])
         which = torch.searchsorted(self.starts, flat, right=True) - 1
         # gathered in the messages' own dtype, converted once (index_copy_, not out[sel] = ...: one pass less)
         out = torch.empty(flat.shape[0], self.shape[1], dtype=self.dtype)
@@ -120,4 +125,5 @@ class Rows:
             sel = torch.nonzero(which == k).flatten()
             if len(sel):
                 out.index_copy_(0, sel, part.index_select(0, flat[sel] - self.starts[k]).to(self.dtype))
-        return out.to(device).float().reshape(*idx.shape, self.shape[1])
+        out = out.to(device)
+        return (out.float() if float32 else out).reshape(*idx.shape, self.shape[1])

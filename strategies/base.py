@@ -125,6 +125,12 @@ class Strategy:
     aggregates every round (the federated server) then hands :func:`aggregate` a float64 scratch it
     keeps (``work=``) and the rows are converted into it instead of a fresh copy per call.
 
+    :attr:`widens_received`: :meth:`aggregate_batch` reads ``received`` only by widening it exactly
+    to float64 (copies into float64 tensors) and never writes into it, so it gives the
+    same bits for half-precision rows as for their float32 conversion; :func:`aggregate_batch` then
+    hands it the rows in their own dtype when that widens exactly to ``own``'s (the engine gathers
+    half-precision messages without a float32 copy, ``fedsim.gossip``).
+
     :attr:`call_is_batched`: ``__call__`` already takes leading batch dimensions (``own [..., P]``,
     ``received [..., n, P]``, every operation over the last two), so it is the batched form itself:
     :meth:`aggregate_batch` calls it, no override restating it is needed.
@@ -145,6 +151,7 @@ class Strategy:
     needs: ClassVar[frozenset[str]] = frozenset()
     scores_whole_models: ClassVar[bool] = False
     float64_input: ClassVar[bool] = False
+    widens_received: ClassVar[bool] = False
     call_is_batched: ClassVar[bool] = False
     batch_on_cpu: ClassVar[bool] = True
     exchanges: ClassVar[str] = "full_model"
@@ -271,6 +278,18 @@ def _into_scratch(work: Tensor, rows: Tensor) -> Tensor:
     return work[:k].copy_(rows)
 
 
+def keeps_dtype(strategy: Strategy, received: Tensor, own: Tensor) -> bool:
+    """Whether :func:`aggregate_batch` hands ``strategy`` the ``received`` rows in their own dtype:
+    the rule :attr:`~Strategy.widens_received` and they widen exactly to ``own``'s floating dtype
+    (half precision to float32 or float64, float32 to float64; never a narrowing)."""
+    return (
+        strategy.widens_received
+        and received.dtype.is_floating_point
+        and own.dtype.is_floating_point
+        and torch.promote_types(received.dtype, own.dtype) == own.dtype
+    )
+
+
 def aggregate_batch(
     strategy: Strategy, own: Tensor, received: Tensor, ctx: AggregationContext, fallback: Tensor | None = None
 ) -> Tensor | None:
@@ -280,7 +299,8 @@ def aggregate_batch(
     vector) where its result is not finite. ``None`` when the rule has no batched form for these
     inputs (call :func:`aggregate` per peer instead). Off the CPU (``engine.device``) the check
     never reads a value back to the host: the rows are always chosen on the device (the same values)."""
-    out = strategy.aggregate_batch(own, received.to(own.dtype), ctx)
+    rows = received if keeps_dtype(strategy, received, own) else received.to(own.dtype)  # (half precision: no copy)
+    out = strategy.aggregate_batch(own, rows, ctx)
     if out is None:
         return None
     finite = finite_rows(out)

@@ -148,6 +148,7 @@ class Bristle(Strategy):
 
     needs: ClassVar[frozenset[str]] = frozenset({"validation", "generator", "overlap"})  # overlap: classes="overlap"
     exchanges: ClassVar[str] = "output_layer"
+    widens_received: ClassVar[bool] = True  # integrate reads cand only by copying it into float64 (buf.copy_)
     reads_f = False  # f changes nothing this rule does (a scenario's strategy.f is refused)
 
     def __post_init__(self) -> None:
@@ -306,9 +307,11 @@ class Bristle(Strategy):
         counts: Tensor | None = None,
     ) -> Tensor:
         """The integrator and mean removal for ``g`` peers at once: ``own [g, P]``, candidates
-        ``cand [g, k, P]``, validation sets ``val_x [g, m, d]``, ``val_y [g, m]`` (``val_mask
-        [g, m]`` marks real samples when they are zero-padded), ``familiar [g, C]``, classes scored
-        per candidate ``counts [g, k]`` (default: all; 0 = the candidate takes no part) → ``[g, P]``.
+        ``cand [g, k, P]`` (float32, or the half-precision messages themselves: read only by copying
+        them into float64, so the same bits; :attr:`Strategy.widens_received`), validation sets
+        ``val_x [g, m, d]``, ``val_y [g, m]`` (``val_mask [g, m]`` marks real samples when they are
+        zero-padded), ``familiar [g, C]``, classes scored per candidate ``counts [g, k]`` (default:
+        all; 0 = the candidate takes no part) → ``[g, P]``.
 
         Every operation is per peer (a batched matmul, reductions over classes or samples, loops
         over the ``k`` candidates), so a peer's result does not depend on which others share the

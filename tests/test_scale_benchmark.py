@@ -45,3 +45,17 @@ def test_scale_memory_runs_and_lists_half_precision_heads(tmp_path):
 
     full, half = held("float32"), held("float16")
     assert full["w"] == 2 * half["w"] > 0 and full["opt.m_w"] == 2 * half["opt.m_w"]
+
+
+def test_local_parallel_option_reaches_the_scenario(tmp_path, monkeypatch):
+    from fedsim.scenario import parse
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import scale
+
+    for given, want in ((["--local-parallel", "auto"], "auto"), (["--local-parallel", "off"], "off"), ([], None)):
+        a = scale._args(["--backend", "local", *given])
+        a.replicate_path = None
+        d = scale.scenario(20, 2, a, "bristle", tmp_path)
+        assert d["engine"].get("local_parallel") == want
+        assert parse(d).engine.local_parallel == (want or "off")
