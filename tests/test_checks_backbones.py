@@ -139,7 +139,7 @@ MUTANTS = [
      "lin.weight: set its weights from a fixed seed"),
     (spec("squeezed", Squeezed), r"batch of 1: a batch of 1 gave \(6,\), not \(1, 6\)"),
     (spec("centred", CentredOnTheBatch), "batch of 1: row 0's features differ alone and within a batch"),
-    (spec("first_row", ScaledByTheFirstRow), "batch of 1: row 1's features differ alone and within a batch"),
+    (spec("first_row", ScaledByTheFirstRow), "batch of 1: row [1-9]'s features differ alone and within a batch"),
     (spec("noisy", Noisy), "eval determinism: two forward passes in eval mode differ"),
     (spec("in_place", ScalesInPlace), "leaves its input: forward modified its input batch"),
     (spec("three_dims", ThreeDims), r"features \[B, d\]: a batch of 5 gave \(5, 6, 1\)"),
