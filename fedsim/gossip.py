@@ -47,6 +47,7 @@ from fedsim import rng as crng
 from fedsim.messages import forge_messages
 from fedsim.runfacts import sends_forgeries
 from fedsim.shards import pad_rows
+from strategies.base import widens
 
 if TYPE_CHECKING:
     from fedsim.group_setup import GroupSetup
@@ -206,7 +207,7 @@ class GossipAggregation:
                     continue
                 js = honest[r]
                 sent = gather(params, torch.from_numpy(self.ids[js]), dev)
-                received = gather(msgs, torch.from_numpy(table[r, :n]), dev, not self.rule.widens_received)
+                received = gather(msgs, torch.from_numpy(table[r, :n]), dev, not widens(self.rule))
                 ctx = self._batch_ctx(js, round_, table[r, :n]).to(dev)  # (built on the CPU, moved once)
                 out = strategies.aggregate_batch(self.rule, own_rows(torch.from_numpy(js), dev), received, ctx, sent)
                 if out is None:

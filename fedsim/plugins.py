@@ -221,15 +221,33 @@ def _origin(value: object) -> str:
     return getattr(value, "__module__", "") or ""
 
 
+BUILTIN_PACKAGES = ("fedsim", "strategies", "attacks", "fedlib")  # where the built-in components are defined
+
+
+def _builtin(origin: str) -> bool:
+    return any(origin == p or origin.startswith(p + ".") for p in BUILTIN_PACKAGES)
+
+
 def _check_registers(entry: str, module: ModuleType, before: dict[tuple[str, str], object]) -> None:
     """:class:`PluginError` for a plugin whose import added no component to any registry (``--plugin
     os``, a folder imported as a namespace package): it would be accepted, recorded and do nothing.
-    A module imported before (by another plugin) counts by the components defined in it."""
-    after = _registered()
+    Only components defined outside fedsim's own packages count (a plugin that merely imports a
+    registry module not imported yet, e.g. ``fedsim.data.domains``, adds only built-ins). A module
+    imported before (by another plugin, an earlier run in this process) counts by the components
+    defined in it, in a module it holds, or that it holds itself (``from mylab import rules``)."""
+    after = {k: v for k, v in _registered().items() if not _builtin(_origin(v))}
     if any(before.get(k) is not v for k, v in after.items()):
         return
-    name = module.__name__
-    if any(_origin(v) == name or _origin(v).startswith(name + ".") for v in after.values()):
+    held = list(vars(module).values())
+    names = {module.__name__} | {m.__name__ for m in held if isinstance(m, ModuleType)}
+    ids = {id(x) for x in held}
+
+    def defined_here(v: object) -> bool:
+        o = _origin(v)
+        first = v[0] if isinstance(v, tuple) and v else v
+        return id(v) in ids or id(first) in ids or any(o == n or o.startswith(n + ".") for n in names)
+
+    if any(defined_here(v) for v in after.values()):
         return
     raise PluginError(
         f"plugins: {entry}: registers nothing; a plugin registers a rule, attack, backbone or probe when "

@@ -31,9 +31,13 @@ def run_one(data: dict[str, Any], run_dir: str, progress: Callable[[int, dict], 
 
     Returns ``{"status": "done"|"complete"|"failed"|"interrupted", "summary"|"error": ...}``; never
     raises for a failing run (its traceback goes to ``run_dir/error.txt``)."""
+    from fedsim import rundir
     from fedsim.runner import Run
 
     d = Path(run_dir)
+    # whether the folder is the sweep's to mark on failure: absent, empty or fedsim's (one that holds
+    # a user's files, e.g. on a node without the driver's filesystem, stays theirs: never marked)
+    ours = not d.exists() or (d.is_dir() and not d.is_symlink() and (rundir.is_empty(d) or rundir.is_run_dir(d)))
     if (d / "summary.json").exists():
         return {"status": "complete", "summary": json.loads((d / "summary.json").read_text())}
     try:
@@ -51,11 +55,11 @@ def run_one(data: dict[str, Any], run_dir: str, progress: Callable[[int, dict], 
     except Exception as e:  # noqa: BLE001 - one failing run must not end the sweep
         if isinstance(e, RunInterruptedError):  # Ctrl-C inside Run.execute: checkpointed, resumable
             return {"status": "interrupted", "error": str(e)}
-        from fedsim import rundir
-
+        if not ours or isinstance(e, RunDirExistsError):  # not the sweep's folder: nothing written into it
+            return {"status": "failed", "error": f"{type(e).__name__}: {e}"}
         d.mkdir(parents=True, exist_ok=True)
-        # the folder is the sweep's (refuse_foreign_folders let it through): marked as fedsim's, so a
-        # rerun retries the run and --overwrite may clear it, even when it failed before Run.create_dir
+        # the folder is the sweep's: marked as fedsim's, so a rerun retries the run and --overwrite may
+        # clear it, even when it failed before Run.create_dir wrote the marker
         rundir.mark(d)
         (d / RUN_ERROR_FILE).write_text(traceback.format_exc())
         return {"status": "failed", "error": f"{type(e).__name__}: {e}"}

@@ -278,12 +278,18 @@ def _into_scratch(work: Tensor, rows: Tensor) -> Tensor:
     return work[:k].copy_(rows)
 
 
+def widens(strategy: Strategy) -> bool:
+    """Whether ``strategy``'s own class declares :attr:`~Strategy.widens_received` (a subclass, e.g.
+    a user's Bristle that overrides ``integrate``, does not inherit the promise: it must declare it)."""
+    return bool(type(strategy).__dict__.get("widens_received", False))
+
+
 def keeps_dtype(strategy: Strategy, received: Tensor, own: Tensor) -> bool:
     """Whether :func:`aggregate_batch` hands ``strategy`` the ``received`` rows in their own dtype:
     the rule :attr:`~Strategy.widens_received` and they widen exactly to ``own``'s floating dtype
     (half precision to float32 or float64, float32 to float64; never a narrowing)."""
     return (
-        strategy.widens_received
+        widens(strategy)
         and received.dtype.is_floating_point
         and own.dtype.is_floating_point
         and torch.promote_types(received.dtype, own.dtype) == own.dtype

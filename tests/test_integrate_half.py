@@ -62,6 +62,16 @@ def test_only_rules_that_widen_get_the_rows_unconverted():
     assert not keeps_dtype(bristle, f64, own32)  # a narrowing: converted to own's dtype, as before
     assert not keeps_dtype(fedavg, f16, own32)
 
+    class MyBristle(Bristle):  # a user's subclass (it may override integrate): no inherited promise
+        pass
+
+    assert not keeps_dtype(MyBristle(), f16, own32)
+
+    class Declares(Bristle):
+        widens_received = True
+
+    assert keeps_dtype(Declares(), f16, own32)
+
 
 def _spy(monkeypatch) -> list[torch.dtype]:
     """Records the dtype of the candidates every ``Bristle.integrate`` call gets."""

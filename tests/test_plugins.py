@@ -362,3 +362,53 @@ def test_a_plugin_that_registers_nothing_is_one_error_before_the_run_folder(tmp_
     with pytest.raises(plugins.PluginError, match=f"^plugins: /srv/empty.py: {re.escape(tail)}$"):
         plugins.load_copy("/srv/empty.py", empty, sha)
     assert "/srv/empty.py" not in plugins._LOADED and "/srv/empty.py" not in plugins._GRANTED
+
+
+def test_importing_a_registry_module_is_not_registering(tmp_path, monkeypatch):
+    """A plugin whose import only brings in a registry module not imported yet (here
+    fedsim.data.domains, with its built-in entries) registers nothing of its own: refused (a review
+    found it accepted); one that adds its own domain shift is accepted."""
+    import sys
+
+    monkeypatch.delitem(sys.modules, "fedsim.data.domains", raising=False)
+    only_import = tmp_path / "only_import_plugin.py"
+    only_import.write_text("from fedsim.data.domains import DOMAINS  # a half-written plugin\n")
+    with pytest.raises(plugins.PluginError, match="only_import_plugin.py: registers nothing"):
+        plugins.load(plugins.grant([str(only_import)]))
+    monkeypatch.delitem(sys.modules, "fedsim.data.domains", raising=False)
+    own = tmp_path / "own_domain_plugin.py"
+    own.write_text("from fedsim.data.domains import DOMAINS\n\n\ndef mine(x, seed, split):\n    return x\n\n\n"
+                   "DOMAINS['plugins_test_domain'] = mine\n")
+    try:
+        plugins.load(plugins.grant([str(own)]))
+        assert str(own) in plugins._LOADED
+    finally:
+        plugins._LOADED.pop(str(own), None)
+        plugins._GRANTED.discard(str(own))
+
+
+def test_a_plugin_holding_components_a_sibling_module_registered_is_accepted(tmp_path, monkeypatch):
+    """mylab.everything doing ``from mylab_fix import rules`` after mylab_fix.rules was loaded in
+    this process (a second fedsim.run in a notebook, two --plugin entries): accepted (a review found
+    it refused as registering nothing)."""
+    pkg = tmp_path / "mylab_fix"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "rules.py").write_text(
+        "from dataclasses import dataclass\nfrom typing import ClassVar\n\nimport strategies\n"
+        "from strategies.base import Strategy\n\n\n@strategies.register('plugins_test_sibling')\n@dataclass\n"
+        "class Sibling(Strategy):\n    \"\"\"The mean.\"\"\"\n\n    exchanges: ClassVar[str] = 'output_layer'\n\n"
+        "    def aggregate(self, own, received, ctx):\n        return received.mean(0)\n")
+    (pkg / "everything.py").write_text("from mylab_fix import rules  # noqa: F401\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import strategies
+
+    try:
+        plugins.load(plugins.grant(["mylab_fix.rules"]))
+        plugins.load(plugins.grant(["mylab_fix.everything"]))
+        assert "mylab_fix.everything" in plugins._LOADED
+    finally:
+        strategies.REGISTRY.pop("plugins_test_sibling", None)
+        for e in ("mylab_fix.rules", "mylab_fix.everything"):
+            plugins._LOADED.pop(e, None)
+            plugins._GRANTED.discard(e)

@@ -248,8 +248,33 @@ def test_a_run_that_failed_before_its_folder_was_made_is_retried(tmp_path) -> No
     res = execute_sweep(plan, local=True)
     assert sorted(res.ran) == ["seed=0", "seed=1"] and not res.failed
     assert not (plan.runs[0].dir / "error.txt").exists()
-    assert run_one({"bogus": 1}, str(plan.runs[1].dir) + "-x")["status"] == "failed"  # a fresh folder too
+    fresh = Path(str(plan.runs[1].dir) + "-x")
+    assert run_one({"bogus": 1}, str(fresh))["status"] == "failed"  # a folder the task makes is marked too
+    assert (fresh / ".fedsim-run").is_file() and (fresh / "error.txt").is_file()
     assert execute_sweep(plan, local=True, overwrite=True).ran == ["seed=0", "seed=1"]
+
+
+def test_a_failed_run_never_marks_a_folder_holding_a_users_files(tmp_path) -> None:
+    # files that appear in a planned folder after the sweep's start (or on a node without the
+    # driver's filesystem): the run fails, and the folder is neither marked nor written, so the next
+    # sweep refuses it instead of clearing it
+    from fedsim.errors import RunDirExistsError
+    from fedsim.sweep_execute import run_one
+
+    path = write(tmp_path, tiny(tmp_path))
+    plan = plan_sweep(path, {"seed": [0]}, out=tmp_path / "sw")
+    d = plan.runs[0].dir
+    d.mkdir(parents=True)
+    (d / "my_notes.txt").write_text("mine")
+    data = yaml.safe_load(path.read_text()) | {"seed": 0}
+    assert run_one(data, str(d))["status"] == "failed"
+    assert sorted(p.name for p in d.iterdir()) == ["my_notes.txt"]
+    assert run_one({"bogus": 1}, str(d))["status"] == "failed"  # any failure: still not marked
+    assert sorted(p.name for p in d.iterdir()) == ["my_notes.txt"]
+    for overwrite in (False, True):
+        with pytest.raises(RunDirExistsError, match="not a fedsim run directory"):
+            execute_sweep(plan, local=True, overwrite=overwrite)
+    assert (d / "my_notes.txt").read_text() == "mine"
 
 
 def test_sweep_on_ray(tmp_path, ray_session) -> None:
