@@ -323,8 +323,8 @@ def merge_group_states(states: Iterable[dict[str, Any]], sizes: Sequence[int]) -
     all held the state twice: 0.46 GB more at a 10,000-peer checkpoint, docs/performance.md)."""
     per_peer = PeerGroup.PER_PEER_STATE
     merged: dict[str, Any] = {}
-    first = 0
-    for i, st in enumerate(states):
+    first = i = 0
+    for st in states:  # (not enumerate: its reused result tuple would keep the previous state alive)
         if i == 0:
             merged = {k: v for k, v in st.items() if k not in per_peer}
             merged |= {k: st[k].new_empty((sum(sizes), *st[k].shape[1:])) for k in per_peer if k in st}
@@ -335,6 +335,7 @@ def merge_group_states(states: Iterable[dict[str, Any]], sizes: Sequence[int]) -
                     raise ValueError(f"group {i}'s {k!r} has {st[k].shape[0]} rows, expected {n}")
                 merged[k][first : first + n] = st[k]
         first += n
+        i += 1
         del st  # (before the next group's is fetched)
     if first != sum(sizes):
         raise ValueError(f"the groups' states hold {first} peers, expected {sum(sizes)}")
