@@ -320,7 +320,7 @@ def merge_group_states(states: Iterable[dict[str, Any]], sizes: Sequence[int]) -
     every group) once; the groups host ``sizes`` peers each (in order). Independent of how peers are
     split over groups. Written group by group into tensors of all the peers' rows, as ``states``
     yields them: one group's state alive at a time besides the merged one (a concatenation of them
-    all held the state twice: 0.46 GB more at a 10,000-peer checkpoint, docs/performance.md)."""
+    all held every group's copy too: 0.21 GiB more at a 10,000-peer checkpoint, docs/performance.md)."""
     per_peer = PeerGroup.PER_PEER_STATE
     merged: dict[str, Any] = {}
     first = i = 0
