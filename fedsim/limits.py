@@ -59,6 +59,7 @@ class MemoryEstimate:
     topology: int  # the in-neighbour lists every group keeps, and the graph while it is drawn
     processes: int  # this process, Ray's processes and one per actor
     batches: int = 0  # one local step's minibatch in every group training at once (minibatch_bytes)
+    checkpoint: int = 0  # a checkpoint's float32 copy of the heads and optimizer state (checkpoint.every)
     # on a non-CPU engine.device: one chunk of the batched aggregation (device_aggregation_bytes); the
     # device's memory, not the host's, so not in total (what validation compares with the machine)
     device_aggregation: int = 0
@@ -66,13 +67,14 @@ class MemoryEstimate:
     @property
     def total(self) -> int:
         """The host's bytes (:attr:`device_aggregation`, on the device, apart)."""
-        return self.heads + self.messages + self.data + self.topology + self.processes + self.batches
+        return self.heads + self.messages + self.data + self.topology + self.processes + self.batches + self.checkpoint
 
     def biggest(self) -> tuple[str, str]:
         """``(field, advice)``: the scenario field that scales the component needing the most, and
         what to lower."""
         parts = {
-            ("peers.count", "peers.count (or use a backbone with fewer features)"): self.heads + self.messages,
+            ("peers.count", "peers.count (or use a backbone with fewer features)"):
+                self.heads + self.messages + self.checkpoint,
             ("engine.num_actors", "engine.num_actors (each group copies the test set) or the dataset"): self.data,
             ("topology.kind", "the topology's degree (topology.kind, degree, p)"): self.topology,
             ("engine.num_actors", "engine.num_actors (each Ray actor is a process)"): self.processes,
@@ -171,6 +173,7 @@ def estimate_memory(
     gradient_peers: int | None = None,
     head_bytes: int = FLOAT,
     working_peers: int = 0,
+    checkpoints: bool = False,
 ) -> MemoryEstimate:
     """Memory of a run from its sizes. ``groups`` peer groups (actors), of which ``concurrent``
     aggregate at once (all on Ray; in-process :func:`fedsim.threads.local_workers`, 1 by default);
@@ -187,7 +190,12 @@ def estimate_memory(
     bytes of a stored value of the heads, their optimizer state and CWR copy (``engine.head_dtype``);
     ``working_peers``: with half-precision heads, the peers whose float32 working copies (heads and
     optimizer state) exist at once in each of the ``concurrent`` groups
-    (:func:`fedsim.heads.upcast_steps`; 0 with float32 heads, trained where they are stored)."""
+    (:func:`fedsim.heads.upcast_steps`; 0 with float32 heads, trained where they are stored);
+    ``checkpoints``: the run writes checkpoints (``checkpoint.every``), each needing a float32 copy of
+    every peer's heads and optimizer state (:meth:`fedsim.simulation.Simulation.state`, whatever
+    ``head_bytes``) besides the groups' ``get_state`` copies then alive: one group's in-process, every
+    group's on Ray (asked at once). Counted on top of the round's transients (a checkpoint is written
+    between rounds, so this over-counts: the peak is the larger of the two)."""
     stored = 2 + int(adam) + int(consolidated)  # w+b, momentum; Adam's v; CWR copy (engine.head_dtype)
     gradients = peers if gradient_peers is None else min(peers, gradient_peers * concurrent)
     working = min(peers, working_peers * concurrent) * (2 + int(adam))  # float32 copies of a chunk's w+b, m, v
@@ -198,7 +206,9 @@ def estimate_memory(
     data = FLOAT * dim * (2 * n_train + n_test * (1 + groups)) + padded  # driver, group rows, test copies
     topology = INDEX * edges * (groups + 1) + NX_EDGE_BYTES * edges // 2
     processes = PROCESS_BYTES + (RAY_SYSTEM_BYTES + RAY_ACTOR_BYTES * ray_actors if ray_actors else 0)
-    return MemoryEstimate(heads, messages, data, topology, processes, batches)
+    state_rows = peers + (peers if ray_actors else -(-peers // max(groups, 1)))  # merged + groups' copies
+    checkpoint = FLOAT * num_params * (2 + int(adam)) * state_rows if checkpoints else 0  # w+b, m, v
+    return MemoryEstimate(heads, messages, data, topology, processes, batches, checkpoint=checkpoint)
 
 
 @dataclass(frozen=True)
@@ -261,7 +271,9 @@ def memory_error(est: MemoryEstimate, available: int | None = None) -> str | Non
     return (
         f"needs about {gib(est.total)} of memory (peer heads and optimizer state {gib(est.heads)}, "
         f"gathered messages {gib(est.messages)}, data copies {gib(est.data)}, topology {gib(est.topology)}, "
-        f"processes {gib(est.processes)}, minibatches {gib(est.batches)}), this machine has {gib(available)}; "
+        f"processes {gib(est.processes)}, minibatches {gib(est.batches)}"
+        + (f", checkpoint copy {gib(est.checkpoint)}" if est.checkpoint else "")
+        + f"), this machine has {gib(available)}; "
         f"lower {est.biggest()[1]}"
     )
 

@@ -61,7 +61,8 @@ def plan_lines(sc: Scenario, plan: RunPlan) -> list[str]:
         m = plan.memory
         stored = "" if sc.engine.head_dtype == "float32" else f" (stored in {sc.engine.head_dtype})"
         parts = ", ".join(f"{k}{stored if k == 'heads' else ''} {human_bytes(getattr(m, k))}"
-                          for k in ("heads", "messages", "data", "topology", "processes", "batches"))
+                          for k in ("heads", "messages", "data", "topology", "processes", "batches", "checkpoint")
+                          if k != "checkpoint" or m.checkpoint)
         machine = "" if plan.available is None else f"; this machine has {human_bytes(plan.available)}"
         lines.append(f"  memory: about {human_bytes(m.total)} at peak ({parts}){machine}")
         if m.device_aggregation:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -161,19 +161,30 @@ class Simulation:
         """Every group's state merged in peer order, and the server's: what a checkpoint holds."""
         backend = self.backend
         return {
-            "groups": merge_group_states(backend.get([g.get_state.remote() for g in self.groups])),
+            "groups": merge_group_states(self._group_states(), self._group_sizes()),
             "server": backend.get(self.server.get_state.remote()) if self.server is not None else None,
         }
+
+    def _group_sizes(self) -> list[int]:
+        return [len(s.train_idx) for s in self.prep.setups]
+
+    def _group_states(self) -> Iterator[dict[str, Any]]:
+        """Every group's :meth:`PeerGroup.get_state`, one at a time (in-process: each asked when the
+        previous one is merged; on Ray all asked at once and fetched one by one)."""
+        backend = self.backend
+        refs = [g.get_state.remote() for g in self.groups] if backend.lazy else None
+        for i, g in enumerate(self.groups):
+            yield backend.get(refs[i] if refs is not None else g.get_state.remote())
 
     def restore(self, state: Any, source: Path) -> None:
         """Load a checkpoint's :meth:`state` into the fresh actors, after checking it has this
         scenario's entries and shapes (else :class:`~fedsim.errors.CorruptFileError` naming ``source``)."""
         backend, server = self.backend, self.server
-        fresh = merge_group_states(backend.get([g.get_state.remote() for g in self.groups]))
+        fresh = merge_group_states(self._group_states(), self._group_sizes())
         if not isinstance(state, dict) or state.keys() != {"groups", "server"}:
             raise CorruptFileError(f"{source}: expected the groups' and the server's state")
         check_state(source, "peers'", state["groups"], fresh)
-        parts = split_group_state(state["groups"], [len(s.train_idx) for s in self.prep.setups])
+        parts = split_group_state(state["groups"], self._group_sizes())
         backend.get([g.set_state.remote(st) for g, st in zip(self.groups, parts, strict=True)])
         if server is not None:
             check_state(source, "server's", state["server"], backend.get(server.get_state.remote()))
@@ -304,12 +315,30 @@ def accuracy_fields(sc: Scenario, a: np.ndarray, lo: np.ndarray, ids: np.ndarray
     return out
 
 
-def merge_group_states(states: list[dict[str, Any]]) -> dict[str, Any]:
-    """Every group's state as one: per-peer tensors concatenated in peer order, the shared
-    entries (the same in every group) once. Independent of how peers are split over groups."""
-    per_peer = set(PeerGroup.PER_PEER_STATE)
-    merged = {k: v for k, v in states[0].items() if k not in per_peer}
-    merged |= {k: torch.cat([s[k] for s in states]) for k in PeerGroup.PER_PEER_STATE if k in states[0]}
+def merge_group_states(states: Iterable[dict[str, Any]], sizes: Sequence[int]) -> dict[str, Any]:
+    """Every group's state as one: per-peer tensors in peer order, the shared entries (the same in
+    every group) once; the groups host ``sizes`` peers each (in order). Independent of how peers are
+    split over groups. Written group by group into tensors of all the peers' rows, as ``states``
+    yields them: one group's state alive at a time besides the merged one (a concatenation of them
+    all held every group's copy too: 0.21 GiB more at a 10,000-peer checkpoint, docs/performance.md)."""
+    per_peer = PeerGroup.PER_PEER_STATE
+    merged: dict[str, Any] = {}
+    first = i = 0
+    for st in states:  # (not enumerate: its reused result tuple would keep the previous state alive)
+        if i == 0:
+            merged = {k: v for k, v in st.items() if k not in per_peer}
+            merged |= {k: st[k].new_empty((sum(sizes), *st[k].shape[1:])) for k in per_peer if k in st}
+        n = sizes[i]
+        for k in per_peer:
+            if k in merged:
+                if st[k].shape[0] != n:
+                    raise ValueError(f"group {i}'s {k!r} has {st[k].shape[0]} rows, expected {n}")
+                merged[k][first : first + n] = st[k]
+        first += n
+        i += 1
+        del st  # (before the next group's is fetched)
+    if first != sum(sizes):
+        raise ValueError(f"the groups' states hold {first} peers, expected {sum(sizes)}")
     return merged
 
 

@@ -448,6 +448,7 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], NoRetur
         gradient_peers=None if sc.model.whole else chunk,
         head_bytes=head_bytes,
         working_peers=working,
+        checkpoints=sc.checkpoint.every > 0,
     )
     available = limits.machine_memory()
     msg = limits.memory_error(est, available)

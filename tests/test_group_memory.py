@@ -5,6 +5,7 @@ views of the heads (a bias-free head flattens to one; the aggregation writes int
 
 from __future__ import annotations
 
+import gc
 import weakref
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 import strategies
-from fedsim import heads, routing
+from fedsim import heads, limits, routing
 from fedsim.gossip import GossipAggregation
 from fedsim.peers import PeerGroup
 from fedsim.runner import Run, prepare
@@ -421,3 +422,82 @@ def test_evaluation_frees_only_trained_copies_an_aggregation_is_done_with(small_
     b, _ = plain.train(1, g0, mask)
     np.testing.assert_array_equal(a, b)
     assert torch.equal(evaluated.tw, plain.tw)
+
+
+def _checkpointed(small_scenario, **over):
+    # 9 peers in 2 groups (5 and 4): the estimate's one group is the larger
+    return small_scenario(**{"peers.count": 9, "checkpoint.every": 1, **over})
+
+
+@pytest.mark.parametrize(("optimizer", "head_dtype"), [("sgd", "float32"), ("adam", "float32"), ("sgd", "float16")])
+def test_the_memory_estimate_counts_the_checkpoints_state_copy(small_scenario, optimizer, head_dtype):
+    """With checkpoints on, validation's estimate grows by what Simulation.state allocates: the merged
+    float32 heads and optimizer state of every peer, and one group's get_state copy (in-process)."""
+    from fedsim.backend import LocalBackend
+    from fedsim.scenario import parse_with_plan
+    from fedsim.simulation import Simulation
+
+    over = {"training.optimizer": optimizer, "engine.head_dtype": head_dtype}
+    d = _checkpointed(small_scenario, **over)
+    sc, plan = parse_with_plan(d)
+    off = parse_with_plan(_checkpointed(small_scenario, **over, **{"checkpoint.every": 0}))[1].memory
+    prep = prepare(sc)
+    sim = Simulation(sc, prep, LocalBackend())
+    merged = sim.state()["groups"]
+    held = sum(v.nbytes for k, v in merged.items() if k in PeerGroup.PER_PEER_STATE)
+    largest = max(len(s.train_idx) for s in prep.setups)
+    assert largest == 5 and held == limits.FLOAT * (2 + (optimizer == "adam")) * 9 * (10 * 64 + 10)  # digits
+    assert off.checkpoint == 0 and plan.memory.checkpoint == held // 9 * (9 + largest)
+    assert plan.memory.total - off.total == plan.memory.checkpoint
+    assert plan.memory.heads == off.heads and plan.memory.messages == off.messages
+
+
+def test_checkpoint_state_holds_one_groups_copy_at_a_time(small_scenario, monkeypatch):
+    """Simulation.state merges the groups' get_state copies one by one (each freed before the next is
+    asked), into the same tensors the former concatenation made."""
+    from fedsim.backend import LocalBackend
+    from fedsim.simulation import Simulation
+
+    sc = parse(_checkpointed(small_scenario, **{"engine.num_actors": 3}))
+    sim = Simulation(sc, prepare(sc), LocalBackend())
+    for r in range(2):
+        sim.step(r)
+    copies: list[dict] = []
+    live: list[int] = []
+    get_state = PeerGroup.get_state
+
+    def tracked(self):
+        gc.collect()
+        live.append(sum(r() is not None for st in copies for r in st.values()))
+        st = get_state(self)
+        copies.append({k: weakref.ref(v) for k, v in st.items() if k in PeerGroup.PER_PEER_STATE})
+        return st
+
+    monkeypatch.setattr(PeerGroup, "get_state", tracked)
+    merged = sim.state()["groups"]
+    assert live == [0, 0, 0]  # no earlier group's copy alive when the next is asked
+    monkeypatch.setattr(PeerGroup, "get_state", get_state)
+    states = [g._obj.get_state() for g in sim.groups]
+    for k in ("w", "b", "m_w", "m_b"):
+        assert torch.equal(merged[k], torch.cat([s[k] for s in states]))
+
+
+def test_write_checkpoint_streams_the_bytes_without_an_in_memory_file(tmp_path, monkeypatch):
+    """The file holds checkpoint_bytes' bytes, written without an in-memory copy (io.BytesIO unused)."""
+    from fedsim import rundir
+
+    state = {"groups": {"w": torch.randn(40, 7), "t": 3, "stale_history": None}, "server": None}
+    meta = {"format": 1, "round": 2, "metrics_lines": 3, "metrics_sha256": "x", "scenario": {}, "scenario_sha256": "y"}
+    want = rundir.checkpoint_bytes(meta, state)
+
+    class NoBytesIO:
+        def BytesIO(self, *a, **k):  # noqa: N802  (io.BytesIO, as rundir calls it)
+            raise AssertionError("an in-memory file")
+
+    monkeypatch.setattr(rundir, "io", NoBytesIO())  # rundir's io only (torch.save pickles with its own)
+    path = tmp_path / "checkpoint.pt"
+    rundir.write_checkpoint(path, meta, state)
+    monkeypatch.undo()
+    assert path.read_bytes() == want
+    got_meta, got = rundir.read_checkpoint(path)
+    assert got_meta == meta and torch.equal(got["groups"]["w"], state["groups"]["w"])
