@@ -4,7 +4,10 @@ passes every registered probe kind and names the property a broken one breaks.""
 from __future__ import annotations
 
 import copy
+import json
 import random
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -260,28 +263,32 @@ def test_the_report_requires_the_distances_only_where_a_retrained_model_exists()
         _format_methods(accuracies_only, retrained=True)
 
 
-def test_a_run_whose_probe_returns_no_entry_of_its_kind_ends_in_one_line(register, tmp_path):
-    """`fedsim run` with a probe whose run() returns a mapping without its kind: one line naming the
-    probe and what it returned, exit 1, the entries kept in probes.json (before: "internal error:
-    KeyError: 'kind'" and a traceback file)."""
-    import json
-
+def _run_with_probe(register, tmp_path, kind: str, cls: type) -> tuple[Any, Path]:
+    """`fedsim run -q` on the tiny scenario with probe ``cls`` registered as ``kind``: the CLI
+    result and the run directory."""
     import yaml
     from click.testing import CliRunner
 
     from fedsim.checks_probes import TINY
     from fedsim.cli import main
 
+    register(kind, cls)
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(copy.deepcopy(TINY) | {
+        "rounds": 2, "probes": [{"kind": kind}], "output": {"dir": str(tmp_path / "runs")},
+        "backbone": {"name": "identity", "cache_dir": str(tmp_path / "cache")}}))
+    return CliRunner().invoke(main, ["run", str(path), "-q"]), tmp_path / "runs" / "check_probe"
+
+
+def test_a_run_whose_probe_returns_no_entry_of_its_kind_ends_in_one_line(register, tmp_path):
+    """`fedsim run` with a probe whose run() returns a mapping without its kind: one line naming the
+    probe and what it returned, exit 1, the entries kept in probes.json (before: "internal error:
+    KeyError: 'kind'" and a traceback file)."""
+
     class NoKindInARun(NoKind):  # its own class: the schema's model of a kind is cached per class
         """Leaves out its kind, in a run."""
 
-    register("chk_nokind", NoKindInARun)
-    path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(copy.deepcopy(TINY) | {
-        "rounds": 2, "probes": [{"kind": "chk_nokind"}], "output": {"dir": str(tmp_path / "runs")},
-        "backbone": {"name": "identity", "cache_dir": str(tmp_path / "cache")}}))
-    res = CliRunner().invoke(main, ["run", str(path), "-q"])
-    run = tmp_path / "runs" / "check_probe"
+    res, run = _run_with_probe(register, tmp_path, "chk_nokind", NoKindInARun)
     assert res.exit_code == 1, res.output
     assert [x for x in res.stderr.splitlines() if x.strip()] == [
         f"Error: probes.0: the chk_nokind probe's run() returned a mapping without 'kind' (its keys: norm, records), "
@@ -295,24 +302,11 @@ def test_a_run_whose_probe_returns_a_tensor_ends_in_one_line(register, tmp_path)
     """A probe entry holding a tensor: one line naming the probe and the value JSON cannot hold,
     exit 1, probes.json written with the entry's repr (before: "internal error: TypeError: Object
     of type Tensor is not JSON serializable", no probes.json)."""
-    import json
-
-    import yaml
-    from click.testing import CliRunner
-
-    from fedsim.checks_probes import TINY
-    from fedsim.cli import main
 
     class TensorInARun(HoldsATensor):  # its own class: the schema's model of a kind is cached per class
         """Returns a tensor, in a run."""
 
-    register("chk_tensor", TensorInARun)
-    path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(copy.deepcopy(TINY) | {
-        "rounds": 2, "probes": [{"kind": "chk_tensor"}], "output": {"dir": str(tmp_path / "runs")},
-        "backbone": {"name": "identity", "cache_dir": str(tmp_path / "cache")}}))
-    res = CliRunner().invoke(main, ["run", str(path), "-q"])
-    run = tmp_path / "runs" / "check_probe"
+    res, run = _run_with_probe(register, tmp_path, "chk_tensor", TensorInARun)
     assert res.exit_code == 1, res.output
     lines = [x for x in res.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith(
