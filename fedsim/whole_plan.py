@@ -189,8 +189,19 @@ def _estimate(sc: Scenario, info: DatasetInfo, attack: Any) -> tuple[Any, int, t
         ray_actors=0,
         batches=limits.minibatch_bytes(per_group=per_group, batch=sc.training.batch_size, dim=int(x[0].numel()),
                                        num_classes=0, concurrent=concurrent),
+        checkpoints=sc.checkpoint.every > 0,
+        # a checkpoint's copies of θ and the optimizer's buffers (num_params each), and of one peer's
+        # stacked buffers with BatchNorm (WholePeerGroup.get_state)
+        state_bytes=_buffer_bytes(suffix),
     )
     return dataclasses.replace(est, heads=est.heads + activations), activations, suffix, sample_flop(suffix, x)
+
+
+def _buffer_bytes(suffix: torch.nn.Module) -> int:
+    """Bytes of one peer's buffers in a checkpoint (:meth:`fedsim.stacked.StackedModel.checkpoint_buffers`
+    of the trainable part ``suffix``; 0 without BatchNorm)."""
+    buffers = StackedModel(suffix, 1).checkpoint_buffers()
+    return 0 if buffers is None else buffers.nbytes
 
 
 def prepare_features(sc: Scenario, log: Any = None) -> tuple[Features, ModelPlan]:
