@@ -198,7 +198,10 @@ def estimate_memory(
     group's on Ray (asked at once); ``state_bytes``: bytes of a peer's further per-peer state in those
     copies (a whole model's stacked buffers with BatchNorm, float64: :meth:`fedsim.whole.WholePeerGroup.get_state`).
     Counted on top of the round's transients (a checkpoint is written
-    between rounds, so this over-counts: the peak is the larger of the two)."""
+    between rounds, so this over-counts: the peak is the larger of the two). Not counted for Ctrl-C's
+    one checkpoint of a run with ``checkpoint.every: 0`` (:class:`fedsim.callbacks.Interrupt`): it
+    would add this term to every such run (+0.64 GiB on a 1.36 GiB peak at 10,000 peers) for a
+    one-off at the end that peaked 0.09 GiB above the estimate without it (docs/performance.md)."""
     stored = 2 + int(adam) + int(consolidated)  # w+b, momentum; Adam's v; CWR copy (engine.head_dtype)
     gradients = peers if gradient_peers is None else min(peers, gradient_peers * concurrent)
     working = min(peers, working_peers * concurrent) * (2 + int(adam))  # float32 copies of a chunk's w+b, m, v

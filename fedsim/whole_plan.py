@@ -129,7 +129,9 @@ def memory_estimate(sc: Scenario, info: DatasetInfo, attack: Any) -> tuple[Any, 
     trainable count, data copies the frozen prefix's output size, the minibatch its gathered inputs
     (:func:`fedsim.limits.minibatch_bytes`, always gathered); a feature shift
     (``dataset.domains``) holds one test set per used domain (:func:`fedsim.domain_shift.shift`).
-    ``attack``: the scenario's built attack (None: none), whose forgeries are counted."""
+    ``attack``: the scenario's built attack (None: none), whose forgeries are counted. With
+    ``checkpoint.every`` > 0 the checkpoint's state copy, as for heads, plus the peers' BatchNorm
+    buffers (:func:`_buffer_bytes`)."""
     est, activations, _, _ = _estimate(sc, info, attack)
     return est, activations
 
