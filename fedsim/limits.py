@@ -174,6 +174,7 @@ def estimate_memory(
     head_bytes: int = FLOAT,
     working_peers: int = 0,
     checkpoints: bool = False,
+    state_bytes: int = 0,
 ) -> MemoryEstimate:
     """Memory of a run from its sizes. ``groups`` peer groups (actors), of which ``concurrent``
     aggregate at once (all on Ray; in-process :func:`fedsim.threads.local_workers`, 1 by default);
@@ -194,8 +195,13 @@ def estimate_memory(
     ``checkpoints``: the run writes checkpoints (``checkpoint.every``), each needing a float32 copy of
     every peer's heads and optimizer state (:meth:`fedsim.simulation.Simulation.state`, whatever
     ``head_bytes``) besides the groups' ``get_state`` copies then alive: one group's in-process, every
-    group's on Ray (asked at once). Counted on top of the round's transients (a checkpoint is written
-    between rounds, so this over-counts: the peak is the larger of the two)."""
+    group's on Ray (asked at once); ``state_bytes``: bytes of a peer's further per-peer state in those
+    copies (a whole model's stacked buffers with BatchNorm, float64: :meth:`fedsim.whole.WholePeerGroup.get_state`).
+    Counted on top of the round's transients (a checkpoint is written
+    between rounds, so this over-counts: the peak is the larger of the two). Not counted for Ctrl-C's
+    one checkpoint of a run with ``checkpoint.every: 0`` (:class:`fedsim.callbacks.Interrupt`): it
+    would add this term to every such run (+0.64 GiB on a 1.36 GiB peak at 10,000 peers) for a
+    one-off at the end that peaked 0.09 GiB above the estimate without it (docs/performance.md)."""
     stored = 2 + int(adam) + int(consolidated)  # w+b, momentum; Adam's v; CWR copy (engine.head_dtype)
     gradients = peers if gradient_peers is None else min(peers, gradient_peers * concurrent)
     working = min(peers, working_peers * concurrent) * (2 + int(adam))  # float32 copies of a chunk's w+b, m, v
@@ -207,7 +213,8 @@ def estimate_memory(
     topology = INDEX * edges * (groups + 1) + NX_EDGE_BYTES * edges // 2
     processes = PROCESS_BYTES + (RAY_SYSTEM_BYTES + RAY_ACTOR_BYTES * ray_actors if ray_actors else 0)
     state_rows = peers + (peers if ray_actors else -(-peers // max(groups, 1)))  # merged + groups' copies
-    checkpoint = FLOAT * num_params * (2 + int(adam)) * state_rows if checkpoints else 0  # w+b, m, v
+    per_peer = FLOAT * num_params * (2 + int(adam)) + state_bytes  # w+b, m, v; (whole models) buffers
+    checkpoint = per_peer * state_rows if checkpoints else 0
     return MemoryEstimate(heads, messages, data, topology, processes, batches, checkpoint=checkpoint)
 
 

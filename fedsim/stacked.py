@@ -175,6 +175,11 @@ class StackedModel:
         return torch.cat([self.buffers[k].reshape(self.p, -1).double().cpu() for k in self.buffers], dim=1) \
             if self.buffers else torch.zeros(self.p, 0, dtype=torch.float64)
 
+    def checkpoint_buffers(self) -> Tensor | None:
+        """The buffers a checkpoint keeps: :meth:`buffer_state` with BatchNorm statistics, else None
+        (checkpoints of models without BatchNorm keep no entry)."""
+        return self.buffer_state() if self.stat_names else None
+
     def load_buffer_state(self, flat: Tensor) -> None:
         """:meth:`buffer_state` undone."""
         off = 0

@@ -166,8 +166,8 @@ class WholePeerGroup(PeerGroup):
               "stale_history": self.stale_history}
         if self.fopt.v is not None:
             st["v_w"] = self.fopt.v.cpu().clone()
-        if self.model.stat_names:  # only then: checkpoints of models without BatchNorm keep their entries
-            st["buffers"] = self.model.buffer_state()
+        if (buffers := self.model.checkpoint_buffers()) is not None:  # (BatchNorm only: older checkpoints' entries)
+            st["buffers"] = buffers
         return st
 
     def set_state(self, st: dict[str, Any]) -> None:

@@ -129,7 +129,9 @@ def memory_estimate(sc: Scenario, info: DatasetInfo, attack: Any) -> tuple[Any, 
     trainable count, data copies the frozen prefix's output size, the minibatch its gathered inputs
     (:func:`fedsim.limits.minibatch_bytes`, always gathered); a feature shift
     (``dataset.domains``) holds one test set per used domain (:func:`fedsim.domain_shift.shift`).
-    ``attack``: the scenario's built attack (None: none), whose forgeries are counted."""
+    ``attack``: the scenario's built attack (None: none), whose forgeries are counted. With
+    ``checkpoint.every`` > 0 the checkpoint's state copy, as for heads, plus the peers' BatchNorm
+    buffers (:func:`_buffer_bytes`)."""
     est, activations, _, _ = _estimate(sc, info, attack)
     return est, activations
 
@@ -189,8 +191,19 @@ def _estimate(sc: Scenario, info: DatasetInfo, attack: Any) -> tuple[Any, int, t
         ray_actors=0,
         batches=limits.minibatch_bytes(per_group=per_group, batch=sc.training.batch_size, dim=int(x[0].numel()),
                                        num_classes=0, concurrent=concurrent),
+        checkpoints=sc.checkpoint.every > 0,
+        # a checkpoint's copies of θ and the optimizer's buffers (num_params each), and of one peer's
+        # stacked buffers with BatchNorm (WholePeerGroup.get_state)
+        state_bytes=_buffer_bytes(suffix),
     )
     return dataclasses.replace(est, heads=est.heads + activations), activations, suffix, sample_flop(suffix, x)
+
+
+def _buffer_bytes(suffix: torch.nn.Module) -> int:
+    """Bytes of one peer's buffers in a checkpoint (:meth:`fedsim.stacked.StackedModel.checkpoint_buffers`
+    of the trainable part ``suffix``; 0 without BatchNorm)."""
+    buffers = StackedModel(suffix, 1).checkpoint_buffers()
+    return 0 if buffers is None else buffers.nbytes
 
 
 def prepare_features(sc: Scenario, log: Any = None) -> tuple[Features, ModelPlan]:

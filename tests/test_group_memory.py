@@ -501,3 +501,37 @@ def test_write_checkpoint_streams_the_bytes_without_an_in_memory_file(tmp_path, 
     assert path.read_bytes() == want
     got_meta, got = rundir.read_checkpoint(path)
     assert got_meta == meta and torch.equal(got["groups"]["w"], state["groups"]["w"])
+
+
+def test_read_checkpoint_meta_streams_the_file_and_refuses_what_read_checkpoint_refuses(tmp_path, monkeypatch):
+    """Ctrl-C's resume hint reads the checkpoint just written: its metadata comes from the file read in
+    chunks (never Path.read_bytes, the whole file), with read_checkpoint's errors for corrupt files."""
+    from pathlib import Path
+
+    from fedsim import rundir
+    from fedsim.errors import CorruptFileError
+
+    state = {"groups": {"w": torch.randn(40, 7)}, "server": None}
+    meta = {"format": 1, "round": 2, "metrics_lines": 3, "metrics_sha256": "x", "scenario": {}, "scenario_sha256": "y"}
+    good = rundir.checkpoint_bytes(meta, state)
+    cases = {"good": good, "empty": b"", "other": b"hello\nworld", "truncated": good[:-5],
+             "format": good.replace(b" 1 ", b" 9 ", 1), "flipped": good[:-3] + bytes([good[-3] ^ 1]) + good[-2:]}
+    want = {}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        try:
+            want[name] = rundir.read_checkpoint(tmp_path / name)[0]
+        except CorruptFileError as e:
+            want[name] = str(e)
+    assert want["good"] == meta and sum(isinstance(v, str) for v in want.values()) == 5
+
+    def whole(self):
+        raise AssertionError("the whole file read")
+
+    monkeypatch.setattr(Path, "read_bytes", whole)
+    for name in cases:
+        try:
+            got = rundir.read_checkpoint_meta(tmp_path / name)
+        except CorruptFileError as e:
+            got = str(e)
+        assert got == want[name], name

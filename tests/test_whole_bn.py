@@ -17,6 +17,7 @@ from fedsim.data.datasets import load
 from fedsim.models.backbones import get_spec, to_input
 from fedsim.models.trainable import split
 from fedsim.overrides import set_dotted
+from fedsim.peers import PeerGroup
 from fedsim.prepare import prepare
 from fedsim.runner import Run
 from fedsim.scenario import ScenarioError, parse
@@ -200,3 +201,29 @@ def test_bn_section_validation(tmp_path):
         with pytest.raises(ScenarioError, match=msg) as e:
             _scenario(tmp_path, **over)
         assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(("model", "optimizer"), [
+    ({"backbone.name": "fmnist_bn_cnn"}, "sgd"),  # θ, momentum and the float64 BatchNorm buffers
+    ({"dataset.name": "sklearn_digits", "backbone.name": "identity", "model.hidden": [8]}, "adam"),  # no buffers
+])
+def test_the_whole_models_memory_estimate_counts_the_checkpoints_state_copy(tmp_path, model, optimizer):
+    """With checkpoints on, a whole model's estimate (what `fedsim validate` prints) grows by what
+    Simulation.state allocates: every peer's merged state and the largest group's get_state copy."""
+    from fedsim import whole_plan
+    from fedsim.backend import LocalBackend
+    from fedsim.data.datasets import dataset_info
+    from fedsim.simulation import Simulation
+
+    over = {**model, "training.optimizer": optimizer, "peers.count": 5, "engine.num_actors": 2}
+    on, off = (_scenario(tmp_path, **over, **{"checkpoint.every": every}) for every in (1, 0))
+    info = dataset_info(on.dataset.name)
+    est, est_off = (whole_plan.memory_estimate(sc, info, None)[0] for sc in (on, off))
+    prep = prepare(on)
+    merged = Simulation(on, prep, LocalBackend()).state()["groups"]
+    keys = {k for k in merged if k in PeerGroup.PER_PEER_STATE}
+    assert keys == ({"w", "m_w", "buffers"} if "bn" in on.backbone.name else {"w", "m_w", "v_w"})
+    held = sum(merged[k].nbytes for k in keys)
+    largest = max(len(s.train_idx) for s in prep.setups)
+    assert largest == 3 and est_off.checkpoint == 0 and est.checkpoint == held // 5 * (5 + largest)
+    assert est.total - est_off.total == est.checkpoint and est.heads == est_off.heads
