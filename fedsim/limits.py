@@ -84,6 +84,14 @@ class MemoryEstimate:
         return max(parts, key=parts.__getitem__)
 
 
+def ray_actor_processes(sc: Scenario, groups: int) -> int:
+    """Ray actor processes of scenario ``sc`` on this machine (:func:`estimate_memory`'s
+    ``ray_actors``): its ``groups`` peer groups and the federated server on a Ray fedsim starts
+    here; 0 in-process or on a cluster (the actors' memory is the cluster's)."""
+    on_ray = sc.engine.backend == "ray" and local_ray_cpus(sc) is not None
+    return groups + (sc.mode == "federated") if on_ray else 0
+
+
 def directed_edges(kind: str, n: int, degree: int, p: float, fanout: int) -> int:
     """Directed edges of the topology: the in-neighbour index entries of one CSR copy."""
     return {

@@ -175,7 +175,7 @@ def load_copy(entry: str, copy: str | Path, sha256: str) -> ModuleType:
     import attacks  # noqa: F401 - as in _load_one
     import strategies  # noqa: F401
 
-    before = _registered()
+    before = _snapshot()
     module = _import_file(str(copy), name_of=entry, source=data)
     try:
         _check_registers(entry, module, before)
@@ -202,12 +202,24 @@ REGISTRIES = (("strategies.registry", "REGISTRY"), ("attacks.registry", "REGISTR
               ("fedsim.data.datasets", "DATASETS"), ("fedsim.data.domains", "DOMAINS"))
 
 
+def _snapshot() -> dict[tuple[str, str], object]:
+    """:func:`_registered` with every table of :data:`REGISTRIES` imported first (all are cheap and
+    torch-free but the rules' and attacks', which a plugin load imports anyway): a plugin's new
+    name counts whatever defines its value (a backbone variant of a built-in builder, a dataset
+    row reusing fedsim's reader)."""
+    for module, _ in REGISTRIES:
+        importlib.import_module(module)
+    return _registered()
+
+
 def _registered() -> dict[tuple[str, str], object]:
-    """Every registered component now, ``(table, name) → the object``, over :data:`REGISTRIES`."""
-    out = {}
+    """Every registered component now, ``(table, name) → the object``, over :data:`REGISTRIES`;
+    each table imported now also as ``(table, "") → None`` (so a snapshot says which were)."""
+    out: dict[tuple[str, str], object] = {}
     for module, attr in REGISTRIES:
-        table = getattr(sys.modules.get(module), attr, None) or {}
-        out |= {(module, name): value for name, value in table.items()}
+        if module in sys.modules:
+            table = getattr(sys.modules[module], attr, None) or {}
+            out |= {(module, ""): None} | {(module, name): value for name, value in table.items()}
     return out
 
 
@@ -235,9 +247,14 @@ def _check_registers(entry: str, module: ModuleType, before: dict[tuple[str, str
     registry module not imported yet, e.g. ``fedsim.data.domains``, adds only built-ins). A module
     imported before (by another plugin, an earlier run in this process) counts by the components
     defined in it, in a module it holds, or that it holds itself (``from mylab import rules``)."""
-    after = {k: v for k, v in _registered().items() if not _builtin(_origin(v))}
+    # a table imported before: any new or replaced entry counts (a new name for a built-in builder,
+    # e.g. a backbone variant by dataclasses.replace); a table the plugin's import brought in holds
+    # the built-ins as new entries: there only components defined outside fedsim's packages count
+    after = {k: v for k, v in _registered().items()
+             if k[1] and ((k[0], "") in before or not _builtin(_origin(v)))}
     if any(before.get(k) is not v for k, v in after.items()):
         return
+    after = {k: v for k, v in after.items() if not _builtin(_origin(v))}
     held = list(vars(module).values())
     names = {module.__name__} | {m.__name__ for m in held if isinstance(m, ModuleType)}
     ids = {id(x) for x in held}
@@ -261,7 +278,7 @@ def _load_one(entry: str) -> ModuleType:
     import attacks  # noqa: F401 - the registries hold the built-ins before a plugin registers next to them
     import strategies  # noqa: F401
 
-    before = _registered()
+    before = _snapshot()
     module = _import_file(entry) if is_path(entry) else _import_module(entry)
     try:
         _check_registers(entry, module, before)

@@ -328,10 +328,15 @@ class _HashingWriter:
 
     def __init__(self, fh: BinaryIO) -> None:
         self.fh, self.sha256 = fh, hashlib.sha256()
+        self.error: OSError | None = None  # the first write error (torch's zip writer swallows it)
 
     def write(self, data: Any) -> int:
         self.sha256.update(data)
-        return self.fh.write(data)
+        try:
+            return self.fh.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
 
     def flush(self) -> None:
         self.fh.flush()
@@ -348,7 +353,12 @@ def write_checkpoint(path: Path, meta: dict[str, Any], state: dict[str, Any]) ->
         fh.write(_checkpoint_header("0" * 64))
         w = _HashingWriter(fh)
         w.write(_checkpoint_meta_line(meta))
-        torch.save(state, w)  # type: ignore[arg-type]  (a file-like object: write and flush)
+        try:
+            torch.save(state, w)  # type: ignore[arg-type]  (a file-like object: write and flush)
+        except Exception:
+            if w.error is not None:  # a full disk: torch reports its own position check, not the OSError
+                raise w.error from None  # (writing() makes it the one-line RunWriteError)
+            raise
         fh.flush()
         fh.seek(0)
         fh.write(_checkpoint_header(w.sha256.hexdigest()))

@@ -37,7 +37,8 @@ def run_one(data: dict[str, Any], run_dir: str, progress: Callable[[int, dict], 
     d = Path(run_dir)
     # whether the folder is the sweep's to mark on failure: absent, empty or fedsim's (one that holds
     # a user's files, e.g. on a node without the driver's filesystem, stays theirs: never marked)
-    ours = not d.exists() or (d.is_dir() and not d.is_symlink() and (rundir.is_empty(d) or rundir.is_run_dir(d)))
+    ours = (not d.exists() and not d.is_symlink()) or (
+        d.is_dir() and not d.is_symlink() and (rundir.is_empty(d) or rundir.is_run_dir(d)))
     if (d / "summary.json").exists():
         return {"status": "complete", "summary": json.loads((d / "summary.json").read_text())}
     try:
@@ -55,7 +56,8 @@ def run_one(data: dict[str, Any], run_dir: str, progress: Callable[[int, dict], 
     except Exception as e:  # noqa: BLE001 - one failing run must not end the sweep
         if isinstance(e, RunInterruptedError):  # Ctrl-C inside Run.execute: checkpointed, resumable
             return {"status": "interrupted", "error": str(e)}
-        if not ours or isinstance(e, RunDirExistsError):  # not the sweep's folder: nothing written into it
+        # not the sweep's folder, or another process's run in it (locked): nothing written into it
+        if not ours or isinstance(e, (RunDirExistsError, rundir.RunLockedError)):
             return {"status": "failed", "error": f"{type(e).__name__}: {e}"}
         d.mkdir(parents=True, exist_ok=True)
         # the folder is the sweep's: marked as fedsim's, so a rerun retries the run and --overwrite may

@@ -407,7 +407,6 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], NoRetur
     t, n, c = sc.topology, sc.peers.count, info.num_classes
     groups = group_count(sc)
     per_group = -(-n // groups)
-    on_ray = sc.engine.backend == "ray" and limits.local_ray_cpus(sc) is not None
     forged = forges(sc, attack)
     concurrent = groups if sc.engine.backend == "ray" else local_workers(sc)  # in-process: side by side or one
     try:  # the run's figure (the canaries included: fedsim.runfacts.largest_shard)
@@ -435,7 +434,7 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], NoRetur
         consolidated=bool(rule.consolidated),
         forged=forged,
         edges=0 if sc.mode == "federated" else limits.directed_edges(t.kind, n, t.degree, t.p, t.fanout),
-        ray_actors=groups + (sc.mode == "federated") if on_ray else 0,
+        ray_actors=limits.ray_actor_processes(sc, groups),
         message_bytes=MESSAGE_DTYPES[sc.engine.message_dtype].itemsize,
         concatenated=sc.mode == "federated" or forged,
         server_float64=sc.mode == "federated" and rule.float64_input,

@@ -188,7 +188,7 @@ def _estimate(sc: Scenario, info: DatasetInfo, attack: Any) -> tuple[Any, int, t
         forged=forges(sc, attack),
         edges=0 if sc.mode == "federated" else limits.directed_edges(
             sc.topology.kind, sc.peers.count, sc.topology.degree, sc.topology.p, sc.topology.fanout),
-        ray_actors=0,
+        ray_actors=limits.ray_actor_processes(sc, groups),
         batches=limits.minibatch_bytes(per_group=per_group, batch=sc.training.batch_size, dim=int(x[0].numel()),
                                        num_classes=0, concurrent=concurrent),
         checkpoints=sc.checkpoint.every > 0,

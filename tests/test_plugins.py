@@ -412,3 +412,33 @@ def test_a_plugin_holding_components_a_sibling_module_registered_is_accepted(tmp
         for e in ("mylab_fix.rules", "mylab_fix.everything"):
             plugins._LOADED.pop(e, None)
             plugins._GRANTED.discard(e)
+
+
+def test_a_new_name_for_a_built_in_component_counts_as_registering(tmp_path):
+    """A plugin adding a name whose value fedsim defines (a backbone variant by dataclasses.replace,
+    a domain shift reusing a built-in function, a dataset row reusing a built-in reader) registers
+    something: accepted (a review found them refused once only non-built-in components counted)."""
+    from fedsim.data import datasets, domains
+    from fedsim.models.backbones import BACKBONES
+
+    src = {
+        "variant_backbone_plugin.py": "import dataclasses\nfrom fedsim.models.backbones import BACKBONES, "
+        "register_backbone\nregister_backbone(dataclasses.replace(BACKBONES['fmnist_cnn'], "
+        "name='plugins_test_variant'))\n",
+        "reused_domain_plugin.py": "from fedsim.data.domains import DOMAINS\nDOMAINS['plugins_test_inv'] = "
+        "DOMAINS['invert']\n",
+        "reused_dataset_plugin.py": "from fedsim.data.datasets import DATASETS\nDATASETS['plugins_test_ds'] = "
+        "DATASETS['sklearn_digits']\n",
+    }
+    try:
+        for name, text in src.items():
+            (tmp_path / name).write_text(text)
+            plugins.load(plugins.grant([str(tmp_path / name)]))
+            assert str(tmp_path / name) in plugins._LOADED
+    finally:
+        BACKBONES.pop("plugins_test_variant", None)
+        domains.DOMAINS.pop("plugins_test_inv", None)
+        datasets.DATASETS.pop("plugins_test_ds", None)
+        for name in src:
+            plugins._LOADED.pop(str(tmp_path / name), None)
+            plugins._GRANTED.discard(str(tmp_path / name))

@@ -318,3 +318,28 @@ def test_a_sweep_never_deletes_or_writes_into_a_folder_fedsim_did_not_make(tmp_p
     assert res.stderr.strip() == (f"Error: {run} is a run directory (fedsim run's); a sweep writes its runs into a "
                                   "folder of their own: choose another --out")
     assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_a_failed_run_writes_nothing_into_a_locked_run_or_through_a_dangling_link(tmp_path) -> None:
+    # another process's run holds the folder's lock: the sweep's run fails without an error.txt
+    # beside that run's files; a dangling symbolic link: a failure is reported, never raised
+    from fedsim import rundir
+    from fedsim.sweep_execute import run_one
+
+    path = write(tmp_path, tiny(tmp_path))
+    data = yaml.safe_load(path.read_text())
+    d = tmp_path / "sw" / "locked"
+    d.mkdir(parents=True)
+    rundir.mark(d)
+    lock = rundir.DirLock(d)
+    lock.acquire()
+    try:
+        res = run_one(data, str(d))
+    finally:
+        lock.release()
+    assert res["status"] == "failed" and "RunLockedError" in res["error"]
+    assert not (d / "error.txt").exists()
+    link = tmp_path / "sw" / "dangling"
+    link.symlink_to(tmp_path / "nowhere")
+    assert run_one({"bogus": 1}, str(link))["status"] == "failed"
+    assert link.is_symlink() and not (tmp_path / "nowhere").exists()

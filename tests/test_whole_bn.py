@@ -227,3 +227,8 @@ def test_the_whole_models_memory_estimate_counts_the_checkpoints_state_copy(tmp_
     largest = max(len(s.train_idx) for s in prep.setups)
     assert largest == 3 and est_off.checkpoint == 0 and est.checkpoint == held // 5 * (5 + largest)
     assert est.total - est_off.total == est.checkpoint and est.heads == est_off.heads
+    # on a Ray fedsim starts, every group is asked at once: all peers' copies beside the merged
+    # state, and the actors' processes (as for linear heads: limits.ray_actor_processes)
+    ray = _scenario(tmp_path, **over, **{"checkpoint.every": 1, "engine.backend": "ray"})
+    est_ray = whole_plan.memory_estimate(ray, info, None)[0]
+    assert est_ray.checkpoint == held // 5 * (5 + 5) and est_ray.processes > est.processes
