@@ -175,7 +175,7 @@ def load_copy(entry: str, copy: str | Path, sha256: str) -> ModuleType:
     import attacks  # noqa: F401 - as in _load_one
     import strategies  # noqa: F401
 
-    before = _snapshot()
+    before = _registered()
     module = _import_file(str(copy), name_of=entry, source=data)
     try:
         _check_registers(entry, module, before)
@@ -195,31 +195,23 @@ def granted_by_user(entry: str) -> bool:
 
 
 # every table a plugin registers a component in (module, attribute): rules and attacks (update
-# forgers, data poisoners), backbones, probes, datasets, domain shifts. Read only where imported
-# (fedsim list imports no torch): a plugin that registers in one imports it.
+# forgers, data poisoners), backbones, probes, datasets, domain shifts; each imported before a
+# plugin is (_registered), so what the plugin's import adds is its own.
 REGISTRIES = (("strategies.registry", "REGISTRY"), ("attacks.registry", "REGISTRY"),
               ("fedsim.models.backbones", "BACKBONES"), ("fedsim.probe_base", "REGISTRY"),
               ("fedsim.data.datasets", "DATASETS"), ("fedsim.data.domains", "DOMAINS"))
 
 
-def _snapshot() -> dict[tuple[str, str], object]:
-    """:func:`_registered` with every table of :data:`REGISTRIES` imported first (all are cheap and
-    torch-free but the rules' and attacks', which a plugin load imports anyway): a plugin's new
-    name counts whatever defines its value (a backbone variant of a built-in builder, a dataset
-    row reusing fedsim's reader)."""
-    for module, _ in REGISTRIES:
-        importlib.import_module(module)
-    return _registered()
-
-
 def _registered() -> dict[tuple[str, str], object]:
-    """Every registered component now, ``(table, name) → the object``, over :data:`REGISTRIES`;
-    each table imported now also as ``(table, "") → None`` (so a snapshot says which were)."""
+    """Every registered component now, ``(table, name) → the object``, over :data:`REGISTRIES`,
+    each table imported first (all are cheap and torch-free but the rules' and attacks', which a
+    plugin load imports anyway): taken before a plugin's import, a new name in it counts whatever
+    defines its value (a backbone variant of a built-in builder, a dataset row reusing fedsim's
+    reader), and a plugin that only imports a table adds nothing."""
     out: dict[tuple[str, str], object] = {}
     for module, attr in REGISTRIES:
-        if module in sys.modules:
-            table = getattr(sys.modules[module], attr, None) or {}
-            out |= {(module, ""): None} | {(module, name): value for name, value in table.items()}
+        table = getattr(importlib.import_module(module), attr)
+        out |= {(module, name): value for name, value in table.items()}
     return out
 
 
@@ -243,15 +235,11 @@ def _builtin(origin: str) -> bool:
 def _check_registers(entry: str, module: ModuleType, before: dict[tuple[str, str], object]) -> None:
     """:class:`PluginError` for a plugin whose import added no component to any registry (``--plugin
     os``, a folder imported as a namespace package): it would be accepted, recorded and do nothing.
-    Only components defined outside fedsim's own packages count (a plugin that merely imports a
-    registry module not imported yet, e.g. ``fedsim.data.domains``, adds only built-ins). A module
+    Any new or replaced entry counts (``before``: :func:`_registered` before the import). A module
     imported before (by another plugin, an earlier run in this process) counts by the components
-    defined in it, in a module it holds, or that it holds itself (``from mylab import rules``)."""
-    # a table imported before: any new or replaced entry counts (a new name for a built-in builder,
-    # e.g. a backbone variant by dataclasses.replace); a table the plugin's import brought in holds
-    # the built-ins as new entries: there only components defined outside fedsim's packages count
-    after = {k: v for k, v in _registered().items()
-             if k[1] and ((k[0], "") in before or not _builtin(_origin(v)))}
+    defined outside fedsim's own packages in it, in a module it holds, or that it holds itself
+    (``from mylab import rules``)."""
+    after = _registered()
     if any(before.get(k) is not v for k, v in after.items()):
         return
     after = {k: v for k, v in after.items() if not _builtin(_origin(v))}
@@ -278,7 +266,7 @@ def _load_one(entry: str) -> ModuleType:
     import attacks  # noqa: F401 - the registries hold the built-ins before a plugin registers next to them
     import strategies  # noqa: F401
 
-    before = _snapshot()
+    before = _registered()
     module = _import_file(entry) if is_path(entry) else _import_module(entry)
     try:
         _check_registers(entry, module, before)
