@@ -35,7 +35,7 @@ import fedsim.probe_builtins  # noqa: F401  (registers the built-in kinds)
 from fedsim import plugins
 from fedsim.probe_base import REGISTRY, Probe, defaults, doc, register_probe, summary
 
-__all__ = ["REGISTRY", "Probe", "check_entry", "defaults", "doc", "entry_problem", "get_probe", "kinds",
+__all__ = ["REGISTRY", "Probe", "check_entry", "defaults", "doc", "entry_problem", "get_probe", "json_problem", "kinds",
            "register_probe", "summarize", "summary", "validate_probe"]
 
 
@@ -89,10 +89,17 @@ def entry_problem(kind: str, entry: Any) -> str | None:
         return f"a mapping without 'kind' (its keys: {keys}), not one with 'kind': {kind!r}"
     if entry["kind"] != kind:
         return f"a mapping with 'kind': {entry['kind']!r}, not {kind!r}"
+    if (error := json_problem(entry)) is not None:  # a tensor, a set, an object: probes.json cannot hold it
+        return f"a mapping holding a value JSON cannot hold ({error}), not plain numbers, strings, lists and mappings"
+    return None
+
+
+def json_problem(value: Any) -> str | None:
+    """Why strict JSON (``probes.json``'s) cannot hold ``value`` (the encoder's message), or None."""
     try:
-        json.dumps(entry, allow_nan=False)
-    except (TypeError, ValueError) as e:  # a tensor, a set, an object: probes.json cannot hold it
-        return f"a mapping holding a value JSON cannot hold ({e}), not plain numbers, strings, lists and mappings"
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        return str(e)
     return None
 
 

@@ -6,7 +6,6 @@ unlearning probe compares with, so no probe module imports the runner.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +14,7 @@ import torch
 
 from fedsim.errors import ProbeResultError
 from fedsim.probe_context import Retrain, _context, _plain, _write_json
-from fedsim.probe_registry import entry_problem, get_probe, summarize, validate_probe
-
-
-def _json_ok(entry: Any) -> bool:
-    try:
-        json.dumps(entry, allow_nan=False)
-    except (TypeError, ValueError):
-        return False
-    return True
+from fedsim.probe_registry import entry_problem, get_probe, json_problem, summarize, validate_probe
 
 
 def run_probes(run: Any, prep: Any, final_params: np.ndarray,
@@ -50,7 +41,7 @@ def run_probes(run: Any, prep: Any, final_params: np.ndarray,
         torch.set_num_threads(threads)
     path = Path(run.dir) / "probes.json"
     problems = [entry_problem(cfg["kind"], entry) for cfg, entry in zip(cfgs, entries, strict=True)]
-    plain = [p is None or _json_ok(e) for e, p in zip(entries, problems, strict=True)]
+    plain = [p is None or json_problem(e) is None for e, p in zip(entries, problems, strict=True)]
     # as returned, even when one is malformed: the others are kept (what JSON cannot hold: its repr)
     _write_json(path, [e if ok else repr(e) for e, ok in zip(entries, plain, strict=True)])
     for i, (cfg, problem) in enumerate(zip(cfgs, problems, strict=True)):
