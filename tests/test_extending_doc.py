@@ -209,14 +209,20 @@ def test_doc_commands_run_as_written(plugin, monkeypatch):
     assert out.output.strip() == expected
 
 
+def _run_doc_block(plugin, monkeypatch, first_line: str) -> None:
+    """Execute the page's one python block that starts with ``first_line``, as written, in the
+    folder of the page's my_plugins.py (the ``plugin`` fixture)."""
+    path, _ = plugin
+    blocks = re.findall(r"```python\n(.+?)```", DOC.read_text(), flags=re.S)
+    (block,) = [b for b in blocks if b.startswith(first_line)]
+    monkeypatch.chdir(path.parent)
+    exec(compile(block, str(DOC), "exec"), {})
+
+
 def test_doc_check_your_rule_runs_as_written(plugin, monkeypatch, capsys):
     """The "Check your rule" block, executed as written next to the page's my_plugins.py: the
     doc's rule passes every case."""
-    path, _ = plugin
-    blocks = re.findall(r"```python\n(.+?)```", DOC.read_text(), flags=re.S)
-    (block,) = [b for b in blocks if b.startswith("# check my rule")]
-    monkeypatch.chdir(path.parent)
-    exec(compile(block, str(DOC), "exec"), {})
+    _run_doc_block(plugin, monkeypatch, "# check my rule")
     n = int(capsys.readouterr().out.split()[0])
     assert n > 200  # 200 seeded cases (those norm_filtered_mean's check accepts) and 24 agreement cases
 
@@ -228,11 +234,7 @@ def test_doc_check_your_attack_runs_as_written(plugin, monkeypatch, capsys):
     import attacks
     from fedsim.checks_attacks import cases
 
-    path, _ = plugin
-    blocks = re.findall(r"```python\n(.+?)```", DOC.read_text(), flags=re.S)
-    (block,) = [b for b in blocks if b.startswith("# check my attack")]
-    monkeypatch.chdir(path.parent)
-    exec(compile(block, str(DOC), "exec"), {})
+    _run_doc_block(plugin, monkeypatch, "# check my attack")
     n = int(capsys.readouterr().out.split()[0])
     assert n == 3 * len(cases(attacks.build("flipped_mean"), range(5))) + 1  # 3 checks a case, then the reads
 
@@ -240,20 +242,12 @@ def test_doc_check_your_attack_runs_as_written(plugin, monkeypatch, capsys):
 def test_doc_check_your_backbone_runs_as_written(plugin, monkeypatch, capsys):
     """The "Check your backbone" block, executed as written next to the page's my_plugins.py: the
     doc's backbone has every property the engine relies on."""
-    path, _ = plugin
-    blocks = re.findall(r"```python\n(.+?)```", DOC.read_text(), flags=re.S)
-    (block,) = [b for b in blocks if b.startswith("# check my backbone")]
-    monkeypatch.chdir(path.parent)
-    exec(compile(block, str(DOC), "exec"), {})
+    _run_doc_block(plugin, monkeypatch, "# check my backbone")
     assert capsys.readouterr().out == "4 properties passed\n"
 
 
 def test_doc_check_your_probe_runs_as_written(plugin, monkeypatch, capsys):
     """The "Check your probe" block, executed as written next to the page's my_plugins.py: the
     doc's probe passes on the tiny run (its entry read by the report's generic table)."""
-    path, _ = plugin
-    blocks = re.findall(r"```python\n(.+?)```", DOC.read_text(), flags=re.S)
-    (block,) = [b for b in blocks if b.startswith("# check my probe")]
-    monkeypatch.chdir(path.parent)
-    exec(compile(block, str(DOC), "exec"), {})
+    _run_doc_block(plugin, monkeypatch, "# check my probe")
     assert capsys.readouterr().out == "4 properties passed\n"
