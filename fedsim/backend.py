@@ -13,7 +13,8 @@ user's explicit choice and is connected to as given, with none of these options.
 
 This is the only fedsim module that imports Ray (``tests/test_architecture.py``): the others use
 its verbs: :func:`make_backend` (a run's actors), :func:`run_tasks` (a sweep's runs in parallel),
-:func:`kill_actors` (free a run's CPUs) and :func:`ray_version`.
+:func:`kill_actors` (free a run's CPUs) and :func:`ray_version`. Every actor and task it starts
+runs with the driver's oneMKL branch (:func:`worker_options`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from fedsim import ray_address, ray_leftovers, ray_reaper
+from fedsim import mkl_branch, ray_address, ray_leftovers, ray_reaper
 from fedsim.errors import FedsimError
 from fedsim.ray_lean import (
     RayStartError,
@@ -348,7 +349,7 @@ def run_tasks(
                 raise ValueError(f"threads: {threads} is more than the {node} CPUs of the largest Ray node")
             per_task = threads or min(task_threads(cpus, limit), node)
             kw = {threads_kw: per_task}
-        task = ray.remote(num_cpus=per_task, max_retries=0)(fn)
+        task = ray.remote(num_cpus=per_task, max_retries=0, **worker_options())(fn)
         queue, in_flight = list(calls), {}
         try:
             while queue or in_flight:
@@ -371,6 +372,15 @@ def run_tasks(
     finally:
         if started_ray:
             shutdown_ray(ray)
+
+
+def worker_options() -> dict[str, Any]:
+    """Ray's options for every actor and task fedsim starts: ``runtime_env`` with the driver's
+    ``MKL_CBWR`` (:func:`fedsim.mkl_branch.worker_env`), so a worker on a cluster started apart
+    (``ray start``: its workers have that node's environment) runs the driver's oneMKL branch;
+    Ray merges these ``env_vars`` into a job's own ``runtime_env``. No options where it is unset."""
+    env = mkl_branch.worker_env()
+    return {"runtime_env": {"env_vars": env}} if env else {}
 
 
 def _largest_node_cpus(ray: Any, default: int) -> int:
@@ -488,7 +498,7 @@ class RayBackend:
         self.ray = ray
 
     def actor(self, cls: type, *args: Any, num_cpus: float = 1.0) -> Any:
-        return self.ray.remote(num_cpus=num_cpus)(cls).remote(*args)
+        return self.ray.remote(num_cpus=num_cpus, **worker_options())(cls).remote(*args)
 
     def put(self, obj: Any) -> Any:
         return self.ray.put(obj)

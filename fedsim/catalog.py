@@ -18,7 +18,7 @@ import importlib.util
 import inspect
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -296,54 +296,57 @@ def _constraint_type(check: Any) -> str:
 
 
 # --------------------------------------------------------------------------- one component
-def _lookup(kind: str, name: str, names: Any) -> None:
+def _lookup(kind: str, name: str, names: Any, plugin_entries: Sequence[str] = ()) -> None:
+    """:class:`CatalogError` unless ``name`` is one of ``names`` (a ``kind``'s), ending in the
+    ``--plugin`` hint where the command named no plugin (``plugin_entries``: its ``--plugin``)."""
     if name not in names:
         # a component of another kind (`fedsim list attacks krum`): say which, not only the closest name of this one
         other = [k for k in KINDS if k != kind and name in summaries(k)]
         where = "".join(f"; {name!r} is {_article(_SINGULAR[k])}: fedsim list {k} {name}" for k in other)
         from fedsim import plugins
 
-        hint = plugins.hint(plugins.loaded()) if kind in plugins.PLUGGABLE and not other else ""
+        hint = plugins.hint(plugin_entries) if kind in plugins.PLUGGABLE and not other else ""
         raise CatalogError(
             f"unknown {_SINGULAR[kind]} {name!r}{did_you_mean(name, names)}{where}; available: "
             f"{', '.join(sorted(names))}{hint}"
         )
 
 
-def describe(kind: str, name: str) -> tuple[str, list[Param]]:
+def describe(kind: str, name: str, plugin_entries: Sequence[str] = ()) -> tuple[str, list[Param]]:
     """``(text, parameters)`` of one component: its full docstring (or description) and the
-    parameters a scenario sets for it; :class:`CatalogError` for an unknown name."""
+    parameters a scenario sets for it; :class:`CatalogError` for an unknown name (with the
+    ``--plugin`` hint where ``plugin_entries``, the command's ``--plugin``, name none)."""
     kind = resolve_kind(kind)
     if kind == "attacks" and name == NO_ATTACK:
         return NO_ATTACK_DOC, []
     if kind in ("strategies", "attacks"):
         registry = _registry(kind)
-        _lookup(kind, name, registry)
+        _lookup(kind, name, registry, plugin_entries)
         cls = registry[name]
         return class_doc(cls), class_params(cls)
     if kind in ("partitions", "topologies"):
         from fedsim import scenario
 
         kinds = summaries(kind)
-        _lookup(kind, name, kinds)
+        _lookup(kind, name, kinds, plugin_entries)
         model, section = (scenario.PartitionCfg, "partition") if kind == "partitions" else (scenario.TopologyCfg,
                                                                                             "topology")
         return kinds[name], schema_params(model, section, name, kinds)
     if kind == "probes":
         from fedsim.probe_registry import kinds
 
-        _lookup(kind, name, kinds())
+        _lookup(kind, name, kinds(), plugin_entries)
         return class_doc(kinds()[name]), probe_params(name)
     if kind == "datasets":
         from fedsim.data.datasets import DATASETS
 
-        _lookup(kind, name, DATASETS)
+        _lookup(kind, name, DATASETS, plugin_entries)
         fn, embedded = DATASETS[name]
         where = "embedded: runs offline" if embedded else "read from dataset.data_dir"
         return f"{inspect.cleandoc(fn.__doc__ or '')}\n\n({where})", []
     from fedsim.models.backbones import BACKBONES
 
-    _lookup(kind, name, BACKBONES)
+    _lookup(kind, name, BACKBONES, plugin_entries)
     spec = BACKBONES[name]
     facts = [spec.description]
     if spec.input_shape:

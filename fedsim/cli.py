@@ -381,11 +381,11 @@ def list_(kind: str | None, name: str | None, plugin_entries: tuple[str, ...]) -
         for i, k in enumerate(catalog.kinds_naming(kind)):
             if i:
                 click.echo("")
-            _describe(catalog, k, kind)
+            _describe(catalog, k, kind, plugin_entries)
         return
     kinds = [catalog.resolve_kind(kind)] if kind else list(catalog.KINDS)
     if name is not None:
-        _describe(catalog, kinds[0], name)
+        _describe(catalog, kinds[0], name, plugin_entries)
         return
     for k in kinds:
         click.secho(f"{k}:", bold=True)
@@ -394,9 +394,9 @@ def list_(kind: str | None, name: str | None, plugin_entries: tuple[str, ...]) -
             click.echo(f"  {n:<24} {v if len(v) <= 110 else v[:109] + '…'}")
 
 
-def _describe(catalog, kind: str, name: str) -> None:
+def _describe(catalog, kind: str, name: str, plugin_entries: tuple[str, ...] = ()) -> None:
     """One component's documentation and parameters (``fedsim list KIND NAME``)."""
-    text, params = catalog.describe(kind, name)
+    text, params = catalog.describe(kind, name, plugin_entries)
     click.secho(f"{name} ({catalog._SINGULAR[catalog.resolve_kind(kind)]})", bold=True)
     click.echo(text)
     if params:

@@ -14,12 +14,25 @@ not after a torch product has run. A user's own ``MKL_CBWR`` is kept (and
 only (vendor and flags from ``/proc/cpuinfo``; oneMKL's branches are Intel's code paths, and how it
 treats them on other vendors' CPUs was not measured); elsewhere, or on a CPU with neither branch,
 nothing is set.
+
+On Ray the driver passes the ``MKL_CBWR`` it runs with to every worker it starts actors or tasks in
+(:func:`worker_env`, ``runtime_env={"env_vars": ...}``: :mod:`fedsim.backend`), so the workers of a
+cluster started apart (``ray start``, whose workers have each node's environment) run the driver's
+branch. On a node whose CPU lacks that branch, oneMKL ignores the variable and runs its ``AUTO``
+branch, with no warning (Intel's oneMKL developer guide, "Getting Started with Conditional
+Numerical Reproducibility": "the AUTO branch is used instead"): reproducible there, but maybe other
+bits. :func:`current` asks oneMKL which branch a process runs; a run records the driver's and its
+actors' in ``versions.json`` and warns where they differ (:func:`differing`).
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
-from collections.abc import MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
+from pathlib import Path
+from typing import Any
 
 ENV = "MKL_CBWR"
 INTEL = "GenuineIntel"  # /proc/cpuinfo's vendor_id of Intel CPUs
@@ -71,3 +84,86 @@ def fix_branch(
     if branch is not None:
         env[ENV] = branch
     return branch
+
+
+# oneMKL's codes of its CNR branches, as mkl_cbwr_get returns them (mkl_types.h, MKL_CBWR_*; 1,
+# MKL_CBWR_BRANCH_OFF, is CNR off, what MKL_VERBOSE writes "CNR:OFF"), and its STRICT flag
+CODES: dict[int, str] = {
+    0: "UNSET", 1: "OFF", 2: "AUTO", 3: "COMPATIBLE", 4: "SSE2", 5: "SSE3", 6: "SSSE3", 7: "SSE4_1",
+    8: "SSE4_2", 9: "AVX", 10: "AVX2", 11: "AVX512_MIC", 12: "AVX512", 13: "AVX512_MIC_E1", 14: "AVX512_E1",
+}
+STRICT = 0x10000
+_CBWR_ALL = ~0  # mkl_cbwr_get's option: the branch and the STRICT flag
+# the query's names: oneMKL's public one (a shared oneMKL), the one torch's static oneMKL exports
+_GETTERS = ("mkl_cbwr_get", "mkl_serv_cbwr_get")
+
+
+def branch_name(code: int) -> str:
+    """oneMKL's name of a :data:`CODES` value (``AVX512``; ``AVX2,STRICT`` with the strict flag;
+    ``code N`` for one this table lacks, a newer oneMKL's)."""
+    name = CODES.get(code & ~STRICT, f"code {code & ~STRICT}")
+    return f"{name},STRICT" if code & STRICT else name
+
+
+@functools.cache
+def _getter() -> Any:
+    """oneMKL's ``mkl_cbwr_get`` in the torch this process imported (its CPU library links oneMKL
+    in); None where torch has no oneMKL or exports no such function."""
+    import torch
+
+    if not torch.backends.mkl.is_available():
+        return None
+    libs = sorted((Path(torch.__file__).parent / "lib").glob("libtorch_cpu.*"))
+    for lib in libs:
+        try:
+            handle = ctypes.CDLL(str(lib))  # loaded already by `import torch`: the same library
+        except OSError:
+            continue
+        for name in _GETTERS:
+            fn = getattr(handle, name, None)
+            if fn is not None:
+                fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int]
+                return fn
+    return None
+
+
+def current() -> str | None:
+    """The CNR branch oneMKL runs with in this process, as oneMKL itself reports it
+    (``mkl_cbwr_get``: :func:`branch_name` of its answer, e.g. ``AVX512``, ``AVX2,STRICT``;
+    ``AUTO`` where the branch ``MKL_CBWR`` names is not this CPU's or is no branch; ``OFF`` without
+    CNR); None where torch has no oneMKL to ask. Asking reads ``MKL_CBWR`` as oneMKL's first call
+    would (``MKL_VERBOSE`` then names the same ``CNR:`` branch), so it changes nothing."""
+    fn = _getter()
+    if fn is None:
+        return None
+    code = int(fn(_CBWR_ALL))
+    return None if code < 0 else branch_name(code)
+
+
+def worker_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables a Ray worker must run with to take the driver's branch: ``{"MKL_CBWR": value}``
+    of ``environ`` (default ``os.environ``: the user's value, or the one :func:`fix_branch` set),
+    ``{}`` where it is unset (then each worker's ``import fedsim`` picks its own CPU's)."""
+    env = os.environ if environ is None else environ
+    return {ENV: env[ENV]} if ENV in env else {}
+
+
+def counted(branches: Iterable[str | None]) -> dict[str, int]:
+    """How many processes run each branch (``none``: a process with no oneMKL to ask), sorted by name."""
+    out: dict[str, int] = {}
+    for b in branches:
+        key = "none" if b is None else b
+        out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def differing(driver: str | None, workers: Iterable[str | None], where: str = "Ray actors") -> str | None:
+    """One warning line where a worker (``where``: a run's Ray actors, a sweep's Ray tasks) runs
+    another oneMKL branch than the driver (:func:`current` in each), None where they all agree."""
+    others = {k: n for k, n in counted(workers).items() if k != ("none" if driver is None else driver)}
+    if not others:
+        return None
+    names = ", ".join(f"{k} ({n})" for k, n in others.items())
+    return (f"oneMKL runs branch {driver or 'none'} in the driver but {names} in {where} (MKL_CBWR; a node "
+            f"without the driver's branch runs AUTO): this run's bits may differ from an in-process run "
+            "(docs/performance.md, \"oneMKL's branch on a cluster\")")

@@ -37,7 +37,7 @@ from torch import Tensor
 import attacks
 import strategies
 from fedlib.heads import num_params
-from fedsim import heads, plugins, routing
+from fedsim import heads, mkl_branch, plugins, routing
 from fedsim import rng as crng
 from fedsim.device import resolve
 from fedsim.gossip import GossipAggregation
@@ -398,8 +398,9 @@ class PeerGroup(MinibatchDraws, GossipAggregation):
         acc, loss = heads.accuracy_and_loss(self.w[idx], self.b[idx] if self.bias else None, self.x_test, self.y_test)
         return {"ids": self.ids[sel], "accuracy": acc.cpu().numpy(), "loss": loss.cpu().numpy()}
 
-    def ping(self) -> int:
-        return self.p
+    def mkl_branch(self) -> str | None:
+        """oneMKL's branch in this actor's process (:func:`fedsim.mkl_branch.current`)."""
+        return mkl_branch.current()
 
     def pid(self) -> int:
         """The hosting process (diagnostics; tests kill it)."""

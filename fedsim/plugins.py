@@ -107,15 +107,11 @@ PLUGGABLE = ("backbones", "strategies", "attacks", "probes")  # the `fedsim list
 
 def hint(plugins: Iterable[str] | None) -> str:
     """The end of the message for an unknown backbone, strategy, attack or probe kind name when no
-    plugin is named (``plugins``: the scenario's, or :func:`loaded`): the name may be the user's
-    own, registered by a file they did not name (fedsim imports a plugin only when named:
+    plugin is named (``plugins``: the scenario's ``plugins:``, or for ``fedsim list`` its
+    ``--plugin``; never what else this process imported): the name may be the user's own,
+    registered by a file they did not name (fedsim imports a plugin only when named:
     docs/extending.md); else the closest built-in name misleads."""
     return "" if plugins else "; one of your own? name the file that registers it: --plugin FILE (docs/extending.md)"
-
-
-def loaded() -> list[str]:
-    """The plugin entries imported in this process so far (:func:`load`, :func:`load_copy`)."""
-    return list(_LOADED)
 
 
 def merge(listed: Iterable[str] | None, granted: Iterable[str]) -> list[str]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import fedsim.probe_builtins  # noqa: F401  (registers the built-in kinds)
@@ -45,24 +46,26 @@ def kinds() -> dict[str, type[Probe]]:
     return REGISTRY
 
 
-def get_probe(i: int, kind: Any) -> Probe:
-    """The probe of ``kind`` (``probes[i]``), or ``ValueError("probes.<i>.kind: ...")`` (ending in
-    the ``--plugin`` hint when no plugin was imported: :func:`fedsim.plugins.hint`)."""
+def get_probe(i: int, kind: Any, scenario_plugins: Iterable[str] | None = ()) -> Probe:
+    """The probe of ``kind`` (``probes[i]``), or ``ValueError("probes.<i>.kind: ...")``, ending in
+    the ``--plugin`` hint where the scenario names no plugin (``scenario_plugins``: its
+    ``plugins:``; :func:`fedsim.plugins.hint`, as for an unknown rule, attack or backbone)."""
     known = kinds()
     if not isinstance(kind, str) or kind not in known:
         close = difflib.get_close_matches(str(kind), list(known), n=1, cutoff=0.6)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(f"probes.{i}.kind: got {kind!r}{hint}; allowed: {', '.join(known)}"
-                         f"{plugins.hint(plugins.loaded())}")
+                         f"{plugins.hint(scenario_plugins)}")
     return known[kind]()
 
 
-def check_entry(i: int, data: Any) -> Probe:
+def check_entry(i: int, data: Any, scenario_plugins: Iterable[str] | None = ()) -> Probe:
     """``probes[i]``'s probe, after checking that it is a mapping with a registered ``kind`` and
-    only that kind's keys (``ValueError("probes.<i>...: ...")``)."""
+    only that kind's keys (``ValueError("probes.<i>...: ...")``; ``scenario_plugins``: as for
+    :func:`get_probe`)."""
     if not isinstance(data, dict) or "kind" not in data:
         raise ValueError(f"probes.{i}: each probe is a mapping with a 'kind' ({' | '.join(kinds())})")
-    probe = get_probe(i, data["kind"])
+    probe = get_probe(i, data["kind"], scenario_plugins)
     for k in data:
         if k != "kind" and k not in probe.params:
             raise ValueError(f"probes.{i}.{k}: unknown key for kind {probe.kind}; allowed: kind, "
@@ -70,11 +73,12 @@ def check_entry(i: int, data: Any) -> Probe:
     return probe
 
 
-def validate_probe(i: int, probe: Any, num_peers: int | None = None) -> dict[str, Any]:
+def validate_probe(i: int, probe: Any, num_peers: int | None = None,
+                   scenario_plugins: Iterable[str] | None = ()) -> dict[str, Any]:
     """Check ``scenario.probes[i]`` (a mapping, or the schema's typed entry) and return it with
     every default filled in: :func:`check_entry`, then its kind's :meth:`Probe.validate`."""
     data = probe.settings() if hasattr(probe, "settings") else probe
-    return check_entry(i, data).validate(i, dict(data), num_peers)
+    return check_entry(i, data, scenario_plugins).validate(i, dict(data), num_peers)
 
 
 def entry_problem(kind: str, entry: Any) -> str | None:

@@ -29,14 +29,14 @@ def run_probes(run: Any, prep: Any, final_params: np.ndarray,
     go to ``<run>/probes.json`` (``[{"kind", "records", ...}]``) and the compact list returned
     here goes into ``summary.json``.
     """
-    cfgs = [validate_probe(i, p, run.sc.peers.count) for i, p in enumerate(run.sc.probes)]
+    cfgs = [validate_probe(i, p, run.sc.peers.count, run.sc.plugins) for i, p in enumerate(run.sc.probes)]
     ctx = _context(run, prep, final_params, retrain)
     entries = []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: extra threads only contend (badly so on busy shared cores)
     try:
         for i, cfg in enumerate(cfgs):
-            entries.append(_plain(get_probe(i, cfg["kind"]).run(i, cfg, ctx)))
+            entries.append(_plain(get_probe(i, cfg["kind"], run.sc.plugins).run(i, cfg, ctx)))
     finally:
         torch.set_num_threads(threads)
     path = Path(run.dir) / "probes.json"

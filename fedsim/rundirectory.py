@@ -61,7 +61,7 @@ class RunDirectory:
         return rundir.scenario_fingerprint(self.sc.model_dump(mode="json"))
 
     # ------------------------------------------------------------------ a new run
-    def create(self, overwrite: bool = False, versions: dict[str, str] | None = None) -> None:
+    def create(self, overwrite: bool = False, versions: dict[str, Any] | None = None) -> None:
         """Make the run directory (scenario.yaml, versions.json) and hold its lock.
 
         An existing directory is reused only if fedsim made it: cleared with ``overwrite``, or

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedsim import mkl_branch
 from fedsim.backend import cluster_address, make_backend, ray_version
 from fedsim.callbacks import Callback, Interrupt, Progress, Stop, StopAfter
 from fedsim.callbacks import checked as checked_callbacks
@@ -54,7 +55,9 @@ def message_window(sc: Scenario, prep: Prepared, absent: list[int] | None, run_p
     return min(max(windows), sc.rounds)
 
 
-def versions() -> dict[str, str]:
+def versions() -> dict[str, Any]:
+    """The versions ``versions.json`` records, and this process's oneMKL branch (``mkl_branch``:
+    :func:`fedsim.mkl_branch.current`, absent where torch has no oneMKL to ask)."""
     import platform
 
     import numpy
@@ -71,7 +74,36 @@ def versions() -> dict[str, str]:
     from fedsim.version import __version__
 
     out["fedsim"] = __version__
+    if (branch := mkl_branch.current()) is not None:
+        out[MKL_KEY] = branch
     return out
+
+
+MKL_KEY, ACTORS_KEY = "mkl_branch", "mkl_branch_ray_actors"  # versions.json's keys of the oneMKL branches
+
+
+def record_branches(path: Path, driver: str | None, actors: list[str | None]) -> None:
+    """Record in ``versions.json`` at ``path`` the oneMKL branch of the driver and how many Ray
+    actors run each (:func:`fedsim.mkl_branch.counted`), the ones of this start of the actors (a
+    resume's replace a first start's), and warn in one line where an actor's differs from the
+    driver's (:func:`fedsim.mkl_branch.differing`)."""
+    import warnings
+
+    from fedsim.rundir import atomic_write
+
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError):  # gone or garbled since the run began: these lines alone
+        recorded = {}
+    if not isinstance(recorded, dict):
+        recorded = {}
+    if driver is not None:
+        recorded[MKL_KEY] = driver
+    recorded[ACTORS_KEY] = mkl_branch.counted(actors)
+    atomic_write(path, (json.dumps(recorded, indent=2) + "\n").encode())
+    line = mkl_branch.differing(driver, actors)
+    if line is not None:
+        warnings.warn(line, RuntimeWarning, stacklevel=3)
 
 
 def probes_need_messages(sc: Scenario) -> bool:
@@ -195,6 +227,8 @@ class Run:
             sim = Simulation(sc, prep, backend, record_messages=message_window(sc, prep, self.absent, self.run_probes),
                              keep_train=self.keep_train)
             self.groups, self.server = sim.groups, sim.server
+            if backend.name == "ray":  # the actors' processes: their oneMKL branches against the driver's
+                record_branches(self.rundir.path / "versions.json", mkl_branch.current(), sim.mkl_branches)
             out = self._loop(sim, prep, point, callbacks)
             summary = None if "stopped_after" in out else out
             return out

@@ -10,9 +10,10 @@ checks across sections; :func:`fedsim.schema_errors._messages` turns pydantic's 
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any, Literal
 
-from pydantic import Field, SerializeAsAny, field_validator, model_validator
+from pydantic import Field, ModelWrapValidatorHandler, SerializeAsAny, field_validator, model_validator
 
 from fedsim.schema_probes import ProbeConfig, to_config
 from fedsim.schema_sections import (
@@ -31,6 +32,10 @@ from fedsim.schema_sections import (
     TrainingCfg,
     _Section,
 )
+
+# the plugins: entries of the scenario being validated (Scenario._probe_plugins_first), for its probes'
+# unknown-kind hint (the field validator sees no other field)
+_LISTED: ContextVar[tuple[str, ...]] = ContextVar("scenario_plugins", default=())
 
 
 class Scenario(_Section):
@@ -70,25 +75,33 @@ class Scenario(_Section):
         "in each process of the run that builds components; see docs/extending.md",
     )
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _probe_plugins_first(cls, data: Any) -> Any:
+    def _probe_plugins_first(cls, data: Any, handler: ModelWrapValidatorHandler[Scenario]) -> Scenario:
         """A plugin may register a probe kind: import the plugins before the probes are read (a
-        plugin that fails is reported after the schema, by :func:`fedsim.scenario.load_plugins`)."""
-        if isinstance(data, dict) and data.get("probes") and isinstance(data.get("plugins"), list):
+        plugin that fails is reported after the schema, by :func:`fedsim.scenario.load_plugins`);
+        while they are read, the scenario's ``plugins:`` are the probes' (:data:`_LISTED`)."""
+        listed = data.get("plugins") if isinstance(data, dict) else None
+        listed = [e for e in listed if isinstance(e, str)] if isinstance(listed, list) else []
+        if isinstance(data, dict) and data.get("probes") and listed:
             from fedsim import plugins
 
             try:
-                plugins.load([plugins.normalize(e) for e in data["plugins"] if isinstance(e, str)])
+                plugins.load([plugins.normalize(e) for e in listed])
             except (plugins.PluginError, ValueError):
                 pass
-        return data
+        token = _LISTED.set(tuple(listed))
+        try:
+            return handler(data)
+        finally:
+            _LISTED.reset(token)
 
     @field_validator("probes", mode="before")
     @classmethod
     def _probe_kinds(cls, v: Any) -> Any:
-        """Each entry as its kind's config (the union's dispatch on ``kind``: the registry's kinds)."""
-        return [to_config(i, p) for i, p in enumerate(v)] if isinstance(v, list) else v
+        """Each entry as its kind's config (the union's dispatch on ``kind``: the registry's kinds;
+        an unknown kind's ``--plugin`` hint reads the scenario's own ``plugins:``)."""
+        return [to_config(i, p, _LISTED.get()) for i, p in enumerate(v)] if isinstance(v, list) else v
 
     @field_validator("plugins")
     @classmethod

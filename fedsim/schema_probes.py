@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr, create_model, model_serializer
@@ -50,13 +51,14 @@ def _probe_config(cls: type[Probe], kind: str) -> type[ProbeConfig]:
     return create_model(f"{cls.__name__}Config", __base__=ProbeConfig, **fields)
 
 
-def to_config(i: int, data: Any) -> ProbeConfig:
+def to_config(i: int, data: Any, scenario_plugins: Iterable[str] | None = ()) -> ProbeConfig:
     """``probes[i]`` as its kind's :func:`probe_config` (the union's dispatch on ``kind``, over the
     registered kinds): ``ValueError("probes.<i>...: ...")`` for a non-mapping, an unknown kind or
-    an unknown key (:func:`fedsim.probe_registry.check_entry`)."""
+    an unknown key (:func:`fedsim.probe_registry.check_entry`; ``scenario_plugins``: the
+    scenario's ``plugins:``, for its hint)."""
     if isinstance(data, ProbeConfig):
         return data
-    probe = check_entry(i, data)
+    probe = check_entry(i, data, scenario_plugins)
     cfg = probe_config(type(probe)).model_validate(data)
     cfg._keys = tuple(data)
     return cfg

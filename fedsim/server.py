@@ -13,7 +13,7 @@ from torch import Tensor
 import attacks
 import strategies
 from fedlib.heads import num_params
-from fedsim import heads, plugins
+from fedsim import heads, mkl_branch, plugins
 from fedsim import rng as crng
 from fedsim.group_setup import GroupSetup
 from fedsim.messages import forge_messages
@@ -39,6 +39,10 @@ class Server:
         self.stale_history: Tensor | None = None  # [h, k, P] (forge_messages), stale-model attack only
         self.root = None if root_x is None else (torch.tensor(root_x), torch.tensor(root_y))  # Ray arrays: read-only
         self.work: Tensor | None = None  # float64 [N, P] scratch of the rule's copy (strategies.aggregate(work=))
+
+    def mkl_branch(self) -> str | None:
+        """oneMKL's branch in this actor's process (:func:`fedsim.mkl_branch.current`)."""
+        return mkl_branch.current()
 
     def get_global(self) -> np.ndarray:
         return self.global_params

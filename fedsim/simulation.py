@@ -70,7 +70,10 @@ class Simulation:
         self.server: Any = (
             backend.actor(server_cls, prep.server_setup, *prep.root, num_cpus=cpus) if prep.server_setup else None
         )
-        backend.get([g.ping.remote() for g in self.groups])
+        # each actor's oneMKL branch (fedsim.mkl_branch.current), once every actor is built: the run
+        # records them and warns where they differ from the driver's (fedsim.runner.Run)
+        actors = [*self.groups, *([self.server] if self.server is not None else [])]
+        self.mkl_branches: list[str | None] = backend.get([a.mkl_branch.remote() for a in actors])
         del train_ref
         if not keep_train:  # (a slice would keep the storage; the groups copied their rows out)
             x = feats.x_train

@@ -104,8 +104,8 @@ class _BarReporter(Reporter):
 )
 @click.option(
     "--address",
-    help="Ray cluster to run the runs on, as Ray tasks: 'auto' or ray://HOST:10001 (not with --local; a "
-    "scenario's own engine.address is refused: a sweep's runs never read it).",
+    help="Ray cluster to run the runs on, as Ray tasks: 'auto' or ray://HOST:10001 (not with --local; default: "
+    "the scenario's engine.address with backend ray, else a Ray of the sweep's own).",
 )
 @click.option(
     "--skip-invalid",

@@ -10,12 +10,13 @@ from __future__ import annotations
 import copy
 import json
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedsim import plugins
+from fedsim import mkl_branch, plugins
 from fedsim.cli_errors import RUN_ERROR_FILE
 from fedsim.errors import RunDirExistsError, RunInterruptedError, ScenarioError
 from fedsim.scenario import parse
@@ -52,7 +53,8 @@ def run_one(data: dict[str, Any], run_dir: str, progress: Callable[[int, dict], 
             run.create_dir(overwrite=True)
         (d / RUN_ERROR_FILE).unlink(missing_ok=True)
         summary = run.execute(progress=progress, resume=resume)
-        return {"status": "done", "summary": summary, "resumed": resume}
+        # this process's oneMKL branch: a sweep's driver compares its Ray tasks' with its own
+        return {"status": "done", "summary": summary, "resumed": resume, "mkl_branch": mkl_branch.current()}
     except Exception as e:  # noqa: BLE001 - one failing run must not end the sweep
         if isinstance(e, RunInterruptedError):  # Ctrl-C inside Run.execute: checkpointed, resumable
             return {"status": "interrupted", "error": str(e)}
@@ -138,6 +140,28 @@ def refuse_foreign_folders(plan: SweepPlan) -> None:
 IN_PROCESS = "drop --address, or --local (without it the runs are Ray tasks, on the cluster at --address)"
 
 
+def sweep_cluster(plan: SweepPlan, address: str | None, local: bool) -> str | None:
+    """The Ray cluster the sweep runs its tasks on: ``address`` (``--address``), else the one the
+    scenario's ``engine.address`` names (``plan.address``); None: a Ray of its own, or ``local``.
+    :class:`ScenarioError` where the two differ, and where ``local`` would leave either unread (as
+    ``fedsim run`` refuses an address with the local backend)."""
+    if address and plan.address and address != plan.address:
+        raise ScenarioError(
+            f"--address {address} and {plan.source}'s engine.address {plan.address} name different Ray clusters; "
+            f"drop --address to run on {plan.address}, or set the scenario's engine.address to {address}"
+        )
+    if local and plan.address and not address:
+        raise ScenarioError(
+            f"{plan.source}: engine.address {plan.address}: --local runs every run in this process, where no run "
+            "reads it; drop --local (the runs are then Ray tasks on that cluster), or --set engine.address=null"
+        )
+    if address and local:  # in this process: the address would be ignored, as `fedsim run` refuses it
+        unread = engine_errors({"backend": "local", "address": address}, IN_PROCESS)
+        if unread:
+            raise ScenarioError(unread[0])
+    return None if local else address or plan.address
+
+
 def execute_sweep(
     plan: SweepPlan,
     jobs: int | None = None,
@@ -147,9 +171,10 @@ def execute_sweep(
     overwrite: bool = False,
     threads: int | None = None,
 ) -> SweepResult:
-    """Write ``sweep.json`` and run every incomplete run of ``plan`` (Ray tasks, or in order with
-    ``local``). ``overwrite`` deletes the planned run folders first. ``threads``: each run's torch
-    threads; default: on Ray the CPUs divided among the runs in flight
+    """Write ``sweep.json`` and run every incomplete run of ``plan`` (Ray tasks, on the cluster at
+    ``address`` or the scenario's own, :func:`sweep_cluster`; or in order with ``local``).
+    ``overwrite`` deletes the planned run folders first. ``threads``: each run's torch threads;
+    default: on Ray the CPUs divided among the runs in flight
     (:func:`fedsim.threads.task_threads`), with ``local`` the CPUs free when the sweep starts
     (:func:`fedsim.threads.free_cpus`). Returns what happened."""
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
@@ -157,11 +182,8 @@ def execute_sweep(
     import shutil
 
     rep = reporter or Reporter()
-    if address and local:  # in this process: the address would be ignored, as `fedsim run` refuses it
-        unread = engine_errors({"backend": "local", "address": address}, IN_PROCESS)
-        if unread:
-            raise ScenarioError(unread[0])
-    if address and not local:  # no live cluster there: one line, before any folder is touched
+    address = sweep_cluster(plan, address, local)
+    if address:  # no live cluster there: one line, before any folder is touched
         from fedsim.backend import cluster_address
 
         cluster_address(address)
@@ -204,10 +226,17 @@ def _execute_ray(pending: list[PlannedRun], jobs: int | None, address: str | Non
                  threads: int | None = None) -> None:
     from fedsim.backend import run_tasks
 
+    branches: list[str | None] = []  # the oneMKL branch each task that ran a run ran with
+
     def done(r: PlannedRun, res: dict[str, Any] | None, err: BaseException | None) -> None:
         if err is not None:  # a worker crash (OOM, killed) fails one run
             res = {"status": "failed", "error": f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"}
+        elif "mkl_branch" in res:
+            branches.append(res["mkl_branch"])
         finished(r, res)
 
     run_tasks(run_one, [(r, (r.data, str(r.dir))) for r in pending], done, jobs, address, started=rep.run_started,
               threads_kw="threads", threads=threads)
+    line = mkl_branch.differing(mkl_branch.current(), branches, "the sweep's Ray tasks")
+    if line is not None:
+        warnings.warn(line, RuntimeWarning, stacklevel=3)

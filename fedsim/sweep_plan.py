@@ -35,26 +35,36 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._,+\-]")
 MAX_NAME = 200
 
 
-# a sweep's runs: in-process (engine.backend: local) inside its Ray tasks or, with --local, in this process
-RUNS_IN_TASKS = ("a sweep runs each run in-process inside its Ray tasks: drop engine.address "
-                 "(fedsim sweep --address ADDR runs those tasks on a cluster)")
-
-
-def engine_errors(engine: Any, hint: str) -> list[str]:
+def engine_errors(engine: Any, hint: str | None = None) -> list[str]:
     """The fields of an ``engine`` mapping that its backend does not read, by the check ``fedsim
     run`` makes (:func:`fedsim.validation.unread_kind_fields`, the one table
-    :data:`~fedsim.schema_sections.KIND_FIELDS`), each message ending in ``hint``; none for a
-    mapping that is not a valid engine section (the run's validation names what is wrong)."""
+    :data:`~fedsim.schema_sections.KIND_FIELDS`), each message ending in ``hint`` (None: the
+    table's); none for a mapping that is not a valid engine section (the run's validation names
+    what is wrong)."""
+    section = _engine_section(engine)
+    if section is None:
+        return []
+    from fedsim.validation import unread_kind_fields
+
+    return unread_kind_fields("engine", section, hint)
+
+
+def named_cluster(engine: Any) -> str | None:
+    """The Ray cluster an ``engine`` mapping names: its ``address`` where its backend is Ray (the
+    default); None for none, or for a mapping that is not a valid engine section."""
+    section = _engine_section(engine)
+    return section.address if section is not None and section.backend == "ray" else None
+
+
+def _engine_section(engine: Any) -> Any:
     from pydantic import ValidationError
 
     from fedsim.schema_sections import EngineCfg
-    from fedsim.validation import unread_kind_fields
 
     try:
-        section = EngineCfg.model_validate(engine)
+        return EngineCfg.model_validate(engine if engine is not None else {})
     except ValidationError:
-        return []
-    return unread_kind_fields("engine", section, hint)
+        return None
 
 
 # --------------------------------------------------------------------------- grid parsing
@@ -181,6 +191,7 @@ class SweepPlan:
     runs: list[PlannedRun]
     invalid: list[tuple[str, dict[str, Any], str]] = field(default_factory=list)
     source: str = ""
+    address: str | None = None  # the Ray cluster the scenario's engine.address names (the sweep's, unless --address)
 
     def index(self) -> dict[str, Any]:
         from fedsim.version import __version__
@@ -219,7 +230,10 @@ def plan_sweep(
     valid names that fail a constraint (Krum's n > 2f + 2, an attack with 0 Byzantine peers).
     ``require_data``: a dataset whose files are missing is an error, as for ``fedsim run`` (a
     local sweep; on a cluster the data may be only there). ``plugins``: the user's ``--plugin``
-    entries, granted and added to every run's ``plugins:`` (:func:`fedsim.scenario.with_plugins`)."""
+    entries, granted and added to every run's ``plugins:`` (:func:`fedsim.scenario.with_plugins`).
+    A Ray cluster the runs name (``engine: {backend: ray, address: X}``) is the sweep's
+    (``plan.address``: its tasks run there, each run in-process; its data is then not required
+    here); runs naming different ones are refused (:func:`_one_cluster`)."""
     base, file_grid = read_scenario_with_sweep(scenario)
     for k, v in (sets or {}).items():
         set_dotted(base, k, v)
@@ -232,19 +246,15 @@ def plan_sweep(
         raise ScenarioError("; ".join(typos), typos)
     name = str(base.get("name") or "run")
     out_dir = Path(out) if out else Path((base.get("output") or {}).get("dir", "runs")) / f"{name}-sweep"
+    combos = [(run_name(ov), ov, _with_overrides(base, ov)) for ov in expand(full_grid)]
+    cluster = _one_cluster(str(scenario), combos)
     runs, invalid, seen = [], [], {}
-    for ov in expand(full_grid):
-        data = copy.deepcopy(base)
-        for k, v in ov.items():
-            set_dotted(data, k, v)
+    for rn, ov, data in combos:
+        # each run in-process (engine.backend: local) inside a Ray task, on the sweep's cluster
         set_dotted(data, "engine.backend", "local")
-        rn = run_name(ov)
-        unread = engine_errors(data["engine"], RUNS_IN_TASKS)  # an address no run would read: refused as `run` does
-        if unread:
-            raise ScenarioError(f"{scenario} [{rn}]: {unread[0]}")
-        data["engine"].pop("address", None)  # null (an old recorded scenario's) or absent
+        data["engine"].pop("address", None)  # the sweep's cluster (SweepPlan.address), or null, or absent
         try:
-            sc = parse(copy.deepcopy(data), f"{scenario} [{rn}]", require_data=require_data)
+            sc = parse(copy.deepcopy(data), f"{scenario} [{rn}]", require_data=require_data and cluster is None)
         except ScenarioError as e:
             if not skip_invalid:
                 hint = " (--skip-invalid leaves out combinations that cannot run)"
@@ -255,7 +265,33 @@ def plan_sweep(
             raise ScenarioError(f"runs {seen[rn]} and {ov} would share the folder {rn}; spell the values apart")
         seen[rn] = ov
         runs.append(PlannedRun(rn, ov, data, out_dir / rn, sc.rounds))
-    return SweepPlan(name, out_dir, full_grid, base, runs, invalid, str(scenario))
+    return SweepPlan(name, out_dir, full_grid, base, runs, invalid, str(scenario), cluster)
+
+
+def _with_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    data = copy.deepcopy(base)
+    for k, v in overrides.items():
+        set_dotted(data, k, v)
+    return data
+
+
+def _one_cluster(source: str, combos: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> str | None:
+    """The Ray cluster the sweep's runs name (``engine.address`` with the Ray backend,
+    :func:`named_cluster`), which the sweep runs its tasks on; None where none does.
+    :class:`ScenarioError` for an address a run's backend would not read (as ``fedsim run``
+    refuses it: :func:`engine_errors`) and for runs that name different clusters (a sweep runs on
+    one)."""
+    named: dict[str | None, str] = {}  # cluster (None: none) → the first run naming it
+    for rn, _, data in combos:
+        unread = engine_errors(data.get("engine"))
+        if unread:
+            raise ScenarioError(f"{source} [{rn}]: {unread[0]}")
+        named.setdefault(named_cluster(data.get("engine")), rn)
+    if len(named) > 1:
+        which = ", ".join(f"{a or 'none'} ({rn})" for a, rn in named.items())
+        raise ScenarioError(f"{source}: the sweep's runs name different Ray clusters in engine.address: {which}; "
+                            "a sweep runs on one: give engine.address one value, or none and --address ADDR")
+    return next(iter(named), None)
 
 
 def check_existing(plan: SweepPlan) -> list[str]:

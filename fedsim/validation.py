@@ -535,7 +535,7 @@ def _check_probes(sc: Scenario, fail: Callable[[str], NoReturn]) -> None:
     """Each probe's own value checks (its kind's ``validate``; the schema checked kind and keys)."""
     for i, p in enumerate(sc.probes):
         try:
-            get_probe(i, p.kind).validate(i, p.settings(), sc.peers.count)
+            get_probe(i, p.kind, sc.plugins).validate(i, p.settings(), sc.peers.count)
         except ValueError as e:
             fail(str(e))
     from fedsim.canaries import plan

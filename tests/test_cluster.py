@@ -19,6 +19,7 @@ so the nodes advertise that address; every connection stays on this host.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -256,6 +258,13 @@ def one_node_head():
     """A ``ray start --head`` (1 CPU) whose temp dir is a private ``RAY_TMPDIR``, so that its
     ``ray_current_cluster`` is the one ``--address auto`` reads: ``(env with that RAY_TMPDIR, GCS
     address, the head's ``ray start --block`` process)``; stopped afterwards."""
+    with _one_head({}) as head:
+        yield head
+
+
+@contextlib.contextmanager
+def _one_head(node_env: dict[str, str]) -> Iterator[tuple[dict[str, str], str, subprocess.Popen]]:
+    """:func:`one_node_head`'s head, its processes (and so its workers) run with ``node_env`` added."""
     if not Path("/proc").is_dir():
         pytest.skip("needs /proc (Linux) to stop exactly the processes it started")
     tmp = Path(tempfile.mkdtemp(prefix="fsst", dir="/tmp"))
@@ -266,7 +275,8 @@ def one_node_head():
     procs: list[subprocess.Popen] = []
     try:
         with open(tmp / "head.log", "w") as log:
-            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env))
+            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                          env=env | node_env))  # fmt: skip
         deadline = time.monotonic() + NODE_TIMEOUT
         _wait_for_port(port, deadline, procs[0], tmp / "head.log")
         while not (tmp / "ray" / "ray_current_cluster").exists():
@@ -362,3 +372,75 @@ def _stale_session_fails_fast(env: dict[str, str], gcs: str, cmd: list[str], tmp
         "or drop --address (engine.address) to let fedsim start its own Ray"
     )
     assert not (tmp_path / "auto").exists() and took < 30, took
+
+
+# ---------------------------------------------------------------- oneMKL's branch on a cluster started apart
+
+NODE_MKL = {"MKL_CBWR": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+"""A node's own environment: a user's MKL_CBWR in the shell that ran `ray start`, and oneMKL kept to
+AVX2 (``MKL_ENABLE_INSTRUCTIONS``), as on a node whose CPU lacks AVX-512."""
+WARNED = "bits may differ from an in-process run"
+
+
+def _driver_avx512() -> None:
+    import torch
+
+    from fedsim.mkl_branch import branch_for, cpu_info
+
+    if not torch.backends.mkl.is_available() or branch_for(*cpu_info()) != "AVX512":
+        pytest.skip("needs torch built with oneMKL on a Linux Intel CPU with AVX-512 (fedsim's choice: AVX512)")
+
+
+def _fedsim(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    r = subprocess.run([str(BIN / "fedsim"), *args], capture_output=True, text=True, timeout=RUN_TIMEOUT, env=env)
+    assert r.returncode == 0, f"fedsim {' '.join(args)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r
+
+
+def test_ray_actors_run_the_drivers_mkl_branch_on_a_cluster_started_apart(small_scenario, tmp_path):
+    """Before, a cluster's workers ran their node's own branch (here AVX2) whatever the driver ran:
+    a user's MKL_CBWR in the driver's shell did not reach them. Now the driver's (the user's, or
+    fedsim's choice) goes to every actor (runtime_env): the run gives an in-process run's bits with
+    that branch. Where a node's oneMKL lacks it, oneMKL runs AUTO: versions.json records the
+    driver's branch and the actors', and the run warns once."""
+    _driver_avx512()
+    sc = small_scenario(**{"rounds": 2, "engine.num_actors": 1, "evaluation.every": 1})
+    path = tmp_path / "scenario.yaml"
+    path.write_text(yaml.safe_dump(sc))
+    with _one_head(NODE_MKL) as (env, gcs, _):
+        driver = {k: v for k, v in env.items() if k not in NODE_MKL}
+        run = ["run", str(path), "-q", "--overwrite", "--out"]
+        on_ray = ["--set", "engine.backend=ray", "--address", gcs]
+        user = _fedsim([*run, str(tmp_path / "user"), *on_ray], driver | {"MKL_CBWR": "COMPATIBLE"})
+        chosen = _fedsim([*run, str(tmp_path / "chosen"), *on_ray], driver)
+    _fedsim([*run, str(tmp_path / "local")], driver | {"MKL_CBWR": "COMPATIBLE"})  # in-process
+
+    recorded = json.loads((tmp_path / "user" / "versions.json").read_text())
+    assert (recorded["mkl_branch"], recorded["mkl_branch_ray_actors"]) == ("COMPATIBLE", {"COMPATIBLE": 1})
+    assert WARNED not in user.stderr, user.stderr[-2000:]
+    assert (tmp_path / "user" / "metrics.jsonl").read_bytes() == (tmp_path / "local" / "metrics.jsonl").read_bytes()
+    assert json.loads((tmp_path / "local" / "versions.json").read_text())["mkl_branch"] == "COMPATIBLE"
+
+    recorded = json.loads((tmp_path / "chosen" / "versions.json").read_text())
+    assert (recorded["mkl_branch"], recorded["mkl_branch_ray_actors"]) == ("AVX512", {"AUTO": 1})
+    warned = [line for line in chosen.stderr.splitlines() if WARNED in line]
+    assert len(warned) == 1 and "oneMKL runs branch AVX512 in the driver but AUTO (1) in Ray actors" in warned[0]
+
+
+def test_a_sweep_runs_on_the_cluster_its_scenario_names(small_scenario, tmp_path):
+    """``engine: {backend: ray, address: X}`` in a sweep's scenario: the sweep's tasks run on X (it
+    was refused). They ran there: each run's process recorded the node's oneMKL (AUTO, no AVX-512),
+    where a Ray of the sweep's own would have run AVX512; the sweep warns once."""
+    _driver_avx512()
+    with _one_head(NODE_MKL) as (env, gcs, _):
+        sc = small_scenario(**{"rounds": 1, "engine.num_actors": 1, "engine.backend": "ray", "engine.address": gcs})
+        path = tmp_path / "scenario.yaml"
+        path.write_text(yaml.safe_dump(sc))
+        driver = {k: v for k, v in env.items() if k not in NODE_MKL}
+        r = _fedsim(["sweep", str(path), "-g", "seed=0,1", "-j", "1", "-q", "--out", str(tmp_path / "sw")], driver)
+    runs = sorted(d for d in (tmp_path / "sw").iterdir() if d.is_dir())
+    assert [d.name for d in runs] == ["seed=0", "seed=1"]
+    for d in runs:
+        assert (d / "summary.json").exists() and json.loads((d / "versions.json").read_text())["mkl_branch"] == "AUTO"
+    warned = [line for line in r.stderr.splitlines() if WARNED in line]
+    assert len(warned) == 1 and "AVX512 in the driver but AUTO (2) in the sweep's Ray tasks" in warned[0], r.stderr

@@ -174,20 +174,72 @@ def test_a_local_sweep_refuses_address_as_run_does_before_any_folder(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_sweep_refuses_the_engine_address_its_runs_would_drop(tmp_path):
-    """A sweep runs every run in-process (engine.backend: local) in its tasks: a scenario's own
-    engine.address (with either backend) was dropped silently, while `fedsim run` refuses it with the
-    local backend; a null address (an old recorded scenario) means none, as for `fedsim run`."""
-    for backend in ("local", "ray"):
-        p = tmp_path / f"{backend}.yaml"
-        p.write_text(_iid_file(tmp_path).read_text().replace("backend: local", f"backend: {backend}, address: auto"))
-        with pytest.raises(ScenarioError, match=r"\[seed=0\]: engine\.address: used only by backend ray .*a sweep "
-                           r"runs each run in-process inside its Ray tasks: drop engine\.address"):
-            plan_sweep(p, {"seed": [0, 1]})
-    p = tmp_path / "null.yaml"
-    p.write_text(_iid_file(tmp_path).read_text().replace("backend: local", "backend: local, address: null"))
-    engines = [r.data["engine"] for r in plan_sweep(p, {"seed": [0, 1]}).runs]
-    assert engines == [{"backend": "local", "num_actors": 1}] * 2
+def _with_engine(tmp_path, engine: str, name: str = "s") -> typing.Any:
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(_iid_file(tmp_path).read_text().replace("backend: local", engine))
+    return p
+
+
+def test_a_sweep_runs_on_the_cluster_its_scenario_names(tmp_path):
+    """A sweep runs each run in-process (engine.backend: local) in its Ray tasks. A scenario's own
+    engine.address was refused (it was the only way `fedsim run` and `fedsim sweep` of one file
+    differed); now, with the Ray backend, it is the sweep's cluster (plan.address), and the runs'
+    engines name none. With the local backend it is refused as `fedsim run` refuses it; a null
+    address (an old recorded scenario) means none."""
+    plan = plan_sweep(_with_engine(tmp_path, "backend: ray, address: auto"), {"seed": [0, 1]})
+    assert plan.address == "auto"
+    assert [r.data["engine"] for r in plan.runs] == [{"backend": "local", "num_actors": 1}] * 2
+    with pytest.raises(ScenarioError, match=r"\[seed=0\]: engine\.address: used only by backend ray \(this engine is "
+                       r"local\): drop --address \(engine\.address\), or run on Ray: --set engine\.backend=ray"):
+        plan_sweep(_with_engine(tmp_path, "backend: local, address: auto"), {"seed": [0, 1]})
+    for engine in ("backend: local, address: null", "backend: ray"):  # none: the sweep starts its own Ray
+        plan = plan_sweep(_with_engine(tmp_path, engine), {"seed": [0, 1]})
+        assert plan.address is None
+        assert [r.data["engine"] for r in plan.runs] == [{"backend": "local", "num_actors": 1}] * 2
+
+
+def test_a_sweep_whose_runs_name_different_clusters_is_refused(tmp_path):
+    p = _with_engine(tmp_path, "backend: ray, address: 10.0.0.1:6379")
+    with pytest.raises(ScenarioError, match=r"the sweep's runs name different Ray clusters in engine\.address: "
+                       r"10\.0\.0\.1:6379 \(engine\.address=10\.0\.0\.1-6379\), none \(engine\.address=null\); "
+                       r"a sweep runs on one"):
+        plan_sweep(p, {"engine.address": ["10.0.0.1:6379", None]})
+    assert plan_sweep(p, {"engine.address": ["10.0.0.1:6379"], "seed": [0, 1]}).address == "10.0.0.1:6379"
+
+
+def test_the_sweeps_cluster_is_address_or_the_scenarios_and_never_two(tmp_path):
+    from fedsim.sweep_execute import sweep_cluster
+
+    named = plan_sweep(_with_engine(tmp_path, "backend: ray, address: 10.0.0.1:6379"), {"seed": [0, 1]})
+    plain = plan_sweep(_iid_file(tmp_path), {"seed": [0, 1]})
+    assert sweep_cluster(named, None, False) == "10.0.0.1:6379"
+    assert sweep_cluster(named, "10.0.0.1:6379", False) == "10.0.0.1:6379"
+    assert sweep_cluster(plain, "auto", False) == "auto" and sweep_cluster(plain, None, False) is None
+    assert sweep_cluster(plain, None, True) is None
+    with pytest.raises(ScenarioError, match=r"^--address auto and .*'s engine\.address 10\.0\.0\.1:6379 name different "
+                       r"Ray clusters; drop --address to run on 10\.0\.0\.1:6379"):
+        sweep_cluster(named, "auto", False)
+    with pytest.raises(ScenarioError, match=r"engine\.address 10\.0\.0\.1:6379: --local runs every run in this "
+                       r"process, where no run reads it; drop --local"):
+        sweep_cluster(named, None, True)
+
+
+def test_a_sweep_goes_to_its_scenarios_cluster_and_says_when_none_is_there(tmp_path):
+    """The cluster the scenario names is the one the sweep checks and connects to: no live cluster
+    there is `fedsim run`'s one line (fedsim.backend.cluster_address), before any folder; it was
+    the refusal of the address."""
+    import socket
+
+    pytest.importorskip("ray")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = _with_engine(tmp_path, f"backend: ray, address: '127.0.0.1:{port}'")
+    res = CliRunner().invoke(main, ["sweep", str(p), "-g", "seed=0,1", "-q"])
+    assert res.exit_code == 1, res.output
+    assert res.output.startswith("Error: no live Ray cluster at ") and f"127.0.0.1:{port}" in res.output, res.output
+    assert ": connection refused; " in res.output and len(res.output.strip().splitlines()) == 1, res.output
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_sweep_over_an_ignored_field_is_refused_before_any_run(tmp_path):

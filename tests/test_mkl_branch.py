@@ -2,14 +2,27 @@
 one per process, and a process that got the AVX2 path on an AVX-512 machine wrote another
 metrics.jsonl for the same seed (docs/performance.md, "Reproducible to the bit")."""
 
+import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
 
-from fedsim.mkl_branch import ENV, INTEL, branch_for, cpu_info, fix_branch
+from fedsim.mkl_branch import (
+    ENV,
+    INTEL,
+    STRICT,
+    branch_for,
+    branch_name,
+    cpu_info,
+    current,
+    differing,
+    fix_branch,
+    worker_env,
+)
 
 AVX512 = frozenset({"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"})
 AVX2 = frozenset({"avx2", "fma"})
@@ -57,3 +70,98 @@ def test_import_puts_mkl_in_cnr_mode_on_the_cpus_branch_before_its_first_call(fi
     calls = [line for line in out.splitlines() if "GEMM" in line]
     assert calls and all(f"CNR:{BRANCH} " in line for line in calls), out[-2000:]
     assert out.splitlines()[-1] == str(20 * 20 * 30.0)
+
+
+# ---------------------------------------------------------------- the branch each process runs, on Ray
+
+
+def test_onemkls_branch_codes_are_named_as_its_log_names_them():
+    assert branch_name(12) == "AVX512" and branch_name(10) == "AVX2" and branch_name(2) == "AUTO"
+    assert branch_name(1) == "OFF"  # MKL_CBWR_BRANCH_OFF: CNR off, MKL_VERBOSE's "CNR:OFF"
+    assert branch_name(10 | STRICT) == "AVX2,STRICT" and branch_name(99) == "code 99"
+
+
+# (MKL_CBWR, MKL_ENABLE_INSTRUCTIONS) → what oneMKL runs; the last two: a value that is no branch,
+# and a branch the CPU lacks (MKL_ENABLE_INSTRUCTIONS=AVX2 hides AVX-512): oneMKL's AUTO
+CASES = [("AVX2", None), ("AVX2,STRICT", None), ("COMPATIBLE", None), ("no_such_branch", None), ("AVX512", "AVX2")]
+
+
+@pytest.mark.skipif(not torch.backends.mkl.is_available() or BRANCH != "AVX512",
+                    reason="needs torch built with oneMKL on a Linux Intel CPU with AVX-512")
+def test_current_is_the_branch_mkls_own_log_names():
+    """:func:`current` asks oneMKL (``mkl_cbwr_get``); MKL's log (``MKL_VERBOSE``) of the product that
+    follows names the same branch, in each case a fresh process (MKL reads the variable once)."""
+    code = ("import fedsim, torch; from fedsim.mkl_branch import current; print('CURRENT', current()); "
+            "a = torch.ones(20, 30); (a @ a.T).sum().item()")
+    for cbwr, enable in CASES:
+        env = {k: v for k, v in os.environ.items() if k not in (ENV, "MKL_ENABLE_INSTRUCTIONS")}
+        env |= {"MKL_VERBOSE": "1", ENV: cbwr} | ({"MKL_ENABLE_INSTRUCTIONS": enable} if enable else {})
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+        now = next(line.split()[1] for line in out.splitlines() if line.startswith("CURRENT "))
+        logged = {line.split("CNR:")[1].split()[0] for line in out.splitlines() if "GEMM" in line}
+        assert logged == {now}, (cbwr, enable, now, out[-2000:])
+        expected = {"no_such_branch": "AUTO", "AVX512": "AUTO"}.get(cbwr, cbwr)
+        assert now == expected, (cbwr, enable, now)
+
+
+def test_the_workers_get_the_drivers_value_or_nothing():
+    assert worker_env({ENV: "AVX2,STRICT", "OTHER": "1"}) == {ENV: "AVX2,STRICT"}
+    assert worker_env({}) == {}
+
+
+def test_ray_actors_and_tasks_are_started_with_it(monkeypatch):
+    """Every actor and task fedsim starts on Ray gets the driver's MKL_CBWR in its ``runtime_env``
+    (a cluster started apart runs each node's own otherwise: tests/test_cluster.py)."""
+    from fedsim import backend
+
+    monkeypatch.setenv(ENV, "COMPATIBLE")
+    assert backend.worker_options() == {"runtime_env": {"env_vars": {ENV: "COMPATIBLE"}}}
+    calls = []
+
+    class FakeRay:
+        def remote(self, **options):
+            calls.append(options)
+            return lambda cls: type("Handle", (), {"remote": staticmethod(lambda *a: "actor")})
+
+    rb = backend.RayBackend.__new__(backend.RayBackend)
+    rb.ray = FakeRay()
+    assert rb.actor(object, num_cpus=2) == "actor"
+    assert calls == [{"num_cpus": 2, "runtime_env": {"env_vars": {ENV: "COMPATIBLE"}}}]
+    monkeypatch.delenv(ENV)
+    assert backend.worker_options() == {}
+
+
+def test_a_differing_branch_is_one_warning_line():
+    assert differing("AVX512", ["AVX512", "AVX512"]) is None
+    assert differing(None, [None]) is None  # no oneMKL anywhere: nothing to compare
+    line = differing("AVX512", ["AUTO", "AVX512", "AUTO", None])
+    assert line is not None and "\n" not in line
+    assert line.startswith("oneMKL runs branch AVX512 in the driver but AUTO (2), none (1) in Ray actors")
+    assert "bits may differ from an in-process run" in line
+    assert "in the sweep's Ray tasks" in differing("AVX2", ["AVX512"], "the sweep's Ray tasks")
+
+
+def test_a_run_records_the_branches_once_and_warns_where_they_differ(tmp_path):
+    from fedsim.runner import record_branches
+
+    path = tmp_path / "versions.json"
+    path.write_text(json.dumps({"torch": "x", "mkl_branch": "AVX512"}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        record_branches(path, "AVX512", ["AVX512", "AVX512", "AVX512"])
+    assert json.loads(path.read_text()) == {"torch": "x", "mkl_branch": "AVX512",
+                                            "mkl_branch_ray_actors": {"AVX512": 3}}
+    with pytest.warns(RuntimeWarning, match=r"^oneMKL runs branch AVX512 in the driver but AUTO \(1\) in Ray actors"):
+        record_branches(path, "AVX512", ["AVX512", "AUTO"])  # a resume on other nodes: its start's
+    assert json.loads(path.read_text())["mkl_branch_ray_actors"] == {"AUTO": 1, "AVX512": 1}
+
+
+def test_an_in_process_run_records_the_drivers_branch(tmp_path, small_scenario):
+    """versions.json names the branch the run's process ran (no Ray actors: none recorded)."""
+    import fedsim
+
+    fedsim.run(small_scenario(rounds=1), out=tmp_path / "out")
+    recorded = json.loads((tmp_path / "out" / "versions.json").read_text())
+    assert recorded.get("mkl_branch") == current() and "mkl_branch_ray_actors" not in recorded
+    if torch.backends.mkl.is_available() and BRANCH is not None:
+        assert current() == os.environ.get(ENV, BRANCH)

@@ -185,3 +185,43 @@ def test_a_plugins_probe_kind_without_plugin_says_to_name_it(tmp_path, monkeypat
         assert res.exit_code != 0 and "other_hint_probe" in res.output and "--plugin FILE" not in res.output
     finally:
         REGISTRY.pop("other_hint_probe", None)
+
+
+def test_the_probe_kind_hint_reads_the_scenarios_plugins_not_this_processs(tmp_path, monkeypatch):
+    """The hint read "a plugin imported in this process" (plugins.loaded()): once any plugin was
+    imported (another scenario's, earlier in a session or a sweep's planning), a scenario naming
+    none lost it, and `fedsim list` lost it after any import. It reads the scenario's own
+    ``plugins:`` (the probes' run-time checks too) and `fedsim list`'s own --plugin, as an unknown
+    rule, attack or backbone does (fedsim.validation)."""
+    from click.testing import CliRunner
+
+    from fedsim import catalog, plugins
+    from fedsim.cli import main
+
+    hint = "; one of your own? name the file that registers it: --plugin FILE (docs/extending.md)"
+    monkeypatch.setattr(plugins, "_LOADED", {str(tmp_path / "elsewhere.py"): None})  # imported before, elsewhere
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(_scenario(tmp_path, [{"kind": "consensus_distance"}])))
+    res = CliRunner().invoke(main, ["validate", str(path)])
+    assert res.exit_code == 1 and res.output.strip().endswith(f"{', '.join(kinds())}{hint}"), res.output
+    with pytest.raises(catalog.CatalogError) as e:
+        catalog.describe("probes", "consensus_distance")
+    assert str(e.value).endswith(hint)
+    with pytest.raises(catalog.CatalogError) as e:
+        catalog.describe("probes", "consensus_distance", ["my_probes.py"])  # named: the hint would not help
+    assert "--plugin" not in str(e.value)
+    for listed, ends in (((), hint), (["my_probes.py"], f"{', '.join(kinds())}")):  # the run-time checks
+        with pytest.raises(ValueError) as e:
+            validate_probe(0, {"kind": "consensus_distance"}, 8, listed)
+        assert str(e.value).endswith(ends), str(e.value)
+
+    plugin = tmp_path / "registers_a_probe.py"  # the scenario names a plugin: the name is not its
+    plugin.write_text("from fedsim.probe_registry import Probe, register_probe\n\n\n"
+                      "@register_probe('listed_hint_probe')\nclass Listed(Probe):\n    '''Another.'''\n")
+    path.write_text(yaml.safe_dump(_scenario(tmp_path, [{"kind": "consensus_distance"}]) | {"plugins": [str(plugin)]}))
+    try:
+        res = CliRunner().invoke(main, ["validate", str(path), "--plugin", str(plugin)])
+        assert res.exit_code == 1 and "listed_hint_probe" in res.output and "--plugin FILE" not in res.output, (
+            res.output)
+    finally:
+        REGISTRY.pop("listed_hint_probe", None)
