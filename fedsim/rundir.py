@@ -45,7 +45,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from fedsim._runs import IGNORED_PREFIXES, comparable, flatten
+from fedsim._runs import IGNORED_PREFIXES, MAX_JSON_BYTES, comparable, flatten, json_value
 from fedsim.errors import CorruptFileError, FedsimError, RunDirExistsError
 
 MARKER = ".fedsim-run"
@@ -393,8 +393,8 @@ def _check_header(path: Path, header: bytes, empty: bool, digest: str) -> None:
 def _meta(path: Path, body: bytes) -> tuple[dict[str, Any], bytes]:
     line, _, payload = body.partition(b"\n")
     try:
-        meta = json.loads(line)
-    except ValueError:
+        meta = json_value(line, str(path))
+    except CorruptFileError:  # not JSON, or nested past the recursion limit
         meta = None
     need = {"format", "round", "metrics_lines", "metrics_sha256", "scenario", "scenario_sha256"}
     if not isinstance(meta, dict) or not need <= meta.keys():
@@ -409,8 +409,8 @@ def read_checkpoint_meta(path: Path) -> dict[str, Any]:
     the run's peak, docs/performance.md)."""
     try:
         with path.open("rb") as fh:
-            header = fh.readline()
-            line = fh.readline()  # the metadata (and the body's first bytes)
+            header = fh.readline(len(CHECKPOINT_MAGIC) + 80)  # magic, format, sha256: never a long line
+            line = fh.readline(MAX_JSON_BYTES)  # the metadata (and the body's first bytes); bounded as every JSON
             sha = hashlib.sha256(line)
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 sha.update(chunk)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsim import plugins
+from fedsim._runs import read_json
 from fedsim.cli_errors import RUN_ERROR_FILE
 from fedsim.errors import RunDirExistsError, RunInterruptedError, ScenarioError
 from fedsim.scenario import parse
@@ -40,7 +41,7 @@ def run_one(data: dict[str, Any], run_dir: str, progress: Callable[[int, dict], 
     ours = (not d.exists() and not d.is_symlink()) or (
         d.is_dir() and not d.is_symlink() and (rundir.is_empty(d) or rundir.is_run_dir(d)))
     if (d / "summary.json").exists():
-        return {"status": "complete", "summary": json.loads((d / "summary.json").read_text())}
+        return {"status": "complete", "summary": read_json(d / "summary.json")}  # bounded: one line if corrupt
     try:
         # the sweep's driver granted its plugins (fedsim sweep --plugin) and checked the scenario
         plugins.grant(data.get("plugins") or ())
