@@ -6,6 +6,7 @@ width, and saving in every format. matplotlib is imported only inside the functi
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +85,16 @@ def _save(fig, path: Path, formats: list[str], opts: PlotOptions = DEFAULT) -> l
     for fmt in formats:
         p = path.with_name(f"{path.name}.{fmt}")
         meta = {"CreationDate": None} if fmt == "pdf" else None  # byte-stable PDFs
-        fig.savefig(p, format=fmt, metadata=meta, bbox_inches="tight")
+        # written beside p (O_EXCL: never through a link; the umask sets its mode, as a plain savefig
+        # did), then renamed over p: a symbolic link planted at p is replaced, never written through
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "xb") as fh:
+                fig.savefig(fh, format=fmt, metadata=meta, bbox_inches="tight")
+            os.replace(tmp, p)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         out.append(p)
     return out
 
