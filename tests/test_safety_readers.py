@@ -147,10 +147,31 @@ def test_an_oversized_metrics_line_is_refused_without_reading_it_whole(tmp_path,
     (b'{"final_accuracy_mean": 0.5', "not valid JSON"),
 ])
 def test_a_bad_summary_is_one_line_naming_it(tmp_path, raw, hint):
+    import fedsim
+    from fedsim.api import RunResultError
+
     run = _run(tmp_path / "r", summary=raw)
     with pytest.raises(CorruptFileError, match=hint) as e:
         load_runs(run)
     assert str(run / "summary.json") in str(e.value)
+    (run / ".fedsim-run").write_text("")
+    with pytest.raises(RunResultError, match=hint):
+        fedsim.load_run(run)
+
+
+def test_a_checksummed_checkpoint_with_deeply_nested_metadata_is_one_line(tmp_path):
+    """The checksum is no defence against a planted file (anyone can compute it): the metadata
+    line is parsed by the bounded reader too."""
+    import hashlib
+
+    from fedsim import rundir
+
+    body = b"[" * 200_000 + b"\nrest"
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(rundir._checkpoint_header(hashlib.sha256(body).hexdigest()) + body)
+    for read in (rundir.read_checkpoint_meta, rundir.read_checkpoint):
+        with pytest.raises(CorruptFileError, match="metadata is unreadable"):
+            read(path)
 
 
 def test_an_oversized_summary_is_refused_before_it_is_read(tmp_path, monkeypatch):
