@@ -6,7 +6,6 @@ width, and saving in every format. matplotlib is imported only inside the functi
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,21 +79,17 @@ def _context(rs: RunSet, skip: Iterable[str]) -> str:
 def _save(fig, path: Path, formats: list[str], opts: PlotOptions = DEFAULT) -> list[Path]:
     if opts.size is not None:
         fig.set_size_inches(*opts.size)
+    from fedsim.rundir import atomic_file
+
     out = []
     path.parent.mkdir(parents=True, exist_ok=True)
     for fmt in formats:
         p = path.with_name(f"{path.name}.{fmt}")
         meta = {"CreationDate": None} if fmt == "pdf" else None  # byte-stable PDFs
-        # written beside p (O_EXCL: never through a link; the umask sets its mode, as a plain savefig
-        # did), then renamed over p: a symbolic link planted at p is replaced, never written through
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "xb") as fh:
-                fig.savefig(fh, format=fmt, metadata=meta, bbox_inches="tight")
-            os.replace(tmp, p)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        # renamed over p: a symbolic link planted at p is replaced, never written through; the umask
+        # sets the figure's mode, as a plain savefig to p did
+        with atomic_file(p, mode=0o666) as fh:
+            fig.savefig(fh, format=fmt, metadata=meta, bbox_inches="tight")
         out.append(p)
     return out
 

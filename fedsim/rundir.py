@@ -204,14 +204,32 @@ def writing(path: Path) -> Iterator[None]:
         raise RunWriteError(f"cannot write {path}: {e.strerror or e}") from None
 
 
+def _umask() -> int:
+    """This process's umask, read without changing it where Linux says it (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
 @contextmanager
-def atomic_file(path: Path) -> Iterator[BinaryIO]:
+def atomic_file(path: Path, mode: int | None = None) -> Iterator[BinaryIO]:
     """A binary file whose content replaces ``path`` when the block ends: written to a temp file
     ``.<name>.*.tmp`` beside it, synced, then renamed over it, so readers and a kill see the old
-    content or the new, never a part; on an error the temp file is removed and ``path`` kept. The
-    one atomic writer of fedsim (run files, ``probes.json``, ``sweep.json``, feature caches)."""
+    content or the new, never a part, and a symbolic link at ``path`` is replaced, never written
+    through; on an error the temp file is removed and ``path`` kept. ``mode``: the file's
+    permissions less the umask, as ``open`` would make them (default: private, 0600). The one
+    atomic writer of fedsim (run files, ``probes.json``, ``sweep.json``, feature caches, figures)."""
     with writing(path):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        if mode is not None:
+            os.fchmod(fd, mode & ~_umask())
         try:
             with os.fdopen(fd, "wb") as fh:
                 yield fh
