@@ -451,3 +451,17 @@ def test_fedsim_plot_never_writes_through_a_planted_symbolic_link(tmp_path):
     res = CliRunner().invoke(main, ["plot", str(other), "--format", "png"])
     assert res.exit_code == 1 and "is a symbolic link" in _one_line(res.stderr)
     assert sorted(p.name for p in victim.parent.iterdir()) == [".bashrc"]
+
+
+@pytest.mark.parametrize("name", ["1e5", "2E-3", "3.5e1"])
+def test_a_name_that_reads_as_a_number_survives_the_recorded_and_the_flower_scenario(tmp_path, name):
+    """fedsim reads ``1e5`` as a float (yamlsafe); what it writes (scenario.yaml, the Flower run
+    config) quotes such a string, so a run named "1e5" resumes and runs through Flower."""
+    from fedsim.flower import common
+    from fedsim.scenario import parse
+    from fedsim.yamlsafe import dump_yaml, safe_yaml
+
+    sc = parse({"name": name, "mode": "federated", "topology": {"kind": "star"},
+                "dataset": {"name": "sklearn_digits"}, "backbone": {"name": "identity"}})
+    assert safe_yaml(dump_yaml(sc.model_dump(mode="json")), "x")["name"] == name
+    assert common.scenario_from_run_config({"scenario": common.scenario_yaml(sc)}).name == name

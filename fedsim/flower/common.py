@@ -11,11 +11,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import yaml
 
 from fedsim.flower.errors import BridgeError  # noqa: F401 - re-exported: the bridge modules raise it
 from fedsim.scenario import Scenario, ScenarioError, parse, parse_set, set_dotted
-from fedsim.yamlsafe import MAX_YAML_BYTES, plain_tree, safe_yaml
+from fedsim.yamlsafe import MAX_YAML_BYTES, dump_yaml, plain_tree, safe_yaml
 
 LOG = logging.getLogger("flwr.fedsim")  # a child of Flower's logger: shows in `flwr log` and the node's output
 
@@ -159,7 +158,7 @@ def scenario_from_run_config(run_config: Mapping[str, Any], node_config: Mapping
 
 def scenario_yaml(sc: Scenario) -> str:
     """The resolved scenario (every default explicit) as YAML text for the run config."""
-    return yaml.safe_dump(sc.model_dump(mode="json"), sort_keys=False)
+    return dump_yaml(sc.model_dump(mode="json"))
 
 
 def as_head(arr: np.ndarray) -> np.ndarray:
