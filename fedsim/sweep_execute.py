@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from fedsim import plugins
-from fedsim._runs import read_json
 from fedsim.cli_errors import RUN_ERROR_FILE
 from fedsim.errors import RunDirExistsError, RunInterruptedError, ScenarioError
 from fedsim.scenario import parse
@@ -33,6 +32,7 @@ def run_one(data: dict[str, Any], run_dir: str, progress: Callable[[int, dict], 
     Returns ``{"status": "done"|"complete"|"failed"|"interrupted", "summary"|"error": ...}``; never
     raises for a failing run (its traceback goes to ``run_dir/error.txt``)."""
     from fedsim import rundir
+    from fedsim._runs import read_json
     from fedsim.runner import Run
 
     d = Path(run_dir)
