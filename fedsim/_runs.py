@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedsim.errors import ScenarioError
-from fedsim.yamlsafe import read_yaml
+from fedsim.errors import CorruptFileError, ScenarioError
+from fedsim.yamlsafe import plain_tree, read_yaml
 
 # Scenario keys that never distinguish runs in a table or a figure (they do not change results
 # or are bookkeeping): the run's name, where it ran, where it wrote.
@@ -107,19 +107,102 @@ def _hashable(v: Any) -> Any:
     return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """JSON objects of a ``.jsonl`` file; a torn last line (a killed writer) is ignored."""
-    out = []
-    if not path.exists():
-        return out
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
+# The most a JSON file fedsim reads back (summary.json, sweep.json, probes.json) or one line of a
+# .jsonl (metrics, timings) may hold: fedsim writes kilobytes (a 100,000-peer sweep's index a few MiB),
+# so a larger one is not fedsim's and is refused before it is read into memory.
+MAX_JSON_BYTES = 64 * 2**20
+
+
+def json_value(raw: bytes | str, where: str) -> Any:
+    """``raw`` parsed as JSON; a one-line :class:`~fedsim.errors.CorruptFileError` naming ``where``
+    when it is not UTF-8, not JSON (a number past Python's digit limit included) or nested past
+    Python's recursion limit (``[[[[…``), never a bare ``RecursionError``."""
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError as e:
+        raise CorruptFileError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise CorruptFileError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise CorruptFileError(f"{where}: not valid JSON ({str(e).splitlines()[0][:120]})") from None
+    except RecursionError:
+        raise CorruptFileError(f"{where}: refused: JSON nested too deeply") from None
+
+
+def json_record(line: bytes | str, where: str) -> dict[str, Any]:
+    """One ``.jsonl`` line as the JSON object fedsim wrote (:func:`json_value`); anything but an
+    object is a one-line :class:`~fedsim.errors.CorruptFileError` naming ``where``."""
+    rec = json_value(line, where)
+    if not isinstance(rec, dict):
+        raise CorruptFileError(f"{where}: a JSON {type(rec).__name__}, not a record (a JSON object)")
+    return rec
+
+
+def read_json(path: Path) -> Any:
+    """The JSON value of the file ``path``, read only if it is at most :data:`MAX_JSON_BYTES`
+    (:func:`json_value`: one-line :class:`~fedsim.errors.CorruptFileError` naming it); a missing or
+    unreadable file is the ``OSError``."""
+    with open(path, "rb") as fh:
+        raw = fh.read(MAX_JSON_BYTES + 1)
+    if len(raw) > MAX_JSON_BYTES:
+        raise CorruptFileError(f"{path}: more than {MAX_JSON_BYTES // 2**20} MiB; not a file fedsim wrote")
+    return json_value(raw, str(path))
+
+
+def jsonl_records(path: Path, torn_last: bool = True,
+                  problem: Callable[[dict[str, Any]], str | None] | None = None) -> list[dict[str, Any]]:
+    """The records of a ``.jsonl`` file, one JSON object per non-blank line (:func:`json_record`),
+    read a line at a time, each at most :data:`MAX_JSON_BYTES`. A bad line (or one for which
+    ``problem`` returns what is wrong) is a one-line :class:`~fedsim.errors.CorruptFileError`
+    naming the file and the line, except, with ``torn_last``, a bad last line (a writer killed
+    mid-line), which is left out."""
+    out: list[dict[str, Any]] = []
+    bad: CorruptFileError | None = None
+    with open(path, "rb") as fh:
+        for n, line in enumerate(iter(lambda: fh.readline(MAX_JSON_BYTES + 1), b""), 1):
+            if not line.strip():
+                continue
+            if bad is not None:  # a line after the bad one: that one was not a torn last line
+                raise bad
+            where = f"{path}: line {n}"
+            try:
+                if len(line) > MAX_JSON_BYTES:
+                    raise CorruptFileError(f"{where}: longer than {MAX_JSON_BYTES // 2**20} MiB; not a fedsim record")
+                rec = json_record(line, where)
+                wrong = problem(rec) if problem is not None else None
+                if wrong:
+                    raise CorruptFileError(f"{where}: {wrong}")
+                out.append(rec)
+            except CorruptFileError as e:
+                if not torn_last:
+                    raise
+                bad = e
     return out
+
+
+# the fields of a metrics record that tables and figures compute with: a number (or null, a
+# non-finite value as written, fedsim.rundir.json_safe) where present
+METRIC_NUMBERS = ("accuracy_mean", "accuracy_min", "accuracy_max", "bytes_sent_total", "bytes_sent_per_peer")
+
+
+def metrics_problem(rec: dict[str, Any]) -> str | None:
+    """What makes ``rec`` no metrics record a table or figure can use (``None``: nothing): an
+    integer ``round`` >= 0, and numbers (or null) in :data:`METRIC_NUMBERS`."""
+    rnd = rec.get("round")
+    if isinstance(rnd, bool) or not isinstance(rnd, int) or rnd < 0:
+        return f"'round' is {rnd!r:.40}, not a round number (an integer >= 0)"
+    for k in METRIC_NUMBERS:
+        v = rec.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+            return f"{k!r} is {v!r:.40}, not a number"
+    return None
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The metrics records of a ``.jsonl`` file (:func:`jsonl_records`, each checked by
+    :func:`metrics_problem`); a torn last line (a killed writer) is ignored, any other bad line is
+    a one-line :class:`~fedsim.errors.CorruptFileError`."""
+    return jsonl_records(path, problem=metrics_problem) if path.exists() else []
 
 
 @dataclass
@@ -175,8 +258,8 @@ class RunData:
         if not p.exists():
             return None
         try:
-            return json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError):
+            return read_json(p)
+        except (OSError, CorruptFileError):
             return None
 
 
@@ -188,15 +271,16 @@ def recorded_scenario(path: Path) -> dict[str, Any]:
     by the bounded reader every scenario file goes through (:func:`fedsim.yamlsafe.read_yaml`:
     size, depth and value caps, duplicate keys refused, one-line
     :class:`~fedsim.errors.ScenarioError`); an empty file is ``{}``, anything but a mapping is
-    refused in one line. Not parsed into a :class:`fedsim.scenario.Scenario`: the run may need a
-    plugin, or predate a field."""
+    refused in one line. Its YAML aliases are expanded by :func:`fedsim.yamlsafe.plain_tree`, which
+    refuses a billion-laughs file (the readers flatten and serialise every value). Not parsed into a
+    :class:`fedsim.scenario.Scenario`: the run may need a plugin, or predate a field."""
     file = Path(path) / SCENARIO_FILE
     data = read_yaml(file)
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ScenarioError(f"{file}: holds a {type(data).__name__}, not a scenario (a mapping of sections)")
-    return data
+    return plain_tree(data, str(file))
 
 
 def load_run(path: Path) -> RunData:
@@ -206,10 +290,9 @@ def load_run(path: Path) -> RunData:
     scenario = recorded_scenario(path) if (path / SCENARIO_FILE).exists() else {}
     summary = None
     if (path / "summary.json").exists():
-        try:
-            summary = json.loads((path / "summary.json").read_text())
-        except json.JSONDecodeError:
-            summary = None
+        summary = read_json(path / "summary.json")
+        if not isinstance(summary, dict):
+            raise CorruptFileError(f"{path / 'summary.json'}: a JSON {type(summary).__name__}, not a run's summary")
     return RunData(path, scenario, read_jsonl(path / "metrics.jsonl"), summary, flatten(scenario))
 
 
@@ -291,12 +374,37 @@ PLOTS_DIR = "plots"  # where `fedsim plot DIR` writes by default: DIR/plots, nev
 
 
 def _sweep_index(folder: Path) -> dict[str, Any] | None:
-    """A sweep folder's ``sweep.json``, or None (absent or unreadable)."""
+    """A sweep folder's ``sweep.json``, or None (absent or unreadable: the folder is walked
+    instead). Its runs are folder names in ``folder`` (:func:`sweep_run_dirs`): an entry that is not
+    one (``../other``, an absolute path, not a string) is a one-line
+    :class:`~fedsim.errors.CorruptFileError`, so a planted index cannot point a report elsewhere."""
     try:
-        index = json.loads((folder / "sweep.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        index = read_json(folder / "sweep.json")
+    except (OSError, CorruptFileError):
         return None
-    return index if isinstance(index, dict) else None
+    if not isinstance(index, dict):
+        return None
+    sweep_run_dirs(folder, index)
+    return index
+
+
+def sweep_run_dirs(folder: Path, index: dict[str, Any]) -> list[Path]:
+    """The run folders a sweep's ``sweep.json`` (``index``) lists, in its order: each entry's
+    ``dir`` must name a folder directly in ``folder`` (what ``fedsim sweep`` writes), else one-line
+    :class:`~fedsim.errors.CorruptFileError`."""
+    runs, grid = index.get("runs") or [], index.get("grid") or {}
+    where = folder / "sweep.json"
+    if not isinstance(runs, list) or not isinstance(grid, dict):
+        raise CorruptFileError(f"{where}: not a sweep index ('runs' must be a list, 'grid' a mapping)")
+    out = []
+    for i, r in enumerate(runs):
+        d = r.get("dir") if isinstance(r, dict) else None
+        if not isinstance(d, str) or d in ("", ".", "..") or "/" in d or "\0" in d:
+            shown = repr(d if isinstance(d, str) else r)[:80]
+            raise CorruptFileError(f"{where}: runs[{i}]: {shown} is not the name of a folder in the sweep "
+                                   "(no '/', '..' or absolute path)")
+        out.append(folder / d)
+    return out
 
 
 _UNREAD: Any = object()  # (_run_dirs: the folder's sweep.json not read yet)
@@ -314,7 +422,7 @@ def _run_dirs(folder: Path, depth: int, index: Any = _UNREAD) -> tuple[list[Path
         return [folder], []
     index = _sweep_index(folder) if index is _UNREAD else index
     if index is not None and index.get("runs"):
-        return [folder / r["dir"] for r in index["runs"] if is_run_dir(folder / r["dir"])], []
+        return [d for d in sweep_run_dirs(folder, index) if is_run_dir(d)], []
     if depth == 0:
         return [], [folder]
     runs: list[Path] = []

@@ -28,8 +28,8 @@ import numpy as np
 
 from fedsim import rundir
 from fedsim import scenario as sc_mod
-from fedsim._runs import SCENARIO_FILE, recorded_scenario
-from fedsim.errors import FedsimError
+from fedsim._runs import SCENARIO_FILE, read_json, recorded_scenario
+from fedsim.errors import CorruptFileError, FedsimError
 from fedsim.runfiles import read_history, read_records
 from fedsim.scenario import Scenario
 
@@ -231,7 +231,9 @@ def load_run(path: str | Path) -> RunResult:
         scenario = recorded_scenario(path)  # a dict, as written: the run may need a plugin (RunResult)
         history = read_history(path / rundir.METRICS)
         summary_path = path / rundir.SUMMARY
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+        summary = read_json(summary_path) if summary_path.exists() else None
+        if summary is not None and not isinstance(summary, dict):
+            raise CorruptFileError(f"{summary_path}: a JSON {type(summary).__name__}, not a run's summary")
     except FileNotFoundError as e:
         raise RunResultError(f"{path}: {Path(e.filename).name} is missing; the run did not start") from None
     except (OSError, ValueError) as e:  # ScenarioError is a ValueError

@@ -29,6 +29,7 @@ from pathlib import Path
 import click
 
 from fedsim._runs import PLOTS_DIR, load_runs
+from fedsim.errors import FedsimError
 from fedsim.plot_curves import bytes_label, plot_curves
 from fedsim.plot_heatmaps import plot_heatmaps
 from fedsim.plot_probes import (
@@ -106,6 +107,9 @@ def plot_dir(
     import matplotlib
 
     rs = load_runs(directory)
+    if out is None and (Path(directory) / PLOTS_DIR).is_symlink():  # planted in a folder someone sent
+        raise FedsimError(f"{Path(directory) / PLOTS_DIR} is a symbolic link; fedsim plot writes figures only into "
+                          "a real folder: remove the link, or choose a folder with --out")
     out = Path(out) if out else Path(directory) / PLOTS_DIR
     formats = [f.lower().lstrip(".") for f in formats]
     written: list[Path] = []

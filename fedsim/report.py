@@ -23,8 +23,10 @@ from fedsim._runs import (
     label,
     load_runs,
     mean_std,
+    read_json,
     shared_settings,
 )
+from fedsim.errors import CorruptFileError
 from fedsim.units import human_bytes
 
 
@@ -268,8 +270,6 @@ def probes_markdown(rs: RunSet) -> str:
     what ``fedsim run`` prints after the rounds) under a heading naming the run; ``""`` when no run
     has probes. An unreadable file, or one not shaped as ``docs/probes.md`` documents
     (:class:`fedsim.report_probes.ProbesShapeError`), is a line saying so and why, not a failed report."""
-    import json
-
     from fedsim.report_probes import ProbesShapeError, format_probes
 
     parts = []
@@ -278,9 +278,11 @@ def probes_markdown(rs: RunSet) -> str:
         if not (r.complete and path.exists()):
             continue
         try:
-            body = format_probes(json.loads(path.read_text()))
+            body = format_probes(read_json(path))
         except ProbesShapeError as e:
             body = f"{path}: cannot read: {e}\n"
+        except CorruptFileError as e:  # names the file
+            body = f"{e}\n"
         except (OSError, ValueError) as e:
             body = f"{path}: cannot read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})\n"
         if body:

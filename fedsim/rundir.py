@@ -45,7 +45,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from fedsim._runs import IGNORED_PREFIXES, comparable, flatten
+from fedsim._runs import IGNORED_PREFIXES, MAX_JSON_BYTES, comparable, flatten, json_value
 from fedsim.errors import CorruptFileError, FedsimError, RunDirExistsError
 
 MARKER = ".fedsim-run"
@@ -204,14 +204,32 @@ def writing(path: Path) -> Iterator[None]:
         raise RunWriteError(f"cannot write {path}: {e.strerror or e}") from None
 
 
+def _umask() -> int:
+    """This process's umask, read without changing it where Linux says it (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
 @contextmanager
-def atomic_file(path: Path) -> Iterator[BinaryIO]:
+def atomic_file(path: Path, mode: int | None = None) -> Iterator[BinaryIO]:
     """A binary file whose content replaces ``path`` when the block ends: written to a temp file
     ``.<name>.*.tmp`` beside it, synced, then renamed over it, so readers and a kill see the old
-    content or the new, never a part; on an error the temp file is removed and ``path`` kept. The
-    one atomic writer of fedsim (run files, ``probes.json``, ``sweep.json``, feature caches)."""
+    content or the new, never a part, and a symbolic link at ``path`` is replaced, never written
+    through; on an error the temp file is removed and ``path`` kept. ``mode``: the file's
+    permissions less the umask, as ``open`` would make them (default: private, 0600). The one
+    atomic writer of fedsim (run files, ``probes.json``, ``sweep.json``, feature caches, figures)."""
     with writing(path):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        if mode is not None:
+            os.fchmod(fd, mode & ~_umask())
         try:
             with os.fdopen(fd, "wb") as fh:
                 yield fh
@@ -393,8 +411,8 @@ def _check_header(path: Path, header: bytes, empty: bool, digest: str) -> None:
 def _meta(path: Path, body: bytes) -> tuple[dict[str, Any], bytes]:
     line, _, payload = body.partition(b"\n")
     try:
-        meta = json.loads(line)
-    except ValueError:
+        meta = json_value(line, str(path))
+    except CorruptFileError:  # not JSON, or nested past the recursion limit
         meta = None
     need = {"format", "round", "metrics_lines", "metrics_sha256", "scenario", "scenario_sha256"}
     if not isinstance(meta, dict) or not need <= meta.keys():
@@ -409,8 +427,8 @@ def read_checkpoint_meta(path: Path) -> dict[str, Any]:
     the run's peak, docs/performance.md)."""
     try:
         with path.open("rb") as fh:
-            header = fh.readline()
-            line = fh.readline()  # the metadata (and the body's first bytes)
+            header = fh.readline(len(CHECKPOINT_MAGIC) + 80)  # magic, format, sha256: never a long line
+            line = fh.readline(MAX_JSON_BYTES)  # the metadata (and the body's first bytes); bounded as every JSON
             sha = hashlib.sha256(line)
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 sha.update(chunk)

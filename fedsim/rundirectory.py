@@ -15,12 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import yaml
-
 from fedsim import rundir
 from fedsim.errors import CorruptFileError, FedsimError, ResumeMismatchError, RunDirExistsError
 from fedsim.runfiles import TIMINGS, TimingsWriter, checked_prefix
 from fedsim.scenario import Scenario
+from fedsim.yamlsafe import dump_yaml
 
 
 class ResumePoint(NamedTuple):
@@ -85,9 +84,7 @@ class RunDirectory:
             self._check_free_space()
             with rundir.writing(self.path):
                 rundir.mark(self.path)
-                (self.path / "scenario.yaml").write_text(
-                    yaml.safe_dump(self.sc.model_dump(mode="json"), sort_keys=False)
-                )
+                (self.path / "scenario.yaml").write_text(dump_yaml(self.sc.model_dump(mode="json")))
                 (self.path / "versions.json").write_text(json.dumps(versions or {}, indent=2) + "\n")
         except BaseException:
             self.lock.release()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from fedsim import rundir
+from fedsim._runs import json_record, jsonl_records
 from fedsim.errors import CorruptFileError
 
 if TYPE_CHECKING:
@@ -114,7 +115,7 @@ class TimingsWriter:
         kept = []
         for i, x in enumerate(lines):
             try:
-                rnd = json.loads(x)["round"]
+                rnd = json_record(x, f"{tp}: line {i + 1}")["round"]  # CorruptFileError is a ValueError
                 if not isinstance(rnd, int):
                     raise TypeError
             except (ValueError, KeyError, TypeError):
@@ -232,14 +233,17 @@ def write_summary(path: Path, summary: dict[str, Any]) -> None:
     rundir.atomic_write(path, data.encode())
 
 
-def parse_lines(data: bytes | str) -> list[dict[str, Any]]:
-    """The JSON objects of ``.jsonl`` content, one per non-blank line (strict: a bad line raises)."""
-    return [json.loads(x) for x in data.splitlines() if x.strip()]
+def parse_lines(data: bytes | str, where: str = rundir.METRICS) -> list[dict[str, Any]]:
+    """The JSON objects of ``.jsonl`` content, one per non-blank line (strict: a bad line is a
+    one-line :class:`~fedsim.errors.CorruptFileError` naming ``where`` and the line,
+    :func:`fedsim._runs.json_record`)."""
+    return [json_record(x, f"{where}: line {n}") for n, x in enumerate(data.splitlines(), 1) if x.strip()]
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` (or ``timings.jsonl``) as written."""
-    return parse_lines(Path(path).read_bytes())
+    """The records of a ``metrics.jsonl`` (or ``timings.jsonl``) as written (strict, a line at a
+    time: :func:`fedsim._runs.jsonl_records`)."""
+    return jsonl_records(Path(path), torn_last=False)
 
 
 def read_records(run_dir: Path, history: list[dict[str, Any]] | None = None) -> list[RoundRecord]:

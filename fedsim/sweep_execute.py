@@ -33,6 +33,7 @@ def run_one(data: dict[str, Any], run_dir: str, progress: Callable[[int, dict], 
     Returns ``{"status": "done"|"complete"|"failed"|"interrupted", "summary"|"error": ...}``; never
     raises for a failing run (its traceback goes to ``run_dir/error.txt``)."""
     from fedsim import rundir
+    from fedsim._runs import read_json
     from fedsim.runner import Run
 
     d = Path(run_dir)
@@ -41,7 +42,7 @@ def run_one(data: dict[str, Any], run_dir: str, progress: Callable[[int, dict], 
     ours = (not d.exists() and not d.is_symlink()) or (
         d.is_dir() and not d.is_symlink() and (rundir.is_empty(d) or rundir.is_run_dir(d)))
     if (d / "summary.json").exists():
-        return {"status": "complete", "summary": json.loads((d / "summary.json").read_text())}
+        return {"status": "complete", "summary": read_json(d / "summary.json")}  # bounded: one line if corrupt
     try:
         # the sweep's driver granted its plugins (fedsim sweep --plugin) and checked the scenario
         plugins.grant(data.get("plugins") or ())

@@ -143,8 +143,8 @@ def _name_part(v: Any) -> str:
     named (:data:`EMPTY_NAMES`: ``params={}`` → ``params=empty``) rather than left blank."""
     if type(v) in EMPTY_NAMES and not v:
         return EMPTY_NAMES[type(v)]
-    if isinstance(v, dict):
-        return ",".join(f"{k}-{_name_part(x)}" for k, x in sorted(v.items()))
+    if isinstance(v, dict):  # its keys made file-safe too: a key "../x" must not become a path
+        return ",".join(f"{_UNSAFE.sub('-', str(k))}-{_name_part(x)}" for k, x in sorted(v.items()))
     if isinstance(v, (list, tuple)):
         return ",".join(_name_part(x) for x in v)
     if v is None:
@@ -162,7 +162,7 @@ def run_name(overrides: dict[str, Any]) -> str:
     """Folder name of a run: ``strategy.name=krum__peers.byzantine_fraction=0.3__seed=1``."""
     if not overrides:
         return "base"
-    name = "__".join(f"{k}={_name_part(v)}" for k, v in overrides.items())
+    name = "__".join(f"{_UNSAFE.sub('-', k)}={_name_part(v)}" for k, v in overrides.items())
     if len(name) > MAX_NAME:
         name = name[: MAX_NAME - 9] + "~" + _digest(overrides)
     return name

@@ -67,11 +67,22 @@ class _BoundedLoader(yaml.SafeLoader):
 # YAML 1.1 (PyYAML) reads `1e-3` and `1.0e30` as strings (its floats need a dot and a signed
 # exponent); with strict types that string would be refused. These are floats, as in YAML 1.2 and
 # as `--set` reads them (parse_value).
-_BoundedLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+_BoundedLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789."))
+
+
+class _Dumper(yaml.SafeDumper):
+    """PyYAML's safe dumper that quotes a string :class:`_BoundedLoader` would read as a float
+    (``name: "1e5"``): what :func:`dump_yaml` writes reads back as it was."""
+
+
+_Dumper.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789."))
+
+
+def dump_yaml(data: Any) -> str:
+    """``data`` (plain data: a resolved scenario) as YAML that :func:`safe_yaml` reads back equal,
+    keys in their order (a run directory's ``scenario.yaml``, the Flower run config's scenario)."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False)
 
 
 def _yaml(text: str) -> Any:

@@ -296,6 +296,12 @@ def test_cli_command_lines(tmp_path):
         assert part in r.output
     r = CliRunner().invoke(flower, ["superlink", "--insecure", "--auth", "--dry-run"])
     assert r.exit_code != 0 and "needs TLS" in r.output
+    assert "--host 0.0.0.0 " in CliRunner().invoke(flower, ["superlink", "--certs-dir", str(tmp_path / "certs"),
+                                                             "--dry-run"]).output  # TLS: for the devices
+    r = CliRunner().invoke(flower, ["superlink", "--insecure", "--dry-run"])  # plaintext: this machine only
+    assert r.exit_code == 0 and "--host 127.0.0.1 " in r.output and "0.0.0.0" not in r.output, r.output
+    r = CliRunner().invoke(flower, ["superlink", "--insecure", "--host", "0.0.0.0", "--dry-run"])  # unless asked
+    assert r.exit_code == 0 and "--host 0.0.0.0 " in r.output, r.output
 
 
 def test_certificates_and_node_keys_load(tmp_path):

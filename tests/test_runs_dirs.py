@@ -55,12 +55,14 @@ def test_a_run_a_sweep_and_a_folder_of_them(tmp_path):
 def test_load_runs_reads_a_sweeps_index_once(tmp_path, monkeypatch):
     """One source of truth: the ``sweep.json`` that lists a sweep's runs is the one whose grid
     orders them (:class:`fedsim._runs.RunSet`), read once; each sweep inside a folder of runs once too."""
+    import fedsim._runs as runs_mod
+
     reads: list[Path] = []
-    real = Path.read_text
+    real = runs_mod.read_json  # the one reader of the JSON files of run and sweep folders
     monkeypatch.setattr(
-        Path,
-        "read_text",
-        lambda self, *a, **k: (reads.append(self) if self.name == "sweep.json" else None) or real(self, *a, **k),
+        runs_mod,
+        "read_json",
+        lambda path: (reads.append(path) if path.name == "sweep.json" else None) or real(path),
     )
     sweep = _sweep(tmp_path / "runs" / "sw", ["a", "b"])
     rs = load_runs(sweep)

@@ -16,39 +16,41 @@ from fedsim.data.checks import _reason
 from fedsim.errors import CorruptFileError
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's bytes, gunzipped when it ends in ``.gz``; a bad gzip stream is a CorruptFileError."""
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (the format MNIST, Fashion-MNIST and EMNIST are published in), gunzipped
+    when it ends in ``.gz``; an empty, truncated, corrupt or foreign file raises
+    :class:`CorruptFileError` naming it. The header is read first and no more than the bytes it
+    declares after it, so a gzip bomb (gigabytes of zeros in a small ``.gz``) or a huge file is
+    refused without being read whole, and a header declaring more than this machine's memory
+    before anything is allocated."""
+    from fedsim.limits import machine_memory
+
+    path = Path(path)
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as fh:
-                return fh.read()
-        return path.read_bytes()
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as fh:
+            head = fh.read(4)
+            if len(head) < 4 or head[:3] != b"\x00\x00\x08" or head[3] == 0:
+                what = "empty" if not head else f"starts with {head[:4].hex()}"
+                raise CorruptFileError(f"{path}: not an unsigned-byte IDX file ({what}; expected 00 00 08 <ndim>)")
+            header = 4 + 4 * head[3]
+            dims = fh.read(header - 4)
+            if len(dims) < header - 4:
+                raise CorruptFileError(
+                    f"{path}: truncated IDX header ({4 + len(dims)} bytes, the header alone needs {header})")
+            shape = tuple(int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(head[3]))
+            size = math.prod(shape)
+            if size > machine_memory():
+                raise CorruptFileError(f"{path}: the header declares shape {shape} ({size} bytes), more than this "
+                                       "machine's memory (corrupt, or not an IDX file)")
+            body = fh.read(size + 1)  # one byte more: a file longer than its header says is refused too
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise CorruptFileError(f"{path}: not a valid gzip file ({_reason(e)})") from None
     except IsADirectoryError:
         raise CorruptFileError(f"{path}: is a directory, expected a data file") from None
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (the format MNIST, Fashion-MNIST and EMNIST are published in); an empty,
-    truncated or foreign file raises :class:`CorruptFileError` naming it."""
-    path = Path(path)
-    raw = _read_bytes(path)
-    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08" or raw[3] == 0:
-        what = "empty" if not raw else f"starts with {raw[:4].hex()}"
-        raise CorruptFileError(f"{path}: not an unsigned-byte IDX file ({what}; expected 00 00 08 <ndim>)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise CorruptFileError(f"{path}: truncated IDX header ({len(raw)} bytes, the header alone needs {header})")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + math.prod(shape)
-    if len(raw) != expected:
-        raise CorruptFileError(
-            f"{path}: the header declares shape {shape} ({expected} bytes), the file has {len(raw)} bytes "
-            "(truncated or corrupt)"
-        )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+    if len(body) != size:
+        has = f"{header + len(body)} bytes (truncated or corrupt)" if len(body) < size else "more (corrupt)"
+        raise CorruptFileError(f"{path}: the header declares shape {shape} ({header + size} bytes), the file has {has}")
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
 
 
 def _find(root: Path, *names: str) -> Path:

@@ -3,6 +3,7 @@ anything unusable raises :class:`~fedsim.errors.CorruptFileError`, one line nami
 
 from __future__ import annotations
 
+import math
 import zipfile
 from pathlib import Path
 
@@ -28,6 +29,34 @@ def _npz_file(path: Path) -> Path:
     return path
 
 
+def _refuse_oversized(path: Path) -> None:
+    """:class:`CorruptFileError` when the arrays of the .npz ``path`` would need more than this
+    machine's memory, before any is read: numpy allocates the array a member's ``.npy`` header
+    declares before reading its data, so a header claiming terabytes, or a small deflated file of
+    zeros (a zip bomb), would exhaust memory before any error. Counts each member's declared size
+    (its header's shape and dtype) or its uncompressed size in the zip, whichever is larger."""
+    from fedsim.limits import machine_memory
+
+    total = 0
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            declared = 0
+            if info.filename.endswith(".npy"):
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+                    elif version == (2, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+                    else:  # 3.0 (a UTF-8 header, no public reader): its zip size below
+                        shape, dtype = (), np.dtype("u1")
+                    declared = math.prod(shape) * dtype.itemsize
+            total += max(declared, info.file_size)
+    if total > machine_memory():
+        raise CorruptFileError(f"{path}: its arrays declare {total} bytes, more than this machine's memory "
+                               "(corrupt, or not data fedsim can load)")
+
+
 def _npz_labels(y: np.ndarray, path: Path, key: str) -> np.ndarray:
     """Integer labels as int64: integer dtypes, or floats that hold whole numbers."""
     if y.ndim != 1:
@@ -49,6 +78,8 @@ def npz(data_dir: Path) -> Dataset:
     ``allow_pickle=False``: object arrays are refused."""
     path = _npz_file(Path(data_dir))
     try:
+        if zipfile.is_zipfile(path):
+            _refuse_oversized(path)
         with np.load(path, allow_pickle=False) as z:
             if not isinstance(z, np.lib.npyio.NpzFile):
                 raise CorruptFileError(f"{path}: a single .npy array, expected an .npz archive of x/y arrays")

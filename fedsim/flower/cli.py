@@ -254,8 +254,9 @@ def client(superlink: str, partition_id: int, num_partitions: int, root_certific
 
 
 @flower.command()
-@click.option("--host", default="0.0.0.0", show_default=True,
-              help="Address the Fleet API listens on (Control/Runtime APIs answer only this machine).")
+@click.option("--host", default=None,
+              help="Address the Fleet API listens on (Control/Runtime APIs answer only this machine) "
+                   "[0.0.0.0 with TLS; 127.0.0.1 with --insecure, which is for one machine].")
 @click.option("--port", type=int, default=8000, show_default=True, help="Port of the Fleet/Control/Runtime API.")
 @click.option("--certs-dir", type=click.Path(file_okay=False, exists=True),
               help="Directory with ca.crt, server.pem, server.key (as `fedsim flower certs` writes).")
@@ -265,15 +266,19 @@ def client(superlink: str, partition_id: int, num_partitions: int, root_certific
 @click.option("--max-reply-bytes", type=click.IntRange(min=1), default=None,
               help="Refuse a device reply larger than this, before Flower reads it (default 8 MiB).")
 @click.option("--dry-run", is_flag=True, help="Print the flower-superlink command instead of running it.")
-def superlink(host: str, port: int, certs_dir: str | None, insecure: bool, auth: bool, database: str | None,
+def superlink(host: str | None, port: int, certs_dir: str | None, insecure: bool, auth: bool, database: str | None,
               max_reply_bytes: int | None, dry_run: bool) -> None:
     """Start a Flower SuperLink for fedsim apps (TLS by default; runtime dependency install off;
-    Control and Runtime APIs served to this machine only: run `fedsim flower run|register` here)."""
+    Control and Runtime APIs served to this machine only: run `fedsim flower run|register` here).
+    With --insecure the Fleet API listens on 127.0.0.1 unless --host says otherwise."""
     from fedsim.flower import commands
+    from fedsim.flower.processes import LOOPBACK
 
     _need_flower()
     if insecure == bool(certs_dir):
         raise click.UsageError("give --certs-dir (TLS) or --insecure (local tests only)")
+    if host is None:  # plaintext stays on this machine unless --host names an address for it
+        host = LOOPBACK if insecure else "0.0.0.0"
     certs = None
     if certs_dir:
         d = Path(certs_dir).expanduser().resolve()

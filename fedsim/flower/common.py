@@ -11,10 +11,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import yaml
 
 from fedsim.flower.errors import BridgeError  # noqa: F401 - re-exported: the bridge modules raise it
 from fedsim.scenario import Scenario, ScenarioError, parse, parse_set, set_dotted
+from fedsim.yamlsafe import MAX_YAML_BYTES, dump_yaml, plain_tree, safe_yaml
 
 LOG = logging.getLogger("flwr.fedsim")  # a child of Flower's logger: shows in `flwr log` and the node's output
 
@@ -65,12 +65,20 @@ def scenario_data(sc_or_yaml: Scenario | str | Mapping[str, Any]) -> dict[str, A
     if isinstance(sc_or_yaml, Scenario):
         return sc_or_yaml.model_dump(mode="json")
     if isinstance(sc_or_yaml, str):
-        data = yaml.safe_load(sc_or_yaml) if sc_or_yaml.strip() else {}
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise BridgeError("run config 'scenario': the YAML must be a mapping of sections")
-        return data
+        # the bounded reader of every scenario file (fedsim.yamlsafe): size, depth, aliases, a key given
+        # twice refused (PyYAML keeps the last silently), every failure one BridgeError line
+        source = "run config 'scenario'"
+        try:
+            if len(sc_or_yaml) > MAX_YAML_BYTES:
+                raise ScenarioError(f"{source}: more than {MAX_YAML_BYTES // 2**20} MiB; scenario files are small")
+            data = safe_yaml(sc_or_yaml, source) if sc_or_yaml.strip() else {}
+            if data is None:
+                data = {}
+            if not isinstance(data, dict):
+                raise BridgeError(f"{source}: the YAML must be a mapping of sections")
+            return plain_tree(data, source)
+        except ScenarioError as e:
+            raise BridgeError(str(e)) from None
     return dict(sc_or_yaml)
 
 
@@ -150,7 +158,7 @@ def scenario_from_run_config(run_config: Mapping[str, Any], node_config: Mapping
 
 def scenario_yaml(sc: Scenario) -> str:
     """The resolved scenario (every default explicit) as YAML text for the run config."""
-    return yaml.safe_dump(sc.model_dump(mode="json"), sort_keys=False)
+    return dump_yaml(sc.model_dump(mode="json"))
 
 
 def as_head(arr: np.ndarray) -> np.ndarray:

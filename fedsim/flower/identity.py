@@ -21,6 +21,8 @@ import json
 from pathlib import Path
 
 from fedsim import rundir
+from fedsim._runs import read_json
+from fedsim.errors import CorruptFileError
 from fedsim.flower.common import BridgeError
 
 STORE_NAME = "partitions.json"
@@ -31,11 +33,11 @@ def load_partition_map(path: str | Path, n: int) -> dict[int, int]:
     ``0..n-1`` at most once. A clear one-line error names the file and the entry otherwise."""
     p = Path(path).expanduser()
     try:
-        data = json.loads(p.read_text())
+        data = read_json(p)
     except OSError as e:
         raise BridgeError(f"run config 'partition-map': cannot read {p}: {e.strerror or e}") from None
-    except json.JSONDecodeError as e:
-        raise BridgeError(f"run config 'partition-map': {p} is not valid JSON ({e.msg}, line {e.lineno})") from None
+    except CorruptFileError as e:  # not UTF-8 or JSON, nested too deeply, too large: names the file
+        raise BridgeError(f"run config 'partition-map': {e}") from None
     if not isinstance(data, dict):
         raise BridgeError(f"run config 'partition-map': {p} must hold an object {{\"NODE_ID\": PARTITION}}")
     return _validated(data, n, str(p))
@@ -73,8 +75,8 @@ class PartitionAssignment:
     def _load(self, path: Path) -> dict[int, int]:
         """The bindings saved by this Flower run (a restarted ServerApp); another run's are ignored."""
         try:
-            saved = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+            saved = read_json(path)
+        except (OSError, CorruptFileError) as e:
             raise BridgeError(f"{path}: unreadable partition assignment ({e})") from None
         if not isinstance(saved, dict) or not isinstance(saved.get("nodes"), dict):
             raise BridgeError(f"{path}: must hold {{\"run-id\": N, \"nodes\": {{\"NODE_ID\": PARTITION}}}}")

@@ -77,9 +77,11 @@ def read_record(run_config: Mapping[str, Any]) -> dict[str, str]:
     text = run_config.get(KEY, "")
     if not text:
         return {}
+    from fedsim._runs import json_value
+
     try:
-        rec = json.loads(text) if isinstance(text, str) else None
-    except ValueError:
+        rec = json_value(text, f"run config {KEY!r}") if isinstance(text, str) else None
+    except ValueError:  # CorruptFileError: not JSON, or nested past the recursion limit
         rec = None
     if not isinstance(rec, dict) or not all(
         isinstance(k, str) and isinstance(v, str) and len(v) == 64 for k, v in rec.items()
