@@ -198,6 +198,13 @@ def metrics_problem(rec: dict[str, Any]) -> str | None:
     return None
 
 
+def _nan_for_null(rec: dict[str, Any]) -> dict[str, Any]:
+    """``rec`` with NaN for each of :data:`METRIC_NUMBERS` written as null (the record itself if none is)."""
+    if all(rec.get(k, 0) is not None for k in METRIC_NUMBERS):
+        return rec
+    return {k: math.nan if v is None and k in METRIC_NUMBERS else v for k, v in rec.items()}
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The metrics records of a ``.jsonl`` file (:func:`jsonl_records`, each checked by
     :func:`metrics_problem`); a torn last line (a killed writer) is ignored, any other bad line is
@@ -229,8 +236,10 @@ class RunData:
 
     @property
     def evaluations(self) -> list[dict[str, Any]]:
-        """The metric records of evaluation rounds (those with ``accuracy_mean``), honest group."""
-        return [m for m in self.metrics if "accuracy_mean" in m and m.get("group", "honest") == "honest"]
+        """The metric records of evaluation rounds (those with ``accuracy_mean``), honest group; a
+        number written as null (non-finite when recorded, e.g. no honest peer evaluated) reads as NaN,
+        so tables print ``nan``, curves leave a gap and no target counts as reached there."""
+        return [_nan_for_null(m) for m in self.metrics if "accuracy_mean" in m and m.get("group", "honest") == "honest"]
 
     @property
     def final_accuracy(self) -> float | None:

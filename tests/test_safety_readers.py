@@ -122,6 +122,25 @@ def test_a_non_finite_accuracy_written_as_null_still_reads(tmp_path):
     assert load_runs(run).runs[0].metrics[0]["accuracy_mean"] is None
 
 
+def test_report_and_plot_read_a_null_accuracy_as_nan(tmp_path):
+    """A non-finite accuracy is written as null: the table prints nan, the curve has a gap, no
+    target counts as reached there (was an internal TypeError in both commands)."""
+    run = _run(tmp_path / "r", summary=b'{"final_accuracy_mean": null}', metrics=(
+        b'{"round": 0, "accuracy_mean": 0.5, "accuracy_min": 0.4, "accuracy_max": 0.6}\n'
+        b'{"round": 1, "accuracy_mean": null, "accuracy_min": null, "accuracy_max": null, '
+        b'"nonfinite": ["accuracy_mean"]}\n'))
+    data = load_runs(run).runs[0]
+    assert data.metrics[1]["accuracy_mean"] is None  # the record as written
+    assert [m["accuracy_mean"] for m in data.evaluations][0] == 0.5
+    assert data.final_accuracy != data.final_accuracy and data.rounds_to(0.1) == 1  # NaN; round 0 reached it
+    res = CliRunner().invoke(main, ["report", str(run)])
+    assert res.exit_code == 0, res.output
+    assert "| nan |" in res.output
+    res = CliRunner().invoke(main, ["plot", str(run)])
+    assert res.exit_code == 0, res.output
+    assert (run / "plots" / "accuracy_vs_round.png").stat().st_size > 0
+
+
 @pytest.mark.parametrize("case", sorted(BAD_LINES))
 def test_a_torn_last_metrics_line_is_still_left_out(tmp_path, case):
     """A writer killed mid-line leaves a bad last line: the rounds before it are read."""
