@@ -21,7 +21,8 @@ Checkpoints (:func:`write_checkpoint`) are one file, replaced atomically::
     <metadata as one JSON line>\\n
     <tensors: torch.save of dicts/lists of tensors, ints and None>
 
-read with ``torch.load(weights_only=True)`` after the checksum matches, so a planted, truncated
+read with ``torch.load(weights_only=True)`` from the open file once a pass in chunks has matched the
+checksum (:func:`read_checkpoint` never holds the file whole), so a planted, truncated
 or bit-flipped file is refused (:class:`~fedsim.errors.CorruptFileError` naming it) and never
 unpickles arbitrary objects. The metadata records what the checkpoint belongs to: the round, the
 number of ``metrics.jsonl`` lines written by then and their sha256, and the resolved scenario
@@ -382,17 +383,6 @@ def write_checkpoint(path: Path, meta: dict[str, Any], state: dict[str, Any]) ->
         fh.write(_checkpoint_header(w.sha256.hexdigest()))
 
 
-def _verified_body(path: Path) -> bytes:
-    """The bytes after the header once the header and checksum match; else CorruptFileError."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise CorruptFileError(f"{path}: cannot read the checkpoint: {e.strerror or e}") from None
-    header, _, body = data.partition(b"\n")
-    _check_header(path, header, not data, hashlib.sha256(body).hexdigest())
-    return body
-
-
 def _check_header(path: Path, header: bytes, empty: bool, digest: str) -> None:
     """CorruptFileError unless ``header`` (the first line, without its newline) is a checkpoint's of
     this format whose checksum is ``digest``, the body's sha256; ``empty``: the file has no bytes."""
@@ -408,8 +398,8 @@ def _check_header(path: Path, header: bytes, empty: bool, digest: str) -> None:
         raise CorruptFileError(f"{path}: checksum mismatch (truncated or corrupt); {hint}")
 
 
-def _meta(path: Path, body: bytes) -> tuple[dict[str, Any], bytes]:
-    line, _, payload = body.partition(b"\n")
+def _meta(path: Path, line: bytes) -> dict[str, Any]:
+    """The metadata of the checkpoint ``path`` from its second ``line``; else CorruptFileError."""
     try:
         meta = json_value(line, str(path))
     except CorruptFileError:  # not JSON, or nested past the recursion limit
@@ -417,39 +407,92 @@ def _meta(path: Path, body: bytes) -> tuple[dict[str, Any], bytes]:
     need = {"format", "round", "metrics_lines", "metrics_sha256", "scenario", "scenario_sha256"}
     if not isinstance(meta, dict) or not need <= meta.keys():
         raise CorruptFileError(f"{path}: the checkpoint's metadata is unreadable")
-    return meta, payload
+    return meta
+
+
+_CHUNK = 1 << 20
+
+
+def _verified(path: Path, fh: BinaryIO) -> tuple[dict[str, Any], int]:
+    """Read the open checkpoint ``fh`` from its start in 1 MiB chunks, never whole: its metadata and
+    the offset where its tensors start once the header, the checksum and the metadata are right;
+    else :class:`~fedsim.errors.CorruptFileError` naming ``path`` (an ``OSError`` reading it too)."""
+    try:
+        header = fh.readline(len(CHECKPOINT_MAGIC) + 80)  # magic, format, sha256: never a long line
+        line = fh.readline(MAX_JSON_BYTES)  # the metadata (and the body's first bytes); bounded as every JSON
+        sha = hashlib.sha256(line)
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            sha.update(chunk)
+    except OSError as e:
+        raise CorruptFileError(f"{path}: cannot read the checkpoint: {e.strerror or e}") from None
+    _check_header(path, header.removesuffix(b"\n"), not header, sha.hexdigest())
+    return _meta(path, line), len(header) + len(line)
+
+
+def _opened(path: Path) -> BinaryIO:
+    try:
+        return path.open("rb")
+    except OSError as e:
+        raise CorruptFileError(f"{path}: cannot read the checkpoint: {e.strerror or e}") from None
 
 
 def read_checkpoint_meta(path: Path) -> dict[str, Any]:
     """The checkpoint's metadata (round, metrics lines and checksum, scenario), checksum verified;
-    nothing is unpickled. The file is read in chunks, never held whole: a Ctrl-C's resume hint reads
-    the checkpoint it has just written (at 10,000 peers the whole file and its body were 0.22 GiB above
-    the run's peak, docs/performance.md)."""
-    try:
-        with path.open("rb") as fh:
-            header = fh.readline(len(CHECKPOINT_MAGIC) + 80)  # magic, format, sha256: never a long line
-            line = fh.readline(MAX_JSON_BYTES)  # the metadata (and the body's first bytes); bounded as every JSON
-            sha = hashlib.sha256(line)
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                sha.update(chunk)
-    except OSError as e:
-        raise CorruptFileError(f"{path}: cannot read the checkpoint: {e.strerror or e}") from None
-    _check_header(path, header.removesuffix(b"\n"), not header, sha.hexdigest())
-    return _meta(path, line)[0]
+    nothing is unpickled. The file is read in chunks, never held whole (:func:`_verified`): a Ctrl-C's
+    resume hint reads the checkpoint it has just written (at 10,000 peers the whole file and its body
+    were 0.22 GiB above the run's peak, docs/performance.md)."""
+    with _opened(path) as fh:
+        return _verified(path, fh)[0]
+
+
+class _Tail(io.RawIOBase):
+    """The open file ``fh`` from byte ``start`` on, as a read-only file of its own (its offset 0 is
+    ``start``): ``torch.load`` reads the tensors through it, ``readinto`` straight into their storage."""
+
+    def __init__(self, fh: BinaryIO, start: int) -> None:
+        super().__init__()
+        self._fh, self._start = fh, start
+        fh.seek(start)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._fh.tell() - self._start
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: self._start, io.SEEK_CUR: self._fh.tell()}.get(whence)
+        to = pos + (base if base is not None else self._fh.seek(0, io.SEEK_END))
+        if to < self._start:
+            raise ValueError(f"negative seek position {to - self._start}")
+        return self._fh.seek(to) - self._start
+
+    def readinto(self, b: Any) -> int:
+        return self._fh.readinto(b)  # type: ignore[attr-defined]
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(metadata, tensors)`` of a verified checkpoint, loaded with ``weights_only=True``."""
+    """``(metadata, tensors)`` of a verified checkpoint, loaded with ``weights_only=True``, never
+    holding the file whole: its checksum verified in chunks (:func:`_verified`), then its tensors
+    loaded from the file itself (:class:`_Tail`; ``torch.load(mmap=True)`` cannot: it needs a zip
+    from byte 0). One open handle serves both passes, so a checkpoint replaced meanwhile (atomically,
+    :func:`atomic_file`) is not read: the handle keeps the file that was verified. (At 10,000 peers the
+    whole file and its slices were 0.43 GiB above the loaded tensors, docs/performance.md.)"""
     import pickle
 
     import torch
 
-    meta, payload = _meta(path, _verified_body(path))
-    try:
-        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, TypeError, AttributeError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CorruptFileError(f"{path}: the checkpoint's tensors cannot be loaded safely: {first}") from None
+    with _opened(path) as fh:
+        meta, start = _verified(path, fh)
+        try:
+            state = torch.load(_Tail(fh, start), map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, TypeError, AttributeError,
+                OSError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise CorruptFileError(f"{path}: the checkpoint's tensors cannot be loaded safely: {first}") from None
     if not isinstance(state, dict):
         raise CorruptFileError(f"{path}: the checkpoint's tensors are not a mapping")
     return meta, state

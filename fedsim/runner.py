@@ -252,9 +252,11 @@ class Run:
         d, every = self.rundir, self.sc.checkpoint.every
         prefix = b""
         if point is not None:  # a verified resume: load its state, cut the files back to it
-            if point.state is not None:
-                sim.restore(point.state, d.checkpoint)
+            state = point.take_state()  # (freed once restored, not held for the whole run)
+            if state is not None:
+                sim.restore(state, d.checkpoint)
                 self._resumed_after = point.start - 1
+            del state
             d.truncate(point)
             prefix = point.metrics_prefix
         self.history = parse_lines(prefix)

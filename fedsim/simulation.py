@@ -183,7 +183,10 @@ class Simulation:
         """Load a checkpoint's :meth:`state` into the fresh actors, after checking it has this
         scenario's entries and shapes (else :class:`~fedsim.errors.CorruptFileError` naming ``source``)."""
         backend, server = self.backend, self.server
-        fresh = merge_group_states(self._group_states(), self._group_sizes())
+        # the fresh state's entries, shapes and dtypes only: each group's copy is freed as it is
+        # merged (map holds none; a merge of the copies held every peer's state once more, 0.43 GiB
+        # at 10,000 peers, besides the checkpoint's)
+        fresh = merge_group_states(map(shapes_only, self._group_states()), self._group_sizes())
         if not isinstance(state, dict) or state.keys() != {"groups", "server"}:
             raise CorruptFileError(f"{source}: expected the groups' and the server's state")
         check_state(source, "peers'", state["groups"], fresh)
@@ -343,6 +346,12 @@ def merge_group_states(states: Iterable[dict[str, Any]], sizes: Sequence[int]) -
     if first != sum(sizes):
         raise ValueError(f"the groups' states hold {first} peers, expected {sum(sizes)}")
     return merged
+
+
+def shapes_only(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with its tensors on the ``meta`` device: the same entries, shapes and dtypes, no data
+    (what :func:`check_state` compares; :func:`merge_group_states` merges them without allocating)."""
+    return {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in state.items()}
 
 
 def split_group_state(merged: dict[str, Any], sizes: list[int]) -> list[dict[str, Any]]:

@@ -1,0 +1,215 @@
+"""Reading a checkpoint on resume without holding it whole (docs/performance.md, the checkpoint section):
+the checksum verified in chunks, the tensors loaded from the open file (never a copy of it), one handle
+for both passes (a checkpoint replaced meanwhile is not mixed in), corruption refused in one line; and a
+resumed run holds neither the checkpoint's tensors after restoring them nor a merged copy of the fresh
+state to check them against."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedsim import rundir
+from fedsim.callbacks import Callback
+from fedsim.errors import CorruptFileError
+from fedsim.peers import PeerGroup
+from fedsim.runner import Run
+from fedsim.scenario import parse
+
+META = {"format": 1, "round": 2, "metrics_lines": 3, "metrics_sha256": "x", "scenario": {}, "scenario_sha256": "y"}
+
+
+def _state(seed: int) -> dict:
+    # 8 tensors of 512 KiB: a 4 MiB file, four times the reader's 1 MiB chunk
+    g = torch.Generator().manual_seed(seed)
+    return {"groups": {f"w{i}": torch.randn(256, 512, generator=g) for i in range(8)} | {"t": seed},
+            "server": None}
+
+
+def _same(got: dict, want: dict) -> bool:
+    g, w = got["groups"], want["groups"]
+    return g.keys() == w.keys() and all(torch.equal(g[k], w[k]) if isinstance(w[k], torch.Tensor) else g[k] == w[k]
+                                        for k in w)
+
+
+class _Spy:
+    """A checkpoint's open file that records every read's size and refuses an unbounded read (the
+    whole file); ``at_end`` runs once, when a read first meets the end of the file."""
+
+    def __init__(self, fh, log: list[int], at_end=None) -> None:
+        self.fh, self.log, self.at_end = fh, log, at_end
+
+    def _seen(self, n: int, size: int) -> None:
+        self.log.append(n)
+        if n == 0 and size != 0 and self.at_end is not None:
+            at_end, self.at_end = self.at_end, None
+            at_end()
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            raise AssertionError("an unbounded read: the whole file")
+        out = self.fh.read(size)
+        self._seen(len(out), size)
+        return out
+
+    def readline(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            raise AssertionError("an unbounded readline")
+        out = self.fh.readline(size)
+        self._seen(len(out), size)
+        return out
+
+    def readinto(self, b) -> int:
+        n = self.fh.readinto(b)
+        self._seen(n, len(memoryview(b)))
+        return n
+
+    def readall(self) -> bytes:
+        raise AssertionError("readall: the whole file")
+
+    def __getattr__(self, name: str):  # seek, tell, fileno, close
+        return getattr(self.fh, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.fh.close()
+
+
+def _spied(monkeypatch, log: list[int], at_end=None) -> None:
+    """Path.open of the checkpoint returns a :class:`_Spy` (the first one gets ``at_end``); its
+    Path.read_bytes fails."""
+    real_open = Path.open
+    hooks = [at_end]
+
+    def opened(self, mode="r", *a, **k):
+        fh = real_open(self, mode, *a, **k)
+        return _Spy(fh, log, hooks.pop() if hooks else None) if self.name == "checkpoint.pt" else fh
+
+    def whole(self):
+        raise AssertionError("the whole file read")
+
+    monkeypatch.setattr(Path, "open", opened)
+    monkeypatch.setattr(Path, "read_bytes", whole)
+
+
+def test_read_checkpoint_never_holds_the_file_whole(tmp_path, monkeypatch):
+    """The checksum pass reads 1 MiB chunks, the load reads each tensor into its own storage: no read
+    is larger than a chunk or the largest tensor (512 KiB here), none unbounded, the file 4 MiB."""
+    path = tmp_path / "checkpoint.pt"
+    state = _state(1)
+    rundir.write_checkpoint(path, META, state)
+    size = path.stat().st_size
+    log: list[int] = []
+    _spied(monkeypatch, log)
+    meta, got = rundir.read_checkpoint(path)
+    assert meta == META and _same(got, state)
+    assert size > 4 * rundir._CHUNK and 0 < max(log) <= rundir._CHUNK
+    assert sum(log) >= size + 8 * 256 * 512 * 4  # the checksum pass, then the tensors through the same file
+
+
+def test_a_flipped_byte_in_the_tensors_is_refused_in_one_line(tmp_path):
+    """A byte flipped inside a tensor's data: the checksum pass refuses it (one line naming the file);
+    a payload cut short under a correct checksum: the load through the open file refuses it."""
+    path = tmp_path / "checkpoint.pt"
+    state = _state(2)
+    rundir.write_checkpoint(path, META, state)
+    good = path.read_bytes()
+    at = good.find(state["groups"]["w5"].numpy().tobytes()) + 1000  # inside the sixth tensor's data
+    assert at > 1000
+    flipped = bytearray(good)
+    flipped[at] ^= 0x01
+    header, meta_line, payload = good.split(b"\n", 2)
+    body = meta_line + b"\n" + payload[: len(payload) * 2 // 3]
+    cut = rundir._checkpoint_header(hashlib.sha256(body).hexdigest()) + body
+    for data, why in [(bytes(flipped), "checksum mismatch"), (cut, "cannot be loaded safely")]:
+        path.write_bytes(data)
+        with pytest.raises(CorruptFileError) as e:
+            rundir.read_checkpoint(path)
+        msg = str(e.value)
+        assert str(path) in msg and why in msg and "\n" not in msg, msg
+
+
+def test_a_checkpoint_replaced_between_the_passes_is_not_mixed_in(tmp_path, monkeypatch):
+    """The checkpoint is replaced (atomically, as fedsim writes it) once the checksum pass has read it
+    to the end: the load reads the verified file through the same handle, so metadata and tensors are
+    both the first checkpoint's, never the first's metadata with the second's tensors."""
+    path = tmp_path / "checkpoint.pt"
+    first, second = _state(3), _state(4)
+    rundir.write_checkpoint(path, META, first)
+    replaced: list[bool] = []
+
+    def replace() -> None:
+        rundir.write_checkpoint(path, META | {"round": 3}, second)  # a metadata line of the same length
+        replaced.append(True)
+
+    _spied(monkeypatch, [], at_end=replace)
+    meta, got = rundir.read_checkpoint(path)
+    assert replaced and rundir.read_checkpoint_meta(path)["round"] == 3
+    assert meta == META and _same(got, first)
+
+
+# ----------------------------------------------------------------------------- a resumed run
+def _stopped(small_scenario) -> Run:
+    r = Run(parse(small_scenario(name="part", rounds=6, **{"checkpoint.every": 1})))
+    r.create_dir()
+    assert r.execute(stop_after=2) == {"stopped_after": 2}
+    return r
+
+
+def test_a_resumed_run_frees_the_checkpoints_tensors_once_restored(small_scenario, monkeypatch):
+    """The checkpoint's tensors are gone by the first resumed round (the resume point held them for
+    the whole run: every peer's state once more)."""
+    r = _stopped(small_scenario)
+    loaded: list[weakref.ref] = []
+    read = rundir.read_checkpoint
+
+    def tracked(path):
+        meta, state = read(path)
+        loaded.extend(weakref.ref(v) for v in state["groups"].values() if isinstance(v, torch.Tensor))
+        return meta, state
+
+    alive: list[int] = []
+
+    class Count(Callback):
+        def on_round(self, record):
+            gc.collect()
+            alive.append(sum(ref() is not None for ref in loaded))
+
+    monkeypatch.setattr(rundir, "read_checkpoint", tracked)
+    Run(r.sc, r.dir).execute(resume=True, callbacks=[Count()])
+    assert len(loaded) >= 4 and alive == [0, 0, 0]
+
+
+def test_restore_checks_shapes_without_a_copy_of_the_fresh_state(small_scenario, monkeypatch):
+    """Restoring compares the checkpoint with the fresh state's shapes only: no tensor data merged, and
+    each group's get_state copy freed before the next group's is asked."""
+    from fedsim import simulation
+
+    r = _stopped(small_scenario)
+    copies: list[weakref.ref] = []
+    live: list[int] = []
+    fresh_devices: set[str] = set()
+    get_state, check_state = PeerGroup.get_state, simulation.check_state
+
+    def tracked(self):
+        gc.collect()
+        live.append(sum(ref() is not None for ref in copies))
+        st = get_state(self)
+        copies.extend(weakref.ref(v) for k, v in st.items() if k in PeerGroup.PER_PEER_STATE)
+        return st
+
+    def checked(path, what, loaded, fresh):
+        fresh_devices.update(v.device.type for v in fresh.values() if isinstance(v, torch.Tensor))
+        return check_state(path, what, loaded, fresh)
+
+    monkeypatch.setattr(PeerGroup, "get_state", tracked)
+    monkeypatch.setattr(simulation, "check_state", checked)
+    Run(r.sc, r.dir).execute(resume=True, stop_after=2)
+    assert live[:2] == [0, 0] and fresh_devices == {"meta"}
