@@ -28,7 +28,8 @@ import numpy as np
 
 from fedsim import rundir
 from fedsim import scenario as sc_mod
-from fedsim._runs import SCENARIO_FILE, read_json, recorded_scenario
+from fedsim._runs import SCENARIO_FILE, read_json, recorded_scenario, run_error
+from fedsim.cli_errors import RUN_ERROR_FILE
 from fedsim.errors import CorruptFileError, FedsimError
 from fedsim.runfiles import read_history, read_records
 from fedsim.scenario import Scenario
@@ -235,7 +236,9 @@ def load_run(path: str | Path) -> RunResult:
         if summary is not None and not isinstance(summary, dict):
             raise CorruptFileError(f"{summary_path}: a JSON {type(summary).__name__}, not a run's summary")
     except FileNotFoundError as e:
-        raise RunResultError(f"{path}: {Path(e.filename).name} is missing; the run did not start") from None
+        err = run_error(path)  # a sweep's run that failed at start: what failed, not only what is missing
+        why = f"; it failed: {err} ({path / RUN_ERROR_FILE})" if err else "; the run did not start"
+        raise RunResultError(f"{path}: {Path(e.filename).name} is missing{why}") from None
     except (OSError, ValueError) as e:  # ScenarioError is a ValueError
         raise RunResultError(f"{path}: cannot read the run ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     from fedsim.runfacts import EXPOSURE_KEYS

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import click
 
-from fedsim._runs import PLOTS_DIR, load_runs
+from fedsim._runs import PLOTS_DIR, left_out, load_runs
 from fedsim.errors import FedsimError
 from fedsim.plot_curves import bytes_label, plot_curves
 from fedsim.plot_heatmaps import plot_heatmaps
@@ -110,6 +110,9 @@ def plot_dir(
     if out is None and (Path(directory) / PLOTS_DIR).is_symlink():  # planted in a folder someone sent
         raise FedsimError(f"{Path(directory) / PLOTS_DIR} is a symbolic link; fedsim plot writes figures only into "
                           "a real folder: remove the link, or choose a folder with --out")
+    missing = left_out(rs)
+    if missing:  # (plot_curves: a line draws its incomplete runs only when it has no complete one)
+        log(f"note: {missing}; in no heatmap, and in a curve only where no complete run has its settings")
     out = Path(out) if out else Path(directory) / PLOTS_DIR
     formats = [f.lower().lstrip(".") for f in formats]
     written: list[Path] = []
