@@ -226,6 +226,9 @@ def sweep(
         f"{f', [red]{len(res.failed)} failed[/red]' if res.failed else ''}"
         f"{f', {len(res.invalid)} invalid left out' if res.invalid else ''} ({time.time() - t0:.1f} s)"
     )
+    if res.kept:
+        console.print(f"sweep.json also lists {len(res.kept)} run(s) of an earlier grid of this sweep, which "
+                      f"report and plot include (e.g. {res.kept[0]}); another --out keeps sweeps apart")
     if res.failed:
         for n, err in res.failed.items():
             console.print(f"  [red]{n}[/red]: {err}")
