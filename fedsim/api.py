@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from fedsim.simulation import RoundRecord
 
 
+YAML_TEXT = "scenario (YAML text)"  # how errors name a scenario given as text
+
+
 class RunResultError(FedsimError):
     """A directory :func:`load_run` cannot read as a fedsim run."""
 
@@ -98,6 +101,13 @@ def _scenario_data(scenario: str | Path | Mapping[str, Any] | Scenario) -> tuple
         return scenario.model_dump(mode="json"), None
     if isinstance(scenario, Mapping):
         return dict(scenario), None
+    if isinstance(scenario, str) and "\n" in scenario:  # YAML text (no path has a line break): the bounded reader
+        from fedsim.yamlsafe import safe_yaml
+
+        return sc_mod.top_mapping(safe_yaml(scenario, YAML_TEXT), YAML_TEXT), None
+    if isinstance(scenario, str) and not Path(scenario).exists() and (":" in scenario or "{" in scenario):
+        raise sc_mod.ScenarioError(f"{scenario!r:.80}: no such file (YAML text spans lines, e.g. ends with a "
+                                   "newline; or pass a dict)")
     if isinstance(scenario, (str, Path)):
         return None, Path(scenario)
     raise TypeError(f"scenario must be a path, a mapping or a Scenario, got {type(scenario).__name__}")
@@ -110,8 +120,8 @@ def resolve(
     require_data: bool = False,
     plugins: Sequence[str] = (),
 ) -> Scenario:
-    """Validate ``scenario`` (a YAML path, a mapping as the YAML would load, or a
-    :class:`~fedsim.scenario.Scenario`) with dotted ``overrides`` (``{"strategy.name": "krum"}``,
+    """Validate ``scenario`` (a YAML path, YAML text: a string with a line break, a mapping as the
+    YAML would load, or a :class:`~fedsim.scenario.Scenario`) with dotted ``overrides`` (``{"strategy.name": "krum"}``,
     as ``--set``) applied; raises :class:`~fedsim.scenario.ScenarioError` (one line).
     ``require_data``: missing dataset files are an error here (:func:`run` sets it: a run
     directory is made, or overwritten, only for a scenario whose data is there). ``plugins``: your
