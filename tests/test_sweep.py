@@ -245,7 +245,10 @@ def test_cli_dry_run_resume_and_changed_scenario(tmp_path) -> None:
     assert "2 already complete, 0 ran" in res.output
     # the same folders with another scenario would mix results: refuse, unless --overwrite
     res = CliRunner().invoke(sweep, args + ["--set", "rounds=2"])
-    assert res.exit_code != 0 and "rounds was 3, now 2" in res.output
+    assert res.exit_code != 0 and res.output.count("\n") == 1, res.output  # one line, naming the first and the rest
+    assert res.output == (f"Error: run folders hold a different scenario than this sweep would run: "
+                          f"{out / 'strategy.name=fedavg'}: rounds was 3, now 2 (and 1 more folder); pass "
+                          "--overwrite to rerun them, or choose another --out\n"), res.output
     res = CliRunner().invoke(sweep, [a for a in args if a != "-q"] + ["--set", "rounds=2", "--overwrite"])
     assert res.exit_code == 0 and "0 already complete, 2 ran" in res.output  # with the progress bar
     res = CliRunner().invoke(sweep, [str(path), "-g", "strategy.name=nope", "--out", str(out), "--local"])
