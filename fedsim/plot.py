@@ -182,7 +182,7 @@ def plot(
       fedsim plot runs/quickstart
       fedsim plot runs/quickstart-sweep --out figures --format pdf
       fedsim plot runs/quickstart-sweep --format png,svg
-      fedsim plot runs/attack-matrix --format pdf --no-title --size 3.5,2.6 --no-bands
+      fedsim plot runs/attack-matrix --format pdf --no-title --size 7,8 --no-bands   # 5 panels: a page wide
       fedsim plot runs/quickstart-sweep --format pdf --no-title --size 7,4.5 --band seeds
     """
     fmts = [f.strip().lower().lstrip(".") for f in formats.split(",") if f.strip()]
