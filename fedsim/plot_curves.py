@@ -37,6 +37,8 @@ from fedsim.plot_style import (
     wrap_label,
 )
 
+Y_LABEL = "honest test accuracy (%)"
+
 
 # --------------------------------------------------------------------------- helpers
 def _exchanges(run: RunData) -> str | None:
@@ -200,11 +202,13 @@ def plot_curves(
                     ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", va="center", color="#777777")
                 if x == "round":
                     ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
-                if j == 0:
-                    ax.set_ylabel("honest test accuracy (%)")
+                if j == 0 and len(rvals) == 1:  # rows: one label for all (below), not one per row
+                    ax.set_ylabel(Y_LABEL)
                 if i == len(rvals) - 1:  # wrapped to the panel's width, as the legend to the figure's
                     panel = line_chars(fig_width(fig, opts) / len(cvals), STYLE["axes.labelsize"])
                     ax.set_xlabel("round" if x == "round" else wrap_label(bytes_label(sruns, line, unit), panel))
+        if len(rvals) > 1:  # one per row overlapped its neighbours once longer than a panel is tall
+            fig.supylabel(Y_LABEL, fontsize=STYLE["axes.labelsize"])
         seeds = f"; averaged over {n_seeds} seeds" if n_seeds > 1 else ""  # "; ": where a narrow legend wraps
         band = "± 1 std over seeds" if opts.band == "seeds" else "their min–max"
         if banded:

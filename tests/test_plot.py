@@ -297,6 +297,22 @@ def test_a_column_wide_size_is_the_saved_figures_width(tmp_path) -> None:
     assert all(w <= 3.5 + 0.2 + 0.01 for w in widths.values()), widths
 
 
+def test_panels_in_rows_share_one_y_label(sweep_dir, tmp_path, figures) -> None:
+    """Three attack rows: one y label for the figure, not one per row (each longer than a panel is
+    tall at a paper's size, so neighbours' labels overlapped, e.g. the attack matrix at 7,8 in);
+    one row keeps its axis label."""
+    CliRunner().invoke(plot, [str(sweep_dir), "--out", str(tmp_path), "--format", "png", "--size", "7,8"])
+    fig = [f for f, p in figures if p.name == "accuracy_vs_round"][0]
+    assert len({ax.get_subplotspec().rowspan.start for ax in fig.axes}) == 3
+    assert [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()] == []
+    assert fig._supylabel is not None and fig._supylabel.get_text() == "honest test accuracy (%)"
+    figures.clear()
+    run = sweep_dir / "strategy.name=fedavg__peers.attack.name=alie__peers.byzantine_fraction=0.2"
+    CliRunner().invoke(plot, [str(run), "--out", str(tmp_path / "one"), "--format", "png"])
+    fig = [f for f, p in figures if p.name == "accuracy_vs_round"][0]
+    assert fig.axes[0].get_ylabel() == "honest test accuracy (%)" and fig._supylabel is None
+
+
 def test_palette_keeps_ten_lines_apart() -> None:
     """Ten lines: ten distinct colours, each dark enough to read on white (contrast >= 2:1, so no
     Okabe–Ito yellow), and neighbours differ in dash pattern and marker too."""
