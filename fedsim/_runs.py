@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedsim.cli_errors import RUN_ERROR_FILE
 from fedsim.errors import CorruptFileError, ScenarioError
 from fedsim.yamlsafe import plain_tree, read_yaml
 
@@ -309,13 +310,29 @@ def is_run_dir(path: Path) -> bool:
     return (path / "metrics.jsonl").exists() or (path / "summary.json").exists()
 
 
+def run_error(path: Path) -> str | None:
+    """What failed in the run folder ``path``, from the ``error.txt`` that ``fedsim sweep`` writes
+    for a failed run (and ``fedsim run`` for an unexpected error): its last line, the exception
+    (``RuntimeError: boom``), cut to 200 characters; None without that file."""
+    try:
+        lines = [x.strip() for x in (Path(path) / RUN_ERROR_FILE).read_text(errors="replace").splitlines()]
+    except OSError:
+        return None
+    last = next((x for x in reversed(lines) if x), "(empty)")
+    return last if len(last) <= 200 else last[:199] + "…"
+
+
 @dataclass
 class RunSet:
-    """The runs under a directory, plus the sweep index when there is one."""
+    """The runs under a directory, plus the sweep index when there is one. ``unstarted``: run
+    folders with no round recorded, so not in ``runs``: a sweep's listed runs not run yet or that
+    failed before their first round, and (in a folder of runs) folders whose run failed so
+    (:func:`run_error`); :func:`left_out` says which is which."""
 
     root: Path
     runs: list[RunData]
     index: dict[str, Any] | None = None
+    unstarted: list[Path] = field(default_factory=list)
 
     @property
     def title(self) -> str:
@@ -419,30 +436,39 @@ def sweep_run_dirs(folder: Path, index: dict[str, Any]) -> list[Path]:
 _UNREAD: Any = object()  # (_run_dirs: the folder's sweep.json not read yet)
 
 
-def _run_dirs(folder: Path, depth: int, index: Any = _UNREAD) -> tuple[list[Path], list[Path]]:
-    """The run folders ``folder`` stands for and the folders in it that are none of what is
-    accepted: itself if it is a run; a sweep's runs (its ``sweep.json``'s list, grid order; older
-    leftovers are not part of it); with ``depth`` > 0, those of its sub-folders, each a run, a
-    sweep or (depth permitting) a folder of them. Never walks further: a run's own sub-folders (an
-    unlearning probe's retrain) and hidden folders, ``plots``, and run folders without a round
-    yet (a ``scenario.yaml``, no metrics: starting, or failed at start) are passed over.
+def _run_dirs(folder: Path, depth: int, index: Any = _UNREAD) -> tuple[list[Path], list[Path], list[Path]]:
+    """The run folders ``folder`` stands for, the folders in it that are none of what is
+    accepted, and the run folders with no round recorded that it stands for: itself if it is a
+    run; a sweep's runs (its ``sweep.json``'s list, grid order; older leftovers are not part of
+    it; a listed run not run yet, or failed before its first round, is the third list's); with
+    ``depth`` > 0, those of its sub-folders, each a run, a sweep or (depth permitting) a folder
+    of them. Never walks further: a run's own sub-folders (an unlearning probe's retrain) and
+    hidden folders, ``plots``, and run folders without a round yet (a ``scenario.yaml``, no
+    metrics: starting, or failed at start, then in the third list) are passed over.
     ``index``: ``folder``'s :func:`_sweep_index` where the caller already read it (default: read here)."""
     if is_run_dir(folder):
-        return [folder], []
+        return [folder], [], []
     index = _sweep_index(folder) if index is _UNREAD else index
     if index is not None and index.get("runs"):
-        return [d for d in sweep_run_dirs(folder, index) if is_run_dir(d)], []
+        listed = sweep_run_dirs(folder, index)
+        return [d for d in listed if is_run_dir(d)], [], [d for d in listed if not is_run_dir(d)]
     if depth == 0:
-        return [], [folder]
+        return [], [folder], []
     runs: list[Path] = []
     others: list[Path] = []
+    unstarted: list[Path] = []
     for child in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if child.name == PLOTS_DIR or (not is_run_dir(child) and (child / "scenario.yaml").is_file()):
+        if child.name == PLOTS_DIR:
             continue
-        found, strangers = _run_dirs(child, depth - 1)
+        if not is_run_dir(child) and (child / "scenario.yaml").is_file():
+            if (child / RUN_ERROR_FILE).is_file():
+                unstarted.append(child)
+            continue
+        found, strangers, waiting = _run_dirs(child, depth - 1)
         runs += found
-        others += strangers if found else [child]
-    return runs, others
+        unstarted += waiting
+        others += strangers if found or waiting else [child]
+    return runs, others, unstarted
 
 
 def load_runs(root: Path) -> RunSet:
@@ -456,15 +482,40 @@ def load_runs(root: Path) -> RunSet:
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such directory")
     index = _sweep_index(root)  # read once: for the runs it lists and for the RunSet's grid order
-    dirs, others = _run_dirs(root, 2, index)
+    dirs, others, unstarted = _run_dirs(root, 2, index)
     expected = ("expected a run (with metrics.jsonl), a sweep (with sweep.json) or a folder of runs and sweeps "
                 "(like runs/)")
     if others:
         more = f" (and {len(others) - 1} more)" if len(others) > 1 else ""
         raise FileNotFoundError(f"{root}: {others[0]}{more} is neither a run nor a sweep; {expected}")
+    if not dirs and unstarted:  # a sweep whose runs all failed at start (or have not run yet)
+        none = left_out(RunSet(root, [], index, unstarted))
+        raise FileNotFoundError(f"{root}: no run has recorded a round yet; {none}")
     if not dirs:
         raise FileNotFoundError(f"{root}: no run directories found; {expected}")
-    return RunSet(root, [load_run(d) for d in dirs], index)
+    return RunSet(root, [load_run(d) for d in dirs], index, unstarted)
+
+
+def left_out(rs: RunSet, limit: int = 5) -> str | None:
+    """The runs of ``rs`` without a ``summary.json`` (that a table leaves out) in one line, the
+    failed ones first: ``2 incomplete run(s) (no summary.json): NAME failed: RuntimeError: boom
+    (DIR/error.txt); NAME not finished`` (or ``failed before its first round``, ``not run yet``),
+    at most ``limit`` named, then ``... and K more``; None when every run is complete."""
+    failed: list[str] = []
+    other: list[str] = []
+    for path, started in [(r.path, True) for r in rs.runs if not r.complete] + [(p, False) for p in rs.unstarted]:
+        name = path.name if path != rs.root else str(path)
+        err = run_error(path)
+        if err is not None:
+            when = "" if started else " before its first round"
+            failed.append(f"{name} failed{when}: {err} ({path / RUN_ERROR_FILE})")
+        else:
+            other.append(f"{name} {'not finished' if started else 'not run yet'}")
+    out = failed + other
+    if not out:
+        return None
+    named = out[:limit] + ([f"... and {len(out) - limit} more"] if len(out) > limit else [])
+    return f"{len(out)} incomplete run(s) (no summary.json): {'; '.join(named)}"
 
 
 def group_runs(rs: RunSet, keys: list[str], runs: Iterable[RunData] | None = None) -> list[tuple[tuple, list[RunData]]]:

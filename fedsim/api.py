@@ -28,7 +28,8 @@ import numpy as np
 
 from fedsim import rundir
 from fedsim import scenario as sc_mod
-from fedsim._runs import SCENARIO_FILE, read_json, recorded_scenario
+from fedsim._runs import SCENARIO_FILE, read_json, recorded_scenario, run_error
+from fedsim.cli_errors import RUN_ERROR_FILE
 from fedsim.errors import CorruptFileError, FedsimError
 from fedsim.runfiles import read_history, read_records
 from fedsim.scenario import Scenario
@@ -36,6 +37,9 @@ from fedsim.scenario import Scenario
 if TYPE_CHECKING:
     from fedsim.callbacks import Callback
     from fedsim.simulation import RoundRecord
+
+
+YAML_TEXT = "scenario (YAML text)"  # how errors name a scenario given as text
 
 
 class RunResultError(FedsimError):
@@ -97,6 +101,13 @@ def _scenario_data(scenario: str | Path | Mapping[str, Any] | Scenario) -> tuple
         return scenario.model_dump(mode="json"), None
     if isinstance(scenario, Mapping):
         return dict(scenario), None
+    if isinstance(scenario, str) and "\n" in scenario:  # YAML text (no path has a line break): the bounded reader
+        from fedsim.yamlsafe import safe_yaml
+
+        return sc_mod.top_mapping(safe_yaml(scenario, YAML_TEXT), YAML_TEXT), None
+    if isinstance(scenario, str) and not Path(scenario).exists() and (":" in scenario or "{" in scenario):
+        raise sc_mod.ScenarioError(f"{scenario!r:.80}: no such file (YAML text spans lines, e.g. ends with a "
+                                   "newline; or pass a dict)")
     if isinstance(scenario, (str, Path)):
         return None, Path(scenario)
     raise TypeError(f"scenario must be a path, a mapping or a Scenario, got {type(scenario).__name__}")
@@ -109,8 +120,8 @@ def resolve(
     require_data: bool = False,
     plugins: Sequence[str] = (),
 ) -> Scenario:
-    """Validate ``scenario`` (a YAML path, a mapping as the YAML would load, or a
-    :class:`~fedsim.scenario.Scenario`) with dotted ``overrides`` (``{"strategy.name": "krum"}``,
+    """Validate ``scenario`` (a YAML path, YAML text: a string with a line break, a mapping as the
+    YAML would load, or a :class:`~fedsim.scenario.Scenario`) with dotted ``overrides`` (``{"strategy.name": "krum"}``,
     as ``--set``) applied; raises :class:`~fedsim.scenario.ScenarioError` (one line).
     ``require_data``: missing dataset files are an error here (:func:`run` sets it: a run
     directory is made, or overwritten, only for a scenario whose data is there). ``plugins``: your
@@ -235,7 +246,9 @@ def load_run(path: str | Path) -> RunResult:
         if summary is not None and not isinstance(summary, dict):
             raise CorruptFileError(f"{summary_path}: a JSON {type(summary).__name__}, not a run's summary")
     except FileNotFoundError as e:
-        raise RunResultError(f"{path}: {Path(e.filename).name} is missing; the run did not start") from None
+        err = run_error(path)  # a sweep's run that failed at start: what failed, not only what is missing
+        why = f"; it failed: {err} ({path / RUN_ERROR_FILE})" if err else "; the run did not start"
+        raise RunResultError(f"{path}: {Path(e.filename).name} is missing{why}") from None
     except (OSError, ValueError) as e:  # ScenarioError is a ValueError
         raise RunResultError(f"{path}: cannot read the run ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     from fedsim.runfacts import EXPOSURE_KEYS

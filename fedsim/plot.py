@@ -1,8 +1,8 @@
 """``fedsim plot``: figures of a run or a sweep, as PNG and PDF.
 
 * ``accuracy_vs_round``: honest peers' test accuracy per round, one line per strategy (mean over
-  honest peers, averaged over seeds) with the honest peers' min–max band; one panel per attack ×
-  Byzantine fraction when those vary.
+  honest peers, averaged over seeds) with the honest peers' min–max band (``--band seeds``: ± one
+  std over the seeds); one panel per attack × Byzantine fraction when those vary.
 * ``accuracy_vs_bytes``: the same accuracy against the cumulative bytes each peer sent.
 * ``heatmap_strategy_x_attack`` / ``heatmap_strategy_x_<fraction key>``: final accuracy.
 * ``probes_*``: cloning curves (agreement and clone accuracy vs queries) and unlearning
@@ -12,8 +12,9 @@ Lines: ten distinct colours (the Okabe–Ito palette without its yellow, which i
 white, plus three of Paul Tol's), each line also with its own dash pattern and marker, so up to
 ten lines stay apart in greyscale and for colour-blind readers; heatmaps use ``cividis``.
 Titles name the sweep by its own folder (``--title``/``--no-title`` override), ``--size``
-sets every figure's size in inches, ``--no-bands`` drops the min–max bands. The bytes axis
-says what a message of each rule carries (the full model: backbone + head, or the head only).
+sets every figure's size in inches, ``--band seeds`` draws ± one std over the seeds instead of
+the honest peers' min–max, ``--no-bands`` no band. The bytes axis says what a message of each
+rule carries (the full model: backbone + head, or the head only).
 matplotlib is imported only inside the functions that draw, so importing this module stays light.
 
 This module is the entry point (:func:`plot_dir`, the ``fedsim plot`` command and its ``--size``
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import click
 
-from fedsim._runs import PLOTS_DIR, load_runs
+from fedsim._runs import PLOTS_DIR, left_out, load_runs
 from fedsim.errors import FedsimError
 from fedsim.plot_curves import bytes_label, plot_curves
 from fedsim.plot_heatmaps import plot_heatmaps
@@ -62,6 +63,7 @@ from fedsim.plot_style import (
 __all__ = [  # its own names and those of the plot_* modules it re-exports
     "DEFAULT",
     "EXCHANGES",
+    "BANDS",
     "FORMATS",
     "LINESTYLES",
     "MARKERS",
@@ -110,6 +112,9 @@ def plot_dir(
     if out is None and (Path(directory) / PLOTS_DIR).is_symlink():  # planted in a folder someone sent
         raise FedsimError(f"{Path(directory) / PLOTS_DIR} is a symbolic link; fedsim plot writes figures only into "
                           "a real folder: remove the link, or choose a folder with --out")
+    missing = left_out(rs)
+    if missing:  # (plot_curves: a line draws its incomplete runs only when it has no complete one)
+        log(f"note: {missing}; in no heatmap, and in a curve only where no complete run has its settings")
     out = Path(out) if out else Path(directory) / PLOTS_DIR
     formats = [f.lower().lstrip(".") for f in formats]
     written: list[Path] = []
@@ -123,6 +128,7 @@ def plot_dir(
 
 
 FORMATS = ("png", "pdf", "svg", "eps", "jpg")
+BANDS = ("peers", "seeds")  # PlotOptions.band
 MAX_INCHES = 50.0
 
 
@@ -154,10 +160,13 @@ def parse_size(text: str) -> tuple[float, float]:
 @click.option("--title", metavar="TEXT", help="First title line of every figure [the sweep's or run's name: what].")
 @click.option("--no-title", is_flag=True, help="No title at all (for a paper whose caption says it).")
 @click.option("--size", metavar="W,H", help="Every figure's width and height in inches, e.g. 3.5,2.4 [from panels].")
-@click.option("--no-bands", is_flag=True, help="No min–max band around the accuracy lines.")
+@click.option("--no-bands", is_flag=True, help="No band around the accuracy lines.")
+@click.option("--band", type=click.Choice(BANDS), default="peers", show_default=True,
+              help="The band around each accuracy line: the honest peers' min–max (averaged over seeds), or "
+              "± 1 sample std of the seeds' means (a paper's error band; none for one seed).")
 def plot(
     directory: Path, out: Path | None, formats: str, title: str | None, no_title: bool, size: str | None,
-    no_bands: bool
+    no_bands: bool, band: str = "peers"
 ) -> None:
     """Figures of DIRECTORY (a run, or a sweep from `fedsim sweep`):
 
@@ -173,7 +182,8 @@ def plot(
       fedsim plot runs/quickstart
       fedsim plot runs/quickstart-sweep --out figures --format pdf
       fedsim plot runs/quickstart-sweep --format png,svg
-      fedsim plot runs/attack-matrix --format pdf --no-title --size 3.5,2.6 --no-bands
+      fedsim plot runs/attack-matrix --format pdf --no-title --size 7,8 --no-bands   # 5 panels: a page wide
+      fedsim plot runs/quickstart-sweep --format pdf --no-title --size 7,4.5 --band seeds
     """
     fmts = [f.strip().lower().lstrip(".") for f in formats.split(",") if f.strip()]
     bad = [f for f in fmts if f not in FORMATS]
@@ -184,7 +194,7 @@ def plot(
     if title is not None and no_title:
         raise click.UsageError("give --title TEXT or --no-title, not both")
     opts = PlotOptions(title=title, show_title=not no_title, size=parse_size(size) if size else None,
-                       bands=not no_bands)
+                       bands=not no_bands, band=band)
     try:
         written = plot_dir(directory, out, fmts, log=lambda m: click.echo(m, err=True), opts=opts)
     except FileNotFoundError as e:

@@ -1,7 +1,8 @@
 """``fedsim plot``'s accuracy curves: honest accuracy against the round (``accuracy_vs_round``)
 or against the cumulative bytes each peer sent (``accuracy_vs_bytes``, :func:`bytes_label` says
-what a message carries), one line per strategy with the min–max band, one panel per attack ×
-Byzantine fraction. matplotlib is imported only inside the drawing function.
+what a message carries), one line per strategy with the honest peers' min–max band (or, with
+``band="seeds"``, ± one sample std over the seeds), one panel per attack × Byzantine fraction.
+matplotlib is imported only inside the drawing function.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from fedsim._runs import (
     fmt_value,
     group_runs,
     label,
+    mean_std,
 )
 from fedsim.plot_style import (
     DEFAULT,
     EXCHANGES,
+    STYLE,
     PlotOptions,
     _figure,
     _panel_title,
@@ -28,7 +31,13 @@ from fedsim.plot_style import (
     _style,
     _suffix,
     _titles,
+    chars_per_inch,
+    fig_width,
+    line_chars,
+    wrap_label,
 )
+
+Y_LABEL = "honest test accuracy (%)"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -87,6 +96,20 @@ def _curve(runs: list[RunData], field: str) -> tuple[list[int], list[float]]:
     return [x + 1 for x in common], [sum(p[x] for p in per) / len(per) for x in common]
 
 
+def _seed_band(runs: list[RunData], field: str) -> tuple[list[float], list[float]]:
+    """(mean − std, mean + std) over ``runs`` (the seeds of one line; sample std, n − 1) of
+    ``field`` at :func:`_curve`'s rounds; empty for a single run (no spread to show)."""
+    if len(runs) < 2:
+        return [], []
+    per = [{int(m["round"]): m[field] for m in r.evaluations if field in m} for r in runs]
+    lo, hi = [], []
+    for t in sorted(set.intersection(*(set(p) for p in per))):
+        m, s = mean_std([p[t] for p in per])
+        lo.append(m - (s or 0.0))
+        hi.append(m + (s or 0.0))
+    return lo, hi
+
+
 def _cum_bytes(runs: list[RunData]) -> dict[int, float]:
     """Round → cumulative bytes sent per peer through that round (mean over runs)."""
     out: dict[int, list[float]] = {}
@@ -96,6 +119,15 @@ def _cum_bytes(runs: list[RunData]) -> dict[int, float]:
             tot += m.get("bytes_sent_per_peer", 0)
             out.setdefault(int(m["round"]), []).append(tot)
     return {k: sum(v) / len(v) for k, v in out.items()}
+
+
+def legend_columns(labels: list[str], width_in: float, most: int = 6) -> int:
+    """Legend columns (at most ``most``) whose entries fit side by side in ``width_in`` inches: an
+    entry is its longest label at the legend's font size (:func:`fedsim.plot_style.chars_per_inch`)
+    plus the handle, its padding and the column spacing (2 + 0.8 + 2 em)."""
+    size = STYLE["legend.fontsize"]
+    entry = max((len(t) for t in labels), default=1) / chars_per_inch(size) + 4.8 * size / 72
+    return max(1, min(len(labels), most, int(width_in // entry)))
 
 
 def _byte_unit(n: float) -> tuple[float, str]:
@@ -124,6 +156,7 @@ def plot_curves(
         if x == "bytes":
             scale, unit = _byte_unit(max(max(_cum_bytes(sruns).values(), default=1), 1))
         n_seeds = 1
+        banded = False  # whether any line got a band (--band seeds: none for a single seed)
         handles = {}
         for i, rv in enumerate(rvals):
             for j, cv in enumerate(cvals):
@@ -145,8 +178,11 @@ def plot_curves(
                     rounds, mean = _curve(runs, "accuracy_mean")
                     if not rounds:
                         continue
-                    _, lo = _curve(runs, "accuracy_min")
-                    _, hi = _curve(runs, "accuracy_max")
+                    if opts.band == "seeds":
+                        lo, hi = _seed_band(runs, "accuracy_mean")
+                    else:
+                        _, lo = _curve(runs, "accuracy_min")
+                        _, hi = _curve(runs, "accuracy_max")
                     if x == "bytes":
                         cb = _cum_bytes(runs)
                         xs = [cb[t - 1] / scale for t in rounds]
@@ -159,24 +195,34 @@ def plot_curves(
                         ax.fill_between(
                             xs, [100 * v for v in lo], [100 * v for v in hi], color=st["color"], alpha=0.12, linewidth=0
                         )
+                        banded = True
                     handles.setdefault(fmt_value(lv) if line else fmt_value(runs[0].get(STRATEGY)), h)
                     drawn += 1
                 if not drawn:
                     ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", va="center", color="#777777")
                 if x == "round":
                     ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
-                if j == 0:
-                    ax.set_ylabel("honest test accuracy (%)")
-                if i == len(rvals) - 1:
-                    ax.set_xlabel("round" if x == "round" else bytes_label(sruns, line, unit))
-        seeds = f", average of {n_seeds} seeds" if n_seeds > 1 else ""
-        note = f"line: mean over honest peers{seeds}" + ("; band: their min–max" if opts.bands else "")
+                if j == 0 and len(rvals) == 1:  # rows: one label for all (below), not one per row
+                    ax.set_ylabel(Y_LABEL)
+                if i == len(rvals) - 1:  # wrapped to the panel's width, as the legend to the figure's
+                    panel = line_chars(fig_width(fig, opts) / len(cvals), STYLE["axes.labelsize"])
+                    ax.set_xlabel("round" if x == "round" else wrap_label(bytes_label(sruns, line, unit), panel))
+        if len(rvals) > 1:  # one per row overlapped its neighbours once longer than a panel is tall
+            fig.supylabel(Y_LABEL, fontsize=STYLE["axes.labelsize"])
+        seeds = f"; averaged over {n_seeds} seeds" if n_seeds > 1 else ""  # "; ": where a narrow legend wraps
+        band = "± 1 std over seeds" if opts.band == "seeds" else "their min–max"
+        if banded:
+            band = f"; band: {band}"
+        else:  # asked for a band over seeds where every line has one seed: say so, not a band it lacks
+            band = "; no band: one seed a line" if opts.bands and opts.band == "seeds" else ""
+        note = f"line: mean over honest peers{seeds}{band}"
         fig.legend(
             list(handles.values()),
             list(handles.keys()),
-            title=f"{label(line)}  ({note})" if line else note,
+            title=wrap_label(f"{label(line)}  ({note})" if line else note,
+                             line_chars(fig_width(fig, opts), STYLE["legend.title_fontsize"]), "; "),
             loc="outside lower center",
-            ncols=min(len(handles), 6),
+            ncols=legend_columns(list(handles), fig_width(fig, opts)),
             frameon=False,
         )
         what = "honest accuracy vs round" if x == "round" else "honest accuracy vs bytes sent"

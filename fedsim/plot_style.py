@@ -6,6 +6,7 @@ width, and saving in every format. matplotlib is imported only inside the functi
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,12 +50,15 @@ class PlotOptions:
     ``title``: the first title line of every figure (default: the sweep's or run's own name and
     what the figure shows); ``show_title``: False draws no title at all (the caption says it);
     ``size``: every figure's ``(width, height)`` in inches (default: from its panels);
-    ``bands``: draw the honest peers' min–max band around each line."""
+    ``bands``: draw a band around each line; ``band``: which: ``"peers"``, the honest peers'
+    min–max (averaged over seeds), or ``"seeds"``, the line ± one sample standard deviation of
+    the seeds' means (none for a single seed)."""
 
     title: str | None = None
     show_title: bool = True
     size: tuple[float, float] | None = None
     bands: bool = True
+    band: str = "peers"
 
 
 DEFAULT = PlotOptions()
@@ -119,6 +123,41 @@ def _titles(
     _suptitle(fig, f"{rs.title}: {what}", parts + (ctx.split(" · ") if ctx else []), opts)
 
 
+def fig_width(fig, opts: PlotOptions = DEFAULT) -> float:
+    """The width in inches ``fig`` is saved at (``opts.size``'s, else its own)."""
+    return opts.size[0] if opts.size else fig.get_figwidth()
+
+
+def chars_per_inch(fontsize: float) -> float:
+    """About how many characters of ``fontsize``-point text fill an inch: 11 at 10 pt (DejaVu
+    Sans's average character with a margin)."""
+    return 110 / fontsize
+
+
+def line_chars(width_in: float, fontsize: float) -> int:
+    """The characters of ``fontsize``-point text a line ``width_in`` inches wide holds
+    (:func:`chars_per_inch`; at least 30)."""
+    return max(30, int(width_in * chars_per_inch(fontsize)))
+
+
+def wrap_parts(parts: Iterable[str], width: int, sep: str = " · ") -> list[str]:
+    """``parts`` joined by ``sep`` into lines of at most ``width`` characters, broken between parts;
+    a part longer than a line is broken between words."""
+    lines: list[str] = []
+    for part in parts:
+        if lines and len(lines[-1]) + len(sep) + len(part) <= width:
+            lines[-1] += sep + part
+        else:
+            lines.append(part)
+    return [w for line in lines for w in (textwrap.wrap(line, width, break_on_hyphens=False) or [line])]
+
+
+def wrap_label(text: str, width: int, sep: str = " · ") -> str:
+    """Each line of ``text`` wrapped to ``width`` characters by :func:`wrap_parts` (between its
+    ``sep``-joined parts first), so a label never widens the figure past the size asked for."""
+    return "\n".join(w for line in text.split("\n") for w in wrap_parts(line.split(sep), width, sep))
+
+
 def _suptitle(fig, head: str, parts: list[str], opts: PlotOptions = DEFAULT) -> None:
     """``head`` (or ``opts.title``) over the ``parts`` joined by `` · ``, wrapped between parts to
     the figure's width (the width ``opts.size`` will give it); nothing with ``opts.show_title`` off."""
@@ -126,14 +165,7 @@ def _suptitle(fig, head: str, parts: list[str], opts: PlotOptions = DEFAULT) -> 
         return
     if opts.title is not None:
         head = opts.title
-    width = max(30, int((opts.size[0] if opts.size else fig.get_figwidth()) * 11))
-    lines: list[str] = []
-    for part in parts:
-        if lines and len(lines[-1]) + 3 + len(part) <= width:
-            lines[-1] += " · " + part
-        else:
-            lines.append(part)
-    fig.suptitle("\n".join([head, *lines]))
+    fig.suptitle("\n".join([head, *wrap_parts(parts, line_chars(fig_width(fig, opts), STYLE["figure.titlesize"]))]))
 
 
 def _panel_title(row: str | None, rv: Any, col: str | None, cv: Any) -> str:

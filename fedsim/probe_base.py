@@ -40,6 +40,11 @@ class Probe:
         return check_params(f"probes.{i}", self.params, cfg, {"peers.count": num_peers}, keep=("kind",),
                             unknown=f"unknown key for kind {self.kind}")
 
+    def check_scenario(self, i: int, cfg: dict[str, Any], sc: Any) -> None:
+        """What the scenario ``sc`` (a :class:`fedsim.scenario.Scenario`) alone decides about this
+        probe, checked by validation before anything runs (``ValueError("probes.<i>.<key>: ...")``);
+        ``cfg``: :meth:`validate`'s. Default: nothing to check."""
+
     def run(self, i: int, cfg: dict[str, Any], ctx: Any) -> dict[str, Any]:
         """Run against the trained federation (``ctx``: :class:`fedsim.probes.ProbeContext`) with
         :meth:`validate`'s ``cfg``; return the entry written to ``probes.json`` (plain data)."""

@@ -336,6 +336,14 @@ class GossipCloning(Probe):
                               f"must be attacked), got {k}")
         return cfg
 
+    def check_scenario(self, i: int, cfg: dict[str, Any], sc: Any) -> None:
+        """Before the rounds run: a decentralized run without Byzantine peers whose ``rounds`` reach
+        every horizon of ``rounds_observed`` (:func:`fedsim.probe_gossip_plan.gossip_problems`; before,
+        ``--set rounds=2`` trained, then failed in the probe as an internal error)."""
+        from fedsim.probe_gossip_plan import gossip_problems
+
+        gossip_problems(i, cfg, sc.rounds, sc.mode == "federated", sc.peers.num_byzantine)
+
     def run(self, i: int, cfg: dict[str, Any], ctx: Any) -> dict[str, Any]:
         from fedsim.probe_gossip import run_gossip_cloning
 

@@ -42,6 +42,7 @@ from torch import Tensor
 from attacks.probes import gossip_inversion as gi
 from fedsim import rng as crng
 from fedsim.probe_context import _check_honest, _Ctx, _err, hop_distances, in_neighbors
+from fedsim.probe_gossip_plan import gossip_problems
 
 METRICS = ("rel_error", "agreement", "kl")
 CONTROLS = ("own_head", "observed_mean", "other_peer")
@@ -204,19 +205,13 @@ def coalitions_of(i: int, cfg: dict[str, Any], ctx: _Ctx) -> list[list[int]]:
 
 def run_gossip_cloning(i: int, cfg: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
     """One ``gossip_cloning`` probe → its ``probes.json`` entry (module docstring)."""
-    if ctx.federated:
-        raise _err(i, "kind", "gossip_cloning needs a decentralized run (federated mode has no gossip)")
-    if not ctx.honest.all():
-        raise _err(i, "kind", "gossip_cloning runs without Byzantine peers only (the kept messages are the "
-                   "heads before any forgery)")
     T, n = ctx.rounds, ctx.n
+    gossip_problems(i, cfg, T, ctx.federated, int((~np.asarray(ctx.honest, dtype=bool)).sum()))  # as validation
     missing = [r for r in range(T) if r not in ctx.messages]
     if missing:
         raise _err(i, "kind", f"gossip_cloning needs every round's messages; rounds {missing[:5]} were not kept "
                    "(a resumed run keeps only the rounds it ran: run the scenario from scratch)")
     horizons = sorted({int(h) for h in cfg["rounds_observed"]} | {T})
-    if horizons[-1] > T:
-        raise _err(i, "rounds_observed", f"at most the run's {T} rounds, got {horizons[-1]}")
     shape, bias = ctx.layer_shape, ctx.bias
     include_own = assumed_include_own(cfg, ctx)
     nbrs = [in_neighbors(ctx.topology, t) for t in range(T)]

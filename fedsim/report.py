@@ -21,6 +21,7 @@ from fedsim._runs import (
     fmt_value,
     group_runs,
     label,
+    left_out,
     load_runs,
     mean_std,
     read_json,
@@ -148,9 +149,9 @@ def to_markdown(rs: RunSet, keys: list[str], rows: list[Row], incomplete: list[R
         lines[-1] += (f" Accuracy is evaluated every {' / '.join(map(str, every))} rounds (and at the last), so a "
                       f"rounds-to-{_target_pct(target)} value may be up to {every[-1] - 1} "
                       f"round{'s' if every[-1] > 2 else ''} late.")
-    if incomplete:
-        names = ", ".join(r.name for r in incomplete[:5]) + (", ..." if len(incomplete) > 5 else "")
-        lines += ["", f"{len(incomplete)} incomplete run(s) left out (no summary.json): {names}"]
+    missing = left_out(rs)
+    if missing:
+        lines += ["", f"Left out of the table: {missing}"]
     return "\n".join(lines) + "\n"
 
 
@@ -252,10 +253,12 @@ def report(directory: Path, target: float, by: tuple[str, ...], fmt: str, out: P
         raise click.BadParameter(unknown, param_hint="--by")
     keys, rows, incomplete = summarize(rs, target, list(by) or None)
     if not rows:
-        raise click.ClickException(f"{directory}: no complete run (with summary.json) yet")
+        raise click.ClickException(f"{directory}: no complete run (with summary.json) yet; {left_out(rs)}")
     text = to_markdown(rs, keys, rows, incomplete, target) if fmt == "markdown" else to_csv(keys, rows, target)
     if fmt == "markdown":
         text += probes_markdown(rs)
+    elif left_out(rs):  # the CSV holds only numbers: what it leaves out goes to stderr
+        click.echo(f"fedsim report: left out: {left_out(rs)}", err=True)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)

@@ -119,6 +119,7 @@ __all__ = [
     "shard_pad",
     "strategy_params",
     "to_config",
+    "top_mapping",
     "unknown_names",
     "with_plugins",
 ]
@@ -136,11 +137,7 @@ def parse(data: Any, source: str = "scenario", *, require_data: bool = False) ->
 
 def parse_with_plan(data: Any, source: str = "scenario", *, require_data: bool = False) -> tuple[Scenario, RunPlan]:
     """:func:`parse`, and the :class:`fedsim.runplan.RunPlan` its :func:`check_semantics` built."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ScenarioError(f"{source}: the top level must be a mapping of sections, got {type(data).__name__}")
-    data = plain_tree(data, source)
+    data = plain_tree(top_mapping(data, source), source)
     check_plugins_granted(data, source)
     try:
         sc = Scenario.model_validate(data)
@@ -154,6 +151,16 @@ def parse_with_plan(data: Any, source: str = "scenario", *, require_data: bool =
         raise ScenarioError(f"{source}: {e}") from None
     load_plugins(sc, source)
     return sc, check_semantics(sc, source, require_data=require_data)
+
+
+def top_mapping(data: Any, source: str = "scenario") -> dict[str, Any]:
+    """Loaded YAML as a scenario's top level: ``None`` (an empty document) is ``{}``; anything but a
+    mapping is a one-line :class:`ScenarioError` naming ``source``."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{source}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return data
 
 
 def check_plugins_granted(data: dict[str, Any], source: str = "scenario") -> None:
@@ -219,12 +226,8 @@ def load_with_plan(
 ) -> tuple[Scenario, RunPlan]:
     """:func:`load`, and the :class:`fedsim.runplan.RunPlan` validation built (``fedsim validate``)."""
     path = Path(path)
-    data = read_yaml(path)
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ScenarioError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
-    data = plain_tree(data, str(path))  # an override must change one place, not every alias of it
+    # plain_tree: an override must change one place, not every alias of it
+    data = plain_tree(top_mapping(read_yaml(path), str(path)), str(path))
     data.pop("sweep", None)  # a grid for `fedsim sweep`; one run of a sweep file uses its base values
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)

@@ -190,11 +190,10 @@ def sweep(
     if not overwrite:
         stale = check_existing(plan)
         if stale:
-            raise click.ClickException(
-                "run folders hold a different scenario than this sweep would run:\n  "
-                + "\n  ".join(stale[:5])
-                + ("\n  ..." if len(stale) > 5 else "")
-                + "\npass --overwrite to rerun them, or choose another --out"
+            more = f" (and {len(stale) - 1} more folder{'s' if len(stale) > 2 else ''})" if len(stale) > 1 else ""
+            raise click.ClickException(  # one line, as every refusal: the first folder and how many more
+                f"run folders hold a different scenario than this sweep would run: {stale[0]}{more}; "
+                "pass --overwrite to rerun them, or choose another --out"
             )
     if dry_run:
         for r in plan.runs:
@@ -226,6 +225,9 @@ def sweep(
         f"{f', [red]{len(res.failed)} failed[/red]' if res.failed else ''}"
         f"{f', {len(res.invalid)} invalid left out' if res.invalid else ''} ({time.time() - t0:.1f} s)"
     )
+    if res.kept:
+        console.print(f"sweep.json also lists {len(res.kept)} run(s) of an earlier grid of this sweep, which "
+                      f"report and plot include (e.g. {res.kept[0]}); another --out keeps sweeps apart")
     if res.failed:
         for n, err in res.failed.items():
             console.print(f"  [red]{n}[/red]: {err}")

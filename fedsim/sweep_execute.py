@@ -12,13 +12,13 @@ import json
 import traceback
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fedsim import mkl_branch, plugins
 from fedsim.cli_errors import RUN_ERROR_FILE
-from fedsim.errors import RunDirExistsError, RunInterruptedError, ScenarioError
+from fedsim.errors import CorruptFileError, RunDirExistsError, RunInterruptedError, ScenarioError
 from fedsim.scenario import parse
 from fedsim.sweep_plan import PlannedRun, SweepPlan, engine_errors
 from fedsim.threads import free_cpus
@@ -90,6 +90,7 @@ class SweepResult:
     ran: list[str]
     failed: dict[str, str]
     invalid: list[str]
+    kept: list[str] = field(default_factory=list)  # runs of an earlier grid sweep.json still lists (merged_index)
 
 
 def _warm_features(plan: SweepPlan) -> None:
@@ -110,11 +111,50 @@ def _warm_features(plan: SweepPlan) -> None:
                 continue
 
 
-def _write_index(plan: SweepPlan) -> None:
-    plan.out.mkdir(parents=True, exist_ok=True)
+def _key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def merged_index(plan: SweepPlan, old: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
+    """``plan``'s ``sweep.json`` index, and the runs of an earlier grid of the same sweep that it
+    keeps listing: when ``old`` (the folder's index) has the same grid keys and the same base
+    scenario, its listed runs whose folders exist and that this grid does not plan stay listed
+    (a rerun of one axis value, or more seeds, extends the sweep that ``fedsim report`` and
+    ``fedsim plot`` read instead of hiding the rest), ordered by the union of both grids' values."""
+    index = plan.index()
+    if not (isinstance(old, dict) and isinstance(old.get("grid"), dict) and list(old["grid"]) == list(plan.grid)
+            and _key(old.get("base")) == _key(plan.base)):
+        return index, []
+    planned = {r["dir"] for r in index["runs"]} | {r["dir"] for r in index["invalid"]}
+    kept = [r for r in old.get("runs") or [] if isinstance(r, dict) and isinstance(r.get("overrides"), dict)
+            and isinstance(r.get("dir"), str) and r["dir"] not in planned and (plan.out / r["dir"]).is_dir()
+            and set(r["overrides"]) == set(plan.grid)]
+    if not kept:
+        return index, []
+    grid = {k: list(old["grid"][k]) for k in plan.grid}
+    for k, values in plan.grid.items():
+        grid[k] += [v for v in values if _key(v) not in {_key(x) for x in grid[k]}]
+    pos = {k: {_key(v): i for i, v in enumerate(vs)} for k, vs in grid.items()}
+    runs = index["runs"] + kept
+    runs.sort(key=lambda r: tuple(pos[k].get(_key(r["overrides"][k]), len(pos[k])) for k in grid))
+    invalid = index["invalid"] + [r for r in old.get("invalid") or [] if isinstance(r, dict)
+                                  and r.get("dir") not in planned and r.get("dir") not in {x["dir"] for x in kept}]
+    return index | {"grid": grid, "runs": runs, "invalid": invalid}, [r["dir"] for r in kept]
+
+
+def _write_index(plan: SweepPlan) -> list[str]:
+    """Write ``plan.out/sweep.json`` (:func:`merged_index`); returns the earlier runs it keeps listing."""
+    from fedsim._runs import _sweep_index
     from fedsim.rundir import atomic_write
 
-    atomic_write(plan.out / "sweep.json", (json.dumps(plan.index(), indent=2, default=str) + "\n").encode())
+    plan.out.mkdir(parents=True, exist_ok=True)
+    try:
+        old = _sweep_index(plan.out)  # its run entries checked: folder names in the sweep
+    except CorruptFileError:  # a planted or broken index is replaced, as before merging existed
+        old = None
+    index, kept = merged_index(plan, old)
+    atomic_write(plan.out / "sweep.json", (json.dumps(index, indent=2, default=str) + "\n").encode())
+    return kept
 
 
 FOREIGN_ADVICE = "move it away or choose another --out"
@@ -193,10 +233,10 @@ def execute_sweep(
         for r in plan.runs:
             if r.dir.exists():
                 shutil.rmtree(r.dir)  # a run directory fedsim made, or an empty folder (refuse_foreign_folders)
-    _write_index(plan)
+    kept = _write_index(plan)
     done_before = [r.name for r in plan.runs if r.complete]
     pending = [r for r in plan.runs if not r.complete]
-    result = SweepResult(plan.out, len(plan.runs), done_before, [], {}, [n for n, _, _ in plan.invalid])
+    result = SweepResult(plan.out, len(plan.runs), done_before, [], {}, [n for n, _, _ in plan.invalid], kept)
     rep.start(len(plan.runs), len(done_before))
     if not pending:
         return result

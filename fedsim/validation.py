@@ -532,10 +532,12 @@ def _check_partition(sc: Scenario, part: Partition | ValueError, fail: Callable[
 
 
 def _check_probes(sc: Scenario, fail: Callable[[str], NoReturn]) -> None:
-    """Each probe's own value checks (its kind's ``validate``; the schema checked kind and keys)."""
+    """Each probe's own value checks (its kind's ``validate``, then its ``check_scenario``: what the
+    scenario alone decides; the schema checked kind and keys)."""
     for i, p in enumerate(sc.probes):
         try:
-            get_probe(i, p.kind, sc.plugins).validate(i, p.settings(), sc.peers.count)
+            probe = get_probe(i, p.kind, sc.plugins)
+            probe.check_scenario(i, probe.validate(i, p.settings(), sc.peers.count), sc)
         except ValueError as e:
             fail(str(e))
     from fedsim.canaries import plan

@@ -100,6 +100,27 @@ def test_scenario_object_and_bad_overrides(small_scenario, tmp_path):
         fedsim.run(42)
 
 
+def test_a_scenario_as_yaml_text_runs_as_its_file_does(small_scenario, tmp_path):
+    """A notebook's scenario pasted as YAML text (before: taken for a path, "name: t ...: no such
+    file") runs to the same bytes as the same text in a file; text that is no mapping, or one line
+    that looks like YAML, is one clear line, nothing made."""
+    text = yaml.safe_dump(small_scenario(rounds=2))
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    a = fedsim.run(text, overrides={"seed": 5}, out=tmp_path / "text")
+    b = fedsim.run(path, overrides={"seed": 5}, out=tmp_path / "file")
+    assert (a.dir / "metrics.jsonl").read_bytes() == (b.dir / "metrics.jsonl").read_bytes()
+    assert a.scenario == b.scenario and len(a.history) == 2
+    with pytest.raises(ScenarioError, match=r"^scenario \(YAML text\): the top level must be a mapping of sections, "
+                                            r"got list$"):
+        fedsim.run("- rounds: 2\n- seed: 1\n", out=tmp_path / "no")
+    with pytest.raises(ScenarioError, match=r"^scenario \(YAML text\): not valid YAML \(line 2"):
+        fedsim.run("rounds: 2\n  seed: [1\n", out=tmp_path / "no")
+    with pytest.raises(ScenarioError, match=r"^'\{rounds: 2\}': no such file \(YAML text spans lines"):
+        fedsim.run("{rounds: 2}", out=tmp_path / "no")
+    assert not (tmp_path / "no").exists()
+
+
 def test_existing_results_are_kept_unless_overwrite(small_scenario, tmp_path):
     fedsim.run(small_scenario(rounds=1), out=tmp_path / "o")
     with pytest.raises(FedsimError, match="overwrite"):

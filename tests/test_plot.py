@@ -219,6 +219,100 @@ def test_no_bands_drops_the_min_max_bands(sweep_dir, tmp_path, figures) -> None:
     assert "band" not in legend
 
 
+def test_band_seeds_is_the_seeds_spread_of_each_line(tmp_path, figures) -> None:
+    """--band seeds: around each line, its mean ± the sample std (n − 1) of the seeds' mean honest
+    accuracy, recomputed here from each run's metrics.jsonl; the legend says so; one seed: no band
+    (no spread to show). Before, a paper figure over seeds could show only the honest peers' min–max."""
+    import statistics
+
+    from matplotlib.collections import PolyCollection
+
+    plan = plan_sweep(_scenario(tmp_path), {"strategy.name": ["fedavg", "median"], "seed": [0, 1, 2]},
+                      out=tmp_path / "sw")
+    assert not execute_sweep(plan, local=True).failed
+    res = CliRunner().invoke(plot, [str(plan.out), "--out", str(tmp_path / "f"), "--format", "png", "--band", "seeds"])
+    assert res.exit_code == 0, res.output
+    fig = next(f for f, p in figures if p.name == "accuracy_vs_round")
+    assert "band: ± 1 std over seeds" in fig.legends[0].get_title().get_text()
+    ax = fig.axes[0]
+    polys = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    for name, line, poly in zip(["fedavg", "median"], ax.get_lines(), polys, strict=True):  # the grid's order
+        runs = sorted(plan.out.glob(f"strategy.name={name}__seed=*"))
+        accs = [[json.loads(x)["accuracy_mean"] for x in (r / "metrics.jsonl").read_text().splitlines()] for r in runs]
+        per_round = list(zip(*accs, strict=True))
+        assert len(runs) == 3 and list(line.get_xdata()) == [1, 2, 3]
+        assert line.get_ydata() == pytest.approx([100 * statistics.mean(a) for a in per_round])
+        ys = poly.get_paths()[0].vertices[:, 1]
+        lo = [100 * (statistics.mean(a) - statistics.stdev(a)) for a in per_round]
+        hi = [100 * (statistics.mean(a) + statistics.stdev(a)) for a in per_round]
+        assert min(ys) == pytest.approx(min(lo)) and max(ys) == pytest.approx(max(hi))
+        assert set(round(y, 9) for y in lo + hi) <= set(round(y, 9) for y in ys)
+    figures.clear()
+    one = plan.out / "strategy.name=fedavg__seed=0"
+    assert CliRunner().invoke(plot, [str(one), "--out", str(tmp_path / "g"), "--band", "seeds"]).exit_code == 0
+    fig = next(f for f, p in figures if p.name == "accuracy_vs_round")
+    assert not [c for c in fig.axes[0].collections if isinstance(c, PolyCollection)]
+    assert "no band: one seed a line" in fig.legends[0].get_title().get_text()
+
+
+def _fake_sweep(root: Path, strategies: list[str], seeds: list[int]) -> Path:
+    """A sweep folder written by hand (no run): a straight accuracy curve per run, the bytes and
+    what each rule's messages carry in its summary."""
+    runs = []
+    for s in strategies:
+        for seed in seeds:
+            d = root / f"strategy.name={s}__seed={seed}"
+            d.mkdir(parents=True)
+            sc = {"name": "paper", "seed": seed, "rounds": 10, "strategy": {"name": s},
+                  "dataset": {"name": "mnist10k"}, "backbone": {"name": "fmnist_cnn"}, "peers": {"count": 24}}
+            (d / "scenario.yaml").write_text(yaml.safe_dump(sc))
+            per_peer = 100_000 if s == "bristle" else 1_000_000
+            (d / "metrics.jsonl").write_text("".join(json.dumps(
+                {"round": r, "group": "honest", "accuracy_mean": 0.5 + 0.04 * r + 0.01 * seed,
+                 "accuracy_min": 0.45 + 0.04 * r, "accuracy_max": 0.55 + 0.04 * r,
+                 "bytes_sent_per_peer": per_peer, "bytes_sent_total": 24 * per_peer}) + "\n" for r in range(10)))
+            (d / "summary.json").write_text(json.dumps(
+                {"final_accuracy_mean": 0.86, "exchanges": "output_layer" if s == "bristle" else "full_model"}))
+            runs.append({"dir": d.name, "overrides": {"strategy.name": s, "seed": seed}})
+    (root / "sweep.json").write_text(json.dumps({"grid": {"strategy.name": strategies, "seed": seeds}, "runs": runs}))
+    return root
+
+
+def test_a_column_wide_size_is_the_saved_figures_width(tmp_path) -> None:
+    """--size 3.5,2.6 (a paper's column): every saved figure is at most 3.5 in wide, plus the 0.1 in
+    pad on each side of the tight bounding box. Before, the legend's title ran on one line and the
+    bytes axis's 'messages: ...' too, and the saved PDFs were 4.9 and 6.35 in wide: shrunk into a
+    column, their 8-9 pt text printed at 4-6 pt."""
+    import re
+
+    sw = _fake_sweep(tmp_path / "sw", ["fedavg", "median", "krum", "bristle"], [0, 1, 2])
+    res = CliRunner().invoke(plot, [str(sw), "--out", str(tmp_path / "f"), "--format", "pdf", "--no-title",
+                                    "--size", "3.5,2.6", "--band", "seeds"])
+    assert res.exit_code == 0, res.output
+    widths = {}
+    for f in sorted((tmp_path / "f").glob("*.pdf")):
+        box = re.search(rb"/MediaBox \[ *[\d.]+ [\d.]+ ([\d.]+) [\d.]+ *\]", f.read_bytes())
+        widths[f.stem] = float(box.group(1)) / 72
+    assert set(widths) == {"accuracy_vs_round", "accuracy_vs_bytes"}
+    assert all(w <= 3.5 + 0.2 + 0.01 for w in widths.values()), widths
+
+
+def test_panels_in_rows_share_one_y_label(sweep_dir, tmp_path, figures) -> None:
+    """Three attack rows: one y label for the figure, not one per row (each longer than a panel is
+    tall at a paper's size, so neighbours' labels overlapped, e.g. the attack matrix at 7,8 in);
+    one row keeps its axis label."""
+    CliRunner().invoke(plot, [str(sweep_dir), "--out", str(tmp_path), "--format", "png", "--size", "7,8"])
+    fig = [f for f, p in figures if p.name == "accuracy_vs_round"][0]
+    assert len({ax.get_subplotspec().rowspan.start for ax in fig.axes}) == 3
+    assert [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()] == []
+    assert fig._supylabel is not None and fig._supylabel.get_text() == "honest test accuracy (%)"
+    figures.clear()
+    run = sweep_dir / "strategy.name=fedavg__peers.attack.name=alie__peers.byzantine_fraction=0.2"
+    CliRunner().invoke(plot, [str(run), "--out", str(tmp_path / "one"), "--format", "png"])
+    fig = [f for f, p in figures if p.name == "accuracy_vs_round"][0]
+    assert fig.axes[0].get_ylabel() == "honest test accuracy (%)" and fig._supylabel is None
+
+
 def test_palette_keeps_ten_lines_apart() -> None:
     """Ten lines: ten distinct colours, each dark enough to read on white (contrast >= 2:1, so no
     Okabe–Ito yellow), and neighbours differ in dash pattern and marker too."""

@@ -363,7 +363,34 @@ def test_scenario_refuses_impossible_coalitions_before_training(small_scenario, 
     raw = small_scenario(probes=[{"kind": "gossip_cloning", **entry}])
     with pytest.raises(ScenarioError, match=message):
         parse(raw)
-    parse(small_scenario(probes=[{"kind": "gossip_cloning", "colluders": 7}]))
+    parse(small_scenario(probes=[{"kind": "gossip_cloning", "colluders": 7, "rounds_observed": [2]}]))
+
+
+@pytest.mark.parametrize("over, observed, message", [
+    ({}, [2, 5], r"probes\.0\.rounds_observed: at most the run's 4 rounds, got 5$"),
+    ({"peers.byzantine": 1, "peers.attack.name": "sign_flip"}, [2],
+     r"probes\.0\.kind: gossip_cloning runs without Byzantine peers only"),
+])
+def test_scenario_refuses_what_the_run_cannot_serve_before_training(small_scenario, tmp_path, over, observed, message):
+    """A horizon past the run's rounds (`fedsim run scenarios/gossip_cloning.yaml --set rounds=2`)
+    or Byzantine peers: the scenario alone decides it, so `fedsim run` refuses it in one line before
+    any folder or round (before: the rounds ran, then 'fedsim: internal error: ValueError: ...')."""
+    import yaml
+    from click.testing import CliRunner
+
+    from fedsim.cli import main
+    from fedsim.errors import ScenarioError
+    from fedsim.scenario import parse
+
+    raw = small_scenario(**over, probes=[{"kind": "gossip_cloning", "rounds_observed": observed}])
+    with pytest.raises(ScenarioError, match=message):
+        parse(raw)
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    res = CliRunner().invoke(main, ["run", str(path), "-q", "--out", str(tmp_path / "run")])
+    assert res.exit_code == 1 and res.output.count("\n") == 1 and "internal error" not in res.output, res.output
+    assert not (tmp_path / "run").exists()
+    parse(small_scenario(probes=[{"kind": "gossip_cloning", "rounds_observed": [2, 4]}]))  # up to the run's 4
 
 
 @pytest.mark.parametrize("estimator", ["ls", "gls"])

@@ -1,5 +1,6 @@
-"""README's two set-up commands stay true: CI runs the very test command README gives."""
+"""README stays true: CI runs the very set-up and test commands README gives, and its Python block runs."""
 
+import os
 import re
 from pathlib import Path
 
@@ -38,3 +39,39 @@ def test_ci_runs_the_suites_plain_pytest_leaves_out():
     ci = (ROOT / ".ci" / "run").read_text()
     line = next(x for x in ci.splitlines() if x.startswith("python -m pytest") and " -m " in x)
     assert set(re.findall(r"\b(\w+)\b", line.rsplit(" -m ", 1)[1])) - {"or"} == declared
+
+
+def _python_block() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### From Python (notebooks)", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```python\n(.+?)\n```", section, flags=re.S)
+    return block
+
+
+@pytest.mark.slow
+def test_the_python_block_runs_as_written(tmp_path):
+    """README's "From Python" block, pasted as it stands into a fresh interpreter in the checkout
+    (Ray, the shipped quickstart): every line runs and means what its comment says. pandas is no
+    extra's: without it `to_pandas` must say so in one line (the comment says "with pandas installed")."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    block = _python_block()
+    if importlib.util.find_spec("pandas") is None:
+        line = "df = r.to_pandas()"
+        assert line in block
+        block = block.replace(line, "try:\n    r.to_pandas()\nexcept ImportError as e:\n"
+                                    "    assert str(e) == 'RunResult.to_pandas needs pandas: pip install pandas'")
+    check = """
+assert r.complete and len(r.history) == 5 and r.history[-1]["round"] == 4
+assert r.scenario.strategy.name == "median" and r.final_params.shape[0] == 24
+assert again.history == r.history and set(r.records[-1].phases) >= {"train", "aggregate", "evaluate"}
+figs = sorted(p.name for p in (r.dir / "plots").iterdir())
+assert figs == ["accuracy_vs_bytes.png", "accuracy_vs_round.png"], figs
+"""
+    script = tmp_path / "block.py"
+    script.write_text(block + "\n" + check)
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # fedsim.run's temporary run folder: here
+    res = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]

@@ -142,7 +142,8 @@ def test_single_run_grouping_and_incomplete(sweep_dir, tmp_path) -> None:
         out = tmp_path / "r.md"
         res = CliRunner().invoke(report, [str(sweep_dir), "--out", str(out)])
         text = out.read_text()
-        assert "1 incomplete run(s) left out" in text and _table(text)[1]["runs"] == "2"
+        assert ("Left out of the table: 1 incomplete run(s) (no summary.json): strategy.name=local__seed=0 "
+                "not finished") in text and _table(text)[1]["runs"] == "2"
     finally:
         summary.write_bytes(saved)
     assert not math.isnan(final)
@@ -166,6 +167,72 @@ def test_rounds_to_target_states_the_evaluation_grid(sweep_dir, tmp_path) -> Non
     (run / "scenario.yaml").write_text(yaml.safe_dump(sc))
     res = CliRunner().invoke(report, [str(run)])
     assert "evaluated every 2 rounds (and at the last)" in res.output and "up to 1 round late." in res.output
+
+
+def test_a_failed_run_is_named_with_its_error_in_report_and_plot(tmp_path, monkeypatch) -> None:
+    """A sweep's run that failed before its first round (error.txt, no metrics) once vanished from
+    `fedsim report` and `fedsim plot`: the table said runs = 1 and nothing else. Now the report, its
+    CSV (on stderr) and the plot name it with the error; a sweep whose every run failed is one line."""
+    import fedsim.runner
+
+    sc = {
+        "name": "tiny",
+        "dataset": {"name": "sklearn_digits"},
+        "backbone": {"name": "identity", "cache_dir": str(tmp_path / "cache")},
+        "peers": {"count": 6},
+        "topology": {"kind": "k_regular", "degree": 2},
+        "rounds": 2,
+        "training": {"lr": 0.05, "momentum": 0.5, "batch_size": 16, "local_steps": 1},
+        "engine": {"backend": "local", "num_actors": 1},
+    }
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(sc))
+    real = fedsim.runner.Run.execute
+
+    def flaky(self, *a, **kw):
+        if self.sc.seed == 1:
+            raise RuntimeError("boom")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(fedsim.runner.Run, "execute", flaky)
+    plan = plan_sweep(path, {"seed": [0, 1]}, out=tmp_path / "sw")
+    res = execute_sweep(plan, local=True)
+    assert res.ran == ["seed=0"] and list(res.failed) == ["seed=1"]
+    why = f"seed=1 failed before its first round: RuntimeError: boom ({plan.out / 'seed=1' / 'error.txt'})"
+    res = CliRunner().invoke(report, [str(plan.out)])
+    assert res.exit_code == 0, res.output
+    assert _table(res.output)[0]["runs"] == "1"
+    assert f"Left out of the table: 1 incomplete run(s) (no summary.json): {why}" in res.output, res.output
+    res = CliRunner().invoke(report, [str(plan.out), "--format", "csv"])
+    assert res.exit_code == 0 and why in res.stderr and "boom" not in res.stdout
+    from fedsim.plot import plot, plot_dir
+
+    notes: list[str] = []
+    assert plot_dir(plan.out, tmp_path / "figs", ["png"], log=notes.append)
+    assert any(why in n for n in notes), notes
+    import fedsim
+    from fedsim.api import RunResultError
+
+    with pytest.raises(RunResultError, match=r"seed=1: metrics\.jsonl is missing; it failed: RuntimeError: boom \("):
+        fedsim.load_run(plan.out / "seed=1")
+    # in a folder of runs (runs/), a run folder that failed at start is named too
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    shutil.copytree(plan.out / "seed=1", runs / "failed")
+    shutil.copytree(plan.out / "seed=0", runs / "ok")
+    res = CliRunner().invoke(report, [str(runs)])
+    assert res.exit_code == 0 and "failed failed before its first round: RuntimeError: boom" in res.output, res.output
+    # every run failed: one line naming them, not "no run directories found"
+    def broken(self, *a, **kw):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(fedsim.runner.Run, "execute", broken)
+    plan = plan_sweep(path, {"seed": [2, 3]}, out=tmp_path / "all-failed")
+    assert len(execute_sweep(plan, local=True).failed) == 2
+    for cmd in (report, plot):
+        res = CliRunner().invoke(cmd, [str(plan.out)])
+        assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
+        assert "no run has recorded a round yet; 2 incomplete run(s) (no summary.json): seed=2 failed" in res.output
 
 
 def test_errors(tmp_path) -> None:

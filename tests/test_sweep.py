@@ -193,6 +193,44 @@ def test_resume_runs_only_what_is_missing(tmp_path) -> None:
     assert third.ran == [] and len(third.already_complete) == 4
 
 
+def test_rerunning_part_of_a_grid_keeps_the_rest_of_the_sweep_listed(tmp_path) -> None:
+    """More seeds, or one axis value run again (docs/bristle-repro.md reruns `-g
+    peers.attack.name=alie --overwrite`), into the same --out: sweep.json lists the earlier runs
+    too, in the merged grid's order, so `fedsim report` pools them (before: only the last grid's
+    runs, the others silently gone from report and plot). Another base scenario or other axes: the
+    index is the new grid's alone, as before."""
+    from fedsim.report import report
+
+    path = write(tmp_path, tiny(tmp_path, rounds=2))
+    out = tmp_path / "sw"
+    args = [str(path), "-g", "strategy.name=fedavg,local", "--out", str(out), "--local", "-q"]
+    assert CliRunner().invoke(sweep, args + ["-g", "seed=0,1"]).exit_code == 0
+    res = CliRunner().invoke(sweep, args + ["-g", "seed=2"])
+    assert res.exit_code == 0 and "0 already complete, 2 ran" in res.output, res.output
+    assert "sweep.json also lists 4 run(s) of an earlier grid" in res.output
+    index = json.loads((out / "sweep.json").read_text())
+    assert index["grid"] == {"strategy.name": ["fedavg", "local"], "seed": [0, 1, 2]}
+    assert [r["dir"] for r in index["runs"]] == [f"strategy.name={s}__seed={k}" for s in ("fedavg", "local")
+                                                 for k in (0, 1, 2)]
+    res = CliRunner().invoke(report, [str(out)])
+    rows = [x for x in res.output.splitlines() if x.startswith("| fedavg") or x.startswith("| local")]
+    assert len(rows) == 2 and all(x.split("|")[2].strip() == "3" for x in rows), res.output
+    # one value run again (--overwrite deletes only its folders): the rest stays listed
+    res = CliRunner().invoke(sweep, [str(path), "-g", "strategy.name=local", "-g", "seed=0,1,2", "--out", str(out),
+                                     "--local", "-q", "--overwrite"])
+    assert res.exit_code == 0 and "0 already complete, 3 ran" in res.output, res.output
+    assert len(json.loads((out / "sweep.json").read_text())["runs"]) == 6
+    # other axes, or another base scenario: the new grid's runs alone
+    res = CliRunner().invoke(sweep, args)
+    assert res.exit_code == 0 and "also lists" not in res.output, res.output
+    assert [r["dir"] for r in json.loads((out / "sweep.json").read_text())["runs"]] == [
+        "strategy.name=fedavg", "strategy.name=local"]
+    res = CliRunner().invoke(sweep, [str(path), "-g", "strategy.name=fedavg", "--out", str(out), "--local", "-q",
+                                     "--set", "training.lr=0.1", "--overwrite"])
+    assert res.exit_code == 0 and "also lists" not in res.output, res.output
+    assert [r["dir"] for r in json.loads((out / "sweep.json").read_text())["runs"]] == ["strategy.name=fedavg"]
+
+
 def test_cli_dry_run_resume_and_changed_scenario(tmp_path) -> None:
     path = write(tmp_path, tiny(tmp_path))
     out = tmp_path / "sw"
@@ -207,7 +245,10 @@ def test_cli_dry_run_resume_and_changed_scenario(tmp_path) -> None:
     assert "2 already complete, 0 ran" in res.output
     # the same folders with another scenario would mix results: refuse, unless --overwrite
     res = CliRunner().invoke(sweep, args + ["--set", "rounds=2"])
-    assert res.exit_code != 0 and "rounds was 3, now 2" in res.output
+    assert res.exit_code != 0 and res.output.count("\n") == 1, res.output  # one line, naming the first and the rest
+    assert res.output == (f"Error: run folders hold a different scenario than this sweep would run: "
+                          f"{out / 'strategy.name=fedavg'}: rounds was 3, now 2 (and 1 more folder); pass "
+                          "--overwrite to rerun them, or choose another --out\n"), res.output
     res = CliRunner().invoke(sweep, [a for a in args if a != "-q"] + ["--set", "rounds=2", "--overwrite"])
     assert res.exit_code == 0 and "0 already complete, 2 ran" in res.output  # with the progress bar
     res = CliRunner().invoke(sweep, [str(path), "-g", "strategy.name=nope", "--out", str(out), "--local"])
