@@ -171,9 +171,12 @@ class PeerGroup(MinibatchDraws, GossipAggregation):
             x, y = self.attack.poison(self.x_local[o : o + n], self.y_local[o : o + n], ctx)
             self.x_local[o : o + n], self.y_local[o : o + n] = x, y
 
-    def params(self) -> np.ndarray:
-        """Flattened heads ``[p, P]`` (weight row-major, then bias), float32 whatever ``engine.head_dtype``."""
-        return strategies.flatten(self.w, self.b if self.bias else None).cpu().to(torch.float32).numpy()
+    def params(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """Flattened heads ``[p, P]`` (weight row-major, then bias), float32 whatever ``engine.head_dtype``;
+        of the hosted peers ``lo .. hi - 1`` only (local indices; ``hi`` None: to the last), as
+        :meth:`fedsim.simulation.Simulation.final_params` fetches them, a slice at a time."""
+        w, b = self.w[lo:hi], self.b[lo:hi]
+        return strategies.flatten(w, b if self.bias else None).cpu().to(torch.float32).numpy()
 
     def set_params(self, flat: np.ndarray | Tensor) -> None:
         """Copy flattened heads ``[p, P]`` (or one ``[P]`` / ``[1, P]`` for every hosted peer) in (rounded

@@ -286,6 +286,35 @@ def test_final_params_equal_the_concatenated_groups(small_scenario, monkeypatch)
     assert got.shape == (200, want.shape[1]) and got.dtype == want.dtype and np.array_equal(got, want)
 
 
+@pytest.mark.parametrize("head_dtype", ["float32", "float16"])
+def test_final_params_are_fetched_a_slice_at_a_time(small_scenario, monkeypatch, head_dtype):
+    """Simulation.final_params asks a group for FINAL_SLICE_BYTES of float32 rows a call (a group's
+    whole float32 copy, in its heap and in Ray's object store at once, was the peak of a 10,000-peer
+    run on one Ray actor): no call returns more rows than a slice, every hosted row is asked once,
+    and the array equals the groups' whole heads concatenated (2 groups of 100 peers, slices of 7)."""
+    from fedsim import simulation
+    from fedsim.backend import LocalBackend
+
+    sc = parse(_gossip(small_scenario, **{"engine.num_actors": 2, "engine.head_dtype": head_dtype}))
+    prep = prepare(sc)
+    sim = simulation.Simulation(sc, prep, LocalBackend())
+    sim.step(0)
+    monkeypatch.setattr(simulation, "FINAL_SLICE_BYTES", 7 * 4 * prep.num_params + 3)
+    want = np.concatenate([g._obj.params() for g in sim.groups])
+    returned: list[int] = []
+    real = PeerGroup.params
+
+    def params(self, *a, **k):
+        out = real(self, *a, **k)
+        returned.append(len(out))
+        return out
+
+    monkeypatch.setattr(PeerGroup, "params", params)
+    got = sim.final_params()
+    assert returned == [7] * 14 + [2] + [7] * 14 + [2]
+    assert got.dtype == np.float32 and got.shape == want.shape and np.array_equal(got, want)
+
+
 def test_federated_final_params_are_the_servers_global_model_in_every_row(small_scenario):
     """In federated mode every row of Simulation.final_params is the server's global model (the
     groups' own rows, which differ from it after local training, are not what is returned)."""
