@@ -26,6 +26,7 @@ stored values.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -196,8 +197,10 @@ class PeerGroup(MinibatchDraws, GossipAggregation):
         at 100,000 peers); ``finish`` copies the sent heads of the peers that aggregated nothing, chunk
         by chunk. Nothing in the aggregation reads ``w, b`` (the rule's ``own`` is the trained copy or
         the sent message, and :meth:`_message` never is a view of them). A subclass whose
-        ``set_params`` does more than copy (:class:`fedsim.whole.WholePeerGroup`) keeps the buffer."""
-        if type(self).set_params is not PeerGroup.set_params:
+        ``set_params`` does more than copy (:class:`fedsim.whole.WholePeerGroup`) keeps the buffer. (A
+        Ray actor's class is a subclass Ray makes, its methods wrapped (``functools.wraps``): compared
+        unwrapped, else every actor kept the buffer, 0.32 GiB at 10,000 peers in one actor.)"""
+        if inspect.unwrap(type(self).set_params) is not PeerGroup.set_params:
             return super()._result_writer(params, msgs)
         written = np.zeros(self.p, dtype=bool)
 
