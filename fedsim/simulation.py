@@ -35,6 +35,10 @@ from fedsim.threads import torch_threads
 if TYPE_CHECKING:
     from fedsim.prepare import Prepared
 
+FINAL_SLICE_BYTES = 16 << 20
+"""Bytes of float32 heads :meth:`Simulation.final_params` asks a group for in one call."""
+
+
 class Simulation:
     """The peer groups of ``prep`` (and its federated server) started on ``backend``.
 
@@ -204,21 +208,23 @@ class Simulation:
         if self.server is not None:  # (the groups' own rows are not asked for: every row is the global model)
             g = self.backend.get(self.server.get_global.remote())
             return np.broadcast_to(g, (self.sc.peers.count, *np.shape(g))).copy()
-        # written group by group into one array: in-process one group's [p, P] copy alive at a time
-        # besides it (a concatenation held them all: 2.3 GB more at 100,000 peers); on Ray all
-        # asked at once and fetched one by one
+        # written slice by slice into one array (FINAL_SLICE_BYTES of float32 rows a call, one call at a
+        # time): besides it one slice is alive, in the group, in Ray's object store and here (a group's
+        # whole [p, P] float32 copy, in its heap and in the object store, was the peak of a 10,000-peer
+        # run on one Ray actor, docs/performance.md; a concatenation of every group's held them all)
         backend = self.backend
-        refs = [g.params.remote() for g in self.groups] if backend.lazy else None
-        out: np.ndarray | None = None
+        rows = max(1, FINAL_SLICE_BYTES // (4 * max(1, self.prep.num_params)))
+        out = np.empty((0, 0), dtype=np.float32)
         start = 0
-        for i, g in enumerate(self.groups):
-            part = backend.get(refs[i] if refs is not None else g.params.remote())
-            if out is None:
-                out = np.empty((self.sc.peers.count, *part.shape[1:]), dtype=part.dtype)
-            out[start : start + len(part)] = part
-            start += len(part)
-            del part
-        assert out is not None and start == len(out)
+        for g, n in zip(self.groups, self._group_sizes(), strict=True):
+            for lo in range(0, n, rows):
+                part = backend.get(g.params.remote(lo, min(n, lo + rows)))
+                if start == 0:
+                    out = np.empty((self.sc.peers.count, *part.shape[1:]), dtype=part.dtype)
+                out[start : start + len(part)] = part
+                start += len(part)
+                del part
+        assert start == len(out)
         return out
 
     def recorded_gradients(self) -> np.ndarray | None:

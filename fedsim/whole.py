@@ -117,10 +117,11 @@ class WholePeerGroup(PeerGroup):
         self._own_grad: Tensor | None = None  # gradients / dpsgd: this round's own g [p, P] (bn: local: BN coordinates)
 
     # ------------------------------------------------------------------ state
-    def params(self) -> np.ndarray:
+    def params(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
         """Flat trainable parameters followed by the BatchNorm running statistics, ``[p, P + S]``
-        (``S`` = 0 without BatchNorm): the same layout as a federated server's global model."""
-        return torch.cat([self.model.theta, self.model.stats()], dim=1).cpu().numpy().copy()
+        (``S`` = 0 without BatchNorm): the same layout as a federated server's global model; of the
+        hosted peers ``lo .. hi - 1`` only (:meth:`fedsim.peers.PeerGroup.params`)."""
+        return torch.cat([self.model.theta[lo:hi], self.model.stats()[lo:hi]], dim=1).cpu().numpy().copy()
 
     def _message(self, flat: np.ndarray | Tensor) -> Tensor:
         """Aggregated messages ``[p, size]`` (or one ``[1, size]`` for every hosted peer) on the device."""

@@ -52,11 +52,17 @@ def test_metrics_records(small_scenario):
         assert (r.dir / f).exists()
 
 
-def test_layout_independent_local_and_ray(small_scenario, ray_session):
+def test_layout_independent_local_and_ray(small_scenario, ray_session, monkeypatch):
+    from fedsim import simulation
+
     base, _ = _run(small_scenario(name="one", **{"engine.num_actors": 1}))
     three, _ = _run(small_scenario(name="three", **{"engine.num_actors": 3}))
+    # the final heads fetched from the actors 2 rows at a time (Simulation.final_params' slices)
+    monkeypatch.setattr(simulation, "FINAL_SLICE_BYTES", 2 * 4 * (10 * 64 + 10))
     ray3, _ = _run(small_scenario(name="ray3", **{"engine.num_actors": 3, "engine.backend": "ray"}))
-    assert _metrics(base) == _metrics(three) == _metrics(ray3)
+    ray1, _ = _run(small_scenario(name="ray1", **{"engine.num_actors": 1, "engine.backend": "ray"}))
+    assert _metrics(base) == _metrics(three) == _metrics(ray3) == _metrics(ray1)
+    assert (base.final_params == ray3.final_params).all() and (base.final_params == ray1.final_params).all()
 
 
 def test_learns_on_real_data_with_transferred_backbone(small_scenario):

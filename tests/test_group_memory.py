@@ -157,6 +157,39 @@ def test_heads_written_in_place_equal_the_buffered_result(small_scenario, monkey
     assert all(torch.equal(a, b) for a, b in zip(*out, strict=True))
 
 
+def test_a_ray_actor_writes_the_aggregated_heads_in_place(small_scenario, monkeypatch):
+    """Ray runs a PeerGroup as a subclass it makes, every method wrapped (``functools.wraps``,
+    ``ray.util.tracing``): its aggregation still writes into w, b (the base class's [p, P] buffer,
+    0.32 GiB at 10,000 peers in one actor, is never built), while a subclass whose set_params does
+    more than copy, wrapped the same way, still gets the buffer."""
+    tracing = pytest.importorskip("ray.util.tracing.tracing_helper")
+    buffered: list[str] = []
+    real = GossipAggregation._result_writer
+
+    def spy(self, *a):
+        buffered.append(type(self).__name__)
+        return real(self, *a)
+
+    monkeypatch.setattr(GossipAggregation, "_result_writer", spy)
+
+    class RayMade(PeerGroup):  # what ray.remote(PeerGroup) runs in the actor
+        pass
+
+    class Overrides(PeerGroup):  # a set_params of its own (as fedsim.whole.WholePeerGroup has)
+        def set_params(self, flat):
+            super().set_params(flat)
+
+    for cls in (RayMade, Overrides):
+        tracing._inject_tracing_into_class(cls)
+    assert RayMade.set_params is not PeerGroup.set_params  # Ray's wrapper, not the method itself
+    d = _gossip(small_scenario)
+    g, other = _group(d)[0], _group(d, 1)[0]
+    for r, cls in enumerate((RayMade, Overrides)):
+        g.__class__ = cls
+        g.aggregate(r, g.train(r)[0], other.train(r)[0])
+    assert buffered == ["Overrides"]
+
+
 def test_bias_free_heads_are_layout_independent_in_process(small_scenario):
     """A bias-free head flattens to a view of w; sent as it is, a group aggregating first would
     overwrite what the other group reads. One group and two give the same metrics."""
@@ -284,6 +317,35 @@ def test_final_params_equal_the_concatenated_groups(small_scenario, monkeypatch)
     monkeypatch.setattr(Simulation, "final_params", _concatenated)
     want = final("concatenated")
     assert got.shape == (200, want.shape[1]) and got.dtype == want.dtype and np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("head_dtype", ["float32", "float16"])
+def test_final_params_are_fetched_a_slice_at_a_time(small_scenario, monkeypatch, head_dtype):
+    """Simulation.final_params asks a group for FINAL_SLICE_BYTES of float32 rows a call (a group's
+    whole float32 copy, in its heap and in Ray's object store at once, was the peak of a 10,000-peer
+    run on one Ray actor): no call returns more rows than a slice, every hosted row is asked once,
+    and the array equals the groups' whole heads concatenated (2 groups of 100 peers, slices of 7)."""
+    from fedsim import simulation
+    from fedsim.backend import LocalBackend
+
+    sc = parse(_gossip(small_scenario, **{"engine.num_actors": 2, "engine.head_dtype": head_dtype}))
+    prep = prepare(sc)
+    sim = simulation.Simulation(sc, prep, LocalBackend())
+    sim.step(0)
+    monkeypatch.setattr(simulation, "FINAL_SLICE_BYTES", 7 * 4 * prep.num_params + 3)
+    want = np.concatenate([g._obj.params() for g in sim.groups])
+    returned: list[int] = []
+    real = PeerGroup.params
+
+    def params(self, *a, **k):
+        out = real(self, *a, **k)
+        returned.append(len(out))
+        return out
+
+    monkeypatch.setattr(PeerGroup, "params", params)
+    got = sim.final_params()
+    assert returned == [7] * 14 + [2] + [7] * 14 + [2]
+    assert got.dtype == np.float32 and got.shape == want.shape and np.array_equal(got, want)
 
 
 def test_federated_final_params_are_the_servers_global_model_in_every_row(small_scenario):
