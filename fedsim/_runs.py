@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,29 +182,32 @@ def jsonl_records(path: Path, torn_last: bool = True,
     return out
 
 
-# the fields of a metrics record that tables and figures compute with: a number (or null, a
-# non-finite value as written, fedsim.rundir.json_safe) where present
-METRIC_NUMBERS = ("accuracy_mean", "accuracy_min", "accuracy_max", "bytes_sent_total", "bytes_sent_per_peer")
+# the fields of a metrics record that tables and figures compute with, numbers where present: the
+# accuracies may be null (a non-finite value as written, fedsim.rundir.json_safe), the byte counts
+# (integers fedsim counts) may not
+NULLABLE_NUMBERS = ("accuracy_mean", "accuracy_min", "accuracy_max")
+METRIC_NUMBERS = (*NULLABLE_NUMBERS, "bytes_sent_total", "bytes_sent_per_peer")
 
 
 def metrics_problem(rec: dict[str, Any]) -> str | None:
     """What makes ``rec`` no metrics record a table or figure can use (``None``: nothing): an
-    integer ``round`` >= 0, and numbers (or null) in :data:`METRIC_NUMBERS`."""
+    integer ``round`` >= 0, and numbers in :data:`METRIC_NUMBERS` (or null in :data:`NULLABLE_NUMBERS`)."""
     rnd = rec.get("round")
     if isinstance(rnd, bool) or not isinstance(rnd, int) or rnd < 0:
         return f"'round' is {rnd!r:.40}, not a round number (an integer >= 0)"
     for k in METRIC_NUMBERS:
         v = rec.get(k)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+        if (v is None and k in rec and k not in NULLABLE_NUMBERS) or (
+                v is not None and (isinstance(v, bool) or not isinstance(v, int | float))):
             return f"{k!r} is {v!r:.40}, not a number"
     return None
 
 
 def _nan_for_null(rec: dict[str, Any]) -> dict[str, Any]:
-    """``rec`` with NaN for each of :data:`METRIC_NUMBERS` written as null (the record itself if none is)."""
-    if all(rec.get(k, 0) is not None for k in METRIC_NUMBERS):
+    """``rec`` with NaN for each of :data:`NULLABLE_NUMBERS` written as null (the record itself if none is)."""
+    if all(rec.get(k, 0) is not None for k in NULLABLE_NUMBERS):
         return rec
-    return {k: math.nan if v is None and k in METRIC_NUMBERS else v for k, v in rec.items()}
+    return {k: math.nan if v is None and k in NULLABLE_NUMBERS else v for k, v in rec.items()}
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -310,14 +314,20 @@ def is_run_dir(path: Path) -> bool:
     return (path / "metrics.jsonl").exists() or (path / "summary.json").exists()
 
 
+ERROR_TAIL_BYTES = 64 * 1024  # run_error reads no more of error.txt than its last 64 KiB
+
+
 def run_error(path: Path) -> str | None:
     """What failed in the run folder ``path``, from the ``error.txt`` that ``fedsim sweep`` writes
     for a failed run (and ``fedsim run`` for an unexpected error): its last line, the exception
     (``RuntimeError: boom``), cut to 200 characters; None without that file."""
     try:
-        lines = [x.strip() for x in (Path(path) / RUN_ERROR_FILE).read_text(errors="replace").splitlines()]
+        with (Path(path) / RUN_ERROR_FILE).open("rb") as fh:  # its tail only: the file may be large
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - ERROR_TAIL_BYTES))
+            tail = fh.read(ERROR_TAIL_BYTES)
     except OSError:
         return None
+    lines = [x.strip() for x in tail.decode(errors="replace").splitlines()]
     last = next((x for x in reversed(lines) if x), "(empty)")
     return last if len(last) <= 200 else last[:199] + "…"
 
@@ -418,10 +428,13 @@ def sweep_run_dirs(folder: Path, index: dict[str, Any]) -> list[Path]:
     """The run folders a sweep's ``sweep.json`` (``index``) lists, in its order: each entry's
     ``dir`` must name a folder directly in ``folder`` (what ``fedsim sweep`` writes), else one-line
     :class:`~fedsim.errors.CorruptFileError`."""
-    runs, grid = index.get("runs") or [], index.get("grid") or {}
+    runs, grid, invalid = index.get("runs") or [], index.get("grid") or {}, index.get("invalid") or []
     where = folder / "sweep.json"
-    if not isinstance(runs, list) or not isinstance(grid, dict):
-        raise CorruptFileError(f"{where}: not a sweep index ('runs' must be a list, 'grid' a mapping)")
+    if (not isinstance(runs, list) or not isinstance(grid, dict) or not all(isinstance(v, list) for v in grid.values())
+            or not isinstance(invalid, list)
+            or not all(isinstance(r, dict) and isinstance(r.get("dir"), str) for r in invalid)):
+        raise CorruptFileError(f"{where}: not a sweep index ('runs' must be a list, 'grid' a mapping of lists, "
+                               "'invalid' a list of entries with a 'dir')")
     out = []
     for i, r in enumerate(runs):
         d = r.get("dir") if isinstance(r, dict) else None

@@ -106,6 +106,7 @@ def test_a_bad_metrics_line_is_one_line_naming_the_file_and_line(tmp_path, case)
     (b'{"round": true}\n', "'round' is True"),
     (b'{"round": 1, "accuracy_mean": "high"}\n', "'accuracy_mean' is 'high', not a number"),
     (b'{"round": 1, "bytes_sent_per_peer": [1]}\n', "'bytes_sent_per_peer' is [1], not a number"),
+    (b'{"round": 1, "bytes_sent_total": null}\n', "'bytes_sent_total' is None, not a number"),
 ])
 def test_a_metrics_record_tables_cannot_use_is_one_line_not_an_internal_error(tmp_path, bad, hint):
     run = _run(tmp_path / "r", metrics=b'{"round": 0, "accuracy_mean": 0.5}\n' + bad + b'{"round": 2}\n')
@@ -225,13 +226,33 @@ def test_a_sweep_index_cannot_point_outside_the_sweep(tmp_path, entry):
     assert outside.is_dir() and not (sweep / "plots").exists()
 
 
-@pytest.mark.parametrize("index", [{"grid": ["x"], "runs": [{"dir": "a"}]}, {"grid": {}, "runs": {"dir": "a"}}])
+@pytest.mark.parametrize("index", [
+    {"grid": ["x"], "runs": [{"dir": "a"}]},
+    {"grid": {}, "runs": {"dir": "a"}},
+    {"grid": {"seed": 5}, "runs": [{"dir": "a"}]},  # a grid value that is no list of values
+    {"grid": {}, "runs": [{"dir": "a"}], "invalid": [{"dir": [1]}]},  # an invalid entry with no folder name
+])
 def test_a_sweep_index_of_the_wrong_shape_is_one_line(tmp_path, index):
     sweep = tmp_path / "sw"
     _run(sweep / "a")
     (sweep / "sweep.json").write_text(json.dumps(index))
     with pytest.raises(CorruptFileError, match="not a sweep index"):
         load_runs(sweep)
+
+
+def test_run_error_reads_only_the_tail_of_a_large_error_file(tmp_path):
+    import tracemalloc
+
+    run = _run(tmp_path / "r")
+    with (run / "error.txt").open("wb") as fh:
+        fh.write(b"x" * (8 << 20) + b"\nTraceback ...\nRuntimeError: boom\n\n")
+    tracemalloc.start()
+    try:
+        assert runs_mod.run_error(run) == "RuntimeError: boom"
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak
 
 
 # --------------------------------------------------------------------------- sweep folder names
