@@ -7,7 +7,7 @@ width, and saving in every format. matplotlib is imported only inside the functi
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,10 +99,30 @@ def _save(fig, path: Path, formats: list[str], opts: PlotOptions = DEFAULT) -> l
 
 
 def _suffix(values: dict[str, Any]) -> str:
-    """A figure file's name suffix for the settings that split figures (``__`` + the sweep's run name)."""
-    from fedsim.sweep_plan import run_name
+    """A figure file's name suffix for the settings that split figures (``__`` + the sweep's run name;
+    where making it file-safe replaced a character, ``~`` + a digest of the values too, so two settings
+    that differ only there, ``é`` and ``ü``, do not write the same file)."""
+    from fedsim.sweep_plan import _UNSAFE, _digest, run_name
 
-    return "" if not values else "__" + run_name(values)
+    if not values:
+        return ""
+    name = run_name(values)
+    if "~" not in name and any(_UNSAFE.search(x) for x in _strings(values)):
+        name += "~" + _digest(values)
+    return "__" + name
+
+
+def _strings(v: Any) -> Iterator[str]:
+    """Every key and leaf of ``v`` as the text a file name is made from."""
+    if isinstance(v, dict):
+        for k, x in v.items():
+            yield str(k)
+            yield from _strings(x)
+    elif isinstance(v, (list, tuple)):
+        for x in v:
+            yield from _strings(x)
+    else:
+        yield str(v)
 
 
 def _figure(nrows: int, ncols: int, extra_w: float = 0.0, extra_h: float = 0.0):

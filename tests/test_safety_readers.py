@@ -403,6 +403,22 @@ def test_fedsim_plot_writes_only_below_its_plots_folder_whatever_the_scenario_ke
     assert not outside, outside
 
 
+def test_figures_of_settings_that_differ_only_in_unsafe_characters_do_not_overwrite_each_other(tmp_path):
+    """``é`` and ``ü`` both become ``-`` in a file name: each figure keeps its own file."""
+    pytest.importorskip("matplotlib")
+    from fedsim.plot import plot_dir
+
+    root = tmp_path / "runs"
+    for i, (rule, foo) in enumerate([(r, f) for r in ("fedavg", "median") for f in ("é", "ü")]):
+        scenario = yaml.safe_dump({"name": f"r{i}", "strategy": {"name": rule}, "foo": foo})
+        metrics = b"".join(json.dumps({"round": t, "accuracy_mean": 0.1 * t}).encode() + b"\n" for t in range(3))
+        _run(root / f"r{i}", metrics=metrics, scenario=scenario)
+    written = plot_dir(root, formats=["png"], log=lambda m: None)
+    curves = [p for p in written if p.name.startswith("accuracy_vs_round")]
+    assert len(curves) == 2 and len(set(curves)) == 2, curves
+    assert all(p.exists() for p in curves)
+
+
 # --------------------------------------------------------------------------- resume and sweep readers
 def test_a_deeply_nested_timings_line_is_the_one_line_resume_error(tmp_path):
     from fedsim.runfiles import TimingsWriter
