@@ -5,6 +5,7 @@ and the Ray path."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -220,6 +221,13 @@ def test_rerunning_part_of_a_grid_keeps_the_rest_of_the_sweep_listed(tmp_path) -
                                      "--local", "-q", "--overwrite"])
     assert res.exit_code == 0 and "0 already complete, 3 ran" in res.output, res.output
     assert len(json.loads((out / "sweep.json").read_text())["runs"]) == 6
+    # a listed run whose folder the user deleted is no longer listed by the next rerun
+    shutil.rmtree(out / "strategy.name=fedavg__seed=2")
+    res = CliRunner().invoke(sweep, [str(path), "-g", "strategy.name=local", "-g", "seed=0,1,2", "--out", str(out),
+                                     "--local", "-q"])
+    assert res.exit_code == 0, res.output
+    listed = [r["dir"] for r in json.loads((out / "sweep.json").read_text())["runs"]]
+    assert len(listed) == 5 and "strategy.name=fedavg__seed=2" not in listed, listed
     # other axes, or another base scenario: the new grid's runs alone
     res = CliRunner().invoke(sweep, args)
     assert res.exit_code == 0 and "also lists" not in res.output, res.output
