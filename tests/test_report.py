@@ -222,6 +222,11 @@ def test_a_failed_run_is_named_with_its_error_in_report_and_plot(tmp_path, monke
     shutil.copytree(plan.out / "seed=0", runs / "ok")
     res = CliRunner().invoke(report, [str(runs)])
     assert res.exit_code == 0 and "failed failed before its first round: RuntimeError: boom" in res.output, res.output
+    # a folder with only a scenario.yaml (a run starting right now, or someone's notes): passed over, not listed
+    (runs / "starting").mkdir()
+    shutil.copy(plan.out / "seed=1" / "scenario.yaml", runs / "starting" / "scenario.yaml")
+    res = CliRunner().invoke(report, [str(runs)])
+    assert res.exit_code == 0 and "starting" not in res.output, res.output
     # every run failed: one line naming them, not "no run directories found"
     def broken(self, *a, **kw):
         raise RuntimeError("boom")
