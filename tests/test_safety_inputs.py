@@ -352,6 +352,24 @@ def test_npz_bad_files_are_one_line(tmp_path):
     assert str(obj) in _one_line(e.value)
 
 
+def test_a_lone_npy_given_as_npz_data_is_refused_without_loading_it(tmp_path, monkeypatch):
+    lone = tmp_path / "x.npz"
+    np.save(lone.with_suffix(".npy"), np.zeros((4, 3), dtype=np.float32))
+    lone.with_suffix(".npy").rename(lone)
+
+    def no_load(*a, **kw):
+        raise AssertionError("np.load called on a lone .npy")
+
+    monkeypatch.setattr(np, "load", no_load)
+    with pytest.raises(CorruptFileError, match="a single .npy array, expected an .npz archive") as e:
+        datasets.load("npz", lone)
+    assert str(lone) in _one_line(e.value)
+    other = tmp_path / "y.npz"
+    other.write_bytes(b"just text")
+    with pytest.raises(CorruptFileError, match=r"not a readable \.npz \(not a zip archive\)"):
+        datasets.load("npz", other)
+
+
 def test_npz_folder_holds_exactly_one_file(tmp_path):
     x, y = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32), np.arange(50) % 5
     with pytest.raises(CorruptFileError) as e:

@@ -78,8 +78,12 @@ def npz(data_dir: Path) -> Dataset:
     ``allow_pickle=False``: object arrays are refused."""
     path = _npz_file(Path(data_dir))
     try:
-        if zipfile.is_zipfile(path):
-            _refuse_oversized(path)
+        if not zipfile.is_zipfile(path):  # refused before np.load reads a lone .npy whole
+            with path.open("rb") as fh:
+                lone = fh.read(6) == b"\x93NUMPY"
+            what = "a single .npy array, expected an .npz archive of x/y arrays" if lone else "not a zip archive"
+            raise CorruptFileError(f"{path}: {what}" if lone else f"{path}: not a readable .npz ({what})")
+        _refuse_oversized(path)
         with np.load(path, allow_pickle=False) as z:
             if not isinstance(z, np.lib.npyio.NpzFile):
                 raise CorruptFileError(f"{path}: a single .npy array, expected an .npz archive of x/y arrays")
