@@ -481,16 +481,14 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     from byte 0). One open handle serves both passes, so a checkpoint replaced meanwhile (atomically,
     :func:`atomic_file`) is not read: the handle keeps the file that was verified. (At 10,000 peers the
     whole file and its slices were 0.43 GiB above the loaded tensors, docs/performance.md.)"""
-    import pickle
-
     import torch
 
     with _opened(path) as fh:
         meta, start = _verified(path, fh)
         try:
             state = torch.load(_Tail(fh, start), map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, TypeError, AttributeError,
-                OSError) as e:
+        except Exception as e:  # noqa: BLE001  (a crafted payload under a recomputed checksum reaches torch's
+            # readers, which raise whatever they meet: KeyError, IndexError, AssertionError, ...)
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise CorruptFileError(f"{path}: the checkpoint's tensors cannot be loaded safely: {first}") from None
     if not isinstance(state, dict):

@@ -213,3 +213,28 @@ def test_restore_checks_shapes_without_a_copy_of_the_fresh_state(small_scenario,
     monkeypatch.setattr(simulation, "check_state", checked)
     Run(r.sc, r.dir).execute(resume=True, stop_after=2)
     assert live[:2] == [0, 0] and fresh_devices == {"meta"}
+
+
+def test_a_crafted_payload_under_a_recomputed_checksum_is_one_line_whatever_torch_raises(tmp_path):
+    """The checksum guards against accidents, not against someone who recomputes it: edited bytes reach
+    torch's readers, which raise KeyError, IndexError, AssertionError... — each must be the one-line
+    CorruptFileError naming the file (or the edit is harmless and the file loads)."""
+    import io
+    import random
+
+    buf = io.BytesIO()
+    torch.save({"groups": {"w": torch.randn(5, 4), "n": 3, "l": [torch.ones(3), None]}, "server": None}, buf)
+    seen: set[str] = set()
+    for seed in range(60):
+        rnd, b = random.Random(seed), bytearray(buf.getvalue())
+        for _ in range(rnd.randint(1, 3)):
+            b[rnd.randrange(len(b))] = rnd.randrange(256)
+        body = rundir._checkpoint_meta_line(META) + bytes(b)
+        f = tmp_path / f"c{seed}.pt"
+        f.write_bytes(rundir._checkpoint_header(hashlib.sha256(body).hexdigest()) + body)
+        try:
+            rundir.read_checkpoint(f)
+        except CorruptFileError as e:
+            assert str(f) in str(e) and "\n" not in str(e)
+            seen.add("refused")
+    assert "refused" in seen
