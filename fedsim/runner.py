@@ -79,31 +79,45 @@ def versions() -> dict[str, Any]:
     return out
 
 
-MKL_KEY, ACTORS_KEY = "mkl_branch", "mkl_branch_ray_actors"  # versions.json's keys of the oneMKL branches
+# versions.json's keys of the oneMKL branches: the first start's, and each resume's
+MKL_KEY, ACTORS_KEY, RESUMES_KEY = "mkl_branch", "mkl_branch_ray_actors", "mkl_branch_resumes"
 
 
-def record_branches(path: Path, driver: str | None, actors: list[str | None]) -> None:
-    """Record in ``versions.json`` at ``path`` the oneMKL branch of the driver and how many Ray
-    actors run each (:func:`fedsim.mkl_branch.counted`), the ones of this start of the actors (a
-    resume's replace a first start's), and warn in one line where an actor's differs from the
-    driver's (:func:`fedsim.mkl_branch.differing`)."""
+def record_branches(path: Path, driver: str | None, actors: list[str | None] | None, resumed: bool = False) -> None:
+    """Record in ``versions.json`` at ``path`` the oneMKL branch of the driver and, on Ray (``actors``
+    not None), how many actors run each (:func:`fedsim.mkl_branch.counted`). A first start's are the
+    run's (``mkl_branch``, ``mkl_branch_ray_actors``); a resume's (``resumed``) are appended to
+    ``mkl_branch_resumes``, the first start's kept. One warning line where an actor's branch differs
+    from the driver's (:func:`fedsim.mkl_branch.differing`), and where a resume's driver runs another
+    branch than the first start's (the rounds after it may have other bits than an uninterrupted run)."""
     import warnings
 
+    from fedsim._runs import read_json
     from fedsim.rundir import atomic_write
 
     try:
-        recorded = json.loads(path.read_text())
-    except (OSError, ValueError):  # gone or garbled since the run began: these lines alone
+        recorded = read_json(path)  # bounded, as every file fedsim reads back
+    except (OSError, CorruptFileError):  # gone or garbled since the run began: these lines alone
         recorded = {}
     if not isinstance(recorded, dict):
         recorded = {}
-    if driver is not None:
-        recorded[MKL_KEY] = driver
-    recorded[ACTORS_KEY] = mkl_branch.counted(actors)
+    entry: dict[str, Any] = {} if driver is None else {MKL_KEY: driver}
+    if actors is not None:
+        entry[ACTORS_KEY] = mkl_branch.counted(actors)
+    first = recorded.get(MKL_KEY)
+    if resumed:
+        resumes = recorded.get(RESUMES_KEY)
+        recorded[RESUMES_KEY] = (resumes if isinstance(resumes, list) else []) + [entry]
+    else:
+        recorded.update(entry)
     atomic_write(path, (json.dumps(recorded, indent=2) + "\n").encode())
-    line = mkl_branch.differing(driver, actors)
-    if line is not None:
-        warnings.warn(line, RuntimeWarning, stacklevel=3)
+    lines = [mkl_branch.differing(driver, actors)] if actors is not None else []
+    if resumed and isinstance(first, str) and driver is not None and driver != first:
+        lines.append(f"this resume runs oneMKL branch {driver} in the driver, the run's first start ran {first} "
+                     "(MKL_CBWR): the rounds from here may have other bits than an uninterrupted run")
+    for line in lines:
+        if line is not None:
+            warnings.warn(line, RuntimeWarning, stacklevel=3)
 
 
 def probes_need_messages(sc: Scenario) -> bool:
@@ -227,8 +241,10 @@ class Run:
             sim = Simulation(sc, prep, backend, record_messages=message_window(sc, prep, self.absent, self.run_probes),
                              keep_train=self.keep_train)
             self.groups, self.server = sim.groups, sim.server
-            if backend.name == "ray":  # the actors' processes: their oneMKL branches against the driver's
-                record_branches(self.rundir.path / "versions.json", mkl_branch.current(), sim.mkl_branches)
+            ray = backend.name == "ray"
+            if ray or point is not None:  # the actors' oneMKL branches against the driver's; a resume's driver
+                record_branches(self.rundir.path / "versions.json", mkl_branch.current(),
+                                sim.mkl_branches if ray else None, resumed=point is not None)
             out = self._loop(sim, prep, point, callbacks)
             summary = None if "stopped_after" in out else out
             return out

@@ -238,3 +238,21 @@ def test_a_crafted_payload_under_a_recomputed_checksum_is_one_line_whatever_torc
             assert str(f) in str(e) and "\n" not in str(e)
             seen.add("refused")
     assert "refused" in seen
+
+
+def test_an_in_process_resume_records_its_drivers_onemkl_branch(small_scenario, monkeypatch):
+    """A resume appends its start's branch to versions.json (the first start's kept) and warns where
+    it differs from the first start's: the rounds after it may have other bits."""
+    import json
+
+    from fedsim import mkl_branch
+
+    r = _stopped(small_scenario)
+    first = json.loads((r.dir / "versions.json").read_text()).get("mkl_branch")
+    if first is None:
+        pytest.skip("this torch has no oneMKL to ask")
+    monkeypatch.setattr(mkl_branch, "current", lambda: "SSE4_2")
+    with pytest.warns(RuntimeWarning, match="this resume runs oneMKL branch SSE4_2"):
+        Run(r.sc, r.dir).execute(resume=True)
+    recorded = json.loads((r.dir / "versions.json").read_text())
+    assert recorded.get("mkl_branch") == first and recorded["mkl_branch_resumes"] == [{"mkl_branch": "SSE4_2"}]

@@ -152,8 +152,28 @@ def test_a_run_records_the_branches_once_and_warns_where_they_differ(tmp_path):
     assert json.loads(path.read_text()) == {"torch": "x", "mkl_branch": "AVX512",
                                             "mkl_branch_ray_actors": {"AVX512": 3}}
     with pytest.warns(RuntimeWarning, match=r"^oneMKL runs branch AVX512 in the driver but AUTO \(1\) in Ray actors"):
-        record_branches(path, "AVX512", ["AVX512", "AUTO"])  # a resume on other nodes: its start's
-    assert json.loads(path.read_text())["mkl_branch_ray_actors"] == {"AUTO": 1, "AVX512": 1}
+        record_branches(path, "AVX512", ["AVX512", "AUTO"], resumed=True)  # a resume on other nodes
+    recorded = json.loads(path.read_text())
+    assert recorded["mkl_branch_ray_actors"] == {"AVX512": 3}  # the first start's, kept
+    assert recorded["mkl_branch_resumes"] == [
+        {"mkl_branch": "AVX512", "mkl_branch_ray_actors": {"AUTO": 1, "AVX512": 1}}]
+    # an in-process resume whose driver runs another branch than the first start: recorded and warned
+    with pytest.warns(RuntimeWarning, match=r"^this resume runs oneMKL branch AVX2 in the driver, the run's first"):
+        record_branches(path, "AVX2", None, resumed=True)
+    recorded = json.loads(path.read_text())
+    assert recorded["mkl_branch"] == "AVX512" and recorded["mkl_branch_resumes"][-1] == {"mkl_branch": "AVX2"}
+
+
+def test_record_branches_reads_versions_json_bounded(tmp_path, monkeypatch):
+    """versions.json is read back through the bounded reader: a planted giant file is replaced, not read."""
+    import fedsim._runs as runs_mod
+    from fedsim.runner import record_branches
+
+    monkeypatch.setattr(runs_mod, "MAX_JSON_BYTES", 1000)
+    path = tmp_path / "versions.json"
+    path.write_text(json.dumps({"pad": "x" * 5000}))
+    record_branches(path, "AVX512", ["AVX512"])
+    assert json.loads(path.read_text()) == {"mkl_branch": "AVX512", "mkl_branch_ray_actors": {"AVX512": 1}}
 
 
 def test_an_in_process_run_records_the_drivers_branch(tmp_path, small_scenario):
