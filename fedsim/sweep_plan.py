@@ -286,6 +286,11 @@ def _one_cluster(source: str, combos: list[tuple[str, dict[str, Any], dict[str, 
         unread = engine_errors(data.get("engine"))
         if unread:
             raise ScenarioError(f"{source} [{rn}]: {unread[0]}")
+        engine = data.get("engine")
+        if isinstance(engine, dict) and engine.get("address") is not None and _engine_section(engine) is None:
+            # an engine section naming a cluster that does not validate: its own error, as `fedsim run`
+            # gives it (not "no cluster": the runs would go to a Ray of the sweep's own)
+            parse(copy.deepcopy(data), f"{source} [{rn}]", require_data=False)
         named.setdefault(named_cluster(data.get("engine")), rn)
     if len(named) > 1:
         which = ", ".join(f"{a or 'none'} ({rn})" for a, rn in named.items())

@@ -207,6 +207,14 @@ def test_a_sweep_whose_runs_name_different_clusters_is_refused(tmp_path):
     assert plan_sweep(p, {"engine.address": ["10.0.0.1:6379"], "seed": [0, 1]}).address == "10.0.0.1:6379"
 
 
+def test_a_sweep_whose_scenario_names_an_invalid_address_gets_fedsim_runs_error(tmp_path):
+    """Not "no cluster" (the runs would silently go to a Ray of the sweep's own): the one line `fedsim
+    run` gives for the same engine section."""
+    p = _with_engine(tmp_path, "backend: ray, address: 5")
+    with pytest.raises(ScenarioError, match=r"engine\.address: .*valid string"):
+        plan_sweep(p, {"seed": [0, 1]})
+
+
 def test_the_sweeps_cluster_is_address_or_the_scenarios_and_never_two(tmp_path):
     from fedsim.sweep_execute import sweep_cluster
 
