@@ -155,10 +155,12 @@ class StackedModel:
         """How many BatchNorm running-statistic values one peer has (0: no BatchNorm tracking them)."""
         return sum(int(self.buffers[n][0].numel()) for n in self.stat_names)
 
-    def stats(self) -> Tensor:
-        """The peers' BatchNorm running means and variances, flat ``[p, S]`` (``stat_names`` order)."""
-        return torch.cat([self.buffers[n].reshape(self.p, -1) for n in self.stat_names], dim=1) \
-            if self.stat_names else self.theta.new_zeros(self.p, 0)
+    def stats(self, lo: int = 0, hi: int | None = None) -> Tensor:
+        """The peers' BatchNorm running means and variances, flat ``[p, S]`` (``stat_names`` order); of
+        the peers ``lo .. hi - 1`` only (each buffer sliced before the concatenation)."""
+        n = len(range(self.p)[lo:hi])
+        return torch.cat([self.buffers[k][lo:hi].reshape(n, -1) for k in self.stat_names], dim=1) \
+            if self.stat_names else self.theta.new_zeros(n, 0)
 
     def set_stats(self, flat: Tensor) -> None:
         """Copy running statistics ``[p, S]`` (or one ``[1, S]`` row for every peer) in."""

@@ -121,7 +121,7 @@ class WholePeerGroup(PeerGroup):
         """Flat trainable parameters followed by the BatchNorm running statistics, ``[p, P + S]``
         (``S`` = 0 without BatchNorm): the same layout as a federated server's global model; of the
         hosted peers ``lo .. hi - 1`` only (:meth:`fedsim.peers.PeerGroup.params`)."""
-        return torch.cat([self.model.theta[lo:hi], self.model.stats()[lo:hi]], dim=1).cpu().numpy().copy()
+        return torch.cat([self.model.theta[lo:hi], self.model.stats(lo, hi)], dim=1).cpu().numpy()
 
     def _message(self, flat: np.ndarray | Tensor) -> Tensor:
         """Aggregated messages ``[p, size]`` (or one ``[1, size]`` for every hosted peer) on the device."""

@@ -232,3 +232,26 @@ def test_the_whole_models_memory_estimate_counts_the_checkpoints_state_copy(tmp_
     ray = _scenario(tmp_path, **over, **{"checkpoint.every": 1, "engine.backend": "ray"})
     est_ray = whole_plan.memory_estimate(ray, info, None)[0]
     assert est_ray.checkpoint == held // 5 * (5 + 5) and est_ray.processes > est.processes
+
+
+def test_params_of_a_slice_of_peers_are_those_rows_with_their_own_statistics(tmp_path):
+    """Simulation.final_params asks a whole-model group for slices of peers: each slice's rows (its
+    parameters and its own BatchNorm statistics) equal the whole group's, and the statistics are built
+    for that slice only (not every peer's on every call)."""
+    sc = _scenario(tmp_path, **{"peers.count": 5})
+    _, g = wholeutil.group(sc)
+    g.train(0)
+    whole = g.params()
+    assert not np.array_equal(whole[0, -4:], whole[3, -4:])  # each peer's own statistics
+    built: list[int] = []
+    real = g.model.stats
+
+    def stats(lo=0, hi=None):
+        out = real(lo, hi)
+        built.append(len(out))
+        return out
+
+    g.model.stats = stats
+    parts = [g.params(lo, lo + 2) for lo in range(0, 5, 2)]
+    assert np.array_equal(np.concatenate(parts), whole)
+    assert built == [2, 2, 1]
