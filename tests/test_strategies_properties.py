@@ -30,6 +30,8 @@ from fedsim.checks import (
     P,
     check_finite,
     check_pulls_toward,
+    check_seeded,
+    check_sender_order,
     context,
     honest_vector,
     largest_valid_f,
@@ -156,3 +158,53 @@ def test_rules_documented_to_keep_own_do() -> None:
     assert torch.equal(RULES["balance"](own, v.repeat(4, 1), context(0)), own)
     against = replace(context(0), root_update=own - (v - own))
     assert torch.equal(RULES["fltrust"](own, v.repeat(4, 1), against), own)
+
+
+# --------------------------------------------------------------------------- seeds and sender order
+# Every rule is deterministic given ctx.generator's seed; every rule not documented as order
+# dependent gives the same result whatever order the senders come in (generic populations: 12
+# senders, with and without outliers, every f from 0 to 3 that the rule's check accepts).
+# bucketing: random buckets of the given order (invariant in distribution only); mda: the diameter is
+# one pair's distance, so subsets that differ elsewhere tie (lexicographic index order wins)
+ORDER_DEPENDENT = {"bucketing", "mda"}
+FEW_F_ORDER_DEPENDENT = {"bulyan": 2}  # f <= 2: the last Krum picks tie (one neighbour), lower index wins
+
+
+def _population(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    own, received = torch.randn(P, generator=g), torch.randn(16, P, generator=g)
+    if seed % 2:
+        received[:3] *= 20
+    return own, received
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_rule_is_deterministic_given_the_seed(name: str) -> None:
+    for seed in range(4):
+        own, received = _population(seed)
+        for f in range(4):
+            if largest_valid_f(RULES[name], received.shape[0], f) == f:
+                check_seeded(RULES[name], own, received, f, seed)
+
+
+@pytest.mark.parametrize("name", sorted(set(REGISTRY) - ORDER_DEPENDENT))
+def test_every_rule_ignores_the_sender_order(name: str) -> None:
+    checked = 0
+    for seed in range(4):
+        own, received = _population(seed)
+        for f in range(FEW_F_ORDER_DEPENDENT.get(name, -1) + 1, 4):
+            if largest_valid_f(RULES[name], received.shape[0], f) == f:
+                check_sender_order(RULES[name], own, received, f, seed)
+                checked += 1
+    assert checked
+
+
+def test_the_documented_order_dependence_is_real() -> None:
+    """The exceptions above, pinned (if one goes away, drop it from the lists and the docs)."""
+    own, received = _population(0)
+    with pytest.raises(AssertionError, match="sender order"):
+        check_sender_order(RULES["bucketing"], own, received, 1, 0)
+    with pytest.raises(AssertionError, match="sender order"):
+        check_sender_order(RULES["bulyan"], own, received, 1, 0)
+    with pytest.raises(AssertionError, match="sender order"):
+        check_sender_order(RULES["mda"], *_population(2), 3, 2)
