@@ -98,3 +98,11 @@ def test_every_poisoner_keeps_shapes_and_labels_in_range_and_leaves_its_inputs(n
     again = AttackContext(n=10, f=2, num_classes=4, generator=torch.Generator().manual_seed(1))
     qx, qy = build(name).poison(x, y, again)
     assert torch.equal(qx, px) and torch.equal(qy, py), "not deterministic given the seed"
+
+
+def test_the_bristle_label_attacks_cite_bristles_authors() -> None:
+    # they cited "Chen et al." for Bristle, whose authors are Verbraeken, de Vos, Pouwelse
+    # (arXiv 2110.11006, as the bristle rule says)
+    for name in ("label_shift", "label_swap"):
+        doc = REGISTRY[name].__doc__
+        assert "Verbraeken, de Vos, Pouwelse" in doc and "2110.11006" in doc and "Chen" not in doc, name
