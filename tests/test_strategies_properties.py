@@ -12,6 +12,7 @@ return finite values, so that the fallback never hides a numerical bug.
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -208,3 +209,23 @@ def test_the_documented_order_dependence_is_real() -> None:
         check_sender_order(RULES["bulyan"], own, received, 1, 0)
     with pytest.raises(AssertionError, match="sender order"):
         check_sender_order(RULES["mda"], *_population(2), 3, 2)
+
+
+# --------------------------------------------------------------------------- the stated f bound
+# A rule whose `fedsim list` text states its population bound (``N >= af + b`` or ``N > af + b``,
+# ``N = n + 1`` with the default include_own) refuses exactly below it: the smallest n its check
+# accepts for f = 0..4 is the bound's.
+BOUND = re.compile(r"``N (>=|>) (\d)f \+ (\d)``")
+STATED = sorted(n for n, cls in REGISTRY.items() if BOUND.search(" ".join(cls.__doc__.split())))
+
+
+@pytest.mark.parametrize("name", STATED)
+def test_the_stated_f_bound_is_the_one_check_enforces(name: str) -> None:
+    (op, a, b), *rest = BOUND.findall(" ".join(REGISTRY[name].__doc__.split()))
+    assert all(r == (op, a, b) for r in rest), f"{name}: its text states more than one bound"
+    rule = build(name)
+    assert getattr(rule, "include_own", True)
+    for f in range(5):
+        smallest_big_n = int(a) * f + int(b) + (op == ">")  # the smallest N the text allows
+        accepted = [n for n in range(40) if largest_valid_f(rule, n, f) == f]
+        assert accepted and accepted[0] == smallest_big_n - 1, (name, f, accepted[:1], smallest_big_n)
