@@ -106,3 +106,9 @@ def test_the_bristle_label_attacks_cite_bristles_authors() -> None:
     for name in ("label_shift", "label_swap"):
         doc = REGISTRY[name].__doc__
         assert "Verbraeken, de Vos, Pouwelse" in doc and "2110.11006" in doc and "Chen" not in doc, name
+
+
+def test_gaussian_states_the_papers_std_next_to_its_default() -> None:
+    # the default std = 1 is ByzFL's; Blanchard et al.'s Gaussian Byzantine vectors have std 200
+    doc = " ".join(REGISTRY["gaussian"].__doc__.split())
+    assert "standard deviation 200" in doc and "std = 1" in doc and build("gaussian").std == 1.0
