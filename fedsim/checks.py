@@ -24,7 +24,7 @@ with the same property functions over cases hypothesis draws. The properties:
   return the same result (whatever torch's global generator holds);
 * :func:`check_sender_order` — permuting the senders changes nothing (beyond float rounding); run
   by ``tests/test_strategies_properties.py`` on every registered rule except the documented
-  order-dependent ones (Bucketing, MDA; Bulyan for ``f <= 2``), not by :func:`check_rule` (a user's
+  order-dependent ones (Bucketing, MDA; Bulyan for ``f`` = 1 or 2), not by :func:`check_rule` (a user's
   rule may depend on the order by design);
 * the class has a docstring (``fedsim list`` shows it) and ``check(50, 0)`` accepts a plain setting.
 
@@ -196,7 +196,7 @@ def check_sender_order(rule: strategies.Strategy, own: torch.Tensor, received: t
     changes the result beyond float rounding. A rule's order dependence is a departure a user
     must be told of: Bucketing (random buckets of the given order), MDA (the diameter is one
     pair's distance, so subsets differing elsewhere tie; the lowest indices win) and Bulyan with
-    ``f <= 2`` (its last Krum picks score with one neighbour, so the nearest pair ties and the
+    ``f`` = 1 or 2 (its last Krum picks score with one neighbour, so the nearest pair ties and the
     lower sender index wins) are the documented ones."""
     name = rule_name(rule)
     n = received.shape[0]
