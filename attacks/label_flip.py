@@ -36,8 +36,9 @@ def _checked_labels(y: Tensor, ctx: AttackContext, attack: str, *classes: tuple[
 class LabelShift(DataPoisoner):
     """Shift every label: ``y ← (y + shift) mod C`` (Bristle's "all labels shifted by one").
 
-    Chen et al., "Bristle: Decentralized federated learning in Byzantine, non-i.i.d.
-    environments", 2021 (label-flipping attack, first variant, ``shift = 1``).
+    Verbraeken, de Vos, Pouwelse, "Bristle: Decentralized Federated Learning in Byzantine,
+    Non-i.i.d. Environments", arXiv 2110.11006, 2021 (label-flipping attack, first variant,
+    ``shift = 1``).
     """
 
     shift: int = param(1, Integer(minimum=1))
@@ -52,7 +53,7 @@ class LabelShift(DataPoisoner):
 class LabelSwap(DataPoisoner):
     """Swap two classes: ``a ↔ b``, other labels unchanged (Bristle's second label-flipping variant).
 
-    Chen et al., "Bristle", 2021.
+    Verbraeken, de Vos, Pouwelse, "Bristle", arXiv 2110.11006, 2021.
     """
 
     a: int = param(0, Integer(minimum=0))
@@ -74,7 +75,8 @@ class LabelSwap(DataPoisoner):
 class TargetedLabelFlip(DataPoisoner):
     """Targeted flip: every ``source`` label becomes ``target``; others unchanged.
 
-    Tolpegin et al., "Data poisoning attacks against federated learning systems", ESORICS 2020.
+    Tolpegin, Truex, Gursoy, Liu, "Data Poisoning Attacks Against Federated Learning Systems",
+    ESORICS 2020.
     """
 
     source: int = param(0, Integer(minimum=0))

@@ -37,7 +37,10 @@ class Gaussian(UpdateForger):
     """Random vectors: i.i.d. Gaussian ``N(mean, std²)`` or uniform ``U[−scale, scale]`` entries.
 
     * ``mode="gaussian"``: every entry ``~ N(mean, std²)`` i.i.d. (the Gaussian attack of
-      Blanchard et al., NeurIPS 2017, and Fang et al., USENIX Security 2020).
+      Blanchard et al., NeurIPS 2017, and Fang et al., USENIX Security 2020). Blanchard et al.
+      draw their Gaussian Byzantine vectors with standard deviation 200 (``std: 200``); the
+      default ``std = 1`` is ByzFL's ``Gaussian``. With model exchange the entries replace
+      model parameters, not gradients.
     * ``mode="random"``: random matrices with entries ``~ U[−scale, scale]`` i.i.d. (Bristle's
       "random" Byzantine peers).
 

@@ -20,6 +20,12 @@ with the same property functions over cases hypothesis draws. The properties:
   ``reads_f = True`` for a rule that reads no f is allowed here (it only costs a refusal never
   made; ``Strategy``'s default); the built-ins' tests (``tests/test_unread_fields.py``) demand the
   declaration match exactly;
+* :func:`check_seeded` — two fresh copies of the rule, called with ``ctx.generator`` seeded alike,
+  return the same result (whatever torch's global generator holds);
+* :func:`check_sender_order` — permuting the senders changes nothing (beyond float rounding); run
+  by ``tests/test_strategies_properties.py`` on every registered rule except the documented
+  order-dependent ones (Bucketing, MDA; Bulyan for ``f`` = 1 or 2), not by :func:`check_rule` (a user's
+  rule may depend on the order by design);
 * the class has a docstring (``fedsim list`` shows it) and ``check(50, 0)`` accepts a plain setting.
 
 :func:`check_forger`, the same for an update forger, lives in :mod:`fedsim.checks_attacks`;
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
@@ -42,7 +49,7 @@ from strategies import AggregationContext, aggregate, sanitize
 
 __all__ = [
     "check_backbone", "check_declared_reads_f", "check_finite", "check_forger", "check_probe", "check_pulls_toward",
-    "check_rule", "rule_reads_f",
+    "check_rule", "check_seeded", "check_sender_order", "rule_reads_f",
 ]  # fmt: skip
 
 C, D = 3, 4  # the head the cases use: 3 classes, 4 features, with bias
@@ -183,6 +190,40 @@ def f_context(f: int, seed: int) -> AggregationContext:
     )  # fmt: skip
 
 
+def check_sender_order(rule: strategies.Strategy, own: torch.Tensor, received: torch.Tensor, f: int, seed: int) -> None:
+    """Sender-order invariance on one case (``received`` generic: no ties among distances or
+    coordinates); ``AssertionError`` when permuting the senders (and ``ctx.overlap`` with them)
+    changes the result beyond float rounding. A rule's order dependence is a departure a user
+    must be told of: Bucketing (random buckets of the given order), MDA (the diameter is one
+    pair's distance, so subsets differing elsewhere tie; the lowest indices win) and Bulyan with
+    ``f`` = 1 or 2 (its last Krum picks score with one neighbour, so the nearest pair ties and the
+    lower sender index wins) are the documented ones."""
+    name = rule_name(rule)
+    n = received.shape[0]
+    overlap = torch.arange(n) % (C + 1)  # per-sender context follows its sender
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))
+    a = copy.deepcopy(rule)(own, received, replace(f_context(f, seed), overlap=overlap))
+    b = copy.deepcopy(rule)(own, received[perm], replace(f_context(f, seed), overlap=overlap[perm]))
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (
+        f"{name}: sender order: permuting the {received.shape[0]} senders (f={f}) changed the result "
+        f"(max |Δ| = {float((a - b).abs().max()):.3g})"
+    )
+
+
+def check_seeded(rule: strategies.Strategy, own: torch.Tensor, received: torch.Tensor, f: int, seed: int) -> None:
+    """Determinism given a seed on one case; ``AssertionError`` when two fresh copies of ``rule``
+    called with generators seeded alike (``ctx.generator``) return different results (a rule that
+    draws from torch's global generator, or keeps state it should not, fails)."""
+    name = rule_name(rule)
+    ctx = replace(f_context(f, seed), overlap=torch.full((received.shape[0],), C))
+    with torch.random.fork_rng(devices=[]):  # the global generator differs between the calls, restored after
+        torch.manual_seed(seed)
+        a = copy.deepcopy(rule)(own, received, ctx)
+        torch.manual_seed(seed + 1)
+        b = copy.deepcopy(rule)(own, received, replace(ctx, generator=torch.Generator().manual_seed(seed)))
+    assert torch.equal(a, b), f"{name}: determinism: two calls with ctx.generator seeded alike (seed={seed}) differ"
+
+
 def rule_reads_f(rule: strategies.Strategy) -> bool:
     """Whether ``f`` changes what ``rule`` does: its ``check(n, f)`` outcome for some ``n`` (1 to
     12, f 0 to 5), or its result on six random populations of :data:`N_F` senders, with outliers
@@ -259,5 +300,11 @@ def check_rule(
             for scale in (NEAR, FAR):
                 own = row(pick(("ordinary", "small")), draw_seed())
                 checked += check_pulls_toward(rule, own, honest_vector(own, scale, draw_seed()), context(0), n)
+    for s in range(6):  # determinism given a seed, on rule_reads_f's populations
+        gs = torch.Generator().manual_seed(s)
+        own, received = torch.randn(P, generator=gs), torch.randn(N_F, P, generator=gs)
+        f = largest_valid_f(rule, N_F, s % 3)
+        if f is not None:
+            check_seeded(rule, own, received, f, s)
     check_declared_reads_f(rule)
     return checked + 1

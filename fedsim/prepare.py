@@ -35,6 +35,8 @@ from fedsim.shards import held_classes
 from fedsim.threads import group_count, group_threads
 from fedsim.topology import Topology
 
+ROOT_SET_SIZE = 100  # the federated server's trusted root set (FLTrust's default |D0|; fltrust's doc says it)
+
 
 @dataclass
 class Prepared:
@@ -141,7 +143,7 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     root = None
     if sc.mode == "federated":
         ridx = crng.numpy_generator(sc.seed, "root_set").choice(
-            len(feats.y_train), size=min(100, len(feats.y_train)), replace=False
+            len(feats.y_train), size=min(ROOT_SET_SIZE, len(feats.y_train)), replace=False
         )
         root = (feats.x_train[ridx], feats.y_train[ridx])
     if plan is not None:  # the same set-ups with the model to train

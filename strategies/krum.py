@@ -106,6 +106,11 @@ class Bulyan(Strategy):
 
     Requires ``N >= 4f + 3``. ``include_own`` (default True): ``N = n + 1`` including the own
     vector. At run time (fewer arrivals) ``θ`` and ``β`` are clamped to at least 1.
+
+    Krum ties go to the lower index (own, then sender order). For ``f`` = 1 or 2 the last picks run
+    Krum on ``f + 3`` or fewer vectors, i.e. with one neighbour (``N − f − 2`` clamped to at least
+    1): the two mutually nearest vectors then tie, so which one enters ``S`` (and the result)
+    depends on the sender order. The paper leaves such ties open.
     """
     exchanges = "full_model"  # what a message carries (byte accounting)
 

@@ -45,6 +45,14 @@ class FLTrust(Strategy):
     the translation of the paper's local model update. A zero ``Δ_i``, a zero ``g0`` or
     ``Σ TS_i = 0`` contribute no trust (the result is ``own``). The own vector is the reference
     (the server's global model) and is not a candidate.
+
+    The root set and ``root_update`` come from the engine, not from parameters: in federated
+    mode the server's root set is 100 training samples drawn uniformly once (seeded), the
+    paper's default root-dataset size, sampled from the training data as in its experiments
+    (so it may overlap the clients' data); in decentralized mode each peer's root set is its own
+    validation split. ``root_update`` is ``own`` after ``training.local_steps`` steps of the
+    scenario's optimizer on mini-batches of ``training.batch_size`` drawn from that set (the
+    paper: the server trains like a client, ``R_l`` local iterations).
     """
     exchanges = "full_model"  # what a message carries (byte accounting)
     reads_f = False  # f changes nothing this rule does (a scenario's strategy.f is refused)

@@ -12,6 +12,7 @@ return finite values, so that the fallback never hides a numerical bug.
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -30,6 +31,8 @@ from fedsim.checks import (
     P,
     check_finite,
     check_pulls_toward,
+    check_seeded,
+    check_sender_order,
     context,
     honest_vector,
     largest_valid_f,
@@ -156,3 +159,73 @@ def test_rules_documented_to_keep_own_do() -> None:
     assert torch.equal(RULES["balance"](own, v.repeat(4, 1), context(0)), own)
     against = replace(context(0), root_update=own - (v - own))
     assert torch.equal(RULES["fltrust"](own, v.repeat(4, 1), against), own)
+
+
+# --------------------------------------------------------------------------- seeds and sender order
+# Every rule is deterministic given ctx.generator's seed; every rule not documented as order
+# dependent gives the same result whatever order the senders come in (generic populations: 12
+# senders, with and without outliers, every f from 0 to 3 that the rule's check accepts).
+# bucketing: random buckets of the given order (invariant in distribution only); mda: the diameter is
+# one pair's distance, so subsets that differ elsewhere tie (lexicographic index order wins)
+ORDER_DEPENDENT = {"bucketing", "mda"}
+FEW_F_ORDER_DEPENDENT = {"bulyan": {1, 2}}  # the last Krum picks tie (one neighbour), lower index wins
+
+
+def _population(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    own, received = torch.randn(P, generator=g), torch.randn(16, P, generator=g)
+    if seed % 2:
+        received[:3] *= 20
+    return own, received
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_rule_is_deterministic_given_the_seed(name: str) -> None:
+    for seed in range(4):
+        own, received = _population(seed)
+        for f in range(4):
+            if largest_valid_f(RULES[name], received.shape[0], f) == f:
+                check_seeded(RULES[name], own, received, f, seed)
+
+
+@pytest.mark.parametrize("name", sorted(set(REGISTRY) - ORDER_DEPENDENT))
+def test_every_rule_ignores_the_sender_order(name: str) -> None:
+    checked = 0
+    for seed in range(4):
+        own, received = _population(seed)
+        for f in range(4):
+            if f not in FEW_F_ORDER_DEPENDENT.get(name, ()) and largest_valid_f(RULES[name], received.shape[0], f) == f:
+                check_sender_order(RULES[name], own, received, f, seed)
+                checked += 1
+    assert checked
+
+
+def test_the_documented_order_dependence_is_real() -> None:
+    """The exceptions above, pinned (if one goes away, drop it from the lists and the docs)."""
+    own, received = _population(0)
+    with pytest.raises(AssertionError, match="sender order"):
+        check_sender_order(RULES["bucketing"], own, received, 1, 0)
+    with pytest.raises(AssertionError, match="sender order"):
+        check_sender_order(RULES["bulyan"], own, received, 1, 0)
+    with pytest.raises(AssertionError, match="sender order"):
+        check_sender_order(RULES["mda"], *_population(2), 3, 2)
+
+
+# --------------------------------------------------------------------------- the stated f bound
+# A rule whose `fedsim list` text states its population bound (``N >= af + b`` or ``N > af + b``,
+# ``N = n + 1`` with the default include_own) refuses exactly below it: the smallest n its check
+# accepts for f = 0..4 is the bound's.
+BOUND = re.compile(r"``N (>=|>) (\d)f \+ (\d)``")
+STATED = sorted(n for n, cls in REGISTRY.items() if BOUND.search(" ".join(cls.__doc__.split())))
+
+
+@pytest.mark.parametrize("name", STATED)
+def test_the_stated_f_bound_is_the_one_check_enforces(name: str) -> None:
+    (op, a, b), *rest = BOUND.findall(" ".join(REGISTRY[name].__doc__.split()))
+    assert all(r == (op, a, b) for r in rest), f"{name}: its text states more than one bound"
+    rule = build(name)
+    assert getattr(rule, "include_own", True)
+    for f in range(5):
+        smallest_big_n = int(a) * f + int(b) + (op == ">")  # the smallest N the text allows
+        accepted = [n for n in range(40) if largest_valid_f(rule, n, f) == f]
+        assert accepted and accepted[0] == smallest_big_n - 1, (name, f, accepted[:1], smallest_big_n)

@@ -179,3 +179,11 @@ def test_mozi_loss_l2_adds_the_weights_penalty():
     assert out.tolist() == pytest.approx([0.5, -0.5])
     with pytest.raises(ValueError, match="^loss_l2:"):
         build("mozi", {"loss_l2": -1.0})
+
+
+def test_fltrust_doc_states_the_root_set_the_engine_uses() -> None:
+    from fedsim.prepare import ROOT_SET_SIZE
+    from strategies import REGISTRY
+
+    doc = " ".join(REGISTRY["fltrust"].__doc__.split())
+    assert f"root set is {ROOT_SET_SIZE} training samples" in doc and "validation split" in doc
