@@ -982,3 +982,29 @@ def test_worker_drops_a_task_whose_input_never_comes_once_a_newer_one_exists():
         assert "error" not in out and out["message"].content["config"]["a"] == 1, out
     finally:
         TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def test_worker_exits_with_its_supernode_even_when_sigint_was_ignored():
+    """The warm worker stops when its SuperNode is gone (Flower's parent monitor raises SIGINT). A
+    node started with `&` from a script inherits SIGINT ignored (the shell ignores it for background
+    jobs): the SIGKILLed SuperNode's worker then ran on for minutes (seen on loopback: orphaned,
+    polling the restarted node's port). It must exit whatever the inherited disposition."""
+    import signal
+
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    parent.kill()
+    parent.wait()  # reaped: gone by the time the worker's monitor looks
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "fedsim.flower.worker", "--runtime-api-address", "127.0.0.1:9",
+         "--parent-pid", str(parent.pid)],
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        worker.wait(timeout=60)  # imports (seconds), then the monitor's first look (0.2 s)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the worker outlived its SuperNode")
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
