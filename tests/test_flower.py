@@ -982,3 +982,57 @@ def test_worker_drops_a_task_whose_input_never_comes_once_a_newer_one_exists():
         assert "error" not in out and out["message"].content["config"]["a"] == 1, out
     finally:
         TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def test_worker_exits_with_its_supernode_even_when_sigint_was_ignored():
+    """The warm worker stops when its SuperNode is gone (Flower's parent monitor raises SIGINT). A
+    node started with `&` from a script inherits SIGINT ignored (the shell ignores it for background
+    jobs): the SIGKILLed SuperNode's worker then ran on for minutes (seen on loopback: orphaned,
+    polling the restarted node's port). It must exit whatever the inherited disposition."""
+    import signal
+
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    parent.kill()
+    parent.wait()  # reaped: gone by the time the worker's monitor looks
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "fedsim.flower.worker", "--runtime-api-address", "127.0.0.1:9",
+         "--parent-pid", str(parent.pid)],
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        worker.wait(timeout=60)  # imports (seconds), then the monitor's first look (0.2 s)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the worker outlived its SuperNode")
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+
+def test_client_refuses_missing_local_data_before_it_joins(tmp_path):
+    """A device whose `--local-data` is not there is refused in one line at start; it used to join
+    the federation and fail every round it was sent (the check ran only in the ClientApp)."""
+    from fedsim.flower.cli import flower
+
+    base = ["client", "--superlink", "h:8000", "--partition-id", "0", "--num-partitions", "2", "--insecure",
+            "--dry-run", "--local-data"]
+    r = CliRunner().invoke(flower, [*base, str(tmp_path / "mine.npz")])
+    assert r.exit_code == 2 and "--local-data" in r.output and "does not exist" in r.output, r.output
+    (tmp_path / "mine.npz").write_bytes(b"x")
+    r = CliRunner().invoke(flower, [*base, str(tmp_path / "mine.npz")])
+    assert r.exit_code == 0 and f'local-data="{tmp_path / "mine.npz"}"' in r.output, r.output
+    r = CliRunner().invoke(flower, [*base[:-1], "--data-dir", 'a"b'])  # a value Flower's --node-config cannot take
+    assert r.exit_code == 2 and "node config data-dir: a value with quotes" in r.output, (r.output, r.exception)
+
+
+def test_run_refuses_a_run_config_flwr_cannot_take_in_one_line(tmp_path):
+    """`fedsim flower run --run-config 'set=strategy.name="krum"'`: the value keeps its quotes,
+    which `flwr run --run-config` cannot take. It was an internal error with a traceback (a
+    ValueError naming a 'node config'); now one line naming the option, before anything starts."""
+    from fedsim.flower.cli import flower
+
+    r = CliRunner().invoke(flower, ["run", str(tmp_path), "--superlink", "127.0.0.1:9", "--insecure",
+                                    "--run-config", 'set=strategy.name="krum"'])
+    assert r.exit_code == 2, (r.output, r.exception)
+    assert "--run-config" in r.output and "run config set: a value with quotes is not supported" in r.output

@@ -29,6 +29,16 @@ def _kv(values: tuple[str, ...], what: str) -> dict[str, Any]:
     return out
 
 
+def _check_run_config(rc: dict[str, Any]) -> None:
+    """Refuse, before anything starts, a run config that ``flwr run --run-config`` cannot take."""
+    from fedsim.flower.commands import node_config_string
+
+    try:
+        node_config_string(rc, "run config")
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--run-config") from None
+
+
 PLUGIN_HELP = ("Grant this plugin .py file (repeatable): packed with its sha256, imported by the apps only where "
                "the scenario lists it (docs/flower.md, 'Plugins').")
 
@@ -178,6 +188,7 @@ def run(app_dir: Path, superlink: str | None, root_certificates: str | None, ins
     rc = _kv(run_config, "--run-config")
     if resume:
         rc["resume"] = True
+    _check_run_config(rc)
     with tempfile.TemporaryDirectory(prefix="fedsim-flwr-") as tmp:
         if superlink:
             from fedsim.flower.project import write_flwr_config
@@ -212,7 +223,8 @@ def run(app_dir: Path, superlink: str | None, root_certificates: str | None, ins
 @click.option("--auth-key", type=click.Path(dir_okay=False, exists=True),
               help="Private key (OpenSSH, EC) for SuperNode auth.")
 @click.option("--data-dir", help="Where this device keeps the scenario dataset's files (non-embedded datasets).")
-@click.option("--local-data", help="An .npz of this device's own samples, used instead of a partition.")
+@click.option("--local-data", type=click.Path(exists=True),
+              help="An .npz of this device's own samples (or a folder holding one), used instead of a partition.")
 @click.option("--cache-dir", help="Feature cache on this device.")
 @click.option("--state-dir", help="Where this device keeps its optimizer state for a resumed run.")
 @click.option("--attack", help="Run this attack here ('none': stay honest), overriding the scenario's placement.")
@@ -247,9 +259,13 @@ def client(superlink: str, partition_id: int, num_partitions: int, root_certific
             nc[k] = str(Path(v).expanduser().resolve()) if k != "attack" else v
     if plugin_files:
         nc[plugpack.KEY] = plugpack.SEPARATOR.join(_abs(f) for f in plugin_files)
-    cmd = commands.supernode_command(superlink, nc, root_certificates=_abs(root_certificates), insecure=insecure,
-                                  private_key=_abs(auth_key), port=port, max_retries=max_retries,
-                                  max_wait_time=max_wait_time, warm=warm, poll_interval=poll_interval)
+    try:
+        cmd = commands.supernode_command(superlink, nc, root_certificates=_abs(root_certificates),
+                                         insecure=insecure, private_key=_abs(auth_key), port=port,
+                                         max_retries=max_retries, max_wait_time=max_wait_time, warm=warm,
+                                         poll_interval=poll_interval)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     _exec(cmd, dry_run)
 
 
@@ -404,6 +420,8 @@ def demo(scenario: Path, sets: tuple[str, ...], run_config: tuple[str, ...], tls
         rec = _record(sc)  # in the app's pyproject.toml: flwr run --run-config takes no value with quotes
         if overwrite:
             rc["overwrite"] = True
+        if not in_process:
+            _check_run_config(rc)
         copies = {plugpack.KEY: plugpack.SEPARATOR.join(sc.plugins)} if sc.plugins else {}  # this machine's nodes
         nodes = [{"partition-id": i, "num-partitions": sc.peers.count} | copies for i in range(sc.peers.count)]
         try:

@@ -44,8 +44,9 @@ def superlink_command(*, host: str = "0.0.0.0", port: int = 8000, certs: dict[st
     return cmd
 
 
-def node_config_string(cfg: dict[str, Any]) -> str:
-    """``{"partition-id": 0, "data-dir": "/d"}`` → ``partition-id=0 data-dir="/d"`` (TOML values)."""
+def node_config_string(cfg: dict[str, Any], what: str = "node config") -> str:
+    """``{"partition-id": 0, "data-dir": "/d"}`` → ``partition-id=0 data-dir="/d"`` (TOML values), as
+    Flower's ``--node-config`` and ``--run-config`` take them (``what`` names which, in the error)."""
     parts = []
     for k, v in cfg.items():
         if isinstance(v, bool):
@@ -55,7 +56,7 @@ def node_config_string(cfg: dict[str, Any]) -> str:
         else:
             s = str(v)
             if '"' in s or " " in s and "'" in s:
-                raise ValueError(f"node config {k}: a value with quotes is not supported: {s!r}")
+                raise ValueError(f"{what} {k}: a value with quotes is not supported: {s!r}")
             val = json.dumps(s)
         parts.append(f"{k}={val}")
     return " ".join(parts)

@@ -45,7 +45,7 @@ def start_run(app_dir: str | Path, flwr_home: str | Path, run_config: dict[str, 
     """``flwr run APP_DIR CONNECTION``; returns the run id."""
     args = ["run", str(Path(app_dir).resolve()), *([connection] if connection else []), "--format", "json"]
     if run_config:
-        args += ["--run-config", node_config_string(run_config)]
+        args += ["--run-config", node_config_string(run_config, "run config")]
     return str(_json_out(flwr_cli(args, flwr_home), "flwr run")["run-id"])
 
 

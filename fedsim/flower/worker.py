@@ -29,6 +29,7 @@ would.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -241,6 +242,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if a.parent_pid is not None:
         from flwr.supercore.app_utils import start_parent_process_monitor
 
+        # Flower's monitor stops this process with SIGINT when the SuperNode is gone; a SIGINT
+        # ignored since start-up (a node started with `&` from a script: the shell ignores it for
+        # background jobs, and the SuperNode passes that on) would leave the worker running forever,
+        # and taking the tasks of the next SuperNode on the same port.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         start_parent_process_monitor(a.parent_pid)
     try:
         serve(a.runtime_api_address, a.poll_interval)
