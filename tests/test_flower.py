@@ -1026,6 +1026,22 @@ def test_client_refuses_missing_local_data_before_it_joins(tmp_path):
     assert r.exit_code == 2 and "node config data-dir: a value with quotes" in r.output, (r.output, r.exception)
 
 
+def test_client_local_data_expands_home_and_checks_a_folder_at_start(tmp_path, monkeypatch):
+    """`--local-data=~/mine.npz` (no shell expands ~ after '='): the device's home; a folder must hold
+    exactly one .npz, checked at start like a missing file (the ClientApp's own rule, one function)."""
+    from fedsim.flower.cli import flower
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "mine.npz").write_bytes(b"x")
+    base = ["client", "--superlink", "h:8000", "--partition-id", "0", "--num-partitions", "2", "--insecure",
+            "--dry-run"]
+    r = CliRunner().invoke(flower, [*base, "--local-data=~/mine.npz"])
+    assert r.exit_code == 0 and f'local-data="{tmp_path / "mine.npz"}"' in r.output, r.output
+    (tmp_path / "empty").mkdir()
+    r = CliRunner().invoke(flower, [*base, "--local-data", str(tmp_path / "empty")])
+    assert r.exit_code == 2 and "must hold exactly one .npz file, found 0" in r.output, r.output
+
+
 def test_run_refuses_a_run_config_flwr_cannot_take_in_one_line(tmp_path):
     """`fedsim flower run --run-config 'set=strategy.name="krum"'`: the value keeps its quotes,
     which `flwr run --run-config` cannot take. It was an internal error with a traceback (a

@@ -223,7 +223,7 @@ def run(app_dir: Path, superlink: str | None, root_certificates: str | None, ins
 @click.option("--auth-key", type=click.Path(dir_okay=False, exists=True),
               help="Private key (OpenSSH, EC) for SuperNode auth.")
 @click.option("--data-dir", help="Where this device keeps the scenario dataset's files (non-embedded datasets).")
-@click.option("--local-data", type=click.Path(exists=True),
+@click.option("--local-data", type=click.Path(),
               help="An .npz of this device's own samples (or a folder holding one), used instead of a partition.")
 @click.option("--cache-dir", help="Feature cache on this device.")
 @click.option("--state-dir", help="Where this device keeps its optimizer state for a resumed run.")
@@ -252,6 +252,14 @@ def client(superlink: str, partition_id: int, num_partitions: int, root_certific
         raise click.BadParameter(f"must be in 0..{num_partitions - 1}", param_hint="--partition-id")
     if auth_key and insecure:
         raise click.UsageError("SuperNode authentication (--auth-key) needs TLS; drop --insecure")
+    if local_data is not None:  # checked now (~ expanded), not first in every round the device is sent
+        from fedsim.flower.client import local_data_file
+        from fedsim.flower.common import BridgeError
+
+        try:
+            local_data_file(local_data)
+        except BridgeError as e:
+            raise click.BadParameter(str(e), param_hint="--local-data") from None
     nc: dict[str, Any] = {"partition-id": partition_id, "num-partitions": num_partitions}
     for k, v in (("data-dir", data_dir), ("local-data", local_data), ("cache-dir", cache_dir),
                  ("state-dir", state_dir), ("attack", attack)):

@@ -224,6 +224,21 @@ def _partition_setup(sc: Scenario, pid: int) -> tuple[Any, dict[str, np.ndarray]
     return setup, {"x_train": f.x_train, "y_train": f.y_train, "x_test": f.x_test, "y_test": f.y_test}
 
 
+def local_data_file(path: str | Path) -> Path:
+    """The ``.npz`` a device's ``local-data`` names: the file, or the one ``.npz`` in a folder (``~``
+    expanded); else :class:`BridgeError` in one line. ``fedsim flower client`` checks it at start with
+    this function, the ClientApp reads it with it."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        files = sorted(p.glob("*.npz"))
+        if len(files) != 1:
+            raise BridgeError(f"node config 'local-data': {p} must hold exactly one .npz file, found {len(files)}")
+        p = files[0]
+    if not p.is_file():
+        raise BridgeError(f"node config 'local-data': {p} does not exist")
+    return p
+
+
 def _local_setup(
     sc: Scenario, pid: int, path: str, layer: tuple[int, int] | None
 ) -> tuple[Any, dict[str, np.ndarray]]:
@@ -234,14 +249,7 @@ def _local_setup(
     from fedsim.group_setup import GroupSetup
     from fedsim.partition import make_partition
 
-    p = Path(path).expanduser()
-    if p.is_dir():
-        files = sorted(p.glob("*.npz"))
-        if len(files) != 1:
-            raise BridgeError(f"node config 'local-data': {p} must hold exactly one .npz file, found {len(files)}")
-        p = files[0]
-    if not p.exists():
-        raise BridgeError(f"node config 'local-data': {p} does not exist")
+    p = local_data_file(path)
     feats = features_for(npz(p), sc.backbone.name, sc.backbone.cache_dir)
     c, d = layer if layer is not None else (feats.num_classes, feats.dim)
     if feats.dim != d:
