@@ -213,7 +213,8 @@ def check_sender_order(rule: strategies.Strategy, own: torch.Tensor, received: t
 def check_seeded(rule: strategies.Strategy, own: torch.Tensor, received: torch.Tensor, f: int, seed: int) -> None:
     """Determinism given a seed on one case; ``AssertionError`` when two fresh copies of ``rule``
     called with generators seeded alike (``ctx.generator``) return different results (a rule that
-    draws from torch's global generator, or keeps state it should not, fails)."""
+    draws from torch's global generator, or shares state between copies (class-level), fails; state a
+    copy keeps on itself between calls is not seen: each copy is called once)."""
     name = rule_name(rule)
     ctx = replace(f_context(f, seed), overlap=torch.full((received.shape[0],), C))
     with torch.random.fork_rng(devices=[]):  # the global generator differs between the calls, restored after

@@ -1026,6 +1026,46 @@ def test_client_refuses_missing_local_data_before_it_joins(tmp_path):
     assert r.exit_code == 2 and "node config data-dir: a value with quotes" in r.output, (r.output, r.exception)
 
 
+def test_demo_refuses_node_and_run_config_values_flower_cannot_take_before_any_process(tmp_path, monkeypatch):
+    """A --plugin path with a quote goes into every node's config, a --workdir with a quote into the run
+    config: each refused in one line naming its option, before the SuperLink is spawned (it was spawned,
+    then an internal ValueError); a run-config key with a space (Flower's parser drops part of it) too."""
+    from fedsim.flower import local
+    from fedsim.flower.cli import flower
+
+    spawned: list[str] = []
+    monkeypatch.setattr(local.LocalFederation, "__enter__", lambda self: spawned.append("federation") or self)
+    plug_dir = tmp_path / 'my "plugins"'
+    plug_dir.mkdir()
+    plug = plug_dir / "r8rule.py"
+    plug.write_text(textwrap.dedent("""\
+        import torch
+        import strategies
+        from dataclasses import dataclass
+
+
+        @strategies.register("r8_quoted_mean")
+        @dataclass
+        class R8Mean(strategies.Strategy):
+            \"\"\"The mean of own and received vectors.\"\"\"
+
+            exchanges = "output_layer"
+
+            def __call__(self, own, received, ctx):
+                return torch.cat([own[None], received]).mean(0)
+        """))
+    from pathlib import Path
+
+    sc = str(Path(__file__).resolve().parents[1] / "scenarios" / "flower_quickstart.yaml")
+    r = CliRunner().invoke(flower, ["demo", sc, "--plugin", str(plug), "--set", f"plugins=[{json.dumps(str(plug))}]"])
+    assert r.exit_code == 2 and "--plugin" in r.output and "a value with quotes" in r.output, (r.output, r.exception)
+    r = CliRunner().invoke(flower, ["demo", sc, "--workdir", str(tmp_path / "John's \"runs\"")])
+    assert r.exit_code == 2 and "--workdir" in r.output, (r.output, r.exception)
+    r = CliRunner().invoke(flower, ["demo", sc, "--run-config", "a b=1"])
+    assert r.exit_code == 2 and "--run-config" in r.output and "key 'a b'" in r.output, (r.output, r.exception)
+    assert spawned == []
+
+
 def test_client_local_data_expands_home_and_checks_a_folder_at_start(tmp_path, monkeypatch):
     """`--local-data=~/mine.npz` (no shell expands ~ after '='): the device's home; a folder must hold
     exactly one .npz, checked at start like a missing file (the ClientApp's own rule, one function)."""

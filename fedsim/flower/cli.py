@@ -424,14 +424,23 @@ def demo(scenario: Path, sets: tuple[str, ...], run_config: tuple[str, ...], tls
         raise click.ClickException(str(e)) from None
     with tempfile.TemporaryDirectory(prefix="fedsim-flower-demo-") as tmp:
         wd = Path(workdir) if workdir else Path(tmp)
-        rc = _kv(run_config, "--run-config") | {"output-dir": str((wd / "out").resolve())}
+        rc = _kv(run_config, "--run-config")
         rec = _record(sc)  # in the app's pyproject.toml: flwr run --run-config takes no value with quotes
         if overwrite:
             rc["overwrite"] = True
-        if not in_process:
-            _check_run_config(rc)
         copies = {plugpack.KEY: plugpack.SEPARATOR.join(sc.plugins)} if sc.plugins else {}  # this machine's nodes
         nodes = [{"partition-id": i, "num-partitions": sc.peers.count} | copies for i in range(sc.peers.count)]
+        out_dir = {"output-dir": str((wd / "out").resolve())}
+        from fedsim.flower.commands import node_config_string
+
+        if not in_process:  # what Flower's --run-config / --node-config cannot take: refused before any process
+            for cfg, hint, what in ((rc, "--run-config", "run config"), (out_dir, "--workdir", "run config"),
+                                    (nodes[0], "--plugin", "node config")):
+                try:
+                    node_config_string(cfg, what)
+                except ValueError as e:
+                    raise click.BadParameter(str(e), param_hint=hint) from None
+        rc |= out_dir
         try:
             files = ServerFiles(wd / "out", sc)  # its refusals here, before any process starts
             if common.run_config_value(rc, "resume"):

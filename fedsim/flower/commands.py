@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +45,16 @@ def superlink_command(*, host: str = "0.0.0.0", port: int = 8000, certs: dict[st
     return cmd
 
 
+_CONFIG_KEY = re.compile(r"[A-Za-z0-9_.-]+")
+
+
 def node_config_string(cfg: dict[str, Any], what: str = "node config") -> str:
     """``{"partition-id": 0, "data-dir": "/d"}`` → ``partition-id=0 data-dir="/d"`` (TOML values), as
     Flower's ``--node-config`` and ``--run-config`` take them (``what`` names which, in the error)."""
     parts = []
     for k, v in cfg.items():
+        if not _CONFIG_KEY.fullmatch(str(k)):  # Flower's parser splits on spaces and '=': a part would be dropped
+            raise ValueError(f"{what} key {str(k)!r}: only letters, digits, '_', '.' and '-' are supported")
         if isinstance(v, bool):
             val = "true" if v else "false"
         elif isinstance(v, int | float):
