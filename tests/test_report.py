@@ -22,21 +22,27 @@ from fedsim.sweep_plan import plan_sweep
 UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
 
 
-@pytest.fixture(scope="module")
-def sweep_dir(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("report")
+def _tiny_file(tmp: Path, rounds: int, local_steps: int) -> Path:
+    """A 6-peer scenario file on sklearn digits, in-process (the sweeps of these tests)."""
     sc = {
         "name": "tiny",
         "dataset": {"name": "sklearn_digits"},
         "backbone": {"name": "identity", "cache_dir": str(tmp / "cache")},
         "peers": {"count": 6},
         "topology": {"kind": "k_regular", "degree": 2},
-        "rounds": 4,
-        "training": {"lr": 0.05, "momentum": 0.5, "batch_size": 16, "local_steps": 2},
+        "rounds": rounds,
+        "training": {"lr": 0.05, "momentum": 0.5, "batch_size": 16, "local_steps": local_steps},
         "engine": {"backend": "local", "num_actors": 1},
     }
     path = tmp / "s.yaml"
     path.write_text(yaml.safe_dump(sc))
+    return path
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("report")
+    path = _tiny_file(tmp, rounds=4, local_steps=2)
     plan = plan_sweep(path, {"strategy.name": ["fedavg", "local"], "seed": [0, 1, 2]}, out=tmp / "sw")
     res = execute_sweep(plan, local=True)
     assert not res.failed
@@ -175,18 +181,7 @@ def test_a_failed_run_is_named_with_its_error_in_report_and_plot(tmp_path, monke
     CSV (on stderr) and the plot name it with the error; a sweep whose every run failed is one line."""
     import fedsim.runner
 
-    sc = {
-        "name": "tiny",
-        "dataset": {"name": "sklearn_digits"},
-        "backbone": {"name": "identity", "cache_dir": str(tmp_path / "cache")},
-        "peers": {"count": 6},
-        "topology": {"kind": "k_regular", "degree": 2},
-        "rounds": 2,
-        "training": {"lr": 0.05, "momentum": 0.5, "batch_size": 16, "local_steps": 1},
-        "engine": {"backend": "local", "num_actors": 1},
-    }
-    path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(sc))
+    path = _tiny_file(tmp_path, rounds=2, local_steps=1)
     real = fedsim.runner.Run.execute
 
     def flaky(self, *a, **kw):
