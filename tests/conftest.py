@@ -64,3 +64,19 @@ def _without_unread(d: dict, over: dict) -> dict:
         if kind == "star" and "topology.kind" not in over and "kind" not in given:
             cfg.pop("kind", None)  # federated mode is a star: a graph kind given there is refused
     return d
+
+
+@pytest.fixture()
+def seed1_fails(monkeypatch):
+    """``Run.execute`` raises ``RuntimeError("boom")`` for a scenario with seed 1 and runs the others:
+    a sweep with one failing run."""
+    import fedsim.runner
+
+    real = fedsim.runner.Run.execute
+
+    def flaky(self, *a, **kw):
+        if self.sc.seed == 1:
+            raise RuntimeError("boom")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(fedsim.runner.Run, "execute", flaky)
