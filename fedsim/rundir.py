@@ -413,6 +413,11 @@ def _meta(path: Path, line: bytes) -> dict[str, Any]:
 _CHUNK = 1 << 20
 
 
+def _unreadable(path: Path, e: OSError) -> CorruptFileError:
+    """The one-line error for a checkpoint that cannot be opened or read."""
+    return CorruptFileError(f"{path}: cannot read the checkpoint: {e.strerror or e}")
+
+
 def _verified(path: Path, fh: BinaryIO) -> tuple[dict[str, Any], int]:
     """Read the open checkpoint ``fh`` from its start in 1 MiB chunks, never whole: its metadata and
     the offset where its tensors start once the header, the checksum and the metadata are right;
@@ -424,7 +429,7 @@ def _verified(path: Path, fh: BinaryIO) -> tuple[dict[str, Any], int]:
         for chunk in iter(lambda: fh.read(_CHUNK), b""):
             sha.update(chunk)
     except OSError as e:
-        raise CorruptFileError(f"{path}: cannot read the checkpoint: {e.strerror or e}") from None
+        raise _unreadable(path, e) from None
     _check_header(path, header.removesuffix(b"\n"), not header, sha.hexdigest())
     return _meta(path, line), len(header) + len(line)
 
@@ -433,7 +438,7 @@ def _opened(path: Path) -> BinaryIO:
     try:
         return path.open("rb")
     except OSError as e:
-        raise CorruptFileError(f"{path}: cannot read the checkpoint: {e.strerror or e}") from None
+        raise _unreadable(path, e) from None
 
 
 def read_checkpoint_meta(path: Path) -> dict[str, Any]:
