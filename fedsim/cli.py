@@ -76,7 +76,9 @@ def main() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Run directory (default: <output.dir>/<name>).",
 )
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar; print only the summary.")
+@click.option(
+    "-q", "--quiet", is_flag=True, help="No progress bar or progress lines; print only warnings (stderr), the summary."
+)
 @plugin_option()
 def run(
     scenario: Path | None,
@@ -165,7 +167,7 @@ def _execute(r, console, quiet: bool, resume: bool) -> dict | None:
     sc = r.sc
     remember_run_dir(r.dir, resume_command(r.dir, sc.plugins))
     if quiet:
-        return _guarded(r, console, None, resume)
+        return _guarded(r, console, None, resume, log=_run_log(None))
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -182,7 +184,22 @@ def _execute(r, console, quiet: bool, resume: bool) -> dict | None:
             acc = f"honest acc {rec['accuracy_mean']:.3f}" if "accuracy_mean" in rec else ""
             bar.update(task, completed=i + 1, **({"acc": acc} if acc else {}))
 
-        return _guarded(r, console, progress, resume, log=lambda m: bar.console.log(m))
+        return _guarded(r, console, progress, resume, log=_run_log(bar.console.log))
+
+
+def _run_log(progress_log):
+    """The ``log`` a run is given: its ``warning: ...`` lines (``fedsim.prepare``: more CPUs than the
+    machine has, a batch above every shard, hours of local steps) to stderr as one unwrapped line
+    always, as Ray's and oneMKL's ``warnings`` are; its progress lines (a feature cache computed, a
+    domain's peers) to ``progress_log``, or nowhere with ``-q`` (``progress_log`` None)."""
+
+    def log(m: str) -> None:
+        if m.startswith("warning: "):
+            click.echo(m, err=True)
+        elif progress_log is not None:
+            progress_log(m)
+
+    return log
 
 
 def _guarded(r, console, progress, resume: bool, log=None) -> dict | None:

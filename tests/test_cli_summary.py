@@ -43,3 +43,16 @@ def test_a_resumed_runs_table_says_which_time_covers_what(tmp_path: Path) -> Non
     res = CliRunner().invoke(main, ["run", "--resume", str(stopped.dir), "-q"])
     assert res.exit_code == 0, res.output
     assert "time in rounds (all sessions)" in res.stdout and "wall time (this command)" in res.stdout
+
+
+def test_a_quiet_run_still_prints_its_resource_warning_to_stderr(tmp_path: Path) -> None:
+    """``-q`` silences the progress bar, not the run's ``warning:`` lines (the run's ``log`` was a
+    no-op under ``-q``, so a batch above every shard ran without a word)."""
+    d = yaml.safe_load(_scenario(tmp_path).read_text())
+    d["rounds"], d["training"]["batch_size"] = 1, 4096  # above every peer's shard: fedsim.limits.batch_warning
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(d))
+    res = CliRunner().invoke(main, ["run", str(tmp_path / "s.yaml"), "-q", "--out", str(tmp_path / "q")])
+    assert res.exit_code == 0, res.output
+    lines = [x for x in res.stderr.splitlines() if x.startswith("warning: ")]
+    assert len(lines) == 1 and "batch_size" in lines[0], res.stderr
+    assert "warning: " not in res.stdout
