@@ -91,6 +91,9 @@ class UpdateForger:
     # fedsim.messages.forged_rows): the faulty behaviours crash, nan and wrong_shape. Every other forger
     # returns k finite rows [k, P] of own's dtype (fedsim.checks.check_forger holds it to that)
     malformed: ClassVar[bool] = False
+    # sends nothing at all, every round (forge always returns None): the crash behaviour. Its peers'
+    # messages are not counted in bytes_sent_* (fedsim.runfacts.silent_peers, fedsim.simulation.round_metrics)
+    silent: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         """Check every parameter against its declared constraint (:func:`fedlib.params.validate`)."""

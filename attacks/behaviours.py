@@ -23,6 +23,7 @@ class Crash(UpdateForger):
     """Crash failure: the Byzantine peers stay silent (``forge`` returns ``None``)."""
 
     malformed = True  # its messages are dropped on purpose
+    silent = True  # it sends nothing: no bytes counted for its peers
     reads_honest = False
 
     def forge(self, honest: Tensor, own: Tensor, ctx: AttackContext) -> None:

@@ -52,6 +52,8 @@ class Prepared:
     info: dict[str, Any] = field(default_factory=dict)
     topology: Topology | None = None  # built once (scenario.build_topology); the peers and probes use this one
     canaries: Canaries | None = None  # planted by an unlearning probe's ``canaries`` knob
+    # bool [N]: the peers that send nothing (a crash attack's Byzantine peers; runfacts.silent_peers)
+    silent: np.ndarray | None = None
 
 
 def _gradient_recording(sc: Scenario, train: list[np.ndarray], byz: np.ndarray,
@@ -175,4 +177,4 @@ def prepare(sc: Scenario, log: Callable[[str], None] | None = None, absent: list
     values = runfacts.message_values(sc, rule, num_params) if plan is None else whole_plan.message_size(plan)
     bytes_per_message = runfacts.bytes_per_message(sc, values)
     return Prepared(sc, feats, setups, server, byz, f, num_params, bytes_per_message, root, info,
-                    topology=topo, canaries=canaries)
+                    topology=topo, canaries=canaries, silent=runfacts.silent_peers(sc, byz))

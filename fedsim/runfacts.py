@@ -237,6 +237,37 @@ def sends_forgeries(attack: Any, byzantine: np.ndarray) -> bool:
     return isinstance(attack, attacks.UpdateForger) and bool(np.any(byzantine))
 
 
+def silent_peers(sc: Scenario, byzantine: np.ndarray) -> np.ndarray:
+    """bool ``[N]``: the peers that send nothing at all, the Byzantine peers ``byzantine`` of an
+    attack whose forger is silent every round (:attr:`attacks.UpdateForger.silent`: crash). They
+    send 0 bytes (:func:`sent_messages`, ``bytes_sent_*`` in ``metrics.jsonl``)."""
+    import attacks
+
+    none = np.zeros(len(byzantine), dtype=bool)
+    if sc.peers.attack.name == "none":
+        return none
+    attack = attacks.build(sc.peers.attack.name, sc.peers.attack.params)
+    silent = getattr(attack, "silent", False) and sends_forgeries(attack, byzantine)
+    return np.asarray(byzantine, dtype=bool).copy() if silent else none
+
+
+def sent_messages(sc: Scenario, topo: Topology | None, silent: np.ndarray, sampled: np.ndarray | None) -> int:
+    """Messages sent in a round by the peers not ``silent`` (:func:`silent_peers`), of those
+    ``sampled`` (federated client sampling; None: all): one a client (federated), the fanout a
+    peer (push gossip), else each peer's out-degree in ``topo`` (its in-neighbour lists)."""
+    sends = ~np.asarray(silent, dtype=bool)
+    if sampled is not None:
+        sends &= np.asarray(sampled, dtype=bool)
+    if sc.mode == "federated":
+        return int(sends.sum())
+    if sc.topology.kind == "push_gossip":
+        return int(sc.topology.fanout) * int(sends.sum())
+    if topo is None:
+        raise ValueError("sent_messages: a graph topology needs the built topology")
+    _, senders = topo.in_neighbors(0)
+    return int(np.bincount(senders, minlength=len(sends))[sends].sum())
+
+
 def shard_pad(largest: int, batch_size: int) -> int:
     """``GroupSetup.shard_pad`` of a linear-head run: the largest shard when no shard exceeds the
     batch (each step then weighs the zero-padded shards by draw counts instead of gathering

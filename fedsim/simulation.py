@@ -27,7 +27,7 @@ from fedsim import routing
 from fedsim.errors import CorruptFileError
 from fedsim.peers import PeerGroup
 from fedsim.round_record import PHASES, RoundRecord  # noqa: F401  (re-exported)
-from fedsim.runfacts import sends_per_round
+from fedsim.runfacts import sends_per_round, sent_messages
 from fedsim.scenario import Scenario, sampled_clients
 from fedsim.server import Server
 from fedsim.threads import torch_threads
@@ -295,6 +295,9 @@ def round_metrics(
             "clients_sampled": senders,
             "honest_clients_sampled": trainers,
         }
+    if prep.silent is not None and prep.silent.any():  # a crash attack's peers send nothing: 0 bytes
+        sent = sent_messages(sc, prep.topology, prep.silent, sampled)
+        rec |= {"bytes_sent_per_peer": int(bpm * sent / sc.peers.count), "bytes_sent_total": int(bpm * sent)}
     return rec
 
 

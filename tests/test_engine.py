@@ -5,6 +5,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedsim.limits import local_ray_cpus
@@ -226,3 +227,42 @@ def test_sigkill_at_random_round_then_resume_is_byte_identical(small_scenario, t
     # it continued from a checkpoint (every 2 rounds: after an odd round) taken before the kill
     after = json.loads((metrics.parent / "summary.json").read_text())["resumed_after_round"]
     assert after is not None and after % 2 == 1, after
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"mode": "federated", "topology.kind": "star"},
+        {"mode": "federated", "topology.kind": "star", "sampling.count": 5},
+        {"topology": {"kind": "watts_strogatz", "degree": 4, "p": 0.5}},  # uneven out-degrees
+        {"topology": {"kind": "push_gossip", "fanout": 3}},
+    ],
+    ids=["federated", "sampled", "watts_strogatz", "push_gossip"],
+)
+def test_a_crash_runs_bytes_are_the_honest_senders_bytes(small_scenario, over):
+    """Crash peers send nothing, so they send 0 bytes (they were counted with the nominal
+    count): the run's bytes are the honest senders' messages, counted here from the graph's
+    in-neighbour lists; a forger that does send (sign_flip, the control) is counted in full."""
+    from fedsim.runfacts import sampled_clients
+
+    crash, _ = _run(small_scenario(name="c", rounds=2, **{"peers.byzantine": 2, "peers.attack": {"name": "crash"}},
+                                   **over))
+    flip, _ = _run(small_scenario(name="s", rounds=2, **{"peers.byzantine": 2, "peers.attack": {"name": "sign_flip"}},
+                                  **over))
+    prep, sc = crash.prepared, crash.sc
+    honest = ~np.asarray(prep.byzantine, dtype=bool)
+    n, bpm = sc.peers.count, prep.bytes_per_message
+    for rnd, (c, s) in enumerate(zip(*(map(json.loads, _metrics(r).splitlines()) for r in (crash, flip)), strict=True)):
+        if sc.mode == "federated":
+            sampled = sampled_clients(sc, rnd)
+            sends = honest if sampled is None else honest & sampled
+            messages, nominal = int(sends.sum()), n if sampled is None else int(sampled.sum())
+        elif sc.topology.kind == "push_gossip":
+            messages, nominal = 3 * int(honest.sum()), 3 * n
+        else:
+            _, senders = prep.topology.in_neighbors(0)
+            messages, nominal = int(honest[senders].sum()), len(senders)
+        assert c["bytes_sent_total"] == bpm * messages < bpm * nominal, (rnd, c)
+        assert c["bytes_sent_per_peer"] == int(bpm * messages / n)
+        # the control: every sender counted (a mean in-degree times the peers: within a float's rounding)
+        assert abs(s["bytes_sent_total"] - bpm * nominal) <= 1, (rnd, s)
