@@ -154,6 +154,34 @@ def _name_part(v: Any) -> str:
     return _UNSAFE.sub("-", fmt_value(v))
 
 
+def unsortable_keys(v: Any) -> tuple[Any, Any] | None:
+    """Two keys of a mapping in ``v`` (at any depth) that cannot be sorted against each other (``{1:
+    a, x: b}``: an int and a str), else None. :func:`_name_part` and :func:`_digest` sort a mapping's
+    keys to name its run folder, so :func:`plan_sweep` refuses such a value first, naming its grid key."""
+    if isinstance(v, dict):
+        keys = list(v)
+        try:
+            sorted(keys)
+        except TypeError:
+            pairs = ((a, b) for i, a in enumerate(keys) for b in keys[i + 1:] if _unordered(a, b))
+            return next(pairs, (keys[0], keys[-1]))
+        values = v.values()
+    elif isinstance(v, (list, tuple)):
+        values = v
+    else:
+        return None
+    return next((bad for x in values if (bad := unsortable_keys(x)) is not None), None)
+
+
+def _unordered(a: Any, b: Any) -> bool:
+    """Whether ``a < b`` or ``b < a`` (the comparisons sorted() makes) raises TypeError."""
+    try:
+        a < b, b < a  # noqa: B018
+    except TypeError:
+        return True
+    return False
+
+
 def _digest(overrides: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
@@ -244,6 +272,13 @@ def plan_sweep(
     typos = grid_errors(base, full_grid, str(scenario))
     if typos:  # a misspelt name or key is never a combination to skip
         raise ScenarioError("; ".join(typos), typos)
+    for key, values in full_grid.items():  # a folder name sorts a mapping's keys (_name_part)
+        for v in values:
+            if (bad := unsortable_keys(v)) is not None:
+                raise ScenarioError(
+                    f"{scenario}: sweep {key}={v!r}: a mapping's keys must be all text or all numbers to name "
+                    f"the run's folder, not {bad[0]!r} beside {bad[1]!r}; quote them all as text ('1': ...)"
+                )
     name = str(base.get("name") or "run")
     out_dir = Path(out) if out else Path((base.get("output") or {}).get("dir", "runs")) / f"{name}-sweep"
     combos = [(run_name(ov), ov, _with_overrides(base, ov)) for ov in expand(full_grid)]

@@ -382,3 +382,44 @@ def test_a_failed_run_writes_nothing_into_a_locked_run_or_through_a_dangling_lin
     link.symlink_to(tmp_path / "nowhere")
     assert run_one({"bogus": 1}, str(link))["status"] == "failed"
     assert link.is_symlink() and not (tmp_path / "nowhere").exists()
+
+
+def test_a_mapping_with_mixed_key_types_is_refused_naming_its_grid_key(tmp_path) -> None:
+    """``{1: a, kind: b}`` cannot be sorted to name its run's folder: it was a TypeError (an
+    internal error) while naming the folder; now one line naming the grid key, nothing made."""
+    path = write(tmp_path, tiny(tmp_path, sweep={"topology": [{"kind": "k_regular", 1: 2}]}))
+    with pytest.raises(ScenarioError) as e:
+        plan_sweep(path, out=tmp_path / "o")
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: sweep topology=") and "'kind' beside 1" in msg and "\n" not in msg, msg
+    deep = {"probes": [[{"method": "rollback", "params": {"x": 1, 2: 3}}]]}  # at any depth
+    with pytest.raises(ScenarioError, match=r"sweep probes=.*'x' beside 2"):
+        plan_sweep(write(tmp_path, tiny(tmp_path)), deep, out=tmp_path / "o")
+    res = CliRunner().invoke(sweep, [str(write(tmp_path, tiny(tmp_path))), "-g", "dataset.domains={x: b, 1: a}",
+                                     "--out", str(tmp_path / "o"), "--dry-run"])
+    assert res.exit_code == 1 and "sweep dataset.domains=" in res.output and "beside" in res.output, res.output
+    assert "Traceback" not in res.output and "internal error" not in res.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_valid_grids_keep_their_folder_names() -> None:
+    """Refusing unsortable keys renames nothing: these names are today's (sorted keys, numbers with
+    booleans sort together)."""
+    assert run_name({"peers.attack.params": {"std": 2.0, "mean": 1}}) == "peers.attack.params=mean-1,std-2"
+    assert run_name({"dataset.domains": {2: "rot", 1: "blur"}}) == "dataset.domains=1-blur,2-rot"
+    probes = {"probes": [{"method": "rollback", "peer": 3}], "seed": 1}
+    assert run_name(probes) == "probes=method-rollback,peer-3__seed=1"
+    assert run_name({"topology": {"kind": "k_regular", "degree": 4}, "strategy.name": "krum"}) == (
+        "topology=degree-4,kind-k_regular__strategy.name=krum"
+    )
+    assert run_name({"x": {1.5: "a", 1: {True: None}}}) == "x=1-True-null,1.5-a"
+
+
+def test_a_valid_mapping_grid_plans_under_its_usual_folder_name(tmp_path) -> None:
+    path = write(tmp_path, tiny(tmp_path, peers={"count": 6, "byzantine": 1}))
+    grid = {"peers.attack.name": ["gaussian"], "peers.attack.params": [{"std": 2.0, "mean": 1}, {"std": 1.0}]}
+    plan = plan_sweep(path, grid, out=tmp_path / "o")
+    assert [r.name for r in plan.runs] == [
+        "peers.attack.name=gaussian__peers.attack.params=mean-1,std-2",
+        "peers.attack.name=gaussian__peers.attack.params=std-1",
+    ]
