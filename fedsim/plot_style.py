@@ -83,17 +83,18 @@ def _context(rs: RunSet, skip: Iterable[str]) -> str:
 def _save(fig, path: Path, formats: list[str], opts: PlotOptions = DEFAULT) -> list[Path]:
     if opts.size is not None:
         fig.set_size_inches(*opts.size)
-    from fedsim.rundir import atomic_file
+    from fedsim.rundir import atomic_path
 
     out = []
     path.parent.mkdir(parents=True, exist_ok=True)
     for fmt in formats:
         p = path.with_name(f"{path.name}.{fmt}")
         meta = {"CreationDate": None} if fmt == "pdf" else None  # byte-stable PDFs
-        # renamed over p: a symbolic link planted at p is replaced, never written through; the umask
-        # sets the figure's mode, as a plain savefig to p did
-        with atomic_file(p, mode=0o666) as fh:
-            fig.savefig(fh, format=fmt, metadata=meta, bbox_inches="tight")
+        # renamed over p: a symbolic link planted at p is replaced, never written through; saved to
+        # a path of p's name, so the file is what a plain savefig to p writes (the umask sets its
+        # mode; PS/EPS name it in %%Title:, which a file handle lost)
+        with atomic_path(p) as tmp:
+            fig.savefig(tmp, format=fmt, metadata=meta, bbox_inches="tight")
         out.append(p)
     return out
 

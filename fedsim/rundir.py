@@ -226,7 +226,8 @@ def atomic_file(path: Path, mode: int | None = None) -> Iterator[BinaryIO]:
     content or the new, never a part, and a symbolic link at ``path`` is replaced, never written
     through; on an error the temp file is removed and ``path`` kept. ``mode``: the file's
     permissions less the umask, as ``open`` would make them (default: private, 0600). The one
-    atomic writer of fedsim (run files, ``probes.json``, ``sweep.json``, feature caches, figures)."""
+    atomic writer of fedsim (run files, ``probes.json``, ``sweep.json``, feature caches), with
+    :func:`atomic_path` for a writer that needs the file's name (figures)."""
     with writing(path):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         if mode is not None:
@@ -240,6 +241,30 @@ def atomic_file(path: Path, mode: int | None = None) -> Iterator[BinaryIO]:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        _fsync_dir(path.parent)
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A path named as ``path`` (``path.name``) in a private temp folder ``.<name>.*.tmp`` beside
+    it, for a writer that records the name it writes to (matplotlib's PostScript and EPS
+    ``%%Title:``; :func:`atomic_file`'s handle has no name, so the title was dropped): when the
+    block ends the file is synced and renamed over ``path``, as :func:`atomic_file` does, and the
+    folder removed (on an error too, ``path`` kept). The writer opens the file itself, so its mode
+    is what a plain write to ``path`` makes (0666 less the umask)."""
+    with writing(path):
+        tmp_dir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+        try:
+            tmp = tmp_dir / path.name
+            yield tmp
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
         _fsync_dir(path.parent)
 
 

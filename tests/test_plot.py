@@ -357,3 +357,57 @@ def test_bytes_axis_says_what_each_rule_exchanges(sweep_dir, tmp_path, figures) 
         "bytes sent per peer, cumulative (MiB)\nmessages: krum, fedavg: full model (backbone + head)"
         " · bristle: head only (output layer)"
     )
+
+
+def _title(data: bytes) -> list[bytes]:
+    return [x for x in data.splitlines()[:12] if x.startswith(b"%%Title")]
+
+
+def test_an_eps_figure_is_titled_as_a_direct_save_titles_it(tmp_path) -> None:
+    """The atomic writer handed matplotlib a file handle, so the EPS lost its ``%%Title:`` line
+    (matplotlib names the file it saves to); it is now saved to a path of its final name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sw = _fake_sweep(tmp_path / "sw", ["fedavg", "median"], [0, 1])
+    res = CliRunner().invoke(plot, [str(sw), "--out", str(tmp_path / "f"), "--format", "eps"])
+    assert res.exit_code == 0, res.output
+    fig = plt.figure()
+    try:
+        (tmp_path / "direct").mkdir()
+        fig.savefig(tmp_path / "direct" / "accuracy_vs_round.eps")
+    finally:
+        plt.close(fig)
+    expected = _title((tmp_path / "direct" / "accuracy_vs_round.eps").read_bytes())
+    assert expected == [b"%%Title: accuracy_vs_round.eps"]  # what matplotlib writes, saving to the path
+    assert _title((tmp_path / "f" / "accuracy_vs_round.eps").read_bytes()) == expected
+    assert sorted(p.name for p in (tmp_path / "f").iterdir()) == ["accuracy_vs_bytes.eps", "accuracy_vs_round.eps"]
+
+
+@pytest.mark.parametrize("fmt", ["eps", "pdf", "svg", "png"])
+def test_a_saved_figure_is_the_bytes_of_a_direct_save(tmp_path, monkeypatch, fmt) -> None:
+    """Every format's file is what ``savefig`` to its final path writes (dates fixed by
+    SOURCE_DATE_EPOCH, as reproducible builds fix them, and SVG ids by svg.hashsalt), through the
+    atomic rename."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fedsim import plot_style
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")
+    monkeypatch.setitem(matplotlib.rcParams, "svg.hashsalt", "fixed")  # else SVG ids are drawn at random
+    fig = plt.figure()
+    try:
+        fig.gca().plot([0, 1], [1, 0])
+        (p,) = plot_style._save(fig, tmp_path / "a" / "curve", [fmt])
+        (tmp_path / "b").mkdir()
+        meta = {"CreationDate": None} if fmt == "pdf" else None
+        fig.savefig(tmp_path / "b" / f"curve.{fmt}", format=fmt, metadata=meta, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    assert p.read_bytes() == (tmp_path / "b" / f"curve.{fmt}").read_bytes()
+    assert [x.name for x in (tmp_path / "a").iterdir()] == [f"curve.{fmt}"]  # no temp folder left
