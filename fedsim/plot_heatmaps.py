@@ -42,6 +42,16 @@ def plot_heatmaps(rs: RunSet, out: Path, formats: list[str], opts: PlotOptions =
     return written
 
 
+def over_seeds(counts: list[int]) -> str:
+    """The heatmap title's ``, mean ± std over n seeds`` for cells averaging ``counts`` runs each:
+    ``n`` when every cell has as many, ``n_min–n_max`` otherwise (the largest alone overstated the
+    others); nothing when no cell averages more than one run."""
+    if not counts or max(counts) <= 1:
+        return ""
+    lo, hi = min(counts), max(counts)
+    return f", mean ± std over {hi if lo == hi else f'{lo}–{hi}'} seeds"
+
+
 def _is_zero(v: Any) -> bool:
     return v in (0, 0.0)
 
@@ -61,7 +71,7 @@ def _heatmap(
         pvals = rs.values(pkey, sruns) if pkey else [None]
         if pkey in FRACTIONS and len(pvals) > 1:  # with no Byzantine peer the attack is moot
             pvals = [v for v in pvals if not _is_zero(v)]
-        grids = []
+        grids, seeds = [], []
         for pv in pvals:
             m = np.full((len(rvals), len(cvals)), np.nan)
             s = np.full_like(m, np.nan)
@@ -76,6 +86,7 @@ def _heatmap(
                         and r.final_accuracy is not None
                     ]
                     if accs:
+                        seeds.append(len(accs))
                         mu, sd = mean_std(accs)
                         m[i, j], s[i, j] = 100 * mu, (np.nan if sd is None else 100 * sd)
             grids.append((pv, m, s))
@@ -115,11 +126,10 @@ def _heatmap(
         axes[0].set_ylabel(label(rkey))
         fig.colorbar(im, ax=list(axes), label="final honest accuracy (%)", shrink=0.9)
         extra = dict(zip(split, svals, strict=True))
-        n = max(len(r_) for _, r_ in group_runs(rs, [rkey, ckey] + ([pkey] if pkey else []), sruns))
         _titles(
             fig,
             rs,
-            "final honest accuracy" + (f", mean ± std over {n} seeds" if n > 1 else ""),
+            "final honest accuracy" + over_seeds(seeds),
             [rkey, ckey] + ([pkey] if pkey else []),
             extra,
             opts,

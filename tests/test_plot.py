@@ -411,3 +411,49 @@ def test_a_saved_figure_is_the_bytes_of_a_direct_save(tmp_path, monkeypatch, fmt
         plt.close(fig)
     assert p.read_bytes() == (tmp_path / "b" / f"curve.{fmt}").read_bytes()
     assert [x.name for x in (tmp_path / "a").iterdir()] == [f"curve.{fmt}"]  # no temp folder left
+
+
+def test_over_seeds_says_n_or_its_range() -> None:
+    from fedsim.plot_heatmaps import over_seeds
+
+    assert over_seeds([3, 3, 3]) == ", mean ± std over 3 seeds"
+    assert over_seeds([2, 3, 2]) == ", mean ± std over 2–3 seeds"
+    assert over_seeds([1, 1]) == "" and over_seeds([]) == ""
+    assert over_seeds([1, 2]) == ", mean ± std over 1–2 seeds"
+
+
+def _attack_sweep(root: Path, seeds: dict[tuple[str, str], list[int]]) -> Path:
+    """A hand-written sweep, strategy × attack, with ``seeds[(strategy, attack)]`` runs a cell."""
+    runs = []
+    for (s, a), cell in seeds.items():
+        for seed in cell:
+            d = root / f"strategy.name={s}__peers.attack.name={a}__seed={seed}"
+            d.mkdir(parents=True)
+            sc = {"name": "h", "seed": seed, "rounds": 2, "strategy": {"name": s}, "dataset": {"name": "mnist10k"},
+                  "backbone": {"name": "fmnist_cnn"}, "peers": {"count": 8, "byzantine": 2, "attack": {"name": a}}}
+            (d / "scenario.yaml").write_text(yaml.safe_dump(sc))
+            (d / "metrics.jsonl").write_text("".join(json.dumps(
+                {"round": r, "group": "honest", "accuracy_mean": 0.5 + 0.01 * seed, "accuracy_min": 0.4,
+                 "accuracy_max": 0.6, "bytes_sent_per_peer": 10, "bytes_sent_total": 80}) + "\n" for r in range(2)))
+            (d / "summary.json").write_text(json.dumps({"final_accuracy_mean": 0.5 + 0.01 * seed}))
+            runs.append({"dir": d.name, "overrides": {"strategy.name": s, "peers.attack.name": a, "seed": seed}})
+    grid = {"strategy.name": sorted({s for s, _ in seeds}), "peers.attack.name": sorted({a for _, a in seeds}),
+            "seed": sorted({x for v in seeds.values() for x in v})}
+    (root / "sweep.json").write_text(json.dumps({"grid": grid, "runs": runs}))
+    return root
+
+
+@pytest.mark.parametrize("uneven", [False, True])
+def test_the_heatmap_title_counts_every_cells_seeds(tmp_path, figures, uneven) -> None:
+    """Cells over 3, 2, 2 and 2 seeds: "over 2–3 seeds" (it said "over 3 seeds", the largest
+    cell's count); all over 2: "over 2 seeds"."""
+    cells = {(s, a): [0, 1] for s in ("fedavg", "median") for a in ("alie", "sign_flip")}
+    if uneven:
+        cells[("fedavg", "alie")] = [0, 1, 2]
+    sw = _attack_sweep(tmp_path / "sw", cells)
+    res = CliRunner().invoke(plot, [str(sw), "--out", str(tmp_path / "f"), "--format", "png"])
+    assert res.exit_code == 0, res.output
+    (fig,) = [f for f, p in figures if p.name.startswith("heatmap_")]
+    assert _suptitle(fig).splitlines()[0] == "sw: final honest accuracy, mean ± std over " + (
+        "2–3 seeds" if uneven else "2 seeds"
+    )
