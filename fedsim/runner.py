@@ -79,17 +79,22 @@ def versions() -> dict[str, Any]:
     return out
 
 
-# versions.json's keys of the oneMKL branches: the first start's, and each resume's
+# versions.json's keys of the oneMKL branches: the first start's, each resume's, and each
+# continuation's (Run.continue_without: the federated-unlearning probe's continued federations)
 MKL_KEY, ACTORS_KEY, RESUMES_KEY = "mkl_branch", "mkl_branch_ray_actors", "mkl_branch_resumes"
+CONTINUATIONS_KEY = "mkl_branch_continuations"
 
 
-def record_branches(path: Path, driver: str | None, actors: list[str | None] | None, resumed: bool = False) -> None:
+def record_branches(path: Path, driver: str | None, actors: list[str | None] | None, resumed: bool = False,
+                    continued: bool = False) -> None:
     """Record in ``versions.json`` at ``path`` the oneMKL branch of the driver and, on Ray (``actors``
     not None), how many actors run each (:func:`fedsim.mkl_branch.counted`). A first start's are the
     run's (``mkl_branch``, ``mkl_branch_ray_actors``); a resume's (``resumed``) are appended to
-    ``mkl_branch_resumes``, the first start's kept. One warning line where an actor's branch differs
-    from the driver's (:func:`fedsim.mkl_branch.differing`), and where a resume's driver runs another
-    branch than the first start's (the rounds after it may have other bits than an uninterrupted run)."""
+    ``mkl_branch_resumes``, a continuation's (``continued``: :meth:`Run.continue_without`) to
+    ``mkl_branch_continuations``, the first start's kept. One warning line where an actor's branch
+    differs from the driver's (:func:`fedsim.mkl_branch.differing`), and where a resume's or
+    continuation's driver runs another branch than the first start's (the rounds after it may have
+    other bits than an uninterrupted run)."""
     import warnings
 
     from fedsim._runs import read_json
@@ -105,15 +110,17 @@ def record_branches(path: Path, driver: str | None, actors: list[str | None] | N
     if actors is not None:
         entry[ACTORS_KEY] = mkl_branch.counted(actors)
     first = recorded.get(MKL_KEY)
-    if resumed:
-        resumes = recorded.get(RESUMES_KEY)
-        recorded[RESUMES_KEY] = (resumes if isinstance(resumes, list) else []) + [entry]
+    if resumed or continued:
+        key = RESUMES_KEY if resumed else CONTINUATIONS_KEY
+        earlier = recorded.get(key)
+        recorded[key] = (earlier if isinstance(earlier, list) else []) + [entry]
     else:
         recorded.update(entry)
     atomic_write(path, (json.dumps(recorded, indent=2) + "\n").encode())
     lines = [mkl_branch.differing(driver, actors)] if actors is not None else []
-    if resumed and isinstance(first, str) and driver is not None and driver != first:
-        lines.append(f"this resume runs oneMKL branch {driver} in the driver, the run's first start ran {first} "
+    if (resumed or continued) and isinstance(first, str) and driver is not None and driver != first:
+        what = "this resume" if resumed else "the probe's continuation of the run"
+        lines.append(f"{what} runs oneMKL branch {driver} in the driver, the run's first start ran {first} "
                      "(MKL_CBWR): the rounds from here may have other bits than an uninterrupted run")
     for line in lines:
         if line is not None:
@@ -339,8 +346,10 @@ class Run:
         (a :meth:`Simulation.state`, e.g. :attr:`final_state` with unlearned heads; ``None``: from
         scratch, then ``start`` must be 0), run for rounds ``start .. start + rounds - 1`` with
         ``sc.rounds = start + rounds``. Returns the heads ``[N, P]`` after ``k`` of those rounds for
-        every ``k`` in ``keep`` (0: the state as restored). Writes no file: the federated-unlearning
-        probe's continuation and its gold standard (:mod:`fedsim.probe_fedunlearn`)."""
+        every ``k`` in ``keep`` (0: the state as restored). The federated-unlearning probe's
+        continuation and its gold standard (:mod:`fedsim.probe_fedunlearn`); it writes only its
+        oneMKL branches (the driver's, on Ray its actors'), appended to ``versions.json``'s
+        ``mkl_branch_continuations`` by :func:`record_branches`, as a resume's are."""
         if state is None and start != 0:
             raise ValueError(f"continue_without: start={start} needs a state to start from")
         sc = self.sc.model_copy(update={"rounds": start + rounds})
@@ -349,6 +358,8 @@ class Run:
         sim = None
         try:
             sim = Simulation(sc, prep, backend)
+            record_branches(self.rundir.path / "versions.json", mkl_branch.current(),
+                            sim.mkl_branches if backend.name == "ray" else None, continued=True)
             if state is not None:
                 sim.restore(state, self.dir / "final_state")
             out = {0: sim.final_params()} if 0 in keep else {}

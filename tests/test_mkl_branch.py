@@ -185,3 +185,21 @@ def test_an_in_process_run_records_the_drivers_branch(tmp_path, small_scenario):
     assert recorded.get("mkl_branch") == current() and "mkl_branch_ray_actors" not in recorded
     if torch.backends.mkl.is_available() and BRANCH is not None:
         assert current() == os.environ.get(ENV, BRANCH)
+
+
+def test_a_continuation_is_recorded_beside_the_first_start_and_warns_where_it_differs(tmp_path):
+    """Run.continue_without's branches (the federated-unlearning probe) go to their own list, through
+    the same record_branches as a resume's."""
+    from fedsim.runner import record_branches
+
+    path = tmp_path / "versions.json"
+    path.write_text(json.dumps({"mkl_branch": "AVX512"}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        record_branches(path, "AVX512", None, continued=True)
+        record_branches(path, "AVX512", ["AVX512"], continued=True)
+    with pytest.warns(RuntimeWarning, match=r"^the probe's continuation of the run runs oneMKL branch AVX2"):
+        record_branches(path, "AVX2", None, continued=True)
+    assert json.loads(path.read_text()) == {"mkl_branch": "AVX512", "mkl_branch_continuations": [
+        {"mkl_branch": "AVX512"}, {"mkl_branch": "AVX512", "mkl_branch_ray_actors": {"AVX512": 1}},
+        {"mkl_branch": "AVX2"}]}

@@ -145,3 +145,19 @@ def test_federated_mode_unlearns_at_the_server(tmp_path: Path) -> None:
     cfg = validate_probe(0, {**PROBE, "arms": [0, 1]}, 8)
     with pytest.raises(ValueError, match=r"^probes\.0\.arms: federated mode has no hops"):
         pf.run_federated_unlearning(0, cfg, _context(run, run.prepared, run.final_params, None))
+
+
+def test_the_continuations_record_their_onemkl_branch_as_a_resume_does(tmp_path: Path) -> None:
+    """Each continuation (the gold standard, one per arm) appends its driver's oneMKL branch to
+    versions.json (``mkl_branch_continuations``, by the runner's record_branches, as a resume's
+    are); before, they ran without a word there."""
+    from fedsim.mkl_branch import current
+
+    probe = {"kind": "federated_unlearning", "arms": [0, 1], "rounds_after": [0, 1], "permutations": 99}
+    run = Run(parse(_scenario(tmp_path, rounds=2, probes=[probe])))
+    run.create_dir(overwrite=True)
+    run.execute()
+    recorded = json.loads((run.dir / "versions.json").read_text())
+    entry = {} if current() is None else {"mkl_branch": current()}
+    assert recorded["mkl_branch_continuations"] == [entry] * 3  # the gold standard, arms 0 and 1
+    assert "mkl_branch_resumes" not in recorded and recorded.get("mkl_branch") == current()
