@@ -9,8 +9,9 @@ that ``MKL_CBWR=AVX2`` gives, while ``MKL_CBWR=AVX512`` gives the usual one: tha
 AVX2 path. :func:`fix_branch` sets ``MKL_CBWR`` to the branch the CPU's flags name (the path MKL
 takes there when nothing disturbs it: the same numbers), which turns CNR on. ``import fedsim``
 calls it; oneMKL reads the variable at its first call, so it works after ``import torch`` too, but
-not after a torch product has run. A user's own ``MKL_CBWR`` is kept (and
-``MKL_ENABLE_INSTRUCTIONS``, which oneMKL obeys before it, still applies). Intel CPUs on Linux
+not after a torch product has run. A user's own ``MKL_CBWR`` is kept; a user's
+``MKL_ENABLE_INSTRUCTIONS``, which oneMKL obeys before it, narrows the branch set to the one it
+allows (``AVX2``: :func:`fix_branch`). Intel CPUs on Linux
 only (vendor and flags from ``/proc/cpuinfo``; oneMKL's branches are Intel's code paths, and how it
 treats them on other vendors' CPUs was not measured); elsewhere, or on a CPU with neither branch,
 nothing is set.
@@ -71,16 +72,55 @@ def branch_for(vendor: str, flags: frozenset[str]) -> str | None:
     return next((name for name, need in BRANCHES if need <= flags), None)
 
 
+INSTRUCTIONS = "MKL_ENABLE_INSTRUCTIONS"  # the user's cap on oneMKL's instruction set, obeyed before MKL_CBWR
+# oneMKL's CNR branches (CODES) in the order of the instructions they use, narrowest first
+ORDER = ("SSE2", "SSE3", "SSSE3", "SSE4_1", "SSE4_2", "AVX", "AVX2", "AVX512")
+
+
+def capped(branch: str, cap: str) -> str | None:
+    """The branch of :data:`ORDER` to pin where the CPU's is ``branch`` and ``MKL_ENABLE_INSTRUCTIONS``
+    is ``cap`` (oneMKL's names, any case): the narrower of the two; ``AVX2_E1`` caps at ``AVX2`` and
+    ``AVX512``, ``AVX512_E1``..., ``AVX10``... do not cap below ``AVX512``. None for a cap of another
+    name (no branch known to match it)."""
+    cap = cap.strip().upper()
+    if cap.startswith("AVX10") or (cap.startswith("AVX512") and "MIC" not in cap):
+        cap = "AVX512"
+    elif cap == "AVX2_E1":
+        cap = "AVX2"
+    if cap not in ORDER or branch not in ORDER:
+        return None
+    return min(branch, cap, key=ORDER.index)
+
+
 def fix_branch(
     environ: MutableMapping[str, str] | None = None, cpu: tuple[str, frozenset[str]] | None = None
 ) -> str | None:
     """Set ``MKL_CBWR`` in ``environ`` (default ``os.environ``) to :func:`branch_for` the CPU
     (``cpu``: vendor and flags, default :func:`cpu_info`) unless it is set already. Returns the value
-    in effect (None: unset, no branch for this CPU)."""
+    in effect (None: unset, no branch for this CPU).
+
+    A user who holds oneMKL below the CPU's branch (``MKL_ENABLE_INSTRUCTIONS=AVX2`` on an AVX-512
+    CPU) gets the matching branch (:func:`capped`: ``AVX2``), not the CPU's: oneMKL obeys the cap
+    first, finds the ``AVX512`` branch forbidden and runs ``AUTO`` (measured here: ``mkl_cbwr_get``
+    answers ``AUTO``), i.e. CNR without a fixed path, the per-process choice this module exists to
+    remove; and a Ray worker, given the driver's ``MKL_CBWR`` but not its cap, would run ``AVX512``
+    bits. ``MKL_CBWR=AVX2`` is the path the cap allows, pinned, and the same bits in every process
+    and worker of an AVX2 or wider CPU (quickstart's ``metrics.jsonl`` is ``04142a56…`` with the cap
+    alone, the cap and ``AVX2``, or ``AVX2`` alone). A cap of a name without a known branch leaves
+    ``MKL_CBWR`` unset with one warning line (set it yourself for bit-reproducible runs)."""
     env = os.environ if environ is None else environ
     if ENV in env:
         return env[ENV]
     branch = branch_for(*(cpu_info() if cpu is None else cpu))
+    if branch is not None and env.get(INSTRUCTIONS, "").strip():
+        cap = env[INSTRUCTIONS]
+        branch = capped(branch, cap)
+        if branch is None:
+            import warnings
+
+            warnings.warn(f"{INSTRUCTIONS}={cap}: no oneMKL branch known to match it, so {ENV} is left unset and "
+                          f"oneMKL picks its path in each process; set {ENV} (e.g. {ENV}=AVX2) for the same bits "
+                          "in every process", RuntimeWarning, stacklevel=2)
     if branch is not None:
         env[ENV] = branch
     return branch

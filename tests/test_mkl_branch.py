@@ -203,3 +203,34 @@ def test_a_continuation_is_recorded_beside_the_first_start_and_warns_where_it_di
     assert json.loads(path.read_text()) == {"mkl_branch": "AVX512", "mkl_branch_continuations": [
         {"mkl_branch": "AVX512"}, {"mkl_branch": "AVX512", "mkl_branch_ray_actors": {"AVX512": 1}},
         {"mkl_branch": "AVX2"}]}
+
+
+def test_a_users_instruction_cap_picks_the_branch_it_allows():
+    """MKL_ENABLE_INSTRUCTIONS=AVX2 on an AVX-512 CPU: MKL_CBWR=AVX2 (it was AVX512, a branch the cap
+    forbids, so oneMKL ran AUTO); a cap at or above the CPU's branch changes nothing; an unknown cap
+    leaves MKL_CBWR unset with one warning line; the user's own MKL_CBWR still wins."""
+    cpu = (INTEL, AVX512 | AVX2)
+    for cap, want in [("AVX2", "AVX2"), ("avx2", "AVX2"), ("AVX2_E1", "AVX2"), ("AVX", "AVX"), ("SSE4_2", "SSE4_2"),
+                      ("AVX512", "AVX512"), ("AVX512_E1", "AVX512"), ("AVX10", "AVX512"), ("", "AVX512")]:
+        env = {"MKL_ENABLE_INSTRUCTIONS": cap}
+        assert fix_branch(env, cpu) == want and env[ENV] == want, cap
+    env = {"MKL_ENABLE_INSTRUCTIONS": "AVX512"}
+    assert fix_branch(env, (INTEL, AVX2)) == "AVX2"  # the CPU's branch is the narrower
+    env = {"MKL_ENABLE_INSTRUCTIONS": "AVX512_MIC"}
+    with pytest.warns(RuntimeWarning, match=r"^MKL_ENABLE_INSTRUCTIONS=AVX512_MIC: no oneMKL branch known") as w:
+        assert fix_branch(env, cpu) is None
+    assert ENV not in env and len(w) == 1 and "\n" not in str(w[0].message)
+    user = {"MKL_ENABLE_INSTRUCTIONS": "AVX2", ENV: "AVX512"}
+    assert fix_branch(user, cpu) == "AVX512"
+
+
+@pytest.mark.skipif(not torch.backends.mkl.is_available() or BRANCH != "AVX512",
+                    reason="needs torch built with oneMKL on a Linux Intel CPU with AVX-512")
+def test_import_under_an_avx2_cap_runs_onemkls_avx2_branch():
+    """In a process started with MKL_ENABLE_INSTRUCTIONS=AVX2, ``import fedsim`` sets MKL_CBWR=AVX2
+    and oneMKL reports that branch (with MKL_CBWR=AVX512 it reported AUTO)."""
+    code = ("import os, fedsim, torch; from fedsim.mkl_branch import current; a = torch.ones(20, 30); "
+            "(a @ a.T).sum().item(); print(os.environ['MKL_CBWR'], current())")
+    env = {k: v for k, v in os.environ.items() if k != ENV} | {"MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["AVX2", "AVX2"], out.stdout + out.stderr
