@@ -86,7 +86,7 @@ CONTINUATIONS_KEY = "mkl_branch_continuations"
 
 
 def record_branches(path: Path, driver: str | None, actors: list[str | None] | None, resumed: bool = False,
-                    continued: bool = False) -> None:
+                    continued: bool = False, first_from: Path | None = None) -> None:
     """Record in ``versions.json`` at ``path`` the oneMKL branch of the driver and, on Ray (``actors``
     not None), how many actors run each (:func:`fedsim.mkl_branch.counted`). A first start's are the
     run's (``mkl_branch``, ``mkl_branch_ray_actors``); a resume's (``resumed``) are appended to
@@ -94,7 +94,9 @@ def record_branches(path: Path, driver: str | None, actors: list[str | None] | N
     ``mkl_branch_continuations``, the first start's kept. One warning line where an actor's branch
     differs from the driver's (:func:`fedsim.mkl_branch.differing`), and where a resume's or
     continuation's driver runs another branch than the first start's (the rounds after it may have
-    other bits than an uninterrupted run)."""
+    other bits than an uninterrupted run). ``first_from``: the ``versions.json`` holding the first
+    start's branch when ``path`` is another file (a continuation writes under ``probes/``, which a
+    probe may change, and reads the run's own file)."""
     import warnings
 
     from fedsim._runs import read_json
@@ -110,6 +112,12 @@ def record_branches(path: Path, driver: str | None, actors: list[str | None] | N
     if actors is not None:
         entry[ACTORS_KEY] = mkl_branch.counted(actors)
     first = recorded.get(MKL_KEY)
+    if first_from is not None:
+        try:
+            run_versions = read_json(first_from)
+        except (OSError, CorruptFileError):
+            run_versions = {}
+        first = run_versions.get(MKL_KEY) if isinstance(run_versions, dict) else None
     if resumed or continued:
         key = RESUMES_KEY if resumed else CONTINUATIONS_KEY
         earlier = recorded.get(key)
@@ -348,8 +356,9 @@ class Run:
         ``sc.rounds = start + rounds``. Returns the heads ``[N, P]`` after ``k`` of those rounds for
         every ``k`` in ``keep`` (0: the state as restored). The federated-unlearning probe's
         continuation and its gold standard (:mod:`fedsim.probe_fedunlearn`); it writes only its
-        oneMKL branches (the driver's, on Ray its actors'), appended to ``versions.json``'s
-        ``mkl_branch_continuations`` by :func:`record_branches`, as a resume's are."""
+        oneMKL branches (the driver's, on Ray its actors'), appended to ``mkl_branch_continuations``
+        of ``probes/versions.json`` by :func:`record_branches`, as a resume's are to the run's own
+        ``versions.json`` (a probe changes no run file outside ``probes/``: fedsim.checks_probes)."""
         if state is None and start != 0:
             raise ValueError(f"continue_without: start={start} needs a state to start from")
         sc = self.sc.model_copy(update={"rounds": start + rounds})
@@ -358,8 +367,11 @@ class Run:
         sim = None
         try:
             sim = Simulation(sc, prep, backend)
-            record_branches(self.rundir.path / "versions.json", mkl_branch.current(),
-                            sim.mkl_branches if backend.name == "ray" else None, continued=True)
+            probes_dir = self.rundir.path / "probes"
+            probes_dir.mkdir(exist_ok=True)
+            record_branches(probes_dir / "versions.json", mkl_branch.current(),
+                            sim.mkl_branches if backend.name == "ray" else None, continued=True,
+                            first_from=self.rundir.path / "versions.json")
             if state is not None:
                 sim.restore(state, self.dir / "final_state")
             out = {0: sim.final_params()} if 0 in keep else {}

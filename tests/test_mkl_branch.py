@@ -203,6 +203,15 @@ def test_a_continuation_is_recorded_beside_the_first_start_and_warns_where_it_di
     assert json.loads(path.read_text()) == {"mkl_branch": "AVX512", "mkl_branch_continuations": [
         {"mkl_branch": "AVX512"}, {"mkl_branch": "AVX512", "mkl_branch_ray_actors": {"AVX512": 1}},
         {"mkl_branch": "AVX2"}]}
+    # a continuation writing its own file (probes/versions.json) compares with the run's first start
+    probes = tmp_path / "probes.json"
+    with pytest.warns(RuntimeWarning, match=r"^the probe's continuation of the run runs oneMKL branch AVX2"):
+        record_branches(probes, "AVX2", None, continued=True, first_from=path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        record_branches(probes, "AVX512", None, continued=True, first_from=path)
+    assert json.loads(probes.read_text()) == {"mkl_branch_continuations": [{"mkl_branch": "AVX2"},
+                                                                          {"mkl_branch": "AVX512"}]}
 
 
 def test_a_users_instruction_cap_picks_the_branch_it_allows():

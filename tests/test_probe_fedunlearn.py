@@ -149,8 +149,8 @@ def test_federated_mode_unlearns_at_the_server(tmp_path: Path) -> None:
 
 def test_the_continuations_record_their_onemkl_branch_as_a_resume_does(tmp_path: Path) -> None:
     """Each continuation (the gold standard, one per arm) appends its driver's oneMKL branch to
-    versions.json (``mkl_branch_continuations``, by the runner's record_branches, as a resume's
-    are); before, they ran without a word there."""
+    probes/versions.json (``mkl_branch_continuations``, by the runner's record_branches, as a
+    resume's are to the run's versions.json); before, they ran without a word."""
     from fedsim.mkl_branch import current
 
     probe = {"kind": "federated_unlearning", "arms": [0, 1], "rounds_after": [0, 1], "permutations": 99}
@@ -159,5 +159,8 @@ def test_the_continuations_record_their_onemkl_branch_as_a_resume_does(tmp_path:
     run.execute()
     recorded = json.loads((run.dir / "versions.json").read_text())
     entry = {} if current() is None else {"mkl_branch": current()}
-    assert recorded["mkl_branch_continuations"] == [entry] * 3  # the gold standard, arms 0 and 1
-    assert "mkl_branch_resumes" not in recorded and recorded.get("mkl_branch") == current()
+    continued = json.loads((run.dir / "probes" / "versions.json").read_text())  # the probe's own folder
+    assert continued == {"mkl_branch_continuations": [entry] * 3}  # the gold standard, arms 0 and 1
+    # the run's own file is the first start's alone (a probe changes no run file outside probes/)
+    assert "mkl_branch_continuations" not in recorded and "mkl_branch_resumes" not in recorded
+    assert recorded.get("mkl_branch") == current()
