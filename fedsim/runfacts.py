@@ -243,12 +243,15 @@ def silent_peers(sc: Scenario, byzantine: np.ndarray) -> np.ndarray:
     send 0 bytes (:func:`sent_messages`, ``bytes_sent_*`` in ``metrics.jsonl``)."""
     import attacks
 
-    none = np.zeros(len(byzantine), dtype=bool)
     if sc.peers.attack.name == "none":
-        return none
-    attack = attacks.build(sc.peers.attack.name, sc.peers.attack.params)
+        return np.zeros(len(byzantine), dtype=bool)
+    return silent_of(attacks.build(sc.peers.attack.name, sc.peers.attack.params), byzantine)
+
+
+def silent_of(attack: Any, byzantine: np.ndarray) -> np.ndarray:
+    """:func:`silent_peers` of an attack already built (None for none): validation's, built once."""
     silent = getattr(attack, "silent", False) and sends_forgeries(attack, byzantine)
-    return np.asarray(byzantine, dtype=bool).copy() if silent else none
+    return np.asarray(byzantine, dtype=bool).copy() if silent else np.zeros(len(byzantine), dtype=bool)
 
 
 def sent_messages(sc: Scenario, topo: Topology | None, silent: np.ndarray, sampled: np.ndarray | None) -> int:

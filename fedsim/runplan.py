@@ -30,6 +30,8 @@ class RunPlan:
     shard_pad: int | None = None  # fedsim.runfacts.shard_pad (0: gathered minibatches)
     bytes_per_message: int | None = None  # fedsim.runfacts.bytes_per_message (whole: of whole_plan.message_size)
     sends_per_round: float = 0.0  # fedsim.runfacts.sends_per_round
+    # fedsim.runfacts.sent_messages in round 0: a crash attack's peers and unsampled clients send nothing
+    messages_round0: int | None = None
     memory: MemoryEstimate | None = None  # fedsim.limits.estimate_memory (whole: whole_plan.memory_estimate)
     available: int | None = None  # the machine's memory it was compared with
     work: Work | None = None  # fedsim.runfacts.training_work (whole: of whole_plan.sample_flop)
@@ -54,9 +56,12 @@ def plan_lines(sc: Scenario, plan: RunPlan) -> list[str]:
         lines.append(f"  partition: {sc.partition.kind}, largest shard {plan.largest_shard} samples "
                      f"(batch_size {sc.training.batch_size}: {batch})")
     if plan.bytes_per_message is not None:
-        per_round = plan.bytes_per_message * plan.sends_per_round * sc.peers.count
+        sent = plan.sends_per_round * sc.peers.count if plan.messages_round0 is None else plan.messages_round0
+        nominal = plan.sends_per_round * sc.peers.count
+        fewer = "" if sent == nominal else f"; {sent:g} sent in round 0, the bytes the run records"
         lines.append(f"  messages: {human_bytes(plan.bytes_per_message)} each ({sc.engine.message_dtype}), "
-                     f"{plan.sends_per_round:g} sent per peer per round: {human_bytes(per_round)} per round")
+                     f"{plan.sends_per_round:g} sent per peer per round{fewer}: "
+                     f"{human_bytes(plan.bytes_per_message * sent)} in round 0")
     if plan.memory is not None:
         m = plan.memory
         stored = "" if sc.engine.head_dtype == "float32" else f" (stored in {sc.engine.head_dtype})"

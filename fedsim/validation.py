@@ -32,8 +32,11 @@ from fedsim.runfacts import (
     partition_for,
     received_per_aggregation,
     resolve_f,
+    sampled_clients,
     sends_per_round,
+    sent_messages,
     shard_pad,
+    silent_of,
     training_work,
 )
 from fedsim.runplan import RunPlan
@@ -115,6 +118,8 @@ def check_semantics(sc: Scenario, source: str = "scenario", *, require_data: boo
         in_degree_range=facts.pop("in_degree_range", None),
         rule_params={k: getattr(rule, k) for k in param_names(type(rule))},
         sends_per_round=sends_per_round(sc, in_degree),
+        # round 0's messages as the engine counts its bytes (fedsim.simulation.round_record)
+        messages_round0=sent_messages(sc, topo, silent_of(attack, byzantine_mask(sc)), sampled_clients(sc, 0)),
         **facts,
     )
 

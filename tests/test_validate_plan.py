@@ -256,3 +256,29 @@ def test_validate_takes_set_as_run_does(tmp_path):
     sets = ["--set", "strategy.name=krum", "--set", "peers.byzantine=1", "--set", "peers.attack.name=sign_flip"]
     krum = CliRunner().invoke(main, ["validate", str(sweep), "-q", *sets])
     assert krum.exit_code == 0 and "warning: sweep combination peers.count=4 cannot run" in krum.output, krum.output
+
+
+def test_the_plans_round_0_bytes_are_the_bytes_the_run_records(tmp_path):
+    """``fedsim validate`` prints round 0's bytes as the engine counts them (runfacts.sent_messages):
+    a crash attack's silent peers and unsampled clients send nothing. Before, the plan said
+    ``sends_per_round × N`` (31.8 MiB where the run recorded 23.8 MiB for 6 crash peers of 24)."""
+    import json
+
+    import fedsim
+    from fedsim.units import human_bytes
+
+    cases = {
+        "crash": {**SMALL, "rounds": 1, "peers": {"count": 24, "byzantine": 6, "attack": {"name": "crash"}},
+                  "topology": {"kind": "k_regular", "degree": 6}, "strategy": {"name": "median"}},
+        "sampled": {**SMALL, "rounds": 1, "mode": "federated", "sampling": {"count": 5},
+                    "strategy": {"name": "fedavg"}},
+        "plain": {**SMALL, "rounds": 1, "topology": {"kind": "k_regular", "degree": 4}, "strategy": {"name": "median"}},
+    }
+    for name, data in cases.items():
+        res = CliRunner().invoke(main, ["validate", str(_write(tmp_path, data))])
+        assert res.exit_code == 0, res.output
+        out = fedsim.run(data, out=tmp_path / name)
+        total = json.loads((out.dir / "metrics.jsonl").read_text().splitlines()[0])["bytes_sent_total"]
+        line = next(ln for ln in res.output.splitlines() if ln.strip().startswith("messages:"))
+        assert line.endswith(f": {human_bytes(total)} in round 0"), (name, line, total)
+        assert ("sent in round 0" in line) == (name != "plain"), (name, line)
