@@ -34,6 +34,7 @@ from fedsim.plot_style import (
     chars_per_inch,
     fig_width,
     line_chars,
+    seed_span,
     wrap_label,
 )
 
@@ -155,7 +156,7 @@ def plot_curves(
         scale, unit = 1.0, "B"
         if x == "bytes":
             scale, unit = _byte_unit(max(max(_cum_bytes(sruns).values(), default=1), 1))
-        n_seeds = 1
+        seed_counts: list[int] = []  # runs each drawn line averages
         banded = False  # whether any line got a band (--band seeds: none for a single seed)
         handles = {}
         for i, rv in enumerate(rvals):
@@ -174,10 +175,10 @@ def plot_curves(
                     if not runs:
                         continue
                     runs = _pick(runs)
-                    n_seeds = max(n_seeds, len(runs))
                     rounds, mean = _curve(runs, "accuracy_mean")
                     if not rounds:
                         continue
+                    seed_counts.append(len(runs))
                     if opts.band == "seeds":
                         lo, hi = _seed_band(runs, "accuracy_mean")
                     else:
@@ -209,7 +210,8 @@ def plot_curves(
                     ax.set_xlabel("round" if x == "round" else wrap_label(bytes_label(sruns, line, unit), panel))
         if len(rvals) > 1:  # one per row overlapped its neighbours once longer than a panel is tall
             fig.supylabel(Y_LABEL, fontsize=STYLE["axes.labelsize"])
-        seeds = f"; averaged over {n_seeds} seeds" if n_seeds > 1 else ""  # "; ": where a narrow legend wraps
+        span = seed_span(seed_counts)
+        seeds = f"; averaged over {span} seeds" if span else ""  # "; ": where a narrow legend wraps
         band = "± 1 std over seeds" if opts.band == "seeds" else "their min–max"
         if banded:
             band = f"; band: {band}"

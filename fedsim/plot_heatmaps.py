@@ -23,6 +23,7 @@ from fedsim.plot_style import (
     _save,
     _suffix,
     _titles,
+    seed_span,
 )
 
 
@@ -46,10 +47,8 @@ def over_seeds(counts: list[int]) -> str:
     """The heatmap title's ``, mean ± std over n seeds`` for cells averaging ``counts`` runs each:
     ``n`` when every cell has as many, ``n_min–n_max`` otherwise (the largest alone overstated the
     others); nothing when no cell averages more than one run."""
-    if not counts or max(counts) <= 1:
-        return ""
-    lo, hi = min(counts), max(counts)
-    return f", mean ± std over {hi if lo == hi else f'{lo}–{hi}'} seeds"
+    span = seed_span(counts)
+    return f", mean ± std over {span} seeds" if span else ""
 
 
 def _is_zero(v: Any) -> bool:

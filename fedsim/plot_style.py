@@ -197,3 +197,12 @@ def _panel_title(row: str | None, rv: Any, col: str | None, cv: Any) -> str:
         parts.append(f"{label(col)}: {fmt_value(cv)}")
     return " · ".join(parts)
 
+
+def seed_span(counts: list[int]) -> str:
+    """How many seeds the drawn lines or cells average, ``counts`` runs each: ``"n"`` when every one
+    has as many, ``"n_min–n_max"`` otherwise (the largest alone overstated the others); ``""`` when
+    none averages more than one run. The heatmaps' title and the curves' note both say it."""
+    if not counts or max(counts) <= 1:
+        return ""
+    lo, hi = min(counts), max(counts)
+    return str(hi) if lo == hi else f"{lo}–{hi}"

@@ -446,7 +446,7 @@ def _attack_sweep(root: Path, seeds: dict[tuple[str, str], list[int]]) -> Path:
 @pytest.mark.parametrize("uneven", [False, True])
 def test_the_heatmap_title_counts_every_cells_seeds(tmp_path, figures, uneven) -> None:
     """Cells over 3, 2, 2 and 2 seeds: "over 2–3 seeds" (it said "over 3 seeds", the largest
-    cell's count); all over 2: "over 2 seeds"."""
+    cell's count), in the heatmap's title and the curves' legend note; all over 2: "over 2 seeds"."""
     cells = {(s, a): [0, 1] for s in ("fedavg", "median") for a in ("alie", "sign_flip")}
     if uneven:
         cells[("fedavg", "alie")] = [0, 1, 2]
@@ -457,3 +457,8 @@ def test_the_heatmap_title_counts_every_cells_seeds(tmp_path, figures, uneven) -
     assert _suptitle(fig).splitlines()[0] == "sw: final honest accuracy, mean ± std over " + (
         "2–3 seeds" if uneven else "2 seeds"
     )
+    # the curves' legend note counts each drawn line's seeds the same way (review: it kept the largest)
+    for fig, p in figures:
+        if p.name.startswith("accuracy_vs_"):
+            title = " ".join(fig.legends[0].get_title().get_text().split())
+            assert ("averaged over 2–3 seeds" if uneven else "averaged over 2 seeds") in title, (p.name, title)
