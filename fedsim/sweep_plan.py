@@ -183,7 +183,22 @@ def _unordered(a: Any, b: Any) -> bool:
 
 
 def _digest(overrides: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    try:
+        text = json.dumps(overrides, sort_keys=True, default=str)
+    except TypeError:  # a key JSON cannot hold (YAML reads 2001-01-01 as a date): named by its text
+        text = json.dumps(_text_keys(overrides), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def _text_keys(v: Any) -> Any:
+    """``v`` with every mapping key JSON cannot hold (a date, a tuple) given as its ``str`` (the
+    names :func:`_digest` gave before are unchanged: it is asked only where ``json.dumps`` refused)."""
+    if isinstance(v, dict):
+        return {(k if k is None or isinstance(k, (str, int, float, bool)) else str(k)): _text_keys(x)
+                for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_text_keys(x) for x in v]
+    return v
 
 
 def run_name(overrides: dict[str, Any]) -> str:

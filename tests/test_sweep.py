@@ -423,3 +423,21 @@ def test_a_valid_mapping_grid_plans_under_its_usual_folder_name(tmp_path) -> Non
         "peers.attack.name=gaussian__peers.attack.params=mean-1,std-2",
         "peers.attack.name=gaussian__peers.attack.params=std-1",
     ]
+
+
+def test_a_long_name_with_a_date_key_gets_a_digest(tmp_path) -> None:
+    """YAML reads ``2001-01-01`` as a date: a grid mapping keyed by one, long enough for its folder
+    name to be cut and digested, was an internal TypeError (json.dumps refuses date keys). Now the
+    key's text is digested; names that never needed it are unchanged."""
+    import datetime
+
+    from fedsim.sweep_plan import MAX_NAME
+
+    long = {"dataset.domains": {datetime.date(2001, 1, 1): "a" * 300}}
+    name = run_name(long)
+    assert len(name) <= MAX_NAME and "~" in name
+    assert name != run_name({"dataset.domains": {datetime.date(2001, 1, 2): "a" * 300}})
+    res = CliRunner().invoke(sweep, [str(write(tmp_path, tiny(tmp_path))), "-g",
+                                     "dataset.domains={2001-01-01: " + "a" * 300 + "}",
+                                     "--out", str(tmp_path / "o"), "--dry-run"])
+    assert "internal error" not in res.output and "Traceback" not in res.output, res.output
