@@ -80,10 +80,12 @@ ORDER = ("SSE2", "SSE3", "SSSE3", "SSE4_1", "SSE4_2", "AVX", "AVX2", "AVX512")
 def capped(branch: str, cap: str) -> str | None:
     """The branch of :data:`ORDER` to pin where the CPU's is ``branch`` and ``MKL_ENABLE_INSTRUCTIONS``
     is ``cap`` (oneMKL's names, any case): the narrower of the two; ``AVX2_E1`` caps at ``AVX2`` and
-    ``AVX512``, ``AVX512_E1``..., ``AVX10``... do not cap below ``AVX512``. None for a cap of another
-    name (no branch known to match it)."""
+    ``AVX512``, ``AVX512_E1``..., ``AVX10``... do not cap below ``AVX512``, nor do the Xeon Phi caps
+    ``AVX512_MIC``/``AVX512_MIC_E1`` of older MKL (on this Xeon oneMKL ran its AVX-512 path under
+    them, and ``MKL_CBWR=AVX512`` held: ``mkl_cbwr_get`` said ``AVX512``; unpinned it said ``OFF``).
+    None for a cap of another name (no branch known to match it)."""
     cap = cap.strip().upper()
-    if cap.startswith("AVX10") or (cap.startswith("AVX512") and "MIC" not in cap):
+    if cap.startswith("AVX10") or cap.startswith("AVX512"):
         cap = "AVX512"
     elif cap == "AVX2_E1":
         cap = "AVX2"

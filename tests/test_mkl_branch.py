@@ -220,13 +220,14 @@ def test_a_users_instruction_cap_picks_the_branch_it_allows():
     leaves MKL_CBWR unset with one warning line; the user's own MKL_CBWR still wins."""
     cpu = (INTEL, AVX512 | AVX2)
     for cap, want in [("AVX2", "AVX2"), ("avx2", "AVX2"), ("AVX2_E1", "AVX2"), ("AVX", "AVX"), ("SSE4_2", "SSE4_2"),
-                      ("AVX512", "AVX512"), ("AVX512_E1", "AVX512"), ("AVX10", "AVX512"), ("", "AVX512")]:
+                      ("AVX512", "AVX512"), ("AVX512_E1", "AVX512"), ("AVX10", "AVX512"), ("", "AVX512"),
+                      ("AVX512_MIC", "AVX512"), ("avx512_mic_e1", "AVX512")]:  # older MKL's Xeon Phi caps
         env = {"MKL_ENABLE_INSTRUCTIONS": cap}
         assert fix_branch(env, cpu) == want and env[ENV] == want, cap
     env = {"MKL_ENABLE_INSTRUCTIONS": "AVX512"}
     assert fix_branch(env, (INTEL, AVX2)) == "AVX2"  # the CPU's branch is the narrower
-    env = {"MKL_ENABLE_INSTRUCTIONS": "AVX512_MIC"}
-    with pytest.warns(RuntimeWarning, match=r"^MKL_ENABLE_INSTRUCTIONS=AVX512_MIC: no oneMKL branch known") as w:
+    env = {"MKL_ENABLE_INSTRUCTIONS": "NEON"}
+    with pytest.warns(RuntimeWarning, match=r"^MKL_ENABLE_INSTRUCTIONS=NEON: no oneMKL branch known") as w:
         assert fix_branch(env, cpu) is None
     assert ENV not in env and len(w) == 1 and "\n" not in str(w[0].message)
     user = {"MKL_ENABLE_INSTRUCTIONS": "AVX2", ENV: "AVX512"}
