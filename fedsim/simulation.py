@@ -175,11 +175,12 @@ class Simulation:
     def _group_sizes(self) -> list[int]:
         return [len(s.train_idx) for s in self.prep.setups]
 
-    def _group_states(self) -> Iterator[dict[str, Any]]:
+    def _group_states(self, at_once: bool = True) -> Iterator[dict[str, Any]]:
         """Every group's :meth:`PeerGroup.get_state`, one at a time (in-process: each asked when the
-        previous one is merged; on Ray all asked at once and fetched one by one)."""
+        previous one is merged; on Ray, with ``at_once``, all asked at once and fetched one by one,
+        so the object store holds every group's copy; else each asked once the previous one is in)."""
         backend = self.backend
-        refs = [g.get_state.remote() for g in self.groups] if backend.lazy else None
+        refs = [g.get_state.remote() for g in self.groups] if backend.lazy and at_once else None
         for i, g in enumerate(self.groups):
             yield backend.get(refs[i] if refs is not None else g.get_state.remote())
 
@@ -189,13 +190,17 @@ class Simulation:
         backend, server = self.backend, self.server
         # the fresh state's entries, shapes and dtypes only: each group's copy is freed as it is
         # merged (map holds none; a merge of the copies held every peer's state once more, 0.43 GiB
-        # at 10,000 peers, besides the checkpoint's)
-        fresh = merge_group_states(map(shapes_only, self._group_states()), self._group_sizes())
+        # at 10,000 peers, besides the checkpoint's); on Ray each group asked once the previous
+        # one's copy is in, so the object store holds one group's copy, not all of them
+        fresh = merge_group_states(map(shapes_only, self._group_states(at_once=False)), self._group_sizes())
         if not isinstance(state, dict) or state.keys() != {"groups", "server"}:
             raise CorruptFileError(f"{source}: expected the groups' and the server's state")
         check_state(source, "peers'", state["groups"], fresh)
-        parts = split_group_state(state["groups"], self._group_sizes())
-        backend.get([g.set_state.remote(st) for g, st in zip(self.groups, parts, strict=True)])
+        # each group its part, one group at a time (all at once put every part in the object store
+        # together); on Ray a part travels as a compact copy of its rows: a slice of the loaded
+        # tensors pickles its whole storage, every peer's rows, once per group (compact_rows)
+        for g, st in zip(self.groups, split_group_state(state["groups"], self._group_sizes()), strict=True):
+            backend.get(g.set_state.remote(compact_rows(st) if backend.lazy else st))
         if server is not None:
             check_state(source, "server's", state["server"], backend.get(server.get_state.remote()))
             backend.get(server.set_state.remote(state["server"]))
@@ -373,6 +378,15 @@ def split_group_state(merged: dict[str, Any], sizes: list[int]) -> list[dict[str
         out.append(st)
         first += n
     return out
+
+
+def compact_rows(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` (a group's part, :func:`split_group_state`) with each per-peer tensor that is a view
+    into a larger storage copied to its own: what a message to a Ray actor carries (a pickled tensor
+    carries its whole storage, so a slice of the merged state would carry every peer's rows)."""
+    per_peer = PeerGroup.PER_PEER_STATE
+    return {k: v.clone() if k in per_peer and isinstance(v, torch.Tensor)
+            and v.untyped_storage().nbytes() > v.nbytes else v for k, v in state.items()}
 
 
 def check_state(path: Path, what: str, loaded: Any, fresh: dict[str, Any]) -> None:

@@ -256,3 +256,76 @@ def test_an_in_process_resume_records_its_drivers_onemkl_branch(small_scenario, 
         Run(r.sc, r.dir).execute(resume=True)
     recorded = json.loads((r.dir / "versions.json").read_text())
     assert recorded.get("mkl_branch") == first and recorded["mkl_branch_resumes"] == [{"mkl_branch": "SSE4_2"}]
+
+
+class _RayLike:
+    """A lazy backend as Ray is to restore: ``.remote()`` pickles its arguments then (what the
+    object store gets), the call runs at ``get``; counts the calls outstanding per method."""
+
+    lazy = True
+
+    def __init__(self) -> None:
+        self.pending: list = []
+        self.most: dict[str, int] = {}
+        self.sent: dict[str, list[int]] = {}
+
+    def handle(self, obj):
+        backend = self
+
+        class Call:
+            def __init__(self, name):
+                self.name = name
+
+            def remote(self, *args):
+                import pickle
+
+                payload = pickle.dumps(args)
+                backend.sent.setdefault(self.name, []).append(len(payload))
+                ref = (self.name, lambda: getattr(obj, self.name)(*pickle.loads(payload)))
+                backend.pending.append(ref)
+                n = sum(r[0] == self.name for r in backend.pending)
+                backend.most[self.name] = max(backend.most.get(self.name, 0), n)
+                return ref
+
+        class Handle:
+            def __getattr__(self, name):
+                return Call(name)
+
+        return Handle()
+
+    def get(self, refs):
+        if isinstance(refs, list):
+            return [self.get(r) for r in refs]
+        self.pending.remove(refs)
+        return refs[1]()
+
+
+def test_restore_on_ray_hands_each_group_its_rows_one_group_at_a_time(small_scenario):
+    """On a lazy backend (Ray) restore asks one group's get_state (shapes) and sends one group's
+    set_state at a time, each set_state carrying that group's rows only (a slice of the loaded
+    tensors pickles their whole storage: every peer's rows once per group), and restores the same
+    bytes."""
+    from fedsim.backend import LocalBackend
+    from fedsim.prepare import prepare
+    from fedsim.simulation import Simulation
+
+    sc = parse(small_scenario(**{"engine.num_actors": 3, "peers.count": 9}))
+    prep = prepare(sc)
+    sim = Simulation(sc, prep, LocalBackend())
+    sim.step(0)
+    saved = sim.state()
+    whole = sum(v.nbytes for k, v in saved["groups"].items() if k in PeerGroup.PER_PEER_STATE)
+    fresh = Simulation(sc, prep, LocalBackend())
+    local_groups, ray = fresh.groups, _RayLike()
+    fresh.backend, fresh.groups = ray, [ray.handle(g._obj) for g in local_groups]
+    fresh.restore(saved, Path("ckpt"))
+    assert ray.most == {"get_state": 1, "set_state": 1} and not ray.pending
+    sizes = [len(s.train_idx) for s in prep.setups]
+    assert len(ray.sent["set_state"]) == len(sizes) == 3
+    for n, sent in zip(sizes, ray.sent["set_state"], strict=True):
+        assert sent < whole * n / sum(sizes) + 4096, (sent, whole)  # its rows (+ pickle's framing), not all
+    fresh.backend, fresh.groups = LocalBackend(), local_groups
+    back = fresh.state()["groups"]
+    assert back.keys() == saved["groups"].keys()
+    for k, v in saved["groups"].items():
+        assert torch.equal(back[k], v) if isinstance(v, torch.Tensor) else back[k] == v
