@@ -233,6 +233,7 @@ class PeerGroup(MinibatchDraws, GossipAggregation):
     # entries ("t", "stale_history") are the same in every group. A checkpoint concatenates the
     # per-peer ones over groups, so it resumes under any engine.num_actors.
     PER_PEER_STATE = ("w", "b", "m_w", "m_b", "v_w", "v_b", "buffers")  # "buffers": fedsim.whole's BatchNorm
+    _staged: dict[str, Tensor] | None = None  # a restore's rows, in slices (stage_rows), until set_staged_state
 
     def get_state(self) -> dict[str, Any]:
         """The hosted peers' heads and optimizer buffers, and the stale attack's history: everything a
@@ -263,6 +264,24 @@ class PeerGroup(MinibatchDraws, GossipAggregation):
             self.opt.v_w.copy_(st["v_w"])
             self.opt.v_b.copy_(st["v_b"])
         self.stale_history = st["stale_history"]
+
+    def stage_rows(self, lo: int, total: int, rows: dict[str, Tensor]) -> None:
+        """Rows ``lo..`` of :meth:`get_state`'s per-peer tensors, kept until :meth:`set_staged_state`
+        (``total``: the hosted peers): how a restore on Ray hands a group its state in bounded
+        slices (:meth:`fedsim.simulation.Simulation.restore`), never the whole part in one message."""
+        if self._staged is None:
+            self._staged = {}
+        staged = self._staged
+        for k, v in rows.items():
+            if k not in staged:
+                staged[k] = v.new_empty((total, *v.shape[1:]))
+            staged[k][lo : lo + len(v)] = v
+
+    def set_staged_state(self, st: dict[str, Any]) -> None:
+        """:meth:`set_state` of ``st`` (the shared entries) with the rows :meth:`stage_rows` kept,
+        which are freed."""
+        staged, self._staged = self._staged or {}, None
+        self.set_state(st | staged)
 
     # ------------------------------------------------------------------ training
     def _local_steps(self, w: Tensor, b: Tensor, opt: heads.OptimizerState, batches) -> Tensor:

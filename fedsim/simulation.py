@@ -197,10 +197,18 @@ class Simulation:
             raise CorruptFileError(f"{source}: expected the groups' and the server's state")
         check_state(source, "peers'", state["groups"], fresh)
         # each group its part, one group at a time (all at once put every part in the object store
-        # together); on Ray a part travels as a compact copy of its rows: a slice of the loaded
-        # tensors pickles its whole storage, every peer's rows, once per group (compact_rows)
-        for g, st in zip(self.groups, split_group_state(state["groups"], self._group_sizes()), strict=True):
-            backend.get(g.set_state.remote(compact_rows(st) if backend.lazy else st))
+        # together); on Ray in slices of FINAL_SLICE_BYTES of rows, each a compact copy (a pickled
+        # slice of the loaded tensors carries its whole storage: every peer's rows, once per group)
+        sizes = self._group_sizes()
+        for g, st, n in zip(self.groups, split_group_state(state["groups"], sizes), sizes, strict=True):
+            if not backend.lazy:  # in-process: the views themselves, nothing copied
+                backend.get(g.set_state.remote(st))
+                continue
+            rows = {k: v for k, v in st.items() if k in PeerGroup.PER_PEER_STATE and isinstance(v, torch.Tensor)}
+            step = max(1, FINAL_SLICE_BYTES // max(1, sum(v[:1].nbytes for v in rows.values())))
+            for lo in range(0, n, step):
+                backend.get(g.stage_rows.remote(lo, n, {k: v[lo : lo + step].clone() for k, v in rows.items()}))
+            backend.get(g.set_staged_state.remote({k: v for k, v in st.items() if k not in rows}))
         if server is not None:
             check_state(source, "server's", state["server"], backend.get(server.get_state.remote()))
             backend.get(server.set_state.remote(state["server"]))
@@ -378,15 +386,6 @@ def split_group_state(merged: dict[str, Any], sizes: list[int]) -> list[dict[str
         out.append(st)
         first += n
     return out
-
-
-def compact_rows(state: dict[str, Any]) -> dict[str, Any]:
-    """``state`` (a group's part, :func:`split_group_state`) with each per-peer tensor that is a view
-    into a larger storage copied to its own: what a message to a Ray actor carries (a pickled tensor
-    carries its whole storage, so a slice of the merged state would carry every peer's rows)."""
-    per_peer = PeerGroup.PER_PEER_STATE
-    return {k: v.clone() if k in per_peer and isinstance(v, torch.Tensor)
-            and v.untyped_storage().nbytes() > v.nbytes else v for k, v in state.items()}
 
 
 def check_state(path: Path, what: str, loaded: Any, fresh: dict[str, Any]) -> None:

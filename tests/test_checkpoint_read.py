@@ -300,11 +300,12 @@ class _RayLike:
         return refs[1]()
 
 
-def test_restore_on_ray_hands_each_group_its_rows_one_group_at_a_time(small_scenario):
-    """On a lazy backend (Ray) restore asks one group's get_state (shapes) and sends one group's
-    set_state at a time, each set_state carrying that group's rows only (a slice of the loaded
-    tensors pickles their whole storage: every peer's rows once per group), and restores the same
-    bytes."""
+def test_restore_on_ray_hands_each_group_its_rows_in_bounded_slices(small_scenario, monkeypatch):
+    """On a lazy backend (Ray) restore asks one group's get_state (shapes) at a time and hands each
+    group its rows in slices of FINAL_SLICE_BYTES, one message at a time, each a compact copy (a
+    pickled slice of the loaded tensors carries their whole storage: every peer's rows), then the
+    shared entries; the same state is restored."""
+    from fedsim import simulation
     from fedsim.backend import LocalBackend
     from fedsim.prepare import prepare
     from fedsim.simulation import Simulation
@@ -314,16 +315,17 @@ def test_restore_on_ray_hands_each_group_its_rows_one_group_at_a_time(small_scen
     sim = Simulation(sc, prep, LocalBackend())
     sim.step(0)
     saved = sim.state()
-    whole = sum(v.nbytes for k, v in saved["groups"].items() if k in PeerGroup.PER_PEER_STATE)
+    row = sum(v[:1].nbytes for k, v in saved["groups"].items() if k in PeerGroup.PER_PEER_STATE)
+    monkeypatch.setattr(simulation, "FINAL_SLICE_BYTES", 2 * row)  # 2 peers' rows a message: 3 peers, 2 slices
     fresh = Simulation(sc, prep, LocalBackend())
     local_groups, ray = fresh.groups, _RayLike()
     fresh.backend, fresh.groups = ray, [ray.handle(g._obj) for g in local_groups]
     fresh.restore(saved, Path("ckpt"))
-    assert ray.most == {"get_state": 1, "set_state": 1} and not ray.pending
-    sizes = [len(s.train_idx) for s in prep.setups]
-    assert len(ray.sent["set_state"]) == len(sizes) == 3
-    for n, sent in zip(sizes, ray.sent["set_state"], strict=True):
-        assert sent < whole * n / sum(sizes) + 4096, (sent, whole)  # its rows (+ pickle's framing), not all
+    assert ray.most == {"get_state": 1, "stage_rows": 1, "set_staged_state": 1} and not ray.pending
+    assert [len(s.train_idx) for s in prep.setups] == [3, 3, 3]
+    assert len(ray.sent["stage_rows"]) == 6 and len(ray.sent["set_staged_state"]) == 3
+    assert max(ray.sent["stage_rows"]) < 2 * row + 4096, (ray.sent["stage_rows"], row)  # its rows, not all
+    assert max(ray.sent["set_staged_state"]) < 4096 and all(g._obj._staged is None for g in local_groups)
     fresh.backend, fresh.groups = LocalBackend(), local_groups
     back = fresh.state()["groups"]
     assert back.keys() == saved["groups"].keys()
