@@ -171,14 +171,17 @@ class WholePeerGroup(PeerGroup):
             st["buffers"] = buffers
         return st
 
+    def _state_rows(self) -> dict[str, Tensor]:
+        """θ and the optimizer's buffers, per peer (the BatchNorm buffers are restored whole)."""
+        return {"w": self.model.theta, "m_w": self.fopt.m} | ({"v_w": self.fopt.v} if self.fopt.v is not None else {})
+
     def set_state(self, st: dict[str, Any]) -> None:
         if self.model.stat_names:
             self.model.load_buffer_state(st["buffers"])
-        self.model.theta.copy_(st["w"])
-        self.fopt.m.copy_(st["m_w"])
+        for k, own in self._state_rows().items():
+            if k in st:  # (else written by stage_rows, PeerGroup's)
+                own.copy_(st[k])
         self.fopt.t = st["t"]
-        if self.fopt.v is not None:
-            self.fopt.v.copy_(st["v_w"])
         self.stale_history = st["stale_history"]
 
     # ------------------------------------------------------------------ training

@@ -304,7 +304,8 @@ def test_restore_on_ray_hands_each_group_its_rows_in_bounded_slices(small_scenar
     """On a lazy backend (Ray) restore asks one group's get_state (shapes) at a time and hands each
     group its rows in slices of FINAL_SLICE_BYTES, one message at a time, each a compact copy (a
     pickled slice of the loaded tensors carries their whole storage: every peer's rows), then the
-    shared entries; the same state is restored."""
+    shared entries; each slice copied into the group's own tensors at once (no staged copy of its
+    part); the same state is restored."""
     from fedsim import simulation
     from fedsim.backend import LocalBackend
     from fedsim.prepare import prepare
@@ -320,7 +321,12 @@ def test_restore_on_ray_hands_each_group_its_rows_in_bounded_slices(small_scenar
     fresh = Simulation(sc, prep, LocalBackend())
     local_groups, ray = fresh.groups, _RayLike()
     fresh.backend, fresh.groups = ray, [ray.handle(g._obj) for g in local_groups]
+    kept: list = []  # what a group held besides its own tensors when the slices were in: nothing
+    set_staged = PeerGroup.set_staged_state
+    monkeypatch.setattr(PeerGroup, "set_staged_state",
+                        lambda self, st: kept.append(self._staged) or set_staged(self, st))
     fresh.restore(saved, Path("ckpt"))
+    assert kept == [None] * 3  # the rows went straight into the heads and buffers, no staged copy
     assert ray.most == {"get_state": 1, "stage_rows": 1, "set_staged_state": 1} and not ray.pending
     assert [len(s.train_idx) for s in prep.setups] == [3, 3, 3]
     assert len(ray.sent["stage_rows"]) == 6 and len(ray.sent["set_staged_state"]) == 3
