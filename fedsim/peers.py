@@ -235,22 +235,24 @@ class PeerGroup(MinibatchDraws, GossipAggregation):
     PER_PEER_STATE = ("w", "b", "m_w", "m_b", "v_w", "v_b", "buffers")  # "buffers": fedsim.whole's BatchNorm
     _staged: dict[str, Tensor] | None = None  # a restore's rows, in slices (stage_rows), until set_staged_state
 
-    def get_state(self) -> dict[str, Any]:
+    def get_state(self, device: str = "cpu") -> dict[str, Any]:
         """The hosted peers' heads and optimizer buffers, and the stale attack's history: everything a
         resumed group needs (tensors, an int and ``None`` only: a checkpoint stores it without pickle),
         as CPU float32 copies (a checkpoint resumes on any ``engine.device``; half-precision values
-        are float32 exactly, and :meth:`set_state` rounds them back to the same values)."""
+        are float32 exactly, and :meth:`set_state` rounds them back to the same values). ``device``
+        ``"meta"``: the same entries, shapes and dtypes, no data and no copy (what a restore checks
+        a checkpoint against)."""
         f32 = torch.float32
         st = {
-            "w": self.w.to("cpu", f32, copy=True),
-            "b": self.b.to("cpu", f32, copy=True),
-            "m_w": self.opt.m_w.to("cpu", f32, copy=True),
-            "m_b": self.opt.m_b.to("cpu", f32, copy=True),
+            "w": self.w.to(device, f32, copy=True),
+            "b": self.b.to(device, f32, copy=True),
+            "m_w": self.opt.m_w.to(device, f32, copy=True),
+            "m_b": self.opt.m_b.to(device, f32, copy=True),
             "t": self.opt.t,
             "stale_history": self.stale_history,
         }
         if self.opt.v_w is not None:
-            st |= {"v_w": self.opt.v_w.to("cpu", f32, copy=True), "v_b": self.opt.v_b.to("cpu", f32, copy=True)}
+            st |= {"v_w": self.opt.v_w.to(device, f32, copy=True), "v_b": self.opt.v_b.to(device, f32, copy=True)}
         return st
 
     def _state_rows(self) -> dict[str, Tensor]:

@@ -175,12 +175,11 @@ class Simulation:
     def _group_sizes(self) -> list[int]:
         return [len(s.train_idx) for s in self.prep.setups]
 
-    def _group_states(self, at_once: bool = True) -> Iterator[dict[str, Any]]:
+    def _group_states(self) -> Iterator[dict[str, Any]]:
         """Every group's :meth:`PeerGroup.get_state`, one at a time (in-process: each asked when the
-        previous one is merged; on Ray, with ``at_once``, all asked at once and fetched one by one,
-        so the object store holds every group's copy; else each asked once the previous one is in)."""
+        previous one is merged; on Ray all asked at once and fetched one by one)."""
         backend = self.backend
-        refs = [g.get_state.remote() for g in self.groups] if backend.lazy and at_once else None
+        refs = [g.get_state.remote() for g in self.groups] if backend.lazy else None
         for i, g in enumerate(self.groups):
             yield backend.get(refs[i] if refs is not None else g.get_state.remote())
 
@@ -188,11 +187,10 @@ class Simulation:
         """Load a checkpoint's :meth:`state` into the fresh actors, after checking it has this
         scenario's entries and shapes (else :class:`~fedsim.errors.CorruptFileError` naming ``source``)."""
         backend, server = self.backend, self.server
-        # the fresh state's entries, shapes and dtypes only: each group's copy is freed as it is
-        # merged (map holds none; a merge of the copies held every peer's state once more, 0.43 GiB
-        # at 10,000 peers, besides the checkpoint's); on Ray each group asked once the previous
-        # one's copy is in, so the object store holds one group's copy, not all of them
-        fresh = merge_group_states(map(shapes_only, self._group_states(at_once=False)), self._group_sizes())
+        # the fresh state's entries, shapes and dtypes only, on the meta device: no group copies its
+        # state (a merge of the copies held every peer's state once more, 0.43 GiB at 10,000 peers,
+        # besides the checkpoint's; then each group's copy, on Ray through the object store)
+        fresh = merge_group_states((backend.get(g.get_state.remote("meta")) for g in self.groups), self._group_sizes())
         if not isinstance(state, dict) or state.keys() != {"groups", "server"}:
             raise CorruptFileError(f"{source}: expected the groups' and the server's state")
         check_state(source, "peers'", state["groups"], fresh)
@@ -365,12 +363,6 @@ def merge_group_states(states: Iterable[dict[str, Any]], sizes: Sequence[int]) -
     if first != sum(sizes):
         raise ValueError(f"the groups' states hold {first} peers, expected {sum(sizes)}")
     return merged
-
-
-def shapes_only(state: dict[str, Any]) -> dict[str, Any]:
-    """``state`` with its tensors on the ``meta`` device: the same entries, shapes and dtypes, no data
-    (what :func:`check_state` compares; :func:`merge_group_states` merges them without allocating)."""
-    return {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in state.items()}
 
 
 def split_group_state(merged: dict[str, Any], sizes: list[int]) -> list[dict[str, Any]]:

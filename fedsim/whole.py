@@ -160,15 +160,16 @@ class WholePeerGroup(PeerGroup):
     # "w": θ, "m_w"/"v_w": the optimizer's buffers, "buffers": the stacked module buffers (BatchNorm only)
     PER_PEER_STATE = PeerGroup.PER_PEER_STATE
 
-    def get_state(self) -> dict[str, Any]:
+    def get_state(self, device: str = "cpu") -> dict[str, Any]:
         """Parameters and optimizer buffers as CPU tensors (a checkpoint resumes on any ``engine.device``);
-        with BatchNorm also every module buffer (:meth:`fedsim.stacked.StackedModel.buffer_state`)."""
-        st = {"w": self.model.theta.cpu().clone(), "m_w": self.fopt.m.cpu().clone(), "t": self.fopt.t,
-              "stale_history": self.stale_history}
+        with BatchNorm also every module buffer (:meth:`fedsim.stacked.StackedModel.buffer_state`).
+        ``device`` ``"meta"``: shapes and dtypes only (:meth:`PeerGroup.get_state`)."""
+        st = {"w": self.model.theta.to(device, copy=True), "m_w": self.fopt.m.to(device, copy=True),
+              "t": self.fopt.t, "stale_history": self.stale_history}
         if self.fopt.v is not None:
-            st["v_w"] = self.fopt.v.cpu().clone()
+            st["v_w"] = self.fopt.v.to(device, copy=True)
         if (buffers := self.model.checkpoint_buffers()) is not None:  # (BatchNorm only: older checkpoints' entries)
-            st["buffers"] = buffers
+            st["buffers"] = buffers.to(device)
         return st
 
     def _state_rows(self) -> dict[str, Tensor]:

@@ -198,10 +198,10 @@ def test_restore_checks_shapes_without_a_copy_of_the_fresh_state(small_scenario,
     fresh_devices: set[str] = set()
     get_state, check_state = PeerGroup.get_state, simulation.check_state
 
-    def tracked(self):
+    def tracked(self, *args):
         gc.collect()
         live.append(sum(ref() is not None for ref in copies))
-        st = get_state(self)
+        st = get_state(self, *args)
         copies.extend(weakref.ref(v) for k, v in st.items() if k in PeerGroup.PER_PEER_STATE)
         return st
 
@@ -301,7 +301,8 @@ class _RayLike:
 
 
 def test_restore_on_ray_hands_each_group_its_rows_in_bounded_slices(small_scenario, monkeypatch):
-    """On a lazy backend (Ray) restore asks one group's get_state (shapes) at a time and hands each
+    """On a lazy backend (Ray) restore asks each group's get_state on the meta device (shapes, no
+    copy), one at a time, and hands each
     group its rows in slices of FINAL_SLICE_BYTES, one message at a time, each a compact copy (a
     pickled slice of the loaded tensors carries their whole storage: every peer's rows), then the
     shared entries; each slice copied into the group's own tensors at once (no staged copy of its
@@ -321,12 +322,23 @@ def test_restore_on_ray_hands_each_group_its_rows_in_bounded_slices(small_scenar
     fresh = Simulation(sc, prep, LocalBackend())
     local_groups, ray = fresh.groups, _RayLike()
     fresh.backend, fresh.groups = ray, [ray.handle(g._obj) for g in local_groups]
+    asked: list = []  # the devices of the fresh states' tensors restore asked for: no data
+    get_state = PeerGroup.get_state
+
+    def tracked(self, *args):
+        st = get_state(self, *args)
+        asked.append({v.device.type for v in st.values() if isinstance(v, torch.Tensor)})
+        return st
+
+    monkeypatch.setattr(PeerGroup, "get_state", tracked)
     kept: list = []  # what a group held besides its own tensors when the slices were in: nothing
     set_staged = PeerGroup.set_staged_state
     monkeypatch.setattr(PeerGroup, "set_staged_state",
                         lambda self, st: kept.append(self._staged) or set_staged(self, st))
     fresh.restore(saved, Path("ckpt"))
     assert kept == [None] * 3  # the rows went straight into the heads and buffers, no staged copy
+    assert asked == [{"meta"}] * 3
+    monkeypatch.setattr(PeerGroup, "get_state", get_state)
     assert ray.most == {"get_state": 1, "stage_rows": 1, "set_staged_state": 1} and not ray.pending
     assert [len(s.train_idx) for s in prep.setups] == [3, 3, 3]
     assert len(ray.sent["stage_rows"]) == 6 and len(ray.sent["set_staged_state"]) == 3
