@@ -205,9 +205,9 @@ def estimate_memory(
     ``head_bytes``) besides the groups' ``get_state`` copies then alive: one group's in-process, every
     group's on Ray (asked at once); ``state_bytes``: bytes of a peer's further per-peer state in those
     copies (a whole model's stacked buffers with BatchNorm, float64: :meth:`fedsim.whole.WholePeerGroup.get_state`).
-    A resume needs no more (measured in-process): :meth:`fedsim.simulation.Simulation.restore` holds
-    the loaded checkpoint and one group's ``get_state`` copy, both freed before the first round
-    (docs/performance.md).
+    A resume needs no more (measured in-process and on Ray): :meth:`fedsim.simulation.Simulation.restore`
+    holds the loaded checkpoint, the fresh shapes on the ``meta`` device (no group's copy) and, on Ray,
+    one slice of a group's rows at a time, all freed before the first round (docs/performance.md).
     Counted on top of the round's transients (a checkpoint is written
     between rounds, so this over-counts: the peak is the larger of the two). Not counted for Ctrl-C's
     one checkpoint of a run with ``checkpoint.every: 0`` (:class:`fedsim.callbacks.Interrupt`): it

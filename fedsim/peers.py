@@ -233,36 +233,67 @@ class PeerGroup(MinibatchDraws, GossipAggregation):
     # entries ("t", "stale_history") are the same in every group. A checkpoint concatenates the
     # per-peer ones over groups, so it resumes under any engine.num_actors.
     PER_PEER_STATE = ("w", "b", "m_w", "m_b", "v_w", "v_b", "buffers")  # "buffers": fedsim.whole's BatchNorm
+    _staged: dict[str, Tensor] | None = None  # a restore's rows, in slices (stage_rows), until set_staged_state
 
-    def get_state(self) -> dict[str, Any]:
+    def get_state(self, device: str = "cpu") -> dict[str, Any]:
         """The hosted peers' heads and optimizer buffers, and the stale attack's history: everything a
         resumed group needs (tensors, an int and ``None`` only: a checkpoint stores it without pickle),
         as CPU float32 copies (a checkpoint resumes on any ``engine.device``; half-precision values
-        are float32 exactly, and :meth:`set_state` rounds them back to the same values)."""
+        are float32 exactly, and :meth:`set_state` rounds them back to the same values). ``device``
+        ``"meta"``: the same entries, shapes and dtypes, no data and no copy (what a restore checks
+        a checkpoint against)."""
         f32 = torch.float32
         st = {
-            "w": self.w.to("cpu", f32, copy=True),
-            "b": self.b.to("cpu", f32, copy=True),
-            "m_w": self.opt.m_w.to("cpu", f32, copy=True),
-            "m_b": self.opt.m_b.to("cpu", f32, copy=True),
+            "w": self.w.to(device, f32, copy=True),
+            "b": self.b.to(device, f32, copy=True),
+            "m_w": self.opt.m_w.to(device, f32, copy=True),
+            "m_b": self.opt.m_b.to(device, f32, copy=True),
             "t": self.opt.t,
             "stale_history": self.stale_history,
         }
         if self.opt.v_w is not None:
-            st |= {"v_w": self.opt.v_w.to("cpu", f32, copy=True), "v_b": self.opt.v_b.to("cpu", f32, copy=True)}
+            st |= {"v_w": self.opt.v_w.to(device, f32, copy=True), "v_b": self.opt.v_b.to(device, f32, copy=True)}
         return st
 
+    def _state_rows(self) -> dict[str, Tensor]:
+        """:meth:`get_state`'s per-peer entries as this group's own tensors (first dimension: its
+        peers), into which :meth:`set_state` and :meth:`stage_rows` copy (casting to the heads' dtype
+        and device, as every restore does)."""
+        opt = self.opt
+        own = {"w": self.w, "b": self.b, "m_w": opt.m_w, "m_b": opt.m_b}
+        return own | ({"v_w": opt.v_w, "v_b": opt.v_b} if opt.v_w is not None else {})
+
     def set_state(self, st: dict[str, Any]) -> None:
-        """Restore :meth:`get_state`'s output (shapes checked by the caller)."""
-        self.w.copy_(st["w"])
-        self.b.copy_(st["b"])
-        self.opt.m_w.copy_(st["m_w"])
-        self.opt.m_b.copy_(st["m_b"])
+        """Restore :meth:`get_state`'s output (shapes checked by the caller; a per-peer entry left out
+        was written by :meth:`stage_rows`)."""
+        for k, own in self._state_rows().items():
+            if k in st:
+                own.copy_(st[k])
         self.opt.t = st["t"]
-        if "v_w" in st and self.opt.v_w is not None:
-            self.opt.v_w.copy_(st["v_w"])
-            self.opt.v_b.copy_(st["v_b"])
         self.stale_history = st["stale_history"]
+
+    def stage_rows(self, lo: int, total: int, rows: dict[str, Tensor]) -> None:
+        """Rows ``lo..`` of :meth:`get_state`'s per-peer entries (``total``: the hosted peers): how a
+        restore on Ray hands a group its state in bounded slices
+        (:meth:`fedsim.simulation.Simulation.restore`), never its whole part in one message. Copied
+        into the group's own tensors at once (:meth:`_state_rows`); an entry without one (BatchNorm
+        buffers, restored whole) is kept until :meth:`set_staged_state`."""
+        own = self._state_rows()
+        for k, v in rows.items():
+            if k in own:
+                own[k][lo : lo + len(v)].copy_(v)
+                continue
+            if self._staged is None:
+                self._staged = {}
+            if k not in self._staged:
+                self._staged[k] = v.new_empty((total, *v.shape[1:]))
+            self._staged[k][lo : lo + len(v)] = v
+
+    def set_staged_state(self, st: dict[str, Any]) -> None:
+        """:meth:`set_state` of ``st`` (the shared entries) with the entries :meth:`stage_rows` kept,
+        which are freed (those it copied in place are left out)."""
+        staged, self._staged = self._staged or {}, None
+        self.set_state(st | staged)
 
     # ------------------------------------------------------------------ training
     def _local_steps(self, w: Tensor, b: Tensor, opt: heads.OptimizerState, batches) -> Tensor:

@@ -18,7 +18,7 @@ from typing import Any
 
 from fedsim import rundir
 from fedsim.errors import CorruptFileError, FedsimError, ResumeMismatchError, RunDirExistsError
-from fedsim.runfiles import TIMINGS, TimingsWriter, checked_prefix
+from fedsim.runfiles import TIMINGS, MetricsPrefix, TimingsWriter, checked_prefix, cut_to_prefix
 from fedsim.scenario import Scenario
 from fedsim.yamlsafe import dump_yaml
 
@@ -26,12 +26,13 @@ from fedsim.yamlsafe import dump_yaml
 @dataclass
 class ResumePoint:
     """What a verified resume starts from: the first round to run, the checkpoint's metadata and
-    tensors (None: no checkpoint yet, start over) and the metrics lines it covers."""
+    tensors (None: no checkpoint yet, start over) and the metrics lines it covers (counted and
+    hashed, :func:`fedsim.runfiles.checked_prefix`, not held)."""
 
     start: int
     meta: dict[str, Any] | None
     state: dict[str, Any] | None
-    metrics_prefix: bytes
+    metrics_prefix: MetricsPrefix
 
     def take_state(self) -> dict[str, Any] | None:
         """:attr:`state`, handed over once (the point holds it no longer): restored, the checkpoint's
@@ -160,7 +161,7 @@ class RunDirectory:
         fp = self.fingerprint()
         self._check_scenario_file(fp)
         if not self.checkpoint.exists():  # nothing saved yet: start over
-            return ResumePoint(0, None, None, b"")
+            return ResumePoint(0, None, None, MetricsPrefix.empty())
         meta, state = rundir.read_checkpoint(self.checkpoint)
         self._check_checkpoint_meta(meta, fp, last_round)
         return ResumePoint(meta["round"] + 1, meta, state, checked_prefix(self.metrics, meta))
@@ -184,7 +185,7 @@ class RunDirectory:
     def truncate(self, point: ResumePoint) -> None:
         """Cut ``metrics.jsonl`` back to the lines the checkpoint covers and ``timings.jsonl`` to
         the rounds before ``point.start`` (the rounds after the checkpoint run again)."""
-        rundir.atomic_write(self.metrics, point.metrics_prefix)
+        cut_to_prefix(self.metrics, point.metrics_prefix)  # copied a MiB at a time, checked again
         self.timings.trim(point.start)
 
     def resume_hint(self) -> str:

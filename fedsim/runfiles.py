@@ -15,11 +15,12 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from fedsim import rundir
-from fedsim._runs import json_record, jsonl_records
+from fedsim._runs import MAX_JSON_BYTES, json_record, jsonl_records
 from fedsim.errors import CorruptFileError
 
 if TYPE_CHECKING:
@@ -34,12 +35,13 @@ class MetricsWriter:
     and keeps the running line count and sha256 a checkpoint records. Use as a context manager
     (the file stays open between rounds)."""
 
-    def __init__(self, path: Path, existing: bytes = b"") -> None:
-        """``existing``: the lines already in the file (a resume's, after
-        :meth:`fedsim.rundirectory.RunDirectory.truncate`); new lines are appended after them."""
+    def __init__(self, path: Path, existing: MetricsPrefix | None = None) -> None:
+        """``existing``: the lines already in the file (a resume's, :func:`checked_prefix`, after
+        :meth:`fedsim.rundirectory.RunDirectory.truncate`), counted and hashed, never held; new
+        lines are appended after them."""
         self.path = Path(path)
-        self.sha256 = hashlib.sha256(existing)
-        self.lines = len(existing.splitlines())
+        self.sha256 = existing.sha256.copy() if existing is not None else hashlib.sha256()
+        self.lines = existing.lines if existing is not None else 0
         self._fh: BinaryIO | None = None
 
     def __enter__(self) -> MetricsWriter:
@@ -71,25 +73,74 @@ class MetricsWriter:
             os.fsync(self._fh.fileno())
 
 
-def checked_prefix(path: Path, meta: dict[str, Any]) -> bytes:
+@dataclass(frozen=True)
+class MetricsPrefix:
+    """The first ``lines`` lines of a metrics file, the checkpoint's: their length in bytes and
+    their running sha256 (:func:`checked_prefix`), not their bytes (a long run's file is not held)."""
+
+    lines: int
+    size: int
+    sha256: Any  # a hashlib sha256 object over those bytes
+
+    @classmethod
+    def empty(cls) -> MetricsPrefix:
+        return cls(0, 0, hashlib.sha256())
+
+
+def checked_prefix(path: Path, meta: dict[str, Any]) -> MetricsPrefix:
     """The first ``meta["metrics_lines"]`` lines of the metrics file ``path``, checked against
-    the checkpoint's sha256; :class:`~fedsim.errors.ResumeMismatchError` when they are not there."""
+    the checkpoint's sha256; :class:`~fedsim.errors.ResumeMismatchError` when they are not there.
+    Read a line at a time, each at most :data:`fedsim._runs.MAX_JSON_BYTES` (a longer one is not a
+    line fedsim wrote: not the lines the checkpoint recorded), and only up to the checkpoint's lines."""
     from fedsim.errors import ResumeMismatchError
 
-    lines = path.read_bytes().splitlines(keepends=True) if path.exists() else []
     n, r = meta["metrics_lines"], meta["round"]
-    if len(lines) < n:
+    sha, size, count, too_long = hashlib.sha256(), 0, 0, False
+    if path.exists():
+        with open(path, "rb") as fh:
+            while count < n and (line := fh.readline(MAX_JSON_BYTES + 1)):
+                if len(line) > MAX_JSON_BYTES:  # never a line fedsim wrote; skip to its end to count on
+                    too_long = True
+                    while line and not line.endswith(b"\n"):
+                        line = fh.readline(MAX_JSON_BYTES + 1)
+                else:
+                    sha.update(line)
+                    size += len(line)
+                count += 1
+            if count < n:
+                raise ResumeMismatchError(
+                    f"{path} has {count} lines but the checkpoint was saved after {n} (round {r}): it was "
+                    "truncated or replaced; restore it or start a new run"
+                )
+    elif n > 0:
         raise ResumeMismatchError(
-            f"{path} has {len(lines)} lines but the checkpoint was saved after {n} (round {r}): it was "
+            f"{path} has 0 lines but the checkpoint was saved after {n} (round {r}): it was "
             "truncated or replaced; restore it or start a new run"
         )
-    prefix = b"".join(lines[:n])
-    if hashlib.sha256(prefix).hexdigest() != meta["metrics_sha256"]:
+    if too_long or sha.hexdigest() != meta["metrics_sha256"]:
         raise ResumeMismatchError(
             f"the first {n} lines of {path} are not those the checkpoint recorded (edited or corrupt); "
             "restore it or start a new run"
         )
-    return prefix
+    return MetricsPrefix(n, size, sha)
+
+
+def cut_to_prefix(path: Path, prefix: MetricsPrefix) -> None:
+    """Replace ``path`` atomically by its first ``prefix.size`` bytes, copied a MiB at a time and
+    checked again against ``prefix``'s sha256 (:class:`~fedsim.errors.ResumeMismatchError` if the
+    file changed since :func:`checked_prefix`)."""
+    from fedsim.errors import ResumeMismatchError
+
+    sha, left = hashlib.sha256(), prefix.size
+    with rundir.atomic_file(path) as out:
+        if left:
+            with open(path, "rb") as fh:
+                while left and (chunk := fh.read(min(left, 2**20))):
+                    sha.update(chunk)
+                    out.write(chunk)
+                    left -= len(chunk)
+        if left or sha.digest() != prefix.sha256.digest():
+            raise ResumeMismatchError(f"{path} changed while the run was being resumed; resume it again")
 
 
 class TimingsWriter:
@@ -231,13 +282,6 @@ def write_summary(path: Path, summary: dict[str, Any]) -> None:
     """``summary.json``: indented strict JSON (:func:`fedsim.rundir.json_safe`), written atomically."""
     data = json.dumps(rundir.json_safe(summary), indent=2, allow_nan=False) + "\n"
     rundir.atomic_write(path, data.encode())
-
-
-def parse_lines(data: bytes | str, where: str = rundir.METRICS) -> list[dict[str, Any]]:
-    """The JSON objects of ``.jsonl`` content, one per non-blank line (strict: a bad line is a
-    one-line :class:`~fedsim.errors.CorruptFileError` naming ``where`` and the line,
-    :func:`fedsim._runs.json_record`)."""
-    return [json_record(x, f"{where}: line {n}") for n, x in enumerate(data.splitlines(), 1) if x.strip()]
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:

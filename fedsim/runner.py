@@ -30,7 +30,7 @@ from fedsim.prepare import Prepared, prepare
 from fedsim.rundir import RunCompleteError, RunLockedError, RunWriteError  # noqa: F401  (re-exported)
 from fedsim.rundirectory import ResumePoint, RunDirectory
 from fedsim.runfacts import exposure_of
-from fedsim.runfiles import Checkpointer, MetricsWriter, RoundFiles, parse_lines, run_summary, write_summary
+from fedsim.runfiles import Checkpointer, MetricsWriter, RoundFiles, read_history, run_summary, write_summary
 from fedsim.scenario import Scenario
 from fedsim.simulation import RoundRecord, Simulation
 from fedsim.threads import group_threads, local_workers
@@ -281,7 +281,7 @@ class Run:
               callbacks: list[Callback]) -> dict[str, Any]:
         """Sequence the rounds: record → files → periodic checkpoint → callbacks."""
         d, every = self.rundir, self.sc.checkpoint.every
-        prefix = b""
+        prefix, self.history = None, []
         if point is not None:  # a verified resume: load its state, cut the files back to it
             state = point.take_state()  # (freed once restored, not held for the whole run)
             if state is not None:
@@ -290,7 +290,7 @@ class Run:
             del state
             d.truncate(point)
             prefix = point.metrics_prefix
-        self.history = parse_lines(prefix)
+            self.history = read_history(d.metrics)  # the lines kept, a line at a time
         with MetricsWriter(d.metrics, prefix) as metrics:
             ckpt = Checkpointer(d.checkpoint, d.fingerprint(), metrics)
             files = RoundFiles(metrics, d.timings, ckpt, every)

@@ -187,15 +187,26 @@ class Simulation:
         """Load a checkpoint's :meth:`state` into the fresh actors, after checking it has this
         scenario's entries and shapes (else :class:`~fedsim.errors.CorruptFileError` naming ``source``)."""
         backend, server = self.backend, self.server
-        # the fresh state's entries, shapes and dtypes only: each group's copy is freed as it is
-        # merged (map holds none; a merge of the copies held every peer's state once more, 0.43 GiB
-        # at 10,000 peers, besides the checkpoint's)
-        fresh = merge_group_states(map(shapes_only, self._group_states()), self._group_sizes())
+        # the fresh state's entries, shapes and dtypes only, on the meta device: no group copies its
+        # state (a merge of the copies held every peer's state once more, 0.43 GiB at 10,000 peers,
+        # besides the checkpoint's; then each group's copy, on Ray through the object store)
+        fresh = merge_group_states((backend.get(g.get_state.remote("meta")) for g in self.groups), self._group_sizes())
         if not isinstance(state, dict) or state.keys() != {"groups", "server"}:
             raise CorruptFileError(f"{source}: expected the groups' and the server's state")
         check_state(source, "peers'", state["groups"], fresh)
-        parts = split_group_state(state["groups"], self._group_sizes())
-        backend.get([g.set_state.remote(st) for g, st in zip(self.groups, parts, strict=True)])
+        # each group its part, one group at a time (all at once put every part in the object store
+        # together); on Ray in slices of FINAL_SLICE_BYTES of rows, each a compact copy (a pickled
+        # slice of the loaded tensors carries its whole storage: every peer's rows, once per group)
+        sizes = self._group_sizes()
+        for g, st, n in zip(self.groups, split_group_state(state["groups"], sizes), sizes, strict=True):
+            if not backend.lazy:  # in-process: the views themselves, nothing copied
+                backend.get(g.set_state.remote(st))
+                continue
+            rows = {k: v for k, v in st.items() if k in PeerGroup.PER_PEER_STATE and isinstance(v, torch.Tensor)}
+            step = max(1, FINAL_SLICE_BYTES // max(1, sum(v[:1].nbytes for v in rows.values())))
+            for lo in range(0, n, step):
+                backend.get(g.stage_rows.remote(lo, n, {k: v[lo : lo + step].clone() for k, v in rows.items()}))
+            backend.get(g.set_staged_state.remote({k: v for k, v in st.items() if k not in rows}))
         if server is not None:
             check_state(source, "server's", state["server"], backend.get(server.get_state.remote()))
             backend.get(server.set_state.remote(state["server"]))
@@ -355,12 +366,6 @@ def merge_group_states(states: Iterable[dict[str, Any]], sizes: Sequence[int]) -
     if first != sum(sizes):
         raise ValueError(f"the groups' states hold {first} peers, expected {sum(sizes)}")
     return merged
-
-
-def shapes_only(state: dict[str, Any]) -> dict[str, Any]:
-    """``state`` with its tensors on the ``meta`` device: the same entries, shapes and dtypes, no data
-    (what :func:`check_state` compares; :func:`merge_group_states` merges them without allocating)."""
-    return {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in state.items()}
 
 
 def split_group_state(merged: dict[str, Any], sizes: list[int]) -> list[dict[str, Any]]:

@@ -160,25 +160,29 @@ class WholePeerGroup(PeerGroup):
     # "w": θ, "m_w"/"v_w": the optimizer's buffers, "buffers": the stacked module buffers (BatchNorm only)
     PER_PEER_STATE = PeerGroup.PER_PEER_STATE
 
-    def get_state(self) -> dict[str, Any]:
+    def get_state(self, device: str = "cpu") -> dict[str, Any]:
         """Parameters and optimizer buffers as CPU tensors (a checkpoint resumes on any ``engine.device``);
-        with BatchNorm also every module buffer (:meth:`fedsim.stacked.StackedModel.buffer_state`)."""
-        st = {"w": self.model.theta.cpu().clone(), "m_w": self.fopt.m.cpu().clone(), "t": self.fopt.t,
-              "stale_history": self.stale_history}
+        with BatchNorm also every module buffer (:meth:`fedsim.stacked.StackedModel.buffer_state`).
+        ``device`` ``"meta"``: shapes and dtypes only (:meth:`PeerGroup.get_state`)."""
+        st = {"w": self.model.theta.to(device, copy=True), "m_w": self.fopt.m.to(device, copy=True),
+              "t": self.fopt.t, "stale_history": self.stale_history}
         if self.fopt.v is not None:
-            st["v_w"] = self.fopt.v.cpu().clone()
+            st["v_w"] = self.fopt.v.to(device, copy=True)
         if (buffers := self.model.checkpoint_buffers()) is not None:  # (BatchNorm only: older checkpoints' entries)
-            st["buffers"] = buffers
+            st["buffers"] = buffers.to(device)
         return st
+
+    def _state_rows(self) -> dict[str, Tensor]:
+        """θ and the optimizer's buffers, per peer (the BatchNorm buffers are restored whole)."""
+        return {"w": self.model.theta, "m_w": self.fopt.m} | ({"v_w": self.fopt.v} if self.fopt.v is not None else {})
 
     def set_state(self, st: dict[str, Any]) -> None:
         if self.model.stat_names:
             self.model.load_buffer_state(st["buffers"])
-        self.model.theta.copy_(st["w"])
-        self.fopt.m.copy_(st["m_w"])
+        for k, own in self._state_rows().items():
+            if k in st:  # (else written by stage_rows, PeerGroup's)
+                own.copy_(st[k])
         self.fopt.t = st["t"]
-        if self.fopt.v is not None:
-            self.fopt.v.copy_(st["v_w"])
         self.stale_history = st["stale_history"]
 
     # ------------------------------------------------------------------ training

@@ -198,10 +198,10 @@ def test_restore_checks_shapes_without_a_copy_of_the_fresh_state(small_scenario,
     fresh_devices: set[str] = set()
     get_state, check_state = PeerGroup.get_state, simulation.check_state
 
-    def tracked(self):
+    def tracked(self, *args):
         gc.collect()
         live.append(sum(ref() is not None for ref in copies))
-        st = get_state(self)
+        st = get_state(self, *args)
         copies.extend(weakref.ref(v) for k, v in st.items() if k in PeerGroup.PER_PEER_STATE)
         return st
 
@@ -256,3 +256,96 @@ def test_an_in_process_resume_records_its_drivers_onemkl_branch(small_scenario, 
         Run(r.sc, r.dir).execute(resume=True)
     recorded = json.loads((r.dir / "versions.json").read_text())
     assert recorded.get("mkl_branch") == first and recorded["mkl_branch_resumes"] == [{"mkl_branch": "SSE4_2"}]
+
+
+class _RayLike:
+    """A lazy backend as Ray is to restore: ``.remote()`` pickles its arguments then (what the
+    object store gets), the call runs at ``get``; counts the calls outstanding per method."""
+
+    lazy = True
+
+    def __init__(self) -> None:
+        self.pending: list = []
+        self.most: dict[str, int] = {}
+        self.sent: dict[str, list[int]] = {}
+
+    def handle(self, obj):
+        backend = self
+
+        class Call:
+            def __init__(self, name):
+                self.name = name
+
+            def remote(self, *args):
+                import pickle
+
+                payload = pickle.dumps(args)
+                backend.sent.setdefault(self.name, []).append(len(payload))
+                ref = (self.name, lambda: getattr(obj, self.name)(*pickle.loads(payload)))
+                backend.pending.append(ref)
+                n = sum(r[0] == self.name for r in backend.pending)
+                backend.most[self.name] = max(backend.most.get(self.name, 0), n)
+                return ref
+
+        class Handle:
+            def __getattr__(self, name):
+                return Call(name)
+
+        return Handle()
+
+    def get(self, refs):
+        if isinstance(refs, list):
+            return [self.get(r) for r in refs]
+        self.pending.remove(refs)
+        return refs[1]()
+
+
+def test_restore_on_ray_hands_each_group_its_rows_in_bounded_slices(small_scenario, monkeypatch):
+    """On a lazy backend (Ray) restore asks each group's get_state on the meta device (shapes, no
+    copy), one at a time, and hands each
+    group its rows in slices of FINAL_SLICE_BYTES, one message at a time, each a compact copy (a
+    pickled slice of the loaded tensors carries their whole storage: every peer's rows), then the
+    shared entries; each slice copied into the group's own tensors at once (no staged copy of its
+    part); the same state is restored."""
+    from fedsim import simulation
+    from fedsim.backend import LocalBackend
+    from fedsim.prepare import prepare
+    from fedsim.simulation import Simulation
+
+    sc = parse(small_scenario(**{"engine.num_actors": 3, "peers.count": 9}))
+    prep = prepare(sc)
+    sim = Simulation(sc, prep, LocalBackend())
+    sim.step(0)
+    saved = sim.state()
+    row = sum(v[:1].nbytes for k, v in saved["groups"].items() if k in PeerGroup.PER_PEER_STATE)
+    monkeypatch.setattr(simulation, "FINAL_SLICE_BYTES", 2 * row)  # 2 peers' rows a message: 3 peers, 2 slices
+    fresh = Simulation(sc, prep, LocalBackend())
+    local_groups, ray = fresh.groups, _RayLike()
+    fresh.backend, fresh.groups = ray, [ray.handle(g._obj) for g in local_groups]
+    asked: list = []  # the devices of the fresh states' tensors restore asked for: no data
+    get_state = PeerGroup.get_state
+
+    def tracked(self, *args):
+        st = get_state(self, *args)
+        asked.append({v.device.type for v in st.values() if isinstance(v, torch.Tensor)})
+        return st
+
+    monkeypatch.setattr(PeerGroup, "get_state", tracked)
+    kept: list = []  # what a group held besides its own tensors when the slices were in: nothing
+    set_staged = PeerGroup.set_staged_state
+    monkeypatch.setattr(PeerGroup, "set_staged_state",
+                        lambda self, st: kept.append(self._staged) or set_staged(self, st))
+    fresh.restore(saved, Path("ckpt"))
+    assert kept == [None] * 3  # the rows went straight into the heads and buffers, no staged copy
+    assert asked == [{"meta"}] * 3
+    monkeypatch.setattr(PeerGroup, "get_state", get_state)
+    assert ray.most == {"get_state": 1, "stage_rows": 1, "set_staged_state": 1} and not ray.pending
+    assert [len(s.train_idx) for s in prep.setups] == [3, 3, 3]
+    assert len(ray.sent["stage_rows"]) == 6 and len(ray.sent["set_staged_state"]) == 3
+    assert max(ray.sent["stage_rows"]) < 2 * row + 4096, (ray.sent["stage_rows"], row)  # its rows, not all
+    assert max(ray.sent["set_staged_state"]) < 4096 and all(g._obj._staged is None for g in local_groups)
+    fresh.backend, fresh.groups = LocalBackend(), local_groups
+    back = fresh.state()["groups"]
+    assert back.keys() == saved["groups"].keys()
+    for k, v in saved["groups"].items():
+        assert torch.equal(back[k], v) if isinstance(v, torch.Tensor) else back[k] == v

@@ -108,6 +108,18 @@ def test_bundle_writes_wheel_constraints_and_install(bundle):
 
 
 @pytest.mark.slow
+def test_a_device_that_installs_the_bundle_runs_the_servers_code(bundle, tmp_path):
+    """The wheel's packages have this tree's code fingerprint (fedsim.codehash), so a device that
+    installed the server's bundle passes the ClientApp's check (test_flower_version.py)."""
+    from fedsim.codehash import PACKAGES, code_fingerprint, tree_fingerprint
+
+    (wheel,) = bundle.glob("*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        z.extractall(tmp_path, [n for n in z.namelist() if n.endswith(".py")])
+    assert tree_fingerprint({name: tmp_path / name for name in PACKAGES}) == code_fingerprint()
+
+
+@pytest.mark.slow
 def test_bundle_wheel_installs_into_a_fresh_venv(bundle, tmp_path):
     """The wheel, installed with --no-deps into a new virtualenv, is fedsim-lab; `import fedsim`
     comes from that venv, its `fedsim` script is there, and the launcher finds its bin directory."""

@@ -50,3 +50,79 @@ def test_round_files_final_round_is_not_checkpointed(tmp_path):
     (tmp_path / "none").mkdir()
     saved, _, _ = _file_rounds(tmp_path / "none", 4, 0, None)
     assert saved == [False] * 4
+
+
+# --------------------------------------------------------------- resume: the metrics prefix, streamed
+def _long_metrics(path, lines, extra=0):
+    """A metrics file of ``lines`` records (~200 bytes each) then ``extra`` more (rounds after the
+    checkpoint), and the checkpoint metadata that counts the first ``lines``."""
+    recs = [rundir.metrics_line({"round": r, "train_loss": 1.0 / (r + 1), "pad": "x" * 150})
+            for r in range(lines + extra)]
+    path.write_bytes(b"".join(recs))
+    prefix = b"".join(recs[:lines])
+    return {"round": lines - 1, "metrics_lines": lines, "metrics_sha256": hashlib.sha256(prefix).hexdigest()}, prefix
+
+
+def test_resume_streams_the_metrics_file_and_keeps_exactly_the_checkpoints_lines(tmp_path):
+    """checked_prefix + cut_to_prefix (a resume's metrics): the file is cut back to the very bytes
+    the checkpoint counted, and the writer appends after them with the running count and sha256 a
+    writer of the whole file would have; neither step holds the file in memory (a 40 MB file: the
+    Python heap's peak stays under 4 MiB, where reading it whole took at least twice its size)."""
+    import tracemalloc
+
+    from fedsim.runfiles import checked_prefix, cut_to_prefix
+
+    p = tmp_path / "metrics.jsonl"
+    meta, prefix = _long_metrics(p, 200_000, extra=3)
+    assert p.stat().st_size > 40e6
+    tracemalloc.start()
+    try:
+        kept = checked_prefix(p, meta)
+        cut_to_prefix(p, kept)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 2**20, f"{peak / 2**20:.1f} MiB"
+    assert p.read_bytes() == prefix and (kept.lines, kept.size) == (200_000, len(prefix))
+    with MetricsWriter(p, kept) as w:
+        w.write({"round": 200_000})
+    data = p.read_bytes()
+    assert (w.lines, w.sha256.hexdigest()) == (len(data.splitlines()), hashlib.sha256(data).hexdigest())
+
+
+def test_resume_refusals_of_a_metrics_file_are_unchanged(tmp_path, monkeypatch):
+    """The same one-line refusals as when the file was read whole: fewer lines than the checkpoint
+    counted (the count), other bytes, a line longer than fedsim writes (never the checkpoint's),
+    a file changed between the check and the cut (nothing written)."""
+    import pytest
+
+    from fedsim import runfiles
+    from fedsim.errors import ResumeMismatchError
+    from fedsim.runfiles import checked_prefix, cut_to_prefix
+
+    p = tmp_path / "metrics.jsonl"
+    meta, prefix = _long_metrics(p, 5)
+    lines = prefix.splitlines(keepends=True)
+    p.write_bytes(b"".join(lines[:3]))
+    with pytest.raises(ResumeMismatchError, match=r"has 3 lines but the checkpoint was saved after 5 \(round 4\)"):
+        checked_prefix(p, meta)
+    p.unlink()
+    with pytest.raises(ResumeMismatchError, match="has 0 lines"):
+        checked_prefix(p, meta)
+    p.write_bytes(prefix.replace(b'"round": 2,', b'"round": 7,'))
+    with pytest.raises(ResumeMismatchError, match="first 5 lines of .* are not those the checkpoint recorded"):
+        checked_prefix(p, meta)
+    monkeypatch.setattr(runfiles, "MAX_JSON_BYTES", 100)  # every line is longer: refused, counted right
+    p.write_bytes(prefix)
+    with pytest.raises(ResumeMismatchError, match="are not those the checkpoint recorded"):
+        checked_prefix(p, meta)
+    p.write_bytes(b"".join(lines[:4]))
+    with pytest.raises(ResumeMismatchError, match="has 4 lines"):
+        checked_prefix(p, meta)
+    monkeypatch.undo()
+    p.write_bytes(prefix + b"more\n")
+    kept = checked_prefix(p, meta)
+    p.write_bytes(prefix.replace(b'"round": 2,', b'"round": 7,') + b"more\n")  # replaced meanwhile
+    with pytest.raises(ResumeMismatchError, match="changed while the run was being resumed"):
+        cut_to_prefix(p, kept)
+    assert p.read_bytes().endswith(b"more\n") and not list(tmp_path.glob(".*.tmp"))

@@ -48,6 +48,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedsim.codehash import code_fingerprint, describe
 from fedsim.flower import common
 from fedsim.flower.common import LOG, BridgeError
 from fedsim.flower.devicestate import STATE_ARRAYS, STATE_META, persist_round_state, restore_round_state, state_file
@@ -348,8 +349,34 @@ def _layer(cfg: ConfigRecord) -> tuple[int, int] | None:
     return None
 
 
+_MISMATCH_ALLOWED: set[str] = set()  # the server fingerprints a warning was logged for (once each)
+
+
+def check_server_code(cfg: ConfigRecord, run_config: Any) -> None:
+    """Refuse (:class:`BridgeError`, one line naming both fingerprints and versions) a message from
+    a server whose fedsim code (:func:`fedsim.codehash.code_fingerprint`, config ``fedsim-code``)
+    is not this device's, or that sends none (a fedsim older than this check): the partition, the
+    minibatches and the local steps are fedsim's code on both sides, and ``fedsim.__version__``
+    alone cannot tell two checkouts apart. Run config ``allow-version-mismatch=true``: a warning
+    (once per server fingerprint) instead."""
+    theirs, ours = cfg.get(common.SERVER_CODE), code_fingerprint()
+    if theirs == ours:
+        return
+    server = (describe(str(theirs), str(cfg.get(common.SERVER_VERSION, "?"))) if theirs
+              else "no code fingerprint (a fedsim older than this check)")
+    why = (f"this device runs {describe(ours)}, the server {server}: they would compute differently; "
+           "install the server's fedsim here (fedsim flower bundle), or set run config allow-version-mismatch=true")
+    if bool(common.run_config_value(run_config, "allow-version-mismatch")):
+        if str(theirs) not in _MISMATCH_ALLOWED:
+            _MISMATCH_ALLOWED.add(str(theirs))
+            LOG.warning("allow-version-mismatch: %s", why.split("; install")[0])
+        return
+    raise BridgeError(why)
+
+
 def handle_train(msg: Message, context: Context) -> Message:
     g, cfg = _global_head(msg)
+    check_server_code(cfg, context.run_config)  # before any set-up: a different fedsim computes otherwise
     peer = peer_for(context, _layer(cfg))
     round_ = int(cfg.get("server-round", 1)) - 1
     path = state_file(peer, context, cfg)
@@ -376,6 +403,7 @@ def handle_train(msg: Message, context: Context) -> Message:
 
 def handle_evaluate(msg: Message, context: Context) -> Message:
     g, cfg = _global_head(msg)
+    check_server_code(cfg, context.run_config)
     peer = peer_for(context, _layer(cfg))
     metrics = peer.evaluate(g) | {"partition-id": peer.pid}
     return Message(content=RecordDict({common.METRICS: MetricRecord(metrics)}), reply_to=msg)

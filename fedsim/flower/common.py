@@ -23,6 +23,9 @@ ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"
 HEAD = "head"
+# The server's fedsim in every message's config (fedsim.codehash): a device whose code differs refuses.
+SERVER_CODE = "fedsim-code"
+SERVER_VERSION = "fedsim-version"
 
 # Run-config keys ([tool.flwr.app.config] of the exported app; `flwr run --run-config` overrides).
 RUN_CONFIG_DEFAULTS: dict[str, Any] = {
@@ -40,6 +43,7 @@ RUN_CONFIG_DEFAULTS: dict[str, Any] = {
     "partition-map": "",  # JSON {"NODE_ID": PARTITION}; "" = first come (bound and kept in partitions.json)
     "resume": False,  # continue the run in output-dir from its checkpoint.pt (checkpoint.every of the scenario)
     "plugins": "",  # JSON {path: sha256} of the plugins granted at export (fedsim.flower.plugpack)
+    "allow-version-mismatch": False,  # devices train even where their fedsim code differs from the server's
 }
 ATTACK_SIDES = ("client", "server")
 

@@ -18,7 +18,7 @@ from typing import Any
 from fedsim import rundir
 from fedsim.errors import ResumeMismatchError, RunDirExistsError
 from fedsim.rundirectory import ResumePoint, RunDirectory
-from fedsim.runfiles import Checkpointer, MetricsWriter, RoundFiles, read_history
+from fedsim.runfiles import Checkpointer, MetricsPrefix, MetricsWriter, RoundFiles, read_history
 from fedsim.scenario import Scenario
 from fedsim.simulation import RoundRecord
 
@@ -97,7 +97,7 @@ class ServerFiles:
         try:
             self.dir.metrics.write_text("")
             self.dir.timings.path.write_text("")
-            self._open(b"")
+            self._open(None)
         except BaseException:
             self.close()
             raise
@@ -121,7 +121,7 @@ class ServerFiles:
         self._open(point.metrics_prefix)
         return read_history(self.dir.metrics)
 
-    def _open(self, existing: bytes) -> None:
+    def _open(self, existing: MetricsPrefix | None) -> None:
         self.metrics = MetricsWriter(self.dir.metrics, existing).__enter__()
         ckpt = Checkpointer(self.dir.checkpoint, self.dir.fingerprint(), self.metrics)
         self.rounds = RoundFiles(self.metrics, self.dir.timings, ckpt, self.sc.checkpoint.every,

@@ -55,6 +55,7 @@ from flwr.serverapp.strategy import Strategy
 from fedlib.heads import num_params
 from fedsim import rundir
 from fedsim.callbacks import Callback, Stop
+from fedsim.codehash import code_fingerprint
 from fedsim.errors import CorruptFileError
 from fedsim.flower import common
 from fedsim.flower.common import LOG
@@ -72,6 +73,7 @@ from fedsim.simulation import (
     round_metrics,
     train_loss_sum,
 )
+from fedsim.version import __version__
 
 
 class Stopped(Exception):  # noqa: N818 - control flow, never shown: run_server turns it into a result
@@ -204,6 +206,7 @@ class FedsimStrategy(Strategy):
         config["num-classes"], config["dim"] = self.layer
         every = self.sc.checkpoint.every
         config["run-key"], config["keep-rounds"] = self.run_key, every + 1 if every else 0
+        config[common.SERVER_CODE], config[common.SERVER_VERSION] = code_fingerprint(), __version__
         record = RecordDict({common.ARRAYS: arrays, common.CONFIG: config})
         self._grid = grid  # names the device behind a reply the SuperLink sent for it (see collect)
         # TTL = the round's deadline (+ the grace that lets the last pull at the deadline find the
