@@ -68,8 +68,12 @@ class Simulation:
 
             group_cls, server_cls = WholePeerGroup, WholeServer
         cpus = sc.engine.cpus_per_actor
+        # decentralized on Ray the groups send views of their heads (copied into the object store as
+        # train returns); the federated server joins the messages itself and gets arrays
+        views = bool(backend.copies_returns) and sc.mode == "decentralized"
         self.groups: list[Any] = [
-            backend.actor(group_cls, s, train_ref, self.features_ref, num_cpus=cpus) for s in prep.setups
+            backend.actor(group_cls, dataclasses.replace(s, sends_views=views) if views else s, train_ref,
+                          self.features_ref, num_cpus=cpus) for s in prep.setups
         ]
         self.server: Any = (
             backend.actor(server_cls, prep.server_setup, *prep.root, num_cpus=cpus) if prep.server_setup else None
