@@ -178,3 +178,14 @@ def test_ray_groups_send_views_in_process_copies(small_scenario, ray_session):
                 assert not np.shares_memory(msg, sim.groups[0]._obj.w.numpy())
         finally:
             sim.close()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_views_sent_on_ray_give_the_in_process_run(small_scenario, ray_session, dtype):
+    """Half-precision heads sent as views from 1 and 3 Ray actors (in one actor's own part, and
+    across parts, with a bias and CWR's trained copies): the in-process run's metrics, byte for byte."""
+    over = {"engine.message_dtype": dtype, "engine.head_dtype": dtype, "rounds": 3}
+    local = _metrics(_gossip(small_scenario, name="local", **over))
+    for n in (1, 3):
+        d = _gossip(small_scenario, name=f"ray{n}", **over, **{"engine.backend": "ray", "engine.num_actors": n})
+        assert _metrics(d) == local, n
