@@ -51,7 +51,8 @@ class Simulation:
     ) -> None:
         """``keep_train`` False: once every group copied its rows, ``prep.features`` keeps an empty
         ``x_train`` (the driver's copy of the training features freed: 132 MB for MNIST, 4x that for
-        the 100,000-peer benchmark); only a probe context reads it after this (the runner keeps it for its
+        the 100,000-peer benchmark), decentralized also an empty ``x_test``, ``y_test`` (the groups
+        evaluate); only a probe context reads them after this (the runner keeps them for its
         probes, or when asked: :class:`fedsim.runner.Run`'s ``keep_train``)."""
         self.sc, self.prep, self.backend = sc, prep, backend
         # the last ``record_messages`` rounds' RoundRecords carry the heads every peer sent
@@ -84,9 +85,15 @@ class Simulation:
         self.mkl_branches: list[str | None] = backend.get([a.mkl_branch.remote() for a in actors])
         del train_ref
         if not keep_train:  # (a slice would keep the storage; the groups copied their rows out)
-            x = feats.x_train
-            prep.features = dataclasses.replace(feats, x_train=np.empty((0, *x.shape[1:]), dtype=x.dtype))
-            del feats, x
+            emptied = ("x_train",) if self.server is not None else ("x_train", "x_test", "y_test")
+            # decentralized, the groups evaluate on their own test set (Ray: the object store's copy; the
+            # driver's, 22 MiB for MNIST, was read by nothing after this); a federated driver evaluates
+            arrays = {k: getattr(feats, k) for k in emptied}
+            prep.features = dataclasses.replace(
+                feats, **{k: np.empty((0, *a.shape[1:]), dtype=a.dtype) for k, a in arrays.items()}
+            )
+            del arrays
+            del feats
         # the server's global model after the last aggregation (what the next round trains from), as
         # that call's reply; None: ask the server (round 0, after a restore)
         self._global_ref: Any = None
