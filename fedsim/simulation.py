@@ -63,6 +63,17 @@ class Simulation:
         # copied its rows, so Ray's object store can reuse their space for the messages) apart
         self.features_ref = backend.put({"x_test": feats.x_test, "y_test": feats.y_test})
         train_ref = backend.put({"x_train": feats.x_train, "y_train": feats.y_train})
+        if not keep_train:  # the driver's arrays: on Ray copied into the object store just now, in-process
+            # held by the two dicts until every group copied its rows (a slice would keep the storage)
+            emptied = ("x_train",) if sc.mode == "federated" else ("x_train", "x_test", "y_test")
+            # decentralized, the groups evaluate on their own test set (Ray: the object store's copy; the
+            # driver's, 22 MiB for MNIST, was read by nothing after this); a federated driver evaluates
+            arrays = {k: getattr(feats, k) for k in emptied}
+            prep.features = dataclasses.replace(
+                feats, **{k: np.empty((0, *a.shape[1:]), dtype=a.dtype) for k, a in arrays.items()}
+            )
+            del arrays
+        del feats  # (else this frame keeps the driver's arrays until every actor is built: the start-up peak)
         group_cls, server_cls = PeerGroup, Server
         if sc.model.whole:
             from fedsim.whole import WholePeerGroup, WholeServer
@@ -84,16 +95,6 @@ class Simulation:
         actors = [*self.groups, *([self.server] if self.server is not None else [])]
         self.mkl_branches: list[str | None] = backend.get([a.mkl_branch.remote() for a in actors])
         del train_ref
-        if not keep_train:  # (a slice would keep the storage; the groups copied their rows out)
-            emptied = ("x_train",) if self.server is not None else ("x_train", "x_test", "y_test")
-            # decentralized, the groups evaluate on their own test set (Ray: the object store's copy; the
-            # driver's, 22 MiB for MNIST, was read by nothing after this); a federated driver evaluates
-            arrays = {k: getattr(feats, k) for k in emptied}
-            prep.features = dataclasses.replace(
-                feats, **{k: np.empty((0, *a.shape[1:]), dtype=a.dtype) for k, a in arrays.items()}
-            )
-            del arrays
-            del feats
         # the server's global model after the last aggregation (what the next round trains from), as
         # that call's reply; None: ask the server (round 0, after a restore)
         self._global_ref: Any = None

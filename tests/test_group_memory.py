@@ -604,3 +604,23 @@ def test_read_checkpoint_meta_streams_the_file_and_refuses_what_read_checkpoint_
         except CorruptFileError as e:
             got = str(e)
         assert got == want[name], name
+
+
+def test_the_drivers_features_are_emptied_before_the_actors_are_built(small_scenario):
+    """Without probes the driver lets go of its training and test arrays as soon as they are put
+    (on Ray: copied into the object store), before any actor is built: the start-up peak of a
+    10,000-peer Ray run held them (154 MiB) beside the actor being built (docs/performance.md)."""
+    from fedsim.backend import LocalBackend
+    from fedsim.simulation import Simulation
+
+    sc = parse(_gossip(small_scenario))
+    prep = prepare(sc)
+    seen: list[tuple[int, int]] = []
+
+    class Watching(LocalBackend):
+        def actor(self, cls, *args, num_cpus=1.0):
+            seen.append((len(prep.features.x_train), len(prep.features.x_test)))
+            return super().actor(cls, *args, num_cpus=num_cpus)
+
+    Simulation(sc, prep, Watching(), keep_train=False)
+    assert seen and all(s == (0, 0) for s in seen)
