@@ -10,7 +10,9 @@ num_actors: 2}``.
 
 Per size, two measurements in this one process:
 
-1. **End to end** (the real engine): ``fedsim.runner.Run(...).execute()`` on Ray. Wall time of the
+1. **End to end** (the real engine): ``fedsim.runner.Run(..., fetch_final_params=False).execute()``
+   on Ray, as ``fedsim run`` runs it (no final heads fetched into the driver: nothing reads them;
+   accuracy is the summary's). Wall time of the
    whole call (Ray start, features, actors, all rounds), the round loop (sum of the rounds'
    ``RoundRecord.seconds``, training + aggregation; each phase's total from the same records)
    and the peak memory of the driver and every process
@@ -227,7 +229,7 @@ class RoundPrinter(Callback):
 
 def end_to_end(sc_dict: dict, run_dir: Path, progress: bool = False) -> dict:
     sc = parse(sc_dict)
-    r = Run(sc, run_dir)
+    r = Run(sc, run_dir, fetch_final_params=False)  # what `fedsim run` costs: it keeps no final heads
     r.create_dir(overwrite=True)
     cuda = sc.engine.device != "cpu"
     if cuda:

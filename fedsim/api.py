@@ -53,8 +53,10 @@ class RunResult:
     ``history``: one dict per round, as in ``metrics.jsonl`` (rounds numbered from 0, as in the
     metrics, plots and reports; evaluation rounds carry ``accuracy_mean`` and friends).
     ``summary``: ``summary.json`` (final accuracy, bytes, f, wall time, probes' summary).
-    ``final_params``: the flattened heads ``[peers, P]`` (rows of Byzantine peers included; in
-    federated mode every row is the global model) when the run ran in this process, else ``None``.
+    ``final_params``: the flattened heads ``[peers, P]`` float32 (rows of Byzantine peers included; in
+    federated mode every row is the global model) when the run ran to its end in this process, else
+    ``None`` (also when :func:`run` or :func:`resume` was called with ``final_params=False`` and no
+    probe of the run read them).
     ``plan``: the facts the run resolved from the scenario (f, Byzantine ids, bytes per message,
     trainable parameters per peer), computed by the code the run used; decentralized, also
     ``honest_over_f`` (honest peers with more than ``f`` Byzantine in-neighbours, round 0 for push
@@ -154,6 +156,7 @@ def run(
     log: Callable[[str], None] | None = None,
     callbacks: Sequence[Callback] = (),
     plugins: Sequence[str] = (),
+    final_params: bool = True,
 ) -> RunResult:
     """Run one scenario in this process's driver (the engine the scenario names: Ray actors or
     in-process) and return its :class:`RunResult`.
@@ -169,14 +172,17 @@ def run(
     called after every round in order; one returning :class:`~fedsim.callbacks.Stop` ends the run
     there (checkpointed: :func:`resume` continues it), and the result is incomplete
     (``summary`` None). ``plugins``: your rules', attacks', backbones' or probes' files or modules
-    (``["my_plugins.py"]``, as ``fedsim run --plugin``; :func:`resolve`)."""
+    (``["my_plugins.py"]``, as ``fedsim run --plugin``; :func:`resolve`). ``final_params=False``:
+    the heads are not fetched from the peer groups after the last round (``RunResult.final_params``
+    None; as ``fedsim run``, which keeps no heads: ``[peers, P]`` float32 less in this process, 220 MiB
+    at 10,000 peers of ``benchmarks/scale.py``'s model)."""
     from fedsim.callbacks import checked
     from fedsim.runner import Run  # torch, Ray: only when a run is asked for
 
     callbacks = checked(callbacks)  # before the run directory is made
     sc = resolve(scenario, overrides, require_data=True, plugins=plugins)
     made = Path(tempfile.mkdtemp(prefix="fedsim-")) if out is None else None
-    r = Run(sc, made / sc.name if made is not None else Path(out))
+    r = Run(sc, made / sc.name if made is not None else Path(out), fetch_final_params=final_params)
     try:
         r.create_dir(overwrite=overwrite)
     except BaseException:
@@ -194,18 +200,19 @@ def resume(
     log: Callable[[str], None] | None = None,
     callbacks: Sequence[Callback] = (),
     plugins: Sequence[str] = (),
+    final_params: bool = True,
 ) -> RunResult:
     """Continue the run in ``path`` from its last checkpoint (as ``fedsim run --resume``); the
     history then holds every round, those before the checkpoint included. ``plugins``: those the
     run was made with (its ``scenario.yaml`` lists them; a run that lists one not given here is
-    refused in one line, nothing run)."""
+    refused in one line, nothing run). ``final_params``: as for :func:`run`."""
     from fedsim.callbacks import checked
     from fedsim.rundirectory import load_for_resume
     from fedsim.runner import Run
 
     callbacks = checked(callbacks)
     sc = load_for_resume(Path(path), plugins=plugins)
-    r = Run(sc, Path(path))
+    r = Run(sc, Path(path), fetch_final_params=final_params)
     r.execute(progress=progress, log=log or (lambda m: None), resume=True, callbacks=callbacks)
     return _result(r)
 

@@ -455,6 +455,7 @@ class LocalBackend:
 
     name = "local"
     lazy = False  # the simulation waits for a phase before it starts the next (in-process order)
+    copies_returns = False  # a call's return value is the callee's own object (not copied out)
     workers = 1
     _pool: ThreadPoolExecutor | None = None  # (a subclass that skips __init__ runs one after another)
 
@@ -490,6 +491,7 @@ class RayBackend:
 
     name = "ray"
     lazy = True  # .remote() returns at once; the call runs while the driver submits more
+    copies_returns = True  # an actor's return value is copied into the object store as the call ends
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None) -> None:
         self._started = init_ray(address, num_cpus, log_to_driver=True)

@@ -126,14 +126,14 @@ def run(
             from fedsim.rundirectory import load_for_resume
 
             sc = load_for_resume(resume_dir, overrides, plugin_entries)
-            r = Run(sc, resume_dir)
+            r = Run(sc, resume_dir, fetch_final_params=False)  # nothing here reads the heads
             r.open_for_resume()  # checks (and locks) before any work: a mismatch is one line, nothing runs
         elif scenario is None:
             raise click.UsageError("give a SCENARIO file or --resume RUN_DIR")
         else:
             # the data must be here before create_dir makes (or --overwrite empties) the run's folder
             sc = sc_mod.load(scenario, overrides, require_data=True, plugins=plugin_entries)
-            r = Run(sc, out_dir)
+            r = Run(sc, out_dir, fetch_final_params=False)
             r.create_dir(overwrite=overwrite)
     except (FedsimError, OSError) as e:
         raise click.ClickException(str(e)) from None

@@ -54,6 +54,9 @@ class GroupSetup:
     message_dtype: str = "float32"  # engine.message_dtype: precision of the sent heads (fedsim.routing)
     head_dtype: str = "float32"  # engine.head_dtype: precision of the stored heads and optimizer state (fedsim.peers)
     aggregate_chunk: int = 64  # engine.aggregate_chunk: receivers per vectorised rule call
+    # the group's train() may send views of its heads (fedsim.routing.head_views): its return value is
+    # copied out as the call ends (a Ray actor, decentralized: Simulation sets it from the backend)
+    sends_views: bool = False
     # per hosted peer, its rows of the test features (dataset.domains: its own domain's test set,
     # fedsim.domain_shift); None: every peer is evaluated on the whole test set
     test_idx: list[np.ndarray] | None = None

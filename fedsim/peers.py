@@ -220,11 +220,17 @@ class PeerGroup(MinibatchDraws, GossipAggregation):
 
         return put, finish
 
-    def _message(self) -> np.ndarray:
+    def _message(self) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """What :meth:`train` sends: the flattened heads in ``engine.message_dtype`` (fedsim.routing),
-        never a view of ``w``: a bias-free head flattens to a view, and in-process the aggregation
-        writes into ``w`` while other groups (and this one's later chunks) still read the messages."""
-        return routing.encode_head(self.w, self.b if self.bias else None, self.s.message_dtype)
+        never a view of ``w`` in-process: a bias-free head flattens to a view, and the aggregation
+        writes into ``w`` while other groups (and this one's later chunks) still read the messages.
+        Where the return value is copied out as the call ends (``sends_views``: a Ray actor) and the
+        heads are stored in the message's dtype: views of ``w`` and ``b``
+        (:func:`fedsim.routing.head_views`; Ray writes them into its object store, no ``[p, P]`` copy
+        here first: 110 MiB less at the peak of a 10,000-peer float16 run, docs/performance.md)."""
+        b = self.b if self.bias else None
+        views = routing.head_views(self.w, b, self.s.message_dtype) if self.s.sends_views else None
+        return views if views is not None else routing.encode_head(self.w, b, self.s.message_dtype)
 
     def _num_params(self) -> int:
         return num_params(self.layer_shape, self.bias)
@@ -329,8 +335,8 @@ class PeerGroup(MinibatchDraws, GossipAggregation):
 
     def train(
         self, round_: int, global_params: np.ndarray | None = None, sampled: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Local steps for every hosted peer; returns their flattened heads and the train losses of
+    ) -> tuple[np.ndarray | tuple[np.ndarray, np.ndarray], np.ndarray]:
+        """Local steps for every hosted peer; returns their flattened heads (:meth:`_message`) and the train losses of
         the honest ones (:func:`counted_losses`). ``sampled`` (bool ``[N]``, federated client sampling): only those
         peers take the global model and train; the others' heads and optimizer buffers are left as
         they were (their rows are still returned, and the server ignores them)."""

@@ -63,8 +63,52 @@ def encode_head(w: Tensor, b: Tensor | None, dtype: str) -> np.ndarray:
     return _as_message(out, dtype)
 
 
-def decode(message: np.ndarray) -> Tensor:
-    """A message array as a tensor, without copying (``uint16`` is bfloat16, see :func:`encode_head`)."""
+def head_views(w: Tensor, b: Tensor | None, dtype: str) -> np.ndarray | tuple[np.ndarray, np.ndarray] | None:
+    """The message of heads ``w [p, C, d]``, ``b [p, C]`` or None as views of them, no copy: where
+    they are stored on the CPU in the message's dtype (``engine.head_dtype`` = ``engine.message_dtype``),
+    ``w``'s rows ``[p, C*d]`` alone (no bias: :func:`encode_head`'s array) or with ``b``'s rows as a
+    pair (:class:`HeadParts` reads it as that array); None where a conversion is needed. Only for a
+    sender whose message is copied out when sent (a Ray actor's return value, written into the
+    object store at once: no ``[p, P]`` copy in its heap first, issue 19); in-process the aggregation
+    writes into ``w`` while the messages are read (:meth:`fedsim.peers.PeerGroup._message`)."""
+    if w.device.type != "cpu" or w.dtype != MESSAGE_DTYPES[_checked(dtype)] or (b is not None and b.dtype != w.dtype):
+        return None
+    flat_w = _as_message(w.reshape(w.shape[0], -1), dtype)
+    return flat_w if b is None else (flat_w, _as_message(b, dtype))
+
+
+class HeadParts:
+    """A message sent as :func:`head_views`' pair ``(w rows [p, C*d], b rows [p, C])``, read as
+    :func:`encode_head`'s ``[p, P]`` array without building it (the few tensor operations
+    :class:`Rows` and the records use: rows gathered, then joined; the same values)."""
+
+    def __init__(self, w: Tensor, b: Tensor) -> None:
+        self.w, self.b = w, b
+        self.shape = (w.shape[0], w.shape[1] + b.shape[1])
+        self.dtype = w.dtype
+
+    def index_select(self, dim: int, idx: Tensor) -> Tensor:
+        """Rows ``idx`` (``dim`` 0) as one tensor in the message's dtype."""
+        assert dim == 0
+        return torch.cat([self.w.index_select(0, idx), self.b.index_select(0, idx)], dim=1)
+
+    def __getitem__(self, i: int) -> Tensor:
+        return torch.cat([self.w[i], self.b[i]])
+
+    def float(self) -> Tensor:
+        """The whole ``[p, P]`` as float32."""
+        return torch.cat([self.w, self.b], dim=1).float()
+
+    def finite(self) -> Tensor:
+        """Bool ``[p]``: rows with only finite values (:func:`strategies.finite_rows` of each part)."""
+        return strategies.finite_rows(self.w) & strategies.finite_rows(self.b)
+
+
+def decode(message: np.ndarray | tuple[np.ndarray, np.ndarray]) -> Tensor | HeadParts:
+    """A message array as a tensor, without copying (``uint16`` is bfloat16, see :func:`encode_head`);
+    :func:`head_views`' pair as a :class:`HeadParts`."""
+    if isinstance(message, tuple):
+        return HeadParts(decode(message[0]), decode(message[1]))
     with warnings.catch_warnings():  # a Ray object-store array is read-only; it is only ever read here
         warnings.simplefilter("ignore", UserWarning)
         t = torch.from_numpy(np.asarray(message))
@@ -74,9 +118,9 @@ def decode(message: np.ndarray) -> Tensor:
 class Rows:
     """Every group's messages, read as one ``[N, P]`` float32 array without building it: indexing
     (an int, a slice, or an integer tensor of any shape) gathers just those rows, converted to
-    float32. ``parts`` are the groups' message tensors in peer order."""
+    float32. ``parts`` are the groups' message tensors (or :class:`HeadParts`) in peer order."""
 
-    def __init__(self, parts: Sequence[Tensor]) -> None:
+    def __init__(self, parts: Sequence[Tensor | HeadParts]) -> None:
         if not parts:
             raise ValueError("Rows: no message arrays")
         self.parts = list(parts)
@@ -95,7 +139,7 @@ class Rows:
 
     def finite(self) -> Tensor:
         """Bool ``[N]``: rows with only finite values (:func:`strategies.finite_rows`, one part at a time)."""
-        return torch.cat([strategies.finite_rows(p) for p in self.parts])
+        return torch.cat([p.finite() if isinstance(p, HeadParts) else strategies.finite_rows(p) for p in self.parts])
 
     def __getitem__(self, idx: int | slice | Tensor | np.ndarray) -> Tensor:
         if isinstance(idx, int | np.integer):

@@ -160,10 +160,15 @@ class Run:
     sweep passes its task's share of the CPUs); None: from ``sc.engine``. ``keep_train``: whether
     :attr:`prepared` keeps the training features after the groups copied their rows
     (:class:`~fedsim.simulation.Simulation`'s ``keep_train``); None: only where this run's probes
-    run (a caller that builds a probe context itself, ``run_probes=False``, passes True)."""
+    run (a caller that builds a probe context itself, ``run_probes=False``, passes True).
+    ``fetch_final_params``: whether :meth:`execute` fetches the heads after the last round into
+    :attr:`final_params` (``[N, P]`` float32, 220 MiB at 10,000 peers of ``scale.py``'s model); False
+    leaves it None unless this run's probes read them. ``fedsim run`` and ``fedsim sweep`` pass False
+    (they write no heads: nothing would read them)."""
 
     def __init__(self, sc: Scenario, run_dir: Path | None = None, absent: list[int] | None = None,
-                 run_probes: bool = True, threads: int | None = None, keep_train: bool | None = None) -> None:
+                 run_probes: bool = True, threads: int | None = None, keep_train: bool | None = None,
+                 fetch_final_params: bool = True) -> None:
         self.sc = sc
         if threads is not None:
             group_threads(sc, threads)  # a bad budget fails here, not after the run directory is made
@@ -174,7 +179,8 @@ class Run:
         self.keep_train = bool(run_probes and sc.probes) if keep_train is None else keep_train
         self.rundir = RunDirectory(self.dir, sc)
         self.recorded_gradients: np.ndarray | None = None  # the unlearning probe's leaver's, [B, P]
-        self.final_params: np.ndarray | None = None
+        self.fetch_final_params = fetch_final_params
+        self.final_params: np.ndarray | None = None  # the heads after the last round (fetch_final_params, probes)
         self.final_state: dict[str, Any] | None = None  # Simulation.state() after the last round (probes only)
         self.prepared: Prepared | None = None
         self.groups: list[Any] = []  # the running simulation's actors (the probes free them, tests kill one)
@@ -319,11 +325,13 @@ class Run:
         return {"stopped_after": r}
 
     def _finish(self, sim: Simulation, prep: Prepared) -> dict[str, Any]:
-        """The final heads, the summary, and the probes (which get the actors' CPUs)."""
+        """The final heads (when asked for or probed), the summary, and the probes (which get the actors' CPUs)."""
         summary = self._summary(prep)
         summary["resumed_after_round"] = self._resumed_after
-        self.final_params = sim.final_params()
-        if self.sc.probes and self.run_probes:
+        probes = bool(self.sc.probes and self.run_probes)
+        if self.fetch_final_params or probes:
+            self.final_params = sim.final_params()
+        if probes:
             from fedsim.probe_runs import run_probes
 
             # the unlearning probe's leaver's first-epoch gradients, then free the actors' CPUs

@@ -51,7 +51,8 @@ class Simulation:
     ) -> None:
         """``keep_train`` False: once every group copied its rows, ``prep.features`` keeps an empty
         ``x_train`` (the driver's copy of the training features freed: 132 MB for MNIST, 4x that for
-        the 100,000-peer benchmark); only a probe context reads it after this (the runner keeps it for its
+        the 100,000-peer benchmark), decentralized also an empty ``x_test``, ``y_test`` (the groups
+        evaluate); only a probe context reads them after this (the runner keeps them for its
         probes, or when asked: :class:`fedsim.runner.Run`'s ``keep_train``)."""
         self.sc, self.prep, self.backend = sc, prep, backend
         # the last ``record_messages`` rounds' RoundRecords carry the heads every peer sent
@@ -62,14 +63,29 @@ class Simulation:
         # copied its rows, so Ray's object store can reuse their space for the messages) apart
         self.features_ref = backend.put({"x_test": feats.x_test, "y_test": feats.y_test})
         train_ref = backend.put({"x_train": feats.x_train, "y_train": feats.y_train})
+        if not keep_train:  # the driver's arrays: on Ray copied into the object store just now, in-process
+            # held by the two dicts until every group copied its rows (a slice would keep the storage)
+            emptied = ("x_train",) if sc.mode == "federated" else ("x_train", "x_test", "y_test")
+            # decentralized, the groups evaluate on their own test set (Ray: the object store's copy; the
+            # driver's, 22 MiB for MNIST, was read by nothing after this); a federated driver evaluates
+            arrays = {k: getattr(feats, k) for k in emptied}
+            prep.features = dataclasses.replace(
+                feats, **{k: np.empty((0, *a.shape[1:]), dtype=a.dtype) for k, a in arrays.items()}
+            )
+            del arrays
+        del feats  # (else this frame keeps the driver's arrays until every actor is built: the start-up peak)
         group_cls, server_cls = PeerGroup, Server
         if sc.model.whole:
             from fedsim.whole import WholePeerGroup, WholeServer
 
             group_cls, server_cls = WholePeerGroup, WholeServer
         cpus = sc.engine.cpus_per_actor
+        # decentralized on Ray the groups send views of their heads (copied into the object store as
+        # train returns); the federated server joins the messages itself and gets arrays
+        views = bool(backend.copies_returns) and sc.mode == "decentralized"
         self.groups: list[Any] = [
-            backend.actor(group_cls, s, train_ref, self.features_ref, num_cpus=cpus) for s in prep.setups
+            backend.actor(group_cls, dataclasses.replace(s, sends_views=views) if views else s, train_ref,
+                          self.features_ref, num_cpus=cpus) for s in prep.setups
         ]
         self.server: Any = (
             backend.actor(server_cls, prep.server_setup, *prep.root, num_cpus=cpus) if prep.server_setup else None
@@ -79,10 +95,6 @@ class Simulation:
         actors = [*self.groups, *([self.server] if self.server is not None else [])]
         self.mkl_branches: list[str | None] = backend.get([a.mkl_branch.remote() for a in actors])
         del train_ref
-        if not keep_train:  # (a slice would keep the storage; the groups copied their rows out)
-            x = feats.x_train
-            prep.features = dataclasses.replace(feats, x_train=np.empty((0, *x.shape[1:]), dtype=x.dtype))
-            del feats, x
         # the server's global model after the last aggregation (what the next round trains from), as
         # that call's reply; None: ask the server (round 0, after a restore)
         self._global_ref: Any = None

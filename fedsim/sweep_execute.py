@@ -48,7 +48,7 @@ def run_one(data: dict[str, Any], run_dir: str, progress: Callable[[int, dict], 
         plugins.grant(data.get("plugins") or ())
         # missing data is one line naming dataset.data_dir (a cluster's run checks where the data is)
         sc = parse(data, str(d / "scenario.yaml"), require_data=True)
-        run = Run(sc, d, threads=threads)
+        run = Run(sc, d, threads=threads, fetch_final_params=False)  # a sweep reads the summaries only
         resume = all((d / f).exists() for f in ("checkpoint.pt", "scenario.yaml", "metrics.jsonl"))
         if not resume:
             run.create_dir(overwrite=True)

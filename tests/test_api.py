@@ -262,3 +262,62 @@ def test_arguments_of_the_wrong_shape_are_one_clear_error_before_anything_is_mad
                                             r"callbacks=\[\.\.\.\]"):
             fedsim.run(small_scenario(), out=out, callbacks=one)
     assert not out.exists()
+
+
+def _count_final_params(monkeypatch) -> list[int]:
+    """Spy on Simulation.final_params: one entry per call (the heads are still returned)."""
+    from fedsim.simulation import Simulation
+
+    calls: list[int] = []
+    real = Simulation.final_params
+
+    def spy(self):
+        calls.append(1)
+        return real(self)
+
+    monkeypatch.setattr(Simulation, "final_params", spy)
+    return calls
+
+
+def test_fedsim_run_and_sweep_never_fetch_the_final_heads_the_api_does(small_scenario, tmp_path, monkeypatch):
+    """`fedsim run` and `fedsim sweep` read no heads after the last round: they never ask the
+    groups for them (220 MiB float32 in the driver at 10,000 peers, docs/performance.md); the
+    Python API returns them unless called with final_params=False, the same metrics either way."""
+    from fedsim.sweep_execute import execute_sweep
+    from fedsim.sweep_plan import plan_sweep
+
+    calls = _count_final_params(monkeypatch)
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(small_scenario(rounds=2)))
+    res = CliRunner().invoke(main, ["run", str(path), "-q"])
+    assert res.exit_code == 0, res.output
+    assert calls == [] and (tmp_path / "runs" / "t" / "summary.json").exists()
+    done = execute_sweep(plan_sweep(path, {"seed": [0, 1]}, out=tmp_path / "sw"), local=True)
+    assert len(done.ran) == 2 and not done.failed and calls == []
+    r = fedsim.run(path, out=tmp_path / "api")
+    assert calls == [1] and r.final_params.shape == (8, r.plan["num_params"])
+    none = fedsim.run(path, out=tmp_path / "none", final_params=False)
+    assert calls == [1] and none.final_params is None
+    assert none.summary["final_accuracy_mean"] == r.summary["final_accuracy_mean"]
+    assert (none.dir / "metrics.jsonl").read_bytes() == (r.dir / "metrics.jsonl").read_bytes() == (
+        tmp_path / "runs" / "t" / "metrics.jsonl").read_bytes()
+
+
+def test_probes_get_the_final_heads_when_the_run_keeps_none(small_scenario, tmp_path, monkeypatch):
+    """Run(fetch_final_params=False) (what `fedsim run` makes) still fetches the heads when its
+    probes read them: the probes get the same array a run that keeps them holds."""
+    import fedsim.probe_runs
+    from fedsim.runner import Run
+
+    got = []
+    monkeypatch.setattr(fedsim.probe_runs, "run_probes", lambda run, prep, heads, retrain: got.append(heads) or {})
+    sc = parse(small_scenario(rounds=2, **{"topology.kind": "ring",
+                                           "probes": [{"kind": "gossip_cloning", "rounds_observed": [1]}]}))
+    r = Run(sc, tmp_path / "probed", fetch_final_params=False)
+    r.create_dir()
+    r.execute()
+    kept = Run(sc.model_copy(update={"probes": []}), tmp_path / "kept")
+    kept.create_dir()
+    kept.execute()
+    assert len(got) == 1 and got[0] is r.final_params
+    assert np.array_equal(r.final_params, kept.final_params)

@@ -427,6 +427,9 @@ def test_a_run_without_probes_frees_the_drivers_training_features(small_scenario
     sims = [Simulation(sc, kept, LocalBackend()), Simulation(sc, dropped, LocalBackend(), keep_train=False)]
     assert kept.features.x_train.shape == rows
     assert dropped.features.x_train.shape == (0, rows[1]) and dropped.features.dim == rows[1]
+    # decentralized the test set too (the groups evaluate on their own: in-process the same arrays)
+    assert dropped.features.x_test.shape == (0, rows[1]) and len(dropped.features.y_test) == 0
+    assert sims[1].groups[0]._obj.x_test.shape == kept.features.x_test.shape
     gc.collect()
     assert x() is None  # freed, not only hidden
     a, b = ([s.step(r).metrics for r in range(sc.rounds)] for s in sims)
@@ -436,6 +439,10 @@ def test_a_run_without_probes_frees_the_drivers_training_features(small_scenario
     run.create_dir()
     run.execute()
     assert run.prepared.features.x_train.shape[0] == 0  # the runner asks for it when no probe runs
+    fed = Run(parse(small_scenario(name="fed", mode="federated", rounds=1)))
+    fed.create_dir()
+    fed.execute()  # a federated driver evaluates the global model on the test set: kept
+    assert fed.prepared.features.x_train.shape[0] == 0 and len(fed.prepared.features.x_test) > 0
 
 
 def test_a_run_asked_to_keep_the_training_features_keeps_them(small_scenario):
@@ -597,3 +604,23 @@ def test_read_checkpoint_meta_streams_the_file_and_refuses_what_read_checkpoint_
         except CorruptFileError as e:
             got = str(e)
         assert got == want[name], name
+
+
+def test_the_drivers_features_are_emptied_before_the_actors_are_built(small_scenario):
+    """Without probes the driver lets go of its training and test arrays as soon as they are put
+    (on Ray: copied into the object store), before any actor is built: the start-up peak of a
+    10,000-peer Ray run held them (154 MiB) beside the actor being built (docs/performance.md)."""
+    from fedsim.backend import LocalBackend
+    from fedsim.simulation import Simulation
+
+    sc = parse(_gossip(small_scenario))
+    prep = prepare(sc)
+    seen: list[tuple[int, int]] = []
+
+    class Watching(LocalBackend):
+        def actor(self, cls, *args, num_cpus=1.0):
+            seen.append((len(prep.features.x_train), len(prep.features.x_test)))
+            return super().actor(cls, *args, num_cpus=num_cpus)
+
+    Simulation(sc, prep, Watching(), keep_train=False)
+    assert seen and all(s == (0, 0) for s in seen)

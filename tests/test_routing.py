@@ -128,3 +128,64 @@ def test_bad_engine_values_get_one_line_errors(small_scenario, over, message):
         parse(small_scenario(**over))
     assert message in str(e.value)
     assert len(e.value.errors if hasattr(e.value, "errors") else [str(e.value)]) == 1
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_head_views_are_the_encoded_message_without_a_copy(dtype, bias):
+    """Heads stored in the message's dtype are sent as views of w (and b): the same rows, read
+    through Rows (gathered, joined, finite, one row), as encode_head's copy; a conversion: None."""
+    from fedsim.routing import MESSAGE_DTYPES, head_views
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 3, 4, generator=g).to(MESSAGE_DTYPES[dtype])
+    b = torch.randn(6, 3, generator=g).to(w.dtype) if bias else None
+    w[2, 1, 0] = float("inf")
+    if b is not None:
+        b[4, 2] = float("nan")
+    views = head_views(w, b, dtype)
+    sent = encode_head(w, b, dtype)
+    assert isinstance(views, tuple) == bias
+    for part, head in zip(views if bias else (views,), (w, b), strict=False):
+        assert np.shares_memory(part, head.numpy() if dtype != "bfloat16" else head.view(torch.uint16).numpy())
+    got, want = Rows([decode(sent[:2]), decode(views)]), Rows([decode(sent[:2]), decode(sent)])
+    idx = torch.tensor([[7, 0, 3], [5, 7, 2]])
+    assert torch.equal(got.take(idx), want.take(idx)) and torch.equal(got.full().isnan(), want.full().isnan())
+    assert torch.equal(got.full().nan_to_num(), want.full().nan_to_num())
+    assert torch.equal(got.finite(), want.finite()) and got.finite().tolist().count(False) == 1 + bias
+    assert torch.equal(got[6].nan_to_num(), want[6].nan_to_num()) and got.dtype == want.dtype
+    one = torch.tensor([[5, 1], [3, 0]])  # one part: its own path
+    assert torch.equal(Rows([decode(views)]).take(one).nan_to_num(), want.take(one + 2).nan_to_num())
+    assert head_views(w.float() if dtype != "float32" else w.half(), None, dtype) is None  # converted: a copy
+
+
+def test_ray_groups_send_views_in_process_copies(small_scenario, ray_session):
+    """A decentralized group on Ray sends its heads as views (the pair, copied into the object store
+    as train returns; no [p, P] copy in the actor's heap first); in-process, and to a federated
+    server, the message is an array of its own (the aggregation writes into w while it is read)."""
+    from fedsim.backend import LocalBackend, RayBackend
+    from fedsim.simulation import Simulation
+
+    for mode, backend, pair in [("decentralized", RayBackend(), True), ("federated", RayBackend(), False),
+                                ("decentralized", LocalBackend(), False)]:
+        d = small_scenario(mode=mode, **({"topology.kind": "star"} if mode == "federated" else {}))
+        sc = parse(d)
+        sim = Simulation(sc, prepare(sc), backend)
+        try:
+            msg = backend.get(sim.groups[0].train.options(num_returns=2).remote(0)[0])
+            assert isinstance(msg, tuple) == pair, (mode, backend.name)
+            if backend.name == "local":  # (the in-process handle's group)
+                assert not np.shares_memory(msg, sim.groups[0]._obj.w.numpy())
+        finally:
+            sim.close()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_views_sent_on_ray_give_the_in_process_run(small_scenario, ray_session, dtype):
+    """Half-precision heads sent as views from 1 and 3 Ray actors (in one actor's own part, and
+    across parts, with a bias and CWR's trained copies): the in-process run's metrics, byte for byte."""
+    over = {"engine.message_dtype": dtype, "engine.head_dtype": dtype, "rounds": 3}
+    local = _metrics(_gossip(small_scenario, name="local", **over))
+    for n in (1, 3):
+        d = _gossip(small_scenario, name=f"ray{n}", **over, **{"engine.backend": "ray", "engine.num_actors": n})
+        assert _metrics(d) == local, n

@@ -467,7 +467,7 @@ def demo(scenario: Path, sets: tuple[str, ...], run_config: tuple[str, ...], tls
             from fedsim.runner import Run
 
             ref = sc.model_copy(update={"engine": sc.engine.model_copy(update={"backend": "local"})})
-            r = Run(ref, wd / "fedsim-federated")
+            r = Run(ref, wd / "fedsim-federated", fetch_final_params=False)
             r.create_dir(overwrite=True)
             r.execute()
             sim = {x["round"]: x["accuracy_mean"] for x in read_history(r.dir / rundir.METRICS) if "accuracy_mean" in x}
