@@ -87,3 +87,20 @@ def test_devices_running_other_fedsim_code_are_refused_and_listed_each_round(fed
     monkeypatch.setattr(fc, "code_fingerprint", lambda: OTHER)
     allowed, _ = _run(fed_scenario, tmp_path, "allowed", {"allow-version-mismatch": True})
     assert allowed == control and all(r["received"] == 3 for r in allowed)
+
+
+def test_the_opt_out_is_read_as_a_yes_no_value_not_as_truthy_text():
+    """Flower's ``--run-config 'allow-version-mismatch="false"'`` gives the text "false", which
+    ``bool()`` read as true: the check was off. Now true/false/yes/no/on/off/1/0 (any case), a
+    bool or 0/1; anything else one BridgeError line naming the key."""
+    from fedsim.flower.errors import BridgeError
+
+    for off in ("false", "FALSE", "no", "0", "off", "", False, 0):
+        with pytest.raises(BridgeError, match="this device runs"):
+            fc.check_server_code(_cfg(OTHER), {"allow-version-mismatch": off})
+    for on in ("true", "Yes", "1", "on", True, 1):
+        assert common.run_config_bool({"allow-version-mismatch": on}, "allow-version-mismatch") is True
+    for bad in ("maybe", 2, 0.5):
+        with pytest.raises(BridgeError, match=r"^run config resume: expected true or false, got ") as e:
+            common.run_config_bool({"resume": bad}, "resume")
+        assert "\n" not in str(e.value)

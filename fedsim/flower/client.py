@@ -366,7 +366,7 @@ def check_server_code(cfg: ConfigRecord, run_config: Any) -> None:
               else "no code fingerprint (a fedsim older than this check)")
     why = (f"this device runs {describe(ours)}, the server {server}: they would compute differently; "
            "install the server's fedsim here (fedsim flower bundle), or set run config allow-version-mismatch=true")
-    if bool(common.run_config_value(run_config, "allow-version-mismatch")):
+    if common.run_config_bool(run_config, "allow-version-mismatch"):
         if str(theirs) not in _MISMATCH_ALLOWED:
             _MISMATCH_ALLOWED.add(str(theirs))
             LOG.warning("allow-version-mismatch: %s", why.split("; install")[0])

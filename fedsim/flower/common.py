@@ -52,6 +52,23 @@ def run_config_value(run_config: Mapping[str, Any], key: str) -> Any:
     return run_config.get(key, RUN_CONFIG_DEFAULTS[key])
 
 
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
+
+
+def run_config_bool(run_config: Mapping[str, Any], key: str) -> bool:
+    """A yes/no run-config value: a bool, 0/1, or the text true/false (yes/no, on/off, 1/0, any case).
+    Flower's ``--run-config 'k="false"'`` gives the *text* "false", which ``bool()`` read as true;
+    anything else is one :class:`BridgeError` line naming the key."""
+    v = run_config_value(run_config, key)
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int) and v in (0, 1):
+        return bool(v)
+    if isinstance(v, str) and v.strip().lower() in _TRUE + _FALSE:
+        return v.strip().lower() in _TRUE
+    raise BridgeError(f"run config {key}: expected true or false, got {v!r}")
+
+
 def parse_sets(text: str) -> dict[str, Any]:
     """``"strategy.name=krum rounds=5"`` → ``{"strategy.name": "krum", "rounds": 5}``: whitespace-separated
     overrides, each read as ``fedsim run --set`` reads it (:func:`fedsim.scenario.parse_set`)."""

@@ -73,8 +73,8 @@ def run_server(grid: Grid, context: Context, callbacks: Sequence[Callback] = ())
     rc = dict(context.run_config)
     sc = common.scenario_from_run_config(rc)
     out = output_dir(sc, rc)
-    resume = bool(common.run_config_value(rc, "resume"))
-    overwrite = bool(common.run_config_value(rc, "overwrite"))
+    resume = common.run_config_bool(rc, "resume")
+    overwrite = common.run_config_bool(rc, "overwrite")
     files = ServerFiles(out, sc)
     files.open(resume, overwrite, _versions())  # before any work: made or verified, and locked
     try:
@@ -95,8 +95,8 @@ def _run(grid: Grid, context: Context, sc: Scenario, rc: dict[str, Any], files: 
         sc,
         prep,
         attack_side=str(common.run_config_value(rc, "attack-side")),
-        client_eval=bool(common.run_config_value(rc, "client-eval")),
-        eval_piggyback=bool(common.run_config_value(rc, "eval-piggyback")),
+        client_eval=common.run_config_bool(rc, "client-eval"),
+        eval_piggyback=common.run_config_bool(rc, "eval-piggyback"),
         node_wait=float(common.run_config_value(rc, "node-wait")),
         out_dir=out,
         files=files,
