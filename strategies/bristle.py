@@ -329,7 +329,8 @@ class Bristle(Strategy):
         all; 0 = the candidate takes no part) → ``[g, P]``. ``precision="float32"``: the same
         steps in float32 (half-precision candidates widened exactly into the float32 buffer, float32
         ones read without a copy, the weighted sum with ``addcmul_``); a sum beyond float32's range
-        is ``inf`` there (float64 saturates it), and ``aggregate_batch`` then keeps the peer's own row.
+        overflows there (float64 saturates it), and ``aggregate_batch`` keeps the peer's own row
+        where the result is not finite.
 
         Every operation is per peer (a batched matmul, reductions over classes or samples, loops
         over the ``k`` candidates), so a peer's result does not depend on which others share the
