@@ -289,8 +289,9 @@ def main(a: argparse.Namespace | None = None) -> None:
         print(f"# strategy {strategy!r} is not registered; falling back to 'fedavg'")
         strategy = "fedavg"
     sizes = a.sizes
-    try:  # a bad --set (or a value the scenario refuses) is one line, before any work
-        parse(scenario(sizes[0], a.rounds, argparse.Namespace(**vars(a) | {"replicate_path": None}), strategy,
+    try:  # a bad --set (or a value the scenario refuses) is one line, before any work (checked on 100
+        # peers of the shipped features: the sizes against the training set are the runs' to check)
+        parse(scenario(100, a.rounds, argparse.Namespace(**vars(a) | {"replicate_path": None}), strategy,
                        Path(tempfile.gettempdir())))
     except (ScenarioError, ValueError) as e:
         raise SystemExit(f"scale.py: --set: {e}") from None
