@@ -102,6 +102,8 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--progress", action="store_true", help="print every round of the end-to-end runs")
     ap.add_argument("--skip-breakdown", action="store_true")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--set", action="append", default=[], type=_cli.key_value, metavar="KEY=VALUE", dest="sets",
+                    help="scenario override, as fedsim run --set (e.g. strategy.params.precision=float32, seed=1)")
     return ap.parse_args(argv)
 
 
@@ -116,6 +118,8 @@ import fedsim  # noqa: E402
 import strategies  # noqa: E402
 from fedsim.backend import LocalBackend  # noqa: E402
 from fedsim.callbacks import Callback  # noqa: E402
+from fedsim.errors import ScenarioError  # noqa: E402
+from fedsim.overrides import parse_set, set_dotted  # noqa: E402
 from fedsim.prepare import prepare  # noqa: E402
 from fedsim.runner import Run  # noqa: E402
 from fedsim.scenario import parse  # noqa: E402
@@ -143,7 +147,7 @@ def scenario(n: int, rounds: int, a: argparse.Namespace, strategy: str, out: Pat
         else {"dataset": {"name": "npz", "data_dir": str(a.replicate_path)},
               "backbone": {"name": "identity", "cache_dir": str(out / "cache")}}
     )
-    return {
+    d = {
         "name": f"scale_{n}",
         "seed": 0,
         "mode": "decentralized",
@@ -163,6 +167,9 @@ def scenario(n: int, rounds: int, a: argparse.Namespace, strategy: str, out: Pat
         "checkpoint": {"every": 0},
         "output": {"dir": str(out)},
     }
+    for item in getattr(a, "sets", []):  # --set KEY=VALUE: fedsim run's own parser and setter
+        set_dotted(d, *parse_set(item))
+    return d
 
 
 # ---------------------------------------------------------------------------------- memory
@@ -284,6 +291,12 @@ def main(a: argparse.Namespace | None = None) -> None:
         print(f"# strategy {strategy!r} is not registered; falling back to 'fedavg'")
         strategy = "fedavg"
     sizes = a.sizes
+    try:  # a bad --set (or a value the scenario refuses) is one line, before any work (checked on 100
+        # peers of the shipped features: the sizes against the training set are the runs' to check)
+        parse(scenario(100, a.rounds, argparse.Namespace(**vars(a) | {"replicate_path": None}), strategy,
+                       Path(tempfile.gettempdir())))
+    except (ScenarioError, ValueError) as e:
+        raise SystemExit(f"scale.py: --set: {e}") from None
     print(
         f"# fedsim scale: decentralized {strategy}, fashion_mnist_embedded/fmnist_cnn, {a.partition}, "
         f"push_gossip fanout {a.fanout}, {a.rounds} rounds, eval {a.eval_peers} peers every {a.eval_every}, "
@@ -291,7 +304,8 @@ def main(a: argparse.Namespace | None = None) -> None:
         f"heads {a.head_dtype}, engine.device {a.device}"
         + (f", engine.local_parallel {a.local_parallel}" if a.local_parallel else "") + (
             f" ({torch.cuda.get_device_name(a.device)})" if a.device != "cpu" and torch.cuda.is_available() else "")
-        + (f", training set = {a.replicate} copies of the features" if a.replicate else "") + "; "
+        + (f", training set = {a.replicate} copies of the features" if a.replicate else "")
+        + (f", --set {' '.join(a.sets)}" if a.sets else "") + "; "
         f"{os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.1f} GiB; {load()}; "
         f"engine: {Path(fedsim.__file__).parent}",
         flush=True,

@@ -46,8 +46,10 @@ def to_like(x: Tensor, like: Tensor, *, inplace: bool = False) -> Tensor:
     saturated value is still a valid (if extreme) parameter, whereas ``inf`` would make
     ``aggregate`` discard the whole aggregation.
     """
-    if like.dtype.is_floating_point:
+    if like.dtype.is_floating_point:  # (a float32 ``x`` for float64 ``like``: its own range, the narrower)
         big = torch.finfo(like.dtype).max
+        if x.dtype.is_floating_point:
+            big = min(big, torch.finfo(x.dtype).max)
         x = x.clamp_(-big, big) if inplace else x.clamp(-big, big)
     return x.to(like.dtype)
 

@@ -93,7 +93,8 @@ class Bristle(Strategy):
     trained copy as ``own`` (``newModel = oldModel − gradient`` in ``Bristle.kt``) and its result
     becomes the consolidated head, so foreign rows change through integration only.
 
-    Variants (set the parameters to these values; fedsim's defaults are the April column):
+    Variants (set the parameters to these values; fedsim's defaults are the April column but for
+    ``precision``, float64 by default):
 
     ====================  ==============  ==============  ===========  ==========
     parameter             April (logs)    May code        paper        fedsim before
@@ -106,7 +107,19 @@ class Bristle(Strategy):
     mean_removal          class           class           –            feature
     cwr                   true            true            –            false
     training.bias         false           false           –            true
+    precision             float32         float32         –            float64
     ====================  ==============  ==============  ===========  ==========
+
+    **Precision** (``precision``): the authors' arrays are DL4J/ND4J ``FLOAT`` (float32): nothing in
+    the fedml module at f1fb8fb5 sets another type (no ``Nd4j.setDefaultDataTypes``, ``castTo`` or
+    ``dataType(...)``; ``ai/Runner.kt:67`` builds the networks with ``NeuralNetConfiguration.Builder()``,
+    default ``FLOAT``), so the candidates' logits are float32, ``gar/Bristle.kt:300-316``
+    (``weightedAverage``) sums ``column.mul(weight)`` into a float32 ``dup`` of the own model with
+    the weights and their total (``DoubleArray``) in double, and ``ai/Node.kt:267`` removes the
+    means of float32 columns. ``"float32"`` computes that way (logits, weighted sum, division and
+    mean removal in float32; scores and weights in float64, cast to float32 where they meet a
+    column; the sum fused, ``addcmul_``). ``"float64"`` (default; fedsim before) computes all of it
+    in float64: fedsim's results stay the bits they were.
 
     ``training.bias`` is a scenario option (it changes the model): the authors' output layer
     has ``hasBias(false)`` and starts at 0. With a bias, candidates are scored with their full
@@ -145,10 +158,12 @@ class Bristle(Strategy):
     unfamiliar_score: str = param("sum", Options(choices=("sum", "mean")))
     mean_removal: str = param("class", Options(choices=("class", "feature", "none")))
     cwr: bool = param(True, Boolean())
+    precision: str = param("float64", Options(choices=("float64", "float32")))
 
     needs: ClassVar[frozenset[str]] = frozenset({"validation", "generator", "overlap"})  # overlap: classes="overlap"
     exchanges: ClassVar[str] = "output_layer"
-    widens_received: ClassVar[bool] = True  # integrate reads cand only by copying it into float64 (buf.copy_)
+    widens_received: ClassVar[bool] = True  # integrate reads cand only by copying it into its working dtype
+    # (buf.copy_; float32 candidates read as they are in float32): exact for half precision in both
     reads_f = False  # f changes nothing this rule does (a scenario's strategy.f is refused)
 
     def __post_init__(self) -> None:
@@ -311,11 +326,15 @@ class Bristle(Strategy):
         them into float64, so the same bits; :attr:`Strategy.widens_received`), validation sets
         ``val_x [g, m, d]``, ``val_y [g, m]`` (``val_mask [g, m]`` marks real samples when they are
         zero-padded), ``familiar [g, C]``, classes scored per candidate ``counts [g, k]`` (default:
-        all; 0 = the candidate takes no part) → ``[g, P]``.
+        all; 0 = the candidate takes no part) → ``[g, P]``. ``precision="float32"``: the same
+        steps in float32 (half-precision candidates widened exactly into the float32 buffer, float32
+        ones read without a copy, the weighted sum with ``addcmul_``); a sum beyond float32's range
+        overflows there (float64 saturates it), and ``aggregate_batch`` keeps the peer's own row
+        where the result is not finite.
 
         Every operation is per peer (a batched matmul, reductions over classes or samples, loops
         over the ``k`` candidates), so a peer's result does not depend on which others share the
-        batch. Memory: one candidate at a time is converted to float64 (into one reused ``[g, P]``
+        batch. Memory (float64): one candidate at a time is converted to float64 (into one reused ``[g, P]``
         buffer, twice: for its logits, then for its weighted sum), and the sum, the division, the
         mean removal and the saturation run in place on the float64 copy of ``own``: the same
         values as converting all ``k`` candidates at once, without ``k + 8`` fresh ``[g, P]``
@@ -324,33 +343,44 @@ class Bristle(Strategy):
         c = layer_shape[0]
         if counts is None:
             counts = torch.full((g, k), c, dtype=torch.long, device=cand.device)
-        num = f64(own)  # [g, P]: own's logits first, then the numerator, in place
+        wd = torch.float64 if self.precision == "float64" else torch.float32  # the working dtype
+        num = own.to(wd)  # [g, P]: own's logits first, then the numerator, in place
         if num.data_ptr() == own.data_ptr():
-            num = num.clone()  # (own already float64: never written into)
+            num = num.clone()  # (own already in wd: never written into)
         w_own, b_own = unflatten(num, layer_shape, bias)  # [g, C, d], [g, C]: views
-        buf = torch.empty_like(num)  # candidate j in float64
-        w_j, b_j = unflatten(buf, layer_shape, bias)
-        xt = f64(val_x).transpose(1, 2)  # [g, d, m]
+        direct = cand.dtype == wd and wd == torch.float32  # float32 candidates in float32: read, no copy
+        buf = None if direct else torch.empty_like(num)  # candidate j in wd
+        xt = val_x.to(wd).transpose(1, 2)  # [g, d, m]
+
+        def candidate(j: int) -> tuple[Tensor, Tensor | None]:
+            if buf is None:
+                return unflatten(cand[:, j], layer_shape, bias)
+            buf.copy_(cand[:, j])
+            return unflatten(buf, layer_shape, bias)
 
         def head_logits(w: Tensor, b: Tensor | None) -> Tensor:
             return torch.bmm(w, xt) if b is None else torch.baddbmm(b[:, :, None], w, xt)
 
-        logits = [head_logits(w_own, b_own)]
-        for j in range(k):
-            buf.copy_(cand[:, j])
-            logits.append(head_logits(w_j, b_j))
+        logits = [head_logits(w_own, b_own)] + [head_logits(*candidate(j)) for j in range(k)]
         met = PER_CLASS_METRICS[self.metric](torch.stack(logits, dim=1).transpose(2, 3), val_y.long(), val_mask)
-        weights = self.integration_weights(met[:, 0], met[:, 1:], familiar, counts)  # [g, k, C]
-        denom = torch.ones_like(met[:, 0])
+        weights = self.integration_weights(met[:, 0], met[:, 1:], familiar, counts)  # [g, k, C], float64
+        denom = torch.ones_like(met[:, 0])  # float64 (the authors' totalWeights: a DoubleArray)
+        wk = weights.to(wd)  # (float32: the weight meets float32 columns, as ND4J's mul(Double) on FLOAT)
         for j in range(k):  # own always has weight 1
-            buf.copy_(cand[:, j])
-            w_own.add_(w_j.mul_(weights[:, j, :, None]))  # (not addcmul_: it fuses, and rounds differently)
-            if b_own is not None:
-                b_own.add_(b_j.mul_(weights[:, j]))
+            w_j, b_j = candidate(j)
+            if wd == torch.float64:
+                w_own.add_(w_j.mul_(wk[:, j, :, None]))  # (not addcmul_: it fuses, and rounds differently)
+                if b_own is not None and b_j is not None:
+                    b_own.add_(b_j.mul_(wk[:, j]))
+            else:  # float32: no bits to keep; the fused form is the fastest and never writes into cand
+                w_own.addcmul_(w_j, wk[:, j, :, None])
+                if b_own is not None and b_j is not None:
+                    b_own.addcmul_(b_j, wk[:, j])
             denom += weights[:, j]
-        w_own.div_(denom[..., None])
+        denom_wd = denom.to(wd)
+        w_own.div_(denom_wd[..., None])
         if b_own is not None:
-            b_own.div_(denom)
+            b_own.div_(denom_wd)
         self._remove_mean_(w_own, b_own, (counts > 0).any(dim=1))  # the authors' peers integrate only when sent a model
         return to_like(num, own, inplace=True)
 

@@ -67,6 +67,8 @@ BRISTLE_MODES = [
     {"mean_removal": "feature"},
     {"mean_removal": "none", "unfamiliar_score": "mean"},
     {"selection": "thirds", "classes": "all", "metric": "f1", "sequential_penalty": 0.0, "mean_removal": "feature"},
+    {"precision": "float32"},  # the authors' float32 arithmetic (issue 19): per peer as well
+    {"precision": "float32", "classes": "all", "mean_removal": "feature", "weight_offset": -1.0},
 ]
 
 

@@ -18,7 +18,8 @@ from benchutil import ROOT, load_benchmark
 BENCH = ROOT / "benchmarks"
 CASES: list[tuple[str, list[str]]] = [
     ("scale", ["--sizes", "abc"]), ("scale", ["--rounds", "-3"]), ("scale", ["--sizes", "0"]),
-    ("scale", ["--cpus-per-actor", "nan"]),
+    ("scale", ["--cpus-per-actor", "nan"]), ("scale", ["--set", "novalue"]),
+    ("bristle_precision", ["--rotations", "0"]),
     ("scale_memory", ["--peers", "0"]), ("floor", ["--sizes", "1,,2"]), ("round_split", ["--rounds", "x"]),
     ("vs_flower", ["--flower-rounds", "5,-1"]), ("vs_flower", ["--sizes", "10", "--flower-rounds", "1,2"]),
     ("vs_flower_whole", ["--rounds", "1"]), ("vs_flower_whole", ["--noise-seeds", "a"]),
