@@ -28,22 +28,41 @@ SKIP = ("fedsim/flower/packed/",)
 
 
 def tree_fingerprint(roots: Mapping[str, Path], skip: Iterable[str] = SKIP) -> str:
-    """The sha256 over every ``.py`` file below each ``roots[name]`` (a package's folder), in
-    sorted order of ``name/relative/path``, each entry its path, its length and its bytes; a
-    missing root counts as its name alone. Paths starting with one of ``skip`` are left out."""
+    """The sha256 over every ``.py`` file below each ``roots[name]`` (a package's folder) that a
+    wheel of it ships (:func:`shipped`), in sorted order of ``name/relative/path``, each entry its
+    path, its length and its bytes; a missing root counts as its name alone. Paths starting with
+    one of ``skip`` are left out."""
     skip = tuple(skip)
     h = hashlib.sha256()
     for name in sorted(roots):
         root = roots[name]
-        files = sorted(root.rglob("*.py")) if root.is_dir() else []
+        files = [p for p in root.rglob("*.py") if shipped(root, p)] if root.is_dir() else []
         h.update(f"package {name} {'found' if root.is_dir() else 'missing'}\n".encode())
         for rel, p in sorted((f"{name}/{p.relative_to(root).as_posix()}", p) for p in files):
-            if rel.startswith(skip) or "/__pycache__/" in rel:
+            if rel.startswith(skip):
                 continue
             data = p.read_bytes()
             h.update(f"{rel}\0{len(data)}\0".encode())
             h.update(data)
     return h.hexdigest()
+
+
+def shipped(root: Path, path: Path) -> bool:
+    """Whether the ``.py`` file ``path`` below the package folder ``root`` is in the package as
+    setuptools' ``packages.find`` builds a wheel of it (the bundle a device installs): a regular
+    file (a dangling link, an editor's ``.#name.py`` lock, is not), no part of its path hidden
+    (``.ipynb_checkpoints/``) or ``__pycache__``, and every folder from ``root`` to it a package
+    (an ``__init__.py``). A stray file the wheel leaves out would otherwise change the server's
+    fingerprint and no device could match it."""
+    parts = path.relative_to(root).parts
+    if any(part.startswith(".") or part == "__pycache__" for part in parts) or not path.is_file():
+        return False
+    folder = root
+    for part in parts[:-1]:
+        folder = folder / part
+        if not (folder / "__init__.py").is_file():
+            return False
+    return True
 
 
 def package_roots(names: Iterable[str] = PACKAGES) -> dict[str, Path]:

@@ -78,3 +78,22 @@ def test_any_changed_added_or_missing_source_changes_the_fingerprint(tmp_path):
 
 def test_describe_names_the_version_and_the_fingerprints_start():
     assert codehash.describe("ab" * 32, "9.9") == "fedsim 9.9, code abababababab"
+
+
+def test_files_a_wheel_does_not_ship_do_not_count(tmp_path):
+    """The bundle's wheel (setuptools' packages.find) ships no file of a hidden folder or of a
+    folder without __init__.py, and no dangling link: a stray notebook checkpoint gave the server a
+    fingerprint no installed bundle had, and an editor's lock link (``.#x.py``, dangling) was a
+    FileNotFoundError traceback. Each leaves the fingerprint as it was."""
+    roots = _copy_tree(tmp_path / "copy")
+    fp = tree_fingerprint(roots)
+    hidden = roots["fedsim"] / ".ipynb_checkpoints"
+    hidden.mkdir()
+    (hidden / "client-checkpoint.py").write_text("X = 1\n")
+    loose = roots["strategies"] / "scratch"  # no __init__.py: not a package, not in the wheel
+    loose.mkdir()
+    (loose / "try.py").write_text("X = 2\n")
+    (roots["fedsim"] / ".#strategy.py").symlink_to(tmp_path / "nowhere" / "lock")
+    assert tree_fingerprint(roots) == fp
+    (loose / "__init__.py").write_text("")  # now a package the wheel ships: it counts
+    assert tree_fingerprint(roots) != fp

@@ -21,7 +21,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageTy
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from fedsim.flower import common  # noqa: E402
-from fedsim.flower.client import FedsimPeer  # noqa: E402
+from fedsim.flower.client import FedsimPeer, device_code  # noqa: E402
 from fedsim.flower.inprocess import run_in_process  # noqa: E402
 from fedsim.prepare import prepare  # noqa: E402
 from fedsim.runner import Run  # noqa: E402
@@ -173,7 +173,8 @@ def test_strategy_collect_rejects_every_kind_of_bad_reply(fed_scenario):
         def reply(node, pid, arr=None, extra=None):
             ins = Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
             content = RecordDict({common.METRICS: MetricRecord(({} if pid is None else {"partition-id": pid})
-                                                              | {"train-loss": 1.0} | (extra or {}))})
+                                                              | {"train-loss": 1.0} | (extra or {})),
+                                  common.CONFIG: device_code()})
             if arr is not None:
                 content[common.ARRAYS] = ArrayRecord({common.HEAD: Array(arr)})
             return Message(content=content, reply_to=ins)
@@ -428,7 +429,7 @@ def test_device_reported_eval_metrics_are_checked_and_weighted_by_the_server(fed
         def reply(node, pid, acc, loss, n):
             ins = Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.EVALUATE)
             m = MetricRecord({"partition-id": pid, "val-accuracy": acc, "val-loss": loss, "num-examples": n})
-            return Message(content=RecordDict({common.METRICS: m}), reply_to=ins)
+            return Message(content=RecordDict({common.METRICS: m, common.CONFIG: device_code()}), reply_to=ins)
 
         out = strat.aggregate_evaluate(1, [
             reply(10, 0, 0.2, 1.0, sizes[0]), reply(11, 1, 0.999, 0.01, int(1e9)), reply(12, 2, 1.5, 0.5, sizes[2]),
@@ -515,7 +516,8 @@ def test_server_rejects_an_oversized_head_before_converting_it(fed_scenario):
         ins = Message(content=RecordDict(), dst_node_id=5, message_type=MessageType.TRAIN)
         huge = np.ones(strat.num_params * 10, np.float32)
         msg = Message(content=RecordDict({common.METRICS: MetricRecord({"partition-id": 1, "train-loss": 1.0}),
-                                          common.ARRAYS: ArrayRecord({common.HEAD: Array(huge)})}), reply_to=ins)
+                                          common.ARRAYS: ArrayRecord({common.HEAD: Array(huge)}),
+                                          common.CONFIG: device_code()}), reply_to=ins)
         called = []
         orig = Array.numpy
         Array.numpy = lambda self, *a, **k: called.append(1) or orig(self, *a, **k)
@@ -531,7 +533,7 @@ def test_server_rejects_an_oversized_head_before_converting_it(fed_scenario):
 def _train_reply(node, pid, arr):
     ins = Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
     content = RecordDict({common.METRICS: MetricRecord({"partition-id": pid, "train-loss": 1.0}),
-                          common.ARRAYS: ArrayRecord({common.HEAD: Array(arr)})})
+                          common.ARRAYS: ArrayRecord({common.HEAD: Array(arr)}), common.CONFIG: device_code()})
     return Message(content=content, reply_to=ins)
 
 
@@ -769,7 +771,9 @@ class _FakeRuntime:
         head = np.full(size, node / 1000, np.float32)  # the two replies share no object
         content = RecordDict({common.METRICS: MetricRecord({"partition-id": 1 if node == 10 else 0,
                                                             "train-loss": 1.0, "num-examples": 1}),
-                              common.ARRAYS: ArrayRecord({common.HEAD: Array(head)})})
+                              common.ARRAYS: ArrayRecord({common.HEAD: Array(head)}),
+                              # the device's code, made distinct per node: the two replies share no object
+                              common.CONFIG: ConfigRecord(dict(device_code()) | {"node": node})})
         r = Message(content=content, reply_to=ins)
         r.metadata.__dict__["_src_node_id"] = node
         r.metadata.__dict__["_message_id"] = r.object_id

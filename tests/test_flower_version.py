@@ -104,3 +104,27 @@ def test_the_opt_out_is_read_as_a_yes_no_value_not_as_truthy_text():
         with pytest.raises(BridgeError, match=r"^run config resume: expected true or false, got ") as e:
             common.run_config_bool({"resume": bad}, "resume")
         assert "\n" not in str(e.value)
+
+
+def test_the_server_refuses_replies_of_devices_older_than_the_check(fed_scenario, tmp_path, monkeypatch):
+    """A device with a fedsim from before the device-side check (it checks nothing and sends no
+    code) trained unnoticed. Each reply now carries the device's code (``fedsim-code`` in its
+    config): the server rejects a reply with none or with another, every round, in one line; the
+    opt-out accepts them (the untampered run to the byte)."""
+    from flwr.app import ConfigRecord
+
+    control, _ = _run(fed_scenario, tmp_path, "control")
+    monkeypatch.setattr(fc, "check_server_code", lambda *a: None)  # an older device: no check of its own
+    for name, sent in (("none", ConfigRecord()), ("other", ConfigRecord({common.SERVER_CODE: OTHER}))):
+        monkeypatch.setattr(fc, "device_code", lambda sent=sent: sent)
+        recs, summary = _run(fed_scenario, tmp_path, name)
+        assert summary["rounds_completed"] == 2
+        device = "no code fingerprint" if name == "none" else f"code {OTHER[:12]}"
+        for rec in recs:
+            assert rec["received"] == 3 and rec["quorum"] is False and len(rec["rejected"]) == 3, rec
+            for rej in rec["rejected"]:
+                assert rej["reason"].startswith("the device runs ") and device in rej["reason"], rej
+                assert f"this server fedsim {__version__}, code {code_fingerprint()[:12]}" in rej["reason"]
+                assert "\n" not in rej["reason"]
+        allowed, _ = _run(fed_scenario, tmp_path, name + "-allowed", {"allow-version-mismatch": True})
+        assert allowed == control

@@ -60,6 +60,7 @@ from fedsim.scenario import (
     resolve_f,
     strategy_params,
 )
+from fedsim.version import __version__
 
 
 class FedsimPeer:
@@ -393,7 +394,7 @@ def handle_train(msg: Message, context: Context) -> Message:
     if path is not None:
         persist_round_state(path, round_, context.state, int(cfg["keep-rounds"]))
     metrics = MetricRecord({"num-examples": peer.num_train, "train-loss": loss, "partition-id": peer.pid} | scores)
-    content = RecordDict({common.METRICS: metrics})
+    content = RecordDict({common.METRICS: metrics, common.CONFIG: device_code()})
     if vec is not None:
         content[common.ARRAYS] = ArrayRecord({common.HEAD: Array(np.ascontiguousarray(vec))})
     else:
@@ -406,7 +407,15 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
     check_server_code(cfg, context.run_config)
     peer = peer_for(context, _layer(cfg))
     metrics = peer.evaluate(g) | {"partition-id": peer.pid}
-    return Message(content=RecordDict({common.METRICS: MetricRecord(metrics)}), reply_to=msg)
+    return Message(content=RecordDict({common.METRICS: MetricRecord(metrics), common.CONFIG: device_code()}),
+                   reply_to=msg)
+
+
+def device_code() -> ConfigRecord:
+    """This device's fedsim code in its reply (``fedsim-code``, ``fedsim-version``): the server
+    refuses a reply without it or with another (:meth:`fedsim.flower.replies.ReplyCheck.code_reason`),
+    so a device older than the device-side check cannot train unnoticed either."""
+    return ConfigRecord({common.SERVER_CODE: code_fingerprint(), common.SERVER_VERSION: __version__})
 
 
 def make_client_app() -> ClientApp:

@@ -42,8 +42,13 @@ class ReplyCheck:
     ``assignment`` binds partitions to nodes, ``val_sizes`` (:func:`validation_sizes`) weighs
     their evaluations."""
 
-    def __init__(self, n: int, num_params: int, assignment: PartitionAssignment, val_sizes: list[int]) -> None:
+    def __init__(self, n: int, num_params: int, assignment: PartitionAssignment, val_sizes: list[int],
+                 code: str | None = None, allow_mismatch: bool = False) -> None:
         self.n, self.num_params = n, num_params
+        # the server's fedsim code (fedsim.codehash; None: replies not checked), and run config
+        # allow-version-mismatch (a different or missing device code is logged once, not refused)
+        self.code, self.allow_mismatch = code, allow_mismatch
+        self._allowed: set[str] = set()
         # a right-shaped head in the widest numeric dtype (8 bytes), plus its .npy header
         self.max_head_bytes = 8 * num_params + 4096
         self.assignment = assignment
@@ -58,6 +63,30 @@ class ReplyCheck:
         if not 0 <= pid < self.n:
             raise ValueError(f"partition-id {pid} is not in 0..{self.n - 1}")
         return pid
+
+    def code_reason(self, msg: Message) -> str | None:
+        """Why a reply comes from other fedsim code than the server's (its config's ``fedsim-code``,
+        :func:`fedsim.flower.client.device_code`), or None. A device that sends none runs a fedsim
+        older than this check. ``allow_mismatch``: None, with one warning line per fingerprint."""
+        if self.code is None:
+            return None
+        cfg = msg.content[common.CONFIG] if common.CONFIG in msg.content else {}
+        theirs = cfg.get(common.SERVER_CODE) if hasattr(cfg, "get") else None
+        if theirs == self.code:
+            return None
+        from fedsim.codehash import describe
+
+        device = (describe(str(theirs), str(cfg.get(common.SERVER_VERSION, "?"))) if theirs
+                  else "no code fingerprint (a fedsim older than this check)")
+        why = (f"the device runs {device}, this server {describe(self.code)}: they would compute "
+               "differently; install the server's fedsim there (fedsim flower bundle), or set run config "
+               "allow-version-mismatch=true")
+        if self.allow_mismatch:
+            if str(theirs) not in self._allowed:
+                self._allowed.add(str(theirs))
+                LOG.warning("allow-version-mismatch: %s", why.split("; install")[0])
+            return None
+        return why
 
     @staticmethod
     def error_reason(msg: Message) -> str:
@@ -96,7 +125,8 @@ class ReplyCheck:
                 m = msg.content[common.METRICS]
                 pid = self.partition_id(m)
                 a, lo = float(m["val-accuracy"]), float(m["val-loss"])
-                reason = self.assignment.check(node, pid) or self.implausible_eval(pid, seen, a, lo)
+                reason = (self.assignment.check(node, pid) or self.code_reason(msg)
+                          or self.implausible_eval(pid, seen, a, lo))
                 if reason:
                     raise ValueError(reason)
             except Exception as e:  # noqa: BLE001 - a device's reply must never stop the server
@@ -144,8 +174,8 @@ class ReplyCheck:
             except Exception as e:  # noqa: BLE001
                 reject(node, None, f"no valid partition-id ({e})")
                 continue
-            why = self.assignment.check(node, pid)
-            if why:  # impersonation, or a node outside the partition map
+            why = self.assignment.check(node, pid) or self.code_reason(msg)
+            if why:  # impersonation, a node outside the partition map, or other fedsim code
                 reject(node, pid, why)
                 continue
             if pid in seen:

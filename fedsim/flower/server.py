@@ -106,6 +106,7 @@ def _run(grid: Grid, context: Context, sc: Scenario, rc: dict[str, Any], files: 
         min_replies=int(common.run_config_value(rc, "min-replies")),
         resume=resume,
         callbacks=callbacks,
+        allow_version_mismatch=common.run_config_bool(rc, "allow-version-mismatch"),
     )
     started: list[Callback] = []
     summary: dict[str, Any] | None = None

@@ -105,6 +105,7 @@ class FedsimStrategy(Strategy):
         resume: bool = False,
         files: ServerFiles | None = None,
         callbacks: Sequence[Callback] = (),
+        allow_version_mismatch: bool = False,
     ) -> None:
         from fedsim.server import Server
 
@@ -142,7 +143,8 @@ class FedsimStrategy(Strategy):
         self.honest = ~np.asarray(prep.byzantine, dtype=bool)
         # the replies' checks; partitions bound to nodes first come, kept in memory, by default
         self.replies = ReplyCheck(self.n, self.num_params, assignment or PartitionAssignment(self.n),
-                                  validation_sizes(prep))
+                                  validation_sizes(prep), code=code_fingerprint(),
+                                  allow_mismatch=allow_version_mismatch)
         self.out_dir = Path(out_dir) if out_dir else None
         self.history: list[dict[str, Any]] = []
         self.callbacks = list(callbacks)
