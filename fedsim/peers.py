@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import numpy as np
@@ -240,6 +240,7 @@ class PeerGroup(MinibatchDraws, GossipAggregation):
     # per-peer ones over groups, so it resumes under any engine.num_actors.
     PER_PEER_STATE = ("w", "b", "m_w", "m_b", "v_w", "v_b", "buffers")  # "buffers": fedsim.whole's BatchNorm
     _staged: dict[str, Tensor] | None = None  # a restore's rows, in slices (stage_rows), until set_staged_state
+    _copied: frozenset[str] = frozenset()  # the per-peer entries stage_rows wrote in place, until set_staged_state
 
     def get_state(self, device: str = "cpu") -> dict[str, Any]:
         """The hosted peers' heads and optimizer buffers, and the stale attack's history: everything a
@@ -269,11 +270,13 @@ class PeerGroup(MinibatchDraws, GossipAggregation):
         own = {"w": self.w, "b": self.b, "m_w": opt.m_w, "m_b": opt.m_b}
         return own | ({"v_w": opt.v_w, "v_b": opt.v_b} if opt.v_w is not None else {})
 
-    def set_state(self, st: dict[str, Any]) -> None:
-        """Restore :meth:`get_state`'s output (shapes checked by the caller; a per-peer entry left out
-        was written by :meth:`stage_rows`)."""
+    def set_state(self, st: dict[str, Any], copied: Collection[str] = ()) -> None:
+        """Restore :meth:`get_state`'s output (shapes checked by the caller). ``copied``: the per-peer
+        entries :meth:`stage_rows` already wrote in place (:meth:`set_staged_state`); any other
+        missing entry is a KeyError (a device-state file without its momentum must not restore
+        the heads alone)."""
         for k, own in self._state_rows().items():
-            if k in st:
+            if k not in copied:
                 own.copy_(st[k])
         self.opt.t = st["t"]
         self.stale_history = st["stale_history"]
@@ -288,6 +291,7 @@ class PeerGroup(MinibatchDraws, GossipAggregation):
         for k, v in rows.items():
             if k in own:
                 own[k][lo : lo + len(v)].copy_(v)
+                self._copied = self._copied | {k}
                 continue
             if self._staged is None:
                 self._staged = {}
@@ -299,7 +303,8 @@ class PeerGroup(MinibatchDraws, GossipAggregation):
         """:meth:`set_state` of ``st`` (the shared entries) with the entries :meth:`stage_rows` kept,
         which are freed (those it copied in place are left out)."""
         staged, self._staged = self._staged or {}, None
-        self.set_state(st | staged)
+        copied, self._copied = self._copied, frozenset()
+        self.set_state(st | staged, copied)
 
     # ------------------------------------------------------------------ training
     def _local_steps(self, w: Tensor, b: Tensor, opt: heads.OptimizerState, batches) -> Tensor:

@@ -54,6 +54,7 @@ read linear heads and are refused by :func:`fedsim.whole_plan.check_model` (Bris
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -176,11 +177,11 @@ class WholePeerGroup(PeerGroup):
         """θ and the optimizer's buffers, per peer (the BatchNorm buffers are restored whole)."""
         return {"w": self.model.theta, "m_w": self.fopt.m} | ({"v_w": self.fopt.v} if self.fopt.v is not None else {})
 
-    def set_state(self, st: dict[str, Any]) -> None:
+    def set_state(self, st: dict[str, Any], copied: Collection[str] = ()) -> None:
         if self.model.stat_names:
             self.model.load_buffer_state(st["buffers"])
         for k, own in self._state_rows().items():
-            if k in st:  # (else written by stage_rows, PeerGroup's)
+            if k not in copied:  # (copied: written by stage_rows, PeerGroup's)
                 own.copy_(st[k])
         self.fopt.t = st["t"]
         self.stale_history = st["stale_history"]

@@ -349,3 +349,57 @@ def test_restore_on_ray_hands_each_group_its_rows_in_bounded_slices(small_scenar
     assert back.keys() == saved["groups"].keys()
     for k, v in saved["groups"].items():
         assert torch.equal(back[k], v) if isinstance(v, torch.Tensor) else back[k] == v
+
+
+def test_restore_on_ray_in_one_row_slices_restores_batchnorm_buffers_and_adam(tmp_path, monkeypatch):
+    """A whole model with local BatchNorm (FedBN) and Adam on 2 groups, restored through the lazy
+    backend one peer's rows a message: its staged BatchNorm buffers land at their own rows (a
+    mutant staging every slice at row 0 restored wrong buffers and passed every test)."""
+    from fedsim import simulation
+    from fedsim.backend import LocalBackend
+    from fedsim.overrides import set_dotted
+    from fedsim.prepare import prepare
+    from fedsim.simulation import Simulation
+
+    d = {"name": "bn", "seed": 3, "rounds": 2, "dataset": {"name": "mnist10k"},
+         "backbone": {"name": "fmnist_bn_cnn", "cache_dir": str(tmp_path / "cache")},
+         "partition": {"kind": "iid"}, "peers": {"count": 4}, "topology": {"kind": "complete"},
+         "training": {"lr": 0.01, "batch_size": 4, "local_steps": 2, "optimizer": "adam"},
+         "model": {"trainable": "all", "init": "scratch", "bn": "local"},
+         "engine": {"backend": "local", "num_actors": 2}, "output": {"dir": str(tmp_path / "runs")}}
+    set_dotted(d, "strategy.name", "fedavg")
+    sc = parse(d)
+    prep = prepare(sc)
+    sim = Simulation(sc, prep, LocalBackend())
+    sim.step(0)
+    saved = sim.state()
+    assert "buffers" in saved["groups"] and saved["groups"]["buffers"].abs().sum() > 0
+    row = max(v[:1].nbytes for k, v in saved["groups"].items() if k in PeerGroup.PER_PEER_STATE)
+    monkeypatch.setattr(simulation, "FINAL_SLICE_BYTES", row)  # one peer's rows a message
+    fresh = Simulation(sc, prep, LocalBackend())
+    local_groups, ray = fresh.groups, _RayLike()
+    fresh.backend, fresh.groups = ray, [ray.handle(g._obj) for g in local_groups]
+    fresh.restore(saved, Path("ckpt"))
+    assert len(ray.sent["stage_rows"]) == 4  # 2 groups x 2 peers, one slice each
+    fresh.backend, fresh.groups = LocalBackend(), local_groups
+    back = fresh.state()["groups"]
+    for k, v in saved["groups"].items():
+        assert torch.equal(back[k], v) if isinstance(v, torch.Tensor) else back[k] == v, k
+
+
+def test_set_state_refuses_a_state_without_an_entry():
+    """``set_state`` skipped a missing per-peer entry (the heads restored, the momentum left at 0);
+    only the entries :meth:`PeerGroup.stage_rows` wrote in place are left out, by name."""
+    from fedsim.prepare import prepare
+
+    d = {"name": "s", "seed": 0, "rounds": 1, "dataset": {"name": "sklearn_digits"}, "backbone": {"name": "identity"},
+         "partition": {"kind": "iid"}, "peers": {"count": 4}, "engine": {"backend": "local", "num_actors": 1},
+         "topology": {"kind": "complete"}, "training": {"momentum": 0.9}}
+    prep = prepare(parse(d))
+    f = prep.features
+    group = PeerGroup(prep.setups[0], {"x_train": f.x_train, "y_train": f.y_train, "x_test": f.x_test,
+                                       "y_test": f.y_test})
+    st = group.get_state()
+    with pytest.raises(KeyError, match="m_w"):
+        group.set_state({k: v for k, v in st.items() if k != "m_w"})
+    group.set_state({k: v for k, v in st.items() if k != "m_w"}, copied={"m_w"})  # written in place before
