@@ -321,3 +321,18 @@ def test_probes_get_the_final_heads_when_the_run_keeps_none(small_scenario, tmp_
     kept.execute()
     assert len(got) == 1 and got[0] is r.final_params
     assert np.array_equal(r.final_params, kept.final_params)
+
+
+def test_resumes_fetch_the_heads_only_when_asked(small_scenario, tmp_path, monkeypatch):
+    """``fedsim run --resume`` reads no final heads; ``fedsim.resume(final_params=False)`` neither;
+    a plain ``fedsim.resume`` returns them (the resume paths were untested; review)."""
+    from fedsim.callbacks import StopAfter
+
+    calls = _count_final_params(monkeypatch)
+    for name in ("cli", "api", "kept"):
+        fedsim.run(small_scenario(name=name, rounds=3), out=tmp_path / name, callbacks=[StopAfter(0)])
+    res = CliRunner().invoke(main, ["run", "--resume", str(tmp_path / "cli"), "-q"])
+    assert res.exit_code == 0, res.output
+    assert calls == []
+    assert fedsim.resume(tmp_path / "api", final_params=False).final_params is None and calls == []
+    assert fedsim.resume(tmp_path / "kept").final_params is not None and calls == [1]

@@ -624,3 +624,30 @@ def test_the_drivers_features_are_emptied_before_the_actors_are_built(small_scen
 
     Simulation(sc, prep, Watching(), keep_train=False)
     assert seen and all(s == (0, 0) for s in seen)
+
+
+def test_the_drivers_arrays_are_freed_before_the_actors_are_built(small_scenario):
+    """As on Ray, whose ``put`` copies into the object store: while the actors are built the
+    driver's own feature arrays are gone (the earlier test read only ``len(prep.features)``, which
+    an implementation keeping the arrays alive passed; review)."""
+    import pickle
+
+    from fedsim.backend import LocalBackend
+    from fedsim.simulation import Simulation
+
+    sc = parse(_gossip(small_scenario))
+    prep = prepare(sc)
+    refs = [weakref.ref(prep.features.x_train), weakref.ref(prep.features.x_test)]
+    alive: list[list[bool]] = []
+
+    class Copying(LocalBackend):
+        def put(self, obj):
+            return pickle.loads(pickle.dumps(obj))  # Ray's put: a copy in the object store
+
+        def actor(self, cls, *args, num_cpus=1.0):
+            gc.collect()
+            alive.append([r() is not None for r in refs])
+            return super().actor(cls, *args, num_cpus=num_cpus)
+
+    Simulation(sc, prep, Copying(), keep_train=False)
+    assert alive and all(a == [False, False] for a in alive), alive
