@@ -72,6 +72,9 @@ def set_dotted(data: dict, key: str, value: Any) -> None:
             else:
                 node = node[int(p)]
             continue
+        if not isinstance(node, dict):  # a list's element that is a number or text: nothing below it
+            where = ".".join(parts[:i])
+            raise ScenarioError(f"--set {key}: {where} is {node!r}, not a mapping")
         if last:
             node[p] = value
         else:

@@ -382,6 +382,8 @@ class Bristle(Strategy):
         if b_own is not None:
             b_own.div_(denom_wd)
         self._remove_mean_(w_own, b_own, (counts > 0).any(dim=1))  # the authors' peers integrate only when sent a model
+        if wd == torch.float32:  # an overflow is not a value: NaN, so aggregate_batch keeps the peer's own row
+            num.masked_fill_(num.isinf(), float("nan"))  # (to_like would clamp it to float32's largest finite)
         return to_like(num, own, inplace=True)
 
     def familiar(self, ctx: AggregationContext) -> Tensor:

@@ -115,3 +115,26 @@ def test_a_bad_precision_is_one_line(small_scenario):
     assert "\n" not in str(e.value) and "precision" in str(e.value)
     d = small_scenario(**{"strategy.name": "bristle", "strategy.params": {"precision": "float32"}})
     assert parse(d).strategy.params["precision"] == "float32"
+
+
+def test_a_float32_overflow_keeps_the_peers_own_row_as_float64_does():
+    """A sum past float32's range is inf there: it became NaN-free float32's largest finite value
+    through ``to_like``'s clamp and was used (the docstring said the own row is kept). Now the own
+    row is kept in float32 as in float64, batched and per peer. Candidates equal to own, a feature
+    validation never sees at 3e38 (float64 sums it to 3e38 exactly: the result is own)."""
+    c, d = 4, 6
+    w = torch.zeros(c, d)
+    w[:, :c] = 3 * torch.eye(c)
+    w[:, 5] = 3.0e38
+    own = w.reshape(1, -1)
+    cand = own[:, None].repeat(1, 3, 1)
+    vx = torch.zeros(1, c, d)
+    vx[0, :, :c] = torch.eye(c)
+    ctx = AggregationContext(layer_shape=(c, d), bias=False, val_x=vx, val_y=torch.arange(c)[None],
+                             local_classes=torch.ones(1, c, dtype=torch.bool))
+    per_peer = AggregationContext(layer_shape=(c, d), bias=False, val_x=vx[0], val_y=torch.arange(c),
+                                  local_classes=torch.ones(c, dtype=torch.bool), generator=torch.Generator())
+    for precision in ("float64", "float32"):
+        rule = Bristle(precision=precision, weight_offset=-1.0, classes="all", mean_removal="none")
+        assert torch.equal(strategies.aggregate_batch(rule, own, cand, ctx), own), precision
+        assert torch.equal(strategies.aggregate(rule, own[0], cand[0], per_peer)[0], own[0]), precision

@@ -252,3 +252,10 @@ def test_set_indexes_into_lists_and_refuses_a_bad_index():
             set_dotted(d, key, "x")
         assert "\n" not in str(e.value)
     assert d["probes"] == [{"kind": "unlearning", "method": "newton", "params": {"steps": 3}}]
+    # below a list's element that is a number or text there is nothing to set: one line (was a TypeError)
+    e2 = {"strategy": {"params": [1, 2]}}
+    for key in ("strategy.params.0.x", "strategy.params.1.x.y"):
+        bad = r"^--set strategy\.params\.\d.*: strategy\.params\.\d is \d, not a mapping"
+        with pytest.raises(ScenarioError, match=bad):
+            set_dotted(e2, key, 1)
+    assert e2 == {"strategy": {"params": [1, 2]}}
