@@ -48,7 +48,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedsim.codehash import code_fingerprint, describe
+from fedsim.codehash import code_fingerprint
 from fedsim.flower import common
 from fedsim.flower.common import LOG, BridgeError
 from fedsim.flower.devicestate import STATE_ARRAYS, STATE_META, persist_round_state, restore_round_state, state_file
@@ -360,17 +360,11 @@ def check_server_code(cfg: ConfigRecord, run_config: Any) -> None:
     minibatches and the local steps are fedsim's code on both sides, and ``fedsim.__version__``
     alone cannot tell two checkouts apart. Run config ``allow-version-mismatch=true``: a warning
     (once per server fingerprint) instead."""
-    theirs, ours = cfg.get(common.SERVER_CODE), code_fingerprint()
-    if theirs == ours:
+    why = common.other_code(cfg, code_fingerprint(), device=True)
+    if why is None:
         return
-    server = (describe(str(theirs), str(cfg.get(common.SERVER_VERSION, "?"))) if theirs
-              else "no code fingerprint (a fedsim older than this check)")
-    why = (f"this device runs {describe(ours)}, the server {server}: they would compute differently; "
-           "install the server's fedsim here (fedsim flower bundle), or set run config allow-version-mismatch=true")
     if common.run_config_bool(run_config, "allow-version-mismatch"):
-        if str(theirs) not in _MISMATCH_ALLOWED:
-            _MISMATCH_ALLOWED.add(str(theirs))
-            LOG.warning("allow-version-mismatch: %s", why.split("; install")[0])
+        common.allow_other_code(why, cfg, _MISMATCH_ALLOWED)
         return
     raise BridgeError(why)
 

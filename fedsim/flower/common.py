@@ -52,6 +52,35 @@ def run_config_value(run_config: Mapping[str, Any], key: str) -> Any:
     return run_config.get(key, RUN_CONFIG_DEFAULTS[key])
 
 
+def other_code(cfg: Any, ours: str, device: bool) -> str | None:
+    """Why the fedsim code a message's config names (``fedsim-code``, ``fedsim-version``; none: a
+    fedsim older than the check) is not ``ours``, in one line from this side (``device``: a device
+    reading the server's message; else the server reading a device's reply), or None where it is.
+    The ClientApp's check and the server's (:mod:`fedsim.flower.replies`) both ask this one."""
+    from fedsim.codehash import describe
+
+    theirs = cfg.get(SERVER_CODE) if hasattr(cfg, "get") else None
+    if theirs == ours:
+        return None
+    other = (describe(str(theirs), str(cfg.get(SERVER_VERSION, "?"))) if theirs
+             else "no code fingerprint (a fedsim older than this check)")
+    if device:
+        return (f"this device runs {describe(ours)}, the server {other}: they would compute differently; "
+                "install the server's fedsim here (fedsim flower bundle), or set run config "
+                "allow-version-mismatch=true")
+    return (f"the device runs {other}, this server {describe(ours)}: they would compute differently; "
+            "install the server's fedsim there (fedsim flower bundle), or set run config allow-version-mismatch=true")
+
+
+def allow_other_code(why: str, cfg: Any, warned: set[str]) -> None:
+    """Run config ``allow-version-mismatch=true``: one warning line per other fingerprint (``warned``
+    holds those already named) instead of refusing :func:`other_code`'s ``why``."""
+    theirs = str(cfg.get(SERVER_CODE) if hasattr(cfg, "get") else None)
+    if theirs not in warned:
+        warned.add(theirs)
+        LOG.warning("allow-version-mismatch: %s", why.split("; install")[0])
+
+
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
 
 

@@ -71,20 +71,9 @@ class ReplyCheck:
         if self.code is None:
             return None
         cfg = msg.content[common.CONFIG] if common.CONFIG in msg.content else {}
-        theirs = cfg.get(common.SERVER_CODE) if hasattr(cfg, "get") else None
-        if theirs == self.code:
-            return None
-        from fedsim.codehash import describe
-
-        device = (describe(str(theirs), str(cfg.get(common.SERVER_VERSION, "?"))) if theirs
-                  else "no code fingerprint (a fedsim older than this check)")
-        why = (f"the device runs {device}, this server {describe(self.code)}: they would compute "
-               "differently; install the server's fedsim there (fedsim flower bundle), or set run config "
-               "allow-version-mismatch=true")
-        if self.allow_mismatch:
-            if str(theirs) not in self._allowed:
-                self._allowed.add(str(theirs))
-                LOG.warning("allow-version-mismatch: %s", why.split("; install")[0])
+        why = common.other_code(cfg, self.code, device=False)
+        if why is not None and self.allow_mismatch:
+            common.allow_other_code(why, cfg, self._allowed)
             return None
         return why
 
