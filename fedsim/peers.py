@@ -275,11 +275,16 @@ class PeerGroup(MinibatchDraws, GossipAggregation):
         entries :meth:`stage_rows` already wrote in place (:meth:`set_staged_state`); any other
         missing entry is a KeyError (a device-state file without its momentum must not restore
         the heads alone)."""
+        self._copy_rows(st, copied)
+        self.opt.t = st["t"]
+        self.stale_history = st["stale_history"]
+
+    def _copy_rows(self, st: dict[str, Any], copied: Collection[str]) -> None:
+        """``st``'s per-peer entries into :meth:`_state_rows` but those ``copied`` (KeyError on a
+        missing one); :meth:`set_state` here and in :mod:`fedsim.whole`."""
         for k, own in self._state_rows().items():
             if k not in copied:
                 own.copy_(st[k])
-        self.opt.t = st["t"]
-        self.stale_history = st["stale_history"]
 
     def stage_rows(self, lo: int, total: int, rows: dict[str, Tensor]) -> None:
         """Rows ``lo..`` of :meth:`get_state`'s per-peer entries (``total``: the hosted peers): how a

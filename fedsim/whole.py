@@ -180,9 +180,7 @@ class WholePeerGroup(PeerGroup):
     def set_state(self, st: dict[str, Any], copied: Collection[str] = ()) -> None:
         if self.model.stat_names:
             self.model.load_buffer_state(st["buffers"])
-        for k, own in self._state_rows().items():
-            if k not in copied:  # (copied: written by stage_rows, PeerGroup's)
-                own.copy_(st[k])
+        self._copy_rows(st, copied)  # (copied: written by stage_rows, PeerGroup's)
         self.fopt.t = st["t"]
         self.stale_history = st["stale_history"]
 
