@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 import strategies
+from fedsim import ray_outbox, routing
 from fedsim import rng as crng
-from fedsim import routing
 from fedsim.errors import CorruptFileError
 from fedsim.peers import PeerGroup
 from fedsim.round_record import PHASES, RoundRecord  # noqa: F401  (re-exported)
@@ -79,6 +79,10 @@ class Simulation:
             from fedsim.whole import WholePeerGroup, WholeServer
 
             group_cls, server_cls = WholePeerGroup, WholeServer
+        # on Ray on one host, round messages through the senders' shared-memory outboxes (fedsim.ray_outbox)
+        outboxes = getattr(backend, "name", None) == "ray" and sc.engine.ray_outbox_mib > 0
+        if outboxes:
+            group_cls, server_cls = ray_outbox.with_outbox(group_cls), ray_outbox.with_outbox(server_cls)
         cpus = sc.engine.cpus_per_actor
         # decentralized on Ray the groups send views of their heads (copied into the object store as
         # train returns); the federated server joins the messages itself and gets arrays
@@ -94,6 +98,10 @@ class Simulation:
         # records them and warns where they differ from the driver's (fedsim.runner.Run)
         actors = [*self.groups, *([self.server] if self.server is not None else [])]
         self.mkl_branches: list[str | None] = backend.get([a.mkl_branch.remote() for a in actors])
+        # the driver's reader of the outboxes (it reads the messages it records); whether they are used
+        self.inbox = ray_outbox.Inbox()
+        self.outboxes = outboxes and ray_outbox.connect(backend, actors, self.groups, self.inbox,
+                                                         sc.engine.ray_outbox_mib << 20)
         del train_ref
         # the server's global model after the last aggregation (what the next round trains from), as
         # that call's reply; None: ask the server (round 0, after a restore)
@@ -127,7 +135,10 @@ class Simulation:
         t1 = time.perf_counter()
         # copied before the in-process aggregation overwrites the heads (a bias-free head's rows are views)
         keep = self.record_messages and r >= sc.rounds - self.record_messages
-        msgs = np.concatenate([routing.decode(m).float().numpy() for m in backend.get(params_refs)]) if keep else None
+        msgs = (
+            np.concatenate([routing.decode(m).float().numpy() for m in self.inbox.resolve(backend.get(params_refs))])
+            if keep else None
+        )
         stats = backend.get(stats_refs if stats_refs is not None else self._aggregate(r, params_refs, sampled))
         t2 = time.perf_counter()
         # the messages are not read again: in-process these are the arrays (both groups' messages:
@@ -259,6 +270,7 @@ class Simulation:
         """Free the actors' CPUs (a shared Ray session may run more after this one)."""
         self.backend.kill([*self.groups, *([self.server] if self.server is not None else [])])
         self.groups, self.server = [], None
+        self.inbox.close()
 
 
 # ---------------------------------------------------------------------- a round's record, shared

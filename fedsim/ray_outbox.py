@@ -1,0 +1,241 @@
+"""Round messages between Ray actors on one host, through each sender's shared-memory outbox.
+
+On Ray a group's message (its peers' heads: ``[N/2, 5,770]`` float32, 1.15 MB per group at
+N = 100 clients) used to travel through Ray's object store: the actor's return value was put into
+it, every reader fetched it, and the store freed it once the round's references were dropped.
+On one machine that costs more than the bytes: ``benchmarks/ray_overhead.py`` measured 6–7 ms
+of a 9–11 ms round floor at N = 100 for two such objects (docs/performance.md, "Ray: round
+messages through shared memory"). When every actor runs on the driver's host, each group instead
+writes a message of up to ``engine.ray_outbox_mib`` MiB (default 32; 0: never) into its own
+**outbox**, a ``memfd`` the group's process owns, and its reply carries a small :class:`Posted`
+descriptor; a reader (the server, the other groups, the driver when it records messages) maps the
+sender's outbox once through ``/proc/<pid>/fd/<fd>`` and reads the message in place, read-only, as
+Ray's object store hands out read-only arrays. The values are the same bytes, so the metrics are
+the same. A larger message (a group of thousands of peers) still goes through the object store:
+there the per-object cost is small beside the bytes, and the store's pages, written once by the
+training data the driver put and freed, hold the messages at no new memory, where an outbox would
+be new memory (at 10,000 peers the 115 MB of float16 heads per group: issue 19's 1.5 GB goal).
+
+* Nothing outlives the run: a ``memfd`` has no name in any file system, and its memory is freed
+  when the last process that maps it ends (a killed run leaks nothing). Only processes of the same
+  user on the same host can open it (``/proc``'s ptrace-read check); nothing listens anywhere.
+* It is used only where every reader can open every outbox: :func:`connect` has each actor (and
+  the driver) open every other's and check its random tag; if any cannot (actors on other nodes
+  of a cluster, a PID namespace between them), the run keeps Ray's object store (no error).
+* Ordering: a sender writes round ``r + 1``'s message only once every reader of round ``r`` is
+  done. :meth:`fedsim.simulation.Simulation.step` guarantees it (the driver waits for every
+  aggregation of a round before it submits the next round's training); every read checks that
+  the outbox still holds the round the descriptor names (else a one-line error, never another
+  round's values).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import mmap
+import os
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+HEADER = 64  # bytes: the tag (16), the round (int64), then padding to the first part
+ALIGN = 64  # every part starts on a 64-byte boundary
+GROW = 1 << 20  # an outbox grows in whole MiB (a message a little larger than the last does not remap it)
+
+
+@dataclasses.dataclass(frozen=True)
+class Posted:
+    """A message written into the outbox of process ``pid``'s ``fd``, as one array or a pair of
+    arrays (:func:`fedsim.routing.head_views`' message): each part's ``(offset, dtype, shape)``.
+    ``round``: the round it was posted for (-1: :func:`connect`'s check). ``size``: the outbox's
+    bytes when it was written (a reader maps at least that much)."""
+
+    pid: int
+    fd: int
+    tag: bytes
+    size: int
+    round: int
+    parts: tuple[tuple[int, str, tuple[int, ...]], ...]
+    pair: bool
+
+
+def _aligned(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def nbytes(message: np.ndarray | tuple[np.ndarray, ...]) -> int:
+    """The bytes a message's arrays hold."""
+    return sum(np.asarray(a).nbytes for a in (message if isinstance(message, tuple) else (message,)))
+
+
+class Outbox:
+    """The sender's side: one ``memfd`` per process, rewritten by every :meth:`post`."""
+
+    def __init__(self) -> None:
+        self.fd = os.memfd_create("fedsim-outbox", os.MFD_CLOEXEC)
+        self.tag = secrets.token_bytes(16)
+        self.size = 0
+        self.mm: mmap.mmap | None = None
+        self._grow(HEADER)
+
+    def _grow(self, need: int) -> None:
+        if need <= self.size:
+            return
+        size = -(-need // GROW) * GROW
+        os.ftruncate(self.fd, size)
+        if self.mm is not None:
+            self.mm.close()
+        self.mm = mmap.mmap(self.fd, size)
+        self.size = size
+        self.mm[:16] = self.tag
+
+    def post(self, message: np.ndarray | tuple[np.ndarray, ...], round_: int) -> Posted:
+        """Write ``message`` (an array or a tuple of arrays) and the round into the outbox; its descriptor."""
+        arrays = message if isinstance(message, tuple) else (message,)
+        arrays = tuple(np.asarray(a) for a in arrays)
+        offsets, at = [], HEADER
+        for a in arrays:
+            offsets.append(at)
+            at = _aligned(at + a.nbytes)
+        self._grow(at)
+        assert self.mm is not None
+        self.mm[16:24] = np.int64(-2).tobytes()  # (being written: no round's tag while the parts change)
+        parts = []
+        for a, off in zip(arrays, offsets, strict=True):
+            dst = np.frombuffer(self.mm, dtype=a.dtype, count=a.size, offset=off).reshape(a.shape)
+            np.copyto(dst, a)
+            del dst
+            parts.append((off, a.dtype.str, tuple(a.shape)))
+        self.mm[16:24] = np.int64(round_).tobytes()
+        return Posted(os.getpid(), self.fd, self.tag, self.size, round_, tuple(parts), isinstance(message, tuple))
+
+    def close(self) -> None:
+        if self.mm is not None:
+            self.mm.close()
+            self.mm = None
+        os.close(self.fd)
+
+
+class OutboxError(RuntimeError):
+    """An outbox that cannot be read: another host, gone, or rewritten since its descriptor."""
+
+
+class Inbox:
+    """The reader's side: each sender's outbox mapped once (again when it grew), read in place."""
+
+    def __init__(self) -> None:
+        self._maps: dict[tuple[int, int, bytes], mmap.mmap] = {}
+
+    def _map(self, p: Posted) -> mmap.mmap:
+        key = (p.pid, p.fd, p.tag)
+        mm = self._maps.get(key)
+        if mm is None or len(mm) < p.size:
+            try:
+                fd = os.open(f"/proc/{p.pid}/fd/{p.fd}", os.O_RDONLY)
+            except OSError as e:
+                raise OutboxError(f"cannot open process {p.pid}'s message outbox ({e.strerror})") from None
+            try:
+                size = os.fstat(fd).st_size
+                if size < p.size:
+                    raise OutboxError(f"process {p.pid}'s message outbox is {size} bytes, its message needs {p.size}")
+                mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+            finally:
+                os.close(fd)
+            if mm[:16] != p.tag:
+                mm.close()
+                raise OutboxError(f"process {p.pid}'s fd {p.fd} is not the outbox its message names")
+            self._maps[key] = mm  # (an old, smaller mapping is freed when no array reads it any more)
+        return mm
+
+    def read(self, p: Posted) -> np.ndarray | tuple[np.ndarray, ...]:
+        """The message ``p`` names, as read-only arrays over the sender's outbox (no copy)."""
+        mm = self._map(p)
+        held = int(np.frombuffer(mm, dtype=np.int64, count=1, offset=16)[0])
+        if held != p.round:
+            raise OutboxError(
+                f"process {p.pid}'s outbox holds round {held}'s message, not round {p.round}'s: a sender "
+                "wrote a new round before every reader of the last one was done"
+            )
+        arrays = tuple(
+            np.frombuffer(mm, dtype=np.dtype(dt), count=int(np.prod(shape)), offset=off).reshape(shape)
+            for off, dt, shape in p.parts
+        )
+        return arrays if p.pair else arrays[0]
+
+    def close(self) -> None:
+        """Drop the mappings (each is unmapped once no array read from it is left)."""
+        self._maps.clear()
+
+    def resolve(self, values: Sequence[Any]) -> list[Any]:
+        """``values`` with every :class:`Posted` replaced by the message it names."""
+        return [self.read(v) if isinstance(v, Posted) else v for v in values]
+
+    def can_read(self, probes: Sequence[Posted]) -> bool:
+        """Whether every probe's outbox opens here and carries its tag (:func:`connect`)."""
+        try:
+            for p in probes:
+                self.read(p)
+        except OutboxError as e:
+            log.info("message outboxes not used: %s", e)
+            return False
+        return True
+
+
+def with_outbox(cls: type) -> type:
+    """``cls`` (a peer group or server class) whose round protocol can go through outboxes: once
+    :meth:`outbox_enable` is called, ``train`` posts a message (the first of its two return
+    values) of up to the limit's bytes and replies with the :class:`Posted` descriptor (a larger one
+    is returned as it is: Ray's object store), and ``aggregate`` reads any descriptor among its
+    messages. Until then it behaves as ``cls``."""
+
+    class OutboxActor(cls):  # type: ignore[misc,valid-type]
+        _outbox: Outbox | None = None
+        _inbox: Inbox | None = None
+        _limit = -1  # bytes a posted message may have; -1: nothing posted (the object store)
+
+        def outbox_open(self) -> Posted:
+            """Create this process's outbox; the probe descriptor :func:`connect` hands the others."""
+            self._outbox, self._inbox = Outbox(), Inbox()
+            return self._outbox.post(np.zeros(0, dtype=np.uint8), -1)
+
+        def outbox_check(self, probes: Sequence[Posted]) -> bool:
+            assert self._inbox is not None
+            return self._inbox.can_read(probes)
+
+        def outbox_enable(self, limit: int) -> None:
+            self._limit = limit
+
+        def train(self, round_: int, *args: Any, **kw: Any) -> Any:
+            message, losses = super().train(round_, *args, **kw)
+            if 0 <= nbytes(message) <= self._limit:
+                assert self._outbox is not None
+                message = self._outbox.post(message, round_)
+            return message, losses
+
+        def aggregate(self, round_: int, *params: Any, **kw: Any) -> Any:
+            if self._inbox is not None:
+                params = tuple(self._inbox.resolve(params))
+            return super().aggregate(round_, *params, **kw)
+
+    OutboxActor.__name__ = cls.__name__  # (Ray names the actor's process and log lines after the class)
+    OutboxActor.__qualname__ = cls.__qualname__
+    OutboxActor.__doc__ = cls.__doc__
+    return OutboxActor
+
+
+def connect(backend: Any, actors: Sequence[Any], senders: Sequence[Any], driver: Inbox, limit: int) -> bool:
+    """Open an outbox in every actor of ``actors`` (built from :func:`with_outbox` classes) and,
+    if every actor and the driver can read every other's, switch ``senders`` to posting their
+    messages of up to ``limit`` bytes there. Returns whether they did (False: Ray's object store,
+    as without this module)."""
+    probes = backend.get([a.outbox_open.remote() for a in actors])
+    readable = backend.get([a.outbox_check.remote(probes) for a in actors])
+    if not (all(readable) and driver.can_read(probes)):
+        return False
+    backend.get([s.outbox_enable.remote(limit) for s in senders])
+    return True

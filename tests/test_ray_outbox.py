@@ -1,0 +1,216 @@
+"""Round messages through the senders' shared-memory outboxes (fedsim.ray_outbox): the reader gets
+the sender's exact bytes, read-only, in another process; a rewritten, foreign or unreachable
+outbox is an error, never another round's values; on Ray the run is the object store's run byte
+for byte, and a reader that cannot open an outbox leaves the run on the object store."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from fedsim import ray_outbox
+from fedsim.ray_outbox import Inbox, Outbox, OutboxError, Posted
+
+
+def _messages() -> list[np.ndarray | tuple[np.ndarray, ...]]:
+    g = np.random.default_rng(0)
+    half = g.standard_normal((5, 7)).astype(np.float16)
+    return [
+        g.standard_normal((3, 11)).astype(np.float32),
+        (g.standard_normal((4, 6)).astype(np.float16), g.standard_normal((4, 2)).astype(np.float16)),
+        torch.from_numpy(g.standard_normal((2, 9)).astype(np.float32)).bfloat16().view(torch.uint16).numpy(),
+        half[:, ::2],  # not contiguous: posted as its values
+        np.zeros((0, 4), dtype=np.float32),
+    ]
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, tuple):
+        return isinstance(b, tuple) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return not isinstance(b, tuple) and a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def test_a_posted_message_reads_back_exactly_and_read_only():
+    box, inbox = Outbox(), Inbox()
+    try:
+        for r, m in enumerate(_messages()):
+            p = box.post(m, r)
+            got = inbox.read(p)
+            assert _same(got, m), r
+            for a in got if isinstance(got, tuple) else (got,):
+                assert not a.flags.writeable
+                if a.size:
+                    with pytest.raises(ValueError):
+                        a[(0,) * a.ndim] = 1
+    finally:
+        box.close()
+
+
+def test_a_larger_message_grows_the_outbox_and_the_reader_remaps():
+    box, inbox = Outbox(), Inbox()
+    try:
+        small = np.arange(10, dtype=np.float32)
+        assert _same(inbox.read(box.post(small, 0)), small)
+        big = np.arange(3 * ray_outbox.GROW // 4, dtype=np.float32)  # 3 MiB: the 1 MiB outbox grows
+        p = box.post(big, 1)
+        assert p.size >= big.nbytes + ray_outbox.HEADER and p.size > ray_outbox.GROW
+        assert _same(inbox.read(p), big)
+        again = np.full(7, 2.5, dtype=np.float32)  # smaller again: the same (grown) outbox
+        q = box.post(again, 2)
+        assert q.size == p.size and _same(inbox.read(q), again)
+    finally:
+        box.close()
+
+
+def test_a_rewritten_outbox_is_an_error_not_the_next_rounds_values():
+    box, inbox = Outbox(), Inbox()
+    try:
+        p = box.post(np.ones(4, dtype=np.float32), 3)
+        box.post(np.full(4, 9.0, dtype=np.float32), 4)  # the sender moved on before p was read
+        with pytest.raises(OutboxError, match="holds round 4's message, not round 3's"):
+            inbox.read(p)
+    finally:
+        box.close()
+
+
+def test_a_foreign_or_gone_outbox_is_an_error():
+    box, inbox = Outbox(), Inbox()
+    try:
+        p = box.post(np.ones(4, dtype=np.float32), 0)
+        other = Posted(p.pid, p.fd, b"x" * 16, p.size, 0, p.parts, False)  # another outbox's tag
+        with pytest.raises(OutboxError, match="not the outbox its message names"):
+            inbox.read(other)
+        gone = Posted(p.pid, 10**6, p.tag, p.size, 0, p.parts, False)
+        with pytest.raises(OutboxError, match="cannot open"):
+            inbox.read(gone)
+        assert not inbox.can_read([p, gone]) and inbox.can_read([p])
+    finally:
+        box.close()
+
+
+def _child(conn) -> None:
+    box = Outbox()
+    for r, m in enumerate(_messages()):
+        conn.send(box.post(m, r))
+        assert conn.recv() == "read"
+    conn.send("done")
+    conn.recv()  # (the outbox lives until the parent is done with it)
+
+
+def test_another_process_reads_the_senders_bytes_in_place():
+    ctx = mp.get_context("spawn")  # a process of its own, as a Ray worker is
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_child, args=(child,))
+    proc.start()
+    try:
+        inbox = Inbox()
+        for m in _messages():
+            p = parent.recv()
+            assert p.pid == proc.pid != os.getpid()
+            assert _same(inbox.read(p), m)
+            parent.send("read")
+        assert parent.recv() == "done"
+        parent.send("bye")
+    finally:
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+    assert proc.exitcode == 0
+
+
+class _Group:
+    def __init__(self, value: float) -> None:
+        self.value = value
+        self.heard: list = []
+
+    def train(self, round_: int, *_):
+        return np.full((2, 3), self.value + round_, dtype=np.float32), np.zeros(2)
+
+    def aggregate(self, round_: int, *params, **kw):
+        self.heard.append((round_, params, kw))
+        return {"dropped": 0}
+
+
+def test_the_wrapped_class_posts_only_once_enabled_and_reads_what_it_is_sent():
+    cls = ray_outbox.with_outbox(_Group)
+    assert cls.__name__ == "_Group" and issubclass(cls, _Group)
+    a, b = cls(1.0), cls(10.0)
+    plain, _ = a.train(0)
+    assert isinstance(plain, np.ndarray)  # before connect: the class as it was
+    probes = [a.outbox_open(), b.outbox_open()]
+    assert a.outbox_check(probes) and b.outbox_check(probes)
+    a.outbox_enable(24)  # bytes: the [2, 3] float32 message just fits
+    posted, losses = a.train(2)
+    assert isinstance(posted, Posted) and posted.round == 2 and losses.shape == (2,)
+    b.aggregate(2, posted, plain, sampled="s")
+    r, heard, kw = b.heard[-1]
+    assert r == 2 and kw == {"sampled": "s"}
+    assert _same(heard[0], np.full((2, 3), 3.0, dtype=np.float32)) and heard[1] is plain
+    a.outbox_enable(23)  # a message larger than the limit: returned as it is (Ray's object store)
+    big, _ = a.train(3)
+    assert isinstance(big, np.ndarray) and _same(big, np.full((2, 3), 4.0, dtype=np.float32))
+
+
+class _Handle:
+    """An actor handle of the in-process backend's shape, whose calls run at once."""
+
+    def __init__(self, obj) -> None:
+        self.obj = obj
+
+    def __getattr__(self, name):
+        fn = getattr(self.obj, name)
+        return type("M", (), {"remote": staticmethod(fn)})
+
+
+class _Now:
+    def get(self, refs):
+        return refs
+
+
+def test_connect_falls_back_when_any_reader_cannot_read(monkeypatch):
+    cls = ray_outbox.with_outbox(_Group)
+    objs = [cls(1.0), cls(2.0)]
+    handles = [_Handle(o) for o in objs]
+    assert ray_outbox.connect(_Now(), handles, handles[:1], Inbox(), 1 << 20)
+    assert isinstance(objs[0].train(0)[0], Posted) and isinstance(objs[1].train(0)[0], np.ndarray)
+    objs = [cls(1.0), cls(2.0)]
+    handles = [_Handle(o) for o in objs]
+    monkeypatch.setattr(objs[1], "outbox_check", lambda probes: False)
+    assert not ray_outbox.connect(_Now(), handles, handles, Inbox(), 1 << 20)
+    assert all(isinstance(o.train(0)[0], np.ndarray) for o in objs)  # every sender stays on the object store
+
+
+@pytest.mark.parametrize("mode", ["decentralized", "federated"])
+def test_on_ray_the_outbox_run_is_the_object_store_run(small_scenario, ray_session, mode):
+    """The same run through the outboxes and through Ray's object store: metrics byte-identical,
+    with half-precision views (decentralized) and a federated server; the outboxes really used."""
+    from fedsim.backend import RayBackend
+    from fedsim.prepare import prepare
+    from fedsim.runner import Run
+    from fedsim.scenario import parse
+    from fedsim.simulation import Simulation
+
+    over = {"mode": mode, "rounds": 3, "engine.backend": "ray", "engine.num_actors": 3}
+    if mode == "federated":
+        over["topology.kind"] = "star"
+    else:
+        over |= {"engine.message_dtype": "float16", "engine.head_dtype": "float16"}
+    got = {}
+    for shm in (True, False):
+        sc = parse(small_scenario(name=f"{mode}{shm}", **over, **{"engine.ray_outbox_mib": 32 if shm else 0}))
+        r = Run(sc)
+        r.create_dir(overwrite=True)
+        r.execute()
+        got[shm] = (r.dir / "metrics.jsonl").read_bytes()
+        sim = Simulation(sc, prepare(sc), RayBackend())
+        try:
+            assert sim.outboxes == shm
+            msg = sim.backend.get(sim.groups[0].train.options(num_returns=2).remote(0)[0])
+            assert isinstance(msg, Posted) == shm
+        finally:
+            sim.close()
+    assert got[True] == got[False]
