@@ -505,6 +505,11 @@ class RayBackend:
     def put(self, obj: Any) -> Any:
         return self.ray.put(obj)
 
+    def single_host(self) -> bool:
+        """Whether this Ray is one node, this process's: every actor runs on this host (fedsim.ray_outbox)."""
+        nodes = [n for n in self.ray.nodes() if n.get("Alive")]
+        return len(nodes) == 1 and nodes[0].get("NodeID") == self.ray.get_runtime_context().get_node_id()
+
     def kill(self, handles: list[Any]) -> None:
         """Free the actors' CPUs now (a shared Ray session may run more scenarios after this one)."""
         kill_actors(handles)

@@ -6,22 +6,28 @@ it, every reader fetched it, and the store freed it once the round's references 
 On one machine that costs more than the bytes: ``benchmarks/ray_overhead.py`` measured 6–7 ms
 of a 9–11 ms round floor at N = 100 for two such objects (docs/performance.md, "Ray: round
 messages through shared memory"). When every actor runs on the driver's host, each group instead
-writes a message of up to ``engine.ray_outbox_mib`` MiB (default 32; 0: never) into its own
-**outbox**, a ``memfd`` the group's process owns, and its reply carries a small :class:`Posted`
-descriptor; a reader (the server, the other groups, the driver when it records messages) maps the
-sender's outbox once through ``/proc/<pid>/fd/<fd>`` and reads the message in place, read-only, as
-Ray's object store hands out read-only arrays. The values are the same bytes, so the metrics are
-the same. A larger message (a group of thousands of peers) still goes through the object store:
-there the per-object cost is small beside the bytes, and the store's pages, written once by the
-training data the driver put and freed, hold the messages at no new memory, where an outbox would
-be new memory (at 10,000 peers the 115 MB of float16 heads per group: issue 19's 1.5 GB goal).
+writes its message into its own **outbox**, a ``memfd`` the group's process owns, and its reply
+carries a small :class:`Posted` descriptor; a reader (the server, the other groups, the driver when
+it records messages) maps the sender's outbox once through ``/proc/<pid>/fd/<fd>`` and reads the
+message in place, read-only, as Ray's object store hands out read-only arrays. The values are the
+same bytes, so the metrics are the same.
+
+The driver hands the groups their training features the same way (:func:`share`): it writes them
+into an outbox of its own, each group's constructor copies its peers' rows out of it, and the
+driver closes it once every group is built, so that memory is given back. Through Ray's object
+store those pages stayed resident after the store freed the features, and messages put later
+landed in them or in fresh pages by the store's allocation: at 10,000 peers on one actor the run's
+peak moved by 110 MiB from one run to the next, and an outbox message beside the features' pages
+was 110 MiB more; with both through outboxes the peak is the lower one, every time (issue 19's
+1.5 GB goal; docs/performance.md).
 
 * Nothing outlives the run: a ``memfd`` has no name in any file system, and its memory is freed
   when the last process that maps it ends (a killed run leaks nothing). Only processes of the same
   user on the same host can open it (``/proc``'s ptrace-read check); nothing listens anywhere.
-* It is used only where every reader can open every outbox: :func:`connect` has each actor (and
-  the driver) open every other's and check its random tag; if any cannot (actors on other nodes
-  of a cluster, a PID namespace between them), the run keeps Ray's object store (no error).
+* It is used only with ``engine.ray_shared_memory`` (default on) on a Ray of a single host, the
+  driver's (:meth:`fedsim.backend.RayBackend.single_host`), and for the messages only where every
+  reader can open every outbox: :func:`connect` has each actor (and the driver) open every other's
+  and check its random tag; if any cannot, the messages keep Ray's object store (no error).
 * Ordering: a sender writes round ``r + 1``'s message only once every reader of round ``r`` is
   done. :meth:`fedsim.simulation.Simulation.step` guarantees it (the driver waits for every
   aggregation of a round before it submits the next round's training); every read checks that
@@ -66,11 +72,6 @@ class Posted:
 
 def _aligned(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
-
-
-def nbytes(message: np.ndarray | tuple[np.ndarray, ...]) -> int:
-    """The bytes a message's arrays hold."""
-    return sum(np.asarray(a).nbytes for a in (message if isinstance(message, tuple) else (message,)))
 
 
 class Outbox:
@@ -119,6 +120,24 @@ class Outbox:
             self.mm.close()
             self.mm = None
         os.close(self.fd)
+
+
+@dataclasses.dataclass(frozen=True)
+class Shared:
+    """Named arrays a process wrote into its outbox (:func:`share`), read by an actor's constructor."""
+
+    keys: tuple[str, ...]
+    posted: Posted
+
+
+def share(arrays: dict[str, np.ndarray]) -> tuple[Outbox, Shared]:
+    """``arrays`` written into a new outbox of this process: the outbox (close it once every reader
+    is built) and the descriptor to pass to :func:`with_outbox` classes' constructors."""
+    box = Outbox()
+    return box, Shared(tuple(arrays), box.post(tuple(arrays.values()), SHARED_ROUND))
+
+
+SHARED_ROUND = -3  # the round tag of :func:`share`'s outbox (-1: connect's probes; -2: being written)
 
 
 class OutboxError(RuntimeError):
@@ -171,6 +190,12 @@ class Inbox:
         """Drop the mappings (each is unmapped once no array read from it is left)."""
         self._maps.clear()
 
+    def shared(self, s: Shared) -> dict[str, np.ndarray]:
+        """:func:`share`'s arrays by name, read-only views of the sharing process's outbox."""
+        arrays = self.read(s.posted)
+        assert isinstance(arrays, tuple)
+        return dict(zip(s.keys, arrays, strict=True))
+
     def resolve(self, values: Sequence[Any]) -> list[Any]:
         """``values`` with every :class:`Posted` replaced by the message it names."""
         return [self.read(v) if isinstance(v, Posted) else v for v in values]
@@ -187,16 +212,29 @@ class Inbox:
 
 
 def with_outbox(cls: type) -> type:
-    """``cls`` (a peer group or server class) whose round protocol can go through outboxes: once
-    :meth:`outbox_enable` is called, ``train`` posts a message (the first of its two return
-    values) of up to the limit's bytes and replies with the :class:`Posted` descriptor (a larger one
-    is returned as it is: Ray's object store), and ``aggregate`` reads any descriptor among its
-    messages. Until then it behaves as ``cls``."""
+    """``cls`` (a peer group or server class) whose round protocol can go through outboxes: its
+    constructor reads any :class:`Shared` argument (and lets go of the mapping once built); once
+    :meth:`outbox_enable` is called, ``train`` posts its message (the first of its two return
+    values) and replies with the :class:`Posted` descriptor, and ``aggregate`` reads any descriptor
+    among its messages. Until then it behaves as ``cls``."""
 
     class OutboxActor(cls):  # type: ignore[misc,valid-type]
         _outbox: Outbox | None = None
         _inbox: Inbox | None = None
-        _limit = -1  # bytes a posted message may have; -1: nothing posted (the object store)
+        _posting = False
+
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            if not any(isinstance(a, Shared) for a in args):
+                super().__init__(*args, **kw)
+                return
+            inbox = Inbox()
+            try:
+                args = tuple(inbox.shared(a) if isinstance(a, Shared) else a for a in args)
+            except OutboxError as e:
+                raise OutboxError(f"{e}; set engine.ray_shared_memory: false") from None
+            super().__init__(*args, **kw)
+            del args  # (the views: the mapping goes once the class kept none of them, as a group does)
+            inbox.close()
 
         def outbox_open(self) -> Posted:
             """Create this process's outbox; the probe descriptor :func:`connect` hands the others."""
@@ -207,12 +245,12 @@ def with_outbox(cls: type) -> type:
             assert self._inbox is not None
             return self._inbox.can_read(probes)
 
-        def outbox_enable(self, limit: int) -> None:
-            self._limit = limit
+        def outbox_enable(self) -> None:
+            self._posting = True
 
         def train(self, round_: int, *args: Any, **kw: Any) -> Any:
             message, losses = super().train(round_, *args, **kw)
-            if 0 <= nbytes(message) <= self._limit:
+            if self._posting:
                 assert self._outbox is not None
                 message = self._outbox.post(message, round_)
             return message, losses
@@ -228,14 +266,13 @@ def with_outbox(cls: type) -> type:
     return OutboxActor
 
 
-def connect(backend: Any, actors: Sequence[Any], senders: Sequence[Any], driver: Inbox, limit: int) -> bool:
+def connect(backend: Any, actors: Sequence[Any], senders: Sequence[Any], driver: Inbox) -> bool:
     """Open an outbox in every actor of ``actors`` (built from :func:`with_outbox` classes) and,
     if every actor and the driver can read every other's, switch ``senders`` to posting their
-    messages of up to ``limit`` bytes there. Returns whether they did (False: Ray's object store,
-    as without this module)."""
+    messages there. Returns whether they did (False: Ray's object store, as without this module)."""
     probes = backend.get([a.outbox_open.remote() for a in actors])
     readable = backend.get([a.outbox_check.remote(probes) for a in actors])
     if not (all(readable) and driver.can_read(probes)):
         return False
-    backend.get([s.outbox_enable.remote(limit) for s in senders])
+    backend.get([s.outbox_enable.remote() for s in senders])
     return True

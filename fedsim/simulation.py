@@ -60,9 +60,14 @@ class Simulation:
         self.record_messages = record_messages
         feats = prep.features
         # the test set (kept: evaluation reads it) and the training arrays (dropped once every group
-        # copied its rows, so Ray's object store can reuse their space for the messages) apart
+        # copied its rows) apart
         self.features_ref = backend.put({"x_test": feats.x_test, "y_test": feats.y_test})
-        train_ref = backend.put({"x_train": feats.x_train, "y_train": feats.y_train})
+        # on Ray on one host, the training features and the round messages through shared memory
+        # (fedsim.ray_outbox): the features in the driver's outbox, closed once every group copied its rows
+        outboxes = getattr(backend, "name", None) == "ray" and sc.engine.ray_shared_memory and backend.single_host()
+        train = {"x_train": feats.x_train, "y_train": feats.y_train}
+        feature_box, train_ref = ray_outbox.share(train) if outboxes else (None, backend.put(train))
+        del train
         if not keep_train:  # the driver's arrays: on Ray copied into the object store just now, in-process
             # held by the two dicts until every group copied its rows (a slice would keep the storage)
             emptied = ("x_train",) if sc.mode == "federated" else ("x_train", "x_test", "y_test")
@@ -79,8 +84,6 @@ class Simulation:
             from fedsim.whole import WholePeerGroup, WholeServer
 
             group_cls, server_cls = WholePeerGroup, WholeServer
-        # on Ray on one host, round messages through the senders' shared-memory outboxes (fedsim.ray_outbox)
-        outboxes = getattr(backend, "name", None) == "ray" and sc.engine.ray_outbox_mib > 0
         if outboxes:
             group_cls, server_cls = ray_outbox.with_outbox(group_cls), ray_outbox.with_outbox(server_cls)
         cpus = sc.engine.cpus_per_actor
@@ -100,9 +103,10 @@ class Simulation:
         self.mkl_branches: list[str | None] = backend.get([a.mkl_branch.remote() for a in actors])
         # the driver's reader of the outboxes (it reads the messages it records); whether they are used
         self.inbox = ray_outbox.Inbox()
-        self.outboxes = outboxes and ray_outbox.connect(backend, actors, self.groups, self.inbox,
-                                                         sc.engine.ray_outbox_mib << 20)
+        self.outboxes = outboxes and ray_outbox.connect(backend, actors, self.groups, self.inbox)
         del train_ref
+        if feature_box is not None:
+            feature_box.close()
         # the server's global model after the last aggregation (what the next round trains from), as
         # that call's reply; None: ask the server (round 0, after a restore)
         self._global_ref: Any = None

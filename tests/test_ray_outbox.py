@@ -143,16 +143,13 @@ def test_the_wrapped_class_posts_only_once_enabled_and_reads_what_it_is_sent():
     assert isinstance(plain, np.ndarray)  # before connect: the class as it was
     probes = [a.outbox_open(), b.outbox_open()]
     assert a.outbox_check(probes) and b.outbox_check(probes)
-    a.outbox_enable(24)  # bytes: the [2, 3] float32 message just fits
+    a.outbox_enable()
     posted, losses = a.train(2)
     assert isinstance(posted, Posted) and posted.round == 2 and losses.shape == (2,)
     b.aggregate(2, posted, plain, sampled="s")
     r, heard, kw = b.heard[-1]
     assert r == 2 and kw == {"sampled": "s"}
     assert _same(heard[0], np.full((2, 3), 3.0, dtype=np.float32)) and heard[1] is plain
-    a.outbox_enable(23)  # a message larger than the limit: returned as it is (Ray's object store)
-    big, _ = a.train(3)
-    assert isinstance(big, np.ndarray) and _same(big, np.full((2, 3), 4.0, dtype=np.float32))
 
 
 class _Handle:
@@ -175,12 +172,12 @@ def test_connect_falls_back_when_any_reader_cannot_read(monkeypatch):
     cls = ray_outbox.with_outbox(_Group)
     objs = [cls(1.0), cls(2.0)]
     handles = [_Handle(o) for o in objs]
-    assert ray_outbox.connect(_Now(), handles, handles[:1], Inbox(), 1 << 20)
+    assert ray_outbox.connect(_Now(), handles, handles[:1], Inbox())
     assert isinstance(objs[0].train(0)[0], Posted) and isinstance(objs[1].train(0)[0], np.ndarray)
     objs = [cls(1.0), cls(2.0)]
     handles = [_Handle(o) for o in objs]
     monkeypatch.setattr(objs[1], "outbox_check", lambda probes: False)
-    assert not ray_outbox.connect(_Now(), handles, handles, Inbox(), 1 << 20)
+    assert not ray_outbox.connect(_Now(), handles, handles, Inbox())
     assert all(isinstance(o.train(0)[0], np.ndarray) for o in objs)  # every sender stays on the object store
 
 
@@ -201,7 +198,7 @@ def test_on_ray_the_outbox_run_is_the_object_store_run(small_scenario, ray_sessi
         over |= {"engine.message_dtype": "float16", "engine.head_dtype": "float16"}
     got = {}
     for shm in (True, False):
-        sc = parse(small_scenario(name=f"{mode}{shm}", **over, **{"engine.ray_outbox_mib": 32 if shm else 0}))
+        sc = parse(small_scenario(name=f"{mode}{shm}", **over, **{"engine.ray_shared_memory": shm}))
         r = Run(sc)
         r.create_dir(overwrite=True)
         r.execute()
@@ -214,3 +211,30 @@ def test_on_ray_the_outbox_run_is_the_object_store_run(small_scenario, ray_sessi
         finally:
             sim.close()
     assert got[True] == got[False]
+
+
+def _outbox_maps() -> int:
+    with open("/proc/self/maps") as f:
+        return sum("fedsim-outbox" in line for line in f)
+
+
+class _Rows:
+    """A group's constructor: copies its rows out of the shared training arrays, keeps no view."""
+
+    def __init__(self, setup: list[int], features: dict[str, np.ndarray], test: dict | None = None) -> None:
+        self.x, self.y = features["x_train"][setup], features["y_train"][setup]
+        self.test = test
+
+
+def test_shared_features_are_copied_by_the_constructor_and_the_memory_let_go():
+    x, y = np.arange(24, dtype=np.float32).reshape(6, 4), np.arange(6)
+    before = _outbox_maps()
+    box, shared = ray_outbox.share({"x_train": x, "y_train": y})
+    assert _outbox_maps() == before + 1  # the sharer's own mapping
+    g = ray_outbox.with_outbox(_Rows)([4, 1], shared, {"x_test": 1})
+    assert _same(g.x, x[[4, 1]]) and _same(g.y, y[[4, 1]]) and g.test == {"x_test": 1}
+    assert _outbox_maps() == before + 1  # the reader's mapping went with the constructor
+    box.close()
+    assert _outbox_maps() == before
+    with pytest.raises(OutboxError, match="ray_shared_memory: false"):
+        ray_outbox.with_outbox(_Rows)([0], shared)  # the sharer closed it: a one-line error naming the way out
