@@ -33,7 +33,7 @@ Not yet run on a GPU: checked on the CPU and on torch's ``meta`` device only (``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -83,7 +83,7 @@ class GossipAggregation:
     bias: bool
     layer_shape: tuple[int, int]
     is_byz: np.ndarray  # bool [p]
-    val: list[tuple[Tensor, Tensor]]  # each hosted peer's validation split
+    val: Sequence[tuple[Tensor, Tensor]]  # each hosted peer's validation split (peers.ValSplits)
     val_x: Tensor
     val_y: Tensor
     val_sizes: np.ndarray

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -62,6 +62,24 @@ def counted_losses(loss: Tensor, counted: np.ndarray) -> np.ndarray:
     every group's at once (:func:`fedsim.simulation.train_loss_sum`), so the recorded train loss
     does not depend on how peers are grouped (a per-group float32 sum did, at float rounding)."""
     return loss.detach().cpu()[torch.from_numpy(np.asarray(counted, dtype=bool))].numpy().astype(np.float32)
+
+
+class ValSplits(Sequence[tuple[Tensor, Tensor]]):
+    """Each hosted peer's validation split ``(x, y)``, views of the rows stored back to back, made
+    when asked: a list of them held two tensor objects per peer, 12 MiB at 10,000 peers a group
+    (measured), beside the 21 MiB of the rows themselves."""
+
+    def __init__(self, x: Tensor, y: Tensor, offsets: np.ndarray, sizes: np.ndarray) -> None:
+        self.x, self.y, self.offsets, self.sizes = x, y, offsets, sizes
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __getitem__(self, j: int) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        if not -len(self) <= j < len(self):
+            raise IndexError(j)
+        o, n = int(self.offsets[j]), int(self.sizes[j])
+        return self.x[o : o + n], self.y[o : o + n]
 
 
 class PeerGroup(MinibatchDraws, GossipAggregation):
@@ -100,10 +118,7 @@ class PeerGroup(MinibatchDraws, GossipAggregation):
         self.val_offsets = np.concatenate([[0], np.cumsum(self.val_sizes)[:-1]])
         vflat = np.concatenate(s.val_idx).astype(np.int64)
         self.val_x, self.val_y = torch.from_numpy(xtr[vflat]), torch.from_numpy(ytr[vflat])  # splits back to back
-        self.val = [
-            (self.val_x[o : o + n], self.val_y[o : o + n])
-            for o, n in zip(self.val_offsets, self.val_sizes, strict=True)
-        ]
+        self.val = ValSplits(self.val_x, self.val_y, self.val_offsets, self.val_sizes)
         held = (
             s.classes[self.ids] if s.classes is not None else held_classes(ytr, s.train_idx, s.val_idx, s.num_classes)
         )
