@@ -25,7 +25,8 @@ was 110 MiB more; with both through outboxes the peak is the lower one, every ti
   when the last process that maps it ends (a killed run leaks nothing). Only processes of the same
   user on the same host can open it (``/proc``'s ptrace-read check); nothing listens anywhere.
 * It is used only with ``engine.ray_shared_memory`` (default on) on a Ray of a single host, the
-  driver's (:meth:`fedsim.backend.RayBackend.single_host`), and for the messages only where every
+  driver's (:meth:`fedsim.backend.RayBackend.single_host`), where Linux's ``memfd`` and ``/proc``
+  are there (:func:`available`; elsewhere, macOS included, the object store), and for the messages only where every
   reader can open every outbox: :func:`connect` has each actor (and the driver) open every other's
   and check its random tag; if any cannot, the messages keep Ray's object store (no error).
 * Ordering: a sender writes round ``r + 1``'s message only once every reader of round ``r`` is
@@ -209,6 +210,22 @@ class Inbox:
             log.info("message outboxes not used: %s", e)
             return False
         return True
+
+
+def available() -> bool:
+    """Whether this host can share outboxes: Linux's ``memfd_create`` and a ``/proc`` through which
+    this process opens its own outbox again (not macOS or Windows, nor a ``/proc``-less sandbox: there
+    a run keeps Ray's object store)."""
+    if not hasattr(os, "memfd_create"):
+        return False
+    try:
+        box = Outbox()
+    except OSError:
+        return False
+    try:
+        return Inbox().can_read([box.post(np.zeros(0, dtype=np.uint8), -1)])
+    finally:
+        box.close()
 
 
 def with_outbox(cls: type) -> type:

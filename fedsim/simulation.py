@@ -64,7 +64,8 @@ class Simulation:
         self.features_ref = backend.put({"x_test": feats.x_test, "y_test": feats.y_test})
         # on Ray on one host, the training features and the round messages through shared memory
         # (fedsim.ray_outbox): the features in the driver's outbox, closed once every group copied its rows
-        outboxes = getattr(backend, "name", None) == "ray" and sc.engine.ray_shared_memory and backend.single_host()
+        outboxes = (getattr(backend, "name", None) == "ray" and sc.engine.ray_shared_memory
+                    and ray_outbox.available() and backend.single_host())
         train = {"x_train": feats.x_train, "y_train": feats.y_train}
         feature_box, train_ref = ray_outbox.share(train) if outboxes else (None, backend.put(train))
         del train

@@ -238,3 +238,29 @@ def test_shared_features_are_copied_by_the_constructor_and_the_memory_let_go():
     assert _outbox_maps() == before
     with pytest.raises(OutboxError, match="ray_shared_memory: false"):
         ray_outbox.with_outbox(_Rows)([0], shared)  # the sharer closed it: a one-line error naming the way out
+
+
+def test_a_host_without_memfd_or_proc_keeps_the_object_store(small_scenario, ray_session, monkeypatch):
+    """macOS and Windows have no ``os.memfd_create``, a sandbox may have no ``/proc``: outboxes are not
+    available there, and a Ray run uses the object store (messages and features) instead of failing."""
+    from fedsim.backend import RayBackend
+    from fedsim.prepare import prepare
+    from fedsim.scenario import parse
+    from fedsim.simulation import Simulation
+
+    assert ray_outbox.available()
+    monkeypatch.setattr(ray_outbox.Inbox, "can_read", lambda self, probes: False)  # no /proc to open through
+    assert not ray_outbox.available()
+    monkeypatch.undo()
+    monkeypatch.delattr(os, "memfd_create")
+    assert not ray_outbox.available()
+    shared = []
+    monkeypatch.setattr(ray_outbox, "share", lambda arrays: shared.append(1))
+    sc = parse(small_scenario(rounds=1, **{"engine.backend": "ray"}))
+    sim = Simulation(sc, prepare(sc), RayBackend())
+    try:
+        assert not sim.outboxes and not shared
+        msg = sim.backend.get(sim.groups[0].train.options(num_returns=2).remote(0)[0])
+        assert not isinstance(msg, Posted)
+    finally:
+        sim.close()
