@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 import strategies
-from fedsim import ray_outbox, routing
+from fedsim import limits, ray_outbox, routing
 from fedsim import rng as crng
 from fedsim.errors import CorruptFileError
 from fedsim.peers import PeerGroup
@@ -35,8 +35,7 @@ from fedsim.threads import torch_threads
 if TYPE_CHECKING:
     from fedsim.prepare import Prepared
 
-FINAL_SLICE_BYTES = 16 << 20
-"""Bytes of float32 heads :meth:`Simulation.final_params` asks a group for in one call."""
+FINAL_SLICE_BYTES = limits.FINAL_SLICE_BYTES  # (here: what this module's methods read, tests patch it)
 
 
 class Simulation:
