@@ -28,6 +28,10 @@ INDEX = 8  # bytes of an int64 index
 PROCESS_BYTES = 250 * 2**20
 RAY_ACTOR_BYTES = 200 * 2**20
 RAY_SYSTEM_BYTES = 350 * 2**20
+FINAL_SLICE_BYTES = 16 << 20
+"""Bytes of a group's rows asked for (or handed over) in one call on Ray: the float32 heads of
+:meth:`fedsim.simulation.Simulation.final_params`, a checkpoint's state (``Simulation.state``) and a
+restore's (``Simulation.restore``)."""
 NX_EDGE_BYTES = 300  # a networkx edge while a static graph is drawn (both adjacency entries + attr dict)
 
 
@@ -202,8 +206,9 @@ def estimate_memory(
     (:func:`fedsim.heads.upcast_steps`; 0 with float32 heads, trained where they are stored);
     ``checkpoints``: the run writes checkpoints (``checkpoint.every``), each needing a float32 copy of
     every peer's heads and optimizer state (:meth:`fedsim.simulation.Simulation.state`, whatever
-    ``head_bytes``) besides the groups' ``get_state`` copies then alive: one group's in-process, every
-    group's on Ray (asked at once); ``state_bytes``: bytes of a peer's further per-peer state in those
+    ``head_bytes``) besides the groups' ``get_state`` copies then alive: one group's in-process, on
+    Ray one slice of :data:`FINAL_SLICE_BYTES` of a group's rows at a time (counted thrice: in the
+    actor, Ray's object store and the driver); ``state_bytes``: bytes of a peer's further per-peer state in those
     copies (a whole model's stacked buffers with BatchNorm, float64: :meth:`fedsim.whole.WholePeerGroup.get_state`).
     A resume needs no more (measured in-process and on Ray): :meth:`fedsim.simulation.Simulation.restore`
     holds the loaded checkpoint, the fresh shapes on the ``meta`` device (no group's copy) and, on Ray,
@@ -223,8 +228,11 @@ def estimate_memory(
     data = FLOAT * dim * (2 * n_train + n_test * (1 + groups)) + padded  # driver, group rows, test copies
     topology = INDEX * edges * (groups + 1) + NX_EDGE_BYTES * edges // 2
     processes = PROCESS_BYTES + (RAY_SYSTEM_BYTES + RAY_ACTOR_BYTES * ray_actors if ray_actors else 0)
-    state_rows = peers + (peers if ray_actors else -(-peers // max(groups, 1)))  # merged + groups' copies
     per_peer = FLOAT * num_params * (2 + int(adam)) + state_bytes  # w+b, m, v; (whole models) buffers
+    largest = -(-peers // max(groups, 1))
+    # merged + the largest group's copy (in-process) or one slice of its rows, in the actor, Ray's
+    # object store and the driver (Ray)
+    state_rows = peers + (3 * min(largest, max(1, FINAL_SLICE_BYTES // max(per_peer, 1))) if ray_actors else largest)
     checkpoint = per_peer * state_rows if checkpoints else 0
     return MemoryEstimate(heads, messages, data, topology, processes, batches, checkpoint=checkpoint)
 

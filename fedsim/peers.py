@@ -257,24 +257,26 @@ class PeerGroup(MinibatchDraws, GossipAggregation):
     _staged: dict[str, Tensor] | None = None  # a restore's rows, in slices (stage_rows), until set_staged_state
     _copied: frozenset[str] = frozenset()  # the per-peer entries stage_rows wrote in place, until set_staged_state
 
-    def get_state(self, device: str = "cpu") -> dict[str, Any]:
+    def get_state(self, device: str = "cpu", lo: int = 0, hi: int | None = None, shared: bool = True) -> dict[str, Any]:
         """The hosted peers' heads and optimizer buffers, and the stale attack's history: everything a
         resumed group needs (tensors, an int and ``None`` only: a checkpoint stores it without pickle),
         as CPU float32 copies (a checkpoint resumes on any ``engine.device``; half-precision values
         are float32 exactly, and :meth:`set_state` rounds them back to the same values). ``device``
         ``"meta"``: the same entries, shapes and dtypes, no data and no copy (what a restore checks
-        a checkpoint against)."""
-        f32 = torch.float32
-        st = {
-            "w": self.w.to(device, f32, copy=True),
-            "b": self.b.to(device, f32, copy=True),
-            "m_w": self.opt.m_w.to(device, f32, copy=True),
-            "m_b": self.opt.m_b.to(device, f32, copy=True),
-            "t": self.opt.t,
-            "stale_history": self.stale_history,
-        }
-        if self.opt.v_w is not None:
-            st |= {"v_w": self.opt.v_w.to(device, f32, copy=True), "v_b": self.opt.v_b.to(device, f32, copy=True)}
+        a checkpoint against). ``lo``, ``hi``: the per-peer entries (:attr:`PER_PEER_STATE`) of the
+        hosted peers ``lo .. hi - 1`` only (local indices), each a compact copy (a pickled view carries
+        its whole storage); ``shared`` False: without the other entries. How a checkpoint on Ray fetches
+        a group's state a slice at a time (:meth:`fedsim.simulation.Simulation.state`)."""
+        f32, opt = torch.float32, self.opt
+
+        def rows(v: Tensor) -> Tensor:
+            return v[lo:hi].to(device, f32, copy=True)
+
+        st = {"w": rows(self.w), "b": rows(self.b), "m_w": rows(opt.m_w), "m_b": rows(opt.m_b)}
+        if shared:
+            st |= {"t": opt.t, "stale_history": self.stale_history}
+        if opt.v_w is not None:
+            st |= {"v_w": rows(opt.v_w), "v_b": rows(opt.v_b)}
         return st
 
     def _state_rows(self) -> dict[str, Tensor]:

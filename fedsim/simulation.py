@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 import strategies
-from fedsim import ray_outbox, routing
+from fedsim import limits, ray_outbox, routing
 from fedsim import rng as crng
 from fedsim.errors import CorruptFileError
 from fedsim.peers import PeerGroup
@@ -35,8 +35,7 @@ from fedsim.threads import torch_threads
 if TYPE_CHECKING:
     from fedsim.prepare import Prepared
 
-FINAL_SLICE_BYTES = 16 << 20
-"""Bytes of float32 heads :meth:`Simulation.final_params` asks a group for in one call."""
+FINAL_SLICE_BYTES = limits.FINAL_SLICE_BYTES  # (here: what this module's methods read, tests patch it)
 
 
 class Simulation:
@@ -203,13 +202,26 @@ class Simulation:
     def _group_sizes(self) -> list[int]:
         return [len(s.train_idx) for s in self.prep.setups]
 
-    def _group_states(self) -> Iterator[dict[str, Any]]:
-        """Every group's :meth:`PeerGroup.get_state`, one at a time (in-process: each asked when the
-        previous one is merged; on Ray all asked at once and fetched one by one)."""
+    def _group_states(self) -> Iterator[dict[str, Any] | Iterator[dict[str, Any]]]:
+        """Every group's :meth:`PeerGroup.get_state`, one at a time, for :func:`merge_group_states`.
+        In-process each group's whole state, asked when the previous one is merged (its copies are
+        the group's own: nothing is pickled). On Ray in slices of FINAL_SLICE_BYTES of rows (its
+        ``get_state("meta")`` gives their size), one call in flight at a time, each a compact copy;
+        the shared entries with the first group's first slice: no group's whole state is copied at
+        once (it sat in the actor's heap, in Ray's object store and in the driver together: every
+        group's, all asked at once, before; 2.3 GB per tensor at 100,000 peers)."""
         backend = self.backend
-        refs = [g.get_state.remote() for g in self.groups] if backend.lazy else None
-        for i, g in enumerate(self.groups):
-            yield backend.get(refs[i] if refs is not None else g.get_state.remote())
+        for i, (g, n) in enumerate(zip(self.groups, self._group_sizes(), strict=True)):
+            if not backend.lazy:
+                yield backend.get(g.get_state.remote())
+                continue
+            yield self._state_slices(g, n, slice_rows(backend.get(g.get_state.remote("meta"))), i == 0)
+
+    def _state_slices(self, g: Any, n: int, step: int, shared: bool) -> Iterator[dict[str, Any]]:
+        """Group ``g``'s state (``n`` peers) in slices of ``step`` rows, fetched one at a time as they
+        are asked for; ``shared``: the shared entries with the first."""
+        for lo in range(0, n, step):
+            yield self.backend.get(g.get_state.remote("cpu", lo, min(n, lo + step), shared and lo == 0))
 
     def restore(self, state: Any, source: Path) -> None:
         """Load a checkpoint's :meth:`state` into the fresh actors, after checking it has this
@@ -231,7 +243,7 @@ class Simulation:
                 backend.get(g.set_state.remote(st))
                 continue
             rows = {k: v for k, v in st.items() if k in PeerGroup.PER_PEER_STATE and isinstance(v, torch.Tensor)}
-            step = max(1, FINAL_SLICE_BYTES // max(1, sum(v[:1].nbytes for v in rows.values())))
+            step = slice_rows(rows)
             for lo in range(0, n, step):
                 backend.get(g.stage_rows.remote(lo, n, {k: v[lo : lo + step].clone() for k, v in rows.items()}))
             backend.get(g.set_staged_state.remote({k: v for k, v in st.items() if k not in rows}))
@@ -370,28 +382,47 @@ def accuracy_fields(sc: Scenario, a: np.ndarray, lo: np.ndarray, ids: np.ndarray
     return out
 
 
-def merge_group_states(states: Iterable[dict[str, Any]], sizes: Sequence[int]) -> dict[str, Any]:
+def slice_rows(state: dict[str, Any]) -> int:
+    """How many peers' rows of ``state``'s per-peer tensors (any device, "meta" too) make
+    FINAL_SLICE_BYTES (at least one): the slices a checkpoint on Ray is fetched and restored in."""
+    row = sum(v[:1].nbytes for k, v in state.items() if k in PeerGroup.PER_PEER_STATE and isinstance(v, torch.Tensor))
+    return max(1, FINAL_SLICE_BYTES // max(1, row))
+
+
+def merge_group_states(
+    states: Iterable[dict[str, Any] | Iterable[dict[str, Any]]], sizes: Sequence[int]
+) -> dict[str, Any]:
     """Every group's state as one: per-peer tensors in peer order, the shared entries (the same in
     every group) once; the groups host ``sizes`` peers each (in order). Independent of how peers are
     split over groups. Written group by group into tensors of all the peers' rows, as ``states``
     yields them: one group's state alive at a time besides the merged one (a concatenation of them
-    all held every group's copy too: 0.21 GiB more at a 10,000-peer checkpoint, docs/performance.md)."""
+    all held every group's copy too: 0.21 GiB more at a 10,000-peer checkpoint, docs/performance.md).
+    A group's state is a dict, or an iterable of slices of it: dicts of its per-peer tensors' next
+    rows (:meth:`PeerGroup.get_state` with ``lo``, ``hi``; the first group's first slice also holds
+    the shared entries), one slice alive at a time."""
     per_peer = PeerGroup.PER_PEER_STATE
     merged: dict[str, Any] = {}
     first = i = 0
-    for st in states:  # (not enumerate: its reused result tuple would keep the previous state alive)
-        if i == 0:
-            merged = {k: v for k, v in st.items() if k not in per_peer}
-            merged |= {k: st[k].new_empty((sum(sizes), *st[k].shape[1:])) for k in per_peer if k in st}
-        n = sizes[i]
-        for k in per_peer:
-            if k in merged:
-                if st[k].shape[0] != n:
-                    raise ValueError(f"group {i}'s {k!r} has {st[k].shape[0]} rows, expected {n}")
-                merged[k][first : first + n] = st[k]
+    for group in states:  # (not enumerate: its reused result tuple would keep the previous state alive)
+        n, got = sizes[i], 0
+        for st in [group] if isinstance(group, dict) else group:
+            if not merged:
+                merged = {k: v for k, v in st.items() if k not in per_peer}
+                merged |= {k: st[k].new_empty((sum(sizes), *st[k].shape[1:])) for k in per_peer if k in st}
+            m = 0
+            for k in per_peer:
+                if k in merged:
+                    m = st[k].shape[0]
+                    if got + m > n or (isinstance(group, dict) and m != n):
+                        raise ValueError(f"group {i}'s {k!r} has {got + m} rows, expected {n}")
+                    merged[k][first + got : first + got + m] = st[k]
+            got += m
+            del st  # (before the next slice is fetched)
+        if got != n:
+            raise ValueError(f"group {i}'s state has {got} rows, expected {n}")
         first += n
         i += 1
-        del st  # (before the next group's is fetched)
+        del group  # (before the next group's is fetched)
     if first != sum(sizes):
         raise ValueError(f"the groups' states hold {first} peers, expected {sum(sizes)}")
     return merged

@@ -161,16 +161,21 @@ class WholePeerGroup(PeerGroup):
     # "w": θ, "m_w"/"v_w": the optimizer's buffers, "buffers": the stacked module buffers (BatchNorm only)
     PER_PEER_STATE = PeerGroup.PER_PEER_STATE
 
-    def get_state(self, device: str = "cpu") -> dict[str, Any]:
+    def get_state(self, device: str = "cpu", lo: int = 0, hi: int | None = None, shared: bool = True) -> dict[str, Any]:
         """Parameters and optimizer buffers as CPU tensors (a checkpoint resumes on any ``engine.device``);
         with BatchNorm also every module buffer (:meth:`fedsim.stacked.StackedModel.buffer_state`).
-        ``device`` ``"meta"``: shapes and dtypes only (:meth:`PeerGroup.get_state`)."""
-        st = {"w": self.model.theta.to(device, copy=True), "m_w": self.fopt.m.to(device, copy=True),
-              "t": self.fopt.t, "stale_history": self.stale_history}
+        ``device`` ``"meta"``: shapes and dtypes only; ``lo``, ``hi``, ``shared``: a slice of the
+        per-peer entries, compact copies (:meth:`PeerGroup.get_state`)."""
+        def rows(v: Tensor) -> Tensor:
+            return v[lo:hi].to(device, copy=True)
+
+        st = {"w": rows(self.model.theta), "m_w": rows(self.fopt.m)}
+        if shared:
+            st |= {"t": self.fopt.t, "stale_history": self.stale_history}
         if self.fopt.v is not None:
-            st["v_w"] = self.fopt.v.to(device, copy=True)
-        if (buffers := self.model.checkpoint_buffers()) is not None:  # (BatchNorm only: older checkpoints' entries)
-            st["buffers"] = buffers.to(device)
+            st["v_w"] = rows(self.fopt.v)
+        if (buffers := self.model.checkpoint_buffers(lo, hi)) is not None:  # (BatchNorm only: older checkpoints)
+            st["buffers"] = buffers.to(device)  # (a new tensor of the rows asked: compact)
         return st
 
     def _state_rows(self) -> dict[str, Tensor]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import pickle
 import weakref
 from pathlib import Path
 
@@ -403,3 +404,104 @@ def test_set_state_refuses_a_state_without_an_entry():
     with pytest.raises(KeyError, match="m_w"):
         group.set_state({k: v for k, v in st.items() if k != "m_w"})
     group.set_state({k: v for k, v in st.items() if k != "m_w"}, copied={"m_w"})  # written in place before
+
+
+def _ray_like_state(sim, monkeypatch, slice_bytes: int):
+    """``sim.state()`` through the lazy backend, FINAL_SLICE_BYTES ``slice_bytes``: the state, and per
+    ``get_state`` call its arguments, the rows of each per-peer tensor it returned, whether each of
+    those tensors owns its storage alone (what Ray pickles: a view carries its whole storage) and
+    the size of the pickled result."""
+
+    from fedsim import simulation
+    from fedsim.backend import LocalBackend
+
+    monkeypatch.setattr(simulation, "FINAL_SLICE_BYTES", slice_bytes)
+    local_groups, ray = sim.groups, _RayLike()
+    sim.backend, sim.groups = ray, [ray.handle(g._obj) for g in local_groups]
+    calls: list[dict] = []
+    get_state = type(local_groups[0]._obj).get_state
+
+    def tracked(self, *args):
+        st = get_state(self, *args)
+        per_peer = {k: v for k, v in st.items() if k in PeerGroup.PER_PEER_STATE}
+        calls.append({"args": args, "rows": {len(v) for v in per_peer.values()}, "keys": list(st),
+                      "compact": all(v.untyped_storage().nbytes() == v.nbytes for v in per_peer.values()),
+                      "pickled": len(pickle.dumps(st)) if args[:1] != ("meta",) else 0})
+        return st
+
+    monkeypatch.setattr(type(local_groups[0]._obj), "get_state", tracked)
+    try:
+        state = sim.state()
+    finally:
+        monkeypatch.setattr(type(local_groups[0]._obj), "get_state", get_state)
+        sim.backend, sim.groups = LocalBackend(), local_groups
+    assert not ray.pending and ray.most["get_state"] == 1  # one call in flight at a time
+    return state, calls
+
+
+def _same_state(got: dict, want: dict) -> None:
+    assert list(got) == list(want)  # (the order too: the checkpoint's bytes)
+    for k, v in want.items():
+        if isinstance(v, torch.Tensor):
+            assert got[k].dtype == v.dtype and torch.equal(got[k], v), k
+        else:
+            assert got[k] == v, k
+
+
+@pytest.mark.parametrize("over", [{"training.optimizer": "adam", "engine.head_dtype": "bfloat16"},
+                                  {"peers.byzantine": 2, "peers.attack": {"name": "stale", "params": {"delay": 2}}}])
+def test_checkpoint_state_on_ray_is_fetched_in_bounded_compact_slices(small_scenario, monkeypatch, over):
+    """On a lazy backend (Ray) Simulation.state asks each group for FINAL_SLICE_BYTES of its rows a
+    call (its whole state, every group's asked at once, sat in its heap, the object store and the
+    driver together: several times the heads at 10,000 peers), one call at a time, each tensor a
+    compact copy (a pickled view carries every hosted peer's rows), the shared entries once; the
+    state equals the in-process one (3 groups of 3 peers, slices of 2 rows)."""
+    from fedsim.backend import LocalBackend
+    from fedsim.prepare import prepare
+    from fedsim.simulation import Simulation
+
+    sc = parse(small_scenario(**{"engine.num_actors": 3, "peers.count": 9, **over}))
+    prep = prepare(sc)
+    sim = Simulation(sc, prep, LocalBackend())
+    for r in range(3):
+        sim.step(r)
+    want = sim.state()
+    assert (want["groups"]["stale_history"] is not None) == ("peers.attack" in over)
+    row = sum(v[:1].nbytes for k, v in want["groups"].items() if k in PeerGroup.PER_PEER_STATE)
+    got, calls = _ray_like_state(sim, monkeypatch, 2 * row)
+    _same_state(got["groups"], want["groups"])
+    sliced = [c for c in calls if c["args"][:1] != ("meta",)]
+    assert [c["args"] for c in calls if c not in sliced] == [("meta",)] * 3
+    assert [c["args"][1:] for c in sliced] == [(0, 2, True), (2, 3, False)] + [(0, 2, False), (2, 3, False)] * 2
+    assert [c["rows"] for c in sliced] == [{2}, {1}] * 3 and all(c["compact"] for c in sliced)
+    assert ["t" in c["keys"] for c in sliced] == [True] + [False] * 5
+    shared = len(pickle.dumps({k: v for k, v in want["groups"].items() if k not in PeerGroup.PER_PEER_STATE}))
+    assert max(c["pickled"] for c in sliced) < 2 * row + shared + 4096  # its rows, not the group's
+
+
+def test_whole_model_checkpoint_state_on_ray_in_one_row_slices(tmp_path, monkeypatch):
+    """A whole model with local BatchNorm (its checkpoint keeps every module buffer, float64) and
+    Adam on 2 groups: fetched one peer's rows a call, each compact, the buffers too; the same state."""
+    from fedsim.backend import LocalBackend
+    from fedsim.overrides import set_dotted
+    from fedsim.prepare import prepare
+    from fedsim.simulation import Simulation
+
+    d = {"name": "bn", "seed": 3, "rounds": 2, "dataset": {"name": "mnist10k"},
+         "backbone": {"name": "fmnist_bn_cnn", "cache_dir": str(tmp_path / "cache")},
+         "partition": {"kind": "iid"}, "peers": {"count": 4}, "topology": {"kind": "complete"},
+         "training": {"lr": 0.01, "batch_size": 4, "local_steps": 2, "optimizer": "adam"},
+         "model": {"trainable": "all", "init": "scratch", "bn": "local"},
+         "engine": {"backend": "local", "num_actors": 2}, "output": {"dir": str(tmp_path / "runs")}}
+    set_dotted(d, "strategy.name", "fedavg")
+    sc = parse(d)
+    sim = Simulation(sc, prepare(sc), LocalBackend())
+    sim.step(0)
+    want = sim.state()
+    assert "buffers" in want["groups"] and want["groups"]["buffers"].abs().sum() > 0
+    row = max(v[:1].nbytes for k, v in want["groups"].items() if k in PeerGroup.PER_PEER_STATE)
+    got, calls = _ray_like_state(sim, monkeypatch, row)
+    _same_state(got["groups"], want["groups"])
+    sliced = [c for c in calls if c["args"][:1] != ("meta",)]
+    assert [c["args"][1:3] for c in sliced] == [(0, 1), (1, 2)] * 2
+    assert all(c["rows"] == {1} and c["compact"] for c in sliced)

@@ -207,10 +207,10 @@ def test_bn_section_validation(tmp_path):
     ({"backbone.name": "fmnist_bn_cnn"}, "sgd"),  # θ, momentum and the float64 BatchNorm buffers
     ({"dataset.name": "sklearn_digits", "backbone.name": "identity", "model.hidden": [8]}, "adam"),  # no buffers
 ])
-def test_the_whole_models_memory_estimate_counts_the_checkpoints_state_copy(tmp_path, model, optimizer):
+def test_the_whole_models_memory_estimate_counts_the_checkpoints_state_copy(tmp_path, monkeypatch, model, optimizer):
     """With checkpoints on, a whole model's estimate (what `fedsim validate` prints) grows by what
     Simulation.state allocates: every peer's merged state and the largest group's get_state copy."""
-    from fedsim import whole_plan
+    from fedsim import limits, whole_plan
     from fedsim.backend import LocalBackend
     from fedsim.data.datasets import dataset_info
     from fedsim.simulation import Simulation
@@ -227,11 +227,15 @@ def test_the_whole_models_memory_estimate_counts_the_checkpoints_state_copy(tmp_
     largest = max(len(s.train_idx) for s in prep.setups)
     assert largest == 3 and est_off.checkpoint == 0 and est.checkpoint == held // 5 * (5 + largest)
     assert est.total - est_off.total == est.checkpoint and est.heads == est_off.heads
-    # on a Ray fedsim starts, every group is asked at once: all peers' copies beside the merged
-    # state, and the actors' processes (as for linear heads: limits.ray_actor_processes)
+    # on a Ray fedsim starts, a group is asked for its rows a slice of FINAL_SLICE_BYTES at a time
+    # (Simulation.state), counted thrice (in the actor, the object store, the driver): here a slice
+    # holds the largest group whole, or (FINAL_SLICE_BYTES one peer's state) one row; and the actors'
+    # processes (as for linear heads: limits.ray_actor_processes)
     ray = _scenario(tmp_path, **over, **{"checkpoint.every": 1, "engine.backend": "ray"})
     est_ray = whole_plan.memory_estimate(ray, info, None)[0]
-    assert est_ray.checkpoint == held // 5 * (5 + 5) and est_ray.processes > est.processes
+    assert est_ray.checkpoint == held // 5 * (5 + 3 * 3) and est_ray.processes > est.processes
+    monkeypatch.setattr(limits, "FINAL_SLICE_BYTES", held // 5)
+    assert whole_plan.memory_estimate(ray, info, None)[0].checkpoint == held // 5 * (5 + 3)
 
 
 def test_params_of_a_slice_of_peers_are_those_rows_with_their_own_statistics(tmp_path):
