@@ -150,6 +150,8 @@ def main(a: argparse.Namespace | None = None) -> None:
         full_two_waits = per_round_ms(lambda: two_waits(groups, server), a.rounds)
         state = {"g": server.get_global.remote()}
         piped = per_round_ms(lambda: pipelined(groups, server, state), a.rounds)
+        for h in (*groups, server):  # (their CPUs, for the actors below)
+            ray.kill(h)
         ray_outbox = importlib.import_module("fedsim.ray_outbox")
         cls = ray.remote(num_cpus=1)(ray_outbox.with_outbox(IdleGroup))
         og = [cls.remote(a.clients // 2) for _ in range(2)]

@@ -495,6 +495,9 @@ class RayBackend:
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None) -> None:
         self._started = init_ray(address, num_cpus, log_to_driver=True)
+        # a Ray this call started on this machine (no address): its processes are this process's
+        # descendants, on this host, in its PID namespace, under its user (fedsim.ray_outbox)
+        self.started_here = self._started and not address
         import ray
 
         self.ray = ray
@@ -506,9 +509,18 @@ class RayBackend:
         return self.ray.put(obj)
 
     def single_host(self) -> bool:
-        """Whether this Ray is one node, this process's: every actor runs on this host (fedsim.ray_outbox)."""
+        """Whether this Ray is one node, this process's: every actor runs on this host (fedsim.ray_outbox).
+        Never under Ray Client (``ray://``): there the node this process is told of is the server's."""
+        from ray.util.client import ray as client
+
+        if client.is_connected():
+            return False
         nodes = [n for n in self.ray.nodes() if n.get("Alive")]
         return len(nodes) == 1 and nodes[0].get("NodeID") == self.ray.get_runtime_context().get_node_id()
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` run once as a Ray task (no CPU asked: it runs beside the actors), its result."""
+        return self.ray.get(self.ray.remote(num_cpus=0, max_retries=0, **worker_options())(fn).remote(*args))
 
     def kill(self, handles: list[Any]) -> None:
         """Free the actors' CPUs now (a shared Ray session may run more scenarios after this one)."""

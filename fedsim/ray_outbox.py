@@ -24,16 +24,19 @@ was 110 MiB more; with both through outboxes the peak is the lower one, every ti
 * Nothing outlives the run: a ``memfd`` has no name in any file system, and its memory is freed
   when the last process that maps it ends (a killed run leaks nothing). Only processes of the same
   user on the same host can open it (``/proc``'s ptrace-read check); nothing listens anywhere.
-* It is used only with ``engine.ray_shared_memory`` (default on) on a Ray of a single host, the
-  driver's (:meth:`fedsim.backend.RayBackend.single_host`), where Linux's ``memfd`` and ``/proc``
-  are there (:func:`available`; elsewhere, macOS included, the object store), and for the messages only where every
-  reader can open every outbox: :func:`connect` has each actor (and the driver) open every other's
-  and check its random tag; if any cannot, the messages keep Ray's object store (no error).
+* It is used only with ``engine.ray_shared_memory`` (default on), where Linux's ``memfd`` and
+  ``/proc`` are (:func:`available`; elsewhere, macOS included, the object store), on a Ray of a
+  single host, the driver's, not through Ray Client (:meth:`fedsim.backend.RayBackend.single_host`),
+  whose workers can open the driver's outboxes (:func:`workers_read_driver`: a Ray fedsim started
+  here, or one task's answer), and for the messages only where every reader can open every
+  outbox: :func:`connect` has each actor (and the driver) open every other's and check its random
+  tag. Anywhere else the run keeps Ray's object store (no error).
 * Ordering: a sender writes round ``r + 1``'s message only once every reader of round ``r`` is
   done. :meth:`fedsim.simulation.Simulation.step` guarantees it (the driver waits for every
-  aggregation of a round before it submits the next round's training); every read checks that
-  the outbox still holds the round the descriptor names (else a one-line error, never another
-  round's values).
+  aggregation of a round before it submits the next round's training), and it is what protects
+  the arrays a reader holds: they are views, and a rewrite would change them under it. Every read
+  checks that the outbox still holds the round the descriptor names, so a read that starts after a
+  rewrite is a one-line error, never another round's values.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import logging
 import mmap
 import os
 import secrets
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,6 +84,8 @@ class Outbox:
 
     def __init__(self) -> None:
         self.fd = os.memfd_create("fedsim-outbox", os.MFD_CLOEXEC)
+        # (closed with the object if close() is never called: an error between share() and close())
+        self._closed = weakref.finalize(self, os.close, self.fd)
         self.tag = secrets.token_bytes(16)
         self.size = 0
         self.mm: mmap.mmap | None = None
@@ -120,7 +126,7 @@ class Outbox:
         if self.mm is not None:
             self.mm.close()
             self.mm = None
-        os.close(self.fd)
+        self._closed()  # os.close(fd), once
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,6 +232,39 @@ def available() -> bool:
         return Inbox().can_read([box.post(np.zeros(0, dtype=np.uint8), -1)])
     finally:
         box.close()
+
+
+def _reads(probe: Posted) -> bool:
+    """(In a Ray worker) whether this process can read ``probe``'s outbox."""
+    return Inbox().can_read([probe])
+
+
+def workers_read_driver(backend: Any) -> bool:
+    """Whether a Ray worker of ``backend`` can read an outbox of this process (:func:`share`'s
+    features): asked of one task. A Ray fedsim started here needs no asking (its workers are this
+    process's descendants: same host, user and PID namespace); one it joined may run its workers in
+    another PID namespace or under another user (then the object store)."""
+    if getattr(backend, "started_here", False):
+        return True
+    box = Outbox()
+    try:
+        return bool(backend.call(_reads, box.post(np.zeros(0, dtype=np.uint8), -1)))
+    except Exception as e:  # noqa: BLE001 - whatever stops the task, the answer is no
+        log.info("message outboxes not used: %s", e)
+        return False
+    finally:
+        box.close()
+
+
+def usable(backend: Any, enabled: bool) -> bool:
+    """Whether a run on ``backend`` passes its training features and round messages through outboxes:
+    ``enabled`` (``engine.ray_shared_memory``), a Ray backend, :func:`available` here, a single host
+    (:meth:`fedsim.backend.RayBackend.single_host`) whose workers can read this process's outboxes
+    (:func:`workers_read_driver`). (:func:`connect` checks the actors' outboxes once they exist.)"""
+    return (
+        enabled and getattr(backend, "name", None) == "ray" and available() and backend.single_host()
+        and workers_read_driver(backend)
+    )
 
 
 def with_outbox(cls: type) -> type:

@@ -303,7 +303,7 @@ class EngineCfg(_Section):
         True,
         description="engine.backend ray on a single host: the training features reach the groups, and the groups' "
         "round messages each other and the server, through the senders' shared memory (memfd outboxes read in place) "
-        "instead of Ray's object store: the same values, a round 0.65x at 100 clients and 130 MiB less at 10,000 "
+        "instead of Ray's object store: the same values, a round 0.65x at 100 clients and 20-130 MiB less at 10,000 "
         "peers (measured); off, or a Ray of several hosts: the object store (fedsim/ray_outbox.py)",
     )
 

@@ -63,8 +63,7 @@ class Simulation:
         self.features_ref = backend.put({"x_test": feats.x_test, "y_test": feats.y_test})
         # on Ray on one host, the training features and the round messages through shared memory
         # (fedsim.ray_outbox): the features in the driver's outbox, closed once every group copied its rows
-        outboxes = (getattr(backend, "name", None) == "ray" and sc.engine.ray_shared_memory
-                    and ray_outbox.available() and backend.single_host())
+        outboxes = ray_outbox.usable(backend, sc.engine.ray_shared_memory)
         train = {"x_train": feats.x_train, "y_train": feats.y_train}
         feature_box, train_ref = ray_outbox.share(train) if outboxes else (None, backend.put(train))
         del train
@@ -79,34 +78,36 @@ class Simulation:
             )
             del arrays
         del feats  # (else this frame keeps the driver's arrays until every actor is built: the start-up peak)
-        group_cls, server_cls = PeerGroup, Server
-        if sc.model.whole:
-            from fedsim.whole import WholePeerGroup, WholeServer
+        try:
+            group_cls, server_cls = PeerGroup, Server
+            if sc.model.whole:
+                from fedsim.whole import WholePeerGroup, WholeServer
 
-            group_cls, server_cls = WholePeerGroup, WholeServer
-        if outboxes:
-            group_cls, server_cls = ray_outbox.with_outbox(group_cls), ray_outbox.with_outbox(server_cls)
-        cpus = sc.engine.cpus_per_actor
-        # decentralized on Ray the groups send views of their heads (copied into the object store as
-        # train returns); the federated server joins the messages itself and gets arrays
-        views = bool(backend.copies_returns) and sc.mode == "decentralized"
-        self.groups: list[Any] = [
-            backend.actor(group_cls, dataclasses.replace(s, sends_views=views) if views else s, train_ref,
-                          self.features_ref, num_cpus=cpus) for s in prep.setups
-        ]
-        self.server: Any = (
-            backend.actor(server_cls, prep.server_setup, *prep.root, num_cpus=cpus) if prep.server_setup else None
-        )
-        # each actor's oneMKL branch (fedsim.mkl_branch.current), once every actor is built: the run
-        # records them and warns where they differ from the driver's (fedsim.runner.Run)
-        actors = [*self.groups, *([self.server] if self.server is not None else [])]
-        self.mkl_branches: list[str | None] = backend.get([a.mkl_branch.remote() for a in actors])
-        # the driver's reader of the outboxes (it reads the messages it records); whether they are used
-        self.inbox = ray_outbox.Inbox()
-        self.outboxes = outboxes and ray_outbox.connect(backend, actors, self.groups, self.inbox)
-        del train_ref
-        if feature_box is not None:
-            feature_box.close()
+                group_cls, server_cls = WholePeerGroup, WholeServer
+            if outboxes:
+                group_cls, server_cls = ray_outbox.with_outbox(group_cls), ray_outbox.with_outbox(server_cls)
+            cpus = sc.engine.cpus_per_actor
+            # decentralized on Ray the groups send views of their heads (copied into the object store as
+            # train returns); the federated server joins the messages itself and gets arrays
+            views = bool(backend.copies_returns) and sc.mode == "decentralized"
+            self.groups: list[Any] = [
+                backend.actor(group_cls, dataclasses.replace(s, sends_views=views) if views else s, train_ref,
+                              self.features_ref, num_cpus=cpus) for s in prep.setups
+            ]
+            self.server: Any = (
+                backend.actor(server_cls, prep.server_setup, *prep.root, num_cpus=cpus) if prep.server_setup else None
+            )
+            # each actor's oneMKL branch (fedsim.mkl_branch.current), once every actor is built: the run
+            # records them and warns where they differ from the driver's (fedsim.runner.Run)
+            actors = [*self.groups, *([self.server] if self.server is not None else [])]
+            self.mkl_branches: list[str | None] = backend.get([a.mkl_branch.remote() for a in actors])
+            # the driver's reader of the outboxes (it reads the messages it records); whether they are used
+            self.inbox = ray_outbox.Inbox()
+            self.outboxes = outboxes and ray_outbox.connect(backend, actors, self.groups, self.inbox)
+        finally:  # (also when an actor fails to start: the features' outbox is not kept open)
+            del train_ref
+            if feature_box is not None:
+                feature_box.close()
         # the server's global model after the last aggregation (what the next round trains from), as
         # that call's reply; None: ask the server (round 0, after a restore)
         self._global_ref: Any = None

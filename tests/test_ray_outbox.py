@@ -264,3 +264,97 @@ def test_a_host_without_memfd_or_proc_keeps_the_object_store(small_scenario, ray
         assert not isinstance(msg, Posted)
     finally:
         sim.close()
+
+
+def _outbox_fds() -> int:
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += "fedsim-outbox" in os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass
+    return n
+
+
+def test_recorded_messages_on_ray_are_the_object_stores_and_no_outbox_fd_is_left(
+    small_scenario, ray_session, monkeypatch
+):
+    """``Simulation.step`` reads the messages it records through the driver's inbox: the same arrays
+    as through the object store, round by round; once built, the features' outbox is closed, and
+    after ``close`` the driver holds no outbox fd (a mapping keeps a duplicate of its fd)."""
+    from fedsim.backend import RayBackend
+    from fedsim.prepare import prepare
+    from fedsim.scenario import parse
+    from fedsim.simulation import Simulation
+
+    boxes = []
+    real = ray_outbox.share
+    monkeypatch.setattr(ray_outbox, "share", lambda arrays: boxes.append(real(arrays)) or boxes[-1])
+    before = _outbox_fds()
+    got = {}
+    for shm in (True, False):
+        sc = parse(small_scenario(rounds=3, **{"engine.backend": "ray", "engine.ray_shared_memory": shm}))
+        sim = Simulation(sc, prepare(sc), RayBackend(), record_messages=2)
+        try:
+            assert sim.outboxes == shm and len(boxes) == 1
+            assert boxes[0][0].mm is None and not boxes[0][0]._closed.alive  # the features' outbox: closed
+            got[shm] = [(rec.metrics, rec.messages) for rec in sim.rounds()]
+        finally:
+            sim.close()
+        assert _outbox_fds() == before
+    assert [m for m, _ in got[True]] == [m for m, _ in got[False]]
+    for (_, a), (_, b) in zip(got[True], got[False], strict=True):
+        assert (a is None) == (b is None) and (a is None or a.tobytes() == b.tobytes())
+    assert sum(m is not None for _, m in got[True]) == 2
+
+
+def test_a_failed_start_leaves_no_outbox_open(small_scenario, ray_session, monkeypatch):
+    from fedsim.backend import RayBackend
+    from fedsim.prepare import prepare
+    from fedsim.scenario import parse
+    from fedsim.simulation import Simulation
+
+    boxes = []
+    real = ray_outbox.share
+    monkeypatch.setattr(ray_outbox, "share", lambda arrays: boxes.append(real(arrays)) or boxes[-1])
+    before = _outbox_fds()
+    sc = parse(small_scenario(**{"engine.backend": "ray"}))
+    backend = RayBackend()
+    monkeypatch.setattr(backend, "actor", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no actor")))
+    with pytest.raises(RuntimeError, match="no actor"):
+        Simulation(sc, prepare(sc), backend)
+    assert len(boxes) == 1 and not boxes[0][0]._closed.alive and _outbox_fds() == before
+
+
+def test_workers_that_cannot_read_the_driver_keep_the_object_store(small_scenario, ray_session, monkeypatch):
+    """A Ray fedsim joined (not started) is asked once whether its workers can open the driver's
+    outboxes (another PID namespace or user cannot): if not, the whole run uses the object store;
+    under Ray Client a single node is never taken for this host."""
+    import dataclasses
+
+    import ray.util.client
+
+    from fedsim.backend import RayBackend
+    from fedsim.prepare import prepare
+    from fedsim.scenario import parse
+    from fedsim.simulation import Simulation
+
+    backend = RayBackend()
+    assert not backend.started_here and backend.single_host() and ray_outbox.workers_read_driver(backend)
+    real = Outbox.post
+    monkeypatch.setattr(Outbox, "post", lambda self, m, r: dataclasses.replace(real(self, m, r), pid=1))
+    assert not ray_outbox.workers_read_driver(backend)  # a descriptor the workers cannot open
+    monkeypatch.undo()
+    monkeypatch.setattr(ray.util.client.ray, "is_connected", lambda: True)
+    assert not backend.single_host()
+    monkeypatch.undo()
+    monkeypatch.setattr(ray_outbox, "workers_read_driver", lambda b: False)
+    shared = []
+    monkeypatch.setattr(ray_outbox, "share", lambda arrays: shared.append(1))
+    sc = parse(small_scenario(rounds=1, **{"engine.backend": "ray"}))
+    sim = Simulation(sc, prepare(sc), backend)
+    try:
+        assert not sim.outboxes and not shared  # neither the features nor the messages
+        assert not isinstance(sim.backend.get(sim.groups[0].train.options(num_returns=2).remote(0)[0]), Posted)
+    finally:
+        sim.close()
