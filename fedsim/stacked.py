@@ -171,19 +171,22 @@ class StackedModel:
             b.copy_(flat[:, off : off + k].reshape(-1, *b.shape[1:]).expand_as(b))
             off += k
 
-    def buffer_state(self, lo: int = 0, hi: int | None = None) -> Tensor:
+    def buffer_state(self, lo: int = 0, hi: int | None = None, device: str | torch.device = "cpu") -> Tensor:
         """Every stacked buffer (statistics, ``num_batches_tracked``, constants) as float64 ``[p, T]``
         on the CPU, exact for float32 values and counts below 2**53: what a checkpoint keeps; of the
-        peers ``lo .. hi - 1`` only (each buffer sliced before the concatenation: a new tensor of
-        those rows)."""
+        peers ``lo .. hi - 1`` only (each buffer sliced and moved before the concatenation: a new
+        tensor of those rows). ``device`` ``"meta"``: its shape and dtype only, no rows copied."""
         n = len(range(self.p)[lo:hi])
-        return torch.cat([self.buffers[k][lo:hi].reshape(n, -1).double().cpu() for k in self.buffers], dim=1) \
-            if self.buffers else torch.zeros(n, 0, dtype=torch.float64)
+        return torch.cat([self.buffers[k][lo:hi].to(device).reshape(n, -1).double() for k in self.buffers], dim=1) \
+            if self.buffers else torch.zeros(n, 0, dtype=torch.float64, device=device)
 
-    def checkpoint_buffers(self, lo: int = 0, hi: int | None = None) -> Tensor | None:
-        """The buffers a checkpoint keeps: :meth:`buffer_state` (of the peers ``lo .. hi - 1``) with
-        BatchNorm statistics, else None (checkpoints of models without BatchNorm keep no entry)."""
-        return self.buffer_state(lo, hi) if self.stat_names else None
+    def checkpoint_buffers(
+        self, lo: int = 0, hi: int | None = None, device: str | torch.device = "cpu"
+    ) -> Tensor | None:
+        """The buffers a checkpoint keeps: :meth:`buffer_state` (of the peers ``lo .. hi - 1``, on
+        ``device``) with BatchNorm statistics, else None (checkpoints of models without BatchNorm
+        keep no entry)."""
+        return self.buffer_state(lo, hi, device) if self.stat_names else None
 
     def load_buffer_state(self, flat: Tensor) -> None:
         """:meth:`buffer_state` undone."""

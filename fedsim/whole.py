@@ -174,8 +174,9 @@ class WholePeerGroup(PeerGroup):
             st |= {"t": self.fopt.t, "stale_history": self.stale_history}
         if self.fopt.v is not None:
             st["v_w"] = rows(self.fopt.v)
-        if (buffers := self.model.checkpoint_buffers(lo, hi)) is not None:  # (BatchNorm only: older checkpoints)
-            st["buffers"] = buffers.to(device)  # (a new tensor of the rows asked: compact)
+        buffers = self.model.checkpoint_buffers(lo, hi, device)
+        if buffers is not None:  # (BatchNorm only: older checkpoints)
+            st["buffers"] = buffers  # (a new tensor of the rows asked, on device: compact; "meta": no copy)
         return st
 
     def _state_rows(self) -> dict[str, Tensor]:

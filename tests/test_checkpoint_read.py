@@ -500,8 +500,44 @@ def test_whole_model_checkpoint_state_on_ray_in_one_row_slices(tmp_path, monkeyp
     want = sim.state()
     assert "buffers" in want["groups"] and want["groups"]["buffers"].abs().sum() > 0
     row = max(v[:1].nbytes for k, v in want["groups"].items() if k in PeerGroup.PER_PEER_STATE)
+    from fedsim import stacked
+
+    built, real = [], stacked.StackedModel.buffer_state  # the buffers each call builds, and where
+
+    def spy(self, lo=0, hi=None, device="cpu"):
+        t = real(self, lo, hi, device)
+        built.append((t.shape[0], t.device.type))
+        return t
+
+    monkeypatch.setattr(stacked.StackedModel, "buffer_state", spy)
     got, calls = _ray_like_state(sim, monkeypatch, row)
     _same_state(got["groups"], want["groups"])
     sliced = [c for c in calls if c["args"][:1] != ("meta",)]
     assert [c["args"][1:3] for c in sliced] == [(0, 1), (1, 2)] * 2
     assert all(c["rows"] == {1} and c["compact"] for c in sliced)
+    # the shape query builds no group's buffers on the CPU: only the slices asked hold rows there
+    assert built and all(n == 1 for n, dev in built if dev == "cpu") and ("meta" in {d for _, d in built})
+
+
+def _state_slice(rows: int, shared: bool = True) -> dict:
+    st = {"w": torch.ones(rows, 4), "b": torch.ones(rows, 1), "m_w": torch.ones(rows, 4), "m_b": torch.ones(rows, 1)}
+    return st | ({"t": 0, "stale_history": None} if shared else {})
+
+
+@pytest.mark.parametrize(
+    "groups",
+    [
+        lambda: [iter([_state_slice(2)])],  # a group's slices short of its rows
+        lambda: [iter([_state_slice(2), _state_slice(2, False)])],  # more rows than it hosts
+        lambda: [_state_slice(2)],  # a whole state of other rows
+        lambda: [iter([_state_slice(3)]), iter([])],  # a group with no slice at all
+    ],
+)
+def test_merging_refuses_a_group_of_other_rows(groups):
+    """merge_group_states checks every group's rows, whole or in slices: a short slice would write the
+    merged tensors' uninitialised memory into the checkpoint."""
+    from fedsim.simulation import merge_group_states
+
+    gs = groups()
+    with pytest.raises(ValueError, match="rows|peers"):
+        merge_group_states(gs, [3] * len(gs))

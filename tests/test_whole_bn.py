@@ -236,6 +236,8 @@ def test_the_whole_models_memory_estimate_counts_the_checkpoints_state_copy(tmp_
     assert est_ray.checkpoint == held // 5 * (5 + 3 * 3) and est_ray.processes > est.processes
     monkeypatch.setattr(limits, "FINAL_SLICE_BYTES", held // 5)
     assert whole_plan.memory_estimate(ray, info, None)[0].checkpoint == held // 5 * (5 + 3)
+    monkeypatch.setattr(limits, "FINAL_SLICE_BYTES", 2 * (held // 5) - 1)  # below 2 peers' rows, buffers included
+    assert whole_plan.memory_estimate(ray, info, None)[0].checkpoint == held // 5 * (5 + 3)
 
 
 def test_params_of_a_slice_of_peers_are_those_rows_with_their_own_statistics(tmp_path):
