@@ -352,15 +352,9 @@ def test_restore_on_ray_hands_each_group_its_rows_in_bounded_slices(small_scenar
         assert torch.equal(back[k], v) if isinstance(v, torch.Tensor) else back[k] == v
 
 
-def test_restore_on_ray_in_one_row_slices_restores_batchnorm_buffers_and_adam(tmp_path, monkeypatch):
-    """A whole model with local BatchNorm (FedBN) and Adam on 2 groups, restored through the lazy
-    backend one peer's rows a message: its staged BatchNorm buffers land at their own rows (a
-    mutant staging every slice at row 0 restored wrong buffers and passed every test)."""
-    from fedsim import simulation
-    from fedsim.backend import LocalBackend
+def _bn_whole_adam(tmp_path: Path):
+    """A whole model with local BatchNorm (FedBN) and Adam, 4 peers on 2 in-process groups."""
     from fedsim.overrides import set_dotted
-    from fedsim.prepare import prepare
-    from fedsim.simulation import Simulation
 
     d = {"name": "bn", "seed": 3, "rounds": 2, "dataset": {"name": "mnist10k"},
          "backbone": {"name": "fmnist_bn_cnn", "cache_dir": str(tmp_path / "cache")},
@@ -369,7 +363,19 @@ def test_restore_on_ray_in_one_row_slices_restores_batchnorm_buffers_and_adam(tm
          "model": {"trainable": "all", "init": "scratch", "bn": "local"},
          "engine": {"backend": "local", "num_actors": 2}, "output": {"dir": str(tmp_path / "runs")}}
     set_dotted(d, "strategy.name", "fedavg")
-    sc = parse(d)
+    return parse(d)
+
+
+def test_restore_on_ray_in_one_row_slices_restores_batchnorm_buffers_and_adam(tmp_path, monkeypatch):
+    """A whole model with local BatchNorm (FedBN) and Adam on 2 groups, restored through the lazy
+    backend one peer's rows a message: its staged BatchNorm buffers land at their own rows (a
+    mutant staging every slice at row 0 restored wrong buffers and passed every test)."""
+    from fedsim import simulation
+    from fedsim.backend import LocalBackend
+    from fedsim.prepare import prepare
+    from fedsim.simulation import Simulation
+
+    sc = _bn_whole_adam(tmp_path)
     prep = prepare(sc)
     sim = Simulation(sc, prep, LocalBackend())
     sim.step(0)
@@ -483,18 +489,10 @@ def test_whole_model_checkpoint_state_on_ray_in_one_row_slices(tmp_path, monkeyp
     """A whole model with local BatchNorm (its checkpoint keeps every module buffer, float64) and
     Adam on 2 groups: fetched one peer's rows a call, each compact, the buffers too; the same state."""
     from fedsim.backend import LocalBackend
-    from fedsim.overrides import set_dotted
     from fedsim.prepare import prepare
     from fedsim.simulation import Simulation
 
-    d = {"name": "bn", "seed": 3, "rounds": 2, "dataset": {"name": "mnist10k"},
-         "backbone": {"name": "fmnist_bn_cnn", "cache_dir": str(tmp_path / "cache")},
-         "partition": {"kind": "iid"}, "peers": {"count": 4}, "topology": {"kind": "complete"},
-         "training": {"lr": 0.01, "batch_size": 4, "local_steps": 2, "optimizer": "adam"},
-         "model": {"trainable": "all", "init": "scratch", "bn": "local"},
-         "engine": {"backend": "local", "num_actors": 2}, "output": {"dir": str(tmp_path / "runs")}}
-    set_dotted(d, "strategy.name", "fedavg")
-    sc = parse(d)
+    sc = _bn_whole_adam(tmp_path)
     sim = Simulation(sc, prepare(sc), LocalBackend())
     sim.step(0)
     want = sim.state()

@@ -28,68 +28,64 @@ def _messages() -> list[np.ndarray | tuple[np.ndarray, ...]]:
     ]
 
 
+@pytest.fixture()
+def box():
+    """A fresh outbox of this process, closed after the test."""
+    b = Outbox()
+    yield b
+    b.close()
+
+
 def _same(a, b) -> bool:
     if isinstance(a, tuple):
         return isinstance(b, tuple) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     return not isinstance(b, tuple) and a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
-def test_a_posted_message_reads_back_exactly_and_read_only():
-    box, inbox = Outbox(), Inbox()
-    try:
-        for r, m in enumerate(_messages()):
-            p = box.post(m, r)
-            got = inbox.read(p)
-            assert _same(got, m), r
-            for a in got if isinstance(got, tuple) else (got,):
-                assert not a.flags.writeable
-                if a.size:
-                    with pytest.raises(ValueError):
-                        a[(0,) * a.ndim] = 1
-    finally:
-        box.close()
+def test_a_posted_message_reads_back_exactly_and_read_only(box):
+    inbox = Inbox()
+    for r, m in enumerate(_messages()):
+        p = box.post(m, r)
+        got = inbox.read(p)
+        assert _same(got, m), r
+        for a in got if isinstance(got, tuple) else (got,):
+            assert not a.flags.writeable
+            if a.size:
+                with pytest.raises(ValueError):
+                    a[(0,) * a.ndim] = 1
 
 
-def test_a_larger_message_grows_the_outbox_and_the_reader_remaps():
-    box, inbox = Outbox(), Inbox()
-    try:
-        small = np.arange(10, dtype=np.float32)
-        assert _same(inbox.read(box.post(small, 0)), small)
-        big = np.arange(3 * ray_outbox.GROW // 4, dtype=np.float32)  # 3 MiB: the 1 MiB outbox grows
-        p = box.post(big, 1)
-        assert p.size >= big.nbytes + ray_outbox.HEADER and p.size > ray_outbox.GROW
-        assert _same(inbox.read(p), big)
-        again = np.full(7, 2.5, dtype=np.float32)  # smaller again: the same (grown) outbox
-        q = box.post(again, 2)
-        assert q.size == p.size and _same(inbox.read(q), again)
-    finally:
-        box.close()
+def test_a_larger_message_grows_the_outbox_and_the_reader_remaps(box):
+    inbox = Inbox()
+    small = np.arange(10, dtype=np.float32)
+    assert _same(inbox.read(box.post(small, 0)), small)
+    big = np.arange(3 * ray_outbox.GROW // 4, dtype=np.float32)  # 3 MiB: the 1 MiB outbox grows
+    p = box.post(big, 1)
+    assert p.size >= big.nbytes + ray_outbox.HEADER and p.size > ray_outbox.GROW
+    assert _same(inbox.read(p), big)
+    again = np.full(7, 2.5, dtype=np.float32)  # smaller again: the same (grown) outbox
+    q = box.post(again, 2)
+    assert q.size == p.size and _same(inbox.read(q), again)
 
 
-def test_a_rewritten_outbox_is_an_error_not_the_next_rounds_values():
-    box, inbox = Outbox(), Inbox()
-    try:
-        p = box.post(np.ones(4, dtype=np.float32), 3)
-        box.post(np.full(4, 9.0, dtype=np.float32), 4)  # the sender moved on before p was read
-        with pytest.raises(OutboxError, match="holds round 4's message, not round 3's"):
-            inbox.read(p)
-    finally:
-        box.close()
+def test_a_rewritten_outbox_is_an_error_not_the_next_rounds_values(box):
+    inbox = Inbox()
+    p = box.post(np.ones(4, dtype=np.float32), 3)
+    box.post(np.full(4, 9.0, dtype=np.float32), 4)  # the sender moved on before p was read
+    with pytest.raises(OutboxError, match="holds round 4's message, not round 3's"):
+        inbox.read(p)
 
 
-def test_a_foreign_or_gone_outbox_is_an_error():
-    box, inbox = Outbox(), Inbox()
-    try:
-        p = box.post(np.ones(4, dtype=np.float32), 0)
-        other = Posted(p.pid, p.fd, b"x" * 16, p.size, 0, p.parts, False)  # another outbox's tag
-        with pytest.raises(OutboxError, match="not the outbox its message names"):
-            inbox.read(other)
-        gone = Posted(p.pid, 10**6, p.tag, p.size, 0, p.parts, False)
-        with pytest.raises(OutboxError, match="cannot open"):
-            inbox.read(gone)
-        assert not inbox.can_read([p, gone]) and inbox.can_read([p])
-    finally:
-        box.close()
+def test_a_foreign_or_gone_outbox_is_an_error(box):
+    inbox = Inbox()
+    p = box.post(np.ones(4, dtype=np.float32), 0)
+    other = Posted(p.pid, p.fd, b"x" * 16, p.size, 0, p.parts, False)  # another outbox's tag
+    with pytest.raises(OutboxError, match="not the outbox its message names"):
+        inbox.read(other)
+    gone = Posted(p.pid, 10**6, p.tag, p.size, 0, p.parts, False)
+    with pytest.raises(OutboxError, match="cannot open"):
+        inbox.read(gone)
+    assert not inbox.can_read([p, gone]) and inbox.can_read([p])
 
 
 def _child(conn) -> None:
