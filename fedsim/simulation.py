@@ -35,9 +35,6 @@ from fedsim.threads import torch_threads
 if TYPE_CHECKING:
     from fedsim.prepare import Prepared
 
-FINAL_SLICE_BYTES = limits.FINAL_SLICE_BYTES  # (here: what this module's methods read, tests patch it)
-
-
 class Simulation:
     """The peer groups of ``prep`` (and its federated server) started on ``backend``.
 
@@ -87,8 +84,8 @@ class Simulation:
             if outboxes:
                 group_cls, server_cls = ray_outbox.with_outbox(group_cls), ray_outbox.with_outbox(server_cls)
             cpus = sc.engine.cpus_per_actor
-            # decentralized on Ray the groups send views of their heads (copied into the object store as
-            # train returns); the federated server joins the messages itself and gets arrays
+            # decentralized on Ray the groups send views of their heads (copied into the object store, or
+            # the group's outbox, as train returns); the federated server joins the messages itself
             views = bool(backend.copies_returns) and sc.mode == "decentralized"
             self.groups: list[Any] = [
                 backend.actor(group_cls, dataclasses.replace(s, sends_views=views) if views else s, train_ref,
@@ -265,7 +262,7 @@ class Simulation:
         # whole [p, P] float32 copy, in its heap and in the object store, was the peak of a 10,000-peer
         # run on one Ray actor, docs/performance.md; a concatenation of every group's held them all)
         backend = self.backend
-        rows = max(1, FINAL_SLICE_BYTES // (4 * max(1, self.prep.num_params)))
+        rows = max(1, limits.FINAL_SLICE_BYTES // (4 * max(1, self.prep.num_params)))
         out = np.empty((0, 0), dtype=np.float32)
         start = 0
         for g, n in zip(self.groups, self._group_sizes(), strict=True):
@@ -387,7 +384,7 @@ def slice_rows(state: dict[str, Any]) -> int:
     """How many peers' rows of ``state``'s per-peer tensors (any device, "meta" too) make
     FINAL_SLICE_BYTES (at least one): the slices a checkpoint on Ray is fetched and restored in."""
     row = sum(v[:1].nbytes for k, v in state.items() if k in PeerGroup.PER_PEER_STATE and isinstance(v, torch.Tensor))
-    return max(1, FINAL_SLICE_BYTES // max(1, row))
+    return max(1, limits.FINAL_SLICE_BYTES // max(1, row))
 
 
 def merge_group_states(

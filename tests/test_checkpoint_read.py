@@ -308,7 +308,7 @@ def test_restore_on_ray_hands_each_group_its_rows_in_bounded_slices(small_scenar
     pickled slice of the loaded tensors carries their whole storage: every peer's rows), then the
     shared entries; each slice copied into the group's own tensors at once (no staged copy of its
     part); the same state is restored."""
-    from fedsim import simulation
+    from fedsim import limits
     from fedsim.backend import LocalBackend
     from fedsim.prepare import prepare
     from fedsim.simulation import Simulation
@@ -319,7 +319,7 @@ def test_restore_on_ray_hands_each_group_its_rows_in_bounded_slices(small_scenar
     sim.step(0)
     saved = sim.state()
     row = sum(v[:1].nbytes for k, v in saved["groups"].items() if k in PeerGroup.PER_PEER_STATE)
-    monkeypatch.setattr(simulation, "FINAL_SLICE_BYTES", 2 * row)  # 2 peers' rows a message: 3 peers, 2 slices
+    monkeypatch.setattr(limits, "FINAL_SLICE_BYTES", 2 * row)  # 2 peers' rows a message: 3 peers, 2 slices
     fresh = Simulation(sc, prep, LocalBackend())
     local_groups, ray = fresh.groups, _RayLike()
     fresh.backend, fresh.groups = ray, [ray.handle(g._obj) for g in local_groups]
@@ -370,7 +370,7 @@ def test_restore_on_ray_in_one_row_slices_restores_batchnorm_buffers_and_adam(tm
     """A whole model with local BatchNorm (FedBN) and Adam on 2 groups, restored through the lazy
     backend one peer's rows a message: its staged BatchNorm buffers land at their own rows (a
     mutant staging every slice at row 0 restored wrong buffers and passed every test)."""
-    from fedsim import simulation
+    from fedsim import limits
     from fedsim.backend import LocalBackend
     from fedsim.prepare import prepare
     from fedsim.simulation import Simulation
@@ -382,7 +382,7 @@ def test_restore_on_ray_in_one_row_slices_restores_batchnorm_buffers_and_adam(tm
     saved = sim.state()
     assert "buffers" in saved["groups"] and saved["groups"]["buffers"].abs().sum() > 0
     row = max(v[:1].nbytes for k, v in saved["groups"].items() if k in PeerGroup.PER_PEER_STATE)
-    monkeypatch.setattr(simulation, "FINAL_SLICE_BYTES", row)  # one peer's rows a message
+    monkeypatch.setattr(limits, "FINAL_SLICE_BYTES", row)  # one peer's rows a message
     fresh = Simulation(sc, prep, LocalBackend())
     local_groups, ray = fresh.groups, _RayLike()
     fresh.backend, fresh.groups = ray, [ray.handle(g._obj) for g in local_groups]
@@ -418,10 +418,10 @@ def _ray_like_state(sim, monkeypatch, slice_bytes: int):
     those tensors owns its storage alone (what Ray pickles: a view carries its whole storage) and
     the size of the pickled result."""
 
-    from fedsim import simulation
+    from fedsim import limits
     from fedsim.backend import LocalBackend
 
-    monkeypatch.setattr(simulation, "FINAL_SLICE_BYTES", slice_bytes)
+    monkeypatch.setattr(limits, "FINAL_SLICE_BYTES", slice_bytes)
     local_groups, ray = sim.groups, _RayLike()
     sim.backend, sim.groups = ray, [ray.handle(g._obj) for g in local_groups]
     calls: list[dict] = []

@@ -54,12 +54,12 @@ def test_metrics_records(small_scenario):
 
 
 def test_layout_independent_local_and_ray(small_scenario, ray_session, monkeypatch):
-    from fedsim import simulation
+    from fedsim import limits
 
     base, _ = _run(small_scenario(name="one", **{"engine.num_actors": 1}))
     three, _ = _run(small_scenario(name="three", **{"engine.num_actors": 3}))
     # the final heads fetched from the actors 2 rows at a time (Simulation.final_params' slices)
-    monkeypatch.setattr(simulation, "FINAL_SLICE_BYTES", 2 * 4 * (10 * 64 + 10))
+    monkeypatch.setattr(limits, "FINAL_SLICE_BYTES", 2 * 4 * (10 * 64 + 10))
     ray3, _ = _run(small_scenario(name="ray3", **{"engine.num_actors": 3, "engine.backend": "ray"}))
     ray1, _ = _run(small_scenario(name="ray1", **{"engine.num_actors": 1, "engine.backend": "ray"}))
     assert _metrics(base) == _metrics(three) == _metrics(ray3) == _metrics(ray1)

@@ -325,14 +325,14 @@ def test_final_params_are_fetched_a_slice_at_a_time(small_scenario, monkeypatch,
     whole float32 copy, in its heap and in Ray's object store at once, was the peak of a 10,000-peer
     run on one Ray actor): no call returns more rows than a slice, every hosted row is asked once,
     and the array equals the groups' whole heads concatenated (2 groups of 100 peers, slices of 7)."""
-    from fedsim import simulation
+    from fedsim import limits, simulation
     from fedsim.backend import LocalBackend
 
     sc = parse(_gossip(small_scenario, **{"engine.num_actors": 2, "engine.head_dtype": head_dtype}))
     prep = prepare(sc)
     sim = simulation.Simulation(sc, prep, LocalBackend())
     sim.step(0)
-    monkeypatch.setattr(simulation, "FINAL_SLICE_BYTES", 7 * 4 * prep.num_params + 3)
+    monkeypatch.setattr(limits, "FINAL_SLICE_BYTES", 7 * 4 * prep.num_params + 3)
     want = np.concatenate([g._obj.params() for g in sim.groups])
     returned: list[int] = []
     real = PeerGroup.params
