@@ -57,13 +57,15 @@ log = logging.getLogger(__name__)
 HEADER = 64  # bytes: the tag (16), the round (int64), then padding to the first part
 ALIGN = 64  # every part starts on a 64-byte boundary
 GROW = 1 << 20  # an outbox grows in whole MiB (a message a little larger than the last does not remap it)
+# round tags that are not rounds: a probe (Outbox.probe), an outbox being written, share()'s arrays
+PROBE_ROUND, WRITING, SHARED_ROUND = -1, -2, -3
 
 
 @dataclasses.dataclass(frozen=True)
 class Posted:
     """A message written into the outbox of process ``pid``'s ``fd``, as one array or a pair of
     arrays (:func:`fedsim.routing.head_views`' message): each part's ``(offset, dtype, shape)``.
-    ``round``: the round it was posted for (-1: :func:`connect`'s check). ``size``: the outbox's
+    ``round``: the round it was posted for (:data:`PROBE_ROUND`: :meth:`Outbox.probe`). ``size``: the outbox's
     bytes when it was written (a reader maps at least that much)."""
 
     pid: int
@@ -112,7 +114,7 @@ class Outbox:
             at = _aligned(at + a.nbytes)
         self._grow(at)
         assert self.mm is not None
-        self.mm[16:24] = np.int64(-2).tobytes()  # (being written: no round's tag while the parts change)
+        self.mm[16:24] = np.int64(WRITING).tobytes()  # (no round's tag while the parts change)
         parts = []
         for a, off in zip(arrays, offsets, strict=True):
             dst = np.frombuffer(self.mm, dtype=a.dtype, count=a.size, offset=off).reshape(a.shape)
@@ -121,6 +123,10 @@ class Outbox:
             parts.append((off, a.dtype.str, tuple(a.shape)))
         self.mm[16:24] = np.int64(round_).tobytes()
         return Posted(os.getpid(), self.fd, self.tag, self.size, round_, tuple(parts), isinstance(message, tuple))
+
+    def probe(self) -> Posted:
+        """An empty message tagged :data:`PROBE_ROUND`: whether a reader can open this outbox at all."""
+        return self.post(np.zeros(0, dtype=np.uint8), PROBE_ROUND)
 
     def close(self) -> None:
         if self.mm is not None:
@@ -142,9 +148,6 @@ def share(arrays: dict[str, np.ndarray]) -> tuple[Outbox, Shared]:
     is built) and the descriptor to pass to :func:`with_outbox` classes' constructors."""
     box = Outbox()
     return box, Shared(tuple(arrays), box.post(tuple(arrays.values()), SHARED_ROUND))
-
-
-SHARED_ROUND = -3  # the round tag of :func:`share`'s outbox (-1: connect's probes; -2: being written)
 
 
 class OutboxError(RuntimeError):
@@ -229,7 +232,7 @@ def available() -> bool:
     except OSError:
         return False
     try:
-        return Inbox().can_read([box.post(np.zeros(0, dtype=np.uint8), -1)])
+        return Inbox().can_read([box.probe()])
     finally:
         box.close()
 
@@ -248,7 +251,7 @@ def workers_read_driver(backend: Any) -> bool:
         return True
     box = Outbox()
     try:
-        return bool(backend.call(_reads, box.post(np.zeros(0, dtype=np.uint8), -1)))
+        return bool(backend.call(_reads, box.probe()))
     except Exception as e:  # noqa: BLE001 - whatever stops the task, the answer is no
         log.info("message outboxes not used: %s", e)
         return False
@@ -295,7 +298,7 @@ def with_outbox(cls: type) -> type:
         def outbox_open(self) -> Posted:
             """Create this process's outbox; the probe descriptor :func:`connect` hands the others."""
             self._outbox, self._inbox = Outbox(), Inbox()
-            return self._outbox.post(np.zeros(0, dtype=np.uint8), -1)
+            return self._outbox.probe()
 
         def outbox_check(self, probes: Sequence[Posted]) -> bool:
             assert self._inbox is not None
