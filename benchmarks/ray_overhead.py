@@ -48,8 +48,9 @@ import ray  # noqa: E402
 P = 10 * 576 + 10  # the MNIST head on fmnist_cnn features
 
 
-@ray.remote(num_cpus=1)
-class Idle:
+class IdleActor:
+    """An actor that does nothing: its heads ``[rows, P]`` and the global head, returned as they are."""
+
     def __init__(self, rows: int) -> None:
         self.heads = np.zeros((rows, P), dtype=np.float32)
         self.global_ = np.zeros(P, dtype=np.float32)
@@ -73,21 +74,19 @@ class Idle:
         return {"dropped": 0}, self.global_
 
 
-class IdleGroup:
-    """:class:`Idle`'s round protocol under the names :func:`fedsim.ray_outbox.with_outbox` wraps."""
+Idle = ray.remote(num_cpus=1)(IdleActor)
 
-    def __init__(self, rows: int) -> None:
-        self.heads = np.zeros((rows, P), dtype=np.float32)
-        self.global_ = np.zeros(P, dtype=np.float32)
 
-    def train(self, round_: int, *_: object) -> tuple[np.ndarray, float]:
-        return self.heads, 0.0
+class IdleGroup(IdleActor):
+    """:class:`IdleActor` with fedsim's round protocol, the one :func:`fedsim.ray_outbox.with_outbox`
+    wraps: ``train`` returns the heads and a loss, the server's ``aggregate_and_global`` reads them
+    through ``aggregate`` (where the wrapper reads the outboxes)."""
 
-    def aggregate(self, round_: int, *_: object) -> dict:
-        return {"dropped": 0}
+    def train(self, *_: object) -> tuple[np.ndarray, float]:
+        return self.train_loss()
 
-    def aggregate_and_global(self, round_: int, *params: object) -> tuple[dict, np.ndarray]:
-        return self.aggregate(round_, *params), self.global_
+    def aggregate_and_global(self, *params: object) -> tuple[dict, np.ndarray]:
+        return self.aggregate(*params), self.global_
 
 
 class _Now:
