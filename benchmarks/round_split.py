@@ -1,7 +1,11 @@
 """Where an in-process round of the vs-Flower workload goes, against the arithmetic floor.
 
 Drives fedsim's own :class:`fedsim.simulation.Simulation` in-process (``engine.backend: local``,
-2 groups, the threads ``fedsim run`` gives them) on ``benchmarks/vs_flower.py``'s scenario and
+2 groups) on ``benchmarks/vs_flower.py``'s scenario, the groups one after another on one torch
+thread (``engine.local_parallel: off``, ``cpus_per_actor: 0.5``): each group does the work it does
+in the default layout (side by side, one thread each), and the timers add it up without two threads'
+calls overlapping (in the default layout the train phase's wall time is about half of it, and the
+server's aggregation runs on all the run's threads, here on one), and
 times, per round (round 0, the warm-up, left out; the median over the other rounds), the
 simulation's phases (``train`` and ``aggregate``, whose sum is ``timings.jsonl``'s ``seconds``, the
 figure vs_flower.py's rounds/s come from; ``evaluate`` apart) and inside them, by wrapping the
@@ -104,7 +108,9 @@ def timers(acc: dict[str, float]) -> Iterator[None]:
 
 def split(n: int, rounds: int, tmp: Path, profile: bool = False) -> dict[str, float]:
     """Median seconds per round of each phase and timer (rounds 1..rounds-1)."""
-    sc = parse(fedsim_scenario(n, rounds, "local", tmp))
+    d = fedsim_scenario(n, rounds, "local", tmp)
+    d["engine"] |= {"local_parallel": "off", "cpus_per_actor": 0.5}  # one thread, one group at a time
+    sc = parse(d)
     sim = Simulation(sc, prepare(sc), LocalBackend())
     per: list[dict[str, float]] = []
     prof = cProfile.Profile() if profile else None

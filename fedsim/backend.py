@@ -44,6 +44,7 @@ from fedsim.ray_lean import (
     set_for_this_ray,
     stop_daemons,
 )
+from fedsim.threads import torch_threads
 
 LOOPBACK = "127.0.0.1"
 
@@ -411,21 +412,37 @@ def _resolved(value: Any) -> Any:
     return value.result() if isinstance(value, _LocalRef) else value
 
 
+def _then_mark(done: Future, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+    """``fn(*args, **kwargs)``, and ``done`` marked finished as it returns or raises."""
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        done.set_result(None)
+
+
 class _LocalCall:
     def __init__(self, fn, handle: _LocalHandle, num_returns: int = 1) -> None:
         self._fn, self._handle, self._num_returns = fn, handle, num_returns
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         pool = self._handle._pool
-        if pool is None:  # one after another: the call runs now
-            return self._fn(*args, **kwargs)
+        if pool is None:  # one after another (or an actor that runs alone): the call runs now
+            args = tuple(_resolved(a) for a in args)
+            kwargs = {k: _resolved(v) for k, v in kwargs.items()}
+            if self._handle._threads is None:
+                return self._fn(*args, **kwargs)
+            with torch_threads(self._handle._threads):
+                return self._fn(*args, **kwargs)
         # the arguments are resolved here, in the driver (no pool thread ever waits for another call),
         # and an actor's calls run in the order they were made, one at a time, as a Ray actor's do
         args = tuple(_resolved(a) for a in args)
         kwargs = {k: _resolved(v) for k, v in kwargs.items()}
         if self._handle._last is not None:
             wait([self._handle._last])  # (its error, if any, is raised where its result is asked for)
-        future = self._handle._last = pool.submit(self._fn, *args, **kwargs)
+        # the actor's order is kept by a marker set as the call ends, not by the call's future: that
+        # would hold the call's result (a group's state copy, its message) until the actor's next call
+        done = self._handle._last = Future()
+        future = pool.submit(_then_mark, done, self._fn, args, kwargs)
         if self._num_returns == 1:
             return _LocalRef(future)
         return tuple(_LocalRef(future, i) for i in range(self._num_returns))
@@ -435,9 +452,9 @@ class _LocalCall:
 
 
 class _LocalHandle:
-    def __init__(self, obj: Any, pool: ThreadPoolExecutor | None) -> None:
-        self._obj, self._pool = obj, pool
-        self._last: Future | None = None  # this actor's last call in the pool
+    def __init__(self, obj: Any, pool: ThreadPoolExecutor | None, threads: int | None = None) -> None:
+        self._obj, self._pool, self._threads = obj, pool, threads  # threads: an actor that runs alone
+        self._last: Future | None = None  # set when this actor's last call in the pool has ended
 
     def __getattr__(self, name: str) -> _LocalCall:
         return _LocalCall(getattr(self._obj, name), self)
@@ -451,7 +468,12 @@ class LocalBackend:
     torch threads; torch kernels release the GIL); ``.remote()`` returns a pending result and
     :meth:`get` waits for it, a list's results in the list's order. The simulation still waits for
     every group after each phase (``lazy`` False): the phases, their order and their timings are
-    the same as one after another. Actors are built at once, in the caller's thread."""
+    the same as one after another. Actors are built at once, in the caller's thread.
+
+    An actor class whose ``runs_alone`` is true (the federated server: its calls come after every
+    group's of the phase, which the simulation has waited for) runs its calls in the caller's thread
+    when they are made, with ``alone_threads`` torch threads (:func:`fedsim.threads.alone_threads`:
+    the run's threads in all), not in the pool on one group's share of them."""
 
     name = "local"
     lazy = False  # the simulation waits for a phase before it starts the next (in-process order)
@@ -459,14 +481,18 @@ class LocalBackend:
     workers = 1
     _pool: ThreadPoolExecutor | None = None  # (a subclass that skips __init__ runs one after another)
 
-    def __init__(self, workers: int = 1) -> None:
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers: expected an integer >= 1, got {workers!r}")
-        self.workers = workers
+    def __init__(self, workers: int = 1, alone_threads: int = 1) -> None:
+        for name, v in (("workers", workers), ("alone_threads", alone_threads)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
+        self.workers, self.alone_threads = workers, alone_threads
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fedsim-group") if workers > 1 else None
 
     def actor(self, cls: type, *args: Any, num_cpus: float = 1.0) -> Any:
-        return _LocalHandle(cls(*(_resolved(a) for a in args)), self._pool)
+        obj = cls(*(_resolved(a) for a in args))
+        if self._pool is not None and getattr(cls, "runs_alone", False):
+            return _LocalHandle(obj, None, self.alone_threads)
+        return _LocalHandle(obj, self._pool)
 
     def put(self, obj: Any) -> Any:
         return obj
@@ -535,7 +561,8 @@ class RayBackend:
 
 
 def make_backend(
-    kind: str, address: str | None, num_cpus: int | None = None, workers: int = 1
+    kind: str, address: str | None, num_cpus: int | None = None, workers: int = 1, alone_threads: int = 1
 ) -> LocalBackend | RayBackend:
-    """The run's backend: in-process with ``workers`` threads (:class:`LocalBackend`), or Ray."""
-    return LocalBackend(workers) if kind == "local" else RayBackend(address, num_cpus)
+    """The run's backend: in-process with ``workers`` threads and ``alone_threads`` torch threads for
+    an actor that runs alone (:class:`LocalBackend`), or Ray."""
+    return LocalBackend(workers, alone_threads) if kind == "local" else RayBackend(address, num_cpus)

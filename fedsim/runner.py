@@ -33,7 +33,7 @@ from fedsim.runfacts import exposure_of
 from fedsim.runfiles import Checkpointer, MetricsWriter, RoundFiles, read_history, run_summary, write_summary
 from fedsim.scenario import Scenario
 from fedsim.simulation import RoundRecord, Simulation
-from fedsim.threads import group_threads, local_workers
+from fedsim.threads import alone_threads, group_threads, local_workers
 
 
 def message_window(sc: Scenario, prep: Prepared, absent: list[int] | None, run_probes: bool = True) -> int:
@@ -249,7 +249,8 @@ class Run:
         sc = self.sc
         prep = self.prepared = prepare(sc, log, self.absent, self.threads)
         workers = local_workers(sc, self.threads)  # in-process groups side by side (1: one after another)
-        backend = make_backend(sc.engine.backend, sc.engine.address, local_ray_cpus(sc), workers)
+        backend = make_backend(sc.engine.backend, sc.engine.address, local_ray_cpus(sc), workers,
+                               alone_threads(sc, self.threads))
         self._interrupt.requested = False
         self.groups, self.server, self.records = [], None, []
         started: list[Callback] = []
@@ -371,7 +372,8 @@ class Run:
             raise ValueError(f"continue_without: start={start} needs a state to start from")
         sc = self.sc.model_copy(update={"rounds": start + rounds})
         prep = prepare(sc, None, [peer])
-        backend = make_backend(sc.engine.backend, sc.engine.address, local_ray_cpus(sc), local_workers(sc))
+        backend = make_backend(sc.engine.backend, sc.engine.address, local_ray_cpus(sc), local_workers(sc),
+                               alone_threads(sc))
         sim = None
         try:
             sim = Simulation(sc, prep, backend)

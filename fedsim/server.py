@@ -25,6 +25,11 @@ class Server:
 
     FLTrust's root update is the global model trained on the server's small trusted root set."""
 
+    # its calls never overlap a group's: the simulation sends it a phase's work once every group's is
+    # done. In-process with the groups side by side (fedsim.backend.LocalBackend) it runs in the
+    # driver's thread with the run's threads in all (fedsim.threads.alone_threads), not on one group's
+    runs_alone = True
+
     def __init__(self, setup: GroupSetup, root_x: np.ndarray | None = None, root_y: np.ndarray | None = None) -> None:
         # first: a Ray actor's process has not imported the user's rules/attacks (the driver granted them)
         plugins.load(setup.plugins, granted=True)

@@ -95,6 +95,19 @@ def group_threads(sc: Scenario, budget: int | None = None) -> int:
     return max(1, total // local_workers(sc, budget))
 
 
+def alone_threads(sc: Scenario, budget: int | None = None) -> int:
+    """Torch threads of an in-process call that runs while no group's call does (an actor class
+    with ``runs_alone``: the federated server, whose aggregation starts once every group has
+    trained, :class:`fedsim.backend.LocalBackend`): the run's threads in all, what the groups use
+    together (:func:`group_threads` × :func:`local_workers`), so the server's one call of a phase
+    does not run on one thread while the other cores idle (N = 1,000: the aggregation took 17 ms
+    on 1 thread against 11 ms on 2, docs/performance.md); 1 for a model section on the CPU
+    (:func:`fixed_threads`)."""
+    if fixed_threads(sc):
+        return 1
+    return group_threads(sc, budget) * local_workers(sc, budget)
+
+
 def fixed_threads(sc: Scenario) -> bool:
     """Whether the run's groups compute on exactly one torch thread, whatever the layout: a model
     section (``fedsim.whole``) on the CPU. Its kernels split reductions over the threads they get

@@ -332,7 +332,9 @@ def test_the_memory_estimate_counts_one_device_chunk_of_the_aggregation(tmp_path
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     size = 10 * 64 + 10  # sklearn digits through identity: 10 classes × 64 features, bias
-    chunk, over = 2, {"engine.aggregate_chunk": 2}  # 6 peers in 2 groups of 3: chunks of 2 and 1
+    # 6 peers in 2 groups of 3: chunks of 2 and 1; one group at a time on the CPU, as on a device (the
+    # totals then differ by the device term only)
+    chunk, over = 2, {"engine.aggregate_chunk": 2, "engine.local_parallel": "off"}
     term = limits.device_aggregation_bytes(chunk=chunk, heard=5, num_params=size, message_bytes=4)
     _, cpu = parse_with_plan(_scenario(tmp_path, "median", {}, **over))
     _, dev = parse_with_plan(_scenario(tmp_path, "median", {}, **over, **{"engine.device": "cuda"}))

@@ -93,6 +93,8 @@ def test_sampling_everyone_is_the_unsampled_run_byte_for_byte(small_scenario) ->
 
 
 def test_only_sampled_clients_train_and_send(small_scenario) -> None:
+    from fedsim.backend import LocalBackend
+
     d = _fed(small_scenario, rounds=5, **{"peers.byzantine": 2, "peers.attack": {"name": "alie"},
                                          "sampling": {"count": 4}, "engine.num_actors": 3})
     heads: list[np.ndarray] = []
@@ -101,8 +103,9 @@ def test_only_sampled_clients_train_and_send(small_scenario) -> None:
 
     def progress(r, rec) -> None:
         run = holder["run"]
-        heads.append(np.concatenate([g.params.remote() for g in run.groups]))  # local backend: plain calls
-        globals_.append(np.array(run.server.get_global.remote()))
+        # in-process: the groups' calls answer pending results (side by side), the server's plain values
+        heads.append(np.concatenate(LocalBackend().get([g.params.remote() for g in run.groups])))
+        globals_.append(np.array(LocalBackend().get(run.server.get_global.remote())))
 
     sc = parse(d)
     run = holder["run"] = Run(sc)

@@ -18,7 +18,7 @@ from fedsim.overrides import set_dotted
 from fedsim.runner import Run
 from fedsim.scenario import parse
 from fedsim.simulation import train_loss_sum
-from fedsim.threads import fixed_threads, group_threads, torch_threads
+from fedsim.threads import alone_threads, fixed_threads, group_threads, torch_threads
 
 NAME = "test_layout_tiny_conv"
 
@@ -94,14 +94,16 @@ def test_a_users_conv_backbone_trained_whole_gives_the_same_bits_in_every_layout
 def test_whole_models_on_the_cpu_train_on_one_thread_whatever_the_layout(tmp_path, tiny_conv):
     whole = _scenario(tmp_path, "w", **{"engine.num_actors": 2, "engine.cpus_per_actor": 4})
     assert fixed_threads(whole) and group_threads(whole) == 1 and group_threads(whole, 8) == 1
+    assert alone_threads(whole) == 1 and alone_threads(whole, 8) == 1  # the server's calls too
     with pytest.raises(ValueError, match="threads: expected an integer >= 1"):
         group_threads(whole, 0)  # a bad budget is still refused
     head = _scenario(
         tmp_path,
         "h",
-        **{"engine.num_actors": 2, "engine.cpus_per_actor": 1, "model": {}, "backbone.name": "fmnist_cnn"},
+        **{"engine.num_actors": 2, "engine.cpus_per_actor": 1, "engine.local_parallel": "off", "model": {},
+           "backbone.name": "fmnist_cnn"},
     )
-    assert not fixed_threads(head) and group_threads(head, 3) == 3
+    assert not fixed_threads(head) and group_threads(head, 3) == 3 and alone_threads(head, 3) == 3
 
 
 def test_the_train_loss_sum_does_not_depend_on_the_grouping_or_the_threads():
