@@ -425,24 +425,22 @@ class _LocalCall:
         self._fn, self._handle, self._num_returns = fn, handle, num_returns
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        pool = self._handle._pool
-        if pool is None:  # one after another (or an actor that runs alone): the call runs now
-            args = tuple(_resolved(a) for a in args)
-            kwargs = {k: _resolved(v) for k, v in kwargs.items()}
-            if self._handle._threads is None:
-                return self._fn(*args, **kwargs)
-            with torch_threads(self._handle._threads):
-                return self._fn(*args, **kwargs)
+        h = self._handle
         # the arguments are resolved here, in the driver (no pool thread ever waits for another call),
         # and an actor's calls run in the order they were made, one at a time, as a Ray actor's do
         args = tuple(_resolved(a) for a in args)
         kwargs = {k: _resolved(v) for k, v in kwargs.items()}
-        if self._handle._last is not None:
-            wait([self._handle._last])  # (its error, if any, is raised where its result is asked for)
+        if h._last is not None:
+            wait([h._last])  # (its error, if any, is raised where its result is asked for)
+        if h._pool is None:  # one after another: the call runs now
+            return self._fn(*args, **kwargs)
+        if h._alone or getattr(self._fn, "runs_alone", False):  # now, in this thread, on the run's threads
+            with torch_threads(h._alone_threads):
+                return self._fn(*args, **kwargs)
         # the actor's order is kept by a marker set as the call ends, not by the call's future: that
         # would hold the call's result (a group's state copy, its message) until the actor's next call
-        done = self._handle._last = Future()
-        future = pool.submit(_then_mark, done, self._fn, args, kwargs)
+        done = h._last = Future()
+        future = h._pool.submit(_then_mark, done, self._fn, args, kwargs)
         if self._num_returns == 1:
             return _LocalRef(future)
         return tuple(_LocalRef(future, i) for i in range(self._num_returns))
@@ -452,8 +450,9 @@ class _LocalCall:
 
 
 class _LocalHandle:
-    def __init__(self, obj: Any, pool: ThreadPoolExecutor | None, threads: int | None = None) -> None:
-        self._obj, self._pool, self._threads = obj, pool, threads  # threads: an actor that runs alone
+    def __init__(self, obj: Any, pool: ThreadPoolExecutor | None, alone_threads: int = 1) -> None:
+        self._obj, self._pool, self._alone_threads = obj, pool, alone_threads
+        self._alone = bool(getattr(type(obj), "runs_alone", False))  # every call of this actor runs alone
         self._last: Future | None = None  # set when this actor's last call in the pool has ended
 
     def __getattr__(self, name: str) -> _LocalCall:
@@ -470,10 +469,12 @@ class LocalBackend:
     every group after each phase (``lazy`` False): the phases, their order and their timings are
     the same as one after another. Actors are built at once, in the caller's thread.
 
-    An actor class whose ``runs_alone`` is true (the federated server: its calls come after every
-    group's of the phase, which the simulation has waited for) runs its calls in the caller's thread
-    when they are made, with ``alone_threads`` torch threads (:func:`fedsim.threads.alone_threads`:
-    the run's threads in all), not in the pool on one group's share of them."""
+    A call that runs alone (:func:`fedsim.threads.runs_alone`: every call of an actor class whose
+    ``runs_alone`` is true, the federated server's, whose calls follow every group's of the phase;
+    a method so marked, a group's aggregation) runs in the caller's thread as it is made, after the
+    actor's previous call, with ``alone_threads`` torch threads (:func:`fedsim.threads.alone_threads`:
+    the run's threads in all), not in the pool on one group's share of them: the groups' aggregations
+    run one after another, each on every thread, as with ``workers`` 1."""
 
     name = "local"
     lazy = False  # the simulation waits for a phase before it starts the next (in-process order)
@@ -489,10 +490,7 @@ class LocalBackend:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fedsim-group") if workers > 1 else None
 
     def actor(self, cls: type, *args: Any, num_cpus: float = 1.0) -> Any:
-        obj = cls(*(_resolved(a) for a in args))
-        if self._pool is not None and getattr(cls, "runs_alone", False):
-            return _LocalHandle(obj, None, self.alone_threads)
-        return _LocalHandle(obj, self._pool)
+        return _LocalHandle(cls(*(_resolved(a) for a in args)), self._pool, self.alone_threads)
 
     def put(self, obj: Any) -> Any:
         return obj

@@ -47,6 +47,7 @@ from fedsim import rng as crng
 from fedsim.messages import forge_messages
 from fedsim.runfacts import sends_forgeries
 from fedsim.shards import pad_rows
+from fedsim.threads import runs_alone
 from strategies.base import widens
 
 if TYPE_CHECKING:
@@ -240,6 +241,7 @@ class GossipAggregation:
             self._local_steps(w, b, opt, [(x, y)])
         return strategies.flatten(w, b if self.bias else None)
 
+    @runs_alone  # in-process: one group after another, on all the run's threads (fedsim.threads.runs_alone)
     def aggregate(self, round_: int, *all_params: np.ndarray) -> dict[str, int]:
         """Decentralized aggregation: every honest hosted peer aggregates its in-neighbours' messages
         (every group's message arrays, read through :class:`fedsim.routing.Rows`: only heard rows are

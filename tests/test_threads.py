@@ -195,6 +195,83 @@ def test_local_backend_runs_an_alone_actor_in_the_callers_thread_with_its_thread
         torch.set_num_threads(before)
 
 
+def test_local_backend_runs_a_method_marked_alone_in_the_callers_thread_after_the_actors_last_call():
+    """A method marked :func:`fedsim.threads.runs_alone` on an actor whose other calls run in the pool
+    runs in the caller's thread with ``alone_threads`` torch threads, once the actor's previous call
+    (still running in the pool) has ended: an actor's calls stay in order."""
+    import threading
+    import time
+
+    import torch
+
+    from fedsim.backend import LocalBackend
+    from fedsim.threads import runs_alone
+
+    order: list[str] = []
+
+    class Group:
+        def slow(self):
+            time.sleep(0.2)
+            order.append("slow")
+            return threading.current_thread().name, torch.get_num_threads()
+
+        @runs_alone
+        def aggregate(self):
+            order.append("aggregate")
+            return threading.current_thread().name, torch.get_num_threads()
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        b = LocalBackend(2, alone_threads=2)
+        g = b.actor(Group)
+        pending = g.slow.remote()
+        assert b.get(g.aggregate.remote()) == (threading.current_thread().name, 2)
+        assert order == ["slow", "aggregate"] and b.get(pending)[0].startswith("fedsim-group")
+        assert torch.get_num_threads() == 1
+        b.shutdown()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_decentralized_groups_train_side_by_side_and_aggregate_one_after_another(small_scenario, monkeypatch,
+                                                                                tmp_path):
+    """In-process on 2 CPUs by default: each group trains in the pool on 1 torch thread, and aggregates
+    in the driver's thread on both, one group after another (fedsim.threads.runs_alone)."""
+    import functools
+    import threading
+
+    import torch
+
+    from fedsim.peers import PeerGroup
+    from fedsim.runner import Run
+    from fedsim.scenario import parse
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    seen: dict[str, set] = {"train": set(), "aggregate": set()}
+
+    def spy(name):
+        f = getattr(PeerGroup, name)
+
+        @functools.wraps(f)  # (keeps the method's marks)
+        def wrapped(self, *a, **k):
+            seen[name].add((threading.current_thread().name.split("_")[0], torch.get_num_threads()))
+            return f(self, *a, **k)
+
+        return wrapped
+
+    for name in seen:
+        monkeypatch.setattr(PeerGroup, name, spy(name))
+    before = torch.get_num_threads()
+    try:
+        run = Run(parse(small_scenario(rounds=2)), tmp_path / "r")
+        run.create_dir()
+        run.execute()
+    finally:
+        torch.set_num_threads(before)
+    assert seen == {"train": {("fedsim-group", 1)}, "aggregate": {(threading.current_thread().name, 2)}}
+
+
 def test_the_federated_server_aggregates_with_the_runs_threads_in_process(small_scenario, monkeypatch, tmp_path):
     """Groups side by side on 2 CPUs (1 torch thread each): the server's aggregation runs in the
     driver's thread on both (N = 1,000: 17 ms on one against 11 ms, docs/performance.md)."""
