@@ -479,7 +479,7 @@ class LocalBackend:
     name = "local"
     lazy = False  # the simulation waits for a phase before it starts the next (in-process order)
     copies_returns = False  # a call's return value is the callee's own object (not copied out)
-    workers = 1
+    workers, alone_threads = 1, 1
     _pool: ThreadPoolExecutor | None = None  # (a subclass that skips __init__ runs one after another)
 
     def __init__(self, workers: int = 1, alone_threads: int = 1) -> None:

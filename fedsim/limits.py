@@ -187,9 +187,12 @@ def estimate_memory(
     working_peers: int = 0,
     checkpoints: bool = False,
     state_bytes: int = 0,
+    training_concurrent: int | None = None,
 ) -> MemoryEstimate:
     """Memory of a run from its sizes. ``groups`` peer groups (actors), of which ``concurrent``
-    aggregate at once (all on Ray; in-process :func:`fedsim.threads.local_workers`, 1 by default);
+    aggregate at once and ``training_concurrent`` (default ``concurrent``) train at once
+    (:func:`fedsim.threads.groups_at_once`: all on Ray; in-process one aggregates at a time and
+    :func:`fedsim.threads.local_workers` train side by side);
     ``ray_actors`` Ray actor processes (0: in-process); ``edges`` directed topology edges;
     ``message_bytes`` bytes of a sent value (``engine.message_dtype``); ``concatenated``: each
     aggregating group concatenates every message (the server, or a forging attack; decentralized
@@ -197,12 +200,12 @@ def estimate_memory(
     :func:`minibatch_bytes`; ``padded``: :func:`padded_bytes` (counted with the data);
     ``server_float64``: the federated server keeps a float64 ``[N, P]`` scratch of the messages for
     its rule (``Strategy.float64_input``, ``fedsim.server.Server._scratch``); ``gradient_peers``: the
-    peers whose gradient exists at once in each of the ``concurrent`` groups
+    peers whose gradient exists at once in each of the ``training_concurrent`` groups
     (:func:`fedsim.heads.step_peers`: chunked local steps keep one chunk-sized gradient buffer per
     thread that runs groups, ``fedsim.heads.kept_buffer``; default every peer's); ``head_bytes``:
     bytes of a stored value of the heads, their optimizer state and CWR copy (``engine.head_dtype``);
     ``working_peers``: with half-precision heads, the peers whose float32 working copies (heads and
-    optimizer state) exist at once in each of the ``concurrent`` groups
+    optimizer state) exist at once in each of the ``training_concurrent`` groups
     (:func:`fedsim.heads.upcast_steps`; 0 with float32 heads, trained where they are stored);
     ``checkpoints``: the run writes checkpoints (``checkpoint.every``), each needing a float32 copy of
     every peer's heads and optimizer state (:meth:`fedsim.simulation.Simulation.state`, whatever
@@ -219,8 +222,9 @@ def estimate_memory(
     would add this term to every such run (+0.64 GiB on a 1.36 GiB peak at 10,000 peers) for a
     one-off at the end that peaked 0.09 GiB above the estimate without it (docs/performance.md)."""
     stored = 2 + int(adam) + int(consolidated)  # w+b, momentum; Adam's v; CWR copy (engine.head_dtype)
-    gradients = peers if gradient_peers is None else min(peers, gradient_peers * concurrent)
-    working = min(peers, working_peers * concurrent) * (2 + int(adam))  # float32 copies of a chunk's w+b, m, v
+    training = concurrent if training_concurrent is None else training_concurrent
+    gradients = peers if gradient_peers is None else min(peers, gradient_peers * training)
+    working = min(peers, working_peers * training) * (2 + int(adam))  # float32 copies of a chunk's w+b, m, v
     # + the sent copy, the gradients and the working copies, float32
     heads = num_params * (head_bytes * peers * stored + FLOAT * (peers + gradients + working))
     messages = num_params * peers * (message_bytes + FLOAT * concurrent * (int(concatenated) + int(forged))

@@ -290,12 +290,13 @@ class EngineCfg(_Section):
     )
     local_parallel: Literal["auto", "off"] = Field(
         "auto",
-        description="engine.backend local: 'auto' (the default) runs the groups' calls side by side, one thread "
-        "per group up to the run's threads, torch threads divided among them (1 each when groups >= threads), "
-        "as Ray's actors do, and the federated server's aggregation with all of them; 'off' runs the groups one "
-        "after another, each with all the threads. The same metrics to the bit; auto measured 1.6x faster at "
-        "100 clients and 1.2-1.4x at 1,000 on a quiet 2-core machine, no slower with a core busy. A single "
-        "group, a single thread or a device other than cpu runs one after another (fedsim.threads.local_workers; "
+        description="engine.backend local: 'auto' (the default) trains (and evaluates) the groups side by side, "
+        "one thread per group up to the run's threads, torch threads divided among them (1 each when groups >= "
+        "threads), as Ray's actors do; the decentralized aggregation runs one group after another and the "
+        "federated server's alone, each on all the run's threads (fedsim.threads.runs_alone); 'off' runs every "
+        "call one group after another with all the threads. The same metrics to the bit; auto measured 1.6x "
+        "faster at 100 federated clients and 1.5x at 1,000 on a quiet 2-core machine. A single group, a single "
+        "thread or a device other than cpu runs one after another (fedsim.threads.local_workers; "
         "docs/performance.md, 'Thread policy in-process')",
     )
     ray_shared_memory: bool = Field(

@@ -95,6 +95,18 @@ def group_threads(sc: Scenario, budget: int | None = None) -> int:
     return max(1, total // local_workers(sc, budget))
 
 
+def groups_at_once(sc: Scenario, phase: str) -> int:
+    """Peer groups whose calls of ``phase`` (``"train"`` or ``"aggregate"``) run at the same time,
+    what the memory estimate multiplies a group's transients by: on Ray every group; in-process the
+    groups side by side (:func:`local_workers`) for the training, one for the aggregation (the
+    decentralized groups' and the federated server's calls run alone, :func:`runs_alone`)."""
+    if phase not in ("train", "aggregate"):
+        raise ValueError(f"phase: expected 'train' or 'aggregate', got {phase!r}")
+    if sc.engine.backend == "ray":
+        return group_count(sc)
+    return local_workers(sc) if phase == "train" else 1
+
+
 def alone_threads(sc: Scenario, budget: int | None = None) -> int:
     """Torch threads of an in-process call that runs while no group's call does (an actor class
     with ``runs_alone``: the federated server, whose aggregation starts once every group has

@@ -43,7 +43,7 @@ from fedsim.runplan import RunPlan
 from fedsim.schema import Scenario
 from fedsim.schema_errors import _messages, _show
 from fedsim.schema_sections import KIND_FIELDS, StrategyCfg
-from fedsim.threads import group_count, local_workers
+from fedsim.threads import group_count, groups_at_once
 from fedsim.yamlsafe import plain_tree
 
 if TYPE_CHECKING:
@@ -413,7 +413,7 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], NoRetur
     groups = group_count(sc)
     per_group = -(-n // groups)
     forged = forges(sc, attack)
-    concurrent = groups if sc.engine.backend == "ray" else local_workers(sc)  # in-process: side by side or one
+    concurrent, training = groups_at_once(sc, "aggregate"), groups_at_once(sc, "train")
     try:  # the run's figure (the canaries included: fedsim.runfacts.largest_shard)
         largest = None if part is None or sc.model.whole else largest_shard(sc, part)
     except ValueError:  # a probe's malformed canaries or leaver: _check_probes names the key
@@ -435,6 +435,7 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], NoRetur
         n_test=info.n_test,
         groups=groups,
         concurrent=concurrent,
+        training_concurrent=training,
         adam=sc.training.optimizer == "adam",
         consolidated=bool(rule.consolidated),
         forged=forged,
@@ -445,7 +446,7 @@ def _check_memory(sc: Scenario, info: DatasetInfo, fail: Callable[[str], NoRetur
         server_float64=sc.mode == "federated" and rule.float64_input,
         # (a whole model's minibatch, its gathered inputs, is fedsim.whole_plan.memory_estimate's to count)
         batches=0 if sc.model.whole else limits.minibatch_bytes(
-            per_group=per_group, batch=sc.training.batch_size, dim=dim, num_classes=c, concurrent=concurrent,
+            per_group=per_group, batch=sc.training.batch_size, dim=dim, num_classes=c, concurrent=training,
             padded_to=pad, step_peers=chunk),
         padded=limits.padded_bytes(peers=n, pad=pad, dim=dim, train_rows=sum(len(t) for t in part.train))
         if pad else 0,

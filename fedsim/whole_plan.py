@@ -18,7 +18,7 @@ from torch import Tensor
 import strategies
 from fedsim.models.trainable import ModelPlan, num_layers, split
 from fedsim.stacked import NORM, StackedModel, resolve_batching
-from fedsim.threads import group_count, local_workers
+from fedsim.threads import group_count, groups_at_once
 
 if TYPE_CHECKING:
     from fedsim.data.arrays import DatasetInfo
@@ -177,20 +177,21 @@ def _estimate(sc: Scenario, info: DatasetInfo, attack: Any) -> tuple[Any, int, t
         h.remove()
     groups = group_count(sc)
     per_group = math.ceil(sc.peers.count / groups)
-    concurrent = groups if sc.engine.backend == "ray" else local_workers(sc)
-    activations = limits.FLOAT * sum(sizes) * sc.training.batch_size * per_group * concurrent * 3
+    concurrent, training = groups_at_once(sc, "aggregate"), groups_at_once(sc, "train")
+    activations = limits.FLOAT * sum(sizes) * sc.training.batch_size * per_group * training * 3
     # the shifted run's training rows are each peer's own (partitions are disjoint: at most n_train)
     test_sets = max(1, len(used_domains(sc.peers.count, sc.dataset.domains)))
     est = limits.estimate_memory(
         peers=sc.peers.count, num_params=sum(p.numel() for p in suffix.parameters()), dim=int(x[0].numel()),
         n_train=info.n_train, n_test=info.n_test * test_sets, groups=groups, concurrent=concurrent,
+        training_concurrent=training,
         adam=sc.training.optimizer == "adam", consolidated=False,
         forged=forges(sc, attack),
         edges=0 if sc.mode == "federated" else limits.directed_edges(
             sc.topology.kind, sc.peers.count, sc.topology.degree, sc.topology.p, sc.topology.fanout),
         ray_actors=limits.ray_actor_processes(sc, groups),
         batches=limits.minibatch_bytes(per_group=per_group, batch=sc.training.batch_size, dim=int(x[0].numel()),
-                                       num_classes=0, concurrent=concurrent),
+                                       num_classes=0, concurrent=training),
         checkpoints=sc.checkpoint.every > 0,
         # a checkpoint's copies of θ and the optimizer's buffers (num_params each), and of one peer's
         # stacked buffers with BatchNorm (WholePeerGroup.get_state)

@@ -171,3 +171,39 @@ def test_validation_and_the_run_agree_on_the_largest_shard_with_canaries(monkeyp
                                                        concurrent=1, padded_to=0)
     assert validated.batches != limits.minibatch_bytes(per_group=20, batch=batch, dim=64, num_classes=10,
                                                        concurrent=1, padded_to=plain)
+
+
+def test_in_process_the_estimate_counts_groups_training_side_by_side_and_aggregating_one_at_a_time(monkeypatch):
+    """fedsim.threads.groups_at_once: in-process by default (2 groups, 2 CPUs) both groups' minibatches
+    and gradients exist at once but one group's concatenated messages (a forger makes each group join
+    every message), as `engine.local_parallel: off` counts one of each; on Ray every group's of both."""
+    import os
+
+    from fedsim.threads import groups_at_once
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    seen = _spy(monkeypatch)
+    d = {**SMALL, "engine": {"backend": "local", "num_actors": 2}, "peers": {"count": 10, "byzantine": 2,
+                                                                             "attack": {"name": "alie"}},
+         "topology": {"kind": "k_regular", "degree": 4}}
+    auto = parse(d)
+    side = seen[-1]
+    off = parse({**d, "engine": {**d["engine"], "local_parallel": "off"}})
+    one = seen[-1]
+    ray = parse({**d, "engine": {**d["engine"], "backend": "ray"}})
+    every = seen[-1]
+    assert [groups_at_once(sc, ph) for sc in (auto, off, ray) for ph in ("train", "aggregate")] == [2, 1, 1, 1, 2, 2]
+    assert side.batches == 2 * one.batches > 0 and side.messages == one.messages
+    assert every.messages > one.messages  # two groups join every message at once
+    with pytest.raises(ValueError, match="phase"):
+        groups_at_once(auto, "evaluate")
+
+
+def test_estimate_memory_counts_training_and_aggregating_groups_apart():
+    base = dict(peers=10, num_params=100, dim=8, n_train=100, n_test=10, groups=2, adam=False, consolidated=False,
+                forged=True, edges=0, ray_actors=0, gradient_peers=5)
+    a = limits.estimate_memory(**base, concurrent=1, training_concurrent=2)
+    b = limits.estimate_memory(**base, concurrent=2)
+    c = limits.estimate_memory(**base, concurrent=1)
+    assert a.heads == b.heads > c.heads  # gradients: the training groups
+    assert a.messages == c.messages < b.messages  # concatenated messages: the aggregating groups
