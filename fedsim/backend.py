@@ -439,8 +439,9 @@ class _LocalCall:
                 return self._fn(*args, **kwargs)
         # the actor's order is kept by a marker set as the call ends, not by the call's future: that
         # would hold the call's result (a group's state copy, its message) until the actor's next call
-        done = h._last = Future()
+        done = Future()
         future = h._pool.submit(_then_mark, done, self._fn, args, kwargs)
+        h._last = done  # (only once submitted: a refused submit leaves no marker the next call waits on forever)
         if self._num_returns == 1:
             return _LocalRef(future)
         return tuple(_LocalRef(future, i) for i in range(self._num_returns))
@@ -464,17 +465,18 @@ class LocalBackend:
     it is made, one group after another. ``workers`` > 1 (:func:`fedsim.threads.local_workers`,
     ``engine.local_parallel``): the calls run in a pool of that many threads, so the groups' calls
     of one phase run side by side, as Ray's actors do (each with :func:`fedsim.threads.group_threads`
-    torch threads; torch kernels release the GIL); ``.remote()`` returns a pending result and
-    :meth:`get` waits for it, a list's results in the list's order. The simulation still waits for
-    every group after each phase (``lazy`` False): the phases, their order and their timings are
-    the same as one after another. Actors are built at once, in the caller's thread.
+    torch threads; torch kernels release the GIL); ``.remote()`` returns a pending result (a call
+    that runs alone, below: its value) and :meth:`get` waits for it, a list's results in the list's
+    order. The simulation still waits for every group after each phase (``lazy`` False): the phases,
+    their order and their timings are the same as one after another. Actors are built at once, in the caller's thread.
 
     A call that runs alone (:func:`fedsim.threads.runs_alone`: every call of an actor class whose
     ``runs_alone`` is true, the federated server's, whose calls follow every group's of the phase;
     a method so marked, a group's aggregation) runs in the caller's thread as it is made, after the
     actor's previous call, with ``alone_threads`` torch threads (:func:`fedsim.threads.alone_threads`:
     the run's threads in all), not in the pool on one group's share of them: the groups' aggregations
-    run one after another, each on every thread, as with ``workers`` 1."""
+    run one after another, each on every thread, as with ``workers`` 1. (With ``workers`` 1 every call
+    runs that way already, on the process's threads: ``alone_threads`` is not used.)"""
 
     name = "local"
     lazy = False  # the simulation waits for a phase before it starts the next (in-process order)

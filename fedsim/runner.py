@@ -146,6 +146,14 @@ def probes_need_messages(sc: Scenario) -> bool:
     return any(getattr(known.get(p.kind), "needs_messages", False) for p in sc.probes)
 
 
+def run_backend(sc: Scenario, threads: int | None = None) -> Any:
+    """The backend a run of ``sc`` uses (:func:`fedsim.backend.make_backend`): Ray, or in-process with
+    the groups side by side where :func:`fedsim.threads.local_workers` says, a call that runs alone on
+    :func:`fedsim.threads.alone_threads`; ``threads``: the run's budget (:class:`Run`'s ``threads``)."""
+    return make_backend(sc.engine.backend, sc.engine.address, local_ray_cpus(sc), local_workers(sc, threads),
+                        alone_threads(sc, threads))
+
+
 class Run:
     """One scenario run writing to ``<output.dir>/<name>/`` (what it may delete and its lock:
     :mod:`fedsim.rundir`; the directory's life cycle: :class:`~fedsim.rundirectory.RunDirectory`).
@@ -239,18 +247,18 @@ class Run:
         cbs: list[Callback] = [*([Progress(progress)] if progress else []), *callbacks]
         cbs += [*([StopAfter(stop_after)] if stop_after is not None else []), self._interrupt]  # Ctrl-C last:
         # one that arrives while the others run still stops the run after this round
+        threads = torch.get_num_threads()  # (the groups set the process's: the caller's is given back)
         try:
             return self._execute(cbs, log, self._resume if resume else None)
         finally:
             self._resume = None
             self.rundir.lock.release()
+            torch.set_num_threads(threads)
 
     def _execute(self, callbacks: list[Callback], log, point: ResumePoint | None) -> dict[str, Any]:
         sc = self.sc
         prep = self.prepared = prepare(sc, log, self.absent, self.threads)
-        workers = local_workers(sc, self.threads)  # in-process groups side by side (1: one after another)
-        backend = make_backend(sc.engine.backend, sc.engine.address, local_ray_cpus(sc), workers,
-                               alone_threads(sc, self.threads))
+        backend = run_backend(sc, self.threads)
         self._interrupt.requested = False
         self.groups, self.server, self.records = [], None, []
         started: list[Callback] = []
@@ -372,9 +380,8 @@ class Run:
             raise ValueError(f"continue_without: start={start} needs a state to start from")
         sc = self.sc.model_copy(update={"rounds": start + rounds})
         prep = prepare(sc, None, [peer])
-        backend = make_backend(sc.engine.backend, sc.engine.address, local_ray_cpus(sc), local_workers(sc),
-                               alone_threads(sc))
-        sim = None
+        backend = run_backend(sc)
+        sim, threads = None, torch.get_num_threads()
         try:
             sim = Simulation(sc, prep, backend)
             probes_dir = self.rundir.path / "probes"
@@ -393,6 +400,7 @@ class Run:
             if sim is not None:
                 sim.close()
             backend.shutdown()
+            torch.set_num_threads(threads)
 
     def _summary(self, prep: Prepared) -> dict[str, Any]:
         wall = round(sum(x["seconds"] for x in self.rundir.timings.records()), 3)

@@ -115,9 +115,10 @@ def alone_threads(sc: Scenario, budget: int | None = None) -> int:
     does not run on one thread while the other cores idle (N = 1,000: the aggregation took 17 ms
     on 1 thread against 11 ms on 2, docs/performance.md); 1 for a model section on the CPU
     (:func:`fixed_threads`)."""
+    per_group = group_threads(sc, budget)  # (a bad budget is refused first, whole models too)
     if fixed_threads(sc):
         return 1
-    return group_threads(sc, budget) * local_workers(sc, budget)
+    return per_group * local_workers(sc, budget)
 
 
 F = TypeVar("F", bound=Callable[..., Any])

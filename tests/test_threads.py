@@ -130,14 +130,15 @@ def test_a_run_uses_the_workers_and_threads_threads_decides(small_scenario, monk
     monkeypatch.setattr(fedsim.runner, "make_backend",
                         lambda kind, address, cpus, workers, alone_threads: Spy(workers, alone_threads))
     before = torch.get_num_threads()
+    torch.set_num_threads(3)  # the caller's own (not the run's 1 per group, nor its 2 in all)
     try:
         from fedsim.runner import Run
 
         run = Run(parse(small_scenario(rounds=1, **{"engine.local_parallel": "auto"})), tmp_path / "r")
         run.create_dir()
         run.execute()
-        assert made == [(2, 2)] and torch.get_num_threads() == 1
-        assert all(s.threads == 1 for s in run.prepared.setups)
+        assert made == [(2, 2)] and all(s.threads == 1 for s in run.prepared.setups)
+        assert torch.get_num_threads() == 3  # the caller's thread count given back
     finally:
         torch.set_num_threads(before)
 
@@ -270,6 +271,59 @@ def test_decentralized_groups_train_side_by_side_and_aggregate_one_after_another
     finally:
         torch.set_num_threads(before)
     assert seen == {"train": {("fedsim-group", 1)}, "aggregate": {(threading.current_thread().name, 2)}}
+
+
+def test_a_pool_calls_result_lives_only_as_long_as_its_caller_keeps_it():
+    """The actor's call order is kept by a marker, not by the call's future: once the caller drops
+    the pending result, the value is freed (a group's state copy used to live until the actor's next call)."""
+    import gc
+    import weakref
+
+    from fedsim.backend import LocalBackend
+
+    class Value:
+        pass
+
+    class Group:
+        def make(self):
+            return Value()
+
+    b = LocalBackend(2)
+    g = b.actor(Group)
+    ref = g.make.remote()
+    value = weakref.ref(b.get(ref))
+    del ref
+    gc.collect()
+    assert value() is None
+    b.shutdown()
+
+
+def test_a_call_the_pool_refuses_raises_and_does_not_block_the_actors_next_call():
+    import threading
+
+    from fedsim.backend import LocalBackend
+
+    class Group:
+        def f(self):
+            return 1
+
+    b = LocalBackend(2)
+    g = b.actor(Group)
+    assert b.get(g.f.remote()) == 1
+    b.shutdown()
+    errors: list[BaseException] = []
+
+    def twice():
+        for _ in range(2):
+            try:
+                g.f.remote()
+            except RuntimeError as e:
+                errors.append(e)
+
+    t = threading.Thread(target=twice, daemon=True)
+    t.start()
+    t.join(5)
+    assert not t.is_alive() and len(errors) == 2
 
 
 def test_the_federated_server_aggregates_with_the_runs_threads_in_process(small_scenario, monkeypatch, tmp_path):

@@ -97,6 +97,8 @@ def test_whole_models_on_the_cpu_train_on_one_thread_whatever_the_layout(tmp_pat
     assert alone_threads(whole) == 1 and alone_threads(whole, 8) == 1  # the server's calls too
     with pytest.raises(ValueError, match="threads: expected an integer >= 1"):
         group_threads(whole, 0)  # a bad budget is still refused
+    with pytest.raises(ValueError, match="threads: expected an integer >= 1"):
+        alone_threads(whole, 0)
     head = _scenario(
         tmp_path,
         "h",
