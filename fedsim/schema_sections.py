@@ -299,6 +299,17 @@ class EngineCfg(_Section):
         "thread or a device other than cpu runs one after another (fedsim.threads.local_workers; "
         "docs/performance.md, 'Thread policy in-process')",
     )
+    @field_validator("local_parallel", mode="before")
+    @classmethod
+    def _off_as_yaml_reads_it(cls, v: Any) -> Any:
+        """YAML 1.1 (the scenario files, ``--set``) reads an unquoted ``off`` as false and ``on`` as
+        true: taken as ``"off"`` and ``"auto"``."""
+        if v is False:
+            return "off"
+        if v is True:
+            return "auto"
+        return v
+
     ray_shared_memory: bool = Field(
         True,
         description="engine.backend ray on a single host: the training features reach the groups, and the groups' "

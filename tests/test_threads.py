@@ -403,3 +403,21 @@ def test_ray_sweep_refuses_more_threads_than_a_node_has(ray_session):
     with pytest.raises(ValueError, match=f"more than the {cpus} CPUs"):
         run_tasks(lambda k, threads: threads, [(0, (0,))], lambda *a: None, 1, threads_kw="threads",
                   threads=cpus + 1)
+
+
+def test_an_unquoted_off_in_yaml_is_the_off_layout(small_scenario, tmp_path):
+    """YAML 1.1 reads ``local_parallel: off`` as false (and ``on`` as true): the scenario file and
+    ``--set engine.local_parallel=off`` mean the layout 'off', not a type error."""
+    import yaml
+
+    from fedsim.scenario import load, parse
+
+    d = small_scenario()
+    d["engine"]["local_parallel"] = "PLACEHOLDER"
+    text = yaml.safe_dump(d).replace("PLACEHOLDER", "off")
+    (tmp_path / "s.yaml").write_text(text)
+    assert "local_parallel: off" in text and yaml.safe_load(text)["engine"]["local_parallel"] is False
+    assert load(tmp_path / "s.yaml").engine.local_parallel == "off"
+    assert parse(small_scenario(**{"engine.local_parallel": True})).engine.local_parallel == "auto"
+    with pytest.raises(Exception, match="input should be 'auto' or 'off'"):
+        parse(small_scenario(**{"engine.local_parallel": "maybe"}))
