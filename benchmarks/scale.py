@@ -98,7 +98,7 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--aggregate-chunk", type=_cli.count, default=None,
                     help="engine.aggregate_chunk: receivers per batched rule call (default: the scenario's, 64)")
     ap.add_argument("--local-parallel", default=None, choices=["auto", "off"],
-                    help="engine.local_parallel (with --backend local; default: the scenario's, auto)")
+                    help="engine.local_parallel (with --backend local; default: the scenario's, off)")
     ap.add_argument("--progress", action="store_true", help="print every round of the end-to-end runs")
     ap.add_argument("--skip-breakdown", action="store_true")
     ap.add_argument("--json", default=None, help="also write the results here")

@@ -289,16 +289,18 @@ class EngineCfg(_Section):
         "[chunk, n, P]; results do not depend on it",
     )
     local_parallel: Literal["auto", "off"] = Field(
-        "auto",
-        description="engine.backend local: 'auto' (the default) trains (and evaluates) the groups side by side, "
-        "one thread per group up to the run's threads, torch threads divided among them (1 each when groups >= "
-        "threads), as Ray's actors do; the decentralized aggregation runs one group after another and the "
-        "federated server's alone, each on all the run's threads (fedsim.threads.runs_alone); 'off' runs every "
-        "call one group after another with all the threads. The same metrics to the bit; auto measured 1.6x "
-        "faster at 100 federated clients and 1.5x at 1,000 on a quiet 2-core machine. A single group, a single "
-        "thread or a device other than cpu runs one after another (fedsim.threads.local_workers; "
-        "docs/performance.md, 'Thread policy in-process')",
+        "off",
+        description="engine.backend local: 'off' (the default) runs every call one group after another with all "
+        "the threads; 'auto' trains (and evaluates) the groups side by side, one thread per group up to the "
+        "run's threads, torch threads divided among them (1 each when groups >= threads), as Ray's actors do, "
+        "and runs the decentralized aggregation one group after another and the federated server's alone, "
+        "each on all the run's threads (fedsim.threads.runs_alone): measured 1.6x faster at 100 federated "
+        "clients and 1.5x at 1,000 on a quiet 2-core machine, but opt-in: a rare run-to-run difference in the "
+        "last bit of a few peers' losses (2-4 of 14-24 runs of the quickstart, never with off) is not yet "
+        "explained. A single group, a single thread or a device other than cpu runs one after another "
+        "(fedsim.threads.local_workers; docs/performance.md, 'Thread policy in-process')",
     )
+
     @field_validator("local_parallel", mode="before")
     @classmethod
     def _off_as_yaml_reads_it(cls, v: Any) -> Any:

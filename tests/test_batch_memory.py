@@ -174,7 +174,7 @@ def test_validation_and_the_run_agree_on_the_largest_shard_with_canaries(monkeyp
 
 
 def test_in_process_the_estimate_counts_groups_training_side_by_side_and_aggregating_one_at_a_time(monkeypatch):
-    """fedsim.threads.groups_at_once: in-process by default (2 groups, 2 CPUs) both groups' minibatches
+    """fedsim.threads.groups_at_once: in-process with ``auto`` (2 groups, 2 CPUs) both groups' minibatches
     and gradients exist at once but one group's concatenated messages (a forger makes each group join
     every message), as `engine.local_parallel: off` counts one of each; on Ray every group's of both."""
     import os
@@ -183,8 +183,8 @@ def test_in_process_the_estimate_counts_groups_training_side_by_side_and_aggrega
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     seen = _spy(monkeypatch)
-    d = {**SMALL, "engine": {"backend": "local", "num_actors": 2}, "peers": {"count": 10, "byzantine": 2,
-                                                                             "attack": {"name": "alie"}},
+    d = {**SMALL, "engine": {"backend": "local", "num_actors": 2, "local_parallel": "auto"},
+         "peers": {"count": 10, "byzantine": 2, "attack": {"name": "alie"}},
          "topology": {"kind": "k_regular", "degree": 4}}
     auto = parse(d)
     side = seen[-1]

@@ -112,11 +112,10 @@ def test_in_process_groups_use_the_engines_cpus_but_no_more_than_the_machine(sma
         return {s.threads for s in prepare(sc).setups}
 
     assert threads(backend="local", num_actors=1) == {1}
-    # one group at a time: it may use both CPUs, never oversubscribed
-    assert threads(backend="local", num_actors=2, local_parallel="off") == {2}
-    assert threads(backend="local", num_actors=50, local_parallel="off") == {2}
-    # side by side (fedsim.threads.local_workers, the default): a CPU each, 2 groups at a time
-    assert threads(backend="local", num_actors=2) == {1}
+    assert threads(backend="local", num_actors=2) == {2}  # one group at a time: it may use both CPUs
+    assert threads(backend="local", num_actors=50) == {2}  # never oversubscribed
+    # side by side (fedsim.threads.local_workers): a CPU each, 2 groups at a time
+    assert threads(backend="local", num_actors=2, local_parallel="auto") == {1}
     assert threads(backend="local", num_actors=50, local_parallel="auto") == {1}
     assert threads(backend="ray", num_actors=2, cpus_per_actor=1) == {1}  # an actor: its own CPUs only
 

@@ -58,4 +58,4 @@ def test_local_parallel_option_reaches_the_scenario(tmp_path, monkeypatch):
         a.replicate_path = None
         d = scale.scenario(20, 2, a, "bristle", tmp_path)
         assert d["engine"].get("local_parallel") == want
-        assert parse(d).engine.local_parallel == (want or "auto")
+        assert parse(d).engine.local_parallel == (want or "off")

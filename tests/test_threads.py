@@ -94,7 +94,7 @@ AUTO = {"local_parallel": "auto"}
         ({"num_actors": 2, **AUTO}, 1, None, 1, 1),  # one usable CPU: one after another, as before
         ({"num_actors": 1, "cpus_per_actor": 2, **AUTO}, 2, None, 1, 2),  # a single group: all its threads
         ({"num_actors": 2, "local_parallel": "off"}, 2, None, 1, 2),
-        ({"num_actors": 2}, 2, None, 2, 1),  # the default (auto since issue 19's quiet-machine pairs)
+        ({"num_actors": 2}, 2, None, 1, 2),  # the default: one after another (auto's rare difference, issue 19)
         ({"num_actors": 2, "backend": "ray", **AUTO}, 2, None, 1, 1),  # Ray: one per actor, its own process
     ],
 )
@@ -237,7 +237,7 @@ def test_local_backend_runs_a_method_marked_alone_in_the_callers_thread_after_th
 
 def test_decentralized_groups_train_side_by_side_and_aggregate_one_after_another(small_scenario, monkeypatch,
                                                                                 tmp_path):
-    """In-process on 2 CPUs by default: each group trains in the pool on 1 torch thread, and aggregates
+    """In-process on 2 CPUs with ``auto``: each group trains in the pool on 1 torch thread, and aggregates
     in the driver's thread on both, one group after another (fedsim.threads.runs_alone)."""
     import functools
     import threading
@@ -265,7 +265,7 @@ def test_decentralized_groups_train_side_by_side_and_aggregate_one_after_another
         monkeypatch.setattr(PeerGroup, name, spy(name))
     before = torch.get_num_threads()
     try:
-        run = Run(parse(small_scenario(rounds=2)), tmp_path / "r")
+        run = Run(parse(small_scenario(rounds=2, **{"engine.local_parallel": "auto"})), tmp_path / "r")
         run.create_dir()
         run.execute()
     finally:
@@ -327,7 +327,7 @@ def test_a_call_the_pool_refuses_raises_and_does_not_block_the_actors_next_call(
 
 
 def test_the_federated_server_aggregates_with_the_runs_threads_in_process(small_scenario, monkeypatch, tmp_path):
-    """Groups side by side on 2 CPUs (1 torch thread each): the server's aggregation runs in the
+    """Groups side by side on 2 CPUs (``auto``, 1 torch thread each): the server's aggregation runs in the
     driver's thread on both (N = 1,000: 17 ms on one against 11 ms, docs/performance.md)."""
     import threading
 
@@ -348,7 +348,8 @@ def test_the_federated_server_aggregates_with_the_runs_threads_in_process(small_
     monkeypatch.setattr(fedsim.server.Server, "aggregate", spy)
     before = torch.get_num_threads()
     try:
-        run = Run(parse(small_scenario(rounds=2, mode="federated", engine={"backend": "local", "num_actors": 2})),
+        run = Run(parse(small_scenario(rounds=2, mode="federated", engine={"backend": "local", "num_actors": 2,
+                                                                           "local_parallel": "auto"})),
                   tmp_path / "r")
         run.create_dir()
         run.execute()
