@@ -442,6 +442,14 @@ class _LocalCall:
         done = Future()
         future = h._pool.submit(_then_mark, done, self._fn, args, kwargs)
         h._last = done  # (only once submitted: a refused submit leaves no marker the next call waits on forever)
+        name = getattr(self._fn, "__name__", "")
+        if name not in h._warm:
+            # the first call of a method runs with no other of its kind beside it: two groups' first
+            # training calls side by side made one group's numbers differ in the last bit in ~1 of 9
+            # processes (a process-wide lazy initialisation raced; waiting for the first: 0 of 44,
+            # docs/performance.md "In-process groups side by side")
+            wait([done])
+            h._warm.add(name)
         if self._num_returns == 1:
             return _LocalRef(future)
         return tuple(_LocalRef(future, i) for i in range(self._num_returns))
@@ -451,8 +459,10 @@ class _LocalCall:
 
 
 class _LocalHandle:
-    def __init__(self, obj: Any, pool: ThreadPoolExecutor | None, alone_threads: int = 1) -> None:
+    def __init__(self, obj: Any, pool: ThreadPoolExecutor | None, alone_threads: int = 1,
+                 warm: set[str] | None = None) -> None:
         self._obj, self._pool, self._alone_threads = obj, pool, alone_threads
+        self._warm = set() if warm is None else warm  # the backend's: methods whose first pool call has ended
         self._alone = bool(getattr(type(obj), "runs_alone", False))  # every call of this actor runs alone
         self._last: Future | None = None  # set when this actor's last call in the pool has ended
 
@@ -476,13 +486,19 @@ class LocalBackend:
     actor's previous call, with ``alone_threads`` torch threads (:func:`fedsim.threads.alone_threads`:
     the run's threads in all), not in the pool on one group's share of them: the groups' aggregations
     run one after another, each on every thread, as with ``workers`` 1. (With ``workers`` 1 every call
-    runs that way already, on the process's threads: ``alone_threads`` is not used.)"""
+    runs that way already, on the process's threads: ``alone_threads`` is not used.)
+
+    The first call of each method (by name, over all the actors) runs with no other beside it: the
+    driver waits for it before it goes on. Two groups' first training calls side by side made one
+    group's numbers differ in the last bit in about 1 process of 9 (a process-wide initialisation at
+    first use, raced; not identified), never once the first ran alone (docs/performance.md)."""
 
     name = "local"
     lazy = False  # the simulation waits for a phase before it starts the next (in-process order)
     copies_returns = False  # a call's return value is the callee's own object (not copied out)
     workers, alone_threads = 1, 1
     _pool: ThreadPoolExecutor | None = None  # (a subclass that skips __init__ runs one after another)
+    _warm: set[str] | None = None  # methods whose first call in the pool has ended (every actor's)
 
     def __init__(self, workers: int = 1, alone_threads: int = 1) -> None:
         for name, v in (("workers", workers), ("alone_threads", alone_threads)):
@@ -492,7 +508,9 @@ class LocalBackend:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fedsim-group") if workers > 1 else None
 
     def actor(self, cls: type, *args: Any, num_cpus: float = 1.0) -> Any:
-        return _LocalHandle(cls(*(_resolved(a) for a in args)), self._pool, self.alone_threads)
+        if self._warm is None:
+            self._warm = set()
+        return _LocalHandle(cls(*(_resolved(a) for a in args)), self._pool, self.alone_threads, self._warm)
 
     def put(self, obj: Any) -> Any:
         return obj
