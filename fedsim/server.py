@@ -27,7 +27,7 @@ class Server:
 
     # its calls never overlap a group's: the simulation sends it a phase's work once every group's is
     # done. In-process with the groups side by side (fedsim.backend.LocalBackend) it runs in the
-    # driver's thread with the run's threads in all (fedsim.threads.alone_threads), not on one group's
+    # driver's thread with the run's threads in all (fedsim.threads.alone_threads), not on one group's share
     runs_alone = True
 
     def __init__(self, setup: GroupSetup, root_x: np.ndarray | None = None, root_y: np.ndarray | None = None) -> None:
