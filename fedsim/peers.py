@@ -38,7 +38,7 @@ from torch import Tensor
 import attacks
 import strategies
 from fedlib.heads import num_params
-from fedsim import heads, mkl_branch, plugins, routing
+from fedsim import heads, mkl_branch, mkl_vml, plugins, routing
 from fedsim import rng as crng
 from fedsim.device import resolve
 from fedsim.gossip import GossipAggregation
@@ -95,6 +95,7 @@ class PeerGroup(MinibatchDraws, GossipAggregation):
             features = {**features, **test}
         # first: a Ray actor's process has not imported the user's rules/attacks (the driver granted them)
         plugins.load(setup.plugins, granted=True)
+        mkl_vml.warm()  # oneMKL's VML kernels chosen here, in one thread, before any call races for them
         # tiny bmm's: oversubscribed threads cost 10-30x on a loaded machine (measured); one per CPU given
         torch.set_num_threads(max(1, setup.threads))
         s = self.s = setup

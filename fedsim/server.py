@@ -13,7 +13,7 @@ from torch import Tensor
 import attacks
 import strategies
 from fedlib.heads import num_params
-from fedsim import heads, mkl_branch, plugins
+from fedsim import heads, mkl_branch, mkl_vml, plugins
 from fedsim import rng as crng
 from fedsim.group_setup import GroupSetup
 from fedsim.messages import forge_messages
@@ -33,6 +33,7 @@ class Server:
     def __init__(self, setup: GroupSetup, root_x: np.ndarray | None = None, root_y: np.ndarray | None = None) -> None:
         # first: a Ray actor's process has not imported the user's rules/attacks (the driver granted them)
         plugins.load(setup.plugins, granted=True)
+        mkl_vml.warm()  # oneMKL's VML kernels chosen here, in one thread, before any call races for them
         self.s = setup
         self.bias = setup.training.bias
         self.layer_shape = (setup.num_classes, setup.dim)
