@@ -444,10 +444,8 @@ class _LocalCall:
         h._last = done  # (only once submitted: a refused submit leaves no marker the next call waits on forever)
         name = getattr(self._fn, "__name__", "")
         if name not in h._warm:
-            # the first call of a method runs with no other of its kind beside it: two groups' first
-            # training calls side by side made one group's numbers differ in the last bit in ~1 of 9
-            # processes (a process-wide lazy initialisation raced; waiting for the first: 0 of 44,
-            # docs/performance.md "In-process groups side by side")
+            # the first call of a method runs with no other of its kind beside it: a choice a library
+            # makes at first use is not raced (oneMKL's vector-math kernels were: fedsim.mkl_vml)
             wait([done])
             h._warm.add(name)
         if self._num_returns == 1:
@@ -490,8 +488,10 @@ class LocalBackend:
 
     The first call of each method (by name, over all the actors) runs with no other beside it: the
     driver waits for it before it goes on. Two groups' first training calls side by side made one
-    group's numbers differ in the last bit in about 1 process of 9 (a process-wide initialisation at
-    first use, raced; not identified), never once the first ran alone (docs/performance.md)."""
+    group's numbers differ in the last bit in about 1 process of 6, never once the first ran alone:
+    oneMKL chose a vector-math kernel at its first call, raced (:mod:`fedsim.mkl_vml` now makes those
+    calls as the groups are built); the wait guards any other choice made at first use
+    (docs/performance.md)."""
 
     name = "local"
     lazy = False  # the simulation waits for a phase before it starts the next (in-process order)

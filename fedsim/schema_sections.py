@@ -295,9 +295,9 @@ class EngineCfg(_Section):
         "run's threads, torch threads divided among them (1 each when groups >= threads), as Ray's actors do, "
         "and runs the decentralized aggregation one group after another and the federated server's alone, "
         "each on all the run's threads (fedsim.threads.runs_alone): measured 1.6x faster at 100 federated "
-        "clients and 1.5x at 1,000 on a quiet 2-core machine, but opt-in: a run-to-run difference in the last "
-        "bit of one group's numbers (~1 process in 9, never with off) came from the groups' first calls "
-        "racing; each method's first call now runs alone (0 of 110 runs since), the cause is not identified. "
+        "clients and 1.5x at 1,000 on a quiet 2-core machine; opt-in (a run-to-run difference in the last bit "
+        "of one group's numbers, ~1 process in 6, was oneMKL's vector-math first-call race, now avoided: "
+        "fedsim.mkl_vml; the default awaits a wider reproducibility check). "
         "A single group, a single thread or a device other than cpu runs one after another "
         "(fedsim.threads.local_workers; docs/performance.md, 'Thread policy in-process')",
     )
