@@ -488,7 +488,7 @@ class LocalBackend:
 
     The first call of each method (by name, over all the actors) runs with no other beside it: the
     driver waits for it before it goes on. Two groups' first training calls side by side made one
-    group's numbers differ in the last bit in about 1 process of 6, never once the first ran alone:
+    group's numbers differ in the last bit in about 1 process of 8, never once the first ran alone:
     oneMKL chose a vector-math kernel at its first call, raced (:mod:`fedsim.mkl_vml` now makes those
     calls as the groups are built); the wait guards any other choice made at first use
     (docs/performance.md)."""

@@ -7,8 +7,8 @@ same time, one of them can run a low-accuracy kernel for that one call (pytorch/
 oneMKL 2024.2, build 20240605, the one torch 2.13's wheel bundles; not seen with oneMKL 2025.0 or
 later). In fedsim that happened with in-process groups side by side (``engine.local_parallel: auto``):
 the two groups' first local steps (``fedsim.heads.ce_grad``'s ``exp``) raced, and in about one process
-in nine one group's round-0 numbers differed in the last bit (docs/performance.md, "In-process groups
-side by side"). It can happen wherever a process's first VML calls run on several threads at once:
+in eight (21 of 162 counted) one group's round-0 numbers differed in the last bit (docs/performance.md,
+"In-process groups side by side"). It can happen wherever a process's first VML calls run on several threads at once:
 groups side by side, a group's intra-op threads (``cpus_per_actor`` > 1), a Ray actor's.
 
 :func:`warm` calls every VML function torch uses once, on one element, in float32 and float64, in the

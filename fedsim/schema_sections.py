@@ -296,7 +296,7 @@ class EngineCfg(_Section):
         "and runs the decentralized aggregation one group after another and the federated server's alone, "
         "each on all the run's threads (fedsim.threads.runs_alone): measured 1.6x faster at 100 federated "
         "clients and 1.5x at 1,000 on a quiet 2-core machine; opt-in (a run-to-run difference in the last bit "
-        "of one group's numbers, ~1 process in 6, was oneMKL's vector-math first-call race, now avoided: "
+        "of one group's numbers, ~1 process in 8, was oneMKL's vector-math first-call race, now avoided: "
         "fedsim.mkl_vml; the default awaits a wider reproducibility check). "
         "A single group, a single thread or a device other than cpu runs one after another "
         "(fedsim.threads.local_workers; docs/performance.md, 'Thread policy in-process')",
