@@ -444,7 +444,7 @@ class _LocalCall:
         h._last = done  # (only once submitted: a refused submit leaves no marker the next call waits on forever)
         name = getattr(self._fn, "__name__", "")
         if name not in h._warm:
-            # the first call of a method runs with no other of its kind beside it: a choice a library
+            # the driver waits for a method's first call before it makes another: a choice a library
             # makes at first use is not raced (oneMKL's vector-math kernels were: fedsim.mkl_vml)
             wait([done])
             h._warm.add(name)
@@ -486,12 +486,12 @@ class LocalBackend:
     run one after another, each on every thread, as with ``workers`` 1. (With ``workers`` 1 every call
     runs that way already, on the process's threads: ``alone_threads`` is not used.)
 
-    The first call of each method (by name, over all the actors) runs with no other beside it: the
-    driver waits for it before it goes on. Two groups' first training calls side by side made one
-    group's numbers differ in the last bit in about 1 process of 8, never once the first ran alone:
-    oneMKL chose a vector-math kernel at its first call, raced (:mod:`fedsim.mkl_vml` now makes those
-    calls as the groups are built); the wait guards any other choice made at first use
-    (docs/performance.md)."""
+    The driver waits for the first call of each method (by name, over all the actors) to end before
+    it makes another call (the simulation waits for every phase, so that call runs alone). Two
+    groups' first training calls side by side made one group's numbers differ in the last bit in
+    about 1 process of 8, never once the first ran alone: oneMKL chose a vector-math kernel at its
+    first call, raced (:mod:`fedsim.mkl_vml` now makes those calls as the groups are built); the wait
+    guards any other choice made at first use (docs/performance.md)."""
 
     name = "local"
     lazy = False  # the simulation waits for a phase before it starts the next (in-process order)
