@@ -108,13 +108,13 @@ def groups_at_once(sc: Scenario, phase: str) -> int:
 
 
 def alone_threads(sc: Scenario, budget: int | None = None) -> int:
-    """Torch threads of an in-process call that runs while no group's call does (an actor class
-    with ``runs_alone``: the federated server, whose aggregation starts once every group has
-    trained, :class:`fedsim.backend.LocalBackend`): the run's threads in all, what the groups use
-    together (:func:`group_threads` × :func:`local_workers`), so the server's one call of a phase
-    does not run on one thread while the other cores idle (N = 1,000: the aggregation took 17 ms
-    on 1 thread against 11 ms on 2, docs/performance.md); 1 for a model section on the CPU
-    (:func:`fixed_threads`)."""
+    """Torch threads of an in-process call that runs while no group's call does
+    (:class:`fedsim.backend.LocalBackend`: every call of an actor class with ``runs_alone``, the
+    federated server, whose aggregation starts once every group has trained; a method marked
+    :func:`runs_alone`, the decentralized aggregation): the run's threads in all, what the groups use
+    together (:func:`group_threads` × :func:`local_workers`), so such a call does not run on one
+    thread while the other cores idle (N = 1,000: the server's aggregation took 17 ms on 1 thread
+    against 11 ms on 2, docs/performance.md); 1 for a model section on the CPU (:func:`fixed_threads`)."""
     per_group = group_threads(sc, budget)  # (a bad budget is refused first, whole models too)
     if fixed_threads(sc):
         return 1
