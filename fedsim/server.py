@@ -34,6 +34,9 @@ class Server:
         # first: a Ray actor's process has not imported the user's rules/attacks (the driver granted them)
         plugins.load(setup.plugins, granted=True)
         mkl_vml.warm()  # oneMKL's VML kernels chosen here, in one thread, before any call races for them
+        # as a peer group sets its own (in-process the groups' count; a Ray actor: its own process's,
+        # fedsim.threads.ray_server_threads, set by fedsim.simulation.Simulation)
+        torch.set_num_threads(max(1, setup.threads))
         self.s = setup
         self.bias = setup.training.bias
         self.layer_shape = (setup.num_classes, setup.dim)
@@ -49,6 +52,11 @@ class Server:
     def mkl_branch(self) -> str | None:
         """oneMKL's branch in this actor's process (:func:`fedsim.mkl_branch.current`)."""
         return mkl_branch.current()
+
+    def torch_threads(self) -> int:
+        """torch's intra-op threads in this actor's process (diagnostics; tests read it): on Ray
+        :func:`fedsim.threads.ray_server_threads`."""
+        return torch.get_num_threads()
 
     def get_global(self) -> np.ndarray:
         return self.global_params

@@ -30,7 +30,7 @@ from fedsim.round_record import PHASES, RoundRecord  # noqa: F401  (re-exported)
 from fedsim.runfacts import sends_per_round, sent_messages
 from fedsim.scenario import Scenario, sampled_clients
 from fedsim.server import Server
-from fedsim.threads import torch_threads
+from fedsim.threads import ray_server_threads, torch_threads
 
 if TYPE_CHECKING:
     from fedsim.prepare import Prepared
@@ -91,8 +91,12 @@ class Simulation:
                 backend.actor(group_cls, dataclasses.replace(s, sends_views=views) if views else s, train_ref,
                               self.features_ref, num_cpus=cpus) for s in prep.setups
             ]
+            server_setup = prep.server_setup
+            if server_setup is not None and backend.name == "ray":  # its own process: threads while the groups wait
+                server_setup = dataclasses.replace(server_setup, threads=ray_server_threads(
+                    sc, server_setup.threads, backend.single_host()))
             self.server: Any = (
-                backend.actor(server_cls, prep.server_setup, *prep.root, num_cpus=cpus) if prep.server_setup else None
+                backend.actor(server_cls, server_setup, *prep.root, num_cpus=cpus) if server_setup else None
             )
             # each actor's oneMKL branch (fedsim.mkl_branch.current), once every actor is built: the run
             # records them and warns where they differ from the driver's (fedsim.runner.Run)

@@ -422,3 +422,58 @@ def test_an_unquoted_off_in_yaml_is_the_off_layout(small_scenario, tmp_path):
     assert parse(small_scenario(**{"engine.local_parallel": True})).engine.local_parallel == "auto"
     with pytest.raises(Exception, match="input should be 'auto' or 'off'"):
         parse(small_scenario(**{"engine.local_parallel": "maybe"}))
+
+
+def test_the_ray_server_takes_the_groups_threads_on_one_host_only(small_scenario, monkeypatch):
+    """Its calls never overlap a group's: on one host it computes on the CPUs the groups hold
+    (capped at the CPUs this process may use); on a cluster of several nodes, or for a model
+    section on the CPU (one thread in every layout), it keeps its own share."""
+    from fedsim import threads
+    from fedsim.scenario import parse
+
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 8)
+    fed = {"mode": "federated", "engine.backend": "ray"}
+    three = parse(small_scenario(**fed, **{"engine.num_actors": 3}))
+    assert threads.ray_server_threads(three, 1, True) == 3
+    assert threads.ray_server_threads(three, 2, True) == 6
+    assert threads.ray_server_threads(three, 4, True) == 8  # at most the usable CPUs
+    assert threads.ray_server_threads(three, 2, False) == 2  # several nodes: its own share
+    many = parse(small_scenario(**fed, **{"engine.num_actors": 50, "peers.count": 8}))
+    assert threads.ray_server_threads(many, 1, True) == 8  # 8 groups: one per peer (group_count)
+    monkeypatch.setattr(threads, "fixed_threads", lambda sc: True)
+    assert threads.ray_server_threads(three, 2, True) == 1
+    for bad in (0, True, 1.5):
+        with pytest.raises(ValueError, match="per_group"):
+            threads.ray_server_threads(three, bad, True)
+
+
+@pytest.mark.parametrize("rule", ["fedavg", "median", "krum"])
+def test_the_federated_server_on_ray_aggregates_on_the_groups_threads_with_the_same_numbers(
+        small_scenario, ray_session, monkeypatch, tmp_path, rule):
+    """On Ray on one host the server actor runs on the groups' threads (3 groups of one thread, 4
+    CPUs usable: 3), and the run's metrics and final heads are the bits of the in-process run."""
+    from fedsim import threads
+    from fedsim.runner import Run
+    from fedsim.scenario import parse
+
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 4)
+    seen: list[int] = []
+
+    def run(backend: str) -> Run:
+        sc = parse(small_scenario(name=backend, mode="federated", **{
+            "engine.backend": backend, "engine.num_actors": 3, "strategy.name": rule,
+            **({"peers.byzantine": 1, "peers.attack": {"name": "alie"}} if rule != "fedavg" else {})}))
+        r = Run(sc, tmp_path / backend)
+        r.create_dir()
+
+        def spy(i, rec):
+            if backend == "ray" and i == 0:
+                seen.append(ray_session.get(r.server.torch_threads.remote()))
+
+        r.execute(progress=spy)
+        return r
+
+    local, ray = run("local"), run("ray")
+    assert seen == [3]
+    assert (local.dir / "metrics.jsonl").read_bytes() == (ray.dir / "metrics.jsonl").read_bytes()
+    assert (local.final_params == ray.final_params).all()
