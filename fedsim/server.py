@@ -35,7 +35,8 @@ class Server:
         plugins.load(setup.plugins, granted=True)
         mkl_vml.warm()  # oneMKL's VML kernels chosen here, in one thread, before any call races for them
         # as a peer group sets its own (in-process the groups' count; a Ray actor: its own process's,
-        # fedsim.threads.ray_server_threads, set by fedsim.simulation.Simulation)
+        # fedsim.threads.ray_server_threads, set by fedsim.simulation.Simulation; the Flower bridge's
+        # server passes its process's own count, fedsim.flower.strategy)
         torch.set_num_threads(max(1, setup.threads))
         self.s = setup
         self.bias = setup.training.bias

@@ -126,18 +126,21 @@ def ray_server_threads(sc: Scenario, per_group: int, single_host: bool) -> int:
     each (:func:`group_threads`). The server's calls never overlap a group's (its aggregation starts
     once every group has trained, and the groups wait for the global model it returns), so where
     every actor runs on this host (``single_host``: :meth:`fedsim.backend.RayBackend.single_host`)
-    it takes the threads of the CPUs the run's groups hold and leave idle meanwhile: ``per_group ×``
-    :func:`group_count`, at most :func:`usable_cpus` (the in-process counterpart is
-    :func:`alone_threads`; N = 1,000: 17.5 ms of aggregation on one thread against 12.9 on two,
-    docs/performance.md). On a cluster of several nodes the groups' CPUs may be elsewhere: its own
-    ``per_group``. 1 for a model section on the CPU (:func:`fixed_threads`)."""
+    it takes the CPUs Ray holds for the groups, idle meanwhile: :func:`group_count` ×
+    ``engine.cpus_per_actor`` whole CPUs, at least its own ``per_group`` and at most
+    :func:`usable_cpus` — on one host the count the in-process server runs with
+    (:func:`alone_threads`), so the two engines' servers compute with the same threads (N = 1,000:
+    17.5 ms of aggregation on one thread against 12.9 on two, docs/performance.md). On a cluster of
+    several nodes the groups' CPUs may be elsewhere: its own ``per_group``. 1 for a model section on
+    the CPU (:func:`fixed_threads`)."""
     if isinstance(per_group, bool) or not isinstance(per_group, int) or per_group < 1:
         raise ValueError(f"per_group: expected an integer >= 1, got {per_group!r}")
     if fixed_threads(sc):
         return 1
     if not single_host:
         return per_group
-    return max(1, min(usable_cpus(), per_group * group_count(sc)))
+    held = int(group_count(sc) * sc.engine.cpus_per_actor)  # (whole CPUs: 4 groups of 0.5 hold 2)
+    return max(1, min(usable_cpus(), max(per_group, held)))
 
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -159,6 +159,26 @@ def test_malformed_client_update_is_rejected_and_logged(fed_scenario, tmp_path, 
     assert len(logged) == 3 and f"(partition {byz})" in logged[0] and reason in logged[0]
 
 
+def test_the_strategys_server_leaves_the_server_processes_torch_threads_alone(fed_scenario):
+    """The ServerApp's process is not a simulated group's: building the strategy's
+    ``fedsim.server.Server`` keeps its torch thread count (the scenario's engine section describes the
+    simulation's layout; a Ray scenario's says 1 thread)."""
+    import torch
+
+    from fedsim.flower.server import FedsimStrategy
+
+    before = torch.get_num_threads()
+    try:
+        for engine in ({"engine.backend": "ray"}, {"engine.backend": "local", "engine.num_actors": 4,
+                                                   "engine.local_parallel": "auto"}):
+            torch.set_num_threads(3)
+            sc = parse(fed_scenario(**engine))
+            FedsimStrategy(sc, prepare(sc))
+            assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_strategy_collect_rejects_every_kind_of_bad_reply(fed_scenario):
     """Replies crafted by hand: wrong shape, NaN, Inf, non-numeric dtype, 2-D, missing or duplicate
     partition id, an error reply — each rejected with its reason; the good ones land in their rows."""

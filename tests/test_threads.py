@@ -433,13 +433,26 @@ def test_the_ray_server_takes_the_groups_threads_on_one_host_only(small_scenario
 
     monkeypatch.setattr(threads, "usable_cpus", lambda: 8)
     fed = {"mode": "federated", "engine.backend": "ray"}
-    three = parse(small_scenario(**fed, **{"engine.num_actors": 3}))
-    assert threads.ray_server_threads(three, 1, True) == 3
-    assert threads.ray_server_threads(three, 2, True) == 6
-    assert threads.ray_server_threads(three, 4, True) == 8  # at most the usable CPUs
+
+    def ray(**engine):
+        return parse(small_scenario(**fed, **{f"engine.{k}": v for k, v in engine.items()}))
+
+    three = ray(num_actors=3)
+    assert threads.ray_server_threads(three, 1, True) == 3  # the 3 CPUs Ray holds for the groups
     assert threads.ray_server_threads(three, 2, False) == 2  # several nodes: its own share
-    many = parse(small_scenario(**fed, **{"engine.num_actors": 50, "peers.count": 8}))
-    assert threads.ray_server_threads(many, 1, True) == 8  # 8 groups: one per peer (group_count)
+    assert threads.ray_server_threads(three, 4, True) == 4  # at least its own share (a caller's budget)
+    assert threads.ray_server_threads(ray(num_actors=3, cpus_per_actor=4), 4, True) == 8  # at most usable
+    assert threads.ray_server_threads(ray(num_actors=50), 1, True) == 8  # 8 groups: one per peer
+    assert threads.ray_server_threads(ray(num_actors=4, cpus_per_actor=0.5), 1, True) == 2  # whole CPUs held
+    assert threads.ray_server_threads(ray(num_actors=1, cpus_per_actor=0.5), 1, True) == 1
+    # on one host the count the in-process server runs with, in either in-process layout
+    for engine in ({"num_actors": 3}, {"num_actors": 4, "cpus_per_actor": 0.5}, {"num_actors": 2, "cpus_per_actor": 3}):
+        sc = ray(**engine)
+        for layout in ("off", "auto"):
+            over = {"engine.backend": "local", "engine.local_parallel": layout,
+                    **{f"engine.{k}": v for k, v in engine.items()}}
+            local = parse(small_scenario(mode="federated", **over))
+            assert threads.ray_server_threads(sc, threads.group_threads(sc), True) == threads.alone_threads(local)
     monkeypatch.setattr(threads, "fixed_threads", lambda sc: True)
     assert threads.ray_server_threads(three, 2, True) == 1
     for bad in (0, True, 1.5):
@@ -453,6 +466,7 @@ def test_the_federated_server_on_ray_aggregates_on_the_groups_threads_with_the_s
     """On Ray on one host the server actor runs on the groups' threads (3 groups of one thread, 4
     CPUs usable: 3), and the run's metrics and final heads are the bits of the in-process run."""
     from fedsim import threads
+    from fedsim.backend import RayBackend
     from fedsim.runner import Run
     from fedsim.scenario import parse
 
@@ -463,7 +477,7 @@ def test_the_federated_server_on_ray_aggregates_on_the_groups_threads_with_the_s
         sc = parse(small_scenario(name=backend, mode="federated", **{
             "engine.backend": backend, "engine.num_actors": 3, "strategy.name": rule,
             **({"peers.byzantine": 1, "peers.attack": {"name": "alie"}} if rule != "fedavg" else {})}))
-        r = Run(sc, tmp_path / backend)
+        r = Run(sc, tmp_path / f"{backend}-{len(seen)}")
         r.create_dir()
 
         def spy(i, rec):
@@ -475,5 +489,9 @@ def test_the_federated_server_on_ray_aggregates_on_the_groups_threads_with_the_s
 
     local, ray = run("local"), run("ray")
     assert seen == [3]
+    # a Ray of several nodes (the groups' CPUs may be elsewhere): the server keeps its own thread
+    monkeypatch.setattr(RayBackend, "single_host", lambda self: False)
+    run("ray")
+    assert seen == [3, 1]
     assert (local.dir / "metrics.jsonl").read_bytes() == (ray.dir / "metrics.jsonl").read_bytes()
     assert (local.final_params == ray.final_params).all()

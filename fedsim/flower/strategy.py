@@ -123,6 +123,9 @@ class FedsimStrategy(Strategy):
         setup = prep.server_setup
         if attack_side == "client":  # the devices forge; the server must not forge for them again
             setup = replace(setup, attack=setup.attack.model_copy(update={"name": "none"}))
+        # the server process is the ServerApp's, not a simulated group's: its torch threads stay as they are
+        # (Server sets the setup's; prepare's count describes the simulation's layout, not this machine)
+        setup = replace(setup, threads=torch.get_num_threads())
         self.server = Server(setup, *(prep.root or (None, None)))
         self.attack_side = attack_side
         self.client_eval = client_eval
