@@ -65,6 +65,8 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="Flower client_resources.num_cpus")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--busy-core", action="store_true", help="keep one core busy with a spinning process throughout")
+    ap.add_argument("--local-parallel", default=None, choices=["auto", "off"],
+                    help="engine.local_parallel of the in-process run (default: the scenario's, off)")
     a = ap.parse_args(argv)
     if len(a.flower_rounds) not in (1, len(a.sizes)):
         ap.error("--flower-rounds: give one value or one per size")
@@ -100,7 +102,13 @@ def load() -> str:
     return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
-def fedsim_scenario(n: int, rounds: int, backend: str, out: Path, ckpt: int = 0) -> dict:
+def fedsim_scenario(n: int, rounds: int, backend: str, out: Path, ckpt: int = 0,
+                    local_parallel: str | None = None) -> dict:
+    """The fedsim side of the workload; ``local_parallel`` (``engine.local_parallel``): None leaves
+    the scenario's default."""
+    engine = {"backend": backend, "num_actors": 2}
+    if local_parallel is not None:
+        engine["local_parallel"] = local_parallel
     return {
         "name": f"vs_flower_n{n}",
         "seed": SEED,
@@ -113,17 +121,19 @@ def fedsim_scenario(n: int, rounds: int, backend: str, out: Path, ckpt: int = 0)
         "strategy": {"name": "fedavg"},
         "training": TRAIN,
         "evaluation": {"every": 1},
-        "engine": {"backend": backend, "num_actors": 2},
+        "engine": engine,
         "checkpoint": {"every": ckpt},
         "output": {"dir": str(out)},
     }
 
 
-def run_fedsim(n: int, rounds: int, tmp: Path, backend: str) -> dict:
+def run_fedsim(n: int, rounds: int, tmp: Path, backend: str, local_parallel: str | None = None) -> dict:
     """``backend="ray"``: Run starts Ray with a CPU for each of the 2 peer-group actors and the
-    server, then stops it. ``"local"``: the same 2 groups and server in this process, one after
-    another, each with 2 torch threads."""
-    return timed_run(fedsim_scenario(n, rounds, backend, tmp), tmp / f"fedsim_{backend}_n{n}")
+    server, then stops it. ``"local"``: the same 2 groups and server in this process, by default
+    one after another, each with 2 torch threads (``local_parallel="auto"``: side by side, one
+    thread each, the server alone on both)."""
+    sc = fedsim_scenario(n, rounds, backend, tmp, local_parallel=local_parallel if backend == "local" else None)
+    return timed_run(sc, tmp / f"fedsim_{backend}_n{n}")
 
 
 def timed_run(scenario: dict, run_dir: Path) -> dict:
@@ -223,12 +233,14 @@ def main(a: argparse.Namespace | None = None) -> None:
         flush=True,
     )
     rows = []
+    # the in-process layout as the run resolves it (the scenario's default where not given)
+    layout = parse(fedsim_scenario(10, 1, "local", Path("."), local_parallel=a.local_parallel)).engine.local_parallel
     with tempfile.TemporaryDirectory(prefix="vs_flower_") as td:
         tmp = Path(td)
         for n, rf in zip(sizes, fr, strict=True):
             l0 = load()
             fs = run_fedsim(n, a.rounds, tmp, "ray")
-            fs_local = run_fedsim(n, a.rounds, tmp, "local")
+            fs_local = run_fedsim(n, a.rounds, tmp, "local", a.local_parallel)
             fl = run_flower(n, rf, tmp, a.flower_cpus_per_client)
             g = fedsim_global(n, rf, tmp)
             row = {
@@ -262,11 +274,13 @@ def main(a: argparse.Namespace | None = None) -> None:
             row["floor_ratio"] = 1 / (row["fedsim_rounds_per_s"] * n) / row["floor_s_per_client_round"]
             row["floor_ratio_local"] = 1 / (row["fedsim_local_rounds_per_s"] * n) / row["floor_s_per_client_round"]
             row["busy_core"] = a.busy_core
+            row["local_parallel"] = layout
             row["ratio"] = row["fedsim_rounds_per_s"] / row["flower_rounds_per_s"]
             row["ratio_local"] = row["fedsim_local_rounds_per_s"] / row["flower_rounds_per_s"]
             rows.append(row)
             print(f"# N={n} done ({row['load_before']} -> {row['load_after']})", flush=True)
-    print("# fs: fedsim on Ray (2 actors + server); fs-ip: fedsim in-process (engine.backend: local); fl: Flower")
+    print("# fs: fedsim on Ray (2 actors + server); fs-ip: fedsim in-process (engine.backend: local, "
+          f"local_parallel: {layout}); fl: Flower")
     hdr = (
         f"{'N':>5} {'fs rnds':>7} {'fs wall s':>9} {'fs rnd/s':>9} {'fs-ip wall s':>12} {'fs-ip rnd/s':>11} "
         f"{'fl rnds':>7} {'fl wall s':>9} {'fl rnd/s':>9} {'fs/fl':>6} {'fs-ip/fl':>8} "

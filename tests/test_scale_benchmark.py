@@ -59,3 +59,23 @@ def test_local_parallel_option_reaches_the_scenario(tmp_path, monkeypatch):
         d = scale.scenario(20, 2, a, "bristle", tmp_path)
         assert d["engine"].get("local_parallel") == want
         assert parse(d).engine.local_parallel == (want or "off")
+
+
+def test_vs_flower_local_parallel_option_reaches_the_in_process_run_only(tmp_path, monkeypatch):
+    """``vs_flower.py --local-parallel``: the in-process run's ``engine.local_parallel``; the Ray run
+    keeps its scenario (the option is an in-process layout); not given, the scenario's default."""
+    from fedsim.scenario import parse
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import vs_flower
+
+    seen: list[dict] = []
+    monkeypatch.setattr(vs_flower, "timed_run", lambda sc, run_dir: seen.append(sc["engine"]) or {})
+    for given, want in ((["--local-parallel", "auto"], "auto"), (["--local-parallel", "off"], "off"), ([], None)):
+        a = vs_flower._args(["--sizes", "100", "--flower-rounds", "2", "--rounds", "2", *given])
+        vs_flower.run_fedsim(100, 2, tmp_path, "local", a.local_parallel)
+        vs_flower.run_fedsim(100, 2, tmp_path, "ray", a.local_parallel)
+        local, ray = seen[-2:]
+        assert local.get("local_parallel") == want and "local_parallel" not in ray
+        d = vs_flower.fedsim_scenario(100, 2, "local", tmp_path, local_parallel=a.local_parallel)
+        assert parse(d).engine.local_parallel == (want or "off")
