@@ -71,12 +71,16 @@ def _run(sc, threads=None):
 
 
 def test_a_users_conv_backbone_trained_whole_gives_the_same_bits_in_every_layout(tmp_path, tiny_conv):
-    """1, 2 and 3 in-process groups, 2 CPUs per group, a sweep's budget of 2 threads: the same
-    metrics.jsonl byte for byte and the same final parameters bit for bit."""
+    """1, 2 and 3 in-process groups, one after another or side by side (``auto``), 2 CPUs per group,
+    a sweep's budget of 2 threads: the same metrics.jsonl byte for byte and the same final parameters
+    bit for bit."""
     layouts = {
         "one": ({}, None),
         "two": ({"engine.num_actors": 2}, None),
         "three": ({"engine.num_actors": 3}, None),
+        # side by side in a pool (fedsim.threads.local_workers), the server's calls alone
+        "two_auto": ({"engine.num_actors": 2, "engine.local_parallel": "auto"}, None),
+        "three_auto": ({"engine.num_actors": 3, "engine.local_parallel": "auto"}, None),
         "cpus2": ({"engine.cpus_per_actor": 2}, None),
         "budget2": ({}, 2),  # fedsim sweep's thread budget (fedsim.threads.task_threads)
     }
