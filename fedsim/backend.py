@@ -44,7 +44,7 @@ from fedsim.ray_lean import (
     set_for_this_ray,
     stop_daemons,
 )
-from fedsim.threads import torch_threads
+from fedsim.threads import check_count, task_threads, torch_threads
 
 LOOPBACK = "127.0.0.1"
 
@@ -343,8 +343,6 @@ def run_tasks(
         limit = max(1, min(jobs or cpus, cpus))
         per_task, kw = 1, {}
         if threads_kw is not None:
-            from fedsim.threads import task_threads
-
             node = _largest_node_cpus(ray, cpus)
             if threads is not None and threads > node:  # Ray would wait forever for such a task
                 raise ValueError(f"threads: {threads} is more than the {node} CPUs of the largest Ray node")
@@ -501,10 +499,7 @@ class LocalBackend:
     _warm: set[str] | None = None  # methods whose first call in the pool has ended (every actor's)
 
     def __init__(self, workers: int = 1, alone_threads: int = 1) -> None:
-        for name, v in (("workers", workers), ("alone_threads", alone_threads)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
-        self.workers, self.alone_threads = workers, alone_threads
+        self.workers, self.alone_threads = check_count("workers", workers), check_count("alone_threads", alone_threads)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fedsim-group") if workers > 1 else None
 
     def actor(self, cls: type, *args: Any, num_cpus: float = 1.0) -> Any:

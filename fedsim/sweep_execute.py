@@ -21,7 +21,7 @@ from fedsim.cli_errors import RUN_ERROR_FILE
 from fedsim.errors import CorruptFileError, RunDirExistsError, RunInterruptedError, ScenarioError
 from fedsim.scenario import parse
 from fedsim.sweep_plan import PlannedRun, SweepPlan, engine_errors
-from fedsim.threads import free_cpus
+from fedsim.threads import check_count, free_cpus
 
 
 def run_one(data: dict[str, Any], run_dir: str, progress: Callable[[int, dict], None] | None = None,
@@ -218,8 +218,8 @@ def execute_sweep(
     default: on Ray the CPUs divided among the runs in flight
     (:func:`fedsim.threads.task_threads`), with ``local`` the CPUs free when the sweep starts
     (:func:`fedsim.threads.free_cpus`). Returns what happened."""
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads: expected an integer >= 1, got {threads!r}")
+    if threads is not None:
+        check_count("threads", threads)
     import shutil
 
     rep = reporter or Reporter()

@@ -55,13 +55,19 @@ def group_count(sc: Scenario) -> int:
     return min(sc.engine.num_actors, sc.peers.count)
 
 
+def check_count(name: str, value: Any) -> int:
+    """``value`` where it is an integer >= 1 (a thread or worker count), else a one-line
+    ``ValueError`` naming ``name`` (a bool is not a count)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+    return value
+
+
 def _total_threads(sc: Scenario, budget: int | None) -> int:
     """Threads of the whole run in-process, or of each actor on Ray (the caller's ``budget``, else
     ``engine.cpus_per_actor``; in-process ``num_actors × cpus_per_actor``, at most :func:`usable_cpus`)."""
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-        raise ValueError(f"threads: expected an integer >= 1, got {budget!r}")
     if budget is not None:
-        return budget
+        return check_count("threads", budget)
     threads = sc.engine.cpus_per_actor
     if sc.engine.backend == "local":
         threads = min(threads * sc.engine.num_actors, usable_cpus())
@@ -133,8 +139,7 @@ def ray_server_threads(sc: Scenario, per_group: int, single_host: bool) -> int:
     17.5 ms of aggregation on one thread against 12.9 on two, docs/performance.md). On a cluster of
     several nodes the groups' CPUs may be elsewhere: its own ``per_group``. 1 for a model section on
     the CPU (:func:`fixed_threads`)."""
-    if isinstance(per_group, bool) or not isinstance(per_group, int) or per_group < 1:
-        raise ValueError(f"per_group: expected an integer >= 1, got {per_group!r}")
+    check_count("per_group", per_group)
     if fixed_threads(sc):
         return 1
     if not single_host:
